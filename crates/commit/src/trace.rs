@@ -1,0 +1,179 @@
+//! Committing whole activation traces: all at once (cells hashed in parallel) or layer by layer
+//! as inference produces them (O(log n) tree memory).
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    CellId, CommitError, Digest, HasherId, MerkleTree, Result, StreamingBuilder, TraceGeometry,
+};
+
+/// What a prover publishes about a committed trace: the root, the hasher and the geometry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceCommitment {
+    /// Merkle root over all cells in layer-major order.
+    pub root: Digest,
+    /// Hasher used for leaves and nodes.
+    pub hasher: HasherId,
+    /// Shape of the trace and its cells.
+    pub geometry: TraceGeometry,
+}
+
+fn check_layer(geometry: &TraceGeometry, bytes: &[u8]) -> Result<()> {
+    let expected = geometry.layer_byte_len();
+    if bytes.len() != expected {
+        return Err(CommitError::WrongLength {
+            what: "layer",
+            expected: expected as u64,
+            got: bytes.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Leaf digests of every cell of one layer, hashed in parallel.
+pub fn layer_leaves(
+    hasher: HasherId,
+    geometry: &TraceGeometry,
+    layer: u32,
+    bytes: &[u8],
+) -> Result<Vec<Digest>> {
+    geometry.validate()?;
+    check_layer(geometry, bytes)?;
+    (0..geometry.chunks_per_layer())
+        .into_par_iter()
+        .map(|chunk| {
+            let cell = CellId { layer, chunk };
+            let range = geometry.cell_byte_range(cell)?;
+            geometry.hash_cell(&hasher, cell, &bytes[range])
+        })
+        .collect()
+}
+
+/// Commits a whole trace held in memory: `layers[l]` holds layer `l`'s little-endian elements,
+/// row-major `[tokens, hidden]`. All cells are hashed in parallel on the current rayon pool.
+pub fn commit_trace(
+    hasher: HasherId,
+    geometry: &TraceGeometry,
+    layers: &[&[u8]],
+) -> Result<MerkleTree> {
+    geometry.validate()?;
+    if layers.len() != geometry.layers as usize {
+        return Err(CommitError::InvalidGeometry(format!(
+            "geometry has {} layers but {} were given",
+            geometry.layers,
+            layers.len()
+        )));
+    }
+    for l in layers {
+        check_layer(geometry, l)?;
+    }
+    let per = geometry.chunks_per_layer();
+    let leaves = (0..geometry.num_cells())
+        .into_par_iter()
+        .map(|i| {
+            let cell = CellId {
+                layer: (i / u64::from(per)) as u32,
+                chunk: (i % u64::from(per)) as u32,
+            };
+            let range = geometry.cell_byte_range(cell)?;
+            geometry.hash_cell(&hasher, cell, &layers[cell.layer as usize][range])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    MerkleTree::from_leaf_digests(hasher, leaves)
+}
+
+/// Commits a trace layer by layer, holding one layer's leaf digests and O(log n) tree nodes.
+///
+/// Layers must be pushed in order `0, 1, …, layers − 1`; [`TraceCommitter::finish`] fails until
+/// all were. The root equals [`commit_trace`]'s.
+#[derive(Debug, Clone)]
+pub struct TraceCommitter {
+    hasher: HasherId,
+    geometry: TraceGeometry,
+    builder: StreamingBuilder,
+    next_layer: u32,
+}
+
+impl TraceCommitter {
+    /// A committer for a trace of the given geometry.
+    pub fn new(hasher: HasherId, geometry: TraceGeometry) -> Result<Self> {
+        geometry.validate()?;
+        Ok(TraceCommitter {
+            hasher,
+            geometry,
+            builder: StreamingBuilder::new(hasher),
+            next_layer: 0,
+        })
+    }
+
+    /// Index of the next layer expected.
+    pub fn next_layer(&self) -> u32 {
+        self.next_layer
+    }
+
+    /// Hashes the next layer's cells (in parallel) and folds them into the tree.
+    pub fn push_layer(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.next_layer >= self.geometry.layers {
+            return Err(CommitError::Streaming(format!(
+                "all {} layers were already pushed",
+                self.geometry.layers
+            )));
+        }
+        for d in layer_leaves(self.hasher, &self.geometry, self.next_layer, bytes)? {
+            self.builder.push_digest(d)?;
+        }
+        self.next_layer += 1;
+        Ok(())
+    }
+
+    /// The commitment, once every layer was pushed.
+    pub fn finish(self) -> Result<TraceCommitment> {
+        if self.next_layer != self.geometry.layers {
+            return Err(CommitError::Streaming(format!(
+                "{} of {} layers were pushed",
+                self.next_layer, self.geometry.layers
+            )));
+        }
+        Ok(TraceCommitment {
+            root: self.builder.finish()?,
+            hasher: self.hasher,
+            geometry: self.geometry,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Dtype;
+
+    #[test]
+    fn streaming_equals_in_memory() {
+        let g = TraceGeometry::new(3, 13, 5, 4, Dtype::F16).unwrap();
+        let layers: Vec<Vec<u8>> = (0..3)
+            .map(|l| (0..g.layer_byte_len()).map(|i| (i * 7 + l) as u8).collect())
+            .collect();
+        let refs: Vec<&[u8]> = layers.iter().map(|l| l.as_slice()).collect();
+        for h in [HasherId::Blake3, HasherId::Sha256] {
+            let tree = commit_trace(h, &g, &refs).unwrap();
+            let mut c = TraceCommitter::new(h, g).unwrap();
+            assert!(c.clone().finish().is_err());
+            for l in &refs {
+                c.push_layer(l).unwrap();
+            }
+            assert!(c.clone().push_layer(refs[0]).is_err());
+            assert_eq!(c.finish().unwrap().root, tree.root());
+            assert_eq!(tree.size(), 12);
+        }
+    }
+
+    #[test]
+    fn wrong_inputs_are_errors() {
+        let g = TraceGeometry::new(2, 4, 2, 2, Dtype::F32).unwrap();
+        let layer = vec![0u8; g.layer_byte_len()];
+        assert!(commit_trace(HasherId::Blake3, &g, &[&layer]).is_err());
+        assert!(commit_trace(HasherId::Blake3, &g, &[&layer, &layer[1..]]).is_err());
+        assert!(commit_trace(HasherId::Blake3, &g, &[&layer, &layer]).is_ok());
+    }
+}
