@@ -4,8 +4,10 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{Reader, Writer};
 use crate::{
-    CellId, CommitError, Digest, HasherId, MerkleTree, Result, StreamingBuilder, TraceGeometry,
+    CellId, CommitError, Digest, Dtype, Hasher, HasherId, MerkleTree, Result, StreamingBuilder,
+    TraceGeometry,
 };
 
 /// What a prover publishes about a committed trace: the root, the hasher and the geometry.
@@ -17,6 +19,57 @@ pub struct TraceCommitment {
     pub hasher: HasherId,
     /// Shape of the trace and its cells.
     pub geometry: TraceGeometry,
+}
+
+/// Magic bytes of the binary trace-commitment encoding.
+pub const COMMITMENT_MAGIC: &str = "VTTC";
+/// Version of the binary trace-commitment encoding.
+pub const COMMITMENT_VERSION: u8 = 1;
+/// Length of the binary trace-commitment encoding.
+pub const COMMITMENT_LEN: usize = 4 + 1 + 1 + 4 * 4 + 1 + 32;
+
+impl TraceCommitment {
+    /// Compact binary encoding (55 bytes): `"VTTC" ‖ version (u8 = 1) ‖ hasher code (u8) ‖
+    /// layers ‖ tokens ‖ hidden ‖ chunk (each u32 LE) ‖ dtype code (u8) ‖ root (32 bytes)`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let g = &self.geometry;
+        let mut w = Writer::new();
+        w.bytes(COMMITMENT_MAGIC.as_bytes())
+            .u8(COMMITMENT_VERSION)
+            .u8(self.hasher.code())
+            .u32(g.layers)
+            .u32(g.tokens)
+            .u32(g.hidden)
+            .u32(g.chunk)
+            .u8(g.dtype.code())
+            .digest(&self.root);
+        w.into_bytes()
+    }
+
+    /// Strict decoding: magic, version, known hasher and dtype codes, a valid geometry, exact
+    /// length. Never panics.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(bytes);
+        r.magic(COMMITMENT_MAGIC)?;
+        r.version(COMMITMENT_VERSION)?;
+        let hasher = HasherId::from_code(r.u8()?)?;
+        let (layers, tokens, hidden, chunk) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+        let dtype = Dtype::from_code(r.u8()?)?;
+        let root = r.digest()?;
+        r.finish()?;
+        let geometry = TraceGeometry::new(layers, tokens, hidden, chunk, dtype)?;
+        if !hasher.is_canonical(&root) {
+            return Err(CommitError::NonCanonicalDigest {
+                position: 0,
+                hasher: hasher.name(),
+            });
+        }
+        Ok(TraceCommitment {
+            root,
+            hasher,
+            geometry,
+        })
+    }
 }
 
 fn check_layer(geometry: &TraceGeometry, bytes: &[u8]) -> Result<()> {
@@ -166,6 +219,36 @@ mod tests {
             assert_eq!(c.finish().unwrap().root, tree.root());
             assert_eq!(tree.size(), 12);
         }
+    }
+
+    #[test]
+    fn commitment_binary_encoding() {
+        let c = TraceCommitment {
+            root: Digest([5; 32]),
+            hasher: HasherId::Sha256,
+            geometry: TraceGeometry::new(7, 100, 64, 16, Dtype::Bf16).unwrap(),
+        };
+        let bytes = c.to_bytes();
+        assert_eq!(bytes.len(), COMMITMENT_LEN);
+        assert_eq!(TraceCommitment::from_bytes(&bytes).unwrap(), c);
+        assert!(TraceCommitment::from_bytes(&bytes[..54]).is_err());
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(TraceCommitment::from_bytes(&long).is_err());
+        let mut zero_chunk = bytes.clone();
+        zero_chunk[18..22].fill(0);
+        assert!(matches!(
+            TraceCommitment::from_bytes(&zero_chunk),
+            Err(CommitError::InvalidGeometry(_))
+        ));
+        let mut bad_hasher = bytes;
+        bad_hasher[5] = 9;
+        assert!(matches!(
+            TraceCommitment::from_bytes(&bad_hasher),
+            Err(CommitError::UnknownHasher(_))
+        ));
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<TraceCommitment>(&json).unwrap(), c);
     }
 
     #[test]

@@ -220,6 +220,13 @@ proptest! {
     }
 
     #[test]
+    fn decoding_arbitrary_commitments_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+        if let Ok(c) = veritrace_commit::TraceCommitment::from_bytes(&bytes) {
+            prop_assert_eq!(c.to_bytes(), bytes);
+        }
+    }
+
+    #[test]
     fn json_digest_parsing_never_panics(s in ".{0,80}") {
         let _ = serde_json::from_str::<Digest>(&format!("\"{s}\""));
         let _ = s.parse::<Digest>();
