@@ -1,0 +1,51 @@
+//! `veritrace`: check an inference you did not run.
+//!
+//! A thin clap front; each verb's logic lives in a module of the `veritrace_cli` library.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use veritrace_cli::commit::{self, CommitArgs};
+
+const AFTER_HELP: &str = "\
+Trace files are safetensors files holding one tensor per hidden state, named h.0 (embeddings),
+h.1, ..., h.L, each of shape [tokens, hidden]; all of one dtype (F32, F16, BF16 or I8) and one
+shape. Tensors whose names do not start with \"h.\" are ignored. Elements are committed exactly as
+stored (little-endian), never converted.
+
+Exit status: 0 on success, 2 when the command line or the input is refused, 1 otherwise.";
+
+/// Commit to activation traces of an inference so a verifier can sample and recompute cells.
+#[derive(Debug, Parser)]
+#[command(name = "veritrace", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the Merkle root of an activation trace stored as safetensors.
+    ///
+    /// Each layer h.l is cut into cells of --chunk token rows; cell (l, j) is leaf
+    /// l * ceil(tokens / chunk) + j of an RFC 6962-shaped Merkle tree whose leaves bind the cell's
+    /// position, dtype, shape and raw little-endian bytes.
+    #[command(after_help = AFTER_HELP)]
+    Commit(CommitArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Commit(args) => commit::run(args, &mut std::io::stdout().lock()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Not eprintln!, which panics if stderr is closed.
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            ExitCode::from(veritrace_cli::exit_code(&error))
+        }
+    }
+}
