@@ -117,8 +117,16 @@ pub struct CellId {
     pub chunk: u32,
 }
 
+/// Largest byte length of one layer (1 TiB), fixed so that a geometry's validity does not
+/// depend on the platform.
+pub const MAX_LAYER_BYTES: u64 = 1 << 40;
+
 /// Shape of a trace and how it is cut into cells.
+///
+/// Deserialization (JSON or binary) goes through [`TraceGeometry::validate`], so a decoded
+/// geometry is always valid; code that builds one field by field should call it too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawGeometry")]
 pub struct TraceGeometry {
     /// Number of hidden states in the trace (embeddings plus one per transformer layer).
     pub layers: u32,
@@ -130,6 +138,23 @@ pub struct TraceGeometry {
     pub chunk: u32,
     /// Element type.
     pub dtype: Dtype,
+}
+
+/// The unvalidated serde form of [`TraceGeometry`].
+#[derive(Deserialize)]
+struct RawGeometry {
+    layers: u32,
+    tokens: u32,
+    hidden: u32,
+    chunk: u32,
+    dtype: Dtype,
+}
+
+impl TryFrom<RawGeometry> for TraceGeometry {
+    type Error = CommitError;
+    fn try_from(r: RawGeometry) -> Result<Self> {
+        TraceGeometry::new(r.layers, r.tokens, r.hidden, r.chunk, r.dtype)
+    }
 }
 
 impl TraceGeometry {
@@ -146,8 +171,9 @@ impl TraceGeometry {
         Ok(g)
     }
 
-    /// Checks that every size is positive, that a layer's byte length fits in memory addressing,
-    /// and that the number of cells is at most [`MAX_TREE_SIZE`].
+    /// Checks that every size is positive, that a layer is at most [`MAX_LAYER_BYTES`], and that
+    /// the number of cells is at most [`MAX_TREE_SIZE`]. Every other method assumes a valid
+    /// geometry.
     pub fn validate(&self) -> Result<()> {
         for (name, v) in [
             ("layers", self.layers),
@@ -164,11 +190,11 @@ impl TraceGeometry {
         u64::from(self.tokens)
             .checked_mul(u64::from(self.hidden))
             .and_then(|x| x.checked_mul(self.dtype.size() as u64))
-            .filter(|&b| usize::try_from(b).is_ok() && b <= isize::MAX as u64)
+            .filter(|&b| b <= MAX_LAYER_BYTES)
             .ok_or_else(|| {
                 CommitError::InvalidGeometry(format!(
-                    "a layer of {} x {} {} elements is too large to address",
-                    self.tokens, self.hidden, self.dtype
+                    "a layer of {} x {} {} elements exceeds {} bytes",
+                    self.tokens, self.hidden, self.dtype, MAX_LAYER_BYTES
                 ))
             })?;
         let cells = self.num_cells();

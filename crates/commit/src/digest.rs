@@ -33,11 +33,14 @@ impl Digest {
     pub fn from_hex(s: &str) -> Result<Self, CommitError> {
         let s = s.strip_prefix("0x").unwrap_or(s);
         let mut out = [0u8; DIGEST_LEN];
-        hex::decode_to_slice(s, &mut out).map_err(|_| CommitError::WrongLength {
-            what: "hex digest (64 hex digits)",
-            expected: 64,
-            got: s.len() as u64,
-        })?;
+        if s.len() != 2 * DIGEST_LEN {
+            return Err(CommitError::WrongLength {
+                what: "hex digest (64 hex digits)",
+                expected: 64,
+                got: s.len() as u64,
+            });
+        }
+        hex::decode_to_slice(s, &mut out).map_err(|e| CommitError::InvalidHex(e.to_string()))?;
         Ok(Digest(out))
     }
 }
@@ -73,15 +76,25 @@ impl FromStr for Digest {
     }
 }
 
+/// Human-readable formats (JSON) get 64 hex digits; binary formats get the 32 raw bytes as a
+/// fixed-size tuple (no length prefix).
 impl Serialize for Digest {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Digest::from_hex(&s).map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            Digest::from_hex(&s).map_err(serde::de::Error::custom)
+        } else {
+            <[u8; DIGEST_LEN]>::deserialize(d).map(Digest)
+        }
     }
 }

@@ -50,8 +50,17 @@ pub enum CommitError {
     /// element below the BN254 scalar modulus).
     #[error("digest at position {position} is not a canonical {hasher} digest")]
     NonCanonicalDigest {
-        /// Position of the digest in the proof's sibling list.
+        /// Position of the digest in the proof's sibling list (0 for a lone root).
         position: u64,
+        /// The hasher's name.
+        hasher: &'static str,
+    },
+    /// An opened leaf digest that is not a canonical output of the hasher (Poseidon: at or above
+    /// the modulus). Verifiers that hash the leaf data themselves never produce one.
+    #[error("leaf digest at index {index} is not a canonical {hasher} digest")]
+    NonCanonicalLeaf {
+        /// The leaf index.
+        index: u64,
         /// The hasher's name.
         hasher: &'static str,
     },
@@ -84,13 +93,16 @@ pub enum CommitError {
         /// The length given.
         got: u64,
     },
+    /// A string that should hold hex digits holds something else.
+    #[error("invalid hex: {0}")]
+    InvalidHex(String),
     /// A hasher name or code that this crate does not know.
     #[error("unknown hasher {0:?} (expected blake3, sha256 or poseidon)")]
     UnknownHasher(String),
     /// A dtype name or code that this crate does not know.
     #[error("unknown or unsupported dtype {0:?} (expected f32, f16, bf16 or i8)")]
     UnknownDtype(String),
-    /// A streaming builder was pushed more leaves than its declared size, or finished early.
+    /// A streaming committer was pushed more layers than its geometry has, or finished early.
     #[error("streaming builder: {0}")]
     Streaming(String),
     /// The input ended before the structure being decoded did.

@@ -31,9 +31,9 @@
 //!
 //! # Cost
 //! Poseidon is slow natively. On this project's machines (2-core Zen 4) one `node` costs about
-//! 20 µs (BLAKE3: about 60 ns, SHA-256 with SHA-NI: about 90 ns), and a leaf costs one t = 13
-//! permutation per 341 bytes, so hashing a MiB of leaf data takes on the order of a second,
-//! thousands of times slower than BLAKE3. BENCHMARKS.md has the figures measured side by side.
+//! 20-25 µs, over a hundred times a BLAKE3 or SHA-256 node, and a leaf costs one t = 13
+//! permutation per 341 bytes, so hashing a MiB of leaf data takes about a second, thousands of
+//! times slower than BLAKE3. `BENCHMARKS.md` has the figures measured side by side.
 //! Use it where a SNARK must open the commitment (its in-circuit cost is a few hundred
 //! constraints per permutation), not for bulk traces.
 

@@ -34,8 +34,11 @@ use crate::{CommitError, Digest, Hasher, MerkleTree, Result};
 pub const PROOF_MAGIC: &str = "VTBP";
 /// Version of the binary proof encoding.
 pub const PROOF_VERSION: u8 = 1;
-/// Largest number of siblings a decoder accepts by default (32 MiB of digests).
-pub const MAX_PROOF_SIBLINGS: u64 = 1 << 20;
+/// Largest number of siblings [`BatchProof::from_bytes`] accepts (2^24: 512 MiB of digests).
+/// A verifier that knows the tree size and the indices should decode with
+/// [`BatchProof::from_bytes_with_limit`] and the limit [`sibling_count`] gives, so a hostile
+/// proof cannot make it read more than the proof it expects.
+pub const MAX_PROOF_SIBLINGS: u64 = 1 << 24;
 
 /// A Merkle proof for one or more leaves: the sibling digests in the order of the
 /// [module docs](self). It holds nothing the verifier should trust about positions or sizes.
@@ -135,6 +138,12 @@ pub fn compute_root<H: Hasher + ?Sized>(
     let got = proof.siblings.len() as u64;
     if got != expected {
         return Err(CommitError::WrongSiblingCount { expected, got });
+    }
+    if let Some(&(index, _)) = known.iter().find(|(_, d)| !hasher.is_canonical(d)) {
+        return Err(CommitError::NonCanonicalLeaf {
+            index,
+            hasher: hasher.id().name(),
+        });
     }
     if let Some(position) = proof.siblings.iter().position(|d| !hasher.is_canonical(d)) {
         return Err(CommitError::NonCanonicalDigest {

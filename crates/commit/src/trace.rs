@@ -11,7 +11,10 @@ use crate::{
 };
 
 /// What a prover publishes about a committed trace: the root, the hasher and the geometry.
+///
+/// Deserialization checks the geometry and that the root is canonical for the hasher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawCommitment")]
 pub struct TraceCommitment {
     /// Merkle root over all cells in layer-major order.
     pub root: Digest,
@@ -19,6 +22,30 @@ pub struct TraceCommitment {
     pub hasher: HasherId,
     /// Shape of the trace and its cells.
     pub geometry: TraceGeometry,
+}
+
+#[derive(Deserialize)]
+struct RawCommitment {
+    root: Digest,
+    hasher: HasherId,
+    geometry: TraceGeometry,
+}
+
+impl TryFrom<RawCommitment> for TraceCommitment {
+    type Error = CommitError;
+    fn try_from(r: RawCommitment) -> Result<Self> {
+        if !r.hasher.is_canonical(&r.root) {
+            return Err(CommitError::NonCanonicalDigest {
+                position: 0,
+                hasher: r.hasher.name(),
+            });
+        }
+        Ok(TraceCommitment {
+            root: r.root,
+            hasher: r.hasher,
+            geometry: r.geometry,
+        })
+    }
 }
 
 /// Magic bytes of the binary trace-commitment encoding.

@@ -305,3 +305,47 @@ fn poseidon_rejects_non_canonical_siblings() {
     ));
     assert!(!h.is_canonical(&Digest([0xff; 32])));
 }
+
+/// A geometry or commitment decoded from JSON is validated like one built with `new`: no zero
+/// sizes, no overflowing layers, no non-canonical Poseidon root.
+#[test]
+fn deserialized_geometry_is_validated() {
+    use veritrace_commit::TraceCommitment;
+    let bad = [
+        r#"{"layers":1,"tokens":4294967295,"hidden":4294967295,"chunk":1,"dtype":"f32"}"#,
+        r#"{"layers":1,"tokens":4,"hidden":4,"chunk":0,"dtype":"f32"}"#,
+        r#"{"layers":0,"tokens":4,"hidden":4,"chunk":1,"dtype":"f32"}"#,
+    ];
+    for json in bad {
+        assert!(
+            serde_json::from_str::<TraceGeometry>(json).is_err(),
+            "{json}"
+        );
+    }
+    let ok = r#"{"layers":2,"tokens":4,"hidden":4,"chunk":3,"dtype":"bf16"}"#;
+    let g: TraceGeometry = serde_json::from_str(ok).unwrap();
+    assert_eq!(g.chunks_per_layer(), 2);
+    let commitment = format!(
+        r#"{{"root":"{}","hasher":"poseidon","geometry":{ok}}}"#,
+        "ff".repeat(32)
+    );
+    assert!(serde_json::from_str::<TraceCommitment>(&commitment).is_err());
+    let commitment = format!(
+        r#"{{"root":"{}","hasher":"blake3","geometry":{ok}}}"#,
+        "ff".repeat(32)
+    );
+    assert!(serde_json::from_str::<TraceCommitment>(&commitment).is_ok());
+}
+
+/// A Poseidon leaf digest offered as x + p (the same field element) is refused.
+#[test]
+fn poseidon_rejects_non_canonical_leaves() {
+    let h = HasherId::Poseidon;
+    let (_, tree) = tree_of(h, 3, 11);
+    let proof = tree.prove(&[1]).unwrap();
+    assert!(verify_batch(&h, &tree.root(), 3, &[(1, tree.leaf(1).unwrap())], &proof).is_ok());
+    assert!(matches!(
+        verify_batch(&h, &tree.root(), 3, &[(1, Digest([0xff; 32]))], &proof),
+        Err(veritrace_commit::CommitError::NonCanonicalLeaf { index: 1, .. })
+    ));
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Turns criterion's estimates (target/criterion) from `cargo bench --bench commit` into the
+markdown tables of BENCHMARKS.md. Ratios compare benchmarks of the same run, so machine noise
+that shifts the whole run cancels. Usage: python3 benches/report.py [target/criterion]"""
+import json
+import pathlib
+import sys
+
+root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion")
+
+
+def median_ns(*parts):
+    path = root.joinpath(*parts, "new", "estimates.json")
+    if not path.exists():
+        sys.exit(f"missing {path}: run `cargo bench --bench commit` first")
+    return json.loads(path.read_text())["median"]["point_estimate"]
+
+
+MIB = 1 << 20
+trace = 64 * MIB
+
+
+def gbps(ns, nbytes):
+    return nbytes / ns  # bytes per ns == GB/s
+
+
+b3 = median_ns("commit_64mib", "blake3_hash_1t")
+c1 = median_ns("commit_64mib", "commit_blake3", "1t")
+c2 = median_ns("commit_64mib", "commit_blake3", "2t")
+s1 = median_ns("commit_64mib", "commit_sha256", "1t")
+print("### Committing a 64 MiB f32 trace (64 cells of 1 MiB)\n")
+print("| what | median | throughput | ratio | target |")
+print("|---|---|---|---|---|")
+print(f"| `blake3::hash` of the same bytes, 1 thread | {b3/1e6:.2f} ms | {gbps(b3, trace):.2f} GB/s | 1 (reference) | |")
+print(f"| commit, BLAKE3, 1 thread | {c1/1e6:.2f} ms | {gbps(c1, trace):.2f} GB/s | {b3/c1:.3f}x of `blake3::hash` | >= 0.85x |")
+print(f"| commit, BLAKE3, 2 threads | {c2/1e6:.2f} ms | {gbps(c2, trace):.2f} GB/s | {c1/c2:.3f}x of 1 thread | >= 1.6x |")
+print(f"| commit, SHA-256, 1 thread | {s1/1e6:.2f} ms | {gbps(s1, trace):.2f} GB/s | {b3/s1:.3f}x of `blake3::hash` | |")
+
+print("\n### Hashers: one node, and leaf data per MiB\n")
+print("| hasher | node (64 B -> 32 B) | node vs BLAKE3 | leaf data, per MiB | per MiB vs BLAKE3 |")
+print("|---|---|---|---|---|")
+nb = median_ns("node", "blake3")
+lb = median_ns("leaf_64kib", "blake3") * 16
+for h in ["blake3", "sha256", "poseidon"]:
+    n = median_ns("node", h)
+    leaf = median_ns("leaf_64kib", h) * 16
+    unit = f"{leaf/1e6:.3f} ms" if leaf < 1e9 else f"{leaf/1e9:.2f} s"
+    print(f"| {h} | {n/1e3:.3f} us | {n/nb:.1f}x | {unit} | {leaf/lb:.0f}x |")
+
+print("\n### Batch proofs in a 2^20-leaf tree (BLAKE3)\n")
+print("| opening | prove | verify |")
+print("|---|---|---|")
+for name in ["contiguous64", "random64"]:
+    p = median_ns("proof_2e20", "prove", name)
+    v = median_ns("proof_2e20", "verify", name)
+    print(f"| 64 {name[:-2]} leaves | {p/1e3:.1f} us | {v/1e3:.1f} us |")
