@@ -6,7 +6,9 @@
 //!
 //! This facade re-exports the workspace's crates:
 //! * [`commit`]: cell encoding, hashers, Merkle trees and proofs (`veritrace-commit`).
+//! * [`protocol`]: statement, messages, transcript, prover and verifier (`veritrace-protocol`).
 
 #![deny(missing_docs)]
 
 pub use veritrace_commit as commit;
+pub use veritrace_protocol as protocol;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use veritrace_cli::commit::{self, CommitArgs};
+use veritrace_cli::soundness::{self, SoundnessArgs};
 
 const AFTER_HELP: &str = "\
 Trace files are safetensors files holding one tensor per hidden state, named h.0 (embeddings),
@@ -33,12 +34,21 @@ enum Command {
     /// position, dtype, shape and raw little-endian bytes.
     #[command(after_help = AFTER_HELP)]
     Commit(CommitArgs),
+    /// Soundness calculator: miss probability and security bits of sampling K of N cells when B
+    /// are bad (--bad, --samples), or the samples needed for L bits (--cheat-fraction, --bits).
+    ///
+    /// Sampling is without replacement (exact hypergeometric). Security is reported interactive
+    /// and non-interactive against a grinding budget of 2^G transcript hash evaluations
+    /// (--grind-bits), with an optional proof-of-work per attempt (--pow-bits).
+    #[command(after_help = soundness::AFTER_HELP)]
+    Soundness(SoundnessArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Commit(args) => commit::run(args, &mut std::io::stdout().lock()),
+        Command::Soundness(args) => soundness::run(args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,135 @@
+//! Protocol benchmarks (criterion): for a 32-layer x 64-chunk trace (chunks of 16 tokens of
+//! hidden size 64, f32, causal attention; 8 MiB), the cost of
+//!
+//! * `challenge/k`: deriving a non-interactive challenge (transcript + sampling of k cells);
+//! * `open/k`: the prover building the opening (cells and one batch proof);
+//! * `verify/k`: the verifier checking it (cells, leaves, batch proof, non-finite scan, tolerance),
+//!   with a replay engine that returns the honest rows, so the figure is the protocol's own cost
+//!   without any inference.
+//!
+//! Run: `cargo bench --bench protocol`; `python3 benches/report.py` summarizes.
+
+use std::hint::black_box;
+use std::ops::Range;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use veritrace::commit::{Digest, Dtype, HasherId, TraceGeometry};
+use veritrace::protocol::tolerance::TolerancePolicy;
+use veritrace::protocol::transcript::derive_challenge;
+use veritrace::protocol::{
+    check_opening, ChallengeParams, Dependency, OutputRule, Prover, Recompute, Result,
+    SamplingStrategy, Statement, PROTOCOL_VERSION,
+};
+
+/// Returns rows of a stored trace: a verifier engine with zero inference cost.
+struct Replay {
+    layers: Vec<Vec<u8>>,
+    row: usize,
+}
+
+impl Replay {
+    fn rows(&self, layer: u32, rows: Range<u32>) -> Vec<u8> {
+        self.layers[layer as usize][rows.start as usize * self.row..rows.end as usize * self.row]
+            .to_vec()
+    }
+}
+
+impl Recompute for Replay {
+    fn embed(&self, _: &Statement, rows: Range<u32>) -> Result<Vec<u8>> {
+        Ok(self.rows(0, rows))
+    }
+    fn layer(
+        &self,
+        _: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        _: Range<u32>,
+        _: &[u8],
+    ) -> Result<Vec<u8>> {
+        Ok(self.rows(layer, rows))
+    }
+    fn next_token(&self, _: &Statement, _: u32, _: &[u8]) -> Result<u32> {
+        Ok(0)
+    }
+}
+
+fn setup() -> (Statement, Vec<Vec<u8>>) {
+    let geometry = TraceGeometry::new(32, 1024, 64, 16, Dtype::F32).unwrap();
+    let statement = Statement {
+        version: PROTOCOL_VERSION,
+        model_digest: Digest([1; 32]),
+        setup: b"bench".to_vec(),
+        input_tokens: (0..1024).collect(),
+        output_tokens: vec![],
+        geometry,
+        hasher: HasherId::Blake3,
+        dependency: Dependency::Causal,
+        output_rule: OutputRule::Greedy,
+    };
+    let mut x = 1u32;
+    let layers = (0..32)
+        .map(|_| {
+            (0..geometry.layer_byte_len() / 4)
+                .flat_map(|_| {
+                    x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+                    ((x >> 9) as f32 / 8388608.0).to_le_bytes()
+                })
+                .collect()
+        })
+        .collect();
+    (statement, layers)
+}
+
+fn protocol(c: &mut Criterion) {
+    let (statement, layers) = setup();
+    let mut prover = Prover::new(statement, layers.clone()).unwrap();
+    let commitment = prover.commit().unwrap();
+    let replay = Replay {
+        layers,
+        row: 64 * 4,
+    };
+    let mut group = c.benchmark_group("protocol_32x64");
+    group.sample_size(20);
+    for k in [1u32, 4, 16, 64, 256] {
+        let params = ChallengeParams {
+            samples: k,
+            strategy: SamplingStrategy::Uniform,
+            pow_bits: 0,
+        };
+        group.bench_with_input(BenchmarkId::new("challenge", k), &k, |b, _| {
+            b.iter(|| derive_challenge(black_box(&commitment), 0, &params, 0).unwrap())
+        });
+        let challenge = derive_challenge(&commitment, 0, &params, 0).unwrap();
+        group.bench_with_input(BenchmarkId::new("open", k), &k, |b, _| {
+            b.iter(|| {
+                prover
+                    .open_cells(0, black_box(&challenge.cells), 0)
+                    .unwrap()
+            })
+        });
+        let opening = prover.open_cells(0, &challenge.cells, 0).unwrap();
+        group.bench_with_input(BenchmarkId::new("verify", k), &k, |b, _| {
+            b.iter(|| {
+                check_opening(
+                    &commitment,
+                    &challenge.cells,
+                    black_box(&opening),
+                    &TolerancePolicy::Exact,
+                    &replay,
+                )
+                .unwrap()
+            })
+        });
+        let bytes: usize = opening.cells.iter().map(|c| c.data.len()).sum();
+        eprintln!(
+            "k = {k}: {} cells opened ({bytes} bytes of {} in the trace), {} siblings",
+            opening.cells.len(),
+            32 * 1024 * 64 * 4,
+            opening.proof.siblings.len()
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, protocol);
+criterion_main!(benches);

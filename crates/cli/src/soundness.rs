@@ -1,0 +1,365 @@
+//! `veritrace soundness`: how likely a cheating prover escapes a sampling verifier, and how many
+//! samples a verifier needs (a front for [`veritrace_protocol::soundness`]).
+//!
+//! Two modes, chosen by the arguments:
+//!
+//! * **analysis** (`--cells N --bad B --samples K`): the miss and detection probabilities of
+//!   sampling `K` of `N` cells without replacement when `B` are bad, and the security in bits,
+//!   interactive and non-interactive against a grinding budget;
+//! * **sizing** (`--cells N --cheat-fraction F --bits L`): the smallest `K` with
+//!   `P(miss) <= 2^-L`, exact (hypergeometric) and by the closed-form with-replacement bound.
+//!
+//! `--grind-bits G` is the `log2` of the grinding prover's budget in **transcript hash
+//! evaluations**; with `--pow-bits W` each attempt costs `2^W` of them, so the prover gets
+//! `max(1, 2^(G-W))` attempts (see
+//! [`veritrace_protocol::soundness::grinding_security_bits`]). In sizing mode the target
+//! becomes `L + max(0, G - W)` bits of miss probability, so that `L` bits remain after grinding.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{ArgGroup, Args};
+use veritrace_protocol::soundness::{
+    log2_grinding_attempts, samples_needed, soundness_report, SampleSize, SoundnessParams,
+    SoundnessReport, MAX_ROUNDS,
+};
+use veritrace_protocol::ProtocolError;
+
+/// Extra `--help` text of `veritrace soundness`.
+pub const AFTER_HELP: &str = "\
+Model: k distinct cells sampled uniformly from N, b of them bad; each sampled bad cell is caught
+with probability --power p, independently. P(miss) = E[(1-p)^X], X ~ Hypergeometric(N, b, k)
+(for p = 1: C(N-b, k) / C(N, k)). Rounds multiply their miss probabilities.
+
+Security bits: interactive -log2 P(miss); non-interactive (Fiat-Shamir) against grinding
+-log2 min(1, A P(miss)), where A = max(1, 2^(G - W)) attempts for a budget of 2^G transcript hash
+evaluations (--grind-bits G) and a proof-of-work of W bits per attempt (--pow-bits W).
+
+Exit status: 0 on success, 2 when the command line or a parameter is refused, 1 otherwise.";
+
+/// Arguments of `veritrace soundness`.
+#[derive(Debug, Clone, Args)]
+#[command(group(
+    ArgGroup::new("mode")
+        .required(true)
+        .args(["bad", "cheat_fraction"]),
+))]
+pub struct SoundnessArgs {
+    /// Number of cells N of the committed trace.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub cells: u64,
+
+    /// Analysis: number of bad cells B (needs --samples).
+    #[arg(long, value_name = "B", requires = "samples",
+          conflicts_with_all = ["cheat_fraction", "bits"])]
+    pub bad: Option<u64>,
+
+    /// Analysis: cells K sampled per round, without replacement.
+    #[arg(long, value_name = "K", requires = "bad")]
+    pub samples: Option<u64>,
+
+    /// Sizing: fraction F of the cells the prover cheats on, in (0, 1]; b = ceil(F N) (needs
+    /// --bits).
+    #[arg(
+        long,
+        value_name = "F",
+        requires = "bits",
+        allow_negative_numbers = true
+    )]
+    pub cheat_fraction: Option<f64>,
+
+    /// Sizing: security level L: find the smallest K with P(miss) <= 2^-L.
+    #[arg(
+        long,
+        value_name = "L",
+        requires = "cheat_fraction",
+        allow_negative_numbers = true
+    )]
+    pub bits: Option<f64>,
+
+    /// Probability P in [0, 1] that a sampled bad cell is caught (1: exact recomputation).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
+    pub power: f64,
+
+    /// Analysis: independent rounds R, each with a fresh challenge of K samples.
+    #[arg(long, value_name = "R", conflicts_with = "cheat_fraction",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ROUNDS)))]
+    pub rounds: Option<u32>,
+
+    /// log2 of the grinding prover's budget in transcript hash evaluations (0: no grinding).
+    #[arg(
+        long,
+        value_name = "G",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub grind_bits: f64,
+
+    /// Proof-of-work bits required before each challenge (an attempt costs 2^BITS hashes).
+    #[arg(
+        long,
+        value_name = "BITS",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub pow_bits: f64,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `2^log2` as a decimal with about six significant digits, or in scientific notation computed
+/// from the logarithm (so that values below `f64::MIN_POSITIVE` print too); `0` for `-inf`.
+pub fn format_probability(log2: f64) -> String {
+    if log2 == f64::NEG_INFINITY {
+        return "0".to_string();
+    }
+    let log10 = log2 * std::f64::consts::LOG10_2;
+    if log10 >= -4.0 {
+        let p = log2.exp2();
+        let decimals = (5 - log10.floor() as i64).clamp(0, 12) as usize;
+        format!("{p:.decimals$}")
+    } else {
+        let mut exponent = log10.floor();
+        let mut mantissa = 10f64.powf(log10 - exponent);
+        if mantissa >= 9.999_995 {
+            mantissa /= 10.0;
+            exponent += 1.0;
+        }
+        format!("{mantissa:.5}e{exponent}")
+    }
+}
+
+/// `1 - 2^log2_miss`, as a decimal, or as `1 - <miss>` when the miss probability is below
+/// `10^-4` (a decimal would round to 1).
+pub fn format_detection(log2_miss: f64) -> String {
+    if log2_miss * std::f64::consts::LOG10_2 < -4.0 {
+        format!("1 - {}", format_probability(log2_miss))
+    } else {
+        let d = -(log2_miss * std::f64::consts::LN_2).exp_m1();
+        format!("{d:.6}")
+    }
+}
+
+/// A percentage with four significant digits, trailing zeros trimmed (`1`, `33.33`, `0.00003`).
+fn format_percent(pct: f64) -> String {
+    let decimals = if pct > 0.0 {
+        (3 - pct.log10().floor() as i64).clamp(0, 12) as usize
+    } else {
+        0
+    };
+    let s = format!("{pct:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+fn format_bits(bits: f64) -> String {
+    if bits.is_infinite() {
+        "inf".to_string()
+    } else {
+        format!("{bits:.3}")
+    }
+}
+
+/// The analysis as aligned human-readable lines.
+pub fn report_to_text(r: &SoundnessReport) -> String {
+    let mut s = String::new();
+    let pct = format_percent(100.0 * r.bad_cells as f64 / r.cells as f64);
+    let round_word = if r.rounds == 1 { "round" } else { "rounds" };
+    s += &format!("cells                {}\n", r.cells);
+    s += &format!(
+        "bad cells            {} ({pct}% of the cells)\n",
+        r.bad_cells
+    );
+    s += &format!(
+        "samples              {} per round, without replacement, {} {round_word}\n",
+        r.samples, r.rounds
+    );
+    s += &format!("detection power      {} per sampled bad cell\n", r.power);
+    if r.rounds > 1 {
+        s += &format!(
+            "miss per round       {} (2^{:.4})\n",
+            format_probability(r.log2_miss_per_round),
+            r.log2_miss_per_round
+        );
+    }
+    if r.certain_detection {
+        s += "miss probability     0 (every sample holds a bad cell)\n";
+        s += "detection            1\n";
+    } else {
+        s += &format!(
+            "miss probability     {} (2^{:.4})\n",
+            format_probability(r.log2_miss),
+            r.log2_miss
+        );
+        s += &format!("detection            {}\n", format_detection(r.log2_miss));
+    }
+    s += "security (bits)\n";
+    s += &format!(
+        "  interactive                      {}\n",
+        format_bits(r.security_bits)
+    );
+    s += &format!(
+        "  non-interactive, grinding        {}  (budget 2^{} hash evaluations, proof-of-work {} \
+         bits: 2^{} attempts)\n",
+        format_bits(r.security_bits_grinding),
+        r.grind_bits,
+        r.pow_bits,
+        r.log2_grinding_attempts
+    );
+    if r.rounds > 1 {
+        s += &format!(
+            "  grinding round by round          {}  (if each round's challenge follows a fresh \
+             prover message)\n",
+            format_bits(r.security_bits_grinding_sequential)
+        );
+    }
+    if !r.certain_detection {
+        s += &format!(
+            "grinding break-even  2^{:.3} hash evaluations (then a grinding prover expects one \
+             success)\n",
+            r.grinding_break_even_bits
+        );
+    }
+    s
+}
+
+/// The sizing as aligned human-readable lines; `security_bits` is the level asked for and
+/// `size.lambda_bits` the miss-probability target after adding the grinding attempts.
+pub fn sizing_to_text(
+    size: &SampleSize,
+    security_bits: f64,
+    grind_bits: f64,
+    pow_bits: f64,
+) -> String {
+    let mut s = String::new();
+    s += &format!("cells                {}\n", size.cells);
+    s += &format!(
+        "cheat fraction       {} ({} bad cells)\n",
+        size.cheat_fraction, size.bad_cells
+    );
+    s += &format!("detection power      {} per sampled bad cell\n", size.power);
+    if size.lambda_bits > security_bits {
+        s += &format!(
+            "target               P(miss) <= 2^-{} ({security_bits} bits against a grinding \
+             budget of 2^{grind_bits} hash evaluations, proof-of-work {pow_bits} bits)\n",
+            size.lambda_bits
+        );
+    } else {
+        s += &format!(
+            "target               P(miss) <= 2^-{} ({} bits)\n",
+            size.lambda_bits, security_bits
+        );
+    }
+    let at = if size.log2_miss_probability == f64::NEG_INFINITY {
+        "P(miss) = 0".to_string()
+    } else {
+        format!("P(miss) = 2^{:.4}", size.log2_miss_probability)
+    };
+    s += &format!(
+        "samples needed       {} (without replacement, exact hypergeometric; {at})\n",
+        size.samples
+    );
+    match size.with_replacement_samples {
+        Some(k) => {
+            s += &format!("with replacement     {k} (closed form ceil(L ln 2 / -ln(1 - F P)))\n");
+        }
+        None => {
+            s += "with replacement     more than 2^64 (closed form ceil(L ln 2 / -ln(1 - F P)))\n"
+        }
+    }
+    s
+}
+
+/// Runs `veritrace soundness` and writes the result (text or JSON) to `out`.
+///
+/// # Errors
+/// A [`veritrace_protocol::ProtocolError`] when a parameter is refused (the binary exits 2), or
+/// an I/O error writing `out`.
+pub fn run(args: &SoundnessArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let text = match (args.bad, args.samples, args.cheat_fraction, args.bits) {
+        (Some(bad), Some(samples), None, None) => {
+            let report = soundness_report(&SoundnessParams {
+                cells: args.cells,
+                bad_cells: bad,
+                samples,
+                power: args.power,
+                rounds: args.rounds.unwrap_or(1),
+                grind_bits: args.grind_bits,
+                pow_bits: args.pow_bits,
+            })?;
+            if args.json {
+                format!("{}\n", serde_json::to_string(&report)?)
+            } else {
+                report_to_text(&report)
+            }
+        }
+        (None, None, Some(fraction), Some(bits)) => {
+            if !(bits.is_finite() && bits >= 0.0) {
+                return Err(ProtocolError::InvalidParameter(format!(
+                    "security level --bits {bits} must be a finite number >= 0"
+                ))
+                .into());
+            }
+            let attempts = log2_grinding_attempts(args.grind_bits, args.pow_bits)?;
+            let size = samples_needed(args.cells, fraction, bits + attempts, args.power)?;
+            if args.json {
+                let mut value = serde_json::to_value(&size)?;
+                if let Some(map) = value.as_object_mut() {
+                    map.insert("security_bits".into(), bits.into());
+                    map.insert("grind_bits".into(), args.grind_bits.into());
+                    map.insert("pow_bits".into(), args.pow_bits.into());
+                    map.insert("log2_grinding_attempts".into(), attempts.into());
+                }
+                format!("{value}\n")
+            } else {
+                sizing_to_text(&size, bits, args.grind_bits, args.pow_bits)
+            }
+        }
+        // clap's argument group and `requires` rules make other combinations unreachable.
+        _ => {
+            return Err(ProtocolError::InvalidParameter(
+                "give either --bad and --samples, or --cheat-fraction and --bits".into(),
+            )
+            .into())
+        }
+    };
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("writing the result to standard output")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probabilities_format_readably() {
+        assert_eq!(format_probability(f64::NEG_INFINITY), "0");
+        assert_eq!(format_probability(0.0), "1.00000");
+        assert_eq!(format_probability(-1.0), "0.500000");
+        assert_eq!(format_probability((0.0468252_f64).log2()), "0.0468252");
+        // python3 -c 'import mpmath as m; print(m.mpf(2)**-3000)' -> 8.1285486255577354405e-904
+        assert_eq!(format_probability(-3000.0), "8.12855e-904");
+        assert_eq!(format_probability(-20.0), "9.53674e-7");
+        // 10^-5 exactly: the mantissa must not print as 10.00000.
+        assert_eq!(format_probability((1e-5_f64).log2()), "1.00000e-5");
+        assert_eq!(format_detection(-1.0), "0.500000");
+        assert_eq!(format_detection(-40.0), "1 - 9.09495e-13");
+        assert_eq!(format_percent(1.0), "1");
+        assert_eq!(format_percent(100.0), "100");
+        assert_eq!(format_percent(0.0), "0");
+        assert_eq!(format_percent(100.0 / 3.0), "33.33");
+        assert_eq!(format_percent(3e-5), "0.00003");
+    }
+}

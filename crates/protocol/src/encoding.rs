@@ -1,0 +1,162 @@
+//! Binary and JSON forms of the protocol's messages.
+//!
+//! Every message serializes with serde: JSON for people (digests and byte strings as lowercase
+//! hex), and a compact binary form for the wire:
+//!
+//! ```text
+//! "VTPM" ‖ version (u8 = 1) ‖ kind (u8) ‖ payload
+//! ```
+//!
+//! where `payload` is the message in the [postcard wire format] (varint lengths and integers,
+//! digests as 32 raw bytes, byte strings length-prefixed). Decoding is strict: the magic, version
+//! and kind must match, the whole input must be consumed, the input may not exceed a size limit,
+//! and the decoded message is validated (e.g. a statement's geometry) before it is returned.
+//! Hostile bytes give a [`ProtocolError::Decode`], never a panic; lengths inside the payload
+//! cannot make the decoder allocate more than the input holds.
+//!
+//! [postcard wire format]: https://postcard.jamesmunns.com/wire-format
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{ProtocolError, Result};
+
+/// Magic bytes of every binary message.
+pub const MESSAGE_MAGIC: &[u8; 4] = b"VTPM";
+/// Version of the binary message envelope.
+pub const MESSAGE_VERSION: u8 = 1;
+/// Default size limit for a binary message (1 GiB).
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// Which message a binary envelope holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MessageKind {
+    /// [`crate::Statement`].
+    Statement = 1,
+    /// [`crate::Commitment`].
+    Commitment = 2,
+    /// [`crate::Challenge`].
+    Challenge = 3,
+    /// [`crate::Opening`].
+    Opening = 4,
+    /// [`crate::Verdict`].
+    Verdict = 5,
+}
+
+/// A message with a binary form: its kind and the validation run after decoding.
+pub trait Message: Serialize + DeserializeOwned {
+    /// The kind byte of the envelope.
+    const KIND: MessageKind;
+    /// Human name, for errors.
+    const NAME: &'static str;
+
+    /// Structural checks run after decoding (JSON or binary).
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The binary envelope.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(MESSAGE_MAGIC);
+        out.push(MESSAGE_VERSION);
+        out.push(Self::KIND as u8);
+        postcard::to_extend(self, out).expect("serializing to a Vec cannot fail")
+    }
+
+    /// Strict decoding with the default size limit.
+    fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Self::from_bytes_with_limit(bytes, MAX_MESSAGE_BYTES)
+    }
+
+    /// Strict decoding: size limit, magic, version, kind, payload, no trailing bytes, validation.
+    fn from_bytes_with_limit(bytes: &[u8], limit: usize) -> Result<Self> {
+        let err = |reason: String| ProtocolError::Decode {
+            what: Self::NAME,
+            reason,
+        };
+        if bytes.len() > limit {
+            return Err(err(format!(
+                "{} bytes exceed the limit of {limit}",
+                bytes.len()
+            )));
+        }
+        if bytes.len() < 6 || &bytes[..4] != MESSAGE_MAGIC {
+            return Err(err("missing the VTPM magic".into()));
+        }
+        if bytes[4] != MESSAGE_VERSION {
+            return Err(err(format!(
+                "envelope version {} (this build reads {MESSAGE_VERSION})",
+                bytes[4]
+            )));
+        }
+        if bytes[5] != Self::KIND as u8 {
+            return Err(err(format!(
+                "message kind {} where {} ({}) was expected",
+                bytes[5],
+                Self::KIND as u8,
+                Self::NAME
+            )));
+        }
+        let (msg, rest): (Self, &[u8]) =
+            postcard::take_from_bytes(&bytes[6..]).map_err(|e| err(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(err(format!("{} trailing bytes", rest.len())));
+        }
+        msg.validate()?;
+        Ok(msg)
+    }
+
+    /// JSON, pretty-printed.
+    fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("messages serialize to JSON")
+    }
+
+    /// JSON decoding followed by validation.
+    fn from_json(s: &str) -> Result<Self> {
+        let msg: Self = serde_json::from_str(s).map_err(|e| ProtocolError::Decode {
+            what: Self::NAME,
+            reason: e.to_string(),
+        })?;
+        msg.validate()?;
+        Ok(msg)
+    }
+}
+
+/// Serde helper for byte strings: lowercase hex in human-readable formats, raw bytes otherwise.
+pub mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serializes bytes.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&hex::encode(bytes))
+        } else {
+            s.serialize_bytes(bytes)
+        }
+    }
+
+    /// Deserializes bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            hex::decode(s.as_ref()).map_err(serde::de::Error::custom)
+        } else {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Vec<u8>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                    Ok(v.to_vec())
+                }
+                fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                    Ok(v)
+                }
+            }
+            d.deserialize_byte_buf(V)
+        }
+    }
+}

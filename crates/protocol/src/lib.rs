@@ -1,0 +1,43 @@
+//! # veritrace-protocol
+//!
+//! The commit-challenge-reveal protocol by which a verifier checks an inference it did not run.
+//! The crate knows no inference engine: the verifier asks a [`Recompute`] implementation for the
+//! cells it samples, so other verifiers can embed it with their own engine.
+//!
+//! * [`Statement`]: what the prover claims (model digest, setup, tokens, trace geometry, hasher,
+//!   attention [`Dependency`], [`OutputRule`]).
+//! * Messages: [`Commitment`], [`Challenge`], [`Opening`], [`Verdict`] (with a typed
+//!   [`RejectReason`]); JSON and a strict binary form through [`Message`].
+//! * [`Prover`] and [`Verifier`]: explicit state machines; interactive or non-interactive
+//!   ([`transcript`]: merlin, with optional proof of work) over one or more rounds.
+//! * [`sampling`]: portable cell sampling (uniform, stratified, cost-weighted) from a seed.
+//! * [`tolerance`]: exact, max-abs, relative-L2 and noise-floor policies, and calibration.
+//! * [`soundness`]: miss probabilities, samples needed, security against grinding.
+//!
+//! The normative description is `specs/protocol.md`.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod encoding;
+mod error;
+mod messages;
+mod prover;
+pub mod sampling;
+pub mod soundness;
+mod statement;
+pub mod tolerance;
+pub mod toy;
+pub mod transcript;
+mod verifier;
+
+pub use encoding::{Message, MessageKind};
+pub use error::{ProtocolError, Result};
+pub use messages::{Challenge, Commitment, OpenedCell, Opening, RejectReason, Verdict};
+pub use prover::{Prover, ProverState};
+pub use sampling::SamplingStrategy;
+pub use statement::{Dependency, OutputRule, Statement, PROTOCOL_VERSION};
+pub use transcript::ChallengeParams;
+pub use verifier::{
+    check_opening, Faults, Mode, Recompute, Step, Verifier, VerifierConfig, VerifierState,
+};

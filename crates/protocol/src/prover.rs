@@ -1,0 +1,164 @@
+//! The prover's side: commit once, then answer each round's challenge.
+//!
+//! ```text
+//! Ready ──commit()──▶ Committed ──open(challenge r)──▶ Committed (next round r + 1)
+//! ```
+//!
+//! A commitment is produced exactly once, before any challenge: calling [`Prover::commit`]
+//! again fails with [`ProtocolError::OutOfOrder`], so a prover cannot commit after seeing a
+//! challenge through this API (the "late commitment" attack is an API error, and a simulator can
+//! report the attempt). Opening before committing, or answering rounds out of order, fails the
+//! same way.
+
+use veritrace_commit::{commit_trace, CellId, MerkleTree};
+
+use crate::encoding::Message;
+use crate::transcript::{derive_challenge, find_pow_nonce, ChallengeParams};
+use crate::{Challenge, Commitment, OpenedCell, Opening, ProtocolError, Result, Statement};
+
+/// The prover's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProverState {
+    /// The trace is committed locally; nothing has been sent.
+    Ready,
+    /// The commitment was sent; `next_round` is the round the next opening answers.
+    Committed {
+        /// Next round to answer.
+        next_round: u32,
+    },
+}
+
+impl ProverState {
+    fn name(&self) -> &'static str {
+        match self {
+            ProverState::Ready => "ready",
+            ProverState::Committed { .. } => "committed",
+        }
+    }
+}
+
+/// An honest prover holding a trace in memory (`layers[l]`: layer `l`'s little-endian elements,
+/// row-major `[tokens, hidden]`; any byte container, e.g. `Vec<u8>` or a memory-mapped slice).
+#[derive(Debug)]
+pub struct Prover<L> {
+    statement: Statement,
+    layers: Vec<L>,
+    tree: MerkleTree,
+    state: ProverState,
+}
+
+impl<L: AsRef<[u8]> + Sync> Prover<L> {
+    /// Validates the statement against the trace and builds the Merkle tree (cells hashed in
+    /// parallel).
+    pub fn new(statement: Statement, layers: Vec<L>) -> Result<Self> {
+        statement.validate()?;
+        let refs: Vec<&[u8]> = layers.iter().map(AsRef::as_ref).collect();
+        let tree = commit_trace(statement.hasher, &statement.geometry, &refs)?;
+        Ok(Prover {
+            statement,
+            layers,
+            tree,
+            state: ProverState::Ready,
+        })
+    }
+
+    /// The statement.
+    pub fn statement(&self) -> &Statement {
+        &self.statement
+    }
+
+    /// The state machine's state.
+    pub fn state(&self) -> ProverState {
+        self.state
+    }
+
+    /// The Merkle tree over the trace.
+    pub fn tree(&self) -> &MerkleTree {
+        &self.tree
+    }
+
+    /// Sends the commitment. Only once, and only before any challenge.
+    pub fn commit(&mut self) -> Result<Commitment> {
+        if self.state != ProverState::Ready {
+            return Err(ProtocolError::OutOfOrder {
+                state: self.state.name(),
+                message: "commitment (a prover commits once, before any challenge)",
+            });
+        }
+        self.state = ProverState::Committed { next_round: 0 };
+        Ok(self.commitment())
+    }
+
+    fn commitment(&self) -> Commitment {
+        Commitment {
+            statement: self.statement.clone(),
+            root: self.tree.root(),
+        }
+    }
+
+    fn expect_round(&self, round: u32) -> Result<()> {
+        match self.state {
+            ProverState::Committed { next_round } if next_round == round => Ok(()),
+            _ => Err(ProtocolError::OutOfOrder {
+                state: self.state.name(),
+                message: "challenge for another round",
+            }),
+        }
+    }
+
+    /// Answers an interactive challenge.
+    pub fn open(&mut self, challenge: &Challenge) -> Result<Opening> {
+        challenge.validate()?;
+        self.expect_round(challenge.round)?;
+        let opening = self.open_cells(challenge.round, &challenge.cells, 0)?;
+        self.state = ProverState::Committed {
+            next_round: challenge.round + 1,
+        };
+        Ok(opening)
+    }
+
+    /// Answers the next non-interactive round: searches the proof-of-work nonce, derives the
+    /// challenge from the transcript and opens it. Returns the challenge too.
+    pub fn open_non_interactive(
+        &mut self,
+        params: &ChallengeParams,
+    ) -> Result<(Challenge, Opening)> {
+        let ProverState::Committed { next_round } = self.state else {
+            return Err(ProtocolError::OutOfOrder {
+                state: self.state.name(),
+                message: "opening before the commitment",
+            });
+        };
+        let commitment = self.commitment();
+        let nonce = find_pow_nonce(&commitment, next_round, params)?;
+        let challenge = derive_challenge(&commitment, next_round, params, nonce)?;
+        let opening = self.open_cells(next_round, &challenge.cells, nonce)?;
+        self.state = ProverState::Committed {
+            next_round: next_round + 1,
+        };
+        Ok((challenge, opening))
+    }
+
+    /// Builds an opening of `challenged` (plus their input cells) without touching the state:
+    /// the building block of [`Prover::open`], public for simulators of cheating provers.
+    pub fn open_cells(&self, round: u32, challenged: &[CellId], pow_nonce: u64) -> Result<Opening> {
+        let g = &self.statement.geometry;
+        let cells = self.statement.opening_cells(challenged)?;
+        let mut indices = Vec::with_capacity(cells.len());
+        let mut opened = Vec::with_capacity(cells.len());
+        for cell in cells {
+            indices.push(g.cell_index(cell)?);
+            let range = g.cell_byte_range(cell)?;
+            opened.push(OpenedCell {
+                cell,
+                data: self.layers[cell.layer as usize].as_ref()[range].to_vec(),
+            });
+        }
+        Ok(Opening {
+            round,
+            cells: opened,
+            proof: self.tree.prove(&indices)?,
+            pow_nonce,
+        })
+    }
+}

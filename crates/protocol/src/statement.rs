@@ -1,0 +1,276 @@
+//! The statement a prover commits under, and the dependency rules between cells.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use veritrace_commit::{CellId, Digest, HasherId, TraceGeometry};
+
+use crate::encoding::{Message, MessageKind};
+use crate::{ProtocolError, Result};
+
+/// Version of the protocol this crate implements; bound into every transcript.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Which rows of the previous layer a cell's recomputation reads (the attention pattern).
+///
+/// For a cell covering token rows `s..e` of layer `l ≥ 1`, the input rows of layer `l − 1` are:
+///
+/// | rule | input rows |
+/// |---|---|
+/// | `Causal` | `0..e` (decoders: every earlier position) |
+/// | `Bidirectional` | `0..T` (encoders such as BERT: every position) |
+/// | `Window { size: w }` | `max(0, s − (w − 1))..e` (sliding-window attention over `w` positions) |
+///
+/// Layer 0 (embeddings) reads no rows: it is recomputed from the statement's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dependency {
+    /// Causal attention.
+    Causal,
+    /// Bidirectional attention.
+    Bidirectional,
+    /// Causal attention over a sliding window of `size` positions (including the current one).
+    Window {
+        /// Window length, at least 1.
+        size: u32,
+    },
+}
+
+/// How the output tokens follow from the last layer's rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputRule {
+    /// Greedy decoding (argmax).
+    Greedy,
+    /// Sampling with a seed bound in the statement (how the seed drives sampling is part of the
+    /// setup the [`crate::Recompute`] implementation follows).
+    Sampled {
+        /// The sampling seed.
+        seed: Digest,
+    },
+}
+
+/// What the prover claims: model `M` with numeric setup `S` on input `x` produced output `y`,
+/// and the trace of that run has this geometry.
+///
+/// The traced sequence is `input_tokens ‖ output_tokens`, so `geometry.tokens` must equal their
+/// total length. Output token `i` is the prediction made at position `len(input) − 1 + i`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Statement {
+    /// Protocol version, [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Hash of the weights file.
+    pub model_digest: Digest,
+    /// The numeric setup, canonically encoded by the caller (opaque to the protocol).
+    #[serde(with = "crate::encoding::hex_bytes")]
+    pub setup: Vec<u8>,
+    /// Input (prompt) token ids.
+    pub input_tokens: Vec<u32>,
+    /// Output (generated) token ids.
+    pub output_tokens: Vec<u32>,
+    /// Trace geometry: layers, tokens, hidden size, chunk size, dtype.
+    pub geometry: TraceGeometry,
+    /// Hasher of the trace commitment.
+    pub hasher: HasherId,
+    /// Attention pattern: which input rows a cell depends on.
+    pub dependency: Dependency,
+    /// How output tokens are derived from the last layer.
+    pub output_rule: OutputRule,
+}
+
+impl Statement {
+    /// Number of positions in the traced sequence.
+    pub fn sequence_len(&self) -> u64 {
+        self.input_tokens.len() as u64 + self.output_tokens.len() as u64
+    }
+
+    /// The token at a position of the traced sequence.
+    pub fn token(&self, position: u32) -> Option<u32> {
+        let p = position as usize;
+        let n = self.input_tokens.len();
+        if p < n {
+            Some(self.input_tokens[p])
+        } else {
+            self.output_tokens.get(p - n).copied()
+        }
+    }
+
+    /// For a position of the last layer, the output token its row predicts (if any).
+    pub fn predicted_output(&self, position: u32) -> Option<u32> {
+        let first = self.input_tokens.len().checked_sub(1)?;
+        let i = (position as usize).checked_sub(first)?;
+        self.output_tokens.get(i).copied()
+    }
+
+    /// The rows of layer `cell.layer − 1` that `cell` depends on (`None` for layer 0).
+    pub fn input_rows(&self, cell: CellId) -> Result<Option<Range<u32>>> {
+        let rows = self.geometry.cell_rows(cell)?;
+        if cell.layer == 0 {
+            return Ok(None);
+        }
+        Ok(Some(match self.dependency {
+            Dependency::Causal => 0..rows.end,
+            Dependency::Bidirectional => 0..self.geometry.tokens,
+            Dependency::Window { size } => {
+                rows.start.saturating_sub(size.saturating_sub(1))..rows.end
+            }
+        }))
+    }
+
+    /// The cells of layer `cell.layer − 1` covering [`Statement::input_rows`].
+    pub fn input_cells(&self, cell: CellId) -> Result<Vec<CellId>> {
+        let Some(rows) = self.input_rows(cell)? else {
+            return Ok(Vec::new());
+        };
+        let c = self.geometry.chunk;
+        Ok((rows.start / c..rows.end.div_ceil(c))
+            .map(|chunk| CellId {
+                layer: cell.layer - 1,
+                chunk,
+            })
+            .collect())
+    }
+
+    /// Every cell an opening of `challenged` must contain: the challenged cells and their input
+    /// cells, without repeats, in ascending leaf order.
+    pub fn opening_cells(&self, challenged: &[CellId]) -> Result<Vec<CellId>> {
+        let mut all = Vec::with_capacity(challenged.len() * 2);
+        for &cell in challenged {
+            self.geometry.cell_index(cell)?;
+            all.push(cell);
+            all.extend(self.input_cells(cell)?);
+        }
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
+    }
+}
+
+impl Message for Statement {
+    const KIND: MessageKind = MessageKind::Statement;
+    const NAME: &'static str = "statement";
+
+    /// Checks the version, the geometry, the token counts against the geometry, and the
+    /// dependency rule.
+    fn validate(&self) -> Result<()> {
+        if self.version != PROTOCOL_VERSION {
+            return Err(ProtocolError::InvalidStatement(format!(
+                "protocol version {} (this build speaks {PROTOCOL_VERSION})",
+                self.version
+            )));
+        }
+        self.geometry.validate()?;
+        if self.sequence_len() != u64::from(self.geometry.tokens) {
+            return Err(ProtocolError::InvalidStatement(format!(
+                "{} input + {} output tokens do not match the trace's {} token rows",
+                self.input_tokens.len(),
+                self.output_tokens.len(),
+                self.geometry.tokens
+            )));
+        }
+        if self.input_tokens.is_empty() {
+            return Err(ProtocolError::InvalidStatement(
+                "a statement needs at least one input token".into(),
+            ));
+        }
+        if let Dependency::Window { size: 0 } = self.dependency {
+            return Err(ProtocolError::InvalidStatement(
+                "an attention window must cover at least one position".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use veritrace_commit::Dtype;
+
+    /// A small statement used across the crate's unit tests: 3 layers, 10 tokens (6 in, 4
+    /// out), hidden 4, chunk 3 (4 chunks per layer, the last one a single row).
+    pub(crate) fn statement(dependency: Dependency) -> Statement {
+        Statement {
+            version: PROTOCOL_VERSION,
+            model_digest: Digest([1; 32]),
+            setup: b"f32/attn=eager".to_vec(),
+            input_tokens: vec![5, 6, 7, 8, 9, 10],
+            output_tokens: vec![11, 12, 13, 14],
+            geometry: TraceGeometry::new(3, 10, 4, 3, Dtype::F32).unwrap(),
+            hasher: HasherId::Blake3,
+            dependency,
+            output_rule: OutputRule::Greedy,
+        }
+    }
+
+    fn cell(layer: u32, chunk: u32) -> CellId {
+        CellId { layer, chunk }
+    }
+
+    #[test]
+    fn dependency_rules() {
+        let s = statement(Dependency::Causal);
+        assert_eq!(s.input_rows(cell(0, 2)).unwrap(), None);
+        assert_eq!(s.input_rows(cell(1, 2)).unwrap(), Some(0..9));
+        assert_eq!(s.input_cells(cell(1, 2)).unwrap().len(), 3);
+        assert_eq!(s.input_rows(cell(2, 3)).unwrap(), Some(0..10));
+        let s = statement(Dependency::Bidirectional);
+        assert_eq!(s.input_rows(cell(1, 0)).unwrap(), Some(0..10));
+        assert_eq!(s.input_cells(cell(1, 0)).unwrap().len(), 4);
+        let s = statement(Dependency::Window { size: 2 });
+        assert_eq!(s.input_rows(cell(1, 2)).unwrap(), Some(5..9));
+        assert_eq!(
+            s.input_cells(cell(1, 2)).unwrap(),
+            vec![cell(0, 1), cell(0, 2)]
+        );
+        assert_eq!(s.input_rows(cell(1, 0)).unwrap(), Some(0..3));
+        assert!(s.input_rows(cell(3, 0)).is_err());
+    }
+
+    #[test]
+    fn opening_cells_are_sorted_and_unique() {
+        let s = statement(Dependency::Causal);
+        let open = s
+            .opening_cells(&[cell(2, 1), cell(1, 0), cell(2, 0)])
+            .unwrap();
+        assert_eq!(
+            open,
+            vec![cell(0, 0), cell(1, 0), cell(1, 1), cell(2, 0), cell(2, 1)]
+        );
+    }
+
+    #[test]
+    fn tokens_and_predictions() {
+        let s = statement(Dependency::Causal);
+        assert_eq!(s.token(0), Some(5));
+        assert_eq!(s.token(6), Some(11));
+        assert_eq!(s.token(10), None);
+        assert_eq!(s.predicted_output(4), None);
+        assert_eq!(s.predicted_output(5), Some(11));
+        assert_eq!(s.predicted_output(8), Some(14));
+        assert_eq!(s.predicted_output(9), None);
+    }
+
+    #[test]
+    fn validation_and_encodings() {
+        let s = statement(Dependency::Window { size: 4 });
+        s.validate().unwrap();
+        let bytes = s.to_bytes();
+        assert_eq!(Statement::from_bytes(&bytes).unwrap(), s);
+        assert_eq!(Statement::from_json(&s.to_json()).unwrap(), s);
+        let mut bad = s.clone();
+        bad.output_tokens.pop();
+        assert!(bad.validate().is_err());
+        let mut bad = s.clone();
+        bad.version = 2;
+        assert!(Statement::from_bytes(&bad.to_bytes()).is_err());
+        let mut bad = s;
+        bad.dependency = Dependency::Window { size: 0 };
+        assert!(bad.validate().is_err());
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(Statement::from_bytes(&trailing).is_err());
+        assert!(Statement::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Statement::from_bytes_with_limit(&bytes, 10).is_err());
+    }
+}

@@ -1,0 +1,206 @@
+//! A deterministic toy engine implementing [`Recompute`], for tests, examples and the model
+//! checker: an example of what an embedding verifier writes, small enough to read at a glance.
+//!
+//! Hidden states are f32. For position `p` holding token `t`, the embedding row is
+//! `e[i] = (t mod 97) / 8 + i / 16 + p / 64`. Layer `l ≥ 1` maps input rows `x` to
+//! `y_p = x_p + 0.5 · mean(x_q : q ∈ A(p)) + 0.1 · l` (element-wise), where `A(p)` is the set
+//! of positions row `p` attends to under the statement's [`Dependency`] (causal: `0..=p`;
+//! bidirectional: all; window `w`: `p−w+1..=p`). The sum runs over `A(p)` in ascending order in
+//! f32, so a cell recomputed alone is bitwise identical to the same rows of a full forward. The
+//! next token is `floor(|y_p[0]| · 1000) mod 50 000` (both output rules; the toy has no sampling).
+
+use std::ops::Range;
+
+use veritrace_commit::Dtype;
+
+use crate::{Dependency, ProtocolError, Recompute, Result, Statement};
+
+/// The toy engine. `perturb` adds a constant to every layer output (a "different setup" that a
+/// cheating prover might run); the honest engine has `perturb = 0.0`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ToyEngine {
+    /// Added to every element of every layer ≥ 1 output.
+    pub perturb: f32,
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn check(statement: &Statement) -> Result<usize> {
+    if statement.geometry.dtype != Dtype::F32 {
+        return Err(ProtocolError::Engine(
+            "the toy engine computes in f32 only".into(),
+        ));
+    }
+    Ok(statement.geometry.hidden as usize)
+}
+
+fn attended(dep: Dependency, tokens: u32, p: u32) -> Range<u32> {
+    match dep {
+        Dependency::Causal => 0..p + 1,
+        Dependency::Bidirectional => 0..tokens,
+        Dependency::Window { size } => (p + 1).saturating_sub(size)..p + 1,
+    }
+}
+
+impl ToyEngine {
+    /// The embedding rows of positions `rows` of `tokens`.
+    pub fn embed_tokens(&self, hidden: usize, tokens: &[u32], rows: Range<u32>) -> Vec<f32> {
+        let mut out = Vec::with_capacity((rows.end - rows.start) as usize * hidden);
+        for p in rows {
+            let t = tokens[p as usize];
+            for i in 0..hidden {
+                out.push((t % 97) as f32 / 8.0 + i as f32 / 16.0 + p as f32 / 64.0);
+            }
+        }
+        out
+    }
+
+    /// Layer `layer` for output rows `rows`, from `inputs` holding rows `input_rows` of the
+    /// previous layer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_rows(
+        &self,
+        dep: Dependency,
+        tokens: u32,
+        hidden: usize,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[f32],
+    ) -> Result<Vec<f32>> {
+        let row = |q: u32| -> Result<&[f32]> {
+            if !input_rows.contains(&q) {
+                return Err(ProtocolError::Engine(format!(
+                    "row {q} is not among the input rows {input_rows:?}"
+                )));
+            }
+            let i = (q - input_rows.start) as usize * hidden;
+            inputs
+                .get(i..i + hidden)
+                .ok_or_else(|| ProtocolError::Engine("input rows are shorter than declared".into()))
+        };
+        let mut out = Vec::with_capacity((rows.end - rows.start) as usize * hidden);
+        for p in rows {
+            let ctx = attended(dep, tokens, p);
+            let n = (ctx.end - ctx.start) as f32;
+            let own = row(p)?;
+            for (i, &x) in own.iter().enumerate() {
+                let mut sum = 0f32;
+                for q in ctx.clone() {
+                    sum += row(q)?[i];
+                }
+                out.push(x + 0.5 * (sum / n) + 0.1 * layer as f32 + self.perturb);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The token the toy predicts from a last-layer row.
+    pub fn token_from_row(row: &[f32]) -> u32 {
+        ((row[0].abs() * 1000.0) as u64 % 50_000) as u32
+    }
+
+    /// Greedy generation: appends `n_out` tokens to `input`, each predicted from the last layer
+    /// at the previous position. Returns the output tokens.
+    pub fn generate(
+        &self,
+        dep: Dependency,
+        layers: u32,
+        hidden: usize,
+        input: &[u32],
+        n_out: usize,
+    ) -> Result<Vec<u32>> {
+        let mut seq = input.to_vec();
+        let mut out = Vec::with_capacity(n_out);
+        for _ in 0..n_out {
+            let trace = self.forward(dep, layers, hidden, &seq)?;
+            let last = trace.last().expect("at least one layer");
+            let p = seq.len() - 1;
+            let t = Self::token_from_row(&last[p * hidden..(p + 1) * hidden]);
+            seq.push(t);
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    /// The full trace `h_0 … h_{layers−1}` of `tokens`, each layer row-major f32.
+    pub fn forward(
+        &self,
+        dep: Dependency,
+        layers: u32,
+        hidden: usize,
+        tokens: &[u32],
+    ) -> Result<Vec<Vec<f32>>> {
+        let t = tokens.len() as u32;
+        let mut trace = vec![self.embed_tokens(hidden, tokens, 0..t)];
+        for l in 1..layers {
+            let prev = trace.last().expect("non-empty");
+            let next = self.layer_rows(dep, t, hidden, l, 0..t, 0..t, prev)?;
+            trace.push(next);
+        }
+        Ok(trace)
+    }
+
+    /// The full trace as little-endian bytes per layer (what a [`crate::Prover`] holds).
+    pub fn trace_bytes(&self, statement: &Statement) -> Result<Vec<Vec<u8>>> {
+        let hidden = check(statement)?;
+        let tokens: Vec<u32> = (0..statement.geometry.tokens)
+            .map(|p| statement.token(p).unwrap_or(0))
+            .collect();
+        Ok(self
+            .forward(
+                statement.dependency,
+                statement.geometry.layers,
+                hidden,
+                &tokens,
+            )?
+            .iter()
+            .map(|l| bytes(l))
+            .collect())
+    }
+}
+
+impl Recompute for ToyEngine {
+    fn embed(&self, statement: &Statement, rows: Range<u32>) -> Result<Vec<u8>> {
+        let hidden = check(statement)?;
+        let tokens: Vec<u32> = (0..statement.geometry.tokens)
+            .map(|p| statement.token(p).unwrap_or(0))
+            .collect();
+        Ok(bytes(&self.embed_tokens(hidden, &tokens, rows)))
+    }
+
+    fn layer(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+    ) -> Result<Vec<u8>> {
+        let hidden = check(statement)?;
+        let out = self.layer_rows(
+            statement.dependency,
+            statement.geometry.tokens,
+            hidden,
+            layer,
+            rows,
+            input_rows,
+            &f32s(inputs),
+        )?;
+        Ok(bytes(&out))
+    }
+
+    fn next_token(&self, statement: &Statement, _position: u32, last_row: &[u8]) -> Result<u32> {
+        check(statement)?;
+        Ok(Self::token_from_row(&f32s(last_row)))
+    }
+}

@@ -1,0 +1,361 @@
+//! The Fiat-Shamir transcript: what the non-interactive challenge is derived from.
+//!
+//! A [merlin] transcript (STROBE-128; every append frames its label and length) absorbs, in this
+//! order and each under its own label:
+//!
+//! | # | label | value |
+//! |---|---|---|
+//! | 0 | (domain separator) | `merlin::Transcript::new(b"veritrace/protocol/v1")` |
+//! | 1 | `version` | statement version, u32 LE |
+//! | 2 | `model-digest` | 32 bytes |
+//! | 3 | `setup` | the setup descriptor bytes |
+//! | 4 | `input-tokens` | count u64 LE, then each id u32 LE |
+//! | 5 | `output-tokens` | count u64 LE, then each id u32 LE |
+//! | 6 | `geometry` | layers, tokens, hidden, chunk (u32 LE each), dtype code (u8) |
+//! | 7 | `hasher` | hasher code (u8) |
+//! | 8 | `dependency` | rule code (u8: 1 causal, 2 bidirectional, 3 window) and window size (u32 LE, 0 otherwise) |
+//! | 9 | `output-rule` | rule code (u8: 1 greedy, 2 sampled) and the 32-byte seed (zeros for greedy) |
+//! | 10 | `root` | the commitment's 32-byte root |
+//! | 11 | `round` | round index, u64 LE (merlin `append_u64`) |
+//! | 12 | `samples` | k, u64 LE |
+//! | 13 | `strategy` | sampling strategy code (u8) |
+//! | 14 | `pow-bits` | u64 LE |
+//! | 15 | `pow-nonce` | u64 LE |
+//! | 16 | `challenge-seed` | squeezed: 32 bytes, the seed of [`crate::sampling`] |
+//!
+//! Rows 1-10 are the base transcript of a commitment; rows 11-16 are per round, on a clone of the
+//! base. Every public value the challenge depends on is absorbed before it is squeezed (the
+//! "Frozen Heart" class of bugs is a value left out).
+//!
+//! # Proof of work
+//! With `pow_bits = p > 0`, the prover must find a nonce such that, on a clone of the round
+//! transcript after row 14, appending `pow-nonce` and squeezing 32 bytes under label `pow` gives
+//! an output whose first `p` bits (most significant bit of byte 0 first) are zero. The verifier
+//! checks it with one evaluation. Nonces are searched from 0 upward. With `p = 0` the nonce must
+//! be 0. Each attempt to re-randomize a commitment and re-draw the challenge then costs about
+//! `2^p` transcript evaluations.
+
+use merlin::Transcript;
+use serde::{Deserialize, Serialize};
+use veritrace_commit::Digest;
+
+use crate::sampling::{sample_cells, SamplingStrategy};
+use crate::{Challenge, Commitment, Dependency, OutputRule, ProtocolError, Result, Statement};
+
+/// The transcript's domain separator, with the protocol version.
+pub const DOMAIN: &[u8] = b"veritrace/protocol/v1";
+/// Largest proof-of-work difficulty accepted (a search of 2^40 is days of work).
+pub const MAX_POW_BITS: u8 = 40;
+
+/// Public parameters of a round's challenge, fixed by the verifier's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeParams {
+    /// Cells sampled per round (k).
+    pub samples: u32,
+    /// How they are spread.
+    pub strategy: SamplingStrategy,
+    /// Proof-of-work bits required before the challenge (non-interactive mode; 0 for none).
+    pub pow_bits: u8,
+}
+
+/// Extension of [`merlin::Transcript`] with veritrace's labelled appends.
+pub trait TranscriptProtocol {
+    /// Appends rows 1-9: every field of the statement.
+    fn append_statement(&mut self, statement: &Statement);
+    /// Appends row 10: the root.
+    fn append_root(&mut self, root: &Digest);
+    /// Appends rows 11-14: the round and the challenge parameters.
+    fn append_round(&mut self, round: u32, params: &ChallengeParams);
+    /// Appends row 15 and squeezes row 16: the sampling seed.
+    fn challenge_seed(&mut self, nonce: u64) -> [u8; 32];
+}
+
+fn tokens_bytes(tokens: &[u32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + 4 * tokens.len());
+    out.extend_from_slice(&(tokens.len() as u64).to_le_bytes());
+    for t in tokens {
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    out
+}
+
+impl TranscriptProtocol for Transcript {
+    fn append_statement(&mut self, s: &Statement) {
+        self.append_message(b"version", &s.version.to_le_bytes());
+        self.append_message(b"model-digest", &s.model_digest.0);
+        self.append_message(b"setup", &s.setup);
+        self.append_message(b"input-tokens", &tokens_bytes(&s.input_tokens));
+        self.append_message(b"output-tokens", &tokens_bytes(&s.output_tokens));
+        let g = &s.geometry;
+        let mut geometry = Vec::with_capacity(17);
+        for v in [g.layers, g.tokens, g.hidden, g.chunk] {
+            geometry.extend_from_slice(&v.to_le_bytes());
+        }
+        geometry.push(g.dtype.code());
+        self.append_message(b"geometry", &geometry);
+        self.append_message(b"hasher", &[s.hasher.code()]);
+        let (code, size) = match s.dependency {
+            Dependency::Causal => (1u8, 0u32),
+            Dependency::Bidirectional => (2, 0),
+            Dependency::Window { size } => (3, size),
+        };
+        let mut dep = vec![code];
+        dep.extend_from_slice(&size.to_le_bytes());
+        self.append_message(b"dependency", &dep);
+        let (code, seed) = match s.output_rule {
+            OutputRule::Greedy => (1u8, [0u8; 32]),
+            OutputRule::Sampled { seed } => (2, seed.0),
+        };
+        let mut rule = vec![code];
+        rule.extend_from_slice(&seed);
+        self.append_message(b"output-rule", &rule);
+    }
+
+    fn append_root(&mut self, root: &Digest) {
+        self.append_message(b"root", &root.0);
+    }
+
+    fn append_round(&mut self, round: u32, params: &ChallengeParams) {
+        self.append_u64(b"round", u64::from(round));
+        self.append_u64(b"samples", u64::from(params.samples));
+        self.append_message(b"strategy", &[params.strategy.code()]);
+        self.append_u64(b"pow-bits", u64::from(params.pow_bits));
+    }
+
+    fn challenge_seed(&mut self, nonce: u64) -> [u8; 32] {
+        self.append_u64(b"pow-nonce", nonce);
+        let mut seed = [0u8; 32];
+        self.challenge_bytes(b"challenge-seed", &mut seed);
+        seed
+    }
+}
+
+/// The base transcript of a commitment (rows 0-10).
+pub fn base_transcript(commitment: &Commitment) -> Transcript {
+    let mut t = Transcript::new(DOMAIN);
+    t.append_statement(&commitment.statement);
+    t.append_root(&commitment.root);
+    t
+}
+
+fn round_transcript(commitment: &Commitment, round: u32, params: &ChallengeParams) -> Transcript {
+    let mut t = base_transcript(commitment);
+    t.append_round(round, params);
+    t
+}
+
+/// A deliberately broken seed derivation that leaves the root out of the transcript (row 10),
+/// so the challenge can be computed before the commitment. Only for showing that the model
+/// checker and the tests catch the defect.
+#[cfg(feature = "fault-injection")]
+pub fn challenge_seed_without_root(
+    statement: &Statement,
+    round: u32,
+    params: &ChallengeParams,
+    nonce: u64,
+) -> [u8; 32] {
+    let mut t = Transcript::new(DOMAIN);
+    t.append_statement(statement);
+    t.append_round(round, params);
+    t.challenge_seed(nonce)
+}
+
+fn leading_zero_bits(bytes: &[u8]) -> u32 {
+    let mut n = 0;
+    for &b in bytes {
+        if b == 0 {
+            n += 8;
+        } else {
+            return n + b.leading_zeros();
+        }
+    }
+    n
+}
+
+fn pow_ok(round: &Transcript, bits: u8, nonce: u64) -> bool {
+    if bits == 0 {
+        return nonce == 0;
+    }
+    let mut t = round.clone();
+    t.append_u64(b"pow-nonce", nonce);
+    let mut out = [0u8; 32];
+    t.challenge_bytes(b"pow", &mut out);
+    leading_zero_bits(&out) >= u32::from(bits)
+}
+
+fn check_params(params: &ChallengeParams) -> Result<()> {
+    if params.pow_bits > MAX_POW_BITS {
+        return Err(ProtocolError::InvalidParameter(format!(
+            "pow_bits {} exceeds the maximum of {MAX_POW_BITS}",
+            params.pow_bits
+        )));
+    }
+    Ok(())
+}
+
+/// The prover's proof-of-work search: the smallest nonce meeting `params.pow_bits`.
+pub fn find_pow_nonce(
+    commitment: &Commitment,
+    round: u32,
+    params: &ChallengeParams,
+) -> Result<u64> {
+    check_params(params)?;
+    let t = round_transcript(commitment, round, params);
+    Ok((0u64..)
+        .find(|&nonce| pow_ok(&t, params.pow_bits, nonce))
+        .expect("a nonce exists long before 2^64"))
+}
+
+/// Whether `nonce` meets the proof of work of a round.
+pub fn check_pow(
+    commitment: &Commitment,
+    round: u32,
+    params: &ChallengeParams,
+    nonce: u64,
+) -> Result<bool> {
+    check_params(params)?;
+    Ok(pow_ok(
+        &round_transcript(commitment, round, params),
+        params.pow_bits,
+        nonce,
+    ))
+}
+
+/// The sampling seed of a non-interactive round (row 16), given the prover's nonce. Does not
+/// check the proof of work; [`derive_challenge`] does.
+pub fn challenge_seed(
+    commitment: &Commitment,
+    round: u32,
+    params: &ChallengeParams,
+    nonce: u64,
+) -> [u8; 32] {
+    round_transcript(commitment, round, params).challenge_seed(nonce)
+}
+
+/// The non-interactive challenge of a round: checks the proof of work, then samples the cells
+/// from the transcript's seed. Prover and verifier both call it.
+pub fn derive_challenge(
+    commitment: &Commitment,
+    round: u32,
+    params: &ChallengeParams,
+    nonce: u64,
+) -> Result<Challenge> {
+    if !check_pow(commitment, round, params, nonce)? {
+        return Err(ProtocolError::InvalidParameter(format!(
+            "nonce {nonce} does not meet {} bits of proof of work",
+            params.pow_bits
+        )));
+    }
+    let seed = challenge_seed(commitment, round, params, nonce);
+    Ok(Challenge {
+        round,
+        cells: sample_cells(&commitment.statement, params.samples, params.strategy, seed)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::statement::tests::statement;
+
+    fn commitment() -> Commitment {
+        Commitment {
+            statement: statement(Dependency::Causal),
+            root: Digest([9; 32]),
+        }
+    }
+
+    const PARAMS: ChallengeParams = ChallengeParams {
+        samples: 4,
+        strategy: SamplingStrategy::Uniform,
+        pow_bits: 0,
+    };
+
+    #[test]
+    fn every_statement_field_and_the_root_change_the_seed() {
+        let c = commitment();
+        let base = challenge_seed(&c, 0, &PARAMS, 0);
+        let mut variants: Vec<Commitment> = Vec::new();
+        let mut v = c.clone();
+        v.statement.version += 1;
+        variants.push(v);
+        let mut v = c.clone();
+        v.statement.model_digest.0[31] ^= 1;
+        variants.push(v);
+        let mut v = c.clone();
+        v.statement.setup.push(b'x');
+        variants.push(v);
+        let mut v = c.clone();
+        v.statement.input_tokens[0] += 1;
+        variants.push(v);
+        let mut v = c.clone();
+        v.statement.output_tokens[3] += 1;
+        variants.push(v);
+        // moving a token from input to output keeps the concatenation but not the statement
+        let mut v = c.clone();
+        let t = v.statement.input_tokens.pop().unwrap();
+        v.statement.output_tokens.insert(0, t);
+        variants.push(v);
+        for f in 0..5 {
+            let mut v = c.clone();
+            match f {
+                0 => v.statement.geometry.layers += 1,
+                1 => v.statement.geometry.tokens += 1,
+                2 => v.statement.geometry.hidden += 1,
+                3 => v.statement.geometry.chunk += 1,
+                _ => v.statement.geometry.dtype = veritrace_commit::Dtype::Bf16,
+            }
+            variants.push(v);
+        }
+        let mut v = c.clone();
+        v.statement.hasher = veritrace_commit::HasherId::Sha256;
+        variants.push(v);
+        let mut v = c.clone();
+        v.statement.dependency = Dependency::Window { size: 3 };
+        variants.push(v);
+        let mut v = c.clone();
+        v.statement.output_rule = OutputRule::Sampled {
+            seed: Digest([0; 32]),
+        };
+        variants.push(v);
+        let mut v = c.clone();
+        v.root.0[0] ^= 0x80;
+        variants.push(v);
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(challenge_seed(v, 0, &PARAMS, 0), base, "variant {i}");
+        }
+        assert_ne!(challenge_seed(&c, 1, &PARAMS, 0), base);
+        let mut p = PARAMS;
+        p.samples += 1;
+        assert_ne!(challenge_seed(&c, 0, &p, 0), base);
+        p = PARAMS;
+        p.strategy = SamplingStrategy::Stratified;
+        assert_ne!(challenge_seed(&c, 0, &p, 0), base);
+        assert_ne!(challenge_seed(&c, 0, &PARAMS, 1), base);
+    }
+
+    #[test]
+    fn proof_of_work() {
+        let c = commitment();
+        let params = ChallengeParams {
+            pow_bits: 10,
+            ..PARAMS
+        };
+        let nonce = find_pow_nonce(&c, 0, &params).unwrap();
+        assert!(check_pow(&c, 0, &params, nonce).unwrap());
+        for n in 0..nonce {
+            assert!(!check_pow(&c, 0, &params, n).unwrap());
+        }
+        assert!(nonce > 0, "this fixed transcript needs a search");
+        assert!(derive_challenge(&c, 0, &params, nonce).is_ok());
+        assert!(derive_challenge(&c, 0, &params, 0).is_err());
+        assert_eq!(find_pow_nonce(&c, 0, &PARAMS).unwrap(), 0);
+        assert!(!check_pow(&c, 0, &PARAMS, 1).unwrap());
+        let too_hard = ChallengeParams {
+            pow_bits: MAX_POW_BITS + 1,
+            ..PARAMS
+        };
+        assert!(check_pow(&c, 0, &too_hard, 0).is_err());
+        assert_eq!(leading_zero_bits(&[0, 0x10]), 11);
+    }
+}
