@@ -10,7 +10,8 @@
 //! where `payload` is the message in the [postcard wire format] (varint lengths and integers,
 //! digests as 32 raw bytes, byte strings length-prefixed). Decoding is strict: the magic, version
 //! and kind must match, the whole input must be consumed, the input may not exceed a size limit,
-//! and the decoded message is validated (e.g. a statement's geometry) before it is returned.
+//! the input must be the canonical encoding of what it decodes to (no overlong varints), and the
+//! decoded message is validated (e.g. a statement's geometry) before it is returned.
 //! Hostile bytes give a [`ProtocolError::Decode`], never a panic; lengths inside the payload
 //! cannot make the decoder allocate more than the input holds.
 //!
@@ -103,6 +104,11 @@ pub trait Message: Serialize + DeserializeOwned {
             postcard::take_from_bytes(&bytes[6..]).map_err(|e| err(e.to_string()))?;
         if !rest.is_empty() {
             return Err(err(format!("{} trailing bytes", rest.len())));
+        }
+        // postcard accepts overlong varints (0x80 0x00 for 0); re-encoding and comparing makes
+        // the binary form canonical: each message has exactly one encoding.
+        if msg.to_bytes() != bytes {
+            return Err(err("not the canonical encoding (overlong varint?)".into()));
         }
         msg.validate()?;
         Ok(msg)
