@@ -1,0 +1,757 @@
+//! Generates the machine-readable test vectors of `specs/protocol.md`.
+//!
+//! ```text
+//! cargo run --example gen_protocol_vectors > specs/vectors/protocol.json
+//! ```
+//!
+//! Every value is computed by `veritrace-protocol` itself (challenge seeds, proof-of-work nonces,
+//! sampled cells, opening sets, encodings, verdicts, soundness figures); `tests/protocol_vectors.rs`
+//! recomputes them and checks that every challenge seed appears verbatim in the document. The
+//! output is deterministic (object keys sorted).
+
+use serde_json::{json, Value};
+use veritrace::commit::{CellId, Digest, Dtype, HasherId, TraceGeometry};
+use veritrace::protocol::encoding::{MAX_MESSAGE_BYTES, MESSAGE_MAGIC, MESSAGE_VERSION};
+use veritrace::protocol::sampling::{cost_weight, sample_cells};
+use veritrace::protocol::soundness::{
+    detection_probability, log2_miss_probability, miss_probability, samples_needed,
+    soundness_report, SoundnessParams,
+};
+use veritrace::protocol::tolerance::{Metric, Side, TolerancePolicy, ToleranceViolation};
+use veritrace::protocol::toy::ToyEngine;
+use veritrace::protocol::transcript::{
+    base_transcript, challenge_seed, derive_challenge, find_pow_nonce, TranscriptProtocol, DOMAIN,
+    MAX_POW_BITS,
+};
+use veritrace::protocol::{
+    check_opening, Challenge, ChallengeParams, Commitment, Dependency, Message, Opening,
+    OutputRule, Prover, RejectReason, SamplingStrategy, Statement, Verdict, PROTOCOL_VERSION,
+};
+
+fn main() {
+    let v = vectors();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&v).expect("a JSON value serializes")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fixed statements
+// ---------------------------------------------------------------------------------------------
+
+/// Rule for the fixed roots of the statements that are not toy traces.
+const ROOT_RULE: &str = "blake3(\"veritrace/protocol/vectors/root/\" || name); for poseidon the first byte is then ANDed with 0x1f (a canonical BN254 element)";
+
+/// Input tokens of the toy statement.
+fn toy_input() -> Vec<u32> {
+    (0..7u32).map(|i| 3 + 7 * i).collect()
+}
+
+/// The three statements of the vectors, with their roots.
+fn statements() -> Vec<(&'static str, Commitment)> {
+    // 1. A decoder whose trace is the toy engine's: 4 hidden states, 7 + 5 tokens, hidden 4,
+    //    chunk 3 (4 chunks per layer, N = 16), f32, BLAKE3, causal, greedy. The root is the real
+    //    root of the toy trace, and the output tokens are what the toy engine generates.
+    let input = toy_input();
+    let output = ToyEngine::default()
+        .generate(Dependency::Causal, 4, 4, &input, 5)
+        .expect("toy generation");
+    let toy = Statement {
+        version: PROTOCOL_VERSION,
+        model_digest: Digest([0xab; 32]),
+        setup: b"toy/f32".to_vec(),
+        input_tokens: input,
+        output_tokens: output,
+        geometry: TraceGeometry::new(4, 12, 4, 3, Dtype::F32).expect("valid geometry"),
+        hasher: HasherId::Blake3,
+        dependency: Dependency::Causal,
+        output_rule: OutputRule::Greedy,
+    };
+    let toy_root = toy_prover(&toy).tree().root();
+
+    // 2. Sliding-window decoder: 6 hidden states, 30 + 10 tokens, hidden 8, chunk 4 (10 chunks
+    //    per layer, N = 60), bf16, SHA-256, window 6, sampled output with a seed.
+    let window = Statement {
+        version: PROTOCOL_VERSION,
+        model_digest: Digest(std::array::from_fn(|i| (7 * i + 1) as u8)),
+        setup: b"bf16/attn=flash-128/window=6/quant=int8-per-channel".to_vec(),
+        input_tokens: (0..30u32).map(|i| (37 * i + 11) % 32_000).collect(),
+        output_tokens: (0..10u32).map(|i| (101 * i + 7) % 32_000).collect(),
+        geometry: TraceGeometry::new(6, 40, 8, 4, Dtype::Bf16).expect("valid geometry"),
+        hasher: HasherId::Sha256,
+        dependency: Dependency::Window { size: 6 },
+        output_rule: OutputRule::Sampled {
+            seed: Digest(std::array::from_fn(|i| (0xf0 - i) as u8)),
+        },
+    };
+
+    // 3. An encoder: 3 hidden states, 16 input tokens and no output, hidden 8, chunk 5 (4 chunks
+    //    per layer, the last one a single row, N = 12), f16, Poseidon, bidirectional.
+    let encoder = Statement {
+        version: PROTOCOL_VERSION,
+        model_digest: Digest(std::array::from_fn(|i| (0x30 + 3 * i) as u8)),
+        setup: b"f16/attn=eager/encoder".to_vec(),
+        input_tokens: (0..16u32).map(|i| 101 + 1000 * i).collect(),
+        output_tokens: Vec::new(),
+        geometry: TraceGeometry::new(3, 16, 8, 5, Dtype::F16).expect("valid geometry"),
+        hasher: HasherId::Poseidon,
+        dependency: Dependency::Bidirectional,
+        output_rule: OutputRule::Greedy,
+    };
+
+    vec![
+        (
+            "toy-causal-blake3",
+            Commitment {
+                statement: toy,
+                root: toy_root,
+            },
+        ),
+        (
+            "window-sha256-sampled",
+            Commitment {
+                root: fixed_root("window-sha256-sampled", HasherId::Sha256),
+                statement: window,
+            },
+        ),
+        (
+            "encoder-poseidon",
+            Commitment {
+                root: fixed_root("encoder-poseidon", HasherId::Poseidon),
+                statement: encoder,
+            },
+        ),
+    ]
+}
+
+/// See [`ROOT_RULE`].
+fn fixed_root(name: &str, hasher: HasherId) -> Digest {
+    let mut d =
+        *blake3::hash(format!("veritrace/protocol/vectors/root/{name}").as_bytes()).as_bytes();
+    if hasher == HasherId::Poseidon {
+        d[0] &= 0x1f;
+    }
+    Digest(d)
+}
+
+fn toy_prover(s: &Statement) -> Prover<Vec<u8>> {
+    toy_prover_with(s, ToyEngine::default())
+}
+
+fn toy_prover_with(s: &Statement, engine: ToyEngine) -> Prover<Vec<u8>> {
+    Prover::new(s.clone(), engine.trace_bytes(s).expect("toy trace")).expect("valid prover")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+fn strategy_name(s: SamplingStrategy) -> &'static str {
+    match s {
+        SamplingStrategy::Uniform => "uniform",
+        SamplingStrategy::Stratified => "stratified",
+        SamplingStrategy::CostWeighted => "cost-weighted",
+    }
+}
+
+fn cells_json(cells: &[CellId]) -> Value {
+    Value::Array(cells.iter().map(|c| json!([c.layer, c.chunk])).collect())
+}
+
+fn indices_json(s: &Statement, cells: &[CellId]) -> Value {
+    Value::Array(
+        cells
+            .iter()
+            .map(|&c| json!(s.geometry.cell_index(c).expect("cell in range")))
+            .collect(),
+    )
+}
+
+fn compact<T: Message>(m: &T) -> String {
+    serde_json::to_string(m).expect("messages serialize to JSON")
+}
+
+/// Rows 1-10 of the transcript, written out independently of `transcript.rs` (label, bytes).
+fn transcript_rows(c: &Commitment) -> Vec<(&'static str, Vec<u8>)> {
+    let s = &c.statement;
+    let tokens = |t: &[u32]| {
+        let mut out = (t.len() as u64).to_le_bytes().to_vec();
+        for x in t {
+            out.extend(x.to_le_bytes());
+        }
+        out
+    };
+    let g = &s.geometry;
+    let mut geometry = Vec::new();
+    for v in [g.layers, g.tokens, g.hidden, g.chunk] {
+        geometry.extend(v.to_le_bytes());
+    }
+    geometry.push(g.dtype.code());
+    let (code, size) = match s.dependency {
+        Dependency::Causal => (1u8, 0u32),
+        Dependency::Bidirectional => (2, 0),
+        Dependency::Window { size } => (3, size),
+    };
+    let mut dependency = vec![code];
+    dependency.extend(size.to_le_bytes());
+    let (code, seed) = match s.output_rule {
+        OutputRule::Greedy => (1u8, [0u8; 32]),
+        OutputRule::Sampled { seed } => (2, seed.0),
+    };
+    let mut rule = vec![code];
+    rule.extend(seed);
+    vec![
+        ("version", s.version.to_le_bytes().to_vec()),
+        ("model-digest", s.model_digest.0.to_vec()),
+        ("setup", s.setup.clone()),
+        ("input-tokens", tokens(&s.input_tokens)),
+        ("output-tokens", tokens(&s.output_tokens)),
+        ("geometry", geometry),
+        ("hasher", vec![s.hasher.code()]),
+        ("dependency", dependency),
+        ("output-rule", rule),
+        ("root", c.root.0.to_vec()),
+    ]
+}
+
+fn rows_json(rows: &[(&str, Vec<u8>)]) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|(l, b)| json!({"label": l, "value_hex": hex::encode(b)}))
+            .collect(),
+    )
+}
+
+/// The 32 bytes squeezed under label `pow` for a nonce (what the proof of work tests).
+fn pow_output(c: &Commitment, round: u32, params: &ChallengeParams, nonce: u64) -> [u8; 32] {
+    let mut t = base_transcript(c);
+    t.append_round(round, params);
+    t.append_u64(b"pow-nonce", nonce);
+    let mut out = [0u8; 32];
+    t.challenge_bytes(b"pow", &mut out);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sections
+// ---------------------------------------------------------------------------------------------
+
+fn vectors() -> Value {
+    let commitments = statements();
+    let mut top = serde_json::Map::new();
+    top.insert("about".into(), about());
+    top.insert("constants".into(), constants());
+    top.insert("chacha20".into(), chacha20());
+    top.insert("statements".into(), statements_json(&commitments));
+    top.insert("challenges".into(), challenges(&commitments));
+    top.insert("sampling".into(), sampling(&commitments));
+    top.insert("opening".into(), opening(&commitments[0].1));
+    top.insert("verdicts".into(), verdicts());
+    top.insert("soundness".into(), soundness());
+    Value::Object(top)
+}
+
+fn about() -> Value {
+    json!({
+        "title": "veritrace protocol test vectors",
+        "spec": "specs/protocol.md",
+        "generator": "cargo run --example gen_protocol_vectors > specs/vectors/protocol.json",
+        "checked_by": ["tests/protocol_vectors.rs"],
+        "conventions": [
+            "All byte strings and digests are lowercase hex without a 0x prefix.",
+            "A cell is written [layer, chunk]; its leaf index is layer * chunks_per_layer + chunk.",
+            "statement_json, json and *_binary_hex fields are the exact output of the reference implementation (serde_json compact form; VTPM envelope).",
+            "challenges[].seed_hex is the 32-byte challenge seed squeezed under `challenge-seed` with the listed pow_nonce; cells are sample_cells(statement, samples, strategy, seed).",
+            "pow_output_hex is the 32-byte value squeezed under `pow` with the listed nonce; pow_nonce is the smallest nonce whose output has pow_bits leading zero bits (0 when pow_bits = 0, and then no pow output is defined).",
+            "transcript_rows list the label and the exact message bytes of rows 1-10 (per statement) and 11-15 (per challenge) of the transcript in specs/protocol.md section 7.",
+            "Opening cases name the RejectReason variant the reference verifier reports (check order of specs/protocol.md section 11); detail strings are informative."
+        ]
+    })
+}
+
+fn constants() -> Value {
+    json!({
+        "protocol_version": PROTOCOL_VERSION,
+        "transcript_domain": String::from_utf8(DOMAIN.to_vec()).expect("ASCII"),
+        "max_pow_bits": MAX_POW_BITS,
+        "message_magic_hex": hex::encode(MESSAGE_MAGIC),
+        "message_version": MESSAGE_VERSION,
+        "max_message_bytes": MAX_MESSAGE_BYTES,
+        "message_kinds": {"statement": 1, "commitment": 2, "challenge": 3, "opening": 4, "verdict": 5},
+        "strategy_codes": {"uniform": 1, "stratified": 2, "cost-weighted": 3}
+    })
+}
+
+fn chacha20() -> Value {
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{RngCore, SeedableRng};
+    let mut rows = Vec::new();
+    for (name, seed) in [
+        ("zero", [0u8; 32]),
+        ("counting", std::array::from_fn(|i| i as u8)),
+    ] {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let words: Vec<String> = (0..4).map(|_| format!("{:016x}", rng.next_u64())).collect();
+        rows.push(
+            json!({"name": name, "seed_hex": hex::encode(seed), "first_u64_words_hex": words}),
+        );
+    }
+    json!({
+        "note": "ChaCha20Rng::from_seed(seed).next_u64(), four times; each word is the little-endian reading of 8 keystream bytes (the zero-seed keystream starts 76b8e0ada0f13d90, RFC 8439 A.1 test vector 1)",
+        "keystreams": rows
+    })
+}
+
+fn statements_json(commitments: &[(&str, Commitment)]) -> Value {
+    let mut out = Vec::new();
+    for (name, c) in commitments {
+        let s = &c.statement;
+        let weights: Vec<u128> = (0..s.geometry.num_cells())
+            .map(|i| cost_weight(s, s.geometry.cell_at(i).expect("in range")).expect("weight"))
+            .collect();
+        let input_cells: Vec<Value> = (0..s.geometry.num_cells())
+            .map(|i| {
+                let cell = s.geometry.cell_at(i).expect("in range");
+                let rows = s.geometry.cell_rows(cell).expect("valid cell");
+                let input_rows = s.input_rows(cell).expect("valid cell");
+                json!({
+                    "cell": [cell.layer, cell.chunk],
+                    "rows": [rows.start, rows.end],
+                    "input_rows": input_rows.map(|r| [r.start, r.end]),
+                    "input_cells": cells_json(&s.input_cells(cell).expect("valid cell")),
+                })
+            })
+            .collect();
+        let predictions: Vec<Value> = (0..s.geometry.tokens)
+            .filter_map(|p| s.predicted_output(p).map(|t| json!([p, t])))
+            .collect();
+        out.push(json!({
+            "name": name,
+            "root_rule": if *name == "toy-causal-blake3" { "the root of the toy engine's trace (crates/protocol/src/toy.rs)" } else { ROOT_RULE },
+            "root_hex": c.root.to_hex(),
+            "statement_json": compact(s),
+            "statement_binary_hex": hex::encode(s.to_bytes()),
+            "commitment_json": compact(c),
+            "commitment_binary_hex": hex::encode(c.to_bytes()),
+            "cells": s.geometry.num_cells(),
+            "chunks_per_layer": s.geometry.chunks_per_layer(),
+            "cost_weights": weights.iter().map(|w| u64::try_from(*w).expect("small weights")).collect::<Vec<u64>>(),
+            "dependencies": input_cells,
+            "predicted_outputs": predictions,
+            "transcript_rows": rows_json(&transcript_rows(c)),
+        }));
+    }
+    Value::Array(out)
+}
+
+/// (statement index, round, samples, strategy, pow bits).
+const CHALLENGES: [(usize, u32, u32, SamplingStrategy, u8); 13] = [
+    (0, 0, 4, SamplingStrategy::Uniform, 0),
+    (0, 1, 4, SamplingStrategy::Uniform, 0),
+    (0, 0, 5, SamplingStrategy::Stratified, 0),
+    (0, 0, 6, SamplingStrategy::CostWeighted, 0),
+    (0, 2, 3, SamplingStrategy::Uniform, 8),
+    (0, 0, 16, SamplingStrategy::Uniform, 0),
+    (1, 0, 10, SamplingStrategy::Uniform, 0),
+    (1, 0, 12, SamplingStrategy::Stratified, 4),
+    (1, 1, 9, SamplingStrategy::CostWeighted, 0),
+    (1, 3, 7, SamplingStrategy::CostWeighted, 12),
+    (2, 0, 3, SamplingStrategy::Stratified, 0),
+    (2, 0, 5, SamplingStrategy::CostWeighted, 6),
+    (2, 5, 2, SamplingStrategy::Uniform, 0),
+];
+
+fn challenges(commitments: &[(&str, Commitment)]) -> Value {
+    let mut out = Vec::new();
+    for (si, round, samples, strategy, pow_bits) in CHALLENGES {
+        let (name, c) = &commitments[si];
+        let s = &c.statement;
+        let params = ChallengeParams {
+            samples,
+            strategy,
+            pow_bits,
+        };
+        let nonce = find_pow_nonce(c, round, &params).expect("valid parameters");
+        let seed = challenge_seed(c, round, &params, nonce);
+        let challenge = derive_challenge(c, round, &params, nonce).expect("a challenge");
+        assert_eq!(
+            challenge.cells,
+            sample_cells(s, samples, strategy, seed).expect("sampled")
+        );
+        let opening = s.opening_cells(&challenge.cells).expect("opening cells");
+        let round_rows: Vec<(&str, Vec<u8>)> = vec![
+            ("round", u64::from(round).to_le_bytes().to_vec()),
+            ("samples", u64::from(samples).to_le_bytes().to_vec()),
+            ("strategy", vec![strategy.code()]),
+            ("pow-bits", u64::from(pow_bits).to_le_bytes().to_vec()),
+            ("pow-nonce", nonce.to_le_bytes().to_vec()),
+        ];
+        out.push(json!({
+            "statement": name,
+            "round": round,
+            "samples": samples,
+            "strategy": strategy_name(strategy),
+            "pow_bits": pow_bits,
+            "pow_nonce": nonce,
+            "pow_output_hex": (pow_bits > 0).then(|| hex::encode(pow_output(c, round, &params, nonce))),
+            "seed_hex": hex::encode(seed),
+            "cells": cells_json(&challenge.cells),
+            "indices": indices_json(s, &challenge.cells),
+            "opening_cells": cells_json(&opening),
+            "opening_indices": indices_json(s, &opening),
+            "challenge_json": compact(&challenge),
+            "challenge_binary_hex": hex::encode(challenge.to_bytes()),
+            "transcript_rows": rows_json(&round_rows),
+        }));
+    }
+    Value::Array(out)
+}
+
+/// Sampling straight from fixed seeds, without a transcript.
+fn sampling(commitments: &[(&str, Commitment)]) -> Value {
+    let seeds: [(&str, [u8; 32]); 3] = [
+        ("zero", [0u8; 32]),
+        ("ff", [0xff; 32]),
+        ("counting", std::array::from_fn(|i| i as u8)),
+    ];
+    let cases: [(usize, u32, SamplingStrategy); 7] = [
+        (0, 5, SamplingStrategy::Uniform),
+        (0, 9, SamplingStrategy::Stratified),
+        (0, 5, SamplingStrategy::CostWeighted),
+        (1, 20, SamplingStrategy::Uniform),
+        (1, 13, SamplingStrategy::Stratified),
+        (1, 20, SamplingStrategy::CostWeighted),
+        (2, 7, SamplingStrategy::CostWeighted),
+    ];
+    let mut out = Vec::new();
+    for (si, k, strategy) in cases {
+        for (seed_name, seed) in &seeds {
+            let (name, c) = &commitments[si];
+            let cells = sample_cells(&c.statement, k, strategy, *seed).expect("sampled");
+            out.push(json!({
+                "statement": name,
+                "seed_name": seed_name,
+                "seed_hex": hex::encode(seed),
+                "samples": k,
+                "strategy": strategy_name(strategy),
+                "cells": cells_json(&cells),
+                "indices": indices_json(&c.statement, &cells),
+            }));
+        }
+    }
+    Value::Array(out)
+}
+
+/// The toy opening and verification cases built on it.
+fn opening(c: &Commitment) -> Value {
+    let s = &c.statement;
+    let prover = toy_prover(s);
+    assert_eq!(prover.tree().root(), c.root);
+    let challenged = vec![CellId { layer: 0, chunk: 1 }, CellId { layer: 2, chunk: 3 }];
+    let challenge = Challenge {
+        round: 0,
+        cells: challenged.clone(),
+    };
+    let honest = prover.open_cells(0, &challenged, 0).expect("opening");
+
+    let run = |c: &Commitment, o: &Opening| -> Verdict {
+        match check_opening(
+            c,
+            &challenged,
+            o,
+            &TolerancePolicy::Exact,
+            &ToyEngine::default(),
+        ) {
+            Ok(()) => Verdict::Accept,
+            Err(r) => Verdict::Reject(r),
+        }
+    };
+
+    // A prover that commits honestly to the trace of another setup (the toy engine with every
+    // layer output shifted by 1e-3), claiming the same statement.
+    let cheat = toy_prover_with(s, ToyEngine { perturb: 1e-3 });
+    let cheat_commitment = Commitment {
+        statement: s.clone(),
+        root: cheat.tree().root(),
+    };
+    let cheat_opening = cheat.open_cells(0, &challenged, 0).expect("opening");
+
+    let mut cases: Vec<(&str, &str, Commitment, Opening)> =
+        vec![("honest", "the honest opening", c.clone(), honest.clone())];
+    let mut o = honest.clone();
+    o.cells[5].data[0] ^= 1;
+    cases.push((
+        "data-bit-flipped",
+        "lowest bit of byte 0 of cell [2, 3] flipped (equivocation)",
+        c.clone(),
+        o,
+    ));
+    let mut o = honest.clone();
+    o.cells.remove(1);
+    cases.push(("input-cell-dropped", "cell [1, 0] removed", c.clone(), o));
+    let mut o = honest.clone();
+    let mut extra = o.cells[0].clone();
+    extra.cell = CellId { layer: 3, chunk: 0 };
+    o.cells.push(extra);
+    cases.push((
+        "cell-not-asked-for",
+        "a copy of cell [0, 1]'s data appended as cell [3, 0]",
+        c.clone(),
+        o,
+    ));
+    let mut o = honest.clone();
+    o.cells.swap(2, 3);
+    cases.push((
+        "cells-swapped",
+        "cells [1, 1] and [1, 2] swapped",
+        c.clone(),
+        o,
+    ));
+    let mut o = honest.clone();
+    o.cells[2].data.pop();
+    cases.push((
+        "cell-truncated",
+        "last byte of cell [1, 1] removed",
+        c.clone(),
+        o,
+    ));
+    let mut o = honest.clone();
+    o.proof.siblings.push(Digest([0; 32]));
+    cases.push((
+        "sibling-appended",
+        "an all-zero digest appended to the proof",
+        c.clone(),
+        o,
+    ));
+    let mut o = honest.clone();
+    o.proof.siblings[0].0[31] ^= 0x80;
+    cases.push((
+        "sibling-bit-flipped",
+        "top bit of the last byte of the first sibling flipped",
+        c.clone(),
+        o,
+    ));
+    cases.push((
+        "other-setup",
+        "a trace of another setup (toy engine with perturb = 1e-3), committed honestly under the same statement",
+        cheat_commitment,
+        cheat_opening,
+    ));
+
+    let case_json: Vec<Value> = cases
+        .iter()
+        .map(|(name, what, commitment, o)| {
+            let verdict = run(commitment, o);
+            json!({
+                "name": name,
+                "what": what,
+                "root_hex": commitment.root.to_hex(),
+                "opening_binary_hex": hex::encode(o.to_bytes()),
+                "verdict_json": compact(&verdict),
+                "reason": verdict_name(&verdict),
+            })
+        })
+        .collect();
+
+    let required = s.opening_cells(&challenged).expect("opening cells");
+    json!({
+        "statement": "toy-causal-blake3",
+        "tolerance": "exact",
+        "challenge_json": compact(&challenge),
+        "challenge_binary_hex": hex::encode(challenge.to_bytes()),
+        "challenged": cells_json(&challenged),
+        "opening_cells": cells_json(&required),
+        "opening_json": compact(&honest),
+        "opening_binary_hex": hex::encode(honest.to_bytes()),
+        "cases": case_json,
+    })
+}
+
+/// The name of a verdict's variant (the reason's for a rejection).
+fn verdict_name(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Accept => "Accept",
+        Verdict::Reject(r) => reason_name(r),
+    }
+}
+
+/// Exhaustive on purpose: a new reason fails to compile here until it has a vector.
+fn reason_name(r: &RejectReason) -> &'static str {
+    match r {
+        RejectReason::OutOfOrder { .. } => "OutOfOrder",
+        RejectReason::GeometryMismatch { .. } => "GeometryMismatch",
+        RejectReason::MissingCell { .. } => "MissingCell",
+        RejectReason::UnexpectedCell { .. } => "UnexpectedCell",
+        RejectReason::WrongCellLength { .. } => "WrongCellLength",
+        RejectReason::BadProof { .. } => "BadProof",
+        RejectReason::BadProofOfWork { .. } => "BadProofOfWork",
+        RejectReason::NonFinite { .. } => "NonFinite",
+        RejectReason::Tolerance { .. } => "Tolerance",
+        RejectReason::OutputTokenMismatch { .. } => "OutputTokenMismatch",
+        RejectReason::RecomputeFailed { .. } => "RecomputeFailed",
+    }
+}
+
+/// A verdict of every variant (and every tolerance violation).
+fn verdicts() -> Value {
+    let cell = CellId { layer: 3, chunk: 2 };
+    let list = vec![
+        Verdict::Accept,
+        Verdict::Reject(RejectReason::OutOfOrder {
+            state: "await-commitment".into(),
+            message: "opening".into(),
+        }),
+        Verdict::Reject(RejectReason::GeometryMismatch {
+            detail: "invalid statement: a statement needs at least one input token".into(),
+        }),
+        Verdict::Reject(RejectReason::MissingCell {
+            cell: CellId { layer: 1, chunk: 0 },
+        }),
+        Verdict::Reject(RejectReason::UnexpectedCell {
+            cell: CellId { layer: 3, chunk: 0 },
+        }),
+        Verdict::Reject(RejectReason::WrongCellLength {
+            cell: CellId { layer: 1, chunk: 1 },
+            expected: 48,
+            got: 47,
+        }),
+        Verdict::Reject(RejectReason::BadProof {
+            detail: "recomputed root does not match".into(),
+        }),
+        Verdict::Reject(RejectReason::BadProofOfWork {
+            pow_bits: 8,
+            nonce: 300,
+        }),
+        Verdict::Reject(RejectReason::NonFinite {
+            cell: CellId { layer: 1, chunk: 0 },
+            index: 5,
+        }),
+        Verdict::Reject(RejectReason::Tolerance {
+            cell,
+            violation: ToleranceViolation::NonFinite {
+                side: Side::Recomputed,
+                index: 2,
+            },
+        }),
+        Verdict::Reject(RejectReason::Tolerance {
+            cell,
+            violation: ToleranceViolation::Exceeded {
+                metric: Metric::RelL2,
+                value: 0.5,
+                threshold: 0.25,
+            },
+        }),
+        Verdict::Reject(RejectReason::Tolerance {
+            cell,
+            violation: ToleranceViolation::LengthMismatch {
+                claimed: 48,
+                recomputed: 44,
+            },
+        }),
+        Verdict::Reject(RejectReason::Tolerance {
+            cell,
+            violation: ToleranceViolation::Mismatch { index: 129 },
+        }),
+        Verdict::Reject(RejectReason::OutputTokenMismatch {
+            position: 9,
+            claimed: 12_345,
+            recomputed: 70_000,
+        }),
+        Verdict::Reject(RejectReason::RecomputeFailed {
+            cell,
+            detail: "the toy engine computes in f32 only".into(),
+        }),
+    ];
+    Value::Array(
+        list.iter()
+            .map(|v| {
+                json!({
+                    "reason": verdict_name(v),
+                    "json": compact(v),
+                    "binary_hex": hex::encode(v.to_bytes()),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// The anchors' sampling figures and the worked example of the soundness section.
+fn soundness() -> Value {
+    let anchors: Vec<Value> = [100u64, 300, 460]
+        .iter()
+        .map(|&k| {
+            json!({
+                "cells": 10_000, "bad_cells": 100, "samples": k,
+                "miss_probability": miss_probability(10_000, 100, k).expect("valid"),
+                "detection_probability": detection_probability(10_000, 100, k).expect("valid"),
+            })
+        })
+        .collect();
+    let mut needed = Vec::new();
+    for n in [10_000u64, 10_000_000] {
+        for (f, lambda) in [(0.1, 20.0), (0.1, 40.0), (0.01, 20.0), (0.01, 40.0)] {
+            let s = samples_needed(n, f, lambda, 1.0).expect("reachable");
+            needed.push(json!({
+                "cells": n, "cheat_fraction": f, "lambda_bits": lambda, "power": 1.0,
+                "samples": s.samples,
+                "with_replacement_samples": s.with_replacement_samples,
+                "log2_miss_probability": s.log2_miss_probability,
+            }));
+        }
+    }
+    // Worked example: 33 hidden states x 4096 tokens in chunks of 32 (N = 4224); skipping one
+    // transformer layer makes its 128 cells bad.
+    let (n, b) = (33 * 128u64, 128u64);
+    let mut reports = Vec::new();
+    for (k, rounds, power, grind, pow) in [
+        (64u64, 1u32, 1.0, 0.0, 0.0),
+        (64, 3, 1.0, 0.0, 0.0),
+        (192, 1, 1.0, 0.0, 0.0),
+        (811, 1, 1.0, 0.0, 0.0),
+        (811, 1, 1.0, 64.0, 16.0),
+        (1577, 1, 1.0, 64.0, 16.0),
+        (600, 3, 1.0, 64.0, 16.0),
+        (811, 1, 0.5, 0.0, 0.0),
+    ] {
+        let p = SoundnessParams {
+            cells: n,
+            bad_cells: b,
+            samples: k,
+            power,
+            rounds,
+            grind_bits: grind,
+            pow_bits: pow,
+        };
+        let r = soundness_report(&p).expect("valid parameters");
+        reports.push(json!({
+            "params": p,
+            "log2_miss_per_round": r.log2_miss_per_round,
+            "detection_probability": r.detection_probability,
+            "security_bits": r.security_bits,
+            "security_bits_grinding": r.security_bits_grinding,
+            "security_bits_grinding_sequential": r.security_bits_grinding_sequential,
+        }));
+    }
+    let mut worked_needed = Vec::new();
+    for (lambda, power) in [(40.0, 1.0), (88.0, 1.0), (40.0, 0.5)] {
+        let s = samples_needed(n, b as f64 / n as f64, lambda, power).expect("reachable");
+        worked_needed.push(json!({
+            "cells": n, "cheat_fraction": b as f64 / n as f64, "lambda_bits": lambda,
+            "power": power, "bad_cells": s.bad_cells, "samples": s.samples,
+            "with_replacement_samples": s.with_replacement_samples,
+            "log2_miss_probability": s.log2_miss_probability,
+        }));
+    }
+    json!({
+        "anchors": anchors,
+        "samples_needed": needed,
+        "worked_example": {
+            "cells": n,
+            "bad_cells": b,
+            "log2_miss_k64": log2_miss_probability(n, b, 64).expect("valid"),
+            "reports": reports,
+            "samples_needed": worked_needed,
+        }
+    })
+}

@@ -1,0 +1,675 @@
+//! Checks `specs/vectors/protocol.json` against the implementation and against the document.
+//!
+//! Every vector in the JSON file is recomputed with `veritrace-protocol` and compared: challenge
+//! seeds, proof-of-work nonces and outputs, sampled cells, opening sets, cost weights, dependency
+//! rows, the bytes absorbed by the transcript, the toy opening and the verdicts of its tampered
+//! variants, the soundness figures. Every binary encoding is decoded, compared with its JSON
+//! form and re-encoded to the same bytes. Finally every challenge seed (and every statement
+//! root) in the JSON file must appear verbatim in `specs/protocol.md`, so the document and the
+//! vectors cannot drift apart.
+//!
+//! Regenerate the vectors with
+//! `cargo run --example gen_protocol_vectors > specs/vectors/protocol.json`.
+
+use std::collections::BTreeSet;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde_json::Value;
+use veritrace::commit::{CellId, Digest, HasherId};
+use veritrace::protocol::encoding::{MAX_MESSAGE_BYTES, MESSAGE_MAGIC, MESSAGE_VERSION};
+use veritrace::protocol::sampling::{cost_weight, sample_cells};
+use veritrace::protocol::soundness::{
+    detection_probability, log2_miss_probability, miss_probability, samples_needed,
+    soundness_report, SoundnessParams,
+};
+use veritrace::protocol::tolerance::TolerancePolicy;
+use veritrace::protocol::toy::ToyEngine;
+use veritrace::protocol::transcript::{
+    base_transcript, challenge_seed, check_pow, derive_challenge, find_pow_nonce,
+    TranscriptProtocol, DOMAIN, MAX_POW_BITS,
+};
+use veritrace::protocol::{
+    check_opening, Challenge, ChallengeParams, Commitment, Dependency, Message, MessageKind,
+    Opening, OutputRule, Prover, RejectReason, SamplingStrategy, Statement, Verdict,
+    PROTOCOL_VERSION,
+};
+
+fn root_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn vectors() -> Value {
+    let path = root_dir().join("specs/vectors/protocol.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("the vectors are valid JSON")
+}
+
+fn spec_text() -> String {
+    let path = root_dir().join("specs/protocol.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("expected an unsigned integer, got {v}"))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("expected a number, got {v}"))
+}
+
+fn arr(v: &Value) -> &Vec<Value> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {v}"))
+}
+
+fn unhex(v: &Value) -> Vec<u8> {
+    hex::decode(s(v)).expect("lowercase hex")
+}
+
+fn cells_of(v: &Value) -> Vec<CellId> {
+    arr(v)
+        .iter()
+        .map(|c| {
+            let c = arr(c);
+            assert_eq!(c.len(), 2, "a cell is [layer, chunk]");
+            CellId {
+                layer: u(&c[0]) as u32,
+                chunk: u(&c[1]) as u32,
+            }
+        })
+        .collect()
+}
+
+fn indices_of(v: &Value) -> Vec<u64> {
+    arr(v).iter().map(u).collect()
+}
+
+fn strategy(name: &str) -> SamplingStrategy {
+    match name {
+        "uniform" => SamplingStrategy::Uniform,
+        "stratified" => SamplingStrategy::Stratified,
+        "cost-weighted" => SamplingStrategy::CostWeighted,
+        other => panic!("unknown strategy {other}"),
+    }
+}
+
+/// Relative comparison for floating-point figures (libm may differ in the last place).
+fn close(got: f64, want: f64, what: &str) {
+    let tol = 1e-12 * want.abs().max(1e-300);
+    assert!(
+        got == want || (got - want).abs() <= tol,
+        "{what}: got {got}, the vectors say {want}"
+    );
+}
+
+/// Decodes a binary message, checks it equals `expected`, and re-encodes it to the same bytes.
+fn round_trip<M: Message + PartialEq + std::fmt::Debug>(bytes: &[u8], expected: &M, what: &str) {
+    let decoded = M::from_bytes(bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(&decoded, expected, "{what}: binary and JSON forms differ");
+    assert_eq!(decoded.to_bytes(), bytes, "{what}: re-encoding differs");
+    assert_eq!(&bytes[..4], MESSAGE_MAGIC, "{what}: magic");
+    assert_eq!(bytes[4], MESSAGE_VERSION, "{what}: envelope version");
+    assert_eq!(bytes[5], M::KIND as u8, "{what}: kind byte");
+}
+
+/// The statements of the vectors by name, as commitments.
+fn commitments(v: &Value) -> Vec<(String, Commitment)> {
+    arr(&v["statements"])
+        .iter()
+        .map(|x| {
+            let c = Commitment::from_json(s(&x["commitment_json"])).expect("valid commitment");
+            (s(&x["name"]).to_string(), c)
+        })
+        .collect()
+}
+
+fn commitment<'a>(all: &'a [(String, Commitment)], name: &str) -> &'a Commitment {
+    &all.iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no statement {name}"))
+        .1
+}
+
+/// Exhaustive on purpose: a new reason fails to compile here until the vectors cover it.
+fn reason_name(r: &RejectReason) -> &'static str {
+    match r {
+        RejectReason::OutOfOrder { .. } => "OutOfOrder",
+        RejectReason::GeometryMismatch { .. } => "GeometryMismatch",
+        RejectReason::MissingCell { .. } => "MissingCell",
+        RejectReason::UnexpectedCell { .. } => "UnexpectedCell",
+        RejectReason::WrongCellLength { .. } => "WrongCellLength",
+        RejectReason::BadProof { .. } => "BadProof",
+        RejectReason::BadProofOfWork { .. } => "BadProofOfWork",
+        RejectReason::NonFinite { .. } => "NonFinite",
+        RejectReason::Tolerance { .. } => "Tolerance",
+        RejectReason::OutputTokenMismatch { .. } => "OutputTokenMismatch",
+        RejectReason::RecomputeFailed { .. } => "RecomputeFailed",
+    }
+}
+
+const ALL_REASONS: [&str; 11] = [
+    "OutOfOrder",
+    "GeometryMismatch",
+    "MissingCell",
+    "UnexpectedCell",
+    "WrongCellLength",
+    "BadProof",
+    "BadProofOfWork",
+    "NonFinite",
+    "Tolerance",
+    "OutputTokenMismatch",
+    "RecomputeFailed",
+];
+
+fn verdict_name(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Accept => "Accept",
+        Verdict::Reject(r) => reason_name(r),
+    }
+}
+
+/// The bytes of transcript rows 1-10, written out from specs/protocol.md section 8 (a second,
+/// independent writing of what `transcript.rs` absorbs).
+fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
+    let st = &c.statement;
+    let tokens = |t: &[u32]| -> Vec<u8> {
+        let mut out = (t.len() as u64).to_le_bytes().to_vec();
+        t.iter().for_each(|x| out.extend(x.to_le_bytes()));
+        out
+    };
+    let g = st.geometry;
+    let geometry: Vec<u8> = [g.layers, g.tokens, g.hidden, g.chunk]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .chain([g.dtype.code()])
+        .collect();
+    let dependency: Vec<u8> = match st.dependency {
+        Dependency::Causal => vec![1, 0, 0, 0, 0],
+        Dependency::Bidirectional => vec![2, 0, 0, 0, 0],
+        Dependency::Window { size } => [3].into_iter().chain(size.to_le_bytes()).collect(),
+    };
+    let rule: Vec<u8> = match st.output_rule {
+        OutputRule::Greedy => [1].into_iter().chain([0u8; 32]).collect(),
+        OutputRule::Sampled { seed } => [2].into_iter().chain(seed.0).collect(),
+    };
+    [
+        ("version", st.version.to_le_bytes().to_vec()),
+        ("model-digest", st.model_digest.0.to_vec()),
+        ("setup", st.setup.clone()),
+        ("input-tokens", tokens(&st.input_tokens)),
+        ("output-tokens", tokens(&st.output_tokens)),
+        ("geometry", geometry),
+        ("hasher", vec![st.hasher.code()]),
+        ("dependency", dependency),
+        ("output-rule", rule),
+        ("root", c.root.0.to_vec()),
+    ]
+    .into_iter()
+    .map(|(l, b)| (l.to_string(), b))
+    .collect()
+}
+
+fn rows_of(v: &Value) -> Vec<(String, Vec<u8>)> {
+    arr(v)
+        .iter()
+        .map(|r| (s(&r["label"]).to_string(), unhex(&r["value_hex"])))
+        .collect()
+}
+
+#[test]
+fn constants_match_the_crate() {
+    let v = vectors();
+    let c = &v["constants"];
+    assert_eq!(u(&c["protocol_version"]), u64::from(PROTOCOL_VERSION));
+    assert_eq!(s(&c["transcript_domain"]).as_bytes(), DOMAIN);
+    assert_eq!(u(&c["max_pow_bits"]), u64::from(MAX_POW_BITS));
+    assert_eq!(unhex(&c["message_magic_hex"]), MESSAGE_MAGIC);
+    assert_eq!(u(&c["message_version"]), u64::from(MESSAGE_VERSION));
+    assert_eq!(u(&c["max_message_bytes"]), MAX_MESSAGE_BYTES as u64);
+    for (name, kind) in [
+        ("statement", MessageKind::Statement),
+        ("commitment", MessageKind::Commitment),
+        ("challenge", MessageKind::Challenge),
+        ("opening", MessageKind::Opening),
+        ("verdict", MessageKind::Verdict),
+    ] {
+        assert_eq!(u(&c["message_kinds"][name]), kind as u64, "{name}");
+    }
+    for name in ["uniform", "stratified", "cost-weighted"] {
+        assert_eq!(
+            u(&c["strategy_codes"][name]),
+            u64::from(strategy(name).code())
+        );
+    }
+}
+
+#[test]
+fn chacha20_keystream_words() {
+    let v = vectors();
+    let rows = arr(&v["chacha20"]["keystreams"]);
+    assert!(!rows.is_empty());
+    for row in rows {
+        let seed: [u8; 32] = unhex(&row["seed_hex"]).try_into().expect("32 bytes");
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        for w in arr(&row["first_u64_words_hex"]) {
+            assert_eq!(format!("{:016x}", rng.next_u64()), s(w));
+        }
+    }
+    // RFC 8439 A.1 test vector 1: the zero key's keystream starts 76 b8 e0 ad a0 f1 3d 90.
+    assert_eq!(
+        s(&rows[0]["first_u64_words_hex"][0]),
+        format!("{:016x}", u64::from_le_bytes(hex_array("76b8e0ada0f13d90")))
+    );
+}
+
+fn hex_array<const N: usize>(h: &str) -> [u8; N] {
+    hex::decode(h).unwrap().try_into().unwrap()
+}
+
+#[test]
+fn statements_encodings_and_derived_values() {
+    let v = vectors();
+    let list = arr(&v["statements"]);
+    assert_eq!(list.len(), 3);
+    let mut hashers = BTreeSet::new();
+    let mut deps = BTreeSet::new();
+    let mut sampled_rule = false;
+    for x in list {
+        let name = s(&x["name"]);
+        let st = Statement::from_json(s(&x["statement_json"])).expect("valid statement");
+        round_trip(&unhex(&x["statement_binary_hex"]), &st, name);
+        assert_eq!(serde_json::to_string(&st).unwrap(), s(&x["statement_json"]));
+        let c = Commitment::from_json(s(&x["commitment_json"])).expect("valid commitment");
+        assert_eq!(c.statement, st);
+        assert_eq!(c.root.to_hex(), s(&x["root_hex"]));
+        round_trip(&unhex(&x["commitment_binary_hex"]), &c, name);
+        assert_eq!(serde_json::to_string(&c).unwrap(), s(&x["commitment_json"]));
+
+        // the root: the toy trace's, or the fixed rule
+        let root = if name == "toy-causal-blake3" {
+            let p =
+                Prover::new(st.clone(), ToyEngine::default().trace_bytes(&st).unwrap()).unwrap();
+            // the output tokens are what the toy engine generates
+            let input = st.input_tokens.clone();
+            let out = ToyEngine::default()
+                .generate(
+                    st.dependency,
+                    st.geometry.layers,
+                    st.geometry.hidden as usize,
+                    &input,
+                    st.output_tokens.len(),
+                )
+                .unwrap();
+            assert_eq!(out, st.output_tokens);
+            p.tree().root()
+        } else {
+            let mut d = *blake3::hash(format!("veritrace/protocol/vectors/root/{name}").as_bytes())
+                .as_bytes();
+            if st.hasher == HasherId::Poseidon {
+                d[0] &= 0x1f;
+            }
+            Digest(d)
+        };
+        assert_eq!(root, c.root, "{name}: root");
+
+        let g = st.geometry;
+        assert_eq!(u(&x["cells"]), g.num_cells());
+        assert_eq!(u(&x["chunks_per_layer"]), u64::from(g.chunks_per_layer()));
+        let weights: Vec<u64> = (0..g.num_cells())
+            .map(|i| cost_weight(&st, g.cell_at(i).unwrap()).unwrap() as u64)
+            .collect();
+        assert_eq!(weights, indices_of(&x["cost_weights"]), "{name}: weights");
+        let deps_json = arr(&x["dependencies"]);
+        assert_eq!(deps_json.len() as u64, g.num_cells());
+        for (i, d) in deps_json.iter().enumerate() {
+            let cell = g.cell_at(i as u64).unwrap();
+            assert_eq!(cells_of(&Value::Array(vec![d["cell"].clone()]))[0], cell);
+            let rows = g.cell_rows(cell).unwrap();
+            assert_eq!(
+                indices_of(&d["rows"]),
+                [rows.start, rows.end].map(u64::from)
+            );
+            match st.input_rows(cell).unwrap() {
+                None => assert!(d["input_rows"].is_null()),
+                Some(r) => {
+                    assert_eq!(
+                        indices_of(&d["input_rows"]),
+                        [r.start, r.end].map(u64::from)
+                    )
+                }
+            }
+            assert_eq!(
+                cells_of(&d["input_cells"]),
+                st.input_cells(cell).unwrap(),
+                "{name}: input cells of {cell:?}"
+            );
+        }
+        let predictions: Vec<(u64, u64)> = (0..g.tokens)
+            .filter_map(|p| st.predicted_output(p).map(|t| (u64::from(p), u64::from(t))))
+            .collect();
+        let listed: Vec<(u64, u64)> = arr(&x["predicted_outputs"])
+            .iter()
+            .map(|p| (u(&p[0]), u(&p[1])))
+            .collect();
+        assert_eq!(predictions, listed, "{name}: predictions");
+        assert_eq!(rows_of(&x["transcript_rows"]), statement_rows(&c), "{name}");
+
+        hashers.insert(st.hasher.code());
+        deps.insert(match st.dependency {
+            Dependency::Causal => 1,
+            Dependency::Bidirectional => 2,
+            Dependency::Window { .. } => 3,
+        });
+        sampled_rule |= matches!(st.output_rule, OutputRule::Sampled { .. });
+    }
+    assert_eq!(hashers.len(), 3, "every hasher is covered");
+    assert_eq!(deps.len(), 3, "every dependency rule is covered");
+    assert!(sampled_rule, "a sampled output rule is covered");
+}
+
+#[test]
+fn challenges_are_recomputed() {
+    let v = vectors();
+    let all = commitments(&v);
+    let list = arr(&v["challenges"]);
+    assert!(list.len() >= 10);
+    let mut strategies = BTreeSet::new();
+    let mut with_pow = 0;
+    for x in list {
+        let name = s(&x["statement"]);
+        let c = commitment(&all, name);
+        let round = u(&x["round"]) as u32;
+        let params = ChallengeParams {
+            samples: u(&x["samples"]) as u32,
+            strategy: strategy(s(&x["strategy"])),
+            pow_bits: u(&x["pow_bits"]) as u8,
+        };
+        strategies.insert(params.strategy.code());
+        let what = format!("{name} round {round} {params:?}");
+
+        // proof of work: the listed nonce is the smallest that works
+        let nonce = u(&x["pow_nonce"]);
+        assert_eq!(find_pow_nonce(c, round, &params).unwrap(), nonce, "{what}");
+        assert!(check_pow(c, round, &params, nonce).unwrap(), "{what}");
+        for smaller in 0..nonce {
+            assert!(!check_pow(c, round, &params, smaller).unwrap(), "{what}");
+        }
+        if params.pow_bits > 0 {
+            with_pow += 1;
+            let mut t = base_transcript(c);
+            t.append_round(round, &params);
+            t.append_u64(b"pow-nonce", nonce);
+            let mut out = [0u8; 32];
+            t.challenge_bytes(b"pow", &mut out);
+            assert_eq!(hex::encode(out), s(&x["pow_output_hex"]), "{what}");
+            let zeros = out
+                .iter()
+                .map(|b| b.leading_zeros())
+                .scan(true, |go, z| {
+                    let r = if *go { Some(z) } else { None };
+                    *go = z == 8;
+                    r
+                })
+                .sum::<u32>();
+            assert!(zeros >= u32::from(params.pow_bits), "{what}");
+        } else {
+            assert!(x["pow_output_hex"].is_null(), "{what}");
+            assert_eq!(nonce, 0);
+        }
+
+        // seed, cells, opening
+        let seed = challenge_seed(c, round, &params, nonce);
+        assert_eq!(hex::encode(seed), s(&x["seed_hex"]), "{what}");
+        let challenge = derive_challenge(c, round, &params, nonce).unwrap();
+        let cells = cells_of(&x["cells"]);
+        assert_eq!(challenge.cells, cells, "{what}");
+        assert_eq!(
+            sample_cells(&c.statement, params.samples, params.strategy, seed).unwrap(),
+            cells
+        );
+        let g = c.statement.geometry;
+        let idx: Vec<u64> = cells.iter().map(|&c| g.cell_index(c).unwrap()).collect();
+        assert_eq!(idx, indices_of(&x["indices"]), "{what}");
+        let opening = c.statement.opening_cells(&cells).unwrap();
+        assert_eq!(opening, cells_of(&x["opening_cells"]), "{what}");
+        let idx: Vec<u64> = opening.iter().map(|&c| g.cell_index(c).unwrap()).collect();
+        assert_eq!(idx, indices_of(&x["opening_indices"]), "{what}");
+
+        // encodings
+        let from_json = Challenge::from_json(s(&x["challenge_json"])).unwrap();
+        assert_eq!(from_json, challenge);
+        round_trip(&unhex(&x["challenge_binary_hex"]), &challenge, &what);
+
+        // absorbed bytes of rows 11-15
+        let rows: Vec<(String, Vec<u8>)> = vec![
+            ("round".into(), u64::from(round).to_le_bytes().to_vec()),
+            (
+                "samples".into(),
+                u64::from(params.samples).to_le_bytes().to_vec(),
+            ),
+            ("strategy".into(), vec![params.strategy.code()]),
+            (
+                "pow-bits".into(),
+                u64::from(params.pow_bits).to_le_bytes().to_vec(),
+            ),
+            ("pow-nonce".into(), nonce.to_le_bytes().to_vec()),
+        ];
+        assert_eq!(rows_of(&x["transcript_rows"]), rows, "{what}");
+    }
+    assert_eq!(strategies.len(), 3, "every strategy is covered");
+    assert!(with_pow >= 2, "proof of work is covered");
+}
+
+#[test]
+fn sampling_from_fixed_seeds() {
+    let v = vectors();
+    let all = commitments(&v);
+    for x in arr(&v["sampling"]) {
+        let c = commitment(&all, s(&x["statement"]));
+        let seed: [u8; 32] = unhex(&x["seed_hex"]).try_into().expect("32 bytes");
+        let cells = sample_cells(
+            &c.statement,
+            u(&x["samples"]) as u32,
+            strategy(s(&x["strategy"])),
+            seed,
+        )
+        .unwrap();
+        assert_eq!(cells, cells_of(&x["cells"]), "{x}");
+        let g = c.statement.geometry;
+        let idx: Vec<u64> = cells.iter().map(|&c| g.cell_index(c).unwrap()).collect();
+        assert_eq!(idx, indices_of(&x["indices"]));
+    }
+}
+
+#[test]
+fn toy_opening_and_its_rejections() {
+    let v = vectors();
+    let all = commitments(&v);
+    let o = &v["opening"];
+    let c = commitment(&all, s(&o["statement"]));
+    assert_eq!(s(&o["tolerance"]), "exact");
+    let challenged = cells_of(&o["challenged"]);
+    let challenge = Challenge::from_json(s(&o["challenge_json"])).unwrap();
+    assert_eq!(challenge.cells, challenged);
+    round_trip(&unhex(&o["challenge_binary_hex"]), &challenge, "challenge");
+    assert_eq!(
+        c.statement.opening_cells(&challenged).unwrap(),
+        cells_of(&o["opening_cells"])
+    );
+
+    // the honest opening, rebuilt by the toy prover
+    let st = &c.statement;
+    let prover = Prover::new(st.clone(), ToyEngine::default().trace_bytes(st).unwrap()).unwrap();
+    let honest = prover.open_cells(0, &challenged, 0).unwrap();
+    let opening_bytes = unhex(&o["opening_binary_hex"]);
+    assert_eq!(honest.to_bytes(), opening_bytes);
+    assert_eq!(Opening::from_json(s(&o["opening_json"])).unwrap(), honest);
+    round_trip(&opening_bytes, &honest, "opening");
+    let opened: Vec<CellId> = honest.cells.iter().map(|oc| oc.cell).collect();
+    assert_eq!(opened, cells_of(&o["opening_cells"]));
+
+    let cheat = Prover::new(
+        st.clone(),
+        ToyEngine { perturb: 1e-3 }.trace_bytes(st).unwrap(),
+    )
+    .unwrap();
+    let mut names = BTreeSet::new();
+    for case in arr(&o["cases"]) {
+        let name = s(&case["name"]);
+        let root = Digest::from_hex(s(&case["root_hex"])).unwrap();
+        let expected_root = if name == "other-setup" {
+            cheat.tree().root()
+        } else {
+            c.root
+        };
+        assert_eq!(root, expected_root, "{name}");
+        let commitment = Commitment {
+            statement: st.clone(),
+            root,
+        };
+        // tampered openings are still well-formed messages
+        let bytes = unhex(&case["opening_binary_hex"]);
+        let opening = Opening::from_bytes(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(opening.to_bytes(), bytes, "{name}");
+        let verdict = match check_opening(
+            &commitment,
+            &challenged,
+            &opening,
+            &TolerancePolicy::Exact,
+            &ToyEngine::default(),
+        ) {
+            Ok(()) => Verdict::Accept,
+            Err(r) => Verdict::Reject(r),
+        };
+        assert_eq!(verdict_name(&verdict), s(&case["reason"]), "{name}");
+        assert_eq!(
+            serde_json::to_string(&verdict).unwrap(),
+            s(&case["verdict_json"]),
+            "{name}"
+        );
+        assert_eq!(
+            Verdict::from_json(s(&case["verdict_json"])).unwrap(),
+            verdict
+        );
+        names.insert(name.to_string());
+    }
+    assert!(names.contains("honest") && names.len() >= 8);
+}
+
+#[test]
+fn verdicts_of_every_reason() {
+    let v = vectors();
+    let mut seen = BTreeSet::new();
+    for x in arr(&v["verdicts"]) {
+        let verdict = Verdict::from_json(s(&x["json"])).unwrap();
+        assert_eq!(serde_json::to_string(&verdict).unwrap(), s(&x["json"]));
+        assert_eq!(verdict_name(&verdict), s(&x["reason"]));
+        let bytes = unhex(&x["binary_hex"]);
+        assert_eq!(verdict.to_bytes(), bytes, "{}", s(&x["reason"]));
+        round_trip(&bytes, &verdict, s(&x["reason"]));
+        seen.insert(s(&x["reason"]).to_string());
+    }
+    for name in ALL_REASONS.iter().chain(&["Accept"]) {
+        assert!(seen.contains(*name), "no verdict vector for {name}");
+    }
+}
+
+#[test]
+fn soundness_figures() {
+    let v = vectors();
+    let so = &v["soundness"];
+    for x in arr(&so["anchors"]) {
+        let (n, b, k) = (u(&x["cells"]), u(&x["bad_cells"]), u(&x["samples"]));
+        close(
+            miss_probability(n, b, k).unwrap(),
+            f(&x["miss_probability"]),
+            "miss",
+        );
+        close(
+            detection_probability(n, b, k).unwrap(),
+            f(&x["detection_probability"]),
+            "detect",
+        );
+    }
+    let needed = arr(&so["samples_needed"])
+        .iter()
+        .chain(arr(&so["worked_example"]["samples_needed"]));
+    for x in needed {
+        let r = samples_needed(
+            u(&x["cells"]),
+            f(&x["cheat_fraction"]),
+            f(&x["lambda_bits"]),
+            f(&x["power"]),
+        )
+        .unwrap();
+        assert_eq!(r.samples, u(&x["samples"]), "{x}");
+        assert_eq!(
+            r.with_replacement_samples,
+            x["with_replacement_samples"].as_u64()
+        );
+        close(
+            r.log2_miss_probability,
+            f(&x["log2_miss_probability"]),
+            "log2 miss",
+        );
+    }
+    let w = &so["worked_example"];
+    close(
+        log2_miss_probability(u(&w["cells"]), u(&w["bad_cells"]), 64).unwrap(),
+        f(&w["log2_miss_k64"]),
+        "log2 miss k = 64",
+    );
+    for x in arr(&w["reports"]) {
+        let p: SoundnessParams = serde_json::from_value(x["params"].clone()).unwrap();
+        let r = soundness_report(&p).unwrap();
+        for (got, key) in [
+            (r.log2_miss_per_round, "log2_miss_per_round"),
+            (r.detection_probability, "detection_probability"),
+            (r.security_bits, "security_bits"),
+            (r.security_bits_grinding, "security_bits_grinding"),
+            (
+                r.security_bits_grinding_sequential,
+                "security_bits_grinding_sequential",
+            ),
+        ] {
+            close(got, f(&x[key]), key);
+        }
+    }
+}
+
+/// Every challenge seed and every statement root of the vectors is written in the document.
+#[test]
+fn the_document_quotes_the_vectors() {
+    let v = vectors();
+    let spec = spec_text();
+    let mut missing = Vec::new();
+    for x in arr(&v["challenges"]) {
+        let seed = s(&x["seed_hex"]);
+        if !spec.contains(seed) {
+            missing.push(format!("challenge seed {seed}"));
+        }
+    }
+    for x in arr(&v["statements"]) {
+        let root = s(&x["root_hex"]);
+        if !spec.contains(root) {
+            missing.push(format!("root {root}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "specs/protocol.md does not quote: {missing:#?}"
+    );
+    assert!(
+        spec.contains("cargo run --example gen_protocol_vectors > specs/vectors/protocol.json"),
+        "the document names the generator"
+    );
+}
