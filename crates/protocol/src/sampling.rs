@@ -8,17 +8,21 @@
 //!
 //! # `uniform(n)`: a uniform integer in `0..n`
 //! Draw `x` (a `u64`, or for [`SamplingStrategy::CostWeighted`] a `u128` made of two words, the
-//! first one low); accept if `x < n · floor(2^b / n)` (b = 64 or 128) and return `x mod n`,
-//! otherwise draw again (rejection, so there is no modulo bias).
+//! first one low); accept if `x < n · floor((2^b − 1) / n)` (b = 64 or 128) and return `x mod n`,
+//! otherwise draw again (rejection, so there is no modulo bias). Note the `2^b − 1`: for `n` a
+//! power of two the last `n` values are rejected too.
 //!
 //! # Strategies (N cells, k samples, L layers, C chunks per layer)
+//! `k ≥ N` selects every cell, for every strategy (no randomness is drawn); `k = 0` is an error.
+//!
 //! * [`SamplingStrategy::Uniform`]: Robert Floyd's algorithm over leaf indices: for
 //!   `j = N − k, …, N − 1`: `t = uniform(j + 1)`; insert `t` unless already chosen, else insert `j`.
 //!   Every k-subset is equally likely; exactly k draws of `uniform`.
-//! * [`SamplingStrategy::Stratified`]: requires `k ≥ L`. Each layer gets `q = floor(k / L)`
-//!   cells; the `r = k mod L` layers that get one more are chosen by Floyd over `0..L` (drawn
-//!   first). Then, for layers `0..L` in order, its cells are chosen by Floyd over its `C` chunks
-//!   (a layer asked for more than `C` cells gets all `C`).
+//! * [`SamplingStrategy::Stratified`]: each layer gets `q = floor(k / L)` cells; the
+//!   `r = k mod L` layers that get one more are chosen by Floyd over `0..L` (drawn first). Then,
+//!   for layers `0..L` in order, its cells are chosen by Floyd over its `C` chunks (a layer asked
+//!   for more than `C` cells gets all `C`). With `k ≥ L` every layer is checked; with `k < L`,
+//!   `q = 0` and this is k distinct layers, one cell each.
 //! * [`SamplingStrategy::CostWeighted`]: k successive draws without replacement, each cell chosen
 //!   with probability proportional to its integer recompute-cost weight among the cells not yet
 //!   chosen: `x = uniform(W)` where `W` is the remaining total weight, and the cell is the first
@@ -27,6 +31,8 @@
 //!   the number of input rows the dependency rule gives (dense FLOPs per row are about
 //!   `24·hidden²` and attention FLOPs about `4·hidden·ctx`, so this is cost in units of
 //!   `4·hidden`). Expensive cells, whose skipping would save a cheater most, are checked most.
+//!   It keeps one weight per cell, so it is refused above [`MAX_WEIGHTED_CELLS`] cells (a
+//!   statement is the prover's, and must not be able to exhaust the verifier's memory).
 //!
 //! The result is always sorted by leaf index (layer, then chunk).
 
@@ -38,6 +44,10 @@ use serde::{Deserialize, Serialize};
 use veritrace_commit::CellId;
 
 use crate::{ProtocolError, Result, Statement};
+
+/// Largest trace (in cells) that [`SamplingStrategy::CostWeighted`] samples (2^24: 256 MiB of
+/// weights and Fenwick tree).
+pub const MAX_WEIGHTED_CELLS: u64 = 1 << 24;
 
 /// How the verifier spreads its k samples over the trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -121,22 +131,20 @@ pub fn sample_cells(
     let g = &statement.geometry;
     g.validate()?;
     let n = g.num_cells();
+    if k == 0 {
+        return Err(ProtocolError::InvalidParameter(
+            "at least one cell must be sampled".into(),
+        ));
+    }
     let k64 = u64::from(k);
-    if k == 0 || k64 > n {
-        return Err(ProtocolError::InvalidParameter(format!(
-            "cannot sample {k} distinct cells from {n}"
-        )));
+    if k64 >= n {
+        return (0..n).map(|i| Ok(g.cell_at(i)?)).collect();
     }
     let mut rng = ChaCha20Rng::from_seed(seed);
     let indices: BTreeSet<u64> = match strategy {
         SamplingStrategy::Uniform => floyd(&mut rng, n, k64),
         SamplingStrategy::Stratified => {
             let layers = u64::from(g.layers);
-            if k64 < layers {
-                return Err(ProtocolError::InvalidParameter(format!(
-                    "stratified sampling needs at least one sample per layer: k = {k} < {layers} layers"
-                )));
-            }
             let per = u64::from(g.chunks_per_layer());
             let extra = floyd(&mut rng, layers, k64 % layers);
             let mut out = BTreeSet::new();
@@ -151,6 +159,11 @@ pub fn sample_cells(
             out
         }
         SamplingStrategy::CostWeighted => {
+            if n > MAX_WEIGHTED_CELLS {
+                return Err(ProtocolError::InvalidParameter(format!(
+                    "cost-weighted sampling is limited to {MAX_WEIGHTED_CELLS} cells; the trace has {n}"
+                )));
+            }
             let mut weights: Vec<u128> = (0..n)
                 .map(|i| cost_weight(statement, g.cell_at(i)?))
                 .collect::<Result<_>>()?;
@@ -258,9 +271,16 @@ mod tests {
                 }
             }
         }
-        assert!(sample_cells(&s, 13, SamplingStrategy::Uniform, [0; 32]).is_err());
+        // k >= N: every cell; k = 0: an error; stratified with k < L: k distinct layers
+        for strategy in [SamplingStrategy::Uniform, SamplingStrategy::CostWeighted] {
+            assert_eq!(sample_cells(&s, 13, strategy, [0; 32]).unwrap().len(), 12);
+        }
         assert!(sample_cells(&s, 0, SamplingStrategy::Uniform, [0; 32]).is_err());
-        assert!(sample_cells(&s, 2, SamplingStrategy::Stratified, [0; 32]).is_err());
+        for seed in 0..10u8 {
+            let two = sample_cells(&s, 2, SamplingStrategy::Stratified, [seed; 32]).unwrap();
+            assert_eq!(two.len(), 2);
+            assert_ne!(two[0].layer, two[1].layer);
+        }
     }
 
     #[test]

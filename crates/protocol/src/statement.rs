@@ -42,8 +42,9 @@ pub enum Dependency {
 pub enum OutputRule {
     /// Greedy decoding (argmax).
     Greedy,
-    /// Sampling with a seed bound in the statement (how the seed drives sampling is part of the
-    /// setup the [`crate::Recompute`] implementation follows).
+    /// Sampling with a seed bound in the statement. How the seed drives sampling (temperature,
+    /// top-p, the random stream) is part of the numeric setup the [`crate::Recompute`]
+    /// implementation follows; two engines agree only if they implement the same sampler.
     Sampled {
         /// The sampling seed.
         seed: Digest,
@@ -173,6 +174,13 @@ impl Message for Statement {
                 "a statement needs at least one input token".into(),
             ));
         }
+        if self.dependency == Dependency::Bidirectional && !self.output_tokens.is_empty() {
+            return Err(ProtocolError::InvalidStatement(
+                "an encoder (bidirectional attention) has no output tokens: every row sees every \
+                 position, so no row predicts a later token"
+                    .into(),
+            ));
+        }
         if let Dependency::Window { size: 0 } = self.dependency {
             return Err(ProtocolError::InvalidStatement(
                 "an attention window must cover at least one position".into(),
@@ -264,9 +272,12 @@ pub(crate) mod tests {
         let mut bad = s.clone();
         bad.version = 2;
         assert!(Statement::from_bytes(&bad.to_bytes()).is_err());
-        let mut bad = s;
+        let mut bad = s.clone();
         bad.dependency = Dependency::Window { size: 0 };
         assert!(bad.validate().is_err());
+        let mut bad = s;
+        bad.dependency = Dependency::Bidirectional;
+        assert!(bad.validate().is_err(), "an encoder with output tokens");
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert!(Statement::from_bytes(&trailing).is_err());

@@ -272,6 +272,13 @@ impl<R: Recompute> Verifier<R> {
         };
         let cells = match &self.state {
             VerifierState::Challenged { challenge } if challenge.round == opening.round => {
+                // interactive openings carry no proof of work: exactly one valid encoding
+                if opening.pow_nonce != 0 {
+                    return self.decide(Verdict::Reject(RejectReason::BadProofOfWork {
+                        pow_bits: 0,
+                        nonce: opening.pow_nonce,
+                    }));
+                }
                 challenge.cells.clone()
             }
             VerifierState::AwaitOpening { round } if *round == opening.round => {
