@@ -54,3 +54,14 @@ for name in ["contiguous64", "random64"]:
     p = median_ns("proof_2e20", "prove", name)
     v = median_ns("proof_2e20", "verify", name)
     print(f"| 64 {name[:-2]} leaves | {p/1e3:.1f} us | {v/1e3:.1f} us |")
+
+proto = root / "protocol_32x64"
+if proto.exists():
+    print("\n### Protocol rounds on a 32-layer x 64-chunk trace (replay engine: protocol cost only)\n")
+    print("| k | derive challenge | prover: build opening | verifier: check opening |")
+    print("|---|---|---|---|")
+    for k in [1, 4, 16, 64, 256]:
+        ch = median_ns("protocol_32x64", "challenge", str(k))
+        op = median_ns("protocol_32x64", "open", str(k))
+        ve = median_ns("protocol_32x64", "verify", str(k))
+        print(f"| {k} | {ch/1e3:.1f} us | {op/1e3:.1f} us | {ve/1e3:.1f} us |")

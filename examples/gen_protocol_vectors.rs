@@ -20,12 +20,13 @@ use veritrace::protocol::soundness::{
 use veritrace::protocol::tolerance::{Metric, Side, TolerancePolicy, ToleranceViolation};
 use veritrace::protocol::toy::ToyEngine;
 use veritrace::protocol::transcript::{
-    base_transcript, challenge_seed, derive_challenge, find_pow_nonce, TranscriptProtocol, DOMAIN,
-    MAX_POW_BITS,
+    base_transcript, challenge_seed, check_pow, derive_challenge, find_pow_nonce,
+    TranscriptProtocol, DOMAIN, MAX_POW_BITS,
 };
 use veritrace::protocol::{
-    check_opening, Challenge, ChallengeParams, Commitment, Dependency, Message, Opening,
-    OutputRule, Prover, RejectReason, SamplingStrategy, Statement, Verdict, PROTOCOL_VERSION,
+    check_opening, Challenge, ChallengeParams, Commitment, Dependency, Message, Mode, Opening,
+    OutputRule, Prover, RejectReason, SamplingStrategy, Statement, Step, Verdict, Verifier,
+    VerifierConfig, PROTOCOL_VERSION,
 };
 
 fn main() {
@@ -215,6 +216,24 @@ fn transcript_rows(c: &Commitment) -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Rows 11-14 of the transcript (the session's: parameters and proof-of-work nonce).
+fn session_rows(params: &ChallengeParams, nonce: u64) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("samples", u64::from(params.samples).to_le_bytes().to_vec()),
+        ("strategy", vec![params.strategy.code()]),
+        (
+            "pow-bits",
+            u64::from(params.pow_bits).to_le_bytes().to_vec(),
+        ),
+        ("pow-nonce", nonce.to_le_bytes().to_vec()),
+    ]
+}
+
+/// Row 15 of the transcript (the round's, on a clone of the session transcript).
+fn round_row(round: u32) -> (&'static str, Vec<u8>) {
+    ("round", u64::from(round).to_le_bytes().to_vec())
+}
+
 fn rows_json(rows: &[(&str, Vec<u8>)]) -> Value {
     Value::Array(
         rows.iter()
@@ -223,10 +242,11 @@ fn rows_json(rows: &[(&str, Vec<u8>)]) -> Value {
     )
 }
 
-/// The 32 bytes squeezed under label `pow` for a nonce (what the proof of work tests).
-fn pow_output(c: &Commitment, round: u32, params: &ChallengeParams, nonce: u64) -> [u8; 32] {
+/// The 32 bytes squeezed under label `pow` for a nonce (what the proof of work tests): rows 0-13,
+/// then row 14 (`pow-nonce`), then `pow`. No round: the proof of work is once per session.
+fn pow_output(c: &Commitment, params: &ChallengeParams, nonce: u64) -> [u8; 32] {
     let mut t = base_transcript(c);
-    t.append_round(round, params);
+    t.append_params(params);
     t.append_u64(b"pow-nonce", nonce);
     let mut out = [0u8; 32];
     t.challenge_bytes(b"pow", &mut out);
@@ -247,6 +267,7 @@ fn vectors() -> Value {
     top.insert("challenges".into(), challenges(&commitments));
     top.insert("sampling".into(), sampling(&commitments));
     top.insert("opening".into(), opening(&commitments[0].1));
+    top.insert("session".into(), session(&commitments[0].1));
     top.insert("verdicts".into(), verdicts());
     top.insert("soundness".into(), soundness());
     Value::Object(top)
@@ -262,10 +283,11 @@ fn about() -> Value {
             "All byte strings and digests are lowercase hex without a 0x prefix.",
             "A cell is written [layer, chunk]; its leaf index is layer * chunks_per_layer + chunk.",
             "statement_json, json and *_binary_hex fields are the exact output of the reference implementation (serde_json compact form; VTPM envelope).",
-            "challenges[].seed_hex is the 32-byte challenge seed squeezed under `challenge-seed` with the listed pow_nonce; cells are sample_cells(statement, samples, strategy, seed).",
-            "pow_output_hex is the 32-byte value squeezed under `pow` with the listed nonce; pow_nonce is the smallest nonce whose output has pow_bits leading zero bits (0 when pow_bits = 0, and then no pow output is defined).",
-            "transcript_rows list the label and the exact message bytes of rows 1-10 (per statement) and 11-15 (per challenge) of the transcript in specs/protocol.md section 7.",
-            "Opening cases name the RejectReason variant the reference verifier reports (check order of specs/protocol.md section 11); detail strings are informative."
+            "challenges[].seed_hex and session.per_round[].seed_hex are the 32-byte challenge seed squeezed under `challenge-seed` after the session's pow_nonce (row 14) and the round (row 15); cells are sample_cells(statement, samples, strategy, seed).",
+            "pow_output_hex is the 32-byte value squeezed under `pow` right after row 14 (`pow-nonce`), with no round: the proof of work is once per session. pow_nonce is the smallest nonce whose output has pow_bits leading zero bits (0 when pow_bits = 0, and then no pow output is defined); it depends on the statement, the root and the parameters, not on the round.",
+            "transcript_rows list the label and the exact message bytes of rows 1-10 (per statement) and 11-15 (per challenge: samples, strategy, pow-bits, pow-nonce, round) of the transcript in specs/protocol.md section 7.",
+            "Opening cases name the RejectReason variant the reference verifier reports (check order of specs/protocol.md section 11); detail strings are informative.",
+            "session is one non-interactive session of several rounds run through the reference prover and verifier: one proof-of-work nonce for the whole session, carried by every round's opening (specs/protocol.md sections 8 and 16.5); its cases are rejected by the verifier's state machine (section 10.2)."
         ]
     })
 }
@@ -346,7 +368,7 @@ fn statements_json(commitments: &[(&str, Commitment)]) -> Value {
 }
 
 /// (statement index, round, samples, strategy, pow bits).
-const CHALLENGES: [(usize, u32, u32, SamplingStrategy, u8); 13] = [
+const CHALLENGES: [(usize, u32, u32, SamplingStrategy, u8); 17] = [
     (0, 0, 4, SamplingStrategy::Uniform, 0),
     (0, 1, 4, SamplingStrategy::Uniform, 0),
     (0, 0, 5, SamplingStrategy::Stratified, 0),
@@ -360,6 +382,12 @@ const CHALLENGES: [(usize, u32, u32, SamplingStrategy, u8); 13] = [
     (2, 0, 3, SamplingStrategy::Stratified, 0),
     (2, 0, 5, SamplingStrategy::CostWeighted, 6),
     (2, 5, 2, SamplingStrategy::Uniform, 0),
+    // stratified with k < L: k distinct layers, one cell each
+    (0, 0, 3, SamplingStrategy::Stratified, 0),
+    (2, 1, 2, SamplingStrategy::Stratified, 5),
+    // k >= N: every cell, whatever the strategy and the seed
+    (0, 0, 20, SamplingStrategy::Stratified, 0),
+    (2, 1, 12, SamplingStrategy::CostWeighted, 0),
 ];
 
 fn challenges(commitments: &[(&str, Commitment)]) -> Value {
@@ -372,7 +400,7 @@ fn challenges(commitments: &[(&str, Commitment)]) -> Value {
             strategy,
             pow_bits,
         };
-        let nonce = find_pow_nonce(c, round, &params).expect("valid parameters");
+        let nonce = find_pow_nonce(c, &params).expect("valid parameters");
         let seed = challenge_seed(c, round, &params, nonce);
         let challenge = derive_challenge(c, round, &params, nonce).expect("a challenge");
         assert_eq!(
@@ -380,13 +408,8 @@ fn challenges(commitments: &[(&str, Commitment)]) -> Value {
             sample_cells(s, samples, strategy, seed).expect("sampled")
         );
         let opening = s.opening_cells(&challenge.cells).expect("opening cells");
-        let round_rows: Vec<(&str, Vec<u8>)> = vec![
-            ("round", u64::from(round).to_le_bytes().to_vec()),
-            ("samples", u64::from(samples).to_le_bytes().to_vec()),
-            ("strategy", vec![strategy.code()]),
-            ("pow-bits", u64::from(pow_bits).to_le_bytes().to_vec()),
-            ("pow-nonce", nonce.to_le_bytes().to_vec()),
-        ];
+        let mut rows = session_rows(&params, nonce);
+        rows.push(round_row(round));
         out.push(json!({
             "statement": name,
             "round": round,
@@ -394,7 +417,7 @@ fn challenges(commitments: &[(&str, Commitment)]) -> Value {
             "strategy": strategy_name(strategy),
             "pow_bits": pow_bits,
             "pow_nonce": nonce,
-            "pow_output_hex": (pow_bits > 0).then(|| hex::encode(pow_output(c, round, &params, nonce))),
+            "pow_output_hex": (pow_bits > 0).then(|| hex::encode(pow_output(c, &params, nonce))),
             "seed_hex": hex::encode(seed),
             "cells": cells_json(&challenge.cells),
             "indices": indices_json(s, &challenge.cells),
@@ -402,7 +425,7 @@ fn challenges(commitments: &[(&str, Commitment)]) -> Value {
             "opening_indices": indices_json(s, &opening),
             "challenge_json": compact(&challenge),
             "challenge_binary_hex": hex::encode(challenge.to_bytes()),
-            "transcript_rows": rows_json(&round_rows),
+            "transcript_rows": rows_json(&rows),
         }));
     }
     Value::Array(out)
@@ -415,7 +438,7 @@ fn sampling(commitments: &[(&str, Commitment)]) -> Value {
         ("ff", [0xff; 32]),
         ("counting", std::array::from_fn(|i| i as u8)),
     ];
-    let cases: [(usize, u32, SamplingStrategy); 7] = [
+    let cases: [(usize, u32, SamplingStrategy); 11] = [
         (0, 5, SamplingStrategy::Uniform),
         (0, 9, SamplingStrategy::Stratified),
         (0, 5, SamplingStrategy::CostWeighted),
@@ -423,6 +446,12 @@ fn sampling(commitments: &[(&str, Commitment)]) -> Value {
         (1, 13, SamplingStrategy::Stratified),
         (1, 20, SamplingStrategy::CostWeighted),
         (2, 7, SamplingStrategy::CostWeighted),
+        // stratified with k < L (q = 0): k distinct layers, one cell each
+        (0, 2, SamplingStrategy::Stratified),
+        (1, 5, SamplingStrategy::Stratified),
+        // k >= N: every cell, no randomness drawn (the same for every seed)
+        (1, 60, SamplingStrategy::Stratified),
+        (2, 100, SamplingStrategy::CostWeighted),
     ];
     let mut out = Vec::new();
     for (si, k, strategy) in cases {
@@ -565,6 +594,199 @@ fn opening(c: &Commitment) -> Value {
         "opening_json": compact(&honest),
         "opening_binary_hex": hex::encode(honest.to_bytes()),
         "cases": case_json,
+    })
+}
+
+/// Parameters of the multi-round session vector (the same as the `toy-causal-blake3` round-2
+/// challenge of [`CHALLENGES`], which is therefore the session's round 2).
+const SESSION_PARAMS: ChallengeParams = ChallengeParams {
+    samples: 3,
+    strategy: SamplingStrategy::Uniform,
+    pow_bits: 8,
+};
+const SESSION_ROUNDS: u32 = 3;
+/// Seed of the interactive verifier's generator in the session vector's interactive case.
+const INTERACTIVE_RNG_SEED: [u8; 32] = [0x2a; 32];
+
+fn step_name(step: &Step) -> &'static str {
+    match step {
+        Step::Challenge(_) => "challenge",
+        Step::AwaitOpening => "await-opening",
+        Step::Decided(Verdict::Accept) => "accept",
+        Step::Decided(Verdict::Reject(_)) => "reject",
+    }
+}
+
+fn decided(step: Step) -> Verdict {
+    match step {
+        Step::Decided(v) => v,
+        other => panic!("expected a verdict, got {other:?}"),
+    }
+}
+
+fn verifier(mode: Mode, params: ChallengeParams, rounds: u32) -> Verifier<ToyEngine> {
+    Verifier::new(
+        VerifierConfig {
+            mode,
+            params,
+            rounds,
+            tolerance: TolerancePolicy::Exact,
+        },
+        ToyEngine::default(),
+    )
+    .expect("a valid verifier configuration")
+}
+
+/// A non-interactive session of three rounds with proof of work on the toy trace, driven through
+/// the reference prover and verifier state machines, and the rejections of a nonce that changes
+/// between rounds and of a nonzero nonce in interactive mode.
+fn session(c: &Commitment) -> Value {
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    let s = &c.statement;
+    let params = SESSION_PARAMS;
+    let mut prover = toy_prover(s);
+    assert_eq!(&prover.commit().expect("commit"), c);
+    let nonce = find_pow_nonce(c, &params).expect("valid parameters");
+    let mut rng = ChaCha20Rng::from_seed([0; 32]); // unused in non-interactive mode
+    let mut v = verifier(Mode::NonInteractive, params, SESSION_ROUNDS);
+    assert_eq!(
+        v.receive_commitment(c.clone(), &mut rng),
+        Step::AwaitOpening
+    );
+    let mut rounds = Vec::new();
+    let mut openings = Vec::new();
+    for round in 0..SESSION_ROUNDS {
+        let (challenge, opening) = prover.open_non_interactive(&params).expect("an opening");
+        assert_eq!(opening.pow_nonce, nonce, "one nonce for every round");
+        assert_eq!(
+            challenge,
+            derive_challenge(c, round, &params, nonce).expect("a challenge")
+        );
+        let seed = challenge_seed(c, round, &params, nonce);
+        let step = v.receive_opening(&opening, &mut rng);
+        let expected = if round + 1 == SESSION_ROUNDS {
+            Step::Decided(Verdict::Accept)
+        } else {
+            Step::AwaitOpening
+        };
+        assert_eq!(step, expected, "round {round}");
+        let required = s.opening_cells(&challenge.cells).expect("opening cells");
+        rounds.push(json!({
+            "round": round,
+            "transcript_rows": rows_json(&[round_row(round)]),
+            "seed_hex": hex::encode(seed),
+            "cells": cells_json(&challenge.cells),
+            "indices": indices_json(s, &challenge.cells),
+            "opening_cells": cells_json(&required),
+            "opening_indices": indices_json(s, &required),
+            "challenge_json": compact(&challenge),
+            "challenge_binary_hex": hex::encode(challenge.to_bytes()),
+            "opening_binary_hex": hex::encode(opening.to_bytes()),
+            "step": step_name(&step),
+        }));
+        openings.push(opening);
+    }
+
+    // Another nonce meeting the same difficulty: a per-round proof of work would accept it in
+    // round 1 (its challenge is as valid as the first), the session's refuses it.
+    let other = (nonce + 1..)
+        .find(|&n| check_pow(c, &params, n).expect("valid parameters"))
+        .expect("another valid nonce");
+    let other_seed = challenge_seed(c, 1, &params, other);
+    let other_challenge = derive_challenge(c, 1, &params, other).expect("a challenge");
+    let other_opening = prover
+        .open_cells(1, &other_challenge.cells, other)
+        .expect("an opening");
+    let mut v = verifier(Mode::NonInteractive, params, SESSION_ROUNDS);
+    v.receive_commitment(c.clone(), &mut rng);
+    assert_eq!(
+        v.receive_opening(&openings[0], &mut rng),
+        Step::AwaitOpening
+    );
+    let other_verdict = decided(v.receive_opening(&other_opening, &mut rng));
+
+    // Round 0 under a nonce that misses the difficulty (the nonces below the smallest valid one).
+    let bad = nonce - 1;
+    assert!(!check_pow(c, &params, bad).expect("valid parameters"));
+    let bad_cells = sample_cells(
+        s,
+        params.samples,
+        params.strategy,
+        challenge_seed(c, 0, &params, bad),
+    )
+    .expect("sampled");
+    let bad_opening = prover.open_cells(0, &bad_cells, bad).expect("an opening");
+    let mut v = verifier(Mode::NonInteractive, params, SESSION_ROUNDS);
+    v.receive_commitment(c.clone(), &mut rng);
+    let bad_verdict = decided(v.receive_opening(&bad_opening, &mut rng));
+
+    // Interactive: the honest opening of the verifier's challenge, but with pow_nonce 1.
+    let interactive = ChallengeParams {
+        pow_bits: 0,
+        ..params
+    };
+    let mut irng = ChaCha20Rng::from_seed(INTERACTIVE_RNG_SEED);
+    let mut v = verifier(Mode::Interactive, interactive, 1);
+    let Step::Challenge(ichallenge) = v.receive_commitment(c.clone(), &mut irng) else {
+        panic!("an interactive verifier sends a challenge");
+    };
+    let mut iopening = toy_prover(s)
+        .open_cells(0, &ichallenge.cells, 0)
+        .expect("opening");
+    iopening.pow_nonce = 1;
+    let interactive_verdict = decided(v.receive_opening(&iopening, &mut irng));
+
+    let case = |name: &str, what: &str, opening: &Opening, verdict: &Verdict| {
+        json!({
+            "name": name,
+            "what": what,
+            "opening_binary_hex": hex::encode(opening.to_bytes()),
+            "verdict_json": compact(verdict),
+            "reason": verdict_name(verdict),
+        })
+    };
+    json!({
+        "statement": "toy-causal-blake3",
+        "mode": "non-interactive",
+        "rounds": SESSION_ROUNDS,
+        "samples": params.samples,
+        "strategy": strategy_name(params.strategy),
+        "pow_bits": params.pow_bits,
+        "tolerance": "exact",
+        "pow_nonce": nonce,
+        "pow_output_hex": hex::encode(pow_output(c, &params, nonce)),
+        "transcript_rows": rows_json(&session_rows(&params, nonce)),
+        "per_round": rounds,
+        "verdict_json": compact(&Verdict::Accept),
+        "other_valid_nonce": other,
+        "other_pow_output_hex": hex::encode(pow_output(c, &params, other)),
+        "other_round_1_seed_hex": hex::encode(other_seed),
+        "other_round_1_cells": cells_json(&other_challenge.cells),
+        "cases": [
+            case(
+                "round-1-other-valid-nonce",
+                "round 0 answered honestly; round 1 answered with the honest opening of the challenge derived from other_valid_nonce, carrying that nonce",
+                &other_opening,
+                &other_verdict,
+            ),
+            case(
+                "round-0-invalid-nonce",
+                "round 0 answered with the honest opening of the challenge derived from pow_nonce - 1, which misses the proof of work",
+                &bad_opening,
+                &bad_verdict,
+            ),
+        ],
+        "interactive_case": {
+            "name": "interactive-nonzero-nonce",
+            "what": "interactive, one round, the same samples and strategy with pow_bits 0; the verifier draws its challenge from ChaCha20Rng::from_seed(verifier_rng_seed_hex) (the reference's first 32 bytes of that generator are the sampling seed); the prover answers it honestly but with pow_nonce 1",
+            "verifier_rng_seed_hex": hex::encode(INTERACTIVE_RNG_SEED),
+            "challenge_json": compact(&ichallenge),
+            "opening_binary_hex": hex::encode(iopening.to_bytes()),
+            "verdict_json": compact(&interactive_verdict),
+            "reason": verdict_name(&interactive_verdict),
+        },
     })
 }
 

@@ -7,7 +7,9 @@ use rand_core::SeedableRng;
 use veritrace::commit::{CellId, Digest, Dtype, HasherId, TraceGeometry};
 use veritrace::protocol::tolerance::{Metric, PerLayer, ThresholdPolicy, TolerancePolicy};
 use veritrace::protocol::toy::ToyEngine;
-use veritrace::protocol::transcript::{challenge_seed, derive_challenge, find_pow_nonce};
+use veritrace::protocol::transcript::{
+    challenge_seed, check_pow, derive_challenge, find_pow_nonce,
+};
 use veritrace::protocol::{
     ChallengeParams, Commitment, Dependency, Message, Mode, Opening, OutputRule, ProtocolError,
     Prover, RejectReason, SamplingStrategy, Statement, Step, Verdict, Verifier, VerifierConfig,
@@ -337,13 +339,45 @@ fn non_interactive_proof_of_work_is_checked() {
     let mut p = prover(&s, ToyEngine::default());
     let c = p.commit().unwrap();
     let (challenge, opening) = p.open_non_interactive(&cfg.params).unwrap();
-    assert_eq!(
-        opening.pow_nonce,
-        find_pow_nonce(&c, 0, &cfg.params).unwrap()
-    );
+    assert_eq!(opening.pow_nonce, find_pow_nonce(&c, &cfg.params).unwrap());
     assert_eq!(
         derive_challenge(&c, 0, &cfg.params, opening.pow_nonce).unwrap(),
         challenge
+    );
+}
+
+/// The proof of work is per session: every round repeats round 0's nonce, so a prover cannot
+/// grind each round separately. A later round with another nonce, even one that meets the
+/// difficulty, is refused.
+#[test]
+fn later_rounds_must_repeat_the_session_nonce() {
+    let (s, _) = base();
+    let cfg = config(Mode::NonInteractive, 2, SamplingStrategy::Uniform, 4, 3);
+    let mut p = prover(&s, ToyEngine::default());
+    let c = p.commit().unwrap();
+    let nonce = find_pow_nonce(&c, &cfg.params).unwrap();
+    let other = (nonce + 1..)
+        .find(|&n| check_pow(&c, &cfg.params, n).unwrap())
+        .unwrap();
+    let mut rng = ChaCha20Rng::from_seed([3; 32]);
+    let mut v = Verifier::new(cfg.clone(), ToyEngine::default()).unwrap();
+    assert_eq!(
+        v.receive_commitment(c.clone(), &mut rng),
+        Step::AwaitOpening
+    );
+    let (_, o0) = p.open_non_interactive(&cfg.params).unwrap();
+    assert_eq!(o0.pow_nonce, nonce);
+    assert_eq!(v.receive_opening(&o0, &mut rng), Step::AwaitOpening);
+    // round 1 answered under another valid nonce: its challenge would differ, and it is refused
+    let ch = derive_challenge(&c, 1, &cfg.params, other).unwrap();
+    let o1 = p.open_cells(1, &ch.cells, other).unwrap();
+    let r = reject(match v.receive_opening(&o1, &mut rng) {
+        Step::Decided(v) => v,
+        other => panic!("{other:?}"),
+    });
+    assert!(
+        matches!(r, RejectReason::BadProofOfWork { nonce, .. } if nonce == other),
+        "{r}"
     );
 }
 
@@ -425,4 +459,32 @@ fn every_statement_field_changes_the_challenge() {
     // version, model digest, setup, 6 input + 4 output tokens, 5 geometry fields, hasher,
     // dependency, output rule, root
     assert!(checked >= 21, "only {checked} fields checked");
+}
+
+/// A verifier that knows what it asked for rejects a commitment under another statement.
+#[test]
+fn the_verifier_can_require_its_own_statement() {
+    let (s, cfg) = base();
+    let mut rng = ChaCha20Rng::from_seed([5; 32]);
+    let mut other = s.clone();
+    other.setup = b"toy/int4".to_vec();
+    let mut p = prover(&other, ToyEngine::default());
+    let mut v = Verifier::new(cfg.clone(), ToyEngine::default()).unwrap();
+    v.expect_statement(s.clone());
+    let r = reject(match v.receive_commitment(p.commit().unwrap(), &mut rng) {
+        Step::Decided(v) => v,
+        other => panic!("{other:?}"),
+    });
+    assert!(
+        matches!(&r, RejectReason::GeometryMismatch { detail } if detail.contains("setup")),
+        "{r}"
+    );
+    // the same statement passes on to the challenge
+    let mut p = prover(&s, ToyEngine::default());
+    let mut v = Verifier::new(cfg, ToyEngine::default()).unwrap();
+    v.expect_statement(s);
+    assert!(matches!(
+        v.receive_commitment(p.commit().unwrap(), &mut rng),
+        Step::Challenge(_)
+    ));
 }

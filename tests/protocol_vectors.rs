@@ -3,10 +3,11 @@
 //! Every vector in the JSON file is recomputed with `veritrace-protocol` and compared: challenge
 //! seeds, proof-of-work nonces and outputs, sampled cells, opening sets, cost weights, dependency
 //! rows, the bytes absorbed by the transcript, the toy opening and the verdicts of its tampered
-//! variants, the soundness figures. Every binary encoding is decoded, compared with its JSON
-//! form and re-encoded to the same bytes. Finally every challenge seed (and every statement
-//! root) in the JSON file must appear verbatim in `specs/protocol.md`, so the document and the
-//! vectors cannot drift apart.
+//! variants, a multi-round non-interactive session run through the prover and verifier state
+//! machines (one proof of work for the whole session), the soundness figures. Every binary
+//! encoding is decoded, compared with its JSON form and re-encoded to the same bytes. Finally
+//! every challenge seed (and every statement root) in the JSON file must appear verbatim in
+//! `specs/protocol.md`, so the document and the vectors cannot drift apart.
 //!
 //! Regenerate the vectors with
 //! `cargo run --example gen_protocol_vectors > specs/vectors/protocol.json`.
@@ -30,9 +31,9 @@ use veritrace::protocol::transcript::{
     TranscriptProtocol, DOMAIN, MAX_POW_BITS,
 };
 use veritrace::protocol::{
-    check_opening, Challenge, ChallengeParams, Commitment, Dependency, Message, MessageKind,
-    Opening, OutputRule, Prover, RejectReason, SamplingStrategy, Statement, Verdict,
-    PROTOCOL_VERSION,
+    check_opening, Challenge, ChallengeParams, Commitment, Dependency, Message, MessageKind, Mode,
+    Opening, OutputRule, Prover, RejectReason, SamplingStrategy, Statement, Step, Verdict,
+    Verifier, VerifierConfig, PROTOCOL_VERSION,
 };
 
 fn root_dir() -> std::path::PathBuf {
@@ -177,7 +178,7 @@ fn verdict_name(v: &Verdict) -> &'static str {
     }
 }
 
-/// The bytes of transcript rows 1-10, written out from specs/protocol.md section 8 (a second,
+/// The bytes of transcript rows 1-10, written out from specs/protocol.md section 7.2 (a second,
 /// independent writing of what `transcript.rs` absorbs).
 fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
     let st = &c.statement;
@@ -216,6 +217,47 @@ fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
     .into_iter()
     .map(|(l, b)| (l.to_string(), b))
     .collect()
+}
+
+/// The bytes of transcript rows 11-14 (the session's: parameters, then the proof-of-work nonce),
+/// written out from specs/protocol.md section 7.2.
+fn session_rows(params: &ChallengeParams, nonce: u64) -> Vec<(String, Vec<u8>)> {
+    vec![
+        (
+            "samples".into(),
+            u64::from(params.samples).to_le_bytes().to_vec(),
+        ),
+        ("strategy".into(), vec![params.strategy.code()]),
+        (
+            "pow-bits".into(),
+            u64::from(params.pow_bits).to_le_bytes().to_vec(),
+        ),
+        ("pow-nonce".into(), nonce.to_le_bytes().to_vec()),
+    ]
+}
+
+/// The bytes of transcript row 15 (the round's).
+fn round_row(round: u32) -> (String, Vec<u8>) {
+    ("round".into(), u64::from(round).to_le_bytes().to_vec())
+}
+
+/// The output squeezed under `pow` after row 14, and its leading zero bits.
+fn pow_output(c: &Commitment, params: &ChallengeParams, nonce: u64) -> ([u8; 32], u32) {
+    let mut t = base_transcript(c);
+    t.append_params(params);
+    t.append_u64(b"pow-nonce", nonce);
+    let mut out = [0u8; 32];
+    t.challenge_bytes(b"pow", &mut out);
+    let zeros = out
+        .iter()
+        .map(|b| b.leading_zeros())
+        .scan(true, |go, z| {
+            let r = if *go { Some(z) } else { None };
+            *go = z == 8;
+            r
+        })
+        .sum::<u32>();
+    (out, zeros)
 }
 
 fn rows_of(v: &Value) -> Vec<(String, Vec<u8>)> {
@@ -384,6 +426,7 @@ fn challenges_are_recomputed() {
     assert!(list.len() >= 10);
     let mut strategies = BTreeSet::new();
     let mut with_pow = 0;
+    let (mut every_cell, mut few_layers) = (0, 0);
     for x in list {
         let name = s(&x["statement"]);
         let c = commitment(&all, name);
@@ -396,30 +439,18 @@ fn challenges_are_recomputed() {
         strategies.insert(params.strategy.code());
         let what = format!("{name} round {round} {params:?}");
 
-        // proof of work: the listed nonce is the smallest that works
+        // proof of work: the listed nonce is the smallest that works (for the session: it does
+        // not depend on the round)
         let nonce = u(&x["pow_nonce"]);
-        assert_eq!(find_pow_nonce(c, round, &params).unwrap(), nonce, "{what}");
-        assert!(check_pow(c, round, &params, nonce).unwrap(), "{what}");
+        assert_eq!(find_pow_nonce(c, &params).unwrap(), nonce, "{what}");
+        assert!(check_pow(c, &params, nonce).unwrap(), "{what}");
         for smaller in 0..nonce {
-            assert!(!check_pow(c, round, &params, smaller).unwrap(), "{what}");
+            assert!(!check_pow(c, &params, smaller).unwrap(), "{what}");
         }
         if params.pow_bits > 0 {
             with_pow += 1;
-            let mut t = base_transcript(c);
-            t.append_round(round, &params);
-            t.append_u64(b"pow-nonce", nonce);
-            let mut out = [0u8; 32];
-            t.challenge_bytes(b"pow", &mut out);
+            let (out, zeros) = pow_output(c, &params, nonce);
             assert_eq!(hex::encode(out), s(&x["pow_output_hex"]), "{what}");
-            let zeros = out
-                .iter()
-                .map(|b| b.leading_zeros())
-                .scan(true, |go, z| {
-                    let r = if *go { Some(z) } else { None };
-                    *go = z == 8;
-                    r
-                })
-                .sum::<u32>();
             assert!(zeros >= u32::from(params.pow_bits), "{what}");
         } else {
             assert!(x["pow_output_hex"].is_null(), "{what}");
@@ -450,29 +481,43 @@ fn challenges_are_recomputed() {
         round_trip(&unhex(&x["challenge_binary_hex"]), &challenge, &what);
 
         // absorbed bytes of rows 11-15
-        let rows: Vec<(String, Vec<u8>)> = vec![
-            ("round".into(), u64::from(round).to_le_bytes().to_vec()),
-            (
-                "samples".into(),
-                u64::from(params.samples).to_le_bytes().to_vec(),
-            ),
-            ("strategy".into(), vec![params.strategy.code()]),
-            (
-                "pow-bits".into(),
-                u64::from(params.pow_bits).to_le_bytes().to_vec(),
-            ),
-            ("pow-nonce".into(), nonce.to_le_bytes().to_vec()),
-        ];
+        let mut rows = session_rows(&params, nonce);
+        rows.push(round_row(round));
         assert_eq!(rows_of(&x["transcript_rows"]), rows, "{what}");
+
+        let n = g.num_cells();
+        if u64::from(params.samples) >= n {
+            every_cell += 1;
+            assert_eq!(idx_all(n), indices_of(&x["indices"]), "{what}: k >= N");
+        }
+        if params.strategy == SamplingStrategy::Stratified && params.samples < g.layers {
+            few_layers += 1;
+            assert_distinct_layers(&cells, params.samples, &what);
+        }
     }
     assert_eq!(strategies.len(), 3, "every strategy is covered");
     assert!(with_pow >= 2, "proof of work is covered");
+    assert!(every_cell >= 2, "k >= N is covered");
+    assert!(few_layers >= 2, "stratified with k < L is covered");
+}
+
+/// `0..n`, the leaf indices of every cell.
+fn idx_all(n: u64) -> Vec<u64> {
+    (0..n).collect()
+}
+
+/// Stratified with k < L: k cells in k distinct layers.
+fn assert_distinct_layers(cells: &[CellId], k: u32, what: &str) {
+    let layers: BTreeSet<u32> = cells.iter().map(|c| c.layer).collect();
+    assert_eq!(cells.len(), k as usize, "{what}: k cells");
+    assert_eq!(layers.len(), k as usize, "{what}: k distinct layers");
 }
 
 #[test]
 fn sampling_from_fixed_seeds() {
     let v = vectors();
     let all = commitments(&v);
+    let (mut every_cell, mut few_layers) = (0, 0);
     for x in arr(&v["sampling"]) {
         let c = commitment(&all, s(&x["statement"]));
         let seed: [u8; 32] = unhex(&x["seed_hex"]).try_into().expect("32 bytes");
@@ -487,7 +532,18 @@ fn sampling_from_fixed_seeds() {
         let g = c.statement.geometry;
         let idx: Vec<u64> = cells.iter().map(|&c| g.cell_index(c).unwrap()).collect();
         assert_eq!(idx, indices_of(&x["indices"]));
+        let k = u(&x["samples"]) as u32;
+        if u64::from(k) >= g.num_cells() {
+            every_cell += 1;
+            assert_eq!(idx, idx_all(g.num_cells()), "{x}: k >= N");
+        }
+        if s(&x["strategy"]) == "stratified" && k < g.layers {
+            few_layers += 1;
+            assert_distinct_layers(&cells, k, &x.to_string());
+        }
     }
+    assert!(every_cell >= 2, "k >= N is covered");
+    assert!(few_layers >= 2, "stratified with k < L is covered");
 }
 
 #[test]
@@ -563,6 +619,244 @@ fn toy_opening_and_its_rejections() {
         names.insert(name.to_string());
     }
     assert!(names.contains("honest") && names.len() >= 8);
+}
+
+fn verifier(mode: Mode, params: ChallengeParams, rounds: u32) -> Verifier<ToyEngine> {
+    Verifier::new(
+        VerifierConfig {
+            mode,
+            params,
+            rounds,
+            tolerance: TolerancePolicy::Exact,
+        },
+        ToyEngine::default(),
+    )
+    .unwrap()
+}
+
+fn decided(step: Step) -> Verdict {
+    match step {
+        Step::Decided(v) => v,
+        other => panic!("expected a verdict, got {other:?}"),
+    }
+}
+
+/// A non-interactive session of several rounds: one proof-of-work nonce, searched once and
+/// carried by every round's opening; each round's seed branches from the session transcript with
+/// its round index. The prover's openings and the verifier's steps are replayed through the state
+/// machines. A later round under another valid nonce, a round 0 under an invalid nonce and an
+/// interactive opening with a nonzero nonce are refused with `BadProofOfWork`.
+#[test]
+fn non_interactive_session_with_one_proof_of_work() {
+    let v = vectors();
+    let all = commitments(&v);
+    let x = &v["session"];
+    let c = commitment(&all, s(&x["statement"]));
+    assert_eq!(s(&x["mode"]), "non-interactive");
+    assert_eq!(s(&x["tolerance"]), "exact");
+    let rounds = u(&x["rounds"]) as u32;
+    assert!(rounds >= 3, "a multi-round session");
+    let params = ChallengeParams {
+        samples: u(&x["samples"]) as u32,
+        strategy: strategy(s(&x["strategy"])),
+        pow_bits: u(&x["pow_bits"]) as u8,
+    };
+    assert!(params.pow_bits > 0, "the session has a proof of work");
+
+    // the session's nonce and the transcript rows 11-14 it is absorbed with
+    let nonce = u(&x["pow_nonce"]);
+    assert_eq!(find_pow_nonce(c, &params).unwrap(), nonce);
+    let (out, zeros) = pow_output(c, &params, nonce);
+    assert_eq!(hex::encode(out), s(&x["pow_output_hex"]));
+    assert!(zeros >= u32::from(params.pow_bits));
+    assert_eq!(rows_of(&x["transcript_rows"]), session_rows(&params, nonce));
+
+    // the honest session, through the prover and the verifier
+    let st = &c.statement;
+    let mut prover =
+        Prover::new(st.clone(), ToyEngine::default().trace_bytes(st).unwrap()).unwrap();
+    assert_eq!(&prover.commit().unwrap(), c);
+    let mut rng = ChaCha20Rng::from_seed([0; 32]);
+    let mut ver = verifier(Mode::NonInteractive, params, rounds);
+    assert_eq!(
+        ver.receive_commitment(c.clone(), &mut rng),
+        Step::AwaitOpening
+    );
+    let per_round = arr(&x["per_round"]);
+    assert_eq!(per_round.len(), rounds as usize);
+    let mut openings = Vec::new();
+    let mut seeds = BTreeSet::new();
+    for (r, y) in per_round.iter().enumerate() {
+        let round = r as u32;
+        assert_eq!(u(&y["round"]), u64::from(round));
+        assert_eq!(rows_of(&y["transcript_rows"]), vec![round_row(round)]);
+        let seed = challenge_seed(c, round, &params, nonce);
+        assert_eq!(hex::encode(seed), s(&y["seed_hex"]), "round {round}");
+        seeds.insert(seed);
+        let cells = cells_of(&y["cells"]);
+        assert_eq!(
+            sample_cells(st, params.samples, params.strategy, seed).unwrap(),
+            cells
+        );
+        let g = st.geometry;
+        let idx: Vec<u64> = cells.iter().map(|&c| g.cell_index(c).unwrap()).collect();
+        assert_eq!(idx, indices_of(&y["indices"]));
+        let required = st.opening_cells(&cells).unwrap();
+        assert_eq!(required, cells_of(&y["opening_cells"]));
+        let idx: Vec<u64> = required.iter().map(|&c| g.cell_index(c).unwrap()).collect();
+        assert_eq!(idx, indices_of(&y["opening_indices"]));
+
+        let (challenge, opening) = prover.open_non_interactive(&params).unwrap();
+        assert_eq!(
+            opening.pow_nonce, nonce,
+            "round {round}: the session's nonce"
+        );
+        assert_eq!(challenge.cells, cells);
+        assert_eq!(
+            challenge,
+            derive_challenge(c, round, &params, nonce).unwrap()
+        );
+        assert_eq!(
+            Challenge::from_json(s(&y["challenge_json"])).unwrap(),
+            challenge
+        );
+        round_trip(&unhex(&y["challenge_binary_hex"]), &challenge, "challenge");
+        let bytes = unhex(&y["opening_binary_hex"]);
+        assert_eq!(opening.to_bytes(), bytes, "round {round}");
+        round_trip(&bytes, &opening, "opening");
+        let step = ver.receive_opening(&opening, &mut rng);
+        let name = match &step {
+            Step::AwaitOpening => "await-opening",
+            Step::Decided(Verdict::Accept) => "accept",
+            other => panic!("round {round}: {other:?}"),
+        };
+        assert_eq!(name, s(&y["step"]), "round {round}");
+        openings.push(opening);
+    }
+    assert_eq!(seeds.len(), rounds as usize, "every round has its own seed");
+    assert_eq!(ver.verdict(), Some(&Verdict::Accept));
+    assert_eq!(
+        Verdict::from_json(s(&x["verdict_json"])).unwrap(),
+        Verdict::Accept
+    );
+
+    // another nonce meeting the difficulty: it fixes other challenges for every round
+    let other = u(&x["other_valid_nonce"]);
+    assert!(other > nonce && check_pow(c, &params, other).unwrap());
+    assert!((nonce + 1..other).all(|n| !check_pow(c, &params, n).unwrap()));
+    assert_eq!(
+        hex::encode(pow_output(c, &params, other).0),
+        s(&x["other_pow_output_hex"])
+    );
+    let other_seed = challenge_seed(c, 1, &params, other);
+    assert_eq!(hex::encode(other_seed), s(&x["other_round_1_seed_hex"]));
+    let other_challenge = derive_challenge(c, 1, &params, other).unwrap();
+    assert_eq!(other_challenge.cells, cells_of(&x["other_round_1_cells"]));
+
+    let cases = arr(&x["cases"]);
+    let case = |name: &str| {
+        cases
+            .iter()
+            .find(|k| s(&k["name"]) == name)
+            .unwrap_or_else(|| panic!("no session case {name}"))
+    };
+    let check_case = |k: &Value, opening: &Opening, verdict: &Verdict| {
+        let bytes = unhex(&k["opening_binary_hex"]);
+        assert_eq!(opening.to_bytes(), bytes, "{}", s(&k["name"]));
+        round_trip(&bytes, opening, s(&k["name"]));
+        assert_eq!(verdict_name(verdict), s(&k["reason"]), "{}", s(&k["name"]));
+        assert_eq!(
+            serde_json::to_string(verdict).unwrap(),
+            s(&k["verdict_json"]),
+            "{}",
+            s(&k["name"])
+        );
+    };
+
+    // round 1 answered, consistently, under the other valid nonce: refused, although a round-0
+    // opening under that nonce would pass the proof of work
+    let k = case("round-1-other-valid-nonce");
+    let o1 = prover.open_cells(1, &other_challenge.cells, other).unwrap();
+    let mut ver = verifier(Mode::NonInteractive, params, rounds);
+    ver.receive_commitment(c.clone(), &mut rng);
+    assert_eq!(
+        ver.receive_opening(&openings[0], &mut rng),
+        Step::AwaitOpening
+    );
+    let verdict = decided(ver.receive_opening(&o1, &mut rng));
+    assert_eq!(
+        verdict,
+        Verdict::Reject(RejectReason::BadProofOfWork {
+            pow_bits: params.pow_bits,
+            nonce: other,
+        })
+    );
+    check_case(k, &o1, &verdict);
+
+    // round 0 under a nonce that misses the proof of work
+    let k = case("round-0-invalid-nonce");
+    let bad = nonce - 1;
+    assert!(!check_pow(c, &params, bad).unwrap());
+    assert!(derive_challenge(c, 0, &params, bad).is_err());
+    let bad_cells = sample_cells(
+        st,
+        params.samples,
+        params.strategy,
+        challenge_seed(c, 0, &params, bad),
+    )
+    .unwrap();
+    let o0 = prover.open_cells(0, &bad_cells, bad).unwrap();
+    let mut ver = verifier(Mode::NonInteractive, params, rounds);
+    ver.receive_commitment(c.clone(), &mut rng);
+    let verdict = decided(ver.receive_opening(&o0, &mut rng));
+    assert_eq!(
+        verdict,
+        Verdict::Reject(RejectReason::BadProofOfWork {
+            pow_bits: params.pow_bits,
+            nonce: bad,
+        })
+    );
+    check_case(k, &o0, &verdict);
+
+    // interactive: an honest opening with a nonzero nonce is refused; with 0 it is accepted
+    let k = &x["interactive_case"];
+    let interactive = ChallengeParams {
+        pow_bits: 0,
+        ..params
+    };
+    let rng_seed: [u8; 32] = unhex(&k["verifier_rng_seed_hex"]).try_into().unwrap();
+    let mut irng = ChaCha20Rng::from_seed(rng_seed);
+    let mut ver = verifier(Mode::Interactive, interactive, 1);
+    let Step::Challenge(challenge) = ver.receive_commitment(c.clone(), &mut irng) else {
+        panic!("an interactive verifier sends a challenge");
+    };
+    assert_eq!(
+        Challenge::from_json(s(&k["challenge_json"])).unwrap(),
+        challenge
+    );
+    let fresh = Prover::new(st.clone(), ToyEngine::default().trace_bytes(st).unwrap()).unwrap();
+    let honest = fresh.open_cells(0, &challenge.cells, 0).unwrap();
+    let mut with_nonce = honest.clone();
+    with_nonce.pow_nonce = 1;
+    let verdict = decided(ver.receive_opening(&with_nonce, &mut irng));
+    assert_eq!(
+        verdict,
+        Verdict::Reject(RejectReason::BadProofOfWork {
+            pow_bits: 0,
+            nonce: 1,
+        })
+    );
+    check_case(k, &with_nonce, &verdict);
+    let mut irng = ChaCha20Rng::from_seed(rng_seed);
+    let mut ver = verifier(Mode::Interactive, interactive, 1);
+    assert_eq!(
+        ver.receive_commitment(c.clone(), &mut irng),
+        Step::Challenge(challenge)
+    );
+    assert_eq!(
+        decided(ver.receive_opening(&honest, &mut irng)),
+        Verdict::Accept
+    );
 }
 
 #[test]
@@ -652,8 +946,13 @@ fn the_document_quotes_the_vectors() {
     let v = vectors();
     let spec = spec_text();
     let mut missing = Vec::new();
-    for x in arr(&v["challenges"]) {
-        let seed = s(&x["seed_hex"]);
+    let session = &v["session"];
+    let seeds = arr(&v["challenges"])
+        .iter()
+        .chain(arr(&session["per_round"]))
+        .map(|x| s(&x["seed_hex"]))
+        .chain([s(&session["other_round_1_seed_hex"])]);
+    for seed in seeds {
         if !spec.contains(seed) {
             missing.push(format!("challenge seed {seed}"));
         }

@@ -81,8 +81,8 @@ pub struct Opening {
     pub cells: Vec<OpenedCell>,
     /// Batch proof of all opened cells against the root.
     pub proof: BatchProof,
-    /// Proof-of-work nonce of a non-interactive round (0 when none is required, and always 0 in
-    /// interactive mode).
+    /// Non-interactive mode: the session's proof-of-work nonce, the same in every round (0 when
+    /// none is required). Always 0 in interactive mode.
     pub pow_nonce: u64,
 }
 

@@ -25,6 +25,9 @@ pub enum ProverState {
     Committed {
         /// Next round to answer.
         next_round: u32,
+        /// Non-interactive mode: the session's proof-of-work nonce and the parameters it was
+        /// found for (searched once, reused by every round).
+        session: Option<(ChallengeParams, u64)>,
     },
 }
 
@@ -85,7 +88,10 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
                 message: "commitment (a prover commits once, before any challenge)",
             });
         }
-        self.state = ProverState::Committed { next_round: 0 };
+        self.state = ProverState::Committed {
+            next_round: 0,
+            session: None,
+        };
         Ok(self.commitment())
     }
 
@@ -98,7 +104,7 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
 
     fn expect_round(&self, round: u32) -> Result<()> {
         match self.state {
-            ProverState::Committed { next_round } if next_round == round => Ok(()),
+            ProverState::Committed { next_round, .. } if next_round == round => Ok(()),
             _ => Err(ProtocolError::OutOfOrder {
                 state: self.state.name(),
                 message: "challenge for another round",
@@ -113,28 +119,44 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
         let opening = self.open_cells(challenge.round, &challenge.cells, 0)?;
         self.state = ProverState::Committed {
             next_round: challenge.round + 1,
+            session: None,
         };
         Ok(opening)
     }
 
-    /// Answers the next non-interactive round: searches the proof-of-work nonce, derives the
-    /// challenge from the transcript and opens it. Returns the challenge too.
+    /// Answers the next non-interactive round: on the first round searches the session's
+    /// proof-of-work nonce (reused by later rounds), derives the round's challenge from the
+    /// transcript and opens it. Returns the challenge too. Every round must use the same
+    /// parameters.
     pub fn open_non_interactive(
         &mut self,
         params: &ChallengeParams,
     ) -> Result<(Challenge, Opening)> {
-        let ProverState::Committed { next_round } = self.state else {
+        let ProverState::Committed {
+            next_round,
+            session,
+        } = self.state
+        else {
             return Err(ProtocolError::OutOfOrder {
                 state: self.state.name(),
                 message: "opening before the commitment",
             });
         };
         let commitment = self.commitment();
-        let nonce = find_pow_nonce(&commitment, next_round, params)?;
+        let nonce = match session {
+            Some((p, nonce)) if p == *params => nonce,
+            Some(_) => {
+                return Err(ProtocolError::InvalidParameter(
+                    "the challenge parameters changed within a session".into(),
+                ))
+            }
+            None => find_pow_nonce(&commitment, params)?,
+        };
         let challenge = derive_challenge(&commitment, next_round, params, nonce)?;
         let opening = self.open_cells(next_round, &challenge.cells, nonce)?;
         self.state = ProverState::Committed {
             next_round: next_round + 1,
+            session: Some((*params, nonce)),
         };
         Ok((challenge, opening))
     }

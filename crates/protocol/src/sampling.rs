@@ -45,8 +45,8 @@ use veritrace_commit::CellId;
 
 use crate::{ProtocolError, Result, Statement};
 
-/// Largest trace (in cells) that [`SamplingStrategy::CostWeighted`] samples (2^24: 256 MiB of
-/// weights and Fenwick tree).
+/// Largest trace (in cells) that [`SamplingStrategy::CostWeighted`] samples when `k < N`
+/// (2^24: 256 MiB of weights and as much again for the Fenwick tree).
 pub const MAX_WEIGHTED_CELLS: u64 = 1 << 24;
 
 /// How the verifier spreads its k samples over the trace.

@@ -523,7 +523,8 @@ pub fn log2_grinding_attempts(log2_hash_budget: f64, pow_bits: f64) -> Result<f6
 ///
 /// **Budget reading used here (and by the CLI's `--grind-bits`): hash evaluations.** The
 /// prover can evaluate `2^log2_hash_budget` transcript hashes; with a proof-of-work of
-/// `pow_bits` before each challenge an attempt costs `2^pow_bits` of them, so
+/// `pow_bits` per attempt (veritrace's proof of work is once per session, so one attempt fixes
+/// every round's challenge) an attempt costs `2^pow_bits` of them, so
 /// `A = max(1, 2^(log2_hash_budget - pow_bits))` ([`log2_grinding_attempts`]) and, once the
 /// budget exceeds the work, `bits = -log2 P(miss) + pow_bits - log2_hash_budget`: the
 /// proof-of-work adds its bits. The budget at which a cheat is expected to succeed is
@@ -557,7 +558,10 @@ pub fn grinding_security_bits(log2_miss: f64, log2_hash_budget: f64, pow_bits: f
 ///
 /// where `A = 2^log2 A` is the attempt count of [`log2_grinding_attempts`] (budget in hash
 /// evaluations, `pow_bits` per draw) and `C(T, r) = prod_{i<r} (T-i)/(r-i)` (for real `T`).
-/// This is weaker than the single-commitment bound `A P^r` of [`grinding_security_bits`] on the
+/// veritrace's own transcript does not allow this (one proof-of-work nonce per session fixes
+/// every round's challenge, so [`grinding_security_bits`] on the composed probability applies);
+/// this bound is for protocols whose rounds each follow a fresh prover message.
+/// It is weaker than the single-commitment bound `A P^r` of [`grinding_security_bits`] on the
 /// composed probability: with `r = 3`, `A = 2^40`, it loses about `2 * 40 - log2 3! = 77.4`
 /// bits. With `r = 1` the two coincide.
 ///
@@ -653,7 +657,8 @@ pub struct SoundnessParams {
     pub rounds: u32,
     /// `log2` of the grinding prover's budget in transcript hash evaluations (`g`).
     pub grind_bits: f64,
-    /// Proof-of-work bits required before each challenge (an attempt costs `2^pow_bits` hashes).
+    /// Proof-of-work bits required once per session (an attempt, which fixes every round's
+    /// challenge, costs `2^pow_bits` hashes).
     pub pow_bits: f64,
 }
 

@@ -103,6 +103,22 @@ impl Statement {
         self.output_tokens.get(i).copied()
     }
 
+    /// The name of the first field in which `other` differs from `self`, if any.
+    pub fn first_difference(&self, other: &Statement) -> Option<&'static str> {
+        let fields = [
+            ("version", self.version == other.version),
+            ("model digest", self.model_digest == other.model_digest),
+            ("setup", self.setup == other.setup),
+            ("input tokens", self.input_tokens == other.input_tokens),
+            ("output tokens", self.output_tokens == other.output_tokens),
+            ("geometry", self.geometry == other.geometry),
+            ("hasher", self.hasher == other.hasher),
+            ("dependency", self.dependency == other.dependency),
+            ("output rule", self.output_rule == other.output_rule),
+        ];
+        fields.iter().find(|(_, same)| !same).map(|(name, _)| *name)
+    }
+
     /// The rows of layer `cell.layer − 1` that `cell` depends on (`None` for layer 0).
     pub fn input_rows(&self, cell: CellId) -> Result<Option<Range<u32>>> {
         let rows = self.geometry.cell_rows(cell)?;

@@ -16,24 +16,29 @@
 //! | 8 | `dependency` | rule code (u8: 1 causal, 2 bidirectional, 3 window) and window size (u32 LE, 0 otherwise) |
 //! | 9 | `output-rule` | rule code (u8: 1 greedy, 2 sampled) and the 32-byte seed (zeros for greedy) |
 //! | 10 | `root` | the commitment's 32-byte root |
-//! | 11 | `round` | round index, u64 LE (merlin `append_u64`) |
-//! | 12 | `samples` | k, u64 LE |
-//! | 13 | `strategy` | sampling strategy code (u8) |
-//! | 14 | `pow-bits` | u64 LE |
-//! | 15 | `pow-nonce` | u64 LE |
+//! | 11 | `samples` | k, u64 LE (merlin `append_u64`) |
+//! | 12 | `strategy` | sampling strategy code (u8) |
+//! | 13 | `pow-bits` | u64 LE |
+//! | 14 | `pow-nonce` | u64 LE: the session's proof-of-work nonce |
+//! | 15 | `round` | round index, u64 LE |
 //! | 16 | `challenge-seed` | squeezed: 32 bytes, the seed of [`crate::sampling`] |
 //!
-//! Rows 1-10 are the base transcript of a commitment; rows 11-16 are per round, on a clone of the
-//! base. Every public value the challenge depends on is absorbed before it is squeezed (the
-//! "Frozen Heart" class of bugs is a value left out).
+//! Rows 1-10 are the base transcript of a commitment; rows 11-14 make the *session transcript*
+//! (one per commitment and parameter set); rows 15-16 are per round, each on a clone of the
+//! session transcript. Every public value the challenge depends on is absorbed before it is
+//! squeezed (the "Frozen Heart" class of bugs is a value left out).
 //!
-//! # Proof of work
-//! With `pow_bits = p > 0`, the prover must find a nonce such that, on a clone of the round
-//! transcript after row 14, appending `pow-nonce` and squeezing 32 bytes under label `pow` gives
-//! an output whose first `p` bits (most significant bit of byte 0 first) are zero. The verifier
-//! checks it with one evaluation. Nonces are searched from 0 upward. With `p = 0` the nonce must
-//! be 0. Each attempt to re-randomize a commitment and re-draw the challenge then costs about
-//! `2^p` transcript evaluations.
+//! # Proof of work, once per session
+//! With `pow_bits = p > 0`, the prover must find a nonce such that, on a clone of the transcript
+//! after row 13, appending `pow-nonce` and squeezing 32 bytes under label `pow` gives an output
+//! whose first `p` bits (most significant bit of byte 0 first) are zero. The verifier checks it
+//! with one evaluation. Nonces are searched from 0 upward. With `p = 0` the nonce must be 0.
+//!
+//! The nonce is absorbed once, before any round's seed, and every round's opening carries the
+//! same nonce. So one attempt (a re-randomized commitment or a new nonce) fixes the challenges of
+//! *all* rounds at once and costs about `2^p` transcript evaluations: a grinding prover cannot
+//! search round by round (a per-round nonce would let it grind each round separately, making r
+//! rounds barely stronger than one).
 
 use merlin::Transcript;
 use serde::{Deserialize, Serialize};
@@ -64,10 +69,10 @@ pub trait TranscriptProtocol {
     fn append_statement(&mut self, statement: &Statement);
     /// Appends row 10: the root.
     fn append_root(&mut self, root: &Digest);
-    /// Appends rows 11-14: the round and the challenge parameters.
-    fn append_round(&mut self, round: u32, params: &ChallengeParams);
-    /// Appends row 15 and squeezes row 16: the sampling seed.
-    fn challenge_seed(&mut self, nonce: u64) -> [u8; 32];
+    /// Appends rows 11-13: the challenge parameters.
+    fn append_params(&mut self, params: &ChallengeParams);
+    /// Appends row 15 and squeezes row 16: the sampling seed of a round.
+    fn round_seed(&mut self, round: u32) -> [u8; 32];
 }
 
 fn tokens_bytes(tokens: &[u32]) -> Vec<u8> {
@@ -115,15 +120,14 @@ impl TranscriptProtocol for Transcript {
         self.append_message(b"root", &root.0);
     }
 
-    fn append_round(&mut self, round: u32, params: &ChallengeParams) {
-        self.append_u64(b"round", u64::from(round));
+    fn append_params(&mut self, params: &ChallengeParams) {
         self.append_u64(b"samples", u64::from(params.samples));
         self.append_message(b"strategy", &[params.strategy.code()]);
         self.append_u64(b"pow-bits", u64::from(params.pow_bits));
     }
 
-    fn challenge_seed(&mut self, nonce: u64) -> [u8; 32] {
-        self.append_u64(b"pow-nonce", nonce);
+    fn round_seed(&mut self, round: u32) -> [u8; 32] {
+        self.append_u64(b"round", u64::from(round));
         let mut seed = [0u8; 32];
         self.challenge_bytes(b"challenge-seed", &mut seed);
         seed
@@ -138,9 +142,11 @@ pub fn base_transcript(commitment: &Commitment) -> Transcript {
     t
 }
 
-fn round_transcript(commitment: &Commitment, round: u32, params: &ChallengeParams) -> Transcript {
+/// Rows 0-13: the base transcript and the challenge parameters (what the proof of work is
+/// computed on).
+fn params_transcript(commitment: &Commitment, params: &ChallengeParams) -> Transcript {
     let mut t = base_transcript(commitment);
-    t.append_round(round, params);
+    t.append_params(params);
     t
 }
 
@@ -156,8 +162,9 @@ pub fn challenge_seed_without_root(
 ) -> [u8; 32] {
     let mut t = Transcript::new(DOMAIN);
     t.append_statement(statement);
-    t.append_round(round, params);
-    t.challenge_seed(nonce)
+    t.append_params(params);
+    t.append_u64(b"pow-nonce", nonce);
+    t.round_seed(round)
 }
 
 fn leading_zero_bits(bytes: &[u8]) -> u32 {
@@ -172,11 +179,11 @@ fn leading_zero_bits(bytes: &[u8]) -> u32 {
     n
 }
 
-fn pow_ok(round: &Transcript, bits: u8, nonce: u64) -> bool {
+fn pow_ok(params_transcript: &Transcript, bits: u8, nonce: u64) -> bool {
     if bits == 0 {
         return nonce == 0;
     }
-    let mut t = round.clone();
+    let mut t = params_transcript.clone();
     t.append_u64(b"pow-nonce", nonce);
     let mut out = [0u8; 32];
     t.challenge_bytes(b"pow", &mut out);
@@ -193,29 +200,21 @@ fn check_params(params: &ChallengeParams) -> Result<()> {
     Ok(())
 }
 
-/// The prover's proof-of-work search: the smallest nonce meeting `params.pow_bits`.
-pub fn find_pow_nonce(
-    commitment: &Commitment,
-    round: u32,
-    params: &ChallengeParams,
-) -> Result<u64> {
+/// The prover's proof-of-work search, once per session: the smallest nonce meeting
+/// `params.pow_bits`.
+pub fn find_pow_nonce(commitment: &Commitment, params: &ChallengeParams) -> Result<u64> {
     check_params(params)?;
-    let t = round_transcript(commitment, round, params);
+    let t = params_transcript(commitment, params);
     Ok((0u64..)
         .find(|&nonce| pow_ok(&t, params.pow_bits, nonce))
         .expect("a nonce exists long before 2^64"))
 }
 
-/// Whether `nonce` meets the proof of work of a round.
-pub fn check_pow(
-    commitment: &Commitment,
-    round: u32,
-    params: &ChallengeParams,
-    nonce: u64,
-) -> Result<bool> {
+/// Whether `nonce` meets the session's proof of work.
+pub fn check_pow(commitment: &Commitment, params: &ChallengeParams, nonce: u64) -> Result<bool> {
     check_params(params)?;
     Ok(pow_ok(
-        &round_transcript(commitment, round, params),
+        &params_transcript(commitment, params),
         params.pow_bits,
         nonce,
     ))
@@ -229,7 +228,9 @@ pub fn challenge_seed(
     params: &ChallengeParams,
     nonce: u64,
 ) -> [u8; 32] {
-    round_transcript(commitment, round, params).challenge_seed(nonce)
+    let mut t = params_transcript(commitment, params);
+    t.append_u64(b"pow-nonce", nonce);
+    t.round_seed(round)
 }
 
 /// The non-interactive challenge of a round: checks the proof of work, then samples the cells
@@ -240,7 +241,7 @@ pub fn derive_challenge(
     params: &ChallengeParams,
     nonce: u64,
 ) -> Result<Challenge> {
-    if !check_pow(commitment, round, params, nonce)? {
+    if !check_pow(commitment, params, nonce)? {
         return Err(ProtocolError::InvalidParameter(format!(
             "nonce {nonce} does not meet {} bits of proof of work",
             params.pow_bits
@@ -341,21 +342,27 @@ mod tests {
             pow_bits: 10,
             ..PARAMS
         };
-        let nonce = find_pow_nonce(&c, 0, &params).unwrap();
-        assert!(check_pow(&c, 0, &params, nonce).unwrap());
+        let nonce = find_pow_nonce(&c, &params).unwrap();
+        assert!(check_pow(&c, &params, nonce).unwrap());
         for n in 0..nonce {
-            assert!(!check_pow(&c, 0, &params, n).unwrap());
+            assert!(!check_pow(&c, &params, n).unwrap());
         }
         assert!(nonce > 0, "this fixed transcript needs a search");
         assert!(derive_challenge(&c, 0, &params, nonce).is_ok());
         assert!(derive_challenge(&c, 0, &params, 0).is_err());
-        assert_eq!(find_pow_nonce(&c, 0, &PARAMS).unwrap(), 0);
-        assert!(!check_pow(&c, 0, &PARAMS, 1).unwrap());
+        // the same nonce serves every round, and each round has its own challenge
+        assert!(derive_challenge(&c, 1, &params, nonce).is_ok());
+        assert_ne!(
+            challenge_seed(&c, 0, &params, nonce),
+            challenge_seed(&c, 1, &params, nonce)
+        );
+        assert_eq!(find_pow_nonce(&c, &PARAMS).unwrap(), 0);
+        assert!(!check_pow(&c, &PARAMS, 1).unwrap());
         let too_hard = ChallengeParams {
             pow_bits: MAX_POW_BITS + 1,
             ..PARAMS
         };
-        assert!(check_pow(&c, 0, &too_hard, 0).is_err());
+        assert!(check_pow(&c, &too_hard, 0).is_err());
         assert_eq!(leading_zero_bits(&[0, 0x10]), 11);
     }
 }

@@ -89,6 +89,9 @@ pub enum VerifierState {
     AwaitOpening {
         /// The round expected.
         round: u32,
+        /// The session's proof-of-work nonce, fixed by the opening of round 0; later rounds
+        /// must carry the same one.
+        nonce: Option<u64>,
     },
     /// Final.
     Decided(Verdict),
@@ -134,6 +137,7 @@ pub struct Verifier<R> {
     recompute: R,
     state: VerifierState,
     commitment: Option<Commitment>,
+    expected: Option<Statement>,
     faults: Faults,
 }
 
@@ -159,8 +163,17 @@ impl<R: Recompute> Verifier<R> {
             recompute,
             state: VerifierState::AwaitCommitment,
             commitment: None,
+            expected: None,
             faults: Faults::default(),
         })
+    }
+
+    /// Requires the commitment's statement to equal `statement` (the model, setup, tokens and
+    /// geometry the verifier asked for); a commitment under any other statement is rejected with
+    /// [`RejectReason::GeometryMismatch`] naming the first differing field. Without it the
+    /// verifier checks the prover's own claim, whatever it is.
+    pub fn expect_statement(&mut self, statement: Statement) {
+        self.expected = Some(statement);
     }
 
     /// Injects deliberate defects (testing the tests; never in a real verifier).
@@ -223,17 +236,33 @@ impl<R: Recompute> Verifier<R> {
                 detail: e.to_string(),
             }));
         }
+        if let Some(field) = self
+            .expected
+            .as_ref()
+            .and_then(|e| e.first_difference(&commitment.statement))
+        {
+            return self.decide(Verdict::Reject(RejectReason::GeometryMismatch {
+                detail: format!(
+                    "the statement's {field} differs from the one the verifier expects"
+                ),
+            }));
+        }
         self.commitment = Some(commitment);
-        self.next_round(0, rng)
+        self.next_round(0, None, rng)
     }
 
-    fn next_round<G: RngCore + CryptoRng>(&mut self, round: u32, rng: &mut G) -> Step {
+    fn next_round<G: RngCore + CryptoRng>(
+        &mut self,
+        round: u32,
+        nonce: Option<u64>,
+        rng: &mut G,
+    ) -> Step {
         if round == self.config.rounds {
             return self.decide(Verdict::Accept);
         }
         match self.config.mode {
             Mode::NonInteractive => {
-                self.state = VerifierState::AwaitOpening { round };
+                self.state = VerifierState::AwaitOpening { round, nonce };
                 Step::AwaitOpening
             }
             Mode::Interactive => {
@@ -281,11 +310,16 @@ impl<R: Recompute> Verifier<R> {
                 }
                 challenge.cells.clone()
             }
-            VerifierState::AwaitOpening { round } if *round == opening.round => {
+            VerifierState::AwaitOpening { round, nonce } if *round == opening.round => {
                 let p = self.config.params;
-                match check_pow(&commitment, opening.round, &p, opening.pow_nonce) {
-                    Ok(true) => {}
-                    _ => {
+                let pow_ok = match nonce {
+                    // later rounds repeat the nonce checked in round 0
+                    Some(n) => *n == opening.pow_nonce,
+                    None => matches!(check_pow(&commitment, &p, opening.pow_nonce), Ok(true)),
+                };
+                match pow_ok {
+                    true => {}
+                    false => {
                         return self.decide(Verdict::Reject(RejectReason::BadProofOfWork {
                             pow_bits: p.pow_bits,
                             nonce: opening.pow_nonce,
@@ -324,7 +358,13 @@ impl<R: Recompute> Verifier<R> {
             &self.recompute,
             self.faults,
         ) {
-            Ok(()) => self.next_round(opening.round + 1, rng),
+            Ok(()) => {
+                let nonce = match self.config.mode {
+                    Mode::NonInteractive => Some(opening.pow_nonce),
+                    Mode::Interactive => None,
+                };
+                self.next_round(opening.round + 1, nonce, rng)
+            }
             Err(reason) => self.decide(Verdict::Reject(reason)),
         }
     }
