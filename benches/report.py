@@ -27,7 +27,7 @@ def gbps(ns, nbytes):
 b3 = median_ns("commit_64mib", "blake3_hash_1t")
 c1 = median_ns("commit_64mib", "commit_blake3", "1t")
 c2 = median_ns("commit_64mib", "commit_blake3", "2t")
-s1 = median_ns("commit_64mib", "commit_sha256", "1t")
+s1 = median_ns("commit_64mib", "commit_sha256_1t")
 print("### Committing a 64 MiB f32 trace (64 cells of 1 MiB)\n")
 print("| what | median | throughput | ratio | target |")
 print("|---|---|---|---|---|")
@@ -51,8 +51,8 @@ print("\n### Batch proofs in a 2^20-leaf tree (BLAKE3)\n")
 print("| opening | prove | verify |")
 print("|---|---|---|")
 for name in ["contiguous64", "random64"]:
-    p = median_ns("proof_2e20", "prove", name)
-    v = median_ns("proof_2e20", "verify", name)
+    p = median_ns("proof_2e20", f"prove_{name}")
+    v = median_ns("proof_2e20", f"verify_{name}")
     print(f"| 64 {name[:-2]} leaves | {p/1e3:.1f} us | {v/1e3:.1f} us |")
 
 proto = root / "protocol_32x64"
