@@ -2,7 +2,6 @@
 //! temporary directory.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 use tempfile::TempDir;
@@ -89,29 +88,9 @@ impl Dir {
     }
 }
 
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+mod common;
 
-fn veritrace(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_veritrace"))
-        .args(args)
-        .output()
-        .unwrap();
-    let o = Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        !o.stderr.contains("panicked"),
-        "the binary panicked on {args:?}:\n{}",
-        o.stderr
-    );
-    o
-}
+use common::{veritrace, Output};
 
 fn commit(path: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["commit", path.to_str().unwrap()];

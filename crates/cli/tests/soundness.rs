@@ -1,31 +1,9 @@
 //! End-to-end tests of `veritrace soundness`: the built binary, its text and JSON output, and
 //! its refusals (exit status 2, never a panic).
 
-use std::process::Command;
+mod common;
 
-struct Output {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn veritrace(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_veritrace"))
-        .args(args)
-        .output()
-        .unwrap();
-    let o = Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert!(
-        !o.stderr.contains("panicked"),
-        "the binary panicked on {args:?}:\n{}",
-        o.stderr
-    );
-    o
-}
+use common::{veritrace, Output};
 
 fn soundness(args: &[&str]) -> Output {
     let mut all = vec!["soundness"];
