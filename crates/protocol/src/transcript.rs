@@ -335,6 +335,20 @@ mod tests {
         assert_ne!(challenge_seed(&c, 0, &PARAMS, 1), base);
     }
 
+    /// merlin's own known answer (its test `equivalence_simple`), pinning the dependency; the
+    /// Python reference (specs/reference/protocol_ref.py) checks the same value.
+    #[test]
+    fn merlin_known_answer() {
+        let mut t = Transcript::new(b"test protocol");
+        t.append_message(b"some label", b"some data");
+        let mut out = [0u8; 32];
+        t.challenge_bytes(b"challenge", &mut out);
+        assert_eq!(
+            hex::encode(out),
+            "d5a21972d0d5fe320c0d263fac7fffb8145aa640af6e9bca177c03c7efcf0615"
+        );
+    }
+
     #[test]
     fn proof_of_work() {
         let c = commitment();
