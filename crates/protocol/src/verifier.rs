@@ -317,14 +317,11 @@ impl<R: Recompute> Verifier<R> {
                     Some(n) => *n == opening.pow_nonce,
                     None => matches!(check_pow(&commitment, &p, opening.pow_nonce), Ok(true)),
                 };
-                match pow_ok {
-                    true => {}
-                    false => {
-                        return self.decide(Verdict::Reject(RejectReason::BadProofOfWork {
-                            pow_bits: p.pow_bits,
-                            nonce: opening.pow_nonce,
-                        }))
-                    }
+                if !pow_ok {
+                    return self.decide(Verdict::Reject(RejectReason::BadProofOfWork {
+                        pow_bits: p.pow_bits,
+                        nonce: opening.pow_nonce,
+                    }));
                 }
                 #[cfg(feature = "fault-injection")]
                 let seed = if self.faults.skip_root_binding {
