@@ -1,0 +1,116 @@
+//! # veritrace-model
+//!
+//! The inference engine behind veritrace's provers and verifiers: a built-in Llama-style decoder
+//! on candle-core (CPU) whose weights are generated from a seed, so every command works with no
+//! download; trace capture (hidden states `h_0 … h_L`); and single-cell recompute that is
+//! bit-for-bit identical to the same rows of a full forward.
+//!
+//! * [`ModelConfig`] (presets `tiny` and `small`) and [`LlamaModel`]: the decoder, its seeded
+//!   weights ([`llama`] documents the rule) and its [`LlamaModel::digest`].
+//! * [`Setup`]: the numeric setup, with a canonical string form (`f32/attn=eager`).
+//! * [`Trace`]: a captured trace; [`write_trace`] / [`read_trace`] store it as safetensors in
+//!   the format `veritrace commit` reads, with the statement as metadata.
+//! * [`LlamaModel`] implements [`veritrace_protocol::Recompute`], so a
+//!   [`veritrace_protocol::Verifier`] can check a prover that ran it.
+//!
+//! ## Shape-invariant arithmetic
+//!
+//! candle's CPU gemm picks its kernel and blocking by matrix shape, so rows computed alone can
+//! differ in the last bits from the same rows inside a larger matmul. Every layer is therefore
+//! computed in fixed row tiles of the chunk size `c` (see [`llama`]): a full forward is exactly
+//! the concatenation of per-cell computations, and exact (bitwise) verification works on
+//! identical hardware.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod llama;
+mod recompute;
+mod setup;
+mod trace;
+
+pub use llama::{CellInputs, LlamaModel, ModelConfig, NamedTensor};
+pub use setup::{Attention, Precision, Setup};
+pub use trace::{read_trace, write_trace, Trace, STATEMENT_METADATA_KEY};
+
+use thiserror::Error;
+
+/// Every way the model crate refuses a request. Bad input never panics.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// No preset has this name.
+    #[error("unknown model preset {0:?} (known: tiny, small)")]
+    UnknownPreset(String),
+    /// A configuration is inconsistent (zero sizes, heads not dividing the width, …).
+    #[error("invalid model configuration: {0}")]
+    InvalidConfig(String),
+    /// A setup this version cannot run, or setup bytes that are not a canonical setup string.
+    #[error("unsupported numeric setup: {0}")]
+    UnsupportedSetup(String),
+    /// A token id is not below the vocabulary size.
+    #[error("token {token} at position {position} is not below the vocabulary size {vocab}")]
+    TokenOutOfRange {
+        /// Position in the sequence.
+        position: usize,
+        /// The token id.
+        token: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// An input has the wrong length.
+    #[error("{what}: expected {expected}, got {got}")]
+    WrongLength {
+        /// Which input.
+        what: &'static str,
+        /// Expected length (elements, rows or tokens, as `what` says).
+        expected: String,
+        /// Length given.
+        got: usize,
+    },
+    /// An input holds NaN or an infinity.
+    #[error("{what} holds a non-finite value at element {index}")]
+    NonFinite {
+        /// Which input.
+        what: &'static str,
+        /// Index of the first non-finite element.
+        index: usize,
+    },
+    /// A parameter is outside its domain (chunk size 0, empty prompt, layer out of range, …).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The tensor library failed.
+    #[error("candle: {0}")]
+    Candle(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A trace file is malformed or does not hold a model trace.
+    #[error("trace file {path}: {reason}")]
+    TraceFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Candle(e.to_string())
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// Index of the first non-finite value, if any.
+pub(crate) fn first_non_finite(values: &[f32]) -> Option<usize> {
+    values.iter().position(|v| !v.is_finite())
+}

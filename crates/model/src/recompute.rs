@@ -1,0 +1,196 @@
+//! The protocol's [`Recompute`] for the decoder, and the prover-side helper that builds a
+//! statement with its trace.
+
+use std::ops::Range;
+
+use veritrace_commit::{Dtype, HasherId};
+use veritrace_protocol::{
+    Dependency, OutputRule, ProtocolError, Recompute, Statement, PROTOCOL_VERSION,
+};
+
+use crate::{CellInputs, LlamaModel, ModelError, Result, Setup, Trace};
+
+fn engine(e: ModelError) -> ProtocolError {
+    ProtocolError::Engine(e.to_string())
+}
+
+fn f32s(bytes: &[u8], what: &'static str) -> Result<Vec<f32>> {
+    if !bytes.len().is_multiple_of(4) {
+        return Err(ModelError::WrongLength {
+            what,
+            expected: "a multiple of 4 bytes".into(),
+            got: bytes.len(),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn to_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+impl LlamaModel {
+    /// Checks that this model can recompute cells of `statement`: the setup bytes are a setup
+    /// it runs, the model digest is this model's, the trace is f32 with this model's width and
+    /// `L + 1` layers, attention is causal and decoding greedy. Returns the setup.
+    pub fn check_statement(&self, statement: &Statement) -> Result<Setup> {
+        let setup = Setup::from_bytes(&statement.setup)?;
+        let g = &statement.geometry;
+        let c = self.config();
+        let mismatch = |m: String| Err(ModelError::InvalidArgument(m));
+        if statement.model_digest != self.digest() {
+            return mismatch(format!(
+                "the statement is for model {} but this model is {}",
+                statement.model_digest,
+                self.digest()
+            ));
+        }
+        if g.dtype != Dtype::F32 {
+            return mismatch(format!("the trace is {}, this setup computes f32", g.dtype));
+        }
+        if g.hidden as usize != c.hidden_size || g.layers as usize != c.num_layers + 1 {
+            return mismatch(format!(
+                "the trace has {} layers x {} columns; this model gives {} x {}",
+                g.layers,
+                g.hidden,
+                c.num_layers + 1,
+                c.hidden_size
+            ));
+        }
+        if statement.dependency != Dependency::Causal {
+            return mismatch(format!(
+                "the decoder attends causally, not {:?}",
+                statement.dependency
+            ));
+        }
+        if statement.output_rule != OutputRule::Greedy {
+            return mismatch("the decoder decodes greedily only".into());
+        }
+        Ok(setup)
+    }
+
+    /// Prover side: generates `n_out` tokens greedily after `prompt`, traces the whole sequence
+    /// (`prompt ‖ output`) in chunks of `chunk` rows, and returns the statement of that run
+    /// (this model's digest, `setup`'s canonical bytes, causal, greedy) with its trace.
+    pub fn prove_run(
+        &self,
+        setup: &Setup,
+        prompt: &[u32],
+        n_out: usize,
+        chunk: u32,
+        hasher: HasherId,
+    ) -> Result<(Statement, Trace)> {
+        let output = self.generate(setup, prompt, n_out, chunk as usize)?;
+        let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
+        let trace = self.trace(setup, &tokens, chunk as usize)?;
+        let statement = Statement {
+            version: PROTOCOL_VERSION,
+            model_digest: self.digest(),
+            setup: setup.to_bytes(),
+            input_tokens: prompt.to_vec(),
+            output_tokens: output,
+            geometry: trace.geometry(chunk)?,
+            hasher,
+            dependency: Dependency::Causal,
+            output_rule: OutputRule::Greedy,
+        };
+        Ok((statement, trace))
+    }
+
+    /// The cell of `statement` that covers `rows` (which must be exactly one cell's rows).
+    fn cell_of(statement: &Statement, rows: &Range<u32>) -> Result<usize> {
+        let g = &statement.geometry;
+        let chunk = rows.start / g.chunk;
+        let expected = g
+            .cell_rows(veritrace_commit::CellId { layer: 0, chunk })
+            .map_err(|e| ModelError::InvalidArgument(e.to_string()))?;
+        if !rows.start.is_multiple_of(g.chunk) || *rows != expected {
+            return Err(ModelError::InvalidArgument(format!(
+                "rows {rows:?} are not one cell of chunk size {}",
+                g.chunk
+            )));
+        }
+        Ok(chunk as usize)
+    }
+}
+
+impl Recompute for LlamaModel {
+    fn embed(
+        &self,
+        statement: &Statement,
+        rows: Range<u32>,
+    ) -> veritrace_protocol::Result<Vec<u8>> {
+        (|| {
+            let setup = self.check_statement(statement)?;
+            let chunk = Self::cell_of(statement, &rows)?;
+            let tokens: Vec<u32> = (0..rows.end)
+                .map(|p| statement.token(p).unwrap_or(u32::MAX))
+                .collect();
+            let out = self.recompute_cell(
+                &setup,
+                statement.geometry.chunk as usize,
+                0,
+                chunk,
+                CellInputs::Tokens(&tokens),
+            )?;
+            Ok(to_bytes(&out))
+        })()
+        .map_err(engine)
+    }
+
+    fn layer(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+    ) -> veritrace_protocol::Result<Vec<u8>> {
+        (|| {
+            let setup = self.check_statement(statement)?;
+            let chunk = Self::cell_of(statement, &rows)?;
+            if input_rows != (0..rows.end) {
+                return Err(ModelError::InvalidArgument(format!(
+                    "causal attention reads rows 0..{}, not {input_rows:?}",
+                    rows.end
+                )));
+            }
+            let hidden = statement.geometry.hidden as usize;
+            let expected = rows.end as usize * hidden * 4;
+            if inputs.len() != expected {
+                return Err(ModelError::WrongLength {
+                    what: "input bytes",
+                    expected: expected.to_string(),
+                    got: inputs.len(),
+                });
+            }
+            let x = f32s(inputs, "input bytes")?;
+            let out = self.recompute_cell(
+                &setup,
+                statement.geometry.chunk as usize,
+                layer as usize,
+                chunk,
+                CellInputs::Hidden(&x),
+            )?;
+            Ok(to_bytes(&out))
+        })()
+        .map_err(engine)
+    }
+
+    fn next_token(
+        &self,
+        statement: &Statement,
+        _position: u32,
+        last_row: &[u8],
+    ) -> veritrace_protocol::Result<u32> {
+        (|| {
+            let setup = self.check_statement(statement)?;
+            let row = f32s(last_row, "last-layer row")?;
+            self.next_token_from_row(&setup, &row)
+        })()
+        .map_err(engine)
+    }
+}
