@@ -12,6 +12,9 @@
 //! Regenerate the vectors with
 //! `cargo run --example gen_protocol_vectors > specs/vectors/protocol.json`.
 
+mod common;
+
+use common::{arr, f, s, u, unhex};
 use std::collections::BTreeSet;
 
 use rand_chacha::ChaCha20Rng;
@@ -50,30 +53,6 @@ fn vectors() -> Value {
 fn spec_text() -> String {
     let path = root_dir().join("specs/protocol.md");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64()
-        .unwrap_or_else(|| panic!("expected an unsigned integer, got {v}"))
-}
-
-fn f(v: &Value) -> f64 {
-    v.as_f64()
-        .unwrap_or_else(|| panic!("expected a number, got {v}"))
-}
-
-fn arr(v: &Value) -> &Vec<Value> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("expected an array, got {v}"))
-}
-
-fn unhex(v: &Value) -> Vec<u8> {
-    hex::decode(s(v)).expect("lowercase hex")
 }
 
 fn cells_of(v: &Value) -> Vec<CellId> {

@@ -9,6 +9,9 @@
 //! Regenerate the vectors with
 //! `cargo run --example gen_commitment_vectors > specs/vectors/commitment.json`.
 
+mod common;
+
+use common::{arr, s, u, unhex};
 use std::collections::BTreeSet;
 
 use serde_json::Value;
@@ -83,25 +86,6 @@ fn vectors() -> Value {
 fn spec_text() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/specs/commitment.md");
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
-}
-
-fn s(v: &Value) -> &str {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
-}
-
-fn u(v: &Value) -> u64 {
-    v.as_u64()
-        .unwrap_or_else(|| panic!("expected an unsigned integer, got {v}"))
-}
-
-fn arr(v: &Value) -> &Vec<Value> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("expected an array, got {v}"))
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    hex::decode(s(v)).unwrap_or_else(|e| panic!("bad hex {v}: {e}"))
 }
 
 fn digest(v: &Value) -> Digest {
@@ -186,7 +170,7 @@ fn ct_vectors_match_the_public_values() {
 fn rfc6962_leaves_under_every_hasher() {
     let v = vectors();
     let r = &v["rfc6962"];
-    let data: Vec<Vec<u8>> = arr(&r["leaves_hex"]).iter().map(bytes).collect();
+    let data: Vec<Vec<u8>> = arr(&r["leaves_hex"]).iter().map(unhex).collect();
     for h in HasherId::ALL {
         let want_leaves = digests(&r["leaf_digests"][h.name()]);
         let leaves: Vec<Digest> = data.iter().map(|d| h.hash_leaf(&[d])).collect();
@@ -205,10 +189,10 @@ fn rfc6962_leaves_under_every_hasher() {
 fn constants() {
     let v = vectors();
     let c = &v["constants"];
-    assert_eq!(bytes(&c["cell_domain_hex"]), CELL_DOMAIN);
+    assert_eq!(unhex(&c["cell_domain_hex"]), CELL_DOMAIN);
     assert_eq!(s(&c["cell_domain_ascii"]).as_bytes(), CELL_DOMAIN);
     assert_eq!(s(&c["poseidon_leaf_tag_ascii"]).as_bytes(), LEAF_TAG);
-    let tag = bytes(&c["poseidon_leaf_tag_hex"]);
+    let tag = unhex(&c["poseidon_leaf_tag_hex"]);
     assert_eq!(tag.len(), 32);
     assert!(tag[..32 - LEAF_TAG.len()].iter().all(|&b| b == 0));
     assert_eq!(&tag[32 - LEAF_TAG.len()..], LEAF_TAG);
@@ -260,7 +244,7 @@ fn poseidon_leaf_vectors() {
     assert!(leaves.len() >= 5);
     for x in leaves {
         let n = u(&x["length"]) as usize;
-        let data = bytes(&x["data_hex"]);
+        let data = unhex(&x["data_hex"]);
         let formula: Vec<u8> = (0..n).map(|i| (i % 256) as u8).collect();
         assert_eq!(data, formula, "data of length {n}");
         // The sequence [n, e_1, ..., e_m] of the spec, as 32-byte big-endian words.
@@ -337,7 +321,7 @@ fn trace_vectors() {
         let g = geometry(t);
         assert_eq!(u(&t["chunks_per_layer"]), u64::from(g.chunks_per_layer()));
         assert_eq!(u(&t["num_cells"]), g.num_cells());
-        let layers: Vec<Vec<u8>> = arr(&t["layers_hex"]).iter().map(bytes).collect();
+        let layers: Vec<Vec<u8>> = arr(&t["layers_hex"]).iter().map(unhex).collect();
         assert_eq!(layers.len(), g.layers as usize);
         for (l, layer) in layers.iter().enumerate() {
             assert_eq!(*layer, formula_layer(&g, l as u32), "{name} layer {l}");
@@ -375,12 +359,12 @@ fn trace_vectors() {
             header.extend(g.hidden.to_le_bytes());
             assert_eq!(header.len(), CELL_HEADER_LEN);
             assert_eq!(g.cell_header(cell).unwrap().to_vec(), header);
-            assert_eq!(bytes(&c["header_hex"]), header, "{name} cell {i} header");
+            assert_eq!(unhex(&c["header_hex"]), header, "{name} cell {i} header");
             let elements = &layers[cell.layer as usize][range];
             let mut preimage = header.clone();
             preimage.extend_from_slice(elements);
             assert_eq!(
-                bytes(&c["preimage_hex"]),
+                unhex(&c["preimage_hex"]),
                 preimage,
                 "{name} cell {i} preimage"
             );
@@ -421,7 +405,7 @@ fn trace_vectors() {
             vttc.push(g.dtype.code());
             vttc.extend(want.0);
             assert_eq!(commitment.to_bytes(), vttc, "{name} {h} commitment");
-            assert_eq!(bytes(&t["commitment_hex"][h.name()]), vttc);
+            assert_eq!(unhex(&t["commitment_hex"][h.name()]), vttc);
             assert_eq!(TraceCommitment::from_bytes(&vttc).unwrap(), commitment);
         }
     }
@@ -439,7 +423,7 @@ fn source_data(v: &Value, source: &str, size: u64) -> Vec<Vec<u8>> {
                 .unwrap_or_else(|| panic!("unknown leaf source {name}"));
             arr(&t["cells"])
                 .iter()
-                .map(|c| bytes(&c["preimage_hex"]))
+                .map(|c| unhex(&c["preimage_hex"]))
                 .collect()
         }
     }
@@ -466,7 +450,7 @@ fn batch_proof_vectors() {
         assert_eq!(proof.siblings, want, "{name} {h} siblings");
         assert_eq!(sibling_count(size, &idx).unwrap(), want.len() as u64);
 
-        let encoding = bytes(&b["encoding_hex"]);
+        let encoding = unhex(&b["encoding_hex"]);
         assert_eq!(proof.to_bytes(), encoding, "{name} {h} encoding");
         assert_eq!(encoding.len(), proof.encoded_len());
         assert_eq!(BatchProof::from_bytes(&encoding).unwrap(), proof);
@@ -481,7 +465,7 @@ fn batch_proof_vectors() {
             .map(|l| {
                 let i = u(&l["index"]);
                 let d = digest(&l["digest"]);
-                assert_eq!(bytes(&l["data_hex"]), data[i as usize]);
+                assert_eq!(unhex(&l["data_hex"]), data[i as usize]);
                 assert_eq!(h.hash_leaf(&[&data[i as usize]]), d, "{name} leaf {i}");
                 (i, d)
             })
@@ -536,7 +520,7 @@ fn encoding_rejection_vectors() {
     assert!(cases.len() >= 8);
     for r in cases {
         let name = s(&r["name"]);
-        let err = BatchProof::from_bytes(&bytes(&r["hex"])).expect_err(name);
+        let err = BatchProof::from_bytes(&unhex(&r["hex"])).expect_err(name);
         assert_eq!(error_name(&err), s(&r["error"]), "{name}: {err}");
     }
 }
@@ -548,7 +532,7 @@ fn commitment_rejection_vectors() {
     assert!(cases.len() >= 8);
     for r in cases {
         let name = s(&r["name"]);
-        let err = TraceCommitment::from_bytes(&bytes(&r["hex"])).expect_err(name);
+        let err = TraceCommitment::from_bytes(&unhex(&r["hex"])).expect_err(name);
         assert_eq!(error_name(&err), s(&r["error"]), "{name}: {err}");
     }
 }
