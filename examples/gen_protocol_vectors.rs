@@ -578,7 +578,7 @@ fn opening(c: &Commitment) -> Value {
                 "root_hex": commitment.root.to_hex(),
                 "opening_binary_hex": hex::encode(o.to_bytes()),
                 "verdict_json": compact(&verdict),
-                "reason": verdict_name(&verdict),
+                "reason": verdict.name(),
             })
         })
         .collect();
@@ -744,7 +744,7 @@ fn session(c: &Commitment) -> Value {
             "what": what,
             "opening_binary_hex": hex::encode(opening.to_bytes()),
             "verdict_json": compact(verdict),
-            "reason": verdict_name(verdict),
+            "reason": verdict.name(),
         })
     };
     json!({
@@ -785,34 +785,9 @@ fn session(c: &Commitment) -> Value {
             "challenge_json": compact(&ichallenge),
             "opening_binary_hex": hex::encode(iopening.to_bytes()),
             "verdict_json": compact(&interactive_verdict),
-            "reason": verdict_name(&interactive_verdict),
+            "reason": interactive_verdict.name(),
         },
     })
-}
-
-/// The name of a verdict's variant (the reason's for a rejection).
-fn verdict_name(v: &Verdict) -> &'static str {
-    match v {
-        Verdict::Accept => "Accept",
-        Verdict::Reject(r) => reason_name(r),
-    }
-}
-
-/// Exhaustive on purpose: a new reason fails to compile here until it has a vector.
-fn reason_name(r: &RejectReason) -> &'static str {
-    match r {
-        RejectReason::OutOfOrder { .. } => "OutOfOrder",
-        RejectReason::GeometryMismatch { .. } => "GeometryMismatch",
-        RejectReason::MissingCell { .. } => "MissingCell",
-        RejectReason::UnexpectedCell { .. } => "UnexpectedCell",
-        RejectReason::WrongCellLength { .. } => "WrongCellLength",
-        RejectReason::BadProof { .. } => "BadProof",
-        RejectReason::BadProofOfWork { .. } => "BadProofOfWork",
-        RejectReason::NonFinite { .. } => "NonFinite",
-        RejectReason::Tolerance { .. } => "Tolerance",
-        RejectReason::OutputTokenMismatch { .. } => "OutputTokenMismatch",
-        RejectReason::RecomputeFailed { .. } => "RecomputeFailed",
-    }
 }
 
 /// A verdict of every variant (and every tolerance violation).
@@ -889,7 +864,7 @@ fn verdicts() -> Value {
         list.iter()
             .map(|v| {
                 json!({
-                    "reason": verdict_name(v),
+                    "reason": v.name(),
                     "json": compact(v),
                     "binary_hex": hex::encode(v.to_bytes()),
                 })

@@ -119,44 +119,6 @@ fn commitment<'a>(all: &'a [(String, Commitment)], name: &str) -> &'a Commitment
         .1
 }
 
-/// Exhaustive on purpose: a new reason fails to compile here until the vectors cover it.
-fn reason_name(r: &RejectReason) -> &'static str {
-    match r {
-        RejectReason::OutOfOrder { .. } => "OutOfOrder",
-        RejectReason::GeometryMismatch { .. } => "GeometryMismatch",
-        RejectReason::MissingCell { .. } => "MissingCell",
-        RejectReason::UnexpectedCell { .. } => "UnexpectedCell",
-        RejectReason::WrongCellLength { .. } => "WrongCellLength",
-        RejectReason::BadProof { .. } => "BadProof",
-        RejectReason::BadProofOfWork { .. } => "BadProofOfWork",
-        RejectReason::NonFinite { .. } => "NonFinite",
-        RejectReason::Tolerance { .. } => "Tolerance",
-        RejectReason::OutputTokenMismatch { .. } => "OutputTokenMismatch",
-        RejectReason::RecomputeFailed { .. } => "RecomputeFailed",
-    }
-}
-
-const ALL_REASONS: [&str; 11] = [
-    "OutOfOrder",
-    "GeometryMismatch",
-    "MissingCell",
-    "UnexpectedCell",
-    "WrongCellLength",
-    "BadProof",
-    "BadProofOfWork",
-    "NonFinite",
-    "Tolerance",
-    "OutputTokenMismatch",
-    "RecomputeFailed",
-];
-
-fn verdict_name(v: &Verdict) -> &'static str {
-    match v {
-        Verdict::Accept => "Accept",
-        Verdict::Reject(r) => reason_name(r),
-    }
-}
-
 /// The bytes of transcript rows 1-10, written out from specs/protocol.md section 7.2 (a second,
 /// independent writing of what `transcript.rs` absorbs).
 fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
@@ -585,7 +547,7 @@ fn toy_opening_and_its_rejections() {
             Ok(()) => Verdict::Accept,
             Err(r) => Verdict::Reject(r),
         };
-        assert_eq!(verdict_name(&verdict), s(&case["reason"]), "{name}");
+        assert_eq!(verdict.name(), s(&case["reason"]), "{name}");
         assert_eq!(
             serde_json::to_string(&verdict).unwrap(),
             s(&case["verdict_json"]),
@@ -743,7 +705,7 @@ fn non_interactive_session_with_one_proof_of_work() {
         let bytes = unhex(&k["opening_binary_hex"]);
         assert_eq!(opening.to_bytes(), bytes, "{}", s(&k["name"]));
         round_trip(&bytes, opening, s(&k["name"]));
-        assert_eq!(verdict_name(verdict), s(&k["reason"]), "{}", s(&k["name"]));
+        assert_eq!(verdict.name(), s(&k["reason"]), "{}", s(&k["name"]));
         assert_eq!(
             serde_json::to_string(verdict).unwrap(),
             s(&k["verdict_json"]),
@@ -845,13 +807,13 @@ fn verdicts_of_every_reason() {
     for x in arr(&v["verdicts"]) {
         let verdict = Verdict::from_json(s(&x["json"])).unwrap();
         assert_eq!(serde_json::to_string(&verdict).unwrap(), s(&x["json"]));
-        assert_eq!(verdict_name(&verdict), s(&x["reason"]));
+        assert_eq!(verdict.name(), s(&x["reason"]));
         let bytes = unhex(&x["binary_hex"]);
         assert_eq!(verdict.to_bytes(), bytes, "{}", s(&x["reason"]));
         round_trip(&bytes, &verdict, s(&x["reason"]));
         seen.insert(s(&x["reason"]).to_string());
     }
-    for name in ALL_REASONS.iter().chain(&["Accept"]) {
+    for name in RejectReason::NAMES.iter().chain(&["Accept"]) {
         assert!(seen.contains(*name), "no verdict vector for {name}");
     }
 }

@@ -199,11 +199,10 @@ fn every_cell_recomputes_bit_identically() {
                     .recompute_cell(&Setup::F32_EAGER, chunk, l, j, inputs)
                     .unwrap();
                 let want = &trace.layers[l][j * chunk * d..end * d];
-                assert!(
-                    got.iter()
-                        .map(|v| v.to_bits())
-                        .eq(want.iter().map(|v| v.to_bits())),
-                    "cell ({l}, {j}) of {n} tokens, chunk {chunk}"
+                assert_bits_eq(
+                    &got,
+                    want,
+                    &format!("cell ({l}, {j}) of {n} tokens, chunk {chunk}"),
                 );
             }
         }
@@ -398,12 +397,17 @@ fn small_preset_recomputes_cells_and_is_thread_invariant() {
                 )
                 .unwrap();
             let want = &trace.layers[l][j * CHUNK * d..end * d];
-            assert!(
-                got.iter()
-                    .map(|v| v.to_bits())
-                    .eq(want.iter().map(|v| v.to_bits())),
-                "small: cell ({l}, {j})"
-            );
+            assert_bits_eq(&got, want, &format!("small: cell ({l}, {j})"));
         }
     }
+}
+
+/// Asserts two f32 slices are bit-for-bit identical (so -0.0 != 0.0 and NaN payloads count).
+fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
+    assert!(
+        got.iter()
+            .map(|v| v.to_bits())
+            .eq(want.iter().map(|v| v.to_bits())),
+        "{what}"
+    );
 }

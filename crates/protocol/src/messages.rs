@@ -182,6 +182,40 @@ pub enum RejectReason {
     },
 }
 
+impl RejectReason {
+    /// Every reason's [`RejectReason::name`], in declaration order.
+    pub const NAMES: [&'static str; 11] = [
+        "OutOfOrder",
+        "GeometryMismatch",
+        "MissingCell",
+        "UnexpectedCell",
+        "WrongCellLength",
+        "BadProof",
+        "BadProofOfWork",
+        "NonFinite",
+        "Tolerance",
+        "OutputTokenMismatch",
+        "RecomputeFailed",
+    ];
+
+    /// A stable identifier of the reason (its variant name), for logs, tables and test vectors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RejectReason::OutOfOrder { .. } => "OutOfOrder",
+            RejectReason::GeometryMismatch { .. } => "GeometryMismatch",
+            RejectReason::MissingCell { .. } => "MissingCell",
+            RejectReason::UnexpectedCell { .. } => "UnexpectedCell",
+            RejectReason::WrongCellLength { .. } => "WrongCellLength",
+            RejectReason::BadProof { .. } => "BadProof",
+            RejectReason::BadProofOfWork { .. } => "BadProofOfWork",
+            RejectReason::NonFinite { .. } => "NonFinite",
+            RejectReason::Tolerance { .. } => "Tolerance",
+            RejectReason::OutputTokenMismatch { .. } => "OutputTokenMismatch",
+            RejectReason::RecomputeFailed { .. } => "RecomputeFailed",
+        }
+    }
+}
+
 /// The verifier's decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -197,6 +231,14 @@ impl Verdict {
     /// Whether the verdict accepts.
     pub fn is_accept(&self) -> bool {
         matches!(self, Verdict::Accept)
+    }
+
+    /// `"Accept"`, or the [`RejectReason::name`] of a rejection.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Accept => "Accept",
+            Verdict::Reject(r) => r.name(),
+        }
     }
 }
 
