@@ -7,7 +7,12 @@
 //!
 //! * [`ModelConfig`] (presets `tiny` and `small`) and [`LlamaModel`]: the decoder, its seeded
 //!   weights ([`llama`] documents the rule) and its [`LlamaModel::digest`].
-//! * [`Setup`]: the numeric setup, with a canonical string form (`f32/attn=eager`).
+//! * [`Setup`]: the numeric setup, with a canonical string form
+//!   (`bf16/attn=tiled:64/quant=int8-channel/splitk=4`; [`setup`] has the grammar): precision
+//!   f32/bf16/f16, eager / tiled online-softmax / sliding-window / top-k attention, int8 and
+//!   int4 weight quantization with two rounding methods ([`quant`]), split-K, batch and
+//!   KV-cache decode reduction orders, and the structural changes skip and reuse.
+//! * [`Capture`]: optional attention-key capture beside the hidden states.
 //! * [`Trace`]: a captured trace; [`write_trace`] / [`read_trace`] store it as safetensors in
 //!   the format `veritrace commit` reads, with the statement as metadata.
 //! * [`LlamaModel`] implements [`veritrace_protocol::Recompute`], so a
@@ -25,12 +30,15 @@
 #![forbid(unsafe_code)]
 
 pub mod llama;
+pub mod quant;
 mod recompute;
-mod setup;
+pub mod setup;
 mod trace;
 
-pub use llama::{CellInputs, LlamaModel, ModelConfig, NamedTensor};
-pub use setup::{Attention, Precision, Setup};
+pub use llama::{Capture, CellInputs, LlamaModel, ModelConfig, NamedTensor};
+pub use setup::{
+    Attention, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,
+};
 pub use trace::{read_trace, write_trace, Trace, STATEMENT_METADATA_KEY};
 
 use thiserror::Error;
