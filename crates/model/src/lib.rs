@@ -35,7 +35,7 @@ mod recompute;
 pub mod setup;
 mod trace;
 
-pub use llama::{Capture, CellInputs, LlamaModel, ModelConfig, NamedTensor};
+pub use llama::{Capture, CellInputs, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor};
 pub use setup::{
     Attention, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,
 };
@@ -98,6 +98,15 @@ pub enum ModelError {
         /// What the operating system said.
         #[source]
         source: std::io::Error,
+    },
+    /// A model checkpoint (config.json, safetensors weights) is malformed or does not fit the
+    /// architecture.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file or directory.
+        path: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A trace file is malformed or does not hold a model trace.
     #[error("trace file {path}: {reason}")]

@@ -44,6 +44,13 @@
 //! `mlp.up_proj.weight [mlp, hidden]`, `mlp.down_proj.weight [hidden, mlp]`;
 //! then `model.norm.weight [hidden]` and `lm_head.weight [vocab, hidden]`.
 //!
+//! # Checkpoints
+//!
+//! Besides seeded presets, a Hugging Face Llama-style directory (`config.json` plus
+//! `model.safetensors` or an indexed set of shards; F32/F16/BF16) loads with
+//! [`LlamaModel::load`], and [`LlamaModel::save`] writes any model in that form, so the
+//! built-in presets can be run by other tools (PyTorch, vLLM) and their traces compared.
+//!
 //! # Model digest
 //!
 //! [`LlamaModel::digest`] is BLAKE3 over: the ASCII label `veritrace/model/llama/v1`; the config
@@ -77,6 +84,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, D};
@@ -93,6 +101,207 @@ const DIGEST_LABEL: &[u8] = b"veritrace/model/llama/v1";
 
 /// A weight tensor: name, shape and row-major f32 elements.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// The fields of a Hugging Face `LlamaConfig` (`config.json`) this decoder reads. Anything the
+/// architecture of the [module docs](self) does not compute (an activation other than SiLU, rope
+/// scaling, biases, a head size other than `hidden / heads`) is refused when converted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HfLlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (default: as many as query heads).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Rotary base (default 10000).
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// RMSNorm epsilon (default 1e-6).
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    /// Whether the LM head shares the embedding (default false).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Activation (must be `silu`).
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Explicit head size, if given (must equal `hidden_size / num_attention_heads`).
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// Rope scaling (must be absent or null).
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Attention biases (must be absent or false).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// MLP biases (must be absent or false).
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl HfLlamaConfig {
+    /// Reads and parses `config.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
+            path: path.display().to_string(),
+            reason: format!("not a Llama config: {e}"),
+        })
+    }
+
+    /// The decoder configuration (seed 0), refusing what this decoder does not compute.
+    pub fn to_config(&self) -> Result<ModelConfig> {
+        let bad = |m: String| Err(ModelError::InvalidConfig(m));
+        if self.hidden_act != "silu" {
+            return bad(format!("hidden_act {:?} (only silu)", self.hidden_act));
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return bad("rope_scaling is not supported".into());
+        }
+        if self.attention_bias || self.mlp_bias {
+            return bad("biases are not supported".into());
+        }
+        let config = ModelConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            intermediate_size: self.intermediate_size,
+            rope_theta: self.rope_theta,
+            rms_norm_eps: self.rms_norm_eps,
+            seed: 0,
+        };
+        config.validate()?;
+        if let Some(hd) = self.head_dim {
+            if hd != config.head_dim() {
+                return bad(format!(
+                    "head_dim {hd} differs from hidden_size / num_attention_heads = {}",
+                    config.head_dim()
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    /// The Hugging Face form of a decoder configuration (untied head, no biases).
+    pub fn from_config(c: &ModelConfig) -> Self {
+        HfLlamaConfig {
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            num_hidden_layers: c.num_layers,
+            num_attention_heads: c.num_heads,
+            num_key_value_heads: Some(c.num_kv_heads),
+            intermediate_size: c.intermediate_size,
+            rope_theta: c.rope_theta,
+            rms_norm_eps: c.rms_norm_eps,
+            tie_word_embeddings: false,
+            hidden_act: "silu".into(),
+            head_dim: Some(c.head_dim()),
+            rope_scaling: None,
+            attention_bias: false,
+            mlp_bias: false,
+        }
+    }
+}
+
+/// The safetensors files of a checkpoint directory: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json` (each once, sorted).
+fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    let bytes = std::fs::read(&index).map_err(|_| ModelError::Checkpoint {
+        path: dir.display().to_string(),
+        reason: "neither model.safetensors nor model.safetensors.index.json is there".into(),
+    })?;
+    let bad = |reason: String| ModelError::Checkpoint {
+        path: index.display().to_string(),
+        reason,
+    };
+    let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no weight_map object".into()))?;
+    let mut files: Vec<String> = map
+        .values()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad("a weight_map value is not a file name".into()))
+        })
+        .collect::<Result<_>>()?;
+    files.sort();
+    files.dedup();
+    files
+        .into_iter()
+        .map(|f| {
+            if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                Err(bad(format!("shard name {f:?} leaves the directory")))
+            } else {
+                Ok(dir.join(f))
+            }
+        })
+        .collect()
+}
+
+/// Every tensor of a safetensors file, converted to f32 (F32, F16 and BF16 are accepted).
+fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    let file = path.display().to_string();
+    let bad = |reason: String| ModelError::Checkpoint {
+        path: file.clone(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            safetensors::Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => return Err(bad(format!("tensor {name} has dtype {other:?}"))),
+        };
+        out.push((name, view.shape().to_vec(), values));
+    }
+    Ok(out)
+}
 
 /// Hyperparameters of the decoder (and the seed of its weights).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -353,8 +562,50 @@ impl LlamaModel {
     pub fn new(config: ModelConfig) -> Result<Self> {
         config.validate()?;
         let tensors = seeded_weights(&config);
-        let digest = digest_of(&config, &tensors);
-        let mut it = tensors
+        Self::from_tensors(config, tensors)
+    }
+
+    /// A model from its configuration and its weights, `(name, shape, elements)` with the
+    /// Hugging Face Llama names of the [module docs](self), in any order. Every tensor must be
+    /// present with its documented shape and finite values; extra tensors are refused.
+    pub fn from_tensors(config: ModelConfig, tensors: Vec<NamedTensor>) -> Result<Self> {
+        config.validate()?;
+        let mut by_name: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+        for (name, shape, data) in tensors {
+            if by_name.insert(name.clone(), (shape, data)).is_some() {
+                return Err(ModelError::InvalidConfig(format!(
+                    "tensor {name} given twice"
+                )));
+            }
+        }
+        let mut ordered = Vec::new();
+        for (name, shape, _) in tensor_specs(&config) {
+            let (got, data) = by_name
+                .remove(&name)
+                .ok_or_else(|| ModelError::InvalidConfig(format!("tensor {name} is missing")))?;
+            let n: usize = shape.iter().product();
+            if got != shape || data.len() != n {
+                return Err(ModelError::InvalidConfig(format!(
+                    "tensor {name} has shape {got:?} ({} elements), expected {shape:?}",
+                    data.len()
+                )));
+            }
+            if let Some(index) = first_non_finite(&data) {
+                return Err(ModelError::NonFinite {
+                    what: "model weight",
+                    index,
+                });
+            }
+            ordered.push((name, shape, data));
+        }
+        if let Some(extra) = by_name.keys().min() {
+            return Err(ModelError::InvalidConfig(format!(
+                "unexpected tensor {extra} ({} extra)",
+                by_name.len()
+            )));
+        }
+        let digest = digest_of(&config, &ordered);
+        let mut it = ordered
             .into_iter()
             .map(|(_, shape, data)| Tensor::from_vec(data, shape, &Device::Cpu));
         let mut next = || -> Result<Tensor> {
@@ -387,6 +638,73 @@ impl LlamaModel {
             lm_head,
             digest,
             prepared: WeightCache::default(),
+        })
+    }
+
+    /// Loads a Llama-style checkpoint directory: `config.json` (Hugging Face `LlamaConfig`
+    /// fields, see [`HfLlamaConfig`]) and the weights in `model.safetensors`, or in the shards
+    /// listed by `model.safetensors.index.json`. F32, F16 and BF16 tensors are read (and held
+    /// as f32); a missing `lm_head.weight` with `tie_word_embeddings` reuses the embedding.
+    /// The model's [`LlamaModel::digest`] covers the configuration (with `seed` 0) and the
+    /// weights as loaded.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let hf = HfLlamaConfig::read(&dir.join("config.json"))?;
+        let config = hf.to_config()?;
+        let files = checkpoint_files(dir)?;
+        let mut tensors = Vec::new();
+        for file in &files {
+            tensors.extend(read_safetensors(file)?);
+        }
+        if hf.tie_word_embeddings && !tensors.iter().any(|(n, _, _)| n == "lm_head.weight") {
+            if let Some((_, shape, data)) = tensors
+                .iter()
+                .find(|(n, _, _)| n == "model.embed_tokens.weight")
+                .cloned()
+            {
+                tensors.push(("lm_head.weight".into(), shape, data));
+            }
+        }
+        // Rotary inverse-frequency buffers that some exports carry are derived, not weights.
+        tensors.retain(|(n, _, _)| !n.ends_with("rotary_emb.inv_freq"));
+        Self::from_tensors(config, tensors).map_err(|e| ModelError::Checkpoint {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes the model as a checkpoint directory [`LlamaModel::load`] reads back bit for bit:
+    /// `config.json` (Hugging Face field names) and `model.safetensors` (F32, untied head).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| ModelError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let config_path = dir.join("config.json");
+        let json = serde_json::to_string_pretty(&HfLlamaConfig::from_config(&self.config))
+            .map_err(|e| ModelError::InvalidConfig(e.to_string()))?;
+        std::fs::write(&config_path, json).map_err(io(&config_path))?;
+        let tensors = self.named_tensors()?;
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let path = dir.join("model.safetensors");
+        let views = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((name, shape, _), b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .map(|v| (name.as_str(), v))
+                    .map_err(|e| ModelError::Checkpoint {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize_to_file(views, None, &path).map_err(|e| ModelError::Checkpoint {
+            path: path.display().to_string(),
+            reason: e.to_string(),
         })
     }
 
