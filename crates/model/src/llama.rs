@@ -805,6 +805,26 @@ impl LlamaModel {
         tile: usize,
         capture: Capture,
     ) -> Result<crate::Trace> {
+        self.run(setup, tokens, tile, capture, true)
+    }
+
+    /// The same forward as [`LlamaModel::trace`] with no trace kept: each hidden state is
+    /// dropped once the layers that read it are done, and only `h_L` is returned (row-major
+    /// f32 `[tokens, hidden]`, bitwise the trace's last layer). The baseline against which the
+    /// cost of capturing a trace is measured.
+    pub fn forward(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<Vec<f32>> {
+        let mut t = self.run(setup, tokens, tile, Capture::default(), false)?;
+        Ok(t.layers.pop().unwrap_or_default())
+    }
+
+    fn run(
+        &self,
+        setup: &Setup,
+        tokens: &[u32],
+        tile: usize,
+        capture: Capture,
+        keep: bool,
+    ) -> Result<crate::Trace> {
         self.check_setup(setup)?;
         if tokens.is_empty() {
             return Err(ModelError::InvalidArgument("no tokens to run".into()));
@@ -836,6 +856,10 @@ impl LlamaModel {
             };
             layers.push(y);
             keys.extend(k);
+            if !keep && l >= 2 {
+                // h_{l-2} is read by nothing after layer l (a reuse reads two layers back).
+                layers[l - 2] = Vec::new();
+            }
         }
         Ok(crate::Trace {
             tokens: n,

@@ -323,3 +323,19 @@ fn provers_on_other_setups_are_accepted_under_their_own_setup() {
         assert_eq!(verdict, Verdict::Accept, "{s}");
     }
 }
+
+#[test]
+fn forward_without_a_trace_gives_the_traces_last_layer() {
+    let model = tiny();
+    let tokens = prompt(19);
+    for s in [
+        "f32/attn=eager",
+        "bf16/attn=tiled:4",
+        "f32/attn=eager/reuse=3",
+    ] {
+        let st = setup(s);
+        let trace = model.trace(&st, &tokens, CHUNK).unwrap();
+        let last = model.forward(&st, &tokens, CHUNK).unwrap();
+        assert_eq!(&last, trace.layers.last().unwrap(), "{s}");
+    }
+}
