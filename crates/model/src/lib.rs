@@ -29,12 +29,16 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod engine;
+pub mod fingerprint;
 pub mod llama;
 pub mod quant;
 mod recompute;
 pub mod setup;
 mod trace;
 
+pub use engine::Engine;
+pub use fingerprint::{run_study, Class, FingerprintError, StudyPlan, StudyReport};
 pub use llama::{Capture, CellInputs, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor};
 pub use setup::{
     Attention, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,
