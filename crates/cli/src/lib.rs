@@ -6,6 +6,9 @@
 //! * [`trace_file`]: loading and validating activation traces stored as safetensors (shared by
 //!   every verb that reads a trace).
 //! * [`commit`]: `veritrace commit`, which prints the Merkle root of a trace.
+//! * [`engine`]: [`engine::load_engine`], turning a `--model` argument into a model.
+//! * [`fingerprint`]: `veritrace fingerprint`, the study of which setup changes a recomputing
+//!   verifier can see (invariant / identical hardware / across hardware).
 //! * [`soundness`]: `veritrace soundness`, the soundness calculator (miss probability, security
 //!   bits against grinding, samples needed).
 //!
@@ -16,6 +19,8 @@
 #![deny(unsafe_code)]
 
 pub mod commit;
+pub mod engine;
+pub mod fingerprint;
 pub mod soundness;
 pub mod trace_file;
 
@@ -26,14 +31,32 @@ pub const EXIT_INPUT: u8 = 2;
 pub const EXIT_FAILURE: u8 = 1;
 
 /// The exit code an error of a verb should end the process with: [`EXIT_INPUT`] if the input
-/// was refused (a trace file, a commitment-layer error, or a protocol error other than an
-/// engine failure, such as an invalid parameter), [`EXIT_FAILURE`] otherwise.
+/// was refused (a trace file, a commitment-layer error, a protocol error other than an engine
+/// failure such as an invalid parameter, a model argument, a setups file or study plan),
+/// [`EXIT_FAILURE`] otherwise.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
+    use veritrace_model::{FingerprintError, ModelError};
     let protocol_input = error
         .downcast_ref::<veritrace_protocol::ProtocolError>()
         .is_some_and(|e| !matches!(e, veritrace_protocol::ProtocolError::Engine(_)));
+    let model_input = |e: &ModelError| !matches!(e, ModelError::Candle(_));
+    let study_input = error
+        .downcast_ref::<FingerprintError>()
+        .is_some_and(|e| match e {
+            FingerprintError::EngineOutput { .. } => false,
+            FingerprintError::Model(m) => model_input(m),
+            _ => true,
+        });
+    let engine_input = error
+        .downcast_ref::<engine::EngineLoadError>()
+        .is_some_and(|e| !matches!(e, engine::EngineLoadError::Model { .. }));
     if protocol_input
+        || study_input
+        || engine_input
         || error.downcast_ref::<trace_file::TraceFileError>().is_some()
+        || error
+            .downcast_ref::<fingerprint::FingerprintInputError>()
+            .is_some()
         || error
             .downcast_ref::<veritrace_commit::CommitError>()
             .is_some()

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use veritrace_cli::commit::{self, CommitArgs};
+use veritrace_cli::fingerprint::{self, FingerprintArgs};
 use veritrace_cli::soundness::{self, SoundnessArgs};
 
 const AFTER_HELP: &str = "\
@@ -42,6 +43,14 @@ enum Command {
     /// (--grind-bits), with an optional proof-of-work per attempt (--pow-bits).
     #[command(after_help = soundness::AFTER_HELP)]
     Soundness(SoundnessArgs),
+    /// Fingerprint study: which numeric-setup changes (precision, attention, quantization,
+    /// skipped layers, ...) stand out of honest reduction-order noise, and which are invariant.
+    ///
+    /// Prints a markdown table classifying each setup against the reference as invariant,
+    /// identical-hardware (detectable only by bitwise re-execution) or cross-hardware (SNR at or
+    /// above --threshold against the honest noise floor), then the per-layer SNR matrix.
+    #[command(after_help = fingerprint::AFTER_HELP)]
+    Fingerprint(FingerprintArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +58,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Commit(args) => commit::run(args, &mut std::io::stdout().lock()),
         Command::Soundness(args) => soundness::run(args, &mut std::io::stdout().lock()),
+        Command::Fingerprint(args) => fingerprint::run(args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
