@@ -30,6 +30,7 @@ use veritrace_protocol::{
 };
 
 use crate::cost::{cell_cost, forward_cost};
+use crate::fast::{self, CellOutcomes};
 use crate::scenario::{AdversaryKind, AdversarySpec, Scenario};
 use crate::stats::wilson;
 use crate::SimError;
@@ -103,9 +104,22 @@ pub struct AdversaryResult {
     pub note: Option<String>,
 }
 
+/// Which engine ran the trials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineMode {
+    /// Every trial runs the real prover and verifier.
+    EndToEnd,
+    /// Trials sampled from per-cell outcomes of end-to-end runs ([`crate::fast`]); grinding and
+    /// late-commitment adversaries still run end to end.
+    Fast,
+}
+
 /// A simulation's results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimReport {
+    /// The engine.
+    pub engine: EngineMode,
     /// The scenario run.
     pub scenario: Scenario,
     /// Tolerance calibration.
@@ -474,23 +488,59 @@ impl Simulation {
         }
     }
 
-    /// Runs every adversary's trials; `progress` is called once per finished trial.
+    /// Runs every adversary's trials end to end; `progress` is called once per finished trial.
     pub fn run(&self, progress: &(dyn Fn() + Sync)) -> Result<SimReport, SimError> {
+        self.run_with(EngineMode::EndToEnd, progress)
+    }
+
+    /// Runs every adversary's trials with `engine`; `progress` is called once per finished
+    /// end-to-end trial, and once per adversary's batch of fast trials.
+    pub fn run_with(
+        &self,
+        engine: EngineMode,
+        progress: &(dyn Fn() + Sync),
+    ) -> Result<SimReport, SimError> {
         let mut results = Vec::new();
         for (ai, a) in self.scenario.adversaries.iter().enumerate() {
-            results.push(self.run_adversary(a, ai as u64, progress)?);
+            let fast = engine == EngineMode::Fast
+                && !matches!(
+                    a.kind,
+                    AdversaryKind::LateCommitment | AdversaryKind::Grinding
+                );
+            results.push(self.run_adversary(a, ai as u64, fast, progress)?);
         }
         Ok(SimReport {
+            engine,
             scenario: self.scenario.clone(),
             calibration: self.calibration.clone(),
             adversaries: results,
         })
     }
 
+    /// The per-cell outcomes fast mode samples from: the bad cells, or for an equivocating
+    /// prover the cells whose opening (the cell and its inputs) touches an altered cell.
+    pub fn cell_outcomes(&self, run: &ProverRun) -> Result<CellOutcomes, SimError> {
+        let g = run.statement.geometry;
+        let mut bad = vec![false; g.num_cells() as usize];
+        for i in 0..g.num_cells() {
+            let cell = g.cell_at(i)?;
+            bad[i as usize] = if run.equivocate.is_empty() {
+                run.bad.contains(&cell)
+            } else {
+                run.statement
+                    .opening_cells(&[cell])?
+                    .iter()
+                    .any(|c| run.equivocate.contains(c))
+            };
+        }
+        Ok(CellOutcomes { bad })
+    }
+
     fn run_adversary(
         &self,
         a: &AdversarySpec,
         ai: u64,
+        fast: bool,
         progress: &(dyn Fn() + Sync),
     ) -> Result<AdversaryResult, SimError> {
         let pool = u64::from(self.scenario.prompts.count);
@@ -510,22 +560,58 @@ impl Simulation {
         } else {
             self.scenario.protocol.mode
         };
-        let outcomes: Vec<Outcome> = (0..self.scenario.trials)
-            .into_par_iter()
-            .map(|t| {
-                let mut rng = stream("veritrace/sim/trial/v1", self.scenario.seed, ai, t);
-                let run = &runs[(rng.next_u64() % pool) as usize];
-                let out = match a.kind {
-                    AdversaryKind::LateCommitment => self.late_commitment(run, &mut rng),
-                    AdversaryKind::Grinding => {
-                        self.grinding(run, a.budget_bits.expect("validated"), pow_bits, t)
-                    }
-                    _ => self.session(run, mode, pow_bits, &mut rng),
-                };
-                progress();
-                out
-            })
-            .collect::<Result<_, _>>()?;
+        let outcomes: Vec<Outcome> = if fast {
+            let profiles: Vec<CellOutcomes> = runs
+                .iter()
+                .map(|r| self.cell_outcomes(r))
+                .collect::<Result<_, _>>()?;
+            let detected = fast::detections(
+                &profiles,
+                k,
+                rounds,
+                self.scenario.trials,
+                self.scenario.seed,
+                ai,
+            );
+            progress();
+            // Mean verifier cost of k uniform cells per round, per run, averaged.
+            let mut cost = 0.0;
+            for r in &runs {
+                let g = r.statement.geometry;
+                let mut all = 0.0;
+                for i in 0..g.num_cells() {
+                    all += self.recompute_cost(&r.statement, &[g.cell_at(i)?])?;
+                }
+                cost += all / g.num_cells() as f64 * k as f64 * f64::from(rounds);
+            }
+            let cost = cost / runs.len() as f64;
+            (0..self.scenario.trials)
+                .map(|i| Outcome {
+                    accepted: i >= detected,
+                    reason: (i < detected).then(|| "fast-mode-detection".to_string()),
+                    bytes: 0,
+                    verifier_cost: cost,
+                    note: None,
+                })
+                .collect()
+        } else {
+            (0..self.scenario.trials)
+                .into_par_iter()
+                .map(|t| {
+                    let mut rng = stream("veritrace/sim/trial/v1", self.scenario.seed, ai, t);
+                    let run = &runs[(rng.next_u64() % pool) as usize];
+                    let out = match a.kind {
+                        AdversaryKind::LateCommitment => self.late_commitment(run, &mut rng),
+                        AdversaryKind::Grinding => {
+                            self.grinding(run, a.budget_bits.expect("validated"), pow_bits, t)
+                        }
+                        _ => self.session(run, mode, pow_bits, &mut rng),
+                    };
+                    progress();
+                    out
+                })
+                .collect::<Result<_, _>>()?
+        };
         let trials = outcomes.len() as u64;
         let detected = outcomes.iter().filter(|o| !o.accepted).count() as u64;
         let mut reasons = BTreeMap::new();
@@ -686,7 +772,7 @@ impl Simulation {
 
     /// Grinding against the non-interactive challenge with a budget of `2^g` hash evaluations.
     ///
-    /// The prover re-randomizes its commitment by altering the low mantissa bits of the first
+    /// The prover re-randomizes its commitment by altering the lowest mantissa byte of the first
     /// element of one bad cell (one of the last layer if it has any, so no other cell's recompute
     /// reads it): a new root each attempt, costing one evaluation, then the proof-of-work search
     /// for that root (`2^pow_bits` evaluations expected). An attempt whose challenges, in every
@@ -714,9 +800,9 @@ impl Simulation {
                 if attempt > 0 {
                     let rows = g.cell_rows(cell)?;
                     let at = rows.start as usize * g.hidden as usize * 4;
-                    let r = rng.next_u32().to_le_bytes();
-                    layers[cell.layer as usize][at] ^= r[0];
-                    layers[cell.layer as usize][at + 1] ^= r[1];
+                    // The lowest mantissa byte: a relative change below 2^-15 of one element.
+                    let r = (rng.next_u32() as u8).max(1);
+                    layers[cell.layer as usize][at] ^= r;
                 }
             }
             let mut prover = Prover::new(run.statement.clone(), layers)?;

@@ -10,6 +10,7 @@
 //! * [`Scenario`]: what to run (TOML; [`scenario`] documents the format and the adversaries).
 //! * [`Simulation`]: calibrates the tolerance on honest other-hardware runs, then runs trials
 //!   in parallel, deterministically for a seed.
+//! * [`fast`]: fast mode, protocol trials sampled from per-cell outcomes measured end to end.
 //! * [`SimReport`]: results, as JSON, CSV ([`report::csv`]) or a markdown table
 //!   ([`report::markdown`]).
 
@@ -18,11 +19,14 @@
 
 pub mod cost;
 pub mod engine;
+pub mod fast;
 pub mod report;
 pub mod scenario;
 pub mod stats;
 
-pub use engine::{AdversaryResult, CalibrationSummary, ProverRun, SimReport, Simulation};
+pub use engine::{
+    AdversaryResult, CalibrationSummary, EngineMode, ProverRun, SimReport, Simulation,
+};
 pub use scenario::{AdversaryKind, AdversarySpec, Scenario, DEFAULT_SCENARIO};
 
 use thiserror::Error;

@@ -11,8 +11,18 @@ pub fn markdown(r: &SimReport) -> String {
     let s = &r.scenario;
     let c = &r.calibration;
     let mut out = format!(
-        "## {} — model {}, claimed setup `{}`, k = {} x {} round(s), {:?} mode, {} trials per adversary\n\n",
-        s.name, s.model, s.reference, s.protocol.samples, s.protocol.rounds, s.protocol.mode, s.trials
+        "## {} — model {}, claimed setup `{}`, k = {} x {} round(s), {:?} mode, {} trials per adversary ({})\n\n",
+        s.name,
+        s.model,
+        s.reference,
+        s.protocol.samples,
+        s.protocol.rounds,
+        s.protocol.mode,
+        s.trials,
+        match r.engine {
+            crate::EngineMode::EndToEnd => "end to end",
+            crate::EngineMode::Fast => "fast mode: bytes opened not measured",
+        }
     );
     out.push_str(&format!(
         "Tolerance: {:?} thresholds calibrated on {} honest other-hardware samples per layer (per-cell alpha {:.2e}); held-out per-cell false-positive rate {} ({} of {}, 95% upper {}), i.e. {} per session.\n\n",

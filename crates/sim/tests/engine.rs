@@ -3,7 +3,7 @@
 //! on the thread count, the late commitment is refused by the API, and bad scenarios get typed
 //! errors.
 
-use veritrace_sim::{AdversaryKind, Scenario, SimError, Simulation};
+use veritrace_sim::{AdversaryKind, EngineMode, Scenario, SimError, Simulation};
 
 fn scenario(trials: u64, adversaries: &str) -> Scenario {
     Scenario::from_toml(&format!(
@@ -173,4 +173,35 @@ fn bad_scenarios_get_typed_errors() {
             "{to}"
         );
     }
+}
+
+#[test]
+fn fast_mode_agrees_with_end_to_end_within_their_intervals() {
+    let s = scenario(
+        400,
+        r#"
+[[adversary]]
+kind = "partial"
+setup = "f32/attn=eager/quant=int4-g32"
+fraction = 0.15
+[[adversary]]
+kind = "equivocation"
+fraction = 0.1
+[[adversary]]
+kind = "honest"
+"#,
+    );
+    let sim = Simulation::new(s).unwrap();
+    let e2e = sim.run(&|| {}).unwrap();
+    let fast = sim.run_with(EngineMode::Fast, &|| {}).unwrap();
+    assert_eq!(fast.engine, EngineMode::Fast);
+    for (a, b) in e2e.adversaries.iter().zip(&fast.adversaries) {
+        let overlap = a.wilson95.0 <= b.wilson95.1 && b.wilson95.0 <= a.wilson95.1;
+        assert!(
+            overlap,
+            "{}: end to end {:?} vs fast {:?}",
+            a.label, a.wilson95, b.wilson95
+        );
+    }
+    assert_eq!(fast.adversaries[2].detected, 0);
 }
