@@ -9,6 +9,8 @@
 //! * [`engine`]: [`engine::load_engine`], turning a `--model` argument into a model.
 //! * [`fingerprint`]: `veritrace fingerprint`, the study of which setup changes a recomputing
 //!   verifier can see (invariant / identical hardware / across hardware).
+//! * [`simulate`]: `veritrace simulate`, adversarial provers end to end against the real
+//!   verifier (the main job).
 //! * [`soundness`]: `veritrace soundness`, the soundness calculator (miss probability, security
 //!   bits against grinding, samples needed).
 //!
@@ -21,6 +23,7 @@
 pub mod commit;
 pub mod engine;
 pub mod fingerprint;
+pub mod simulate;
 pub mod soundness;
 pub mod trace_file;
 
@@ -50,7 +53,15 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     let engine_input = error
         .downcast_ref::<engine::EngineLoadError>()
         .is_some_and(|e| !matches!(e, engine::EngineLoadError::Model { .. }));
+    let sim_input = error
+        .downcast_ref::<veritrace_sim::SimError>()
+        .is_some_and(|e| match e {
+            veritrace_sim::SimError::Scenario(_) | veritrace_sim::SimError::Io { .. } => true,
+            veritrace_sim::SimError::Model(m) => model_input(m),
+            _ => false,
+        });
     if protocol_input
+        || sim_input
         || study_input
         || engine_input
         || error.downcast_ref::<trace_file::TraceFileError>().is_some()
