@@ -21,9 +21,11 @@
 //!    honest variant on any prompt — the worst honest cross-hardware deviation observed.
 //! 4. **SNR** of setup `s` at layer `l`: `mean_p relL2(s, ref)_l / floor_l` — the typical
 //!    signal over the worst honest noise, a conservative ratio. An honest variant is divided by
-//!    the floor of the *other* honest variants (those with another setup string), so it is not
-//!    divided by itself; with no other honest variant it falls back to the full floor (and then
-//!    reads 1 wherever it sets the floor). A **zero floor** (every honest variant is bitwise equal
+//!    the floor of the *other* honest variants (those with another setup string that are not
+//!    bitwise equal to the reference), so it is not divided by itself; when no other honest
+//!    variant differs from the reference it falls back to the full floor, which it then sets
+//!    itself (so it reads at most 1: one noise source cannot be judged against another). A
+//!    **zero floor** (every honest variant is bitwise equal
 //!    to the reference at that layer, e.g. `h_0`, which is an exact copy of embedding rows) gives
 //!    SNR 0 where the setup is also equal there and **infinity** where it differs: any deviation
 //!    at a layer that honest hardware reproduces exactly is detectable. Infinity is written
@@ -719,7 +721,10 @@ pub fn run_study(
                 let mut others = honest
                     .iter()
                     .copied()
-                    .filter(|&h| plan.setups[h] != *setup)
+                    .filter(|&h| {
+                        plan.setups[h] != *setup
+                            && vs_ref(h).iter().any(|s| s.differing_prompts > 0)
+                    })
                     .peekable();
                 if others.peek().is_some() {
                     floor_of(&mut others)

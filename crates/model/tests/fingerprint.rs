@@ -283,3 +283,26 @@ fn default_plan_and_the_shipped_setups_file() {
         (plan.reference, plan.setups.clone())
     );
 }
+
+#[test]
+fn a_lone_noisy_honest_variant_is_judged_against_its_own_floor() {
+    // batch=2 is bitwise equal to the reference here, so it holds no noise: order=decode is the
+    // only noise source and cannot stand out of the other variants' zero floor.
+    let p = StudyPlan {
+        setups: vec![
+            setup("f32/attn=eager/batch=2"),
+            setup("f32/attn=eager/order=decode"),
+        ],
+        prompts: 1,
+        ..plan()
+    };
+    let r = run_study(&tiny(), &p, |_, _| {}).unwrap();
+    assert_eq!(r.results[0].class, Class::Invariant);
+    let decode = &r.results[1];
+    assert_eq!(decode.class, Class::IdenticalHardware);
+    assert!(
+        decode.max_snr.0 > 0.0 && decode.max_snr.0 <= 1.0,
+        "{:?}",
+        decode.max_snr
+    );
+}
