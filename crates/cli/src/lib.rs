@@ -11,6 +11,8 @@
 //!   verifier can see (invariant / identical hardware / across hardware).
 //! * [`simulate`]: `veritrace simulate`, adversarial provers end to end against the real
 //!   verifier (the main job).
+//! * [`sweep`]: `veritrace sweep` (grids over k, chunk, cheat fraction, tolerance; shards for
+//!   array jobs) and `veritrace merge`.
 //! * [`soundness`]: `veritrace soundness`, the soundness calculator (miss probability, security
 //!   bits against grinding, samples needed).
 //!
@@ -25,6 +27,7 @@ pub mod engine;
 pub mod fingerprint;
 pub mod simulate;
 pub mod soundness;
+pub mod sweep;
 pub mod trace_file;
 
 /// Exit code when the command line or the input (a trace file, …) was refused.

@@ -10,6 +10,7 @@ use veritrace_cli::commit::{self, CommitArgs};
 use veritrace_cli::fingerprint::{self, FingerprintArgs};
 use veritrace_cli::simulate::{self, SimulateArgs};
 use veritrace_cli::soundness::{self, SoundnessArgs};
+use veritrace_cli::sweep::{self, MergeArgs, SweepArgs};
 
 const AFTER_HELP: &str = "\
 Trace files are safetensors files holding one tensor per hidden state, named h.0 (embeddings),
@@ -38,6 +39,12 @@ enum Command {
     /// compute saving, the verifier's cost and the security against grinding.
     #[command(after_help = simulate::AFTER_HELP)]
     Simulate(SimulateArgs),
+    /// Sweep a scenario over a grid of k, chunk size, cheat fraction and tolerance; --shard i/n
+    /// runs one shard of an array job.
+    #[command(after_help = sweep::AFTER_HELP)]
+    Sweep(SweepArgs),
+    /// Merge the shard outputs of `veritrace sweep` into the result of one full run.
+    Merge(MergeArgs),
     /// Print the Merkle root of an activation trace stored as safetensors.
     ///
     /// Each layer h.l is cut into cells of --chunk token rows; cell (l, j) is leaf
@@ -67,6 +74,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Simulate(args) => simulate::run(args, &mut std::io::stdout().lock()),
+        Command::Sweep(args) => sweep::run(args, &mut std::io::stdout().lock()),
+        Command::Merge(args) => sweep::merge(args, &mut std::io::stdout().lock()),
         Command::Commit(args) => commit::run(args, &mut std::io::stdout().lock()),
         Command::Soundness(args) => soundness::run(args, &mut std::io::stdout().lock()),
         Command::Fingerprint(args) => fingerprint::run(args, &mut std::io::stdout().lock()),

@@ -23,6 +23,7 @@ pub mod fast;
 pub mod report;
 pub mod scenario;
 pub mod stats;
+pub mod sweep;
 
 pub use engine::{
     AdversaryResult, CalibrationSummary, EngineMode, ProverRun, SimReport, Simulation,
