@@ -1150,8 +1150,9 @@ impl Arith<'_> {
     /// * batch `b`: the rows are stacked `b` times (the other prompts of the batch) into one
     ///   `[b·r, in]` matmul and the first `r` output rows kept;
     /// * split-K `s`: the inner dimension is cut into `s` contiguous slices of
-    ///   `⌈in / s⌉` (the last one shorter), each slice's product is converted to f32 and the
-    ///   partial sums are added in slice order, then rounded once to the setup's dtype.
+    ///   `⌈in / s⌉` (the last one shorter); each slice's product is computed in f32 from the
+    ///   (exactly widened) operands, the partial sums are added in slice order in f32, and the
+    ///   total is rounded once to the setup's dtype, as a split-K kernel with f32 accumulators.
     fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let r = x.dim(0)?;
         let x = if self.setup.batch > 1 {
@@ -1166,9 +1167,17 @@ impl Arith<'_> {
             let mut start = 0;
             while start < inner {
                 let len = part.min(inner - start);
-                let xs = x.narrow(1, start, len)?.contiguous()?;
-                let ws = w.narrow(1, start, len)?.contiguous()?;
-                let p = xs.matmul(&ws.t()?)?.to_dtype(DType::F32)?;
+                // Operands widened to f32 (exactly), so each partial product is an f32
+                // accumulator as in a split-K kernel, not a 16-bit rounded result.
+                let xs = x
+                    .narrow(1, start, len)?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?;
+                let ws = w
+                    .narrow(1, start, len)?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?;
+                let p = xs.matmul(&ws.t()?)?;
                 acc = Some(match acc {
                     None => p,
                     Some(a) => a.add(&p)?,
