@@ -45,6 +45,9 @@ pub struct ProverRun {
     pub trace: Trace,
     /// Cells whose single-cell check (the verifier's own) fails.
     pub bad: BTreeSet<CellId>,
+    /// Per layer, the deviation (the tolerance metric) of each committed cell from its reference
+    /// recompute from the committed inputs.
+    pub deviations: BTreeMap<u32, Vec<f64>>,
     /// The prover's compute cost (see [`crate::cost`]).
     pub cost: f64,
     /// Cells whose opened bytes an equivocating prover alters.
@@ -66,6 +69,8 @@ pub struct CalibrationSummary {
     pub holdout: FprReport,
     /// The session false-positive rate those cells imply, `1 − (1 − fpr)^(k·rounds)`.
     pub holdout_session_fpr: f64,
+    /// The held-out honest samples per layer (for ROC curves).
+    pub holdout_samples: BTreeMap<u32, Vec<f64>>,
 }
 
 /// One adversary's results.
@@ -88,6 +93,9 @@ pub struct AdversaryResult {
     pub predicted: Option<f64>,
     /// Mean number of cells whose check fails, and the cells per trace.
     pub bad_cells: f64,
+    /// Per layer, the tolerance metric of every committed cell of the prompt pool against its
+    /// reference recompute (for ROC curves against the honest held-out samples).
+    pub deviations: BTreeMap<u32, Vec<f64>>,
     /// Cells per trace.
     pub cells: u64,
     /// Compute saved against the honest prover, `1 − cost / honest cost`.
@@ -168,6 +176,7 @@ impl Simulation {
                     overall: veritrace_protocol::tolerance::FprEstimate::new(0, 1, 0.95)?,
                 },
                 holdout_session_fpr: 0.0,
+                holdout_samples: BTreeMap::new(),
             },
         };
         sim.calibrate()?;
@@ -207,12 +216,12 @@ impl Simulation {
         let per_prompt: Vec<BTreeMap<u32, Vec<f64>>> = prompts
             .into_par_iter()
             .map(|i| -> Result<_, SimError> {
-                let (_, trace) = self.run_setup(&self.model, setup, &self.prompt(i))?;
+                let (statement, trace) = self.run_setup(&self.model, setup, &self.prompt(i))?;
                 let chunk = self.scenario.protocol.chunk as usize;
                 let mut out: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
                 for l in 0..trace.layers.len() {
                     for j in 0..trace.tokens.div_ceil(chunk) {
-                        let (claimed, recomputed) = self.cell_pair(&trace, l, j)?;
+                        let (claimed, recomputed) = self.cell_pair(&statement, &trace, l, j)?;
                         let dev = Deviation::between(&claimed, &recomputed, None)
                             .map_err(|v| SimError::Engine(format!("honest cell: {v:?}")))?;
                         let v = dev.get(metric).unwrap_or(0.0);
@@ -235,6 +244,7 @@ impl Simulation {
     /// inputs.
     fn cell_pair(
         &self,
+        statement: &Statement,
         trace: &Trace,
         l: usize,
         j: usize,
@@ -244,7 +254,20 @@ impl Simulation {
         let end = ((j + 1) * chunk).min(trace.tokens);
         let claimed = trace.layers[l][j * chunk * d..end * d].to_vec();
         let recomputed = if l == 0 {
-            claimed.clone() // embeddings of f32 setups: checked bitwise by the verifier anyway
+            let tokens: Vec<u32> = statement
+                .input_tokens
+                .iter()
+                .chain(&statement.output_tokens)
+                .copied()
+                .take(end)
+                .collect();
+            self.model.recompute_cell(
+                &self.scenario.reference,
+                chunk,
+                0,
+                j,
+                CellInputs::Tokens(&tokens),
+            )?
         } else {
             self.model.recompute_cell(
                 &self.scenario.reference,
@@ -291,6 +314,7 @@ impl Simulation {
             samples_per_layer: samples.values().map(|v| v.len() as u64).min().unwrap_or(0),
             holdout,
             holdout_session_fpr: session,
+            holdout_samples: held,
         };
         Ok(())
     }
@@ -387,10 +411,12 @@ impl Simulation {
             }
         };
         let bad = self.bad_cells(&statement, &trace)?;
+        let deviations = self.trace_deviations(&statement, &trace)?;
         Ok(ProverRun {
             statement,
             trace,
             bad,
+            deviations,
             cost,
             equivocate,
         })
@@ -443,6 +469,37 @@ impl Simulation {
             t.layers[l] = layer;
         }
         Ok((t, cost))
+    }
+
+    /// Per layer, the tolerance metric of every cell of `trace` against its reference recompute
+    /// from the committed inputs (a cell whose values cannot be compared, e.g. non-finite,
+    /// counts as `f64::MAX`).
+    fn trace_deviations(
+        &self,
+        statement: &Statement,
+        trace: &Trace,
+    ) -> Result<BTreeMap<u32, Vec<f64>>, SimError> {
+        let chunk = self.scenario.protocol.chunk as usize;
+        let metric = self.scenario.tolerance.metric;
+        let cells: Vec<(usize, usize)> = (0..trace.layers.len())
+            .flat_map(|l| (0..trace.tokens.div_ceil(chunk)).map(move |j| (l, j)))
+            .collect();
+        let values: Vec<(u32, f64)> = cells
+            .par_iter()
+            .map(|&(l, j)| -> Result<(u32, f64), SimError> {
+                let (claimed, recomputed) = self.cell_pair(statement, trace, l, j)?;
+                let v = Deviation::between(&claimed, &recomputed, None)
+                    .ok()
+                    .and_then(|d| d.get(metric))
+                    .unwrap_or(f64::MAX);
+                Ok((l as u32, v))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut out: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+        for (l, v) in values {
+            out.entry(l).or_default().push(v);
+        }
+        Ok(out)
     }
 
     /// Cells whose single-cell check by the verifier's own [`check_opening`] fails.
@@ -677,6 +734,15 @@ impl Simulation {
             wilson95: wilson(detected, trials, 1.959_963_984_540_054),
             predicted,
             bad_cells,
+            deviations: {
+                let mut d: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+                for r in &runs {
+                    for (l, v) in &r.deviations {
+                        d.entry(*l).or_default().extend(v);
+                    }
+                }
+                d
+            },
             cells,
             saving: 1.0 - cost / honest_cost,
             verifier_cost: outcomes.iter().map(|o| o.verifier_cost).sum::<f64>() / n / honest_cost,
