@@ -13,10 +13,10 @@ pub const PRESETS: [&str; 2] = ["tiny", "small"];
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum EngineLoadError {
-    /// The argument names a path, and no loader reads models from paths yet.
+    /// The argument names a path that holds no checkpoint a loader reads.
     #[error(
-        "model {spec:?}: loading a model from a path is not supported yet; the loaders that \
-         exist are the built-in seeded Llama-style presets: tiny, small"
+        "model {spec:?}: not a checkpoint directory (expected config.json with \
+         model.safetensors or model.safetensors.index.json: a Llama-style checkpoint)"
     )]
     PathNotSupported {
         /// The argument.
@@ -24,8 +24,8 @@ pub enum EngineLoadError {
     },
     /// The argument is neither a preset nor a path.
     #[error(
-        "unknown model {spec:?}: the loaders that exist are the built-in seeded Llama-style \
-         presets: tiny, small (loading from a path is not supported yet)"
+        "unknown model {spec:?}: give a built-in seeded Llama-style preset (tiny, small) or a \
+         Llama-style checkpoint directory"
     )]
     Unknown {
         /// The argument.
@@ -47,27 +47,42 @@ fn looks_like_path(spec: &str) -> bool {
     spec.contains(['/', '\\']) || spec.starts_with('.') || Path::new(spec).exists()
 }
 
-/// The engine a `--model` argument names: a preset of [`PRESETS`] (the seeded
-/// [`LlamaModel`]). Paths are refused until a loader for them exists.
+/// The decoder a `--model` argument names: a preset of [`PRESETS`] (seeded weights) or a
+/// Llama-style checkpoint directory ([`LlamaModel::load`]).
 ///
 /// # Errors
-/// [`EngineLoadError`]: a path, an unknown name, or a model that fails to build.
-pub fn load_engine(spec: &str) -> Result<Box<dyn Engine>, EngineLoadError> {
+/// [`EngineLoadError`]: an unknown name, a path that is not a checkpoint directory, or a
+/// model that fails to load.
+pub fn load_llama(spec: &str) -> Result<LlamaModel, EngineLoadError> {
+    let model_err = |source| EngineLoadError::Model {
+        spec: spec.to_string(),
+        source,
+    };
     if PRESETS.contains(&spec) {
-        let model = ModelConfig::preset(spec)
+        return ModelConfig::preset(spec)
             .and_then(LlamaModel::new)
-            .map_err(|source| EngineLoadError::Model {
-                spec: spec.to_string(),
-                source,
-            })?;
-        return Ok(Box::new(model));
+            .map_err(model_err);
     }
-    let spec = spec.to_string();
-    if looks_like_path(&spec) {
-        Err(EngineLoadError::PathNotSupported { spec })
-    } else {
-        Err(EngineLoadError::Unknown { spec })
+    let path = Path::new(spec);
+    if !looks_like_path(spec) {
+        return Err(EngineLoadError::Unknown {
+            spec: spec.to_string(),
+        });
     }
+    if !path.join("config.json").is_file() {
+        return Err(EngineLoadError::PathNotSupported {
+            spec: spec.to_string(),
+        });
+    }
+    LlamaModel::load(path).map_err(model_err)
+}
+
+/// The engine a `--model` argument names (see [`load_llama`]).
+///
+/// # Errors
+/// As [`load_llama`].
+pub fn load_engine(spec: &str) -> Result<Box<dyn Engine>, EngineLoadError> {
+    Ok(Box::new(load_llama(spec)?))
 }
 
 #[cfg(test)]
@@ -88,5 +103,17 @@ mod tests {
                 Err(EngineLoadError::PathNotSupported { .. })
             ));
         }
+        // A saved checkpoint directory loads, with the preset's digest.
+        let dir = tempfile::tempdir().unwrap();
+        let preset = LlamaModel::preset("tiny").unwrap();
+        preset.save(dir.path()).unwrap();
+        let loaded = load_llama(dir.path().to_str().unwrap()).unwrap();
+        assert_eq!(loaded.digest(), preset.digest());
+        // A directory whose config.json is not a Llama config is a model error.
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        assert!(matches!(
+            load_llama(dir.path().to_str().unwrap()),
+            Err(EngineLoadError::Model { .. })
+        ));
     }
 }

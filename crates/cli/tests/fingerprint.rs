@@ -131,7 +131,7 @@ fn refusals_exit_2() {
     refused(&["--model", "huge"], &["unknown model", "tiny, small"]);
     refused(
         &["--model", "./some/dir"],
-        &["not supported yet", "tiny, small"],
+        &["not a checkpoint directory", "config.json"],
     );
     refused(&["--prompts", "0"], &["prompts"]);
     refused(&["--threshold", "-1"], &["threshold"]);
