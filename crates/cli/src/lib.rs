@@ -13,6 +13,8 @@
 //!   verifier (the main job).
 //! * [`sweep`]: `veritrace sweep` (grids over k, chunk, cheat fraction, tolerance; shards for
 //!   array jobs) and `veritrace merge`.
+//! * [`prove`]: `veritrace prove`, `challenge` and `open`, the protocol over files; and
+//!   [`verify`]: `veritrace verify` (exit 0 accept, 1 reject).
 //! * [`soundness`]: `veritrace soundness`, the soundness calculator (miss probability, security
 //!   bits against grinding, samples needed).
 //!
@@ -25,10 +27,12 @@
 pub mod commit;
 pub mod engine;
 pub mod fingerprint;
+pub mod prove;
 pub mod simulate;
 pub mod soundness;
 pub mod sweep;
 pub mod trace_file;
+pub mod verify;
 
 /// Exit code when the command line or the input (a trace file, …) was refused.
 pub const EXIT_INPUT: u8 = 2;
@@ -63,7 +67,13 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             veritrace_sim::SimError::Model(m) => model_input(m),
             _ => false,
         });
+    if error.downcast_ref::<verify::Rejected>().is_some() {
+        return EXIT_FAILURE;
+    }
+    let model_error_input = error.downcast_ref::<ModelError>().is_some_and(model_input);
     if protocol_input
+        || model_error_input
+        || error.downcast_ref::<prove::VerbInputError>().is_some()
         || sim_input
         || study_input
         || engine_input

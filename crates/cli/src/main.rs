@@ -8,9 +8,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use veritrace_cli::commit::{self, CommitArgs};
 use veritrace_cli::fingerprint::{self, FingerprintArgs};
+use veritrace_cli::prove::{self, ChallengeArgs, OpenArgs, ProveArgs};
 use veritrace_cli::simulate::{self, SimulateArgs};
 use veritrace_cli::soundness::{self, SoundnessArgs};
 use veritrace_cli::sweep::{self, MergeArgs, SweepArgs};
+use veritrace_cli::verify::{self, VerifyArgs};
 
 const AFTER_HELP: &str = "\
 Trace files are safetensors files holding one tensor per hidden state, named h.0 (embeddings),
@@ -45,6 +47,17 @@ enum Command {
     Sweep(SweepArgs),
     /// Merge the shard outputs of `veritrace sweep` into the result of one full run.
     Merge(MergeArgs),
+    /// Prover: run a model on a prompt under a setup; write the trace (with its statement) and
+    /// the commitment.
+    Prove(ProveArgs),
+    /// Verifier: draw a challenge (random cells) for a commitment.
+    Challenge(ChallengeArgs),
+    /// Prover: open the challenged cells of a trace (or, non-interactive, derive the challenges
+    /// from the transcript and open them).
+    Open(OpenArgs),
+    /// Verifier: check openings against a commitment by recomputing the cells (exit 0 accept,
+    /// 1 reject with the reason, 2 bad input).
+    Verify(VerifyArgs),
     /// Print the Merkle root of an activation trace stored as safetensors.
     ///
     /// Each layer h.l is cut into cells of --chunk token rows; cell (l, j) is leaf
@@ -76,6 +89,10 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args, &mut std::io::stdout().lock()),
         Command::Sweep(args) => sweep::run(args, &mut std::io::stdout().lock()),
         Command::Merge(args) => sweep::merge(args, &mut std::io::stdout().lock()),
+        Command::Prove(args) => prove::prove(args, &mut std::io::stdout().lock()),
+        Command::Challenge(args) => prove::challenge(args, &mut std::io::stdout().lock()),
+        Command::Open(args) => prove::open(args, &mut std::io::stdout().lock()),
+        Command::Verify(args) => verify::run(args, &mut std::io::stdout().lock()),
         Command::Commit(args) => commit::run(args, &mut std::io::stdout().lock()),
         Command::Soundness(args) => soundness::run(args, &mut std::io::stdout().lock()),
         Command::Fingerprint(args) => fingerprint::run(args, &mut std::io::stdout().lock()),
