@@ -302,9 +302,15 @@ impl Simulation {
             margin: t.margin,
             confidence: 0.95,
         };
-        let calibration = calibrate(&samples, &config)?;
-        self.policy = calibration.policy(t.metric, None)?;
-        let thresholds = calibration.thresholds();
+        let thresholds = if t.exact {
+            // Identical hardware: bitwise comparison; any honest difference is a false alarm.
+            self.policy = TolerancePolicy::Exact;
+            PerLayer::uniform(0.0)
+        } else {
+            let calibration = calibrate(&samples, &config)?;
+            self.policy = calibration.policy(t.metric, None)?;
+            calibration.thresholds()
+        };
         let holdout = measure_fpr(&thresholds, &held, 0.95)?;
         let session = 1.0 - (1.0 - holdout.overall.rate).powf(checks);
         self.calibration = CalibrationSummary {
@@ -395,7 +401,17 @@ impl Simulation {
                         (0..g.chunks_per_layer()).map(move |chunk| CellId { layer, chunk })
                     })
                     .collect();
-                let cheat = self.pick(&cells, a.fraction.expect("validated"), ai, pi);
+                let mut cheat = self.pick(&cells, a.fraction.expect("validated"), ai, pi);
+                let last = g.layers - 1;
+                if a.kind == AdversaryKind::Grinding && !cheat.iter().any(|c| c.layer == last) {
+                    // A grinder keeps one cheated cell in the last layer, where altering it to
+                    // re-randomize the root changes no other cell's recompute.
+                    let swap_out = *cheat.iter().next().expect("at least one cheated cell");
+                    cheat.remove(&swap_out);
+                    let mut rng = stream("veritrace/sim/grind-cell/v1", self.scenario.seed, ai, pi);
+                    let chunk = (rng.next_u64() % u64::from(g.chunks_per_layer())) as u32;
+                    cheat.insert(CellId { layer: last, chunk });
+                }
                 let (t, c) = self.mixed_trace(&honest, &cheat, &cheap)?;
                 (s, t, c, BTreeSet::new())
             }

@@ -24,7 +24,16 @@ pub fn markdown(r: &SimReport) -> String {
             crate::EngineMode::Fast => "fast mode: bytes opened not measured",
         }
     );
-    out.push_str(&format!(
+    if s.tolerance.exact {
+        out.push_str(&format!(
+            "Tolerance: exact (bitwise, identical hardware); held-out honest other-hardware cells that differ at all: {} ({} of {}), i.e. {} per session.\n\n",
+            pct(c.holdout.overall.rate),
+            c.holdout.overall.exceedances,
+            c.holdout.overall.samples,
+            pct(c.holdout_session_fpr),
+        ));
+    } else {
+        out.push_str(&format!(
         "Tolerance: {:?} thresholds calibrated on {} honest other-hardware samples per layer (per-cell alpha {:.2e}); held-out per-cell false-positive rate {} ({} of {}, 95% upper {}), i.e. {} per session.\n\n",
         c.metric,
         c.samples_per_layer,
@@ -35,6 +44,7 @@ pub fn markdown(r: &SimReport) -> String {
         pct(c.holdout.overall.upper),
         pct(c.holdout_session_fpr),
     ));
+    }
     out.push_str("| adversary | detected | 95% Wilson | predicted | bad cells | saving | verifier cost | bytes opened | grinding bits | main reason |\n");
     out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for a in &r.adversaries {

@@ -24,6 +24,7 @@
 //! metric = "rel_l2"         # or "max_abs"
 //! target_fpr = 0.01         # per session, on honest other-hardware provers
 //! margin = 2.0              # safety factor on the calibrated order statistic
+//! exact = false             # true: bitwise comparison (identical hardware), no calibration
 //! honest = ["f32/attn=eager/splitk=2", "f32/attn=eager/order=decode"]
 //! calibration_prompts = 4
 //! holdout_prompts = 4
@@ -125,6 +126,10 @@ fn one() -> u32 {
 pub struct ToleranceParams {
     /// Deviation metric (`rel_l2` or `max_abs`).
     pub metric: Metric,
+    /// `true`: the verifier compares bitwise (re-execution on identical hardware); no
+    /// calibration, and the held-out rate counts honest cells that differ at all.
+    #[serde(default)]
+    pub exact: bool,
     /// Target false-positive rate per session of an honest other-hardware prover.
     pub target_fpr: f64,
     /// Safety factor on the calibrated order statistic (≥ 1).
@@ -340,6 +345,25 @@ impl Scenario {
         }
         if self.adversaries.is_empty() {
             return bad("no adversary".into());
+        }
+        // A non-interactive challenge is a function of the commitment: trials that reuse a
+        // prompt's commitment repeat the same challenge and are not independent.
+        let repeats = self.protocol.mode == Mode::NonInteractive
+            && u64::from(p.count) < self.trials
+            && self.adversaries.iter().any(|a| {
+                !matches!(
+                    a.kind,
+                    AdversaryKind::Grinding | AdversaryKind::LateCommitment
+                )
+            });
+        if repeats {
+            return bad(format!(
+                "non-interactive mode with {} prompts for {} trials: the challenge is a function \
+                 of the commitment, so trials on one prompt repeat it; use at least as many \
+                 prompts as trials, or interactive mode (grinding adversaries run \
+                 non-interactive regardless)",
+                p.count, self.trials
+            ));
         }
         for a in &self.adversaries {
             a.check(&self.reference)?;

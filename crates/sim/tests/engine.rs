@@ -165,6 +165,8 @@ fn bad_scenarios_get_typed_errors() {
             "reference = \"f32/attn=magic\"",
         ),
         ("seed = 1", "seed = 1\nunknown = 3"),
+        // Non-interactive trials on 4 prompts would repeat 4 challenges.
+        ("mode = \"interactive\"", "mode = \"non-interactive\""),
     ] {
         assert!(base.contains(from), "{from}");
         let text = base.replacen(from, to, 1);
