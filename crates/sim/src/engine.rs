@@ -707,7 +707,19 @@ impl Simulation {
                 }
                 Some(sum / runs.len() as f64) // a lower bound: input cells are opened too
             }
-            AdversaryKind::Grinding => None,
+            AdversaryKind::Grinding => {
+                // Expected complete attempts within 2^g evaluations: each costs one root and
+                // 2^p proof-of-work evaluations on average; the grinder is caught only if every
+                // attempt's challenges hit a bad cell.
+                let attempts = ((1u64 << a.budget_bits.expect("validated")) as f64
+                    / (1.0 + (1u64 << pow_bits) as f64))
+                    .max(1.0);
+                let mut sum = 0.0;
+                for r in &runs {
+                    sum += predict(r.bad.len() as u64)?.powf(attempts);
+                }
+                Some(sum / runs.len() as f64)
+            }
             _ => {
                 let mut sum = 0.0;
                 for r in &runs {
@@ -736,7 +748,7 @@ impl Simulation {
                     .into(),
             ),
             AdversaryKind::Grinding => Some(format!(
-                "non-interactive, pow {pow_bits} bits, 2^{} hash evaluations per trial (roots re-randomized through a bad cell)",
+                "non-interactive, pow {pow_bits} bits, 2^{} hash evaluations per trial (roots re-randomized through a bad cell); the prediction uses the expected number of attempts, a lower bound on detection when proof-of-work costs vary (Jensen)",
                 a.budget_bits.unwrap_or(0)
             )),
             _ => None,
