@@ -65,3 +65,62 @@ if proto.exists():
         op = median_ns("protocol_32x64", "open", str(k))
         ve = median_ns("protocol_32x64", "verify", str(k))
         print(f"| {k} | {ch/1e3:.1f} us | {op/1e3:.1f} us | {ve/1e3:.1f} us |")
+
+
+def optional(*parts):
+    path = root.joinpath(*parts, "new", "estimates.json")
+    return json.loads(path.read_text())["median"]["point_estimate"] if path.exists() else None
+
+
+if (root / "model_capture_tiny").exists() or (root / "model_capture").exists():
+    print("\n### Model: trace capture overhead (128 tokens, chunk 16, f32 eager)\n")
+    print("| model | forward, no trace | trace (every hidden state) | + attention keys | capture overhead | with keys | target |")
+    print("|---|---|---|---|---|---|---|")
+    for preset in ["tiny", "small"]:
+        f = optional(f"model_capture_{preset}", "forward") or optional("model_capture", preset, "forward")
+        t = optional(f"model_capture_{preset}", "trace") or optional("model_capture", preset, "trace")
+        k = optional(f"model_capture_{preset}", "trace_keys") or optional("model_capture", preset, "trace_keys")
+        if f and t and k:
+            print(f"| {preset} | {f/1e6:.2f} ms | {t/1e6:.2f} ms | {k/1e6:.2f} ms | {100*(t/f-1):+.1f}% | {100*(k/f-1):+.1f}% | <= +5% |")
+    print("\n### Model: one cell recomputed vs its layer's share of a forward (128 tokens, chunk 16, middle layer)\n")
+    print("| model | forward | layer share (forward / L) | first cell | last cell | last cell / layer share | target |")
+    print("|---|---|---|---|---|---|---|")
+    for preset, layers in [("tiny", 4), ("small", 8)]:
+        f = optional(f"model_cell_{preset}", "forward") or optional("model_cell", preset, "forward")
+        c0 = optional(f"model_cell_{preset}", "cell", "first") or optional("model_cell", preset, "cell", "first")
+        c1 = optional(f"model_cell_{preset}", "cell", "last") or optional("model_cell", preset, "cell", "last")
+        if f and c0 and c1:
+            share = f / layers
+            print(f"| {preset} | {f/1e6:.2f} ms | {share/1e6:.2f} ms | {c0/1e6:.2f} ms | {c1/1e6:.2f} ms | {c1/share:.2f}x | <= 1.5x |")
+    setups_dir = root / "model_setups_tiny"
+    if not setups_dir.exists():
+        setups_dir = root / "model_setups" / "tiny"
+    if setups_dir.exists():
+        print("\n### Model: traced forward per numeric setup (tiny, 128 tokens, chunk 16)\n")
+        print("| setup | median | tokens/s | vs f32 eager |")
+        print("|---|---|---|---|")
+        rows = []
+        for d in sorted(p for p in setups_dir.iterdir() if (p / "new" / "estimates.json").exists()):
+            ns = json.loads((d / "new" / "estimates.json").read_text())["median"]["point_estimate"]
+            # The bench writes each setup string with "/" as "_" (criterion splits ids on "/");
+            # setup strings contain no "_" of their own.
+            fid = json.loads((d / "new" / "benchmark.json").read_text())["function_id"]
+            rows.append((fid.replace("_", "/"), ns))
+        base = dict(rows).get("f32/attn=eager")
+        for name, ns in rows:
+            ratio = f"{ns/base:.2f}x" if base else "-"
+            print(f"| `{name}` | {ns/1e6:.1f} ms | {128/(ns/1e9):.0f} | {ratio} |")
+if (root / "minilm_forward_128").exists():
+    print("\n### MiniLM forward, 128 tokens (same run)\n")
+    ct = optional("minilm_forward_128", "candle_transformers")
+    print("| engine | median | vs candle-transformers | target |")
+    print("|---|---|---|---|")
+    print(f"| candle-transformers `BertModel` | {ct/1e6:.2f} ms | 1 | |")
+    for d in sorted((root / "minilm_forward_128").iterdir()):
+        if d.name.startswith("veritrace") and (d / "new" / "estimates.json").exists():
+            ns = json.loads((d / "new" / "estimates.json").read_text())["median"]["point_estimate"]
+            print(f"| veritrace, {d.name.split('_')[-1]} | {ns/1e6:.2f} ms | {ns/ct:.2f}x | <= 1.25x |")
+fast = optional("sim_fast", "32x64_k16_1thread")
+if fast:
+    print("\n### Simulator fast mode (32 x 64 cells, k = 16, one thread)\n")
+    print(f"| trials per batch | median | trials/s | target |\n|---|---|---|---|\n| 262144 | {fast/1e6:.1f} ms | {262144/(fast/1e9)/1e6:.2f} M | >= 1 M |")
