@@ -13,6 +13,7 @@
 //!   verifier (the main job).
 //! * [`sweep`]: `veritrace sweep` (grids over k, chunk, cheat fraction, tolerance; shards for
 //!   array jobs) and `veritrace merge`.
+//! * [`report`]: `veritrace report`, plots of results as SVG and PNG.
 //! * [`prove`]: `veritrace prove`, `challenge` and `open`, the protocol over files; and
 //!   [`verify`]: `veritrace verify` (exit 0 accept, 1 reject).
 //! * [`soundness`]: `veritrace soundness`, the soundness calculator (miss probability, security
@@ -28,6 +29,7 @@ pub mod commit;
 pub mod engine;
 pub mod fingerprint;
 pub mod prove;
+pub mod report;
 pub mod simulate;
 pub mod soundness;
 pub mod sweep;
@@ -81,6 +83,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         || error
             .downcast_ref::<fingerprint::FingerprintInputError>()
             .is_some()
+        || error.downcast_ref::<report::ReportInputError>().is_some()
         || error
             .downcast_ref::<veritrace_commit::CommitError>()
             .is_some()

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use veritrace_cli::commit::{self, CommitArgs};
 use veritrace_cli::fingerprint::{self, FingerprintArgs};
 use veritrace_cli::prove::{self, ChallengeArgs, OpenArgs, ProveArgs};
+use veritrace_cli::report::{self, ReportArgs};
 use veritrace_cli::simulate::{self, SimulateArgs};
 use veritrace_cli::soundness::{self, SoundnessArgs};
 use veritrace_cli::sweep::{self, MergeArgs, SweepArgs};
@@ -81,6 +82,10 @@ enum Command {
     /// above --threshold against the honest noise floor), then the per-layer SNR matrix.
     #[command(after_help = fingerprint::AFTER_HELP)]
     Fingerprint(FingerprintArgs),
+    /// Plot results: detection vs k (sweeps), ROC curves per layer and detection vs compute
+    /// saving (simulation reports), per-layer SNR heatmaps (fingerprint studies); SVG and PNG.
+    #[command(after_help = report::AFTER_HELP)]
+    Report(ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +101,7 @@ fn main() -> ExitCode {
         Command::Commit(args) => commit::run(args, &mut std::io::stdout().lock()),
         Command::Soundness(args) => soundness::run(args, &mut std::io::stdout().lock()),
         Command::Fingerprint(args) => fingerprint::run(args, &mut std::io::stdout().lock()),
+        Command::Report(args) => report::run(args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
