@@ -20,8 +20,8 @@ use veritrace_protocol::soundness::{
     detection_probability, grinding_security_bits, log2_miss_probability,
 };
 use veritrace_protocol::tolerance::{
-    calibrate, measure_fpr, CalibrationConfig, Deviation, FprReport, Metric, PerLayer,
-    TolerancePolicy,
+    calibrate, measure_fpr, regularized_incomplete_beta, CalibrationConfig, Deviation, FprReport,
+    Metric, PerLayer, TolerancePolicy,
 };
 use veritrace_protocol::transcript::{check_pow, derive_challenge};
 use veritrace_protocol::{
@@ -708,15 +708,10 @@ impl Simulation {
                 Some(sum / runs.len() as f64) // a lower bound: input cells are opened too
             }
             AdversaryKind::Grinding => {
-                // Expected complete attempts within 2^g evaluations: each costs one root and
-                // 2^p proof-of-work evaluations on average; the grinder is caught only if every
-                // attempt's challenges hit a bad cell.
-                let attempts = ((1u64 << a.budget_bits.expect("validated")) as f64
-                    / (1.0 + (1u64 << pow_bits) as f64))
-                    .max(1.0);
+                let (g, p) = (a.budget_bits.expect("validated"), pow_bits);
                 let mut sum = 0.0;
                 for r in &runs {
-                    sum += predict(r.bad.len() as u64)?.powf(attempts);
+                    sum += grinding_detection(predict(r.bad.len() as u64)?, g, p);
                 }
                 Some(sum / runs.len() as f64)
             }
@@ -748,7 +743,7 @@ impl Simulation {
                     .into(),
             ),
             AdversaryKind::Grinding => Some(format!(
-                "non-interactive, pow {pow_bits} bits, 2^{} hash evaluations per trial (roots re-randomized through a bad cell); the prediction uses the expected number of attempts, a lower bound on detection when proof-of-work costs vary (Jensen)",
+                "non-interactive, pow {pow_bits} bits, 2^{} hash evaluations per trial (roots re-randomized through a bad cell); the prediction is E[h^N] over the number N of complete attempts the budget allows",
                 a.budget_bits.unwrap_or(0)
             )),
             _ => None,
@@ -866,8 +861,8 @@ impl Simulation {
 
     /// Grinding against the non-interactive challenge with a budget of `2^g` hash evaluations.
     ///
-    /// The prover re-randomizes its commitment by altering the lowest mantissa byte of the first
-    /// element of one bad cell (one of the last layer if it has any, so no other cell's recompute
+    /// The prover re-randomizes its commitment by altering the lowest mantissa bytes of the
+    /// first elements of one bad cell (one of the last layer if it has any, so no other cell's recompute
     /// reads it): a new root each attempt, costing one evaluation, then the proof-of-work search
     /// for that root (`2^pow_bits` evaluations expected). An attempt whose challenges, in every
     /// round, miss all bad cells is submitted; when the budget runs out the last complete attempt
@@ -887,16 +882,17 @@ impl Simulation {
         let mut spent = 0u64;
         let mut last: Option<(Prover<Vec<u8>>, Commitment, u64)> = None;
         let mut rng = stream("veritrace/sim/grind/v1", self.scenario.seed, t, 0);
-        let mut attempt = 0u64;
         while spent < budget {
             let mut layers = base.clone();
             if let Some(cell) = target {
-                if attempt > 0 {
-                    let rows = g.cell_rows(cell)?;
-                    let at = rows.start as usize * g.hidden as usize * 4;
-                    // The lowest mantissa byte: a relative change below 2^-15 of one element.
-                    let r = (rng.next_u32() as u8).max(1);
-                    layers[cell.layer as usize][at] ^= r;
+                // Every attempt, the first included (so that trials on one prompt start from
+                // different roots), alters the lowest mantissa byte of the cell's first three
+                // elements: relative changes below 2^-15, 2^24 distinct roots.
+                let rows = g.cell_rows(cell)?;
+                let at = rows.start as usize * g.hidden as usize * 4;
+                let r = rng.next_u32().to_le_bytes();
+                for e in 0..3usize.min(g.hidden as usize) {
+                    layers[cell.layer as usize][at + 4 * e] ^= r[e].max(1);
                 }
             }
             let mut prover = Prover::new(run.statement.clone(), layers)?;
@@ -926,7 +922,6 @@ impl Simulation {
             if misses || target.is_none() {
                 break;
             }
-            attempt += 1;
         }
         let Some((prover, commitment, nonce)) = last else {
             return Ok(Outcome {
@@ -960,6 +955,34 @@ impl Simulation {
             }
         }
     }
+}
+
+/// Detection probability of a grinder (the law the grinding adversary follows): with `2^g`
+/// evaluations, each attempt costing one root and a proof-of-work search that succeeds with
+/// probability `q = 2^−p` per evaluation, the number `N` of complete attempts satisfies
+/// `P(N ≥ n) = P(Bin(2^g − n, q) ≥ n) = I_q(n, 2^g − 2n + 1)`; each attempt is caught with
+/// probability `h` (every round hits a bad cell), and the grinder is caught when all its
+/// attempts are, or when none completes: `E[h^N] = 1 − (1 − h) Σ_{n≥1} P(N ≥ n) h^{n−1}`.
+pub fn grinding_detection(h: f64, budget_bits: u32, pow_bits: u8) -> f64 {
+    let budget = (1u64 << budget_bits) as f64;
+    let q = (-(f64::from(pow_bits)) * std::f64::consts::LN_2).exp();
+    let mut sum = 0.0;
+    let mut h_pow = 1.0; // h^(n-1)
+    let mut n = 1.0f64;
+    while n <= 1e7 {
+        let m = budget - n; // evaluations left for the n proof-of-work searches
+        if m < n {
+            break;
+        }
+        let tail = regularized_incomplete_beta(n, m - n + 1.0, q);
+        if tail < 1e-16 || h_pow < 1e-300 {
+            break;
+        }
+        sum += tail * h_pow;
+        h_pow *= h;
+        n += 1.0;
+    }
+    (1.0 - (1.0 - h) * sum).clamp(0.0, 1.0)
 }
 
 /// The result of one trial.
