@@ -67,6 +67,7 @@
 //! computed per tile too (sums in plain f32, then LayerNorm on a `[c, d]` tile).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{Device, Tensor, D};
 use safetensors::tensor::Dtype as StDtype;
@@ -272,10 +273,11 @@ struct Layer {
 #[derive(Debug, Clone)]
 pub struct BertModel {
     config: BertConfig,
-    /// Embedding tables, row-major: gathered row by row in plain f32.
-    word: Vec<f32>,
-    position: Vec<f32>,
-    token_type: Vec<f32>,
+    /// Embedding tables, row-major: gathered row by row in plain f32 (shared, so a clone is
+    /// cheap, as it is for the tensors).
+    word: Arc<[f32]>,
+    position: Arc<[f32]>,
+    token_type: Arc<[f32]>,
     emb_ln_g: Tensor,
     emb_ln_b: Tensor,
     layers: Vec<Layer>,
@@ -378,9 +380,9 @@ impl BertModel {
             it.next()
                 .ok_or_else(|| ModelError::InvalidConfig("tensor list ended early".into()))
         };
-        let word = raw()?.1;
-        let position = raw()?.1;
-        let token_type = raw()?.1;
+        let word = raw()?.1.into();
+        let position = raw()?.1.into();
+        let token_type = raw()?.1.into();
         let mut next = || -> Result<Tensor> {
             let (shape, data) = raw()?;
             Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
