@@ -6,6 +6,15 @@
 //! * [`trace_file`]: loading and validating activation traces stored as safetensors (shared by
 //!   every verb that reads a trace).
 //! * [`commit`]: `veritrace commit`, which prints the Merkle root of a trace.
+//! * [`engine`]: [`engine::load_engine`], turning a `--model` argument into a model.
+//! * [`fingerprint`]: `veritrace fingerprint`, the study of which setup changes a recomputing
+//!   verifier can see (invariant / identical hardware / across hardware).
+//! * [`simulate`]: `veritrace simulate`, adversarial provers end to end against the real
+//!   verifier (the main job).
+//! * [`sweep`]: `veritrace sweep` (grids over k, chunk, cheat fraction, tolerance; shards for
+//!   array jobs) and `veritrace merge`.
+//! * [`prove`]: `veritrace prove`, `challenge` and `open`, the protocol over files; and
+//!   [`verify`]: `veritrace verify` (exit 0 accept, 1 reject).
 //! * [`soundness`]: `veritrace soundness`, the soundness calculator (miss probability, security
 //!   bits against grinding, samples needed).
 //!
@@ -16,8 +25,14 @@
 #![deny(unsafe_code)]
 
 pub mod commit;
+pub mod engine;
+pub mod fingerprint;
+pub mod prove;
+pub mod simulate;
 pub mod soundness;
+pub mod sweep;
 pub mod trace_file;
+pub mod verify;
 
 /// Exit code when the command line or the input (a trace file, …) was refused.
 pub const EXIT_INPUT: u8 = 2;
@@ -26,14 +41,46 @@ pub const EXIT_INPUT: u8 = 2;
 pub const EXIT_FAILURE: u8 = 1;
 
 /// The exit code an error of a verb should end the process with: [`EXIT_INPUT`] if the input
-/// was refused (a trace file, a commitment-layer error, or a protocol error other than an
-/// engine failure, such as an invalid parameter), [`EXIT_FAILURE`] otherwise.
+/// was refused (a trace file, a commitment-layer error, a protocol error other than an engine
+/// failure such as an invalid parameter, a model argument, a setups file or study plan),
+/// [`EXIT_FAILURE`] otherwise.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
+    use veritrace_model::{FingerprintError, ModelError};
     let protocol_input = error
         .downcast_ref::<veritrace_protocol::ProtocolError>()
         .is_some_and(|e| !matches!(e, veritrace_protocol::ProtocolError::Engine(_)));
+    let model_input = |e: &ModelError| !matches!(e, ModelError::Candle(_));
+    let study_input = error
+        .downcast_ref::<FingerprintError>()
+        .is_some_and(|e| match e {
+            FingerprintError::EngineOutput { .. } => false,
+            FingerprintError::Model(m) => model_input(m),
+            _ => true,
+        });
+    let engine_input = error
+        .downcast_ref::<engine::EngineLoadError>()
+        .is_some_and(|e| !matches!(e, engine::EngineLoadError::Model { .. }));
+    let sim_input = error
+        .downcast_ref::<veritrace_sim::SimError>()
+        .is_some_and(|e| match e {
+            veritrace_sim::SimError::Scenario(_) | veritrace_sim::SimError::Io { .. } => true,
+            veritrace_sim::SimError::Model(m) => model_input(m),
+            _ => false,
+        });
+    if error.downcast_ref::<verify::Rejected>().is_some() {
+        return EXIT_FAILURE;
+    }
+    let model_error_input = error.downcast_ref::<ModelError>().is_some_and(model_input);
     if protocol_input
+        || model_error_input
+        || error.downcast_ref::<prove::VerbInputError>().is_some()
+        || sim_input
+        || study_input
+        || engine_input
         || error.downcast_ref::<trace_file::TraceFileError>().is_some()
+        || error
+            .downcast_ref::<fingerprint::FingerprintInputError>()
+            .is_some()
         || error
             .downcast_ref::<veritrace_commit::CommitError>()
             .is_some()

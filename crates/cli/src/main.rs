@@ -7,7 +7,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use veritrace_cli::commit::{self, CommitArgs};
+use veritrace_cli::fingerprint::{self, FingerprintArgs};
+use veritrace_cli::prove::{self, ChallengeArgs, OpenArgs, ProveArgs};
+use veritrace_cli::simulate::{self, SimulateArgs};
 use veritrace_cli::soundness::{self, SoundnessArgs};
+use veritrace_cli::sweep::{self, MergeArgs, SweepArgs};
+use veritrace_cli::verify::{self, VerifyArgs};
 
 const AFTER_HELP: &str = "\
 Trace files are safetensors files holding one tensor per hidden state, named h.0 (embeddings),
@@ -27,6 +32,32 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Simulate adversarial provers end to end against the real verifier (the main job).
+    ///
+    /// Runs a scenario (TOML; without one, the embedded default on the built-in tiny decoder):
+    /// honest and cheating provers run real inference, commit, are challenged and open; the
+    /// verifier recomputes under the claimed setup and decides. Prints per adversary the
+    /// detection rate with a 95% Wilson interval beside the hypergeometric prediction, the
+    /// compute saving, the verifier's cost and the security against grinding.
+    #[command(after_help = simulate::AFTER_HELP)]
+    Simulate(SimulateArgs),
+    /// Sweep a scenario over a grid of k, chunk size, cheat fraction and tolerance; --shard i/n
+    /// runs one shard of an array job.
+    #[command(after_help = sweep::AFTER_HELP)]
+    Sweep(SweepArgs),
+    /// Merge the shard outputs of `veritrace sweep` into the result of one full run.
+    Merge(MergeArgs),
+    /// Prover: run a model on a prompt under a setup; write the trace (with its statement) and
+    /// the commitment.
+    Prove(ProveArgs),
+    /// Verifier: draw a challenge (random cells) for a commitment.
+    Challenge(ChallengeArgs),
+    /// Prover: open the challenged cells of a trace (or, non-interactive, derive the challenges
+    /// from the transcript and open them).
+    Open(OpenArgs),
+    /// Verifier: check openings against a commitment by recomputing the cells (exit 0 accept,
+    /// 1 reject with the reason, 2 bad input).
+    Verify(VerifyArgs),
     /// Print the Merkle root of an activation trace stored as safetensors.
     ///
     /// Each layer h.l is cut into cells of --chunk token rows; cell (l, j) is leaf
@@ -42,13 +73,29 @@ enum Command {
     /// (--grind-bits), with an optional proof-of-work per attempt (--pow-bits).
     #[command(after_help = soundness::AFTER_HELP)]
     Soundness(SoundnessArgs),
+    /// Fingerprint study: which numeric-setup changes (precision, attention, quantization,
+    /// skipped layers, ...) stand out of honest reduction-order noise, and which are invariant.
+    ///
+    /// Prints a markdown table classifying each setup against the reference as invariant,
+    /// identical-hardware (detectable only by bitwise re-execution) or cross-hardware (SNR at or
+    /// above --threshold against the honest noise floor), then the per-layer SNR matrix.
+    #[command(after_help = fingerprint::AFTER_HELP)]
+    Fingerprint(FingerprintArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Simulate(args) => simulate::run(args, &mut std::io::stdout().lock()),
+        Command::Sweep(args) => sweep::run(args, &mut std::io::stdout().lock()),
+        Command::Merge(args) => sweep::merge(args, &mut std::io::stdout().lock()),
+        Command::Prove(args) => prove::prove(args, &mut std::io::stdout().lock()),
+        Command::Challenge(args) => prove::challenge(args, &mut std::io::stdout().lock()),
+        Command::Open(args) => prove::open(args, &mut std::io::stdout().lock()),
+        Command::Verify(args) => verify::run(args, &mut std::io::stdout().lock()),
         Command::Commit(args) => commit::run(args, &mut std::io::stdout().lock()),
         Command::Soundness(args) => soundness::run(args, &mut std::io::stdout().lock()),
+        Command::Fingerprint(args) => fingerprint::run(args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

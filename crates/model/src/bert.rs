@@ -525,6 +525,7 @@ impl BertModel {
             tokens: n,
             hidden: self.config.hidden_size,
             layers,
+            keys: Vec::new(),
         })
     }
 

@@ -7,7 +7,12 @@
 //!
 //! * [`ModelConfig`] (presets `tiny` and `small`) and [`LlamaModel`]: the decoder, its seeded
 //!   weights ([`llama`] documents the rule) and its [`LlamaModel::digest`].
-//! * [`Setup`]: the numeric setup, with a canonical string form (`f32/attn=eager`).
+//! * [`Setup`]: the numeric setup, with a canonical string form
+//!   (`bf16/attn=tiled:64/quant=int8-channel/splitk=4`; [`setup`] has the grammar): precision
+//!   f32/bf16/f16, eager / tiled online-softmax / sliding-window / top-k attention, int8 and
+//!   int4 weight quantization with two rounding methods ([`quant`]), split-K, batch and
+//!   KV-cache decode reduction orders, and the structural changes skip and reuse.
+//! * [`Capture`]: optional attention-key capture beside the hidden states.
 //! * [`Trace`]: a captured trace; [`write_trace`] / [`read_trace`] store it as safetensors in
 //!   the format `veritrace commit` reads, with the statement as metadata.
 //! * [`BertModel`]: a BERT encoder loaded from real weights — all-MiniLM-L6-v2, found by
@@ -28,15 +33,22 @@
 #![forbid(unsafe_code)]
 
 pub mod bert;
+pub mod engine;
+pub mod fingerprint;
 pub mod llama;
+pub mod quant;
 mod recompute;
-mod setup;
+pub mod setup;
 mod tokenizer;
 mod trace;
 
 pub use bert::{minilm_dir, BertConfig, BertModel, MINILM_ENV, MODEL_FILES};
-pub use llama::{CellInputs, LlamaModel, ModelConfig, NamedTensor};
-pub use setup::{Attention, Precision, Setup};
+pub use engine::Engine;
+pub use fingerprint::{run_study, Class, FingerprintError, StudyPlan, StudyReport};
+pub use llama::{Capture, CellInputs, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor};
+pub use setup::{
+    Attention, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,
+};
 pub use tokenizer::{BertTokenizer, Encoded};
 pub use trace::{read_trace, write_trace, Trace, STATEMENT_METADATA_KEY};
 
@@ -97,6 +109,15 @@ pub enum ModelError {
         /// What the operating system said.
         #[source]
         source: std::io::Error,
+    },
+    /// A model checkpoint (config.json, safetensors weights) is malformed or does not fit the
+    /// architecture.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file or directory.
+        path: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A weights file is malformed (not safetensors, a tensor of another dtype).
     #[error("weights file {path}: {reason}")]

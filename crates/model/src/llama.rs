@@ -44,6 +44,13 @@
 //! `mlp.up_proj.weight [mlp, hidden]`, `mlp.down_proj.weight [hidden, mlp]`;
 //! then `model.norm.weight [hidden]` and `lm_head.weight [vocab, hidden]`.
 //!
+//! # Checkpoints
+//!
+//! Besides seeded presets, a Hugging Face Llama-style directory (`config.json` plus
+//! `model.safetensors` or an indexed set of shards; F32/F16/BF16) loads with
+//! [`LlamaModel::load`], and [`LlamaModel::save`] writes any model in that form, so the
+//! built-in presets can be run by other tools (PyTorch, vLLM) and their traces compared.
+//!
 //! # Model digest
 //!
 //! [`LlamaModel::digest`] is BLAKE3 over: the ASCII label `veritrace/model/llama/v1`; the config
@@ -75,19 +82,226 @@
 //! bitwise there. A statement binds the chunk size in its geometry, so prover and verifier use
 //! the same one.
 
-use candle_core::{Device, Tensor, D};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor, D};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use veritrace_commit::Digest;
 
-use crate::{first_non_finite, ModelError, Result, Setup};
+use crate::setup::Order;
+use crate::{first_non_finite, Attention, ModelError, Precision, Quant, Result, Setup};
 
 /// Label at the start of the digest input.
 const DIGEST_LABEL: &[u8] = b"veritrace/model/llama/v1";
 
 /// A weight tensor: name, shape and row-major f32 elements.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// The fields of a Hugging Face `LlamaConfig` (`config.json`) this decoder reads. Anything the
+/// architecture of the [module docs](self) does not compute (an activation other than SiLU, rope
+/// scaling, biases, a head size other than `hidden / heads`) is refused when converted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HfLlamaConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (default: as many as query heads).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Rotary base (default 10000).
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// RMSNorm epsilon (default 1e-6).
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    /// Whether the LM head shares the embedding (default false).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Activation (must be `silu`).
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Explicit head size, if given (must equal `hidden_size / num_attention_heads`).
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    /// Rope scaling (must be absent or null).
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Attention biases (must be absent or false).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// MLP biases (must be absent or false).
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+impl HfLlamaConfig {
+    /// Reads and parses `config.json`.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
+            path: path.display().to_string(),
+            reason: format!("not a Llama config: {e}"),
+        })
+    }
+
+    /// The decoder configuration (seed 0), refusing what this decoder does not compute.
+    pub fn to_config(&self) -> Result<ModelConfig> {
+        let bad = |m: String| Err(ModelError::InvalidConfig(m));
+        if self.hidden_act != "silu" {
+            return bad(format!("hidden_act {:?} (only silu)", self.hidden_act));
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return bad("rope_scaling is not supported".into());
+        }
+        if self.attention_bias || self.mlp_bias {
+            return bad("biases are not supported".into());
+        }
+        let config = ModelConfig {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            num_layers: self.num_hidden_layers,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads.unwrap_or(self.num_attention_heads),
+            intermediate_size: self.intermediate_size,
+            rope_theta: self.rope_theta,
+            rms_norm_eps: self.rms_norm_eps,
+            seed: 0,
+        };
+        config.validate()?;
+        if let Some(hd) = self.head_dim {
+            if hd != config.head_dim() {
+                return bad(format!(
+                    "head_dim {hd} differs from hidden_size / num_attention_heads = {}",
+                    config.head_dim()
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    /// The Hugging Face form of a decoder configuration (untied head, no biases).
+    pub fn from_config(c: &ModelConfig) -> Self {
+        HfLlamaConfig {
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            num_hidden_layers: c.num_layers,
+            num_attention_heads: c.num_heads,
+            num_key_value_heads: Some(c.num_kv_heads),
+            intermediate_size: c.intermediate_size,
+            rope_theta: c.rope_theta,
+            rms_norm_eps: c.rms_norm_eps,
+            tie_word_embeddings: false,
+            hidden_act: "silu".into(),
+            head_dim: Some(c.head_dim()),
+            rope_scaling: None,
+            attention_bias: false,
+            mlp_bias: false,
+        }
+    }
+}
+
+/// The safetensors files of a checkpoint directory: `model.safetensors`, or the shards named by
+/// `model.safetensors.index.json` (each once, sorted).
+fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    let bytes = std::fs::read(&index).map_err(|_| ModelError::Checkpoint {
+        path: dir.display().to_string(),
+        reason: "neither model.safetensors nor model.safetensors.index.json is there".into(),
+    })?;
+    let bad = |reason: String| ModelError::Checkpoint {
+        path: index.display().to_string(),
+        reason,
+    };
+    let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no weight_map object".into()))?;
+    let mut files: Vec<String> = map
+        .values()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| bad("a weight_map value is not a file name".into()))
+        })
+        .collect::<Result<_>>()?;
+    files.sort();
+    files.dedup();
+    files
+        .into_iter()
+        .map(|f| {
+            if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                Err(bad(format!("shard name {f:?} leaves the directory")))
+            } else {
+                Ok(dir.join(f))
+            }
+        })
+        .collect()
+}
+
+/// Every tensor of a safetensors file, converted to f32 (F32, F16 and BF16 are accepted).
+fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    let file = path.display().to_string();
+    let bad = |reason: String| ModelError::Checkpoint {
+        path: file.clone(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            safetensors::Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => return Err(bad(format!("tensor {name} has dtype {other:?}"))),
+        };
+        out.push((name, view.shape().to_vec(), values));
+    }
+    Ok(out)
+}
 
 /// Hyperparameters of the decoder (and the seed of its weights).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,6 +451,8 @@ pub struct LlamaModel {
     final_norm: Tensor,
     lm_head: Tensor,
     digest: Digest,
+    /// Weights prepared per (precision, quantization), shared by clones.
+    prepared: WeightCache,
 }
 
 /// Kind of a seeded tensor (which scale rule applies).
@@ -348,8 +564,50 @@ impl LlamaModel {
     pub fn new(config: ModelConfig) -> Result<Self> {
         config.validate()?;
         let tensors = seeded_weights(&config);
-        let digest = digest_of(&config, &tensors);
-        let mut it = tensors
+        Self::from_tensors(config, tensors)
+    }
+
+    /// A model from its configuration and its weights, `(name, shape, elements)` with the
+    /// Hugging Face Llama names of the [module docs](self), in any order. Every tensor must be
+    /// present with its documented shape and finite values; extra tensors are refused.
+    pub fn from_tensors(config: ModelConfig, tensors: Vec<NamedTensor>) -> Result<Self> {
+        config.validate()?;
+        let mut by_name: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+        for (name, shape, data) in tensors {
+            if by_name.insert(name.clone(), (shape, data)).is_some() {
+                return Err(ModelError::InvalidConfig(format!(
+                    "tensor {name} given twice"
+                )));
+            }
+        }
+        let mut ordered = Vec::new();
+        for (name, shape, _) in tensor_specs(&config) {
+            let (got, data) = by_name
+                .remove(&name)
+                .ok_or_else(|| ModelError::InvalidConfig(format!("tensor {name} is missing")))?;
+            let n: usize = shape.iter().product();
+            if got != shape || data.len() != n {
+                return Err(ModelError::InvalidConfig(format!(
+                    "tensor {name} has shape {got:?} ({} elements), expected {shape:?}",
+                    data.len()
+                )));
+            }
+            if let Some(index) = first_non_finite(&data) {
+                return Err(ModelError::NonFinite {
+                    what: "model weight",
+                    index,
+                });
+            }
+            ordered.push((name, shape, data));
+        }
+        if let Some(extra) = by_name.keys().min() {
+            return Err(ModelError::InvalidConfig(format!(
+                "unexpected tensor {extra} ({} extra)",
+                by_name.len()
+            )));
+        }
+        let digest = digest_of(&config, &ordered);
+        let mut it = ordered
             .into_iter()
             .map(|(_, shape, data)| Tensor::from_vec(data, shape, &Device::Cpu));
         let mut next = || -> Result<Tensor> {
@@ -381,6 +639,74 @@ impl LlamaModel {
             final_norm,
             lm_head,
             digest,
+            prepared: WeightCache::default(),
+        })
+    }
+
+    /// Loads a Llama-style checkpoint directory: `config.json` (Hugging Face `LlamaConfig`
+    /// fields, see [`HfLlamaConfig`]) and the weights in `model.safetensors`, or in the shards
+    /// listed by `model.safetensors.index.json`. F32, F16 and BF16 tensors are read (and held
+    /// as f32); a missing `lm_head.weight` with `tie_word_embeddings` reuses the embedding.
+    /// The model's [`LlamaModel::digest`] covers the configuration (with `seed` 0) and the
+    /// weights as loaded.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let hf = HfLlamaConfig::read(&dir.join("config.json"))?;
+        let config = hf.to_config()?;
+        let files = checkpoint_files(dir)?;
+        let mut tensors = Vec::new();
+        for file in &files {
+            tensors.extend(read_safetensors(file)?);
+        }
+        if hf.tie_word_embeddings && !tensors.iter().any(|(n, _, _)| n == "lm_head.weight") {
+            if let Some((_, shape, data)) = tensors
+                .iter()
+                .find(|(n, _, _)| n == "model.embed_tokens.weight")
+                .cloned()
+            {
+                tensors.push(("lm_head.weight".into(), shape, data));
+            }
+        }
+        // Rotary inverse-frequency buffers that some exports carry are derived, not weights.
+        tensors.retain(|(n, _, _)| !n.ends_with("rotary_emb.inv_freq"));
+        Self::from_tensors(config, tensors).map_err(|e| ModelError::Checkpoint {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes the model as a checkpoint directory [`LlamaModel::load`] reads back bit for bit:
+    /// `config.json` (Hugging Face field names) and `model.safetensors` (F32, untied head).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| ModelError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let config_path = dir.join("config.json");
+        let json = serde_json::to_string_pretty(&HfLlamaConfig::from_config(&self.config))
+            .map_err(|e| ModelError::InvalidConfig(e.to_string()))?;
+        std::fs::write(&config_path, json).map_err(io(&config_path))?;
+        let tensors = self.named_tensors()?;
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let path = dir.join("model.safetensors");
+        let views = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((name, shape, _), b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                    .map(|v| (name.as_str(), v))
+                    .map_err(|e| ModelError::Checkpoint {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize_to_file(views, None, &path).map_err(|e| ModelError::Checkpoint {
+            path: path.display().to_string(),
+            reason: e.to_string(),
         })
     }
 
@@ -423,9 +749,18 @@ impl LlamaModel {
             .collect()
     }
 
-    fn check_setup(setup: &Setup) -> Result<()> {
-        if *setup != Setup::F32_EAGER {
-            return Err(ModelError::UnsupportedSetup(setup.to_string()));
+    /// Checks that `setup` is valid and fits this model (a skipped or reused layer exists).
+    fn check_setup(&self, setup: &Setup) -> Result<()> {
+        setup.validate()?;
+        let layers = self.config.num_layers;
+        for (what, l) in [("skip", setup.skip), ("reuse", setup.reuse)] {
+            if let Some(l) = l {
+                if l > layers {
+                    return Err(ModelError::UnsupportedSetup(format!(
+                        "{what}={l}, but the model has {layers} layers"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -461,24 +796,78 @@ impl LlamaModel {
 
     /// The full trace `h_0 … h_L` of `tokens` under `setup`, computed in tiles of `tile` rows.
     pub fn trace(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<crate::Trace> {
-        Self::check_setup(setup)?;
+        self.trace_with(setup, tokens, tile, Capture::default())
+    }
+
+    /// [`LlamaModel::trace`] with optional extra captures (the attention keys of every layer).
+    pub fn trace_with(
+        &self,
+        setup: &Setup,
+        tokens: &[u32],
+        tile: usize,
+        capture: Capture,
+    ) -> Result<crate::Trace> {
+        self.run(setup, tokens, tile, capture, true)
+    }
+
+    /// The same forward as [`LlamaModel::trace`] with no trace kept: each hidden state is
+    /// dropped once the layers that read it are done, and only `h_L` is returned (row-major
+    /// f32 `[tokens, hidden]`, bitwise the trace's last layer). The baseline against which the
+    /// cost of capturing a trace is measured.
+    pub fn forward(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<Vec<f32>> {
+        let mut t = self.run(setup, tokens, tile, Capture::default(), false)?;
+        Ok(t.layers.pop().unwrap_or_default())
+    }
+
+    fn run(
+        &self,
+        setup: &Setup,
+        tokens: &[u32],
+        tile: usize,
+        capture: Capture,
+        keep: bool,
+    ) -> Result<crate::Trace> {
+        self.check_setup(setup)?;
         if tokens.is_empty() {
             return Err(ModelError::InvalidArgument("no tokens to run".into()));
         }
         check_tile(tile)?;
         let n = tokens.len();
-        let tiles = n.div_ceil(tile);
+        let arith = self.arith(setup)?;
+        let (blk, blocks) = arith.blocks(tile, 0..n);
         let mut layers = Vec::with_capacity(self.config.num_layers + 1);
-        layers.push(self.embed_tokens(tokens)?);
-        for l in 0..self.config.num_layers {
-            let x = layers.last().expect("non-empty");
-            let y = self.layer_tiles(l, x, n, tile, 0..tiles)?;
+        let mut keys = Vec::new();
+        layers.push(self.embed_rows(&arith, tokens)?);
+        for l in 1..=self.config.num_layers {
+            let x = &layers[l - 1];
+            let (y, k) = if setup.skip == Some(l) || setup.reuse == Some(l) {
+                // The layer is not computed; its keys are what it would have attended with.
+                let y = if setup.skip == Some(l) {
+                    x.clone()
+                } else {
+                    arith.reuse_update(x, &layers[l - 2])?
+                };
+                let k = if capture.keys {
+                    Some(arith.keys_of(l - 1, x, n, blk, blocks.end)?)
+                } else {
+                    None
+                };
+                (y, k)
+            } else {
+                arith.layer_blocks(l - 1, x, n, blk, blocks.clone(), capture.keys)?
+            };
             layers.push(y);
+            keys.extend(k);
+            if !keep && l >= 2 {
+                // h_{l-2} is read by nothing after layer l (a reuse reads two layers back).
+                layers[l - 2] = Vec::new();
+            }
         }
         Ok(crate::Trace {
             tokens: n,
             hidden: self.config.hidden_size,
             layers,
+            keys,
         })
     }
 
@@ -486,7 +875,8 @@ impl LlamaModel {
     /// `chunk·tile .. e` of `h_layer`, from the rows `0..e` of the layer below (or, for layer 0,
     /// the tokens of positions `0..e`), where `e = inputs' row count` must satisfy
     /// `chunk·tile < e ≤ (chunk + 1)·tile`. Bitwise identical to those rows of
-    /// [`LlamaModel::trace`] of any sequence that starts with these positions.
+    /// [`LlamaModel::trace`] of any sequence that starts with these positions. A layer that
+    /// `setup` reuses cannot be recomputed from one layer's rows and is refused.
     pub fn recompute_cell(
         &self,
         setup: &Setup,
@@ -495,7 +885,7 @@ impl LlamaModel {
         chunk: usize,
         inputs: CellInputs<'_>,
     ) -> Result<Vec<f32>> {
-        Self::check_setup(setup)?;
+        self.check_setup(setup)?;
         check_tile(tile)?;
         if layer > self.config.num_layers {
             return Err(ModelError::InvalidArgument(format!(
@@ -530,8 +920,9 @@ impl LlamaModel {
                 got: rows,
             });
         }
+        let arith = self.arith(setup)?;
         match (layer, inputs) {
-            (0, CellInputs::Tokens(t)) => self.embed_tokens(&t[start..]),
+            (0, CellInputs::Tokens(t)) => self.embed_rows(&arith, &t[start..]),
             (0, CellInputs::Hidden(_)) => Err(ModelError::InvalidArgument(
                 "layer 0 is recomputed from tokens, not hidden rows".into(),
             )),
@@ -546,7 +937,18 @@ impl LlamaModel {
                         index,
                     });
                 }
-                self.layer_tiles(l - 1, h, rows, tile, chunk..chunk + 1)
+                if setup.skip == Some(l) {
+                    return Ok(h[start * d..].to_vec());
+                }
+                if setup.reuse == Some(l) {
+                    return Err(ModelError::UnsupportedSetup(format!(
+                        "{setup}: layer {l} reuses layer {}'s update and cannot be recomputed \
+                         from the rows of one layer",
+                        l - 1
+                    )));
+                }
+                let (blk, blocks) = arith.blocks(tile, start..rows);
+                Ok(arith.layer_blocks(l - 1, h, rows, blk, blocks, false)?.0)
             }
         }
     }
@@ -554,7 +956,7 @@ impl LlamaModel {
     /// The greedy next token from one last-layer row: final RMSNorm, LM head (a `[1, hidden]`
     /// matmul, the same shape wherever it is called), argmax with the lowest index on ties.
     pub fn next_token_from_row(&self, setup: &Setup, row: &[f32]) -> Result<u32> {
-        Self::check_setup(setup)?;
+        self.check_setup(setup)?;
         let d = self.config.hidden_size;
         if row.len() != d {
             return Err(ModelError::WrongLength {
@@ -569,10 +971,12 @@ impl LlamaModel {
                 index,
             });
         }
-        let x = Tensor::from_slice(row, (1, d), &Device::Cpu)?;
-        let n = self.rms_norm(&x, &self.final_norm)?;
-        let logits = n
-            .matmul(&self.lm_head.t()?)?
+        let arith = self.arith(setup)?;
+        let x = arith.cast(&Tensor::from_slice(row, (1, d), &Device::Cpu)?)?;
+        let n = arith.rms_norm(&x, &self.final_norm)?;
+        let logits = arith
+            .linear(&n, &arith.w.lm_head)?
+            .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         let mut best = 0usize;
@@ -591,8 +995,8 @@ impl LlamaModel {
     }
 
     /// Greedy generation: appends `n_out` tokens to `prompt`, each predicted by
-    /// [`LlamaModel::next_token_from_row`] from the last row of a tiled forward over the sequence so far.
-    /// Because of the padded tiles, those rows are bitwise the rows of the final trace.
+    /// [`LlamaModel::next_token_from_row`] from the last row of a forward over the sequence so
+    /// far. Because of the padded tiles, those rows are bitwise the rows of the final trace.
     pub fn generate(
         &self,
         setup: &Setup,
@@ -600,7 +1004,7 @@ impl LlamaModel {
         n_out: usize,
         tile: usize,
     ) -> Result<Vec<u32>> {
-        Self::check_setup(setup)?;
+        self.check_setup(setup)?;
         if prompt.is_empty() {
             return Err(ModelError::InvalidArgument("the prompt is empty".into()));
         }
@@ -610,7 +1014,6 @@ impl LlamaModel {
         let d = self.config.hidden_size;
         for _ in 0..n_out {
             let p = seq.len() - 1;
-            // Only the last row's tile matters; run the layers over the tiles up to it.
             let trace = self.trace(setup, &seq, tile)?;
             let last = trace.layers.last().expect("layers");
             let t = self.next_token_from_row(setup, &last[p * d..(p + 1) * d])?;
@@ -619,21 +1022,206 @@ impl LlamaModel {
         Ok(seq.split_off(prompt.len()))
     }
 
-    fn rms_norm(&self, x: &Tensor, gain: &Tensor) -> Result<Tensor> {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv = ms.affine(1.0, self.config.rms_norm_eps)?.sqrt()?.recip()?;
-        Ok(x.broadcast_mul(&inv)?.broadcast_mul(gain)?)
+    /// Layer 0 under a setup: the embedding rows rounded to the setup's precision, as f32.
+    fn embed_rows(&self, arith: &Arith<'_>, tokens: &[u32]) -> Result<Vec<f32>> {
+        let rows = self.embed_tokens(tokens)?;
+        if arith.dtype == DType::F32 || rows.is_empty() {
+            return Ok(rows);
+        }
+        let n = rows.len();
+        let t = Tensor::from_vec(rows, n, &Device::Cpu)?;
+        Ok(t.to_dtype(arith.dtype)?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?)
     }
 
-    /// `cos` and `sin` tables `[tile, hd]` for positions `start..start + tile`.
-    fn rope_tables(&self, start: usize, tile: usize) -> Result<(Tensor, Tensor)> {
-        let hd = self.config.head_dim();
+    /// The weights of `setup` (precision and quantization applied), built once and cached.
+    fn weights_for(&self, setup: &Setup) -> Result<Arc<Weights>> {
+        let key = (setup.precision, setup.quant);
+        let mut cache = self
+            .prepared
+            .lock()
+            .map_err(|_| ModelError::InvalidArgument("the weight cache is poisoned".into()))?;
+        if let Some(w) = cache.get(&key) {
+            return Ok(Arc::clone(w));
+        }
+        let dtype = dtype_of(setup.precision);
+        let prep = |t: &Tensor, quantize: bool| -> Result<Tensor> {
+            let t = match (quantize, setup.quant) {
+                (true, Some(q)) => {
+                    let (rows, cols) = t.dims2()?;
+                    let values = t.flatten_all()?.to_vec1::<f32>()?;
+                    let deq = crate::quant::quantize_dequantize(&values, rows, cols, q)?;
+                    Tensor::from_vec(deq, (rows, cols), &Device::Cpu)?
+                }
+                _ => t.clone(),
+            };
+            Ok(t.to_dtype(dtype)?)
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    attn_norm: l.attn_norm.clone(),
+                    wq: prep(&l.wq, true)?,
+                    wk: prep(&l.wk, true)?,
+                    wv: prep(&l.wv, true)?,
+                    wo: prep(&l.wo, true)?,
+                    mlp_norm: l.mlp_norm.clone(),
+                    w_gate: prep(&l.w_gate, true)?,
+                    w_up: prep(&l.w_up, true)?,
+                    w_down: prep(&l.w_down, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let w = Arc::new(Weights {
+            layers,
+            lm_head: prep(&self.lm_head, false)?,
+        });
+        cache.insert(key, Arc::clone(&w));
+        Ok(w)
+    }
+
+    fn arith(&self, setup: &Setup) -> Result<Arith<'_>> {
+        Ok(Arith {
+            model: self,
+            setup: *setup,
+            dtype: dtype_of(setup.precision),
+            w: self.weights_for(setup)?,
+        })
+    }
+}
+
+/// What [`LlamaModel::trace_with`] records besides the hidden states.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// Record each layer's attention keys after the rotary embedding, `[tokens, kv_heads · hd]`
+    /// (in [`crate::Trace::keys`], layers `1..=L`).
+    pub keys: bool,
+}
+
+/// The candle dtype of a precision.
+fn dtype_of(p: Precision) -> DType {
+    match p {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+        Precision::F16 => DType::F16,
+    }
+}
+
+/// The weights one setup computes with: linear weights in the setup's dtype (quantized if the
+/// setup says so), norm gains in f32, the LM head in the setup's dtype (never quantized).
+#[derive(Debug)]
+struct Weights {
+    layers: Vec<Layer>,
+    lm_head: Tensor,
+}
+
+/// Cache key of [`Weights`].
+type WeightKey = (Precision, Option<Quant>);
+
+/// The prepared-weights cache shared by clones of a model.
+type WeightCache = Arc<Mutex<HashMap<WeightKey, Arc<Weights>>>>;
+
+/// The arithmetic of one setup: the building blocks every layer computation goes through.
+struct Arith<'m> {
+    model: &'m LlamaModel,
+    setup: Setup,
+    dtype: DType,
+    w: Arc<Weights>,
+}
+
+impl Arith<'_> {
+    /// The compute granularity for output rows `rows` with chunk size `tile`: blocks of `tile`
+    /// rows in prefill (the chunks themselves), single rows in decode order. Returns the block
+    /// size and the range of blocks covering `rows`.
+    fn blocks(&self, tile: usize, rows: Range<usize>) -> (usize, Range<usize>) {
+        match self.setup.order {
+            Order::Prefill => (tile, rows.start / tile..rows.end.div_ceil(tile)),
+            Order::Decode => (1, rows),
+        }
+    }
+
+    fn cast(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.to_dtype(self.dtype)?)
+    }
+
+    /// `x · Wᵀ` for `x: [r, in]`, `w: [out, in]`, with the setup's batch and split-K.
+    ///
+    /// * batch `b`: the rows are stacked `b` times (the other prompts of the batch) into one
+    ///   `[b·r, in]` matmul and the first `r` output rows kept;
+    /// * split-K `s`: the inner dimension is cut into `s` contiguous slices of
+    ///   `⌈in / s⌉` (the last one shorter); each slice's product is computed in f32 from the
+    ///   (exactly widened) operands, the partial sums are added in slice order in f32, and the
+    ///   total is rounded once to the setup's dtype, as a split-K kernel with f32 accumulators.
+    fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let r = x.dim(0)?;
+        let x = if self.setup.batch > 1 {
+            Tensor::cat(&vec![x; self.setup.batch], 0)?
+        } else {
+            x.clone()
+        };
+        let inner = w.dim(1)?;
+        let y = if self.setup.split_k > 1 && inner > 1 {
+            let part = inner.div_ceil(self.setup.split_k);
+            let mut acc: Option<Tensor> = None;
+            let mut start = 0;
+            while start < inner {
+                let len = part.min(inner - start);
+                // Operands widened to f32 (exactly), so each partial product is an f32
+                // accumulator as in a split-K kernel, not a 16-bit rounded result.
+                let xs = x
+                    .narrow(1, start, len)?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?;
+                let ws = w
+                    .narrow(1, start, len)?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?;
+                let p = xs.matmul(&ws.t()?)?;
+                acc = Some(match acc {
+                    None => p,
+                    Some(a) => a.add(&p)?,
+                });
+                start += len;
+            }
+            acc.expect("inner > 1").to_dtype(self.dtype)?
+        } else {
+            x.matmul(&w.t()?)?
+        };
+        if self.setup.batch > 1 {
+            Ok(y.narrow(0, 0, r)?)
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// RMSNorm with statistics in f32: `x` is converted to f32, normalized and scaled by the
+    /// f32 gain, then rounded to the setup's dtype.
+    fn rms_norm(&self, x: &Tensor, gain: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv = ms
+            .affine(1.0, self.model.config.rms_norm_eps)?
+            .sqrt()?
+            .recip()?;
+        Ok(x.broadcast_mul(&inv)?
+            .broadcast_mul(gain)?
+            .to_dtype(self.dtype)?)
+    }
+
+    /// `cos` and `sin` tables `[rows, 1, hd]` for positions `start..start + rows`, in the
+    /// setup's dtype.
+    fn rope_tables(&self, start: usize, rows: usize) -> Result<(Tensor, Tensor)> {
+        let c = &self.model.config;
+        let hd = c.head_dim();
         let half = hd / 2;
-        let mut cos = Vec::with_capacity(tile * hd);
-        let mut sin = Vec::with_capacity(tile * hd);
-        for p in start..start + tile {
+        let mut cos = Vec::with_capacity(rows * hd);
+        let mut sin = Vec::with_capacity(rows * hd);
+        for p in start..start + rows {
             let angles: Vec<f64> = (0..half)
-                .map(|i| p as f64 * self.config.rope_theta.powf(-((2 * i) as f64) / hd as f64))
+                .map(|i| p as f64 * c.rope_theta.powf(-((2 * i) as f64) / hd as f64))
                 .collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos() as f32));
@@ -641,12 +1229,12 @@ impl LlamaModel {
             }
         }
         Ok((
-            Tensor::from_vec(cos, (tile, 1, hd), &Device::Cpu)?,
-            Tensor::from_vec(sin, (tile, 1, hd), &Device::Cpu)?,
+            self.cast(&Tensor::from_vec(cos, (rows, 1, hd), &Device::Cpu)?)?,
+            self.cast(&Tensor::from_vec(sin, (rows, 1, hd), &Device::Cpu)?)?,
         ))
     }
 
-    /// Rotary positions on `x: [tile, heads, hd]`.
+    /// Rotary positions on `x: [rows, heads, hd]`.
     fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let hd = x.dim(D::Minus1)?;
         let half = hd / 2;
@@ -656,61 +1244,228 @@ impl LlamaModel {
         Ok(x.broadcast_mul(cos)?.add(&rotated.broadcast_mul(sin)?)?)
     }
 
-    /// Runs transformer layer `l` (0-based) over input rows `x` (`n` rows) in tiles of `tile`
-    /// rows and returns the output rows of tiles `out` (truncated at `n`). Reads the input tiles
-    /// `0..out.end`; every tile is a fresh `[tile, hidden]` tensor, zero-padded past `n`.
-    fn layer_tiles(
+    /// Block `t` of the input rows (`blk` rows from `t·blk`), zero-padded past `n`, in the
+    /// setup's dtype.
+    fn block_tensor(&self, x: &[f32], n: usize, blk: usize, t: usize) -> Result<Tensor> {
+        let d = self.model.config.hidden_size;
+        let mut rows = vec![0f32; blk * d];
+        let lo = (t * blk).min(n);
+        let hi = ((t + 1) * blk).min(n);
+        rows[..(hi - lo) * d].copy_from_slice(&x[lo * d..hi * d]);
+        self.cast(&Tensor::from_vec(rows, (blk, d), &Device::Cpu)?)
+    }
+
+    /// Normalized input, keys `[kv_heads, blk, hd]` (after rope) and values of block `t`.
+    fn kv_block(&self, w: &Layer, xt: &Tensor, blk: usize, t: usize) -> Result<[Tensor; 3]> {
+        let c = &self.model.config;
+        let (hd, nkv) = (c.head_dim(), c.num_kv_heads);
+        let nt = self.rms_norm(xt, &w.attn_norm)?;
+        let (cos, sin) = self.rope_tables(t * blk, blk)?;
+        let k = self.linear(&nt, &w.wk)?.reshape((blk, nkv, hd))?;
+        let k = Self::rope(&k, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
+        let v = self
+            .linear(&nt, &w.wv)?
+            .reshape((blk, nkv, hd))?
+            .transpose(0, 1)?
+            .contiguous()?;
+        Ok([nt, k, v])
+    }
+
+    /// Post-rope keys of layer `l` (0-based) for rows `0..n`, as f32 `[n, kv_heads · hd]`:
+    /// what a skipped or reused layer would have attended with.
+    fn keys_of(
         &self,
         l: usize,
         x: &[f32],
         n: usize,
-        tile: usize,
-        out: std::ops::Range<usize>,
+        blk: usize,
+        blocks: usize,
     ) -> Result<Vec<f32>> {
-        let c = &self.config;
+        let w = &self.w.layers[l];
+        let mut out =
+            Vec::with_capacity(n * self.model.config.num_kv_heads * self.model.config.head_dim());
+        for t in 0..blocks {
+            let xt = self.block_tensor(x, n, blk, t)?;
+            let [_, k, _] = self.kv_block(w, &xt, blk, t)?;
+            out.extend(Self::keys_rows(&k, blk.min(n - t * blk))?);
+        }
+        Ok(out)
+    }
+
+    /// Keys `[kv_heads, blk, hd]` as f32 rows `[rows, kv_heads · hd]` (first `rows` rows).
+    fn keys_rows(k: &Tensor, rows: usize) -> Result<Vec<f32>> {
+        let (nkv, blk, hd) = k.dims3()?;
+        Ok(k.transpose(0, 1)?
+            .contiguous()?
+            .reshape((blk, nkv * hd))?
+            .narrow(0, 0, rows)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
+    /// `h_l = h_{l−1} + (h_{l−1} − h_{l−2})` in the setup's dtype.
+    fn reuse_update(&self, prev: &[f32], prev2: &[f32]) -> Result<Vec<f32>> {
+        let a = self.cast(&Tensor::from_slice(prev, prev.len(), &Device::Cpu)?)?;
+        let b = self.cast(&Tensor::from_slice(prev2, prev2.len(), &Device::Cpu)?)?;
+        Ok(a.add(&a.sub(&b)?)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+
+    /// The mask of queries at positions `q0..q0 + tq` over keys `k0..k0 + e`: `0` where the
+    /// setup's attention lets the query see the key (causal; within the window for
+    /// `window:W`), `−∞` elsewhere. f32.
+    fn mask(&self, q0: usize, tq: usize, k0: usize, e: usize) -> Result<Tensor> {
+        let window = match self.setup.attention {
+            Attention::Window { size } => size,
+            _ => usize::MAX,
+        };
+        let mask: Vec<f32> = (0..tq)
+            .flat_map(|i| {
+                let p = q0 + i;
+                (k0..k0 + e).map(move |key| {
+                    if key <= p && p - key < window {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        Ok(Tensor::from_vec(mask, (tq, e), &Device::Cpu)?)
+    }
+
+    /// Attention of queries `q: [heads, tq, hd]` at positions `q0..` over keys and values
+    /// `[heads, e, hd]` at positions `0..e`; returns `[heads, tq, hd]` in the setup's dtype.
+    /// Scores are computed in the setup's dtype and converted to f32 before scaling, masking
+    /// and the softmax; probabilities are rounded to the dtype for the product with `v`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, q0: usize) -> Result<Tensor> {
+        let (_, tq, hd) = q.dims3()?;
+        let e = k.dim(1)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let scores_of = |k: &Tensor| -> Result<Tensor> {
+            Ok(q.matmul(&k.t()?.contiguous()?)?
+                .to_dtype(DType::F32)?
+                .affine(scale, 0.0)?)
+        };
+        match self.setup.attention {
+            Attention::Eager | Attention::Window { .. } => {
+                let scores = scores_of(k)?.broadcast_add(&self.mask(q0, tq, 0, e)?)?;
+                self.softmax_times_v(&scores, v)
+            }
+            Attention::TopK { k: keep } => {
+                let scores = scores_of(k)?.broadcast_add(&self.mask(q0, tq, 0, e)?)?;
+                let (heads, _, _) = scores.dims3()?;
+                let mut values = scores.flatten_all()?.to_vec1::<f32>()?;
+                let mut sorted = Vec::with_capacity(e);
+                for row in values.chunks_mut(e) {
+                    sorted.clear();
+                    sorted.extend(row.iter().copied().filter(|s| s.is_finite()));
+                    if sorted.len() > keep {
+                        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+                        let threshold = sorted[keep - 1];
+                        for s in row.iter_mut() {
+                            if *s < threshold {
+                                *s = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                }
+                let scores = Tensor::from_vec(values, (heads, tq, e), &Device::Cpu)?;
+                self.softmax_times_v(&scores, v)
+            }
+            Attention::Tiled { block } => {
+                // Online softmax over key blocks; key 0 (in the first block) is visible to
+                // every query, so the running maximum is finite from the first block on.
+                let mut state: Option<(Tensor, Tensor, Tensor)> = None; // (m, s, o)
+                let last_key = q0 + tq; // keys at or beyond this are masked for every query
+                let mut k0 = 0;
+                while k0 < e.min(last_key) {
+                    let len = block.min(e - k0);
+                    let kb = k.narrow(1, k0, len)?;
+                    let vb = v.narrow(1, k0, len)?;
+                    let s = scores_of(&kb)?.broadcast_add(&self.mask(q0, tq, k0, len)?)?;
+                    let bmax = s.max_keepdim(D::Minus1)?;
+                    state = Some(match state {
+                        None => {
+                            let p = s.broadcast_sub(&bmax)?.exp()?;
+                            let sum = p.sum_keepdim(D::Minus1)?;
+                            let o = p.to_dtype(self.dtype)?.matmul(&vb)?.to_dtype(DType::F32)?;
+                            (bmax, sum, o)
+                        }
+                        Some((m, sum, o)) => {
+                            let m_new = m.maximum(&bmax)?;
+                            let corr = m.sub(&m_new)?.exp()?;
+                            let p = s.broadcast_sub(&m_new)?.exp()?;
+                            let sum = sum.mul(&corr)?.add(&p.sum_keepdim(D::Minus1)?)?;
+                            let pv = p.to_dtype(self.dtype)?.matmul(&vb)?.to_dtype(DType::F32)?;
+                            let o = o.broadcast_mul(&corr)?.add(&pv)?;
+                            (m_new, sum, o)
+                        }
+                    });
+                    k0 += len;
+                }
+                let (_, sum, o) = state.expect("at least key 0 is visible");
+                Ok(o.broadcast_div(&sum)?.to_dtype(self.dtype)?)
+            }
+        }
+    }
+
+    fn softmax_times_v(&self, scores: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let max = scores.max_keepdim(D::Minus1)?;
+        let exp = scores.broadcast_sub(&max)?.exp()?;
+        let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
+        Ok(probs.to_dtype(self.dtype)?.matmul(v)?)
+    }
+
+    /// Runs transformer layer `l` (0-based) over input rows `x` (`n` rows) in blocks of `blk`
+    /// rows and returns the output rows of blocks `out` (truncated at `n`) as f32, and with
+    /// `keys` the post-rope keys of rows `0..min(n, out.end·blk)` (f32 `[rows, kv·hd]`).
+    /// Reads the input blocks `0..out.end`; every block is a fresh `[blk, hidden]` tensor,
+    /// zero-padded past `n`.
+    fn layer_blocks(
+        &self,
+        l: usize,
+        x: &[f32],
+        n: usize,
+        blk: usize,
+        out: Range<usize>,
+        keys_wanted: bool,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let c = &self.model.config;
         let (d, hd) = (c.hidden_size, c.head_dim());
         let (nh, nkv) = (c.num_heads, c.num_kv_heads);
-        let w = &self.layers[l];
-        let dev = Device::Cpu;
+        let w = &self.w.layers[l];
 
-        let tile_tensor = |t: usize| -> Result<Tensor> {
-            let mut rows = vec![0f32; tile * d];
-            let lo = (t * tile).min(n);
-            let hi = ((t + 1) * tile).min(n);
-            rows[..(hi - lo) * d].copy_from_slice(&x[lo * d..hi * d]);
-            Ok(Tensor::from_vec(rows, (tile, d), &dev)?)
-        };
-
-        // 1. normalized inputs, keys and values of every tile up to the last output tile
+        // 1. normalized inputs, keys and values of every block up to the last output block
         let mut xs = Vec::with_capacity(out.end);
         let mut normed = Vec::with_capacity(out.end);
         let mut keys = Vec::with_capacity(out.end);
         let mut values = Vec::with_capacity(out.end);
         for t in 0..out.end {
-            let xt = tile_tensor(t)?;
-            let nt = self.rms_norm(&xt, &w.attn_norm)?;
-            let (cos, sin) = self.rope_tables(t * tile, tile)?;
-            let k = nt.matmul(&w.wk.t()?)?.reshape((tile, nkv, hd))?;
-            let k = Self::rope(&k, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
-            let v = nt
-                .matmul(&w.wv.t()?)?
-                .reshape((tile, nkv, hd))?
-                .transpose(0, 1)?
-                .contiguous()?;
+            let xt = self.block_tensor(x, n, blk, t)?;
+            let [nt, k, v] = self.kv_block(w, &xt, blk, t)?;
             xs.push(xt);
             normed.push(nt);
             keys.push(k);
             values.push(v);
         }
+        let captured = if keys_wanted {
+            let mut all = Vec::with_capacity(n * nkv * hd);
+            for (t, k) in keys.iter().enumerate() {
+                all.extend(Self::keys_rows(k, blk.min(n.saturating_sub(t * blk)))?);
+            }
+            Some(all)
+        } else {
+            None
+        };
 
-        let scale = 1.0 / (hd as f64).sqrt();
         let rep = nh / nkv;
-        let mut result = Vec::with_capacity((out.end - out.start) * tile * d);
+        let mut result = Vec::with_capacity((out.end - out.start) * blk * d);
         for j in out {
-            let e = (j + 1) * tile;
-            // 2. attention of the tile's queries over keys 0..e
-            let (cos, sin) = self.rope_tables(j * tile, tile)?;
-            let q = normed[j].matmul(&w.wq.t()?)?.reshape((tile, nh, hd))?;
+            let e = (j + 1) * blk;
+            // 2. attention of the block's queries over keys 0..e
+            let (cos, sin) = self.rope_tables(j * blk, blk)?;
+            let q = self.linear(&normed[j], &w.wq)?.reshape((blk, nh, hd))?;
             let q = Self::rope(&q, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
             let k = Tensor::cat(&keys[..=j], 1)?; // [nkv, e, hd]
             let v = Tensor::cat(&values[..=j], 1)?;
@@ -726,39 +1481,26 @@ impl LlamaModel {
                         .reshape((nh, e, hd))?,
                 )
             };
-            let scores = q.matmul(&k.t()?.contiguous()?)?.affine(scale, 0.0)?;
-            let mask: Vec<f32> = (0..tile)
-                .flat_map(|i| {
-                    (0..e).map(move |key| {
-                        if key <= j * tile + i {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (tile, e), &dev)?;
-            let scores = scores.broadcast_add(&mask)?;
-            let max = scores.max_keepdim(D::Minus1)?;
-            let exp = scores.broadcast_sub(&max)?.exp()?;
-            let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
-            let attn = probs
-                .matmul(&v)?
+            let attn = self
+                .attend(&q, &k, &v, j * blk)?
                 .transpose(0, 1)?
                 .contiguous()?
-                .reshape((tile, nh * hd))?;
-            let a = xs[j].add(&attn.matmul(&w.wo.t()?)?)?;
+                .reshape((blk, nh * hd))?;
+            let a = xs[j].add(&self.linear(&attn, &w.wo)?)?;
             // 3. SwiGLU MLP
             let m = self.rms_norm(&a, &w.mlp_norm)?;
-            let gate = m.matmul(&w.w_gate.t()?)?.silu()?;
-            let up = m.matmul(&w.w_up.t()?)?;
-            let h = a.add(&gate.mul(&up)?.matmul(&w.w_down.t()?)?)?;
-            let rows = tile.min(n.saturating_sub(j * tile));
-            let h = h.narrow(0, 0, rows)?.flatten_all()?.to_vec1::<f32>()?;
+            let gate = self.linear(&m, &w.w_gate)?.silu()?;
+            let up = self.linear(&m, &w.w_up)?;
+            let h = a.add(&self.linear(&gate.mul(&up)?, &w.w_down)?)?;
+            let rows = blk.min(n.saturating_sub(j * blk));
+            let h = h
+                .narrow(0, 0, rows)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             result.extend_from_slice(&h);
         }
-        Ok(result)
+        Ok((result, captured))
     }
 }
 

@@ -3,6 +3,8 @@
 //! A trace file holds one F32 tensor `h.<l>` of shape `[tokens, hidden]` per hidden state
 //! `l = 0..=L` (the format `veritrace commit` reads) and, optionally, the statement it was
 //! committed under as JSON in the safetensors metadata under [`STATEMENT_METADATA_KEY`].
+//! Captured attention keys, when present, are F32 tensors `k.<l>` of shape
+//! `[tokens, kv_heads · head_dim]` for `l = 1..=L`; `veritrace commit` reads only `h.*`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -27,6 +29,10 @@ pub struct Trace {
     pub hidden: usize,
     /// `h_0 … h_L`.
     pub layers: Vec<Vec<f32>>,
+    /// Optional attention keys of layers `1..=L` after the rotary embedding, row-major f32
+    /// `[tokens, kv_heads · head_dim]` each; empty when not captured. Not part of the
+    /// committed trace.
+    pub keys: Vec<Vec<f32>>,
 }
 
 impl Trace {
@@ -71,6 +77,22 @@ impl Trace {
                 "a trace needs at least one layer, token and column".into(),
             ));
         }
+        if !self.keys.is_empty() && self.keys.len() + 1 != self.layers.len() {
+            return Err(ModelError::WrongLength {
+                what: "captured key layers",
+                expected: format!("0 or {}", self.layers.len() - 1),
+                got: self.keys.len(),
+            });
+        }
+        for k in &self.keys {
+            if k.is_empty() || !k.len().is_multiple_of(self.tokens) {
+                return Err(ModelError::WrongLength {
+                    what: "captured keys (elements)",
+                    expected: format!("a positive multiple of {} tokens", self.tokens),
+                    got: k.len(),
+                });
+            }
+        }
         for l in &self.layers {
             if l.len() != self.tokens * self.hidden {
                 return Err(ModelError::WrongLength {
@@ -89,12 +111,27 @@ impl Trace {
 pub fn write_trace(path: &Path, trace: &Trace, statement: Option<&Statement>) -> Result<()> {
     trace.check()?;
     let bytes = trace.layer_bytes();
-    let names: Vec<String> = (0..bytes.len()).map(|l| format!("h.{l}")).collect();
+    let key_bytes: Vec<Vec<u8>> = trace
+        .keys
+        .iter()
+        .map(|k| k.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let names: Vec<String> = (0..bytes.len())
+        .map(|l| format!("h.{l}"))
+        .chain((1..=key_bytes.len()).map(|l| format!("k.{l}")))
+        .collect();
+    let shapes = std::iter::repeat_n(vec![trace.tokens, trace.hidden], bytes.len()).chain(
+        trace
+            .keys
+            .iter()
+            .map(|k| vec![trace.tokens, k.len() / trace.tokens]),
+    );
     let views = names
         .iter()
-        .zip(&bytes)
-        .map(|(name, b)| {
-            TensorView::new(StDtype::F32, vec![trace.tokens, trace.hidden], b)
+        .zip(bytes.iter().chain(&key_bytes))
+        .zip(shapes)
+        .map(|((name, b), shape)| {
+            TensorView::new(StDtype::F32, shape, b)
                 .map(|v| (name.as_str(), v))
                 .map_err(|e| ModelError::TraceFile {
                     path: path.display().to_string(),
@@ -169,6 +206,44 @@ pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
         layers.push(values);
     }
     let shape = shape.expect("at least one layer");
+    let key_count = st.names().iter().filter(|n| n.starts_with("k.")).count();
+    let mut keys = Vec::with_capacity(key_count);
+    if key_count != 0 && key_count + 1 != count {
+        return Err(bad(format!(
+            "{key_count} k.* key tensors for {count} hidden states (expected {})",
+            count - 1
+        )));
+    }
+    for l in 1..=key_count {
+        let name = format!("k.{l}");
+        let view = st
+            .tensor(&name)
+            .map_err(|_| bad(format!("key tensor {name} is missing")))?;
+        if view.dtype() != StDtype::F32
+            || view.shape().len() != 2
+            || view.shape()[0] != shape[0]
+            || view.shape()[1] == 0
+        {
+            return Err(bad(format!(
+                "{name} is {:?} {:?}, not F32 [{}, width]",
+                view.dtype(),
+                view.shape(),
+                shape[0]
+            )));
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if let Some(index) = first_non_finite(&values) {
+            return Err(ModelError::NonFinite {
+                what: "trace file keys",
+                index,
+            });
+        }
+        keys.push(values);
+    }
     let statement = metadata
         .metadata()
         .as_ref()
@@ -183,6 +258,7 @@ pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
             tokens: shape[0],
             hidden: shape[1],
             layers,
+            keys,
         },
         statement,
     ))

@@ -89,7 +89,7 @@ fn statements_the_engine_cannot_run_are_refused() {
         .unwrap();
     let cells = statement.geometry.num_cells() as u32;
     let mut other_setup = statement.clone();
-    other_setup.setup = b"bf16/attn=eager".to_vec();
+    other_setup.setup = b"f32/attn=flash".to_vec();
     let mut other_model = statement.clone();
     other_model.model_digest = LlamaModel::preset("small").unwrap().digest();
     for s in [other_setup, other_model] {
@@ -104,6 +104,21 @@ fn statements_the_engine_cannot_run_are_refused() {
             "{v:?}"
         );
     }
+    // A setup the engine runs, claimed over a trace computed under another one: the
+    // recomputed cells differ, so the verifier rejects on the values.
+    let mut claimed_bf16 = statement.clone();
+    claimed_bf16.setup = b"bf16/attn=eager".to_vec();
+    let v = session(
+        &model,
+        &claimed_bf16,
+        trace.layer_bytes(),
+        config(Mode::Interactive, cells),
+    );
+    assert!(matches!(v, Verdict::Reject(_)), "{v:?}");
+    assert!(
+        !matches!(v, Verdict::Reject(RejectReason::RecomputeFailed { .. })),
+        "{v:?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,175 @@
+//! `veritrace fingerprint`: which numeric-setup changes a recomputing verifier can see — the
+//! reference post's table of invariant / identical-hardware / cross-hardware changes, measured
+//! on a model (a front for [`veritrace_model::fingerprint`]).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use thiserror::Error;
+use veritrace_model::fingerprint::{
+    parse_setups, DEFAULT_CHUNK, DEFAULT_PROMPTS, DEFAULT_THRESHOLD, DEFAULT_TOKENS,
+};
+use veritrace_model::{run_study, Engine, StudyPlan, StudyReport};
+
+use crate::engine::load_engine;
+
+/// Extra `--help` text of `veritrace fingerprint`.
+pub const AFTER_HELP: &str = "\
+Each of --prompts seeded prompts of --tokens tokens is traced under the reference and every
+setup, in row tiles of --chunk rows. The noise floor of a layer is the largest relative L2
+distance ||a - b|| / ||b|| from the reference of any honest variant (a setup that differs from the
+reference only in reduction order: splitk, batch, order=decode, the stand-in for other
+hardware). SNR = mean relative L2 distance from the reference / noise floor. Classes:
+invariant (bitwise identical on every prompt), identical-hardware (differs, max SNR below
+--threshold), cross-hardware (max SNR at or above --threshold).
+
+Setups file: one canonical setup string per line (e.g. bf16/attn=tiled:64/quant=int8-channel),
+'#' comments, blank lines ignored; the first setup is the reference. Without --setups the
+default plan is used (simulations/setups/default.txt holds it for the tiny model).
+
+Exit status: 0 on success, 2 when the command line, the model or the setups are refused,
+1 otherwise.";
+
+/// Arguments of `veritrace fingerprint`.
+#[derive(Debug, Clone, Args)]
+pub struct FingerprintArgs {
+    /// Model: a built-in preset (tiny, small). Paths are not supported yet.
+    #[arg(long, value_name = "tiny|small|PATH", default_value = "tiny")]
+    pub model: String,
+
+    /// Setups file (the first setup is the reference); default: the built-in default plan.
+    #[arg(long, value_name = "FILE")]
+    pub setups: Option<PathBuf>,
+
+    /// Number of prompts.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_PROMPTS)]
+    pub prompts: usize,
+
+    /// Tokens per prompt.
+    #[arg(long, value_name = "T", default_value_t = DEFAULT_TOKENS)]
+    pub tokens: usize,
+
+    /// Row tile (chunk) size of every trace.
+    #[arg(long, value_name = "C", default_value_t = DEFAULT_CHUNK)]
+    pub chunk: usize,
+
+    /// SNR at or above which a change counts as detectable across hardware.
+    #[arg(long, value_name = "X", default_value_t = DEFAULT_THRESHOLD,
+          allow_negative_numbers = true)]
+    pub threshold: f64,
+
+    /// Print the report as one JSON object instead of markdown.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also write fingerprint.md and fingerprint.json into this directory (created if needed).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// No progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Input refused by `veritrace fingerprint` before the study runs (the binary exits 2).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FingerprintInputError {
+    /// The setups file could not be read.
+    #[error("setups file {path}: {source}")]
+    ReadSetups {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The plan the arguments describe, for `engine`.
+///
+/// # Errors
+/// [`FingerprintInputError`] if the setups file cannot be read, a
+/// [`veritrace_model::FingerprintError`] if it or a parameter is refused.
+pub fn plan_from_args(args: &FingerprintArgs, engine: &dyn Engine) -> anyhow::Result<StudyPlan> {
+    let mut plan = match &args.setups {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| {
+                FingerprintInputError::ReadSetups {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+            let (reference, setups) =
+                parse_setups(&text).with_context(|| path.display().to_string())?;
+            StudyPlan {
+                reference,
+                setups,
+                ..StudyPlan::default_with_tokens(engine, args.tokens)
+            }
+        }
+        None => StudyPlan::default_with_tokens(engine, args.tokens),
+    };
+    plan.prompts = args.prompts;
+    plan.chunk = args.chunk;
+    plan.threshold = args.threshold;
+    plan.validate()?;
+    Ok(plan)
+}
+
+/// A progress bar of `total` traces on stderr, hidden when `quiet` or stderr is not a terminal.
+fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "fingerprint [{elapsed_precise}] {wide_bar} {pos}/{len} traces (eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Writes `fingerprint.md` and `fingerprint.json` into `dir`.
+pub fn write_outputs(dir: &Path, report: &StudyReport) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let md = dir.join("fingerprint.md");
+    std::fs::write(&md, report.to_markdown())
+        .with_context(|| format!("writing {}", md.display()))?;
+    let json = dir.join("fingerprint.json");
+    let mut text = serde_json::to_string_pretty(report)?;
+    text.push('\n');
+    std::fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
+    Ok(())
+}
+
+/// Runs `veritrace fingerprint`, writing the report (markdown, or JSON with `--json`) to `out`.
+///
+/// # Errors
+/// Input errors ([`crate::engine::EngineLoadError`], [`FingerprintInputError`],
+/// [`veritrace_model::FingerprintError`] other than an engine failure) make the binary exit 2;
+/// anything else (an engine failure, an unwritable output) exits 1.
+pub fn run(args: &FingerprintArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let engine = load_engine(&args.model)?;
+    let plan = plan_from_args(args, engine.as_ref())?;
+    let bar = progress_bar(plan.prompts * (plan.setups.len() + 1), args.quiet);
+    let report = run_study(engine.as_ref(), &plan, |done, _| {
+        bar.set_position(done as u64)
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    if let Some(dir) = &args.out {
+        write_outputs(dir, &report)?;
+    }
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        write!(out, "{}", report.to_markdown())?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The protocol over files, so that two parties can run it: `veritrace prove` (model + setup +
+//! prompt → trace + commitment), `veritrace challenge` (the verifier's random cells),
+//! `veritrace open` (the prover's opening) and `veritrace verify` (the verdict; see
+//! [`crate::verify`]).
+//!
+//! ```text
+//! prover:   veritrace prove --model tiny --prompt 1,2,3 --output 8 --out run/
+//!             → run/trace.safetensors (statement in its metadata), run/commitment.json
+//! verifier: veritrace challenge run/commitment.json --samples 4 --out challenge.json
+//! prover:   veritrace open run/trace.safetensors --challenge challenge.json --out opening.json
+//! verifier: veritrace verify --commitment run/commitment.json --challenge challenge.json \
+//!             --opening opening.json --model tiny        (exit 0 accept, 1 reject)
+//! ```
+//!
+//! Non-interactive (Fiat-Shamir): `veritrace open TRACE --non-interactive --samples K
+//! --pow-bits P --rounds R --out DIR` writes `opening-<r>.json` for each round (each challenge is
+//! derived from the transcript of the commitment and the proof-of-work nonce), and
+//! `veritrace verify --non-interactive --samples K --pow-bits P --opening DIR/opening-0.json …`
+//! derives the same challenges. Messages are the protocol crate's JSON forms.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use rand_core::{OsRng, RngCore};
+use thiserror::Error;
+use veritrace_commit::HasherId;
+use veritrace_model::{read_trace, write_trace, Engine, Setup};
+use veritrace_protocol::sampling::sample_cells;
+use veritrace_protocol::{
+    Challenge, ChallengeParams, Commitment, Message, Opening, Prover, SamplingStrategy,
+};
+
+use crate::engine::load_llama;
+
+/// A refused file or argument of the protocol verbs (exit 2).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum VerbInputError {
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A message file does not hold the expected message.
+    #[error("{path}: not a valid {what}: {reason}")]
+    Message {
+        /// The file.
+        path: String,
+        /// The expected message.
+        what: &'static str,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// An argument is malformed.
+    #[error("{0}")]
+    Argument(String),
+}
+
+/// Reads a JSON message file.
+pub fn read_message<M: Message>(path: &Path) -> Result<M, VerbInputError> {
+    let text = std::fs::read_to_string(path).map_err(|e| VerbInputError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    M::from_json(&text).map_err(|e| VerbInputError::Message {
+        path: path.display().to_string(),
+        what: M::NAME,
+        reason: e.to_string(),
+    })
+}
+
+/// Writes a message as JSON (to a temporary file, then renamed).
+pub fn write_message<M: Message>(path: &Path, message: &M) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, message.to_json() + "\n")
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// Parses a sampling strategy name (`uniform`, `stratified`, `cost-weighted`).
+pub fn parse_strategy(s: &str) -> Result<SamplingStrategy, VerbInputError> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        VerbInputError::Argument(format!(
+            "--strategy {s:?} (known: uniform, stratified, cost-weighted)"
+        ))
+    })
+}
+
+fn parse_tokens(s: &str) -> Result<Vec<u32>, VerbInputError> {
+    let tokens: Result<Vec<u32>, _> = s.split(',').map(|t| t.trim().parse::<u32>()).collect();
+    match tokens {
+        Ok(t) if !t.is_empty() => Ok(t),
+        _ => Err(VerbInputError::Argument(format!(
+            "--prompt {s:?} is not a comma-separated list of token ids"
+        ))),
+    }
+}
+
+/// Arguments of `veritrace prove`.
+#[derive(Debug, Args)]
+pub struct ProveArgs {
+    /// Model: a preset (tiny, small) or a Llama-style checkpoint directory.
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Numeric setup (canonical string).
+    #[arg(long, default_value = "f32/attn=eager")]
+    pub setup: String,
+    /// Prompt token ids, comma-separated. Default: a seeded prompt (--prompt-seed, --prompt-tokens).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Seed of the default prompt.
+    #[arg(long, default_value_t = 0)]
+    pub prompt_seed: u64,
+    /// Length of the default prompt.
+    #[arg(long, default_value_t = 16)]
+    pub prompt_tokens: usize,
+    /// Tokens to generate (greedy).
+    #[arg(long, default_value_t = 8)]
+    pub output: usize,
+    /// Token rows per cell.
+    #[arg(long, default_value_t = 8)]
+    pub chunk: u32,
+    /// Hasher of the commitment (blake3, sha256, poseidon).
+    #[arg(long, default_value = "blake3")]
+    pub hasher: String,
+    /// Output directory: trace.safetensors and commitment.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs `veritrace prove`.
+///
+/// # Errors
+/// Refused arguments, models or setups exit 2; anything else 1.
+pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let model = load_llama(&args.model)?;
+    let setup: Setup = args.setup.parse()?;
+    let hasher: HasherId = args
+        .hasher
+        .parse()
+        .map_err(|_| VerbInputError::Argument(format!("--hasher {:?}", args.hasher)))?;
+    if args.prompt_tokens == 0 || args.prompt_tokens > 1 << 16 || args.output > 1 << 16 {
+        return Err(VerbInputError::Argument(
+            "--prompt-tokens must be in 1..=65536 and --output at most 65536".into(),
+        )
+        .into());
+    }
+    let prompt = match &args.prompt {
+        Some(p) => parse_tokens(p)?,
+        None => model.prompt(args.prompt_seed, args.prompt_tokens),
+    };
+    let (statement, trace) = model.prove_run(&setup, &prompt, args.output, args.chunk, hasher)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let trace_path = args.out.join("trace.safetensors");
+    write_trace(&trace_path, &trace, Some(&statement))?;
+    let mut prover = Prover::new(statement, trace.layer_bytes())?;
+    let commitment = prover.commit()?;
+    let commitment_path = args.out.join("commitment.json");
+    write_message(&commitment_path, &commitment)?;
+    writeln!(
+        out,
+        "root {}\ntrace {}\ncommitment {}\noutput tokens {:?}",
+        commitment.root,
+        trace_path.display(),
+        commitment_path.display(),
+        commitment.statement.output_tokens
+    )?;
+    Ok(())
+}
+
+/// Arguments of `veritrace challenge`.
+#[derive(Debug, Args)]
+pub struct ChallengeArgs {
+    /// The prover's commitment (JSON).
+    pub commitment: PathBuf,
+    /// Cells to challenge (k).
+    #[arg(long)]
+    pub samples: u32,
+    /// Sampling strategy (uniform, stratified, cost-weighted).
+    #[arg(long, default_value = "uniform")]
+    pub strategy: String,
+    /// Round index.
+    #[arg(long, default_value_t = 0)]
+    pub round: u32,
+    /// 32-byte sampling seed in hex (default: fresh operating-system randomness, which is what
+    /// soundness needs; a fixed seed is for reproducible tests only).
+    #[arg(long)]
+    pub seed: Option<String>,
+    /// Where to write the challenge (JSON).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs `veritrace challenge`: draws the cells after (and independently of) the commitment.
+///
+/// # Errors
+/// Refused files or arguments exit 2.
+pub fn challenge(args: &ChallengeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let commitment: Commitment = read_message(&args.commitment)?;
+    commitment.validate()?;
+    let strategy = parse_strategy(&args.strategy)?;
+    let seed = match &args.seed {
+        Some(hex_seed) => {
+            let bytes = hex::decode(hex_seed)
+                .ok()
+                .filter(|b| b.len() == 32)
+                .ok_or_else(|| {
+                    VerbInputError::Argument("--seed must be 64 hex digits (32 bytes)".into())
+                })?;
+            let mut s = [0u8; 32];
+            s.copy_from_slice(&bytes);
+            s
+        }
+        None => {
+            let mut s = [0u8; 32];
+            OsRng.fill_bytes(&mut s);
+            s
+        }
+    };
+    if args.samples == 0 {
+        return Err(VerbInputError::Argument("--samples must be at least 1".into()).into());
+    }
+    let cells = sample_cells(&commitment.statement, args.samples, strategy, seed)?;
+    let c = Challenge {
+        round: args.round,
+        cells,
+    };
+    write_message(&args.out, &c)?;
+    writeln!(out, "challenged {} cells: {:?}", c.cells.len(), c.cells)?;
+    Ok(())
+}
+
+/// Arguments of `veritrace open`.
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// The prover's trace file (written by `veritrace prove`, statement in its metadata).
+    pub trace: PathBuf,
+    /// The verifier's challenge (interactive).
+    #[arg(long, conflicts_with = "non_interactive")]
+    pub challenge: Option<PathBuf>,
+    /// Derive the challenges from the transcript (Fiat-Shamir) instead.
+    #[arg(long)]
+    pub non_interactive: bool,
+    /// Non-interactive: cells per round.
+    #[arg(long)]
+    pub samples: Option<u32>,
+    /// Non-interactive: sampling strategy.
+    #[arg(long, default_value = "uniform")]
+    pub strategy: String,
+    /// Non-interactive: proof-of-work bits.
+    #[arg(long, default_value_t = 0)]
+    pub pow_bits: u8,
+    /// Non-interactive: rounds.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: u32,
+    /// Interactive: the opening file; non-interactive: a directory for opening-<r>.json.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs `veritrace open`.
+///
+/// # Errors
+/// Refused files or arguments exit 2.
+pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let (trace, statement) = read_trace(&args.trace)?;
+    let statement = statement.ok_or_else(|| VerbInputError::File {
+        path: args.trace.display().to_string(),
+        reason: "the trace file holds no statement (write it with `veritrace prove`)".into(),
+    })?;
+    let mut prover = Prover::new(statement, trace.layer_bytes())?;
+    prover.commit()?;
+    match (&args.challenge, args.non_interactive) {
+        (Some(path), false) => {
+            let c: Challenge = read_message(path)?;
+            c.validate()?;
+            let opening = prover.open_cells(c.round, &c.cells, 0)?;
+            write_message(&args.out, &opening)?;
+            writeln!(
+                out,
+                "opened {} cells for round {}",
+                opening.cells.len(),
+                c.round
+            )?;
+        }
+        (None, true) => {
+            let samples = args.samples.ok_or_else(|| {
+                VerbInputError::Argument("--non-interactive needs --samples".into())
+            })?;
+            if args.rounds == 0 || args.rounds > 64 {
+                return Err(VerbInputError::Argument("--rounds must be in 1..=64".into()).into());
+            }
+            let params = ChallengeParams {
+                samples,
+                strategy: parse_strategy(&args.strategy)?,
+                pow_bits: args.pow_bits,
+            };
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            for r in 0..args.rounds {
+                let (c, opening) = prover.open_non_interactive(&params)?;
+                write_message(&args.out.join(format!("opening-{r}.json")), &opening)?;
+                writeln!(
+                    out,
+                    "round {r}: {} cells challenged, nonce {}",
+                    c.cells.len(),
+                    opening.pow_nonce
+                )?;
+            }
+        }
+        _ => {
+            return Err(VerbInputError::Argument(
+                "give either --challenge FILE or --non-interactive".into(),
+            )
+            .into())
+        }
+    }
+    Ok(())
+}
+
+/// Re-exported for [`crate::verify`].
+pub(crate) fn read_opening(path: &Path) -> Result<Opening, VerbInputError> {
+    read_message(path)
+}

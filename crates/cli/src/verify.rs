@@ -1,0 +1,181 @@
+//! `veritrace verify`: the verifier's decision over files. Checks each opening against the
+//! commitment with the verification algorithm of `specs/protocol.md`
+//! ([`veritrace_protocol::check_opening`]: exact opened cells, lengths, batch Merkle proof,
+//! finite values, recompute under the claimed setup, tolerance, output tokens), for the
+//! challenges the verifier issued (interactive) or derives from the transcript
+//! (non-interactive, with the proof of work). Exit 0 accept, 1 reject (with the reason), 2 when
+//! a file or argument is refused.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use thiserror::Error;
+use veritrace_protocol::tolerance::TolerancePolicy;
+use veritrace_protocol::transcript::{check_pow, derive_challenge};
+use veritrace_protocol::{
+    check_opening, Challenge, ChallengeParams, Commitment, Message, RejectReason, Verdict,
+};
+
+use crate::engine::load_llama;
+use crate::prove::{parse_strategy, read_message, read_opening, VerbInputError};
+
+/// A rejection: the verdict was computed and is "reject" (exit 1).
+#[derive(Debug, Error)]
+#[error("reject: {0}")]
+pub struct Rejected(pub RejectReason);
+
+/// Arguments of `veritrace verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The prover's commitment (JSON).
+    #[arg(long)]
+    pub commitment: PathBuf,
+    /// Openings, one per round, in round order.
+    #[arg(long = "opening", required = true)]
+    pub openings: Vec<PathBuf>,
+    /// Interactive: the challenges issued, one per opening, in the same order.
+    #[arg(long = "challenge")]
+    pub challenges: Vec<PathBuf>,
+    /// Non-interactive: derive the challenges from the transcript.
+    #[arg(long)]
+    pub non_interactive: bool,
+    /// Non-interactive: cells per round.
+    #[arg(long)]
+    pub samples: Option<u32>,
+    /// Non-interactive: sampling strategy.
+    #[arg(long, default_value = "uniform")]
+    pub strategy: String,
+    /// Non-interactive: proof-of-work bits required.
+    #[arg(long, default_value_t = 0)]
+    pub pow_bits: u8,
+    /// The verifier's model: a preset (tiny, small) or a Llama-style checkpoint directory.
+    #[arg(long, default_value = "tiny")]
+    pub model: String,
+    /// Tolerance: `exact` (bitwise), or a JSON file holding a tolerance policy (e.g. the
+    /// calibrated thresholds of a simulation).
+    #[arg(long, default_value = "exact")]
+    pub tolerance: String,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn tolerance(spec: &str) -> Result<TolerancePolicy, VerbInputError> {
+    if spec == "exact" {
+        return Ok(TolerancePolicy::Exact);
+    }
+    let text = std::fs::read_to_string(spec).map_err(|e| VerbInputError::File {
+        path: spec.to_string(),
+        reason: e.to_string(),
+    })?;
+    let policy: TolerancePolicy =
+        serde_json::from_str(&text).map_err(|e| VerbInputError::Message {
+            path: spec.to_string(),
+            what: "tolerance policy",
+            reason: e.to_string(),
+        })?;
+    policy.validate().map_err(|e| VerbInputError::Message {
+        path: spec.to_string(),
+        what: "tolerance policy",
+        reason: e.to_string(),
+    })?;
+    Ok(policy)
+}
+
+/// Runs `veritrace verify`; prints the verdict.
+///
+/// # Errors
+/// [`Rejected`] (exit 1) when the verdict is reject; refused files or arguments exit 2.
+pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let commitment: Commitment = read_message(&args.commitment)?;
+    commitment.validate()?;
+    let model = load_llama(&args.model)?;
+    let policy = tolerance(&args.tolerance)?;
+    let openings = args
+        .openings
+        .iter()
+        .map(|p| read_opening(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let challenges: Vec<Challenge> = if args.non_interactive {
+        if !args.challenges.is_empty() {
+            return Err(VerbInputError::Argument(
+                "--non-interactive derives the challenges; do not give --challenge".into(),
+            )
+            .into());
+        }
+        let params = ChallengeParams {
+            samples: args.samples.ok_or_else(|| {
+                VerbInputError::Argument("--non-interactive needs --samples".into())
+            })?,
+            strategy: parse_strategy(&args.strategy)?,
+            pow_bits: args.pow_bits,
+        };
+        let nonce = openings[0].pow_nonce;
+        let mut cs = Vec::with_capacity(openings.len());
+        for (r, o) in openings.iter().enumerate() {
+            if o.pow_nonce != nonce || !check_pow(&commitment, &params, nonce)? {
+                return decide(
+                    Verdict::Reject(RejectReason::BadProofOfWork {
+                        pow_bits: params.pow_bits,
+                        nonce: o.pow_nonce,
+                    }),
+                    args.json,
+                    out,
+                );
+            }
+            cs.push(derive_challenge(&commitment, r as u32, &params, nonce)?);
+        }
+        cs
+    } else {
+        if args.challenges.len() != openings.len() {
+            return Err(VerbInputError::Argument(format!(
+                "{} openings but {} challenges: give one --challenge per --opening",
+                openings.len(),
+                args.challenges.len()
+            ))
+            .into());
+        }
+        args.challenges
+            .iter()
+            .map(|p| read_message::<Challenge>(p))
+            .collect::<Result<_, _>>()?
+    };
+    for (r, (c, o)) in challenges.iter().zip(&openings).enumerate() {
+        c.validate()?;
+        if c.round != r as u32 || o.round != r as u32 || (!args.non_interactive && o.pow_nonce != 0)
+        {
+            return decide(
+                Verdict::Reject(RejectReason::OutOfOrder {
+                    state: format!("round {r}"),
+                    message: format!(
+                        "challenge for round {} answered by an opening for round {} (nonce {})",
+                        c.round, o.round, o.pow_nonce
+                    ),
+                }),
+                args.json,
+                out,
+            );
+        }
+        if let Err(reason) = check_opening(&commitment, &c.cells, o, &policy, &model) {
+            return decide(Verdict::Reject(reason), args.json, out);
+        }
+    }
+    decide(Verdict::Accept, args.json, out)
+}
+
+fn decide(v: Verdict, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", v.to_json())?;
+    } else {
+        match &v {
+            Verdict::Accept => writeln!(out, "accept")?,
+            Verdict::Reject(r) => writeln!(out, "reject ({}): {r}", r.name())?,
+        }
+    }
+    out.flush()?;
+    match v {
+        Verdict::Accept => Ok(()),
+        Verdict::Reject(r) => Err(Rejected(r).into()),
+    }
+}

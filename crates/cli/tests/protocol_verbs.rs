@@ -1,0 +1,331 @@
+//! The protocol over files: `prove`, `challenge`, `open`, `verify`, interactive and
+//! non-interactive. Honest runs are accepted (exit 0); a tampered opening, a wrong proof of work,
+//! a swapped challenge, a cheaper setup claimed as the reference and a verifier with another
+//! model are rejected (exit 1, with the reason); malformed files exit 2.
+
+mod common;
+
+use common::veritrace;
+
+fn run_ok(args: &[&str]) -> String {
+    let o = veritrace(args);
+    assert_eq!(o.code, 0, "{args:?}: {}{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+fn rejected(args: &[&str], reason: &str) {
+    let o = veritrace(args);
+    assert_eq!(o.code, 1, "{args:?}: {}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains(reason), "{args:?}: {}", o.stdout);
+}
+
+#[test]
+fn interactive_and_non_interactive_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let out = run_ok(&[
+        "prove",
+        "--prompt",
+        "5,9,2,7,1,3",
+        "--output",
+        "3",
+        "--chunk",
+        "4",
+        "--out",
+        &p("run"),
+    ]);
+    assert!(out.starts_with("root "), "{out}");
+    let (commitment, trace) = (p("run/commitment.json"), p("run/trace.safetensors"));
+    let seed = "07".repeat(32);
+    run_ok(&[
+        "challenge",
+        &commitment,
+        "--samples",
+        "3",
+        "--seed",
+        &seed,
+        "--out",
+        &p("ch.json"),
+    ]);
+    // A fixed seed gives the same challenge; fresh randomness by default.
+    run_ok(&[
+        "challenge",
+        &commitment,
+        "--samples",
+        "3",
+        "--seed",
+        &seed,
+        "--out",
+        &p("ch2.json"),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(p("ch.json")).unwrap(),
+        std::fs::read_to_string(p("ch2.json")).unwrap()
+    );
+    run_ok(&[
+        "open",
+        &trace,
+        "--challenge",
+        &p("ch.json"),
+        "--out",
+        &p("op.json"),
+    ]);
+    let verify = |extra: &[&str]| {
+        let mut a = vec!["verify", "--commitment", commitment.as_str()];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let args = verify(&["--challenge", &p("ch.json"), "--opening", &p("op.json")]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(run_ok(&args), "accept\n");
+    let json = verify(&[
+        "--challenge",
+        &p("ch.json"),
+        "--opening",
+        &p("op.json"),
+        "--json",
+    ]);
+    let json: Vec<&str> = json.iter().map(String::as_str).collect();
+    assert!(run_ok(&json).contains("accept"));
+
+    // Tampered opening: one hex digit of the first cell changed.
+    let text = std::fs::read_to_string(p("op.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let data = v["cells"][0]["data"].as_str().unwrap().to_string();
+    let flipped = format!(
+        "{}{}",
+        if data.starts_with('0') { '1' } else { '0' },
+        &data[1..]
+    );
+    v["cells"][0]["data"] = flipped.into();
+    std::fs::write(p("bad.json"), v.to_string()).unwrap();
+    let a = verify(&["--challenge", &p("ch.json"), "--opening", &p("bad.json")]);
+    rejected(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        "BadProof",
+    );
+    // An opening of another challenge.
+    run_ok(&[
+        "challenge",
+        &commitment,
+        "--samples",
+        "2",
+        "--seed",
+        &"08".repeat(32),
+        "--out",
+        &p("other.json"),
+    ]);
+    let a = verify(&["--challenge", &p("other.json"), "--opening", &p("op.json")]);
+    let o = veritrace(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    // A verifier running another model.
+    let a = verify(&[
+        "--challenge",
+        &p("ch.json"),
+        "--opening",
+        &p("op.json"),
+        "--model",
+        "small",
+    ]);
+    rejected(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        "RecomputeFailed",
+    );
+
+    // Non-interactive with proof of work, two rounds.
+    run_ok(&[
+        "open",
+        &trace,
+        "--non-interactive",
+        "--samples",
+        "2",
+        "--pow-bits",
+        "4",
+        "--rounds",
+        "2",
+        "--out",
+        &p("ni"),
+    ]);
+    let ni = verify(&[
+        "--non-interactive",
+        "--samples",
+        "2",
+        "--pow-bits",
+        "4",
+        "--opening",
+        &p("ni/opening-0.json"),
+        "--opening",
+        &p("ni/opening-1.json"),
+    ]);
+    assert_eq!(
+        run_ok(&ni.iter().map(String::as_str).collect::<Vec<_>>()),
+        "accept\n"
+    );
+    let ni = verify(&[
+        "--non-interactive",
+        "--samples",
+        "2",
+        "--pow-bits",
+        "9",
+        "--opening",
+        &p("ni/opening-0.json"),
+    ]);
+    rejected(
+        &ni.iter().map(String::as_str).collect::<Vec<_>>(),
+        "BadProofOfWork",
+    );
+}
+
+#[test]
+fn a_cheaper_setup_claimed_as_the_reference_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    run_ok(&[
+        "prove",
+        "--setup",
+        "f32/attn=eager/quant=int4-g32",
+        "--prompt-tokens",
+        "8",
+        "--output",
+        "2",
+        "--chunk",
+        "4",
+        "--out",
+        &p("run"),
+    ]);
+    // The prover lies about its setup in the commitment.
+    let c = std::fs::read_to_string(p("run/commitment.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&c).unwrap();
+    v["statement"]["setup"] = hex::encode("f32/attn=eager").into();
+    std::fs::write(p("lie.json"), v.to_string()).unwrap();
+    // Challenge every cell of layer >= 1 is not needed: k = all cells.
+    run_ok(&[
+        "challenge",
+        &p("lie.json"),
+        "--samples",
+        "100",
+        "--seed",
+        &"01".repeat(32),
+        "--out",
+        &p("ch.json"),
+    ]);
+    run_ok(&[
+        "open",
+        &p("run/trace.safetensors"),
+        "--challenge",
+        &p("ch.json"),
+        "--out",
+        &p("op.json"),
+    ]);
+    let o = veritrace(&[
+        "verify",
+        "--commitment",
+        &p("lie.json"),
+        "--challenge",
+        &p("ch.json"),
+        "--opening",
+        &p("op.json"),
+    ]);
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.starts_with("reject"), "{}", o.stdout);
+}
+
+#[test]
+fn malformed_inputs_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(p("garbage.json"), "{not json").unwrap();
+    for args in [
+        vec!["prove", "--model", "huge", "--out", &p("x")],
+        vec!["prove", "--setup", "f32/attn=magic", "--out", &p("x")],
+        vec!["prove", "--prompt", "1,x", "--out", &p("x")],
+        vec!["prove", "--prompt", "99999", "--out", &p("x")],
+        vec![
+            "challenge",
+            &p("garbage.json"),
+            "--samples",
+            "2",
+            "--out",
+            &p("c.json"),
+        ],
+        vec![
+            "challenge",
+            &p("missing.json"),
+            "--samples",
+            "2",
+            "--out",
+            &p("c.json"),
+        ],
+        vec![
+            "open",
+            &p("garbage.json"),
+            "--challenge",
+            &p("garbage.json"),
+            "--out",
+            &p("o.json"),
+        ],
+        vec![
+            "verify",
+            "--commitment",
+            &p("garbage.json"),
+            "--opening",
+            &p("garbage.json"),
+        ],
+    ] {
+        let o = veritrace(&args);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+    }
+    run_ok(&[
+        "prove",
+        "--prompt-tokens",
+        "4",
+        "--output",
+        "1",
+        "--chunk",
+        "4",
+        "--out",
+        &p("run"),
+    ]);
+    let c = p("run/commitment.json");
+    for args in [
+        vec![
+            "challenge",
+            c.as_str(),
+            "--samples",
+            "2",
+            "--seed",
+            "abc",
+            "--out",
+            &p("c.json"),
+        ],
+        vec![
+            "challenge",
+            c.as_str(),
+            "--samples",
+            "2",
+            "--strategy",
+            "magic",
+            "--out",
+            &p("c.json"),
+        ],
+        vec![
+            "verify",
+            "--commitment",
+            c.as_str(),
+            "--opening",
+            &p("garbage.json"),
+        ],
+        vec![
+            "verify",
+            "--commitment",
+            c.as_str(),
+            "--opening",
+            &c,
+            "--tolerance",
+            &p("missing.json"),
+        ],
+    ] {
+        let o = veritrace(&args);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+    }
+}

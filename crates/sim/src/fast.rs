@@ -1,0 +1,149 @@
+//! Fast mode: protocol trials sampled from per-cell outcomes measured end to end.
+//!
+//! An end-to-end run of a prover gives, for every cell, whether the verifier's check of that cell
+//! fails ([`crate::ProverRun::bad`]; for an equivocating prover, whether opening the cell touches
+//! an altered cell). A protocol round then rejects exactly when its challenge contains such a
+//! cell, so a trial needs only a challenge draw and set lookups — no inference, no hashing —
+//! and millions of trials per second fit sweeps over `k` and rounds.
+//!
+//! Challenges are uniform `k`-subsets of the `N` cells drawn with Floyd's algorithm (the same
+//! distribution as [`veritrace_protocol::sampling`]'s uniform strategy, not the same stream). Trials
+//! are cut into blocks of [`BLOCK`]; block `b` draws from ChaCha8 keyed by
+//! `BLAKE3("veritrace/sim/fast/v1" ‖ seed ‖ adversary ‖ b)`, so results do not depend on the
+//! thread count.
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use rayon::prelude::*;
+
+/// Trials per independently seeded block.
+pub const BLOCK: u64 = 1 << 14;
+
+/// The per-cell outcomes of one prover run: `bad[i]` for leaf index `i`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CellOutcomes {
+    /// Whether a challenge containing cell `i` is rejected.
+    pub bad: Vec<bool>,
+}
+
+/// A uniform `k`-subset of `0..n` (Floyd's algorithm), into `out` (cleared first; unsorted).
+/// `k ≥ n` gives every index.
+pub fn floyd<R: RngCore>(rng: &mut R, n: u64, k: u64, out: &mut Vec<u64>) {
+    out.clear();
+    if k >= n {
+        out.extend(0..n);
+        return;
+    }
+    for j in n - k..n {
+        // Uniform in 0..=j by rejection (no modulo bias).
+        let bound = j + 1;
+        let zone = u64::MAX - (u64::MAX % bound);
+        let t = loop {
+            let x = rng.next_u64();
+            if x < zone {
+                break x % bound;
+            }
+        };
+        if out.contains(&t) {
+            out.push(j);
+        } else {
+            out.push(t);
+        }
+    }
+}
+
+fn block_rng(seed: u64, adversary: u64, block: u64) -> ChaCha8Rng {
+    let mut h = blake3::Hasher::new();
+    h.update(b"veritrace/sim/fast/v1");
+    h.update(&seed.to_le_bytes());
+    h.update(&adversary.to_le_bytes());
+    h.update(&block.to_le_bytes());
+    ChaCha8Rng::from_seed(*h.finalize().as_bytes())
+}
+
+/// Runs `trials` fast trials of `rounds` rounds of `k` cells each against prover runs drawn
+/// uniformly from `runs`; returns how many were rejected.
+pub fn detections(
+    runs: &[CellOutcomes],
+    k: u64,
+    rounds: u32,
+    trials: u64,
+    seed: u64,
+    adversary: u64,
+) -> u64 {
+    if runs.is_empty() || trials == 0 {
+        return 0;
+    }
+    let blocks = trials.div_ceil(BLOCK);
+    (0..blocks)
+        .into_par_iter()
+        .map(|b| {
+            let mut rng = block_rng(seed, adversary, b);
+            let mut cells = Vec::with_capacity(k as usize);
+            let count = BLOCK.min(trials - b * BLOCK);
+            let mut detected = 0u64;
+            for _ in 0..count {
+                let run = &runs[(rng.next_u64() % runs.len() as u64) as usize];
+                let n = run.bad.len() as u64;
+                let mut hit = false;
+                for _ in 0..rounds {
+                    floyd(&mut rng, n, k, &mut cells);
+                    if cells.iter().any(|&c| run.bad[c as usize]) {
+                        hit = true;
+                        break;
+                    }
+                }
+                detected += u64::from(hit);
+            }
+            detected
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floyd_gives_distinct_uniform_subsets() {
+        let mut rng = ChaCha8Rng::from_seed([1; 32]);
+        let mut out = Vec::new();
+        let mut counts = [0u32; 10];
+        for _ in 0..20_000 {
+            floyd(&mut rng, 10, 3, &mut out);
+            let mut s = out.clone();
+            s.sort();
+            s.dedup();
+            assert_eq!(s.len(), 3);
+            for &i in &out {
+                counts[i as usize] += 1;
+            }
+        }
+        // Each index appears with probability 3/10: 6000 expected, sd ~65.
+        for c in counts {
+            assert!((5700..6300).contains(&c), "{counts:?}");
+        }
+        floyd(&mut rng, 4, 9, &mut out);
+        assert_eq!(out, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn detection_rate_matches_the_hypergeometric_law_and_is_thread_independent() {
+        // N = 100 cells, 5 bad, k = 10: P(detect) = 1 - C(95,10)/C(100,10) = 0.4162.
+        let mut bad = vec![false; 100];
+        for i in [3, 17, 42, 77, 99] {
+            bad[i] = true;
+        }
+        let runs = [CellOutcomes { bad }];
+        let trials = 200_000;
+        let d = detections(&runs, 10, 1, trials, 9, 0);
+        let p = d as f64 / trials as f64;
+        assert!((p - 0.41625).abs() < 0.005, "{p}");
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| detections(&runs, 10, 1, trials, 9, 0));
+        assert_eq!(one, d);
+    }
+}

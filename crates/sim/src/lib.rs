@@ -1,0 +1,62 @@
+//! # veritrace-sim
+//!
+//! Adversarial provers, end to end: every trial runs real inference (the model crate), a real
+//! commitment and opening (the protocol crate's prover) and the real verifier (challenge, Merkle
+//! check, recompute under the claimed setup, tolerance), and records the verdict. The simulator
+//! measures, per adversary, the detection probability with a 95% Wilson interval beside the
+//! hypergeometric prediction, the honest false-positive rate, the adversary's compute saving,
+//! and the verifier's cost.
+//!
+//! * [`Scenario`]: what to run (TOML; [`scenario`] documents the format and the adversaries).
+//! * [`Simulation`]: calibrates the tolerance on honest other-hardware runs, then runs trials
+//!   in parallel, deterministically for a seed.
+//! * [`fast`]: fast mode, protocol trials sampled from per-cell outcomes measured end to end.
+//! * [`SimReport`]: results, as JSON, CSV ([`report::csv`]) or a markdown table
+//!   ([`report::markdown`]).
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod cost;
+pub mod engine;
+pub mod fast;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod sweep;
+
+pub use engine::{
+    AdversaryResult, CalibrationSummary, EngineMode, ProverRun, SimReport, Simulation,
+};
+pub use scenario::{AdversaryKind, AdversarySpec, Scenario, DEFAULT_SCENARIO};
+
+use thiserror::Error;
+
+/// Every way a simulation fails.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The scenario is malformed or inconsistent.
+    #[error("scenario: {0}")]
+    Scenario(String),
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The model refused (bad checkpoint, unsupported setup, …).
+    #[error("model: {0}")]
+    Model(#[from] veritrace_model::ModelError),
+    /// The protocol crate refused (parameters, messages).
+    #[error("protocol: {0}")]
+    Protocol(#[from] veritrace_protocol::ProtocolError),
+    /// The trace geometry refused a cell.
+    #[error("commitment: {0}")]
+    Commit(#[from] veritrace_commit::CommitError),
+    /// Something the engine should never see.
+    #[error("engine: {0}")]
+    Engine(String),
+}

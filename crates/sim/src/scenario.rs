@@ -1,0 +1,373 @@
+//! Scenario files (TOML): what to simulate.
+//!
+//! ```toml
+//! name = "default"
+//! model = "tiny"            # a preset (tiny, small) or a Llama checkpoint directory
+//! seed = 1
+//! trials = 200              # protocol trials per adversary
+//! reference = "f32/attn=eager"   # the setup every prover claims
+//!
+//! [prompts]
+//! count = 4                 # prompts in the pool the trials draw from
+//! tokens = 16               # prompt length
+//! output = 8                # generated tokens
+//!
+//! [protocol]
+//! chunk = 8                 # token rows per cell
+//! samples = 4               # k, cells challenged per round
+//! mode = "interactive"      # or "non-interactive"
+//! strategy = "uniform"      # or "stratified", "cost-weighted"
+//! pow_bits = 0
+//! rounds = 1
+//!
+//! [tolerance]
+//! metric = "rel_l2"         # or "max_abs"
+//! target_fpr = 0.01         # per session, on honest other-hardware provers
+//! margin = 2.0              # safety factor on the calibrated order statistic
+//! exact = false             # true: bitwise comparison (identical hardware), no calibration
+//! honest = ["f32/attn=eager/splitk=2", "f32/attn=eager/order=decode"]
+//! calibration_prompts = 4
+//! holdout_prompts = 4
+//!
+//! [[adversary]]
+//! kind = "honest"
+//! [[adversary]]
+//! kind = "setup"            # runs another setup and claims the reference
+//! setup = "f32/attn=eager/quant=int4-g32"
+//! ```
+//!
+//! Adversary kinds: `honest`; `other-hardware` (`setup` differing only in reduction order);
+//! `setup` (a cheaper setup: quantization, attention, precision, skipped or reused layer);
+//! `model-swap` (a cheaper model of the same shape: a quarter of the MLP width, another seed);
+//! `partial` (`setup` on a `fraction` of the cells of layers ≥ 1, honest elsewhere);
+//! `equivocation` (commits the honest trace, opens a `fraction` of cells altered);
+//! `late-commitment` (tries to be challenged before committing, and to commit twice);
+//! `grinding` (`partial` in non-interactive mode, trying `2^budget_bits` proof-of-work nonces
+//! for a challenge that misses its bad cells, with `pow_bits` of proof of work).
+
+use serde::{Deserialize, Serialize};
+use veritrace_model::Setup;
+use veritrace_protocol::tolerance::Metric;
+use veritrace_protocol::{Mode, SamplingStrategy};
+
+use crate::SimError;
+
+/// The embedded default scenario (`simulations/default.toml`).
+pub const DEFAULT_SCENARIO: &str = include_str!("../../../simulations/default.toml");
+
+/// Largest accepted trial count, prompt count and token count (absurd sizes are refused).
+pub const MAX_TRIALS: u64 = 100_000_000;
+
+/// A scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name, used in reports.
+    pub name: String,
+    /// Model: `tiny`, `small`, or a Llama checkpoint directory.
+    pub model: String,
+    /// Seed of everything random (prompts, cheated cells, challenges).
+    pub seed: u64,
+    /// Trials per adversary.
+    pub trials: u64,
+    /// The setup every prover claims.
+    pub reference: Setup,
+    /// The prompt pool.
+    pub prompts: Prompts,
+    /// Protocol parameters.
+    pub protocol: ProtocolParams,
+    /// Tolerance calibration.
+    pub tolerance: ToleranceParams,
+    /// The adversaries.
+    #[serde(rename = "adversary")]
+    pub adversaries: Vec<AdversarySpec>,
+}
+
+/// The prompt pool.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prompts {
+    /// Prompts the trials draw from (each prover's trace is computed once per prompt).
+    pub count: u32,
+    /// Prompt length in tokens.
+    pub tokens: u32,
+    /// Generated tokens.
+    pub output: u32,
+}
+
+/// Protocol parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolParams {
+    /// Token rows per cell.
+    pub chunk: u32,
+    /// Cells challenged per round, `k`.
+    pub samples: u32,
+    /// Interactive or non-interactive.
+    pub mode: Mode,
+    /// Sampling strategy.
+    #[serde(default)]
+    pub strategy: SamplingStrategy,
+    /// Proof-of-work bits (non-interactive mode).
+    #[serde(default)]
+    pub pow_bits: u8,
+    /// Rounds.
+    #[serde(default = "one")]
+    pub rounds: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Tolerance calibration on honest other-hardware runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToleranceParams {
+    /// Deviation metric (`rel_l2` or `max_abs`).
+    pub metric: Metric,
+    /// `true`: the verifier compares bitwise (re-execution on identical hardware); no
+    /// calibration, and the held-out rate counts honest cells that differ at all.
+    #[serde(default)]
+    pub exact: bool,
+    /// Target false-positive rate per session of an honest other-hardware prover.
+    pub target_fpr: f64,
+    /// Safety factor on the calibrated order statistic (≥ 1).
+    #[serde(default = "unit")]
+    pub margin: f64,
+    /// Setups that stand in for other hardware (reduction-order changes of the reference).
+    pub honest: Vec<Setup>,
+    /// Prompts used to calibrate.
+    pub calibration_prompts: u32,
+    /// Held-out prompts on which the false-positive rate is measured.
+    pub holdout_prompts: u32,
+}
+
+fn unit() -> f64 {
+    1.0
+}
+
+/// One adversary of a scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdversarySpec {
+    /// Kind.
+    pub kind: AdversaryKind,
+    /// Label in reports (default: kind and parameters).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The setup run (`other-hardware`, `setup`, `partial`, `grinding`).
+    #[serde(default)]
+    pub setup: Option<Setup>,
+    /// Fraction of cells cheated (`partial`, `equivocation`, `grinding`).
+    #[serde(default)]
+    pub fraction: Option<f64>,
+    /// log2 of the grinding budget in hash evaluations (`grinding`).
+    #[serde(default)]
+    pub budget_bits: Option<u32>,
+    /// Proof-of-work bits for this adversary's sessions (`grinding`; default: the protocol's).
+    #[serde(default)]
+    pub pow_bits: Option<u8>,
+}
+
+/// Adversary kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdversaryKind {
+    /// Runs the claimed setup.
+    Honest,
+    /// Runs a reduction-order variant of the claimed setup (honest, other hardware).
+    OtherHardware,
+    /// Runs a cheaper setup for the whole trace.
+    Setup,
+    /// Runs a cheaper model of the same shape.
+    ModelSwap,
+    /// Runs a cheaper setup on a fraction of the cells.
+    Partial,
+    /// Opens values other than the committed ones on a fraction of the cells.
+    Equivocation,
+    /// Tries to get a challenge before committing, and to commit twice.
+    LateCommitment,
+    /// Grinds the non-interactive challenge.
+    Grinding,
+}
+
+impl AdversarySpec {
+    /// The report label.
+    pub fn label(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let kind = serde_json::to_value(self.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let mut s = kind;
+        if let Some(setup) = &self.setup {
+            s.push_str(&format!(" {setup}"));
+        }
+        if let Some(f) = self.fraction {
+            s.push_str(&format!(" f={f}"));
+        }
+        if let Some(b) = self.budget_bits {
+            s.push_str(&format!(" 2^{b}"));
+        }
+        if let Some(p) = self.pow_bits {
+            s.push_str(&format!(" pow={p}"));
+        }
+        s
+    }
+
+    fn check(&self, reference: &Setup) -> Result<(), SimError> {
+        let bad = |m: String| {
+            Err(SimError::Scenario(format!(
+                "adversary {}: {m}",
+                self.label()
+            )))
+        };
+        let needs_setup = matches!(
+            self.kind,
+            AdversaryKind::OtherHardware
+                | AdversaryKind::Setup
+                | AdversaryKind::Partial
+                | AdversaryKind::Grinding
+        );
+        if needs_setup != self.setup.is_some() {
+            return bad(if needs_setup {
+                "needs a setup".into()
+            } else {
+                "takes no setup".into()
+            });
+        }
+        if let Some(s) = &self.setup {
+            if self.kind == AdversaryKind::OtherHardware && !s.same_algorithm(reference) {
+                return bad(format!(
+                    "{s} is not a reduction-order variant of the reference {reference}"
+                ));
+            }
+            if self.kind != AdversaryKind::OtherHardware && s.same_algorithm(reference) {
+                return bad(format!(
+                    "{s} differs from the reference only in reduction order"
+                ));
+            }
+        }
+        let needs_fraction = matches!(
+            self.kind,
+            AdversaryKind::Partial | AdversaryKind::Equivocation | AdversaryKind::Grinding
+        );
+        match (needs_fraction, self.fraction) {
+            (true, Some(f)) if f > 0.0 && f <= 1.0 => {}
+            (true, _) => return bad("needs a fraction in (0, 1]".into()),
+            (false, Some(_)) => return bad("takes no fraction".into()),
+            (false, None) => {}
+        }
+        match (self.kind == AdversaryKind::Grinding, self.budget_bits) {
+            (true, Some(b)) if b <= 30 => {}
+            (true, _) => return bad("needs budget_bits between 0 and 30".into()),
+            (false, Some(_)) => return bad("takes no budget_bits".into()),
+            (false, None) => {}
+        }
+        if self.kind != AdversaryKind::Grinding && self.pow_bits.is_some() {
+            return bad("only grinding takes pow_bits".into());
+        }
+        if self.pow_bits.is_some_and(|p| p > 30) {
+            return bad("pow_bits above 30".into());
+        }
+        Ok(())
+    }
+}
+
+impl Scenario {
+    /// Parses a scenario from TOML and validates it.
+    pub fn from_toml(text: &str) -> Result<Self, SimError> {
+        let s: Scenario =
+            toml::from_str(text).map_err(|e| SimError::Scenario(format!("TOML: {e}")))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The embedded default scenario.
+    pub fn default_scenario() -> Self {
+        Self::from_toml(DEFAULT_SCENARIO).expect("the embedded default scenario is valid")
+    }
+
+    /// Reads a scenario file.
+    pub fn read(path: &std::path::Path) -> Result<Self, SimError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SimError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks sizes and every adversary.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let bad = |m: String| Err(SimError::Scenario(m));
+        if self.trials == 0 || self.trials > MAX_TRIALS {
+            return bad(format!(
+                "trials {} must be in 1..={MAX_TRIALS}",
+                self.trials
+            ));
+        }
+        let p = &self.prompts;
+        if p.count == 0
+            || p.count > 10_000
+            || p.tokens == 0
+            || p.tokens > 65_536
+            || p.output > 65_536
+        {
+            return bad("prompts: count in 1..=10000, tokens in 1..=65536, output <= 65536".into());
+        }
+        let q = &self.protocol;
+        if q.chunk == 0 || q.samples == 0 || q.rounds == 0 || q.rounds > 64 || q.pow_bits > 30 {
+            return bad("protocol: chunk, samples >= 1; rounds in 1..=64; pow_bits <= 30".into());
+        }
+        let t = &self.tolerance;
+        let fpr_ok = t.target_fpr > 0.0 && t.target_fpr < 1.0;
+        if !(fpr_ok && t.margin.is_finite() && t.margin >= 1.0) {
+            return bad("tolerance: target_fpr in (0, 1), margin >= 1".into());
+        }
+        if t.metric == Metric::NoiseScore {
+            return bad("tolerance: metric must be rel_l2 or max_abs".into());
+        }
+        if t.honest.is_empty() || t.calibration_prompts == 0 || t.holdout_prompts == 0 {
+            return bad(
+                "tolerance: at least one honest setup, calibration and holdout prompt".into(),
+            );
+        }
+        for h in &t.honest {
+            if !h.same_algorithm(&self.reference) {
+                return bad(format!(
+                    "tolerance: {h} is not a reduction-order variant of {}",
+                    self.reference
+                ));
+            }
+        }
+        if self.adversaries.is_empty() {
+            return bad("no adversary".into());
+        }
+        // A non-interactive challenge is a function of the commitment: trials that reuse a
+        // prompt's commitment repeat the same challenge and are not independent.
+        let repeats = self.protocol.mode == Mode::NonInteractive
+            && u64::from(p.count) < self.trials
+            && self.adversaries.iter().any(|a| {
+                !matches!(
+                    a.kind,
+                    AdversaryKind::Grinding | AdversaryKind::LateCommitment
+                )
+            });
+        if repeats {
+            return bad(format!(
+                "non-interactive mode with {} prompts for {} trials: the challenge is a function \
+                 of the commitment, so trials on one prompt repeat it; use at least as many \
+                 prompts as trials, or interactive mode (grinding adversaries run \
+                 non-interactive regardless)",
+                p.count, self.trials
+            ));
+        }
+        for a in &self.adversaries {
+            a.check(&self.reference)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,209 @@
+//! The end-to-end engine on small scenarios: honest provers pass, clear cheats are caught as
+//! often as the hypergeometric law predicts where per-cell power is ~1, results do not depend
+//! on the thread count, the late commitment is refused by the API, and bad scenarios get typed
+//! errors.
+
+use veritrace_sim::{AdversaryKind, EngineMode, Scenario, SimError, Simulation};
+
+fn scenario(trials: u64, adversaries: &str) -> Scenario {
+    Scenario::from_toml(&format!(
+        r#"
+name = "test"
+model = "tiny"
+seed = 7
+trials = {trials}
+reference = "f32/attn=eager"
+[prompts]
+count = 2
+tokens = 12
+output = 4
+[protocol]
+chunk = 4
+samples = 3
+mode = "interactive"
+[tolerance]
+metric = "rel_l2"
+target_fpr = 0.01
+margin = 2.0
+honest = ["f32/attn=eager/splitk=2"]
+calibration_prompts = 2
+holdout_prompts = 2
+{adversaries}
+"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn honest_passes_and_cheats_match_the_hypergeometric_prediction() {
+    let s = scenario(
+        300,
+        r#"
+[[adversary]]
+kind = "honest"
+[[adversary]]
+kind = "partial"
+setup = "f32/attn=eager/quant=int4-g32"
+fraction = 0.2
+[[adversary]]
+kind = "setup"
+setup = "f32/attn=eager/skip=2"
+"#,
+    );
+    let sim = Simulation::new(s).unwrap();
+    let r = sim.run(&|| {}).unwrap();
+    let honest = &r.adversaries[0];
+    assert_eq!(honest.detected, 0, "{honest:?}");
+    assert_eq!(honest.bad_cells, 0.0);
+    for a in &r.adversaries[1..] {
+        let p = a.predicted.unwrap();
+        assert!(a.bad_cells > 0.0, "{a:?}");
+        // Per-cell power is 1 by construction (bad cells are those the check rejects), so the
+        // prediction must fall in the interval (up to its 95% coverage; seeds are fixed).
+        assert!(
+            a.wilson95.0 <= p && p <= a.wilson95.1,
+            "{}: predicted {p} outside {:?}",
+            a.label,
+            a.wilson95
+        );
+        assert!(a.saving > 0.0, "{}", a.label);
+        assert!(a.verifier_cost > 0.0 && a.verifier_cost < 1.0);
+        assert!(a.bytes_opened > 0.0);
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let s = scenario(
+        40,
+        r#"
+[[adversary]]
+kind = "partial"
+setup = "f32/attn=eager/quant=int4-g32"
+fraction = 0.3
+[[adversary]]
+kind = "equivocation"
+fraction = 0.2
+"#,
+    );
+    let run = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| Simulation::new(s.clone()).unwrap().run(&|| {}).unwrap())
+    };
+    assert_eq!(run(1), run(2));
+}
+
+#[test]
+fn late_commitment_is_refused_and_grinding_beats_no_pow() {
+    let s = scenario(
+        30,
+        r#"
+[[adversary]]
+kind = "late-commitment"
+[[adversary]]
+kind = "grinding"
+setup = "f32/attn=eager/quant=int4-g32"
+fraction = 0.1
+budget_bits = 8
+pow_bits = 0
+[[adversary]]
+kind = "grinding"
+setup = "f32/attn=eager/quant=int4-g32"
+fraction = 0.1
+budget_bits = 8
+pow_bits = 10
+"#,
+    );
+    let r = Simulation::new(s).unwrap().run(&|| {}).unwrap();
+    // A budget below one proof of work cannot even produce a valid opening.
+    let starved = &r.adversaries[2];
+    assert_eq!(starved.detected, starved.trials, "{starved:?}");
+    assert!(starved.security_bits.unwrap() > r.adversaries[1].security_bits.unwrap());
+    let late = &r.adversaries[0];
+    assert_eq!(late.kind, AdversaryKind::LateCommitment);
+    assert_eq!(late.detected, late.trials);
+    assert!(late.note.as_deref().unwrap().contains("refused"));
+    let grind = &r.adversaries[1];
+    // With 2^8 re-randomized roots against a 10% cheat and k = 3 (P(miss) ≈ 0.7), a missing
+    // challenge is easy to find; without grinding the same cheat is caught ~30% of the time.
+    assert!(grind.detection < 0.1, "{grind:?}");
+    assert!(grind.security_bits.unwrap() < 1.0);
+}
+
+#[test]
+fn bad_scenarios_get_typed_errors() {
+    let base = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../simulations/default.toml"
+    ))
+    .unwrap();
+    assert!(Scenario::from_toml(&base).is_ok());
+    for (from, to) in [
+        ("trials = 200", "trials = 0"),
+        ("count = 4", "count = 0"),
+        ("samples = 4", "samples = 0"),
+        ("target_fpr = 0.01", "target_fpr = 1.5"),
+        ("margin = 2.0", "margin = 0.5"),
+        (
+            r#"honest = ["f32/attn=eager/splitk=2", "f32/attn=eager/order=decode"]"#,
+            r#"honest = ["bf16/attn=eager"]"#,
+        ),
+        ("kind = \"honest\"", "kind = \"sorcerer\""),
+        (
+            "kind = \"equivocation\"\nfraction = 0.1",
+            "kind = \"equivocation\"\nfraction = 1.5",
+        ),
+        (
+            "setup = \"f32/attn=eager/splitk=4\"",
+            "setup = \"f32/attn=tiled:8\"",
+        ),
+        (
+            "reference = \"f32/attn=eager\"",
+            "reference = \"f32/attn=magic\"",
+        ),
+        ("seed = 1", "seed = 1\nunknown = 3"),
+        // Non-interactive trials on 4 prompts would repeat 4 challenges.
+        ("mode = \"interactive\"", "mode = \"non-interactive\""),
+    ] {
+        assert!(base.contains(from), "{from}");
+        let text = base.replacen(from, to, 1);
+        assert!(
+            matches!(Scenario::from_toml(&text), Err(SimError::Scenario(_))),
+            "{to}"
+        );
+    }
+}
+
+#[test]
+fn fast_mode_agrees_with_end_to_end_within_their_intervals() {
+    let s = scenario(
+        400,
+        r#"
+[[adversary]]
+kind = "partial"
+setup = "f32/attn=eager/quant=int4-g32"
+fraction = 0.15
+[[adversary]]
+kind = "equivocation"
+fraction = 0.1
+[[adversary]]
+kind = "honest"
+"#,
+    );
+    let sim = Simulation::new(s).unwrap();
+    let e2e = sim.run(&|| {}).unwrap();
+    let fast = sim.run_with(EngineMode::Fast, &|| {}).unwrap();
+    assert_eq!(fast.engine, EngineMode::Fast);
+    for (a, b) in e2e.adversaries.iter().zip(&fast.adversaries) {
+        let overlap = a.wilson95.0 <= b.wilson95.1 && b.wilson95.0 <= a.wilson95.1;
+        assert!(
+            overlap,
+            "{}: end to end {:?} vs fast {:?}",
+            a.label, a.wilson95, b.wilson95
+        );
+    }
+    assert_eq!(fast.adversaries[2].detected, 0);
+}
