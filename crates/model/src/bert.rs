@@ -1,5 +1,5 @@
 //! BERT encoders — all-MiniLM-L6-v2 in particular — loaded from real weights, on candle-core
-//! (CPU, f32).
+//! (CPU), under every numeric [`Setup`] that applies to an encoder.
 //!
 //! # Architecture
 //!
@@ -63,19 +63,70 @@
 //!
 //! A full forward ([`BertModel::trace`]) runs exactly these operations for every tile and
 //! [`BertModel::recompute_cell`] runs them for one, so a cell recomputed alone from all rows of
-//! the layer below is bitwise the same as those rows of the full forward. The embeddings are
-//! computed per tile too (sums in plain f32, then LayerNorm on a `[c, d]` tile).
+//! the layer below is bitwise the same as those rows of the full forward, under every setup. The
+//! embeddings are computed per tile too (sums, then LayerNorm on a `[c, d]` tile).
+//!
+//! # Numeric setups
+//!
+//! The encoder runs every [`Setup`] of [`crate::setup`] except `order=decode`, with the same
+//! arithmetic rules as the [decoder](crate::llama) (the description above is the `f32/attn=eager`
+//! case, whose results these rules leave unchanged):
+//!
+//! * **precision**: the linear weights and biases and every activation (layer inputs, `q`, `k`,
+//!   `v`, the attention context, projections, residual sums, the MLP and its gelu) are in the
+//!   setup's dtype; candle computes a 16-bit gelu in f64 and rounds it once. LayerNorm converts
+//!   its input to f32, computes the statistics, normalizes and applies its f32 gain and bias in
+//!   f32, and rounds the result to the dtype. Attention scores are computed in the dtype and
+//!   converted to f32 before the `1/sqrt(hd)` scale; masks (`0` / `−∞`) and the softmax and its
+//!   statistics are f32; probabilities are rounded to the dtype for the product with `v`. The
+//!   embeddings: every table value is rounded to the dtype and each of the two sums
+//!   `(word + type) + position` is rounded to it (as a 16-bit add does), then LayerNorm as above,
+//!   so `h_0` holds dtype values. A trace stores every value as f32 (exactly).
+//! * **attention** (bidirectional; the key mask of padding and masked positions always applies):
+//!   `eager`; `tiled:B`: the online softmax of the decoder over key blocks of `B` keys (running
+//!   maximum, sum and output in f32, the output block product from probabilities rounded to the
+//!   dtype), where a block whose keys are all masked is skipped (the mask is per key, so every
+//!   other block shows every query at least one key); `window:W`: query `p` sees key `k` iff
+//!   `|p − k| < W` — a query whose window holds no visible key (only a masked or padding
+//!   position can be one) sees every visible key instead, so no row is all `−∞`; `topk:K`:
+//!   each query keeps its `K` highest visible scores (every score equal to the `K`-th highest
+//!   kept) and masks the rest before the softmax. A window or top-k covering every key is
+//!   bitwise `eager`.
+//! * **quant**: every linear weight (`query`, `key`, `value`, `attention.output.dense`,
+//!   `intermediate.dense`, `output.dense`) is quantized then dequantized with
+//!   [`crate::quant::quantize_dequantize`] before the cast to the dtype; embeddings, LayerNorm
+//!   parameters and biases are not quantized.
+//! * **splitk** and **batch**: in the one linear function, as in the decoder (batch: the tile's
+//!   rows stacked `batch` times into one matmul and the first rows kept; split-K: `s`
+//!   contiguous slices of the inner dimension, each product in f32 from the exactly widened
+//!   operands, summed in slice order in f32 and rounded once to the dtype); the bias is added
+//!   after, in the dtype.
+//! * **order=decode** is refused ([`ModelError::UnsupportedSetup`]): an encoder has no
+//!   token-by-token order.
+//! * **skip=l**: `h_l = h_{l−1}`; **reuse=l**: `h_l = h_{l−1} + (h_{l−1} − h_{l−2})` in the dtype.
+//!   A reused layer cannot be recomputed from one layer's rows, so
+//!   [`BertModel::recompute_cell`] refuses it; a skipped layer's cell is its input's rows.
+//!
+//! Prepared weights (cast and quantized) are built once per (precision, quantization) and
+//! shared by clones of the model.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 use safetensors::tensor::Dtype as StDtype;
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::Digest;
 
-use crate::{first_non_finite, CellInputs, ModelError, NamedTensor, Result, Setup};
+use crate::llama::dtype_of;
+use crate::setup::Order;
+use crate::{
+    first_non_finite, Attention, CellInputs, ModelError, NamedTensor, Precision, Quant, Result,
+    Setup,
+};
 
 /// Label at the start of the digest input.
 const DIGEST_LABEL: &[u8] = b"veritrace/model/bert/v1";
@@ -269,7 +320,7 @@ struct Layer {
     out_ln_b: Tensor,
 }
 
-/// A BERT encoder: configuration and weights (CPU, f32).
+/// A BERT encoder: configuration and weights (CPU; held in f32, prepared per setup).
 #[derive(Debug, Clone)]
 pub struct BertModel {
     config: BertConfig,
@@ -282,6 +333,8 @@ pub struct BertModel {
     emb_ln_b: Tensor,
     layers: Vec<Layer>,
     digest: Digest,
+    /// Weights prepared per (precision, quantization), shared by clones.
+    prepared: WeightCache,
 }
 
 fn digest_of(config: &BertConfig, tensors: &[NamedTensor]) -> Digest {
@@ -419,6 +472,7 @@ impl BertModel {
             emb_ln_b,
             layers,
             digest,
+            prepared: WeightCache::default(),
         })
     }
 
@@ -432,12 +486,26 @@ impl BertModel {
         self.digest
     }
 
-    fn check_setup(setup: &Setup) -> Result<()> {
-        if *setup != Setup::F32_EAGER {
+    /// Checks that `setup` is valid and fits this encoder: not `order=decode` (an encoder has
+    /// no token-by-token order), and a skipped or reused layer exists.
+    pub fn check_setup(&self, setup: &Setup) -> Result<()> {
+        setup.validate()?;
+        if setup.order == Order::Decode {
             return Err(ModelError::UnsupportedSetup(format!(
-                "{setup} (the BERT encoder runs only {})",
-                Setup::F32_EAGER
+                "{setup}: order=decode does not apply to the BERT encoder (bidirectional \
+                 attention has no token-by-token KV-cache order; every row attends to every \
+                 key), so only the default prefill order is run"
             )));
+        }
+        let layers = self.config.num_hidden_layers;
+        for (what, l) in [("skip", setup.skip), ("reuse", setup.reuse)] {
+            if let Some(l) = l {
+                if l > layers {
+                    return Err(ModelError::UnsupportedSetup(format!(
+                        "{what}={l}, but the model has {layers} layers"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -507,18 +575,25 @@ impl BertModel {
         mask: &[u32],
         tile: usize,
     ) -> Result<crate::Trace> {
-        Self::check_setup(setup)?;
+        self.check_setup(setup)?;
         self.check_tokens(tokens)?;
         Self::check_mask(mask, tokens.len())?;
         check_tile(tile)?;
         let n = tokens.len();
         let tiles = n.div_ceil(tile);
-        let key_mask = key_mask(mask, tiles * tile)?;
-        let mut layers = Vec::with_capacity(self.config.num_hidden_layers + 1);
-        layers.push(self.embed_tiles(tokens, tile, 0..tiles)?);
-        for l in 0..self.config.num_hidden_layers {
-            let x = layers.last().expect("non-empty");
-            let y = self.layer_tiles(l, x, n, tile, &key_mask, 0..tiles)?;
+        let key_mask = KeyMask::new(mask, tiles * tile)?;
+        let arith = self.arith(setup)?;
+        let mut layers: Vec<Vec<f32>> = Vec::with_capacity(self.config.num_hidden_layers + 1);
+        layers.push(arith.embed_tiles(tokens, tile, 0..tiles)?);
+        for l in 1..=self.config.num_hidden_layers {
+            let x = &layers[l - 1];
+            let y = if setup.skip == Some(l) {
+                x.clone()
+            } else if setup.reuse == Some(l) {
+                arith.reuse_update(x, &layers[l - 2])?
+            } else {
+                arith.layer_tiles(l - 1, x, n, tile, &key_mask, 0..tiles)?
+            };
             layers.push(y);
         }
         Ok(crate::Trace {
@@ -533,7 +608,9 @@ impl BertModel {
     /// `chunk·tile .. min((chunk + 1)·tile, T)` of `h_layer`, from every row of the layer below
     /// (`inputs` = [`CellInputs::Hidden`] with all `T` rows of `h_{layer−1}`) or, for layer 0,
     /// from the whole token sequence ([`CellInputs::Tokens`] with all `T` tokens). Every position
-    /// is attended. Bitwise identical to those rows of [`BertModel::trace`].
+    /// is attended. Bitwise identical to those rows of [`BertModel::trace`] under the same
+    /// setup. A layer that `setup` reuses cannot be recomputed from one layer's rows and is
+    /// refused; a skipped layer's cell is the input's rows.
     pub fn recompute_cell(
         &self,
         setup: &Setup,
@@ -559,7 +636,7 @@ impl BertModel {
         inputs: CellInputs<'_>,
         mask: &[u32],
     ) -> Result<Vec<f32>> {
-        Self::check_setup(setup)?;
+        self.check_setup(setup)?;
         check_tile(tile)?;
         let c = &self.config;
         if layer > c.num_hidden_layers {
@@ -599,7 +676,7 @@ impl BertModel {
         match (layer, inputs) {
             (0, CellInputs::Tokens(t)) => {
                 self.check_tokens(t)?;
-                self.embed_tiles(t, tile, chunk..chunk + 1)
+                self.arith(setup)?.embed_tiles(t, tile, chunk..chunk + 1)
             }
             (0, CellInputs::Hidden(_)) => Err(ModelError::InvalidArgument(
                 "layer 0 is recomputed from tokens, not hidden rows".into(),
@@ -615,109 +692,410 @@ impl BertModel {
                         index,
                     });
                 }
-                let key_mask = key_mask(mask, tiles * tile)?;
-                self.layer_tiles(l - 1, h, n, tile, &key_mask, chunk..chunk + 1)
+                if setup.skip == Some(l) {
+                    let lo = chunk * tile;
+                    let hi = ((chunk + 1) * tile).min(n);
+                    return Ok(h[lo * d..hi * d].to_vec());
+                }
+                if setup.reuse == Some(l) {
+                    return Err(ModelError::UnsupportedSetup(format!(
+                        "{setup}: layer {l} reuses layer {}'s update and cannot be recomputed \
+                         from the rows of one layer",
+                        l - 1
+                    )));
+                }
+                let key_mask = KeyMask::new(mask, tiles * tile)?;
+                self.arith(setup)?
+                    .layer_tiles(l - 1, h, n, tile, &key_mask, chunk..chunk + 1)
             }
         }
     }
 
-    /// `x · Wᵀ + b` for `x: [rows, in]`, `w: [out, in]`, `b: [out]`.
-    fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&w.t()?)?.broadcast_add(b)?)
+    /// The weights of `setup` (precision and quantization applied), built once and cached.
+    fn weights_for(&self, setup: &Setup) -> Result<Arc<Weights>> {
+        let key = (setup.precision, setup.quant);
+        let mut cache = self
+            .prepared
+            .lock()
+            .map_err(|_| ModelError::InvalidArgument("the weight cache is poisoned".into()))?;
+        if let Some(w) = cache.get(&key) {
+            return Ok(Arc::clone(w));
+        }
+        let dtype = dtype_of(setup.precision);
+        // A linear weight: quantized (if the setup says so), then in the setup's dtype.
+        let weight = |t: &Tensor| -> Result<Tensor> {
+            let t = match setup.quant {
+                Some(q) => {
+                    let (rows, cols) = t.dims2()?;
+                    let values = t.flatten_all()?.to_vec1::<f32>()?;
+                    let deq = crate::quant::quantize_dequantize(&values, rows, cols, q)?;
+                    Tensor::from_vec(deq, (rows, cols), &Device::Cpu)?
+                }
+                None => t.clone(),
+            };
+            Ok(t.to_dtype(dtype)?)
+        };
+        // A bias: never quantized, in the setup's dtype.
+        let bias = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?) };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    wq: weight(&l.wq)?,
+                    bq: bias(&l.bq)?,
+                    wk: weight(&l.wk)?,
+                    bk: bias(&l.bk)?,
+                    wv: weight(&l.wv)?,
+                    bv: bias(&l.bv)?,
+                    wo: weight(&l.wo)?,
+                    bo: bias(&l.bo)?,
+                    attn_ln_g: l.attn_ln_g.clone(),
+                    attn_ln_b: l.attn_ln_b.clone(),
+                    wi: weight(&l.wi)?,
+                    bi: bias(&l.bi)?,
+                    wo2: weight(&l.wo2)?,
+                    bo2: bias(&l.bo2)?,
+                    out_ln_g: l.out_ln_g.clone(),
+                    out_ln_b: l.out_ln_b.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let w = Arc::new(Weights { layers });
+        cache.insert(key, Arc::clone(&w));
+        Ok(w)
     }
 
-    /// Two-pass LayerNorm over the last dimension (see the [module docs](self)).
+    fn arith(&self, setup: &Setup) -> Result<Arith<'_>> {
+        Ok(Arith {
+            model: self,
+            setup: *setup,
+            dtype: dtype_of(setup.precision),
+            w: self.weights_for(setup)?,
+        })
+    }
+}
+
+/// The weights one setup computes with: linear weights and biases in the setup's dtype (the
+/// weights quantized if the setup says so), LayerNorm gains and biases in f32. The embedding
+/// tables stay in the model (f32) and are rounded as they are read.
+#[derive(Debug)]
+struct Weights {
+    layers: Vec<Layer>,
+}
+
+/// Cache key of [`Weights`].
+type WeightKey = (Precision, Option<Quant>);
+
+/// The prepared-weights cache shared by clones of a model.
+type WeightCache = Arc<Mutex<HashMap<WeightKey, Arc<Weights>>>>;
+
+/// Which keys a query may attend to: the additive mask `[1, keys]` in f32 (`0` where the
+/// attention mask is 1, `−∞` where it is 0 and for the padding keys past its end) and the same
+/// as booleans.
+struct KeyMask {
+    tensor: Tensor,
+    visible: Vec<bool>,
+}
+
+impl KeyMask {
+    fn new(mask: &[u32], keys: usize) -> Result<Self> {
+        let visible: Vec<bool> = (0..keys).map(|k| mask.get(k) == Some(&1)).collect();
+        let values: Vec<f32> = visible
+            .iter()
+            .map(|&v| if v { 0.0 } else { f32::NEG_INFINITY })
+            .collect();
+        Ok(KeyMask {
+            tensor: Tensor::from_vec(values, (1, keys), &Device::Cpu)?,
+            visible,
+        })
+    }
+}
+
+/// The arithmetic of one setup: the building blocks every layer computation goes through.
+struct Arith<'m> {
+    model: &'m BertModel,
+    setup: Setup,
+    dtype: DType,
+    w: Arc<Weights>,
+}
+
+impl Arith<'_> {
+    fn cast(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.to_dtype(self.dtype)?)
+    }
+
+    /// An f32 value rounded to the setup's precision (to nearest, ties to even), as f32.
+    fn round(&self, v: f32) -> f32 {
+        match self.setup.precision {
+            Precision::F32 => v,
+            Precision::Bf16 => half::bf16::from_f32(v).to_f32(),
+            Precision::F16 => half::f16::from_f32(v).to_f32(),
+        }
+    }
+
+    /// `x · Wᵀ + b` for `x: [r, in]`, `w: [out, in]`, `b: [out]`, with the setup's batch and
+    /// split-K exactly as in the [decoder](crate::llama) (batch: the rows stacked `batch` times
+    /// into one matmul, the first `r` output rows kept; split-K: `s` contiguous slices of the
+    /// inner dimension, each product in f32 from the exactly widened operands, summed in slice
+    /// order in f32 and rounded once to the dtype); the bias is then added in the dtype.
+    fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let r = x.dim(0)?;
+        let x = if self.setup.batch > 1 {
+            Tensor::cat(&vec![x; self.setup.batch], 0)?
+        } else {
+            x.clone()
+        };
+        let inner = w.dim(1)?;
+        let y = if self.setup.split_k > 1 && inner > 1 {
+            let part = inner.div_ceil(self.setup.split_k);
+            let mut acc: Option<Tensor> = None;
+            let mut start = 0;
+            while start < inner {
+                let len = part.min(inner - start);
+                let xs = x
+                    .narrow(1, start, len)?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?;
+                let ws = w
+                    .narrow(1, start, len)?
+                    .to_dtype(DType::F32)?
+                    .contiguous()?;
+                let p = xs.matmul(&ws.t()?)?;
+                acc = Some(match acc {
+                    None => p,
+                    Some(a) => a.add(&p)?,
+                });
+                start += len;
+            }
+            acc.expect("inner > 1").to_dtype(self.dtype)?
+        } else {
+            x.matmul(&w.t()?)?
+        };
+        let y = if self.setup.batch > 1 {
+            y.narrow(0, 0, r)?
+        } else {
+            y
+        };
+        Ok(y.broadcast_add(b)?)
+    }
+
+    /// Two-pass LayerNorm over the last dimension with statistics in f32: `x` is converted to
+    /// f32, normalized, scaled by the f32 gain and shifted by the f32 bias, then rounded to the
+    /// setup's dtype.
     fn layer_norm(&self, x: &Tensor, gain: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
         let mean = x.mean_keepdim(D::Minus1)?;
         let centered = x.broadcast_sub(&mean)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let std = var.affine(1.0, self.config.layer_norm_eps)?.sqrt()?;
+        let std = var.affine(1.0, self.model.config.layer_norm_eps)?.sqrt()?;
         Ok(centered
             .broadcast_div(&std)?
             .broadcast_mul(gain)?
-            .broadcast_add(bias)?)
+            .broadcast_add(bias)?
+            .to_dtype(self.dtype)?)
     }
 
     /// `[rows, hidden]` to `[heads, rows, hd]`, contiguous.
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (rows, _) = x.dims2()?;
-        let c = &self.config;
+        let c = &self.model.config;
         Ok(x.reshape((rows, c.num_attention_heads, c.head_dim()))?
             .transpose(0, 1)?
             .contiguous()?)
     }
 
-    /// Eager multi-head attention of `q: [heads, c, hd]` over `k, v: [heads, e, hd]` with the
-    /// additive key mask `mask: [1, e]`; returns the context `[c, hidden]`.
-    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `h_l = h_{l−1} + (h_{l−1} − h_{l−2})` in the setup's dtype.
+    fn reuse_update(&self, prev: &[f32], prev2: &[f32]) -> Result<Vec<f32>> {
+        let a = self.cast(&Tensor::from_slice(prev, prev.len(), &Device::Cpu)?)?;
+        let b = self.cast(&Tensor::from_slice(prev2, prev2.len(), &Device::Cpu)?)?;
+        Ok(a.add(&a.sub(&b)?)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+
+    /// The additive mask `[tq, e]` of `window:size` for queries at positions `q0..q0 + tq`:
+    /// key `k` is visible to query `p` iff the key mask shows it and `|p − k| < size`. A query
+    /// whose window holds no visible key (only a masked or padding position can be one) sees
+    /// every visible key instead, so that no row is all `−∞`.
+    fn window_mask(&self, km: &KeyMask, q0: usize, tq: usize, size: usize) -> Result<Tensor> {
+        let e = km.visible.len();
+        let mut values = Vec::with_capacity(tq * e);
+        for p in q0..q0 + tq {
+            let in_window = |k: usize| km.visible[k] && p.abs_diff(k) < size;
+            let any = (0..e).any(in_window);
+            values.extend((0..e).map(|k| {
+                if (any && in_window(k)) || (!any && km.visible[k]) {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
+        }
+        Ok(Tensor::from_vec(values, (tq, e), &Device::Cpu)?)
+    }
+
+    /// Multi-head attention of `q: [heads, tq, hd]` (queries at positions `q0..q0 + tq`) over
+    /// `k, v: [heads, e, hd]` (keys `0..e`) under the setup's attention; returns the context
+    /// `[tq, hidden]` in the setup's dtype. Scores are computed in the dtype, converted to f32
+    /// and scaled by `1/sqrt(hd)`; masks, the softmax and its statistics are f32; probabilities
+    /// are rounded to the dtype for the product with `v`.
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        km: &KeyMask,
+        q0: usize,
+    ) -> Result<Tensor> {
         let (heads, rows, hd) = q.dims3()?;
+        let e = k.dim(1)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let scores = q.matmul(&k.t()?)?.affine(scale, 0.0)?;
-        let scores = scores.broadcast_add(mask)?;
-        let max = scores.max_keepdim(D::Minus1)?;
-        let exp = scores.broadcast_sub(&max)?.exp()?;
-        let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
-        Ok(probs
-            .matmul(v)?
+        let scores_of = |k: &Tensor| -> Result<Tensor> {
+            Ok(q.matmul(&k.t()?)?
+                .to_dtype(DType::F32)?
+                .affine(scale, 0.0)?)
+        };
+        let ctx = match self.setup.attention {
+            Attention::Eager => {
+                let scores = scores_of(k)?.broadcast_add(&km.tensor)?;
+                self.softmax_times_v(&scores, v)?
+            }
+            Attention::Window { size } => {
+                let mask = self.window_mask(km, q0, rows, size)?;
+                let scores = scores_of(k)?.broadcast_add(&mask)?;
+                self.softmax_times_v(&scores, v)?
+            }
+            Attention::TopK { k: keep } => {
+                let scores = scores_of(k)?.broadcast_add(&km.tensor)?;
+                let mut values = scores.flatten_all()?.to_vec1::<f32>()?;
+                let mut sorted = Vec::with_capacity(e);
+                for row in values.chunks_mut(e) {
+                    sorted.clear();
+                    sorted.extend(row.iter().copied().filter(|s| s.is_finite()));
+                    if sorted.len() > keep {
+                        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+                        let threshold = sorted[keep - 1];
+                        for s in row.iter_mut() {
+                            if *s < threshold {
+                                *s = f32::NEG_INFINITY;
+                            }
+                        }
+                    }
+                }
+                let scores = Tensor::from_vec(values, (heads, rows, e), &Device::Cpu)?;
+                self.softmax_times_v(&scores, v)?
+            }
+            Attention::Tiled { block } => {
+                // Online softmax over key blocks. The mask is per key, so a block is either
+                // hidden from every query (skipped: it would contribute exactly 0) or shows
+                // each query at least one key; the running maximum is finite from the first
+                // block processed on.
+                let mut state: Option<(Tensor, Tensor, Tensor)> = None; // (m, s, o)
+                let mut k0 = 0;
+                while k0 < e {
+                    let len = block.min(e - k0);
+                    if !km.visible[k0..k0 + len].contains(&true) {
+                        k0 += len;
+                        continue;
+                    }
+                    let kb = k.narrow(1, k0, len)?;
+                    let vb = v.narrow(1, k0, len)?;
+                    let s = scores_of(&kb)?.broadcast_add(&km.tensor.narrow(1, k0, len)?)?;
+                    let bmax = s.max_keepdim(D::Minus1)?;
+                    state = Some(match state {
+                        None => {
+                            let p = s.broadcast_sub(&bmax)?.exp()?;
+                            let sum = p.sum_keepdim(D::Minus1)?;
+                            let o = p.to_dtype(self.dtype)?.matmul(&vb)?.to_dtype(DType::F32)?;
+                            (bmax, sum, o)
+                        }
+                        Some((m, sum, o)) => {
+                            let m_new = m.maximum(&bmax)?;
+                            let corr = m.sub(&m_new)?.exp()?;
+                            let p = s.broadcast_sub(&m_new)?.exp()?;
+                            let sum = sum.mul(&corr)?.add(&p.sum_keepdim(D::Minus1)?)?;
+                            let pv = p.to_dtype(self.dtype)?.matmul(&vb)?.to_dtype(DType::F32)?;
+                            let o = o.broadcast_mul(&corr)?.add(&pv)?;
+                            (m_new, sum, o)
+                        }
+                    });
+                    k0 += len;
+                }
+                let (_, sum, o) = state.ok_or_else(|| {
+                    ModelError::InvalidArgument("the attention mask hides every key".into())
+                })?;
+                o.broadcast_div(&sum)?.to_dtype(self.dtype)?
+            }
+        };
+        Ok(ctx
             .transpose(0, 1)?
             .contiguous()?
             .reshape((rows, heads * hd))?)
     }
 
+    /// Softmax of f32 `scores` over the last dimension (f32 statistics), probabilities rounded
+    /// to the setup's dtype, times `v`.
+    fn softmax_times_v(&self, scores: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let max = scores.max_keepdim(D::Minus1)?;
+        let exp = scores.broadcast_sub(&max)?.exp()?;
+        let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
+        Ok(probs.to_dtype(self.dtype)?.matmul(v)?)
+    }
+
     /// The embedding rows (layer 0) of tiles `out` of `tokens` (truncated at the sequence end):
-    /// `(word + type 0) + position` in plain f32, then LayerNorm on each zero-padded `[tile,
-    /// hidden]` tile.
-    fn embed_tiles(
-        &self,
-        tokens: &[u32],
-        tile: usize,
-        out: std::ops::Range<usize>,
-    ) -> Result<Vec<f32>> {
-        let d = self.config.hidden_size;
+    /// `(word + type 0) + position` with every table value and each sum rounded to the setup's
+    /// precision (plain f32 for f32), then LayerNorm on each zero-padded `[tile, hidden]` tile.
+    fn embed_tiles(&self, tokens: &[u32], tile: usize, out: Range<usize>) -> Result<Vec<f32>> {
+        let m = self.model;
+        let d = m.config.hidden_size;
         let n = tokens.len();
-        let ty = &self.token_type[..d];
+        let ty = &m.token_type[..d];
         let mut result = Vec::with_capacity((out.end - out.start) * tile * d);
         for t in out {
             let mut rows = vec![0f32; tile * d];
             let lo = (t * tile).min(n);
             let hi = ((t + 1) * tile).min(n);
             for p in lo..hi {
-                let w = &self.word[tokens[p] as usize * d..][..d];
-                let pos = &self.position[p * d..][..d];
+                let w = &m.word[tokens[p] as usize * d..][..d];
+                let pos = &m.position[p * d..][..d];
                 let row = &mut rows[(p - lo) * d..][..d];
                 for i in 0..d {
-                    row[i] = (w[i] + ty[i]) + pos[i];
+                    let wt = self.round(self.round(w[i]) + self.round(ty[i]));
+                    row[i] = self.round(wt + self.round(pos[i]));
                 }
             }
             let x = Tensor::from_vec(rows, (tile, d), &Device::Cpu)?;
-            let h = self.layer_norm(&x, &self.emb_ln_g, &self.emb_ln_b)?;
-            let h = h.narrow(0, 0, hi - lo)?.flatten_all()?.to_vec1::<f32>()?;
+            let h = self.layer_norm(&x, &m.emb_ln_g, &m.emb_ln_b)?;
+            let h = h
+                .narrow(0, 0, hi - lo)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             result.extend_from_slice(&h);
         }
         Ok(result)
     }
 
     /// Runs encoder layer `l` (0-based) over input rows `x` (`n` rows) in tiles of `tile` rows
-    /// and returns the output rows of tiles `out` (truncated at `n`). Reads every input tile;
-    /// each is a fresh `[tile, hidden]` tensor, zero-padded past `n`.
+    /// and returns the output rows of tiles `out` (truncated at `n`) as f32. Reads every input
+    /// tile; each is a fresh `[tile, hidden]` tensor in the setup's dtype, zero-padded past `n`.
     fn layer_tiles(
         &self,
         l: usize,
         x: &[f32],
         n: usize,
         tile: usize,
-        key_mask: &Tensor,
-        out: std::ops::Range<usize>,
+        key_mask: &KeyMask,
+        out: Range<usize>,
     ) -> Result<Vec<f32>> {
-        let d = self.config.hidden_size;
-        let w = &self.layers[l];
+        let d = self.model.config.hidden_size;
+        let w = &self.w.layers[l];
         let tiles = n.div_ceil(tile);
         let tile_tensor = |t: usize| -> Result<Tensor> {
             let mut rows = vec![0f32; tile * d];
             let lo = (t * tile).min(n);
             let hi = ((t + 1) * tile).min(n);
             rows[..(hi - lo) * d].copy_from_slice(&x[lo * d..hi * d]);
-            Ok(Tensor::from_vec(rows, (tile, d), &Device::Cpu)?)
+            self.cast(&Tensor::from_vec(rows, (tile, d), &Device::Cpu)?)
         };
 
         // 1. keys and values of every tile
@@ -736,7 +1114,7 @@ impl BertModel {
             let xj = tile_tensor(j)?;
             // 2. attention of the tile's queries over every key
             let q = self.split_heads(&self.linear(&xj, &w.wq, &w.bq)?)?;
-            let ctx = self.attention(&q, &k, &v, key_mask)?;
+            let ctx = self.attention(&q, &k, &v, key_mask, j * tile)?;
             let a = self.linear(&ctx, &w.wo, &w.bo)?.add(&xj)?;
             let a = self.layer_norm(&a, &w.attn_ln_g, &w.attn_ln_b)?;
             // 3. MLP
@@ -744,26 +1122,15 @@ impl BertModel {
             let h = self.linear(&m, &w.wo2, &w.bo2)?.add(&a)?;
             let h = self.layer_norm(&h, &w.out_ln_g, &w.out_ln_b)?;
             let rows = tile.min(n.saturating_sub(j * tile));
-            let h = h.narrow(0, 0, rows)?.flatten_all()?.to_vec1::<f32>()?;
+            let h = h
+                .narrow(0, 0, rows)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             result.extend_from_slice(&h);
         }
         Ok(result)
     }
-}
-
-/// The additive key mask `[1, keys]` in f32: `0` where `mask` is 1, `−∞` where it is 0 and for
-/// the padding keys past `mask.len()`.
-fn key_mask(mask: &[u32], keys: usize) -> Result<Tensor> {
-    let values: Vec<f32> = (0..keys)
-        .map(|k| {
-            if mask.get(k) == Some(&1) {
-                0.0
-            } else {
-                f32::NEG_INFINITY
-            }
-        })
-        .collect();
-    Ok(Tensor::from_vec(values, (1, keys), &Device::Cpu)?)
 }
 
 fn check_tile(tile: usize) -> Result<()> {

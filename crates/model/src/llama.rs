@@ -750,7 +750,7 @@ impl LlamaModel {
     }
 
     /// Checks that `setup` is valid and fits this model (a skipped or reused layer exists).
-    fn check_setup(&self, setup: &Setup) -> Result<()> {
+    pub(crate) fn check_setup(&self, setup: &Setup) -> Result<()> {
         setup.validate()?;
         let layers = self.config.num_layers;
         for (what, l) in [("skip", setup.skip), ("reuse", setup.reuse)] {
@@ -1102,7 +1102,7 @@ pub struct Capture {
 }
 
 /// The candle dtype of a precision.
-fn dtype_of(p: Precision) -> DType {
+pub(crate) fn dtype_of(p: Precision) -> DType {
     match p {
         Precision::F32 => DType::F32,
         Precision::Bf16 => DType::BF16,

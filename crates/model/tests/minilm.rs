@@ -336,3 +336,84 @@ fn verifier_accepts_an_honest_minilm_run_and_rejects_a_perturbed_cell() {
         );
     }
 }
+
+#[test]
+fn a_few_setups_run_on_the_real_model_and_recompute_bitwise() {
+    use veritrace_model::Engine;
+    let Some(dir) = installed() else { return };
+    let model = BertModel::load(&dir).unwrap();
+    let tokens = model.prompt(0, 40);
+    assert_eq!((tokens[0], tokens[39]), (101, 102));
+    assert!(tokens[1..39].iter().all(|&t| (999..30522).contains(&t)));
+    let tile = 16;
+    let reference = model.trace(&Setup::F32_EAGER, &tokens, tile).unwrap();
+    for s in [
+        "bf16/attn=eager",
+        "bf16/attn=tiled:16/quant=int8-channel/splitk=2",
+        "f16/attn=window:16/batch=2",
+        "f32/attn=topk:8/quant=int4-g32:mse/skip=3",
+    ] {
+        let setup: Setup = s.parse().unwrap();
+        let trace = model.trace(&setup, &tokens, tile).unwrap();
+        assert_eq!(trace.layers.len(), 7);
+        assert!(trace.layers.iter().flatten().all(|v| v.is_finite()), "{s}");
+        // Not equal to the reference, and not unrelated to it (a window of 16 cuts off the
+        // [CLS] and [SEP] keys many heads attend to: relative L2 0.67 at the last layer).
+        let last = trace.layers.last().unwrap();
+        let want = reference.layers.last().unwrap();
+        let rel = (last
+            .iter()
+            .zip(want)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum::<f64>()
+            / want.iter().map(|b| f64::from(*b).powi(2)).sum::<f64>())
+        .sqrt();
+        assert!(rel > 0.0 && rel < 1.0, "{s}: relative L2 {rel}");
+        // Two cells of every layer recompute bit for bit.
+        let d = trace.hidden;
+        for l in 0..trace.layers.len() {
+            for j in [0, 2] {
+                let inputs = if l == 0 {
+                    CellInputs::Tokens(&tokens)
+                } else {
+                    CellInputs::Hidden(&trace.layers[l - 1])
+                };
+                let got = model.recompute_cell(&setup, tile, l, j, inputs).unwrap();
+                let want = &trace.layers[l][j * tile * d..((j + 1) * tile).min(40) * d];
+                assert!(
+                    got.iter()
+                        .map(|v| v.to_bits())
+                        .eq(want.iter().map(|v| v.to_bits())),
+                    "{s}: cell ({l}, {j})"
+                );
+            }
+        }
+    }
+    assert!(matches!(
+        model.trace(
+            &"f32/attn=eager/order=decode".parse().unwrap(),
+            &tokens,
+            tile
+        ),
+        Err(ModelError::UnsupportedSetup(_))
+    ));
+    // The verifier accepts an honest bf16 run under its own setup.
+    let setup: Setup = "bf16/attn=tiled:16/quant=int8-channel".parse().unwrap();
+    let (statement, trace) = model
+        .prove_encode(&setup, &tokens, tile as u32, HasherId::Blake3)
+        .unwrap();
+    let cfg = VerifierConfig {
+        mode: Mode::Interactive,
+        params: ChallengeParams {
+            samples: statement.geometry.num_cells() as u32,
+            strategy: SamplingStrategy::Uniform,
+            pow_bits: 0,
+        },
+        rounds: 1,
+        tolerance: TolerancePolicy::Exact,
+    };
+    assert_eq!(
+        session(&model, &statement, trace.layer_bytes(), cfg),
+        Verdict::Accept
+    );
+}
