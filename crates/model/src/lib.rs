@@ -17,9 +17,11 @@
 //!   the format `veritrace commit` reads, with the statement as metadata.
 //! * [`BertModel`]: a BERT encoder loaded from real weights — all-MiniLM-L6-v2, found by
 //!   [`minilm_dir`] once `scripts/install-minilm.sh` has installed it — with its
-//!   [`BertTokenizer`] and [`BertModel::digest`] ([`bert`] documents both).
+//!   [`BertTokenizer`] and [`BertModel::digest`] ([`bert`] documents both). It runs every
+//!   setup but the decode order, with the decoder's arithmetic rules.
 //! * [`LlamaModel`] and [`BertModel`] implement [`veritrace_protocol::Recompute`], so a
-//!   [`veritrace_protocol::Verifier`] can check a prover that ran either.
+//!   [`veritrace_protocol::Verifier`] can check a prover that ran either, and [`Engine`], so
+//!   the fingerprint study ([`fingerprint`]) runs on either.
 //!
 //! ## Shape-invariant arithmetic
 //!
