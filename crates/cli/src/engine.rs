@@ -1,13 +1,17 @@
 //! Turning a `--model` argument into an [`Engine`]: [`load_engine`] is the one place every verb
 //! that runs a model goes through, and the one place to extend when a new loader exists.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
-use veritrace_model::{Engine, LlamaModel, ModelConfig, ModelError};
+use veritrace_model::{minilm_dir, BertModel, Engine, LlamaModel, ModelConfig, ModelError};
 
 /// The built-in presets [`load_engine`] accepts by name.
 pub const PRESETS: [&str; 2] = ["tiny", "small"];
+
+/// The name [`load_engine`] accepts for the installed all-MiniLM-L6-v2
+/// ([`veritrace_model::minilm_dir`]).
+pub const MINILM: &str = "minilm";
 
 /// Every way [`load_engine`] refuses a model argument.
 #[derive(Debug, Error)]
@@ -16,18 +20,38 @@ pub enum EngineLoadError {
     /// The argument names a path that holds no checkpoint a loader reads.
     #[error(
         "model {spec:?}: not a checkpoint directory (expected config.json with \
-         model.safetensors or model.safetensors.index.json: a Llama-style checkpoint)"
+         model.safetensors or model.safetensors.index.json: a Llama-style checkpoint, or a BERT \
+         one whose config.json says \"model_type\": \"bert\")"
     )]
     PathNotSupported {
         /// The argument.
         spec: String,
     },
-    /// The argument is neither a preset nor a path.
+    /// The argument is neither a preset, `minilm`, nor a path.
     #[error(
-        "unknown model {spec:?}: give a built-in seeded Llama-style preset (tiny, small) or a \
-         Llama-style checkpoint directory"
+        "unknown model {spec:?}: give a built-in seeded Llama-style preset (tiny, small), minilm \
+         (all-MiniLM-L6-v2, installed by scripts/install-minilm.sh), or a checkpoint directory \
+         (Llama-style, or BERT)"
     )]
     Unknown {
+        /// The argument.
+        spec: String,
+    },
+    /// `minilm` was asked for but is not installed.
+    #[error(
+        "model \"minilm\": all-MiniLM-L6-v2 is not installed (looked in ${env} if set, else \
+         models/all-MiniLM-L6-v2 under the workspace root, for {files}); run \
+         `bash scripts/install-minilm.sh`",
+        env = veritrace_model::MINILM_ENV,
+        files = veritrace_model::MODEL_FILES.join(", ")
+    )]
+    MiniLmNotInstalled,
+    /// The argument names a BERT encoder, but the verb needs a decoder (it generates tokens).
+    #[error(
+        "model {spec:?} is a BERT encoder; this command needs a Llama-style decoder (a preset \
+         tiny or small, or a Llama-style checkpoint directory)"
+    )]
+    NotADecoder {
         /// The argument.
         spec: String,
     },
@@ -47,42 +71,92 @@ fn looks_like_path(spec: &str) -> bool {
     spec.contains(['/', '\\']) || spec.starts_with('.') || Path::new(spec).exists()
 }
 
-/// The decoder a `--model` argument names: a preset of [`PRESETS`] (seeded weights) or a
-/// Llama-style checkpoint directory ([`LlamaModel::load`]).
-///
-/// # Errors
-/// [`EngineLoadError`]: an unknown name, a path that is not a checkpoint directory, or a
-/// model that fails to load.
-pub fn load_llama(spec: &str) -> Result<LlamaModel, EngineLoadError> {
-    let model_err = |source| EngineLoadError::Model {
-        spec: spec.to_string(),
-        source,
-    };
+/// What a `--model` argument names, before anything is loaded.
+enum Spec<'a> {
+    /// A built-in seeded preset.
+    Preset(&'a str),
+    /// A Llama-style checkpoint directory.
+    Llama(&'a Path),
+    /// A BERT checkpoint directory (the installed MiniLM included).
+    Bert(PathBuf),
+}
+
+/// Resolves `spec` without loading weights: a preset, `minilm`, or a directory whose
+/// `config.json` has `"model_type": "bert"` (BERT) or not (Llama-style).
+fn resolve(spec: &str) -> Result<Spec<'_>, EngineLoadError> {
     if PRESETS.contains(&spec) {
-        return ModelConfig::preset(spec)
-            .and_then(LlamaModel::new)
-            .map_err(model_err);
+        return Ok(Spec::Preset(spec));
     }
-    let path = Path::new(spec);
+    if spec == MINILM {
+        return minilm_dir()
+            .map(Spec::Bert)
+            .ok_or(EngineLoadError::MiniLmNotInstalled);
+    }
     if !looks_like_path(spec) {
         return Err(EngineLoadError::Unknown {
             spec: spec.to_string(),
         });
     }
-    if !path.join("config.json").is_file() {
+    let path = Path::new(spec);
+    let config = path.join("config.json");
+    if !config.is_file() {
         return Err(EngineLoadError::PathNotSupported {
             spec: spec.to_string(),
         });
     }
-    LlamaModel::load(path).map_err(model_err)
+    let model_type = std::fs::read(&config)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| v.get("model_type")?.as_str().map(str::to_string));
+    if model_type.as_deref() == Some("bert") {
+        Ok(Spec::Bert(path.to_path_buf()))
+    } else {
+        Ok(Spec::Llama(path))
+    }
 }
 
-/// The engine a `--model` argument names (see [`load_llama`]).
+/// The decoder a `--model` argument names: a preset of [`PRESETS`] (seeded weights) or a
+/// Llama-style checkpoint directory ([`LlamaModel::load`]), for the verbs that generate tokens.
 ///
 /// # Errors
-/// As [`load_llama`].
+/// [`EngineLoadError`]: an unknown name, a path that is not a checkpoint directory, a BERT
+/// encoder ([`EngineLoadError::NotADecoder`]), or a model that fails to load.
+pub fn load_llama(spec: &str) -> Result<LlamaModel, EngineLoadError> {
+    let model_err = |source| EngineLoadError::Model {
+        spec: spec.to_string(),
+        source,
+    };
+    match resolve(spec) {
+        Ok(Spec::Preset(name)) => ModelConfig::preset(name)
+            .and_then(LlamaModel::new)
+            .map_err(model_err),
+        Ok(Spec::Llama(path)) => LlamaModel::load(path).map_err(model_err),
+        Ok(Spec::Bert(_)) | Err(EngineLoadError::MiniLmNotInstalled) => {
+            Err(EngineLoadError::NotADecoder {
+                spec: spec.to_string(),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The engine a `--model` argument names: a decoder as [`load_llama`] reads it, `minilm` (the
+/// installed all-MiniLM-L6-v2, [`veritrace_model::minilm_dir`]), or a BERT checkpoint
+/// directory (`config.json` with `"model_type": "bert"`, read by [`BertModel::load`]).
+///
+/// # Errors
+/// [`EngineLoadError`]: an unknown name, a path that is not a checkpoint directory, `minilm`
+/// when it is not installed, or a model that fails to load.
 pub fn load_engine(spec: &str) -> Result<Box<dyn Engine>, EngineLoadError> {
-    Ok(Box::new(load_llama(spec)?))
+    match resolve(spec)? {
+        Spec::Bert(dir) => BertModel::load(&dir)
+            .map(|m| Box::new(m) as Box<dyn Engine>)
+            .map_err(|source| EngineLoadError::Model {
+                spec: spec.to_string(),
+                source,
+            }),
+        Spec::Preset(_) | Spec::Llama(_) => Ok(Box::new(load_llama(spec)?)),
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +188,45 @@ mod tests {
         assert!(matches!(
             load_llama(dir.path().to_str().unwrap()),
             Err(EngineLoadError::Model { .. })
+        ));
+        // A BERT config goes to the encoder's loader (here: no weights file), and the decoder
+        // verbs refuse it by name.
+        std::fs::write(
+            dir.path().join("config.json"),
+            r#"{"model_type": "bert", "vocab_size": 50}"#,
+        )
+        .unwrap();
+        let spec = dir.path().to_str().unwrap();
+        assert!(matches!(
+            load_engine(spec),
+            Err(EngineLoadError::Model { .. })
+        ));
+        assert!(matches!(
+            load_llama(spec),
+            Err(EngineLoadError::NotADecoder { .. })
+        ));
+    }
+
+    #[test]
+    fn minilm_loads_when_installed_and_is_not_a_decoder() {
+        match veritrace_model::minilm_dir() {
+            Some(dir) => {
+                let e = load_engine(MINILM).unwrap();
+                assert_eq!((e.num_layers(), e.hidden_size()), (6, 384));
+                assert!(e.name().starts_with("bert L=6 d=384"), "{}", e.name());
+                // The installed directory loads the same model by path.
+                let by_path = load_engine(dir.to_str().unwrap()).unwrap();
+                assert_eq!(by_path.name(), e.name());
+            }
+            None => {
+                let err = load_engine(MINILM).err().unwrap();
+                assert!(matches!(err, EngineLoadError::MiniLmNotInstalled));
+                assert!(err.to_string().contains("scripts/install-minilm.sh"));
+            }
+        }
+        assert!(matches!(
+            load_llama(MINILM),
+            Err(EngineLoadError::NotADecoder { .. })
         ));
     }
 }

@@ -28,7 +28,10 @@ invariant (bitwise identical on every prompt), identical-hardware (differs, max 
 
 Setups file: one canonical setup string per line (e.g. bf16/attn=tiled:64/quant=int8-channel),
 '#' comments, blank lines ignored; the first setup is the reference. Without --setups the
-default plan is used (simulations/setups/default.txt holds it for the tiny model).
+default plan is used (simulations/setups/default.txt holds it for the tiny model), less the
+setups the model refuses (an encoder such as minilm has no order=decode); a setups file with
+such a setup is refused. Prompts of an encoder with BERT's vocabulary are [CLS] ... [SEP]
+around seeded ordinary WordPieces.
 
 Exit status: 0 on success, 2 when the command line, the model or the setups are refused,
 1 otherwise.";
@@ -36,8 +39,9 @@ Exit status: 0 on success, 2 when the command line, the model or the setups are 
 /// Arguments of `veritrace fingerprint`.
 #[derive(Debug, Clone, Args)]
 pub struct FingerprintArgs {
-    /// Model: a built-in preset (tiny, small). Paths are not supported yet.
-    #[arg(long, value_name = "tiny|small|PATH", default_value = "tiny")]
+    /// Model: a built-in Llama-style preset (tiny, small), minilm (the installed
+    /// all-MiniLM-L6-v2 encoder), or a checkpoint directory (Llama-style or BERT).
+    #[arg(long, value_name = "tiny|small|minilm|PATH", default_value = "tiny")]
     pub model: String,
 
     /// Setups file (the first setup is the reference); default: the built-in default plan.

@@ -138,3 +138,50 @@ fn refusals_exit_2() {
     refused(&["--chunk", "0"], &["chunk"]);
     refused(&["--tokens", "x"], &["--tokens"]);
 }
+
+/// The installed MiniLM runs through the same verb (skips when it is not installed); a setup
+/// the encoder refuses is an input error.
+#[test]
+fn minilm_runs_and_refuses_decode_order() {
+    if veritrace_model::minilm_dir().is_none() {
+        eprintln!("skipping: MiniLM not installed; run scripts/install-minilm.sh");
+        refused(
+            &["--model", "minilm"],
+            &["not installed", "install-minilm.sh"],
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let setups = setups_file(
+        &dir,
+        "f32/attn=eager\nf32/attn=eager/splitk=2\nbf16/attn=eager\nf32/attn=eager/skip=3\n",
+    );
+    let o = fingerprint(&[
+        "--model",
+        "minilm",
+        "--setups",
+        &setups,
+        "--prompts",
+        "1",
+        "--tokens",
+        "16",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .starts_with("# Fingerprint study: bert L=6 d=384 heads=12 vocab=30522"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout
+            .contains("| `f32/attn=eager/skip=3` | structural | cross-hardware |"),
+        "{}",
+        o.stdout
+    );
+    let decode = setups_file(&dir, "f32/attn=eager\nf32/attn=eager/order=decode\n");
+    refused(
+        &["--model", "minilm", "--setups", &decode, "--prompts", "1"],
+        &["order=decode", "encoder"],
+    );
+}

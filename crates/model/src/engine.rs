@@ -3,13 +3,14 @@
 //! run through them.
 //!
 //! An engine names itself, states its geometry (layers, hidden size, vocabulary), produces
-//! deterministic prompts, and traces a prompt under a numeric [`Setup`] in row tiles of a chunk
-//! size. [`seeded_prompt`] is the default prompt rule.
+//! deterministic prompts, says which setups it runs, and traces a prompt under a numeric
+//! [`Setup`] in row tiles of a chunk size. [`seeded_prompt`] is the default prompt rule;
+//! [`bert_prompt`] is the rule of a BERT encoder with the real BERT vocabulary.
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::{LlamaModel, Result, Setup, Trace};
+use crate::{BertModel, LlamaModel, Result, Setup, Trace};
 
 /// The first 16 bytes of the ChaCha20 key of every prompt (see [`seeded_prompt`]).
 pub const PROMPT_KEY_LABEL: &[u8; 16] = b"veritrace/prompt";
@@ -35,8 +36,61 @@ pub trait Engine: Send + Sync {
         seeded_prompt(self.vocab_size(), index, len)
     }
 
+    /// Whether the engine runs `setup`: `Ok` if it does, else the reason (for example
+    /// [`crate::ModelError::UnsupportedSetup`] for `order=decode` on an encoder, or a skipped
+    /// layer the model does not have). The default accepts every valid setup. The fingerprint
+    /// study refuses a plan with a setup its engine refuses, and its default plan leaves such
+    /// setups out.
+    fn check_setup(&self, setup: &Setup) -> Result<()> {
+        setup.validate()
+    }
+
     /// The trace `h_0 … h_L` of `tokens` under `setup`, computed in row tiles of `tile` rows.
     fn trace(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<Trace>;
+}
+
+/// Size of the BERT (uncased) WordPiece vocabulary, that of all-MiniLM-L6-v2.
+pub const BERT_VOCAB_SIZE: usize = 30_522;
+
+/// `[CLS]` in the BERT vocabulary.
+pub const BERT_CLS: u32 = 101;
+
+/// `[SEP]` in the BERT vocabulary.
+pub const BERT_SEP: u32 = 102;
+
+/// The first ordinary WordPiece of the BERT vocabulary (`!`); ids below it are `[PAD]`,
+/// `[unusedN]`, `[UNK]`, `[CLS]`, `[SEP]` and `[MASK]`.
+pub const BERT_FIRST_WORDPIECE: u32 = 999;
+
+/// The prompt rule of a BERT encoder: prompt `index` of length `len`.
+///
+/// With the real BERT vocabulary (`vocab` = [`BERT_VOCAB_SIZE`]) a prompt is shaped like a
+/// tokenized sentence: [`BERT_CLS`] first, [`BERT_SEP`] last, and between them the `len − 2`
+/// ids `BERT_FIRST_WORDPIECE + u` where `u` runs over
+/// [`seeded_prompt`]`(BERT_VOCAB_SIZE − BERT_FIRST_WORDPIECE, index, len − 2)` (ordinary
+/// WordPieces only: no padding, unknown, unused or special tokens). A 1-token prompt is
+/// `[CLS]`; a 0-token prompt is empty. Any other vocabulary (a synthetic model) uses
+/// [`seeded_prompt`] unchanged.
+pub fn bert_prompt(vocab: usize, index: u64, len: usize) -> Vec<u32> {
+    if vocab != BERT_VOCAB_SIZE {
+        return seeded_prompt(vocab, index, len);
+    }
+    match len {
+        0 => Vec::new(),
+        1 => vec![BERT_CLS],
+        _ => {
+            let words = BERT_VOCAB_SIZE - BERT_FIRST_WORDPIECE as usize;
+            let mut p = Vec::with_capacity(len);
+            p.push(BERT_CLS);
+            p.extend(
+                seeded_prompt(words, index, len - 2)
+                    .into_iter()
+                    .map(|u| BERT_FIRST_WORDPIECE + u),
+            );
+            p.push(BERT_SEP);
+            p
+        }
+    }
 }
 
 /// The default prompt rule: prompt `index` of length `len` over a vocabulary of `vocab` ids.
@@ -82,9 +136,60 @@ impl Engine for LlamaModel {
         self.config().vocab_size
     }
 
+    /// Valid, and a skipped or reused layer exists.
+    fn check_setup(&self, setup: &Setup) -> Result<()> {
+        LlamaModel::check_setup(self, setup)
+    }
+
     /// [`LlamaModel::trace`].
     fn trace(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<Trace> {
         LlamaModel::trace(self, setup, tokens, tile)
+    }
+}
+
+impl Engine for BertModel {
+    /// `bert` followed by the configuration's sizes and the first 16 hex digits of the model
+    /// digest (a loaded model has no seed), e.g.
+    /// `bert L=6 d=384 heads=12 vocab=30522 digest=0123456789abcdef`.
+    fn name(&self) -> String {
+        let c = self.config();
+        format!(
+            "bert L={} d={} heads={} vocab={} digest={}",
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.vocab_size,
+            &self.digest().to_hex()[..16]
+        )
+    }
+
+    fn num_layers(&self) -> usize {
+        self.config().num_hidden_layers
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.config().hidden_size
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+
+    /// [`bert_prompt`]: `[CLS] … [SEP]` over ordinary WordPieces for the real BERT vocabulary,
+    /// [`seeded_prompt`] otherwise.
+    fn prompt(&self, index: u64, len: usize) -> Vec<u32> {
+        bert_prompt(self.config().vocab_size, index, len)
+    }
+
+    /// [`BertModel::check_setup`]: every valid setup but `order=decode`, with a skipped or
+    /// reused layer that exists.
+    fn check_setup(&self, setup: &Setup) -> Result<()> {
+        BertModel::check_setup(self, setup)
+    }
+
+    /// [`BertModel::trace`] (every position attended).
+    fn trace(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<Trace> {
+        BertModel::trace(self, setup, tokens, tile)
     }
 }
 
@@ -105,5 +210,22 @@ mod tests {
         // Every id of a small vocabulary shows up.
         let small = seeded_prompt(3, 0, 300);
         assert!((0..3).all(|v| small.contains(&v)));
+    }
+
+    #[test]
+    fn bert_prompts_look_like_tokenized_sentences() {
+        let p = bert_prompt(BERT_VOCAB_SIZE, 5, 64);
+        assert_eq!(p, bert_prompt(BERT_VOCAB_SIZE, 5, 64));
+        assert_eq!(p.len(), 64);
+        assert_eq!((p[0], p[63]), (BERT_CLS, BERT_SEP));
+        assert!(p[1..63]
+            .iter()
+            .all(|&t| (BERT_FIRST_WORDPIECE..BERT_VOCAB_SIZE as u32).contains(&t)));
+        assert_ne!(p, bert_prompt(BERT_VOCAB_SIZE, 6, 64));
+        assert_eq!(bert_prompt(BERT_VOCAB_SIZE, 5, 1), vec![BERT_CLS]);
+        assert_eq!(bert_prompt(BERT_VOCAB_SIZE, 5, 2), vec![BERT_CLS, BERT_SEP]);
+        assert!(bert_prompt(BERT_VOCAB_SIZE, 5, 0).is_empty());
+        // Another vocabulary: the default rule.
+        assert_eq!(bert_prompt(50, 5, 20), seeded_prompt(50, 5, 20));
     }
 }

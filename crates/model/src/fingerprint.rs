@@ -137,7 +137,8 @@ pub struct StudyPlan {
 impl StudyPlan {
     /// The default plan for `engine`: [`DEFAULT_PROMPTS`] prompts of [`DEFAULT_TOKENS`] tokens,
     /// chunk [`DEFAULT_CHUNK`], threshold [`DEFAULT_THRESHOLD`], and
-    /// [`StudyPlan::default_setups`] against `f32/attn=eager`.
+    /// [`StudyPlan::default_setups`] against `f32/attn=eager`, less the setups the engine
+    /// refuses ([`Engine::check_setup`]; for example `order=decode` on an encoder).
     pub fn default_for(engine: &dyn Engine) -> StudyPlan {
         StudyPlan::default_with_tokens(engine, DEFAULT_TOKENS)
     }
@@ -145,9 +146,11 @@ impl StudyPlan {
     /// [`StudyPlan::default_for`] with prompts of `tokens` tokens (the window and top-k sizes
     /// follow the prompt length).
     pub fn default_with_tokens(engine: &dyn Engine, tokens: usize) -> StudyPlan {
+        let mut setups = StudyPlan::default_setups(&Setup::F32_EAGER, engine.num_layers(), tokens);
+        setups.retain(|s| engine.check_setup(s).is_ok());
         StudyPlan {
             reference: Setup::F32_EAGER,
-            setups: StudyPlan::default_setups(&Setup::F32_EAGER, engine.num_layers(), tokens),
+            setups,
             prompts: DEFAULT_PROMPTS,
             tokens,
             chunk: DEFAULT_CHUNK,
@@ -603,7 +606,8 @@ fn distance(a: &[f32], b: &[f32]) -> (f64, f64, bool) {
 ///
 /// # Errors
 /// [`FingerprintError`] if the plan is invalid (no honest variant included), the engine refuses
-/// a setup or prompt, or a trace does not fit the engine's geometry or holds non-finite values.
+/// a setup ([`Engine::check_setup`], checked for every setup before anything runs) or a prompt,
+/// or a trace does not fit the engine's geometry or holds non-finite values.
 pub fn run_study(
     engine: &dyn Engine,
     plan: &StudyPlan,
@@ -613,6 +617,9 @@ pub fn run_study(
     let runs: Vec<Setup> = std::iter::once(plan.reference)
         .chain(plan.setups.iter().copied())
         .collect();
+    for setup in &runs {
+        engine.check_setup(setup)?;
+    }
     let n = runs.len();
     let layers = engine.num_layers() + 1;
     let width = engine.hidden_size();

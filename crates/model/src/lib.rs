@@ -15,34 +15,43 @@
 //! * [`Capture`]: optional attention-key capture beside the hidden states.
 //! * [`Trace`]: a captured trace; [`write_trace`] / [`read_trace`] store it as safetensors in
 //!   the format `veritrace commit` reads, with the statement as metadata.
-//! * [`LlamaModel`] implements [`veritrace_protocol::Recompute`], so a
-//!   [`veritrace_protocol::Verifier`] can check a prover that ran it.
+//! * [`BertModel`]: a BERT encoder loaded from real weights — all-MiniLM-L6-v2, found by
+//!   [`minilm_dir`] once `scripts/install-minilm.sh` has installed it — with its
+//!   [`BertTokenizer`] and [`BertModel::digest`] ([`bert`] documents both). It runs every
+//!   setup but the decode order, with the decoder's arithmetic rules.
+//! * [`LlamaModel`] and [`BertModel`] implement [`veritrace_protocol::Recompute`], so a
+//!   [`veritrace_protocol::Verifier`] can check a prover that ran either, and [`Engine`], so
+//!   the fingerprint study ([`fingerprint`]) runs on either.
 //!
 //! ## Shape-invariant arithmetic
 //!
 //! candle's CPU gemm picks its kernel and blocking by matrix shape, so rows computed alone can
 //! differ in the last bits from the same rows inside a larger matmul. Every layer is therefore
-//! computed in fixed row tiles of the chunk size `c` (see [`llama`]): a full forward is exactly
+//! computed in fixed row tiles of the chunk size `c` (see [`llama`] and [`bert`]): a full forward is exactly
 //! the concatenation of per-cell computations, and exact (bitwise) verification works on
 //! identical hardware.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod bert;
 pub mod engine;
 pub mod fingerprint;
 pub mod llama;
 pub mod quant;
 mod recompute;
 pub mod setup;
+mod tokenizer;
 mod trace;
 
-pub use engine::Engine;
+pub use bert::{minilm_dir, BertConfig, BertModel, MINILM_ENV, MODEL_FILES};
+pub use engine::{bert_prompt, seeded_prompt, Engine};
 pub use fingerprint::{run_study, Class, FingerprintError, StudyPlan, StudyReport};
 pub use llama::{Capture, CellInputs, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor};
 pub use setup::{
     Attention, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,
 };
+pub use tokenizer::{BertTokenizer, Encoded};
 pub use trace::{read_trace, write_trace, Trace, STATEMENT_METADATA_KEY};
 
 use thiserror::Error;
@@ -112,6 +121,51 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A weights file is malformed (not safetensors, a tensor of another dtype).
+    #[error("weights file {path}: {reason}")]
+    WeightsFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A weights file lacks a tensor the model needs.
+    #[error("weights file {path} has no tensor {name}")]
+    MissingTensor {
+        /// The file.
+        path: String,
+        /// The tensor's name (with the prefix the file uses).
+        name: String,
+    },
+    /// A weight tensor has another shape than the configuration gives it.
+    #[error("tensor {name} has shape {got:?}, the configuration needs {expected:?}")]
+    TensorShape {
+        /// The tensor's canonical name.
+        name: String,
+        /// The shape the configuration gives.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        got: Vec<usize>,
+    },
+    /// A weight tensor holds NaN or an infinity.
+    #[error("tensor {name} holds a non-finite value at element {index}")]
+    NonFiniteWeight {
+        /// The tensor's canonical name.
+        name: String,
+        /// Index of the first non-finite element.
+        index: usize,
+    },
+    /// A sequence is longer than the model's positions.
+    #[error("{tokens} tokens exceed the model's {max} positions")]
+    SequenceTooLong {
+        /// Tokens in the sequence.
+        tokens: usize,
+        /// The model's `max_position_embeddings`.
+        max: usize,
+    },
+    /// The tokenizer could not be loaded or failed on an input.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
     /// A trace file is malformed or does not hold a model trace.
     #[error("trace file {path}: {reason}")]
     TraceFile {

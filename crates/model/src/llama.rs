@@ -417,12 +417,14 @@ impl ModelConfig {
     }
 }
 
-/// What a cell is recomputed from: rows `0..e` of the layer below, where `e` is the cell's end.
+/// What a cell is recomputed from: the rows of the layer below that it depends on. For the
+/// decoder ([`LlamaModel::recompute_cell`]) those are rows `0..e`, where `e` is the cell's end;
+/// for the bidirectional encoder ([`crate::BertModel::recompute_cell`]) every row `0..T`.
 #[derive(Debug, Clone, Copy)]
 pub enum CellInputs<'a> {
-    /// Layer 0: the token ids of positions `0..e`.
+    /// Layer 0: the token ids of those positions.
     Tokens(&'a [u32]),
-    /// Layer `l ≥ 1`: rows `0..e` of `h_{l−1}`, row-major f32 (`e · hidden` elements).
+    /// Layer `l ≥ 1`: those rows of `h_{l−1}`, row-major f32 (`rows · hidden` elements).
     Hidden(&'a [f32]),
 }
 
@@ -748,7 +750,7 @@ impl LlamaModel {
     }
 
     /// Checks that `setup` is valid and fits this model (a skipped or reused layer exists).
-    fn check_setup(&self, setup: &Setup) -> Result<()> {
+    pub(crate) fn check_setup(&self, setup: &Setup) -> Result<()> {
         setup.validate()?;
         let layers = self.config.num_layers;
         for (what, l) in [("skip", setup.skip), ("reuse", setup.reuse)] {
@@ -1100,7 +1102,7 @@ pub struct Capture {
 }
 
 /// The candle dtype of a precision.
-fn dtype_of(p: Precision) -> DType {
+pub(crate) fn dtype_of(p: Precision) -> DType {
     match p {
         Precision::F32 => DType::F32,
         Precision::Bf16 => DType::BF16,

@@ -1,5 +1,5 @@
-//! The protocol's [`Recompute`] for the decoder, and the prover-side helper that builds a
-//! statement with its trace.
+//! The protocol's [`Recompute`] for the decoder and the encoder, and the prover-side helpers
+//! that build a statement with its trace.
 
 use std::ops::Range;
 
@@ -8,7 +8,7 @@ use veritrace_protocol::{
     Dependency, OutputRule, ProtocolError, Recompute, Statement, PROTOCOL_VERSION,
 };
 
-use crate::{CellInputs, LlamaModel, ModelError, Result, Setup, Trace};
+use crate::{BertModel, CellInputs, LlamaModel, ModelError, Result, Setup, Trace};
 
 fn engine(e: ModelError) -> ProtocolError {
     ProtocolError::Engine(e.to_string())
@@ -30,6 +30,22 @@ fn f32s(bytes: &[u8], what: &'static str) -> Result<Vec<f32>> {
 
 fn to_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The chunk of `statement` whose cell covers exactly `rows`.
+fn cell_of(statement: &Statement, rows: &Range<u32>) -> Result<usize> {
+    let g = &statement.geometry;
+    let chunk = rows.start / g.chunk;
+    let expected = g
+        .cell_rows(veritrace_commit::CellId { layer: 0, chunk })
+        .map_err(|e| ModelError::InvalidArgument(e.to_string()))?;
+    if !rows.start.is_multiple_of(g.chunk) || *rows != expected {
+        return Err(ModelError::InvalidArgument(format!(
+            "rows {rows:?} are not one cell of chunk size {}",
+            g.chunk
+        )));
+    }
+    Ok(chunk as usize)
 }
 
 impl LlamaModel {
@@ -99,22 +115,6 @@ impl LlamaModel {
         };
         Ok((statement, trace))
     }
-
-    /// The cell of `statement` that covers `rows` (which must be exactly one cell's rows).
-    fn cell_of(statement: &Statement, rows: &Range<u32>) -> Result<usize> {
-        let g = &statement.geometry;
-        let chunk = rows.start / g.chunk;
-        let expected = g
-            .cell_rows(veritrace_commit::CellId { layer: 0, chunk })
-            .map_err(|e| ModelError::InvalidArgument(e.to_string()))?;
-        if !rows.start.is_multiple_of(g.chunk) || *rows != expected {
-            return Err(ModelError::InvalidArgument(format!(
-                "rows {rows:?} are not one cell of chunk size {}",
-                g.chunk
-            )));
-        }
-        Ok(chunk as usize)
-    }
 }
 
 impl Recompute for LlamaModel {
@@ -125,7 +125,7 @@ impl Recompute for LlamaModel {
     ) -> veritrace_protocol::Result<Vec<u8>> {
         (|| {
             let setup = self.check_statement(statement)?;
-            let chunk = Self::cell_of(statement, &rows)?;
+            let chunk = cell_of(statement, &rows)?;
             let tokens: Vec<u32> = (0..rows.end)
                 .map(|p| statement.token(p).unwrap_or(u32::MAX))
                 .collect();
@@ -151,7 +151,7 @@ impl Recompute for LlamaModel {
     ) -> veritrace_protocol::Result<Vec<u8>> {
         (|| {
             let setup = self.check_statement(statement)?;
-            let chunk = Self::cell_of(statement, &rows)?;
+            let chunk = cell_of(statement, &rows)?;
             if input_rows != (0..rows.end) {
                 return Err(ModelError::InvalidArgument(format!(
                     "causal attention reads rows 0..{}, not {input_rows:?}",
@@ -192,5 +192,150 @@ impl Recompute for LlamaModel {
             self.next_token_from_row(&setup, &row)
         })()
         .map_err(engine)
+    }
+}
+
+impl BertModel {
+    /// Checks that this encoder can recompute cells of `statement`: the setup bytes are a setup
+    /// it runs, the model digest is this model's, the trace is f32 with this model's width and
+    /// `L + 1` layers, attention is bidirectional, there are no output tokens (an encoder does
+    /// not decode) and the output rule is the placeholder [`OutputRule::Greedy`] that
+    /// [`BertModel::prove_encode`] writes. Returns the setup.
+    pub fn check_statement(&self, statement: &Statement) -> Result<Setup> {
+        let setup = Setup::from_bytes(&statement.setup)?;
+        let g = &statement.geometry;
+        let c = self.config();
+        let mismatch = |m: String| Err(ModelError::InvalidArgument(m));
+        if statement.model_digest != self.digest() {
+            return mismatch(format!(
+                "the statement is for model {} but this model is {}",
+                statement.model_digest,
+                self.digest()
+            ));
+        }
+        if g.dtype != Dtype::F32 {
+            return mismatch(format!("the trace is {}, this setup computes f32", g.dtype));
+        }
+        if g.hidden as usize != c.hidden_size || g.layers as usize != c.num_hidden_layers + 1 {
+            return mismatch(format!(
+                "the trace has {} layers x {} columns; this model gives {} x {}",
+                g.layers,
+                g.hidden,
+                c.num_hidden_layers + 1,
+                c.hidden_size
+            ));
+        }
+        if statement.dependency != Dependency::Bidirectional {
+            return mismatch(format!(
+                "the encoder attends bidirectionally, not {:?}",
+                statement.dependency
+            ));
+        }
+        if !statement.output_tokens.is_empty() {
+            return mismatch("an encoder has no output tokens".into());
+        }
+        if statement.output_rule != OutputRule::Greedy {
+            return mismatch("an encoder statement carries the output rule greedy".into());
+        }
+        Ok(setup)
+    }
+
+    /// Prover side: traces `tokens` (every position attended) in chunks of `chunk` rows and
+    /// returns the statement of that run (this model's digest, `setup`'s canonical bytes,
+    /// `tokens` as input, no output tokens, bidirectional, output rule greedy as a placeholder)
+    /// with its trace.
+    pub fn prove_encode(
+        &self,
+        setup: &Setup,
+        tokens: &[u32],
+        chunk: u32,
+        hasher: HasherId,
+    ) -> Result<(Statement, Trace)> {
+        let trace = self.trace(setup, tokens, chunk as usize)?;
+        let statement = Statement {
+            version: PROTOCOL_VERSION,
+            model_digest: self.digest(),
+            setup: setup.to_bytes(),
+            input_tokens: tokens.to_vec(),
+            output_tokens: Vec::new(),
+            geometry: trace.geometry(chunk)?,
+            hasher,
+            dependency: Dependency::Bidirectional,
+            output_rule: OutputRule::Greedy,
+        };
+        Ok((statement, trace))
+    }
+}
+
+impl Recompute for BertModel {
+    fn embed(
+        &self,
+        statement: &Statement,
+        rows: Range<u32>,
+    ) -> veritrace_protocol::Result<Vec<u8>> {
+        (|| {
+            let setup = self.check_statement(statement)?;
+            let chunk = cell_of(statement, &rows)?;
+            let out = self.recompute_cell(
+                &setup,
+                statement.geometry.chunk as usize,
+                0,
+                chunk,
+                CellInputs::Tokens(&statement.input_tokens),
+            )?;
+            Ok(to_bytes(&out))
+        })()
+        .map_err(engine)
+    }
+
+    fn layer(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+    ) -> veritrace_protocol::Result<Vec<u8>> {
+        (|| {
+            let setup = self.check_statement(statement)?;
+            let chunk = cell_of(statement, &rows)?;
+            let tokens = statement.geometry.tokens;
+            if input_rows != (0..tokens) {
+                return Err(ModelError::InvalidArgument(format!(
+                    "bidirectional attention reads rows 0..{tokens}, not {input_rows:?}"
+                )));
+            }
+            let hidden = statement.geometry.hidden as usize;
+            let expected = tokens as usize * hidden * 4;
+            if inputs.len() != expected {
+                return Err(ModelError::WrongLength {
+                    what: "input bytes",
+                    expected: expected.to_string(),
+                    got: inputs.len(),
+                });
+            }
+            let x = f32s(inputs, "input bytes")?;
+            let out = self.recompute_cell(
+                &setup,
+                statement.geometry.chunk as usize,
+                layer as usize,
+                chunk,
+                CellInputs::Hidden(&x),
+            )?;
+            Ok(to_bytes(&out))
+        })()
+        .map_err(engine)
+    }
+
+    /// An encoder predicts no tokens: always an engine error.
+    fn next_token(
+        &self,
+        _statement: &Statement,
+        position: u32,
+        _last_row: &[u8],
+    ) -> veritrace_protocol::Result<u32> {
+        Err(engine(ModelError::InvalidArgument(format!(
+            "the BERT encoder does not decode: no token is predicted at position {position}"
+        ))))
     }
 }
