@@ -120,6 +120,20 @@ if (root / "minilm_forward_128").exists():
         if d.name.startswith("veritrace") and (d / "new" / "estimates.json").exists():
             ns = json.loads((d / "new" / "estimates.json").read_text())["median"]["point_estimate"]
             print(f"| veritrace, {d.name.split('_')[-1]} | {ns/1e6:.2f} ms | {ns/ct:.2f}x | <= 1.25x |")
+ms = root / "minilm_setups_128"
+if ms.exists():
+    print("\n### MiniLM: traced forward per numeric setup (128 tokens, chunk 128)\n")
+    print("| setup | median | tokens/s | vs f32 eager |")
+    print("|---|---|---|---|")
+    rows = []
+    for d in sorted(p for p in ms.iterdir() if (p / "new" / "estimates.json").exists()):
+        ns = json.loads((d / "new" / "estimates.json").read_text())["median"]["point_estimate"]
+        fid = json.loads((d / "new" / "benchmark.json").read_text())["function_id"]
+        rows.append((fid.replace("_", "/"), ns))
+    base = dict(rows).get("f32/attn=eager")
+    for name, ns in rows:
+        ratio = f"{ns/base:.2f}x" if base else "-"
+        print(f"| `{name}` | {ns/1e6:.1f} ms | {128/(ns/1e9):.0f} | {ratio} |")
 fast = optional("sim_fast", "32x64_k16_1thread")
 if fast:
     print("\n### Simulator fast mode (32 x 64 cells, k = 16, one thread)\n")

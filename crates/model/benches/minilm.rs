@@ -2,6 +2,8 @@
 //! (`BertModel::trace`, chunks of 128 and of 16 rows) against candle-transformers' `BertModel`
 //! forward on the same input, in the same run. Target: ours (chunk 128) within 1.25x.
 //!
+//! Then one traced forward per numeric setup (`minilm_setups_128`), for tokens per second.
+//!
 //! Run: `cargo bench -p veritrace-model --bench minilm`. Skips (runs nothing) when the model is
 //! not installed (`bash scripts/install-minilm.sh`).
 
@@ -59,7 +61,38 @@ fn bench(c: &mut Criterion, dir: &Path) {
         });
     }
     g.finish();
+
+    // Throughput per numeric setup (chunk 128: one tile per layer, as in the comparison above).
+    let mut g = c.benchmark_group("minilm_setups_128");
+    g.sample_size(10);
+    for s in SETUPS {
+        let setup: Setup = s.parse().expect("setup");
+        ours.trace(&setup, &tokens, TOKENS).expect("prepare"); // weights prepared once, untimed
+        g.bench_function(s.replace('/', "_"), |b| {
+            b.iter(|| {
+                black_box(
+                    ours.trace(&setup, black_box(&tokens), TOKENS)
+                        .expect("trace"),
+                )
+            })
+        });
+    }
+    g.finish();
 }
+
+/// The setups whose MiniLM throughput BENCHMARKS.md reports.
+const SETUPS: [&str; 10] = [
+    "f32/attn=eager",
+    "bf16/attn=eager",
+    "f16/attn=eager",
+    "f32/attn=tiled:16",
+    "f32/attn=window:16",
+    "f32/attn=topk:16",
+    "f32/attn=eager/quant=int8-channel",
+    "f32/attn=eager/quant=int4-g32:mse",
+    "f32/attn=eager/splitk=4",
+    "f32/attn=eager/batch=4",
+];
 
 fn main() {
     let Some(dir) = minilm_dir() else {

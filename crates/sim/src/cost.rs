@@ -70,6 +70,48 @@ pub fn forward_cost(config: &ModelConfig, setup: &Setup, reference: &Setup, toke
         .sum()
 }
 
+/// Cost of rows `rows` of encoder layer `layer` (1-based; 0 costs nothing) under `setup`, for a
+/// BERT layer of width `d` and MLP width `m` over `n` rows in all: per row
+/// `linear = 2·d·3d + 2·d·d + 2·2·d·m` (q, k, v, output projection, the two MLP matmuls) and
+/// `attention = 2·d·c_s + 2·d·c_v` with `c_s = n` (or the `2W − 1` positions of a window),
+/// `c_v = c_s` (or `min(K, c_s)` for top-k); widths weighted as in [`row_cost`].
+pub fn encoder_cell_cost(
+    d: usize,
+    m: usize,
+    setup: &Setup,
+    reference: &Setup,
+    layer: u32,
+    rows: std::ops::Range<u32>,
+    n: u32,
+) -> f64 {
+    let l = layer as usize;
+    if layer == 0 || setup.skip == Some(l) || setup.reuse == Some(l) {
+        return 0.0;
+    }
+    let (d, m, nf) = (d as f64, m as f64, f64::from(n));
+    let linear = 6.0 * d * d + 2.0 * d * d + 4.0 * d * m;
+    let (cs, cv) = match setup.attention {
+        Attention::Window { size } => {
+            let w = (2.0 * size as f64 - 1.0).min(nf);
+            (w, w)
+        }
+        Attention::TopK { k } => (nf, nf.min(k as f64)),
+        _ => (nf, nf),
+    };
+    let attention = 2.0 * d * (cs + cv);
+    let ref_bits = f64::from(reference.precision.bytes() as u32 * 8);
+    let act_bits = f64::from(setup.precision.bytes() as u32 * 8);
+    let weight_bits = match setup.quant {
+        Some(q) => match q.scheme {
+            QuantScheme::Int8Tensor | QuantScheme::Int8Channel => 8.0,
+            QuantScheme::Int4Group { .. } => 4.0,
+        },
+        None => act_bits,
+    };
+    let per_row = linear * weight_bits / ref_bits + attention * act_bits / ref_bits;
+    per_row * f64::from(rows.end.saturating_sub(rows.start))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

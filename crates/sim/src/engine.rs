@@ -15,7 +15,7 @@ use rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::{CellId, HasherId};
-use veritrace_model::{CellInputs, LlamaModel, ModelConfig, Setup, Trace};
+use veritrace_model::{CellInputs, Setup, Trace};
 use veritrace_protocol::soundness::{
     detection_probability, grinding_security_bits, log2_miss_probability,
 };
@@ -29,8 +29,8 @@ use veritrace_protocol::{
     Verifier, VerifierConfig,
 };
 
-use crate::cost::{cell_cost, forward_cost};
 use crate::fast::{self, CellOutcomes};
+use crate::model::SimModel;
 use crate::scenario::{AdversaryKind, AdversarySpec, Scenario};
 use crate::stats::wilson;
 use crate::SimError;
@@ -149,7 +149,7 @@ fn stream(label: &str, seed: u64, a: u64, b: u64) -> ChaCha20Rng {
 /// The simulation's model and everything derived from the scenario.
 pub struct Simulation {
     scenario: Scenario,
-    model: LlamaModel,
+    model: SimModel,
     policy: TolerancePolicy,
     calibration: CalibrationSummary,
 }
@@ -158,10 +158,25 @@ impl Simulation {
     /// Loads the model, and calibrates the tolerance on honest other-hardware runs.
     pub fn new(scenario: Scenario) -> Result<Self, SimError> {
         scenario.validate()?;
-        let model = match scenario.model.as_str() {
-            "tiny" | "small" => LlamaModel::preset(&scenario.model)?,
-            path => LlamaModel::load(std::path::Path::new(path))?,
-        };
+        let model = SimModel::load(&scenario.model)?;
+        if model.is_encoder() {
+            if scenario.prompts.output != 0 {
+                return Err(SimError::Scenario(format!(
+                    "model {}: an encoder generates no tokens; set prompts.output = 0",
+                    scenario.model
+                )));
+            }
+            if let Some(a) = scenario
+                .adversaries
+                .iter()
+                .find(|a| a.kind == AdversaryKind::ModelSwap)
+            {
+                return Err(SimError::Scenario(format!(
+                    "adversary {}: model-swap needs a seeded decoder (tiny, small)",
+                    a.label()
+                )));
+            }
+        }
         let mut sim = Simulation {
             scenario,
             model,
@@ -184,7 +199,7 @@ impl Simulation {
     }
 
     /// The model.
-    pub fn model(&self) -> &LlamaModel {
+    pub fn model(&self) -> &SimModel {
         &self.model
     }
 
@@ -193,13 +208,20 @@ impl Simulation {
         &self.policy
     }
 
-    /// Prompt `index` of the scenario: token ids from the keyed stream, below the vocabulary.
+    /// Prompt `index` of the scenario: for a decoder, `next_u32 mod vocab` of the keyed stream
+    /// `("veritrace/sim/prompt/v1", seed, index)`; for an encoder, a `[CLS] … [SEP]` sequence
+    /// ([`veritrace_model::bert_prompt`]) keyed by that stream's first `u64`.
     pub fn prompt(&self, index: u64) -> Vec<u32> {
         let mut rng = stream("veritrace/sim/prompt/v1", self.scenario.seed, index, 0);
-        let vocab = self.model.config().vocab_size as u32;
-        (0..self.scenario.prompts.tokens)
-            .map(|_| rng.next_u32() % vocab)
-            .collect()
+        let key = if self.model.is_encoder() {
+            rng.next_u64()
+        } else {
+            0
+        };
+        self.model
+            .prompt(key, self.scenario.prompts.tokens as usize, || {
+                rng.next_u32()
+            })
     }
 
     fn checks_per_session(&self) -> f64 {
@@ -253,13 +275,14 @@ impl Simulation {
         let d = trace.hidden;
         let end = ((j + 1) * chunk).min(trace.tokens);
         let claimed = trace.layers[l][j * chunk * d..end * d].to_vec();
+        let inputs = self.model.input_rows(trace.tokens, chunk, j);
         let recomputed = if l == 0 {
             let tokens: Vec<u32> = statement
                 .input_tokens
                 .iter()
                 .chain(&statement.output_tokens)
                 .copied()
-                .take(end)
+                .take(inputs.end)
                 .collect();
             self.model.recompute_cell(
                 &self.scenario.reference,
@@ -274,7 +297,7 @@ impl Simulation {
                 chunk,
                 l,
                 j,
-                CellInputs::Hidden(&trace.layers[l - 1][..end * d]),
+                CellInputs::Hidden(&trace.layers[l - 1][..inputs.end * d]),
             )?
         };
         Ok((claimed, recomputed))
@@ -329,7 +352,7 @@ impl Simulation {
     /// setup and the claimed model, with the trace.
     fn run_setup(
         &self,
-        model: &LlamaModel,
+        model: &SimModel,
         setup: &Setup,
         prompt: &[u32],
     ) -> Result<(Statement, Trace), SimError> {
@@ -346,14 +369,9 @@ impl Simulation {
         Ok((statement, trace))
     }
 
-    /// A cheaper model of the same shape: a quarter of the MLP width, the next seed.
-    pub fn swap_model(&self) -> Result<LlamaModel, SimError> {
-        let c = self.model.config();
-        Ok(LlamaModel::new(ModelConfig {
-            intermediate_size: c.intermediate_size.div_ceil(4),
-            seed: c.seed.wrapping_add(1),
-            ..c.clone()
-        })?)
+    /// A cheaper model of the same shape ([`SimModel::swap_model`]).
+    pub fn swap_model(&self) -> Result<SimModel, SimError> {
+        self.model.swap_model()
     }
 
     /// `⌈f · n⌉` distinct cells drawn from `cells`, keyed by the scenario seed.
@@ -373,23 +391,24 @@ impl Simulation {
     pub fn prover_run(&self, a: &AdversarySpec, ai: u64, pi: u64) -> Result<ProverRun, SimError> {
         let prompt = self.prompt(pi);
         let reference = self.scenario.reference;
-        let config = self.model.config().clone();
         let (statement, trace, cost, equivocate) = match a.kind {
             AdversaryKind::Honest | AdversaryKind::LateCommitment => {
                 let (s, t) = self.run_setup(&self.model, &reference, &prompt)?;
-                let c = forward_cost(&config, &reference, &reference, t.tokens as u32);
+                let c = self
+                    .model
+                    .forward_cost(&reference, &reference, t.tokens as u32);
                 (s, t, c, BTreeSet::new())
             }
             AdversaryKind::OtherHardware | AdversaryKind::Setup => {
                 let setup = a.setup.expect("validated");
                 let (s, t) = self.run_setup(&self.model, &setup, &prompt)?;
-                let c = forward_cost(&config, &setup, &reference, t.tokens as u32);
+                let c = self.model.forward_cost(&setup, &reference, t.tokens as u32);
                 (s, t, c, BTreeSet::new())
             }
             AdversaryKind::ModelSwap => {
                 let swap = self.swap_model()?;
                 let (s, t) = self.run_setup(&swap, &reference, &prompt)?;
-                let c = forward_cost(swap.config(), &reference, &reference, t.tokens as u32);
+                let c = swap.forward_cost(&reference, &reference, t.tokens as u32);
                 (s, t, c, BTreeSet::new())
             }
             AdversaryKind::Partial | AdversaryKind::Grinding => {
@@ -422,7 +441,9 @@ impl Simulation {
                     .map(|i| g.cell_at(i).expect("in range"))
                     .collect();
                 let e = self.pick(&cells, a.fraction.expect("validated"), ai, pi);
-                let c = forward_cost(&config, &reference, &reference, t.tokens as u32);
+                let c = self
+                    .model
+                    .forward_cost(&reference, &reference, t.tokens as u32);
                 (s, t, c, e)
             }
         };
@@ -450,7 +471,6 @@ impl Simulation {
         let chunk = self.scenario.protocol.chunk as usize;
         let d = honest.hidden;
         let n = honest.tokens;
-        let config = self.model.config();
         let mut t = honest.clone();
         let mut cost = 0.0;
         for l in 1..t.layers.len() {
@@ -466,19 +486,20 @@ impl Simulation {
                 } else {
                     &reference
                 };
+                let inputs = self.model.input_rows(n, chunk, j);
                 let rows = self.model.recompute_cell(
                     setup,
                     chunk,
                     l,
                     j,
-                    CellInputs::Hidden(&t.layers[l - 1][..end * d]),
+                    CellInputs::Hidden(&t.layers[l - 1][..inputs.end * d]),
                 )?;
-                cost += cell_cost(
-                    config,
+                cost += self.model.cell_cost(
                     setup,
                     &reference,
                     l as u32,
                     (j * chunk) as u32..end as u32,
+                    n as u32,
                 );
                 layer.extend(rows);
             }
@@ -622,8 +643,9 @@ impl Simulation {
             .map(|pi| self.prover_run(a, ai, pi))
             .collect::<Result<_, _>>()?;
         let reference = self.scenario.reference;
-        let config = self.model.config();
-        let honest_cost = forward_cost(config, &reference, &reference, runs[0].trace.tokens as u32);
+        let honest_cost =
+            self.model
+                .forward_cost(&reference, &reference, runs[0].trace.tokens as u32);
         let cells = runs[0].statement.geometry.num_cells();
         let k = u64::from(self.scenario.protocol.samples).min(cells);
         let rounds = self.scenario.protocol.rounds;
@@ -817,8 +839,9 @@ impl Simulation {
         let mut c = 0.0;
         for &cell in cells {
             let rows = statement.geometry.cell_rows(cell)?;
-            // Recomputing a cell also recomputes the keys and values of the rows before it.
-            c += cell_cost(self.model.config(), &r, &r, cell.layer, rows);
+            c += self
+                .model
+                .cell_cost(&r, &r, cell.layer, rows, statement.sequence_len() as u32);
         }
         Ok(c)
     }

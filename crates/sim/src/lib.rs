@@ -20,6 +20,7 @@
 pub mod cost;
 pub mod engine;
 pub mod fast;
+pub mod model;
 pub mod report;
 pub mod scenario;
 pub mod stats;
@@ -28,6 +29,7 @@ pub mod sweep;
 pub use engine::{
     AdversaryResult, CalibrationSummary, EngineMode, ProverRun, SimReport, Simulation,
 };
+pub use model::SimModel;
 pub use scenario::{AdversaryKind, AdversarySpec, Scenario, DEFAULT_SCENARIO};
 
 use thiserror::Error;

@@ -1,0 +1,80 @@
+//! The simulator on real weights (all-MiniLM-L6-v2, a bidirectional encoder). Skips with a
+//! message when the model is not installed (`bash scripts/install-minilm.sh`; CI installs it).
+
+use veritrace_sim::{Scenario, SimError, Simulation};
+
+fn installed() -> bool {
+    if veritrace_model::minilm_dir().is_some() {
+        return true;
+    }
+    eprintln!("skipping: MiniLM not installed; run scripts/install-minilm.sh");
+    false
+}
+
+fn scenario(trials: u64) -> Scenario {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../simulations/minilm.toml"
+    ))
+    .unwrap();
+    let mut s = Scenario::from_toml(&text).unwrap();
+    s.trials = trials;
+    s.prompts.count = 2;
+    s.prompts.tokens = 24;
+    s.tolerance.calibration_prompts = 2;
+    s.tolerance.holdout_prompts = 2;
+    s
+}
+
+#[test]
+fn encoder_provers_end_to_end() {
+    if !installed() {
+        return;
+    }
+    let mut s = scenario(60);
+    s.adversaries.retain(|a| {
+        matches!(
+            a.label().as_str(),
+            "honest"
+                | "setup f32/attn=eager/quant=int4-g32"
+                | "partial f32/attn=eager/quant=int4-g32 f=0.1"
+                | "late-commitment"
+        )
+    });
+    assert_eq!(s.adversaries.len(), 4);
+    let r = Simulation::new(s).unwrap().run(&|| {}).unwrap();
+    let honest = &r.adversaries[0];
+    assert_eq!(honest.detected, 0, "{honest:?}");
+    let int4 = &r.adversaries[1];
+    assert!(int4.detection > 0.9, "{int4:?}");
+    assert!(int4.saving > 0.5);
+    for a in &r.adversaries[1..3] {
+        let p = a.predicted.unwrap();
+        assert!(
+            a.wilson95.0 <= p && p <= a.wilson95.1,
+            "{}: {p} outside {:?}",
+            a.label,
+            a.wilson95
+        );
+    }
+    assert_eq!(r.adversaries[3].detected, r.adversaries[3].trials);
+}
+
+#[test]
+fn encoder_scenarios_refuse_generation_and_model_swap() {
+    if !installed() {
+        return;
+    }
+    let mut s = scenario(1);
+    s.prompts.output = 2;
+    assert!(matches!(Simulation::new(s), Err(SimError::Scenario(_))));
+    let mut s = scenario(1);
+    s.adversaries.push(
+        Scenario::default_scenario()
+            .adversaries
+            .into_iter()
+            .find(|a| a.label() == "model-swap")
+            .unwrap(),
+    );
+    assert!(matches!(Simulation::new(s), Err(SimError::Scenario(_))));
+}
