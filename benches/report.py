@@ -72,6 +72,26 @@ def optional(*parts):
     return json.loads(path.read_text())["median"]["point_estimate"] if path.exists() else None
 
 
+def setups_table(group, title, tokens=128):
+    """One row per setup of a per-setup benchmark group: median, tokens/s, ratio to f32 eager."""
+    if not group.exists():
+        return
+    print(f"\n### {title}\n")
+    print("| setup | median | tokens/s | vs f32 eager |")
+    print("|---|---|---|---|")
+    rows = []
+    for d in sorted(p for p in group.iterdir() if (p / "new" / "estimates.json").exists()):
+        ns = json.loads((d / "new" / "estimates.json").read_text())["median"]["point_estimate"]
+        # The benches write each setup string with "/" as "_" (criterion splits ids on "/");
+        # setup strings contain no "_" of their own.
+        fid = json.loads((d / "new" / "benchmark.json").read_text())["function_id"]
+        rows.append((fid.replace("_", "/"), ns))
+    base = dict(rows).get("f32/attn=eager")
+    for name, ns in rows:
+        ratio = f"{ns/base:.2f}x" if base else "-"
+        print(f"| `{name}` | {ns/1e6:.1f} ms | {tokens/(ns/1e9):.0f} | {ratio} |")
+
+
 if (root / "model_capture_tiny").exists() or (root / "model_capture").exists():
     print("\n### Model: trace capture overhead (128 tokens, chunk 16, f32 eager)\n")
     print("| model | forward, no trace | trace (every hidden state) | + attention keys | capture overhead | with keys | target |")
@@ -92,24 +112,7 @@ if (root / "model_capture_tiny").exists() or (root / "model_capture").exists():
         if f and c0 and c1:
             share = f / layers
             print(f"| {preset} | {f/1e6:.2f} ms | {share/1e6:.2f} ms | {c0/1e6:.2f} ms | {c1/1e6:.2f} ms | {c1/share:.2f}x | <= 1.5x |")
-    setups_dir = root / "model_setups_tiny"
-    if not setups_dir.exists():
-        setups_dir = root / "model_setups" / "tiny"
-    if setups_dir.exists():
-        print("\n### Model: traced forward per numeric setup (tiny, 128 tokens, chunk 16)\n")
-        print("| setup | median | tokens/s | vs f32 eager |")
-        print("|---|---|---|---|")
-        rows = []
-        for d in sorted(p for p in setups_dir.iterdir() if (p / "new" / "estimates.json").exists()):
-            ns = json.loads((d / "new" / "estimates.json").read_text())["median"]["point_estimate"]
-            # The bench writes each setup string with "/" as "_" (criterion splits ids on "/");
-            # setup strings contain no "_" of their own.
-            fid = json.loads((d / "new" / "benchmark.json").read_text())["function_id"]
-            rows.append((fid.replace("_", "/"), ns))
-        base = dict(rows).get("f32/attn=eager")
-        for name, ns in rows:
-            ratio = f"{ns/base:.2f}x" if base else "-"
-            print(f"| `{name}` | {ns/1e6:.1f} ms | {128/(ns/1e9):.0f} | {ratio} |")
+    setups_table(root / "model_setups_tiny", "Model: traced forward per numeric setup (tiny, 128 tokens, chunk 16)")
 if (root / "minilm_forward_128").exists():
     print("\n### MiniLM forward, 128 tokens (same run)\n")
     ct = optional("minilm_forward_128", "candle_transformers")
@@ -120,20 +123,7 @@ if (root / "minilm_forward_128").exists():
         if d.name.startswith("veritrace") and (d / "new" / "estimates.json").exists():
             ns = json.loads((d / "new" / "estimates.json").read_text())["median"]["point_estimate"]
             print(f"| veritrace, {d.name.split('_')[-1]} | {ns/1e6:.2f} ms | {ns/ct:.2f}x | <= 1.25x |")
-ms = root / "minilm_setups_128"
-if ms.exists():
-    print("\n### MiniLM: traced forward per numeric setup (128 tokens, chunk 128)\n")
-    print("| setup | median | tokens/s | vs f32 eager |")
-    print("|---|---|---|---|")
-    rows = []
-    for d in sorted(p for p in ms.iterdir() if (p / "new" / "estimates.json").exists()):
-        ns = json.loads((d / "new" / "estimates.json").read_text())["median"]["point_estimate"]
-        fid = json.loads((d / "new" / "benchmark.json").read_text())["function_id"]
-        rows.append((fid.replace("_", "/"), ns))
-    base = dict(rows).get("f32/attn=eager")
-    for name, ns in rows:
-        ratio = f"{ns/base:.2f}x" if base else "-"
-        print(f"| `{name}` | {ns/1e6:.1f} ms | {128/(ns/1e9):.0f} | {ratio} |")
+setups_table(root / "minilm_setups_128", "MiniLM: traced forward per numeric setup (128 tokens, chunk 128)")
 fast = optional("sim_fast", "32x64_k16_1thread")
 if fast:
     print("\n### Simulator fast mode (32 x 64 cells, k = 16, one thread)\n")
