@@ -121,7 +121,7 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::Digest;
 
-use crate::llama::dtype_of;
+use crate::ops::dtype_of;
 use crate::setup::Order;
 use crate::{
     first_non_finite, Attention, CellInputs, ModelError, NamedTensor, Precision, Quant, Result,
@@ -840,44 +840,7 @@ impl Arith<'_> {
     /// inner dimension, each product in f32 from the exactly widened operands, summed in slice
     /// order in f32 and rounded once to the dtype); the bias is then added in the dtype.
     fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let r = x.dim(0)?;
-        let x = if self.setup.batch > 1 {
-            Tensor::cat(&vec![x; self.setup.batch], 0)?
-        } else {
-            x.clone()
-        };
-        let inner = w.dim(1)?;
-        let y = if self.setup.split_k > 1 && inner > 1 {
-            let part = inner.div_ceil(self.setup.split_k);
-            let mut acc: Option<Tensor> = None;
-            let mut start = 0;
-            while start < inner {
-                let len = part.min(inner - start);
-                let xs = x
-                    .narrow(1, start, len)?
-                    .to_dtype(DType::F32)?
-                    .contiguous()?;
-                let ws = w
-                    .narrow(1, start, len)?
-                    .to_dtype(DType::F32)?
-                    .contiguous()?;
-                let p = xs.matmul(&ws.t()?)?;
-                acc = Some(match acc {
-                    None => p,
-                    Some(a) => a.add(&p)?,
-                });
-                start += len;
-            }
-            acc.expect("inner > 1").to_dtype(self.dtype)?
-        } else {
-            x.matmul(&w.t()?)?
-        };
-        let y = if self.setup.batch > 1 {
-            y.narrow(0, 0, r)?
-        } else {
-            y
-        };
-        Ok(y.broadcast_add(b)?)
+        Ok(crate::ops::matmul_t(x, w, &self.setup, self.dtype)?.broadcast_add(b)?)
     }
 
     /// Two-pass LayerNorm over the last dimension with statistics in f32: `x` is converted to
@@ -1035,10 +998,7 @@ impl Arith<'_> {
     /// Softmax of f32 `scores` over the last dimension (f32 statistics), probabilities rounded
     /// to the setup's dtype, times `v`.
     fn softmax_times_v(&self, scores: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let max = scores.max_keepdim(D::Minus1)?;
-        let exp = scores.broadcast_sub(&max)?.exp()?;
-        let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
-        Ok(probs.to_dtype(self.dtype)?.matmul(v)?)
+        crate::ops::softmax_times_v(scores, v, self.dtype)
     }
 
     /// The embedding rows (layer 0) of tiles `out` of `tokens` (truncated at the sequence end):

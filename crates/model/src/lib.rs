@@ -38,6 +38,7 @@ pub mod bert;
 pub mod engine;
 pub mod fingerprint;
 pub mod llama;
+mod ops;
 pub mod quant;
 mod recompute;
 pub mod setup;

@@ -1101,14 +1101,7 @@ pub struct Capture {
     pub keys: bool,
 }
 
-/// The candle dtype of a precision.
-pub(crate) fn dtype_of(p: Precision) -> DType {
-    match p {
-        Precision::F32 => DType::F32,
-        Precision::Bf16 => DType::BF16,
-        Precision::F16 => DType::F16,
-    }
-}
+use crate::ops::dtype_of;
 
 /// The weights one setup computes with: linear weights in the setup's dtype (quantized if the
 /// setup says so), norm gains in f32, the LM head in the setup's dtype (never quantized).
@@ -1147,54 +1140,9 @@ impl Arith<'_> {
         Ok(x.to_dtype(self.dtype)?)
     }
 
-    /// `x · Wᵀ` for `x: [r, in]`, `w: [out, in]`, with the setup's batch and split-K.
-    ///
-    /// * batch `b`: the rows are stacked `b` times (the other prompts of the batch) into one
-    ///   `[b·r, in]` matmul and the first `r` output rows kept;
-    /// * split-K `s`: the inner dimension is cut into `s` contiguous slices of
-    ///   `⌈in / s⌉` (the last one shorter); each slice's product is computed in f32 from the
-    ///   (exactly widened) operands, the partial sums are added in slice order in f32, and the
-    ///   total is rounded once to the setup's dtype, as a split-K kernel with f32 accumulators.
+    /// `x · Wᵀ` with the setup's batch and split-K ([`crate::ops::matmul_t`]).
     fn linear(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let r = x.dim(0)?;
-        let x = if self.setup.batch > 1 {
-            Tensor::cat(&vec![x; self.setup.batch], 0)?
-        } else {
-            x.clone()
-        };
-        let inner = w.dim(1)?;
-        let y = if self.setup.split_k > 1 && inner > 1 {
-            let part = inner.div_ceil(self.setup.split_k);
-            let mut acc: Option<Tensor> = None;
-            let mut start = 0;
-            while start < inner {
-                let len = part.min(inner - start);
-                // Operands widened to f32 (exactly), so each partial product is an f32
-                // accumulator as in a split-K kernel, not a 16-bit rounded result.
-                let xs = x
-                    .narrow(1, start, len)?
-                    .to_dtype(DType::F32)?
-                    .contiguous()?;
-                let ws = w
-                    .narrow(1, start, len)?
-                    .to_dtype(DType::F32)?
-                    .contiguous()?;
-                let p = xs.matmul(&ws.t()?)?;
-                acc = Some(match acc {
-                    None => p,
-                    Some(a) => a.add(&p)?,
-                });
-                start += len;
-            }
-            acc.expect("inner > 1").to_dtype(self.dtype)?
-        } else {
-            x.matmul(&w.t()?)?
-        };
-        if self.setup.batch > 1 {
-            Ok(y.narrow(0, 0, r)?)
-        } else {
-            Ok(y)
-        }
+        crate::ops::matmul_t(x, w, &self.setup, self.dtype)
     }
 
     /// RMSNorm with statistics in f32: `x` is converted to f32, normalized and scaled by the
@@ -1411,10 +1359,7 @@ impl Arith<'_> {
     }
 
     fn softmax_times_v(&self, scores: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let max = scores.max_keepdim(D::Minus1)?;
-        let exp = scores.broadcast_sub(&max)?.exp()?;
-        let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
-        Ok(probs.to_dtype(self.dtype)?.matmul(v)?)
+        crate::ops::softmax_times_v(scores, v, self.dtype)
     }
 
     /// Runs transformer layer `l` (0-based) over input rows `x` (`n` rows) in blocks of `blk`
