@@ -210,7 +210,7 @@ impl BertConfig {
     /// positive.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::InvalidConfig(m));
-        for (name, v) in [
+        crate::llama::check_sizes(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("num_hidden_layers", self.num_hidden_layers),
@@ -218,14 +218,7 @@ impl BertConfig {
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),
             ("type_vocab_size", self.type_vocab_size),
-        ] {
-            if v == 0 {
-                return bad(format!("{name} must be at least 1"));
-            }
-            if v > 1 << 20 {
-                return bad(format!("{name} = {v} exceeds 2^20"));
-            }
-        }
+        ])?;
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "{} heads do not divide width {}",

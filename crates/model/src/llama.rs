@@ -377,21 +377,14 @@ impl ModelConfig {
     /// that the kv heads divide the query heads, and that the constants are finite and positive.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::InvalidConfig(m));
-        for (name, v) in [
+        check_sizes(&[
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("num_layers", self.num_layers),
             ("num_heads", self.num_heads),
             ("num_kv_heads", self.num_kv_heads),
             ("intermediate_size", self.intermediate_size),
-        ] {
-            if v == 0 {
-                return bad(format!("{name} must be at least 1"));
-            }
-            if v > 1 << 20 {
-                return bad(format!("{name} = {v} exceeds 2^20"));
-            }
-        }
+        ])?;
         if !self.hidden_size.is_multiple_of(self.num_heads) || !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "{} heads do not split width {} into even head sizes",
@@ -415,6 +408,23 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// Checks that every named size is between 1 and 2^20 (a configuration's sanity bound).
+pub(crate) fn check_sizes(sizes: &[(&str, usize)]) -> Result<()> {
+    for &(name, v) in sizes {
+        if v == 0 {
+            return Err(ModelError::InvalidConfig(format!(
+                "{name} must be at least 1"
+            )));
+        }
+        if v > 1 << 20 {
+            return Err(ModelError::InvalidConfig(format!(
+                "{name} = {v} exceeds 2^20"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What a cell is recomputed from: the rows of the layer below that it depends on. For the

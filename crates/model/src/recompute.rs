@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use veritrace_commit::{Dtype, HasherId};
+use veritrace_commit::{Digest, Dtype, HasherId};
 use veritrace_protocol::{
     Dependency, OutputRule, ProtocolError, Recompute, Statement, PROTOCOL_VERSION,
 };
@@ -48,34 +48,46 @@ fn cell_of(statement: &Statement, rows: &Range<u32>) -> Result<usize> {
     Ok(chunk as usize)
 }
 
+/// The checks every model shares: the setup bytes parse, the statement is for the model of
+/// `digest`, and the trace is f32 with `hidden` columns and `layers + 1` hidden states.
+/// Returns the setup.
+fn check_model_and_shape(
+    statement: &Statement,
+    digest: Digest,
+    hidden: usize,
+    layers: usize,
+) -> Result<Setup> {
+    let setup = Setup::from_bytes(&statement.setup)?;
+    let g = &statement.geometry;
+    let mismatch = |m: String| Err(ModelError::InvalidArgument(m));
+    if statement.model_digest != digest {
+        return mismatch(format!(
+            "the statement is for model {} but this model is {digest}",
+            statement.model_digest
+        ));
+    }
+    if g.dtype != Dtype::F32 {
+        return mismatch(format!("the trace is {}, this setup computes f32", g.dtype));
+    }
+    if g.hidden as usize != hidden || g.layers as usize != layers + 1 {
+        return mismatch(format!(
+            "the trace has {} layers x {} columns; this model gives {} x {hidden}",
+            g.layers,
+            g.hidden,
+            layers + 1
+        ));
+    }
+    Ok(setup)
+}
+
 impl LlamaModel {
     /// Checks that this model can recompute cells of `statement`: the setup bytes are a setup
     /// it runs, the model digest is this model's, the trace is f32 with this model's width and
     /// `L + 1` layers, attention is causal and decoding greedy. Returns the setup.
     pub fn check_statement(&self, statement: &Statement) -> Result<Setup> {
-        let setup = Setup::from_bytes(&statement.setup)?;
-        let g = &statement.geometry;
         let c = self.config();
+        let setup = check_model_and_shape(statement, self.digest(), c.hidden_size, c.num_layers)?;
         let mismatch = |m: String| Err(ModelError::InvalidArgument(m));
-        if statement.model_digest != self.digest() {
-            return mismatch(format!(
-                "the statement is for model {} but this model is {}",
-                statement.model_digest,
-                self.digest()
-            ));
-        }
-        if g.dtype != Dtype::F32 {
-            return mismatch(format!("the trace is {}, this setup computes f32", g.dtype));
-        }
-        if g.hidden as usize != c.hidden_size || g.layers as usize != c.num_layers + 1 {
-            return mismatch(format!(
-                "the trace has {} layers x {} columns; this model gives {} x {}",
-                g.layers,
-                g.hidden,
-                c.num_layers + 1,
-                c.hidden_size
-            ));
-        }
         if statement.dependency != Dependency::Causal {
             return mismatch(format!(
                 "the decoder attends causally, not {:?}",
@@ -202,29 +214,10 @@ impl BertModel {
     /// not decode) and the output rule is the placeholder [`OutputRule::Greedy`] that
     /// [`BertModel::prove_encode`] writes. Returns the setup.
     pub fn check_statement(&self, statement: &Statement) -> Result<Setup> {
-        let setup = Setup::from_bytes(&statement.setup)?;
-        let g = &statement.geometry;
         let c = self.config();
+        let setup =
+            check_model_and_shape(statement, self.digest(), c.hidden_size, c.num_hidden_layers)?;
         let mismatch = |m: String| Err(ModelError::InvalidArgument(m));
-        if statement.model_digest != self.digest() {
-            return mismatch(format!(
-                "the statement is for model {} but this model is {}",
-                statement.model_digest,
-                self.digest()
-            ));
-        }
-        if g.dtype != Dtype::F32 {
-            return mismatch(format!("the trace is {}, this setup computes f32", g.dtype));
-        }
-        if g.hidden as usize != c.hidden_size || g.layers as usize != c.num_hidden_layers + 1 {
-            return mismatch(format!(
-                "the trace has {} layers x {} columns; this model gives {} x {}",
-                g.layers,
-                g.hidden,
-                c.num_hidden_layers + 1,
-                c.hidden_size
-            ));
-        }
         if statement.dependency != Dependency::Bidirectional {
             return mismatch(format!(
                 "the encoder attends bidirectionally, not {:?}",
