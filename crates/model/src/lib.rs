@@ -32,11 +32,16 @@
 //! identical hardware.
 
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// Only the `cuda` module (driver calls and kernel launches through cudarc) may use `unsafe`.
+#![deny(unsafe_code)]
 
 pub mod bert;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod device;
 pub mod engine;
 pub mod fingerprint;
+pub mod kernels;
 pub mod llama;
 mod ops;
 pub mod quant;
@@ -46,6 +51,7 @@ mod tokenizer;
 mod trace;
 
 pub use bert::{minilm_dir, BertConfig, BertModel, MINILM_ENV, MODEL_FILES};
+pub use device::Device;
 pub use engine::{bert_prompt, seeded_prompt, Engine};
 pub use fingerprint::{run_study, Class, FingerprintError, StudyPlan, StudyReport};
 pub use llama::{Capture, CellInputs, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor};
@@ -167,6 +173,38 @@ pub enum ModelError {
     /// The tokenizer could not be loaded or failed on an input.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A device other than the CPU was asked for and cannot be used: the `cuda` feature is off,
+    /// no CUDA driver is installed, or the ordinal names no GPU.
+    #[error("device {device}: {reason}")]
+    DeviceUnavailable {
+        /// The device asked for (`cuda:0`, …).
+        device: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A setup that the device's kernels do not implement (it runs on the CPU).
+    #[error("setup {setup} is not implemented on {device}: {reason}")]
+    UnsupportedOnDevice {
+        /// The setup's canonical string.
+        setup: String,
+        /// The device.
+        device: String,
+        /// What is missing.
+        reason: String,
+    },
+    /// A kernel did not compile with NVRTC; `log` is NVRTC's log.
+    #[error("kernel {name} did not compile ({reason}):\n{log}")]
+    KernelCompile {
+        /// The kernel file.
+        name: String,
+        /// NVRTC's error code.
+        reason: String,
+        /// NVRTC's compilation log.
+        log: String,
+    },
+    /// The CUDA driver, cuBLAS or a kernel launch failed.
+    #[error("cuda: {0}")]
+    Cuda(String),
     /// A trace file is malformed or does not hold a model trace.
     #[error("trace file {path}: {reason}")]
     TraceFile {
