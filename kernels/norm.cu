@@ -132,14 +132,6 @@ extern "C" __global__ void vt_rope(float* x, const float* __restrict__ cosv,
     xh[p + half] = vt_round(vt_round(hi * c, precision) + vt_round(lo * s, precision), precision);
 }
 
-// The 16-bit encoding of an f32 buffer already on the precision's grid: bf16 or f16 bits,
-// little-endian as stored in the trace (`precision` is VT_BF16 or VT_F16).
-extern "C" __global__ void vt_to_bits16(const float* __restrict__ x, unsigned short* __restrict__ out,
-                                        int n, int precision) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = precision == VT_F16 ? vt_f32_to_f16(x[i]) : vt_f32_to_bf16(x[i]);
-}
-
 // The `reuse` setup: out_i = round(a_i + round(a_i - b_i)), the previous layer's update applied
 // again (a = h_{l-1}, b = h_{l-2}).
 extern "C" __global__ void vt_reuse_update(const float* __restrict__ a, const float* __restrict__ b,

@@ -35,7 +35,6 @@ pub const KERNELS: &[KernelSource] = &[KernelSource {
         "vt_silu_mul",
         "vt_gelu",
         "vt_rope",
-        "vt_to_bits16",
         "vt_reuse_update",
     ],
 }];
