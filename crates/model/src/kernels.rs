@@ -23,21 +23,28 @@ pub struct KernelSource {
 }
 
 /// Every kernel file.
-pub const KERNELS: &[KernelSource] = &[KernelSource {
-    name: "norm.cu",
-    source: include_str!("../../../kernels/norm.cu"),
-    functions: &[
-        "vt_rms_norm",
-        "vt_layer_norm",
-        "vt_round_inplace",
-        "vt_add_inplace",
-        "vt_add_bias",
-        "vt_silu_mul",
-        "vt_gelu",
-        "vt_rope",
-        "vt_reuse_update",
-    ],
-}];
+pub const KERNELS: &[KernelSource] = &[
+    KernelSource {
+        name: "norm.cu",
+        source: include_str!("../../../kernels/norm.cu"),
+        functions: &[
+            "vt_rms_norm",
+            "vt_layer_norm",
+            "vt_round_inplace",
+            "vt_add_inplace",
+            "vt_add_bias",
+            "vt_silu_mul",
+            "vt_gelu",
+            "vt_rope",
+            "vt_reuse_update",
+        ],
+    },
+    KernelSource {
+        name: "leaf_hash.cu",
+        source: include_str!("../../../kernels/leaf_hash.cu"),
+        functions: &["vt_blake3_chunks", "vt_blake3_cells", "vt_sha256_cells"],
+    },
+];
 
 /// The program NVRTC compiles for a kernel file: [`COMMON`], then the file.
 pub fn program(kernel: &KernelSource) -> String {
