@@ -44,7 +44,7 @@ extern "C" __global__ void vt_rms_norm(const float* __restrict__ x, const float*
 }
 
 // LayerNorm, one block per row: mu = mean x, var = mean (x - mu)^2 (both f32),
-// y_i = round((x_i - mu) / sqrt(var + eps) * g_i + b_i).
+// y_i = round((x_i - mu) / sqrt(var + eps) * g_i + b_i), all in f32 (a division, as the CPU).
 extern "C" __global__ void vt_layer_norm(const float* __restrict__ x, const float* __restrict__ gamma,
                                          const float* __restrict__ beta, float* __restrict__ y,
                                          int rows, int n, float eps, int precision) {
@@ -64,10 +64,10 @@ extern "C" __global__ void vt_layer_norm(const float* __restrict__ x, const floa
         }
     float var = vt_block_sum(part, scratch) / (float)n;
     if (!live) return;
-    float inv = 1.0f / sqrtf(var + eps);
+    float sd = sqrtf(var + eps);
     float* yr = y + (vt_u64)row * n;
     for (int i = threadIdx.x; i < n; i += VT_ROW_THREADS)
-        yr[i] = vt_round((xr[i] - mu) * inv * gamma[i] + beta[i], precision);
+        yr[i] = vt_round((xr[i] - mu) / sd * gamma[i] + beta[i], precision);
 }
 
 // x_i = round(x_i): puts an f32 buffer on the precision's grid.

@@ -474,6 +474,59 @@ impl BertModel {
         &self.config
     }
 
+    /// The embedding sums `(word + type) + pos` of `tokens` before the embedding LayerNorm,
+    /// each addition rounded to `precision` as [`BertModel::trace`] does (for the GPU path,
+    /// which runs the LayerNorm on the device).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn embedding_sums(&self, precision: Precision, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        let r = |v: f32| match precision {
+            Precision::F32 => v,
+            Precision::Bf16 => half::bf16::from_f32(v).to_f32(),
+            Precision::F16 => half::f16::from_f32(v).to_f32(),
+        };
+        let d = self.config.hidden_size;
+        let ty = &self.token_type[..d];
+        let mut out = Vec::with_capacity(tokens.len() * d);
+        for (p, &tok) in tokens.iter().enumerate() {
+            let w = &self.word[tok as usize * d..][..d];
+            let pos = &self.position[p * d..][..d];
+            out.extend((0..d).map(|i| r(r(r(w[i]) + r(ty[i])) + r(pos[i]))));
+        }
+        Ok(out)
+    }
+
+    /// The f32 weights in canonical order after the embedding tables (see the module docs):
+    /// the embedding LayerNorm's gain and bias, then each layer's sixteen tensors.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn dense_tensors(&self) -> Result<Vec<Vec<f32>>> {
+        let flat = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let mut out = vec![flat(&self.emb_ln_g)?, flat(&self.emb_ln_b)?];
+        for l in &self.layers {
+            for t in [
+                &l.wq,
+                &l.bq,
+                &l.wk,
+                &l.bk,
+                &l.wv,
+                &l.bv,
+                &l.wo,
+                &l.bo,
+                &l.attn_ln_g,
+                &l.attn_ln_b,
+                &l.wi,
+                &l.bi,
+                &l.wo2,
+                &l.bo2,
+                &l.out_ln_g,
+                &l.out_ln_b,
+            ] {
+                out.push(flat(t)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The model digest (see the [module docs](self)).
     pub fn digest(&self) -> Digest {
         self.digest

@@ -71,6 +71,233 @@ impl FromStr for Device {
     }
 }
 
+/// Runs the models on one device: the CPU (candle) or a GPU (the `cuda` feature). The
+/// simulator and the CLI go through this, so that a prover and a verifier can sit on different
+/// devices without either knowing how the other computes.
+pub struct Runner {
+    device: Device,
+    #[cfg(feature = "cuda")]
+    gpu: Option<GpuState>,
+}
+
+#[cfg(feature = "cuda")]
+struct GpuState {
+    gpu: std::sync::Arc<crate::cuda::Gpu>,
+    /// Decoders prepared on the GPU, per (model digest, setup).
+    llamas: std::sync::Mutex<
+        std::collections::HashMap<
+            (veritrace_commit::Digest, String),
+            std::sync::Arc<crate::cuda::GpuLlama>,
+        >,
+    >,
+    /// Encoders prepared on the GPU, per (model digest, setup).
+    berts: std::sync::Mutex<
+        std::collections::HashMap<
+            (veritrace_commit::Digest, String),
+            std::sync::Arc<crate::cuda::GpuBert>,
+        >,
+    >,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Runner({})", self.device)
+    }
+}
+
+impl Runner {
+    /// A runner on `device`; for a GPU, opens it (compiling the kernels) or fails with
+    /// [`ModelError::DeviceUnavailable`].
+    pub fn new(device: Device) -> Result<Self, ModelError> {
+        device.check_compiled_in()?;
+        #[cfg(feature = "cuda")]
+        {
+            let gpu = match device {
+                Device::Cpu => None,
+                Device::Cuda(_) => Some(GpuState {
+                    gpu: crate::cuda::Gpu::open(device)?,
+                    llamas: Default::default(),
+                    berts: Default::default(),
+                }),
+            };
+            Ok(Runner { device, gpu })
+        }
+        #[cfg(not(feature = "cuda"))]
+        Ok(Runner { device })
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// A one-line description: `cpu`, or `cuda:0 (NVIDIA H100 …, sm_90)`.
+    pub fn describe(&self) -> String {
+        #[cfg(feature = "cuda")]
+        if let Some(g) = &self.gpu {
+            let (ma, mi) = g.gpu.capability();
+            return format!("{} ({}, sm_{ma}{mi})", self.device, g.gpu.name());
+        }
+        self.device.to_string()
+    }
+
+    #[cfg(feature = "cuda")]
+    fn gpu_llama(
+        &self,
+        model: &crate::LlamaModel,
+        setup: &crate::Setup,
+    ) -> Result<Option<std::sync::Arc<crate::cuda::GpuLlama>>, ModelError> {
+        let Some(g) = &self.gpu else { return Ok(None) };
+        let key = (model.digest(), setup.to_string());
+        let mut map = g.llamas.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = map.get(&key) {
+            return Ok(Some(m.clone()));
+        }
+        let m = std::sync::Arc::new(crate::cuda::GpuLlama::new(g.gpu.clone(), model, setup)?);
+        map.insert(key, m.clone());
+        Ok(Some(m))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn gpu_bert(
+        &self,
+        model: &crate::BertModel,
+        setup: &crate::Setup,
+    ) -> Result<Option<std::sync::Arc<crate::cuda::GpuBert>>, ModelError> {
+        let Some(g) = &self.gpu else { return Ok(None) };
+        let key = (model.digest(), setup.to_string());
+        let mut map = g.berts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = map.get(&key) {
+            return Ok(Some(m.clone()));
+        }
+        let m = std::sync::Arc::new(crate::cuda::GpuBert::new(g.gpu.clone(), model, setup)?);
+        map.insert(key, m.clone());
+        Ok(Some(m))
+    }
+
+    /// The decoder's trace of `tokens` under `setup` on this device (`tile` is the CPU's chunk
+    /// size; the GPU runs the sequence as one shape).
+    pub fn llama_trace(
+        &self,
+        model: &crate::LlamaModel,
+        setup: &crate::Setup,
+        tokens: &[u32],
+        tile: usize,
+    ) -> Result<crate::Trace, ModelError> {
+        #[cfg(feature = "cuda")]
+        if let Some(m) = self.gpu_llama(model, setup)? {
+            return m.trace(tokens);
+        }
+        model.trace(setup, tokens, tile)
+    }
+
+    /// [`crate::LlamaModel::prove_run`] on this device: greedy generation and the trace of
+    /// `prompt ‖ output`, with the statement of that run.
+    pub fn llama_prove_run(
+        &self,
+        model: &crate::LlamaModel,
+        setup: &crate::Setup,
+        prompt: &[u32],
+        n_out: usize,
+        chunk: u32,
+        hasher: veritrace_commit::HasherId,
+    ) -> Result<(veritrace_protocol::Statement, crate::Trace), ModelError> {
+        #[cfg(feature = "cuda")]
+        if let Some(m) = self.gpu_llama(model, setup)? {
+            let output = m.generate(prompt, n_out)?;
+            let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
+            let trace = m.trace(&tokens)?;
+            return model.statement_for(setup, prompt, output, trace, chunk, hasher);
+        }
+        model.prove_run(setup, prompt, n_out, chunk, hasher)
+    }
+
+    /// [`crate::LlamaModel::recompute_cell`] on this device. On a GPU, a transformer layer's
+    /// cell is recomputed from its input rows by one GPU layer pass; the embedding layer is a
+    /// table lookup, the same on every device.
+    pub fn llama_recompute_cell(
+        &self,
+        model: &crate::LlamaModel,
+        setup: &crate::Setup,
+        tile: usize,
+        layer: usize,
+        chunk: usize,
+        inputs: crate::CellInputs<'_>,
+    ) -> Result<Vec<f32>, ModelError> {
+        #[cfg(feature = "cuda")]
+        if let (crate::CellInputs::Hidden(x), Some(m)) = (&inputs, self.gpu_llama(model, setup)?) {
+            let d = model.config().hidden_size;
+            let t = x.len() / d.max(1);
+            let start = chunk.saturating_mul(tile);
+            if tile == 0 || start >= t || t > start + tile {
+                return Err(ModelError::InvalidArgument(format!(
+                    "{t} input rows do not end within chunk {chunk} of {tile} rows"
+                )));
+            }
+            return m.layer_rows(layer, x, start..t);
+        }
+        model.recompute_cell(setup, tile, layer, chunk, inputs)
+    }
+
+    /// [`crate::BertModel::trace`] on this device.
+    pub fn bert_trace(
+        &self,
+        model: &crate::BertModel,
+        setup: &crate::Setup,
+        tokens: &[u32],
+        tile: usize,
+    ) -> Result<crate::Trace, ModelError> {
+        #[cfg(feature = "cuda")]
+        if let Some(m) = self.gpu_bert(model, setup)? {
+            return m.trace(tokens);
+        }
+        model.trace(setup, tokens, tile)
+    }
+
+    /// [`crate::BertModel::prove_encode`] on this device.
+    pub fn bert_prove_encode(
+        &self,
+        model: &crate::BertModel,
+        setup: &crate::Setup,
+        tokens: &[u32],
+        chunk: u32,
+        hasher: veritrace_commit::HasherId,
+    ) -> Result<(veritrace_protocol::Statement, crate::Trace), ModelError> {
+        #[cfg(feature = "cuda")]
+        if let Some(m) = self.gpu_bert(model, setup)? {
+            let trace = m.trace(tokens)?;
+            return model.statement_for(setup, tokens, trace, chunk, hasher);
+        }
+        model.prove_encode(setup, tokens, chunk, hasher)
+    }
+
+    /// [`crate::BertModel::recompute_cell`] on this device (a GPU layer pass over every row for
+    /// a transformer layer; the embedding layer on the CPU).
+    pub fn bert_recompute_cell(
+        &self,
+        model: &crate::BertModel,
+        setup: &crate::Setup,
+        tile: usize,
+        layer: usize,
+        chunk: usize,
+        inputs: crate::CellInputs<'_>,
+    ) -> Result<Vec<f32>, ModelError> {
+        #[cfg(feature = "cuda")]
+        if let (crate::CellInputs::Hidden(x), Some(m)) = (&inputs, self.gpu_bert(model, setup)?) {
+            let d = model.config().hidden_size;
+            let t = x.len() / d.max(1);
+            let start = chunk.saturating_mul(tile);
+            if tile == 0 || start >= t {
+                return Err(ModelError::InvalidArgument(format!(
+                    "chunk {chunk} of {tile} rows is not within {t} rows"
+                )));
+            }
+            return m.layer_rows(layer, x, start..(start + tile).min(t));
+        }
+        model.recompute_cell(setup, tile, layer, chunk, inputs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,7 +51,7 @@ mod tokenizer;
 mod trace;
 
 pub use bert::{minilm_dir, BertConfig, BertModel, MINILM_ENV, MODEL_FILES};
-pub use device::Device;
+pub use device::{Device, Runner};
 pub use engine::{bert_prompt, seeded_prompt, Engine};
 pub use fingerprint::{run_study, Class, FingerprintError, StudyPlan, StudyReport};
 pub use llama::{Capture, CellInputs, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor};

@@ -114,6 +114,20 @@ impl LlamaModel {
         let output = self.generate(setup, prompt, n_out, chunk as usize)?;
         let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
         let trace = self.trace(setup, &tokens, chunk as usize)?;
+        self.statement_for(setup, prompt, output, trace, chunk, hasher)
+    }
+
+    /// The statement of a run of `setup` on `prompt` that generated `output` and produced
+    /// `trace` (on any device), and the trace: this model's digest, causal, greedy.
+    pub fn statement_for(
+        &self,
+        setup: &Setup,
+        prompt: &[u32],
+        output: Vec<u32>,
+        trace: Trace,
+        chunk: u32,
+        hasher: HasherId,
+    ) -> Result<(Statement, Trace)> {
         let statement = Statement {
             version: PROTOCOL_VERSION,
             model_digest: self.digest(),
@@ -245,6 +259,19 @@ impl BertModel {
         hasher: HasherId,
     ) -> Result<(Statement, Trace)> {
         let trace = self.trace(setup, tokens, chunk as usize)?;
+        self.statement_for(setup, tokens, trace, chunk, hasher)
+    }
+
+    /// The statement of an encoding of `tokens` under `setup` that produced `trace` (on any
+    /// device), and the trace: this model's digest, bidirectional, no output tokens.
+    pub fn statement_for(
+        &self,
+        setup: &Setup,
+        tokens: &[u32],
+        trace: Trace,
+        chunk: u32,
+        hasher: HasherId,
+    ) -> Result<(Statement, Trace)> {
         let statement = Statement {
             version: PROTOCOL_VERSION,
             model_digest: self.digest(),

@@ -167,10 +167,10 @@ fn rms_norm_and_layer_norm_match_an_f64_reference() {
             for r in x.chunks(n) {
                 let mu = r.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
                 let var = r.iter().map(|&v| (f64::from(v) - mu).powi(2)).sum::<f64>() / n as f64;
-                let inv = 1.0 / (var + 1e-12).sqrt();
+                let sd = (var + 1e-12).sqrt();
                 want.extend(r.iter().zip(g.iter().zip(&b)).map(|(&v, (&gi, &bi))| {
                     round(
-                        ((f64::from(v) - mu) * inv * f64::from(gi) + f64::from(bi)) as f32,
+                        ((f64::from(v) - mu) / sd * f64::from(gi) + f64::from(bi)) as f32,
                         p,
                     )
                 }));

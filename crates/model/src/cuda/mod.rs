@@ -76,3 +76,12 @@ fn compile_error(kernel: &KernelSource, e: CompileError) -> ModelError {
         },
     }
 }
+
+mod bert;
+pub(crate) mod gpu;
+mod llama;
+mod ops;
+
+pub use bert::GpuBert;
+pub use gpu::Gpu;
+pub use llama::{GpuLlama, GpuRun, RunOptions};

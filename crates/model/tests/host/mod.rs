@@ -39,7 +39,13 @@ pub fn build(driver: &str) -> Option<(tempfile::TempDir, PathBuf)> {
     let exe = dir.path().join(driver.trim_end_matches(".cpp"));
     let kernels = kernels_dir();
     let out = Command::new(&cxx)
-        .args(["-std=c++20", "-O2", "-pthread", "-Wall", "-Wno-unused-function"])
+        .args([
+            "-std=c++20",
+            "-O2",
+            "-pthread",
+            "-Wall",
+            "-Wno-unused-function",
+        ])
         .arg("-I")
         .arg(&kernels)
         .arg("-I")
@@ -60,7 +66,10 @@ pub fn build(driver: &str) -> Option<(tempfile::TempDir, PathBuf)> {
 
 /// Runs a built driver with `args`; panics with its stderr if it fails.
 pub fn run(exe: &Path, args: &[&Path]) {
-    let out = Command::new(exe).args(args).output().expect("run the driver");
+    let out = Command::new(exe)
+        .args(args)
+        .output()
+        .expect("run the driver");
     assert!(
         out.status.success(),
         "{} failed:\n{}{}",

@@ -1,0 +1,500 @@
+//! The built-in Llama-style decoder on a GPU ([`GpuLlama`]).
+//!
+//! The arithmetic rules are the CPU decoder's ([`crate::llama`]): the same operations in the
+//! same precision, with the same roundings (kernels/norm.cu), but the whole sequence is one
+//! shape (no tiles) and the matmuls and reductions run in the GPU's order. The result is
+//! therefore honest "other hardware": within reduction-order noise of the CPU trace, bitwise
+//! reproducible run to run on the same GPU.
+//!
+//! Per layer, on `x = h_{l-1}` (`[T, d]` f32 on the device):
+//!
+//! ```text
+//! n = rmsnorm(x; g_attn);  q = rope(n Wqᵀ);  k = rope(n Wkᵀ);  v = n Wvᵀ
+//! a = x + attn(q, k, v) Woᵀ                     (causal; eager, tiled:B or window:W kernels)
+//! m = rmsnorm(a; g_mlp);   h_l = a + (silu(m Wgateᵀ) ⊙ m Wupᵀ) Wdownᵀ
+//! ```
+//!
+//! Linear layers are cuBLAS SGEMM (rounded to the precision afterwards), or the split-K kernel
+//! for `splitk=S`, or the dequantize-and-multiply kernel for int8 per-channel / int4 group
+//! weights. When the trace is committed on the device, each `h_l` is hashed into its cells'
+//! leaf digests by kernels/leaf_hash.cu as soon as the layer finishes ([`RunOptions::commit`]).
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaSlice;
+use veritrace_commit::{Digest, HasherId, TraceGeometry};
+
+use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
+use super::ops::{self, Linear};
+use crate::{Attention, LlamaModel, ModelConfig, ModelError, Order, Result, Setup, Trace};
+
+struct GpuLayer {
+    attn_norm: CudaSlice<f32>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    mlp_norm: CudaSlice<f32>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// The decoder's weights on a GPU, prepared for one numeric setup.
+pub struct GpuLlama {
+    gpu: Arc<Gpu>,
+    model: LlamaModel,
+    setup: Setup,
+    layers: Vec<GpuLayer>,
+}
+
+impl std::fmt::Debug for GpuLlama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuLlama({:?}, {})", self.gpu, self.setup)
+    }
+}
+
+/// What a GPU run keeps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Copy every hidden state back to the host (the trace a prover opens cells from).
+    pub download: bool,
+    /// Hash each layer's cells on the device with this hasher and chunk size (BLAKE3 or
+    /// SHA-256), so only 32-byte leaf digests leave the GPU.
+    pub commit: Option<(HasherId, u32)>,
+}
+
+/// The result of a GPU run.
+#[derive(Debug, Clone)]
+pub struct GpuRun {
+    /// The hidden states, when [`RunOptions::download`] was set.
+    pub trace: Option<Trace>,
+    /// Leaf digests of every cell, layer-major, when [`RunOptions::commit`] was set.
+    pub leaves: Vec<Digest>,
+    /// The Merkle root of [`GpuRun::leaves`] (built on the host from the digests).
+    pub root: Option<Digest>,
+}
+
+/// Checks what the GPU kernels implement; refuses the rest with a typed error.
+pub(crate) fn check_gpu_setup(setup: &Setup, gpu: &Gpu) -> Result<()> {
+    let refuse = |reason: &str| {
+        Err(ModelError::UnsupportedOnDevice {
+            setup: setup.to_string(),
+            device: gpu.device().to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if let Attention::TopK { .. } = setup.attention {
+        return refuse("top-k attention has no GPU kernel (run it on the CPU)");
+    }
+    if setup.order != Order::Prefill {
+        return refuse("KV-cache decode order has no GPU path (run it on the CPU)");
+    }
+    if let Attention::Tiled { block } = setup.attention {
+        if block > ops::MAX_TILE {
+            return refuse(&format!(
+                "the tiled kernel holds blocks of at most {} keys",
+                ops::MAX_TILE
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn tensor<'a>(tensors: &'a [crate::NamedTensor], name: &str) -> Result<&'a [f32]> {
+    tensors
+        .iter()
+        .find(|(n, _, _)| n == name)
+        .map(|(_, _, v)| v.as_slice())
+        .ok_or_else(|| ModelError::Cuda(format!("decoder has no tensor {name}")))
+}
+
+impl GpuLlama {
+    /// Uploads `model`'s weights to `gpu`, prepared for `setup` (rounded to its precision,
+    /// quantized as it says).
+    pub fn new(gpu: Arc<Gpu>, model: &LlamaModel, setup: &Setup) -> Result<Self> {
+        model.check_setup(setup)?;
+        check_gpu_setup(setup, &gpu)?;
+        let c = model.config().clone();
+        let hd = c.head_dim();
+        let tensors = model.named_tensors()?;
+        // Norm gains stay f32: the norms compute in f32 and round once.
+        let gain =
+            |name: String| -> Result<CudaSlice<f32>> { gpu.upload(tensor(&tensors, &name)?) };
+        let lin = |name: String, out: usize, inp: usize| -> Result<Linear> {
+            Linear::prepare(&gpu, tensor(&tensors, &name)?, out, inp, setup)
+        };
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let pre = format!("model.layers.{i}");
+            layers.push(GpuLayer {
+                attn_norm: gain(format!("{pre}.input_layernorm.weight"))?,
+                wq: lin(
+                    format!("{pre}.self_attn.q_proj.weight"),
+                    c.num_heads * hd,
+                    c.hidden_size,
+                )?,
+                wk: lin(
+                    format!("{pre}.self_attn.k_proj.weight"),
+                    c.num_kv_heads * hd,
+                    c.hidden_size,
+                )?,
+                wv: lin(
+                    format!("{pre}.self_attn.v_proj.weight"),
+                    c.num_kv_heads * hd,
+                    c.hidden_size,
+                )?,
+                wo: lin(
+                    format!("{pre}.self_attn.o_proj.weight"),
+                    c.hidden_size,
+                    c.num_heads * hd,
+                )?,
+                mlp_norm: gain(format!("{pre}.post_attention_layernorm.weight"))?,
+                gate: lin(
+                    format!("{pre}.mlp.gate_proj.weight"),
+                    c.intermediate_size,
+                    c.hidden_size,
+                )?,
+                up: lin(
+                    format!("{pre}.mlp.up_proj.weight"),
+                    c.intermediate_size,
+                    c.hidden_size,
+                )?,
+                down: lin(
+                    format!("{pre}.mlp.down_proj.weight"),
+                    c.hidden_size,
+                    c.intermediate_size,
+                )?,
+            });
+        }
+        Ok(GpuLlama {
+            gpu,
+            model: model.clone(),
+            setup: *setup,
+            layers,
+        })
+    }
+
+    /// The setup the weights were prepared for.
+    pub fn setup(&self) -> &Setup {
+        &self.setup
+    }
+
+    /// The GPU.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    /// `cos`/`sin` tables `[rows, hd/2]` for positions `0..rows`: angles in f64, rounded to f32
+    /// and then to the precision, as the CPU decoder's tables.
+    fn rope_tables(&self, rows: usize) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+        let c = self.config();
+        let hd = c.head_dim();
+        let half = hd / 2;
+        let p = self.setup.precision;
+        let mut cos = Vec::with_capacity(rows * half);
+        let mut sin = Vec::with_capacity(rows * half);
+        for pos in 0..rows {
+            for i in 0..half {
+                let a = pos as f64 * c.rope_theta.powf(-((2 * i) as f64) / hd as f64);
+                cos.push(round_host(a.cos() as f32, p));
+                sin.push(round_host(a.sin() as f32, p));
+            }
+        }
+        Ok((self.gpu.upload(&cos)?, self.gpu.upload(&sin)?))
+    }
+
+    /// Runs transformer layer `l` (0-based) on `x` (`[t, d]`), returning `h_{l+1}`.
+    fn layer(
+        &self,
+        l: usize,
+        x: &CudaSlice<f32>,
+        t: usize,
+        rope: &(CudaSlice<f32>, CudaSlice<f32>),
+    ) -> Result<CudaSlice<f32>> {
+        let gpu = &*self.gpu;
+        let c = self.config();
+        let (d, hd, nh, nkv) = (c.hidden_size, c.head_dim(), c.num_heads, c.num_kv_heads);
+        let p = precision_code(self.setup.precision);
+        let eps = c.rms_norm_eps as f32;
+        let w = &self.layers[l];
+        let (t32, d32) = (t as i32, d as i32);
+
+        let mut n = gpu.zeros::<f32>(t * d)?;
+        launch!(
+            gpu,
+            "vt_rms_norm",
+            per_row(t),
+            x,
+            &w.attn_norm,
+            &mut n,
+            &t32,
+            &d32,
+            &eps,
+            &p
+        );
+        let mut q = ops::linear(gpu, &n, t, &w.wq, &self.setup)?;
+        let mut k = ops::linear(gpu, &n, t, &w.wk, &self.setup)?;
+        let v = ops::linear(gpu, &n, t, &w.wv, &self.setup)?;
+        let hd32 = hd as i32;
+        for (buf, heads) in [(&mut q, nh), (&mut k, nkv)] {
+            let h32 = heads as i32;
+            launch!(
+                gpu,
+                "vt_rope",
+                elementwise(t * heads * hd / 2),
+                buf,
+                &rope.0,
+                &rope.1,
+                &t32,
+                &h32,
+                &hd32,
+                &p
+            );
+        }
+        let attn = ops::attention(gpu, &q, &k, &v, t, nh, nkv, hd, true, None, &self.setup)?;
+        let mut a = ops::linear(gpu, &attn, t, &w.wo, &self.setup)?;
+        let n_all = (t * d) as i32;
+        launch!(
+            gpu,
+            "vt_add_inplace",
+            elementwise(t * d),
+            &mut a,
+            x,
+            &n_all,
+            &p
+        );
+
+        let mut m = gpu.zeros::<f32>(t * d)?;
+        launch!(
+            gpu,
+            "vt_rms_norm",
+            per_row(t),
+            &a,
+            &w.mlp_norm,
+            &mut m,
+            &t32,
+            &d32,
+            &eps,
+            &p
+        );
+        let g = ops::linear(gpu, &m, t, &w.gate, &self.setup)?;
+        let u = ops::linear(gpu, &m, t, &w.up, &self.setup)?;
+        let inter = c.intermediate_size;
+        let mut gu = gpu.zeros::<f32>(t * inter)?;
+        let n_inter = (t * inter) as i32;
+        launch!(
+            gpu,
+            "vt_silu_mul",
+            elementwise(t * inter),
+            &g,
+            &u,
+            &mut gu,
+            &n_inter,
+            &p
+        );
+        let mut h = ops::linear(gpu, &gu, t, &w.down, &self.setup)?;
+        launch!(
+            gpu,
+            "vt_add_inplace",
+            elementwise(t * d),
+            &mut h,
+            &a,
+            &n_all,
+            &p
+        );
+        Ok(h)
+    }
+
+    /// Runs the whole sequence `tokens` on the GPU: `h_0` (the embedding rows, rounded to the
+    /// precision) and every layer, applying the setup's skipped or reused layer.
+    pub fn run(&self, tokens: &[u32], options: RunOptions) -> Result<GpuRun> {
+        if tokens.is_empty() {
+            return Err(ModelError::InvalidArgument("no tokens to run".into()));
+        }
+        let gpu = &*self.gpu;
+        let _held = gpu.lock();
+        let c = self.config();
+        let (t, d) = (tokens.len(), c.hidden_size);
+        let p = self.setup.precision;
+        let h0: Vec<f32> = self
+            .model
+            .embed_tokens(tokens)?
+            .into_iter()
+            .map(|x| round_host(x, p))
+            .collect();
+        let geometry = match options.commit {
+            Some((hasher, chunk)) => {
+                ops::check_device_hasher(hasher)?;
+                Some((
+                    hasher,
+                    TraceGeometry::new(
+                        (c.num_layers + 1) as u32,
+                        t as u32,
+                        d as u32,
+                        chunk,
+                        veritrace_commit::Dtype::F32,
+                    )
+                    .map_err(|e| ModelError::InvalidArgument(e.to_string()))?,
+                ))
+            }
+            None => None,
+        };
+        let mut digests = match &geometry {
+            Some((_, g)) => Some(gpu.zeros::<u8>(g.num_cells() as usize * 32)?),
+            None => None,
+        };
+        let rope = self.rope_tables(t)?;
+        let mut layers_host = Vec::new();
+        let mut states: Vec<CudaSlice<f32>> = Vec::with_capacity(c.num_layers + 1);
+        states.push(gpu.upload(&h0)?);
+        for l in 0..=c.num_layers {
+            if l > 0 {
+                let next = if self.setup.skip == Some(l) {
+                    let mut y = gpu.zeros::<f32>(t * d)?;
+                    gpu.stream
+                        .memcpy_dtod(&states[l - 1], &mut y)
+                        .map_err(|e| super::gpu::cuda_err("copy", e))?;
+                    y
+                } else if self.setup.reuse == Some(l) {
+                    let mut y = gpu.zeros::<f32>(t * d)?;
+                    let (n, pc) = ((t * d) as i32, precision_code(p));
+                    launch!(
+                        gpu,
+                        "vt_reuse_update",
+                        elementwise(t * d),
+                        &states[l - 1],
+                        &states[l - 2],
+                        &mut y,
+                        &n,
+                        &pc
+                    );
+                    y
+                } else {
+                    self.layer(l - 1, &states[l - 1], t, &rope)?
+                };
+                states.push(next);
+            }
+            if let (Some((hasher, g)), Some(out)) = (&geometry, digests.as_mut()) {
+                ops::leaf_digests(gpu, &states[l], l as u32, g, *hasher, out)?;
+            }
+            if options.download {
+                layers_host.push(gpu.download(&states[l])?);
+            }
+            if l >= 2 {
+                // h_{l-2} is read by nothing after layer l (a reuse reads two layers back).
+                states[l - 2] = gpu.zeros::<f32>(1)?;
+            }
+        }
+        let (leaves, root) = match (geometry, digests) {
+            (Some((hasher, _)), Some(out)) => {
+                let bytes = gpu.download(&out)?;
+                let leaves: Vec<Digest> = bytes
+                    .chunks_exact(32)
+                    .map(|c| Digest(c.try_into().expect("32 bytes")))
+                    .collect();
+                let root = veritrace_commit::root_of(hasher, &leaves)
+                    .map_err(|e| ModelError::InvalidArgument(e.to_string()))?;
+                (leaves, Some(root))
+            }
+            _ => {
+                gpu.synchronize()?;
+                (Vec::new(), None)
+            }
+        };
+        let trace = options.download.then(|| Trace {
+            tokens: t,
+            hidden: d,
+            layers: layers_host,
+            keys: Vec::new(),
+        });
+        Ok(GpuRun {
+            trace,
+            leaves,
+            root,
+        })
+    }
+
+    /// The trace of `tokens` (every hidden state copied back), as [`LlamaModel::trace`] gives
+    /// on the CPU.
+    pub fn trace(&self, tokens: &[u32]) -> Result<Trace> {
+        let run = self.run(
+            tokens,
+            RunOptions {
+                download: true,
+                commit: None,
+            },
+        )?;
+        run.trace
+            .ok_or_else(|| ModelError::Cuda("the run kept no trace".into()))
+    }
+
+    /// Greedy generation on the GPU: each step runs the whole sequence and picks the next token
+    /// from the last row of `h_L` with the CPU's LM head ([`LlamaModel::next_token_from_row`]).
+    pub fn generate(&self, prompt: &[u32], n_out: usize) -> Result<Vec<u32>> {
+        let mut seq = prompt.to_vec();
+        let d = self.config().hidden_size;
+        for _ in 0..n_out {
+            let trace = self.trace(&seq)?;
+            let last = trace.layers.last().expect("at least h_0");
+            let row = &last[(seq.len() - 1) * d..seq.len() * d];
+            seq.push(self.model.next_token_from_row(&self.setup, row)?);
+        }
+        Ok(seq[prompt.len()..].to_vec())
+    }
+
+    /// The rows `rows` of `h_{layer}` computed on the GPU from the rows `0..input.len()/d` of
+    /// `h_{layer-1}` (causal attention reads only earlier rows): a verifier's recompute of one
+    /// cell on this GPU.
+    pub fn layer_rows(
+        &self,
+        layer: usize,
+        input: &[f32],
+        rows: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>> {
+        let c = self.config();
+        let d = c.hidden_size;
+        if layer == 0 || layer > c.num_layers {
+            return Err(ModelError::InvalidArgument(format!(
+                "layer {layer} is not a transformer layer (1..={})",
+                c.num_layers
+            )));
+        }
+        if input.is_empty() || !input.len().is_multiple_of(d) {
+            return Err(ModelError::WrongLength {
+                what: "input rows",
+                expected: format!("a positive multiple of {d}"),
+                got: input.len(),
+            });
+        }
+        let t = input.len() / d;
+        if rows.start >= rows.end || rows.end > t {
+            return Err(ModelError::InvalidArgument(format!(
+                "rows {rows:?} are not within the {t} input rows"
+            )));
+        }
+        if let Some(i) = crate::first_non_finite(input) {
+            return Err(ModelError::NonFinite {
+                what: "input rows",
+                index: i,
+            });
+        }
+        if self.setup.skip == Some(layer) || self.setup.reuse == Some(layer) {
+            return Err(ModelError::InvalidArgument(format!(
+                "layer {layer} is not computed under {}",
+                self.setup
+            )));
+        }
+        let gpu = &*self.gpu;
+        let _held = gpu.lock();
+        let x = gpu.upload(input)?;
+        let rope = self.rope_tables(t)?;
+        let h = self.layer(layer - 1, &x, t, &rope)?;
+        let all = gpu.download(&h)?;
+        Ok(all[rows.start * d..rows.end * d].to_vec())
+    }
+}

@@ -1,0 +1,326 @@
+//! The CUDA backend on a real GPU: agreement with the CPU, run-to-run reproducibility,
+//! device-hashed roots equal to CPU roots, and every swapped kernel standing out of the honest
+//! GPU noise floor.
+//!
+//! Without a CUDA driver every GPU test skips with a message, and
+//! `no_driver_is_a_typed_error` checks the error a user gets instead.
+#![cfg(feature = "cuda")]
+
+use veritrace_commit::{commit_trace, HasherId};
+use veritrace_model::cuda::{driver_present, Gpu, GpuBert, GpuLlama, RunOptions};
+use veritrace_model::{
+    minilm_dir, seeded_prompt, BertModel, Device, LlamaModel, ModelError, Runner, Setup, Trace,
+};
+
+fn gpu_or_skip() -> Option<std::sync::Arc<Gpu>> {
+    if !driver_present() {
+        eprintln!("skipping: no CUDA driver (libcuda) on this machine");
+        return None;
+    }
+    match Gpu::open(Device::Cuda(0)) {
+        Ok(g) => Some(g),
+        Err(ModelError::DeviceUnavailable { reason, .. }) => {
+            eprintln!("skipping: cuda:0 unavailable: {reason}");
+            None
+        }
+        Err(e) => panic!("opening cuda:0 failed: {e}"),
+    }
+}
+
+fn setup(s: &str) -> Setup {
+    s.parse().unwrap()
+}
+
+/// max |a − b| / max |b| over one layer.
+fn rel_linf(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b
+        .iter()
+        .fold(0f64, |m, v| m.max(f64::from(v.abs())))
+        .max(1e-30);
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())))
+        / scale
+}
+
+/// The largest per-layer relative L∞ deviation between two traces.
+fn trace_dev(a: &Trace, b: &Trace) -> f64 {
+    a.layers
+        .iter()
+        .zip(&b.layers)
+        .map(|(x, y)| rel_linf(x, y))
+        .fold(0.0, f64::max)
+}
+
+fn same_bits(a: &Trace, b: &Trace) -> bool {
+    a.layers.len() == b.layers.len()
+        && a.layers.iter().zip(&b.layers).all(|(x, y)| {
+            x.len() == y.len() && x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits())
+        })
+}
+
+#[test]
+fn no_driver_is_a_typed_error() {
+    if driver_present() {
+        eprintln!("skipping: a CUDA driver is present");
+        return;
+    }
+    for r in [
+        Gpu::open(Device::Cuda(0)).map(|_| ()),
+        Runner::new(Device::Cuda(0)).map(|_| ()),
+    ] {
+        match r {
+            Err(ModelError::DeviceUnavailable { device, reason }) => {
+                assert_eq!(device, "cuda:0");
+                assert!(reason.contains("driver"), "{reason}");
+            }
+            other => panic!("expected DeviceUnavailable, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_missing_ordinal_is_a_typed_error() {
+    let Some(_) = gpu_or_skip() else { return };
+    match Gpu::open(Device::Cuda(999)) {
+        Err(ModelError::DeviceUnavailable { reason, .. }) => {
+            assert!(reason.contains("GPU"), "{reason}")
+        }
+        other => panic!("expected DeviceUnavailable, got {other:?}"),
+    }
+}
+
+/// Stated tolerance of the GPU f32 decoder against the CPU f32 decoder: relative L∞ per layer
+/// (reduction-order noise of f32 over 4–8 layers is ~1e-6).
+const F32_TOLERANCE: f64 = 1e-4;
+
+#[test]
+fn gpu_decoder_matches_the_cpu_f32_path_within_tolerance() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    for preset in ["tiny", "small"] {
+        let m = LlamaModel::preset(preset).unwrap();
+        let tokens = seeded_prompt(m.config().vocab_size, 1, 96);
+        let s = Setup::F32_EAGER;
+        let cpu = m.trace(&s, &tokens, 16).unwrap();
+        let g = GpuLlama::new(gpu.clone(), &m, &s).unwrap();
+        let dev = g.trace(&tokens).unwrap();
+        let d = trace_dev(&dev, &cpu);
+        eprintln!("{preset}: GPU vs CPU f32 relative L∞ = {d:.3e}");
+        assert!(d <= F32_TOLERANCE, "{preset}: {d:e} > {F32_TOLERANCE:e}");
+        assert_eq!(
+            dev.layers[0], cpu.layers[0],
+            "h_0 is a table lookup on both"
+        );
+    }
+}
+
+#[test]
+fn the_same_setup_is_bitwise_reproducible_run_to_run() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let m = LlamaModel::preset("tiny").unwrap();
+    let tokens = seeded_prompt(m.config().vocab_size, 2, 130);
+    for s in [
+        "f32/attn=eager",
+        "bf16/attn=eager",
+        "f32/attn=tiled:32",
+        "bf16/attn=tiled:16",
+        "f32/attn=eager/quant=int8-channel",
+        "f32/attn=eager/quant=int4-g32",
+        "f32/attn=eager/splitk=4",
+        "f16/attn=window:32",
+    ] {
+        let g = GpuLlama::new(gpu.clone(), &m, &setup(s)).unwrap();
+        let a = g.trace(&tokens).unwrap();
+        let b = g.trace(&tokens).unwrap();
+        assert!(same_bits(&a, &b), "{s}: two runs differ");
+    }
+}
+
+#[test]
+fn device_hashed_roots_equal_cpu_roots() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let m = LlamaModel::preset("tiny").unwrap();
+    let g = GpuLlama::new(gpu, &m, &Setup::F32_EAGER).unwrap();
+    for (n, chunk) in [(100usize, 16u32), (37, 5), (64, 64), (300, 7)] {
+        let tokens = seeded_prompt(m.config().vocab_size, 3, n);
+        for hasher in [HasherId::Blake3, HasherId::Sha256] {
+            let run = g
+                .run(
+                    &tokens,
+                    RunOptions {
+                        download: true,
+                        commit: Some((hasher, chunk)),
+                    },
+                )
+                .unwrap();
+            let trace = run.trace.unwrap();
+            let geometry = trace.geometry(chunk).unwrap();
+            let bytes = trace.layer_bytes();
+            let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
+            let cpu = commit_trace(hasher, &geometry, &refs).unwrap();
+            assert_eq!(
+                run.leaves,
+                cpu.leaves(),
+                "{hasher:?} n={n} chunk={chunk}: leaves"
+            );
+            assert_eq!(
+                run.root,
+                Some(cpu.root()),
+                "{hasher:?} n={n} chunk={chunk}: root"
+            );
+        }
+    }
+    let err = GpuLlama::new(Gpu::open(Device::Cuda(0)).unwrap(), &m, &Setup::F32_EAGER)
+        .unwrap()
+        .run(
+            &[1, 2, 3],
+            RunOptions {
+                download: false,
+                commit: Some((HasherId::Poseidon, 1)),
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("poseidon"), "{err}");
+}
+
+/// Every swapped kernel (another attention algorithm, quantization, precision, a skipped
+/// layer) deviates from the honest GPU trace by far more than the honest noise floor, which is
+/// the largest deviation among honest runs: GPU vs CPU, and GPU split-K variants (another
+/// reduction order on the same GPU).
+#[test]
+fn each_swapped_kernel_is_detectable_against_the_honest_gpu_noise_floor() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let m = LlamaModel::preset("tiny").unwrap();
+    let tokens = seeded_prompt(m.config().vocab_size, 4, 128);
+    for reference in ["f32/attn=eager", "bf16/attn=eager"] {
+        let r = setup(reference);
+        let honest = GpuLlama::new(gpu.clone(), &m, &r)
+            .unwrap()
+            .trace(&tokens)
+            .unwrap();
+        let mut floor: f64 = trace_dev(&honest, &m.trace(&r, &tokens, 16).unwrap());
+        for k in [2, 3] {
+            let s = Setup { split_k: k, ..r };
+            let t = GpuLlama::new(gpu.clone(), &m, &s)
+                .unwrap()
+                .trace(&tokens)
+                .unwrap();
+            floor = floor.max(trace_dev(&t, &honest));
+        }
+        let p = reference.split('/').next().unwrap();
+        for swap in [
+            format!("{p}/attn=tiled:16"),
+            format!("{p}/attn=window:32"),
+            format!("{p}/attn=eager/quant=int8-channel"),
+            format!("{p}/attn=eager/quant=int4-g32"),
+            format!("{p}/attn=eager/skip=2"),
+            if p == "f32" {
+                "bf16/attn=eager".into()
+            } else {
+                "f16/attn=eager".into()
+            },
+        ] {
+            let s = setup(&swap);
+            let t = GpuLlama::new(gpu.clone(), &m, &s)
+                .unwrap()
+                .trace(&tokens)
+                .unwrap();
+            let d = trace_dev(&t, &honest);
+            eprintln!(
+                "{reference}: {swap}: deviation {d:.3e}, honest floor {floor:.3e}, ratio {:.1}",
+                d / floor.max(1e-30)
+            );
+            if swap.contains("tiled") && p == "f32" {
+                // In f32 the online softmax is a reduction-order change, as on the CPU.
+                continue;
+            }
+            assert!(
+                d > 3.0 * floor,
+                "{reference} -> {swap}: {d:e} vs floor {floor:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_recompute_of_a_cell_agrees_with_the_gpu_trace() {
+    let Some(_) = gpu_or_skip() else { return };
+    let m = LlamaModel::preset("tiny").unwrap();
+    let runner = Runner::new(Device::Cuda(0)).unwrap();
+    let s = Setup::F32_EAGER;
+    let tokens = seeded_prompt(m.config().vocab_size, 5, 64);
+    let trace = runner.llama_trace(&m, &s, &tokens, 16).unwrap();
+    let d = m.config().hidden_size;
+    for (layer, chunk) in [(1usize, 0usize), (2, 1), (4, 3)] {
+        let end = (chunk + 1) * 16;
+        let inputs = &trace.layers[layer - 1][..end * d];
+        let rows = runner
+            .llama_recompute_cell(
+                &m,
+                &s,
+                16,
+                layer,
+                chunk,
+                veritrace_model::CellInputs::Hidden(inputs),
+            )
+            .unwrap();
+        let want = &trace.layers[layer][chunk * 16 * d..end * d];
+        assert!(
+            rel_linf(&rows, want) <= F32_TOLERANCE,
+            "layer {layer} chunk {chunk}"
+        );
+    }
+    let mut bad = trace.layers[0][..16 * d].to_vec();
+    bad[5] = f32::NAN;
+    assert!(matches!(
+        runner.llama_recompute_cell(&m, &s, 16, 1, 0, veritrace_model::CellInputs::Hidden(&bad)),
+        Err(ModelError::NonFinite { .. })
+    ));
+}
+
+#[test]
+fn unsupported_setups_and_bad_input_are_typed_errors() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let m = LlamaModel::preset("tiny").unwrap();
+    for s in [
+        "f32/attn=topk:8",
+        "f32/attn=eager/order=decode",
+        "f32/attn=tiled:4096",
+    ] {
+        match GpuLlama::new(gpu.clone(), &m, &setup(s)) {
+            Err(ModelError::UnsupportedOnDevice { .. }) => {}
+            other => panic!("{s}: expected UnsupportedOnDevice, got {other:?}"),
+        }
+    }
+    let g = GpuLlama::new(gpu, &m, &Setup::F32_EAGER).unwrap();
+    assert!(g.trace(&[]).is_err());
+    assert!(matches!(
+        g.trace(&[u32::MAX]),
+        Err(ModelError::TokenOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn gpu_minilm_matches_the_cpu_encoder_within_tolerance() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let Some(dir) = minilm_dir() else {
+        eprintln!("skipping: all-MiniLM-L6-v2 is not installed (bash scripts/install-minilm.sh)");
+        return;
+    };
+    let m = BertModel::load(&dir).unwrap();
+    let tokens = veritrace_model::bert_prompt(m.config().vocab_size, 1, 128);
+    let s = Setup::F32_EAGER;
+    let cpu = m.trace(&s, &tokens, 128).unwrap();
+    let g = GpuBert::new(gpu.clone(), &m, &s).unwrap();
+    let dev = g.trace(&tokens).unwrap();
+    let d = trace_dev(&dev, &cpu);
+    eprintln!("MiniLM: GPU vs CPU f32 relative L∞ = {d:.3e}");
+    assert!(d <= F32_TOLERANCE, "{d:e}");
+    let again = g.trace(&tokens).unwrap();
+    assert!(same_bits(&dev, &again), "MiniLM runs differ");
+    let bf = GpuBert::new(gpu, &m, &setup("bf16/attn=tiled:32"))
+        .unwrap()
+        .trace(&tokens)
+        .unwrap();
+    assert!(trace_dev(&bf, &dev) > 10.0 * d.max(1e-7));
+}
