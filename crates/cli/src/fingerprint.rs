@@ -12,7 +12,7 @@ use thiserror::Error;
 use veritrace_model::fingerprint::{
     parse_setups, DEFAULT_CHUNK, DEFAULT_PROMPTS, DEFAULT_THRESHOLD, DEFAULT_TOKENS,
 };
-use veritrace_model::{run_study, Engine, StudyPlan, StudyReport};
+use veritrace_model::{run_study, Device, Engine, OnDevice, Runner, StudyPlan, StudyReport};
 
 use crate::engine::load_engine;
 
@@ -76,6 +76,12 @@ pub struct FingerprintArgs {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// Device every setup of the study runs on: `cpu`, or `cuda`/`cuda:N` (a build with
+    /// `--features cuda`). On a GPU the study measures that GPU's own honest noise floor
+    /// (split-K, batch) and how far each swapped kernel stands out of it; setups the GPU
+    /// kernels do not implement (top-k, decode order) are left out of the default plan.
+    #[arg(long, value_name = "cpu|cuda[:N]", default_value = "cpu")]
+    pub device: Device,
 }
 
 /// Input refused by `veritrace fingerprint` before the study runs (the binary exits 2).
@@ -158,12 +164,20 @@ pub fn write_outputs(dir: &Path, report: &StudyReport) -> anyhow::Result<()> {
 /// [`veritrace_model::FingerprintError`] other than an engine failure) make the binary exit 2;
 /// anything else (an engine failure, an unwritable output) exits 1.
 pub fn run(args: &FingerprintArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let engine = load_engine(&args.model)?;
-    let plan = plan_from_args(args, engine.as_ref())?;
+    let model = load_engine(&args.model)?;
+    let runner = Runner::new(args.device)?;
+    let on_device = OnDevice {
+        engine: model.as_ref(),
+        runner: &runner,
+    };
+    let engine: &dyn Engine = if args.device == Device::Cpu {
+        model.as_ref()
+    } else {
+        &on_device
+    };
+    let plan = plan_from_args(args, engine)?;
     let bar = progress_bar(plan.prompts * (plan.setups.len() + 1), args.quiet);
-    let report = run_study(engine.as_ref(), &plan, |done, _| {
-        bar.set_position(done as u64)
-    });
+    let report = run_study(engine, &plan, |done, _| bar.set_position(done as u64));
     bar.finish_and_clear();
     let report = report?;
     if let Some(dir) = &args.out {

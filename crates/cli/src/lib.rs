@@ -51,7 +51,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     let protocol_input = error
         .downcast_ref::<veritrace_protocol::ProtocolError>()
         .is_some_and(|e| !matches!(e, veritrace_protocol::ProtocolError::Engine(_)));
-    let model_input = |e: &ModelError| !matches!(e, ModelError::Candle(_));
+    let model_input = |e: &ModelError| !matches!(e, ModelError::Candle(_) | ModelError::Cuda(_));
     let study_input = error
         .downcast_ref::<FingerprintError>()
         .is_some_and(|e| match e {

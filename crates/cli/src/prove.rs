@@ -108,6 +108,11 @@ pub struct ProveArgs {
     /// Model: a preset (tiny, small) or a Llama-style checkpoint directory.
     #[arg(long, default_value = "tiny")]
     pub model: String,
+    /// Device the prover runs the model on: `cpu`, or `cuda`/`cuda:N` (a build with
+    /// `--features cuda`). A verifier recomputes on the CPU, so a GPU trace is accepted within
+    /// the tolerance of the verifier's policy, not bitwise.
+    #[arg(long, value_name = "cpu|cuda[:N]", default_value = "cpu")]
+    pub device: veritrace_model::Device,
     /// Numeric setup (canonical string).
     #[arg(long, default_value = "f32/attn=eager")]
     pub setup: String,
@@ -155,7 +160,9 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         Some(p) => parse_tokens(p)?,
         None => model.prompt(args.prompt_seed, args.prompt_tokens),
     };
-    let (statement, trace) = model.prove_run(&setup, &prompt, args.output, args.chunk, hasher)?;
+    let runner = veritrace_model::Runner::new(args.device)?;
+    let (statement, trace) =
+        runner.llama_prove_run(&model, &setup, &prompt, args.output, args.chunk, hasher)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let trace_path = args.out.join("trace.safetensors");

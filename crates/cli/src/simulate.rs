@@ -45,6 +45,12 @@ pub struct SimulateArgs {
     /// late-commitment adversaries still run end to end).
     #[arg(long)]
     pub fast: bool,
+    /// Device the provers run on, overriding the scenario's `prover_device`: `cpu`, or
+    /// `cuda`/`cuda:N` (a build with `--features cuda`). The verifier recomputes on the CPU,
+    /// so a GPU prover is honest other hardware and the tolerance is calibrated on the
+    /// GPU-vs-CPU noise floor.
+    #[arg(long, value_name = "cpu|cuda[:N]")]
+    pub device: Option<veritrace_model::Device>,
 }
 
 /// The scenario the arguments select, with overrides applied and validated.
@@ -58,6 +64,9 @@ pub fn scenario_from_args(args: &SimulateArgs) -> anyhow::Result<Scenario> {
     }
     if let Some(seed) = args.seed {
         s.seed = seed;
+    }
+    if let Some(d) = args.device {
+        s.prover_device = d;
     }
     s.validate()?;
     Ok(s)

@@ -40,6 +40,56 @@ impl Device {
     }
 }
 
+impl Device {
+    /// Whether this device's kernels implement `setup`: the CPU runs every setup; a GPU runs
+    /// every precision, eager, tiled (blocks up to 128 keys) and window attention, every
+    /// quantization, split-K, batch, skip and reuse, but not top-k attention or the KV-cache
+    /// decode order (typed [`ModelError::UnsupportedOnDevice`]).
+    pub fn check_setup(self, setup: &crate::Setup) -> Result<(), ModelError> {
+        if self == Device::Cpu {
+            return Ok(());
+        }
+        let refuse = |reason: String| {
+            Err(ModelError::UnsupportedOnDevice {
+                setup: setup.to_string(),
+                device: self.to_string(),
+                reason,
+            })
+        };
+        match setup.attention {
+            crate::Attention::TopK { .. } => {
+                return refuse("top-k attention has no GPU kernel (run it on the CPU)".into())
+            }
+            crate::Attention::Tiled { block } if block > GPU_MAX_TILE => {
+                return refuse(format!(
+                    "the tiled kernel holds blocks of at most {GPU_MAX_TILE} keys"
+                ))
+            }
+            _ => {}
+        }
+        if setup.order != crate::Order::Prefill {
+            return refuse("KV-cache decode order has no GPU path (run it on the CPU)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Largest key block of the GPU's tiled attention kernel (`VT_MAX_TILE` in kernels/common.cuh).
+pub const GPU_MAX_TILE: usize = 128;
+
+impl serde::Serialize for Device {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Device {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

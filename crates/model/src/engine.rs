@@ -10,7 +10,7 @@
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::{BertModel, LlamaModel, Result, Setup, Trace};
+use crate::{BertModel, Device, LlamaModel, ModelError, Result, Runner, Setup, Trace};
 
 /// The first 16 bytes of the ChaCha20 key of every prompt (see [`seeded_prompt`]).
 pub const PROMPT_KEY_LABEL: &[u8; 16] = b"veritrace/prompt";
@@ -47,6 +47,64 @@ pub trait Engine: Send + Sync {
 
     /// The trace `h_0 … h_L` of `tokens` under `setup`, computed in row tiles of `tile` rows.
     fn trace(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<Trace>;
+
+    /// [`Engine::trace`] on the device of `runner`. The default runs on the CPU only and
+    /// refuses other devices; the built-in decoder and the BERT encoder run on a GPU too.
+    fn trace_on(
+        &self,
+        runner: &Runner,
+        setup: &Setup,
+        tokens: &[u32],
+        tile: usize,
+    ) -> Result<Trace> {
+        if runner.device() == Device::Cpu {
+            self.trace(setup, tokens, tile)
+        } else {
+            Err(ModelError::UnsupportedOnDevice {
+                setup: setup.to_string(),
+                device: runner.device().to_string(),
+                reason: format!("{} runs on the CPU only", self.name()),
+            })
+        }
+    }
+}
+
+/// An engine whose traces are computed on the device of a [`Runner`] (`veritrace fingerprint
+/// --device cuda:0`): every setup of a study runs there, reference included, so the study
+/// measures that device's own honest noise floor and how far each swapped kernel stands out
+/// of it.
+pub struct OnDevice<'a> {
+    /// The model.
+    pub engine: &'a dyn Engine,
+    /// The device it runs on.
+    pub runner: &'a Runner,
+}
+
+impl Engine for OnDevice<'_> {
+    /// The engine's name and the device, e.g. `llama L=4 … on cuda:0`.
+    fn name(&self) -> String {
+        format!("{} on {}", self.engine.name(), self.runner.device())
+    }
+    fn num_layers(&self) -> usize {
+        self.engine.num_layers()
+    }
+    fn hidden_size(&self) -> usize {
+        self.engine.hidden_size()
+    }
+    fn vocab_size(&self) -> usize {
+        self.engine.vocab_size()
+    }
+    fn prompt(&self, index: u64, len: usize) -> Vec<u32> {
+        self.engine.prompt(index, len)
+    }
+    /// The engine's check, then what the device implements ([`Device::check_setup`]).
+    fn check_setup(&self, setup: &Setup) -> Result<()> {
+        self.engine.check_setup(setup)?;
+        self.runner.device().check_setup(setup)
+    }
+    fn trace(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<Trace> {
+        self.engine.trace_on(self.runner, setup, tokens, tile)
+    }
 }
 
 /// Size of the BERT (uncased) WordPiece vocabulary, that of all-MiniLM-L6-v2.
@@ -145,6 +203,17 @@ impl Engine for LlamaModel {
     fn trace(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<Trace> {
         LlamaModel::trace(self, setup, tokens, tile)
     }
+
+    /// [`Runner::llama_trace`].
+    fn trace_on(
+        &self,
+        runner: &Runner,
+        setup: &Setup,
+        tokens: &[u32],
+        tile: usize,
+    ) -> Result<Trace> {
+        runner.llama_trace(self, setup, tokens, tile)
+    }
 }
 
 impl Engine for BertModel {
@@ -190,6 +259,17 @@ impl Engine for BertModel {
     /// [`BertModel::trace`] (every position attended).
     fn trace(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<Trace> {
         BertModel::trace(self, setup, tokens, tile)
+    }
+
+    /// [`Runner::bert_trace`].
+    fn trace_on(
+        &self,
+        runner: &Runner,
+        setup: &Setup,
+        tokens: &[u32],
+        tile: usize,
+    ) -> Result<Trace> {
+        runner.bert_trace(self, setup, tokens, tile)
     }
 }
 

@@ -51,8 +51,8 @@ mod tokenizer;
 mod trace;
 
 pub use bert::{minilm_dir, BertConfig, BertModel, MINILM_ENV, MODEL_FILES};
-pub use device::{Device, Runner};
-pub use engine::{bert_prompt, seeded_prompt, Engine};
+pub use device::{Device, Runner, GPU_MAX_TILE};
+pub use engine::{bert_prompt, seeded_prompt, Engine, OnDevice};
 pub use fingerprint::{run_study, Class, FingerprintError, StudyPlan, StudyReport};
 pub use llama::{Capture, CellInputs, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor};
 pub use setup::{

@@ -9,13 +9,14 @@
 //! so results do not depend on the thread count.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::{CellId, HasherId};
-use veritrace_model::{CellInputs, Setup, Trace};
+use veritrace_model::{CellInputs, Runner, Setup, Trace};
 use veritrace_protocol::soundness::{
     detection_probability, grinding_security_bits, log2_miss_probability,
 };
@@ -150,6 +151,8 @@ fn stream(label: &str, seed: u64, a: u64, b: u64) -> ChaCha20Rng {
 pub struct Simulation {
     scenario: Scenario,
     model: SimModel,
+    /// The provers' device (the scenario's `prover_device`).
+    prover: Arc<Runner>,
     policy: TolerancePolicy,
     calibration: CalibrationSummary,
 }
@@ -177,9 +180,11 @@ impl Simulation {
                 )));
             }
         }
+        let prover = Arc::new(Runner::new(scenario.prover_device)?);
         let mut sim = Simulation {
             scenario,
             model,
+            prover,
             policy: TolerancePolicy::Exact,
             calibration: CalibrationSummary {
                 metric: Metric::RelL2,
@@ -357,7 +362,8 @@ impl Simulation {
         prompt: &[u32],
     ) -> Result<(Statement, Trace), SimError> {
         let p = &self.scenario.protocol;
-        let (mut statement, trace) = model.prove_run(
+        let (mut statement, trace) = model.prove_run_on(
+            &self.prover,
             setup,
             prompt,
             self.scenario.prompts.output as usize,

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use veritrace_commit::HasherId;
 use veritrace_model::{
-    bert_prompt, minilm_dir, BertModel, CellInputs, LlamaModel, ModelConfig, ModelError, Setup,
-    Trace,
+    bert_prompt, minilm_dir, BertModel, CellInputs, LlamaModel, ModelConfig, ModelError, Runner,
+    Setup, Trace,
 };
 use veritrace_protocol::{Recompute, Statement};
 
@@ -120,6 +120,25 @@ impl SimModel {
         Ok(match self {
             SimModel::Llama(m) => m.prove_run(setup, prompt, output, chunk, hasher)?,
             SimModel::Bert(m) => m.prove_encode(setup, prompt, chunk, hasher)?,
+        })
+    }
+
+    /// [`SimModel::prove_run`] on the device of `runner` (the CPU, or a GPU with the `cuda`
+    /// feature).
+    pub fn prove_run_on(
+        &self,
+        runner: &Runner,
+        setup: &Setup,
+        prompt: &[u32],
+        output: usize,
+        chunk: u32,
+        hasher: HasherId,
+    ) -> Result<(Statement, Trace), SimError> {
+        Ok(match self {
+            SimModel::Llama(m) => {
+                runner.llama_prove_run(m, setup, prompt, output, chunk, hasher)?
+            }
+            SimModel::Bert(m) => runner.bert_prove_encode(m, setup, prompt, chunk, hasher)?,
         })
     }
 

@@ -24,6 +24,12 @@ pub fn markdown(r: &SimReport) -> String {
             crate::EngineMode::Fast => "fast mode: bytes opened not measured",
         }
     );
+    if s.prover_device != veritrace_model::Device::Cpu {
+        out.push_str(&format!(
+            "Provers run on {}; the verifier recomputes on the CPU, so honest runs are honest other-hardware runs and the tolerance below is the GPU-vs-CPU noise floor.\n\n",
+            s.prover_device
+        ));
+    }
     if s.tolerance.exact {
         out.push_str(&format!(
             "Tolerance: exact (bitwise, identical hardware); held-out honest other-hardware cells that differ at all: {} ({} of {}), i.e. {} per session.\n\n",

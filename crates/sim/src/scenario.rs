@@ -46,7 +46,7 @@
 //! for a challenge that misses its bad cells, with `pow_bits` of proof of work).
 
 use serde::{Deserialize, Serialize};
-use veritrace_model::Setup;
+use veritrace_model::{Device, Setup};
 use veritrace_protocol::tolerance::Metric;
 use veritrace_protocol::{Mode, SamplingStrategy};
 
@@ -78,9 +78,18 @@ pub struct Scenario {
     pub protocol: ProtocolParams,
     /// Tolerance calibration.
     pub tolerance: ToleranceParams,
+    /// The device every prover runs on (`cpu`, `cuda`, `cuda:N`; default `cpu`). The
+    /// verifier recomputes on the CPU, so `cuda:N` makes every honest run an honest
+    /// other-hardware run: the tolerance is calibrated on the GPU-vs-CPU noise floor.
+    #[serde(default, skip_serializing_if = "is_cpu")]
+    pub prover_device: Device,
     /// The adversaries.
     #[serde(rename = "adversary")]
     pub adversaries: Vec<AdversarySpec>,
+}
+
+fn is_cpu(d: &Device) -> bool {
+    *d == Device::Cpu
 }
 
 /// The prompt pool.

@@ -26,7 +26,7 @@ use veritrace_commit::{Digest, HasherId, TraceGeometry};
 
 use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
 use super::ops::{self, Linear};
-use crate::{Attention, LlamaModel, ModelConfig, ModelError, Order, Result, Setup, Trace};
+use crate::{LlamaModel, ModelConfig, ModelError, Result, Setup, Trace};
 
 struct GpuLayer {
     attn_norm: CudaSlice<f32>,
@@ -75,30 +75,9 @@ pub struct GpuRun {
     pub root: Option<Digest>,
 }
 
-/// Checks what the GPU kernels implement; refuses the rest with a typed error.
+/// Checks what the GPU kernels implement ([`crate::Device::check_setup`]).
 pub(crate) fn check_gpu_setup(setup: &Setup, gpu: &Gpu) -> Result<()> {
-    let refuse = |reason: &str| {
-        Err(ModelError::UnsupportedOnDevice {
-            setup: setup.to_string(),
-            device: gpu.device().to_string(),
-            reason: reason.to_string(),
-        })
-    };
-    if let Attention::TopK { .. } = setup.attention {
-        return refuse("top-k attention has no GPU kernel (run it on the CPU)");
-    }
-    if setup.order != Order::Prefill {
-        return refuse("KV-cache decode order has no GPU path (run it on the CPU)");
-    }
-    if let Attention::Tiled { block } = setup.attention {
-        if block > ops::MAX_TILE {
-            return refuse(&format!(
-                "the tiled kernel holds blocks of at most {} keys",
-                ops::MAX_TILE
-            ));
-        }
-    }
-    Ok(())
+    gpu.device().check_setup(setup)
 }
 
 fn tensor<'a>(tensors: &'a [crate::NamedTensor], name: &str) -> Result<&'a [f32]> {

@@ -8,8 +8,6 @@ use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
 use crate::quant::quantize;
 use crate::{Attention, ModelError, QuantScheme, Result, Setup};
 
-/// Largest key block of the tiled attention kernel (`VT_MAX_TILE`).
-pub(crate) const MAX_TILE: usize = 128;
 /// Largest head dimension of the attention kernels (`VT_MAX_HEAD_DIM`).
 pub(crate) const MAX_HEAD_DIM: usize = 128;
 /// Query rows per block of the tiled kernel (`VT_ATTN_ROWS`).
