@@ -44,6 +44,25 @@ pub const KERNELS: &[KernelSource] = &[
         source: include_str!("../../../kernels/leaf_hash.cu"),
         functions: &["vt_blake3_chunks", "vt_blake3_cells", "vt_sha256_cells"],
     },
+    KernelSource {
+        name: "attention.cu",
+        source: include_str!("../../../kernels/attention.cu"),
+        functions: &[
+            "vt_attn_scores",
+            "vt_attn_softmax",
+            "vt_attn_pv",
+            "vt_attn_tiled",
+        ],
+    },
+    KernelSource {
+        name: "matmul.cu",
+        source: include_str!("../../../kernels/matmul.cu"),
+        functions: &[
+            "vt_matmul_splitk_partial",
+            "vt_splitk_reduce",
+            "vt_matmul_dequant",
+        ],
+    },
 ];
 
 /// The program NVRTC compiles for a kernel file: [`COMMON`], then the file.

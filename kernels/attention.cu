@@ -1,0 +1,278 @@
+// Attention: eager (scores materialized, as PyTorch's math path) and tiled (the online softmax
+// of FlashAttention over key blocks of a run-time size B), with the semantics of the CPU
+// reference (crates/model/src/llama.rs `attend`, crates/model/src/bert.rs, ops.rs
+// `softmax_times_v`).
+//
+// Layouts (row-major, f32, values on the precision's grid):
+//   q   [tq, n_heads * hd]      query i is at position q0 + i
+//   k,v [tk, n_kv_heads * hd]   key j is at position j
+//   out [tq, n_heads * hd]
+// Grouped KV: query head h reads kv head h / (n_heads / n_kv_heads).
+//
+// Visibility of key j to query i (position p = q0 + i):
+//   (!causal || j <= p) && |p - j| < window   (pass a window >= tq + tk, e.g. 0x7fffffff, for
+//   none; with `causal` this is the decoder's p - j < window, without it BERT's |p - j| < W),
+// and then the additive key mask key_mask[j] (0 or -inf; a null pointer means none).
+//
+// A score is s = round_p(q_i . k_j) * scale + mask: the dot product accumulated in f32 in index
+// order and rounded to the precision (the product of two 16-bit tensors), converted to f32 and
+// scaled (scale = 1/sqrt(hd) as f32); a hidden key gets -inf.
+
+// Keys per shared-memory sub-tile of the tiled kernel: a [VT_ATTN_KV_TILE, VT_MAX_HEAD_DIM]
+// f32 tile is 32 KB.
+#define VT_ATTN_KV_TILE 64
+
+// -inf and a quiet NaN (NVRTC has no <cmath> macros).
+#define VT_NEG_INF vt_float(0xff800000u)
+#define VT_NAN vt_float(0x7fc00000u)
+
+// Whether query position p sees key j under the causal flag and the window.
+__device__ __forceinline__ bool vt_attn_visible(int p, int j, int causal, int window) {
+    if (causal && j > p) return false;
+    int d = p >= j ? p - j : j - p;
+    return d < window;
+}
+
+// The masked, scaled score of a dot product `dot` (already accumulated in f32).
+__device__ __forceinline__ float vt_attn_score(float dot, int p, int j, int causal, int window,
+                                               const float* key_mask, float scale,
+                                               int precision) {
+    if (!vt_attn_visible(p, j, causal, window)) return VT_NEG_INF;
+    float s = vt_round(dot, precision) * scale;
+    return key_mask ? s + key_mask[j] : s;
+}
+
+// ---- eager ----
+
+// scores[h][i][j], [n_heads, tq, tk]: one thread per (h, i, j), a 1-D grid over
+// n_heads * tq * tk (index (h * tq + i) * tk + j), blocks of VT_ROW_THREADS.
+extern "C" __global__ void vt_attn_scores(const float* __restrict__ q, const float* __restrict__ k,
+                                          const float* __restrict__ key_mask,
+                                          float* __restrict__ scores, int tq, int tk, int q0,
+                                          int n_heads, int n_kv_heads, int hd, int causal,
+                                          int window, float scale, int precision) {
+    vt_u64 idx = (vt_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    vt_u64 total = (vt_u64)n_heads * tq * tk;
+    if (idx >= total) return;
+    int j = (int)(idx % tk);
+    int i = (int)((idx / tk) % tq);
+    int h = (int)(idx / ((vt_u64)tk * tq));
+    int kvh = h / (n_heads / n_kv_heads);
+    const float* qi = q + (vt_u64)i * n_heads * hd + (vt_u64)h * hd;
+    const float* kj = k + (vt_u64)j * n_kv_heads * hd + (vt_u64)kvh * hd;
+    float dot = 0.0f;
+    for (int d = 0; d < hd; ++d) dot = dot + qi[d] * kj[d];
+    scores[idx] = vt_attn_score(dot, q0 + i, j, causal, window, key_mask, scale, precision);
+}
+
+// The block's maximum and sum of the per-thread values `part` (VT_ROW_THREADS threads): every
+// thread reads the block's values from shared memory and combines them in thread order 0, 1, ...,
+// 127 (the sum from scratch[0], left to right), so all threads get the same total with two
+// barriers (the maximum does not depend on the order: there is no NaN in the scores).
+__device__ float vt_attn_block_max(float part, float* scratch) {
+    scratch[threadIdx.x] = part;
+    __syncthreads();
+    float total = scratch[0];
+    for (int t = 1; t < VT_ROW_THREADS; ++t) total = scratch[t] > total ? scratch[t] : total;
+    __syncthreads();
+    return total;
+}
+
+__device__ float vt_attn_block_sum(float part, float* scratch) {
+    scratch[threadIdx.x] = part;
+    __syncthreads();
+    float total = scratch[0];
+    for (int t = 1; t < VT_ROW_THREADS; ++t) total = total + scratch[t];
+    __syncthreads();
+    return total;
+}
+
+// Softmax of each row of `scores` ([rows, n], rows = n_heads * tq), in place: blocks of
+// VT_ROW_THREADS threads, block b taking rows b, b + gridDim.x, ... (launch grid = rows for one
+// row per block; any grid >= 1 gives the same result). m = max_j s_j (f32); e_j = expf(s_j - m);
+// the sum: thread t adds e_t, e_{t+128}, ... in order from 0, then the 128 partial sums are added
+// in thread order (vt_attn_block_sum); p_j = round_p(e_j / sum). A row whose every key is hidden (m = -inf) gets p = 0.
+extern "C" __global__ void vt_attn_softmax(float* scores, int rows, int n, int precision) {
+    __shared__ float scratch[VT_ROW_THREADS];
+    for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+        float* sr = scores + (vt_u64)row * n;
+        float part = VT_NEG_INF;
+        for (int j = threadIdx.x; j < n; j += VT_ROW_THREADS) part = sr[j] > part ? sr[j] : part;
+        float m = vt_attn_block_max(part, scratch);
+        bool empty = m == VT_NEG_INF;
+        part = 0.0f;
+        if (!empty)
+            for (int j = threadIdx.x; j < n; j += VT_ROW_THREADS) {
+                float e = expf(sr[j] - m);
+                sr[j] = e;
+                part = part + e;
+            }
+        float sum = vt_attn_block_sum(part, scratch);
+        for (int j = threadIdx.x; j < n; j += VT_ROW_THREADS)
+            sr[j] = empty ? 0.0f : vt_round(sr[j] / sum, precision);
+    }
+}
+
+// out[i, h * hd + d] = round_p(sum_j p[h][i][j] * v[j, kvh * hd + d]), accumulated in f32 in key
+// order from 0 over the keys the causal flag and the window let query i see (the other
+// probabilities are exactly 0 and would not change the sum). One thread per (i, h, d): a 1-D
+// grid over tq * n_heads * hd (index (i * n_heads + h) * hd + d), blocks of VT_ROW_THREADS.
+extern "C" __global__ void vt_attn_pv(const float* __restrict__ probs, const float* __restrict__ v,
+                                      float* __restrict__ out, int tq, int tk, int q0, int n_heads,
+                                      int n_kv_heads, int hd, int causal, int window,
+                                      int precision) {
+    vt_u64 idx = (vt_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    vt_u64 total = (vt_u64)tq * n_heads * hd;
+    if (idx >= total) return;
+    int d = (int)(idx % hd);
+    int h = (int)((idx / hd) % n_heads);
+    int i = (int)(idx / ((vt_u64)hd * n_heads));
+    int kvh = h / (n_heads / n_kv_heads);
+    int p = q0 + i;
+    // Visible keys lie in [lo, hi): the window around p, cut at p + 1 when causal.
+    long long lo = (long long)p - window + 1;
+    long long hi = (long long)p + window;
+    if (causal && hi > (long long)p + 1) hi = (long long)p + 1;
+    if (lo < 0) lo = 0;
+    if (hi > tk) hi = tk;
+    const float* pr = probs + ((vt_u64)h * tq + i) * tk;
+    const float* vd = v + (vt_u64)kvh * hd + d;
+    vt_u64 vstride = (vt_u64)n_kv_heads * hd;
+    float acc = 0.0f;
+    for (long long j = lo; j < hi; ++j) acc = acc + pr[j] * vd[(vt_u64)j * vstride];
+    out[idx] = vt_round(acc, precision);
+}
+
+// ---- tiled (online softmax) ----
+
+// One thread per (query row, head): grid (ceil(tq / VT_ATTN_ROWS), n_heads), blocks of
+// VT_ATTN_ROWS threads; thread t of block (bx, h) computes query i = bx * VT_ATTN_ROWS + t.
+//
+// Keys are taken in blocks of `block` keys (B, 1 <= B <= VT_MAX_TILE) starting at 0: [0, B),
+// [B, 2B), ... For each block, per query row (f32 throughout unless rounded):
+//   s_j   = the score of key j (above); bmax = max_j s_j
+//   a block with bmax = -inf (no key visible to this query) is skipped: it contributes exactly 0
+//   first block processed:  m = bmax, sum = sum_j p_j, o = round_p(sum_j round_p(p_j) v_j)
+//                           with p_j = expf(s_j - m)
+//   later blocks:           m' = max(m, bmax), corr = expf(m - m'), p_j = expf(s_j - m'),
+//                           sum = sum * corr + (sum_j p_j),
+//                           o = o * corr + round_p(sum_j round_p(p_j) v_j), m = m'
+// Sums over j run in key order from 0 (sum_j p_j from 0.0f, the product with v from 0.0f); the
+// block's product with v is rounded to the precision before it is added (the CPU's product of
+// 16-bit tensors), and out = round_p(o / sum). A query that sees no key at all gets 0.
+//
+// K and V are staged through shared memory in sub-tiles of VT_ATTN_KV_TILE keys; the key range
+// of a thread block starts at the block boundary below the first key its rows' windows reach and
+// ends after the last key its rows can see (causal, window), so blocks no row sees are never
+// loaded; a block some rows see and others do not is skipped by those others as above.
+// `block` outside [1, VT_MAX_TILE] or hd > VT_MAX_HEAD_DIM writes NaN (the host checks first).
+extern "C" __global__ void vt_attn_tiled(const float* __restrict__ q, const float* __restrict__ k,
+                                         const float* __restrict__ v,
+                                         const float* __restrict__ key_mask,
+                                         float* __restrict__ out, int tq, int tk, int q0,
+                                         int n_heads, int n_kv_heads, int hd, int causal,
+                                         int window, int block, float scale, int precision) {
+    __shared__ float tile[VT_ATTN_KV_TILE * VT_MAX_HEAD_DIM];
+    int t = threadIdx.x;
+    int h = blockIdx.y;
+    int row0 = blockIdx.x * VT_ATTN_ROWS;
+    int i = row0 + t;
+    bool live = i < tq;
+    bool ok = block >= 1 && block <= VT_MAX_TILE && hd >= 1 && hd <= VT_MAX_HEAD_DIM;
+    int kvh = h / (n_heads / n_kv_heads);
+    int p = q0 + i;
+    vt_u64 qstride = (vt_u64)n_heads * hd;
+    vt_u64 kvstride = (vt_u64)n_kv_heads * hd;
+
+    // The key range of the thread block: [kbeg, kend), kbeg a multiple of `block`.
+    int last_row = row0 + VT_ATTN_ROWS - 1;
+    if (last_row > tq - 1) last_row = tq - 1;
+    long long kend = tk;
+    if (causal && (long long)q0 + last_row + 1 < kend) kend = (long long)q0 + last_row + 1;
+    if ((long long)q0 + last_row + window < kend) kend = (long long)q0 + last_row + window;
+    long long first = (long long)q0 + row0 - window + 1;
+    if (first < 0) first = 0;
+    long long kbeg = ok ? (first / block) * block : 0;
+    if (!ok || row0 >= tq) kend = 0;
+
+    float qr[VT_MAX_HEAD_DIM];
+    float o[VT_MAX_HEAD_DIM];
+    float pv[VT_MAX_HEAD_DIM];
+    float s[VT_MAX_TILE];
+    int hdl = ok ? hd : 0;
+    for (int d = 0; d < hdl; ++d) {
+        qr[d] = live ? q[(vt_u64)i * qstride + (vt_u64)h * hd + d] : 0.0f;
+        o[d] = 0.0f;
+    }
+    float m = VT_NEG_INF;
+    float sum = 0.0f;
+    bool started = false;
+
+    for (long long k0 = kbeg; k0 < kend; k0 += block) {
+        int len = (int)(tk - k0 < block ? tk - k0 : block);
+        // Scores of the block, K staged by sub-tiles.
+        for (int c0 = 0; c0 < len; c0 += VT_ATTN_KV_TILE) {
+            int clen = len - c0 < VT_ATTN_KV_TILE ? len - c0 : VT_ATTN_KV_TILE;
+            __syncthreads();
+            for (int e = t; e < clen * hd; e += VT_ATTN_ROWS) {
+                int r = e / hd;
+                int d = e % hd;
+                tile[r * hd + d] = k[(vt_u64)(k0 + c0 + r) * kvstride + (vt_u64)kvh * hd + d];
+            }
+            __syncthreads();
+            for (int r = 0; r < clen; ++r) {
+                float dot = 0.0f;
+                for (int d = 0; d < hd; ++d) dot = dot + qr[d] * tile[r * hd + d];
+                int j = (int)k0 + c0 + r;
+                s[c0 + r] = live ? vt_attn_score(dot, p, j, causal, window, key_mask, scale,
+                                                 precision)
+                                 : VT_NEG_INF;
+            }
+        }
+        float bmax = VT_NEG_INF;
+        for (int r = 0; r < len; ++r) bmax = s[r] > bmax ? s[r] : bmax;
+        bool use = bmax != VT_NEG_INF;
+        float m_new = use && bmax > m ? bmax : m;
+        if (!started) m_new = bmax;
+        float psum = 0.0f;
+        for (int r = 0; r < len; ++r) {
+            s[r] = use ? expf(s[r] - m_new) : 0.0f;  // p_j, f32
+            psum = psum + s[r];
+        }
+        for (int d = 0; d < hd; ++d) pv[d] = 0.0f;
+        // The block's product with V, V staged by sub-tiles; key order is kept.
+        for (int c0 = 0; c0 < len; c0 += VT_ATTN_KV_TILE) {
+            int clen = len - c0 < VT_ATTN_KV_TILE ? len - c0 : VT_ATTN_KV_TILE;
+            __syncthreads();
+            for (int e = t; e < clen * hd; e += VT_ATTN_ROWS) {
+                int r = e / hd;
+                int d = e % hd;
+                tile[r * hd + d] = v[(vt_u64)(k0 + c0 + r) * kvstride + (vt_u64)kvh * hd + d];
+            }
+            __syncthreads();
+            if (use)
+                for (int r = 0; r < clen; ++r) {
+                    float pr = vt_round(s[c0 + r], precision);
+                    for (int d = 0; d < hd; ++d) pv[d] = pv[d] + pr * tile[r * hd + d];
+                }
+        }
+        if (use) {
+            if (!started) {
+                sum = psum;
+                for (int d = 0; d < hd; ++d) o[d] = vt_round(pv[d], precision);
+                started = true;
+            } else {
+                float corr = expf(m - m_new);
+                sum = sum * corr + psum;
+                for (int d = 0; d < hd; ++d) o[d] = o[d] * corr + vt_round(pv[d], precision);
+            }
+            m = m_new;
+        }
+    }
+
+    if (live) {
+        float* orow = out + (vt_u64)i * qstride + (vt_u64)h * hd;
+        for (int d = 0; d < hd; ++d)
+            orow[d] = !ok ? VT_NAN : started ? vt_round(o[d] / sum, precision) : 0.0f;
+    }
+}
