@@ -58,3 +58,22 @@ fn a_gpu_prover_without_cuda_is_a_clear_error() {
         Ok(_) => panic!("a GPU prover was accepted without a GPU"),
     }
 }
+
+#[test]
+fn the_gpu_scenario_parses_and_only_names_setups_the_gpu_runs() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../simulations/gpu.toml");
+    let s = Scenario::read(std::path::Path::new(path)).unwrap();
+    assert_eq!(s.prover_device, Device::Cuda(0));
+    let gpu = Device::Cuda(0);
+    gpu.check_setup(&s.reference).unwrap();
+    for h in &s.tolerance.honest {
+        gpu.check_setup(h)
+            .unwrap_or_else(|e| panic!("honest {h}: {e}"));
+    }
+    for a in &s.adversaries {
+        if let Some(setup) = &a.setup {
+            gpu.check_setup(setup)
+                .unwrap_or_else(|e| panic!("adversary {}: {e}", a.label()));
+        }
+    }
+}

@@ -398,6 +398,14 @@ impl GpuLlama {
         })
     }
 
+    /// [`GpuLlama::run`] timed on the GPU (CUDA events around the whole run): milliseconds.
+    /// With `options.commit` the time includes hashing every layer on the device and copying
+    /// the digests back; without it, the forward alone.
+    pub fn run_ms(&self, tokens: &[u32], options: RunOptions) -> Result<(GpuRun, f64)> {
+        let (run, ms) = self.gpu.clone().timed(|| self.run(tokens, options))?;
+        Ok((run, f64::from(ms)))
+    }
+
     /// The trace of `tokens` (every hidden state copied back), as [`LlamaModel::trace`] gives
     /// on the CPU.
     pub fn trace(&self, tokens: &[u32]) -> Result<Trace> {

@@ -77,6 +77,7 @@ fn compile_error(kernel: &KernelSource, e: CompileError) -> ModelError {
     }
 }
 
+pub mod bench;
 mod bert;
 pub(crate) mod gpu;
 mod llama;

@@ -1,0 +1,297 @@
+//! Measures the CUDA backend on the GPU at hand and prints `simulations/results/gpu.md`'s
+//! tables (markdown): the device; agreement with the CPU; run-to-run reproducibility;
+//! device-hashed roots against CPU roots; every swapped kernel against the honest GPU noise
+//! floor; the cost of committing on the device; leaf-hash throughput against memory
+//! bandwidth; attention kernel times. Every figure is measured in this run.
+//!
+//! ```sh
+//! cargo run --release -p veritrace-model --features cuda --example gpu_report > simulations/results/gpu.md
+//! ```
+//!
+//! Exits 2 with a message when no GPU can be opened.
+
+use std::process::ExitCode;
+
+use veritrace_commit::{commit_trace, HasherId};
+use veritrace_model::cuda::{bench, Gpu, GpuBert, GpuLlama, RunOptions};
+use veritrace_model::{minilm_dir, seeded_prompt, BertModel, Device, LlamaModel, Setup, Trace};
+
+fn rel_linf(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b
+        .iter()
+        .fold(0f64, |m, v| m.max(f64::from(v.abs())))
+        .max(1e-30);
+    a.iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())))
+        / scale
+}
+
+fn dev(a: &Trace, b: &Trace) -> f64 {
+    a.layers
+        .iter()
+        .zip(&b.layers)
+        .map(|(x, y)| rel_linf(x, y))
+        .fold(0.0, f64::max)
+}
+
+fn bitwise(a: &Trace, b: &Trace) -> bool {
+    a.layers
+        .iter()
+        .zip(&b.layers)
+        .all(|(x, y)| x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits()))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn setup(s: &str) -> Setup {
+    s.parse().expect("a valid setup")
+}
+
+fn main() -> ExitCode {
+    let gpu = match Gpu::open(Device::Cuda(0)) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("gpu_report: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match report(&gpu) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gpu_report: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
+    let (ma, mi) = gpu.capability();
+    let (_, total) = gpu.memory()?;
+    let bw = gpu.memory_bandwidth()?;
+    println!("# The CUDA backend on {}\n", gpu.name());
+    println!(
+        "Device: `cuda:0`, {} (sm_{ma}{mi}), {:.1} GiB, theoretical memory bandwidth {:.0} GB/s. \
+         Produced by `cargo run --release -p veritrace-model --features cuda --example gpu_report`; \
+         every figure below is measured in that run.\n",
+        gpu.name(),
+        total as f64 / (1u64 << 30) as f64,
+        bw / 1e9
+    );
+
+    println!("## Agreement with the CPU (f32, eager)\n");
+    println!("Relative L∞ (max |gpu − cpu| / max |cpu|, worst layer); the tests' stated tolerance is 1e-4.\n");
+    println!("| model | tokens | relative L∞ | h_0 bitwise |\n|---|---|---|---|");
+    let mut models = Vec::new();
+    for preset in ["tiny", "small"] {
+        let m = LlamaModel::preset(preset)?;
+        let tokens = seeded_prompt(m.config().vocab_size, 1, 256);
+        let cpu = m.trace(&Setup::F32_EAGER, &tokens, 16)?;
+        let g = GpuLlama::new(gpu.clone(), &m, &Setup::F32_EAGER)?.trace(&tokens)?;
+        println!(
+            "| {preset} | 256 | {:.2e} | {} |",
+            dev(&g, &cpu),
+            g.layers[0] == cpu.layers[0]
+        );
+        models.push((preset, m));
+    }
+    if let Some(dir) = minilm_dir() {
+        let m = BertModel::load(&dir)?;
+        let tokens = veritrace_model::bert_prompt(m.config().vocab_size, 1, 128);
+        let cpu = m.trace(&Setup::F32_EAGER, &tokens, 128)?;
+        let g = GpuBert::new(gpu.clone(), &m, &Setup::F32_EAGER)?.trace(&tokens)?;
+        println!("| MiniLM | 128 | {:.2e} | — |", dev(&g, &cpu));
+    } else {
+        println!("| MiniLM | — | not installed (scripts/install-minilm.sh) | — |");
+    }
+
+    println!("\n## Run-to-run reproducibility (tiny, 130 tokens, two runs)\n");
+    println!("| setup | bitwise identical |\n|---|---|");
+    let tiny = &models[0].1;
+    let tokens = seeded_prompt(tiny.config().vocab_size, 2, 130);
+    for s in [
+        "f32/attn=eager",
+        "bf16/attn=eager",
+        "f16/attn=eager",
+        "f32/attn=tiled:32",
+        "bf16/attn=tiled:16",
+        "f32/attn=window:32",
+        "f32/attn=eager/quant=int8-channel",
+        "f32/attn=eager/quant=int4-g32",
+        "f32/attn=eager/splitk=4",
+        "f32/attn=eager/batch=4",
+    ] {
+        let g = GpuLlama::new(gpu.clone(), tiny, &setup(s))?;
+        let (a, b) = (g.trace(&tokens)?, g.trace(&tokens)?);
+        println!(
+            "| `{s}` | {} |",
+            if bitwise(&a, &b) { "yes" } else { "**no**" }
+        );
+    }
+
+    println!("\n## Device-hashed roots\n");
+    println!("| tokens | chunk | hasher | leaves | root equals the CPU commitment |\n|---|---|---|---|---|");
+    let g = GpuLlama::new(gpu.clone(), tiny, &Setup::F32_EAGER)?;
+    for (n, chunk) in [(300usize, 16u32), (37, 5), (2048, 16)] {
+        let tokens = seeded_prompt(tiny.config().vocab_size, 3, n);
+        for hasher in [HasherId::Blake3, HasherId::Sha256] {
+            let run = g.run(
+                &tokens,
+                RunOptions {
+                    download: true,
+                    commit: Some((hasher, chunk)),
+                },
+            )?;
+            let trace = run.trace.expect("downloaded");
+            let bytes = trace.layer_bytes();
+            let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
+            let cpu = commit_trace(hasher, &trace.geometry(chunk)?, &refs)
+                .map_err(|e| veritrace_model::ModelError::InvalidArgument(e.to_string()))?;
+            println!(
+                "| {n} | {chunk} | {} | {} | {} |",
+                hasher.name(),
+                run.leaves.len(),
+                run.root == Some(cpu.root())
+            );
+        }
+    }
+
+    println!("\n## Swapped kernels against the honest GPU noise floor\n");
+    println!(
+        "Deviation = relative L∞ of the swapped setup's GPU trace from the honest GPU trace (worst layer, \
+         4 prompts of 128 tokens). Honest floor = the largest deviation among honest runs: GPU vs CPU, \
+         GPU split-K 2 and 3, GPU batch 2. A swap is detectable when its deviation is well above the floor.\n"
+    );
+    for (preset, m) in &models {
+        for reference in ["f32/attn=eager", "bf16/attn=eager"] {
+            let r = setup(reference);
+            let p = reference.split('/').next().unwrap_or("f32");
+            let prompts: Vec<Vec<u32>> = (0..4)
+                .map(|i| seeded_prompt(m.config().vocab_size, 10 + i, 128))
+                .collect();
+            let honest_g = GpuLlama::new(gpu.clone(), m, &r)?;
+            let honest: Vec<Trace> = prompts
+                .iter()
+                .map(|t| honest_g.trace(t))
+                .collect::<Result<_, _>>()?;
+            let mut floor = 0f64;
+            let mut floor_rows = Vec::new();
+            let cpu_dev = prompts
+                .iter()
+                .zip(&honest)
+                .map(|(t, h)| Ok(dev(h, &m.trace(&r, t, 16)?)))
+                .collect::<veritrace_model::Result<Vec<f64>>>()?;
+            let cpu_max = cpu_dev.iter().copied().fold(0.0, f64::max);
+            floor = floor.max(cpu_max);
+            floor_rows.push(("GPU vs CPU".to_string(), cpu_max));
+            for v in [
+                Setup { split_k: 2, ..r },
+                Setup { split_k: 3, ..r },
+                Setup { batch: 2, ..r },
+            ] {
+                let g = GpuLlama::new(gpu.clone(), m, &v)?;
+                let mut d = 0f64;
+                for (t, h) in prompts.iter().zip(&honest) {
+                    d = d.max(dev(&g.trace(t)?, h));
+                }
+                floor = floor.max(d);
+                floor_rows.push((format!("`{v}`"), d));
+            }
+            println!("### {preset}, reference `{reference}`\n");
+            println!("| run | deviation | / floor |\n|---|---|---|");
+            for (name, d) in &floor_rows {
+                println!("| honest: {name} | {d:.2e} | {:.2} |", d / floor.max(1e-30));
+            }
+            let other = if p == "f32" { "bf16" } else { "f16" };
+            for s in [
+                format!("{p}/attn=tiled:16"),
+                format!("{p}/attn=tiled:64"),
+                format!("{p}/attn=window:32"),
+                format!("{p}/attn=eager/quant=int8-channel"),
+                format!("{p}/attn=eager/quant=int8-channel:mse"),
+                format!("{p}/attn=eager/quant=int4-g32"),
+                format!("{p}/attn=eager/quant=int4-g128"),
+                format!("{other}/attn=eager"),
+                format!("{p}/attn=eager/skip=2"),
+                format!("{p}/attn=eager/reuse=2"),
+            ] {
+                let g = GpuLlama::new(gpu.clone(), m, &setup(&s))?;
+                let mut d = 0f64;
+                for (t, h) in prompts.iter().zip(&honest) {
+                    d = d.max(dev(&g.trace(t)?, h));
+                }
+                println!("| swap: `{s}` | {d:.2e} | {:.1} |", d / floor.max(1e-30));
+            }
+            println!();
+        }
+    }
+
+    println!("## Cost of committing on the device (small decoder, 2048 tokens, chunk 16)\n");
+    let small = &models[1].1;
+    let tokens = seeded_prompt(small.config().vocab_size, 0, 2048);
+    let g = GpuLlama::new(gpu.clone(), small, &Setup::F32_EAGER)?;
+    let plain = RunOptions {
+        download: false,
+        commit: None,
+    };
+    g.run_ms(&tokens, plain)?; // warm-up
+    println!("GPU time from CUDA events, median of 21 interleaved runs each.\n");
+    println!(
+        "| hasher | forward (ms) | forward + device commit (ms) | overhead |\n|---|---|---|---|"
+    );
+    for hasher in [HasherId::Blake3, HasherId::Sha256] {
+        let with = RunOptions {
+            download: false,
+            commit: Some((hasher, 16)),
+        };
+        g.run_ms(&tokens, with)?;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..21 {
+            a.push(g.run_ms(&tokens, plain)?.1);
+            b.push(g.run_ms(&tokens, with)?.1);
+        }
+        let (fa, fb) = (median(a), median(b));
+        println!(
+            "| {} | {fa:.3} | {fb:.3} | {:+.2}% |",
+            hasher.name(),
+            (fb / fa - 1.0) * 100.0
+        );
+    }
+
+    println!("\n## Leaf-hash throughput (one 2048 × 4096 f32 layer, 32 MiB, chunk 16)\n");
+    println!("| hasher | ms per layer | GB/s | fraction of memory bandwidth |\n|---|---|---|---|");
+    for hasher in [HasherId::Blake3, HasherId::Sha256] {
+        let t = median(
+            (0..5)
+                .map(|_| bench::hash_layer_ms(gpu, 2048, 4096, 16, hasher, 20))
+                .collect::<Result<_, _>>()?,
+        );
+        let gbs = 2048.0 * 4096.0 * 4.0 / (t / 1e3) / 1e9;
+        println!(
+            "| {} | {t:.3} | {gbs:.1} | {:.1}% |",
+            hasher.name(),
+            gbs * 1e9 / bw * 100.0
+        );
+    }
+
+    println!("\n## Attention kernels (causal, 2048 tokens, 8 heads of 64, f32)\n");
+    println!("PyTorch's `scaled_dot_product_attention` on the same shapes: `python3 benches/sdpa.py` (appended below when run by scripts/gpu-run.sh).\n");
+    println!("| kernel | ms per call |\n|---|---|");
+    for s in [
+        "f32/attn=eager",
+        "f32/attn=tiled:32",
+        "f32/attn=tiled:64",
+        "f32/attn=tiled:128",
+    ] {
+        let t = median(
+            (0..5)
+                .map(|_| bench::attention_ms(gpu, 2048, 8, 64, &setup(s), 10))
+                .collect::<Result<_, _>>()?,
+        );
+        println!("| `{s}` | {t:.3} |");
+    }
+    Ok(())
+}
