@@ -296,6 +296,11 @@ impl Gpu {
             beta: 0.0f32,
             ldc: n as i32,
         };
+        // cuBLAS runs in the context current on the calling thread; the simulator calls from
+        // rayon's threads, so make this GPU's context current first.
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| cuda_err("bind context", e))?;
         // SAFETY: x holds m·k, w n·k and y m·n values (the callers allocate them so).
         unsafe { self.blas.gemm(cfg, w, x, y) }.map_err(|e| cuda_err("cuBLAS sgemm", e))
     }
