@@ -161,13 +161,23 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         None => model.prompt(args.prompt_seed, args.prompt_tokens),
     };
     let runner = veritrace_model::Runner::new(args.device)?;
-    let (statement, trace) =
-        runner.llama_prove_run(&model, &setup, &prompt, args.output, args.chunk, hasher)?;
+    let (statement, trace, leaves) = runner.llama_prove_run_committed(
+        &model,
+        &setup,
+        &prompt,
+        args.output,
+        args.chunk,
+        hasher,
+    )?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let trace_path = args.out.join("trace.safetensors");
     write_trace(&trace_path, &trace, Some(&statement))?;
-    let mut prover = Prover::new(statement, trace.layer_bytes())?;
+    // On a GPU the cells were hashed on the device as each layer finished.
+    let mut prover = match leaves {
+        Some(leaves) => Prover::with_leaves(statement, trace.layer_bytes(), leaves)?,
+        None => Prover::new(statement, trace.layer_bytes())?,
+    };
     let commitment = prover.commit()?;
     let commitment_path = args.out.join("commitment.json");
     write_message(&commitment_path, &commitment)?;

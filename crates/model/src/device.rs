@@ -262,6 +262,55 @@ impl Runner {
         model.prove_run(setup, prompt, n_out, chunk, hasher)
     }
 
+    /// [`Runner::llama_prove_run`], also returning the cells' leaf digests when they were
+    /// hashed on the device (a GPU and a BLAKE3 or SHA-256 statement: each layer hashed as it
+    /// finishes, only digests copied back), for
+    /// [`veritrace_protocol::Prover::with_leaves`]; `None` on the CPU or for Poseidon.
+    #[allow(clippy::type_complexity)]
+    pub fn llama_prove_run_committed(
+        &self,
+        model: &crate::LlamaModel,
+        setup: &crate::Setup,
+        prompt: &[u32],
+        n_out: usize,
+        chunk: u32,
+        hasher: veritrace_commit::HasherId,
+    ) -> Result<
+        (
+            veritrace_protocol::Statement,
+            crate::Trace,
+            Option<Vec<veritrace_commit::Digest>>,
+        ),
+        ModelError,
+    > {
+        #[cfg(feature = "cuda")]
+        if let Some(m) = self.gpu_llama(model, setup)? {
+            if matches!(
+                hasher,
+                veritrace_commit::HasherId::Blake3 | veritrace_commit::HasherId::Sha256
+            ) {
+                let output = m.generate(prompt, n_out)?;
+                let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
+                let run = m.run(
+                    &tokens,
+                    crate::cuda::RunOptions {
+                        download: true,
+                        commit: Some((hasher, chunk)),
+                    },
+                )?;
+                let trace = run
+                    .trace
+                    .ok_or_else(|| ModelError::Cuda("the run kept no trace".into()))?;
+                let (statement, trace) =
+                    model.statement_for(setup, prompt, output, trace, chunk, hasher)?;
+                return Ok((statement, trace, Some(run.leaves)));
+            }
+        }
+        let (statement, trace) =
+            self.llama_prove_run(model, setup, prompt, n_out, chunk, hasher)?;
+        Ok((statement, trace, None))
+    }
+
     /// [`crate::LlamaModel::recompute_cell`] on this device. On a GPU, a transformer layer's
     /// cell is recomputed from its input rows by one GPU layer pass; the embedding layer is a
     /// table lookup, the same on every device.

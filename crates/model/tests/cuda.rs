@@ -324,3 +324,29 @@ fn gpu_minilm_matches_the_cpu_encoder_within_tolerance() {
         .unwrap();
     assert!(trace_dev(&bf, &dev) > 10.0 * d.max(1e-7));
 }
+
+#[test]
+fn a_gpu_prover_commits_with_device_leaves_to_the_cpu_root() {
+    let Some(_) = gpu_or_skip() else { return };
+    let m = LlamaModel::preset("tiny").unwrap();
+    let runner = Runner::new(Device::Cuda(0)).unwrap();
+    let prompt = seeded_prompt(m.config().vocab_size, 6, 40);
+    for hasher in [HasherId::Blake3, HasherId::Sha256, HasherId::Poseidon] {
+        let (statement, trace, leaves) = runner
+            .llama_prove_run_committed(&m, &Setup::F32_EAGER, &prompt, 4, 8, hasher)
+            .unwrap();
+        assert_eq!(leaves.is_some(), hasher != HasherId::Poseidon, "{hasher:?}");
+        let mut cpu =
+            veritrace_protocol::Prover::new(statement.clone(), trace.layer_bytes()).unwrap();
+        if let Some(leaves) = leaves {
+            let mut dev =
+                veritrace_protocol::Prover::with_leaves(statement, trace.layer_bytes(), leaves)
+                    .unwrap();
+            assert_eq!(
+                dev.commit().unwrap().root,
+                cpu.commit().unwrap().root,
+                "{hasher:?}"
+            );
+        }
+    }
+}

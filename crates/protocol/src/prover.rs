@@ -10,7 +10,7 @@
 //! report the attempt). Opening before committing, or answering rounds out of order, fails the
 //! same way.
 
-use veritrace_commit::{commit_trace, CellId, MerkleTree};
+use veritrace_commit::{commit_trace, CellId, CommitError, Digest, MerkleTree};
 
 use crate::encoding::Message;
 use crate::transcript::{derive_challenge, find_pow_nonce, ChallengeParams};
@@ -57,6 +57,52 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
         statement.validate()?;
         let refs: Vec<&[u8]> = layers.iter().map(AsRef::as_ref).collect();
         let tree = commit_trace(statement.hasher, &statement.geometry, &refs)?;
+        Ok(Prover {
+            statement,
+            layers,
+            tree,
+            state: ProverState::Ready,
+        })
+    }
+
+    /// A prover whose cells were already hashed elsewhere — on the GPU that produced the trace,
+    /// as the layers finished — so building it only combines the `leaves` into the tree.
+    ///
+    /// `leaves` must be the leaf digests of the statement's cells, layer-major, computed with
+    /// its hasher from exactly these `layers` (the caller vouches for that; the device backend
+    /// tests that its digests equal [`commit_trace`]'s). The counts and lengths are checked: a
+    /// wrong number of leaves or a layer of the wrong length is an error. A leaf that does not
+    /// match its cell is not detected here; every opening of that cell then fails at the
+    /// verifier.
+    pub fn with_leaves(statement: Statement, layers: Vec<L>, leaves: Vec<Digest>) -> Result<Self> {
+        statement.validate()?;
+        let g = &statement.geometry;
+        if layers.len() != g.layers as usize {
+            return Err(ProtocolError::Commit(CommitError::InvalidGeometry(
+                format!(
+                    "geometry has {} layers but {} were given",
+                    g.layers,
+                    layers.len()
+                ),
+            )));
+        }
+        for l in &layers {
+            if l.as_ref().len() != g.layer_byte_len() {
+                return Err(ProtocolError::Commit(CommitError::WrongLength {
+                    what: "layer",
+                    expected: g.layer_byte_len() as u64,
+                    got: l.as_ref().len() as u64,
+                }));
+            }
+        }
+        if leaves.len() as u64 != g.num_cells() {
+            return Err(ProtocolError::Commit(CommitError::WrongLength {
+                what: "leaf digests",
+                expected: g.num_cells(),
+                got: leaves.len() as u64,
+            }));
+        }
+        let tree = MerkleTree::from_leaf_digests(statement.hasher, leaves)?;
         Ok(Prover {
             statement,
             layers,
