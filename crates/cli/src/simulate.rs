@@ -46,11 +46,15 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub fast: bool,
     /// Device the provers run on, overriding the scenario's `prover_device`: `cpu`, or
-    /// `cuda`/`cuda:N` (a build with `--features cuda`). The verifier recomputes on the CPU,
-    /// so a GPU prover is honest other hardware and the tolerance is calibrated on the
-    /// GPU-vs-CPU noise floor.
+    /// `cuda`/`cuda:N` (a build with `--features cuda`). With the verifier on the CPU a GPU
+    /// prover is honest other hardware, and the tolerance is calibrated on the GPU-vs-CPU
+    /// noise floor.
     #[arg(long, value_name = "cpu|cuda[:N]")]
     pub device: Option<veritrace_model::Device>,
+    /// Device the verifier recomputes cells on, overriding the scenario's `verifier_device`
+    /// (default `cpu`, the reference arithmetic).
+    #[arg(long, value_name = "cpu|cuda[:N]")]
+    pub verifier_device: Option<veritrace_model::Device>,
 }
 
 /// The scenario the arguments select, with overrides applied and validated.
@@ -67,6 +71,9 @@ pub fn scenario_from_args(args: &SimulateArgs) -> anyhow::Result<Scenario> {
     }
     if let Some(d) = args.device {
         s.prover_device = d;
+    }
+    if let Some(d) = args.verifier_device {
+        s.verifier_device = d;
     }
     s.validate()?;
     Ok(s)

@@ -176,6 +176,16 @@ impl Runner {
         Ok(Runner { device })
     }
 
+    /// The CPU runner (nothing to open), shared.
+    pub fn cpu() -> &'static Runner {
+        static CPU: std::sync::OnceLock<Runner> = std::sync::OnceLock::new();
+        CPU.get_or_init(|| Runner {
+            device: Device::Cpu,
+            #[cfg(feature = "cuda")]
+            gpu: None,
+        })
+    }
+
     /// The device.
     pub fn device(&self) -> Device {
         self.device

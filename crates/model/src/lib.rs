@@ -46,6 +46,7 @@ pub mod llama;
 mod ops;
 pub mod quant;
 mod recompute;
+pub use recompute::RecomputeOn;
 pub mod setup;
 mod tokenizer;
 mod trace;

@@ -8,7 +8,7 @@ use veritrace_protocol::{
     Dependency, OutputRule, ProtocolError, Recompute, Statement, PROTOCOL_VERSION,
 };
 
-use crate::{BertModel, CellInputs, LlamaModel, ModelError, Result, Setup, Trace};
+use crate::{BertModel, CellInputs, LlamaModel, ModelError, Result, Runner, Setup, Trace};
 
 fn engine(e: ModelError) -> ProtocolError {
     ProtocolError::Engine(e.to_string())
@@ -149,13 +149,44 @@ impl Recompute for LlamaModel {
         statement: &Statement,
         rows: Range<u32>,
     ) -> veritrace_protocol::Result<Vec<u8>> {
+        RecomputeOn::cpu(self).embed(statement, rows)
+    }
+
+    fn layer(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+    ) -> veritrace_protocol::Result<Vec<u8>> {
+        RecomputeOn::cpu(self).layer(statement, layer, rows, input_rows, inputs)
+    }
+
+    fn next_token(
+        &self,
+        statement: &Statement,
+        position: u32,
+        last_row: &[u8],
+    ) -> veritrace_protocol::Result<u32> {
+        RecomputeOn::cpu(self).next_token(statement, position, last_row)
+    }
+}
+
+impl Recompute for RecomputeOn<'_, LlamaModel> {
+    fn embed(
+        &self,
+        statement: &Statement,
+        rows: Range<u32>,
+    ) -> veritrace_protocol::Result<Vec<u8>> {
         (|| {
-            let setup = self.check_statement(statement)?;
+            let setup = self.model.check_statement(statement)?;
             let chunk = cell_of(statement, &rows)?;
             let tokens: Vec<u32> = (0..rows.end)
                 .map(|p| statement.token(p).unwrap_or(u32::MAX))
                 .collect();
-            let out = self.recompute_cell(
+            let out = self.runner.llama_recompute_cell(
+                self.model,
                 &setup,
                 statement.geometry.chunk as usize,
                 0,
@@ -176,7 +207,7 @@ impl Recompute for LlamaModel {
         inputs: &[u8],
     ) -> veritrace_protocol::Result<Vec<u8>> {
         (|| {
-            let setup = self.check_statement(statement)?;
+            let setup = self.model.check_statement(statement)?;
             let chunk = cell_of(statement, &rows)?;
             if input_rows != (0..rows.end) {
                 return Err(ModelError::InvalidArgument(format!(
@@ -194,7 +225,8 @@ impl Recompute for LlamaModel {
                 });
             }
             let x = f32s(inputs, "input bytes")?;
-            let out = self.recompute_cell(
+            let out = self.runner.llama_recompute_cell(
+                self.model,
                 &setup,
                 statement.geometry.chunk as usize,
                 layer as usize,
@@ -213,9 +245,9 @@ impl Recompute for LlamaModel {
         last_row: &[u8],
     ) -> veritrace_protocol::Result<u32> {
         (|| {
-            let setup = self.check_statement(statement)?;
+            let setup = self.model.check_statement(statement)?;
             let row = f32s(last_row, "last-layer row")?;
-            self.next_token_from_row(&setup, &row)
+            self.model.next_token_from_row(&setup, &row)
         })()
         .map_err(engine)
     }
@@ -293,10 +325,41 @@ impl Recompute for BertModel {
         statement: &Statement,
         rows: Range<u32>,
     ) -> veritrace_protocol::Result<Vec<u8>> {
+        RecomputeOn::cpu(self).embed(statement, rows)
+    }
+
+    fn layer(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+    ) -> veritrace_protocol::Result<Vec<u8>> {
+        RecomputeOn::cpu(self).layer(statement, layer, rows, input_rows, inputs)
+    }
+
+    fn next_token(
+        &self,
+        statement: &Statement,
+        position: u32,
+        last_row: &[u8],
+    ) -> veritrace_protocol::Result<u32> {
+        RecomputeOn::cpu(self).next_token(statement, position, last_row)
+    }
+}
+
+impl Recompute for RecomputeOn<'_, BertModel> {
+    fn embed(
+        &self,
+        statement: &Statement,
+        rows: Range<u32>,
+    ) -> veritrace_protocol::Result<Vec<u8>> {
         (|| {
-            let setup = self.check_statement(statement)?;
+            let setup = self.model.check_statement(statement)?;
             let chunk = cell_of(statement, &rows)?;
-            let out = self.recompute_cell(
+            let out = self.runner.bert_recompute_cell(
+                self.model,
                 &setup,
                 statement.geometry.chunk as usize,
                 0,
@@ -317,7 +380,7 @@ impl Recompute for BertModel {
         inputs: &[u8],
     ) -> veritrace_protocol::Result<Vec<u8>> {
         (|| {
-            let setup = self.check_statement(statement)?;
+            let setup = self.model.check_statement(statement)?;
             let chunk = cell_of(statement, &rows)?;
             let tokens = statement.geometry.tokens;
             if input_rows != (0..tokens) {
@@ -335,7 +398,8 @@ impl Recompute for BertModel {
                 });
             }
             let x = f32s(inputs, "input bytes")?;
-            let out = self.recompute_cell(
+            let out = self.runner.bert_recompute_cell(
+                self.model,
                 &setup,
                 statement.geometry.chunk as usize,
                 layer as usize,
@@ -357,5 +421,27 @@ impl Recompute for BertModel {
         Err(engine(ModelError::InvalidArgument(format!(
             "the BERT encoder does not decode: no token is predicted at position {position}"
         ))))
+    }
+}
+
+/// A model whose verifier-side recompute runs on the device of a [`Runner`]: the protocol's
+/// [`Recompute`] with every transformer-layer cell recomputed there (the embedding layer is a
+/// table lookup, the same everywhere). `LlamaModel` and `BertModel` themselves recompute on
+/// the CPU ([`RecomputeOn::cpu`]).
+#[derive(Debug)]
+pub struct RecomputeOn<'a, M> {
+    /// The model.
+    pub model: &'a M,
+    /// Where its cells are recomputed.
+    pub runner: &'a Runner,
+}
+
+impl<'a, M> RecomputeOn<'a, M> {
+    /// Recompute on the CPU.
+    pub fn cpu(model: &'a M) -> Self {
+        RecomputeOn {
+            model,
+            runner: Runner::cpu(),
+        }
     }
 }

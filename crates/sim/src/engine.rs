@@ -31,7 +31,7 @@ use veritrace_protocol::{
 };
 
 use crate::fast::{self, CellOutcomes};
-use crate::model::SimModel;
+use crate::model::{SimModel, SimVerifier};
 use crate::scenario::{AdversaryKind, AdversarySpec, Scenario};
 use crate::stats::wilson;
 use crate::SimError;
@@ -153,6 +153,8 @@ pub struct Simulation {
     model: SimModel,
     /// The provers' device (the scenario's `prover_device`).
     prover: Arc<Runner>,
+    /// The verifier's device (the scenario's `verifier_device`).
+    verifier: Arc<Runner>,
     policy: TolerancePolicy,
     calibration: CalibrationSummary,
 }
@@ -181,10 +183,16 @@ impl Simulation {
             }
         }
         let prover = Arc::new(Runner::new(scenario.prover_device)?);
+        let verifier = if scenario.verifier_device == scenario.prover_device {
+            prover.clone()
+        } else {
+            Arc::new(Runner::new(scenario.verifier_device)?)
+        };
         let mut sim = Simulation {
             scenario,
             model,
             prover,
+            verifier,
             policy: TolerancePolicy::Exact,
             calibration: CalibrationSummary {
                 metric: Metric::RelL2,
@@ -289,7 +297,8 @@ impl Simulation {
                 .copied()
                 .take(inputs.end)
                 .collect();
-            self.model.recompute_cell(
+            self.model.recompute_cell_on(
+                &self.verifier,
                 &self.scenario.reference,
                 chunk,
                 0,
@@ -297,7 +306,8 @@ impl Simulation {
                 CellInputs::Tokens(&tokens),
             )?
         } else {
-            self.model.recompute_cell(
+            self.model.recompute_cell_on(
+                &self.verifier,
                 &self.scenario.reference,
                 chunk,
                 l,
@@ -373,6 +383,14 @@ impl Simulation {
         statement.setup = self.scenario.reference.to_bytes();
         statement.model_digest = self.model.digest();
         Ok((statement, trace))
+    }
+
+    /// The verifier's model: cells recomputed on the scenario's `verifier_device`.
+    fn verifier_model(&self) -> SimVerifier {
+        SimVerifier {
+            model: self.model.clone(),
+            runner: self.verifier.clone(),
+        }
     }
 
     /// A cheaper model of the same shape ([`SimModel::swap_model`]).
@@ -493,7 +511,8 @@ impl Simulation {
                     &reference
                 };
                 let inputs = self.model.input_rows(n, chunk, j);
-                let rows = self.model.recompute_cell(
+                let rows = self.model.recompute_cell_on(
+                    &self.prover,
                     setup,
                     chunk,
                     l,
@@ -814,7 +833,7 @@ impl Simulation {
     ) -> Result<Outcome, SimError> {
         let cfg = self.verifier_config(mode, pow_bits);
         let mut prover = Prover::new(run.statement.clone(), run.trace.layer_bytes())?;
-        let mut verifier = Verifier::new(cfg.clone(), self.model.clone())?;
+        let mut verifier = Verifier::new(cfg.clone(), self.verifier_model())?;
         verifier.expect_statement(run.statement.clone());
         let mut step = verifier.receive_commitment(prover.commit()?, rng);
         let (mut bytes, mut cost) = (0u64, 0.0);
@@ -857,7 +876,7 @@ impl Simulation {
         let cfg =
             self.verifier_config(self.scenario.protocol.mode, self.scenario.protocol.pow_bits);
         let mut prover = Prover::new(run.statement.clone(), run.trace.layer_bytes())?;
-        let mut verifier = Verifier::new(cfg, self.model.clone())?;
+        let mut verifier = Verifier::new(cfg, self.verifier_model())?;
         let early = prover.open_cells(0, &[CellId { layer: 0, chunk: 0 }], 0)?;
         let verdict = match verifier.receive_opening(&early, rng) {
             Step::Decided(v) => v,
@@ -961,7 +980,7 @@ impl Simulation {
                 note: None,
             });
         };
-        let mut verifier = Verifier::new(cfg.clone(), self.model.clone())?;
+        let mut verifier = Verifier::new(cfg.clone(), self.verifier_model())?;
         verifier.expect_statement(run.statement.clone());
         let mut unused = ChaCha20Rng::from_seed([0; 32]); // non-interactive: never drawn from
         let mut step = verifier.receive_commitment(commitment.clone(), &mut unused);

@@ -29,7 +29,7 @@ pub mod sweep;
 pub use engine::{
     AdversaryResult, CalibrationSummary, EngineMode, ProverRun, SimReport, Simulation,
 };
-pub use model::SimModel;
+pub use model::{SimModel, SimVerifier};
 pub use scenario::{AdversaryKind, AdversarySpec, Scenario, DEFAULT_SCENARIO};
 
 use thiserror::Error;

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use veritrace_commit::HasherId;
 use veritrace_model::{
-    bert_prompt, minilm_dir, BertModel, CellInputs, LlamaModel, ModelConfig, ModelError, Runner,
-    Setup, Trace,
+    bert_prompt, minilm_dir, BertModel, CellInputs, LlamaModel, ModelConfig, ModelError,
+    RecomputeOn, Runner, Setup, Trace,
 };
 use veritrace_protocol::{Recompute, Statement};
 
@@ -167,6 +167,22 @@ impl SimModel {
         }
     }
 
+    /// [`SimModel::recompute_cell`] on the device of `runner`.
+    pub fn recompute_cell_on(
+        &self,
+        runner: &Runner,
+        setup: &Setup,
+        chunk: usize,
+        layer: usize,
+        j: usize,
+        inputs: CellInputs<'_>,
+    ) -> Result<Vec<f32>, ModelError> {
+        match self {
+            SimModel::Llama(m) => runner.llama_recompute_cell(m, setup, chunk, layer, j, inputs),
+            SimModel::Bert(m) => runner.bert_recompute_cell(m, setup, chunk, layer, j, inputs),
+        }
+    }
+
     /// A cheaper model of the same shape for the model-swap adversary: the decoder's config
     /// with a quarter of the MLP width and the next seed. Encoders have no seeded variant.
     pub fn swap_model(&self) -> Result<SimModel, SimError> {
@@ -257,5 +273,67 @@ impl Recompute for SimModel {
             SimModel::Llama(m) => m.next_token(statement, position, last_row),
             SimModel::Bert(m) => m.next_token(statement, position, last_row),
         }
+    }
+}
+
+/// The verifier's model: a [`SimModel`] whose cells are recomputed on a device (the
+/// scenario's `verifier_device`), as the protocol's [`Recompute`].
+#[derive(Debug, Clone)]
+pub struct SimVerifier {
+    /// The model.
+    pub model: SimModel,
+    /// The verifier's device.
+    pub runner: std::sync::Arc<Runner>,
+}
+
+impl Recompute for SimVerifier {
+    fn embed(
+        &self,
+        statement: &Statement,
+        rows: Range<u32>,
+    ) -> veritrace_protocol::Result<Vec<u8>> {
+        match &self.model {
+            SimModel::Llama(m) => RecomputeOn {
+                model: m,
+                runner: &self.runner,
+            }
+            .embed(statement, rows),
+            SimModel::Bert(m) => RecomputeOn {
+                model: m,
+                runner: &self.runner,
+            }
+            .embed(statement, rows),
+        }
+    }
+
+    fn layer(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+    ) -> veritrace_protocol::Result<Vec<u8>> {
+        match &self.model {
+            SimModel::Llama(m) => RecomputeOn {
+                model: m,
+                runner: &self.runner,
+            }
+            .layer(statement, layer, rows, input_rows, inputs),
+            SimModel::Bert(m) => RecomputeOn {
+                model: m,
+                runner: &self.runner,
+            }
+            .layer(statement, layer, rows, input_rows, inputs),
+        }
+    }
+
+    fn next_token(
+        &self,
+        statement: &Statement,
+        position: u32,
+        last_row: &[u8],
+    ) -> veritrace_protocol::Result<u32> {
+        self.model.next_token(statement, position, last_row)
     }
 }

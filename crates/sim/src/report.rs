@@ -24,9 +24,14 @@ pub fn markdown(r: &SimReport) -> String {
             crate::EngineMode::Fast => "fast mode: bytes opened not measured",
         }
     );
-    if s.prover_device != veritrace_model::Device::Cpu {
+    if s.prover_device != s.verifier_device {
         out.push_str(&format!(
-            "Provers run on {}; the verifier recomputes on the CPU, so honest runs are honest other-hardware runs and the tolerance below is the GPU-vs-CPU noise floor.\n\n",
+            "Provers run on {}, the verifier recomputes on {}: honest runs are honest other-hardware runs, and the tolerance below is calibrated on that cross-device noise floor.\n\n",
+            s.prover_device, s.verifier_device
+        ));
+    } else if s.prover_device != veritrace_model::Device::Cpu {
+        out.push_str(&format!(
+            "Provers and the verifier run on {}.\n\n",
             s.prover_device
         ));
     }

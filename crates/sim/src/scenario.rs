@@ -78,11 +78,14 @@ pub struct Scenario {
     pub protocol: ProtocolParams,
     /// Tolerance calibration.
     pub tolerance: ToleranceParams,
-    /// The device every prover runs on (`cpu`, `cuda`, `cuda:N`; default `cpu`). The
-    /// verifier recomputes on the CPU, so `cuda:N` makes every honest run an honest
-    /// other-hardware run: the tolerance is calibrated on the GPU-vs-CPU noise floor.
+    /// The device every prover runs on (`cpu`, `cuda`, `cuda:N`; default `cpu`). With the
+    /// verifier on another device, every honest run is an honest other-hardware run and the
+    /// tolerance is calibrated on that cross-device noise floor.
     #[serde(default, skip_serializing_if = "is_cpu")]
     pub prover_device: Device,
+    /// The device the verifier recomputes cells on (default `cpu`, the reference arithmetic).
+    #[serde(default, skip_serializing_if = "is_cpu")]
+    pub verifier_device: Device,
     /// The adversaries.
     #[serde(rename = "adversary")]
     pub adversaries: Vec<AdversarySpec>,

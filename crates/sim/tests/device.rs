@@ -22,6 +22,14 @@ fn the_prover_device_parses_and_defaults_to_the_cpu() {
     assert_eq!(s.prover_device, Device::Cuda(1));
     let again = Scenario::from_toml(&toml::to_string(&s).unwrap()).unwrap();
     assert_eq!(again.prover_device, Device::Cuda(1));
+    let v = with_device("cpu").replace(
+        "prover_device = \"cpu\"",
+        "prover_device = \"cpu\"\nverifier_device = \"cuda:2\"",
+    );
+    assert_eq!(
+        Scenario::from_toml(&v).unwrap().verifier_device,
+        Device::Cuda(2)
+    );
     for bad in ["gpu", "cuda:", "cuda:x"] {
         let e = Scenario::from_toml(&with_device(bad)).unwrap_err();
         assert!(e.to_string().contains("cuda:N"), "{bad}: {e}");
@@ -45,6 +53,12 @@ fn a_gpu_prover_without_cuda_is_a_clear_error() {
         eprintln!("skipping: this build and machine can run cuda:0");
         return;
     }
+    let mut on_verifier = Scenario::default_scenario();
+    on_verifier.verifier_device = Device::Cuda(0);
+    assert!(matches!(
+        Simulation::new(on_verifier),
+        Err(SimError::Model(ModelError::DeviceUnavailable { .. }))
+    ));
     match Simulation::new(s) {
         Err(SimError::Model(ModelError::DeviceUnavailable { device, reason })) => {
             assert_eq!(device, "cuda:0");
