@@ -11,6 +11,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 run() { printf '\n== %s\n' "$*" >&2; "$@"; }
 
+# libnvrtc and libcublas: a CUDA toolkit's, or the nvidia-* wheels PyTorch installs.
+wheel_libs=$(python3 - <<'PY' 2>/dev/null || true
+import os
+try:
+    import nvidia
+except ImportError:
+    raise SystemExit
+dirs = [os.path.join(p, d, "lib") for p in nvidia.__path__ for d in sorted(os.listdir(p))]
+print(":".join(d for d in dirs if os.path.isdir(d)))
+PY
+)
+for d in /usr/local/cuda/lib64 "$wheel_libs"; do
+    [ -n "$d" ] && LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+export LD_LIBRARY_PATH
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >&2 || true
+
 run cargo test --release -p veritrace-model --features cuda --test cuda --test nvrtc -- --nocapture
 run cargo test --release -p veritrace-sim --features cuda --test device
 run cargo test --release -p veritrace-cli --features cuda --test device
