@@ -43,7 +43,14 @@ fn an_unusable_gpu_exits_2_with_the_reason_and_writes_nothing() {
     let out_s = out.display().to_string();
     for verb in [
         vec!["simulate", "--device", "cuda:0", "--quiet", "--out", &out_s],
-        vec!["simulate", "--verifier-device", "cuda:0", "--quiet", "--out", &out_s],
+        vec![
+            "simulate",
+            "--verifier-device",
+            "cuda:0",
+            "--quiet",
+            "--out",
+            &out_s,
+        ],
         vec![
             "fingerprint",
             "--device",
