@@ -14,6 +14,7 @@
 //! * [`sweep`]: `veritrace sweep` (grids over k, chunk, cheat fraction, tolerance; shards for
 //!   array jobs) and `veritrace merge`.
 //! * [`report`]: `veritrace report`, plots of results as SVG and PNG.
+//! * [`devices`]: `veritrace devices`, the `--device` values this build and machine can run.
 //! * [`prove`]: `veritrace prove`, `challenge` and `open`, the protocol over files; and
 //!   [`verify`]: `veritrace verify` (exit 0 accept, 1 reject).
 //! * [`soundness`]: `veritrace soundness`, the soundness calculator (miss probability, security
@@ -26,6 +27,7 @@
 #![deny(unsafe_code)]
 
 pub mod commit;
+pub mod devices;
 pub mod engine;
 pub mod fingerprint;
 pub mod prove;

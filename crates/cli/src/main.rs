@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use veritrace_cli::commit::{self, CommitArgs};
+use veritrace_cli::devices::{self, DevicesArgs};
 use veritrace_cli::fingerprint::{self, FingerprintArgs};
 use veritrace_cli::prove::{self, ChallengeArgs, OpenArgs, ProveArgs};
 use veritrace_cli::report::{self, ReportArgs};
@@ -86,6 +87,9 @@ enum Command {
     /// saving (simulation reports), per-layer SNR heatmaps (fingerprint studies); SVG and PNG.
     #[command(after_help = report::AFTER_HELP)]
     Report(ReportArgs),
+    /// List the devices models can run on (`--device` values): the CPU, and the GPUs of a
+    /// build with `--features cuda`, or why there is none.
+    Devices(DevicesArgs),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Command::Soundness(args) => soundness::run(args, &mut std::io::stdout().lock()),
         Command::Fingerprint(args) => fingerprint::run(args, &mut std::io::stdout().lock()),
         Command::Report(args) => report::run(args, &mut std::io::stdout().lock()),
+        Command::Devices(args) => devices::run(args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

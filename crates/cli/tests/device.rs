@@ -76,3 +76,21 @@ fn an_unusable_gpu_exits_2_with_the_reason_and_writes_nothing() {
         assert!(!out.exists(), "{verb:?} wrote {out_s}");
     }
 }
+
+#[test]
+fn devices_lists_the_cpu_and_says_why_there_is_no_gpu() {
+    let o = veritrace(&["devices"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.starts_with("cpu "), "{}", o.stdout);
+    let j = veritrace(&["devices", "--json"]);
+    assert_eq!(j.code, 0, "{}", j.stderr);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(v["devices"][0]["device"], "cpu");
+    if !gpu_usable() {
+        let why = v["no_gpu"].as_str().unwrap();
+        assert!(o.stdout.contains(&format!("no GPU: {why}")), "{}", o.stdout);
+        if !cfg!(feature = "cuda") {
+            assert!(why.contains("--features cuda"), "{why}");
+        }
+    }
+}

@@ -74,6 +74,42 @@ impl Device {
     }
 }
 
+/// One device this build and machine can run models on, for `veritrace devices`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeviceInfo {
+    /// The device (`cpu`, `cuda:N`).
+    pub device: Device,
+    /// What it is: the GPU's name, compute capability and memory, or `candle-core (CPU)`.
+    pub description: String,
+}
+
+/// The devices models can run on here: the CPU always, then every GPU the CUDA driver reports
+/// (without compiling kernels), and — when there is no usable GPU — why not (the `cuda`
+/// feature is off, no driver, no libnvrtc or libcublas).
+pub fn list_devices() -> (Vec<DeviceInfo>, Option<String>) {
+    #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+    let mut out = vec![DeviceInfo {
+        device: Device::Cpu,
+        description: format!("candle-core (CPU), {} threads", cpu_threads()),
+    }];
+    #[cfg(not(feature = "cuda"))]
+    let why = Some("this build has no CUDA support (rebuild with `--features cuda`)".to_string());
+    #[cfg(feature = "cuda")]
+    let why = match crate::cuda::list_gpus() {
+        Ok(gpus) if gpus.is_empty() => Some("the CUDA driver reports no GPU".to_string()),
+        Ok(gpus) => {
+            out.extend(gpus);
+            None
+        }
+        Err(e) => Some(e),
+    };
+    (out, why)
+}
+
+fn cpu_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Largest key block of the GPU's tiled attention kernel (`VT_MAX_TILE` in kernels/common.cuh).
 pub const GPU_MAX_TILE: usize = 128;
 

@@ -62,6 +62,37 @@ pub fn compile_ptx(kernel: &KernelSource, arch: &'static str) -> Result<String> 
     Ok(ptx.to_src())
 }
 
+/// The GPUs the driver reports, with name, compute capability and memory (a context per GPU,
+/// no kernels compiled), or why none can be used.
+pub(crate) fn list_gpus() -> std::result::Result<Vec<crate::device::DeviceInfo>, String> {
+    if !driver_present() {
+        return Err("no CUDA driver (libcuda) on this machine".into());
+    }
+    let count = cudarc::driver::CudaContext::device_count().map_err(|e| format!("{e:?}"))?;
+    let mut out = Vec::new();
+    for i in 0..count.max(0) as usize {
+        let ctx = cudarc::driver::CudaContext::new(i).map_err(|e| format!("cuda:{i}: {e:?}"))?;
+        let name = ctx.name().map_err(|e| format!("{e:?}"))?;
+        let (ma, mi) = ctx.compute_capability().map_err(|e| format!("{e:?}"))?;
+        let mem = ctx.total_mem().map_err(|e| format!("{e:?}"))?;
+        let mut description = format!(
+            "{name}, sm_{ma}{mi}, {:.1} GiB",
+            mem as f64 / (1u64 << 30) as f64
+        );
+        if !nvrtc_present() {
+            description.push_str("; libnvrtc missing, so kernels cannot be compiled");
+        }
+        if !cublas_present() {
+            description.push_str("; libcublas missing");
+        }
+        out.push(crate::device::DeviceInfo {
+            device: crate::Device::Cuda(i),
+            description,
+        });
+    }
+    Ok(out)
+}
+
 fn compile_error(kernel: &KernelSource, e: CompileError) -> ModelError {
     match e {
         CompileError::CompileError { nvrtc, log, .. } => ModelError::KernelCompile {
