@@ -47,6 +47,13 @@ pub struct SweepArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Device the provers run on, overriding the scenario's `prover_device` (`cpu`,
+    /// `cuda`/`cuda:N` with `--features cuda`).
+    #[arg(long, value_name = "cpu|cuda[:N]")]
+    pub device: Option<veritrace_model::Device>,
+    /// Device the verifier recomputes on, overriding the scenario's `verifier_device`.
+    #[arg(long, value_name = "cpu|cuda[:N]")]
+    pub verifier_device: Option<veritrace_model::Device>,
 }
 
 /// Arguments of `veritrace merge`.
@@ -92,6 +99,12 @@ pub fn run(args: &SweepArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         Some(path) => Scenario::read(path)?,
         None => Scenario::default_scenario(),
     };
+    if let Some(d) = args.device {
+        scenario.prover_device = d;
+    }
+    if let Some(d) = args.verifier_device {
+        scenario.verifier_device = d;
+    }
     if let Some(t) = args.trials {
         scenario.trials = t;
     }
