@@ -185,6 +185,24 @@ struct GpuState {
     >,
 }
 
+/// The prepared model of `key` in `map`, made with `make` on first use.
+#[cfg(feature = "cuda")]
+fn cached<T>(
+    map: &std::sync::Mutex<
+        std::collections::HashMap<(veritrace_commit::Digest, String), std::sync::Arc<T>>,
+    >,
+    key: (veritrace_commit::Digest, String),
+    make: impl FnOnce() -> Result<T, ModelError>,
+) -> Result<std::sync::Arc<T>, ModelError> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = map.get(&key) {
+        return Ok(m.clone());
+    }
+    let m = std::sync::Arc::new(make()?);
+    map.insert(key, m.clone());
+    Ok(m)
+}
+
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Runner({})", self.device)
@@ -244,14 +262,10 @@ impl Runner {
         setup: &crate::Setup,
     ) -> Result<Option<std::sync::Arc<crate::cuda::GpuLlama>>, ModelError> {
         let Some(g) = &self.gpu else { return Ok(None) };
-        let key = (model.digest(), setup.to_string());
-        let mut map = g.llamas.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = map.get(&key) {
-            return Ok(Some(m.clone()));
-        }
-        let m = std::sync::Arc::new(crate::cuda::GpuLlama::new(g.gpu.clone(), model, setup)?);
-        map.insert(key, m.clone());
-        Ok(Some(m))
+        cached(&g.llamas, (model.digest(), setup.to_string()), || {
+            crate::cuda::GpuLlama::new(g.gpu.clone(), model, setup)
+        })
+        .map(Some)
     }
 
     #[cfg(feature = "cuda")]
@@ -261,14 +275,10 @@ impl Runner {
         setup: &crate::Setup,
     ) -> Result<Option<std::sync::Arc<crate::cuda::GpuBert>>, ModelError> {
         let Some(g) = &self.gpu else { return Ok(None) };
-        let key = (model.digest(), setup.to_string());
-        let mut map = g.berts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = map.get(&key) {
-            return Ok(Some(m.clone()));
-        }
-        let m = std::sync::Arc::new(crate::cuda::GpuBert::new(g.gpu.clone(), model, setup)?);
-        map.insert(key, m.clone());
-        Ok(Some(m))
+        cached(&g.berts, (model.digest(), setup.to_string()), || {
+            crate::cuda::GpuBert::new(g.gpu.clone(), model, setup)
+        })
+        .map(Some)
     }
 
     /// The decoder's trace of `tokens` under `setup` on this device (`tile` is the CPU's chunk

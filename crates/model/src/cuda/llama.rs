@@ -443,39 +443,15 @@ impl GpuLlama {
         input: &[f32],
         rows: std::ops::Range<usize>,
     ) -> Result<Vec<f32>> {
-        let c = self.config();
-        let d = c.hidden_size;
-        if layer == 0 || layer > c.num_layers {
-            return Err(ModelError::InvalidArgument(format!(
-                "layer {layer} is not a transformer layer (1..={})",
-                c.num_layers
-            )));
-        }
-        if input.is_empty() || !input.len().is_multiple_of(d) {
-            return Err(ModelError::WrongLength {
-                what: "input rows",
-                expected: format!("a positive multiple of {d}"),
-                got: input.len(),
-            });
-        }
-        let t = input.len() / d;
-        if rows.start >= rows.end || rows.end > t {
-            return Err(ModelError::InvalidArgument(format!(
-                "rows {rows:?} are not within the {t} input rows"
-            )));
-        }
-        if let Some(i) = crate::first_non_finite(input) {
-            return Err(ModelError::NonFinite {
-                what: "input rows",
-                index: i,
-            });
-        }
-        if self.setup.skip == Some(layer) || self.setup.reuse == Some(layer) {
-            return Err(ModelError::InvalidArgument(format!(
-                "layer {layer} is not computed under {}",
-                self.setup
-            )));
-        }
+        let d = self.config().hidden_size;
+        let t = ops::check_layer_input(
+            layer,
+            self.config().num_layers,
+            d,
+            input,
+            &rows,
+            &self.setup,
+        )?;
         let gpu = &*self.gpu;
         let _held = gpu.lock();
         let x = gpu.upload(input)?;

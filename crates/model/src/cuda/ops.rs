@@ -484,3 +484,46 @@ fn blake3_chunks_per_cell(g: &TraceGeometry) -> usize {
     let preimage = 1 + veritrace_commit::CELL_HEADER_LEN + rows * g.row_byte_len();
     preimage.div_ceil(1024).max(1)
 }
+
+/// Checks a one-layer recompute's request and returns the input's row count: `layer` is a
+/// computed transformer layer (`1..=layers`, not skipped or reused by `setup`), `input` holds
+/// whole finite rows of width `d`, and `rows` is a non-empty range within them.
+pub(crate) fn check_layer_input(
+    layer: usize,
+    layers: usize,
+    d: usize,
+    input: &[f32],
+    rows: &std::ops::Range<usize>,
+    setup: &Setup,
+) -> Result<usize> {
+    if layer == 0 || layer > layers {
+        return Err(ModelError::InvalidArgument(format!(
+            "layer {layer} is not a transformer layer (1..={layers})"
+        )));
+    }
+    if input.is_empty() || !input.len().is_multiple_of(d) {
+        return Err(ModelError::WrongLength {
+            what: "input rows",
+            expected: format!("a positive multiple of {d}"),
+            got: input.len(),
+        });
+    }
+    let t = input.len() / d;
+    if rows.start >= rows.end || rows.end > t {
+        return Err(ModelError::InvalidArgument(format!(
+            "rows {rows:?} are not within the {t} input rows"
+        )));
+    }
+    if let Some(i) = crate::first_non_finite(input) {
+        return Err(ModelError::NonFinite {
+            what: "input rows",
+            index: i,
+        });
+    }
+    if setup.skip == Some(layer) || setup.reuse == Some(layer) {
+        return Err(ModelError::InvalidArgument(format!(
+            "layer {layer} is not computed under {setup}"
+        )));
+    }
+    Ok(t)
+}
