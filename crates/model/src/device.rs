@@ -185,6 +185,43 @@ struct GpuState {
     >,
 }
 
+/// A prove-run on the GPU: greedy generation, then one traced run of `prompt ‖ output`, with
+/// the cells hashed on the device when `device_hash` (the digests returned with the trace).
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn gpu_prove_run(
+    m: &crate::cuda::GpuLlama,
+    model: &crate::LlamaModel,
+    setup: &crate::Setup,
+    prompt: &[u32],
+    n_out: usize,
+    chunk: u32,
+    hasher: veritrace_commit::HasherId,
+    device_hash: bool,
+) -> Result<
+    (
+        veritrace_protocol::Statement,
+        crate::Trace,
+        Option<Vec<veritrace_commit::Digest>>,
+    ),
+    ModelError,
+> {
+    let output = m.generate(prompt, n_out)?;
+    let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
+    let run = m.run(
+        &tokens,
+        crate::cuda::RunOptions {
+            download: true,
+            commit: device_hash.then_some((hasher, chunk)),
+        },
+    )?;
+    let trace = run
+        .trace
+        .ok_or_else(|| ModelError::Cuda("the run kept no trace".into()))?;
+    let (statement, trace) = model.statement_for(setup, prompt, output, trace, chunk, hasher)?;
+    Ok((statement, trace, device_hash.then_some(run.leaves)))
+}
+
 /// The prepared model of `key` in `map`, made with `make` on first use.
 #[cfg(feature = "cuda")]
 fn cached<T>(
@@ -310,10 +347,9 @@ impl Runner {
     ) -> Result<(veritrace_protocol::Statement, crate::Trace), ModelError> {
         #[cfg(feature = "cuda")]
         if let Some(m) = self.gpu_llama(model, setup)? {
-            let output = m.generate(prompt, n_out)?;
-            let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
-            let trace = m.trace(&tokens)?;
-            return model.statement_for(setup, prompt, output, trace, chunk, hasher);
+            let (statement, trace, _) =
+                gpu_prove_run(&m, model, setup, prompt, n_out, chunk, hasher, false)?;
+            return Ok((statement, trace));
         }
         model.prove_run(setup, prompt, n_out, chunk, hasher)
     }
@@ -341,26 +377,11 @@ impl Runner {
     > {
         #[cfg(feature = "cuda")]
         if let Some(m) = self.gpu_llama(model, setup)? {
-            if matches!(
+            let device_hash = matches!(
                 hasher,
                 veritrace_commit::HasherId::Blake3 | veritrace_commit::HasherId::Sha256
-            ) {
-                let output = m.generate(prompt, n_out)?;
-                let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
-                let run = m.run(
-                    &tokens,
-                    crate::cuda::RunOptions {
-                        download: true,
-                        commit: Some((hasher, chunk)),
-                    },
-                )?;
-                let trace = run
-                    .trace
-                    .ok_or_else(|| ModelError::Cuda("the run kept no trace".into()))?;
-                let (statement, trace) =
-                    model.statement_for(setup, prompt, output, trace, chunk, hasher)?;
-                return Ok((statement, trace, Some(run.leaves)));
-            }
+            );
+            return gpu_prove_run(&m, model, setup, prompt, n_out, chunk, hasher, device_hash);
         }
         let (statement, trace) =
             self.llama_prove_run(model, setup, prompt, n_out, chunk, hasher)?;
