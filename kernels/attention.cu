@@ -1,7 +1,7 @@
-// Attention: eager (scores materialized, as PyTorch's math path) and tiled (the online softmax
-// of FlashAttention over key blocks of a run-time size B), with the semantics of the CPU
-// reference (crates/model/src/llama.rs `attend`, crates/model/src/bert.rs, ops.rs
-// `softmax_times_v`).
+// Attention: eager (scores materialized, as PyTorch's math path), top-k (eager with all but the
+// k largest scores of each row masked) and tiled (the online softmax of FlashAttention over key
+// blocks of a run-time size B), with the semantics of the CPU reference
+// (crates/model/src/llama.rs `attend`, crates/model/src/bert.rs, ops.rs `softmax_times_v`).
 //
 // Layouts (row-major, f32, values on the precision's grid):
 //   q   [tq, n_heads * hd]      query i is at position q0 + i
@@ -110,6 +110,103 @@ extern "C" __global__ void vt_attn_softmax(float* scores, int rows, int n, int p
         float sum = vt_attn_block_sum(part, scratch);
         for (int j = threadIdx.x; j < n; j += VT_ROW_THREADS)
             sr[j] = empty ? 0.0f : vt_round(sr[j] / sum, precision);
+    }
+}
+
+// ---- top-k ----
+
+// Order-preserving key of an f32: unsigned comparison of keys is the IEEE total order of the
+// values (-0 < +0). Positive values get the sign bit set, negative values all bits flipped.
+__device__ __forceinline__ unsigned vt_order_key(float x) {
+    unsigned u = __float_as_uint(x);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The value of an order key (inverse of vt_order_key).
+__device__ __forceinline__ float vt_order_value(unsigned key) {
+    return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+__device__ __forceinline__ bool vt_finite(float x) {
+    return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u;
+}
+
+// Digits of the threshold search: 4 bits, so 8 passes over a row.
+#define VT_TOPK_BITS 4
+#define VT_TOPK_BUCKETS 16
+
+// The block's total of the per-thread integer counts `part` (exact in any order).
+__device__ int vt_block_count(int part, int* scratch) {
+    scratch[threadIdx.x] = part;
+    __syncthreads();
+    int total = 0;
+    for (int t = 0; t < VT_ROW_THREADS; ++t) total += scratch[t];
+    __syncthreads();
+    return total;
+}
+
+// Top-k masking of each row of `scores` ([rows, n], rows = n_heads * tq), in place, between
+// vt_attn_scores and vt_attn_softmax: blocks of VT_ROW_THREADS threads, block b taking rows b,
+// b + gridDim.x, ... (any grid >= 1 gives the same result).
+//
+// The rule is the CPU reference's (`veritrace_model::topk_mask`, used by llama.rs and bert.rs):
+// when a row has more than `keep` finite scores, the threshold is the keep-th largest of them in
+// the total order of f32 (-0 < +0), and every score s with s < threshold (IEEE comparison)
+// becomes -inf; ties with the threshold are all kept, and a row with at most `keep` finite
+// scores is left as it is. keep >= 1 (the host checks; keep < 1 leaves the row).
+//
+// The threshold is found without sorting, by a radix search over order keys: it is the value of
+// the largest key K with #{j : s_j finite, key(s_j) >= K} >= keep (the key of the keep-th
+// largest finite score). K is built 4 bits at a time from the most significant end, keeping the
+// invariant count(K) >= keep: in each pass every thread sorts its elements with key >= K into 16
+// buckets b = min((key - K) >> shift, 15), the block totals the buckets (integer sums, exact in
+// any order), and the largest digit d with sum_{b >= d} total_b >= keep is appended to K.
+extern "C" __global__ void vt_attn_topk(float* scores, int rows, int n, int keep) {
+    __shared__ int scratch[VT_TOPK_BUCKETS * VT_ROW_THREADS];
+    __shared__ int totals[VT_TOPK_BUCKETS];
+    for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+        float* sr = scores + (vt_u64)row * n;
+        int part = 0;
+        for (int j = threadIdx.x; j < n; j += VT_ROW_THREADS) part += vt_finite(sr[j]) ? 1 : 0;
+        // Every thread of the block gets the same count, so the branch is uniform.
+        if (keep < 1 || vt_block_count(part, scratch) <= keep) continue;
+        unsigned key = 0;
+        for (int shift = 32 - VT_TOPK_BITS; shift >= 0; shift -= VT_TOPK_BITS) {
+            int hist[VT_TOPK_BUCKETS];
+            for (int b = 0; b < VT_TOPK_BUCKETS; ++b) hist[b] = 0;
+            for (int j = threadIdx.x; j < n; j += VT_ROW_THREADS) {
+                float s = sr[j];
+                if (!vt_finite(s)) continue;
+                unsigned u = vt_order_key(s);
+                if (u < key) continue;
+                unsigned b = (u - key) >> shift;
+                hist[b < VT_TOPK_BUCKETS ? b : VT_TOPK_BUCKETS - 1] += 1;
+            }
+            for (int b = 0; b < VT_TOPK_BUCKETS; ++b)
+                scratch[b * VT_ROW_THREADS + threadIdx.x] = hist[b];
+            __syncthreads();
+            if (threadIdx.x < VT_TOPK_BUCKETS) {
+                int total = 0;
+                for (int t = 0; t < VT_ROW_THREADS; ++t)
+                    total += scratch[threadIdx.x * VT_ROW_THREADS + t];
+                totals[threadIdx.x] = total;
+            }
+            __syncthreads();
+            // count(key + d << shift) = sum_{b >= d} totals[b]; digit 0 always qualifies.
+            int above = 0;
+            unsigned digit = 0;
+            for (int d = VT_TOPK_BUCKETS - 1; d >= 1; --d) {
+                above += totals[d];
+                if (above >= keep) {
+                    digit = (unsigned)d;
+                    break;
+                }
+            }
+            key += digit << shift;
+        }
+        float threshold = vt_order_value(key);
+        for (int j = threadIdx.x; j < n; j += VT_ROW_THREADS)
+            if (sr[j] < threshold) sr[j] = VT_NEG_INF;
     }
 }
 

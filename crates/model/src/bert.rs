@@ -976,20 +976,7 @@ impl Arith<'_> {
             Attention::TopK { k: keep } => {
                 let scores = scores_of(k)?.broadcast_add(&km.tensor)?;
                 let mut values = scores.flatten_all()?.to_vec1::<f32>()?;
-                let mut sorted = Vec::with_capacity(e);
-                for row in values.chunks_mut(e) {
-                    sorted.clear();
-                    sorted.extend(row.iter().copied().filter(|s| s.is_finite()));
-                    if sorted.len() > keep {
-                        sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-                        let threshold = sorted[keep - 1];
-                        for s in row.iter_mut() {
-                            if *s < threshold {
-                                *s = f32::NEG_INFINITY;
-                            }
-                        }
-                    }
-                }
+                crate::ops::topk_mask(&mut values, e, keep);
                 let scores = Tensor::from_vec(values, (heads, rows, e), &Device::Cpu)?;
                 self.softmax_times_v(&scores, v)?
             }

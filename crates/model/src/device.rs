@@ -42,35 +42,24 @@ impl Device {
 
 impl Device {
     /// Whether this device's kernels implement `setup`: the CPU runs every setup; a GPU runs
-    /// every precision, eager, tiled (blocks up to 128 keys) and window attention, every
-    /// quantization, split-K, batch, skip and reuse, but not top-k attention or the KV-cache
-    /// decode order (typed [`ModelError::UnsupportedOnDevice`]).
+    /// every setup whose tiled attention blocks hold at most [`GPU_MAX_TILE`] keys (a larger
+    /// block is a typed [`ModelError::UnsupportedOnDevice`]): every precision, eager, tiled,
+    /// window and top-k attention, every quantization, split-K, batch, the decode order, skip
+    /// and reuse.
     pub fn check_setup(self, setup: &crate::Setup) -> Result<(), ModelError> {
         if self == Device::Cpu {
             return Ok(());
         }
-        let refuse = |reason: String| {
-            Err(ModelError::UnsupportedOnDevice {
-                setup: setup.to_string(),
-                device: self.to_string(),
-                reason,
-            })
-        };
         match setup.attention {
-            crate::Attention::TopK { .. } => {
-                return refuse("top-k attention has no GPU kernel (run it on the CPU)".into())
-            }
             crate::Attention::Tiled { block } if block > GPU_MAX_TILE => {
-                return refuse(format!(
-                    "the tiled kernel holds blocks of at most {GPU_MAX_TILE} keys"
-                ))
+                Err(ModelError::UnsupportedOnDevice {
+                    setup: setup.to_string(),
+                    device: self.to_string(),
+                    reason: format!("the tiled kernel holds blocks of at most {GPU_MAX_TILE} keys"),
+                })
             }
-            _ => {}
+            _ => Ok(()),
         }
-        if setup.order != crate::Order::Prefill {
-            return refuse("KV-cache decode order has no GPU path (run it on the CPU)".into());
-        }
-        Ok(())
     }
 }
 
@@ -512,6 +501,30 @@ mod tests {
                 "{s:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_gpu_runs_every_setup_but_tiles_beyond_its_kernel() {
+        let gpu = Device::Cuda(0);
+        for s in [
+            "f32/attn=eager",
+            "bf16/attn=topk:8",
+            "f32/attn=eager/order=decode",
+            "f16/attn=window:16/quant=int4-g32/splitk=2",
+            "f32/attn=tiled:128/batch=2/skip=1",
+        ] {
+            let setup: crate::Setup = s.parse().unwrap();
+            gpu.check_setup(&setup)
+                .unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
+        let big: crate::Setup = format!("f32/attn=tiled:{}", GPU_MAX_TILE + 1)
+            .parse()
+            .unwrap();
+        assert!(matches!(
+            gpu.check_setup(&big),
+            Err(ModelError::UnsupportedOnDevice { .. })
+        ));
+        assert!(Device::Cpu.check_setup(&big).is_ok());
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub const KERNELS: &[KernelSource] = &[
         source: include_str!("../../../kernels/attention.cu"),
         functions: &[
             "vt_attn_scores",
+            "vt_attn_topk",
             "vt_attn_softmax",
             "vt_attn_pv",
             "vt_attn_tiled",

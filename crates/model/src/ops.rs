@@ -73,3 +73,32 @@ pub(crate) fn softmax_times_v(scores: &Tensor, v: &Tensor, dtype: DType) -> Resu
     let probs = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
     Ok(probs.to_dtype(dtype)?.matmul(v)?)
 }
+
+/// Top-k attention's selection rule, applied in place to every row of `scores` (rows of
+/// `row_len` masked, scaled f32 scores): when a row has more than `keep` finite scores, the
+/// threshold is the `keep`-th largest of them in the total order of f32 (`-0 < +0`), and every
+/// score `s < threshold` (IEEE comparison) becomes `-inf`; ties with the threshold are all kept
+/// and a row with at most `keep` finite scores is left as it is.
+///
+/// This is the reference the decoder and the encoder run on the CPU and that the GPU kernel
+/// `vt_attn_topk` (kernels/attention.cu) reproduces bit for bit. `keep = 0` or `row_len = 0`
+/// leaves `scores` unchanged (setups validate `keep >= 1`).
+pub fn topk_mask(scores: &mut [f32], row_len: usize, keep: usize) {
+    if keep == 0 || row_len == 0 {
+        return;
+    }
+    let mut sorted = Vec::with_capacity(row_len);
+    for row in scores.chunks_mut(row_len) {
+        sorted.clear();
+        sorted.extend(row.iter().copied().filter(|s| s.is_finite()));
+        if sorted.len() > keep {
+            sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+            let threshold = sorted[keep - 1];
+            for s in row.iter_mut() {
+                if *s < threshold {
+                    *s = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+}

@@ -5,6 +5,9 @@
 //! * eager (`vt_attn_scores`, `vt_attn_softmax`, `vt_attn_pv`): scores, probabilities and output
 //!   bitwise equal to the reference (same f32 operations in the same order; `expf` is the
 //!   host's in both);
+//! * top-k (`vt_attn_topk` between scores and softmax), k = 1, 4, 16, 40: scores, probabilities
+//!   and output bitwise equal to the CPU's selection rule ([`veritrace_model::topk_mask`]), and
+//!   the selection alone on crafted rows (ties, both zeros, -inf, +inf, NaN, subnormals);
 //! * tiled (`vt_attn_tiled`), key blocks B = 1, 3, 16, 64: bitwise equal to the reference online
 //!   softmax;
 //! * tiled with one block (B >= keys) against eager: within f32 rounding under f32 (2e-6
@@ -120,8 +123,9 @@ impl Case {
     }
 }
 
-/// Eager reference: (scores [nh, tq, tk], probs [nh, tq, tk], out [tq, nh·hd]).
-fn eager_reference(c: &Case, x: &Inputs) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+/// Eager reference: (scores [nh, tq, tk], probs [nh, tq, tk], out [tq, nh·hd]). With
+/// `topk`, the scores after the CPU's top-k selection ([`veritrace_model::topk_mask`]).
+fn eager_reference(c: &Case, x: &Inputs, topk: Option<usize>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (tq, tk, nh, hd, p) = (c.tq, c.tk, c.nh, c.hd, c.precision);
     let mut scores = vec![0f32; nh * tq * tk];
     for h in 0..nh {
@@ -130,6 +134,9 @@ fn eager_reference(c: &Case, x: &Inputs) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
                 scores[(h * tq + i) * tk + j] = c.score(x, h, i, j);
             }
         }
+    }
+    if let Some(keep) = topk {
+        veritrace_model::topk_mask(&mut scores, tk, keep);
     }
     let mut probs = scores.clone();
     for row in probs.chunks_mut(tk) {
@@ -268,7 +275,7 @@ fn run_kernel(exe: &Path, mode: &str, c: &Case, x: &Inputs, block: usize) -> Run
         host::write_f32(&d.join("mask.bin"), m);
     }
     host::run(exe, &[Path::new(mode), d]);
-    let eager = mode == "eager";
+    let eager = mode == "eager" || mode == "topk";
     Run {
         scores: if eager {
             host::read_f32(&d.join("scores.bin"))
@@ -363,11 +370,106 @@ fn eager_attention_is_bitwise_the_reference() {
         for (n, c) in cases(precision).iter().enumerate() {
             let x = c.inputs(10 + n as u64);
             let got = run_kernel(&exe, "eager", c, &x, 0);
-            let (scores, probs, out) = eager_reference(c, &x);
+            let (scores, probs, out) = eager_reference(c, &x, None);
             assert_bitwise("scores", c, &got.scores, &scores);
             assert_bitwise("probs", c, &got.probs, &probs);
             assert_bitwise("out", c, &got.out, &out);
             assert!(out.iter().all(|v| v.is_finite()));
+        }
+    }
+}
+
+#[test]
+fn topk_attention_is_bitwise_the_cpu_selection() {
+    let Some((_dir, exe)) = host::build("attn_driver.cpp") else {
+        return;
+    };
+    // f32: 1 and 4 mask most keys, 16 some, 40 none (more than the 37 keys); bf16 (many tied
+    // scores on its coarser grid): 4.
+    for (precision, keeps) in [(F32, &[1usize, 4, 16, 40][..]), (BF16, &[4][..])] {
+        for (n, c) in cases(precision).iter().enumerate() {
+            let x = c.inputs(60 + n as u64);
+            for &keep in keeps {
+                let got = run_kernel(&exe, "topk", c, &x, keep);
+                let (scores, probs, out) = eager_reference(c, &x, Some(keep));
+                assert_bitwise(&format!("top-{keep} scores"), c, &got.scores, &scores);
+                assert_bitwise(&format!("top-{keep} probs"), c, &got.probs, &probs);
+                assert_bitwise(&format!("top-{keep} out"), c, &got.out, &out);
+            }
+            // The selection is not a no-op: with keep = 4 some visible key is masked.
+            let (masked, _, _) = eager_reference(c, &x, Some(4));
+            let (plain, _, _) = eager_reference(c, &x, None);
+            assert!(masked.iter().zip(&plain).any(|(a, b)| a != b), "{c:?}");
+        }
+    }
+}
+
+/// Rows built to stress the selection: ties with the threshold, both zeros, hidden keys
+/// (-inf), +inf and NaN (not finite, so never counted), rows with fewer finite scores than
+/// `keep`, and lengths around the kernel's 128 threads.
+fn crafted_rows(n: usize, rows: usize, seed: u64) -> Vec<f32> {
+    let palette = [
+        0.0f32,
+        -0.0,
+        1.0,
+        -1.0,
+        0.5,
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        f32::NAN,
+        1.0e-40, // subnormal
+        -3.25,
+        f32::MAX,
+        -f32::MAX,
+    ];
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(7);
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    (0..rows * n)
+        .map(|at| {
+            let r = next();
+            match at / n % 4 {
+                // mostly hidden keys
+                0 if r % 5 != 0 => f32::NEG_INFINITY,
+                // few distinct values: many ties
+                1 => palette[(r % 4) as usize],
+                // the whole palette
+                2 => palette[(r % palette.len() as u64) as usize],
+                // distinct values
+                _ => ((r >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn topk_selection_matches_the_cpu_rule_on_crafted_rows() {
+    let Some((_dir, exe)) = host::build("attn_driver.cpp") else {
+        return;
+    };
+    for (n, rows) in [(1usize, 4usize), (5, 8), (128, 8), (129, 8), (300, 8)] {
+        for keep in [1usize, 2, 3, 7, 64, 200] {
+            let scores = crafted_rows(n, rows, (n * 1000 + keep) as u64);
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let d = dir.path();
+            std::fs::write(d.join("select.txt"), format!("{rows} {n} {keep}")).expect("write");
+            host::write_f32(&d.join("scores.bin"), &scores);
+            host::run(&exe, &[Path::new("select"), d]);
+            let got = host::read_f32(&d.join("selected.bin"));
+            let mut want = scores.clone();
+            veritrace_model::topk_mask(&mut want, n, keep);
+            assert_eq!(got.len(), want.len());
+            for (at, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    a.to_bits() == b.to_bits(),
+                    "n={n} keep={keep} element {at}: kernel {a:e} cpu {b:e} (input {:e})",
+                    scores[at]
+                );
+            }
         }
     }
 }
@@ -432,7 +534,7 @@ fn tiled_attention_with_one_block_agrees_with_eager() {
         for (n, c) in cases(precision).iter().enumerate() {
             let x = c.inputs(40 + n as u64);
             let tiled = run_kernel(&exe, "tiled", c, &x, 64).out;
-            let eager = eager_reference(c, &x).2;
+            let eager = eager_reference(c, &x, None).2;
             let diff = max_abs_diff(&tiled, &eager);
             assert!(
                 diff <= tol,

@@ -6,7 +6,7 @@ use veritrace_commit::{HasherId, TraceGeometry};
 
 use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
 use crate::quant::quantize;
-use crate::{Attention, ModelError, QuantScheme, Result, Setup};
+use crate::{Attention, ModelError, Order, QuantScheme, Result, Setup};
 
 /// Largest head dimension of the attention kernels (`VT_MAX_HEAD_DIM`).
 pub(crate) const MAX_HEAD_DIM: usize = 128;
@@ -104,6 +104,11 @@ impl Linear {
 
 /// `y = x · Wᵀ` over `rows` rows under the setup's precision, batch and split-K, by the kernel
 /// the setup implies: dequantize-and-multiply, split-K, or cuBLAS SGEMM then rounding.
+///
+/// Under `order=decode` every row is its own one-row product, as a KV-cache decoder computes
+/// each new token: cuBLAS then multiplies `[1, in]` by `[in, out]` (its matrix-vector kernels,
+/// another reduction order than the prefill's `[rows, in]` product). Our own kernels give each
+/// output element the same sum whatever the number of rows, so for them decode is prefill.
 pub(crate) fn linear(
     gpu: &Gpu,
     x: &CudaSlice<f32>,
@@ -111,6 +116,21 @@ pub(crate) fn linear(
     l: &Linear,
     setup: &Setup,
 ) -> Result<CudaSlice<f32>> {
+    if setup.order == Order::Decode && rows > 1 {
+        let (n, k) = (l.out, l.inp);
+        let mut y = gpu.zeros::<f32>(rows * n)?;
+        let mut row = gpu.zeros::<f32>(k)?;
+        for r in 0..rows {
+            gpu.stream
+                .memcpy_dtod(&x.slice(r * k..(r + 1) * k), &mut row)
+                .map_err(|e| super::gpu::cuda_err("copy", e))?;
+            let yr = linear(gpu, &row, 1, l, setup)?;
+            gpu.stream
+                .memcpy_dtod(&yr, &mut y.slice_mut(r * n..(r + 1) * n))
+                .map_err(|e| super::gpu::cuda_err("copy", e))?;
+        }
+        return Ok(y);
+    }
     let (m, n, k) = (rows, l.out, l.inp);
     let p = precision_code(setup.precision);
     let (m32, n32, k32) = (m as i32, n as i32, k as i32);
@@ -203,7 +223,7 @@ pub(crate) fn linear(
 }
 
 /// Multi-head attention of `q: [t, nh·hd]` over `k, v: [t, nkv·hd]` (all positions `0..t`),
-/// causal or bidirectional, under the setup's attention (eager, window or tiled); returns
+/// causal or bidirectional, under the setup's attention (eager, window, top-k or tiled); returns
 /// `[t, nh·hd]`. `key_mask` is an additive `[t]` mask (0 / −∞) or none.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
@@ -232,17 +252,11 @@ pub(crate) fn attention(
     let c32 = i32::from(causal);
     let null: u64 = 0;
     let mut out = gpu.zeros::<f32>(t * nh * hd)?;
-    let (window, tiled) = match setup.attention {
-        Attention::Window { size } => (i32::try_from(size).unwrap_or(NO_WINDOW), None),
-        Attention::Tiled { block } => (NO_WINDOW, Some(block)),
-        Attention::Eager => (NO_WINDOW, None),
-        Attention::TopK { .. } => {
-            return Err(ModelError::UnsupportedOnDevice {
-                setup: setup.to_string(),
-                device: gpu.device().to_string(),
-                reason: "top-k attention has no GPU kernel".into(),
-            })
-        }
+    let (window, tiled, topk) = match setup.attention {
+        Attention::Window { size } => (i32::try_from(size).unwrap_or(NO_WINDOW), None, None),
+        Attention::Tiled { block } => (NO_WINDOW, Some(block), None),
+        Attention::Eager => (NO_WINDOW, None, None),
+        Attention::TopK { k } => (NO_WINDOW, None, Some(k)),
     };
     if let Some(block) = tiled {
         let b32 = block as i32;
@@ -350,6 +364,19 @@ pub(crate) fn attention(
         ),
     }
     let rows = (nh * t) as i32;
+    if let Some(keep) = topk {
+        // Top-k: all but the `keep` largest scores of each row masked before the softmax.
+        let keep = i32::try_from(keep).unwrap_or(i32::MAX);
+        launch!(
+            gpu,
+            "vt_attn_topk",
+            per_row(nh * t),
+            &mut scores,
+            &rows,
+            &t32,
+            &keep
+        );
+    }
     launch!(
         gpu,
         "vt_attn_softmax",

@@ -1,12 +1,13 @@
 // Runs kernels/attention.cu on the CPU through the host shim.
 //
-// Usage: attn_driver eager|tiled DIR
+// Usage: attn_driver eager|topk|tiled DIR, or attn_driver select DIR (below)
 //   DIR/params.txt: tq tk q0 n_heads n_kv_heads hd causal window block precision scale_bits
 //                   has_mask (whitespace-separated integers; scale_bits is the f32 scale's bits)
 //   DIR/q.bin [tq, n_heads*hd], DIR/k.bin and DIR/v.bin [tk, n_kv_heads*hd], DIR/mask.bin [tk]
 //   (read when has_mask), f32 little-endian.
 // eager writes DIR/scores.bin and DIR/probs.bin ([n_heads, tq, tk]) and DIR/out.bin
-// ([tq, n_heads*hd]); tiled writes DIR/out.bin.
+// ([tq, n_heads*hd]); topk the same, with `block` scores kept per row (scores.bin after the
+// selection); tiled writes DIR/out.bin.
 #include "cuda_host.hpp"
 #include "common.cuh"
 #include "attention.cu"
@@ -35,12 +36,30 @@ static void write_f32(const std::string& path, const std::vector<float>& v) {
     std::fclose(f);
 }
 
+// `select DIR`: DIR/select.txt holds `rows n keep`, DIR/scores.bin [rows, n]; writes the rows
+// after vt_attn_topk to DIR/selected.bin.
+static int select_mode(const std::string& dir) {
+    FILE* pf = std::fopen((dir + "/select.txt").c_str(), "r");
+    int rows, n, keep;
+    if (!pf || std::fscanf(pf, "%d %d %d", &rows, &n, &keep) != 3) {
+        std::fprintf(stderr, "bad select.txt\n");
+        return 2;
+    }
+    std::fclose(pf);
+    auto scores = read_f32(dir + "/scores.bin", (size_t)rows * n);
+    vt_launch(vt_attn_topk, dim3(rows < 4 ? rows : 4), dim3(VT_ROW_THREADS), scores.data(), rows,
+              n, keep);
+    write_f32(dir + "/selected.bin", scores);
+    return 0;
+}
+
 int main(int argc, char** argv) {
     if (argc != 3) {
-        std::fprintf(stderr, "usage: attn_driver eager|tiled DIR\n");
+        std::fprintf(stderr, "usage: attn_driver eager|topk|tiled|select DIR\n");
         return 2;
     }
     std::string mode = argv[1], dir = argv[2];
+    if (mode == "select") return select_mode(dir);
     FILE* pf = std::fopen((dir + "/params.txt").c_str(), "r");
     int tq, tk, q0, nh, nkv, hd, causal, window, block, precision, has_mask;
     unsigned scale_bits;
@@ -59,16 +78,20 @@ int main(int argc, char** argv) {
     if (has_mask) mask = read_f32(dir + "/mask.bin", (size_t)tk);
     const float* mp = has_mask ? mask.data() : nullptr;
     std::vector<float> out((size_t)tq * nh * hd, -12345.0f);
-    if (mode == "eager") {
+    if (mode == "eager" || mode == "topk") {
         std::vector<float> scores((size_t)nh * tq * tk, -12345.0f);
         unsigned n = (unsigned)(nh * tq * tk);
         vt_launch(vt_attn_scores, dim3((n + VT_ROW_THREADS - 1) / VT_ROW_THREADS),
                   dim3(VT_ROW_THREADS), (const float*)q.data(), (const float*)k.data(), mp,
                   scores.data(), tq, tk, q0, nh, nkv, hd, causal, window, scale, precision);
-        write_f32(dir + "/scores.bin", scores);
         // Fewer blocks than rows (each takes rows b, b + grid, ...): the same result as one
         // block per row, with fewer host threads to start.
         unsigned rows = (unsigned)(nh * tq);
+        // topk: `block` is the number of scores kept per row.
+        if (mode == "topk")
+            vt_launch(vt_attn_topk, dim3(rows < 8 ? rows : 8), dim3(VT_ROW_THREADS),
+                      scores.data(), nh * tq, tk, block);
+        write_f32(dir + "/scores.bin", scores);
         vt_launch(vt_attn_softmax, dim3(rows < 8 ? rows : 8), dim3(VT_ROW_THREADS),
                   scores.data(), nh * tq, tk, precision);
         write_f32(dir + "/probs.bin", scores);
