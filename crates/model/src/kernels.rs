@@ -6,7 +6,8 @@
 //!
 //! The same text compiles as C++ for the host test shim `kernels/host/cuda_host.hpp`, which is
 //! how the kernels' logic is tested on machines without a GPU (`crates/model/tests/host/`);
-//! with the `cuda` feature and libnvrtc present, `tests/nvrtc.rs` compiles every program to PTX.
+//! with the `cuda` feature and libnvrtc present, `tests/nvrtc.rs` compiles every program to PTX
+//! and to CUBINs (what a GPU loads).
 
 /// Definitions shared by every kernel (integer types, f32 to bf16/f16 rounding).
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");

@@ -1,4 +1,5 @@
-//! Every kernel of `kernels/` compiles to PTX with NVRTC (no GPU needed, only libnvrtc).
+//! Every kernel of `kernels/` compiles with NVRTC to PTX and to the CUBIN a GPU loads (no GPU
+//! needed, only libnvrtc).
 //!
 //! Skips with a message when libnvrtc cannot be loaded, unless `VERITRACE_REQUIRE_NVRTC` is set
 //! (CI sets it after installing the `nvidia-cuda-nvrtc-cu12` wheel), so a kernel that does not
@@ -41,6 +42,41 @@ fn every_kernel_compiles_to_ptx_for_ampere_and_hopper() {
     }
 }
 
+/// What a GPU loads: machine code for its real architecture. A CUBIN is an ELF image whose
+/// symbol table names every entry point.
+#[test]
+fn every_kernel_compiles_to_a_cubin_for_ampere_and_hopper() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for arch in ["sm_80", "sm_90"] {
+        for k in KERNELS {
+            let cubin = veritrace_model::cuda::compile_cubin(k, arch)
+                .unwrap_or_else(|e| panic!("{} for {arch}: {e}", k.name));
+            assert_eq!(
+                &cubin[..4],
+                b"\x7fELF",
+                "{} for {arch}: not an ELF image",
+                k.name
+            );
+            for f in k.functions {
+                assert!(
+                    cubin
+                        .windows(f.len() + 1)
+                        .any(|w| w[..f.len()] == *f.as_bytes() && w[f.len()] == 0),
+                    "{} for {arch}: no symbol {f} in the CUBIN",
+                    k.name
+                );
+            }
+        }
+    }
+    // A virtual architecture has no machine code: a typed error, not a panic.
+    assert!(matches!(
+        veritrace_model::cuda::compile_cubin(&KERNELS[0], "sm_1"),
+        Err(veritrace_model::ModelError::KernelCompile { .. })
+    ));
+}
+
 #[test]
 fn a_kernel_that_does_not_compile_is_a_typed_error() {
     if !nvrtc_or_skip() {
@@ -51,12 +87,16 @@ fn a_kernel_that_does_not_compile_is_a_typed_error() {
         source: "extern \"C\" __global__ void vt_broken(float* x) { x[0] = undefined_name; }",
         functions: &["vt_broken"],
     };
-    let err = veritrace_model::cuda::compile_ptx(&bad, "compute_80").unwrap_err();
-    let msg = err.to_string();
-    assert!(msg.contains("broken.cu"), "{msg}");
-    assert!(
-        msg.contains("undefined_name"),
-        "the NVRTC log is kept: {msg}"
-    );
+    for err in [
+        veritrace_model::cuda::compile_ptx(&bad, "compute_80").unwrap_err(),
+        veritrace_model::cuda::compile_cubin(&bad, "sm_80").unwrap_err(),
+    ] {
+        let msg = err.to_string();
+        assert!(msg.contains("broken.cu"), "{msg}");
+        assert!(
+            msg.contains("undefined_name"),
+            "the NVRTC log is kept: {msg}"
+        );
+    }
     assert!(program(&bad).starts_with(veritrace_model::kernels::COMMON));
 }

@@ -8,7 +8,7 @@ use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 
-use super::{compile_ptx, cublas_present, driver_present, nvrtc_present};
+use super::{compile_cubin, cublas_present, driver_present, nvrtc_present};
 use crate::kernels::KERNELS;
 use crate::{Device, ModelError, Precision, Result};
 
@@ -149,14 +149,13 @@ impl Gpu {
             .map_err(|e| cuda_err("compute capability", e))?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS", e))?;
-        // NVRTC wants a 'static architecture string; one small leak per opened GPU.
-        let arch: &'static str =
-            Box::leak(format!("compute_{}{}", capability.0, capability.1).into_boxed_str());
+        // Machine code for this GPU's architecture (see `compile_cubin` for why not PTX).
+        let arch = format!("sm_{}{}", capability.0, capability.1);
         let mut functions = HashMap::new();
         for k in KERNELS {
-            let ptx = compile_ptx(k, arch)?;
+            let cubin = compile_cubin(k, &arch)?;
             let module = ctx
-                .load_module(Ptx::from_src(ptx))
+                .load_module(Ptx::from_binary(cubin))
                 .map_err(|e| cuda_err(k.name, e))?;
             for &f in k.functions {
                 let func = module.load_function(f).map_err(|e| cuda_err(f, e))?;

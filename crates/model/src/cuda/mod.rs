@@ -10,7 +10,9 @@
 //! [`driver_present`] first.
 #![allow(unsafe_code)]
 
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
+use std::ffi::{CStr, CString};
+
+use cudarc::nvrtc;
 
 use crate::kernels::{program, KernelSource};
 use crate::{ModelError, Result};
@@ -36,30 +38,106 @@ pub fn cublas_present() -> bool {
 /// The NVRTC options every kernel is compiled with: IEEE division and square root, no
 /// flush-to-zero, and no contraction of `a * b + c` into a fused multiply-add, so that each
 /// operation of a kernel rounds as written (the CPU reference does not fuse either).
-fn options(arch: &'static str, name: &str) -> CompileOptions {
-    CompileOptions {
-        ftz: Some(false),
-        prec_sqrt: Some(true),
-        prec_div: Some(true),
-        fmad: Some(false),
-        arch: Some(arch),
-        name: Some(name.to_string()),
-        ..Default::default()
+fn options(arch: &str) -> Vec<String> {
+    vec![
+        "--ftz=false".into(),
+        "--prec-sqrt=true".into(),
+        "--prec-div=true".into(),
+        "--fmad=false".into(),
+        format!("--gpu-architecture={arch}"),
+    ]
+}
+
+/// What NVRTC hands back.
+#[derive(Clone, Copy)]
+enum Output {
+    /// PTX text, for a virtual architecture (`compute_XY`).
+    Ptx,
+    /// A CUBIN (SASS for one GPU), for a real architecture (`sm_XY`).
+    Cubin,
+}
+
+/// An NVRTC program, destroyed on drop.
+struct Program(nvrtc::sys::nvrtcProgram);
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        // SAFETY: the program was created by `create_program` and is destroyed only here.
+        let _ = unsafe { nvrtc::result::destroy_program(self.0) };
     }
 }
 
-/// Compiles one kernel file ([`program`]) to PTX for a virtual architecture such as
-/// `compute_90`. Needs libnvrtc only ([`nvrtc_present`]), not a GPU.
-pub fn compile_ptx(kernel: &KernelSource, arch: &'static str) -> Result<String> {
+fn compile(kernel: &KernelSource, arch: &str, output: Output) -> Result<Vec<u8>> {
     if !nvrtc_present() {
         return Err(ModelError::DeviceUnavailable {
             device: "nvrtc".into(),
             reason: "libnvrtc cannot be loaded (install CUDA or the nvidia-cuda-nvrtc-cu12 wheel and put its lib/ on LD_LIBRARY_PATH)".into(),
         });
     }
-    let ptx = compile_ptx_with_opts(program(kernel), options(arch, kernel.name))
-        .map_err(|e| compile_error(kernel, e))?;
-    Ok(ptx.to_src())
+    let failed = |reason: String, log: String| ModelError::KernelCompile {
+        name: kernel.name.to_string(),
+        reason,
+        log,
+    };
+    let src = CString::new(program(kernel))
+        .map_err(|_| failed("the source holds a NUL byte".into(), String::new()))?;
+    let name = CString::new(kernel.name)
+        .map_err(|_| failed("the name holds a NUL byte".into(), String::new()))?;
+    let prog = Program(
+        nvrtc::result::create_program(&src, Some(&name))
+            .map_err(|e| failed(format!("{e:?}"), String::new()))?,
+    );
+    // SAFETY: `prog` is live until the end of this function (it is dropped last), and `src`
+    // and `name`, which it may point into, outlive it.
+    unsafe {
+        if let Err(e) = nvrtc::result::compile_program(prog.0, &options(arch)) {
+            let log = nvrtc::result::get_program_log(prog.0)
+                .map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned())
+                .unwrap_or_default();
+            return Err(failed(format!("{e:?}"), log));
+        }
+        let bytes = match output {
+            Output::Ptx => nvrtc::result::get_ptx(prog.0)
+                .map(|v| v.iter().map(|&c| c as u8).collect::<Vec<u8>>()),
+            Output::Cubin => {
+                let mut size = 0usize;
+                nvrtc::sys::nvrtcGetCUBINSize(prog.0, &mut size)
+                    .result()
+                    .and_then(|()| {
+                        let mut v = vec![0u8; size];
+                        nvrtc::sys::nvrtcGetCUBIN(prog.0, v.as_mut_ptr().cast())
+                            .result()
+                            .map(|()| v)
+                    })
+            }
+        }
+        .map_err(|e| failed(format!("{e:?}"), String::new()))?;
+        Ok(bytes)
+    }
+}
+
+/// Compiles one kernel file ([`program`]) to PTX for a virtual architecture such as
+/// `compute_90`. Needs libnvrtc only ([`nvrtc_present`]), not a GPU.
+pub fn compile_ptx(kernel: &KernelSource, arch: &str) -> Result<String> {
+    let mut bytes = compile(kernel, arch, Output::Ptx)?;
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    String::from_utf8(bytes).map_err(|_| ModelError::KernelCompile {
+        name: kernel.name.to_string(),
+        reason: "NVRTC returned PTX that is not UTF-8".into(),
+        log: String::new(),
+    })
+}
+
+/// Compiles one kernel file ([`program`]) to a CUBIN, the machine code of one real
+/// architecture such as `sm_90`: what [`Gpu::open`] loads. Needs libnvrtc only, not a GPU.
+///
+/// Machine code rather than PTX because of CUDA's minor-version compatibility: a driver older
+/// than the NVRTC (the pip wheel is often newer than a machine's driver) runs a CUBIN of the
+/// same major version, but refuses PTX of a newer ISA (`CUDA_ERROR_UNSUPPORTED_PTX_VERSION`).
+pub fn compile_cubin(kernel: &KernelSource, arch: &str) -> Result<Vec<u8>> {
+    compile(kernel, arch, Output::Cubin)
 }
 
 /// The GPUs the driver reports, with name, compute capability and memory (a context per GPU,
@@ -91,21 +169,6 @@ pub(crate) fn list_gpus() -> std::result::Result<Vec<crate::device::DeviceInfo>,
         });
     }
     Ok(out)
-}
-
-fn compile_error(kernel: &KernelSource, e: CompileError) -> ModelError {
-    match e {
-        CompileError::CompileError { nvrtc, log, .. } => ModelError::KernelCompile {
-            name: kernel.name.to_string(),
-            reason: format!("{nvrtc:?}"),
-            log: log.to_string_lossy().into_owned(),
-        },
-        other => ModelError::KernelCompile {
-            name: kernel.name.to_string(),
-            reason: format!("{other:?}"),
-            log: String::new(),
-        },
-    }
 }
 
 pub mod bench;
