@@ -1,7 +1,7 @@
 //! Launch wrappers for kernels/attention.cu, kernels/matmul.cu and kernels/leaf_hash.cu, and
 //! the device form of a linear layer's weights.
 
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
 use veritrace_commit::{HasherId, TraceGeometry};
 
 use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
@@ -250,7 +250,10 @@ pub(crate) fn attention(
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
     let (t32, q0, nh32, nkv32, hd32) = (t as i32, 0i32, nh as i32, nkv as i32, hd as i32);
     let c32 = i32::from(causal);
-    let null: u64 = 0;
+    // The key mask as the kernels take it: a device pointer, null for none. The guard orders
+    // the mask's upload before the launches that read it and lives until they are queued.
+    let mask_guard = key_mask.map(|m| m.device_ptr(&gpu.stream));
+    let mask_ptr: u64 = mask_guard.as_ref().map_or(0, |(ptr, _)| *ptr);
     let mut out = gpu.zeros::<f32>(t * nh * hd)?;
     let (window, tiled, topk) = match setup.attention {
         Attention::Window { size } => (i32::try_from(size).unwrap_or(NO_WINDOW), None, None),
@@ -265,50 +268,27 @@ pub(crate) fn attention(
             block_dim: (ATTN_ROWS, 1, 1),
             shared_mem_bytes: 0,
         };
-        match key_mask {
-            Some(mask) => launch!(
-                gpu,
-                "vt_attn_tiled",
-                cfg,
-                q,
-                k,
-                v,
-                mask,
-                &mut out,
-                &t32,
-                &t32,
-                &q0,
-                &nh32,
-                &nkv32,
-                &hd32,
-                &c32,
-                &window,
-                &b32,
-                &scale,
-                &p
-            ),
-            None => launch!(
-                gpu,
-                "vt_attn_tiled",
-                cfg,
-                q,
-                k,
-                v,
-                &null,
-                &mut out,
-                &t32,
-                &t32,
-                &q0,
-                &nh32,
-                &nkv32,
-                &hd32,
-                &c32,
-                &window,
-                &b32,
-                &scale,
-                &p
-            ),
-        }
+        launch!(
+            gpu,
+            "vt_attn_tiled",
+            cfg,
+            q,
+            k,
+            v,
+            &mask_ptr,
+            &mut out,
+            &t32,
+            &t32,
+            &q0,
+            &nh32,
+            &nkv32,
+            &hd32,
+            &c32,
+            &window,
+            &b32,
+            &scale,
+            &p
+        );
         return Ok(out);
     }
     // Eager: the [nh, t, t] score matrix is materialized, as PyTorch's math path does.
@@ -323,46 +303,25 @@ pub(crate) fn attention(
         ),
         ..grid
     };
-    match key_mask {
-        Some(mask) => launch!(
-            gpu,
-            "vt_attn_scores",
-            cfg,
-            q,
-            k,
-            mask,
-            &mut scores,
-            &t32,
-            &t32,
-            &q0,
-            &nh32,
-            &nkv32,
-            &hd32,
-            &c32,
-            &window,
-            &scale,
-            &p
-        ),
-        None => launch!(
-            gpu,
-            "vt_attn_scores",
-            cfg,
-            q,
-            k,
-            &null,
-            &mut scores,
-            &t32,
-            &t32,
-            &q0,
-            &nh32,
-            &nkv32,
-            &hd32,
-            &c32,
-            &window,
-            &scale,
-            &p
-        ),
-    }
+    launch!(
+        gpu,
+        "vt_attn_scores",
+        cfg,
+        q,
+        k,
+        &mask_ptr,
+        &mut scores,
+        &t32,
+        &t32,
+        &q0,
+        &nh32,
+        &nkv32,
+        &hd32,
+        &c32,
+        &window,
+        &scale,
+        &p
+    );
     let rows = (nh * t) as i32;
     if let Some(keep) = topk {
         // Top-k: all but the `keep` largest scores of each row masked before the softmax.
