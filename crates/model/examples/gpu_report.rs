@@ -119,6 +119,8 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
         "f32/attn=tiled:32",
         "bf16/attn=tiled:16",
         "f32/attn=window:32",
+        "f32/attn=topk:32",
+        "f32/attn=eager/order=decode",
         "f32/attn=eager/quant=int8-channel",
         "f32/attn=eager/quant=int4-g32",
         "f32/attn=eager/splitk=4",
@@ -163,7 +165,7 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
     println!(
         "Deviation = relative L∞ of the swapped setup's GPU trace from the honest GPU trace (worst layer, \
          4 prompts of 128 tokens). Honest floor = the largest deviation among honest runs: GPU vs CPU, \
-         GPU split-K 2 and 3, GPU batch 2. A swap is detectable when its deviation is well above the floor.\n"
+         GPU split-K 2 and 3, GPU batch 2, GPU decode order (one-row products). A swap is detectable when its deviation is well above the floor.\n"
     );
     for (preset, m) in &models {
         for reference in ["f32/attn=eager", "bf16/attn=eager"] {
@@ -191,6 +193,10 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
                 Setup { split_k: 2, ..r },
                 Setup { split_k: 3, ..r },
                 Setup { batch: 2, ..r },
+                Setup {
+                    order: veritrace_model::Order::Decode,
+                    ..r
+                },
             ] {
                 let g = GpuLlama::new(gpu.clone(), m, &v)?;
                 let mut d = 0f64;
@@ -210,6 +216,7 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
                 format!("{p}/attn=tiled:16"),
                 format!("{p}/attn=tiled:64"),
                 format!("{p}/attn=window:32"),
+                format!("{p}/attn=topk:32"),
                 format!("{p}/attn=eager/quant=int8-channel"),
                 format!("{p}/attn=eager/quant=int8-channel:mse"),
                 format!("{p}/attn=eager/quant=int4-g32"),
