@@ -583,7 +583,7 @@ impl BertModel {
     }
 
     /// Checks an attention mask for `n` tokens: `n` entries, each 0 or 1, at least one 1.
-    fn check_mask(mask: &[u32], n: usize) -> Result<()> {
+    pub(crate) fn check_mask(mask: &[u32], n: usize) -> Result<()> {
         if mask.len() != n {
             return Err(ModelError::WrongLength {
                 what: "attention mask",

@@ -6,6 +6,8 @@
 //! `no_driver_is_a_typed_error` checks the error a user gets instead.
 #![cfg(feature = "cuda")]
 
+mod synthetic_bert;
+
 use veritrace_commit::{commit_trace, HasherId};
 use veritrace_model::cuda::{driver_present, Gpu, GpuBert, GpuLlama, RunOptions};
 use veritrace_model::{
@@ -334,6 +336,86 @@ fn unsupported_setups_and_bad_input_are_typed_errors() {
         g.trace(&[u32::MAX]),
         Err(ModelError::TokenOutOfRange { .. })
     ));
+}
+
+/// The encoder on the GPU without MiniLM (the synthetic BERT of the encoder tests, so this runs
+/// on any GPU machine): each attention kind, a quantized and a split-K setup, and a padding
+/// mask agree with the CPU encoder and are bitwise reproducible; a GPU layer recompute under
+/// the mask gives the trace's rows; bad masks and the one refused window case are typed
+/// errors.
+#[test]
+fn gpu_encoder_follows_the_cpu_encoder_with_and_without_a_padding_mask() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (m, dir) = synthetic_bert::model("gpu");
+    let tokens = synthetic_bert::tokens(37);
+    let padded: Vec<u32> = (0..37).map(|i| u32::from(i < 30)).collect();
+    for s in [
+        "f32/attn=eager",
+        "f32/attn=tiled:8",
+        "f32/attn=window:16",
+        "f32/attn=topk:8",
+        "f32/attn=eager/quant=int8-channel",
+        "f32/attn=eager/splitk=2",
+    ] {
+        let st = setup(s);
+        let g = GpuBert::new(gpu.clone(), &m, &st).unwrap();
+        for mask in [vec![1; 37], padded.clone()] {
+            let dev = g.trace_masked(&tokens, &mask).unwrap();
+            assert!(
+                same_bits(&dev, &g.trace_masked(&tokens, &mask).unwrap()),
+                "{s}"
+            );
+            let cpu = m.trace_masked(&st, &tokens, &mask, 16).unwrap();
+            let d = trace_dev(&dev, &cpu);
+            eprintln!(
+                "encoder {s}, {} attended: GPU vs CPU relative L∞ = {d:.3e}",
+                mask.iter().sum::<u32>()
+            );
+            if s.contains("topk") {
+                // Selection is discontinuous (see gpu_topk_and_decode_follow_the_cpu_rules).
+                let eager = m
+                    .trace_masked(&Setup::F32_EAGER, &tokens, &mask, 16)
+                    .unwrap();
+                assert!(d * 10.0 < trace_dev(&dev, &eager), "{s}: {d:e}");
+            } else {
+                assert!(d <= F32_TOLERANCE, "{s}: {d:e}");
+            }
+            // A cell of layer 2 recomputed on the GPU from every row of layer 1.
+            let rows = g
+                .layer_rows_masked(2, &dev.layers[1], 16..32, &mask)
+                .unwrap();
+            let want = &dev.layers[2][16 * 24..32 * 24];
+            assert!(
+                rows.iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{s}: GPU recompute differs from the GPU trace"
+            );
+        }
+    }
+    // The mask matters: masked keys change the attended rows.
+    let g = GpuBert::new(gpu.clone(), &m, &Setup::F32_EAGER).unwrap();
+    let (all, some) = (
+        g.trace(&tokens).unwrap(),
+        g.trace_masked(&tokens, &padded).unwrap(),
+    );
+    assert!(trace_dev(&some, &all) > 1e-3);
+    // Bad masks are the CPU encoder's typed errors.
+    assert!(matches!(
+        g.trace_masked(&tokens, &[1; 5]),
+        Err(ModelError::WrongLength { .. })
+    ));
+    assert!(g.trace_masked(&tokens, &[0; 37]).is_err());
+    assert!(g.trace_masked(&tokens, &[2; 37]).is_err());
+    // A masked position whose window holds no attended key: the CPU falls back to every
+    // attended key, the GPU refuses.
+    let first_five: Vec<u32> = (0..37).map(|i| u32::from(i < 5)).collect();
+    let w = GpuBert::new(gpu, &m, &setup("f32/attn=window:4")).unwrap();
+    assert!(matches!(
+        w.trace_masked(&tokens, &first_five),
+        Err(ModelError::UnsupportedOnDevice { .. })
+    ));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

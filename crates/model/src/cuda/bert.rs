@@ -166,8 +166,46 @@ impl GpuBert {
         Ok(y)
     }
 
-    /// Encoder layer `l` (0-based) on `x` (`[t, d]`).
-    fn layer(&self, l: usize, x: &CudaSlice<f32>, t: usize) -> Result<CudaSlice<f32>> {
+    /// The additive key mask of an attention mask (`0` where it is 1, `−∞` where it is 0) on
+    /// the device, after the CPU encoder's checks; `None` when every position is attended.
+    ///
+    /// Under `attn=window:W` the CPU lets a query whose window holds no attended key attend to
+    /// every attended key instead; the GPU kernels take one mask for all queries, so such a
+    /// mask is refused ([`ModelError::UnsupportedOnDevice`]). It happens only to a masked
+    /// position at least `W` away from every attended one.
+    fn key_mask(&self, mask: &[u32], t: usize) -> Result<Option<CudaSlice<f32>>> {
+        BertModel::check_mask(mask, t)?;
+        if mask.iter().all(|&m| m == 1) {
+            return Ok(None);
+        }
+        if let crate::Attention::Window { size } = self.setup.attention {
+            let visible: Vec<usize> = (0..t).filter(|&k| mask[k] == 1).collect();
+            if let Some(p) = (0..t).find(|&p| !visible.iter().any(|&k| p.abs_diff(k) < size)) {
+                return Err(ModelError::UnsupportedOnDevice {
+                    setup: self.setup.to_string(),
+                    device: self.gpu.device().to_string(),
+                    reason: format!(
+                        "position {p}'s window of {size} holds no attended key (the CPU's \
+                         fallback to every attended key has no GPU kernel)"
+                    ),
+                });
+            }
+        }
+        let values: Vec<f32> = mask
+            .iter()
+            .map(|&m| if m == 1 { 0.0 } else { f32::NEG_INFINITY })
+            .collect();
+        Ok(Some(self.gpu.upload(&values)?))
+    }
+
+    /// Encoder layer `l` (0-based) on `x` (`[t, d]`), keys masked by `key_mask`.
+    fn layer(
+        &self,
+        l: usize,
+        x: &CudaSlice<f32>,
+        t: usize,
+        key_mask: Option<&CudaSlice<f32>>,
+    ) -> Result<CudaSlice<f32>> {
         let gpu = &*self.gpu;
         let c = self.model.config();
         let (d, hd, heads) = (c.hidden_size, c.head_dim(), c.num_attention_heads);
@@ -186,7 +224,7 @@ impl GpuBert {
             heads,
             hd,
             false,
-            None,
+            key_mask,
             &self.setup,
         )?;
         let mut a = self.linear(&ctx, t, &w.o)?;
@@ -219,11 +257,19 @@ impl GpuBert {
     /// The trace of `tokens` (every hidden state copied back), as [`BertModel::trace`] gives
     /// on the CPU.
     pub fn trace(&self, tokens: &[u32]) -> Result<Trace> {
+        self.trace_masked(tokens, &vec![1; tokens.len()])
+    }
+
+    /// As [`GpuBert::trace`], with an attention mask (one entry per token, 1 = attend, 0 =
+    /// masked), as [`BertModel::trace_masked`] on the CPU; see [`GpuBert::key_mask`] for the
+    /// one window case the GPU refuses.
+    pub fn trace_masked(&self, tokens: &[u32], mask: &[u32]) -> Result<Trace> {
         let gpu = &*self.gpu;
         let _held = gpu.lock();
         let c = self.model.config();
         let (t, d) = (tokens.len(), c.hidden_size);
         let sums = self.model.embedding_sums(self.setup.precision, tokens)?;
+        let key_mask = self.key_mask(mask, t)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers + 1);
         let mut states: Vec<CudaSlice<f32>> = Vec::with_capacity(c.num_hidden_layers + 1);
         states.push(self.layer_norm(&gpu.upload(&sums)?, t, &self.emb_ln)?);
@@ -246,7 +292,7 @@ impl GpuBert {
                 );
                 y
             } else {
-                self.layer(l - 1, &states[l - 1], t)?
+                self.layer(l - 1, &states[l - 1], t, key_mask.as_ref())?
             };
             layers.push(gpu.download(&next)?);
             states.push(next);
@@ -267,13 +313,26 @@ impl GpuBert {
         input: &[f32],
         rows: std::ops::Range<usize>,
     ) -> Result<Vec<f32>> {
+        let t = input.len() / self.model.config().hidden_size.max(1);
+        self.layer_rows_masked(layer, input, rows, &vec![1; t])
+    }
+
+    /// As [`GpuBert::layer_rows`], with the attention mask of [`GpuBert::trace_masked`].
+    pub fn layer_rows_masked(
+        &self,
+        layer: usize,
+        input: &[f32],
+        rows: std::ops::Range<usize>,
+        mask: &[u32],
+    ) -> Result<Vec<f32>> {
         let c = self.model.config();
         let d = c.hidden_size;
         let t = ops::check_layer_input(layer, c.num_hidden_layers, d, input, &rows, &self.setup)?;
         let gpu = &*self.gpu;
         let _held = gpu.lock();
+        let key_mask = self.key_mask(mask, t)?;
         let x = gpu.upload(input)?;
-        let h = self.layer(layer - 1, &x, t)?;
+        let h = self.layer(layer - 1, &x, t, key_mask.as_ref())?;
         let all = gpu.download(&h)?;
         Ok(all[rows.start * d..rows.end * d].to_vec())
     }
