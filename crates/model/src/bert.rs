@@ -331,25 +331,7 @@ pub struct BertModel {
 }
 
 fn digest_of(config: &BertConfig, tensors: &[NamedTensor]) -> Digest {
-    let mut h = blake3::Hasher::new();
-    h.update(DIGEST_LABEL);
-    let json = serde_json::to_vec(config).expect("a config serializes");
-    h.update(&(json.len() as u64).to_le_bytes());
-    h.update(&json);
-    for (name, shape, data) in tensors {
-        h.update(&(name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update(&(shape.len() as u64).to_le_bytes());
-        for &dim in shape {
-            h.update(&(dim as u64).to_le_bytes());
-        }
-        let mut bytes = Vec::with_capacity(data.len() * 4);
-        for v in data {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        h.update(&bytes);
-    }
-    Digest(*h.finalize().as_bytes())
+    crate::ops::model_digest(DIGEST_LABEL, config, tensors)
 }
 
 /// Reads the canonical tensors of `config` from safetensors bytes, checking presence, dtype,

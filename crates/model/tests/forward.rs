@@ -411,3 +411,26 @@ fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
         "{what}"
     );
 }
+
+/// Known-answer vectors of the model digest (the statement's `model_digest`, layout in the
+/// module docs of `veritrace_model::llama`): a change to the seeded weights, the config's JSON
+/// or the digest's byte layout changes every statement and must be deliberate.
+#[test]
+fn preset_digests_are_the_known_answers() {
+    for (preset, want) in [
+        (
+            "tiny",
+            "b8e817eac729a4ab3a27aefd4f984bf23a7129b9f16a4dd5878e26008b0f750b",
+        ),
+        (
+            "small",
+            "2a82dac11433df2a006e60930e696d8cca6a29e08f0a2c1ce06118ccfba6d923",
+        ),
+    ] {
+        let got = veritrace_model::LlamaModel::preset(preset)
+            .unwrap()
+            .digest()
+            .to_hex();
+        assert_eq!(got, want, "{preset}");
+    }
+}
