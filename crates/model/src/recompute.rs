@@ -209,22 +209,7 @@ impl Recompute for RecomputeOn<'_, LlamaModel> {
         (|| {
             let setup = self.model.check_statement(statement)?;
             let chunk = cell_of(statement, &rows)?;
-            if input_rows != (0..rows.end) {
-                return Err(ModelError::InvalidArgument(format!(
-                    "causal attention reads rows 0..{}, not {input_rows:?}",
-                    rows.end
-                )));
-            }
-            let hidden = statement.geometry.hidden as usize;
-            let expected = rows.end as usize * hidden * 4;
-            if inputs.len() != expected {
-                return Err(ModelError::WrongLength {
-                    what: "input bytes",
-                    expected: expected.to_string(),
-                    got: inputs.len(),
-                });
-            }
-            let x = f32s(inputs, "input bytes")?;
+            let x = layer_inputs(statement, &input_rows, 0..rows.end, "causal", inputs)?;
             let out = self.runner.llama_recompute_cell(
                 self.model,
                 &setup,
@@ -382,22 +367,8 @@ impl Recompute for RecomputeOn<'_, BertModel> {
         (|| {
             let setup = self.model.check_statement(statement)?;
             let chunk = cell_of(statement, &rows)?;
-            let tokens = statement.geometry.tokens;
-            if input_rows != (0..tokens) {
-                return Err(ModelError::InvalidArgument(format!(
-                    "bidirectional attention reads rows 0..{tokens}, not {input_rows:?}"
-                )));
-            }
-            let hidden = statement.geometry.hidden as usize;
-            let expected = tokens as usize * hidden * 4;
-            if inputs.len() != expected {
-                return Err(ModelError::WrongLength {
-                    what: "input bytes",
-                    expected: expected.to_string(),
-                    got: inputs.len(),
-                });
-            }
-            let x = f32s(inputs, "input bytes")?;
+            let all = 0..statement.geometry.tokens;
+            let x = layer_inputs(statement, &input_rows, all, "bidirectional", inputs)?;
             let out = self.runner.bert_recompute_cell(
                 self.model,
                 &setup,
@@ -422,6 +393,32 @@ impl Recompute for RecomputeOn<'_, BertModel> {
             "the BERT encoder does not decode: no token is predicted at position {position}"
         ))))
     }
+}
+
+/// The f32 rows a layer cell is recomputed from, checked: `input_rows` must be `needed`, the
+/// rows the model's (`attention`) attention reads, and `inputs` exactly those rows of the
+/// statement's width.
+fn layer_inputs(
+    statement: &Statement,
+    input_rows: &Range<u32>,
+    needed: Range<u32>,
+    attention: &str,
+    inputs: &[u8],
+) -> Result<Vec<f32>> {
+    if *input_rows != needed {
+        return Err(ModelError::InvalidArgument(format!(
+            "{attention} attention reads rows {needed:?}, not {input_rows:?}"
+        )));
+    }
+    let expected = needed.len() * statement.geometry.hidden as usize * 4;
+    if inputs.len() != expected {
+        return Err(ModelError::WrongLength {
+            what: "input bytes",
+            expected: expected.to_string(),
+            got: inputs.len(),
+        });
+    }
+    f32s(inputs, "input bytes")
 }
 
 /// A model whose verifier-side recompute runs on the device of a [`Runner`]: the protocol's
