@@ -237,16 +237,24 @@ impl SimModel {
     }
 }
 
+impl SimModel {
+    /// Runs `f` with this model's [`Recompute`] on `runner`'s device ([`RecomputeOn`]).
+    fn recompute_on<T>(&self, runner: &Runner, f: impl FnOnce(&dyn Recompute) -> T) -> T {
+        match self {
+            SimModel::Llama(m) => f(&RecomputeOn { model: m, runner }),
+            SimModel::Bert(m) => f(&RecomputeOn { model: m, runner }),
+        }
+    }
+}
+
+/// Recompute on the CPU.
 impl Recompute for SimModel {
     fn embed(
         &self,
         statement: &Statement,
         rows: Range<u32>,
     ) -> veritrace_protocol::Result<Vec<u8>> {
-        match self {
-            SimModel::Llama(m) => m.embed(statement, rows),
-            SimModel::Bert(m) => m.embed(statement, rows),
-        }
+        self.recompute_on(Runner::cpu(), |r| r.embed(statement, rows))
     }
 
     fn layer(
@@ -257,10 +265,9 @@ impl Recompute for SimModel {
         input_rows: Range<u32>,
         inputs: &[u8],
     ) -> veritrace_protocol::Result<Vec<u8>> {
-        match self {
-            SimModel::Llama(m) => m.layer(statement, layer, rows, input_rows, inputs),
-            SimModel::Bert(m) => m.layer(statement, layer, rows, input_rows, inputs),
-        }
+        self.recompute_on(Runner::cpu(), |r| {
+            r.layer(statement, layer, rows, input_rows, inputs)
+        })
     }
 
     fn next_token(
@@ -269,10 +276,9 @@ impl Recompute for SimModel {
         position: u32,
         last_row: &[u8],
     ) -> veritrace_protocol::Result<u32> {
-        match self {
-            SimModel::Llama(m) => m.next_token(statement, position, last_row),
-            SimModel::Bert(m) => m.next_token(statement, position, last_row),
-        }
+        self.recompute_on(Runner::cpu(), |r| {
+            r.next_token(statement, position, last_row)
+        })
     }
 }
 
@@ -292,18 +298,8 @@ impl Recompute for SimVerifier {
         statement: &Statement,
         rows: Range<u32>,
     ) -> veritrace_protocol::Result<Vec<u8>> {
-        match &self.model {
-            SimModel::Llama(m) => RecomputeOn {
-                model: m,
-                runner: &self.runner,
-            }
-            .embed(statement, rows),
-            SimModel::Bert(m) => RecomputeOn {
-                model: m,
-                runner: &self.runner,
-            }
-            .embed(statement, rows),
-        }
+        self.model
+            .recompute_on(&self.runner, |r| r.embed(statement, rows))
     }
 
     fn layer(
@@ -314,20 +310,12 @@ impl Recompute for SimVerifier {
         input_rows: Range<u32>,
         inputs: &[u8],
     ) -> veritrace_protocol::Result<Vec<u8>> {
-        match &self.model {
-            SimModel::Llama(m) => RecomputeOn {
-                model: m,
-                runner: &self.runner,
-            }
-            .layer(statement, layer, rows, input_rows, inputs),
-            SimModel::Bert(m) => RecomputeOn {
-                model: m,
-                runner: &self.runner,
-            }
-            .layer(statement, layer, rows, input_rows, inputs),
-        }
+        self.model.recompute_on(&self.runner, |r| {
+            r.layer(statement, layer, rows, input_rows, inputs)
+        })
     }
 
+    /// The next token from the last-layer row: a table product, the same on every device.
     fn next_token(
         &self,
         statement: &Statement,
