@@ -16,32 +16,6 @@ use veritrace_commit::{commit_trace, HasherId};
 use veritrace_model::cuda::{bench, Gpu, GpuBert, GpuLlama, RunOptions};
 use veritrace_model::{minilm_dir, seeded_prompt, BertModel, Device, LlamaModel, Setup, Trace};
 
-fn rel_linf(a: &[f32], b: &[f32]) -> f64 {
-    let scale = b
-        .iter()
-        .fold(0f64, |m, v| m.max(f64::from(v.abs())))
-        .max(1e-30);
-    a.iter()
-        .zip(b)
-        .fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())))
-        / scale
-}
-
-fn dev(a: &Trace, b: &Trace) -> f64 {
-    a.layers
-        .iter()
-        .zip(&b.layers)
-        .map(|(x, y)| rel_linf(x, y))
-        .fold(0.0, f64::max)
-}
-
-fn bitwise(a: &Trace, b: &Trace) -> bool {
-    a.layers
-        .iter()
-        .zip(&b.layers)
-        .all(|(x, y)| x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits()))
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -93,7 +67,7 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
         let g = GpuLlama::new(gpu.clone(), &m, &Setup::F32_EAGER)?.trace(&tokens)?;
         println!(
             "| {preset} | 256 | {:.2e} | {} |",
-            dev(&g, &cpu),
+            g.max_rel_linf(&cpu),
             g.layers[0] == cpu.layers[0]
         );
         models.push((preset, m));
@@ -103,7 +77,7 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
         let tokens = veritrace_model::bert_prompt(m.config().vocab_size, 1, 128);
         let cpu = m.trace(&Setup::F32_EAGER, &tokens, 128)?;
         let g = GpuBert::new(gpu.clone(), &m, &Setup::F32_EAGER)?.trace(&tokens)?;
-        println!("| MiniLM | 128 | {:.2e} | — |", dev(&g, &cpu));
+        println!("| MiniLM | 128 | {:.2e} | — |", g.max_rel_linf(&cpu));
     } else {
         println!("| MiniLM | — | not installed (scripts/install-minilm.sh) | — |");
     }
@@ -130,7 +104,7 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
         let (a, b) = (g.trace(&tokens)?, g.trace(&tokens)?);
         println!(
             "| `{s}` | {} |",
-            if bitwise(&a, &b) { "yes" } else { "**no**" }
+            if a.bitwise_eq(&b) { "yes" } else { "**no**" }
         );
     }
 
@@ -184,7 +158,7 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
             let cpu_dev = prompts
                 .iter()
                 .zip(&honest)
-                .map(|(t, h)| Ok(dev(h, &m.trace(&r, t, 16)?)))
+                .map(|(t, h)| Ok(h.max_rel_linf(&m.trace(&r, t, 16)?)))
                 .collect::<veritrace_model::Result<Vec<f64>>>()?;
             let cpu_max = cpu_dev.iter().copied().fold(0.0, f64::max);
             floor = floor.max(cpu_max);
@@ -201,7 +175,7 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
                 let g = GpuLlama::new(gpu.clone(), m, &v)?;
                 let mut d = 0f64;
                 for (t, h) in prompts.iter().zip(&honest) {
-                    d = d.max(dev(&g.trace(t)?, h));
+                    d = d.max(g.trace(t)?.max_rel_linf(h));
                 }
                 floor = floor.max(d);
                 floor_rows.push((format!("`{v}`"), d));
@@ -228,7 +202,7 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
                 let g = GpuLlama::new(gpu.clone(), m, &setup(&s))?;
                 let mut d = 0f64;
                 for (t, h) in prompts.iter().zip(&honest) {
-                    d = d.max(dev(&g.trace(t)?, h));
+                    d = d.max(g.trace(t)?.max_rel_linf(h));
                 }
                 println!("| swap: `{s}` | {d:.2e} | {:.1} |", d / floor.max(1e-30));
             }

@@ -36,6 +36,50 @@ pub struct Trace {
 }
 
 impl Trace {
+    /// The largest per-layer relative L∞ deviation of `self` from `reference`:
+    /// `max_l max_i |a_i − b_i| / max_i |b_i|` over the layers `h_0 … h_L` (the denominator
+    /// floored at 1e-30), in f64. The measure of cross-device agreement (GPU vs CPU); infinite
+    /// when the two traces differ in shape or hold a non-finite value.
+    pub fn max_rel_linf(&self, reference: &Trace) -> f64 {
+        let same_shape = self.layers.len() == reference.layers.len()
+            && self
+                .layers
+                .iter()
+                .zip(&reference.layers)
+                .all(|(a, b)| a.len() == b.len());
+        if !same_shape {
+            return f64::INFINITY;
+        }
+        let mut worst = 0f64;
+        for (a, b) in self.layers.iter().zip(&reference.layers) {
+            let scale = b
+                .iter()
+                .fold(0f64, |m, v| m.max(f64::from(v.abs())))
+                .max(1e-30);
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs())
+                .fold(0f64, |m, d| if d.is_nan() || d > m { d } else { m });
+            let d = diff / scale;
+            worst = if d.is_nan() {
+                f64::INFINITY
+            } else {
+                worst.max(d)
+            };
+        }
+        worst
+    }
+
+    /// Whether the two traces hold the same hidden states bit for bit (same shape, every f32
+    /// identical in its bits): reproducibility within one setup on one device.
+    pub fn bitwise_eq(&self, other: &Trace) -> bool {
+        self.layers.len() == other.layers.len()
+            && self.layers.iter().zip(&other.layers).all(|(a, b)| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            })
+    }
+
     /// Row `position` of layer `layer`, if both exist.
     pub fn row(&self, layer: usize, position: usize) -> Option<&[f32]> {
         if position >= self.tokens {
@@ -262,4 +306,46 @@ pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
         },
         statement,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trace(layers: Vec<Vec<f32>>) -> Trace {
+        Trace {
+            tokens: 1,
+            hidden: layers[0].len(),
+            layers,
+            keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn relative_linf_is_the_worst_layer_over_its_own_scale() {
+        let a = trace(vec![vec![1.0, -2.0], vec![3.0, 4.0]]);
+        assert_eq!(a.max_rel_linf(&a), 0.0);
+        // layer 0: 0.5 / 2; layer 1: 0.5 / 4.5
+        let b = trace(vec![vec![1.5, -2.0], vec![3.0, 4.5]]);
+        assert_eq!(a.max_rel_linf(&b), 0.25);
+        assert_eq!(b.max_rel_linf(&a), 0.25);
+        // Differences in shape, and non-finite values, are infinitely far.
+        assert_eq!(a.max_rel_linf(&trace(vec![vec![1.0, -2.0]])), f64::INFINITY);
+        assert_eq!(
+            a.max_rel_linf(&trace(vec![vec![1.0, -2.0], vec![3.0]])),
+            f64::INFINITY
+        );
+        let nan = trace(vec![vec![1.0, f32::NAN], vec![3.0, 4.0]]);
+        assert_eq!(nan.max_rel_linf(&a), f64::INFINITY);
+        assert_eq!(a.max_rel_linf(&nan), f64::INFINITY);
+    }
+
+    #[test]
+    fn bitwise_equality_sees_every_bit() {
+        let a = trace(vec![vec![0.0, 1.0]]);
+        assert!(a.bitwise_eq(&a.clone()));
+        assert!(!a.bitwise_eq(&trace(vec![vec![-0.0, 1.0]])));
+        assert!(!a.bitwise_eq(&trace(vec![vec![0.0, 1.0], vec![0.0, 1.0]])));
+        assert!(!a.bitwise_eq(&trace(vec![vec![0.0]])));
+    }
 }

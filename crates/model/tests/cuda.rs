@@ -33,32 +33,24 @@ fn setup(s: &str) -> Setup {
     s.parse().unwrap()
 }
 
-/// max |a − b| / max |b| over one layer.
-fn rel_linf(a: &[f32], b: &[f32]) -> f64 {
-    let scale = b
-        .iter()
-        .fold(0f64, |m, v| m.max(f64::from(v.abs())))
-        .max(1e-30);
-    a.iter()
-        .zip(b)
-        .fold(0f64, |m, (x, y)| m.max(f64::from((x - y).abs())))
-        / scale
-}
-
-/// The largest per-layer relative L∞ deviation between two traces.
+/// The largest per-layer relative L∞ deviation ([`Trace::max_rel_linf`]).
 fn trace_dev(a: &Trace, b: &Trace) -> f64 {
-    a.layers
-        .iter()
-        .zip(&b.layers)
-        .map(|(x, y)| rel_linf(x, y))
-        .fold(0.0, f64::max)
+    a.max_rel_linf(b)
 }
 
 fn same_bits(a: &Trace, b: &Trace) -> bool {
-    a.layers.len() == b.layers.len()
-        && a.layers.iter().zip(&b.layers).all(|(x, y)| {
-            x.len() == y.len() && x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits())
-        })
+    a.bitwise_eq(b)
+}
+
+/// The relative L∞ deviation of rows `a` from rows `b` (of one layer).
+fn rel_linf(a: &[f32], b: &[f32]) -> f64 {
+    let one = |v: &[f32]| Trace {
+        tokens: 1,
+        hidden: v.len(),
+        layers: vec![v.to_vec()],
+        keys: Vec::new(),
+    };
+    one(a).max_rel_linf(&one(b))
 }
 
 #[test]
