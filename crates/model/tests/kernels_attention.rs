@@ -21,36 +21,13 @@
 
 mod host;
 
+use host::{round_p, values, BF16, F16, F32};
+
 use std::path::Path;
 
-const F32: i32 = 0;
-const BF16: i32 = 1;
-const F16: i32 = 2;
 const NO_WINDOW: i32 = i32::MAX;
 /// Threads per row of the softmax kernel (`VT_ROW_THREADS`).
 const ROW_THREADS: usize = 128;
-
-fn round_p(x: f32, precision: i32) -> f32 {
-    match precision {
-        BF16 => half::bf16::from_f32(x).to_f32(),
-        F16 => half::f16::from_f32(x).to_f32(),
-        _ => x,
-    }
-}
-
-/// Deterministic values in [-amp, amp], on the precision's grid.
-fn values(n: usize, seed: u64, amp: f32, precision: i32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-            round_p((2.0 * u - 1.0) * amp, precision)
-        })
-        .collect()
-}
 
 #[derive(Clone, Debug)]
 struct Case {

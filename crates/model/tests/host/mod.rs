@@ -93,3 +93,33 @@ pub fn read_f32(path: &Path) -> Vec<f32> {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect()
 }
+
+/// The kernels' precision codes (`VT_F32`, `VT_BF16`, `VT_F16` in kernels/common.cuh).
+pub const F32: i32 = 0;
+/// bf16.
+pub const BF16: i32 = 1;
+/// f16.
+pub const F16: i32 = 2;
+
+/// `x` rounded to the precision's grid (round to nearest even, as `vt_round`).
+pub fn round_p(x: f32, precision: i32) -> f32 {
+    match precision {
+        BF16 => half::bf16::from_f32(x).to_f32(),
+        F16 => half::f16::from_f32(x).to_f32(),
+        _ => x,
+    }
+}
+
+/// Deterministic values in [-amp, amp], on the precision's grid.
+pub fn values(n: usize, seed: u64, amp: f32, precision: i32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+            round_p((2.0 * u - 1.0) * amp, precision)
+        })
+        .collect()
+}
