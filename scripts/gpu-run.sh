@@ -13,7 +13,8 @@
 # With cargo on the machine everything is built there. Without it (a GPU machine with CUDA and
 # PyTorch but no Rust toolchain), the binaries come from .gpu-bundle/, built beforehand by
 # scripts/gpu-bundle.sh on an x86-64 Linux machine and copied along with the working tree.
-# Each step prints its command; the first failure stops the script.
+# Each step prints its command; the first failure stops the script. When the variable OUT names a
+# folder, the results (gpu.md, gpu-prover.*, the criterion folder as a tarball) are copied there too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run() { printf '\n== %s\n' "$*" >&2; "$@"; }
@@ -78,6 +79,13 @@ fi
 # The bundle's binary for <package>.<kind>.<target>.
 bin() { echo "$bundle/$1"; }
 
+# Where results are also copied when the variable OUT names a folder (a remote GPU machine whose
+# $OUT comes back to the caller).
+export_results() {
+    [ -n "${OUT:-}" ] && [ -d "$OUT" ] || return 0
+    cp -f "$@" "$OUT/" 2>/dev/null || true
+}
+
 step_tests() {
     if $use_bundle; then
         run "$(bin veritrace-model.test.cuda)" --nocapture
@@ -104,6 +112,7 @@ step_report() {
         python3 benches/sdpa.py || echo "(benches/sdpa.py could not run: see its message)"
     } >>simulations/results/gpu.md.tmp
     mv simulations/results/gpu.md.tmp simulations/results/gpu.md
+    export_results simulations/results/gpu.md
 }
 
 step_simulate() {
@@ -118,6 +127,7 @@ step_simulate() {
     run "$cli" simulate simulations/gpu.toml --quiet --out "$out"
     mkdir -p simulations/results
     for f in md json csv; do cp "$out/report.$f" "simulations/results/gpu-prover.$f"; done
+    export_results simulations/results/gpu-prover.{md,json,csv}
 }
 
 step_bench() {
@@ -125,6 +135,9 @@ step_bench() {
         run "$(bin veritrace-model.bench.gpu)" --bench
     else
         run cargo bench -p veritrace-model --features cuda --bench gpu
+    fi
+    if [ -n "${OUT:-}" ] && compgen -G "target/criterion/gpu_*" >/dev/null; then
+        (cd target && tar -czf "$OUT/criterion-gpu.tar.gz" criterion/gpu_*)
     fi
 }
 
