@@ -100,3 +100,30 @@ fn a_kernel_that_does_not_compile_is_a_typed_error() {
     }
     assert!(program(&bad).starts_with(veritrace_model::kernels::COMMON));
 }
+
+/// Without libnvrtc, compiling is a typed error that says how to provide it (CUDA 12 or 13, the
+/// pip wheel, the CUDA 13 link). Runs only where libnvrtc is absent.
+#[test]
+fn missing_nvrtc_is_a_typed_error_that_says_what_to_do() {
+    if veritrace_model::cuda::nvrtc_present() {
+        eprintln!("skipping: libnvrtc is present");
+        return;
+    }
+    for err in [
+        veritrace_model::cuda::compile_ptx(&KERNELS[0], "compute_80").unwrap_err(),
+        veritrace_model::cuda::compile_cubin(&KERNELS[0], "sm_80").unwrap_err(),
+    ] {
+        match err {
+            veritrace_model::ModelError::DeviceUnavailable { reason, .. } => {
+                for hint in [
+                    "LD_LIBRARY_PATH",
+                    "libnvrtc.so.13",
+                    "nvidia-cuda-nvrtc-cu12",
+                ] {
+                    assert!(reason.contains(hint), "{hint}: {reason}");
+                }
+            }
+            other => panic!("expected DeviceUnavailable, got {other:?}"),
+        }
+    }
+}

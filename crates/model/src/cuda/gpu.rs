@@ -126,13 +126,10 @@ impl Gpu {
             ));
         }
         if !nvrtc_present() {
-            return Err(unavailable(
-                device,
-                "libnvrtc cannot be loaded (install CUDA or the nvidia-cuda-nvrtc-cu12 wheel and put its lib/ on LD_LIBRARY_PATH)",
-            ));
+            return Err(unavailable(device, super::NVRTC_MISSING));
         }
         if !cublas_present() {
-            return Err(unavailable(device, "libcublas cannot be loaded"));
+            return Err(unavailable(device, super::CUBLAS_MISSING));
         }
         let count =
             CudaContext::device_count().map_err(|e| unavailable(device, format!("{e:?}")))?;

@@ -23,6 +23,17 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// Why libnvrtc cannot be loaded, and what to do.
+pub(crate) const NVRTC_MISSING: &str = "libnvrtc cannot be loaded: install CUDA 12 or 13 (or the \
+     nvidia-cuda-nvrtc-cu12 wheel) and put its lib/ on LD_LIBRARY_PATH; where CUDA 13 has only \
+     libnvrtc.so.13, link libnvrtc.so to it (scripts/gpu-run.sh does)";
+
+/// Why libcublas cannot be loaded, and what to do.
+pub(crate) const CUBLAS_MISSING: &str =
+    "libcublas cannot be loaded: install CUDA 12 or 13 (or the \
+     nvidia-cublas-cu12 wheel) and put its lib/ on LD_LIBRARY_PATH; where CUDA 13 has only \
+     libcublas.so.13, link libcublas.so to it (scripts/gpu-run.sh does)";
+
 /// Whether libnvrtc can be loaded (kernels can be compiled; no GPU needed).
 pub fn nvrtc_present() -> bool {
     // SAFETY: only tries to dlopen the library under its usual names.
@@ -71,7 +82,7 @@ fn compile(kernel: &KernelSource, arch: &str, output: Output) -> Result<Vec<u8>>
     if !nvrtc_present() {
         return Err(ModelError::DeviceUnavailable {
             device: "nvrtc".into(),
-            reason: "libnvrtc cannot be loaded (install CUDA or the nvidia-cuda-nvrtc-cu12 wheel and put its lib/ on LD_LIBRARY_PATH)".into(),
+            reason: NVRTC_MISSING.into(),
         });
     }
     let failed = |reason: String, log: String| ModelError::KernelCompile {
