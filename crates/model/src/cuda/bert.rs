@@ -278,19 +278,13 @@ impl GpuBert {
             let next = if self.setup.skip == Some(l) {
                 gpu.upload(&layers[l - 1])?
             } else if self.setup.reuse == Some(l) {
-                let mut y = gpu.zeros::<f32>(t * d)?;
-                let (n, p) = ((t * d) as i32, precision_code(self.setup.precision));
-                launch!(
+                ops::reuse_update(
                     gpu,
-                    "vt_reuse_update",
-                    elementwise(t * d),
                     &states[l - 1],
                     &states[l - 2],
-                    &mut y,
-                    &n,
-                    &p
-                );
-                y
+                    t * d,
+                    self.setup.precision,
+                )?
             } else {
                 self.layer(l - 1, &states[l - 1], t, key_mask.as_ref())?
             };

@@ -340,19 +340,7 @@ impl GpuLlama {
                         .map_err(|e| super::gpu::cuda_err("copy", e))?;
                     y
                 } else if self.setup.reuse == Some(l) {
-                    let mut y = gpu.zeros::<f32>(t * d)?;
-                    let (n, pc) = ((t * d) as i32, precision_code(p));
-                    launch!(
-                        gpu,
-                        "vt_reuse_update",
-                        elementwise(t * d),
-                        &states[l - 1],
-                        &states[l - 2],
-                        &mut y,
-                        &n,
-                        &pc
-                    );
-                    y
+                    ops::reuse_update(gpu, &states[l - 1], &states[l - 2], t * d, p)?
                 } else {
                     self.layer(l - 1, &states[l - 1], t, &rope)?
                 };

@@ -513,3 +513,28 @@ pub(crate) fn check_layer_input(
     }
     Ok(t)
 }
+
+/// The `reuse` setup's layer, the previous layer's update applied again:
+/// `h_l = round_p(h_{l-1} + round_p(h_{l-1} − h_{l-2}))` over `n` values (kernels/norm.cu
+/// `vt_reuse_update`).
+pub(crate) fn reuse_update(
+    gpu: &Gpu,
+    prev: &CudaSlice<f32>,
+    prev2: &CudaSlice<f32>,
+    n: usize,
+    precision: crate::Precision,
+) -> Result<CudaSlice<f32>> {
+    let mut y = gpu.zeros::<f32>(n)?;
+    let (n32, p) = (n as i32, precision_code(precision));
+    launch!(
+        gpu,
+        "vt_reuse_update",
+        elementwise(n),
+        prev,
+        prev2,
+        &mut y,
+        &n32,
+        &p
+    );
+    Ok(y)
+}
