@@ -18,9 +18,13 @@
 // order and rounded to the precision (the product of two 16-bit tensors), converted to f32 and
 // scaled (scale = 1/sqrt(hd) as f32); a hidden key gets -inf.
 
-// Keys per shared-memory sub-tile of the tiled kernel: a [VT_ATTN_KV_TILE, VT_MAX_HEAD_DIM]
-// f32 tile is 32 KB.
-#define VT_ATTN_KV_TILE 64
+// Keys per shared-memory sub-tile of the tiled kernel. Its static shared memory is the sub-tile
+// [VT_ATTN_KV_TILE, VT_MAX_HEAD_DIM + 1], the queries [VT_ATTN_ROWS, VT_MAX_HEAD_DIM + 1] and
+// the scores [VT_ATTN_ROWS, VT_MAX_TILE + 1], f32: 33 KB, under the 48 KB a kernel may have
+// without opting in to more.
+#define VT_ATTN_KV_TILE 32
+// Output dimensions per lane of the tiled kernel.
+#define VT_ATTN_DIMS (VT_MAX_HEAD_DIM / VT_ATTN_LANES)
 
 // -inf and a quiet NaN (NVRTC has no <cmath> macros).
 #define VT_NEG_INF vt_float(0xff800000u)
@@ -242,8 +246,9 @@ extern "C" __global__ void vt_attn_pv(const float* __restrict__ probs, const flo
 
 // ---- tiled (online softmax) ----
 
-// One thread per (query row, head): grid (ceil(tq / VT_ATTN_ROWS), n_heads), blocks of
-// VT_ATTN_ROWS threads; thread t of block (bx, h) computes query i = bx * VT_ATTN_ROWS + t.
+// VT_ATTN_LANES threads per (query row, head): grid (ceil(tq / VT_ATTN_ROWS), n_heads), blocks
+// of VT_ATTN_THREADS threads; thread t of block (bx, h) works for query
+// i = bx * VT_ATTN_ROWS + t / VT_ATTN_LANES as its lane t % VT_ATTN_LANES.
 //
 // Keys are taken in blocks of `block` keys (B, 1 <= B <= VT_MAX_TILE) starting at 0: [0, B),
 // [B, 2B), ... For each block, per query row (f32 throughout unless rounded):
@@ -258,10 +263,15 @@ extern "C" __global__ void vt_attn_pv(const float* __restrict__ probs, const flo
 // block's product with v is rounded to the precision before it is added (the CPU's product of
 // 16-bit tensors), and out = round_p(o / sum). A query that sees no key at all gets 0.
 //
-// K and V are staged through shared memory in sub-tiles of VT_ATTN_KV_TILE keys; the key range
-// of a thread block starts at the block boundary below the first key its rows' windows reach and
-// ends after the last key its rows can see (causal, window), so blocks no row sees are never
-// loaded; a block some rows see and others do not is skipped by those others as above.
+// The lanes of a row share its work without changing any sum's order: each score's dot product
+// is computed whole by one lane (keys j = lane, lane + LANES, ...), each output dimension's sum
+// over keys whole by one lane (dimensions d = lane, lane + LANES, ...), and the row's max and
+// sum_j p_j by every lane alike, in key order. The row's query, its scores and a sub-tile of
+// VT_ATTN_KV_TILE keys of K or V sit in shared memory, rows padded by one word so that lanes
+// reading a column hit distinct banks. The key range of a thread block starts at the block
+// boundary below the first key its rows' windows reach and ends after the last key its rows can
+// see (causal, window), so blocks no row sees are never loaded; a block some rows see and others
+// do not is skipped by those others as above.
 // `block` outside [1, VT_MAX_TILE] or hd > VT_MAX_HEAD_DIM writes NaN (the host checks first).
 extern "C" __global__ void vt_attn_tiled(const float* __restrict__ q, const float* __restrict__ k,
                                          const float* __restrict__ v,
@@ -269,17 +279,23 @@ extern "C" __global__ void vt_attn_tiled(const float* __restrict__ q, const floa
                                          float* __restrict__ out, int tq, int tk, int q0,
                                          int n_heads, int n_kv_heads, int hd, int causal,
                                          int window, int block, float scale, int precision) {
-    __shared__ float tile[VT_ATTN_KV_TILE * VT_MAX_HEAD_DIM];
+    __shared__ float tile[VT_ATTN_KV_TILE * (VT_MAX_HEAD_DIM + 1)];
+    __shared__ float qs[VT_ATTN_ROWS * (VT_MAX_HEAD_DIM + 1)];
+    __shared__ float ps[VT_ATTN_ROWS * (VT_MAX_TILE + 1)];
     int t = threadIdx.x;
+    int lane = t % VT_ATTN_LANES;
     int h = blockIdx.y;
     int row0 = blockIdx.x * VT_ATTN_ROWS;
-    int i = row0 + t;
+    int i = row0 + t / VT_ATTN_LANES;
     bool live = i < tq;
     bool ok = block >= 1 && block <= VT_MAX_TILE && hd >= 1 && hd <= VT_MAX_HEAD_DIM;
     int kvh = h / (n_heads / n_kv_heads);
     int p = q0 + i;
     vt_u64 qstride = (vt_u64)n_heads * hd;
     vt_u64 kvstride = (vt_u64)n_kv_heads * hd;
+    int ts = hd + 1;  // row stride of the K/V sub-tile
+    const float* qrow = qs + (t / VT_ATTN_LANES) * (VT_MAX_HEAD_DIM + 1);
+    float* srow = ps + (t / VT_ATTN_LANES) * (VT_MAX_TILE + 1);
 
     // The key range of the thread block: [kbeg, kend), kbeg a multiple of `block`.
     int last_row = row0 + VT_ATTN_ROWS - 1;
@@ -292,15 +308,20 @@ extern "C" __global__ void vt_attn_tiled(const float* __restrict__ q, const floa
     long long kbeg = ok ? (first / block) * block : 0;
     if (!ok || row0 >= tq) kend = 0;
 
-    float qr[VT_MAX_HEAD_DIM];
-    float o[VT_MAX_HEAD_DIM];
-    float pv[VT_MAX_HEAD_DIM];
-    float s[VT_MAX_TILE];
+    // The block's query rows (the first barrier of the key loop orders these writes).
     int hdl = ok ? hd : 0;
-    for (int d = 0; d < hdl; ++d) {
-        qr[d] = live ? q[(vt_u64)i * qstride + (vt_u64)h * hd + d] : 0.0f;
-        o[d] = 0.0f;
+    for (int e = t; e < VT_ATTN_ROWS * hdl; e += VT_ATTN_THREADS) {
+        int r = e / hdl;
+        int d = e % hdl;
+        int ir = row0 + r;
+        qs[r * (VT_MAX_HEAD_DIM + 1) + d] =
+            ir < tq ? q[(vt_u64)ir * qstride + (vt_u64)h * hd + d] : 0.0f;
     }
+    // Output dimension d = lane + u * VT_ATTN_LANES of this row is o[u].
+    float o[VT_ATTN_DIMS];
+    float pv[VT_ATTN_DIMS];
+    VT_UNROLL
+    for (int u = 0; u < VT_ATTN_DIMS; ++u) o[u] = 0.0f;
     float m = VT_NEG_INF;
     float sum = 0.0f;
     bool started = false;
@@ -311,57 +332,67 @@ extern "C" __global__ void vt_attn_tiled(const float* __restrict__ q, const floa
         for (int c0 = 0; c0 < len; c0 += VT_ATTN_KV_TILE) {
             int clen = len - c0 < VT_ATTN_KV_TILE ? len - c0 : VT_ATTN_KV_TILE;
             __syncthreads();
-            for (int e = t; e < clen * hd; e += VT_ATTN_ROWS) {
+            for (int e = t; e < clen * hd; e += VT_ATTN_THREADS) {
                 int r = e / hd;
                 int d = e % hd;
-                tile[r * hd + d] = k[(vt_u64)(k0 + c0 + r) * kvstride + (vt_u64)kvh * hd + d];
+                tile[r * ts + d] = k[(vt_u64)(k0 + c0 + r) * kvstride + (vt_u64)kvh * hd + d];
             }
             __syncthreads();
-            for (int r = 0; r < clen; ++r) {
+            for (int r = lane; r < clen; r += VT_ATTN_LANES) {
                 float dot = 0.0f;
-                for (int d = 0; d < hd; ++d) dot = dot + qr[d] * tile[r * hd + d];
+                for (int d = 0; d < hd; ++d) dot = dot + qrow[d] * tile[r * ts + d];
                 int j = (int)k0 + c0 + r;
-                s[c0 + r] = live ? vt_attn_score(dot, p, j, causal, window, key_mask, scale,
-                                                 precision)
-                                 : VT_NEG_INF;
+                srow[c0 + r] = live ? vt_attn_score(dot, p, j, causal, window, key_mask, scale,
+                                                    precision)
+                                    : VT_NEG_INF;
             }
         }
+        __syncthreads();  // the row's scores are complete
         float bmax = VT_NEG_INF;
-        for (int r = 0; r < len; ++r) bmax = s[r] > bmax ? s[r] : bmax;
+        for (int r = 0; r < len; ++r) bmax = srow[r] > bmax ? srow[r] : bmax;
         bool use = bmax != VT_NEG_INF;
         float m_new = use && bmax > m ? bmax : m;
         if (!started) m_new = bmax;
+        __syncthreads();  // every lane has read the scores before they become p_j
+        for (int r = lane; r < len; r += VT_ATTN_LANES)
+            srow[r] = use ? expf(srow[r] - m_new) : 0.0f;  // p_j, f32
+        __syncthreads();
         float psum = 0.0f;
-        for (int r = 0; r < len; ++r) {
-            s[r] = use ? expf(s[r] - m_new) : 0.0f;  // p_j, f32
-            psum = psum + s[r];
-        }
-        for (int d = 0; d < hd; ++d) pv[d] = 0.0f;
+        for (int r = 0; r < len; ++r) psum = psum + srow[r];
+        VT_UNROLL
+        for (int u = 0; u < VT_ATTN_DIMS; ++u) pv[u] = 0.0f;
         // The block's product with V, V staged by sub-tiles; key order is kept.
         for (int c0 = 0; c0 < len; c0 += VT_ATTN_KV_TILE) {
             int clen = len - c0 < VT_ATTN_KV_TILE ? len - c0 : VT_ATTN_KV_TILE;
             __syncthreads();
-            for (int e = t; e < clen * hd; e += VT_ATTN_ROWS) {
+            for (int e = t; e < clen * hd; e += VT_ATTN_THREADS) {
                 int r = e / hd;
                 int d = e % hd;
-                tile[r * hd + d] = v[(vt_u64)(k0 + c0 + r) * kvstride + (vt_u64)kvh * hd + d];
+                tile[r * ts + d] = v[(vt_u64)(k0 + c0 + r) * kvstride + (vt_u64)kvh * hd + d];
             }
             __syncthreads();
             if (use)
                 for (int r = 0; r < clen; ++r) {
-                    float pr = vt_round(s[c0 + r], precision);
-                    for (int d = 0; d < hd; ++d) pv[d] = pv[d] + pr * tile[r * hd + d];
+                    float pr = vt_round(srow[c0 + r], precision);
+                    VT_UNROLL
+                    for (int u = 0; u < VT_ATTN_DIMS; ++u) {
+                        int d = lane + u * VT_ATTN_LANES;
+                        if (d < hd) pv[u] = pv[u] + pr * tile[r * ts + d];
+                    }
                 }
         }
         if (use) {
             if (!started) {
                 sum = psum;
-                for (int d = 0; d < hd; ++d) o[d] = vt_round(pv[d], precision);
+                VT_UNROLL
+                for (int u = 0; u < VT_ATTN_DIMS; ++u) o[u] = vt_round(pv[u], precision);
                 started = true;
             } else {
                 float corr = expf(m - m_new);
                 sum = sum * corr + psum;
-                for (int d = 0; d < hd; ++d) o[d] = o[d] * corr + vt_round(pv[d], precision);
+                VT_UNROLL
+                for (int u = 0; u < VT_ATTN_DIMS; ++u)
+                    o[u] = o[u] * corr + vt_round(pv[u], precision);
             }
             m = m_new;
         }
@@ -369,7 +400,14 @@ extern "C" __global__ void vt_attn_tiled(const float* __restrict__ q, const floa
 
     if (live) {
         float* orow = out + (vt_u64)i * qstride + (vt_u64)h * hd;
-        for (int d = 0; d < hd; ++d)
-            orow[d] = !ok ? VT_NAN : started ? vt_round(o[d] / sum, precision) : 0.0f;
+        if (!ok) {
+            for (int d = lane; d < hd; d += VT_ATTN_LANES) orow[d] = VT_NAN;
+        } else {
+            VT_UNROLL
+            for (int u = 0; u < VT_ATTN_DIMS; ++u) {
+                int d = lane + u * VT_ATTN_LANES;
+                if (d < hd) orow[d] = started ? vt_round(o[u] / sum, precision) : 0.0f;
+            }
+        }
     }
 }

@@ -17,12 +17,23 @@ typedef signed char vt_i8;
 
 // Threads per block of the row kernels (norms, softmax rows, reductions).
 #define VT_ROW_THREADS 128
-// Query rows per block of the attention kernels (one thread per query row and head).
-#define VT_ATTN_ROWS 64
-// Largest head dimension the attention kernels hold in registers.
+// Query rows per block of the tiled attention kernel, threads per query row, and so threads per
+// block.
+#define VT_ATTN_ROWS 16
+#define VT_ATTN_LANES 8
+#define VT_ATTN_THREADS (VT_ATTN_ROWS * VT_ATTN_LANES)
+// Largest head dimension of the attention kernels.
 #define VT_MAX_HEAD_DIM 128
 // Largest key block of the tiled attention kernel (the block size B of `attn=tiled:B`).
 #define VT_MAX_TILE 128
+
+// A loop the device compiler should unroll (a fixed trip count, so that the per-thread arrays it
+// indexes stay in registers); nothing for the host shim's C++ compiler.
+#ifdef __CUDACC_RTC__
+#define VT_UNROLL _Pragma("unroll")
+#else
+#define VT_UNROLL
+#endif
 
 // Numeric precisions, as in crates/model/src/setup.rs (Precision).
 #define VT_F32 0

@@ -100,7 +100,7 @@ fn cpu_threads() -> usize {
 }
 
 /// Largest key block of the GPU's tiled attention kernel (`VT_MAX_TILE` in kernels/common.cuh).
-pub const GPU_MAX_TILE: usize = 128;
+pub const GPU_MAX_TILE: usize = crate::kernels::MAX_TILE;
 
 impl serde::Serialize for Device {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

@@ -12,6 +12,70 @@
 /// Definitions shared by every kernel (integer types, f32 to bf16/f16 rounding).
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
+// The launch shapes the kernels are written for: mirrors of their `#define`s, checked against
+// the sources by a unit test, so that a host launch and the kernel it launches cannot drift apart.
+
+/// Threads per block of the row kernels (`VT_ROW_THREADS`, kernels/common.cuh): norms, softmax
+/// and top-k rows, and the blocks of the eager attention kernels.
+pub const ROW_THREADS: u32 = 128;
+/// Query rows per block of the tiled attention kernel (`VT_ATTN_ROWS`).
+pub const ATTN_ROWS: u32 = 16;
+/// Threads per block of the tiled attention kernel (`VT_ATTN_THREADS`: `VT_ATTN_LANES` threads
+/// for each of the [`ATTN_ROWS`] rows).
+pub const ATTN_THREADS: u32 = 128;
+/// Largest head dimension of the attention kernels (`VT_MAX_HEAD_DIM`).
+pub const MAX_HEAD_DIM: usize = 128;
+/// Largest key block `B` of the tiled attention kernel (`VT_MAX_TILE`).
+pub const MAX_TILE: usize = 128;
+/// Tile edge of the matmul kernels (`VT_MM_TILE`, kernels/matmul.cu): blocks of
+/// `MM_TILE x MM_TILE` threads.
+pub const MM_TILE: u32 = 16;
+
+/// The value of `#define name VALUE` in [`COMMON`] or a kernel file, where `VALUE` is an
+/// integer or a product or quotient of integers and other such defines, evaluated left to right
+/// (`(VT_ATTN_ROWS * VT_ATTN_LANES)`, `(VT_MAX_HEAD_DIM / VT_ATTN_LANES)`); `None` for a name
+/// that is not defined so.
+pub fn define(name: &str) -> Option<u64> {
+    let line = std::iter::once(COMMON)
+        .chain(KERNELS.iter().map(|k| k.source))
+        .flat_map(str::lines)
+        .find_map(|l| {
+            let mut words = l.trim().splitn(3, char::is_whitespace);
+            (words.next() == Some("#define") && words.next() == Some(name))
+                .then(|| words.next().unwrap_or("").to_string())
+        })?;
+    let value = line.split("//").next()?.trim();
+    let value = value.trim_start_matches('(').trim_end_matches(')');
+    let factor = |f: &str| {
+        let f = f.trim();
+        match f.parse::<u64>() {
+            Ok(v) => Some(v),
+            Err(_) if f != name => define(f),
+            Err(_) => None,
+        }
+    };
+    // Operands at even places, operators at odd ones.
+    let mut parts = value.split_inclusive(['*', '/']);
+    let first = parts.next()?;
+    let (mut acc, mut op) = match first.strip_suffix(['*', '/']) {
+        Some(f) => (factor(f)?, first.chars().last()),
+        None => return factor(first),
+    };
+    for part in parts {
+        let (f, next) = match part.strip_suffix(['*', '/']) {
+            Some(f) => (f, part.chars().last()),
+            None => (part, None),
+        };
+        let v = factor(f)?;
+        acc = match op {
+            Some('*') => acc.checked_mul(v)?,
+            _ => acc.checked_div(v)?,
+        };
+        op = next;
+    }
+    Some(acc)
+}
+
 /// One kernel file: its name, its source and the `extern "C"` functions it defines.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelSource {
@@ -75,4 +139,31 @@ pub fn program(kernel: &KernelSource) -> String {
 /// The kernel file that defines `function`.
 pub fn source_of(function: &str) -> Option<&'static KernelSource> {
     KERNELS.iter().find(|k| k.functions.contains(&function))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_constants_match_the_kernel_defines() {
+        assert_eq!(define("VT_ROW_THREADS"), Some(u64::from(ROW_THREADS)));
+        assert_eq!(define("VT_ATTN_ROWS"), Some(u64::from(ATTN_ROWS)));
+        assert_eq!(define("VT_ATTN_THREADS"), Some(u64::from(ATTN_THREADS)));
+        assert_eq!(define("VT_MAX_HEAD_DIM"), Some(MAX_HEAD_DIM as u64));
+        assert_eq!(define("VT_MAX_TILE"), Some(MAX_TILE as u64));
+        assert_eq!(define("VT_MM_TILE"), Some(u64::from(MM_TILE)));
+        // The tiled kernel's lanes split the head dimensions evenly.
+        let lanes = define("VT_ATTN_LANES").expect("VT_ATTN_LANES");
+        assert_eq!(MAX_HEAD_DIM as u64 % lanes, 0);
+        assert_eq!(define("VT_ATTN_DIMS"), Some(MAX_HEAD_DIM as u64 / lanes));
+    }
+
+    #[test]
+    fn define_reads_integers_and_products_and_refuses_the_rest() {
+        assert_eq!(define("VT_BF16"), Some(1));
+        assert_eq!(define("VT_NO_SUCH_DEFINE"), None);
+        // Not an integer expression (a function-like value).
+        assert_eq!(define("VT_NEG_INF"), None);
+    }
 }

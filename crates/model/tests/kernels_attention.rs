@@ -27,7 +27,7 @@ use std::path::Path;
 
 const NO_WINDOW: i32 = i32::MAX;
 /// Threads per row of the softmax kernel (`VT_ROW_THREADS`).
-const ROW_THREADS: usize = 128;
+const ROW_THREADS: usize = veritrace_model::kernels::ROW_THREADS as usize;
 
 #[derive(Clone, Debug)]
 struct Case {
@@ -466,8 +466,8 @@ fn tiled_attention_is_bitwise_the_online_softmax_reference() {
             }
         }
     }
-    // 70 rows (two row blocks of 64, whose key ranges start and end at different blocks under a
-    // window) and key blocks larger than a shared-memory sub-tile (64 keys).
+    // 70 rows (five row blocks of 16, whose key ranges start and end at different blocks under a
+    // window) and key blocks larger than a shared-memory sub-tile (32 keys).
     let base = Case {
         tq: 70,
         tk: 70,

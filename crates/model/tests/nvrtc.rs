@@ -77,6 +77,35 @@ fn every_kernel_compiles_to_a_cubin_for_ampere_and_hopper() {
     ));
 }
 
+/// The kernels keep their per-thread arrays in registers: no kernel has a stack frame or spills
+/// registers to local memory (the tiled attention kernel once kept 2 KB per thread there), and
+/// each block's static shared memory fits the 48 KB a kernel gets without opting in to more.
+#[test]
+fn no_kernel_touches_local_memory_and_every_block_fits_its_shared_memory() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    for arch in ["sm_80", "sm_90"] {
+        for k in KERNELS {
+            let report = veritrace_model::cuda::kernel_resources(k, arch)
+                .unwrap_or_else(|e| panic!("{} for {arch}: {e}", k.name));
+            for f in k.functions {
+                let r = report
+                    .iter()
+                    .find(|r| r.function == *f)
+                    .unwrap_or_else(|| panic!("{f} for {arch}: not in ptxas's report"));
+                assert_eq!(
+                    (r.stack_bytes, r.spill_store_bytes, r.spill_load_bytes),
+                    (0, 0, 0),
+                    "{f} for {arch} uses local memory: {r:?}"
+                );
+                assert!(r.shared_bytes <= 48 * 1024, "{f} for {arch}: {r:?}");
+                assert!(r.registers > 0, "{f} for {arch}: {r:?}");
+            }
+        }
+    }
+}
+
 #[test]
 fn a_kernel_that_does_not_compile_is_a_typed_error() {
     if !nvrtc_or_skip() {
@@ -90,6 +119,7 @@ fn a_kernel_that_does_not_compile_is_a_typed_error() {
     for err in [
         veritrace_model::cuda::compile_ptx(&bad, "compute_80").unwrap_err(),
         veritrace_model::cuda::compile_cubin(&bad, "sm_80").unwrap_err(),
+        veritrace_model::cuda::kernel_resources(&bad, "sm_80").unwrap_err(),
     ] {
         let msg = err.to_string();
         assert!(msg.contains("broken.cu"), "{msg}");

@@ -9,13 +9,11 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchCon
 use cudarc::nvrtc::Ptx;
 
 use super::{compile_cubin, cublas_present, driver_present, nvrtc_present};
-use crate::kernels::KERNELS;
+use crate::kernels::{KERNELS, ROW_THREADS};
 use crate::{Device, ModelError, Precision, Result};
 
 /// Threads per block of the elementwise kernels.
 const ELEMENT_THREADS: u32 = 256;
-/// Threads per block of the row kernels (`VT_ROW_THREADS` in kernels/common.cuh).
-pub(crate) const ROW_THREADS: u32 = 128;
 
 /// An opened GPU with every kernel of [`KERNELS`] compiled for it.
 ///

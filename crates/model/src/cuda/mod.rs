@@ -66,6 +66,8 @@ enum Output {
     Ptx,
     /// A CUBIN (SASS for one GPU), for a real architecture (`sm_XY`).
     Cubin,
+    /// The program log of a CUBIN compile with ptxas's verbose report (`-Xptxas -v`).
+    PtxasReport,
 }
 
 /// An NVRTC program, destroyed on drop.
@@ -101,13 +103,20 @@ fn compile(kernel: &KernelSource, arch: &str, output: Output) -> Result<Vec<u8>>
     // SAFETY: `prog` is live until the end of this function (it is dropped last), and `src`
     // and `name`, which it may point into, outlive it.
     unsafe {
-        if let Err(e) = nvrtc::result::compile_program(prog.0, &options(arch)) {
-            let log = nvrtc::result::get_program_log(prog.0)
+        let mut opts = options(arch);
+        if matches!(output, Output::PtxasReport) {
+            opts.push("--ptxas-options=-v".into());
+        }
+        let log = || {
+            nvrtc::result::get_program_log(prog.0)
                 .map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned())
-                .unwrap_or_default();
-            return Err(failed(format!("{e:?}"), log));
+                .unwrap_or_default()
+        };
+        if let Err(e) = nvrtc::result::compile_program(prog.0, &opts) {
+            return Err(failed(format!("{e:?}"), log()));
         }
         let bytes = match output {
+            Output::PtxasReport => Ok(log().into_bytes()),
             Output::Ptx => nvrtc::result::get_ptx(prog.0)
                 .map(|v| v.iter().map(|&c| c as u8).collect::<Vec<u8>>()),
             Output::Cubin => {
@@ -151,6 +160,70 @@ pub fn compile_cubin(kernel: &KernelSource, arch: &str) -> Result<Vec<u8>> {
     compile(kernel, arch, Output::Cubin)
 }
 
+/// What ptxas reports for one kernel entry point compiled for one architecture: the resources
+/// that decide how many of its blocks a multiprocessor holds, and whether it touches local
+/// memory (a stack frame or register spills, which the kernels are written to avoid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelResources {
+    /// The entry point (`vt_attn_tiled`, ...).
+    pub function: String,
+    /// Registers per thread.
+    pub registers: u32,
+    /// Bytes of per-thread stack frame (local memory).
+    pub stack_bytes: u32,
+    /// Bytes of register spill stores (local memory).
+    pub spill_store_bytes: u32,
+    /// Bytes of register spill loads (local memory).
+    pub spill_load_bytes: u32,
+    /// Bytes of static shared memory per block.
+    pub shared_bytes: u32,
+}
+
+/// Compiles one kernel file to a CUBIN for `arch` (`sm_XY`) as [`compile_cubin`] does and
+/// returns ptxas's report for each entry point. Needs libnvrtc only, not a GPU.
+pub fn kernel_resources(kernel: &KernelSource, arch: &str) -> Result<Vec<KernelResources>> {
+    let log = String::from_utf8_lossy(&compile(kernel, arch, Output::PtxasReport)?).into_owned();
+    parse_ptxas_report(&log).ok_or_else(|| ModelError::KernelCompile {
+        name: kernel.name.to_string(),
+        reason: "ptxas's report could not be read".into(),
+        log,
+    })
+}
+
+/// Reads ptxas's verbose report: per entry point, a `Compiling entry function 'NAME'` line,
+/// then `N bytes stack frame, N bytes spill stores, N bytes spill loads` and
+/// `Used N registers, ..., N bytes smem` (no `smem` when there is none).
+fn parse_ptxas_report(log: &str) -> Option<Vec<KernelResources>> {
+    // The number just before `unit` in `line` (`120 registers`, `0 bytes stack frame`).
+    fn before(line: &str, unit: &str) -> Option<u32> {
+        let at = line.find(unit)?;
+        line[..at].split_whitespace().last()?.parse().ok()
+    }
+    let mut out: Vec<KernelResources> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            out.push(KernelResources {
+                function: rest.split('\'').next()?.to_string(),
+                registers: 0,
+                stack_bytes: 0,
+                spill_store_bytes: 0,
+                spill_load_bytes: 0,
+                shared_bytes: 0,
+            });
+        } else if let Some(k) = out.last_mut() {
+            if line.contains("bytes stack frame") {
+                k.stack_bytes = before(line, " bytes stack frame")?;
+                k.spill_store_bytes = before(line, " bytes spill stores")?;
+                k.spill_load_bytes = before(line, " bytes spill loads")?;
+            } else if line.contains("Used ") && line.contains(" registers") {
+                k.registers = before(line, " registers")?;
+                k.shared_bytes = before(line, " bytes smem").unwrap_or(0);
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// The GPUs the driver reports, with name, compute capability and memory (a context per GPU,
 /// no kernels compiled), or why none can be used.
 pub(crate) fn list_gpus() -> std::result::Result<Vec<crate::device::DeviceInfo>, String> {
@@ -180,6 +253,52 @@ pub(crate) fn list_gpus() -> std::result::Result<Vec<crate::device::DeviceInfo>,
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptxas_reports_are_read_per_entry_point() {
+        let log = "ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function 'vt_a' for 'sm_90'
+ptxas info    : Function properties for vt_a
+ptxas         .     8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 120 registers, used 1 barriers, 33024 bytes smem
+ptxas info    : Compile time = 818.919 ms
+ptxas info    : Compiling entry function 'vt_b' for 'sm_90'
+ptxas info    : Function properties for vt_b
+ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers, 436 bytes cmem[0]
+";
+        let got = parse_ptxas_report(log).expect("a report");
+        assert_eq!(
+            got,
+            vec![
+                KernelResources {
+                    function: "vt_a".into(),
+                    registers: 120,
+                    stack_bytes: 8,
+                    spill_store_bytes: 4,
+                    spill_load_bytes: 12,
+                    shared_bytes: 33024,
+                },
+                KernelResources {
+                    function: "vt_b".into(),
+                    registers: 32,
+                    stack_bytes: 0,
+                    spill_store_bytes: 0,
+                    spill_load_bytes: 0,
+                    shared_bytes: 0,
+                },
+            ]
+        );
+        assert_eq!(parse_ptxas_report("ptxas info    : 0 bytes gmem\n"), None);
+        let garbled = "ptxas info : Compiling entry function 'vt_a' for 'sm_90'
+ptxas . x bytes stack frame, 0 bytes spill stores, 0 bytes spill loads";
+        assert_eq!(parse_ptxas_report(garbled), None);
+    }
 }
 
 pub mod bench;

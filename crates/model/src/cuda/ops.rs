@@ -5,15 +5,10 @@ use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
 use veritrace_commit::{HasherId, TraceGeometry};
 
 use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
+use crate::kernels::{ATTN_ROWS, ATTN_THREADS, MAX_HEAD_DIM, MM_TILE, ROW_THREADS};
 use crate::quant::quantize;
 use crate::{Attention, ModelError, Order, QuantScheme, Result, Setup};
 
-/// Largest head dimension of the attention kernels (`VT_MAX_HEAD_DIM`).
-pub(crate) const MAX_HEAD_DIM: usize = 128;
-/// Query rows per block of the tiled kernel (`VT_ATTN_ROWS`).
-const ATTN_ROWS: u32 = 64;
-/// Tile edge of the matmul kernels (`VT_MM_TILE`).
-const MM_TILE: u32 = 16;
 /// Threads per block of the hashing kernels.
 const HASH_THREADS: u32 = 128;
 /// "No window" for the attention kernels.
@@ -265,7 +260,7 @@ pub(crate) fn attention(
         let b32 = block as i32;
         let cfg = LaunchConfig {
             grid_dim: ((t as u32).div_ceil(ATTN_ROWS), nh as u32, 1),
-            block_dim: (ATTN_ROWS, 1, 1),
+            block_dim: (ATTN_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         launch!(
@@ -295,12 +290,8 @@ pub(crate) fn attention(
     let mut scores = gpu.zeros::<f32>(nh * t * t)?;
     let grid = elementwise(nh * t * t);
     let cfg = LaunchConfig {
-        block_dim: (super::gpu::ROW_THREADS, 1, 1),
-        grid_dim: (
-            ((nh * t * t) as u32).div_ceil(super::gpu::ROW_THREADS),
-            1,
-            1,
-        ),
+        block_dim: (ROW_THREADS, 1, 1),
+        grid_dim: (((nh * t * t) as u32).div_ceil(ROW_THREADS), 1, 1),
         ..grid
     };
     launch!(
@@ -346,12 +337,8 @@ pub(crate) fn attention(
         &p
     );
     let cfg = LaunchConfig {
-        block_dim: (super::gpu::ROW_THREADS, 1, 1),
-        grid_dim: (
-            ((t * nh * hd) as u32).div_ceil(super::gpu::ROW_THREADS),
-            1,
-            1,
-        ),
+        block_dim: (ROW_THREADS, 1, 1),
+        grid_dim: (((t * nh * hd) as u32).div_ceil(ROW_THREADS), 1, 1),
         shared_mem_bytes: 0,
     };
     launch!(

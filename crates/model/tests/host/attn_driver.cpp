@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
                   out.data(), tq, tk, q0, nh, nkv, hd, causal, window, precision);
     } else if (mode == "tiled") {
         vt_launch(vt_attn_tiled, dim3((unsigned)((tq + VT_ATTN_ROWS - 1) / VT_ATTN_ROWS), (unsigned)nh),
-                  dim3(VT_ATTN_ROWS), (const float*)q.data(), (const float*)k.data(),
+                  dim3(VT_ATTN_THREADS), (const float*)q.data(), (const float*)k.data(),
                   (const float*)v.data(), mp, out.data(), tq, tk, q0, nh, nkv, hd, causal,
                   window, block, scale, precision);
     } else {
