@@ -164,6 +164,39 @@ fn device_hashed_roots_equal_cpu_roots() {
             );
         }
     }
+    // Hashing runs on its own stream, overlapping the next layers, and a hidden state is freed
+    // once hashed: without downloads (nothing then holds the compute stream back), over every
+    // layer of the small decoder, and with a reused layer (which reads two states back), the
+    // leaves are still those of the CPU commitment of the same run's trace.
+    let small = LlamaModel::preset("small").unwrap();
+    for s in [
+        "f32/attn=eager",
+        "f32/attn=eager/reuse=3",
+        "bf16/attn=tiled:64",
+    ] {
+        let g = GpuLlama::new(Gpu::open(Device::Cuda(0)).unwrap(), &small, &setup(s)).unwrap();
+        let tokens = seeded_prompt(small.config().vocab_size, 5, 512);
+        let trace = g.trace(&tokens).unwrap();
+        let geometry = trace.geometry(16).unwrap();
+        let bytes = trace.layer_bytes();
+        let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
+        for hasher in [HasherId::Blake3, HasherId::Sha256] {
+            let cpu = commit_trace(hasher, &geometry, &refs).unwrap();
+            for _ in 0..3 {
+                let run = g
+                    .run(
+                        &tokens,
+                        RunOptions {
+                            download: false,
+                            commit: Some((hasher, 16)),
+                        },
+                    )
+                    .unwrap();
+                assert!(run.leaves == cpu.leaves(), "{s} {hasher:?}: leaves");
+                assert_eq!(run.root, Some(cpu.root()), "{s} {hasher:?}: root");
+            }
+        }
+    }
     let err = GpuLlama::new(Gpu::open(Device::Cuda(0)).unwrap(), &m, &Setup::F32_EAGER)
         .unwrap()
         .run(

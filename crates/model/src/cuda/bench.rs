@@ -44,10 +44,10 @@ pub fn hash_layer_ms(
     let _held = gpu.lock();
     let layer = gpu.upload(&values)?;
     let mut out = gpu.zeros::<u8>(g.num_cells() as usize * 32)?;
-    ops::leaf_digests(gpu, &layer, 0, &g, hasher, &mut out)?; // warm-up
+    ops::leaf_digests(gpu, &gpu.stream, &layer, 0, &g, hasher, &mut out)?; // warm-up
     let ((), ms) = gpu.timed(|| {
         for _ in 0..reps.max(1) {
-            ops::leaf_digests(gpu, &layer, 0, &g, hasher, &mut out)?;
+            ops::leaf_digests(gpu, &gpu.stream, &layer, 0, &g, hasher, &mut out)?;
         }
         Ok(())
     })?;

@@ -17,14 +17,19 @@ const ELEMENT_THREADS: u32 = 256;
 
 /// An opened GPU with every kernel of [`KERNELS`] compiled for it.
 ///
-/// All work goes to one stream in order; [`Gpu::lock`] serializes whole forward passes of
-/// callers on several threads.
+/// The forward pass runs on one stream, in order. Leaf hashing of a committed run has a second
+/// stream, so that hashing layer `l` overlaps computing layer `l + 1`; the two are ordered by
+/// explicit events (see `GpuLlama::run`), not by cudarc's per-buffer event tracking, which is
+/// off: it keeps one read event per buffer, which cannot say that two streams read the same
+/// hidden state. [`Gpu::lock`] serializes whole forward passes of callers on several threads.
 pub struct Gpu {
     ordinal: usize,
     name: String,
     capability: (i32, i32),
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
+    /// The stream leaf hashing runs on while the forward pass goes on.
+    pub(crate) hash_stream: Arc<CudaStream>,
     blas: CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     busy: Mutex<()>,
@@ -89,17 +94,21 @@ pub(crate) fn per_row(rows: usize) -> LaunchConfig {
     }
 }
 
-/// Launches kernel `$name` of `$gpu` with `$cfg` and the argument references that follow.
+/// Launches kernel `$name` of `$gpu` with `$cfg` and the argument references that follow, on
+/// the GPU's stream, or on `$stream` with `launch!(on $stream, $gpu, ...)`.
 macro_rules! launch {
-    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
+    (on $stream:expr, $gpu:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
         let f = $gpu.function($name)?;
-        let mut b = $gpu.stream.launch_builder(f);
+        let mut b = $stream.launch_builder(f);
         $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )*
         // SAFETY: each call site passes exactly the parameters, in order and of the types, that
         // the kernel's signature in kernels/*.cu declares, with buffers at least as long as the
         // launch shape reads and writes.
         unsafe { b.launch($cfg) }.map_err(|e| $crate::cuda::gpu::cuda_err($name, e))?;
     }};
+    ($gpu:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {
+        $crate::cuda::gpu::launch!(on $gpu.stream, $gpu, $name, $cfg, $($arg),*)
+    };
 }
 pub(crate) use launch;
 
@@ -138,11 +147,15 @@ impl Gpu {
             ));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| unavailable(device, format!("{e:?}")))?;
+        // SAFETY: called before any buffer of this context exists; from here on the streams are
+        // ordered explicitly (the struct's doc says how).
+        unsafe { ctx.disable_event_tracking() };
         let name = ctx.name().map_err(|e| cuda_err("device name", e))?;
         let capability = ctx
             .compute_capability()
             .map_err(|e| cuda_err("compute capability", e))?;
         let stream = ctx.default_stream();
+        let hash_stream = ctx.new_stream().map_err(|e| cuda_err("stream", e))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| cuda_err("cuBLAS", e))?;
         // Machine code for this GPU's architecture (see `compile_cubin` for why not PTX).
         let arch = format!("sm_{}{}", capability.0, capability.1);
@@ -163,6 +176,7 @@ impl Gpu {
             capability,
             ctx,
             stream,
+            hash_stream,
             blas,
             functions,
             busy: Mutex::new(()),

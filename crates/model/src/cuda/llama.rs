@@ -17,11 +17,13 @@
 //! Linear layers are cuBLAS SGEMM (rounded to the precision afterwards), or the split-K kernel
 //! for `splitk=S`, or the dequantize-and-multiply kernel for int8 per-channel / int4 group
 //! weights. When the trace is committed on the device, each `h_l` is hashed into its cells'
-//! leaf digests by kernels/leaf_hash.cu as soon as the layer finishes ([`RunOptions::commit`]).
+//! leaf digests by kernels/leaf_hash.cu as soon as the layer finishes ([`RunOptions::commit`]),
+//! on a second stream: hashing `h_l` overlaps computing `h_{l+1}`, and only the last layer's
+//! hashing is left when the forward ends.
 
 use std::sync::Arc;
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use veritrace_commit::{Digest, HasherId, TraceGeometry};
 
 use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
@@ -73,6 +75,31 @@ pub struct GpuRun {
     pub leaves: Vec<Digest>,
     /// The Merkle root of [`GpuRun::leaves`] (built on the host from the digests).
     pub root: Option<Digest>,
+}
+
+/// Makes the compute stream wait for everything queued so far on the hash stream when dropped.
+struct JoinHashStream<'a>(&'a Gpu);
+
+impl Drop for JoinHashStream<'_> {
+    fn drop(&mut self) {
+        // Nothing to report from a drop: a failed join leaves a failed context, which the next
+        // call on this GPU reports.
+        let _ = self.0.stream.join(&self.0.hash_stream);
+    }
+}
+
+/// An event recorded on `stream` now (its work so far).
+fn record(stream: &Arc<CudaStream>) -> Result<CudaEvent> {
+    stream
+        .record_event(None)
+        .map_err(|e| super::gpu::cuda_err("event record", e))
+}
+
+/// Makes `stream`'s later work wait for `event`.
+fn wait(stream: &Arc<CudaStream>, event: &CudaEvent) -> Result<()> {
+    stream
+        .wait(event)
+        .map_err(|e| super::gpu::cuda_err("stream wait", e))
 }
 
 /// Checks what the GPU kernels implement ([`crate::Device::check_setup`]).
@@ -330,6 +357,11 @@ impl GpuLlama {
         let rope = self.rope_tables(t)?;
         let mut layers_host = Vec::new();
         let mut states: Vec<CudaSlice<f32>> = Vec::with_capacity(c.num_layers + 1);
+        // `hashed[l]`: the hash stream has finished with h_l (committed runs).
+        let mut hashed: Vec<CudaEvent> = Vec::new();
+        // Declared after the buffers the hash stream uses, so dropped before them: on any
+        // return, the compute stream (which frees them) first waits for the hash stream.
+        let _join = JoinHashStream(gpu);
         states.push(gpu.upload(&h0)?);
         for l in 0..=c.num_layers {
             if l > 0 {
@@ -347,18 +379,30 @@ impl GpuLlama {
                 states.push(next);
             }
             if let (Some((hasher, g)), Some(out)) = (&geometry, digests.as_mut()) {
-                ops::leaf_digests(gpu, &states[l], l as u32, g, *hasher, out)?;
+                // h_l is hashed on the hash stream once the compute stream has written it,
+                // while the compute stream goes on with layer l + 1.
+                let written = record(&gpu.stream)?;
+                wait(&gpu.hash_stream, &written)?;
+                ops::leaf_digests(gpu, &gpu.hash_stream, &states[l], l as u32, g, *hasher, out)?;
+                hashed.push(record(&gpu.hash_stream)?);
             }
             if options.download {
                 layers_host.push(gpu.download(&states[l])?);
             }
             if l >= 2 {
-                // h_{l-2} is read by nothing after layer l (a reuse reads two layers back).
+                // h_{l-2} is read by nothing after layer l (a reuse reads two layers back), and
+                // is freed once its hashing has finished.
+                if let Some(done) = hashed.get(l - 2) {
+                    wait(&gpu.stream, done)?;
+                }
                 states[l - 2] = gpu.zeros::<f32>(1)?;
             }
         }
         let (leaves, root) = match (geometry, digests) {
             (Some((hasher, _)), Some(out)) => {
+                if let Some(done) = hashed.last() {
+                    wait(&gpu.stream, done)?;
+                }
                 let bytes = gpu.download(&out)?;
                 let leaves: Vec<Digest> = bytes
                     .chunks_exact(32)

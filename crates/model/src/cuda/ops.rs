@@ -1,7 +1,9 @@
 //! Launch wrappers for kernels/attention.cu, kernels/matmul.cu and kernels/leaf_hash.cu, and
 //! the device form of a linear layer's weights.
 
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use veritrace_commit::{HasherId, TraceGeometry};
 
 use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
@@ -245,8 +247,10 @@ pub(crate) fn attention(
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
     let (t32, q0, nh32, nkv32, hd32) = (t as i32, 0i32, nh as i32, nkv as i32, hd as i32);
     let c32 = i32::from(causal);
-    // The key mask as the kernels take it: a device pointer, null for none. The guard orders
-    // the mask's upload before the launches that read it and lives until they are queued.
+    // The key mask as the kernels take it: a device pointer, null for none. The mask was
+    // uploaded on this stream, so its upload is ordered before the launches that read it; the
+    // guard (which would record the read under cudarc's event tracking, off here) lives until
+    // they are queued.
     let mask_guard = key_mask.map(|m| m.device_ptr(&gpu.stream));
     let mask_ptr: u64 = mask_guard.as_ref().map_or(0, |(ptr, _)| *ptr);
     let mut out = gpu.zeros::<f32>(t * nh * hd)?;
@@ -374,9 +378,12 @@ pub(crate) fn check_device_hasher(hasher: HasherId) -> Result<()> {
 
 /// Hashes every cell of `layer` (the f32 buffer of `h_layer`) into its leaf digest on the
 /// device, writing the `chunks_per_layer` digests of the layer at their layer-major place in
-/// `out` (`num_cells · 32` bytes).
+/// `out` (`num_cells · 32` bytes). The kernels and their scratch buffer go to `stream`; the
+/// caller orders `stream` after the writes of `layer_buf` and `out`, and keeps both alive until
+/// `stream` has finished with them.
 pub(crate) fn leaf_digests(
     gpu: &Gpu,
+    stream: &Arc<CudaStream>,
     layer_buf: &CudaSlice<f32>,
     layer: u32,
     g: &TraceGeometry,
@@ -405,6 +412,7 @@ pub(crate) fn leaf_digests(
     match hasher {
         HasherId::Sha256 => {
             launch!(
+                on stream,
                 gpu,
                 "vt_sha256_cells",
                 cfg(cells),
@@ -420,8 +428,12 @@ pub(crate) fn leaf_digests(
         }
         _ => {
             let per = blake3_chunks_per_cell(g);
-            let mut cvs = gpu.zeros::<u32>(cells * per * 8)?;
+            // Allocated and freed on `stream`, in order with the kernels that use it.
+            let mut cvs = stream
+                .alloc_zeros::<u32>(cells * per * 8)
+                .map_err(|e| super::gpu::cuda_err("device allocation", e))?;
             launch!(
+                on stream,
                 gpu,
                 "vt_blake3_chunks",
                 cfg(cells * per),
@@ -436,6 +448,7 @@ pub(crate) fn leaf_digests(
                 &mut digests
             );
             launch!(
+                on stream,
                 gpu,
                 "vt_blake3_cells",
                 cfg(cells),
