@@ -2,7 +2,8 @@
 //! tables (markdown): the device; agreement with the CPU; run-to-run reproducibility;
 //! device-hashed roots against CPU roots; every swapped kernel against the honest GPU noise
 //! floor; the cost of committing on the device; leaf-hash throughput against memory
-//! bandwidth; attention kernel times. Every figure is measured in this run.
+//! bandwidth; attention kernel times; the kernels' registers and shared memory as ptxas reports
+//! them. Every figure is measured in this run.
 //!
 //! ```sh
 //! cargo run --release -p veritrace-model --features cuda --example gpu_report > simulations/results/gpu.md
@@ -219,10 +220,16 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
         commit: None,
     };
     g.run_ms(&tokens, plain)?; // warm-up
-    println!("GPU time from CUDA events, median of 21 interleaved runs each.\n");
     println!(
-        "| hasher | forward (ms) | forward + device commit (ms) | overhead |\n|---|---|---|---|"
+        "GPU time from CUDA events, median of 21 interleaved runs each. The leaves are hashed on a \
+         second stream while the next layer computes; the last column is the hashing alone, every \
+         layer one after another on an idle GPU (what the overlap hides).\n"
     );
+    println!(
+        "| hasher | forward (ms) | forward + device commit (ms) | overhead | hashing alone (ms) |\n|---|---|---|---|---|"
+    );
+    let (t32, d32) = (tokens.len() as u32, small.config().hidden_size as u32);
+    let states = small.config().num_layers as f64 + 1.0;
     for hasher in [HasherId::Blake3, HasherId::Sha256] {
         let with = RunOptions {
             download: false,
@@ -235,8 +242,9 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
             b.push(g.run_ms(&tokens, with)?.1);
         }
         let (fa, fb) = (median(a), median(b));
+        let alone = states * bench::hash_layer_ms(gpu, t32, d32, 16, hasher, 20)?;
         println!(
-            "| {} | {fa:.3} | {fb:.3} | {:+.2}% |",
+            "| {} | {fa:.3} | {fb:.3} | {:+.2}% | {alone:.3} |",
             hasher.name(),
             (fb / fa - 1.0) * 100.0
         );
@@ -273,6 +281,23 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
                 .collect::<Result<_, _>>()?,
         );
         println!("| `{s}` | {t:.3} |");
+    }
+
+    let arch = format!("sm_{ma}{mi}");
+    println!("\n## Kernel resources ({arch}, ptxas)\n");
+    println!("| kernel | registers | stack bytes | spill bytes (store / load) | shared bytes |\n|---|---|---|---|---|");
+    for k in veritrace_model::kernels::KERNELS {
+        for r in veritrace_model::cuda::kernel_resources(k, &arch)? {
+            println!(
+                "| `{}` | {} | {} | {} / {} | {} |",
+                r.function,
+                r.registers,
+                r.stack_bytes,
+                r.spill_store_bytes,
+                r.spill_load_bytes,
+                r.shared_bytes
+            );
+        }
     }
     Ok(())
 }
