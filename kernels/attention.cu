@@ -23,6 +23,8 @@
 // the scores [VT_ATTN_ROWS, VT_MAX_TILE + 1], f32: 33 KB, under the 48 KB a kernel may have
 // without opting in to more.
 #define VT_ATTN_KV_TILE 32
+// Tile edge of the eager score kernel: T x T threads per block, 17 KB of shared memory.
+#define VT_ATTN_SCORE_TILE 16
 // Output dimensions per lane of the tiled kernel.
 #define VT_ATTN_DIMS (VT_MAX_HEAD_DIM / VT_ATTN_LANES)
 
@@ -48,25 +50,58 @@ __device__ __forceinline__ float vt_attn_score(float dot, int p, int j, int caus
 
 // ---- eager ----
 
-// scores[h][i][j], [n_heads, tq, tk]: one thread per (h, i, j), a 1-D grid over
-// n_heads * tq * tk (index (h * tq + i) * tk + j), blocks of VT_ROW_THREADS.
+// scores[h][i][j], [n_heads, tq, tk]: grid (ceil(tk / T), ceil(tq / T), n_heads) with
+// T = VT_ATTN_SCORE_TILE, blocks of (T, T) threads; thread (tx, ty) of block (bx, by, h) computes
+// query i = by * T + ty against key j = bx * T + tx. The block's T query rows and T key rows are
+// staged in shared memory (rows padded by one word, so that the threads reading a column hit
+// distinct banks); each dot product is still one thread's sum over d in order. A tile in which
+// no query sees any key (beyond the causal diagonal or outside the window) writes -inf without
+// loading anything. hd outside [1, VT_MAX_HEAD_DIM] writes NaN (the host checks first).
 extern "C" __global__ void vt_attn_scores(const float* __restrict__ q, const float* __restrict__ k,
                                           const float* __restrict__ key_mask,
                                           float* __restrict__ scores, int tq, int tk, int q0,
                                           int n_heads, int n_kv_heads, int hd, int causal,
                                           int window, float scale, int precision) {
-    vt_u64 idx = (vt_u64)blockIdx.x * blockDim.x + threadIdx.x;
-    vt_u64 total = (vt_u64)n_heads * tq * tk;
-    if (idx >= total) return;
-    int j = (int)(idx % tk);
-    int i = (int)((idx / tk) % tq);
-    int h = (int)(idx / ((vt_u64)tk * tq));
+    __shared__ float qs[VT_ATTN_SCORE_TILE * (VT_MAX_HEAD_DIM + 1)];
+    __shared__ float ks[VT_ATTN_SCORE_TILE * (VT_MAX_HEAD_DIM + 1)];
+    const int stride = VT_MAX_HEAD_DIM + 1;
+    int tx = threadIdx.x;
+    int ty = threadIdx.y;
+    int h = blockIdx.z;
+    int i0 = blockIdx.y * VT_ATTN_SCORE_TILE;
+    int j0 = blockIdx.x * VT_ATTN_SCORE_TILE;
+    int i = i0 + ty;
+    int j = j0 + tx;
     int kvh = h / (n_heads / n_kv_heads);
-    const float* qi = q + (vt_u64)i * n_heads * hd + (vt_u64)h * hd;
-    const float* kj = k + (vt_u64)j * n_kv_heads * hd + (vt_u64)kvh * hd;
-    float dot = 0.0f;
-    for (int d = 0; d < hd; ++d) dot = dot + qi[d] * kj[d];
-    scores[idx] = vt_attn_score(dot, q0 + i, j, causal, window, key_mask, scale, precision);
+    int hdl = hd >= 1 && hd <= VT_MAX_HEAD_DIM ? hd : 0;
+    // Whether some query of the tile sees some key of it: positions [pmin, pmax] against keys
+    // [j0, jlast], causal needing j <= p, the window |p - j| < window at the closest pair.
+    long long pmin = (long long)q0 + i0;
+    long long pmax = (long long)q0 + (i0 + VT_ATTN_SCORE_TILE < tq ? i0 + VT_ATTN_SCORE_TILE : tq) - 1;
+    long long jlast = (j0 + VT_ATTN_SCORE_TILE < tk ? j0 + VT_ATTN_SCORE_TILE : tk) - 1;
+    long long gap = pmin - jlast > j0 - pmax ? pmin - jlast : j0 - pmax;
+    if (gap < 0) gap = 0;
+    bool any = i0 < tq && j0 < tk && hdl > 0 && (!causal || j0 <= pmax) && gap < window;
+    if (any) {  // the same for every thread of the block
+        for (int e = ty * VT_ATTN_SCORE_TILE + tx; e < VT_ATTN_SCORE_TILE * hdl;
+             e += VT_ATTN_SCORE_TILE * VT_ATTN_SCORE_TILE) {
+            int r = e / hdl;
+            int d = e % hdl;
+            qs[r * stride + d] =
+                i0 + r < tq ? q[(vt_u64)(i0 + r) * n_heads * hd + (vt_u64)h * hd + d] : 0.0f;
+            ks[r * stride + d] =
+                j0 + r < tk ? k[(vt_u64)(j0 + r) * n_kv_heads * hd + (vt_u64)kvh * hd + d] : 0.0f;
+        }
+        __syncthreads();
+    }
+    if (i >= tq || j >= tk) return;
+    float s = hdl > 0 ? VT_NEG_INF : VT_NAN;
+    if (any) {
+        float dot = 0.0f;
+        for (int d = 0; d < hd; ++d) dot = dot + qs[ty * stride + d] * ks[tx * stride + d];
+        s = vt_attn_score(dot, q0 + i, j, causal, window, key_mask, scale, precision);
+    }
+    scores[((vt_u64)h * tq + i) * tk + j] = s;
 }
 
 // The block's maximum and sum of the per-thread values `part` (VT_ROW_THREADS threads): every

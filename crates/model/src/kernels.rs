@@ -23,6 +23,9 @@ pub const ATTN_ROWS: u32 = 16;
 /// Threads per block of the tiled attention kernel (`VT_ATTN_THREADS`: `VT_ATTN_LANES` threads
 /// for each of the [`ATTN_ROWS`] rows).
 pub const ATTN_THREADS: u32 = 128;
+/// Tile edge of the eager score kernel (`VT_ATTN_SCORE_TILE`): blocks of
+/// `SCORE_TILE x SCORE_TILE` threads, one score each.
+pub const SCORE_TILE: u32 = 16;
 /// Largest head dimension of the attention kernels (`VT_MAX_HEAD_DIM`).
 pub const MAX_HEAD_DIM: usize = 128;
 /// Largest key block `B` of the tiled attention kernel (`VT_MAX_TILE`).
@@ -153,6 +156,7 @@ mod tests {
         assert_eq!(define("VT_MAX_HEAD_DIM"), Some(MAX_HEAD_DIM as u64));
         assert_eq!(define("VT_MAX_TILE"), Some(MAX_TILE as u64));
         assert_eq!(define("VT_MM_TILE"), Some(u64::from(MM_TILE)));
+        assert_eq!(define("VT_ATTN_SCORE_TILE"), Some(u64::from(SCORE_TILE)));
         // The tiled kernel's lanes split the head dimensions evenly.
         let lanes = define("VT_ATTN_LANES").expect("VT_ATTN_LANES");
         assert_eq!(MAX_HEAD_DIM as u64 % lanes, 0);

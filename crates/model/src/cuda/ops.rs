@@ -7,7 +7,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use veritrace_commit::{HasherId, TraceGeometry};
 
 use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
-use crate::kernels::{ATTN_ROWS, ATTN_THREADS, MAX_HEAD_DIM, MM_TILE, ROW_THREADS};
+use crate::kernels::{ATTN_ROWS, ATTN_THREADS, MAX_HEAD_DIM, MM_TILE, ROW_THREADS, SCORE_TILE};
 use crate::quant::quantize;
 use crate::{Attention, ModelError, Order, QuantScheme, Result, Setup};
 
@@ -292,11 +292,14 @@ pub(crate) fn attention(
     }
     // Eager: the [nh, t, t] score matrix is materialized, as PyTorch's math path does.
     let mut scores = gpu.zeros::<f32>(nh * t * t)?;
-    let grid = elementwise(nh * t * t);
     let cfg = LaunchConfig {
-        block_dim: (ROW_THREADS, 1, 1),
-        grid_dim: (((nh * t * t) as u32).div_ceil(ROW_THREADS), 1, 1),
-        ..grid
+        grid_dim: (
+            (t as u32).div_ceil(SCORE_TILE),
+            (t as u32).div_ceil(SCORE_TILE),
+            nh as u32,
+        ),
+        block_dim: (SCORE_TILE, SCORE_TILE, 1),
+        shared_mem_bytes: 0,
     };
     launch!(
         gpu,

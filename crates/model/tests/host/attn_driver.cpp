@@ -80,9 +80,9 @@ int main(int argc, char** argv) {
     std::vector<float> out((size_t)tq * nh * hd, -12345.0f);
     if (mode == "eager" || mode == "topk") {
         std::vector<float> scores((size_t)nh * tq * tk, -12345.0f);
-        unsigned n = (unsigned)(nh * tq * tk);
-        vt_launch(vt_attn_scores, dim3((n + VT_ROW_THREADS - 1) / VT_ROW_THREADS),
-                  dim3(VT_ROW_THREADS), (const float*)q.data(), (const float*)k.data(), mp,
+        const unsigned T = VT_ATTN_SCORE_TILE;
+        vt_launch(vt_attn_scores, dim3((tk + T - 1) / T, (tq + T - 1) / T, (unsigned)nh),
+                  dim3(T, T), (const float*)q.data(), (const float*)k.data(), mp,
                   scores.data(), tq, tk, q0, nh, nkv, hd, causal, window, scale, precision);
         // Fewer blocks than rows (each takes rows b, b + grid, ...): the same result as one
         // block per row, with fewer host threads to start.
