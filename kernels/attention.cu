@@ -25,6 +25,8 @@
 #define VT_ATTN_KV_TILE 32
 // Tile edge of the eager score kernel: T x T threads per block, 17 KB of shared memory.
 #define VT_ATTN_SCORE_TILE 16
+// Keys of a sub-tile per lane of the tiled kernel.
+#define VT_ATTN_KEYS (VT_ATTN_KV_TILE / VT_ATTN_LANES)
 // Output dimensions per lane of the tiled kernel.
 #define VT_ATTN_DIMS (VT_MAX_HEAD_DIM / VT_ATTN_LANES)
 
@@ -373,13 +375,26 @@ extern "C" __global__ void vt_attn_tiled(const float* __restrict__ q, const floa
                 tile[r * ts + d] = k[(vt_u64)(k0 + c0 + r) * kvstride + (vt_u64)kvh * hd + d];
             }
             __syncthreads();
-            for (int r = lane; r < clen; r += VT_ATTN_LANES) {
-                float dot = 0.0f;
-                for (int d = 0; d < hd; ++d) dot = dot + qrow[d] * tile[r * ts + d];
-                int j = (int)k0 + c0 + r;
-                srow[c0 + r] = live ? vt_attn_score(dot, p, j, causal, window, key_mask, scale,
-                                                    precision)
-                                    : VT_NEG_INF;
+            // Lane `lane` takes keys r = lane + u * VT_ATTN_LANES of the sub-tile: its
+            // VT_ATTN_KEYS dot products advance together over d (one load of q_d for all),
+            // each still summed over d in order. Rows past clen hold stale keys; their dot
+            // products are not used.
+            float dot[VT_ATTN_KEYS];
+            VT_UNROLL
+            for (int u = 0; u < VT_ATTN_KEYS; ++u) dot[u] = 0.0f;
+            for (int d = 0; d < hd; ++d) {
+                float qd = qrow[d];
+                VT_UNROLL
+                for (int u = 0; u < VT_ATTN_KEYS; ++u)
+                    dot[u] = dot[u] + qd * tile[(lane + u * VT_ATTN_LANES) * ts + d];
+            }
+            VT_UNROLL
+            for (int u = 0; u < VT_ATTN_KEYS; ++u) {
+                int r = lane + u * VT_ATTN_LANES;
+                if (r < clen)
+                    srow[c0 + r] = live ? vt_attn_score(dot[u], p, (int)k0 + c0 + r, causal,
+                                                        window, key_mask, scale, precision)
+                                        : VT_NEG_INF;
             }
         }
         __syncthreads();  // the row's scores are complete
