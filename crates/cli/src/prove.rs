@@ -277,7 +277,7 @@ pub struct OpenArgs {
     /// Non-interactive: rounds.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
-    /// Interactive: the opening file; non-interactive: a directory for opening-<r>.json.
+    /// Interactive: the opening file; non-interactive: a directory for `opening-<r>.json`.
     #[arg(long)]
     pub out: PathBuf,
 }

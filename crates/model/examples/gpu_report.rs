@@ -22,6 +22,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Keep the hidden states and hash the leaves on the device.
+fn commit(hasher: HasherId, chunk: u32) -> RunOptions {
+    RunOptions {
+        download: true,
+        commit: Some((hasher, chunk)),
+    }
+}
+
 fn setup(s: &str) -> Setup {
     s.parse().expect("a valid setup")
 }
@@ -110,25 +118,38 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
     }
 
     println!("\n## Device-hashed roots\n");
-    println!("| tokens | chunk | hasher | leaves | root equals the CPU commitment |\n|---|---|---|---|---|");
+    println!("| model | tokens | chunk | hasher | leaves | root equals the CPU commitment |\n|---|---|---|---|---|---|");
     let g = GpuLlama::new(gpu.clone(), tiny, &Setup::F32_EAGER)?;
-    for (n, chunk) in [(300usize, 16u32), (37, 5), (2048, 16)] {
-        let tokens = seeded_prompt(tiny.config().vocab_size, 3, n);
-        for hasher in [HasherId::Blake3, HasherId::Sha256] {
-            let run = g.run(
-                &tokens,
-                RunOptions {
-                    download: true,
-                    commit: Some((hasher, chunk)),
-                },
-            )?;
+    let minilm = match minilm_dir() {
+        Some(dir) => {
+            let m = BertModel::load(&dir)?;
+            let tokens = veritrace_model::bert_prompt(m.config().vocab_size, 3, 128);
+            Some((GpuBert::new(gpu.clone(), &m, &Setup::F32_EAGER)?, tokens))
+        }
+        None => None,
+    };
+    for hasher in [HasherId::Blake3, HasherId::Sha256] {
+        let mut runs = Vec::new();
+        for (n, chunk) in [(300usize, 16u32), (37, 5), (2048, 16)] {
+            let tokens = seeded_prompt(tiny.config().vocab_size, 3, n);
+            runs.push(("tiny", n, chunk, g.run(&tokens, commit(hasher, chunk))?));
+        }
+        if let Some((b, tokens)) = &minilm {
+            runs.push((
+                "MiniLM",
+                tokens.len(),
+                16,
+                b.run(tokens, commit(hasher, 16))?,
+            ));
+        }
+        for (model, n, chunk, run) in runs {
             let trace = run.trace.expect("downloaded");
             let bytes = trace.layer_bytes();
             let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
             let cpu = commit_trace(hasher, &trace.geometry(chunk)?, &refs)
                 .map_err(|e| veritrace_model::ModelError::InvalidArgument(e.to_string()))?;
             println!(
-                "| {n} | {chunk} | {} | {} | {} |",
+                "| {model} | {n} | {chunk} | {} | {} | {} |",
                 hasher.name(),
                 run.leaves.len(),
                 run.root == Some(cpu.root())

@@ -443,6 +443,43 @@ fn gpu_encoder_follows_the_cpu_encoder_with_and_without_a_padding_mask() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The encoder commits on the device too: the leaves hashed on the GPU (with and without the
+/// hidden states copied back, with a padding mask and a reused layer) are those of the CPU
+/// commitment of the same run's trace.
+#[test]
+fn gpu_encoder_device_hashed_roots_equal_cpu_roots() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (m, dir) = synthetic_bert::model("gpu-commit");
+    let tokens = synthetic_bert::tokens(37);
+    let padded: Vec<u32> = (0..37).map(|i| u32::from(i < 30)).collect();
+    for s in ["f32/attn=eager", "bf16/attn=tiled:8/reuse=2"] {
+        let g = GpuBert::new(gpu.clone(), &m, &setup(s)).unwrap();
+        let trace = g.trace_masked(&tokens, &padded).unwrap();
+        for (hasher, chunk) in [(HasherId::Blake3, 16u32), (HasherId::Sha256, 5)] {
+            let geometry = trace.geometry(chunk).unwrap();
+            let bytes = trace.layer_bytes();
+            let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
+            let cpu = commit_trace(hasher, &geometry, &refs).unwrap();
+            for download in [true, false] {
+                let run = g
+                    .run_masked(
+                        &tokens,
+                        &padded,
+                        RunOptions {
+                            download,
+                            commit: Some((hasher, chunk)),
+                        },
+                    )
+                    .unwrap();
+                assert!(run.leaves == cpu.leaves(), "{s} {hasher:?}: leaves");
+                assert_eq!(run.root, Some(cpu.root()), "{s} {hasher:?}: root");
+                assert_eq!(run.trace.is_some(), download);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn gpu_minilm_matches_the_cpu_encoder_within_tolerance() {
     let Some(gpu) = gpu_or_skip() else { return };

@@ -20,6 +20,7 @@ use cudarc::driver::CudaSlice;
 use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
 use super::llama::check_gpu_setup;
 use super::ops::{self, Linear};
+use super::run::{run_layers, GpuRun, RunOptions};
 use crate::{BertModel, ModelError, Result, Setup, Trace};
 
 struct GpuLinear {
@@ -261,42 +262,46 @@ impl GpuBert {
     }
 
     /// As [`GpuBert::trace`], with an attention mask (one entry per token, 1 = attend, 0 =
-    /// masked), as [`BertModel::trace_masked`] on the CPU; see [`GpuBert::key_mask`] for the
+    /// masked), as [`BertModel::trace_masked`] on the CPU; see `GpuBert::key_mask` for the
     /// one window case the GPU refuses.
     pub fn trace_masked(&self, tokens: &[u32], mask: &[u32]) -> Result<Trace> {
+        let run = self.run_masked(
+            tokens,
+            mask,
+            RunOptions {
+                download: true,
+                commit: None,
+            },
+        )?;
+        run.trace
+            .ok_or_else(|| ModelError::Cuda("the run kept no trace".into()))
+    }
+
+    /// Encodes `tokens` on the GPU (every token attended), keeping what `options` asks for:
+    /// the hidden states, and the cells' leaf digests hashed on the device as each layer
+    /// finishes (as [`super::GpuLlama::run`]).
+    pub fn run(&self, tokens: &[u32], options: RunOptions) -> Result<GpuRun> {
+        self.run_masked(tokens, &vec![1; tokens.len()], options)
+    }
+
+    /// As [`GpuBert::run`], with the attention mask of [`GpuBert::trace_masked`].
+    pub fn run_masked(&self, tokens: &[u32], mask: &[u32], options: RunOptions) -> Result<GpuRun> {
         let gpu = &*self.gpu;
         let _held = gpu.lock();
         let c = self.model.config();
         let (t, d) = (tokens.len(), c.hidden_size);
         let sums = self.model.embedding_sums(self.setup.precision, tokens)?;
         let key_mask = self.key_mask(mask, t)?;
-        let mut layers = Vec::with_capacity(c.num_hidden_layers + 1);
-        let mut states: Vec<CudaSlice<f32>> = Vec::with_capacity(c.num_hidden_layers + 1);
-        states.push(self.layer_norm(&gpu.upload(&sums)?, t, &self.emb_ln)?);
-        layers.push(gpu.download(&states[0])?);
-        for l in 1..=c.num_hidden_layers {
-            let next = if self.setup.skip == Some(l) {
-                gpu.upload(&layers[l - 1])?
-            } else if self.setup.reuse == Some(l) {
-                ops::reuse_update(
-                    gpu,
-                    &states[l - 1],
-                    &states[l - 2],
-                    t * d,
-                    self.setup.precision,
-                )?
-            } else {
-                self.layer(l - 1, &states[l - 1], t, key_mask.as_ref())?
-            };
-            layers.push(gpu.download(&next)?);
-            states.push(next);
-        }
-        Ok(Trace {
-            tokens: t,
-            hidden: d,
-            layers,
-            keys: Vec::new(),
-        })
+        let h0 = self.layer_norm(&gpu.upload(&sums)?, t, &self.emb_ln)?;
+        run_layers(
+            gpu,
+            &self.setup,
+            h0,
+            (t, d),
+            c.num_hidden_layers,
+            options,
+            |i, x| self.layer(i, x, t, key_mask.as_ref()),
+        )
     }
 
     /// Rows `rows` of `h_layer` computed on the GPU from every row of `h_{layer-1}` (`input`):

@@ -21,7 +21,7 @@ const ELEMENT_THREADS: u32 = 256;
 /// stream, so that hashing layer `l` overlaps computing layer `l + 1`; the two are ordered by
 /// explicit events (see `GpuLlama::run`), not by cudarc's per-buffer event tracking, which is
 /// off: it keeps one read event per buffer, which cannot say that two streams read the same
-/// hidden state. [`Gpu::lock`] serializes whole forward passes of callers on several threads.
+/// hidden state. `Gpu::lock` serializes whole forward passes of callers on several threads.
 pub struct Gpu {
     ordinal: usize,
     name: String,

@@ -18,16 +18,15 @@
 //! for `splitk=S`, or the dequantize-and-multiply kernel for int8 per-channel / int4 group
 //! weights. When the trace is committed on the device, each `h_l` is hashed into its cells'
 //! leaf digests by kernels/leaf_hash.cu as soon as the layer finishes ([`RunOptions::commit`]),
-//! on a second stream: hashing `h_l` overlaps computing `h_{l+1}`, and only the last layer's
-//! hashing is left when the forward ends.
+//! on a second stream, so that hashing `h_l` overlaps computing `h_{l+1}` (`cuda/run.rs`).
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
-use veritrace_commit::{Digest, HasherId, TraceGeometry};
+use cudarc::driver::CudaSlice;
 
 use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
 use super::ops::{self, Linear};
+use super::run::{run_layers, GpuRun, RunOptions};
 use crate::{LlamaModel, ModelConfig, ModelError, Result, Setup, Trace};
 
 struct GpuLayer {
@@ -54,52 +53,6 @@ impl std::fmt::Debug for GpuLlama {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "GpuLlama({:?}, {})", self.gpu, self.setup)
     }
-}
-
-/// What a GPU run keeps.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunOptions {
-    /// Copy every hidden state back to the host (the trace a prover opens cells from).
-    pub download: bool,
-    /// Hash each layer's cells on the device with this hasher and chunk size (BLAKE3 or
-    /// SHA-256), so only 32-byte leaf digests leave the GPU.
-    pub commit: Option<(HasherId, u32)>,
-}
-
-/// The result of a GPU run.
-#[derive(Debug, Clone)]
-pub struct GpuRun {
-    /// The hidden states, when [`RunOptions::download`] was set.
-    pub trace: Option<Trace>,
-    /// Leaf digests of every cell, layer-major, when [`RunOptions::commit`] was set.
-    pub leaves: Vec<Digest>,
-    /// The Merkle root of [`GpuRun::leaves`] (built on the host from the digests).
-    pub root: Option<Digest>,
-}
-
-/// Makes the compute stream wait for everything queued so far on the hash stream when dropped.
-struct JoinHashStream<'a>(&'a Gpu);
-
-impl Drop for JoinHashStream<'_> {
-    fn drop(&mut self) {
-        // Nothing to report from a drop: a failed join leaves a failed context, which the next
-        // call on this GPU reports.
-        let _ = self.0.stream.join(&self.0.hash_stream);
-    }
-}
-
-/// An event recorded on `stream` now (its work so far).
-fn record(stream: &Arc<CudaStream>) -> Result<CudaEvent> {
-    stream
-        .record_event(None)
-        .map_err(|e| super::gpu::cuda_err("event record", e))
-}
-
-/// Makes `stream`'s later work wait for `event`.
-fn wait(stream: &Arc<CudaStream>, event: &CudaEvent) -> Result<()> {
-    stream
-        .wait(event)
-        .map_err(|e| super::gpu::cuda_err("stream wait", e))
 }
 
 /// Checks what the GPU kernels implement ([`crate::Device::check_setup`]).
@@ -333,101 +286,17 @@ impl GpuLlama {
             .into_iter()
             .map(|x| round_host(x, p))
             .collect();
-        let geometry = match options.commit {
-            Some((hasher, chunk)) => {
-                ops::check_device_hasher(hasher)?;
-                Some((
-                    hasher,
-                    TraceGeometry::new(
-                        (c.num_layers + 1) as u32,
-                        t as u32,
-                        d as u32,
-                        chunk,
-                        veritrace_commit::Dtype::F32,
-                    )
-                    .map_err(|e| ModelError::InvalidArgument(e.to_string()))?,
-                ))
-            }
-            None => None,
-        };
-        let mut digests = match &geometry {
-            Some((_, g)) => Some(gpu.zeros::<u8>(g.num_cells() as usize * 32)?),
-            None => None,
-        };
         let rope = self.rope_tables(t)?;
-        let mut layers_host = Vec::new();
-        let mut states: Vec<CudaSlice<f32>> = Vec::with_capacity(c.num_layers + 1);
-        // `hashed[l]`: the hash stream has finished with h_l (committed runs).
-        let mut hashed: Vec<CudaEvent> = Vec::new();
-        // Declared after the buffers the hash stream uses, so dropped before them: on any
-        // return, the compute stream (which frees them) first waits for the hash stream.
-        let _join = JoinHashStream(gpu);
-        states.push(gpu.upload(&h0)?);
-        for l in 0..=c.num_layers {
-            if l > 0 {
-                let next = if self.setup.skip == Some(l) {
-                    let mut y = gpu.zeros::<f32>(t * d)?;
-                    gpu.stream
-                        .memcpy_dtod(&states[l - 1], &mut y)
-                        .map_err(|e| super::gpu::cuda_err("copy", e))?;
-                    y
-                } else if self.setup.reuse == Some(l) {
-                    ops::reuse_update(gpu, &states[l - 1], &states[l - 2], t * d, p)?
-                } else {
-                    self.layer(l - 1, &states[l - 1], t, &rope)?
-                };
-                states.push(next);
-            }
-            if let (Some((hasher, g)), Some(out)) = (&geometry, digests.as_mut()) {
-                // h_l is hashed on the hash stream once the compute stream has written it,
-                // while the compute stream goes on with layer l + 1.
-                let written = record(&gpu.stream)?;
-                wait(&gpu.hash_stream, &written)?;
-                ops::leaf_digests(gpu, &gpu.hash_stream, &states[l], l as u32, g, *hasher, out)?;
-                hashed.push(record(&gpu.hash_stream)?);
-            }
-            if options.download {
-                layers_host.push(gpu.download(&states[l])?);
-            }
-            if l >= 2 {
-                // h_{l-2} is read by nothing after layer l (a reuse reads two layers back), and
-                // is freed once its hashing has finished.
-                if let Some(done) = hashed.get(l - 2) {
-                    wait(&gpu.stream, done)?;
-                }
-                states[l - 2] = gpu.zeros::<f32>(1)?;
-            }
-        }
-        let (leaves, root) = match (geometry, digests) {
-            (Some((hasher, _)), Some(out)) => {
-                if let Some(done) = hashed.last() {
-                    wait(&gpu.stream, done)?;
-                }
-                let bytes = gpu.download(&out)?;
-                let leaves: Vec<Digest> = bytes
-                    .chunks_exact(32)
-                    .map(|c| Digest(c.try_into().expect("32 bytes")))
-                    .collect();
-                let root = veritrace_commit::root_of(hasher, &leaves)
-                    .map_err(|e| ModelError::InvalidArgument(e.to_string()))?;
-                (leaves, Some(root))
-            }
-            _ => {
-                gpu.synchronize()?;
-                (Vec::new(), None)
-            }
-        };
-        let trace = options.download.then(|| Trace {
-            tokens: t,
-            hidden: d,
-            layers: layers_host,
-            keys: Vec::new(),
-        });
-        Ok(GpuRun {
-            trace,
-            leaves,
-            root,
-        })
+        let h0 = gpu.upload(&h0)?;
+        run_layers(
+            gpu,
+            &self.setup,
+            h0,
+            (t, d),
+            c.num_layers,
+            options,
+            |i, x| self.layer(i, x, t, &rope),
+        )
     }
 
     /// [`GpuLlama::run`] timed on the GPU (CUDA events around the whole run): milliseconds.

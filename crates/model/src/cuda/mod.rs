@@ -306,7 +306,9 @@ mod bert;
 pub(crate) mod gpu;
 mod llama;
 mod ops;
+mod run;
 
 pub use bert::GpuBert;
 pub use gpu::Gpu;
-pub use llama::{GpuLlama, GpuRun, RunOptions};
+pub use llama::GpuLlama;
+pub use run::{GpuRun, RunOptions};
