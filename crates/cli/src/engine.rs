@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use veritrace_model::{minilm_dir, BertModel, Engine, LlamaModel, ModelConfig, ModelError};
+use veritrace_sim::SimModel;
 
 /// The built-in presets [`load_engine`] accepts by name.
 pub const PRESETS: [&str; 2] = ["tiny", "small"];
@@ -140,23 +141,37 @@ pub fn load_llama(spec: &str) -> Result<LlamaModel, EngineLoadError> {
     }
 }
 
-/// The engine a `--model` argument names: a decoder as [`load_llama`] reads it, `minilm` (the
-/// installed all-MiniLM-L6-v2, [`veritrace_model::minilm_dir`]), or a BERT checkpoint
-/// directory (`config.json` with `"model_type": "bert"`, read by [`BertModel::load`]).
+/// The model a `--model` argument names, as the simulator and the protocol verbs hold it: a
+/// decoder as [`load_llama`] reads it, `minilm` (the installed all-MiniLM-L6-v2,
+/// [`veritrace_model::minilm_dir`]), or a BERT checkpoint directory (`config.json` with
+/// `"model_type": "bert"`, read by [`BertModel::load`]).
 ///
 /// # Errors
 /// [`EngineLoadError`]: an unknown name, a path that is not a checkpoint directory, `minilm`
 /// when it is not installed, or a model that fails to load.
-pub fn load_engine(spec: &str) -> Result<Box<dyn Engine>, EngineLoadError> {
+pub fn load_model(spec: &str) -> Result<SimModel, EngineLoadError> {
     match resolve(spec)? {
-        Spec::Bert(dir) => BertModel::load(&dir)
-            .map(|m| Box::new(m) as Box<dyn Engine>)
-            .map_err(|source| EngineLoadError::Model {
-                spec: spec.to_string(),
-                source,
-            }),
-        Spec::Preset(_) | Spec::Llama(_) => Ok(Box::new(load_llama(spec)?)),
+        Spec::Bert(dir) => {
+            BertModel::load(&dir)
+                .map(SimModel::Bert)
+                .map_err(|source| EngineLoadError::Model {
+                    spec: spec.to_string(),
+                    source,
+                })
+        }
+        Spec::Preset(_) | Spec::Llama(_) => load_llama(spec).map(SimModel::Llama),
     }
+}
+
+/// The engine a `--model` argument names ([`load_model`]), for the verbs that only trace.
+///
+/// # Errors
+/// As [`load_model`].
+pub fn load_engine(spec: &str) -> Result<Box<dyn Engine>, EngineLoadError> {
+    Ok(match load_model(spec)? {
+        SimModel::Llama(m) => Box::new(m),
+        SimModel::Bert(m) => Box::new(m),
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,10 @@
 //!             --opening opening.json --model tiny        (exit 0 accept, 1 reject)
 //! ```
 //!
+//! `--model` may also name an encoder (`minilm`, a BERT checkpoint directory): `prove` then
+//! encodes the prompt and generates nothing, and `verify` recomputes a challenged cell from every
+//! row of the layer below (the statement's bidirectional dependency).
+//!
 //! Non-interactive (Fiat-Shamir): `veritrace open TRACE --non-interactive --samples K
 //! --pow-bits P --rounds R --out DIR` writes `opening-<r>.json` for each round (each challenge is
 //! derived from the transcript of the commitment and the proof-of-work nonce), and
@@ -31,8 +35,9 @@ use veritrace_protocol::sampling::sample_cells;
 use veritrace_protocol::{
     Challenge, ChallengeParams, Commitment, Message, Opening, Prover, SamplingStrategy,
 };
+use veritrace_sim::SimModel;
 
-use crate::engine::load_llama;
+use crate::engine::load_model;
 
 /// A refused file or argument of the protocol verbs (exit 2).
 #[derive(Debug, Error)]
@@ -105,7 +110,9 @@ fn parse_tokens(s: &str) -> Result<Vec<u32>, VerbInputError> {
 /// Arguments of `veritrace prove`.
 #[derive(Debug, Args)]
 pub struct ProveArgs {
-    /// Model: a preset (tiny, small) or a Llama-style checkpoint directory.
+    /// Model: a decoder (a preset tiny or small, or a Llama-style checkpoint directory), which
+    /// generates --output tokens after the prompt, or an encoder (minilm, or a BERT checkpoint
+    /// directory), which encodes the prompt.
     #[arg(long, default_value = "tiny")]
     pub model: String,
     /// Device the prover runs the model on: `cpu`, or `cuda`/`cuda:N` (a build with
@@ -125,9 +132,9 @@ pub struct ProveArgs {
     /// Length of the default prompt.
     #[arg(long, default_value_t = 16)]
     pub prompt_tokens: usize,
-    /// Tokens to generate (greedy).
-    #[arg(long, default_value_t = 8)]
-    pub output: usize,
+    /// Tokens to generate (greedy; a decoder only). Default: 8 for a decoder, 0 for an encoder.
+    #[arg(long)]
+    pub output: Option<usize>,
     /// Token rows per cell.
     #[arg(long, default_value_t = 8)]
     pub chunk: u32,
@@ -144,31 +151,43 @@ pub struct ProveArgs {
 /// # Errors
 /// Refused arguments, models or setups exit 2; anything else 1.
 pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let model = load_llama(&args.model)?;
+    let model = load_model(&args.model)?;
     let setup: Setup = args.setup.parse()?;
     let hasher: HasherId = args
         .hasher
         .parse()
         .map_err(|_| VerbInputError::Argument(format!("--hasher {:?}", args.hasher)))?;
-    if args.prompt_tokens == 0 || args.prompt_tokens > 1 << 16 || args.output > 1 << 16 {
+    let output = match (&model, args.output) {
+        (SimModel::Llama(_), n) => n.unwrap_or(8),
+        (SimModel::Bert(_), None | Some(0)) => 0,
+        (SimModel::Bert(_), Some(_)) => {
+            return Err(VerbInputError::Argument(format!(
+                "model {:?} is an encoder: it generates no tokens, so --output must be 0",
+                args.model
+            ))
+            .into())
+        }
+    };
+    if args.prompt_tokens == 0 || args.prompt_tokens > 1 << 16 || output > 1 << 16 {
         return Err(VerbInputError::Argument(
             "--prompt-tokens must be in 1..=65536 and --output at most 65536".into(),
         )
         .into());
     }
-    let prompt = match &args.prompt {
-        Some(p) => parse_tokens(p)?,
-        None => model.prompt(args.prompt_seed, args.prompt_tokens),
+    let prompt = match (&args.prompt, &model) {
+        (Some(p), _) => parse_tokens(p)?,
+        (None, SimModel::Llama(m)) => m.prompt(args.prompt_seed, args.prompt_tokens),
+        (None, SimModel::Bert(m)) => Engine::prompt(m, args.prompt_seed, args.prompt_tokens),
     };
     let runner = veritrace_model::Runner::new(args.device)?;
-    let (statement, trace, leaves) = runner.llama_prove_run_committed(
-        &model,
-        &setup,
-        &prompt,
-        args.output,
-        args.chunk,
-        hasher,
-    )?;
+    let (statement, trace, leaves) = match &model {
+        SimModel::Llama(m) => {
+            runner.llama_prove_run_committed(m, &setup, &prompt, output, args.chunk, hasher)?
+        }
+        SimModel::Bert(m) => {
+            runner.bert_prove_encode_committed(m, &setup, &prompt, args.chunk, hasher)?
+        }
+    };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let trace_path = args.out.join("trace.safetensors");

@@ -17,7 +17,7 @@ use veritrace_protocol::{
     check_opening, Challenge, ChallengeParams, Commitment, Message, RejectReason, Verdict,
 };
 
-use crate::engine::load_llama;
+use crate::engine::load_model;
 use crate::prove::{parse_strategy, read_message, read_opening, VerbInputError};
 
 /// A rejection: the verdict was computed and is "reject" (exit 1).
@@ -49,7 +49,8 @@ pub struct VerifyArgs {
     /// Non-interactive: proof-of-work bits required.
     #[arg(long, default_value_t = 0)]
     pub pow_bits: u8,
-    /// The verifier's model: a preset (tiny, small) or a Llama-style checkpoint directory.
+    /// The verifier's model: a decoder (a preset tiny or small, or a Llama-style checkpoint
+    /// directory) or an encoder (minilm, or a BERT checkpoint directory).
     #[arg(long, default_value = "tiny")]
     pub model: String,
     /// Tolerance: `exact` (bitwise), or a JSON file holding a tolerance policy (e.g. the
@@ -90,7 +91,7 @@ fn tolerance(spec: &str) -> Result<TolerancePolicy, VerbInputError> {
 pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let commitment: Commitment = read_message(&args.commitment)?;
     commitment.validate()?;
-    let model = load_llama(&args.model)?;
+    let model = load_model(&args.model)?;
     let policy = tolerance(&args.tolerance)?;
     let openings = args
         .openings

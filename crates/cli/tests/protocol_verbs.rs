@@ -1,9 +1,12 @@
 //! The protocol over files: `prove`, `challenge`, `open`, `verify`, interactive and
 //! non-interactive. Honest runs are accepted (exit 0); a tampered opening, a wrong proof of work,
 //! a swapped challenge, a cheaper setup claimed as the reference and a verifier with another
-//! model are rejected (exit 1, with the reason); malformed files exit 2.
+//! model are rejected (exit 1, with the reason); malformed files exit 2. An encoder (a BERT
+//! checkpoint directory) runs the same protocol.
 
 mod common;
+#[path = "../../model/tests/synthetic_bert/mod.rs"]
+mod synthetic_bert;
 
 use common::veritrace;
 
@@ -328,4 +331,119 @@ fn malformed_inputs_exit_2() {
         let o = veritrace(&args);
         assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
     }
+}
+
+/// An encoder runs the protocol over files too: `prove` encodes the prompt (no output tokens,
+/// bidirectional dependency), the verifier recomputes the challenged cells from every row of the
+/// layer below, and a verifier with another model rejects.
+#[test]
+fn an_encoder_runs_the_protocol_over_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let (_, model_dir) = synthetic_bert::model("cli-verbs");
+    let model = model_dir.display().to_string();
+    // An encoder generates nothing.
+    let o = veritrace(&[
+        "prove",
+        "--model",
+        &model,
+        "--output",
+        "3",
+        "--out",
+        &p("x"),
+    ]);
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("encoder"), "{}", o.stderr);
+    let out = run_ok(&[
+        "prove",
+        "--model",
+        &model,
+        "--prompt-tokens",
+        "20",
+        "--chunk",
+        "4",
+        "--out",
+        &p("run"),
+    ]);
+    assert!(out.starts_with("root "), "{out}");
+    let (commitment, trace) = (p("run/commitment.json"), p("run/trace.safetensors"));
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&commitment).unwrap()).unwrap();
+    assert_eq!(c["statement"]["output_tokens"], serde_json::json!([]));
+    assert_eq!(c["statement"]["input_tokens"].as_array().unwrap().len(), 20);
+    assert!(
+        c["statement"]["dependency"]
+            .to_string()
+            .to_lowercase()
+            .contains("bidirectional"),
+        "{}",
+        c["statement"]
+    );
+    run_ok(&[
+        "challenge",
+        &commitment,
+        "--samples",
+        "3",
+        "--seed",
+        &"05".repeat(32),
+        "--out",
+        &p("ch.json"),
+    ]);
+    run_ok(&[
+        "open",
+        &trace,
+        "--challenge",
+        &p("ch.json"),
+        "--out",
+        &p("op.json"),
+    ]);
+    let verify = |m: &str| {
+        veritrace(&[
+            "verify",
+            "--commitment",
+            &commitment,
+            "--challenge",
+            &p("ch.json"),
+            "--opening",
+            &p("op.json"),
+            "--model",
+            m,
+        ])
+    };
+    let o = verify(&model);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "accept\n"), "{}", o.stderr);
+    // A verifier running the decoder instead.
+    let o = verify("tiny");
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.starts_with("reject"), "{}", o.stdout);
+    // Non-interactive, with proof of work.
+    run_ok(&[
+        "open",
+        &trace,
+        "--non-interactive",
+        "--samples",
+        "2",
+        "--pow-bits",
+        "4",
+        "--out",
+        &p("ni"),
+    ]);
+    assert_eq!(
+        run_ok(&[
+            "verify",
+            "--commitment",
+            &commitment,
+            "--non-interactive",
+            "--samples",
+            "2",
+            "--pow-bits",
+            "4",
+            "--opening",
+            &p("ni/opening-0.json"),
+            "--model",
+            &model,
+        ]),
+        "accept\n"
+    );
+    let _ = std::fs::remove_dir_all(model_dir);
 }

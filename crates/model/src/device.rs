@@ -436,6 +436,49 @@ impl Runner {
         model.prove_encode(setup, tokens, chunk, hasher)
     }
 
+    /// [`Runner::bert_prove_encode`], also returning the cells' leaf digests when they were
+    /// hashed on the device (a GPU and a BLAKE3 or SHA-256 statement), as
+    /// [`Runner::llama_prove_run_committed`] does for the decoder; `None` on the CPU or for
+    /// Poseidon.
+    #[allow(clippy::type_complexity)]
+    pub fn bert_prove_encode_committed(
+        &self,
+        model: &crate::BertModel,
+        setup: &crate::Setup,
+        tokens: &[u32],
+        chunk: u32,
+        hasher: veritrace_commit::HasherId,
+    ) -> Result<
+        (
+            veritrace_protocol::Statement,
+            crate::Trace,
+            Option<Vec<veritrace_commit::Digest>>,
+        ),
+        ModelError,
+    > {
+        #[cfg(feature = "cuda")]
+        if let Some(m) = self.gpu_bert(model, setup)? {
+            let device_hash = matches!(
+                hasher,
+                veritrace_commit::HasherId::Blake3 | veritrace_commit::HasherId::Sha256
+            );
+            let run = m.run(
+                tokens,
+                crate::cuda::RunOptions {
+                    download: true,
+                    commit: device_hash.then_some((hasher, chunk)),
+                },
+            )?;
+            let trace = run
+                .trace
+                .ok_or_else(|| ModelError::Cuda("the run kept no trace".into()))?;
+            let (statement, trace) = model.statement_for(setup, tokens, trace, chunk, hasher)?;
+            return Ok((statement, trace, device_hash.then_some(run.leaves)));
+        }
+        let (statement, trace) = self.bert_prove_encode(model, setup, tokens, chunk, hasher)?;
+        Ok((statement, trace, None))
+    }
+
     /// [`crate::BertModel::recompute_cell`] on this device (a GPU layer pass over every row for
     /// a transformer layer; the embedding layer on the CPU).
     pub fn bert_recompute_cell(

@@ -509,12 +509,21 @@ fn gpu_minilm_matches_the_cpu_encoder_within_tolerance() {
 fn a_gpu_prover_commits_with_device_leaves_to_the_cpu_root() {
     let Some(_) = gpu_or_skip() else { return };
     let m = LlamaModel::preset("tiny").unwrap();
+    let (bert, dir) = synthetic_bert::model("gpu-prover");
     let runner = Runner::new(Device::Cuda(0)).unwrap();
     let prompt = seeded_prompt(m.config().vocab_size, 6, 40);
-    for hasher in [HasherId::Blake3, HasherId::Sha256, HasherId::Poseidon] {
-        let (statement, trace, leaves) = runner
-            .llama_prove_run_committed(&m, &Setup::F32_EAGER, &prompt, 4, 8, hasher)
-            .unwrap();
+    let encoded = synthetic_bert::tokens(30);
+    let runs = [HasherId::Blake3, HasherId::Sha256, HasherId::Poseidon]
+        .into_iter()
+        .flat_map(|hasher| {
+            [
+                runner.llama_prove_run_committed(&m, &Setup::F32_EAGER, &prompt, 4, 8, hasher),
+                runner.bert_prove_encode_committed(&bert, &Setup::F32_EAGER, &encoded, 8, hasher),
+            ]
+            .map(|r| (hasher, r))
+        });
+    for (hasher, run) in runs {
+        let (statement, trace, leaves) = run.unwrap();
         assert_eq!(leaves.is_some(), hasher != HasherId::Poseidon, "{hasher:?}");
         let mut cpu =
             veritrace_protocol::Prover::new(statement.clone(), trace.layer_bytes()).unwrap();
@@ -529,4 +538,5 @@ fn a_gpu_prover_commits_with_device_leaves_to_the_cpu_root() {
             );
         }
     }
+    let _ = std::fs::remove_dir_all(dir);
 }
