@@ -174,10 +174,50 @@ struct GpuState {
     >,
 }
 
-/// A prove-run on the GPU: greedy generation, then one traced run of `prompt ‖ output`, with
-/// the cells hashed on the device when `device_hash` (the digests returned with the trace).
+/// A prover's run with the cells' leaf digests when they were hashed on the device:
+/// the statement, the trace, and the leaves for [`veritrace_protocol::Prover::with_leaves`]
+/// (`None` when the cells are to be hashed on the host).
+pub type CommittedRun = (
+    veritrace_protocol::Statement,
+    crate::Trace,
+    Option<Vec<veritrace_commit::Digest>>,
+);
+
+/// What a prover's GPU run keeps: every hidden state, and the leaf digests hashed on the device
+/// when `commit` is asked and `hasher` has a device kernel (BLAKE3, SHA-256).
 #[cfg(feature = "cuda")]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn prover_run_options(
+    hasher: veritrace_commit::HasherId,
+    chunk: u32,
+    commit: bool,
+) -> crate::cuda::RunOptions {
+    let on_device = commit
+        && matches!(
+            hasher,
+            veritrace_commit::HasherId::Blake3 | veritrace_commit::HasherId::Sha256
+        );
+    crate::cuda::RunOptions {
+        download: true,
+        commit: on_device.then_some((hasher, chunk)),
+    }
+}
+
+/// The trace a prover's GPU run kept, and its device leaves when it hashed them.
+#[cfg(feature = "cuda")]
+fn trace_and_leaves(
+    run: crate::cuda::GpuRun,
+) -> Result<(crate::Trace, Option<Vec<veritrace_commit::Digest>>), ModelError> {
+    let leaves = run.root.is_some().then_some(run.leaves);
+    let trace = run
+        .trace
+        .ok_or_else(|| ModelError::Cuda("the run kept no trace".into()))?;
+    Ok((trace, leaves))
+}
+
+/// A prove-run on the GPU: greedy generation, then one traced run of `prompt ‖ output`, with
+/// the cells hashed on the device when `commit` (and the hasher has a device kernel).
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
 fn gpu_prove_run(
     m: &crate::cuda::GpuLlama,
     model: &crate::LlamaModel,
@@ -186,29 +226,14 @@ fn gpu_prove_run(
     n_out: usize,
     chunk: u32,
     hasher: veritrace_commit::HasherId,
-    device_hash: bool,
-) -> Result<
-    (
-        veritrace_protocol::Statement,
-        crate::Trace,
-        Option<Vec<veritrace_commit::Digest>>,
-    ),
-    ModelError,
-> {
+    commit: bool,
+) -> Result<CommittedRun, ModelError> {
     let output = m.generate(prompt, n_out)?;
     let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
-    let run = m.run(
-        &tokens,
-        crate::cuda::RunOptions {
-            download: true,
-            commit: device_hash.then_some((hasher, chunk)),
-        },
-    )?;
-    let trace = run
-        .trace
-        .ok_or_else(|| ModelError::Cuda("the run kept no trace".into()))?;
+    let run = m.run(&tokens, prover_run_options(hasher, chunk, commit))?;
+    let (trace, leaves) = trace_and_leaves(run)?;
     let (statement, trace) = model.statement_for(setup, prompt, output, trace, chunk, hasher)?;
-    Ok((statement, trace, device_hash.then_some(run.leaves)))
+    Ok((statement, trace, leaves))
 }
 
 /// The prepared model of `key` in `map`, made with `make` on first use.
@@ -347,7 +372,6 @@ impl Runner {
     /// hashed on the device (a GPU and a BLAKE3 or SHA-256 statement: each layer hashed as it
     /// finishes, only digests copied back), for
     /// [`veritrace_protocol::Prover::with_leaves`]; `None` on the CPU or for Poseidon.
-    #[allow(clippy::type_complexity)]
     pub fn llama_prove_run_committed(
         &self,
         model: &crate::LlamaModel,
@@ -356,21 +380,10 @@ impl Runner {
         n_out: usize,
         chunk: u32,
         hasher: veritrace_commit::HasherId,
-    ) -> Result<
-        (
-            veritrace_protocol::Statement,
-            crate::Trace,
-            Option<Vec<veritrace_commit::Digest>>,
-        ),
-        ModelError,
-    > {
+    ) -> Result<CommittedRun, ModelError> {
         #[cfg(feature = "cuda")]
         if let Some(m) = self.gpu_llama(model, setup)? {
-            let device_hash = matches!(
-                hasher,
-                veritrace_commit::HasherId::Blake3 | veritrace_commit::HasherId::Sha256
-            );
-            return gpu_prove_run(&m, model, setup, prompt, n_out, chunk, hasher, device_hash);
+            return gpu_prove_run(&m, model, setup, prompt, n_out, chunk, hasher, true);
         }
         let (statement, trace) =
             self.llama_prove_run(model, setup, prompt, n_out, chunk, hasher)?;
@@ -440,7 +453,6 @@ impl Runner {
     /// hashed on the device (a GPU and a BLAKE3 or SHA-256 statement), as
     /// [`Runner::llama_prove_run_committed`] does for the decoder; `None` on the CPU or for
     /// Poseidon.
-    #[allow(clippy::type_complexity)]
     pub fn bert_prove_encode_committed(
         &self,
         model: &crate::BertModel,
@@ -448,32 +460,13 @@ impl Runner {
         tokens: &[u32],
         chunk: u32,
         hasher: veritrace_commit::HasherId,
-    ) -> Result<
-        (
-            veritrace_protocol::Statement,
-            crate::Trace,
-            Option<Vec<veritrace_commit::Digest>>,
-        ),
-        ModelError,
-    > {
+    ) -> Result<CommittedRun, ModelError> {
         #[cfg(feature = "cuda")]
         if let Some(m) = self.gpu_bert(model, setup)? {
-            let device_hash = matches!(
-                hasher,
-                veritrace_commit::HasherId::Blake3 | veritrace_commit::HasherId::Sha256
-            );
-            let run = m.run(
-                tokens,
-                crate::cuda::RunOptions {
-                    download: true,
-                    commit: device_hash.then_some((hasher, chunk)),
-                },
-            )?;
-            let trace = run
-                .trace
-                .ok_or_else(|| ModelError::Cuda("the run kept no trace".into()))?;
+            let (trace, leaves) =
+                trace_and_leaves(m.run(tokens, prover_run_options(hasher, chunk, true))?)?;
             let (statement, trace) = model.statement_for(setup, tokens, trace, chunk, hasher)?;
-            return Ok((statement, trace, device_hash.then_some(run.leaves)));
+            return Ok((statement, trace, leaves));
         }
         let (statement, trace) = self.bert_prove_encode(model, setup, tokens, chunk, hasher)?;
         Ok((statement, trace, None))

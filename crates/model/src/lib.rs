@@ -52,7 +52,7 @@ mod tokenizer;
 mod trace;
 
 pub use bert::{minilm_dir, BertConfig, BertModel, MINILM_ENV, MODEL_FILES};
-pub use device::{list_devices, Device, DeviceInfo, Runner, GPU_MAX_TILE};
+pub use device::{list_devices, CommittedRun, Device, DeviceInfo, Runner, GPU_MAX_TILE};
 pub use engine::{bert_prompt, seeded_prompt, Engine, OnDevice};
 pub use fingerprint::{run_study, Class, FingerprintError, StudyPlan, StudyReport};
 pub use llama::{Capture, CellInputs, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor};
