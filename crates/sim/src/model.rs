@@ -45,6 +45,13 @@ impl SimModel {
             _ => {}
         }
         let dir = Path::new(spec);
+        if !dir.join("config.json").is_file() {
+            return Err(SimError::Scenario(format!(
+                "model {spec:?}: not a built-in model (tiny, small, minilm) nor a checkpoint \
+                 directory (config.json with model.safetensors: Llama-style, or BERT when \
+                 \"model_type\" is \"bert\")"
+            )));
+        }
         let config =
             std::fs::read_to_string(dir.join("config.json")).map_err(|e| SimError::Io {
                 path: dir.join("config.json").display().to_string(),
@@ -323,5 +330,24 @@ impl Recompute for SimVerifier {
         last_row: &[u8],
     ) -> veritrace_protocol::Result<u32> {
         self.model.next_token(statement, position, last_row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_model_says_what_a_model_can_be() {
+        for spec in ["huge", "no/such/dir", "."] {
+            match SimModel::load(spec) {
+                Err(SimError::Scenario(msg)) => {
+                    assert!(msg.contains(spec), "{msg}");
+                    assert!(msg.contains("tiny, small, minilm"), "{msg}");
+                }
+                other => panic!("{spec}: {other:?}"),
+            }
+        }
+        assert!(SimModel::load("tiny").unwrap().num_layers() > 0);
     }
 }
