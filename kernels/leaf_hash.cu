@@ -31,7 +31,9 @@
 //
 //   vt_blake3_cells(u32* cvs, u32 tokens, u32 hidden, u32 chunk_rows, u32 elem_size,
 //                   u32* digests)
-//     grid  ceil(cells / 128) x 1 x 1, block 128 x 1 x 1; one thread per cell.
+//     grid  cells x 1 x 1, block 128 x 1 x 1; one block per cell, whose threads merge the
+//     pairs of each tree level together (a barrier between levels), so a cell of n chunks
+//     takes ceil(log2 n) compressions one after another instead of n - 1.
 //     Merges the cell's chunk chaining values by BLAKE3's tree rule (pair neighbours, carry an
 //     odd last one up; ROOT on the final parent) in place in cvs and writes the digest of every
 //     cell of more than one chunk. Launch it after vt_blake3_chunks on the same stream (it may
@@ -54,7 +56,8 @@
 //             vt_blake3_cells of this layer has run.
 //   dtype_code  veritrace_commit::Dtype::code(): 1 = f32, 2 = f16, 3 = bf16, 4 = i8.
 //
-// No shared memory, no synchronization: every thread owns its outputs.
+// No shared memory. vt_blake3_chunks and vt_sha256_cells need no synchronization (every thread
+// owns its outputs); vt_blake3_cells has one barrier per tree level.
 
 #define VT_HASH_THREADS 128
 
@@ -259,40 +262,47 @@ extern "C" __global__ void vt_blake3_chunks(const vt_u8* __restrict__ layer, vt_
     for (int i = 0; i < 8; ++i) out[i] = cv[i];
 }
 
-// One thread per cell: merges the cell's chunk chaining values (left by vt_blake3_chunks) into
-// its digest. See the top of the file.
+// One block per cell: merges the cell's chunk chaining values (left by vt_blake3_chunks) into
+// its digest, the block's threads taking a level's pairs together. See the top of the file.
 extern "C" __global__ void vt_blake3_cells(vt_u32* __restrict__ cvs, vt_u32 tokens,
                                            vt_u32 hidden, vt_u32 chunk_rows, vt_u32 elem_size,
                                            vt_u32* __restrict__ digests) {
     vt_u64 cells = vt_cells_of(tokens, chunk_rows);
     vt_u64 per = vt_blake3_per_cell(tokens, hidden, chunk_rows, elem_size);
-    vt_u64 cell = (vt_u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (cell >= cells) return;
-    vt_u64 first = cell * chunk_rows;
-    vt_u64 left = (vt_u64)tokens - first;
-    vt_u64 rows = left < chunk_rows ? left : chunk_rows;
-    vt_u64 chunks = (36 + rows * hidden * elem_size + 1023) / 1024;
-    if (chunks == 1) return;  // finished by vt_blake3_chunks
-    vt_u32* level = cvs + cell * per * 8;
+    vt_u64 cell = blockIdx.x;
+    vt_u64 chunks = 1;  // a block past the last cell has nothing to merge
+    if (cell < cells) {
+        vt_u64 left = (vt_u64)tokens - cell * chunk_rows;
+        vt_u64 rows = left < chunk_rows ? left : chunk_rows;
+        chunks = (36 + rows * hidden * elem_size + 1023) / 1024;
+    }
+    vt_u32* nodes = cvs + cell * per * 8;
     // Level by level: node x of the next level is parent(2x, 2x + 1), or node 2x carried up
     // when it is the odd last one; this is BLAKE3's tree (the left subtree holds the largest
-    // power of two of chunks below the count). Written in place: node x overwrites a slot
-    // whose value was already read.
+    // power of two of chunks below the count). Node x of a level whose nodes are `stride`
+    // chunks apart sits in slot x * stride; a parent overwrites its left child's slot, which
+    // only its own thread reads, and the odd last node stays where it is (slot (w - 1) * stride
+    // is node (w - 1) / 2 of the next level). A cell of one chunk was finished by
+    // vt_blake3_chunks: the loop does not run. Every thread of the block runs the same levels,
+    // so the barrier between levels is reached by all.
+    vt_u64 stride = 1;
     for (vt_u64 w = chunks; w > 1; w = (w + 1) / 2) {
-        for (vt_u64 x = 0; 2 * x < w; ++x) {
-            vt_u32* dst = level + x * 8;
-            if (2 * x + 1 < w) {
-                vt_u32 m[16];
-                for (int i = 0; i < 16; ++i) m[i] = level[x * 16 + i];
-                vt_u32 cv[8];
-                vt_blake3_iv(cv);
-                vt_blake3_compress(cv, m, 0, 64, VT_B3_PARENT | (w == 2 ? VT_B3_ROOT : 0u));
-                if (w == 2) dst = digests + cell * 8;
-                for (int i = 0; i < 8; ++i) dst[i] = cv[i];
-            } else {
-                for (int i = 0; i < 8; ++i) dst[i] = level[x * 16 + i];
+        for (vt_u64 x = threadIdx.x; 2 * x + 1 < w; x += blockDim.x) {
+            vt_u32* left = nodes + 2 * x * stride * 8;
+            const vt_u32* right = nodes + (2 * x + 1) * stride * 8;
+            vt_u32 m[16];
+            for (int i = 0; i < 8; ++i) {
+                m[i] = left[i];
+                m[8 + i] = right[i];
             }
+            vt_u32 cv[8];
+            vt_blake3_iv(cv);
+            vt_blake3_compress(cv, m, 0, 64, VT_B3_PARENT | (w == 2 ? VT_B3_ROOT : 0u));
+            vt_u32* dst = w == 2 ? digests + cell * 8 : left;
+            for (int i = 0; i < 8; ++i) dst[i] = cv[i];
         }
+        stride *= 2;
+        __syncthreads();
     }
 }
 

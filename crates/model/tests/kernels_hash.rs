@@ -137,6 +137,10 @@ const CASES: &[Case] = &[
     case(2, 700, 5, Dtype::F32, 0),
     // Many short cells, f16 with odd hidden.
     case(37, 5, 2, Dtype::F16, 11),
+    // A cell of 313 chunks (nine tree levels, odd nodes carried on several), merged by blocks
+    // of 128 and of 3 threads (several pairs per thread on the lower levels).
+    case(2, 40000, 2, Dtype::F32, 1),
+    placed(case(2, 40000, 2, Dtype::F32, 1), 0, 3),
     // Layer and chunk indices of several bytes (header byte order).
     case(300, 1, 1, Dtype::I8, 0x0102_0304),
     // Layers 1 to 3 bytes past an aligned address, odd and other block sizes.

@@ -450,11 +450,17 @@ pub(crate) fn leaf_digests(
                 &mut cvs,
                 &mut digests
             );
+            // One block per cell: its threads merge a tree level's pairs together.
+            let per_cell = LaunchConfig {
+                grid_dim: (cells as u32, 1, 1),
+                block_dim: (HASH_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
             launch!(
                 on stream,
                 gpu,
                 "vt_blake3_cells",
-                cfg(cells),
+                per_cell,
                 &mut cvs,
                 &tokens,
                 &hidden,

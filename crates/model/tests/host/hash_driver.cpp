@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
               (const vt_u8*)layer, layer_index, tokens, hidden, chunk_rows, elem_size,
               dtype_code, cvs.data(), b3.data());
     if (per_cell > 1)
-        vt_launch(vt_blake3_cells, dim3(grid_for(cells, block)), dim3(block), cvs.data(), tokens,
+        vt_launch(vt_blake3_cells, dim3((unsigned)cells), dim3(block), cvs.data(), tokens,
                   hidden, chunk_rows, elem_size, b3.data());
     check_guard(b3, digest_words, "BLAKE3 digests");
     check_guard(cvs, cv_words, "BLAKE3 scratch");
