@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """PyTorch's scaled_dot_product_attention on the shapes of benches/gpu (crates/model/benches/gpu.rs)
 and examples/gpu_report.rs: causal, batch 1, 8 heads, 2048 tokens, head size 64, f32 (and bf16 for
-reference). GPU time from CUDA events, median of 5 runs of 10 calls each. Prints a markdown table
-to append to simulations/results/gpu.md; the ratio to veritrace's kernels is read off the two
-tables (same GPU, same process order in scripts/gpu-run.sh).
+reference). GPU time from CUDA events, median of 5 runs of 10 calls each. Prints a markdown table, or with
+--json one JSON object {"torch": version, "results": [{"dtype", "backend", "ms"}, ...]}: what
+examples/gpu_report.rs reads to put veritrace's kernels and SDPA side by side in one run.
 
 Exits 2 with a message when PyTorch or a GPU is missing."""
+import json
 import statistics
 import sys
 
 
 def main() -> int:
+    as_json = "--json" in sys.argv[1:]
     try:
         import torch
         import torch.nn.functional as F
@@ -22,8 +24,7 @@ def main() -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    print("| PyTorch SDPA | dtype | backend chosen by PyTorch | ms per call |")
-    print("|---|---|---|---|")
+    results = []
     for dtype in (torch.float32, torch.bfloat16):
         g = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.rand(1, 8, 2048, 64, device="cuda", dtype=dtype, generator=g) - 0.5 for _ in range(3))
@@ -39,7 +40,15 @@ def main() -> int:
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 10)
         backend = "flash" if dtype != torch.float32 else "efficient or math (flash needs 16-bit)"
-        print(f"| torch {torch.__version__} | {str(dtype).removeprefix('torch.')} | {backend} | {statistics.median(times):.3f} |")
+        results.append({"dtype": str(dtype).removeprefix("torch."), "backend": backend,
+                        "ms": statistics.median(times)})
+    if as_json:
+        print(json.dumps({"torch": torch.__version__, "results": results}))
+        return 0
+    print("| PyTorch SDPA | dtype | backend chosen by PyTorch | ms per call |")
+    print("|---|---|---|---|")
+    for r in results:
+        print(f"| torch {torch.__version__} | {r['dtype']} | {r['backend']} | {r['ms']:.3f} |")
     return 0
 
 

@@ -4,7 +4,8 @@
 # for the SDPA comparison):
 #   tests     the GPU tests (crates/model/tests/cuda.rs and nvrtc.rs, the simulator's and the
 #             CLI's device tests)
-#   report    examples/gpu_report.rs and benches/sdpa.py -> simulations/results/gpu.md
+#   report    examples/gpu_report.rs (which runs benches/sdpa.py for the SDPA ratio)
+#             -> simulations/results/gpu.md
 #   simulate  the GPU-prover scenario -> simulations/results/gpu-prover.{md,json,csv}
 #   bench     the criterion GPU benchmarks (target/criterion/gpu_*)
 #   all       the four in order (the default)
@@ -107,10 +108,6 @@ step_report() {
         run cargo run --release -q -p veritrace-model --features cuda --example gpu_report \
             >simulations/results/gpu.md.tmp
     fi
-    {
-        printf '\n## PyTorch on the same GPU\n\n'
-        python3 benches/sdpa.py || echo "(benches/sdpa.py could not run: see its message)"
-    } >>simulations/results/gpu.md.tmp
     mv simulations/results/gpu.md.tmp simulations/results/gpu.md
     export_results simulations/results/gpu.md
 }

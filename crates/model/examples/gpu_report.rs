@@ -22,6 +22,40 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One SDPA measurement: dtype, the backend PyTorch chose, milliseconds per call.
+type SdpaRow = (String, String, f64);
+
+/// PyTorch's `scaled_dot_product_attention` on the attention table's shapes, measured by
+/// `benches/sdpa.py --json` on this GPU: the torch version and `(dtype, backend, ms)` rows, or
+/// why it could not run.
+fn sdpa() -> Result<(String, Vec<SdpaRow>), String> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/sdpa.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg("--json")
+        .output()
+        .map_err(|e| format!("python3 could not run: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{} printed no JSON: {e}", script.display()))?;
+    let rows = v["results"]
+        .as_array()
+        .ok_or("no results")?
+        .iter()
+        .map(|r| {
+            Some((
+                r["dtype"].as_str()?.to_string(),
+                r["backend"].as_str()?.to_string(),
+                r["ms"].as_f64()?,
+            ))
+        })
+        .collect::<Option<Vec<_>>>()
+        .ok_or("a result without dtype, backend or ms")?;
+    Ok((v["torch"].as_str().unwrap_or("?").to_string(), rows))
+}
+
 /// Keep the hidden states and hash the leaves on the device.
 fn commit(hasher: HasherId, chunk: u32) -> RunOptions {
     RunOptions {
@@ -288,8 +322,18 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
     }
 
     println!("\n## Attention kernels (causal, 2048 tokens, 8 heads of 64, f32)\n");
-    println!("PyTorch's `scaled_dot_product_attention` on the same shapes: `python3 benches/sdpa.py` (appended below when run by scripts/gpu-run.sh).\n");
-    println!("| kernel | ms per call |\n|---|---|");
+    let sdpa = sdpa();
+    let sdpa_f32 = sdpa.as_ref().ok().and_then(|(_, rows)| {
+        rows.iter()
+            .find(|(dtype, _, _)| dtype == "float32")
+            .map(|r| r.2)
+    });
+    println!(
+        "GPU time from CUDA events, median of 5 runs of 10 calls. The ratio is to PyTorch's \
+         `scaled_dot_product_attention` in f32 on the same shapes, measured by `benches/sdpa.py` \
+         right after, in this run (target for the tiled kernel: within 4x).\n"
+    );
+    println!("| kernel | ms per call | ratio to SDPA f32 |\n|---|---|---|");
     for s in [
         "f32/attn=eager",
         "f32/attn=tiled:32",
@@ -301,7 +345,17 @@ fn report(gpu: &std::sync::Arc<Gpu>) -> veritrace_model::Result<()> {
                 .map(|_| bench::attention_ms(gpu, 2048, 8, 64, &setup(s), 10))
                 .collect::<Result<_, _>>()?,
         );
-        println!("| `{s}` | {t:.3} |");
+        let ratio = sdpa_f32.map_or("—".to_string(), |r| format!("{:.2}x", t / r));
+        println!("| `{s}` | {t:.3} | {ratio} |");
+    }
+    match &sdpa {
+        Ok((torch, rows)) => {
+            println!("\n| PyTorch {torch} SDPA | backend chosen by PyTorch | ms per call |\n|---|---|---|");
+            for (dtype, backend, ms) in rows {
+                println!("| {dtype} | {backend} | {ms:.3} |");
+            }
+        }
+        Err(why) => println!("\nPyTorch's SDPA was not measured: {why}."),
     }
 
     let arch = format!("sm_{ma}{mi}");
