@@ -441,12 +441,8 @@ impl Runner {
         chunk: u32,
         hasher: veritrace_commit::HasherId,
     ) -> Result<(veritrace_protocol::Statement, crate::Trace), ModelError> {
-        #[cfg(feature = "cuda")]
-        if let Some(m) = self.gpu_bert(model, setup)? {
-            let trace = m.trace(tokens)?;
-            return model.statement_for(setup, tokens, trace, chunk, hasher);
-        }
-        model.prove_encode(setup, tokens, chunk, hasher)
+        let (statement, trace, _) = self.bert_prove(model, setup, tokens, chunk, hasher, false)?;
+        Ok((statement, trace))
     }
 
     /// [`Runner::bert_prove_encode`], also returning the cells' leaf digests when they were
@@ -461,14 +457,27 @@ impl Runner {
         chunk: u32,
         hasher: veritrace_commit::HasherId,
     ) -> Result<CommittedRun, ModelError> {
+        self.bert_prove(model, setup, tokens, chunk, hasher, true)
+    }
+
+    /// An encoding for a prover on this device, with the leaves hashed on a GPU when `commit`.
+    fn bert_prove(
+        &self,
+        model: &crate::BertModel,
+        setup: &crate::Setup,
+        tokens: &[u32],
+        chunk: u32,
+        hasher: veritrace_commit::HasherId,
+        #[allow(unused_variables)] commit: bool,
+    ) -> Result<CommittedRun, ModelError> {
         #[cfg(feature = "cuda")]
         if let Some(m) = self.gpu_bert(model, setup)? {
             let (trace, leaves) =
-                trace_and_leaves(m.run(tokens, prover_run_options(hasher, chunk, true))?)?;
+                trace_and_leaves(m.run(tokens, prover_run_options(hasher, chunk, commit))?)?;
             let (statement, trace) = model.statement_for(setup, tokens, trace, chunk, hasher)?;
             return Ok((statement, trace, leaves));
         }
-        let (statement, trace) = self.bert_prove_encode(model, setup, tokens, chunk, hasher)?;
+        let (statement, trace) = model.prove_encode(setup, tokens, chunk, hasher)?;
         Ok((statement, trace, None))
     }
 
