@@ -34,6 +34,17 @@ pub enum ProtocolError {
         /// What was wrong.
         reason: String,
     },
+    /// The evidence given cannot support the requested bound (for instance too few honest runs
+    /// for a calibration's target false-positive rate): how much is needed instead.
+    #[error("insufficient evidence: {have} honest runs given, {needed} needed: {reason}")]
+    InsufficientEvidence {
+        /// What the bound needs.
+        needed: u64,
+        /// What was given.
+        have: u64,
+        /// Which bound, with its parameters.
+        reason: String,
+    },
     /// The prover's trace source or the verifier's recompute engine failed.
     #[error("{0}")]
     Engine(String),

@@ -12,6 +12,8 @@
 //!   ([`transcript`]: merlin, with optional proof of work) over one or more rounds.
 //! * [`sampling`]: portable cell sampling (uniform, stratified, cost-weighted) from a seed.
 //! * [`tolerance`]: exact, max-abs, relative-L2 and noise-floor policies, and calibration.
+//! * [`calibration`]: thresholds from independent honest runs (upper confidence bounds on a
+//!   quantile, a rounding floor, held-out evidence) and the calibrated policy file.
 //! * [`soundness`]: miss probabilities, samples needed, security against grinding.
 //!
 //! The normative description is `specs/protocol.md`.
@@ -19,6 +21,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod calibration;
 pub mod encoding;
 mod error;
 mod messages;
