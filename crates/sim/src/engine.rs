@@ -17,22 +17,19 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::{CellId, HasherId};
 use veritrace_model::{CellInputs, Runner, Setup, Trace};
-use veritrace_protocol::soundness::{
-    detection_probability, grinding_security_bits, log2_miss_probability,
-};
 use veritrace_protocol::tolerance::{
-    calibrate, measure_fpr, regularized_incomplete_beta, CalibrationConfig, Deviation, FprReport,
-    Metric, PerLayer, TolerancePolicy,
+    calibrate, measure_fpr, CalibrationConfig, Deviation, FprReport, Metric, PerLayer,
+    TolerancePolicy,
 };
-use veritrace_protocol::transcript::{check_pow, derive_challenge};
 use veritrace_protocol::{
     check_opening, ChallengeParams, Commitment, Message, Mode, Prover, Statement, Step, Verdict,
     Verifier, VerifierConfig,
 };
 
+use crate::adversary::{Adversary, AdversaryKind, Plan};
 use crate::fast::{self, CellOutcomes};
 use crate::model::{SimModel, SimVerifier};
-use crate::scenario::{AdversaryKind, AdversarySpec, Scenario};
+use crate::scenario::{AdversarySpec, Scenario};
 use crate::stats::wilson;
 use crate::SimError;
 
@@ -92,6 +89,10 @@ pub struct AdversaryResult {
     /// Hypergeometric prediction from the bad-cell counts (mean over the prompt pool), if the
     /// kind has one.
     pub predicted: Option<f64>,
+    /// `true` when [`AdversaryResult::predicted`] is a lower bound rather than an expectation
+    /// (equivocation: the input cells of challenged cells are opened too).
+    #[serde(default)]
+    pub predicted_is_lower_bound: bool,
     /// Mean number of cells whose check fails, and the cells per trace.
     pub bad_cells: f64,
     /// Per layer, the tolerance metric of every committed cell of the prompt pool against its
@@ -138,7 +139,7 @@ pub struct SimReport {
 }
 
 /// Keyed ChaCha20 stream for a labelled purpose.
-fn stream(label: &str, seed: u64, a: u64, b: u64) -> ChaCha20Rng {
+pub(crate) fn stream(label: &str, seed: u64, a: u64, b: u64) -> ChaCha20Rng {
     let mut h = blake3::Hasher::new();
     h.update(label.as_bytes());
     h.update(&seed.to_le_bytes());
@@ -164,23 +165,17 @@ impl Simulation {
     pub fn new(scenario: Scenario) -> Result<Self, SimError> {
         scenario.validate()?;
         let model = SimModel::load(&scenario.model)?;
-        if model.is_encoder() {
-            if scenario.prompts.output != 0 {
-                return Err(SimError::Scenario(format!(
-                    "model {}: an encoder generates no tokens; set prompts.output = 0",
-                    scenario.model
-                )));
-            }
-            if let Some(a) = scenario
-                .adversaries
-                .iter()
-                .find(|a| a.kind == AdversaryKind::ModelSwap)
-            {
-                return Err(SimError::Scenario(format!(
-                    "adversary {}: model-swap needs a seeded decoder (tiny, small)",
-                    a.label()
-                )));
-            }
+        if model.is_encoder() && scenario.prompts.output != 0 {
+            return Err(SimError::Scenario(format!(
+                "model {}: an encoder generates no tokens; set prompts.output = 0",
+                scenario.model
+            )));
+        }
+        for a in &scenario.adversaries {
+            a.adversary
+                .behaviour()
+                .check_model(&model)
+                .map_err(|m| SimError::Scenario(format!("adversary {}: {m}", a.label())))?;
         }
         let prover = Arc::new(Runner::new(scenario.prover_device)?);
         let verifier = if scenario.verifier_device == scenario.prover_device {
@@ -209,6 +204,11 @@ impl Simulation {
         };
         sim.calibrate()?;
         Ok(sim)
+    }
+
+    /// The scenario.
+    pub(crate) fn scenario(&self) -> &Scenario {
+        &self.scenario
     }
 
     /// The model.
@@ -365,7 +365,7 @@ impl Simulation {
 
     /// Runs `setup` on `model` over `prompt` and returns the statement claiming the reference
     /// setup and the claimed model, with the trace.
-    fn run_setup(
+    pub(crate) fn run_setup(
         &self,
         model: &SimModel,
         setup: &Setup,
@@ -386,7 +386,7 @@ impl Simulation {
     }
 
     /// The verifier's model: cells recomputed on the scenario's `verifier_device`.
-    fn verifier_model(&self) -> SimVerifier {
+    pub(crate) fn verifier_model(&self) -> SimVerifier {
         SimVerifier {
             model: self.model.clone(),
             runner: self.verifier.clone(),
@@ -399,7 +399,13 @@ impl Simulation {
     }
 
     /// `⌈f · n⌉` distinct cells drawn from `cells`, keyed by the scenario seed.
-    fn pick(&self, cells: &[CellId], fraction: f64, a: u64, prompt: u64) -> BTreeSet<CellId> {
+    pub(crate) fn pick(
+        &self,
+        cells: &[CellId],
+        fraction: f64,
+        a: u64,
+        prompt: u64,
+    ) -> BTreeSet<CellId> {
         let want = ((fraction * cells.len() as f64).ceil() as usize).min(cells.len());
         let mut rng = stream("veritrace/sim/cheat/v1", self.scenario.seed, a, prompt);
         let mut pool = cells.to_vec();
@@ -412,65 +418,10 @@ impl Simulation {
     }
 
     /// The prover run of adversary `a` (index `ai`) on prompt `pi`.
-    pub fn prover_run(&self, a: &AdversarySpec, ai: u64, pi: u64) -> Result<ProverRun, SimError> {
+    pub fn prover_run(&self, a: &Adversary, ai: u64, pi: u64) -> Result<ProverRun, SimError> {
         let prompt = self.prompt(pi);
-        let reference = self.scenario.reference;
-        let (statement, trace, cost, equivocate) = match a.kind {
-            AdversaryKind::Honest | AdversaryKind::LateCommitment => {
-                let (s, t) = self.run_setup(&self.model, &reference, &prompt)?;
-                let c = self
-                    .model
-                    .forward_cost(&reference, &reference, t.tokens as u32);
-                (s, t, c, BTreeSet::new())
-            }
-            AdversaryKind::OtherHardware | AdversaryKind::Setup => {
-                let setup = a.setup.expect("validated");
-                let (s, t) = self.run_setup(&self.model, &setup, &prompt)?;
-                let c = self.model.forward_cost(&setup, &reference, t.tokens as u32);
-                (s, t, c, BTreeSet::new())
-            }
-            AdversaryKind::ModelSwap => {
-                let swap = self.swap_model()?;
-                let (s, t) = self.run_setup(&swap, &reference, &prompt)?;
-                let c = swap.forward_cost(&reference, &reference, t.tokens as u32);
-                (s, t, c, BTreeSet::new())
-            }
-            AdversaryKind::Partial | AdversaryKind::Grinding => {
-                let cheap = a.setup.expect("validated");
-                let (s, honest) = self.run_setup(&self.model, &reference, &prompt)?;
-                let g = s.geometry;
-                let cells: Vec<CellId> = (1..g.layers)
-                    .flat_map(|layer| {
-                        (0..g.chunks_per_layer()).map(move |chunk| CellId { layer, chunk })
-                    })
-                    .collect();
-                let mut cheat = self.pick(&cells, a.fraction.expect("validated"), ai, pi);
-                let last = g.layers - 1;
-                if a.kind == AdversaryKind::Grinding && !cheat.iter().any(|c| c.layer == last) {
-                    // A grinder keeps one cheated cell in the last layer, where altering it to
-                    // re-randomize the root changes no other cell's recompute.
-                    let swap_out = *cheat.iter().next().expect("at least one cheated cell");
-                    cheat.remove(&swap_out);
-                    let mut rng = stream("veritrace/sim/grind-cell/v1", self.scenario.seed, ai, pi);
-                    let chunk = (rng.next_u64() % u64::from(g.chunks_per_layer())) as u32;
-                    cheat.insert(CellId { layer: last, chunk });
-                }
-                let (t, c) = self.mixed_trace(&honest, &cheat, &cheap)?;
-                (s, t, c, BTreeSet::new())
-            }
-            AdversaryKind::Equivocation => {
-                let (s, t) = self.run_setup(&self.model, &reference, &prompt)?;
-                let g = s.geometry;
-                let cells: Vec<CellId> = (0..g.num_cells())
-                    .map(|i| g.cell_at(i).expect("in range"))
-                    .collect();
-                let e = self.pick(&cells, a.fraction.expect("validated"), ai, pi);
-                let c = self
-                    .model
-                    .forward_cost(&reference, &reference, t.tokens as u32);
-                (s, t, c, e)
-            }
-        };
+        let committed = a.behaviour().commit(self, ai, pi, &prompt)?;
+        let (statement, trace) = (committed.statement, committed.trace);
         let bad = self.bad_cells(&statement, &trace)?;
         let deviations = self.trace_deviations(&statement, &trace)?;
         Ok(ProverRun {
@@ -478,14 +429,14 @@ impl Simulation {
             trace,
             bad,
             deviations,
-            cost,
-            equivocate,
+            cost: committed.cost,
+            equivocate: committed.equivocate,
         })
     }
 
     /// Rebuilds a trace layer by layer: cells in `cheat` under `cheap`, the others under the
     /// reference, each from the committed rows of the layer below. Returns it with its cost.
-    fn mixed_trace(
+    pub(crate) fn mixed_trace(
         &self,
         honest: &Trace,
         cheat: &BTreeSet<CellId>,
@@ -593,7 +544,7 @@ impl Simulation {
         Ok(bad.into_iter().flatten().collect())
     }
 
-    fn verifier_config(&self, mode: Mode, pow_bits: u8) -> VerifierConfig {
+    pub(crate) fn verifier_config(&self, mode: Mode, pow_bits: u8) -> VerifierConfig {
         let p = &self.scenario.protocol;
         VerifierConfig {
             mode,
@@ -621,11 +572,7 @@ impl Simulation {
     ) -> Result<SimReport, SimError> {
         let mut results = Vec::new();
         for (ai, a) in self.scenario.adversaries.iter().enumerate() {
-            let fast = engine == EngineMode::Fast
-                && !matches!(
-                    a.kind,
-                    AdversaryKind::LateCommitment | AdversaryKind::Grinding
-                );
+            let fast = engine == EngineMode::Fast && a.adversary.behaviour().fast_sampled();
             results.push(self.run_adversary(a, ai as u64, fast, progress)?);
         }
         Ok(SimReport {
@@ -657,15 +604,16 @@ impl Simulation {
 
     fn run_adversary(
         &self,
-        a: &AdversarySpec,
+        spec: &AdversarySpec,
         ai: u64,
         fast: bool,
         progress: &(dyn Fn() + Sync),
     ) -> Result<AdversaryResult, SimError> {
+        let a = spec.adversary.behaviour();
         let pool = u64::from(self.scenario.prompts.count);
         let runs: Vec<ProverRun> = (0..pool)
             .into_par_iter()
-            .map(|pi| self.prover_run(a, ai, pi))
+            .map(|pi| self.prover_run(&spec.adversary, ai, pi))
             .collect::<Result<_, _>>()?;
         let reference = self.scenario.reference;
         let honest_cost =
@@ -674,11 +622,12 @@ impl Simulation {
         let cells = runs[0].statement.geometry.num_cells();
         let k = u64::from(self.scenario.protocol.samples).min(cells);
         let rounds = self.scenario.protocol.rounds;
-        let pow_bits = a.pow_bits.unwrap_or(self.scenario.protocol.pow_bits);
-        let mode = if a.kind == AdversaryKind::Grinding {
-            Mode::NonInteractive
-        } else {
-            self.scenario.protocol.mode
+        let plan = Plan {
+            cells,
+            k,
+            rounds,
+            mode: a.mode(self.scenario.protocol.mode),
+            pow_bits: a.pow_bits(self.scenario.protocol.pow_bits),
         };
         let outcomes: Vec<Outcome> = if fast {
             let profiles: Vec<CellOutcomes> = runs
@@ -720,13 +669,7 @@ impl Simulation {
                 .map(|t| {
                     let mut rng = stream("veritrace/sim/trial/v1", self.scenario.seed, ai, t);
                     let run = &runs[(rng.next_u64() % pool) as usize];
-                    let out = match a.kind {
-                        AdversaryKind::LateCommitment => self.late_commitment(run, &mut rng),
-                        AdversaryKind::Grinding => {
-                            self.grinding(run, a.budget_bits.expect("validated"), pow_bits, t)
-                        }
-                        _ => self.session(run, mode, pow_bits, &mut rng),
-                    };
+                    let out = a.trial(self, &plan, run, t, &mut rng);
                     progress();
                     out
                 })
@@ -741,68 +684,20 @@ impl Simulation {
             }
         }
         let bad_cells = runs.iter().map(|r| r.bad.len() as f64).sum::<f64>() / runs.len() as f64;
-        let predict = |b: u64| -> Result<f64, SimError> {
-            let miss = 1.0 - detection_probability(cells, b, k)?;
-            Ok(1.0 - miss.powi(rounds as i32))
-        };
-        let predicted = match a.kind {
-            AdversaryKind::LateCommitment => None,
-            AdversaryKind::Equivocation => {
-                let mut sum = 0.0;
-                for r in &runs {
-                    sum += predict(r.equivocate.len() as u64)?;
-                }
-                Some(sum / runs.len() as f64) // a lower bound: input cells are opened too
-            }
-            AdversaryKind::Grinding => {
-                let (g, p) = (a.budget_bits.expect("validated"), pow_bits);
-                let mut sum = 0.0;
-                for r in &runs {
-                    sum += grinding_detection(predict(r.bad.len() as u64)?, g, p);
-                }
-                Some(sum / runs.len() as f64)
-            }
-            _ => {
-                let mut sum = 0.0;
-                for r in &runs {
-                    sum += predict(r.bad.len() as u64)?;
-                }
-                Some(sum / runs.len() as f64)
-            }
-        };
-        let security_bits = if a.kind == AdversaryKind::Grinding {
-            let b = runs.iter().map(|r| r.bad.len() as u64).min().unwrap_or(0);
-            let log2_miss = f64::from(rounds) * log2_miss_probability(cells, b, k)?;
-            Some(grinding_security_bits(
-                log2_miss,
-                f64::from(a.budget_bits.expect("validated")),
-                f64::from(pow_bits),
-            )?)
-        } else {
-            None
-        };
+        let prediction = a.prediction(&plan, &runs)?;
+        let security_bits = a.security_bits(&plan, &runs)?;
         let cost = runs.iter().map(|r| r.cost).sum::<f64>() / runs.len() as f64;
         let n = trials.max(1) as f64;
-        let note = match a.kind {
-            AdversaryKind::LateCommitment => outcomes.first().and_then(|o| o.note.clone()),
-            AdversaryKind::Equivocation => Some(
-                "prediction is a lower bound: the input cells of challenged cells are opened too"
-                    .into(),
-            ),
-            AdversaryKind::Grinding => Some(format!(
-                "non-interactive, pow {pow_bits} bits, 2^{} hash evaluations per trial (roots re-randomized through a bad cell); the prediction is E[h^N] over the number N of complete attempts the budget allows",
-                a.budget_bits.unwrap_or(0)
-            )),
-            _ => None,
-        };
+        let note = a.note(&plan, &outcomes);
         Ok(AdversaryResult {
-            label: a.label(),
-            kind: a.kind,
+            label: spec.label(),
+            kind: spec.adversary.kind(),
             trials,
             detected,
             detection: detected as f64 / n,
             wilson95: wilson(detected, trials, 1.959_963_984_540_054),
-            predicted,
+            predicted: prediction.as_ref().map(|p| p.value),
+            predicted_is_lower_bound: prediction.is_some_and(|p| p.lower_bound),
             bad_cells,
             deviations: {
                 let mut d: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
@@ -824,7 +719,7 @@ impl Simulation {
     }
 
     /// One protocol session between `run`'s prover and a fresh verifier.
-    fn session(
+    pub(crate) fn session(
         &self,
         run: &ProverRun,
         mode: Mode,
@@ -859,7 +754,12 @@ impl Simulation {
         }
     }
 
-    fn recompute_cost(&self, statement: &Statement, cells: &[CellId]) -> Result<f64, SimError> {
+    /// The verifier's cost of recomputing `cells` (see [`crate::cost`]).
+    pub(crate) fn recompute_cost(
+        &self,
+        statement: &Statement,
+        cells: &[CellId],
+    ) -> Result<f64, SimError> {
         let r = self.scenario.reference;
         let mut c = 0.0;
         for &cell in cells {
@@ -870,180 +770,25 @@ impl Simulation {
         }
         Ok(c)
     }
-
-    /// A prover that asks to be challenged before committing, then tries to commit twice.
-    fn late_commitment(&self, run: &ProverRun, rng: &mut ChaCha20Rng) -> Result<Outcome, SimError> {
-        let cfg =
-            self.verifier_config(self.scenario.protocol.mode, self.scenario.protocol.pow_bits);
-        let mut prover = Prover::new(run.statement.clone(), run.trace.layer_bytes())?;
-        let mut verifier = Verifier::new(cfg, self.verifier_model())?;
-        let early = prover.open_cells(0, &[CellId { layer: 0, chunk: 0 }], 0)?;
-        let verdict = match verifier.receive_opening(&early, rng) {
-            Step::Decided(v) => v,
-            other => {
-                return Err(SimError::Engine(format!(
-                    "the verifier accepted an opening before any commitment: {other:?}"
-                )))
-            }
-        };
-        prover.commit()?;
-        let second = prover.commit();
-        let note = format!(
-            "refused by the API: the verifier answers an opening before a commitment with {}; \
-             a second commitment gets {}",
-            verdict.name(),
-            match &second {
-                Err(e) => e.to_string(),
-                Ok(_) => "accepted (a bug)".into(),
-            }
-        );
-        let refused = !verdict.is_accept() && second.is_err();
-        Ok(Outcome {
-            accepted: !refused,
-            reason: Some("late-commitment-refused".into()),
-            bytes: 0,
-            verifier_cost: 0.0,
-            note: Some(note),
-        })
-    }
-
-    /// Grinding against the non-interactive challenge with a budget of `2^g` hash evaluations.
-    ///
-    /// The prover re-randomizes its commitment by altering the lowest mantissa bytes of the
-    /// first elements of one bad cell (one of the last layer if it has any, so no other cell's recompute
-    /// reads it): a new root each attempt, costing one evaluation, then the proof-of-work search
-    /// for that root (`2^pow_bits` evaluations expected). An attempt whose challenges, in every
-    /// round, miss all bad cells is submitted; when the budget runs out the last complete attempt
-    /// is. The real verifier decides either way.
-    fn grinding(
-        &self,
-        run: &ProverRun,
-        budget_bits: u32,
-        pow_bits: u8,
-        t: u64,
-    ) -> Result<Outcome, SimError> {
-        let cfg = self.verifier_config(Mode::NonInteractive, pow_bits);
-        let g = run.statement.geometry;
-        let target = run.bad.iter().rev().max_by_key(|c| c.layer).copied();
-        let base = run.trace.layer_bytes();
-        let budget = 1u64 << budget_bits;
-        let mut spent = 0u64;
-        let mut last: Option<(Prover<Vec<u8>>, Commitment, u64)> = None;
-        let mut rng = stream("veritrace/sim/grind/v1", self.scenario.seed, t, 0);
-        while spent < budget {
-            let mut layers = base.clone();
-            if let Some(cell) = target {
-                // Every attempt, the first included (so that trials on one prompt start from
-                // different roots), alters the lowest mantissa byte of the cell's first three
-                // elements: relative changes below 2^-15, 2^24 distinct roots.
-                let rows = g.cell_rows(cell)?;
-                let at = rows.start as usize * g.hidden as usize * 4;
-                let r = rng.next_u32().to_le_bytes();
-                for e in 0..3usize.min(g.hidden as usize) {
-                    layers[cell.layer as usize][at + 4 * e] ^= r[e].max(1);
-                }
-            }
-            let mut prover = Prover::new(run.statement.clone(), layers)?;
-            let commitment = prover.commit()?;
-            spent += 1;
-            let mut nonce = None;
-            for candidate in 0u64.. {
-                if spent >= budget && candidate > 0 {
-                    break;
-                }
-                spent += 1;
-                if check_pow(&commitment, &cfg.params, candidate)? {
-                    nonce = Some(candidate);
-                    break;
-                }
-            }
-            let Some(nonce) = nonce else { break };
-            let mut misses = true;
-            for round in 0..cfg.rounds {
-                let c = derive_challenge(&commitment, round, &cfg.params, nonce)?;
-                if c.cells.iter().any(|cell| run.bad.contains(cell)) {
-                    misses = false;
-                    break;
-                }
-            }
-            last = Some((prover, commitment, nonce));
-            if misses || target.is_none() {
-                break;
-            }
-        }
-        let Some((prover, commitment, nonce)) = last else {
-            return Ok(Outcome {
-                accepted: false,
-                reason: Some("budget-below-one-proof-of-work".into()),
-                bytes: 0,
-                verifier_cost: 0.0,
-                note: None,
-            });
-        };
-        let mut verifier = Verifier::new(cfg.clone(), self.verifier_model())?;
-        verifier.expect_statement(run.statement.clone());
-        let mut unused = ChaCha20Rng::from_seed([0; 32]); // non-interactive: never drawn from
-        let mut step = verifier.receive_commitment(commitment.clone(), &mut unused);
-        let (mut bytes, mut cost) = (0u64, 0.0);
-        let mut round = 0;
-        loop {
-            match step {
-                Step::Decided(v) => return Ok(Outcome::of(v, bytes, cost)),
-                Step::AwaitOpening => {
-                    let c = derive_challenge(&commitment, round, &cfg.params, nonce)?;
-                    let opening = prover.open_cells(round, &c.cells, nonce)?;
-                    bytes += opening.to_bytes().len() as u64;
-                    cost += self.recompute_cost(&run.statement, &c.cells)?;
-                    step = verifier.receive_opening(&opening, &mut unused);
-                    round += 1;
-                }
-                Step::Challenge(_) => {
-                    return Err(SimError::Engine("interactive step in grinding".into()))
-                }
-            }
-        }
-    }
-}
-
-/// Detection probability of a grinder (the law the grinding adversary follows): with `2^g`
-/// evaluations, each attempt costing one root and a proof-of-work search that succeeds with
-/// probability `q = 2^−p` per evaluation, the number `N` of complete attempts satisfies
-/// `P(N ≥ n) = P(Bin(2^g − n, q) ≥ n) = I_q(n, 2^g − 2n + 1)`; each attempt is caught with
-/// probability `h` (every round hits a bad cell), and the grinder is caught when all its
-/// attempts are, or when none completes: `E[h^N] = 1 − (1 − h) Σ_{n≥1} P(N ≥ n) h^{n−1}`.
-pub fn grinding_detection(h: f64, budget_bits: u32, pow_bits: u8) -> f64 {
-    let budget = (1u64 << budget_bits) as f64;
-    let q = (-(f64::from(pow_bits)) * std::f64::consts::LN_2).exp();
-    let mut sum = 0.0;
-    let mut h_pow = 1.0; // h^(n-1)
-    let mut n = 1.0f64;
-    while n <= 1e7 {
-        let m = budget - n; // evaluations left for the n proof-of-work searches
-        if m < n {
-            break;
-        }
-        let tail = regularized_incomplete_beta(n, m - n + 1.0, q);
-        if tail < 1e-16 || h_pow < 1e-300 {
-            break;
-        }
-        sum += tail * h_pow;
-        h_pow *= h;
-        n += 1.0;
-    }
-    (1.0 - (1.0 - h) * sum).clamp(0.0, 1.0)
 }
 
 /// The result of one trial.
-struct Outcome {
-    accepted: bool,
-    reason: Option<String>,
-    bytes: u64,
-    verifier_cost: f64,
-    note: Option<String>,
+pub(crate) struct Outcome {
+    /// The verifier accepted.
+    pub accepted: bool,
+    /// Why it rejected (or another label of the outcome).
+    pub reason: Option<String>,
+    /// Bytes of openings received.
+    pub bytes: u64,
+    /// The verifier's recompute cost.
+    pub verifier_cost: f64,
+    /// A remark.
+    pub note: Option<String>,
 }
 
 impl Outcome {
-    fn of(v: Verdict, bytes: u64, verifier_cost: f64) -> Self {
+    /// The outcome of a session the verifier decided with `v`.
+    pub(crate) fn of(v: Verdict, bytes: u64, verifier_cost: f64) -> Self {
         Outcome {
             accepted: v.is_accept(),
             reason: match &v {

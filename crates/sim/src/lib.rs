@@ -8,6 +8,8 @@
 //! and the verifier's cost.
 //!
 //! * [`Scenario`]: what to run (TOML; [`scenario`] documents the format and the adversaries).
+//! * [`Adversary`]: one enum of the adversary kinds and their parameters; [`adversary`] has a
+//!   module per kind with everything the engine does differently for it.
 //! * [`Simulation`]: calibrates the tolerance on honest other-hardware runs, then runs trials
 //!   in parallel, deterministically for a seed.
 //! * [`fast`]: fast mode, protocol trials sampled from per-cell outcomes measured end to end.
@@ -17,6 +19,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod adversary;
 pub mod cost;
 pub mod engine;
 pub mod fast;
@@ -26,11 +29,15 @@ pub mod scenario;
 pub mod stats;
 pub mod sweep;
 
+pub use adversary::{
+    Adversary, AdversaryKind, Equivocation, Grinding, Honest, LateCommitment, ModelSwap,
+    OtherHardware, Partial, SetupSwap,
+};
 pub use engine::{
     AdversaryResult, CalibrationSummary, EngineMode, ProverRun, SimReport, Simulation,
 };
 pub use model::{SimModel, SimVerifier};
-pub use scenario::{AdversaryKind, AdversarySpec, Scenario, DEFAULT_SCENARIO};
+pub use scenario::{AdversarySpec, Scenario, DEFAULT_SCENARIO};
 
 use thiserror::Error;
 

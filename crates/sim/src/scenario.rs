@@ -34,22 +34,26 @@
 //! [[adversary]]
 //! kind = "setup"            # runs another setup and claims the reference
 //! setup = "f32/attn=eager/quant=int4-g32"
+//! name = "int4"             # optional: the label in reports (default: kind and parameters)
 //! ```
 //!
-//! Adversary kinds: `honest`; `other-hardware` (`setup` differing only in reduction order);
-//! `setup` (a cheaper setup: quantization, attention, precision, skipped or reused layer);
-//! `model-swap` (a cheaper model of the same shape: a quarter of the MLP width, another seed);
-//! `partial` (`setup` on a `fraction` of the cells of layers ≥ 1, honest elsewhere);
-//! `equivocation` (commits the honest trace, opens a `fraction` of cells altered);
-//! `late-commitment` (tries to be challenged before committing, and to commit twice);
-//! `grinding` (`partial` in non-interactive mode, trying `2^budget_bits` proof-of-work nonces
-//! for a challenge that misses its bad cells, with `pow_bits` of proof of work).
+//! Adversary kinds, each with exactly the keys it takes beside `kind` and the optional `name`
+//! (any other key is refused; [`crate::adversary`] implements them): `honest`;
+//! `other-hardware` (`setup` differing only in reduction order); `setup` (a cheaper `setup`:
+//! quantization, attention, precision, skipped or reused layer); `model-swap` (a cheaper model
+//! of the same shape: a quarter of the MLP width, another seed); `partial` (`setup` on a
+//! `fraction` of the cells of layers ≥ 1, honest elsewhere); `equivocation` (commits the honest
+//! trace, opens a `fraction` of cells altered); `late-commitment` (tries to be challenged
+//! before committing, and to commit twice); `grinding` (`partial` in non-interactive mode,
+//! trying `2^budget_bits` proof-of-work nonces for a challenge that misses its bad cells, with
+//! optional `pow_bits` of proof of work, default the protocol's).
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use veritrace_model::{Device, Setup};
 use veritrace_protocol::tolerance::Metric;
 use veritrace_protocol::{Mode, SamplingStrategy};
 
+pub use crate::adversary::{Adversary, AdversaryKind};
 use crate::SimError;
 
 /// The embedded default scenario (`simulations/default.toml`).
@@ -159,133 +163,64 @@ fn unit() -> f64 {
     1.0
 }
 
-/// One adversary of a scenario.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One adversary of a scenario: a `[[adversary]]` table, its `kind` and that kind's
+/// parameters side by side, with an optional `name`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AdversarySpec {
-    /// Kind.
-    pub kind: AdversaryKind,
+    /// The adversary: kind and parameters.
+    #[serde(flatten)]
+    pub adversary: Adversary,
     /// Label in reports (default: kind and parameters).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// The setup run (`other-hardware`, `setup`, `partial`, `grinding`).
-    #[serde(default)]
-    pub setup: Option<Setup>,
-    /// Fraction of cells cheated (`partial`, `equivocation`, `grinding`).
-    #[serde(default)]
-    pub fraction: Option<f64>,
-    /// log2 of the grinding budget in hash evaluations (`grinding`).
-    #[serde(default)]
-    pub budget_bits: Option<u32>,
-    /// Proof-of-work bits for this adversary's sessions (`grinding`; default: the protocol's).
-    #[serde(default)]
-    pub pow_bits: Option<u8>,
 }
 
-/// Adversary kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AdversaryKind {
-    /// Runs the claimed setup.
-    Honest,
-    /// Runs a reduction-order variant of the claimed setup (honest, other hardware).
-    OtherHardware,
-    /// Runs a cheaper setup for the whole trace.
-    Setup,
-    /// Runs a cheaper model of the same shape.
-    ModelSwap,
-    /// Runs a cheaper setup on a fraction of the cells.
-    Partial,
-    /// Opens values other than the committed ones on a fraction of the cells.
-    Equivocation,
-    /// Tries to get a challenge before committing, and to commit twice.
-    LateCommitment,
-    /// Grinds the non-interactive challenge.
-    Grinding,
+impl<'de> Deserialize<'de> for AdversarySpec {
+    /// The table's keys other than `name` make the [`Adversary`], tagged by `kind`: a key its
+    /// kind does not take is refused by name. Keys set to null (reports written before
+    /// adversaries were tagged data listed every parameter, null where unused) are absent.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        use serde_json::Value;
+        let mut table = serde_json::Map::<String, Value>::deserialize(d)?;
+        table.retain(|_, v| !v.is_null());
+        let name = match table.remove("name") {
+            None => None,
+            Some(Value::String(n)) => Some(n),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "adversary name: expected a string, found {other}"
+                )))
+            }
+        };
+        let kind = table
+            .get("kind")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let adversary = Adversary::deserialize(Value::Object(table)).map_err(|e| {
+            D::Error::custom(match &kind {
+                Some(k) => format!("adversary kind \"{k}\": {e}"),
+                None => format!("adversary: {e}"),
+            })
+        })?;
+        Ok(AdversarySpec { adversary, name })
+    }
 }
 
 impl AdversarySpec {
-    /// The report label.
+    /// The report label: the name, or the kind and its parameters.
     pub fn label(&self) -> String {
-        if let Some(n) = &self.name {
-            return n.clone();
+        match &self.name {
+            Some(n) => n.clone(),
+            None => self.adversary.label(),
         }
-        let kind = serde_json::to_value(self.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let mut s = kind;
-        if let Some(setup) = &self.setup {
-            s.push_str(&format!(" {setup}"));
-        }
-        if let Some(f) = self.fraction {
-            s.push_str(&format!(" f={f}"));
-        }
-        if let Some(b) = self.budget_bits {
-            s.push_str(&format!(" 2^{b}"));
-        }
-        if let Some(p) = self.pow_bits {
-            s.push_str(&format!(" pow={p}"));
-        }
-        s
     }
 
     fn check(&self, reference: &Setup) -> Result<(), SimError> {
-        let bad = |m: String| {
-            Err(SimError::Scenario(format!(
-                "adversary {}: {m}",
-                self.label()
-            )))
-        };
-        let needs_setup = matches!(
-            self.kind,
-            AdversaryKind::OtherHardware
-                | AdversaryKind::Setup
-                | AdversaryKind::Partial
-                | AdversaryKind::Grinding
-        );
-        if needs_setup != self.setup.is_some() {
-            return bad(if needs_setup {
-                "needs a setup".into()
-            } else {
-                "takes no setup".into()
-            });
-        }
-        if let Some(s) = &self.setup {
-            if self.kind == AdversaryKind::OtherHardware && !s.same_algorithm(reference) {
-                return bad(format!(
-                    "{s} is not a reduction-order variant of the reference {reference}"
-                ));
-            }
-            if self.kind != AdversaryKind::OtherHardware && s.same_algorithm(reference) {
-                return bad(format!(
-                    "{s} differs from the reference only in reduction order"
-                ));
-            }
-        }
-        let needs_fraction = matches!(
-            self.kind,
-            AdversaryKind::Partial | AdversaryKind::Equivocation | AdversaryKind::Grinding
-        );
-        match (needs_fraction, self.fraction) {
-            (true, Some(f)) if f > 0.0 && f <= 1.0 => {}
-            (true, _) => return bad("needs a fraction in (0, 1]".into()),
-            (false, Some(_)) => return bad("takes no fraction".into()),
-            (false, None) => {}
-        }
-        match (self.kind == AdversaryKind::Grinding, self.budget_bits) {
-            (true, Some(b)) if b <= 30 => {}
-            (true, _) => return bad("needs budget_bits between 0 and 30".into()),
-            (false, Some(_)) => return bad("takes no budget_bits".into()),
-            (false, None) => {}
-        }
-        if self.kind != AdversaryKind::Grinding && self.pow_bits.is_some() {
-            return bad("only grinding takes pow_bits".into());
-        }
-        if self.pow_bits.is_some_and(|p| p > 30) {
-            return bad("pow_bits above 30".into());
-        }
-        Ok(())
+        self.adversary
+            .behaviour()
+            .check(reference)
+            .map_err(|m| SimError::Scenario(format!("adversary {}: {m}", self.label())))
     }
 }
 
@@ -362,12 +297,10 @@ impl Scenario {
         // prompt's commitment repeat the same challenge and are not independent.
         let repeats = self.protocol.mode == Mode::NonInteractive
             && u64::from(p.count) < self.trials
-            && self.adversaries.iter().any(|a| {
-                !matches!(
-                    a.kind,
-                    AdversaryKind::Grinding | AdversaryKind::LateCommitment
-                )
-            });
+            && self
+                .adversaries
+                .iter()
+                .any(|a| a.adversary.behaviour().repeats_challenges());
         if repeats {
             return bad(format!(
                 "non-interactive mode with {} prompts for {} trials: the challenge is a function \

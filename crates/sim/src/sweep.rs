@@ -135,9 +135,7 @@ pub fn apply(base: &Scenario, values: &BTreeMap<Axis, f64>) -> Result<Scenario, 
             Axis::Tolerance => s.tolerance.target_fpr = v,
             Axis::Fraction => {
                 for a in &mut s.adversaries {
-                    if a.fraction.is_some() {
-                        a.fraction = Some(v);
-                    }
+                    a.adversary.set_fraction(v);
                 }
             }
         }

@@ -85,7 +85,7 @@ fn the_gpu_scenario_parses_and_only_names_setups_the_gpu_runs() {
             .unwrap_or_else(|e| panic!("honest {h}: {e}"));
     }
     for a in &s.adversaries {
-        if let Some(setup) = &a.setup {
+        if let Some(setup) = a.adversary.setup() {
             gpu.check_setup(setup)
                 .unwrap_or_else(|e| panic!("adversary {}: {e}", a.label()));
         }

@@ -146,7 +146,7 @@ pow_bits = 10
 
 #[test]
 fn grinding_law_limits() {
-    use veritrace_sim::engine::grinding_detection;
+    use veritrace_sim::adversary::grinding_detection;
     // One attempt exactly (2 evaluations, no proof of work): caught with the per-attempt h.
     assert!((grinding_detection(0.3, 1, 0) - 0.3).abs() < 1e-12);
     // 2^10 evaluations, no proof of work: 512 attempts.

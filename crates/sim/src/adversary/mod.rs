@@ -1,0 +1,341 @@
+//! Adversaries as data: [`Adversary`] is one enum whose variants carry exactly the parameters
+//! their kind takes, tagged by `kind` in scenario files. Each kind lives in its own module,
+//! which owns everything the engine does differently for it: validation, the prover run (what
+//! the prover computes and commits), the trial (a protocol session by default), the prediction
+//! beside the measured detection, the security against grinding, the report's note, whether
+//! fast mode can sample it, and the mode and proof of work of its sessions.
+//!
+//! The engine reaches a kind only through `Adversary::behaviour`, one exhaustive `match`: a
+//! new kind is a new variant, a new module and a new arm there, and the compiler points at it.
+
+mod equivocation;
+mod grinding;
+mod honest;
+mod late_commitment;
+mod model_swap;
+mod other_hardware;
+mod partial;
+mod setup;
+
+use std::collections::BTreeSet;
+
+use rand_chacha::ChaCha20Rng;
+use serde::{Deserialize, Serialize};
+use veritrace_commit::CellId;
+use veritrace_model::{Setup, Trace};
+use veritrace_protocol::soundness::detection_probability;
+use veritrace_protocol::{Mode, Statement};
+
+use crate::engine::{Outcome, ProverRun, Simulation};
+use crate::model::SimModel;
+use crate::SimError;
+
+pub use equivocation::Equivocation;
+pub use grinding::{grinding_detection, Grinding};
+pub use honest::Honest;
+pub use late_commitment::LateCommitment;
+pub use model_swap::ModelSwap;
+pub use other_hardware::OtherHardware;
+pub use partial::Partial;
+pub use setup::SetupSwap;
+
+/// An adversary: its kind and the parameters that kind takes (scenario files write it as a
+/// table tagged by `kind`, the parameters beside it; a parameter the kind does not take is
+/// refused).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Adversary {
+    /// Runs the claimed setup.
+    Honest(Honest),
+    /// Runs a reduction-order variant of the claimed setup (honest, other hardware).
+    OtherHardware(OtherHardware),
+    /// Runs a cheaper setup for the whole trace.
+    Setup(SetupSwap),
+    /// Runs a cheaper model of the same shape.
+    ModelSwap(ModelSwap),
+    /// Runs a cheaper setup on a fraction of the cells.
+    Partial(Partial),
+    /// Opens values other than the committed ones on a fraction of the cells.
+    Equivocation(Equivocation),
+    /// Tries to get a challenge before committing, and to commit twice.
+    LateCommitment(LateCommitment),
+    /// Grinds the non-interactive challenge.
+    Grinding(Grinding),
+}
+
+/// Adversary kinds (an [`Adversary`] without its parameters), as results record them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdversaryKind {
+    /// Runs the claimed setup.
+    Honest,
+    /// Runs a reduction-order variant of the claimed setup (honest, other hardware).
+    OtherHardware,
+    /// Runs a cheaper setup for the whole trace.
+    Setup,
+    /// Runs a cheaper model of the same shape.
+    ModelSwap,
+    /// Runs a cheaper setup on a fraction of the cells.
+    Partial,
+    /// Opens values other than the committed ones on a fraction of the cells.
+    Equivocation,
+    /// Tries to get a challenge before committing, and to commit twice.
+    LateCommitment,
+    /// Grinds the non-interactive challenge.
+    Grinding,
+}
+
+impl AdversaryKind {
+    /// The name scenario files and reports use (`other-hardware`, …).
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+impl Adversary {
+    /// What the engine does for this kind: the one place that matches on the variant.
+    pub(crate) fn behaviour(&self) -> &dyn Behaviour {
+        match self {
+            Adversary::Honest(a) => a,
+            Adversary::OtherHardware(a) => a,
+            Adversary::Setup(a) => a,
+            Adversary::ModelSwap(a) => a,
+            Adversary::Partial(a) => a,
+            Adversary::Equivocation(a) => a,
+            Adversary::LateCommitment(a) => a,
+            Adversary::Grinding(a) => a,
+        }
+    }
+
+    /// The kind, without parameters.
+    pub fn kind(&self) -> AdversaryKind {
+        self.behaviour().kind()
+    }
+
+    /// The default report label: the kind, then its parameters (`setup`, `f=`, `2^budget`,
+    /// `pow=`).
+    pub fn label(&self) -> String {
+        let mut s = self.kind().name();
+        s.push_str(&self.behaviour().label_params());
+        s
+    }
+
+    /// The setup run, for the kinds that take one (on the whole trace or on the cheated cells).
+    pub fn setup(&self) -> Option<&Setup> {
+        self.behaviour().setup()
+    }
+
+    /// The fraction of cells cheated, for the kinds that take one.
+    pub fn fraction(&self) -> Option<f64> {
+        self.behaviour().fraction()
+    }
+
+    /// Sets the fraction of cells cheated where the kind takes one; `false` (and no change)
+    /// where it does not.
+    pub fn set_fraction(&mut self, fraction: f64) -> bool {
+        match self.behaviour().with_fraction(fraction) {
+            Some(a) => {
+                *self = a;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What every kind's prover commits to, before the engine measures its bad cells.
+pub(crate) struct Committed {
+    /// The statement (always claiming the reference setup and model).
+    pub statement: Statement,
+    /// The committed trace.
+    pub trace: Trace,
+    /// The prover's compute cost.
+    pub cost: f64,
+    /// Cells whose opened bytes an equivocating prover alters.
+    pub equivocate: BTreeSet<CellId>,
+}
+
+impl Committed {
+    /// A prover that opens what it committed.
+    pub fn plain(statement: Statement, trace: Trace, cost: f64) -> Self {
+        Committed {
+            statement,
+            trace,
+            cost,
+            equivocate: BTreeSet::new(),
+        }
+    }
+}
+
+/// What one adversary's trials share: the geometry of the challenge and the sessions' mode and
+/// proof of work.
+pub(crate) struct Plan {
+    /// Cells per trace.
+    pub cells: u64,
+    /// Cells challenged per round (`min(samples, cells)`).
+    pub k: u64,
+    /// Rounds per session.
+    pub rounds: u32,
+    /// The mode of this adversary's sessions.
+    pub mode: Mode,
+    /// The proof-of-work bits of this adversary's sessions.
+    pub pow_bits: u8,
+}
+
+impl Plan {
+    /// The hypergeometric probability that a session catches a trace with `bad` bad cells
+    /// (some round challenges one of them).
+    pub fn detection(&self, bad: u64) -> Result<f64, SimError> {
+        let miss = 1.0 - detection_probability(self.cells, bad, self.k)?;
+        Ok(1.0 - miss.powi(self.rounds as i32))
+    }
+
+    /// The mean over `runs` of [`Plan::detection`] of `bad(run)` bad cells.
+    pub fn mean_detection(
+        &self,
+        runs: &[ProverRun],
+        bad: impl Fn(&ProverRun) -> u64,
+    ) -> Result<f64, SimError> {
+        let mut sum = 0.0;
+        for r in runs {
+            sum += self.detection(bad(r))?;
+        }
+        Ok(sum / runs.len() as f64)
+    }
+}
+
+/// A predicted detection probability.
+pub(crate) struct Prediction {
+    /// The probability.
+    pub value: f64,
+    /// `true`: a lower bound rather than an expectation.
+    pub lower_bound: bool,
+}
+
+impl Prediction {
+    /// An expectation.
+    pub fn expected(value: f64) -> Self {
+        Prediction {
+            value,
+            lower_bound: false,
+        }
+    }
+}
+
+/// What the engine does differently for each kind, implemented by each kind's parameters.
+pub(crate) trait Behaviour: Sync {
+    /// The kind.
+    fn kind(&self) -> AdversaryKind;
+
+    /// The parameters in the default label, each after a space (empty without any).
+    fn label_params(&self) -> String {
+        String::new()
+    }
+
+    /// Checks the parameters against the claimed setup; the message names the problem.
+    fn check(&self, _reference: &Setup) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Checks that the scenario's model can play this adversary.
+    fn check_model(&self, _model: &SimModel) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// In non-interactive mode, whether every trial on one prompt repeats that prompt's
+    /// challenge (its sessions reuse the prompt's commitment).
+    fn repeats_challenges(&self) -> bool {
+        true
+    }
+
+    /// Whether fast mode can sample its trials from per-cell outcomes.
+    fn fast_sampled(&self) -> bool {
+        true
+    }
+
+    /// The mode of its sessions, given the scenario's.
+    fn mode(&self, scenario: Mode) -> Mode {
+        scenario
+    }
+
+    /// The proof-of-work bits of its sessions, given the scenario's.
+    fn pow_bits(&self, scenario: u8) -> u8 {
+        scenario
+    }
+
+    /// The setup run, where the kind takes one.
+    fn setup(&self) -> Option<&Setup> {
+        None
+    }
+
+    /// The fraction of cells cheated, where the kind takes one.
+    fn fraction(&self) -> Option<f64> {
+        None
+    }
+
+    /// The same adversary with another fraction, where the kind takes one.
+    fn with_fraction(&self, _fraction: f64) -> Option<Adversary> {
+        None
+    }
+
+    /// The prover's run on `prompt` (prompt `pi`, adversary index `ai` of the scenario).
+    fn commit(
+        &self,
+        sim: &Simulation,
+        ai: u64,
+        pi: u64,
+        prompt: &[u32],
+    ) -> Result<Committed, SimError>;
+
+    /// Trial `t` against `run`, `rng` being the trial's stream (after it drew the prompt).
+    fn trial(
+        &self,
+        sim: &Simulation,
+        plan: &Plan,
+        run: &ProverRun,
+        _t: u64,
+        rng: &mut ChaCha20Rng,
+    ) -> Result<Outcome, SimError> {
+        sim.session(run, plan.mode, plan.pow_bits, rng)
+    }
+
+    /// The predicted detection probability (default: the hypergeometric law on the bad cells,
+    /// averaged over the prompt pool).
+    fn prediction(&self, plan: &Plan, runs: &[ProverRun]) -> Result<Option<Prediction>, SimError> {
+        let p = plan.mean_detection(runs, |r| r.bad.len() as u64)?;
+        Ok(Some(Prediction::expected(p)))
+    }
+
+    /// Security bits against grinding.
+    fn security_bits(&self, _plan: &Plan, _runs: &[ProverRun]) -> Result<Option<f64>, SimError> {
+        Ok(None)
+    }
+
+    /// A remark for the report, given the trials' outcomes.
+    fn note(&self, _plan: &Plan, _outcomes: &[Outcome]) -> Option<String> {
+        None
+    }
+}
+
+/// Fraction checks shared by the kinds that cheat on a fraction of the cells.
+fn check_fraction(fraction: f64) -> Result<(), String> {
+    if fraction > 0.0 && fraction <= 1.0 {
+        Ok(())
+    } else {
+        Err("needs a fraction in (0, 1]".into())
+    }
+}
+
+/// A cheaper setup must differ from the reference in more than reduction order.
+fn check_cheaper(setup: &Setup, reference: &Setup) -> Result<(), String> {
+    if setup.same_algorithm(reference) {
+        Err(format!(
+            "{setup} differs from the reference only in reduction order"
+        ))
+    } else {
+        Ok(())
+    }
+}
