@@ -5,6 +5,8 @@
 //!
 //! * [`trace_file`]: loading and validating activation traces stored as safetensors (shared by
 //!   every verb that reads a trace).
+//! * [`calibrate`]: `veritrace calibrate`, thresholds from independent honest runs, written as a
+//!   calibrated policy file.
 //! * [`commit`]: `veritrace commit`, which prints the Merkle root of a trace.
 //! * [`engine`]: [`engine::load_engine`], turning a `--model` argument into a model.
 //! * [`fingerprint`]: `veritrace fingerprint`, the study of which setup changes a recomputing
@@ -26,6 +28,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod calibrate;
 pub mod commit;
 pub mod devices;
 pub mod engine;
@@ -94,4 +97,26 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     } else {
         EXIT_FAILURE
     }
+}
+
+/// Writes `text` to `path` atomically: into a fresh temporary file beside it (a unique name, so
+/// no file of the user's is touched), flushed, then renamed over `path`. An interrupted write
+/// leaves the old file intact.
+///
+/// # Errors
+/// The directory cannot be written, or the rename fails.
+pub fn write_file_atomic(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".veritrace-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use veritrace_cli::calibrate::{self, CalibrateArgs};
 use veritrace_cli::commit::{self, CommitArgs};
 use veritrace_cli::devices::{self, DevicesArgs};
 use veritrace_cli::fingerprint::{self, FingerprintArgs};
@@ -60,6 +61,11 @@ enum Command {
     /// Verifier: check openings against a commitment by recomputing the cells (exit 0 accept,
     /// 1 reject with the reason, 2 bad input).
     Verify(VerifyArgs),
+    /// Calibrate per-layer tolerance thresholds from independent honest runs (generated under
+    /// honest variations of the claimed setup, or trace files), for a target session
+    /// false-positive rate and k; writes a policy file `verify --tolerance` reads.
+    #[command(after_help = calibrate::AFTER_HELP)]
+    Calibrate(CalibrateArgs),
     /// Print the Merkle root of an activation trace stored as safetensors.
     ///
     /// Each layer h.l is cut into cells of --chunk token rows; cell (l, j) is leaf
@@ -102,6 +108,7 @@ fn main() -> ExitCode {
         Command::Challenge(args) => prove::challenge(args, &mut std::io::stdout().lock()),
         Command::Open(args) => prove::open(args, &mut std::io::stdout().lock()),
         Command::Verify(args) => verify::run(args, &mut std::io::stdout().lock()),
+        Command::Calibrate(args) => calibrate::run(args, &mut std::io::stdout().lock()),
         Command::Commit(args) => commit::run(args, &mut std::io::stdout().lock()),
         Command::Soundness(args) => soundness::run(args, &mut std::io::stdout().lock()),
         Command::Fingerprint(args) => fingerprint::run(args, &mut std::io::stdout().lock()),

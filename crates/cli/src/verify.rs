@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use thiserror::Error;
+use veritrace_protocol::calibration::CalibratedPolicy;
 use veritrace_protocol::tolerance::TolerancePolicy;
 use veritrace_protocol::transcript::{check_pow, derive_challenge};
 use veritrace_protocol::{
@@ -53,8 +54,10 @@ pub struct VerifyArgs {
     /// directory) or an encoder (minilm, or a BERT checkpoint directory).
     #[arg(long, default_value = "tiny")]
     pub model: String,
-    /// Tolerance: `exact` (bitwise), or a JSON file holding a tolerance policy (e.g. the
-    /// calibrated thresholds of a simulation).
+    /// Tolerance: `exact` (bitwise), a calibrated policy file (written by `veritrace
+    /// calibrate` or `simulate --out`, schema in `veritrace calibrate --help`), or a JSON
+    /// tolerance policy (`{"threshold": {"metric": "rel_l2", "thresholds": {"default": T,
+    /// "overrides": {"L": T_L}}}}`).
     #[arg(long, default_value = "exact")]
     pub tolerance: String,
     /// Print the verdict as JSON.
@@ -62,7 +65,10 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-fn tolerance(spec: &str) -> Result<TolerancePolicy, VerbInputError> {
+/// The verifier's policy from `--tolerance`: `exact`, a calibrated policy file (`veritrace
+/// calibrate` or `simulate --out`; it must cover exactly the commitment's `layers`), or a bare
+/// tolerance policy (JSON of [`TolerancePolicy`]).
+fn tolerance(spec: &str, layers: u32) -> Result<TolerancePolicy, VerbInputError> {
     if spec == "exact" {
         return Ok(TolerancePolicy::Exact);
     }
@@ -70,17 +76,35 @@ fn tolerance(spec: &str) -> Result<TolerancePolicy, VerbInputError> {
         path: spec.to_string(),
         reason: e.to_string(),
     })?;
-    let policy: TolerancePolicy =
-        serde_json::from_str(&text).map_err(|e| VerbInputError::Message {
-            path: spec.to_string(),
-            what: "tolerance policy",
-            reason: e.to_string(),
-        })?;
-    policy.validate().map_err(|e| VerbInputError::Message {
+    let refused = |what: &'static str, reason: String| VerbInputError::Message {
         path: spec.to_string(),
-        what: "tolerance policy",
-        reason: e.to_string(),
-    })?;
+        what,
+        reason,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| refused("tolerance policy", e.to_string()))?;
+    if value.get("format").is_some() {
+        let file: CalibratedPolicy = serde_json::from_value(value)
+            .map_err(|e| refused("calibrated policy", e.to_string()))?;
+        let policy = file
+            .tolerance()
+            .map_err(|e| refused("calibrated policy", e.to_string()))?;
+        if file.calibration.layers != u64::from(layers) {
+            return Err(refused(
+                "calibrated policy",
+                format!(
+                    "calibration.layers: the policy covers {} layers, the commitment has {layers}",
+                    file.calibration.layers
+                ),
+            ));
+        }
+        return Ok(policy);
+    }
+    let policy: TolerancePolicy =
+        serde_json::from_value(value).map_err(|e| refused("tolerance policy", e.to_string()))?;
+    policy
+        .validate()
+        .map_err(|e| refused("tolerance policy", e.to_string()))?;
     Ok(policy)
 }
 
@@ -92,7 +116,7 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let commitment: Commitment = read_message(&args.commitment)?;
     commitment.validate()?;
     let model = load_model(&args.model)?;
-    let policy = tolerance(&args.tolerance)?;
+    let policy = tolerance(&args.tolerance, commitment.statement.geometry.layers)?;
     let openings = args
         .openings
         .iter()

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adversary;
+pub mod calibration;
 pub mod cost;
 pub mod engine;
 pub mod fast;
