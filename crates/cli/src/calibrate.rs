@@ -40,6 +40,7 @@ The policy file (JSON, format \"veritrace/calibrated-policy/v1\"; specs/protocol
                 threshold, source: \"order-statistic\"|\"rounding-floor\"}}, claimed_bound
   holdout       null, or {runs, variations, runs_with_exceedance {exceedances, samples, rate,
                 lower, upper, confidence}, expected_session_fpr, cells_over, worst_ratio}
+  unseen        (optional) a list of the same, one per --unseen variation
 
 Statistics: each run contributes its worst cell per layer; t_l is the order statistic that is
 an upper confidence bound on the (1 - alpha) quantile, alpha = target / min(k * rounds, L), at
@@ -66,6 +67,14 @@ pub struct CalibrateArgs {
     /// Honest runs to generate with --honest (each on a fresh prompt).
     #[arg(long, default_value_t = 0)]
     pub prompts: u64,
+    /// An honest variation *not* used in calibration, repeatable: --unseen-runs fresh runs of
+    /// each are checked against the thresholds and reported on their own (does the tolerance
+    /// generalize to hardware it never saw?).
+    #[arg(long = "unseen")]
+    pub unseen: Vec<String>,
+    /// Runs of each --unseen variation.
+    #[arg(long, default_value_t = 0)]
+    pub unseen_runs: u64,
     /// Honest trace files (the trace format, statement in the metadata, e.g. written by
     /// `veritrace prove` or another engine's importer), repeatable.
     #[arg(long = "trace")]
@@ -152,6 +161,33 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             ))
             .into());
         }
+    }
+    let unseen: Vec<Setup> = args
+        .unseen
+        .iter()
+        .map(|h| parse_setup("--unseen", h))
+        .collect::<Result<_, _>>()?;
+    for h in &unseen {
+        if !h.same_algorithm(&reference) {
+            return Err(VerbInputError::Argument(format!(
+                "--unseen {h} is not a reduction-order variation of --setup {reference}"
+            ))
+            .into());
+        }
+    }
+    if unseen.is_empty() != (args.unseen_runs == 0) {
+        return Err(VerbInputError::Argument(
+            "--unseen SETUP and --unseen-runs N go together".into(),
+        )
+        .into());
+    }
+    if args.unseen_runs > veritrace_protocol::calibration::MAX_RUNS {
+        return Err(VerbInputError::Argument(format!(
+            "--unseen-runs {} is more than the {} runs accepted",
+            args.unseen_runs,
+            veritrace_protocol::calibration::MAX_RUNS
+        ))
+        .into());
     }
     if !(args.holdout >= 0.0 && args.holdout < 1.0) {
         return Err(VerbInputError::Argument(format!(
@@ -331,7 +367,33 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             args.confidence,
         )?)
     };
-    let file = CalibratedPolicy::new(args.setup.clone(), args.model.clone(), calibration, holdout);
+    let thresholds = calibration.thresholds();
+    let mut file =
+        CalibratedPolicy::new(args.setup.clone(), args.model.clone(), calibration, holdout);
+    // Unseen variations: fresh prompts numbered after the generated calibration runs.
+    for (v, setup) in unseen.iter().enumerate() {
+        let plan = HonestRunPlan {
+            recompute,
+            prover: &prover,
+            honest: std::slice::from_ref(setup),
+            output,
+            metric,
+        };
+        let start = args.prompts + v as u64 * args.unseen_runs;
+        let (tokens, seed) = (args.tokens, args.seed);
+        let runs = plan.runs(
+            start..start + args.unseen_runs,
+            &|i| prompt(&model, seed, i, tokens),
+            &|| {},
+        )?;
+        file.unseen.push(holdout_evidence(
+            &thresholds,
+            &runs,
+            args.samples,
+            args.rounds,
+            args.confidence,
+        )?);
+    }
     file.validate()?;
     let mut json = serde_json::to_string_pretty(&file)?;
     json.push('\n');
@@ -375,6 +437,24 @@ pub fn summary(p: &CalibratedPolicy) -> String {
             t.rounding_floor,
             t.exact_runs,
             t.runs
+        ));
+    }
+    for u in &p.unseen {
+        let e = &u.runs_with_exceedance;
+        s.push_str(&format!(
+            "unseen {}: {} independent honest runs, {} with a cell over its threshold (session \
+             false-positive rate <= {:.2e} at {:.0}% confidence); worst cell at {:.2} of its \
+             threshold\n",
+            u.variations
+                .iter()
+                .map(|v| v.variation.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            u.runs,
+            e.exceedances,
+            e.upper,
+            e.confidence * 100.0,
+            u.worst_ratio
         ));
     }
     match &p.holdout {

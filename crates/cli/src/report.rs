@@ -7,7 +7,8 @@
 //!   adversary whose cells deviate from the reference ([`roc`]), and detection against the
 //!   adversary's compute saving;
 //! * a [`SweepResult`] (`veritrace sweep --out` / `veritrace merge --out`) whose grid has a `k`
-//!   axis: detection against k per adversary with Wilson intervals and the hypergeometric
+//!   axis: detection against k per adversary with 95% bounds over the independent prover runs
+//!   and the hypergeometric
 //!   prediction ([`k_panels`]);
 //! * a fingerprint [`StudyReport`] (`fingerprint.json` of `veritrace fingerprint --out`): a
 //!   heatmap of the per-layer SNR of every setup, on a log colour scale.
@@ -319,7 +320,8 @@ pub fn roc_curves(report: &SimReport, index: usize) -> Vec<Roc> {
 
 /// Whether ROC curves of an adversary are meaningful: it is not an honest prover, and the
 /// verifier catches it by the tolerance test (equivocation is caught by the Merkle check and a
-/// late commitment by the API, whatever the deviations of the committed trace).
+/// late commitment by the API, whatever the deviations of the committed trace; a corridor
+/// prover stays within the thresholds by construction).
 pub fn roc_of_interest(kind: AdversaryKind) -> bool {
     !matches!(
         kind,
@@ -327,7 +329,18 @@ pub fn roc_of_interest(kind: AdversaryKind) -> bool {
             | AdversaryKind::OtherHardware
             | AdversaryKind::Equivocation
             | AdversaryKind::LateCommitment
+            | AdversaryKind::Corridor
     )
+}
+
+/// The interval a plot draws for an adversary: one-sided 95% bounds over its independent prover
+/// runs, or, for reports written before they were recorded, the Wilson interval over trials.
+fn interval(a: &veritrace_sim::AdversaryResult) -> (f64, f64) {
+    if a.runs > 0 {
+        a.run_bounds
+    } else {
+        a.wilson95
+    }
 }
 
 /// One measured point of detection against k.
@@ -337,7 +350,8 @@ pub struct KPoint {
     pub k: f64,
     /// Detection rate.
     pub detection: f64,
-    /// 95% Wilson interval.
+    /// One-sided 95% bounds over the independent prover runs (reports that predate them: the
+    /// 95% Wilson interval over trials).
     pub wilson95: (f64, f64),
     /// The engine's hypergeometric prediction, if the kind has one.
     pub predicted: Option<f64>,
@@ -431,7 +445,7 @@ pub fn k_panels(sweep: &SweepResult) -> Vec<KPanel> {
                 points.push(KPoint {
                     k,
                     detection: a.detection,
-                    wilson95: a.wilson95,
+                    wilson95: interval(a),
                     predicted: a.predicted,
                 });
                 geometry.push((a.kind, a.cells, a.bad_cells, r.scenario.protocol.rounds));
@@ -924,7 +938,7 @@ impl Figure for KFigure<'_> {
             });
         }
         let mut all = vec![LegendEntry {
-            text: "measured, 95% Wilson bars".into(),
+            text: "measured, 95% bounds over runs".into(),
             color: BLACK,
             shape: Some(0),
             line: Some(false),
@@ -1073,7 +1087,7 @@ impl Figure for SavingFigure {
             .draw()
             .map_err(err)?;
         let mut entries = vec![LegendEntry {
-            text: "measured, 95% Wilson bars".into(),
+            text: "measured, 95% bounds over runs".into(),
             color: BLACK,
             shape: Some(0),
             line: None,
@@ -1126,6 +1140,98 @@ impl Figure for SavingFigure {
             .map_err(err)?;
         }
         legend(&right, "adversary", &entries)
+    }
+}
+
+/// A corridor prover's trade-off: the token-flip rate against the threshold scale, beside the
+/// honest false-positive rate at the same scale.
+struct CorridorFigure {
+    title: String,
+    result: veritrace_sim::CorridorResult,
+}
+
+impl Figure for CorridorFigure {
+    fn size(&self) -> (u32, u32) {
+        (880, 520)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let (w, _) = root.dim_in_pixel();
+        let (left, right) = root.split_horizontally(w - 300);
+        let c = &self.result;
+        let x0 = c
+            .scales
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .log2();
+        let x1 = c.scales.iter().copied().fold(0.0, f64::max).log2();
+        let mut chart = ChartBuilder::on(&left)
+            .caption(caption(&left, &self.title, 16.0), (FAMILY, 16))
+            .margin(12)
+            .x_label_area_size(46)
+            .y_label_area_size(56)
+            .build_cartesian_2d((x0 - 0.5)..(x1 + 0.5), -0.04f64..1.06f64)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("threshold scale s (multiples of the calibrated thresholds, log2)")
+            .y_desc("rate")
+            .x_label_formatter(&|x| format!("{}", x.exp2()))
+            .y_label_formatter(&|y| format!("{y:.1}"))
+            .max_light_lines(0)
+            .bold_line_style(RGBColor(228, 228, 228).stroke_width(1))
+            .label_style((FAMILY, 13))
+            .axis_desc_style((FAMILY, 14))
+            .draw()
+            .map_err(err)?;
+        let flips: Vec<(f64, f64)> = c
+            .scales
+            .iter()
+            .zip(&c.flips_all_layers)
+            .map(|(s, &k)| (s.log2(), k as f64 / c.prompts.max(1) as f64))
+            .collect();
+        let fpr: Vec<(f64, f64)> = c
+            .scales
+            .iter()
+            .zip(&c.honest_over)
+            .map(|(s, &k)| (s.log2(), k as f64 / c.honest_runs.max(1) as f64))
+            .collect();
+        let (red, blue) = (color(1), color(0));
+        chart
+            .draw_series(LineSeries::new(flips.iter().copied(), red.stroke_width(2)))
+            .map_err(err)?;
+        for (i, &(x, y)) in flips.iter().enumerate() {
+            let (lo, hi) = c.flip_bounds[i];
+            let (px, top) = chart.backend_coord(&(x, hi));
+            let (_, bottom) = chart.backend_coord(&(x, lo));
+            error_bar(root, px, top, bottom, red)?;
+            marker(root, chart.backend_coord(&(x, y)), 0, red, true)?;
+        }
+        chart
+            .draw_series(LineSeries::new(fpr.iter().copied(), blue.stroke_width(2)))
+            .map_err(err)?;
+        for (i, &(x, y)) in fpr.iter().enumerate() {
+            let (px, top) = chart.backend_coord(&(x, c.honest_fpr_upper[i]));
+            let (_, bottom) = chart.backend_coord(&(x, y));
+            error_bar(root, px, top, bottom, blue)?;
+            marker(root, chart.backend_coord(&(x, y)), 1, blue, true)?;
+        }
+        let entries = vec![
+            LegendEntry {
+                text: format!("token flipped ({} prompts)", c.prompts),
+                color: red,
+                shape: Some(0),
+                line: None,
+            },
+            LegendEntry {
+                text: format!("honest over s x t ({} runs)", c.honest_runs),
+                color: blue,
+                shape: Some(1),
+                line: None,
+            },
+        ];
+        legend(&right, "corridor prover vs honest", &entries)
     }
 }
 
@@ -1439,7 +1545,7 @@ pub fn render_all(inputs: &[(PathBuf, ResultFile)], dir: &Path) -> anyhow::Resul
                         stem,
                         format!(
                             "## Detection vs k: `{}`{fixed}\n\nMeasured detection rate per \
-                             adversary (solid, markers; bars: 95% Wilson intervals; {} trials \
+                             adversary (solid, markers; bars: one-sided 95% bounds over the independent prover runs; {} trials \
                              per point, {}) against the hypergeometric prediction (dashed) for \
                              the {with} adversaries with one: {dense} dense over every integer k \
                              (`1 − (1 − P_hyp(N, b, k))^rounds` from the cells N and mean bad \
@@ -1479,7 +1585,7 @@ pub fn render_all(inputs: &[(PathBuf, ResultFile)], dir: &Path) -> anyhow::Resul
                     points: r
                         .adversaries
                         .iter()
-                        .map(|a| (a.label.clone(), a.saving, a.detection, a.wilson95))
+                        .map(|a| (a.label.clone(), a.saving, a.detection, interval(a)))
                         .collect(),
                 };
                 render(&fig, dir, &stem)?;
@@ -1489,10 +1595,33 @@ pub fn render_all(inputs: &[(PathBuf, ResultFile)], dir: &Path) -> anyhow::Resul
                     format!(
                         "## Detection vs compute saving: `{}`\n\n{header}. One numbered point \
                          per adversary (the legend names them): its compute saving against the \
-                         honest prover and its detection rate with the 95% Wilson interval.",
+                         honest prover and its detection rate with one-sided 95% bounds over the independent prover runs.",
                         path.display()
                     ),
                 );
+                for (ai, a) in r.adversaries.iter().enumerate() {
+                    let Some(c) = &a.corridor else { continue };
+                    let stem = format!("{tag}-corridor-{:02}", ai + 1);
+                    let fig = CorridorFigure {
+                        title: format!("Tolerance corridor: {} ({})", a.label, sc.name),
+                        result: c.clone(),
+                    };
+                    render(&fig, dir, &stem)?;
+                    plot(
+                        &mut index,
+                        stem,
+                        format!(
+                            "## Tolerance corridor: `{}` in `{}`\n\n{header}. The rate at which a \
+                             prover that keeps every cell within s times the calibrated thresholds \
+                             flips the first generated token (undetectable by sampling), beside \
+                             the rate of held-out honest runs with a cell over s times the \
+                             thresholds (which a session could reject): the trade-off a \
+                             protocol designer picks the threshold from.",
+                            a.label,
+                            path.display()
+                        ),
+                    );
+                }
                 let metric = format!("{:?}", r.calibration.metric);
                 let mut table = String::from(
                     "| adversary | layer | AUC | threshold | FPR at it | TPR at it |\n\

@@ -15,8 +15,10 @@ use veritrace_sim::{report, EngineMode, Scenario, SimReport, Simulation};
 
 /// Extra help of `veritrace simulate`.
 pub const AFTER_HELP: &str = "\
-Outputs with --out DIR: report.md, report.json and report.csv (each written to a temporary file
-and renamed, so an interrupted run leaves earlier results intact). Results are deterministic for a
+Outputs with --out DIR: report.md, report.json, report.csv, and policy.json (the calibrated
+tolerance, in the format of `veritrace calibrate`, for `verify --tolerance`; not in exact mode),
+each written to a temporary file and renamed, so an interrupted run leaves earlier results
+intact. Results are deterministic for a
 scenario and seed, whatever the thread count (RAYON_NUM_THREADS).
 
 Exit status: 0 on success, 2 when the scenario or a model is refused, 1 otherwise.";
@@ -80,20 +82,28 @@ pub fn scenario_from_args(args: &SimulateArgs) -> anyhow::Result<Scenario> {
 }
 
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    crate::write_file_atomic(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes `report.md`, `report.json` and `report.csv` into `dir` (created if missing).
-pub fn write_outputs(dir: &Path, r: &SimReport) -> anyhow::Result<()> {
+/// Writes `report.md`, `report.json` and `report.csv` into `dir` (created if missing), and the
+/// calibrated tolerance as `policy.json` (the format of `veritrace calibrate`) when there is
+/// one.
+pub fn write_outputs(
+    dir: &Path,
+    r: &SimReport,
+    policy: Option<&veritrace_protocol::calibration::CalibratedPolicy>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_atomic(&dir.join("report.md"), &report::markdown(r))?;
     let mut json = serde_json::to_string_pretty(r)?;
     json.push('\n');
     write_atomic(&dir.join("report.json"), &json)?;
     write_atomic(&dir.join("report.csv"), &report::csv(r))?;
+    if let Some(policy) = policy {
+        let mut json = serde_json::to_string_pretty(policy)?;
+        json.push('\n');
+        write_atomic(&dir.join("policy.json"), &json)?;
+    }
     Ok(())
 }
 
@@ -136,7 +146,7 @@ pub fn run(args: &SimulateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         );
     }
     if let Some(dir) = &args.out {
-        write_outputs(dir, &report)?;
+        write_outputs(dir, &report, sim.policy_file().as_ref())?;
     }
     if args.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;

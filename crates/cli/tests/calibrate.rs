@@ -36,10 +36,18 @@ fn calibrate(dir: &std::path::Path) -> (String, CalibratedPolicy) {
         "4",
         "--target-fpr",
         "0.1",
+        "--unseen",
+        "f32/attn=eager/splitk=4",
+        "--unseen-runs",
+        "20",
         "--quiet",
         "--out",
         &policy,
     ]);
+    assert!(
+        out.contains("unseen f32/attn=eager/splitk=4: 20 independent honest runs"),
+        "{out}"
+    );
     let file: CalibratedPolicy =
         serde_json::from_str(&std::fs::read_to_string(&policy).unwrap()).unwrap();
     assert!(out.contains("from 192 honest runs (182 needed)"), "{out}");
@@ -64,6 +72,8 @@ fn calibrate_then_verify_with_the_policy() {
     assert_eq!(c.per_layer[&0].exact_runs, 192);
     // Split-K changes the layers' sums: a threshold from the order statistic.
     assert_eq!(c.per_layer[&1].source, ThresholdSource::OrderStatistic);
+    assert_eq!(file.unseen.len(), 1);
+    assert_eq!(file.unseen[0].runs, 20);
     let h = file.holdout.as_ref().expect("held-out runs");
     assert_eq!(h.runs, 48);
     assert_eq!(h.runs_with_exceedance.samples, 48);

@@ -24,10 +24,10 @@ samples = 2
 mode = "interactive"
 [tolerance]
 metric = "rel_l2"
-target_fpr = 0.05
+target_fpr = 0.3
 honest = ["f32/attn=eager/splitk=2"]
-calibration_prompts = 1
-holdout_prompts = 1
+calibration_prompts = 80
+holdout_prompts = 10
 [[adversary]]
 kind = "honest"
 [[adversary]]

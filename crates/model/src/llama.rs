@@ -945,9 +945,9 @@ impl LlamaModel {
         }
     }
 
-    /// The greedy next token from one last-layer row: final RMSNorm, LM head (a `[1, hidden]`
-    /// matmul, the same shape wherever it is called), argmax with the lowest index on ties.
-    pub fn next_token_from_row(&self, setup: &Setup, row: &[f32]) -> Result<u32> {
+    /// The logits of one last-layer row: final RMSNorm, LM head (a `[1, hidden]` matmul, the
+    /// same shape wherever it is called), as f32.
+    pub fn logits_from_row(&self, setup: &Setup, row: &[f32]) -> Result<Vec<f32>> {
         self.check_setup(setup)?;
         let d = self.config.hidden_size;
         if row.len() != d {
@@ -966,11 +966,17 @@ impl LlamaModel {
         let arith = self.arith(setup)?;
         let x = arith.cast(&Tensor::from_slice(row, (1, d), &Device::Cpu)?)?;
         let n = arith.rms_norm(&x, &self.final_norm)?;
-        let logits = arith
+        Ok(arith
             .linear(&n, &arith.w.lm_head)?
             .to_dtype(DType::F32)?
             .flatten_all()?
-            .to_vec1::<f32>()?;
+            .to_vec1::<f32>()?)
+    }
+
+    /// The greedy next token from one last-layer row: the argmax of
+    /// [`LlamaModel::logits_from_row`], the lowest index on ties.
+    pub fn next_token_from_row(&self, setup: &Setup, row: &[f32]) -> Result<u32> {
+        let logits = self.logits_from_row(setup, row)?;
         let mut best = 0usize;
         for (i, &v) in logits.iter().enumerate() {
             if v.is_nan() {

@@ -665,6 +665,10 @@ pub struct CalibratedPolicy {
     pub calibration: RunCalibration,
     /// Held-out evidence, if runs were held out.
     pub holdout: Option<HoldoutEvidence>,
+    /// Evidence from honest variations *not* used in calibration (other split-K counts, batch
+    /// shapes, engines), one entry per variation: whether the thresholds generalize.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unseen: Vec<HoldoutEvidence>,
 }
 
 impl CalibratedPolicy {
@@ -682,6 +686,7 @@ impl CalibratedPolicy {
             policy: calibration.policy(),
             calibration,
             holdout,
+            unseen: Vec::new(),
         }
     }
 

@@ -17,16 +17,18 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::{CellId, HasherId};
 use veritrace_model::{CellInputs, Runner, Setup, Trace};
-use veritrace_protocol::tolerance::{
-    calibrate, measure_fpr, CalibrationConfig, Deviation, FprReport, Metric, PerLayer,
-    TolerancePolicy,
+use veritrace_protocol::calibration::{
+    calibrate_runs, holdout_evidence, runs_needed, CalibratedPolicy, HoldoutEvidence, HonestRun,
+    RunCalibration, RunCalibrationConfig,
 };
+use veritrace_protocol::tolerance::{Deviation, FprEstimate, Metric, PerLayer, TolerancePolicy};
 use veritrace_protocol::{
-    check_opening, ChallengeParams, Commitment, Message, Mode, Prover, Statement, Step, Verdict,
-    Verifier, VerifierConfig,
+    check_opening, ChallengeParams, Commitment, Message, Mode, ProtocolError, Prover, Statement,
+    Step, Verdict, Verifier, VerifierConfig,
 };
 
-use crate::adversary::{Adversary, AdversaryKind, Plan};
+use crate::adversary::{Adversary, AdversaryKind, CorridorProbe, Plan, CORRIDOR_SCALES};
+use crate::calibration::{rounding_dtype, HonestRunPlan, Recomputer};
 use crate::fast::{self, CellOutcomes};
 use crate::model::{SimModel, SimVerifier};
 use crate::scenario::{AdversarySpec, Scenario};
@@ -50,24 +52,51 @@ pub struct ProverRun {
     pub cost: f64,
     /// Cells whose opened bytes an equivocating prover alters.
     pub equivocate: BTreeSet<CellId>,
+    /// What a corridor prover's probe found on this prompt.
+    pub corridor: Option<CorridorProbe>,
 }
 
-/// What calibration produced and what the held-out prompts measured.
+/// What corridor provers achieved across the prompt pool, beside the honest false-positive
+/// rate at the same threshold scales ([`crate::adversary::Corridor`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CorridorResult {
+    /// Threshold scales `s` (multiples of the calibrated thresholds).
+    pub scales: Vec<f64>,
+    /// Prompts (independent prover runs) probed.
+    pub prompts: u64,
+    /// Per scale, prompts whose first generated token flipped with every layer perturbed.
+    pub flips_all_layers: Vec<u64>,
+    /// Per scale, one-sided 95% Clopper-Pearson bounds of that flip rate over the prompts.
+    pub flip_bounds: Vec<(f64, f64)>,
+    /// Per layer and scale, prompts whose first token flipped with that layer alone perturbed.
+    pub flips_per_layer: BTreeMap<u32, Vec<u64>>,
+    /// Held-out honest runs the false-positive rates are measured on.
+    pub honest_runs: u64,
+    /// Per scale, held-out honest runs with a cell over `s · t_l` (a session could reject them).
+    pub honest_over: Vec<u64>,
+    /// Per scale, the one-sided 95% Clopper-Pearson upper bound of that rate.
+    pub honest_fpr_upper: Vec<f64>,
+    /// Prompts whose committed trace (scale 1) flipped the first token.
+    pub committed_flips: u64,
+}
+
+/// What calibration produced and what the held-out honest runs measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationSummary {
     /// Metric of the thresholds.
     pub metric: Metric,
-    /// Per-cell target false-positive rate `α = 1 − (1 − target)^(1/(k·rounds))`.
-    pub cell_alpha: f64,
-    /// Per-layer thresholds.
+    /// `true`: bitwise comparison (no calibration; a held-out run "exceeds" when any of its
+    /// cells differs at all).
+    pub exact: bool,
+    /// Per-layer thresholds (0 everywhere in exact mode).
     pub thresholds: PerLayer,
-    /// Honest samples used per layer.
-    pub samples_per_layer: u64,
-    /// Per-cell false-positive rate on held-out honest other-hardware runs.
-    pub holdout: FprReport,
-    /// The session false-positive rate those cells imply, `1 − (1 − fpr)^(k·rounds)`.
-    pub holdout_session_fpr: f64,
-    /// The held-out honest samples per layer (for ROC curves).
+    /// The calibration from independent honest runs
+    /// ([`veritrace_protocol::calibration`]); `None` in exact mode.
+    pub calibration: Option<RunCalibration>,
+    /// The thresholds on held-out independent honest runs.
+    pub holdout: HoldoutEvidence,
+    /// The held-out honest samples per layer, every cell of every held-out run (for ROC
+    /// curves; cells of one run are not independent).
     pub holdout_samples: BTreeMap<u32, Vec<f64>>,
 }
 
@@ -84,8 +113,17 @@ pub struct AdversaryResult {
     pub detected: u64,
     /// `detected / trials`.
     pub detection: f64,
-    /// 95% Wilson interval of the detection probability.
+    /// 95% Wilson interval of the detection probability over the trials: it reflects the
+    /// challenge randomness only, since trials resample the `runs` prover runs of the pool.
     pub wilson95: (f64, f64),
+    /// Independent prover runs (prompts) the trials were drawn from: the sample size behind
+    /// the rate.
+    #[serde(default)]
+    pub runs: u64,
+    /// One-sided 95% lower and upper bounds on the detection probability over the `runs`
+    /// independent runs ([`crate::stats::bounds_over_runs`]).
+    #[serde(default)]
+    pub run_bounds: (f64, f64),
     /// Hypergeometric prediction from the bad-cell counts (mean over the prompt pool), if the
     /// kind has one.
     pub predicted: Option<f64>,
@@ -112,6 +150,10 @@ pub struct AdversaryResult {
     pub reasons: BTreeMap<String, u64>,
     /// A remark (e.g. how the API refused a late commitment).
     pub note: Option<String>,
+    /// Corridor provers: token flips against threshold scale, beside the honest
+    /// false-positive rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corridor: Option<CorridorResult>,
 }
 
 /// Which engine ran the trials.
@@ -158,6 +200,8 @@ pub struct Simulation {
     verifier: Arc<Runner>,
     policy: TolerancePolicy,
     calibration: CalibrationSummary,
+    /// The held-out honest runs (for false-positive rates at other threshold scales).
+    held_runs: Vec<HonestRun>,
 }
 
 impl Simulation {
@@ -191,16 +235,20 @@ impl Simulation {
             policy: TolerancePolicy::Exact,
             calibration: CalibrationSummary {
                 metric: Metric::RelL2,
-                cell_alpha: 0.0,
+                exact: true,
                 thresholds: PerLayer::uniform(0.0),
-                samples_per_layer: 0,
-                holdout: FprReport {
-                    layers: BTreeMap::new(),
-                    overall: veritrace_protocol::tolerance::FprEstimate::new(0, 1, 0.95)?,
+                calibration: None,
+                holdout: HoldoutEvidence {
+                    runs: 0,
+                    variations: Vec::new(),
+                    runs_with_exceedance: FprEstimate::new(0, 1, 0.95)?,
+                    expected_session_fpr: 0.0,
+                    cells_over: BTreeMap::new(),
+                    worst_ratio: 0.0,
                 },
-                holdout_session_fpr: 0.0,
                 holdout_samples: BTreeMap::new(),
             },
+            held_runs: Vec::new(),
         };
         sim.calibrate()?;
         Ok(sim)
@@ -225,54 +273,99 @@ impl Simulation {
     /// `("veritrace/sim/prompt/v1", seed, index)`; for an encoder, a `[CLS] … [SEP]` sequence
     /// ([`veritrace_model::bert_prompt`]) keyed by that stream's first `u64`.
     pub fn prompt(&self, index: u64) -> Vec<u32> {
-        let mut rng = stream("veritrace/sim/prompt/v1", self.scenario.seed, index, 0);
-        let key = if self.model.is_encoder() {
-            rng.next_u64()
-        } else {
-            0
-        };
-        self.model
-            .prompt(key, self.scenario.prompts.tokens as usize, || {
-                rng.next_u32()
-            })
+        crate::calibration::prompt(
+            &self.model,
+            self.scenario.seed,
+            index,
+            self.scenario.prompts.tokens as usize,
+        )
     }
 
-    fn checks_per_session(&self) -> f64 {
-        f64::from(self.scenario.protocol.samples) * f64::from(self.scenario.protocol.rounds)
-    }
-
-    /// Per-layer deviation samples of `setup`'s traces against reference recompute.
-    fn deviation_samples(
-        &self,
-        setup: &Setup,
-        prompts: std::ops::Range<u64>,
-    ) -> Result<BTreeMap<u32, Vec<f64>>, SimError> {
-        let metric = self.scenario.tolerance.metric;
-        let per_prompt: Vec<BTreeMap<u32, Vec<f64>>> = prompts
-            .into_par_iter()
-            .map(|i| -> Result<_, SimError> {
-                let (statement, trace) = self.run_setup(&self.model, setup, &self.prompt(i))?;
-                let chunk = self.scenario.protocol.chunk as usize;
-                let mut out: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-                for l in 0..trace.layers.len() {
-                    for j in 0..trace.tokens.div_ceil(chunk) {
-                        let (claimed, recomputed) = self.cell_pair(&statement, &trace, l, j)?;
-                        let dev = Deviation::between(&claimed, &recomputed, None)
-                            .map_err(|v| SimError::Engine(format!("honest cell: {v:?}")))?;
-                        let v = dev.get(metric).unwrap_or(0.0);
-                        out.entry(l as u32).or_default().push(v);
-                    }
-                }
-                Ok(out)
-            })
-            .collect::<Result<_, _>>()?;
-        let mut merged: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-        for m in per_prompt {
-            for (l, v) in m {
-                merged.entry(l).or_default().extend(v);
-            }
+    /// The verifier's recompute of cells under the claimed setup.
+    pub(crate) fn recomputer(&self) -> Recomputer<'_> {
+        Recomputer {
+            model: &self.model,
+            runner: &self.verifier,
+            reference: &self.scenario.reference,
+            chunk: self.scenario.protocol.chunk as usize,
         }
-        Ok(merged)
+    }
+
+    /// The provers' device.
+    pub(crate) fn prover_runner(&self) -> &Runner {
+        &self.prover
+    }
+
+    /// The corridor summary of an adversary's runs, when they carry probes.
+    fn corridor_result(&self, runs: &[ProverRun]) -> Result<Option<CorridorResult>, SimError> {
+        let probes: Vec<&CorridorProbe> = runs.iter().filter_map(|r| r.corridor.as_ref()).collect();
+        if probes.is_empty() {
+            return Ok(None);
+        }
+        let scales = CORRIDOR_SCALES.to_vec();
+        let n = probes.len() as u64;
+        let count =
+            |f: &dyn Fn(&CorridorProbe) -> bool| probes.iter().filter(|p| f(p)).count() as u64;
+        let flips_all_layers: Vec<u64> = (0..scales.len())
+            .map(|i| count(&|p| p.all_layers[i]))
+            .collect();
+        let flip_bounds = flips_all_layers
+            .iter()
+            .map(|&k| crate::stats::bounds_over_runs(k as f64, n, 0.95))
+            .collect();
+        let mut flips_per_layer: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        for &l in probes[0].per_layer.keys() {
+            flips_per_layer.insert(
+                l,
+                (0..scales.len())
+                    .map(|i| count(&|p| p.per_layer.get(&l).is_some_and(|v| v[i])))
+                    .collect(),
+            );
+        }
+        let thresholds = &self.calibration.thresholds;
+        let mut honest_over = Vec::new();
+        let mut honest_fpr_upper = Vec::new();
+        let h = self.held_runs.len() as u64;
+        for &s in &scales {
+            let over = self
+                .held_runs
+                .iter()
+                .filter(|r| {
+                    r.layers
+                        .iter()
+                        .any(|(l, e)| e.deviations.iter().any(|&x| x > s * thresholds.get(*l)))
+                })
+                .count() as u64;
+            honest_over.push(over);
+            honest_fpr_upper.push(if h == 0 {
+                1.0
+            } else {
+                FprEstimate::new(over, h, 0.95)?.upper
+            });
+        }
+        Ok(Some(CorridorResult {
+            scales,
+            prompts: n,
+            flips_all_layers,
+            flip_bounds,
+            flips_per_layer,
+            honest_runs: h,
+            honest_over,
+            honest_fpr_upper,
+            committed_flips: count(&|p| p.committed_flip),
+        }))
+    }
+
+    /// The calibrated policy file (`veritrace calibrate`'s format) of a calibrated tolerance;
+    /// `None` in exact mode.
+    pub fn policy_file(&self) -> Option<CalibratedPolicy> {
+        let c = self.calibration.calibration.clone()?;
+        Some(CalibratedPolicy::new(
+            self.scenario.reference.to_string(),
+            self.scenario.model.clone(),
+            c,
+            Some(self.calibration.holdout.clone()),
+        ))
     }
 
     /// The committed rows of cell `(l, j)` and their reference recompute from the committed
@@ -284,81 +377,93 @@ impl Simulation {
         l: usize,
         j: usize,
     ) -> Result<(Vec<f32>, Vec<f32>), SimError> {
-        let chunk = self.scenario.protocol.chunk as usize;
-        let d = trace.hidden;
-        let end = ((j + 1) * chunk).min(trace.tokens);
-        let claimed = trace.layers[l][j * chunk * d..end * d].to_vec();
-        let inputs = self.model.input_rows(trace.tokens, chunk, j);
-        let recomputed = if l == 0 {
-            let tokens: Vec<u32> = statement
-                .input_tokens
-                .iter()
-                .chain(&statement.output_tokens)
-                .copied()
-                .take(inputs.end)
-                .collect();
-            self.model.recompute_cell_on(
-                &self.verifier,
-                &self.scenario.reference,
-                chunk,
-                0,
-                j,
-                CellInputs::Tokens(&tokens),
-            )?
-        } else {
-            self.model.recompute_cell_on(
-                &self.verifier,
-                &self.scenario.reference,
-                chunk,
-                l,
-                j,
-                CellInputs::Hidden(&trace.layers[l - 1][..inputs.end * d]),
-            )?
-        };
-        Ok((claimed, recomputed))
+        self.recomputer().cell_pair(statement, trace, l, j)
     }
 
+    /// Calibrates the tolerance on `tolerance.calibration_prompts` independent honest runs
+    /// (each a fresh prompt under one of the honest variations, in rotation) and measures it on
+    /// `tolerance.holdout_prompts` more ([`veritrace_protocol::calibration`]). Prompts are
+    /// numbered after the adversaries' pool, calibration first.
     fn calibrate(&mut self) -> Result<(), SimError> {
         let t = self.scenario.tolerance.clone();
+        let p = self.scenario.protocol;
         let base = u64::from(self.scenario.prompts.count);
         let cal = base..base + u64::from(t.calibration_prompts);
         let hold = cal.end..cal.end + u64::from(t.holdout_prompts);
-        let mut samples: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-        let mut held: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-        for h in &t.honest {
-            for (l, v) in self.deviation_samples(h, cal.clone())? {
-                samples.entry(l).or_default().extend(v);
-            }
-            for (l, v) in self.deviation_samples(h, hold.clone())? {
-                held.entry(l).or_default().extend(v);
+        let plan = HonestRunPlan {
+            recompute: self.recomputer(),
+            prover: &self.prover,
+            honest: &t.honest,
+            output: self.scenario.prompts.output as usize,
+            metric: t.metric,
+        };
+        let config = RunCalibrationConfig {
+            metric: t.metric,
+            target_session_fpr: t.target_fpr,
+            samples: p.samples,
+            rounds: p.rounds,
+            confidence: t.confidence,
+            margin: t.margin,
+            rounding_dtype: rounding_dtype(&self.scenario.reference),
+        };
+        let layers = self.model.num_layers() as u64 + 1;
+        let needed = runs_needed(config.cell_alpha(layers), config.layer_confidence(layers));
+        if !t.exact && u64::from(t.calibration_prompts) < needed {
+            // Refused before any run: the evidence could not support the target.
+            return Err(SimError::Scenario(format!(
+                "tolerance.calibration_prompts = {}: {needed} independent honest runs are \
+                 needed for a session false-positive rate of {} at {} confidence with k = {} x {} \
+                 round(s) over {layers} layers (per-cell alpha {:.3e}, specs/protocol.md \
+                 §12.3); raise calibration_prompts, or target_fpr",
+                t.calibration_prompts,
+                t.target_fpr,
+                t.confidence,
+                p.samples,
+                p.rounds,
+                config.cell_alpha(layers)
+            )));
+        }
+        let prompt = |i: u64| self.prompt(i);
+        let held = plan.runs(hold, &prompt, &|| {})?;
+        let (policy, thresholds, calibration) = if t.exact {
+            // Identical hardware: bitwise comparison; any honest difference is a false alarm.
+            (TolerancePolicy::Exact, PerLayer::uniform(0.0), None)
+        } else {
+            let runs = plan.runs(cal, &prompt, &|| {})?;
+            let c = calibrate_runs(&runs, &config).map_err(|e| match e {
+                ProtocolError::InsufficientEvidence {
+                    needed,
+                    have,
+                    reason,
+                } => SimError::Scenario(format!(
+                    "tolerance.calibration_prompts = {have}: {needed} independent honest \
+                         runs are needed ({reason}); raise calibration_prompts, or the \
+                         target_fpr"
+                )),
+                e => e.into(),
+            })?;
+            (
+                TolerancePolicy::Threshold(c.policy()),
+                c.thresholds(),
+                Some(c),
+            )
+        };
+        let holdout = holdout_evidence(&thresholds, &held, p.samples, p.rounds, t.confidence)?;
+        let mut holdout_samples: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+        for r in &held {
+            for (l, e) in &r.layers {
+                holdout_samples.entry(*l).or_default().extend(&e.deviations);
             }
         }
-        let checks = self.checks_per_session();
-        let alpha = 1.0 - (1.0 - t.target_fpr).powf(1.0 / checks);
-        let config = CalibrationConfig {
-            alpha,
-            margin: t.margin,
-            confidence: 0.95,
-        };
-        let thresholds = if t.exact {
-            // Identical hardware: bitwise comparison; any honest difference is a false alarm.
-            self.policy = TolerancePolicy::Exact;
-            PerLayer::uniform(0.0)
-        } else {
-            let calibration = calibrate(&samples, &config)?;
-            self.policy = calibration.policy(t.metric, None)?;
-            calibration.thresholds()
-        };
-        let holdout = measure_fpr(&thresholds, &held, 0.95)?;
-        let session = 1.0 - (1.0 - holdout.overall.rate).powf(checks);
+        self.policy = policy;
+        self.held_runs = held;
         self.calibration = CalibrationSummary {
             metric: t.metric,
-            cell_alpha: alpha,
+            exact: t.exact,
             thresholds,
-            samples_per_layer: samples.values().map(|v| v.len() as u64).min().unwrap_or(0),
+            calibration,
             holdout,
-            holdout_session_fpr: session,
-            holdout_samples: held,
+            holdout_samples,
         };
         Ok(())
     }
@@ -431,6 +536,7 @@ impl Simulation {
             deviations,
             cost: committed.cost,
             equivocate: committed.equivocate,
+            corridor: committed.corridor,
         })
     }
 
@@ -629,12 +735,14 @@ impl Simulation {
             mode: a.mode(self.scenario.protocol.mode),
             pow_bits: a.pow_bits(self.scenario.protocol.pow_bits),
         };
+        // Per run of the pool: (trials detected, trials run) on it.
+        let mut per_run: Vec<(u64, u64)> = vec![(0, 0); runs.len()];
         let outcomes: Vec<Outcome> = if fast {
             let profiles: Vec<CellOutcomes> = runs
                 .iter()
                 .map(|r| self.cell_outcomes(r))
                 .collect::<Result<_, _>>()?;
-            let detected = fast::detections(
+            let (detected, tallies) = fast::detections(
                 &profiles,
                 k,
                 rounds,
@@ -642,6 +750,7 @@ impl Simulation {
                 self.scenario.seed,
                 ai,
             );
+            per_run = tallies;
             progress();
             // Mean verifier cost of k uniform cells per round, per run, averaged.
             let mut cost = 0.0;
@@ -664,17 +773,23 @@ impl Simulation {
                 })
                 .collect()
         } else {
-            (0..self.scenario.trials)
+            let tagged: Vec<(usize, Outcome)> = (0..self.scenario.trials)
                 .into_par_iter()
                 .map(|t| {
                     let mut rng = stream("veritrace/sim/trial/v1", self.scenario.seed, ai, t);
-                    let run = &runs[(rng.next_u64() % pool) as usize];
-                    let out = a.trial(self, &plan, run, t, &mut rng);
+                    let ri = (rng.next_u64() % pool) as usize;
+                    let out = a.trial(self, &plan, &runs[ri], t, &mut rng);
                     progress();
-                    out
+                    out.map(|o| (ri, o))
                 })
-                .collect::<Result<_, _>>()?
+                .collect::<Result<_, _>>()?;
+            for (ri, o) in &tagged {
+                per_run[*ri].0 += u64::from(!o.accepted);
+                per_run[*ri].1 += 1;
+            }
+            tagged.into_iter().map(|(_, o)| o).collect()
         };
+        let (runs_sampled, run_bounds) = over_runs(&per_run);
         let trials = outcomes.len() as u64;
         let detected = outcomes.iter().filter(|o| !o.accepted).count() as u64;
         let mut reasons = BTreeMap::new();
@@ -696,6 +811,8 @@ impl Simulation {
             detected,
             detection: detected as f64 / n,
             wilson95: wilson(detected, trials, 1.959_963_984_540_054),
+            runs: runs_sampled,
+            run_bounds,
             predicted: prediction.as_ref().map(|p| p.value),
             predicted_is_lower_bound: prediction.is_some_and(|p| p.lower_bound),
             bad_cells,
@@ -715,6 +832,7 @@ impl Simulation {
             security_bits,
             reasons,
             note,
+            corridor: self.corridor_result(&runs)?,
         })
     }
 
@@ -770,6 +888,22 @@ impl Simulation {
         }
         Ok(c)
     }
+}
+
+/// The runs that got trials and the one-sided 95% bounds over them, from per-run tallies
+/// `(detected, trials)`: each run's detection estimate `p̂_r`, summed to `Σ p̂_r` effective
+/// detections among the runs ([`crate::stats::bounds_over_runs`]).
+fn over_runs(per_run: &[(u64, u64)]) -> (u64, (f64, f64)) {
+    let used: Vec<f64> = per_run
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|&(d, n)| d as f64 / n as f64)
+        .collect();
+    let n = used.len() as u64;
+    (
+        n,
+        crate::stats::bounds_over_runs(used.iter().sum(), n, 0.95),
+    )
 }
 
 /// The result of one trial.

@@ -62,7 +62,9 @@ fn block_rng(seed: u64, adversary: u64, block: u64) -> ChaCha8Rng {
 }
 
 /// Runs `trials` fast trials of `rounds` rounds of `k` cells each against prover runs drawn
-/// uniformly from `runs`; returns how many were rejected.
+/// uniformly from `runs`; returns how many were rejected, and per run `(rejected, trials)`
+/// (the tallies the interval over independent runs is computed from). Memory is one tally per
+/// run and worker, whatever the trial count.
 pub fn detections(
     runs: &[CellOutcomes],
     k: u64,
@@ -70,20 +72,29 @@ pub fn detections(
     trials: u64,
     seed: u64,
     adversary: u64,
-) -> u64 {
+) -> (u64, Vec<(u64, u64)>) {
+    let mut per_run = vec![(0u64, 0u64); runs.len()];
     if runs.is_empty() || trials == 0 {
-        return 0;
+        return (0, per_run);
     }
     let blocks = trials.div_ceil(BLOCK);
-    (0..blocks)
+    let add = |mut a: Vec<(u64, u64)>, b: Vec<(u64, u64)>| {
+        for (x, (d, n)) in a.iter_mut().zip(b) {
+            x.0 += d;
+            x.1 += n;
+        }
+        a
+    };
+    per_run = (0..blocks)
         .into_par_iter()
         .map(|b| {
             let mut rng = block_rng(seed, adversary, b);
             let mut cells = Vec::with_capacity(k as usize);
             let count = BLOCK.min(trials - b * BLOCK);
-            let mut detected = 0u64;
+            let mut tally = vec![(0u64, 0u64); runs.len()];
             for _ in 0..count {
-                let run = &runs[(rng.next_u64() % runs.len() as u64) as usize];
+                let ri = (rng.next_u64() % runs.len() as u64) as usize;
+                let run = &runs[ri];
                 let n = run.bad.len() as u64;
                 let mut hit = false;
                 for _ in 0..rounds {
@@ -93,11 +104,13 @@ pub fn detections(
                         break;
                     }
                 }
-                detected += u64::from(hit);
+                tally[ri].0 += u64::from(hit);
+                tally[ri].1 += 1;
             }
-            detected
+            tally
         })
-        .sum()
+        .reduce(|| vec![(0, 0); runs.len()], add);
+    (per_run.iter().map(|t| t.0).sum(), per_run)
 }
 
 #[cfg(test)]
@@ -136,7 +149,8 @@ mod tests {
         }
         let runs = [CellOutcomes { bad }];
         let trials = 200_000;
-        let d = detections(&runs, 10, 1, trials, 9, 0);
+        let (d, per_run) = detections(&runs, 10, 1, trials, 9, 0);
+        assert_eq!(per_run, vec![(d, trials)]);
         let p = d as f64 / trials as f64;
         assert!((p - 0.41625).abs() < 0.005, "{p}");
         let one = rayon::ThreadPoolBuilder::new()
@@ -144,6 +158,6 @@ mod tests {
             .build()
             .unwrap()
             .install(|| detections(&runs, 10, 1, trials, 9, 0));
-        assert_eq!(one, d);
+        assert_eq!(one, (d, per_run));
     }
 }

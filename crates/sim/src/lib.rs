@@ -35,7 +35,8 @@ pub use adversary::{
     OtherHardware, Partial, SetupSwap,
 };
 pub use engine::{
-    AdversaryResult, CalibrationSummary, EngineMode, ProverRun, SimReport, Simulation,
+    AdversaryResult, CalibrationSummary, CorridorResult, EngineMode, ProverRun, SimReport,
+    Simulation,
 };
 pub use model::{SimModel, SimVerifier};
 pub use scenario::{AdversarySpec, Scenario, DEFAULT_SCENARIO};

@@ -190,6 +190,16 @@ impl SimModel {
         }
     }
 
+    /// The logits of one last-layer row under `setup` (a decoder; an encoder has no LM head).
+    pub fn logits_from_row(&self, setup: &Setup, row: &[f32]) -> Result<Vec<f32>, SimError> {
+        match self {
+            SimModel::Llama(m) => Ok(m.logits_from_row(setup, row)?),
+            SimModel::Bert(_) => Err(SimError::Scenario(
+                "an encoder has no LM head: no logits to steer".into(),
+            )),
+        }
+    }
+
     /// A cheaper model of the same shape for the model-swap adversary: the decoder's config
     /// with a quarter of the MLP width and the next seed. Encoders have no seeded variant.
     pub fn swap_model(&self) -> Result<SimModel, SimError> {

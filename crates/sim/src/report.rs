@@ -9,7 +9,6 @@ fn pct(x: f64) -> String {
 /// The report as markdown: the calibration line and one row per adversary.
 pub fn markdown(r: &SimReport) -> String {
     let s = &r.scenario;
-    let c = &r.calibration;
     let mut out = format!(
         "## {} — model {}, claimed setup `{}`, k = {} x {} round(s), {:?} mode, {} trials per adversary ({})\n\n",
         s.name,
@@ -35,29 +34,9 @@ pub fn markdown(r: &SimReport) -> String {
             s.prover_device
         ));
     }
-    if s.tolerance.exact {
-        out.push_str(&format!(
-            "Tolerance: exact (bitwise, identical hardware); held-out honest other-hardware cells that differ at all: {} ({} of {}), i.e. {} per session.\n\n",
-            pct(c.holdout.overall.rate),
-            c.holdout.overall.exceedances,
-            c.holdout.overall.samples,
-            pct(c.holdout_session_fpr),
-        ));
-    } else {
-        out.push_str(&format!(
-        "Tolerance: {:?} thresholds calibrated on {} honest other-hardware samples per layer (per-cell alpha {:.2e}); held-out per-cell false-positive rate {} ({} of {}, 95% upper {}), i.e. {} per session.\n\n",
-        c.metric,
-        c.samples_per_layer,
-        c.cell_alpha,
-        pct(c.holdout.overall.rate),
-        c.holdout.overall.exceedances,
-        c.holdout.overall.samples,
-        pct(c.holdout.overall.upper),
-        pct(c.holdout_session_fpr),
-    ));
-    }
-    out.push_str("| adversary | detected | 95% Wilson | predicted | bad cells | saving | verifier cost | bytes opened | grinding bits | main reason |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str(&tolerance_line(r));
+    out.push_str("| adversary | detected (trials) | runs | 95% bounds over runs | predicted | bad cells | saving | verifier cost | bytes opened | grinding bits | main reason |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for a in &r.adversaries {
         let reason = a
             .reasons
@@ -66,14 +45,19 @@ pub fn markdown(r: &SimReport) -> String {
             .map(|(r, n)| format!("{r} ({n})"))
             .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "| {} | {} ({}/{}) | {}–{} | {} | {:.1} / {} | {} | {} | {:.0} | {} | {} |\n",
+            "| {} | {} ({}/{}) | {} | {}–{} | {} | {:.1} / {} | {} | {} | {:.0} | {} | {} |\n",
             a.label,
             pct(a.detection),
             a.detected,
             a.trials,
-            pct(a.wilson95.0),
-            pct(a.wilson95.1),
-            a.predicted.map(pct).unwrap_or_else(|| "-".into()),
+            a.runs,
+            pct_fine(a.run_bounds.0),
+            pct_fine(a.run_bounds.1),
+            match a.predicted {
+                None => "-".into(),
+                Some(p) if a.predicted_is_lower_bound => format!(">= {}", pct(p)),
+                Some(p) => pct(p),
+            },
             a.bad_cells,
             a.cells,
             pct(a.saving),
@@ -84,6 +68,45 @@ pub fn markdown(r: &SimReport) -> String {
                 .unwrap_or_else(|| "-".into()),
             reason,
         ));
+    }
+    out.push_str(
+        "\nRates are over trials; a trial draws one of the `runs` independent prover runs (prompts) \
+         and fresh challenge randomness, so the runs are the sample size: the bounds are one-sided \
+         95% Clopper-Pearson bounds over them (each run's detection estimated from its trials). \
+         A prediction marked >= is a lower bound.\n",
+    );
+    for a in &r.adversaries {
+        let Some(c) = &a.corridor else { continue };
+        out.push_str(&format!(
+            "\n### Tolerance corridor: {}\n\nA prover that keeps every cell within s times the calibrated thresholds and steers the first generated token ({} prompts; its committed traces, at s = 1, flipped {} of them and every session accepted what sampling can check). Honest: held-out runs with a cell over s times the thresholds, of {}.\n\n",
+            a.label, c.prompts, c.committed_flips, c.honest_runs
+        ));
+        let layers: Vec<u32> = c.flips_per_layer.keys().copied().collect();
+        out.push_str("| scale s | honest runs over (95% upper) | first token flipped, every layer (95% bounds) |");
+        for l in &layers {
+            out.push_str(&format!(" layer {l} alone |"));
+        }
+        out.push_str("\n|---|---|---|");
+        for _ in &layers {
+            out.push_str("---|");
+        }
+        out.push('\n');
+        for (i, s) in c.scales.iter().enumerate() {
+            out.push_str(&format!(
+                "| {s} | {} / {} ({}) | {} / {} ({}–{}) |",
+                c.honest_over[i],
+                c.honest_runs,
+                pct_fine(c.honest_fpr_upper[i]),
+                c.flips_all_layers[i],
+                c.prompts,
+                pct_fine(c.flip_bounds[i].0),
+                pct_fine(c.flip_bounds[i].1),
+            ));
+            for l in &layers {
+                out.push_str(&format!(" {} |", c.flips_per_layer[l][i]));
+            }
+            out.push('\n');
+        }
     }
     let notes: Vec<String> = r
         .adversaries
@@ -98,6 +121,64 @@ pub fn markdown(r: &SimReport) -> String {
     out
 }
 
+/// A percentage with enough digits for small bounds (`0.10%`, `0.0998%`).
+fn pct_fine(x: f64) -> String {
+    if x > 0.0 && x < 0.01 {
+        format!("{:.3}%", 100.0 * x)
+    } else {
+        pct(x)
+    }
+}
+
+/// The calibration line of the report.
+fn tolerance_line(r: &SimReport) -> String {
+    let c = &r.calibration;
+    let h = &c.holdout;
+    let e = &h.runs_with_exceedance;
+    let held = format!(
+        "held out: {} independent honest runs ({}), {} with a cell over its threshold: session false-positive rate <= {} (one-sided 95% Clopper-Pearson over runs; {} expected under uniform sampling)",
+        h.runs,
+        h.variations
+            .iter()
+            .map(|v| format!("{} x{}", v.variation, v.runs))
+            .collect::<Vec<_>>()
+            .join(", "),
+        e.exceedances,
+        pct_fine(e.upper),
+        pct_fine(h.expected_session_fpr),
+    );
+    match &c.calibration {
+        None => format!(
+            "Tolerance: exact (bitwise, identical hardware); a held-out run exceeds when any cell differs at all; {held}.\n\n"
+        ),
+        Some(cal) => {
+            let floored = cal.floored_layers();
+            format!(
+                "Tolerance: {} thresholds from {} independent honest runs ({} needed; {}), per layer the order statistic bounding the (1 - {:.2e}) quantile of a run's worst cell at {} confidence{}; claimed: session false-positive rate <= {} at {} confidence; {held}.\n\n",
+                c.metric,
+                cal.runs,
+                cal.runs_needed,
+                cal.variations
+                    .iter()
+                    .map(|v| format!("{} x{}", v.variation, v.runs))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cal.cell_alpha,
+                cal.layer_confidence,
+                if floored.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; rounding floor (no honest difference seen) on layer(s) {floored:?}"
+                    )
+                },
+                cal.config.target_session_fpr,
+                cal.config.confidence,
+            )
+        }
+    }
+}
+
 fn field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -109,7 +190,7 @@ fn field(s: &str) -> String {
 /// The per-adversary results as CSV (one header row).
 pub fn csv(r: &SimReport) -> String {
     let mut out = String::from(
-        "adversary,kind,trials,detected,detection,wilson_low,wilson_high,predicted,bad_cells,cells,saving,verifier_cost,bytes_opened,security_bits\n",
+        "adversary,kind,trials,detected,detection,wilson_low,wilson_high,runs,runs_low95,runs_high95,predicted,predicted_is_lower_bound,bad_cells,cells,saving,verifier_cost,bytes_opened,security_bits\n",
     );
     for a in &r.adversaries {
         let kind = serde_json::to_value(a.kind)
@@ -117,7 +198,7 @@ pub fn csv(r: &SimReport) -> String {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             field(&a.label),
             kind,
             a.trials,
@@ -125,7 +206,11 @@ pub fn csv(r: &SimReport) -> String {
             a.detection,
             a.wilson95.0,
             a.wilson95.1,
+            a.runs,
+            a.run_bounds.0,
+            a.run_bounds.1,
             a.predicted.map(|p| p.to_string()).unwrap_or_default(),
+            a.predicted_is_lower_bound,
             a.bad_cells,
             a.cells,
             a.saving,

@@ -23,11 +23,14 @@
 //! [tolerance]
 //! metric = "rel_l2"         # or "max_abs"
 //! target_fpr = 0.01         # per session, on honest other-hardware provers
-//! margin = 2.0              # safety factor on the calibrated order statistic
+//! confidence = 0.95         # joint confidence of the per-layer bounds (default 0.95)
+//! margin = 1.0              # safety factor on the order statistic (default 1: none)
 //! exact = false             # true: bitwise comparison (identical hardware), no calibration
 //! honest = ["f32/attn=eager/splitk=2", "f32/attn=eager/order=decode"]
-//! calibration_prompts = 4
-//! holdout_prompts = 4
+//! calibration_prompts = 2000  # independent honest runs (fresh prompts, variations in
+//!                             # rotation); too few for the target is refused with the count
+//!                             # needed (specs/protocol.md §12.3)
+//! holdout_prompts = 500       # more honest runs, held out to measure the session rate
 //!
 //! [[adversary]]
 //! kind = "honest"
@@ -46,7 +49,10 @@
 //! trace, opens a `fraction` of cells altered); `late-commitment` (tries to be challenged
 //! before committing, and to commit twice); `grinding` (`partial` in non-interactive mode,
 //! trying `2^budget_bits` proof-of-work nonces for a challenge that misses its bad cells, with
-//! optional `pow_bits` of proof of work, default the protocol's).
+//! optional `pow_bits` of proof of work, default the protocol's); `corridor` (keeps every cell
+//! within the calibrated thresholds and steers the first generated token: optional `budget`,
+//! the fraction of each threshold used, default 0.99, and `directions`, random candidate
+//! directions beside the margin gradient, default 4; a decoder only).
 
 use serde::{Deserialize, Deserializer, Serialize};
 use veritrace_model::{Device, Setup};
@@ -61,6 +67,9 @@ pub const DEFAULT_SCENARIO: &str = include_str!("../../../simulations/default.to
 
 /// Largest accepted trial count, prompt count and token count (absurd sizes are refused).
 pub const MAX_TRIALS: u64 = 100_000_000;
+
+/// Largest accepted count of calibration or held-out honest runs.
+pub const MAX_HONEST_RUNS: u32 = 1_000_000;
 
 /// A scenario.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,19 +157,28 @@ pub struct ToleranceParams {
     pub exact: bool,
     /// Target false-positive rate per session of an honest other-hardware prover.
     pub target_fpr: f64,
-    /// Safety factor on the calibrated order statistic (≥ 1).
+    /// Safety factor on the calibrated order statistic (≥ 1; 1 = none, the order statistic
+    /// is already an upper confidence bound).
     #[serde(default = "unit")]
     pub margin: f64,
+    /// Joint confidence of the per-layer bounds (default 0.95).
+    #[serde(default = "confidence95")]
+    pub confidence: f64,
     /// Setups that stand in for other hardware (reduction-order changes of the reference).
     pub honest: Vec<Setup>,
-    /// Prompts used to calibrate.
+    /// Independent honest runs that calibrate the thresholds, each a fresh prompt under one
+    /// honest setup (in rotation).
     pub calibration_prompts: u32,
-    /// Held-out prompts on which the false-positive rate is measured.
+    /// Independent honest runs held out, on which the session false-positive rate is measured.
     pub holdout_prompts: u32,
 }
 
 fn unit() -> f64 {
     1.0
+}
+
+fn confidence95() -> f64 {
+    0.95
 }
 
 /// One adversary of a scenario: a `[[adversary]]` table, its `kind` and that kind's
@@ -271,8 +289,14 @@ impl Scenario {
         }
         let t = &self.tolerance;
         let fpr_ok = t.target_fpr > 0.0 && t.target_fpr < 1.0;
-        if !(fpr_ok && t.margin.is_finite() && t.margin >= 1.0) {
-            return bad("tolerance: target_fpr in (0, 1), margin >= 1".into());
+        let confidence_ok = t.confidence > 0.0 && t.confidence < 1.0;
+        if !(fpr_ok && confidence_ok && t.margin.is_finite() && t.margin >= 1.0) {
+            return bad("tolerance: target_fpr and confidence in (0, 1), margin >= 1".into());
+        }
+        if t.calibration_prompts > MAX_HONEST_RUNS || t.holdout_prompts > MAX_HONEST_RUNS {
+            return bad(format!(
+                "tolerance: calibration_prompts and holdout_prompts at most {MAX_HONEST_RUNS}"
+            ));
         }
         if t.metric == Metric::NoiseScore {
             return bad("tolerance: metric must be rel_l2 or max_abs".into());

@@ -275,7 +275,7 @@ pub fn csv(r: &SweepResult) -> String {
                 .unwrap_or_default()
         ));
     }
-    out.push_str("adversary,trials,detected,detection,wilson_low,wilson_high,predicted,saving,verifier_cost\n");
+    out.push_str("adversary,trials,detected,detection,wilson_low,wilson_high,runs,runs_low95,runs_high95,predicted,predicted_is_lower_bound,saving,verifier_cost\n");
     for p in &r.points {
         for a in &p.report.adversaries {
             out.push_str(&format!("{},", p.index));
@@ -288,13 +288,17 @@ pub fn csv(r: &SweepResult) -> String {
                 a.label.clone()
             };
             out.push_str(&format!(
-                "{label},{},{},{},{},{},{},{},{}\n",
+                "{label},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 a.trials,
                 a.detected,
                 a.detection,
                 a.wilson95.0,
                 a.wilson95.1,
+                a.runs,
+                a.run_bounds.0,
+                a.run_bounds.1,
                 a.predicted.map(|p| p.to_string()).unwrap_or_default(),
+                a.predicted_is_lower_bound,
                 a.saving,
                 a.verifier_cost
             ));

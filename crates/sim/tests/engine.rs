@@ -23,11 +23,11 @@ samples = 3
 mode = "interactive"
 [tolerance]
 metric = "rel_l2"
-target_fpr = 0.01
+target_fpr = 0.3
 margin = 2.0
 honest = ["f32/attn=eager/splitk=2"]
-calibration_prompts = 2
-holdout_prompts = 2
+calibration_prompts = 80
+holdout_prompts = 10
 {adversaries}
 "#
     ))
@@ -158,6 +158,34 @@ fn grinding_law_limits() {
 }
 
 #[test]
+fn too_few_calibration_runs_say_how_many_are_needed() {
+    // k = 3, L = 5: alpha = 0.3 / 3 = 0.1 at per-layer confidence 0.99: 44 runs.
+    let mut s = scenario(10, "[[adversary]]\nkind = \"honest\"\n");
+    s.tolerance.calibration_prompts = 43;
+    match Simulation::new(s.clone()) {
+        Err(SimError::Scenario(m)) => {
+            assert!(
+                m.contains("calibration_prompts = 43: 44 independent honest runs"),
+                "{m}"
+            )
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("43 runs accepted"),
+    }
+    s.tolerance.calibration_prompts = 44;
+    let sim = Simulation::new(s).unwrap();
+    let policy = sim.policy_file().expect("a calibrated policy");
+    policy.validate().unwrap();
+    assert_eq!(policy.calibration.runs, 44);
+    assert!(policy
+        .policy
+        .thresholds
+        .overrides
+        .values()
+        .all(|&t| t > 0.0));
+}
+
+#[test]
 fn bad_scenarios_get_typed_errors() {
     let base = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -170,6 +198,11 @@ fn bad_scenarios_get_typed_errors() {
         ("count = 4", "count = 0"),
         ("samples = 4", "samples = 0"),
         ("target_fpr = 0.01", "target_fpr = 1.5"),
+        ("target_fpr = 0.01", "target_fpr = 0.01\nconfidence = 1.0"),
+        (
+            "calibration_prompts = 1900",
+            "calibration_prompts = 1000001",
+        ),
         ("margin = 2.0", "margin = 0.5"),
         (
             r#"honest = ["f32/attn=eager/splitk=2", "f32/attn=eager/order=decode"]"#,
@@ -230,4 +263,40 @@ kind = "honest"
         );
     }
     assert_eq!(fast.adversaries[2].detected, 0);
+}
+
+/// The corridor prover: every session accepts (no cell is over its threshold), while larger
+/// threshold scales let it flip the first token on more prompts, and the honest
+/// false-positive rate falls as the scale grows.
+#[test]
+fn corridor_provers_pass_every_session_and_trade_flips_against_false_positives() {
+    let mut s = scenario(
+        40,
+        r#"
+[[adversary]]
+kind = "corridor"
+directions = 2
+"#,
+    );
+    s.reference = "bf16/attn=eager".parse().unwrap();
+    s.tolerance.honest = vec!["bf16/attn=eager/splitk=2".parse().unwrap()];
+    s.prompts.count = 4;
+    s.tolerance.holdout_prompts = 40;
+    let r = Simulation::new(s).unwrap().run(&|| {}).unwrap();
+    let a = &r.adversaries[0];
+    assert_eq!(a.kind, AdversaryKind::Corridor);
+    assert_eq!(a.detected, 0, "{a:?}");
+    assert_eq!(a.bad_cells, 0.0);
+    let c = a.corridor.as_ref().expect("corridor result");
+    assert_eq!(c.prompts, 4);
+    let last = c.scales.len() - 1;
+    let one = c.scales.iter().position(|&x| x == 1.0).unwrap();
+    assert!(c.flips_all_layers[last] >= c.flips_all_layers[one], "{c:?}");
+    assert!(c.flips_all_layers[last] > 0, "{c:?}");
+    assert!(c.honest_over[last] <= c.honest_over[0], "{c:?}");
+    assert!(c.committed_flips <= c.prompts);
+    // A budget outside (0, 1] is refused.
+    let mut e = scenario(1, "[[adversary]]\nkind = \"honest\"\n");
+    e.adversaries = vec![serde_json::from_str(r#"{"kind": "corridor", "budget": 1.5}"#).unwrap()];
+    assert!(matches!(e.validate(), Err(SimError::Scenario(m)) if m.contains("budget")));
 }

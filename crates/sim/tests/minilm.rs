@@ -21,8 +21,10 @@ fn scenario(trials: u64) -> Scenario {
     s.trials = trials;
     s.prompts.count = 2;
     s.prompts.tokens = 24;
-    s.tolerance.calibration_prompts = 2;
-    s.tolerance.holdout_prompts = 2;
+    // alpha = 0.3 / min(4, 7), per-layer confidence 1 - 0.05/7: 64 calibration runs needed.
+    s.tolerance.target_fpr = 0.3;
+    s.tolerance.calibration_prompts = 70;
+    s.tolerance.holdout_prompts = 10;
     s
 }
 

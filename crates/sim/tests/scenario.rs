@@ -30,10 +30,10 @@ samples = 3
 mode = "interactive"
 [tolerance]
 metric = "rel_l2"
-target_fpr = 0.01
+target_fpr = 0.3
 honest = ["f32/attn=eager/splitk=2"]
-calibration_prompts = 2
-holdout_prompts = 2
+calibration_prompts = 80
+holdout_prompts = 10
 {adversaries}
 "#
     ))
@@ -300,17 +300,33 @@ fn every_kind_round_trips_through_json_and_toml() {
 }
 
 #[test]
-fn reports_with_null_parameters_still_load() {
+fn adversaries_with_null_parameters_still_load() {
+    // Reports written before adversaries were tagged data listed every parameter, null where
+    // unused.
+    let text = r#"[
+        {"kind": "honest", "name": null, "setup": null, "fraction": null,
+         "budget_bits": null, "pow_bits": null},
+        {"kind": "grinding", "name": null, "setup": "f32/attn=eager/quant=int4-g32",
+         "fraction": 0.1, "budget_bits": 10, "pow_bits": null}
+    ]"#;
+    let specs: Vec<veritrace_sim::AdversarySpec> = serde_json::from_str(text).unwrap();
+    assert_eq!(specs[0].label(), "honest");
+    assert_eq!(
+        specs[1].label(),
+        "grinding f32/attn=eager/quant=int4-g32 f=0.1 2^10"
+    );
+}
+
+#[test]
+fn shipped_reports_load() {
     for name in ["default", "grinding", "reference-table"] {
         let path = format!("{ROOT}/simulations/results/{name}/report.json");
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"budget_bits\": null"), "{path}");
         let r: SimReport = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(r.scenario.adversaries.len(), r.adversaries.len());
         for (spec, result) in r.scenario.adversaries.iter().zip(&r.adversaries) {
             assert_eq!(spec.label(), result.label, "{path}");
             assert_eq!(spec.adversary.kind(), result.kind, "{path}");
-            assert!(!result.predicted_is_lower_bound, "absent: false");
         }
     }
 }

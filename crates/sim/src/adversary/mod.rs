@@ -8,6 +8,7 @@
 //! The engine reaches a kind only through `Adversary::behaviour`, one exhaustive `match`: a
 //! new kind is a new variant, a new module and a new arm there, and the compiler points at it.
 
+mod corridor;
 mod equivocation;
 mod grinding;
 mod honest;
@@ -30,6 +31,7 @@ use crate::engine::{Outcome, ProverRun, Simulation};
 use crate::model::SimModel;
 use crate::SimError;
 
+pub use corridor::{Corridor, CorridorProbe, CORRIDOR_SCALES};
 pub use equivocation::Equivocation;
 pub use grinding::{grinding_detection, Grinding};
 pub use honest::Honest;
@@ -61,6 +63,8 @@ pub enum Adversary {
     LateCommitment(LateCommitment),
     /// Grinds the non-interactive challenge.
     Grinding(Grinding),
+    /// Keeps every cell inside the tolerance and steers its first output token.
+    Corridor(Corridor),
 }
 
 /// Adversary kinds (an [`Adversary`] without its parameters), as results record them.
@@ -83,6 +87,8 @@ pub enum AdversaryKind {
     LateCommitment,
     /// Grinds the non-interactive challenge.
     Grinding,
+    /// Keeps every cell inside the tolerance and steers its first output token.
+    Corridor,
 }
 
 impl AdversaryKind {
@@ -107,6 +113,7 @@ impl Adversary {
             Adversary::Equivocation(a) => a,
             Adversary::LateCommitment(a) => a,
             Adversary::Grinding(a) => a,
+            Adversary::Corridor(a) => a,
         }
     }
 
@@ -156,6 +163,8 @@ pub(crate) struct Committed {
     pub cost: f64,
     /// Cells whose opened bytes an equivocating prover alters.
     pub equivocate: BTreeSet<CellId>,
+    /// What a corridor prover's probe found on this prompt.
+    pub corridor: Option<CorridorProbe>,
 }
 
 impl Committed {
@@ -166,6 +175,7 @@ impl Committed {
             trace,
             cost,
             equivocate: BTreeSet::new(),
+            corridor: None,
         }
     }
 }
