@@ -63,9 +63,16 @@ fn table_json_and_output_files() {
     let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
     assert_eq!(v["adversaries"][1]["detected"], 20);
     assert_eq!(v["engine"], "end-to-end");
-    for f in ["report.md", "report.json", "report.csv"] {
+    for f in ["report.md", "report.json", "report.csv", "policy.json"] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    // The calibrated tolerance is a policy file verify reads.
+    let policy: veritrace_protocol::calibration::CalibratedPolicy =
+        serde_json::from_str(&std::fs::read_to_string(out.join("policy.json")).unwrap()).unwrap();
+    policy.validate().unwrap();
+    assert_eq!(policy.calibration.runs, 80);
+    // Every rate carries its independent runs: one prompt in the pool here.
+    assert_eq!(v["adversaries"][0]["runs"], 1);
     let csv = std::fs::read_to_string(out.join("report.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3);
     // Same seed, same results; the fast engine runs too.
@@ -76,6 +83,22 @@ fn table_json_and_output_files() {
     let v: serde_json::Value = serde_json::from_str(&fast.stdout).unwrap();
     assert_eq!(v["engine"], "fast");
     assert_eq!(v["adversaries"][0]["detected"], 0);
+    // --honest-runs: the honest row draws from 40 runs with 5 x 40 trials, the cheat keeps
+    // the scenario's pool and trials; the honest bound rests on the runs, not the trials.
+    let h = simulate(&[&file, "--json", "--honest-runs", "40"]);
+    assert_eq!(h.code, 0, "{}", h.stderr);
+    let v: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
+    let honest = &v["adversaries"][0];
+    assert_eq!(honest["trials"], 200);
+    assert!(honest["runs"].as_u64().unwrap() >= 38, "{honest}");
+    let upper = honest["run_bounds"][1].as_f64().unwrap();
+    let runs = honest["runs"].as_u64().unwrap() as f64;
+    assert!(
+        (upper - (1.0 - 0.05f64.powf(1.0 / runs))).abs() < 1e-9,
+        "{upper}"
+    );
+    assert_eq!(v["adversaries"][1]["trials"], 20);
+    assert_eq!(v["adversaries"][1]["runs"], 1);
 }
 
 #[test]

@@ -387,7 +387,7 @@ impl Simulation {
     fn calibrate(&mut self) -> Result<(), SimError> {
         let t = self.scenario.tolerance.clone();
         let p = self.scenario.protocol;
-        let base = u64::from(self.scenario.prompts.count);
+        let base = u64::from(self.scenario.pools_end());
         let cal = base..base + u64::from(t.calibration_prompts);
         let hold = cal.end..cal.end + u64::from(t.holdout_prompts);
         let plan = HonestRunPlan {
@@ -716,7 +716,8 @@ impl Simulation {
         progress: &(dyn Fn() + Sync),
     ) -> Result<AdversaryResult, SimError> {
         let a = spec.adversary.behaviour();
-        let pool = u64::from(self.scenario.prompts.count);
+        let pool = u64::from(self.scenario.pool_of(spec));
+        let trials = self.scenario.trials_of(spec);
         let runs: Vec<ProverRun> = (0..pool)
             .into_par_iter()
             .map(|pi| self.prover_run(&spec.adversary, ai, pi))
@@ -742,14 +743,8 @@ impl Simulation {
                 .iter()
                 .map(|r| self.cell_outcomes(r))
                 .collect::<Result<_, _>>()?;
-            let (detected, tallies) = fast::detections(
-                &profiles,
-                k,
-                rounds,
-                self.scenario.trials,
-                self.scenario.seed,
-                ai,
-            );
+            let (detected, tallies) =
+                fast::detections(&profiles, k, rounds, trials, self.scenario.seed, ai);
             per_run = tallies;
             progress();
             // Mean verifier cost of k uniform cells per round, per run, averaged.
@@ -763,7 +758,7 @@ impl Simulation {
                 cost += all / g.num_cells() as f64 * k as f64 * f64::from(rounds);
             }
             let cost = cost / runs.len() as f64;
-            (0..self.scenario.trials)
+            (0..trials)
                 .map(|i| Outcome {
                     accepted: i >= detected,
                     reason: (i < detected).then(|| "fast-mode-detection".to_string()),
@@ -773,7 +768,7 @@ impl Simulation {
                 })
                 .collect()
         } else {
-            let tagged: Vec<(usize, Outcome)> = (0..self.scenario.trials)
+            let tagged: Vec<(usize, Outcome)> = (0..trials)
                 .into_par_iter()
                 .map(|t| {
                     let mut rng = stream("veritrace/sim/trial/v1", self.scenario.seed, ai, t);

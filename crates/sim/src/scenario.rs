@@ -38,6 +38,8 @@
 //! kind = "setup"            # runs another setup and claims the reference
 //! setup = "f32/attn=eager/quant=int4-g32"
 //! name = "int4"             # optional: the label in reports (default: kind and parameters)
+//! # prompts = 3200          # optional: this adversary's prompt pool (its independent runs)
+//! # trials = 16000          # optional: this adversary's trials
 //! ```
 //!
 //! Adversary kinds, each with exactly the keys it takes beside `kind` and the optional `name`
@@ -67,6 +69,9 @@ pub const DEFAULT_SCENARIO: &str = include_str!("../../../simulations/default.to
 
 /// Largest accepted trial count, prompt count and token count (absurd sizes are refused).
 pub const MAX_TRIALS: u64 = 100_000_000;
+
+/// Largest accepted prompt pool (`prompts.count`, or an adversary's `prompts`).
+pub const MAX_PROMPTS: u32 = 10_000;
 
 /// Largest accepted count of calibration or held-out honest runs.
 pub const MAX_HONEST_RUNS: u32 = 1_000_000;
@@ -191,6 +196,14 @@ pub struct AdversarySpec {
     /// Label in reports (default: kind and parameters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// This adversary's prompt pool, overriding `prompts.count`: its independent prover runs,
+    /// the sample size of its rate (e.g. 3,200 honest runs for a false-positive bound near
+    /// 1e-3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<u32>,
+    /// This adversary's trials, overriding `trials`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trials: Option<u64>,
 }
 
 impl<'de> Deserialize<'de> for AdversarySpec {
@@ -211,6 +224,22 @@ impl<'de> Deserialize<'de> for AdversarySpec {
                 )))
             }
         };
+        let count = |key: &str, table: &mut serde_json::Map<String, Value>| match table.remove(key)
+        {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+                D::Error::custom(format!(
+                    "adversary {key}: expected a non-negative integer, found {v}"
+                ))
+            }),
+        };
+        let prompts = count("prompts", &mut table)?
+            .map(|p| {
+                u32::try_from(p)
+                    .map_err(|_| D::Error::custom(format!("adversary prompts {p} is too large")))
+            })
+            .transpose()?;
+        let trials = count("trials", &mut table)?;
         let kind = table
             .get("kind")
             .and_then(Value::as_str)
@@ -221,7 +250,12 @@ impl<'de> Deserialize<'de> for AdversarySpec {
                 None => format!("adversary: {e}"),
             })
         })?;
-        Ok(AdversarySpec { adversary, name })
+        Ok(AdversarySpec {
+            adversary,
+            name,
+            prompts,
+            trials,
+        })
     }
 }
 
@@ -235,6 +269,18 @@ impl AdversarySpec {
     }
 
     fn check(&self, reference: &Setup) -> Result<(), SimError> {
+        let bad = |m: String| {
+            Err(SimError::Scenario(format!(
+                "adversary {}: {m}",
+                self.label()
+            )))
+        };
+        if self.prompts.is_some_and(|p| p == 0 || p > MAX_PROMPTS) {
+            return bad(format!("prompts must be in 1..={MAX_PROMPTS}"));
+        }
+        if self.trials.is_some_and(|t| t == 0 || t > MAX_TRIALS) {
+            return bad(format!("trials must be in 1..={MAX_TRIALS}"));
+        }
         self.adversary
             .behaviour()
             .check(reference)
@@ -243,6 +289,25 @@ impl AdversarySpec {
 }
 
 impl Scenario {
+    /// The prompt pool of adversary `a`: its `prompts`, else `prompts.count`.
+    pub fn pool_of(&self, a: &AdversarySpec) -> u32 {
+        a.prompts.unwrap_or(self.prompts.count)
+    }
+
+    /// The trials of adversary `a`: its `trials`, else the scenario's.
+    pub fn trials_of(&self, a: &AdversarySpec) -> u64 {
+        a.trials.unwrap_or(self.trials)
+    }
+
+    /// The first prompt index after every adversary's pool: calibration prompts start here,
+    /// so no calibration run shares a prompt with an adversary's run.
+    pub fn pools_end(&self) -> u32 {
+        self.adversaries
+            .iter()
+            .map(|a| self.pool_of(a))
+            .fold(self.prompts.count, u32::max)
+    }
+
     /// Parses a scenario from TOML and validates it.
     pub fn from_toml(text: &str) -> Result<Self, SimError> {
         let s: Scenario =
@@ -276,7 +341,7 @@ impl Scenario {
         }
         let p = &self.prompts;
         if p.count == 0
-            || p.count > 10_000
+            || p.count > MAX_PROMPTS
             || p.tokens == 0
             || p.tokens > 65_536
             || p.output > 65_536
@@ -320,11 +385,10 @@ impl Scenario {
         // A non-interactive challenge is a function of the commitment: trials that reuse a
         // prompt's commitment repeat the same challenge and are not independent.
         let repeats = self.protocol.mode == Mode::NonInteractive
-            && u64::from(p.count) < self.trials
-            && self
-                .adversaries
-                .iter()
-                .any(|a| a.adversary.behaviour().repeats_challenges());
+            && self.adversaries.iter().any(|a| {
+                a.adversary.behaviour().repeats_challenges()
+                    && u64::from(self.pool_of(a)) < self.trials_of(a)
+            });
         if repeats {
             return bad(format!(
                 "non-interactive mode with {} prompts for {} trials: the challenge is a function \
