@@ -81,11 +81,17 @@ fn tolerance(spec: &str, layers: u32) -> Result<TolerancePolicy, VerbInputError>
         what,
         reason,
     };
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| refused("tolerance policy", e.to_string()))?;
+    // Errors name the field they are about (`policy.thresholds.overrides.2: ...`).
+    fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| match e.path().to_string() {
+            p if p == "." => e.inner().to_string(),
+            p => format!("{p}: {}", e.inner()),
+        })
+    }
+    let value: serde_json::Value = parse(&text).map_err(|e| refused("tolerance policy", e))?;
     if value.get("format").is_some() {
-        let file: CalibratedPolicy = serde_json::from_value(value)
-            .map_err(|e| refused("calibrated policy", e.to_string()))?;
+        let file: CalibratedPolicy = parse(&text).map_err(|e| refused("calibrated policy", e))?;
         let policy = file
             .tolerance()
             .map_err(|e| refused("calibrated policy", e.to_string()))?;
@@ -100,8 +106,7 @@ fn tolerance(spec: &str, layers: u32) -> Result<TolerancePolicy, VerbInputError>
         }
         return Ok(policy);
     }
-    let policy: TolerancePolicy =
-        serde_json::from_value(value).map_err(|e| refused("tolerance policy", e.to_string()))?;
+    let policy: TolerancePolicy = parse(&text).map_err(|e| refused("tolerance policy", e))?;
     policy
         .validate()
         .map_err(|e| refused("tolerance policy", e.to_string()))?;
