@@ -404,6 +404,17 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The one-session-per-run count of held-out evidence, as text.
+fn sessions(h: &veritrace_protocol::calibration::HoldoutEvidence) -> String {
+    match &h.sessions_rejected {
+        None => String::new(),
+        Some(s) => format!(
+            "; one k-cell session per run: {} of {} rejected (<= {:.2e})",
+            s.exceedances, s.samples, s.upper
+        ),
+    }
+}
+
 /// A human summary of a calibrated policy file.
 pub fn summary(p: &CalibratedPolicy) -> String {
     let c = &p.calibration;
@@ -443,7 +454,7 @@ pub fn summary(p: &CalibratedPolicy) -> String {
         let e = &u.runs_with_exceedance;
         s.push_str(&format!(
             "unseen {}: {} independent honest runs, {} with a cell over its threshold (session \
-             false-positive rate <= {:.2e} at {:.0}% confidence); worst cell at {:.2} of its \
+             false-positive rate <= {:.2e} at {:.0}% confidence){}; worst cell at {:.2} of its \
              threshold\n",
             u.variations
                 .iter()
@@ -454,6 +465,7 @@ pub fn summary(p: &CalibratedPolicy) -> String {
             e.exceedances,
             e.upper,
             e.confidence * 100.0,
+            sessions(u),
             u.worst_ratio
         ));
     }
@@ -464,12 +476,14 @@ pub fn summary(p: &CalibratedPolicy) -> String {
             s.push_str(&format!(
                 "held out: {} independent honest runs; {} with a cell over its threshold \
                  (session false-positive rate <= {:.2e} at {:.0}% confidence, Clopper-Pearson; \
-                 expected under uniform sampling {:.2e}); worst cell at {:.2} of its threshold\n",
+                 expected under uniform sampling {:.2e}){}; worst cell at {:.2} of its \
+                 threshold\n",
                 h.runs,
                 e.exceedances,
                 e.upper,
                 e.confidence * 100.0,
                 h.expected_session_fpr,
+                sessions(h),
                 h.worst_ratio
             ));
         }

@@ -77,6 +77,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::Dtype;
 
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use crate::sampling::floyd;
 use crate::soundness::detection_probability;
 use crate::tolerance::{
     regularized_incomplete_beta, Deviation, FprEstimate, Metric, PerLayer, ThresholdPolicy,
@@ -586,6 +590,11 @@ pub struct HoldoutEvidence {
     /// The expected session false-positive rate under uniform sampling of `k` cells per round:
     /// the mean over runs of `1 − (C(N − e, k)/C(N, k))^rounds`.
     pub expected_session_fpr: f64,
+    /// One session per run, `k` cells per round drawn uniformly (ChaCha20 seeded by the run's
+    /// index), rejected when a drawn cell is over its threshold: falsely rejected sessions
+    /// among independent sessions, with one-sided Clopper–Pearson bounds.
+    #[serde(default)]
+    pub sessions_rejected: Option<FprEstimate>,
     /// Per layer: cells over the threshold among the held-out cells (cells of one run are
     /// not independent: a description, not a bound).
     pub cells_over: BTreeMap<u32, (u64, u64)>,
@@ -608,11 +617,14 @@ pub fn holdout_evidence(
     let mut expected = 0.0;
     let mut cells_over: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
     let mut worst_ratio = 0.0f64;
-    for r in runs {
+    let mut sessions_rejected = 0u64;
+    for (index, r) in runs.iter().enumerate() {
         let mut over = 0u64;
+        let mut cells_over_flags: Vec<bool> = Vec::new();
         for (&l, e) in &r.layers {
             let t = thresholds.get(l);
             let k = e.deviations.iter().filter(|&&x| x > t).count() as u64;
+            cells_over_flags.extend(e.deviations.iter().map(|&x| x > t));
             for &x in &e.deviations {
                 let ratio = if t > 0.0 {
                     x / t
@@ -629,6 +641,16 @@ pub fn holdout_evidence(
             over += k;
         }
         if over > 0 {
+            // One session: `samples` distinct cells per round, uniformly, from a stream keyed
+            // by the run's index.
+            let n = cells_over_flags.len() as u64;
+            let mut rng = ChaCha20Rng::seed_from_u64(0x7665_7269_7472_6163 ^ index as u64);
+            let hit = (0..rounds).any(|_| {
+                floyd(&mut rng, n, u64::from(samples).min(n))
+                    .into_iter()
+                    .any(|c| cells_over_flags[c as usize])
+            });
+            sessions_rejected += u64::from(hit);
             with_exceedance += 1;
             let n = r.cells();
             let k = u64::from(samples).min(n);
@@ -642,6 +664,7 @@ pub fn holdout_evidence(
         variations: variation_counts(runs),
         runs_with_exceedance: FprEstimate::new(with_exceedance, n, confidence)?,
         expected_session_fpr: expected / n as f64,
+        sessions_rejected: Some(FprEstimate::new(sessions_rejected, n, confidence)?),
         cells_over,
         worst_ratio,
     })

@@ -98,7 +98,7 @@ fn uniform_u128(rng: &mut ChaCha20Rng, n: u128) -> u128 {
 }
 
 /// Floyd's algorithm: k distinct values of `0..n`, uniformly.
-fn floyd(rng: &mut ChaCha20Rng, n: u64, k: u64) -> BTreeSet<u64> {
+pub(crate) fn floyd(rng: &mut ChaCha20Rng, n: u64, k: u64) -> BTreeSet<u64> {
     let mut chosen = BTreeSet::new();
     for j in n - k..n {
         let t = uniform_u64(rng, j + 1);

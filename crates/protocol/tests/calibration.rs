@@ -224,6 +224,19 @@ fn holdout_counts_runs_and_bounds_them() {
     assert_eq!(h.cells_over[&1], (1, 1000));
     // One bad cell of 10, k = 2: P(reject) = 1 - C(9,2)/C(10,2) = 0.2, once in 200 runs.
     assert!((h.expected_session_fpr - 0.2 / 200.0).abs() < 1e-12);
+    let s = h.sessions_rejected.unwrap();
+    assert_eq!(s.samples, 200);
+    assert!(s.exceedances <= 1);
+    // Every cell over: every session rejects.
+    let all = holdout_evidence(
+        &veritrace_protocol::tolerance::PerLayer::uniform(1e-9),
+        &runs,
+        2,
+        1,
+        0.95,
+    )
+    .unwrap();
+    assert_eq!(all.sessions_rejected.unwrap().exceedances, 200);
     assert!(h.worst_ratio > 9.0 && h.worst_ratio < 11.0);
     assert!(h.runs_with_exceedance.upper > 0.005);
 }

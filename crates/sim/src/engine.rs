@@ -243,6 +243,7 @@ impl Simulation {
                     variations: Vec::new(),
                     runs_with_exceedance: FprEstimate::new(0, 1, 0.95)?,
                     expected_session_fpr: 0.0,
+                    sessions_rejected: None,
                     cells_over: BTreeMap::new(),
                     worst_ratio: 0.0,
                 },

@@ -136,7 +136,7 @@ fn tolerance_line(r: &SimReport) -> String {
     let h = &c.holdout;
     let e = &h.runs_with_exceedance;
     let held = format!(
-        "held out: {} independent honest runs ({}), {} with a cell over its threshold: session false-positive rate <= {} (one-sided 95% Clopper-Pearson over runs; {} expected under uniform sampling)",
+        "held out: {} independent honest runs ({}), {} with a cell over its threshold: session false-positive rate <= {} (one-sided 95% Clopper-Pearson over runs; {} expected under uniform sampling{})",
         h.runs,
         h.variations
             .iter()
@@ -146,6 +146,13 @@ fn tolerance_line(r: &SimReport) -> String {
         e.exceedances,
         pct_fine(e.upper),
         pct_fine(h.expected_session_fpr),
+        match &h.sessions_rejected {
+            None => String::new(),
+            Some(s) => format!(
+                "; one k-cell session per run: {} of {} rejected",
+                s.exceedances, s.samples
+            ),
+        },
     );
     match &c.calibration {
         None => format!(
