@@ -116,6 +116,13 @@ pub fn write_file_atomic(path: &std::path::Path, text: &str) -> std::io::Result<
         .suffix(".tmp")
         .tempfile_in(dir)?;
     tmp.write_all(text.as_bytes())?;
+    // A temporary file is created private (0600); the result is an ordinary file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    }
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
