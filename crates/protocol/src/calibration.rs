@@ -599,7 +599,7 @@ pub struct HoldoutEvidence {
     /// not independent: a description, not a bound).
     pub cells_over: BTreeMap<u32, (u64, u64)>,
     /// The largest ratio of a held-out deviation to its layer's threshold (below 1: every
-    /// cell passed).
+    /// cell passed; `f64::MAX` when a cell differs over a threshold of 0, exact mode).
     pub worst_ratio: f64,
 }
 
@@ -626,10 +626,11 @@ pub fn holdout_evidence(
             let k = e.deviations.iter().filter(|&&x| x > t).count() as u64;
             cells_over_flags.extend(e.deviations.iter().map(|&x| x > t));
             for &x in &e.deviations {
+                // Finite, so that JSON keeps it: f64::MAX for a difference over a 0 threshold.
                 let ratio = if t > 0.0 {
-                    x / t
+                    (x / t).min(f64::MAX)
                 } else if x > 0.0 {
-                    f64::INFINITY
+                    f64::MAX
                 } else {
                     0.0
                 };

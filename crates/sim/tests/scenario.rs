@@ -319,7 +319,13 @@ fn adversaries_with_null_parameters_still_load() {
 
 #[test]
 fn shipped_reports_load() {
-    for name in ["default", "grinding", "reference-table"] {
+    for name in [
+        "default",
+        "grinding",
+        "reference-table",
+        "reference-table-exact",
+        "corridor",
+    ] {
         let path = format!("{ROOT}/simulations/results/{name}/report.json");
         let text = std::fs::read_to_string(&path).unwrap();
         let r: SimReport = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
