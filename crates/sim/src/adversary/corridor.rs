@@ -197,31 +197,8 @@ impl<'a> Attack<'a> {
         let layers = model.num_layers();
         let n = prompt.len();
         let reference = sc.reference;
-        let emb = model.recompute_cell_on(
-            sim.prover_runner(),
-            &reference,
-            n.max(1),
-            0,
-            0,
-            CellInputs::Tokens(prompt),
-        )?;
-        let d = emb.len() / n;
-        let mut base = vec![emb];
-        for l in 1..=layers {
-            let mut layer = Vec::with_capacity(n * d);
-            for j in 0..n.div_ceil(chunk) {
-                let end = ((j + 1) * chunk).min(n);
-                layer.extend(model.recompute_cell_on(
-                    sim.prover_runner(),
-                    &reference,
-                    chunk,
-                    l,
-                    j,
-                    CellInputs::Hidden(&base[l - 1][..end * d]),
-                )?);
-            }
-            base.push(layer);
-        }
+        let base = rebuild(sim, prompt, chunk, &BTreeMap::new(), n - 1)?;
+        let d = base[0].len() / n;
         let p = n - 1;
         let logits = model.logits_from_row(&reference, &base[layers][p * d..(p + 1) * d])?;
         let y0 = argmax(&logits);
@@ -350,9 +327,14 @@ impl<'a> Attack<'a> {
     fn run(&self, layers: &[usize], scale: f64) -> Result<Outcome, SimError> {
         let mut h = self.base.clone();
         let mut deltas: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+        // The lowest layer whose perturbation `h` does not reflect yet (layers below it are
+        // current; `base` is the unperturbed state).
+        let mut stale: Option<usize> = None;
         for &l in layers {
-            // Current state: propagate what is chosen so far.
-            self.propagate(&mut h, 1, &deltas)?;
+            // Current state: propagate what was chosen since the last propagation.
+            if let Some(from) = stale.take() {
+                self.propagate(&mut h, from, &deltas)?;
+            }
             let r = self.recompute_last(&h, l)?;
             let start = (self.p / self.chunk) * self.chunk;
             let r_rows = &r[..(self.p - start + 1) * self.d];
@@ -379,9 +361,12 @@ impl<'a> Attack<'a> {
             }
             if let Some((_, delta)) = best {
                 deltas.insert(l, self.within(l, scale, &h, delta)?);
+                stale = Some(l);
             }
         }
-        self.propagate(&mut h, 1, &deltas)?;
+        if let Some(from) = stale {
+            self.propagate(&mut h, from, &deltas)?;
+        }
         let flipped = self.margin(self.last_row(&h))? < 0.0;
         Ok(Outcome { deltas, flipped })
     }
@@ -424,45 +409,9 @@ impl<'a> Attack<'a> {
     ) -> Result<(veritrace_model::Trace, Vec<u32>), SimError> {
         let model = self.sim.model();
         let reference = self.sim.scenario().reference;
-        let runner = self.sim.prover_runner();
         let (d, chunk) = (self.d, self.chunk);
         let mut seq = self.prompt.to_vec();
-        let build = |seq: &[u32]| -> Result<Vec<Vec<f32>>, SimError> {
-            let n = seq.len();
-            let mut h = vec![model.recompute_cell_on(
-                runner,
-                &reference,
-                n,
-                0,
-                0,
-                CellInputs::Tokens(seq),
-            )?];
-            for l in 1..=self.layers {
-                let mut layer = Vec::with_capacity(n * d);
-                for j in 0..n.div_ceil(chunk) {
-                    let end = ((j + 1) * chunk).min(n);
-                    let mut rows = model.recompute_cell_on(
-                        runner,
-                        &reference,
-                        chunk,
-                        l,
-                        j,
-                        CellInputs::Hidden(&h[l - 1][..end * d]),
-                    )?;
-                    if let Some(delta) = deltas.get(&l) {
-                        if (j * chunk..end).contains(&self.p) {
-                            let at = (self.p - j * chunk) * d;
-                            for (x, dx) in rows[at..at + d].iter_mut().zip(delta) {
-                                *x += dx;
-                            }
-                        }
-                    }
-                    layer.extend(rows);
-                }
-                h.push(layer);
-            }
-            Ok(h)
-        };
+        let build = |seq: &[u32]| rebuild(self.sim, seq, chunk, deltas, self.p);
         let mut tokens = Vec::with_capacity(output);
         for _ in 0..output {
             let h = build(&seq)?;
@@ -485,6 +434,48 @@ impl<'a> Attack<'a> {
             tokens,
         ))
     }
+}
+
+/// The layers `h_0 … h_L` of `seq` under the claimed setup on the provers' device, every cell
+/// recomputed from the rows below as the verifier will, with `deltas[l]` added to row `p` of
+/// layer `l`. With no deltas this is bitwise the honest trace (shape-invariant tiles).
+fn rebuild(
+    sim: &Simulation,
+    seq: &[u32],
+    chunk: usize,
+    deltas: &BTreeMap<usize, Vec<f32>>,
+    p: usize,
+) -> Result<Vec<Vec<f32>>, SimError> {
+    let model = sim.model();
+    let reference = sim.scenario().reference;
+    let runner = sim.prover_runner();
+    let n = seq.len();
+    let emb = model.recompute_cell_on(runner, &reference, n, 0, 0, CellInputs::Tokens(seq))?;
+    let d = emb.len() / n.max(1);
+    let mut h = vec![emb];
+    for l in 1..=model.num_layers() {
+        let mut layer = Vec::with_capacity(n * d);
+        for j in 0..n.div_ceil(chunk) {
+            let end = ((j + 1) * chunk).min(n);
+            let mut rows = model.recompute_cell_on(
+                runner,
+                &reference,
+                chunk,
+                l,
+                j,
+                CellInputs::Hidden(&h[l - 1][..end * d]),
+            )?;
+            if let Some(delta) = deltas.get(&l).filter(|_| (j * chunk..end).contains(&p)) {
+                let at = (p - j * chunk) * d;
+                for (x, dx) in rows[at..at + d].iter_mut().zip(delta) {
+                    *x += dx;
+                }
+            }
+            layer.extend(rows);
+        }
+        h.push(layer);
+    }
+    Ok(h)
 }
 
 fn argmax(v: &[f32]) -> usize {
