@@ -369,18 +369,6 @@ impl Simulation {
         ))
     }
 
-    /// The committed rows of cell `(l, j)` and their reference recompute from the committed
-    /// inputs.
-    fn cell_pair(
-        &self,
-        statement: &Statement,
-        trace: &Trace,
-        l: usize,
-        j: usize,
-    ) -> Result<(Vec<f32>, Vec<f32>), SimError> {
-        self.recomputer().cell_pair(statement, trace, l, j)
-    }
-
     /// Calibrates the tolerance on `tolerance.calibration_prompts` independent honest runs
     /// (each a fresh prompt under one of the honest variations, in rotation) and measures it on
     /// `tolerance.holdout_prompts` more ([`veritrace_protocol::calibration`]). Prompts are
@@ -601,13 +589,14 @@ impl Simulation {
     ) -> Result<BTreeMap<u32, Vec<f64>>, SimError> {
         let chunk = self.scenario.protocol.chunk as usize;
         let metric = self.scenario.tolerance.metric;
+        let recompute = self.recomputer();
         let cells: Vec<(usize, usize)> = (0..trace.layers.len())
             .flat_map(|l| (0..trace.tokens.div_ceil(chunk)).map(move |j| (l, j)))
             .collect();
         let values: Vec<(u32, f64)> = cells
             .par_iter()
             .map(|&(l, j)| -> Result<(u32, f64), SimError> {
-                let (claimed, recomputed) = self.cell_pair(statement, trace, l, j)?;
+                let (claimed, recomputed) = recompute.cell_pair(statement, trace, l, j)?;
                 let v = Deviation::between(&claimed, &recomputed, None)
                     .ok()
                     .and_then(|d| d.get(metric))
