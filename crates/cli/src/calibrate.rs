@@ -15,8 +15,8 @@ use anyhow::Context;
 use clap::Args;
 use veritrace_model::{read_trace, Runner, Setup};
 use veritrace_protocol::calibration::{
-    calibrate_runs, holdout_evidence, runs_needed, CalibratedPolicy, HonestRun,
-    RunCalibrationConfig,
+    calibrate_runs, holdout_evidence, CalibratedPolicy, CalibrationMethod, HonestRun,
+    RunCalibrationConfig, ThresholdSource,
 };
 use veritrace_protocol::tolerance::Metric;
 use veritrace_protocol::ProtocolError;
@@ -33,11 +33,14 @@ The policy file (JSON, format \"veritrace/calibrated-policy/v1\"; specs/protocol
   policy        what the verifier applies: {\"metric\": \"rel_l2\"|\"max_abs\",
                 \"thresholds\": {\"default\": t, \"overrides\": {\"0\": t_0, ..., \"L-1\": t_(L-1)}},
                 \"noise_floors\": null}; a cell of layer l passes when metric <= t_l
-  calibration   method (\"order-statistic\"), config (metric, target_session_fpr, samples,
-                rounds, confidence, margin, rounding_dtype), layers, cell_alpha,
-                layer_confidence, runs, runs_needed, variations [{variation, runs}],
-                per_layer {l: {runs, exact_runs, rank, order_statistic, rounding_floor,
-                threshold, source: \"order-statistic\"|\"rounding-floor\"}}, claimed_bound
+  calibration   method (\"order-statistic\"|\"exponential-tail\"), config (metric,
+                target_session_fpr, samples, rounds, confidence, margin, rounding_dtype,
+                method), layers, cell_alpha, layer_confidence, runs, runs_needed,
+                variations [{variation, runs}], per_layer {l: {runs, exact_runs, rank,
+                order_statistic, rounding_floor, threshold, source: \"order-statistic\"|
+                \"rounding-floor\"|\"exponential-tail\", tail (exponential-tail only):
+                {excesses, base, scale, scale_upper, tail_probability_upper, quantile,
+                ks_statistic, fits}}}, claimed_bound
   holdout       null, or {runs, variations, runs_with_exceedance {exceedances, samples, rate,
                 lower, upper, confidence}, expected_session_fpr, cells_over, worst_ratio}
   unseen        (optional) a list of the same, one per --unseen variation
@@ -45,7 +48,10 @@ The policy file (JSON, format \"veritrace/calibrated-policy/v1\"; specs/protocol
 Statistics: each run contributes its worst cell per layer; t_l is the order statistic that is
 an upper confidence bound on the (1 - alpha) quantile, alpha = target / min(k * rounds, L), at
 per-layer confidence 1 - (1 - confidence) / L, times --margin, and never below the rounding
-floor (one element off by one unit roundoff of the precision). With too few runs for the target
+floor (one element off by one unit roundoff of the precision). With --method exponential-tail,
+t_l is instead u + s_U ln(p_U / alpha): an exponential tail fitted above the top tenth of the
+runs (u its base, s_U and p_U upper confidence bounds on its scale and probability), used
+where a Kolmogorov-Smirnov test at 1% does not reject it. With too few runs for the target
 the command says how many are needed and exits 2.
 
 Exit status: 0 on success, 2 when an argument, a model, a trace or the evidence is refused,
@@ -103,9 +109,14 @@ pub struct CalibrateArgs {
     /// Joint confidence of the per-layer bounds, in (0, 1).
     #[arg(long, default_value_t = 0.95)]
     pub confidence: f64,
-    /// Safety factor (>= 1) on the order statistic.
+    /// Safety factor (>= 1) on the statistical bound.
     #[arg(long, default_value_t = 1.0)]
     pub margin: f64,
+    /// How thresholds are obtained: order-statistic (distribution-free) or exponential-tail
+    /// (a fitted tail above the top tenth of the runs, checked per layer by a
+    /// Kolmogorov-Smirnov test; reaches small rates from fewer runs).
+    #[arg(long, default_value = "order-statistic")]
+    pub method: CalibrationMethod,
     /// Metric: rel_l2 or max_abs.
     #[arg(long, default_value = "rel_l2")]
     pub metric: String,
@@ -229,6 +240,7 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         confidence: args.confidence,
         margin: args.margin,
         rounding_dtype: rounding_dtype(&reference),
+        method: args.method,
     };
     config.validate()?;
     if args.prompts > veritrace_protocol::calibration::MAX_RUNS {
@@ -244,8 +256,7 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let layers = model.num_layers() as u64 + 1;
     // Refuse early, before any run, when the runs given cannot reach the target.
     let alpha = config.cell_alpha(layers);
-    let gamma_l = config.layer_confidence(layers);
-    let needed = runs_needed(alpha, gamma_l);
+    let needed = config.runs_needed(layers);
     let total = args.prompts + args.traces.len() as u64;
     let calibration_runs = total - (args.holdout * total as f64).floor() as u64;
     if calibration_runs < needed {
@@ -256,8 +267,13 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             reason: format!(
                 "a session false-positive rate of {} at {} confidence with k = {} x {} round(s) \
                  over {layers} layers needs {needed} calibration runs (per-cell alpha = \
-                 {alpha:.3e}); with --holdout {} that is {with_holdout} runs in all",
-                args.target_fpr, args.confidence, args.samples, args.rounds, args.holdout
+                 {alpha:.3e}, method {}); with --holdout {} that is {with_holdout} runs in all",
+                args.target_fpr,
+                args.confidence,
+                args.samples,
+                args.rounds,
+                args.method,
+                args.holdout
             ),
         }
         .into());
@@ -433,15 +449,26 @@ pub fn summary(p: &CalibratedPolicy) -> String {
             .join(", ")
     );
     s.push_str(&format!("claimed: {}\n", c.claimed_bound));
-    s.push_str("| layer | threshold | source | order statistic (rank) | rounding floor | bit-exact runs |\n|---|---|---|---|---|---|\n");
+    s.push_str("| layer | threshold | source | order statistic (rank) | fitted tail: base, scale bound, tail probability bound, KS D* | rounding floor | bit-exact runs |\n|---|---|---|---|---|---|---|\n");
     for (l, t) in &c.per_layer {
+        let tail = match &t.tail {
+            None => "-".to_string(),
+            Some(f) => format!(
+                "{:.3e}, {:.3e}, {:.3e}, {:.3}{}",
+                f.base,
+                f.scale_upper,
+                f.tail_probability_upper,
+                f.ks_statistic,
+                if f.fits { "" } else { " (does not fit)" }
+            ),
+        };
         s.push_str(&format!(
-            "| {l} | {:.3e} | {} | {:.3e} ({}) | {:.3e} | {} / {} |\n",
+            "| {l} | {:.3e} | {} | {:.3e} ({}) | {tail} | {:.3e} | {} / {} |\n",
             t.threshold,
             match t.source {
-                veritrace_protocol::calibration::ThresholdSource::OrderStatistic =>
-                    "order statistic",
-                veritrace_protocol::calibration::ThresholdSource::RoundingFloor => "rounding floor",
+                ThresholdSource::OrderStatistic => "order statistic",
+                ThresholdSource::RoundingFloor => "rounding floor",
+                ThresholdSource::ExponentialTail => "exponential tail",
             },
             t.order_statistic,
             t.rank,

@@ -6,7 +6,7 @@
 mod common;
 
 use common::veritrace;
-use veritrace_protocol::calibration::{CalibratedPolicy, ThresholdSource};
+use veritrace_protocol::calibration::{CalibratedPolicy, CalibrationMethod, ThresholdSource};
 
 fn run_ok(args: &[&str]) -> String {
     let o = veritrace(args);
@@ -299,4 +299,85 @@ fn calibrate_from_trace_files() {
     let o = veritrace(&b);
     assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
     assert!(o.stderr.contains("geometry"), "{}", o.stderr);
+}
+
+/// `--method exponential-tail`: 500 runs reach a target the order statistic would need about
+/// 18,000 runs for (k = 4, target 1e-3, L = 5: alpha = 2.5e-4); each layer records its fitted
+/// tail, and fewer runs are refused with the count needed.
+#[test]
+fn calibrate_with_a_fitted_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("tail.json").display().to_string();
+    let args = |prompts: &'static str| {
+        vec![
+            "calibrate",
+            "--honest",
+            "f32/attn=eager/splitk=2",
+            "--honest",
+            "f32/attn=eager/splitk=16",
+            "--prompts",
+            prompts,
+            "--tokens",
+            "6",
+            "--output",
+            "0",
+            "--chunk",
+            "6",
+            "--samples",
+            "4",
+            "--target-fpr",
+            "1e-3",
+            "--method",
+            "exponential-tail",
+            "--holdout",
+            "0",
+            "--quiet",
+            "--out",
+            policy.as_str(),
+        ]
+    };
+    let o = veritrace(&args("499"));
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("500"), "{}", o.stderr);
+    assert!(!std::path::Path::new(&policy).exists());
+    let out = run_ok(&args("500"));
+    assert!(out.contains("exponential tail"), "{out}");
+    let file: CalibratedPolicy =
+        serde_json::from_str(&std::fs::read_to_string(&policy).unwrap()).unwrap();
+    file.validate().unwrap();
+    let c = &file.calibration;
+    assert_eq!((c.runs, c.runs_needed), (500, 500));
+    assert_eq!(c.method, CalibrationMethod::ExponentialTail);
+    assert_eq!(c.per_layer[&0].source, ThresholdSource::RoundingFloor);
+    for l in 1..5u32 {
+        let t = &c.per_layer[&l];
+        let fit = t.tail.expect("a fitted tail");
+        assert_eq!(fit.excesses, 50);
+        assert!(fit.fits, "layer {l}: D* = {}", fit.ks_statistic);
+        assert_eq!(t.source, ThresholdSource::ExponentialTail, "layer {l}");
+        // Past the sample maximum (alpha is far below 1/n), and exactly the fitted quantile.
+        assert!(t.threshold > t.order_statistic, "layer {l}");
+        assert_eq!(t.threshold, fit.quantile);
+    }
+    let bad = veritrace(&[
+        "calibrate",
+        "--method",
+        "maximum",
+        "--honest",
+        "f32/attn=eager/splitk=2",
+        "--prompts",
+        "10",
+        "--samples",
+        "4",
+        "--target-fpr",
+        "0.1",
+        "--out",
+        policy.as_str(),
+    ]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("order-statistic or exponential-tail"),
+        "{}",
+        bad.stderr
+    );
 }

@@ -63,6 +63,36 @@
 //! far below the deviations of algorithm changes (for bf16 cells of 512 elements, about
 //! `1.7e-4` against `2e-3` and more for tiled attention or int8 weights).
 //!
+//! # Or: a fitted exponential tail (peaks over threshold)
+//!
+//! The order statistic needs `n_min ≈ ln(1/(1 − γ_l))/α` runs, 23,024 for `τ = 10^−3`, `k = 8`,
+//! `L = 5`, and ten times that for `τ = 10^−4`. [`CalibrationMethod::ExponentialTail`] reaches
+//! small `α` from fewer runs under a stated and checked assumption: *above the
+//! `(n − m)`-th order statistic `u = M_(n−m)`, the excess `M_l − u` is exponential with some
+//! scale `σ`* (the Gumbel domain of attraction, where maxima of sums of rounding errors fall;
+//! a lighter tail only makes the bound conservative). With `m = max(50, ⌈n/10⌉)` excesses
+//! `y_i = M_(n−m+i) − u`:
+//!
+//! - `p_u = P(M_l > u)` is `Beta(m + 1, n − m)`-distributed for any continuous law, so its
+//!   upper bound `p_U` at confidence `γ' = 1 − (1 − γ_l)/2` is the Clopper–Pearson bound
+//!   with `m` successes in `n`;
+//! - `m · σ̂ = Σ y_i ~ σ · Gamma(m, 1)`, so `σ_U = m σ̂ / g` with `g` the `(1 − γ')`-quantile
+//!   of `Gamma(m, 1)` bounds `σ` at confidence `γ'`;
+//! - both hold together with probability `≥ γ_l`, and then
+//!   `P(M_l > u + σ_U ln(p_U/α)) = p_u e^{−σ_U ln(p_U/α)/σ} ≤ α`: the threshold is
+//!   `t_l = max(s · (u + σ_U ln(p_U/α)), f_l)`.
+//!
+//! The assumption is checked per layer with the Kolmogorov–Smirnov statistic for an
+//! exponential of estimated scale, in Stephens' modified form
+//! `D* = (D − 0.2/m)(√m + 0.26 + 0.5/√m)`, refused above its 1% point
+//! [`TAIL_KS_CRITICAL`] (M. A. Stephens, "EDF statistics for goodness of fit and some
+//! comparisons", JASA 69 (1974) 730–737, Table 1A; reproduced by a Monte Carlo test here). A
+//! layer that fails the check falls back to the order statistic when the runs suffice for
+//! it, and the calibration is refused with the runs needed otherwise. The extrapolation is
+//! limited to `α ≥ 1/(100 n)` (at most a hundred times past the data's own resolution), so
+//! the method needs `n ≥ max(500, ⌈1/(100 α)⌉)` runs. Held-out and unseen runs then test the
+//! thresholds directly.
+//!
 //! # Held-out evidence
 //!
 //! [`holdout_evidence`] applies the thresholds to runs not used for calibration. A run *could*
@@ -193,12 +223,39 @@ impl HonestRun {
 }
 
 /// How a calibration turns runs into thresholds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CalibrationMethod {
     /// The distribution-free upper confidence bound of the module documentation: an order
     /// statistic of per-run layer maxima, its rank from the binomial distribution.
+    #[default]
     OrderStatistic,
+    /// A fitted exponential tail above the `(n − m)`-th order statistic, with upper confidence
+    /// bounds on its scale and on the tail's probability, checked per layer by a
+    /// Kolmogorov–Smirnov test (module documentation).
+    ExponentialTail,
+}
+
+impl std::fmt::Display for CalibrationMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CalibrationMethod::OrderStatistic => "order-statistic",
+            CalibrationMethod::ExponentialTail => "exponential-tail",
+        })
+    }
+}
+
+impl std::str::FromStr for CalibrationMethod {
+    type Err = ProtocolError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "order-statistic" => Ok(CalibrationMethod::OrderStatistic),
+            "exponential-tail" => Ok(CalibrationMethod::ExponentialTail),
+            other => Err(ProtocolError::InvalidParameter(format!(
+                "calibration method {other:?}: expected order-statistic or exponential-tail"
+            ))),
+        }
+    }
 }
 
 /// Where a layer's threshold came from.
@@ -207,9 +264,11 @@ pub enum CalibrationMethod {
 pub enum ThresholdSource {
     /// `s · M_(ρ)`, the margin times the order statistic.
     OrderStatistic,
-    /// The rounding floor `f_l`, larger than `s · M_(ρ)` (for instance every honest sample
-    /// of the layer was bit-exact).
+    /// The rounding floor `f_l`, larger than the statistical bound (for instance every honest
+    /// sample of the layer was bit-exact).
     RoundingFloor,
+    /// `s · (u + σ_U ln(p_U/α))`, the margin times the fitted exponential tail's quantile.
+    ExponentialTail,
 }
 
 /// Parameters of [`calibrate_runs`] (unknown fields are refused when deserializing).
@@ -230,6 +289,9 @@ pub struct RunCalibrationConfig {
     pub margin: f64,
     /// The claimed precision, whose unit roundoff sets the rounding floor.
     pub rounding_dtype: Dtype,
+    /// How thresholds are obtained (absent in a file: the order statistic).
+    #[serde(default)]
+    pub method: CalibrationMethod,
 }
 
 impl RunCalibrationConfig {
@@ -280,6 +342,187 @@ impl RunCalibrationConfig {
     pub fn layer_confidence(&self, layers: u64) -> f64 {
         1.0 - (1.0 - self.confidence) / layers.max(1) as f64
     }
+
+    /// The runs the method needs for `layers = L`: [`runs_needed`] for the order statistic,
+    /// `max(500, ⌈1/(100 α)⌉)` for the fitted tail (its fewest excesses, and its limit on
+    /// extrapolation).
+    pub fn runs_needed(&self, layers: u64) -> u64 {
+        let alpha = self.cell_alpha(layers);
+        match self.method {
+            CalibrationMethod::OrderStatistic => runs_needed(alpha, self.layer_confidence(layers)),
+            CalibrationMethod::ExponentialTail => tail_runs_needed(alpha),
+        }
+    }
+}
+
+/// Fewest excesses of a fitted tail.
+pub const TAIL_MIN_EXCESSES: u64 = 50;
+
+/// Share of the runs whose excesses a fitted tail uses (`m = max(50, ⌈n/10⌉)`).
+pub const TAIL_FRACTION: f64 = 0.1;
+
+/// A fitted tail extrapolates to at most `α = 1/(TAIL_MAX_EXTRAPOLATION · n)`.
+pub const TAIL_MAX_EXTRAPOLATION: f64 = 100.0;
+
+/// The 1% critical value of Stephens' modified Kolmogorov–Smirnov statistic
+/// `D* = (D − 0.2/m)(√m + 0.26 + 0.5/√m)` for an exponential of estimated scale
+/// (M. A. Stephens, JASA 69 (1974) 730–737, Table 1A; R. B. D'Agostino and M. A. Stephens,
+/// *Goodness-of-Fit Techniques* (1986), Table 4.14).
+pub const TAIL_KS_CRITICAL: f64 = 1.308;
+
+/// Runs a fitted tail needs for a per-cell rate `α`: `max(TAIL_MIN_EXCESSES / TAIL_FRACTION,
+/// ⌈1/(TAIL_MAX_EXTRAPOLATION · α)⌉)`.
+pub fn tail_runs_needed(alpha: f64) -> u64 {
+    let min = (TAIL_MIN_EXCESSES as f64 / TAIL_FRACTION).ceil() as u64;
+    let extrapolation = (1.0 / (TAIL_MAX_EXTRAPOLATION * alpha)).ceil();
+    if extrapolation.is_finite() && extrapolation < u64::MAX as f64 {
+        min.max(extrapolation as u64)
+    } else {
+        u64::MAX
+    }
+}
+
+/// The regularized lower incomplete gamma function `P(a, x)` (the CDF of `Gamma(a, 1)` at
+/// `x`) by its power series `P(a, x) = e^{−x} x^a / Γ(a + 1) · Σ_{j≥0} x^j / ((a + 1)…(a + j))`
+/// (Numerical Recipes, 3rd ed., §6.2), used here for `x < a + 1`; by the continued fraction of
+/// `Q = 1 − P` otherwise.
+pub fn regularized_lower_gamma(a: f64, x: f64) -> f64 {
+    if x.is_nan() || x <= 0.0 {
+        return 0.0;
+    }
+    if x.is_infinite() {
+        return 1.0;
+    }
+    let ln_front = a * x.ln() - x - crate::tolerance::ln_gamma(a);
+    if x < a + 1.0 {
+        let (mut term, mut sum, mut ap) = (1.0 / a, 1.0 / a, a);
+        for _ in 0..1_000_000 {
+            ap += 1.0;
+            term *= x / ap;
+            sum += term;
+            if term.abs() < sum.abs() * 1e-16 {
+                break;
+            }
+        }
+        (sum.ln() + ln_front).exp().min(1.0)
+    } else {
+        // Lentz's method for the continued fraction of Q(a, x).
+        let tiny = 1e-300;
+        let mut b = x + 1.0 - a;
+        let mut c = 1.0 / tiny;
+        let mut d = 1.0 / b;
+        let mut h = d;
+        for i in 1..1_000_000u64 {
+            let an = -(i as f64) * (i as f64 - a);
+            b += 2.0;
+            d = an * d + b;
+            if d.abs() < tiny {
+                d = tiny;
+            }
+            c = b + an / c;
+            if c.abs() < tiny {
+                c = tiny;
+            }
+            d = 1.0 / d;
+            let delta = d * c;
+            h *= delta;
+            if (delta - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        (1.0 - (ln_front.exp() * h)).clamp(0.0, 1.0)
+    }
+}
+
+/// The `q`-quantile of `Gamma(a, 1)`, by bisection on [`regularized_lower_gamma`].
+pub fn gamma_quantile(a: f64, q: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, a + 50.0 * a.sqrt() + 100.0);
+    for _ in 0..2000 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if regularized_lower_gamma(a, mid) < q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// A layer's fitted exponential tail (module documentation, "a fitted exponential tail").
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailFit {
+    /// Excesses `m` used.
+    pub excesses: u64,
+    /// The base `u = M_(n−m)`.
+    pub base: f64,
+    /// The scale's estimate `σ̂`, the mean excess.
+    pub scale: f64,
+    /// Its upper confidence bound `σ_U`.
+    pub scale_upper: f64,
+    /// The upper confidence bound `p_U` on `P(M_l > u)`.
+    pub tail_probability_upper: f64,
+    /// The bound on the `(1 − α)` quantile, `u + σ_U ln(p_U/α)`.
+    pub quantile: f64,
+    /// Stephens' modified Kolmogorov–Smirnov statistic `D*` of the excesses against the fitted
+    /// exponential (0 when every excess is 0 and the base is 0: all runs bit-exact).
+    pub ks_statistic: f64,
+    /// Whether `D* ≤` [`TAIL_KS_CRITICAL`]: the assumption is not rejected at 1%.
+    pub fits: bool,
+}
+
+/// Fits the exponential tail to `sorted` (ascending per-run maxima, `n ≥` [`tail_runs_needed`])
+/// for the rate `alpha` at confidence `layer_confidence`.
+pub fn fit_exponential_tail(sorted: &[f64], alpha: f64, layer_confidence: f64) -> Result<TailFit> {
+    let n = sorted.len() as u64;
+    let m = TAIL_MIN_EXCESSES.max((TAIL_FRACTION * n as f64).ceil() as u64);
+    if n <= m {
+        return Err(ProtocolError::InsufficientEvidence {
+            needed: tail_runs_needed(alpha),
+            have: n,
+            reason: "a fitted tail needs more runs than excesses".into(),
+        });
+    }
+    let base = sorted[(n - m - 1) as usize];
+    let excess: Vec<f64> = sorted[(n - m) as usize..]
+        .iter()
+        .map(|&x| x - base)
+        .collect();
+    let scale = excess.iter().sum::<f64>() / m as f64;
+    let gamma_half = 1.0 - (1.0 - layer_confidence) / 2.0;
+    let p_upper = crate::tolerance::clopper_pearson_upper(m, n, gamma_half)?;
+    let g = gamma_quantile(m as f64, 1.0 - gamma_half);
+    let scale_upper = m as f64 * scale / g;
+    let (ks_statistic, fits) = if scale == 0.0 {
+        // Every excess 0: bit-exact throughout when the base is 0, an atom otherwise.
+        (0.0, base == 0.0)
+    } else {
+        let mf = m as f64;
+        let d = excess
+            .iter()
+            .enumerate()
+            .map(|(i, &y)| {
+                let f = -(-y / scale).exp_m1();
+                ((i + 1) as f64 / mf - f).max(f - i as f64 / mf)
+            })
+            .fold(0.0, f64::max);
+        let d_star = (d - 0.2 / mf) * (mf.sqrt() + 0.26 + 0.5 / mf.sqrt());
+        (d_star, d_star <= TAIL_KS_CRITICAL)
+    };
+    let quantile = base + scale_upper * (p_upper / alpha).ln().max(0.0);
+    Ok(TailFit {
+        excesses: m,
+        base,
+        scale,
+        scale_upper,
+        tail_probability_upper: p_upper,
+        quantile,
+        ks_statistic,
+        fits,
+    })
 }
 
 /// Runs needed for a `γ_l` upper confidence bound on the `(1 − α)` quantile from order
@@ -335,16 +578,21 @@ pub struct LayerThreshold {
     pub runs: u64,
     /// Runs whose worst cell of this layer was bit-exact (deviation 0).
     pub exact_runs: u64,
-    /// The 1-based rank `ρ` of the order statistic.
+    /// The 1-based rank `ρ` of the order statistic (under the fitted tail, when the runs are
+    /// too few for any rank: `n`).
     pub rank: u64,
-    /// `M_(ρ)`, the upper confidence bound on the quantile.
+    /// `M_(ρ)`, the distribution-free upper confidence bound on the quantile (under the fitted
+    /// tail, when the runs are too few for it: the sample maximum, which is no such bound).
     pub order_statistic: f64,
     /// The rounding floor `f_l`.
     pub rounding_floor: f64,
     /// The threshold `t_l = max(s · M_(ρ), f_l) > 0`.
     pub threshold: f64,
-    /// Which of the two it is.
+    /// Which bound it is.
     pub source: ThresholdSource,
+    /// The fitted tail, under [`CalibrationMethod::ExponentialTail`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<TailFit>,
 }
 
 /// Runs of one honest variation.
@@ -513,33 +761,65 @@ pub fn calibrate_runs(runs: &[HonestRun], config: &RunCalibrationConfig) -> Resu
     let alpha = config.cell_alpha(layers);
     let gamma_l = config.layer_confidence(layers);
     let n = runs.len() as u64;
-    let needed = runs_needed(alpha, gamma_l);
-    if n < needed {
-        return Err(ProtocolError::InsufficientEvidence {
-            needed,
-            have: n,
-            reason: format!(
-                "a session false-positive rate of {} at {} confidence with k = {} x {} \
-                 round(s) over {layers} layers needs per-cell alpha = {alpha:.3e} at per-layer \
-                 confidence {gamma_l}",
-                config.target_session_fpr, config.confidence, config.samples, config.rounds
-            ),
-        });
-    }
-    let rank = ucb_rank(n, alpha, gamma_l).ok_or_else(|| ProtocolError::InsufficientEvidence {
-        needed: needed.max(n + 1),
+    let needed = config.runs_needed(layers);
+    let insufficient = |needed: u64, why: String| ProtocolError::InsufficientEvidence {
+        needed,
         have: n,
-        reason: "no order statistic reaches the confidence".into(),
-    })?;
+        reason: format!(
+            "a session false-positive rate of {} at {} confidence with k = {} x {} round(s) \
+             over {layers} layers needs per-cell alpha = {alpha:.3e} at per-layer confidence \
+             {gamma_l} ({}){why}",
+            config.target_session_fpr,
+            config.confidence,
+            config.samples,
+            config.rounds,
+            config.method
+        ),
+    };
+    if n < needed {
+        return Err(insufficient(needed, String::new()));
+    }
+    let order_needed = runs_needed(alpha, gamma_l);
+    // The order statistic's rank, where the runs reach it (always under that method).
+    let rank = ucb_rank(n, alpha, gamma_l);
+    if config.method == CalibrationMethod::OrderStatistic && rank.is_none() {
+        return Err(insufficient(
+            needed.max(n + 1),
+            ": no order statistic reaches the confidence".into(),
+        ));
+    }
     let mut per_layer = BTreeMap::new();
     for l in 0..layers as u32 {
         let mut maxima: Vec<f64> = runs.iter().map(|r| r.layers[&l].max()).collect();
         maxima.sort_by(f64::total_cmp);
-        let order_statistic = maxima[(rank - 1) as usize];
         let floor = rounding_floor(runs, l, config.metric, config.rounding_dtype);
-        let scaled = config.margin * order_statistic;
+        let order_statistic = rank.map_or(maxima[maxima.len() - 1], |r| maxima[(r - 1) as usize]);
+        let (bound, source, tail) = match config.method {
+            CalibrationMethod::OrderStatistic => {
+                (order_statistic, ThresholdSource::OrderStatistic, None)
+            }
+            CalibrationMethod::ExponentialTail => {
+                let fit = fit_exponential_tail(&maxima, alpha, gamma_l)?;
+                if fit.fits {
+                    (fit.quantile, ThresholdSource::ExponentialTail, Some(fit))
+                } else if rank.is_some() {
+                    (order_statistic, ThresholdSource::OrderStatistic, Some(fit))
+                } else {
+                    return Err(insufficient(
+                        order_needed,
+                        format!(
+                            ": layer {l}'s excesses over the top {} runs do not fit an \
+                             exponential tail (Kolmogorov-Smirnov D* = {:.3} > {TAIL_KS_CRITICAL}), \
+                             and the distribution-free order statistic needs {order_needed} runs",
+                            fit.excesses, fit.ks_statistic
+                        ),
+                    ));
+                }
+            }
+        };
+        let scaled = config.margin * bound;
         let (threshold, source) = if scaled >= floor {
-            (scaled, ThresholdSource::OrderStatistic)
+            (scaled, source)
         } else {
             (floor, ThresholdSource::RoundingFloor)
         };
@@ -548,16 +828,25 @@ pub fn calibrate_runs(runs: &[HonestRun], config: &RunCalibrationConfig) -> Resu
             LayerThreshold {
                 runs: n,
                 exact_runs: maxima.iter().filter(|&&x| x == 0.0).count() as u64,
-                rank,
+                rank: rank.unwrap_or(n),
                 order_statistic,
                 rounding_floor: floor,
                 threshold,
                 source,
+                tail,
             },
         );
     }
+    let assumption = match config.method {
+        CalibrationMethod::OrderStatistic => String::new(),
+        CalibrationMethod::ExponentialTail => {
+            ", assuming each layer's tail above its fitted base is exponential (checked per \
+             layer by a Kolmogorov-Smirnov test at 1%)"
+                .into()
+        }
+    };
     Ok(RunCalibration {
-        method: CalibrationMethod::OrderStatistic,
+        method: config.method,
         config: *config,
         layers,
         cell_alpha: alpha,
@@ -569,7 +858,7 @@ pub fn calibrate_runs(runs: &[HonestRun], config: &RunCalibrationConfig) -> Resu
         claimed_bound: format!(
             "with confidence >= {}, an honest run of the calibrated variations is falsely \
              rejected in at most {} of sessions checking k = {} cells x {} round(s) (any \
-             sampling strategy): per layer, P(worst cell > t_l) <= alpha = {alpha:.3e}",
+             sampling strategy): per layer, P(worst cell > t_l) <= alpha = {alpha:.3e}{assumption}",
             config.confidence, config.target_session_fpr, config.samples, config.rounds
         ),
     })

@@ -951,7 +951,7 @@ fn beta_quantile(a: f64, b: f64, q: f64) -> f64 {
 /// Natural log of the gamma function for `x > 0`: Lanczos approximation (`g = 671/128`,
 /// 14 terms, as in Numerical Recipes, 3rd ed., §6.1), relative error about `1e-15`.
 #[allow(clippy::excessive_precision)] // the published coefficients, digit for digit
-fn ln_gamma(x: f64) -> f64 {
+pub(crate) fn ln_gamma(x: f64) -> f64 {
     const COF: [f64; 14] = [
         57.156_235_665_862_923_5,
         -59.597_960_355_475_491_2,

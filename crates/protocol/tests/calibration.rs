@@ -8,8 +8,10 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use veritrace_commit::Dtype;
 use veritrace_protocol::calibration::{
-    calibrate_runs, holdout_evidence, runs_needed, ucb_rank, unit_roundoff, CalibratedPolicy,
-    HonestRun, RunCalibrationConfig, ThresholdSource, POLICY_FORMAT,
+    calibrate_runs, fit_exponential_tail, gamma_quantile, holdout_evidence,
+    regularized_lower_gamma, runs_needed, tail_runs_needed, ucb_rank, unit_roundoff,
+    CalibratedPolicy, CalibrationMethod, HonestRun, RunCalibrationConfig, ThresholdSource,
+    POLICY_FORMAT, TAIL_KS_CRITICAL,
 };
 use veritrace_protocol::tolerance::{Metric, TolerancePolicy};
 use veritrace_protocol::ProtocolError;
@@ -23,6 +25,7 @@ fn config(target: f64, samples: u32) -> RunCalibrationConfig {
         confidence: 0.95,
         margin: 1.0,
         rounding_dtype: Dtype::F32,
+        method: CalibrationMethod::OrderStatistic,
     }
 }
 
@@ -345,6 +348,148 @@ fn the_bound_covers_the_quantile() {
     }
     // 800 bounds, each failing with probability <= 0.025 (mean <= 20).
     assert!(misses <= 35, "{misses} of 800 bounds below the quantile");
+}
+
+/// Known answers: for integer `a`, `P(a, x) = 1 - e^-x sum_{j<a} x^j/j!`, computed with Python's
+/// `math.fsum` and `math.lgamma`.
+#[test]
+fn lower_gamma_known_answers() {
+    for (a, x, want) in [
+        (1.0, 0.5, 0.3934693402873666),
+        (5.0, 2.0, 0.052653017343711084),
+        (5.0, 9.0, 0.9450363585048951),
+        (50.0, 40.0, 0.07033506665939349),
+        (50.0, 60.0, 0.9155933189063095),
+        (300.0, 270.0, 0.03803197934004754),
+        (300.0, 330.0, 0.9551097761299907),
+        (2000.0, 1900.0, 0.011695820380706157),
+    ] {
+        let got = regularized_lower_gamma(a, x);
+        assert!(
+            (got - want).abs() <= 1e-10 * want,
+            "P({a}, {x}) = {got}, want {want}"
+        );
+        let q = gamma_quantile(a, want);
+        assert!(
+            (q - x).abs() <= 1e-8 * x,
+            "quantile({a}, {want}) = {q}, want {x}"
+        );
+    }
+    assert_eq!(regularized_lower_gamma(3.0, 0.0), 0.0);
+    assert_eq!(regularized_lower_gamma(3.0, f64::NAN), 0.0);
+}
+
+#[test]
+fn tail_runs_needed_values() {
+    assert_eq!(tail_runs_needed(1e-3), 500);
+    assert_eq!(tail_runs_needed(2e-5), 500);
+    assert_eq!(tail_runs_needed(1e-6), 10_000);
+    assert_eq!(tail_runs_needed(0.0), u64::MAX);
+}
+
+fn exponential(rng: &mut ChaCha20Rng) -> f64 {
+    -(1.0 - uniform(rng)).ln()
+}
+
+/// The Kolmogorov-Smirnov critical value is the 1% point: on exactly exponential data (whose
+/// excesses over any order statistic are exponential) the check refuses about 1% of fits.
+#[test]
+fn tail_check_refuses_about_one_percent_of_exponential_samples() {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let mut refused = 0;
+    for _ in 0..2000 {
+        let mut x: Vec<f64> = (0..600).map(|_| exponential(&mut rng)).collect();
+        x.sort_by(f64::total_cmp);
+        let fit = fit_exponential_tail(&x, 1e-4, 0.99).unwrap();
+        assert_eq!(fit.excesses, 60);
+        assert_eq!(fit.fits, fit.ks_statistic <= TAIL_KS_CRITICAL);
+        refused += u32::from(!fit.fits);
+    }
+    // Binomial(2000, 0.01): mean 20, sd 4.4.
+    assert!((6..=38).contains(&refused), "{refused} of 2000 refused");
+}
+
+/// The fitted tail's threshold is an upper confidence bound on the (1 - alpha) quantile when the
+/// tail is exponential, from far fewer runs than the order statistic needs, and not wildly
+/// conservative.
+#[test]
+fn the_fitted_tail_covers_the_quantile() {
+    // L = 2, k = 1: alpha = 1e-4, gamma_l = 0.975; the order statistic would need 36,887 runs.
+    let mut c = config(1e-4, 1);
+    c.method = CalibrationMethod::ExponentialTail;
+    assert_eq!(c.runs_needed(2), 500);
+    assert_eq!(runs_needed(1e-4, 0.975), 36_887);
+    // Each run's worst of 3 cells, cells Exp(1) * 1e-3: P(M > t) = 1 - (1 - e^-t)^3.
+    let truth = -(1.0 - (1.0f64 - 1e-4).powf(1.0 / 3.0)).ln() * 1e-3;
+    let (mut misses, mut ratios, mut refused) = (0, Vec::new(), 0);
+    for seed in 0..200u64 {
+        let mut rng = ChaCha20Rng::seed_from_u64(1000 + seed);
+        let runs: Vec<HonestRun> = (0..1000)
+            .map(|_| run("v", 2, 3, |_, _| exponential(&mut rng) * 1e-3))
+            .collect();
+        let cal = match calibrate_runs(&runs, &c) {
+            Ok(cal) => cal,
+            Err(ProtocolError::InsufficientEvidence { needed, reason, .. }) => {
+                // The 1% model check refused a layer, and 1000 runs cannot carry the order
+                // statistic.
+                assert_eq!(needed, 36_887);
+                assert!(reason.contains("do not fit"), "{reason}");
+                refused += 1;
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        for l in 0..2u32 {
+            let t = &cal.per_layer[&l];
+            assert_eq!(t.source, ThresholdSource::ExponentialTail);
+            // add_cell stores the f32 deviation: compare at f32 resolution.
+            if t.threshold < truth * (1.0 - 1e-6) {
+                misses += 1;
+            }
+            ratios.push(t.threshold / truth);
+        }
+    }
+    // Two checks at 1% each: about 2% of calibrations refused.
+    assert!(refused <= 12, "{refused} of 200 calibrations refused");
+    ratios.sort_by(f64::total_cmp);
+    // Up to 400 bounds, each below the quantile with probability <= 0.025 (mean <= 10).
+    assert!(misses <= 20, "{misses} of 400 bounds below the quantile");
+    let median = ratios[ratios.len() / 2];
+    assert!(median < 1.5, "median threshold at {median} of the quantile");
+}
+
+/// A heavy (Pareto) tail fails the check: the calibration falls back to the order statistic
+/// when the runs carry it, and otherwise refuses, saying how many runs that needs.
+#[test]
+fn a_heavy_tail_is_refused_or_falls_back() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let runs: Vec<HonestRun> = (0..3000)
+        .map(|_| run("v", 2, 1, |_, _| 1e-6 / (1.0 - uniform(&mut rng))))
+        .collect();
+    let mut c = config(1e-4, 1);
+    c.method = CalibrationMethod::ExponentialTail;
+    match calibrate_runs(&runs, &c) {
+        Err(ProtocolError::InsufficientEvidence {
+            needed,
+            have,
+            reason,
+        }) => {
+            assert_eq!((needed, have), (36_887, 3000));
+            assert!(
+                reason.contains("do not fit an exponential tail"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let mut c = config(1e-2, 1);
+    c.method = CalibrationMethod::ExponentialTail;
+    let cal = calibrate_runs(&runs, &c).unwrap();
+    for t in cal.per_layer.values() {
+        assert_eq!(t.source, ThresholdSource::OrderStatistic);
+        let fit = t.tail.unwrap();
+        assert!(!fit.fits && fit.ks_statistic > TAIL_KS_CRITICAL);
+    }
 }
 
 /// `P(Bin(n, q) <= j)` by summing the pmf in log space (independent of the incomplete beta).

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use veritrace_commit::{CellId, HasherId};
 use veritrace_model::{CellInputs, Runner, Setup, Trace};
 use veritrace_protocol::calibration::{
-    calibrate_runs, holdout_evidence, runs_needed, CalibratedPolicy, HoldoutEvidence, HonestRun,
-    RunCalibration, RunCalibrationConfig,
+    calibrate_runs, holdout_evidence, CalibratedPolicy, HoldoutEvidence, HonestRun, RunCalibration,
+    RunCalibrationConfig,
 };
 use veritrace_protocol::tolerance::{Deviation, FprEstimate, Metric, PerLayer, TolerancePolicy};
 use veritrace_protocol::{
@@ -394,22 +394,24 @@ impl Simulation {
             confidence: t.confidence,
             margin: t.margin,
             rounding_dtype: rounding_dtype(&self.scenario.reference),
+            method: t.method,
         };
         let layers = self.model.num_layers() as u64 + 1;
-        let needed = runs_needed(config.cell_alpha(layers), config.layer_confidence(layers));
+        let needed = config.runs_needed(layers);
         if !t.exact && u64::from(t.calibration_prompts) < needed {
             // Refused before any run: the evidence could not support the target.
             return Err(SimError::Scenario(format!(
                 "tolerance.calibration_prompts = {}: {needed} independent honest runs are \
                  needed for a session false-positive rate of {} at {} confidence with k = {} x {} \
-                 round(s) over {layers} layers (per-cell alpha {:.3e}, specs/protocol.md \
-                 §12.3); raise calibration_prompts, or target_fpr",
+                 round(s) over {layers} layers (per-cell alpha {:.3e}, method {}, \
+                 specs/protocol.md §12.3); raise calibration_prompts, or target_fpr",
                 t.calibration_prompts,
                 t.target_fpr,
                 t.confidence,
                 p.samples,
                 p.rounds,
-                config.cell_alpha(layers)
+                config.cell_alpha(layers),
+                t.method
             )));
         }
         let prompt = |i: u64| self.prompt(i);

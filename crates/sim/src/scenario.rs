@@ -25,6 +25,7 @@
 //! target_fpr = 0.01         # per session, on honest other-hardware provers
 //! confidence = 0.95         # joint confidence of the per-layer bounds (default 0.95)
 //! margin = 1.0              # safety factor on the order statistic (default 1: none)
+//! method = "order-statistic" # or "exponential-tail": a fitted tail, fewer runs (§12.3)
 //! exact = false             # true: bitwise comparison (identical hardware), no calibration
 //! honest = ["f32/attn=eager/splitk=2", "f32/attn=eager/order=decode"]
 //! calibration_prompts = 2000  # independent honest runs (fresh prompts, variations in
@@ -58,6 +59,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use veritrace_model::{Device, Setup};
+use veritrace_protocol::calibration::CalibrationMethod;
 use veritrace_protocol::tolerance::Metric;
 use veritrace_protocol::{Mode, SamplingStrategy};
 
@@ -169,6 +171,10 @@ pub struct ToleranceParams {
     /// Joint confidence of the per-layer bounds (default 0.95).
     #[serde(default = "confidence95")]
     pub confidence: f64,
+    /// How thresholds are obtained: `order-statistic` (distribution-free, the default) or
+    /// `exponential-tail` (a fitted tail, checked per layer; specs/protocol.md §12.3).
+    #[serde(default)]
+    pub method: CalibrationMethod,
     /// Setups that stand in for other hardware (reduction-order changes of the reference).
     pub honest: Vec<Setup>,
     /// Independent honest runs that calibrate the thresholds, each a fresh prompt under one

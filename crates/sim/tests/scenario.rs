@@ -361,3 +361,30 @@ fn a_fraction_sweep_sets_the_kinds_that_take_one() {
     assert!(!h.set_fraction(0.3));
     assert_eq!(h, s.adversaries[0].adversary);
 }
+
+/// `tolerance.method` picks the calibration method; the default is the order statistic and an
+/// unknown method is refused by name.
+#[test]
+fn the_calibration_method_is_a_scenario_key() {
+    use veritrace_protocol::calibration::CalibrationMethod;
+    let s = scenario("[[adversary]]\nkind = \"honest\"").unwrap();
+    assert_eq!(s.tolerance.method, CalibrationMethod::OrderStatistic);
+    let toml = |method: &str| {
+        Scenario::from_toml(&format!(
+            "name = \"t\"\nmodel = \"tiny\"\nseed = 1\ntrials = 1\nreference = \"f32/attn=eager\"\n\
+             [prompts]\ncount = 1\ntokens = 4\noutput = 0\n[protocol]\nchunk = 4\nsamples = 2\n\
+             mode = \"interactive\"\n[tolerance]\nmetric = \"rel_l2\"\ntarget_fpr = 0.01\n\
+             method = \"{method}\"\nhonest = [\"f32/attn=eager/splitk=2\"]\n\
+             calibration_prompts = 600\nholdout_prompts = 1\n[[adversary]]\nkind = \"honest\"\n"
+        ))
+    };
+    assert_eq!(
+        toml("exponential-tail").unwrap().tolerance.method,
+        CalibrationMethod::ExponentialTail
+    );
+    let e = toml("largest").unwrap_err().to_string();
+    assert!(
+        e.contains("largest") && e.contains("exponential-tail"),
+        "{e}"
+    );
+}
