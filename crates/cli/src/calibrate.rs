@@ -40,7 +40,7 @@ The policy file (JSON, format \"veritrace/calibrated-policy/v1\"; specs/protocol
                 order_statistic, rounding_floor, threshold, source: \"order-statistic\"|
                 \"rounding-floor\"|\"exponential-tail\", tail (exponential-tail only):
                 {excesses, base, scale, scale_upper, tail_probability_upper, quantile,
-                ks_statistic, fits}}}, claimed_bound
+                cv2, cv2_critical, fits}}}, claimed_bound
   holdout       null, or {runs, variations, runs_with_exceedance {exceedances, samples, rate,
                 lower, upper, confidence}, expected_session_fpr, cells_over, worst_ratio}
   unseen        (optional) a list of the same, one per --unseen variation
@@ -51,7 +51,7 @@ per-layer confidence 1 - (1 - confidence) / L, times --margin, and never below t
 floor (one element off by one unit roundoff of the precision). With --method exponential-tail,
 t_l is instead u + s_U ln(p_U / alpha): an exponential tail fitted above the top tenth of the
 runs (u its base, s_U and p_U upper confidence bounds on its scale and probability), used
-where a Kolmogorov-Smirnov test at 1% does not reject it. With too few runs for the target
+where a one-sided test at 1% finds no tail heavier than exponential. With too few runs for the target
 the command says how many are needed and exits 2.
 
 Exit status: 0 on success, 2 when an argument, a model, a trace or the evidence is refused,
@@ -114,7 +114,7 @@ pub struct CalibrateArgs {
     pub margin: f64,
     /// How thresholds are obtained: order-statistic (distribution-free) or exponential-tail
     /// (a fitted tail above the top tenth of the runs, checked per layer by a
-    /// Kolmogorov-Smirnov test; reaches small rates from fewer runs).
+    /// test against a heavier tail; reaches small rates from fewer runs).
     #[arg(long, default_value = "order-statistic")]
     pub method: CalibrationMethod,
     /// Metric: rel_l2 or max_abs.
@@ -449,17 +449,18 @@ pub fn summary(p: &CalibratedPolicy) -> String {
             .join(", ")
     );
     s.push_str(&format!("claimed: {}\n", c.claimed_bound));
-    s.push_str("| layer | threshold | source | order statistic (rank) | fitted tail: base, scale bound, tail probability bound, KS D* | rounding floor | bit-exact runs |\n|---|---|---|---|---|---|---|\n");
+    s.push_str("| layer | threshold | source | order statistic (rank) | fitted tail: base, scale bound, tail probability bound, CV² (1% point) | rounding floor | bit-exact runs |\n|---|---|---|---|---|---|---|\n");
     for (l, t) in &c.per_layer {
         let tail = match &t.tail {
             None => "-".to_string(),
             Some(f) => format!(
-                "{:.3e}, {:.3e}, {:.3e}, {:.3}{}",
+                "{:.3e}, {:.3e}, {:.3e}, {:.3} ({:.3}){}",
                 f.base,
                 f.scale_upper,
                 f.tail_probability_upper,
-                f.ks_statistic,
-                if f.fits { "" } else { " (does not fit)" }
+                f.cv2,
+                f.cv2_critical,
+                if f.fits { "" } else { " (heavier: not used)" }
             ),
         };
         s.push_str(&format!(

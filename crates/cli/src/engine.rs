@@ -57,13 +57,13 @@ pub enum EngineLoadError {
         spec: String,
     },
     /// A loader accepted the argument but failed to build the model.
-    #[error("model {spec:?}: {source}")]
+    /// (Not a `#[source]`: the message already holds it, and the CLI prints the chain.)
+    #[error("model {spec:?}: {error}")]
     Model {
         /// The argument.
         spec: String,
         /// What the model crate said.
-        #[source]
-        source: ModelError,
+        error: ModelError,
     },
 }
 
@@ -123,9 +123,9 @@ fn resolve(spec: &str) -> Result<Spec<'_>, EngineLoadError> {
 /// [`EngineLoadError`]: an unknown name, a path that is not a checkpoint directory, a BERT
 /// encoder ([`EngineLoadError::NotADecoder`]), or a model that fails to load.
 pub fn load_llama(spec: &str) -> Result<LlamaModel, EngineLoadError> {
-    let model_err = |source| EngineLoadError::Model {
+    let model_err = |error| EngineLoadError::Model {
         spec: spec.to_string(),
-        source,
+        error,
     };
     match resolve(spec) {
         Ok(Spec::Preset(name)) => ModelConfig::preset(name)
@@ -154,9 +154,9 @@ pub fn load_model(spec: &str) -> Result<SimModel, EngineLoadError> {
         Spec::Bert(dir) => {
             BertModel::load(&dir)
                 .map(SimModel::Bert)
-                .map_err(|source| EngineLoadError::Model {
+                .map_err(|error| EngineLoadError::Model {
                     spec: spec.to_string(),
-                    source,
+                    error,
                 })
         }
         Spec::Preset(_) | Spec::Llama(_) => load_llama(spec).map(SimModel::Llama),

@@ -66,7 +66,10 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         });
     let engine_input = error
         .downcast_ref::<engine::EngineLoadError>()
-        .is_some_and(|e| !matches!(e, engine::EngineLoadError::Model { .. }));
+        .is_some_and(|e| match e {
+            engine::EngineLoadError::Model { error, .. } => model_input(error),
+            _ => true,
+        });
     let sim_input = error
         .downcast_ref::<veritrace_sim::SimError>()
         .is_some_and(|e| match e {

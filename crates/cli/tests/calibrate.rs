@@ -353,7 +353,7 @@ fn calibrate_with_a_fitted_tail() {
         let t = &c.per_layer[&l];
         let fit = t.tail.expect("a fitted tail");
         assert_eq!(fit.excesses, 50);
-        assert!(fit.fits, "layer {l}: D* = {}", fit.ks_statistic);
+        assert!(fit.fits, "layer {l}: {fit:?}");
         assert_eq!(t.source, ThresholdSource::ExponentialTail, "layer {l}");
         // Past the sample maximum (alpha is far below 1/n), and exactly the fitted quantile.
         assert!(t.threshold > t.order_statistic, "layer {l}");

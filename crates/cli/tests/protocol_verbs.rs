@@ -447,3 +447,77 @@ fn an_encoder_runs_the_protocol_over_files() {
     );
     let _ = std::fs::remove_dir_all(model_dir);
 }
+
+/// A checkpoint the loader refuses (here a Qwen2 config over Llama weights, and a rope type it
+/// does not compute) is an input error in every verb that loads a model: exit 2, the field
+/// named once.
+#[test]
+fn a_refused_checkpoint_exits_2_naming_the_field_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    veritrace_model::LlamaModel::preset("tiny")
+        .unwrap()
+        .save(&ckpt)
+        .unwrap();
+    let config = ckpt.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let out = dir.path().join("run").display().to_string();
+    let ckpt = ckpt.display().to_string();
+    for (field, value, needle) in [
+        ("model_type", serde_json::json!("qwen2"), "model_type"),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+            "yarn",
+        ),
+    ] {
+        let mut bad = v.clone();
+        bad[field] = value;
+        std::fs::write(&config, bad.to_string()).unwrap();
+        for args in [
+            vec![
+                "prove", "--model", &ckpt, "--prompt", "1,2,3", "--out", &out,
+            ],
+            vec![
+                "fingerprint",
+                "--model",
+                &ckpt,
+                "--prompts",
+                "1",
+                "--tokens",
+                "4",
+            ],
+            vec![
+                "calibrate",
+                "--model",
+                &ckpt,
+                "--honest",
+                "f32/attn=eager/splitk=2",
+                "--prompts",
+                "200",
+                "--samples",
+                "2",
+                "--target-fpr",
+                "0.5",
+                "--out",
+                &out,
+            ],
+        ] {
+            let o = veritrace(&args);
+            assert_eq!(o.code, 2, "{args:?}: {}{}", o.stdout, o.stderr);
+            assert_eq!(
+                o.stderr.matches(needle).count(),
+                1,
+                "{args:?}: {}",
+                o.stderr
+            );
+        }
+    }
+    v["model_type"] = serde_json::json!("llama");
+    std::fs::write(&config, v.to_string()).unwrap();
+    let o = veritrace(&[
+        "prove", "--model", &ckpt, "--prompt", "1,2,3", "--out", &out,
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}

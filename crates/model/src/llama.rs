@@ -102,11 +102,21 @@ const DIGEST_LABEL: &[u8] = b"veritrace/model/llama/v1";
 /// A weight tensor: name, shape and row-major f32 elements.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
-/// The fields of a Hugging Face `LlamaConfig` (`config.json`) this decoder reads. Anything the
-/// architecture of the [module docs](self) does not compute (an activation other than SiLU, rope
-/// scaling, biases, a head size other than `hidden / heads`) is refused when converted.
+/// The fields of a Hugging Face `LlamaConfig` (`config.json`) this decoder reads.
+///
+/// [`HfLlamaConfig::read`] is strict, because loading the wrong model silently is the worst
+/// outcome a verifier can have: `model_type` must be `llama` (or absent) and `architectures`
+/// `LlamaForCausalLM`; every field must be one this decoder computes ([`COMPUTED_FIELDS`]) or one
+/// that does not change the forward pass ([`INERT_FIELDS`]); rope parameters are read from
+/// `rope_theta`/`rope_scaling` (transformers 4) or `rope_parameters` (transformers 5), which
+/// must agree where both are given, and only the default and `llama3` rope types are computed;
+/// a `sliding_window`, biases, an activation other than SiLU, `pretraining_tp` other than 1 or
+/// a head size other than `hidden / heads` are refused, naming the field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HfLlamaConfig {
+    /// `llama` (absent in files written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_type: Option<String>,
     /// Vocabulary size.
     pub vocab_size: usize,
     /// Hidden size.
@@ -120,7 +130,7 @@ pub struct HfLlamaConfig {
     pub num_key_value_heads: Option<usize>,
     /// MLP width.
     pub intermediate_size: usize,
-    /// Rotary base (default 10000).
+    /// Rotary base (default 10000; transformers 5 writes it in `rope_parameters`).
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
     /// RMSNorm epsilon (default 1e-6).
@@ -135,15 +145,142 @@ pub struct HfLlamaConfig {
     /// Explicit head size, if given (must equal `hidden_size / num_attention_heads`).
     #[serde(default)]
     pub head_dim: Option<usize>,
-    /// Rope scaling (must be absent or null).
+    /// Rope scaling (transformers 4): absent, null, or a `default` or `llama3` rope type.
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// Rope parameters (transformers 5): `rope_type` (`default` or `llama3`), `rope_theta`,
+    /// and the llama3 scaling fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
     /// Attention biases (must be absent or false).
     #[serde(default)]
     pub attention_bias: bool,
     /// MLP biases (must be absent or false).
     #[serde(default)]
     pub mlp_bias: bool,
+}
+
+/// The `config.json` fields whose values [`HfLlamaConfig`] reads and checks.
+pub const COMPUTED_FIELDS: &[&str] = &[
+    "model_type",
+    "architectures",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "rope_theta",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+    "hidden_act",
+    "head_dim",
+    "rope_scaling",
+    "rope_parameters",
+    "attention_bias",
+    "mlp_bias",
+    "sliding_window",
+    "pretraining_tp",
+];
+
+/// `config.json` fields that do not change a forward pass (token ids of special tokens,
+/// training-time settings such as dropout and initialization, cache use, file metadata):
+/// accepted and ignored. Any field in neither list is refused.
+pub const INERT_FIELDS: &[&str] = &[
+    "_name_or_path",
+    "_commit_hash",
+    "_attn_implementation_autoset",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "max_position_embeddings",
+    "initializer_range",
+    "use_cache",
+    "attention_dropout",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "tokenizer_class",
+];
+
+/// The rope theta and scaling a rope object gives (`rope_scaling` or `rope_parameters`):
+/// `(rope_type, theta, scaling)`.
+fn parse_rope(
+    field: &str,
+    v: &serde_json::Value,
+) -> Result<(String, Option<f64>, Option<Llama3RopeScaling>)> {
+    let bad = |m: String| Err(ModelError::InvalidConfig(format!("{field}: {m}")));
+    let Some(o) = v.as_object() else {
+        return bad(format!("expected an object, got {v}"));
+    };
+    // transformers 4 wrote `type` before `rope_type`.
+    let rope_type = match (o.get("rope_type"), o.get("type")) {
+        (Some(a), Some(b)) if a != b => {
+            return bad(format!("rope_type {a} and type {b} differ"));
+        }
+        (Some(t), _) | (None, Some(t)) => match t.as_str() {
+            Some(t) => t.to_string(),
+            None => return bad(format!("rope_type {t} is not a string")),
+        },
+        (None, None) => "default".to_string(),
+    };
+    let theta = match o.get("rope_theta") {
+        None => None,
+        Some(t) => match t.as_f64() {
+            Some(t) => Some(t),
+            None => return bad(format!("rope_theta {t} is not a number")),
+        },
+    };
+    let num = |k: &str| -> Result<f64> {
+        o.get(k).and_then(|x| x.as_f64()).ok_or_else(|| {
+            ModelError::InvalidConfig(format!("{field}: llama3 rope scaling needs a number {k}"))
+        })
+    };
+    let (allowed, scaling): (&[&str], _) = match rope_type.as_str() {
+        "default" => (&["rope_type", "type", "rope_theta"], None),
+        "llama3" => {
+            let s = Llama3RopeScaling {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: {
+                    let x = num("original_max_position_embeddings")?;
+                    if !(x >= 1.0 && x.fract() == 0.0 && x < 1e15) {
+                        return bad(format!("original_max_position_embeddings {x}"));
+                    }
+                    x as u64
+                },
+            };
+            s.validate()?;
+            (
+                &[
+                    "rope_type",
+                    "type",
+                    "rope_theta",
+                    "factor",
+                    "low_freq_factor",
+                    "high_freq_factor",
+                    "original_max_position_embeddings",
+                ],
+                Some(s),
+            )
+        }
+        other => {
+            return bad(format!(
+                "rope type {other:?} is not computed by this decoder (default and llama3 are)"
+            ))
+        }
+    };
+    if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return bad(format!(
+            "field {k:?} is not understood for rope type {rope_type:?} (it may change the \
+             computation)"
+        ));
+    }
+    Ok((rope_type, theta, scaling))
 }
 
 fn default_rope_theta() -> f64 {
@@ -157,16 +294,107 @@ fn default_act() -> String {
 }
 
 impl HfLlamaConfig {
-    /// Reads and parses `config.json`.
+    /// Reads, checks (see [`HfLlamaConfig`]) and parses `config.json`.
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
-            path: path.display().to_string(),
-            reason: format!("not a Llama config: {e}"),
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
+                path: path.display().to_string(),
+                reason: format!("not JSON: {e}"),
+            })?;
+        Self::parse(&value).map_err(|e| match e {
+            ModelError::InvalidConfig(m) => {
+                ModelError::InvalidConfig(format!("{}: {m}", path.display()))
+            }
+            other => other,
         })
+    }
+
+    /// Checks and parses a `config.json` value (see [`HfLlamaConfig`]); refusals are
+    /// [`ModelError::InvalidConfig`], naming the field.
+    pub fn parse(value: &serde_json::Value) -> Result<Self> {
+        let bad = |m: String| Err(ModelError::InvalidConfig(m));
+        let Some(map) = value.as_object() else {
+            return bad("not a JSON object".into());
+        };
+        if let Some(t) = map
+            .get("model_type")
+            .filter(|t| t.as_str() != Some("llama"))
+        {
+            return bad(format!(
+                "model_type {t} is not supported by the Llama loader (supported: llama; bert \
+                 through the BERT loader)"
+            ));
+        }
+        if let Some(a) = map.get("architectures") {
+            let ok = a.as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|x| matches!(x.as_str(), Some("LlamaForCausalLM" | "LlamaModel")))
+            });
+            if !ok {
+                return bad(format!(
+                    "architectures {a} is not supported (LlamaForCausalLM)"
+                ));
+            }
+        }
+        if let Some(k) = map
+            .keys()
+            .find(|k| !COMPUTED_FIELDS.contains(&k.as_str()) && !INERT_FIELDS.contains(&k.as_str()))
+        {
+            return bad(format!(
+                "config field {k:?} is not understood by the Llama loader; it may change the \
+                 computation, so the checkpoint is refused rather than loaded as something else"
+            ));
+        }
+        if let Some(w) = map.get("sliding_window").filter(|w| !w.is_null()) {
+            return bad(format!(
+                "sliding_window {w} (sliding-window attention) is not supported by the Llama \
+                 loader"
+            ));
+        }
+        if let Some(tp) = map.get("pretraining_tp").filter(|t| t.as_u64() != Some(1)) {
+            return bad(format!("pretraining_tp {tp} (only 1)"));
+        }
+        let mut hf: HfLlamaConfig = serde_json::from_value(value.clone())
+            .map_err(|e| ModelError::InvalidConfig(format!("not a Llama config: {e}")))?;
+        // Rope: the top-level theta, rope_scaling (transformers 4) and rope_parameters
+        // (transformers 5) must agree.
+        let top_theta = map.get("rope_theta").and_then(|t| t.as_f64());
+        let mut theta = top_theta;
+        let mut scaling: Option<(String, Option<Llama3RopeScaling>)> = None;
+        for field in ["rope_scaling", "rope_parameters"] {
+            let Some(v) = map.get(field).filter(|v| !v.is_null()) else {
+                continue;
+            };
+            let (rope_type, t, s) = parse_rope(field, v)?;
+            if let Some(t) = t {
+                if theta.is_some_and(|x| x != t) {
+                    return bad(format!(
+                        "{field}.rope_theta {t} differs from the rope_theta given elsewhere ({})",
+                        theta.unwrap_or_default()
+                    ));
+                }
+                theta = Some(t);
+            }
+            if let Some((prev_type, prev)) = &scaling {
+                if *prev_type != rope_type || *prev != s {
+                    return bad(format!(
+                        "rope_scaling and rope_parameters describe different rope types \
+                         ({prev_type} and {rope_type})"
+                    ));
+                }
+            }
+            scaling = Some((rope_type, s));
+        }
+        hf.rope_theta = theta.unwrap_or_else(default_rope_theta);
+        hf.rope_scaling = scaling
+            .and_then(|(_, s)| s)
+            .map(|s| serde_json::to_value(s).expect("plain numbers"));
+        hf.rope_parameters = None;
+        Ok(hf)
     }
 
     /// The decoder configuration (seed 0), refusing what this decoder does not compute.
@@ -175,11 +403,28 @@ impl HfLlamaConfig {
         if self.hidden_act != "silu" {
             return bad(format!("hidden_act {:?} (only silu)", self.hidden_act));
         }
-        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
-            return bad("rope_scaling is not supported".into());
+        if self.model_type.as_deref().is_some_and(|t| t != "llama") {
+            return bad(format!("model_type {:?} (only llama)", self.model_type));
+        }
+        // After `parse`, `rope_scaling` holds the llama3 parameters or nothing; a value built
+        // by hand goes through the same parser.
+        let rope_scaling = match self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+            None => None,
+            Some(v) if v.get("rope_type").is_none() && v.get("type").is_none() => Some(
+                serde_json::from_value::<Llama3RopeScaling>(v.clone())
+                    .map_err(|e| ModelError::InvalidConfig(format!("rope_scaling: {e}")))?,
+            ),
+            Some(v) => parse_rope("rope_scaling", v)?.2,
+        };
+        if self.rope_parameters.is_some() {
+            return bad("rope_parameters: read the config with HfLlamaConfig::parse".into());
         }
         if self.attention_bias || self.mlp_bias {
-            return bad("biases are not supported".into());
+            return bad(
+                "attention_bias / mlp_bias: biases are not supported by the Llama \
+                        loader"
+                    .into(),
+            );
         }
         let config = ModelConfig {
             vocab_size: self.vocab_size,
@@ -191,6 +436,7 @@ impl HfLlamaConfig {
             rope_theta: self.rope_theta,
             rms_norm_eps: self.rms_norm_eps,
             seed: 0,
+            rope_scaling,
         };
         config.validate()?;
         if let Some(hd) = self.head_dim {
@@ -207,6 +453,7 @@ impl HfLlamaConfig {
     /// The Hugging Face form of a decoder configuration (untied head, no biases).
     pub fn from_config(c: &ModelConfig) -> Self {
         HfLlamaConfig {
+            model_type: Some("llama".into()),
             vocab_size: c.vocab_size,
             hidden_size: c.hidden_size,
             num_hidden_layers: c.num_layers,
@@ -218,7 +465,12 @@ impl HfLlamaConfig {
             tie_word_embeddings: false,
             hidden_act: "silu".into(),
             head_dim: Some(c.head_dim()),
-            rope_scaling: None,
+            rope_scaling: c.rope_scaling.map(|s| {
+                let mut v = serde_json::to_value(s).expect("plain numbers");
+                v["rope_type"] = "llama3".into();
+                v
+            }),
+            rope_parameters: None,
             attention_bias: false,
             mlp_bias: false,
         }
@@ -324,6 +576,65 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     /// Seed of the weight stream (see the [module docs](self)).
     pub seed: u64,
+    /// Llama-3 rope scaling, if the checkpoint has it (absent from the digest input when
+    /// `None`, so models without it keep their digests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<Llama3RopeScaling>,
+}
+
+/// Llama-3 frequency-dependent rope scaling (`rope_type = "llama3"` in a Hugging Face config),
+/// as transformers' `_compute_llama3_parameters` computes it: with wavelength
+/// `λ_i = 2π / f_i` of the base inverse frequency `f_i = θ^(−2i/d)`, `L` the original context
+/// and `s` the factor, frequencies with `λ_i > L / low_freq_factor` become `f_i / s`, those with
+/// `λ_i < L / high_freq_factor` stay, and those between are interpolated,
+/// `(1 − a) f_i / s + a f_i` with `a = (L / λ_i − low_freq_factor) / (high_freq_factor −
+/// low_freq_factor)`. Angles are not rescaled (attention factor 1).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Llama3RopeScaling {
+    /// `factor` `s > 0`.
+    pub factor: f64,
+    /// `low_freq_factor`.
+    pub low_freq_factor: f64,
+    /// `high_freq_factor` (greater than `low_freq_factor`).
+    pub high_freq_factor: f64,
+    /// `original_max_position_embeddings` `L`.
+    pub original_max_position_embeddings: u64,
+}
+
+impl Llama3RopeScaling {
+    /// Refuses non-finite or non-positive values, `high_freq_factor <= low_freq_factor`, and
+    /// an original context of 0.
+    pub fn validate(&self) -> Result<()> {
+        let ok = |x: f64| x.is_finite() && x > 0.0;
+        if !(ok(self.factor) && ok(self.low_freq_factor) && ok(self.high_freq_factor))
+            || self.high_freq_factor <= self.low_freq_factor
+            || self.original_max_position_embeddings == 0
+        {
+            return Err(ModelError::InvalidConfig(format!(
+                "rope scaling (llama3): factor, low_freq_factor < high_freq_factor and \
+                 original_max_position_embeddings must be positive and finite, got {self:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Scales one base inverse frequency.
+    pub fn scale(&self, inv_freq: f64) -> f64 {
+        let old = self.original_max_position_embeddings as f64;
+        let low_wavelen = old / self.low_freq_factor;
+        let high_wavelen = old / self.high_freq_factor;
+        let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+        if wavelen < high_wavelen {
+            inv_freq
+        } else if wavelen > low_wavelen {
+            inv_freq / self.factor
+        } else {
+            let a = (old / wavelen - self.low_freq_factor)
+                / (self.high_freq_factor - self.low_freq_factor);
+            (1.0 - a) * inv_freq / self.factor + a * inv_freq
+        }
+    }
 }
 
 impl ModelConfig {
@@ -340,6 +651,7 @@ impl ModelConfig {
             rope_theta: 10_000.0,
             rms_norm_eps: 1e-5,
             seed: 0,
+            rope_scaling: None,
         }
     }
 
@@ -356,6 +668,7 @@ impl ModelConfig {
             rope_theta: 10_000.0,
             rms_norm_eps: 1e-5,
             seed: 0,
+            rope_scaling: None,
         }
     }
 
@@ -371,6 +684,22 @@ impl ModelConfig {
     /// Head size `hidden / num_heads`.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads.max(1)
+    }
+
+    /// The rotary inverse frequencies `f_i = θ^(−2i/d)`, `i < d/2` (`d` the head size), with
+    /// the Llama-3 scaling applied where the configuration has it. Position `p` rotates pair `i`
+    /// by the angle `p · f_i` (computed in f64; the CPU and CUDA engines share this).
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let hd = self.head_dim();
+        (0..hd / 2)
+            .map(|i| {
+                let f = self.rope_theta.powf(-((2 * i) as f64) / hd as f64);
+                match &self.rope_scaling {
+                    None => f,
+                    Some(s) => s.scale(f),
+                }
+            })
+            .collect()
     }
 
     /// Checks that every size is positive, that the heads divide the width into even head sizes,
@@ -405,6 +734,9 @@ impl ModelConfig {
                 "rms_norm_eps {} must be positive",
                 self.rms_norm_eps
             ));
+        }
+        if let Some(s) = &self.rope_scaling {
+            s.validate()?;
         }
         Ok(())
     }
@@ -1165,10 +1497,10 @@ impl Arith<'_> {
         let half = hd / 2;
         let mut cos = Vec::with_capacity(rows * hd);
         let mut sin = Vec::with_capacity(rows * hd);
+        let inv_freq = c.rope_inv_freq();
+        debug_assert_eq!(inv_freq.len(), half);
         for p in start..start + rows {
-            let angles: Vec<f64> = (0..half)
-                .map(|i| p as f64 * c.rope_theta.powf(-((2 * i) as f64) / hd as f64))
-                .collect();
+            let angles: Vec<f64> = inv_freq.iter().map(|f| p as f64 * f).collect();
             for _ in 0..2 {
                 cos.extend(angles.iter().map(|a| a.cos() as f32));
                 sin.extend(angles.iter().map(|a| a.sin() as f32));

@@ -137,6 +137,11 @@ fn malformed_checkpoints_get_typed_errors() {
         LlamaModel::load(&dir),
         Err(ModelError::Checkpoint { .. })
     ));
+    std::fs::write(dir.join("config.json"), "[1, 2]").unwrap();
+    assert!(matches!(
+        LlamaModel::load(&dir),
+        Err(ModelError::InvalidConfig(_))
+    ));
     write_config(&dir, &config);
     assert!(matches!(
         LlamaModel::load(&dir),

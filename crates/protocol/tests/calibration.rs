@@ -9,9 +9,9 @@ use rand_core::{RngCore, SeedableRng};
 use veritrace_commit::Dtype;
 use veritrace_protocol::calibration::{
     calibrate_runs, fit_exponential_tail, gamma_quantile, holdout_evidence,
-    regularized_lower_gamma, runs_needed, tail_runs_needed, ucb_rank, unit_roundoff,
-    CalibratedPolicy, CalibrationMethod, HonestRun, RunCalibrationConfig, ThresholdSource,
-    POLICY_FORMAT, TAIL_KS_CRITICAL,
+    regularized_lower_gamma, runs_needed, tail_check_critical, tail_runs_needed, ucb_rank,
+    unit_roundoff, CalibratedPolicy, CalibrationMethod, HonestRun, RunCalibrationConfig,
+    ThresholdSource, POLICY_FORMAT,
 };
 use veritrace_protocol::tolerance::{Metric, TolerancePolicy};
 use veritrace_protocol::ProtocolError;
@@ -391,8 +391,9 @@ fn exponential(rng: &mut ChaCha20Rng) -> f64 {
     -(1.0 - uniform(rng)).ln()
 }
 
-/// The Kolmogorov-Smirnov critical value is the 1% point: on exactly exponential data (whose
-/// excesses over any order statistic are exponential) the check refuses about 1% of fits.
+/// The check's critical value is the 1% point: on exactly exponential data (whose excesses over
+/// any order statistic are exponential) it refuses about 1% of fits; a light (uniform) tail is
+/// accepted.
 #[test]
 fn tail_check_refuses_about_one_percent_of_exponential_samples() {
     let mut rng = ChaCha20Rng::seed_from_u64(7);
@@ -402,11 +403,26 @@ fn tail_check_refuses_about_one_percent_of_exponential_samples() {
         x.sort_by(f64::total_cmp);
         let fit = fit_exponential_tail(&x, 1e-4, 0.99).unwrap();
         assert_eq!(fit.excesses, 60);
-        assert_eq!(fit.fits, fit.ks_statistic <= TAIL_KS_CRITICAL);
+        assert_eq!(fit.fits, fit.cv2 <= fit.cv2_critical);
         refused += u32::from(!fit.fits);
     }
     // Binomial(2000, 0.01): mean 20, sd 4.4.
     assert!((6..=38).contains(&refused), "{refused} of 2000 refused");
+    // Deterministic, and near the asymptotic 1 + 2 z_0.99 / sqrt(m) (2.33) from above (the
+    // statistic is right-skewed).
+    assert_eq!(tail_check_critical(60), tail_check_critical(60));
+    for m in [50u64, 300, 1000] {
+        let c = tail_check_critical(m);
+        let asymptotic = 1.0 + 2.0 * 2.326 / (m as f64).sqrt();
+        assert!(
+            c > asymptotic && c < 1.0 + 2.0 * 3.6 / (m as f64).sqrt(),
+            "m = {m}: {c}"
+        );
+    }
+    let mut x: Vec<f64> = (0..600).map(|_| uniform(&mut rng)).collect();
+    x.sort_by(f64::total_cmp);
+    let fit = fit_exponential_tail(&x, 1e-4, 0.99).unwrap();
+    assert!(fit.fits && fit.cv2 < 0.5, "{fit:?}");
 }
 
 /// The fitted tail's threshold is an upper confidence bound on the (1 - alpha) quantile when the
@@ -433,7 +449,7 @@ fn the_fitted_tail_covers_the_quantile() {
                 // The 1% model check refused a layer, and 1000 runs cannot carry the order
                 // statistic.
                 assert_eq!(needed, 36_887);
-                assert!(reason.contains("do not fit"), "{reason}");
+                assert!(reason.contains("heavier than exponential"), "{reason}");
                 refused += 1;
                 continue;
             }
@@ -475,10 +491,7 @@ fn a_heavy_tail_is_refused_or_falls_back() {
             reason,
         }) => {
             assert_eq!((needed, have), (36_887, 3000));
-            assert!(
-                reason.contains("do not fit an exponential tail"),
-                "{reason}"
-            );
+            assert!(reason.contains("heavier than exponential"), "{reason}");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -488,7 +501,7 @@ fn a_heavy_tail_is_refused_or_falls_back() {
     for t in cal.per_layer.values() {
         assert_eq!(t.source, ThresholdSource::OrderStatistic);
         let fit = t.tail.unwrap();
-        assert!(!fit.fits && fit.ks_statistic > TAIL_KS_CRITICAL);
+        assert!(!fit.fits && fit.cv2 > fit.cv2_critical);
     }
 }
 

@@ -157,9 +157,10 @@ impl GpuLlama {
         let p = self.setup.precision;
         let mut cos = Vec::with_capacity(rows * half);
         let mut sin = Vec::with_capacity(rows * half);
+        let inv_freq = c.rope_inv_freq();
         for pos in 0..rows {
-            for i in 0..half {
-                let a = pos as f64 * c.rope_theta.powf(-((2 * i) as f64) / hd as f64);
+            for &f in inv_freq.iter().take(half) {
+                let a = pos as f64 * f;
                 cos.push(round_host(a.cos() as f32, p));
                 sin.push(round_host(a.sin() as f32, p));
             }

@@ -1,0 +1,213 @@
+//! Hugging Face `config.json` fidelity: every field that changes the computation is read (rope
+//! theta in either place, Llama-3 rope scaling) and bound in the digest, or the checkpoint is
+//! refused naming the field; nothing loads silently as another model.
+
+use serde_json::{json, Value};
+use veritrace_model::{HfLlamaConfig, LlamaModel, ModelError, Setup};
+
+/// A transformers-5-style config of the tiny preset's shape (`rope_parameters`, no top-level
+/// `rope_theta`), with inert fields as transformers writes them.
+fn tiny_config() -> Value {
+    json!({
+        "architectures": ["LlamaForCausalLM"],
+        "attention_bias": false,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "dtype": "float32",
+        "eos_token_id": 2,
+        "head_dim": 32,
+        "hidden_act": "silu",
+        "hidden_size": 128,
+        "initializer_range": 0.02,
+        "intermediate_size": 344,
+        "max_position_embeddings": 2048,
+        "mlp_bias": false,
+        "model_type": "llama",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 4,
+        "num_key_value_heads": 2,
+        "pad_token_id": null,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-5,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+        "tie_word_embeddings": false,
+        "transformers_version": "5.0.0",
+        "use_cache": true,
+        "vocab_size": 512
+    })
+}
+
+fn with(mut v: Value, key: &str, value: Value) -> Value {
+    v[key] = value;
+    v
+}
+
+fn refused(v: &Value, needle: &str) {
+    match HfLlamaConfig::parse(v).and_then(|c| c.to_config()) {
+        Err(ModelError::InvalidConfig(m)) => assert!(m.contains(needle), "{needle}: {m}"),
+        other => panic!("{needle}: expected a refusal, got {other:?}"),
+    }
+}
+
+/// Writes the tiny preset's weights under `config` and loads it.
+fn load_with(config: &Value) -> Result<LlamaModel, ModelError> {
+    let dir = tempfile::tempdir().unwrap();
+    LlamaModel::preset("tiny")
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    LlamaModel::load(dir.path())
+}
+
+#[test]
+fn rope_theta_is_read_from_either_place_and_bound_in_the_digest() {
+    let base = load_with(&tiny_config()).unwrap();
+    // Same weights, same config as the preset (seed aside): the preset's own digest.
+    let dir = tempfile::tempdir().unwrap();
+    LlamaModel::preset("tiny")
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let preset = LlamaModel::load(dir.path()).unwrap();
+    assert_eq!(base.digest(), preset.digest());
+    assert_eq!(base.config().rope_theta, 10_000.0);
+
+    let v5 = with(
+        tiny_config(),
+        "rope_parameters",
+        json!({"rope_theta": 500000.0, "rope_type": "default"}),
+    );
+    let m5 = load_with(&v5).unwrap();
+    assert_eq!(m5.config().rope_theta, 500_000.0);
+    assert_ne!(m5.digest(), base.digest());
+    // transformers 4 spelling: the same model, the same digest.
+    let mut v4 = tiny_config();
+    v4.as_object_mut().unwrap().remove("rope_parameters");
+    v4["rope_theta"] = json!(500000.0);
+    v4["rope_scaling"] = Value::Null;
+    let m4 = load_with(&v4).unwrap();
+    assert_eq!(m4.digest(), m5.digest());
+    // Both places, agreeing: accepted; disagreeing: refused.
+    let both = with(v5.clone(), "rope_theta", json!(500000.0));
+    assert_eq!(load_with(&both).unwrap().digest(), m5.digest());
+    refused(&with(v5, "rope_theta", json!(10000.0)), "rope_theta");
+    // A different theta computes different positions.
+    let tokens: Vec<u32> = (0..12).map(|i| (i * 37 + 3) % 512).collect();
+    let setup: Setup = "f32/attn=eager".parse().unwrap();
+    let a = base.trace(&setup, &tokens, 4).unwrap();
+    let b = m5.trace(&setup, &tokens, 4).unwrap();
+    assert_eq!(a.layers[0], b.layers[0]);
+    assert_ne!(a.layers[1], b.layers[1]);
+}
+
+/// Known answers for the Llama-3 scaling, from transformers' `_compute_llama3_parameters`
+/// evaluated in float64 (theta 500000, head size 64, factor 32, low 1, high 4, original 8192):
+/// pairs 0-14 keep their frequency, 15-19 are interpolated, 20-31 are divided by 32.
+#[test]
+fn llama3_rope_scaling_is_computed_and_bound() {
+    let cfg = json!({
+        "hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "intermediate_size": 344, "num_hidden_layers": 2, "vocab_size": 512,
+        "rms_norm_eps": 1e-5, "model_type": "llama",
+        "rope_parameters": {
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192
+        }
+    });
+    let c = HfLlamaConfig::parse(&cfg).unwrap().to_config().unwrap();
+    let f = c.rope_inv_freq();
+    assert_eq!(f.len(), 32);
+    for (i, want) in [
+        (0usize, 1.0),
+        (10, 0.016560440080994446),
+        (14, 0.003211445994752591),
+        (15, 0.001290547928209264),
+        (16, 0.00042955679655936815),
+        (17, 9.70828780262767e-05),
+        (20, 8.570255489881478e-06),
+        (31, 9.41830672543491e-08),
+    ] {
+        assert!(
+            (f[i] - want).abs() <= 1e-15 * want,
+            "pair {i}: {} vs {want}",
+            f[i]
+        );
+    }
+    // The same through transformers 4's rope_scaling with a top-level theta.
+    let mut v4 = cfg.clone();
+    let mut s = v4["rope_parameters"].take();
+    v4.as_object_mut().unwrap().remove("rope_parameters");
+    s.as_object_mut().unwrap().remove("rope_theta");
+    v4["rope_scaling"] = s;
+    v4["rope_theta"] = json!(500000.0);
+    let c4 = HfLlamaConfig::parse(&v4).unwrap().to_config().unwrap();
+    assert_eq!(c4, c);
+    // Bound in the digest: the tiny preset's weights with and without the scaling.
+    let scaled = with(
+        tiny_config(),
+        "rope_parameters",
+        json!({"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}),
+    );
+    let m = load_with(&scaled).unwrap();
+    assert!(m.config().rope_scaling.is_some());
+    assert_ne!(m.digest(), load_with(&tiny_config()).unwrap().digest());
+    // Saved and loaded back: the same model.
+    let dir = tempfile::tempdir().unwrap();
+    m.save(dir.path()).unwrap();
+    assert_eq!(LlamaModel::load(dir.path()).unwrap().digest(), m.digest());
+}
+
+#[test]
+fn what_the_decoder_does_not_compute_is_refused_by_name() {
+    let t = tiny_config;
+    refused(&with(t(), "model_type", json!("qwen2")), "model_type");
+    refused(&with(t(), "model_type", json!("mistral")), "model_type");
+    refused(
+        &with(t(), "architectures", json!(["Qwen2ForCausalLM"])),
+        "architectures",
+    );
+    refused(&with(t(), "sliding_window", json!(16)), "sliding_window");
+    refused(
+        &with(t(), "partial_rotary_factor", json!(0.5)),
+        "partial_rotary_factor",
+    );
+    refused(
+        &with(t(), "use_sliding_window", json!(false)),
+        "use_sliding_window",
+    );
+    refused(&with(t(), "pretraining_tp", json!(2)), "pretraining_tp");
+    refused(&with(t(), "attention_bias", json!(true)), "bias");
+    refused(&with(t(), "hidden_act", json!("gelu")), "hidden_act");
+    for rope_type in ["linear", "dynamic", "yarn", "longrope"] {
+        refused(
+            &with(
+                t(),
+                "rope_parameters",
+                json!({"rope_type": rope_type, "rope_theta": 10000.0, "factor": 2.0}),
+            ),
+            rope_type,
+        );
+    }
+    refused(
+        &with(
+            t(),
+            "rope_parameters",
+            json!({"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}),
+        ),
+        "partial_rotary_factor",
+    );
+    refused(
+        &with(
+            t(),
+            "rope_parameters",
+            json!({"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0}),
+        ),
+        "low_freq_factor",
+    );
+    // A sliding window of null (Llama configs of some versions) is no window: accepted.
+    assert!(HfLlamaConfig::parse(&with(t(), "sliding_window", Value::Null)).is_ok());
+}
