@@ -31,6 +31,7 @@
 pub mod calibrate;
 pub mod commit;
 pub mod devices;
+pub mod digest;
 pub mod engine;
 pub mod fingerprint;
 pub mod prove;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use veritrace_cli::calibrate::{self, CalibrateArgs};
 use veritrace_cli::commit::{self, CommitArgs};
 use veritrace_cli::devices::{self, DevicesArgs};
+use veritrace_cli::digest::{self, DigestArgs};
 use veritrace_cli::fingerprint::{self, FingerprintArgs};
 use veritrace_cli::prove::{self, ChallengeArgs, OpenArgs, ProveArgs};
 use veritrace_cli::report::{self, ReportArgs};
@@ -96,6 +97,10 @@ enum Command {
     /// List the devices models can run on (`--device` values): the CPU, and the GPUs of a
     /// build with `--features cuda`, or why there is none.
     Devices(DevicesArgs),
+    /// Print the engine-independent model digest (specs/model-digest.md) of presets or
+    /// checkpoint directories: the value a statement's model_digest holds, which
+    /// specs/reference/model_digest_ref.py computes from the files alone.
+    Digest(DigestArgs),
 }
 
 fn main() -> ExitCode {
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
         Command::Fingerprint(args) => fingerprint::run(args, &mut std::io::stdout().lock()),
         Command::Report(args) => report::run(args, &mut std::io::stdout().lock()),
         Command::Devices(args) => devices::run(args, &mut std::io::stdout().lock()),
+        Command::Digest(args) => digest::run(args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,12 +41,11 @@
 //!
 //! # Model digest
 //!
-//! [`BertModel::digest`] is BLAKE3 over: the ASCII label `veritrace/model/bert/v1`; the config
-//! as JSON (u64 length LE, then the bytes of `serde_json::to_vec(&config)`, fields in
-//! [`BertConfig`]'s declaration order); then, for each tensor in the canonical order above, the
-//! canonical (unprefixed) name (u64 length LE, UTF-8), the rank (u64 LE), each dimension (u64 LE)
-//! and the elements as f32 little-endian. It names the arithmetic, not the file: the same weights
-//! with or without the `bert.` prefix, or with other unused tensors, have the same digest.
+//! [`BertModel::digest`] is the engine-independent digest of [`crate::digest`] and
+//! `specs/model-digest.md`: architecture `bert`, the fields of [`BertConfig::digest_fields`],
+//! and the canonical tensors above under their canonical (unprefixed) names. It names the
+//! arithmetic, not the file: the same weights with or without the `bert.` prefix, in another
+//! float storage type, or with other unused tensors, have the same digest.
 //!
 //! # Shape-invariant tiles
 //!
@@ -128,9 +127,6 @@ use crate::{
     Setup,
 };
 
-/// Label at the start of the digest input.
-const DIGEST_LABEL: &[u8] = b"veritrace/model/bert/v1";
-
 /// Environment variable naming the directory that holds all-MiniLM-L6-v2.
 pub const MINILM_ENV: &str = "VERITRACE_MINILM";
 
@@ -198,6 +194,33 @@ impl BertConfig {
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The config fields of the model digest, in `specs/model-digest.md`'s order:
+    /// `vocab_size`, `hidden_size`, `num_hidden_layers`, `num_attention_heads`,
+    /// `intermediate_size` (integers), `hidden_act` (string), `max_position_embeddings`,
+    /// `type_vocab_size` (integers), `layer_norm_eps` (float), `position_embedding_type`
+    /// (string).
+    pub fn digest_fields(&self) -> Vec<(&'static str, crate::digest::FieldValue)> {
+        use crate::digest::FieldValue::{Float, Int, Str};
+        vec![
+            ("vocab_size", Int(self.vocab_size as u64)),
+            ("hidden_size", Int(self.hidden_size as u64)),
+            ("num_hidden_layers", Int(self.num_hidden_layers as u64)),
+            ("num_attention_heads", Int(self.num_attention_heads as u64)),
+            ("intermediate_size", Int(self.intermediate_size as u64)),
+            ("hidden_act", Str(self.hidden_act.clone())),
+            (
+                "max_position_embeddings",
+                Int(self.max_position_embeddings as u64),
+            ),
+            ("type_vocab_size", Int(self.type_vocab_size as u64)),
+            ("layer_norm_eps", Float(self.layer_norm_eps)),
+            (
+                "position_embedding_type",
+                Str(self.position_embedding_type.clone()),
+            ),
+        ]
     }
 
     /// Head size `hidden / heads`.
@@ -330,8 +353,10 @@ pub struct BertModel {
     prepared: WeightCache,
 }
 
+/// The engine-independent digest ([`crate::digest`], `specs/model-digest.md`): architecture
+/// `bert`, the fields of [`BertConfig::digest_fields`], the canonical tensors.
 fn digest_of(config: &BertConfig, tensors: &[NamedTensor]) -> Digest {
-    crate::ops::model_digest(DIGEST_LABEL, config, tensors)
+    crate::digest::model_digest("bert", &config.digest_fields(), tensors)
 }
 
 /// Reads the canonical tensors of `config` from safetensors bytes, checking presence, dtype,

@@ -39,6 +39,7 @@ pub mod bert;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device;
+pub mod digest;
 pub mod engine;
 pub mod fingerprint;
 pub mod kernels;

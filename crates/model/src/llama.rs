@@ -53,11 +53,12 @@
 //!
 //! # Model digest
 //!
-//! [`LlamaModel::digest`] is BLAKE3 over: the ASCII label `veritrace/model/llama/v1`; the config
-//! as JSON (u64 length LE, then the bytes of `serde_json::to_vec(&config)`, fields in declaration
-//! order: the arithmetic hyperparameters are part of the model); then, for each tensor in the
-//! order above, the name (u64 length LE, UTF-8), the rank (u64 LE), each dimension (u64 LE) and
-//! the elements as f32 little-endian.
+//! [`LlamaModel::digest`] is the engine-independent digest of [`crate::digest`] and
+//! `specs/model-digest.md`: architecture `llama`, the fields of [`ModelConfig::digest_fields`]
+//! (the arithmetic hyperparameters are part of the model; the seed is not, it acts through the
+//! weights), and every tensor above by name. A seeded preset and the checkpoint
+//! [`LlamaModel::save`] writes of it have the same digest, and so does any copy of the
+//! checkpoint in another float storage type that holds the same values.
 //!
 //! # Shape-invariant tiles
 //!
@@ -95,9 +96,6 @@ use veritrace_commit::Digest;
 
 use crate::setup::Order;
 use crate::{first_non_finite, Attention, ModelError, Precision, Quant, Result, Setup};
-
-/// Label at the start of the digest input.
-const DIGEST_LABEL: &[u8] = b"veritrace/model/llama/v1";
 
 /// A weight tensor: name, shape and row-major f32 elements.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
@@ -686,6 +684,39 @@ impl ModelConfig {
         self.hidden_size / self.num_heads.max(1)
     }
 
+    /// The config fields of the model digest, in `specs/model-digest.md`'s order:
+    /// `vocab_size`, `hidden_size`, `num_hidden_layers`, `num_attention_heads`,
+    /// `num_key_value_heads`, `intermediate_size` (integers), `rope_theta`, `rms_norm_eps`
+    /// (floats), `rope_type` (`default` or `llama3`) and, for `llama3`, `factor`,
+    /// `low_freq_factor`, `high_freq_factor` (floats) and `original_max_position_embeddings`.
+    pub fn digest_fields(&self) -> Vec<(&'static str, crate::digest::FieldValue)> {
+        use crate::digest::FieldValue::{Float, Int, Str};
+        let mut f = vec![
+            ("vocab_size", Int(self.vocab_size as u64)),
+            ("hidden_size", Int(self.hidden_size as u64)),
+            ("num_hidden_layers", Int(self.num_layers as u64)),
+            ("num_attention_heads", Int(self.num_heads as u64)),
+            ("num_key_value_heads", Int(self.num_kv_heads as u64)),
+            ("intermediate_size", Int(self.intermediate_size as u64)),
+            ("rope_theta", Float(self.rope_theta)),
+            ("rms_norm_eps", Float(self.rms_norm_eps)),
+        ];
+        match &self.rope_scaling {
+            None => f.push(("rope_type", Str("default".into()))),
+            Some(s) => f.extend([
+                ("rope_type", Str("llama3".into())),
+                ("factor", Float(s.factor)),
+                ("low_freq_factor", Float(s.low_freq_factor)),
+                ("high_freq_factor", Float(s.high_freq_factor)),
+                (
+                    "original_max_position_embeddings",
+                    Int(s.original_max_position_embeddings),
+                ),
+            ]),
+        }
+        f
+    }
+
     /// The rotary inverse frequencies `f_i = θ^(−2i/d)`, `i < d/2` (`d` the head size), with
     /// the Llama-3 scaling applied where the configuration has it. Position `p` rotates pair `i`
     /// by the angle `p · f_i` (computed in f64; the CPU and CUDA engines share this).
@@ -879,8 +910,11 @@ fn seeded_weights(c: &ModelConfig) -> Vec<NamedTensor> {
         .collect()
 }
 
+/// The engine-independent digest ([`crate::digest`], `specs/model-digest.md`): architecture
+/// `llama`, the fields of [`ModelConfig::digest_fields`], every tensor (the head included when
+/// tied). The seed is not a field: it acts only through the weights.
 fn digest_of(config: &ModelConfig, tensors: &[NamedTensor]) -> Digest {
-    crate::ops::model_digest(DIGEST_LABEL, config, tensors)
+    crate::digest::model_digest("llama", &config.digest_fields(), tensors)
 }
 
 impl LlamaModel {

@@ -102,33 +102,3 @@ pub fn topk_mask(scores: &mut [f32], row_len: usize, keep: usize) {
         }
     }
 }
-
-/// A model's digest (the statement's `model_digest`; the byte layout is in the module docs of
-/// [`crate::llama`] and [`crate::bert`]): BLAKE3 over the model's `label`, the JSON of its
-/// config (u64 length LE, bytes), then for each tensor in canonical order its name (u64 length
-/// LE, UTF-8), rank (u64 LE), each dimension (u64 LE) and its f32 elements little-endian.
-pub(crate) fn model_digest(
-    label: &[u8],
-    config: &impl serde::Serialize,
-    tensors: &[crate::NamedTensor],
-) -> veritrace_commit::Digest {
-    let mut h = blake3::Hasher::new();
-    h.update(label);
-    let json = serde_json::to_vec(config).expect("a config serializes");
-    h.update(&(json.len() as u64).to_le_bytes());
-    h.update(&json);
-    for (name, shape, data) in tensors {
-        h.update(&(name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update(&(shape.len() as u64).to_le_bytes());
-        for &dim in shape {
-            h.update(&(dim as u64).to_le_bytes());
-        }
-        let mut bytes = Vec::with_capacity(data.len() * 4);
-        for v in data {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        h.update(&bytes);
-    }
-    veritrace_commit::Digest(*h.finalize().as_bytes())
-}

@@ -418,14 +418,15 @@ fn a_few_setups_run_on_the_real_model_and_recompute_bitwise() {
     );
 }
 
-/// Known-answer vector of the MiniLM digest (the statement's `model_digest`, layout in the
-/// module docs of `veritrace_model::bert`) for the pinned wheel of scripts/install-minilm.sh.
+/// Known-answer vector of the MiniLM digest (the statement's `model_digest`, specs/model-digest.md)
+/// for the pinned wheel of scripts/install-minilm.sh; specs/reference/model_digest_ref.py
+/// computes the same value from the files.
 #[test]
 fn the_minilm_digest_is_the_known_answer() {
     let Some(dir) = installed() else { return };
     let m = BertModel::load(&dir).unwrap();
     assert_eq!(
         m.digest().to_hex(),
-        "197539bda6cf986482085f2779b40fd43fe769d49ff14433c0986073ba8d08aa"
+        "111364017b4c44088fb01d7e282482d38a198d8e2cc5da7bfb3388be2388b08d"
     );
 }
