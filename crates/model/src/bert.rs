@@ -372,6 +372,26 @@ fn read_tensors(path: &Path, bytes: &[u8], config: &BertConfig) -> Result<Vec<Na
     } else {
         ""
     };
+    // Too few tensors for the layer count: name the first missing one from the first layers
+    // alone, before building every layer's names (fewer than 5 + 16k tensors leave one of the
+    // first 5 + 16k names missing).
+    let expected = 5 + 16 * config.num_hidden_layers;
+    if st.len() < expected {
+        let probe = BertConfig {
+            num_hidden_layers: (st.len() / 16 + 1).min(config.num_hidden_layers),
+            ..config.clone()
+        };
+        if let Some((name, _)) = probe
+            .tensor_specs()
+            .into_iter()
+            .find(|(name, _)| st.tensor(&format!("{prefix}{name}")).is_err())
+        {
+            return Err(ModelError::MissingTensor {
+                path: file,
+                name: format!("{prefix}{name}"),
+            });
+        }
+    }
     config
         .tensor_specs()
         .into_iter()

@@ -938,6 +938,27 @@ impl LlamaModel {
                 )));
             }
         }
+        // Too few tensors for the layer count (a config claiming 10^6 layers over a small file):
+        // name the first missing one from the first layers alone, before building every
+        // layer's names. Fewer than 1 + 9k tensors leave one of the first 1 + 9k names missing.
+        let expected = 9 * config.num_layers + 3;
+        if by_name.len() < expected {
+            let k = (by_name.len() / 9 + 1).min(config.num_layers);
+            let probe = ModelConfig {
+                num_layers: k,
+                ..config.clone()
+            };
+            if let Some((name, _, _)) = tensor_specs(&probe)
+                .into_iter()
+                .find(|(n, _, _)| !by_name.contains_key(n))
+            {
+                return Err(ModelError::InvalidConfig(format!(
+                    "tensor {name} is missing ({} tensors given, {expected} expected for {} layers)",
+                    by_name.len(),
+                    config.num_layers
+                )));
+            }
+        }
         let mut ordered = Vec::new();
         for (name, shape, _) in tensor_specs(&config) {
             let (got, data) = by_name

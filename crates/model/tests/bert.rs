@@ -338,3 +338,23 @@ fn recompute_trait_serves_an_encoder_statement() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A config claiming a million layers over a small weights file fails on the first missing
+/// tensor, naming it, without building every layer's tensor names.
+#[test]
+fn an_absurd_layer_count_names_the_first_missing_tensor() {
+    let dir = write_model("absurd", "", &weights());
+    let mut config: serde_json::Value = serde_json::from_str(CONFIG).unwrap();
+    let layers = config["num_hidden_layers"].as_u64().unwrap();
+    config["num_hidden_layers"] = 1_000_000.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    match BertModel::load(&dir) {
+        Err(ModelError::MissingTensor { name, .. }) => {
+            assert_eq!(
+                name,
+                format!("encoder.layer.{layers}.attention.self.query.weight")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

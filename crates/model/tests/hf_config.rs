@@ -211,3 +211,13 @@ fn what_the_decoder_does_not_compute_is_refused_by_name() {
     // A sliding window of null (Llama configs of some versions) is no window: accepted.
     assert!(HfLlamaConfig::parse(&with(t(), "sliding_window", Value::Null)).is_ok());
 }
+
+/// An absurd layer count over a small checkpoint fails on the missing tensors, before anything
+/// per layer is allocated (the names of the first layers only).
+#[test]
+fn an_absurd_layer_count_fails_fast() {
+    let e = load_with(&with(tiny_config(), "num_hidden_layers", json!(1_000_000))).unwrap_err();
+    assert!(e.to_string().contains("model.layers.4"), "{e}");
+    let e = load_with(&with(tiny_config(), "num_hidden_layers", json!(1u64 << 40))).unwrap_err();
+    assert!(e.to_string().contains("num_layers"), "{e}");
+}
