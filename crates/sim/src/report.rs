@@ -161,7 +161,7 @@ fn tolerance_line(r: &SimReport) -> String {
         Some(cal) => {
             let floored = cal.floored_layers();
             format!(
-                "Tolerance: {} thresholds from {} independent honest runs ({} needed; {}), per layer the order statistic bounding the (1 - {:.2e}) quantile of a run's worst cell at {} confidence{}; claimed: session false-positive rate <= {} at {} confidence; {held}.\n\n",
+                "Tolerance: {} thresholds from {} independent honest runs ({} needed; {}), per layer {} bounding the (1 - {:.2e}) quantile of a run's worst cell at {} confidence{}{}; claimed: session false-positive rate <= {} at {} confidence; {held}.\n\n",
                 c.metric,
                 cal.runs,
                 cal.runs_needed,
@@ -170,8 +170,19 @@ fn tolerance_line(r: &SimReport) -> String {
                     .map(|v| format!("{} x{}", v.variation, v.runs))
                     .collect::<Vec<_>>()
                     .join(", "),
+                match cal.method {
+                    veritrace_protocol::calibration::CalibrationMethod::OrderStatistic =>
+                        "the order statistic",
+                    veritrace_protocol::calibration::CalibrationMethod::ExponentialTail =>
+                        "a fitted exponential tail (above the top tenth of the runs, assumed no heavier than exponential, checked per layer at 1%)",
+                },
                 cal.cell_alpha,
                 cal.layer_confidence,
+                if cal.config.margin == 1.0 {
+                    String::new()
+                } else {
+                    format!(", times a margin of {}", cal.config.margin)
+                },
                 if floored.is_empty() {
                     String::new()
                 } else {
