@@ -182,14 +182,103 @@ pub struct BertConfig {
     pub position_embedding_type: String,
 }
 
+/// The `config.json` fields a BERT checkpoint's encoder computation depends on, read by
+/// [`BertConfig`] or checked by [`check_fields`].
+pub const BERT_COMPUTED_FIELDS: &[&str] = &[
+    "model_type",
+    "architectures",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+    "position_embedding_type",
+    "is_decoder",
+    "add_cross_attention",
+];
+
+/// `config.json` fields that do not change the encoder's hidden states (dropout and
+/// initialization, task heads' labels, special-token ids, feed-forward chunking over the
+/// sequence, which computes each row identically, file metadata): accepted and ignored. Any
+/// field in neither list is refused.
+pub const BERT_INERT_FIELDS: &[&str] = &[
+    "_name_or_path",
+    "_commit_hash",
+    "attention_probs_dropout_prob",
+    "hidden_dropout_prob",
+    "classifier_dropout",
+    "gradient_checkpointing",
+    "initializer_range",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "chunk_size_feed_forward",
+    "tokenizer_class",
+];
+
+/// Refuses, naming the field, a BERT `config.json` whose `model_type` is not `bert`, whose
+/// `architectures` are not BERT classes, that is a decoder or has cross-attention, or that has a
+/// field in neither [`BERT_COMPUTED_FIELDS`] nor [`BERT_INERT_FIELDS`].
+pub fn check_fields(value: &serde_json::Value) -> std::result::Result<(), String> {
+    let Some(map) = value.as_object() else {
+        return Err("not a JSON object".into());
+    };
+    if let Some(t) = map.get("model_type").filter(|t| t.as_str() != Some("bert")) {
+        return Err(format!("model_type {t} is not bert"));
+    }
+    if let Some(a) = map.get("architectures") {
+        let ok = a.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|x| x.as_str().is_some_and(|x| x.starts_with("Bert")))
+        });
+        if !ok {
+            return Err(format!("architectures {a} are not BERT classes"));
+        }
+    }
+    for flag in ["is_decoder", "add_cross_attention"] {
+        if let Some(v) = map.get(flag).filter(|v| v.as_bool() != Some(false)) {
+            return Err(format!(
+                "{flag} {v}: only a bidirectional encoder is computed"
+            ));
+        }
+    }
+    if let Some(k) = map.keys().find(|k| {
+        !BERT_COMPUTED_FIELDS.contains(&k.as_str()) && !BERT_INERT_FIELDS.contains(&k.as_str())
+    }) {
+        return Err(format!(
+            "config field {k:?} is not understood by the BERT loader; it may change the \
+             computation, so the checkpoint is refused rather than loaded as something else"
+        ));
+    }
+    Ok(())
+}
+
 impl BertConfig {
-    /// Reads and validates a Hugging Face `config.json`.
+    /// Reads and validates a Hugging Face `config.json` (strictly: [`check_fields`]).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        let config: BertConfig = serde_json::from_str(&text).map_err(|e| {
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::InvalidConfig(format!("{}: not JSON: {e}", path.display())))?;
+        check_fields(&value)
+            .map_err(|m| ModelError::InvalidConfig(format!("{}: {m}", path.display())))?;
+        let config: BertConfig = serde_json::from_value(value).map_err(|e| {
             ModelError::InvalidConfig(format!("{}: not a BERT config: {e}", path.display()))
         })?;
         config.validate()?;

@@ -358,3 +358,36 @@ fn an_absurd_layer_count_names_the_first_missing_tensor() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The BERT loader is as strict as the Llama one: a field it does not know, a decoder flag or
+/// another model type is refused by name, not ignored.
+#[test]
+fn unknown_or_decoder_config_fields_are_refused_by_name() {
+    let dir = write_model("strict", "", &weights());
+    let base: serde_json::Value = serde_json::from_str(CONFIG).unwrap();
+    for (key, value, needle) in [
+        ("rotary_value", serde_json::json!(0.5), "rotary_value"),
+        ("is_decoder", serde_json::json!(true), "is_decoder"),
+        ("model_type", serde_json::json!("roberta"), "model_type"),
+        (
+            "architectures",
+            serde_json::json!(["RobertaModel"]),
+            "architectures",
+        ),
+    ] {
+        let mut c = base.clone();
+        c[key] = value;
+        std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+        match BertModel::load(&dir) {
+            Err(ModelError::InvalidConfig(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    // Inert fields as transformers writes them load.
+    let mut c = base;
+    c["attention_probs_dropout_prob"] = 0.1.into();
+    c["is_decoder"] = false.into();
+    c["transformers_version"] = "5.0.0".into();
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    BertModel::load(&dir).unwrap();
+}
