@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""veritrace against Hugging Face transformers itself (issue 13, item 7).
+
+Builds small random-initialized checkpoints with transformers' own `save_pretrained` (f32
+safetensors), runs `veritrace prove` on each, and compares veritrace's trace and greedy tokens
+with transformers' own forward and `generate` (eager attention, CPU, float32):
+
+* Llama with `rope_parameters` theta 500000 (transformers 5's spelling), Llama-3 rope scaling,
+  tied embeddings, and a plain Llama: per-layer relative L2 <= 1e-5 against transformers'
+  hidden states (h.L compared with the input of the final norm, captured by a hook: transformers'
+  last `output_hidden_states` entry is after it), and 16 greedy tokens equal;
+* the engine-independent digest: `veritrace digest DIR` equals specs/reference/model_digest_ref.py;
+* refused configurations (Qwen2, Mistral with a window shorter than the prompt, a yarn rope, an
+  unknown config field): `veritrace digest` and `veritrace prove` exit 2 naming the field.
+
+    python tests/engines/transformers_checkpoints.py PATH/TO/veritrace
+
+Needs torch, transformers, safetensors and blake3 (scripts/install-engines.sh). Exits 0 when
+every check passes, 1 on a failure, 2 when it cannot run. Prints one line per check.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+try:
+    import torch
+    import transformers
+    from safetensors.torch import load_file
+except ImportError as e:  # pragma: no cover - depends on the environment
+    print(f"transformers_checkpoints: {e}; run scripts/install-engines.sh", file=sys.stderr)
+    sys.exit(2)
+
+transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REF = os.path.join(HERE, "..", "..", "specs", "reference", "model_digest_ref.py")
+BASE = dict(vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+            max_position_embeddings=256)
+PROMPT = [(i * 37 + 11) % 512 for i in range(21)]
+NEW_TOKENS = 16
+failures = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        failures.append(what)
+
+
+def build(dir, config_class, model_class, seed, **kw):
+    torch.manual_seed(seed)
+    config = config_class(**{**BASE, **kw})
+    config._attn_implementation = "eager"
+    model = model_class(config).to(torch.float32).eval()
+    # Larger weights than the init's 0.02 spread, so rounding differences would show.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+            else:
+                p.uniform_(0.8, 1.2)
+    model.save_pretrained(dir, safe_serialization=True)
+    return model
+
+
+def veritrace(binary, *args):
+    return subprocess.run([binary, *args], capture_output=True, text=True)
+
+
+def transformers_trace(model, tokens):
+    """Hidden states h.0 .. h.L of one forward over `tokens`, h.L before the final norm."""
+    captured = {}
+    hook = model.model.norm.register_forward_hook(
+        lambda mod, inp, out: captured.__setitem__("pre_norm", inp[0].detach()))
+    with torch.no_grad():
+        out = model(torch.tensor([tokens]), output_hidden_states=True)
+    hook.remove()
+    states = [h[0] for h in out.hidden_states[:-1]] + [captured["pre_norm"][0]]
+    return states
+
+
+def compare_llama(binary, name, model, dir, tmp):
+    run = os.path.join(tmp, name + "-run")
+    r = veritrace(binary, "prove", "--model", dir, "--prompt", ",".join(map(str, PROMPT)),
+                  "--output", str(NEW_TOKENS), "--chunk", "8", "--out", run)
+    if r.returncode != 0:
+        check(False, f"{name}: veritrace prove exited {r.returncode}: {r.stderr.strip()}")
+        return
+    with open(os.path.join(run, "commitment.json")) as f:
+        statement = json.load(f)["statement"]
+    ours_tokens = statement["output_tokens"]
+    with torch.no_grad():
+        gen = model.generate(torch.tensor([PROMPT]), max_new_tokens=NEW_TOKENS, do_sample=False,
+                             min_new_tokens=NEW_TOKENS, eos_token_id=None, pad_token_id=0)
+    theirs_tokens = gen[0, len(PROMPT):].tolist()
+    check(ours_tokens == theirs_tokens,
+          f"{name}: 16 greedy tokens equal ({ours_tokens[:6]}... vs {theirs_tokens[:6]}...)")
+    trace = load_file(os.path.join(run, "trace.safetensors"))
+    theirs = transformers_trace(model, PROMPT + ours_tokens)
+    layers = len(theirs)
+    check(len([k for k in trace if k.startswith("h.")]) == layers,
+          f"{name}: {layers} hidden states")
+    worst = 0.0
+    for l in range(layers):
+        a, b = trace[f"h.{l}"].double(), theirs[l].double()
+        rel = ((a - b).norm() / b.norm()).item()
+        worst = max(worst, rel)
+    check(worst <= 1e-5, f"{name}: per-layer relative L2 vs transformers <= 1e-5 (worst {worst:.2e})")
+    d = veritrace(binary, "digest", dir)
+    ref = subprocess.run([sys.executable, REF, dir], capture_output=True, text=True)
+    check(d.returncode == 0 and ref.returncode == 0 and d.stdout[:64] == ref.stdout[:64],
+          f"{name}: digest {d.stdout[:16]} equals the reference's {ref.stdout[:16]}")
+    return d.stdout[:64]
+
+
+def refused(binary, name, dir, needle):
+    for args in (["digest", dir], ["prove", "--model", dir, "--prompt", "1,2,3", "--out",
+                                    os.path.join(dir, "run")]):
+        r = veritrace(binary, *args)
+        check(r.returncode == 2 and needle in r.stderr,
+              f"{name}: `veritrace {args[0]}` refused with exit 2 naming {needle!r} "
+              f"(exit {r.returncode}: {r.stderr.strip()[:160]})")
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    binary = sys.argv[1]
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    L = transformers.LlamaConfig, transformers.LlamaForCausalLM
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        digests = {}
+        cases = [
+            ("llama", dict()),
+            ("llama-theta-500000", dict(rope_parameters={"rope_type": "default",
+                                                         "rope_theta": 500000.0})),
+            ("llama3-rope-scaling", dict(rope_parameters={
+                "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16})),
+            ("llama-tied", dict(tie_word_embeddings=True)),
+        ]
+        for name, kw in cases:
+            dir = os.path.join(tmp, name)
+            model = build(dir, *L, seed=len(digests) + 1, **kw)
+            with open(os.path.join(dir, "config.json")) as f:
+                print(f"     {name}: config rope {json.load(f).get('rope_parameters')}")
+            digests[name] = compare_llama(binary, name, model, dir, tmp)
+        # The same weights with another theta are another model.
+        same = os.path.join(tmp, "theta-swap")
+        build(same, *L, seed=2)
+        d1 = veritrace(binary, "digest", same).stdout[:64]
+        check(d1 != digests["llama-theta-500000"],
+              "the same weights with theta 10000 and 500000 have different digests")
+
+        q = os.path.join(tmp, "qwen2")
+        build(q, transformers.Qwen2Config, transformers.Qwen2ForCausalLM, seed=7)
+        refused(binary, "qwen2", q, "model_type")
+        m = os.path.join(tmp, "mistral")
+        build(m, transformers.MistralConfig, transformers.MistralForCausalLM, seed=8,
+              sliding_window=8)
+        refused(binary, "mistral (window 8)", m, "model_type")
+        y = os.path.join(tmp, "yarn")
+        build(y, *L, seed=9, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
+                                               "factor": 4.0,
+                                               "original_max_position_embeddings": 64})
+        refused(binary, "yarn rope", y, "yarn")
+        u = os.path.join(tmp, "unknown-field")
+        build(u, *L, seed=10)
+        with open(os.path.join(u, "config.json")) as f:
+            c = json.load(f)
+        c["partial_rotary_factor"] = 0.5
+        with open(os.path.join(u, "config.json"), "w") as f:
+            json.dump(c, f)
+        refused(binary, "unknown field", u, "partial_rotary_factor")
+    print(f"transformers_checkpoints: {len(failures)} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
