@@ -10,6 +10,8 @@ with transformers' own forward and `generate` (eager attention, CPU, float32):
   hidden states (h.L compared with the input of the final norm, captured by a hook: transformers'
   last `output_hidden_states` entry is after it), and 16 greedy tokens equal;
 * the engine-independent digest: `veritrace digest DIR` equals specs/reference/model_digest_ref.py;
+* the installed all-MiniLM-L6-v2 (real weights, `VERITRACE_MINILM` or models/): its trace equals
+  transformers' BertModel hidden states (relative L2 <= 1e-5 per layer);
 * refused configurations (Qwen2, Mistral with a window shorter than the prompt, a yarn rope, an
   unknown config field): `veritrace digest` and `veritrace prove` exit 2 naming the field.
 
@@ -118,6 +120,34 @@ def compare_llama(binary, name, model, dir, tmp):
     return d.stdout[:64]
 
 
+def compare_bert(binary, dir, tmp):
+    """The installed MiniLM (real weights): veritrace's trace equals transformers' BertModel
+    hidden states (an encoder has no final norm: every entry is compared)."""
+    prompt = [101] + [(i * 131 + 7) % 30000 + 1000 for i in range(30)] + [102]
+    run = os.path.join(tmp, "minilm-run")
+    r = veritrace(binary, "prove", "--model", dir, "--prompt", ",".join(map(str, prompt)),
+                  "--chunk", "8", "--out", run)
+    if r.returncode != 0:
+        check(False, f"minilm: veritrace prove exited {r.returncode}: {r.stderr.strip()}")
+        return
+    model = transformers.BertModel.from_pretrained(dir, attn_implementation="eager")
+    model = model.to(torch.float32).eval()
+    with torch.no_grad():
+        out = model(torch.tensor([prompt]), output_hidden_states=True)
+    trace = load_file(os.path.join(run, "trace.safetensors"))
+    states = [h[0] for h in out.hidden_states]
+    check(len([k for k in trace if k.startswith("h.")]) == len(states),
+          f"minilm: {len(states)} hidden states")
+    worst = max(((trace[f"h.{l}"].double() - s.double()).norm() / s.double().norm()).item()
+                for l, s in enumerate(states))
+    check(worst <= 1e-5,
+          f"minilm (real weights): per-layer relative L2 vs transformers <= 1e-5 (worst {worst:.2e})")
+    d = veritrace(binary, "digest", dir)
+    ref = subprocess.run([sys.executable, REF, dir], capture_output=True, text=True)
+    check(d.returncode == 0 and d.stdout[:64] == ref.stdout[:64],
+          f"minilm: digest {d.stdout[:16]} equals the reference's {ref.stdout[:16]}")
+
+
 def refused(binary, name, dir, needle):
     for args in (["digest", dir], ["prove", "--model", dir, "--prompt", "1,2,3", "--out",
                                     os.path.join(dir, "run")]):
@@ -180,6 +210,13 @@ def main():
         with open(os.path.join(u, "config.json"), "w") as f:
             json.dump(c, f)
         refused(binary, "unknown field", u, "partial_rotary_factor")
+
+        minilm = os.environ.get("VERITRACE_MINILM") or os.path.join(
+            HERE, "..", "..", "models", "all-MiniLM-L6-v2")
+        if os.path.isfile(os.path.join(minilm, "model.safetensors")):
+            compare_bert(binary, minilm, tmp)
+        else:
+            print(f"skip MiniLM: not installed at {minilm} (scripts/install-minilm.sh)")
     print(f"transformers_checkpoints: {len(failures)} failed")
     return 1 if failures else 0
 
