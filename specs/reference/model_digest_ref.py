@@ -127,8 +127,10 @@ def read_checkpoint(d):
 # ---- architectures (section "Fields and tensors") ----
 
 def llama(config, tensors):
-    if config.get("model_type", "llama") != "llama":
-        raise Refused(f"model_type {config['model_type']!r}")
+    """Llama, and Qwen2 (architecture "qwen2": the same fields; its q/k/v biases are tensors)."""
+    model_type = config.get("model_type", "llama")
+    if model_type not in ("llama", "qwen2"):
+        raise Refused(f"model_type {model_type!r}")
     heads = config["num_attention_heads"]
     theta = config.get("rope_theta")
     rope = None
@@ -168,7 +170,7 @@ def llama(config, tensors):
     used = {n: t for n, t in tensors.items() if not n.endswith("rotary_emb.inv_freq")}
     if "lm_head.weight" not in used and config.get("tie_word_embeddings", False):
         used["lm_head.weight"] = used["model.embed_tokens.weight"]
-    return "llama", fields, used
+    return model_type, fields, used
 
 
 BERT_LAYER = [

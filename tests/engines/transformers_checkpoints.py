@@ -12,8 +12,9 @@ with transformers' own forward and `generate` (eager attention, CPU, float32):
 * the engine-independent digest: `veritrace digest DIR` equals specs/reference/model_digest_ref.py;
 * the installed all-MiniLM-L6-v2 (real weights, `VERITRACE_MINILM` or models/): its trace equals
   transformers' BertModel hidden states (relative L2 <= 1e-5 per layer);
-* refused configurations (Qwen2, Mistral with a window shorter than the prompt, a yarn rope, an
-  unknown config field): `veritrace digest` and `veritrace prove` exit 2 naming the field.
+* Qwen2 (query/key/value biases) as the Llama cases;
+* refused configurations (Qwen2 with its sliding window on, Mistral with a window shorter than
+  the prompt, a yarn rope, an unknown config field): `veritrace digest` and `veritrace prove` exit 2 naming the field.
 
     python tests/engines/transformers_checkpoints.py PATH/TO/veritrace
 
@@ -191,8 +192,12 @@ def main():
               "the same weights with theta 10000 and 500000 have different digests")
 
         q = os.path.join(tmp, "qwen2")
-        build(q, transformers.Qwen2Config, transformers.Qwen2ForCausalLM, seed=7)
-        refused(binary, "qwen2", q, "model_type")
+        model = build(q, transformers.Qwen2Config, transformers.Qwen2ForCausalLM, seed=7)
+        compare_llama(binary, "qwen2 (q/k/v biases)", model, q, tmp)
+        qs = os.path.join(tmp, "qwen2-sliding")
+        build(qs, transformers.Qwen2Config, transformers.Qwen2ForCausalLM, seed=7,
+              use_sliding_window=True, sliding_window=8, max_window_layers=1)
+        refused(binary, "qwen2 with sliding window", qs, "sliding")
         m = os.path.join(tmp, "mistral")
         build(m, transformers.MistralConfig, transformers.MistralForCausalLM, seed=8,
               sliding_window=8)

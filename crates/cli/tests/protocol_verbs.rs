@@ -448,7 +448,7 @@ fn an_encoder_runs_the_protocol_over_files() {
     let _ = std::fs::remove_dir_all(model_dir);
 }
 
-/// A checkpoint the loader refuses (here a Qwen2 config over Llama weights, and a rope type it
+/// A checkpoint the loader refuses (here a Mistral config over Llama weights, and a rope type it
 /// does not compute) is an input error in every verb that loads a model: exit 2, the field
 /// named once.
 #[test]
@@ -465,7 +465,7 @@ fn a_refused_checkpoint_exits_2_naming_the_field_once() {
     let out = dir.path().join("run").display().to_string();
     let ckpt = ckpt.display().to_string();
     for (field, value, needle) in [
-        ("model_type", serde_json::json!("qwen2"), "model_type"),
+        ("model_type", serde_json::json!("mistral"), "model_type"),
         (
             "rope_scaling",
             serde_json::json!({"rope_type": "yarn", "factor": 4.0}),

@@ -181,6 +181,11 @@ pub const COMPUTED_FIELDS: &[&str] = &[
     "pretraining_tp",
 ];
 
+/// Qwen2's own `config.json` fields, checked in [`HfLlamaConfig::parse`]: `use_sliding_window`
+/// must be false and `layer_types` all `full_attention` (then `sliding_window` and
+/// `max_window_layers` are unused).
+pub const QWEN2_FIELDS: &[&str] = &["use_sliding_window", "layer_types", "max_window_layers"];
+
 /// `config.json` fields that do not change a forward pass (token ids of special tokens,
 /// training-time settings such as dropout and initialization, cache use, file metadata):
 /// accepted and ignored. Any field in neither list is refused.
@@ -318,36 +323,76 @@ impl HfLlamaConfig {
         let Some(map) = value.as_object() else {
             return bad("not a JSON object".into());
         };
-        if let Some(t) = map
-            .get("model_type")
-            .filter(|t| t.as_str() != Some("llama"))
-        {
-            return bad(format!(
-                "model_type {t} is not supported by the Llama loader (supported: llama; bert \
-                 through the BERT loader)"
-            ));
-        }
+        let qwen2 = match map.get("model_type") {
+            None => false,
+            Some(t) if t.as_str() == Some("llama") => false,
+            Some(t) if t.as_str() == Some("qwen2") => true,
+            Some(t) => {
+                return bad(format!(
+                    "model_type {t} is not supported by the Llama loader (supported: llama, \
+                     qwen2; bert through the BERT loader)"
+                ))
+            }
+        };
         if let Some(a) = map.get("architectures") {
             let ok = a.as_array().is_some_and(|a| {
-                a.iter()
-                    .all(|x| matches!(x.as_str(), Some("LlamaForCausalLM" | "LlamaModel")))
+                a.iter().all(|x| match x.as_str() {
+                    Some("LlamaForCausalLM" | "LlamaModel") => !qwen2,
+                    Some("Qwen2ForCausalLM" | "Qwen2Model") => qwen2,
+                    _ => false,
+                })
             });
             if !ok {
                 return bad(format!(
-                    "architectures {a} is not supported (LlamaForCausalLM)"
+                    "architectures {a} is not supported (LlamaForCausalLM, Qwen2ForCausalLM, \
+                     matching model_type)"
                 ));
             }
         }
-        if let Some(k) = map
-            .keys()
-            .find(|k| !COMPUTED_FIELDS.contains(&k.as_str()) && !INERT_FIELDS.contains(&k.as_str()))
-        {
+        if qwen2 {
+            // Qwen2's sliding window applies only to layers marked sliding_attention, which
+            // use_sliding_window turns on: refused; its sliding_window value is then unused.
+            if let Some(u) = map
+                .get("use_sliding_window")
+                .filter(|u| u.as_bool() != Some(false))
+            {
+                return bad(format!(
+                    "use_sliding_window {u}: sliding-window attention is not supported"
+                ));
+            }
+            if let Some(t) = map.get("layer_types") {
+                let full = t
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|x| x.as_str() == Some("full_attention")));
+                if !full {
+                    return bad(format!(
+                        "layer_types {t}: only full_attention layers are computed"
+                    ));
+                }
+            }
+            // Llama's attention_bias would add an output-projection bias too; Qwen2 has only
+            // the q/k/v biases (false, as veritrace writes it, is accepted).
+            if let Some(b) = map
+                .get("attention_bias")
+                .filter(|b| b.as_bool() != Some(false))
+            {
+                return bad(format!(
+                    "attention_bias {b}: a Qwen2 checkpoint has only its implied q/k/v biases"
+                ));
+            }
+        }
+        let allowed = |k: &str| {
+            COMPUTED_FIELDS.contains(&k)
+                || INERT_FIELDS.contains(&k)
+                || (qwen2 && QWEN2_FIELDS.contains(&k))
+        };
+        if let Some(k) = map.keys().find(|k| !allowed(k.as_str())) {
             return bad(format!(
                 "config field {k:?} is not understood by the Llama loader; it may change the \
                  computation, so the checkpoint is refused rather than loaded as something else"
             ));
         }
-        if let Some(w) = map.get("sliding_window").filter(|w| !w.is_null()) {
+        if let Some(w) = map.get("sliding_window").filter(|w| !w.is_null() && !qwen2) {
             return bad(format!(
                 "sliding_window {w} (sliding-window attention) is not supported by the Llama \
                  loader"
@@ -401,8 +446,12 @@ impl HfLlamaConfig {
         if self.hidden_act != "silu" {
             return bad(format!("hidden_act {:?} (only silu)", self.hidden_act));
         }
-        if self.model_type.as_deref().is_some_and(|t| t != "llama") {
-            return bad(format!("model_type {:?} (only llama)", self.model_type));
+        if self
+            .model_type
+            .as_deref()
+            .is_some_and(|t| t != "llama" && t != "qwen2")
+        {
+            return bad(format!("model_type {:?} (llama or qwen2)", self.model_type));
         }
         // After `parse`, `rope_scaling` holds the llama3 parameters or nothing; a value built
         // by hand goes through the same parser.
@@ -425,6 +474,7 @@ impl HfLlamaConfig {
             );
         }
         let config = ModelConfig {
+            qkv_bias: self.model_type.as_deref() == Some("qwen2"),
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,
             num_layers: self.num_hidden_layers,
@@ -451,7 +501,7 @@ impl HfLlamaConfig {
     /// The Hugging Face form of a decoder configuration (untied head, no biases).
     pub fn from_config(c: &ModelConfig) -> Self {
         HfLlamaConfig {
-            model_type: Some("llama".into()),
+            model_type: Some(c.architecture().into()),
             vocab_size: c.vocab_size,
             hidden_size: c.hidden_size,
             num_hidden_layers: c.num_layers,
@@ -578,6 +628,9 @@ pub struct ModelConfig {
     /// `None`, so models without it keep their digests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Biases on the query, key and value projections (Qwen2's attention; `false` for Llama).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qkv_bias: bool,
 }
 
 /// Llama-3 frequency-dependent rope scaling (`rope_type = "llama3"` in a Hugging Face config),
@@ -650,6 +703,7 @@ impl ModelConfig {
             rms_norm_eps: 1e-5,
             seed: 0,
             rope_scaling: None,
+            qkv_bias: false,
         }
     }
 
@@ -667,6 +721,7 @@ impl ModelConfig {
             rms_norm_eps: 1e-5,
             seed: 0,
             rope_scaling: None,
+            qkv_bias: false,
         }
     }
 
@@ -682,6 +737,25 @@ impl ModelConfig {
     /// Head size `hidden / num_heads`.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads.max(1)
+    }
+
+    /// The architecture's name in the model digest: `qwen2` with query/key/value biases,
+    /// `llama` without.
+    pub fn architecture(&self) -> &'static str {
+        if self.qkv_bias {
+            "qwen2"
+        } else {
+            "llama"
+        }
+    }
+
+    /// Tensors per layer: 9, and 3 more (the q/k/v biases) for Qwen2.
+    fn tensors_per_layer(&self) -> usize {
+        if self.qkv_bias {
+            12
+        } else {
+            9
+        }
     }
 
     /// The config fields of the model digest, in `specs/model-digest.md`'s order:
@@ -813,6 +887,8 @@ struct Layer {
     w_gate: Tensor,
     w_up: Tensor,
     w_down: Tensor,
+    /// Query, key and value biases (Qwen2), `None` for Llama.
+    b_qkv: Option<[Tensor; 3]>,
 }
 
 /// The decoder: configuration and weights (CPU tensors).
@@ -878,6 +954,14 @@ fn tensor_specs(c: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
             (p("mlp.up_proj"), vec![m, d], Init::Linear),
             (p("mlp.down_proj"), vec![d, m], Init::Linear),
         ]);
+        if c.qkv_bias {
+            let b = |s: &str| format!("model.layers.{i}.self_attn.{s}.bias");
+            specs.extend([
+                (b("q_proj"), vec![c.num_heads * hd], Init::Embedding),
+                (b("k_proj"), vec![c.num_kv_heads * hd], Init::Embedding),
+                (b("v_proj"), vec![c.num_kv_heads * hd], Init::Embedding),
+            ]);
+        }
     }
     specs.push(("model.norm.weight".to_string(), vec![d], Init::Gain));
     specs.push(("lm_head.weight".to_string(), vec![v, d], Init::Linear));
@@ -914,7 +998,7 @@ fn seeded_weights(c: &ModelConfig) -> Vec<NamedTensor> {
 /// `llama`, the fields of [`ModelConfig::digest_fields`], every tensor (the head included when
 /// tied). The seed is not a field: it acts only through the weights.
 fn digest_of(config: &ModelConfig, tensors: &[NamedTensor]) -> Digest {
-    crate::digest::model_digest("llama", &config.digest_fields(), tensors)
+    crate::digest::model_digest(config.architecture(), &config.digest_fields(), tensors)
 }
 
 impl LlamaModel {
@@ -941,9 +1025,10 @@ impl LlamaModel {
         // Too few tensors for the layer count (a config claiming 10^6 layers over a small file):
         // name the first missing one from the first layers alone, before building every
         // layer's names. Fewer than 1 + 9k tensors leave one of the first 1 + 9k names missing.
-        let expected = 9 * config.num_layers + 3;
+        let per_layer = config.tensors_per_layer();
+        let expected = per_layer * config.num_layers + 3;
         if by_name.len() < expected {
-            let k = (by_name.len() / 9 + 1).min(config.num_layers);
+            let k = (by_name.len() / per_layer + 1).min(config.num_layers);
             let probe = ModelConfig {
                 num_layers: k,
                 ..config.clone()
@@ -1007,6 +1092,11 @@ impl LlamaModel {
                 w_gate: next()?,
                 w_up: next()?,
                 w_down: next()?,
+                b_qkv: if config.qkv_bias {
+                    Some([next()?, next()?, next()?])
+                } else {
+                    None
+                },
             });
         }
         let final_norm = next()?;
@@ -1119,6 +1209,9 @@ impl LlamaModel {
                 &l.w_up,
                 &l.w_down,
             ]);
+            if let Some(b) = &l.b_qkv {
+                all.extend(b.iter());
+            }
         }
         all.extend([&self.final_norm, &self.lm_head]);
         tensor_specs(&self.config)
@@ -1457,6 +1550,13 @@ impl LlamaModel {
                     w_gate: prep(&l.w_gate, true)?,
                     w_up: prep(&l.w_up, true)?,
                     w_down: prep(&l.w_down, true)?,
+                    b_qkv: match &l.b_qkv {
+                        // Biases are added in the setup's precision, never quantized.
+                        Some([q, k, v]) => {
+                            Some([prep(q, false)?, prep(k, false)?, prep(v, false)?])
+                        }
+                        None => None,
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1530,6 +1630,15 @@ impl Arith<'_> {
         crate::ops::matmul_t(x, w, &self.setup, self.dtype)
     }
 
+    /// `y + b` with the layer's query (0), key (1) or value (2) bias, in the setup's dtype
+    /// (Qwen2); `y` unchanged without biases.
+    fn biased(&self, y: Tensor, w: &Layer, which: usize) -> Result<Tensor> {
+        Ok(match &w.b_qkv {
+            Some(b) => y.broadcast_add(&b[which])?,
+            None => y,
+        })
+    }
+
     /// RMSNorm with statistics in f32: `x` is converted to f32, normalized and scaled by the
     /// f32 gain, then rounded to the setup's dtype.
     fn rms_norm(&self, x: &Tensor, gain: &Tensor) -> Result<Tensor> {
@@ -1594,10 +1703,12 @@ impl Arith<'_> {
         let (hd, nkv) = (c.head_dim(), c.num_kv_heads);
         let nt = self.rms_norm(xt, &w.attn_norm)?;
         let (cos, sin) = self.rope_tables(t * blk, blk)?;
-        let k = self.linear(&nt, &w.wk)?.reshape((blk, nkv, hd))?;
+        let k = self
+            .biased(self.linear(&nt, &w.wk)?, w, 1)?
+            .reshape((blk, nkv, hd))?;
         let k = Self::rope(&k, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
         let v = self
-            .linear(&nt, &w.wv)?
+            .biased(self.linear(&nt, &w.wv)?, w, 2)?
             .reshape((blk, nkv, hd))?
             .transpose(0, 1)?
             .contiguous()?;
@@ -1782,7 +1893,9 @@ impl Arith<'_> {
             let e = (j + 1) * blk;
             // 2. attention of the block's queries over keys 0..e
             let (cos, sin) = self.rope_tables(j * blk, blk)?;
-            let q = self.linear(&normed[j], &w.wq)?.reshape((blk, nh, hd))?;
+            let q = self
+                .biased(self.linear(&normed[j], &w.wq)?, w, 0)?
+                .reshape((blk, nh, hd))?;
             let q = Self::rope(&q, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
             let k = Tensor::cat(&keys[..=j], 1)?; // [nkv, e, hd]
             let v = Tensor::cat(&values[..=j], 1)?;

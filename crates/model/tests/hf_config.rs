@@ -164,8 +164,60 @@ fn llama3_rope_scaling_is_computed_and_bound() {
 #[test]
 fn what_the_decoder_does_not_compute_is_refused_by_name() {
     let t = tiny_config;
-    refused(&with(t(), "model_type", json!("qwen2")), "model_type");
     refused(&with(t(), "model_type", json!("mistral")), "model_type");
+    // Qwen2: its own fields, a sliding window refused.
+    let q = with(t(), "model_type", json!("qwen2"));
+    let q = with(q, "architectures", json!(["Qwen2ForCausalLM"]));
+    let c = HfLlamaConfig::parse(&q).unwrap().to_config().unwrap();
+    assert!(c.qkv_bias && c.architecture() == "qwen2");
+    let q = with(q, "use_sliding_window", json!(false));
+    let q = with(q, "sliding_window", json!(4096));
+    let q = with(q, "max_window_layers", json!(28));
+    let q = with(
+        q,
+        "layer_types",
+        json!([
+            "full_attention",
+            "full_attention",
+            "full_attention",
+            "full_attention"
+        ]),
+    );
+    assert!(
+        HfLlamaConfig::parse(&q)
+            .unwrap()
+            .to_config()
+            .unwrap()
+            .qkv_bias
+    );
+    refused(
+        &with(q.clone(), "use_sliding_window", json!(true)),
+        "use_sliding_window",
+    );
+    refused(
+        &with(
+            q.clone(),
+            "layer_types",
+            json!(["full_attention", "sliding_attention"]),
+        ),
+        "layer_types",
+    );
+    refused(
+        &with(q.clone(), "attention_bias", json!(true)),
+        "attention_bias",
+    );
+    refused(
+        &with(t(), "use_sliding_window", json!(false)),
+        "use_sliding_window",
+    );
+    refused(
+        &with(
+            t(),
+            "architectures",
+            json!(["LlamaForCausalLM", "Qwen2ForCausalLM"]),
+        ),
+        "architectures",
+    );
     refused(
         &with(t(), "architectures", json!(["Qwen2ForCausalLM"])),
         "architectures",
@@ -220,4 +272,50 @@ fn an_absurd_layer_count_fails_fast() {
     assert!(e.to_string().contains("model.layers.4"), "{e}");
     let e = load_with(&with(tiny_config(), "num_hidden_layers", json!(1u64 << 40))).unwrap_err();
     assert!(e.to_string().contains("num_layers"), "{e}");
+}
+
+/// A Qwen2 model (query/key/value biases): every cell recomputes bit for bit from its committed
+/// inputs, and a saved checkpoint loads back as the same model (its biases in the digest).
+#[test]
+fn qwen2_cells_recompute_bitwise_and_round_trip() {
+    let mut c = veritrace_model::ModelConfig::tiny();
+    c.qkv_bias = true;
+    c.num_layers = 2;
+    let model = LlamaModel::new(c).unwrap();
+    let tensors = model.named_tensors().unwrap();
+    assert!(tensors
+        .iter()
+        .any(|(n, _, _)| n == "model.layers.1.self_attn.k_proj.bias"));
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let back = LlamaModel::load(dir.path()).unwrap();
+    assert_eq!(back.digest(), model.digest());
+    let mut plain = veritrace_model::ModelConfig::tiny();
+    plain.num_layers = 2;
+    assert_ne!(LlamaModel::new(plain).unwrap().digest(), model.digest());
+    let tokens: Vec<u32> = (0..21).map(|i| (i * 37 + 3) % 512).collect();
+    for setup in ["f32/attn=eager", "bf16/attn=eager/quant=int8-channel"] {
+        let setup: Setup = setup.parse().unwrap();
+        let chunk = 8;
+        let trace = back.trace(&setup, &tokens, chunk).unwrap();
+        let d = trace.hidden;
+        for l in 0..trace.layers.len() {
+            for j in 0..tokens.len().div_ceil(chunk) {
+                let end = ((j + 1) * chunk).min(tokens.len());
+                let inputs = if l == 0 {
+                    veritrace_model::CellInputs::Tokens(&tokens[..end])
+                } else {
+                    veritrace_model::CellInputs::Hidden(&trace.layers[l - 1][..end * d])
+                };
+                let got = back.recompute_cell(&setup, chunk, l, j, inputs).unwrap();
+                let want = &trace.layers[l][j * chunk * d..end * d];
+                assert!(
+                    got.iter()
+                        .map(|v| v.to_bits())
+                        .eq(want.iter().map(|v| v.to_bits())),
+                    "{setup} cell ({l}, {j})"
+                );
+            }
+        }
+    }
 }

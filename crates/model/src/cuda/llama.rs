@@ -75,6 +75,13 @@ impl GpuLlama {
         model.check_setup(setup)?;
         check_gpu_setup(setup, &gpu)?;
         let c = model.config().clone();
+        if c.qkv_bias {
+            return Err(ModelError::UnsupportedSetup(
+                "the CUDA decoder does not compute query/key/value biases (Qwen2) yet; run \
+                 this model on the CPU"
+                    .into(),
+            ));
+        }
         let hd = c.head_dim();
         let tensors = model.named_tensors()?;
         // Norm gains stay f32: the norms compute in f32 and round once.
