@@ -34,6 +34,8 @@ fn checkpoints_match_transformers_or_are_refused() {
         .arg(root.join("tests/engines/transformers_checkpoints.py"))
         .arg(env!("CARGO_BIN_EXE_veritrace"))
         .env("RAYON_NUM_THREADS", "2")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
         .output()
         .expect("runs the engines' Python");
     let stdout = String::from_utf8_lossy(&out.stdout);
