@@ -256,15 +256,12 @@ pub fn check_fields(value: &serde_json::Value) -> std::result::Result<(), String
             ));
         }
     }
-    if let Some(k) = map.keys().find(|k| {
-        !BERT_COMPUTED_FIELDS.contains(&k.as_str()) && !BERT_INERT_FIELDS.contains(&k.as_str())
+    match crate::llama::unknown_field(map, "BERT", |k| {
+        BERT_COMPUTED_FIELDS.contains(&k) || BERT_INERT_FIELDS.contains(&k)
     }) {
-        return Err(format!(
-            "config field {k:?} is not understood by the BERT loader; it may change the \
-             computation, so the checkpoint is refused rather than loaded as something else"
-        ));
+        Some(m) => Err(m),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl BertConfig {

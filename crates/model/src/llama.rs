@@ -286,6 +286,28 @@ fn parse_rope(
     Ok((rope_type, theta, scaling))
 }
 
+/// The `rope_scaling` object of a Llama-3 scaling, as transformers 4 writes it.
+fn llama3_value(s: Llama3RopeScaling) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).expect("plain numbers");
+    v["rope_type"] = "llama3".into();
+    v
+}
+
+/// The refusal of the first `config.json` field of `map` that `allowed` does not accept, for
+/// the `loader` it names (a field nobody listed may change the computation).
+pub(crate) fn unknown_field(
+    map: &serde_json::Map<String, serde_json::Value>,
+    loader: &str,
+    allowed: impl Fn(&str) -> bool,
+) -> Option<String> {
+    map.keys().find(|k| !allowed(k.as_str())).map(|k| {
+        format!(
+            "config field {k:?} is not understood by the {loader} loader; it may change the \
+             computation, so the checkpoint is refused rather than loaded as something else"
+        )
+    })
+}
+
 fn default_rope_theta() -> f64 {
     10_000.0
 }
@@ -386,11 +408,8 @@ impl HfLlamaConfig {
                 || INERT_FIELDS.contains(&k)
                 || (qwen2 && QWEN2_FIELDS.contains(&k))
         };
-        if let Some(k) = map.keys().find(|k| !allowed(k.as_str())) {
-            return bad(format!(
-                "config field {k:?} is not understood by the Llama loader; it may change the \
-                 computation, so the checkpoint is refused rather than loaded as something else"
-            ));
+        if let Some(m) = unknown_field(map, "Llama", allowed) {
+            return bad(m);
         }
         if let Some(w) = map.get("sliding_window").filter(|w| !w.is_null() && !qwen2) {
             return bad(format!(
@@ -433,9 +452,7 @@ impl HfLlamaConfig {
             scaling = Some((rope_type, s));
         }
         hf.rope_theta = theta.unwrap_or_else(default_rope_theta);
-        hf.rope_scaling = scaling
-            .and_then(|(_, s)| s)
-            .map(|s| serde_json::to_value(s).expect("plain numbers"));
+        hf.rope_scaling = scaling.and_then(|(_, s)| s).map(llama3_value);
         hf.rope_parameters = None;
         Ok(hf)
     }
@@ -453,14 +470,9 @@ impl HfLlamaConfig {
         {
             return bad(format!("model_type {:?} (llama or qwen2)", self.model_type));
         }
-        // After `parse`, `rope_scaling` holds the llama3 parameters or nothing; a value built
-        // by hand goes through the same parser.
+        // After `parse`, `rope_scaling` holds the llama3 object (`llama3_value`) or nothing.
         let rope_scaling = match self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             None => None,
-            Some(v) if v.get("rope_type").is_none() && v.get("type").is_none() => Some(
-                serde_json::from_value::<Llama3RopeScaling>(v.clone())
-                    .map_err(|e| ModelError::InvalidConfig(format!("rope_scaling: {e}")))?,
-            ),
             Some(v) => parse_rope("rope_scaling", v)?.2,
         };
         if self.rope_parameters.is_some() {
@@ -513,11 +525,7 @@ impl HfLlamaConfig {
             tie_word_embeddings: false,
             hidden_act: "silu".into(),
             head_dim: Some(c.head_dim()),
-            rope_scaling: c.rope_scaling.map(|s| {
-                let mut v = serde_json::to_value(s).expect("plain numbers");
-                v["rope_type"] = "llama3".into();
-                v
-            }),
+            rope_scaling: c.rope_scaling.map(llama3_value),
             rope_parameters: None,
             attention_bias: false,
             mlp_bias: false,
