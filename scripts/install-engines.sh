@@ -9,6 +9,6 @@ VENV=target/engines
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-"$VENV/bin/pip" install --quiet --disable-pip-version-check \
+"$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir \
     "torch==2.15.0" "transformers==5.25.0" "safetensors==0.8.0" "blake3==1.0.11" "numpy==2.4.6"
 "$VENV/bin/python" -c "import torch, transformers; print('engines: torch', torch.__version__, 'transformers', transformers.__version__)"
