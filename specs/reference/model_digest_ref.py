@@ -127,9 +127,10 @@ def read_checkpoint(d):
 # ---- architectures (section "Fields and tensors") ----
 
 def llama(config, tensors):
-    """Llama, and Qwen2 (architecture "qwen2": the same fields; its q/k/v biases are tensors)."""
+    """Llama, Qwen2 (architecture "qwen2": the same fields; its q/k/v biases are tensors) and
+    Mistral (architecture "mistral": the same fields, then sliding_window, 0 when null)."""
     model_type = config.get("model_type", "llama")
-    if model_type not in ("llama", "qwen2"):
+    if model_type not in ("llama", "qwen2", "mistral"):
         raise Refused(f"model_type {model_type!r}")
     heads = config["num_attention_heads"]
     theta = config.get("rope_theta")
@@ -167,6 +168,8 @@ def llama(config, tensors):
             ("high_freq_factor", float(rope["high_freq_factor"])),
             ("original_max_position_embeddings", int(rope["original_max_position_embeddings"])),
         ]
+    if model_type == "mistral":
+        fields.append(("sliding_window", int(config.get("sliding_window") or 0)))
     used = {n: t for n, t in tensors.items() if not n.endswith("rotary_emb.inv_freq")}
     if "lm_head.weight" not in used and config.get("tie_word_embeddings", False):
         used["lm_head.weight"] = used["model.embed_tokens.weight"]

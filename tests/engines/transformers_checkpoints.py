@@ -12,9 +12,12 @@ with transformers' own forward and `generate` (eager attention, CPU, float32):
 * the engine-independent digest: `veritrace digest DIR` equals specs/reference/model_digest_ref.py;
 * the installed all-MiniLM-L6-v2 (real weights, `VERITRACE_MINILM` or models/): its trace equals
   transformers' BertModel hidden states (relative L2 <= 1e-5 per layer);
-* Qwen2 (query/key/value biases) as the Llama cases;
-* refused configurations (Qwen2 with its sliding window on, Mistral with a window shorter than
-  the prompt, a yarn rope, an unknown config field): `veritrace digest` and `veritrace prove` exit 2 naming the field.
+* Qwen2 (query/key/value biases) and Mistral with a sliding window of 8, shorter than the
+  21-token prompt, as the Llama cases;
+* for every decoder, 12 cells opened non-interactively and verified exactly by `veritrace verify`
+  against the checkpoint;
+* refused configurations (Qwen2 with its sliding window on, a yarn rope, an unknown config
+  field): `veritrace digest` and `veritrace prove` exit 2 naming the field.
 
     python tests/engines/transformers_checkpoints.py PATH/TO/veritrace
 
@@ -118,6 +121,16 @@ def compare_llama(binary, name, model, dir, tmp):
     ref = subprocess.run([sys.executable, REF, dir], capture_output=True, text=True)
     check(d.returncode == 0 and ref.returncode == 0 and d.stdout[:64] == ref.stdout[:64],
           f"{name}: digest {d.stdout[:16]} equals the reference's {ref.stdout[:16]}")
+    # The protocol over this checkpoint: 12 cells opened and verified bit for bit.
+    opened = os.path.join(tmp, name + "-opening")
+    o = veritrace(binary, "open", os.path.join(run, "trace.safetensors"), "--non-interactive",
+                  "--samples", "12", "--out", opened)
+    v = veritrace(binary, "verify", "--commitment", os.path.join(run, "commitment.json"),
+                  "--opening", os.path.join(opened, "opening-0.json"), "--non-interactive",
+                  "--samples", "12", "--model", dir)
+    check(o.returncode == 0 and v.returncode == 0,
+          f"{name}: 12 opened cells verify exactly (open exit {o.returncode}, verify exit "
+          f"{v.returncode}: {(o.stderr + v.stdout + v.stderr).strip()[:160]})")
     return d.stdout[:64]
 
 
@@ -199,9 +212,9 @@ def main():
               use_sliding_window=True, sliding_window=8, max_window_layers=1)
         refused(binary, "qwen2 with sliding window", qs, "sliding")
         m = os.path.join(tmp, "mistral")
-        build(m, transformers.MistralConfig, transformers.MistralForCausalLM, seed=8,
-              sliding_window=8)
-        refused(binary, "mistral (window 8)", m, "model_type")
+        model = build(m, transformers.MistralConfig, transformers.MistralForCausalLM, seed=8,
+                      sliding_window=8)
+        compare_llama(binary, "mistral (sliding window 8 < 21-token prompt)", model, m, tmp)
         y = os.path.join(tmp, "yarn")
         build(y, *L, seed=9, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
                                                "factor": 4.0,

@@ -103,12 +103,13 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 /// The fields of a Hugging Face `LlamaConfig` (`config.json`) this decoder reads.
 ///
 /// [`HfLlamaConfig::read`] is strict, because loading the wrong model silently is the worst
-/// outcome a verifier can have: `model_type` must be `llama` (or absent) and `architectures`
-/// `LlamaForCausalLM`; every field must be one this decoder computes ([`COMPUTED_FIELDS`]) or one
+/// outcome a verifier can have: `model_type` must be a [`Family`] (`llama` when absent) and
+/// `architectures` that family's (`LlamaForCausalLM`, `Qwen2ForCausalLM`,
+/// `MistralForCausalLM`); every field must be one this decoder computes ([`COMPUTED_FIELDS`]) or one
 /// that does not change the forward pass ([`INERT_FIELDS`]); rope parameters are read from
 /// `rope_theta`/`rope_scaling` (transformers 4) or `rope_parameters` (transformers 5), which
 /// must agree where both are given, and only the default and `llama3` rope types are computed;
-/// a `sliding_window`, biases, an activation other than SiLU, `pretraining_tp` other than 1 or
+/// a `sliding_window` outside Mistral, biases outside Qwen2's q/k/v, an activation other than SiLU, `pretraining_tp` other than 1 or
 /// a head size other than `hidden / heads` are refused, naming the field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HfLlamaConfig {
@@ -156,6 +157,11 @@ pub struct HfLlamaConfig {
     /// MLP biases (must be absent or false).
     #[serde(default)]
     pub mlp_bias: bool,
+    /// Mistral's sliding window (absent or null: full causal attention). Refused for Llama;
+    /// unused (and dropped by [`HfLlamaConfig::parse`]) for Qwen2, whose window only
+    /// `use_sliding_window` turns on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
 }
 
 /// The `config.json` fields whose values [`HfLlamaConfig`] reads and checks.
@@ -345,29 +351,31 @@ impl HfLlamaConfig {
         let Some(map) = value.as_object() else {
             return bad("not a JSON object".into());
         };
-        let qwen2 = match map.get("model_type") {
-            None => false,
-            Some(t) if t.as_str() == Some("llama") => false,
-            Some(t) if t.as_str() == Some("qwen2") => true,
-            Some(t) => {
-                return bad(format!(
-                    "model_type {t} is not supported by the Llama loader (supported: llama, \
-                     qwen2; bert through the BERT loader)"
-                ))
-            }
+        let family = match map.get("model_type") {
+            None => Family::Llama,
+            Some(t) => match t.as_str().and_then(Family::from_model_type) {
+                Some(f) => f,
+                None => {
+                    return bad(format!(
+                        "model_type {t} is not supported by the decoder loader (supported: \
+                         llama, qwen2, mistral; bert through the BERT loader)"
+                    ))
+                }
+            },
         };
+        let qwen2 = family == Family::Qwen2;
         if let Some(a) = map.get("architectures") {
             let ok = a.as_array().is_some_and(|a| {
-                a.iter().all(|x| match x.as_str() {
-                    Some("LlamaForCausalLM" | "LlamaModel") => !qwen2,
-                    Some("Qwen2ForCausalLM" | "Qwen2Model") => qwen2,
-                    _ => false,
+                a.iter().all(|x| {
+                    x.as_str()
+                        .is_some_and(|x| family.architectures().contains(&x))
                 })
             });
             if !ok {
                 return bad(format!(
-                    "architectures {a} is not supported (LlamaForCausalLM, Qwen2ForCausalLM, \
-                     matching model_type)"
+                    "architectures {a} is not supported for model_type {} (expected {})",
+                    family.name(),
+                    family.architectures()[0]
                 ));
             }
         }
@@ -411,11 +419,19 @@ impl HfLlamaConfig {
         if let Some(m) = unknown_field(map, "Llama", allowed) {
             return bad(m);
         }
-        if let Some(w) = map.get("sliding_window").filter(|w| !w.is_null() && !qwen2) {
-            return bad(format!(
-                "sliding_window {w} (sliding-window attention) is not supported by the Llama \
-                 loader"
-            ));
+        match map.get("sliding_window").filter(|w| !w.is_null()) {
+            Some(w) if family == Family::Llama => {
+                return bad(format!(
+                    "sliding_window {w}: a Llama checkpoint has no sliding window (Mistral's \
+                     is computed under model_type mistral)"
+                ));
+            }
+            Some(w) if family == Family::Mistral && w.as_u64().is_none_or(|w| w < 1) => {
+                return bad(format!(
+                    "sliding_window {w} must be a positive integer or null"
+                ));
+            }
+            _ => {}
         }
         if let Some(tp) = map.get("pretraining_tp").filter(|t| t.as_u64() != Some(1)) {
             return bad(format!("pretraining_tp {tp} (only 1)"));
@@ -454,6 +470,9 @@ impl HfLlamaConfig {
         hf.rope_theta = theta.unwrap_or_else(default_rope_theta);
         hf.rope_scaling = scaling.and_then(|(_, s)| s).map(llama3_value);
         hf.rope_parameters = None;
+        if qwen2 {
+            hf.sliding_window = None;
+        }
         Ok(hf)
     }
 
@@ -463,13 +482,12 @@ impl HfLlamaConfig {
         if self.hidden_act != "silu" {
             return bad(format!("hidden_act {:?} (only silu)", self.hidden_act));
         }
-        if self
-            .model_type
-            .as_deref()
-            .is_some_and(|t| t != "llama" && t != "qwen2")
-        {
-            return bad(format!("model_type {:?} (llama or qwen2)", self.model_type));
-        }
+        let family = match self.model_type.as_deref() {
+            None => Family::Llama,
+            Some(t) => Family::from_model_type(t).ok_or_else(|| {
+                ModelError::InvalidConfig(format!("model_type {t:?} (llama, qwen2 or mistral)"))
+            })?,
+        };
         // After `parse`, `rope_scaling` holds the llama3 object (`llama3_value`) or nothing.
         let rope_scaling = match self.rope_scaling.as_ref().filter(|v| !v.is_null()) {
             None => None,
@@ -486,7 +504,8 @@ impl HfLlamaConfig {
             );
         }
         let config = ModelConfig {
-            qkv_bias: self.model_type.as_deref() == Some("qwen2"),
+            family,
+            sliding_window: self.sliding_window,
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,
             num_layers: self.num_hidden_layers,
@@ -529,6 +548,7 @@ impl HfLlamaConfig {
             rope_parameters: None,
             attention_bias: false,
             mlp_bias: false,
+            sliding_window: c.sliding_window,
         }
     }
 }
@@ -636,9 +656,64 @@ pub struct ModelConfig {
     /// `None`, so models without it keep their digests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<Llama3RopeScaling>,
-    /// Biases on the query, key and value projections (Qwen2's attention; `false` for Llama).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub qkv_bias: bool,
+    /// The decoder family (`model_type`): Llama, Qwen2 (query/key/value biases) or Mistral
+    /// (an optional sliding window). Absent from serialized Llama configurations.
+    #[serde(default, skip_serializing_if = "Family::is_llama")]
+    pub family: Family,
+    /// Mistral's sliding window `W`: query `p` attends to keys `p − W + 1 ..= p` (transformers'
+    /// `sliding_window_overlay`, `kv > q − W`). `None`: full causal attention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+}
+
+/// The decoder families veritrace computes, named by their Hugging Face `model_type`. They
+/// share one forward pass (pre-norm RMSNorm, rotary attention with grouped KV, SwiGLU MLP) and
+/// differ in what the family adds: Qwen2 biases its query, key and value projections, Mistral
+/// may restrict attention to a sliding window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// `llama`: no biases, full causal attention.
+    #[default]
+    Llama,
+    /// `qwen2`: biases on the query, key and value projections.
+    Qwen2,
+    /// `mistral`: Llama's layers with an optional sliding window.
+    Mistral,
+}
+
+impl Family {
+    /// The `model_type` (and model-digest architecture) name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Qwen2 => "qwen2",
+            Family::Mistral => "mistral",
+        }
+    }
+
+    /// The family of a `model_type` (`None` when it is not a decoder family veritrace computes).
+    pub fn from_model_type(t: &str) -> Option<Self> {
+        match t {
+            "llama" => Some(Family::Llama),
+            "qwen2" => Some(Family::Qwen2),
+            "mistral" => Some(Family::Mistral),
+            _ => None,
+        }
+    }
+
+    /// The `architectures` entries of a checkpoint of this family.
+    fn architectures(self) -> [&'static str; 2] {
+        match self {
+            Family::Llama => ["LlamaForCausalLM", "LlamaModel"],
+            Family::Qwen2 => ["Qwen2ForCausalLM", "Qwen2Model"],
+            Family::Mistral => ["MistralForCausalLM", "MistralModel"],
+        }
+    }
+
+    fn is_llama(&self) -> bool {
+        *self == Family::Llama
+    }
 }
 
 /// Llama-3 frequency-dependent rope scaling (`rope_type = "llama3"` in a Hugging Face config),
@@ -711,7 +786,8 @@ impl ModelConfig {
             rms_norm_eps: 1e-5,
             seed: 0,
             rope_scaling: None,
-            qkv_bias: false,
+            family: Family::Llama,
+            sliding_window: None,
         }
     }
 
@@ -729,7 +805,8 @@ impl ModelConfig {
             rms_norm_eps: 1e-5,
             seed: 0,
             rope_scaling: None,
-            qkv_bias: false,
+            family: Family::Llama,
+            sliding_window: None,
         }
     }
 
@@ -747,19 +824,36 @@ impl ModelConfig {
         self.hidden_size / self.num_heads.max(1)
     }
 
-    /// The architecture's name in the model digest: `qwen2` with query/key/value biases,
-    /// `llama` without.
+    /// The architecture's name in the model digest: the family's `model_type`.
     pub fn architecture(&self) -> &'static str {
-        if self.qkv_bias {
-            "qwen2"
-        } else {
-            "llama"
+        self.family.name()
+    }
+
+    /// Whether the query, key and value projections carry biases (Qwen2).
+    pub fn qkv_bias(&self) -> bool {
+        self.family == Family::Qwen2
+    }
+
+    /// The attention window of the model itself (Mistral's `sliding_window`), `usize::MAX`
+    /// for full causal attention.
+    pub fn window(&self) -> usize {
+        self.sliding_window.unwrap_or(usize::MAX)
+    }
+
+    /// Which rows of layer `l − 1` a cell of layer `l` depends on: a sliding window of
+    /// `sliding_window` positions, or causal attention.
+    pub fn dependency(&self) -> veritrace_protocol::Dependency {
+        match self.sliding_window {
+            Some(w) => veritrace_protocol::Dependency::Window {
+                size: u32::try_from(w).unwrap_or(u32::MAX),
+            },
+            None => veritrace_protocol::Dependency::Causal,
         }
     }
 
     /// Tensors per layer: 9, and 3 more (the q/k/v biases) for Qwen2.
     fn tensors_per_layer(&self) -> usize {
-        if self.qkv_bias {
+        if self.qkv_bias() {
             12
         } else {
             9
@@ -770,7 +864,8 @@ impl ModelConfig {
     /// `vocab_size`, `hidden_size`, `num_hidden_layers`, `num_attention_heads`,
     /// `num_key_value_heads`, `intermediate_size` (integers), `rope_theta`, `rms_norm_eps`
     /// (floats), `rope_type` (`default` or `llama3`) and, for `llama3`, `factor`,
-    /// `low_freq_factor`, `high_freq_factor` (floats) and `original_max_position_embeddings`.
+    /// `low_freq_factor`, `high_freq_factor` (floats) and `original_max_position_embeddings`;
+    /// for Mistral, `sliding_window` last (0 for none).
     pub fn digest_fields(&self) -> Vec<(&'static str, crate::digest::FieldValue)> {
         use crate::digest::FieldValue::{Float, Int, Str};
         let mut f = vec![
@@ -795,6 +890,12 @@ impl ModelConfig {
                     Int(s.original_max_position_embeddings),
                 ),
             ]),
+        }
+        if self.family == Family::Mistral {
+            f.push((
+                "sliding_window",
+                Int(self.sliding_window.unwrap_or(0) as u64),
+            ));
         }
         f
     }
@@ -850,6 +951,14 @@ impl ModelConfig {
         }
         if let Some(s) = &self.rope_scaling {
             s.validate()?;
+        }
+        if let Some(w) = self.sliding_window {
+            if self.family != Family::Mistral {
+                return bad(format!(
+                    "sliding_window {w}: only the mistral family has a sliding window"
+                ));
+            }
+            check_sizes(&[("sliding_window", w)])?;
         }
         Ok(())
     }
@@ -962,7 +1071,7 @@ fn tensor_specs(c: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
             (p("mlp.up_proj"), vec![m, d], Init::Linear),
             (p("mlp.down_proj"), vec![d, m], Init::Linear),
         ]);
-        if c.qkv_bias {
+        if c.qkv_bias() {
             let b = |s: &str| format!("model.layers.{i}.self_attn.{s}.bias");
             specs.extend([
                 (b("q_proj"), vec![c.num_heads * hd], Init::Embedding),
@@ -1100,7 +1209,7 @@ impl LlamaModel {
                 w_gate: next()?,
                 w_up: next()?,
                 w_down: next()?,
-                b_qkv: if config.qkv_bias {
+                b_qkv: if config.qkv_bias() {
                     Some([next()?, next()?, next()?])
                 } else {
                     None
@@ -1763,14 +1872,20 @@ impl Arith<'_> {
         Ok(a.add(&a.sub(&b)?)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
 
-    /// The mask of queries at positions `q0..q0 + tq` over keys `k0..k0 + e`: `0` where the
-    /// setup's attention lets the query see the key (causal; within the window for
-    /// `window:W`), `−∞` elsewhere. f32.
-    fn mask(&self, q0: usize, tq: usize, k0: usize, e: usize) -> Result<Tensor> {
-        let window = match self.setup.attention {
+    /// The window a query sees: the model's own (Mistral's sliding window) and the setup's
+    /// (`window:W`), the shorter of the two; `usize::MAX` for full causal attention.
+    fn window(&self) -> usize {
+        let setup = match self.setup.attention {
             Attention::Window { size } => size,
             _ => usize::MAX,
         };
+        setup.min(self.model.config.window())
+    }
+
+    /// The mask of queries at positions `q0..q0 + tq` over keys `k0..k0 + e`: `0` where the
+    /// query sees the key (causal, within [`Arith::window`]), `−∞` elsewhere. f32.
+    fn mask(&self, q0: usize, tq: usize, k0: usize, e: usize) -> Result<Tensor> {
+        let window = self.window();
         let mask: Vec<f32> = (0..tq)
             .flat_map(|i| {
                 let p = q0 + i;
@@ -1813,28 +1928,48 @@ impl Arith<'_> {
                 self.softmax_times_v(&scores, v)
             }
             Attention::Tiled { block } => {
-                // Online softmax over key blocks; key 0 (in the first block) is visible to
-                // every query, so the running maximum is finite from the first block on.
+                // Online softmax over key blocks. Under full causal attention key 0 (in the
+                // first block) is visible to every query, so the running maximum is finite from
+                // the first block on. Under a model window a block can hide every key from some
+                // query: its maximum is then −∞ and is replaced by 0 (`finite_or_zero`), so that
+                // block contributes exp(−∞) = 0 rather than NaN, and the first block with a
+                // visible key restarts the state exactly (correction exp(−∞ − m) = 0).
+                let windowed = self.model.config.sliding_window.is_some();
                 let mut state: Option<(Tensor, Tensor, Tensor)> = None; // (m, s, o)
                 let last_key = q0 + tq; // keys at or beyond this are masked for every query
-                let mut k0 = 0;
+                                        // blocks wholly before every query's window are skipped (they would add 0)
+                let first_key = q0.saturating_sub(self.window().saturating_sub(1));
+                let mut k0 = if windowed {
+                    first_key / block * block
+                } else {
+                    0
+                };
                 while k0 < e.min(last_key) {
                     let len = block.min(e - k0);
                     let kb = k.narrow(1, k0, len)?;
                     let vb = v.narrow(1, k0, len)?;
                     let s = scores_of(&kb)?.broadcast_add(&self.mask(q0, tq, k0, len)?)?;
                     let bmax = s.max_keepdim(D::Minus1)?;
+                    // what the exponents subtract: the running maximum, or 0 where it is −∞
+                    let shift = |m: &Tensor| -> Result<Tensor> {
+                        if windowed {
+                            finite_or_zero(m)
+                        } else {
+                            Ok(m.clone())
+                        }
+                    };
                     state = Some(match state {
                         None => {
-                            let p = s.broadcast_sub(&bmax)?.exp()?;
+                            let p = s.broadcast_sub(&shift(&bmax)?)?.exp()?;
                             let sum = p.sum_keepdim(D::Minus1)?;
                             let o = p.to_dtype(self.dtype)?.matmul(&vb)?.to_dtype(DType::F32)?;
                             (bmax, sum, o)
                         }
                         Some((m, sum, o)) => {
                             let m_new = m.maximum(&bmax)?;
-                            let corr = m.sub(&m_new)?.exp()?;
-                            let p = s.broadcast_sub(&m_new)?.exp()?;
+                            let m_sub = shift(&m_new)?;
+                            let corr = m.sub(&m_sub)?.exp()?;
+                            let p = s.broadcast_sub(&m_sub)?.exp()?;
                             let sum = sum.mul(&corr)?.add(&p.sum_keepdim(D::Minus1)?)?;
                             let pv = p.to_dtype(self.dtype)?.matmul(&vb)?.to_dtype(DType::F32)?;
                             let o = o.broadcast_mul(&corr)?.add(&pv)?;
@@ -1940,6 +2075,13 @@ impl Arith<'_> {
         }
         Ok((result, captured))
     }
+}
+
+/// `m` with every non-finite element (a maximum over keys that are all masked, −∞) replaced by
+/// 0; finite elements unchanged.
+fn finite_or_zero(m: &Tensor) -> Result<Tensor> {
+    let finite = m.ge(f64::from(f32::MIN))?;
+    Ok(finite.where_cond(m, &m.zeros_like()?)?)
 }
 
 fn check_tile(tile: usize) -> Result<()> {

@@ -83,14 +83,16 @@ fn check_model_and_shape(
 impl LlamaModel {
     /// Checks that this model can recompute cells of `statement`: the setup bytes are a setup
     /// it runs, the model digest is this model's, the trace is f32 with this model's width and
-    /// `L + 1` layers, attention is causal and decoding greedy. Returns the setup.
+    /// `L + 1` layers, the dependency is the model's (causal, or Mistral's sliding window) and
+    /// decoding greedy. Returns the setup.
     pub fn check_statement(&self, statement: &Statement) -> Result<Setup> {
         let c = self.config();
         let setup = check_model_and_shape(statement, self.digest(), c.hidden_size, c.num_layers)?;
         let mismatch = |m: String| Err(ModelError::InvalidArgument(m));
-        if statement.dependency != Dependency::Causal {
+        if statement.dependency != c.dependency() {
             return mismatch(format!(
-                "the decoder attends causally, not {:?}",
+                "this decoder's attention is {:?}, the statement says {:?}",
+                c.dependency(),
                 statement.dependency
             ));
         }
@@ -118,7 +120,8 @@ impl LlamaModel {
     }
 
     /// The statement of a run of `setup` on `prompt` that generated `output` and produced
-    /// `trace` (on any device), and the trace: this model's digest, causal, greedy.
+    /// `trace` (on any device), and the trace: this model's digest, its dependency (causal, or
+    /// its sliding window), greedy.
     pub fn statement_for(
         &self,
         setup: &Setup,
@@ -136,7 +139,7 @@ impl LlamaModel {
             output_tokens: output,
             geometry: trace.geometry(chunk)?,
             hasher,
-            dependency: Dependency::Causal,
+            dependency: self.config().dependency(),
             output_rule: OutputRule::Greedy,
         };
         Ok((statement, trace))
@@ -209,7 +212,20 @@ impl Recompute for RecomputeOn<'_, LlamaModel> {
         (|| {
             let setup = self.model.check_statement(statement)?;
             let chunk = cell_of(statement, &rows)?;
-            let x = layer_inputs(statement, &input_rows, 0..rows.end, "causal", inputs)?;
+            // Causal: rows 0..e. A sliding window of W reads only rows s − (W − 1)..e; the rows
+            // before it are zero here, which changes nothing: they are masked for every query
+            // of the cell, and a zero row's key and value are finite (exp(−∞) · v = 0).
+            let needed = statement
+                .input_rows(veritrace_commit::CellId {
+                    layer,
+                    chunk: chunk as u32,
+                })
+                .map_err(|e| ModelError::InvalidArgument(e.to_string()))?
+                .unwrap_or(0..rows.end);
+            let window = layer_inputs(statement, &input_rows, needed.clone(), "decoder", inputs)?;
+            let hidden = statement.geometry.hidden as usize;
+            let mut x = vec![0f32; rows.end as usize * hidden];
+            x[needed.start as usize * hidden..].copy_from_slice(&window);
             let out = self.runner.llama_recompute_cell(
                 self.model,
                 &setup,

@@ -164,12 +164,34 @@ fn llama3_rope_scaling_is_computed_and_bound() {
 #[test]
 fn what_the_decoder_does_not_compute_is_refused_by_name() {
     let t = tiny_config;
-    refused(&with(t(), "model_type", json!("mistral")), "model_type");
+    refused(&with(t(), "model_type", json!("gemma")), "model_type");
+    // Mistral's architecture under Llama's model_type, and the reverse: refused.
+    refused(
+        &with(t(), "architectures", json!(["MistralForCausalLM"])),
+        "architectures",
+    );
+    refused(&with(t(), "model_type", json!("mistral")), "architectures");
+    // A sliding window is Mistral's: refused for Llama, and must be a positive integer.
+    refused(&with(t(), "sliding_window", json!(8)), "sliding_window");
+    let m = with(t(), "model_type", json!("mistral"));
+    let m = with(m, "architectures", json!(["MistralForCausalLM"]));
+    refused(
+        &with(m.clone(), "sliding_window", json!(0)),
+        "sliding_window",
+    );
+    refused(
+        &with(m.clone(), "sliding_window", json!(2.5)),
+        "sliding_window",
+    );
+    refused(
+        &with(m.clone(), "sliding_window", json!(1u64 << 40)),
+        "sliding_window",
+    );
     // Qwen2: its own fields, a sliding window refused.
     let q = with(t(), "model_type", json!("qwen2"));
     let q = with(q, "architectures", json!(["Qwen2ForCausalLM"]));
     let c = HfLlamaConfig::parse(&q).unwrap().to_config().unwrap();
-    assert!(c.qkv_bias && c.architecture() == "qwen2");
+    assert!(c.qkv_bias() && c.architecture() == "qwen2");
     let q = with(q, "use_sliding_window", json!(false));
     let q = with(q, "sliding_window", json!(4096));
     let q = with(q, "max_window_layers", json!(28));
@@ -183,13 +205,11 @@ fn what_the_decoder_does_not_compute_is_refused_by_name() {
             "full_attention"
         ]),
     );
-    assert!(
-        HfLlamaConfig::parse(&q)
-            .unwrap()
-            .to_config()
-            .unwrap()
-            .qkv_bias
-    );
+    assert!(HfLlamaConfig::parse(&q)
+        .unwrap()
+        .to_config()
+        .unwrap()
+        .qkv_bias());
     refused(
         &with(q.clone(), "use_sliding_window", json!(true)),
         "use_sliding_window",
@@ -279,7 +299,7 @@ fn an_absurd_layer_count_fails_fast() {
 #[test]
 fn qwen2_cells_recompute_bitwise_and_round_trip() {
     let mut c = veritrace_model::ModelConfig::tiny();
-    c.qkv_bias = true;
+    c.family = veritrace_model::Family::Qwen2;
     c.num_layers = 2;
     let model = LlamaModel::new(c).unwrap();
     let tensors = model.named_tensors().unwrap();
@@ -317,5 +337,101 @@ fn qwen2_cells_recompute_bitwise_and_round_trip() {
                 );
             }
         }
+    }
+}
+
+/// Mistral: `model_type` mistral reads `sliding_window`, binds it (and the family) in the digest,
+/// round-trips through `save`, and computes the window: a window at least as long as the input
+/// is plain causal attention (bit for bit), a shorter one changes the rows past it, and every
+/// cell recomputes bit for bit through the protocol from only the rows its window reads (the
+/// statement's `Window` dependency).
+#[test]
+fn mistral_sliding_window_is_computed_bound_and_recomputed_from_its_window() {
+    use veritrace_commit::{CellId, HasherId};
+    use veritrace_model::Family;
+    use veritrace_protocol::{Dependency, Recompute};
+
+    let mistral = |w: Value| {
+        let m = with(tiny_config(), "model_type", json!("mistral"));
+        let m = with(m, "architectures", json!(["MistralForCausalLM"]));
+        with(m, "sliding_window", w)
+    };
+    let llama = load_with(&tiny_config()).unwrap();
+    let none = load_with(&mistral(Value::Null)).unwrap();
+    let long = load_with(&mistral(json!(64))).unwrap();
+    let short = load_with(&mistral(json!(5))).unwrap();
+    assert_eq!(short.config().family, Family::Mistral);
+    assert_eq!(short.config().sliding_window, Some(5));
+    assert_eq!(short.config().dependency(), Dependency::Window { size: 5 });
+    assert_eq!(none.config().dependency(), Dependency::Causal);
+    // every one a different model digest
+    let digests = [&llama, &none, &long, &short].map(|m| m.digest());
+    for i in 0..4 {
+        for j in 0..i {
+            assert_ne!(digests[i], digests[j], "models {i} and {j}");
+        }
+    }
+    // saved and loaded back: the same model
+    let dir = tempfile::tempdir().unwrap();
+    short.save(dir.path()).unwrap();
+    let back = LlamaModel::load(dir.path()).unwrap();
+    assert_eq!(back.digest(), short.digest());
+    assert_eq!(back.config(), short.config());
+
+    let tokens: Vec<u32> = (0..21).map(|i| (i * 37 + 3) % 512).collect();
+    for setup in ["f32/attn=eager", "f32/attn=tiled:4", "bf16/attn=topk:3"] {
+        let setup: Setup = setup.parse().unwrap();
+        let chunk = 4;
+        let base = llama.trace(&setup, &tokens, chunk).unwrap();
+        let wide = long.trace(&setup, &tokens, chunk).unwrap();
+        assert!(
+            base.layers == wide.layers,
+            "{setup}: a window of 64 over 21 tokens is causal"
+        );
+        let (statement, trace) = short
+            .prove_run(&setup, &tokens[..13], 8, chunk as u32, HasherId::Blake3)
+            .unwrap();
+        assert_eq!(statement.dependency, Dependency::Window { size: 5 });
+        let all: Vec<u32> = statement
+            .input_tokens
+            .iter()
+            .chain(&statement.output_tokens)
+            .copied()
+            .collect();
+        let full = llama.trace(&setup, &all, chunk).unwrap();
+        let d = trace.hidden;
+        // rows inside the first window are causal attention; rows past it differ
+        assert_eq!(full.layers[1][..5 * d], trace.layers[1][..5 * d], "{setup}");
+        assert_ne!(full.layers[1][8 * d..], trace.layers[1][8 * d..], "{setup}");
+        for l in 1..trace.layers.len() as u32 {
+            for chunk_index in 0..statement.geometry.chunks_per_layer() {
+                let cell = CellId {
+                    layer: l,
+                    chunk: chunk_index,
+                };
+                let rows = statement.geometry.cell_rows(cell).unwrap();
+                let input_rows = statement.input_rows(cell).unwrap().unwrap();
+                assert!(input_rows.start >= rows.start.saturating_sub(4));
+                let prev = &trace.layers[l as usize - 1];
+                let inputs: Vec<u8> = prev
+                    [input_rows.start as usize * d..input_rows.end as usize * d]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                let got = short
+                    .layer(&statement, l, rows.clone(), input_rows, &inputs)
+                    .unwrap();
+                let want: Vec<u8> = trace.layers[l as usize]
+                    [rows.start as usize * d..rows.end as usize * d]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect();
+                assert!(got == want, "{setup}: cell ({l}, {chunk_index})");
+            }
+        }
+        // a causal statement is not this model's
+        let mut causal = statement.clone();
+        causal.dependency = Dependency::Causal;
+        assert!(short.check_statement(&causal).is_err());
     }
 }

@@ -75,7 +75,13 @@ impl GpuLlama {
         model.check_setup(setup)?;
         check_gpu_setup(setup, &gpu)?;
         let c = model.config().clone();
-        if c.qkv_bias {
+        if let Some(w) = c.sliding_window {
+            return Err(ModelError::UnsupportedSetup(format!(
+                "the CUDA decoder does not compute a sliding window (Mistral, {w} positions) \
+                 yet; run this model on the CPU"
+            )));
+        }
+        if c.qkv_bias() {
             return Err(ModelError::UnsupportedSetup(
                 "the CUDA decoder does not compute query/key/value biases (Qwen2) yet; run \
                  this model on the CPU"
