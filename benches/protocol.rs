@@ -35,6 +35,10 @@ impl Replay {
 }
 
 impl Recompute for Replay {
+    fn check_input(&self, statement: &Statement) -> veritrace::protocol::Result<()> {
+        veritrace::protocol::no_text_input(statement)
+    }
+
     fn embed(&self, _: &Statement, rows: Range<u32>) -> Result<Vec<u8>> {
         Ok(self.rows(0, rows))
     }
@@ -65,6 +69,7 @@ fn setup() -> (Statement, Vec<Vec<u8>>) {
         hasher: HasherId::Blake3,
         dependency: Dependency::Causal,
         output_rule: OutputRule::Greedy,
+        input_text: None,
     };
     let mut x = 1u32;
     let layers = (0..32)

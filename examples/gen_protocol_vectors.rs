@@ -24,9 +24,9 @@ use veritrace::protocol::transcript::{
     TranscriptProtocol, DOMAIN, MAX_POW_BITS,
 };
 use veritrace::protocol::{
-    check_opening, Challenge, ChallengeParams, Commitment, Dependency, Message, Mode, Opening,
-    OutputRule, Prover, RejectReason, SamplingStrategy, Statement, Step, Verdict, Verifier,
-    VerifierConfig, PROTOCOL_VERSION,
+    check_opening, Challenge, ChallengeParams, Commitment, Dependency, InputText, Message, Mode,
+    Opening, OutputRule, Prover, RejectReason, SamplingStrategy, Statement, Step, Verdict,
+    Verifier, VerifierConfig, PROTOCOL_VERSION,
 };
 
 fn main() {
@@ -68,11 +68,12 @@ fn statements() -> Vec<(&'static str, Commitment)> {
         hasher: HasherId::Blake3,
         dependency: Dependency::Causal,
         output_rule: OutputRule::Greedy,
+        input_text: None,
     };
     let toy_root = toy_prover(&toy).tree().root();
 
     // 2. Sliding-window decoder: 6 hidden states, 30 + 10 tokens, hidden 8, chunk 4 (10 chunks
-    //    per layer, N = 60), bf16, SHA-256, window 6, sampled output with a seed.
+    //    per layer, N = 60), bf16, SHA-256, window 6, sampled output with a seed, text input.
     let window = Statement {
         version: PROTOCOL_VERSION,
         model_digest: Digest(std::array::from_fn(|i| (7 * i + 1) as u8)),
@@ -85,6 +86,12 @@ fn statements() -> Vec<(&'static str, Commitment)> {
         output_rule: OutputRule::Sampled {
             seed: Digest(std::array::from_fn(|i| (0xf0 - i) as u8)),
         },
+        // text input (binary field 10, transcript row 10a), with non-ASCII UTF-8
+        input_text: Some(InputText {
+            tokenizer: Digest(std::array::from_fn(|i| (0x55 ^ i) as u8)),
+            chat: true,
+            text: "Déjà vu — forty tokens of text".into(),
+        }),
     };
 
     // 3. An encoder: 3 hidden states, 16 input tokens and no output, hidden 8, chunk 5 (4 chunks
@@ -99,6 +106,7 @@ fn statements() -> Vec<(&'static str, Commitment)> {
         hasher: HasherId::Poseidon,
         dependency: Dependency::Bidirectional,
         output_rule: OutputRule::Greedy,
+        input_text: None,
     };
 
     vec![
@@ -202,7 +210,7 @@ fn transcript_rows(c: &Commitment) -> Vec<(&'static str, Vec<u8>)> {
     };
     let mut rule = vec![code];
     rule.extend(seed);
-    vec![
+    let mut rows = vec![
         ("version", s.version.to_le_bytes().to_vec()),
         ("model-digest", s.model_digest.0.to_vec()),
         ("setup", s.setup.clone()),
@@ -212,8 +220,15 @@ fn transcript_rows(c: &Commitment) -> Vec<(&'static str, Vec<u8>)> {
         ("hasher", vec![s.hasher.code()]),
         ("dependency", dependency),
         ("output-rule", rule),
-        ("root", c.root.0.to_vec()),
-    ]
+    ];
+    if let Some(t) = &s.input_text {
+        let mut m = t.tokenizer.0.to_vec();
+        m.push(u8::from(t.chat));
+        m.extend(t.text.as_bytes());
+        rows.push(("input-text", m));
+    }
+    rows.push(("root", c.root.0.to_vec()));
+    rows
 }
 
 /// Rows 11-14 of the transcript (the session's: parameters and proof-of-work nonce).

@@ -63,6 +63,7 @@ fn statement_by(
         hasher,
         dependency: dep,
         output_rule: OutputRule::Greedy,
+        input_text: None,
     }
 }
 
@@ -387,10 +388,26 @@ fn later_rounds_must_repeat_the_session_nonce() {
 #[test]
 fn every_statement_field_changes_the_challenge() {
     let (s, _) = base();
-    let c = Commitment {
-        statement: s.clone(),
-        root: Digest([7; 32]),
+    let mut with_text = s.clone();
+    with_text.input_text = Some(veritrace::protocol::InputText {
+        tokenizer: Digest([9; 32]),
+        chat: false,
+        text: "text".into(),
+    });
+    // a text binding and its absence give different transcripts
+    let params = ChallengeParams {
+        samples: 3,
+        strategy: SamplingStrategy::Uniform,
+        pow_bits: 0,
     };
+    let root = Digest([7; 32]);
+    let commit = |statement: Statement| Commitment { statement, root };
+    assert_ne!(
+        challenge_seed(&commit(with_text.clone()), 0, &params, 0),
+        challenge_seed(&commit(s.clone()), 0, &params, 0),
+        "input text is not bound"
+    );
+    let c = commit(with_text);
     let params = ChallengeParams {
         samples: 3,
         strategy: SamplingStrategy::Uniform,
@@ -444,6 +461,7 @@ fn every_statement_field_changes_the_challenge() {
                 serde_json::json!({"sampled": {"seed": "00".repeat(32)}})
             }
             serde_json::Value::String(x) => serde_json::json!(format!("{x}00")),
+            serde_json::Value::Bool(b) => serde_json::json!(!b),
             other => panic!("unexpected leaf {other} at {path:?}"),
         };
         let Ok(m) = serde_json::from_value::<Commitment>(mutated) else {
@@ -457,8 +475,8 @@ fn every_statement_field_changes_the_challenge() {
         checked += 1;
     }
     // version, model digest, setup, 6 input + 4 output tokens, 5 geometry fields, hasher,
-    // dependency, output rule, root
-    assert!(checked >= 21, "only {checked} fields checked");
+    // dependency, output rule, the text's tokenizer, chat flag and text, root
+    assert!(checked >= 24, "only {checked} fields checked");
 }
 
 /// A verifier that knows what it asked for rejects a commitment under another statement.

@@ -143,6 +143,12 @@ fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
         OutputRule::Greedy => [1].into_iter().chain([0u8; 32]).collect(),
         OutputRule::Sampled { seed } => [2].into_iter().chain(seed.0).collect(),
     };
+    let text = st.input_text.as_ref().map(|t| {
+        let mut m = t.tokenizer.0.to_vec();
+        m.push(u8::from(t.chat));
+        m.extend(t.text.as_bytes());
+        ("input-text", m)
+    });
     [
         ("version", st.version.to_le_bytes().to_vec()),
         ("model-digest", st.model_digest.0.to_vec()),
@@ -153,9 +159,10 @@ fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
         ("hasher", vec![st.hasher.code()]),
         ("dependency", dependency),
         ("output-rule", rule),
-        ("root", c.root.0.to_vec()),
     ]
     .into_iter()
+    .chain(text)
+    .chain([("root", c.root.0.to_vec())])
     .map(|(l, b)| (l.to_string(), b))
     .collect()
 }

@@ -644,6 +644,7 @@ pub fn statement() -> Statement {
         hasher: HasherId::Blake3,
         dependency: dep,
         output_rule: OutputRule::Greedy,
+        input_text: None,
     }
 }
 

@@ -124,8 +124,17 @@ pub struct ProveArgs {
     #[arg(long, default_value = "f32/attn=eager")]
     pub setup: String,
     /// Prompt token ids, comma-separated. Default: a seeded prompt (--prompt-seed, --prompt-tokens).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "text")]
     pub prompt: Option<String>,
+    /// Prompt text, tokenized with the checkpoint's tokenizer.json (special tokens added, as
+    /// transformers' `tokenizer(text)` does). The statement binds the text and the tokenizer's
+    /// digest (specs/protocol.md §3.4), so a verifier re-tokenizes it and rejects other tokens.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// With --text: wrap the text as one user message in the checkpoint's chat template (with
+    /// the generation prompt) before tokenizing; the template is bound in the tokenizer digest.
+    #[arg(long, requires = "text")]
+    pub chat: bool,
     /// Seed of the default prompt.
     #[arg(long, default_value_t = 0)]
     pub prompt_seed: u64,
@@ -174,10 +183,23 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         )
         .into());
     }
-    let prompt = match (&args.prompt, &model) {
-        (Some(p), _) => parse_tokens(p)?,
-        (None, SimModel::Llama(m)) => m.prompt(args.prompt_seed, args.prompt_tokens),
-        (None, SimModel::Bert(m)) => Engine::prompt(m, args.prompt_seed, args.prompt_tokens),
+    let (prompt, input_text) = match (&args.prompt, &args.text, &model) {
+        (Some(p), _, _) => (parse_tokens(p)?, None),
+        (None, Some(text), _) => {
+            let tokenizer = model.tokenizer().ok_or_else(|| {
+                VerbInputError::Argument(format!(
+                    "--text: model {:?} has no tokenizer.json; give token ids with --prompt",
+                    args.model
+                ))
+            })?;
+            let (tokens, binding) = tokenizer.input_text(text, args.chat)?;
+            (tokens, Some(binding))
+        }
+        (None, None, SimModel::Llama(m)) => (m.prompt(args.prompt_seed, args.prompt_tokens), None),
+        (None, None, SimModel::Bert(m)) => (
+            Engine::prompt(m, args.prompt_seed, args.prompt_tokens),
+            None,
+        ),
     };
     let runner = veritrace_model::Runner::new(args.device)?;
     let (statement, trace, leaves) = match &model {
@@ -188,6 +210,8 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             runner.bert_prove_encode_committed(m, &setup, &prompt, args.chunk, hasher)?
         }
     };
+    let mut statement = statement;
+    statement.input_text = input_text;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let trace_path = args.out.join("trace.safetensors");
@@ -208,6 +232,13 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         commitment_path.display(),
         commitment.statement.output_tokens
     )?;
+    if commitment.statement.input_text.is_some() {
+        writeln!(
+            out,
+            "input tokens {:?} (from the text)",
+            commitment.statement.input_tokens
+        )?;
+    }
     Ok(())
 }
 

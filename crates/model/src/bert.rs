@@ -437,6 +437,8 @@ pub struct BertModel {
     digest: Digest,
     /// Weights prepared per (precision, quantization), shared by clones.
     prepared: WeightCache,
+    /// The checkpoint's tokenizer, when it has a `tokenizer.json` (text input).
+    tokenizer: Option<Arc<crate::TextTokenizer>>,
 }
 
 /// The engine-independent digest ([`crate::digest`], `specs/model-digest.md`): architecture
@@ -527,7 +529,14 @@ impl BertModel {
         })?;
         let tensors = read_tensors(&path, &bytes, &config)?;
         drop(bytes);
-        Self::from_tensors(config, tensors)
+        let mut model = Self::from_tensors(config, tensors)?;
+        model.tokenizer = crate::TextTokenizer::from_dir(dir)?.map(Arc::new);
+        Ok(model)
+    }
+
+    /// The checkpoint's tokenizer (`tokenizer.json`), if it has one.
+    pub fn tokenizer(&self) -> Option<&crate::TextTokenizer> {
+        self.tokenizer.as_deref()
     }
 
     /// The model of `config` with `tensors` in the canonical order (as read by
@@ -579,6 +588,7 @@ impl BertModel {
             layers,
             digest,
             prepared: WeightCache::default(),
+            tokenizer: None,
         })
     }
 

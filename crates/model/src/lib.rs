@@ -61,7 +61,7 @@ pub use ops::topk_mask;
 pub use setup::{
     Attention, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,
 };
-pub use tokenizer::{BertTokenizer, Encoded};
+pub use tokenizer::{BertTokenizer, Encoded, TextTokenizer, TOKENIZER_DIGEST_LABEL};
 pub use trace::{read_trace, write_trace, Trace, STATEMENT_METADATA_KEY};
 
 use thiserror::Error;

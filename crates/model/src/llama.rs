@@ -1019,6 +1019,8 @@ pub struct LlamaModel {
     digest: Digest,
     /// Weights prepared per (precision, quantization), shared by clones.
     prepared: WeightCache,
+    /// The checkpoint's tokenizer, when it has a `tokenizer.json` (text input).
+    tokenizer: Option<Arc<crate::TextTokenizer>>,
 }
 
 /// Kind of a seeded tensor (which scale rule applies).
@@ -1226,6 +1228,7 @@ impl LlamaModel {
             lm_head,
             digest,
             prepared: WeightCache::default(),
+            tokenizer: None,
         })
     }
 
@@ -1254,10 +1257,19 @@ impl LlamaModel {
         }
         // Rotary inverse-frequency buffers that some exports carry are derived, not weights.
         tensors.retain(|(n, _, _)| !n.ends_with("rotary_emb.inv_freq"));
-        Self::from_tensors(config, tensors).map_err(|e| ModelError::Checkpoint {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })
+        let mut model =
+            Self::from_tensors(config, tensors).map_err(|e| ModelError::Checkpoint {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        model.tokenizer = crate::TextTokenizer::from_dir(dir)?.map(Arc::new);
+        Ok(model)
+    }
+
+    /// The checkpoint's tokenizer (`tokenizer.json`), if it has one; the seeded presets have
+    /// none.
+    pub fn tokenizer(&self) -> Option<&crate::TextTokenizer> {
+        self.tokenizer.as_deref()
     }
 
     /// Writes the model as a checkpoint directory [`LlamaModel::load`] reads back bit for bit:

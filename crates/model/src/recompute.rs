@@ -141,12 +141,17 @@ impl LlamaModel {
             hasher,
             dependency: self.config().dependency(),
             output_rule: OutputRule::Greedy,
+            input_text: None,
         };
         Ok((statement, trace))
     }
 }
 
 impl Recompute for LlamaModel {
+    fn check_input(&self, statement: &Statement) -> veritrace_protocol::Result<()> {
+        crate::tokenizer::check_input(self.tokenizer(), statement).map_err(engine)
+    }
+
     fn embed(
         &self,
         statement: &Statement,
@@ -177,6 +182,10 @@ impl Recompute for LlamaModel {
 }
 
 impl Recompute for RecomputeOn<'_, LlamaModel> {
+    fn check_input(&self, statement: &Statement) -> veritrace_protocol::Result<()> {
+        crate::tokenizer::check_input(self.model.tokenizer(), statement).map_err(engine)
+    }
+
     fn embed(
         &self,
         statement: &Statement,
@@ -315,12 +324,17 @@ impl BertModel {
             hasher,
             dependency: Dependency::Bidirectional,
             output_rule: OutputRule::Greedy,
+            input_text: None,
         };
         Ok((statement, trace))
     }
 }
 
 impl Recompute for BertModel {
+    fn check_input(&self, statement: &Statement) -> veritrace_protocol::Result<()> {
+        crate::tokenizer::check_input(self.tokenizer(), statement).map_err(engine)
+    }
+
     fn embed(
         &self,
         statement: &Statement,
@@ -351,6 +365,10 @@ impl Recompute for BertModel {
 }
 
 impl Recompute for RecomputeOn<'_, BertModel> {
+    fn check_input(&self, statement: &Statement) -> veritrace_protocol::Result<()> {
+        crate::tokenizer::check_input(self.model.tokenizer(), statement).map_err(engine)
+    }
+
     fn embed(
         &self,
         statement: &Statement,

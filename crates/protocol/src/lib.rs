@@ -39,8 +39,11 @@ pub use error::{ProtocolError, Result};
 pub use messages::{Challenge, Commitment, OpenedCell, Opening, RejectReason, Verdict};
 pub use prover::{Prover, ProverState};
 pub use sampling::SamplingStrategy;
-pub use statement::{Dependency, OutputRule, Statement, PROTOCOL_VERSION};
+pub use statement::{
+    Dependency, InputText, OutputRule, Statement, MAX_INPUT_TEXT_BYTES, PROTOCOL_VERSION,
+};
 pub use transcript::ChallengeParams;
 pub use verifier::{
-    check_opening, Faults, Mode, Recompute, Step, Verifier, VerifierConfig, VerifierState,
+    check_opening, no_text_input, Faults, Mode, Recompute, Step, Verifier, VerifierConfig,
+    VerifierState,
 };

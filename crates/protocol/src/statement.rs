@@ -77,6 +77,29 @@ pub struct Statement {
     pub dependency: Dependency,
     /// How output tokens are derived from the last layer.
     pub output_rule: OutputRule,
+    /// The text the input tokens were made from, when the prover started from text: a
+    /// verifier with the same tokenizer re-tokenizes it and rejects tokens that differ
+    /// ([`crate::Recompute::check_input`]). `None` (JSON `null`): the prover gave token ids.
+    #[serde(default)]
+    pub input_text: Option<InputText>,
+}
+
+/// Longest [`InputText::text`] a statement may carry, in bytes (1 MiB).
+pub const MAX_INPUT_TEXT_BYTES: usize = 1 << 20;
+
+/// Text input bound in a statement (specs/protocol.md §3.4): the tokens are
+/// `encode(text, add_special_tokens = true)` under the tokenizer of digest `tokenizer`, after
+/// the chat template of that tokenizer when `chat` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InputText {
+    /// Digest of the tokenizer (`tokenizer.json`, and the chat template when `chat`), as
+    /// specs/protocol.md §3.4 defines it.
+    pub tokenizer: Digest,
+    /// Whether the text was wrapped as one user message by the checkpoint's chat template
+    /// (with the generation prompt) before tokenization.
+    pub chat: bool,
+    /// The text, UTF-8.
+    pub text: String,
 }
 
 impl Statement {
@@ -115,6 +138,7 @@ impl Statement {
             ("hasher", self.hasher == other.hasher),
             ("dependency", self.dependency == other.dependency),
             ("output rule", self.output_rule == other.output_rule),
+            ("input text", self.input_text == other.input_text),
         ];
         fields.iter().find(|(_, same)| !same).map(|(name, _)| *name)
     }
@@ -167,8 +191,8 @@ impl Message for Statement {
     const KIND: MessageKind = MessageKind::Statement;
     const NAME: &'static str = "statement";
 
-    /// Checks the version, the geometry, the token counts against the geometry, and the
-    /// dependency rule.
+    /// Checks the version, the geometry, the token counts against the geometry, the
+    /// dependency rule, and the input text's length.
     fn validate(&self) -> Result<()> {
         if self.version != PROTOCOL_VERSION {
             return Err(ProtocolError::InvalidStatement(format!(
@@ -202,6 +226,14 @@ impl Message for Statement {
                 "an attention window must cover at least one position".into(),
             ));
         }
+        if let Some(t) = &self.input_text {
+            if t.text.len() > MAX_INPUT_TEXT_BYTES {
+                return Err(ProtocolError::InvalidStatement(format!(
+                    "the input text has {} bytes; at most {MAX_INPUT_TEXT_BYTES}",
+                    t.text.len()
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -224,6 +256,7 @@ pub(crate) mod tests {
             hasher: HasherId::Blake3,
             dependency,
             output_rule: OutputRule::Greedy,
+            input_text: None,
         }
     }
 

@@ -170,6 +170,11 @@ impl ToyEngine {
 }
 
 impl Recompute for ToyEngine {
+    /// The toy engine has no tokenizer: statements with text input are refused.
+    fn check_input(&self, statement: &Statement) -> Result<()> {
+        crate::verifier::no_text_input(statement)
+    }
+
     fn embed(&self, statement: &Statement, rows: Range<u32>) -> Result<Vec<u8>> {
         let hidden = check(statement)?;
         let tokens: Vec<u32> = (0..statement.geometry.tokens)

@@ -114,6 +114,15 @@ impl TranscriptProtocol for Transcript {
         let mut rule = vec![code];
         rule.extend_from_slice(&seed);
         self.append_message(b"output-rule", &rule);
+        // Row 10a, only for a statement with text input (statements of token ids keep the
+        // transcript they had): tokenizer digest ‖ chat flag ‖ the text's UTF-8 bytes.
+        if let Some(t) = &s.input_text {
+            let mut m = Vec::with_capacity(33 + t.text.len());
+            m.extend_from_slice(&t.tokenizer.0);
+            m.push(u8::from(t.chat));
+            m.extend_from_slice(t.text.as_bytes());
+            self.append_message(b"input-text", &m);
+        }
     }
 
     fn append_root(&mut self, root: &Digest) {

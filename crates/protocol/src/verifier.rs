@@ -49,6 +49,26 @@ pub trait Recompute {
     /// The token predicted at `position` from that position's last-layer row, under the
     /// statement's [`crate::OutputRule`].
     fn next_token(&self, statement: &Statement, position: u32, last_row: &[u8]) -> Result<u32>;
+
+    /// Statement-level checks made once per opening, before any cell: with text input
+    /// ([`Statement::input_text`]), that the input tokens are what the engine's tokenizer
+    /// (of the same digest) gives for the text. An engine without a tokenizer accepts a
+    /// statement without text and refuses one with text ([`no_text_input`]). Required, so
+    /// that a wrapper cannot silently skip the check of the engine it wraps.
+    fn check_input(&self, statement: &Statement) -> Result<()>;
+}
+
+/// [`Recompute::check_input`] of an engine that has no tokenizer: a statement without text
+/// passes, one with text is refused (its tokens cannot be checked).
+pub fn no_text_input(statement: &Statement) -> Result<()> {
+    match &statement.input_text {
+        None => Ok(()),
+        Some(_) => Err(ProtocolError::Engine(
+            "the statement gives text input, and this engine has no tokenizer to check its \
+             tokens"
+                .into(),
+        )),
+    }
 }
 
 /// Whether challenges come from the verifier (interactive) or from the transcript.
@@ -370,6 +390,8 @@ impl<R: Recompute> Verifier<R> {
 /// Checks one opening of the challenged cells `challenged` against a commitment — the
 /// verification algorithm of `specs/protocol.md`:
 ///
+/// 0. With text input, the input tokens must be the text's tokenization
+///    ([`Recompute::check_input`]).
 /// 1. The opened cells must be exactly [`Statement::opening_cells`] of the challenge, in order.
 /// 2. Each cell's data must have its shape's byte length.
 /// 3. Leaf digests are computed from the data; the batch proof must open them under the root
@@ -410,6 +432,9 @@ fn check_opening_inner<R: Recompute + ?Sized>(
         detail: e.to_string(),
     };
     let required = statement.opening_cells(challenged).map_err(bad_statement)?;
+
+    // 0. the input tokens are the statement's text, tokenized (when it has text)
+    recompute.check_input(statement).map_err(bad_statement)?;
 
     // 1. exactly the required cells, in order
     let opened: Vec<CellId> = opening.cells.iter().map(|oc| oc.cell).collect();

@@ -6,8 +6,8 @@ use veritrace_commit::{CellId, Digest, Dtype, HasherId, TraceGeometry};
 use veritrace_protocol::tolerance::{Metric, ToleranceViolation};
 use veritrace_protocol::toy::ToyEngine;
 use veritrace_protocol::{
-    Challenge, Commitment, Dependency, Message, Opening, OutputRule, Prover, RejectReason,
-    Statement, Verdict, PROTOCOL_VERSION,
+    Challenge, Commitment, Dependency, InputText, Message, Opening, OutputRule, Prover,
+    RejectReason, Statement, Verdict, PROTOCOL_VERSION,
 };
 
 fn statement() -> Statement {
@@ -23,6 +23,11 @@ fn statement() -> Statement {
         output_rule: OutputRule::Sampled {
             seed: Digest([4; 32]),
         },
+        input_text: Some(InputText {
+            tokenizer: Digest([5; 32]),
+            chat: false,
+            text: "four tokens, é".into(),
+        }),
     }
 }
 

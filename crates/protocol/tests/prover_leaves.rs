@@ -18,6 +18,7 @@ fn statement(hasher: HasherId) -> Statement {
         hasher,
         dependency: Dependency::Causal,
         output_rule: OutputRule::Greedy,
+        input_text: None,
     }
 }
 

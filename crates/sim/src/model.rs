@@ -72,6 +72,14 @@ impl SimModel {
         })
     }
 
+    /// The checkpoint's tokenizer (`tokenizer.json`, for text input), if it has one.
+    pub fn tokenizer(&self) -> Option<&veritrace_model::TextTokenizer> {
+        match self {
+            SimModel::Llama(m) => m.tokenizer(),
+            SimModel::Bert(m) => m.tokenizer(),
+        }
+    }
+
     /// Whether the model is an encoder (bidirectional, no generated tokens).
     pub fn is_encoder(&self) -> bool {
         matches!(self, SimModel::Bert(_))
@@ -266,6 +274,10 @@ impl SimModel {
 
 /// Recompute on the CPU.
 impl Recompute for SimModel {
+    fn check_input(&self, statement: &Statement) -> veritrace_protocol::Result<()> {
+        self.recompute_on(Runner::cpu(), |r| r.check_input(statement))
+    }
+
     fn embed(
         &self,
         statement: &Statement,
@@ -310,6 +322,10 @@ pub struct SimVerifier {
 }
 
 impl Recompute for SimVerifier {
+    fn check_input(&self, statement: &Statement) -> veritrace_protocol::Result<()> {
+        self.model.check_input(statement)
+    }
+
     fn embed(
         &self,
         statement: &Statement,
