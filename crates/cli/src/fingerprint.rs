@@ -52,6 +52,16 @@ pub struct FingerprintArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_PROMPTS)]
     pub prompts: usize,
 
+    /// A prompt as text (repeat for several), tokenized with the checkpoint's tokenizer.json
+    /// instead of the seeded prompts: the study runs over these texts, --prompts and --tokens
+    /// then follow from them.
+    #[arg(long, value_name = "TEXT")]
+    pub text: Vec<String>,
+
+    /// With --text: wrap each text as one user message in the checkpoint's chat template.
+    #[arg(long, requires = "text")]
+    pub chat: bool,
+
     /// Tokens per prompt.
     #[arg(long, value_name = "T", default_value_t = DEFAULT_TOKENS)]
     pub tokens: usize,
@@ -105,6 +115,8 @@ pub enum FingerprintInputError {
 /// [`FingerprintInputError`] if the setups file cannot be read, a
 /// [`veritrace_model::FingerprintError`] if it or a parameter is refused.
 pub fn plan_from_args(args: &FingerprintArgs, engine: &dyn Engine) -> anyhow::Result<StudyPlan> {
+    let inputs = text_inputs(args, engine)?;
+    let tokens = inputs.iter().map(Vec::len).max().unwrap_or(args.tokens);
     let mut plan = match &args.setups {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| {
@@ -118,16 +130,41 @@ pub fn plan_from_args(args: &FingerprintArgs, engine: &dyn Engine) -> anyhow::Re
             StudyPlan {
                 reference,
                 setups,
-                ..StudyPlan::default_with_tokens(engine, args.tokens)
+                ..StudyPlan::default_with_tokens(engine, tokens)
             }
         }
-        None => StudyPlan::default_with_tokens(engine, args.tokens),
+        None => StudyPlan::default_with_tokens(engine, tokens),
     };
-    plan.prompts = args.prompts;
+    plan.prompts = if inputs.is_empty() {
+        args.prompts
+    } else {
+        inputs.len()
+    };
+    plan.inputs = inputs;
     plan.chunk = args.chunk;
     plan.threshold = args.threshold;
     plan.validate()?;
     Ok(plan)
+}
+
+/// The token ids of `--text` (with the chat template under `--chat`), through the model's
+/// tokenizer; empty without `--text`. A model without a tokenizer, or a text it cannot encode,
+/// is refused (exit 2).
+fn text_inputs(args: &FingerprintArgs, engine: &dyn Engine) -> anyhow::Result<Vec<Vec<u32>>> {
+    if args.text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tokenizer = engine.tokenizer().ok_or_else(|| {
+        crate::prove::VerbInputError::Argument(format!(
+            "--text: model {:?} has no tokenizer.json",
+            args.model
+        ))
+    })?;
+    Ok(args
+        .text
+        .iter()
+        .map(|t| tokenizer.encode(t, args.chat))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// A progress bar of `total` traces on stderr, hidden when `quiet` or stderr is not a terminal.

@@ -29,6 +29,10 @@ pub trait Engine: Send + Sync {
     /// Vocabulary size: valid token ids are `0..vocab_size`.
     fn vocab_size(&self) -> usize;
 
+    /// The checkpoint's tokenizer (text prompts), if the model has one. Required, so that a
+    /// wrapper forwards it.
+    fn tokenizer(&self) -> Option<&crate::TextTokenizer>;
+
     /// Prompt number `index`, `len` token ids long, a function of `(index, len, vocab_size)`
     /// alone. The default is [`seeded_prompt`]; an engine whose vocabulary has ids a prompt
     /// should not hold (padding, special tokens) may override it and document its rule.
@@ -93,6 +97,9 @@ impl Engine for OnDevice<'_> {
     }
     fn vocab_size(&self) -> usize {
         self.engine.vocab_size()
+    }
+    fn tokenizer(&self) -> Option<&crate::TextTokenizer> {
+        self.engine.tokenizer()
     }
     fn prompt(&self, index: u64, len: usize) -> Vec<u32> {
         self.engine.prompt(index, len)
@@ -173,6 +180,10 @@ pub fn seeded_prompt(vocab: usize, index: u64, len: usize) -> Vec<u32> {
 }
 
 impl Engine for LlamaModel {
+    fn tokenizer(&self) -> Option<&crate::TextTokenizer> {
+        Self::tokenizer(self)
+    }
+
     /// `llama` followed by the configuration's sizes, e.g. `llama L=4 d=128 vocab=512 seed=0`.
     fn name(&self) -> String {
         let c = self.config();
@@ -217,6 +228,10 @@ impl Engine for LlamaModel {
 }
 
 impl Engine for BertModel {
+    fn tokenizer(&self) -> Option<&crate::TextTokenizer> {
+        Self::tokenizer(self)
+    }
+
     /// `bert` followed by the configuration's sizes and the first 16 hex digits of the model
     /// digest (a loaded model has no seed), e.g.
     /// `bert L=6 d=384 heads=12 vocab=30522 digest=0123456789abcdef`.

@@ -124,10 +124,14 @@ pub struct StudyPlan {
     /// The setups studied against the reference, in report order. Those that differ from the
     /// reference only in reduction order are the honest variants that set the noise floor.
     pub setups: Vec<Setup>,
-    /// Number of prompts (prompt `p` is [`Engine::prompt`]`(p, tokens)`).
+    /// Number of prompts (prompt `p` is [`Engine::prompt`]`(p, tokens)`, or `inputs[p]`).
     pub prompts: usize,
-    /// Tokens per prompt.
+    /// Tokens per prompt (with `inputs`, the longest of them).
     pub tokens: usize,
+    /// Explicit prompts (for example text through the checkpoint's tokenizer), used instead of
+    /// the engine's seeded prompts when not empty: then `prompts` is their number.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Vec<u32>>,
     /// Row tile (chunk) size every trace is computed in.
     pub chunk: usize,
     /// SNR at or above which a change counts as detectable across hardware.
@@ -153,6 +157,7 @@ impl StudyPlan {
             setups,
             prompts: DEFAULT_PROMPTS,
             tokens,
+            inputs: Vec::new(),
             chunk: DEFAULT_CHUNK,
             threshold: DEFAULT_THRESHOLD,
         }
@@ -250,6 +255,7 @@ impl StudyPlan {
             setups,
             prompts: DEFAULT_PROMPTS,
             tokens: DEFAULT_TOKENS,
+            inputs: Vec::new(),
             chunk: DEFAULT_CHUNK,
             threshold: DEFAULT_THRESHOLD,
         })
@@ -280,6 +286,21 @@ impl StudyPlan {
                 "{} tokens per prompt (must be between 1 and {MAX_TOKENS})",
                 self.tokens
             ));
+        }
+        if !self.inputs.is_empty() {
+            let longest = self.inputs.iter().map(Vec::len).max().unwrap_or(0);
+            if self.inputs.len() != self.prompts
+                || self.inputs.iter().any(Vec::is_empty)
+                || longest != self.tokens
+            {
+                return bad(format!(
+                    "{} explicit prompts (longest {longest} tokens) with prompts = {} and \
+                     tokens = {}: prompts must be their number, tokens the longest, none empty",
+                    self.inputs.len(),
+                    self.prompts,
+                    self.tokens
+                ));
+            }
         }
         if !(1..=MAX_TOKENS).contains(&self.chunk) {
             return bad(format!(
@@ -628,8 +649,11 @@ pub fn run_study(
     let total = plan.prompts * n;
     let mut done = 0;
     for p in 0..plan.prompts {
-        let tokens = engine.prompt(p as u64, plan.tokens);
-        if tokens.len() != plan.tokens {
+        let tokens = match plan.inputs.get(p) {
+            Some(t) => t.clone(),
+            None => engine.prompt(p as u64, plan.tokens),
+        };
+        if plan.inputs.is_empty() && tokens.len() != plan.tokens {
             return Err(FingerprintError::EngineOutput {
                 setup: plan.reference.to_string(),
                 reason: format!(

@@ -34,6 +34,7 @@ fn plan() -> StudyPlan {
         setups: SETUPS.iter().map(|s| setup(s)).collect(),
         prompts: 2,
         tokens: 32,
+        inputs: Vec::new(),
         chunk: 16,
         threshold: DEFAULT_THRESHOLD,
     }
@@ -187,6 +188,15 @@ fn a_plan_without_honest_variants_is_refused() {
             ..plan()
         },
         StudyPlan { chunk: 0, ..plan() },
+        // explicit prompts: their number and longest length must be the plan's
+        StudyPlan {
+            inputs: vec![vec![1, 2, 3], vec![4; 31]],
+            ..plan()
+        },
+        StudyPlan {
+            inputs: vec![vec![1; 32], Vec::new()],
+            ..plan()
+        },
         StudyPlan {
             threshold: f64::NAN,
             ..plan()

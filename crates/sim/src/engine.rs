@@ -202,6 +202,8 @@ pub struct Simulation {
     calibration: CalibrationSummary,
     /// The held-out honest runs (for false-positive rates at other threshold scales).
     held_runs: Vec<HonestRun>,
+    /// With `prompts.text`: each text's tokens and the statement's binding of them.
+    texts: Vec<(Vec<u32>, veritrace_protocol::InputText)>,
 }
 
 impl Simulation {
@@ -221,6 +223,7 @@ impl Simulation {
                 .check_model(&model)
                 .map_err(|m| SimError::Scenario(format!("adversary {}: {m}", a.label())))?;
         }
+        let texts = Self::tokenize_texts(&scenario, &model)?;
         let prover = Arc::new(Runner::new(scenario.prover_device)?);
         let verifier = if scenario.verifier_device == scenario.prover_device {
             prover.clone()
@@ -250,9 +253,46 @@ impl Simulation {
                 holdout_samples: BTreeMap::new(),
             },
             held_runs: Vec::new(),
+            texts,
         };
         sim.calibrate()?;
         Ok(sim)
+    }
+
+    /// The scenario's `prompts.text` through the checkpoint's tokenizer (with its chat template
+    /// when `prompts.chat`): refused when the model has no tokenizer, a text cannot be encoded,
+    /// or gives more than `prompts.tokens` tokens.
+    fn tokenize_texts(
+        scenario: &Scenario,
+        model: &SimModel,
+    ) -> Result<Vec<(Vec<u32>, veritrace_protocol::InputText)>, SimError> {
+        let p = &scenario.prompts;
+        if p.text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokenizer = model.tokenizer().ok_or_else(|| {
+            SimError::Scenario(format!(
+                "prompts.text: model {} has no tokenizer.json",
+                scenario.model
+            ))
+        })?;
+        p.text
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let (tokens, binding) = tokenizer
+                    .input_text(text, p.chat)
+                    .map_err(|e| SimError::Scenario(format!("prompts.text {i}: {e}")))?;
+                if tokens.len() > p.tokens as usize {
+                    return Err(SimError::Scenario(format!(
+                        "prompts.text {i} gives {} tokens, more than prompts.tokens = {}",
+                        tokens.len(),
+                        p.tokens
+                    )));
+                }
+                Ok((tokens, binding))
+            })
+            .collect()
     }
 
     /// The scenario.
@@ -273,7 +313,11 @@ impl Simulation {
     /// Prompt `index` of the scenario: for a decoder, `next_u32 mod vocab` of the keyed stream
     /// `("veritrace/sim/prompt/v1", seed, index)`; for an encoder, a `[CLS] … [SEP]` sequence
     /// ([`veritrace_model::bert_prompt`]) keyed by that stream's first `u64`.
+    /// With `prompts.text`, prompt `index < count` is that text's tokens.
     pub fn prompt(&self, index: u64) -> Vec<u32> {
+        if let Some((tokens, _)) = usize::try_from(index).ok().and_then(|i| self.texts.get(i)) {
+            return tokens.clone();
+        }
         crate::calibration::prompt(
             &self.model,
             self.scenario.seed,
@@ -478,6 +522,12 @@ impl Simulation {
         )?;
         statement.setup = self.scenario.reference.to_bytes();
         statement.model_digest = self.model.digest();
+        // a prompt from the scenario's text carries its binding (checked by the verifier)
+        statement.input_text = self
+            .texts
+            .iter()
+            .find(|(tokens, _)| tokens.as_slice() == prompt)
+            .map(|(_, binding)| binding.clone());
         Ok((statement, trace))
     }
 

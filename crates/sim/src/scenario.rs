@@ -9,8 +9,12 @@
 //!
 //! [prompts]
 //! count = 4                 # prompts in the pool the trials draw from
-//! tokens = 16               # prompt length
+//! tokens = 16               # prompt length (with `text`: the longest tokenization accepted)
 //! output = 8                # generated tokens
+//! # text = ["The first prompt.", "The second."]  # optional: the pool as text, tokenized by
+//! #                         # the checkpoint's tokenizer.json (count = the number of texts);
+//! #                         # statements bind each text (specs/protocol.md §3.4)
+//! # chat = false            # with text: wrap each in the checkpoint's chat template
 //!
 //! [protocol]
 //! chunk = 8                 # token rows per cell
@@ -116,15 +120,24 @@ fn is_cpu(d: &Device) -> bool {
 }
 
 /// The prompt pool.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Prompts {
     /// Prompts the trials draw from (each prover's trace is computed once per prompt).
     pub count: u32,
-    /// Prompt length in tokens.
+    /// Prompt length in tokens (seeded prompts); with `text`, the longest tokenization
+    /// accepted.
     pub tokens: u32,
     /// Generated tokens.
     pub output: u32,
+    /// The pool as text (optional): prompt `i < count` is `text[i]` through the checkpoint's
+    /// tokenizer, bound in its statements; `count` must equal the number of texts. Calibration
+    /// and hold-out runs, which need thousands of fresh prompts, stay seeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub text: Vec<String>,
+    /// With `text`: wrap each text as one user message in the checkpoint's chat template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chat: bool,
 }
 
 /// Protocol parameters.
@@ -353,6 +366,40 @@ impl Scenario {
             || p.output > 65_536
         {
             return bad("prompts: count in 1..=10000, tokens in 1..=65536, output <= 65536".into());
+        }
+        if p.chat && p.text.is_empty() {
+            return bad("prompts: chat = true needs text".into());
+        }
+        if !p.text.is_empty() {
+            if p.text.len() != p.count as usize {
+                return bad(format!(
+                    "prompts: count {} must equal the number of texts ({})",
+                    p.count,
+                    p.text.len()
+                ));
+            }
+            if let Some((i, _)) =
+                p.text.iter().enumerate().find(|(_, t)| {
+                    t.is_empty() || t.len() > veritrace_protocol::MAX_INPUT_TEXT_BYTES
+                })
+            {
+                return bad(format!(
+                    "prompts: text {i} must have 1 to {} bytes",
+                    veritrace_protocol::MAX_INPUT_TEXT_BYTES
+                ));
+            }
+            if let Some(a) = self
+                .adversaries
+                .iter()
+                .find(|a| a.prompts.is_some_and(|n| n > p.count))
+            {
+                return bad(format!(
+                    "adversary {:?}: its {} prompts exceed the {} texts of the pool",
+                    a.label(),
+                    a.prompts.unwrap_or(0),
+                    p.count
+                ));
+            }
         }
         let q = &self.protocol;
         if q.chunk == 0 || q.samples == 0 || q.rounds == 0 || q.rounds > 64 || q.pow_bits > 30 {
