@@ -16,6 +16,10 @@ with transformers' own forward and `generate` (eager attention, CPU, float32):
   21-token prompt, as the Llama cases;
 * for every decoder, 12 cells opened non-interactively and verified exactly by `veritrace verify`
   against the checkpoint;
+* text input (`prove --text`, `--chat`) through a byte-level BPE tokenizer saved by transformers
+  with a chat template: the tokens equal `tokenizer(text)` and `apply_chat_template`, the greedy
+  tokens equal `generate`, the tokenizer digest equals the files' (specs/protocol.md 3.4), and
+  `verify` accepts the run and rejects a statement with another text;
 * refused configurations (Qwen2 with its sliding window on, a yarn rope, an unknown config
   field): `veritrace digest` and `veritrace prove` exit 2 naming the field.
 
@@ -162,6 +166,104 @@ def compare_bert(binary, dir, tmp):
           f"minilm: digest {d.stdout[:16]} equals the reference's {ref.stdout[:16]}")
 
 
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n"
+                 "{{ m['content'] | trim }}{{ eos_token }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def tokenizer_digest(dir, chat):
+    """specs/protocol.md section 3.4, from the files alone."""
+    import blake3
+    with open(os.path.join(dir, "tokenizer.json"), "rb") as f:
+        j = f.read()
+    c = b""
+    if chat:
+        path = os.path.join(dir, "chat_template.jinja")
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                c = f.read()
+        else:
+            with open(os.path.join(dir, "tokenizer_config.json")) as f:
+                c = json.load(f)["chat_template"].encode()
+    return blake3.blake3(b"veritrace/tokenizer/v1" + len(j).to_bytes(8, "little") + j
+                         + len(c).to_bytes(8, "little") + c).hexdigest()
+
+
+def compare_text(binary, tmp):
+    """Text input through a byte-level BPE tokenizer trained and saved by transformers' own
+    classes, with a chat template: veritrace's tokens equal transformers' tokenizer(text) and
+    apply_chat_template, its greedy tokens equal generate on them, the statement's tokenizer
+    digest equals the files' (spec section 3.4), and a verifier accepts the run and rejects
+    another text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    dir = os.path.join(tmp, "llama-text")
+    model = build(dir, transformers.LlamaConfig, transformers.LlamaForCausalLM, seed=11)
+    corpus = ["A verifier samples cells of the trace and recomputes them.",
+              "The prover commits to Merkle roots of its activations.",
+              "Honest noise is small; a change of algorithm is not."] * 20
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<s>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    tk.decoder = decoders.ByteLevel()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>",
+                                                eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(dir)
+    text = "The verifier recomputes cells it did not run: déjà vu."
+    for chat in (False, True):
+        name = "text" + (" with the chat template" if chat else "")
+        if chat:
+            ids = fast.apply_chat_template([{"role": "user", "content": text}],
+                                           add_generation_prompt=True, tokenize=True)
+            theirs = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        else:
+            theirs = fast(text)["input_ids"]
+        run = os.path.join(tmp, "text-run-" + str(chat))
+        args = ["prove", "--model", dir, "--text", text, "--output", str(NEW_TOKENS),
+                "--chunk", "8", "--out", run] + (["--chat"] if chat else [])
+        r = veritrace(binary, *args)
+        if r.returncode != 0:
+            check(False, f"{name}: veritrace prove --text exited {r.returncode}: {r.stderr}")
+            continue
+        with open(os.path.join(run, "commitment.json")) as f:
+            commitment = json.load(f)
+        st = commitment["statement"]
+        check(st["input_tokens"] == theirs,
+              f"{name}: {len(theirs)} tokens equal transformers' ({st['input_tokens'][:8]}...)")
+        check(st["input_text"]["tokenizer"] == tokenizer_digest(dir, chat)
+              and st["input_text"]["text"] == text and st["input_text"]["chat"] == chat,
+              f"{name}: the statement binds the text and the files' tokenizer digest")
+        with torch.no_grad():
+            # an explicit mask: with pad_token_id 0, generate would mask the <s> (id 0) out
+            gen = model.generate(torch.tensor([theirs]), max_new_tokens=NEW_TOKENS,
+                                 attention_mask=torch.ones(1, len(theirs), dtype=torch.long),
+                                 do_sample=False, min_new_tokens=NEW_TOKENS, eos_token_id=None,
+                                 pad_token_id=0)
+        check(st["output_tokens"] == gen[0, len(theirs):].tolist(),
+              f"{name}: 16 greedy tokens equal transformers' generate")
+        opened = os.path.join(tmp, "text-opening-" + str(chat))
+        o = veritrace(binary, "open", os.path.join(run, "trace.safetensors"),
+                      "--non-interactive", "--samples", "6", "--out", opened)
+        v = veritrace(binary, "verify", "--commitment", os.path.join(run, "commitment.json"),
+                      "--opening", os.path.join(opened, "opening-0.json"), "--non-interactive",
+                      "--samples", "6", "--model", dir)
+        st["input_text"]["text"] = text + " Or not."
+        forged = os.path.join(tmp, f"forged-{chat}.json")
+        with open(forged, "w") as f:
+            json.dump(commitment, f)
+        w = veritrace(binary, "verify", "--commitment", forged, "--opening",
+                      os.path.join(opened, "opening-0.json"), "--non-interactive",
+                      "--samples", "6", "--model", dir)
+        check(o.returncode == 0 and v.returncode == 0 and w.returncode == 1
+              and "tokenization" in w.stdout + w.stderr,
+              f"{name}: verify accepts the run (exit {v.returncode}) and rejects another text "
+              f"(exit {w.returncode}: {(w.stdout + w.stderr).strip()[:120]})")
+
+
 def refused(binary, name, dir, needle):
     for args in (["digest", dir], ["prove", "--model", dir, "--prompt", "1,2,3", "--out",
                                     os.path.join(dir, "run")]):
@@ -228,6 +330,8 @@ def main():
         with open(os.path.join(u, "config.json"), "w") as f:
             json.dump(c, f)
         refused(binary, "unknown field", u, "partial_rotary_factor")
+
+        compare_text(binary, tmp)
 
         minilm = os.environ.get("VERITRACE_MINILM") or os.path.join(
             HERE, "..", "..", "models", "all-MiniLM-L6-v2")

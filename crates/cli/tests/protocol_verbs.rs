@@ -465,7 +465,7 @@ fn a_refused_checkpoint_exits_2_naming_the_field_once() {
     let out = dir.path().join("run").display().to_string();
     let ckpt = ckpt.display().to_string();
     for (field, value, needle) in [
-        ("model_type", serde_json::json!("mistral"), "model_type"),
+        ("model_type", serde_json::json!("gemma"), "model_type"),
         (
             "rope_scaling",
             serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
@@ -520,4 +520,119 @@ fn a_refused_checkpoint_exits_2_naming_the_field_once() {
         "prove", "--model", &ckpt, "--prompt", "1,2,3", "--out", &out,
     ]);
     assert_eq!(o.code, 0, "{}", o.stderr);
+}
+
+/// `prove --text`: through the checkpoint's tokenizer.json, bound in the statement and checked
+/// by `verify` (another text is rejected, exit 1); text for a model without a tokenizer and
+/// `--chat` without a chat template exit 2.
+#[test]
+fn text_input_is_tokenized_bound_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    veritrace_model::LlamaModel::preset("tiny")
+        .unwrap()
+        .save(&ckpt)
+        .unwrap();
+    std::fs::write(
+        ckpt.join("tokenizer.json"),
+        include_str!("../../model/tests/fixtures/wordlevel-tokenizer.json"),
+    )
+    .unwrap();
+    let ckpt = ckpt.display().to_string();
+    let run = dir.path().join("run");
+    let out = run.display().to_string();
+    let stdout = run_ok(&[
+        "prove",
+        "--model",
+        &ckpt,
+        "--text",
+        "the verifier checks a trace.",
+        "--output",
+        "3",
+        "--out",
+        &out,
+    ]);
+    assert!(
+        stdout.contains("input tokens [0, 2, 3, 4, 5, 6, 10]"),
+        "{stdout}"
+    );
+    let commitment = run.join("commitment.json");
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&commitment).unwrap()).unwrap();
+    assert_eq!(
+        c["statement"]["input_text"]["text"],
+        "the verifier checks a trace."
+    );
+    let opened = dir.path().join("opened").display().to_string();
+    let trace = run.join("trace.safetensors").display().to_string();
+    run_ok(&[
+        "open",
+        &trace,
+        "--non-interactive",
+        "--samples",
+        "4",
+        "--out",
+        &opened,
+    ]);
+    let opening = dir
+        .path()
+        .join("opened/opening-0.json")
+        .display()
+        .to_string();
+    let verify = |commitment: &str, model: &str| {
+        veritrace(&[
+            "verify",
+            "--commitment",
+            commitment,
+            "--opening",
+            &opening,
+            "--non-interactive",
+            "--samples",
+            "4",
+            "--model",
+            model,
+        ])
+    };
+    let commitment_s = commitment.display().to_string();
+    assert_eq!(verify(&commitment_s, &ckpt).code, 0);
+    // the verifier's preset has no tokenizer: it cannot check the text and rejects
+    let o = verify(&commitment_s, "tiny");
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    // another text under the same tokens
+    let mut forged = c.clone();
+    forged["statement"]["input_text"]["text"] = "the verifier checks a trace".into();
+    let forged_path = dir.path().join("forged.json");
+    std::fs::write(&forged_path, forged.to_string()).unwrap();
+    let o = verify(&forged_path.display().to_string(), &ckpt);
+    assert_eq!(o.code, 1, "{}{}", o.stdout, o.stderr);
+    assert!(o.stdout.contains("tokenization"), "{}", o.stdout);
+    // refused inputs
+    let other = dir.path().join("other").display().to_string();
+    for args in [
+        vec![
+            "prove",
+            "--model",
+            "tiny",
+            "--text",
+            "the trace",
+            "--out",
+            &other,
+        ],
+        vec![
+            "prove",
+            "--model",
+            &ckpt,
+            "--text",
+            "the trace",
+            "--chat",
+            "--out",
+            &other,
+        ],
+        vec![
+            "prove", "--model", &ckpt, "--text", "x", "--prompt", "1,2", "--out", &other,
+        ],
+    ] {
+        let o = veritrace(&args);
+        assert_eq!(o.code, 2, "{args:?}: {}{}", o.stdout, o.stderr);
+    }
 }

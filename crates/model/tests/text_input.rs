@@ -7,9 +7,8 @@ use veritrace_commit::{Digest, HasherId};
 use veritrace_model::{LlamaModel, ModelError, Setup};
 use veritrace_protocol::Recompute;
 
-/// A word-level tokenizer.json with a post-processor that adds `<s>` (written with a trailing
-/// newline: 844 bytes).
-const TOKENIZER: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[{"id":0,"content":"<s>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true},{"id":1,"content":"<unk>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<s>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],"pair":[{"SpecialToken":{"id":"<s>","type_id":0}},{"Sequence":{"id":"A","type_id":0}},{"Sequence":{"id":"B","type_id":1}}],"special_tokens":{"<s>":{"id":"<s>","ids":[0],"tokens":["<s>"]}}},"decoder":null,"model":{"type":"WordLevel","vocab":{"<s>":0,"<unk>":1,"the":2,"verifier":3,"checks":4,"a":5,"trace":6,"user":7,":":8,"assistant":9,".":10},"unk_token":"<unk>"}}"#;
+/// A word-level tokenizer.json with a post-processor that adds `<s>` (844 bytes).
+const TOKENIZER: &str = include_str!("fixtures/wordlevel-tokenizer.json");
 
 /// A chat template using a Python string method (`strip`) and the special tokens.
 const TEMPLATE: &str = r#"{{ bos_token }} user : {{ messages[0]["content"].strip() }}{% if add_generation_prompt %} assistant :{% endif %}"#;
@@ -27,7 +26,7 @@ fn checkpoint(chat: bool) -> tempfile::TempDir {
         .unwrap()
         .save(dir.path())
         .unwrap();
-    std::fs::write(dir.path().join("tokenizer.json"), format!("{TOKENIZER}\n")).unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), TOKENIZER).unwrap();
     let mut config = serde_json::json!({"bos_token": "<s>", "unk_token": "<unk>"});
     if chat {
         config["chat_template"] = TEMPLATE.into();

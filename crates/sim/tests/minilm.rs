@@ -80,3 +80,55 @@ fn encoder_scenarios_refuse_generation_and_model_swap() {
     );
     assert!(matches!(Simulation::new(s), Err(SimError::Scenario(_))));
 }
+
+/// `prompts.text`: the pool is the texts through MiniLM's tokenizer.json, each prover run's
+/// statement binds its text, the simulated verifier checks that binding, and a text longer than
+/// `prompts.tokens`, a chat template MiniLM does not have, or a count other than the number of
+/// texts is refused.
+#[test]
+fn text_prompts_are_tokenized_bound_and_checked() {
+    if !installed() {
+        return;
+    }
+    let texts = [
+        "A verifier samples cells of the trace and recomputes them.",
+        "Honest noise is small; a change of algorithm is not.",
+    ];
+    let mut s = scenario(20);
+    s.prompts.text = texts.iter().map(|t| t.to_string()).collect();
+    s.adversaries.retain(|a| {
+        matches!(
+            a.label().as_str(),
+            "honest" | "setup f32/attn=eager/quant=int4-g32"
+        )
+    });
+    let sim = Simulation::new(s.clone()).unwrap();
+    let tokenizer = sim.model().tokenizer().unwrap();
+    for (i, t) in texts.iter().enumerate() {
+        let want = tokenizer.encode(t, false).unwrap();
+        assert_eq!(sim.prompt(i as u64), want);
+        let run = sim
+            .prover_run(&s.adversaries[0].adversary, 0, i as u64)
+            .unwrap();
+        let bound = run
+            .statement
+            .input_text
+            .as_ref()
+            .expect("the text is bound");
+        assert_eq!(bound.text, *t);
+        assert_eq!(run.statement.input_tokens, want);
+    }
+    let r = sim.run(&|| {}).unwrap();
+    assert_eq!(r.adversaries[0].detected, 0, "{:?}", r.adversaries[0]);
+    assert!(r.adversaries[1].detection > 0.9, "{:?}", r.adversaries[1]);
+
+    let mut long = s.clone();
+    long.prompts.tokens = 5;
+    assert!(matches!(Simulation::new(long), Err(SimError::Scenario(m)) if m.contains("tokens")));
+    let mut chat = s.clone();
+    chat.prompts.chat = true;
+    assert!(matches!(Simulation::new(chat), Err(SimError::Scenario(m)) if m.contains("chat")));
+    let mut count = s;
+    count.prompts.count = 3;
+    assert!(matches!(Simulation::new(count), Err(SimError::Scenario(m)) if m.contains("count")));
+}
