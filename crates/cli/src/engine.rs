@@ -1,18 +1,13 @@
-//! Turning a `--model` argument into an [`Engine`]: [`load_engine`] is the one place every verb
-//! that runs a model goes through, and the one place to extend when a new loader exists.
+//! Turning a `--model` argument into a model: [`load_model`] is the one place every verb that
+//! runs a model goes through; it calls [`veritrace_model::load`] (where a new architecture is
+//! registered) and turns its refusals into messages about the argument.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use thiserror::Error;
-use veritrace_model::{minilm_dir, BertModel, Engine, LlamaModel, ModelConfig, ModelError};
+use veritrace_model::ModelError;
+pub use veritrace_model::{MINILM, PRESETS};
 use veritrace_sim::SimModel;
-
-/// The built-in presets [`load_engine`] accepts by name.
-pub const PRESETS: [&str; 2] = ["tiny", "small"];
-
-/// The name [`load_engine`] accepts for the installed all-MiniLM-L6-v2
-/// ([`veritrace_model::minilm_dir`]).
-pub const MINILM: &str = "minilm";
 
 /// Every way [`load_engine`] refuses a model argument.
 #[derive(Debug, Error)]
@@ -47,15 +42,6 @@ pub enum EngineLoadError {
         files = veritrace_model::MODEL_FILES.join(", ")
     )]
     MiniLmNotInstalled,
-    /// The argument names a BERT encoder, but the verb needs a decoder (it generates tokens).
-    #[error(
-        "model {spec:?} is a BERT encoder; this command needs a Llama-style decoder (a preset \
-         tiny or small, or a Llama-style checkpoint directory)"
-    )]
-    NotADecoder {
-        /// The argument.
-        spec: String,
-    },
     /// A loader accepted the argument but failed to build the model.
     /// (Not a `#[source]`: the message already holds it, and the CLI prints the chain.)
     #[error("model {spec:?}: {error}")]
@@ -72,111 +58,44 @@ fn looks_like_path(spec: &str) -> bool {
     spec.contains(['/', '\\']) || spec.starts_with('.') || Path::new(spec).exists()
 }
 
-/// What a `--model` argument names, before anything is loaded.
-enum Spec<'a> {
-    /// A built-in seeded preset.
-    Preset(&'a str),
-    /// A Llama-style checkpoint directory.
-    Llama(&'a Path),
-    /// A BERT checkpoint directory (the installed MiniLM included).
-    Bert(PathBuf),
-}
-
-/// Resolves `spec` without loading weights: a preset, `minilm`, or a directory whose
-/// `config.json` has `"model_type": "bert"` (BERT) or not (Llama-style).
-fn resolve(spec: &str) -> Result<Spec<'_>, EngineLoadError> {
-    if PRESETS.contains(&spec) {
-        return Ok(Spec::Preset(spec));
-    }
-    if spec == MINILM {
-        return minilm_dir()
-            .map(Spec::Bert)
-            .ok_or(EngineLoadError::MiniLmNotInstalled);
-    }
-    if !looks_like_path(spec) {
-        return Err(EngineLoadError::Unknown {
-            spec: spec.to_string(),
-        });
-    }
-    let path = Path::new(spec);
-    let config = path.join("config.json");
-    if !config.is_file() {
-        return Err(EngineLoadError::PathNotSupported {
-            spec: spec.to_string(),
-        });
-    }
-    let model_type = std::fs::read(&config)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|v| v.get("model_type")?.as_str().map(str::to_string));
-    if model_type.as_deref() == Some("bert") {
-        Ok(Spec::Bert(path.to_path_buf()))
-    } else {
-        Ok(Spec::Llama(path))
-    }
-}
-
-/// The decoder a `--model` argument names: a preset of [`PRESETS`] (seeded weights) or a
-/// Llama-style checkpoint directory ([`LlamaModel::load`]), for the verbs that generate tokens.
-///
-/// # Errors
-/// [`EngineLoadError`]: an unknown name, a path that is not a checkpoint directory, a BERT
-/// encoder ([`EngineLoadError::NotADecoder`]), or a model that fails to load.
-pub fn load_llama(spec: &str) -> Result<LlamaModel, EngineLoadError> {
-    let model_err = |error| EngineLoadError::Model {
-        spec: spec.to_string(),
-        error,
-    };
-    match resolve(spec) {
-        Ok(Spec::Preset(name)) => ModelConfig::preset(name)
-            .and_then(LlamaModel::new)
-            .map_err(model_err),
-        Ok(Spec::Llama(path)) => LlamaModel::load(path).map_err(model_err),
-        Ok(Spec::Bert(_)) | Err(EngineLoadError::MiniLmNotInstalled) => {
-            Err(EngineLoadError::NotADecoder {
-                spec: spec.to_string(),
-            })
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// The model a `--model` argument names, as the simulator and the protocol verbs hold it: a
-/// decoder as [`load_llama`] reads it, `minilm` (the installed all-MiniLM-L6-v2,
-/// [`veritrace_model::minilm_dir`]), or a BERT checkpoint directory (`config.json` with
-/// `"model_type": "bert"`, read by [`BertModel::load`]).
+/// The model a `--model` argument names ([`veritrace_model::load`], the one loader every verb
+/// and the simulator use): a preset of [`PRESETS`] (seeded weights), [`MINILM`] (the installed
+/// all-MiniLM-L6-v2), or a checkpoint directory of a registered architecture
+/// ([`veritrace_model::ARCHITECTURES`]: Llama, Qwen2, Mistral, BERT).
 ///
 /// # Errors
 /// [`EngineLoadError`]: an unknown name, a path that is not a checkpoint directory, `minilm`
 /// when it is not installed, or a model that fails to load.
 pub fn load_model(spec: &str) -> Result<SimModel, EngineLoadError> {
-    match resolve(spec)? {
-        Spec::Bert(dir) => {
-            BertModel::load(&dir)
-                .map(SimModel::Bert)
-                .map_err(|error| EngineLoadError::Model {
-                    spec: spec.to_string(),
-                    error,
-                })
+    veritrace_model::load(spec).map_err(|error| match error {
+        ModelError::UnknownModel { .. } if looks_like_path(spec) => {
+            EngineLoadError::PathNotSupported {
+                spec: spec.to_string(),
+            }
         }
-        Spec::Preset(_) | Spec::Llama(_) => load_llama(spec).map(SimModel::Llama),
-    }
+        ModelError::UnknownModel { .. } => EngineLoadError::Unknown {
+            spec: spec.to_string(),
+        },
+        ModelError::MiniLmNotInstalled => EngineLoadError::MiniLmNotInstalled,
+        error => EngineLoadError::Model {
+            spec: spec.to_string(),
+            error,
+        },
+    })
 }
 
 /// The engine a `--model` argument names ([`load_model`]), for the verbs that only trace.
 ///
 /// # Errors
 /// As [`load_model`].
-pub fn load_engine(spec: &str) -> Result<Box<dyn Engine>, EngineLoadError> {
-    Ok(match load_model(spec)? {
-        SimModel::Llama(m) => Box::new(m),
-        SimModel::Bert(m) => Box::new(m),
-    })
+pub fn load_engine(spec: &str) -> Result<SimModel, EngineLoadError> {
+    load_model(spec)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use veritrace_model::LlamaModel;
 
     #[test]
     fn presets_load_and_other_names_are_refused() {
@@ -196,16 +115,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let preset = LlamaModel::preset("tiny").unwrap();
         preset.save(dir.path()).unwrap();
-        let loaded = load_llama(dir.path().to_str().unwrap()).unwrap();
+        let loaded = load_model(dir.path().to_str().unwrap()).unwrap();
         assert_eq!(loaded.digest(), preset.digest());
         // A directory whose config.json is not a Llama config is a model error.
         std::fs::write(dir.path().join("config.json"), "{}").unwrap();
         assert!(matches!(
-            load_llama(dir.path().to_str().unwrap()),
+            load_model(dir.path().to_str().unwrap()),
             Err(EngineLoadError::Model { .. })
         ));
-        // A BERT config goes to the encoder's loader (here: no weights file), and the decoder
-        // verbs refuse it by name.
+        // A BERT config goes to the encoder's loader (here: no weights file).
         std::fs::write(
             dir.path().join("config.json"),
             r#"{"model_type": "bert", "vocab_size": 50}"#,
@@ -216,14 +134,18 @@ mod tests {
             load_engine(spec),
             Err(EngineLoadError::Model { .. })
         ));
-        assert!(matches!(
-            load_llama(spec),
-            Err(EngineLoadError::NotADecoder { .. })
-        ));
+        // An unknown model_type is refused by name.
+        std::fs::write(dir.path().join("config.json"), r#"{"model_type": "gemma"}"#).unwrap();
+        match load_model(spec) {
+            Err(EngineLoadError::Model { error, .. }) => {
+                assert!(error.to_string().contains("gemma"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn minilm_loads_when_installed_and_is_not_a_decoder() {
+    fn minilm_loads_when_installed_and_is_an_encoder() {
         match veritrace_model::minilm_dir() {
             Some(dir) => {
                 let e = load_engine(MINILM).unwrap();
@@ -239,9 +161,8 @@ mod tests {
                 assert!(err.to_string().contains("scripts/install-minilm.sh"));
             }
         }
-        assert!(matches!(
-            load_llama(MINILM),
-            Err(EngineLoadError::NotADecoder { .. })
-        ));
+        if let Ok(m) = load_model(MINILM) {
+            assert!(m.is_encoder());
+        }
     }
 }

@@ -30,12 +30,11 @@ use clap::Args;
 use rand_core::{OsRng, RngCore};
 use thiserror::Error;
 use veritrace_commit::HasherId;
-use veritrace_model::{read_trace, write_trace, Engine, Setup};
+use veritrace_model::{read_trace, write_trace, Setup};
 use veritrace_protocol::sampling::sample_cells;
 use veritrace_protocol::{
     Challenge, ChallengeParams, Commitment, Message, Opening, Prover, SamplingStrategy,
 };
-use veritrace_sim::SimModel;
 
 use crate::engine::load_model;
 
@@ -166,10 +165,10 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .hasher
         .parse()
         .map_err(|_| VerbInputError::Argument(format!("--hasher {:?}", args.hasher)))?;
-    let output = match (&model, args.output) {
-        (SimModel::Llama(_), n) => n.unwrap_or(8),
-        (SimModel::Bert(_), None | Some(0)) => 0,
-        (SimModel::Bert(_), Some(_)) => {
+    let output = match (model.is_encoder(), args.output) {
+        (false, n) => n.unwrap_or(8),
+        (true, None | Some(0)) => 0,
+        (true, Some(_)) => {
             return Err(VerbInputError::Argument(format!(
                 "model {:?} is an encoder: it generates no tokens, so --output must be 0",
                 args.model
@@ -183,9 +182,9 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         )
         .into());
     }
-    let (prompt, input_text) = match (&args.prompt, &args.text, &model) {
-        (Some(p), _, _) => (parse_tokens(p)?, None),
-        (None, Some(text), _) => {
+    let (prompt, input_text) = match (&args.prompt, &args.text) {
+        (Some(p), _) => (parse_tokens(p)?, None),
+        (None, Some(text)) => {
             let tokenizer = model.tokenizer().ok_or_else(|| {
                 VerbInputError::Argument(format!(
                     "--text: model {:?} has no tokenizer.json; give token ids with --prompt",
@@ -195,21 +194,11 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let (tokens, binding) = tokenizer.input_text(text, args.chat)?;
             (tokens, Some(binding))
         }
-        (None, None, SimModel::Llama(m)) => (m.prompt(args.prompt_seed, args.prompt_tokens), None),
-        (None, None, SimModel::Bert(m)) => (
-            Engine::prompt(m, args.prompt_seed, args.prompt_tokens),
-            None,
-        ),
+        (None, None) => (model.prompt(args.prompt_seed, args.prompt_tokens), None),
     };
     let runner = veritrace_model::Runner::new(args.device)?;
-    let (statement, trace, leaves) = match &model {
-        SimModel::Llama(m) => {
-            runner.llama_prove_run_committed(m, &setup, &prompt, output, args.chunk, hasher)?
-        }
-        SimModel::Bert(m) => {
-            runner.bert_prove_encode_committed(m, &setup, &prompt, args.chunk, hasher)?
-        }
-    };
+    let (statement, trace, leaves) =
+        model.prove_committed(&runner, &setup, &prompt, output, args.chunk, hasher)?;
     let mut statement = statement;
     statement.input_text = input_text;
     std::fs::create_dir_all(&args.out)

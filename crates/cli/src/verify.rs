@@ -187,7 +187,7 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 out,
             );
         }
-        if let Err(reason) = check_opening(&commitment, &c.cells, o, &policy, &model) {
+        if let Err(reason) = check_opening(&commitment, &c.cells, o, &policy, &*model) {
             return decide(Verdict::Reject(reason), args.json, out);
         }
     }

@@ -1257,3 +1257,128 @@ fn check_tile(tile: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// BERT's entry in [`crate::ARCHITECTURES`]: `bert` checkpoints, read by [`BertModel::load`].
+pub const ARCHITECTURE: crate::Architecture = crate::Architecture {
+    model_types: &["bert"],
+    load: |dir| Ok(Arc::new(BertModel::load(dir)?)),
+};
+
+/// An encoder generates nothing: `output` must be 0.
+fn no_output(output: usize) -> Result<()> {
+    if output != 0 {
+        return Err(ModelError::InvalidArgument(format!(
+            "an encoder generates no tokens; {output} output tokens asked for"
+        )));
+    }
+    Ok(())
+}
+
+impl crate::Model for BertModel {
+    fn digest(&self) -> Digest {
+        BertModel::digest(self)
+    }
+
+    fn architecture(&self) -> &'static str {
+        "bert"
+    }
+
+    fn is_encoder(&self) -> bool {
+        true
+    }
+
+    fn dependency(&self) -> veritrace_protocol::Dependency {
+        veritrace_protocol::Dependency::Bidirectional
+    }
+
+    /// A `[CLS] … [SEP]` sequence of ordinary WordPieces keyed by `key`
+    /// ([`crate::bert_prompt`]).
+    fn sim_prompt(&self, key: u64, len: usize, _next_u32: &mut dyn FnMut() -> u32) -> Vec<u32> {
+        crate::bert_prompt(self.config.vocab_size, key, len)
+    }
+
+    fn prove_committed(
+        &self,
+        runner: &crate::Runner,
+        setup: &crate::Setup,
+        prompt: &[u32],
+        output: usize,
+        chunk: u32,
+        hasher: veritrace_commit::HasherId,
+    ) -> Result<crate::CommittedRun> {
+        no_output(output)?;
+        runner.bert_prove_encode_committed(self, setup, prompt, chunk, hasher)
+    }
+
+    fn prove_on(
+        &self,
+        runner: &crate::Runner,
+        setup: &crate::Setup,
+        prompt: &[u32],
+        output: usize,
+        chunk: u32,
+        hasher: veritrace_commit::HasherId,
+    ) -> Result<(veritrace_protocol::Statement, crate::Trace)> {
+        no_output(output)?;
+        runner.bert_prove_encode(self, setup, prompt, chunk, hasher)
+    }
+
+    fn input_rows(&self, n: usize, _chunk: usize, _j: usize) -> Range<usize> {
+        0..n
+    }
+
+    fn recompute_cell_on(
+        &self,
+        runner: &crate::Runner,
+        setup: &crate::Setup,
+        chunk: usize,
+        layer: usize,
+        j: usize,
+        inputs: crate::CellInputs<'_>,
+    ) -> Result<Vec<f32>> {
+        runner.bert_recompute_cell(self, setup, chunk, layer, j, inputs)
+    }
+
+    fn recompute_on<'a>(
+        &'a self,
+        runner: &'a crate::Runner,
+    ) -> Box<dyn veritrace_protocol::Recompute + 'a> {
+        Box::new(crate::RecomputeOn {
+            model: self,
+            runner,
+        })
+    }
+
+    fn logits_from_row(&self, _setup: &crate::Setup, _row: &[f32]) -> Result<Vec<f32>> {
+        Err(ModelError::InvalidArgument(
+            "an encoder has no LM head: no logits".into(),
+        ))
+    }
+
+    fn swap_model(&self) -> Result<Arc<dyn crate::Model>> {
+        Err(ModelError::InvalidArgument(
+            "model-swap needs a seeded decoder (tiny, small); an encoder has no cheaper variant \
+             of its own shape"
+                .into(),
+        ))
+    }
+
+    fn cell_cost(
+        &self,
+        setup: &crate::Setup,
+        reference: &crate::Setup,
+        layer: u32,
+        rows: Range<u32>,
+        n: u32,
+    ) -> f64 {
+        crate::cost::encoder_cell_cost(
+            self.config.hidden_size,
+            self.config.intermediate_size,
+            setup,
+            reference,
+            layer,
+            rows,
+            n,
+        )
+    }
+}

@@ -35,7 +35,9 @@
 // Only the `cuda` module (driver calls and kernel launches through cudarc) may use `unsafe`.
 #![deny(unsafe_code)]
 
+mod arch;
 pub mod bert;
+pub mod cost;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device;
@@ -52,6 +54,7 @@ pub mod setup;
 mod tokenizer;
 mod trace;
 
+pub use arch::{load, Architecture, Model, ARCHITECTURES, MINILM, PRESETS};
 pub use bert::{minilm_dir, BertConfig, BertModel, MINILM_ENV, MODEL_FILES};
 pub use device::{list_devices, CommittedRun, Device, DeviceInfo, Runner, GPU_MAX_TILE};
 pub use engine::{bert_prompt, seeded_prompt, Engine, OnDevice};
@@ -73,6 +76,23 @@ pub enum ModelError {
     /// No preset has this name.
     #[error("unknown model preset {0:?} (known: tiny, small)")]
     UnknownPreset(String),
+    /// [`load`]: the name is no preset, not `minilm`, and no directory with a `config.json`.
+    #[error(
+        "model {spec:?}: not a built-in model (tiny, small, minilm) nor a checkpoint directory \
+         (config.json with model.safetensors or model.safetensors.index.json)"
+    )]
+    UnknownModel {
+        /// The name given.
+        spec: String,
+    },
+    /// [`load`]: `minilm` was asked for but all-MiniLM-L6-v2 is not installed.
+    #[error(
+        "model \"minilm\": all-MiniLM-L6-v2 is not installed (looked in ${env} if set, else \
+         models/all-MiniLM-L6-v2 under the workspace root); run \
+         `bash scripts/install-minilm.sh`",
+        env = MINILM_ENV
+    )]
+    MiniLmNotInstalled,
     /// A configuration is inconsistent (zero sizes, heads not dividing the width, …).
     #[error("invalid model configuration: {0}")]
     InvalidConfig(String),

@@ -2104,3 +2104,109 @@ fn check_tile(tile: usize) -> Result<()> {
     }
     Ok(())
 }
+
+/// The Llama family's entry in [`crate::ARCHITECTURES`]: `llama` (or no `model_type`), `qwen2`
+/// and `mistral` checkpoints, read by [`LlamaModel::load`].
+pub const ARCHITECTURE: crate::Architecture = crate::Architecture {
+    model_types: &["", "llama", "qwen2", "mistral"],
+    load: |dir| Ok(Arc::new(LlamaModel::load(dir)?)),
+};
+
+impl crate::Model for LlamaModel {
+    fn digest(&self) -> Digest {
+        LlamaModel::digest(self)
+    }
+
+    fn architecture(&self) -> &'static str {
+        self.config.architecture()
+    }
+
+    fn is_encoder(&self) -> bool {
+        false
+    }
+
+    fn dependency(&self) -> veritrace_protocol::Dependency {
+        self.config.dependency()
+    }
+
+    /// Uniform ids below the vocabulary: `next_u32() mod vocab`.
+    fn sim_prompt(&self, _key: u64, len: usize, next_u32: &mut dyn FnMut() -> u32) -> Vec<u32> {
+        let vocab = self.config.vocab_size as u32;
+        (0..len).map(|_| next_u32() % vocab).collect()
+    }
+
+    fn prove_committed(
+        &self,
+        runner: &crate::Runner,
+        setup: &Setup,
+        prompt: &[u32],
+        output: usize,
+        chunk: u32,
+        hasher: veritrace_commit::HasherId,
+    ) -> Result<crate::CommittedRun> {
+        runner.llama_prove_run_committed(self, setup, prompt, output, chunk, hasher)
+    }
+
+    fn prove_on(
+        &self,
+        runner: &crate::Runner,
+        setup: &Setup,
+        prompt: &[u32],
+        output: usize,
+        chunk: u32,
+        hasher: veritrace_commit::HasherId,
+    ) -> Result<(veritrace_protocol::Statement, crate::Trace)> {
+        runner.llama_prove_run(self, setup, prompt, output, chunk, hasher)
+    }
+
+    fn input_rows(&self, n: usize, chunk: usize, j: usize) -> Range<usize> {
+        0..((j + 1) * chunk).min(n)
+    }
+
+    fn recompute_cell_on(
+        &self,
+        runner: &crate::Runner,
+        setup: &Setup,
+        chunk: usize,
+        layer: usize,
+        j: usize,
+        inputs: CellInputs<'_>,
+    ) -> Result<Vec<f32>> {
+        runner.llama_recompute_cell(self, setup, chunk, layer, j, inputs)
+    }
+
+    fn recompute_on<'a>(
+        &'a self,
+        runner: &'a crate::Runner,
+    ) -> Box<dyn veritrace_protocol::Recompute + 'a> {
+        Box::new(crate::RecomputeOn {
+            model: self,
+            runner,
+        })
+    }
+
+    fn logits_from_row(&self, setup: &Setup, row: &[f32]) -> Result<Vec<f32>> {
+        LlamaModel::logits_from_row(self, setup, row)
+    }
+
+    /// The configuration with a quarter of the MLP width and the next seed, seeded weights.
+    fn swap_model(&self) -> Result<Arc<dyn crate::Model>> {
+        let c = &self.config;
+        Ok(Arc::new(LlamaModel::new(ModelConfig {
+            intermediate_size: c.intermediate_size.div_ceil(4),
+            seed: c.seed.wrapping_add(1),
+            ..c.clone()
+        })?))
+    }
+
+    fn cell_cost(
+        &self,
+        setup: &Setup,
+        reference: &Setup,
+        layer: u32,
+        rows: Range<u32>,
+        _n: u32,
+    ) -> f64 {
+        crate::cost::cell_cost(&self.config, setup, reference, layer, rows)
+    }
+}

@@ -210,7 +210,7 @@ impl Simulation {
     /// Loads the model, and calibrates the tolerance on honest other-hardware runs.
     pub fn new(scenario: Scenario) -> Result<Self, SimError> {
         scenario.validate()?;
-        let model = SimModel::load(&scenario.model)?;
+        let model = crate::model::load_model(&scenario.model)?;
         if model.is_encoder() && scenario.prompts.output != 0 {
             return Err(SimError::Scenario(format!(
                 "model {}: an encoder generates no tokens; set prompts.output = 0",
@@ -512,7 +512,7 @@ impl Simulation {
         prompt: &[u32],
     ) -> Result<(Statement, Trace), SimError> {
         let p = &self.scenario.protocol;
-        let (mut statement, trace) = model.prove_run_on(
+        let (mut statement, trace) = model.prove_on(
             &self.prover,
             setup,
             prompt,
@@ -539,9 +539,9 @@ impl Simulation {
         }
     }
 
-    /// A cheaper model of the same shape ([`SimModel::swap_model`]).
+    /// A cheaper model of the same shape ([`veritrace_model::Model::swap_model`]).
     pub fn swap_model(&self) -> Result<SimModel, SimError> {
-        self.model.swap_model()
+        Ok(self.model.swap_model()?)
     }
 
     /// `⌈f · n⌉` distinct cells drawn from `cells`, keyed by the scenario seed.
@@ -683,7 +683,7 @@ impl Simulation {
             .map(|&cell| -> Result<Option<CellId>, SimError> {
                 let opening = prover.open_cells(0, &[cell], 0)?;
                 Ok(
-                    check_opening(&commitment, &[cell], &opening, &self.policy, &self.model)
+                    check_opening(&commitment, &[cell], &opening, &self.policy, &*self.model)
                         .err()
                         .map(|_| cell),
                 )

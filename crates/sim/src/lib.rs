@@ -21,7 +21,7 @@
 
 pub mod adversary;
 pub mod calibration;
-pub mod cost;
+pub use veritrace_model::cost;
 pub mod engine;
 pub mod fast;
 pub mod model;
@@ -38,7 +38,7 @@ pub use engine::{
     AdversaryResult, CalibrationSummary, CorridorResult, EngineMode, ProverRun, SimReport,
     Simulation,
 };
-pub use model::{SimModel, SimVerifier};
+pub use model::{load_model, SimModel, SimVerifier};
 pub use scenario::{AdversarySpec, Scenario, DEFAULT_SCENARIO};
 
 use thiserror::Error;

@@ -1,6 +1,6 @@
 //! Compute cost model: FLOPs of the decoder per cell, weighted by operand width.
 //!
-//! For a layer of the decoder of [`veritrace_model::llama`] with width `d`, head size `h`,
+//! For a layer of the decoder of [`crate::llama`] with width `d`, head size `h`,
 //! `n_q` query heads, `n_kv` key/value heads and MLP width `m`, one token row costs
 //!
 //! ```text
@@ -9,13 +9,13 @@
 //! ```
 //!
 //! FLOPs, where `c_s` is the number of keys the row scores (its causal context `p + 1`, or the
-//! window `min(W, p + 1)`) and `c_v` the number it sums values over (`c_s`, or `min(K, c_s)` for
+//! window `min(W, p + 1)` of the setup or of the model) and `c_v` the number it sums values over (`c_s`, or `min(K, c_s)` for
 //! top-k). *Cost* weights linear FLOPs by the weight operand's width relative to the claimed
 //! setup's precision (int8 = 8 bits, int4 = 4, bf16/f16 = 16, f32 = 32) and attention FLOPs by the
 //! activation width: a memory-bound approximation of inference cost, not a timing. A skipped or
 //! reused layer costs nothing; reduction-order changes cost the same as the reference.
 
-use veritrace_model::{Attention, ModelConfig, QuantScheme, Setup};
+use crate::{Attention, ModelConfig, QuantScheme, Setup};
 
 /// Cost of one row at position `p` of a layer under `setup`, relative widths against
 /// `reference` (in FLOP-equivalents).
@@ -27,7 +27,8 @@ pub fn row_cost(config: &ModelConfig, setup: &Setup, reference: &Setup, p: u64) 
         config.intermediate_size as f64,
     );
     let linear = 2.0 * d * nq * h + 4.0 * d * nkv * h + 2.0 * nq * h * d + 6.0 * d * m;
-    let ctx = (p + 1) as f64;
+    // the model's own window (Mistral) bounds the context first
+    let ctx = (p + 1).min(config.window() as u64) as f64;
     let (cs, cv) = match setup.attention {
         Attention::Window { size } => (ctx.min(size as f64), ctx.min(size as f64)),
         Attention::TopK { k } => (ctx, ctx.min(k as f64)),
