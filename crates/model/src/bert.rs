@@ -109,10 +109,9 @@
 //! Prepared weights (cast and quantized) are built once per (precision, quantization) and
 //! shared by clones of the model.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 use safetensors::tensor::Dtype as StDtype;
@@ -123,8 +122,7 @@ use veritrace_commit::Digest;
 use crate::ops::dtype_of;
 use crate::setup::Order;
 use crate::{
-    first_non_finite, Attention, CellInputs, ModelError, NamedTensor, Precision, Quant, Result,
-    Setup,
+    first_non_finite, Attention, CellInputs, ModelError, NamedTensor, Precision, Result, Setup,
 };
 
 /// Environment variable naming the directory that holds all-MiniLM-L6-v2.
@@ -747,7 +745,7 @@ impl BertModel {
         self.check_setup(setup)?;
         self.check_tokens(tokens)?;
         Self::check_mask(mask, tokens.len())?;
-        check_tile(tile)?;
+        crate::ops::check_tile(tile)?;
         let n = tokens.len();
         let tiles = n.div_ceil(tile);
         let key_mask = KeyMask::new(mask, tiles * tile)?;
@@ -806,7 +804,7 @@ impl BertModel {
         mask: &[u32],
     ) -> Result<Vec<f32>> {
         self.check_setup(setup)?;
-        check_tile(tile)?;
+        crate::ops::check_tile(tile)?;
         let c = &self.config;
         if layer > c.num_hidden_layers {
             return Err(ModelError::InvalidArgument(format!(
@@ -882,57 +880,37 @@ impl BertModel {
 
     /// The weights of `setup` (precision and quantization applied), built once and cached.
     fn weights_for(&self, setup: &Setup) -> Result<Arc<Weights>> {
-        let key = (setup.precision, setup.quant);
-        let mut cache = self
-            .prepared
-            .lock()
-            .map_err(|_| ModelError::InvalidArgument("the weight cache is poisoned".into()))?;
-        if let Some(w) = cache.get(&key) {
-            return Ok(Arc::clone(w));
-        }
-        let dtype = dtype_of(setup.precision);
-        // A linear weight: quantized (if the setup says so), then in the setup's dtype.
-        let weight = |t: &Tensor| -> Result<Tensor> {
-            let t = match setup.quant {
-                Some(q) => {
-                    let (rows, cols) = t.dims2()?;
-                    let values = t.flatten_all()?.to_vec1::<f32>()?;
-                    let deq = crate::quant::quantize_dequantize(&values, rows, cols, q)?;
-                    Tensor::from_vec(deq, (rows, cols), &Device::Cpu)?
-                }
-                None => t.clone(),
-            };
-            Ok(t.to_dtype(dtype)?)
-        };
-        // A bias: never quantized, in the setup's dtype.
-        let bias = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?) };
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(Layer {
-                    wq: weight(&l.wq)?,
-                    bq: bias(&l.bq)?,
-                    wk: weight(&l.wk)?,
-                    bk: bias(&l.bk)?,
-                    wv: weight(&l.wv)?,
-                    bv: bias(&l.bv)?,
-                    wo: weight(&l.wo)?,
-                    bo: bias(&l.bo)?,
-                    attn_ln_g: l.attn_ln_g.clone(),
-                    attn_ln_b: l.attn_ln_b.clone(),
-                    wi: weight(&l.wi)?,
-                    bi: bias(&l.bi)?,
-                    wo2: weight(&l.wo2)?,
-                    bo2: bias(&l.bo2)?,
-                    out_ln_g: l.out_ln_g.clone(),
-                    out_ln_b: l.out_ln_b.clone(),
+        self.prepared.get_or_prepare(setup, || {
+            // A linear weight: quantized (if the setup says so), then in the setup's dtype; a
+            // bias: never quantized, in the setup's dtype.
+            let weight = |t: &Tensor| crate::ops::prepare_weight(t, setup, true);
+            let bias = |t: &Tensor| crate::ops::prepare_weight(t, setup, false);
+            let layers = self
+                .layers
+                .iter()
+                .map(|l| {
+                    Ok(Layer {
+                        wq: weight(&l.wq)?,
+                        bq: bias(&l.bq)?,
+                        wk: weight(&l.wk)?,
+                        bk: bias(&l.bk)?,
+                        wv: weight(&l.wv)?,
+                        bv: bias(&l.bv)?,
+                        wo: weight(&l.wo)?,
+                        bo: bias(&l.bo)?,
+                        attn_ln_g: l.attn_ln_g.clone(),
+                        attn_ln_b: l.attn_ln_b.clone(),
+                        wi: weight(&l.wi)?,
+                        bi: bias(&l.bi)?,
+                        wo2: weight(&l.wo2)?,
+                        bo2: bias(&l.bo2)?,
+                        out_ln_g: l.out_ln_g.clone(),
+                        out_ln_b: l.out_ln_b.clone(),
+                    })
                 })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let w = Arc::new(Weights { layers });
-        cache.insert(key, Arc::clone(&w));
-        Ok(w)
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Weights { layers })
+        })
     }
 
     fn arith(&self, setup: &Setup) -> Result<Arith<'_>> {
@@ -953,30 +931,19 @@ struct Weights {
     layers: Vec<Layer>,
 }
 
-/// Cache key of [`Weights`].
-type WeightKey = (Precision, Option<Quant>);
-
 /// The prepared-weights cache shared by clones of a model.
-type WeightCache = Arc<Mutex<HashMap<WeightKey, Arc<Weights>>>>;
+type WeightCache = crate::ops::WeightCache<Weights>;
 
-/// Which keys a query may attend to: the additive mask `[1, keys]` in f32 (`0` where the
-/// attention mask is 1, `−∞` where it is 0 and for the padding keys past its end) and the same
-/// as booleans.
+/// Which keys a query may attend to: visible where the attention mask is 1, hidden where it
+/// is 0 and for the padding keys past its end (the per-key part of [`crate::ops::Visibility`]).
 struct KeyMask {
-    tensor: Tensor,
     visible: Vec<bool>,
 }
 
 impl KeyMask {
     fn new(mask: &[u32], keys: usize) -> Result<Self> {
-        let visible: Vec<bool> = (0..keys).map(|k| mask.get(k) == Some(&1)).collect();
-        let values: Vec<f32> = visible
-            .iter()
-            .map(|&v| if v { 0.0 } else { f32::NEG_INFINITY })
-            .collect();
         Ok(KeyMask {
-            tensor: Tensor::from_vec(values, (1, keys), &Device::Cpu)?,
-            visible,
+            visible: (0..keys).map(|k| mask.get(k) == Some(&1)).collect(),
         })
     }
 }
@@ -1039,37 +1006,15 @@ impl Arith<'_> {
 
     /// `h_l = h_{l−1} + (h_{l−1} − h_{l−2})` in the setup's dtype.
     fn reuse_update(&self, prev: &[f32], prev2: &[f32]) -> Result<Vec<f32>> {
-        let a = self.cast(&Tensor::from_slice(prev, prev.len(), &Device::Cpu)?)?;
-        let b = self.cast(&Tensor::from_slice(prev2, prev2.len(), &Device::Cpu)?)?;
-        Ok(a.add(&a.sub(&b)?)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-    }
-
-    /// The additive mask `[tq, e]` of `window:size` for queries at positions `q0..q0 + tq`:
-    /// key `k` is visible to query `p` iff the key mask shows it and `|p − k| < size`. A query
-    /// whose window holds no visible key (only a masked or padding position can be one) sees
-    /// every visible key instead, so that no row is all `−∞`.
-    fn window_mask(&self, km: &KeyMask, q0: usize, tq: usize, size: usize) -> Result<Tensor> {
-        let e = km.visible.len();
-        let mut values = Vec::with_capacity(tq * e);
-        for p in q0..q0 + tq {
-            let in_window = |k: usize| km.visible[k] && p.abs_diff(k) < size;
-            let any = (0..e).any(in_window);
-            values.extend((0..e).map(|k| {
-                if (any && in_window(k)) || (!any && km.visible[k]) {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            }));
-        }
-        Ok(Tensor::from_vec(values, (tq, e), &Device::Cpu)?)
+        crate::ops::reuse_update(prev, prev2, self.dtype)
     }
 
     /// Multi-head attention of `q: [heads, tq, hd]` (queries at positions `q0..q0 + tq`) over
-    /// `k, v: [heads, e, hd]` (keys `0..e`) under the setup's attention; returns the context
-    /// `[tq, hidden]` in the setup's dtype. Scores are computed in the dtype, converted to f32
-    /// and scaled by `1/sqrt(hd)`; masks, the softmax and its statistics are f32; probabilities
-    /// are rounded to the dtype for the product with `v`.
+    /// `k, v: [heads, e, hd]` (keys `0..e`) under the setup's attention
+    /// ([`crate::ops::attend`]: bidirectional over the keys `km` shows, within the setup's
+    /// window); returns the context `[tq, hidden]` in the setup's dtype. Scores are computed in
+    /// the dtype, converted to f32 and scaled by `1/sqrt(hd)`; masks, the softmax and its
+    /// statistics are f32; probabilities are rounded to the dtype for the product with `v`.
     fn attention(
         &self,
         q: &Tensor,
@@ -1079,82 +1024,30 @@ impl Arith<'_> {
         q0: usize,
     ) -> Result<Tensor> {
         let (heads, rows, hd) = q.dims3()?;
-        let e = k.dim(1)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let scores_of = |k: &Tensor| -> Result<Tensor> {
             Ok(q.matmul(&k.t()?)?
                 .to_dtype(DType::F32)?
                 .affine(scale, 0.0)?)
         };
-        let ctx = match self.setup.attention {
-            Attention::Eager => {
-                let scores = scores_of(k)?.broadcast_add(&km.tensor)?;
-                self.softmax_times_v(&scores, v)?
-            }
-            Attention::Window { size } => {
-                let mask = self.window_mask(km, q0, rows, size)?;
-                let scores = scores_of(k)?.broadcast_add(&mask)?;
-                self.softmax_times_v(&scores, v)?
-            }
-            Attention::TopK { k: keep } => {
-                let scores = scores_of(k)?.broadcast_add(&km.tensor)?;
-                let mut values = scores.flatten_all()?.to_vec1::<f32>()?;
-                crate::ops::topk_mask(&mut values, e, keep);
-                let scores = Tensor::from_vec(values, (heads, rows, e), &Device::Cpu)?;
-                self.softmax_times_v(&scores, v)?
-            }
-            Attention::Tiled { block } => {
-                // Online softmax over key blocks. The mask is per key, so a block is either
-                // hidden from every query (skipped: it would contribute exactly 0) or shows
-                // each query at least one key; the running maximum is finite from the first
-                // block processed on.
-                let mut state: Option<(Tensor, Tensor, Tensor)> = None; // (m, s, o)
-                let mut k0 = 0;
-                while k0 < e {
-                    let len = block.min(e - k0);
-                    if !km.visible[k0..k0 + len].contains(&true) {
-                        k0 += len;
-                        continue;
-                    }
-                    let kb = k.narrow(1, k0, len)?;
-                    let vb = v.narrow(1, k0, len)?;
-                    let s = scores_of(&kb)?.broadcast_add(&km.tensor.narrow(1, k0, len)?)?;
-                    let bmax = s.max_keepdim(D::Minus1)?;
-                    state = Some(match state {
-                        None => {
-                            let p = s.broadcast_sub(&bmax)?.exp()?;
-                            let sum = p.sum_keepdim(D::Minus1)?;
-                            let o = p.to_dtype(self.dtype)?.matmul(&vb)?.to_dtype(DType::F32)?;
-                            (bmax, sum, o)
-                        }
-                        Some((m, sum, o)) => {
-                            let m_new = m.maximum(&bmax)?;
-                            let corr = m.sub(&m_new)?.exp()?;
-                            let p = s.broadcast_sub(&m_new)?.exp()?;
-                            let sum = sum.mul(&corr)?.add(&p.sum_keepdim(D::Minus1)?)?;
-                            let pv = p.to_dtype(self.dtype)?.matmul(&vb)?.to_dtype(DType::F32)?;
-                            let o = o.broadcast_mul(&corr)?.add(&pv)?;
-                            (m_new, sum, o)
-                        }
-                    });
-                    k0 += len;
-                }
-                let (_, sum, o) = state.ok_or_else(|| {
-                    ModelError::InvalidArgument("the attention mask hides every key".into())
-                })?;
-                o.broadcast_div(&sum)?.to_dtype(self.dtype)?
-            }
+        let visibility = crate::ops::Visibility {
+            causal: false,
+            keys: Some(&km.visible),
+            window: match self.setup.attention {
+                Attention::Window { size } => size,
+                _ => usize::MAX,
+            },
         };
+        let rule = crate::ops::AttentionRule {
+            attention: self.setup.attention,
+            visibility,
+            dtype: self.dtype,
+        };
+        let ctx = crate::ops::attend(&rule, q, k, v, q0, &scores_of)?;
         Ok(ctx
             .transpose(0, 1)?
             .contiguous()?
             .reshape((rows, heads * hd))?)
-    }
-
-    /// Softmax of f32 `scores` over the last dimension (f32 statistics), probabilities rounded
-    /// to the setup's dtype, times `v`.
-    fn softmax_times_v(&self, scores: &Tensor, v: &Tensor) -> Result<Tensor> {
-        crate::ops::softmax_times_v(scores, v, self.dtype)
     }
 
     /// The embedding rows (layer 0) of tiles `out` of `tokens` (truncated at the sequence end):
@@ -1247,15 +1140,6 @@ impl Arith<'_> {
         }
         Ok(result)
     }
-}
-
-fn check_tile(tile: usize) -> Result<()> {
-    if tile == 0 || tile > 1 << 16 {
-        return Err(ModelError::InvalidArgument(format!(
-            "the chunk size {tile} must be between 1 and 65536 rows"
-        )));
-    }
-    Ok(())
 }
 
 /// BERT's entry in [`crate::ARCHITECTURES`]: `bert` checkpoints, read by [`BertModel::load`].

@@ -83,10 +83,9 @@
 //! bitwise there. A statement binds the chunk size in its geometry, so prover and verifier use
 //! the same one.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 use rand_chacha::ChaCha20Rng;
@@ -95,7 +94,7 @@ use serde::{Deserialize, Serialize};
 use veritrace_commit::Digest;
 
 use crate::setup::Order;
-use crate::{first_non_finite, Attention, ModelError, Precision, Quant, Result, Setup};
+use crate::{first_non_finite, Attention, ModelError, Result, Setup};
 
 /// A weight tensor: name, shape and row-major f32 elements.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
@@ -1133,7 +1132,8 @@ impl LlamaModel {
     /// present with its documented shape and finite values; extra tensors are refused.
     pub fn from_tensors(config: ModelConfig, tensors: Vec<NamedTensor>) -> Result<Self> {
         config.validate()?;
-        let mut by_name: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+        let mut by_name: std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> =
+            std::collections::HashMap::new();
         for (name, shape, data) in tensors {
             if by_name.insert(name.clone(), (shape, data)).is_some() {
                 return Err(ModelError::InvalidConfig(format!(
@@ -1432,7 +1432,7 @@ impl LlamaModel {
         if tokens.is_empty() {
             return Err(ModelError::InvalidArgument("no tokens to run".into()));
         }
-        check_tile(tile)?;
+        crate::ops::check_tile(tile)?;
         let n = tokens.len();
         let arith = self.arith(setup)?;
         let (blk, blocks) = arith.blocks(tile, 0..n);
@@ -1487,7 +1487,7 @@ impl LlamaModel {
         inputs: CellInputs<'_>,
     ) -> Result<Vec<f32>> {
         self.check_setup(setup)?;
-        check_tile(tile)?;
+        crate::ops::check_tile(tile)?;
         if layer > self.config.num_layers {
             return Err(ModelError::InvalidArgument(format!(
                 "layer {layer} is beyond the model's {} layers",
@@ -1616,7 +1616,7 @@ impl LlamaModel {
             return Err(ModelError::InvalidArgument("the prompt is empty".into()));
         }
         self.check_tokens(prompt)?;
-        check_tile(tile)?;
+        crate::ops::check_tile(tile)?;
         let mut seq = prompt.to_vec();
         let d = self.config.hidden_size;
         for _ in 0..n_out {
@@ -1644,57 +1644,37 @@ impl LlamaModel {
 
     /// The weights of `setup` (precision and quantization applied), built once and cached.
     fn weights_for(&self, setup: &Setup) -> Result<Arc<Weights>> {
-        let key = (setup.precision, setup.quant);
-        let mut cache = self
-            .prepared
-            .lock()
-            .map_err(|_| ModelError::InvalidArgument("the weight cache is poisoned".into()))?;
-        if let Some(w) = cache.get(&key) {
-            return Ok(Arc::clone(w));
-        }
-        let dtype = dtype_of(setup.precision);
-        let prep = |t: &Tensor, quantize: bool| -> Result<Tensor> {
-            let t = match (quantize, setup.quant) {
-                (true, Some(q)) => {
-                    let (rows, cols) = t.dims2()?;
-                    let values = t.flatten_all()?.to_vec1::<f32>()?;
-                    let deq = crate::quant::quantize_dequantize(&values, rows, cols, q)?;
-                    Tensor::from_vec(deq, (rows, cols), &Device::Cpu)?
-                }
-                _ => t.clone(),
-            };
-            Ok(t.to_dtype(dtype)?)
-        };
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(Layer {
-                    attn_norm: l.attn_norm.clone(),
-                    wq: prep(&l.wq, true)?,
-                    wk: prep(&l.wk, true)?,
-                    wv: prep(&l.wv, true)?,
-                    wo: prep(&l.wo, true)?,
-                    mlp_norm: l.mlp_norm.clone(),
-                    w_gate: prep(&l.w_gate, true)?,
-                    w_up: prep(&l.w_up, true)?,
-                    w_down: prep(&l.w_down, true)?,
-                    b_qkv: match &l.b_qkv {
-                        // Biases are added in the setup's precision, never quantized.
-                        Some([q, k, v]) => {
-                            Some([prep(q, false)?, prep(k, false)?, prep(v, false)?])
-                        }
-                        None => None,
-                    },
+        self.prepared.get_or_prepare(setup, || {
+            let prep = |t: &Tensor, quantize: bool| crate::ops::prepare_weight(t, setup, quantize);
+            let layers = self
+                .layers
+                .iter()
+                .map(|l| {
+                    Ok(Layer {
+                        attn_norm: l.attn_norm.clone(),
+                        wq: prep(&l.wq, true)?,
+                        wk: prep(&l.wk, true)?,
+                        wv: prep(&l.wv, true)?,
+                        wo: prep(&l.wo, true)?,
+                        mlp_norm: l.mlp_norm.clone(),
+                        w_gate: prep(&l.w_gate, true)?,
+                        w_up: prep(&l.w_up, true)?,
+                        w_down: prep(&l.w_down, true)?,
+                        b_qkv: match &l.b_qkv {
+                            // Biases are added in the setup's precision, never quantized.
+                            Some([q, k, v]) => {
+                                Some([prep(q, false)?, prep(k, false)?, prep(v, false)?])
+                            }
+                            None => None,
+                        },
+                    })
                 })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Weights {
+                layers,
+                lm_head: prep(&self.lm_head, false)?,
             })
-            .collect::<Result<Vec<_>>>()?;
-        let w = Arc::new(Weights {
-            layers,
-            lm_head: prep(&self.lm_head, false)?,
-        });
-        cache.insert(key, Arc::clone(&w));
-        Ok(w)
+        })
     }
 
     fn arith(&self, setup: &Setup) -> Result<Arith<'_>> {
@@ -1725,11 +1705,8 @@ struct Weights {
     lm_head: Tensor,
 }
 
-/// Cache key of [`Weights`].
-type WeightKey = (Precision, Option<Quant>);
-
 /// The prepared-weights cache shared by clones of a model.
-type WeightCache = Arc<Mutex<HashMap<WeightKey, Arc<Weights>>>>;
+type WeightCache = crate::ops::WeightCache<Weights>;
 
 /// The arithmetic of one setup: the building blocks every layer computation goes through.
 struct Arith<'m> {
@@ -1879,9 +1856,7 @@ impl Arith<'_> {
 
     /// `h_l = h_{l−1} + (h_{l−1} − h_{l−2})` in the setup's dtype.
     fn reuse_update(&self, prev: &[f32], prev2: &[f32]) -> Result<Vec<f32>> {
-        let a = self.cast(&Tensor::from_slice(prev, prev.len(), &Device::Cpu)?)?;
-        let b = self.cast(&Tensor::from_slice(prev2, prev2.len(), &Device::Cpu)?)?;
-        Ok(a.add(&a.sub(&b)?)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+        crate::ops::reuse_update(prev, prev2, self.dtype)
     }
 
     /// The window a query sees: the model's own (Mistral's sliding window) and the setup's
@@ -1894,110 +1869,30 @@ impl Arith<'_> {
         setup.min(self.model.config.window())
     }
 
-    /// The mask of queries at positions `q0..q0 + tq` over keys `k0..k0 + e`: `0` where the
-    /// query sees the key (causal, within [`Arith::window`]), `−∞` elsewhere. f32.
-    fn mask(&self, q0: usize, tq: usize, k0: usize, e: usize) -> Result<Tensor> {
-        let window = self.window();
-        let mask: Vec<f32> = (0..tq)
-            .flat_map(|i| {
-                let p = q0 + i;
-                (k0..k0 + e).map(move |key| {
-                    if key <= p && p - key < window {
-                        0.0
-                    } else {
-                        f32::NEG_INFINITY
-                    }
-                })
-            })
-            .collect();
-        Ok(Tensor::from_vec(mask, (tq, e), &Device::Cpu)?)
-    }
-
     /// Attention of queries `q: [heads, tq, hd]` at positions `q0..` over keys and values
-    /// `[heads, e, hd]` at positions `0..e`; returns `[heads, tq, hd]` in the setup's dtype.
-    /// Scores are computed in the setup's dtype and converted to f32 before scaling, masking
-    /// and the softmax; probabilities are rounded to the dtype for the product with `v`.
+    /// `[heads, e, hd]` at positions `0..e` ([`crate::ops::attend`], causal within
+    /// [`Arith::window`]); returns `[heads, tq, hd]` in the setup's dtype. Scores are computed
+    /// in the setup's dtype and converted to f32 before scaling, masking and the softmax;
+    /// probabilities are rounded to the dtype for the product with `v`.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, q0: usize) -> Result<Tensor> {
-        let (_, tq, hd) = q.dims3()?;
-        let e = k.dim(1)?;
+        let hd = q.dim(2)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let scores_of = |k: &Tensor| -> Result<Tensor> {
             Ok(q.matmul(&k.t()?.contiguous()?)?
                 .to_dtype(DType::F32)?
                 .affine(scale, 0.0)?)
         };
-        match self.setup.attention {
-            Attention::Eager | Attention::Window { .. } => {
-                let scores = scores_of(k)?.broadcast_add(&self.mask(q0, tq, 0, e)?)?;
-                self.softmax_times_v(&scores, v)
-            }
-            Attention::TopK { k: keep } => {
-                let scores = scores_of(k)?.broadcast_add(&self.mask(q0, tq, 0, e)?)?;
-                let (heads, _, _) = scores.dims3()?;
-                let mut values = scores.flatten_all()?.to_vec1::<f32>()?;
-                crate::ops::topk_mask(&mut values, e, keep);
-                let scores = Tensor::from_vec(values, (heads, tq, e), &Device::Cpu)?;
-                self.softmax_times_v(&scores, v)
-            }
-            Attention::Tiled { block } => {
-                // Online softmax over key blocks. Under full causal attention key 0 (in the
-                // first block) is visible to every query, so the running maximum is finite from
-                // the first block on. Under a model window a block can hide every key from some
-                // query: its maximum is then −∞ and is replaced by 0 (`finite_or_zero`), so that
-                // block contributes exp(−∞) = 0 rather than NaN, and the first block with a
-                // visible key restarts the state exactly (correction exp(−∞ − m) = 0).
-                let windowed = self.model.config.sliding_window.is_some();
-                let mut state: Option<(Tensor, Tensor, Tensor)> = None; // (m, s, o)
-                let last_key = q0 + tq; // keys at or beyond this are masked for every query
-                                        // blocks wholly before every query's window are skipped (they would add 0)
-                let first_key = q0.saturating_sub(self.window().saturating_sub(1));
-                let mut k0 = if windowed {
-                    first_key / block * block
-                } else {
-                    0
-                };
-                while k0 < e.min(last_key) {
-                    let len = block.min(e - k0);
-                    let kb = k.narrow(1, k0, len)?;
-                    let vb = v.narrow(1, k0, len)?;
-                    let s = scores_of(&kb)?.broadcast_add(&self.mask(q0, tq, k0, len)?)?;
-                    let bmax = s.max_keepdim(D::Minus1)?;
-                    // what the exponents subtract: the running maximum, or 0 where it is −∞
-                    let shift = |m: &Tensor| -> Result<Tensor> {
-                        if windowed {
-                            finite_or_zero(m)
-                        } else {
-                            Ok(m.clone())
-                        }
-                    };
-                    state = Some(match state {
-                        None => {
-                            let p = s.broadcast_sub(&shift(&bmax)?)?.exp()?;
-                            let sum = p.sum_keepdim(D::Minus1)?;
-                            let o = p.to_dtype(self.dtype)?.matmul(&vb)?.to_dtype(DType::F32)?;
-                            (bmax, sum, o)
-                        }
-                        Some((m, sum, o)) => {
-                            let m_new = m.maximum(&bmax)?;
-                            let m_sub = shift(&m_new)?;
-                            let corr = m.sub(&m_sub)?.exp()?;
-                            let p = s.broadcast_sub(&m_sub)?.exp()?;
-                            let sum = sum.mul(&corr)?.add(&p.sum_keepdim(D::Minus1)?)?;
-                            let pv = p.to_dtype(self.dtype)?.matmul(&vb)?.to_dtype(DType::F32)?;
-                            let o = o.broadcast_mul(&corr)?.add(&pv)?;
-                            (m_new, sum, o)
-                        }
-                    });
-                    k0 += len;
-                }
-                let (_, sum, o) = state.expect("at least key 0 is visible");
-                Ok(o.broadcast_div(&sum)?.to_dtype(self.dtype)?)
-            }
-        }
-    }
-
-    fn softmax_times_v(&self, scores: &Tensor, v: &Tensor) -> Result<Tensor> {
-        crate::ops::softmax_times_v(scores, v, self.dtype)
+        let visibility = crate::ops::Visibility {
+            causal: true,
+            keys: None,
+            window: self.window(),
+        };
+        let rule = crate::ops::AttentionRule {
+            attention: self.setup.attention,
+            visibility,
+            dtype: self.dtype,
+        };
+        crate::ops::attend(&rule, q, k, v, q0, &scores_of)
     }
 
     /// Runs transformer layer `l` (0-based) over input rows `x` (`n` rows) in blocks of `blk`
@@ -2087,22 +1982,6 @@ impl Arith<'_> {
         }
         Ok((result, captured))
     }
-}
-
-/// `m` with every non-finite element (a maximum over keys that are all masked, −∞) replaced by
-/// 0; finite elements unchanged.
-fn finite_or_zero(m: &Tensor) -> Result<Tensor> {
-    let finite = m.ge(f64::from(f32::MIN))?;
-    Ok(finite.where_cond(m, &m.zeros_like()?)?)
-}
-
-fn check_tile(tile: usize) -> Result<()> {
-    if tile == 0 || tile > 1 << 16 {
-        return Err(ModelError::InvalidArgument(format!(
-            "the chunk size {tile} must be between 1 and 65536 rows"
-        )));
-    }
-    Ok(())
 }
 
 /// The Llama family's entry in [`crate::ARCHITECTURES`]: `llama` (or no `model_type`), `qwen2`
