@@ -16,6 +16,9 @@ with transformers' own forward and `generate` (eager attention, CPU, float32):
   21-token prompt, as the Llama cases;
 * for every decoder, 12 cells opened non-interactively and verified exactly by `veritrace verify`
   against the checkpoint;
+* transformers as the prover: its own hidden states committed with `veritrace commit --model`
+  and 12 cells verified under a relative-L2 policy of 1e-5 (accepted), and the same model run in
+  bf16 (rejected), for every decoder and MiniLM;
 * text input (`prove --text`, `--chat`) through a byte-level BPE tokenizer saved by transformers
   with a chat template: the tokens equal `tokenizer(text)` and `apply_chat_template`, the greedy
   tokens equal `generate`, the tokenizer digest equals the files' (specs/protocol.md 3.4), and
@@ -125,6 +128,12 @@ def compare_llama(binary, name, model, dir, tmp):
     ref = subprocess.run([sys.executable, REF, dir], capture_output=True, text=True)
     check(d.returncode == 0 and ref.returncode == 0 and d.stdout[:64] == ref.stdout[:64],
           f"{name}: digest {d.stdout[:16]} equals the reference's {ref.stdout[:16]}")
+    # transformers as the prover: its own trace committed and verified; in bf16, rejected
+    external(binary, name, dir, PROMPT, ours_tokens, theirs, tmp, accept=True)
+    bf16 = transformers_trace(model.to(torch.bfloat16), PROMPT + ours_tokens)
+    model.to(torch.float32)
+    external(binary, name + " in bf16 (a cheaper setup)", dir, PROMPT, ours_tokens, bf16, tmp,
+             accept=False)
     # The protocol over this checkpoint: 12 cells opened and verified bit for bit.
     opened = os.path.join(tmp, name + "-opening")
     o = veritrace(binary, "open", os.path.join(run, "trace.safetensors"), "--non-interactive",
@@ -136,6 +145,38 @@ def compare_llama(binary, name, model, dir, tmp):
           f"{name}: 12 opened cells verify exactly (open exit {o.returncode}, verify exit "
           f"{v.returncode}: {(o.stderr + v.stdout + v.stderr).strip()[:160]})")
     return d.stdout[:64]
+
+
+POLICY = {"threshold": {"metric": "rel_l2", "thresholds": {"default": 1e-5, "overrides": {}}}}
+
+
+def external(binary, name, dir, prompt, output, states, tmp, accept):
+    """An external prover: transformers' own hidden states (float32, h.L before the final
+    norm), committed with `veritrace commit --model` and verified on 12 opened cells under a
+    relative-L2 policy of 1e-5 per cell: accepted when `accept`, else rejected."""
+    from safetensors.torch import save_file
+    path = os.path.join(tmp, name + "-external.safetensors")
+    save_file({f"h.{l}": s.float().contiguous() for l, s in enumerate(states)}, path)
+    run = os.path.join(tmp, name + "-external-run")
+    c = veritrace(binary, "commit", path, "--model", dir, "--prompt", ",".join(map(str, prompt)),
+                  "--output-tokens", ",".join(map(str, output)), "--chunk", "8", "--out", run)
+    if c.returncode != 0:
+        check(False, f"{name}: veritrace commit --model exited {c.returncode}: {c.stderr}")
+        return
+    policy = os.path.join(tmp, "policy-1e-5.json")
+    with open(policy, "w") as f:
+        json.dump(POLICY, f)
+    opened = os.path.join(tmp, name + "-external-opening")
+    o = veritrace(binary, "open", os.path.join(run, "trace.safetensors"), "--non-interactive",
+                  "--samples", "12", "--out", opened)
+    v = veritrace(binary, "verify", "--commitment", os.path.join(run, "commitment.json"),
+                  "--opening", os.path.join(opened, "opening-0.json"), "--non-interactive",
+                  "--samples", "12", "--model", dir, "--tolerance", policy)
+    want = 0 if accept else 1
+    check(o.returncode == 0 and v.returncode == want,
+          f"{name}: transformers trace committed with `commit --model`, 12 cells "
+          f"{'accepted' if accept else 'rejected'} under rel_l2 1e-5 (verify exit "
+          f"{v.returncode}: {(v.stdout + v.stderr).strip()[:140]})")
 
 
 def compare_bert(binary, dir, tmp):
@@ -164,6 +205,7 @@ def compare_bert(binary, dir, tmp):
     ref = subprocess.run([sys.executable, REF, dir], capture_output=True, text=True)
     check(d.returncode == 0 and d.stdout[:64] == ref.stdout[:64],
           f"minilm: digest {d.stdout[:16]} equals the reference's {ref.stdout[:16]}")
+    external(binary, "minilm", dir, prompt, [], states, tmp, accept=True)
 
 
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n"

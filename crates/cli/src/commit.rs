@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
-use veritrace_commit::{HasherId, TraceCommitment, TraceCommitter};
+use veritrace_commit::{Dtype, HasherId, TraceCommitment, TraceCommitter};
+use veritrace_model::{write_trace, Setup, Trace};
+use veritrace_protocol::{Message, OutputRule, Prover, Statement, PROTOCOL_VERSION};
 
+use crate::engine::load_model;
+use crate::prove::{parse_tokens, VerbInputError};
 use crate::trace_file::TraceFile;
 
 /// Default number of token rows per cell.
@@ -33,6 +37,41 @@ pub struct CommitArgs {
     /// Print one JSON object (root, hasher, geometry, cells, file) instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// External prover: the model the trace claims to come from (a preset, minilm, or a
+    /// checkpoint directory). With it, `commit` checks the trace against the model (layers,
+    /// hidden size, token count, dtype) and writes the statement with the trace: --out
+    /// RUN/ gets RUN/trace.safetensors (F32, the statement in its metadata) and
+    /// RUN/commitment.json. The statement's model digest is the engine-independent digest
+    /// (specs/model-digest.md): the model is read, never run.
+    #[arg(long, requires = "out")]
+    pub model: Option<String>,
+
+    /// With --model: the input token ids, comma-separated.
+    #[arg(long, requires = "model", conflicts_with = "text")]
+    pub prompt: Option<String>,
+
+    /// With --model: the input as text, tokenized with the checkpoint's tokenizer.json and
+    /// bound in the statement (specs/protocol.md §3.4).
+    #[arg(long, requires = "model")]
+    pub text: Option<String>,
+
+    /// With --text: the text went through the checkpoint's chat template.
+    #[arg(long, requires = "text")]
+    pub chat: bool,
+
+    /// With --model: the generated token ids, comma-separated (a decoder; none for an encoder).
+    #[arg(long, requires = "model", value_name = "IDS")]
+    pub output_tokens: Option<String>,
+
+    /// With --model: the numeric setup the prover claims (canonical string).
+    #[arg(long, requires = "model", default_value = "f32/attn=eager")]
+    pub setup: String,
+
+    /// With --model: the output directory (created; an existing trace.safetensors or
+    /// commitment.json there is refused, never overwritten).
+    #[arg(long, requires = "model")]
+    pub out: Option<PathBuf>,
 }
 
 /// Accepts exactly the names of [`HasherId::ALL`] (and lists them in `--help` and in errors).
@@ -97,6 +136,9 @@ pub fn to_text(commitment: &TraceCommitment, file: &Path) -> String {
 /// Runs `veritrace commit`: loads and validates the trace, commits to it, and writes the result
 /// (text or JSON) to `out`.
 pub fn run(args: &CommitArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    if let Some(model) = &args.model {
+        return commit_external(args, model, out);
+    }
     let trace = TraceFile::open(&args.trace, args.chunk)?;
     let commitment = commit_file(&trace, args.hasher)?;
     let text = if args.json {
@@ -107,5 +149,203 @@ pub fn run(args: &CommitArgs, out: &mut impl Write) -> anyhow::Result<()> {
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
         .context("writing the result to standard output")?;
+    Ok(())
+}
+
+/// A trace layer's stored elements as f32: F32 as stored, F16 and BF16 widened (exactly).
+fn layer_f32(bytes: &[u8], dtype: Dtype, layer: usize) -> Result<Vec<f32>, VerbInputError> {
+    let out: Vec<f32> = match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(VerbInputError::Argument(format!(
+                "the trace is {other}: a model's hidden states are floating point (F32, F16 or \
+                 BF16)"
+            )))
+        }
+    };
+    if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+        return Err(VerbInputError::Argument(format!(
+            "h.{layer} holds a non-finite value at element {i}"
+        )));
+    }
+    Ok(out)
+}
+
+/// `veritrace commit TRACE --model M ... --out RUN/`: an external prover's trace, checked
+/// against the model and committed under its statement.
+fn commit_external(
+    args: &CommitArgs,
+    model_spec: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let run_dir = args
+        .out
+        .as_ref()
+        .ok_or_else(|| VerbInputError::Argument("--model needs --out RUN/".into()))?;
+    let trace_path = run_dir.join("trace.safetensors");
+    let commitment_path = run_dir.join("commitment.json");
+    for p in [&trace_path, &commitment_path] {
+        if p.exists() {
+            return Err(VerbInputError::Argument(format!(
+                "{} exists; commit writes a fresh run directory and overwrites nothing",
+                p.display()
+            ))
+            .into());
+        }
+    }
+    let file = TraceFile::open(&args.trace, args.chunk)?;
+    let model = load_model(model_spec)?;
+    let setup: Setup = args.setup.parse()?;
+    model.check_setup(&setup)?;
+    let (input, input_text) = match (&args.prompt, &args.text) {
+        (Some(p), _) => (parse_tokens(p)?, None),
+        (None, Some(text)) => {
+            let tokenizer = model.tokenizer().ok_or_else(|| {
+                VerbInputError::Argument(format!(
+                    "--text: model {model_spec:?} has no tokenizer.json; give token ids with \
+                     --prompt"
+                ))
+            })?;
+            let (tokens, binding) = tokenizer.input_text(text, args.chat)?;
+            (tokens, Some(binding))
+        }
+        (None, None) => {
+            return Err(VerbInputError::Argument(
+                "--model needs the input: --prompt IDS or --text TEXT".into(),
+            )
+            .into())
+        }
+    };
+    let output = match &args.output_tokens {
+        Some(s) if !s.trim().is_empty() => parse_tokens(s)?,
+        _ => Vec::new(),
+    };
+    if model.is_encoder() && !output.is_empty() {
+        return Err(VerbInputError::Argument(format!(
+            "model {model_spec:?} is an encoder: it generates no tokens, so --output-tokens \
+             must be empty"
+        ))
+        .into());
+    }
+    let vocab = model.vocab_size();
+    if let Some((p, t)) = input
+        .iter()
+        .chain(&output)
+        .enumerate()
+        .find(|(_, &t)| t as usize >= vocab)
+    {
+        return Err(VerbInputError::Argument(format!(
+            "token {t} at position {p} is not below the model's vocabulary size {vocab}"
+        ))
+        .into());
+    }
+    // The trace against the model: layers, width, tokens.
+    let g = *file.geometry();
+    let mismatch = |what: &str, trace: String, model: String| -> anyhow::Error {
+        VerbInputError::Argument(format!(
+            "the trace does not fit model {model_spec:?}: {what} {trace} in the trace, {model} \
+             for the model and the statement"
+        ))
+        .into()
+    };
+    if g.layers as usize != model.num_layers() + 1 {
+        return Err(mismatch(
+            "hidden states",
+            g.layers.to_string(),
+            format!(
+                "{} (h.0 .. h.{})",
+                model.num_layers() + 1,
+                model.num_layers()
+            ),
+        ));
+    }
+    if g.hidden as usize != model.hidden_size() {
+        return Err(mismatch(
+            "hidden size",
+            g.hidden.to_string(),
+            model.hidden_size().to_string(),
+        ));
+    }
+    if g.tokens as usize != input.len() + output.len() {
+        return Err(mismatch(
+            "token rows",
+            g.tokens.to_string(),
+            format!(
+                "{} ({} input + {} output)",
+                input.len() + output.len(),
+                input.len(),
+                output.len()
+            ),
+        ));
+    }
+    let layers = file
+        .layers()
+        .iter()
+        .enumerate()
+        .map(|(l, bytes)| layer_f32(bytes, g.dtype, l))
+        .collect::<Result<Vec<_>, _>>()?;
+    let widened = g.dtype != Dtype::F32;
+    let trace = Trace {
+        tokens: g.tokens as usize,
+        hidden: g.hidden as usize,
+        layers,
+        keys: Vec::new(),
+    };
+    let statement = Statement {
+        version: PROTOCOL_VERSION,
+        model_digest: model.digest(),
+        setup: setup.to_bytes(),
+        input_tokens: input,
+        output_tokens: output,
+        geometry: trace.geometry(args.chunk)?,
+        hasher: args.hasher,
+        dependency: model.dependency(),
+        output_rule: OutputRule::Greedy,
+        input_text,
+    };
+    statement.validate()?;
+    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // The trace into a temporary file of the run directory, renamed into place after the
+    // commitment is written: a run directory never holds a trace without its commitment.
+    let tmp = tempfile::Builder::new()
+        .prefix(".veritrace-trace-")
+        .suffix(".tmp")
+        .tempfile_in(run_dir)
+        .with_context(|| format!("creating a temporary file in {}", run_dir.display()))?;
+    write_trace(tmp.path(), &trace, Some(&statement))?;
+    let mut prover = Prover::new(statement, trace.layer_bytes())?;
+    let commitment = prover.commit()?;
+    crate::write_file_atomic(&commitment_path, &(commitment.to_json() + "\n"))
+        .with_context(|| format!("writing {}", commitment_path.display()))?;
+    tmp.persist(&trace_path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", trace_path.display()))?;
+    writeln!(
+        out,
+        "root {}\ntrace {}{}\ncommitment {}\nmodel {} ({})\ninput tokens {}, output tokens {}",
+        commitment.root,
+        trace_path.display(),
+        if widened {
+            format!(" ({} widened to F32 exactly)", g.dtype)
+        } else {
+            String::new()
+        },
+        commitment_path.display(),
+        commitment.statement.model_digest,
+        model.architecture(),
+        commitment.statement.input_tokens.len(),
+        commitment.statement.output_tokens.len(),
+    )?;
     Ok(())
 }

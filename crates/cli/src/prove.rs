@@ -96,7 +96,7 @@ pub fn parse_strategy(s: &str) -> Result<SamplingStrategy, VerbInputError> {
     })
 }
 
-fn parse_tokens(s: &str) -> Result<Vec<u32>, VerbInputError> {
+pub(crate) fn parse_tokens(s: &str) -> Result<Vec<u32>, VerbInputError> {
     let tokens: Result<Vec<u32>, _> = s.split(',').map(|t| t.trim().parse::<u32>()).collect();
     match tokens {
         Ok(t) if !t.is_empty() => Ok(t),
