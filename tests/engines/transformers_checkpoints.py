@@ -16,6 +16,9 @@ with transformers' own forward and `generate` (eager attention, CPU, float32):
   21-token prompt, as the Llama cases;
 * for every decoder, 12 cells opened non-interactively and verified exactly by `veritrace verify`
   against the checkpoint;
+* `veritrace import --from transformers` of transformers' own `output_hidden_states` (the
+  post-norm last entry refused, the hooked pre-norm input accepted; safetensors and torch.save),
+  then `commit --model` and `verify`;
 * transformers as the prover: its own hidden states committed with `veritrace commit --model`
   and 12 cells verified under a relative-L2 policy of 1e-5 (accepted), and the same model run in
   bf16 (rejected), for every decoder and MiniLM;
@@ -130,6 +133,7 @@ def compare_llama(binary, name, model, dir, tmp):
           f"{name}: digest {d.stdout[:16]} equals the reference's {ref.stdout[:16]}")
     # transformers as the prover: its own trace committed and verified; in bf16, rejected
     external(binary, name, dir, PROMPT, ours_tokens, theirs, tmp, accept=True)
+    import_transformers(binary, name, model, dir, tmp, PROMPT, ours_tokens)
     bf16 = transformers_trace(model.to(torch.bfloat16), PROMPT + ours_tokens)
     model.to(torch.float32)
     external(binary, name + " in bf16 (a cheaper setup)", dir, PROMPT, ours_tokens, bf16, tmp,
@@ -177,6 +181,62 @@ def external(binary, name, dir, prompt, output, states, tmp, accept):
           f"{name}: transformers trace committed with `commit --model`, 12 cells "
           f"{'accepted' if accept else 'rejected'} under rel_l2 1e-5 (verify exit "
           f"{v.returncode}: {(v.stdout + v.stderr).strip()[:140]})")
+
+
+def import_transformers(binary, name, model, dir, tmp, prompt, output):
+    """transformers' own output_hidden_states through `veritrace import --from transformers`:
+    the post-norm last entry is refused, the pre-norm input (a forward hook on model.model.norm)
+    is accepted, as safetensors and as a torch.save dict; then commit --model (which checks
+    the carried token ids) and verify under the 1e-5 policy."""
+    from safetensors.torch import save_file
+    tokens = prompt + output
+    captured = {}
+    hook = model.model.norm.register_forward_hook(
+        lambda mod, inp, out: captured.__setitem__("pre_norm", inp[0].detach()))
+    with torch.no_grad():
+        out = model(torch.tensor([tokens]), output_hidden_states=True)
+    hook.remove()
+    hs = {f"hidden_states.{i}": h.contiguous() for i, h in enumerate(out.hidden_states)}
+    hs["input_ids"] = torch.tensor([tokens])
+    post = os.path.join(tmp, name + "-hs-post.safetensors")
+    save_file(hs, post)
+    r = veritrace(binary, "import", "--from", "transformers", post, "--model", dir, "--out",
+                  os.path.join(tmp, name + "-imported-post.safetensors"))
+    check(r.returncode == 2 and "final norm" in r.stderr,
+          f"{name}: import refuses transformers' post-norm last entry (exit {r.returncode})")
+    hs["pre_norm"] = captured["pre_norm"].contiguous()
+    for kind in ("safetensors", "pt"):
+        # torch.save names the archive's folder after the file; candle's zip reader refuses
+        # some such names (e.g. "llama-theta-500000-hs"), so the file has a plain name here
+        os.makedirs(os.path.join(tmp, name + "-hs"), exist_ok=True)
+        src = os.path.join(tmp, name + "-hs", f"hidden_states.{kind}")
+        if kind == "pt":
+            torch.save(hs, src)
+        else:
+            save_file(hs, src)
+        trace = os.path.join(tmp, f"{name}-imported-{kind}.safetensors")
+        r = veritrace(binary, "import", "--from", "transformers", src, "--model", dir, "--out",
+                      trace)
+        if r.returncode != 0:
+            check(False, f"{name}: import of {kind} exited {r.returncode}: {r.stderr.strip()}")
+            continue
+        run = os.path.join(tmp, f"{name}-imported-{kind}-run")
+        c = veritrace(binary, "commit", trace, "--model", dir, "--prompt",
+                      ",".join(map(str, prompt)), "--output-tokens", ",".join(map(str, output)),
+                      "--chunk", "8", "--out", run)
+        opened = run + "-opening"
+        o = veritrace(binary, "open", os.path.join(run, "trace.safetensors"),
+                      "--non-interactive", "--samples", "12", "--out", opened)
+        policy = os.path.join(tmp, "policy-1e-5.json")
+        with open(policy, "w") as f:
+            json.dump(POLICY, f)
+        v = veritrace(binary, "verify", "--commitment", os.path.join(run, "commitment.json"),
+                      "--opening", os.path.join(opened, "opening-0.json"), "--non-interactive",
+                      "--samples", "12", "--model", dir, "--tolerance", policy)
+        check(c.returncode == 0 and o.returncode == 0 and v.returncode == 0,
+              f"{name}: output_hidden_states ({kind}) imported, committed and 12 cells accepted "
+              f"(commit {c.returncode}, verify {v.returncode}: "
+              f"{(c.stderr + v.stdout + v.stderr).strip()[:120]})")
 
 
 def compare_bert(binary, dir, tmp):

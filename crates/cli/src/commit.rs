@@ -250,6 +250,24 @@ fn commit_external(
         ))
         .into());
     }
+    // Token ids the importer carried over (`token_ids`) must be the statement's.
+    if let Some(ids) = trace_token_ids(&args.trace)? {
+        let claimed: Vec<i64> = input.iter().chain(&output).map(|&t| i64::from(t)).collect();
+        if ids != claimed {
+            let at = ids
+                .iter()
+                .zip(&claimed)
+                .position(|(a, b)| a != b)
+                .unwrap_or(ids.len().min(claimed.len()));
+            return Err(VerbInputError::Argument(format!(
+                "the trace's token_ids ({} ids) disagree with the statement's tokens ({} ids) \
+                 from position {at}",
+                ids.len(),
+                claimed.len()
+            ))
+            .into());
+        }
+    }
     // The trace against the model: layers, width, tokens.
     let g = *file.geometry();
     let mismatch = |what: &str, trace: String, model: String| -> anyhow::Error {
@@ -348,4 +366,33 @@ fn commit_external(
         commitment.statement.output_tokens.len(),
     )?;
     Ok(())
+}
+
+/// The `token_ids` tensor of a trace file (I64 or I32, one dimension), if it has one.
+fn trace_token_ids(path: &Path) -> anyhow::Result<Option<Vec<i64>>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| VerbInputError::Argument(format!("{}: {e}", path.display())))?;
+    let Ok(view) = st.tensor("token_ids") else {
+        return Ok(None);
+    };
+    let data = view.data();
+    let ids = match view.dtype() {
+        safetensors::Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        safetensors::Dtype::I32 => data
+            .chunks_exact(4)
+            .map(|c| i64::from(i32::from_le_bytes(c.try_into().expect("4 bytes"))))
+            .collect(),
+        other => {
+            return Err(VerbInputError::Argument(format!(
+                "{}: token_ids has dtype {other:?} (I64 or I32)",
+                path.display()
+            ))
+            .into())
+        }
+    };
+    Ok(Some(ids))
 }

@@ -34,6 +34,7 @@ pub mod devices;
 pub mod digest;
 pub mod engine;
 pub mod fingerprint;
+pub mod import;
 pub mod prove;
 pub mod report;
 pub mod simulate;

@@ -11,6 +11,7 @@ use veritrace_cli::commit::{self, CommitArgs};
 use veritrace_cli::devices::{self, DevicesArgs};
 use veritrace_cli::digest::{self, DigestArgs};
 use veritrace_cli::fingerprint::{self, FingerprintArgs};
+use veritrace_cli::import::{self, ImportArgs};
 use veritrace_cli::prove::{self, ChallengeArgs, OpenArgs, ProveArgs};
 use veritrace_cli::report::{self, ReportArgs};
 use veritrace_cli::simulate::{self, SimulateArgs};
@@ -101,6 +102,11 @@ enum Command {
     /// checkpoint directories: the value a statement's model_digest holds, which
     /// specs/reference/model_digest_ref.py computes from the files alone.
     Digest(DigestArgs),
+    /// Turn hidden states saved by another engine (transformers' output_hidden_states, as
+    /// safetensors or a torch.save dict) into a trace file for `commit --model`: the layers are
+    /// checked against the model, and a decoder's post-norm last entry is refused unless its
+    /// pre-norm input (`pre_norm`) is given.
+    Import(ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +136,7 @@ fn main() -> ExitCode {
         Command::Report(args) => report::run(args, &mut std::io::stdout().lock()),
         Command::Devices(args) => devices::run(args, &mut std::io::stdout().lock()),
         Command::Digest(args) => digest::run(args, &mut std::io::stdout().lock()),
+        Command::Import(args) => import::run(args, &mut std::io::stdout().lock()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,6 +91,10 @@ pub trait Model: Engine + Recompute + Debug {
     /// device ([`crate::RecomputeOn`]).
     fn recompute_on<'a>(&'a self, runner: &'a Runner) -> Box<dyn Recompute + 'a>;
 
+    /// The gain of the final norm a decoder applies to `h_L` before its LM head (`None` for an
+    /// encoder, which has none): importers use it to tell a post-norm tensor from `h_L`.
+    fn final_norm_gain(&self) -> Option<Vec<f32>>;
+
     /// The logits of one last-layer row under `setup`; an encoder (no LM head) refuses.
     fn logits_from_row(&self, setup: &Setup, row: &[f32]) -> Result<Vec<f32>>;
 

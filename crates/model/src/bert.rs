@@ -1233,6 +1233,10 @@ impl crate::Model for BertModel {
         })
     }
 
+    fn final_norm_gain(&self) -> Option<Vec<f32>> {
+        None
+    }
+
     fn logits_from_row(&self, _setup: &crate::Setup, _row: &[f32]) -> Result<Vec<f32>> {
         Err(ModelError::InvalidArgument(
             "an encoder has no LM head: no logits".into(),

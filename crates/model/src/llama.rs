@@ -2064,6 +2064,14 @@ impl crate::Model for LlamaModel {
         })
     }
 
+    fn final_norm_gain(&self) -> Option<Vec<f32>> {
+        self.final_norm
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .ok()
+    }
+
     fn logits_from_row(&self, setup: &Setup, row: &[f32]) -> Result<Vec<f32>> {
         LlamaModel::logits_from_row(self, setup, row)
     }
