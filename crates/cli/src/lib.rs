@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+pub mod app;
 pub mod calibrate;
 pub mod commit;
 pub mod devices;

@@ -5,109 +5,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use veritrace_cli::calibrate::{self, CalibrateArgs};
-use veritrace_cli::commit::{self, CommitArgs};
-use veritrace_cli::devices::{self, DevicesArgs};
-use veritrace_cli::digest::{self, DigestArgs};
-use veritrace_cli::fingerprint::{self, FingerprintArgs};
-use veritrace_cli::import::{self, ImportArgs};
-use veritrace_cli::prove::{self, ChallengeArgs, OpenArgs, ProveArgs};
-use veritrace_cli::report::{self, ReportArgs};
-use veritrace_cli::simulate::{self, SimulateArgs};
-use veritrace_cli::soundness::{self, SoundnessArgs};
-use veritrace_cli::sweep::{self, MergeArgs, SweepArgs};
-use veritrace_cli::verify::{self, VerifyArgs};
-
-const AFTER_HELP: &str = "\
-Trace files are safetensors files holding one tensor per hidden state, named h.0 (embeddings),
-h.1, ..., h.L, each of shape [tokens, hidden]; all of one dtype (F32, F16, BF16 or I8) and one
-shape. Tensors whose names do not start with \"h.\" are ignored. Elements are committed exactly as
-stored (little-endian), never converted.
-
-Exit status: 0 on success, 2 when the command line or the input is refused, 1 otherwise.";
-
-/// Commit to activation traces of an inference so a verifier can sample and recompute cells.
-#[derive(Debug, Parser)]
-#[command(name = "veritrace", version, after_help = AFTER_HELP)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Simulate adversarial provers end to end against the real verifier (the main job).
-    ///
-    /// Runs a scenario (TOML; without one, the embedded default on the built-in tiny decoder):
-    /// honest and cheating provers run real inference, commit, are challenged and open; the
-    /// verifier recomputes under the claimed setup and decides. Prints per adversary the
-    /// detection rate with a 95% Wilson interval beside the hypergeometric prediction, the
-    /// compute saving, the verifier's cost and the security against grinding.
-    #[command(after_help = simulate::AFTER_HELP)]
-    Simulate(SimulateArgs),
-    /// Sweep a scenario over a grid of k, chunk size, cheat fraction and tolerance; --shard i/n
-    /// runs one shard of an array job.
-    #[command(after_help = sweep::AFTER_HELP)]
-    Sweep(SweepArgs),
-    /// Merge the shard outputs of `veritrace sweep` into the result of one full run.
-    Merge(MergeArgs),
-    /// Prover: run a model on a prompt under a setup; write the trace (with its statement) and
-    /// the commitment.
-    Prove(ProveArgs),
-    /// Verifier: draw a challenge (random cells) for a commitment.
-    Challenge(ChallengeArgs),
-    /// Prover: open the challenged cells of a trace (or, non-interactive, derive the challenges
-    /// from the transcript and open them).
-    Open(OpenArgs),
-    /// Verifier: check openings against a commitment by recomputing the cells (exit 0 accept,
-    /// 1 reject with the reason, 2 bad input).
-    Verify(VerifyArgs),
-    /// Calibrate per-layer tolerance thresholds from independent honest runs (generated under
-    /// honest variations of the claimed setup, or trace files), for a target session
-    /// false-positive rate and k; writes a policy file `verify --tolerance` reads.
-    #[command(after_help = calibrate::AFTER_HELP)]
-    Calibrate(CalibrateArgs),
-    /// Print the Merkle root of an activation trace stored as safetensors.
-    ///
-    /// Each layer h.l is cut into cells of --chunk token rows; cell (l, j) is leaf
-    /// l * ceil(tokens / chunk) + j of an RFC 6962-shaped Merkle tree whose leaves bind the cell's
-    /// position, dtype, shape and raw little-endian bytes.
-    #[command(after_help = AFTER_HELP)]
-    Commit(CommitArgs),
-    /// Soundness calculator: miss probability and security bits of sampling K of N cells when B
-    /// are bad (--bad, --samples), or the samples needed for L bits (--cheat-fraction, --bits).
-    ///
-    /// Sampling is without replacement (exact hypergeometric). Security is reported interactive
-    /// and non-interactive against a grinding budget of 2^G transcript hash evaluations
-    /// (--grind-bits), with an optional proof-of-work per attempt (--pow-bits).
-    #[command(after_help = soundness::AFTER_HELP)]
-    Soundness(SoundnessArgs),
-    /// Fingerprint study: which numeric-setup changes (precision, attention, quantization,
-    /// skipped layers, ...) stand out of honest reduction-order noise, and which are invariant.
-    ///
-    /// Prints a markdown table classifying each setup against the reference as invariant,
-    /// identical-hardware (detectable only by bitwise re-execution) or cross-hardware (SNR at or
-    /// above --threshold against the honest noise floor), then the per-layer SNR matrix.
-    #[command(after_help = fingerprint::AFTER_HELP)]
-    Fingerprint(FingerprintArgs),
-    /// Plot results: detection vs k (sweeps), ROC curves per layer and detection vs compute
-    /// saving (simulation reports), per-layer SNR heatmaps (fingerprint studies); SVG and PNG.
-    #[command(after_help = report::AFTER_HELP)]
-    Report(ReportArgs),
-    /// List the devices models can run on (`--device` values): the CPU, and the GPUs of a
-    /// build with `--features cuda`, or why there is none.
-    Devices(DevicesArgs),
-    /// Print the engine-independent model digest (specs/model-digest.md) of presets or
-    /// checkpoint directories: the value a statement's model_digest holds, which
-    /// specs/reference/model_digest_ref.py computes from the files alone.
-    Digest(DigestArgs),
-    /// Turn hidden states saved by another engine (transformers' output_hidden_states, as
-    /// safetensors or a torch.save dict) into a trace file for `commit --model`: the layers are
-    /// checked against the model, and a decoder's post-norm last entry is refused unless its
-    /// pre-norm input (`pre_norm`) is given.
-    Import(ImportArgs),
-}
+use clap::Parser;
+use veritrace_cli::app::{dispatch, Cli};
 
 fn main() -> ExitCode {
     // candle sizes each CPU matmul's parallelism from RAYON_NUM_THREADS and, when it is unset,
@@ -121,23 +20,7 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Simulate(args) => simulate::run(args, &mut std::io::stdout().lock()),
-        Command::Sweep(args) => sweep::run(args, &mut std::io::stdout().lock()),
-        Command::Merge(args) => sweep::merge(args, &mut std::io::stdout().lock()),
-        Command::Prove(args) => prove::prove(args, &mut std::io::stdout().lock()),
-        Command::Challenge(args) => prove::challenge(args, &mut std::io::stdout().lock()),
-        Command::Open(args) => prove::open(args, &mut std::io::stdout().lock()),
-        Command::Verify(args) => verify::run(args, &mut std::io::stdout().lock()),
-        Command::Calibrate(args) => calibrate::run(args, &mut std::io::stdout().lock()),
-        Command::Commit(args) => commit::run(args, &mut std::io::stdout().lock()),
-        Command::Soundness(args) => soundness::run(args, &mut std::io::stdout().lock()),
-        Command::Fingerprint(args) => fingerprint::run(args, &mut std::io::stdout().lock()),
-        Command::Report(args) => report::run(args, &mut std::io::stdout().lock()),
-        Command::Devices(args) => devices::run(args, &mut std::io::stdout().lock()),
-        Command::Digest(args) => digest::run(args, &mut std::io::stdout().lock()),
-        Command::Import(args) => import::run(args, &mut std::io::stdout().lock()),
-    };
+    let result = dispatch(&cli.command, &mut std::io::stdout().lock());
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

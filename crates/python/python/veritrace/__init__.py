@@ -1,0 +1,288 @@
+"""veritrace from Python: commit to the hidden states of an inference, answer a challenge with
+an opening, verify an opening, calibrate a tolerance, all through the same Rust crates as the
+`veritrace` command line (each function runs one verb in-process), plus `capture`, which hooks a
+transformers model to record its hidden states the way veritrace defines them (h.0 the
+embeddings, h.l the residual stream after layer l, and for a decoder h.L the input of the final
+norm, not transformers' post-norm last `output_hidden_states` entry).
+
+A prover and a verifier in a few lines::
+
+    import torch, transformers, veritrace
+    model = transformers.AutoModelForCausalLM.from_pretrained(DIR, torch_dtype=torch.float32)
+    ids = [1, 306, 4658, 278]
+    states, output = veritrace.capture(model, ids, max_new_tokens=8)
+    veritrace.save_trace(states, "hidden.safetensors", ids + output)
+    commitment = veritrace.commit("hidden.safetensors", model=DIR, prompt=ids,
+                                  output_tokens=output, out="run")
+    openings = veritrace.open_cells("run/trace.safetensors", out="opened", samples=12)
+    verdict = veritrace.verify("run/commitment.json", openings, model=DIR, samples=12,
+                               tolerance={"threshold": {"metric": "rel_l2",
+                                          "thresholds": {"default": 1e-5, "overrides": {}}}})
+    assert verdict.accepted, verdict.reason
+
+Every function raises `VeritraceError` (with the command line's exit code: 2 for refused input,
+1 for other failures) when the verb fails; `verify` returns a `Verdict` instead of raising when
+the opening is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+from . import _veritrace
+
+__all__ = [
+    "VeritraceError",
+    "Verdict",
+    "run",
+    "digest",
+    "commit",
+    "import_hidden_states",
+    "challenge",
+    "open_cells",
+    "answer",
+    "verify",
+    "calibrate",
+    "capture",
+    "save_trace",
+    "version",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class VeritraceError(Exception):
+    """A verb failed: `code` is the command line's exit code (2: the input was refused)."""
+
+    def __init__(self, code: int, message: str, args: Sequence[str]):
+        super().__init__(f"veritrace {' '.join(args[:1])}: {message} (exit {code})")
+        self.code = code
+        self.message = message
+        self.command = list(args)
+
+
+@dataclass
+class Verdict:
+    """The verifier's decision: `accepted`, else the `reason` (a RejectReason, as JSON)."""
+
+    accepted: bool
+    reason: Optional[Dict[str, Any]]
+    raw: Dict[str, Any]
+
+
+def version() -> str:
+    """The version of the crates the native module was built from."""
+    return _veritrace.version()
+
+
+def run(*args: Any) -> str:
+    """Runs one `veritrace` command line (the arguments after the program name) in-process and
+    returns its standard output; raises VeritraceError when it fails."""
+    argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args]
+    code, out, err = _veritrace.run(argv)
+    if code != 0:
+        raise VeritraceError(code, err.strip(), argv)
+    return out
+
+
+def _ids(tokens: Iterable[int]) -> str:
+    return ",".join(str(int(t)) for t in tokens)
+
+
+def digest(model: PathLike) -> str:
+    """The engine-independent model digest of a preset or checkpoint directory
+    (specs/model-digest.md): the value a statement's model_digest holds."""
+    return run("digest", model).split()[0]
+
+
+def commit(
+    trace: PathLike,
+    *,
+    model: PathLike,
+    out: PathLike,
+    prompt: Optional[Sequence[int]] = None,
+    text: Optional[str] = None,
+    chat: bool = False,
+    output_tokens: Sequence[int] = (),
+    setup: str = "f32/attn=eager",
+    chunk: int = 8,
+    hasher: str = "blake3",
+) -> Dict[str, Any]:
+    """Commits an external prover's trace (a safetensors file of h.0 .. h.L) under its
+    statement: checks it against `model`, writes `out/trace.safetensors` and
+    `out/commitment.json`, and returns the commitment (statement and root) as a dict. Give the
+    input as `prompt` token ids or as `text` (tokenized with the checkpoint's tokenizer)."""
+    argv: List[str] = ["commit", os.fspath(trace), "--model", os.fspath(model), "--out",
+                       os.fspath(out), "--setup", setup, "--chunk", str(chunk),
+                       "--hasher", hasher]
+    if prompt is not None:
+        argv += ["--prompt", _ids(prompt)]
+    if text is not None:
+        argv += ["--text", text] + (["--chat"] if chat else [])
+    if len(output_tokens):
+        argv += ["--output-tokens", _ids(output_tokens)]
+    run(*argv)
+    with open(os.path.join(os.fspath(out), "commitment.json")) as f:
+        return json.load(f)
+
+
+def import_hidden_states(
+    file: PathLike,
+    *,
+    source: str,
+    model: PathLike,
+    out: PathLike,
+    layers: Optional[Sequence[int]] = None,
+) -> str:
+    """Turns hidden states saved by `source` ("transformers" or "vllm") into a trace file at
+    `out` (see `veritrace import --help`); returns the importer's summary line."""
+    argv = ["import", "--from", source, os.fspath(file), "--model", os.fspath(model), "--out",
+            os.fspath(out)]
+    if layers is not None:
+        argv += ["--layers", _ids(layers)]
+    return run(*argv).strip()
+
+
+def challenge(commitment: PathLike, *, samples: int, out: PathLike,
+              strategy: str = "uniform", round: int = 0) -> Dict[str, Any]:
+    """The verifier's interactive challenge of `samples` cells (fresh operating-system
+    randomness), written to `out` and returned."""
+    run("challenge", commitment, "--samples", samples, "--strategy", strategy, "--round", round,
+        "--out", out)
+    with open(os.fspath(out)) as f:
+        return json.load(f)
+
+
+def answer(trace: PathLike, *, challenge: PathLike, out: PathLike) -> str:
+    """The prover's opening of an interactive challenge, written to `out`; returns its path."""
+    run("open", trace, "--challenge", challenge, "--out", out)
+    return os.fspath(out)
+
+
+def open_cells(trace: PathLike, *, out: PathLike, samples: int, strategy: str = "uniform",
+               pow_bits: int = 0, rounds: int = 1) -> List[str]:
+    """The prover's non-interactive openings (challenges derived from the transcript), written
+    to `out/opening-<r>.json`; returns their paths in round order."""
+    run("open", trace, "--non-interactive", "--samples", samples, "--strategy", strategy,
+        "--pow-bits", pow_bits, "--rounds", rounds, "--out", out)
+    return [os.path.join(os.fspath(out), f"opening-{r}.json") for r in range(rounds)]
+
+
+def verify(
+    commitment: PathLike,
+    openings: Union[PathLike, Sequence[PathLike]],
+    *,
+    model: PathLike,
+    samples: Optional[int] = None,
+    challenges: Sequence[PathLike] = (),
+    strategy: str = "uniform",
+    pow_bits: int = 0,
+    tolerance: Union[str, Dict[str, Any]] = "exact",
+) -> Verdict:
+    """Checks openings against a commitment by recomputing the opened cells with `model`.
+    Non-interactive when `samples` is given (challenges derived from the transcript), else
+    interactive with the `challenges` issued. `tolerance` is "exact", a policy file path, or a
+    policy dict such as {"threshold": {"metric": "rel_l2", "thresholds": {"default": 1e-5,
+    "overrides": {}}}}. Returns the Verdict; raises VeritraceError for refused input."""
+    if isinstance(openings, (str, os.PathLike)):
+        openings = [openings]
+    argv: List[str] = ["verify", "--commitment", os.fspath(commitment), "--model",
+                       os.fspath(model), "--json"]
+    for o in openings:
+        argv += ["--opening", os.fspath(o)]
+    for c in challenges:
+        argv += ["--challenge", os.fspath(c)]
+    if samples is not None:
+        argv += ["--non-interactive", "--samples", str(samples), "--strategy", strategy,
+                 "--pow-bits", str(pow_bits)]
+    policy_file = None
+    try:
+        if isinstance(tolerance, dict):
+            fd, policy_file = tempfile.mkstemp(suffix=".json", prefix="veritrace-policy-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(tolerance, f)
+            argv += ["--tolerance", policy_file]
+        else:
+            argv += ["--tolerance", os.fspath(tolerance)]
+        code, out, err = _veritrace.run(argv)
+    finally:
+        if policy_file is not None:
+            os.unlink(policy_file)
+    if code not in (0, 1) or not out.strip():
+        raise VeritraceError(code, err.strip(), argv)
+    verdict = json.loads(out)  # "accept", or {"reject": {reason: fields}}
+    if verdict == "accept":
+        return Verdict(True, None, {"verdict": verdict})
+    if isinstance(verdict, dict) and "reject" in verdict:
+        return Verdict(False, verdict["reject"], verdict)
+    raise VeritraceError(code, f"unexpected verdict {out.strip()}", argv)
+
+
+def calibrate(*args: Any) -> str:
+    """`veritrace calibrate` with the given command-line arguments (see its --help): thresholds
+    from independent honest runs or honest trace files; returns its report."""
+    return run("calibrate", *args)
+
+
+def capture(model: Any, input_ids: Sequence[int], max_new_tokens: int = 0):
+    """Runs a transformers model (LlamaForCausalLM-style decoders, BertModel encoders) on
+    `input_ids` and returns `(states, output)`: `states` the hidden states h.0 .. h.L of one
+    forward pass over the prompt and the greedily generated tokens (`output`, empty when
+    `max_new_tokens` is 0), as veritrace defines them: for a decoder h.L is the input of the
+    final norm (captured with a forward hook), not transformers' post-norm last entry."""
+    import torch
+
+    ids = [int(t) for t in input_ids]
+    output: List[int] = []
+    if max_new_tokens > 0:
+        with torch.no_grad():
+            gen = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens,
+                                 min_new_tokens=max_new_tokens, do_sample=False,
+                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 eos_token_id=None, pad_token_id=0)
+        output = gen[0, len(ids):].tolist()
+    tokens = ids + output
+    captured: Dict[str, Any] = {}
+    norm = getattr(getattr(model, "model", None), "norm", None)
+    hook = None
+    if norm is not None:
+        hook = norm.register_forward_hook(
+            lambda mod, inp, out: captured.__setitem__("pre_norm", inp[0].detach()))
+    try:
+        with torch.no_grad():
+            out = model(torch.tensor([tokens]), output_hidden_states=True)
+    finally:
+        if hook is not None:
+            hook.remove()
+    states = [h[0].detach() for h in out.hidden_states]
+    if "pre_norm" in captured:
+        states[-1] = captured["pre_norm"][0]
+    return states, output
+
+
+def save_trace(states: Sequence[Any], path: PathLike, token_ids: Optional[Sequence[int]] = None):
+    """Writes hidden states (torch tensors or numpy arrays of [tokens, hidden]) as a trace file
+    (h.0 .. h.L, in their own dtype; float32 for numpy) that `commit` reads; `token_ids`, when
+    given, travel as `token_ids` and `commit` checks them against the statement."""
+    try:
+        import torch
+        from safetensors.torch import save_file
+
+        tensors = {f"h.{l}": (s if isinstance(s, torch.Tensor) else torch.as_tensor(s))
+                   .contiguous() for l, s in enumerate(states)}
+        if token_ids is not None:
+            tensors["token_ids"] = torch.tensor([int(t) for t in token_ids], dtype=torch.int64)
+        save_file(tensors, os.fspath(path))
+    except ImportError:
+        import numpy as np
+        from safetensors.numpy import save_file
+
+        arrays = {f"h.{l}": np.ascontiguousarray(np.asarray(s, dtype=np.float32))
+                  for l, s in enumerate(states)}
+        if token_ids is not None:
+            arrays["token_ids"] = np.asarray([int(t) for t in token_ids], dtype=np.int64)
+        save_file(arrays, os.fspath(path))

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Tests of the `veritrace` wheel, run in the venv it was installed into:
+
+    python crates/python/tests/test_veritrace.py
+
+Without torch (a fresh venv with the wheel's own dependencies): a trace written with numpy is
+committed, opened and verified, the interactive protocol runs, refused inputs raise
+VeritraceError with exit code 2, a rejected opening gives a Verdict. With torch and
+transformers installed (and `VERITRACE_REQUIRE_TORCH=1` to make their absence a failure): a
+small Llama checkpoint saved by transformers is captured with `veritrace.capture` (the hooked
+pre-norm last layer), committed and accepted under a relative-L2 policy, and its bf16 run is
+rejected. Prints one line per test; exits 1 on a failure.
+"""
+
+import json
+import os
+import sys
+import tempfile
+import traceback
+
+import numpy as np
+
+import veritrace
+
+POLICY = {"threshold": {"metric": "rel_l2", "thresholds": {"default": 1e-5, "overrides": {}}}}
+failures = []
+
+
+def test(fn):
+    try:
+        fn()
+        print(f"ok   {fn.__name__}")
+    except Exception:  # noqa: BLE001 - a test runner reports every failure
+        failures.append(fn.__name__)
+        print(f"FAIL {fn.__name__}\n{traceback.format_exc()}")
+    return fn
+
+
+def tiny_trace(tmp):
+    """veritrace's own tiny-decoder run, rewritten by numpy without its statement: an
+    "external" trace, with the tokens it came from."""
+    run = os.path.join(tmp, "prove")
+    veritrace.run("prove", "--model", "tiny", "--prompt", "5,9,2,7,11", "--output", "3",
+                  "--chunk", "4", "--out", run)
+    from safetensors.numpy import load_file
+    arrays = load_file(os.path.join(run, "trace.safetensors"))
+    with open(os.path.join(run, "commitment.json")) as f:
+        st = json.load(f)["statement"]
+    states = [arrays[f"h.{l}"] for l in range(len([k for k in arrays if k.startswith("h.")]))]
+    path = os.path.join(tmp, "external.safetensors")
+    veritrace.save_trace(states, path, st["input_tokens"] + st["output_tokens"])
+    return path, st["input_tokens"], st["output_tokens"]
+
+
+@test
+def digest_is_the_engine_independent_one():
+    d = veritrace.digest("tiny")
+    assert d == "ad06166cfcf8885c9f17ac2cbe1583c95f5ac57ded9525c8737c0cf638b1e81d", d
+    assert veritrace.version()
+
+
+@test
+def an_external_trace_is_committed_opened_and_verified():
+    with tempfile.TemporaryDirectory() as tmp:
+        path, prompt, output = tiny_trace(tmp)
+        run = os.path.join(tmp, "run")
+        c = veritrace.commit(path, model="tiny", prompt=prompt, output_tokens=output, chunk=4,
+                             out=run)
+        assert c["statement"]["model_digest"] == veritrace.digest("tiny")
+        openings = veritrace.open_cells(os.path.join(run, "trace.safetensors"),
+                                        out=os.path.join(tmp, "opened"), samples=6, rounds=2)
+        v = veritrace.verify(os.path.join(run, "commitment.json"), openings, model="tiny",
+                             samples=6)
+        assert v.accepted, v
+        v = veritrace.verify(os.path.join(run, "commitment.json"), openings, model="tiny",
+                             samples=6, tolerance=POLICY)
+        assert v.accepted, v
+        # another model's verifier rejects, with the reason
+        v = veritrace.verify(os.path.join(run, "commitment.json"), openings, model="small",
+                             samples=6)
+        assert not v.accepted and "recompute-failed" in v.reason, v
+
+
+@test
+def the_interactive_protocol_runs():
+    with tempfile.TemporaryDirectory() as tmp:
+        path, prompt, output = tiny_trace(tmp)
+        run = os.path.join(tmp, "run")
+        veritrace.commit(path, model="tiny", prompt=prompt, output_tokens=output, chunk=4,
+                         out=run)
+        ch = os.path.join(tmp, "challenge.json")
+        c = veritrace.challenge(os.path.join(run, "commitment.json"), samples=4, out=ch)
+        assert len(c["cells"]) == 4
+        o = veritrace.answer(os.path.join(run, "trace.safetensors"), challenge=ch,
+                             out=os.path.join(tmp, "opening.json"))
+        v = veritrace.verify(os.path.join(run, "commitment.json"), [o], challenges=[ch],
+                             model="tiny")
+        assert v.accepted, v
+
+
+@test
+def refused_input_raises_with_exit_code_2():
+    with tempfile.TemporaryDirectory() as tmp:
+        path, prompt, output = tiny_trace(tmp)
+        for kwargs in (dict(model="small", prompt=prompt, output_tokens=output),
+                       dict(model="tiny", prompt=prompt[:-1], output_tokens=output),
+                       dict(model="tiny", text="no tokenizer here")):
+            try:
+                veritrace.commit(path, out=os.path.join(tmp, "x"), **kwargs)
+            except veritrace.VeritraceError as e:
+                assert e.code == 2, e
+            else:
+                raise AssertionError(f"accepted {kwargs}")
+        assert not os.path.exists(os.path.join(tmp, "x", "commitment.json"))
+        try:
+            veritrace.run("no-such-verb")
+        except veritrace.VeritraceError as e:
+            assert e.code == 2
+        else:
+            raise AssertionError("an unknown verb ran")
+
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+        return True
+    except ImportError:
+        if os.environ.get("VERITRACE_REQUIRE_TORCH") == "1":
+            raise
+        print("skip capture tests: torch and transformers are not installed here")
+        return False
+
+
+if torch_available():
+    @test
+    def a_transformers_prover_is_captured_committed_and_verified():
+        import torch
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.manual_seed(5)
+            config = transformers.LlamaConfig(
+                vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                max_position_embeddings=128)
+            config._attn_implementation = "eager"
+            model = transformers.LlamaForCausalLM(config).float().eval()
+            with torch.no_grad():
+                for p in model.parameters():
+                    (p.normal_(0.0, 0.08) if p.dim() == 2 else p.uniform_(0.8, 1.2))
+            ckpt = os.path.join(tmp, "llama")
+            model.save_pretrained(ckpt)
+            ids = [3, 17, 99, 4, 250, 31, 8]
+            states, output = veritrace.capture(model, ids, max_new_tokens=5)
+            assert len(states) == 3 and len(output) == 5
+            trace = os.path.join(tmp, "hidden.safetensors")
+            veritrace.save_trace(states, trace, ids + output)
+            c = veritrace.commit(trace, model=ckpt, prompt=ids, output_tokens=output, out=os.path.join(tmp, "run"))
+            assert c["statement"]["output_tokens"] == output
+            openings = veritrace.open_cells(os.path.join(tmp, "run", "trace.safetensors"),
+                                            out=os.path.join(tmp, "opened"), samples=8)
+            v = veritrace.verify(os.path.join(tmp, "run", "commitment.json"), openings,
+                                 model=ckpt, samples=8, tolerance=POLICY)
+            assert v.accepted, v
+            # the same model in bf16: a cheaper setup, rejected
+            states16, _ = veritrace.capture(model.to(torch.bfloat16), ids + output)
+            trace16 = os.path.join(tmp, "hidden16.safetensors")
+            veritrace.save_trace(states16, trace16, ids + output)
+            veritrace.commit(trace16, model=ckpt, prompt=ids, output_tokens=output,
+                             out=os.path.join(tmp, "run16"))
+            openings = veritrace.open_cells(os.path.join(tmp, "run16", "trace.safetensors"),
+                                            out=os.path.join(tmp, "opened16"), samples=8)
+            v = veritrace.verify(os.path.join(tmp, "run16", "commitment.json"), openings,
+                                 model=ckpt, samples=8, tolerance=POLICY)
+            assert not v.accepted and "tolerance" in v.reason, v
+
+print(f"test_veritrace: {len(failures)} failed")
+sys.exit(1 if failures else 0)
