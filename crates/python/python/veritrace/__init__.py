@@ -272,8 +272,10 @@ def save_trace(states: Sequence[Any], path: PathLike, token_ids: Optional[Sequen
         import torch
         from safetensors.torch import save_file
 
+        # clone: hidden states may share storage (a layer that returns its input), which
+        # safetensors refuses
         tensors = {f"h.{l}": (s if isinstance(s, torch.Tensor) else torch.as_tensor(s))
-                   .contiguous() for l, s in enumerate(states)}
+                   .detach().contiguous().clone() for l, s in enumerate(states)}
         if token_ids is not None:
             tensors["token_ids"] = torch.tensor([int(t) for t in token_ids], dtype=torch.int64)
         save_file(tensors, os.fspath(path))

@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Cross-engine study (issue 14): Hugging Face transformers as the prover, veritrace as the
+verifier, through the `veritrace` wheel.
+
+For a small random-initialized Llama checkpoint saved by transformers (and, when installed, the
+real all-MiniLM-L6-v2):
+
+1. noise: per-layer relative L2 between transformers' hidden states (f32, eager attention, CPU)
+   and veritrace's own trace of the same tokens;
+2. calibration: `veritrace calibrate --trace` on honest transformers runs (fresh prompts,
+   committed with `veritrace.commit`), fitted exponential tail, for a session false-positive
+   target at k = 8;
+3. held-out honest sessions: fresh prompts never used in calibration, each committed, opened at
+   k = 8 (non-interactive) and verified under the calibrated policy; false rejections counted
+   with a one-sided 95% Clopper-Pearson upper bound;
+4. cheats (decoders): bf16, int8 dynamic quantization (torch.ao quantize_dynamic on every
+   Linear), a skipped layer (its output replaced by its input) and a checkpoint with one
+   perturbed layer: detection over sessions at k = 8 against the hypergeometric prediction
+   1 - C(N - B, k) / C(N, k), with B each trace's bad cells (every cell checked alone with a
+   one-cell interactive challenge under the same policy).
+
+    python tests/engines/cross_engine.py OUT_DIR [--cal N] [--held N] [--cheat N]
+
+Writes OUT_DIR/{report.md,report.json} and the policies. Needs torch, transformers and the
+`veritrace` wheel (scripts/build-python.sh installs it into target/engines).
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import veritrace
+
+transformers.utils.logging.disable_progress_bar()
+transformers.utils.logging.set_verbosity_error()
+K = 8
+TOKENS = 24
+NEW = 8
+
+
+def clopper_pearson_upper(x, n, conf=0.95):
+    """One-sided upper bound on a binomial rate (bisection on the binomial CDF)."""
+    if n == 0:
+        return 1.0
+    if x == n:
+        return 1.0
+    lo, hi = x / n, 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        cdf = sum(math.comb(n, i) * mid ** i * (1 - mid) ** (n - i) for i in range(x + 1))
+        if cdf > 1 - conf:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def wilson(x, n, z=1.96):
+    if n == 0:
+        return (0.0, 1.0)
+    p = x / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def hypergeom_detect(n, b, k):
+    if b <= 0:
+        return 0.0
+    if n - b < k:
+        return 1.0
+    return 1.0 - math.comb(n - b, k) / math.comb(n, k)
+
+
+def build_llama(dir, seed=21):
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+        max_position_embeddings=256)
+    config._attn_implementation = "eager"
+    model = transformers.LlamaForCausalLM(config).float().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.08) if p.dim() == 2 else p.uniform_(0.8, 1.2)
+    model.save_pretrained(dir)
+    return model
+
+
+def prompt(rng, vocab, encoder):
+    if encoder:  # [CLS] ordinary WordPieces [SEP]
+        return [101] + [rng.randrange(1000, 29000) for _ in range(TOKENS - 2)] + [102]
+    return [rng.randrange(vocab) for _ in range(TOKENS)]
+
+
+def prove(model, ids, encoder, tmp, tag, ckpt, chunk=8):
+    """transformers' trace of ids (and greedy tokens for a decoder), committed; returns the
+    run directory and the output tokens."""
+    states, output = veritrace.capture(model, ids, max_new_tokens=0 if encoder else NEW)
+    path = os.path.join(tmp, f"{tag}.safetensors")
+    veritrace.save_trace([s.float() for s in states], path, ids + output)
+    run = os.path.join(tmp, f"{tag}-run")
+    veritrace.commit(path, model=ckpt, prompt=ids, output_tokens=output, chunk=chunk, out=run)
+    os.unlink(path)
+    return run, output, states
+
+
+def session(run, ckpt, policy, tmp, tag):
+    opened = veritrace.open_cells(os.path.join(run, "trace.safetensors"),
+                                  out=os.path.join(tmp, f"{tag}-opened"), samples=K)
+    return veritrace.verify(os.path.join(run, "commitment.json"), opened, model=ckpt,
+                            samples=K, tolerance=policy)
+
+
+def bad_cells(run, ckpt, policy, tmp, tag):
+    """Cells that fail when challenged alone (one-cell interactive challenges)."""
+    with open(os.path.join(run, "commitment.json")) as f:
+        g = json.load(f)["statement"]["geometry"]
+    chunks = -(-g["tokens"] // g["chunk"])
+    bad, total = 0, 0
+    for layer in range(g["layers"]):
+        for chunk in range(chunks):
+            ch = os.path.join(tmp, f"{tag}-ch.json")
+            with open(ch, "w") as f:
+                json.dump({"round": 0, "cells": [{"layer": layer, "chunk": chunk}]}, f)
+            op = veritrace.answer(os.path.join(run, "trace.safetensors"), challenge=ch,
+                                  out=os.path.join(tmp, f"{tag}-op.json"))
+            v = veritrace.verify(os.path.join(run, "commitment.json"), [op], challenges=[ch],
+                                 model=ckpt, tolerance=policy)
+            bad += 0 if v.accepted else 1
+            total += 1
+    return bad, total
+
+
+def noise(model, ckpt, ids, encoder, tmp):
+    """Per-layer relative L2 between transformers and veritrace prove on the same tokens."""
+    states, output = veritrace.capture(model, ids, max_new_tokens=0 if encoder else NEW)
+    run = os.path.join(tmp, "noise-run")
+    args = ["prove", "--model", ckpt, "--prompt", ",".join(map(str, ids)), "--chunk", "8",
+            "--out", run]
+    args += ["--output", "0" if encoder else str(NEW)]
+    veritrace.run(*args)
+    ours = load_file(os.path.join(run, "trace.safetensors"))
+    out = []
+    for l, s in enumerate(states):
+        a, b = ours[f"h.{l}"].double(), s.double()
+        out.append(((a - b).norm() / b.norm()).item())
+    return out
+
+
+def study(name, model, ckpt, encoder, args, out_dir):
+    rng = random.Random(7)
+    vocab = model.config.vocab_size
+    report = {"model": name, "k": K, "tokens": TOKENS, "generated": 0 if encoder else NEW}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        report["noise_rel_l2_per_layer"] = noise(model, ckpt, prompt(rng, vocab, encoder),
+                                                 encoder, tmp)
+        # calibration runs
+        traces = []
+        for i in range(args.cal):
+            run, _, _ = prove(model, prompt(rng, vocab, encoder), encoder, tmp, f"cal{i}", ckpt)
+            traces.append(os.path.join(run, "trace.safetensors"))
+        policy = os.path.join(out_dir, f"policy-{name}.json")
+        cal = ["calibrate", "--model", ckpt, "--samples", str(K), "--target-fpr",
+               str(args.target), "--method", "exponential-tail", "--chunk", "8", "--out", policy,
+               "--quiet"]
+        for t in traces:
+            cal += ["--trace", t]
+        report["calibration_report"] = veritrace.run(*cal)
+        report["calibration_runs"] = args.cal
+        with open(policy) as f:
+            report["thresholds"] = json.load(f)["policy"]["thresholds"]
+        # held-out honest sessions
+        rejected, reasons = 0, []
+        for i in range(args.held):
+            run, _, _ = prove(model, prompt(rng, vocab, encoder), encoder, tmp, f"held{i}", ckpt)
+            v = session(run, ckpt, policy, tmp, f"held{i}")
+            if not v.accepted:
+                rejected += 1
+                reasons.append(v.reason)
+        report["held_out"] = {"sessions": args.held, "rejected": rejected,
+                              "upper95": clopper_pearson_upper(rejected, args.held),
+                              "reasons": reasons[:5]}
+        # cheats
+        cheats = {}
+        if not encoder:
+            def bf16(m):
+                return m.to(torch.bfloat16)
+
+            def int8(m):
+                return torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear},
+                                                              dtype=torch.qint8)
+
+            def skip(m):
+                layer = m.model.layers[1]
+                layer.register_forward_hook(lambda mod, inp, out: inp[0])
+                return m
+
+            def perturb(m):
+                with torch.no_grad():
+                    w = m.model.layers[2].mlp.down_proj.weight
+                    g = torch.Generator().manual_seed(3)
+                    w.add_(torch.randn(w.shape, generator=g) * 0.01 * w.abs().mean())
+                return m
+
+            for cname, make in [("bf16", bf16), ("int8-dynamic", int8),
+                                ("skipped-layer-2", skip), ("perturbed-layer-3-mlp", perturb)]:
+                cheat = make(transformers.LlamaForCausalLM.from_pretrained(ckpt).float().eval())
+                detected, preds = 0, []
+                for i in range(args.cheat):
+                    ids = prompt(rng, vocab, encoder)
+                    states, output = veritrace.capture(cheat, ids, max_new_tokens=NEW)
+                    path = os.path.join(tmp, f"{cname}{i}.safetensors")
+                    veritrace.save_trace([s.float() for s in states], path, ids + output)
+                    run = os.path.join(tmp, f"{cname}{i}-run")
+                    veritrace.commit(path, model=ckpt, prompt=ids, output_tokens=output,
+                                     chunk=8, out=run)
+                    v = session(run, ckpt, policy, tmp, f"{cname}{i}")
+                    detected += 0 if v.accepted else 1
+                    if i < args.bad_cells:
+                        b, n = bad_cells(run, ckpt, policy, tmp, f"{cname}{i}")
+                        preds.append(hypergeom_detect(n, b, K))
+                pred = sum(preds) / len(preds) if preds else None
+                cheats[cname] = {"sessions": args.cheat, "detected": detected,
+                                 "rate": detected / args.cheat,
+                                 "wilson95": wilson(detected, args.cheat),
+                                 "predicted": pred, "predicted_from": len(preds)}
+        report["cheats"] = cheats
+    report["seconds"] = round(time.time() - t0, 1)
+    return report
+
+
+def markdown(reports):
+    lines = ["# Cross-engine: transformers provers, veritrace verifier", ""]
+    for r in reports:
+        lines += [f"## {r['model']}", "",
+                  f"k = {r['k']}, {r['tokens']}-token prompts, {r['generated']} generated tokens; "
+                  f"{r['seconds']} s.", "",
+                  "Noise (relative L2 per layer, transformers f32 eager vs veritrace): " +
+                  ", ".join(f"h.{l} {v:.2e}" for l, v in
+                            enumerate(r["noise_rel_l2_per_layer"])), "",
+                  f"Calibration: {r['calibration_runs']} honest transformers runs, "
+                  f"thresholds {json.dumps(r['thresholds'])}.", ""]
+        h = r["held_out"]
+        lines += [f"Held-out honest sessions: {h['rejected']} of {h['sessions']} rejected "
+                  f"(one-sided 95% upper bound {h['upper95']:.3%}).", ""]
+        if r["cheats"]:
+            lines += ["| cheat | detected | rate (Wilson 95%) | predicted (hypergeometric) |",
+                      "|---|---:|---|---:|"]
+            for c, v in r["cheats"].items():
+                lo, hi = v["wilson95"]
+                p = "–" if v["predicted"] is None else \
+                    f"{v['predicted']:.3f} (from {v['predicted_from']} traces)"
+                lines.append(f"| {c} | {v['detected']} / {v['sessions']} | {v['rate']:.3f} "
+                             f"({lo:.3f}–{hi:.3f}) | {p} |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--cal", type=int, default=600)
+    ap.add_argument("--held", type=int, default=200)
+    ap.add_argument("--cheat", type=int, default=100)
+    ap.add_argument("--bad-cells", type=int, default=10)
+    ap.add_argument("--target", type=float, default=0.01)
+    ap.add_argument("--minilm", default=os.environ.get("VERITRACE_MINILM") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "models", "all-MiniLM-L6-v2"))
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    torch.set_num_threads(1)
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, "llama")
+        model = build_llama(ckpt)
+        reports.append(study("llama-3x128", model, ckpt, False, args, args.out))
+        print(markdown(reports[-1:]), flush=True)
+    if os.path.isfile(os.path.join(args.minilm, "model.safetensors")):
+        model = transformers.BertModel.from_pretrained(args.minilm, attn_implementation="eager")
+        model = model.float().eval()
+        reports.append(study("all-MiniLM-L6-v2", model, args.minilm, True, args, args.out))
+        print(markdown(reports[-1:]), flush=True)
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(reports, f, indent=1)
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(markdown(reports))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
