@@ -2,8 +2,8 @@
 """Cross-engine study (issue 14): Hugging Face transformers as the prover, veritrace as the
 verifier, through the `veritrace` wheel.
 
-For a small random-initialized Llama checkpoint saved by transformers (and, when installed, the
-real all-MiniLM-L6-v2):
+For small random-initialized Llama and Qwen2 checkpoints saved by transformers and the real
+all-MiniLM-L6-v2 (when installed):
 
 1. noise: per-layer relative L2 between transformers' hidden states (f32, eager attention, CPU)
    and veritrace's own trace of the same tokens;
@@ -20,6 +20,7 @@ real all-MiniLM-L6-v2):
    one-cell interactive challenge under the same policy).
 
     python tests/engines/cross_engine.py OUT_DIR [--cal N] [--held N] [--cheat N]
+        [--models llama,qwen2,minilm] [--check]
 
 Writes OUT_DIR/{report.md,report.json} and the policies. Needs torch, transformers and the
 `veritrace` wheel (scripts/build-python.sh installs it into target/engines).
@@ -71,7 +72,8 @@ def wilson(x, n, z=1.96):
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
+    # the bounds at x = 0 and x = n are exactly 0 and 1 (not their rounded values)
+    return (0.0 if x == 0 else max(0.0, c - h), 1.0 if x == n else min(1.0, c + h))
 
 
 def hypergeom_detect(n, b, k):
@@ -82,14 +84,21 @@ def hypergeom_detect(n, b, k):
     return 1.0 - math.comb(n - b, k) / math.comb(n, k)
 
 
-def build_llama(dir, seed=21):
+FAMILIES = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+}
+
+
+def build_decoder(dir, family, seed=21):
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
+    config_class, model_class = FAMILIES[family]
+    config = config_class(
         vocab_size=512, hidden_size=128, intermediate_size=344, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
         max_position_embeddings=256)
     config._attn_implementation = "eager"
-    model = transformers.LlamaForCausalLM(config).float().eval()
+    model = model_class(config).float().eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.08) if p.dim() == 2 else p.uniform_(0.8, 1.2)
@@ -216,7 +225,7 @@ def study(name, model, ckpt, encoder, args, out_dir):
 
             for cname, make in [("bf16", bf16), ("int8-dynamic", int8),
                                 ("skipped-layer-2", skip), ("perturbed-layer-3-mlp", perturb)]:
-                cheat = make(transformers.LlamaForCausalLM.from_pretrained(ckpt).float().eval())
+                cheat = make(type(model).from_pretrained(ckpt).float().eval())
                 detected, preds = 0, []
                 for i in range(args.cheat):
                     ids = prompt(rng, vocab, encoder)
@@ -271,23 +280,34 @@ def markdown(reports):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
-    ap.add_argument("--cal", type=int, default=600)
+    ap.add_argument("--cal", type=int, default=640)
     ap.add_argument("--held", type=int, default=200)
     ap.add_argument("--cheat", type=int, default=100)
     ap.add_argument("--bad-cells", type=int, default=10)
     ap.add_argument("--target", type=float, default=0.01)
     ap.add_argument("--minilm", default=os.environ.get("VERITRACE_MINILM") or os.path.join(
         os.path.dirname(__file__), "..", "..", "models", "all-MiniLM-L6-v2"))
+    ap.add_argument("--models", default="llama,minilm",
+                    help="comma-separated: llama, qwen2, minilm")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 unless no held-out honest session is rejected and every "
+                         "cheat's predicted detection lies in its measured Wilson interval")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
+    models = args.models.split(",")
     reports = []
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = os.path.join(tmp, "llama")
-        model = build_llama(ckpt)
-        reports.append(study("llama-3x128", model, ckpt, False, args, args.out))
-        print(markdown(reports[-1:]), flush=True)
-    if os.path.isfile(os.path.join(args.minilm, "model.safetensors")):
+    for family in [m for m in models if m in FAMILIES]:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, family)
+            model = build_decoder(ckpt, family)
+            reports.append(study(f"{family}-3x128", model, ckpt, False, args, args.out))
+            print(markdown(reports[-1:]), flush=True)
+    if "minilm" not in models:
+        pass
+    elif not os.path.isfile(os.path.join(args.minilm, "model.safetensors")):
+        print(f"skip MiniLM: not installed at {args.minilm} (scripts/install-minilm.sh)")
+    else:
         model = transformers.BertModel.from_pretrained(args.minilm, attn_implementation="eager")
         model = model.float().eval()
         reports.append(study("all-MiniLM-L6-v2", model, args.minilm, True, args, args.out))
@@ -296,6 +316,21 @@ def main():
         json.dump(reports, f, indent=1)
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(markdown(reports))
+    if args.check:
+        problems = []
+        for r in reports:
+            if r["held_out"]["rejected"]:
+                problems.append(f"{r['model']}: {r['held_out']['rejected']} honest sessions "
+                                f"rejected: {r['held_out']['reasons']}")
+            for c, v in r["cheats"].items():
+                lo, hi = v["wilson95"]
+                if v["predicted"] is not None and not lo <= v["predicted"] <= hi:
+                    problems.append(f"{r['model']} {c}: predicted {v['predicted']:.3f} outside "
+                                    f"the measured {lo:.3f}-{hi:.3f}")
+        for p in problems:
+            print("FAIL " + p)
+        print(f"cross_engine: {len(problems)} failed")
+        return 1 if problems else 0
     return 0
 
 

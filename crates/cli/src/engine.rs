@@ -67,6 +67,60 @@ fn looks_like_path(spec: &str) -> bool {
 /// [`EngineLoadError`]: an unknown name, a path that is not a checkpoint directory, `minilm`
 /// when it is not installed, or a model that fails to load.
 pub fn load_model(spec: &str) -> Result<SimModel, EngineLoadError> {
+    let key = cache_key(spec);
+    if let Some(key) = &key {
+        let cache = MODELS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = cache.get(key) {
+            return Ok(m.clone());
+        }
+    }
+    let model = load_uncached(spec)?;
+    if let Some(key) = key {
+        let mut cache = MODELS.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED_MODELS {
+            cache.clear();
+        }
+        cache.insert(key, model.clone());
+    }
+    Ok(model)
+}
+
+/// At most this many models stay loaded in a process (the Python package calls one verb after
+/// another in one process; the binary loads one model per run).
+const MAX_CACHED_MODELS: usize = 4;
+
+/// What identifies a loaded model: the argument, and for a directory the length and
+/// modification time of every file in it (a checkpoint rewritten in place is loaded again).
+type CacheKey = (
+    String,
+    Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>,
+);
+
+static MODELS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<CacheKey, SimModel>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The cache key of `spec`: presets by name; a checkpoint directory by its files' lengths and
+/// modification times; `None` (never cached) when the directory cannot be listed.
+fn cache_key(spec: &str) -> Option<CacheKey> {
+    let dir = match spec {
+        s if PRESETS.contains(&s) => return Some((s.to_string(), Vec::new())),
+        MINILM => veritrace_model::minilm_dir()?,
+        s => std::path::PathBuf::from(s),
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).ok()? {
+        let entry = entry.ok()?;
+        let meta = entry.metadata().ok()?;
+        if meta.is_file() {
+            files.push((entry.path(), meta.len(), meta.modified().ok()));
+        }
+    }
+    files.sort();
+    Some((spec.to_string(), files))
+}
+
+fn load_uncached(spec: &str) -> Result<SimModel, EngineLoadError> {
     veritrace_model::load(spec).map_err(|error| match error {
         ModelError::UnknownModel { .. } if looks_like_path(spec) => {
             EngineLoadError::PathNotSupported {
@@ -96,6 +150,23 @@ pub fn load_engine(spec: &str) -> Result<SimModel, EngineLoadError> {
 mod tests {
     use super::*;
     use veritrace_model::LlamaModel;
+
+    #[test]
+    fn loaded_models_are_reused_until_their_files_change() {
+        let a = load_model("tiny").unwrap();
+        let b = load_model("tiny").unwrap();
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let dir = tempfile::tempdir().unwrap();
+        LlamaModel::preset("tiny").unwrap().save(dir.path()).unwrap();
+        let spec = dir.path().to_str().unwrap();
+        let first = load_model(spec).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &load_model(spec).unwrap()));
+        // another model written over the same directory is loaded anew
+        LlamaModel::preset("small").unwrap().save(dir.path()).unwrap();
+        let second = load_model(spec).unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&first, &second));
+        assert_ne!(first.digest(), second.digest());
+    }
 
     #[test]
     fn presets_load_and_other_names_are_refused() {
