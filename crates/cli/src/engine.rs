@@ -157,12 +157,18 @@ mod tests {
         let b = load_model("tiny").unwrap();
         assert!(std::sync::Arc::ptr_eq(&a, &b));
         let dir = tempfile::tempdir().unwrap();
-        LlamaModel::preset("tiny").unwrap().save(dir.path()).unwrap();
+        LlamaModel::preset("tiny")
+            .unwrap()
+            .save(dir.path())
+            .unwrap();
         let spec = dir.path().to_str().unwrap();
         let first = load_model(spec).unwrap();
         assert!(std::sync::Arc::ptr_eq(&first, &load_model(spec).unwrap()));
         // another model written over the same directory is loaded anew
-        LlamaModel::preset("small").unwrap().save(dir.path()).unwrap();
+        LlamaModel::preset("small")
+            .unwrap()
+            .save(dir.path())
+            .unwrap();
         let second = load_model(spec).unwrap();
         assert!(!std::sync::Arc::ptr_eq(&first, &second));
         assert_ne!(first.digest(), second.digest());
