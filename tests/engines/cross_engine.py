@@ -13,11 +13,13 @@ all-MiniLM-L6-v2 (when installed):
 3. held-out honest sessions: fresh prompts never used in calibration, each committed, opened at
    k = 8 (non-interactive) and verified under the calibrated policy; false rejections counted
    with a one-sided 95% Clopper-Pearson upper bound;
-4. cheats (decoders): bf16, int8 dynamic quantization (torch.ao quantize_dynamic on every
+4. SDPA: the same honest model under PyTorch's scaled-dot-product attention instead of eager,
+   verified under the eager-calibrated policy; reported as measured (not checked);
+5. cheats (decoders): bf16, int8 dynamic quantization (torch.ao quantize_dynamic on every
    Linear), a skipped layer (its output replaced by its input) and a checkpoint with one
    perturbed layer: detection over sessions at k = 8 against the hypergeometric prediction
    1 - C(N - B, k) / C(N, k), with B each trace's bad cells (every cell checked alone with a
-   one-cell interactive challenge under the same policy).
+   one-cell interactive challenge under the same policy), summed over the very sessions run.
 
     python tests/engines/cross_engine.py OUT_DIR [--cal N] [--held N] [--cheat N]
         [--models llama,qwen2,minilm] [--check]
@@ -201,6 +203,19 @@ def study(name, model, ckpt, encoder, args, out_dir):
         report["held_out"] = {"sessions": args.held, "rejected": rejected,
                               "upper95": clopper_pearson_upper(rejected, args.held),
                               "reasons": reasons[:5]}
+        # the same honest model under PyTorch's SDPA attention instead of eager (another
+        # reduction order, not another algorithm in exact arithmetic): reported as measured
+        sdpa = type(model).from_pretrained(ckpt, attn_implementation="sdpa").float().eval()
+        sdpa_rejected, sdpa_reasons = 0, []
+        for i in range(args.sdpa):
+            run, _, _ = prove(sdpa, prompt(rng, vocab, encoder), encoder, tmp, f"sdpa{i}", ckpt)
+            v = session(run, ckpt, policy, tmp, f"sdpa{i}")
+            if not v.accepted:
+                sdpa_rejected += 1
+                sdpa_reasons.append(v.reason)
+        report["sdpa"] = {"sessions": args.sdpa, "rejected": sdpa_rejected,
+                          "wilson95": wilson(sdpa_rejected, args.sdpa),
+                          "reasons": sdpa_reasons[:5]}
         # cheats
         cheats = {}
         if not encoder:
@@ -237,14 +252,18 @@ def study(name, model, ckpt, encoder, args, out_dir):
                                      chunk=8, out=run)
                     v = session(run, ckpt, policy, tmp, f"{cname}{i}")
                     detected += 0 if v.accepted else 1
-                    if i < args.bad_cells:
+                    if args.bad_cells is None or i < args.bad_cells:
                         b, n = bad_cells(run, ckpt, policy, tmp, f"{cname}{i}")
                         preds.append(hypergeom_detect(n, b, K))
                 pred = sum(preds) / len(preds) if preds else None
+                # sessions are independent with detection probabilities p_i: the count has mean
+                # sum p_i and variance sum p_i (1 - p_i) (over the sessions predicted)
+                sd = math.sqrt(sum(q * (1 - q) for q in preds))
                 cheats[cname] = {"sessions": args.cheat, "detected": detected,
                                  "rate": detected / args.cheat,
                                  "wilson95": wilson(detected, args.cheat),
-                                 "predicted": pred, "predicted_from": len(preds)}
+                                 "predicted": pred, "predicted_from": len(preds),
+                                 "expected_detections": sum(preds), "sd": sd}
         report["cheats"] = cheats
     report["seconds"] = round(time.time() - t0, 1)
     return report
@@ -264,13 +283,20 @@ def markdown(reports):
         h = r["held_out"]
         lines += [f"Held-out honest sessions: {h['rejected']} of {h['sessions']} rejected "
                   f"(one-sided 95% upper bound {h['upper95']:.3%}).", ""]
+        sd = r.get("sdpa")
+        if sd and sd["sessions"]:
+            lo, hi = sd["wilson95"]
+            lines += [f"The same model with SDPA attention (calibrated on eager): "
+                      f"{sd['rejected']} of {sd['sessions']} sessions rejected "
+                      f"(Wilson 95% {lo:.3f}–{hi:.3f}).", ""]
         if r["cheats"]:
             lines += ["| cheat | detected | rate (Wilson 95%) | predicted (hypergeometric) |",
                       "|---|---:|---|---:|"]
             for c, v in r["cheats"].items():
                 lo, hi = v["wilson95"]
                 p = "–" if v["predicted"] is None else \
-                    f"{v['predicted']:.3f} (from {v['predicted_from']} traces)"
+                    (f"{v['predicted']:.3f}: {v['expected_detections']:.1f} ± {v['sd']:.1f} "
+                     f"detections (from {v['predicted_from']} traces)")
                 lines.append(f"| {c} | {v['detected']} / {v['sessions']} | {v['rate']:.3f} "
                              f"({lo:.3f}–{hi:.3f}) | {p} |")
             lines.append("")
@@ -283,7 +309,10 @@ def main():
     ap.add_argument("--cal", type=int, default=640)
     ap.add_argument("--held", type=int, default=200)
     ap.add_argument("--cheat", type=int, default=100)
-    ap.add_argument("--bad-cells", type=int, default=10)
+    ap.add_argument("--bad-cells", type=int, default=None,
+                    help="cheat traces whose bad cells are counted (default: every one)")
+    ap.add_argument("--sdpa", type=int, default=100,
+                    help="honest sessions of the same model under SDPA attention")
     ap.add_argument("--target", type=float, default=0.01)
     ap.add_argument("--minilm", default=os.environ.get("VERITRACE_MINILM") or os.path.join(
         os.path.dirname(__file__), "..", "..", "models", "all-MiniLM-L6-v2"))
@@ -291,7 +320,8 @@ def main():
                     help="comma-separated: llama, qwen2, minilm")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 unless no held-out honest session is rejected and every "
-                         "cheat's predicted detection lies in its measured Wilson interval")
+                         "cheat's detections lie within 3 standard deviations (plus one "
+                         "session) of the hypergeometric prediction for the same sessions")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
@@ -323,10 +353,13 @@ def main():
                 problems.append(f"{r['model']}: {r['held_out']['rejected']} honest sessions "
                                 f"rejected: {r['held_out']['reasons']}")
             for c, v in r["cheats"].items():
-                lo, hi = v["wilson95"]
-                if v["predicted"] is not None and not lo <= v["predicted"] <= hi:
-                    problems.append(f"{r['model']} {c}: predicted {v['predicted']:.3f} outside "
-                                    f"the measured {lo:.3f}-{hi:.3f}")
+                if v["predicted_from"] != v["sessions"]:
+                    continue
+                # the observed count within 3 standard deviations (and one session) of the
+                # prediction for the very sessions observed
+                if abs(v["detected"] - v["expected_detections"]) > 3 * v["sd"] + 1:
+                    problems.append(f"{r['model']} {c}: {v['detected']} detections, "
+                                    f"{v['expected_detections']:.1f} +- {v['sd']:.1f} predicted")
         for p in problems:
             print("FAIL " + p)
         print(f"cross_engine: {len(problems)} failed")
