@@ -70,6 +70,7 @@ fn setup() -> (Statement, Vec<Vec<u8>>) {
         dependency: Dependency::Causal,
         output_rule: OutputRule::Greedy,
         input_text: None,
+        engine: None,
     };
     let mut x = 1u32;
     let layers = (0..32)

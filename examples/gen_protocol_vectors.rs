@@ -69,6 +69,7 @@ fn statements() -> Vec<(&'static str, Commitment)> {
         dependency: Dependency::Causal,
         output_rule: OutputRule::Greedy,
         input_text: None,
+        engine: None,
     };
     let toy_root = toy_prover(&toy).tree().root();
 
@@ -92,6 +93,8 @@ fn statements() -> Vec<(&'static str, Commitment)> {
             chat: true,
             text: "Déjà vu — forty tokens of text".into(),
         }),
+        // an engine claim (binary field 11, transcript row 10b)
+        engine: Some("transformers 5.25.0, torch 2.15.0, cpu, eager".into()),
     };
 
     // 3. An encoder: 3 hidden states, 16 input tokens and no output, hidden 8, chunk 5 (4 chunks
@@ -107,6 +110,7 @@ fn statements() -> Vec<(&'static str, Commitment)> {
         dependency: Dependency::Bidirectional,
         output_rule: OutputRule::Greedy,
         input_text: None,
+        engine: None,
     };
 
     vec![
@@ -226,6 +230,9 @@ fn transcript_rows(c: &Commitment) -> Vec<(&'static str, Vec<u8>)> {
         m.push(u8::from(t.chat));
         m.extend(t.text.as_bytes());
         rows.push(("input-text", m));
+    }
+    if let Some(e) = &s.engine {
+        rows.push(("engine", e.as_bytes().to_vec()));
     }
     rows.push(("root", c.root.0.to_vec()));
     rows

@@ -64,6 +64,7 @@ fn statement_by(
         dependency: dep,
         output_rule: OutputRule::Greedy,
         input_text: None,
+        engine: None,
     }
 }
 
@@ -394,6 +395,7 @@ fn every_statement_field_changes_the_challenge() {
         chat: false,
         text: "text".into(),
     });
+    with_text.engine = Some("an engine".into());
     // a text binding and its absence give different transcripts
     let params = ChallengeParams {
         samples: 3,
@@ -475,8 +477,8 @@ fn every_statement_field_changes_the_challenge() {
         checked += 1;
     }
     // version, model digest, setup, 6 input + 4 output tokens, 5 geometry fields, hasher,
-    // dependency, output rule, the text's tokenizer, chat flag and text, root
-    assert!(checked >= 24, "only {checked} fields checked");
+    // dependency, output rule, the text's tokenizer, chat flag and text, the engine, root
+    assert!(checked >= 25, "only {checked} fields checked");
 }
 
 /// A verifier that knows what it asked for rejects a commitment under another statement.

@@ -149,6 +149,10 @@ fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
         m.extend(t.text.as_bytes());
         ("input-text", m)
     });
+    let engine = st
+        .engine
+        .as_ref()
+        .map(|e| ("engine", e.as_bytes().to_vec()));
     [
         ("version", st.version.to_le_bytes().to_vec()),
         ("model-digest", st.model_digest.0.to_vec()),
@@ -162,6 +166,7 @@ fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
     ]
     .into_iter()
     .chain(text)
+    .chain(engine)
     .chain([("root", c.root.0.to_vec())])
     .map(|(l, b)| (l.to_string(), b))
     .collect()

@@ -645,6 +645,7 @@ pub fn statement() -> Statement {
         dependency: dep,
         output_rule: OutputRule::Greedy,
         input_text: None,
+        engine: None,
     }
 }
 

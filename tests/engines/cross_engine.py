@@ -47,6 +47,8 @@ transformers.utils.logging.disable_progress_bar()
 transformers.utils.logging.set_verbosity_error()
 K = 8
 TOKENS = 24
+# the engine claim of every honest trace (bound in its statement, recorded in the policy)
+ENGINE = f"transformers {transformers.__version__}, torch {torch.__version__}, cpu, eager"
 NEW = 8
 
 
@@ -114,14 +116,15 @@ def prompt(rng, vocab, encoder):
     return [rng.randrange(vocab) for _ in range(TOKENS)]
 
 
-def prove(model, ids, encoder, tmp, tag, ckpt, chunk=8):
+def prove(model, ids, encoder, tmp, tag, ckpt, chunk=8, engine=ENGINE):
     """transformers' trace of ids (and greedy tokens for a decoder), committed; returns the
     run directory and the output tokens."""
     states, output = veritrace.capture(model, ids, max_new_tokens=0 if encoder else NEW)
     path = os.path.join(tmp, f"{tag}.safetensors")
     veritrace.save_trace([s.float() for s in states], path, ids + output)
     run = os.path.join(tmp, f"{tag}-run")
-    veritrace.commit(path, model=ckpt, prompt=ids, output_tokens=output, chunk=chunk, out=run)
+    veritrace.commit(path, model=ckpt, prompt=ids, output_tokens=output, chunk=chunk, out=run,
+                     engine=engine)
     os.unlink(path)
     return run, output, states
 
@@ -191,7 +194,9 @@ def study(name, model, ckpt, encoder, args, out_dir):
         report["calibration_report"] = veritrace.run(*cal)
         report["calibration_runs"] = args.cal
         with open(policy) as f:
-            report["thresholds"] = json.load(f)["policy"]["thresholds"]
+            calibrated = json.load(f)
+        report["thresholds"] = calibrated["policy"]["thresholds"]
+        report["calibrated_across"] = calibrated["calibration"]["variations"]
         # held-out honest sessions
         rejected, reasons = 0, []
         for i in range(args.held):
@@ -208,7 +213,8 @@ def study(name, model, ckpt, encoder, args, out_dir):
         sdpa = type(model).from_pretrained(ckpt, attn_implementation="sdpa").float().eval()
         sdpa_rejected, sdpa_reasons = 0, []
         for i in range(args.sdpa):
-            run, _, _ = prove(sdpa, prompt(rng, vocab, encoder), encoder, tmp, f"sdpa{i}", ckpt)
+            run, _, _ = prove(sdpa, prompt(rng, vocab, encoder), encoder, tmp, f"sdpa{i}", ckpt,
+                              engine=ENGINE.replace("eager", "sdpa"))
             v = session(run, ckpt, policy, tmp, f"sdpa{i}")
             if not v.accepted:
                 sdpa_rejected += 1
@@ -349,6 +355,9 @@ def main():
     if args.check:
         problems = []
         for r in reports:
+            if not all(v["variation"].endswith(" on " + ENGINE) for v in r["calibrated_across"]):
+                problems.append(f"{r['model']}: the policy does not record the engine: "
+                                f"{r['calibrated_across']}")
             if r["held_out"]["rejected"]:
                 problems.append(f"{r['model']}: {r['held_out']['rejected']} honest sessions "
                                 f"rejected: {r['held_out']['reasons']}")

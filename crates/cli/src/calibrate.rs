@@ -328,9 +328,15 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             }
             .into());
         }
+        // the variation a trace stands for: its setup, and the engine it claims (so the
+        // policy's variations say which engines the thresholds were calibrated across)
         let variation = Setup::from_bytes(&statement.setup)
             .map(|s| s.to_string())
             .unwrap_or_else(|_| path.display().to_string());
+        let variation = match &statement.engine {
+            Some(engine) => format!("{variation} on {engine}"),
+            None => variation,
+        };
         runs.push(recompute.honest_run(&variation, metric, &statement, &trace)?);
     }
     if args.prompts > 0 {

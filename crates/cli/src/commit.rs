@@ -64,6 +64,12 @@ pub struct CommitArgs {
     #[arg(long, requires = "model", value_name = "IDS")]
     pub output_tokens: Option<String>,
 
+    /// With --model: the engine the prover ran (for example "transformers 5.25.0, torch 2.15.0,
+    /// cpu, eager"), bound in the statement beside the setup; `calibrate` records the engines
+    /// of the traces it calibrates from. At most 128 printable ASCII bytes.
+    #[arg(long, requires = "model")]
+    pub engine: Option<String>,
+
     /// With --model: the numeric setup the prover claims (canonical string).
     #[arg(long, requires = "model", default_value = "f32/attn=eager")]
     pub setup: String,
@@ -331,6 +337,7 @@ fn commit_external(
         dependency: model.dependency(),
         output_rule: OutputRule::Greedy,
         input_text,
+        engine: args.engine.clone(),
     };
     statement.validate()?;
     std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;

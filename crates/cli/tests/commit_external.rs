@@ -73,6 +73,8 @@ fn an_external_trace_is_committed_opened_and_verified() {
         &ids(&statement.output_tokens),
         "--chunk",
         "4",
+        "--engine",
+        "hand-written 1.0",
         "--out",
         &d("run"),
     ]);
@@ -80,6 +82,7 @@ fn an_external_trace_is_committed_opened_and_verified() {
     let c: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d("run/commitment.json")).unwrap()).unwrap();
     assert_eq!(c["statement"]["model_digest"], model.digest().to_string());
+    assert_eq!(c["statement"]["engine"], "hand-written 1.0");
     assert_eq!(c["statement"]["dependency"], "causal");
     let o = veritrace(&[
         "open",
@@ -239,6 +242,12 @@ fn a_trace_that_does_not_fit_the_model_is_refused_and_nothing_is_overwritten() {
             "commit", &t, "--model", "tiny", "--text", "hello", "--out", &out,
         ],
         "tokenizer",
+    );
+    refused(
+        &[
+            "commit", &t, "--model", "tiny", "--prompt", "5,9,2,7", "--engine", "é", "--out", &out,
+        ],
+        "engine",
     );
     assert!(!dir.path().join("run/commitment.json").exists());
     // an existing run is never overwritten

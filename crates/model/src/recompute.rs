@@ -142,6 +142,7 @@ impl LlamaModel {
             dependency: self.config().dependency(),
             output_rule: OutputRule::Greedy,
             input_text: None,
+            engine: None,
         };
         Ok((statement, trace))
     }
@@ -325,6 +326,7 @@ impl BertModel {
             dependency: Dependency::Bidirectional,
             output_rule: OutputRule::Greedy,
             input_text: None,
+            engine: None,
         };
         Ok((statement, trace))
     }

@@ -40,7 +40,8 @@ pub use messages::{Challenge, Commitment, OpenedCell, Opening, RejectReason, Ver
 pub use prover::{Prover, ProverState};
 pub use sampling::SamplingStrategy;
 pub use statement::{
-    Dependency, InputText, OutputRule, Statement, MAX_INPUT_TEXT_BYTES, PROTOCOL_VERSION,
+    Dependency, InputText, OutputRule, Statement, MAX_ENGINE_BYTES, MAX_INPUT_TEXT_BYTES,
+    PROTOCOL_VERSION,
 };
 pub use transcript::ChallengeParams;
 pub use verifier::{

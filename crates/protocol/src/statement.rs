@@ -82,7 +82,17 @@ pub struct Statement {
     /// ([`crate::Recompute::check_input`]). `None` (JSON `null`): the prover gave token ids.
     #[serde(default)]
     pub input_text: Option<InputText>,
+    /// The engine the prover claims to have run the setup on (for example `transformers
+    /// 5.25.0, torch 2.15.0, cpu, eager`), beside the setup; `None` (JSON `null`): unnamed.
+    /// Bound in the transcript; a verifier's calibrated policy records the engines it was
+    /// calibrated across, so the claim says which evidence applies. At most
+    /// [`MAX_ENGINE_BYTES`] printable ASCII bytes.
+    #[serde(default)]
+    pub engine: Option<String>,
 }
+
+/// Longest [`Statement::engine`] claim, in bytes.
+pub const MAX_ENGINE_BYTES: usize = 128;
 
 /// Longest [`InputText::text`] a statement may carry, in bytes (1 MiB).
 pub const MAX_INPUT_TEXT_BYTES: usize = 1 << 20;
@@ -139,6 +149,7 @@ impl Statement {
             ("dependency", self.dependency == other.dependency),
             ("output rule", self.output_rule == other.output_rule),
             ("input text", self.input_text == other.input_text),
+            ("engine", self.engine == other.engine),
         ];
         fields.iter().find(|(_, same)| !same).map(|(name, _)| *name)
     }
@@ -226,6 +237,18 @@ impl Message for Statement {
                 "an attention window must cover at least one position".into(),
             ));
         }
+        if let Some(e) = &self.engine {
+            if e.is_empty()
+                || e.len() > MAX_ENGINE_BYTES
+                || !e.bytes().all(|b| (0x20..0x7f).contains(&b))
+            {
+                return Err(ProtocolError::InvalidStatement(format!(
+                    "the engine claim must be 1 to {MAX_ENGINE_BYTES} printable ASCII bytes, \
+                     got {} bytes",
+                    e.len()
+                )));
+            }
+        }
         if let Some(t) = &self.input_text {
             if t.text.len() > MAX_INPUT_TEXT_BYTES {
                 return Err(ProtocolError::InvalidStatement(format!(
@@ -257,6 +280,7 @@ pub(crate) mod tests {
             dependency,
             output_rule: OutputRule::Greedy,
             input_text: None,
+            engine: None,
         }
     }
 

@@ -123,6 +123,10 @@ impl TranscriptProtocol for Transcript {
             m.extend_from_slice(t.text.as_bytes());
             self.append_message(b"input-text", &m);
         }
+        // Row 10b, only for a statement with an engine claim: its ASCII bytes.
+        if let Some(e) = &s.engine {
+            self.append_message(b"engine", e.as_bytes());
+        }
     }
 
     fn append_root(&mut self, root: &Digest) {

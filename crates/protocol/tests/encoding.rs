@@ -28,6 +28,7 @@ fn statement() -> Statement {
             chat: false,
             text: "four tokens, é".into(),
         }),
+        engine: Some("an engine 1.0".into()),
     }
 }
 

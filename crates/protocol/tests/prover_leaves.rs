@@ -19,6 +19,7 @@ fn statement(hasher: HasherId) -> Statement {
         dependency: Dependency::Causal,
         output_rule: OutputRule::Greedy,
         input_text: None,
+        engine: None,
     }
 }
 

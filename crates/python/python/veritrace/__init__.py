@@ -111,11 +111,14 @@ def commit(
     setup: str = "f32/attn=eager",
     chunk: int = 8,
     hasher: str = "blake3",
+    engine: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Commits an external prover's trace (a safetensors file of h.0 .. h.L) under its
     statement: checks it against `model`, writes `out/trace.safetensors` and
     `out/commitment.json`, and returns the commitment (statement and root) as a dict. Give the
-    input as `prompt` token ids or as `text` (tokenized with the checkpoint's tokenizer)."""
+    input as `prompt` token ids or as `text` (tokenized with the checkpoint's tokenizer);
+    `engine` names the engine the trace came from (bound in the statement; `calibrate` records
+    the engines of the traces it calibrates from)."""
     argv: List[str] = ["commit", os.fspath(trace), "--model", os.fspath(model), "--out",
                        os.fspath(out), "--setup", setup, "--chunk", str(chunk),
                        "--hasher", hasher]
@@ -125,6 +128,8 @@ def commit(
         argv += ["--text", text] + (["--chat"] if chat else [])
     if len(output_tokens):
         argv += ["--output-tokens", _ids(output_tokens)]
+    if engine is not None:
+        argv += ["--engine", engine]
     run(*argv)
     with open(os.path.join(os.fspath(out), "commitment.json")) as f:
         return json.load(f)
