@@ -222,6 +222,38 @@ def study(name, model, ckpt, encoder, args, out_dir):
         report["sdpa"] = {"sessions": args.sdpa, "rejected": sdpa_rejected,
                           "wilson95": wilson(sdpa_rejected, args.sdpa),
                           "reasons": sdpa_reasons[:5]}
+        # a policy calibrated across both attention implementations: half of the eager runs
+        # above and as many fresh SDPA runs; then fresh eager and SDPA sessions under it
+        if args.sdpa:
+            mixed_traces = traces[: args.cal // 2]
+            for i in range(args.cal - len(mixed_traces)):
+                run, _, _ = prove(sdpa, prompt(rng, vocab, encoder), encoder, tmp, f"mcal{i}",
+                                  ckpt, engine=ENGINE.replace("eager", "sdpa"))
+                mixed_traces.append(os.path.join(run, "trace.safetensors"))
+            mixed = os.path.join(out_dir, f"policy-{name}-eager-and-sdpa.json")
+            cal = ["calibrate", "--model", ckpt, "--samples", str(K), "--target-fpr",
+                   str(args.target), "--method", "exponential-tail", "--chunk", "8", "--out",
+                   mixed, "--quiet"]
+            for t in mixed_traces:
+                cal += ["--trace", t]
+            veritrace.run(*cal)
+            with open(mixed) as f:
+                m = json.load(f)
+            rows = {}
+            for label, attn, n in (("eager", model, args.sdpa), ("sdpa", sdpa, args.sdpa)):
+                rej = 0
+                for i in range(n):
+                    run, _, _ = prove(attn, prompt(rng, vocab, encoder), encoder, tmp,
+                                      f"m{label}{i}", ckpt,
+                                      engine=ENGINE.replace("eager", label))
+                    rej += 0 if session(run, ckpt, mixed, tmp, f"m{label}{i}").accepted else 1
+                rows[label] = {"sessions": n, "rejected": rej, "wilson95": wilson(rej, n)}
+            report["eager_and_sdpa"] = {
+                "calibration_runs": len(mixed_traces),
+                "calibrated_across": m["calibration"]["variations"],
+                "thresholds": m["policy"]["thresholds"],
+                "held_out": rows,
+            }
         # cheats
         cheats = {}
         if not encoder:
@@ -295,6 +327,12 @@ def markdown(reports):
             lines += [f"The same model with SDPA attention (calibrated on eager): "
                       f"{sd['rejected']} of {sd['sessions']} sessions rejected "
                       f"(Wilson 95% {lo:.3f}–{hi:.3f}).", ""]
+        mx = r.get("eager_and_sdpa")
+        if mx:
+            rows = ", ".join(f"{k} {v['rejected']} of {v['sessions']} rejected"
+                             for k, v in mx["held_out"].items())
+            lines += [f"Calibrated across eager and SDPA ({mx['calibration_runs']} runs): "
+                      f"fresh sessions {rows}.", ""]
         if r["cheats"]:
             lines += ["| cheat | detected | rate (Wilson 95%) | predicted (hypergeometric) |",
                       "|---|---:|---|---:|"]
