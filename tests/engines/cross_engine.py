@@ -15,7 +15,7 @@ all-MiniLM-L6-v2 (when installed):
    with a one-sided 95% Clopper-Pearson upper bound;
 4. SDPA: the same honest model under PyTorch's scaled-dot-product attention instead of eager,
    verified under the eager-calibrated policy; reported as measured (not checked);
-5. cheats (decoders): bf16, int8 dynamic quantization (torch.ao quantize_dynamic on every
+5. cheats (every model): bf16, int8 dynamic quantization (torch.ao quantize_dynamic on every
    Linear), a skipped layer (its output replaced by its input) and a checkpoint with one
    perturbed layer: detection over sessions at k = 8 against the hypergeometric prediction
    1 - C(N - B, k) / C(N, k), with B each trace's bad cells (every cell checked alone with a
@@ -256,7 +256,7 @@ def study(name, model, ckpt, encoder, args, out_dir):
             }
         # cheats
         cheats = {}
-        if not encoder:
+        if True:
             def bf16(m):
                 return m.to(torch.bfloat16)
 
@@ -264,25 +264,39 @@ def study(name, model, ckpt, encoder, args, out_dir):
                 return torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear},
                                                               dtype=torch.qint8)
 
+            # a decoder layer returns its hidden state, a BERT layer a tuple led by it
+            def layers(m):
+                return m.encoder.layer if encoder else m.model.layers
+
             def skip(m):
-                layer = m.model.layers[1]
-                layer.register_forward_hook(lambda mod, inp, out: inp[0])
+                def keep_input(mod, inp, out):
+                    return (inp[0],) + tuple(out[1:]) if isinstance(out, tuple) else inp[0]
+                layers(m)[1].register_forward_hook(keep_input)
                 return m
 
             def perturb(m):
                 with torch.no_grad():
-                    w = m.model.layers[2].mlp.down_proj.weight
+                    w = (m.encoder.layer[2].output.dense.weight if encoder
+                         else m.model.layers[2].mlp.down_proj.weight)
                     g = torch.Generator().manual_seed(3)
                     w.add_(torch.randn(w.shape, generator=g) * 0.01 * w.abs().mean())
                 return m
 
+            def fresh():
+                if encoder:
+                    m = type(model).from_pretrained(ckpt, attn_implementation="eager")
+                else:
+                    m = type(model).from_pretrained(ckpt)
+                return m.float().eval()
+
             for cname, make in [("bf16", bf16), ("int8-dynamic", int8),
                                 ("skipped-layer-2", skip), ("perturbed-layer-3-mlp", perturb)]:
-                cheat = make(type(model).from_pretrained(ckpt).float().eval())
+                cheat = make(fresh())
                 detected, preds = 0, []
                 for i in range(args.cheat):
                     ids = prompt(rng, vocab, encoder)
-                    states, output = veritrace.capture(cheat, ids, max_new_tokens=NEW)
+                    states, output = veritrace.capture(cheat, ids,
+                                                       max_new_tokens=0 if encoder else NEW)
                     path = os.path.join(tmp, f"{cname}{i}.safetensors")
                     veritrace.save_trace([s.float() for s in states], path, ids + output)
                     run = os.path.join(tmp, f"{cname}{i}-run")
