@@ -257,7 +257,7 @@ fn commit_external(
         .into());
     }
     // Token ids the importer carried over (`token_ids`) must be the statement's.
-    if let Some(ids) = trace_token_ids(&args.trace)? {
+    if let Some(ids) = trace_token_ids(&file)? {
         let claimed: Vec<i64> = input.iter().chain(&output).map(|&t| i64::from(t)).collect();
         if ids != claimed {
             let at = ids
@@ -375,10 +375,11 @@ fn commit_external(
     Ok(())
 }
 
-/// The `token_ids` tensor of a trace file (I64 or I32, one dimension), if it has one.
-fn trace_token_ids(path: &Path) -> anyhow::Result<Option<Vec<i64>>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+/// The `token_ids` tensor of a trace file (I64 or I32, one dimension), if it has one, read from
+/// the file as [`TraceFile`] mapped it (no second read).
+fn trace_token_ids(file: &TraceFile) -> anyhow::Result<Option<Vec<i64>>> {
+    let path = file.path();
+    let st = safetensors::SafeTensors::deserialize(file.bytes())
         .map_err(|e| VerbInputError::Argument(format!("{}: {e}", path.display())))?;
     let Ok(view) = st.tensor("token_ids") else {
         return Ok(None);

@@ -225,6 +225,11 @@ impl TraceFile {
         self.map.get(range.clone())
     }
 
+    /// The whole mapped file (for the tensors other than `h.*`, such as `token_ids`).
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+
     /// The raw bytes of every layer, in order `h.0, h.1, …`.
     pub fn layers(&self) -> Vec<&[u8]> {
         self.layers.iter().map(|r| &self.map[r.clone()]).collect()

@@ -163,15 +163,7 @@ pub fn load(spec: &str) -> Result<Arc<dyn Model>> {
             spec: spec.to_string(),
         });
     }
-    let bytes = std::fs::read(&config).map_err(|source| ModelError::Io {
-        path: config.display().to_string(),
-        source,
-    })?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
-            path: config.display().to_string(),
-            reason: format!("not JSON: {e}"),
-        })?;
+    let value = crate::llama::read_config_json(&config)?;
     let model_type = match value.get("model_type") {
         None => "",
         Some(t) => t.as_str().ok_or_else(|| {

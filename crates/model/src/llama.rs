@@ -298,6 +298,19 @@ fn llama3_value(s: Llama3RopeScaling) -> serde_json::Value {
     v
 }
 
+/// A checkpoint's `config.json` as JSON: [`ModelError::Io`] when it cannot be read,
+/// [`ModelError::Checkpoint`] when it is not JSON.
+pub(crate) fn read_config_json(path: &Path) -> Result<serde_json::Value> {
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
+        path: path.display().to_string(),
+        reason: format!("not JSON: {e}"),
+    })
+}
+
 /// The refusal of the first `config.json` field of `map` that `allowed` does not accept, for
 /// the `loader` it names (a field nobody listed may change the computation).
 pub(crate) fn unknown_field(
@@ -326,15 +339,7 @@ fn default_act() -> String {
 impl HfLlamaConfig {
     /// Reads, checks (see [`HfLlamaConfig`]) and parses `config.json`.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
-                path: path.display().to_string(),
-                reason: format!("not JSON: {e}"),
-            })?;
+        let value = read_config_json(path)?;
         Self::parse(&value).map_err(|e| match e {
             ModelError::InvalidConfig(m) => {
                 ModelError::InvalidConfig(format!("{}: {m}", path.display()))

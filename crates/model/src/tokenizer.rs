@@ -85,7 +85,10 @@ pub const TOKENIZER_DIGEST_LABEL: &[u8] = b"veritrace/tokenizer/v1";
 #[derive(Debug, Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
-    json: Vec<u8>,
+    /// The tokenizer digests without and with the chat template (when there is one), computed
+    /// once at load: `json` can be megabytes and a verifier checks every opening.
+    digest_plain: Digest,
+    digest_chat: Option<Digest>,
     chat_template: Option<String>,
     /// `bos_token`, `eos_token`, `unk_token`, `pad_token` of `tokenizer_config.json`, for the
     /// chat template's context.
@@ -184,7 +187,8 @@ impl TextTokenizer {
         }
         Ok(Some(TextTokenizer {
             inner,
-            json,
+            digest_plain: tokenizer_digest(&json, ""),
+            digest_chat: chat_template.as_deref().map(|t| tokenizer_digest(&json, t)),
             chat_template,
             special,
             source: dir.display().to_string(),
@@ -200,18 +204,11 @@ impl TextTokenizer {
     /// `u64le(|J|) ‖ J` (the `tokenizer.json` bytes) and `u64le(|C|) ‖ C` (the chat template
     /// with `chat`, empty without). Refuses `chat` without a template.
     pub fn digest(&self, chat: bool) -> Result<Digest> {
-        let template = match (chat, &self.chat_template) {
-            (false, _) => "",
-            (true, Some(t)) => t.as_str(),
-            (true, None) => return Err(self.no_template()),
-        };
-        let mut h = blake3::Hasher::new();
-        h.update(TOKENIZER_DIGEST_LABEL);
-        h.update(&(self.json.len() as u64).to_le_bytes());
-        h.update(&self.json);
-        h.update(&(template.len() as u64).to_le_bytes());
-        h.update(template.as_bytes());
-        Ok(Digest(*h.finalize().as_bytes()))
+        match (chat, self.digest_chat) {
+            (false, _) => Ok(self.digest_plain),
+            (true, Some(d)) => Ok(d),
+            (true, None) => Err(self.no_template()),
+        }
     }
 
     fn no_template(&self) -> ModelError {
@@ -337,6 +334,17 @@ impl TextTokenizer {
         }
         Ok(())
     }
+}
+
+/// `BLAKE3(label ‖ u64le(|J|) ‖ J ‖ u64le(|C|) ‖ C)` of specs/protocol.md §3.4.
+fn tokenizer_digest(json: &[u8], template: &str) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(TOKENIZER_DIGEST_LABEL);
+    h.update(&(json.len() as u64).to_le_bytes());
+    h.update(json);
+    h.update(&(template.len() as u64).to_le_bytes());
+    h.update(template.as_bytes());
+    Digest(*h.finalize().as_bytes())
 }
 
 /// The statement-level input check every model shares ([`veritrace_protocol::Recompute::check_input`]):
