@@ -93,20 +93,24 @@ fn refuse(m: String) -> anyhow::Error {
 /// Every tensor of a safetensors file, widened to f32 (F32, F16, BF16, or integer ids).
 fn read_safetensors(path: &Path) -> anyhow::Result<BTreeMap<String, Named>> {
     let zst = path.extension().is_some_and(|e| e == "zst");
+    use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| VerbInputError::File {
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len > MAX_INPUT_BYTES || !file.metadata().is_ok_and(|m| m.is_file()) {
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_INPUT_BYTES {
         return Err(refuse(format!(
             "{}: not a regular file of at most {MAX_INPUT_BYTES} bytes",
             path.display()
         )));
     }
-    // SAFETY-free: memmap2's map is the one unsafe call, made in trace_file; here the file is
-    // read (a hidden-states file of one sequence is small next to the model).
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    // Read, not mapped (a hidden-states file of one sequence is small next to the model), from
+    // the handle just checked.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_INPUT_BYTES)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
     let bytes = if zst {
         decompress(path, &bytes)?
     } else {
