@@ -14,6 +14,15 @@
 //! `max(1, 2^(G-W))` attempts (see
 //! [`veritrace_protocol::soundness::grinding_security_bits`]). In sizing mode the target
 //! becomes `L + max(0, G - W)` bits of miss probability, so that `L` bits remain after grinding.
+//!
+//! Every argument is answered in well under a second: beyond
+//! [`veritrace_protocol::soundness::EXACT_TERMS_MAX`] (`min(B, K)` above `2^23`; for sizing,
+//! [`veritrace_protocol::soundness::SEARCH_EXACT_TERMS_MAX`]) the miss probability comes from a
+//! constant-time closed form that is an upper bound
+//! ([`veritrace_protocol::soundness::MissMethod`]). The text output then says so (a `method` line,
+//! `<=` before miss figures and `>=` before detection and security figures, each rounded in the
+//! safe direction); the JSON output carries `miss_method` (`exact`, `euler_maclaurin_bound` or
+//! `with_replacement_bound`).
 
 use std::io::Write;
 
@@ -30,6 +39,9 @@ pub const AFTER_HELP: &str = "\
 Model: k distinct cells sampled uniformly from N, b of them bad; each sampled bad cell is caught
 with probability --power p, independently. P(miss) = E[(1-p)^X], X ~ Hypergeometric(N, b, k)
 (for p = 1: C(N-b, k) / C(N, k)). Rounds multiply their miss probabilities.
+Exact while min(b, k) <= 2^23 (2^16 per step of the --bits search); beyond, a constant-time
+upper bound on P(miss), marked as such: Euler-Maclaurin (p = 1, within about 1e-11 of the exact
+log) or with replacement, min((1 - p b/N)^k, (1 - p k/N)^b) (p < 1).
 
 Security bits: interactive -log2 P(miss); non-interactive (Fiat-Shamir) against grinding
 -log2 min(1, A P(miss)), where A = max(1, 2^(G - W)) attempts for a budget of 2^G transcript hash
@@ -114,9 +126,34 @@ pub struct SoundnessArgs {
     pub json: bool,
 }
 
-/// `2^log2` as a decimal with about six significant digits, or in scientific notation computed
-/// from the logarithm (so that values below `f64::MIN_POSITIVE` print too); `0` for `-inf`.
-pub fn format_probability(log2: f64) -> String {
+/// Direction in which a printed figure is rounded: to nearest for exact figures, and for bounds
+/// away from what the data supports no further (a miss probability up, a detection probability
+/// or a number of bits down), so that a printed bound is still a bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rounding {
+    Nearest,
+    Up,
+    Down,
+}
+
+impl Rounding {
+    /// `x` rounded to `decimals` decimal places in this direction.
+    fn apply(self, x: f64, decimals: i32) -> f64 {
+        let scale = 10f64.powi(decimals);
+        match self {
+            Self::Nearest => x,
+            Self::Up => (x * scale).ceil() / scale,
+            Self::Down => (x * scale).floor() / scale,
+        }
+    }
+}
+
+/// Beyond this `|log10|` of a probability, `f64` cannot resolve the mantissa of `10^log10`
+/// (the fraction of `log10` is known to less than `1e-7`): such probabilities print as a power
+/// of ten only.
+const MANTISSA_LOG10_MAX: f64 = 1e9;
+
+fn format_probability_rounded(log2: f64, rounding: Rounding) -> String {
     if log2 == f64::NEG_INFINITY {
         return "0".to_string();
     }
@@ -124,10 +161,18 @@ pub fn format_probability(log2: f64) -> String {
     if log10 >= -4.0 {
         let p = log2.exp2();
         let decimals = (5 - log10.floor() as i64).clamp(0, 12) as usize;
+        let p = rounding.apply(p, decimals as i32).min(1.0);
         format!("{p:.decimals$}")
+    } else if log10 < -MANTISSA_LOG10_MAX {
+        let exponent = match rounding {
+            Rounding::Nearest => log10.round(),
+            Rounding::Up => log10.ceil(),
+            Rounding::Down => log10.floor(),
+        };
+        format!("1e{exponent}")
     } else {
         let mut exponent = log10.floor();
-        let mut mantissa = 10f64.powf(log10 - exponent);
+        let mut mantissa = rounding.apply(10f64.powf(log10 - exponent), 5);
         if mantissa >= 9.999_995 {
             mantissa /= 10.0;
             exponent += 1.0;
@@ -136,15 +181,35 @@ pub fn format_probability(log2: f64) -> String {
     }
 }
 
+/// `2^log2` as a decimal with about six significant digits, or in scientific notation computed
+/// from the logarithm (so that values below `f64::MIN_POSITIVE` print too); `0` for `-inf`;
+/// beyond `10^-(10^9)`, where `f64` no longer resolves a mantissa, as `1e<exponent>`.
+pub fn format_probability(log2: f64) -> String {
+    format_probability_rounded(log2, Rounding::Nearest)
+}
+
+fn format_detection_rounded(log2_miss: f64, rounding: Rounding) -> String {
+    if log2_miss * std::f64::consts::LOG10_2 < -4.0 {
+        // 1 - miss: a lower bound on detection is 1 - (an upper bound on miss).
+        let miss_rounding = match rounding {
+            Rounding::Down => Rounding::Up,
+            other => other,
+        };
+        format!(
+            "1 - {}",
+            format_probability_rounded(log2_miss, miss_rounding)
+        )
+    } else {
+        let d = -(log2_miss * std::f64::consts::LN_2).exp_m1();
+        let d = rounding.apply(d, 6).max(0.0);
+        format!("{d:.6}")
+    }
+}
+
 /// `1 - 2^log2_miss`, as a decimal, or as `1 - <miss>` when the miss probability is below
 /// `10^-4` (a decimal would round to 1).
 pub fn format_detection(log2_miss: f64) -> String {
-    if log2_miss * std::f64::consts::LOG10_2 < -4.0 {
-        format!("1 - {}", format_probability(log2_miss))
-    } else {
-        let d = -(log2_miss * std::f64::consts::LN_2).exp_m1();
-        format!("{d:.6}")
-    }
+    format_detection_rounded(log2_miss, Rounding::Nearest)
 }
 
 /// A percentage with four significant digits, trailing zeros trimmed (`1`, `33.33`, `0.00003`).
@@ -162,16 +227,30 @@ fn format_percent(pct: f64) -> String {
     }
 }
 
-fn format_bits(bits: f64) -> String {
+fn format_bits(bits: f64, rounding: Rounding) -> String {
     if bits.is_infinite() {
         "inf".to_string()
     } else {
-        format!("{bits:.3}")
+        format!("{:.3}", rounding.apply(bits, 3))
     }
 }
 
-/// The analysis as aligned human-readable lines.
+/// `log2` of a probability to four decimals, rounded in `rounding`'s direction.
+fn format_log2(log2: f64, rounding: Rounding) -> String {
+    format!("{:.4}", rounding.apply(log2, 4))
+}
+
+/// The analysis as aligned human-readable lines. When the miss probability is a closed-form
+/// upper bound (`miss_method` not exact) the figures say so (`<=`, `>=`, a `method` line) and
+/// are rounded in the safe direction.
 pub fn report_to_text(r: &SoundnessReport) -> String {
+    let exact = r.miss_method.is_exact();
+    // Miss figures are upper bounds, detection and security figures lower bounds.
+    let (le, ge, up, down) = if exact {
+        ("", "", Rounding::Nearest, Rounding::Nearest)
+    } else {
+        ("<= ", ">= ", Rounding::Up, Rounding::Down)
+    };
     let mut s = String::new();
     let pct = format_percent(100.0 * r.bad_cells as f64 / r.cells as f64);
     let round_word = if r.rounds == 1 { "round" } else { "rounds" };
@@ -185,11 +264,14 @@ pub fn report_to_text(r: &SoundnessReport) -> String {
         r.samples, r.rounds
     );
     s += &format!("detection power      {} per sampled bad cell\n", r.power);
+    if !exact {
+        s += &format!("method               {}\n", r.miss_method.describe());
+    }
     if r.rounds > 1 {
         s += &format!(
-            "miss per round       {} (2^{:.4})\n",
-            format_probability(r.log2_miss_per_round),
-            r.log2_miss_per_round
+            "miss per round       {le}{} (2^{})\n",
+            format_probability_rounded(r.log2_miss_per_round, up),
+            format_log2(r.log2_miss_per_round, up)
         );
     }
     if r.certain_detection {
@@ -197,37 +279,44 @@ pub fn report_to_text(r: &SoundnessReport) -> String {
         s += "detection            1\n";
     } else {
         s += &format!(
-            "miss probability     {} (2^{:.4})\n",
-            format_probability(r.log2_miss),
-            r.log2_miss
+            "miss probability     {le}{} (2^{})\n",
+            format_probability_rounded(r.log2_miss, up),
+            format_log2(r.log2_miss, up)
         );
-        s += &format!("detection            {}\n", format_detection(r.log2_miss));
+        s += &format!(
+            "detection            {ge}{}\n",
+            format_detection_rounded(r.log2_miss, down)
+        );
     }
-    s += "security (bits)\n";
+    s += if exact {
+        "security (bits)\n"
+    } else {
+        "security (bits, lower bounds)\n"
+    };
     s += &format!(
-        "  interactive                      {}\n",
-        format_bits(r.security_bits)
+        "  interactive                      {ge}{}\n",
+        format_bits(r.security_bits, down)
     );
     s += &format!(
-        "  non-interactive, grinding        {}  (budget 2^{} hash evaluations, proof-of-work {} \
-         bits: 2^{} attempts)\n",
-        format_bits(r.security_bits_grinding),
+        "  non-interactive, grinding        {ge}{}  (budget 2^{} hash evaluations, proof-of-work \
+         {} bits: 2^{} attempts)\n",
+        format_bits(r.security_bits_grinding, down),
         r.grind_bits,
         r.pow_bits,
         r.log2_grinding_attempts
     );
     if r.rounds > 1 {
         s += &format!(
-            "  grinding round by round          {}  (if each round's challenge follows a fresh \
+            "  grinding round by round          {ge}{}  (if each round's challenge follows a fresh \
              prover message)\n",
-            format_bits(r.security_bits_grinding_sequential)
+            format_bits(r.security_bits_grinding_sequential, down)
         );
     }
     if !r.certain_detection {
         s += &format!(
-            "grinding break-even  2^{:.3} hash evaluations (then a grinding prover expects one \
+            "grinding break-even  {ge}2^{:.3} hash evaluations (then a grinding prover expects one \
              success)\n",
-            r.grinding_break_even_bits
+            down.apply(r.grinding_break_even_bits, 3)
         );
     }
     s
@@ -260,15 +349,30 @@ pub fn sizing_to_text(
             size.lambda_bits, security_bits
         );
     }
+    let exact = size.miss_method.is_exact();
     let at = if size.log2_miss_probability == f64::NEG_INFINITY {
         "P(miss) = 0".to_string()
-    } else {
+    } else if exact {
         format!("P(miss) = 2^{:.4}", size.log2_miss_probability)
+    } else {
+        format!(
+            "P(miss) <= 2^{}",
+            format_log2(size.log2_miss_probability, Rounding::Up)
+        )
     };
-    s += &format!(
-        "samples needed       {} (without replacement, exact hypergeometric; {at})\n",
-        size.samples
-    );
+    if exact {
+        s += &format!(
+            "samples needed       {} (without replacement, exact hypergeometric; {at})\n",
+            size.samples
+        );
+    } else {
+        s += &format!(
+            "samples needed       {} (without replacement, enough by the bound below, possibly \
+             more than the exact minimum; {at})\n",
+            size.samples
+        );
+        s += &format!("method               {}\n", size.miss_method.describe());
+    }
     match size.with_replacement_samples {
         Some(k) => {
             s += &format!("with replacement     {k} (closed form ceil(L ln 2 / -ln(1 - F P)))\n");
@@ -361,5 +465,36 @@ mod tests {
         assert_eq!(format_percent(0.0), "0");
         assert_eq!(format_percent(100.0 / 3.0), "33.33");
         assert_eq!(format_percent(3e-5), "0.00003");
+    }
+
+    #[test]
+    fn bounds_round_in_the_safe_direction() {
+        // 2^-3000 = 8.1285486255577e-904: a miss bound rounds up, a detection bound down.
+        assert_eq!(
+            format_probability_rounded(-3000.0, Rounding::Up),
+            "8.12855e-904"
+        );
+        assert_eq!(
+            format_probability_rounded(-3000.0, Rounding::Down),
+            "8.12854e-904"
+        );
+        assert_eq!(
+            format_detection_rounded(-3000.0, Rounding::Down),
+            "1 - 8.12855e-904"
+        );
+        // 2^-1.5 = 0.35355339...: the detection 0.64644660... rounds down.
+        assert_eq!(format_probability_rounded(-1.5, Rounding::Up), "0.353554");
+        assert_eq!(format_detection_rounded(-1.5, Rounding::Down), "0.646446");
+        assert_eq!(format_bits(144.270_946_8, Rounding::Down), "144.270");
+        assert_eq!(format_bits(144.270_946_8, Rounding::Nearest), "144.271");
+        assert_eq!(format_log2(-144.270_946_8, Rounding::Up), "-144.2709");
+        assert_eq!(format_log2(-144.270_96, Rounding::Nearest), "-144.2710");
+        // Far below 10^-(10^9) f64 resolves no mantissa: a power of ten only.
+        let log2 = -5e9 / std::f64::consts::LOG10_2;
+        assert_eq!(format_probability(log2), "1e-5000000000");
+        assert_eq!(
+            format_probability_rounded(log2 - 1.0, Rounding::Up),
+            "1e-5000000000"
+        );
     }
 }

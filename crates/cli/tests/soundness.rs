@@ -123,6 +123,10 @@ fn json_report_parses_and_is_consistent() {
     let bits = v["security_bits"].as_f64().unwrap();
     assert!((bits - 4.416_571_288_855_33).abs() < 1e-12, "{v}");
     assert_eq!(v["certain_detection"], false);
+    assert_eq!(v["miss_method"], "exact");
+    let text = ok(&["--cells", "10000", "--bad", "100", "--samples", "300"]);
+    assert!(!text.contains("method"), "{text}");
+    assert!(!text.contains("<="), "{text}");
 }
 
 #[test]
@@ -386,6 +390,227 @@ fn bad_inputs_exit_2_without_panics() {
         "--bits",
     );
     refused(&["--cells", "100", "--bad", "x", "--samples", "5"], "--bad");
+}
+
+/// `2^64 - 1` and its half, as command-line strings.
+const MAX: &str = "18446744073709551615";
+const HALF: &str = "9223372036854775807";
+const E18: &str = "1000000000000000000";
+const HALF_E18: &str = "500000000000000000";
+
+#[track_caller]
+fn assert_marked_bound(out: &str, method: &str) {
+    assert!(
+        out.contains(&format!("method               upper bound: {method}")),
+        "{out}"
+    );
+    assert!(out.contains("miss probability     <= "), "{out}");
+    assert!(out.contains("detection            >= 1 - "), "{out}");
+    assert!(out.contains("security (bits, lower bounds)"), "{out}");
+    assert!(
+        out.contains("  interactive                      >= "),
+        "{out}"
+    );
+}
+
+#[test]
+fn huge_analyses_answer_from_marked_closed_forms() {
+    // These used to run for time proportional to min(b, k): 10^17 to 10^19 steps.
+    let args = ["--cells", E18, "--bad", HALF_E18, "--samples", HALF_E18];
+    let out = ok(&args);
+    assert_marked_bound(&out, "Euler-Maclaurin");
+    // log2 C(N/2, N/2)/C(N, N/2) = -(10^18 - 30.2): f64 resolves the 10^18.
+    assert!(out.contains("(2^-999999999998557312.0000)"), "{out}");
+    let v = json(&args);
+    assert_eq!(v["miss_method"], "euler_maclaurin_bound");
+    assert!(
+        v["security_bits"].as_f64().unwrap() > 0.999_999_999e18,
+        "{v}"
+    );
+
+    let mut weak = args.to_vec();
+    weak.extend(["--power", "0.5"]);
+    let out = ok(&weak);
+    assert_marked_bound(&out, "with replacement");
+    let v = json(&weak);
+    assert_eq!(v["miss_method"], "with_replacement_bound");
+    // log2 (3/4)^(N/2) = -2.0751874963921e17 (a lower bound on the bits).
+    let bits = v["security_bits"].as_f64().unwrap();
+    assert!((bits / 2.075_187_496_392_1e17 - 1.0).abs() < 1e-11, "{v}");
+
+    // The largest counts, the most rounds, a grinding budget and a proof of work.
+    let args = [
+        "--cells",
+        MAX,
+        "--bad",
+        HALF,
+        "--samples",
+        HALF,
+        "--rounds",
+        "1048576",
+        "--grind-bits",
+        "64",
+        "--pow-bits",
+        "16",
+    ];
+    let out = ok(&args);
+    assert_marked_bound(&out, "Euler-Maclaurin");
+    assert!(out.contains("miss per round       <= 1e-"), "{out}");
+    assert!(
+        out.contains("grinding round by round          >= "),
+        "{out}"
+    );
+    let v = json(&args);
+    assert_eq!(v["certain_detection"], false);
+    assert!(
+        v["security_bits_grinding_sequential"].as_f64().unwrap() > 1e24,
+        "{v}"
+    );
+
+    // Every cell bad and sampled: X = N, exact at any size.
+    let out = ok(&[
+        "--cells",
+        MAX,
+        "--bad",
+        MAX,
+        "--samples",
+        MAX,
+        "--power",
+        "0.5",
+    ]);
+    assert!(!out.contains("method"), "{out}");
+    assert!(out.contains("(2^-18446744073709551616.0000)"), "{out}");
+    // More samples than good cells: certain detection, exact.
+    let out = ok(&[
+        "--cells",
+        MAX,
+        "--bad",
+        HALF,
+        "--samples",
+        "9223372036854775809",
+    ]);
+    assert!(out.contains("miss probability     0 "), "{out}");
+
+    // Moderate figures from the closed form are rounded in the safe direction: the exact
+    // log2 is -144.27094680069675 (80-digit mpmath), printed bits 144.270, not 144.271.
+    let args = [
+        "--cells",
+        "1000000000000",
+        "--bad",
+        "10000000",
+        "--samples",
+        "10000000",
+    ];
+    let out = ok(&args);
+    assert_marked_bound(&out, "Euler-Maclaurin");
+    assert!(out.contains("(2^-144.2709)"), "{out}");
+    assert!(out.contains(">= 144.270\n"), "{out}");
+    let bits = json(&args)["security_bits"].as_f64().unwrap();
+    assert!(
+        bits <= 144.270_946_800_696_75 && bits > 144.270_946_8,
+        "{bits}"
+    );
+}
+
+#[test]
+fn huge_sizings_answer_from_marked_closed_forms() {
+    let args = [
+        "--cells",
+        E18,
+        "--cheat-fraction",
+        "0.5",
+        "--bits",
+        "1000000000",
+    ];
+    let out = ok(&args);
+    assert!(
+        out.contains("samples needed       1000000000 (without replacement, enough by the bound"),
+        "{out}"
+    );
+    assert!(
+        out.contains("method               upper bound: Euler-Maclaurin"),
+        "{out}"
+    );
+    assert!(out.contains("P(miss) <= 2^-1000000000.7203"), "{out}");
+    let v = json(&args);
+    assert_eq!(v["miss_method"], "euler_maclaurin_bound");
+    assert_eq!(v["samples"], 1_000_000_000_u64);
+
+    let args = [
+        "--cells",
+        E18,
+        "--cheat-fraction",
+        "0.5",
+        "--bits",
+        "1000000000",
+        "--power",
+        "0.5",
+    ];
+    let out = ok(&args);
+    assert!(
+        out.contains("method               upper bound: with replacement"),
+        "{out}"
+    );
+    let v = json(&args);
+    assert_eq!(v["miss_method"], "with_replacement_bound");
+    assert_eq!(v["samples"], 2_409_420_840_u64);
+
+    let v = json(&[
+        "--cells",
+        MAX,
+        "--cheat-fraction",
+        "0.5",
+        "--bits",
+        "1e18",
+        "--power",
+        "0.5",
+        "--grind-bits",
+        "1000",
+    ]);
+    assert_eq!(v["miss_method"], "with_replacement_bound");
+    assert!(
+        v["samples"].as_u64().unwrap() > 2_409_420_839_000_000_000,
+        "{v}"
+    );
+
+    // Few bad cells among 2^64 - 1: exact, whatever the number of samples.
+    let out = ok(&["--cells", MAX, "--cheat-fraction", "1e-18", "--bits", "20"]);
+    assert!(
+        out.contains("(without replacement, exact hypergeometric; P(miss) = 2^-20.0000)"),
+        "{out}"
+    );
+    assert!(!out.contains("method"), "{out}");
+    // An absurd level: only certain detection reaches it (k = N - b + 1).
+    let v = json(&["--cells", MAX, "--cheat-fraction", "0.5", "--bits", "1e300"]);
+    assert_eq!(v["samples"], 9_223_372_036_854_775_808_u64);
+    assert!(v["log2_miss_probability"].is_null(), "{v}");
+    // Unreachable with a power below 1, refused at once (from the exact value at k = N).
+    refused(
+        &[
+            "--cells",
+            MAX,
+            "--cheat-fraction",
+            "1e-19",
+            "--bits",
+            "20",
+            "--power",
+            "0.5",
+        ],
+        "unreachable",
+    );
+    refused(
+        &[
+            "--cells",
+            E18,
+            "--cheat-fraction",
+            "0.5",
+            "--bits",
+            "1e18",
+            "--power",
+            "0.5",
+        ],
+        "unreachable",
+    );
 }
 
 #[test]

@@ -26,11 +26,35 @@
 //!
 //! All probabilities are computed in log space (natural log internally, base 2 in the public
 //! `log2_*` functions), so that values far below `f64::MIN_POSITIVE` (`2^-3000`, `2^-10^7`)
-//! stay representable; the plain-probability functions then return `0.0` on underflow. The cost
-//! of one evaluation is `O(min(k, b))` logarithms (under 0.1 s in a release build at
-//! `N = 10^7`, `k = b = 5 * 10^6`, with or without a power below 1). A probability of exactly zero has log `-inf`, and the matching number of
-//! security bits is `+inf` (JSON has no infinity: `serde_json` writes such a field as `null`;
+//! stay representable; the plain-probability functions then return `0.0` on underflow. A
+//! probability of exactly zero has log `-inf`, and the matching number of security bits is `+inf`
+//! (JSON has no infinity: `serde_json` writes such a field as `null`;
 //! [`SoundnessReport::certain_detection`] says so explicitly).
+//!
+//! # Cost: exact sums, then closed forms
+//!
+//! The exact figures are sums of `O(min(k, b))` logarithms (and, when `p < 1`, a pmf walk of up
+//! to [`WALK_STEPS_MAX`] more steps). They are used while `min(k, b) <= `[`EXACT_TERMS_MAX`]
+//! (`2^23`) and the walk ends within its `3 * 2^20` steps: at most about 0.1 s of CPU for `p = 1`
+//! and 0.35 s for `p < 1`, in a release build or the opt-level-1 test profile. Beyond, every function answers
+//! in constant time from a closed form that is an **upper bound on the miss probability** (so the
+//! security bits are a lower bound), and says which one through [`MissMethod`]
+//! ([`miss_estimate`], [`SoundnessReport::miss_method`], [`SampleSize::miss_method`]):
+//!
+//! * `p = 1`: [`MissMethod::EulerMaclaurinBound`], the Euler-Maclaurin expansion of the log-sum
+//!   with a rigorous remainder bound added, exceeding the exact `ln P(miss)` by at most
+//!   `1e-11 |ln P(miss)| + 1e-11` (nats) — in effect the exact figure
+//!   ([`log2_miss_probability_closed_form`]);
+//! * `0 < p < 1`: [`MissMethod::WithReplacementBound`], Hoeffding's with-replacement bound
+//!   `min((1 - p b/N)^k, (1 - p k/N)^b)` ([`log2_with_replacement_bound`]): conservative and
+//!   nearly tight in the range where security figures matter (`-ln P(miss) = O(k b/N)`, so with
+//!   both `k` and `b` above `2^23` that range needs `k, b << N`, where sampling with and without
+//!   replacement agree), but looser when `k` and `b` are large fractions of `N`.
+//!
+//! [`samples_needed`] evaluates the miss probability `O(log N)` times and uses the lower limit
+//! [`SEARCH_EXACT_TERMS_MAX`] (`2^16`) per evaluation, so that it too stays well under a second.
+//! Every other loop is bounded by its input: [`sequential_grinding_security_bits`] by
+//! [`MAX_ROUNDS`] (`2^20` logarithms, about 10 ms), [`compose_rounds`] by its slice.
 //!
 //! # Security bits and grinding
 //!
@@ -55,6 +79,30 @@ use crate::{ProtocolError, Result};
 /// More rounds than this are refused as [`ProtocolError::InvalidParameter`]; `r` rounds of `k`
 /// samples are never better than one round of `r k` samples, so no protocol needs that many.
 pub const MAX_ROUNDS: u32 = 1 << 20;
+
+/// Largest `min(k, b)` for which the miss probability is computed exactly (a compensated sum of
+/// `min(k, b)` logarithms, and for a power below 1 a pmf walk of at most [`WALK_STEPS_MAX`]
+/// steps): `2^23`, about 0.1 s per evaluation for `p = 1` in a release build or in the
+/// opt-level-1 test profile. Beyond it the calculator uses a closed-form upper bound
+/// ([`MissMethod`]).
+pub const EXACT_TERMS_MAX: u64 = 1 << 23;
+
+/// Most steps of the pmf walk for a power below 1 ([`miss_probability_with_power`]):
+/// `3 * 2^20`. The walk runs from the bottom of the support to a little past the peak of
+/// `pmf(x) (1-p)^x`; a walk that would run longer is abandoned for the closed-form bound, so that
+/// one evaluation costs at most `min(k, b)` logarithms and `3 * 2^20` walk steps (about 0.35 s in
+/// a release build or at opt-level 1).
+pub const WALK_STEPS_MAX: u64 = 3 << 20;
+
+/// The limit that replaces [`EXACT_TERMS_MAX`] inside [`samples_needed`], whose binary search
+/// evaluates the miss probability up to about 65 times: `2^16` (under 0.1 s for the whole
+/// search).
+pub const SEARCH_EXACT_TERMS_MAX: u64 = 1 << 16;
+
+/// Terms next to the steep end of the product summed exactly before the Euler-Maclaurin closed
+/// form takes over ([`log2_miss_probability_closed_form`]): its remainder is then below
+/// `1/(360 * 1024^3)` nats.
+const EM_HEAD_TERMS: u64 = 1024;
 
 /// Relative tolerance under which a product such as `f N` counts as the integer next to it
 /// (`0.07 * 100` is `7.000000000000001` in binary floating point and means 7 cells, not 8).
@@ -180,8 +228,9 @@ fn ln_miss_exact(n: u64, b: u64, k: u64) -> f64 {
 /// `pmf(x+1)/pmf(x) = (b-x)(k-x) / ((x+1)(N-b-k+x+1))`, accumulating the terms
 /// `ln pmf(x) + x ln(1-p)` with a streaming log-sum-exp. The ratio decreases in `x` (the pmf is
 /// log-concave), so once the terms decrease the rest is bounded by a geometric series and the
-/// walk stops when that tail is below `e^-40` of the sum.
-fn ln_miss_with_power(n: u64, b: u64, k: u64, power: f64) -> f64 {
+/// walk stops when that tail is below `e^-40` of the sum. `None` if that takes more than
+/// `max_steps` steps (the walk is abandoned, its cost bounded).
+fn ln_miss_with_power(n: u64, b: u64, k: u64, power: f64, max_steps: u64) -> Option<f64> {
     let ln_q = (-power).ln_1p(); // ln(1-p), finite and < 0 for 0 < p < 1
     let good = n - b;
     let x0 = k.saturating_sub(good);
@@ -200,6 +249,9 @@ fn ln_miss_with_power(n: u64, b: u64, k: u64, power: f64) -> f64 {
     let (n128, b128, k128) = (u128::from(n), u128::from(b), u128::from(k));
     let mut x = x0;
     while x < x1 {
+        if x - x0 >= max_steps {
+            return None;
+        }
         let x128 = u128::from(x);
         let numerator = (b128 - x128) as f64 * (k128 - x128) as f64;
         let denominator = (x128 + 1) as f64 * ((n128 + x128 + 1) - b128 - k128) as f64;
@@ -222,27 +274,277 @@ fn ln_miss_with_power(n: u64, b: u64, k: u64, power: f64) -> f64 {
             }
         }
     }
-    (max + scaled.ln()).min(0.0)
+    Some((max + scaled.ln()).min(0.0))
+}
+
+/// `ln(1 - o/x) = ln((x - o)/x)` for `0 <= o < x`, accurate to about one rounding: `ln_1p` near
+/// 1, the log of the exact-integer ratio below 1/2 (as in [`ln_miss_exact`]).
+fn ln_ratio(x: u64, o: u64) -> f64 {
+    let num = x - o;
+    if num >= x - num {
+        (-(o as f64) / x as f64).ln_1p()
+    } else {
+        (num as f64 / x as f64).ln()
+    }
+}
+
+/// `x psi(o/x)` with `psi(u) = (1-u) ln(1-u) + u = sum_{n>=2} u^n / (n(n-1))` (`>= 0`), for
+/// `0 <= o < x`: the series below `u = 1/2` (no cancellation for tiny `u`), else
+/// `(x - o) ln((x - o)/x) + o`; about ten roundings relative either way.
+fn x_psi(x: u64, o: u64) -> f64 {
+    let u = o as f64 / x as f64;
+    if u < 0.5 {
+        let mut power = u * u;
+        let mut sum = power / 2.0;
+        let mut n = 2.0_f64;
+        loop {
+            power *= u;
+            n += 1.0;
+            let term = power / (n * (n - 1.0));
+            sum += term;
+            if term <= sum * 1e-17 {
+                break;
+            }
+        }
+        x as f64 * sum
+    } else {
+        (x - o) as f64 * ((x - o) as f64 / x as f64).ln() + o as f64
+    }
+}
+
+/// Euler-Maclaurin upper bound on `ln C(N-b, k)/C(N, k)` for validated `0 < b, k` with
+/// `k <= N - b`, in constant time.
+///
+/// With `t = max(k, b)` and `o = min(k, b)` the log is `S = sum_{x=N-t+1}^{N} g(x)`,
+/// `g(x) = ln(x - o) - ln(x)`. The first [`EM_HEAD_TERMS`] terms (the steep end, where `x - o` is
+/// smallest) are summed exactly; on the rest, `[a, c] = [N-t+1+head, N]`, Euler-Maclaurin to
+/// second order:
+///
+/// ```text
+/// sum_{x=a}^{c} g(x) = I + (g(a) + g(c))/2 + (g'(c) - g'(a))/12 - (g'''(c) - g'''(a))/720 + R,
+/// I = int_a^c g = -o ln(c/a) + c psi(o/c) - a psi(o/a),   psi(u) = (1-u) ln(1-u) + u,
+/// g'(x) = o / (x (x-o)),   g'''(x) = 2/(x-o)^3 - 2/x^3,
+/// |R| <= 2 zeta(4)/(2 pi)^4 int_a^c |g''''| <= (1/720) * 2/(a-o)^3 = 1/(360 (a-o)^3)
+/// ```
+///
+/// (`g'''' = 6/x^4 - 6/(x-o)^4` keeps its sign, and `a - o > 1024`). The result adds `|R|`'s bound
+/// and a floating-point margin of `1e-12` times the sum of the magnitudes of all the components
+/// (each is accurate to a few roundings, and `psi` is summed as a series for small arguments, so
+/// no component cancels catastrophically), so it is never below the exact `S`; it exceeds it by at
+/// most twice those, in practice under `1e-11 |S| + 1e-11`. If `t` is within the head the sum
+/// is exact.
+fn ln_miss_euler_maclaurin(n: u64, b: u64, k: u64) -> f64 {
+    let (t, o) = if k >= b { (k, b) } else { (b, k) };
+    let lo = n - t + 1; // lo - o = N - k - b + 1 >= 1
+    let head = EM_HEAD_TERMS.min(t);
+    let mut sum = CompensatedSum::default();
+    for x in lo..lo + head {
+        sum.add(ln_ratio(x, o));
+    }
+    if head == t {
+        return sum.value().min(0.0);
+    }
+    let mut magnitude = sum.value().abs();
+    let (a, c) = (lo + head, n);
+    let of = o as f64;
+    let (af, cf) = (a as f64, c as f64);
+    let (ad, cd) = ((a - o) as f64, (c - o) as f64);
+    let g1 = |x: f64, xd: f64| of / (x * xd);
+    let g3 = |x: f64, xd: f64| 2.0 / (xd * xd * xd) - 2.0 / (x * x * x);
+    let components = [
+        -of * ((c - a) as f64 / af).ln_1p(),
+        x_psi(c, o),
+        -x_psi(a, o),
+        ln_ratio(a, o) / 2.0,
+        ln_ratio(c, o) / 2.0,
+        g1(cf, cd) / 12.0,
+        -g1(af, ad) / 12.0,
+        -g3(cf, cd) / 720.0,
+        g3(af, ad) / 720.0,
+    ];
+    for v in components {
+        sum.add(v);
+        magnitude += v.abs();
+    }
+    let remainder = 1.0 / (360.0 * ad * ad * ad);
+    (sum.value() + 1e-12 * magnitude + remainder).min(0.0)
+}
+
+/// Hoeffding's with-replacement upper bound on `ln E[(1-p)^X]`, `X ~ Hypergeometric(N, b, k)`,
+/// for validated `0 < p <= 1`: `min(k ln(1 - p b/N), b ln(1 - p k/N))` (the law of `X` is
+/// symmetric in `b` and `k`; `(1-p)^x` is convex, so the hypergeometric expectation is at most the
+/// binomial one, Hoeffding 1963, Theorem 4). Rounded towards 0: the fraction is shrunk by 8
+/// roundings and the result by a relative `1e-12`, so it never falls below the bound itself.
+fn ln_with_replacement_bound(n: u64, b: u64, k: u64, power: f64) -> f64 {
+    let shrink = 1.0 - 8.0 * f64::EPSILON;
+    let nf = n as f64;
+    let one = |count: u64, other: u64| -> f64 {
+        let q = power * (other as f64 / nf) * shrink;
+        count as f64 * (-q).ln_1p()
+    };
+    let v = one(k, b).min(one(b, k));
+    (v * (1.0 - 1e-12)).min(0.0)
+}
+
+/// `ln E[(1-p)^X]` and how it was computed: exact while `min(k, b) <= limit`, else the closed
+/// form of [`MissMethod`].
+fn ln_miss_limited(n: u64, b: u64, k: u64, power: f64, limit: u64) -> Result<(f64, MissMethod)> {
+    check_counts(n, b, k)?;
+    check_power(power)?;
+    let exact = |v: f64| Ok((v, MissMethod::Exact));
+    if power == 0.0 || b == 0 || k == 0 {
+        return exact(0.0);
+    }
+    if power == 1.0 {
+        if k > n - b {
+            return exact(f64::NEG_INFINITY);
+        }
+        if k.min(b) <= limit {
+            return exact(ln_miss_exact(n, b, k));
+        }
+        return Ok((
+            ln_miss_euler_maclaurin(n, b, k),
+            MissMethod::EulerMaclaurinBound,
+        ));
+    }
+    let ln_q = (-power).ln_1p();
+    if k == n {
+        return exact(b as f64 * ln_q); // every bad cell is sampled: X = b
+    }
+    if b == n {
+        return exact(k as f64 * ln_q); // every sampled cell is bad: X = k
+    }
+    if k.min(b) <= limit {
+        if let Some(v) = ln_miss_with_power(n, b, k, power, limit.min(WALK_STEPS_MAX)) {
+            return exact(v);
+        }
+    }
+    Ok((
+        ln_with_replacement_bound(n, b, k, power),
+        MissMethod::WithReplacementBound,
+    ))
 }
 
 fn ln_miss(n: u64, b: u64, k: u64, power: f64) -> Result<f64> {
+    Ok(ln_miss_limited(n, b, k, power, EXACT_TERMS_MAX)?.0)
+}
+
+/// How a miss probability was obtained ([`miss_estimate`]; the `miss_method` fields of
+/// [`SoundnessReport`] and [`SampleSize`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissMethod {
+    /// The exact hypergeometric figure, up to floating-point rounding (`min(k, b)` within the
+    /// exact limit and, for `p < 1`, the pmf walk within [`WALK_STEPS_MAX`]; or a case with a
+    /// closed-form exact value).
+    #[default]
+    Exact,
+    /// `p = 1`, `min(k, b)` above the limit: the Euler-Maclaurin closed form with its remainder
+    /// bound added ([`log2_miss_probability_closed_form`]). An upper bound on the miss
+    /// probability, above the exact value by at most about `1e-11` relative in the log.
+    EulerMaclaurinBound,
+    /// `0 < p < 1`, `min(k, b)` above the limit or the pmf walk longer than
+    /// [`WALK_STEPS_MAX`]: Hoeffding's with-replacement bound
+    /// `min((1 - p b/N)^k, (1 - p k/N)^b)` ([`log2_with_replacement_bound`]). An upper bound on
+    /// the miss probability, nearly tight when `k b / N` is moderate, loose when `k` and `b` are
+    /// both large fractions of `N`.
+    WithReplacementBound,
+}
+
+impl MissMethod {
+    /// True for [`MissMethod::Exact`]; otherwise the figure is an upper bound on the miss
+    /// probability (a lower bound on detection and on security bits).
+    pub fn is_exact(self) -> bool {
+        self == Self::Exact
+    }
+
+    /// One line saying what the figure is, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Exact => "exact hypergeometric",
+            Self::EulerMaclaurinBound => {
+                "upper bound: Euler-Maclaurin closed form, within about 1e-11 of the exact log; \
+                 min(b, k) too large for the exact sum"
+            }
+            Self::WithReplacementBound => {
+                "upper bound: with replacement, min((1 - p b/N)^k, (1 - p k/N)^b); min(b, k) too \
+                 large for the exact sum"
+            }
+        }
+    }
+}
+
+/// `log2 P(miss)` and how it was obtained, as returned by [`miss_estimate`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MissEstimate {
+    /// `log2 E[(1-p)^X]`, or an upper bound on it (see `method`).
+    pub log2_miss: f64,
+    /// Exact, or which closed-form upper bound.
+    pub method: MissMethod,
+}
+
+/// `log2 E[(1-p)^X]`, `X ~ Hypergeometric(N, b, k)`, with the method used: exact while
+/// `min(k, b) <= `[`EXACT_TERMS_MAX`] (and the pmf walk of a power below 1 ends within
+/// [`WALK_STEPS_MAX`] steps), else the constant-time upper bound of [`MissMethod`].
+/// Every other `log2_*` / `*_probability*` function returns the same figure without the method.
+///
+/// # Errors
+/// [`ProtocolError::InvalidParameter`] if `b > n`, `k > n`, or `power` is not in `[0, 1]`.
+pub fn miss_estimate(n: u64, b: u64, k: u64, power: f64) -> Result<MissEstimate> {
+    let (ln, method) = ln_miss_limited(n, b, k, power, EXACT_TERMS_MAX)?;
+    Ok(MissEstimate {
+        log2_miss: ln / std::f64::consts::LN_2,
+        method,
+    })
+}
+
+/// The Euler-Maclaurin closed form the calculator uses for `p = 1` beyond [`EXACT_TERMS_MAX`],
+/// at any size: an upper bound on `log2 C(N-b, k)/C(N, k)` in constant time, exceeding it by at
+/// most about `1e-11` relative (plus `1e-11` nats absolute); exact (a plain sum) when
+/// `max(k, b) <= 1024`; `-inf` when `k > N - b`.
+///
+/// # Errors
+/// [`ProtocolError::InvalidParameter`] if `b > n` or `k > n`.
+pub fn log2_miss_probability_closed_form(n: u64, b: u64, k: u64) -> Result<f64> {
+    check_counts(n, b, k)?;
+    let ln = if b == 0 || k == 0 {
+        0.0
+    } else if k > n - b {
+        f64::NEG_INFINITY
+    } else {
+        ln_miss_euler_maclaurin(n, b, k)
+    };
+    Ok(ln / std::f64::consts::LN_2)
+}
+
+/// Hoeffding's with-replacement upper bound the calculator uses for `p < 1` beyond
+/// [`EXACT_TERMS_MAX`], at any size: `log2 min((1 - p b/N)^k, (1 - p k/N)^b)`, never below
+/// `log2 E[(1-p)^X]`. Power 0 gives 0.
+///
+/// # Errors
+/// [`ProtocolError::InvalidParameter`] if `b > n`, `k > n`, `n = 0`, or `power` is not in
+/// `[0, 1]`.
+pub fn log2_with_replacement_bound(n: u64, b: u64, k: u64, power: f64) -> Result<f64> {
     check_counts(n, b, k)?;
     check_power(power)?;
-    Ok(if power == 0.0 || b == 0 || k == 0 {
-        0.0
-    } else if power == 1.0 {
-        ln_miss_exact(n, b, k)
-    } else {
-        ln_miss_with_power(n, b, k, power)
-    })
+    if n == 0 {
+        return Err(invalid("a trace of 0 cells cannot be sampled"));
+    }
+    if power == 0.0 || b == 0 || k == 0 {
+        return Ok(0.0);
+    }
+    Ok(ln_with_replacement_bound(n, b, k, power) / std::f64::consts::LN_2)
 }
 
 /// Probability that `k` cells sampled uniformly without replacement from `n` contain none of the
 /// `b` bad ones: the hypergeometric `P(X = 0) = C(N-b, k)/C(N, k) = prod_{i<k} (1 - b/(N-i))`.
 ///
-/// Exact up to floating-point rounding (relative error about `1e-15 * |ln P|`), computed as
-/// `exp` of a compensated sum of `min(k, b)` terms `ln(1 - b/(N-i))`, so it neither overflows
-/// nor loses precision at `N = 10^7`. Edge cases: `b = 0` or `k = 0` gives 1, `k > N-b` gives 0.
+/// Exact up to floating-point rounding (relative error about `1e-15 * |ln P|`) while
+/// `min(k, b) <= `[`EXACT_TERMS_MAX`], computed as `exp` of a compensated sum of `min(k, b)` terms
+/// `ln(1 - b/(N-i))`, so it neither overflows nor loses precision at `N = 10^7`; beyond, the
+/// constant-time Euler-Maclaurin upper bound ([`MissMethod::EulerMaclaurinBound`], within about
+/// `1e-11` relative in the log; [`miss_estimate`] says which). Edge cases: `b = 0` or `k = 0`
+/// gives 1, `k > N-b` gives 0.
 /// Underflows to `0.0` below about `2^-1074`; use [`log2_miss_probability`] for those.
 ///
 /// # Errors
@@ -279,7 +581,11 @@ pub fn detection_probability(n: u64, b: u64, k: u64) -> Result<f64> {
 ///
 /// computed in log space (log-sum-exp over the pmf, walked from the bottom of its support with
 /// the ratio `pmf(x+1)/pmf(x) = (b-x)(k-x) / ((x+1)(N-b-k+x+1))` and stopped once the
-/// remaining terms are provably negligible). `power = 1` is exactly [`miss_probability`];
+/// remaining terms are provably negligible) while `min(k, b) <= `[`EXACT_TERMS_MAX`] and the walk
+/// ends within [`WALK_STEPS_MAX`] steps; beyond, the
+/// with-replacement upper bound `min((1 - p b/N)^k, (1 - p k/N)^b)`
+/// ([`MissMethod::WithReplacementBound`]; [`miss_estimate`] says which). `k = N` and `b = N` are
+/// exact at any size (`(1-p)^b`, `(1-p)^k`). `power = 1` is exactly [`miss_probability`];
 /// `power = 0` gives 1. The result is at most the with-replacement value `(1 - p b/N)^k`.
 ///
 /// # Errors
@@ -389,11 +695,18 @@ pub struct SampleSize {
     /// without replacement, exact).
     pub samples: u64,
     /// `log2 P(miss)` at `samples` (at most `-lambda`; `-inf`, `null` in JSON, if a miss is
-    /// impossible there).
+    /// impossible there), or an upper bound on it (see `miss_method`).
     pub log2_miss_probability: f64,
+    /// How `log2_miss_probability` was obtained: exact, or a closed-form upper bound when
+    /// `min(samples, bad_cells)` exceeds [`SEARCH_EXACT_TERMS_MAX`] (then `samples` suffices but
+    /// may exceed the exact minimum).
+    #[serde(default)]
+    pub miss_method: MissMethod,
     /// The closed-form with-replacement bound `ceil(lambda ln 2 / -ln(1 - f p))` for comparison
     /// (uses `f` as given, not `b/N`); `None` if it exceeds `u64::MAX`. Never less than
-    /// `samples`, since `b >= f N` and sampling without replacement never needs more.
+    /// `samples` when `miss_method` is exact, since `b >= f N` and sampling without replacement
+    /// never needs more; under a bound `samples` may exceed it by the bound's safety margin (a
+    /// relative `1e-11` or so).
     pub with_replacement_samples: Option<u64>,
 }
 
@@ -412,6 +725,14 @@ pub struct SampleSize {
 /// The comparison `log2 P(miss) <= -lambda` is made in floating point (relative error about
 /// `1e-13`), so a `k` whose exact miss probability lies within that of `2^-lambda` may come out
 /// one off.
+///
+/// **Cost.** Each of the `O(log N)` evaluations is exact only while `min(k, b) <=
+/// `[`SEARCH_EXACT_TERMS_MAX`] (`2^16`), otherwise the constant-time upper bound of
+/// [`MissMethod`]; the whole search stays well under a second at any `N`. Where the bound decides,
+/// the returned `k` is the smallest `k` whose *bound* meets the target (with
+/// `log2 P(miss)` at `k` and above the target at `k - 1`): enough samples, possibly more than the
+/// exact minimum (by a relative `1e-11` for `p = 1`), and `miss_method` says so. The refusal of
+/// an unreachable target uses the exact value at `k = N` (`(1-p)^b`, or 0 for `p = 1`).
 ///
 /// # Errors
 /// [`ProtocolError::InvalidParameter`] if `f` is not in `(0, 1]`, `power` not in `(0, 1]`
@@ -441,16 +762,19 @@ pub fn samples_needed(
         )));
     }
     let target = -lambda_bits;
-    let log2_at = |k: u64| log2_miss_probability_with_power(n, b, k, power);
+    let log2_at = |k: u64| -> Result<(f64, MissMethod)> {
+        let (ln, method) = ln_miss_limited(n, b, k, power, SEARCH_EXACT_TERMS_MAX)?;
+        Ok((ln / std::f64::consts::LN_2, method))
+    };
 
     // Upper end of the search: the with-replacement bound for b/N (>= the exact k), capped at N;
     // if floating-point rounding made it fall just short, N itself.
     let mut hi =
         with_replacement_k((b as f64 / n as f64) * power, lambda_bits).map_or(n, |k| k.min(n));
-    let mut log2_hi = log2_at(hi)?;
+    let (mut log2_hi, mut method_hi) = log2_at(hi)?;
     if log2_hi > target && hi < n {
         hi = n;
-        log2_hi = log2_at(hi)?;
+        (log2_hi, method_hi) = log2_at(hi)?;
     }
     if log2_hi > target {
         return Err(invalid(format!(
@@ -462,10 +786,11 @@ pub fn samples_needed(
     let mut lo = 0_u64;
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let v = log2_at(mid)?;
+        let (v, method) = log2_at(mid)?;
         if v <= target {
             hi = mid;
             log2_hi = v;
+            method_hi = method;
         } else {
             lo = mid + 1;
         }
@@ -478,6 +803,7 @@ pub fn samples_needed(
         power,
         samples: hi,
         log2_miss_probability: log2_hi,
+        miss_method: method_hi,
         with_replacement_samples: with_replacement_k(cheat_fraction * power, lambda_bits),
     })
 }
@@ -722,12 +1048,18 @@ pub struct SoundnessReport {
     /// `log2` of the hash evaluations at which a grinding prover's bound reaches 1 (all rounds
     /// bound to one commitment): `pow_bits - log2 P(miss)`.
     pub grinding_break_even_bits: f64,
+    /// How the per-round miss probability was obtained: exact, or (when `min(samples,
+    /// bad_cells)` exceeds [`EXACT_TERMS_MAX`]) a closed-form upper bound, so that every miss
+    /// figure above is an upper bound and every detection and security figure a lower bound.
+    #[serde(default)]
+    pub miss_method: MissMethod,
 }
 
 /// Computes a [`SoundnessReport`]: the per-round miss probability `E[(1-p)^X]`, its composition
 /// over `r` rounds, the detection probability, and security bits interactive
 /// ([`interactive_security_bits`]) and against a grinding budget ([`grinding_security_bits`],
-/// [`sequential_grinding_security_bits`]).
+/// [`sequential_grinding_security_bits`]). Constant time beyond [`EXACT_TERMS_MAX`] (see
+/// [`MissMethod`]); at most about 0.1 s below it, plus `O(rounds)` for the sequential bound.
 ///
 /// # Errors
 /// [`ProtocolError::InvalidParameter`] if `b > N`, `k > N`, `power` is not in `[0, 1]`, `rounds`
@@ -743,7 +1075,10 @@ pub fn soundness_report(params: &SoundnessParams) -> Result<SoundnessReport> {
         pow_bits,
     } = *params;
     check_rounds(rounds)?;
-    let log2_miss_per_round = log2_miss_probability_with_power(cells, bad_cells, samples, power)?;
+    let MissEstimate {
+        log2_miss: log2_miss_per_round,
+        method: miss_method,
+    } = miss_estimate(cells, bad_cells, samples, power)?;
     let log2_attempts = log2_grinding_attempts(grind_bits, pow_bits)?;
     let log2_miss = repeat_rounds(log2_miss_per_round, rounds)?;
     let ln_miss = log2_miss * std::f64::consts::LN_2;
@@ -770,6 +1105,7 @@ pub fn soundness_report(params: &SoundnessParams) -> Result<SoundnessReport> {
             pow_bits,
         )?,
         grinding_break_even_bits: pow_bits - log2_miss,
+        miss_method,
     })
 }
 
@@ -838,7 +1174,7 @@ mod tests {
         }
         let m = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let full = m + terms.iter().map(|&t| (t - m).exp()).sum::<f64>().ln();
-        let got = ln_miss_with_power(n, b, k, p);
+        let got = ln_miss_with_power(n, b, k, p, u64::MAX).unwrap();
         assert!((got - full).abs() <= 1e-9 * full.abs(), "{got} vs {full}");
     }
 }

@@ -542,6 +542,251 @@ fn report_refuses_bad_parameters() {
     }));
 }
 
+// ---------------------------------------------------------------- bounded cost, closed forms
+
+/// `log2 C(N-b, k)/C(N, k)` from 80-digit `mpmath` for sizes no exact sum reaches:
+/// python3 -c 'import mpmath as m; m.mp.dps=80; g=m.loggamma; print((g(N-b+1)-g(N-b-k+1)-g(N+1)+g(N-k+1))/m.log(2))'
+/// with (N, b, k) as listed.
+const HUGE: [(u64, u64, u64, f64); 7] = [
+    (
+        1_000_000_000_000_000_000,
+        1_000_000_000,
+        1_000_000_000,
+        -1.442695042331658449210685,
+    ),
+    (
+        1_000_000_000_000_000_000,
+        500_000_000_000_000_000,
+        500_000_000_000_000_000,
+        -999999999999999969.7768991,
+    ),
+    (
+        1_000_000_000_000_000_000,
+        10_000_000,
+        1_000_000_000_000,
+        -14.42695762244178232245892,
+    ),
+    (u64::MAX, 1 << 62, 1 << 62, -2260763758429090960.647209),
+    (
+        u64::MAX,
+        u64::MAX / 2,
+        u64::MAX / 2,
+        -18446744073709551519.67425,
+    ),
+    (
+        1_000_000_000_000_000_000,
+        90_000_000,
+        999_999_999_900_000_000,
+        -3086358556.462952244792655,
+    ),
+    (
+        1_000_000_000_000,
+        10_000_000,
+        10_000_000,
+        -144.2709468006967520555774,
+    ),
+];
+
+/// `bound` is an upper bound on `exact` (up to the exact sum's own rounding) exceeding it by at
+/// most the documented `1e-11 |exact| + 1e-11` nats.
+#[track_caller]
+fn em_bound_close(bound: f64, exact: f64) {
+    let slack = 1e-14 * exact.abs();
+    assert!(bound >= exact - slack, "{bound} below the exact {exact}");
+    assert!(
+        bound <= exact + 1e-11 * exact.abs() + 1e-11 / std::f64::consts::LN_2,
+        "{bound} too far above the exact {exact}"
+    );
+}
+
+#[test]
+fn huge_arguments_use_the_euler_maclaurin_bound() {
+    for (n, b, k, want) in HUGE {
+        let e = miss_estimate(n, b, k, 1.0).unwrap();
+        assert_eq!(e.method, MissMethod::EulerMaclaurinBound, "{n} {b} {k}");
+        assert!(!e.method.is_exact());
+        em_bound_close(e.log2_miss, want);
+        assert_eq!(log2_miss_probability(n, b, k).unwrap(), e.log2_miss);
+        assert_eq!(
+            log2_miss_probability_closed_form(n, b, k).unwrap(),
+            e.log2_miss
+        );
+        // Symmetric in b and k.
+        assert_eq!(miss_estimate(n, k, b, 1.0).unwrap(), e);
+    }
+    // Every sample holds a bad cell: exact at any size.
+    let e = miss_estimate(u64::MAX, u64::MAX / 2 + 1, u64::MAX / 2 + 1, 1.0).unwrap();
+    assert_eq!(
+        (e.log2_miss, e.method),
+        (f64::NEG_INFINITY, MissMethod::Exact)
+    );
+    // Small min(k, b) stays exact however large N and the other count are.
+    let e = miss_estimate(u64::MAX, 3, u64::MAX - 3, 1.0).unwrap();
+    assert_eq!(e.method, MissMethod::Exact);
+    // P = 1/C(N, 3) with N = 2^64 - 1: log2 = -(3 * 64 - log2 6) up to 2^-64 terms.
+    close(e.log2_miss, -(192.0 - 6f64.log2()), 1e-15);
+}
+
+#[test]
+fn closed_form_matches_the_exact_sums_it_replaces() {
+    // The pinned exact values of `ten_million_cells_match_high_precision`, from the closed form.
+    for (b, k, want) in [
+        (100_000_u64, 1380_u64, -20.01079291224402471339337),
+        (1000, 1_000_000, -152.0111009657423625931332),
+        (3_000_000, 5_000_000, -3958155.616356152873349492),
+        (5_000_000, 5_000_000, -9999988.047503567090696361),
+        (10, 9_999_990, -210.7438990352686709801824),
+        (1, 9_999_999, -23.25349666421153643509224),
+    ] {
+        let closed = log2_miss_probability_closed_form(10_000_000, b, k).unwrap();
+        em_bound_close(closed, want);
+        em_bound_close(closed, log2_miss_probability(10_000_000, b, k).unwrap());
+    }
+    // Edge cases of the closed form agree with the exact function.
+    for (n, b, k) in [
+        (100, 0, 5),
+        (100, 5, 0),
+        (100, 10, 91),
+        (100, 10, 90),
+        (7, 3, 2),
+    ] {
+        assert_eq!(
+            log2_miss_probability_closed_form(n, b, k).unwrap(),
+            log2_miss_probability(n, b, k).unwrap()
+        );
+    }
+    invalid(log2_miss_probability_closed_form(10, 11, 1));
+    invalid(log2_miss_probability_closed_form(10, 1, 11));
+}
+
+#[test]
+fn switch_over_is_continuous_for_power_one() {
+    // k = EXACT_TERMS_MAX is the last exact figure, k + 1 the first closed form; the exact value
+    // at k + 1 is the one at k times the next factor (1 - b/(N - k)).
+    let (n, b) = (1_000_000_000_u64, 20_000_000_u64);
+    let k = EXACT_TERMS_MAX;
+    let last = miss_estimate(n, b, k, 1.0).unwrap();
+    assert_eq!(last.method, MissMethod::Exact);
+    let first = miss_estimate(n, b, k + 1, 1.0).unwrap();
+    assert_eq!(first.method, MissMethod::EulerMaclaurinBound);
+    let next_factor = (-(b as f64) / (n - k) as f64).ln_1p() / std::f64::consts::LN_2;
+    em_bound_close(first.log2_miss, last.log2_miss + next_factor);
+    // The closed form at the last exact point agrees with the exact figure too.
+    em_bound_close(
+        log2_miss_probability_closed_form(n, b, k).unwrap(),
+        last.log2_miss,
+    );
+}
+
+#[test]
+fn power_below_one_beyond_the_limit_is_the_with_replacement_bound() {
+    for (n, b, k, _) in HUGE {
+        let e = miss_estimate(n, b, k, 0.5).unwrap();
+        assert_eq!(e.method, MissMethod::WithReplacementBound, "{n} {b} {k}");
+        let nf = n as f64;
+        let by_k = k as f64 * (-(0.5 * b as f64 / nf)).ln_1p();
+        let by_b = b as f64 * (-(0.5 * k as f64 / nf)).ln_1p();
+        let want = by_k.min(by_b) / std::f64::consts::LN_2;
+        assert!(e.log2_miss >= want, "{} < {want}", e.log2_miss);
+        close(e.log2_miss, want, 1e-11);
+        assert_eq!(
+            log2_with_replacement_bound(n, b, k, 0.5).unwrap(),
+            e.log2_miss
+        );
+        assert_eq!(
+            log2_miss_probability_with_power(n, b, k, 0.5).unwrap(),
+            e.log2_miss
+        );
+        // Never below the exact power-1 figure (a weaker test can only miss more often).
+        assert!(e.log2_miss >= miss_estimate(n, b, k, 1.0).unwrap().log2_miss);
+    }
+    // k = N or b = N: X is constant, exact at any size.
+    let e = miss_estimate(u64::MAX, 1 << 40, u64::MAX, 0.5).unwrap();
+    assert_eq!(
+        (e.log2_miss, e.method),
+        (-(2f64.powi(40)), MissMethod::Exact)
+    );
+    let e = miss_estimate(u64::MAX, u64::MAX, 1 << 40, 0.5).unwrap();
+    assert_eq!(
+        (e.log2_miss, e.method),
+        (-(2f64.powi(40)), MissMethod::Exact)
+    );
+    invalid(log2_with_replacement_bound(0, 0, 0, 0.5));
+    invalid(log2_with_replacement_bound(10, 1, 1, 1.5));
+    assert_eq!(log2_with_replacement_bound(10, 0, 5, 0.5).unwrap(), 0.0);
+}
+
+#[test]
+fn samples_needed_answers_huge_targets_from_the_bounds() {
+    let n = 1_000_000_000_000_000_000_u64;
+    // p = 1, 10^9 bits against half the cells bad: k near 10^9, far beyond the exact limit.
+    let s = samples_needed(n, 0.5, 1e9, 1.0).unwrap();
+    assert_eq!(s.miss_method, MissMethod::EulerMaclaurinBound);
+    assert!(s.log2_miss_probability <= -1e9);
+    assert_eq!(
+        s.log2_miss_probability,
+        log2_miss_probability_closed_form(n, s.bad_cells, s.samples).unwrap()
+    );
+    assert!(log2_miss_probability_closed_form(n, s.bad_cells, s.samples - 1).unwrap() > -1e9);
+    assert_eq!(s.with_replacement_samples, Some(1_000_000_000));
+    assert!(s.samples <= 1_000_000_000);
+    // p = 1/2: the with-replacement bound decides.
+    let s = samples_needed(n, 0.5, 1e9, 0.5).unwrap();
+    assert_eq!(s.miss_method, MissMethod::WithReplacementBound);
+    assert!(s.log2_miss_probability <= -1e9);
+    assert!(log2_with_replacement_bound(n, s.bad_cells, s.samples - 1, 0.5).unwrap() > -1e9);
+    // ceil(10^9 ln 2 / -ln(3/4)) = 2409420840
+    // python3 -c 'import math; print(1e9*math.log(2)/-math.log1p(-0.25))'
+    assert_eq!(s.with_replacement_samples, Some(2_409_420_840));
+    close(s.samples as f64, 2_409_420_840.0, 1e-10);
+    // A few bad cells of 2^64 - 1: min(k, b) is small, exact however large k.
+    let s = samples_needed(u64::MAX, 1e-18, 20.0, 1.0).unwrap();
+    assert_eq!((s.bad_cells, s.miss_method), (19, MissMethod::Exact));
+    assert!(s.samples > 1 << 62);
+    // Unreachable targets are refused from the exact value at k = N, at any N.
+    invalid(samples_needed(u64::MAX, 1e-19, 20.0, 0.5));
+    invalid(samples_needed(n, 0.5, 1e18, 0.5));
+    // Search-limit figures stay exact in the ordinary range.
+    let s = samples_needed(10_000_000, 0.01, 40.0, 1.0).unwrap();
+    assert_eq!(s.miss_method, MissMethod::Exact);
+}
+
+#[test]
+fn report_marks_bounds_and_survives_the_largest_arguments() {
+    let r = soundness_report(&SoundnessParams {
+        rounds: MAX_ROUNDS,
+        grind_bits: 1000.0,
+        pow_bits: 20.0,
+        ..SoundnessParams::new(u64::MAX, u64::MAX / 3, u64::MAX / 3)
+    })
+    .unwrap();
+    assert_eq!(r.miss_method, MissMethod::EulerMaclaurinBound);
+    assert!(r.log2_miss_per_round < -1e18 && r.log2_miss_per_round.is_finite());
+    assert_eq!(r.miss_probability, 0.0);
+    assert!(!r.certain_detection);
+    assert!(r.security_bits_grinding_sequential.is_finite());
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["miss_method"], "euler_maclaurin_bound");
+    let r = soundness_report(&SoundnessParams {
+        power: 0.25,
+        ..SoundnessParams::new(u64::MAX, u64::MAX / 3, u64::MAX / 3)
+    })
+    .unwrap();
+    assert_eq!(r.miss_method, MissMethod::WithReplacementBound);
+    assert_eq!(
+        serde_json::to_value(&r).unwrap()["miss_method"],
+        "with_replacement_bound"
+    );
+    // Ordinary reports are exact, and JSON written before the field existed still reads.
+    let r = soundness_report(&SoundnessParams::new(10_000, 100, 300)).unwrap();
+    assert_eq!(r.miss_method, MissMethod::Exact);
+    let mut json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["miss_method"], "exact");
+    json.as_object_mut().unwrap().remove("miss_method");
+    let back: SoundnessReport = serde_json::from_value(json).unwrap();
+    assert_eq!(back, r);
+}
+
 // ---------------------------------------------------------------- properties
 
 /// Non-increasing, up to the rounding of two nearly equal sums.
@@ -578,6 +823,61 @@ proptest! {
         // Detection probability is a probability.
         let d = detection_probability(n, b, k).unwrap();
         prop_assert!((0.0..=1.0).contains(&d));
+    }
+
+    #[test]
+    fn closed_form_bounds_the_exact_sum_from_above(
+        n in 1_u64..3_000_000,
+        b_frac in 0.0_f64..=1.0,
+        k_frac in 0.0_f64..=1.0,
+    ) {
+        let b = ((n as f64 * b_frac) as u64).min(n);
+        let k = ((n as f64 * k_frac) as u64).min(n);
+        let exact = log2_miss_probability(n, b, k).unwrap();
+        let closed = log2_miss_probability_closed_form(n, b, k).unwrap();
+        if exact == f64::NEG_INFINITY {
+            prop_assert_eq!(closed, exact);
+        } else {
+            prop_assert!(closed >= exact - 1e-14 * exact.abs(), "{} < {}", closed, exact);
+            prop_assert!(
+                closed <= exact + 1e-11 * exact.abs() + 1.5e-11,
+                "{} too far above {}", closed, exact
+            );
+        }
+    }
+
+    #[test]
+    fn closed_form_bounds_the_exact_sum_at_huge_n(
+        n in 1_u64 << 40..u64::MAX,
+        small in 1_u64..40_000,
+        large_frac in 0.0_f64..=1.0,
+    ) {
+        // min(k, b) small enough for the exact sum, the other count and N as large as they come:
+        // the regime where the closed form's terms nearly cancel.
+        let large = ((((n - small) as f64) * large_frac) as u64).clamp(small, n - small);
+        let exact = log2_miss_probability(n, small, large).unwrap();
+        let closed = log2_miss_probability_closed_form(n, small, large).unwrap();
+        prop_assert!(closed >= exact - 1e-14 * exact.abs(), "{} < {}", closed, exact);
+        prop_assert!(
+            closed <= exact + 1e-11 * exact.abs() + 1.5e-11,
+            "{} too far above {}", closed, exact
+        );
+    }
+
+    #[test]
+    fn with_replacement_bound_is_above_the_exact_power_figure(
+        n in 1_u64..300_000,
+        b_frac in 0.0_f64..=1.0,
+        k_frac in 0.0_f64..=1.0,
+        power in 0.001_f64..1.0,
+    ) {
+        let b = ((n as f64 * b_frac) as u64).min(n);
+        let k = ((n as f64 * k_frac) as u64).min(n);
+        let exact = log2_miss_probability_with_power(n, b, k, power).unwrap();
+        let bound = log2_with_replacement_bound(n, b, k, power).unwrap();
+        // The tolerance is the exact walk's own: a log-sum-exp whose total is near 1 (small p)
+        // carries an absolute error of about 1e-13.
+        prop_assert!(bound >= exact - 1e-12 * exact.abs() - 1e-11, "{} < {}", bound, exact);
     }
 
     #[test]
