@@ -4,7 +4,10 @@ merlin transcripts over STROBE-128/Keccak-f[1600], the session proof of work, th
 keystream and the three sampling strategies, written from the document, in plain Python.
 
 It recomputes every proof-of-work nonce, pow output, challenge seed and sampled cell set in
-specs/vectors/protocol.json and exits non-zero at the first mismatch. It takes the statement's
+specs/vectors/protocol.json and exits non-zero at the first mismatch. It also re-derives the
+cost weights from the statements' geometry, checks the closed form of their cumulative sums
+(section 9.4) against them and against random small geometries, and draws the cost-weighted
+vectors again with the exact block sampler, for several block counts. It takes the statement's
 transcript rows and cost weights from the vectors (the byte encodings of those rows are specified
 in section 7.2 and checked by tests/protocol_vectors.rs).
 
@@ -153,7 +156,82 @@ def sample(name,k,strat,sd):
             if acc>x: break
         out.append(i); w[i]=0
     return sorted(out)
+# The exact cost-weighted sampler of section 9.4 (no per-cell state): the closed form F(i) of
+# the cumulative weight, B block weights (a Fenwick tree in Rust, a linear scan here), and binary
+# searches inside a block. It must draw exactly what the direct algorithm above draws, for
+# every block count.
+def geom(name):
+    sj=json.loads(st[name]['statement_json']); g=sj['geometry']; d=sj['dependency']
+    dep=('window',d['window']['size']) if isinstance(d,dict) else (d,0)
+    return g['layers'],g['tokens'],g['hidden'],g['chunk'],dep
+def weights_direct(L,T,d,c,dep):
+    C=-(-T//c); out=[]
+    for l in range(L):
+        for j in range(C):
+            a=j*c; e=min(a+c,T); r=e-a
+            if l==0: out.append(r); continue
+            u={'causal':0,'bidirectional':0}.get(dep[0],max(0,a-(dep[1]-1)) if dep[0]=='window' else 0)
+            v_=T if dep[0]=='bidirectional' else e
+            out.append(r*(6*d+(v_-u)))
+    return out
+def prefix_closed(L,T,d,c,dep):
+    C=-(-T//c); w1=max(dep[1]-1,0)
+    def full(j):  # chunks m<j of a layer >= 1, all full
+        if dep[0]=='causal': ctx=c*c*j*(j+1)//2
+        elif dep[0]=='bidirectional': ctx=j*c*T
+        else:
+            m0=w1//c+1; clip=(c*c*(m0+j-1)*(j-m0)//2-c*w1*(j-m0)) if j>m0 else 0
+            ctx=c*c*j*(j+1)//2-clip
+        return 6*d*j*c+ctx
+    a=(C-1)*c; ctx_last=T-max(0,a-w1) if dep[0]=='window' else T
+    S1=full(C-1)+(T-a)*(6*d+ctx_last)
+    def F(i):
+        l,j=divmod(i,C)
+        if l==0: return min(j*c,T)
+        return T+(l-1)*S1+(S1 if j==C else full(j))
+    return F
+def sample_exact(name,k,sd,B):
+    L,T,d,c,dep=geom(name); C=-(-T//c); N=L*C; F=prefix_closed(L,T,d,c,dep)
+    B=min(N,B); size=-(-N//B); B=-(-N//size)
+    bw=[F(min((b+1)*size,N))-F(b*size) for b in range(B)]
+    rng=Rng(sd); removed={}; out=[]
+    for _ in range(k):
+        x=unif(rng,sum(bw),128); b=0
+        while x>=bw[b]: x-=bw[b]; b+=1
+        lo,hi=b*size,min((b+1)*size,N); base=F(lo); rc=removed.setdefault(b,[])
+        pre=[0]
+        for r in rc: pre.append(pre[-1]+F(r+1)-F(r))
+        ends=rc+[hi]; t=0
+        while F(ends[t])-base-pre[t]<=x: t+=1
+        glo=lo if t==0 else rc[t-1]+1; y=x+base+pre[t]; i=glo; j=ends[t]
+        while i<j:
+            m=(i+j)//2
+            if F(m+1)<=y: i=m+1
+            else: j=m
+        w=F(i+1)-F(i); bw[b]-=w; rc.append(i); rc.sort(); out.append(i)
+    return sorted(out)
 n=0
+for name in st:
+    L,T,d,c,dep=geom(name); F=prefix_closed(L,T,d,c,dep); w=st[name]['cost_weights']
+    assert weights_direct(L,T,d,c,dep)==w,name
+    acc=0
+    for i in range(len(w)+1):
+        assert F(i)==acc,(name,i); acc+=w[i] if i<len(w) else 0
+    n+=1
+import random
+_r=random.Random(15)
+for _ in range(300):
+    L,T,c,d=_r.randint(1,5),_r.randint(1,40),_r.randint(1,8),_r.randint(1,9)
+    dep=_r.choice([('causal',0),('bidirectional',0),('window',_r.randint(1,45))])
+    F=prefix_closed(L,T,d,c,dep); w=weights_direct(L,T,d,c,dep); acc=0
+    for i in range(len(w)+1):
+        assert F(i)==acc,(L,T,c,d,dep,i); acc+=w[i] if i<len(w) else 0
+n+=1
+for x in v['sampling']+v['challenges']:
+    if x['strategy']!='cost-weighted' or x['samples']>=st[x['statement']]['cells']: continue
+    for B in (1,2,3,7,64,1<<16):
+        assert sample_exact(x['statement'],x['samples'],bytes.fromhex(x['seed_hex']),B)==x['indices'],(x,B)
+    n+=1
 for c in v['challenges']:
     pt=params_t(c['statement'],c['samples'],c['strategy'],c['pow_bits'])
     nonce=next(x for x in range(1<<20) if pow_ok(pt,c['pow_bits'],x))

@@ -145,5 +145,58 @@ pub enum CommitError {
     },
 }
 
+impl CommitError {
+    /// Whether the error is the input's fault (bad input: a front end exits 2) rather than a
+    /// failure of this side (exit 1).
+    ///
+    /// Every variant is about what the caller handed in: a geometry, a proof, indices, an
+    /// encoding, a hasher or dtype name, or data that does not fit its geometry (a streaming
+    /// committer fed the wrong number of layers). This crate does no I/O of its own and has no
+    /// engine, so every error is bad input; the match is exhaustive so that a new variant must
+    /// be classified here.
+    pub fn is_input(&self) -> bool {
+        match self {
+            CommitError::EmptyTree
+            | CommitError::TreeTooLarge { .. }
+            | CommitError::NoIndices
+            | CommitError::IndexOutOfRange { .. }
+            | CommitError::DuplicateIndex { .. }
+            | CommitError::WrongSiblingCount { .. }
+            | CommitError::NonCanonicalDigest { .. }
+            | CommitError::NonCanonicalLeaf { .. }
+            | CommitError::RootMismatch { .. }
+            | CommitError::InvalidGeometry(_)
+            | CommitError::CellOutOfRange { .. }
+            | CommitError::WrongLength { .. }
+            | CommitError::InvalidHex(_)
+            | CommitError::UnknownHasher(_)
+            | CommitError::UnknownDtype(_)
+            | CommitError::Streaming(_)
+            | CommitError::Truncated { .. }
+            | CommitError::TrailingBytes { .. }
+            | CommitError::BadMagic { .. }
+            | CommitError::UnsupportedVersion { .. }
+            | CommitError::LimitExceeded { .. } => true,
+        }
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = CommitError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_commit_error_is_input() {
+        assert!(CommitError::EmptyTree.is_input());
+        assert!(CommitError::Streaming("early".into()).is_input());
+        assert!(CommitError::LimitExceeded {
+            what: "x",
+            value: 2,
+            max: 1
+        }
+        .is_input());
+    }
+}

@@ -574,18 +574,40 @@ pub fn fit_exponential_tail(sorted: &[f64], alpha: f64, layer_confidence: f64) -
 
 /// Runs needed for a `γ_l` upper confidence bound on the `(1 − α)` quantile from order
 /// statistics: `n_min = ⌈ln(1 − γ_l) / ln(1 − α)⌉`, the smallest `n` with `1 − (1 − α)^n ≥ γ_l`.
+///
+/// Saturates at `u64::MAX` where `n` does not fit (a rate `α` so small that no number of runs
+/// could support it: a caller then reports insufficient evidence), and takes at most a few
+/// dozen steps whatever `α` is.
 pub fn runs_needed(alpha: f64, layer_confidence: f64) -> u64 {
     let n = ((1.0 - layer_confidence).ln() / (-alpha).ln_1p()).ceil();
-    // Guard the rounding of the logarithms: step to the exact smallest n.
+    if n.is_nan() || n >= u64::MAX as f64 {
+        return u64::MAX;
+    }
+    // Guard the rounding of the logarithms: step to the exact smallest n (the estimate is
+    // within a step or two of it; the steps are bounded, so no argument can loop).
     let mut n = n.max(1.0) as u64;
     let ok = |n: u64| 1.0 - (n as f64 * (-alpha).ln_1p()).exp() >= layer_confidence;
-    while n > 1 && ok(n - 1) {
-        n -= 1;
+    for _ in 0..64 {
+        if n > 1 && ok(n - 1) {
+            n -= 1;
+        } else {
+            break;
+        }
     }
-    while !ok(n) {
-        n += 1;
+    for _ in 0..64 {
+        if ok(n) {
+            return n;
+        }
+        match n.checked_add(1) {
+            Some(next) => n = next,
+            None => return u64::MAX,
+        }
     }
-    n
+    if ok(n) {
+        n
+    } else {
+        u64::MAX
+    }
 }
 
 /// `P(Bin(n, 1 − α) ≤ j) = I_α(n − j, j + 1)` for `j < n` (1 for `j ≥ n`).
@@ -813,7 +835,7 @@ pub fn calibrate_runs(runs: &[HonestRun], config: &RunCalibrationConfig) -> Resu
         needed,
         have: n,
         reason: format!(
-            "a session false-positive rate of {} at {} confidence with k = {} x {} round(s) \
+            "a session false-positive rate of {:e} at {} confidence with k = {} x {} round(s) \
              over {layers} layers needs per-cell alpha = {alpha:.3e} at per-layer confidence \
              {gamma_l} ({}){why}",
             config.target_session_fpr,
@@ -1126,6 +1148,17 @@ impl CalibratedPolicy {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn runs_needed_saturates_instead_of_overflowing() {
+        // A per-cell rate of 1e-300 needs about 3e300 runs: no u64 holds it.
+        assert_eq!(runs_needed(1e-300, 0.95), u64::MAX);
+        assert_eq!(runs_needed(f64::MIN_POSITIVE, 0.999), u64::MAX);
+        // Ordinary rates are exact: the smallest n with 1 - (1 - a)^n >= c.
+        let n = runs_needed(0.01, 0.95);
+        assert_eq!(n, 299);
+        assert!(1.0 - 0.99f64.powi(298) < 0.95 && 1.0 - 0.99f64.powi(299) >= 0.95);
+    }
+
     use super::*;
 
     #[test]

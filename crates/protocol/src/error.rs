@@ -48,6 +48,42 @@ pub enum ProtocolError {
     /// The prover's trace source or the verifier's recompute engine failed.
     #[error("{0}")]
     Engine(String),
+    /// A claim of the input exceeds one of the verifier's resource limits
+    /// ([`crate::VerifierLimits`]); refused before any allocation of the claimed size.
+    #[error("{what} of {claimed} exceeds the verifier's limit of {limit}")]
+    LimitExceeded {
+        /// Which quantity (`layers`, `tokens`, `opening cells`, …).
+        what: &'static str,
+        /// The verifier's limit.
+        limit: u64,
+        /// What the input claims (or needs).
+        claimed: u64,
+    },
+}
+
+impl ProtocolError {
+    /// Whether the error is the input's fault (bad input: a front end exits 2) rather than a
+    /// failure on this side (exit 1).
+    ///
+    /// Everything but [`ProtocolError::Engine`] is input: invalid parameters, messages out of
+    /// order, invalid statements, malformed messages, commitment-layer errors (each
+    /// [`CommitError::is_input`]), insufficient evidence for a requested bound, and claims above
+    /// the verifier's limits. `Engine` is the prover's trace source or the verifier's engine
+    /// failing (an I/O error, an engine that cannot run), which the input did not cause. An
+    /// engine that *refuses* an input (a setup it cannot run, text it cannot tokenize) inside a
+    /// verification becomes a [`crate::RejectReason`], not an error, so it never reaches this.
+    pub fn is_input(&self) -> bool {
+        match self {
+            ProtocolError::InvalidParameter(_)
+            | ProtocolError::OutOfOrder { .. }
+            | ProtocolError::InvalidStatement(_)
+            | ProtocolError::Decode { .. }
+            | ProtocolError::InsufficientEvidence { .. }
+            | ProtocolError::LimitExceeded { .. } => true,
+            ProtocolError::Commit(e) => e.is_input(),
+            ProtocolError::Engine(_) => false,
+        }
+    }
 }
 
 /// Shorthand for results of this crate.

@@ -10,6 +10,10 @@
 //!   [`RejectReason`]); JSON and a strict binary form through [`Message`].
 //! * [`Prover`] and [`Verifier`]: explicit state machines; interactive or non-interactive
 //!   ([`transcript`]: merlin, with optional proof of work) over one or more rounds.
+//!   [`verify_recorded`] decides a recorded session (files) through the same state machine.
+//! * [`VerifierLimits`]: the verifier's explicit resource limits, checked before anything
+//!   proportional to a prover's claim is allocated, so that its time and memory are
+//!   O(k × opened cell bytes + k log k + log N) whatever the prover claims.
 //! * [`sampling`]: portable cell sampling (uniform, stratified, cost-weighted) from a seed.
 //! * [`tolerance`]: exact, max-abs, relative-L2 and noise-floor policies, and calibration.
 //! * [`calibration`]: thresholds from independent honest runs (upper confidence bounds on a
@@ -40,11 +44,12 @@ pub use messages::{Challenge, Commitment, OpenedCell, Opening, RejectReason, Ver
 pub use prover::{Prover, ProverState};
 pub use sampling::SamplingStrategy;
 pub use statement::{
-    Dependency, InputText, OutputRule, Statement, MAX_ENGINE_BYTES, MAX_INPUT_TEXT_BYTES,
-    PROTOCOL_VERSION,
+    CellRange, Dependency, InputText, OutputRule, Statement, MAX_ENGINE_BYTES,
+    MAX_INPUT_TEXT_BYTES, PROTOCOL_VERSION,
 };
 pub use transcript::ChallengeParams;
 pub use verifier::{
-    check_opening, no_text_input, Faults, Mode, Recompute, Step, Verifier, VerifierConfig,
-    VerifierState,
+    check_opening, check_opening_with_limits, no_text_input, verify_recorded,
+    verify_recorded_with_limits, Faults, Mode, Recompute, Step, Verifier, VerifierConfig,
+    VerifierLimits, VerifierState,
 };

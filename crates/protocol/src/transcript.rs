@@ -203,14 +203,29 @@ fn pow_ok(params_transcript: &Transcript, bits: u8, nonce: u64) -> bool {
     leading_zero_bits(&out) >= u32::from(bits)
 }
 
-fn check_params(params: &ChallengeParams) -> Result<()> {
-    if params.pow_bits > MAX_POW_BITS {
-        return Err(ProtocolError::InvalidParameter(format!(
-            "pow_bits {} exceeds the maximum of {MAX_POW_BITS}",
-            params.pow_bits
-        )));
+impl ChallengeParams {
+    /// Checks the parameters: at least one sample, and `pow_bits` at most [`MAX_POW_BITS`].
+    /// Both are [`ProtocolError::InvalidParameter`] (bad input), whatever the other fields are
+    /// (`samples = 0` with `pow_bits > 0` included: a session that samples nothing is refused
+    /// before any proof of work is checked or searched).
+    pub fn validate(&self) -> Result<()> {
+        if self.samples == 0 {
+            return Err(ProtocolError::InvalidParameter(
+                "at least one cell must be sampled (samples = 0)".into(),
+            ));
+        }
+        if self.pow_bits > MAX_POW_BITS {
+            return Err(ProtocolError::InvalidParameter(format!(
+                "pow_bits {} exceeds the maximum of {MAX_POW_BITS}",
+                self.pow_bits
+            )));
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+fn check_params(params: &ChallengeParams) -> Result<()> {
+    params.validate()
 }
 
 /// The prover's proof-of-work search, once per session: the smallest nonce meeting
@@ -226,6 +241,11 @@ pub fn find_pow_nonce(commitment: &Commitment, params: &ChallengeParams) -> Resu
 /// Whether `nonce` meets the session's proof of work.
 pub fn check_pow(commitment: &Commitment, params: &ChallengeParams, nonce: u64) -> Result<bool> {
     check_params(params)?;
+    if params.pow_bits == 0 {
+        // no proof of work: the nonce must be 0, and no transcript is built (it costs a pass
+        // over the statement)
+        return Ok(nonce == 0);
+    }
     Ok(pow_ok(
         &params_transcript(commitment, params),
         params.pow_bits,
@@ -390,6 +410,22 @@ mod tests {
             ..PARAMS
         };
         assert!(check_pow(&c, &too_hard, 0).is_err());
+        // samples = 0 is bad input, with or without proof of work
+        for pow_bits in [0, 6] {
+            let none = ChallengeParams {
+                samples: 0,
+                pow_bits,
+                ..PARAMS
+            };
+            for e in [
+                check_pow(&c, &none, 0).unwrap_err(),
+                find_pow_nonce(&c, &none).unwrap_err(),
+                derive_challenge(&c, 0, &none, 0).unwrap_err(),
+            ] {
+                assert!(matches!(e, ProtocolError::InvalidParameter(_)), "{e}");
+                assert!(e.is_input());
+            }
+        }
         assert_eq!(leading_zero_bits(&[0, 0x10]), 11);
     }
 }

@@ -10,6 +10,12 @@
 //! Any message in a state that does not expect it (a second commitment, in particular one that
 //! follows a challenge; an opening before the commitment; an opening for another round) decides
 //! the session with [`RejectReason::OutOfOrder`]. `Decided` is final.
+//!
+//! The round rules (interactive openings carry nonce 0; non-interactive rounds share round 0's
+//! nonce, which must meet the proof of work) live in one place and serve both the live state
+//! machine and [`verify_recorded`], which replays a recorded session through it. Every check is
+//! bounded by [`VerifierLimits`] before anything proportional to the prover's claim is
+//! allocated.
 
 use std::ops::Range;
 
@@ -19,10 +25,12 @@ use veritrace_commit::{verify_batch, CellId, Dtype, Hasher};
 
 use crate::encoding::Message;
 use crate::sampling::sample_cells;
+use crate::statement::CellRange;
 use crate::tolerance::{decode_values, TolerancePolicy};
 use crate::transcript::{challenge_seed, check_pow, ChallengeParams};
 use crate::{
-    Challenge, Commitment, Opening, ProtocolError, RejectReason, Result, Statement, Verdict,
+    Challenge, Commitment, OpenedCell, Opening, ProtocolError, RejectReason, Result, Statement,
+    Verdict,
 };
 
 /// What an embedding verifier implements: recompute cells under the statement's numeric setup.
@@ -56,6 +64,33 @@ pub trait Recompute {
     /// statement without text and refuses one with text ([`no_text_input`]). Required, so
     /// that a wrapper cannot silently skip the check of the engine it wraps.
     fn check_input(&self, statement: &Statement) -> Result<()>;
+}
+
+/// A reference to an engine is an engine (so that [`verify_recorded`] and a [`Verifier`] can
+/// borrow one).
+impl<T: Recompute + ?Sized> Recompute for &T {
+    fn embed(&self, statement: &Statement, rows: Range<u32>) -> Result<Vec<u8>> {
+        (**self).embed(statement, rows)
+    }
+
+    fn layer(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+    ) -> Result<Vec<u8>> {
+        (**self).layer(statement, layer, rows, input_rows, inputs)
+    }
+
+    fn next_token(&self, statement: &Statement, position: u32, last_row: &[u8]) -> Result<u32> {
+        (**self).next_token(statement, position, last_row)
+    }
+
+    fn check_input(&self, statement: &Statement) -> Result<()> {
+        (**self).check_input(statement)
+    }
 }
 
 /// [`Recompute::check_input`] of an engine that has no tokenizer: a statement without text
@@ -93,6 +128,120 @@ pub struct VerifierConfig {
     pub rounds: u32,
     /// How recomputed cells are compared with opened ones.
     pub tolerance: TolerancePolicy,
+}
+
+/// The verifier's resource limits: what a prover's claims may cost it.
+///
+/// A statement is the prover's: it may claim any geometry the commitment layer accepts (up to
+/// 2^32 − 1 layers, 2^40 cells). The verifier checks every claim against these limits
+/// **before** any allocation or loop proportional to the claim, and refuses a claim above one
+/// with [`ProtocolError::LimitExceeded`] (in a verdict: [`RejectReason::GeometryMismatch`]
+/// whose detail is that error's message, "… exceeds the verifier's limit of …"). Within the
+/// limits, checking an opening costs O(opened bytes + k log k + log N) time and
+/// O(opened bytes + k) memory beyond the messages themselves (specs/protocol.md §11.3).
+///
+/// The defaults admit real models (a 4096-layer, million-token trace is far beyond any
+/// checkpoint in use) and keep a hostile claim's cost bounded:
+///
+/// | field | default | bounds |
+/// |---|---|---|
+/// | `max_layers` | 2^12 = 4096 | the statement's `layers` |
+/// | `max_tokens` | 2^20 = 1,048,576 | the statement's `tokens` (input + output) |
+/// | `max_cells` | 2^32 | the trace's cells N |
+/// | `max_samples` | 2^20 | cells per challenge (k, configured or recorded) |
+/// | `max_opening_cells` | 2^24 | cells an opening must hold (challenged and input cells) |
+/// | `max_opening_bytes` | 2^32 = 4 GiB | element bytes of those cells |
+/// | `max_message_bytes` | 2^33 = 8 GiB | a message file a front end reads (a JSON opening holds its bytes as hex) |
+///
+/// In JSON every field is optional (missing fields take their default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifierLimits {
+    /// Largest `layers` a statement may claim.
+    pub max_layers: u32,
+    /// Largest `tokens` (input plus output) a statement may claim.
+    pub max_tokens: u32,
+    /// Largest number of cells N (layers × chunks per layer).
+    pub max_cells: u64,
+    /// Largest number of challenged cells in one round (the configured k, or a recorded
+    /// challenge's length).
+    pub max_samples: u32,
+    /// Largest number of cells one opening may be required to hold (the opening set of a
+    /// challenge, `specs/protocol.md` §4.2).
+    pub max_opening_cells: u64,
+    /// Largest total element bytes of the cells one opening must hold.
+    pub max_opening_bytes: u64,
+    /// Largest message a front end should read and decode (for
+    /// [`crate::Message::from_bytes_with_limit`] and JSON files); the verifier itself receives
+    /// decoded messages.
+    pub max_message_bytes: u64,
+}
+
+impl VerifierLimits {
+    /// The documented defaults (see the table above).
+    pub const DEFAULT: VerifierLimits = VerifierLimits {
+        max_layers: 1 << 12,
+        max_tokens: 1 << 20,
+        max_cells: 1 << 32,
+        max_samples: 1 << 20,
+        max_opening_cells: 1 << 24,
+        max_opening_bytes: 1 << 32,
+        max_message_bytes: 1 << 33,
+    };
+
+    /// No limit beyond what the types and the commitment layer allow (for measurements and
+    /// tests: the verifier's cost is still bounded by k and the opening, not by the claim).
+    pub const UNLIMITED: VerifierLimits = VerifierLimits {
+        max_layers: u32::MAX,
+        max_tokens: u32::MAX,
+        max_cells: u64::MAX,
+        max_samples: u32::MAX,
+        max_opening_cells: u64::MAX,
+        max_opening_bytes: u64::MAX,
+        max_message_bytes: u64::MAX,
+    };
+
+    /// [`VerifierLimits::max_message_bytes`] as a `usize` (saturating), for
+    /// [`crate::Message::from_bytes_with_limit`].
+    pub fn message_limit(&self) -> usize {
+        usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX)
+    }
+
+    fn check(what: &'static str, limit: u64, claimed: u64) -> Result<()> {
+        if claimed > limit {
+            return Err(ProtocolError::LimitExceeded {
+                what,
+                limit,
+                claimed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a statement's claimed geometry (layers, tokens, cells): O(1).
+    pub fn check_statement(&self, statement: &Statement) -> Result<()> {
+        let g = &statement.geometry;
+        Self::check("layers", self.max_layers.into(), g.layers.into())?;
+        Self::check("tokens", self.max_tokens.into(), g.tokens.into())?;
+        Self::check("cells", self.max_cells, g.num_cells())
+    }
+
+    /// Checks the number of challenged cells of one round.
+    pub fn check_samples(&self, samples: u64) -> Result<()> {
+        Self::check("challenged cells", self.max_samples.into(), samples)
+    }
+
+    /// Checks the size of a required opening: its cell count and element bytes.
+    pub fn check_opening_size(&self, cells: u64, bytes: u64) -> Result<()> {
+        Self::check("opening cells", self.max_opening_cells, cells)?;
+        Self::check("opening bytes", self.max_opening_bytes, bytes)
+    }
+}
+
+impl Default for VerifierLimits {
+    fn default() -> Self {
+        VerifierLimits::DEFAULT
+    }
 }
 
 /// The verifier's state.
@@ -154,6 +303,7 @@ pub struct Faults {
 #[derive(Debug)]
 pub struct Verifier<R> {
     config: VerifierConfig,
+    limits: VerifierLimits,
     recompute: R,
     state: VerifierState,
     commitment: Option<Commitment>,
@@ -161,10 +311,139 @@ pub struct Verifier<R> {
     faults: Faults,
 }
 
+/// Where an interactive verifier's challenges come from: fresh randomness (a live session) or
+/// the verifier's own record of a past session ([`verify_recorded`]). Non-interactive rounds
+/// never ask.
+trait ChallengeSource {
+    /// The cells of round `round`, for `statement` (already checked against the limits).
+    fn cells(
+        &mut self,
+        statement: &Statement,
+        round: u32,
+        params: &ChallengeParams,
+    ) -> Result<Vec<CellId>>;
+}
+
+/// A live session: a fresh seed from the verifier's generator, drawn only when asked.
+struct Fresh<'a, G>(&'a mut G);
+
+impl<G: RngCore + CryptoRng> ChallengeSource for Fresh<'_, G> {
+    fn cells(
+        &mut self,
+        statement: &Statement,
+        _round: u32,
+        params: &ChallengeParams,
+    ) -> Result<Vec<CellId>> {
+        let mut seed = [0u8; 32];
+        self.0.fill_bytes(&mut seed);
+        sample_cells(statement, params.samples, params.strategy, seed)
+    }
+}
+
+/// A recorded session: the challenge the verifier issued in each round (validated by
+/// [`verify_recorded`] before the replay). Past the end of the record (a session with fewer
+/// openings than rounds) it answers an empty challenge, which leaves the state machine in
+/// `Challenged` awaiting an opening that never comes; [`verify_recorded`] feeds nothing more
+/// and reports the session as unfinished.
+struct Replay<'a>(&'a [Challenge]);
+
+impl ChallengeSource for Replay<'_> {
+    fn cells(
+        &mut self,
+        _statement: &Statement,
+        round: u32,
+        _params: &ChallengeParams,
+    ) -> Result<Vec<CellId>> {
+        Ok(self
+            .0
+            .get(round as usize)
+            .map(|c| c.cells.clone())
+            .unwrap_or_default())
+    }
+}
+
+/// The round rule of an interactive opening: it carries no proof of work, so its `pow_nonce`
+/// must be 0 (exactly one valid encoding), else `BadProofOfWork { pow_bits: 0 }`
+/// (specs/protocol.md §10.2).
+fn interactive_round_rule(opening: &Opening) -> std::result::Result<(), RejectReason> {
+    if opening.pow_nonce != 0 {
+        return Err(RejectReason::BadProofOfWork {
+            pow_bits: 0,
+            nonce: opening.pow_nonce,
+        });
+    }
+    Ok(())
+}
+
+/// The round rules of a non-interactive opening (specs/protocol.md §10.2): round 0's nonce
+/// must meet the proof of work and fixes the session's nonce; later rounds must repeat it
+/// (another nonce is refused even if valid). Returns the round's challenged cells, derived
+/// from the transcript with that nonce.
+fn non_interactive_round_rule(
+    commitment: &Commitment,
+    params: &ChallengeParams,
+    session_nonce: Option<u64>,
+    opening: &Opening,
+    faults: Faults,
+) -> std::result::Result<Vec<CellId>, RejectReason> {
+    let pow_ok = match session_nonce {
+        // later rounds repeat the nonce checked in round 0
+        Some(n) => n == opening.pow_nonce,
+        None => matches!(check_pow(commitment, params, opening.pow_nonce), Ok(true)),
+    };
+    if !pow_ok {
+        return Err(RejectReason::BadProofOfWork {
+            pow_bits: params.pow_bits,
+            nonce: opening.pow_nonce,
+        });
+    }
+    #[cfg(feature = "fault-injection")]
+    let seed = if faults.skip_root_binding {
+        crate::transcript::challenge_seed_without_root(
+            &commitment.statement,
+            opening.round,
+            params,
+            opening.pow_nonce,
+        )
+    } else {
+        challenge_seed(commitment, opening.round, params, opening.pow_nonce)
+    };
+    #[cfg(not(feature = "fault-injection"))]
+    let seed = {
+        let _ = faults;
+        challenge_seed(commitment, opening.round, params, opening.pow_nonce)
+    };
+    sample_cells(&commitment.statement, params.samples, params.strategy, seed).map_err(|e| {
+        RejectReason::GeometryMismatch {
+            detail: e.to_string(),
+        }
+    })
+}
+
+/// What the current state makes of an opening (computed before the state changes).
+enum Received {
+    /// Not expected here.
+    OutOfOrder(&'static str),
+    /// Judged: the rejection, or the session nonce to carry into the next round.
+    Checked(std::result::Result<Option<u64>, RejectReason>),
+}
+
 impl<R: Recompute> Verifier<R> {
-    /// A new session. Fails on an invalid policy (zero rounds or samples, invalid tolerance,
-    /// proof of work above [`crate::transcript::MAX_POW_BITS`]).
+    /// A new session with the default [`VerifierLimits`]. Fails on an invalid policy (zero
+    /// rounds or samples, invalid tolerance, proof of work above
+    /// [`crate::transcript::MAX_POW_BITS`]).
     pub fn new(config: VerifierConfig, recompute: R) -> Result<Self> {
+        Self::with_limits(config, recompute, VerifierLimits::default())
+    }
+
+    /// A new session with explicit resource limits. Fails as [`Verifier::new`] does, and with
+    /// [`ProtocolError::LimitExceeded`] when the configured samples exceed
+    /// `limits.max_samples`.
+    pub fn with_limits(
+        config: VerifierConfig,
+        recompute: R,
+        limits: VerifierLimits,
+    ) -> Result<Self> {
         if config.rounds == 0 || config.params.samples == 0 {
             return Err(ProtocolError::InvalidParameter(
                 "a verifier needs at least one round and one sample".into(),
@@ -177,9 +456,11 @@ impl<R: Recompute> Verifier<R> {
                 crate::transcript::MAX_POW_BITS
             )));
         }
+        limits.check_samples(config.params.samples.into())?;
         config.tolerance.validate()?;
         Ok(Verifier {
             config,
+            limits,
             recompute,
             state: VerifierState::AwaitCommitment,
             commitment: None,
@@ -225,6 +506,11 @@ impl<R: Recompute> Verifier<R> {
         &self.config
     }
 
+    /// The resource limits.
+    pub fn limits(&self) -> &VerifierLimits {
+        &self.limits
+    }
+
     fn decide(&mut self, verdict: Verdict) -> Step {
         self.state = VerifierState::Decided(verdict.clone());
         Step::Decided(verdict)
@@ -243,10 +529,22 @@ impl<R: Recompute> Verifier<R> {
 
     /// Receives the commitment. Interactive: draws and returns round 0's challenge from `rng`
     /// (randomness drawn only now, after the root is fixed).
+    ///
+    /// A commitment whose geometry exceeds the verifier's [`VerifierLimits`] is rejected with
+    /// [`RejectReason::GeometryMismatch`] (detail: the [`ProtocolError::LimitExceeded`]
+    /// message) before anything proportional to the claim is computed.
     pub fn receive_commitment<G: RngCore + CryptoRng>(
         &mut self,
         commitment: Commitment,
         rng: &mut G,
+    ) -> Step {
+        self.receive_commitment_from(commitment, &mut Fresh(rng))
+    }
+
+    fn receive_commitment_from(
+        &mut self,
+        commitment: Commitment,
+        source: &mut dyn ChallengeSource,
     ) -> Step {
         if self.state != VerifierState::AwaitCommitment {
             return self.out_of_order("commitment");
@@ -267,15 +565,20 @@ impl<R: Recompute> Verifier<R> {
                 ),
             }));
         }
+        if let Err(e) = self.limits.check_statement(&commitment.statement) {
+            return self.decide(Verdict::Reject(RejectReason::GeometryMismatch {
+                detail: e.to_string(),
+            }));
+        }
         self.commitment = Some(commitment);
-        self.next_round(0, None, rng)
+        self.next_round(0, None, source)
     }
 
-    fn next_round<G: RngCore + CryptoRng>(
+    fn next_round(
         &mut self,
         round: u32,
         nonce: Option<u64>,
-        rng: &mut G,
+        source: &mut dyn ChallengeSource,
     ) -> Step {
         if round == self.config.rounds {
             return self.decide(Verdict::Accept);
@@ -286,11 +589,10 @@ impl<R: Recompute> Verifier<R> {
                 Step::AwaitOpening
             }
             Mode::Interactive => {
-                let statement = &self.commitment.as_ref().expect("committed").statement;
-                let mut seed = [0u8; 32];
-                rng.fill_bytes(&mut seed);
-                let p = self.config.params;
-                match sample_cells(statement, p.samples, p.strategy, seed) {
+                let Some(commitment) = self.commitment.as_ref() else {
+                    return self.out_of_order("round before the commitment");
+                };
+                match source.cells(&commitment.statement, round, &self.config.params) {
                     Ok(cells) => {
                         let challenge = Challenge { round, cells };
                         self.state = VerifierState::Challenged {
@@ -313,86 +615,224 @@ impl<R: Recompute> Verifier<R> {
         opening: &Opening,
         rng: &mut G,
     ) -> Step {
-        let commitment = match (&self.state, &self.commitment) {
-            (VerifierState::Challenged { .. } | VerifierState::AwaitOpening { .. }, Some(c)) => {
-                c.clone()
-            }
-            _ => return self.out_of_order("opening"),
+        self.receive_opening_from(opening, &mut Fresh(rng))
+    }
+
+    /// The round rules and the check of an opening in the current state, without changing it.
+    fn judge(&self, opening: &Opening) -> Received {
+        let Some(commitment) = self.commitment.as_ref() else {
+            return Received::OutOfOrder("opening");
         };
         let cells = match &self.state {
             VerifierState::Challenged { challenge } if challenge.round == opening.round => {
-                // interactive openings carry no proof of work: exactly one valid encoding
-                if opening.pow_nonce != 0 {
-                    return self.decide(Verdict::Reject(RejectReason::BadProofOfWork {
-                        pow_bits: 0,
-                        nonce: opening.pow_nonce,
-                    }));
+                if let Err(reason) = interactive_round_rule(opening) {
+                    return Received::Checked(Err(reason));
                 }
-                challenge.cells.clone()
+                std::borrow::Cow::Borrowed(&challenge.cells[..])
             }
             VerifierState::AwaitOpening { round, nonce } if *round == opening.round => {
-                let p = self.config.params;
-                let pow_ok = match nonce {
-                    // later rounds repeat the nonce checked in round 0
-                    Some(n) => *n == opening.pow_nonce,
-                    None => matches!(check_pow(&commitment, &p, opening.pow_nonce), Ok(true)),
-                };
-                if !pow_ok {
-                    return self.decide(Verdict::Reject(RejectReason::BadProofOfWork {
-                        pow_bits: p.pow_bits,
-                        nonce: opening.pow_nonce,
-                    }));
-                }
-                #[cfg(feature = "fault-injection")]
-                let seed = if self.faults.skip_root_binding {
-                    crate::transcript::challenge_seed_without_root(
-                        &commitment.statement,
-                        opening.round,
-                        &p,
-                        opening.pow_nonce,
-                    )
-                } else {
-                    challenge_seed(&commitment, opening.round, &p, opening.pow_nonce)
-                };
-                #[cfg(not(feature = "fault-injection"))]
-                let seed = challenge_seed(&commitment, opening.round, &p, opening.pow_nonce);
-                match sample_cells(&commitment.statement, p.samples, p.strategy, seed) {
-                    Ok(cells) => cells,
-                    Err(e) => {
-                        return self.decide(Verdict::Reject(RejectReason::GeometryMismatch {
-                            detail: e.to_string(),
-                        }))
-                    }
+                match non_interactive_round_rule(
+                    commitment,
+                    &self.config.params,
+                    *nonce,
+                    opening,
+                    self.faults,
+                ) {
+                    Ok(cells) => std::borrow::Cow::Owned(cells),
+                    Err(reason) => return Received::Checked(Err(reason)),
                 }
             }
-            _ => return self.out_of_order("opening for another round"),
+            VerifierState::Challenged { .. } | VerifierState::AwaitOpening { .. } => {
+                return Received::OutOfOrder("opening for another round")
+            }
+            _ => return Received::OutOfOrder("opening"),
         };
-        match check_opening_inner(
-            &commitment,
+        let checked = check_opening_inner(
+            commitment,
             &cells,
             opening,
             &self.config.tolerance,
             &self.recompute,
+            &self.limits,
             self.faults,
-        ) {
-            Ok(()) => {
-                let nonce = match self.config.mode {
-                    Mode::NonInteractive => Some(opening.pow_nonce),
-                    Mode::Interactive => None,
-                };
-                self.next_round(opening.round + 1, nonce, rng)
-            }
-            Err(reason) => self.decide(Verdict::Reject(reason)),
+        );
+        Received::Checked(checked.map(|()| match self.config.mode {
+            Mode::NonInteractive => Some(opening.pow_nonce),
+            Mode::Interactive => None,
+        }))
+    }
+
+    fn receive_opening_from(
+        &mut self,
+        opening: &Opening,
+        source: &mut dyn ChallengeSource,
+    ) -> Step {
+        match self.judge(opening) {
+            Received::OutOfOrder(message) => self.out_of_order(message),
+            Received::Checked(Ok(nonce)) => self.next_round(opening.round + 1, nonce, source),
+            Received::Checked(Err(reason)) => self.decide(Verdict::Reject(reason)),
         }
     }
 }
 
-/// Checks one opening of the challenged cells `challenged` against a commitment — the
-/// verification algorithm of `specs/protocol.md`:
+/// Decides a whole recorded session from its messages (for instance files), with the default
+/// [`VerifierLimits`]: see [`verify_recorded_with_limits`].
+pub fn verify_recorded<R: Recompute + ?Sized>(
+    commitment: &Commitment,
+    config: &VerifierConfig,
+    challenges: Option<&[Challenge]>,
+    openings: &[Opening],
+    recompute: &R,
+    expected: Option<&Statement>,
+) -> Result<Verdict> {
+    verify_recorded_with_limits(
+        commitment,
+        config,
+        &VerifierLimits::default(),
+        challenges,
+        openings,
+        recompute,
+        expected,
+    )
+}
+
+/// Decides a whole recorded session offline: the commitment, then each opening in order, through
+/// the same state machine as a live [`Verifier`] (so the verdict is the one a live verifier
+/// would have reached on the same messages).
 ///
-/// 0. With text input, the input tokens must be the text's tokenization
+/// * `config.mode` is [`Mode::Interactive`]: `challenges` must be the verifier's own recorded
+///   challenges, one per opening, the i-th with `round = i` and valid
+///   ([`crate::Message::validate`]: non-empty, distinct, sorted) and at most
+///   `limits.max_samples` cells; they replace the fresh draws (their length is not compared
+///   with `config.params.samples`: they are what was sent). Openings must carry `pow_nonce`
+///   0, else `BadProofOfWork { pow_bits: 0 }` (specs/protocol.md §10.2).
+/// * [`Mode::NonInteractive`]: `challenges` must be `None`; each round's cells are derived from
+///   the transcript with the nonce of round 0's opening, which must meet the proof of work;
+///   later rounds must carry the same nonce (one shared nonce), else `BadProofOfWork`.
+/// * Openings are matched to rounds by position: an opening whose `round` is not its
+///   position is rejected as [`RejectReason::OutOfOrder`] ("opening for another round").
+/// * Fewer openings than `config.rounds`: rejected with [`RejectReason::OutOfOrder`] whose
+///   `state` is the state the session stopped in (`challenged` or `await-opening`) and whose
+///   `message` says how many of how many rounds were answered — a session is accepted only
+///   after all its rounds.
+///
+/// # Errors
+/// Bad input, not a verdict: an invalid `config` or one whose samples exceed the limits (as
+/// [`Verifier::with_limits`]), challenges given in non-interactive mode or missing in
+/// interactive mode, a number of challenges other than the number of openings, an invalid
+/// recorded challenge or one whose round is not its position, and more openings than
+/// `config.rounds` ([`ProtocolError::InvalidParameter`] or
+/// [`ProtocolError::LimitExceeded`]). The verifier's own record being inconsistent is not the
+/// prover's fault.
+pub fn verify_recorded_with_limits<R: Recompute + ?Sized>(
+    commitment: &Commitment,
+    config: &VerifierConfig,
+    limits: &VerifierLimits,
+    challenges: Option<&[Challenge]>,
+    openings: &[Opening],
+    recompute: &R,
+    expected: Option<&Statement>,
+) -> Result<Verdict> {
+    let mut verifier = Verifier::with_limits(config.clone(), recompute, *limits)?;
+    let recorded: &[Challenge] = match (config.mode, challenges) {
+        (Mode::Interactive, Some(cs)) => {
+            if cs.len() != openings.len() {
+                return Err(ProtocolError::InvalidParameter(format!(
+                    "{} openings but {} recorded challenges: an interactive session records one \
+                     challenge per opening",
+                    openings.len(),
+                    cs.len()
+                )));
+            }
+            for (i, c) in cs.iter().enumerate() {
+                c.validate()?;
+                if u64::from(c.round) != i as u64 {
+                    return Err(ProtocolError::InvalidParameter(format!(
+                        "recorded challenge {i} is for round {}; challenges are recorded in \
+                         round order from 0",
+                        c.round
+                    )));
+                }
+                limits.check_samples(c.cells.len() as u64)?;
+            }
+            cs
+        }
+        (Mode::Interactive, None) => {
+            return Err(ProtocolError::InvalidParameter(
+                "an interactive session is checked against the verifier's recorded challenges"
+                    .into(),
+            ))
+        }
+        (Mode::NonInteractive, Some(_)) => {
+            return Err(ProtocolError::InvalidParameter(
+                "a non-interactive session derives its challenges; none may be given".into(),
+            ))
+        }
+        (Mode::NonInteractive, None) => &[],
+    };
+    if openings.len() as u64 > u64::from(config.rounds) {
+        return Err(ProtocolError::InvalidParameter(format!(
+            "{} openings for a session of {} rounds",
+            openings.len(),
+            config.rounds
+        )));
+    }
+    if let Some(s) = expected {
+        verifier.expect_statement(s.clone());
+    }
+    let mut source = Replay(recorded);
+    let mut step = verifier.receive_commitment_from(commitment.clone(), &mut source);
+    for opening in openings {
+        if let Step::Decided(v) = step {
+            return Ok(v);
+        }
+        step = verifier.receive_opening_from(opening, &mut source);
+    }
+    Ok(match step {
+        Step::Decided(v) => v,
+        Step::Challenge(_) | Step::AwaitOpening => Verdict::Reject(RejectReason::OutOfOrder {
+            state: verifier.state().name().to_string(),
+            message: format!(
+                "end of the recorded session: {} of {} rounds answered",
+                openings.len(),
+                config.rounds
+            ),
+        }),
+    })
+}
+
+/// Checks one opening of the challenged cells `challenged` against a commitment — the
+/// verification algorithm of `specs/protocol.md` — with the default [`VerifierLimits`]:
+/// see [`check_opening_with_limits`].
+pub fn check_opening<R: Recompute + ?Sized>(
+    commitment: &Commitment,
+    challenged: &[CellId],
+    opening: &Opening,
+    tolerance: &TolerancePolicy,
+    recompute: &R,
+) -> std::result::Result<(), RejectReason> {
+    check_opening_with_limits(
+        commitment,
+        challenged,
+        opening,
+        tolerance,
+        recompute,
+        &VerifierLimits::default(),
+    )
+}
+
+/// Checks one opening of the challenged cells `challenged` against a commitment — the
+/// verification algorithm of `specs/protocol.md` §11.2:
+///
+/// 0. The statement's geometry and the number of challenged cells are checked against
+///    `limits`; the opening set is computed as runs of chunks ([`Statement::opening_ranges`],
+///    O(k log k)) and its cell count and byte size are checked against `limits` — all before
+///    anything proportional to the claim is allocated (a claim above a limit:
+///    [`RejectReason::GeometryMismatch`] with the [`ProtocolError::LimitExceeded`] message).
+///    With text input, the input tokens must be the text's tokenization
 ///    ([`Recompute::check_input`]).
-/// 1. The opened cells must be exactly [`Statement::opening_cells`] of the challenge, in order.
+/// 1. The opened cells must be exactly [`Statement::opening_cells`] of the challenge, in order
+///    (compared run by run, without listing the required cells).
 /// 2. Each cell's data must have its shape's byte length.
 /// 3. Leaf digests are computed from the data; the batch proof must open them under the root
 ///    with the tree size and indices from the statement.
@@ -401,12 +841,13 @@ impl<R: Recompute> Verifier<R> {
 ///    input rows of layer `l − 1`) and compared under the tolerance policy.
 /// 6. For challenged cells of the last layer, each row that predicts an output token must give
 ///    that token.
-pub fn check_opening<R: Recompute + ?Sized>(
+pub fn check_opening_with_limits<R: Recompute + ?Sized>(
     commitment: &Commitment,
     challenged: &[CellId],
     opening: &Opening,
     tolerance: &TolerancePolicy,
     recompute: &R,
+    limits: &VerifierLimits,
 ) -> std::result::Result<(), RejectReason> {
     check_opening_inner(
         commitment,
@@ -414,8 +855,39 @@ pub fn check_opening<R: Recompute + ?Sized>(
         opening,
         tolerance,
         recompute,
+        limits,
         Faults::default(),
     )
+}
+
+/// The cell count and element bytes of the cells of `runs`.
+fn opening_size(g: &veritrace_commit::TraceGeometry, runs: &[CellRange]) -> (u64, u64) {
+    let row = g.row_byte_len() as u64;
+    runs.iter().fold((0u64, 0u64), |(cells, bytes), r| {
+        (
+            cells.saturating_add(r.len()),
+            bytes.saturating_add(r.rows(g).saturating_mul(row)),
+        )
+    })
+}
+
+/// Step 1: the first difference between the opened cells and the required runs, as the reason
+/// of specs/protocol.md §11.2 step 1, walking both lists once (the required cells are never
+/// listed: the walk stops at the end of the opening or at the first difference).
+fn first_opening_difference(required: &[CellRange], opened: &[OpenedCell]) -> Option<RejectReason> {
+    let contains = |cell: CellId| {
+        let i = required.partition_point(|r| (r.layer, r.chunks.end) <= (cell.layer, cell.chunk));
+        required.get(i).is_some_and(|r| r.contains(cell))
+    };
+    let mut want = required.iter().flat_map(CellRange::cells);
+    for oc in opened {
+        match want.next() {
+            Some(w) if w == oc.cell => {}
+            Some(w) if contains(oc.cell) => return Some(RejectReason::MissingCell { cell: w }),
+            _ => return Some(RejectReason::UnexpectedCell { cell: oc.cell }),
+        }
+    }
+    want.next().map(|cell| RejectReason::MissingCell { cell })
 }
 
 fn check_opening_inner<R: Recompute + ?Sized>(
@@ -424,6 +896,7 @@ fn check_opening_inner<R: Recompute + ?Sized>(
     opening: &Opening,
     tolerance: &TolerancePolicy,
     recompute: &R,
+    limits: &VerifierLimits,
     faults: Faults,
 ) -> std::result::Result<(), RejectReason> {
     let statement = &commitment.statement;
@@ -431,32 +904,29 @@ fn check_opening_inner<R: Recompute + ?Sized>(
     let bad_statement = |e: ProtocolError| RejectReason::GeometryMismatch {
         detail: e.to_string(),
     };
-    let required = statement.opening_cells(challenged).map_err(bad_statement)?;
+    // 0. limits first (O(1)), then the opening set as runs (O(k log k)) and its size
+    limits.check_statement(statement).map_err(bad_statement)?;
+    limits
+        .check_samples(challenged.len() as u64)
+        .map_err(bad_statement)?;
+    let required = statement
+        .opening_ranges(challenged)
+        .map_err(bad_statement)?;
+    let (required_cells, required_bytes) = opening_size(g, &required);
+    limits
+        .check_opening_size(required_cells, required_bytes)
+        .map_err(bad_statement)?;
 
-    // 0. the input tokens are the statement's text, tokenized (when it has text)
+    // the input tokens are the statement's text, tokenized (when it has text)
     recompute.check_input(statement).map_err(bad_statement)?;
 
     // 1. exactly the required cells, in order
-    let opened: Vec<CellId> = opening.cells.iter().map(|oc| oc.cell).collect();
-    if opened != required {
-        let i = opened
-            .iter()
-            .zip(&required)
-            .take_while(|(a, b)| a == b)
-            .count();
-        return Err(match (opened.get(i), required.get(i)) {
-            (Some(got), Some(want)) if required.contains(got) => {
-                RejectReason::MissingCell { cell: *want }
-            }
-            (Some(got), _) => RejectReason::UnexpectedCell { cell: *got },
-            (None, want) => RejectReason::MissingCell {
-                cell: *want.unwrap_or(&required[0]),
-            },
-        });
+    if let Some(reason) = first_opening_difference(&required, &opening.cells) {
+        return Err(reason);
     }
 
     // 2-3. lengths, leaves, batch proof
-    let mut leaves = Vec::with_capacity(required.len());
+    let mut leaves = Vec::with_capacity(opening.cells.len());
     for oc in &opening.cells {
         let range = g
             .cell_byte_range(oc.cell)
@@ -515,7 +985,11 @@ fn check_opening_inner<R: Recompute + ?Sized>(
                     .map_err(failed)?
             }
         };
-        let claimed = &opening.cells[required.binary_search(&cell).expect("required")].data;
+        // every challenged cell is in the opening (step 1), which is sorted
+        let Ok(at) = opening.cells.binary_search_by_key(&cell, |oc| oc.cell) else {
+            return Err(RejectReason::MissingCell { cell });
+        };
+        let claimed = &opening.cells[at].data;
         if recomputed.len() != claimed.len() {
             return Err(failed(ProtocolError::Engine(format!(
                 "the engine returned {} bytes for a cell of {} bytes",
@@ -550,7 +1024,8 @@ fn check_opening_inner<R: Recompute + ?Sized>(
     Ok(())
 }
 
-/// Concatenates rows `rows` of `layer` from the opened cells (all present: checked before).
+/// Concatenates rows `rows` of `layer` from the opened cells (all present and sorted: checked
+/// before), visiting only the opened cells that cover them.
 fn gather_rows(
     commitment: &Commitment,
     opening: &Opening,
@@ -560,8 +1035,21 @@ fn gather_rows(
     let g = &commitment.statement.geometry;
     let row_len = g.row_byte_len();
     let mut out = Vec::with_capacity((rows.end - rows.start) as usize * row_len);
-    for oc in opening.cells.iter().filter(|oc| oc.cell.layer == layer) {
-        let cell_rows = g.cell_rows(oc.cell).expect("opened cells are in range");
+    let first = CellId {
+        layer,
+        chunk: rows.start / g.chunk,
+    };
+    let start = opening.cells.partition_point(|oc| oc.cell < first);
+    for oc in opening.cells[start..]
+        .iter()
+        .take_while(|oc| oc.cell.layer == layer)
+    {
+        let Ok(cell_rows) = g.cell_rows(oc.cell) else {
+            break;
+        };
+        if cell_rows.start >= rows.end {
+            break;
+        }
         let lo = rows.start.max(cell_rows.start);
         let hi = rows.end.min(cell_rows.end);
         if lo < hi {
