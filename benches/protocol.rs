@@ -7,6 +7,12 @@
 //!   with a replay engine that returns the honest rows, so the figure is the protocol's own cost
 //!   without any inference.
 //!
+//! * `hostile/<strategy>`: verifying (non-interactive, k = 16, every limit lifted) a commitment
+//!   that claims 2^32 − 1 layers, whose opening is the honest session's, next to
+//!   `honest/<strategy>`, the honest session of the same k: the claim must not cost the verifier
+//!   more than the honest session (issue 15; memory in BENCHMARKS.md from the protocol crate's
+//!   `hostile` test).
+//!
 //! Run: `cargo bench --bench protocol`; `python3 benches/report.py` summarizes.
 
 use std::hint::black_box;
@@ -17,8 +23,9 @@ use veritrace::commit::{Digest, Dtype, HasherId, TraceGeometry};
 use veritrace::protocol::tolerance::TolerancePolicy;
 use veritrace::protocol::transcript::derive_challenge;
 use veritrace::protocol::{
-    check_opening, ChallengeParams, Dependency, OutputRule, Prover, Recompute, Result,
-    SamplingStrategy, Statement, PROTOCOL_VERSION,
+    check_opening, verify_recorded_with_limits, ChallengeParams, Commitment, Dependency, Mode,
+    OutputRule, Prover, Recompute, Result, SamplingStrategy, Statement, Verdict, VerifierConfig,
+    VerifierLimits, PROTOCOL_VERSION,
 };
 
 /// Returns rows of a stored trace: a verifier engine with zero inference cost.
@@ -137,5 +144,64 @@ fn protocol(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, protocol);
+fn hostile(c: &mut Criterion) {
+    let (statement, layers) = setup();
+    let commitment = Prover::new(statement.clone(), layers.clone())
+        .unwrap()
+        .commit()
+        .unwrap();
+    let replay = Replay {
+        layers,
+        row: 64 * 4,
+    };
+    let mut tall = commitment.clone();
+    tall.statement.input_tokens = vec![1];
+    tall.statement.geometry = TraceGeometry::new(u32::MAX, 1, 64, 1, Dtype::F32).unwrap();
+    let mut group = c.benchmark_group("verify_k16");
+    group.sample_size(20);
+    for strategy in [
+        SamplingStrategy::Uniform,
+        SamplingStrategy::Stratified,
+        SamplingStrategy::CostWeighted,
+    ] {
+        let params = ChallengeParams {
+            samples: 16,
+            strategy,
+            pow_bits: 0,
+        };
+        let config = VerifierConfig {
+            mode: Mode::NonInteractive,
+            params,
+            rounds: 1,
+            tolerance: TolerancePolicy::Exact,
+        };
+        let mut fresh = Prover::new(statement.clone(), replay.layers.clone()).unwrap();
+        fresh.commit().unwrap();
+        let (_, opening) = fresh.open_non_interactive(&params).unwrap();
+        let name = format!("{strategy:?}").to_lowercase();
+        let decide = |c: &Commitment| {
+            verify_recorded_with_limits(
+                c,
+                &config,
+                &VerifierLimits::UNLIMITED,
+                None,
+                std::slice::from_ref(black_box(&opening)),
+                &replay,
+                None,
+            )
+            .unwrap()
+        };
+        assert_eq!(decide(&commitment), Verdict::Accept);
+        assert!(matches!(decide(&tall), Verdict::Reject(_)));
+        group.bench_function(BenchmarkId::new("honest", &name), |b| {
+            b.iter(|| decide(&commitment))
+        });
+        group.bench_function(BenchmarkId::new("hostile", &name), |b| {
+            b.iter(|| decide(&tall))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, protocol, hostile);
 criterion_main!(benches);

@@ -9,9 +9,8 @@
 //! [`veritrace_protocol::calibration`].
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::Args;
 use veritrace_model::{read_trace, Runner, Setup};
 use veritrace_protocol::calibration::{
@@ -157,6 +156,9 @@ fn parse_setup(flag: &str, s: &str) -> Result<Setup, VerbInputError> {
 /// # Errors
 /// Refused arguments, models, traces or insufficient evidence exit 2; anything else 1.
 pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    // The policy must not replace a trace it is calibrated on.
+    let inputs: Vec<&Path> = args.traces.iter().map(PathBuf::as_path).collect();
+    veritrace_model::files::refuse_same_file(&args.out, &inputs)?;
     let metric = parse_metric(&args.metric)?;
     let reference = parse_setup("--setup", &args.setup)?;
     let honest: Vec<Setup> = args
@@ -265,7 +267,7 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             needed: with_holdout.max(needed),
             have: total,
             reason: format!(
-                "a session false-positive rate of {} at {} confidence with k = {} x {} round(s) \
+                "a session false-positive rate of {:e} at {} confidence with k = {} x {} round(s) \
                  over {layers} layers needs {needed} calibration runs (per-cell alpha = \
                  {alpha:.3e}, method {}); with --holdout {} that is {with_holdout} runs in all",
                 args.target_fpr,
@@ -419,8 +421,7 @@ pub fn run(args: &CalibrateArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     file.validate()?;
     let mut json = serde_json::to_string_pretty(&file)?;
     json.push('\n');
-    crate::write_file_atomic(&args.out, &json)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    veritrace_model::files::write_atomic(&args.out, json.as_bytes())?;
     write!(out, "{}", summary(&file))?;
     out.flush()?;
     Ok(())

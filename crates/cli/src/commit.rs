@@ -340,22 +340,20 @@ fn commit_external(
         engine: args.engine.clone(),
     };
     statement.validate()?;
-    std::fs::create_dir_all(run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    // The trace into a temporary file of the run directory, renamed into place after the
-    // commitment is written: a run directory never holds a trace without its commitment.
-    let tmp = tempfile::Builder::new()
-        .prefix(".veritrace-trace-")
-        .suffix(".tmp")
-        .tempfile_in(run_dir)
-        .with_context(|| format!("creating a temporary file in {}", run_dir.display()))?;
-    write_trace(tmp.path(), &trace, Some(&statement))?;
+    // The trace and the commitment are written into a staging directory that becomes the run
+    // directory in one rename: a run directory never holds a trace without its commitment, and
+    // a directory that holds anything is never written into (nothing is overwritten).
+    let nothing = |_: &str| false;
+    let set = veritrace_model::files::OutputDir::stage(run_dir, &nothing)?;
+    write_trace(
+        &set.path().join("trace.safetensors"),
+        &trace,
+        Some(&statement),
+    )?;
     let mut prover = Prover::new(statement, trace.layer_bytes())?;
     let commitment = prover.commit()?;
-    crate::write_file_atomic(&commitment_path, &(commitment.to_json() + "\n"))
-        .with_context(|| format!("writing {}", commitment_path.display()))?;
-    tmp.persist(&trace_path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", trace_path.display()))?;
+    set.write("commitment.json", (commitment.to_json() + "\n").as_bytes())?;
+    set.commit(&nothing)?;
     writeln!(
         out,
         "root {}\ntrace {}{}\ncommitment {}\nmodel {} ({})\ninput tokens {}, output tokens {}",

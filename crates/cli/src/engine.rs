@@ -53,6 +53,17 @@ pub enum EngineLoadError {
     },
 }
 
+impl EngineLoadError {
+    /// Whether the error is the input's fault (exit code 2): every variant is, except a model
+    /// that failed to build for a reason of the engine's own ([`ModelError::is_input`]).
+    pub fn is_input(&self) -> bool {
+        match self {
+            EngineLoadError::Model { error, .. } => error.is_input(),
+            _ => true,
+        }
+    }
+}
+
 /// Whether `spec` reads as a filesystem path rather than a preset name.
 fn looks_like_path(spec: &str) -> bool {
     spec.contains(['/', '\\']) || spec.starts_with('.') || Path::new(spec).exists()

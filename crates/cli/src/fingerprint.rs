@@ -119,10 +119,13 @@ pub fn plan_from_args(args: &FingerprintArgs, engine: &dyn Engine) -> anyhow::Re
     let tokens = inputs.iter().map(Vec::len).max().unwrap_or(args.tokens);
     let mut plan = match &args.setups {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| {
+            let text = veritrace_model::files::read_text(path, "a setups file").map_err(|e| {
                 FingerprintInputError::ReadSetups {
                     path: path.display().to_string(),
-                    source,
+                    source: match e {
+                        veritrace_model::files::FileError::Read { source, .. } => source,
+                        other => std::io::Error::other(other.to_string()),
+                    },
                 }
             })?;
             let (reference, setups) =
@@ -181,16 +184,20 @@ fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
     bar
 }
 
-/// Writes `fingerprint.md` and `fingerprint.json` into `dir`.
+/// The files `fingerprint --out DIR` writes (a later study replaces exactly these).
+pub fn study_file(name: &str) -> bool {
+    matches!(name, "fingerprint.md" | "fingerprint.json")
+}
+
+/// Writes `fingerprint.md` and `fingerprint.json` into `dir`, as one set
+/// ([`veritrace_model::files::OutputDir`]).
 pub fn write_outputs(dir: &Path, report: &StudyReport) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let md = dir.join("fingerprint.md");
-    std::fs::write(&md, report.to_markdown())
-        .with_context(|| format!("writing {}", md.display()))?;
-    let json = dir.join("fingerprint.json");
+    let set = veritrace_model::files::OutputDir::stage(dir, &study_file)?;
+    set.write("fingerprint.md", report.to_markdown().as_bytes())?;
     let mut text = serde_json::to_string_pretty(report)?;
     text.push('\n');
-    std::fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
+    set.write("fingerprint.json", text.as_bytes())?;
+    set.commit(&study_file)?;
     Ok(())
 }
 

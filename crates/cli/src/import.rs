@@ -29,7 +29,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use safetensors::tensor::{Dtype as StDtype, TensorView};
 
@@ -93,24 +92,17 @@ fn refuse(m: String) -> anyhow::Error {
 /// Every tensor of a safetensors file, widened to f32 (F32, F16, BF16, or integer ids).
 fn read_safetensors(path: &Path) -> anyhow::Result<BTreeMap<String, Named>> {
     let zst = path.extension().is_some_and(|e| e == "zst");
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| VerbInputError::File {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() > MAX_INPUT_BYTES {
-        return Err(refuse(format!(
-            "{}: not a regular file of at most {MAX_INPUT_BYTES} bytes",
-            path.display()
-        )));
-    }
-    // Read, not mapped (a hidden-states file of one sequence is small next to the model), from
-    // the handle just checked.
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_INPUT_BYTES)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
+    // Read, not mapped (a hidden-states file of one sequence is small next to the model): a
+    // regular file only, its size checked before reading.
+    let bytes =
+        veritrace_model::files::read_limited(path, MAX_INPUT_BYTES, "a hidden-states file", "")
+            .map_err(|e| VerbInputError::File {
+                path: path.display().to_string(),
+                reason: match e {
+                    veritrace_model::files::FileError::Read { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                },
+            })?;
     let bytes = if zst {
         decompress(path, &bytes)?
     } else {
@@ -475,19 +467,7 @@ pub fn run(args: &ImportArgs, out: &mut impl Write) -> anyhow::Result<()> {
     }
     let data = safetensors::serialize(views, None)
         .map_err(|e| anyhow::anyhow!("serializing the trace: {e}"))?;
-    let dir = match args.out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".veritrace-import-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(&data)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist_noclobber(&args.out)
-        .map_err(|e| refuse(format!("{}: {}", args.out.display(), e.error)))?;
+    veritrace_model::files::write_new(&args.out, &data)?;
     writeln!(
         out,
         "trace {} ({want} hidden states x {tokens} tokens x {hidden}{}{})",

@@ -50,86 +50,38 @@ pub const EXIT_INPUT: u8 = 2;
 /// Exit code for failures that are not the input's fault.
 pub const EXIT_FAILURE: u8 = 1;
 
-/// The exit code an error of a verb should end the process with: [`EXIT_INPUT`] if the input
-/// was refused (a trace file, a commitment-layer error, a protocol error other than an engine
-/// failure such as an invalid parameter, a model argument, a setups file or study plan),
-/// [`EXIT_FAILURE`] otherwise.
+/// The exit code an error of a verb should end the process with, by one rule: 0 accept / ok
+/// (no error), [`EXIT_FAILURE`] (1) for a rejection ([`verify::Rejected`]) or a failure of
+/// veritrace's own side, [`EXIT_INPUT`] (2) when the input or the command line was refused.
+/// Each crate's error type says which it is (`is_input()`); the errors of this crate's verbs
+/// that are only ever about the input ([`prove::VerbInputError`], the trace, fingerprint and
+/// report input errors) are always 2.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    use veritrace_model::{FingerprintError, ModelError};
-    let protocol_input = error
-        .downcast_ref::<veritrace_protocol::ProtocolError>()
-        .is_some_and(|e| !matches!(e, veritrace_protocol::ProtocolError::Engine(_)));
-    let model_input = |e: &ModelError| !matches!(e, ModelError::Candle(_) | ModelError::Cuda(_));
-    let study_input = error
-        .downcast_ref::<FingerprintError>()
-        .is_some_and(|e| match e {
-            FingerprintError::EngineOutput { .. } => false,
-            FingerprintError::Model(m) => model_input(m),
-            _ => true,
-        });
-    let engine_input = error
-        .downcast_ref::<engine::EngineLoadError>()
-        .is_some_and(|e| match e {
-            engine::EngineLoadError::Model { error, .. } => model_input(error),
-            _ => true,
-        });
-    let sim_input = error
-        .downcast_ref::<veritrace_sim::SimError>()
-        .is_some_and(|e| match e {
-            veritrace_sim::SimError::Scenario(_) | veritrace_sim::SimError::Io { .. } => true,
-            veritrace_sim::SimError::Model(m) => model_input(m),
-            _ => false,
-        });
     if error.downcast_ref::<verify::Rejected>().is_some() {
         return EXIT_FAILURE;
     }
-    let model_error_input = error.downcast_ref::<ModelError>().is_some_and(model_input);
-    if protocol_input
-        || model_error_input
-        || error.downcast_ref::<prove::VerbInputError>().is_some()
-        || sim_input
-        || study_input
-        || engine_input
-        || error.downcast_ref::<trace_file::TraceFileError>().is_some()
-        || error
-            .downcast_ref::<fingerprint::FingerprintInputError>()
-            .is_some()
-        || error.downcast_ref::<report::ReportInputError>().is_some()
-        || error
-            .downcast_ref::<veritrace_commit::CommitError>()
-            .is_some()
-    {
-        EXIT_INPUT
-    } else {
-        EXIT_FAILURE
+    macro_rules! classify {
+        ($($t:ty => $rule:expr),* $(,)?) => {
+            $(
+                if let Some(e) = error.downcast_ref::<$t>() {
+                    let rule: fn(&$t) -> bool = $rule;
+                    return if rule(e) { EXIT_INPUT } else { EXIT_FAILURE };
+                }
+            )*
+        };
     }
-}
-
-/// Writes `text` to `path` atomically: into a fresh temporary file beside it (a unique name, so
-/// no file of the user's is touched), flushed, then renamed over `path`. An interrupted write
-/// leaves the old file intact.
-///
-/// # Errors
-/// The directory cannot be written, or the rename fails.
-pub fn write_file_atomic(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".veritrace-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    tmp.write_all(text.as_bytes())?;
-    // A temporary file is created private (0600); the result is an ordinary file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    classify!(
+        veritrace_protocol::ProtocolError => |e| e.is_input(),
+        veritrace_commit::CommitError => |e| e.is_input(),
+        veritrace_model::ModelError => |e| e.is_input(),
+        veritrace_model::FingerprintError => |e| e.is_input(),
+        veritrace_model::files::FileError => |e| e.is_input(),
+        veritrace_sim::SimError => |e| e.is_input(),
+        engine::EngineLoadError => |e| e.is_input(),
+        prove::VerbInputError => |_| true,
+        trace_file::TraceFileError => |_| true,
+        fingerprint::FingerprintInputError => |_| true,
+        report::ReportInputError => |_| true,
+    );
+    EXIT_FAILURE
 }

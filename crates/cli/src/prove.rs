@@ -25,15 +25,15 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::Args;
 use rand_core::{OsRng, RngCore};
 use thiserror::Error;
 use veritrace_commit::HasherId;
+use veritrace_model::files::{self, FileError, OutputDir};
 use veritrace_model::{read_trace, write_trace, Setup};
 use veritrace_protocol::sampling::sample_cells;
 use veritrace_protocol::{
-    Challenge, ChallengeParams, Commitment, Message, Opening, Prover, SamplingStrategy,
+    Challenge, ChallengeParams, Commitment, Message, Prover, SamplingStrategy,
 };
 
 use crate::engine::load_model;
@@ -65,26 +65,58 @@ pub enum VerbInputError {
     Argument(String),
 }
 
-/// Reads a JSON message file.
+/// Reads a JSON message file: a regular file of at most
+/// [`veritrace_model::files::max_message_bytes`] (4 GiB unless `VERITRACE_MAX_MESSAGE_BYTES`
+/// says otherwise), checked before it is read.
 pub fn read_message<M: Message>(path: &Path) -> Result<M, VerbInputError> {
-    let text = std::fs::read_to_string(path).map_err(|e| VerbInputError::File {
+    read_message_limited(path, files::max_message_bytes())
+}
+
+/// [`read_message`] under an explicit byte limit (`verify --limits`).
+pub fn read_message_limited<M: Message>(path: &Path, limit: u64) -> Result<M, VerbInputError> {
+    let bytes = files::read_limited(
+        path,
+        limit,
+        "a protocol message",
+        "raise max_message_bytes (verify --limits) or VERITRACE_MAX_MESSAGE_BYTES",
+    )
+    .map_err(|e| VerbInputError::File {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        reason: match e {
+            FileError::Read { source, .. } => source.to_string(),
+            other => other.to_string(),
+        },
     })?;
-    M::from_json(&text).map_err(|e| VerbInputError::Message {
+    let text = std::str::from_utf8(&bytes).map_err(|e| VerbInputError::Message {
+        path: path.display().to_string(),
+        what: M::NAME,
+        reason: format!("not UTF-8 JSON: {e}"),
+    })?;
+    M::from_json(text).map_err(|e| VerbInputError::Message {
         path: path.display().to_string(),
         what: M::NAME,
         reason: e.to_string(),
     })
 }
 
-/// Writes a message as JSON (to a temporary file, then renamed).
+/// Writes a message as JSON, atomically ([`veritrace_model::files::write_atomic`]: a unique
+/// temporary file beside it, synced, renamed).
 pub fn write_message<M: Message>(path: &Path, message: &M) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, message.to_json() + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    files::write_atomic(path, (message.to_json() + "\n").as_bytes())?;
     Ok(())
+}
+
+/// The files of a `prove` run directory: a later `prove` into the same directory replaces
+/// exactly these, and refuses a directory holding anything else.
+pub fn run_dir_file(name: &str) -> bool {
+    matches!(name, "trace.safetensors" | "commitment.json")
+}
+
+/// The files `open --non-interactive` writes into its directory (`opening-<r>.json`).
+pub fn opening_file(name: &str) -> bool {
+    name.strip_prefix("opening-")
+        .and_then(|r| r.strip_suffix(".json"))
+        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Parses a sampling strategy name (`uniform`, `stratified`, `cost-weighted`).
@@ -201,10 +233,15 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         model.prove_committed(&runner, &setup, &prompt, output, args.chunk, hasher)?;
     let mut statement = statement;
     statement.input_text = input_text;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
+    // The trace and its commitment are written into a staging directory and put in place
+    // together: a run directory never pairs a trace with another run's commitment.
+    let set = OutputDir::stage(&args.out, &run_dir_file)?;
     let trace_path = args.out.join("trace.safetensors");
-    write_trace(&trace_path, &trace, Some(&statement))?;
+    write_trace(
+        &set.path().join("trace.safetensors"),
+        &trace,
+        Some(&statement),
+    )?;
     // On a GPU the cells were hashed on the device as each layer finished.
     let mut prover = match leaves {
         Some(leaves) => Prover::with_leaves(statement, trace.layer_bytes(), leaves)?,
@@ -212,7 +249,8 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     let commitment = prover.commit()?;
     let commitment_path = args.out.join("commitment.json");
-    write_message(&commitment_path, &commitment)?;
+    set.write("commitment.json", (commitment.to_json() + "\n").as_bytes())?;
+    set.commit(&run_dir_file)?;
     writeln!(
         out,
         "root {}\ntrace {}\ncommitment {}\noutput tokens {:?}",
@@ -252,6 +290,10 @@ pub struct ChallengeArgs {
     /// Where to write the challenge (JSON).
     #[arg(long)]
     pub out: PathBuf,
+    /// The verifier's limits (as `verify --limits`): a commitment claiming more is refused
+    /// before any cell is drawn.
+    #[arg(long, value_name = "JSON|FILE")]
+    pub limits: Option<String>,
 }
 
 /// Runs `veritrace challenge`: draws the cells after (and independently of) the commitment.
@@ -259,8 +301,11 @@ pub struct ChallengeArgs {
 /// # Errors
 /// Refused files or arguments exit 2.
 pub fn challenge(args: &ChallengeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let commitment: Commitment = read_message(&args.commitment)?;
+    let limits = crate::verify::parse_limits(args.limits.as_deref())?;
+    let commitment: Commitment = read_message_limited(&args.commitment, limits.max_message_bytes)?;
     commitment.validate()?;
+    limits.check_statement(&commitment.statement)?;
+    limits.check_samples(args.samples.into())?;
     let strategy = parse_strategy(&args.strategy)?;
     let seed = match &args.seed {
         Some(hex_seed) => {
@@ -283,6 +328,7 @@ pub fn challenge(args: &ChallengeArgs, out: &mut dyn Write) -> anyhow::Result<()
     if args.samples == 0 {
         return Err(VerbInputError::Argument("--samples must be at least 1".into()).into());
     }
+    files::refuse_same_file(&args.out, &[&args.commitment])?;
     let cells = sample_cells(&commitment.statement, args.samples, strategy, seed)?;
     let c = Challenge {
         round: args.round,
@@ -326,6 +372,11 @@ pub struct OpenArgs {
 /// # Errors
 /// Refused files or arguments exit 2.
 pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut inputs: Vec<&Path> = vec![&args.trace];
+    if let Some(c) = &args.challenge {
+        inputs.push(c);
+    }
+    files::refuse_same_file(&args.out, &inputs)?;
     let (trace, statement) = read_trace(&args.trace)?;
     let statement = statement.ok_or_else(|| VerbInputError::File {
         path: args.trace.display().to_string(),
@@ -358,17 +409,25 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 strategy: parse_strategy(&args.strategy)?,
                 pow_bits: args.pow_bits,
             };
-            std::fs::create_dir_all(&args.out)
-                .with_context(|| format!("creating {}", args.out.display()))?;
+            // Every round's opening appears together, replacing a previous set (and nothing
+            // else: a directory holding other files is refused).
+            let set = OutputDir::stage(&args.out, &opening_file)?;
+            let mut lines = Vec::with_capacity(args.rounds as usize);
             for r in 0..args.rounds {
                 let (c, opening) = prover.open_non_interactive(&params)?;
-                write_message(&args.out.join(format!("opening-{r}.json")), &opening)?;
-                writeln!(
-                    out,
+                set.write(
+                    &format!("opening-{r}.json"),
+                    (opening.to_json() + "\n").as_bytes(),
+                )?;
+                lines.push(format!(
                     "round {r}: {} cells challenged, nonce {}",
                     c.cells.len(),
                     opening.pow_nonce
-                )?;
+                ));
+            }
+            set.commit(&opening_file)?;
+            for line in lines {
+                writeln!(out, "{line}")?;
             }
         }
         _ => {
@@ -379,9 +438,4 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Re-exported for [`crate::verify`].
-pub(crate) fn read_opening(path: &Path) -> Result<Opening, VerbInputError> {
-    read_message(path)
 }

@@ -28,9 +28,15 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use thiserror::Error;
 use veritrace_model::StudyReport;
-use veritrace_protocol::soundness::detection_probability;
 use veritrace_sim::sweep::{Axis, SweepResult};
-use veritrace_sim::{AdversaryKind, EngineMode, SimReport};
+use veritrace_sim::{EngineMode, SimReport};
+
+// The analysis (ROC curves, detection against k) lives in the sim crate
+// ([`veritrace_sim::analysis`]); re-exported for the callers of this module.
+use veritrace_sim::analysis::interval;
+pub use veritrace_sim::analysis::{
+    k_panels, roc, roc_curves, roc_of_interest, KPanel, KPoint, KSeries, Roc,
+};
 
 /// Extra help of `veritrace report`.
 pub const AFTER_HELP: &str = "\
@@ -90,7 +96,72 @@ pub enum ReportInputError {
     /// None of the inputs holds anything to plot.
     #[error("nothing to plot: {0}")]
     NothingToPlot(String),
+    /// A count or value the plots are sized or looped by is out of its documented range
+    /// (see the `MAX_*` constants of this module), or the figure it gives would be too large.
+    #[error("{path}: {what} = {value} is out of range (limit {limit})")]
+    OutOfRange {
+        /// The file.
+        path: String,
+        /// The field (or the figure dimension) refused.
+        what: String,
+        /// Its value, as given.
+        value: String,
+        /// The documented limit.
+        limit: String,
+    },
 }
+
+/// Largest result file read, in bytes (checked before reading): the shipped results are a few
+/// megabytes; a simulation report holds every honest held-out cell, and a million cells of JSON
+/// are tens of megabytes.
+pub const MAX_RESULT_BYTES: u64 = 256 << 20;
+
+/// Largest layer count of a fingerprint study's heatmap (`num_layers`; the heatmap has
+/// `num_layers + 1` columns of 74 pixels): keeps its width under [`MAX_IMAGE_SIDE`]; models
+/// have at most about 130 layers.
+pub const MAX_HEATMAP_LAYERS: usize = 200;
+
+/// Largest setup count of a fingerprint study's heatmap (rows of 22 pixels): keeps its height
+/// under [`MAX_IMAGE_SIDE`].
+pub const MAX_HEATMAP_SETUPS: usize = 700;
+
+/// Largest layer count of one adversary's ROC curves, or of a report's held-out samples (one
+/// curve and one legend line per layer).
+pub const MAX_ROC_LAYERS: usize = 1_024;
+
+/// Largest count of series in one figure: adversaries of a simulation report or of a sweep
+/// point (one legend line, colour and 18 pixels of height each); the scenario's own limit
+/// ([`veritrace_sim::scenario::MAX_ADVERSARIES`]).
+pub const MAX_SERIES: usize = veritrace_sim::scenario::MAX_ADVERSARIES;
+
+/// Largest `k` on a detection-vs-k axis (the scenario's limit,
+/// [`veritrace_sim::scenario::MAX_SAMPLES`]); smaller than 1 is refused too (log axis).
+pub const MAX_K: f64 = veritrace_sim::scenario::MAX_SAMPLES as f64;
+
+/// Largest round count behind a hypergeometric curve (the scenario's limit,
+/// [`veritrace_sim::scenario::MAX_ROUNDS`]).
+pub const MAX_ROUNDS: u32 = veritrace_sim::scenario::MAX_ROUNDS;
+
+/// Largest point count of a sweep ([`veritrace_sim::sweep::MAX_POINTS`]).
+pub const MAX_SWEEP_POINTS: usize = veritrace_sim::sweep::MAX_POINTS;
+
+/// Largest count of detection-vs-k panels of one sweep (one figure each: the combinations of
+/// the other axes' values).
+pub const MAX_PANELS: usize = 256;
+
+/// Largest count of threshold scales of a corridor result (points of its figure).
+pub const MAX_CORRIDOR_SCALES: usize = 256;
+
+/// Largest absolute value of a plotted rate, saving or scale, so that axis ranges and their
+/// padding stay finite.
+pub const MAX_PLOTTED_MAGNITUDE: f64 = 1e12;
+
+/// Largest side of a figure, in pixels (plotters draws in `i32` coordinates; 16,384 is far
+/// beyond any readable plot).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+
+/// Largest figure, in pixels: its RGB raster (3 bytes a pixel) stays under 200 MB.
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 26;
 
 /// Failures of `veritrace report` that are not the input's fault (the binary exits 1).
 #[derive(Debug, Error)]
@@ -164,7 +235,9 @@ impl ResultFile {
 ///
 /// # Errors
 /// [`ReportInputError::Unrecognised`] for anything that is not JSON or has none of the known
-/// shapes, [`ReportInputError::Malformed`] when it has one but does not parse as it.
+/// shapes, [`ReportInputError::Malformed`] when it has one but does not parse as it,
+/// [`ReportInputError::OutOfRange`] when a count the plots are sized by exceeds its limit
+/// ([`check_sizes`]).
 pub fn recognise(name: &str, text: &str) -> Result<ResultFile, ReportInputError> {
     let unrecognised = |reason: String| ReportInputError::Unrecognised {
         path: name.to_string(),
@@ -181,7 +254,7 @@ pub fn recognise(name: &str, text: &str) -> Result<ResultFile, ReportInputError>
         kind,
         reason: e.to_string(),
     };
-    if has(&["grid", "points", "scenario"]) {
+    let file = if has(&["grid", "points", "scenario"]) {
         serde_json::from_value(value)
             .map(|s| ResultFile::Sweep(Box::new(s)))
             .map_err(|e| malformed("a sweep result", e))
@@ -200,307 +273,178 @@ pub fn recognise(name: &str, text: &str) -> Result<ResultFile, ReportInputError>
              noise_floor, results)"
                 .into(),
         ))
-    }
+    }?;
+    check_sizes(name, &file)?;
+    Ok(file)
 }
 
 /// Reads and recognises a result file.
 ///
 /// # Errors
-/// [`ReportInputError`] if it cannot be read or is not a known result.
+/// [`ReportInputError`] if it cannot be read (not a regular file, over [`MAX_RESULT_BYTES`])
+/// or is not a known result within the limits ([`recognise`]).
 pub fn load(path: &Path) -> Result<ResultFile, ReportInputError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ReportInputError::Read {
+    let read = |reason: String| ReportInputError::Read {
         path: name.clone(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    // One reader for every input file: a regular file only (checked before it is opened), its
+    // size checked before reading.
+    let text =
+        veritrace_model::files::read_text_limited(path, MAX_RESULT_BYTES, "a result file", "")
+            .map_err(|e| match e {
+                veritrace_model::files::FileError::TooLarge { size, .. } => {
+                    out_of_range(&name, "file bytes", size, MAX_RESULT_BYTES)
+                }
+                veritrace_model::files::FileError::Read { source, .. } => read(source.to_string()),
+                other => read(other.to_string()),
+            })?;
     recognise(&name, &text)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Data: ROC curves, detection against k, detection against saving, SNR matrix.
-
-/// One layer's ROC curve of a threshold test separating an adversary's cells from honest
-/// held-out cells: a cell is flagged when its deviation is strictly above the threshold (the
-/// verifier's rule). Values that are not finite or equal `f64::MAX` (cells that cannot be
-/// compared) count as `+∞`: flagged at every finite threshold.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Roc {
-    /// The layer.
-    pub layer: u32,
-    /// `(false-positive rate, true-positive rate)` from threshold `−∞` (`(1, 1)`) through every
-    /// distinct finite value, ascending, to `+∞` (`(0, 0)`); consecutive duplicates removed.
-    pub points: Vec<(f64, f64)>,
-    /// The calibrated threshold of the layer.
-    pub threshold: f64,
-    /// The point of the calibrated threshold.
-    pub at_threshold: (f64, f64),
-    /// Area under the curve (trapezoids; ties count half).
-    pub auc: f64,
-    /// Honest held-out samples.
-    pub honest: usize,
-    /// Adversary samples.
-    pub adversary: usize,
-}
-
-fn comparable(v: f64) -> f64 {
-    if v.is_finite() && v < f64::MAX {
-        v
-    } else {
-        f64::INFINITY
+fn out_of_range(
+    path: &str,
+    what: &str,
+    value: impl std::fmt::Display,
+    limit: impl std::fmt::Display,
+) -> ReportInputError {
+    ReportInputError::OutOfRange {
+        path: path.to_string(),
+        what: what.to_string(),
+        value: value.to_string(),
+        limit: limit.to_string(),
     }
 }
 
-fn sorted(xs: &[f64]) -> Vec<f64> {
-    let mut v: Vec<f64> = xs.iter().map(|&x| comparable(x)).collect();
-    v.sort_by(f64::total_cmp);
-    v
-}
-
-/// Fraction of `sorted` strictly above `t`.
-fn above(sorted: &[f64], t: f64) -> f64 {
-    (sorted.len() - sorted.partition_point(|&x| x <= t)) as f64 / sorted.len() as f64
-}
-
-/// The ROC curve of `layer` from honest held-out samples and an adversary's deviations, with
-/// the point of the calibrated `threshold`; `None` when either sample is empty.
-pub fn roc(layer: u32, honest: &[f64], adversary: &[f64], threshold: f64) -> Option<Roc> {
-    if honest.is_empty() || adversary.is_empty() {
-        return None;
-    }
-    let (h, a) = (sorted(honest), sorted(adversary));
-    let mut thresholds: Vec<f64> = h
-        .iter()
-        .chain(&a)
-        .copied()
-        .filter(|x| x.is_finite())
-        .collect();
-    thresholds.sort_by(f64::total_cmp);
-    thresholds.dedup();
-    let mut points = vec![(1.0, 1.0)];
-    for &t in &thresholds {
-        let p = (above(&h, t), above(&a, t));
-        if points.last() != Some(&p) {
-            points.push(p);
+/// Checks every count and value of `file` that the plots are sized or looped by against its
+/// documented limit (the `MAX_*` constants), and the size of every figure it gives, before
+/// anything is drawn.
+///
+/// # Errors
+/// [`ReportInputError::OutOfRange`] naming the first field out of range.
+pub fn check_sizes(name: &str, file: &ResultFile) -> Result<(), ReportInputError> {
+    let count = |what: &str, n: usize, max: usize| {
+        if n > max {
+            Err(out_of_range(name, what, n, max))
+        } else {
+            Ok(())
         }
-    }
-    if points.last() != Some(&(0.0, 0.0)) {
-        points.push((0.0, 0.0));
-    }
-    let auc = points
-        .windows(2)
-        .map(|w| (w[0].0 - w[1].0) * (w[0].1 + w[1].1) / 2.0)
-        .sum();
-    let threshold = comparable(threshold);
-    Some(Roc {
-        layer,
-        points,
-        threshold,
-        at_threshold: (above(&h, threshold), above(&a, threshold)),
-        auc,
-        honest: h.len(),
-        adversary: a.len(),
-    })
-}
-
-/// The ROC curves of every layer of adversary `index` of `report` (layers with both honest
-/// held-out samples and deviations).
-pub fn roc_curves(report: &SimReport, index: usize) -> Vec<Roc> {
-    let Some(a) = report.adversaries.get(index) else {
-        return Vec::new();
     };
-    let c = &report.calibration;
-    a.deviations
-        .iter()
-        .filter_map(|(&layer, dev)| {
-            let honest = c.holdout_samples.get(&layer)?;
-            roc(layer, honest, dev, c.thresholds.get(layer))
-        })
-        .collect()
-}
-
-/// Whether ROC curves of an adversary are meaningful: it is not an honest prover, and the
-/// verifier catches it by the tolerance test (equivocation is caught by the Merkle check and a
-/// late commitment by the API, whatever the deviations of the committed trace; a corridor
-/// prover stays within the thresholds by construction).
-pub fn roc_of_interest(kind: AdversaryKind) -> bool {
-    !matches!(
-        kind,
-        AdversaryKind::Honest
-            | AdversaryKind::OtherHardware
-            | AdversaryKind::Equivocation
-            | AdversaryKind::LateCommitment
-            | AdversaryKind::Corridor
-    )
-}
-
-/// The interval a plot draws for an adversary: one-sided 95% bounds over its independent prover
-/// runs, or, for reports written before they were recorded, the Wilson interval over trials.
-fn interval(a: &veritrace_sim::AdversaryResult) -> (f64, f64) {
-    if a.runs > 0 {
-        a.run_bounds
-    } else {
-        a.wilson95
-    }
-}
-
-/// One measured point of detection against k.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct KPoint {
-    /// Cells challenged per round.
-    pub k: f64,
-    /// Detection rate.
-    pub detection: f64,
-    /// One-sided 95% bounds over the independent prover runs (reports that predate them: the
-    /// 95% Wilson interval over trials).
-    pub wilson95: (f64, f64),
-    /// The engine's hypergeometric prediction, if the kind has one.
-    pub predicted: Option<f64>,
-}
-
-/// One adversary's detection against k.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KSeries {
-    /// Report label.
-    pub label: String,
-    /// Measured points, ascending k.
-    pub points: Vec<KPoint>,
-    /// The hypergeometric curve: `(k, P(detect))`, dense over every integer k of the grid's range
-    /// when it reproduces every point's prediction, else the predictions joined; empty when the
-    /// kind has no prediction.
-    pub analytic: Vec<(f64, f64)>,
-    /// Whether [`KSeries::analytic`] is dense.
-    pub dense: bool,
-}
-
-/// Detection against k at one value of the grid's other axes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KPanel {
-    /// The other axes' values.
-    pub fixed: Vec<(Axis, f64)>,
-    /// One series per adversary, in scenario order.
-    pub series: Vec<KSeries>,
-}
-
-/// `1 − (1 − P_hyp(n, b, k))^rounds`, with a mean bad-cell count `b` interpolated linearly
-/// between its neighbouring integers.
-fn hypergeometric(n: u64, b: f64, k: u64, rounds: u32) -> Option<f64> {
-    if !(b >= 0.0 && b <= n as f64) || k > n {
-        return None;
-    }
-    let lo = b.floor();
-    let w = b - lo;
-    let p_lo = detection_probability(n, lo as u64, k).ok()?;
-    let p = if w > 0.0 {
-        let p_hi = detection_probability(n, lo as u64 + 1, k).ok()?;
-        (1.0 - w) * p_lo + w * p_hi
-    } else {
-        p_lo
-    };
-    Some(1.0 - (1.0 - p).powi(rounds as i32))
-}
-
-/// The values of a grid's axes other than `k`.
-type Fixed = Vec<(Axis, f64)>;
-
-/// Detection against k from a sweep whose grid has a `k` axis: one panel per combination of the
-/// other axes' values (in grid order); empty when the grid has no `k` axis.
-pub fn k_panels(sweep: &SweepResult) -> Vec<KPanel> {
-    if !sweep.grid.axes.iter().any(|(a, _)| *a == Axis::K) {
-        return Vec::new();
-    }
-    // (the other axes' values, the points that have them)
-    let mut groups: Vec<(Fixed, Vec<usize>)> = Vec::new();
-    for (i, p) in sweep.points.iter().enumerate() {
-        let fixed: Fixed = p
-            .values
-            .iter()
-            .filter(|(a, _)| **a != Axis::K)
-            .map(|(a, v)| (*a, *v))
-            .collect();
-        match groups.iter_mut().find(|(f, _)| *f == fixed) {
-            Some((_, members)) => members.push(i),
-            None => groups.push((fixed, vec![i])),
+    let value = |what: &str, v: f64, lo: f64, hi: f64| {
+        if v.is_finite() && v >= lo && v <= hi {
+            Ok(())
+        } else {
+            Err(out_of_range(name, what, v, format!("{lo} to {hi}")))
         }
-    }
-    let mut panels = Vec::new();
-    for (fixed, mut members) in groups {
-        let k_of = |i: usize| sweep.points[i].values.get(&Axis::K).copied();
-        members.retain(|&i| k_of(i).is_some());
-        members.sort_by(|&x, &y| k_of(x).unwrap_or(0.0).total_cmp(&k_of(y).unwrap_or(0.0)));
-        let Some(&first) = members.first() else {
-            continue;
-        };
-        let adversaries = sweep.points[first].report.adversaries.len();
-        let mut series = Vec::new();
-        for ai in 0..adversaries {
-            let label = sweep.points[first].report.adversaries[ai].label.clone();
-            let mut points = Vec::new();
-            let mut geometry = Vec::new();
-            for &i in &members {
-                let r = &sweep.points[i].report;
-                let Some(a) = r.adversaries.get(ai).filter(|a| a.label == label) else {
-                    continue;
-                };
-                let k = k_of(i).unwrap_or(0.0);
-                points.push(KPoint {
-                    k,
-                    detection: a.detection,
-                    wilson95: interval(a),
-                    predicted: a.predicted,
-                });
-                geometry.push((a.kind, a.cells, a.bad_cells, r.scenario.protocol.rounds));
+    };
+    let m = MAX_PLOTTED_MAGNITUDE;
+    let adversaries = |r: &SimReport| -> Result<(), ReportInputError> {
+        count("adversaries", r.adversaries.len(), MAX_SERIES)?;
+        count(
+            "calibration.holdout_samples layers",
+            r.calibration.holdout_samples.len(),
+            MAX_ROC_LAYERS,
+        )?;
+        count(
+            "scenario.protocol.rounds",
+            r.scenario.protocol.rounds as usize,
+            MAX_ROUNDS as usize,
+        )?;
+        for a in &r.adversaries {
+            count(
+                "adversary deviations layers",
+                a.deviations.len(),
+                MAX_ROC_LAYERS,
+            )?;
+            value("adversary saving", a.saving, -m, m)?;
+            value("adversary detection", a.detection, -m, m)?;
+            let (lo, hi) = interval(a);
+            value("adversary interval", lo, -m, m)?;
+            value("adversary interval", hi, -m, m)?;
+            if let Some(c) = &a.corridor {
+                count("corridor scales", c.scales.len(), MAX_CORRIDOR_SCALES)?;
+                for &x in &c.scales {
+                    value("corridor scale", x, 1.0 / m, m)?;
+                }
+                let n = c.scales.len();
+                for (what, len) in [
+                    ("corridor flips_all_layers", c.flips_all_layers.len()),
+                    ("corridor flip_bounds", c.flip_bounds.len()),
+                    ("corridor honest_over", c.honest_over.len()),
+                    ("corridor honest_fpr_upper", c.honest_fpr_upper.len()),
+                ] {
+                    if len != n {
+                        return Err(out_of_range(
+                            name,
+                            &format!("{what} length"),
+                            len,
+                            format!("{n}, one per scale"),
+                        ));
+                    }
+                }
+                for &(lo, hi) in &c.flip_bounds {
+                    value("corridor flip bound", lo, -m, m)?;
+                    value("corridor flip bound", hi, -m, m)?;
+                }
+                for &u in &c.honest_fpr_upper {
+                    value("corridor honest_fpr_upper", u, -m, m)?;
+                }
             }
-            let (analytic, dense) = analytic_curve(&points, &geometry);
-            series.push(KSeries {
-                label,
-                points,
-                analytic,
-                dense,
-            });
         }
-        panels.push(KPanel { fixed, series });
+        Ok(())
+    };
+    match file {
+        ResultFile::Simulation(r) => adversaries(r),
+        ResultFile::Sweep(s) => {
+            count("points", s.points.len(), MAX_SWEEP_POINTS)?;
+            let mut panels = std::collections::BTreeSet::new();
+            for p in &s.points {
+                adversaries(&p.report)?;
+                if let Some(&k) = p.values.get(&Axis::K) {
+                    value("k", k, 1.0, MAX_K)?;
+                }
+                panels.insert(
+                    p.values
+                        .iter()
+                        .filter(|(a, _)| **a != Axis::K)
+                        .map(|(a, v)| (*a, v.to_bits()))
+                        .collect::<Vec<_>>(),
+                );
+                count("detection-vs-k panels", panels.len(), MAX_PANELS)?;
+            }
+            Ok(())
+        }
+        ResultFile::Fingerprint(f) => {
+            count("num_layers", f.num_layers, MAX_HEATMAP_LAYERS)?;
+            count("setups", f.results.len(), MAX_HEATMAP_SETUPS)?;
+            let (w, h) = heatmap_size(f.results.len(), f.num_layers)
+                .ok_or_else(|| out_of_range(name, "heatmap size", "overflow", MAX_IMAGE_SIDE))?;
+            check_image(name, "heatmap", w, h)
+        }
     }
-    panels
 }
 
-fn analytic_curve(
-    points: &[KPoint],
-    geometry: &[(AdversaryKind, u64, f64, u32)],
-) -> (Vec<(f64, f64)>, bool) {
-    let joined: Vec<(f64, f64)> = points
-        .iter()
-        .filter_map(|p| p.predicted.map(|q| (p.k, q)))
-        .collect();
-    if joined.len() != points.len() || joined.is_empty() {
-        return (joined, false);
+/// A figure's size against [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_PIXELS`].
+fn check_image(name: &str, what: &str, w: u32, h: u32) -> Result<(), ReportInputError> {
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(out_of_range(
+            name,
+            &format!("{what} size in pixels"),
+            format!("{w} x {h}"),
+            format!("{MAX_IMAGE_SIDE} a side"),
+        ));
     }
-    // The dense curve needs one geometry for every point, and a kind whose prediction comes
-    // from the bad-cell count (an equivocating prover's comes from the altered cells).
-    let Some(&(kind, cells, bad, rounds)) = geometry.first() else {
-        return (joined, false);
-    };
-    let same = geometry
-        .iter()
-        .all(|g| g.0 == kind && g.1 == cells && g.2 == bad && g.3 == rounds);
-    if !same || kind == AdversaryKind::Equivocation {
-        return (joined, false);
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > MAX_IMAGE_PIXELS {
+        return Err(out_of_range(
+            name,
+            &format!("{what} pixels"),
+            pixels,
+            MAX_IMAGE_PIXELS,
+        ));
     }
-    let reproduces = points.iter().all(|p| {
-        hypergeometric(cells, bad, p.k as u64, rounds)
-            .zip(p.predicted)
-            .is_some_and(|(d, q)| (d - q).abs() <= 1e-9)
-    });
-    let (k0, k1) = (points[0].k as u64, points[points.len() - 1].k as u64);
-    if !reproduces || k1.saturating_sub(k0) > 100_000 {
-        return (joined, false);
-    }
-    let dense: Option<Vec<(f64, f64)>> = (k0..=k1)
-        .map(|k| hypergeometric(cells, bad, k, rounds).map(|d| (k as f64, d)))
-        .collect();
-    match dense {
-        Some(d) => (d, true),
-        None => (joined, false),
-    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -731,9 +675,11 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
         path: path.display().to_string(),
         reason: e.to_string(),
     };
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).map_err(failed)?;
-    std::fs::rename(&tmp, path).map_err(failed)
+    // The one atomic writer: a unique temporary file, synced, renamed (no user's file touched).
+    veritrace_model::files::write_atomic(path, bytes).map_err(|e| match e {
+        veritrace_model::files::FileError::Write { source, .. } => failed(source),
+        other => failed(std::io::Error::other(other.to_string())),
+    })
 }
 
 /// Writes `fig` as `DIR/STEM.svg` and `DIR/STEM.png`.
@@ -743,6 +689,13 @@ fn render<F: Figure>(fig: &F, dir: &Path, stem: &str) -> Result<(), ReportError>
         reason,
     };
     let size = fig.size();
+    let (w, h) = size;
+    if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE || u64::from(w) * u64::from(h) > MAX_IMAGE_PIXELS {
+        // Inputs are checked against the limits before drawing: this is a bug.
+        return Err(failed(format!(
+            "figure of {w} x {h} pixels exceeds the limits"
+        )));
+    }
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
@@ -751,7 +704,6 @@ fn render<F: Figure>(fig: &F, dir: &Path, stem: &str) -> Result<(), ReportError>
         root.present().map_err(err).map_err(failed)?;
     }
     write_file(&dir.join(format!("{stem}.svg")), svg.as_bytes())?;
-    let (w, h) = size;
     let mut rgb = vec![0u8; w as usize * h as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
@@ -1275,12 +1227,23 @@ fn snr_text(v: f64) -> String {
     veritrace_model::fingerprint::Snr(v).to_string()
 }
 
+/// The size of the heatmap of `rows` setups over `num_layers + 1` columns, in checked
+/// arithmetic; `None` when it does not fit in `i32` pixels.
+fn heatmap_size(rows: usize, num_layers: usize) -> Option<(u32, u32)> {
+    let layers = i32::try_from(num_layers.checked_add(1)?).ok()?;
+    let rows = i32::try_from(rows).ok()?;
+    let grid_w = CELL_W.checked_mul(layers)?;
+    let w = LABEL_W.checked_add(grid_w)?.checked_add(140 + 170)?;
+    let grid_h = ROW_H.checked_mul(rows)?;
+    let bar = (grid_h - 60).max(200);
+    let h = TOP.checked_add(grid_h.max(bar + 60))?.checked_add(16)?;
+    Some((u32::try_from(w).ok()?, u32::try_from(h).ok()?))
+}
+
 impl Figure for HeatmapFigure {
     fn size(&self) -> (u32, u32) {
-        let grid_w = CELL_W * self.layers as i32;
-        let w = LABEL_W + grid_w + 140 + 170;
-        let h = TOP + (ROW_H * self.rows.len() as i32).max(self.bar_height() + 60) + 16;
-        (w as u32, h as u32)
+        // Checked by `check_sizes` when the study was loaded.
+        heatmap_size(self.rows.len(), self.layers.saturating_sub(1)).unwrap_or((1, 1))
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
@@ -1473,9 +1436,14 @@ pub struct Written {
 /// `dir/index.md`.
 ///
 /// # Errors
-/// [`ReportInputError::NothingToPlot`] when no input holds anything to plot; [`ReportError`]
+/// [`ReportInputError::NothingToPlot`] when no input holds anything to plot,
+/// [`ReportInputError::OutOfRange`] when one exceeds a limit ([`check_sizes`]); [`ReportError`]
 /// when drawing or writing fails.
 pub fn render_all(inputs: &[(PathBuf, ResultFile)], dir: &Path) -> anyhow::Result<Written> {
+    // Results built in memory are held to the limits `load` applies, before anything is drawn.
+    for (path, result) in inputs {
+        check_sizes(&path.display().to_string(), result)?;
+    }
     register_font()?;
     std::fs::create_dir_all(dir).map_err(|e| ReportError::Write {
         path: dir.display().to_string(),
@@ -1703,7 +1671,7 @@ pub fn render_all(inputs: &[(PathBuf, ResultFile)], dir: &Path) -> anyhow::Resul
                             )
                         })
                         .collect(),
-                    layers: f.num_layers + 1,
+                    layers: f.num_layers.saturating_add(1),
                     threshold: f.plan.threshold,
                 };
                 if fig.rows.is_empty() {
@@ -1764,30 +1732,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roc_of_separated_samples() {
-        let r = roc(1, &[0.1, 0.2, 0.3], &[1.0, 2.0, f64::MAX], 0.5).unwrap();
-        assert_eq!(r.points.first(), Some(&(1.0, 1.0)));
-        assert_eq!(r.points.last(), Some(&(0.0, 0.0)));
-        assert!((r.auc - 1.0).abs() < 1e-12, "{}", r.auc);
-        assert_eq!(r.at_threshold, (0.0, 1.0));
-    }
-
-    #[test]
-    fn roc_of_identical_samples_is_the_diagonal() {
-        let r = roc(0, &[0.0; 4], &[0.0; 8], 0.0).unwrap();
-        assert_eq!(r.points, vec![(1.0, 1.0), (0.0, 0.0)]);
-        assert!((r.auc - 0.5).abs() < 1e-12);
-        assert!(roc(0, &[], &[1.0], 0.0).is_none());
-    }
-
-    #[test]
-    fn roc_counts_non_comparable_cells_as_flagged() {
-        let r = roc(2, &[0.1, f64::MAX], &[f64::MAX, f64::INFINITY], 1.0).unwrap();
-        assert_eq!(r.at_threshold, (0.5, 1.0));
-        assert_eq!(r.points, vec![(1.0, 1.0), (0.5, 1.0), (0.0, 0.0)]);
-    }
-
-    #[test]
     fn unknown_shapes_are_refused() {
         for text in ["", "[1, 2]", "{\"a\": 1}", "not json"] {
             assert!(matches!(
@@ -1812,16 +1756,87 @@ mod tests {
         assert_eq!(tag_of(Path::new("a/sweep-k.json")), "sweep-k");
     }
 
-    #[test]
-    fn dense_curve_matches_the_hypergeometric_law() {
-        // 10 cells, 1 bad: detection k/10.
-        for k in 1..=10 {
-            let d = hypergeometric(10, 1.0, k, 1).unwrap();
-            assert!((d - k as f64 / 10.0).abs() < 1e-12);
+    fn shipped(name: &str) -> serde_json::Value {
+        let path = format!(
+            "{}/../../simulations/results/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[track_caller]
+    fn out_of_range_names(value: &serde_json::Value, needle: &str) {
+        match recognise("x.json", &value.to_string()) {
+            Err(e @ ReportInputError::OutOfRange { .. }) => {
+                assert!(e.to_string().contains(needle), "{e}")
+            }
+            other => panic!("{needle}: {other:?}"),
         }
-        // Halfway between 1 and 2 bad cells.
-        let d = hypergeometric(10, 1.5, 1, 1).unwrap();
-        assert!((d - 0.15).abs() < 1e-12);
-        assert!(hypergeometric(10, 11.0, 1, 1).is_none());
+    }
+
+    #[test]
+    fn sweep_sizes_are_bounded() {
+        let sweep = shipped("default-sweep-k.json");
+        assert!(recognise("x.json", &sweep.to_string()).is_ok());
+        // k values off the log axis's range.
+        for k in [1e9, 0.5, 0.0] {
+            let mut s = sweep.clone();
+            s["points"][0]["values"]["k"] = serde_json::json!(k);
+            out_of_range_names(&s, "k = ");
+        }
+        // Too many series (adversaries) in one figure.
+        let mut s = sweep.clone();
+        let a = s["points"][0]["report"]["adversaries"][0].clone();
+        s["points"][0]["report"]["adversaries"] = serde_json::Value::Array(vec![a; MAX_SERIES + 1]);
+        out_of_range_names(&s, "adversaries = 257");
+        // Rounds beyond the law's exponent.
+        let mut s = sweep.clone();
+        s["points"][0]["report"]["scenario"]["protocol"]["rounds"] = serde_json::json!(u32::MAX);
+        out_of_range_names(&s, "scenario.protocol.rounds");
+        // Too many panels: one per value of another axis.
+        let mut s = sweep.clone();
+        let mut point = s["points"][0].clone();
+        point["report"]["adversaries"] = serde_json::json!([]);
+        point["report"]["calibration"]["holdout_samples"] = serde_json::json!({});
+        let points: Vec<serde_json::Value> = (0..=MAX_PANELS)
+            .map(|i| {
+                let mut p = point.clone();
+                p["index"] = serde_json::json!(i);
+                p["values"] = serde_json::json!({"k": 1.0, "fraction": 1.0 / (i + 2) as f64});
+                p
+            })
+            .collect();
+        s["points"] = serde_json::Value::Array(points);
+        out_of_range_names(&s, "detection-vs-k panels");
+    }
+
+    #[test]
+    fn report_sizes_are_bounded() {
+        let report = shipped("corridor/report.json");
+        assert!(recognise("x.json", &report.to_string()).is_ok());
+        let corridor = report["adversaries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|a| !a["corridor"].is_null())
+            .unwrap();
+        // Per-scale vectors shorter than the scales (drawing indexed them).
+        let mut r = report.clone();
+        r["adversaries"][corridor]["corridor"]["flip_bounds"] = serde_json::json!([]);
+        out_of_range_names(&r, "corridor flip_bounds length");
+        let mut r = report.clone();
+        r["adversaries"][corridor]["corridor"]["scales"][0] = serde_json::json!(0.0);
+        out_of_range_names(&r, "corridor scale");
+        // A saving whose axis padding would overflow.
+        let mut r = report.clone();
+        r["adversaries"][0]["saving"] = serde_json::json!(1e308);
+        out_of_range_names(&r, "adversary saving");
+        // Too many layers of ROC curves.
+        let mut r = report.clone();
+        let layers: serde_json::Map<String, serde_json::Value> = (0..=MAX_ROC_LAYERS)
+            .map(|l| (l.to_string(), serde_json::json!([0.5])))
+            .collect();
+        r["adversaries"][0]["deviations"] = serde_json::Value::Object(layers);
+        out_of_range_names(&r, "adversary deviations layers");
     }
 }

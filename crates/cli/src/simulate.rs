@@ -8,9 +8,9 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use veritrace_model::files::OutputDir;
 use veritrace_sim::{report, EngineMode, Scenario, SimReport, Simulation};
 
 /// Extra help of `veritrace simulate`.
@@ -105,29 +105,36 @@ pub fn scenario_from_args(args: &SimulateArgs) -> anyhow::Result<Scenario> {
     Ok(s)
 }
 
-fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    crate::write_file_atomic(path, text).with_context(|| format!("writing {}", path.display()))
+/// The files `simulate --out DIR` writes: a later run into the same directory replaces exactly
+/// these (as one set), and refuses a directory that holds anything else.
+pub fn report_file(name: &str) -> bool {
+    matches!(
+        name,
+        "report.md" | "report.json" | "report.csv" | "policy.json"
+    )
 }
 
-/// Writes `report.md`, `report.json` and `report.csv` into `dir` (created if missing), and the
-/// calibrated tolerance as `policy.json` (the format of `veritrace calibrate`) when there is
-/// one.
+/// Writes `report.md`, `report.json` and `report.csv` into `dir`, and the calibrated tolerance
+/// as `policy.json` (the format of `veritrace calibrate`) when there is one, as one set
+/// ([`veritrace_model::files::OutputDir`]): the set appears whole, replacing a previous run's,
+/// or not at all, and concurrent runs into one directory leave one run's complete set.
 pub fn write_outputs(
     dir: &Path,
     r: &SimReport,
     policy: Option<&veritrace_protocol::calibration::CalibratedPolicy>,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    write_atomic(&dir.join("report.md"), &report::markdown(r))?;
+    let set = OutputDir::stage(dir, &report_file)?;
+    set.write("report.md", report::markdown(r).as_bytes())?;
     let mut json = serde_json::to_string_pretty(r)?;
     json.push('\n');
-    write_atomic(&dir.join("report.json"), &json)?;
-    write_atomic(&dir.join("report.csv"), &report::csv(r))?;
+    set.write("report.json", json.as_bytes())?;
+    set.write("report.csv", report::csv(r).as_bytes())?;
     if let Some(policy) = policy {
         let mut json = serde_json::to_string_pretty(policy)?;
         json.push('\n');
-        write_atomic(&dir.join("policy.json"), &json)?;
+        set.write("policy.json", json.as_bytes())?;
     }
+    set.commit(&report_file)?;
     Ok(())
 }
 

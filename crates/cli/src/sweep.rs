@@ -2,11 +2,11 @@
 //! for batch-scheduler array jobs, and the merge of the shards' outputs into the full result.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget};
+use veritrace_model::files;
 use veritrace_sim::sweep::{self, Grid, Shard, SweepResult};
 use veritrace_sim::{EngineMode, Scenario, SimError};
 
@@ -74,17 +74,26 @@ fn emit(
     result: &SweepResult,
     out_path: &Option<PathBuf>,
     csv_path: &Option<PathBuf>,
+    inputs: &[&Path],
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    for p in out_path.iter().chain(csv_path) {
+        files::refuse_same_file(p, inputs)?;
+    }
+    if let (Some(a), Some(b)) = (out_path, csv_path) {
+        files::refuse_same_file(a, &[b])?;
+    }
     let mut json = serde_json::to_string_pretty(result)?;
     json.push('\n');
-    match out_path {
-        Some(p) => std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?,
-        None => out.write_all(json.as_bytes())?,
-    }
+    // Each file atomically (a unique temporary file, synced, renamed): an interrupted run
+    // leaves the previous file whole. The CSV, when asked for, is written first, so a JSON
+    // result on disk always has its table beside it.
     if let Some(p) = csv_path {
-        std::fs::write(p, sweep::csv(result))
-            .with_context(|| format!("writing {}", p.display()))?;
+        files::write_atomic(p, sweep::csv(result).as_bytes())?;
+    }
+    match out_path {
+        Some(p) => files::write_atomic(p, json.as_bytes())?,
+        None => out.write_all(json.as_bytes())?,
     }
     out.flush()?;
     Ok(())
@@ -129,7 +138,8 @@ pub fn run(args: &SweepArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         bar.set_position(done as u64);
     });
     bar.finish_and_clear();
-    emit(&result?, &args.out, &args.csv, out)
+    let inputs: Vec<&Path> = args.scenario.iter().map(PathBuf::as_path).collect();
+    emit(&result?, &args.out, &args.csv, &inputs, out)
 }
 
 /// Runs `veritrace merge`.
@@ -139,7 +149,7 @@ pub fn run(args: &SweepArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 pub fn merge(args: &MergeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut parts = Vec::with_capacity(args.parts.len());
     for p in &args.parts {
-        let text = std::fs::read_to_string(p).map_err(|e| SimError::Io {
+        let text = files::read_text(p, "a sweep output").map_err(|e| SimError::Io {
             path: p.display().to_string(),
             reason: e.to_string(),
         })?;
@@ -147,5 +157,6 @@ pub fn merge(args: &MergeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             .map_err(|e| SimError::Scenario(format!("{}: not a sweep output: {e}", p.display())))?;
         parts.push(part);
     }
-    emit(&sweep::merge(parts)?, &args.out, &args.csv, out)
+    let inputs: Vec<&Path> = args.parts.iter().map(PathBuf::as_path).collect();
+    emit(&sweep::merge(parts)?, &args.out, &args.csv, &inputs, out)
 }

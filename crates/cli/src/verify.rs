@@ -12,14 +12,15 @@ use std::path::PathBuf;
 use clap::Args;
 use thiserror::Error;
 use veritrace_protocol::calibration::CalibratedPolicy;
+use veritrace_protocol::soundness::MAX_ROUNDS;
 use veritrace_protocol::tolerance::TolerancePolicy;
-use veritrace_protocol::transcript::{check_pow, derive_challenge};
 use veritrace_protocol::{
-    check_opening, Challenge, ChallengeParams, Commitment, Message, RejectReason, Verdict,
+    verify_recorded_with_limits, Challenge, ChallengeParams, Commitment, Message, Mode, Opening,
+    RejectReason, SamplingStrategy, Verdict, VerifierConfig, VerifierLimits,
 };
 
 use crate::engine::load_model;
-use crate::prove::{parse_strategy, read_message, read_opening, VerbInputError};
+use crate::prove::{parse_strategy, read_message_limited, VerbInputError};
 
 /// A rejection: the verdict was computed and is "reject" (exit 1).
 #[derive(Debug, Error)]
@@ -63,6 +64,39 @@ pub struct VerifyArgs {
     /// Print the verdict as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The verifier's limits on what a prover may claim and send
+    /// ([`veritrace_protocol::VerifierLimits`], `specs/protocol.md` §11.3): a JSON object with
+    /// any of `max_layers` (default 4096), `max_tokens` (2^20), `max_cells` (2^32),
+    /// `max_samples` (2^20), `max_opening_cells` (2^24), `max_opening_bytes` (4 GiB) and
+    /// `max_message_bytes` (8 GiB), inline or as a file. A commitment over a limit is rejected
+    /// before anything proportional to its claim is done.
+    #[arg(long, value_name = "JSON|FILE")]
+    pub limits: Option<String>,
+}
+
+/// The limits `--limits` gives (inline JSON, or a file of it), or the defaults.
+///
+/// # Errors
+/// A file that cannot be read or JSON that is not a limits object (unknown fields included).
+pub fn parse_limits(spec: Option<&str>) -> Result<VerifierLimits, VerbInputError> {
+    let Some(spec) = spec else {
+        return Ok(VerifierLimits::DEFAULT);
+    };
+    let text = if spec.trim_start().starts_with('{') {
+        spec.to_string()
+    } else {
+        veritrace_model::files::read_text(std::path::Path::new(spec), "verifier limits").map_err(
+            |e| VerbInputError::File {
+                path: spec.to_string(),
+                reason: e.to_string(),
+            },
+        )?
+    };
+    serde_json::from_str(&text).map_err(|e| VerbInputError::Message {
+        path: spec.to_string(),
+        what: "verifier limits",
+        reason: e.to_string(),
+    })
 }
 
 /// The verifier's policy from `--tolerance`: `exact`, a calibrated policy file (`veritrace
@@ -72,10 +106,14 @@ fn tolerance(spec: &str, layers: u32) -> Result<TolerancePolicy, VerbInputError>
     if spec == "exact" {
         return Ok(TolerancePolicy::Exact);
     }
-    let text = std::fs::read_to_string(spec).map_err(|e| VerbInputError::File {
-        path: spec.to_string(),
-        reason: e.to_string(),
-    })?;
+    let text = veritrace_model::files::read_text(std::path::Path::new(spec), "a tolerance policy")
+        .map_err(|e| VerbInputError::File {
+            path: spec.to_string(),
+            reason: match e {
+                veritrace_model::files::FileError::Read { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
+        })?;
     let refused = |what: &'static str, reason: String| VerbInputError::Message {
         path: spec.to_string(),
         what,
@@ -113,21 +151,40 @@ fn tolerance(spec: &str, layers: u32) -> Result<TolerancePolicy, VerbInputError>
     Ok(policy)
 }
 
-/// Runs `veritrace verify`; prints the verdict.
+/// Runs `veritrace verify`; prints the verdict. The decision is the protocol crate's
+/// ([`verify_recorded_with_limits`]: the verifier's state machine replayed over the recorded
+/// messages, with its round rules, proof of work and limits); this verb only reads the files.
 ///
 /// # Errors
 /// [`Rejected`] (exit 1) when the verdict is reject; refused files or arguments exit 2.
 pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let commitment: Commitment = read_message(&args.commitment)?;
+    let limits = parse_limits(args.limits.as_deref())?;
+    let commitment: Commitment = read_message_limited(&args.commitment, limits.max_message_bytes)?;
     commitment.validate()?;
+    // A claim over the limits is rejected before the model, the policy or any opening is read.
+    if let Err(e) = limits.check_statement(&commitment.statement) {
+        return decide(
+            Verdict::Reject(RejectReason::GeometryMismatch {
+                detail: e.to_string(),
+            }),
+            args.json,
+            out,
+        );
+    }
     let model = load_model(&args.model)?;
     let policy = tolerance(&args.tolerance, commitment.statement.geometry.layers)?;
     let openings = args
         .openings
         .iter()
-        .map(|p| read_opening(p))
+        .map(|p| read_message_limited::<Opening>(p, limits.max_message_bytes))
         .collect::<Result<Vec<_>, _>>()?;
-    let challenges: Vec<Challenge> = if args.non_interactive {
+    let rounds = u32::try_from(openings.len())
+        .ok()
+        .filter(|&r| r <= MAX_ROUNDS)
+        .ok_or_else(|| {
+            VerbInputError::Argument(format!("at most {MAX_ROUNDS} openings (rounds)"))
+        })?;
+    let (mode, params, challenges) = if args.non_interactive {
         if !args.challenges.is_empty() {
             return Err(VerbInputError::Argument(
                 "--non-interactive derives the challenges; do not give --challenge".into(),
@@ -141,22 +198,8 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             strategy: parse_strategy(&args.strategy)?,
             pow_bits: args.pow_bits,
         };
-        let nonce = openings[0].pow_nonce;
-        let mut cs = Vec::with_capacity(openings.len());
-        for (r, o) in openings.iter().enumerate() {
-            if o.pow_nonce != nonce || !check_pow(&commitment, &params, nonce)? {
-                return decide(
-                    Verdict::Reject(RejectReason::BadProofOfWork {
-                        pow_bits: params.pow_bits,
-                        nonce: o.pow_nonce,
-                    }),
-                    args.json,
-                    out,
-                );
-            }
-            cs.push(derive_challenge(&commitment, r as u32, &params, nonce)?);
-        }
-        cs
+        params.validate()?;
+        (Mode::NonInteractive, params, None)
     } else {
         if args.challenges.len() != openings.len() {
             return Err(VerbInputError::Argument(format!(
@@ -166,32 +209,35 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             ))
             .into());
         }
-        args.challenges
+        let challenges = args
+            .challenges
             .iter()
-            .map(|p| read_message::<Challenge>(p))
-            .collect::<Result<_, _>>()?
+            .map(|p| read_message_limited::<Challenge>(p, limits.max_message_bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The recorded challenges carry the cells; the sampling parameters are not used.
+        let params = ChallengeParams {
+            samples: 1,
+            strategy: SamplingStrategy::Uniform,
+            pow_bits: 0,
+        };
+        (Mode::Interactive, params, Some(challenges))
     };
-    for (r, (c, o)) in challenges.iter().zip(&openings).enumerate() {
-        c.validate()?;
-        if c.round != r as u32 || o.round != r as u32 || (!args.non_interactive && o.pow_nonce != 0)
-        {
-            return decide(
-                Verdict::Reject(RejectReason::OutOfOrder {
-                    state: format!("round {r}"),
-                    message: format!(
-                        "challenge for round {} answered by an opening for round {} (nonce {})",
-                        c.round, o.round, o.pow_nonce
-                    ),
-                }),
-                args.json,
-                out,
-            );
-        }
-        if let Err(reason) = check_opening(&commitment, &c.cells, o, &policy, &*model) {
-            return decide(Verdict::Reject(reason), args.json, out);
-        }
-    }
-    decide(Verdict::Accept, args.json, out)
+    let config = VerifierConfig {
+        mode,
+        params,
+        rounds,
+        tolerance: policy,
+    };
+    let verdict = verify_recorded_with_limits(
+        &commitment,
+        &config,
+        &limits,
+        challenges.as_deref(),
+        &openings,
+        &*model,
+        None,
+    )?;
+    decide(verdict, args.json, out)
 }
 
 fn decide(v: Verdict, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {

@@ -237,3 +237,74 @@ fn bad_inputs_exit_2() {
     // Arguments clap refuses exit 2 too.
     refused(&["report", &text], &["--out"]);
 }
+
+/// A fingerprint study made by the CLI, as JSON.
+fn study_json(dir: &Path) -> serde_json::Value {
+    let setups = write(dir, "setups.txt", SETUPS);
+    let study = dir.join("study");
+    ok(&[
+        "fingerprint",
+        "--model",
+        "tiny",
+        "--prompts",
+        "1",
+        "--tokens",
+        "16",
+        "--setups",
+        &setups,
+        "--out",
+        study.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(study.join("fingerprint.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn sizes_from_input_are_bounded_and_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let study = study_json(dir);
+    let out = dir.join("plots");
+    let out = out.to_str().unwrap();
+    // num_layers = u64::MAX (num_layers + 1 wrapped to 0), a huge count (the image would not
+    // be allocated), and one whose pixel width wraps i32 (74 px a column).
+    for (i, layers) in [u64::MAX, 1 << 40, 29_100_000, 201].into_iter().enumerate() {
+        let mut s = study.clone();
+        s["num_layers"] = serde_json::json!(layers);
+        let path = write(dir, &format!("layers-{i}.json"), &s.to_string());
+        refused(
+            &["report", &path, "--out", out],
+            &[
+                "num_layers",
+                &layers.to_string(),
+                "out of range",
+                "limit 200",
+            ],
+        );
+    }
+    // Too many setups for the heatmap's height.
+    let mut s = study.clone();
+    let row = s["results"][0].clone();
+    s["results"] = serde_json::Value::Array(vec![row; 701]);
+    let path = write(dir, "rows.json", &s.to_string());
+    refused(
+        &["report", &path, "--out", out],
+        &["setups", "701", "limit 700"],
+    );
+    // Within each limit but over the pixel budget together.
+    let mut s = study.clone();
+    let row = s["results"][0].clone();
+    s["results"] = serde_json::Value::Array(vec![row; 690]);
+    s["num_layers"] = serde_json::json!(200);
+    let path = write(dir, "pixels.json", &s.to_string());
+    refused(&["report", &path, "--out", out], &["heatmap", "limit"]);
+    assert!(!dir.join("plots").join("index.md").exists());
+    // A device is never read.
+    refused(
+        &["report", "/dev/zero", "--out", out],
+        &["/dev/zero", "not a regular file"],
+    );
+    // The study itself still plots.
+    let path = write(dir, "fine.json", &study.to_string());
+    ok(&["report", &path, "--out", out]);
+}

@@ -265,9 +265,12 @@ pub fn check_fields(value: &serde_json::Value) -> std::result::Result<(), String
 impl BertConfig {
     /// Reads and validates a Hugging Face `config.json` (strictly: [`check_fields`]).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.display().to_string(),
-            source,
+        let text = crate::files::read_text(path, "a config.json").map_err(|e| match e {
+            crate::files::FileError::Read { source, .. } => ModelError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other.into(),
         })?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::InvalidConfig(format!("{}: not JSON: {e}", path.display())))?;
@@ -521,10 +524,7 @@ impl BertModel {
     pub fn load(dir: &Path) -> Result<Self> {
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         let path = dir.join("model.safetensors");
-        let bytes = std::fs::read(&path).map_err(|source| ModelError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let bytes = crate::read_model_file(&path, u64::MAX, "weights")?;
         let tensors = read_tensors(&path, &bytes, &config)?;
         drop(bytes);
         let mut model = Self::from_tensors(config, tensors)?;

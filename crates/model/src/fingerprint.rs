@@ -116,6 +116,18 @@ pub enum FingerprintError {
     Model(#[from] ModelError),
 }
 
+impl FingerprintError {
+    /// Whether the error is the input's fault (a setups file, a plan, a refused model input):
+    /// exit code 2. An engine's bad output and engine failures are not.
+    pub fn is_input(&self) -> bool {
+        match self {
+            FingerprintError::EngineOutput { .. } => false,
+            FingerprintError::Model(m) => m.is_input(),
+            _ => true,
+        }
+    }
+}
+
 /// What a study runs: a reference, the setups compared with it, and the workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StudyPlan {

@@ -13,6 +13,9 @@
 //!   int4 weight quantization with two rounding methods ([`quant`]), split-K, batch and
 //!   KV-cache decode reduction orders, and the structural changes skip and reuse.
 //! * [`Capture`]: optional attention-key capture beside the hidden states.
+//! * [`trace_file`]: the one reader of the safetensors trace format (memory-mapped, validated,
+//!   header size limited); [`files`]: reading inputs (regular files only, sizes checked before
+//!   reading) and writing outputs atomically (single files and whole output sets).
 //! * [`Trace`]: a captured trace; [`write_trace`] / [`read_trace`] store it as safetensors in
 //!   the format `veritrace commit` reads, with the statement as metadata.
 //! * [`BertModel`]: a BERT encoder loaded from real weights — all-MiniLM-L6-v2, found by
@@ -43,6 +46,7 @@ pub mod cuda;
 mod device;
 pub mod digest;
 pub mod engine;
+pub mod files;
 pub mod fingerprint;
 pub mod kernels;
 pub mod llama;
@@ -53,6 +57,7 @@ pub use recompute::RecomputeOn;
 pub mod setup;
 mod tokenizer;
 mod trace;
+pub mod trace_file;
 
 pub use arch::{load, Architecture, Model, ARCHITECTURES, MINILM, PRESETS};
 pub use bert::{minilm_dir, BertConfig, BertModel, MINILM_ENV, MODEL_FILES};
@@ -228,6 +233,10 @@ pub enum ModelError {
     /// The CUDA driver, cuBLAS or a kernel launch failed.
     #[error("cuda: {0}")]
     Cuda(String),
+    /// An input file was refused (not a regular file, too large) or an output could not be
+    /// written.
+    #[error(transparent)]
+    File(#[from] files::FileError),
     /// A trace file is malformed or does not hold a model trace.
     #[error("trace file {path}: {reason}")]
     TraceFile {
@@ -238,6 +247,19 @@ pub enum ModelError {
     },
 }
 
+impl ModelError {
+    /// Whether the error is the input's fault (a refused checkpoint, trace file, setup, argument,
+    /// token sequence, tokenizer file, device request…): exit code 2. Engine failures (candle,
+    /// CUDA, a kernel that does not compile) and output write failures are not.
+    pub fn is_input(&self) -> bool {
+        match self {
+            ModelError::Candle(_) | ModelError::Cuda(_) | ModelError::KernelCompile { .. } => false,
+            ModelError::File(e) => e.is_input(),
+            _ => true,
+        }
+    }
+}
+
 impl From<candle_core::Error> for ModelError {
     fn from(e: candle_core::Error) -> Self {
         ModelError::Candle(e.to_string())
@@ -246,6 +268,23 @@ impl From<candle_core::Error> for ModelError {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// Reads a checkpoint or configuration file through [`files::read_limited`]: one that cannot be
+/// read is [`ModelError::Io`] (as before there were limits), a refused one (not a regular file,
+/// too large) [`ModelError::File`].
+pub(crate) fn read_model_file(
+    path: &std::path::Path,
+    limit: u64,
+    what: &'static str,
+) -> Result<Vec<u8>> {
+    files::read_limited(path, limit, what, "").map_err(|e| match e {
+        files::FileError::Read { source, .. } => ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        },
+        other => other.into(),
+    })
+}
 
 /// Index of the first non-finite value, if any.
 pub(crate) fn first_non_finite(values: &[f32]) -> Option<usize> {

@@ -301,10 +301,14 @@ fn llama3_value(s: Llama3RopeScaling) -> serde_json::Value {
 /// A checkpoint's `config.json` as JSON: [`ModelError::Io`] when it cannot be read,
 /// [`ModelError::Checkpoint`] when it is not JSON.
 pub(crate) fn read_config_json(path: &Path) -> Result<serde_json::Value> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes = crate::files::read_limited(path, crate::files::MAX_TEXT_BYTES, "a config.json", "")
+        .map_err(|e| match e {
+            crate::files::FileError::Read { source, .. } => ModelError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            other => other.into(),
+        })?;
     serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
         path: path.display().to_string(),
         reason: format!("not JSON: {e}"),
@@ -565,9 +569,18 @@ fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![single]);
     }
     let index = dir.join("model.safetensors.index.json");
-    let bytes = std::fs::read(&index).map_err(|_| ModelError::Checkpoint {
-        path: dir.display().to_string(),
-        reason: "neither model.safetensors nor model.safetensors.index.json is there".into(),
+    let bytes = crate::files::read_limited(
+        &index,
+        crate::files::MAX_TEXT_BYTES,
+        "a safetensors index",
+        "",
+    )
+    .map_err(|e| match e {
+        crate::files::FileError::Read { .. } => ModelError::Checkpoint {
+            path: dir.display().to_string(),
+            reason: "neither model.safetensors nor model.safetensors.index.json is there".into(),
+        },
+        other => other.into(),
     })?;
     let bad = |reason: String| ModelError::Checkpoint {
         path: index.display().to_string(),
@@ -607,10 +620,7 @@ fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
         path: file.clone(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: file.clone(),
-        source,
-    })?;
+    let bytes = crate::read_model_file(path, u64::MAX, "weights")?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {

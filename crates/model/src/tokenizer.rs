@@ -97,29 +97,15 @@ pub struct TextTokenizer {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let io = |source| ModelError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    if !file.metadata().map_err(io)?.is_file() {
-        return Err(ModelError::Tokenizer(format!(
-            "{}: not a regular file",
-            path.display()
-        )));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_TOKENIZER_FILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() as u64 > MAX_TOKENIZER_FILE {
-        return Err(ModelError::Tokenizer(format!(
-            "{}: larger than {MAX_TOKENIZER_FILE} bytes",
-            path.display()
-        )));
-    }
-    Ok(bytes)
+    crate::files::read_limited(path, MAX_TOKENIZER_FILE, "a tokenizer file", "").map_err(
+        |e| match e {
+            crate::files::FileError::Read { source, .. } => ModelError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            other => ModelError::Tokenizer(other.to_string()),
+        },
+    )
 }
 
 impl TextTokenizer {

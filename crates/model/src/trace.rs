@@ -14,6 +14,7 @@ use safetensors::SafeTensors;
 use veritrace_commit::{Dtype, TraceGeometry};
 use veritrace_protocol::{Message, Statement};
 
+use crate::trace_file::{TraceFile, TraceFileError};
 use crate::{first_non_finite, ModelError, Result};
 
 /// Metadata key under which a trace file stores its statement (JSON).
@@ -185,62 +186,72 @@ pub fn write_trace(path: &Path, trace: &Trace, statement: Option<&Statement>) ->
         .collect::<Result<Vec<_>>>()?;
     let metadata =
         statement.map(|s| HashMap::from([(STATEMENT_METADATA_KEY.to_string(), s.to_json())]));
-    safetensors::serialize_to_file(views, metadata, path).map_err(|e| ModelError::TraceFile {
+    // Into a unique temporary file beside the target, synced, then renamed over it: an
+    // interrupted write leaves any old trace intact and touches no other file.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let io = |source| ModelError::Io {
         path: path.display().to_string(),
-        reason: e.to_string(),
-    })
+        source,
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".veritrace-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    safetensors::serialize_to_file(views, metadata, tmp.path()).map_err(|e| {
+        ModelError::TraceFile {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
+    }
+    std::fs::File::open(tmp.path())
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// Reads a trace written by [`write_trace`] (or any F32 trace file of that format) and the
-/// statement in its metadata, if any. Refuses missing or mis-shaped layers, other dtypes,
-/// non-finite values and a malformed statement with a typed error.
+/// statement in its metadata, if any, through the one reader of the format
+/// ([`crate::trace_file::TraceFile`]: regular file, header limit, offsets checked, layers
+/// contiguous and of one shape). Refuses other dtypes, mis-shaped key tensors, non-finite values
+/// and a malformed statement with a typed error.
 pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
     let file = path.display().to_string();
     let bad = |reason: String| ModelError::TraceFile {
         path: file.clone(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
-        path: file.clone(),
-        source,
+    let mapped = TraceFile::open(path, 1).map_err(|e| match e {
+        TraceFileError::Io { source, .. } => ModelError::Io {
+            path: file.clone(),
+            source,
+        },
+        other => bad(other.to_string()),
     })?;
-    let (_, metadata) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
-    let count = st.names().iter().filter(|n| n.starts_with("h.")).count();
-    if count == 0 {
-        return Err(bad("no h.* layer tensors".into()));
+    let g = *mapped.geometry();
+    if g.dtype != Dtype::F32 {
+        return Err(bad(format!(
+            "the layers are {:?}, not F32 (a prover's trace is F32; `veritrace commit` reads \
+             the other dtypes)",
+            g.dtype
+        )));
     }
-    let mut layers = Vec::with_capacity(count);
-    let mut shape: Option<Vec<usize>> = None;
-    for l in 0..count {
-        let name = format!("h.{l}");
-        let view = st
-            .tensor(&name)
-            .map_err(|_| bad(format!("layer {name} is missing ({count} h.* tensors)")))?;
-        if view.dtype() != StDtype::F32 {
-            return Err(bad(format!("{name} is {:?}, not F32", view.dtype())));
-        }
-        if view.shape().len() != 2 || view.shape().contains(&0) {
-            return Err(bad(format!(
-                "{name} has shape {:?}, not [tokens, hidden]",
-                view.shape()
-            )));
-        }
-        match &shape {
-            Some(s) if s.as_slice() != view.shape() => {
-                return Err(bad(format!(
-                    "{name} has shape {:?} but h.0 has {s:?}",
-                    view.shape()
-                )))
-            }
-            Some(_) => {}
-            None => shape = Some(view.shape().to_vec()),
-        }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+    let (tokens, hidden) = (g.tokens as usize, g.hidden as usize);
+    let mut layers = Vec::with_capacity(g.layers as usize);
+    for l in 0..g.layers {
+        let bytes = mapped.layer(l).expect("validated layer");
+        let values = le_f32(bytes);
         if let Some(index) = first_non_finite(&values) {
             return Err(ModelError::NonFinite {
                 what: "trace file layer",
@@ -249,7 +260,10 @@ pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
         }
         layers.push(values);
     }
-    let shape = shape.expect("at least one layer");
+    let (_, metadata) =
+        SafeTensors::read_metadata(mapped.bytes()).map_err(|e| bad(e.to_string()))?;
+    let st = SafeTensors::deserialize(mapped.bytes()).map_err(|e| bad(e.to_string()))?;
+    let count = layers.len();
     let key_count = st.names().iter().filter(|n| n.starts_with("k.")).count();
     let mut keys = Vec::with_capacity(key_count);
     if key_count != 0 && key_count + 1 != count {
@@ -265,21 +279,16 @@ pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
             .map_err(|_| bad(format!("key tensor {name} is missing")))?;
         if view.dtype() != StDtype::F32
             || view.shape().len() != 2
-            || view.shape()[0] != shape[0]
+            || view.shape()[0] != tokens
             || view.shape()[1] == 0
         {
             return Err(bad(format!(
-                "{name} is {:?} {:?}, not F32 [{}, width]",
+                "{name} is {:?} {:?}, not F32 [{tokens}, width]",
                 view.dtype(),
                 view.shape(),
-                shape[0]
             )));
         }
-        let values: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let values = le_f32(view.data());
         if let Some(index) = first_non_finite(&values) {
             return Err(ModelError::NonFinite {
                 what: "trace file keys",
@@ -299,13 +308,20 @@ pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
         .transpose()?;
     Ok((
         Trace {
-            tokens: shape[0],
-            hidden: shape[1],
+            tokens,
+            hidden,
             layers,
             keys,
         },
         statement,
     ))
+}
+
+fn le_f32(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 #[cfg(test)]

@@ -17,6 +17,15 @@
 //!
 //! The file is memory-mapped, so a trace larger than memory can be committed; the mapping must
 //! not be truncated by another process while it is in use.
+//!
+//! # Limits
+//! Only a regular file is opened ([`crate::files::open_regular`]: a FIFO or a device is refused
+//! before it is opened). The JSON header is parsed only if its length field is at most
+//! [`crate::files::max_header_bytes`] (16 MiB by default, `VERITRACE_MAX_HEADER_BYTES`), checked
+//! before a byte of it is read, so a hostile header costs no more than that limit.
+//!
+//! This is the one reader of the format: [`crate::read_trace`] (the prover's F32 traces, with
+//! the statement in the metadata) maps and validates a file through [`TraceFile::open`] too.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -28,6 +37,8 @@ use safetensors::tensor::{Dtype as StDtype, SafeTensorError, TensorInfo};
 use safetensors::SafeTensors;
 use thiserror::Error;
 use veritrace_commit::{CommitError, Dtype, TraceGeometry};
+
+use crate::files::{max_header_bytes, open_regular, FileError};
 
 /// Prefix of the names of layer tensors (`h.0`, `h.1`, …).
 pub const LAYER_PREFIX: &str = "h.";
@@ -41,6 +52,20 @@ pub const SUPPORTED_DTYPES: &str = "F32, F16, BF16, I8";
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum TraceFileError {
+    /// The safetensors header is larger than the limit: refused before it is parsed.
+    #[error(
+        "{} is not a valid safetensors file: its header length field says {len} bytes, more \
+         than the {limit}-byte header limit (set VERITRACE_MAX_HEADER_BYTES to raise it)",
+        path.display()
+    )]
+    HeaderTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The header length the file declares.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The file could not be opened, inspected or mapped.
     #[error("cannot read {}", path.display())]
     Io {
@@ -194,10 +219,11 @@ impl TraceFile {
             path: path.clone(),
             source,
         };
-        let file = File::open(&path).map_err(io)?;
-        if !file.metadata().map_err(io)?.is_file() {
-            return Err(TraceFileError::NotAFile { path });
-        }
+        let (file, _) = open_regular(&path).map_err(|e| match e {
+            FileError::NotAFile { path, .. } => TraceFileError::NotAFile { path },
+            FileError::Read { source, .. } => io(source),
+            other => io(std::io::Error::other(other.to_string())),
+        })?;
         let map = map_file(&file).map_err(io)?;
         let (geometry, layers) = parse(&path, &map, chunk)?;
         Ok(TraceFile {
@@ -251,6 +277,24 @@ fn map_file(file: &File) -> std::io::Result<Mmap> {
     // documentation states that the file must not be changed while in use, as for any mmap-based
     // safetensors reader.
     unsafe { Mmap::map(file) }
+}
+
+/// Validates the bytes of a trace file (what [`TraceFile::open`] does after mapping it): its
+/// geometry with cells of `chunk` rows and the byte range of each layer in `bytes`. `path` only
+/// names the file in errors. Never panics and never allocates more than the header limit plus
+/// the parsed tensor list, whatever `bytes` holds (the fuzz target `trace_header` checks this).
+///
+/// # Errors
+/// As [`TraceFile::open`].
+pub fn parse_trace_bytes(
+    path: &Path,
+    bytes: &[u8],
+    chunk: u32,
+) -> Result<(TraceGeometry, Vec<Range<usize>>), TraceFileError> {
+    if chunk == 0 {
+        return Err(TraceFileError::InvalidChunk);
+    }
+    parse(path, bytes, chunk)
 }
 
 /// Maps a safetensors dtype to a trace dtype, if a trace may use it.
@@ -308,6 +352,14 @@ fn precheck_offsets(path: &Path, bytes: &[u8]) -> Result<(), TraceFileError> {
     n.copy_from_slice(len_bytes);
     let n = u64::from_le_bytes(n);
     let available = bytes.len() as u64 - 8;
+    let limit = max_header_bytes();
+    if n > limit {
+        return Err(TraceFileError::HeaderTooLarge {
+            path: path.to_path_buf(),
+            len: n,
+            limit,
+        });
+    }
     if n > available {
         return Err(malformed(format!(
             "the header length field says {n} bytes but only {available} follow (truncated file?)"

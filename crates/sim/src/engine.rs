@@ -31,7 +31,7 @@ use crate::adversary::{Adversary, AdversaryKind, CorridorProbe, Plan, CORRIDOR_S
 use crate::calibration::{rounding_dtype, HonestRunPlan, Recomputer};
 use crate::fast::{self, CellOutcomes};
 use crate::model::{SimModel, SimVerifier};
-use crate::scenario::{AdversarySpec, Scenario};
+use crate::scenario::{AdversarySpec, Scenario, MAX_END_TO_END_TRIALS};
 use crate::stats::wilson;
 use crate::SimError;
 
@@ -223,6 +223,7 @@ impl Simulation {
                 .check_model(&model)
                 .map_err(|m| SimError::Scenario(format!("adversary {}: {m}", a.label())))?;
         }
+        Self::check_cells(&scenario, &model)?;
         let texts = Self::tokenize_texts(&scenario, &model)?;
         let prover = Arc::new(Runner::new(scenario.prover_device)?);
         let verifier = if scenario.verifier_device == scenario.prover_device {
@@ -257,6 +258,40 @@ impl Simulation {
         };
         sim.calibrate()?;
         Ok(sim)
+    }
+
+    /// The cells of one trace and the honest cells calibration keeps, against
+    /// [`MAX_CELLS_PER_TRACE`](crate::scenario::MAX_CELLS_PER_TRACE) and
+    /// [`MAX_HONEST_CELLS`](crate::scenario::MAX_HONEST_CELLS), in checked arithmetic, before
+    /// any run.
+    fn check_cells(scenario: &Scenario, model: &SimModel) -> Result<(), SimError> {
+        use crate::scenario::{MAX_CELLS_PER_TRACE, MAX_HONEST_CELLS};
+        let p = &scenario.prompts;
+        let rows = u64::from(p.tokens) + u64::from(p.output);
+        let chunks = rows.div_ceil(u64::from(scenario.protocol.chunk.max(1)));
+        let cells = (model.num_layers() as u64)
+            .checked_add(1)
+            .and_then(|l| l.checked_mul(chunks))
+            .unwrap_or(u64::MAX);
+        if cells > MAX_CELLS_PER_TRACE {
+            return Err(SimError::Scenario(format!(
+                "cells per trace = {cells} ({} layers x {chunks} chunks of prompts.tokens + \
+                 prompts.output = {rows} rows) exceeds the limit {MAX_CELLS_PER_TRACE}; raise \
+                 protocol.chunk",
+                model.num_layers() + 1
+            )));
+        }
+        let t = &scenario.tolerance;
+        let runs = u64::from(t.calibration_prompts) + u64::from(t.holdout_prompts);
+        let honest = runs.saturating_mul(cells);
+        if honest > MAX_HONEST_CELLS {
+            return Err(SimError::Scenario(format!(
+                "honest cells = {honest} ({runs} calibration and holdout runs x {cells} cells) \
+                 exceeds the limit {MAX_HONEST_CELLS}; lower tolerance.calibration_prompts or \
+                 tolerance.holdout_prompts, or raise protocol.chunk"
+            )));
+        }
+        Ok(())
     }
 
     /// The scenario's `prompts.text` through the checkpoint's tokenizer (with its chat template
@@ -446,7 +481,7 @@ impl Simulation {
             // Refused before any run: the evidence could not support the target.
             return Err(SimError::Scenario(format!(
                 "tolerance.calibration_prompts = {}: {needed} independent honest runs are \
-                 needed for a session false-positive rate of {} at {} confidence with k = {} x {} \
+                 needed for a session false-positive rate of {:e} at {} confidence with k = {} x {} \
                  round(s) over {layers} layers (per-cell alpha {:.3e}, method {}, \
                  specs/protocol.md §12.3); raise calibration_prompts, or target_fpr",
                 t.calibration_prompts,
@@ -712,12 +747,28 @@ impl Simulation {
     }
 
     /// Runs every adversary's trials with `engine`; `progress` is called once per finished
-    /// end-to-end trial, and once per adversary's batch of fast trials.
+    /// end-to-end trial, and once per adversary's batch of fast trials. An adversary whose
+    /// trials run end to end (every adversary in [`EngineMode::EndToEnd`]; grinding and late
+    /// commitment in fast mode too) with more than [`MAX_END_TO_END_TRIALS`] trials is refused
+    /// ([`SimError::Scenario`]) before any trial runs.
     pub fn run_with(
         &self,
         engine: EngineMode,
         progress: &(dyn Fn() + Sync),
     ) -> Result<SimReport, SimError> {
+        // Refused before any trial: end-to-end trials are sessions, far costlier than fast ones.
+        for a in &self.scenario.adversaries {
+            let fast = engine == EngineMode::Fast && a.adversary.behaviour().fast_sampled();
+            let trials = self.scenario.trials_of(a);
+            if !fast && trials > MAX_END_TO_END_TRIALS {
+                return Err(SimError::Scenario(format!(
+                    "adversary {}: trials = {trials} exceeds the limit {MAX_END_TO_END_TRIALS} \
+                     of trials run end to end (fast mode runs up to {})",
+                    a.label(),
+                    crate::scenario::MAX_TRIALS
+                )));
+            }
+        }
         let mut results = Vec::new();
         for (ai, a) in self.scenario.adversaries.iter().enumerate() {
             let fast = engine == EngineMode::Fast && a.adversary.behaviour().fast_sampled();
@@ -780,7 +831,9 @@ impl Simulation {
         };
         // Per run of the pool: (trials detected, trials run) on it.
         let mut per_run: Vec<(u64, u64)> = vec![(0, 0); runs.len()];
-        let outcomes: Vec<Outcome> = if fast {
+        // Running totals of the outcomes, in trial order: memory is independent of the trials.
+        let mut tally = Tally::default();
+        if fast {
             let profiles: Vec<CellOutcomes> = runs
                 .iter()
                 .map(|r| self.cell_outcomes(r))
@@ -800,47 +853,47 @@ impl Simulation {
                 cost += all / g.num_cells() as f64 * k as f64 * f64::from(rounds);
             }
             let cost = cost / runs.len() as f64;
-            (0..trials)
-                .map(|i| Outcome {
-                    accepted: i >= detected,
-                    reason: (i < detected).then(|| "fast-mode-detection".to_string()),
-                    bytes: 0,
-                    verifier_cost: cost,
-                    note: None,
-                })
-                .collect()
+            tally.add_fast(trials, detected, cost);
         } else {
-            let tagged: Vec<(usize, Outcome)> = (0..trials)
-                .into_par_iter()
-                .map(|t| {
-                    let mut rng = stream("veritrace/sim/trial/v1", self.scenario.seed, ai, t);
-                    let ri = (rng.next_u64() % pool) as usize;
-                    let out = a.trial(self, &plan, &runs[ri], t, &mut rng);
-                    progress();
-                    out.map(|o| (ri, o))
-                })
-                .collect::<Result<_, _>>()?;
-            for (ri, o) in &tagged {
-                per_run[*ri].0 += u64::from(!o.accepted);
-                per_run[*ri].1 += 1;
-            }
-            tagged.into_iter().map(|(_, o)| o).collect()
-        };
-        let (runs_sampled, run_bounds) = over_runs(&per_run);
-        let trials = outcomes.len() as u64;
-        let detected = outcomes.iter().filter(|o| !o.accepted).count() as u64;
-        let mut reasons = BTreeMap::new();
-        for o in &outcomes {
-            if let Some(r) = &o.reason {
-                *reasons.entry(r.clone()).or_insert(0) += 1;
+            // Trials run in parallel a chunk at a time, each chunk's outcomes added in trial
+            // order: the totals do not depend on the thread count, and only one chunk of
+            // outcomes is held at once.
+            let mut start = 0;
+            while start < trials {
+                let end = trials.min(start.saturating_add(fast::BLOCK));
+                let tagged: Vec<(usize, Outcome)> = (start..end)
+                    .into_par_iter()
+                    .map(|t| {
+                        let mut rng = stream("veritrace/sim/trial/v1", self.scenario.seed, ai, t);
+                        let ri = (rng.next_u64() % pool) as usize;
+                        let out = a.trial(self, &plan, &runs[ri], t, &mut rng);
+                        progress();
+                        out.map(|o| (ri, o))
+                    })
+                    .collect::<Result<_, _>>()?;
+                for (ri, o) in tagged {
+                    per_run[ri].0 += u64::from(!o.accepted);
+                    per_run[ri].1 += 1;
+                    tally.add(o);
+                }
+                start = end;
             }
         }
+        let (runs_sampled, run_bounds) = over_runs(&per_run);
+        let Tally {
+            trials,
+            detected,
+            reasons,
+            bytes,
+            verifier_cost,
+            ..
+        } = tally.clone();
         let bad_cells = runs.iter().map(|r| r.bad.len() as f64).sum::<f64>() / runs.len() as f64;
         let prediction = a.prediction(&plan, &runs)?;
         let security_bits = a.security_bits(&plan, &runs)?;
         let cost = runs.iter().map(|r| r.cost).sum::<f64>() / runs.len() as f64;
         let n = trials.max(1) as f64;
-        let note = a.note(&plan, &outcomes);
+        let note = a.note(&plan, &tally);
         Ok(AdversaryResult {
             label: spec.label(),
             kind: spec.adversary.kind(),
@@ -864,8 +917,8 @@ impl Simulation {
             },
             cells,
             saving: 1.0 - cost / honest_cost,
-            verifier_cost: outcomes.iter().map(|o| o.verifier_cost).sum::<f64>() / n / honest_cost,
-            bytes_opened: outcomes.iter().map(|o| o.bytes as f64).sum::<f64>() / n,
+            verifier_cost: verifier_cost / n / honest_cost,
+            bytes_opened: bytes / n,
             security_bits,
             reasons,
             note,
@@ -943,6 +996,60 @@ fn over_runs(per_run: &[(u64, u64)]) -> (u64, (f64, f64)) {
     )
 }
 
+/// Running totals of trial outcomes, added in trial order (so the sums, and the report, do not
+/// depend on the thread count): what a report needs of the trials, in memory independent of
+/// their number.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tally {
+    /// Trials added.
+    pub trials: u64,
+    /// Trials that ended in a rejection.
+    pub detected: u64,
+    /// Rejection reasons (or other outcome labels) and their counts.
+    pub reasons: BTreeMap<String, u64>,
+    /// Sum of the bytes of openings received, as `f64` added trial by trial.
+    pub bytes: f64,
+    /// Sum of the verifier's recompute costs, added trial by trial.
+    pub verifier_cost: f64,
+    /// The first trial's remark.
+    pub first_note: Option<String>,
+}
+
+impl Tally {
+    /// Adds one trial's outcome.
+    pub(crate) fn add(&mut self, o: Outcome) {
+        if self.trials == 0 {
+            self.first_note = o.note;
+        }
+        self.trials += 1;
+        self.detected += u64::from(!o.accepted);
+        if let Some(r) = o.reason {
+            *self.reasons.entry(r).or_insert(0) += 1;
+        }
+        self.bytes += o.bytes as f64;
+        self.verifier_cost += o.verifier_cost;
+    }
+
+    /// Adds `trials` fast-mode trials of which `detected` were rejected, each with the verifier
+    /// cost `cost` and no opening bytes (adding 0 bytes changes no total): the totals the same
+    /// trials added one by one give
+    /// (`detected` rejections labelled `fast-mode-detection`). The cost is added trial by trial,
+    /// in constant memory, so that the mean is bit for bit the mean of the per-trial costs.
+    pub(crate) fn add_fast(&mut self, trials: u64, detected: u64, cost: f64) {
+        self.trials += trials;
+        self.detected += detected;
+        if detected > 0 {
+            *self
+                .reasons
+                .entry("fast-mode-detection".to_string())
+                .or_insert(0) += detected;
+        }
+        for _ in 0..trials {
+            self.verifier_cost += cost;
+        }
+    }
+}
+
 /// The result of one trial.
 pub(crate) struct Outcome {
     /// The verifier accepted.
@@ -969,6 +1076,44 @@ impl Outcome {
             bytes,
             verifier_cost,
             note: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::*;
+
+    /// The fast totals are bit for bit those of the same trials added one by one, as the
+    /// engine recorded them before it aggregated as it went.
+    #[test]
+    fn fast_totals_equal_per_trial_totals() {
+        for (trials, detected, cost) in
+            [(1u64, 0u64, 0.1f64), (1000, 417, 0.1), (12_345, 3, 1.7e-3)]
+        {
+            let mut fast = Tally::default();
+            fast.add_fast(trials, detected, cost);
+            let mut one_by_one = Tally::default();
+            for i in 0..trials {
+                one_by_one.add(Outcome {
+                    accepted: i >= detected,
+                    reason: (i < detected).then(|| "fast-mode-detection".to_string()),
+                    bytes: 0,
+                    verifier_cost: cost,
+                    note: None,
+                });
+            }
+            assert_eq!(fast.trials, one_by_one.trials);
+            assert_eq!(fast.detected, one_by_one.detected);
+            assert_eq!(fast.reasons, one_by_one.reasons);
+            assert_eq!(fast.bytes.to_bits(), one_by_one.bytes.to_bits());
+            assert_eq!(
+                fast.verifier_cost.to_bits(),
+                one_by_one.verifier_cost.to_bits()
+            );
+            // The sum the report divided before: `outcomes.iter().map(..).sum::<f64>()`.
+            let old: f64 = (0..trials).map(|_| cost).sum();
+            assert_eq!(fast.verifier_cost.to_bits(), old.to_bits());
         }
     }
 }

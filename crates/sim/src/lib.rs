@@ -15,11 +15,14 @@
 //! * [`fast`]: fast mode, protocol trials sampled from per-cell outcomes measured end to end.
 //! * [`SimReport`]: results, as JSON, CSV ([`report::csv`]) or a markdown table
 //!   ([`report::markdown`]).
+//! * [`analysis`]: ROC curves of the tolerance test and detection against `k` beside the
+//!   hypergeometric law, from reports and sweeps (what `veritrace report` plots).
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod adversary;
+pub mod analysis;
 pub mod calibration;
 pub use veritrace_model::cost;
 pub mod engine;
@@ -70,4 +73,45 @@ pub enum SimError {
     /// Something the engine should never see.
     #[error("engine: {0}")]
     Engine(String),
+}
+
+impl SimError {
+    /// Whether the error is the input's fault (the CLI's exit code 2): a refused scenario, a
+    /// file that could not be read or written, or a model error other than a failure of the
+    /// tensor library or the GPU (a bad checkpoint, an unsupported setup, an unknown preset,
+    /// …). Protocol, commitment and engine errors inside a simulation are the simulator's own
+    /// failures (exit code 1).
+    pub fn is_input(&self) -> bool {
+        match self {
+            SimError::Scenario(_) | SimError::Io { .. } => true,
+            SimError::Model(m) => model_error_is_input(m),
+            SimError::Protocol(_) | SimError::Commit(_) | SimError::Engine(_) => false,
+        }
+    }
+}
+
+/// Whether a model error is the input's fault ([`veritrace_model::ModelError::is_input`]).
+fn model_error_is_input(e: &veritrace_model::ModelError) -> bool {
+    e.is_input()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veritrace_model::ModelError;
+
+    #[test]
+    fn is_input_keeps_the_cli_classification() {
+        assert!(SimError::Scenario("x".into()).is_input());
+        assert!(SimError::Io {
+            path: "p".into(),
+            reason: "r".into()
+        }
+        .is_input());
+        assert!(SimError::Model(ModelError::UnknownPreset("huge".into())).is_input());
+        assert!(SimError::Model(ModelError::UnsupportedSetup("x".into())).is_input());
+        assert!(!SimError::Model(ModelError::Candle("oom".into())).is_input());
+        assert!(!SimError::Model(ModelError::Cuda("driver".into())).is_input());
+        assert!(!SimError::Engine("bug".into()).is_input());
+    }
 }

@@ -60,6 +60,12 @@
 //! within the calibrated thresholds and steers the first generated token: optional `budget`,
 //! the fraction of each threshold used, default 0.99, and `directions`, random candidate
 //! directions beside the margin gradient, default 4; a decoder only).
+//!
+//! Every count and size has a documented upper bound (the `MAX_*` constants of this module),
+//! refused at validation with a [`SimError::Scenario`] naming the field, the value and the
+//! limit; the bounds that depend on the model (cells per trace, honest cells kept) are checked
+//! by [`crate::Simulation::new`] once it is loaded, and the end-to-end trial count by
+//! [`crate::Simulation::run_with`].
 
 use serde::{Deserialize, Deserializer, Serialize};
 use veritrace_model::{Device, Setup};
@@ -73,14 +79,111 @@ use crate::SimError;
 /// The embedded default scenario (`simulations/default.toml`).
 pub const DEFAULT_SCENARIO: &str = include_str!("../../../simulations/default.toml");
 
-/// Largest accepted trial count, prompt count and token count (absurd sizes are refused).
+/// Largest accepted trial count per adversary (`trials`, or an adversary's `trials`): 10^8
+/// fast trials take minutes and, aggregated as they run, constant memory; more would only
+/// narrow an interval already far below any other error of the simulation.
 pub const MAX_TRIALS: u64 = 100_000_000;
 
-/// Largest accepted prompt pool (`prompts.count`, or an adversary's `prompts`).
+/// Largest trial count per adversary that runs end to end (every trial a full session with
+/// the real verifier, milliseconds each): 10^6 sessions are hours on two cores already; larger
+/// counts belong to fast mode ([`crate::fast`]). Checked when a simulation runs, since the
+/// scenario does not say which engine runs it.
+pub const MAX_END_TO_END_TRIALS: u64 = 1_000_000;
+
+/// Largest accepted prompt pool (`prompts.count`, or an adversary's `prompts`): every prompt
+/// of the pool is one prover run held in memory (its trace) for the adversary's whole run.
 pub const MAX_PROMPTS: u32 = 10_000;
 
-/// Largest accepted count of calibration or held-out honest runs.
+/// Largest accepted count of calibration or held-out honest runs (each of
+/// `tolerance.calibration_prompts` and `tolerance.holdout_prompts`): every run is one
+/// inference and its per-cell deviations are kept; 10^6 runs support a session false-positive
+/// target near 10^-6 and take hours on the smallest model.
 pub const MAX_HONEST_RUNS: u32 = 1_000_000;
+
+/// Largest accepted prompt length (`prompts.tokens`): beyond any supported model's positions.
+pub const MAX_PROMPT_TOKENS: u32 = 65_536;
+
+/// Largest accepted count of generated tokens (`prompts.output`): beyond any supported
+/// model's positions.
+pub const MAX_OUTPUT_TOKENS: u32 = 65_536;
+
+/// Largest accepted cell height (`protocol.chunk`): a cell never has more rows than the
+/// longest accepted sequence, prompt and output.
+pub const MAX_CHUNK: u32 = MAX_PROMPT_TOKENS + MAX_OUTPUT_TOKENS;
+
+/// Largest accepted `k` (`protocol.samples`, cells challenged per round): every trial draws
+/// and checks `k` cells per round, and the verifier recomputes them; 65,536 cells exceed the
+/// cells of any trace the simulator runs (larger `k` would only open every cell).
+pub const MAX_SAMPLES: u32 = 65_536;
+
+/// Largest accepted round count (`protocol.rounds`): the miss probability falls geometrically
+/// per round, and 64 rounds of even one cell exceed any useful confidence.
+pub const MAX_ROUNDS: u32 = 64;
+
+/// Largest accepted proof-of-work difficulty (`protocol.pow_bits`, and a grinding adversary's
+/// `pow_bits`): the honest prover's expected work doubles per bit, and 2^30 hashes per
+/// session are already seconds of work per trial.
+pub const MAX_POW_BITS: u8 = 30;
+
+/// Largest accepted grinding budget (a grinding adversary's `budget_bits`): each of its trials
+/// tries up to `2^budget_bits` commitments, and 2^30 already cost minutes per trial.
+pub const MAX_BUDGET_BITS: u32 = 30;
+
+/// Largest accepted count of random directions a corridor adversary tries beside the margin
+/// gradient (`directions`): each is a forward pass per layer and prompt.
+pub const MAX_DIRECTIONS: u32 = 64;
+
+/// Largest accepted count of honest setups (`tolerance.honest`): calibration runs rotate
+/// through them, and no study needs more variations than this.
+pub const MAX_HONEST_SETUPS: usize = 64;
+
+/// Largest accepted count of adversaries (`[[adversary]]` tables): each runs its whole prompt
+/// pool and trials in turn; the shipped scenarios have at most 16.
+pub const MAX_ADVERSARIES: usize = 256;
+
+/// Largest accepted length in bytes of a label: the scenario's `name` and every adversary's
+/// `name` (they appear in reports, table cells and plot legends).
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Largest accepted length in bytes of the `model` value (a preset or a checkpoint directory;
+/// the longest path Linux accepts is 4,096 bytes).
+pub const MAX_MODEL_BYTES: usize = 4_096;
+
+/// Largest accepted scenario text (TOML) in bytes, checked before parsing and, by
+/// [`Scenario::read`], before reading: the longest useful scenario is a pool of texts, and
+/// 16 MiB hold thousands of long prompts.
+pub const MAX_SCENARIO_BYTES: usize = 16 << 20;
+
+/// Largest count of cells of one prover's trace, `(layers + 1) · ⌈(tokens + output) / chunk⌉`
+/// (checked once the model is loaded, [`crate::Simulation::new`]): every cell of every run of
+/// the pool is checked and its deviation kept; the shipped scenarios have a few dozen.
+pub const MAX_CELLS_PER_TRACE: u64 = 1 << 20;
+
+/// Largest count of honest cells kept by calibration, `(calibration_prompts + holdout_prompts)
+/// · cells per trace` (checked once the model is loaded): each is an `f64` deviation kept for
+/// the thresholds and the report's ROC curves, 2^25 of them about 256 MiB; the shipped
+/// scenarios keep under 10^5.
+pub const MAX_HONEST_CELLS: u64 = 1 << 25;
+
+/// A count outside `min..=max` as a typed error naming the field, the value and the limit.
+fn out_of_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), SimError> {
+    if value < min {
+        Err(SimError::Scenario(format!(
+            "{field} = {value} is below the minimum {min}"
+        )))
+    } else if value > max {
+        Err(SimError::Scenario(format!(
+            "{field} = {value} exceeds the limit {max}"
+        )))
+    } else {
+        Ok(())
+    }
+}
 
 /// A scenario.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,11 +397,14 @@ impl AdversarySpec {
                 self.label()
             )))
         };
-        if self.prompts.is_some_and(|p| p == 0 || p > MAX_PROMPTS) {
-            return bad(format!("prompts must be in 1..={MAX_PROMPTS}"));
+        if let Some(name) = &self.name {
+            out_of_range("adversary name bytes", name.len(), 1, MAX_NAME_BYTES)?;
         }
-        if self.trials.is_some_and(|t| t == 0 || t > MAX_TRIALS) {
-            return bad(format!("trials must be in 1..={MAX_TRIALS}"));
+        if let Some(p) = self.prompts {
+            out_of_range("prompts", p, 1, MAX_PROMPTS).or_else(|e| bad(e.to_string()))?;
+        }
+        if let Some(t) = self.trials {
+            out_of_range("trials", t, 1, MAX_TRIALS).or_else(|e| bad(e.to_string()))?;
         }
         self.adversary
             .behaviour()
@@ -329,6 +435,12 @@ impl Scenario {
 
     /// Parses a scenario from TOML and validates it.
     pub fn from_toml(text: &str) -> Result<Self, SimError> {
+        if text.len() > MAX_SCENARIO_BYTES {
+            return Err(SimError::Scenario(format!(
+                "scenario text of {} bytes exceeds the limit {MAX_SCENARIO_BYTES}",
+                text.len()
+            )));
+        }
         let s: Scenario =
             toml::from_str(text).map_err(|e| SimError::Scenario(format!("TOML: {e}")))?;
         s.validate()?;
@@ -341,10 +453,23 @@ impl Scenario {
     }
 
     /// Reads a scenario file.
+    ///
+    /// Only a regular file is read, checked before it is opened (a FIFO or a device could block
+    /// or never end: [`veritrace_model::files::open_regular`]), and only when it holds at most
+    /// [`MAX_SCENARIO_BYTES`]: a larger one is refused before reading.
     pub fn read(path: &std::path::Path) -> Result<Self, SimError> {
-        let text = std::fs::read_to_string(path).map_err(|e| SimError::Io {
+        let text = veritrace_model::files::read_text_limited(
+            path,
+            MAX_SCENARIO_BYTES as u64,
+            "a scenario",
+            "",
+        )
+        .map_err(|e| SimError::Io {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            reason: match e {
+                veritrace_model::files::FileError::Read { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
         })?;
         Self::from_toml(&text)
     }
@@ -352,21 +477,13 @@ impl Scenario {
     /// Checks sizes and every adversary.
     pub fn validate(&self) -> Result<(), SimError> {
         let bad = |m: String| Err(SimError::Scenario(m));
-        if self.trials == 0 || self.trials > MAX_TRIALS {
-            return bad(format!(
-                "trials {} must be in 1..={MAX_TRIALS}",
-                self.trials
-            ));
-        }
+        out_of_range("name bytes", self.name.len(), 0, MAX_NAME_BYTES)?;
+        out_of_range("model bytes", self.model.len(), 1, MAX_MODEL_BYTES)?;
+        out_of_range("trials", self.trials, 1, MAX_TRIALS)?;
         let p = &self.prompts;
-        if p.count == 0
-            || p.count > MAX_PROMPTS
-            || p.tokens == 0
-            || p.tokens > 65_536
-            || p.output > 65_536
-        {
-            return bad("prompts: count in 1..=10000, tokens in 1..=65536, output <= 65536".into());
-        }
+        out_of_range("prompts.count", p.count, 1, MAX_PROMPTS)?;
+        out_of_range("prompts.tokens", p.tokens, 1, MAX_PROMPT_TOKENS)?;
+        out_of_range("prompts.output", p.output, 0, MAX_OUTPUT_TOKENS)?;
         if p.chat && p.text.is_empty() {
             return bad("prompts: chat = true needs text".into());
         }
@@ -402,27 +519,36 @@ impl Scenario {
             }
         }
         let q = &self.protocol;
-        if q.chunk == 0 || q.samples == 0 || q.rounds == 0 || q.rounds > 64 || q.pow_bits > 30 {
-            return bad("protocol: chunk, samples >= 1; rounds in 1..=64; pow_bits <= 30".into());
-        }
+        out_of_range("protocol.chunk", q.chunk, 1, MAX_CHUNK)?;
+        out_of_range("protocol.samples", q.samples, 1, MAX_SAMPLES)?;
+        out_of_range("protocol.rounds", q.rounds, 1, MAX_ROUNDS)?;
+        out_of_range("protocol.pow_bits", q.pow_bits, 0, MAX_POW_BITS)?;
         let t = &self.tolerance;
         let fpr_ok = t.target_fpr > 0.0 && t.target_fpr < 1.0;
         let confidence_ok = t.confidence > 0.0 && t.confidence < 1.0;
         if !(fpr_ok && confidence_ok && t.margin.is_finite() && t.margin >= 1.0) {
             return bad("tolerance: target_fpr and confidence in (0, 1), margin >= 1".into());
         }
-        if t.calibration_prompts > MAX_HONEST_RUNS || t.holdout_prompts > MAX_HONEST_RUNS {
-            return bad(format!(
-                "tolerance: calibration_prompts and holdout_prompts at most {MAX_HONEST_RUNS}"
-            ));
-        }
+        out_of_range(
+            "tolerance.calibration_prompts",
+            t.calibration_prompts,
+            1,
+            MAX_HONEST_RUNS,
+        )?;
+        out_of_range(
+            "tolerance.holdout_prompts",
+            t.holdout_prompts,
+            1,
+            MAX_HONEST_RUNS,
+        )?;
+        out_of_range(
+            "tolerance.honest setups",
+            t.honest.len(),
+            1,
+            MAX_HONEST_SETUPS,
+        )?;
         if t.metric == Metric::NoiseScore {
             return bad("tolerance: metric must be rel_l2 or max_abs".into());
-        }
-        if t.honest.is_empty() || t.calibration_prompts == 0 || t.holdout_prompts == 0 {
-            return bad(
-                "tolerance: at least one honest setup, calibration and holdout prompt".into(),
-            );
         }
         for h in &t.honest {
             if !h.same_algorithm(&self.reference) {
@@ -435,6 +561,7 @@ impl Scenario {
         if self.adversaries.is_empty() {
             return bad("no adversary".into());
         }
+        out_of_range("adversaries", self.adversaries.len(), 1, MAX_ADVERSARIES)?;
         // A non-interactive challenge is a function of the commitment: trials that reuse a
         // prompt's commitment repeat the same challenge and are not independent.
         let repeats = self.protocol.mode == Mode::NonInteractive

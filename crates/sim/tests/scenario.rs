@@ -227,12 +227,12 @@ fn parameters_are_still_checked_against_the_reference() {
         (
             "kind = \"grinding\"\nsetup = \"f32/attn=eager/quant=int4-g32\"\nfraction = 0.1\n\
              budget_bits = 31",
-            "budget_bits between 0 and 30",
+            "budget_bits = 31 exceeds the limit 30",
         ),
         (
             "kind = \"grinding\"\nsetup = \"f32/attn=eager/quant=int4-g32\"\nfraction = 0.1\n\
              budget_bits = 8\npow_bits = 31",
-            "pow_bits above 30",
+            "pow_bits = 31 exceeds the limit 30",
         ),
     ] {
         let e = scenario(&format!("[[adversary]]\n{table}\n")).unwrap_err();

@@ -96,8 +96,12 @@ impl Behaviour for Corridor {
         if !(self.budget > 0.0 && self.budget <= 1.0) {
             return Err("needs a budget in (0, 1]".into());
         }
-        if self.directions > 64 {
-            return Err("directions at most 64".into());
+        if self.directions > crate::scenario::MAX_DIRECTIONS {
+            return Err(format!(
+                "directions = {} exceeds the limit {}",
+                self.directions,
+                crate::scenario::MAX_DIRECTIONS
+            ));
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use veritrace_commit::CellId;
 
 use super::honest::honest_run;
 use super::{check_fraction, Adversary, AdversaryKind, Behaviour, Committed, Plan, Prediction};
-use crate::engine::{Outcome, ProverRun, Simulation};
+use crate::engine::{ProverRun, Simulation, Tally};
 use crate::SimError;
 
 /// A prover that opens values other than the committed ones on a fraction of the cells.
@@ -63,7 +63,7 @@ impl Behaviour for Equivocation {
         }))
     }
 
-    fn note(&self, _plan: &Plan, _outcomes: &[Outcome]) -> Option<String> {
+    fn note(&self, _plan: &Plan, _outcomes: &Tally) -> Option<String> {
         Some(
             "prediction is a lower bound: the input cells of challenged cells are opened too"
                 .into(),

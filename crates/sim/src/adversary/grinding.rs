@@ -16,7 +16,7 @@ use super::partial::{cheated_cells, honest_trace};
 use super::{
     check_cheaper, check_fraction, Adversary, AdversaryKind, Behaviour, Committed, Plan, Prediction,
 };
-use crate::engine::{stream, Outcome, ProverRun, Simulation};
+use crate::engine::{stream, Outcome, ProverRun, Simulation, Tally};
 use crate::SimError;
 
 /// A prover that grinds the non-interactive challenge.
@@ -55,11 +55,18 @@ impl Behaviour for Grinding {
     fn check(&self, reference: &Setup) -> Result<(), String> {
         check_cheaper(&self.setup, reference)?;
         check_fraction(self.fraction)?;
-        if self.budget_bits > 30 {
-            return Err("needs budget_bits between 0 and 30".into());
+        if self.budget_bits > crate::scenario::MAX_BUDGET_BITS {
+            return Err(format!(
+                "budget_bits = {} exceeds the limit {}",
+                self.budget_bits,
+                crate::scenario::MAX_BUDGET_BITS
+            ));
         }
-        if self.pow_bits.is_some_and(|p| p > 30) {
-            return Err("pow_bits above 30".into());
+        if let Some(p) = self.pow_bits.filter(|&p| p > crate::scenario::MAX_POW_BITS) {
+            return Err(format!(
+                "pow_bits = {p} exceeds the limit {}",
+                crate::scenario::MAX_POW_BITS
+            ));
         }
         Ok(())
     }
@@ -151,7 +158,7 @@ impl Behaviour for Grinding {
         )?))
     }
 
-    fn note(&self, plan: &Plan, _outcomes: &[Outcome]) -> Option<String> {
+    fn note(&self, plan: &Plan, _outcomes: &Tally) -> Option<String> {
         Some(format!(
             "non-interactive, pow {} bits, 2^{} hash evaluations per trial (roots re-randomized through a bad cell); the prediction is E[h^N] over the number N of complete attempts the budget allows",
             plan.pow_bits, self.budget_bits

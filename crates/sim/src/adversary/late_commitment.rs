@@ -9,7 +9,7 @@ use veritrace_protocol::{Prover, Step, Verifier};
 
 use super::honest::honest_run;
 use super::{AdversaryKind, Behaviour, Committed, Plan, Prediction};
-use crate::engine::{Outcome, ProverRun, Simulation};
+use crate::engine::{Outcome, ProverRun, Simulation, Tally};
 use crate::SimError;
 
 /// A prover that tries to be challenged before committing (no parameters).
@@ -93,7 +93,7 @@ impl Behaviour for LateCommitment {
     }
 
     /// How the API refused (from the first trial).
-    fn note(&self, _plan: &Plan, outcomes: &[Outcome]) -> Option<String> {
-        outcomes.first().and_then(|o| o.note.clone())
+    fn note(&self, _plan: &Plan, outcomes: &Tally) -> Option<String> {
+        outcomes.first_note.clone()
     }
 }

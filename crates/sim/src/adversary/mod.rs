@@ -27,7 +27,7 @@ use veritrace_model::{Setup, Trace};
 use veritrace_protocol::soundness::detection_probability;
 use veritrace_protocol::{Mode, Statement};
 
-use crate::engine::{Outcome, ProverRun, Simulation};
+use crate::engine::{Outcome, ProverRun, Simulation, Tally};
 use crate::model::SimModel;
 use crate::SimError;
 
@@ -324,8 +324,8 @@ pub(crate) trait Behaviour: Sync {
         Ok(None)
     }
 
-    /// A remark for the report, given the trials' outcomes.
-    fn note(&self, _plan: &Plan, _outcomes: &[Outcome]) -> Option<String> {
+    /// A remark for the report, given the totals of the trials' outcomes.
+    fn note(&self, _plan: &Plan, _outcomes: &Tally) -> Option<String> {
         None
     }
 }
