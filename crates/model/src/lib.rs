@@ -64,7 +64,9 @@ pub use bert::{minilm_dir, BertConfig, BertModel, MINILM_ENV, MODEL_FILES};
 pub use device::{list_devices, CommittedRun, Device, DeviceInfo, Runner, GPU_MAX_TILE};
 pub use engine::{bert_prompt, seeded_prompt, Engine, OnDevice};
 pub use fingerprint::{run_study, Class, FingerprintError, StudyPlan, StudyReport};
-pub use llama::{Capture, CellInputs, Family, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor};
+pub use llama::{
+    Capture, CellInputs, Family, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor, SubLayers,
+};
 pub use ops::topk_mask;
 pub use setup::{
     Attention, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,

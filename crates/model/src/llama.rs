@@ -1423,7 +1423,35 @@ impl LlamaModel {
         tile: usize,
         capture: Capture,
     ) -> Result<crate::Trace> {
-        self.run(setup, tokens, tile, capture, true)
+        self.run(setup, tokens, tile, capture, true, None)
+    }
+
+    /// [`LlamaModel::trace`] with the inputs and outputs of every linear map of every layer
+    /// ([`SubLayers`], one per layer `1..=L`), for algebraic checks of a layer's linear maps
+    /// (issue 16). The hidden states are bitwise those of [`LlamaModel::trace`]: capturing
+    /// copies the values the forward computes and changes no arithmetic. A setup that skips or
+    /// reuses a layer is refused (that layer computes no linear map).
+    pub fn trace_sublayers(
+        &self,
+        setup: &Setup,
+        tokens: &[u32],
+        tile: usize,
+    ) -> Result<(crate::Trace, Vec<SubLayers>)> {
+        if setup.skip.is_some() || setup.reuse.is_some() {
+            return Err(ModelError::UnsupportedSetup(format!(
+                "{setup}: a skipped or reused layer computes no linear map to capture"
+            )));
+        }
+        let mut sub = Vec::with_capacity(self.config.num_layers);
+        let trace = self.run(
+            setup,
+            tokens,
+            tile,
+            Capture::default(),
+            true,
+            Some(&mut sub),
+        )?;
+        Ok((trace, sub))
     }
 
     /// The same forward as [`LlamaModel::trace`] with no trace kept: each hidden state is
@@ -1431,7 +1459,7 @@ impl LlamaModel {
     /// f32 `[tokens, hidden]`, bitwise the trace's last layer). The baseline against which the
     /// cost of capturing a trace is measured.
     pub fn forward(&self, setup: &Setup, tokens: &[u32], tile: usize) -> Result<Vec<f32>> {
-        let mut t = self.run(setup, tokens, tile, Capture::default(), false)?;
+        let mut t = self.run(setup, tokens, tile, Capture::default(), false, None)?;
         Ok(t.layers.pop().unwrap_or_default())
     }
 
@@ -1442,6 +1470,7 @@ impl LlamaModel {
         tile: usize,
         capture: Capture,
         keep: bool,
+        mut sublayers: Option<&mut Vec<SubLayers>>,
     ) -> Result<crate::Trace> {
         self.check_setup(setup)?;
         if tokens.is_empty() {
@@ -1470,7 +1499,20 @@ impl LlamaModel {
                 };
                 (y, k)
             } else {
-                arith.layer_blocks(l - 1, x, n, blk, blocks.clone(), capture.keys)?
+                let mut sub = sublayers.as_ref().map(|_| SubLayers::default());
+                let out = arith.layer_blocks(
+                    l - 1,
+                    x,
+                    n,
+                    blk,
+                    blocks.clone(),
+                    capture.keys,
+                    sub.as_mut(),
+                )?;
+                if let (Some(all), Some(sub)) = (sublayers.as_deref_mut(), sub) {
+                    all.push(sub);
+                }
+                out
             };
             layers.push(y);
             keys.extend(k);
@@ -1564,7 +1606,9 @@ impl LlamaModel {
                     )));
                 }
                 let (blk, blocks) = arith.blocks(tile, start..rows);
-                Ok(arith.layer_blocks(l - 1, h, rows, blk, blocks, false)?.0)
+                Ok(arith
+                    .layer_blocks(l - 1, h, rows, blk, blocks, false, None)?
+                    .0)
             }
         }
     }
@@ -1700,6 +1744,42 @@ impl LlamaModel {
             w: self.weights_for(setup)?,
         })
     }
+}
+
+/// The inputs and outputs of the linear maps of one decoder layer over the traced rows, each
+/// row-major f32 `[tokens, width]` (values computed in the setup's dtype, widened exactly):
+/// what a verifier needs to check each linear map `y = W x (+ b)` on its own (Freivalds) and to
+/// recompute only the nonlinear parts (norms, rotary embedding, attention, SiLU, residual adds).
+///
+/// For layer `l` with input `h_{l−1}`: `normed = RMSNorm(h_{l−1})`; `q`, `k`, `v` its
+/// projections (with Qwen2's biases, before the rotary embedding and the head split);
+/// `attn` the attention output (input of the output projection); `o = attn W_o^T`;
+/// `mlp_in = RMSNorm(h_{l−1} + o)`; `gate`, `up` its projections (`gate` before SiLU);
+/// `act = SiLU(gate) ⊙ up`; `down = act W_down^T`; and `h_l = (h_{l−1} + o) + down`, bitwise.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubLayers {
+    /// Attention norm output, `[tokens, hidden]`: the input of `q`, `k`, `v`.
+    pub normed: Vec<f32>,
+    /// Query projection, `[tokens, heads · head_dim]`.
+    pub q: Vec<f32>,
+    /// Key projection, `[tokens, kv_heads · head_dim]`.
+    pub k: Vec<f32>,
+    /// Value projection, `[tokens, kv_heads · head_dim]`.
+    pub v: Vec<f32>,
+    /// Attention output, `[tokens, heads · head_dim]`: the input of the output projection.
+    pub attn: Vec<f32>,
+    /// Output projection, `[tokens, hidden]`.
+    pub o: Vec<f32>,
+    /// MLP norm output, `[tokens, hidden]`: the input of `gate` and `up`.
+    pub mlp_in: Vec<f32>,
+    /// Gate projection before SiLU, `[tokens, intermediate]`.
+    pub gate: Vec<f32>,
+    /// Up projection, `[tokens, intermediate]`.
+    pub up: Vec<f32>,
+    /// `SiLU(gate) ⊙ up`, `[tokens, intermediate]`: the input of the down projection.
+    pub act: Vec<f32>,
+    /// Down projection, `[tokens, hidden]`.
+    pub down: Vec<f32>,
 }
 
 /// What [`LlamaModel::trace_with`] records besides the hidden states.
@@ -1915,6 +1995,9 @@ impl Arith<'_> {
     /// `keys` the post-rope keys of rows `0..min(n, out.end·blk)` (f32 `[rows, kv·hd]`).
     /// Reads the input blocks `0..out.end`; every block is a fresh `[blk, hidden]` tensor,
     /// zero-padded past `n`.
+    // The one layer routine of the forward and of cell recompute; the capture options are
+    // separate arguments so that the common path passes plain `false`/`None`.
+    #[allow(clippy::too_many_arguments)]
     fn layer_blocks(
         &self,
         l: usize,
@@ -1923,6 +2006,7 @@ impl Arith<'_> {
         blk: usize,
         out: Range<usize>,
         keys_wanted: bool,
+        mut sub: Option<&mut SubLayers>,
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         let c = &self.model.config;
         let (d, hd) = (c.hidden_size, c.head_dim());
@@ -1958,9 +2042,8 @@ impl Arith<'_> {
             let e = (j + 1) * blk;
             // 2. attention of the block's queries over keys 0..e
             let (cos, sin) = self.rope_tables(j * blk, blk)?;
-            let q = self
-                .biased(self.linear(&normed[j], &w.wq)?, w, 0)?
-                .reshape((blk, nh, hd))?;
+            let q_lin = self.biased(self.linear(&normed[j], &w.wq)?, w, 0)?;
+            let q = q_lin.reshape((blk, nh, hd))?;
             let q = Self::rope(&q, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
             let k = Tensor::cat(&keys[..=j], 1)?; // [nkv, e, hd]
             let v = Tensor::cat(&values[..=j], 1)?;
@@ -1981,13 +2064,40 @@ impl Arith<'_> {
                 .transpose(0, 1)?
                 .contiguous()?
                 .reshape((blk, nh * hd))?;
-            let a = xs[j].add(&self.linear(&attn, &w.wo)?)?;
+            let o = self.linear(&attn, &w.wo)?;
+            let a = xs[j].add(&o)?;
             // 3. SwiGLU MLP
             let m = self.rms_norm(&a, &w.mlp_norm)?;
-            let gate = self.linear(&m, &w.w_gate)?.silu()?;
+            let gate_lin = self.linear(&m, &w.w_gate)?;
+            let gate = gate_lin.silu()?;
             let up = self.linear(&m, &w.w_up)?;
-            let h = a.add(&self.linear(&gate.mul(&up)?, &w.w_down)?)?;
+            let act = gate.mul(&up)?;
+            let down = self.linear(&act, &w.w_down)?;
+            let h = a.add(&down)?;
             let rows = blk.min(n.saturating_sub(j * blk));
+            if let Some(sub) = sub.as_deref_mut() {
+                // The same tensors the forward computed (k and v again through the same calls,
+                // before the rotary embedding and the head split): copies, no new arithmetic.
+                let k_lin = self.biased(self.linear(&normed[j], &w.wk)?, w, 1)?;
+                let v_lin = self.biased(self.linear(&normed[j], &w.wv)?, w, 2)?;
+                let f = |t: &Tensor| -> Result<Vec<f32>> {
+                    Ok(t.narrow(0, 0, rows)?
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?)
+                };
+                sub.normed.extend(f(&normed[j])?);
+                sub.q.extend(f(&q_lin)?);
+                sub.k.extend(f(&k_lin)?);
+                sub.v.extend(f(&v_lin)?);
+                sub.attn.extend(f(&attn)?);
+                sub.o.extend(f(&o)?);
+                sub.mlp_in.extend(f(&m)?);
+                sub.gate.extend(f(&gate_lin)?);
+                sub.up.extend(f(&up)?);
+                sub.act.extend(f(&act)?);
+                sub.down.extend(f(&down)?);
+            }
             let h = h
                 .narrow(0, 0, rows)?
                 .to_dtype(DType::F32)?
