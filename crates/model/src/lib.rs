@@ -65,7 +65,8 @@ pub use device::{list_devices, CommittedRun, Device, DeviceInfo, Runner, GPU_MAX
 pub use engine::{bert_prompt, seeded_prompt, Engine, OnDevice};
 pub use fingerprint::{run_study, Class, FingerprintError, StudyPlan, StudyReport};
 pub use llama::{
-    Capture, CellInputs, Family, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor, SubLayers,
+    Capture, CellInputs, Family, HfLlamaConfig, LlamaModel, ModelConfig, NamedTensor, Nonlinear,
+    SubLayers,
 };
 pub use ops::topk_mask;
 pub use setup::{

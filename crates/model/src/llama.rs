@@ -1454,6 +1454,110 @@ impl LlamaModel {
         Ok((trace, sub))
     }
 
+    /// The nonlinear parts of cell `(layer, chunk)` (tile `tile`, `layer ≥ 1`) recomputed from
+    /// claimed linear outputs, for a verifier that checks the linear maps themselves
+    /// algebraically (Freivalds, issue 16) and recomputes only the rest: the attention norm of
+    /// the input rows, the attention of the claimed queries over the claimed keys and values of
+    /// positions `0..e` (the rotary embedding is applied here), the residual adds, the MLP norm
+    /// and SwiGLU. `h_in`, `k`, `v` hold rows `0..e` of `h_{layer−1}` and of the layer's key and
+    /// value projections, with `chunk·tile < e ≤ (chunk + 1)·tile`; `cell` holds the cell's
+    /// rows of `q`, `o`, `gate`, `up` and `down` (its other fields are not read). Compare the
+    /// result with the claimed `normed`, `attn`, `mlp_in`, `act` and `h_l` rows.
+    ///
+    /// # Errors
+    /// A layer or chunk out of range, rows of the wrong length, non-finite values, a setup that
+    /// skips or reuses a layer or decodes row by row, or a setup this model refuses.
+    #[allow(clippy::too_many_arguments)]
+    pub fn recompute_nonlinear(
+        &self,
+        setup: &Setup,
+        tile: usize,
+        layer: usize,
+        chunk: usize,
+        h_in: &[f32],
+        k: &[f32],
+        v: &[f32],
+        cell: &SubLayers,
+    ) -> Result<Nonlinear> {
+        self.check_setup(setup)?;
+        crate::ops::check_tile(tile)?;
+        if setup.skip.is_some() || setup.reuse.is_some() {
+            return Err(ModelError::UnsupportedSetup(format!(
+                "{setup}: a skipped or reused layer computes no linear map"
+            )));
+        }
+        let c = &self.config;
+        if layer == 0 || layer > c.num_layers {
+            return Err(ModelError::InvalidArgument(format!(
+                "layer {layer} is not a transformer layer of this model (1..={})",
+                c.num_layers
+            )));
+        }
+        let (d, hd) = (c.hidden_size, c.head_dim());
+        let (qd, kvd, m) = (c.num_heads * hd, c.num_kv_heads * hd, c.intermediate_size);
+        if !h_in.len().is_multiple_of(d) {
+            return Err(ModelError::WrongLength {
+                what: "input rows (elements)",
+                expected: format!("a multiple of the hidden size {d}"),
+                got: h_in.len(),
+            });
+        }
+        let e = h_in.len() / d;
+        let start = chunk
+            .checked_mul(tile)
+            .ok_or_else(|| ModelError::InvalidArgument("chunk index overflows".into()))?;
+        if e <= start || e > start.saturating_add(tile) {
+            return Err(ModelError::WrongLength {
+                what: "input rows",
+                expected: format!(
+                    "rows 0..e with {start} < e <= {} for chunk {chunk} of size {tile}",
+                    start + tile
+                ),
+                got: e,
+            });
+        }
+        let rows = e - start;
+        for (what, got, want) in [
+            ("key rows (elements)", k.len(), e * kvd),
+            ("value rows (elements)", v.len(), e * kvd),
+            ("query rows (elements)", cell.q.len(), rows * qd),
+            ("output-projection rows (elements)", cell.o.len(), rows * d),
+            ("gate rows (elements)", cell.gate.len(), rows * m),
+            ("up rows (elements)", cell.up.len(), rows * m),
+            ("down rows (elements)", cell.down.len(), rows * d),
+        ] {
+            if got != want {
+                return Err(ModelError::WrongLength {
+                    what,
+                    expected: want.to_string(),
+                    got,
+                });
+            }
+        }
+        for (what, x) in [
+            ("input rows", h_in),
+            ("key rows", k),
+            ("value rows", v),
+            ("query rows", &cell.q[..]),
+            ("output-projection rows", &cell.o[..]),
+            ("gate rows", &cell.gate[..]),
+            ("up rows", &cell.up[..]),
+            ("down rows", &cell.down[..]),
+        ] {
+            if let Some(index) = first_non_finite(x) {
+                return Err(ModelError::NonFinite { what, index });
+            }
+        }
+        let arith = self.arith(setup)?;
+        let (blk, _) = arith.blocks(tile, 0..e);
+        if blk != tile {
+            return Err(ModelError::UnsupportedSetup(format!(
+                "{setup} computes in blocks of {blk} rows, not the tile {tile}"
+            )));
+        }
+        arith.nonlinear_block(layer - 1, chunk, blk, e, h_in, k, v, cell)
+    }
+
     /// The same forward as [`LlamaModel::trace`] with no trace kept: each hidden state is
     /// dropped once the layers that read it are done, and only `h_L` is returned (row-major
     /// f32 `[tokens, hidden]`, bitwise the trace's last layer). The baseline against which the
@@ -1782,6 +1886,25 @@ pub struct SubLayers {
     pub down: Vec<f32>,
 }
 
+/// The nonlinear parts of one cell of a decoder layer, recomputed by
+/// [`LlamaModel::recompute_nonlinear`] from claimed linear outputs, each row-major f32 over
+/// the cell's rows. An honest claim reproduces the captured [`SubLayers`] values and `h_l`
+/// bit for bit (same engine, same setup).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Nonlinear {
+    /// `RMSNorm(h_{l−1})`, `[rows, hidden]`.
+    pub normed: Vec<f32>,
+    /// Attention of the claimed queries over the claimed keys and values of every earlier
+    /// position (rotary embedding applied here), `[rows, heads · head_dim]`.
+    pub attn: Vec<f32>,
+    /// `RMSNorm(h_{l−1} + o)`, `[rows, hidden]`.
+    pub mlp_in: Vec<f32>,
+    /// `SiLU(gate) ⊙ up`, `[rows, intermediate]`.
+    pub act: Vec<f32>,
+    /// `(h_{l−1} + o) + down`: the cell's output rows of `h_l`, `[rows, hidden]`.
+    pub h_out: Vec<f32>,
+}
+
 /// What [`LlamaModel::trace_with`] records besides the hidden states.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capture {
@@ -1995,6 +2118,108 @@ impl Arith<'_> {
     /// `keys` the post-rope keys of rows `0..min(n, out.end·blk)` (f32 `[rows, kv·hd]`).
     /// Reads the input blocks `0..out.end`; every block is a fresh `[blk, hidden]` tensor,
     /// zero-padded past `n`.
+    /// Rows `t·blk ..` of the `width`-wide row-major `x` (of `n` rows) as a zero-padded
+    /// `[blk, width]` tensor in the setup's dtype.
+    fn rows_tensor(
+        &self,
+        x: &[f32],
+        n: usize,
+        width: usize,
+        blk: usize,
+        t: usize,
+    ) -> Result<Tensor> {
+        let mut rows = vec![0f32; blk * width];
+        let lo = (t * blk).min(n);
+        let hi = ((t + 1) * blk).min(n);
+        rows[..(hi - lo) * width].copy_from_slice(&x[lo * width..hi * width]);
+        self.cast(&Tensor::from_vec(rows, (blk, width), &Device::Cpu)?)
+    }
+
+    /// The nonlinear parts of block `j` of layer `l` (0-based) recomputed from claimed linear
+    /// outputs: see [`LlamaModel::recompute_nonlinear`]. `e` rows of context (`h_in`, `k`, `v`
+    /// hold rows `0..e`), the block's rows in `cell`.
+    #[allow(clippy::too_many_arguments)]
+    fn nonlinear_block(
+        &self,
+        l: usize,
+        j: usize,
+        blk: usize,
+        e: usize,
+        h_in: &[f32],
+        k_lin: &[f32],
+        v_lin: &[f32],
+        cell: &SubLayers,
+    ) -> Result<Nonlinear> {
+        let c = &self.model.config;
+        let (d, hd) = (c.hidden_size, c.head_dim());
+        let (nh, nkv, m) = (c.num_heads, c.num_kv_heads, c.intermediate_size);
+        let w = &self.w.layers[l];
+        let rows = e - j * blk;
+        let local = |x: &[f32], width: usize| self.rows_tensor(x, rows, width, blk, 0);
+        // attention norm of the block's input rows
+        let xt = self.block_tensor(h_in, e, blk, j)?;
+        let normed = self.rms_norm(&xt, &w.attn_norm)?;
+        // queries (claimed), roped at the block's positions
+        let (cos, sin) = self.rope_tables(j * blk, blk)?;
+        let q = local(&cell.q, nh * hd)?.reshape((blk, nh, hd))?;
+        let q = Self::rope(&q, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
+        // keys and values of blocks 0..=j (claimed), keys roped block by block as the forward
+        let mut keys = Vec::with_capacity(j + 1);
+        let mut values = Vec::with_capacity(j + 1);
+        for t in 0..=j {
+            let (cos, sin) = self.rope_tables(t * blk, blk)?;
+            let k = self
+                .rows_tensor(k_lin, e, nkv * hd, blk, t)?
+                .reshape((blk, nkv, hd))?;
+            keys.push(Self::rope(&k, &cos, &sin)?.transpose(0, 1)?.contiguous()?);
+            values.push(
+                self.rows_tensor(v_lin, e, nkv * hd, blk, t)?
+                    .reshape((blk, nkv, hd))?
+                    .transpose(0, 1)?
+                    .contiguous()?,
+            );
+        }
+        let span = (j + 1) * blk;
+        let k = Tensor::cat(&keys, 1)?;
+        let v = Tensor::cat(&values, 1)?;
+        let rep = nh / nkv;
+        let (k, v) = if rep == 1 {
+            (k, v)
+        } else {
+            (
+                k.unsqueeze(1)?
+                    .expand((nkv, rep, span, hd))?
+                    .reshape((nh, span, hd))?,
+                v.unsqueeze(1)?
+                    .expand((nkv, rep, span, hd))?
+                    .reshape((nh, span, hd))?,
+            )
+        };
+        let attn = self
+            .attend(&q, &k, &v, j * blk)?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((blk, nh * hd))?;
+        // residual, MLP norm, SwiGLU and the second residual from the claimed projections
+        let a = xt.add(&local(&cell.o, d)?)?;
+        let mlp_in = self.rms_norm(&a, &w.mlp_norm)?;
+        let act = local(&cell.gate, m)?.silu()?.mul(&local(&cell.up, m)?)?;
+        let h = a.add(&local(&cell.down, d)?)?;
+        let f = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.narrow(0, 0, rows)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        Ok(Nonlinear {
+            normed: f(&normed)?,
+            attn: f(&attn)?,
+            mlp_in: f(&mlp_in)?,
+            act: f(&act)?,
+            h_out: f(&h)?,
+        })
+    }
+
     // The one layer routine of the forward and of cell recompute; the capture options are
     // separate arguments so that the common path passes plain `false`/`None`.
     #[allow(clippy::too_many_arguments)]

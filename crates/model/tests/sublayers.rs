@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use veritrace_model::{LlamaModel, ModelError, Setup, SubLayers};
+use veritrace_model::{LlamaModel, ModelError, Nonlinear, Setup, SubLayers};
 
 fn prompt(n: usize) -> Vec<u32> {
     (0..n as u32)
@@ -56,7 +56,11 @@ fn check_layer(
     // The residual adds, in f32 as the forward does them: bitwise.
     for (j, &h) in h_out.iter().enumerate() {
         let a = h_in[j] + s.o[j];
-        assert_eq!((a + s.down[j]).to_bits(), h.to_bits(), "layer {i} row element {j}");
+        assert_eq!(
+            (a + s.down[j]).to_bits(),
+            h.to_bits(),
+            "layer {i} row element {j}"
+        );
     }
     // SwiGLU: act = SiLU(gate) * up, to f32 rounding of the activation.
     for ((&g, &u), &a) in s.gate.iter().zip(&s.up).zip(&s.act) {
@@ -73,7 +77,12 @@ fn sublayer_capture_is_what_the_forward_computed() {
     let model = LlamaModel::preset("tiny").unwrap();
     let c = model.config().clone();
     let (d, hd) = (c.hidden_size, c.head_dim());
-    let dims = (d, c.num_heads * hd, c.num_kv_heads * hd, c.intermediate_size);
+    let dims = (
+        d,
+        c.num_heads * hd,
+        c.num_kv_heads * hd,
+        c.intermediate_size,
+    );
     let weights: HashMap<String, Vec<f32>> = model
         .named_tensors()
         .unwrap()
@@ -85,7 +94,10 @@ fn sublayer_capture_is_what_the_forward_computed() {
     let tokens = prompt(21);
     let plain = model.trace(&setup, &tokens, 8).unwrap();
     let (trace, sub) = model.trace_sublayers(&setup, &tokens, 8).unwrap();
-    assert!(trace.bitwise_eq(&plain), "capture changed the hidden states");
+    assert!(
+        trace.bitwise_eq(&plain),
+        "capture changed the hidden states"
+    );
     assert_eq!(sub.len(), c.num_layers);
     for (i, s) in sub.iter().enumerate() {
         assert_eq!(s.normed.len(), 21 * d);
@@ -109,4 +121,119 @@ fn sublayer_capture_refuses_skipped_and_reused_layers() {
         let e = model.trace_sublayers(&setup, &prompt(5), 8).unwrap_err();
         assert!(matches!(e, ModelError::UnsupportedSetup(_)), "{s}: {e}");
     }
+}
+
+/// Rows `lo..hi` of a `width`-wide row-major vector.
+fn rows(x: &[f32], width: usize, lo: usize, hi: usize) -> Vec<f32> {
+    x[lo * width..hi * width].to_vec()
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn nonlinear_parts_recompute_bitwise_from_claimed_linear_outputs() {
+    let model = LlamaModel::preset("tiny").unwrap();
+    let c = model.config().clone();
+    let (d, hd) = (c.hidden_size, c.head_dim());
+    let (qd, kvd, m) = (c.num_heads * hd, c.num_kv_heads * hd, c.intermediate_size);
+    let tokens = prompt(21);
+    let tile = 8;
+    for setup in ["f32/attn=eager", "f32/attn=tiled:4", "bf16/attn=eager"] {
+        let setup: Setup = setup.parse().unwrap();
+        let (trace, sub) = model.trace_sublayers(&setup, &tokens, tile).unwrap();
+        for layer in 1..=c.num_layers {
+            let s = &sub[layer - 1];
+            for chunk in 0..3 {
+                let (lo, e) = (chunk * tile, ((chunk + 1) * tile).min(21));
+                let cell = SubLayers {
+                    q: rows(&s.q, qd, lo, e),
+                    o: rows(&s.o, d, lo, e),
+                    gate: rows(&s.gate, m, lo, e),
+                    up: rows(&s.up, m, lo, e),
+                    down: rows(&s.down, d, lo, e),
+                    ..SubLayers::default()
+                };
+                let h_in = rows(&trace.layers[layer - 1], d, 0, e);
+                let (k, v) = (rows(&s.k, kvd, 0, e), rows(&s.v, kvd, 0, e));
+                let got: Nonlinear = model
+                    .recompute_nonlinear(&setup, tile, layer, chunk, &h_in, &k, &v, &cell)
+                    .unwrap();
+                let want = Nonlinear {
+                    normed: rows(&s.normed, d, lo, e),
+                    attn: rows(&s.attn, qd, lo, e),
+                    mlp_in: rows(&s.mlp_in, d, lo, e),
+                    act: rows(&s.act, m, lo, e),
+                    h_out: rows(&trace.layers[layer], d, lo, e),
+                };
+                for (what, g, w) in [
+                    ("normed", &got.normed, &want.normed),
+                    ("attn", &got.attn, &want.attn),
+                    ("mlp_in", &got.mlp_in, &want.mlp_in),
+                    ("act", &got.act, &want.act),
+                    ("h_out", &got.h_out, &want.h_out),
+                ] {
+                    assert_eq!(
+                        bits(g),
+                        bits(w),
+                        "{setup} layer {layer} chunk {chunk}: {what}"
+                    );
+                }
+                // A key of an earlier position changed: the attention no longer matches.
+                if chunk > 0 {
+                    let mut k2 = k.clone();
+                    k2[3] += 0.25;
+                    let bad = model
+                        .recompute_nonlinear(&setup, tile, layer, chunk, &h_in, &k2, &v, &cell)
+                        .unwrap();
+                    assert_ne!(bits(&bad.attn), bits(&want.attn));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn nonlinear_recompute_refuses_bad_input_with_typed_errors() {
+    let model = LlamaModel::preset("tiny").unwrap();
+    let c = model.config().clone();
+    let setup: Setup = "f32/attn=eager".parse().unwrap();
+    let (trace, sub) = model.trace_sublayers(&setup, &prompt(8), 8).unwrap();
+    let s = &sub[0];
+    let h = &trace.layers[0];
+    let ok = |cell: &SubLayers, h: &[f32], k: &[f32]| {
+        model.recompute_nonlinear(&setup, 8, 1, 0, h, k, &s.v, cell)
+    };
+    assert!(ok(s, h, &s.k).is_ok());
+    // wrong lengths
+    let mut short = s.clone();
+    short.q.pop();
+    assert!(matches!(
+        ok(&short, h, &s.k),
+        Err(ModelError::WrongLength { .. })
+    ));
+    assert!(matches!(
+        ok(s, &h[..h.len() - 1], &s.k),
+        Err(ModelError::WrongLength { .. })
+    ));
+    // NaN
+    let mut nan = s.k.clone();
+    nan[0] = f32::NAN;
+    assert!(matches!(ok(s, h, &nan), Err(ModelError::NonFinite { .. })));
+    // layer 0 and beyond the model, a chunk the rows do not reach
+    for layer in [0, c.num_layers + 1] {
+        assert!(model
+            .recompute_nonlinear(&setup, 8, layer, 0, h, &s.k, &s.v, s)
+            .is_err());
+    }
+    assert!(model
+        .recompute_nonlinear(&setup, 8, 1, 1, h, &s.k, &s.v, s)
+        .is_err());
+    // row-by-row decode order computes in blocks of one row
+    let decode: Setup = "f32/attn=eager/order=decode".parse().unwrap();
+    assert!(matches!(
+        model.recompute_nonlinear(&decode, 8, 1, 0, h, &s.k, &s.v, s),
+        Err(ModelError::UnsupportedSetup(_))
+    ));
 }
