@@ -10,6 +10,7 @@ use crate::devices::{self, DevicesArgs};
 use crate::digest::{self, DigestArgs};
 use crate::fingerprint::{self, FingerprintArgs};
 use crate::import::{self, ImportArgs};
+use crate::keygen::{self, KeygenArgs};
 use crate::prove::{self, ChallengeArgs, OpenArgs, ProveArgs};
 use crate::report::{self, ReportArgs};
 use crate::simulate::{self, SimulateArgs};
@@ -109,6 +110,10 @@ pub enum Command {
     /// checked against the model, and a decoder's post-norm last entry is refused unless its
     /// pre-norm input (`pre_norm`) is given.
     Import(ImportArgs),
+    /// Verifier: build a Freivalds verifier key for a decoder (secret random vectors r and
+    /// v = r^T W per linear weight; specs/freivalds.md) from a 32-byte secret file, or a new
+    /// secret drawn from the OS; prints the key's size and build time. Keep both secret.
+    Keygen(KeygenArgs),
 }
 
 /// Runs `command`, writing its standard output to `out`.
@@ -133,6 +138,7 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Devices(args) => devices::run(args, &mut out),
         Command::Digest(args) => digest::run(args, &mut out),
         Command::Import(args) => import::run(args, &mut out),
+        Command::Keygen(args) => keygen::run(args, &mut out),
     }
 }
 

@@ -19,6 +19,8 @@
 //! * [`devices`]: `veritrace devices`, the `--device` values this build and machine can run.
 //! * [`prove`]: `veritrace prove`, `challenge` and `open`, the protocol over files; and
 //!   [`verify`]: `veritrace verify` (exit 0 accept, 1 reject).
+//! * [`keygen`]: `veritrace keygen`, a Freivalds verifier key for a decoder from a verifier
+//!   secret (size and build time printed).
 //! * [`soundness`]: `veritrace soundness`, the soundness calculator (miss probability, security
 //!   bits against grinding, samples needed).
 //!
@@ -36,6 +38,7 @@ pub mod digest;
 pub mod engine;
 pub mod fingerprint;
 pub mod import;
+pub mod keygen;
 pub mod prove;
 pub mod report;
 pub mod simulate;
@@ -76,12 +79,14 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         veritrace_model::ModelError => |e| e.is_input(),
         veritrace_model::FingerprintError => |e| e.is_input(),
         veritrace_model::files::FileError => |e| e.is_input(),
+        veritrace_model::freivalds::FreivaldsError => |e| e.is_input(),
         veritrace_sim::SimError => |e| e.is_input(),
         engine::EngineLoadError => |e| e.is_input(),
         prove::VerbInputError => |_| true,
         trace_file::TraceFileError => |_| true,
         fingerprint::FingerprintInputError => |_| true,
         report::ReportInputError => |_| true,
+        keygen::KeygenInputError => |_| true,
     );
     EXIT_FAILURE
 }

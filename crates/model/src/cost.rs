@@ -113,6 +113,102 @@ pub fn encoder_cell_cost(
     per_row * f64::from(rows.end.saturating_sub(rows.start))
 }
 
+/// How a verifier checks one challenged decoder cell (issue 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckMethod {
+    /// Recompute the cell: every linear map of its rows, the keys and values of its context
+    /// from the opened rows of the layer below, and the attention.
+    Recompute,
+    /// Check each linear map with Freivalds (`repetitions` secret vectors per weight matrix):
+    /// per row and repetition, `v·x` (`in` multiply-adds), `r·y` (`out`) and the rounding bound
+    /// `u·|x|` (`in`); the context's key and value projections are checked the same way (their
+    /// provenance), and only the nonlinear parts are recomputed (norms, rotary embedding,
+    /// attention, SwiGLU, residual adds).
+    Freivalds {
+        /// Independent secret vectors per weight matrix.
+        repetitions: u32,
+    },
+}
+
+/// Floating-point operations (a multiply-add counts 2) a verifier spends on one challenged
+/// decoder cell of `rows` rows whose attention reads `context` rows (the cell's own included;
+/// the context of its last row), split by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct VerifierFlops {
+    /// The cell's own linear maps (q, o, gate, up, down; recomputed, or Freivalds-checked).
+    pub linear: f64,
+    /// The key and value projections of the context rows (recomputed, or Freivalds-checked).
+    pub context: f64,
+    /// Attention of the cell's rows over the context (the same for both methods).
+    pub attention: f64,
+    /// Norms, rotary embedding, SwiGLU and residual adds (about `12·d + 4·m` per cell row and
+    /// `4·d` per context row for its norm).
+    pub nonlinear: f64,
+}
+
+impl VerifierFlops {
+    /// The total.
+    pub fn total(&self) -> f64 {
+        self.linear + self.context + self.attention + self.nonlinear
+    }
+}
+
+/// The verifier's FLOPs for one challenged cell (see [`VerifierFlops`]) of a decoder with
+/// `config`'s shapes: width `d`, query width `q = n_q·h`, key/value width `k = n_kv·h`, MLP
+/// width `m`. With `r` rows, `c` context rows and `t` repetitions:
+///
+/// ```text
+/// Recompute:  linear    = r · (2·d·q + 2·q·d + 3·2·d·m)
+///             context   = c · 2·2·d·k
+/// Freivalds:  linear    = r · t · [(3·d + 2·q) + (3·q + 2·d) + 2·(3·d + 2·m) + (3·m + 2·d)]
+///             context   = c · t · 2·(3·d + 2·k)
+/// both:       attention = r · 4·q·c (scores and values, the causal average folded into c)
+///             nonlinear = r · (12·d + 4·m) + c · 4·d
+/// ```
+///
+/// Freivalds turns each map's `2·in·out` into `t·(3·in + 2·out)`: at `d = 8192` the linear part
+/// drops by three orders of magnitude and attention, which no algebraic check of a linear map
+/// covers, dominates.
+pub fn verifier_cell_flops(
+    config: &ModelConfig,
+    rows: u64,
+    context: u64,
+    method: CheckMethod,
+) -> VerifierFlops {
+    let (d, h) = (config.hidden_size as f64, config.head_dim() as f64);
+    let (q, k, m) = (
+        config.num_heads as f64 * h,
+        config.num_kv_heads as f64 * h,
+        config.intermediate_size as f64,
+    );
+    let (r, c) = (rows as f64, context as f64);
+    let attention = r * 4.0 * q * c;
+    let nonlinear = r * (12.0 * d + 4.0 * m) + c * 4.0 * d;
+    let (linear, context) = match method {
+        CheckMethod::Recompute => (
+            r * (2.0 * d * q + 2.0 * q * d + 6.0 * d * m),
+            c * 4.0 * d * k,
+        ),
+        CheckMethod::Freivalds { repetitions } => {
+            let t = f64::from(repetitions);
+            (
+                r * t
+                    * ((3.0 * d + 2.0 * q)
+                        + (3.0 * q + 2.0 * d)
+                        + 2.0 * (3.0 * d + 2.0 * m)
+                        + (3.0 * m + 2.0 * d)),
+                c * t * 2.0 * (3.0 * d + 2.0 * k),
+            )
+        }
+    };
+    VerifierFlops {
+        linear,
+        context,
+        attention,
+        nonlinear,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +227,30 @@ mod tests {
         assert!(cost("f32/attn=topk:8") < base);
         let skip = cost("f32/attn=eager/skip=2");
         assert!((skip - base * 3.0 / 4.0).abs() < 1e-6 * base);
+    }
+
+    #[test]
+    fn freivalds_turns_quadratic_linear_work_into_linear_work() {
+        let c = ModelConfig::small();
+        let rec = verifier_cell_flops(&c, 16, 128, CheckMethod::Recompute);
+        let fr = verifier_cell_flops(&c, 16, 128, CheckMethod::Freivalds { repetitions: 2 });
+        assert_eq!(rec.attention, fr.attention);
+        assert_eq!(rec.nonlinear, fr.nonlinear);
+        assert!(fr.linear * 10.0 < rec.linear, "{fr:?} vs {rec:?}");
+        assert!(fr.total() < rec.total());
+        // By hand for one row, no context, one repetition, d = q = k = 1, m = 1:
+        let unit = ModelConfig {
+            hidden_size: 1,
+            num_heads: 1,
+            num_kv_heads: 1,
+            intermediate_size: 1,
+            ..ModelConfig::tiny()
+        };
+        if unit.head_dim() == 1 {
+            let f = verifier_cell_flops(&unit, 1, 0, CheckMethod::Freivalds { repetitions: 1 });
+            assert_eq!(f.linear, 5.0 + 5.0 + 10.0 + 5.0);
+            let r = verifier_cell_flops(&unit, 1, 0, CheckMethod::Recompute);
+            assert_eq!(r.linear, 2.0 + 2.0 + 6.0);
+        }
     }
 }

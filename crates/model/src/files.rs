@@ -306,6 +306,19 @@ fn sync_dir(dir: &Path) {
 /// [`FileError::Write`] if the directory cannot be written or the rename fails; the old file,
 /// if any, is then unchanged and the temporary file removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    write_atomic_mode(path, bytes, 0o644)
+}
+
+/// [`write_atomic`] for a secret (a verifier key): the file is created readable by its owner
+/// only (0600) and is never more readable at any moment, before or after the rename.
+///
+/// # Errors
+/// As [`write_atomic`].
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
     let failed = |source| FileError::Write {
         path: path.to_path_buf(),
         source,
@@ -316,14 +329,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(failed)?;
+    // tempfile creates the file 0600; it is widened (never narrowed) to `mode`.
     tmp.write_all(bytes).map_err(failed)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .set_permissions(std::fs::Permissions::from_mode(mode))
             .map_err(failed)?;
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     tmp.as_file().sync_all().map_err(failed)?;
     tmp.persist(path).map_err(|e| failed(e.error))?;
     sync_dir(dir);

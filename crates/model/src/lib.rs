@@ -22,6 +22,9 @@
 //!   [`minilm_dir`] once `scripts/install-minilm.sh` has installed it — with its
 //!   [`BertTokenizer`] and [`BertModel::digest`] ([`bert`] documents both). It runs every
 //!   setup but the decode order, with the decoder's arithmetic rules.
+//! * [`freivalds`]: verifier keys (secret `r`, `v = rᵀW` per linear weight of a decoder, a strict
+//!   encoding) and Freivalds checks of claimed linear outputs against a floating-point rounding
+//!   bound, with the false-accept probability of a given deviation (`specs/freivalds.md`).
 //! * [`LlamaModel`] and [`BertModel`] implement [`veritrace_protocol::Recompute`], so a
 //!   [`veritrace_protocol::Verifier`] can check a prover that ran either, and [`Engine`], so
 //!   the fingerprint study ([`fingerprint`]) runs on either.
@@ -48,6 +51,7 @@ pub mod digest;
 pub mod engine;
 pub mod files;
 pub mod fingerprint;
+pub mod freivalds;
 pub mod kernels;
 pub mod llama;
 mod ops;

@@ -1,0 +1,183 @@
+//! `veritrace keygen`: a Freivalds verifier key ([`veritrace_model::freivalds`],
+//! `specs/freivalds.md`) for a Llama-style decoder, from a 32-byte verifier secret read from a
+//! file (`--secret-file`) or drawn from the operating system's randomness and written to a new
+//! file (`--new-secret`, mode 0600, never replacing one). Prints the key's size and the time
+//! it took to build.
+//!
+//! The key holds the secret vectors `r`: like the secret, it must stay with the verifier (it is
+//! written with mode 0600).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use thiserror::Error;
+use veritrace_model::files;
+use veritrace_model::freivalds::{VerifierKey, VerifierSecret, MAX_REPETITIONS, SECRET_LEN};
+use veritrace_model::{LlamaModel, MINILM, PRESETS};
+
+/// Arguments of `veritrace keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// The decoder: a preset (tiny, small) or a Llama-style checkpoint directory.
+    #[arg(long)]
+    pub model: String,
+    /// A regular file holding exactly 32 secret bytes.
+    #[arg(
+        long,
+        required_unless_present = "new_secret",
+        conflicts_with = "new_secret"
+    )]
+    pub secret_file: Option<PathBuf>,
+    /// Draw a new secret from the operating system's randomness and write it to this file
+    /// (which must not exist).
+    #[arg(long)]
+    pub new_secret: Option<PathBuf>,
+    /// Independent random vectors per weight matrix (1 to 64): the key's size grows in
+    /// proportion, and a check's false-accept probability is raised to this power.
+    #[arg(long, default_value_t = 2)]
+    pub repetitions: u32,
+    /// Where to write the key (atomically; never the secret's file).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Input `veritrace keygen` refuses (exit 2).
+#[derive(Debug, Error)]
+pub enum KeygenInputError {
+    /// The secret file does not hold exactly 32 bytes.
+    #[error("{path}: a verifier secret is exactly {SECRET_LEN} bytes, this file has {got}")]
+    SecretSize {
+        /// The file.
+        path: String,
+        /// Its size.
+        got: usize,
+    },
+    /// The model is not a Llama-style decoder.
+    #[error(
+        "model {0:?}: verifier keys cover Llama-style decoders (tiny, small, or a Llama-style \
+         checkpoint directory)"
+    )]
+    NotADecoder(String),
+    /// Repetitions outside 1..=64.
+    #[error("--repetitions {0} must be between 1 and {MAX_REPETITIONS}")]
+    Repetitions(u32),
+}
+
+fn load_decoder(spec: &str) -> anyhow::Result<LlamaModel> {
+    if PRESETS.contains(&spec) {
+        return Ok(LlamaModel::preset(spec)?);
+    }
+    let dir = Path::new(spec);
+    if spec == MINILM || !dir.join("config.json").is_file() {
+        return Err(KeygenInputError::NotADecoder(spec.to_string()).into());
+    }
+    Ok(LlamaModel::load(dir)?)
+}
+
+/// Writes a new secret file with mode 0600, refusing to replace an existing file.
+fn write_secret(path: &Path, secret: &[u8]) -> anyhow::Result<()> {
+    let failed = |source| files::FileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // tempfile creates its files with mode 0600.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".veritrace-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(failed)?;
+    tmp.write_all(secret).map_err(failed)?;
+    tmp.as_file().sync_all().map_err(failed)?;
+    match tmp.persist_noclobber(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(files::FileError::Occupied {
+                path: path.to_path_buf(),
+                entries: "a file (--new-secret never replaces one)".into(),
+            }
+            .into())
+        }
+        Err(e) => Err(failed(e.error).into()),
+    }
+}
+
+/// Builds the key and writes it to `--out`; prints the key's size and build time.
+///
+/// # Errors
+/// Exit 2 for a model that is not a Llama-style decoder (or fails to load), a secret file
+/// that is not a regular file of 32 bytes, an existing `--new-secret` file, `--out` naming the
+/// secret, repetitions outside 1..=64; exit 1 when the key cannot be written.
+pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if !(1..=MAX_REPETITIONS).contains(&args.repetitions) {
+        return Err(KeygenInputError::Repetitions(args.repetitions).into());
+    }
+    let secret_path = match (&args.secret_file, &args.new_secret) {
+        (Some(p), None) | (None, Some(p)) => p,
+        _ => {
+            return Err(anyhow::anyhow!(
+                "give exactly one of --secret-file and --new-secret"
+            ))
+        }
+    };
+    files::refuse_same_file(&args.out, &[secret_path])?;
+    let model = load_decoder(&args.model)?;
+    let secret = match &args.secret_file {
+        Some(path) => {
+            let bytes = files::read_limited(path, SECRET_LEN as u64, "a verifier secret", "")
+                .map_err(|e| match e {
+                    files::FileError::TooLarge { size, .. } => {
+                        anyhow::Error::from(KeygenInputError::SecretSize {
+                            path: path.display().to_string(),
+                            got: usize::try_from(size).unwrap_or(usize::MAX),
+                        })
+                    }
+                    other => other.into(),
+                })?;
+            let array: [u8; SECRET_LEN] =
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| KeygenInputError::SecretSize {
+                        path: path.display().to_string(),
+                        got: bytes.len(),
+                    })?;
+            VerifierSecret::from_bytes(array)
+        }
+        None => {
+            use rand_core::RngCore;
+            let mut bytes = [0u8; SECRET_LEN];
+            rand_core::OsRng.fill_bytes(&mut bytes);
+            write_secret(secret_path, &bytes)?;
+            VerifierSecret::from_bytes(bytes)
+        }
+    };
+    let start = Instant::now();
+    let key = VerifierKey::build(&secret, &model, args.repetitions)?;
+    let built = start.elapsed().as_secs_f64();
+    let bytes = key.to_bytes();
+    // The key holds the secret vectors: private from the moment it exists.
+    files::write_atomic_private(&args.out, &bytes)?;
+    writeln!(out, "key: {}", args.out.display())?;
+    writeln!(out, "model: {} ({})", args.model, key.model_digest())?;
+    writeln!(
+        out,
+        "secret commitment: {}",
+        hex::encode(key.secret_commitment())
+    )?;
+    writeln!(out, "repetitions: {}", key.repetitions())?;
+    writeln!(
+        out,
+        "key size: {} bytes ({:.2} MiB)",
+        bytes.len(),
+        bytes.len() as f64 / f64::from(1u32 << 20)
+    )?;
+    writeln!(out, "build time: {built:.3} s")?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,1359 @@
+//! Freivalds checks of the decoder's linear maps with a floating-point bound
+//! (`specs/freivalds.md`).
+//!
+//! A verifier who holds a secret random vector `r ∈ ℝ^out` and the precomputed `v = rᵀW` checks
+//! a claimed product `y = W x` (one token row) in `O(in + out)` work by comparing `v·x` with
+//! `r·y`, instead of recomputing `W x` in `O(in · out)`. The claimed `y` was computed in f32, so
+//! the two sides differ by rounding even for an honest prover; [`check_linear`] accepts a row
+//! when the difference is within a rigorous bound on that rounding (below), and a wrong weight
+//! matrix `W'` (another quantization, a perturbed matrix, another model) leaves a deviation
+//! `e = y − W x` that the check catches with the probability [`false_accept_probability`]
+//! states.
+//!
+//! # Verifier key
+//!
+//! [`VerifierKey::build`] derives, from a 32-byte verifier secret (drawn by the verifier from
+//! the operating system's randomness, never from public data) and a [`LlamaModel`], for every
+//! linear weight `W ∈ ℝ^{out × in}` (per layer `l = 1..=L`: q, k, v, o, gate, up, down; then
+//! the LM head) and every repetition `k < t`:
+//!
+//! * the seed `s = BLAKE3("veritrace/freivalds/r/v1" ‖ secret ‖ model digest ‖ u32le(l) ‖
+//!   u8(matrix id) ‖ u32le(k))` (the LM head has `l = L` and id 7; the ids are those of
+//!   [`Matrix::id`]);
+//! * `r ∈ ℝ^out`, Gaussian, from `rand_chacha::ChaCha20Rng::from_seed(s)` by Box–Muller: for
+//!   each pair, `a = next_u64() >> 11`, `b = next_u64() >> 11`, `u₁ = (a + 0.5) · 2⁻⁵³`,
+//!   `u₂ = b · 2⁻⁵³`, `ρ = sqrt(−2 ln u₁)`, then `ρ cos(2π u₂)` and `ρ sin(2π u₂)` in that
+//!   order (the last pair's second value dropped when `out` is odd); `ln`, `cos`, `sin` are
+//!   those of the `libm` crate (a port of musl's, the same on every platform), `sqrt` is
+//!   IEEE's;
+//! * `v_j = Σ_i r_i W_ij` and `u_j = Σ_i |r_i| |W_ij|`, each summed in f64 over `i = 0..out`
+//!   in ascending order, from the weights as the f32 setup computes with them.
+//!
+//! The key binds the model digest and `BLAKE3("veritrace/freivalds/secret/v1" ‖ secret)`, a
+//! commitment that matches a key to its secret without revealing it. The key itself holds `r`
+//! and must stay secret: a prover who knows `r` and `v` can forge outputs that pass.
+//! Decoders with q/k/v biases (Qwen2) are refused by this version.
+//!
+//! # The bound
+//!
+//! Let `ŷ = fl₃₂(W x)` be one row computed with f32 accumulation of length `n = in` in any
+//! summation order (blocked, split-K, FMA or not). Higham's bound for inner products
+//! (*Accuracy and Stability of Numerical Algorithms*, 2nd ed., §3.1) gives
+//! `|ŷ_i − (W x)_i| ≤ γ_n Σ_j |W_ij| |x_j|` with `γ_n = n u / (1 − n u)`, `u = 2⁻²⁴`. Hence
+//!
+//! ```text
+//! |r·ŷ − v·x| = |Σ_i r_i (ŷ_i − (W x)_i)| ≤ γ_n Σ_i |r_i| Σ_j |W_ij||x_j| = γ_n (u·|x|)
+//! ```
+//!
+//! with the key's `u = |r|ᵀ|W|`. [`check_linear`] adds `2⁻²⁴ · |r|·|y|` (one more rounding of
+//! the output to f32, for an engine whose accumulator is wider than its output) and the
+//! verifier's own f64 error `ε = 2 (γ⁽⁶⁴⁾_n + γ⁽⁶⁴⁾_out) (u·|x| + |r|·|y|)` with
+//! `γ⁽⁶⁴⁾_m = m 2⁻⁵³ / (1 − m 2⁻⁵³)` (the rounding of `v`, `u`, `v·x`, `r·y` and of the bound
+//! itself, with a factor 2 for second-order terms):
+//!
+//! ```text
+//! B = γ_n (u·|x|) + 2⁻²⁴ (|r|·|y|) + ε
+//! ```
+//!
+//! A row passes repetition `k` when `|v·x − r·y| ≤ B`; a check passes when every row passes
+//! every repetition. The bound is a worst case: honest deviations are typically 10⁻³ to 10⁻⁴
+//! of it, and a wrong weight whose deviation stays well below `B` is not caught.
+//!
+//! # False accepts
+//!
+//! For a deviation `e = y − W x`, `r·e ~ N(0, ‖e‖²)` for Gaussian `r`, so one repetition
+//! accepts with probability `P(|r·e| ≤ B) = erf(B / (√2 ‖e‖))` (taking `B` as fixed), and
+//! `t` independent repetitions with its `t`-th power ([`false_accept_probability`]).
+
+use std::fmt;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use thiserror::Error;
+use veritrace_commit::Digest;
+
+use crate::{LlamaModel, ModelError};
+
+/// The unit roundoff of f32, `2⁻²⁴`.
+pub const U_F32: f64 = 1.0 / 16_777_216.0;
+
+/// The unit roundoff of f64, `2⁻⁵³`.
+pub const U_F64: f64 = 1.0 / 9_007_199_254_740_992.0;
+
+/// The first bytes of an encoded [`VerifierKey`].
+pub const MAGIC: [u8; 8] = *b"VTFVKEY\0";
+
+/// The encoding version [`VerifierKey::to_bytes`] writes and [`VerifierKey::from_bytes`] reads.
+pub const VERSION: u32 = 1;
+
+/// Bytes of a verifier secret.
+pub const SECRET_LEN: usize = 32;
+
+/// The most repetitions a key may hold.
+pub const MAX_REPETITIONS: u32 = 64;
+
+/// The largest dimension a key may declare (the model configuration's sanity bound, 2²⁰).
+pub const MAX_DIM: u32 = 1 << 20;
+
+/// The largest encoded key [`VerifierKey::from_bytes`] accepts (16 GiB).
+pub const MAX_KEY_BYTES: u64 = 1 << 34;
+
+/// Bytes of the encoded header: magic, version, model digest, secret commitment, six
+/// dimensions and the repetitions.
+pub const HEADER_LEN: usize = 8 + 4 + 32 + 32 + 7 * 4;
+
+const SEED_DOMAIN: &[u8] = b"veritrace/freivalds/r/v1";
+const COMMIT_DOMAIN: &[u8] = b"veritrace/freivalds/secret/v1";
+
+/// Every way building, decoding or using a verifier key fails. Never a panic.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FreivaldsError {
+    /// The model could not provide its weights.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The model has a feature keys do not cover yet (q/k/v biases).
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// An argument is outside its domain (repetitions, layer, rows).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// An input has the wrong length.
+    #[error("{what}: expected {expected} elements, got {got}")]
+    WrongLength {
+        /// Which input.
+        what: &'static str,
+        /// Expected elements.
+        expected: u64,
+        /// Elements given.
+        got: usize,
+    },
+    /// An input holds NaN or an infinity.
+    #[error("{what} holds a non-finite value at element {index}")]
+    NonFinite {
+        /// Which input.
+        what: &'static str,
+        /// Index of the first non-finite element.
+        index: usize,
+    },
+    /// Encoded key bytes are malformed.
+    #[error("verifier key: {0}")]
+    Encoding(String),
+    /// The key belongs to another model.
+    #[error("verifier key is for model {key}, not {model}")]
+    ModelMismatch {
+        /// The key's model digest.
+        key: Digest,
+        /// The model's digest.
+        model: Digest,
+    },
+}
+
+impl FreivaldsError {
+    /// Whether the error is the input's fault (exit code 2): all but a failure of the tensor
+    /// library while reading the model's weights.
+    pub fn is_input(&self) -> bool {
+        match self {
+            FreivaldsError::Model(e) => e.is_input(),
+            _ => true,
+        }
+    }
+}
+
+/// Shorthand for results of this module.
+pub type Result<T, E = FreivaldsError> = std::result::Result<T, E>;
+
+/// A 32-byte verifier secret. Its `Debug` form shows only its commitment.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VerifierSecret([u8; SECRET_LEN]);
+
+impl VerifierSecret {
+    /// The secret of these bytes (drawn by the verifier from the operating system's randomness).
+    pub fn from_bytes(bytes: [u8; SECRET_LEN]) -> Self {
+        VerifierSecret(bytes)
+    }
+
+    /// The secret's bytes.
+    pub fn as_bytes(&self) -> &[u8; SECRET_LEN] {
+        &self.0
+    }
+
+    /// `BLAKE3("veritrace/freivalds/secret/v1" ‖ secret)`: matches a key to its secret without
+    /// revealing it.
+    pub fn commitment(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(COMMIT_DOMAIN);
+        h.update(&self.0);
+        *h.finalize().as_bytes()
+    }
+}
+
+impl fmt::Debug for VerifierSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "VerifierSecret(commitment {})",
+            blake3::Hash::from(self.commitment()).to_hex()
+        )
+    }
+}
+
+/// A linear map of the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Matrix {
+    /// Query projection `[heads · hd, hidden]`.
+    Q,
+    /// Key projection `[kv_heads · hd, hidden]`.
+    K,
+    /// Value projection `[kv_heads · hd, hidden]`.
+    V,
+    /// Output projection `[hidden, heads · hd]`.
+    O,
+    /// MLP gate `[mlp, hidden]`.
+    Gate,
+    /// MLP up `[mlp, hidden]`.
+    Up,
+    /// MLP down `[hidden, mlp]`.
+    Down,
+    /// The LM head `[vocab, hidden]` (addressed with layer `L`).
+    LmHead,
+}
+
+impl Matrix {
+    /// The seven linear maps of one transformer layer, in key order.
+    pub const LAYER: [Matrix; 7] = [
+        Matrix::Q,
+        Matrix::K,
+        Matrix::V,
+        Matrix::O,
+        Matrix::Gate,
+        Matrix::Up,
+        Matrix::Down,
+    ];
+
+    /// The id in the seed derivation: 0 q, 1 k, 2 v, 3 o, 4 gate, 5 up, 6 down, 7 LM head.
+    pub fn id(self) -> u8 {
+        match self {
+            Matrix::Q => 0,
+            Matrix::K => 1,
+            Matrix::V => 2,
+            Matrix::O => 3,
+            Matrix::Gate => 4,
+            Matrix::Up => 5,
+            Matrix::Down => 6,
+            Matrix::LmHead => 7,
+        }
+    }
+
+    /// The Hugging Face tensor name of this map in layer `layer` (1-based; ignored for the LM
+    /// head).
+    pub fn tensor_name(self, layer: usize) -> String {
+        let i = layer.saturating_sub(1);
+        let p = |s: &str| format!("model.layers.{i}.{s}.weight");
+        match self {
+            Matrix::Q => p("self_attn.q_proj"),
+            Matrix::K => p("self_attn.k_proj"),
+            Matrix::V => p("self_attn.v_proj"),
+            Matrix::O => p("self_attn.o_proj"),
+            Matrix::Gate => p("mlp.gate_proj"),
+            Matrix::Up => p("mlp.up_proj"),
+            Matrix::Down => p("mlp.down_proj"),
+            Matrix::LmHead => "lm_head.weight".into(),
+        }
+    }
+}
+
+/// The shapes a key covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyDims {
+    /// Transformer layers `L`.
+    pub layers: u32,
+    /// Hidden size.
+    pub hidden: u32,
+    /// Query width `heads · hd`.
+    pub q_out: u32,
+    /// Key/value width `kv_heads · hd`.
+    pub kv_out: u32,
+    /// MLP width.
+    pub mlp: u32,
+    /// Vocabulary size (LM head rows).
+    pub vocab: u32,
+}
+
+impl KeyDims {
+    /// `(out, in)` of `matrix`.
+    pub fn shape(&self, matrix: Matrix) -> (usize, usize) {
+        let (d, q, kv, m, v) = (
+            self.hidden as usize,
+            self.q_out as usize,
+            self.kv_out as usize,
+            self.mlp as usize,
+            self.vocab as usize,
+        );
+        match matrix {
+            Matrix::Q => (q, d),
+            Matrix::K | Matrix::V => (kv, d),
+            Matrix::O => (d, q),
+            Matrix::Gate | Matrix::Up => (m, d),
+            Matrix::Down => (d, m),
+            Matrix::LmHead => (v, d),
+        }
+    }
+
+    fn of(model: &LlamaModel) -> Result<Self> {
+        let c = model.config();
+        let u = |x: usize| {
+            u32::try_from(x)
+                .ok()
+                .filter(|&x| (1..=MAX_DIM).contains(&x))
+                .ok_or_else(|| FreivaldsError::InvalidArgument(format!("dimension {x}")))
+        };
+        Ok(KeyDims {
+            layers: u(c.num_layers)?,
+            hidden: u(c.hidden_size)?,
+            q_out: u(c.num_heads * c.head_dim())?,
+            kv_out: u(c.num_kv_heads * c.head_dim())?,
+            mlp: u(c.intermediate_size)?,
+            vocab: u(c.vocab_size)?,
+        })
+    }
+
+    /// Every (layer, matrix) in key order: layers `1..=L` × [`Matrix::LAYER`], then
+    /// `(L, LmHead)`.
+    fn order(&self) -> impl Iterator<Item = (usize, Matrix)> + '_ {
+        (1..=self.layers as usize)
+            .flat_map(|l| Matrix::LAYER.into_iter().map(move |m| (l, m)))
+            .chain(std::iter::once((self.layers as usize, Matrix::LmHead)))
+    }
+
+    /// Encoded bytes of the vectors for `t` repetitions, checked.
+    fn body_len(&self, t: u32) -> Option<u64> {
+        let mut total: u64 = 0;
+        for (_, m) in self.order() {
+            let (out, inp) = self.shape(m);
+            let per = (out as u64).checked_add((inp as u64).checked_mul(2)?)?;
+            total = total.checked_add(per.checked_mul(8)?.checked_mul(u64::from(t))?)?;
+        }
+        Some(total)
+    }
+}
+
+/// One matrix's vectors for every repetition: `r` (`t · out`), `v = rᵀW` and `u = |r|ᵀ|W|`
+/// (`t · in` each), repetition-major.
+#[derive(Debug, Clone, PartialEq)]
+struct MatrixKey {
+    r: Vec<f64>,
+    v: Vec<f64>,
+    u: Vec<f64>,
+}
+
+/// A verifier key: secret vectors and their products with every linear weight of one model
+/// (see the [module docs](self)). Keep it secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifierKey {
+    model_digest: Digest,
+    secret_commitment: [u8; 32],
+    dims: KeyDims,
+    repetitions: u32,
+    /// In [`KeyDims::order`].
+    matrices: Vec<MatrixKey>,
+}
+
+/// The seed of `r` for (layer, matrix, repetition) (see the [module docs](self)).
+fn seed(
+    secret: &VerifierSecret,
+    digest: &Digest,
+    layer: u32,
+    matrix: Matrix,
+    rep: u32,
+) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(SEED_DOMAIN);
+    h.update(secret.as_bytes());
+    h.update(digest.as_bytes());
+    h.update(&layer.to_le_bytes());
+    h.update(&[matrix.id()]);
+    h.update(&rep.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// `out` Gaussian values from `seed` by Box–Muller (see the [module docs](self)).
+fn gaussian(seed: [u8; 32], out: usize) -> Vec<f64> {
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    let mut r = Vec::with_capacity(out + 1);
+    while r.len() < out {
+        let a = (rng.next_u64() >> 11) as f64;
+        let b = (rng.next_u64() >> 11) as f64;
+        let u1 = (a + 0.5) * U_F64;
+        let u2 = b * U_F64;
+        let rho = (-2.0 * libm::log(u1)).sqrt();
+        let angle = 2.0 * std::f64::consts::PI * u2;
+        r.push(rho * libm::cos(angle));
+        r.push(rho * libm::sin(angle));
+    }
+    r.truncate(out);
+    r
+}
+
+/// `r`, `v = rᵀW`, `u = |r|ᵀ|W|` of one repetition for `w` (`[out, in]` row-major).
+fn derive(seed: [u8; 32], w: &[f32], out: usize, inp: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let r = gaussian(seed, out);
+    let mut v = vec![0f64; inp];
+    let mut u = vec![0f64; inp];
+    for (ri, row) in r.iter().zip(w.chunks_exact(inp)) {
+        let ai = ri.abs();
+        for ((vj, uj), &wij) in v.iter_mut().zip(u.iter_mut()).zip(row) {
+            let wij = f64::from(wij);
+            *vj += ri * wij;
+            *uj += ai * wij.abs();
+        }
+    }
+    (r, v, u)
+}
+
+/// `γ_n = n u / (1 − n u)` for unit roundoff `unit` (infinite when `n u ≥ 1`).
+pub fn gamma(n: usize, unit: f64) -> f64 {
+    let nu = n as f64 * unit;
+    if nu >= 1.0 {
+        f64::INFINITY
+    } else {
+        nu / (1.0 - nu)
+    }
+}
+
+impl VerifierKey {
+    /// Derives the key of `model` from `secret` with `repetitions` independent vectors per
+    /// matrix (see the [module docs](self)).
+    ///
+    /// # Errors
+    /// [`FreivaldsError::InvalidArgument`] for `repetitions` outside `1..=`[`MAX_REPETITIONS`];
+    /// [`FreivaldsError::Unsupported`] for a model with q/k/v biases.
+    pub fn build(secret: &VerifierSecret, model: &LlamaModel, repetitions: u32) -> Result<Self> {
+        if !(1..=MAX_REPETITIONS).contains(&repetitions) {
+            return Err(FreivaldsError::InvalidArgument(format!(
+                "repetitions {repetitions} must be between 1 and {MAX_REPETITIONS}"
+            )));
+        }
+        if model.config().qkv_bias() {
+            return Err(FreivaldsError::Unsupported(
+                "q/k/v biases (qwen2) are not covered by verifier keys yet".into(),
+            ));
+        }
+        let dims = KeyDims::of(model)?;
+        let digest = model.digest();
+        let tensors: std::collections::HashMap<String, Vec<f32>> = model
+            .named_tensors()?
+            .into_iter()
+            .map(|(name, _, data)| (name, data))
+            .collect();
+        let mut matrices = Vec::new();
+        for (layer, m) in dims.order() {
+            let (out, inp) = dims.shape(m);
+            let name = m.tensor_name(layer);
+            let w = tensors
+                .get(&name)
+                .filter(|w| w.len() == out * inp)
+                .ok_or_else(|| {
+                    FreivaldsError::Unsupported(format!("tensor {name} missing or misshapen"))
+                })?;
+            let mut mk = MatrixKey {
+                r: Vec::with_capacity(out * repetitions as usize),
+                v: Vec::with_capacity(inp * repetitions as usize),
+                u: Vec::with_capacity(inp * repetitions as usize),
+            };
+            for k in 0..repetitions {
+                let (r, v, u) = derive(seed(secret, &digest, layer as u32, m, k), w, out, inp);
+                mk.r.extend(r);
+                mk.v.extend(v);
+                mk.u.extend(u);
+            }
+            matrices.push(mk);
+        }
+        Ok(VerifierKey {
+            model_digest: digest,
+            secret_commitment: secret.commitment(),
+            dims,
+            repetitions,
+            matrices,
+        })
+    }
+
+    /// The model digest the key was built for.
+    pub fn model_digest(&self) -> Digest {
+        self.model_digest
+    }
+
+    /// The commitment to the secret ([`VerifierSecret::commitment`]).
+    pub fn secret_commitment(&self) -> [u8; 32] {
+        self.secret_commitment
+    }
+
+    /// Whether the key was built from `secret`.
+    pub fn matches_secret(&self, secret: &VerifierSecret) -> bool {
+        self.secret_commitment == secret.commitment()
+    }
+
+    /// The shapes the key covers.
+    pub fn dims(&self) -> KeyDims {
+        self.dims
+    }
+
+    /// Repetitions `t` per matrix.
+    pub fn repetitions(&self) -> u32 {
+        self.repetitions
+    }
+
+    /// Refuses a model other than the key's.
+    ///
+    /// # Errors
+    /// [`FreivaldsError::ModelMismatch`].
+    pub fn check_model(&self, digest: &Digest) -> Result<()> {
+        if *digest != self.model_digest {
+            return Err(FreivaldsError::ModelMismatch {
+                key: self.model_digest,
+                model: *digest,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes of [`VerifierKey::to_bytes`].
+    pub fn encoded_len(&self) -> u64 {
+        HEADER_LEN as u64 + self.dims.body_len(self.repetitions).unwrap_or(u64::MAX)
+    }
+
+    /// The key's one encoding (little-endian): [`MAGIC`], u32 [`VERSION`], the model digest
+    /// (32 bytes), the secret commitment (32 bytes), u32 `L`, `hidden`, `q_out`, `kv_out`,
+    /// `mlp`, `vocab`, `t`; then for each (layer, matrix) in key order (layers `1..=L` × q, k,
+    /// v, o, gate, up, down, then the LM head) and each repetition: `r` (`out` f64), `v` (`in`
+    /// f64), `u` (`in` f64).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(usize::try_from(self.encoded_len()).unwrap_or(0));
+        b.extend_from_slice(&MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(self.model_digest.as_bytes());
+        b.extend_from_slice(&self.secret_commitment);
+        let d = &self.dims;
+        for x in [
+            d.layers,
+            d.hidden,
+            d.q_out,
+            d.kv_out,
+            d.mlp,
+            d.vocab,
+            self.repetitions,
+        ] {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        for ((_, m), mk) in self.dims.order().zip(&self.matrices) {
+            let (out, inp) = self.dims.shape(m);
+            for k in 0..self.repetitions as usize {
+                for x in mk.r[k * out..(k + 1) * out]
+                    .iter()
+                    .chain(&mk.v[k * inp..(k + 1) * inp])
+                    .chain(&mk.u[k * inp..(k + 1) * inp])
+                {
+                    b.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+        b
+    }
+
+    /// Decodes [`VerifierKey::to_bytes`], refusing anything else: another magic or version,
+    /// a dimension outside `1..=`[`MAX_DIM`], repetitions outside `1..=`[`MAX_REPETITIONS`], a
+    /// length other than the one the header declares (checked before any allocation, and at
+    /// most [`MAX_KEY_BYTES`]), a non-finite value, or a `u` that is negative or `−0`.
+    ///
+    /// # Errors
+    /// [`FreivaldsError::Encoding`] naming the first problem.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let bad = |m: String| Err(FreivaldsError::Encoding(m));
+        if bytes.len() < HEADER_LEN {
+            return bad(format!(
+                "{} bytes is shorter than the {HEADER_LEN}-byte header",
+                bytes.len()
+            ));
+        }
+        if bytes[..8] != MAGIC {
+            return bad("not a verifier key (wrong magic)".into());
+        }
+        let u32_at = |at: usize| {
+            let mut a = [0u8; 4];
+            a.copy_from_slice(&bytes[at..at + 4]);
+            u32::from_le_bytes(a)
+        };
+        let version = u32_at(8);
+        if version != VERSION {
+            return bad(format!("version {version}, this build reads {VERSION}"));
+        }
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&bytes[12..44]);
+        let mut commitment = [0u8; 32];
+        commitment.copy_from_slice(&bytes[44..76]);
+        let f: Vec<u32> = (0..7).map(|i| u32_at(76 + 4 * i)).collect();
+        let names = ["layers", "hidden", "q_out", "kv_out", "mlp", "vocab"];
+        for (name, &x) in names.iter().zip(&f) {
+            if !(1..=MAX_DIM).contains(&x) {
+                return bad(format!("{name} = {x} is outside 1..={MAX_DIM}"));
+            }
+        }
+        let t = f[6];
+        if !(1..=MAX_REPETITIONS).contains(&t) {
+            return bad(format!("repetitions {t} is outside 1..={MAX_REPETITIONS}"));
+        }
+        let dims = KeyDims {
+            layers: f[0],
+            hidden: f[1],
+            q_out: f[2],
+            kv_out: f[3],
+            mlp: f[4],
+            vocab: f[5],
+        };
+        let expected = dims
+            .body_len(t)
+            .and_then(|b| b.checked_add(HEADER_LEN as u64))
+            .filter(|&n| n <= MAX_KEY_BYTES);
+        let Some(expected) = expected else {
+            return bad(format!(
+                "the declared dimensions need more than {MAX_KEY_BYTES} bytes"
+            ));
+        };
+        if bytes.len() as u64 != expected {
+            return bad(format!(
+                "{} bytes, the header declares {expected}",
+                bytes.len()
+            ));
+        }
+        let mut at = HEADER_LEN;
+        let mut read = |n: usize, what: &str, nonneg: bool| -> Result<Vec<f64>> {
+            let mut out = Vec::with_capacity(n);
+            for c in bytes[at..at + 8 * n].chunks_exact(8) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                let x = f64::from_le_bytes(a);
+                if !x.is_finite() || (nonneg && !(x.is_sign_positive())) {
+                    return Err(FreivaldsError::Encoding(format!(
+                        "{what} value at byte {} is {x:?}",
+                        at + 8 * out.len()
+                    )));
+                }
+                out.push(x);
+            }
+            at += 8 * n;
+            Ok(out)
+        };
+        let mut matrices = Vec::new();
+        for (_, m) in dims.order() {
+            let (out, inp) = dims.shape(m);
+            let mut mk = MatrixKey {
+                r: Vec::with_capacity(out * t as usize),
+                v: Vec::with_capacity(inp * t as usize),
+                u: Vec::with_capacity(inp * t as usize),
+            };
+            for _ in 0..t {
+                mk.r.extend(read(out, "r", false)?);
+                mk.v.extend(read(inp, "v", false)?);
+                mk.u.extend(read(inp, "u", true)?);
+            }
+            matrices.push(mk);
+        }
+        Ok(VerifierKey {
+            model_digest: Digest(digest),
+            secret_commitment: commitment,
+            dims,
+            repetitions: t,
+            matrices,
+        })
+    }
+
+    fn matrix(&self, layer: usize, matrix: Matrix) -> Result<&MatrixKey> {
+        let l = self.dims.layers as usize;
+        let index = match matrix {
+            Matrix::LmHead if layer == l => 7 * l,
+            Matrix::LmHead => {
+                return Err(FreivaldsError::InvalidArgument(format!(
+                    "the LM head is addressed with layer {l}, got {layer}"
+                )))
+            }
+            m if (1..=l).contains(&layer) => 7 * (layer - 1) + m.id() as usize,
+            _ => {
+                return Err(FreivaldsError::InvalidArgument(format!(
+                    "layer {layer} is outside 1..={l}"
+                )))
+            }
+        };
+        Ok(&self.matrices[index])
+    }
+}
+
+/// The result of [`check_linear`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinearCheck {
+    /// Whether every row passed every repetition (`worst_ratio ≤ 1`).
+    pub passed: bool,
+    /// The largest `|v·x − r·y| / B` over rows and repetitions (0 when both are 0, infinite
+    /// for a non-zero deviation against a zero bound).
+    pub worst_ratio: f64,
+    /// The row of the worst ratio.
+    pub worst_row: usize,
+    /// The repetition of the worst ratio.
+    pub worst_repetition: usize,
+    /// `|v·x − r·y|` there.
+    pub deviation: f64,
+    /// `B` there.
+    pub bound: f64,
+}
+
+/// Checks claimed outputs `y` (`rows × out`, row-major f32) of `matrix` in layer `layer` (1-based;
+/// the LM head with layer `L`) on inputs `x` (`rows × in`) against `key`: for every row and
+/// repetition, `|v·x − r·y|` against `B = γ_n (u·|x|) + 2⁻²⁴ (|r|·|y|) + ε` (the [module
+/// docs](self) derive it), all in f64.
+///
+/// # Errors
+/// [`FreivaldsError::InvalidArgument`] for `rows = 0` or a layer the key does not have;
+/// [`FreivaldsError::WrongLength`] for `x` or `y` of another length;
+/// [`FreivaldsError::NonFinite`] for NaN or infinite inputs.
+pub fn check_linear(
+    key: &VerifierKey,
+    layer: usize,
+    matrix: Matrix,
+    x: &[f32],
+    y: &[f32],
+    rows: usize,
+) -> Result<LinearCheck> {
+    let mk = key.matrix(layer, matrix)?;
+    let (out, inp) = key.dims.shape(matrix);
+    if rows == 0 {
+        return Err(FreivaldsError::InvalidArgument(
+            "rows must be at least 1".into(),
+        ));
+    }
+    for (what, data, width) in [("x", x, inp), ("y", y, out)] {
+        let expected = (rows as u64).saturating_mul(width as u64);
+        if data.len() as u64 != expected {
+            return Err(FreivaldsError::WrongLength {
+                what,
+                expected,
+                got: data.len(),
+            });
+        }
+        if let Some(index) = crate::first_non_finite(data) {
+            return Err(FreivaldsError::NonFinite { what, index });
+        }
+    }
+    let gamma_n = gamma(inp, U_F32);
+    let eps = 2.0 * (gamma(inp, U_F64) + gamma(out, U_F64));
+    let mut worst = LinearCheck {
+        passed: true,
+        worst_ratio: 0.0,
+        worst_row: 0,
+        worst_repetition: 0,
+        deviation: 0.0,
+        bound: 0.0,
+    };
+    let mut first = true;
+    for (p, (xr, yr)) in x.chunks_exact(inp).zip(y.chunks_exact(out)).enumerate() {
+        for k in 0..key.repetitions as usize {
+            let r = &mk.r[k * out..(k + 1) * out];
+            let v = &mk.v[k * inp..(k + 1) * inp];
+            let u = &mk.u[k * inp..(k + 1) * inp];
+            let (mut vx, mut ux) = (0f64, 0f64);
+            for ((&vj, &uj), &xj) in v.iter().zip(u).zip(xr) {
+                let xj = f64::from(xj);
+                vx += vj * xj;
+                ux += uj * xj.abs();
+            }
+            let (mut ry, mut ary) = (0f64, 0f64);
+            for (&ri, &yi) in r.iter().zip(yr) {
+                let yi = f64::from(yi);
+                ry += ri * yi;
+                ary += ri.abs() * yi.abs();
+            }
+            let deviation = (vx - ry).abs();
+            let bound = gamma_n * ux + U_F32 * ary + eps * (ux + ary);
+            let ratio = if deviation == 0.0 {
+                0.0
+            } else if bound > 0.0 {
+                deviation / bound
+            } else {
+                f64::INFINITY
+            };
+            if first || ratio > worst.worst_ratio {
+                first = false;
+                worst = LinearCheck {
+                    passed: true,
+                    worst_ratio: ratio,
+                    worst_row: p,
+                    worst_repetition: k,
+                    deviation,
+                    bound,
+                };
+            }
+        }
+    }
+    worst.passed = worst.worst_ratio <= 1.0;
+    Ok(worst)
+}
+
+/// The probability that `t` independent repetitions with Gaussian `r` all accept a deviation
+/// `e` of norm `e_norm` under bound `bound`: `erf(bound / (√2 ‖e‖))^t` (`r·e ~ N(0, ‖e‖²)`).
+/// `1` for `e_norm = 0` or `t = 0` (nothing to detect, or no check); NaN for a negative or NaN
+/// argument.
+pub fn false_accept_probability(bound: f64, e_norm: f64, t: u32) -> f64 {
+    if bound.is_nan() || e_norm.is_nan() || bound < 0.0 || e_norm < 0.0 {
+        return f64::NAN;
+    }
+    if e_norm == 0.0 || t == 0 {
+        return 1.0;
+    }
+    let one = libm::erf(bound / (std::f64::consts::SQRT_2 * e_norm));
+    one.powf(f64::from(t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ModelConfig, Quant, QuantScheme, Rounding, Setup};
+    use candle_core::{DType, Device, Tensor};
+    use proptest::prelude::*;
+    use rand_core::{RngCore, SeedableRng};
+
+    fn secret(b: u8) -> VerifierSecret {
+        VerifierSecret::from_bytes([b; 32])
+    }
+
+    /// Seeded Gaussian-ish f32 rows (uniform in ±1, the scale of normed activations).
+    fn inputs(seed: u64, rows: usize, width: usize) -> Vec<f32> {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&seed.to_le_bytes());
+        key[8] = 0xF1;
+        let mut rng = ChaCha20Rng::from_seed(key);
+        (0..rows * width)
+            .map(|_| ((rng.next_u32() >> 8) as f32 / 8_388_608.0) - 1.0)
+            .collect()
+    }
+
+    /// `x · Wᵀ` exactly as the f32 forward computes a linear map ([`crate::ops::matmul_t`]).
+    fn engine_matmul(x: &[f32], rows: usize, w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+        let xt = Tensor::from_slice(x, (rows, inp), &Device::Cpu).unwrap();
+        let wt = Tensor::from_slice(w, (out, inp), &Device::Cpu).unwrap();
+        crate::ops::matmul_t(&xt, &wt, &Setup::F32_EAGER, DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    }
+
+    fn weights(model: &LlamaModel) -> std::collections::HashMap<String, Vec<f32>> {
+        model
+            .named_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _, d)| (n, d))
+            .collect()
+    }
+
+    fn all_matrices(dims: &KeyDims) -> Vec<(usize, Matrix)> {
+        dims.order().collect()
+    }
+
+    #[test]
+    fn known_answer_tiny() {
+        let model = LlamaModel::preset("tiny").unwrap();
+        let key = VerifierKey::build(&secret(7), &model, 2).unwrap();
+        let bytes = key.to_bytes();
+        assert_eq!(bytes.len() as u64, key.encoded_len());
+        assert!(key.matches_secret(&secret(7)));
+        assert!(!key.matches_secret(&secret(8)));
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().as_str(),
+            "f947f1652d216f06effd5afa3519cd51e2d8290c6260a58f16afa4ba4ba515ab",
+            "encoded tiny key ({} bytes)",
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn honest_outputs_pass_every_matrix_of_tiny() {
+        let model = LlamaModel::preset("tiny").unwrap();
+        let key = VerifierKey::build(&secret(1), &model, 4).unwrap();
+        let w = weights(&model);
+        let rows = 8;
+        let mut worst: f64 = 0.0;
+        for (i, (layer, m)) in all_matrices(&key.dims()).into_iter().enumerate() {
+            let (out, inp) = key.dims().shape(m);
+            let x = inputs(i as u64, rows, inp);
+            let y = engine_matmul(&x, rows, &w[&m.tensor_name(layer)], out, inp);
+            let c = check_linear(&key, layer, m, &x, &y, rows).unwrap();
+            assert!(c.passed, "{layer} {m:?}: {c:?}");
+            worst = worst.max(c.worst_ratio);
+        }
+        eprintln!("honest worst ratio over tiny: {worst:.3e}");
+        assert!(worst < 0.05, "{worst}");
+    }
+
+    /// The (input, output) rows of every linear map of a layer, as the forward captured them.
+    fn captured(s: &crate::SubLayers) -> [(Matrix, &[f32], &[f32]); 7] {
+        [
+            (Matrix::Q, &s.normed, &s.q),
+            (Matrix::K, &s.normed, &s.k),
+            (Matrix::V, &s.normed, &s.v),
+            (Matrix::O, &s.attn, &s.o),
+            (Matrix::Gate, &s.mlp_in, &s.gate),
+            (Matrix::Up, &s.mlp_in, &s.up),
+            (Matrix::Down, &s.act, &s.down),
+        ]
+    }
+
+    #[test]
+    fn forward_captures_pass_and_quantized_forwards_fail() {
+        let model = LlamaModel::preset("tiny").unwrap();
+        let key = VerifierKey::build(&secret(6), &model, 2).unwrap();
+        let tokens: Vec<u32> = (0..21u32).map(|i| (i * 37 + 5) % 512).collect();
+        let mut worst: f64 = 0.0;
+        for setup in [
+            "f32/attn=eager",
+            "f32/attn=tiled:4",
+            "f32/attn=eager/splitk=4",
+            "f32/attn=eager/batch=2",
+        ] {
+            let setup: Setup = setup.parse().unwrap();
+            let (_, sub) = model.trace_sublayers(&setup, &tokens, 8).unwrap();
+            for (l, s) in sub.iter().enumerate() {
+                for (m, x, y) in captured(s) {
+                    let c = check_linear(&key, l + 1, m, x, y, tokens.len()).unwrap();
+                    assert!(c.passed, "{setup} layer {} {m:?}: {c:?}", l + 1);
+                    worst = worst.max(c.worst_ratio);
+                }
+            }
+        }
+        eprintln!("honest forward captures, worst ratio {worst:.3e}");
+        assert!(worst < 0.05, "{worst}");
+        for setup in [
+            "f32/attn=eager/quant=int8-tensor",
+            "f32/attn=eager/quant=int8-channel:mse",
+            "f32/attn=eager/quant=int4-g32",
+            "bf16/attn=eager",
+        ] {
+            let setup: Setup = setup.parse().unwrap();
+            let (_, sub) = model.trace_sublayers(&setup, &tokens, 8).unwrap();
+            for (l, s) in sub.iter().enumerate() {
+                for (m, x, y) in captured(s) {
+                    let c = check_linear(&key, l + 1, m, x, y, tokens.len()).unwrap();
+                    assert!(!c.passed, "{setup} layer {} {m:?}: {c:?}", l + 1);
+                }
+            }
+        }
+    }
+
+    /// Checks `y` computed with `wrong` weights in place of `matrix`'s.
+    fn check_with(
+        key: &VerifierKey,
+        layer: usize,
+        m: Matrix,
+        wrong: &[f32],
+        rows: usize,
+        seed: u64,
+    ) -> LinearCheck {
+        let (out, inp) = key.dims().shape(m);
+        let x = inputs(seed, rows, inp);
+        let y = engine_matmul(&x, rows, wrong, out, inp);
+        check_linear(key, layer, m, &x, &y, rows).unwrap()
+    }
+
+    #[test]
+    fn wrong_weights_fail() {
+        let model = LlamaModel::preset("tiny").unwrap();
+        let key = VerifierKey::build(&secret(2), &model, 4).unwrap();
+        let w = weights(&model);
+        let other = LlamaModel::new(ModelConfig {
+            seed: 1,
+            ..ModelConfig::tiny()
+        })
+        .unwrap();
+        let wo = weights(&other);
+        let rows = 8;
+        let quants = [
+            Quant {
+                scheme: QuantScheme::Int8Tensor,
+                rounding: Rounding::Nearest,
+            },
+            Quant {
+                scheme: QuantScheme::Int8Channel,
+                rounding: Rounding::Nearest,
+            },
+            Quant {
+                scheme: QuantScheme::Int4Group { group: 32 },
+                rounding: Rounding::Nearest,
+            },
+        ];
+        for (i, (layer, m)) in all_matrices(&key.dims()).into_iter().enumerate() {
+            let (out, inp) = key.dims().shape(m);
+            let name = m.tensor_name(layer);
+            let honest = &w[&name];
+            let seed = 100 + i as u64;
+            let mut cases: Vec<(String, Vec<f32>)> = quants
+                .iter()
+                .map(|q| {
+                    (
+                        q.to_string(),
+                        crate::quant::quantize_dequantize(honest, out, inp, *q).unwrap(),
+                    )
+                })
+                .collect();
+            cases.push(("other model".into(), wo[&name].clone()));
+            // Relative noise 1e-3 on every weight: beyond the bound for in = 128 (ratios 1.1 to
+            // 3.5); for down (in = 344, a bound 2.7x larger) it stays below it (ratios 0.5 to
+            // 0.7), and 4e-3 is caught.
+            let xi = inputs(seed + 7, out, inp);
+            let level = if m == Matrix::Down { 4e-3 } else { 1e-3 };
+            let noise: Vec<f32> = honest
+                .iter()
+                .zip(&xi)
+                .map(|(&a, &e)| a * (1.0 + level * e))
+                .collect();
+            cases.push((format!("noise {level:e}"), noise));
+            for (what, wrong) in cases {
+                let c = check_with(&key, layer, m, &wrong, rows, seed);
+                assert!(!c.passed, "{what} passed for {layer} {m:?}: {c:?}");
+            }
+            if m == Matrix::Down {
+                let noise: Vec<f32> = honest
+                    .iter()
+                    .zip(&xi)
+                    .map(|(&a, &e)| a * (1.0 + 1e-3 * e))
+                    .collect();
+                let c = check_with(&key, layer, m, &noise, rows, seed);
+                assert!(c.passed && c.worst_ratio > 0.3, "{c:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_weight_scaled() {
+        let model = LlamaModel::preset("tiny").unwrap();
+        let key = VerifierKey::build(&secret(3), &model, 4).unwrap();
+        let w = weights(&model);
+        let (layer, m) = (2, Matrix::Q);
+        let honest = &w[&m.tensor_name(layer)];
+        let big = (0..honest.len())
+            .max_by(|&a, &b| honest[a].abs().total_cmp(&honest[b].abs()))
+            .unwrap();
+        let rows = 8;
+        // The largest weight scaled by 1.01 changes one output by ~0.2 of the bound (not
+        // caught); doubled, by ~20 times the bound.
+        for (factor, detected) in [(1.01f32, false), (2.0, true)] {
+            let mut wrong = honest.clone();
+            wrong[big] *= factor;
+            let c = check_with(&key, layer, m, &wrong, rows, 9);
+            eprintln!("one weight x{factor}: {c:?}");
+            assert_eq!(!c.passed, detected, "x{factor}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn measured_false_accepts_match_the_prediction() {
+        let model = LlamaModel::preset("tiny").unwrap();
+        let w = weights(&model);
+        let (layer, m) = (1usize, Matrix::Q);
+        let dims = KeyDims::of(&model).unwrap();
+        let (out, inp) = dims.shape(m);
+        let honest = &w[&m.tensor_name(layer)];
+        let x = inputs(5, 1, inp);
+        let xi = inputs(6, out, inp);
+        let digest = model.digest();
+        // The deviation of weights with relative noise delta, exactly (f64).
+        let perturbed = |delta: f32| -> (Vec<f32>, f64) {
+            let wp: Vec<f32> = honest
+                .iter()
+                .zip(&xi)
+                .map(|(&a, &e)| a * (1.0 + delta * e))
+                .collect();
+            let y = engine_matmul(&x, 1, &wp, out, inp);
+            let e2: f64 = (0..out)
+                .map(|i| {
+                    let exact: f64 = (0..inp)
+                        .map(|j| f64::from(honest[i * inp + j]) * f64::from(x[j]))
+                        .sum();
+                    (f64::from(y[i]) - exact).powi(2)
+                })
+                .sum();
+            (y, e2.sqrt())
+        };
+        let bound_of = |s: &VerifierSecret, y: &[f32]| -> (f64, f64) {
+            let (r, v, u) = derive(seed(s, &digest, layer as u32, m, 0), honest, out, inp);
+            let vx: f64 = v.iter().zip(&x).map(|(a, &b)| a * f64::from(b)).sum();
+            let ux: f64 = u.iter().zip(&x).map(|(a, &b)| a * f64::from(b).abs()).sum();
+            let ry: f64 = r.iter().zip(y).map(|(a, &b)| a * f64::from(b)).sum();
+            let ary: f64 = r
+                .iter()
+                .zip(y)
+                .map(|(a, &b)| a.abs() * f64::from(b).abs())
+                .sum();
+            let eps = 2.0 * (gamma(inp, U_F64) + gamma(out, U_F64));
+            (
+                (vx - ry).abs(),
+                gamma(inp, U_F32) * ux + U_F32 * ary + eps * (ux + ary),
+            )
+        };
+        let secrets: Vec<VerifierSecret> = (0..400u32)
+            .map(|i| {
+                let mut b = [0u8; 32];
+                b[..4].copy_from_slice(&i.to_le_bytes());
+                b[31] = 0x5E;
+                VerifierSecret::from_bytes(b)
+            })
+            .collect();
+        // Tune delta so that the mean predicted false accept is about 0.3.
+        let (y0, e0) = perturbed(1e-3);
+        let b0: f64 = secrets[..20]
+            .iter()
+            .map(|s| bound_of(s, &y0).1)
+            .sum::<f64>()
+            / 20.0;
+        // erf(z) = 0.3 at z = 0.2725
+        let delta = 1e-3 * (b0 / (std::f64::consts::SQRT_2 * 0.2725 * e0)) as f32;
+        let (y, e_norm) = perturbed(delta);
+        let mut accepted = 0usize;
+        let mut predicted = 0.0;
+        for s in &secrets {
+            let (dev, b) = bound_of(s, &y);
+            if dev <= b {
+                accepted += 1;
+            }
+            predicted += false_accept_probability(b, e_norm, 1);
+        }
+        let n = secrets.len() as f64;
+        let p = predicted / n;
+        let sigma = (n * p * (1.0 - p)).sqrt();
+        eprintln!(
+            "delta {delta:.3e}: accepted {accepted}/400, predicted {:.1} (p {p:.3})",
+            n * p
+        );
+        assert!((0.2..0.4).contains(&p), "{p}");
+        assert!(
+            (accepted as f64 - n * p).abs() <= 5.0 * sigma,
+            "{accepted} vs {}",
+            n * p
+        );
+        // And the check itself agrees with the direct computation for one secret.
+        let key = VerifierKey::build(&secrets[0], &model, 1).unwrap();
+        let c = check_linear(&key, layer, m, &x, &y, 1).unwrap();
+        let (dev, b) = bound_of(&secrets[0], &y);
+        assert_eq!((c.deviation, c.bound), (dev, b));
+    }
+
+    #[test]
+    fn false_accept_formula() {
+        assert_eq!(false_accept_probability(1.0, 0.0, 3), 1.0);
+        assert_eq!(false_accept_probability(1.0, 2.0, 0), 1.0);
+        assert!(false_accept_probability(-1.0, 1.0, 1).is_nan());
+        assert!(false_accept_probability(1.0, f64::NAN, 1).is_nan());
+        // erf(1/√2) = 0.682689492...
+        let p = false_accept_probability(1.0, 1.0, 1);
+        assert!((p - 0.682_689_492_137_086).abs() < 1e-12, "{p}");
+        assert!((false_accept_probability(1.0, 1.0, 3) - p.powi(3)).abs() < 1e-12);
+        assert_eq!(false_accept_probability(0.0, 1.0, 1), 0.0);
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let model = LlamaModel::preset("tiny").unwrap();
+        assert!(VerifierKey::build(&secret(1), &model, 0).is_err());
+        assert!(VerifierKey::build(&secret(1), &model, MAX_REPETITIONS + 1).is_err());
+        let key = VerifierKey::build(&secret(1), &model, 1).unwrap();
+        let (out, inp) = key.dims().shape(Matrix::Q);
+        let x = vec![0.5f32; inp];
+        let y = vec![0.0f32; out];
+        for (layer, m) in [(0, Matrix::Q), (5, Matrix::Q), (1, Matrix::LmHead)] {
+            let e = check_linear(&key, layer, m, &x, &y, 1).unwrap_err();
+            assert!(matches!(e, FreivaldsError::InvalidArgument(_)), "{e}");
+        }
+        assert!(matches!(
+            check_linear(&key, 1, Matrix::Q, &x, &y, 0),
+            Err(FreivaldsError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            check_linear(&key, 1, Matrix::Q, &x[1..], &y, 1),
+            Err(FreivaldsError::WrongLength { what: "x", .. })
+        ));
+        assert!(matches!(
+            check_linear(&key, 1, Matrix::Q, &x, &y, 2),
+            Err(FreivaldsError::WrongLength { .. })
+        ));
+        let mut nan = y.clone();
+        nan[3] = f32::NAN;
+        assert!(matches!(
+            check_linear(&key, 1, Matrix::Q, &x, &nan, 1),
+            Err(FreivaldsError::NonFinite {
+                what: "y",
+                index: 3
+            })
+        ));
+        // x = 0, y = 0 has deviation 0 and passes; x = 0, y != 0 fails with an infinite ratio.
+        let z = vec![0.0f32; inp];
+        assert!(check_linear(&key, 1, Matrix::Q, &z, &y, 1).unwrap().passed);
+        let mut y1 = y.clone();
+        y1[0] = 1.0;
+        let c = check_linear(&key, 1, Matrix::Q, &z, &y1, 1).unwrap();
+        assert!(!c.passed);
+        // The LM head is layer L.
+        let (vo, vi) = key.dims().shape(Matrix::LmHead);
+        assert!(check_linear(&key, 4, Matrix::LmHead, &vec![0.0; vi], &vec![0.0; vo], 1).is_ok());
+        // Another model's digest.
+        let other = LlamaModel::new(ModelConfig {
+            seed: 1,
+            ..ModelConfig::tiny()
+        })
+        .unwrap();
+        assert!(key.check_model(&model.digest()).is_ok());
+        assert!(matches!(
+            key.check_model(&other.digest()),
+            Err(FreivaldsError::ModelMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn strict_decoding() {
+        let model = LlamaModel::preset("tiny").unwrap();
+        let key = VerifierKey::build(&secret(4), &model, 1).unwrap();
+        let bytes = key.to_bytes();
+        assert_eq!(VerifierKey::from_bytes(&bytes).unwrap(), key);
+        let refused = |b: &[u8]| VerifierKey::from_bytes(b).unwrap_err().is_input();
+        assert!(refused(&bytes[..bytes.len() - 1]));
+        assert!(refused(&[bytes.as_slice(), &[0]].concat()));
+        let mut b = bytes.clone();
+        b[0] ^= 1;
+        assert!(refused(&b));
+        let mut b = bytes.clone();
+        b[8] = 2;
+        assert!(refused(&b));
+        // A NaN r value, a negative u value, a -0 u value.
+        let mut b = bytes.clone();
+        b[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&f64::NAN.to_le_bytes());
+        assert!(refused(&b));
+        let (out, inp) = key.dims().shape(Matrix::Q);
+        let u0 = HEADER_LEN + 8 * (out + inp);
+        for bad in [-1.0f64, -0.0] {
+            let mut b = bytes.clone();
+            b[u0..u0 + 8].copy_from_slice(&bad.to_le_bytes());
+            assert!(refused(&b), "{bad}");
+        }
+        // Huge declared dimensions are refused before allocation.
+        let mut b = bytes[..HEADER_LEN].to_vec();
+        for i in 0..6 {
+            b[76 + 4 * i..80 + 4 * i].copy_from_slice(&MAX_DIM.to_le_bytes());
+        }
+        b[100..104].copy_from_slice(&MAX_REPETITIONS.to_le_bytes());
+        assert!(refused(&b));
+        for (at, v) in [
+            (76usize, 0u32),
+            (80, MAX_DIM + 1),
+            (100, 0),
+            (100, MAX_REPETITIONS + 1),
+        ] {
+            let mut b = bytes.clone();
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            assert!(refused(&b), "{at} {v}");
+        }
+    }
+
+    /// A key of small arbitrary dimensions and values (not derived from a model).
+    fn arb_key() -> impl Strategy<Value = VerifierKey> {
+        (
+            (1u32..3, 1u32..4, 1u32..4, 1u32..4, 1u32..4, 1u32..4),
+            1u32..3,
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>(),
+            any::<u64>(),
+        )
+            .prop_map(|((l, h, q, kv, m, v), t, dg, cm, s)| {
+                let dims = KeyDims {
+                    layers: l,
+                    hidden: h,
+                    q_out: q,
+                    kv_out: kv,
+                    mlp: m,
+                    vocab: v,
+                };
+                let mut rng = ChaCha20Rng::seed_from_u64(s);
+                let mut f = |n: usize, nonneg: bool| -> Vec<f64> {
+                    (0..n)
+                        .map(|_| {
+                            let x = (rng.next_u64() >> 11) as f64 * U_F64 * 4.0 - 2.0;
+                            if nonneg {
+                                x.abs()
+                            } else {
+                                x
+                            }
+                        })
+                        .collect()
+                };
+                let matrices = dims
+                    .order()
+                    .map(|(_, mx)| {
+                        let (o, i) = dims.shape(mx);
+                        let t = t as usize;
+                        MatrixKey {
+                            r: f(o * t, false),
+                            v: f(i * t, false),
+                            u: f(i * t, true),
+                        }
+                    })
+                    .collect();
+                VerifierKey {
+                    model_digest: Digest(dg),
+                    secret_commitment: cm,
+                    dims,
+                    repetitions: t,
+                    matrices,
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(key in arb_key()) {
+            let bytes = key.to_bytes();
+            prop_assert_eq!(bytes.len() as u64, key.encoded_len());
+            let back = VerifierKey::from_bytes(&bytes).unwrap();
+            prop_assert_eq!(back.to_bytes(), bytes);
+            prop_assert_eq!(back, key);
+        }
+
+        #[test]
+        fn mutated_bytes_never_panic(
+            key in arb_key(),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+            cut in proptest::option::of(any::<usize>()),
+        ) {
+            let mut bytes = key.to_bytes();
+            for (at, b) in edits {
+                let n = bytes.len();
+                bytes[at % n] ^= b | 1;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(c % (bytes.len() + 1));
+            }
+            // Any accepted encoding is the one encoding of what it decodes to.
+            if let Ok(k) = VerifierKey::from_bytes(&bytes) {
+                prop_assert_eq!(k.to_bytes(), bytes);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut b = bytes.clone();
+            let _ = VerifierKey::from_bytes(&b);
+            if b.len() >= 8 {
+                b[..8].copy_from_slice(&MAGIC);
+            }
+            if b.len() >= 12 {
+                b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+            }
+            let _ = VerifierKey::from_bytes(&b);
+        }
+    }
+}
