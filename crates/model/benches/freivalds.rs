@@ -5,6 +5,15 @@
 //! same run; then the time to build the whole model's verifier key (t = 1 and t = 4), whose
 //! encoded size is printed.
 //!
+//! `freivalds_small_cell`: a whole challenged cell of `small` (layer 4, the last 16-row chunk of
+//! 128 tokens, f32 eager): recomputing it as today's verifier does
+//! ([`LlamaModel::recompute_cell`] from the 128 opened rows of the layer below) against checking
+//! it from its sub-layer values (issue 16): Freivalds on the cell's q, o, gate, up and down
+//! rows and on the key and value rows of all 128 context positions, the context rows' attention
+//! norms recomputed (plain f32, the cost of that check), and the nonlinear parts recomputed
+//! ([`LlamaModel::recompute_nonlinear`]: norms, rotary embedding, attention, SwiGLU, residuals)
+//! and compared bitwise.
+//!
 //! Run: `cargo bench -p veritrace-model --bench freivalds`.
 
 use std::collections::HashMap;
@@ -13,7 +22,7 @@ use std::hint::black_box;
 use candle_core::{Device, Tensor};
 use criterion::Criterion;
 use veritrace_model::freivalds::{check_linear, Matrix, VerifierKey, VerifierSecret};
-use veritrace_model::LlamaModel;
+use veritrace_model::{CellInputs, LlamaModel, Setup, SubLayers};
 
 /// Deterministic inputs in ±1 (the scale of normed activations).
 fn inputs(seed: u32, n: usize) -> Vec<f32> {
@@ -115,8 +124,115 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+fn cell(c: &mut Criterion) {
+    let model = LlamaModel::preset("small").expect("small");
+    let cfg = model.config().clone();
+    let (d, hd) = (cfg.hidden_size, cfg.head_dim());
+    let (qd, kvd, m) = (
+        cfg.num_heads * hd,
+        cfg.num_kv_heads * hd,
+        cfg.intermediate_size,
+    );
+    let setup: Setup = "f32/attn=eager".parse().expect("setup");
+    let secret = VerifierSecret::from_bytes([0x42; 32]);
+    let key = VerifierKey::build(&secret, &model, 1).expect("key");
+    let (n, tile, layer, chunk) = (128usize, 16usize, 4usize, 7usize);
+    let tokens: Vec<u32> = (0..n as u32)
+        .map(|i| (7 + 37 * i * i + 11 * i) % 2048)
+        .collect();
+    let (trace, sub) = model.trace_sublayers(&setup, &tokens, tile).expect("trace");
+    let s = &sub[layer - 1];
+    let (lo, e) = (chunk * tile, n);
+    let rows = |x: &[f32], w: usize, a: usize, b: usize| x[a * w..b * w].to_vec();
+    let h_in = rows(&trace.layers[layer - 1], d, 0, e);
+    let claim = SubLayers {
+        normed: rows(&s.normed, d, 0, e),
+        q: rows(&s.q, qd, lo, e),
+        k: rows(&s.k, kvd, 0, e),
+        v: rows(&s.v, kvd, 0, e),
+        attn: rows(&s.attn, qd, lo, e),
+        o: rows(&s.o, d, lo, e),
+        mlp_in: rows(&s.mlp_in, d, lo, e),
+        gate: rows(&s.gate, m, lo, e),
+        up: rows(&s.up, m, lo, e),
+        act: rows(&s.act, m, lo, e),
+        down: rows(&s.down, d, lo, e),
+    };
+    let h_out = rows(&trace.layers[layer], d, lo, e);
+    let r = e - lo;
+    let cell_normed = rows(&s.normed, d, lo, e);
+    let gain = vec![1f32; d];
+    let check = || {
+        // the context rows' attention norms (what the key and value checks take as input)
+        let mut worst = 0f32;
+        for row in 0..e {
+            let x = &h_in[row * d..(row + 1) * d];
+            let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let inv = 1.0 / (ms + 1e-5).sqrt();
+            for (i, v) in x.iter().enumerate() {
+                worst = worst.max((v * inv * gain[i] - claim.normed[row * d + i]).abs());
+            }
+        }
+        black_box(worst);
+        // every linear map with Freivalds
+        let mut ok = true;
+        for (matrix, x, y, n_rows) in [
+            (Matrix::Q, &cell_normed, &claim.q, r),
+            (Matrix::K, &claim.normed, &claim.k, e),
+            (Matrix::V, &claim.normed, &claim.v, e),
+            (Matrix::O, &claim.attn, &claim.o, r),
+            (Matrix::Gate, &claim.mlp_in, &claim.gate, r),
+            (Matrix::Up, &claim.mlp_in, &claim.up, r),
+            (Matrix::Down, &claim.act, &claim.down, r),
+        ] {
+            ok &= check_linear(&key, layer, matrix, x, y, n_rows)
+                .expect("check")
+                .passed;
+        }
+        // the nonlinear parts, compared bitwise with the claim
+        let nl = model
+            .recompute_nonlinear(
+                &setup, tile, layer, chunk, &h_in, &claim.k, &claim.v, &claim,
+            )
+            .expect("nonlinear");
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        ok &= same(&nl.normed, &cell_normed)
+            && same(&nl.attn, &claim.attn)
+            && same(&nl.mlp_in, &claim.mlp_in)
+            && same(&nl.act, &claim.act)
+            && same(&nl.h_out, &h_out);
+        ok
+    };
+    assert!(check(), "the honest cell passes");
+    let recompute = || {
+        model
+            .recompute_cell(&setup, tile, layer, chunk, CellInputs::Hidden(&h_in))
+            .expect("recompute")
+    };
+    assert_eq!(recompute(), h_out, "recompute reproduces the cell");
+    let mut g = c.benchmark_group("freivalds_small_cell");
+    g.sample_size(20);
+    g.bench_function("recompute_cell", |b| b.iter(|| black_box(recompute())));
+    g.bench_function("freivalds_t1_and_nonlinear", |b| {
+        b.iter(|| black_box(check()))
+    });
+    g.bench_function("nonlinear_only", |b| {
+        b.iter(|| {
+            black_box(
+                model
+                    .recompute_nonlinear(
+                        &setup, tile, layer, chunk, &h_in, &claim.k, &claim.v, &claim,
+                    )
+                    .expect("nonlinear"),
+            )
+        })
+    });
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
+    cell(&mut c);
     c.final_summary();
 }
