@@ -2159,15 +2159,25 @@ impl Arith<'_> {
         // attention norm of the block's input rows
         let xt = self.block_tensor(h_in, e, blk, j)?;
         let normed = self.rms_norm(&xt, &w.attn_norm)?;
+        // One rotary table for positions 0..(j + 1)·blk, cut per block: each position's angles
+        // are computed by the same formula as the forward's per-block tables (bitwise).
+        let span = (j + 1) * blk;
+        let (cos_all, sin_all) = self.rope_tables(0, span)?;
+        let table = |t: usize| -> Result<(Tensor, Tensor)> {
+            Ok((
+                cos_all.narrow(0, t * blk, blk)?,
+                sin_all.narrow(0, t * blk, blk)?,
+            ))
+        };
         // queries (claimed), roped at the block's positions
-        let (cos, sin) = self.rope_tables(j * blk, blk)?;
+        let (cos, sin) = table(j)?;
         let q = local(&cell.q, nh * hd)?.reshape((blk, nh, hd))?;
         let q = Self::rope(&q, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
         // keys and values of blocks 0..=j (claimed), keys roped block by block as the forward
         let mut keys = Vec::with_capacity(j + 1);
         let mut values = Vec::with_capacity(j + 1);
         for t in 0..=j {
-            let (cos, sin) = self.rope_tables(t * blk, blk)?;
+            let (cos, sin) = table(t)?;
             let k = self
                 .rows_tensor(k_lin, e, nkv * hd, blk, t)?
                 .reshape((blk, nkv, hd))?;
@@ -2179,7 +2189,6 @@ impl Arith<'_> {
                     .contiguous()?,
             );
         }
-        let span = (j + 1) * blk;
         let k = Tensor::cat(&keys, 1)?;
         let v = Tensor::cat(&values, 1)?;
         let rep = nh / nkv;
