@@ -98,6 +98,27 @@ pub struct SoundnessArgs {
     )]
     pub power: f64,
 
+    /// A verifier that checks each sampled cell's linear maps with Freivalds (issue 16,
+    /// `specs/freivalds.md`): its per-row rounding bound B, with --deviation-norm and
+    /// --freivalds-repetitions, sets the power to `1 − erf(B / (√2‖e‖))^T`, the probability
+    /// that the check catches a deviation of norm ‖e‖ (in place of --power).
+    #[arg(
+        long,
+        value_name = "B",
+        requires = "deviation_norm",
+        conflicts_with = "power"
+    )]
+    pub freivalds_bound: Option<f64>,
+
+    /// The norm ‖e‖ of a cheating prover's deviation `y − Wx` in a checked row.
+    #[arg(long, value_name = "E", requires = "freivalds_bound")]
+    pub deviation_norm: Option<f64>,
+
+    /// Independent secret vectors T per weight matrix (with --freivalds-bound).
+    #[arg(long, value_name = "T", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub freivalds_repetitions: u32,
+
     /// Analysis: independent rounds R, each with a fresh challenge of K samples.
     #[arg(long, value_name = "R", conflicts_with = "cheat_fraction",
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_ROUNDS)))]
@@ -390,13 +411,39 @@ pub fn sizing_to_text(
 /// A [`veritrace_protocol::ProtocolError`] when a parameter is refused (the binary exits 2), or
 /// an I/O error writing `out`.
 pub fn run(args: &SoundnessArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let (power, freivalds_line) = match (args.freivalds_bound, args.deviation_norm) {
+        (Some(bound), Some(norm)) => {
+            if !(bound.is_finite() && bound >= 0.0 && norm.is_finite() && norm > 0.0) {
+                return Err(ProtocolError::InvalidParameter(format!(
+                    "--freivalds-bound {bound} must be finite and >= 0 and --deviation-norm \
+                     {norm} finite and > 0"
+                ))
+                .into());
+            }
+            let accept = veritrace_model::freivalds::false_accept_probability(
+                bound,
+                norm,
+                args.freivalds_repetitions,
+            );
+            let power = 1.0 - accept;
+            (
+                power,
+                Some(format!(
+                    "freivalds           P(a sampled bad cell passes) = erf(B / (sqrt2 |e|))^T = \
+                     erf({bound} / (sqrt2 x {norm}))^{} = {accept:.6e}; power {power:.6}\n",
+                    args.freivalds_repetitions
+                )),
+            )
+        }
+        _ => (args.power, None),
+    };
     let text = match (args.bad, args.samples, args.cheat_fraction, args.bits) {
         (Some(bad), Some(samples), None, None) => {
             let report = soundness_report(&SoundnessParams {
                 cells: args.cells,
                 bad_cells: bad,
                 samples,
-                power: args.power,
+                power,
                 rounds: args.rounds.unwrap_or(1),
                 grind_bits: args.grind_bits,
                 pow_bits: args.pow_bits,
@@ -415,7 +462,7 @@ pub fn run(args: &SoundnessArgs, out: &mut impl Write) -> anyhow::Result<()> {
                 .into());
             }
             let attempts = log2_grinding_attempts(args.grind_bits, args.pow_bits)?;
-            let size = samples_needed(args.cells, fraction, bits + attempts, args.power)?;
+            let size = samples_needed(args.cells, fraction, bits + attempts, power)?;
             if args.json {
                 let mut value = serde_json::to_value(&size)?;
                 if let Some(map) = value.as_object_mut() {
@@ -436,6 +483,10 @@ pub fn run(args: &SoundnessArgs, out: &mut impl Write) -> anyhow::Result<()> {
             )
             .into())
         }
+    };
+    let text = match freivalds_line {
+        Some(line) if !args.json => line + &text,
+        _ => text,
     };
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())

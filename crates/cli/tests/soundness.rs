@@ -620,3 +620,96 @@ fn help_mentions_the_model() {
     assert!(o.stdout.contains("Hypergeometric"), "{}", o.stdout);
     assert!(o.stdout.contains("--grind-bits"), "{}", o.stdout);
 }
+
+#[test]
+fn a_freivalds_bound_sets_the_power() {
+    // P(pass) = erf(B / (sqrt2 |e|))^T; with B = |e| / 10 and T = 2 the power is
+    // 1 - erf(0.1 / sqrt2)^2 = 1 - 0.0796557^2.
+    let text = ok(&[
+        "--cells",
+        "10000",
+        "--bad",
+        "100",
+        "--samples",
+        "300",
+        "--freivalds-bound",
+        "1e-3",
+        "--deviation-norm",
+        "1e-2",
+        "--freivalds-repetitions",
+        "2",
+    ]);
+    assert!(text.starts_with("freivalds "), "{text}");
+    let v = json(&[
+        "--cells",
+        "10000",
+        "--bad",
+        "100",
+        "--samples",
+        "300",
+        "--freivalds-bound",
+        "1e-3",
+        "--deviation-norm",
+        "1e-2",
+        "--freivalds-repetitions",
+        "2",
+    ]);
+    let power = v["power"].as_f64().expect("power in the report");
+    let expect = 1.0 - 0.079_655_674_554_058_f64.powi(2);
+    assert!((power - expect).abs() < 1e-9, "{power} vs {expect}");
+    // the same miss probability as --power with that value
+    let p = json(&[
+        "--cells",
+        "10000",
+        "--bad",
+        "100",
+        "--samples",
+        "300",
+        "--power",
+        &format!("{power}"),
+    ]);
+    assert!(v["miss_probability"].is_f64());
+    assert_eq!(v["miss_probability"], p["miss_probability"]);
+    // refusals: a zero deviation, with --power, without the norm
+    for args in [
+        vec![
+            "--cells",
+            "10",
+            "--bad",
+            "1",
+            "--samples",
+            "2",
+            "--freivalds-bound",
+            "1",
+            "--deviation-norm",
+            "0",
+        ],
+        vec![
+            "--cells",
+            "10",
+            "--bad",
+            "1",
+            "--samples",
+            "2",
+            "--freivalds-bound",
+            "1",
+            "--deviation-norm",
+            "1",
+            "--power",
+            "0.5",
+        ],
+        vec![
+            "--cells",
+            "10",
+            "--bad",
+            "1",
+            "--samples",
+            "2",
+            "--freivalds-bound",
+            "1",
+        ],
+    ] {
+        let o = soundness(&args);
+        assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
+    }
+}
