@@ -14,6 +14,11 @@
 //! ([`LlamaModel::recompute_nonlinear`]: norms, rotary embedding, attention, SwiGLU, residuals)
 //! and compared bitwise.
 //!
+//! `sublayer_prover_cost`: what the sub-layer trace level would cost a prover on `small` (128
+//! tokens, tile 16, f32 eager): the traced forward with and without the sub-layer capture, and
+//! committing (BLAKE3 Merkle tree) the hidden-state trace against the sub-layer values laid out
+//! as one `[tokens, width]` layer per decoder layer; the bytes per token of each are printed.
+//!
 //! Run: `cargo bench -p veritrace-model --bench freivalds`.
 
 use std::collections::HashMap;
@@ -230,9 +235,93 @@ fn cell(c: &mut Criterion) {
     g.finish();
 }
 
+fn prover_cost(c: &mut Criterion) {
+    use veritrace_commit::{commit_trace, Dtype, HasherId, TraceGeometry};
+    let model = LlamaModel::preset("small").expect("small");
+    let setup: Setup = "f32/attn=eager".parse().expect("setup");
+    let (n, tile) = (128usize, 16usize);
+    let tokens: Vec<u32> = (0..n as u32)
+        .map(|i| (7 + 37 * i * i + 11 * i) % 2048)
+        .collect();
+    let (trace, sub) = model.trace_sublayers(&setup, &tokens, tile).expect("trace");
+    let as_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let hidden: Vec<Vec<u8>> = trace.layers.iter().map(|l| as_bytes(l)).collect();
+    // one row per token: normed, q, k, v, attn, o, mlp_in, gate, up, act, down
+    let width = |s: &SubLayers| {
+        [
+            &s.normed, &s.q, &s.k, &s.v, &s.attn, &s.o, &s.mlp_in, &s.gate, &s.up, &s.act, &s.down,
+        ]
+        .iter()
+        .map(|p| p.len() / n)
+        .sum::<usize>()
+    };
+    let w = width(&sub[0]);
+    let sub_bytes: Vec<Vec<u8>> = sub
+        .iter()
+        .map(|s| {
+            let parts = [
+                &s.normed, &s.q, &s.k, &s.v, &s.attn, &s.o, &s.mlp_in, &s.gate, &s.up, &s.act,
+                &s.down,
+            ];
+            let mut row_major = Vec::with_capacity(n * w * 4);
+            for t in 0..n {
+                for p in parts {
+                    let pw = p.len() / n;
+                    row_major.extend(p[t * pw..(t + 1) * pw].iter().flat_map(|x| x.to_le_bytes()));
+                }
+            }
+            row_major
+        })
+        .collect();
+    let d = model.config().hidden_size;
+    let g_hidden = TraceGeometry::new(
+        hidden.len() as u32,
+        n as u32,
+        d as u32,
+        tile as u32,
+        Dtype::F32,
+    )
+    .expect("geometry");
+    let g_sub = TraceGeometry::new(
+        sub.len() as u32,
+        n as u32,
+        w as u32,
+        tile as u32,
+        Dtype::F32,
+    )
+    .expect("geometry");
+    eprintln!(
+        "small, {n} tokens: hidden trace {} bytes per token ({} layers x {d} f32), sub-layer \
+         values {} bytes per token ({} layers x {w} f32), {:.1}x",
+        hidden.len() * d * 4,
+        hidden.len(),
+        sub.len() * w * 4,
+        sub.len(),
+        (sub.len() * w) as f64 / (hidden.len() * d) as f64
+    );
+    let mut g = c.benchmark_group("sublayer_prover_cost");
+    g.sample_size(10);
+    g.bench_function("trace", |b| {
+        b.iter(|| black_box(model.trace(&setup, &tokens, tile).expect("trace")))
+    });
+    g.bench_function("trace_sublayers", |b| {
+        b.iter(|| black_box(model.trace_sublayers(&setup, &tokens, tile).expect("trace")))
+    });
+    let h_refs: Vec<&[u8]> = hidden.iter().map(Vec::as_slice).collect();
+    let s_refs: Vec<&[u8]> = sub_bytes.iter().map(Vec::as_slice).collect();
+    g.bench_function("commit_hidden", |b| {
+        b.iter(|| black_box(commit_trace(HasherId::Blake3, &g_hidden, &h_refs).expect("commit")))
+    });
+    g.bench_function("commit_sublayers", |b| {
+        b.iter(|| black_box(commit_trace(HasherId::Blake3, &g_sub, &s_refs).expect("commit")))
+    });
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
     cell(&mut c);
+    prover_cost(&mut c);
     c.final_summary();
 }
