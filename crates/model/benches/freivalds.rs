@@ -8,11 +8,11 @@
 //! `freivalds_small_cell`: a whole challenged cell of `small` (layer 4, the last 16-row chunk of
 //! 128 tokens, f32 eager): recomputing it as today's verifier does
 //! ([`LlamaModel::recompute_cell`] from the 128 opened rows of the layer below) against checking
-//! it from its sub-layer values (issue 16): Freivalds on the cell's q, o, gate, up and down
-//! rows and on the key and value rows of all 128 context positions, the context rows' attention
-//! norms recomputed (plain f32, the cost of that check), and the nonlinear parts recomputed
-//! ([`LlamaModel::recompute_nonlinear`]: norms, rotary embedding, attention, SwiGLU, residuals)
-//! and compared bitwise.
+//! it from its sub-layer values with [`check_cell`] (issue 16): Freivalds on the cell's q, o,
+//! gate, up and down rows and on the key and value rows of all 128 context positions, the
+//! context rows' attention norms recomputed by the engine, and the nonlinear parts recomputed
+//! ([`LlamaModel::recompute_nonlinear`]: rotary embedding, attention, SwiGLU, residuals) and
+//! compared bitwise.
 //!
 //! `sublayer_prover_cost`: what the sub-layer trace level would cost a prover on `small` (128
 //! tokens, tile 16, f32 eager): the traced forward with and without the sub-layer capture, and
@@ -26,7 +26,9 @@ use std::hint::black_box;
 
 use candle_core::{Device, Tensor};
 use criterion::Criterion;
-use veritrace_model::freivalds::{check_linear, Matrix, VerifierKey, VerifierSecret};
+use veritrace_model::freivalds::{
+    check_cell, check_linear, CellClaim, Matrix, VerifierKey, VerifierSecret,
+};
 use veritrace_model::{CellInputs, LlamaModel, Setup, SubLayers};
 
 /// Deterministic inputs in ±1 (the scale of normed activations).
@@ -164,49 +166,22 @@ fn cell(c: &mut Criterion) {
         down: rows(&s.down, d, lo, e),
     };
     let h_out = rows(&trace.layers[layer], d, lo, e);
-    let r = e - lo;
-    let cell_normed = rows(&s.normed, d, lo, e);
-    let gain = vec![1f32; d];
+    let context = SubLayers {
+        normed: claim.normed.clone(),
+        k: claim.k.clone(),
+        v: claim.v.clone(),
+        ..SubLayers::default()
+    };
     let check = || {
-        // the context rows' attention norms (what the key and value checks take as input)
-        let mut worst = 0f32;
-        for row in 0..e {
-            let x = &h_in[row * d..(row + 1) * d];
-            let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
-            let inv = 1.0 / (ms + 1e-5).sqrt();
-            for (i, v) in x.iter().enumerate() {
-                worst = worst.max((v * inv * gain[i] - claim.normed[row * d + i]).abs());
-            }
-        }
-        black_box(worst);
-        // every linear map with Freivalds
-        let mut ok = true;
-        for (matrix, x, y, n_rows) in [
-            (Matrix::Q, &cell_normed, &claim.q, r),
-            (Matrix::K, &claim.normed, &claim.k, e),
-            (Matrix::V, &claim.normed, &claim.v, e),
-            (Matrix::O, &claim.attn, &claim.o, r),
-            (Matrix::Gate, &claim.mlp_in, &claim.gate, r),
-            (Matrix::Up, &claim.mlp_in, &claim.up, r),
-            (Matrix::Down, &claim.act, &claim.down, r),
-        ] {
-            ok &= check_linear(&key, layer, matrix, x, y, n_rows)
-                .expect("check")
-                .passed;
-        }
-        // the nonlinear parts, compared bitwise with the claim
-        let nl = model
-            .recompute_nonlinear(
-                &setup, tile, layer, chunk, &h_in, &claim.k, &claim.v, &claim,
-            )
-            .expect("nonlinear");
-        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-        ok &= same(&nl.normed, &cell_normed)
-            && same(&nl.attn, &claim.attn)
-            && same(&nl.mlp_in, &claim.mlp_in)
-            && same(&nl.act, &claim.act)
-            && same(&nl.h_out, &h_out);
-        ok
+        let c = CellClaim {
+            h_in: &h_in,
+            h_out: &h_out,
+            context: &context,
+            cell: &claim,
+        };
+        check_cell(&key, &model, &setup, tile, layer, chunk, &c, 0.0)
+            .expect("check")
+            .passed
     };
     assert!(check(), "the honest cell passes");
     let recompute = || {
@@ -218,9 +193,7 @@ fn cell(c: &mut Criterion) {
     let mut g = c.benchmark_group("freivalds_small_cell");
     g.sample_size(20);
     g.bench_function("recompute_cell", |b| b.iter(|| black_box(recompute())));
-    g.bench_function("freivalds_t1_and_nonlinear", |b| {
-        b.iter(|| black_box(check()))
-    });
+    g.bench_function("check_cell_t1", |b| b.iter(|| black_box(check())));
     g.bench_function("nonlinear_only", |b| {
         b.iter(|| {
             black_box(

@@ -72,7 +72,7 @@ use rand_core::{RngCore, SeedableRng};
 use thiserror::Error;
 use veritrace_commit::Digest;
 
-use crate::{LlamaModel, ModelError};
+use crate::{LlamaModel, ModelError, SubLayers};
 
 /// The unit roundoff of f32, `2⁻²⁴`.
 pub const U_F32: f64 = 1.0 / 16_777_216.0;
@@ -830,6 +830,179 @@ fn dots_abs(r: &[f64], y: &[f32]) -> (f64, f64) {
         vt += r[i].abs() * yi.abs();
     }
     (vs, vt)
+}
+
+/// What a verifier is given to check one challenged decoder cell from its sub-layer values
+/// ([`check_cell`]): the opened rows of the layer below, the cell's output rows, the context's
+/// key-projection inputs and outputs, and the cell's own sub-layer rows.
+#[derive(Debug, Clone, Copy)]
+pub struct CellClaim<'a> {
+    /// Rows `0..e` of `h_{layer−1}` (row-major `[e, hidden]`), `e` the cell's last row + 1.
+    pub h_in: &'a [f32],
+    /// The cell's rows of `h_layer`.
+    pub h_out: &'a [f32],
+    /// Rows `0..e` of `normed`, `k` and `v` (its other fields are not read).
+    pub context: &'a SubLayers,
+    /// The cell's rows of `q`, `attn`, `o`, `mlp_in`, `gate`, `up`, `act` and `down` (its
+    /// `normed`, `k`, `v` are not read: they are the last rows of `context`).
+    pub cell: &'a SubLayers,
+}
+
+/// The result of [`check_cell`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellCheck {
+    /// Each linear map's Freivalds check (q, o, gate, up, down on the cell's rows; k, v on
+    /// every context row).
+    pub linear: Vec<(Matrix, LinearCheck)>,
+    /// Each recomputed nonlinear part against the claim: the relative L∞ deviation
+    /// `max |claimed − recomputed| / max |recomputed|` of `normed` (every context row), `attn`,
+    /// `mlp_in`, `act` and `h_out` (the cell's rows).
+    pub nonlinear: Vec<(&'static str, f64)>,
+    /// Every linear check passed and every nonlinear deviation is within the tolerance.
+    pub passed: bool,
+}
+
+fn rel_linf(claimed: &[f32], recomputed: &[f32]) -> f64 {
+    let scale = recomputed
+        .iter()
+        .fold(0f64, |m, v| m.max(f64::from(v.abs())))
+        .max(f64::MIN_POSITIVE);
+    let diff = claimed
+        .iter()
+        .zip(recomputed)
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+        // NaN propagates (a NaN claim is never within a tolerance)
+        .fold(0f64, |m, x| if x.is_nan() || x > m { x } else { m });
+    if claimed.len() != recomputed.len() {
+        return f64::INFINITY;
+    }
+    diff / scale
+}
+
+/// Checks challenged cell `(layer, chunk)` (tile `tile`) of a prover that claims `setup` from
+/// its sub-layer values (issue 16): every linear map with Freivalds ([`check_linear`]: the
+/// cell's q, o, gate, up and down rows, and the key and value rows of every context position,
+/// whose provenance the attention relies on), and the nonlinear parts recomputed by the
+/// verifier's engine: the attention norms of every context row
+/// ([`LlamaModel::attention_norms`]), and the cell's attention over the claimed keys and values,
+/// residual adds, MLP norm and SwiGLU ([`LlamaModel::recompute_nonlinear`]). Attention is thus
+/// checked at every challenged position, not only the last one.
+///
+/// The nonlinear parts pass when their relative L∞ deviation is at most `tolerance` (0: bitwise,
+/// for a prover on this engine; a prover on other hardware needs a calibrated tolerance). The
+/// linear checks hold for the f32 weights the key was built from, so the claimed setup must be
+/// f32 without quantization.
+///
+/// # Errors
+/// A key of another model, a setup other than unquantized f32, claims of the wrong lengths or
+/// non-finite, a cell out of range.
+// The cell's coordinates are separate arguments, as in `LlamaModel::recompute_cell`.
+#[allow(clippy::too_many_arguments)]
+pub fn check_cell(
+    key: &VerifierKey,
+    model: &LlamaModel,
+    setup: &crate::Setup,
+    tile: usize,
+    layer: usize,
+    chunk: usize,
+    claim: &CellClaim<'_>,
+    tolerance: f64,
+) -> Result<CellCheck> {
+    key.check_model(&model.digest())?;
+    if setup.precision != crate::Precision::F32 || setup.quant.is_some() {
+        return Err(FreivaldsError::Unsupported(format!(
+            "setup {setup}: a verifier key holds the f32 weights; a Freivalds check of another \
+             precision or a quantized setup needs a key of those weights"
+        )));
+    }
+    if !(tolerance.is_finite() && tolerance >= 0.0) {
+        return Err(FreivaldsError::InvalidArgument(format!(
+            "tolerance {tolerance} must be finite and >= 0"
+        )));
+    }
+    let c = model.config();
+    let d = c.hidden_size;
+    if claim.h_in.is_empty() || !claim.h_in.len().is_multiple_of(d) {
+        return Err(FreivaldsError::WrongLength {
+            what: "h_in",
+            expected: d as u64,
+            got: claim.h_in.len(),
+        });
+    }
+    let e = claim.h_in.len() / d;
+    let lo = chunk
+        .checked_mul(tile)
+        .filter(|&lo| lo < e && e <= lo.saturating_add(tile))
+        .ok_or_else(|| {
+            FreivaldsError::InvalidArgument(format!(
+                "{e} input rows do not end inside chunk {chunk} of size {tile}"
+            ))
+        })?;
+    let rows = e - lo;
+    if claim.context.normed.len() != e * d {
+        return Err(FreivaldsError::WrongLength {
+            what: "context normed",
+            expected: (e * d) as u64,
+            got: claim.context.normed.len(),
+        });
+    }
+    if claim.h_out.len() != rows * d {
+        return Err(FreivaldsError::WrongLength {
+            what: "h_out",
+            expected: (rows * d) as u64,
+            got: claim.h_out.len(),
+        });
+    }
+    if let Some(index) = crate::first_non_finite(claim.h_out) {
+        return Err(FreivaldsError::NonFinite {
+            what: "h_out",
+            index,
+        });
+    }
+    let cell_normed = &claim.context.normed[lo * d..];
+    let (ctx, cell) = (claim.context, claim.cell);
+    let mut linear = Vec::with_capacity(7);
+    for (matrix, x, y, n) in [
+        (Matrix::Q, cell_normed, &cell.q[..], rows),
+        (Matrix::K, &ctx.normed[..], &ctx.k[..], e),
+        (Matrix::V, &ctx.normed[..], &ctx.v[..], e),
+        (Matrix::O, &cell.attn[..], &cell.o[..], rows),
+        (Matrix::Gate, &cell.mlp_in[..], &cell.gate[..], rows),
+        (Matrix::Up, &cell.mlp_in[..], &cell.up[..], rows),
+        (Matrix::Down, &cell.act[..], &cell.down[..], rows),
+    ] {
+        linear.push((matrix, check_linear(key, layer, matrix, x, y, n)?));
+    }
+    let norms = model.attention_norms(setup, tile, layer, claim.h_in)?;
+    let nl =
+        model.recompute_nonlinear(setup, tile, layer, chunk, claim.h_in, &ctx.k, &ctx.v, cell)?;
+    for (what, claimed, width) in [
+        ("attn", &cell.attn, c.num_heads * c.head_dim()),
+        ("mlp_in", &cell.mlp_in, d),
+        ("act", &cell.act, c.intermediate_size),
+    ] {
+        if claimed.len() != rows * width {
+            return Err(FreivaldsError::WrongLength {
+                what,
+                expected: (rows * width) as u64,
+                got: claimed.len(),
+            });
+        }
+    }
+    let nonlinear = vec![
+        ("normed", rel_linf(&ctx.normed, &norms)),
+        ("attn", rel_linf(&cell.attn, &nl.attn)),
+        ("mlp_in", rel_linf(&cell.mlp_in, &nl.mlp_in)),
+        ("act", rel_linf(&cell.act, &nl.act)),
+        ("h_out", rel_linf(claim.h_out, &nl.h_out)),
+    ];
+    let passed =
+        linear.iter().all(|(_, l)| l.passed) && nonlinear.iter().all(|&(_, dev)| dev <= tolerance);
+    Ok(CellCheck {
+        linear,
+        nonlinear,
+        passed,
+    })
 }
 
 /// The probability that `t` independent repetitions with Gaussian `r` all accept a deviation

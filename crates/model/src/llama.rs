@@ -1557,6 +1557,61 @@ impl LlamaModel {
         }
         arith.nonlinear_block(layer - 1, chunk, blk, e, h_in, k, v, cell)
     }
+    /// The attention norms `RMSNorm(h_{layer−1})` of rows `0..e` of the layer's input (`h_in`,
+    /// row-major `[e, hidden]`), computed in blocks of `tile` rows as the forward does: bitwise
+    /// the `normed` rows [`LlamaModel::trace_sublayers`] records. A verifier checks the claimed
+    /// inputs of the context's key and value projections with it (their provenance).
+    ///
+    /// # Errors
+    /// A layer out of range, rows of the wrong length or non-finite, a setup this model refuses.
+    pub fn attention_norms(
+        &self,
+        setup: &Setup,
+        tile: usize,
+        layer: usize,
+        h_in: &[f32],
+    ) -> Result<Vec<f32>> {
+        self.check_setup(setup)?;
+        crate::ops::check_tile(tile)?;
+        let d = self.config.hidden_size;
+        if layer == 0 || layer > self.config.num_layers {
+            return Err(ModelError::InvalidArgument(format!(
+                "layer {layer} is not a transformer layer of this model (1..={})",
+                self.config.num_layers
+            )));
+        }
+        if h_in.is_empty() || !h_in.len().is_multiple_of(d) {
+            return Err(ModelError::WrongLength {
+                what: "input rows (elements)",
+                expected: format!("a positive multiple of the hidden size {d}"),
+                got: h_in.len(),
+            });
+        }
+        if let Some(index) = first_non_finite(h_in) {
+            return Err(ModelError::NonFinite {
+                what: "input rows",
+                index,
+            });
+        }
+        let e = h_in.len() / d;
+        let arith = self.arith(setup)?;
+        let (blk, blocks) = arith.blocks(tile, 0..e);
+        let w = &arith.w.layers[layer - 1];
+        let mut out = Vec::with_capacity(e * d);
+        for t in blocks {
+            let xt = arith.block_tensor(h_in, e, blk, t)?;
+            let rows = blk.min(e - t * blk);
+            out.extend(
+                arith
+                    .rms_norm(&xt, &w.attn_norm)?
+                    .narrow(0, 0, rows)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+        }
+        Ok(out)
+    }
 
     /// The same forward as [`LlamaModel::trace`] with no trace kept: each hidden state is
     /// dropped once the layers that read it are done, and only `h_L` is returned (row-major
