@@ -166,6 +166,41 @@ fn fifos_and_devices_are_refused_without_blocking() {
     }
 }
 
+#[cfg(unix)]
+#[test]
+fn an_output_path_that_is_a_fifo_is_refused_not_replaced() {
+    // (The same rule keeps `--out /dev/null` from replacing the device with a regular file for
+    // every process on the machine; a FIFO in a temporary directory tests it safely.)
+    let dir = tempfile::tempdir().unwrap();
+    let (commitment, _) = prove(dir.path());
+    let fifo = dir.path().join("challenge.json");
+    if !Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return;
+    }
+    let o = within(
+        LIMIT,
+        &[
+            "challenge",
+            &commitment,
+            "--samples",
+            "2",
+            "--out",
+            &s(&fifo),
+        ],
+    );
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("a FIFO"), "{}", o.stderr);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
 #[test]
 fn an_oversized_safetensors_header_is_refused_before_it_is_parsed() {
     let dir = tempfile::tempdir().unwrap();

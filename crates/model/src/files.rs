@@ -318,7 +318,44 @@ pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<(), FileError> 
     write_atomic_mode(path, bytes, 0o600)
 }
 
+/// Refuses an output path that exists and is not a regular file (or a symbolic link to one):
+/// renaming a new file over `/dev/null`, a FIFO or a socket would replace the device itself with
+/// a regular file, for every process on the machine.
+///
+/// # Errors
+/// [`FileError::NotAFile`] naming what the path is.
+pub fn check_output_file(path: &Path) -> Result<(), FileError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(FileError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let meta = if meta.file_type().is_symlink() {
+        match std::fs::metadata(path) {
+            Ok(target) => target,
+            // A dangling link: the rename replaces the link.
+            Err(_) => return Ok(()),
+        }
+    } else {
+        meta
+    };
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(FileError::NotAFile {
+            path: path.to_path_buf(),
+            kind: kind_of(meta.file_type()),
+        })
+    }
+}
+
 fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    check_output_file(path)?;
     let failed = |source| FileError::Write {
         path: path.to_path_buf(),
         source,
@@ -352,6 +389,7 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileErr
 /// # Errors
 /// [`FileError::Occupied`] if `path` exists, [`FileError::Write`] otherwise.
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    check_output_file(path)?;
     let failed = |source| FileError::Write {
         path: path.to_path_buf(),
         source,
@@ -767,6 +805,52 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_output_that_is_a_device_or_fifo_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("out.json");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: a valid NUL-terminated path.
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(rc, 0);
+        for result in [write_atomic(&fifo, b"x"), write_new(&fifo, b"x")] {
+            let e = result.unwrap_err();
+            assert!(
+                matches!(e, FileError::NotAFile { kind: "a FIFO", .. }),
+                "{e}"
+            );
+            assert!(e.is_input());
+        }
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        // A directory is not replaced either; a symlink to a regular file is written through
+        // the rename (the link is replaced by the new file).
+        assert!(write_atomic(dir.path(), b"x").is_err());
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"old").unwrap();
+        let link = dir.path().join("l");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        assert_eq!(std::fs::read(&link).unwrap(), b"new");
+        // Checking a device is read-only: /dev/null stays a character device.
+        let e = check_output_file(Path::new("/dev/null")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                FileError::NotAFile {
+                    kind: "a character device",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -187,7 +187,9 @@ pub fn write_trace(path: &Path, trace: &Trace, statement: Option<&Statement>) ->
     let metadata =
         statement.map(|s| HashMap::from([(STATEMENT_METADATA_KEY.to_string(), s.to_json())]));
     // Into a unique temporary file beside the target, synced, then renamed over it: an
-    // interrupted write leaves any old trace intact and touches no other file.
+    // interrupted write leaves any old trace intact and touches no other file (and a device or
+    // FIFO at the path is refused, never replaced).
+    crate::files::check_output_file(path)?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
