@@ -122,10 +122,7 @@ pub fn plan_from_args(args: &FingerprintArgs, engine: &dyn Engine) -> anyhow::Re
             let text = veritrace_model::files::read_text(path, "a setups file").map_err(|e| {
                 FingerprintInputError::ReadSetups {
                     path: path.display().to_string(),
-                    source: match e {
-                        veritrace_model::files::FileError::Read { source, .. } => source,
-                        other => std::io::Error::other(other.to_string()),
-                    },
+                    source: e.into_io(),
                 }
             })?;
             let (reference, setups) =

@@ -98,10 +98,7 @@ fn read_safetensors(path: &Path) -> anyhow::Result<BTreeMap<String, Named>> {
         veritrace_model::files::read_limited(path, MAX_INPUT_BYTES, "a hidden-states file", "")
             .map_err(|e| VerbInputError::File {
                 path: path.display().to_string(),
-                reason: match e {
-                    veritrace_model::files::FileError::Read { source, .. } => source.to_string(),
-                    other => other.to_string(),
-                },
+                reason: e.reason(),
             })?;
     let bytes = if zst {
         decompress(path, &bytes)?

@@ -29,7 +29,7 @@ use clap::Args;
 use rand_core::{OsRng, RngCore};
 use thiserror::Error;
 use veritrace_commit::HasherId;
-use veritrace_model::files::{self, FileError, OutputDir};
+use veritrace_model::files::{self, OutputDir};
 use veritrace_model::{read_trace, write_trace, Setup};
 use veritrace_protocol::sampling::sample_cells;
 use veritrace_protocol::{
@@ -82,10 +82,7 @@ pub fn read_message_limited<M: Message>(path: &Path, limit: u64) -> Result<M, Ve
     )
     .map_err(|e| VerbInputError::File {
         path: path.display().to_string(),
-        reason: match e {
-            FileError::Read { source, .. } => source.to_string(),
-            other => other.to_string(),
-        },
+        reason: e.reason(),
     })?;
     let text = std::str::from_utf8(&bytes).map_err(|e| VerbInputError::Message {
         path: path.display().to_string(),

@@ -297,8 +297,7 @@ pub fn load(path: &Path) -> Result<ResultFile, ReportInputError> {
                 veritrace_model::files::FileError::TooLarge { size, .. } => {
                     out_of_range(&name, "file bytes", size, MAX_RESULT_BYTES)
                 }
-                veritrace_model::files::FileError::Read { source, .. } => read(source.to_string()),
-                other => read(other.to_string()),
+                other => read(other.reason()),
             })?;
     recognise(&name, &text)
 }

@@ -109,10 +109,7 @@ fn tolerance(spec: &str, layers: u32) -> Result<TolerancePolicy, VerbInputError>
     let text = veritrace_model::files::read_text(std::path::Path::new(spec), "a tolerance policy")
         .map_err(|e| VerbInputError::File {
             path: spec.to_string(),
-            reason: match e {
-                veritrace_model::files::FileError::Read { source, .. } => source.to_string(),
-                other => other.to_string(),
-            },
+            reason: e.reason(),
         })?;
     let refused = |what: &'static str, reason: String| VerbInputError::Message {
         path: spec.to_string(),

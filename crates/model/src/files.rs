@@ -131,6 +131,23 @@ impl FileError {
     pub fn is_input(&self) -> bool {
         !matches!(self, FileError::Write { .. })
     }
+
+    /// The reason without the path, for a caller whose own error names the file: the operating
+    /// system's message for [`FileError::Read`], the whole message otherwise.
+    pub fn reason(&self) -> String {
+        match self {
+            FileError::Read { source, .. } => source.to_string(),
+            other => other.to_string(),
+        }
+    }
+
+    /// As an I/O error: [`FileError::Read`]'s own, the message of any other.
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            FileError::Read { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
 }
 
 /// A limit from an environment variable (a decimal byte count), or `default`.
@@ -354,33 +371,104 @@ pub fn check_output_file(path: &Path) -> Result<(), FileError> {
     }
 }
 
-fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
-    check_output_file(path)?;
-    let failed = |source| FileError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = dir_of(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".veritrace-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(failed)?;
-    // tempfile creates the file 0600; it is widened (never narrowed) to `mode`.
-    tmp.write_all(bytes).map_err(failed)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(failed)?;
+/// A unique temporary file beside an output path, to be filled and then put in place in one
+/// rename ([`TempOutput::persist`]): the single mechanism behind [`write_atomic`],
+/// [`write_atomic_private`] and [`write_new`], and for writers that stream into a path of their
+/// own (the trace writer). Dropped without a persist, it is removed.
+#[derive(Debug)]
+pub struct TempOutput {
+    target: PathBuf,
+    tmp: tempfile::NamedTempFile,
+}
+
+impl TempOutput {
+    /// A temporary file (0600) in the directory of `target`, after [`check_output_file`].
+    ///
+    /// # Errors
+    /// As [`check_output_file`], and [`FileError::Write`].
+    pub fn beside(target: &Path) -> Result<Self, FileError> {
+        check_output_file(target)?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".veritrace-")
+            .suffix(".tmp")
+            .tempfile_in(dir_of(target))
+            .map_err(|source| FileError::Write {
+                path: target.to_path_buf(),
+                source,
+            })?;
+        Ok(TempOutput {
+            target: target.to_path_buf(),
+            tmp,
+        })
     }
-    #[cfg(not(unix))]
-    let _ = mode;
-    tmp.as_file().sync_all().map_err(failed)?;
-    tmp.persist(path).map_err(|e| failed(e.error))?;
-    sync_dir(dir);
-    Ok(())
+
+    /// The temporary file's path (for a writer that opens it itself).
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn failed(&self, source: std::io::Error) -> FileError {
+        FileError::Write {
+            path: self.target.clone(),
+            source,
+        }
+    }
+
+    /// Appends `bytes` to the temporary file.
+    ///
+    /// # Errors
+    /// [`FileError::Write`].
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), FileError> {
+        self.tmp.write_all(bytes).map_err(|e| self.failed(e))
+    }
+
+    /// Gives the file `mode` (widening tempfile's 0600, never narrowing it), syncs it, and
+    /// renames it onto the target — over an existing file, or with `replace = false` only where
+    /// there is none ([`FileError::Occupied`] otherwise) — then syncs the directory.
+    ///
+    /// # Errors
+    /// [`FileError::Write`], [`FileError::Occupied`]; the temporary file is then removed.
+    pub fn persist(self, mode: u32, replace: bool) -> Result<(), FileError> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.tmp.path(), std::fs::Permissions::from_mode(mode))
+                .map_err(|e| self.failed(e))?;
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        File::open(self.tmp.path())
+            .and_then(|f| f.sync_all())
+            .map_err(|e| self.failed(e))?;
+        let TempOutput { target, tmp } = self;
+        let result = if replace {
+            tmp.persist(&target).map(|_| ())
+        } else {
+            tmp.persist_noclobber(&target).map(|_| ())
+        };
+        match result {
+            Ok(()) => {
+                sync_dir(dir_of(&target));
+                Ok(())
+            }
+            Err(e) if !replace && e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(FileError::Occupied {
+                    path: target,
+                    entries: "a file (this command never replaces one)".into(),
+                })
+            }
+            Err(e) => Err(FileError::Write {
+                path: target,
+                source: e.error,
+            }),
+        }
+    }
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    let mut tmp = TempOutput::beside(path)?;
+    tmp.write(bytes)?;
+    tmp.persist(mode, true)
 }
 
 /// As [`write_atomic`], but refuses to replace an existing `path` ([`FileError::Occupied`]):
@@ -389,37 +477,9 @@ fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileErr
 /// # Errors
 /// [`FileError::Occupied`] if `path` exists, [`FileError::Write`] otherwise.
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    check_output_file(path)?;
-    let failed = |source| FileError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = dir_of(path);
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".veritrace-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(failed)?;
-    tmp.write_all(bytes).map_err(failed)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(failed)?;
-    }
-    tmp.as_file().sync_all().map_err(failed)?;
-    match tmp.persist_noclobber(path) {
-        Ok(_) => {
-            sync_dir(dir);
-            Ok(())
-        }
-        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Err(FileError::Occupied {
-            path: path.to_path_buf(),
-            entries: "a file (this command never replaces one)".into(),
-        }),
-        Err(e) => Err(failed(e.error)),
-    }
+    let mut tmp = TempOutput::beside(path)?;
+    tmp.write(bytes)?;
+    tmp.persist(0o644, false)
 }
 
 /// Refuses an output path that names one of the inputs (the same file by device and inode when

@@ -301,14 +301,7 @@ fn llama3_value(s: Llama3RopeScaling) -> serde_json::Value {
 /// A checkpoint's `config.json` as JSON: [`ModelError::Io`] when it cannot be read,
 /// [`ModelError::Checkpoint`] when it is not JSON.
 pub(crate) fn read_config_json(path: &Path) -> Result<serde_json::Value> {
-    let bytes = crate::files::read_limited(path, crate::files::MAX_TEXT_BYTES, "a config.json", "")
-        .map_err(|e| match e {
-            crate::files::FileError::Read { source, .. } => ModelError::Io {
-                path: path.display().to_string(),
-                source,
-            },
-            other => other.into(),
-        })?;
+    let bytes = crate::read_model_file(path, crate::files::MAX_TEXT_BYTES, "a config.json")?;
     serde_json::from_slice(&bytes).map_err(|e| ModelError::Checkpoint {
         path: path.display().to_string(),
         reason: format!("not JSON: {e}"),
@@ -2068,12 +2061,7 @@ impl Arith<'_> {
     /// Block `t` of the input rows (`blk` rows from `t·blk`), zero-padded past `n`, in the
     /// setup's dtype.
     fn block_tensor(&self, x: &[f32], n: usize, blk: usize, t: usize) -> Result<Tensor> {
-        let d = self.model.config.hidden_size;
-        let mut rows = vec![0f32; blk * d];
-        let lo = (t * blk).min(n);
-        let hi = ((t + 1) * blk).min(n);
-        rows[..(hi - lo) * d].copy_from_slice(&x[lo * d..hi * d]);
-        self.cast(&Tensor::from_vec(rows, (blk, d), &Device::Cpu)?)
+        self.rows_tensor(x, n, self.model.config.hidden_size, blk, t)
     }
 
     /// Normalized input, keys `[kv_heads, blk, hd]` (after rope) and values of block `t`.

@@ -189,38 +189,21 @@ pub fn write_trace(path: &Path, trace: &Trace, statement: Option<&Statement>) ->
     // Into a unique temporary file beside the target, synced, then renamed over it: an
     // interrupted write leaves any old trace intact and touches no other file (and a device or
     // FIFO at the path is refused, never replaced).
-    crate::files::check_output_file(path)?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+    let io = |e: crate::files::FileError| match e {
+        crate::files::FileError::Write { source, .. } => ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        },
+        other => other.into(),
     };
-    let io = |source| ModelError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".veritrace-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
+    let tmp = crate::files::TempOutput::beside(path).map_err(io)?;
     safetensors::serialize_to_file(views, metadata, tmp.path()).map_err(|e| {
         ModelError::TraceFile {
             path: path.display().to_string(),
             reason: e.to_string(),
         }
     })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
-    }
-    std::fs::File::open(tmp.path())
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    tmp.persist(0o644, true).map_err(io)
 }
 
 /// Reads a trace written by [`write_trace`] (or any F32 trace file of that format) and the

@@ -221,8 +221,7 @@ impl TraceFile {
         };
         let (file, _) = open_regular(&path).map_err(|e| match e {
             FileError::NotAFile { path, .. } => TraceFileError::NotAFile { path },
-            FileError::Read { source, .. } => io(source),
-            other => io(std::io::Error::other(other.to_string())),
+            other => io(other.into_io()),
         })?;
         let map = map_file(&file).map_err(io)?;
         let (geometry, layers) = parse(&path, &map, chunk)?;

@@ -9,60 +9,14 @@
 //! random engine; `cargo bolero test messages -p veritrace-protocol` runs them under a
 //! coverage-guided fuzzer where one is installed.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-
 use veritrace_protocol::calibration::CalibratedPolicy;
 use veritrace_protocol::tolerance::TolerancePolicy;
 use veritrace_protocol::{Challenge, Commitment, Message, Opening, Statement, Verdict};
 
-struct Counting;
+#[path = "../../../tests/common/counting_alloc.rs"]
+mod counting_alloc;
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator and only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-        PEAK.fetch_max(live, Ordering::Relaxed);
-        // SAFETY: the caller's layout is passed through unchanged.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        // SAFETY: `ptr` was allocated by `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Peak bytes allocated (above what was live before) while `f` runs. The two targets run in
-/// one test function each; the test binary runs them one after the other
-/// (`fuzz_lock`), so the counters see one target at a time.
-fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
-    let out = f();
-    (out, PEAK.load(Ordering::Relaxed).saturating_sub(base))
-}
-
-static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn fuzz_lock() -> std::sync::MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn fuzz_time() -> Duration {
-    let secs = std::env::var("VERITRACE_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(5);
-    Duration::from_secs(secs)
-}
+use counting_alloc::{fuzz_time, peak_of};
 
 fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -147,7 +101,7 @@ fn mutate(seed: &[u8], data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn messages() {
-    let _guard = fuzz_lock();
+    let _guard = counting_alloc::measuring();
     let (binary, json) = message_seeds();
     bolero::check!()
         .with_test_time(fuzz_time())
@@ -171,7 +125,7 @@ fn messages() {
 
 #[test]
 fn policy() {
-    let _guard = fuzz_lock();
+    let _guard = counting_alloc::measuring();
     let seed = std::fs::read(root().join("simulations/results/default/policy.json")).unwrap();
     let tolerance = serde_json::to_vec(
         &serde_json::from_slice::<CalibratedPolicy>(&seed)

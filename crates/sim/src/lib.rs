@@ -84,15 +84,10 @@ impl SimError {
     pub fn is_input(&self) -> bool {
         match self {
             SimError::Scenario(_) | SimError::Io { .. } => true,
-            SimError::Model(m) => model_error_is_input(m),
+            SimError::Model(m) => m.is_input(),
             SimError::Protocol(_) | SimError::Commit(_) | SimError::Engine(_) => false,
         }
     }
-}
-
-/// Whether a model error is the input's fault ([`veritrace_model::ModelError::is_input`]).
-fn model_error_is_input(e: &veritrace_model::ModelError) -> bool {
-    e.is_input()
 }
 
 #[cfg(test)]

@@ -466,10 +466,7 @@ impl Scenario {
         )
         .map_err(|e| SimError::Io {
             path: path.display().to_string(),
-            reason: match e {
-                veritrace_model::files::FileError::Read { source, .. } => source.to_string(),
-                other => other.to_string(),
-            },
+            reason: e.reason(),
         })?;
         Self::from_toml(&text)
     }

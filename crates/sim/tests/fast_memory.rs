@@ -2,63 +2,10 @@
 //! run does not grow with the number of trials (10^4 against 10^6 fast trials of one
 //! scenario), measured by a counting global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
-
 use veritrace_sim::{EngineMode, Scenario, Simulation};
 
-/// The system allocator, counting the bytes live and their peak.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; only counters are kept.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc(layout);
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
-            PEAK.fetch_max(live, Ordering::SeqCst);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout);
-        LIVE.fetch_sub(layout.size(), Ordering::SeqCst);
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(layout);
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::SeqCst) + layout.size();
-            PEAK.fetch_max(live, Ordering::SeqCst);
-        }
-        p
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, layout, new_size);
-        if !p.is_null() {
-            if new_size >= layout.size() {
-                let grow = new_size - layout.size();
-                let live = LIVE.fetch_add(grow, Ordering::SeqCst) + grow;
-                PEAK.fetch_max(live, Ordering::SeqCst);
-            } else {
-                LIVE.fetch_sub(layout.size() - new_size, Ordering::SeqCst);
-            }
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// One measurement at a time: the counters are global.
-static SERIAL: Mutex<()> = Mutex::new(());
+#[path = "../../../tests/common/counting_alloc.rs"]
+mod counting_alloc;
 
 fn scenario(trials: u64) -> Scenario {
     Scenario::from_toml(&format!(
@@ -100,12 +47,10 @@ fraction = 0.1
 /// Bytes allocated at the peak of the fast run of `trials` trials, above what was live when it
 /// started (the model and the calibration), and the report's trial count and detections.
 fn peak_of_run(trials: u64) -> (usize, Vec<(u64, u64)>) {
-    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = counting_alloc::measuring();
     let sim = Simulation::new(scenario(trials)).unwrap();
-    let base = LIVE.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
-    let report = sim.run_with(EngineMode::Fast, &|| {}).unwrap();
-    let peak = PEAK.load(Ordering::SeqCst) - base;
+    let (report, peak) = counting_alloc::peak_of(|| sim.run_with(EngineMode::Fast, &|| {}));
+    let report = report.unwrap();
     let counts = report
         .adversaries
         .iter()
