@@ -67,6 +67,7 @@ impl Recompute for Replay {
 fn setup() -> (Statement, Vec<Vec<u8>>) {
     let geometry = TraceGeometry::new(32, 1024, 64, 16, Dtype::F32).unwrap();
     let statement = Statement {
+        trace_level: veritrace_protocol::TraceLevel::Hidden,
         version: PROTOCOL_VERSION,
         model_digest: Digest([1; 32]),
         setup: b"bench".to_vec(),
@@ -170,6 +171,7 @@ fn hostile(c: &mut Criterion) {
             pow_bits: 0,
         };
         let config = VerifierConfig {
+            method: veritrace_protocol::LayerCheck::Recompute,
             mode: Mode::NonInteractive,
             params,
             rounds: 1,

@@ -59,6 +59,7 @@ fn statements() -> Vec<(&'static str, Commitment)> {
         .generate(Dependency::Causal, 4, 4, &input, 5)
         .expect("toy generation");
     let toy = Statement {
+        trace_level: veritrace_protocol::TraceLevel::Hidden,
         version: PROTOCOL_VERSION,
         model_digest: Digest([0xab; 32]),
         setup: b"toy/f32".to_vec(),
@@ -76,6 +77,7 @@ fn statements() -> Vec<(&'static str, Commitment)> {
     // 2. Sliding-window decoder: 6 hidden states, 30 + 10 tokens, hidden 8, chunk 4 (10 chunks
     //    per layer, N = 60), bf16, SHA-256, window 6, sampled output with a seed, text input.
     let window = Statement {
+        trace_level: veritrace_protocol::TraceLevel::Hidden,
         version: PROTOCOL_VERSION,
         model_digest: Digest(std::array::from_fn(|i| (7 * i + 1) as u8)),
         setup: b"bf16/attn=flash-128/window=6/quant=int8-per-channel".to_vec(),
@@ -100,6 +102,7 @@ fn statements() -> Vec<(&'static str, Commitment)> {
     // 3. An encoder: 3 hidden states, 16 input tokens and no output, hidden 8, chunk 5 (4 chunks
     //    per layer, the last one a single row, N = 12), f16, Poseidon, bidirectional.
     let encoder = Statement {
+        trace_level: veritrace_protocol::TraceLevel::Hidden,
         version: PROTOCOL_VERSION,
         model_digest: Digest(std::array::from_fn(|i| (0x30 + 3 * i) as u8)),
         setup: b"f16/attn=eager/encoder".to_vec(),
@@ -113,10 +116,21 @@ fn statements() -> Vec<(&'static str, Commitment)> {
         engine: None,
     };
 
+    // 4. The toy decoder at the sub-layer trace level (specs/protocol.md §3.5): the same run,
+    //    with the toy's context and cell traces (widths 4) committed beside it; the roots are
+    //    the real roots (crates/protocol/src/toy.rs).
+    let mut sub = toy.clone();
+    sub.trace_level = veritrace_protocol::TraceLevel::SubLayer {
+        context: 4,
+        cell: 4,
+    };
+    let sub_commitment = toy_prover(&sub).commit().expect("commits once");
+
     vec![
         (
             "toy-causal-blake3",
             Commitment {
+                sublayer_roots: None,
                 statement: toy,
                 root: toy_root,
             },
@@ -124,6 +138,7 @@ fn statements() -> Vec<(&'static str, Commitment)> {
         (
             "window-sha256-sampled",
             Commitment {
+                sublayer_roots: None,
                 root: fixed_root("window-sha256-sampled", HasherId::Sha256),
                 statement: window,
             },
@@ -131,10 +146,12 @@ fn statements() -> Vec<(&'static str, Commitment)> {
         (
             "encoder-poseidon",
             Commitment {
+                sublayer_roots: None,
                 root: fixed_root("encoder-poseidon", HasherId::Poseidon),
                 statement: encoder,
             },
         ),
+        ("toy-sublayer-blake3", sub_commitment),
     ]
 }
 
@@ -153,7 +170,14 @@ fn toy_prover(s: &Statement) -> Prover<Vec<u8>> {
 }
 
 fn toy_prover_with(s: &Statement, engine: ToyEngine) -> Prover<Vec<u8>> {
-    Prover::new(s.clone(), engine.trace_bytes(s).expect("toy trace")).expect("valid prover")
+    let p =
+        Prover::new(s.clone(), engine.trace_bytes(s).expect("toy trace")).expect("valid prover");
+    if s.trace_level == veritrace_protocol::TraceLevel::Hidden {
+        return p;
+    }
+    let (context, cell) = engine.sublayer_bytes(s).expect("toy sub-layer traces");
+    p.with_sublayers(context, cell)
+        .expect("valid sub-layer traces")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -234,7 +258,17 @@ fn transcript_rows(c: &Commitment) -> Vec<(&'static str, Vec<u8>)> {
     if let Some(e) = &s.engine {
         rows.push(("engine", e.as_bytes().to_vec()));
     }
+    if let veritrace_protocol::TraceLevel::SubLayer { context, cell } = s.trace_level {
+        let mut m = context.to_le_bytes().to_vec();
+        m.extend(cell.to_le_bytes());
+        rows.push(("trace-level", m));
+    }
     rows.push(("root", c.root.0.to_vec()));
+    if let Some(r) = &c.sublayer_roots {
+        let mut m = r.context.0.to_vec();
+        m.extend(r.cell.0);
+        rows.push(("sublayer-roots", m));
+    }
     rows
 }
 
@@ -372,7 +406,7 @@ fn statements_json(commitments: &[(&str, Commitment)]) -> Value {
             .collect();
         out.push(json!({
             "name": name,
-            "root_rule": if *name == "toy-causal-blake3" { "the root of the toy engine's trace (crates/protocol/src/toy.rs)" } else { ROOT_RULE },
+            "root_rule": if name.starts_with("toy-") { "the root of the toy engine's trace (crates/protocol/src/toy.rs)" } else { ROOT_RULE },
             "root_hex": c.root.to_hex(),
             "statement_json": compact(s),
             "statement_binary_hex": hex::encode(s.to_bytes()),
@@ -390,7 +424,7 @@ fn statements_json(commitments: &[(&str, Commitment)]) -> Value {
 }
 
 /// (statement index, round, samples, strategy, pow bits).
-const CHALLENGES: [(usize, u32, u32, SamplingStrategy, u8); 17] = [
+const CHALLENGES: [(usize, u32, u32, SamplingStrategy, u8); 18] = [
     (0, 0, 4, SamplingStrategy::Uniform, 0),
     (0, 1, 4, SamplingStrategy::Uniform, 0),
     (0, 0, 5, SamplingStrategy::Stratified, 0),
@@ -410,6 +444,8 @@ const CHALLENGES: [(usize, u32, u32, SamplingStrategy, u8); 17] = [
     // k >= N: every cell, whatever the strategy and the seed
     (0, 0, 20, SamplingStrategy::Stratified, 0),
     (2, 1, 12, SamplingStrategy::CostWeighted, 0),
+    // the sub-layer statement: rows 10c and 10d are absorbed
+    (3, 0, 4, SamplingStrategy::Uniform, 0),
 ];
 
 fn challenges(commitments: &[(&str, Commitment)]) -> Value {
@@ -523,6 +559,7 @@ fn opening(c: &Commitment) -> Value {
     // layer output shifted by 1e-3), claiming the same statement.
     let cheat = toy_prover_with(s, ToyEngine { perturb: 1e-3 });
     let cheat_commitment = Commitment {
+        sublayer_roots: None,
         statement: s.clone(),
         root: cheat.tree().root(),
     };
@@ -649,6 +686,7 @@ fn decided(step: Step) -> Verdict {
 fn verifier(mode: Mode, params: ChallengeParams, rounds: u32) -> Verifier<ToyEngine> {
     Verifier::new(
         VerifierConfig {
+            method: veritrace_protocol::LayerCheck::Recompute,
             mode,
             params,
             rounds,
@@ -880,6 +918,10 @@ fn verdicts() -> Value {
         Verdict::Reject(RejectReason::RecomputeFailed {
             cell,
             detail: "the toy engine computes in f32 only".into(),
+        }),
+        Verdict::Reject(RejectReason::AlgebraicCheck {
+            cell,
+            detail: "Down: Freivalds |v.x - r.y| = 2.0e-2 > bound 1.1e-4".into(),
         }),
     ];
     Value::Array(

@@ -53,6 +53,7 @@ fn statement_by(
         .generate(dep, layers, HIDDEN as usize, &input, n_out)
         .unwrap();
     Statement {
+        trace_level: veritrace_protocol::TraceLevel::Hidden,
         version: PROTOCOL_VERSION,
         model_digest: Digest([0xab; 32]),
         setup: b"toy/f32".to_vec(),
@@ -80,6 +81,7 @@ fn config(
     rounds: u32,
 ) -> VerifierConfig {
     VerifierConfig {
+        method: veritrace_protocol::LayerCheck::Recompute,
         mode,
         params: ChallengeParams {
             samples,
@@ -396,6 +398,11 @@ fn every_statement_field_changes_the_challenge() {
         text: "text".into(),
     });
     with_text.engine = Some("an engine".into());
+    // and the sub-layer level, so that its widths and roots are mutated too
+    with_text.trace_level = veritrace_protocol::TraceLevel::SubLayer {
+        context: 5,
+        cell: 7,
+    };
     // a text binding and its absence give different transcripts
     let params = ChallengeParams {
         samples: 3,
@@ -403,7 +410,15 @@ fn every_statement_field_changes_the_challenge() {
         pow_bits: 0,
     };
     let root = Digest([7; 32]);
-    let commit = |statement: Statement| Commitment { statement, root };
+    let commit = |statement: Statement| Commitment {
+        sublayer_roots: (statement.trace_level != veritrace_protocol::TraceLevel::Hidden)
+            .then_some(veritrace_protocol::SubLayerRoots {
+                context: Digest([8; 32]),
+                cell: Digest([9; 32]),
+            }),
+        statement,
+        root,
+    };
     assert_ne!(
         challenge_seed(&commit(with_text.clone()), 0, &params, 0),
         challenge_seed(&commit(s.clone()), 0, &params, 0),

@@ -153,6 +153,23 @@ fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
         .engine
         .as_ref()
         .map(|e| ("engine", e.as_bytes().to_vec()));
+    let level = match st.trace_level {
+        veritrace::protocol::TraceLevel::Hidden => None,
+        veritrace::protocol::TraceLevel::SubLayer { context, cell } => Some((
+            "trace-level",
+            context
+                .to_le_bytes()
+                .into_iter()
+                .chain(cell.to_le_bytes())
+                .collect(),
+        )),
+    };
+    let sub_roots = c.sublayer_roots.map(|r| {
+        (
+            "sublayer-roots",
+            r.context.0.into_iter().chain(r.cell.0).collect(),
+        )
+    });
     [
         ("version", st.version.to_le_bytes().to_vec()),
         ("model-digest", st.model_digest.0.to_vec()),
@@ -167,7 +184,9 @@ fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
     .into_iter()
     .chain(text)
     .chain(engine)
+    .chain(level)
     .chain([("root", c.root.0.to_vec())])
+    .chain(sub_roots)
     .map(|(l, b)| (l.to_string(), b))
     .collect()
 }
@@ -274,7 +293,7 @@ fn hex_array<const N: usize>(h: &str) -> [u8; N] {
 fn statements_encodings_and_derived_values() {
     let v = vectors();
     let list = arr(&v["statements"]);
-    assert_eq!(list.len(), 3);
+    assert_eq!(list.len(), 4);
     let mut hashers = BTreeSet::new();
     let mut deps = BTreeSet::new();
     let mut sampled_rule = false;
@@ -290,9 +309,15 @@ fn statements_encodings_and_derived_values() {
         assert_eq!(serde_json::to_string(&c).unwrap(), s(&x["commitment_json"]));
 
         // the root: the toy trace's, or the fixed rule
-        let root = if name == "toy-causal-blake3" {
-            let p =
+        let root = if name.starts_with("toy-") {
+            let mut p =
                 Prover::new(st.clone(), ToyEngine::default().trace_bytes(&st).unwrap()).unwrap();
+            if st.trace_level != veritrace::protocol::TraceLevel::Hidden {
+                // the sub-layer roots are the toy's sub-layer traces' roots
+                let (context, cell) = ToyEngine::default().sublayer_bytes(&st).unwrap();
+                p = p.with_sublayers(context, cell).unwrap();
+                assert_eq!(p.commit().unwrap(), c, "{name}: the toy's commitment");
+            }
             // the output tokens are what the toy engine generates
             let input = st.input_tokens.clone();
             let out = ToyEngine::default()
@@ -542,6 +567,7 @@ fn toy_opening_and_its_rejections() {
         };
         assert_eq!(root, expected_root, "{name}");
         let commitment = Commitment {
+            sublayer_roots: None,
             statement: st.clone(),
             root,
         };
@@ -577,6 +603,7 @@ fn toy_opening_and_its_rejections() {
 fn verifier(mode: Mode, params: ChallengeParams, rounds: u32) -> Verifier<ToyEngine> {
     Verifier::new(
         VerifierConfig {
+            method: veritrace_protocol::LayerCheck::Recompute,
             mode,
             params,
             rounds,

@@ -382,6 +382,7 @@ pub enum Reason {
     Tolerance,
     OutputTokenMismatch,
     RecomputeFailed,
+    AlgebraicCheck,
 }
 
 impl From<&RejectReason> for Reason {
@@ -398,6 +399,7 @@ impl From<&RejectReason> for Reason {
             RejectReason::Tolerance { .. } => Reason::Tolerance,
             RejectReason::OutputTokenMismatch { .. } => Reason::OutputTokenMismatch,
             RejectReason::RecomputeFailed { .. } => Reason::RecomputeFailed,
+            RejectReason::AlgebraicCheck { .. } => Reason::AlgebraicCheck,
         }
     }
 }
@@ -635,6 +637,7 @@ pub fn statement() -> Statement {
         .generate(dep, 3, HIDDEN as usize, &input, 2)
         .expect("toy generation");
     Statement {
+        trace_level: veritrace_protocol::TraceLevel::Hidden,
         version: PROTOCOL_VERSION,
         model_digest: Digest([0xab; 32]),
         setup: b"toy/f32".to_vec(),
@@ -699,6 +702,7 @@ impl ProtocolModel {
             pow_bits: 0,
         };
         let verifier_config = VerifierConfig {
+            method: veritrace_protocol::LayerCheck::Recompute,
             mode: cfg.mode,
             params,
             rounds: cfg.rounds,

@@ -327,6 +327,7 @@ fn commit_external(
         keys: Vec::new(),
     };
     let statement = Statement {
+        trace_level: veritrace_protocol::TraceLevel::Hidden,
         version: PROTOCOL_VERSION,
         model_digest: model.digest(),
         setup: setup.to_bytes(),

@@ -65,7 +65,9 @@ pub enum KeygenInputError {
     Repetitions(u32),
 }
 
-fn load_decoder(spec: &str) -> anyhow::Result<LlamaModel> {
+/// Loads a Llama-style decoder (a preset or a checkpoint directory); anything else is
+/// [`KeygenInputError::NotADecoder`] (exit 2).
+pub(crate) fn load_decoder(spec: &str) -> anyhow::Result<LlamaModel> {
     if PRESETS.contains(&spec) {
         return Ok(LlamaModel::preset(spec)?);
     }

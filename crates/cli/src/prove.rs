@@ -30,7 +30,7 @@ use rand_core::{OsRng, RngCore};
 use thiserror::Error;
 use veritrace_commit::HasherId;
 use veritrace_model::files::{self, OutputDir};
-use veritrace_model::{read_trace, write_trace, Setup};
+use veritrace_model::{read_trace, write_trace_with, Setup};
 use veritrace_protocol::sampling::sample_cells;
 use veritrace_protocol::{
     Challenge, ChallengeParams, Commitment, Message, Prover, SamplingStrategy,
@@ -178,6 +178,13 @@ pub struct ProveArgs {
     /// Hasher of the commitment (blake3, sha256, poseidon).
     #[arg(long, default_value = "blake3")]
     pub hasher: String,
+    /// What the commitment covers: `hidden` (the hidden states) or `sublayer` (also every
+    /// layer's sub-layer values — the inputs and outputs of its linear maps — so that a
+    /// verifier can check challenged cells with Freivalds: `verify --layer-check freivalds`;
+    /// specs/protocol.md §3.5). `sublayer` needs a Llama-style decoder on the CPU; the trace
+    /// file then also holds the tensors `context.<l>` and `cell.<l>`.
+    #[arg(long, default_value = "hidden", value_parser = ["hidden", "sublayer"])]
+    pub trace_level: String,
     /// Output directory: trace.safetensors and commitment.json.
     #[arg(long)]
     pub out: PathBuf,
@@ -188,7 +195,27 @@ pub struct ProveArgs {
 /// # Errors
 /// Refused arguments, models or setups exit 2; anything else 1.
 pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let model = load_model(&args.model)?;
+    let sublayer = args.trace_level == "sublayer";
+    // a sub-layer trace needs the decoder itself (its layout and capture)
+    let decoder = if sublayer {
+        if args.device != veritrace_model::Device::Cpu {
+            return Err(VerbInputError::Argument(
+                "--trace-level sublayer: the sub-layer capture runs on the CPU engine only \
+                 (use --device cpu)"
+                    .into(),
+            )
+            .into());
+        }
+        Some(std::sync::Arc::new(crate::keygen::load_decoder(
+            &args.model,
+        )?))
+    } else {
+        None
+    };
+    let model: std::sync::Arc<dyn veritrace_model::Model> = match &decoder {
+        Some(d) => d.clone(),
+        None => load_model(&args.model)?,
+    };
     let setup: Setup = args.setup.parse()?;
     let hasher: HasherId = args
         .hasher
@@ -226,24 +253,38 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         (None, None) => (model.prompt(args.prompt_seed, args.prompt_tokens), None),
     };
     let runner = veritrace_model::Runner::new(args.device)?;
-    let (statement, trace, leaves) =
-        model.prove_committed(&runner, &setup, &prompt, output, args.chunk, hasher)?;
+    let (statement, trace, leaves, sub) = match &decoder {
+        Some(d) => {
+            let (s, t, sub) = d.prove_run_sublayers(&setup, &prompt, output, args.chunk, hasher)?;
+            (s, t, None, Some(sub))
+        }
+        None => {
+            let (s, t, leaves) =
+                model.prove_committed(&runner, &setup, &prompt, output, args.chunk, hasher)?;
+            (s, t, leaves, None)
+        }
+    };
     let mut statement = statement;
     statement.input_text = input_text;
     // The trace and its commitment are written into a staging directory and put in place
     // together: a run directory never pairs a trace with another run's commitment.
     let set = OutputDir::stage(&args.out, &run_dir_file)?;
     let trace_path = args.out.join("trace.safetensors");
-    write_trace(
+    write_trace_with(
         &set.path().join("trace.safetensors"),
         &trace,
         Some(&statement),
+        sub.as_ref(),
     )?;
     // On a GPU the cells were hashed on the device as each layer finished.
     let mut prover = match leaves {
         Some(leaves) => Prover::with_leaves(statement, trace.layer_bytes(), leaves)?,
         None => Prover::new(statement, trace.layer_bytes())?,
     };
+    if let Some(sub) = &sub {
+        let (context, cell) = sub.bytes();
+        prover = prover.with_sublayers(context, cell)?;
+    }
     let commitment = prover.commit()?;
     let commitment_path = args.out.join("commitment.json");
     set.write("commitment.json", (commitment.to_json() + "\n").as_bytes())?;
@@ -256,6 +297,15 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         commitment_path.display(),
         commitment.statement.output_tokens
     )?;
+    if let Some(r) = &commitment.sublayer_roots {
+        writeln!(
+            out,
+            "sub-layer roots: context {}, cell {} ({} bytes of sub-layer values)",
+            r.context,
+            r.cell,
+            sub.as_ref().map_or(0, |s| s.byte_len())
+        )?;
+    }
     if commitment.statement.input_text.is_some() {
         writeln!(
             out,
@@ -379,7 +429,11 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         path: args.trace.display().to_string(),
         reason: "the trace file holds no statement (write it with `veritrace prove`)".into(),
     })?;
+    let sublayers = veritrace_model::sublayer::read_sublayers(&args.trace, &statement)?;
     let mut prover = Prover::new(statement, trace.layer_bytes())?;
+    if let Some((context, cell)) = sublayers {
+        prover = prover.with_sublayers(context, cell)?;
+    }
     prover.commit()?;
     match (&args.challenge, args.non_interactive) {
         (Some(path), false) => {

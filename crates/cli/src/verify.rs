@@ -11,12 +11,13 @@ use std::path::PathBuf;
 
 use clap::Args;
 use thiserror::Error;
+use veritrace_model::sublayer::KeyedVerifier;
 use veritrace_protocol::calibration::CalibratedPolicy;
 use veritrace_protocol::soundness::MAX_ROUNDS;
 use veritrace_protocol::tolerance::TolerancePolicy;
 use veritrace_protocol::{
-    verify_recorded_with_limits, Challenge, ChallengeParams, Commitment, Message, Mode, Opening,
-    RejectReason, SamplingStrategy, Verdict, VerifierConfig, VerifierLimits,
+    verify_recorded_with_limits, Challenge, ChallengeParams, Commitment, LayerCheck, Message, Mode,
+    Opening, RejectReason, SamplingStrategy, Verdict, VerifierConfig, VerifierLimits,
 };
 
 use crate::engine::load_model;
@@ -72,6 +73,21 @@ pub struct VerifyArgs {
     /// before anything proportional to its claim is done.
     #[arg(long, value_name = "JSON|FILE")]
     pub limits: Option<String>,
+    /// How challenged cells of layers >= 1 are checked (specs/protocol.md §11.4): `recompute`
+    /// (recompute from the opened rows of the layer below), `freivalds` (check the opened
+    /// sub-layer values with Freivalds against --key and recompute only the nonlinear parts;
+    /// the commitment must be at `prove --trace-level sublayer`) or `both`.
+    #[arg(long, default_value = "recompute", value_parser = ["recompute", "freivalds", "both"])]
+    pub layer_check: String,
+    /// The verifier's secret key (`veritrace keygen`) for --layer-check freivalds or both; it
+    /// must be the key of --model.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// With --layer-check freivalds or both: relative L-infinity tolerance of the nonlinear
+    /// parts recomputed from the opened sub-layer values (attention, norms, activation); 0
+    /// demands bitwise agreement, right for a prover on this engine.
+    #[arg(long, default_value_t = 0.0)]
+    pub sublayer_tolerance: f64,
 }
 
 /// The limits `--limits` gives (inline JSON, or a file of it), or the defaults.
@@ -168,7 +184,60 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             out,
         );
     }
-    let model = load_model(&args.model)?;
+    let method: LayerCheck = args.layer_check.parse()?;
+    if method.checks_sublayers() != args.key.is_some() {
+        return Err(VerbInputError::Argument(format!(
+            "--layer-check {} {}",
+            method.name(),
+            if args.key.is_some() {
+                "reads no key: --key is for --layer-check freivalds or both"
+            } else {
+                "needs the verifier's key (--key FILE, from `veritrace keygen`)"
+            }
+        ))
+        .into());
+    }
+    if !(args.sublayer_tolerance.is_finite() && args.sublayer_tolerance >= 0.0) {
+        return Err(VerbInputError::Argument(format!(
+            "--sublayer-tolerance {} must be finite and >= 0",
+            args.sublayer_tolerance
+        ))
+        .into());
+    }
+    let keyed = match &args.key {
+        Some(path) => {
+            let bytes = veritrace_model::files::read_limited(
+                path,
+                veritrace_model::freivalds::MAX_KEY_BYTES,
+                "a verifier key",
+                "",
+            )
+            .map_err(|e| VerbInputError::File {
+                path: path.display().to_string(),
+                reason: e.reason(),
+            })?;
+            let key = veritrace_model::freivalds::VerifierKey::from_bytes(&bytes).map_err(|e| {
+                VerbInputError::Message {
+                    path: path.display().to_string(),
+                    what: "verifier key",
+                    reason: e.to_string(),
+                }
+            })?;
+            let decoder = crate::keygen::load_decoder(&args.model)?;
+            if key.model_digest() != decoder.digest() {
+                return Err(VerbInputError::Argument(format!(
+                    "--key {} is a key of model {}, and --model {:?} is {}",
+                    path.display(),
+                    key.model_digest(),
+                    args.model,
+                    decoder.digest()
+                ))
+                .into());
+            }
+            Some((decoder, key))
+        }
+        None => None,
+    };
     let policy = tolerance(&args.tolerance, commitment.statement.geometry.layers)?;
     let openings = args
         .openings
@@ -220,20 +289,40 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         (Mode::Interactive, params, Some(challenges))
     };
     let config = VerifierConfig {
+        method,
         mode,
         params,
         rounds,
         tolerance: policy,
     };
-    let verdict = verify_recorded_with_limits(
-        &commitment,
-        &config,
-        &limits,
-        challenges.as_deref(),
-        &openings,
-        &*model,
-        None,
-    )?;
+    // the keyed engine holds the decoder itself; otherwise the model's own engine
+    let verdict = match &keyed {
+        Some((decoder, key)) => {
+            let engine = KeyedVerifier {
+                model: decoder,
+                key,
+                tolerance: args.sublayer_tolerance,
+            };
+            verify_recorded_with_limits(
+                &commitment,
+                &config,
+                &limits,
+                challenges.as_deref(),
+                &openings,
+                &engine,
+                None,
+            )?
+        }
+        None => verify_recorded_with_limits(
+            &commitment,
+            &config,
+            &limits,
+            challenges.as_deref(),
+            &openings,
+            &*load_model(&args.model)?,
+            None,
+        )?,
+    };
     decide(verdict, args.json, out)
 }
 

@@ -908,6 +908,59 @@ pub fn check_cell(
     claim: &CellClaim<'_>,
     tolerance: f64,
 ) -> Result<CellCheck> {
+    let d = model.config().hidden_size;
+    let (mut check, h_out) = check_sublayer_values(
+        key,
+        model,
+        setup,
+        tile,
+        layer,
+        chunk,
+        claim.h_in,
+        claim.context,
+        claim.cell,
+        tolerance,
+    )?;
+    if claim.h_out.len() != h_out.len() {
+        return Err(FreivaldsError::WrongLength {
+            what: "h_out",
+            expected: h_out.len() as u64,
+            got: claim.h_out.len(),
+        });
+    }
+    debug_assert_eq!(h_out.len() % d, 0);
+    if let Some(index) = crate::first_non_finite(claim.h_out) {
+        return Err(FreivaldsError::NonFinite {
+            what: "h_out",
+            index,
+        });
+    }
+    let dev = rel_linf(claim.h_out, &h_out);
+    check.passed &= dev <= tolerance;
+    check.nonlinear.push(("h_out", dev));
+    Ok(check)
+}
+
+/// The part of [`check_cell`] that does not read the claimed output rows: every linear map's
+/// Freivalds check and every nonlinear part recomputed from the claimed sub-layer values
+/// (`normed` of every context row, `attn`, `mlp_in`, `act`), within `tolerance`. Returns the
+/// check (without an `h_out` entry) and the cell's output rows of `h_layer` derived from the
+/// claimed values, `(h_in + o) + down`, for the caller to compare with the opened output (the
+/// protocol's [`veritrace_protocol::Recompute::check_sublayers`] does so under the verifier's
+/// tolerance policy). Fails as [`check_cell`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn check_sublayer_values(
+    key: &VerifierKey,
+    model: &LlamaModel,
+    setup: &crate::Setup,
+    tile: usize,
+    layer: usize,
+    chunk: usize,
+    h_in: &[f32],
+    context: &SubLayers,
+    cell: &SubLayers,
+    tolerance: f64,
+) -> Result<(CellCheck, Vec<f32>)> {
     key.check_model(&model.digest())?;
     if setup.precision != crate::Precision::F32 || setup.quant.is_some() {
         return Err(FreivaldsError::Unsupported(format!(
@@ -922,14 +975,14 @@ pub fn check_cell(
     }
     let c = model.config();
     let d = c.hidden_size;
-    if claim.h_in.is_empty() || !claim.h_in.len().is_multiple_of(d) {
+    if h_in.is_empty() || !h_in.len().is_multiple_of(d) {
         return Err(FreivaldsError::WrongLength {
             what: "h_in",
             expected: d as u64,
-            got: claim.h_in.len(),
+            got: h_in.len(),
         });
     }
-    let e = claim.h_in.len() / d;
+    let e = h_in.len() / d;
     let lo = chunk
         .checked_mul(tile)
         .filter(|&lo| lo < e && e <= lo.saturating_add(tile))
@@ -939,28 +992,15 @@ pub fn check_cell(
             ))
         })?;
     let rows = e - lo;
-    if claim.context.normed.len() != e * d {
+    if context.normed.len() != e * d {
         return Err(FreivaldsError::WrongLength {
             what: "context normed",
             expected: (e * d) as u64,
-            got: claim.context.normed.len(),
+            got: context.normed.len(),
         });
     }
-    if claim.h_out.len() != rows * d {
-        return Err(FreivaldsError::WrongLength {
-            what: "h_out",
-            expected: (rows * d) as u64,
-            got: claim.h_out.len(),
-        });
-    }
-    if let Some(index) = crate::first_non_finite(claim.h_out) {
-        return Err(FreivaldsError::NonFinite {
-            what: "h_out",
-            index,
-        });
-    }
-    let cell_normed = &claim.context.normed[lo * d..];
-    let (ctx, cell) = (claim.context, claim.cell);
+    let cell_normed = &context.normed[lo * d..];
+    let (ctx, cell) = (context, cell);
     let mut linear = Vec::with_capacity(7);
     for (matrix, x, y, n) in [
         (Matrix::Q, cell_normed, &cell.q[..], rows),
@@ -973,9 +1013,8 @@ pub fn check_cell(
     ] {
         linear.push((matrix, check_linear(key, layer, matrix, x, y, n)?));
     }
-    let norms = model.attention_norms(setup, tile, layer, claim.h_in)?;
-    let nl =
-        model.recompute_nonlinear(setup, tile, layer, chunk, claim.h_in, &ctx.k, &ctx.v, cell)?;
+    let norms = model.attention_norms(setup, tile, layer, h_in)?;
+    let nl = model.recompute_nonlinear(setup, tile, layer, chunk, h_in, &ctx.k, &ctx.v, cell)?;
     for (what, claimed, width) in [
         ("attn", &cell.attn, c.num_heads * c.head_dim()),
         ("mlp_in", &cell.mlp_in, d),
@@ -994,15 +1033,17 @@ pub fn check_cell(
         ("attn", rel_linf(&cell.attn, &nl.attn)),
         ("mlp_in", rel_linf(&cell.mlp_in, &nl.mlp_in)),
         ("act", rel_linf(&cell.act, &nl.act)),
-        ("h_out", rel_linf(claim.h_out, &nl.h_out)),
     ];
     let passed =
         linear.iter().all(|(_, l)| l.passed) && nonlinear.iter().all(|&(_, dev)| dev <= tolerance);
-    Ok(CellCheck {
-        linear,
-        nonlinear,
-        passed,
-    })
+    Ok((
+        CellCheck {
+            linear,
+            nonlinear,
+            passed,
+        },
+        nl.h_out,
+    ))
 }
 
 /// The probability that `t` independent repetitions with Gaussian `r` all accept a deviation

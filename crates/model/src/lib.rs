@@ -59,6 +59,7 @@ pub mod quant;
 mod recompute;
 pub use recompute::RecomputeOn;
 pub mod setup;
+pub mod sublayer;
 mod tokenizer;
 mod trace;
 pub mod trace_file;
@@ -77,7 +78,7 @@ pub use setup::{
     Attention, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,
 };
 pub use tokenizer::{BertTokenizer, Encoded, TextTokenizer, TOKENIZER_DIGEST_LABEL};
-pub use trace::{read_trace, write_trace, Trace, STATEMENT_METADATA_KEY};
+pub use trace::{read_trace, write_trace, write_trace_with, Trace, STATEMENT_METADATA_KEY};
 
 use thiserror::Error;
 

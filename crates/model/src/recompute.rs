@@ -132,6 +132,7 @@ impl LlamaModel {
         hasher: HasherId,
     ) -> Result<(Statement, Trace)> {
         let statement = Statement {
+            trace_level: veritrace_protocol::TraceLevel::Hidden,
             version: PROTOCOL_VERSION,
             model_digest: self.digest(),
             setup: setup.to_bytes(),
@@ -316,6 +317,7 @@ impl BertModel {
         hasher: HasherId,
     ) -> Result<(Statement, Trace)> {
         let statement = Statement {
+            trace_level: veritrace_protocol::TraceLevel::Hidden,
             version: PROTOCOL_VERSION,
             model_digest: self.digest(),
             setup: setup.to_bytes(),

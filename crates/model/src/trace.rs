@@ -154,26 +154,53 @@ impl Trace {
 /// Writes `trace` to `path` as safetensors (`h.0 … h.L`, F32 `[tokens, hidden]`), with
 /// `statement` as JSON under [`STATEMENT_METADATA_KEY`] when given.
 pub fn write_trace(path: &Path, trace: &Trace, statement: Option<&Statement>) -> Result<()> {
+    write_trace_with(path, trace, statement, None)
+}
+
+/// [`write_trace`] with the run's sub-layer traces (issue 16) as the F32 tensors
+/// `context.<l>` `[tokens, context width]` and `cell.<l>` `[tokens, cell width]` for hidden
+/// layers `l = 1 … L` (read back by [`crate::sublayer::read_sublayers`]).
+pub fn write_trace_with(
+    path: &Path,
+    trace: &Trace,
+    statement: Option<&Statement>,
+    sublayers: Option<&crate::sublayer::SubLayerTrace>,
+) -> Result<()> {
     trace.check()?;
     let bytes = trace.layer_bytes();
-    let key_bytes: Vec<Vec<u8>> = trace
-        .keys
-        .iter()
-        .map(|k| k.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
+    let f32_bytes = |v: &Vec<f32>| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let key_bytes: Vec<Vec<u8>> = trace.keys.iter().map(f32_bytes).collect();
+    let empty = crate::sublayer::SubLayerTrace::default();
+    let sub = sublayers.unwrap_or(&empty);
+    if sub.context.len() != sub.cell.len()
+        || (!sub.context.is_empty() && sub.context.len() + 1 != bytes.len())
+    {
+        return Err(ModelError::WrongLength {
+            what: "sub-layer traces",
+            expected: format!("{} context and cell layers", bytes.len().saturating_sub(1)),
+            got: sub.context.len(),
+        });
+    }
+    let sub_bytes: Vec<Vec<u8>> = sub.context.iter().chain(&sub.cell).map(f32_bytes).collect();
+    let n_sub = sub.context.len();
     let names: Vec<String> = (0..bytes.len())
         .map(|l| format!("h.{l}"))
         .chain((1..=key_bytes.len()).map(|l| format!("k.{l}")))
+        .chain((1..=n_sub).map(|l| format!("context.{l}")))
+        .chain((1..=n_sub).map(|l| format!("cell.{l}")))
         .collect();
-    let shapes = std::iter::repeat_n(vec![trace.tokens, trace.hidden], bytes.len()).chain(
-        trace
-            .keys
-            .iter()
-            .map(|k| vec![trace.tokens, k.len() / trace.tokens]),
-    );
+    let width = |v: &Vec<f32>| v.len() / trace.tokens.max(1);
+    let shapes = std::iter::repeat_n(vec![trace.tokens, trace.hidden], bytes.len())
+        .chain(trace.keys.iter().map(|k| vec![trace.tokens, width(k)]))
+        .chain(
+            sub.context
+                .iter()
+                .chain(&sub.cell)
+                .map(|v| vec![trace.tokens, width(v)]),
+        );
     let views = names
         .iter()
-        .zip(bytes.iter().chain(&key_bytes))
+        .zip(bytes.iter().chain(&key_bytes).chain(&sub_bytes))
         .zip(shapes)
         .map(|((name, b), shape)| {
             TensorView::new(StDtype::F32, shape, b)

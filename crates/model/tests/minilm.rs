@@ -309,6 +309,7 @@ fn verifier_accepts_an_honest_minilm_run_and_rejects_a_perturbed_cell() {
     assert_eq!(statement.geometry.tokens, 27);
     let cells = statement.geometry.num_cells() as u32;
     let config = |mode, samples| VerifierConfig {
+        method: veritrace_protocol::LayerCheck::Recompute,
         mode,
         params: ChallengeParams {
             samples,
@@ -403,6 +404,7 @@ fn a_few_setups_run_on_the_real_model_and_recompute_bitwise() {
         .prove_encode(&setup, &tokens, tile as u32, HasherId::Blake3)
         .unwrap();
     let cfg = VerifierConfig {
+        method: veritrace_protocol::LayerCheck::Recompute,
         mode: Mode::Interactive,
         params: ChallengeParams {
             samples: statement.geometry.num_cells() as u32,

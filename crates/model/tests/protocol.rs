@@ -20,6 +20,7 @@ fn prompt() -> Vec<u32> {
 
 fn config(mode: Mode, samples: u32) -> VerifierConfig {
     VerifierConfig {
+        method: veritrace_protocol::LayerCheck::Recompute,
         mode,
         params: ChallengeParams {
             samples,

@@ -297,6 +297,7 @@ fn provers_on_other_setups_are_accepted_under_their_own_setup() {
             .prove_run(&setup(s), &prompt(10), 3, 4, HasherId::Blake3)
             .unwrap();
         let cfg = VerifierConfig {
+            method: veritrace_protocol::LayerCheck::Recompute,
             mode: Mode::Interactive,
             params: ChallengeParams {
                 samples: statement.geometry.num_cells() as u32,

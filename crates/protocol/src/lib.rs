@@ -40,16 +40,19 @@ mod verifier;
 
 pub use encoding::{Message, MessageKind};
 pub use error::{ProtocolError, Result};
-pub use messages::{Challenge, Commitment, OpenedCell, Opening, RejectReason, Verdict};
+pub use messages::{
+    Challenge, Commitment, OpenedCell, Opening, RejectReason, SubLayerOpening, SubLayerRoots,
+    Verdict,
+};
 pub use prover::{Prover, ProverState};
 pub use sampling::SamplingStrategy;
 pub use statement::{
-    CellRange, Dependency, InputText, OutputRule, Statement, MAX_ENGINE_BYTES,
-    MAX_INPUT_TEXT_BYTES, PROTOCOL_VERSION,
+    CellRange, Dependency, InputText, OutputRule, Statement, SubLayerPart, TraceLevel,
+    MAX_ENGINE_BYTES, MAX_INPUT_TEXT_BYTES, PROTOCOL_VERSION,
 };
 pub use transcript::ChallengeParams;
 pub use verifier::{
-    check_opening, check_opening_with_limits, no_text_input, verify_recorded,
-    verify_recorded_with_limits, Faults, Mode, Recompute, Step, Verifier, VerifierConfig,
-    VerifierLimits, VerifierState,
+    check_opening, check_opening_by, check_opening_with_limits, no_text_input, verify_recorded,
+    verify_recorded_with_limits, AlgebraicCheck, Faults, LayerCheck, Mode, Recompute, Step,
+    Verifier, VerifierConfig, VerifierLimits, VerifierState,
 };

@@ -14,6 +14,30 @@ pub struct Commitment {
     pub statement: Statement,
     /// Root over all cells of the trace, layer-major (`specs/commitment.md`).
     pub root: Digest,
+    /// The roots of the two sub-layer traces, present exactly when the statement's
+    /// [`crate::TraceLevel`] is `SubLayer` (specs/protocol.md §3.5). JSON may omit it (none).
+    #[serde(default)]
+    pub sublayer_roots: Option<SubLayerRoots>,
+}
+
+/// The Merkle roots of a statement's two sub-layer traces ([`crate::TraceLevel::SubLayer`]),
+/// each over its trace's cells, layer-major, with the statement's hasher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SubLayerRoots {
+    /// Root of the context trace ([`crate::SubLayerPart::Context`]).
+    pub context: Digest,
+    /// Root of the cell trace ([`crate::SubLayerPart::Cell`]).
+    pub cell: Digest,
+}
+
+impl SubLayerRoots {
+    /// The root of `part`.
+    pub fn get(&self, part: crate::SubLayerPart) -> &Digest {
+        match part {
+            crate::SubLayerPart::Context => &self.context,
+            crate::SubLayerPart::Cell => &self.cell,
+        }
+    }
 }
 
 impl Message for Commitment {
@@ -27,6 +51,38 @@ impl Message for Commitment {
                 "root is not a canonical {} digest",
                 self.statement.hasher
             )));
+        }
+        let sublayer = !matches!(self.statement.trace_level, crate::TraceLevel::Hidden);
+        match &self.sublayer_roots {
+            None if sublayer => {
+                return Err(ProtocolError::InvalidStatement(
+                    "the statement commits sub-layer values but the commitment has no \
+                     sub-layer roots"
+                        .into(),
+                ))
+            }
+            Some(_) if !sublayer => {
+                return Err(ProtocolError::InvalidStatement(
+                    "the commitment has sub-layer roots but its statement commits hidden \
+                     states only"
+                        .into(),
+                ))
+            }
+            Some(roots) => {
+                for part in crate::SubLayerPart::ALL {
+                    if !veritrace_commit::Hasher::is_canonical(
+                        &self.statement.hasher,
+                        roots.get(part),
+                    ) {
+                        return Err(ProtocolError::InvalidStatement(format!(
+                            "the {} sub-layer root is not a canonical {} digest",
+                            part.name(),
+                            self.statement.hasher
+                        )));
+                    }
+                }
+            }
+            None => {}
         }
         Ok(())
     }
@@ -84,6 +140,35 @@ pub struct Opening {
     /// Non-interactive mode: the session's proof-of-work nonce, the same in every round (0 when
     /// none is required). Always 0 in interactive mode.
     pub pow_nonce: u64,
+    /// The sub-layer cells of the challenge ([`crate::Statement::sublayer_ranges`]), present
+    /// exactly when the statement's [`crate::TraceLevel`] is `SubLayer`. JSON may omit it.
+    #[serde(default)]
+    pub sublayers: Option<SubLayerOpening>,
+}
+
+/// The sub-layer part of an [`Opening`] (specs/protocol.md §4.3): for each sub-layer trace,
+/// its required cells (sub-layer coordinates, ascending leaf order, f32 little-endian) and one
+/// batch proof against its root in [`Commitment::sublayer_roots`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubLayerOpening {
+    /// Cells of the context trace.
+    pub context: Vec<OpenedCell>,
+    /// Batch proof of `context` against the context root.
+    pub context_proof: BatchProof,
+    /// Cells of the cell trace.
+    pub cell: Vec<OpenedCell>,
+    /// Batch proof of `cell` against the cell root.
+    pub cell_proof: BatchProof,
+}
+
+impl SubLayerOpening {
+    /// The opened cells and the proof of `part`.
+    pub fn get(&self, part: crate::SubLayerPart) -> (&[OpenedCell], &BatchProof) {
+        match part {
+            crate::SubLayerPart::Context => (&self.context, &self.context_proof),
+            crate::SubLayerPart::Cell => (&self.cell, &self.cell_proof),
+        }
+    }
 }
 
 impl Message for Opening {
@@ -180,11 +265,21 @@ pub enum RejectReason {
         /// The engine's message.
         detail: String,
     },
+    /// The algebraic check of a challenged cell's sub-layer values failed: a linear map's
+    /// Freivalds check, or a nonlinear part recomputed from the opened values
+    /// ([`crate::Recompute::check_sublayers`]).
+    #[error("algebraic check of cell (layer {}, chunk {}) failed: {detail}", cell.layer, cell.chunk)]
+    AlgebraicCheck {
+        /// The challenged cell (hidden-trace coordinates).
+        cell: CellId,
+        /// Which check and by how much.
+        detail: String,
+    },
 }
 
 impl RejectReason {
     /// Every reason's [`RejectReason::name`], in declaration order.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "OutOfOrder",
         "GeometryMismatch",
         "MissingCell",
@@ -196,6 +291,7 @@ impl RejectReason {
         "Tolerance",
         "OutputTokenMismatch",
         "RecomputeFailed",
+        "AlgebraicCheck",
     ];
 
     /// A stable identifier of the reason (its variant name), for logs, tables and test vectors.
@@ -212,6 +308,7 @@ impl RejectReason {
             RejectReason::Tolerance { .. } => "Tolerance",
             RejectReason::OutputTokenMismatch { .. } => "OutputTokenMismatch",
             RejectReason::RecomputeFailed { .. } => "RecomputeFailed",
+            RejectReason::AlgebraicCheck { .. } => "AlgebraicCheck",
         }
     }
 }

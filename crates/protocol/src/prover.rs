@@ -14,7 +14,10 @@ use veritrace_commit::{commit_trace, CellId, CommitError, Digest, MerkleTree};
 
 use crate::encoding::Message;
 use crate::transcript::{derive_challenge, find_pow_nonce, ChallengeParams};
-use crate::{Challenge, Commitment, OpenedCell, Opening, ProtocolError, Result, Statement};
+use crate::{
+    Challenge, Commitment, OpenedCell, Opening, ProtocolError, Result, Statement, SubLayerOpening,
+    SubLayerPart, SubLayerRoots, TraceLevel,
+};
 
 /// The prover's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +50,17 @@ pub struct Prover<L> {
     statement: Statement,
     layers: Vec<L>,
     tree: MerkleTree,
+    sublayers: Option<SubLayerTraces<L>>,
     state: ProverState,
+}
+
+/// The two sub-layer traces of a [`TraceLevel::SubLayer`] statement and their trees.
+#[derive(Debug)]
+struct SubLayerTraces<L> {
+    context: Vec<L>,
+    context_tree: MerkleTree,
+    cell: Vec<L>,
+    cell_tree: MerkleTree,
 }
 
 impl<L: AsRef<[u8]> + Sync> Prover<L> {
@@ -61,8 +74,45 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
             statement,
             layers,
             tree,
+            sublayers: None,
             state: ProverState::Ready,
         })
+    }
+
+    /// Adds the sub-layer traces of a [`TraceLevel::SubLayer`] statement (specs/protocol.md
+    /// §3.5): `context[s]` and `cell[s]` hold sub-layer `s` (hidden layer `s + 1`), f32
+    /// little-endian, row-major `[tokens, width]`. Builds their trees. Required before
+    /// [`Prover::commit`] for such a statement; refused for a hidden-only statement, after the
+    /// commitment, or with the wrong shapes.
+    pub fn with_sublayers(mut self, context: Vec<L>, cell: Vec<L>) -> Result<Self> {
+        if self.state != ProverState::Ready {
+            return Err(ProtocolError::OutOfOrder {
+                state: self.state.name(),
+                message: "sub-layer traces after the commitment",
+            });
+        }
+        let mut trees = Vec::with_capacity(2);
+        for (part, layers) in [
+            (SubLayerPart::Context, &context),
+            (SubLayerPart::Cell, &cell),
+        ] {
+            let Some(g) = self.statement.sublayer_geometry(part)? else {
+                return Err(ProtocolError::InvalidParameter(
+                    "the statement commits hidden states only: it has no sub-layer traces".into(),
+                ));
+            };
+            let refs: Vec<&[u8]> = layers.iter().map(AsRef::as_ref).collect();
+            trees.push(commit_trace(self.statement.hasher, &g, &refs)?);
+        }
+        let cell_tree = trees.pop().expect("two trees");
+        let context_tree = trees.pop().expect("two trees");
+        self.sublayers = Some(SubLayerTraces {
+            context,
+            context_tree,
+            cell,
+            cell_tree,
+        });
+        Ok(self)
     }
 
     /// A prover whose cells were already hashed elsewhere — on the GPU that produced the trace,
@@ -107,6 +157,7 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
             statement,
             layers,
             tree,
+            sublayers: None,
             state: ProverState::Ready,
         })
     }
@@ -134,6 +185,13 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
                 message: "commitment (a prover commits once, before any challenge)",
             });
         }
+        if self.statement.trace_level != TraceLevel::Hidden && self.sublayers.is_none() {
+            return Err(ProtocolError::InvalidParameter(
+                "the statement commits sub-layer values: add them (Prover::with_sublayers) \
+                 before committing"
+                    .into(),
+            ));
+        }
         self.state = ProverState::Committed {
             next_round: 0,
             session: None,
@@ -145,6 +203,10 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
         Commitment {
             statement: self.statement.clone(),
             root: self.tree.root(),
+            sublayer_roots: self.sublayers.as_ref().map(|s| SubLayerRoots {
+                context: s.context_tree.root(),
+                cell: s.cell_tree.root(),
+            }),
         }
     }
 
@@ -222,11 +284,56 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
                 data: self.layers[cell.layer as usize].as_ref()[range].to_vec(),
             });
         }
+        let sublayers = match &self.sublayers {
+            None => None,
+            Some(sub) => {
+                let (context, context_proof) = self.open_sublayer(
+                    challenged,
+                    SubLayerPart::Context,
+                    &sub.context,
+                    &sub.context_tree,
+                )?;
+                let (cell, cell_proof) =
+                    self.open_sublayer(challenged, SubLayerPart::Cell, &sub.cell, &sub.cell_tree)?;
+                Some(SubLayerOpening {
+                    context,
+                    context_proof,
+                    cell,
+                    cell_proof,
+                })
+            }
+        };
         Ok(Opening {
             round,
             cells: opened,
             proof: self.tree.prove(&indices)?,
             pow_nonce,
+            sublayers,
         })
+    }
+
+    fn open_sublayer(
+        &self,
+        challenged: &[CellId],
+        part: SubLayerPart,
+        layers: &[L],
+        tree: &MerkleTree,
+    ) -> Result<(Vec<OpenedCell>, veritrace_commit::BatchProof)> {
+        let g = self
+            .statement
+            .sublayer_geometry(part)?
+            .ok_or_else(|| ProtocolError::InvalidParameter("no sub-layer trace".into()))?;
+        let runs = self.statement.sublayer_ranges(challenged, part)?;
+        let mut indices = Vec::new();
+        let mut opened = Vec::new();
+        for cell in runs.iter().flat_map(crate::CellRange::cells) {
+            indices.push(g.cell_index(cell)?);
+            let range = g.cell_byte_range(cell)?;
+            opened.push(OpenedCell {
+                cell,
+                data: layers[cell.layer as usize].as_ref()[range].to_vec(),
+            });
+        }
+        Ok((opened, tree.prove(&indices)?))
     }
 }

@@ -89,6 +89,66 @@ pub struct Statement {
     /// [`MAX_ENGINE_BYTES`] printable ASCII bytes.
     #[serde(default)]
     pub engine: Option<String>,
+    /// What the commitment covers: the hidden states only ([`TraceLevel::Hidden`], the
+    /// default; JSON may omit the field), or also every decoder layer's sub-layer values
+    /// ([`TraceLevel::SubLayer`], specs/protocol.md §3.5), which a verifier may check
+    /// algebraically instead of recomputing the layer.
+    #[serde(default)]
+    pub trace_level: TraceLevel,
+}
+
+/// What a commitment covers (specs/protocol.md §3.5).
+///
+/// With [`TraceLevel::SubLayer`], the prover commits, beside the hidden-state trace, two
+/// sub-layer traces over layers `1 … L − 1` of the hidden trace (sub-layer index `s = l − 1`
+/// for hidden layer `l`), with the hidden trace's tokens and chunk size and f32 elements
+/// (always f32, whatever the hidden trace's dtype):
+///
+/// * the **context** trace, `context` elements per token row: what an attention over earlier
+///   positions reads of each position (for a Llama-style decoder: the attention norm's output,
+///   the key and the value projections, `hidden + 2 · kv_heads · head_dim`);
+/// * the **cell** trace, `cell` elements per token row: the rest of the layer's linear maps'
+///   inputs and outputs at that row (for a Llama-style decoder: `q`, the attention output,
+///   `o`, the MLP norm's output, `gate`, `up`, the activation product and `down`).
+///
+/// The row layouts belong to the architecture (the engine's [`crate::Recompute`] documents
+/// and checks them); the protocol fixes the widths, the trees and which cells are opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TraceLevel {
+    /// Hidden states only.
+    #[default]
+    Hidden,
+    /// Hidden states and sub-layer values.
+    SubLayer {
+        /// Elements per token row of the context trace.
+        context: u32,
+        /// Elements per token row of the cell trace.
+        cell: u32,
+    },
+}
+
+/// Which of the two sub-layer traces of a [`TraceLevel::SubLayer`] statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubLayerPart {
+    /// Per position, what attention reads (opened for every input row of a challenged cell).
+    Context,
+    /// Per position, the layer's other linear inputs and outputs (opened for the challenged
+    /// rows).
+    Cell,
+}
+
+impl SubLayerPart {
+    /// Both parts, in commitment order.
+    pub const ALL: [SubLayerPart; 2] = [SubLayerPart::Context, SubLayerPart::Cell];
+
+    /// Lowercase name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            SubLayerPart::Context => "context",
+            SubLayerPart::Cell => "cell",
+        }
+    }
 }
 
 /// Longest [`Statement::engine`] claim, in bytes.
@@ -150,6 +210,7 @@ impl Statement {
             ("output rule", self.output_rule == other.output_rule),
             ("input text", self.input_text == other.input_text),
             ("engine", self.engine == other.engine),
+            ("trace level", self.trace_level == other.trace_level),
         ];
         fields.iter().find(|(_, same)| !same).map(|(name, _)| *name)
     }
@@ -210,6 +271,81 @@ impl Statement {
             if let Some(rows) = self.input_rows(cell)? {
                 runs.push((cell.layer - 1, rows.start / c, rows.end.div_ceil(c)));
             }
+        }
+        runs.sort_unstable();
+        let mut out: Vec<CellRange> = Vec::with_capacity(runs.len());
+        for (layer, start, end) in runs {
+            match out.last_mut() {
+                Some(last) if last.layer == layer && start <= last.chunks.end => {
+                    last.chunks.end = last.chunks.end.max(end);
+                }
+                _ => out.push(CellRange {
+                    layer,
+                    chunks: start..end,
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The geometry of one sub-layer trace (see [`TraceLevel`]): `L − 1` layers, the hidden
+    /// trace's tokens and chunk, the part's width, f32. `None` for a [`TraceLevel::Hidden`]
+    /// statement. Fails when the geometry is invalid (a zero width, a single hidden layer,
+    /// more cells than the commitment layer allows).
+    pub fn sublayer_geometry(&self, part: SubLayerPart) -> Result<Option<TraceGeometry>> {
+        let TraceLevel::SubLayer { context, cell } = self.trace_level else {
+            return Ok(None);
+        };
+        let width = match part {
+            SubLayerPart::Context => context,
+            SubLayerPart::Cell => cell,
+        };
+        let g = &self.geometry;
+        if g.layers < 2 {
+            return Err(ProtocolError::InvalidStatement(
+                "a sub-layer trace needs at least one layer above the embeddings".into(),
+            ));
+        }
+        TraceGeometry::new(
+            g.layers - 1,
+            g.tokens,
+            width,
+            g.chunk,
+            veritrace_commit::Dtype::F32,
+        )
+        .map(Some)
+        .map_err(|e| {
+            ProtocolError::InvalidStatement(format!("the {} sub-layer trace: {e}", part.name()))
+        })
+    }
+
+    /// The sub-layer cells an opening of `challenged` must hold, as runs in sub-layer
+    /// coordinates (layer `s = l − 1` of hidden layer `l`; specs/protocol.md §4.3), for a
+    /// [`TraceLevel::SubLayer`] statement:
+    ///
+    /// * [`SubLayerPart::Context`]: for every challenged cell of layer `l ≥ 1`, the chunks
+    ///   covering its [`Statement::input_rows`] — the same chunks as its input cells, one
+    ///   layer up;
+    /// * [`SubLayerPart::Cell`]: every challenged cell of layer `l ≥ 1` itself.
+    ///
+    /// Challenged cells of layer 0 need none. Same order and merging as
+    /// [`Statement::opening_ranges`]; O(k log k).
+    pub fn sublayer_ranges(
+        &self,
+        challenged: &[CellId],
+        part: SubLayerPart,
+    ) -> Result<Vec<CellRange>> {
+        let c = self.geometry.chunk;
+        let mut runs: Vec<(u32, u32, u32)> = Vec::with_capacity(challenged.len());
+        for &cell in challenged {
+            self.geometry.cell_index(cell)?;
+            let Some(rows) = self.input_rows(cell)? else {
+                continue;
+            };
+            runs.push(match part {
+                SubLayerPart::Context => (cell.layer - 1, rows.start / c, rows.end.div_ceil(c)),
+                SubLayerPart::Cell => (cell.layer - 1, cell.chunk, cell.chunk + 1),
+            });
         }
         runs.sort_unstable();
         let mut out: Vec<CellRange> = Vec::with_capacity(runs.len());
@@ -321,6 +457,9 @@ impl Message for Statement {
                 )));
             }
         }
+        for part in SubLayerPart::ALL {
+            self.sublayer_geometry(part)?;
+        }
         if let Some(t) = &self.input_text {
             if t.text.len() > MAX_INPUT_TEXT_BYTES {
                 return Err(ProtocolError::InvalidStatement(format!(
@@ -353,6 +492,7 @@ pub(crate) mod tests {
             output_rule: OutputRule::Greedy,
             input_text: None,
             engine: None,
+            trace_level: TraceLevel::Hidden,
         }
     }
 

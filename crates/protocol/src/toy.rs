@@ -8,6 +8,15 @@
 //! bidirectional: all; window `w`: `p−w+1..=p`). The sum runs over `A(p)` in ascending order in
 //! f32, so a cell recomputed alone is bitwise identical to the same rows of a full forward. The
 //! next token is `floor(|y_p[0]| · 1000) mod 50 000` (both output rules; the toy has no sampling).
+//!
+//! # Sub-layer values
+//! For a [`crate::TraceLevel::SubLayer`] statement (context and cell widths both `hidden`),
+//! the toy's "linear map" is `c_q = 0.5 · x_q` (the context row of position `q`) and its
+//! "nonlinear part" the mean `m_p = Σ_{q ∈ A(p)} c_q / |A(p)|` (the cell row of position `p`),
+//! so that `y_p = x_p + m_p + 0.1 · l` bit for bit (scaling by 0.5 is exact, so
+//! `m_p = 0.5 · mean(x)` exactly). [`ToyEngine::sublayer_bytes`] produces them and
+//! [`Recompute::check_sublayers`] checks them: every `c_q` against `0.5 · x_q` exactly (the
+//! stand-in for a Freivalds check) and every `m_p` against the mean of the opened `c_q`.
 
 use std::ops::Range;
 
@@ -169,6 +178,48 @@ impl ToyEngine {
     }
 }
 
+/// Per-layer little-endian byte buffers: one sub-layer trace.
+pub type LayerBytes = Vec<Vec<u8>>;
+
+impl ToyEngine {
+    /// The sub-layer traces (context, cell) of a [`crate::TraceLevel::SubLayer`] statement,
+    /// one entry per layer `1 … L − 1`, as little-endian bytes (see the module docs). A
+    /// cheating toy (`perturb ≠ 0`) reports the honest sub-layer values of its own trace.
+    pub fn sublayer_bytes(&self, statement: &Statement) -> Result<(LayerBytes, LayerBytes)> {
+        let hidden = check(statement)?;
+        let tokens: Vec<u32> = (0..statement.geometry.tokens)
+            .map(|p| statement.token(p).unwrap_or(0))
+            .collect();
+        let trace = self.forward(
+            statement.dependency,
+            statement.geometry.layers,
+            hidden,
+            &tokens,
+        )?;
+        let t = statement.geometry.tokens;
+        let mut context = Vec::new();
+        let mut cell = Vec::new();
+        for x in &trace[..trace.len() - 1] {
+            let c: Vec<f32> = x.iter().map(|v| 0.5 * v).collect();
+            let mut m = Vec::with_capacity(c.len());
+            for p in 0..t {
+                let ctx = attended(statement.dependency, t, p);
+                let n = (ctx.end - ctx.start) as f32;
+                for i in 0..hidden {
+                    let mut sum = 0f32;
+                    for q in ctx.clone() {
+                        sum += c[q as usize * hidden + i];
+                    }
+                    m.push(sum / n);
+                }
+            }
+            context.push(bytes(&c));
+            cell.push(bytes(&m));
+        }
+        Ok((context, cell))
+    }
+}
+
 impl Recompute for ToyEngine {
     /// The toy engine has no tokenizer: statements with text input are refused.
     fn check_input(&self, statement: &Statement) -> Result<()> {
@@ -207,5 +258,68 @@ impl Recompute for ToyEngine {
     fn next_token(&self, statement: &Statement, _position: u32, last_row: &[u8]) -> Result<u32> {
         check(statement)?;
         Ok(Self::token_from_row(&f32s(last_row)))
+    }
+
+    fn check_sublayers(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+        context: &[u8],
+        cell: &[u8],
+    ) -> Result<crate::AlgebraicCheck> {
+        let hidden = check(statement)?;
+        if statement.trace_level
+            != (crate::TraceLevel::SubLayer {
+                context: hidden as u32,
+                cell: hidden as u32,
+            })
+        {
+            return Err(ProtocolError::Engine(format!(
+                "the toy's sub-layer rows are {hidden} wide; the statement says {:?}",
+                statement.trace_level
+            )));
+        }
+        let (x, c, m) = (f32s(inputs), f32s(context), f32s(cell));
+        let n_in = (input_rows.end - input_rows.start) as usize * hidden;
+        let n_out = (rows.end - rows.start) as usize * hidden;
+        if x.len() != n_in || c.len() != n_in || m.len() != n_out {
+            return Err(ProtocolError::Engine(
+                "sub-layer rows of the wrong length".into(),
+            ));
+        }
+        if let Some(i) = (0..n_in).find(|&i| c[i] != 0.5 * x[i]) {
+            return Ok(crate::AlgebraicCheck::Failed(format!(
+                "context element {i} is {} but 0.5 x = {}",
+                c[i],
+                0.5 * x[i]
+            )));
+        }
+        let mut out = Vec::with_capacity(n_out);
+        for (r, p) in rows.enumerate() {
+            let ctx = attended(statement.dependency, statement.geometry.tokens, p);
+            let n = (ctx.end - ctx.start) as f32;
+            let own = (p - input_rows.start) as usize * hidden;
+            for i in 0..hidden {
+                let mut sum = 0f32;
+                for q in ctx.clone() {
+                    let Some(at) = q.checked_sub(input_rows.start) else {
+                        return Err(ProtocolError::Engine("a row outside the context".into()));
+                    };
+                    sum += c[at as usize * hidden + i];
+                }
+                let mean = sum / n;
+                let claimed = m[r * hidden + i];
+                if claimed != mean {
+                    return Ok(crate::AlgebraicCheck::Failed(format!(
+                        "cell row {r} element {i} is {claimed}, the mean of the context is {mean}"
+                    )));
+                }
+                out.push(x[own + i] + claimed + 0.1 * layer as f32);
+            }
+        }
+        Ok(crate::AlgebraicCheck::Output(bytes(&out)))
     }
 }

@@ -15,7 +15,11 @@
 //! | 7 | `hasher` | hasher code (u8) |
 //! | 8 | `dependency` | rule code (u8: 1 causal, 2 bidirectional, 3 window) and window size (u32 LE, 0 otherwise) |
 //! | 9 | `output-rule` | rule code (u8: 1 greedy, 2 sampled) and the 32-byte seed (zeros for greedy) |
+//! | 10a | `input-text` | only with text input, after row 9: tokenizer digest ‖ chat flag (u8) ‖ UTF-8 text |
+//! | 10b | `engine` | only with an engine claim, after row 10a: its ASCII bytes |
+//! | 10c | `trace-level` | only for a sub-layer statement, after row 10b: context width ‖ cell width (u32 LE each) |
 //! | 10 | `root` | the commitment's 32-byte root |
+//! | 10d | `sublayer-roots` | only with sub-layer roots, after row 10: context root ‖ cell root (32 bytes each) |
 //! | 11 | `samples` | k, u64 LE (merlin `append_u64`) |
 //! | 12 | `strategy` | sampling strategy code (u8) |
 //! | 13 | `pow-bits` | u64 LE |
@@ -45,7 +49,9 @@ use serde::{Deserialize, Serialize};
 use veritrace_commit::Digest;
 
 use crate::sampling::{sample_cells, SamplingStrategy};
-use crate::{Challenge, Commitment, Dependency, OutputRule, ProtocolError, Result, Statement};
+use crate::{
+    Challenge, Commitment, Dependency, OutputRule, ProtocolError, Result, Statement, TraceLevel,
+};
 
 /// The transcript's domain separator, with the protocol version.
 pub const DOMAIN: &[u8] = b"veritrace/protocol/v1";
@@ -127,6 +133,14 @@ impl TranscriptProtocol for Transcript {
         if let Some(e) = &s.engine {
             self.append_message(b"engine", e.as_bytes());
         }
+        // Row 10c, only for a statement that commits sub-layer values (issue 16):
+        // u32le(context width) ‖ u32le(cell width).
+        if let TraceLevel::SubLayer { context, cell } = s.trace_level {
+            let mut m = Vec::with_capacity(8);
+            m.extend_from_slice(&context.to_le_bytes());
+            m.extend_from_slice(&cell.to_le_bytes());
+            self.append_message(b"trace-level", &m);
+        }
     }
 
     fn append_root(&mut self, root: &Digest) {
@@ -152,6 +166,13 @@ pub fn base_transcript(commitment: &Commitment) -> Transcript {
     let mut t = Transcript::new(DOMAIN);
     t.append_statement(&commitment.statement);
     t.append_root(&commitment.root);
+    // Row 10d, only with sub-layer roots: the context root ‖ the cell root.
+    if let Some(roots) = &commitment.sublayer_roots {
+        let mut m = Vec::with_capacity(64);
+        m.extend_from_slice(&roots.context.0);
+        m.extend_from_slice(&roots.cell.0);
+        t.append_message(b"sublayer-roots", &m);
+    }
     t
 }
 
@@ -294,6 +315,7 @@ mod tests {
 
     fn commitment() -> Commitment {
         Commitment {
+            sublayer_roots: None,
             statement: statement(Dependency::Causal),
             root: Digest([9; 32]),
         }

@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
-use veritrace_commit::{verify_batch, CellId, Dtype, Hasher};
+use veritrace_commit::{verify_batch, CellId, Dtype, Hasher, TraceGeometry};
 
 use crate::encoding::Message;
 use crate::sampling::sample_cells;
@@ -30,7 +30,7 @@ use crate::tolerance::{decode_values, TolerancePolicy};
 use crate::transcript::{challenge_seed, check_pow, ChallengeParams};
 use crate::{
     Challenge, Commitment, OpenedCell, Opening, ProtocolError, RejectReason, Result, Statement,
-    Verdict,
+    SubLayerPart, TraceLevel, Verdict,
 };
 
 /// What an embedding verifier implements: recompute cells under the statement's numeric setup.
@@ -64,6 +64,101 @@ pub trait Recompute {
     /// statement without text and refuses one with text ([`no_text_input`]). Required, so
     /// that a wrapper cannot silently skip the check of the engine it wraps.
     fn check_input(&self, statement: &Statement) -> Result<()>;
+
+    /// The algebraic check of challenged cell `(layer, rows)` (`layer ≥ 1`) from its opened
+    /// sub-layer values ([`crate::TraceLevel::SubLayer`], specs/protocol.md §11.4), for a
+    /// verifier whose [`LayerCheck`] includes Freivalds:
+    ///
+    /// * `inputs`: rows `input_rows` of hidden layer `layer − 1` (as for [`Recompute::layer`]);
+    /// * `context`: rows `input_rows` of the context trace at sub-layer `layer − 1`
+    ///   (f32 little-endian, the statement's context width per row);
+    /// * `cell`: rows `rows` of the cell trace at sub-layer `layer − 1` (the cell width).
+    ///
+    /// The engine checks the layer's linear maps against the opened inputs and outputs
+    /// (Freivalds, with its secret key) and recomputes the nonlinear parts from them; it
+    /// returns the cell's output rows derived from the opened values (in the statement's
+    /// dtype), which the verifier compares with the opened cell under its tolerance, or the
+    /// failed check. The default refuses: an engine without a verifier key cannot check
+    /// sub-layer values.
+    #[allow(clippy::too_many_arguments)]
+    fn check_sublayers(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+        context: &[u8],
+        cell: &[u8],
+    ) -> Result<AlgebraicCheck> {
+        let _ = (statement, layer, rows, input_rows, inputs, context, cell);
+        Err(ProtocolError::Engine(
+            "this engine has no algebraic check of sub-layer values (no verifier key)".into(),
+        ))
+    }
+}
+
+/// What [`Recompute::check_sublayers`] found for one challenged cell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AlgebraicCheck {
+    /// Every linear map passed its check and every nonlinear part was recomputed: the cell's
+    /// output rows derived from the opened sub-layer values (little-endian, the statement's
+    /// dtype), to compare with the opened cell.
+    Output(Vec<u8>),
+    /// A check failed: which one and by how much.
+    Failed(String),
+}
+
+/// How a verifier checks a challenged cell of a layer `l ≥ 1` (specs/protocol.md §11.4).
+/// Layer 0 (embeddings) and the output tokens are always recomputed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerCheck {
+    /// Recompute the cell from the opened rows of the layer below (the default).
+    #[default]
+    Recompute,
+    /// Check the opened sub-layer values algebraically ([`Recompute::check_sublayers`]) and
+    /// compare the output they give with the opened cell. Needs a
+    /// [`crate::TraceLevel::SubLayer`] statement.
+    Freivalds,
+    /// Both: recompute, and check the sub-layer values.
+    Both,
+}
+
+impl LayerCheck {
+    /// Whether the cell is recomputed.
+    pub fn recomputes(self) -> bool {
+        matches!(self, LayerCheck::Recompute | LayerCheck::Both)
+    }
+
+    /// Whether the sub-layer values are checked.
+    pub fn checks_sublayers(self) -> bool {
+        matches!(self, LayerCheck::Freivalds | LayerCheck::Both)
+    }
+
+    /// The name used in JSON and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerCheck::Recompute => "recompute",
+            LayerCheck::Freivalds => "freivalds",
+            LayerCheck::Both => "both",
+        }
+    }
+}
+
+impl std::str::FromStr for LayerCheck {
+    type Err = ProtocolError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "recompute" => Ok(LayerCheck::Recompute),
+            "freivalds" => Ok(LayerCheck::Freivalds),
+            "both" => Ok(LayerCheck::Both),
+            _ => Err(ProtocolError::InvalidParameter(format!(
+                "layer check {s:?}: expected recompute, freivalds or both"
+            ))),
+        }
+    }
 }
 
 /// A reference to an engine is an engine (so that [`verify_recorded`] and a [`Verifier`] can
@@ -90,6 +185,19 @@ impl<T: Recompute + ?Sized> Recompute for &T {
 
     fn check_input(&self, statement: &Statement) -> Result<()> {
         (**self).check_input(statement)
+    }
+
+    fn check_sublayers(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+        context: &[u8],
+        cell: &[u8],
+    ) -> Result<AlgebraicCheck> {
+        (**self).check_sublayers(statement, layer, rows, input_rows, inputs, context, cell)
     }
 }
 
@@ -128,6 +236,9 @@ pub struct VerifierConfig {
     pub rounds: u32,
     /// How recomputed cells are compared with opened ones.
     pub tolerance: TolerancePolicy,
+    /// How challenged cells of layers `l ≥ 1` are checked (JSON may omit it: recompute).
+    #[serde(default)]
+    pub method: LayerCheck,
 }
 
 /// The verifier's resource limits: what a prover's claims may cost it.
@@ -570,6 +681,17 @@ impl<R: Recompute> Verifier<R> {
                 detail: e.to_string(),
             }));
         }
+        if self.config.method.checks_sublayers()
+            && commitment.statement.trace_level == crate::TraceLevel::Hidden
+        {
+            return self.decide(Verdict::Reject(RejectReason::GeometryMismatch {
+                detail: format!(
+                    "the verifier checks layers by {} and the statement commits hidden states \
+                     only (no sub-layer values)",
+                    self.config.method.name()
+                ),
+            }));
+        }
         self.commitment = Some(commitment);
         self.next_round(0, None, source)
     }
@@ -652,6 +774,7 @@ impl<R: Recompute> Verifier<R> {
             &cells,
             opening,
             &self.config.tolerance,
+            self.config.method,
             &self.recompute,
             &self.limits,
             self.faults,
@@ -854,6 +977,33 @@ pub fn check_opening_with_limits<R: Recompute + ?Sized>(
         challenged,
         opening,
         tolerance,
+        LayerCheck::Recompute,
+        recompute,
+        limits,
+        Faults::default(),
+    )
+}
+
+/// [`check_opening_with_limits`] with an explicit [`LayerCheck`]: with Freivalds (or both),
+/// the opening's sub-layer cells are checked too (specs/protocol.md §11.4) and each
+/// challenged cell of a layer `l ≥ 1` is checked by [`Recompute::check_sublayers`], whose
+/// output is compared with the opened cell under `tolerance`. A statement without sub-layer
+/// values cannot be checked by Freivalds ([`RejectReason::GeometryMismatch`]).
+pub fn check_opening_by<R: Recompute + ?Sized>(
+    commitment: &Commitment,
+    challenged: &[CellId],
+    opening: &Opening,
+    tolerance: &TolerancePolicy,
+    method: LayerCheck,
+    recompute: &R,
+    limits: &VerifierLimits,
+) -> std::result::Result<(), RejectReason> {
+    check_opening_inner(
+        commitment,
+        challenged,
+        opening,
+        tolerance,
+        method,
         recompute,
         limits,
         Faults::default(),
@@ -890,11 +1040,13 @@ fn first_opening_difference(required: &[CellRange], opened: &[OpenedCell]) -> Op
     want.next().map(|cell| RejectReason::MissingCell { cell })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_opening_inner<R: Recompute + ?Sized>(
     commitment: &Commitment,
     challenged: &[CellId],
     opening: &Opening,
     tolerance: &TolerancePolicy,
+    method: LayerCheck,
     recompute: &R,
     limits: &VerifierLimits,
     faults: Faults,
@@ -909,10 +1061,31 @@ fn check_opening_inner<R: Recompute + ?Sized>(
     limits
         .check_samples(challenged.len() as u64)
         .map_err(bad_statement)?;
+    if method.checks_sublayers() && statement.trace_level == TraceLevel::Hidden {
+        return Err(RejectReason::GeometryMismatch {
+            detail: format!(
+                "the verifier checks layers by {} and the statement commits hidden states only",
+                method.name()
+            ),
+        });
+    }
     let required = statement
         .opening_ranges(challenged)
         .map_err(bad_statement)?;
-    let (required_cells, required_bytes) = opening_size(g, &required);
+    let (mut required_cells, mut required_bytes) = opening_size(g, &required);
+    // the sub-layer runs and geometries (none for a hidden-only statement)
+    let mut sub_required: Vec<(SubLayerPart, TraceGeometry, Vec<CellRange>)> = Vec::new();
+    for part in SubLayerPart::ALL {
+        if let Some(sg) = statement.sublayer_geometry(part).map_err(bad_statement)? {
+            let runs = statement
+                .sublayer_ranges(challenged, part)
+                .map_err(bad_statement)?;
+            let (cells, bytes) = opening_size(&sg, &runs);
+            required_cells = required_cells.saturating_add(cells);
+            required_bytes = required_bytes.saturating_add(bytes);
+            sub_required.push((part, sg, runs));
+        }
+    }
     limits
         .check_opening_size(required_cells, required_bytes)
         .map_err(bad_statement)?;
@@ -920,41 +1093,48 @@ fn check_opening_inner<R: Recompute + ?Sized>(
     // the input tokens are the statement's text, tokenized (when it has text)
     recompute.check_input(statement).map_err(bad_statement)?;
 
-    // 1. exactly the required cells, in order
+    // 1. exactly the required cells, in order (sub-layer cells exactly when the statement has
+    //    them)
     if let Some(reason) = first_opening_difference(&required, &opening.cells) {
         return Err(reason);
     }
-
-    // 2-3. lengths, leaves, batch proof
-    let mut leaves = Vec::with_capacity(opening.cells.len());
-    for oc in &opening.cells {
-        let range = g
-            .cell_byte_range(oc.cell)
-            .map_err(|e| bad_statement(e.into()))?;
-        if oc.data.len() != range.len() {
-            return Err(RejectReason::WrongCellLength {
-                cell: oc.cell,
-                expected: range.len() as u64,
-                got: oc.data.len() as u64,
-            });
+    match (&opening.sublayers, sub_required.is_empty()) {
+        (None, false) => {
+            return Err(RejectReason::GeometryMismatch {
+                detail: "the statement commits sub-layer values and the opening has none".into(),
+            })
         }
-        let leaf = g
-            .hash_cell(&statement.hasher, oc.cell, &oc.data)
-            .map_err(|e| bad_statement(e.into()))?;
-        let index = g.cell_index(oc.cell).map_err(|e| bad_statement(e.into()))?;
-        leaves.push((index, leaf));
+        (Some(_), true) => {
+            return Err(RejectReason::GeometryMismatch {
+                detail: "the opening has sub-layer values and the statement commits hidden \
+                         states only"
+                    .into(),
+            })
+        }
+        (Some(sub), false) => {
+            for (part, _, runs) in &sub_required {
+                if let Some(reason) = first_opening_difference(runs, sub.get(*part).0) {
+                    return Err(reason);
+                }
+            }
+        }
+        (None, true) => {}
     }
-    if !faults.skip_proof_check {
-        verify_batch(
-            &statement.hasher,
-            &commitment.root,
-            g.num_cells(),
-            &leaves,
-            &opening.proof,
-        )
-        .map_err(|e| RejectReason::BadProof {
-            detail: e.to_string(),
-        })?;
+
+    // 2-3. lengths, leaves, batch proofs
+    check_cells_against_root(
+        g,
+        statement,
+        &commitment.root,
+        &opening.cells,
+        &opening.proof,
+        faults,
+    )?;
+    if let (Some(sub), Some(roots)) = (&opening.sublayers, &commitment.sublayer_roots) {
+        for (part, sg, _) in &sub_required {
+            let (cells, proof) = sub.get(*part);
+            check_cells_against_root(sg, statement, roots.get(*part), cells, proof, faults)?;
+        }
     }
     debug_assert!(statement.hasher.is_canonical(&commitment.root));
 
@@ -967,8 +1147,24 @@ fn check_opening_inner<R: Recompute + ?Sized>(
             });
         }
     }
+    if let Some(sub) = &opening.sublayers {
+        for part in SubLayerPart::ALL {
+            for oc in sub.get(part).0 {
+                if let Some(index) = first_non_finite(Dtype::F32, &oc.data) {
+                    // reported in hidden-trace coordinates (sub-layer s is layer s + 1)
+                    return Err(RejectReason::NonFinite {
+                        cell: CellId {
+                            layer: oc.cell.layer + 1,
+                            chunk: oc.cell.chunk,
+                        },
+                        index,
+                    });
+                }
+            }
+        }
+    }
 
-    // 5-6. recompute and compare
+    // 5-6. recompute or check algebraically, and compare
     let row_len = g.row_byte_len();
     for &cell in challenged {
         let rows = g.cell_rows(cell).map_err(|e| bad_statement(e.into()))?;
@@ -976,31 +1172,73 @@ fn check_opening_inner<R: Recompute + ?Sized>(
             cell,
             detail: e.to_string(),
         };
-        let recomputed = match statement.input_rows(cell).map_err(bad_statement)? {
-            None => recompute.embed(statement, rows.clone()).map_err(failed)?,
-            Some(input_rows) => {
-                let inputs = gather_rows(commitment, opening, cell.layer - 1, input_rows.clone());
-                recompute
-                    .layer(statement, cell.layer, rows.clone(), input_rows, &inputs)
-                    .map_err(failed)?
-            }
-        };
         // every challenged cell is in the opening (step 1), which is sorted
         let Ok(at) = opening.cells.binary_search_by_key(&cell, |oc| oc.cell) else {
             return Err(RejectReason::MissingCell { cell });
         };
         let claimed = &opening.cells[at].data;
-        if recomputed.len() != claimed.len() {
-            return Err(failed(ProtocolError::Engine(format!(
-                "the engine returned {} bytes for a cell of {} bytes",
-                recomputed.len(),
-                claimed.len()
-            ))));
+        let compare = |recomputed: &[u8]| -> std::result::Result<(), RejectReason> {
+            if recomputed.len() != claimed.len() {
+                return Err(failed(ProtocolError::Engine(format!(
+                    "the engine returned {} bytes for a cell of {} bytes",
+                    recomputed.len(),
+                    claimed.len()
+                ))));
+            }
+            tolerance
+                .check(cell.layer, g.dtype, claimed, recomputed)
+                .map_err(failed)?
+                .map_err(|violation| RejectReason::Tolerance { cell, violation })?;
+            Ok(())
+        };
+        match statement.input_rows(cell).map_err(bad_statement)? {
+            None => compare(&recompute.embed(statement, rows.clone()).map_err(failed)?)?,
+            Some(input_rows) => {
+                let inputs = gather_rows(g, &opening.cells, cell.layer - 1, input_rows.clone());
+                if method.recomputes() {
+                    let recomputed = recompute
+                        .layer(
+                            statement,
+                            cell.layer,
+                            rows.clone(),
+                            input_rows.clone(),
+                            &inputs,
+                        )
+                        .map_err(failed)?;
+                    compare(&recomputed)?;
+                }
+                if method.checks_sublayers() {
+                    let sub = opening
+                        .sublayers
+                        .as_ref()
+                        .ok_or(RejectReason::MissingCell { cell })?;
+                    let (ctx_g, cell_g) = match &sub_required[..] {
+                        [(_, a, _), (_, b, _)] => (a, b),
+                        _ => return Err(RejectReason::MissingCell { cell }),
+                    };
+                    let context =
+                        gather_rows(ctx_g, &sub.context, cell.layer - 1, input_rows.clone());
+                    let cell_values = gather_rows(cell_g, &sub.cell, cell.layer - 1, rows.clone());
+                    match recompute
+                        .check_sublayers(
+                            statement,
+                            cell.layer,
+                            rows.clone(),
+                            input_rows,
+                            &inputs,
+                            &context,
+                            &cell_values,
+                        )
+                        .map_err(failed)?
+                    {
+                        AlgebraicCheck::Output(output) => compare(&output)?,
+                        AlgebraicCheck::Failed(detail) => {
+                            return Err(RejectReason::AlgebraicCheck { cell, detail })
+                        }
+                    }
+                }
+            }
         }
-        tolerance
-            .check(cell.layer, g.dtype, claimed, &recomputed)
-            .map_err(failed)?
-            .map_err(|violation| RejectReason::Tolerance { cell, violation })?;
 
         if cell.layer + 1 == g.layers {
             for (i, position) in rows.clone().enumerate() {
@@ -1024,23 +1262,62 @@ fn check_opening_inner<R: Recompute + ?Sized>(
     Ok(())
 }
 
+/// Steps 2-3 for one tree: every opened cell has its shape's byte length (reported in
+/// hidden-trace coordinates for a sub-layer tree), and the batch proof opens their leaves under
+/// `root`.
+fn check_cells_against_root(
+    g: &TraceGeometry,
+    statement: &Statement,
+    root: &veritrace_commit::Digest,
+    cells: &[OpenedCell],
+    proof: &veritrace_commit::BatchProof,
+    faults: Faults,
+) -> std::result::Result<(), RejectReason> {
+    let bad_statement = |e: veritrace_commit::CommitError| RejectReason::GeometryMismatch {
+        detail: e.to_string(),
+    };
+    // a sub-layer geometry has one layer fewer than the hidden one
+    let shift = statement.geometry.layers - g.layers;
+    let mut leaves = Vec::with_capacity(cells.len());
+    for oc in cells {
+        let range = g.cell_byte_range(oc.cell).map_err(bad_statement)?;
+        if oc.data.len() != range.len() {
+            return Err(RejectReason::WrongCellLength {
+                cell: CellId {
+                    layer: oc.cell.layer + shift,
+                    chunk: oc.cell.chunk,
+                },
+                expected: range.len() as u64,
+                got: oc.data.len() as u64,
+            });
+        }
+        let leaf = g
+            .hash_cell(&statement.hasher, oc.cell, &oc.data)
+            .map_err(bad_statement)?;
+        let index = g.cell_index(oc.cell).map_err(bad_statement)?;
+        leaves.push((index, leaf));
+    }
+    if !faults.skip_proof_check {
+        verify_batch(&statement.hasher, root, g.num_cells(), &leaves, proof).map_err(|e| {
+            RejectReason::BadProof {
+                detail: e.to_string(),
+            }
+        })?;
+    }
+    Ok(())
+}
+
 /// Concatenates rows `rows` of `layer` from the opened cells (all present and sorted: checked
 /// before), visiting only the opened cells that cover them.
-fn gather_rows(
-    commitment: &Commitment,
-    opening: &Opening,
-    layer: u32,
-    rows: Range<u32>,
-) -> Vec<u8> {
-    let g = &commitment.statement.geometry;
+fn gather_rows(g: &TraceGeometry, cells: &[OpenedCell], layer: u32, rows: Range<u32>) -> Vec<u8> {
     let row_len = g.row_byte_len();
     let mut out = Vec::with_capacity((rows.end - rows.start) as usize * row_len);
     let first = CellId {
         layer,
         chunk: rows.start / g.chunk,
     };
-    let start = opening.cells.partition_point(|oc| oc.cell < first);
-    for oc in opening.cells[start..]
+    let start = cells.partition_point(|oc| oc.cell < first);
+    for oc in cells[start..]
         .iter()
         .take_while(|oc| oc.cell.layer == layer)
     {

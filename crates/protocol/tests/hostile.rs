@@ -102,6 +102,7 @@ fn statement(
 ) -> Statement {
     let input: Vec<u32> = (0..n_in as u32).map(|i| 3 + 7 * (i % 1000)).collect();
     Statement {
+        trace_level: veritrace_protocol::TraceLevel::Hidden,
         version: PROTOCOL_VERSION,
         model_digest: Digest([0xab; 32]),
         setup: b"toy/f32".to_vec(),
@@ -120,6 +121,7 @@ fn statement(
 /// The 404-byte-class commitment of the issue: 2^32 − 1 layers of one token, chunk 1.
 fn tall_commitment() -> Commitment {
     Commitment {
+        sublayer_roots: None,
         statement: statement(u32::MAX, 1, 0, 4, 1, Dependency::Causal),
         root: Digest([0x42; 32]),
     }
@@ -133,6 +135,7 @@ const STRATEGIES: [SamplingStrategy; 3] = [
 
 fn config(mode: Mode, samples: u32, strategy: SamplingStrategy) -> VerifierConfig {
     VerifierConfig {
+        method: veritrace_protocol::LayerCheck::Recompute,
         mode,
         params: ChallengeParams {
             samples,
@@ -149,6 +152,7 @@ fn config(mode: Mode, samples: u32, strategy: SamplingStrategy) -> VerifierConfi
 fn forged_opening(c: &Commitment, round: u32, cells: &[CellId], nonce: u64) -> Opening {
     let g = &c.statement.geometry;
     Opening {
+        sublayers: None,
         round,
         cells: c
             .statement
@@ -167,6 +171,7 @@ fn forged_opening(c: &Commitment, round: u32, cells: &[CellId], nonce: u64) -> O
 
 fn empty_opening() -> Opening {
     Opening {
+        sublayers: None,
         round: 0,
         cells: vec![],
         proof: BatchProof { siblings: vec![] },
@@ -176,6 +181,7 @@ fn empty_opening() -> Opening {
 
 fn garbage_opening() -> Opening {
     Opening {
+        sublayers: None,
         round: 0,
         cells: vec![OpenedCell {
             cell: CellId {
@@ -295,6 +301,7 @@ fn many_tokens_and_missing_cells_cost_the_runs_not_the_claim() {
         Dependency::Window { size: 4096 },
     ] {
         let c = Commitment {
+            sublayer_roots: None,
             statement: statement(8, tokens, 0, 1024, 1, dep),
             root: Digest([0x42; 32]),
         };
@@ -364,6 +371,7 @@ fn many_tokens_and_missing_cells_cost_the_runs_not_the_claim() {
     }
     // tokens above the limit: refused at the commitment, whatever the opening
     let c = Commitment {
+        sublayer_roots: None,
         statement: statement(2, tokens + 1, 0, 4, 1, Dependency::Causal),
         root: Digest([0x42; 32]),
     };
@@ -578,6 +586,7 @@ fn figures(print: bool) {
         assert_eq!(long.0, "Accept");
         let tall = hostile_session(tall_commitment(), k, strategy);
         let wide = Commitment {
+            sublayer_roots: None,
             statement: statement(
                 8,
                 VerifierLimits::DEFAULT.max_tokens as usize,
@@ -701,6 +710,7 @@ fn limits_are_configurable_typed_and_checked_first() {
 
     // the opening's size is checked from the runs: cells, then bytes
     let c = Commitment {
+        sublayer_roots: None,
         statement: statement(4, 64, 0, 4, 1, Dependency::Bidirectional),
         root: Digest([0x42; 32]),
     };

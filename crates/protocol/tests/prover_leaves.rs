@@ -9,6 +9,7 @@ use veritrace_protocol::{
 
 fn statement(hasher: HasherId) -> Statement {
     Statement {
+        trace_level: veritrace_protocol::TraceLevel::Hidden,
         version: PROTOCOL_VERSION,
         model_digest: Digest([3; 32]),
         setup: b"toy".to_vec(),

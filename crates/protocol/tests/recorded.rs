@@ -19,6 +19,7 @@ fn statement(dep: Dependency, layers: u32, n_in: usize, n_out: usize, chunk: u32
         .generate(dep, layers, 4, &input, n_out)
         .unwrap();
     Statement {
+        trace_level: veritrace_protocol::TraceLevel::Hidden,
         version: PROTOCOL_VERSION,
         model_digest: Digest([0xab; 32]),
         setup: b"toy/f32".to_vec(),
@@ -41,6 +42,7 @@ fn config(
     rounds: u32,
 ) -> VerifierConfig {
     VerifierConfig {
+        method: veritrace_protocol::LayerCheck::Recompute,
         mode,
         params: ChallengeParams {
             samples,

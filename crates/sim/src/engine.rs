@@ -706,6 +706,7 @@ impl Simulation {
     ) -> Result<BTreeSet<CellId>, SimError> {
         let prover = Prover::new(statement.clone(), trace.layer_bytes())?;
         let commitment = Commitment {
+            sublayer_roots: None,
             statement: statement.clone(),
             root: prover.tree().root(),
         };
@@ -730,6 +731,7 @@ impl Simulation {
     pub(crate) fn verifier_config(&self, mode: Mode, pow_bits: u8) -> VerifierConfig {
         let p = &self.scenario.protocol;
         VerifierConfig {
+            method: veritrace_protocol::LayerCheck::Recompute,
             mode,
             params: ChallengeParams {
                 samples: p.samples,

@@ -1,0 +1,340 @@
+//! The sub-layer trace level over files (issue 16): `prove --trace-level sublayer`, `keygen`,
+//! `challenge`, `open` and `verify --layer-check freivalds|both --key`. An honest run is
+//! accepted by every layer check; a cheaper setup claimed as the reference is rejected by the
+//! Freivalds check alone; sub-layer values changed in the trace file no longer open; a
+//! Freivalds verifier of a hidden-only commitment rejects; bad keys and arguments exit 2.
+
+mod common;
+
+use common::veritrace;
+
+fn run_ok(args: &[&str]) -> String {
+    let o = veritrace(args);
+    assert_eq!(o.code, 0, "{args:?}: {}{}", o.stdout, o.stderr);
+    o.stdout
+}
+
+fn code(args: &[&str]) -> (i32, String) {
+    let o = veritrace(args);
+    (o.code, format!("{}{}", o.stdout, o.stderr))
+}
+
+#[test]
+fn sublayer_sessions_over_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(p("secret"), [3u8; 32]).unwrap();
+    run_ok(&[
+        "keygen",
+        "--model",
+        "tiny",
+        "--secret-file",
+        &p("secret"),
+        "--out",
+        &p("tiny.key"),
+    ]);
+    let prove = |dir: &str, setup: &str| {
+        run_ok(&[
+            "prove",
+            "--prompt",
+            "5,9,2,7,1,3,8,8,4,6,1",
+            "--output",
+            "4",
+            "--chunk",
+            "4",
+            "--setup",
+            setup,
+            "--trace-level",
+            "sublayer",
+            "--out",
+            &p(dir),
+        ])
+    };
+    let out = prove("run", "f32/attn=eager");
+    assert!(out.contains("sub-layer roots: context "), "{out}");
+    let commitment = p("run/commitment.json");
+    let trace = p("run/trace.safetensors");
+    let seed = "05".repeat(32);
+    run_ok(&[
+        "challenge",
+        &commitment,
+        "--samples",
+        "5",
+        "--seed",
+        &seed,
+        "--out",
+        &p("ch.json"),
+    ]);
+    run_ok(&[
+        "open",
+        &trace,
+        "--challenge",
+        &p("ch.json"),
+        "--out",
+        &p("op.json"),
+    ]);
+    let opening: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("op.json")).unwrap()).unwrap();
+    assert!(opening["sublayers"]["context"]
+        .as_array()
+        .is_some_and(|a| !a.is_empty()));
+    let ch = p("ch.json");
+    let verify = |commitment: &str, opening: &str, extra: &[&str]| {
+        let mut a = vec![
+            "verify",
+            "--commitment",
+            commitment,
+            "--challenge",
+            &ch,
+            "--opening",
+            opening,
+        ];
+        a.extend_from_slice(extra);
+        code(&a.iter().map(|s| s.as_ref()).collect::<Vec<&str>>())
+    };
+    let key = p("tiny.key");
+    for check in [
+        vec!["--layer-check", "freivalds", "--key", key.as_str()],
+        vec!["--layer-check", "both", "--key", key.as_str()],
+        vec!["--layer-check", "recompute"],
+        vec![],
+    ] {
+        let (c, out) = verify(&commitment, &p("op.json"), &check);
+        assert_eq!(c, 0, "{check:?}: {out}");
+        assert!(out.starts_with("accept"), "{out}");
+    }
+
+    // a prover that ran int8 weights and claims f32 eager: its statement, trace file and
+    // commitment say f32 eager, its values are int8's
+    let model = veritrace_model::LlamaModel::preset("tiny").unwrap();
+    let int8: veritrace_model::Setup = "f32/attn=eager/quant=int8-tensor".parse().unwrap();
+    let (mut statement, trace_values, sub) = model
+        .prove_run_sublayers(
+            &int8,
+            &[5, 9, 2, 7, 1, 3, 8, 8, 4, 6, 1],
+            4,
+            4,
+            veritrace_commit::HasherId::Blake3,
+        )
+        .unwrap();
+    statement.setup = veritrace_model::Setup::F32_EAGER.to_bytes();
+    std::fs::create_dir(p("cheat")).unwrap();
+    let meta_trace = p("cheat/trace.safetensors");
+    veritrace_model::write_trace_with(
+        std::path::Path::new(&meta_trace),
+        &trace_values,
+        Some(&statement),
+        Some(&sub),
+    )
+    .unwrap();
+    let (context, cell) = sub.bytes();
+    let mut prover = veritrace_protocol::Prover::new(statement, trace_values.layer_bytes())
+        .unwrap()
+        .with_sublayers(context, cell)
+        .unwrap();
+    let cheat_commitment = p("cheat/commitment.json");
+    use veritrace_protocol::Message;
+    std::fs::write(&cheat_commitment, prover.commit().unwrap().to_json()).unwrap();
+    run_ok(&[
+        "challenge",
+        &cheat_commitment,
+        "--samples",
+        "5",
+        "--seed",
+        &seed,
+        "--out",
+        &p("ch.json"),
+    ]);
+    run_ok(&[
+        "open",
+        &meta_trace,
+        "--challenge",
+        &p("ch.json"),
+        "--out",
+        &p("cheat-op.json"),
+    ]);
+    let (c, out) = verify(
+        &cheat_commitment,
+        &p("cheat-op.json"),
+        &["--layer-check", "freivalds", "--key", &key],
+    );
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("AlgebraicCheck") || out.contains("Tolerance"),
+        "{out}"
+    );
+
+    // a hidden-only commitment cannot be checked by Freivalds
+    run_ok(&[
+        "prove",
+        "--prompt",
+        "5,9,2,7",
+        "--output",
+        "2",
+        "--chunk",
+        "2",
+        "--out",
+        &p("hidden"),
+    ]);
+    run_ok(&[
+        "challenge",
+        &p("hidden/commitment.json"),
+        "--samples",
+        "2",
+        "--seed",
+        &seed,
+        "--out",
+        &p("hch.json"),
+    ]);
+    run_ok(&[
+        "open",
+        &p("hidden/trace.safetensors"),
+        "--challenge",
+        &p("hch.json"),
+        "--out",
+        &p("hop.json"),
+    ]);
+    let (c, out) = code(&[
+        "verify",
+        "--commitment",
+        &p("hidden/commitment.json"),
+        "--challenge",
+        &p("hch.json"),
+        "--opening",
+        &p("hop.json"),
+        "--layer-check",
+        "freivalds",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(c, 1, "{out}");
+    assert!(
+        out.contains("GeometryMismatch") && out.contains("hidden states only"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_keys_and_arguments_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(p("secret"), [4u8; 32]).unwrap();
+    run_ok(&[
+        "keygen",
+        "--model",
+        "small",
+        "--secret-file",
+        &p("secret"),
+        "--out",
+        &p("small.key"),
+    ]);
+    run_ok(&[
+        "prove",
+        "--prompt",
+        "1,2,3,4,5",
+        "--output",
+        "2",
+        "--chunk",
+        "4",
+        "--trace-level",
+        "sublayer",
+        "--out",
+        &p("run"),
+    ]);
+    let seed = "06".repeat(32);
+    run_ok(&[
+        "challenge",
+        &p("run/commitment.json"),
+        "--samples",
+        "3",
+        "--seed",
+        &seed,
+        "--out",
+        &p("ch.json"),
+    ]);
+    run_ok(&[
+        "open",
+        &p("run/trace.safetensors"),
+        "--challenge",
+        &p("ch.json"),
+        "--out",
+        &p("op.json"),
+    ]);
+    let base = [
+        "verify",
+        "--commitment",
+        &p("run/commitment.json"),
+        "--challenge",
+        &p("ch.json"),
+        "--opening",
+        &p("op.json"),
+    ]
+    .map(|s| s.to_string());
+    let with = |extra: &[&str]| {
+        let mut a: Vec<String> = base.to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        code(&refs)
+    };
+    // the key of another model
+    let (c, out) = with(&["--layer-check", "freivalds", "--key", &p("small.key")]);
+    assert_eq!(c, 2, "{out}");
+    assert!(out.contains("is a key of model"), "{out}");
+    // no key, a key without the check, a bad tolerance, a file that is not a key
+    assert_eq!(with(&["--layer-check", "freivalds"]).0, 2);
+    assert_eq!(with(&["--key", &p("small.key")]).0, 2);
+    std::fs::write(p("garbage.key"), b"not a key").unwrap();
+    let (c, out) = with(&["--layer-check", "both", "--key", &p("garbage.key")]);
+    assert_eq!(c, 2, "{out}");
+    assert!(out.contains("verifier key"), "{out}");
+    run_ok(&[
+        "keygen",
+        "--model",
+        "tiny",
+        "--secret-file",
+        &p("secret"),
+        "--out",
+        &p("tiny.key"),
+    ]);
+    let (c, out) = with(&[
+        "--layer-check",
+        "freivalds",
+        "--key",
+        &p("tiny.key"),
+        "--sublayer-tolerance",
+        "-1",
+    ]);
+    assert_eq!(c, 2, "{out}");
+    // an encoder has no sub-layer trace; the GPU capture is not there yet
+    let (c, out) = code(&[
+        "prove",
+        "--model",
+        "minilm",
+        "--trace-level",
+        "sublayer",
+        "--out",
+        &p("enc"),
+    ]);
+    assert_eq!(c, 2, "{out}");
+    // a trace file whose sub-layer tensors are gone cannot be opened
+    let trace = p("run/trace.safetensors");
+    let bytes = std::fs::read(&trace).unwrap();
+    // the header is JSON; rename one tensor in place (same length)
+    let mut patched = bytes.clone();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8(bytes[8..8 + header_len].to_vec()).unwrap();
+    let new_header = header.replace("\"cell.1\"", "\"cell.9\"");
+    assert_ne!(header, new_header);
+    patched[8..8 + header_len].copy_from_slice(new_header.as_bytes());
+    std::fs::write(p("broken.safetensors"), &patched).unwrap();
+    let (c, out) = code(&[
+        "open",
+        &p("broken.safetensors"),
+        "--challenge",
+        &p("ch.json"),
+        "--out",
+        &p("op2.json"),
+    ]);
+    assert_eq!(c, 2, "{out}");
+    assert!(out.contains("cell.1 is missing"), "{out}");
+}

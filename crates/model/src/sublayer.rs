@@ -1,0 +1,478 @@
+//! The decoder's sub-layer trace (issue 16): the row layouts of the two committed sub-layer
+//! traces (specs/protocol.md §3.5, specs/freivalds.md §6), the prover's run that captures and
+//! packs them, and [`KeyedVerifier`], the protocol engine that checks a challenged cell
+//! algebraically from them ([`crate::freivalds::check_sublayer_values`]).
+//!
+//! # Row layouts
+//!
+//! For a Llama-style decoder of width `d`, `h` query heads and `g` key/value heads of size
+//! `n = d / h`, and MLP width `m`, sub-layer `s` (hidden layer `l = s + 1`) holds per token row,
+//! f32, in this order:
+//!
+//! | trace | elements | width |
+//! |---|---|---|
+//! | context | `normed` (attention norm output) ‖ `k` ‖ `v` (projections, before the rotary embedding) | `d + 2 g n` |
+//! | cell | `q` (before the rotary embedding) ‖ `attn` (attention output) ‖ `o` ‖ `mlp_in` (MLP norm output) ‖ `gate` ‖ `up` ‖ `act` (`SiLU(gate) ⊙ up`) ‖ `down` | `2 h n + 3 d + 3 m` |
+//!
+//! `small` (d 512, 8 heads over 4, m 1376): context 1024, cell 6272 elements per row.
+
+use std::ops::Range;
+
+use veritrace_commit::HasherId;
+use veritrace_protocol::{AlgebraicCheck, ProtocolError, Recompute, Statement, TraceLevel};
+
+use crate::freivalds::{check_sublayer_values, VerifierKey};
+use crate::llama::{ModelConfig, SubLayers};
+use crate::{LlamaModel, ModelError, RecomputeOn, Result, Setup, Trace};
+
+/// The widths of a decoder's sub-layer rows (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubLayerLayout {
+    /// `d`.
+    pub hidden: usize,
+    /// `h n`: the query and attention-output width.
+    pub q: usize,
+    /// `g n`: the key and value width.
+    pub kv: usize,
+    /// `m`.
+    pub mlp: usize,
+}
+
+impl SubLayerLayout {
+    /// The layout of a decoder configuration.
+    pub fn of(config: &ModelConfig) -> Self {
+        let n = config.head_dim();
+        SubLayerLayout {
+            hidden: config.hidden_size,
+            q: config.num_heads * n,
+            kv: config.num_kv_heads * n,
+            mlp: config.intermediate_size,
+        }
+    }
+
+    /// Elements per row of the context trace: `d + 2 g n`.
+    pub fn context_width(&self) -> usize {
+        self.hidden + 2 * self.kv
+    }
+
+    /// Elements per row of the cell trace: `2 h n + 3 d + 3 m`.
+    pub fn cell_width(&self) -> usize {
+        2 * self.q + 3 * self.hidden + 3 * self.mlp
+    }
+
+    /// The statement's trace level for this layout. Fails when a width does not fit the
+    /// statement's `u32`.
+    pub fn trace_level(&self) -> Result<TraceLevel> {
+        let w = |x: usize| {
+            u32::try_from(x).map_err(|_| {
+                ModelError::InvalidArgument(format!("a sub-layer row of {x} elements"))
+            })
+        };
+        Ok(TraceLevel::SubLayer {
+            context: w(self.context_width())?,
+            cell: w(self.cell_width())?,
+        })
+    }
+
+    fn context_parts(&self) -> [usize; 3] {
+        [self.hidden, self.kv, self.kv]
+    }
+
+    fn cell_parts(&self) -> [usize; 8] {
+        let (d, q, m) = (self.hidden, self.q, self.mlp);
+        [q, q, d, d, m, m, m, d]
+    }
+
+    /// Packs one layer's captured values (every field over the same `rows`) into its context
+    /// and cell rows.
+    pub fn pack(&self, sub: &SubLayers) -> Result<(Vec<f32>, Vec<f32>)> {
+        let rows = sub.normed.len() / self.hidden.max(1);
+        let context = interleave(&[&sub.normed, &sub.k, &sub.v], &self.context_parts(), rows)?;
+        let cell = interleave(
+            &[
+                &sub.q,
+                &sub.attn,
+                &sub.o,
+                &sub.mlp_in,
+                &sub.gate,
+                &sub.up,
+                &sub.act,
+                &sub.down,
+            ],
+            &self.cell_parts(),
+            rows,
+        )?;
+        Ok((context, cell))
+    }
+
+    /// The `normed`, `k` and `v` rows of context rows `values` (the other fields empty).
+    pub fn unpack_context(&self, values: &[f32]) -> Result<SubLayers> {
+        let [normed, k, v] = split(values, &self.context_parts(), "context")?;
+        Ok(SubLayers {
+            normed,
+            k,
+            v,
+            ..SubLayers::default()
+        })
+    }
+
+    /// The `q`, `attn`, `o`, `mlp_in`, `gate`, `up`, `act` and `down` rows of cell rows
+    /// `values` (`normed`, `k`, `v` empty).
+    pub fn unpack_cell(&self, values: &[f32]) -> Result<SubLayers> {
+        let [q, attn, o, mlp_in, gate, up, act, down] = split(values, &self.cell_parts(), "cell")?;
+        Ok(SubLayers {
+            q,
+            attn,
+            o,
+            mlp_in,
+            gate,
+            up,
+            act,
+            down,
+            ..SubLayers::default()
+        })
+    }
+}
+
+fn interleave(fields: &[&Vec<f32>], widths: &[usize], rows: usize) -> Result<Vec<f32>> {
+    let width: usize = widths.iter().sum();
+    let mut out = Vec::with_capacity(rows * width);
+    for (f, &w) in fields.iter().zip(widths) {
+        if f.len() != rows * w {
+            return Err(ModelError::WrongLength {
+                what: "sub-layer values",
+                expected: format!("{rows} rows of {w}"),
+                got: f.len(),
+            });
+        }
+    }
+    for r in 0..rows {
+        for (f, &w) in fields.iter().zip(widths) {
+            out.extend_from_slice(&f[r * w..(r + 1) * w]);
+        }
+    }
+    Ok(out)
+}
+
+fn split<const N: usize>(
+    values: &[f32],
+    widths: &[usize; N],
+    what: &'static str,
+) -> Result<[Vec<f32>; N]> {
+    let width: usize = widths.iter().sum();
+    if width == 0 || !values.len().is_multiple_of(width) {
+        return Err(ModelError::WrongLength {
+            what,
+            expected: format!("a multiple of {width} elements"),
+            got: values.len(),
+        });
+    }
+    let rows = values.len() / width;
+    let mut out: [Vec<f32>; N] = std::array::from_fn(|i| Vec::with_capacity(rows * widths[i]));
+    for row in values.chunks_exact(width) {
+        let mut at = 0;
+        for (o, &w) in out.iter_mut().zip(widths) {
+            o.extend_from_slice(&row[at..at + w]);
+            at += w;
+        }
+    }
+    Ok(out)
+}
+
+/// One trace as little-endian bytes per layer.
+pub type LayerBytes = Vec<Vec<u8>>;
+
+/// A decoder run's two sub-layer traces, one entry per layer `1 … L` (index `s` is hidden
+/// layer `s + 1`), each row-major f32 `[tokens, width]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubLayerTrace {
+    /// The context trace.
+    pub context: Vec<Vec<f32>>,
+    /// The cell trace.
+    pub cell: Vec<Vec<f32>>,
+}
+
+impl SubLayerTrace {
+    /// Packs captured values ([`LlamaModel::trace_sublayers`]) under `layout`.
+    pub fn pack(layout: &SubLayerLayout, sub: &[SubLayers]) -> Result<Self> {
+        let mut out = SubLayerTrace::default();
+        for s in sub {
+            let (context, cell) = layout.pack(s)?;
+            out.context.push(context);
+            out.cell.push(cell);
+        }
+        Ok(out)
+    }
+
+    /// Both traces as little-endian bytes per layer (what a [`veritrace_protocol::Prover`]
+    /// holds, [`veritrace_protocol::Prover::with_sublayers`]).
+    pub fn bytes(&self) -> (LayerBytes, LayerBytes) {
+        let b = |v: &Vec<Vec<f32>>| -> Vec<Vec<u8>> {
+            v.iter()
+                .map(|l| l.iter().flat_map(|x| x.to_le_bytes()).collect())
+                .collect()
+        };
+        (b(&self.context), b(&self.cell))
+    }
+
+    /// Bytes of both traces.
+    pub fn byte_len(&self) -> usize {
+        self.context
+            .iter()
+            .chain(&self.cell)
+            .map(|l| 4 * l.len())
+            .sum()
+    }
+}
+
+impl LlamaModel {
+    /// The layout of this decoder's sub-layer rows.
+    pub fn sublayer_layout(&self) -> SubLayerLayout {
+        SubLayerLayout::of(self.config())
+    }
+
+    /// [`LlamaModel::prove_run`] with the sub-layer trace: generates `n_out` tokens, traces the
+    /// sequence capturing every linear map's inputs and outputs
+    /// ([`LlamaModel::trace_sublayers`]: the hidden states are bitwise those of the plain
+    /// trace), and returns the statement at [`TraceLevel::SubLayer`] with both traces. A setup
+    /// that skips or reuses a layer is refused (it computes no linear map there).
+    pub fn prove_run_sublayers(
+        &self,
+        setup: &Setup,
+        prompt: &[u32],
+        n_out: usize,
+        chunk: u32,
+        hasher: HasherId,
+    ) -> Result<(Statement, Trace, SubLayerTrace)> {
+        let output = self.generate(setup, prompt, n_out, chunk as usize)?;
+        let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
+        let (trace, sub) = self.trace_sublayers(setup, &tokens, chunk as usize)?;
+        let layout = self.sublayer_layout();
+        let sub = SubLayerTrace::pack(&layout, &sub)?;
+        let (mut statement, trace) =
+            self.statement_for(setup, prompt, output, trace, chunk, hasher)?;
+        statement.trace_level = layout.trace_level()?;
+        Ok((statement, trace, sub))
+    }
+}
+
+/// A verifier's engine for sub-layer statements: the decoder's CPU recompute for embeddings,
+/// recomputed layers and output tokens, and [`Recompute::check_sublayers`] through the
+/// verifier's secret [`VerifierKey`]: Freivalds on every linear map of the cell and on the
+/// keys and values of its context, the nonlinear parts recomputed from the opened values
+/// within `tolerance` (relative L∞; 0 demands bitwise agreement, right for a prover on this
+/// engine), and the output `(h_in + o) + down` returned for the protocol's tolerance policy.
+///
+/// Supported: causal decoders without q/k/v biases, unquantized f32 setups (the key holds
+/// the f32 weights). A sliding-window statement is refused with a typed engine error (the
+/// check reads every context row from position 0).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyedVerifier<'a> {
+    /// The model.
+    pub model: &'a LlamaModel,
+    /// The verifier's secret key for it.
+    pub key: &'a VerifierKey,
+    /// Relative L∞ tolerance of the recomputed nonlinear parts.
+    pub tolerance: f64,
+}
+
+fn engine(e: impl std::fmt::Display) -> ProtocolError {
+    ProtocolError::Engine(e.to_string())
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+impl KeyedVerifier<'_> {
+    fn cpu(&self) -> RecomputeOn<'_, LlamaModel> {
+        RecomputeOn::cpu(self.model)
+    }
+}
+
+impl Recompute for KeyedVerifier<'_> {
+    fn embed(
+        &self,
+        statement: &Statement,
+        rows: Range<u32>,
+    ) -> veritrace_protocol::Result<Vec<u8>> {
+        self.cpu().embed(statement, rows)
+    }
+
+    fn layer(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+    ) -> veritrace_protocol::Result<Vec<u8>> {
+        self.cpu().layer(statement, layer, rows, input_rows, inputs)
+    }
+
+    fn next_token(
+        &self,
+        statement: &Statement,
+        position: u32,
+        last_row: &[u8],
+    ) -> veritrace_protocol::Result<u32> {
+        self.cpu().next_token(statement, position, last_row)
+    }
+
+    fn check_input(&self, statement: &Statement) -> veritrace_protocol::Result<()> {
+        self.cpu().check_input(statement)
+    }
+
+    fn check_sublayers(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+        context: &[u8],
+        cell: &[u8],
+    ) -> veritrace_protocol::Result<AlgebraicCheck> {
+        let setup = self.model.check_statement(statement).map_err(engine)?;
+        let layout = self.model.sublayer_layout();
+        if statement.trace_level != layout.trace_level().map_err(engine)? {
+            return Err(engine(format!(
+                "the statement's sub-layer rows are {:?}; this decoder's are {} (context) and \
+                 {} (cell) elements",
+                statement.trace_level,
+                layout.context_width(),
+                layout.cell_width()
+            )));
+        }
+        if statement.dependency != veritrace_protocol::Dependency::Causal {
+            return Err(engine(
+                "the algebraic check reads the context from position 0: a sliding-window \
+                 statement is checked by recompute",
+            ));
+        }
+        let tile = statement.geometry.chunk;
+        if input_rows.start != 0 || input_rows.end != rows.end || !rows.start.is_multiple_of(tile) {
+            return Err(engine(format!(
+                "cell rows {rows:?} with input rows {input_rows:?} are not a causal cell of \
+                 chunk {tile}"
+            )));
+        }
+        let h_in = f32s(inputs);
+        let ctx = layout.unpack_context(&f32s(context)).map_err(engine)?;
+        let cell_values = layout.unpack_cell(&f32s(cell)).map_err(engine)?;
+        let (check, h_out) = check_sublayer_values(
+            self.key,
+            self.model,
+            &setup,
+            tile as usize,
+            layer as usize,
+            (rows.start / tile) as usize,
+            &h_in,
+            &ctx,
+            &cell_values,
+            self.tolerance,
+        )
+        .map_err(engine)?;
+        if !check.passed {
+            let mut failures: Vec<String> = check
+                .linear
+                .iter()
+                .filter(|(_, l)| !l.passed)
+                .map(|(m, l)| {
+                    format!(
+                        "{m:?}: Freivalds |v.x - r.y| = {:.3e} > bound {:.3e} (row {}, repetition \
+                         {})",
+                        l.deviation, l.bound, l.worst_row, l.worst_repetition
+                    )
+                })
+                .collect();
+            failures.extend(
+                check
+                    .nonlinear
+                    .iter()
+                    .filter(|(_, dev)| dev.is_nan() || *dev > self.tolerance)
+                    .map(|(what, dev)| {
+                        format!(
+                            "{what}: relative deviation {dev:.3e} > {:.3e}",
+                            self.tolerance
+                        )
+                    }),
+            );
+            return Ok(AlgebraicCheck::Failed(failures.join("; ")));
+        }
+        Ok(AlgebraicCheck::Output(
+            h_out.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ))
+    }
+}
+
+/// Reads the sub-layer traces of a [`TraceLevel::SubLayer`] statement from its trace file
+/// (the tensors [`crate::write_trace_with`] writes: `context.<l>` and `cell.<l>`, F32,
+/// `[tokens, width]`, for `l = 1 … L − 1` of the statement's geometry), as little-endian bytes
+/// per layer, ready for [`veritrace_protocol::Prover::with_sublayers`]. `None` for a
+/// hidden-only statement. A missing tensor, another dtype or shape, or a non-finite value is a
+/// typed error naming the tensor.
+pub fn read_sublayers(
+    path: &std::path::Path,
+    statement: &Statement,
+) -> Result<Option<(LayerBytes, LayerBytes)>> {
+    use veritrace_protocol::SubLayerPart;
+    let file = path.display().to_string();
+    let bad = |reason: String| ModelError::TraceFile {
+        path: file.clone(),
+        reason,
+    };
+    let (Some(ctx), Some(cell)) = (
+        statement
+            .sublayer_geometry(SubLayerPart::Context)
+            .map_err(|e| bad(e.to_string()))?,
+        statement
+            .sublayer_geometry(SubLayerPart::Cell)
+            .map_err(|e| bad(e.to_string()))?,
+    ) else {
+        return Ok(None);
+    };
+    let mapped = crate::trace_file::TraceFile::open(path, 1).map_err(|e| bad(e.to_string()))?;
+    let st =
+        safetensors::SafeTensors::deserialize(mapped.bytes()).map_err(|e| bad(e.to_string()))?;
+    let tokens = ctx.tokens as usize;
+    let read = |prefix: &str, width: u32| -> Result<Vec<Vec<u8>>> {
+        (1..=ctx.layers)
+            .map(|l| {
+                let name = format!("{prefix}.{l}");
+                let view = st.tensor(&name).map_err(|_| {
+                    bad(format!(
+                        "the statement commits sub-layer values and tensor {name} is missing \
+                         (write the trace with `veritrace prove --trace-level sublayer`)"
+                    ))
+                })?;
+                if view.dtype() != safetensors::Dtype::F32
+                    || view.shape() != [tokens, width as usize]
+                {
+                    return Err(bad(format!(
+                        "{name} is {:?} {:?}, the statement needs F32 [{tokens}, {width}]",
+                        view.dtype(),
+                        view.shape()
+                    )));
+                }
+                let data = view.data().to_vec();
+                if let Some(index) = data
+                    .chunks_exact(4)
+                    .position(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
+                {
+                    return Err(ModelError::NonFinite {
+                        what: "trace file sub-layer values",
+                        index,
+                    });
+                }
+                Ok(data)
+            })
+            .collect()
+    };
+    let context = read("context", ctx.hidden)?;
+    let cells = read("cell", cell.hidden)?;
+    Ok(Some((context, cells)))
+}

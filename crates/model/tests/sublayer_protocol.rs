@@ -1,0 +1,314 @@
+//! Whole protocol sessions at the sub-layer trace level (issue 16) with the tiny decoder: the
+//! prover commits its sub-layer values, and a verifier holding a secret key checks challenged
+//! cells by Freivalds and nonlinear recompute ([`KeyedVerifier`]), by recompute, or both.
+//! Honest provers pass every method; provers that ran another setup while claiming f32 eager
+//! are caught by the algebraic check alone; bad keys and statements are typed failures.
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use veritrace_commit::{CellId, HasherId};
+use veritrace_model::freivalds::{VerifierKey, VerifierSecret};
+use veritrace_model::sublayer::{KeyedVerifier, SubLayerLayout, SubLayerTrace};
+use veritrace_model::{LlamaModel, Setup};
+use veritrace_protocol::tolerance::TolerancePolicy;
+use veritrace_protocol::{
+    check_opening_by, Challenge, ChallengeParams, LayerCheck, Mode, Prover, RejectReason,
+    SamplingStrategy, Statement, Step, TraceLevel, Verdict, Verifier, VerifierConfig,
+    VerifierLimits,
+};
+
+const CHUNK: u32 = 8;
+
+fn prompt() -> Vec<u32> {
+    (0..19u32).map(|i| (5 + 29 * i * i + 3 * i) % 512).collect()
+}
+
+fn config(method: LayerCheck, samples: u32) -> VerifierConfig {
+    VerifierConfig {
+        mode: Mode::Interactive,
+        params: ChallengeParams {
+            samples,
+            strategy: SamplingStrategy::Uniform,
+            pow_bits: 0,
+        },
+        rounds: 1,
+        tolerance: TolerancePolicy::Exact,
+        method,
+    }
+}
+
+fn prover(
+    statement: &Statement,
+    trace: &veritrace_model::Trace,
+    sub: &SubLayerTrace,
+) -> Prover<Vec<u8>> {
+    let (context, cell) = sub.bytes();
+    Prover::new(statement.clone(), trace.layer_bytes())
+        .unwrap()
+        .with_sublayers(context, cell)
+        .unwrap()
+}
+
+fn session(
+    verifier: KeyedVerifier<'_>,
+    mut prover: Prover<Vec<u8>>,
+    cfg: VerifierConfig,
+    seed: u8,
+) -> Verdict {
+    let mut rng = ChaCha20Rng::from_seed([seed; 32]);
+    let mut v = Verifier::new(cfg, verifier).unwrap();
+    let mut step = v.receive_commitment(prover.commit().unwrap(), &mut rng);
+    loop {
+        let opening = match step {
+            Step::Decided(v) => return v,
+            Step::Challenge(c) => prover.open(&c).unwrap(),
+            Step::AwaitOpening => unreachable!("interactive"),
+        };
+        step = v.receive_opening(&opening, &mut rng);
+    }
+}
+
+struct Fixture {
+    model: LlamaModel,
+    key: VerifierKey,
+}
+
+fn fixture() -> Fixture {
+    let model = LlamaModel::preset("tiny").unwrap();
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([9; 32]), &model, 2).unwrap();
+    Fixture { model, key }
+}
+
+#[test]
+fn layouts_pack_and_unpack() {
+    let f = fixture();
+    let layout = f.model.sublayer_layout();
+    // tiny: d 128, 4 heads of 32 over 2 kv heads, MLP 344
+    assert_eq!(
+        layout,
+        SubLayerLayout {
+            hidden: 128,
+            q: 128,
+            kv: 64,
+            mlp: 344
+        }
+    );
+    assert_eq!(layout.context_width(), 256);
+    assert_eq!(layout.cell_width(), 2 * 128 + 3 * 128 + 3 * 344);
+    let tokens = prompt();
+    let (_, sub) = f
+        .model
+        .trace_sublayers(&Setup::F32_EAGER, &tokens, CHUNK as usize)
+        .unwrap();
+    let (ctx, cell) = layout.pack(&sub[1]).unwrap();
+    assert_eq!(ctx.len(), tokens.len() * 256);
+    let back = layout.unpack_context(&ctx).unwrap();
+    assert_eq!(
+        (back.normed, back.k, back.v),
+        (sub[1].normed.clone(), sub[1].k.clone(), sub[1].v.clone())
+    );
+    let back = layout.unpack_cell(&cell).unwrap();
+    assert_eq!(back.down, sub[1].down);
+    assert_eq!(back.gate, sub[1].gate);
+    assert_eq!(back.attn, sub[1].attn);
+    assert!(layout.unpack_cell(&cell[1..]).is_err());
+}
+
+#[test]
+fn honest_sublayer_runs_pass_every_method() {
+    let f = fixture();
+    let (statement, trace, sub) = f
+        .model
+        .prove_run_sublayers(&Setup::F32_EAGER, &prompt(), 5, CHUNK, HasherId::Blake3)
+        .unwrap();
+    assert_eq!(
+        statement.trace_level,
+        f.model.sublayer_layout().trace_level().unwrap()
+    );
+    // the hidden trace is the plain run's, bit for bit
+    let (plain, plain_trace) = f
+        .model
+        .prove_run(&Setup::F32_EAGER, &prompt(), 5, CHUNK, HasherId::Blake3)
+        .unwrap();
+    assert_eq!(plain_trace.layers, trace.layers);
+    assert_eq!(plain.output_tokens, statement.output_tokens);
+    let kv = KeyedVerifier {
+        model: &f.model,
+        key: &f.key,
+        tolerance: 0.0,
+    };
+    for method in [
+        LayerCheck::Freivalds,
+        LayerCheck::Both,
+        LayerCheck::Recompute,
+    ] {
+        for seed in 0..3 {
+            let v = session(
+                kv,
+                prover(&statement, &trace, &sub),
+                config(method, 6),
+                seed,
+            );
+            assert_eq!(v, Verdict::Accept, "{method:?} seed {seed}");
+        }
+    }
+    // every cell of every layer, checked by Freivalds alone
+    let mut p = prover(&statement, &trace, &sub);
+    let c = p.commit().unwrap();
+    let g = statement.geometry;
+    let all: Vec<CellId> = (0..g.num_cells()).map(|i| g.cell_at(i).unwrap()).collect();
+    let o = p
+        .open(&Challenge {
+            round: 0,
+            cells: all.clone(),
+        })
+        .unwrap();
+    check_opening_by(
+        &c,
+        &all,
+        &o,
+        &TolerancePolicy::Exact,
+        LayerCheck::Freivalds,
+        &kv,
+        &VerifierLimits::default(),
+    )
+    .unwrap();
+}
+
+/// A prover that ran `setup` but claims f32 eager, committing the sub-layer values of its own
+/// run: a verifier that only checks algebraically rejects every challenged cell above layer 0.
+#[test]
+fn other_setups_fail_the_algebraic_check() {
+    let f = fixture();
+    let kv = KeyedVerifier {
+        model: &f.model,
+        key: &f.key,
+        tolerance: 0.0,
+    };
+    let honest = Setup::F32_EAGER;
+    for cheat in [
+        "f32/attn=eager/quant=int8-tensor",
+        "f32/attn=eager/quant=int4-g32",
+        "bf16/attn=eager",
+        "f32/attn=tiled:16",
+    ] {
+        let setup: Setup = cheat.parse().unwrap();
+        let (mut statement, trace, sub) = f
+            .model
+            .prove_run_sublayers(&setup, &prompt(), 5, CHUNK, HasherId::Blake3)
+            .unwrap();
+        statement.setup = honest.to_bytes();
+        let mut p = prover(&statement, &trace, &sub);
+        let c = p.commit().unwrap();
+        let g = statement.geometry;
+        for layer in 1..g.layers {
+            for chunk in 0..g.chunks_per_layer() {
+                let cells = [CellId { layer, chunk }];
+                let o = p.open_cells(0, &cells, 0).unwrap();
+                let r = check_opening_by(
+                    &c,
+                    &cells,
+                    &o,
+                    &TolerancePolicy::Exact,
+                    LayerCheck::Freivalds,
+                    &kv,
+                    &VerifierLimits::default(),
+                );
+                assert!(
+                    matches!(
+                        r,
+                        Err(RejectReason::AlgebraicCheck { .. } | RejectReason::Tolerance { .. })
+                    ),
+                    "{cheat} cell ({layer}, {chunk}): {r:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
+    let f = fixture();
+    let (statement, trace, sub) = f
+        .model
+        .prove_run_sublayers(&Setup::F32_EAGER, &prompt(), 3, CHUNK, HasherId::Blake3)
+        .unwrap();
+    let cells = [CellId { layer: 2, chunk: 1 }];
+    let run = |verifier: &KeyedVerifier<'_>, statement: &Statement| {
+        let mut p = prover(statement, &trace, &sub);
+        let c = p.commit().unwrap();
+        let o = p.open_cells(0, &cells, 0).unwrap();
+        check_opening_by(
+            &c,
+            &cells,
+            &o,
+            &TolerancePolicy::Exact,
+            LayerCheck::Freivalds,
+            verifier,
+            &VerifierLimits::default(),
+        )
+    };
+    // a key of another model
+    let small = LlamaModel::preset("small").unwrap();
+    let other = VerifierKey::build(&VerifierSecret::from_bytes([9; 32]), &small, 1).unwrap();
+    let r = run(
+        &KeyedVerifier {
+            model: &f.model,
+            key: &other,
+            tolerance: 0.0,
+        },
+        &statement,
+    );
+    assert!(
+        matches!(&r, Err(RejectReason::RecomputeFailed { detail, .. }) if detail.contains("verifier key is for model")),
+        "{r:?}"
+    );
+    // widths that are not this decoder's
+    let mut wide = statement.clone();
+    wide.trace_level = TraceLevel::SubLayer {
+        context: 256,
+        cell: 1000,
+    };
+    let mut p = Prover::new(wide.clone(), trace.layer_bytes()).unwrap();
+    assert!(p.commit().is_err(), "sub-layer traces are required");
+    let kv = KeyedVerifier {
+        model: &f.model,
+        key: &f.key,
+        tolerance: 0.0,
+    };
+    let zeros = |w: usize| vec![vec![0u8; 4 * w * statement.geometry.tokens as usize]; 4];
+    let mut p = Prover::new(wide.clone(), trace.layer_bytes())
+        .unwrap()
+        .with_sublayers(zeros(256), zeros(1000))
+        .unwrap();
+    let c = p.commit().unwrap();
+    let o = p.open_cells(0, &cells, 0).unwrap();
+    let r = check_opening_by(
+        &c,
+        &cells,
+        &o,
+        &TolerancePolicy::Exact,
+        LayerCheck::Freivalds,
+        &kv,
+        &VerifierLimits::default(),
+    );
+    assert!(
+        matches!(&r, Err(RejectReason::RecomputeFailed { detail, .. }) if detail.contains("sub-layer rows")),
+        "{r:?}"
+    );
+    // a negative tolerance is refused by the check, typed
+    let r = run(
+        &KeyedVerifier {
+            model: &f.model,
+            key: &f.key,
+            tolerance: -1.0,
+        },
+        &statement,
+    );
+    assert!(
+        matches!(r, Err(RejectReason::RecomputeFailed { .. })),
+        "{r:?}"
+    );
+    // the same session passes with the right key
+    assert_eq!(run(&kv, &statement), Ok(()));
+}
