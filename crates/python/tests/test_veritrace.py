@@ -99,6 +99,34 @@ def the_interactive_protocol_runs():
 
 
 @test
+def a_sublayer_commitment_is_checked_by_freivalds():
+    with tempfile.TemporaryDirectory() as tmp:
+        run = os.path.join(tmp, "run")
+        veritrace.run("prove", "--model", "tiny", "--prompt", "5,9,2,7,11,4,4", "--output", "3",
+                      "--chunk", "4", "--trace-level", "sublayer", "--out", run)
+        secret = os.path.join(tmp, "secret")
+        with open(secret, "wb") as f:
+            f.write(bytes(range(32)))
+        key = os.path.join(tmp, "tiny.key")
+        veritrace.run("keygen", "--model", "tiny", "--secret-file", secret, "--out", key)
+        ch = os.path.join(tmp, "challenge.json")
+        veritrace.challenge(os.path.join(run, "commitment.json"), samples=4, out=ch)
+        o = veritrace.answer(os.path.join(run, "trace.safetensors"), challenge=ch,
+                             out=os.path.join(tmp, "opening.json"))
+        for check in ("freivalds", "both"):
+            v = veritrace.verify(os.path.join(run, "commitment.json"), [o], challenges=[ch],
+                                 model="tiny", layer_check=check, key=key)
+            assert v.accepted, v
+        try:
+            veritrace.verify(os.path.join(run, "commitment.json"), [o], challenges=[ch],
+                             model="tiny", layer_check="freivalds")
+        except veritrace.VeritraceError as e:
+            assert e.code == 2, e
+        else:
+            raise AssertionError("a Freivalds check without a key was accepted")
+
+
+@test
 def refused_input_raises_with_exit_code_2():
     with tempfile.TemporaryDirectory() as tmp:
         path, prompt, output = tiny_trace(tmp)

@@ -187,12 +187,19 @@ def verify(
     strategy: str = "uniform",
     pow_bits: int = 0,
     tolerance: Union[str, Dict[str, Any]] = "exact",
+    layer_check: str = "recompute",
+    key: Optional[PathLike] = None,
+    sublayer_tolerance: float = 0.0,
 ) -> Verdict:
     """Checks openings against a commitment by recomputing the opened cells with `model`.
     Non-interactive when `samples` is given (challenges derived from the transcript), else
     interactive with the `challenges` issued. `tolerance` is "exact", a policy file path, or a
     policy dict such as {"threshold": {"metric": "rel_l2", "thresholds": {"default": 1e-5,
-    "overrides": {}}}}. Returns the Verdict; raises VeritraceError for refused input."""
+    "overrides": {}}}}. `layer_check` is "recompute", "freivalds" or "both": the last two check
+    a sub-layer commitment (`prove --trace-level sublayer`) with the verifier's secret `key`
+    (`veritrace keygen`), recomputing only the nonlinear parts within `sublayer_tolerance`
+    (specs/protocol.md section 11.4). Returns the Verdict; raises VeritraceError for refused
+    input."""
     if isinstance(openings, (str, os.PathLike)):
         openings = [openings]
     argv: List[str] = ["verify", "--commitment", os.fspath(commitment), "--model",
@@ -204,6 +211,9 @@ def verify(
     if samples is not None:
         argv += ["--non-interactive", "--samples", str(samples), "--strategy", strategy,
                  "--pow-bits", str(pow_bits)]
+    argv += ["--layer-check", layer_check]
+    if key is not None:
+        argv += ["--key", os.fspath(key), "--sublayer-tolerance", repr(float(sublayer_tolerance))]
     policy_file = None
     try:
         if isinstance(tolerance, dict):
