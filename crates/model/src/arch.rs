@@ -113,6 +113,12 @@ pub trait Model: Engine + Recompute + Debug {
         n: u32,
     ) -> f64;
 
+    /// The Llama-style decoder behind this model, for what only decoders have: the sub-layer
+    /// trace level and Freivalds verifier keys (issue 16). `None` for other architectures.
+    fn decoder(&self) -> Option<&crate::LlamaModel> {
+        None
+    }
+
     /// Cost of a whole forward of `n` rows under `setup`.
     fn forward_cost(&self, setup: &Setup, reference: &Setup, n: u32) -> f64 {
         (1..=self.num_layers() as u32)

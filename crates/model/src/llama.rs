@@ -1681,6 +1681,89 @@ impl LlamaModel {
         })
     }
 
+    /// [`LlamaModel::recompute_cell`] of a cell of layer `layer ≥ 1` from the rows `0..e` of
+    /// `h_{layer−1}` (`h_in`), with the cell's sub-layer values ([`SubLayers`], every field over
+    /// the cell's rows `chunk·tile .. e`) captured as the forward computes them: what a prover
+    /// that computes this cell under `setup` from these rows commits at the sub-layer trace
+    /// level (issue 16). Bitwise the values [`LlamaModel::trace_sublayers`] captures for those
+    /// rows when the rows below are the forward's. A layer that `setup` skips computes no
+    /// linear map: its rows are `h_in`'s and its sub-layer values all zero (what a skipping
+    /// prover has to commit unless it computes the layer); a reused layer is refused.
+    pub fn recompute_cell_sublayers(
+        &self,
+        setup: &Setup,
+        tile: usize,
+        layer: usize,
+        chunk: usize,
+        h_in: &[f32],
+    ) -> Result<(Vec<f32>, SubLayers)> {
+        if layer == 0 {
+            return Err(ModelError::InvalidArgument(
+                "layer 0 (the embeddings) has no sub-layer values".into(),
+            ));
+        }
+        if setup.skip == Some(layer) || setup.reuse == Some(layer) {
+            // validated (and a reuse refused) by the plain recompute
+            let rows = self.recompute_cell(setup, tile, layer, chunk, CellInputs::Hidden(h_in))?;
+            let d = self.config.hidden_size;
+            let (start, e) = (chunk * tile, h_in.len() / d);
+            let c = &self.config;
+            let (hd, r) = (c.head_dim(), e - start);
+            let z = |w: usize| vec![0f32; r * w];
+            let sub = SubLayers {
+                normed: z(d),
+                q: z(c.num_heads * hd),
+                k: z(c.num_kv_heads * hd),
+                v: z(c.num_kv_heads * hd),
+                attn: z(c.num_heads * hd),
+                o: z(d),
+                mlp_in: z(d),
+                gate: z(c.intermediate_size),
+                up: z(c.intermediate_size),
+                act: z(c.intermediate_size),
+                down: z(d),
+            };
+            return Ok((rows, sub));
+        }
+        // the checks of `recompute_cell`, then the same layer routine with the capture on
+        self.check_setup(setup)?;
+        crate::ops::check_tile(tile)?;
+        let d = self.config.hidden_size;
+        if layer > self.config.num_layers {
+            return Err(ModelError::InvalidArgument(format!(
+                "layer {layer} is beyond the model's {} layers",
+                self.config.num_layers
+            )));
+        }
+        let start = chunk
+            .checked_mul(tile)
+            .ok_or_else(|| ModelError::InvalidArgument("chunk index overflows".into()))?;
+        let e = h_in.len() / d;
+        if !h_in.len().is_multiple_of(d) || e <= start || e > start.saturating_add(tile) {
+            return Err(ModelError::WrongLength {
+                what: "input rows (elements)",
+                expected: format!(
+                    "rows 0..e of {d} elements with {start} < e <= {} for chunk {chunk} of size \
+                     {tile}",
+                    start.saturating_add(tile)
+                ),
+                got: h_in.len(),
+            });
+        }
+        if let Some(index) = first_non_finite(h_in) {
+            return Err(ModelError::NonFinite {
+                what: "input rows",
+                index,
+            });
+        }
+        let arith = self.arith(setup)?;
+        let (blk, blocks) = arith.blocks(tile, start..e);
+        let mut sub = SubLayers::default();
+        let (rows, _) =
+            arith.layer_blocks(layer - 1, h_in, e, blk, blocks, false, Some(&mut sub))?;
+        Ok((rows, sub))
+    }
+
     /// Recomputes the cell `(layer, chunk)` with chunk size `tile`: the rows
     /// `chunk·tile .. e` of `h_layer`, from the rows `0..e` of the layer below (or, for layer 0,
     /// the tokens of positions `0..e`), where `e = inputs' row count` must satisfy
@@ -2396,6 +2479,10 @@ pub const ARCHITECTURE: crate::Architecture = crate::Architecture {
 impl crate::Model for LlamaModel {
     fn digest(&self) -> Digest {
         LlamaModel::digest(self)
+    }
+
+    fn decoder(&self) -> Option<&LlamaModel> {
+        Some(self)
     }
 
     fn architecture(&self) -> &'static str {

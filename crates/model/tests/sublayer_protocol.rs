@@ -312,3 +312,60 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
     // the same session passes with the right key
     assert_eq!(run(&kv, &statement), Ok(()));
 }
+
+/// A cell's sub-layer values recomputed alone from the rows below equal the forward's capture,
+/// bit for bit, under every setup a simulated prover runs; a skipped layer's are zero.
+#[test]
+fn per_cell_capture_equals_the_forward() {
+    let f = fixture();
+    let tokens = prompt();
+    let n = tokens.len();
+    let c = CHUNK as usize;
+    for setup in [
+        "f32/attn=eager",
+        "f32/attn=eager/quant=int8-channel",
+        "f32/attn=eager/quant=int4-g32",
+        "bf16/attn=eager",
+        "f32/attn=tiled:8",
+        "f32/attn=topk:8",
+        "f32/attn=eager/splitk=4",
+        "f32/attn=eager/batch=4",
+    ] {
+        let setup: Setup = setup.parse().unwrap();
+        let (trace, sub) = f.model.trace_sublayers(&setup, &tokens, c).unwrap();
+        let layout = f.model.sublayer_layout();
+        for l in 1..trace.layers.len() {
+            let (ctx, cell) = layout.pack(&sub[l - 1]).unwrap();
+            for j in 0..n.div_ceil(c) {
+                let e = ((j + 1) * c).min(n);
+                let d = trace.hidden;
+                let (rows, got) = f
+                    .model
+                    .recompute_cell_sublayers(&setup, c, l, j, &trace.layers[l - 1][..e * d])
+                    .unwrap();
+                assert_eq!(
+                    rows,
+                    trace.layers[l][j * c * d..e * d],
+                    "{setup} rows ({l}, {j})"
+                );
+                let (gc, gy) = layout.pack(&got).unwrap();
+                let w = (layout.context_width(), layout.cell_width());
+                assert_eq!(gc, ctx[j * c * w.0..e * w.0], "{setup} context ({l}, {j})");
+                assert_eq!(gy, cell[j * c * w.1..e * w.1], "{setup} cell ({l}, {j})");
+            }
+        }
+    }
+    let skip: Setup = "f32/attn=eager/skip=2".parse().unwrap();
+    let trace = f.model.trace(&skip, &tokens, c).unwrap();
+    let (rows, sub) = f
+        .model
+        .recompute_cell_sublayers(&skip, c, 2, 1, &trace.layers[1][..16 * trace.hidden])
+        .unwrap();
+    assert_eq!(rows, trace.layers[2][8 * trace.hidden..16 * trace.hidden]);
+    assert!(sub.down.iter().chain(&sub.q).all(|&x| x == 0.0));
+    assert_eq!(sub.q.len(), 8 * 128);
+    assert!(f
+        .model
+        .recompute_cell_sublayers(&Setup::F32_EAGER, c, 0, 0, &[])
+        .is_err());
+}

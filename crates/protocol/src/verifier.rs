@@ -1297,6 +1297,18 @@ fn check_cells_against_root(
         let index = g.cell_index(oc.cell).map_err(bad_statement)?;
         leaves.push((index, leaf));
     }
+    if cells.is_empty() {
+        // a sub-layer part with no cell (a challenge of layer-0 cells only) has an empty proof
+        if !proof.siblings.is_empty() {
+            return Err(RejectReason::BadProof {
+                detail: format!(
+                    "a proof of no cells has no siblings, this one has {}",
+                    proof.siblings.len()
+                ),
+            });
+        }
+        return Ok(());
+    }
     if !faults.skip_proof_check {
         verify_batch(&statement.hasher, root, g.num_cells(), &leaves, proof).map_err(|e| {
             RejectReason::BadProof {

@@ -469,3 +469,37 @@ fn statements_and_commitments_agree_on_the_level() {
     assert!(!json.contains("trace_level"), "{json}");
     assert_eq!(Statement::from_json(&json).unwrap(), h);
 }
+
+/// A challenge of layer-0 cells only needs no sub-layer cell: both sub-layer parts are empty,
+/// with empty proofs, and a proof with siblings for no cells is refused.
+#[test]
+fn layer_zero_challenges_open_empty_sublayer_parts() {
+    let s = statement(Dependency::Causal, SUB);
+    let (c, ch, o) = opened(
+        &s,
+        vec![CellId { layer: 0, chunk: 0 }, CellId { layer: 0, chunk: 3 }],
+    );
+    let sub = o.sublayers.as_ref().unwrap();
+    assert!(sub.context.is_empty() && sub.cell.is_empty());
+    assert!(sub.context_proof.siblings.is_empty() && sub.cell_proof.siblings.is_empty());
+    for method in [
+        LayerCheck::Recompute,
+        LayerCheck::Freivalds,
+        LayerCheck::Both,
+    ] {
+        check(&c, &ch, &o, method).unwrap();
+    }
+    let mut t = o.clone();
+    t.sublayers
+        .as_mut()
+        .unwrap()
+        .cell_proof
+        .siblings
+        .push(Digest([1; 32]));
+    assert_eq!(
+        check(&c, &ch, &t, LayerCheck::Freivalds)
+            .err()
+            .map(|r| r.name()),
+        Some("BadProof")
+    );
+}

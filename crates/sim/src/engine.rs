@@ -16,18 +16,20 @@ use rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::{CellId, HasherId};
-use veritrace_model::{CellInputs, Runner, Setup, Trace};
+use veritrace_model::freivalds::{VerifierKey, VerifierSecret};
+use veritrace_model::sublayer::{SubLayerLayout, SubLayerTrace};
+use veritrace_model::{CellInputs, LlamaModel, Runner, Setup, SubLayers, Trace};
 use veritrace_protocol::calibration::{
     calibrate_runs, holdout_evidence, CalibratedPolicy, HoldoutEvidence, HonestRun, RunCalibration,
     RunCalibrationConfig,
 };
 use veritrace_protocol::tolerance::{Deviation, FprEstimate, Metric, PerLayer, TolerancePolicy};
 use veritrace_protocol::{
-    check_opening, ChallengeParams, Commitment, Message, Mode, ProtocolError, Prover, Statement,
-    Step, Verdict, Verifier, VerifierConfig,
+    check_opening_by, ChallengeParams, LayerCheck, Message, Mode, ProtocolError, Prover, Statement,
+    Step, Verdict, Verifier, VerifierConfig, VerifierLimits,
 };
 
-use crate::adversary::{Adversary, AdversaryKind, CorridorProbe, Plan, CORRIDOR_SCALES};
+use crate::adversary::{Adversary, AdversaryKind, CellPlan, CorridorProbe, Plan, CORRIDOR_SCALES};
 use crate::calibration::{rounding_dtype, HonestRunPlan, Recomputer};
 use crate::fast::{self, CellOutcomes};
 use crate::model::{SimModel, SimVerifier};
@@ -54,6 +56,58 @@ pub struct ProverRun {
     pub equivocate: BTreeSet<CellId>,
     /// What a corridor prover's probe found on this prompt.
     pub corridor: Option<CorridorProbe>,
+    /// With the scenario's `layer_check` `freivalds` or `both`: the sub-layer values the prover
+    /// commits beside its trace (each cell's, as it computed the cell).
+    pub sublayers: Option<SubLayerTrace>,
+}
+
+impl ProverRun {
+    /// An honest prover holding this run's trace (and its sub-layer traces, when there are).
+    pub fn prover(&self) -> Result<Prover<Vec<u8>>, SimError> {
+        self.prover_with(self.trace.layer_bytes())
+    }
+
+    /// The same over other trace layers (a grinding prover's re-randomized trace).
+    pub(crate) fn prover_with(&self, layers: Vec<Vec<u8>>) -> Result<Prover<Vec<u8>>, SimError> {
+        let prover = Prover::new(self.statement.clone(), layers)?;
+        Ok(match &self.sublayers {
+            Some(sub) => {
+                let (context, cell) = sub.bytes();
+                prover.with_sublayers(context, cell)?
+            }
+            None => prover,
+        })
+    }
+}
+
+/// Fits sub-layer values of a model of layout `from` to layout `to` (a swapped model's rows
+/// in the claimed model's widths): each field's rows zero-padded or cut to the claimed width.
+fn fit(sub: &SubLayers, from: &SubLayerLayout, to: &SubLayerLayout) -> SubLayers {
+    if from == to {
+        return sub.clone();
+    }
+    let f = |v: &Vec<f32>, a: usize, b: usize| -> Vec<f32> {
+        let rows = v.len() / a.max(1);
+        let mut out = vec![0f32; rows * b];
+        for r in 0..rows {
+            let w = a.min(b);
+            out[r * b..r * b + w].copy_from_slice(&v[r * a..r * a + w]);
+        }
+        out
+    };
+    SubLayers {
+        normed: f(&sub.normed, from.hidden, to.hidden),
+        q: f(&sub.q, from.q, to.q),
+        k: f(&sub.k, from.kv, to.kv),
+        v: f(&sub.v, from.kv, to.kv),
+        attn: f(&sub.attn, from.q, to.q),
+        o: f(&sub.o, from.hidden, to.hidden),
+        mlp_in: f(&sub.mlp_in, from.hidden, to.hidden),
+        gate: f(&sub.gate, from.mlp, to.mlp),
+        up: f(&sub.up, from.mlp, to.mlp),
+        act: f(&sub.act, from.mlp, to.mlp),
+        down: f(&sub.down, from.hidden, to.hidden),
+    }
 }
 
 /// What corridor provers achieved across the prompt pool, beside the honest false-positive
@@ -204,6 +258,9 @@ pub struct Simulation {
     held_runs: Vec<HonestRun>,
     /// With `prompts.text`: each text's tokens and the statement's binding of them.
     texts: Vec<(Vec<u32>, veritrace_protocol::InputText)>,
+    /// With `protocol.layer_check` `freivalds` or `both`: the verifier's Freivalds key, from a
+    /// secret derived from the scenario seed.
+    key: Option<Arc<VerifierKey>>,
 }
 
 impl Simulation {
@@ -224,6 +281,7 @@ impl Simulation {
                 .map_err(|m| SimError::Scenario(format!("adversary {}: {m}", a.label())))?;
         }
         Self::check_cells(&scenario, &model)?;
+        let key = Self::verifier_key(&scenario, &model)?;
         let texts = Self::tokenize_texts(&scenario, &model)?;
         let prover = Arc::new(Runner::new(scenario.prover_device)?);
         let verifier = if scenario.verifier_device == scenario.prover_device {
@@ -255,9 +313,42 @@ impl Simulation {
             },
             held_runs: Vec::new(),
             texts,
+            key,
         };
         sim.calibrate()?;
         Ok(sim)
+    }
+
+    /// With `protocol.layer_check` `freivalds` or `both`: the verifier's key of the model, from
+    /// the secret `BLAKE3("veritrace/sim/verifier-secret/v1" ‖ seed)`-keyed ChaCha20's first 32
+    /// bytes (the simulated verifier's own; no adversary reads it). A model that is not a
+    /// Llama-style decoder is a scenario error.
+    fn verifier_key(
+        scenario: &Scenario,
+        model: &SimModel,
+    ) -> Result<Option<Arc<VerifierKey>>, SimError> {
+        let p = &scenario.protocol;
+        if !p.layer_check.checks_sublayers() {
+            return Ok(None);
+        }
+        let decoder = model.decoder().ok_or_else(|| {
+            SimError::Scenario(format!(
+                "protocol.layer_check = {:?}: the sub-layer trace and Freivalds keys cover \
+                 Llama-style decoders, and model {} is not one",
+                p.layer_check.name(),
+                scenario.model
+            ))
+        })?;
+        let mut rng = stream("veritrace/sim/verifier-secret/v1", scenario.seed, 0, 0);
+        let mut secret = [0u8; 32];
+        rng.fill_bytes(&mut secret);
+        let key = VerifierKey::build(
+            &VerifierSecret::from_bytes(secret),
+            decoder,
+            p.freivalds_repetitions,
+        )
+        .map_err(|e| SimError::Scenario(format!("the verifier's Freivalds key: {e}")))?;
+        Ok(Some(Arc::new(key)))
     }
 
     /// The cells of one trace and the honest cells calibration keeps, against
@@ -557,6 +648,12 @@ impl Simulation {
         )?;
         statement.setup = self.scenario.reference.to_bytes();
         statement.model_digest = self.model.digest();
+        if self.key.is_some() {
+            // every prover commits at the sub-layer level, in the claimed model's layout
+            if let Some(d) = self.model.decoder() {
+                statement.trace_level = d.sublayer_layout().trace_level()?;
+            }
+        }
         // a prompt from the scenario's text carries its binding (checked by the verifier)
         statement.input_text = self
             .texts
@@ -571,6 +668,10 @@ impl Simulation {
         SimVerifier {
             model: self.model.clone(),
             runner: self.verifier.clone(),
+            keyed: self
+                .key
+                .clone()
+                .map(|k| (k, self.scenario.protocol.sublayer_tolerance)),
         }
     }
 
@@ -603,17 +704,93 @@ impl Simulation {
         let prompt = self.prompt(pi);
         let committed = a.behaviour().commit(self, ai, pi, &prompt)?;
         let (statement, trace) = (committed.statement, committed.trace);
-        let bad = self.bad_cells(&statement, &trace)?;
+        let sublayers = match self.key {
+            Some(_) => Some(self.sublayer_trace(&trace, &committed.plan)?),
+            None => None,
+        };
         let deviations = self.trace_deviations(&statement, &trace)?;
-        Ok(ProverRun {
+        let mut run = ProverRun {
             statement,
             trace,
-            bad,
+            bad: BTreeSet::new(),
             deviations,
             cost: committed.cost,
             equivocate: committed.equivocate,
             corridor: committed.corridor,
-        })
+            sublayers,
+        };
+        run.bad = self.bad_cells(&run)?;
+        Ok(run)
+    }
+
+    /// The sub-layer traces of a committed trace whose cells were computed as `plan` says:
+    /// every cell of layers ≥ 1 recomputed from the committed rows below under its model and
+    /// setup, with its sub-layer values captured ([`LlamaModel::recompute_cell_sublayers`]),
+    /// packed in the claimed model's layout.
+    pub(crate) fn sublayer_trace(
+        &self,
+        trace: &Trace,
+        plan: &CellPlan,
+    ) -> Result<SubLayerTrace, SimError> {
+        let claimed = self.model.decoder().ok_or_else(|| {
+            SimError::Scenario("the sub-layer trace needs a Llama-style decoder".into())
+        })?;
+        let layout = claimed.sublayer_layout();
+        let reference = self.scenario.reference;
+        let chunk = self.scenario.protocol.chunk as usize;
+        let (n, d) = (trace.tokens, trace.hidden);
+        let cells: Vec<(usize, usize)> = (1..trace.layers.len())
+            .flat_map(|l| (0..n.div_ceil(chunk)).map(move |j| (l, j)))
+            .collect();
+        let packed: Vec<(Vec<f32>, Vec<f32>)> = cells
+            .par_iter()
+            .map(|&(l, j)| -> Result<(Vec<f32>, Vec<f32>), SimError> {
+                let cell = CellId {
+                    layer: l as u32,
+                    chunk: j as u32,
+                };
+                let (model, setup): (&LlamaModel, Setup) = match plan {
+                    CellPlan::Reference => (claimed, reference),
+                    CellPlan::Setup(s) => (claimed, *s),
+                    CellPlan::Model(m) => (
+                        m.decoder().ok_or_else(|| {
+                            SimError::Scenario("a swapped model that is not a decoder".into())
+                        })?,
+                        reference,
+                    ),
+                    CellPlan::Mixed { cheat, cheap } => (
+                        claimed,
+                        if cheat.contains(&cell) {
+                            *cheap
+                        } else {
+                            reference
+                        },
+                    ),
+                };
+                let e = ((j + 1) * chunk).min(n);
+                let (_, sub) = model.recompute_cell_sublayers(
+                    &setup,
+                    chunk,
+                    l,
+                    j,
+                    &trace.layers[l - 1][..e * d],
+                )?;
+                let sub = fit(&sub, &model.sublayer_layout(), &layout);
+                Ok(layout.pack(&sub)?)
+            })
+            .collect::<Result<_, _>>()?;
+        let mut out = SubLayerTrace::default();
+        let per = n.div_ceil(chunk);
+        for (i, (context, cell)) in packed.into_iter().enumerate() {
+            if i % per == 0 {
+                out.context
+                    .push(Vec::with_capacity(n * layout.context_width()));
+                out.cell.push(Vec::with_capacity(n * layout.cell_width()));
+            }
+            out.context.last_mut().expect("pushed").extend(context);
+            out.cell.last_mut().expect("pushed").extend(cell);
+        }
+        Ok(out)
     }
 
     /// Rebuilds a trace layer by layer: cells in `cheat` under `cheap`, the others under the
@@ -698,18 +875,14 @@ impl Simulation {
         Ok(out)
     }
 
-    /// Cells whose single-cell check by the verifier's own [`check_opening`] fails.
-    fn bad_cells(
-        &self,
-        statement: &Statement,
-        trace: &Trace,
-    ) -> Result<BTreeSet<CellId>, SimError> {
-        let prover = Prover::new(statement.clone(), trace.layer_bytes())?;
-        let commitment = Commitment {
-            sublayer_roots: None,
-            statement: statement.clone(),
-            root: prover.tree().root(),
-        };
+    /// Cells whose single-cell check by the verifier's own [`check_opening_by`] fails (its
+    /// layer check and tolerance).
+    fn bad_cells(&self, run: &ProverRun) -> Result<BTreeSet<CellId>, SimError> {
+        let statement = &run.statement;
+        let mut prover = run.prover()?;
+        let commitment = prover.commit()?;
+        let verifier = self.verifier_model();
+        let method = self.scenario.protocol.layer_check;
         let g = statement.geometry;
         let cells: Vec<CellId> = (0..g.num_cells())
             .map(|i| g.cell_at(i).expect("in range"))
@@ -718,11 +891,17 @@ impl Simulation {
             .par_iter()
             .map(|&cell| -> Result<Option<CellId>, SimError> {
                 let opening = prover.open_cells(0, &[cell], 0)?;
-                Ok(
-                    check_opening(&commitment, &[cell], &opening, &self.policy, &*self.model)
-                        .err()
-                        .map(|_| cell),
+                Ok(check_opening_by(
+                    &commitment,
+                    &[cell],
+                    &opening,
+                    &self.policy,
+                    method,
+                    &verifier,
+                    &VerifierLimits::default(),
                 )
+                .err()
+                .map(|_| cell))
             })
             .collect::<Result<_, _>>()?;
         Ok(bad.into_iter().flatten().collect())
@@ -731,7 +910,7 @@ impl Simulation {
     pub(crate) fn verifier_config(&self, mode: Mode, pow_bits: u8) -> VerifierConfig {
         let p = &self.scenario.protocol;
         VerifierConfig {
-            method: veritrace_protocol::LayerCheck::Recompute,
+            method: p.layer_check,
             mode,
             params: ChallengeParams {
                 samples: p.samples,
@@ -937,7 +1116,7 @@ impl Simulation {
         rng: &mut ChaCha20Rng,
     ) -> Result<Outcome, SimError> {
         let cfg = self.verifier_config(mode, pow_bits);
-        let mut prover = Prover::new(run.statement.clone(), run.trace.layer_bytes())?;
+        let mut prover = run.prover()?;
         let mut verifier = Verifier::new(cfg.clone(), self.verifier_model())?;
         verifier.expect_statement(run.statement.clone());
         let mut step = verifier.receive_commitment(prover.commit()?, rng);
@@ -964,19 +1143,47 @@ impl Simulation {
         }
     }
 
-    /// The verifier's cost of recomputing `cells` (see [`crate::cost`]).
+    /// The verifier's cost of checking `cells` (see [`crate::cost`]): the recompute cost of
+    /// each cell; with the layer check `freivalds`, a cell of a layer ≥ 1 costs its recompute
+    /// cost times the ratio of the verifier's FLOPs by Freivalds to those by recompute
+    /// ([`veritrace_model::cost::verifier_cell_flops`]: the same rows and context), and with
+    /// `both` the sum of the two.
     pub(crate) fn recompute_cost(
         &self,
         statement: &Statement,
         cells: &[CellId],
     ) -> Result<f64, SimError> {
+        use veritrace_model::cost::{verifier_cell_flops, CheckMethod};
         let r = self.scenario.reference;
+        let p = &self.scenario.protocol;
         let mut c = 0.0;
         for &cell in cells {
             let rows = statement.geometry.cell_rows(cell)?;
-            c += self
-                .model
-                .cell_cost(&r, &r, cell.layer, rows, statement.sequence_len() as u32);
+            let recompute = self.model.cell_cost(
+                &r,
+                &r,
+                cell.layer,
+                rows.clone(),
+                statement.sequence_len() as u32,
+            );
+            let decoder = self.model.decoder().filter(|_| cell.layer >= 1);
+            c += match (p.layer_check, decoder) {
+                (LayerCheck::Recompute, _) | (_, None) => recompute,
+                (method, Some(d)) => {
+                    let context = statement
+                        .input_rows(cell)?
+                        .map_or(0, |i| u64::from(i.end - i.start));
+                    let n = u64::from(rows.end - rows.start);
+                    let flops = |m| verifier_cell_flops(d.config(), n, context, m).total();
+                    let ratio = flops(CheckMethod::Freivalds {
+                        repetitions: p.freivalds_repetitions,
+                    }) / flops(CheckMethod::Recompute);
+                    match method {
+                        LayerCheck::Both => recompute * (1.0 + ratio),
+                        _ => recompute * ratio,
+                    }
+                }
+            };
         }
         Ok(c)
     }

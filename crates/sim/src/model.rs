@@ -6,8 +6,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use veritrace_model::freivalds::VerifierKey;
+use veritrace_model::sublayer::KeyedVerifier;
 use veritrace_model::{Model, ModelError, Runner};
-use veritrace_protocol::{Recompute, Statement};
+use veritrace_protocol::{AlgebraicCheck, Recompute, Statement};
 
 use crate::SimError;
 
@@ -34,6 +36,10 @@ pub struct SimVerifier {
     pub model: SimModel,
     /// The verifier's device.
     pub runner: Arc<Runner>,
+    /// With the scenario's `layer_check` `freivalds` or `both`: the verifier's secret key and
+    /// the tolerance of the nonlinear parts, for [`Recompute::check_sublayers`] (checked on the
+    /// CPU, [`veritrace_model::sublayer::KeyedVerifier`]).
+    pub keyed: Option<(Arc<VerifierKey>, f64)>,
 }
 
 impl Recompute for SimVerifier {
@@ -70,6 +76,30 @@ impl Recompute for SimVerifier {
         last_row: &[u8],
     ) -> veritrace_protocol::Result<u32> {
         self.model.next_token(statement, position, last_row)
+    }
+
+    fn check_sublayers(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        inputs: &[u8],
+        context: &[u8],
+        cell: &[u8],
+    ) -> veritrace_protocol::Result<AlgebraicCheck> {
+        let (Some((key, tolerance)), Some(decoder)) = (&self.keyed, self.model.decoder()) else {
+            return Err(veritrace_protocol::ProtocolError::Engine(
+                "this verifier holds no Freivalds key (the scenario's layer_check is recompute)"
+                    .into(),
+            ));
+        };
+        KeyedVerifier {
+            model: decoder,
+            key,
+            tolerance: *tolerance,
+        }
+        .check_sublayers(statement, layer, rows, input_rows, inputs, context, cell)
     }
 }
 

@@ -23,6 +23,18 @@ pub fn markdown(r: &SimReport) -> String {
             crate::EngineMode::Fast => "fast mode: bytes opened not measured",
         }
     );
+    if s.protocol.layer_check != veritrace_protocol::LayerCheck::Recompute {
+        out.push_str(&format!(
+            "Layer check: {} (specs/protocol.md §11.4): every prover commits its sub-layer values; the verifier checks each challenged cell of a layer >= 1 with Freivalds ({} secret vectors per weight matrix, a key from a secret the provers never see) and recomputes only the nonlinear parts, {}; the cost column is the Freivalds FLOP model's ratio to recompute.\n\n",
+            s.protocol.layer_check.name(),
+            s.protocol.freivalds_repetitions,
+            if s.protocol.sublayer_tolerance == 0.0 {
+                "bitwise".to_string()
+            } else {
+                format!("within a relative L-infinity tolerance of {:e}", s.protocol.sublayer_tolerance)
+            }
+        ));
+    }
     if s.prover_device != s.verifier_device {
         out.push_str(&format!(
             "Provers run on {}, the verifier recomputes on {}: honest runs are honest other-hardware runs, and the tolerance below is calibrated on that cross-device noise floor.\n\n",

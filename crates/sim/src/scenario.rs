@@ -71,7 +71,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use veritrace_model::{Device, Setup};
 use veritrace_protocol::calibration::CalibrationMethod;
 use veritrace_protocol::tolerance::Metric;
-use veritrace_protocol::{Mode, SamplingStrategy};
+use veritrace_protocol::{LayerCheck, Mode, SamplingStrategy};
 
 pub use crate::adversary::{Adversary, AdversaryKind};
 use crate::SimError;
@@ -262,10 +262,42 @@ pub struct ProtocolParams {
     /// Rounds.
     #[serde(default = "one")]
     pub rounds: u32,
+    /// How the verifier checks challenged cells of layers ≥ 1 (specs/protocol.md §11.4):
+    /// `recompute` (the default), `freivalds` or `both`. With `freivalds` or `both` every
+    /// prover commits at the sub-layer trace level (each cell's sub-layer values as it computed
+    /// them, from its committed inputs), and the verifier holds a Freivalds key built from a
+    /// secret derived from the scenario seed, which no adversary reads. Llama-style decoders
+    /// only.
+    #[serde(default, skip_serializing_if = "is_recompute")]
+    pub layer_check: LayerCheck,
+    /// With `freivalds` or `both`: the relative L∞ tolerance of the nonlinear parts the
+    /// verifier recomputes from the opened sub-layer values (default 0: bitwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sublayer_tolerance: f64,
+    /// With `freivalds` or `both`: secret vectors per weight matrix in the verifier's key
+    /// (1 to 64, default 2).
+    #[serde(default = "two", skip_serializing_if = "is_two")]
+    pub freivalds_repetitions: u32,
 }
 
 fn one() -> u32 {
     1
+}
+
+fn two() -> u32 {
+    2
+}
+
+fn is_two(x: &u32) -> bool {
+    *x == 2
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+
+fn is_recompute(x: &LayerCheck) -> bool {
+    *x == LayerCheck::Recompute
 }
 
 /// Tolerance calibration on honest other-hardware runs.
@@ -520,6 +552,15 @@ impl Scenario {
         out_of_range("protocol.samples", q.samples, 1, MAX_SAMPLES)?;
         out_of_range("protocol.rounds", q.rounds, 1, MAX_ROUNDS)?;
         out_of_range("protocol.pow_bits", q.pow_bits, 0, MAX_POW_BITS)?;
+        out_of_range(
+            "protocol.freivalds_repetitions",
+            q.freivalds_repetitions,
+            1,
+            veritrace_model::freivalds::MAX_REPETITIONS,
+        )?;
+        if !(q.sublayer_tolerance.is_finite() && q.sublayer_tolerance >= 0.0) {
+            return bad("protocol.sublayer_tolerance must be finite and >= 0".into());
+        }
         let t = &self.tolerance;
         let fpr_ok = t.target_fpr > 0.0 && t.target_fpr < 1.0;
         let confidence_ok = t.confidence > 0.0 && t.confidence < 1.0;

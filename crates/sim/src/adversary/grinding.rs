@@ -122,7 +122,10 @@ impl Behaviour for Grinding {
             cheat.insert(CellId { layer: last, chunk });
         }
         let (t, c) = sim.mixed_trace(&honest, &cheat, &self.setup)?;
-        Ok(Committed::plain(s, t, c))
+        Ok(Committed::plain(s, t, c).with_plan(super::CellPlan::Mixed {
+            cheat,
+            cheap: self.setup,
+        }))
     }
 
     fn trial(
@@ -203,7 +206,7 @@ fn grind(
                 layers[cell.layer as usize][at + 4 * e] ^= r[e].max(1);
             }
         }
-        let mut prover = Prover::new(run.statement.clone(), layers)?;
+        let mut prover = run.prover_with(layers)?;
         let commitment = prover.commit()?;
         spent += 1;
         let mut nonce = None;

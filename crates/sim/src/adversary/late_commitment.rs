@@ -5,7 +5,7 @@
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::CellId;
-use veritrace_protocol::{Prover, Step, Verifier};
+use veritrace_protocol::{Step, Verifier};
 
 use super::honest::honest_run;
 use super::{AdversaryKind, Behaviour, Committed, Plan, Prediction};
@@ -51,7 +51,7 @@ impl Behaviour for LateCommitment {
         rng: &mut ChaCha20Rng,
     ) -> Result<Outcome, SimError> {
         let cfg = sim.verifier_config(plan.mode, plan.pow_bits);
-        let mut prover = Prover::new(run.statement.clone(), run.trace.layer_bytes())?;
+        let mut prover = run.prover()?;
         let mut verifier = Verifier::new(cfg, sim.verifier_model())?;
         let early = prover.open_cells(0, &[CellId { layer: 0, chunk: 0 }], 0)?;
         let verdict = match verifier.receive_opening(&early, rng) {

@@ -165,10 +165,35 @@ pub(crate) struct Committed {
     pub equivocate: BTreeSet<CellId>,
     /// What a corridor prover's probe found on this prompt.
     pub corridor: Option<CorridorProbe>,
+    /// How the prover computed each cell: the source of its sub-layer values, when the
+    /// scenario's layer check needs them.
+    pub plan: CellPlan,
+}
+
+/// How a prover computed the cells of layers ≥ 1 of its committed trace, each from the
+/// committed rows below: the source of its sub-layer values (issue 16), captured per cell as
+/// it computes them ([`veritrace_model::LlamaModel::recompute_cell_sublayers`]).
+#[derive(Debug, Clone)]
+pub(crate) enum CellPlan {
+    /// The reference setup on the claimed model (honest runs, equivocation, the corridor:
+    /// their altered values are not a computation, so their sub-layer values are honest).
+    Reference,
+    /// One setup on the claimed model for every cell.
+    Setup(Setup),
+    /// The reference setup on another model (the model swap); its rows are fitted to the
+    /// claimed model's widths (zero-padded or cut).
+    Model(SimModel),
+    /// `cheap` on the `cheat` cells, the reference elsewhere.
+    Mixed {
+        /// The cells computed under `cheap`.
+        cheat: BTreeSet<CellId>,
+        /// The cheaper setup.
+        cheap: Setup,
+    },
 }
 
 impl Committed {
-    /// A prover that opens what it committed.
+    /// A prover that opens what it committed, every cell computed under the reference.
     pub fn plain(statement: Statement, trace: Trace, cost: f64) -> Self {
         Committed {
             statement,
@@ -176,7 +201,14 @@ impl Committed {
             cost,
             equivocate: BTreeSet::new(),
             corridor: None,
+            plan: CellPlan::Reference,
         }
+    }
+
+    /// The same, with the cells computed as `plan` says.
+    pub fn with_plan(mut self, plan: CellPlan) -> Self {
+        self.plan = plan;
+        self
     }
 }
 

@@ -37,6 +37,6 @@ impl Behaviour for ModelSwap {
         let swap = sim.swap_model()?;
         let (s, t) = sim.run_setup(&swap, &reference, prompt)?;
         let c = swap.forward_cost(&reference, &reference, t.tokens as u32);
-        Ok(Committed::plain(s, t, c))
+        Ok(Committed::plain(s, t, c).with_plan(super::CellPlan::Model(swap)))
     }
 }

@@ -60,5 +60,5 @@ pub(crate) fn whole_trace(
     let reference = sim.scenario().reference;
     let (s, t) = sim.run_setup(sim.model(), setup, prompt)?;
     let c = sim.model().forward_cost(setup, &reference, t.tokens as u32);
-    Ok(Committed::plain(s, t, c))
+    Ok(Committed::plain(s, t, c).with_plan(super::CellPlan::Setup(*setup)))
 }

@@ -62,7 +62,10 @@ impl Behaviour for Partial {
         let (s, honest) = honest_trace(sim, prompt)?;
         let cheat = cheated_cells(sim, &s, self.fraction, ai, pi);
         let (t, c) = sim.mixed_trace(&honest, &cheat, &self.setup)?;
-        Ok(Committed::plain(s, t, c))
+        Ok(Committed::plain(s, t, c).with_plan(super::CellPlan::Mixed {
+            cheat,
+            cheap: self.setup,
+        }))
     }
 }
 
