@@ -198,8 +198,10 @@ impl fmt::Debug for VerifierSecret {
     }
 }
 
-/// A linear map of the decoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A linear map of the decoder (in scenario files: `q`, `k`, `v`, `o`, `gate`, `up`, `down`,
+/// `lm-head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Matrix {
     /// Query projection `[heads · hd, hidden]`.
     Q,
@@ -230,6 +232,20 @@ impl Matrix {
         Matrix::Up,
         Matrix::Down,
     ];
+
+    /// The name in scenario files (`q`, …, `down`, `lm-head`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Matrix::Q => "q",
+            Matrix::K => "k",
+            Matrix::V => "v",
+            Matrix::O => "o",
+            Matrix::Gate => "gate",
+            Matrix::Up => "up",
+            Matrix::Down => "down",
+            Matrix::LmHead => "lm-head",
+        }
+    }
 
     /// The id in the seed derivation: 0 q, 1 k, 2 v, 3 o, 4 gate, 5 up, 6 down, 7 LM head.
     pub fn id(self) -> u8 {
@@ -722,6 +738,53 @@ pub fn check_linear(
     y: &[f32],
     rows: usize,
 ) -> Result<LinearCheck> {
+    let t = key.repetitions as usize;
+    let mut worst = LinearCheck {
+        passed: true,
+        worst_ratio: 0.0,
+        worst_row: 0,
+        worst_repetition: 0,
+        deviation: 0.0,
+        bound: 0.0,
+    };
+    for (i, (deviation, bound)) in linear_terms(key, layer, matrix, x, y, rows)?
+        .into_iter()
+        .enumerate()
+    {
+        let ratio = if deviation == 0.0 {
+            0.0
+        } else if bound > 0.0 {
+            deviation / bound
+        } else {
+            f64::INFINITY
+        };
+        if i == 0 || ratio > worst.worst_ratio {
+            worst = LinearCheck {
+                passed: true,
+                worst_ratio: ratio,
+                worst_row: i / t,
+                worst_repetition: i % t,
+                deviation,
+                bound,
+            };
+        }
+    }
+    worst.passed = worst.worst_ratio <= 1.0;
+    Ok(worst)
+}
+
+/// The terms [`check_linear`] compares, for every row `p` and repetition `k` in that order
+/// (index `p·t + k`): `(|v·x − r·y|, B)`. A caller predicting a wrong weight's detection takes
+/// the bounds from here and `‖e‖` from the true product (`erf(B / (√2 ‖e‖))` per term,
+/// [`false_accept_probability`]). Fails as [`check_linear`] does.
+pub fn linear_terms(
+    key: &VerifierKey,
+    layer: usize,
+    matrix: Matrix,
+    x: &[f32],
+    y: &[f32],
+    rows: usize,
+) -> Result<Vec<(f64, f64)>> {
     let mk = key.matrix(layer, matrix)?;
     let (out, inp) = key.dims.shape(matrix);
     if rows == 0 {
@@ -744,16 +807,8 @@ pub fn check_linear(
     }
     let gamma_n = gamma(inp, U_F32);
     let eps = 2.0 * (gamma(inp, U_F64) + gamma(out, U_F64));
-    let mut worst = LinearCheck {
-        passed: true,
-        worst_ratio: 0.0,
-        worst_row: 0,
-        worst_repetition: 0,
-        deviation: 0.0,
-        bound: 0.0,
-    };
-    let mut first = true;
-    for (p, (xr, yr)) in x.chunks_exact(inp).zip(y.chunks_exact(out)).enumerate() {
+    let mut terms = Vec::with_capacity(rows * key.repetitions as usize);
+    for (xr, yr) in x.chunks_exact(inp).zip(y.chunks_exact(out)) {
         for k in 0..key.repetitions as usize {
             let r = &mk.r[k * out..(k + 1) * out];
             let v = &mk.v[k * inp..(k + 1) * inp];
@@ -762,28 +817,10 @@ pub fn check_linear(
             let (ry, ary) = dots_abs(r, yr);
             let deviation = (vx - ry).abs();
             let bound = gamma_n * ux + U_F32 * ary + eps * (ux + ary);
-            let ratio = if deviation == 0.0 {
-                0.0
-            } else if bound > 0.0 {
-                deviation / bound
-            } else {
-                f64::INFINITY
-            };
-            if first || ratio > worst.worst_ratio {
-                first = false;
-                worst = LinearCheck {
-                    passed: true,
-                    worst_ratio: ratio,
-                    worst_row: p,
-                    worst_repetition: k,
-                    deviation,
-                    bound,
-                };
-            }
+            terms.push((deviation, bound));
         }
     }
-    worst.passed = worst.worst_ratio <= 1.0;
-    Ok(worst)
+    Ok(terms)
 }
 
 /// `(Σ aᵢ·xᵢ, Σ bᵢ·|xᵢ|)` in f64 with four interleaved accumulators per sum (so the loop
@@ -1059,6 +1096,109 @@ pub fn false_accept_probability(bound: f64, e_norm: f64, t: u32) -> f64 {
     }
     let one = libm::erf(bound / (std::f64::consts::SQRT_2 * e_norm));
     one.powf(f64::from(t))
+}
+
+/// A copy of `model` whose weight `matrix` of layer `layer` (1-based) is moved a `factor` of
+/// the way to its `quant` quantize-dequantize: `W' = W + factor · (Q(W) − W)`. At `factor = 1`
+/// the matrix carries exactly that quantization's error (the other matrices are unchanged); a
+/// smaller factor scales the error down. The weight-perturbation adversary of the simulator
+/// runs it while claiming `model` (issue 16).
+///
+/// # Errors
+/// A layer out of range, the LM head (not a layer's matrix), a factor that is not finite and
+/// positive, or a matrix the quantizer refuses.
+pub fn perturbed_model(
+    model: &LlamaModel,
+    layer: usize,
+    matrix: Matrix,
+    quant: crate::setup::Quant,
+    factor: f64,
+) -> Result<LlamaModel> {
+    let c = model.config();
+    if layer == 0 || layer > c.num_layers || matrix == Matrix::LmHead {
+        return Err(FreivaldsError::InvalidArgument(format!(
+            "layer {layer} matrix {matrix:?}: a perturbation targets one of the 7 matrices of a \
+             layer 1..={}",
+            c.num_layers
+        )));
+    }
+    if !(factor.is_finite() && factor > 0.0) {
+        return Err(FreivaldsError::InvalidArgument(format!(
+            "factor {factor} must be finite and > 0"
+        )));
+    }
+    let name = matrix.tensor_name(layer);
+    let mut tensors = model.named_tensors()?;
+    let (_, shape, w) = tensors
+        .iter_mut()
+        .find(|(n, _, _)| *n == name)
+        .ok_or_else(|| FreivaldsError::Unsupported(format!("tensor {name} is missing")))?;
+    let (rows, cols) = (shape[0], shape[1]);
+    let q = crate::quant::quantize_dequantize(w, rows, cols, quant)?;
+    for (x, qx) in w.iter_mut().zip(q) {
+        *x = (f64::from(*x) + factor * (f64::from(qx) - f64::from(*x))) as f32;
+    }
+    Ok(LlamaModel::from_tensors(c.clone(), tensors)?)
+}
+
+/// The weight `matrix` of layer `layer` (1-based; the LM head ignores it) of `model`, row-major
+/// f32 `[out, in]`, as the f32 setup computes with it.
+pub fn matrix_weights(model: &LlamaModel, layer: usize, matrix: Matrix) -> Result<Vec<f32>> {
+    let name = matrix.tensor_name(layer);
+    model
+        .named_tensors()?
+        .into_iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, w)| w)
+        .ok_or_else(|| FreivaldsError::Unsupported(format!("tensor {name} is missing")))
+}
+
+/// The probability over the key's secret vectors that [`check_linear`] accepts claimed outputs
+/// `y` of inputs `x` (`rows` rows) when the true weight is `w` (row-major `[out, in]`, e.g.
+/// from [`matrix_weights`]): `Π_{p, k} erf(B_{p,k} / (√2 ‖e_p‖))` over rows `p` and
+/// repetitions `k`, with `e_p = y_p − W x_p` computed in f64 and each bound `B_{p,k}` taken as
+/// fixed at the value `key` gives ([`false_accept_probability`] per term). 1 when every
+/// `e_p = 0`. Fails as [`check_linear`] does, or for a `w` of the wrong length.
+pub fn accept_probability(
+    key: &VerifierKey,
+    w: &[f32],
+    layer: usize,
+    matrix: Matrix,
+    x: &[f32],
+    y: &[f32],
+    rows: usize,
+) -> Result<f64> {
+    let (out, inp) = key.dims.shape(matrix);
+    if w.len() != out * inp {
+        return Err(FreivaldsError::WrongLength {
+            what: "weight",
+            expected: (out * inp) as u64,
+            got: w.len(),
+        });
+    }
+    let terms = linear_terms(key, layer, matrix, x, y, rows)?;
+    let t = key.repetitions as usize;
+    let mut p = 1.0f64;
+    for (row, (xr, yr)) in x.chunks_exact(inp).zip(y.chunks_exact(out)).enumerate() {
+        let e2: f64 = w
+            .chunks_exact(inp)
+            .zip(yr)
+            .map(|(wr, &yi)| {
+                let wx: f64 = wr
+                    .iter()
+                    .zip(xr)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum();
+                let e = f64::from(yi) - wx;
+                e * e
+            })
+            .sum();
+        let norm = e2.sqrt();
+        for &(_, bound) in &terms[row * t..(row + 1) * t] {
+            p *= false_accept_probability(bound, norm, 1);
+        }
+    }
+    Ok(p)
 }
 
 #[cfg(test)]

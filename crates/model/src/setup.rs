@@ -169,6 +169,15 @@ pub struct Quant {
     pub rounding: Rounding,
 }
 
+impl FromStr for Quant {
+    type Err = ModelError;
+
+    /// The quantization part of a setup string (`int8-channel`, `int4-g32:mse`, …).
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        parse_quant(s)
+    }
+}
+
 impl fmt::Display for Quant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.scheme.name())?;

@@ -369,3 +369,71 @@ fn per_cell_capture_equals_the_forward() {
         .recompute_cell_sublayers(&Setup::F32_EAGER, c, 0, 0, &[])
         .is_err());
 }
+
+/// The weight-perturbation adversary's model: at factor 1 the matrix is its quantization, the
+/// others untouched; bad arguments are typed errors; the stated acceptance probability is 1 for
+/// the honest values and falls with the factor.
+#[test]
+fn perturbed_models_and_their_acceptance_probability() {
+    use veritrace_model::freivalds::{accept_probability, matrix_weights, perturbed_model, Matrix};
+    let f = fixture();
+    let quant: veritrace_model::setup::Quant = "int8-channel".parse().unwrap();
+    let p = perturbed_model(&f.model, 2, Matrix::Down, quant, 1.0).unwrap();
+    let w = matrix_weights(&f.model, 2, Matrix::Down).unwrap();
+    let wp = matrix_weights(&p, 2, Matrix::Down).unwrap();
+    let c = f.model.config();
+    let q =
+        veritrace_model::quant::quantize_dequantize(&w, c.hidden_size, c.intermediate_size, quant)
+            .unwrap();
+    assert_eq!(wp, q);
+    assert_eq!(
+        matrix_weights(&p, 2, Matrix::Up).unwrap(),
+        matrix_weights(&f.model, 2, Matrix::Up).unwrap()
+    );
+    assert_eq!(
+        matrix_weights(&p, 1, Matrix::Down).unwrap(),
+        matrix_weights(&f.model, 1, Matrix::Down).unwrap()
+    );
+    for (layer, m, factor) in [
+        (0, Matrix::Down, 1.0),
+        (5, Matrix::Q, 1.0),
+        (1, Matrix::LmHead, 1.0),
+        (1, Matrix::Q, 0.0),
+        (1, Matrix::Q, f64::NAN),
+    ] {
+        assert!(perturbed_model(&f.model, layer, m, quant, factor).is_err());
+    }
+    // acceptance of the down projection's rows: 1 when honest, lower with the factor
+    let tokens = prompt();
+    let accept = |model: &LlamaModel| {
+        let (_, sub) = model
+            .trace_sublayers(&Setup::F32_EAGER, &tokens, CHUNK as usize)
+            .unwrap();
+        let s = &sub[1];
+        accept_probability(
+            &f.key,
+            &w,
+            2,
+            Matrix::Down,
+            &s.act[..8 * 344],
+            &s.down[..8 * 128],
+            8,
+        )
+        .unwrap()
+    };
+    assert!(accept(&f.model) > 1.0 - 1e-12);
+    let full = accept(&p);
+    let small = accept(&perturbed_model(&f.model, 2, Matrix::Down, quant, 0.2).unwrap());
+    assert!(full < small, "{full} < {small}");
+    assert!(full < 1e-6, "{full}");
+    assert!(accept_probability(
+        &f.key,
+        &w[1..],
+        2,
+        Matrix::Down,
+        &[0.0; 344],
+        &[0.0; 128],
+        1
+    )
+    .is_err());
+}

@@ -1070,7 +1070,7 @@ impl Simulation {
             ..
         } = tally.clone();
         let bad_cells = runs.iter().map(|r| r.bad.len() as f64).sum::<f64>() / runs.len() as f64;
-        let prediction = a.prediction(&plan, &runs)?;
+        let prediction = a.prediction(self, &plan, &runs)?;
         let security_bits = a.security_bits(&plan, &runs)?;
         let cost = runs.iter().map(|r| r.cost).sum::<f64>() / runs.len() as f64;
         let n = trials.max(1) as f64;
@@ -1115,9 +1115,44 @@ impl Simulation {
         pow_bits: u8,
         rng: &mut ChaCha20Rng,
     ) -> Result<Outcome, SimError> {
+        self.session_by(run, mode, pow_bits, rng, self.verifier_model())
+    }
+
+    /// The verifier's key (with the layer check `freivalds` or `both`).
+    pub(crate) fn key(&self) -> Option<&Arc<VerifierKey>> {
+        self.key.as_ref()
+    }
+
+    /// The verifier's engine with a key built from `secret` instead of the scenario's (a
+    /// verifier of its own: the weight-perturbation adversary draws one per trial, so that its
+    /// detection rate is over the secret vectors, as the stated probability is).
+    pub(crate) fn verifier_with_secret(&self, secret: [u8; 32]) -> Result<SimVerifier, SimError> {
+        let decoder = self.model.decoder().ok_or_else(|| {
+            SimError::Scenario("a Freivalds key needs a Llama-style decoder".into())
+        })?;
+        let key = VerifierKey::build(
+            &VerifierSecret::from_bytes(secret),
+            decoder,
+            self.scenario.protocol.freivalds_repetitions,
+        )
+        .map_err(|e| SimError::Scenario(format!("the verifier's Freivalds key: {e}")))?;
+        let mut v = self.verifier_model();
+        v.keyed = Some((Arc::new(key), self.scenario.protocol.sublayer_tolerance));
+        Ok(v)
+    }
+
+    /// [`Simulation::session`] against the verifier engine `verifier`.
+    pub(crate) fn session_by(
+        &self,
+        run: &ProverRun,
+        mode: Mode,
+        pow_bits: u8,
+        rng: &mut ChaCha20Rng,
+        verifier: SimVerifier,
+    ) -> Result<Outcome, SimError> {
         let cfg = self.verifier_config(mode, pow_bits);
         let mut prover = run.prover()?;
-        let mut verifier = Verifier::new(cfg.clone(), self.verifier_model())?;
+        let mut verifier = Verifier::new(cfg.clone(), verifier)?;
         verifier.expect_statement(run.statement.clone());
         let mut step = verifier.receive_commitment(prover.commit()?, rng);
         let (mut bytes, mut cost) = (0u64, 0.0);

@@ -23,6 +23,11 @@
 //! strategy = "uniform"      # or "stratified", "cost-weighted"
 //! pow_bits = 0
 //! rounds = 1
+//! layer_check = "recompute" # or "freivalds", "both": provers commit sub-layer values and the
+//!                           # verifier checks layers >= 1 with a secret Freivalds key
+//!                           # (specs/protocol.md §11.4; a decoder only)
+//! sublayer_tolerance = 0.0  # freivalds/both: relative L-inf tolerance of the nonlinear parts
+//! freivalds_repetitions = 2 # freivalds/both: secret vectors per weight matrix (1 to 64)
 //!
 //! [tolerance]
 //! metric = "rel_l2"         # or "max_abs"
@@ -59,7 +64,11 @@
 //! optional `pow_bits` of proof of work, default the protocol's); `corridor` (keeps every cell
 //! within the calibrated thresholds and steers the first generated token: optional `budget`,
 //! the fraction of each threshold used, default 0.99, and `directions`, random candidate
-//! directions beside the margin gradient, default 4; a decoder only).
+//! directions beside the margin gradient, default 4; a decoder only); `weight-perturbation`
+//! (one weight `matrix`, `q` `k` `v` `o` `gate` `up` or `down`, of `layer` moved a `factor` of
+//! the way to its `quant` quantization, e.g. `int8-channel`, everything else honest; each trial's
+//! verifier draws its own Freivalds key, and with `layer_check = "freivalds"` the prediction is
+//! the stated false-accept probability; a decoder only).
 //!
 //! Every count and size has a documented upper bound (the `MAX_*` constants of this module),
 //! refused at validation with a [`SimError::Scenario`] naming the field, the value and the

@@ -7,7 +7,11 @@
 use veritrace_sim::{Scenario, Simulation};
 
 fn scenario(layer_check: &str, adversaries: &str) -> Scenario {
-    Scenario::from_toml(&format!(
+    Scenario::from_toml(&scenario_text(layer_check, adversaries)).unwrap()
+}
+
+fn scenario_text(layer_check: &str, adversaries: &str) -> String {
+    format!(
         r#"
 name = "test"
 model = "tiny"
@@ -32,8 +36,7 @@ calibration_prompts = 80
 holdout_prompts = 10
 {adversaries}
 "#
-    ))
-    .unwrap()
+    )
 }
 
 const ADVERSARIES: &str = r#"
@@ -133,4 +136,82 @@ kind = "honest"
     assert!(bad("sublayer_tolerance = -1.0").is_err());
     assert!(bad("layer_check_typo = 1").is_err());
     assert!(bad("sublayer_tolerance = 1e-6").is_ok());
+}
+
+#[test]
+fn weight_perturbation_follows_the_stated_probability() {
+    let s = scenario(
+        "layer_check = \"freivalds\"\nfreivalds_repetitions = 1",
+        r#"
+[[adversary]]
+kind = "weight-perturbation"
+layer = 2
+matrix = "down"
+quant = "int8-channel"
+factor = 1.0
+[[adversary]]
+kind = "weight-perturbation"
+layer = 2
+matrix = "down"
+quant = "int8-channel"
+factor = 0.001
+[[adversary]]
+kind = "weight-perturbation"
+layer = 1
+matrix = "v"
+quant = "int4-g32"
+factor = 1.0
+"#,
+    );
+    let r = Simulation::new(s).unwrap().run(&|| {}).unwrap();
+    for a in &r.adversaries {
+        let p = a.predicted.expect("a prediction with the freivalds check");
+        assert!((0.0..=1.0).contains(&p), "{}: {p}", a.label);
+        // the measured rate lies within its bounds over runs around the stated probability
+        assert!(
+            a.run_bounds.0 <= p + 1e-9 && p <= a.run_bounds.1 + 1e-9,
+            "{}: predicted {p} outside {:?}",
+            a.label,
+            a.run_bounds
+        );
+    }
+    assert!(r.adversaries[0].detected > 0);
+    assert!(r.adversaries[0].reasons.contains_key("AlgebraicCheck"));
+    assert_eq!(
+        r.adversaries[1].detected, 0,
+        "0.1% of the int8 error is below the bound"
+    );
+    assert!(r.adversaries[1].predicted.unwrap() < 1e-6);
+    assert!(r.adversaries[2].detected > 0);
+    // recompute sees the full int8 error too, with the hypergeometric prediction
+    let s = scenario(
+        "",
+        r#"
+[[adversary]]
+kind = "weight-perturbation"
+layer = 2
+matrix = "down"
+quant = "int8-channel"
+factor = 1.0
+"#,
+    );
+    let r = Simulation::new(s).unwrap().run(&|| {}).unwrap();
+    assert!(r.adversaries[0].predicted.is_some());
+    // bad parameters are scenario errors
+    for bad in [
+        "layer = 9\nmatrix = \"down\"\nquant = \"int8-channel\"\nfactor = 1.0",
+        "layer = 0\nmatrix = \"down\"\nquant = \"int8-channel\"\nfactor = 1.0",
+        "layer = 1\nmatrix = \"lm-head\"\nquant = \"int8-channel\"\nfactor = 1.0",
+        "layer = 1\nmatrix = \"down\"\nquant = \"int9\"\nfactor = 1.0",
+        "layer = 1\nmatrix = \"down\"\nquant = \"int8-channel\"\nfactor = 0.0",
+        "layer = 1\nmatrix = \"sideways\"\nquant = \"int8-channel\"\nfactor = 1.0",
+    ] {
+        let text = format!("[[adversary]]\nkind = \"weight-perturbation\"\n{bad}\n");
+        let s = Scenario::from_toml(&scenario_text("", &text));
+        let failed = match s {
+            Err(_) => true,
+            Ok(s) => Simulation::new(s).is_err(),
+        };
+        assert!(failed, "{bad}");
+    }
 }

@@ -55,7 +55,12 @@ impl Behaviour for Equivocation {
 
     /// A lower bound: the hypergeometric law on the altered cells, while the input cells of
     /// every challenged cell are opened too.
-    fn prediction(&self, plan: &Plan, runs: &[ProverRun]) -> Result<Option<Prediction>, SimError> {
+    fn prediction(
+        &self,
+        _sim: &Simulation,
+        plan: &Plan,
+        runs: &[ProverRun],
+    ) -> Result<Option<Prediction>, SimError> {
         let p = plan.mean_detection(runs, |r| r.equivocate.len() as u64)?;
         Ok(Some(Prediction {
             value: p,

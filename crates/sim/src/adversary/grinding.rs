@@ -141,7 +141,12 @@ impl Behaviour for Grinding {
 
     /// `E[h^N]` ([`grinding_detection`]) with `h` the hypergeometric law on the bad cells,
     /// averaged over the prompt pool.
-    fn prediction(&self, plan: &Plan, runs: &[ProverRun]) -> Result<Option<Prediction>, SimError> {
+    fn prediction(
+        &self,
+        _sim: &Simulation,
+        plan: &Plan,
+        runs: &[ProverRun],
+    ) -> Result<Option<Prediction>, SimError> {
         let mut sum = 0.0;
         for r in runs {
             let h = plan.detection(r.bad.len() as u64)?;

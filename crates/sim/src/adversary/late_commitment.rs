@@ -86,6 +86,7 @@ impl Behaviour for LateCommitment {
     /// None: detection is the API's refusal, not a sampling law.
     fn prediction(
         &self,
+        _sim: &Simulation,
         _plan: &Plan,
         _runs: &[ProverRun],
     ) -> Result<Option<Prediction>, SimError> {

@@ -17,6 +17,7 @@ mod model_swap;
 mod other_hardware;
 mod partial;
 mod setup;
+mod weight_perturbation;
 
 use std::collections::BTreeSet;
 
@@ -40,6 +41,7 @@ pub use model_swap::ModelSwap;
 pub use other_hardware::OtherHardware;
 pub use partial::Partial;
 pub use setup::SetupSwap;
+pub use weight_perturbation::WeightPerturbation;
 
 /// An adversary: its kind and the parameters that kind takes (scenario files write it as a
 /// table tagged by `kind`, the parameters beside it; a parameter the kind does not take is
@@ -65,6 +67,8 @@ pub enum Adversary {
     Grinding(Grinding),
     /// Keeps every cell inside the tolerance and steers its first output token.
     Corridor(Corridor),
+    /// One weight matrix perturbed at the scale of a quantization's error (issue 16).
+    WeightPerturbation(WeightPerturbation),
 }
 
 /// Adversary kinds (an [`Adversary`] without its parameters), as results record them.
@@ -89,6 +93,8 @@ pub enum AdversaryKind {
     Grinding,
     /// Keeps every cell inside the tolerance and steers its first output token.
     Corridor,
+    /// Perturbs one weight matrix (issue 16).
+    WeightPerturbation,
 }
 
 impl AdversaryKind {
@@ -114,6 +120,7 @@ impl Adversary {
             Adversary::LateCommitment(a) => a,
             Adversary::Grinding(a) => a,
             Adversary::Corridor(a) => a,
+            Adversary::WeightPerturbation(a) => a,
         }
     }
 
@@ -346,7 +353,12 @@ pub(crate) trait Behaviour: Sync {
 
     /// The predicted detection probability (default: the hypergeometric law on the bad cells,
     /// averaged over the prompt pool).
-    fn prediction(&self, plan: &Plan, runs: &[ProverRun]) -> Result<Option<Prediction>, SimError> {
+    fn prediction(
+        &self,
+        _sim: &Simulation,
+        plan: &Plan,
+        runs: &[ProverRun],
+    ) -> Result<Option<Prediction>, SimError> {
         let p = plan.mean_detection(runs, |r| r.bad.len() as u64)?;
         Ok(Some(Prediction::expected(p)))
     }
