@@ -1551,8 +1551,9 @@ impl LlamaModel {
         arith.nonlinear_block(layer - 1, chunk, blk, e, h_in, k, v, cell)
     }
     /// The attention norms `RMSNorm(h_{layer−1})` of rows `0..e` of the layer's input (`h_in`,
-    /// row-major `[e, hidden]`), computed in blocks of `tile` rows as the forward does: bitwise
-    /// the `normed` rows [`LlamaModel::trace_sublayers`] records. A verifier checks the claimed
+    /// row-major `[e, hidden]`), all rows in one pass (the norm is row by row, so this is bitwise
+    /// the forward's tiles of `tile` rows): the `normed` rows [`LlamaModel::trace_sublayers`]
+    /// records. A verifier checks the claimed
     /// inputs of the context's key and value projections with it (their provenance).
     ///
     /// # Errors
@@ -1588,21 +1589,15 @@ impl LlamaModel {
         }
         let e = h_in.len() / d;
         let arith = self.arith(setup)?;
-        let (blk, blocks) = arith.blocks(tile, 0..e);
         let w = &arith.w.layers[layer - 1];
-        let mut out = Vec::with_capacity(e * d);
-        for t in blocks {
-            let xt = arith.block_tensor(h_in, e, blk, t)?;
-            let rows = blk.min(e - t * blk);
-            out.extend(
-                arith
-                    .rms_norm(&xt, &w.attn_norm)?
-                    .narrow(0, 0, rows)?
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?,
-            );
-        }
+        // RMSNorm is row by row (each row's mean of squares summed alone), so all rows at once
+        // are bitwise the forward's block-by-block rows
+        let x = arith.cast(&Tensor::from_slice(h_in, (e, d), &Device::Cpu)?)?;
+        let out = arith
+            .rms_norm(&x, &w.attn_norm)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         Ok(out)
     }
 
@@ -2118,11 +2113,19 @@ impl Arith<'_> {
         let mut sin = Vec::with_capacity(rows * hd);
         let inv_freq = c.rope_inv_freq();
         debug_assert_eq!(inv_freq.len(), half);
+        let (mut c_row, mut s_row) = (Vec::with_capacity(half), Vec::with_capacity(half));
         for p in start..start + rows {
-            let angles: Vec<f64> = inv_freq.iter().map(|f| p as f64 * f).collect();
+            // each angle's cosine and sine once, laid out twice (the two halves of the head)
+            c_row.clear();
+            s_row.clear();
+            for f in &inv_freq {
+                let a = p as f64 * f;
+                c_row.push(a.cos() as f32);
+                s_row.push(a.sin() as f32);
+            }
             for _ in 0..2 {
-                cos.extend(angles.iter().map(|a| a.cos() as f32));
-                sin.extend(angles.iter().map(|a| a.sin() as f32));
+                cos.extend_from_slice(&c_row);
+                sin.extend_from_slice(&s_row);
             }
         }
         Ok((
@@ -2289,34 +2292,27 @@ impl Arith<'_> {
         // are computed by the same formula as the forward's per-block tables (bitwise).
         let span = (j + 1) * blk;
         let (cos_all, sin_all) = self.rope_tables(0, span)?;
-        let table = |t: usize| -> Result<(Tensor, Tensor)> {
-            Ok((
-                cos_all.narrow(0, t * blk, blk)?,
-                sin_all.narrow(0, t * blk, blk)?,
-            ))
-        };
         // queries (claimed), roped at the block's positions
-        let (cos, sin) = table(j)?;
+        let (cos, sin) = (
+            cos_all.narrow(0, j * blk, blk)?,
+            sin_all.narrow(0, j * blk, blk)?,
+        );
         let q = local(&cell.q, nh * hd)?.reshape((blk, nh, hd))?;
         let q = Self::rope(&q, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
-        // keys and values of blocks 0..=j (claimed), keys roped block by block as the forward
-        let mut keys = Vec::with_capacity(j + 1);
-        let mut values = Vec::with_capacity(j + 1);
-        for t in 0..=j {
-            let (cos, sin) = table(t)?;
-            let k = self
-                .rows_tensor(k_lin, e, nkv * hd, blk, t)?
-                .reshape((blk, nkv, hd))?;
-            keys.push(Self::rope(&k, &cos, &sin)?.transpose(0, 1)?.contiguous()?);
-            values.push(
-                self.rows_tensor(v_lin, e, nkv * hd, blk, t)?
-                    .reshape((blk, nkv, hd))?
-                    .transpose(0, 1)?
-                    .contiguous()?,
-            );
-        }
-        let k = Tensor::cat(&keys, 1)?;
-        let v = Tensor::cat(&values, 1)?;
+        // keys and values of blocks 0..=j (claimed, zero rows after e as the forward's padded
+        // block), all roped at once: the rotary embedding is element-wise, so this is bitwise
+        // the forward's block-by-block result laid end to end
+        let k = self
+            .rows_tensor(k_lin, e, nkv * hd, span, 0)?
+            .reshape((span, nkv, hd))?;
+        let k = Self::rope(&k, &cos_all, &sin_all)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        let v = self
+            .rows_tensor(v_lin, e, nkv * hd, span, 0)?
+            .reshape((span, nkv, hd))?
+            .transpose(0, 1)?
+            .contiguous()?;
         let rep = nh / nkv;
         let (k, v) = if rep == 1 {
             (k, v)
