@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use veritrace_commit::{Dtype, HasherId, TraceCommitment, TraceCommitter};
-use veritrace_model::{write_trace, Setup, Trace};
+use veritrace_model::{write_trace_with, Setup, Trace};
 use veritrace_protocol::{Message, OutputRule, Prover, Statement, PROTOCOL_VERSION};
 
 use crate::engine::load_model;
@@ -78,6 +78,12 @@ pub struct CommitArgs {
     /// commitment.json there is refused, never overwritten).
     #[arg(long, requires = "model")]
     pub out: Option<PathBuf>,
+    /// With --model: `sublayer` commits the trace file's sub-layer values too (`context.<l>` and
+    /// `cell.<l>`, F32, in the decoder's row layout: specs/protocol.md §3.5; the Python
+    /// package's `capture(..., sublayers=True)` and `save_trace(..., sublayers=...)` write
+    /// them), so that a verifier can check its cells with `verify --layer-check freivalds`.
+    #[arg(long, requires = "model", default_value = "hidden", value_parser = ["hidden", "sublayer"])]
+    pub trace_level: String,
 }
 
 /// Accepts exactly the names of [`HasherId::ALL`] (and lists them in `--help` and in errors).
@@ -326,8 +332,21 @@ fn commit_external(
         layers,
         keys: Vec::new(),
     };
+    let trace_level = match args.trace_level.as_str() {
+        "sublayer" => match model.decoder() {
+            Some(d) => d.sublayer_layout().trace_level()?,
+            None => {
+                return Err(VerbInputError::Argument(format!(
+                    "--trace-level sublayer: model {model_spec:?} is not a Llama-style decoder \
+                     (sub-layer values are defined for those only)"
+                ))
+                .into())
+            }
+        },
+        _ => veritrace_protocol::TraceLevel::Hidden,
+    };
     let statement = Statement {
-        trace_level: veritrace_protocol::TraceLevel::Hidden,
+        trace_level,
         version: PROTOCOL_VERSION,
         model_digest: model.digest(),
         setup: setup.to_bytes(),
@@ -341,17 +360,40 @@ fn commit_external(
         engine: args.engine.clone(),
     };
     statement.validate()?;
+    // The sub-layer values, read and checked (F32, the statement's widths, finite) before
+    // anything is written.
+    let sublayers = veritrace_model::sublayer::read_sublayers(&args.trace, &statement)?;
+    let sub_trace = sublayers.as_ref().map(|(context, cell)| {
+        let f = |layers: &Vec<Vec<u8>>| -> Vec<Vec<f32>> {
+            layers
+                .iter()
+                .map(|l| {
+                    l.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                        .collect()
+                })
+                .collect()
+        };
+        veritrace_model::sublayer::SubLayerTrace {
+            context: f(context),
+            cell: f(cell),
+        }
+    });
     // The trace and the commitment are written into a staging directory that becomes the run
     // directory in one rename: a run directory never holds a trace without its commitment, and
     // a directory that holds anything is never written into (nothing is overwritten).
     let nothing = |_: &str| false;
     let set = veritrace_model::files::OutputDir::stage(run_dir, &nothing)?;
-    write_trace(
+    write_trace_with(
         &set.path().join("trace.safetensors"),
         &trace,
         Some(&statement),
+        sub_trace.as_ref(),
     )?;
     let mut prover = Prover::new(statement, trace.layer_bytes())?;
+    if let Some((context, cell)) = sublayers {
+        prover = prover.with_sublayers(context, cell)?;
+    }
     let commitment = prover.commit()?;
     set.write("commitment.json", (commitment.to_json() + "\n").as_bytes())?;
     set.commit(&nothing)?;

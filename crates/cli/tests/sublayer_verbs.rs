@@ -338,3 +338,121 @@ fn bad_keys_and_arguments_exit_2() {
     assert_eq!(c, 2, "{out}");
     assert!(out.contains("cell.1 is missing"), "{out}");
 }
+
+/// `commit --trace-level sublayer` commits an external trace file's sub-layer values (here the
+/// file `prove` wrote, read as any other prover's): it verifies by Freivalds; a file without
+/// them, or a model that is not a decoder, exits 2 before anything is written.
+#[test]
+fn external_sublayer_traces_are_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(p("secret"), [8u8; 32]).unwrap();
+    run_ok(&[
+        "keygen",
+        "--model",
+        "tiny",
+        "--secret-file",
+        &p("secret"),
+        "--out",
+        &p("tiny.key"),
+    ]);
+    run_ok(&[
+        "prove",
+        "--prompt",
+        "3,1,4,1,5,9,2,6",
+        "--output",
+        "3",
+        "--chunk",
+        "4",
+        "--trace-level",
+        "sublayer",
+        "--out",
+        &p("run"),
+    ]);
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("run/commitment.json")).unwrap()).unwrap();
+    let out: Vec<String> = c["statement"]["output_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let out = out.join(",");
+    let commit = |level: &str, trace: &str, model: &str, dest: &str| {
+        code(&[
+            "commit",
+            trace,
+            "--model",
+            model,
+            "--prompt",
+            "3,1,4,1,5,9,2,6",
+            "--output-tokens",
+            &out,
+            "--chunk",
+            "4",
+            "--trace-level",
+            level,
+            "--out",
+            dest,
+        ])
+    };
+    let (c1, o1) = commit("sublayer", &p("run/trace.safetensors"), "tiny", &p("ext"));
+    assert_eq!(c1, 0, "{o1}");
+    // the same roots as the prover's own commitment
+    assert_eq!(
+        std::fs::read_to_string(p("ext/commitment.json"))
+            .unwrap()
+            .trim(),
+        std::fs::read_to_string(p("run/commitment.json"))
+            .unwrap()
+            .trim()
+    );
+    run_ok(&[
+        "open",
+        &p("ext/trace.safetensors"),
+        "--non-interactive",
+        "--samples",
+        "6",
+        "--out",
+        &p("opened"),
+    ]);
+    let (c2, o2) = code(&[
+        "verify",
+        "--commitment",
+        &p("ext/commitment.json"),
+        "--opening",
+        &p("opened/opening-0.json"),
+        "--non-interactive",
+        "--samples",
+        "6",
+        "--layer-check",
+        "freivalds",
+        "--key",
+        &p("tiny.key"),
+    ]);
+    assert_eq!(c2, 0, "{o2}");
+    // a hidden-only trace file has no sub-layer values to commit
+    run_ok(&[
+        "prove",
+        "--prompt",
+        "3,1,4,1,5,9,2,6",
+        "--output",
+        "3",
+        "--chunk",
+        "4",
+        "--out",
+        &p("plain"),
+    ]);
+    let (c3, o3) = commit(
+        "sublayer",
+        &p("plain/trace.safetensors"),
+        "tiny",
+        &p("ext2"),
+    );
+    assert_eq!(c3, 2, "{o3}");
+    assert!(o3.contains("context.1 is missing"), "{o3}");
+    assert!(!dir.path().join("ext2").exists(), "nothing written");
+    // another decoder's widths
+    let (c4, o4) = commit("sublayer", &p("run/trace.safetensors"), "small", &p("ext3"));
+    assert_eq!(c4, 2, "{o4}");
+}

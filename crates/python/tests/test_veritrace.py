@@ -160,7 +160,9 @@ def torch_available():
         return False
 
 
-if torch_available():
+TORCH = torch_available()
+
+if TORCH:
     @test
     def a_transformers_prover_is_captured_committed_and_verified():
         import torch
@@ -202,6 +204,71 @@ if torch_available():
             v = veritrace.verify(os.path.join(tmp, "run16", "commitment.json"), openings,
                                  model=ckpt, samples=8, tolerance=POLICY)
             assert not v.accepted and "tolerance" in v.reason, v
+
+if TORCH:
+    @test
+    def a_transformers_prover_commits_sub_layer_values_checked_by_freivalds():
+        import torch
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.manual_seed(7)
+            config = transformers.LlamaConfig(
+                vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                max_position_embeddings=128)
+            config._attn_implementation = "eager"
+            model = transformers.LlamaForCausalLM(config).float().eval()
+            with torch.no_grad():
+                for p in model.parameters():
+                    (p.normal_(0.0, 0.08) if p.dim() == 2 else p.uniform_(0.8, 1.2))
+            ckpt = os.path.join(tmp, "llama")
+            model.save_pretrained(ckpt)
+            secret = os.path.join(tmp, "secret")
+            with open(secret, "wb") as f:
+                f.write(bytes(range(32, 64)))
+            key = os.path.join(tmp, "llama.key")
+            veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out", key)
+            ids = [3, 17, 99, 4, 250, 31, 8, 12, 40]
+
+            def session(m, name):
+                states, output, subs = veritrace.capture(m, ids, max_new_tokens=5,
+                                                         sublayers=True)
+                assert len(subs) == 2 and subs[0]["down"].shape == (14, 64), subs[0]["down"].shape
+                trace = os.path.join(tmp, f"{name}.safetensors")
+                veritrace.save_trace(states, trace, ids + output, sublayers=subs)
+                run = os.path.join(tmp, name)
+                c = veritrace.commit(trace, model=ckpt, prompt=ids, output_tokens=output,
+                                     chunk=4, out=run, trace_level="sublayer")
+                assert "sublayer_roots" in c and c["sublayer_roots"], c
+                openings = veritrace.open_cells(os.path.join(run, "trace.safetensors"),
+                                                out=os.path.join(tmp, f"opened-{name}"),
+                                                samples=12)
+                return lambda **kw: veritrace.verify(
+                    os.path.join(run, "commitment.json"), openings, model=ckpt, samples=12,
+                    tolerance=POLICY, key=key, **kw)
+
+            verify = session(model, "f32")
+            # transformers' own values: every linear map passes Freivalds within its rounding
+            # bound; the nonlinear parts (its RMSNorm, RoPE and softmax) agree with veritrace's to
+            # rounding, so they need a tolerance, and a bitwise check refuses them
+            v = verify(layer_check="freivalds", sublayer_tolerance=1e-4)
+            assert v.accepted, v
+            v = verify(layer_check="both", sublayer_tolerance=1e-4)
+            assert v.accepted, v
+            v = verify(layer_check="freivalds", sublayer_tolerance=0.0)
+            assert not v.accepted and "algebraic-check" in v.reason, v
+            print(f"     transformers vs veritrace, bitwise: {v.reason['algebraic-check']['detail']}")
+            # the same model with int8-quantized weights, claimed as f32: the linear checks fail
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if p.dim() == 2 and "layers" in name:
+                        scale = p.abs().amax(dim=1, keepdim=True) / 127.0
+                        p.copy_(torch.round(p / scale) * scale)
+            verify = session(model, "int8")
+            v = verify(layer_check="freivalds", sublayer_tolerance=1e-4)
+            assert not v.accepted and "algebraic-check" in v.reason, v
+
 
 print(f"test_veritrace: {len(failures)} failed")
 sys.exit(1 if failures else 0)

@@ -112,16 +112,19 @@ def commit(
     chunk: int = 8,
     hasher: str = "blake3",
     engine: Optional[str] = None,
+    trace_level: str = "hidden",
 ) -> Dict[str, Any]:
     """Commits an external prover's trace (a safetensors file of h.0 .. h.L) under its
     statement: checks it against `model`, writes `out/trace.safetensors` and
     `out/commitment.json`, and returns the commitment (statement and root) as a dict. Give the
     input as `prompt` token ids or as `text` (tokenized with the checkpoint's tokenizer);
     `engine` names the engine the trace came from (bound in the statement; `calibrate` records
-    the engines of the traces it calibrates from)."""
+    the engines of the traces it calibrates from). `trace_level="sublayer"` also commits the
+    trace's sub-layer values (written by `save_trace(..., sublayers=...)`), so that a verifier
+    can check its cells with `verify(..., layer_check="freivalds", key=...)`."""
     argv: List[str] = ["commit", os.fspath(trace), "--model", os.fspath(model), "--out",
                        os.fspath(out), "--setup", setup, "--chunk", str(chunk),
-                       "--hasher", hasher]
+                       "--hasher", hasher, "--trace-level", trace_level]
     if prompt is not None:
         argv += ["--prompt", _ids(prompt)]
     if text is not None:
@@ -243,12 +246,58 @@ def calibrate(*args: Any) -> str:
     return run("calibrate", *args)
 
 
-def capture(model: Any, input_ids: Sequence[int], max_new_tokens: int = 0):
+# The sub-layer values of one decoder layer, in the order of the committed rows
+# (specs/protocol.md section 3.5): the context row, then the cell row.
+SUBLAYER_CONTEXT = ("normed", "k", "v")
+SUBLAYER_CELL = ("q", "attn", "o", "mlp_in", "gate", "up", "act", "down")
+
+
+def _sublayer_hooks(model: Any, into: List[Dict[str, Any]]):
+    """Forward hooks on every decoder layer of a Llama-style transformers model that record the
+    inputs and outputs of its linear maps into `into[l - 1]` (one dict per layer)."""
+    layers = model.model.layers
+    hooks = []
+    for i, layer in enumerate(layers):
+        into.append({})
+        rec = into[i]
+
+        def out_of(name, rec=rec):
+            return lambda mod, inp, out: rec.__setitem__(name, out[0].detach())
+
+        def in_of(name, rec=rec):
+            return lambda mod, inp, out: rec.__setitem__(name, inp[0][0].detach())
+
+        attn, mlp = layer.self_attn, layer.mlp
+        hooks += [
+            layer.input_layernorm.register_forward_hook(out_of("normed")),
+            attn.q_proj.register_forward_hook(out_of("q")),
+            attn.k_proj.register_forward_hook(out_of("k")),
+            attn.v_proj.register_forward_hook(out_of("v")),
+            attn.o_proj.register_forward_hook(in_of("attn")),
+            attn.o_proj.register_forward_hook(out_of("o")),
+            layer.post_attention_layernorm.register_forward_hook(out_of("mlp_in")),
+            mlp.gate_proj.register_forward_hook(out_of("gate")),
+            mlp.up_proj.register_forward_hook(out_of("up")),
+            mlp.down_proj.register_forward_hook(in_of("act")),
+            mlp.down_proj.register_forward_hook(out_of("down")),
+        ]
+    return hooks
+
+
+def capture(model: Any, input_ids: Sequence[int], max_new_tokens: int = 0,
+            sublayers: bool = False):
     """Runs a transformers model (LlamaForCausalLM-style decoders, BertModel encoders) on
     `input_ids` and returns `(states, output)`: `states` the hidden states h.0 .. h.L of one
     forward pass over the prompt and the greedily generated tokens (`output`, empty when
     `max_new_tokens` is 0), as veritrace defines them: for a decoder h.L is the input of the
-    final norm (captured with a forward hook), not transformers' post-norm last entry."""
+    final norm (captured with a forward hook), not transformers' post-norm last entry.
+
+    With `sublayers=True` (Llama-style decoders) it returns `(states, output, subs)`: `subs[l - 1]`
+    holds layer l's sub-layer values of that forward pass, as the model computed them (forward
+    hooks on its modules: the attention norm's output, the q, k, v projections, the attention
+    output and o projection, the MLP norm's output, gate, up, the activation product and down),
+    each [tokens, width]; `save_trace(..., sublayers=subs)` writes them for
+    `commit(..., trace_level="sublayer")`."""
     import torch
 
     ids = [int(t) for t in input_ids]
@@ -263,26 +312,37 @@ def capture(model: Any, input_ids: Sequence[int], max_new_tokens: int = 0):
     tokens = ids + output
     captured: Dict[str, Any] = {}
     norm = getattr(getattr(model, "model", None), "norm", None)
-    hook = None
+    hooks = []
     if norm is not None:
-        hook = norm.register_forward_hook(
-            lambda mod, inp, out: captured.__setitem__("pre_norm", inp[0].detach()))
+        hooks.append(norm.register_forward_hook(
+            lambda mod, inp, out: captured.__setitem__("pre_norm", inp[0].detach())))
+    subs: List[Dict[str, Any]] = []
+    if sublayers:
+        if norm is None or not hasattr(model.model, "layers"):
+            raise ValueError("sub-layer values are captured from Llama-style decoders only")
+        hooks += _sublayer_hooks(model, subs)
     try:
         with torch.no_grad():
             out = model(torch.tensor([tokens]), output_hidden_states=True)
     finally:
-        if hook is not None:
-            hook.remove()
+        for h in hooks:
+            h.remove()
     states = [h[0].detach() for h in out.hidden_states]
     if "pre_norm" in captured:
         states[-1] = captured["pre_norm"][0]
+    if sublayers:
+        return states, output, subs
     return states, output
 
 
-def save_trace(states: Sequence[Any], path: PathLike, token_ids: Optional[Sequence[int]] = None):
+def save_trace(states: Sequence[Any], path: PathLike, token_ids: Optional[Sequence[int]] = None,
+               sublayers: Optional[Sequence[Dict[str, Any]]] = None):
     """Writes hidden states (torch tensors or numpy arrays of [tokens, hidden]) as a trace file
     (h.0 .. h.L, in their own dtype; float32 for numpy) that `commit` reads; `token_ids`, when
-    given, travel as `token_ids` and `commit` checks them against the statement."""
+    given, travel as `token_ids` and `commit` checks them against the statement. `sublayers`
+    (from `capture(..., sublayers=True)`, torch tensors) adds each layer's sub-layer rows as
+    float32 `context.<l>` (normed | k | v) and `cell.<l>` (q | attn | o | mlp_in | gate | up |
+    act | down), the layout `commit(..., trace_level="sublayer")` commits."""
     try:
         import torch
         from safetensors.torch import save_file
@@ -293,10 +353,20 @@ def save_trace(states: Sequence[Any], path: PathLike, token_ids: Optional[Sequen
                    .detach().contiguous().clone() for l, s in enumerate(states)}
         if token_ids is not None:
             tensors["token_ids"] = torch.tensor([int(t) for t in token_ids], dtype=torch.int64)
+        for l, rec in enumerate(sublayers or (), start=1):
+            missing = [n for n in SUBLAYER_CONTEXT + SUBLAYER_CELL if n not in rec]
+            if missing:
+                raise ValueError(f"layer {l}: sub-layer values {missing} were not captured")
+            for name, parts in (("context", SUBLAYER_CONTEXT), ("cell", SUBLAYER_CELL)):
+                tensors[f"{name}.{l}"] = torch.cat(
+                    [rec[n].detach().to(torch.float32) for n in parts], dim=-1).contiguous()
         save_file(tensors, os.fspath(path))
     except ImportError:
         import numpy as np
         from safetensors.numpy import save_file
+
+        if sublayers:
+            raise ValueError("sub-layer values come from capture(), which needs torch")
 
         arrays = {f"h.{l}": np.ascontiguousarray(np.asarray(s, dtype=np.float32))
                   for l, s in enumerate(states)}
