@@ -19,6 +19,9 @@
 //! committing (BLAKE3 Merkle tree) the hidden-state trace against the sub-layer values laid out
 //! as one `[tokens, width]` layer per decoder layer; the bytes per token of each are printed.
 //!
+//! `verifier_cost_model`: one cell recomputed on `small` and on MiniLM beside the FLOPs the
+//! verifier cost model counts for each (a check of the model before it projects 70B shapes).
+//!
 //! Run: `cargo bench -p veritrace-model --bench freivalds`.
 
 use std::collections::HashMap;
@@ -291,10 +294,76 @@ fn prover_cost(c: &mut Criterion) {
     g.finish();
 }
 
+/// `verifier_cost_model`: one challenged cell recomputed on `small` and on MiniLM (when it is
+/// installed, `bash scripts/install-minilm.sh`), each printed with the FLOPs the verifier cost
+/// model counts for it (`cost::verifier_cell_flops` for the decoder; for the encoder the same
+/// terms with its shapes: q and output projections and the MLP on the cell's rows, keys and
+/// values of every row, attention over every row), so that one effective rate can be checked
+/// against both measured times before the model projects larger shapes.
+fn cost_model(c: &mut Criterion) {
+    use veritrace_model::cost::{verifier_cell_flops, CheckMethod};
+    let setup: Setup = "f32/attn=eager".parse().expect("setup");
+    let (n, tile, chunk) = (128usize, 16usize, 7usize);
+    let mut g = c.benchmark_group("verifier_cost_model");
+    g.sample_size(20);
+    let small = LlamaModel::preset("small").expect("small");
+    let tokens: Vec<u32> = (0..n as u32)
+        .map(|i| (7 + 37 * i * i + 11 * i) % 2048)
+        .collect();
+    let trace = small.trace(&setup, &tokens, tile).expect("trace");
+    let d = small.config().hidden_size;
+    let h_in = trace.layers[3][..n * d].to_vec();
+    let flops = verifier_cell_flops(
+        small.config(),
+        tile as u64,
+        n as u64,
+        CheckMethod::Recompute,
+    )
+    .total();
+    println!("cost model: small, layer 4, rows 112..128 of 128: {flops:.4e} FLOPs");
+    g.bench_function("small_recompute_cell", |b| {
+        b.iter(|| {
+            black_box(
+                small
+                    .recompute_cell(&setup, tile, 4, chunk, CellInputs::Hidden(&h_in))
+                    .expect("recompute"),
+            )
+        })
+    });
+    match veritrace_model::minilm_dir() {
+        None => println!(
+            "cost model: MiniLM is not installed (bash scripts/install-minilm.sh): skipped"
+        ),
+        Some(dir) => {
+            let bert = veritrace_model::BertModel::load(&dir).expect("MiniLM");
+            let cfg = bert.config();
+            let (bd, m) = (cfg.hidden_size as f64, cfg.intermediate_size as f64);
+            let tokens = veritrace_model::bert_prompt(cfg.vocab_size, 0, n);
+            let trace = bert.trace(&setup, &tokens, tile).expect("trace");
+            let h = trace.layers[2].clone();
+            let (r, ctx) = (tile as f64, n as f64);
+            let flops = r * (2.0 * bd * bd + 2.0 * bd * bd + 4.0 * bd * m)
+                + ctx * 4.0 * bd * bd
+                + r * 4.0 * bd * ctx;
+            println!("cost model: MiniLM, layer 3, rows 112..128 of 128: {flops:.4e} FLOPs");
+            g.bench_function("minilm_recompute_cell", |b| {
+                b.iter(|| {
+                    black_box(
+                        bert.recompute_cell(&setup, tile, 3, chunk, CellInputs::Hidden(&h))
+                            .expect("recompute"),
+                    )
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
     cell(&mut c);
+    cost_model(&mut c);
     prover_cost(&mut c);
     c.final_summary();
 }

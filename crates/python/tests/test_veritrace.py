@@ -252,9 +252,9 @@ if TORCH:
             # transformers' own values: every linear map passes Freivalds within its rounding
             # bound; the nonlinear parts (its RMSNorm, RoPE and softmax) agree with veritrace's to
             # rounding, so they need a tolerance, and a bitwise check refuses them
-            v = verify(layer_check="freivalds", sublayer_tolerance=1e-4)
+            v = verify(layer_check="freivalds", sublayer_tolerance=1e-6)
             assert v.accepted, v
-            v = verify(layer_check="both", sublayer_tolerance=1e-4)
+            v = verify(layer_check="both", sublayer_tolerance=1e-6)
             assert v.accepted, v
             v = verify(layer_check="freivalds", sublayer_tolerance=0.0)
             assert not v.accepted and "algebraic-check" in v.reason, v
@@ -266,7 +266,7 @@ if TORCH:
                         scale = p.abs().amax(dim=1, keepdim=True) / 127.0
                         p.copy_(torch.round(p / scale) * scale)
             verify = session(model, "int8")
-            v = verify(layer_check="freivalds", sublayer_tolerance=1e-4)
+            v = verify(layer_check="freivalds", sublayer_tolerance=1e-6)
             assert not v.accepted and "algebraic-check" in v.reason, v
 
 
