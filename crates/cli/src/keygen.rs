@@ -41,6 +41,17 @@ pub struct KeygenArgs {
     /// Where to write the key (atomically; never the secret's file).
     #[arg(long)]
     pub out: PathBuf,
+    /// Also measure a calibrated Freivalds bound on this many independent honest runs (fresh
+    /// seeded prompts of --calibration-tokens tokens, the reference f32 eager setup and its
+    /// reduction-order variants split-K 2 and 16, batch 4 and decode order in rotation): prints
+    /// the largest ratio |v.x - r.y| / B over every linear map, row and run, and twice it as a
+    /// bound scale for `verify --freivalds-bound-scale` (a further honest run exchangeable with
+    /// them exceeds the largest ratio with probability at most 1 / (N + 1)).
+    #[arg(long, value_name = "N")]
+    pub calibrate_bound: Option<u32>,
+    /// Token rows of each calibration run.
+    #[arg(long, default_value_t = 32)]
+    pub calibration_tokens: usize,
 }
 
 /// Input `veritrace keygen` refuses (exit 2).
@@ -63,6 +74,9 @@ pub enum KeygenInputError {
     /// Repetitions outside 1..=64.
     #[error("--repetitions {0} must be between 1 and {MAX_REPETITIONS}")]
     Repetitions(u32),
+    /// Calibration arguments out of range.
+    #[error("--calibrate-bound N needs N in 1..=100000 and --calibration-tokens in 1..=4096")]
+    Calibration,
 }
 
 /// Loads a Llama-style decoder (a preset or a checkpoint directory); anything else is
@@ -118,6 +132,11 @@ fn write_secret(path: &Path, secret: &[u8]) -> anyhow::Result<()> {
 pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if !(1..=MAX_REPETITIONS).contains(&args.repetitions) {
         return Err(KeygenInputError::Repetitions(args.repetitions).into());
+    }
+    if let Some(runs) = args.calibrate_bound {
+        if runs == 0 || runs > 100_000 || !(1..=4096).contains(&args.calibration_tokens) {
+            return Err(KeygenInputError::Calibration.into());
+        }
     }
     let secret_path = match (&args.secret_file, &args.new_secret) {
         (Some(p), None) | (None, Some(p)) => p,
@@ -180,6 +199,40 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         bytes.len() as f64 / f64::from(1u32 << 20)
     )?;
     writeln!(out, "build time: {built:.3} s")?;
+    if let Some(runs) = args.calibrate_bound {
+        let setups: Vec<veritrace_model::Setup> = [
+            "f32/attn=eager",
+            "f32/attn=eager/splitk=2",
+            "f32/attn=eager/splitk=16",
+            "f32/attn=eager/batch=4",
+            "f32/attn=eager/order=decode",
+        ]
+        .iter()
+        .map(|s| s.parse().expect("valid setups"))
+        .collect();
+        let start = Instant::now();
+        let mut worst = 0f64;
+        for i in 0..runs {
+            let setup = &setups[i as usize % setups.len()];
+            let tokens =
+                veritrace_model::Engine::prompt(&model, u64::from(i), args.calibration_tokens);
+            let r =
+                veritrace_model::freivalds::honest_worst_ratio(&key, &model, setup, &tokens, 8)?;
+            worst = worst.max(r);
+        }
+        writeln!(
+            out,
+            "honest worst ratio |v.x - r.y| / B over {runs} runs: {worst:.3e} ({:.1} s)",
+            start.elapsed().as_secs_f64()
+        )?;
+        writeln!(
+            out,
+            "calibrated bound scale (twice it): {:.3e} (verify --freivalds-bound-scale; a further \
+             honest run exceeds the largest ratio with probability <= 1/{})",
+            (2.0 * worst).min(1.0),
+            u64::from(runs) + 1
+        )?;
+    }
     out.flush()?;
     Ok(())
 }

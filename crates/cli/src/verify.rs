@@ -88,6 +88,11 @@ pub struct VerifyArgs {
     /// demands bitwise agreement, right for a prover on this engine.
     #[arg(long, default_value_t = 0.0)]
     pub sublayer_tolerance: f64,
+    /// With --layer-check freivalds or both: the Freivalds bound as a multiple of the rigorous
+    /// rounding bound, in (0, 1] (1, the default, is the rigorous bound; `veritrace keygen
+    /// --calibrate-bound N` measures a calibrated one on N honest runs).
+    #[arg(long, default_value_t = 1.0)]
+    pub freivalds_bound_scale: f64,
 }
 
 /// The limits `--limits` gives (inline JSON, or a file of it), or the defaults.
@@ -197,6 +202,16 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         ))
         .into());
     }
+    if !(args.freivalds_bound_scale.is_finite()
+        && args.freivalds_bound_scale > 0.0
+        && args.freivalds_bound_scale <= 1.0)
+    {
+        return Err(VerbInputError::Argument(format!(
+            "--freivalds-bound-scale {} must be in (0, 1]",
+            args.freivalds_bound_scale
+        ))
+        .into());
+    }
     if !(args.sublayer_tolerance.is_finite() && args.sublayer_tolerance >= 0.0) {
         return Err(VerbInputError::Argument(format!(
             "--sublayer-tolerance {} must be finite and >= 0",
@@ -302,6 +317,7 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 model: decoder,
                 key,
                 tolerance: args.sublayer_tolerance,
+                bound_scale: args.freivalds_bound_scale,
             };
             verify_recorded_with_limits(
                 &commitment,

@@ -456,3 +456,49 @@ fn external_sublayer_traces_are_committed() {
     let (c4, o4) = commit("sublayer", &p("run/trace.safetensors"), "small", &p("ext3"));
     assert_eq!(c4, 2, "{o4}");
 }
+
+#[test]
+fn keygen_calibrates_a_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(p("secret"), [5u8; 32]).unwrap();
+    let out = run_ok(&[
+        "keygen",
+        "--model",
+        "tiny",
+        "--secret-file",
+        &p("secret"),
+        "--out",
+        &p("k"),
+        "--calibrate-bound",
+        "10",
+        "--calibration-tokens",
+        "12",
+    ]);
+    assert!(
+        out.contains("honest worst ratio") && out.contains("over 10 runs"),
+        "{out}"
+    );
+    assert!(out.contains("probability <= 1/11"), "{out}");
+    let (secret, k2) = (p("secret"), p("k2"));
+    for bad in [["--calibrate-bound", "0"], ["--calibration-tokens", "0"]] {
+        let mut a = vec![
+            "keygen",
+            "--model",
+            "tiny",
+            "--secret-file",
+            &secret,
+            "--out",
+            &k2,
+            "--calibrate-bound",
+            "3",
+        ];
+        a.extend_from_slice(&bad);
+        let (c, o) = code(&a);
+        assert_eq!(c, 2, "{o}");
+        assert!(
+            !dir.path().join("k2").exists(),
+            "refused before anything is written"
+        );
+    }
+}

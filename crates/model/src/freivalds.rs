@@ -1177,7 +1177,9 @@ pub fn matrix_weights(model: &LlamaModel, layer: usize, matrix: Matrix) -> Resul
 /// from [`matrix_weights`]): `Π_{p, k} erf(B_{p,k} / (√2 ‖e_p‖))` over rows `p` and
 /// repetitions `k`, with `e_p = y_p − W x_p` computed in f64 and each bound `B_{p,k}` taken as
 /// fixed at the value `key` gives ([`false_accept_probability`] per term). 1 when every
-/// `e_p = 0`. Fails as [`check_linear`] does, or for a `w` of the wrong length.
+/// `e_p = 0`. With `bound_scale = s` the bound used is `s·B` (a calibrated bound; 1: the
+/// rigorous one). Fails as [`check_linear`] does, or for a `w` of the wrong length.
+#[allow(clippy::too_many_arguments)]
 pub fn accept_probability(
     key: &VerifierKey,
     w: &[f32],
@@ -1186,6 +1188,7 @@ pub fn accept_probability(
     x: &[f32],
     y: &[f32],
     rows: usize,
+    bound_scale: f64,
 ) -> Result<f64> {
     let (out, inp) = key.dims.shape(matrix);
     if w.len() != out * inp {
@@ -1214,10 +1217,48 @@ pub fn accept_probability(
             .sum();
         let norm = e2.sqrt();
         for &(_, bound) in &terms[row * t..(row + 1) * t] {
-            p *= false_accept_probability(bound, norm, 1);
+            p *= false_accept_probability(bound * bound_scale, norm, 1);
         }
     }
     Ok(p)
+}
+
+/// The worst ratio `|v·x − r·y| / B` over every linear map of every layer and every token row
+/// of one honest run: `model` under `setup` on `tokens` (tile `tile`), its own sub-layer values
+/// checked against `key` (`B` the rigorous bound of [`check_linear`]). Over `N` independent
+/// honest runs (fresh prompts; the reduction-order variants a verifier must accept), the
+/// largest of these, times a margin, is a calibrated bound scale (`KeyedVerifier::bound_scale`):
+/// a further honest run exchangeable with them exceeds their maximum with probability at most
+/// `1 / (N + 1)`.
+///
+/// # Errors
+/// A key of another model, a setup the capture refuses (skipped or reused layers).
+pub fn honest_worst_ratio(
+    key: &VerifierKey,
+    model: &LlamaModel,
+    setup: &crate::Setup,
+    tokens: &[u32],
+    tile: usize,
+) -> Result<f64> {
+    key.check_model(&model.digest())?;
+    let (_, sub) = model.trace_sublayers(setup, tokens, tile)?;
+    let n = tokens.len();
+    let mut worst = 0f64;
+    for (i, s) in sub.iter().enumerate() {
+        let layer = i + 1;
+        for (matrix, x, y) in [
+            (Matrix::Q, &s.normed, &s.q),
+            (Matrix::K, &s.normed, &s.k),
+            (Matrix::V, &s.normed, &s.v),
+            (Matrix::O, &s.attn, &s.o),
+            (Matrix::Gate, &s.mlp_in, &s.gate),
+            (Matrix::Up, &s.mlp_in, &s.up),
+            (Matrix::Down, &s.act, &s.down),
+        ] {
+            worst = worst.max(check_linear(key, layer, matrix, x, y, n)?.worst_ratio);
+        }
+    }
+    Ok(worst)
 }
 
 #[cfg(test)]

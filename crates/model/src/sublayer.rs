@@ -274,6 +274,12 @@ pub struct KeyedVerifier<'a> {
     pub key: &'a VerifierKey,
     /// Relative L∞ tolerance of the recomputed nonlinear parts.
     pub tolerance: f64,
+    /// The Freivalds bound used, as a multiple `s` of the rigorous rounding bound `B`: a row
+    /// passes when `|v·x − r·y| ≤ s·B`. 1 is the rigorous bound (no honest f32 arithmetic
+    /// exceeds it); a calibrated `s < 1` ([`crate::freivalds::honest_worst_ratio`] over
+    /// independent honest runs, with a margin) catches deviations `1/s` times smaller, at the
+    /// false-alarm rate its calibration states.
+    pub bound_scale: f64,
 }
 
 fn engine(e: impl std::fmt::Display) -> ProtocolError {
@@ -363,7 +369,13 @@ impl Recompute for KeyedVerifier<'_> {
         let h_in = f32s(inputs);
         let ctx = layout.unpack_context(&f32s(context)).map_err(engine)?;
         let cell_values = layout.unpack_cell(&f32s(cell)).map_err(engine)?;
-        let (check, h_out) = check_sublayer_values(
+        if !(self.bound_scale.is_finite() && self.bound_scale > 0.0) {
+            return Err(engine(format!(
+                "the Freivalds bound scale {} must be finite and > 0",
+                self.bound_scale
+            )));
+        }
+        let (mut check, h_out) = check_sublayer_values(
             self.key,
             self.model,
             &setup,
@@ -376,6 +388,15 @@ impl Recompute for KeyedVerifier<'_> {
             self.tolerance,
         )
         .map_err(engine)?;
+        // the bound actually used: s·B (s = 1 leaves the check as it is)
+        for (_, l) in &mut check.linear {
+            l.passed = l.worst_ratio <= self.bound_scale;
+        }
+        check.passed = check.linear.iter().all(|(_, l)| l.passed)
+            && check
+                .nonlinear
+                .iter()
+                .all(|&(_, dev)| dev <= self.tolerance);
         if !check.passed {
             let mut failures: Vec<String> = check
                 .linear
@@ -385,7 +406,10 @@ impl Recompute for KeyedVerifier<'_> {
                     format!(
                         "{m:?}: Freivalds |v.x - r.y| = {:.3e} > bound {:.3e} (row {}, repetition \
                          {})",
-                        l.deviation, l.bound, l.worst_row, l.worst_repetition
+                        l.deviation,
+                        l.bound * self.bound_scale,
+                        l.worst_row,
+                        l.worst_repetition
                     )
                 })
                 .collect();

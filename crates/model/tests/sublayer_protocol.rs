@@ -136,6 +136,7 @@ fn honest_sublayer_runs_pass_every_method() {
         model: &f.model,
         key: &f.key,
         tolerance: 0.0,
+        bound_scale: 1.0,
     };
     for method in [
         LayerCheck::Freivalds,
@@ -184,6 +185,7 @@ fn other_setups_fail_the_algebraic_check() {
         model: &f.model,
         key: &f.key,
         tolerance: 0.0,
+        bound_scale: 1.0,
     };
     let honest = Setup::F32_EAGER;
     for cheat in [
@@ -256,6 +258,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
             model: &f.model,
             key: &other,
             tolerance: 0.0,
+            bound_scale: 1.0,
         },
         &statement,
     );
@@ -275,6 +278,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
         model: &f.model,
         key: &f.key,
         tolerance: 0.0,
+        bound_scale: 1.0,
     };
     let zeros = |w: usize| vec![vec![0u8; 4 * w * statement.geometry.tokens as usize]; 4];
     let mut p = Prover::new(wide.clone(), trace.layer_bytes())
@@ -302,6 +306,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
             model: &f.model,
             key: &f.key,
             tolerance: -1.0,
+            bound_scale: 1.0,
         },
         &statement,
     );
@@ -418,6 +423,7 @@ fn perturbed_models_and_their_acceptance_probability() {
             &s.act[..8 * 344],
             &s.down[..8 * 128],
             8,
+            1.0,
         )
         .unwrap()
     };
@@ -433,7 +439,67 @@ fn perturbed_models_and_their_acceptance_probability() {
         Matrix::Down,
         &[0.0; 344],
         &[0.0; 128],
-        1
+        1,
+        1.0
     )
     .is_err());
+}
+
+/// The calibration of the Freivalds bound: honest runs (the reference and its reduction-order
+/// variants) stay orders of magnitude below the rigorous bound, a quantized run far above it;
+/// a verifier with a bound scale between them passes the honest and rejects the quantized.
+#[test]
+fn honest_ratios_calibrate_the_bound() {
+    use veritrace_model::freivalds::honest_worst_ratio;
+    let f = fixture();
+    let tokens = prompt();
+    let mut worst = 0f64;
+    for s in [
+        "f32/attn=eager",
+        "f32/attn=eager/splitk=4",
+        "f32/attn=eager/batch=2",
+    ] {
+        let r = honest_worst_ratio(&f.key, &f.model, &s.parse().unwrap(), &tokens, 8).unwrap();
+        assert!(r < 1e-2, "{s}: {r}");
+        worst = worst.max(r);
+    }
+    let int8: Setup = "f32/attn=eager/quant=int8-channel".parse().unwrap();
+    assert!(honest_worst_ratio(&f.key, &f.model, &int8, &tokens, 8).unwrap() > 1.0);
+    let skip: Setup = "f32/attn=eager/skip=1".parse().unwrap();
+    assert!(honest_worst_ratio(&f.key, &f.model, &skip, &tokens, 8).is_err());
+    // a verifier at twice the honest worst: honest runs pass, a bad scale is refused
+    let (statement, trace, sub) = f
+        .model
+        .prove_run_sublayers(&Setup::F32_EAGER, &tokens, 3, CHUNK, HasherId::Blake3)
+        .unwrap();
+    let mut p = prover(&statement, &trace, &sub);
+    let c = p.commit().unwrap();
+    let cells = [CellId { layer: 3, chunk: 2 }];
+    let o = p.open_cells(0, &cells, 0).unwrap();
+    let with = |bound_scale: f64| {
+        let kv = KeyedVerifier {
+            model: &f.model,
+            key: &f.key,
+            tolerance: 0.0,
+            bound_scale,
+        };
+        check_opening_by(
+            &c,
+            &cells,
+            &o,
+            &TolerancePolicy::Exact,
+            LayerCheck::Freivalds,
+            &kv,
+            &VerifierLimits::default(),
+        )
+    };
+    assert_eq!(with(2.0 * worst), Ok(()));
+    assert!(matches!(
+        with(0.0),
+        Err(RejectReason::RecomputeFailed { .. })
+    ));
+    assert!(matches!(
+        with(f64::NAN),
+        Err(RejectReason::RecomputeFailed { .. })
+    ));
 }

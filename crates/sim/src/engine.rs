@@ -668,10 +668,10 @@ impl Simulation {
         SimVerifier {
             model: self.model.clone(),
             runner: self.verifier.clone(),
-            keyed: self
-                .key
-                .clone()
-                .map(|k| (k, self.scenario.protocol.sublayer_tolerance)),
+            keyed: self.key.clone().map(|k| {
+                let p = &self.scenario.protocol;
+                (k, p.sublayer_tolerance, p.freivalds_bound_scale)
+            }),
         }
     }
 
@@ -1137,7 +1137,8 @@ impl Simulation {
         )
         .map_err(|e| SimError::Scenario(format!("the verifier's Freivalds key: {e}")))?;
         let mut v = self.verifier_model();
-        v.keyed = Some((Arc::new(key), self.scenario.protocol.sublayer_tolerance));
+        let p = &self.scenario.protocol;
+        v.keyed = Some((Arc::new(key), p.sublayer_tolerance, p.freivalds_bound_scale));
         Ok(v)
     }
 

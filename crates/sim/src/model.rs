@@ -36,10 +36,10 @@ pub struct SimVerifier {
     pub model: SimModel,
     /// The verifier's device.
     pub runner: Arc<Runner>,
-    /// With the scenario's `layer_check` `freivalds` or `both`: the verifier's secret key and
-    /// the tolerance of the nonlinear parts, for [`Recompute::check_sublayers`] (checked on the
+    /// With the scenario's `layer_check` `freivalds` or `both`: the verifier's secret key, the
+    /// tolerance of the nonlinear parts and the Freivalds bound scale, for [`Recompute::check_sublayers`] (checked on the
     /// CPU, [`veritrace_model::sublayer::KeyedVerifier`]).
-    pub keyed: Option<(Arc<VerifierKey>, f64)>,
+    pub keyed: Option<(Arc<VerifierKey>, f64, f64)>,
 }
 
 impl Recompute for SimVerifier {
@@ -88,7 +88,9 @@ impl Recompute for SimVerifier {
         context: &[u8],
         cell: &[u8],
     ) -> veritrace_protocol::Result<AlgebraicCheck> {
-        let (Some((key, tolerance)), Some(decoder)) = (&self.keyed, self.model.decoder()) else {
+        let (Some((key, tolerance, bound_scale)), Some(decoder)) =
+            (&self.keyed, self.model.decoder())
+        else {
             return Err(veritrace_protocol::ProtocolError::Engine(
                 "this verifier holds no Freivalds key (the scenario's layer_check is recompute)"
                     .into(),
@@ -98,6 +100,7 @@ impl Recompute for SimVerifier {
             model: decoder,
             key,
             tolerance: *tolerance,
+            bound_scale: *bound_scale,
         }
         .check_sublayers(statement, layer, rows, input_rows, inputs, context, cell)
     }

@@ -28,6 +28,8 @@
 //!                           # (specs/protocol.md §11.4; a decoder only)
 //! sublayer_tolerance = 0.0  # freivalds/both: relative L-inf tolerance of the nonlinear parts
 //! freivalds_repetitions = 2 # freivalds/both: secret vectors per weight matrix (1 to 64)
+//! freivalds_bound_scale = 1.0 # freivalds/both: the bound as s·B, s in (0, 1]; 1 rigorous,
+//!                           # less from `veritrace keygen --calibrate-bound N`
 //!
 //! [tolerance]
 //! metric = "rel_l2"         # or "max_abs"
@@ -287,6 +289,19 @@ pub struct ProtocolParams {
     /// (1 to 64, default 2).
     #[serde(default = "two", skip_serializing_if = "is_two")]
     pub freivalds_repetitions: u32,
+    /// With `freivalds` or `both`: the Freivalds bound as a multiple `s` of the rigorous
+    /// rounding bound (default 1; a calibrated `s < 1` from honest runs, `veritrace keygen
+    /// --calibrate-bound`, catches deviations `1/s` times smaller).
+    #[serde(default = "unit_scale", skip_serializing_if = "is_unit")]
+    pub freivalds_bound_scale: f64,
+}
+
+fn unit_scale() -> f64 {
+    1.0
+}
+
+fn is_unit(x: &f64) -> bool {
+    *x == 1.0
 }
 
 fn one() -> u32 {
@@ -569,6 +584,12 @@ impl Scenario {
         )?;
         if !(q.sublayer_tolerance.is_finite() && q.sublayer_tolerance >= 0.0) {
             return bad("protocol.sublayer_tolerance must be finite and >= 0".into());
+        }
+        if !(q.freivalds_bound_scale.is_finite()
+            && q.freivalds_bound_scale > 0.0
+            && q.freivalds_bound_scale <= 1.0)
+        {
+            return bad("protocol.freivalds_bound_scale must be in (0, 1]".into());
         }
         let t = &self.tolerance;
         let fpr_ok = t.target_fpr > 0.0 && t.target_fpr < 1.0;

@@ -284,8 +284,17 @@ pub(crate) fn freivalds_prediction(
                 Matrix::LmHead => return Ok(None),
             };
             a.push(
-                accept_probability(key, &w, l, adversary.matrix, &x, &y, r)
-                    .map_err(|e| SimError::Scenario(e.to_string()))?,
+                accept_probability(
+                    key,
+                    &w,
+                    l,
+                    adversary.matrix,
+                    &x,
+                    &y,
+                    r,
+                    p.freivalds_bound_scale,
+                )
+                .map_err(|e| SimError::Scenario(e.to_string()))?,
             );
         }
         let miss = expected_product(&a, plan.cells, plan.k)
