@@ -32,7 +32,8 @@
 //! The key binds the model digest and `BLAKE3("veritrace/freivalds/secret/v1" ‖ secret)`, a
 //! commitment that matches a key to its secret without revealing it. The key itself holds `r`
 //! and must stay secret: a prover who knows `r` and `v` can forge outputs that pass.
-//! Decoders with q/k/v biases (Qwen2) are refused by this version.
+//! Decoders with q/k/v biases (Qwen2) are checked with [`check_linear_biased`]: the bias is
+//! public, so the verifier adds `r·b` to `v·x` (the key itself does not depend on it).
 //!
 //! # The bound
 //!
@@ -112,7 +113,7 @@ pub enum FreivaldsError {
     /// The model could not provide its weights.
     #[error(transparent)]
     Model(#[from] ModelError),
-    /// The model has a feature keys do not cover yet (q/k/v biases).
+    /// The model has a feature keys do not cover (a missing or misshapen weight).
     #[error("unsupported model: {0}")]
     Unsupported(String),
     /// An argument is outside its domain (repetitions, layer, rows).
@@ -443,17 +444,12 @@ impl VerifierKey {
     ///
     /// # Errors
     /// [`FreivaldsError::InvalidArgument`] for `repetitions` outside `1..=`[`MAX_REPETITIONS`];
-    /// [`FreivaldsError::Unsupported`] for a model with q/k/v biases.
+    /// [`FreivaldsError::Unsupported`] for a model whose weights are missing or misshapen.
     pub fn build(secret: &VerifierSecret, model: &LlamaModel, repetitions: u32) -> Result<Self> {
         if !(1..=MAX_REPETITIONS).contains(&repetitions) {
             return Err(FreivaldsError::InvalidArgument(format!(
                 "repetitions {repetitions} must be between 1 and {MAX_REPETITIONS}"
             )));
-        }
-        if model.config().qkv_bias() {
-            return Err(FreivaldsError::Unsupported(
-                "q/k/v biases (qwen2) are not covered by verifier keys yet".into(),
-            ));
         }
         let dims = KeyDims::of(model)?;
         let digest = model.digest();
@@ -738,6 +734,24 @@ pub fn check_linear(
     y: &[f32],
     rows: usize,
 ) -> Result<LinearCheck> {
+    check_linear_biased(key, layer, matrix, x, y, rows, None)
+}
+
+/// [`check_linear`] of a map with a bias, `y = W x + b` (Qwen2's q, k and v projections): the
+/// verifier compares `v·x + r·b` with `r·y`, and the bound gains one more f32 rounding of the
+/// output (the bias add: `2⁻²⁴ (|r|·|y|)`) and its own f64 error on `r·b`
+/// (`2 γ⁽⁶⁴⁾_out (|r|·|b|)`). `bias = None` is [`check_linear`]. Fails as [`check_linear`] does,
+/// or for a bias of the wrong length or non-finite.
+#[allow(clippy::too_many_arguments)]
+pub fn check_linear_biased(
+    key: &VerifierKey,
+    layer: usize,
+    matrix: Matrix,
+    x: &[f32],
+    y: &[f32],
+    rows: usize,
+    bias: Option<&[f32]>,
+) -> Result<LinearCheck> {
     let t = key.repetitions as usize;
     let mut worst = LinearCheck {
         passed: true,
@@ -747,7 +761,7 @@ pub fn check_linear(
         deviation: 0.0,
         bound: 0.0,
     };
-    for (i, (deviation, bound)) in linear_terms(key, layer, matrix, x, y, rows)?
+    for (i, (deviation, bound)) in linear_terms(key, layer, matrix, x, y, rows, bias)?
         .into_iter()
         .enumerate()
     {
@@ -776,7 +790,8 @@ pub fn check_linear(
 /// The terms [`check_linear`] compares, for every row `p` and repetition `k` in that order
 /// (index `p·t + k`): `(|v·x − r·y|, B)`. A caller predicting a wrong weight's detection takes
 /// the bounds from here and `‖e‖` from the true product (`erf(B / (√2 ‖e‖))` per term,
-/// [`false_accept_probability`]). Fails as [`check_linear`] does.
+/// [`false_accept_probability`]). With a `bias`, the terms of [`check_linear_biased`]. Fails as
+/// [`check_linear_biased`] does.
 pub fn linear_terms(
     key: &VerifierKey,
     layer: usize,
@@ -784,9 +799,25 @@ pub fn linear_terms(
     x: &[f32],
     y: &[f32],
     rows: usize,
+    bias: Option<&[f32]>,
 ) -> Result<Vec<(f64, f64)>> {
     let mk = key.matrix(layer, matrix)?;
     let (out, inp) = key.dims.shape(matrix);
+    if let Some(b) = bias {
+        if b.len() != out {
+            return Err(FreivaldsError::WrongLength {
+                what: "bias",
+                expected: out as u64,
+                got: b.len(),
+            });
+        }
+        if let Some(index) = crate::first_non_finite(b) {
+            return Err(FreivaldsError::NonFinite {
+                what: "bias",
+                index,
+            });
+        }
+    }
     if rows == 0 {
         return Err(FreivaldsError::InvalidArgument(
             "rows must be at least 1".into(),
@@ -807,16 +838,28 @@ pub fn linear_terms(
     }
     let gamma_n = gamma(inp, U_F32);
     let eps = 2.0 * (gamma(inp, U_F64) + gamma(out, U_F64));
-    let mut terms = Vec::with_capacity(rows * key.repetitions as usize);
+    let t = key.repetitions as usize;
+    // per repetition: r·b and |r|·|b| (0 without a bias)
+    let rb: Vec<(f64, f64)> = (0..t)
+        .map(|k| match bias {
+            Some(b) => dots_abs(&mk.r[k * out..(k + 1) * out], b),
+            None => (0.0, 0.0),
+        })
+        .collect();
+    let outputs_rounded = if bias.is_some() { 2.0 } else { 1.0 };
+    let mut terms = Vec::with_capacity(rows * t);
     for (xr, yr) in x.chunks_exact(inp).zip(y.chunks_exact(out)) {
-        for k in 0..key.repetitions as usize {
+        for (k, &(rbk, arbk)) in rb.iter().enumerate() {
             let r = &mk.r[k * out..(k + 1) * out];
             let v = &mk.v[k * inp..(k + 1) * inp];
             let u = &mk.u[k * inp..(k + 1) * inp];
             let (vx, ux) = dots(v, u, xr);
             let (ry, ary) = dots_abs(r, yr);
-            let deviation = (vx - ry).abs();
-            let bound = gamma_n * ux + U_F32 * ary + eps * (ux + ary);
+            let deviation = (vx + rbk - ry).abs();
+            let bound = gamma_n * ux
+                + outputs_rounded * U_F32 * ary
+                + eps * (ux + ary)
+                + 2.0 * gamma(out, U_F64) * arbk;
             terms.push((deviation, bound));
         }
     }
@@ -1057,6 +1100,16 @@ pub fn check_sublayer_values(
     }
     let cell_normed = &context.normed[lo * d..];
     let (ctx, cell) = (context, cell);
+    let biases = model.qkv_biases(layer)?;
+    let bias = |m: Matrix| -> Option<&[f32]> {
+        let b = biases.as_ref()?;
+        match m {
+            Matrix::Q => Some(&b[0][..]),
+            Matrix::K => Some(&b[1][..]),
+            Matrix::V => Some(&b[2][..]),
+            _ => None,
+        }
+    };
     let mut linear = Vec::with_capacity(7);
     for (matrix, x, y, n) in [
         (Matrix::Q, cell_normed, &cell.q[..], rows),
@@ -1067,7 +1120,10 @@ pub fn check_sublayer_values(
         (Matrix::Up, &cell.mlp_in[..], &cell.up[..], rows),
         (Matrix::Down, &cell.act[..], &cell.down[..], rows),
     ] {
-        linear.push((matrix, check_linear(key, layer, matrix, x, y, n)?));
+        linear.push((
+            matrix,
+            check_linear_biased(key, layer, matrix, x, y, n, bias(matrix))?,
+        ));
     }
     let norms = model.attention_norms(setup, tile, layer, h_in)?;
     let nl = model.recompute_nonlinear(setup, tile, layer, chunk, h_in, &ctx.k, &ctx.v, cell)?;
@@ -1176,7 +1232,8 @@ pub fn matrix_weights(model: &LlamaModel, layer: usize, matrix: Matrix) -> Resul
 /// `y` of inputs `x` (`rows` rows) when the true weight is `w` (row-major `[out, in]`, e.g.
 /// from [`matrix_weights`]): `Π_{p, k} erf(B_{p,k} / (√2 ‖e_p‖))` over rows `p` and
 /// repetitions `k`, with `e_p = y_p − W x_p` computed in f64 and each bound `B_{p,k}` taken as
-/// fixed at the value `key` gives ([`false_accept_probability`] per term). 1 when every
+/// fixed at the value `key` gives ([`false_accept_probability`] per term), `e_p` net of the
+/// map's `bias` where it has one. 1 when every
 /// `e_p = 0`. With `bound_scale = s` the bound used is `s·B` (a calibrated bound; 1: the
 /// rigorous one). Fails as [`check_linear`] does, or for a `w` of the wrong length.
 #[allow(clippy::too_many_arguments)]
@@ -1188,6 +1245,7 @@ pub fn accept_probability(
     x: &[f32],
     y: &[f32],
     rows: usize,
+    bias: Option<&[f32]>,
     bound_scale: f64,
 ) -> Result<f64> {
     let (out, inp) = key.dims.shape(matrix);
@@ -1198,20 +1256,22 @@ pub fn accept_probability(
             got: w.len(),
         });
     }
-    let terms = linear_terms(key, layer, matrix, x, y, rows)?;
+    let terms = linear_terms(key, layer, matrix, x, y, rows, bias)?;
     let t = key.repetitions as usize;
     let mut p = 1.0f64;
     for (row, (xr, yr)) in x.chunks_exact(inp).zip(y.chunks_exact(out)).enumerate() {
         let e2: f64 = w
             .chunks_exact(inp)
             .zip(yr)
-            .map(|(wr, &yi)| {
+            .enumerate()
+            .map(|(i, (wr, &yi))| {
                 let wx: f64 = wr
                     .iter()
                     .zip(xr)
                     .map(|(&a, &b)| f64::from(a) * f64::from(b))
                     .sum();
-                let e = f64::from(yi) - wx;
+                let b = bias.map_or(0.0, |b| f64::from(b[i]));
+                let e = f64::from(yi) - wx - b;
                 e * e
             })
             .sum();
@@ -1246,6 +1306,7 @@ pub fn honest_worst_ratio(
     let mut worst = 0f64;
     for (i, s) in sub.iter().enumerate() {
         let layer = i + 1;
+        let biases = model.qkv_biases(layer)?;
         for (matrix, x, y) in [
             (Matrix::Q, &s.normed, &s.q),
             (Matrix::K, &s.normed, &s.k),
@@ -1255,7 +1316,13 @@ pub fn honest_worst_ratio(
             (Matrix::Up, &s.mlp_in, &s.up),
             (Matrix::Down, &s.act, &s.down),
         ] {
-            worst = worst.max(check_linear(key, layer, matrix, x, y, n)?.worst_ratio);
+            let bias = biases.as_ref().and_then(|b| match matrix {
+                Matrix::Q => Some(&b[0][..]),
+                Matrix::K => Some(&b[1][..]),
+                Matrix::V => Some(&b[2][..]),
+                _ => None,
+            });
+            worst = worst.max(check_linear_biased(key, layer, matrix, x, y, n, bias)?.worst_ratio);
         }
     }
     Ok(worst)

@@ -1676,6 +1676,27 @@ impl LlamaModel {
         })
     }
 
+    /// The query, key and value biases of layer `layer` (1-based), f32, for a family that has
+    /// them (Qwen2); `None` otherwise. A layer out of range is an error.
+    pub fn qkv_biases(&self, layer: usize) -> Result<Option<[Vec<f32>; 3]>> {
+        let l = layer
+            .checked_sub(1)
+            .and_then(|i| self.layers.get(i))
+            .ok_or_else(|| {
+                ModelError::InvalidArgument(format!(
+                    "layer {layer} is not a transformer layer of this model (1..={})",
+                    self.config.num_layers
+                ))
+            })?;
+        let Some([q, k, v]) = &l.b_qkv else {
+            return Ok(None);
+        };
+        let f = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        Ok(Some([f(q)?, f(k)?, f(v)?]))
+    }
+
     /// [`LlamaModel::recompute_cell`] of a cell of layer `layer ≥ 1` from the rows `0..e` of
     /// `h_{layer−1}` (`h_in`), with the cell's sub-layer values ([`SubLayers`], every field over
     /// the cell's rows `chunk·tile .. e`) captured as the forward computes them: what a prover

@@ -263,8 +263,8 @@ impl LlamaModel {
 /// within `tolerance` (relative L∞; 0 demands bitwise agreement, right for a prover on this
 /// engine), and the output `(h_in + o) + down` returned for the protocol's tolerance policy.
 ///
-/// Supported: causal decoders without q/k/v biases, unquantized f32 setups (the key holds
-/// the f32 weights). A sliding-window statement is refused with a typed engine error (the
+/// Supported: causal decoders (Llama, and Qwen2 with its q/k/v biases), unquantized f32
+/// setups (the key holds the f32 weights). A sliding-window statement is refused with a typed engine error (the
 /// check reads every context row from position 0).
 #[derive(Debug, Clone, Copy)]
 pub struct KeyedVerifier<'a> {

@@ -423,6 +423,7 @@ fn perturbed_models_and_their_acceptance_probability() {
             &s.act[..8 * 344],
             &s.down[..8 * 128],
             8,
+            None,
             1.0,
         )
         .unwrap()
@@ -440,6 +441,7 @@ fn perturbed_models_and_their_acceptance_probability() {
         &[0.0; 344],
         &[0.0; 128],
         1,
+        None,
         1.0
     )
     .is_err());
@@ -502,4 +504,93 @@ fn honest_ratios_calibrate_the_bound() {
         with(f64::NAN),
         Err(RejectReason::RecomputeFailed { .. })
     ));
+}
+
+/// A Qwen2 decoder (query, key and value biases): its key builds, an honest sub-layer session
+/// passes the Freivalds check with the biases added on the verifier's side, int8 weights fail,
+/// and a bias of the wrong length is a typed error.
+#[test]
+fn qwen2_biases_are_checked() {
+    use veritrace_model::freivalds::{check_linear_biased, FreivaldsError, Matrix};
+    let mut c = veritrace_model::ModelConfig::tiny();
+    c.family = veritrace_model::Family::Qwen2;
+    c.num_layers = 2;
+    let model = LlamaModel::new(c).unwrap();
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([4; 32]), &model, 2).unwrap();
+    let kv = KeyedVerifier {
+        model: &model,
+        key: &key,
+        tolerance: 0.0,
+        bound_scale: 1.0,
+    };
+    let run = |setup: &str| {
+        let (mut statement, trace, sub) = model
+            .prove_run_sublayers(
+                &setup.parse().unwrap(),
+                &prompt(),
+                3,
+                CHUNK,
+                HasherId::Blake3,
+            )
+            .unwrap();
+        statement.setup = Setup::F32_EAGER.to_bytes();
+        let mut p = prover(&statement, &trace, &sub);
+        let c = p.commit().unwrap();
+        let g = statement.geometry;
+        let cells: Vec<CellId> = (u64::from(g.chunks_per_layer())..g.num_cells())
+            .map(|i| g.cell_at(i).unwrap())
+            .collect();
+        let o = p.open_cells(0, &cells, 0).unwrap();
+        check_opening_by(
+            &c,
+            &cells,
+            &o,
+            &TolerancePolicy::Exact,
+            LayerCheck::Freivalds,
+            &kv,
+            &VerifierLimits::default(),
+        )
+    };
+    assert_eq!(run("f32/attn=eager"), Ok(()));
+    assert!(matches!(
+        run("f32/attn=eager/quant=int8-channel"),
+        Err(RejectReason::AlgebraicCheck { .. })
+    ));
+    // the bias matters: without it the honest q rows fail
+    let (_, sub) = model
+        .trace_sublayers(&Setup::F32_EAGER, &prompt(), CHUNK as usize)
+        .unwrap();
+    let b = model.qkv_biases(1).unwrap().unwrap();
+    let n = prompt().len();
+    let with = check_linear_biased(
+        &key,
+        1,
+        Matrix::Q,
+        &sub[0].normed,
+        &sub[0].q,
+        n,
+        Some(&b[0]),
+    )
+    .unwrap();
+    let without =
+        check_linear_biased(&key, 1, Matrix::Q, &sub[0].normed, &sub[0].q, n, None).unwrap();
+    assert!(with.passed && !without.passed, "{with:?} {without:?}");
+    assert!(matches!(
+        check_linear_biased(
+            &key,
+            1,
+            Matrix::Q,
+            &sub[0].normed,
+            &sub[0].q,
+            n,
+            Some(&b[0][1..])
+        ),
+        Err(FreivaldsError::WrongLength { .. })
+    ));
+    assert!(LlamaModel::preset("tiny")
+        .unwrap()
+        .qkv_biases(1)
+        .unwrap()
+        .is_none());
+    assert!(model.qkv_biases(3).is_err());
 }

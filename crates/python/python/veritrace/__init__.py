@@ -193,6 +193,7 @@ def verify(
     layer_check: str = "recompute",
     key: Optional[PathLike] = None,
     sublayer_tolerance: float = 0.0,
+    freivalds_bound_scale: float = 1.0,
 ) -> Verdict:
     """Checks openings against a commitment by recomputing the opened cells with `model`.
     Non-interactive when `samples` is given (challenges derived from the transcript), else
@@ -201,8 +202,9 @@ def verify(
     "overrides": {}}}}. `layer_check` is "recompute", "freivalds" or "both": the last two check
     a sub-layer commitment (`prove --trace-level sublayer`) with the verifier's secret `key`
     (`veritrace keygen`), recomputing only the nonlinear parts within `sublayer_tolerance`
-    (specs/protocol.md section 11.4). Returns the Verdict; raises VeritraceError for refused
-    input."""
+    (specs/protocol.md section 11.4), with the Freivalds bound scaled by
+    `freivalds_bound_scale` (1: the rigorous bound; `keygen --calibrate-bound N` measures a
+    calibrated one). Returns the Verdict; raises VeritraceError for refused input."""
     if isinstance(openings, (str, os.PathLike)):
         openings = [openings]
     argv: List[str] = ["verify", "--commitment", os.fspath(commitment), "--model",
@@ -216,7 +218,8 @@ def verify(
                  "--pow-bits", str(pow_bits)]
     argv += ["--layer-check", layer_check]
     if key is not None:
-        argv += ["--key", os.fspath(key), "--sublayer-tolerance", repr(float(sublayer_tolerance))]
+        argv += ["--key", os.fspath(key), "--sublayer-tolerance", repr(float(sublayer_tolerance)),
+                 "--freivalds-bound-scale", repr(float(freivalds_bound_scale))]
     policy_file = None
     try:
         if isinstance(tolerance, dict):
