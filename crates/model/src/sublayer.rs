@@ -263,9 +263,9 @@ impl LlamaModel {
 /// within `tolerance` (relative L∞; 0 demands bitwise agreement, right for a prover on this
 /// engine), and the output `(h_in + o) + down` returned for the protocol's tolerance policy.
 ///
-/// Supported: causal decoders (Llama, and Qwen2 with its q/k/v biases), unquantized f32
-/// setups (the key holds the f32 weights). A sliding-window statement is refused with a typed engine error (the
-/// check reads every context row from position 0).
+/// Supported: decoders (Llama, Qwen2 with its q/k/v biases, Mistral's sliding window: the rows
+/// before a cell's window are zero-padded, their keys being masked), unquantized f32 setups
+/// (the key holds the f32 weights).
 #[derive(Debug, Clone, Copy)]
 pub struct KeyedVerifier<'a> {
     /// The model.
@@ -353,21 +353,33 @@ impl Recompute for KeyedVerifier<'_> {
                 layout.cell_width()
             )));
         }
-        if statement.dependency != veritrace_protocol::Dependency::Causal {
-            return Err(engine(
-                "the algebraic check reads the context from position 0: a sliding-window \
-                 statement is checked by recompute",
-            ));
-        }
         let tile = statement.geometry.chunk;
-        if input_rows.start != 0 || input_rows.end != rows.end || !rows.start.is_multiple_of(tile) {
+        let causal_start = match statement.dependency {
+            veritrace_protocol::Dependency::Causal => input_rows.start == 0,
+            // a sliding window reads rows u..e: the rows before u are padded with zeros below
+            veritrace_protocol::Dependency::Window { .. } => input_rows.start <= rows.start,
+            veritrace_protocol::Dependency::Bidirectional => false,
+        };
+        if !causal_start || input_rows.end != rows.end || !rows.start.is_multiple_of(tile) {
             return Err(engine(format!(
-                "cell rows {rows:?} with input rows {input_rows:?} are not a causal cell of \
+                "cell rows {rows:?} with input rows {input_rows:?} are not a decoder cell of \
                  chunk {tile}"
             )));
         }
-        let h_in = f32s(inputs);
-        let ctx = layout.unpack_context(&f32s(context)).map_err(engine)?;
+        // Rows before the window (u = input_rows.start > 0) are outside every query's window:
+        // their keys are masked in the attention, so zero rows stand in for them (zero inputs
+        // and outputs pass their Freivalds checks and norms trivially) and the check runs on
+        // rows 0..e as for a causal cell.
+        let pad = input_rows.start as usize;
+        let padded = |bytes: &[u8], width: usize| -> Vec<f32> {
+            let mut v = vec![0f32; pad * width];
+            v.extend(f32s(bytes));
+            v
+        };
+        let h_in = padded(inputs, layout.hidden);
+        let ctx = layout
+            .unpack_context(&padded(context, layout.context_width()))
+            .map_err(engine)?;
         let cell_values = layout.unpack_cell(&f32s(cell)).map_err(engine)?;
         if !(self.bound_scale.is_finite() && self.bound_scale > 0.0) {
             return Err(engine(format!(

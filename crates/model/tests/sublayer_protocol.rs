@@ -594,3 +594,56 @@ fn qwen2_biases_are_checked() {
         .is_none());
     assert!(model.qkv_biases(3).is_err());
 }
+
+/// A Mistral decoder (sliding window of 5 positions, cells of 4 rows): the opening holds only
+/// each cell's window, the rows before it are zero-padded by the verifier, and every cell of
+/// an honest sub-layer run passes bitwise; int8 weights and tiled attention fail.
+#[test]
+fn sliding_window_statements_are_checked() {
+    let mut c = veritrace_model::ModelConfig::tiny();
+    c.family = veritrace_model::Family::Mistral;
+    c.sliding_window = Some(5);
+    let model = LlamaModel::new(c).unwrap();
+    assert_eq!(
+        model.config().dependency(),
+        veritrace_protocol::Dependency::Window { size: 5 }
+    );
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([6; 32]), &model, 2).unwrap();
+    let kv = KeyedVerifier {
+        model: &model,
+        key: &key,
+        tolerance: 0.0,
+        bound_scale: 1.0,
+    };
+    let run = |setup: &str| {
+        let (mut statement, trace, sub) = model
+            .prove_run_sublayers(&setup.parse().unwrap(), &prompt(), 4, 4, HasherId::Blake3)
+            .unwrap();
+        statement.setup = Setup::F32_EAGER.to_bytes();
+        let mut p = prover(&statement, &trace, &sub);
+        let c = p.commit().unwrap();
+        let g = statement.geometry;
+        let mut outcomes = Vec::new();
+        for i in u64::from(g.chunks_per_layer())..g.num_cells() {
+            let cells = [g.cell_at(i).unwrap()];
+            let o = p.open_cells(0, &cells, 0).unwrap();
+            outcomes.push(check_opening_by(
+                &c,
+                &cells,
+                &o,
+                &TolerancePolicy::Exact,
+                LayerCheck::Freivalds,
+                &kv,
+                &VerifierLimits::default(),
+            ));
+        }
+        outcomes
+    };
+    for (i, r) in run("f32/attn=eager").into_iter().enumerate() {
+        assert_eq!(r, Ok(()), "cell {i}");
+    }
+    for cheat in ["f32/attn=eager/quant=int8-channel", "f32/attn=tiled:4"] {
+        let rejected = run(cheat).iter().filter(|r| r.is_err()).count();
+        assert!(rejected > 0, "{cheat}");
+    }
+}
