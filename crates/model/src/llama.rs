@@ -1026,6 +1026,10 @@ pub struct LlamaModel {
     digest: Digest,
     /// Weights prepared per (precision, quantization), shared by clones.
     prepared: WeightCache,
+    /// Rotary cosines and sines per position (`half` of each, f32, positions `0..len`), grown
+    /// on demand and shared by clones: every table is cut from it, so a position's angles are
+    /// computed once, by the one formula of [`Arith::rope_tables`].
+    rope: RopeCache,
     /// The checkpoint's tokenizer, when it has a `tokenizer.json` (text input).
     tokenizer: Option<Arc<crate::TextTokenizer>>,
 }
@@ -1236,6 +1240,7 @@ impl LlamaModel {
             lm_head,
             digest,
             prepared: WeightCache::default(),
+            rope: RopeCache::default(),
             tokenizer: None,
         })
     }
@@ -2073,6 +2078,9 @@ struct Weights {
 /// The prepared-weights cache shared by clones of a model.
 type WeightCache = crate::ops::WeightCache<Weights>;
 
+/// Rotary cosines and sines per position, `[positions, half]` each (see `LlamaModel::rope`).
+type RopeCache = Arc<std::sync::RwLock<(Vec<f32>, Vec<f32>)>>;
+
 /// The arithmetic of one setup: the building blocks every layer computation goes through.
 struct Arith<'m> {
     model: &'m LlamaModel,
@@ -2130,25 +2138,43 @@ impl Arith<'_> {
         let c = &self.model.config;
         let hd = c.head_dim();
         let half = hd / 2;
-        let mut cos = Vec::with_capacity(rows * hd);
-        let mut sin = Vec::with_capacity(rows * hd);
-        let inv_freq = c.rope_inv_freq();
-        debug_assert_eq!(inv_freq.len(), half);
-        let (mut c_row, mut s_row) = (Vec::with_capacity(half), Vec::with_capacity(half));
-        for p in start..start + rows {
-            // each angle's cosine and sine once, laid out twice (the two halves of the head)
-            c_row.clear();
-            s_row.clear();
-            for f in &inv_freq {
-                let a = p as f64 * f;
-                c_row.push(a.cos() as f32);
-                s_row.push(a.sin() as f32);
-            }
-            for _ in 0..2 {
-                cos.extend_from_slice(&c_row);
-                sin.extend_from_slice(&s_row);
+        let end = start + rows;
+        let cached = |t: &(Vec<f32>, Vec<f32>)| t.0.len() >= end * half;
+        let need = {
+            let t = self.model.rope.read().unwrap_or_else(|p| p.into_inner());
+            !cached(&t)
+        };
+        if need {
+            // each position's angles once, by one formula (bitwise the same at every call)
+            let mut t = self.model.rope.write().unwrap_or_else(|p| p.into_inner());
+            if !cached(&t) {
+                let inv_freq = c.rope_inv_freq();
+                debug_assert_eq!(inv_freq.len(), half);
+                let from = t.0.len() / half.max(1);
+                for p in from..end.max(2 * from) {
+                    for f in &inv_freq {
+                        let a = p as f64 * f;
+                        t.0.push(a.cos() as f32);
+                        t.1.push(a.sin() as f32);
+                    }
+                }
             }
         }
+        let t = self.model.rope.read().unwrap_or_else(|p| p.into_inner());
+        let mut cos = Vec::with_capacity(rows * hd);
+        let mut sin = Vec::with_capacity(rows * hd);
+        for p in start..end {
+            let (c_row, s_row) = (
+                &t.0[p * half..(p + 1) * half],
+                &t.1[p * half..(p + 1) * half],
+            );
+            // laid out twice: the two halves of the head
+            for _ in 0..2 {
+                cos.extend_from_slice(c_row);
+                sin.extend_from_slice(s_row);
+            }
+        }
+        drop(t);
         Ok((
             self.cast(&Tensor::from_vec(cos, (rows, 1, hd), &Device::Cpu)?)?,
             self.cast(&Tensor::from_vec(sin, (rows, 1, hd), &Device::Cpu)?)?,
