@@ -282,6 +282,11 @@ impl Recompute for ToyEngine {
                 statement.trace_level
             )));
         }
+        if rows.start < input_rows.start || rows.end > input_rows.end || rows.is_empty() {
+            return Err(ProtocolError::Engine(format!(
+                "rows {rows:?} are not within the input rows {input_rows:?}"
+            )));
+        }
         let (x, c, m) = (f32s(inputs), f32s(context), f32s(cell));
         let n_in = (input_rows.end - input_rows.start) as usize * hidden;
         let n_out = (rows.end - rows.start) as usize * hidden;

@@ -503,3 +503,17 @@ fn layer_zero_challenges_open_empty_sublayer_parts() {
         Some("BadProof")
     );
 }
+
+/// The toy's algebraic check refuses rows outside its input rows (typed, no panic).
+#[test]
+fn the_toy_check_refuses_rows_outside_its_inputs() {
+    let s = statement(Dependency::Causal, SUB);
+    let e = ToyEngine::default();
+    let zeros = vec![0u8; 3 * HIDDEN as usize * 4];
+    assert!(e
+        .check_sublayers(&s, 1, 0..3, 3..6, &zeros, &zeros, &zeros)
+        .is_err());
+    assert!(e
+        .check_sublayers(&s, 1, 3..6, 0..3, &zeros, &zeros, &zeros)
+        .is_err());
+}
