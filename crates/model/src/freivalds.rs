@@ -234,6 +234,18 @@ impl Matrix {
         Matrix::Down,
     ];
 
+    /// This map's bias among a layer's query, key and value biases (`[q, k, v]`, as
+    /// [`LlamaModel::qkv_biases`] gives them); `None` for the other maps or without biases.
+    pub fn bias(self, biases: Option<&[Vec<f32>; 3]>) -> Option<&[f32]> {
+        let b = biases?;
+        match self {
+            Matrix::Q => Some(&b[0]),
+            Matrix::K => Some(&b[1]),
+            Matrix::V => Some(&b[2]),
+            _ => None,
+        }
+    }
+
     /// The name in scenario files (`q`, …, `down`, `lm-head`).
     pub fn name(self) -> &'static str {
         match self {
@@ -1101,15 +1113,6 @@ pub fn check_sublayer_values(
     let cell_normed = &context.normed[lo * d..];
     let (ctx, cell) = (context, cell);
     let biases = model.qkv_biases(layer)?;
-    let bias = |m: Matrix| -> Option<&[f32]> {
-        let b = biases.as_ref()?;
-        match m {
-            Matrix::Q => Some(&b[0][..]),
-            Matrix::K => Some(&b[1][..]),
-            Matrix::V => Some(&b[2][..]),
-            _ => None,
-        }
-    };
     let mut linear = Vec::with_capacity(7);
     for (matrix, x, y, n) in [
         (Matrix::Q, cell_normed, &cell.q[..], rows),
@@ -1122,7 +1125,7 @@ pub fn check_sublayer_values(
     ] {
         linear.push((
             matrix,
-            check_linear_biased(key, layer, matrix, x, y, n, bias(matrix))?,
+            check_linear_biased(key, layer, matrix, x, y, n, matrix.bias(biases.as_ref()))?,
         ));
     }
     let norms = model.attention_norms(setup, tile, layer, h_in)?;
@@ -1283,6 +1286,20 @@ pub fn accept_probability(
     Ok(p)
 }
 
+/// A layer's seven linear maps with their captured inputs and outputs, `(matrix, x, y)`, in key
+/// order.
+pub fn linear_maps(s: &SubLayers) -> [(Matrix, &[f32], &[f32]); 7] {
+    [
+        (Matrix::Q, &s.normed, &s.q),
+        (Matrix::K, &s.normed, &s.k),
+        (Matrix::V, &s.normed, &s.v),
+        (Matrix::O, &s.attn, &s.o),
+        (Matrix::Gate, &s.mlp_in, &s.gate),
+        (Matrix::Up, &s.mlp_in, &s.up),
+        (Matrix::Down, &s.act, &s.down),
+    ]
+}
+
 /// The worst ratio `|v·x − r·y| / B` over every linear map of every layer and every token row
 /// of one honest run: `model` under `setup` on `tokens` (tile `tile`), its own sub-layer values
 /// checked against `key` (`B` the rigorous bound of [`check_linear`]). Over `N` independent
@@ -1307,21 +1324,8 @@ pub fn honest_worst_ratio(
     for (i, s) in sub.iter().enumerate() {
         let layer = i + 1;
         let biases = model.qkv_biases(layer)?;
-        for (matrix, x, y) in [
-            (Matrix::Q, &s.normed, &s.q),
-            (Matrix::K, &s.normed, &s.k),
-            (Matrix::V, &s.normed, &s.v),
-            (Matrix::O, &s.attn, &s.o),
-            (Matrix::Gate, &s.mlp_in, &s.gate),
-            (Matrix::Up, &s.mlp_in, &s.up),
-            (Matrix::Down, &s.act, &s.down),
-        ] {
-            let bias = biases.as_ref().and_then(|b| match matrix {
-                Matrix::Q => Some(&b[0][..]),
-                Matrix::K => Some(&b[1][..]),
-                Matrix::V => Some(&b[2][..]),
-                _ => None,
-            });
+        for (matrix, x, y) in linear_maps(s) {
+            let bias = matrix.bias(biases.as_ref());
             worst = worst.max(check_linear_biased(key, layer, matrix, x, y, n, bias)?.worst_ratio);
         }
     }
@@ -1412,17 +1416,7 @@ mod tests {
     }
 
     /// The (input, output) rows of every linear map of a layer, as the forward captured them.
-    fn captured(s: &crate::SubLayers) -> [(Matrix, &[f32], &[f32]); 7] {
-        [
-            (Matrix::Q, &s.normed, &s.q),
-            (Matrix::K, &s.normed, &s.k),
-            (Matrix::V, &s.normed, &s.v),
-            (Matrix::O, &s.attn, &s.o),
-            (Matrix::Gate, &s.mlp_in, &s.gate),
-            (Matrix::Up, &s.mlp_in, &s.up),
-            (Matrix::Down, &s.act, &s.down),
-        ]
-    }
+    use super::linear_maps as captured;
 
     #[test]
     fn forward_captures_pass_and_quantized_forwards_fail() {

@@ -1747,30 +1747,8 @@ impl LlamaModel {
             return Ok((rows, sub));
         }
         // the checks of `recompute_cell`, then the same layer routine with the capture on
-        self.check_setup(setup)?;
-        crate::ops::check_tile(tile)?;
-        let d = self.config.hidden_size;
-        if layer > self.config.num_layers {
-            return Err(ModelError::InvalidArgument(format!(
-                "layer {layer} is beyond the model's {} layers",
-                self.config.num_layers
-            )));
-        }
-        let start = chunk
-            .checked_mul(tile)
-            .ok_or_else(|| ModelError::InvalidArgument("chunk index overflows".into()))?;
-        let e = h_in.len() / d;
-        if !h_in.len().is_multiple_of(d) || e <= start || e > start.saturating_add(tile) {
-            return Err(ModelError::WrongLength {
-                what: "input rows (elements)",
-                expected: format!(
-                    "rows 0..e of {d} elements with {start} < e <= {} for chunk {chunk} of size \
-                     {tile}",
-                    start.saturating_add(tile)
-                ),
-                got: h_in.len(),
-            });
-        }
+        let (start, e) =
+            self.check_cell_inputs(setup, tile, layer, chunk, &CellInputs::Hidden(h_in))?;
         if let Some(index) = first_non_finite(h_in) {
             return Err(ModelError::NonFinite {
                 what: "input rows",
@@ -1785,20 +1763,18 @@ impl LlamaModel {
         Ok((rows, sub))
     }
 
-    /// Recomputes the cell `(layer, chunk)` with chunk size `tile`: the rows
-    /// `chunk·tile .. e` of `h_layer`, from the rows `0..e` of the layer below (or, for layer 0,
-    /// the tokens of positions `0..e`), where `e = inputs' row count` must satisfy
-    /// `chunk·tile < e ≤ (chunk + 1)·tile`. Bitwise identical to those rows of
-    /// [`LlamaModel::trace`] of any sequence that starts with these positions. A layer that
-    /// `setup` reuses cannot be recomputed from one layer's rows and is refused.
-    pub fn recompute_cell(
+    /// The checks every single-cell computation makes before any arithmetic: the setup runs on
+    /// this model, the tile is valid, the layer exists, and `inputs` hold rows `0..e` (whole
+    /// rows of the hidden size) with `chunk·tile < e ≤ (chunk + 1)·tile`. Returns
+    /// `(chunk·tile, e)`.
+    fn check_cell_inputs(
         &self,
         setup: &Setup,
         tile: usize,
         layer: usize,
         chunk: usize,
-        inputs: CellInputs<'_>,
-    ) -> Result<Vec<f32>> {
+        inputs: &CellInputs<'_>,
+    ) -> Result<(usize, usize)> {
         self.check_setup(setup)?;
         crate::ops::check_tile(tile)?;
         if layer > self.config.num_layers {
@@ -1834,6 +1810,25 @@ impl LlamaModel {
                 got: rows,
             });
         }
+        Ok((start, rows))
+    }
+
+    /// Recomputes the cell `(layer, chunk)` with chunk size `tile`: the rows
+    /// `chunk·tile .. e` of `h_layer`, from the rows `0..e` of the layer below (or, for layer 0,
+    /// the tokens of positions `0..e`), where `e = inputs' row count` must satisfy
+    /// `chunk·tile < e ≤ (chunk + 1)·tile`. Bitwise identical to those rows of
+    /// [`LlamaModel::trace`] of any sequence that starts with these positions. A layer that
+    /// `setup` reuses cannot be recomputed from one layer's rows and is refused.
+    pub fn recompute_cell(
+        &self,
+        setup: &Setup,
+        tile: usize,
+        layer: usize,
+        chunk: usize,
+        inputs: CellInputs<'_>,
+    ) -> Result<Vec<f32>> {
+        let (start, rows) = self.check_cell_inputs(setup, tile, layer, chunk, &inputs)?;
+        let d = self.config.hidden_size;
         let arith = self.arith(setup)?;
         match (layer, inputs) {
             (0, CellInputs::Tokens(t)) => self.embed_rows(&arith, &t[start..]),

@@ -272,20 +272,7 @@ impl Statement {
                 runs.push((cell.layer - 1, rows.start / c, rows.end.div_ceil(c)));
             }
         }
-        runs.sort_unstable();
-        let mut out: Vec<CellRange> = Vec::with_capacity(runs.len());
-        for (layer, start, end) in runs {
-            match out.last_mut() {
-                Some(last) if last.layer == layer && start <= last.chunks.end => {
-                    last.chunks.end = last.chunks.end.max(end);
-                }
-                _ => out.push(CellRange {
-                    layer,
-                    chunks: start..end,
-                }),
-            }
-        }
-        Ok(out)
+        Ok(merge_runs(runs))
     }
 
     /// The geometry of one sub-layer trace (see [`TraceLevel`]): `L − 1` layers, the hidden
@@ -347,21 +334,27 @@ impl Statement {
                 SubLayerPart::Cell => (cell.layer - 1, cell.chunk, cell.chunk + 1),
             });
         }
-        runs.sort_unstable();
-        let mut out: Vec<CellRange> = Vec::with_capacity(runs.len());
-        for (layer, start, end) in runs {
-            match out.last_mut() {
-                Some(last) if last.layer == layer && start <= last.chunks.end => {
-                    last.chunks.end = last.chunks.end.max(end);
-                }
-                _ => out.push(CellRange {
-                    layer,
-                    chunks: start..end,
-                }),
-            }
-        }
-        Ok(out)
+        Ok(merge_runs(runs))
     }
+}
+
+/// Runs `(layer, start, end)` of chunks sorted and merged where they overlap or touch: disjoint,
+/// non-adjacent runs in ascending leaf order.
+fn merge_runs(mut runs: Vec<(u32, u32, u32)>) -> Vec<CellRange> {
+    runs.sort_unstable();
+    let mut out: Vec<CellRange> = Vec::with_capacity(runs.len());
+    for (layer, start, end) in runs {
+        match out.last_mut() {
+            Some(last) if last.layer == layer && start <= last.chunks.end => {
+                last.chunks.end = last.chunks.end.max(end);
+            }
+            _ => out.push(CellRange {
+                layer,
+                chunks: start..end,
+            }),
+        }
+    }
+    out
 }
 
 /// A run of consecutive cells of one layer: chunks `chunks.start .. chunks.end` of `layer`

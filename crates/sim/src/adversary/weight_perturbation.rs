@@ -242,12 +242,7 @@ pub(crate) fn freivalds_prediction(
     let w = matrix_weights(claimed, l, adversary.matrix)
         .map_err(|e| SimError::Scenario(e.to_string()))?;
     let biases = claimed.qkv_biases(l).map_err(SimError::Model)?;
-    let bias = biases.as_ref().and_then(|b| match adversary.matrix {
-        Matrix::Q => Some(&b[0][..]),
-        Matrix::K => Some(&b[1][..]),
-        Matrix::V => Some(&b[2][..]),
-        _ => None,
-    });
+    let bias = adversary.matrix.bias(biases.as_ref());
     let layout = claimed.sublayer_layout();
     let chunk = p.chunk as usize;
     let mut sum = 0.0;
