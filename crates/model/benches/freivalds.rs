@@ -208,6 +208,33 @@ fn cell(c: &mut Criterion) {
             )
         })
     });
+    // the two other parts of `check_cell`: the seven maps' Freivalds checks (the context's key
+    // and value rows, the cell's q, o, gate, up, down) and the context's attention norms
+    g.bench_function("linear_only", |b| {
+        b.iter(|| {
+            let lo = chunk * tile;
+            for (matrix, x, y, n) in [
+                (Matrix::Q, &claim.normed[lo * d..], &claim.q[..], e - lo),
+                (Matrix::K, &claim.normed[..], &claim.k[..], e),
+                (Matrix::V, &claim.normed[..], &claim.v[..], e),
+                (Matrix::O, &claim.attn[..], &claim.o[..], e - lo),
+                (Matrix::Gate, &claim.mlp_in[..], &claim.gate[..], e - lo),
+                (Matrix::Up, &claim.mlp_in[..], &claim.up[..], e - lo),
+                (Matrix::Down, &claim.act[..], &claim.down[..], e - lo),
+            ] {
+                black_box(check_linear(&key, layer, matrix, x, y, n).expect("linear"));
+            }
+        })
+    });
+    g.bench_function("norms_only", |b| {
+        b.iter(|| {
+            black_box(
+                model
+                    .attention_norms(&setup, tile, layer, &h_in)
+                    .expect("norms"),
+            )
+        })
+    });
     g.finish();
 }
 

@@ -296,5 +296,35 @@ pub(crate) fn read_model_file(
 
 /// Index of the first non-finite value, if any.
 pub(crate) fn first_non_finite(values: &[f32]) -> Option<usize> {
+    // One pass without a short cut (the compiler vectorizes the fold); only input holding a
+    // non-finite value is searched again element by element.
+    if values.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        return None;
+    }
     values.iter().position(|v| !v.is_finite())
+}
+
+#[cfg(test)]
+mod finite_tests {
+    use super::first_non_finite;
+
+    #[test]
+    fn first_non_finite_finds_the_first_at_any_position() {
+        assert_eq!(first_non_finite(&[]), None);
+        for len in [1usize, 63, 64, 65, 200] {
+            let clean: Vec<f32> = (0..len).map(|i| i as f32 - 3.5).collect();
+            assert_eq!(first_non_finite(&clean), None, "len {len}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                for at in [0, len / 2, len - 1] {
+                    let mut v = clean.clone();
+                    v[at] = bad;
+                    // a second one later must not be reported first
+                    if at + 1 < len {
+                        v[len - 1] = f32::NAN;
+                    }
+                    assert_eq!(first_non_finite(&v), Some(at), "len {len} at {at}");
+                }
+            }
+        }
+    }
 }

@@ -2176,7 +2176,46 @@ impl Arith<'_> {
         ))
     }
 
-    /// Rotary positions on `x: [rows, heads, hd]`.
+    /// Rotary positions on `x: [rows, heads, hd]`, returned heads first (`[heads, rows, hd]`,
+    /// contiguous). Each element is `x·cos + rot(x)·sin` with `rot(x) = (−x₂, x₁)` over the two
+    /// halves of the head, each product and the sum rounded to the dtype. In f32 the loop below
+    /// computes exactly that (Rust contracts no multiply-add), bitwise candle's element-wise
+    /// ops, without their intermediate tensors and the transposing copy; other dtypes go through
+    /// candle.
+    fn rope_heads(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (rows, heads, hd) = x.dims3()?;
+        if x.dtype() == DType::F32 && cos.dtype() == DType::F32 && sin.dtype() == DType::F32 {
+            let xs = x.flatten_all()?.to_vec1::<f32>()?;
+            let (cs, ss) = (
+                cos.flatten_all()?.to_vec1::<f32>()?,
+                sin.flatten_all()?.to_vec1::<f32>()?,
+            );
+            if cs.len() != rows * hd || ss.len() != rows * hd {
+                return Err(ModelError::InvalidArgument(format!(
+                    "rotary tables of {} and {} values for {rows} rows of {hd}",
+                    cs.len(),
+                    ss.len()
+                )));
+            }
+            let mut out = vec![0f32; xs.len()];
+            for r in 0..rows {
+                let (c, s) = (&cs[r * hd..(r + 1) * hd], &ss[r * hd..(r + 1) * hd]);
+                for h in 0..heads {
+                    let x = &xs[(r * heads + h) * hd..(r * heads + h + 1) * hd];
+                    rope_row(
+                        x,
+                        c,
+                        s,
+                        &mut out[(h * rows + r) * hd..(h * rows + r + 1) * hd],
+                    );
+                }
+            }
+            return Ok(Tensor::from_vec(out, (heads, rows, hd), &Device::Cpu)?);
+        }
+        Ok(Self::rope(x, cos, sin)?.transpose(0, 1)?.contiguous()?)
+    }
+
+    /// Rotary positions on `x: [rows, heads, hd]` by candle's element-wise ops (any dtype).
     fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let hd = x.dim(D::Minus1)?;
         let half = hd / 2;
@@ -2201,7 +2240,7 @@ impl Arith<'_> {
         let k = self
             .biased(self.linear(&nt, &w.wk)?, w, 1)?
             .reshape((blk, nkv, hd))?;
-        let k = Self::rope(&k, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
+        let k = Self::rope_heads(&k, &cos, &sin)?;
         let v = self
             .biased(self.linear(&nt, &w.wv)?, w, 2)?
             .reshape((blk, nkv, hd))?
@@ -2306,50 +2345,108 @@ impl Arith<'_> {
         self.cast(&Tensor::from_vec(rows, (blk, width), &Device::Cpu)?)
     }
 
-    /// The nonlinear parts of block `j` of layer `l` (0-based) recomputed from claimed linear
-    /// outputs: see [`LlamaModel::recompute_nonlinear`]. `e` rows of context (`h_in`, `k`, `v`
-    /// hold rows `0..e`), the block's rows in `cell`.
-    #[allow(clippy::too_many_arguments)]
-    fn nonlinear_block(
+    /// The context's keys and values for the attention of [`Arith::nonlinear_block`]: the
+    /// claimed rows `0..e` of the key and value projections (f32 `[e, kv·hd]`), zero rows up to
+    /// `span` (the forward's padded last block), the keys roped at positions `0..span`, each
+    /// key/value head repeated for its query heads. Returns `(k, v)` as `[heads, span, hd]`,
+    /// the key tensor a transposed view of a contiguous `[heads, hd, span]` (the layout the
+    /// score product reads, so no further copy is made). One pass in f32: bitwise
+    /// [`Arith::context_heads_by_ops`] (the same rotary formula, [`rope_row`], and copies).
+    fn context_heads(
         &self,
-        l: usize,
-        j: usize,
-        blk: usize,
-        e: usize,
-        h_in: &[f32],
         k_lin: &[f32],
         v_lin: &[f32],
-        cell: &SubLayers,
-    ) -> Result<Nonlinear> {
+        e: usize,
+        span: usize,
+        cos_all: &Tensor,
+        sin_all: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let c = &self.model.config;
-        let (d, hd) = (c.hidden_size, c.head_dim());
-        let (nh, nkv, m) = (c.num_heads, c.num_kv_heads, c.intermediate_size);
-        let w = &self.w.layers[l];
-        let rows = e - j * blk;
-        let local = |x: &[f32], width: usize| self.rows_tensor(x, rows, width, blk, 0);
-        // attention norm of the block's input rows
-        let xt = self.block_tensor(h_in, e, blk, j)?;
-        let normed = self.rms_norm(&xt, &w.attn_norm)?;
-        // One rotary table for positions 0..(j + 1)·blk, cut per block: each position's angles
-        // are computed by the same formula as the forward's per-block tables (bitwise).
-        let span = (j + 1) * blk;
-        let (cos_all, sin_all) = self.rope_tables(0, span)?;
-        // queries (claimed), roped at the block's positions
-        let (cos, sin) = (
-            cos_all.narrow(0, j * blk, blk)?,
-            sin_all.narrow(0, j * blk, blk)?,
+        let (hd, nh, nkv) = (c.head_dim(), c.num_heads, c.num_kv_heads);
+        let rep = nh / nkv;
+        let kvd = nkv * hd;
+        let (cs, ss) = (
+            cos_all.flatten_all()?.to_vec1::<f32>()?,
+            sin_all.flatten_all()?.to_vec1::<f32>()?,
         );
-        let q = local(&cell.q, nh * hd)?.reshape((blk, nh, hd))?;
-        let q = Self::rope(&q, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
-        // keys and values of blocks 0..=j (claimed, zero rows after e as the forward's padded
-        // block), all roped at once: the rotary embedding is element-wise, so this is bitwise
-        // the forward's block-by-block result laid end to end
+        if k_lin.len() < e * kvd || v_lin.len() < e * kvd || cs.len() != span * hd {
+            return Err(ModelError::InvalidArgument(format!(
+                "context of {} key and {} value elements for {e} rows of {kvd}",
+                k_lin.len(),
+                v_lin.len()
+            )));
+        }
+        // roped keys `[span, kv, hd]` (zero rows past e), then each head's transpose
+        let zeros = vec![0f32; hd];
+        let mut roped = vec![0f32; span * kvd];
+        for r in 0..span {
+            let (cr, sr) = (&cs[r * hd..(r + 1) * hd], &ss[r * hd..(r + 1) * hd]);
+            for g in 0..nkv {
+                let at = (r * nkv + g) * hd;
+                let kx = if r < e {
+                    &k_lin[at..at + hd]
+                } else {
+                    &zeros[..]
+                };
+                rope_row(kx, cr, sr, &mut roped[at..at + hd]);
+            }
+        }
+        // each key/value head once, then repeated for its query heads; the keys transposed in
+        // blocks of rows (so the reads stay in cache lines)
+        const BLOCK: usize = 16;
+        let mut kt = vec![0f32; nh * hd * span];
+        let mut vs = Vec::with_capacity(nh * span * hd);
+        let mut head_v = Vec::with_capacity(span * hd);
+        for g in 0..nkv {
+            let first = g * rep;
+            let head = &mut kt[first * hd * span..(first + 1) * hd * span];
+            for r0 in (0..span).step_by(BLOCK) {
+                for i in 0..hd {
+                    for r in r0..(r0 + BLOCK).min(span) {
+                        head[i * span + r] = roped[(r * nkv + g) * hd + i];
+                    }
+                }
+            }
+            for h in first + 1..first + rep {
+                kt.copy_within(first * hd * span..(first + 1) * hd * span, h * hd * span);
+            }
+            head_v.clear();
+            for r in 0..span {
+                let at = (r * nkv + g) * hd;
+                head_v.extend_from_slice(if r < e {
+                    &v_lin[at..at + hd]
+                } else {
+                    &zeros[..]
+                });
+            }
+            for _ in 0..rep {
+                vs.extend_from_slice(&head_v);
+            }
+        }
+        let cpu = &Device::Cpu;
+        Ok((
+            Tensor::from_vec(kt, (nh, hd, span), cpu)?.t()?,
+            Tensor::from_vec(vs, (nh, span, hd), cpu)?,
+        ))
+    }
+
+    /// [`Arith::context_heads`] by candle's ops, in the setup's dtype (any dtype): the
+    /// forward's padding, rotary embedding and grouped-query expansion.
+    fn context_heads_by_ops(
+        &self,
+        k_lin: &[f32],
+        v_lin: &[f32],
+        e: usize,
+        span: usize,
+        cos_all: &Tensor,
+        sin_all: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let c = &self.model.config;
+        let (hd, nh, nkv) = (c.head_dim(), c.num_heads, c.num_kv_heads);
         let k = self
             .rows_tensor(k_lin, e, nkv * hd, span, 0)?
             .reshape((span, nkv, hd))?;
-        let k = Self::rope(&k, &cos_all, &sin_all)?
-            .transpose(0, 1)?
-            .contiguous()?;
+        let k = Self::rope_heads(&k, cos_all, sin_all)?;
         let v = self
             .rows_tensor(v_lin, e, nkv * hd, span, 0)?
             .reshape((span, nkv, hd))?
@@ -2367,6 +2464,52 @@ impl Arith<'_> {
                     .expand((nkv, rep, span, hd))?
                     .reshape((nh, span, hd))?,
             )
+        };
+        Ok((k, v))
+    }
+
+    /// The nonlinear parts of block `j` of layer `l` (0-based) recomputed from claimed linear
+    /// outputs: see [`LlamaModel::recompute_nonlinear`]. `e` rows of context (`h_in`, `k`, `v`
+    /// hold rows `0..e`), the block's rows in `cell`.
+    #[allow(clippy::too_many_arguments)]
+    fn nonlinear_block(
+        &self,
+        l: usize,
+        j: usize,
+        blk: usize,
+        e: usize,
+        h_in: &[f32],
+        k_lin: &[f32],
+        v_lin: &[f32],
+        cell: &SubLayers,
+    ) -> Result<Nonlinear> {
+        let c = &self.model.config;
+        let (d, hd) = (c.hidden_size, c.head_dim());
+        let (nh, m) = (c.num_heads, c.intermediate_size);
+        let w = &self.w.layers[l];
+        let rows = e - j * blk;
+        let local = |x: &[f32], width: usize| self.rows_tensor(x, rows, width, blk, 0);
+        // attention norm of the block's input rows
+        let xt = self.block_tensor(h_in, e, blk, j)?;
+        let normed = self.rms_norm(&xt, &w.attn_norm)?;
+        // One rotary table for positions 0..(j + 1)·blk, cut per block: each position's angles
+        // are computed by the same formula as the forward's per-block tables (bitwise).
+        let span = (j + 1) * blk;
+        let (cos_all, sin_all) = self.rope_tables(0, span)?;
+        // queries (claimed), roped at the block's positions
+        let (cos, sin) = (
+            cos_all.narrow(0, j * blk, blk)?,
+            sin_all.narrow(0, j * blk, blk)?,
+        );
+        let q = local(&cell.q, nh * hd)?.reshape((blk, nh, hd))?;
+        let q = Self::rope_heads(&q, &cos, &sin)?;
+        // keys and values of blocks 0..=j (claimed, zero rows after e as the forward's padded
+        // block), all roped at once: the rotary embedding is element-wise, so this is bitwise
+        // the forward's block-by-block result laid end to end
+        let (k, v) = if self.dtype == DType::F32 {
+            self.context_heads(k_lin, v_lin, e, span, &cos_all, &sin_all)?
+        } else {
+            self.context_heads_by_ops(k_lin, v_lin, e, span, &cos_all, &sin_all)?
         };
         let attn = self
             .attend(&q, &k, &v, j * blk)?
@@ -2442,7 +2585,7 @@ impl Arith<'_> {
             let (cos, sin) = self.rope_tables(j * blk, blk)?;
             let q_lin = self.biased(self.linear(&normed[j], &w.wq)?, w, 0)?;
             let q = q_lin.reshape((blk, nh, hd))?;
-            let q = Self::rope(&q, &cos, &sin)?.transpose(0, 1)?.contiguous()?;
+            let q = Self::rope_heads(&q, &cos, &sin)?;
             let k = Tensor::cat(&keys[..=j], 1)?; // [nkv, e, hd]
             let v = Tensor::cat(&values[..=j], 1)?;
             let (k, v) = if rep == 1 {
@@ -2622,5 +2765,97 @@ impl crate::Model for LlamaModel {
         _n: u32,
     ) -> f64 {
         crate::cost::cell_cost(&self.config, setup, reference, layer, rows)
+    }
+}
+
+/// One head's rotary embedding in f32: `out = x·cos + rot(x)·sin` element by element, with
+/// `rot(x) = (−x₂, x₁)` over the head's two halves; each product and the sum rounded to f32
+/// (no fused multiply-add), so bitwise candle's element-wise `mul`, `neg` and `add`.
+fn rope_row(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
+    let half = x.len() / 2;
+    for i in 0..half {
+        out[i] = x[i] * cos[i] + (-x[i + half]) * sin[i];
+    }
+    for i in half..x.len() {
+        out[i] = x[i] * cos[i] + x[i - half] * sin[i];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in ±1 with a few exact zeros and negative zeros (the sign of zero is what a
+    /// careless rewrite of the rotary embedding gets wrong).
+    fn values(seed: u32, n: usize) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| match (i ^ seed).wrapping_mul(0x9E37_79B9) >> 20 {
+                0..=40 => 0.0,
+                41..=80 => -0.0,
+                h => h as f32 / 2048.0 - 1.0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn f32_rope_is_bitwise_candles_ops() {
+        let model = LlamaModel::preset("small").expect("preset");
+        let setup: Setup = "f32/attn=eager".parse().expect("setup");
+        let arith = model.arith(&setup).expect("arith");
+        let c = model.config();
+        let (rows, heads, hd) = (19, c.num_heads, c.head_dim());
+        let x = Tensor::from_vec(
+            values(3, rows * heads * hd),
+            (rows, heads, hd),
+            &Device::Cpu,
+        )
+        .expect("x");
+        let (cos, sin) = arith.rope_tables(40, rows).expect("tables");
+        let fast = Arith::rope_heads(&x, &cos, &sin).expect("fast");
+        let ops = Arith::rope(&x, &cos, &sin)
+            .and_then(|t| Ok(t.transpose(0, 1)?.contiguous()?))
+            .expect("ops");
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let v = t.flatten_all().and_then(|t| t.to_vec1::<f32>());
+            v.expect("values").iter().map(|v| v.to_bits()).collect()
+        };
+        assert_eq!(fast.dims(), ops.dims());
+        assert_eq!(bits(&fast), bits(&ops));
+    }
+
+    #[test]
+    fn context_heads_are_bitwise_the_ops_path() {
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("values")
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        for (preset, tile) in [("tiny", 8usize), ("small", 16)] {
+            let model = LlamaModel::preset(preset).expect("preset");
+            let setup: Setup = "f32/attn=eager".parse().expect("setup");
+            let arith = model.arith(&setup).expect("arith");
+            let c = model.config();
+            let kvd = c.num_kv_heads * c.head_dim();
+            // a full last block and a partial one (zero rows up to the span)
+            for e in [3 * tile, 3 * tile - 5, 1] {
+                let span = e.div_ceil(tile) * tile;
+                let (k, v) = (values(1, e * kvd), values(2, e * kvd));
+                let (cos, sin) = arith.rope_tables(0, span).expect("tables");
+                let (k1, v1) = arith
+                    .context_heads(&k, &v, e, span, &cos, &sin)
+                    .expect("one pass");
+                let (k2, v2) = arith
+                    .context_heads_by_ops(&k, &v, e, span, &cos, &sin)
+                    .expect("ops");
+                assert_eq!(k1.dims(), k2.dims(), "{preset} e {e}");
+                assert_eq!(bits(&k1), bits(&k2), "{preset} e {e}: keys");
+                assert_eq!(bits(&v1), bits(&v2), "{preset} e {e}: values");
+                // and the layout the score product reads is contiguous already
+                assert!(k1.t().expect("t").is_contiguous());
+            }
+        }
     }
 }
