@@ -45,10 +45,17 @@ impl Device {
     /// every setup whose tiled attention blocks hold at most [`GPU_MAX_TILE`] keys (a larger
     /// block is a typed [`ModelError::UnsupportedOnDevice`]): every precision, eager, tiled,
     /// window and top-k attention, every quantization, split-K, batch, the decode order, skip
-    /// and reuse.
+    /// and reuse; not the batch-invariant kernels (`kernels=invariant`, CPU only).
     pub fn check_setup(self, setup: &crate::Setup) -> Result<(), ModelError> {
         if self == Device::Cpu {
             return Ok(());
+        }
+        if setup.kernels == crate::Kernels::Invariant {
+            return Err(ModelError::UnsupportedOnDevice {
+                setup: setup.to_string(),
+                device: self.to_string(),
+                reason: "the batch-invariant kernels run on the CPU only".into(),
+            });
         }
         match setup.attention {
             crate::Attention::Tiled { block } if block > GPU_MAX_TILE => {

@@ -52,6 +52,7 @@ pub mod engine;
 pub mod files;
 pub mod fingerprint;
 pub mod freivalds;
+pub mod invariant;
 pub mod kernels;
 pub mod llama;
 mod ops;
@@ -75,7 +76,7 @@ pub use llama::{
 };
 pub use ops::topk_mask;
 pub use setup::{
-    Attention, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,
+    Attention, Kernels, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,
 };
 pub use tokenizer::{BertTokenizer, Encoded, TextTokenizer, TOKENIZER_DIGEST_LABEL};
 pub use trace::{read_trace, write_trace, write_trace_with, Trace, STATEMENT_METADATA_KEY};

@@ -93,7 +93,8 @@ use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use veritrace_commit::Digest;
 
-use crate::setup::Order;
+use crate::invariant::{self as inv, PackedMatrix};
+use crate::setup::{Kernels, Order};
 use crate::{first_non_finite, Attention, ModelError, Result, Setup};
 
 /// A weight tensor: name, shape and row-major f32 elements.
@@ -1478,6 +1479,7 @@ impl LlamaModel {
         cell: &SubLayers,
     ) -> Result<Nonlinear> {
         self.check_setup(setup)?;
+        Self::candle_only(setup, "the nonlinear recompute")?;
         crate::ops::check_tile(tile)?;
         if setup.skip.is_some() || setup.reuse.is_some() {
             return Err(ModelError::UnsupportedSetup(format!(
@@ -1571,6 +1573,7 @@ impl LlamaModel {
         h_in: &[f32],
     ) -> Result<Vec<f32>> {
         self.check_setup(setup)?;
+        Self::candle_only(setup, "the attention-norm recompute")?;
         crate::ops::check_tile(tile)?;
         let d = self.config.hidden_size;
         if layer == 0 || layer > self.config.num_layers {
@@ -1629,6 +1632,14 @@ impl LlamaModel {
             return Err(ModelError::InvalidArgument("no tokens to run".into()));
         }
         crate::ops::check_tile(tile)?;
+        if setup.kernels == Kernels::Invariant {
+            if sublayers.is_some() {
+                return Err(ModelError::UnsupportedSetup(format!(
+                    "{setup}: the sub-layer capture runs on candle's kernels only"
+                )));
+            }
+            return self.run_invariant(setup, tokens, capture, keep);
+        }
         let n = tokens.len();
         let arith = self.arith(setup)?;
         let (blk, blocks) = arith.blocks(tile, 0..n);
@@ -1718,6 +1729,7 @@ impl LlamaModel {
         chunk: usize,
         h_in: &[f32],
     ) -> Result<(Vec<f32>, SubLayers)> {
+        Self::candle_only(setup, "the sub-layer capture")?;
         if layer == 0 {
             return Err(ModelError::InvalidArgument(
                 "layer 0 (the embeddings) has no sub-layer values".into(),
@@ -1761,6 +1773,102 @@ impl LlamaModel {
         let (rows, _) =
             arith.layer_blocks(layer - 1, h_in, e, blk, blocks, false, Some(&mut sub))?;
         Ok((rows, sub))
+    }
+
+    /// The layers `1..=L` over new rows at positions `r0..` by the invariant kernels, from their
+    /// layer-0 rows `h0`, with one KV cache per layer (rows `0..r0` on entry, extended): every
+    /// layer's new rows, `h0` first. Skipped and reused layers as in the candle path (a skipped
+    /// or reused layer's cache holds the keys it would have attended with).
+    fn inv_rows(
+        &self,
+        arith: &Arith<'_>,
+        h0: Vec<f32>,
+        r0: usize,
+        caches: &mut [KvRows],
+    ) -> Result<Vec<Vec<f32>>> {
+        let setup = arith.setup;
+        let mut layers = Vec::with_capacity(self.config.num_layers + 1);
+        layers.push(h0);
+        for l in 1..=self.config.num_layers {
+            let x = &layers[l - 1];
+            let y = if setup.skip == Some(l) || setup.reuse == Some(l) {
+                arith.inv_kv(l - 1, x, r0, &mut caches[l - 1])?;
+                if setup.skip == Some(l) {
+                    x.clone()
+                } else {
+                    arith.reuse_update(x, &layers[l - 2])?
+                }
+            } else {
+                arith.inv_layer(l - 1, x, r0, &mut caches[l - 1])?
+            };
+            layers.push(y);
+        }
+        Ok(layers)
+    }
+
+    /// [`LlamaModel::run`] under `kernels=invariant`: every layer over all rows at once.
+    fn run_invariant(
+        &self,
+        setup: &Setup,
+        tokens: &[u32],
+        capture: Capture,
+        keep: bool,
+    ) -> Result<crate::Trace> {
+        let arith = self.arith(setup)?;
+        let mut caches = vec![KvRows::default(); self.config.num_layers];
+        let mut layers = self.inv_rows(&arith, self.embed_rows(&arith, tokens)?, 0, &mut caches)?;
+        let keys = if capture.keys {
+            caches.into_iter().map(|c| c.k).collect()
+        } else {
+            Vec::new()
+        };
+        if !keep {
+            let last = layers.pop().unwrap_or_default();
+            layers = vec![Vec::new(); self.config.num_layers];
+            layers.push(last);
+        }
+        Ok(crate::Trace {
+            tokens: tokens.len(),
+            hidden: self.config.hidden_size,
+            layers,
+            keys,
+        })
+    }
+
+    /// [`LlamaModel::generate`] under `kernels=invariant`: the prompt in one pass, then each
+    /// token as one row per layer over the KV caches.
+    fn generate_invariant(&self, setup: &Setup, prompt: &[u32], n_out: usize) -> Result<Vec<u32>> {
+        let arith = self.arith(setup)?;
+        let d = self.config.hidden_size;
+        let mut caches = vec![KvRows::default(); self.config.num_layers];
+        let layers = self.inv_rows(&arith, self.embed_rows(&arith, prompt)?, 0, &mut caches)?;
+        let mut last = layers
+            .last()
+            .map(|h| h[h.len() - d..].to_vec())
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(n_out);
+        for i in 0..n_out {
+            let t = self.next_token_from_row(setup, &last)?;
+            out.push(t);
+            if i + 1 == n_out {
+                break;
+            }
+            let h0 = self.embed_rows(&arith, &[t])?;
+            let rows = self.inv_rows(&arith, h0, prompt.len() + i, &mut caches)?;
+            last = rows.last().cloned().unwrap_or_default();
+        }
+        Ok(out)
+    }
+
+    /// Refuses `kernels=invariant` for `what` (the sub-layer capture and the algebraic check's
+    /// recompute run on candle's kernels only).
+    fn candle_only(setup: &Setup, what: &str) -> Result<()> {
+        if setup.kernels == Kernels::Invariant {
+            return Err(ModelError::UnsupportedSetup(format!(
+                "{setup}: {what} runs on candle's kernels only (not kernels=invariant)"
+            )));
+        }
+        Ok(())
     }
 
     /// The checks every single-cell computation makes before any arithmetic: the setup runs on
@@ -1856,6 +1964,12 @@ impl LlamaModel {
                         l - 1
                     )));
                 }
+                if setup.kernels == Kernels::Invariant {
+                    // the context's keys and values, then the cell's rows over them
+                    let mut cache = KvRows::default();
+                    arith.inv_kv(l - 1, &h[..start * d], 0, &mut cache)?;
+                    return arith.inv_layer(l - 1, &h[start * d..], start, &mut cache);
+                }
                 let (blk, blocks) = arith.blocks(tile, start..rows);
                 Ok(arith
                     .layer_blocks(l - 1, h, rows, blk, blocks, false, None)?
@@ -1914,6 +2028,8 @@ impl LlamaModel {
     /// Greedy generation: appends `n_out` tokens to `prompt`, each predicted by
     /// [`LlamaModel::next_token_from_row`] from the last row of a forward over the sequence so
     /// far. Because of the padded tiles, those rows are bitwise the rows of the final trace.
+    /// Under `kernels=invariant` each new token costs one row per layer over a KV cache (the
+    /// rows are bitwise those of the full forward by the kernels' invariance).
     pub fn generate(
         &self,
         setup: &Setup,
@@ -1927,6 +2043,9 @@ impl LlamaModel {
         }
         self.check_tokens(prompt)?;
         crate::ops::check_tile(tile)?;
+        if setup.kernels == Kernels::Invariant {
+            return self.generate_invariant(setup, prompt, n_out);
+        }
         let mut seq = prompt.to_vec();
         let d = self.config.hidden_size;
         for _ in 0..n_out {
@@ -1983,6 +2102,7 @@ impl LlamaModel {
             Ok(Weights {
                 layers,
                 lm_head: prep(&self.lm_head, false)?,
+                packed: std::sync::OnceLock::new(),
             })
         })
     }
@@ -2068,7 +2188,66 @@ use crate::ops::dtype_of;
 struct Weights {
     layers: Vec<Layer>,
     lm_head: Tensor,
+    /// The same layers packed for the invariant kernels, built on their first use.
+    packed: std::sync::OnceLock<Vec<PackedLayer>>,
 }
+
+/// One layer's weights for the invariant kernels ([`crate::invariant`]): the linear maps
+/// packed, the norm gains and biases as f32.
+#[derive(Debug)]
+struct PackedLayer {
+    attn_norm: Vec<f32>,
+    wq: PackedMatrix,
+    wk: PackedMatrix,
+    wv: PackedMatrix,
+    wo: PackedMatrix,
+    mlp_norm: Vec<f32>,
+    w_gate: PackedMatrix,
+    w_up: PackedMatrix,
+    w_down: PackedMatrix,
+    b_qkv: Option<[Vec<f32>; 3]>,
+}
+
+impl PackedLayer {
+    fn of(l: &Layer) -> Result<Self> {
+        let vec = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        let pack = |t: &Tensor| -> Result<PackedMatrix> {
+            let (out, inp) = t.dims2()?;
+            PackedMatrix::new(&vec(t)?, out, inp).ok_or_else(|| {
+                ModelError::InvalidArgument(format!("a weight of {out} x {inp} does not pack"))
+            })
+        };
+        Ok(PackedLayer {
+            attn_norm: vec(&l.attn_norm)?,
+            wq: pack(&l.wq)?,
+            wk: pack(&l.wk)?,
+            wv: pack(&l.wv)?,
+            wo: pack(&l.wo)?,
+            mlp_norm: vec(&l.mlp_norm)?,
+            w_gate: pack(&l.w_gate)?,
+            w_up: pack(&l.w_up)?,
+            w_down: pack(&l.w_down)?,
+            b_qkv: match &l.b_qkv {
+                Some([q, k, v]) => Some([vec(q)?, vec(k)?, vec(v)?]),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The roped keys and the values of rows `0..rows` of one layer (f32 `[rows, kv·hd]` each): the
+/// KV cache of the invariant kernels.
+#[derive(Debug, Clone, Default)]
+struct KvRows {
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// Query rows per block of the invariant attention: each block attends over the keys up to its
+/// last row only (the rows' results do not depend on it; the work does).
+const INV_QUERY_BLOCK: usize = 64;
 
 /// The prepared-weights cache shared by clones of a model.
 type WeightCache = crate::ops::WeightCache<Weights>;
@@ -2343,6 +2522,151 @@ impl Arith<'_> {
         let hi = ((t + 1) * blk).min(n);
         rows[..(hi - lo) * width].copy_from_slice(&x[lo * width..hi * width]);
         self.cast(&Tensor::from_vec(rows, (blk, width), &Device::Cpu)?)
+    }
+
+    /// The layers packed for the invariant kernels (packed on first use, then shared).
+    fn packed(&self) -> Result<&[PackedLayer]> {
+        if let Some(p) = self.w.packed.get() {
+            return Ok(p);
+        }
+        let built = self
+            .w
+            .layers
+            .iter()
+            .map(PackedLayer::of)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.w.packed.get_or_init(|| built))
+    }
+
+    /// Cosines and sines `[rows, hd]` (f32) of positions `start..start + rows`.
+    fn rope_rows(&self, start: usize, rows: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (cos, sin) = self.rope_tables(start, rows)?;
+        let f = |t: Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        Ok((f(cos)?, f(sin)?))
+    }
+
+    /// `y` with the layer's query (0), key (1) or value (2) bias added to every row (Qwen2).
+    fn inv_biased(p: &PackedLayer, mut y: Vec<f32>, which: usize) -> Vec<f32> {
+        if let Some(b) = &p.b_qkv {
+            for row in y.chunks_exact_mut(b[which].len().max(1)) {
+                for (v, &bias) in row.iter_mut().zip(&b[which]) {
+                    *v += bias;
+                }
+            }
+        }
+        y
+    }
+
+    /// Rows `x: [n, heads·hd]` at positions `start..` with the rotary embedding ([`rope_row`]).
+    fn inv_rope(&self, x: &[f32], heads: usize, start: usize) -> Result<Vec<f32>> {
+        let hd = self.model.config.head_dim();
+        let n = x.len() / (heads * hd).max(1);
+        let (cos, sin) = self.rope_rows(start, n)?;
+        let mut out = vec![0f32; x.len()];
+        for r in 0..n {
+            let (c, s) = (&cos[r * hd..(r + 1) * hd], &sin[r * hd..(r + 1) * hd]);
+            for h in 0..heads {
+                let at = (r * heads + h) * hd;
+                rope_row(&x[at..at + hd], c, s, &mut out[at..at + hd]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The roped keys and the values of input rows `x` (layer `l`, 0-based) at positions
+    /// `start..`, appended to `cache`.
+    fn inv_kv(&self, l: usize, x: &[f32], start: usize, cache: &mut KvRows) -> Result<()> {
+        let c = &self.model.config;
+        let p = &self.packed()?[l];
+        let n = x.len() / c.hidden_size;
+        let normed = inv::rms_norm_rows(x, c.hidden_size, &p.attn_norm, c.rms_norm_eps as f32);
+        let k = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wk), 1);
+        let v = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wv), 2);
+        cache.k.extend(self.inv_rope(&k, c.num_kv_heads, start)?);
+        cache.v.extend(v);
+        Ok(())
+    }
+
+    /// One transformer layer (`l`, 0-based) by the invariant kernels over the new input rows
+    /// `x` at positions `r0..r0 + n`, with `cache` holding the roped keys and values of rows
+    /// `0..r0`: appends the new rows' keys and values to the cache and returns their output
+    /// rows. Each row is bitwise the same whatever `r0`, `n` and the thread count are (see
+    /// [`crate::invariant`]).
+    fn inv_layer(&self, l: usize, x: &[f32], r0: usize, cache: &mut KvRows) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
+        let c = &self.model.config;
+        let (d, hd, nh, nkv) = (c.hidden_size, c.head_dim(), c.num_heads, c.num_kv_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let eps = c.rms_norm_eps as f32;
+        let p = &self.packed()?[l];
+        let n = x.len() / d;
+        if cache.k.len() != r0 * kvd || cache.v.len() != r0 * kvd {
+            return Err(ModelError::InvalidArgument(format!(
+                "a key-value cache of {} rows for new rows at {r0}",
+                cache.k.len() / kvd.max(1)
+            )));
+        }
+        let normed = inv::rms_norm_rows(x, d, &p.attn_norm, eps);
+        let q = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wq), 0);
+        let q = self.inv_rope(&q, nh, r0)?;
+        let k = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wk), 1);
+        cache.k.extend(self.inv_rope(&k, nkv, r0)?);
+        cache
+            .v
+            .extend(Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wv), 2));
+        let e = r0 + n;
+        let (window, rep) = (self.window(), nh / nkv);
+        let column = |x: &[f32], rows: usize, width: usize, at: usize| -> Vec<f32> {
+            let mut out = Vec::with_capacity(rows * hd);
+            for r in 0..rows {
+                out.extend_from_slice(&x[r * width + at..r * width + at + hd]);
+            }
+            out
+        };
+        let heads: Vec<Vec<f32>> = (0..nh)
+            .into_par_iter()
+            .map(|h| {
+                let g = h / rep;
+                let (kh, vh) = (
+                    column(&cache.k, e, kvd, g * hd),
+                    column(&cache.v, e, kvd, g * hd),
+                );
+                let qh = column(&q, n, qd, h * hd);
+                let mut out = Vec::with_capacity(n * hd);
+                for b0 in (0..n).step_by(INV_QUERY_BLOCK) {
+                    let b1 = (b0 + INV_QUERY_BLOCK).min(n);
+                    let eb = r0 + b1;
+                    out.extend(inv::attend_head(
+                        &qh[b0 * hd..b1 * hd],
+                        &kh[..eb * hd],
+                        &vh[..eb * hd],
+                        r0 + b0,
+                        b1 - b0,
+                        eb,
+                        hd,
+                        window,
+                    ));
+                }
+                out
+            })
+            .collect();
+        let mut attn = vec![0f32; n * qd];
+        for (h, out) in heads.iter().enumerate() {
+            for r in 0..n {
+                attn[r * qd + h * hd..r * qd + (h + 1) * hd]
+                    .copy_from_slice(&out[r * hd..(r + 1) * hd]);
+            }
+        }
+        let o = inv::matmul_t(&attn, n, &p.wo);
+        let a = inv::add(x, &o);
+        let mlp_in = inv::rms_norm_rows(&a, d, &p.mlp_norm, eps);
+        let gate = inv::matmul_t(&mlp_in, n, &p.w_gate);
+        let up = inv::matmul_t(&mlp_in, n, &p.w_up);
+        let act = inv::swiglu(&gate, &up);
+        let down = inv::matmul_t(&act, n, &p.w_down);
+        Ok(inv::add(&a, &down))
     }
 
     /// The context's keys and values for the attention of [`Arith::nonlinear_block`]: the

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! setup     = precision "/attn=" attention [ "/quant=" quant ] [ "/splitk=" n ] [ "/batch=" n ]
-//!             [ "/order=decode" ] [ "/skip=" layer ] [ "/reuse=" layer ]
+//!             [ "/order=decode" ] [ "/skip=" layer ] [ "/reuse=" layer ] [ "/kernels=invariant" ]
 //! precision = "f32" | "bf16" | "f16"
 //! attention = "eager" | "tiled:" block | "window:" size | "topk:" k
 //! quant     = ( "int8-tensor" | "int8-channel" | "int4-g32" | "int4-g128" ) [ ":mse" ]
@@ -26,6 +26,7 @@
 //! | order | `decode` | token by token with a KV cache (one-row matmuls) instead of one tiled prefill |
 //! | skip | layer `l ≥ 1` | layer `l` is not computed: `h_l = h_{l−1}` |
 //! | reuse | layer `l ≥ 2` | layer `l` reuses layer `l − 1`'s residual update: `h_l = h_{l−1} + (h_{l−1} − h_{l−2})` |
+//! | kernels | `invariant` | the batch-invariant kernels of [`crate::invariant`] instead of candle's: every row's arithmetic is independent of how many rows are computed together, so the forward runs as large products and a generated token costs one row; f32 with `eager` or `window:W` attention, without `splitk` and `batch` |
 //!
 //! `splitk`, `batch` and `order` change only the reduction order (the honest stand-in for other
 //! hardware); `skip` and `reuse` are structural changes an adversary may make.
@@ -219,6 +220,19 @@ pub struct Setup {
     pub skip: Option<usize>,
     /// A layer (1-based, ≥ 2) that reuses the previous layer's residual update.
     pub reuse: Option<usize>,
+    /// Which kernels carry out the arithmetic.
+    pub kernels: Kernels,
+}
+
+/// Which kernels carry out a setup's arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Kernels {
+    /// candle's CPU kernels, in tiles of the chunk size (each tile padded to its full size, so a
+    /// row's arithmetic does not depend on the rows beside it).
+    #[default]
+    Candle,
+    /// The batch-invariant kernels of [`crate::invariant`]: any number of rows at once.
+    Invariant,
 }
 
 impl Default for Setup {
@@ -238,6 +252,7 @@ impl Setup {
         order: Order::Prefill,
         skip: None,
         reuse: None,
+        kernels: Kernels::Candle,
     };
 
     /// The reference setup at another precision.
@@ -330,6 +345,24 @@ impl Setup {
         if self.skip.is_some() && self.skip == self.reuse {
             return bad("a layer cannot be both skipped and reused".into());
         }
+        if self.kernels == Kernels::Invariant {
+            if self.precision != Precision::F32 {
+                return bad("the invariant kernels compute in f32 only".into());
+            }
+            if !matches!(self.attention, Attention::Eager | Attention::Window { .. }) {
+                return bad(format!(
+                    "the invariant kernels run eager or window attention, not {}",
+                    self.attention
+                ));
+            }
+            if self.split_k != 1 || self.batch != 1 {
+                return bad(
+                    "splitk and batch stand for other reduction orders; the invariant kernels \
+                     have one"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -354,6 +387,9 @@ impl fmt::Display for Setup {
         }
         if let Some(l) = self.reuse {
             write!(f, "/reuse={l}")?;
+        }
+        if self.kernels == Kernels::Invariant {
+            write!(f, "/kernels=invariant")?;
         }
         Ok(())
     }
@@ -452,6 +488,13 @@ impl FromStr for Setup {
                 }
                 "skip" => setup.skip = Some(number(value, "skip layer")?),
                 "reuse" => setup.reuse = Some(number(value, "reuse layer")?),
+                "kernels" => {
+                    setup.kernels = match value {
+                        "invariant" => Kernels::Invariant,
+                        "candle" => Kernels::Candle,
+                        _ => return Err(bad(format!("kernels {value:?} (known: invariant)"))),
+                    }
+                }
                 _ => return Err(bad(format!("unknown key {key:?}"))),
             }
         }

@@ -1,0 +1,468 @@
+//! Batch-invariant f32 kernels (issue 17): arithmetic in which every output row is computed by
+//! the same operations in the same order however many rows are computed together, in whatever
+//! blocks, on however many threads.
+//!
+//! # The rule
+//! * **Products** `y = x·Wᵀ` ([`matmul_t`]): each output element is one chain of fused
+//!   multiply-adds over the inner dimension in order, `c ← fma(x_k, w_k, c)` for `k = 0, 1, …`
+//!   from `c = +0`. Blocking over rows and columns (the register tiles of the micro-kernel,
+//!   the row blocks and column panels split across threads) changes which elements are computed
+//!   together, never the chain of any element. A fused multiply-add is correctly rounded, so the
+//!   AVX2 micro-kernel, any other vector width and the scalar fallback ([`f32::mul_add`]) give
+//!   the same bits.
+//! * **Row reductions** (the RMSNorm mean of squares, the softmax sum) use eight interleaved
+//!   accumulators over the row in order and a fixed pairwise reduction ([`sum_lanes`]); the
+//!   order depends on the row's length only.
+//! * **Attention** of query position `p` over keys `0..e`: the scores are a product as above
+//!   (over the head dimension); the maximum, the exponentials and their sum run over the keys
+//!   the query sees only (`lo..=p`), so they do not depend on `e`; the output is the product of
+//!   the probabilities with the values over keys `0..e`, in which every key the query does not
+//!   see has probability exactly 0 and adds exactly nothing (`fma(0, v, c) = c` for finite `v`
+//!   and `c ≠ −0`, and a chain from `+0` never holds `−0`). So a row computed alone with its
+//!   keys cached (generation with a KV cache), inside a chunk (a verifier's cell recompute) or
+//!   inside the whole prefill is bitwise the same row.
+//!
+//! The kernels are plain functions over row-major `f32` slices; [`crate::LlamaModel`] runs
+//! them under the setup key `kernels=invariant` ([`crate::Kernels::Invariant`]).
+
+use rayon::prelude::*;
+
+/// Output columns per panel of a packed matrix (two AVX2 registers of eight f32).
+pub const NR: usize = 16;
+/// Rows per register tile of the micro-kernel.
+pub const MR: usize = 4;
+/// Rows per task when the rows are split across threads.
+const ROW_BLOCK: usize = 64;
+
+/// A weight `W: [out, in]` (row-major, as checkpoints store linear layers) laid out for
+/// `x·Wᵀ`: panels of [`NR`] output columns, each `[in][NR]` (zero columns past `out`).
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    out: usize,
+    inp: usize,
+    panels: Vec<f32>,
+}
+
+impl PackedMatrix {
+    /// Packs `w` (`out · inp` elements, row-major `[out, inp]`). `None` if the length is not
+    /// `out · inp`.
+    pub fn new(w: &[f32], out: usize, inp: usize) -> Option<Self> {
+        if out.checked_mul(inp)? != w.len() {
+            return None;
+        }
+        let np = out.div_ceil(NR);
+        let mut panels = vec![0f32; np * inp * NR];
+        for (j, row) in w.chunks_exact(inp.max(1)).enumerate().take(out) {
+            let (p, c) = (j / NR, j % NR);
+            let panel = &mut panels[p * inp * NR..(p + 1) * inp * NR];
+            for (k, &v) in row.iter().enumerate() {
+                panel[k * NR + c] = v;
+            }
+        }
+        Some(PackedMatrix { out, inp, panels })
+    }
+
+    /// Packs `Wᵀ` given `W` as `[inp, out]` row-major (so the product is `x·W`): the layout of
+    /// attention values `[keys, head]`, whose panels are slabs of the rows.
+    pub fn from_transposed(wt: &[f32], out: usize, inp: usize) -> Option<Self> {
+        if out.checked_mul(inp)? != wt.len() {
+            return None;
+        }
+        let np = out.div_ceil(NR);
+        let mut panels = vec![0f32; np * inp * NR];
+        for (k, row) in wt.chunks_exact(out.max(1)).enumerate().take(inp) {
+            for p in 0..np {
+                let cols = NR.min(out - p * NR);
+                let at = (p * inp + k) * NR;
+                panels[at..at + cols].copy_from_slice(&row[p * NR..p * NR + cols]);
+            }
+        }
+        Some(PackedMatrix { out, inp, panels })
+    }
+
+    /// Output width (rows of `W`).
+    pub fn out(&self) -> usize {
+        self.out
+    }
+
+    /// Input width (columns of `W`).
+    pub fn inp(&self) -> usize {
+        self.inp
+    }
+
+    fn panel(&self, p: usize) -> &[f32] {
+        &self.panels[p * self.inp * NR..(p + 1) * self.inp * NR]
+    }
+}
+
+/// `x·Wᵀ` for `m` rows of `x` (row-major `[m, w.inp()]`): row-major `[m, w.out()]`, every
+/// element one in-order chain of fused multiply-adds (see the [module docs](self)). Rows are
+/// split across the rayon pool's threads in blocks of 64, or, for fewer rows, the column panels
+/// are; the bits do not depend on either. Panics if `x.len() != m · w.inp()` (callers check).
+pub fn matmul_t(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
+    let (k, n) = (w.inp, w.out);
+    assert_eq!(
+        x.len(),
+        m * k,
+        "matmul_t: {} input elements for {m} rows of {k}",
+        x.len()
+    );
+    let mut y = vec![0f32; m * n];
+    if m == 0 || n == 0 || k == 0 {
+        return y;
+    }
+    let np = n.div_ceil(NR);
+    if m >= 2 * ROW_BLOCK || rayon::current_num_threads() == 1 {
+        y.par_chunks_mut(ROW_BLOCK * n)
+            .zip(x.par_chunks(ROW_BLOCK * k))
+            .for_each(|(yb, xb)| {
+                let rows = yb.len() / n;
+                for p in 0..np {
+                    panel_rows(xb, rows, k, w.panel(p), yb, n, p);
+                }
+            });
+    } else {
+        // few rows (decode): split the column panels, each task into its own buffer
+        let tasks = rayon::current_num_threads().min(np);
+        let per = np.div_ceil(tasks);
+        let parts: Vec<(usize, Vec<f32>)> = (0..tasks)
+            .into_par_iter()
+            .map(|t| {
+                let (p0, p1) = (t * per, ((t + 1) * per).min(np));
+                let cols = (p1 * NR).min(n) - (p0 * NR).min(n);
+                let mut buf = vec![0f32; m * cols];
+                for p in p0..p1 {
+                    panel_rows(x, m, k, w.panel(p), &mut buf, cols, p - p0);
+                }
+                (p0 * NR, buf)
+            })
+            .collect();
+        for (c0, buf) in parts {
+            let cols = buf.len() / m;
+            for r in 0..m {
+                y[r * n + c0..r * n + c0 + cols].copy_from_slice(&buf[r * cols..(r + 1) * cols]);
+            }
+        }
+    }
+    y
+}
+
+/// Rows `x: [rows, k]` times panel `p` into columns `p·NR..` of `y` (row stride `ys`). The
+/// last `rows mod MR` rows go through the register tile padded with zero rows (whose results are
+/// dropped), so every row takes the same kernel.
+fn panel_rows(x: &[f32], rows: usize, k: usize, panel: &[f32], y: &mut [f32], ys: usize, p: usize) {
+    let c0 = p * NR;
+    let cols = NR.min(ys - c0);
+    let mut tile = [[0f32; NR]; MR];
+    let mut r = 0;
+    while r < rows {
+        let mr = MR.min(rows - r);
+        if mr == MR {
+            micro(&x[r * k..(r + MR) * k], k, panel, &mut tile);
+        } else {
+            let mut pad = vec![0f32; MR * k];
+            pad[..mr * k].copy_from_slice(&x[r * k..(r + mr) * k]);
+            micro(&pad, k, panel, &mut tile);
+        }
+        for (i, t) in tile.iter().enumerate().take(mr) {
+            y[(r + i) * ys + c0..(r + i) * ys + c0 + cols].copy_from_slice(&t[..cols]);
+        }
+        r += mr;
+    }
+}
+
+/// The register tile: [`MR`] rows of `x` (`[MR, k]`) times one panel (`[k][NR]`).
+fn micro(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; NR]; MR]) {
+    #[cfg(target_arch = "x86_64")]
+    if fma_available() {
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU has AVX2 and FMA (checked by `fma_available`).
+        unsafe {
+            micro_avx2(x, k, panel, tile)
+        };
+        return;
+    }
+    micro_scalar(x, k, panel, tile);
+}
+
+/// Whether the AVX2 + FMA micro-kernel can run on this CPU.
+#[cfg(target_arch = "x86_64")]
+fn fma_available() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// The micro-kernel for any target: each element's chain by [`f32::mul_add`] (a correctly
+/// rounded fused multiply-add, in hardware or in software), bitwise [`micro_avx2`].
+fn micro_scalar(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; NR]; MR]) {
+    for (i, t) in tile.iter_mut().enumerate() {
+        *t = [0f32; NR];
+        let xr = &x[i * k..(i + 1) * k];
+        for (kk, &a) in xr.iter().enumerate() {
+            let b = &panel[kk * NR..(kk + 1) * NR];
+            for c in 0..NR {
+                t[c] = a.mul_add(b[c], t[c]);
+            }
+        }
+    }
+}
+
+/// [`micro_scalar`] for four rows with AVX2 + FMA: eight accumulator registers (four rows by
+/// two halves of the panel), one fused multiply-add per element per step of `k`, in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn micro_avx2(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; NR]; MR]) {
+    use std::arch::x86_64::{
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+    assert!(x.len() >= MR * k && panel.len() >= k * NR);
+    let mut acc = [_mm256_setzero_ps(); 2 * MR];
+    let (x0, x1, x2, x3) = (&x[..k], &x[k..2 * k], &x[2 * k..3 * k], &x[3 * k..4 * k]);
+    for kk in 0..k {
+        #[allow(unsafe_code)]
+        // SAFETY: `kk < k` and `panel` holds `k · NR` elements, so both 8-wide loads at
+        // `kk · NR` and `kk · NR + 8` stay inside it.
+        let (b0, b1) = unsafe {
+            let at = panel.as_ptr().add(kk * NR);
+            (_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8)))
+        };
+        for (i, a) in [x0[kk], x1[kk], x2[kk], x3[kk]].into_iter().enumerate() {
+            let a = _mm256_set1_ps(a);
+            acc[2 * i] = _mm256_fmadd_ps(a, b0, acc[2 * i]);
+            acc[2 * i + 1] = _mm256_fmadd_ps(a, b1, acc[2 * i + 1]);
+        }
+    }
+    for (i, t) in tile.iter_mut().enumerate() {
+        #[allow(unsafe_code)]
+        // SAFETY: each row of `tile` holds NR = 16 f32; the stores write 8 each.
+        unsafe {
+            _mm256_storeu_ps(t.as_mut_ptr(), acc[2 * i]);
+            _mm256_storeu_ps(t.as_mut_ptr().add(8), acc[2 * i + 1]);
+        }
+    }
+}
+
+/// Accumulators of [`sum_lanes`].
+const LANES: usize = 8;
+
+/// `Σ xᵢ` in f32 with eight interleaved accumulators (element `i` into lane `i mod 8`) and the
+/// fixed pairwise reduction `((s₀+s₁)+(s₂+s₃))+((s₄+s₅)+(s₆+s₇))`: an order fixed by the length.
+pub fn sum_lanes(x: &[f32]) -> f32 {
+    let mut s = [0f32; LANES];
+    let n = x.len() / LANES * LANES;
+    for c in x[..n].chunks_exact(LANES) {
+        for i in 0..LANES {
+            s[i] += c[i];
+        }
+    }
+    for (i, &v) in x[n..].iter().enumerate() {
+        s[i] += v;
+    }
+    ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+}
+
+/// RMSNorm of each `d`-wide row of `x`: `(x · (1 / √(mean(x²) + eps))) · gain`, the mean of
+/// squares by [`sum_lanes`] over the squares, each step rounded to f32.
+pub fn rms_norm_rows(x: &[f32], d: usize, gain: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    let mut sq = vec![0f32; d];
+    for row in x.chunks_exact(d) {
+        for (s, &v) in sq.iter_mut().zip(row) {
+            *s = v * v;
+        }
+        let inv = 1.0 / (sum_lanes(&sq) / d as f32 + eps).sqrt();
+        out.extend(row.iter().zip(gain).map(|(&v, &g)| (v * inv) * g));
+    }
+    out
+}
+
+/// SwiGLU's product `silu(gate) · up` element by element, `silu(g) = g / (1 + e^(−g))`.
+pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| (g / (1.0 + (-g).exp())) * u)
+        .collect()
+}
+
+/// Element-wise `a + b`.
+pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    a.iter().zip(b).map(|(x, y)| x + y).collect()
+}
+
+/// Causal attention of the query rows at positions `q0..q0 + tq` over the keys and values of
+/// positions `0..e` (`e ≥ q0 + tq`), one head: `q: [tq, hd]`, `k, v: [e, hd]`; query `p` sees
+/// keys `j ≤ p` with `p − j < window`. Returns `[tq, hd]`. Scores are `(q·kᵀ)·scale` by
+/// [`matmul_t`]; see the [module docs](self) for why a row's result does not depend on `e`,
+/// `tq` or `q0`'s block.
+// The head's geometry is separate arguments, as in `LlamaModel::recompute_cell`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q0: usize,
+    tq: usize,
+    e: usize,
+    hd: usize,
+    window: usize,
+) -> Vec<f32> {
+    let scale = 1.0 / (hd as f32).sqrt();
+    let keys = PackedMatrix::new(k, e, hd).expect("key rows");
+    let mut probs = matmul_t(q, tq, &keys); // [tq, e] raw scores, then probabilities
+    let mut ex = Vec::with_capacity(e);
+    for (i, row) in probs.chunks_exact_mut(e).enumerate() {
+        let p = q0 + i;
+        let lo = p.saturating_sub(window.saturating_sub(1));
+        let seen = lo..p + 1;
+        let mut max = f32::NEG_INFINITY;
+        for s in &mut row[seen.clone()] {
+            *s *= scale;
+            max = max.max(*s);
+        }
+        ex.clear();
+        ex.extend(row[seen.clone()].iter().map(|&s| (s - max).exp()));
+        let inv = 1.0 / sum_lanes(&ex);
+        row.fill(0.0);
+        for (r, &x) in row[seen].iter_mut().zip(&ex) {
+            *r = x * inv;
+        }
+    }
+    let values = PackedMatrix::from_transposed(v, hd, e).expect("value rows");
+    matmul_t(&probs, tq, &values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(seed: u32, n: usize) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                let h = (i ^ seed.rotate_left(13)).wrapping_mul(0x9E37_79B9) ^ seed;
+                (h >> 9) as f32 / 4_194_304.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Each element as one scalar chain of fused multiply-adds: the definition.
+    fn reference(x: &[f32], m: usize, w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+        let mut y = vec![0f32; m * out];
+        for i in 0..m {
+            for j in 0..out {
+                let mut c = 0f32;
+                for kk in 0..inp {
+                    c = x[i * inp + kk].mul_add(w[j * inp + kk], c);
+                }
+                y[i * out + j] = c;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn products_are_the_definition_at_every_shape() {
+        for (m, out, inp) in [
+            (1, 1, 1),
+            (3, 17, 5),
+            (4, 16, 64),
+            (7, 33, 19),
+            (130, 40, 24),
+        ] {
+            let (x, w) = (values(1, m * inp), values(2, out * inp));
+            let packed = PackedMatrix::new(&w, out, inp).expect("pack");
+            let y = matmul_t(&x, m, &packed);
+            assert_eq!(
+                bits(&y),
+                bits(&reference(&x, m, &w, out, inp)),
+                "{m}x{out}x{inp}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_row_is_the_same_alone_in_any_batch_and_on_any_thread_count() {
+        let (m, out, inp) = (150, 70, 48);
+        let (x, w) = (values(3, m * inp), values(4, out * inp));
+        let packed = PackedMatrix::new(&w, out, inp).expect("pack");
+        let all = matmul_t(&x, m, &packed);
+        for r in [0, 3, 64, 149] {
+            let one = matmul_t(&x[r * inp..(r + 1) * inp], 1, &packed);
+            assert_eq!(bits(&one), bits(&all[r * out..(r + 1) * out]), "row {r}");
+        }
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            let y = pool.install(|| matmul_t(&x, m, &packed));
+            assert_eq!(bits(&y), bits(&all), "{threads} threads");
+            let few = pool.install(|| matmul_t(&x[..5 * inp], 5, &packed));
+            assert_eq!(
+                bits(&few),
+                bits(&all[..5 * out]),
+                "{threads} threads, 5 rows"
+            );
+        }
+    }
+
+    #[test]
+    fn transposed_packing_is_the_same_matrix() {
+        let (out, inp) = (37, 11);
+        let w = values(5, out * inp);
+        let mut wt = vec![0f32; inp * out];
+        for j in 0..out {
+            for kk in 0..inp {
+                wt[kk * out + j] = w[j * inp + kk];
+            }
+        }
+        let x = values(6, 3 * inp);
+        let a = matmul_t(&x, 3, &PackedMatrix::new(&w, out, inp).expect("pack"));
+        let b = matmul_t(
+            &x,
+            3,
+            &PackedMatrix::from_transposed(&wt, out, inp).expect("pack"),
+        );
+        assert_eq!(bits(&a), bits(&b));
+        assert!(PackedMatrix::new(&w, out, inp + 1).is_none());
+    }
+
+    #[test]
+    fn attention_rows_do_not_depend_on_the_batch_or_the_context_length() {
+        let (hd, e) = (16, 40);
+        let (q, k, v) = (values(7, e * hd), values(8, e * hd), values(9, e * hd));
+        for window in [usize::MAX, 5] {
+            let all = attend_head(&q, &k, &v, 0, e, e, hd, window);
+            // each row alone over exactly its keys, and blocks over a padded context
+            for p in [0, 1, 17, 39] {
+                let one = attend_head(
+                    &q[p * hd..(p + 1) * hd],
+                    &k[..(p + 1) * hd],
+                    &v[..(p + 1) * hd],
+                    p,
+                    1,
+                    p + 1,
+                    hd,
+                    window,
+                );
+                assert_eq!(bits(&one), bits(&all[p * hd..(p + 1) * hd]), "row {p}");
+            }
+            let block = attend_head(&q[16 * hd..24 * hd], &k, &v, 16, 8, e, hd, window);
+            assert_eq!(bits(&block), bits(&all[16 * hd..24 * hd]));
+        }
+    }
+
+    #[test]
+    fn sums_and_norms_are_row_local() {
+        let d = 24;
+        let x = values(10, 5 * d);
+        let gain = values(11, d);
+        let all = rms_norm_rows(&x, d, &gain, 1e-5);
+        let one = rms_norm_rows(&x[2 * d..3 * d], d, &gain, 1e-5);
+        assert_eq!(bits(&one), bits(&all[2 * d..3 * d]));
+        assert_eq!(sum_lanes(&[1.0, 2.0, 3.0]), 6.0);
+        assert_eq!(sum_lanes(&[]), 0.0);
+    }
+}

@@ -1,0 +1,188 @@
+//! The batch-invariant kernels (`kernels=invariant`, issue 17) in the decoder: the whole
+//! forward equals, bit for bit, the per-cell recompute of every cell at every chunk size, the
+//! same forward on any thread count, and generation with a KV cache; the values are those of
+//! the candle kernels up to rounding; setups the kernels do not implement are refused.
+
+use veritrace_model::{CellInputs, Family, Kernels, LlamaModel, ModelConfig, Setup};
+
+fn setup(s: &str) -> Setup {
+    s.parse().expect("setup")
+}
+
+fn tokens(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (5 + 31 * i * i + 7 * i) % vocab)
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Every cell of every layer recomputed alone, at several chunk sizes, equals the forward's
+/// rows of one trace (computed once, as one block of all rows).
+fn cells_equal_the_forward(model: &LlamaModel, setup: &Setup, n: usize) {
+    let c = model.config();
+    let d = c.hidden_size;
+    let toks = tokens(n, c.vocab_size as u32);
+    let trace = model.trace(setup, &toks, 16).expect("trace");
+    // the chunk is not the compute tile: another tile gives the same trace
+    let other = model.trace(setup, &toks, 5).expect("trace");
+    assert_eq!(trace.layers.len(), other.layers.len());
+    for (a, b) in trace.layers.iter().zip(&other.layers) {
+        assert_eq!(
+            bits(a),
+            bits(b),
+            "{setup}: the trace depends on the chunk size"
+        );
+    }
+    for tile in [1usize, 3, 8, 16, 64] {
+        for chunk in 0..n.div_ceil(tile) {
+            let e = ((chunk + 1) * tile).min(n);
+            let rows = chunk * tile..e;
+            let got = model
+                .recompute_cell(setup, tile, 0, chunk, CellInputs::Tokens(&toks[..e]))
+                .expect("layer 0");
+            assert_eq!(bits(&got), bits(&trace.layers[0][rows.start * d..e * d]));
+            for l in 1..=c.num_layers {
+                let h_in = &trace.layers[l - 1][..e * d];
+                let got = model
+                    .recompute_cell(setup, tile, l, chunk, CellInputs::Hidden(h_in))
+                    .expect("cell");
+                assert_eq!(
+                    bits(&got),
+                    bits(&trace.layers[l][rows.start * d..e * d]),
+                    "{setup}: layer {l}, chunk {chunk} of {tile}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_cell_at_every_chunk_size_is_the_forward_bitwise() {
+    let tiny = LlamaModel::preset("tiny").expect("tiny");
+    for s in [
+        "f32/attn=eager/kernels=invariant",
+        "f32/attn=window:7/kernels=invariant",
+        "f32/attn=eager/quant=int8-channel/kernels=invariant",
+        "f32/attn=eager/skip=2/kernels=invariant",
+    ] {
+        cells_equal_the_forward(&tiny, &setup(s), 37);
+    }
+    let small = LlamaModel::preset("small").expect("small");
+    cells_equal_the_forward(&small, &setup("f32/attn=eager/kernels=invariant"), 70);
+    // Qwen2 (query, key and value biases) and Mistral (the model's own sliding window)
+    let mut c = ModelConfig::tiny();
+    c.family = Family::Qwen2;
+    c.num_layers = 2;
+    cells_equal_the_forward(
+        &LlamaModel::new(c).expect("qwen2"),
+        &setup("f32/attn=eager/kernels=invariant"),
+        29,
+    );
+    let mut c = ModelConfig::tiny();
+    c.family = Family::Mistral;
+    c.sliding_window = Some(5);
+    c.num_layers = 2;
+    cells_equal_the_forward(
+        &LlamaModel::new(c).expect("mistral"),
+        &setup("f32/attn=eager/kernels=invariant"),
+        29,
+    );
+}
+
+#[test]
+fn the_forward_is_the_same_on_any_thread_count() {
+    let model = LlamaModel::preset("small").expect("small");
+    let s = setup("f32/attn=eager/kernels=invariant");
+    let toks = tokens(150, 2048);
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+            .install(|| model.trace(&s, &toks, 16).expect("trace"))
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        let t = run(threads);
+        for (a, b) in one.layers.iter().zip(&t.layers) {
+            assert_eq!(bits(a), bits(b), "{threads} threads");
+        }
+    }
+}
+
+#[test]
+fn generation_with_a_kv_cache_is_greedy_on_the_full_forward() {
+    let model = LlamaModel::preset("tiny").expect("tiny");
+    let d = model.config().hidden_size;
+    for s in [
+        "f32/attn=eager/kernels=invariant",
+        "f32/attn=window:6/kernels=invariant",
+    ] {
+        let s = setup(s);
+        let prompt = tokens(21, 512);
+        let out = model.generate(&s, &prompt, 12, 8).expect("generate");
+        assert_eq!(out.len(), 12);
+        // each generated token is the argmax of the full forward's last row before it
+        let mut seq = prompt.clone();
+        seq.extend(&out);
+        let trace = model.trace(&s, &seq, 8).expect("trace");
+        let last = trace.layers.last().expect("layers");
+        for (i, &t) in out.iter().enumerate() {
+            let p = prompt.len() - 1 + i;
+            let want = model
+                .next_token_from_row(&s, &last[p * d..(p + 1) * d])
+                .expect("token");
+            assert_eq!(t, want, "{s}: token {i}");
+        }
+    }
+}
+
+#[test]
+fn the_values_are_the_candle_kernels_up_to_rounding() {
+    let model = LlamaModel::preset("small").expect("small");
+    let toks = tokens(48, 2048);
+    let a = model
+        .trace(&setup("f32/attn=eager"), &toks, 16)
+        .expect("candle");
+    let b = model
+        .trace(&setup("f32/attn=eager/kernels=invariant"), &toks, 16)
+        .expect("invariant");
+    for (l, (x, y)) in a.layers.iter().zip(&b.layers).enumerate() {
+        let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let dev = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(dev <= 1e-4 * scale, "layer {l}: {dev} against {scale}");
+        if l > 0 {
+            // another reduction order: not bitwise (else this test checks nothing)
+            assert_ne!(bits(x), bits(y), "layer {l}");
+        }
+    }
+}
+
+#[test]
+fn setups_the_kernels_do_not_implement_are_refused() {
+    let s = setup("f32/attn=eager/kernels=invariant");
+    assert_eq!(s.kernels, Kernels::Invariant);
+    assert_eq!(s.to_string(), "f32/attn=eager/kernels=invariant");
+    for bad in [
+        "bf16/attn=eager/kernels=invariant",
+        "f32/attn=tiled:16/kernels=invariant",
+        "f32/attn=topk:4/kernels=invariant",
+        "f32/attn=eager/splitk=2/kernels=invariant",
+        "f32/attn=eager/batch=2/kernels=invariant",
+        "f32/attn=eager/kernels=candle",
+        "f32/attn=eager/kernels=fast",
+        "f32/kernels=invariant/attn=eager",
+    ] {
+        assert!(bad.parse::<Setup>().is_err(), "{bad} parsed");
+    }
+    let model = LlamaModel::preset("tiny").expect("tiny");
+    let toks = tokens(16, 512);
+    assert!(model.trace_sublayers(&s, &toks, 8).is_err());
+    let trace = model.trace(&s, &toks, 8).expect("trace");
+    assert!(model
+        .recompute_cell_sublayers(&s, 8, 1, 0, &trace.layers[0][..8 * 128])
+        .is_err());
+}
