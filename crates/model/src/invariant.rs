@@ -117,9 +117,7 @@ pub fn matmul_t(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
             .zip(x.par_chunks(ROW_BLOCK * k))
             .for_each(|(yb, xb)| {
                 let rows = yb.len() / n;
-                for p in 0..np {
-                    panel_rows(xb, rows, k, w.panel(p), yb, n, p);
-                }
+                panels_rows(xb, rows, k, w, 0, np, yb, n);
             });
     } else {
         // few rows (decode): split the column panels, each task into its own buffer
@@ -131,9 +129,7 @@ pub fn matmul_t(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
                 let (p0, p1) = (t * per, ((t + 1) * per).min(np));
                 let cols = (p1 * NR).min(n) - (p0 * NR).min(n);
                 let mut buf = vec![0f32; m * cols];
-                for p in p0..p1 {
-                    panel_rows(x, m, k, w.panel(p), &mut buf, cols, p - p0);
-                }
+                panels_rows(x, m, k, w, p0, p1, &mut buf, cols);
                 (p0 * NR, buf)
             })
             .collect();
@@ -147,32 +143,151 @@ pub fn matmul_t(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
     y
 }
 
-/// Rows `x: [rows, k]` times panel `p` into columns `p·NR..` of `y` (row stride `ys`). The
-/// last `rows mod MR` rows go through the register tile padded with zero rows (whose results are
-/// dropped), so every row takes the same kernel.
-fn panel_rows(x: &[f32], rows: usize, k: usize, panel: &[f32], y: &mut [f32], ys: usize, p: usize) {
-    let c0 = p * NR;
-    let cols = NR.min(ys - c0);
-    let mut tile = [[0f32; NR]; MR];
-    let mut r = 0;
-    while r < rows {
-        let mr = MR.min(rows - r);
-        if mr == MR {
-            micro(&x[r * k..(r + MR) * k], k, panel, &mut tile);
-        } else {
-            let mut pad = vec![0f32; MR * k];
-            pad[..mr * k].copy_from_slice(&x[r * k..(r + mr) * k]);
-            micro(&pad, k, panel, &mut tile);
+/// Rows `x: [rows, k]` times panels `p0..p1` of `w` into columns `(p − p0)·NR..` of `y` (row
+/// stride `ys`). Where the CPU has AVX-512, pairs of panels go through the 4 x 32 register tile,
+/// the rest through the 4 x 16 one; the last `rows mod MR` rows are padded with zero rows (whose
+/// results are dropped). Every element is the same chain in each kernel.
+#[allow(clippy::too_many_arguments)]
+fn panels_rows(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &PackedMatrix,
+    p0: usize,
+    p1: usize,
+    y: &mut [f32],
+    ys: usize,
+) {
+    let mut pad = Vec::new();
+    let mut p = p0;
+    while p < p1 {
+        let c0 = (p - p0) * NR;
+        let wide = p + 1 < p1 && wide_available();
+        let cols = if wide { 2 * NR } else { NR }.min(ys - c0);
+        let mut r = 0;
+        while r < rows {
+            let mr = MR.min(rows - r);
+            let xr = if mr == MR {
+                &x[r * k..(r + MR) * k]
+            } else {
+                pad.clear();
+                pad.extend_from_slice(&x[r * k..(r + mr) * k]);
+                pad.resize(MR * k, 0.0);
+                &pad[..]
+            };
+            if wide && rows - r >= 2 * MR {
+                // eight rows: each panel load serves twice the rows
+                let mut tile = [[0f32; 2 * NR]; 2 * MR];
+                micro_wide::<{ 2 * MR }>(
+                    &x[r * k..(r + 2 * MR) * k],
+                    k,
+                    w.panel(p),
+                    w.panel(p + 1),
+                    &mut tile,
+                );
+                for (i, t) in tile.iter().enumerate() {
+                    y[(r + i) * ys + c0..(r + i) * ys + c0 + cols].copy_from_slice(&t[..cols]);
+                }
+                r += 2 * MR;
+                continue;
+            }
+            let mut tile = [[0f32; 2 * NR]; MR];
+            if wide {
+                micro_wide::<MR>(xr, k, w.panel(p), w.panel(p + 1), &mut tile);
+            } else {
+                micro(xr, k, w.panel(p), &mut tile);
+            }
+            for (i, t) in tile.iter().enumerate().take(mr) {
+                y[(r + i) * ys + c0..(r + i) * ys + c0 + cols].copy_from_slice(&t[..cols]);
+            }
+            r += mr;
         }
-        for (i, t) in tile.iter().enumerate().take(mr) {
-            y[(r + i) * ys + c0..(r + i) * ys + c0 + cols].copy_from_slice(&t[..cols]);
-        }
-        r += mr;
+        p += if wide { 2 } else { 1 };
     }
 }
 
-/// The register tile: [`MR`] rows of `x` (`[MR, k]`) times one panel (`[k][NR]`).
-fn micro(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; NR]; MR]) {
+/// Whether the AVX-512 register tile can run on this CPU.
+fn wide_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Two panels at once with AVX-512 for `R` rows (4 or 8): the first `NR` columns of each tile
+/// row from `pa`, the next from `pb`. Only called where [`wide_available`] holds.
+fn micro_wide<const R: usize>(
+    x: &[f32],
+    k: usize,
+    pa: &[f32],
+    pb: &[f32],
+    tile: &mut [[f32; 2 * NR]; R],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[allow(unsafe_code)]
+        // SAFETY: callers check `wide_available` (the CPU has AVX-512F).
+        unsafe {
+            micro_avx512::<R>(x, k, pa, pb, tile)
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, k, pa, pb, tile);
+        unreachable!("the AVX-512 tile runs on x86-64 only");
+    }
+}
+
+/// [`micro_scalar`] for `R` rows (4 or 8) and two panels with AVX-512: `2R` accumulator
+/// registers of sixteen lanes, one fused multiply-add per element per step of `k`, in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn micro_avx512<const R: usize>(
+    x: &[f32],
+    k: usize,
+    pa: &[f32],
+    pb: &[f32],
+    tile: &mut [[f32; 2 * NR]; R],
+) {
+    use std::arch::x86_64::{
+        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+    assert!(x.len() >= R * k && pa.len() >= k * NR && pb.len() >= k * NR);
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    for kk in 0..k {
+        #[allow(unsafe_code)]
+        // SAFETY: `kk < k` and each panel holds `k · NR` elements, so the 16-wide loads at
+        // `kk · NR` stay inside them.
+        let (b0, b1) = unsafe {
+            (
+                _mm512_loadu_ps(pa.as_ptr().add(kk * NR)),
+                _mm512_loadu_ps(pb.as_ptr().add(kk * NR)),
+            )
+        };
+        for i in 0..R {
+            let a = _mm512_set1_ps(x[i * k + kk]);
+            acc0[i] = _mm512_fmadd_ps(a, b0, acc0[i]);
+            acc1[i] = _mm512_fmadd_ps(a, b1, acc1[i]);
+        }
+    }
+    for (i, t) in tile.iter_mut().enumerate() {
+        #[allow(unsafe_code)]
+        // SAFETY: each row of `tile` holds 2·NR = 32 f32; the stores write 16 each.
+        unsafe {
+            _mm512_storeu_ps(t.as_mut_ptr(), acc0[i]);
+            _mm512_storeu_ps(t.as_mut_ptr().add(NR), acc1[i]);
+        }
+    }
+}
+
+/// The register tile: [`MR`] rows of `x` (`[MR, k]`) times one panel (`[k][NR]`), into the
+/// first `NR` columns of `tile`.
+fn micro(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; 2 * NR]; MR]) {
     #[cfg(target_arch = "x86_64")]
     if fma_available() {
         #[allow(unsafe_code)]
@@ -193,9 +308,9 @@ fn fma_available() -> bool {
 
 /// The micro-kernel for any target: each element's chain by [`f32::mul_add`] (a correctly
 /// rounded fused multiply-add, in hardware or in software), bitwise [`micro_avx2`].
-fn micro_scalar(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; NR]; MR]) {
+fn micro_scalar(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; 2 * NR]; MR]) {
     for (i, t) in tile.iter_mut().enumerate() {
-        *t = [0f32; NR];
+        *t = [0f32; 2 * NR];
         let xr = &x[i * k..(i + 1) * k];
         for (kk, &a) in xr.iter().enumerate() {
             let b = &panel[kk * NR..(kk + 1) * NR];
@@ -210,7 +325,7 @@ fn micro_scalar(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; NR]; MR]) 
 /// two halves of the panel), one fused multiply-add per element per step of `k`, in order.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn micro_avx2(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; NR]; MR]) {
+fn micro_avx2(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; 2 * NR]; MR]) {
     use std::arch::x86_64::{
         _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     };
@@ -233,7 +348,7 @@ fn micro_avx2(x: &[f32], k: usize, panel: &[f32], tile: &mut [[f32; NR]; MR]) {
     }
     for (i, t) in tile.iter_mut().enumerate() {
         #[allow(unsafe_code)]
-        // SAFETY: each row of `tile` holds NR = 16 f32; the stores write 8 each.
+        // SAFETY: each row of `tile` holds 2·NR = 32 f32; the stores write 8 of the first 16.
         unsafe {
             _mm256_storeu_ps(t.as_mut_ptr(), acc[2 * i]);
             _mm256_storeu_ps(t.as_mut_ptr().add(8), acc[2 * i + 1]);

@@ -1,0 +1,101 @@
+//! Wall time of the decoder's forward and of greedy generation on a preset, as one JSON line per
+//! measurement: what `benches/torch_cpu.py` runs beside PyTorch in the same run (issue 17).
+//!
+//! ```text
+//! cargo run --release -p veritrace-model --example forward_timing -- \
+//!     [--preset small] [--tokens 128,512] [--setups f32/attn=eager,f32/attn=eager/kernels=invariant]
+//!     [--threads 1] [--repeats 5] [--generate 128:64]
+//! ```
+//!
+//! Each figure is the median of `--repeats` runs after one warm-up run, on a rayon pool of
+//! `--threads` threads (candle's own element-wise pool follows `RAYON_NUM_THREADS`, which the
+//! script sets to the same number). `--generate P:G` also times generating `G` tokens after a
+//! `P`-token prompt and one forward over `P + G` tokens, per setup.
+
+use std::time::Instant;
+
+use veritrace_model::{LlamaModel, Setup};
+
+fn arg(args: &[String], name: &str, default: &str) -> String {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time(repeats: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    median(
+        (0..repeats)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let preset = arg(&args, "--preset", "small");
+    let threads: usize = arg(&args, "--threads", "1").parse().expect("--threads");
+    let repeats: usize = arg(&args, "--repeats", "5").parse().expect("--repeats");
+    let sizes: Vec<usize> = arg(&args, "--tokens", "128,512")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("--tokens"))
+        .collect();
+    let setups: Vec<Setup> = arg(
+        &args,
+        "--setups",
+        "f32/attn=eager,f32/attn=eager/kernels=invariant",
+    )
+    .split(',')
+    .map(|s| s.parse().expect("--setups"))
+    .collect();
+    let generate = arg(&args, "--generate", "");
+    let model = LlamaModel::preset(&preset).expect("preset");
+    let vocab = model.config().vocab_size as u32;
+    let tokens = |n: usize| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (7 + 37 * i * i + 11 * i) % vocab)
+            .collect()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    pool.install(|| {
+        for setup in &setups {
+            for &n in &sizes {
+                let t = tokens(n);
+                let s = time(repeats, || {
+                    model.forward(setup, &t, 16).expect("forward");
+                });
+                println!(
+                    "{{\"engine\":\"veritrace\",\"preset\":\"{preset}\",\"setup\":\"{setup}\",\
+                     \"what\":\"forward\",\"tokens\":{n},\"threads\":{threads},\"seconds\":{s}}}"
+                );
+            }
+            if let Some((p, g)) = generate.split_once(':') {
+                let (p, g): (usize, usize) = (p.parse().expect("P"), g.parse().expect("G"));
+                let prompt = tokens(p);
+                let s = time(repeats, || {
+                    model.generate(setup, &prompt, g, 16).expect("generate");
+                });
+                println!(
+                    "{{\"engine\":\"veritrace\",\"preset\":\"{preset}\",\"setup\":\"{setup}\",\
+                     \"what\":\"generate\",\"prompt\":{p},\"generated\":{g},\"threads\":{threads},\
+                     \"seconds\":{s}}}"
+                );
+            }
+        }
+    });
+}
