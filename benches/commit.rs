@@ -8,12 +8,17 @@
 //! * `leaf_64kib`: one 64 KiB leaf per hasher (criterion reports bytes per second).
 //! * `proof`: building and verifying a batch proof for 64 contiguous and 64 random leaves of a
 //!   2^20-leaf tree.
+//! * `commit_one_cell_per_layer`: the streaming committer (what `veritrace commit` runs) on a
+//!   64 MiB trace of one cell per layer (16 layers x 512 tokens x 2048 hidden, chunk 512), layer
+//!   by layer (`push_layer`: threads split cells within a layer only, so one thread works) against
+//!   all layers at once (`push_layers`: threads split layers too), on one and two threads.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use veritrace::commit::{
-    commit_trace, verify_batch, Digest, Dtype, Hasher, HasherId, MerkleTree, TraceGeometry,
+    commit_trace, verify_batch, Digest, Dtype, Hasher, HasherId, MerkleTree, TraceCommitter,
+    TraceGeometry,
 };
 
 fn trace_bytes(len: usize) -> Vec<u8> {
@@ -121,5 +126,48 @@ fn proof(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, commit_64mib, node, leaf, proof);
+fn commit_one_cell_per_layer(c: &mut Criterion) {
+    let g = TraceGeometry::new(16, 512, 2048, 512, Dtype::F32).unwrap();
+    let bytes = trace_bytes(g.layer_byte_len() * g.layers as usize);
+    let layers: Vec<&[u8]> = bytes.chunks(g.layer_byte_len()).collect();
+    let mut group = c.benchmark_group("commit_one_cell_per_layer");
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    group.sample_size(10);
+    for threads in [1, 2] {
+        let p = pool(threads);
+        group.bench_function(BenchmarkId::new("push_layer", format!("{threads}t")), |b| {
+            b.iter(|| {
+                p.install(|| {
+                    let mut c = TraceCommitter::new(HasherId::Blake3, g).unwrap();
+                    for l in &layers {
+                        c.push_layer(black_box(l)).unwrap();
+                    }
+                    c.finish().unwrap()
+                })
+            })
+        });
+        group.bench_function(
+            BenchmarkId::new("push_layers", format!("{threads}t")),
+            |b| {
+                b.iter(|| {
+                    p.install(|| {
+                        let mut c = TraceCommitter::new(HasherId::Blake3, g).unwrap();
+                        c.push_layers(black_box(&layers)).unwrap();
+                        c.finish().unwrap()
+                    })
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    commit_64mib,
+    node,
+    leaf,
+    proof,
+    commit_one_cell_per_layer
+);
 criterion_main!(benches);

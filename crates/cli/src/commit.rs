@@ -92,14 +92,26 @@ fn hasher_parser() -> impl TypedValueParser<Value = HasherId> {
         .try_map(|name| name.parse::<HasherId>())
 }
 
-/// Commits to every layer of a loaded trace, layer by layer (bounded memory: one layer's leaf
-/// digests plus O(log n) tree nodes), and returns the commitment.
+/// Cells hashed together at most (their digests are what a group holds: 2 MiB).
+const CELLS_PER_GROUP: u64 = 1 << 16;
+
+/// Commits to every layer of a loaded trace in groups of whole layers (bounded memory: one
+/// group's leaf digests, at most 65,536 cells unless one layer has more, plus O(log n) tree
+/// nodes), the cells of a group hashed in parallel: a group spans enough layers to give every
+/// thread cells even when a layer has few. Returns the commitment.
 pub fn commit_file(trace: &TraceFile, hasher: HasherId) -> anyhow::Result<TraceCommitment> {
     let mut committer = TraceCommitter::new(hasher, *trace.geometry())?;
-    for (layer, bytes) in trace.layers().into_iter().enumerate() {
-        committer
-            .push_layer(bytes)
-            .with_context(|| format!("committing layer h.{layer}"))?;
+    let per = u64::from(trace.geometry().chunks_per_layer()).max(1);
+    let group = (CELLS_PER_GROUP / per).max(1) as usize;
+    let layers = trace.layers();
+    for (g, chunk) in layers.chunks(group).enumerate() {
+        committer.push_layers(chunk).with_context(|| {
+            format!(
+                "committing layers h.{}..h.{}",
+                g * group,
+                g * group + chunk.len() - 1
+            )
+        })?;
     }
     Ok(committer.finish()?)
 }

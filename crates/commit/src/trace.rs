@@ -207,6 +207,45 @@ impl TraceCommitter {
         Ok(())
     }
 
+    /// Hashes the cells of the next `layers.len()` layers all in parallel (threads split layers
+    /// as well as cells, so a trace of few cells per layer scales too) and folds them into the
+    /// tree in order: the same tree as pushing them one by one with
+    /// [`TraceCommitter::push_layer`]. Holds the leaf digests of these layers only.
+    pub fn push_layers(&mut self, layers: &[&[u8]]) -> Result<()> {
+        let remaining = self.geometry.layers - self.next_layer;
+        if layers.len() as u64 > u64::from(remaining) {
+            return Err(CommitError::Streaming(format!(
+                "{} layers pushed with {remaining} of {} left",
+                layers.len(),
+                self.geometry.layers
+            )));
+        }
+        for bytes in layers {
+            check_layer(&self.geometry, bytes)?;
+        }
+        let per = self.geometry.chunks_per_layer();
+        let first = self.next_layer;
+        let geometry = self.geometry;
+        let hasher = self.hasher;
+        let digests = (0..layers.len() as u64 * u64::from(per))
+            .into_par_iter()
+            .map(|i| {
+                let (l, chunk) = ((i / u64::from(per)) as u32, (i % u64::from(per)) as u32);
+                let cell = CellId {
+                    layer: first + l,
+                    chunk,
+                };
+                let range = geometry.cell_byte_range(cell)?;
+                geometry.hash_cell(&hasher, cell, &layers[l as usize][range])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for d in digests {
+            self.builder.push_digest(d)?;
+        }
+        self.next_layer += layers.len() as u32;
+        Ok(())
+    }
+
     /// The commitment, once every layer was pushed.
     pub fn finish(self) -> Result<TraceCommitment> {
         if self.next_layer != self.geometry.layers {
@@ -243,8 +282,28 @@ mod tests {
                 c.push_layer(l).unwrap();
             }
             assert!(c.clone().push_layer(refs[0]).is_err());
+            assert!(c.clone().push_layers(&refs[..1]).is_err());
             assert_eq!(c.finish().unwrap().root, tree.root());
             assert_eq!(tree.size(), 12);
+            // several layers at once, in any grouping, and on any thread count
+            for groups in [&[3usize][..], &[1, 2], &[2, 1], &[0, 1, 1, 1]] {
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut c = TraceCommitter::new(h, g).unwrap();
+                    let mut at = 0;
+                    for &n in groups {
+                        pool.install(|| c.push_layers(&refs[at..at + n])).unwrap();
+                        at += n;
+                    }
+                    assert_eq!(c.finish().unwrap().root, tree.root(), "{groups:?}");
+                }
+            }
+            let mut c = TraceCommitter::new(h, g).unwrap();
+            let short = &refs[0][..refs[0].len() - 1];
+            assert!(c.push_layers(&[refs[0], short]).is_err());
         }
     }
 
