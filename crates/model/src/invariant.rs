@@ -40,7 +40,25 @@ const ROW_BLOCK: usize = 64;
 pub struct PackedMatrix {
     out: usize,
     inp: usize,
+    /// Rows of `k` each panel is laid out for (`≥ inp`: a prefix view uses fewer).
+    kstride: usize,
     panels: Vec<f32>,
+}
+
+/// A packed matrix or a prefix of one ([`PackedMatrix::prefix`]): its first `out` output
+/// columns over its first `inp` inputs, read in place.
+#[derive(Debug, Clone, Copy)]
+pub struct Panels<'a> {
+    out: usize,
+    inp: usize,
+    kstride: usize,
+    panels: &'a [f32],
+}
+
+impl<'a> Panels<'a> {
+    fn panel(&self, p: usize) -> &'a [f32] {
+        &self.panels[p * self.kstride * NR..p * self.kstride * NR + self.inp * NR]
+    }
 }
 
 impl PackedMatrix {
@@ -59,7 +77,12 @@ impl PackedMatrix {
                 panel[k * NR + c] = v;
             }
         }
-        Some(PackedMatrix { out, inp, panels })
+        Some(PackedMatrix {
+            out,
+            inp,
+            kstride: inp,
+            panels,
+        })
     }
 
     /// Packs `Wᵀ` given `W` as `[inp, out]` row-major (so the product is `x·W`): the layout of
@@ -77,7 +100,12 @@ impl PackedMatrix {
                 panels[at..at + cols].copy_from_slice(&row[p * NR..p * NR + cols]);
             }
         }
-        Some(PackedMatrix { out, inp, panels })
+        Some(PackedMatrix {
+            out,
+            inp,
+            kstride: inp,
+            panels,
+        })
     }
 
     /// Output width (rows of `W`).
@@ -90,8 +118,28 @@ impl PackedMatrix {
         self.inp
     }
 
-    fn panel(&self, p: usize) -> &[f32] {
-        &self.panels[p * self.inp * NR..(p + 1) * self.inp * NR]
+    /// The whole matrix as [`Panels`].
+    pub fn view(&self) -> Panels<'_> {
+        Panels {
+            out: self.out,
+            inp: self.inp,
+            kstride: self.kstride,
+            panels: &self.panels,
+        }
+    }
+
+    /// The first `out` output columns over the first `inp` inputs (each at most the matrix's),
+    /// without copying: the keys and values of a context's first rows, when the matrix holds a
+    /// longer context's.
+    pub fn prefix(&self, out: usize, inp: usize) -> Panels<'_> {
+        let (out, inp) = (out.min(self.out), inp.min(self.inp));
+        let np = out.div_ceil(NR);
+        Panels {
+            out,
+            inp,
+            kstride: self.kstride,
+            panels: &self.panels[..np * self.kstride * NR],
+        }
     }
 }
 
@@ -100,6 +148,11 @@ impl PackedMatrix {
 /// split across the rayon pool's threads in blocks of 64, or, for fewer rows, the column panels
 /// are; the bits do not depend on either. Panics if `x.len() != m · w.inp()` (callers check).
 pub fn matmul_t(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
+    matmul_panels(x, m, w.view())
+}
+
+/// [`matmul_t`] against a (prefix) view of a packed matrix.
+pub fn matmul_panels(x: &[f32], m: usize, w: Panels<'_>) -> Vec<f32> {
     let (k, n) = (w.inp, w.out);
     assert_eq!(
         x.len(),
@@ -117,7 +170,7 @@ pub fn matmul_t(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
             .zip(x.par_chunks(ROW_BLOCK * k))
             .for_each(|(yb, xb)| {
                 let rows = yb.len() / n;
-                panels_rows(xb, rows, k, w, 0, np, yb, n);
+                panels_rows(xb, rows, k, &w, 0, np, yb, n);
             });
     } else {
         // few rows (decode): split the column panels, each task into its own buffer
@@ -129,7 +182,7 @@ pub fn matmul_t(x: &[f32], m: usize, w: &PackedMatrix) -> Vec<f32> {
                 let (p0, p1) = (t * per, ((t + 1) * per).min(np));
                 let cols = (p1 * NR).min(n) - (p0 * NR).min(n);
                 let mut buf = vec![0f32; m * cols];
-                panels_rows(x, m, k, w, p0, p1, &mut buf, cols);
+                panels_rows(x, m, k, &w, p0, p1, &mut buf, cols);
                 (p0 * NR, buf)
             })
             .collect();
@@ -152,13 +205,31 @@ fn panels_rows(
     x: &[f32],
     rows: usize,
     k: usize,
-    w: &PackedMatrix,
+    w: &Panels<'_>,
     p0: usize,
     p1: usize,
     y: &mut [f32],
     ys: usize,
 ) {
     let mut pad = Vec::new();
+    // With AVX-512, the last `rows mod MR` rows (a decoded token's single row) go row by row
+    // across up to eight panels at once instead of through a padded 4-row tile.
+    let full = if wide_available() {
+        rows / MR * MR
+    } else {
+        rows
+    };
+    for r in full..rows {
+        single_row(
+            &x[r * k..(r + 1) * k],
+            k,
+            w,
+            p0,
+            p1,
+            &mut y[r * ys..(r + 1) * ys],
+        );
+    }
+    let rows = full;
     let mut p = p0;
     while p < p1 {
         let c0 = (p - p0) * NR;
@@ -203,6 +274,83 @@ fn panels_rows(
             r += mr;
         }
         p += if wide { 2 } else { 1 };
+    }
+}
+
+/// One row times panels `p0..p1` into `y` (that row's `(p − p0)·NR..` columns), in groups of
+/// eight, four, two and one panels. Only called where [`wide_available`] holds.
+fn single_row(x: &[f32], k: usize, w: &Panels<'_>, p0: usize, p1: usize, y: &mut [f32]) {
+    let mut p = p0;
+    while p < p1 {
+        let group = [8usize, 4, 2, 1]
+            .into_iter()
+            .find(|&g| p + g <= p1)
+            .unwrap_or(1);
+        let mut out = [[0f32; NR]; 8];
+        match group {
+            8 => row_wide::<8>(x, k, w, p, &mut out),
+            4 => row_wide::<4>(x, k, w, p, &mut out),
+            2 => row_wide::<2>(x, k, w, p, &mut out),
+            _ => row_wide::<1>(x, k, w, p, &mut out),
+        }
+        for (g, o) in out.iter().enumerate().take(group) {
+            let c0 = (p + g - p0) * NR;
+            let cols = NR.min(y.len() - c0);
+            y[c0..c0 + cols].copy_from_slice(&o[..cols]);
+        }
+        p += group;
+    }
+}
+
+/// One row times `G` panels from `p` with AVX-512 (one accumulator register per panel).
+fn row_wide<const G: usize>(
+    x: &[f32],
+    k: usize,
+    w: &Panels<'_>,
+    p: usize,
+    out: &mut [[f32; NR]; 8],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let panels: [&[f32]; G] = std::array::from_fn(|g| w.panel(p + g));
+        #[allow(unsafe_code)]
+        // SAFETY: callers check `wide_available` (the CPU has AVX-512F).
+        unsafe {
+            row_avx512::<G>(x, k, &panels, out)
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, k, w, p, out);
+        unreachable!("the AVX-512 row kernel runs on x86-64 only");
+    }
+}
+
+/// [`micro_scalar`] for one row and `G ≤ 8` panels with AVX-512: each element's chain of fused
+/// multiply-adds over `k` in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn row_avx512<const G: usize>(x: &[f32], k: usize, panels: &[&[f32]; G], out: &mut [[f32; NR]; 8]) {
+    use std::arch::x86_64::{
+        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+    assert!(x.len() >= k && G <= 8 && panels.iter().all(|p| p.len() >= k * NR));
+    let mut acc = [_mm512_setzero_ps(); G];
+    for (kk, &xv) in x[..k].iter().enumerate() {
+        let a = _mm512_set1_ps(xv);
+        for g in 0..G {
+            #[allow(unsafe_code)]
+            // SAFETY: `kk < k` and each panel holds `k · NR` elements.
+            let b = unsafe { _mm512_loadu_ps(panels[g].as_ptr().add(kk * NR)) };
+            acc[g] = _mm512_fmadd_ps(a, b, acc[g]);
+        }
+    }
+    for g in 0..G {
+        #[allow(unsafe_code)]
+        // SAFETY: each row of `out` holds NR = 16 f32.
+        unsafe {
+            _mm512_storeu_ps(out[g].as_mut_ptr(), acc[g])
+        };
     }
 }
 
@@ -420,9 +568,26 @@ pub fn attend_head(
     hd: usize,
     window: usize,
 ) -> Vec<f32> {
-    let scale = 1.0 / (hd as f32).sqrt();
     let keys = PackedMatrix::new(k, e, hd).expect("key rows");
-    let mut probs = matmul_t(q, tq, &keys); // [tq, e] raw scores, then probabilities
+    let values = PackedMatrix::from_transposed(v, hd, e).expect("value rows");
+    attend_packed(q, &keys, &values, q0, tq, e, window)
+}
+
+/// [`attend_head`] over keys and values packed once for a longer context (`keys`: the keys
+/// as a `[e′, hd]` matrix, `values`: the values transposed, `e′ ≥ e`): only their first `e`
+/// rows are read, so the query blocks of one context share one packing.
+pub fn attend_packed(
+    q: &[f32],
+    keys: &PackedMatrix,
+    values: &PackedMatrix,
+    q0: usize,
+    tq: usize,
+    e: usize,
+    window: usize,
+) -> Vec<f32> {
+    let hd = keys.inp;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut probs = matmul_panels(q, tq, keys.prefix(e, hd)); // [tq, e] raw scores, then probabilities
     let mut ex = Vec::with_capacity(e);
     for (i, row) in probs.chunks_exact_mut(e).enumerate() {
         let p = q0 + i;
@@ -441,8 +606,7 @@ pub fn attend_head(
             *r = x * inv;
         }
     }
-    let values = PackedMatrix::from_transposed(v, hd, e).expect("value rows");
-    matmul_t(&probs, tq, &values)
+    matmul_panels(&probs, tq, values.prefix(hd, e))
 }
 
 #[cfg(test)]

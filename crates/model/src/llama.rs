@@ -2634,24 +2634,29 @@ impl Arith<'_> {
                     column(&cache.v, e, kvd, g * hd),
                 );
                 let qh = column(&q, n, qd, h * hd);
+                // packed once; each query block reads the prefix up to its last row
+                let keys = PackedMatrix::new(&kh, e, hd).ok_or_else(|| {
+                    ModelError::InvalidArgument(format!("{} key elements", kh.len()))
+                })?;
+                let values = PackedMatrix::from_transposed(&vh, hd, e).ok_or_else(|| {
+                    ModelError::InvalidArgument(format!("{} value elements", vh.len()))
+                })?;
                 let mut out = Vec::with_capacity(n * hd);
                 for b0 in (0..n).step_by(INV_QUERY_BLOCK) {
                     let b1 = (b0 + INV_QUERY_BLOCK).min(n);
-                    let eb = r0 + b1;
-                    out.extend(inv::attend_head(
+                    out.extend(inv::attend_packed(
                         &qh[b0 * hd..b1 * hd],
-                        &kh[..eb * hd],
-                        &vh[..eb * hd],
+                        &keys,
+                        &values,
                         r0 + b0,
                         b1 - b0,
-                        eb,
-                        hd,
+                        r0 + b1,
                         window,
                     ));
                 }
-                out
+                Ok(out)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let mut attn = vec![0f32; n * qd];
         for (h, out) in heads.iter().enumerate() {
             for r in 0..n {
