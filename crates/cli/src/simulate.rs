@@ -52,8 +52,9 @@ pub struct SimulateArgs {
     /// No progress bar and no timing line on stderr.
     #[arg(long)]
     pub quiet: bool,
-    /// Fast mode: trials sampled from per-cell outcomes measured end to end (grinding and
-    /// late-commitment adversaries still run end to end).
+    /// Fast mode: trials sampled from per-cell outcomes measured end to end; grinding from each
+    /// prover run's exact per-trial law, late commitment from one end-to-end trial per run
+    /// (weight-perturbation trials still run end to end).
     #[arg(long)]
     pub fast: bool,
     /// Device the provers run on, overriding the scenario's `prover_device`: `cpu`, or

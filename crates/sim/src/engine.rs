@@ -216,8 +216,10 @@ pub struct AdversaryResult {
 pub enum EngineMode {
     /// Every trial runs the real prover and verifier.
     EndToEnd,
-    /// Trials sampled from per-cell outcomes of end-to-end runs ([`crate::fast`]); grinding and
-    /// late-commitment adversaries still run end to end.
+    /// Trials sampled from per-cell outcomes of end-to-end runs ([`crate::fast`]); grinding
+    /// from each run's exact per-trial law (`E[h^N]`), late commitment from one end-to-end
+    /// trial per run (its outcome draws on no randomness). Weight-perturbation trials (a fresh
+    /// verifier key each) still run end to end.
     Fast,
 }
 
@@ -929,8 +931,9 @@ impl Simulation {
 
     /// Runs every adversary's trials with `engine`; `progress` is called once per finished
     /// end-to-end trial, and once per adversary's batch of fast trials. An adversary whose
-    /// trials run end to end (every adversary in [`EngineMode::EndToEnd`]; grinding and late
-    /// commitment in fast mode too) with more than [`MAX_END_TO_END_TRIALS`] trials is refused
+    /// trials run end to end (every adversary in [`EngineMode::EndToEnd`]; in fast mode, one
+    /// whose [`crate::adversary::Behaviour::fast_sampled`] is false) with more than
+    /// [`MAX_END_TO_END_TRIALS`] trials is refused
     /// ([`SimError::Scenario`]) before any trial runs.
     pub fn run_with(
         &self,
@@ -1015,17 +1018,21 @@ impl Simulation {
         // Running totals of the outcomes, in trial order: memory is independent of the trials.
         let mut tally = Tally::default();
         if fast {
-            let profiles: Vec<CellOutcomes> = runs
-                .iter()
-                .map(|r| self.cell_outcomes(r))
-                .collect::<Result<_, _>>()?;
-            let (detected, tallies) =
-                fast::detections(&profiles, k, rounds, trials, self.scenario.seed, ai);
+            let (detected, tallies) = match a.fast_detection(self, &plan, &runs)? {
+                Some(probs) => fast::bernoulli_detections(&probs, trials, self.scenario.seed, ai),
+                None => {
+                    let profiles: Vec<CellOutcomes> = runs
+                        .iter()
+                        .map(|r| self.cell_outcomes(r))
+                        .collect::<Result<_, _>>()?;
+                    fast::detections(&profiles, k, rounds, trials, self.scenario.seed, ai)
+                }
+            };
             per_run = tallies;
             progress();
             // Mean verifier cost of k uniform cells per round, per run, averaged.
             let mut cost = 0.0;
-            for r in &runs {
+            for r in runs.iter().filter(|_| a.draws_challenges()) {
                 let g = r.statement.geometry;
                 let mut all = 0.0;
                 for i in 0..g.num_cells() {

@@ -113,6 +113,52 @@ pub fn detections(
     (per_run.iter().map(|t| t.0).sum(), per_run)
 }
 
+/// Runs `trials` fast trials against prover runs drawn uniformly, trial on run `i` detected with
+/// probability `probs[i]` (an adversary's [`crate::adversary::Behaviour::fast_detection`]);
+/// returns what [`detections`] returns. Blocks are seeded as there (domain
+/// `veritrace/sim/fast/bernoulli/v1`), so the result does not depend on the thread count.
+pub fn bernoulli_detections(
+    probs: &[f64],
+    trials: u64,
+    seed: u64,
+    adversary: u64,
+) -> (u64, Vec<(u64, u64)>) {
+    let mut per_run = vec![(0u64, 0u64); probs.len()];
+    if probs.is_empty() || trials == 0 {
+        return (0, per_run);
+    }
+    let blocks = trials.div_ceil(BLOCK);
+    let add = |mut a: Vec<(u64, u64)>, b: Vec<(u64, u64)>| {
+        for (x, (d, n)) in a.iter_mut().zip(b) {
+            x.0 += d;
+            x.1 += n;
+        }
+        a
+    };
+    per_run = (0..blocks)
+        .into_par_iter()
+        .map(|b| {
+            let mut h = blake3::Hasher::new();
+            h.update(b"veritrace/sim/fast/bernoulli/v1");
+            h.update(&seed.to_le_bytes());
+            h.update(&adversary.to_le_bytes());
+            h.update(&b.to_le_bytes());
+            let mut rng = ChaCha8Rng::from_seed(*h.finalize().as_bytes());
+            let count = BLOCK.min(trials - b * BLOCK);
+            let mut tally = vec![(0u64, 0u64); probs.len()];
+            for _ in 0..count {
+                let ri = (rng.next_u64() % probs.len() as u64) as usize;
+                // uniform in [0, 1) from 53 bits; detected when below the probability
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                tally[ri].0 += u64::from(u < probs[ri]);
+                tally[ri].1 += 1;
+            }
+            tally
+        })
+        .reduce(|| vec![(0, 0); probs.len()], add);
+    (per_run.iter().map(|t| t.0).sum(), per_run)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,5 +205,25 @@ mod tests {
             .unwrap()
             .install(|| detections(&runs, 10, 1, trials, 9, 0));
         assert_eq!(one, (d, per_run));
+    }
+
+    #[test]
+    fn bernoulli_trials_follow_their_probabilities_on_any_thread_count() {
+        let probs = [0.0, 1.0, 0.25];
+        let trials = 300_000;
+        let (d, per_run) = bernoulli_detections(&probs, trials, 4, 1);
+        assert_eq!(per_run.iter().map(|t| t.1).sum::<u64>(), trials);
+        assert_eq!(per_run.iter().map(|t| t.0).sum::<u64>(), d);
+        assert_eq!(per_run[0].0, 0);
+        assert_eq!(per_run[1].0, per_run[1].1);
+        let p = per_run[2].0 as f64 / per_run[2].1 as f64;
+        assert!((p - 0.25).abs() < 0.006, "{p}");
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| bernoulli_detections(&probs, trials, 4, 1));
+        assert_eq!(one, (d, per_run));
+        assert_eq!(bernoulli_detections(&[], 10, 0, 0), (0, vec![]));
     }
 }

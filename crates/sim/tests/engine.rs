@@ -266,6 +266,51 @@ kind = "honest"
     assert_eq!(fast.adversaries[2].detected, 0);
 }
 
+/// Grinding and late commitment in fast mode (drawn from each run's exact per-trial law, and
+/// from one end-to-end trial per run) agree with their end-to-end trials.
+#[test]
+fn fast_mode_covers_grinding_and_late_commitment() {
+    let s = scenario(
+        300,
+        r#"
+[[adversary]]
+kind = "grinding"
+setup = "f32/attn=eager/quant=int4-g32"
+fraction = 0.1
+budget_bits = 6
+pow_bits = 0
+[[adversary]]
+kind = "grinding"
+setup = "f32/attn=eager/quant=int4-g32"
+fraction = 0.1
+budget_bits = 6
+pow_bits = 4
+[[adversary]]
+kind = "late-commitment"
+"#,
+    );
+    let sim = Simulation::new(s).unwrap();
+    let e2e = sim.run(&|| {}).unwrap();
+    let fast = sim.run_with(EngineMode::Fast, &|| {}).unwrap();
+    for (a, b) in e2e.adversaries.iter().zip(&fast.adversaries) {
+        assert_eq!(a.trials, b.trials);
+        let overlap = a.wilson95.0 <= b.wilson95.1 && b.wilson95.0 <= a.wilson95.1;
+        assert!(
+            overlap,
+            "{}: end to end {} {:?} vs fast {} {:?}",
+            a.label, a.detection, a.wilson95, b.detection, b.wilson95
+        );
+    }
+    // not a trivial case: grinding without proof of work escapes some of the time
+    assert!(
+        e2e.adversaries[0].detection < 1.0,
+        "{:?}",
+        e2e.adversaries[0]
+    );
+    assert_eq!(fast.adversaries[2].detected, fast.adversaries[2].trials);
+    assert_eq!(fast.adversaries[2].verifier_cost, 0.0);
+}
+
 /// The corridor prover: every session accepts (no cell is over its threshold), while larger
 /// threshold scales let it flip the first token on more prompts, and the honest
 /// false-positive rate falls as the scale grows.

@@ -76,8 +76,24 @@ impl Behaviour for Grinding {
         false
     }
 
-    fn fast_sampled(&self) -> bool {
-        false
+    /// Per run, the exact law of a trial: `E[h^N]` ([`grinding_detection`]) with `h` the
+    /// hypergeometric detection probability of one attempt on the run's bad cells and `N` the
+    /// number of complete attempts the budget allows (the proof-of-work searches are
+    /// geometric). Trials are independent given the run, so drawing each as a Bernoulli of
+    /// this probability is the end-to-end law without running the attempts.
+    fn fast_detection(
+        &self,
+        _sim: &Simulation,
+        plan: &Plan,
+        runs: &[ProverRun],
+    ) -> Result<Option<Vec<f64>>, SimError> {
+        runs.iter()
+            .map(|r| {
+                let h = plan.detection(r.bad.len() as u64)?;
+                Ok(grinding_detection(h, self.budget_bits, plan.pow_bits))
+            })
+            .collect::<Result<Vec<_>, SimError>>()
+            .map(Some)
     }
 
     /// Non-interactive regardless of the scenario: the challenge is a function of the

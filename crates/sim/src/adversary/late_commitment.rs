@@ -27,8 +27,33 @@ impl Behaviour for LateCommitment {
         false
     }
 
-    fn fast_sampled(&self) -> bool {
+    fn draws_challenges(&self) -> bool {
         false
+    }
+
+    /// Per run, the outcome of one end-to-end trial (0 or 1): the trial draws no challenge and
+    /// the API's refusal does not depend on the trial's random stream, so every trial on a run
+    /// has that outcome.
+    fn fast_detection(
+        &self,
+        sim: &Simulation,
+        plan: &Plan,
+        runs: &[ProverRun],
+    ) -> Result<Option<Vec<f64>>, SimError> {
+        runs.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut rng = crate::engine::stream(
+                    "veritrace/sim/late-commitment/fast/v1",
+                    sim.scenario().seed,
+                    i as u64,
+                    0,
+                );
+                let out = self.trial(sim, plan, r, 0, &mut rng)?;
+                Ok(if out.accepted { 0.0 } else { 1.0 })
+            })
+            .collect::<Result<Vec<_>, SimError>>()
+            .map(Some)
     }
 
     fn commit(

@@ -300,9 +300,31 @@ pub(crate) trait Behaviour: Sync {
         true
     }
 
-    /// Whether fast mode can sample its trials from per-cell outcomes.
+    /// Whether fast mode can run its trials: sampled from per-cell outcomes
+    /// ([`crate::fast::detections`]), or from [`Behaviour::fast_detection`]'s per-run
+    /// probabilities where it gives them.
     fn fast_sampled(&self) -> bool {
         true
+    }
+
+    /// Whether its trials draw challenges (and so cost the verifier the opened cells' checks);
+    /// late commitment's draw none.
+    fn draws_challenges(&self) -> bool {
+        true
+    }
+
+    /// Fast mode for an adversary whose trial is not one challenge against fixed bad cells
+    /// (grinding draws many challenges, late commitment none): each prover run's probability
+    /// that a trial on it is detected, from which fast mode draws its trials
+    /// ([`crate::fast::bernoulli_detections`]). `None` (the default): trials are sampled from
+    /// per-cell outcomes.
+    fn fast_detection(
+        &self,
+        _sim: &Simulation,
+        _plan: &Plan,
+        _runs: &[ProverRun],
+    ) -> Result<Option<Vec<f64>>, SimError> {
+        Ok(None)
     }
 
     /// The mode of its sessions, given the scenario's.
