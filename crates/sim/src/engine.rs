@@ -932,7 +932,7 @@ impl Simulation {
     /// Runs every adversary's trials with `engine`; `progress` is called once per finished
     /// end-to-end trial, and once per adversary's batch of fast trials. An adversary whose
     /// trials run end to end (every adversary in [`EngineMode::EndToEnd`]; in fast mode, one
-    /// whose [`crate::adversary::Behaviour::fast_sampled`] is false) with more than
+    /// whose trials fast mode cannot draw: weight perturbation) with more than
     /// [`MAX_END_TO_END_TRIALS`] trials is refused
     /// ([`SimError::Scenario`]) before any trial runs.
     pub fn run_with(

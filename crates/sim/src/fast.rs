@@ -114,7 +114,7 @@ pub fn detections(
 }
 
 /// Runs `trials` fast trials against prover runs drawn uniformly, trial on run `i` detected with
-/// probability `probs[i]` (an adversary's [`crate::adversary::Behaviour::fast_detection`]);
+/// probability `probs[i]` (an adversary's per-run law: grinding's, late commitment's);
 /// returns what [`detections`] returns. Blocks are seeded as there (domain
 /// `veritrace/sim/fast/bernoulli/v1`), so the result does not depend on the thread count.
 pub fn bernoulli_detections(
