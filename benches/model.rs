@@ -9,6 +9,10 @@
 //!   the forward (`forward / L`).
 //! * `model_setups/tiny`: one traced forward of 128 tokens per numeric setup, for tokens per
 //!   second.
+//! * `invariant/small_512`: the forward of `small` over 512 tokens under `kernels=invariant` on
+//!   a one- and a two-thread rayon pool (issue 17's thread-scaling target: two threads at least
+//!   1.6x one), beside candle's kernels on one thread; and generating 64 tokens after 128 with
+//!   the KV cache beside one forward of 192 tokens (one thread).
 //!
 //! `python3 benches/report.py` turns the results into BENCHMARKS.md's tables.
 
@@ -113,5 +117,46 @@ fn setups(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, capture, cell, setups);
+fn invariant(c: &mut Criterion) {
+    let model = LlamaModel::preset("small").unwrap();
+    let vocab = model.config().vocab_size as u32;
+    let tokens = |n: usize| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (7 + 37 * i * i + 11 * i) % vocab)
+            .collect()
+    };
+    let inv: Setup = "f32/attn=eager/kernels=invariant".parse().unwrap();
+    let pool = |t: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build()
+            .unwrap()
+    };
+    let t512 = tokens(512);
+    let mut g = c.benchmark_group("invariant/small_512");
+    g.sample_size(10);
+    for threads in [1usize, 2] {
+        let p = pool(threads);
+        g.bench_function(BenchmarkId::new("forward", format!("{threads}t")), |b| {
+            b.iter(|| p.install(|| black_box(model.forward(&inv, &t512, CHUNK).unwrap())))
+        });
+    }
+    let p = pool(1);
+    g.bench_function("candle_forward/1t", |b| {
+        b.iter(|| p.install(|| black_box(model.forward(&Setup::F32_EAGER, &t512, 16).unwrap())))
+    });
+    g.finish();
+    let mut g = c.benchmark_group("invariant/generation");
+    g.sample_size(10);
+    let (prompt, full) = (tokens(128), tokens(192));
+    g.bench_function("generate_64_after_128/1t", |b| {
+        b.iter(|| p.install(|| black_box(model.generate(&inv, &prompt, 64, CHUNK).unwrap())))
+    });
+    g.bench_function("forward_192/1t", |b| {
+        b.iter(|| p.install(|| black_box(model.forward(&inv, &full, CHUNK).unwrap())))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, capture, cell, setups, invariant);
 criterion_main!(benches);

@@ -523,32 +523,62 @@ pub fn sum_lanes(x: &[f32]) -> f32 {
     ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
 }
 
+/// Elements per task of the element-wise kernels split across threads.
+const ELEMENT_BLOCK: usize = 1 << 14;
+
 /// RMSNorm of each `d`-wide row of `x`: `(x · (1 / √(mean(x²) + eps))) · gain`, the mean of
-/// squares by [`sum_lanes`] over the squares, each step rounded to f32.
+/// squares by [`sum_lanes`] over the squares, each step rounded to f32. Rows are split across
+/// threads (each row's arithmetic is its own).
 pub fn rms_norm_rows(x: &[f32], d: usize, gain: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(x.len());
-    let mut sq = vec![0f32; d];
-    for row in x.chunks_exact(d) {
-        for (s, &v) in sq.iter_mut().zip(row) {
-            *s = v * v;
-        }
-        let inv = 1.0 / (sum_lanes(&sq) / d as f32 + eps).sqrt();
-        out.extend(row.iter().zip(gain).map(|(&v, &g)| (v * inv) * g));
+    let mut out = vec![0f32; x.len()];
+    if d == 0 {
+        return out;
     }
+    let rows_per = (ELEMENT_BLOCK / d).max(1);
+    out.par_chunks_mut(rows_per * d)
+        .zip(x.par_chunks(rows_per * d))
+        .for_each(|(o, xs)| {
+            let mut sq = vec![0f32; d];
+            for (orow, row) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+                for (s, &v) in sq.iter_mut().zip(row) {
+                    *s = v * v;
+                }
+                let inv = 1.0 / (sum_lanes(&sq) / d as f32 + eps).sqrt();
+                for ((y, &v), &g) in orow.iter_mut().zip(row).zip(gain) {
+                    *y = (v * inv) * g;
+                }
+            }
+        });
     out
 }
 
 /// SwiGLU's product `silu(gate) · up` element by element, `silu(g) = g / (1 + e^(−g))`.
 pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    gate.iter()
-        .zip(up)
-        .map(|(&g, &u)| (g / (1.0 + (-g).exp())) * u)
-        .collect()
+    let mut out = vec![0f32; gate.len().min(up.len())];
+    out.par_chunks_mut(ELEMENT_BLOCK)
+        .zip(
+            gate.par_chunks(ELEMENT_BLOCK)
+                .zip(up.par_chunks(ELEMENT_BLOCK)),
+        )
+        .for_each(|(o, (g, u))| {
+            for ((y, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *y = (g / (1.0 + (-g).exp())) * u;
+            }
+        });
+    out
 }
 
 /// Element-wise `a + b`.
 pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
-    a.iter().zip(b).map(|(x, y)| x + y).collect()
+    let mut out = vec![0f32; a.len().min(b.len())];
+    out.par_chunks_mut(ELEMENT_BLOCK)
+        .zip(a.par_chunks(ELEMENT_BLOCK).zip(b.par_chunks(ELEMENT_BLOCK)))
+        .for_each(|(o, (a, b))| {
+            for ((y, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *y = a + b;
+            }
+        });
+    out
 }
 
 /// Causal attention of the query rows at positions `q0..q0 + tq` over the keys and values of
