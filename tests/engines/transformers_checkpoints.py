@@ -143,7 +143,7 @@ def compare_llama(binary, name, model, dir, tmp):
     o = veritrace(binary, "open", os.path.join(run, "trace.safetensors"), "--non-interactive",
                   "--samples", "12", "--out", opened)
     v = veritrace(binary, "verify", "--commitment", os.path.join(run, "commitment.json"),
-                  "--opening", os.path.join(opened, "opening-0.json"), "--non-interactive",
+                  "--opening", os.path.join(opened, "opening-0.vtpm"), "--non-interactive",
                   "--samples", "12", "--model", dir)
     check(o.returncode == 0 and v.returncode == 0,
           f"{name}: 12 opened cells verify exactly (open exit {o.returncode}, verify exit "
@@ -174,7 +174,7 @@ def external(binary, name, dir, prompt, output, states, tmp, accept):
     o = veritrace(binary, "open", os.path.join(run, "trace.safetensors"), "--non-interactive",
                   "--samples", "12", "--out", opened)
     v = veritrace(binary, "verify", "--commitment", os.path.join(run, "commitment.json"),
-                  "--opening", os.path.join(opened, "opening-0.json"), "--non-interactive",
+                  "--opening", os.path.join(opened, "opening-0.vtpm"), "--non-interactive",
                   "--samples", "12", "--model", dir, "--tolerance", policy)
     want = 0 if accept else 1
     check(o.returncode == 0 and v.returncode == want,
@@ -231,7 +231,7 @@ def import_transformers(binary, name, model, dir, tmp, prompt, output):
         with open(policy, "w") as f:
             json.dump(POLICY, f)
         v = veritrace(binary, "verify", "--commitment", os.path.join(run, "commitment.json"),
-                      "--opening", os.path.join(opened, "opening-0.json"), "--non-interactive",
+                      "--opening", os.path.join(opened, "opening-0.vtpm"), "--non-interactive",
                       "--samples", "12", "--model", dir, "--tolerance", policy)
         check(c.returncode == 0 and o.returncode == 0 and v.returncode == 0,
               f"{name}: output_hidden_states ({kind}) imported, committed and 12 cells accepted "
@@ -351,14 +351,14 @@ def compare_text(binary, tmp):
         o = veritrace(binary, "open", os.path.join(run, "trace.safetensors"),
                       "--non-interactive", "--samples", "6", "--out", opened)
         v = veritrace(binary, "verify", "--commitment", os.path.join(run, "commitment.json"),
-                      "--opening", os.path.join(opened, "opening-0.json"), "--non-interactive",
+                      "--opening", os.path.join(opened, "opening-0.vtpm"), "--non-interactive",
                       "--samples", "6", "--model", dir)
         st["input_text"]["text"] = text + " Or not."
         forged = os.path.join(tmp, f"forged-{chat}.json")
         with open(forged, "w") as f:
             json.dump(commitment, f)
         w = veritrace(binary, "verify", "--commitment", forged, "--opening",
-                      os.path.join(opened, "opening-0.json"), "--non-interactive",
+                      os.path.join(opened, "opening-0.vtpm"), "--non-interactive",
                       "--samples", "6", "--model", dir)
         check(o.returncode == 0 and v.returncode == 0 and w.returncode == 1
               and "tokenization" in w.stdout + w.stderr,

@@ -6,10 +6,10 @@
 //! ```text
 //! prover:   veritrace prove --model tiny --prompt 1,2,3 --output 8 --out run/
 //!             → run/trace.safetensors (statement in its metadata), run/commitment.json
-//! verifier: veritrace challenge run/commitment.json --samples 4 --out challenge.json
-//! prover:   veritrace open run/trace.safetensors --challenge challenge.json --out opening.json
-//! verifier: veritrace verify --commitment run/commitment.json --challenge challenge.json \
-//!             --opening opening.json --model tiny        (exit 0 accept, 1 reject)
+//! verifier: veritrace challenge run/commitment.json --samples 4 --out challenge.vtpm
+//! prover:   veritrace open run/trace.safetensors --challenge challenge.vtpm --out opening.vtpm
+//! verifier: veritrace verify --commitment run/commitment.json --challenge challenge.vtpm \
+//!             --opening opening.vtpm --model tiny        (exit 0 accept, 1 reject)
 //! ```
 //!
 //! `--model` may also name an encoder (`minilm`, a BERT checkpoint directory): `prove` then
@@ -17,10 +17,11 @@
 //! row of the layer below (the statement's bidirectional dependency).
 //!
 //! Non-interactive (Fiat-Shamir): `veritrace open TRACE --non-interactive --samples K
-//! --pow-bits P --rounds R --out DIR` writes `opening-<r>.json` for each round (each challenge is
+//! --pow-bits P --rounds R --out DIR` writes `opening-<r>.vtpm` for each round (each challenge is
 //! derived from the transcript of the commitment and the proof-of-work nonce), and
-//! `veritrace verify --non-interactive --samples K --pow-bits P --opening DIR/opening-0.json …`
-//! derives the same challenges. Messages are the protocol crate's JSON forms.
+//! `veritrace verify --non-interactive --samples K --pow-bits P --opening DIR/opening-0.vtpm …`
+//! derives the same challenges. Challenges and openings are written in the binary envelope
+//! (`--format json`: JSON); every message file is read in either form.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -65,7 +66,8 @@ pub enum VerbInputError {
     Argument(String),
 }
 
-/// Reads a JSON message file: a regular file of at most
+/// Reads a message file, in the binary envelope (it starts with the `VTPM` magic) or JSON: a
+/// regular file of at most
 /// [`veritrace_model::files::max_message_bytes`] (4 GiB unless `VERITRACE_MAX_MESSAGE_BYTES`
 /// says otherwise), checked before it is read.
 pub fn read_message<M: Message>(path: &Path) -> Result<M, VerbInputError> {
@@ -84,6 +86,15 @@ pub fn read_message_limited<M: Message>(path: &Path, limit: u64) -> Result<M, Ve
         path: path.display().to_string(),
         reason: e.reason(),
     })?;
+    if bytes.starts_with(veritrace_protocol::encoding::MESSAGE_MAGIC) {
+        // the strict binary envelope (specs/protocol.md), under the same byte limit
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        return M::from_bytes_with_limit(&bytes, limit).map_err(|e| VerbInputError::Message {
+            path: path.display().to_string(),
+            what: M::NAME,
+            reason: e.to_string(),
+        });
+    }
     let text = std::str::from_utf8(&bytes).map_err(|e| VerbInputError::Message {
         path: path.display().to_string(),
         what: M::NAME,
@@ -99,7 +110,43 @@ pub fn read_message_limited<M: Message>(path: &Path, limit: u64) -> Result<M, Ve
 /// Writes a message as JSON, atomically ([`veritrace_model::files::write_atomic`]: a unique
 /// temporary file beside it, synced, renamed).
 pub fn write_message<M: Message>(path: &Path, message: &M) -> anyhow::Result<()> {
-    files::write_atomic(path, (message.to_json() + "\n").as_bytes())?;
+    write_message_as(path, message, MessageFormat::Json)
+}
+
+/// How `challenge` and `open` write their messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageFormat {
+    /// The strict binary envelope (specs/protocol.md §6.2): cell bytes as they are, the default.
+    Binary,
+    /// JSON (cell bytes in hex: twice the size), for people.
+    Json,
+}
+
+impl MessageFormat {
+    /// The bytes of `message` in this format.
+    pub fn encode<M: Message>(self, message: &M) -> Vec<u8> {
+        match self {
+            MessageFormat::Binary => message.to_bytes(),
+            MessageFormat::Json => (message.to_json() + "\n").into_bytes(),
+        }
+    }
+
+    /// The extension of the files `open --non-interactive` writes (`vtpm` or `json`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            MessageFormat::Binary => "vtpm",
+            MessageFormat::Json => "json",
+        }
+    }
+}
+
+/// Writes a message in `format`, atomically (as [`write_message`]).
+pub fn write_message_as<M: Message>(
+    path: &Path,
+    message: &M,
+    format: MessageFormat,
+) -> anyhow::Result<()> {
+    files::write_atomic(path, &format.encode(message))?;
     Ok(())
 }
 
@@ -109,10 +156,11 @@ pub fn run_dir_file(name: &str) -> bool {
     matches!(name, "trace.safetensors" | "commitment.json")
 }
 
-/// The files `open --non-interactive` writes into its directory (`opening-<r>.json`).
+/// The files `open --non-interactive` writes into its directory (`opening-<r>.vtpm`, or
+/// `opening-<r>.json` with `--format json`).
 pub fn opening_file(name: &str) -> bool {
     name.strip_prefix("opening-")
-        .and_then(|r| r.strip_suffix(".json"))
+        .and_then(|r| r.strip_suffix(".vtpm").or_else(|| r.strip_suffix(".json")))
         .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -334,9 +382,12 @@ pub struct ChallengeArgs {
     /// soundness needs; a fixed seed is for reproducible tests only).
     #[arg(long)]
     pub seed: Option<String>,
-    /// Where to write the challenge (JSON).
+    /// Where to write the challenge.
     #[arg(long)]
     pub out: PathBuf,
+    /// The challenge's format: the binary envelope or JSON (`verify` and `open` read either).
+    #[arg(long, value_enum, default_value = "binary")]
+    pub format: MessageFormat,
     /// The verifier's limits (as `verify --limits`): a commitment claiming more is refused
     /// before any cell is drawn.
     #[arg(long, value_name = "JSON|FILE")]
@@ -381,7 +432,7 @@ pub fn challenge(args: &ChallengeArgs, out: &mut dyn Write) -> anyhow::Result<()
         round: args.round,
         cells,
     };
-    write_message(&args.out, &c)?;
+    write_message_as(&args.out, &c, args.format)?;
     writeln!(out, "challenged {} cells: {:?}", c.cells.len(), c.cells)?;
     Ok(())
 }
@@ -409,9 +460,14 @@ pub struct OpenArgs {
     /// Non-interactive: rounds.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
-    /// Interactive: the opening file; non-interactive: a directory for `opening-<r>.json`.
+    /// Interactive: the opening file; non-interactive: a directory for `opening-<r>.vtpm`
+    /// (`opening-<r>.json` with `--format json`).
     #[arg(long)]
     pub out: PathBuf,
+    /// The openings' format: the binary envelope (cell bytes as they are) or JSON (hex, twice
+    /// the size; for people). `verify` reads either.
+    #[arg(long, value_enum, default_value = "binary")]
+    pub format: MessageFormat,
 }
 
 /// Runs `veritrace open`.
@@ -440,7 +496,7 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let c: Challenge = read_message(path)?;
             c.validate()?;
             let opening = prover.open_cells(c.round, &c.cells, 0)?;
-            write_message(&args.out, &opening)?;
+            write_message_as(&args.out, &opening, args.format)?;
             writeln!(
                 out,
                 "opened {} cells for round {}",
@@ -467,8 +523,8 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             for r in 0..args.rounds {
                 let (c, opening) = prover.open_non_interactive(&params)?;
                 set.write(
-                    &format!("opening-{r}.json"),
-                    (opening.to_json() + "\n").as_bytes(),
+                    &format!("opening-{r}.{}", args.format.extension()),
+                    &args.format.encode(&opening),
                 )?;
                 lines.push(format!(
                     "round {r}: {} cells challenged, nonce {}",

@@ -100,7 +100,7 @@ fn an_external_trace_is_committed_opened_and_verified() {
             "--commitment",
             commitment,
             "--opening",
-            &d("opened/opening-0.json"),
+            &d("opened/opening-0.vtpm"),
             "--non-interactive",
             "--samples",
             "6",

@@ -589,7 +589,17 @@ fn an_interactive_opening_with_a_nonce_is_a_bad_proof_of_work() {
         0
     );
     assert_eq!(
-        veritrace(&["open", &trace, "--challenge", &ch, "--out", &op]).code,
+        veritrace(&[
+            "open",
+            &trace,
+            "--challenge",
+            &ch,
+            "--out",
+            &op,
+            "--format",
+            "json"
+        ])
+        .code,
         0
     );
     let mut o: serde_json::Value =

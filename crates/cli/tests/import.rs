@@ -163,7 +163,7 @@ fn transformers_hidden_states_are_imported_committed_and_verified() {
         "--commitment",
         &d("run/commitment.json"),
         "--opening",
-        &d("opened/opening-0.json"),
+        &d("opened/opening-0.vtpm"),
         "--non-interactive",
         "--samples",
         "6",

@@ -62,9 +62,11 @@ fn interactive_and_non_interactive_runs() {
         &p("ch2.json"),
     ]);
     assert_eq!(
-        std::fs::read_to_string(p("ch.json")).unwrap(),
-        std::fs::read_to_string(p("ch2.json")).unwrap()
+        std::fs::read(p("ch.json")).unwrap(),
+        std::fs::read(p("ch2.json")).unwrap()
     );
+    // JSON for the tampering below (the binary default is checked in
+    // `binary_and_json_messages_verify_alike`)
     run_ok(&[
         "open",
         &trace,
@@ -72,6 +74,8 @@ fn interactive_and_non_interactive_runs() {
         &p("ch.json"),
         "--out",
         &p("op.json"),
+        "--format",
+        "json",
     ]);
     let verify = |extra: &[&str]| {
         let mut a = vec!["verify", "--commitment", commitment.as_str()];
@@ -156,9 +160,9 @@ fn interactive_and_non_interactive_runs() {
         "--pow-bits",
         "4",
         "--opening",
-        &p("ni/opening-0.json"),
+        &p("ni/opening-0.vtpm"),
         "--opening",
-        &p("ni/opening-1.json"),
+        &p("ni/opening-1.vtpm"),
     ]);
     assert_eq!(
         run_ok(&ni.iter().map(String::as_str).collect::<Vec<_>>()),
@@ -171,7 +175,7 @@ fn interactive_and_non_interactive_runs() {
         "--pow-bits",
         "9",
         "--opening",
-        &p("ni/opening-0.json"),
+        &p("ni/opening-0.vtpm"),
     ]);
     rejected(
         &ni.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -439,7 +443,7 @@ fn an_encoder_runs_the_protocol_over_files() {
             "--pow-bits",
             "4",
             "--opening",
-            &p("ni/opening-0.json"),
+            &p("ni/opening-0.vtpm"),
             "--model",
             &model,
         ]),
@@ -576,7 +580,7 @@ fn text_input_is_tokenized_bound_and_checked() {
     ]);
     let opening = dir
         .path()
-        .join("opened/opening-0.json")
+        .join("opened/opening-0.vtpm")
         .display()
         .to_string();
     let verify = |commitment: &str, model: &str| {
@@ -635,4 +639,128 @@ fn text_input_is_tokenized_bound_and_checked() {
         let o = veritrace(&args);
         assert_eq!(o.code, 2, "{args:?}: {}{}", o.stdout, o.stderr);
     }
+}
+
+/// `challenge` and `open` write the binary envelope by default and JSON with `--format json`;
+/// `verify` reads either (and both verify alike). The binary opening carries the cell bytes as
+/// they are: its size is the raw bytes opened plus the proof's digests and a few bytes of
+/// framing per cell, about half the JSON's.
+#[test]
+fn binary_and_json_messages_verify_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    run_ok(&[
+        "prove",
+        "--model",
+        "small",
+        "--prompt-tokens",
+        "60",
+        "--output",
+        "4",
+        "--chunk",
+        "16",
+        "--out",
+        &p("run"),
+    ]);
+    let (commitment, trace) = (p("run/commitment.json"), p("run/trace.safetensors"));
+    run_ok(&[
+        "challenge",
+        &commitment,
+        "--samples",
+        "4",
+        "--out",
+        &p("ch.vtpm"),
+    ]);
+    assert_eq!(&std::fs::read(p("ch.vtpm")).unwrap()[..4], b"VTPM");
+    for (format, file) in [("binary", "op.vtpm"), ("json", "op.json")] {
+        run_ok(&[
+            "open",
+            &trace,
+            "--challenge",
+            &p("ch.vtpm"),
+            "--out",
+            &p(file),
+            "--format",
+            format,
+        ]);
+        let out = run_ok(&[
+            "verify",
+            "--model",
+            "small",
+            "--commitment",
+            &commitment,
+            "--challenge",
+            &p("ch.vtpm"),
+            "--opening",
+            &p(file),
+        ]);
+        assert_eq!(out, "accept\n", "{format}");
+    }
+    let binary = std::fs::metadata(p("op.vtpm")).unwrap().len();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("op.json")).unwrap()).unwrap();
+    let cells = json["cells"].as_array().unwrap();
+    let raw: u64 = cells
+        .iter()
+        .map(|c| c["data"].as_str().unwrap().len() as u64 / 2)
+        .sum();
+    let digests = json["proof"]["siblings"].as_array().unwrap().len() as u64;
+    let framing = binary - raw - 32 * digests;
+    assert!(
+        binary >= raw + 32 * digests && framing <= 64 + 16 * cells.len() as u64,
+        "binary {binary} bytes for {raw} raw bytes, {digests} digests, {} cells",
+        cells.len()
+    );
+    let json_len = std::fs::metadata(p("op.json")).unwrap().len();
+    assert!(
+        2 * binary < json_len + 1024,
+        "binary {binary}, JSON {json_len}"
+    );
+    // non-interactive: opening-<r>.vtpm by default, .json on request
+    run_ok(&[
+        "open",
+        &trace,
+        "--non-interactive",
+        "--samples",
+        "3",
+        "--rounds",
+        "2",
+        "--out",
+        &p("ni"),
+    ]);
+    for r in 0..2 {
+        assert_eq!(
+            &std::fs::read(p(&format!("ni/opening-{r}.vtpm"))).unwrap()[..4],
+            b"VTPM"
+        );
+    }
+    run_ok(&[
+        "verify",
+        "--model",
+        "small",
+        "--commitment",
+        &commitment,
+        "--non-interactive",
+        "--samples",
+        "3",
+        "--opening",
+        &p("ni/opening-0.vtpm"),
+        "--opening",
+        &p("ni/opening-1.vtpm"),
+    ]);
+    // a truncated binary opening is malformed input (exit 2), not a panic
+    let bytes = std::fs::read(p("op.vtpm")).unwrap();
+    std::fs::write(p("cut.vtpm"), &bytes[..bytes.len() / 2]).unwrap();
+    let o = veritrace(&[
+        "verify",
+        "--model",
+        "small",
+        "--commitment",
+        &commitment,
+        "--challenge",
+        &p("ch.vtpm"),
+        "--opening",
+        &p("cut.vtpm"),
+    ]);
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
 }

@@ -72,6 +72,8 @@ fn sublayer_sessions_over_files() {
         &p("ch.json"),
         "--out",
         &p("op.json"),
+        "--format",
+        "json",
     ]);
     let opening: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p("op.json")).unwrap()).unwrap();
@@ -421,7 +423,7 @@ fn external_sublayer_traces_are_committed() {
         "--commitment",
         &p("ext/commitment.json"),
         "--opening",
-        &p("opened/opening-0.json"),
+        &p("opened/opening-0.vtpm"),
         "--non-interactive",
         "--samples",
         "6",

@@ -92,7 +92,7 @@ def the_interactive_protocol_runs():
         c = veritrace.challenge(os.path.join(run, "commitment.json"), samples=4, out=ch)
         assert len(c["cells"]) == 4
         o = veritrace.answer(os.path.join(run, "trace.safetensors"), challenge=ch,
-                             out=os.path.join(tmp, "opening.json"))
+                             out=os.path.join(tmp, "opening.vtpm"))
         v = veritrace.verify(os.path.join(run, "commitment.json"), [o], challenges=[ch],
                              model="tiny")
         assert v.accepted, v
@@ -112,7 +112,7 @@ def a_sublayer_commitment_is_checked_by_freivalds():
         ch = os.path.join(tmp, "challenge.json")
         veritrace.challenge(os.path.join(run, "commitment.json"), samples=4, out=ch)
         o = veritrace.answer(os.path.join(run, "trace.safetensors"), challenge=ch,
-                             out=os.path.join(tmp, "opening.json"))
+                             out=os.path.join(tmp, "opening.vtpm"))
         for check in ("freivalds", "both"):
             v = veritrace.verify(os.path.join(run, "commitment.json"), [o], challenges=[ch],
                                  model="tiny", layer_check=check, key=key)

@@ -160,7 +160,7 @@ def challenge(commitment: PathLike, *, samples: int, out: PathLike,
     """The verifier's interactive challenge of `samples` cells (fresh operating-system
     randomness), written to `out` and returned."""
     run("challenge", commitment, "--samples", samples, "--strategy", strategy, "--round", round,
-        "--out", out)
+        "--out", out, "--format", "json")
     with open(os.fspath(out)) as f:
         return json.load(f)
 
@@ -174,10 +174,11 @@ def answer(trace: PathLike, *, challenge: PathLike, out: PathLike) -> str:
 def open_cells(trace: PathLike, *, out: PathLike, samples: int, strategy: str = "uniform",
                pow_bits: int = 0, rounds: int = 1) -> List[str]:
     """The prover's non-interactive openings (challenges derived from the transcript), written
-    to `out/opening-<r>.json`; returns their paths in round order."""
+    to `out/opening-<r>.vtpm` in the binary envelope (`veritrace.verify` reads it); returns
+    their paths in round order."""
     run("open", trace, "--non-interactive", "--samples", samples, "--strategy", strategy,
         "--pow-bits", pow_bits, "--rounds", rounds, "--out", out)
-    return [os.path.join(os.fspath(out), f"opening-{r}.json") for r in range(rounds)]
+    return [os.path.join(os.fspath(out), f"opening-{r}.vtpm") for r in range(rounds)]
 
 
 def verify(
