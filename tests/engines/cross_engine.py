@@ -148,7 +148,7 @@ def bad_cells(run, ckpt, policy, tmp, tag):
             with open(ch, "w") as f:
                 json.dump({"round": 0, "cells": [{"layer": layer, "chunk": chunk}]}, f)
             op = veritrace.answer(os.path.join(run, "trace.safetensors"), challenge=ch,
-                                  out=os.path.join(tmp, f"{tag}-op.json"))
+                                  out=os.path.join(tmp, f"{tag}-op.vtpm"))
             v = veritrace.verify(os.path.join(run, "commitment.json"), [op], challenges=[ch],
                                  model=ckpt, tolerance=policy)
             bad += 0 if v.accepted else 1
