@@ -764,3 +764,54 @@ fn binary_and_json_messages_verify_alike() {
     ]);
     assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
 }
+
+/// A prover on the batch-invariant kernels (`kernels=invariant`: generation with a KV cache,
+/// the forward as one block) is verified by recompute, bit for bit, at a chunk size that is
+/// not a compute tile of its.
+#[test]
+fn an_invariant_kernels_prover_is_verified_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    run_ok(&[
+        "prove",
+        "--setup",
+        "f32/attn=eager/kernels=invariant",
+        "--prompt",
+        "5,9,2,7,1,3,8,8,4",
+        "--output",
+        "5",
+        "--chunk",
+        "3",
+        "--out",
+        &p("run"),
+    ]);
+    run_ok(&[
+        "open",
+        &p("run/trace.safetensors"),
+        "--non-interactive",
+        "--samples",
+        "8",
+        "--out",
+        &p("ni"),
+    ]);
+    let out = run_ok(&[
+        "verify",
+        "--commitment",
+        &p("run/commitment.json"),
+        "--non-interactive",
+        "--samples",
+        "8",
+        "--opening",
+        &p("ni/opening-0.vtpm"),
+    ]);
+    assert_eq!(out, "accept\n");
+    // a setup the kernels do not implement is bad input
+    let o = veritrace(&[
+        "prove",
+        "--setup",
+        "bf16/attn=eager/kernels=invariant",
+        "--out",
+        &p("bad"),
+    ]);
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+}
