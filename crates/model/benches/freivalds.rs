@@ -14,6 +14,9 @@
 //! ([`LlamaModel::recompute_nonlinear`]: rotary embedding, attention, SwiGLU, residuals) and
 //! compared bitwise.
 //!
+//! `freivalds_small_cell_invariant`: the same under `kernels=invariant` (issue 17): the recompute
+//! and the check's nonlinear parts on the batch-invariant kernels.
+//!
 //! `sublayer_prover_cost`: what the sub-layer trace level would cost a prover on `small` (128
 //! tokens, tile 16, f32 eager): the traced forward with and without the sub-layer capture, and
 //! committing (BLAKE3 Merkle tree) the hidden-state trace against the sub-layer values laid out
@@ -135,6 +138,17 @@ fn bench(c: &mut Criterion) {
 }
 
 fn cell(c: &mut Criterion) {
+    cell_under(c, "f32/attn=eager", "freivalds_small_cell");
+    cell_under(
+        c,
+        "f32/attn=eager/kernels=invariant",
+        "freivalds_small_cell_invariant",
+    );
+}
+
+/// The whole-cell comparison under one setup: candle's kernels, or the batch-invariant ones
+/// (issue 17), whose recompute and whose nonlinear parts run on the same kernels.
+fn cell_under(c: &mut Criterion, setup: &str, group: &str) {
     let model = LlamaModel::preset("small").expect("small");
     let cfg = model.config().clone();
     let (d, hd) = (cfg.hidden_size, cfg.head_dim());
@@ -143,7 +157,7 @@ fn cell(c: &mut Criterion) {
         cfg.num_kv_heads * hd,
         cfg.intermediate_size,
     );
-    let setup: Setup = "f32/attn=eager".parse().expect("setup");
+    let setup: Setup = setup.parse().expect("setup");
     let secret = VerifierSecret::from_bytes([0x42; 32]);
     let key = VerifierKey::build(&secret, &model, 1).expect("key");
     let (n, tile, layer, chunk) = (128usize, 16usize, 4usize, 7usize);
@@ -193,7 +207,7 @@ fn cell(c: &mut Criterion) {
             .expect("recompute")
     };
     assert_eq!(recompute(), h_out, "recompute reproduces the cell");
-    let mut g = c.benchmark_group("freivalds_small_cell");
+    let mut g = c.benchmark_group(group);
     g.sample_size(20);
     g.bench_function("recompute_cell", |b| b.iter(|| black_box(recompute())));
     g.bench_function("check_cell_t1", |b| b.iter(|| black_box(check())));

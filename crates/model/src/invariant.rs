@@ -34,6 +34,13 @@ pub const MR: usize = 4;
 /// Rows per task when the rows are split across threads.
 const ROW_BLOCK: usize = 64;
 
+/// Whether `work` multiply-adds (or element operations) are worth handing to the thread pool:
+/// more than one thread, and enough work that the hand-off (a wake-up and a wait) is small
+/// beside it. Either way the bits are the same.
+pub(crate) fn parallel(work: usize) -> bool {
+    work >= 1 << 18 && rayon::current_num_threads() > 1
+}
+
 /// A weight `W: [out, in]` (row-major, as checkpoints store linear layers) laid out for
 /// `x·Wᵀ`: panels of [`NR`] output columns, each `[in][NR]` (zero columns past `out`).
 #[derive(Debug, Clone)]
@@ -165,7 +172,12 @@ pub fn matmul_panels(x: &[f32], m: usize, w: Panels<'_>) -> Vec<f32> {
         return y;
     }
     let np = n.div_ceil(NR);
-    if m >= 2 * ROW_BLOCK || rayon::current_num_threads() == 1 {
+    if !parallel(m * n * k) {
+        for (yb, xb) in y.chunks_mut(ROW_BLOCK * n).zip(x.chunks(ROW_BLOCK * k)) {
+            let rows = yb.len() / n;
+            panels_rows(xb, rows, k, &w, 0, np, yb, n);
+        }
+    } else if m >= 2 * ROW_BLOCK {
         y.par_chunks_mut(ROW_BLOCK * n)
             .zip(x.par_chunks(ROW_BLOCK * k))
             .for_each(|(yb, xb)| {
@@ -535,49 +547,70 @@ pub fn rms_norm_rows(x: &[f32], d: usize, gain: &[f32], eps: f32) -> Vec<f32> {
         return out;
     }
     let rows_per = (ELEMENT_BLOCK / d).max(1);
-    out.par_chunks_mut(rows_per * d)
-        .zip(x.par_chunks(rows_per * d))
-        .for_each(|(o, xs)| {
-            let mut sq = vec![0f32; d];
-            for (orow, row) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
-                for (s, &v) in sq.iter_mut().zip(row) {
-                    *s = v * v;
-                }
-                let inv = 1.0 / (sum_lanes(&sq) / d as f32 + eps).sqrt();
-                for ((y, &v), &g) in orow.iter_mut().zip(row).zip(gain) {
-                    *y = (v * inv) * g;
-                }
+    let norm = |(o, xs): (&mut [f32], &[f32])| {
+        let mut sq = vec![0f32; d];
+        for (orow, row) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+            for (s, &v) in sq.iter_mut().zip(row) {
+                *s = v * v;
             }
-        });
+            let inv = 1.0 / (sum_lanes(&sq) / d as f32 + eps).sqrt();
+            for ((y, &v), &g) in orow.iter_mut().zip(row).zip(gain) {
+                *y = (v * inv) * g;
+            }
+        }
+    };
+    if parallel(x.len()) {
+        out.par_chunks_mut(rows_per * d)
+            .zip(x.par_chunks(rows_per * d))
+            .for_each(norm);
+    } else {
+        out.chunks_mut(rows_per * d)
+            .zip(x.chunks(rows_per * d))
+            .for_each(norm);
+    }
     out
 }
 
 /// SwiGLU's product `silu(gate) · up` element by element, `silu(g) = g / (1 + e^(−g))`.
 pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; gate.len().min(up.len())];
-    out.par_chunks_mut(ELEMENT_BLOCK)
-        .zip(
-            gate.par_chunks(ELEMENT_BLOCK)
-                .zip(up.par_chunks(ELEMENT_BLOCK)),
-        )
-        .for_each(|(o, (g, u))| {
-            for ((y, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *y = (g / (1.0 + (-g).exp())) * u;
-            }
-        });
+    let f = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
+        for ((y, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *y = (g / (1.0 + (-g).exp())) * u;
+        }
+    };
+    if parallel(out.len()) {
+        out.par_chunks_mut(ELEMENT_BLOCK)
+            .zip(
+                gate.par_chunks(ELEMENT_BLOCK)
+                    .zip(up.par_chunks(ELEMENT_BLOCK)),
+            )
+            .for_each(f);
+    } else {
+        out.chunks_mut(ELEMENT_BLOCK)
+            .zip(gate.chunks(ELEMENT_BLOCK).zip(up.chunks(ELEMENT_BLOCK)))
+            .for_each(f);
+    }
     out
 }
 
 /// Element-wise `a + b`.
 pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; a.len().min(b.len())];
-    out.par_chunks_mut(ELEMENT_BLOCK)
-        .zip(a.par_chunks(ELEMENT_BLOCK).zip(b.par_chunks(ELEMENT_BLOCK)))
-        .for_each(|(o, (a, b))| {
-            for ((y, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                *y = a + b;
-            }
-        });
+    let f = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+        for ((y, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *y = a + b;
+        }
+    };
+    if parallel(out.len()) {
+        out.par_chunks_mut(ELEMENT_BLOCK)
+            .zip(a.par_chunks(ELEMENT_BLOCK).zip(b.par_chunks(ELEMENT_BLOCK)))
+            .for_each(f);
+    } else {
+        out.chunks_mut(ELEMENT_BLOCK)
+            .zip(a.chunks(ELEMENT_BLOCK).zip(b.chunks(ELEMENT_BLOCK)))
+            .for_each(f);
+    }
     out
 }
 
@@ -714,6 +747,13 @@ mod tests {
                 bits(&all[..5 * out]),
                 "{threads} threads, 5 rows"
             );
+            // few rows but enough work to split the column panels across threads
+            let (wo, wi) = (400, 300);
+            let (xw, ww) = (values(12, 5 * wi), values(13, wo * wi));
+            let wide = PackedMatrix::new(&ww, wo, wi).expect("pack");
+            let split = pool.install(|| matmul_t(&xw, 5, &wide));
+            let want = reference(&xw, 5, &ww, wo, wi);
+            assert_eq!(bits(&split), bits(&want), "{threads} threads, split panels");
         }
     }
 

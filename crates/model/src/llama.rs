@@ -1479,7 +1479,6 @@ impl LlamaModel {
         cell: &SubLayers,
     ) -> Result<Nonlinear> {
         self.check_setup(setup)?;
-        Self::candle_only(setup, "the nonlinear recompute")?;
         crate::ops::check_tile(tile)?;
         if setup.skip.is_some() || setup.reuse.is_some() {
             return Err(ModelError::UnsupportedSetup(format!(
@@ -1549,6 +1548,9 @@ impl LlamaModel {
             }
         }
         let arith = self.arith(setup)?;
+        if setup.kernels == Kernels::Invariant {
+            return arith.inv_nonlinear(layer - 1, &h_in[start * d..], start, k, v, cell);
+        }
         let (blk, _) = arith.blocks(tile, 0..e);
         if blk != tile {
             return Err(ModelError::UnsupportedSetup(format!(
@@ -1573,7 +1575,6 @@ impl LlamaModel {
         h_in: &[f32],
     ) -> Result<Vec<f32>> {
         self.check_setup(setup)?;
-        Self::candle_only(setup, "the attention-norm recompute")?;
         crate::ops::check_tile(tile)?;
         let d = self.config.hidden_size;
         if layer == 0 || layer > self.config.num_layers {
@@ -1597,6 +1598,11 @@ impl LlamaModel {
         }
         let e = h_in.len() / d;
         let arith = self.arith(setup)?;
+        if setup.kernels == Kernels::Invariant {
+            let p = &arith.packed()?[layer - 1];
+            let eps = self.config.rms_norm_eps as f32;
+            return Ok(inv::rms_norm_rows(h_in, d, &p.attn_norm, eps));
+        }
         let w = &arith.w.layers[layer - 1];
         // RMSNorm is row by row (each row's mean of squares summed alone), so all rows at once
         // are bitwise the forward's block-by-block rows
@@ -1633,12 +1639,7 @@ impl LlamaModel {
         }
         crate::ops::check_tile(tile)?;
         if setup.kernels == Kernels::Invariant {
-            if sublayers.is_some() {
-                return Err(ModelError::UnsupportedSetup(format!(
-                    "{setup}: the sub-layer capture runs on candle's kernels only"
-                )));
-            }
-            return self.run_invariant(setup, tokens, capture, keep);
+            return self.run_invariant(setup, tokens, capture, keep, sublayers);
         }
         let n = tokens.len();
         let arith = self.arith(setup)?;
@@ -1729,7 +1730,6 @@ impl LlamaModel {
         chunk: usize,
         h_in: &[f32],
     ) -> Result<(Vec<f32>, SubLayers)> {
-        Self::candle_only(setup, "the sub-layer capture")?;
         if layer == 0 {
             return Err(ModelError::InvalidArgument(
                 "layer 0 (the embeddings) has no sub-layer values".into(),
@@ -1768,8 +1768,21 @@ impl LlamaModel {
             });
         }
         let arith = self.arith(setup)?;
-        let (blk, blocks) = arith.blocks(tile, start..e);
         let mut sub = SubLayers::default();
+        if setup.kernels == Kernels::Invariant {
+            let d = self.config.hidden_size;
+            let mut cache = KvRows::default();
+            arith.inv_kv(layer - 1, &h_in[..start * d], 0, &mut cache)?;
+            let rows = arith.inv_layer(
+                layer - 1,
+                &h_in[start * d..],
+                start,
+                &mut cache,
+                Some(&mut sub),
+            )?;
+            return Ok((rows, sub));
+        }
+        let (blk, blocks) = arith.blocks(tile, start..e);
         let (rows, _) =
             arith.layer_blocks(layer - 1, h_in, e, blk, blocks, false, Some(&mut sub))?;
         Ok((rows, sub))
@@ -1785,6 +1798,7 @@ impl LlamaModel {
         h0: Vec<f32>,
         r0: usize,
         caches: &mut [KvRows],
+        mut subs: Option<&mut Vec<SubLayers>>,
     ) -> Result<Vec<Vec<f32>>> {
         let setup = arith.setup;
         let mut layers = Vec::with_capacity(self.config.num_layers + 1);
@@ -1799,7 +1813,12 @@ impl LlamaModel {
                     arith.reuse_update(x, &layers[l - 2])?
                 }
             } else {
-                arith.inv_layer(l - 1, x, r0, &mut caches[l - 1])?
+                let mut sub = subs.as_ref().map(|_| SubLayers::default());
+                let y = arith.inv_layer(l - 1, x, r0, &mut caches[l - 1], sub.as_mut())?;
+                if let (Some(all), Some(sub)) = (subs.as_deref_mut(), sub) {
+                    all.push(sub);
+                }
+                y
             };
             layers.push(y);
         }
@@ -1813,10 +1832,12 @@ impl LlamaModel {
         tokens: &[u32],
         capture: Capture,
         keep: bool,
+        sublayers: Option<&mut Vec<SubLayers>>,
     ) -> Result<crate::Trace> {
         let arith = self.arith(setup)?;
         let mut caches = vec![KvRows::default(); self.config.num_layers];
-        let mut layers = self.inv_rows(&arith, self.embed_rows(&arith, tokens)?, 0, &mut caches)?;
+        let h0 = self.embed_rows(&arith, tokens)?;
+        let mut layers = self.inv_rows(&arith, h0, 0, &mut caches, sublayers)?;
         let keys = if capture.keys {
             caches.into_iter().map(|c| c.k).collect()
         } else {
@@ -1841,7 +1862,13 @@ impl LlamaModel {
         let arith = self.arith(setup)?;
         let d = self.config.hidden_size;
         let mut caches = vec![KvRows::default(); self.config.num_layers];
-        let layers = self.inv_rows(&arith, self.embed_rows(&arith, prompt)?, 0, &mut caches)?;
+        let layers = self.inv_rows(
+            &arith,
+            self.embed_rows(&arith, prompt)?,
+            0,
+            &mut caches,
+            None,
+        )?;
         let mut last = layers
             .last()
             .map(|h| h[h.len() - d..].to_vec())
@@ -1854,21 +1881,10 @@ impl LlamaModel {
                 break;
             }
             let h0 = self.embed_rows(&arith, &[t])?;
-            let rows = self.inv_rows(&arith, h0, prompt.len() + i, &mut caches)?;
+            let rows = self.inv_rows(&arith, h0, prompt.len() + i, &mut caches, None)?;
             last = rows.last().cloned().unwrap_or_default();
         }
         Ok(out)
-    }
-
-    /// Refuses `kernels=invariant` for `what` (the sub-layer capture and the algebraic check's
-    /// recompute run on candle's kernels only).
-    fn candle_only(setup: &Setup, what: &str) -> Result<()> {
-        if setup.kernels == Kernels::Invariant {
-            return Err(ModelError::UnsupportedSetup(format!(
-                "{setup}: {what} runs on candle's kernels only (not kernels=invariant)"
-            )));
-        }
-        Ok(())
     }
 
     /// The checks every single-cell computation makes before any arithmetic: the setup runs on
@@ -1968,7 +1984,7 @@ impl LlamaModel {
                     // the context's keys and values, then the cell's rows over them
                     let mut cache = KvRows::default();
                     arith.inv_kv(l - 1, &h[..start * d], 0, &mut cache)?;
-                    return arith.inv_layer(l - 1, &h[start * d..], start, &mut cache);
+                    return arith.inv_layer(l - 1, &h[start * d..], start, &mut cache, None);
                 }
                 let (blk, blocks) = arith.blocks(tile, start..rows);
                 Ok(arith
@@ -2589,16 +2605,92 @@ impl Arith<'_> {
         Ok(())
     }
 
+    /// The attention rows of roped queries `q` (`[n, heads·hd]`, positions `r0..r0 + n`) over the
+    /// roped keys and values of rows `0..r0 + n` in `cache`, by the invariant kernels (heads in
+    /// parallel): `[n, heads·hd]`.
+    fn inv_attention(&self, q: &[f32], n: usize, r0: usize, cache: &KvRows) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
+        let c = &self.model.config;
+        let (hd, nh, nkv) = (c.head_dim(), c.num_heads, c.num_kv_heads);
+        let (qd, kvd) = (nh * hd, nkv * hd);
+        let e = r0 + n;
+        if q.len() != n * qd || cache.k.len() != e * kvd || cache.v.len() != e * kvd {
+            return Err(ModelError::InvalidArgument(format!(
+                "attention of {} query elements over {} key and {} value elements for rows \
+                 {r0}..{e}",
+                q.len(),
+                cache.k.len(),
+                cache.v.len()
+            )));
+        }
+        let (window, rep) = (self.window(), nh / nkv);
+        let column = |x: &[f32], rows: usize, width: usize, at: usize| -> Vec<f32> {
+            let mut out = Vec::with_capacity(rows * hd);
+            for r in 0..rows {
+                out.extend_from_slice(&x[r * width + at..r * width + at + hd]);
+            }
+            out
+        };
+        let head = |h: usize| -> Result<Vec<f32>> {
+            let g = h / rep;
+            let (kh, vh) = (
+                column(&cache.k, e, kvd, g * hd),
+                column(&cache.v, e, kvd, g * hd),
+            );
+            let qh = column(q, n, qd, h * hd);
+            // packed once; each query block reads the prefix up to its last row
+            let keys = PackedMatrix::new(&kh, e, hd)
+                .ok_or_else(|| ModelError::InvalidArgument(format!("{} key elements", kh.len())))?;
+            let values = PackedMatrix::from_transposed(&vh, hd, e).ok_or_else(|| {
+                ModelError::InvalidArgument(format!("{} value elements", vh.len()))
+            })?;
+            let mut out = Vec::with_capacity(n * hd);
+            for b0 in (0..n).step_by(INV_QUERY_BLOCK) {
+                let b1 = (b0 + INV_QUERY_BLOCK).min(n);
+                out.extend(inv::attend_packed(
+                    &qh[b0 * hd..b1 * hd],
+                    &keys,
+                    &values,
+                    r0 + b0,
+                    b1 - b0,
+                    r0 + b1,
+                    window,
+                ));
+            }
+            Ok(out)
+        };
+        let heads: Vec<Vec<f32>> = if inv::parallel(nh * n * e * hd) {
+            (0..nh).into_par_iter().map(head).collect::<Result<_>>()?
+        } else {
+            (0..nh).map(head).collect::<Result<_>>()?
+        };
+        let mut attn = vec![0f32; n * qd];
+        for (h, out) in heads.iter().enumerate() {
+            for r in 0..n {
+                attn[r * qd + h * hd..r * qd + (h + 1) * hd]
+                    .copy_from_slice(&out[r * hd..(r + 1) * hd]);
+            }
+        }
+        Ok(attn)
+    }
+
     /// One transformer layer (`l`, 0-based) by the invariant kernels over the new input rows
     /// `x` at positions `r0..r0 + n`, with `cache` holding the roped keys and values of rows
     /// `0..r0`: appends the new rows' keys and values to the cache and returns their output
-    /// rows. Each row is bitwise the same whatever `r0`, `n` and the thread count are (see
-    /// [`crate::invariant`]).
-    fn inv_layer(&self, l: usize, x: &[f32], r0: usize, cache: &mut KvRows) -> Result<Vec<f32>> {
-        use rayon::prelude::*;
+    /// rows; with `sub`, appends the rows' sub-layer values to it (the same vectors the layer
+    /// computes, copied). Each row is bitwise the same whatever `r0`, `n` and the thread count
+    /// are (see [`crate::invariant`]).
+    fn inv_layer(
+        &self,
+        l: usize,
+        x: &[f32],
+        r0: usize,
+        cache: &mut KvRows,
+        sub: Option<&mut SubLayers>,
+    ) -> Result<Vec<f32>> {
         let c = &self.model.config;
-        let (d, hd, nh, nkv) = (c.hidden_size, c.head_dim(), c.num_heads, c.num_kv_heads);
-        let (qd, kvd) = (nh * hd, nkv * hd);
+        let (d, nh, nkv) = (c.hidden_size, c.num_heads, c.num_kv_heads);
+        let kvd = nkv * c.head_dim();
         let eps = c.rms_norm_eps as f32;
         let p = &self.packed()?[l];
         let n = x.len() / d;
@@ -2609,61 +2701,13 @@ impl Arith<'_> {
             )));
         }
         let normed = inv::rms_norm_rows(x, d, &p.attn_norm, eps);
-        let q = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wq), 0);
-        let q = self.inv_rope(&q, nh, r0)?;
-        let k = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wk), 1);
-        cache.k.extend(self.inv_rope(&k, nkv, r0)?);
-        cache
-            .v
-            .extend(Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wv), 2));
-        let e = r0 + n;
-        let (window, rep) = (self.window(), nh / nkv);
-        let column = |x: &[f32], rows: usize, width: usize, at: usize| -> Vec<f32> {
-            let mut out = Vec::with_capacity(rows * hd);
-            for r in 0..rows {
-                out.extend_from_slice(&x[r * width + at..r * width + at + hd]);
-            }
-            out
-        };
-        let heads: Vec<Vec<f32>> = (0..nh)
-            .into_par_iter()
-            .map(|h| {
-                let g = h / rep;
-                let (kh, vh) = (
-                    column(&cache.k, e, kvd, g * hd),
-                    column(&cache.v, e, kvd, g * hd),
-                );
-                let qh = column(&q, n, qd, h * hd);
-                // packed once; each query block reads the prefix up to its last row
-                let keys = PackedMatrix::new(&kh, e, hd).ok_or_else(|| {
-                    ModelError::InvalidArgument(format!("{} key elements", kh.len()))
-                })?;
-                let values = PackedMatrix::from_transposed(&vh, hd, e).ok_or_else(|| {
-                    ModelError::InvalidArgument(format!("{} value elements", vh.len()))
-                })?;
-                let mut out = Vec::with_capacity(n * hd);
-                for b0 in (0..n).step_by(INV_QUERY_BLOCK) {
-                    let b1 = (b0 + INV_QUERY_BLOCK).min(n);
-                    out.extend(inv::attend_packed(
-                        &qh[b0 * hd..b1 * hd],
-                        &keys,
-                        &values,
-                        r0 + b0,
-                        b1 - b0,
-                        r0 + b1,
-                        window,
-                    ));
-                }
-                Ok(out)
-            })
-            .collect::<Result<_>>()?;
-        let mut attn = vec![0f32; n * qd];
-        for (h, out) in heads.iter().enumerate() {
-            for r in 0..n {
-                attn[r * qd + h * hd..r * qd + (h + 1) * hd]
-                    .copy_from_slice(&out[r * hd..(r + 1) * hd]);
-            }
-        }
+        let q_lin = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wq), 0);
+        let q = self.inv_rope(&q_lin, nh, r0)?;
+        let k_lin = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wk), 1);
+        let v_lin = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wv), 2);
+        cache.k.extend(self.inv_rope(&k_lin, nkv, r0)?);
+        cache.v.extend_from_slice(&v_lin);
+        let attn = self.inv_attention(&q, n, r0, cache)?;
         let o = inv::matmul_t(&attn, n, &p.wo);
         let a = inv::add(x, &o);
         let mlp_in = inv::rms_norm_rows(&a, d, &p.mlp_norm, eps);
@@ -2671,7 +2715,59 @@ impl Arith<'_> {
         let up = inv::matmul_t(&mlp_in, n, &p.w_up);
         let act = inv::swiglu(&gate, &up);
         let down = inv::matmul_t(&act, n, &p.w_down);
-        Ok(inv::add(&a, &down))
+        let h = inv::add(&a, &down);
+        if let Some(sub) = sub {
+            sub.normed.extend(normed);
+            sub.q.extend(q_lin);
+            sub.k.extend(k_lin);
+            sub.v.extend(v_lin);
+            sub.attn.extend(attn);
+            sub.o.extend(o);
+            sub.mlp_in.extend(mlp_in);
+            sub.gate.extend(gate);
+            sub.up.extend(up);
+            sub.act.extend(act);
+            sub.down.extend(down);
+        }
+        Ok(h)
+    }
+
+    /// [`LlamaModel::recompute_nonlinear`] by the invariant kernels: the cell's rows `r0..e`
+    /// of `h_in` (`x`), the claimed key and value projections of rows `0..e` and the cell's
+    /// claimed sub-layer values; the same operations as [`Arith::inv_layer`] with the claimed
+    /// vectors in place of the products.
+    fn inv_nonlinear(
+        &self,
+        l: usize,
+        x: &[f32],
+        r0: usize,
+        k_lin: &[f32],
+        v_lin: &[f32],
+        cell: &SubLayers,
+    ) -> Result<Nonlinear> {
+        let c = &self.model.config;
+        let (d, nh, nkv) = (c.hidden_size, c.num_heads, c.num_kv_heads);
+        let eps = c.rms_norm_eps as f32;
+        let p = &self.packed()?[l];
+        let n = x.len() / d;
+        let normed = inv::rms_norm_rows(x, d, &p.attn_norm, eps);
+        let q = self.inv_rope(&cell.q, nh, r0)?;
+        let cache = KvRows {
+            k: self.inv_rope(k_lin, nkv, 0)?,
+            v: v_lin.to_vec(),
+        };
+        let attn = self.inv_attention(&q, n, r0, &cache)?;
+        let a = inv::add(x, &cell.o);
+        let mlp_in = inv::rms_norm_rows(&a, d, &p.mlp_norm, eps);
+        let act = inv::swiglu(&cell.gate, &cell.up);
+        let h_out = inv::add(&a, &cell.down);
+        Ok(Nonlinear {
+            normed,
+            attn,
+            mlp_in,
+            act,
+            h_out,
+        })
     }
 
     /// The context's keys and values for the attention of [`Arith::nonlinear_block`]: the

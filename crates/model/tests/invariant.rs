@@ -178,11 +178,95 @@ fn setups_the_kernels_do_not_implement_are_refused() {
     ] {
         assert!(bad.parse::<Setup>().is_err(), "{bad} parsed");
     }
-    let model = LlamaModel::preset("tiny").expect("tiny");
-    let toks = tokens(16, 512);
-    assert!(model.trace_sublayers(&s, &toks, 8).is_err());
-    let trace = model.trace(&s, &toks, 8).expect("trace");
-    assert!(model
-        .recompute_cell_sublayers(&s, 8, 1, 0, &trace.layers[0][..8 * 128])
-        .is_err());
+}
+
+/// The sub-layer values under the invariant kernels: a cell's capture equals the whole
+/// forward's at every chunk size, and the algebraic check (Freivalds on the linear maps, the
+/// nonlinear parts recomputed by the same kernels) passes an honest cell bitwise and fails an
+/// int8 forward claimed as f32.
+#[test]
+fn the_algebraic_check_runs_on_the_invariant_kernels() {
+    use veritrace_model::freivalds::{check_cell, CellClaim, VerifierKey, VerifierSecret};
+    use veritrace_model::SubLayers;
+    let model = LlamaModel::preset("small").expect("small");
+    let c = model.config().clone();
+    let (d, hd) = (c.hidden_size, c.head_dim());
+    let (qd, kvd, m) = (c.num_heads * hd, c.num_kv_heads * hd, c.intermediate_size);
+    let s = setup("f32/attn=eager/kernels=invariant");
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([9; 32]), &model, 1).expect("key");
+    let n = 45;
+    let toks = tokens(n, 2048);
+    let (trace, sub) = model.trace_sublayers(&s, &toks, 16).expect("trace");
+    let rows = |x: &[f32], w: usize, a: usize, b: usize| x[a * w..b * w].to_vec();
+    let claim_of = |sub: &SubLayers, lo: usize, e: usize| SubLayers {
+        normed: rows(&sub.normed, d, 0, e),
+        q: rows(&sub.q, qd, lo, e),
+        k: rows(&sub.k, kvd, 0, e),
+        v: rows(&sub.v, kvd, 0, e),
+        attn: rows(&sub.attn, qd, lo, e),
+        o: rows(&sub.o, d, lo, e),
+        mlp_in: rows(&sub.mlp_in, d, lo, e),
+        gate: rows(&sub.gate, m, lo, e),
+        up: rows(&sub.up, m, lo, e),
+        act: rows(&sub.act, m, lo, e),
+        down: rows(&sub.down, d, lo, e),
+    };
+    for tile in [4usize, 16] {
+        for (layer, chunk) in [(1usize, 0usize), (3, 1), (8, (n - 1) / tile)] {
+            let (lo, e) = (chunk * tile, ((chunk + 1) * tile).min(n));
+            let h_in = rows(&trace.layers[layer - 1], d, 0, e);
+            let (out, cell) = model
+                .recompute_cell_sublayers(&s, tile, layer, chunk, &h_in)
+                .expect("cell capture");
+            assert_eq!(bits(&out), bits(&trace.layers[layer][lo * d..e * d]));
+            let whole = claim_of(&sub[layer - 1], lo, e);
+            assert_eq!(
+                bits(&cell.attn),
+                bits(&whole.attn),
+                "layer {layer} chunk {chunk}"
+            );
+            assert_eq!(bits(&cell.down), bits(&whole.down));
+            let context = SubLayers {
+                normed: whole.normed.clone(),
+                k: whole.k.clone(),
+                v: whole.v.clone(),
+                ..SubLayers::default()
+            };
+            let h_out = rows(&trace.layers[layer], d, lo, e);
+            let claim = CellClaim {
+                h_in: &h_in,
+                h_out: &h_out,
+                context: &context,
+                cell: &whole,
+            };
+            let check =
+                check_cell(&key, &model, &s, tile, layer, chunk, &claim, 0.0).expect("check");
+            assert!(
+                check.passed,
+                "layer {layer} chunk {chunk} of {tile}: {check:?}"
+            );
+        }
+    }
+    // an int8 forward's values claimed under the f32 setup fail
+    let int8 = setup("f32/attn=eager/quant=int8-channel/kernels=invariant");
+    let (bad_trace, bad_sub) = model.trace_sublayers(&int8, &toks, 16).expect("int8");
+    let (layer, chunk, tile) = (3usize, 1usize, 16usize);
+    let (lo, e) = (chunk * tile, (chunk + 1) * tile);
+    let h_in = rows(&bad_trace.layers[layer - 1], d, 0, e);
+    let h_out = rows(&bad_trace.layers[layer], d, lo, e);
+    let whole = claim_of(&bad_sub[layer - 1], lo, e);
+    let context = SubLayers {
+        normed: whole.normed.clone(),
+        k: whole.k.clone(),
+        v: whole.v.clone(),
+        ..SubLayers::default()
+    };
+    let claim = CellClaim {
+        h_in: &h_in,
+        h_out: &h_out,
+        context: &context,
+        cell: &whole,
+    };
+    let check = check_cell(&key, &model, &s, tile, layer, chunk, &claim, 0.0).expect("check");
+    assert!(!check.passed);
 }
