@@ -1101,25 +1101,44 @@ fn tensor_specs(c: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
 
 /// The seeded weights, `(name, shape, elements)` in the documented order.
 fn seeded_weights(c: &ModelConfig) -> Vec<NamedTensor> {
+    use rayon::prelude::*;
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&c.seed.to_le_bytes());
-    let mut rng = ChaCha20Rng::from_seed(key);
-    tensor_specs(c)
-        .into_iter()
-        .map(|(name, shape, init)| {
+    // One ChaCha20 stream over every element in the documented order, one 32-bit word each:
+    // each tensor seeks to its first word, so tensors are drawn in parallel and the values are
+    // those of drawing them one after another (the preset digests are known answers).
+    let specs = tensor_specs(c);
+    let mut starts = Vec::with_capacity(specs.len());
+    let mut at = 0u128;
+    for (_, shape, _) in &specs {
+        starts.push(at);
+        at += shape.iter().product::<usize>() as u128;
+    }
+    specs
+        .into_par_iter()
+        .zip(starts)
+        .map(|((name, shape, init), start)| {
             let n: usize = shape.iter().product();
             let fan_in = *shape.last().unwrap_or(&1) as f64;
-            let data = (0..n)
-                .map(|_| {
-                    let u = f64::from(rng.next_u32() >> 8);
+            let mut rng = ChaCha20Rng::from_seed(key);
+            rng.set_word_pos(start);
+            let scale = fan_in.sqrt();
+            let mut data = Vec::with_capacity(n);
+            // the words in blocks through a small buffer (no second copy of the tensor)
+            let mut words = [0u8; 4096];
+            while data.len() < n {
+                let take = (n - data.len()).min(words.len() / 4);
+                rng.fill_bytes(&mut words[..take * 4]);
+                data.extend(words[..take * 4].chunks_exact(4).map(|w| {
+                    let u = f64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]]) >> 8);
                     let r = (u + 0.5) / 16_777_216.0 * 2.0 - 1.0;
                     (match init {
                         Init::Gain => 1.0 + 0.1 * r,
                         Init::Embedding => r,
-                        Init::Linear => r / fan_in.sqrt(),
+                        Init::Linear => r / scale,
                     }) as f32
-                })
-                .collect();
+                }));
+            }
             (name, shape, data)
         })
         .collect()
