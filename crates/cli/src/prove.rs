@@ -31,7 +31,7 @@ use rand_core::{OsRng, RngCore};
 use thiserror::Error;
 use veritrace_commit::HasherId;
 use veritrace_model::files::{self, OutputDir};
-use veritrace_model::{read_trace, write_trace_with, Setup};
+use veritrace_model::{map_trace, write_trace_with, Setup};
 use veritrace_protocol::sampling::sample_cells;
 use veritrace_protocol::{
     Challenge, ChallengeParams, Commitment, Message, Prover, SamplingStrategy,
@@ -480,15 +480,19 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         inputs.push(c);
     }
     files::refuse_same_file(&args.out, &inputs)?;
-    let (trace, statement) = read_trace(&args.trace)?;
+    // mapped in place: the prover hashes the file's bytes and copies out only what it opens
+    let (mapped, statement) = map_trace(&args.trace)?;
     let statement = statement.ok_or_else(|| VerbInputError::File {
         path: args.trace.display().to_string(),
         reason: "the trace file holds no statement (write it with `veritrace prove`)".into(),
     })?;
     let sublayers = veritrace_model::sublayer::read_sublayers(&args.trace, &statement)?;
-    let mut prover = Prover::new(statement, trace.layer_bytes())?;
-    if let Some((context, cell)) = sublayers {
-        prover = prover.with_sublayers(context, cell)?;
+    let mut prover = Prover::new(statement, mapped.layers())?;
+    if let Some((context, cell)) = &sublayers {
+        prover = prover.with_sublayers(
+            context.iter().map(Vec::as_slice).collect(),
+            cell.iter().map(Vec::as_slice).collect(),
+        )?;
     }
     prover.commit()?;
     match (&args.challenge, args.non_interactive) {

@@ -79,7 +79,9 @@ pub use setup::{
     Attention, Kernels, Order, Precision, Quant, QuantScheme, Rounding, Setup, MAX_SETUP_PARAM,
 };
 pub use tokenizer::{BertTokenizer, Encoded, TextTokenizer, TOKENIZER_DIGEST_LABEL};
-pub use trace::{read_trace, write_trace, write_trace_with, Trace, STATEMENT_METADATA_KEY};
+pub use trace::{
+    map_trace, read_trace, write_trace, write_trace_with, Trace, STATEMENT_METADATA_KEY,
+};
 
 use thiserror::Error;
 

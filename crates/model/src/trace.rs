@@ -329,6 +329,59 @@ pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
     ))
 }
 
+/// A prover's trace file mapped in place, for answering challenges without decoding it: the
+/// statement from its metadata and the file mapping, whose layers
+/// ([`crate::trace_file::TraceFile::layers`]) are the committed bytes. Checks what
+/// [`read_trace`] checks (F32 layers, every value finite, a valid statement if any) while
+/// holding no copy of the layers, so a prover's memory is the mapping (file pages the kernel
+/// may drop) plus what it opens.
+pub fn map_trace(path: &Path) -> Result<(crate::trace_file::TraceFile, Option<Statement>)> {
+    let file = path.display().to_string();
+    let bad = |reason: String| ModelError::TraceFile {
+        path: file.clone(),
+        reason,
+    };
+    let mapped = TraceFile::open(path, 1).map_err(|e| match e {
+        TraceFileError::Io { source, .. } => ModelError::Io {
+            path: file.clone(),
+            source,
+        },
+        other => bad(other.to_string()),
+    })?;
+    let g = *mapped.geometry();
+    if g.dtype != Dtype::F32 {
+        return Err(bad(format!(
+            "the layers are {:?}, not F32 (a prover's trace is F32; `veritrace commit` reads \
+             the other dtypes)",
+            g.dtype
+        )));
+    }
+    for l in 0..g.layers {
+        let bytes = mapped.layer(l).expect("validated layer");
+        // in blocks, so no decoded copy of the layer is held
+        for (b, block) in bytes.chunks(1 << 16).enumerate() {
+            if let Some(index) = first_non_finite(&le_f32(block)) {
+                return Err(ModelError::NonFinite {
+                    what: "trace file layer",
+                    index: b * (1 << 14) + index,
+                });
+            }
+        }
+    }
+    let (_, metadata) =
+        SafeTensors::read_metadata(mapped.bytes()).map_err(|e| bad(e.to_string()))?;
+    let statement = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(STATEMENT_METADATA_KEY))
+        .map(|json| {
+            Statement::from_json(json)
+                .map_err(|e| bad(format!("the statement in the metadata is invalid: {e}")))
+        })
+        .transpose()?;
+    Ok((mapped, statement))
+}
+
 fn le_f32(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
@@ -347,6 +400,44 @@ mod tests {
             layers,
             keys: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_mapped_trace_holds_the_written_bytes_and_refuses_what_read_trace_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.safetensors");
+        let layers: Vec<Vec<f32>> = (0..3)
+            .map(|l| (0..40_000).map(|i| (i * 3 + l) as f32 / 7.0).collect())
+            .collect();
+        let t = Trace {
+            tokens: 100,
+            hidden: 400,
+            layers: layers.clone(),
+            keys: Vec::new(),
+        };
+        write_trace(&path, &t, None).unwrap();
+        let (mapped, statement) = map_trace(&path).unwrap();
+        assert!(statement.is_none());
+        for (l, bytes) in mapped.layers().iter().enumerate() {
+            let values: Vec<f32> = bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            assert_eq!(values, layers[l]);
+        }
+        // a NaN past the first block is reported at its index within its layer, as read_trace
+        let mut bad = t.clone();
+        bad.layers[2][20_001] = f32::NAN;
+        write_trace(&path, &bad, None).unwrap();
+        assert!(matches!(
+            map_trace(&path),
+            Err(ModelError::NonFinite { index: 20_001, .. })
+        ));
+        assert!(matches!(
+            read_trace(&path),
+            Err(ModelError::NonFinite { index: 20_001, .. })
+        ));
+        assert!(map_trace(&dir.path().join("missing")).is_err());
     }
 
     #[test]
