@@ -192,19 +192,10 @@ impl TraceCommitter {
         self.next_layer
     }
 
-    /// Hashes the next layer's cells (in parallel) and folds them into the tree.
+    /// Hashes the next layer's cells (in parallel) and folds them into the tree
+    /// ([`TraceCommitter::push_layers`] with one layer).
     pub fn push_layer(&mut self, bytes: &[u8]) -> Result<()> {
-        if self.next_layer >= self.geometry.layers {
-            return Err(CommitError::Streaming(format!(
-                "all {} layers were already pushed",
-                self.geometry.layers
-            )));
-        }
-        for d in layer_leaves(self.hasher, &self.geometry, self.next_layer, bytes)? {
-            self.builder.push_digest(d)?;
-        }
-        self.next_layer += 1;
-        Ok(())
+        self.push_layers(&[bytes])
     }
 
     /// Hashes the cells of the next `layers.len()` layers all in parallel (threads split layers

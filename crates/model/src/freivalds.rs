@@ -893,6 +893,21 @@ fn dots(a: &[f64], b: &[f64], x: &[f32]) -> (f64, f64) {
     dots_lanes(a, b, x)
 }
 
+/// The eight accumulator lanes held in two AVX2 registers (lanes 0–3, then 4–7), in order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lanes_of(lo: std::arch::x86_64::__m256d, hi: std::arch::x86_64::__m256d) -> [f64; LANES] {
+    use std::arch::x86_64::_mm256_storeu_pd;
+    let mut out = [0f64; LANES];
+    #[allow(unsafe_code)]
+    // SAFETY: `out` holds 8 f64; each store writes four of them.
+    unsafe {
+        _mm256_storeu_pd(out.as_mut_ptr(), lo);
+        _mm256_storeu_pd(out.as_mut_ptr().add(4), hi);
+    }
+    out
+}
+
 /// [`dots`] with AVX2 intrinsics: lanes 0–3 and 4–7 of the accumulators in two registers,
 /// each lane's multiply and add as in [`dots_lanes`] (no fused multiply-add), so the sums are
 /// bitwise the same.
@@ -900,8 +915,8 @@ fn dots(a: &[f64], b: &[f64], x: &[f32]) -> (f64, f64) {
 #[target_feature(enable = "avx2")]
 fn dots_avx2(a: &[f64], b: &[f64], x: &[f32]) -> (f64, f64) {
     use std::arch::x86_64::{
-        __m256d, _mm256_add_pd, _mm256_andnot_pd, _mm256_cvtps_pd, _mm256_loadu_pd, _mm256_mul_pd,
-        _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd, _mm_loadu_ps,
+        _mm256_add_pd, _mm256_andnot_pd, _mm256_cvtps_pd, _mm256_loadu_pd, _mm256_mul_pd,
+        _mm256_set1_pd, _mm256_setzero_pd, _mm_loadu_ps,
     };
     let n = x.len() / LANES * LANES;
     let (a8, b8, x8) = (&a[..n], &b[..n], &x[..n]);
@@ -930,17 +945,7 @@ fn dots_avx2(a: &[f64], b: &[f64], x: &[f32]) -> (f64, f64) {
             t1 = _mm256_add_pd(t1, _mm256_mul_pd(_mm256_loadu_pd(bc.as_ptr().add(4)), ax1));
         }
     }
-    let lanes = |lo: __m256d, hi: __m256d| {
-        let mut out = [0f64; LANES];
-        #[allow(unsafe_code)]
-        // SAFETY: `out` holds 8 f64; each store writes four of them.
-        unsafe {
-            _mm256_storeu_pd(out.as_mut_ptr(), lo);
-            _mm256_storeu_pd(out.as_mut_ptr().add(4), hi);
-        }
-        out
-    };
-    let (mut vs, mut vt) = (reduce(&lanes(s0, s1)), reduce(&lanes(t0, t1)));
+    let (mut vs, mut vt) = (reduce(&lanes_of(s0, s1)), reduce(&lanes_of(t0, t1)));
     for i in n..x.len() {
         let xi = f64::from(x[i]);
         vs += a[i] * xi;
@@ -1000,8 +1005,8 @@ fn dots_abs(r: &[f64], y: &[f32]) -> (f64, f64) {
 #[target_feature(enable = "avx2")]
 fn dots_abs_avx2(r: &[f64], y: &[f32]) -> (f64, f64) {
     use std::arch::x86_64::{
-        __m256d, _mm256_add_pd, _mm256_andnot_pd, _mm256_cvtps_pd, _mm256_loadu_pd, _mm256_mul_pd,
-        _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd, _mm_loadu_ps,
+        _mm256_add_pd, _mm256_andnot_pd, _mm256_cvtps_pd, _mm256_loadu_pd, _mm256_mul_pd,
+        _mm256_set1_pd, _mm256_setzero_pd, _mm_loadu_ps,
     };
     let n = y.len() / LANES * LANES;
     let (r8, y8) = (&r[..n], &y[..n]);
@@ -1031,17 +1036,7 @@ fn dots_abs_avx2(r: &[f64], y: &[f32]) -> (f64, f64) {
             t1 = _mm256_add_pd(t1, _mm256_mul_pd(ar1, ay1));
         }
     }
-    let lanes = |lo: __m256d, hi: __m256d| {
-        let mut out = [0f64; LANES];
-        #[allow(unsafe_code)]
-        // SAFETY: `out` holds 8 f64; each store writes four of them.
-        unsafe {
-            _mm256_storeu_pd(out.as_mut_ptr(), lo);
-            _mm256_storeu_pd(out.as_mut_ptr().add(4), hi);
-        }
-        out
-    };
-    let (mut vs, mut vt) = (reduce(&lanes(s0, s1)), reduce(&lanes(t0, t1)));
+    let (mut vs, mut vt) = (reduce(&lanes_of(s0, s1)), reduce(&lanes_of(t0, t1)));
     for i in n..y.len() {
         let yi = f64::from(y[i]);
         vs += r[i] * yi;

@@ -2617,11 +2617,28 @@ impl Arith<'_> {
         let p = &self.packed()?[l];
         let n = x.len() / c.hidden_size;
         let normed = inv::rms_norm_rows(x, c.hidden_size, &p.attn_norm, c.rms_norm_eps as f32);
-        let k = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wk), 1);
-        let v = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wv), 2);
-        cache.k.extend(self.inv_rope(&k, c.num_kv_heads, start)?);
-        cache.v.extend(v);
+        self.inv_append_kv(p, &normed, n, start, cache)?;
         Ok(())
+    }
+
+    /// The key and value projections of `n` attention-normed rows at positions `start..`:
+    /// appends the roped keys and the values to `cache` and returns both projections as
+    /// computed (before the rotary embedding), for a sub-layer capture.
+    fn inv_append_kv(
+        &self,
+        p: &PackedLayer,
+        normed: &[f32],
+        n: usize,
+        start: usize,
+        cache: &mut KvRows,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let k = Self::inv_biased(p, inv::matmul_t(normed, n, &p.wk), 1);
+        let v = Self::inv_biased(p, inv::matmul_t(normed, n, &p.wv), 2);
+        cache
+            .k
+            .extend(self.inv_rope(&k, self.model.config.num_kv_heads, start)?);
+        cache.v.extend_from_slice(&v);
+        Ok((k, v))
     }
 
     /// The attention rows of roped queries `q` (`[n, heads·hd]`, positions `r0..r0 + n`) over the
@@ -2722,10 +2739,7 @@ impl Arith<'_> {
         let normed = inv::rms_norm_rows(x, d, &p.attn_norm, eps);
         let q_lin = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wq), 0);
         let q = self.inv_rope(&q_lin, nh, r0)?;
-        let k_lin = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wk), 1);
-        let v_lin = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wv), 2);
-        cache.k.extend(self.inv_rope(&k_lin, nkv, r0)?);
-        cache.v.extend_from_slice(&v_lin);
+        let (k_lin, v_lin) = self.inv_append_kv(p, &normed, n, r0, cache)?;
         let attn = self.inv_attention(&q, n, r0, cache)?;
         let o = inv::matmul_t(&attn, n, &p.wo);
         let a = inv::add(x, &o);

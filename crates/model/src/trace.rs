@@ -239,41 +239,18 @@ pub fn write_trace_with(
 /// contiguous and of one shape). Refuses other dtypes, mis-shaped key tensors, non-finite values
 /// and a malformed statement with a typed error.
 pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
+    // the file's checks (dtype, finite values, the statement) are `map_trace`'s
+    let (mapped, statement) = map_trace(path)?;
     let file = path.display().to_string();
     let bad = |reason: String| ModelError::TraceFile {
         path: file.clone(),
         reason,
     };
-    let mapped = TraceFile::open(path, 1).map_err(|e| match e {
-        TraceFileError::Io { source, .. } => ModelError::Io {
-            path: file.clone(),
-            source,
-        },
-        other => bad(other.to_string()),
-    })?;
     let g = *mapped.geometry();
-    if g.dtype != Dtype::F32 {
-        return Err(bad(format!(
-            "the layers are {:?}, not F32 (a prover's trace is F32; `veritrace commit` reads \
-             the other dtypes)",
-            g.dtype
-        )));
-    }
     let (tokens, hidden) = (g.tokens as usize, g.hidden as usize);
-    let mut layers = Vec::with_capacity(g.layers as usize);
-    for l in 0..g.layers {
-        let bytes = mapped.layer(l).expect("validated layer");
-        let values = le_f32(bytes);
-        if let Some(index) = first_non_finite(&values) {
-            return Err(ModelError::NonFinite {
-                what: "trace file layer",
-                index,
-            });
-        }
-        layers.push(values);
-    }
-    let (_, metadata) =
-        SafeTensors::read_metadata(mapped.bytes()).map_err(|e| bad(e.to_string()))?;
+    let layers: Vec<Vec<f32>> = (0..g.layers)
+        .map(|l| le_f32(mapped.layer(l).expect("validated layer")))
+        .collect();
     let st = SafeTensors::deserialize(mapped.bytes()).map_err(|e| bad(e.to_string()))?;
     let count = layers.len();
     let key_count = st.names().iter().filter(|n| n.starts_with("k.")).count();
@@ -309,15 +286,6 @@ pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
         }
         keys.push(values);
     }
-    let statement = metadata
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(STATEMENT_METADATA_KEY))
-        .map(|json| {
-            Statement::from_json(json)
-                .map_err(|e| bad(format!("the statement in the metadata is invalid: {e}")))
-        })
-        .transpose()?;
     Ok((
         Trace {
             tokens,

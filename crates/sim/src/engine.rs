@@ -1030,15 +1030,18 @@ impl Simulation {
             };
             per_run = tallies;
             progress();
-            // Mean verifier cost of k uniform cells per round, per run, averaged.
+            // Mean verifier cost of k uniform cells per round, per run, averaged (none for an
+            // adversary whose trials open no cell: late commitment).
             let mut cost = 0.0;
-            for r in runs.iter().filter(|_| a.draws_challenges()) {
-                let g = r.statement.geometry;
-                let mut all = 0.0;
-                for i in 0..g.num_cells() {
-                    all += self.recompute_cost(&r.statement, &[g.cell_at(i)?])?;
+            if a.draws_challenges() {
+                for r in &runs {
+                    let g = r.statement.geometry;
+                    let mut all = 0.0;
+                    for i in 0..g.num_cells() {
+                        all += self.recompute_cost(&r.statement, &[g.cell_at(i)?])?;
+                    }
+                    cost += all / g.num_cells() as f64 * k as f64 * f64::from(rounds);
                 }
-                cost += all / g.num_cells() as f64 * k as f64 * f64::from(rounds);
             }
             let cost = cost / runs.len() as f64;
             tally.add_fast(trials, detected, cost);

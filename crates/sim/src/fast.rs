@@ -52,13 +52,52 @@ pub fn floyd<R: RngCore>(rng: &mut R, n: u64, k: u64, out: &mut Vec<u64>) {
     }
 }
 
-fn block_rng(seed: u64, adversary: u64, block: u64) -> ChaCha8Rng {
+fn block_rng(domain: &[u8], seed: u64, adversary: u64, block: u64) -> ChaCha8Rng {
     let mut h = blake3::Hasher::new();
-    h.update(b"veritrace/sim/fast/v1");
+    h.update(domain);
     h.update(&seed.to_le_bytes());
     h.update(&adversary.to_le_bytes());
     h.update(&block.to_le_bytes());
     ChaCha8Rng::from_seed(*h.finalize().as_bytes())
+}
+
+/// `trials` trials cut into blocks of [`BLOCK`], each block drawing from [`block_rng`] under
+/// `domain` on the rayon pool: `trial(rng)` gives the run a trial drew and whether it was
+/// detected. Returns the detections and per run `(detected, trials)`, summed over blocks, so
+/// the result does not depend on the thread count.
+fn tally_blocks<S: Default>(
+    runs: usize,
+    trials: u64,
+    domain: &[u8],
+    seed: u64,
+    adversary: u64,
+    trial: impl Fn(&mut ChaCha8Rng, &mut S) -> (usize, bool) + Sync,
+) -> (u64, Vec<(u64, u64)>) {
+    if runs == 0 || trials == 0 {
+        return (0, vec![(0, 0); runs]);
+    }
+    let add = |mut a: Vec<(u64, u64)>, b: Vec<(u64, u64)>| {
+        for (x, (d, n)) in a.iter_mut().zip(b) {
+            x.0 += d;
+            x.1 += n;
+        }
+        a
+    };
+    let per_run = (0..trials.div_ceil(BLOCK))
+        .into_par_iter()
+        .map(|b| {
+            let mut rng = block_rng(domain, seed, adversary, b);
+            let mut scratch = S::default();
+            let mut tally = vec![(0u64, 0u64); runs];
+            for _ in 0..BLOCK.min(trials - b * BLOCK) {
+                let (ri, hit) = trial(&mut rng, &mut scratch);
+                tally[ri].0 += u64::from(hit);
+                tally[ri].1 += 1;
+            }
+            tally
+        })
+        .reduce(|| vec![(0, 0); runs], add);
+    (per_run.iter().map(|t| t.0).sum(), per_run)
 }
 
 /// Runs `trials` fast trials of `rounds` rounds of `k` cells each against prover runs drawn
@@ -73,44 +112,25 @@ pub fn detections(
     seed: u64,
     adversary: u64,
 ) -> (u64, Vec<(u64, u64)>) {
-    let mut per_run = vec![(0u64, 0u64); runs.len()];
-    if runs.is_empty() || trials == 0 {
-        return (0, per_run);
-    }
-    let blocks = trials.div_ceil(BLOCK);
-    let add = |mut a: Vec<(u64, u64)>, b: Vec<(u64, u64)>| {
-        for (x, (d, n)) in a.iter_mut().zip(b) {
-            x.0 += d;
-            x.1 += n;
-        }
-        a
-    };
-    per_run = (0..blocks)
-        .into_par_iter()
-        .map(|b| {
-            let mut rng = block_rng(seed, adversary, b);
-            let mut cells = Vec::with_capacity(k as usize);
-            let count = BLOCK.min(trials - b * BLOCK);
-            let mut tally = vec![(0u64, 0u64); runs.len()];
-            for _ in 0..count {
-                let ri = (rng.next_u64() % runs.len() as u64) as usize;
-                let run = &runs[ri];
-                let n = run.bad.len() as u64;
-                let mut hit = false;
-                for _ in 0..rounds {
-                    floyd(&mut rng, n, k, &mut cells);
-                    if cells.iter().any(|&c| run.bad[c as usize]) {
-                        hit = true;
-                        break;
-                    }
+    tally_blocks(
+        runs.len(),
+        trials,
+        b"veritrace/sim/fast/v1",
+        seed,
+        adversary,
+        |rng, cells: &mut Vec<u64>| {
+            let ri = (rng.next_u64() % runs.len() as u64) as usize;
+            let run = &runs[ri];
+            let n = run.bad.len() as u64;
+            for _ in 0..rounds {
+                floyd(rng, n, k, cells);
+                if cells.iter().any(|&c| run.bad[c as usize]) {
+                    return (ri, true);
                 }
-                tally[ri].0 += u64::from(hit);
-                tally[ri].1 += 1;
             }
-            tally
-        })
-        .reduce(|| vec![(0, 0); runs.len()], add);
-    (per_run.iter().map(|t| t.0).sum(), per_run)
+            (ri, false)
+        },
+    )
 }
 
 /// Runs `trials` fast trials against prover runs drawn uniformly, trial on run `i` detected with
@@ -123,40 +143,19 @@ pub fn bernoulli_detections(
     seed: u64,
     adversary: u64,
 ) -> (u64, Vec<(u64, u64)>) {
-    let mut per_run = vec![(0u64, 0u64); probs.len()];
-    if probs.is_empty() || trials == 0 {
-        return (0, per_run);
-    }
-    let blocks = trials.div_ceil(BLOCK);
-    let add = |mut a: Vec<(u64, u64)>, b: Vec<(u64, u64)>| {
-        for (x, (d, n)) in a.iter_mut().zip(b) {
-            x.0 += d;
-            x.1 += n;
-        }
-        a
-    };
-    per_run = (0..blocks)
-        .into_par_iter()
-        .map(|b| {
-            let mut h = blake3::Hasher::new();
-            h.update(b"veritrace/sim/fast/bernoulli/v1");
-            h.update(&seed.to_le_bytes());
-            h.update(&adversary.to_le_bytes());
-            h.update(&b.to_le_bytes());
-            let mut rng = ChaCha8Rng::from_seed(*h.finalize().as_bytes());
-            let count = BLOCK.min(trials - b * BLOCK);
-            let mut tally = vec![(0u64, 0u64); probs.len()];
-            for _ in 0..count {
-                let ri = (rng.next_u64() % probs.len() as u64) as usize;
-                // uniform in [0, 1) from 53 bits; detected when below the probability
-                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                tally[ri].0 += u64::from(u < probs[ri]);
-                tally[ri].1 += 1;
-            }
-            tally
-        })
-        .reduce(|| vec![(0, 0); probs.len()], add);
-    (per_run.iter().map(|t| t.0).sum(), per_run)
+    tally_blocks(
+        probs.len(),
+        trials,
+        b"veritrace/sim/fast/bernoulli/v1",
+        seed,
+        adversary,
+        |rng, _: &mut ()| {
+            let ri = (rng.next_u64() % probs.len() as u64) as usize;
+            // uniform in [0, 1) from 53 bits; detected when below the probability
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            (ri, u < probs[ri])
+        },
+    )
 }
 
 #[cfg(test)]
