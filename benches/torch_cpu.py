@@ -16,6 +16,12 @@ tokens; the table gives generation / forward for each.
     cargo build --release -p veritrace-model --example forward_timing
     target/engines/bin/python benches/torch_cpu.py --threads 1 --tokens 128,512,2048 --generate 128:64
 
+With --bert DIR the encoder in DIR (e.g. models/all-MiniLM-L6-v2) is measured instead: transformers'
+BertModel loaded from DIR with SDPA and eager attention, beside veritrace's BERT encoder on the
+same checkpoint (`forward_timing --bert DIR`), at each of --tokens.
+
+    target/engines/bin/python benches/torch_cpu.py --threads 1 --tokens 128 --bert models/all-MiniLM-L6-v2
+
 Exits 2 with a message when PyTorch, transformers or the example binary is missing."""
 import argparse
 import json
@@ -48,6 +54,7 @@ def main() -> int:
     ap.add_argument("--setups", default="f32/attn=eager,f32/attn=eager/kernels=invariant")
     ap.add_argument("--veritrace", default="target/release/examples/forward_timing")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--bert", default="", help="a BERT checkpoint directory to measure instead")
     ap.add_argument("--malloc-thresholds", action="store_true",
                     help="run veritrace with glibc's mmap and trim thresholds raised (64 and 128 "
                          "MiB): shows what the allocator's churn on fresh large buffers costs")
@@ -66,7 +73,20 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
-    for attn in ("sdpa", "eager"):
+    if args.bert:
+        from transformers import BertModel
+        vocab = None
+        for attn in ("sdpa", "eager"):
+            model = BertModel.from_pretrained(args.bert, attn_implementation=attn,
+                                              add_pooling_layer=False).to(torch.float32).eval()
+            vocab = model.config.vocab_size
+            with torch.inference_mode():
+                for n in sizes:
+                    ids = torch.tensor([[(7 + 37 * i * i + 11 * i) % vocab for i in range(n)]])
+                    s = fastest_time(args.repeats, lambda: model(input_ids=ids))
+                    rows.append({"engine": "torch", "setup": f"f32/{attn}", "what": "forward",
+                                 "tokens": n, "threads": args.threads, "seconds": s})
+    for attn in () if args.bert else ("sdpa", "eager"):
         cfg = LlamaConfig(vocab_size=2048, hidden_size=512, num_hidden_layers=8,
                           num_attention_heads=8, num_key_value_heads=4, intermediate_size=1376,
                           rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=4096,
@@ -97,8 +117,8 @@ def main() -> int:
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     if args.malloc_thresholds:
         env.update(MALLOC_MMAP_THRESHOLD_=str(64 << 20), MALLOC_TRIM_THRESHOLD_=str(128 << 20))
-    cmd = [args.veritrace, "--preset", "small", "--threads", str(args.threads), "--repeats",
-           str(args.repeats), "--tokens", ",".join(str(n) for n in gen_sizes), "--setups",
+    cmd = [args.veritrace] + (["--bert", args.bert] if args.bert else []) + [
+           "--preset", "small", "--threads", str(args.threads), "--repeats", str(args.repeats), "--tokens", ",".join(str(n) for n in gen_sizes), "--setups",
            args.setups]
     if args.generate:
         cmd += ["--generate", args.generate]

@@ -4,18 +4,20 @@
 //! ```text
 //! cargo run --release -p veritrace-model --example forward_timing -- \
 //!     [--preset small] [--tokens 128,512] [--setups f32/attn=eager,f32/attn=eager/kernels=invariant]
-//!     [--threads 1] [--repeats 5] [--generate 128:64]
+//!     [--threads 1] [--repeats 5] [--generate 128:64] [--bert DIR]
 //! ```
 //!
 //! Each figure is the fastest of `--repeats` runs after a second of warm-up and two runs (on a shared machine the
 //! fastest run is the one least disturbed), on a rayon pool of
 //! `--threads` threads (candle's own element-wise pool follows `RAYON_NUM_THREADS`, which the
 //! script sets to the same number). `--generate P:G` also times generating `G` tokens after a
-//! `P`-token prompt and one forward over `P + G` tokens, per setup.
+//! `P`-token prompt and one forward over `P + G` tokens, per setup. `--bert DIR` times the BERT
+//! encoder in `DIR` (e.g. `models/all-MiniLM-L6-v2`) instead of the decoder preset: its trace,
+//! which keeps every layer's rows (a few hundred KB at 128 tokens), under each setup.
 
 use std::time::Instant;
 
-use veritrace_model::{LlamaModel, Setup};
+use veritrace_model::{BertModel, LlamaModel, Setup};
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
     args.iter()
@@ -62,6 +64,11 @@ fn main() {
     .map(|s| s.parse().expect("--setups"))
     .collect();
     let generate = arg(&args, "--generate", "");
+    let bert = arg(&args, "--bert", "");
+    if !bert.is_empty() {
+        time_bert(&bert, &setups, &sizes, threads, repeats);
+        return;
+    }
     let model = LlamaModel::preset(&preset).expect("preset");
     let vocab = model.config().vocab_size as u32;
     let tokens = |n: usize| -> Vec<u32> {
@@ -103,6 +110,41 @@ fn main() {
                     "{{\"engine\":\"veritrace\",\"preset\":\"{preset}\",\"setup\":\"{setup}\",\
                      \"what\":\"generate\",\"prompt\":{p},\"generated\":{g},\"threads\":{threads},\
                      \"seconds\":{s}}}"
+                );
+            }
+        }
+    });
+}
+
+/// The BERT encoder in `dir`: the trace of each size under each setup (no generation).
+fn time_bert(dir: &str, setups: &[Setup], sizes: &[usize], threads: usize, repeats: usize) {
+    let model = BertModel::load(std::path::Path::new(dir)).expect("--bert: a BERT checkpoint");
+    let vocab = model.config().vocab_size as u32;
+    let tokens = |n: usize| -> Vec<u32> {
+        (0..n as u32)
+            .map(|i| (7 + 37 * i * i + 11 * i) % vocab)
+            .collect()
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool");
+    pool.install(|| {
+        let warm = Instant::now();
+        while warm.elapsed().as_secs_f64() < 1.0 {
+            for setup in setups {
+                model.trace(setup, &tokens(128), 16).expect("warm-up");
+            }
+        }
+        for setup in setups {
+            for &n in sizes {
+                let t = tokens(n);
+                let s = time(repeats, || {
+                    model.trace(setup, &t, 16).expect("trace");
+                });
+                println!(
+                    "{{\"engine\":\"veritrace\",\"preset\":\"{dir}\",\"setup\":\"{setup}\",\
+                     \"what\":\"forward\",\"tokens\":{n},\"threads\":{threads},\"seconds\":{s}}}"
                 );
             }
         }

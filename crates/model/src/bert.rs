@@ -119,10 +119,12 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::Digest;
 
+use crate::invariant::{self as inv, PackedMatrix};
 use crate::ops::dtype_of;
 use crate::setup::Order;
 use crate::{
-    first_non_finite, Attention, CellInputs, ModelError, NamedTensor, Precision, Result, Setup,
+    first_non_finite, Attention, CellInputs, Kernels, ModelError, NamedTensor, Precision, Result,
+    Setup,
 };
 
 /// Environment variable naming the directory that holds all-MiniLM-L6-v2.
@@ -748,16 +750,24 @@ impl BertModel {
         crate::ops::check_tile(tile)?;
         let n = tokens.len();
         let tiles = n.div_ceil(tile);
-        let key_mask = KeyMask::new(mask, tiles * tile)?;
+        let invariant = setup.kernels == Kernels::Invariant;
+        // the invariant kernels compute all rows at once and pad nothing
+        let key_mask = KeyMask::new(mask, if invariant { n } else { tiles * tile })?;
         let arith = self.arith(setup)?;
         let mut layers: Vec<Vec<f32>> = Vec::with_capacity(self.config.num_hidden_layers + 1);
-        layers.push(arith.embed_tiles(tokens, tile, 0..tiles)?);
+        layers.push(if invariant {
+            arith.inv_embed(tokens, 0..n)?
+        } else {
+            arith.embed_tiles(tokens, tile, 0..tiles)?
+        });
         for l in 1..=self.config.num_hidden_layers {
             let x = &layers[l - 1];
             let y = if setup.skip == Some(l) {
                 x.clone()
             } else if setup.reuse == Some(l) {
                 arith.reuse_update(x, &layers[l - 2])?
+            } else if invariant {
+                arith.inv_layer(l - 1, x, &key_mask, 0..n)?
             } else {
                 arith.layer_tiles(l - 1, x, n, tile, &key_mask, 0..tiles)?
             };
@@ -843,7 +853,11 @@ impl BertModel {
         match (layer, inputs) {
             (0, CellInputs::Tokens(t)) => {
                 self.check_tokens(t)?;
-                self.arith(setup)?.embed_tiles(t, tile, chunk..chunk + 1)
+                let arith = self.arith(setup)?;
+                if setup.kernels == Kernels::Invariant {
+                    return arith.inv_embed(t, chunk * tile..((chunk + 1) * tile).min(n));
+                }
+                arith.embed_tiles(t, tile, chunk..chunk + 1)
             }
             (0, CellInputs::Hidden(_)) => Err(ModelError::InvalidArgument(
                 "layer 0 is recomputed from tokens, not hidden rows".into(),
@@ -871,9 +885,13 @@ impl BertModel {
                         l - 1
                     )));
                 }
+                let arith = self.arith(setup)?;
+                if setup.kernels == Kernels::Invariant {
+                    let rows = chunk * tile..((chunk + 1) * tile).min(n);
+                    return arith.inv_layer(l - 1, h, &KeyMask::new(mask, n)?, rows);
+                }
                 let key_mask = KeyMask::new(mask, tiles * tile)?;
-                self.arith(setup)?
-                    .layer_tiles(l - 1, h, n, tile, &key_mask, chunk..chunk + 1)
+                arith.layer_tiles(l - 1, h, n, tile, &key_mask, chunk..chunk + 1)
             }
         }
     }
@@ -909,7 +927,10 @@ impl BertModel {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok(Weights { layers })
+            Ok(Weights {
+                layers,
+                packed: std::sync::OnceLock::new(),
+            })
         })
     }
 
@@ -929,7 +950,60 @@ impl BertModel {
 #[derive(Debug)]
 struct Weights {
     layers: Vec<Layer>,
+    /// The layers packed for the invariant kernels, on first use.
+    packed: std::sync::OnceLock<Vec<PackedLayer>>,
 }
+
+/// One encoder layer's weights for the invariant kernels (`kernels=invariant`): the six linear
+/// maps packed ([`PackedMatrix`]), biases and LayerNorm parameters as f32 rows.
+#[derive(Debug)]
+struct PackedLayer {
+    wq: PackedMatrix,
+    wk: PackedMatrix,
+    wv: PackedMatrix,
+    wo: PackedMatrix,
+    wi: PackedMatrix,
+    wo2: PackedMatrix,
+    /// `bq, bk, bv, bo, attn_ln_g, attn_ln_b, bi, bo2, out_ln_g, out_ln_b`.
+    vectors: [Vec<f32>; 10],
+}
+
+impl PackedLayer {
+    fn of(l: &Layer) -> Result<Self> {
+        let vec = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+        };
+        let pack = |t: &Tensor| -> Result<PackedMatrix> {
+            let (out, inp) = t.dims2()?;
+            PackedMatrix::new(&vec(t)?, out, inp).ok_or_else(|| {
+                ModelError::InvalidArgument(format!("a weight of {out} x {inp} does not pack"))
+            })
+        };
+        Ok(PackedLayer {
+            wq: pack(&l.wq)?,
+            wk: pack(&l.wk)?,
+            wv: pack(&l.wv)?,
+            wo: pack(&l.wo)?,
+            wi: pack(&l.wi)?,
+            wo2: pack(&l.wo2)?,
+            vectors: [
+                vec(&l.bq)?,
+                vec(&l.bk)?,
+                vec(&l.bv)?,
+                vec(&l.bo)?,
+                vec(&l.attn_ln_g)?,
+                vec(&l.attn_ln_b)?,
+                vec(&l.bi)?,
+                vec(&l.bo2)?,
+                vec(&l.out_ln_g)?,
+                vec(&l.out_ln_b)?,
+            ],
+        })
+    }
+}
+
+/// Query rows per block of the invariant attention (the blocks' results are the same rows).
+const INV_QUERY_BLOCK: usize = 64;
 
 /// The prepared-weights cache shared by clones of a model.
 type WeightCache = crate::ops::WeightCache<Weights>;
@@ -1048,6 +1122,132 @@ impl Arith<'_> {
             .transpose(0, 1)?
             .contiguous()?
             .reshape((rows, heads * hd))?)
+    }
+
+    /// The layers packed for the invariant kernels (packed on first use, then shared).
+    fn packed(&self) -> Result<&[PackedLayer]> {
+        if let Some(p) = self.w.packed.get() {
+            return Ok(p);
+        }
+        let built = self
+            .w
+            .layers
+            .iter()
+            .map(PackedLayer::of)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.w.packed.get_or_init(|| built))
+    }
+
+    /// The embedding rows `out` of `tokens` by the invariant kernels (`kernels=invariant`, f32):
+    /// `(word + type 0) + position`, then [`inv::layer_norm_rows`]. Each row is its own.
+    fn inv_embed(&self, tokens: &[u32], out: Range<usize>) -> Result<Vec<f32>> {
+        let m = self.model;
+        let d = m.config.hidden_size;
+        let ty = &m.token_type[..d];
+        let mut sums = Vec::with_capacity(out.len() * d);
+        for p in out {
+            let w = &m.word[tokens[p] as usize * d..][..d];
+            let pos = &m.position[p * d..][..d];
+            sums.extend((0..d).map(|i| (w[i] + ty[i]) + pos[i]));
+        }
+        let vec = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
+        let eps = m.config.layer_norm_eps as f32;
+        Ok(inv::layer_norm_rows(
+            &sums,
+            d,
+            &vec(&m.emb_ln_g)?,
+            &vec(&m.emb_ln_b)?,
+            eps,
+        ))
+    }
+
+    /// Encoder layer `l` (0-based) by the invariant kernels: the output rows `out` from every
+    /// input row `x` (`[n, hidden]`, the keys and values of all of them). Each output row is
+    /// bitwise the same whichever rows are computed with it and on any number of threads (see
+    /// [`crate::invariant`]); the same operations as [`Arith::layer_tiles`] in the same order
+    /// (bias after the product, then the residual; LayerNorm; the erf GELU), by other kernels
+    /// (the GELU's `erf` is [`inv::erf`]'s, not libm's).
+    fn inv_layer(&self, l: usize, x: &[f32], km: &KeyMask, out: Range<usize>) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
+        let c = &self.model.config;
+        let (d, heads, hd) = (c.hidden_size, c.num_attention_heads, c.head_dim());
+        let eps = c.layer_norm_eps as f32;
+        let p = &self.packed()?[l];
+        let [bq, bk, bv, bo, ln1_g, ln1_b, bi, bo2, ln2_g, ln2_b] = &p.vectors;
+        let n = x.len() / d;
+        let (r0, m) = (out.start, out.len());
+        let xo = &x[r0 * d..out.end * d];
+        let linear = |x: &[f32], rows: usize, w: &PackedMatrix, b: &[f32]| {
+            let mut y = inv::matmul_t(x, rows, w);
+            inv::add_bias(&mut y, b);
+            y
+        };
+        let q = linear(xo, m, &p.wq, bq);
+        let k = linear(x, n, &p.wk, bk);
+        let v = linear(x, n, &p.wv, bv);
+        let window = match self.setup.attention {
+            Attention::Window { size } => size,
+            _ => usize::MAX,
+        };
+        let vis = crate::ops::Visibility {
+            causal: false,
+            keys: Some(&km.visible),
+            window,
+        };
+        // which keys each output row sees (the same for every head), worked out once
+        let mut row_sees = Vec::with_capacity(m * n);
+        for pos in out.clone() {
+            let fallback = vis.falls_back(pos, n);
+            row_sees.extend((0..n).map(|j| vis.sees(pos, j, fallback)));
+        }
+        let column = |x: &[f32], rows: usize, h: usize| -> Vec<f32> {
+            let mut col = Vec::with_capacity(rows * hd);
+            for r in 0..rows {
+                col.extend_from_slice(&x[r * d + h * hd..][..hd]);
+            }
+            col
+        };
+        let head = |h: usize| -> Result<Vec<f32>> {
+            let (qh, kh, vh) = (column(&q, m, h), column(&k, n, h), column(&v, n, h));
+            let keys = PackedMatrix::new(&kh, n, hd)
+                .ok_or_else(|| ModelError::InvalidArgument(format!("{} key elements", kh.len())))?;
+            let values = PackedMatrix::from_transposed(&vh, hd, n).ok_or_else(|| {
+                ModelError::InvalidArgument(format!("{} value elements", vh.len()))
+            })?;
+            let mut ctx = Vec::with_capacity(m * hd);
+            for b0 in (0..m).step_by(INV_QUERY_BLOCK) {
+                let b1 = (b0 + INV_QUERY_BLOCK).min(m);
+                ctx.extend(inv::attend_visible(
+                    &qh[b0 * hd..b1 * hd],
+                    &keys,
+                    &values,
+                    b1 - b0,
+                    n,
+                    |i, j| row_sees[(b0 + i) * n + j],
+                ));
+            }
+            Ok(ctx)
+        };
+        let per_head: Vec<Vec<f32>> = if inv::parallel(heads * m * n * hd) {
+            (0..heads)
+                .into_par_iter()
+                .map(head)
+                .collect::<Result<_>>()?
+        } else {
+            (0..heads).map(head).collect::<Result<_>>()?
+        };
+        let mut ctx = vec![0f32; m * d];
+        for (h, rows) in per_head.iter().enumerate() {
+            for r in 0..m {
+                ctx[r * d + h * hd..][..hd].copy_from_slice(&rows[r * hd..][..hd]);
+            }
+        }
+        let a = inv::add(&linear(&ctx, m, &p.wo, bo), xo);
+        let a = inv::layer_norm_rows(&a, d, ln1_g, ln1_b, eps);
+        let mut mid = linear(&a, m, &p.wi, bi);
+        inv::gelu(&mut mid);
+        let h = inv::add(&linear(&mid, m, &p.wo2, bo2), &a);
+        Ok(inv::layer_norm_rows(&h, d, ln2_g, ln2_b, eps))
     }
 
     /// The embedding rows (layer 0) of tiles `out` of `tokens` (truncated at the sequence end):

@@ -22,8 +22,14 @@
 //!   keys cached (generation with a KV cache), inside a chunk (a verifier's cell recompute) or
 //!   inside the whole prefill is bitwise the same row.
 //!
-//! The kernels are plain functions over row-major `f32` slices; [`crate::LlamaModel`] runs
-//! them under the setup key `kernels=invariant` ([`crate::Kernels::Invariant`]).
+//! * **Exponentials** ([`exp`], in the softmax, SwiGLU and the GELU's [`erf`]) are one fixed
+//!   sequence of IEEE operations (adds, multiplies, fused multiply-adds, bit moves), vectorized
+//!   where the CPU allows and the same bits everywhere: not the platform's `expf`, whose last bit
+//!   may differ between C libraries or between their FMA and non-FMA variants.
+//!
+//! The kernels are plain functions over row-major `f32` slices; [`crate::LlamaModel`] (its
+//! decoders) and [`crate::BertModel`] (the encoder: LayerNorm, the GELU, bidirectional attention
+//! with a key mask) run them under the setup key `kernels=invariant` ([`crate::Kernels::Invariant`]).
 
 use rayon::prelude::*;
 
@@ -430,7 +436,10 @@ fn micro_avx512<const R: usize>(
             )
         };
         for i in 0..R {
-            let a = _mm512_set1_ps(x[i * k + kk]);
+            #[allow(unsafe_code)]
+            // SAFETY: `i < R` and `kk < k`, so `i·k + kk < R·k ≤ x.len()` (asserted above);
+            // unchecked, since a bounds check per broadcast costs a fifth of the kernel's time.
+            let a = _mm512_set1_ps(unsafe { *x.get_unchecked(i * k + kk) });
             acc0[i] = _mm512_fmadd_ps(a, b0, acc0[i]);
             acc1[i] = _mm512_fmadd_ps(a, b1, acc1[i]);
         }
@@ -571,12 +580,191 @@ pub fn rms_norm_rows(x: &[f32], d: usize, gain: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
+/// LayerNorm of each `d`-wide row of `x` (the BERT encoder's):
+/// `((x − μ) / √(σ² + eps)) · gain + bias`, with `μ` the mean of the row and `σ²` the mean of
+/// the squared centred values, both by [`sum_lanes`]; each step rounded to f32. Rows are split
+/// across threads (each row's arithmetic is its own).
+pub fn layer_norm_rows(x: &[f32], d: usize, gain: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    if d == 0 {
+        return out;
+    }
+    let rows_per = (ELEMENT_BLOCK / d).max(1);
+    let norm = |(o, xs): (&mut [f32], &[f32])| {
+        let mut centred = vec![0f32; d];
+        let mut sq = vec![0f32; d];
+        for (orow, row) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+            let mean = sum_lanes(row) / d as f32;
+            for ((c, s), &v) in centred.iter_mut().zip(sq.iter_mut()).zip(row) {
+                *c = v - mean;
+                *s = *c * *c;
+            }
+            let std = (sum_lanes(&sq) / d as f32 + eps).sqrt();
+            for (((y, &c), &g), &b) in orow.iter_mut().zip(&centred).zip(gain).zip(bias) {
+                *y = (c / std) * g + b;
+            }
+        }
+    };
+    if parallel(x.len()) {
+        out.par_chunks_mut(rows_per * d)
+            .zip(x.par_chunks(rows_per * d))
+            .for_each(norm);
+    } else {
+        out.chunks_mut(rows_per * d)
+            .zip(x.chunks(rows_per * d))
+            .for_each(norm);
+    }
+    out
+}
+
+/// `y + bias` on every `bias.len()`-wide row of `y`, in place.
+pub fn add_bias(y: &mut [f32], bias: &[f32]) {
+    if bias.is_empty() {
+        return;
+    }
+    for row in y.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// The GELU `0.5 · x · (1 + erf(x / √2))` in place, element by element, with [`erf`].
+pub fn gelu(x: &mut [f32]) {
+    let f = |c: &mut [f32]| map_in_place(c, |v| 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2)));
+    if parallel(x.len()) {
+        x.par_chunks_mut(ELEMENT_BLOCK).for_each(f);
+    } else {
+        x.chunks_mut(ELEMENT_BLOCK).for_each(f);
+    }
+}
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+/// Cephes `expf`'s polynomial for `(e^r − 1 − r) / r²` on `|r| ≤ ln 2 / 2`, highest degree
+/// first (S. L. Moshier, Cephes Math Library, `expf.c`).
+const EXP_POLY: [f32; 6] = [
+    1.987_569_2e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5, // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
+];
+
+/// `e^x` in f32 by one fixed sequence of IEEE operations: `n = round(x · log₂e)` (by the
+/// `1.5·2²³` shift, ties to even), `r = x − n·ln2` in two fused steps (Cody–Waite, Cephes'
+/// split of ln 2), `e^r = 1 + r + r²·P(r)` with [`EXP_POLY`] (Horner, fused), times `2ⁿ` built
+/// from its bits. `x` is clamped to `[−87.3, 88]` first (so `2ⁿ` is a normal number): below,
+/// the result is about `1.2e−38` instead of underflowing; NaN stays NaN. Within 2 ulp of `e^x`
+/// on the clamped range (tested against f64). [`f32::mul_add`] is correctly rounded, in hardware
+/// or in software, so every CPU and vector width gives the same bits.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 1.5·2²³: adding it rounds to an integer
+    const LN2_HI: f32 = 0.693_359_4; // Cephes' C1 = 0.693359375, exact in 9 bits
+    const LN2_LO: f32 = -2.121_944_4e-4; // Cephes' C2
+    let x = x.clamp(-87.3, 88.0);
+    let t = x.mul_add(std::f32::consts::LOG2_E, SHIFT);
+    let n = t - SHIFT;
+    let r = (-n).mul_add(LN2_HI, x);
+    let r = (-n).mul_add(LN2_LO, r);
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
+        p = p.mul_add(r, c);
+    }
+    let y = p.mul_add(r * r, r) + 1.0;
+    let n = (t.to_bits() as i32).wrapping_sub(SHIFT.to_bits() as i32);
+    y * f32::from_bits((n.wrapping_add(127) as u32) << 23)
+}
+
+/// `erf(x)` in f32 by Abramowitz and Stegun's formula 7.1.26 (the one PyTorch's vectorized CPU
+/// kernels use): `erf(|x|) ≈ 1 − t·(a₁ + t(a₂ + t(a₃ + t(a₄ + t·a₅))))·e^(−x²)` with
+/// `t = 1 / (1 + p·|x|)`, odd in `x`. Absolute error at most `1.5e−7` for the formula in exact
+/// arithmetic and below `5e−7` in f32 (4.8e−7 at worst over `[−6, 6]`, tested against f64's
+/// `erf`): in the GELU, at most `2.5e−7·|x|`. Fixed IEEE operations and [`exp`]: the same bits
+/// on every CPU.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        1.061_405_4,
+        -1.453_152,
+        1.421_413_8,
+        -0.284_496_73,
+        0.254_829_6,
+    ];
+    let a = x.abs();
+    let t = 1.0 / P.mul_add(a, 1.0);
+    let mut poly = A[0];
+    for &c in &A[1..] {
+        poly = poly.mul_add(t, c);
+    }
+    let y = 1.0 - poly * t * exp(-(a * a));
+    y.copysign(x)
+}
+
+/// `x ← f(x)` for every element, compiled for AVX-512 or AVX2 + FMA where the CPU has them
+/// (so `f`'s fused multiply-adds vectorize) and portably otherwise: the same bits either way.
+#[inline(always)]
+fn map_in_place(x: &mut [f32], f: impl Fn(f32) -> f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if wide_available() {
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU has AVX-512F (checked by `wide_available`).
+            unsafe {
+                map_avx512(x, f)
+            };
+            return;
+        }
+        if fma_available() {
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU has AVX2 and FMA (checked by `fma_available`).
+            unsafe {
+                map_avx2(x, f)
+            };
+            return;
+        }
+    }
+    for v in x {
+        *v = f(*v);
+    }
+}
+
+/// [`map_in_place`]'s loop compiled with AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn map_avx512(x: &mut [f32], f: impl Fn(f32) -> f32) {
+    for v in x {
+        *v = f(*v);
+    }
+}
+
+/// [`map_in_place`]'s loop compiled with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn map_avx2(x: &mut [f32], f: impl Fn(f32) -> f32) {
+    for v in x {
+        *v = f(*v);
+    }
+}
+
+/// `x ← e^x` ([`exp`]) for every element.
+pub fn exp_in_place(x: &mut [f32]) {
+    map_in_place(x, exp);
+}
+
 /// SwiGLU's product `silu(gate) · up` element by element, `silu(g) = g / (1 + e^(−g))`.
 pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; gate.len().min(up.len())];
     let f = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
+        for (y, &g) in o.iter_mut().zip(g) {
+            *y = -g;
+        }
+        exp_in_place(o);
         for ((y, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *y = (g / (1.0 + (-g).exp())) * u;
+            *y = (g / (1.0 + *y)) * u;
         }
     };
     if parallel(out.len()) {
@@ -648,25 +836,45 @@ pub fn attend_packed(
     e: usize,
     window: usize,
 ) -> Vec<f32> {
+    attend_visible(q, keys, values, tq, e, |i, j| {
+        let p = q0 + i;
+        j <= p && p - j < window
+    })
+}
+
+/// Attention of `tq` query rows over the keys and values of positions `0..e` (packed as in
+/// [`attend_packed`]) where query row `i` sees the keys `j` with `sees(i, j)` (the BERT
+/// encoder's bidirectional attention with its key mask). The maximum, the exponentials and
+/// their sum run over the seen keys in increasing order only, and an unseen key's probability
+/// is exactly 0, so a row's result depends on its own query and seen keys alone, not on `tq`,
+/// `e` or the rows beside it (see the [module docs](self)). A row that sees no key gets zeros.
+pub fn attend_visible(
+    q: &[f32],
+    keys: &PackedMatrix,
+    values: &PackedMatrix,
+    tq: usize,
+    e: usize,
+    sees: impl Fn(usize, usize) -> bool,
+) -> Vec<f32> {
     let hd = keys.inp;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut probs = matmul_panels(q, tq, keys.prefix(e, hd)); // [tq, e] raw scores, then probabilities
-    let mut ex = Vec::with_capacity(e);
+    let mut probs = matmul_panels(q, tq, keys.prefix(e, hd));
+    let (mut ex, mut seen) = (Vec::with_capacity(e), Vec::with_capacity(e));
     for (i, row) in probs.chunks_exact_mut(e).enumerate() {
-        let p = q0 + i;
-        let lo = p.saturating_sub(window.saturating_sub(1));
-        let seen = lo..p + 1;
+        seen.clear();
+        seen.extend((0..e).filter(|&j| sees(i, j)));
         let mut max = f32::NEG_INFINITY;
-        for s in &mut row[seen.clone()] {
-            *s *= scale;
-            max = max.max(*s);
+        for &j in &seen {
+            row[j] *= scale;
+            max = max.max(row[j]);
         }
         ex.clear();
-        ex.extend(row[seen.clone()].iter().map(|&s| (s - max).exp()));
+        ex.extend(seen.iter().map(|&j| row[j] - max));
+        exp_in_place(&mut ex);
         let inv = 1.0 / sum_lanes(&ex);
         row.fill(0.0);
-        for (r, &x) in row[seen].iter_mut().zip(&ex) {
-            *r = x * inv;
+        for (&j, &x) in seen.iter().zip(&ex) {
+            row[j] = x * inv;
         }
     }
     matmul_panels(&probs, tq, values.prefix(hd, e))
@@ -801,6 +1009,71 @@ mod tests {
             let block = attend_head(&q[16 * hd..24 * hd], &k, &v, 16, 8, e, hd, window);
             assert_eq!(bits(&block), bits(&all[16 * hd..24 * hd]));
         }
+    }
+
+    /// Values spread over `[lo, hi]`, both ends included.
+    fn sweep(lo: f32, hi: f32, n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| lo + (hi - lo) * i as f32 / (n - 1) as f32)
+            .collect()
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp_and_the_same_bits_vectorized_or_not() {
+        let x = sweep(-87.3, 88.0, 200_003);
+        let mut fast = x.clone();
+        exp_in_place(&mut fast);
+        for (&v, &y) in x.iter().zip(&fast) {
+            // the portable scalar code, element by element
+            assert_eq!(exp(v).to_bits(), y.to_bits(), "e^{v}");
+            let want = (v as f64).exp();
+            let ulp = f64::from(f32::EPSILON) * want;
+            assert!(
+                ((y as f64) - want).abs() <= 2.0 * ulp,
+                "e^{v} = {y}, not {want}"
+            );
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(f32::NAN).is_nan());
+        assert!(exp(-1000.0) > 0.0 && exp(-1000.0) < 2e-38);
+        assert!(exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn erf_and_gelu_are_within_their_bound() {
+        let x = sweep(-6.0, 6.0, 100_001);
+        let mut g = x.clone();
+        gelu(&mut g);
+        for (&v, &y) in x.iter().zip(&g) {
+            let e = libm::erf(v as f64);
+            assert!(((erf(v) as f64) - e).abs() < 5e-7, "erf({v})");
+            assert_eq!(erf(-v).to_bits(), (-erf(v)).to_bits());
+            let want = 0.5 * v as f64 * (1.0 + libm::erf(v as f64 / std::f64::consts::SQRT_2));
+            assert!(
+                ((y as f64) - want).abs() < 3e-7 * (v.abs() as f64).max(1.0),
+                "gelu({v}) = {y}, not {want}"
+            );
+            assert_eq!(
+                y.to_bits(),
+                (0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2))).to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_is_row_local() {
+        let d = 19;
+        let (x, g, b) = (values(15, 6 * d), values(16, d), values(17, d));
+        let all = layer_norm_rows(&x, d, &g, &b, 1e-12);
+        let one = layer_norm_rows(&x[4 * d..5 * d], d, &g, &b, 1e-12);
+        assert_eq!(bits(&one), bits(&all[4 * d..5 * d]));
+        let mean = x[..d].iter().sum::<f32>() / d as f32;
+        assert!((all[0] - ((x[0] - mean) / stddev(&x[..d]) * g[0] + b[0])).abs() < 1e-4);
+    }
+
+    fn stddev(x: &[f32]) -> f32 {
+        let mean = x.iter().sum::<f32>() / x.len() as f32;
+        (x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / x.len() as f32 + 1e-12).sqrt()
     }
 
     #[test]

@@ -221,6 +221,21 @@ impl Visibility<'_> {
         }
     }
 
+    /// The bidirectional fallback: whether query `p` sees no visible key of `0..e` within the
+    /// window, and so sees every visible key instead.
+    pub(crate) fn falls_back(&self, p: usize, e: usize) -> bool {
+        !self.causal && self.window != usize::MAX && !(0..e).any(|k| self.in_window(p, k))
+    }
+
+    /// Whether query `p` sees key `k`, given [`Visibility::falls_back`] for `p`.
+    pub(crate) fn sees(&self, p: usize, k: usize, fallback: bool) -> bool {
+        if fallback {
+            self.key_visible(k)
+        } else {
+            self.in_window(p, k)
+        }
+    }
+
     /// The additive f32 mask `[tq, len]` of queries `q0..q0 + tq` over keys `k0..k0 + len`
     /// out of `e` keys: `0` where the query sees the key, `−∞` elsewhere.
     pub(crate) fn mask(
@@ -233,16 +248,9 @@ impl Visibility<'_> {
     ) -> Result<Tensor> {
         let mut values = Vec::with_capacity(tq * len);
         for p in q0..q0 + tq {
-            // the bidirectional fallback: no visible key in the window, every visible key
-            let fallback =
-                !self.causal && self.window != usize::MAX && !(0..e).any(|k| self.in_window(p, k));
+            let fallback = self.falls_back(p, e);
             values.extend((k0..k0 + len).map(|k| {
-                let seen = if fallback {
-                    self.key_visible(k)
-                } else {
-                    self.in_window(p, k)
-                };
-                if seen {
+                if self.sees(p, k, fallback) {
                     0.0
                 } else {
                     f32::NEG_INFINITY

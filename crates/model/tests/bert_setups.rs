@@ -20,7 +20,7 @@ fn setup(s: &str) -> Setup {
 }
 
 /// One setup of every kind the encoder runs.
-const SETUPS: [&str; 22] = [
+const SETUPS: [&str; 26] = [
     "f32/attn=eager",
     "bf16/attn=eager",
     "f16/attn=eager",
@@ -43,6 +43,10 @@ const SETUPS: [&str; 22] = [
     "f32/attn=eager/skip=1",
     "f32/attn=eager/reuse=2",
     "f16/attn=tiled:4/quant=int4-g32:mse/splitk=2/batch=2/skip=2",
+    "f32/attn=eager/kernels=invariant",
+    "f32/attn=window:6/kernels=invariant",
+    "f32/attn=eager/quant=int8-channel/kernels=invariant",
+    "f32/attn=window:3/reuse=2/kernels=invariant",
 ];
 
 fn bits(t: &Trace) -> Vec<Vec<u32>> {
