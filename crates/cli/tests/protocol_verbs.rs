@@ -815,3 +815,52 @@ fn an_invariant_kernels_prover_is_verified_exactly() {
     ]);
     assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
 }
+
+/// The BERT encoder on the invariant kernels over files: an all-MiniLM-L6-v2 prover at chunk 5
+/// is verified exactly (skips where MiniLM is not installed).
+#[test]
+fn an_invariant_kernels_encoder_is_verified_exactly() {
+    if veritrace_model::minilm_dir().is_none() {
+        eprintln!("skipping: MiniLM not installed; run scripts/install-minilm.sh");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    run_ok(&[
+        "prove",
+        "--model",
+        "minilm",
+        "--setup",
+        "f32/attn=eager/kernels=invariant",
+        "--prompt",
+        "101,7592,2088,2003,1037,3231,1997,1996,4800,102",
+        "--output",
+        "0",
+        "--chunk",
+        "5",
+        "--out",
+        &p("run"),
+    ]);
+    run_ok(&[
+        "open",
+        &p("run/trace.safetensors"),
+        "--non-interactive",
+        "--samples",
+        "6",
+        "--out",
+        &p("ni"),
+    ]);
+    let out = run_ok(&[
+        "verify",
+        "--model",
+        "minilm",
+        "--commitment",
+        &p("run/commitment.json"),
+        "--non-interactive",
+        "--samples",
+        "6",
+        "--opening",
+        &p("ni/opening-0.vtpm"),
+    ]);
+    assert_eq!(out, "accept\n");
+}
