@@ -1200,6 +1200,7 @@ impl Arith<'_> {
             let fallback = vis.falls_back(pos, n);
             row_sees.extend((0..n).map(|j| vis.sees(pos, j, fallback)));
         }
+        let every_key = row_sees.iter().all(|&v| v);
         let column = |x: &[f32], rows: usize, h: usize| -> Vec<f32> {
             let mut col = Vec::with_capacity(rows * hd);
             for r in 0..rows {
@@ -1223,7 +1224,13 @@ impl Arith<'_> {
                     &values,
                     b1 - b0,
                     n,
-                    |i, j| row_sees[(b0 + i) * n + j],
+                    |i| {
+                        if every_key {
+                            inv::Seen::Range(0..n)
+                        } else {
+                            inv::Seen::Mask(&row_sees[(b0 + i) * n..][..n])
+                        }
+                    },
                 ));
             }
             Ok(ctx)

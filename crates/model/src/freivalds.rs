@@ -844,10 +844,20 @@ pub fn linear_terms(
                 got: data.len(),
             });
         }
-        if let Some(index) = crate::first_non_finite(data) {
-            return Err(FreivaldsError::NonFinite { what, index });
-        }
     }
+    // Finiteness is read off the sums below instead of a scan of its own: with finite keys,
+    // `Σ|u|·|x|` (f64, of f32 values: no overflow) is finite exactly when every `x` is, as is
+    // `Σ|r|·|y|` for `y` (a zero key entry times ±∞ or NaN is NaN). The first non-finite sum
+    // sends the caller the first non-finite element of `x`, else of `y`, as a scan would.
+    let non_finite = || -> FreivaldsError {
+        match crate::first_non_finite(x) {
+            Some(index) => FreivaldsError::NonFinite { what: "x", index },
+            None => FreivaldsError::NonFinite {
+                what: "y",
+                index: crate::first_non_finite(y).unwrap_or(0),
+            },
+        }
+    };
     let gamma_n = gamma(inp, U_F32);
     let eps = 2.0 * (gamma(inp, U_F64) + gamma(out, U_F64));
     let t = key.repetitions as usize;
@@ -867,6 +877,9 @@ pub fn linear_terms(
             let u = &mk.u[k * inp..(k + 1) * inp];
             let (vx, ux) = dots(v, u, xr);
             let (ry, ary) = dots_abs(r, yr);
+            if !(ux.is_finite() && ary.is_finite()) {
+                return Err(non_finite());
+            }
             let deviation = (vx + rbk - ry).abs();
             let bound = gamma_n * ux
                 + outputs_rounded * U_F32 * ary
@@ -1872,6 +1885,20 @@ mod tests {
                 what: "y",
                 index: 3
             })
+        ));
+        // Over several rows the first non-finite element of x is named before any of y's, as
+        // a scan of x then y would: infinities too, and a zero x beside them.
+        let (x3, mut y3) = (vec![0.0f32; 3 * inp], vec![0.0f32; 3 * out]);
+        y3[out + 7] = f32::INFINITY;
+        assert!(matches!(
+            check_linear(&key, 1, Matrix::Q, &x3, &y3, 3),
+            Err(FreivaldsError::NonFinite { what: "y", index }) if index == out + 7
+        ));
+        let mut x3 = x3;
+        x3[2 * inp + 1] = f32::NEG_INFINITY;
+        assert!(matches!(
+            check_linear(&key, 1, Matrix::Q, &x3, &y3, 3),
+            Err(FreivaldsError::NonFinite { what: "x", index }) if index == 2 * inp + 1
         ));
         // x = 0, y = 0 has deviation 0 and passes; x = 0, y != 0 fails with an infinite ratio.
         let z = vec![0.0f32; inp];

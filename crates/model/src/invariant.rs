@@ -836,45 +836,75 @@ pub fn attend_packed(
     e: usize,
     window: usize,
 ) -> Vec<f32> {
-    attend_visible(q, keys, values, tq, e, |i, j| {
+    attend_visible(q, keys, values, tq, e, |i| {
         let p = q0 + i;
-        j <= p && p - j < window
+        Seen::Range(p.saturating_sub(window.saturating_sub(1))..p + 1)
     })
 }
 
+/// The keys one query row sees, in increasing order.
+#[derive(Debug, Clone)]
+pub enum Seen<'a> {
+    /// The keys of a contiguous range (causal attention, a window, every key).
+    Range(std::ops::Range<usize>),
+    /// Key `j` where `mask[j]` (a key mask, a bidirectional window); `mask` covers every key.
+    Mask(&'a [bool]),
+}
+
 /// Attention of `tq` query rows over the keys and values of positions `0..e` (packed as in
-/// [`attend_packed`]) where query row `i` sees the keys `j` with `sees(i, j)` (the BERT
-/// encoder's bidirectional attention with its key mask). The maximum, the exponentials and
-/// their sum run over the seen keys in increasing order only, and an unseen key's probability
-/// is exactly 0, so a row's result depends on its own query and seen keys alone, not on `tq`,
-/// `e` or the rows beside it (see the [module docs](self)). A row that sees no key gets zeros.
-pub fn attend_visible(
+/// [`attend_packed`]) where query row `i` sees the keys `seen(i)` (a causal range, or the BERT
+/// encoder's key mask). The maximum, the exponentials and their sum run over the seen keys in
+/// increasing order only, and an unseen key's probability is exactly 0, so a row's result
+/// depends on its own query and seen keys alone, not on `tq`, `e` or the rows beside it (see
+/// the [module docs](self)); a [`Seen::Mask`] that keeps a range gives the bits of that
+/// [`Seen::Range`]. A row that sees no key gets zeros.
+pub fn attend_visible<'a>(
     q: &[f32],
     keys: &PackedMatrix,
     values: &PackedMatrix,
     tq: usize,
     e: usize,
-    sees: impl Fn(usize, usize) -> bool,
+    seen: impl Fn(usize) -> Seen<'a>,
 ) -> Vec<f32> {
     let hd = keys.inp;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut probs = matmul_panels(q, tq, keys.prefix(e, hd));
-    let (mut ex, mut seen) = (Vec::with_capacity(e), Vec::with_capacity(e));
+    let (mut ex, mut at) = (Vec::with_capacity(e), Vec::with_capacity(e));
     for (i, row) in probs.chunks_exact_mut(e).enumerate() {
-        seen.clear();
-        seen.extend((0..e).filter(|&j| sees(i, j)));
-        let mut max = f32::NEG_INFINITY;
-        for &j in &seen {
-            row[j] *= scale;
-            max = max.max(row[j]);
-        }
-        ex.clear();
-        ex.extend(seen.iter().map(|&j| row[j] - max));
-        exp_in_place(&mut ex);
-        let inv = 1.0 / sum_lanes(&ex);
-        row.fill(0.0);
-        for (&j, &x) in seen.iter().zip(&ex) {
-            row[j] = x * inv;
+        match seen(i) {
+            Seen::Range(r) => {
+                let r = r.start.min(e)..r.end.min(e);
+                let mut max = f32::NEG_INFINITY;
+                for s in &mut row[r.clone()] {
+                    *s *= scale;
+                    max = max.max(*s);
+                }
+                ex.clear();
+                ex.extend(row[r.clone()].iter().map(|&s| s - max));
+                exp_in_place(&mut ex);
+                let inv = 1.0 / sum_lanes(&ex);
+                row.fill(0.0);
+                for (y, &x) in row[r].iter_mut().zip(&ex) {
+                    *y = x * inv;
+                }
+            }
+            Seen::Mask(mask) => {
+                at.clear();
+                at.extend((0..e).filter(|&j| mask.get(j) == Some(&true)));
+                let mut max = f32::NEG_INFINITY;
+                for &j in &at {
+                    row[j] *= scale;
+                    max = max.max(row[j]);
+                }
+                ex.clear();
+                ex.extend(at.iter().map(|&j| row[j] - max));
+                exp_in_place(&mut ex);
+                let inv = 1.0 / sum_lanes(&ex);
+                row.fill(0.0);
+                for (&j, &x) in at.iter().zip(&ex) {
+                    row[j] = x * inv;
+                }
+            }
         }
     }
     matmul_panels(&probs, tq, values.prefix(hd, e))
@@ -1074,6 +1104,20 @@ mod tests {
     fn stddev(x: &[f32]) -> f32 {
         let mean = x.iter().sum::<f32>() / x.len() as f32;
         (x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / x.len() as f32 + 1e-12).sqrt()
+    }
+
+    #[test]
+    fn a_mask_that_keeps_a_range_is_that_range() {
+        let (hd, e, tq) = (8, 21, 5);
+        let (q, k, v) = (values(18, tq * hd), values(19, e * hd), values(20, e * hd));
+        let keys = PackedMatrix::new(&k, e, hd).expect("pack");
+        let vals = PackedMatrix::from_transposed(&v, hd, e).expect("pack");
+        let masks: Vec<Vec<bool>> = (0..tq)
+            .map(|i| (0..e).map(|j| (i + 3..=i + 12).contains(&j)).collect())
+            .collect();
+        let by_range = attend_visible(&q, &keys, &vals, tq, e, |i| Seen::Range(i + 3..i + 13));
+        let by_mask = attend_visible(&q, &keys, &vals, tq, e, |i| Seen::Mask(&masks[i]));
+        assert_eq!(bits(&by_range), bits(&by_mask));
     }
 
     #[test]

@@ -2642,21 +2642,28 @@ impl Arith<'_> {
     }
 
     /// The attention rows of roped queries `q` (`[n, heads·hd]`, positions `r0..r0 + n`) over the
-    /// roped keys and values of rows `0..r0 + n` in `cache`, by the invariant kernels (heads in
-    /// parallel): `[n, heads·hd]`.
-    fn inv_attention(&self, q: &[f32], n: usize, r0: usize, cache: &KvRows) -> Result<Vec<f32>> {
+    /// roped keys and the values of rows `0..r0 + n` (`kv`, each `[r0 + n, kv_heads·hd]`), by the
+    /// invariant kernels (heads in parallel): `[n, heads·hd]`.
+    fn inv_attention(
+        &self,
+        q: &[f32],
+        n: usize,
+        r0: usize,
+        kv: (&[f32], &[f32]),
+    ) -> Result<Vec<f32>> {
+        let (keys_in, values_in) = kv;
         use rayon::prelude::*;
         let c = &self.model.config;
         let (hd, nh, nkv) = (c.head_dim(), c.num_heads, c.num_kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
         let e = r0 + n;
-        if q.len() != n * qd || cache.k.len() != e * kvd || cache.v.len() != e * kvd {
+        if q.len() != n * qd || keys_in.len() != e * kvd || values_in.len() != e * kvd {
             return Err(ModelError::InvalidArgument(format!(
                 "attention of {} query elements over {} key and {} value elements for rows \
                  {r0}..{e}",
                 q.len(),
-                cache.k.len(),
-                cache.v.len()
+                keys_in.len(),
+                values_in.len()
             )));
         }
         let (window, rep) = (self.window(), nh / nkv);
@@ -2667,26 +2674,35 @@ impl Arith<'_> {
             }
             out
         };
-        let head = |h: usize| -> Result<Vec<f32>> {
-            let g = h / rep;
+        // each key-value head packed once for the query heads that share it; each query block
+        // reads the prefix up to its last row
+        let pack = |g: usize| -> Result<(PackedMatrix, PackedMatrix)> {
             let (kh, vh) = (
-                column(&cache.k, e, kvd, g * hd),
-                column(&cache.v, e, kvd, g * hd),
+                column(keys_in, e, kvd, g * hd),
+                column(values_in, e, kvd, g * hd),
             );
-            let qh = column(q, n, qd, h * hd);
-            // packed once; each query block reads the prefix up to its last row
             let keys = PackedMatrix::new(&kh, e, hd)
                 .ok_or_else(|| ModelError::InvalidArgument(format!("{} key elements", kh.len())))?;
             let values = PackedMatrix::from_transposed(&vh, hd, e).ok_or_else(|| {
                 ModelError::InvalidArgument(format!("{} value elements", vh.len()))
             })?;
+            Ok((keys, values))
+        };
+        let packed: Vec<(PackedMatrix, PackedMatrix)> = if inv::parallel(nkv * e * hd) {
+            (0..nkv).into_par_iter().map(pack).collect::<Result<_>>()?
+        } else {
+            (0..nkv).map(pack).collect::<Result<_>>()?
+        };
+        let head = |h: usize| -> Result<Vec<f32>> {
+            let (keys, values) = &packed[h / rep];
+            let qh = column(q, n, qd, h * hd);
             let mut out = Vec::with_capacity(n * hd);
             for b0 in (0..n).step_by(INV_QUERY_BLOCK) {
                 let b1 = (b0 + INV_QUERY_BLOCK).min(n);
                 out.extend(inv::attend_packed(
                     &qh[b0 * hd..b1 * hd],
-                    &keys,
-                    &values,
+                    keys,
+                    values,
                     r0 + b0,
                     b1 - b0,
                     r0 + b1,
@@ -2740,7 +2756,7 @@ impl Arith<'_> {
         let q_lin = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wq), 0);
         let q = self.inv_rope(&q_lin, nh, r0)?;
         let (k_lin, v_lin) = self.inv_append_kv(p, &normed, n, r0, cache)?;
-        let attn = self.inv_attention(&q, n, r0, cache)?;
+        let attn = self.inv_attention(&q, n, r0, (&cache.k, &cache.v))?;
         let o = inv::matmul_t(&attn, n, &p.wo);
         let a = inv::add(x, &o);
         let mlp_in = inv::rms_norm_rows(&a, d, &p.mlp_norm, eps);
@@ -2785,11 +2801,8 @@ impl Arith<'_> {
         let n = x.len() / d;
         let normed = inv::rms_norm_rows(x, d, &p.attn_norm, eps);
         let q = self.inv_rope(&cell.q, nh, r0)?;
-        let cache = KvRows {
-            k: self.inv_rope(k_lin, nkv, 0)?,
-            v: v_lin.to_vec(),
-        };
-        let attn = self.inv_attention(&q, n, r0, &cache)?;
+        let keys = self.inv_rope(k_lin, nkv, 0)?;
+        let attn = self.inv_attention(&q, n, r0, (&keys, v_lin))?;
         let a = inv::add(x, &cell.o);
         let mlp_in = inv::rms_norm_rows(&a, d, &p.mlp_norm, eps);
         let act = inv::swiglu(&cell.gate, &cell.up);
