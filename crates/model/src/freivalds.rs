@@ -1275,7 +1275,10 @@ pub fn check_sublayer_values(
         ));
     }
     let norms = model.attention_norms(setup, tile, layer, h_in)?;
-    let nl = model.recompute_nonlinear(setup, tile, layer, chunk, h_in, &ctx.k, &ctx.v, cell)?;
+    // every input is finite by now: the Freivalds sums read k, v and the cell's linear
+    // outputs (a non-finite one is an error above), the attention norms read h_in
+    let nl = model
+        .recompute_nonlinear_of_finite(setup, tile, layer, chunk, h_in, &ctx.k, &ctx.v, cell)?;
     for (what, claimed, width) in [
         ("attn", &cell.attn, c.num_heads * c.head_dim()),
         ("mlp_in", &cell.mlp_in, d),

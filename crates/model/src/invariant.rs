@@ -851,6 +851,36 @@ pub enum Seen<'a> {
     Mask(&'a [bool]),
 }
 
+/// The softmax of `x` in place: `e^(xᵢ − max) / Σ e^(xⱼ − max)` with [`exp`], the sum by
+/// [`sum_lanes`], each quotient as `e^(xᵢ − max) · (1 / Σ)`. The maximum runs in sixteen lanes
+/// with a fixed reduction: the maximum of numbers is the same in any order but for the sign of
+/// a zero, and `xᵢ − (±0)` has the same exponential either way, so the result is the bits of a
+/// sequential maximum. Empty: nothing.
+pub fn softmax_in_place(x: &mut [f32]) {
+    if x.is_empty() {
+        return;
+    }
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    for (m, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *m = if v > *m { v } else { *m };
+    }
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for v in x.iter_mut() {
+        *v -= max;
+    }
+    exp_in_place(x);
+    let inv = 1.0 / sum_lanes(x);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
 /// Attention of `tq` query rows over the keys and values of positions `0..e` (packed as in
 /// [`attend_packed`]) where query row `i` sees the keys `seen(i)` (a causal range, or the BERT
 /// encoder's key mask). The maximum, the exponentials and their sum run over the seen keys in
@@ -871,38 +901,25 @@ pub fn attend_visible<'a>(
     let mut probs = matmul_panels(q, tq, keys.prefix(e, hd));
     let (mut ex, mut at) = (Vec::with_capacity(e), Vec::with_capacity(e));
     for (i, row) in probs.chunks_exact_mut(e).enumerate() {
+        // the seen scores, scaled, into `ex`; their softmax there; back into the row, every
+        // other key at probability 0
+        ex.clear();
         match seen(i) {
             Seen::Range(r) => {
                 let r = r.start.min(e)..r.end.min(e);
-                let mut max = f32::NEG_INFINITY;
-                for s in &mut row[r.clone()] {
-                    *s *= scale;
-                    max = max.max(*s);
-                }
-                ex.clear();
-                ex.extend(row[r.clone()].iter().map(|&s| s - max));
-                exp_in_place(&mut ex);
-                let inv = 1.0 / sum_lanes(&ex);
+                ex.extend(row[r.clone()].iter().map(|&s| s * scale));
+                softmax_in_place(&mut ex);
                 row.fill(0.0);
-                for (y, &x) in row[r].iter_mut().zip(&ex) {
-                    *y = x * inv;
-                }
+                row[r].copy_from_slice(&ex);
             }
             Seen::Mask(mask) => {
                 at.clear();
                 at.extend((0..e).filter(|&j| mask.get(j) == Some(&true)));
-                let mut max = f32::NEG_INFINITY;
-                for &j in &at {
-                    row[j] *= scale;
-                    max = max.max(row[j]);
-                }
-                ex.clear();
-                ex.extend(at.iter().map(|&j| row[j] - max));
-                exp_in_place(&mut ex);
-                let inv = 1.0 / sum_lanes(&ex);
+                ex.extend(at.iter().map(|&j| row[j] * scale));
+                softmax_in_place(&mut ex);
                 row.fill(0.0);
-                for (&j, &x) in at.iter().zip(&ex) {
-                    row[j] = x * inv;
+                for (&j, &p) in at.iter().zip(&ex) {
+                    row[j] = p;
                 }
             }
         }
@@ -1104,6 +1121,32 @@ mod tests {
     fn stddev(x: &[f32]) -> f32 {
         let mean = x.iter().sum::<f32>() / x.len() as f32;
         (x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / x.len() as f32 + 1e-12).sqrt()
+    }
+
+    #[test]
+    fn the_lane_maximum_softmax_is_the_sequential_one_bitwise() {
+        for n in [1usize, 2, 15, 16, 17, 40, 129] {
+            let mut x = values(21 + n as u32, n);
+            // zeros of both signs among the maxima
+            for (i, v) in x.iter_mut().enumerate() {
+                if i % 5 == 0 {
+                    *v = if i % 2 == 0 { 0.0 } else { -0.0 };
+                } else {
+                    *v = -v.abs();
+                }
+            }
+            let mut max = f32::NEG_INFINITY;
+            for &v in &x {
+                max = max.max(v);
+            }
+            let mut want: Vec<f32> = x.iter().map(|&v| exp(v - max)).collect();
+            let inv = 1.0 / sum_lanes(&want);
+            for w in &mut want {
+                *w *= inv;
+            }
+            softmax_in_place(&mut x);
+            assert_eq!(bits(&x), bits(&want), "{n}");
+        }
     }
 
     #[test]

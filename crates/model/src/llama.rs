@@ -1497,6 +1497,39 @@ impl LlamaModel {
         v: &[f32],
         cell: &SubLayers,
     ) -> Result<Nonlinear> {
+        self.nonlinear_of(setup, tile, layer, chunk, (h_in, k, v), cell, true)
+    }
+
+    /// [`LlamaModel::recompute_nonlinear`] for a caller that has already found every input
+    /// finite (the algebraic check: its Freivalds sums read `k`, `v` and the cell's linear
+    /// outputs, and the attention norms read `h_in`), so the inputs are not scanned again.
+    /// Lengths and ranges are still checked.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn recompute_nonlinear_of_finite(
+        &self,
+        setup: &Setup,
+        tile: usize,
+        layer: usize,
+        chunk: usize,
+        h_in: &[f32],
+        k: &[f32],
+        v: &[f32],
+        cell: &SubLayers,
+    ) -> Result<Nonlinear> {
+        self.nonlinear_of(setup, tile, layer, chunk, (h_in, k, v), cell, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn nonlinear_of(
+        &self,
+        setup: &Setup,
+        tile: usize,
+        layer: usize,
+        chunk: usize,
+        (h_in, k, v): (&[f32], &[f32], &[f32]),
+        cell: &SubLayers,
+        scan: bool,
+    ) -> Result<Nonlinear> {
         self.check_setup(setup)?;
         crate::ops::check_tile(tile)?;
         if setup.skip.is_some() || setup.reuse.is_some() {
@@ -1562,6 +1595,9 @@ impl LlamaModel {
             ("up rows", &cell.up[..]),
             ("down rows", &cell.down[..]),
         ] {
+            if !scan {
+                break;
+            }
             if let Some(index) = first_non_finite(x) {
                 return Err(ModelError::NonFinite { what, index });
             }
