@@ -31,7 +31,7 @@ use rand_core::{OsRng, RngCore};
 use thiserror::Error;
 use veritrace_commit::HasherId;
 use veritrace_model::files::{self, OutputDir};
-use veritrace_model::{map_trace, write_trace_with, Setup};
+use veritrace_model::{map_trace_with, write_trace_with, Setup};
 use veritrace_protocol::sampling::sample_cells;
 use veritrace_protocol::{
     Challenge, ChallengeParams, Commitment, Message, Prover, SamplingStrategy,
@@ -131,6 +131,22 @@ impl MessageFormat {
         }
     }
 
+    /// Writes `message` in this format to `w`; the binary envelope as it is serialized, with no
+    /// copy of it held ([`Message::write_bytes_to`]).
+    ///
+    /// # Errors
+    /// The writer's error.
+    pub fn write_to<M: Message>(
+        self,
+        message: &M,
+        w: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        match self {
+            MessageFormat::Binary => message.write_bytes_to(w),
+            MessageFormat::Json => w.write_all((message.to_json() + "\n").as_bytes()),
+        }
+    }
+
     /// The extension of the files `open --non-interactive` writes (`vtpm` or `json`).
     pub fn extension(self) -> &'static str {
         match self {
@@ -146,14 +162,17 @@ pub fn write_message_as<M: Message>(
     message: &M,
     format: MessageFormat,
 ) -> anyhow::Result<()> {
-    files::write_atomic(path, &format.encode(message))?;
+    files::write_atomic_with(path, |w| format.write_to(message, w))?;
     Ok(())
 }
 
 /// The files of a `prove` run directory: a later `prove` into the same directory replaces
 /// exactly these, and refuses a directory holding anything else.
 pub fn run_dir_file(name: &str) -> bool {
-    matches!(name, "trace.safetensors" | "commitment.json")
+    matches!(
+        name,
+        "trace.safetensors" | "commitment.json" | "trace.leaves"
+    )
 }
 
 /// The files `open --non-interactive` writes into its directory (`opening-<r>.vtpm`, or
@@ -336,6 +355,11 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let commitment = prover.commit()?;
     let commitment_path = args.out.join("commitment.json");
     set.write("commitment.json", (commitment.to_json() + "\n").as_bytes())?;
+    // the hidden tree's leaf digests, so that `open` reads only the cells it opens
+    set.write(
+        "trace.leaves",
+        &veritrace_commit::encode_leaves(prover.tree()),
+    )?;
     set.commit(&run_dir_file)?;
     writeln!(
         out,
@@ -468,6 +492,71 @@ pub struct OpenArgs {
     /// the size; for people). `verify` reads either.
     #[arg(long, value_enum, default_value = "binary")]
     pub format: MessageFormat,
+    /// The trace's leaf digests (written by `prove` as `trace.leaves` beside the trace; that
+    /// file is used by default where it exists): the tree is rebuilt from them and only the
+    /// opened cells are read, each checked against its leaf.
+    #[arg(long, conflicts_with = "rehash")]
+    pub leaves: Option<PathBuf>,
+    /// Hash every cell of the trace again instead of reading the leaf digests.
+    #[arg(long)]
+    pub rehash: bool,
+}
+
+/// The leaf-digest file `open` reads for `args`: `--leaves`, else `trace.leaves` beside a trace
+/// named `trace.safetensors` (any `<stem>.safetensors` gives `<stem>.leaves`) where it exists;
+/// none with `--rehash`.
+fn leaves_file(args: &OpenArgs) -> Option<PathBuf> {
+    if args.rehash {
+        return None;
+    }
+    if let Some(p) = &args.leaves {
+        return Some(p.clone());
+    }
+    let beside = args.trace.with_extension("leaves");
+    beside.is_file().then_some(beside)
+}
+
+/// With the leaf digests (`leaves`: that file and the trace's path): checks every opened hidden cell's values finite and its
+/// bytes hashing to its leaf (the trace and the leaf file disagree otherwise, and the opening
+/// would fail at the verifier). Without: nothing to do, `map_trace` scanned every value and the
+/// tree was built from the cells themselves.
+fn check_opened<L: AsRef<[u8]> + Sync>(
+    prover: &Prover<L>,
+    opening: &veritrace_protocol::Opening,
+    leaves: Option<(&Path, &Path)>,
+) -> anyhow::Result<()> {
+    let Some((path, trace)) = leaves else {
+        return Ok(());
+    };
+    let st = prover.statement();
+    let g = &st.geometry;
+    for opened in &opening.cells {
+        let (l, c) = (opened.cell.layer, opened.cell.chunk);
+        if let Some(i) = opened
+            .data
+            .chunks_exact(4)
+            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+        {
+            return Err(VerbInputError::File {
+                path: trace.display().to_string(),
+                reason: format!("cell (layer {l}, chunk {c}) holds a non-finite value at {i}"),
+            }
+            .into());
+        }
+        let leaf = g.hash_cell(&st.hasher, opened.cell, &opened.data)?;
+        if prover.tree().leaf(g.cell_index(opened.cell)?) != Some(leaf) {
+            return Err(VerbInputError::File {
+                path: path.display().to_string(),
+                reason: format!(
+                    "the trace's cell (layer {l}, chunk {c}) does not hash to its leaf here: \
+                     the trace and its leaf digests disagree (run `veritrace prove` again, or \
+                     pass --rehash to hash the trace as it is)"
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Runs `veritrace open`.
@@ -480,14 +569,55 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         inputs.push(c);
     }
     files::refuse_same_file(&args.out, &inputs)?;
-    // mapped in place: the prover hashes the file's bytes and copies out only what it opens
-    let (mapped, statement) = map_trace(&args.trace)?;
+    let leaves_path = leaves_file(args);
+    // Mapped in place: the prover copies out only what it opens. With the leaf digests it
+    // reads nothing else either (no value scan, no hashing of unopened cells).
+    let (mapped, statement) = map_trace_with(&args.trace, leaves_path.is_none())?;
+    if leaves_path.is_some() {
+        mapped.expect_scattered_reads();
+    }
     let statement = statement.ok_or_else(|| VerbInputError::File {
         path: args.trace.display().to_string(),
         reason: "the trace file holds no statement (write it with `veritrace prove`)".into(),
     })?;
     let sublayers = veritrace_model::sublayer::read_sublayers(&args.trace, &statement)?;
-    let mut prover = Prover::new(statement, mapped.layers())?;
+    let leaves = match &leaves_path {
+        None => None,
+        Some(path) => {
+            // 32 bytes per cell, plus the header: a bound from the statement's own size
+            let limit = 50 + 32 * statement.geometry.num_cells();
+            let bytes = files::read_limited(
+                path,
+                limit,
+                "a leaf-digest file",
+                "pass --rehash to hash the trace instead",
+            )?;
+            let tree =
+                veritrace_commit::decode_leaves(&bytes).map_err(|e| VerbInputError::File {
+                    path: path.display().to_string(),
+                    reason: format!("not a leaf-digest file of this trace: {e}"),
+                })?;
+            if tree.hasher() != statement.hasher || tree.size() != statement.geometry.num_cells() {
+                return Err(VerbInputError::File {
+                    path: path.display().to_string(),
+                    reason: format!(
+                        "{} {} leaves, but the trace's statement commits {} cells with {} (run \
+                         `veritrace prove` again, or pass --rehash)",
+                        tree.size(),
+                        tree.hasher().name(),
+                        statement.geometry.num_cells(),
+                        statement.hasher.name()
+                    ),
+                }
+                .into());
+            }
+            Some((path, tree))
+        }
+    };
+    let mut prover = match &leaves {
+        Some((_, tree)) => Prover::with_leaves(statement, mapped.layers(), tree.leaves().to_vec())?,
+        None => Prover::new(statement, mapped.layers())?,
+    };
     if let Some((context, cell)) = &sublayers {
         prover = prover.with_sublayers(
             context.iter().map(Vec::as_slice).collect(),
@@ -500,6 +630,13 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let c: Challenge = read_message(path)?;
             c.validate()?;
             let opening = prover.open_cells(c.round, &c.cells, 0)?;
+            check_opened(
+                &prover,
+                &opening,
+                leaves
+                    .as_ref()
+                    .map(|(p, _)| (p.as_path(), args.trace.as_path())),
+            )?;
             write_message_as(&args.out, &opening, args.format)?;
             writeln!(
                 out,
@@ -526,10 +663,16 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let mut lines = Vec::with_capacity(args.rounds as usize);
             for r in 0..args.rounds {
                 let (c, opening) = prover.open_non_interactive(&params)?;
-                set.write(
-                    &format!("opening-{r}.{}", args.format.extension()),
-                    &args.format.encode(&opening),
+                check_opened(
+                    &prover,
+                    &opening,
+                    leaves
+                        .as_ref()
+                        .map(|(p, _)| (p.as_path(), args.trace.as_path())),
                 )?;
+                set.write_with(&format!("opening-{r}.{}", args.format.extension()), |w| {
+                    args.format.write_to(&opening, w)
+                })?;
                 lines.push(format!(
                     "round {r}: {} cells challenged, nonce {}",
                     c.cells.len(),

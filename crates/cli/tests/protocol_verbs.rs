@@ -864,3 +864,107 @@ fn an_invariant_kernels_encoder_is_verified_exactly() {
     ]);
     assert_eq!(out, "accept\n");
 }
+
+/// `prove` keeps the hidden tree's leaf digests beside the trace (`trace.leaves`), and `open`
+/// rebuilds the tree from them by default: the opening is byte for byte the one `--rehash`
+/// gives, and verifies. A trace edited after `prove` in an opened cell, a corrupt or foreign
+/// leaf file, and a non-finite opened value are refused (exit 2); `--rehash` opens the edited
+/// trace as it is, which the verifier then rejects.
+#[test]
+fn open_reads_the_stored_leaf_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    run_ok(&[
+        "prove",
+        "--prompt",
+        "5,9,2,7,1,3,8,8,4",
+        "--output",
+        "3",
+        "--chunk",
+        "4",
+        "--out",
+        &p("run"),
+    ]);
+    let (commitment, trace) = (p("run/commitment.json"), p("run/trace.safetensors"));
+    assert!(dir.path().join("run/trace.leaves").is_file());
+    let open = |extra: &[&str], out: &str| {
+        let mut args = vec!["open", &trace, "--non-interactive"];
+        if !extra.contains(&"--samples") {
+            args.extend(["--samples", "4"]);
+        }
+        args.extend_from_slice(extra);
+        args.extend(["--out", out]);
+        veritrace(&args)
+    };
+    assert_eq!(open(&[], &p("a")).code, 0);
+    assert_eq!(open(&["--rehash"], &p("b")).code, 0);
+    let (a, b) = (
+        std::fs::read(dir.path().join("a/opening-0.vtpm")).unwrap(),
+        std::fs::read(dir.path().join("b/opening-0.vtpm")).unwrap(),
+    );
+    assert_eq!(a, b, "the stored leaves give the rehashed opening");
+    let verify = |opening: &str| {
+        veritrace(&[
+            "verify",
+            "--commitment",
+            &commitment,
+            "--non-interactive",
+            "--samples",
+            "4",
+            "--opening",
+            opening,
+        ])
+    };
+    assert_eq!(verify(&p("a/opening-0.vtpm")).code, 0);
+
+    // every value of the trace edited after prove (the safetensors data follows the 8-byte
+    // header length and the header): no opened cell hashes to its leaf any more
+    let text = std::fs::read(&trace).unwrap();
+    let data = 8 + u64::from_le_bytes(text[..8].try_into().unwrap()) as usize;
+    let fill = |v: f32| {
+        let mut t = text.clone();
+        for c in t[data..].chunks_exact_mut(4) {
+            c.copy_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(&trace, &t).unwrap();
+    };
+    fill(1.5);
+    let o = open(&[], &p("c"));
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert!(
+        o.stderr.contains("does not hash to its leaf"),
+        "{}",
+        o.stderr
+    );
+    // rehashed, it opens as it is, and the verifier rejects it
+    assert_eq!(open(&["--rehash"], &p("d")).code, 0);
+    assert_eq!(verify(&p("d/opening-0.vtpm")).code, 1);
+    // non-finite values in the opened cells
+    fill(f32::NAN);
+    let o = open(&[], &p("e"));
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("non-finite"), "{}", o.stderr);
+    std::fs::write(&trace, &text).unwrap();
+
+    // a corrupt leaf file, one of another trace, one given by path
+    let leaves = dir.path().join("run/trace.leaves");
+    let good = std::fs::read(&leaves).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() - 1;
+    bad[at] ^= 1;
+    std::fs::write(&leaves, &bad).unwrap();
+    let o = open(&[], &p("f"));
+    assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("leaf-digest"), "{}", o.stderr);
+    std::fs::write(&leaves, &good[..good.len() - 32]).unwrap();
+    assert_eq!(open(&[], &p("g")).code, 2);
+    std::fs::write(&leaves, &good).unwrap();
+    let moved = p("elsewhere.leaves");
+    std::fs::rename(&leaves, &moved).unwrap();
+    assert_eq!(open(&["--leaves", &moved], &p("h")).code, 0);
+    assert_eq!(
+        std::fs::read(dir.path().join("h/opening-0.vtpm")).unwrap(),
+        a
+    );
+    assert_eq!(open(&["--leaves", &p("missing.leaves")], &p("i")).code, 2);
+}

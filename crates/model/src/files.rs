@@ -465,6 +465,25 @@ impl TempOutput {
     }
 }
 
+/// [`write_atomic`] of the bytes `fill` writes into a buffered writer of the temporary file, so
+/// that large content is never held whole in memory. A `fill` error leaves the target
+/// untouched (the temporary file is removed).
+///
+/// # Errors
+/// [`FileError::Write`], with `fill`'s error as its source.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), FileError> {
+    let mut tmp = TempOutput::beside(path)?;
+    let written = {
+        let mut w = std::io::BufWriter::new(tmp.tmp.as_file_mut());
+        fill(&mut w).and_then(|()| w.flush())
+    };
+    written.map_err(|e| tmp.failed(e))?;
+    tmp.persist(0o644, true)
+}
+
 fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
     let mut tmp = TempOutput::beside(path)?;
     tmp.write(bytes)?;
@@ -582,13 +601,29 @@ impl OutputDir {
     /// # Errors
     /// [`FileError::Write`].
     pub fn write(&self, name: &str, bytes: &[u8]) -> Result<(), FileError> {
+        self.write_with(name, |w| w.write_all(bytes))
+    }
+
+    /// [`OutputDir::write`] of the bytes `fill` writes into a buffered writer of the file, so
+    /// that large content is never held whole in memory.
+    ///
+    /// # Errors
+    /// [`FileError::Write`], with `fill`'s error as its source.
+    pub fn write_with(
+        &self,
+        name: &str,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), FileError> {
         let path = self.staging.path().join(name);
         let failed = |source| FileError::Write {
             path: self.target.join(name),
             source,
         };
         let mut f = File::create(&path).map_err(failed)?;
-        f.write_all(bytes).map_err(failed)?;
+        {
+            let mut w = std::io::BufWriter::new(&mut f);
+            fill(&mut w).and_then(|()| w.flush()).map_err(failed)?;
+        }
         f.sync_all().map_err(failed)
     }
 

@@ -909,7 +909,8 @@ pub fn attend_visible<'a>(
                 let r = r.start.min(e)..r.end.min(e);
                 ex.extend(row[r.clone()].iter().map(|&s| s * scale));
                 softmax_in_place(&mut ex);
-                row.fill(0.0);
+                row[..r.start].fill(0.0);
+                row[r.end..].fill(0.0);
                 row[r].copy_from_slice(&ex);
             }
             Seen::Mask(mask) => {

@@ -80,7 +80,8 @@ pub use setup::{
 };
 pub use tokenizer::{BertTokenizer, Encoded, TextTokenizer, TOKENIZER_DIGEST_LABEL};
 pub use trace::{
-    map_trace, read_trace, write_trace, write_trace_with, Trace, STATEMENT_METADATA_KEY,
+    map_trace, map_trace_with, read_trace, write_trace, write_trace_with, Trace,
+    STATEMENT_METADATA_KEY,
 };
 
 use thiserror::Error;

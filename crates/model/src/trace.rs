@@ -304,6 +304,16 @@ pub fn read_trace(path: &Path) -> Result<(Trace, Option<Statement>)> {
 /// holding no copy of the layers, so a prover's memory is the mapping (file pages the kernel
 /// may drop) plus what it opens.
 pub fn map_trace(path: &Path) -> Result<(crate::trace_file::TraceFile, Option<Statement>)> {
+    map_trace_with(path, true)
+}
+
+/// [`map_trace`], with the scan of every value for finiteness only where `scan_values`: a
+/// prover that rebuilds its tree from stored leaf digests reads no cell it does not open (and
+/// checks the cells it opens itself), so its memory is the bytes it opens.
+pub fn map_trace_with(
+    path: &Path,
+    scan_values: bool,
+) -> Result<(crate::trace_file::TraceFile, Option<Statement>)> {
     let file = path.display().to_string();
     let bad = |reason: String| ModelError::TraceFile {
         path: file.clone(),
@@ -324,7 +334,7 @@ pub fn map_trace(path: &Path) -> Result<(crate::trace_file::TraceFile, Option<St
             g.dtype
         )));
     }
-    for l in 0..g.layers {
+    for l in (0..g.layers).filter(|_| scan_values) {
         let bytes = mapped.layer(l).expect("validated layer");
         // in blocks, so no decoded copy of the layer is held
         for (b, block) in bytes.chunks(1 << 16).enumerate() {

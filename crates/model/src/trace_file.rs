@@ -255,6 +255,14 @@ impl TraceFile {
         &self.map
     }
 
+    /// Tells the kernel the mapping will be read at a few scattered places (`madvise` with
+    /// `MADV_RANDOM`: no read-ahead), for a prover that opens a few cells of a large trace. Only
+    /// advice: an error is ignored and the bytes read are the same either way.
+    pub fn expect_scattered_reads(&self) {
+        #[cfg(unix)]
+        let _ = self.map.advise(memmap2::Advice::Random);
+    }
+
     /// The raw bytes of every layer, in order `h.0, h.1, …`.
     pub fn layers(&self) -> Vec<&[u8]> {
         self.layers.iter().map(|r| &self.map[r.clone()]).collect()

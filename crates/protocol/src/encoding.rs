@@ -59,13 +59,27 @@ pub trait Message: Serialize + DeserializeOwned {
         Ok(())
     }
 
-    /// The binary envelope.
+    /// The binary envelope, in a buffer of exactly its size (an opening's bytes are held once,
+    /// not in a buffer grown by doubling).
     fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
+        let payload = postcard::experimental::serialized_size(self).unwrap_or(64);
+        let mut out = Vec::with_capacity(6 + payload);
         out.extend_from_slice(MESSAGE_MAGIC);
         out.push(MESSAGE_VERSION);
         out.push(Self::KIND as u8);
         postcard::to_extend(self, out).expect("serializing to a Vec cannot fail")
+    }
+
+    /// Writes the binary envelope ([`Message::to_bytes`]'s bytes) to `w` as it is serialized,
+    /// holding no copy of it: for an opening as large as the cells it opens.
+    ///
+    /// # Errors
+    /// The writer's error.
+    fn write_bytes_to<W: std::io::Write>(&self, mut w: W) -> std::io::Result<()> {
+        w.write_all(MESSAGE_MAGIC)?;
+        w.write_all(&[MESSAGE_VERSION, Self::KIND as u8])?;
+        postcard::to_io(self, w).map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(())
     }
 
     /// Strict decoding with the default size limit.

@@ -67,6 +67,11 @@ fn decode_all(bytes: &[u8]) -> Result<(), TestCaseError> {
         ($t:ty) => {
             if let Ok(m) = <$t>::from_bytes(bytes) {
                 prop_assert_eq!(m.to_bytes(), bytes.to_vec());
+                // the streamed envelope is the same bytes, and to_bytes sizes its buffer exactly
+                let mut streamed = Vec::new();
+                m.write_bytes_to(&mut streamed).unwrap();
+                prop_assert_eq!(&streamed, &bytes.to_vec());
+                prop_assert_eq!(m.to_bytes().capacity(), bytes.len());
             }
         };
     }
