@@ -29,12 +29,14 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use rand_core::{OsRng, RngCore};
 use thiserror::Error;
+use veritrace_commit::CellId;
 use veritrace_commit::HasherId;
 use veritrace_model::files::{self, OutputDir};
 use veritrace_model::{map_trace_with, write_trace_with, Setup};
 use veritrace_protocol::sampling::sample_cells;
+use veritrace_protocol::transcript::{derive_challenge, find_pow_nonce};
 use veritrace_protocol::{
-    Challenge, ChallengeParams, Commitment, Message, Prover, SamplingStrategy,
+    Challenge, ChallengeParams, Commitment, Message, Prover, SamplingStrategy, Statement,
 };
 
 use crate::engine::load_model;
@@ -569,82 +571,8 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         inputs.push(c);
     }
     files::refuse_same_file(&args.out, &inputs)?;
-    let leaves_path = leaves_file(args);
-    // Mapped in place: the prover copies out only what it opens. With the leaf digests it
-    // reads nothing else either (no value scan, no hashing of unopened cells).
-    let (mapped, statement) = map_trace_with(&args.trace, leaves_path.is_none())?;
-    if leaves_path.is_some() {
-        mapped.expect_scattered_reads();
-    }
-    let statement = statement.ok_or_else(|| VerbInputError::File {
-        path: args.trace.display().to_string(),
-        reason: "the trace file holds no statement (write it with `veritrace prove`)".into(),
-    })?;
-    let sublayers = veritrace_model::sublayer::read_sublayers(&args.trace, &statement)?;
-    let leaves = match &leaves_path {
-        None => None,
-        Some(path) => {
-            // 32 bytes per cell, plus the header: a bound from the statement's own size
-            let limit = 50 + 32 * statement.geometry.num_cells();
-            let bytes = files::read_limited(
-                path,
-                limit,
-                "a leaf-digest file",
-                "pass --rehash to hash the trace instead",
-            )?;
-            let tree =
-                veritrace_commit::decode_leaves(&bytes).map_err(|e| VerbInputError::File {
-                    path: path.display().to_string(),
-                    reason: format!("not a leaf-digest file of this trace: {e}"),
-                })?;
-            if tree.hasher() != statement.hasher || tree.size() != statement.geometry.num_cells() {
-                return Err(VerbInputError::File {
-                    path: path.display().to_string(),
-                    reason: format!(
-                        "{} {} leaves, but the trace's statement commits {} cells with {} (run \
-                         `veritrace prove` again, or pass --rehash)",
-                        tree.size(),
-                        tree.hasher().name(),
-                        statement.geometry.num_cells(),
-                        statement.hasher.name()
-                    ),
-                }
-                .into());
-            }
-            Some((path, tree))
-        }
-    };
-    let mut prover = match &leaves {
-        Some((_, tree)) => Prover::with_leaves(statement, mapped.layers(), tree.leaves().to_vec())?,
-        None => Prover::new(statement, mapped.layers())?,
-    };
-    if let Some((context, cell)) = &sublayers {
-        prover = prover.with_sublayers(
-            context.iter().map(Vec::as_slice).collect(),
-            cell.iter().map(Vec::as_slice).collect(),
-        )?;
-    }
-    prover.commit()?;
-    match (&args.challenge, args.non_interactive) {
-        (Some(path), false) => {
-            let c: Challenge = read_message(path)?;
-            c.validate()?;
-            let opening = prover.open_cells(c.round, &c.cells, 0)?;
-            check_opened(
-                &prover,
-                &opening,
-                leaves
-                    .as_ref()
-                    .map(|(p, _)| (p.as_path(), args.trace.as_path())),
-            )?;
-            write_message_as(&args.out, &opening, args.format)?;
-            writeln!(
-                out,
-                "opened {} cells for round {}",
-                opening.cells.len(),
-                c.round
-            )?;
-        }
+    let params = match (&args.challenge, args.non_interactive) {
+        (Some(_), false) => None,
         (None, true) => {
             let samples = args.samples.ok_or_else(|| {
                 VerbInputError::Argument("--non-interactive needs --samples".into())
@@ -652,37 +580,11 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             if args.rounds == 0 || args.rounds > 64 {
                 return Err(VerbInputError::Argument("--rounds must be in 1..=64".into()).into());
             }
-            let params = ChallengeParams {
+            Some(ChallengeParams {
                 samples,
                 strategy: parse_strategy(&args.strategy)?,
                 pow_bits: args.pow_bits,
-            };
-            // Every round's opening appears together, replacing a previous set (and nothing
-            // else: a directory holding other files is refused).
-            let set = OutputDir::stage(&args.out, &opening_file)?;
-            let mut lines = Vec::with_capacity(args.rounds as usize);
-            for r in 0..args.rounds {
-                let (c, opening) = prover.open_non_interactive(&params)?;
-                check_opened(
-                    &prover,
-                    &opening,
-                    leaves
-                        .as_ref()
-                        .map(|(p, _)| (p.as_path(), args.trace.as_path())),
-                )?;
-                set.write_with(&format!("opening-{r}.{}", args.format.extension()), |w| {
-                    args.format.write_to(&opening, w)
-                })?;
-                lines.push(format!(
-                    "round {r}: {} cells challenged, nonce {}",
-                    c.cells.len(),
-                    opening.pow_nonce
-                ));
-            }
-            set.commit(&opening_file)?;
-            for line in lines {
-                writeln!(out, "{line}")?;
-            }
+            })
         }
         _ => {
             return Err(VerbInputError::Argument(
@@ -690,6 +592,221 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             )
             .into())
         }
+    };
+    let leaves_path = leaves_file(args);
+    // Mapped in place: the prover copies out only what it opens. With the leaf digests it
+    // reads nothing else either (no value scan, no hashing of unopened cells).
+    let (mapped, statement) = map_trace_with(&args.trace, leaves_path.is_none())?;
+    let statement = statement.ok_or_else(|| VerbInputError::File {
+        path: args.trace.display().to_string(),
+        reason: "the trace file holds no statement (write it with `veritrace prove`)".into(),
+    })?;
+    let sublayers = veritrace_model::sublayer::read_sublayers(&args.trace, &statement)?;
+    let leaves = match &leaves_path {
+        None => None,
+        Some(path) => Some((path.as_path(), read_leaves(path, &statement)?)),
+    };
+    // With the leaf digests and a hidden-state trace, the cells each opening reads are read
+    // from the file into otherwise untouched anonymous memory (positioned reads, no mapping of
+    // the trace's values), once the challenges are known: the prover's memory is then the bytes
+    // it opens, held twice (read, and copied into the opening).
+    let mut read_layers = match (&leaves, &sublayers) {
+        (Some(_), None) => Some(anonymous_layers(&statement)?),
+        _ => None,
+    };
+    let tree = leaves.as_ref().map(|(_, t)| t);
+    let commitment = prover_over(
+        &statement,
+        layer_slices(&read_layers, &mapped),
+        tree,
+        &sublayers,
+    )?
+    .commit()?;
+    // (round, challenged cells, proof-of-work nonce) of each opening
+    let rounds: Vec<(u32, Vec<CellId>, u64)> = match (&args.challenge, &params) {
+        (Some(path), _) => {
+            let c: Challenge = read_message(path)?;
+            c.validate()?;
+            vec![(c.round, c.cells, 0)]
+        }
+        (None, Some(params)) => {
+            let nonce = find_pow_nonce(&commitment, params)?;
+            (0..args.rounds)
+                .map(|r| {
+                    Ok((
+                        r,
+                        derive_challenge(&commitment, r, params, nonce)?.cells,
+                        nonce,
+                    ))
+                })
+                .collect::<anyhow::Result<_>>()?
+        }
+        (None, None) => unreachable!("the arguments were checked above"),
+    };
+    if let Some(read) = &mut read_layers {
+        read_opened_cells(&args.trace, &mapped, &statement, &rounds, read)?;
+    }
+    let prover = prover_over(
+        &statement,
+        layer_slices(&read_layers, &mapped),
+        tree,
+        &sublayers,
+    )?;
+    let leaves_check = leaves.as_ref().map(|(p, _)| (*p, args.trace.as_path()));
+    if params.is_none() {
+        let (round, cells, nonce) = &rounds[0];
+        let opening = prover.open_cells(*round, cells, *nonce)?;
+        check_opened(&prover, &opening, leaves_check)?;
+        write_message_as(&args.out, &opening, args.format)?;
+        writeln!(
+            out,
+            "opened {} cells for round {round}",
+            opening.cells.len()
+        )?;
+        return Ok(());
+    }
+    // Every round's opening appears together, replacing a previous set (and nothing else: a
+    // directory holding other files is refused).
+    let set = OutputDir::stage(&args.out, &opening_file)?;
+    let mut lines = Vec::with_capacity(rounds.len());
+    for (round, cells, nonce) in &rounds {
+        let opening = prover.open_cells(*round, cells, *nonce)?;
+        check_opened(&prover, &opening, leaves_check)?;
+        set.write_with(
+            &format!("opening-{round}.{}", args.format.extension()),
+            |w| args.format.write_to(&opening, w),
+        )?;
+        lines.push(format!(
+            "round {round}: {} cells challenged, nonce {nonce}",
+            cells.len()
+        ));
+    }
+    set.commit(&opening_file)?;
+    for line in lines {
+        writeln!(out, "{line}")?;
     }
     Ok(())
+}
+
+/// The trace's layers: those read into `read`, else the mapping's.
+fn layer_slices<'a>(
+    read: &'a Option<Vec<memmap2::MmapMut>>,
+    mapped: &'a veritrace_model::trace_file::TraceFile,
+) -> Vec<&'a [u8]> {
+    match read {
+        Some(r) => r.iter().map(|m| &m[..]).collect(),
+        None => mapped.layers(),
+    }
+}
+
+/// A prover of `statement` over `layers`: its tree rebuilt from the leaf digests where given,
+/// else hashed from the layers; with the sub-layer traces where the statement has them.
+fn prover_over<'a>(
+    statement: &Statement,
+    layers: Vec<&'a [u8]>,
+    leaves: Option<&veritrace_commit::MerkleTree>,
+    sublayers: &'a Option<(
+        veritrace_model::sublayer::LayerBytes,
+        veritrace_model::sublayer::LayerBytes,
+    )>,
+) -> anyhow::Result<Prover<&'a [u8]>> {
+    let mut prover = match leaves {
+        Some(tree) => Prover::with_leaves(statement.clone(), layers, tree.leaves().to_vec())?,
+        None => Prover::new(statement.clone(), layers)?,
+    };
+    if let Some((context, cell)) = sublayers {
+        prover = prover.with_sublayers(
+            context.iter().map(Vec::as_slice).collect(),
+            cell.iter().map(Vec::as_slice).collect(),
+        )?;
+    }
+    Ok(prover)
+}
+
+/// The leaf-digest file at `path`, checked against the trace's statement (its hasher and
+/// number of cells); its own root is checked by [`veritrace_commit::decode_leaves`].
+fn read_leaves(path: &Path, statement: &Statement) -> anyhow::Result<veritrace_commit::MerkleTree> {
+    // 32 bytes per cell, plus the header: a bound from the statement's own size
+    let limit = 50 + 32 * statement.geometry.num_cells();
+    let bytes = files::read_limited(
+        path,
+        limit,
+        "a leaf-digest file",
+        "pass --rehash to hash the trace instead",
+    )?;
+    let tree = veritrace_commit::decode_leaves(&bytes).map_err(|e| VerbInputError::File {
+        path: path.display().to_string(),
+        reason: format!("not a leaf-digest file of this trace: {e}"),
+    })?;
+    if tree.hasher() != statement.hasher || tree.size() != statement.geometry.num_cells() {
+        return Err(VerbInputError::File {
+            path: path.display().to_string(),
+            reason: format!(
+                "{} {} leaves, but the trace's statement commits {} cells with {} (run \
+                 `veritrace prove` again, or pass --rehash)",
+                tree.size(),
+                tree.hasher().name(),
+                statement.geometry.num_cells(),
+                statement.hasher.name()
+            ),
+        }
+        .into());
+    }
+    Ok(tree)
+}
+
+/// One zero-filled anonymous mapping per layer of `statement`'s trace: pages the kernel only
+/// backs with memory once written, so the cells never read cost nothing.
+fn anonymous_layers(statement: &Statement) -> anyhow::Result<Vec<memmap2::MmapMut>> {
+    let len = statement.geometry.layer_byte_len();
+    (0..statement.geometry.layers)
+        .map(|_| memmap2::MmapMut::map_anon(len).map_err(anyhow::Error::from))
+        .collect()
+}
+
+/// Reads every cell the openings of `rounds` hold (the challenged cells and their inputs) from
+/// the trace file at `path` into `layers`, by positioned reads at the offsets of `mapped`'s
+/// layers.
+fn read_opened_cells(
+    path: &Path,
+    mapped: &veritrace_model::trace_file::TraceFile,
+    statement: &Statement,
+    rounds: &[(u32, Vec<CellId>, u64)],
+    layers: &mut [memmap2::MmapMut],
+) -> anyhow::Result<()> {
+    let g = &statement.geometry;
+    let mut cells = std::collections::BTreeSet::new();
+    for (_, challenged, _) in rounds {
+        cells.extend(statement.opening_cells(challenged)?);
+    }
+    let (file, _) = files::open_regular(path)?;
+    let io = |source| VerbInputError::File {
+        path: path.display().to_string(),
+        reason: format!("reading the opened cells: {source}"),
+    };
+    for cell in cells {
+        let range = g.cell_byte_range(cell)?;
+        let base = mapped
+            .layer_offset(cell.layer)
+            .ok_or_else(|| anyhow::anyhow!("layer {} is not in the trace", cell.layer))?;
+        let at = (base + range.start) as u64;
+        read_exact_at(&file, &mut layers[cell.layer as usize][range], at).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// `buf.len()` bytes of `file` from offset `at` (positioned reads: the file's cursor is not
+/// used).
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, at)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = file;
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(buf)
+    }
 }

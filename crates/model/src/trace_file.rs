@@ -255,12 +255,10 @@ impl TraceFile {
         &self.map
     }
 
-    /// Tells the kernel the mapping will be read at a few scattered places (`madvise` with
-    /// `MADV_RANDOM`: no read-ahead), for a prover that opens a few cells of a large trace. Only
-    /// advice: an error is ignored and the bytes read are the same either way.
-    pub fn expect_scattered_reads(&self) {
-        #[cfg(unix)]
-        let _ = self.map.advise(memmap2::Advice::Random);
+    /// The byte offset of layer `layer`'s values in the file (for positioned reads of a few
+    /// cells without touching the mapping), or `None` if the trace has no such layer.
+    pub fn layer_offset(&self, layer: u32) -> Option<usize> {
+        Some(self.layers.get(usize::try_from(layer).ok()?)?.start)
     }
 
     /// The raw bytes of every layer, in order `h.0, h.1, …`.
