@@ -408,6 +408,11 @@ fn commit_external(
     }
     let commitment = prover.commit()?;
     set.write("commitment.json", (commitment.to_json() + "\n").as_bytes())?;
+    // the hidden tree's leaf digests, so that `open` reads only the cells it opens
+    set.write(
+        "trace.leaves",
+        &veritrace_commit::encode_leaves(prover.tree()),
+    )?;
     set.commit(&nothing)?;
     writeln!(
         out,

@@ -84,6 +84,8 @@ fn an_external_trace_is_committed_opened_and_verified() {
     assert_eq!(c["statement"]["model_digest"], model.digest().to_string());
     assert_eq!(c["statement"]["engine"], "hand-written 1.0");
     assert_eq!(c["statement"]["dependency"], "causal");
+    // the leaf digests beside the trace, which `open` below reads instead of hashing the trace
+    assert!(dir.path().join("run/trace.leaves").is_file());
     let o = veritrace(&[
         "open",
         &d("run/trace.safetensors"),
