@@ -643,7 +643,7 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 
 /// Cephes `expf`'s polynomial for `(e^r − 1 − r) / r²` on `|r| ≤ ln 2 / 2`, highest degree
 /// first (S. L. Moshier, Cephes Math Library, `expf.c`).
-const EXP_POLY: [f32; 6] = [
+pub const EXP_POLY: [f32; 6] = [
     1.987_569_2e-4,
     1.398_199_9e-3,
     8.333_452e-3,
