@@ -27,6 +27,8 @@
 //!   where the CPU allows and the same bits everywhere: not the platform's `expf`, whose last bit
 //!   may differ between C libraries or between their FMA and non-FMA variants.
 //!
+//! `specs/invariant-kernels.md` states every operation and its order for other implementations.
+//!
 //! The kernels are plain functions over row-major `f32` slices; [`crate::LlamaModel`] (its
 //! decoders) and [`crate::BertModel`] (the encoder: LayerNorm, the GELU, bidirectional attention
 //! with a key mask) run them under the setup key `kernels=invariant` ([`crate::Kernels::Invariant`]).
