@@ -78,7 +78,8 @@ pub fn read_message<M: Message>(path: &Path) -> Result<M, VerbInputError> {
 
 /// [`read_message`] under an explicit byte limit (`verify --limits`).
 pub fn read_message_limited<M: Message>(path: &Path, limit: u64) -> Result<M, VerbInputError> {
-    let bytes = files::read_limited(
+    // mapped, not read: an opening as large as the cells it opens is decoded from file pages
+    let bytes = files::map_limited(
         path,
         limit,
         "a protocol message",

@@ -272,6 +272,64 @@ pub fn read_limited(
     Ok(bytes)
 }
 
+/// [`read_limited`] without reading: the file mapped read-only (an empty file gives no bytes),
+/// so that a large message costs file pages the kernel can drop instead of a heap copy. The same
+/// checks: a regular file of at most `limit` bytes. As for every mapped file here (trace files
+/// too), the file must not be changed while it is in use.
+///
+/// # Errors
+/// As [`read_limited`].
+pub fn map_limited(
+    path: &Path,
+    limit: u64,
+    what: &'static str,
+    hint: &str,
+) -> Result<MappedFile, FileError> {
+    let (file, size) = open_regular(path)?;
+    if size > limit {
+        return Err(FileError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit,
+            what,
+            hint: if hint.is_empty() {
+                String::new()
+            } else {
+                format!("; {hint}")
+            },
+        });
+    }
+    if size == 0 {
+        return Ok(MappedFile(None));
+    }
+    let map = crate::trace_file::map_file(&file).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if map.len() as u64 > limit {
+        return Err(FileError::TooLarge {
+            path: path.to_path_buf(),
+            size: map.len() as u64,
+            limit,
+            what,
+            hint: String::new(),
+        });
+    }
+    Ok(MappedFile(Some(map)))
+}
+
+/// A file's bytes mapped read-only ([`map_limited`]).
+#[derive(Debug)]
+pub struct MappedFile(Option<memmap2::Mmap>);
+
+impl std::ops::Deref for MappedFile {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
 /// [`read_limited`] for UTF-8 text.
 ///
 /// # Errors

@@ -276,7 +276,7 @@ pub fn load_trace(path: impl AsRef<Path>, chunk: u32) -> Result<TraceFile, Trace
 }
 
 #[allow(unsafe_code)]
-fn map_file(file: &File) -> std::io::Result<Mmap> {
+pub(crate) fn map_file(file: &File) -> std::io::Result<Mmap> {
     // SAFETY: the mapping is read-only and only ever read through byte slices. The one hazard of
     // mapping a file is another process truncating or rewriting it while it is mapped; the module
     // documentation states that the file must not be changed while in use, as for any mmap-based

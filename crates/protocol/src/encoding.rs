@@ -122,8 +122,14 @@ pub trait Message: Serialize + DeserializeOwned {
             return Err(err(format!("{} trailing bytes", rest.len())));
         }
         // postcard accepts overlong varints (0x80 0x00 for 0); re-encoding and comparing makes
-        // the binary form canonical: each message has exactly one encoding.
-        if msg.to_bytes() != bytes {
+        // the binary form canonical: each message has exactly one encoding. The re-encoding is
+        // compared as it is produced, so no second copy of a large opening is held.
+        let mut same = SameAs {
+            rest: bytes,
+            differs: false,
+        };
+        let streamed = msg.write_bytes_to(&mut same);
+        if streamed.is_err() || same.differs || !same.rest.is_empty() {
             return Err(err("not the canonical encoding (overlong varint?)".into()));
         }
         msg.validate()?;
@@ -143,6 +149,27 @@ pub trait Message: Serialize + DeserializeOwned {
         })?;
         msg.validate()?;
         Ok(msg)
+    }
+}
+
+/// A writer that compares what is written with `rest`, consuming it: `differs` once a byte
+/// differs or more is written than `rest` holds.
+struct SameAs<'a> {
+    rest: &'a [u8],
+    differs: bool,
+}
+
+impl std::io::Write for SameAs<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.rest.strip_prefix(buf) {
+            Some(rest) if !self.differs => self.rest = rest,
+            _ => self.differs = true,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
