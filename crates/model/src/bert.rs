@@ -927,10 +927,8 @@ impl BertModel {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok(Weights {
-                layers,
-                packed: std::sync::OnceLock::new(),
-            })
+            let packed = layers.iter().map(|_| std::sync::OnceLock::new()).collect();
+            Ok(Weights { layers, packed })
         })
     }
 
@@ -950,8 +948,8 @@ impl BertModel {
 #[derive(Debug)]
 struct Weights {
     layers: Vec<Layer>,
-    /// The layers packed for the invariant kernels, on first use.
-    packed: std::sync::OnceLock<Vec<PackedLayer>>,
+    /// The layers packed for the invariant kernels, each on its first use.
+    packed: Vec<std::sync::OnceLock<PackedLayer>>,
 }
 
 /// One encoder layer's weights for the invariant kernels (`kernels=invariant`): the six linear
@@ -1124,18 +1122,17 @@ impl Arith<'_> {
             .reshape((rows, heads * hd))?)
     }
 
-    /// The layers packed for the invariant kernels (packed on first use, then shared).
-    fn packed(&self) -> Result<&[PackedLayer]> {
-        if let Some(p) = self.w.packed.get() {
+    /// Layer `l` (0-based) packed for the invariant kernels: packed on first use, then shared,
+    /// each layer on its own (a verifier that recomputes one layer's cells packs that layer).
+    fn packed(&self, l: usize) -> Result<&PackedLayer> {
+        let slot = self.w.packed.get(l).ok_or_else(|| {
+            ModelError::InvalidArgument(format!("layer {l} is not a layer of this model"))
+        })?;
+        if let Some(p) = slot.get() {
             return Ok(p);
         }
-        let built = self
-            .w
-            .layers
-            .iter()
-            .map(PackedLayer::of)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(self.w.packed.get_or_init(|| built))
+        let built = PackedLayer::of(&self.w.layers[l])?;
+        Ok(slot.get_or_init(|| built))
     }
 
     /// The embedding rows `out` of `tokens` by the invariant kernels (`kernels=invariant`, f32):
@@ -1172,7 +1169,7 @@ impl Arith<'_> {
         let c = &self.model.config;
         let (d, heads, hd) = (c.hidden_size, c.num_attention_heads, c.head_dim());
         let eps = c.layer_norm_eps as f32;
-        let p = &self.packed()?[l];
+        let p = self.packed(l)?;
         let [bq, bk, bv, bo, ln1_g, ln1_b, bi, bo2, ln2_g, ln2_b] = &p.vectors;
         let n = x.len() / d;
         let (r0, m) = (out.start, out.len());

@@ -1654,7 +1654,7 @@ impl LlamaModel {
         let e = h_in.len() / d;
         let arith = self.arith(setup)?;
         if setup.kernels == Kernels::Invariant {
-            let p = &arith.packed()?[layer - 1];
+            let p = arith.packed(layer - 1)?;
             let eps = self.config.rms_norm_eps as f32;
             return Ok(inv::rms_norm_rows(h_in, d, &p.attn_norm, eps));
         }
@@ -2170,10 +2170,11 @@ impl LlamaModel {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let packed = layers.iter().map(|_| std::sync::OnceLock::new()).collect();
             Ok(Weights {
                 layers,
                 lm_head: prep(&self.lm_head, false)?,
-                packed: std::sync::OnceLock::new(),
+                packed,
             })
         })
     }
@@ -2259,8 +2260,8 @@ use crate::ops::dtype_of;
 struct Weights {
     layers: Vec<Layer>,
     lm_head: Tensor,
-    /// The same layers packed for the invariant kernels, built on their first use.
-    packed: std::sync::OnceLock<Vec<PackedLayer>>,
+    /// The same layers packed for the invariant kernels, each built on its first use.
+    packed: Vec<std::sync::OnceLock<PackedLayer>>,
 }
 
 /// One layer's weights for the invariant kernels ([`crate::invariant`]): the linear maps
@@ -2595,18 +2596,17 @@ impl Arith<'_> {
         self.cast(&Tensor::from_vec(rows, (blk, width), &Device::Cpu)?)
     }
 
-    /// The layers packed for the invariant kernels (packed on first use, then shared).
-    fn packed(&self) -> Result<&[PackedLayer]> {
-        if let Some(p) = self.w.packed.get() {
+    /// Layer `l` (0-based) packed for the invariant kernels: packed on first use, then shared,
+    /// each layer on its own (a verifier that recomputes one layer's cells packs that layer).
+    fn packed(&self, l: usize) -> Result<&PackedLayer> {
+        let slot = self.w.packed.get(l).ok_or_else(|| {
+            ModelError::InvalidArgument(format!("layer {l} is not a layer of this model"))
+        })?;
+        if let Some(p) = slot.get() {
             return Ok(p);
         }
-        let built = self
-            .w
-            .layers
-            .iter()
-            .map(PackedLayer::of)
-            .collect::<Result<Vec<_>>>()?;
-        Ok(self.w.packed.get_or_init(|| built))
+        let built = PackedLayer::of(&self.w.layers[l])?;
+        Ok(slot.get_or_init(|| built))
     }
 
     /// Cosines and sines `[rows, hd]` (f32) of positions `start..start + rows`.
@@ -2650,7 +2650,7 @@ impl Arith<'_> {
     /// `start..`, appended to `cache`.
     fn inv_kv(&self, l: usize, x: &[f32], start: usize, cache: &mut KvRows) -> Result<()> {
         let c = &self.model.config;
-        let p = &self.packed()?[l];
+        let p = self.packed(l)?;
         let n = x.len() / c.hidden_size;
         let normed = inv::rms_norm_rows(x, c.hidden_size, &p.attn_norm, c.rms_norm_eps as f32);
         self.inv_append_kv(p, &normed, n, start, cache)?;
@@ -2780,7 +2780,7 @@ impl Arith<'_> {
         let (d, nh, nkv) = (c.hidden_size, c.num_heads, c.num_kv_heads);
         let kvd = nkv * c.head_dim();
         let eps = c.rms_norm_eps as f32;
-        let p = &self.packed()?[l];
+        let p = self.packed(l)?;
         let n = x.len() / d;
         if cache.k.len() != r0 * kvd || cache.v.len() != r0 * kvd {
             return Err(ModelError::InvalidArgument(format!(
@@ -2833,7 +2833,7 @@ impl Arith<'_> {
         let c = &self.model.config;
         let (d, nh, nkv) = (c.hidden_size, c.num_heads, c.num_kv_heads);
         let eps = c.rms_norm_eps as f32;
-        let p = &self.packed()?[l];
+        let p = self.packed(l)?;
         let n = x.len() / d;
         let normed = inv::rms_norm_rows(x, d, &p.attn_norm, eps);
         let q = self.inv_rope(&cell.q, nh, r0)?;
