@@ -771,49 +771,73 @@ fn binary_and_json_messages_verify_alike() {
 #[test]
 fn an_invariant_kernels_prover_is_verified_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let p = |name: &str| dir.path().join(name).display().to_string();
-    run_ok(&[
-        "prove",
-        "--setup",
-        "f32/attn=eager/kernels=invariant",
-        "--prompt",
-        "5,9,2,7,1,3,8,8,4",
-        "--output",
-        "5",
-        "--chunk",
-        "3",
-        "--out",
-        &p("run"),
-    ]);
-    run_ok(&[
-        "open",
-        &p("run/trace.safetensors"),
-        "--non-interactive",
-        "--samples",
+    let out = prove_open_verify(
+        dir.path(),
+        &[
+            "--prompt",
+            "5,9,2,7,1,3,8,8,4",
+            "--output",
+            "5",
+            "--chunk",
+            "3",
+        ],
+        "tiny",
         "8",
-        "--out",
-        &p("ni"),
-    ]);
-    let out = run_ok(&[
-        "verify",
-        "--commitment",
-        &p("run/commitment.json"),
-        "--non-interactive",
-        "--samples",
-        "8",
-        "--opening",
-        &p("ni/opening-0.vtpm"),
-    ]);
+    );
     assert_eq!(out, "accept\n");
     // a setup the kernels do not implement is bad input
+    let bad = dir.path().join("bad").display().to_string();
     let o = veritrace(&[
         "prove",
         "--setup",
         "bf16/attn=eager/kernels=invariant",
         "--out",
-        &p("bad"),
+        &bad,
     ]);
     assert_eq!(o.code, 2, "{}{}", o.stdout, o.stderr);
+}
+
+/// `prove --model MODEL --setup f32/attn=eager/kernels=invariant` with `prove_args` into `dir`,
+/// then a non-interactive `open` and `verify` of `samples` cells: what `verify` prints.
+fn prove_open_verify(
+    dir: &std::path::Path,
+    prove_args: &[&str],
+    model: &str,
+    samples: &str,
+) -> String {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let mut prove = vec![
+        "prove",
+        "--model",
+        model,
+        "--setup",
+        "f32/attn=eager/kernels=invariant",
+    ];
+    prove.extend_from_slice(prove_args);
+    let run = p("run");
+    prove.extend(["--out", &run]);
+    run_ok(&prove);
+    run_ok(&[
+        "open",
+        &p("run/trace.safetensors"),
+        "--non-interactive",
+        "--samples",
+        samples,
+        "--out",
+        &p("ni"),
+    ]);
+    run_ok(&[
+        "verify",
+        "--model",
+        model,
+        "--commitment",
+        &p("run/commitment.json"),
+        "--non-interactive",
+        "--samples",
+        samples,
+        "--opening",
+        &p("ni/opening-0.vtpm"),
+    ])
 }
 
 /// The BERT encoder on the invariant kernels over files: an all-MiniLM-L6-v2 prover at chunk 5
@@ -825,43 +849,19 @@ fn an_invariant_kernels_encoder_is_verified_exactly() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let p = |name: &str| dir.path().join(name).display().to_string();
-    run_ok(&[
-        "prove",
-        "--model",
+    let out = prove_open_verify(
+        dir.path(),
+        &[
+            "--prompt",
+            "101,7592,2088,2003,1037,3231,1997,1996,4800,102",
+            "--output",
+            "0",
+            "--chunk",
+            "5",
+        ],
         "minilm",
-        "--setup",
-        "f32/attn=eager/kernels=invariant",
-        "--prompt",
-        "101,7592,2088,2003,1037,3231,1997,1996,4800,102",
-        "--output",
-        "0",
-        "--chunk",
-        "5",
-        "--out",
-        &p("run"),
-    ]);
-    run_ok(&[
-        "open",
-        &p("run/trace.safetensors"),
-        "--non-interactive",
-        "--samples",
         "6",
-        "--out",
-        &p("ni"),
-    ]);
-    let out = run_ok(&[
-        "verify",
-        "--model",
-        "minilm",
-        "--commitment",
-        &p("run/commitment.json"),
-        "--non-interactive",
-        "--samples",
-        "6",
-        "--opening",
-        &p("ni/opening-0.vtpm"),
-    ]);
+    );
     assert_eq!(out, "accept\n");
 }
 

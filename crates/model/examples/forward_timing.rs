@@ -76,19 +76,12 @@ fn main() {
             .map(|i| (7 + 37 * i * i + 11 * i) % vocab)
             .collect()
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("pool");
-    pool.install(|| {
-        // The process's first second runs slower (the allocator settling its thresholds, page
-        // faults, clocks); warm up on every setup before anything is timed.
-        let warm = Instant::now();
-        while warm.elapsed().as_secs_f64() < 1.0 {
+    pool(threads).install(|| {
+        warm_up(|| {
             for setup in &setups {
                 model.forward(setup, &tokens(128), 16).expect("warm-up");
             }
-        }
+        });
         for setup in &setups {
             for &n in &sizes {
                 let t = tokens(n);
@@ -125,17 +118,12 @@ fn time_bert(dir: &str, setups: &[Setup], sizes: &[usize], threads: usize, repea
             .map(|i| (7 + 37 * i * i + 11 * i) % vocab)
             .collect()
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("pool");
-    pool.install(|| {
-        let warm = Instant::now();
-        while warm.elapsed().as_secs_f64() < 1.0 {
+    pool(threads).install(|| {
+        warm_up(|| {
             for setup in setups {
                 model.trace(setup, &tokens(128), 16).expect("warm-up");
             }
-        }
+        });
         for setup in setups {
             for &n in sizes {
                 let t = tokens(n);
@@ -149,4 +137,21 @@ fn time_bert(dir: &str, setups: &[Setup], sizes: &[usize], threads: usize, repea
             }
         }
     });
+}
+
+/// A rayon pool of `threads` threads.
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("pool")
+}
+
+/// Runs `f` for a second: the process's first second runs slower (the allocator settling its
+/// thresholds, page faults, clocks), so every setup is warmed up before anything is timed.
+fn warm_up(mut f: impl FnMut()) {
+    let warm = Instant::now();
+    while warm.elapsed().as_secs_f64() < 1.0 {
+        f();
+    }
 }

@@ -968,15 +968,7 @@ struct PackedLayer {
 
 impl PackedLayer {
     fn of(l: &Layer) -> Result<Self> {
-        let vec = |t: &Tensor| -> Result<Vec<f32>> {
-            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-        };
-        let pack = |t: &Tensor| -> Result<PackedMatrix> {
-            let (out, inp) = t.dims2()?;
-            PackedMatrix::new(&vec(t)?, out, inp).ok_or_else(|| {
-                ModelError::InvalidArgument(format!("a weight of {out} x {inp} does not pack"))
-            })
-        };
+        let (vec, pack) = (crate::ops::f32_values, crate::ops::pack_weight);
         Ok(PackedLayer {
             wq: pack(&l.wq)?,
             wk: pack(&l.wk)?,

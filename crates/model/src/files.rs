@@ -245,19 +245,9 @@ pub fn read_limited(
     hint: &str,
 ) -> Result<Vec<u8>, FileError> {
     let (file, size) = open_regular(path)?;
-    let too_large = |size| FileError::TooLarge {
-        path: path.to_path_buf(),
-        size,
-        limit,
-        what,
-        hint: if hint.is_empty() {
-            String::new()
-        } else {
-            format!("; {hint}")
-        },
-    };
+    let refuse = |size| too_large(path, size, limit, what, hint);
     if size > limit {
-        return Err(too_large(size));
+        return Err(refuse(size));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(limit.saturating_add(1))
@@ -267,7 +257,7 @@ pub fn read_limited(
             source,
         })?;
     if bytes.len() as u64 > limit {
-        return Err(too_large(limit.saturating_add(1)));
+        return Err(refuse(limit.saturating_add(1)));
     }
     Ok(bytes)
 }
@@ -287,17 +277,7 @@ pub fn map_limited(
 ) -> Result<MappedFile, FileError> {
     let (file, size) = open_regular(path)?;
     if size > limit {
-        return Err(FileError::TooLarge {
-            path: path.to_path_buf(),
-            size,
-            limit,
-            what,
-            hint: if hint.is_empty() {
-                String::new()
-            } else {
-                format!("; {hint}")
-            },
-        });
+        return Err(too_large(path, size, limit, what, hint));
     }
     if size == 0 {
         return Ok(MappedFile(None));
@@ -307,15 +287,24 @@ pub fn map_limited(
         source,
     })?;
     if map.len() as u64 > limit {
-        return Err(FileError::TooLarge {
-            path: path.to_path_buf(),
-            size: map.len() as u64,
-            limit,
-            what,
-            hint: String::new(),
-        });
+        return Err(too_large(path, map.len() as u64, limit, what, hint));
     }
     Ok(MappedFile(Some(map)))
+}
+
+/// The [`FileError::TooLarge`] of [`read_limited`] and [`map_limited`].
+fn too_large(path: &Path, size: u64, limit: u64, what: &'static str, hint: &str) -> FileError {
+    FileError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit,
+        what,
+        hint: if hint.is_empty() {
+            String::new()
+        } else {
+            format!("; {hint}")
+        },
+    }
 }
 
 /// A file's bytes mapped read-only ([`map_limited`]).

@@ -553,12 +553,7 @@ const ELEMENT_BLOCK: usize = 1 << 14;
 /// squares by [`sum_lanes`] over the squares, each step rounded to f32. Rows are split across
 /// threads (each row's arithmetic is its own).
 pub fn rms_norm_rows(x: &[f32], d: usize, gain: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    if d == 0 {
-        return out;
-    }
-    let rows_per = (ELEMENT_BLOCK / d).max(1);
-    let norm = |(o, xs): (&mut [f32], &[f32])| {
+    by_rows(x, d, |o, xs| {
         let mut sq = vec![0f32; d];
         for (orow, row) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
             for (s, &v) in sq.iter_mut().zip(row) {
@@ -569,15 +564,26 @@ pub fn rms_norm_rows(x: &[f32], d: usize, gain: &[f32], eps: f32) -> Vec<f32> {
                 *y = (v * inv) * g;
             }
         }
-    };
+    })
+}
+
+/// `f(out_block, x_block)` over blocks of whole `d`-wide rows of `x` (on the rayon pool's
+/// threads where [`parallel`] says so), into a new output of `x`'s length: the row kernels'
+/// split, which never changes a row's arithmetic.
+fn by_rows(x: &[f32], d: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    if d == 0 {
+        return out;
+    }
+    let block = (ELEMENT_BLOCK / d).max(1) * d;
     if parallel(x.len()) {
-        out.par_chunks_mut(rows_per * d)
-            .zip(x.par_chunks(rows_per * d))
-            .for_each(norm);
+        out.par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .for_each(|(o, xs)| f(o, xs));
     } else {
-        out.chunks_mut(rows_per * d)
-            .zip(x.chunks(rows_per * d))
-            .for_each(norm);
+        out.chunks_mut(block)
+            .zip(x.chunks(block))
+            .for_each(|(o, xs)| f(o, xs));
     }
     out
 }
@@ -587,12 +593,7 @@ pub fn rms_norm_rows(x: &[f32], d: usize, gain: &[f32], eps: f32) -> Vec<f32> {
 /// the squared centred values, both by [`sum_lanes`]; each step rounded to f32. Rows are split
 /// across threads (each row's arithmetic is its own).
 pub fn layer_norm_rows(x: &[f32], d: usize, gain: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    if d == 0 {
-        return out;
-    }
-    let rows_per = (ELEMENT_BLOCK / d).max(1);
-    let norm = |(o, xs): (&mut [f32], &[f32])| {
+    by_rows(x, d, |o, xs| {
         let mut centred = vec![0f32; d];
         let mut sq = vec![0f32; d];
         for (orow, row) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
@@ -606,17 +607,7 @@ pub fn layer_norm_rows(x: &[f32], d: usize, gain: &[f32], bias: &[f32], eps: f32
                 *y = (c / std) * g + b;
             }
         }
-    };
-    if parallel(x.len()) {
-        out.par_chunks_mut(rows_per * d)
-            .zip(x.par_chunks(rows_per * d))
-            .for_each(norm);
-    } else {
-        out.chunks_mut(rows_per * d)
-            .zip(x.chunks(rows_per * d))
-            .for_each(norm);
-    }
-    out
+    })
 }
 
 /// `y + bias` on every `bias.len()`-wide row of `y`, in place.

@@ -177,6 +177,19 @@ pub(crate) fn reuse_update(prev: &[f32], prev2: &[f32], dtype: DType) -> Result<
     Ok(a.add(&a.sub(&b)?)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
 }
 
+/// A tensor's values as f32, row-major (for the invariant kernels' packed layers).
+pub(crate) fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// A linear layer's weight `[out, in]` packed for the invariant kernels.
+pub(crate) fn pack_weight(t: &Tensor) -> Result<crate::invariant::PackedMatrix> {
+    let (out, inp) = t.dims2()?;
+    crate::invariant::PackedMatrix::new(&f32_values(t)?, out, inp).ok_or_else(|| {
+        crate::ModelError::InvalidArgument(format!("a weight of {out} x {inp} does not pack"))
+    })
+}
+
 /// Refuses a chunk (compute tile) size outside `1..=65536` rows.
 pub(crate) fn check_tile(tile: usize) -> Result<()> {
     if tile == 0 || tile > 1 << 16 {
