@@ -642,7 +642,12 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 })
                 .collect::<anyhow::Result<_>>()?
         }
-        (None, None) => unreachable!("the arguments were checked above"),
+        (None, None) => {
+            return Err(VerbInputError::Argument(
+                "give either --challenge FILE or --non-interactive".into(),
+            )
+            .into())
+        }
     };
     if let Some(read) = &mut read_layers {
         read_opened_cells(&args.trace, &mapped, &statement, &rounds, read)?;
