@@ -611,18 +611,35 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // from the file into otherwise untouched anonymous memory (positioned reads, no mapping of
     // the trace's values), once the challenges are known: the prover's memory is then the bytes
     // it opens, held twice (read, and copied into the opening).
-    let mut read_layers = match (&leaves, &sublayers) {
-        (Some(_), None) => Some(anonymous_layers(&statement)?),
-        _ => None,
-    };
     let tree = leaves.as_ref().map(|(_, t)| t);
-    let commitment = prover_over(
-        &statement,
-        layer_slices(&read_layers, &mapped),
-        tree,
-        &sublayers,
-    )?
-    .commit()?;
+    // Where the leaf digests give the commitment without the trace (a hidden-state trace), the
+    // cells the openings need are read into anonymous memory once the challenges are known;
+    // otherwise one prover over the mapping is built (its trees hashed) once.
+    enum Source<'a> {
+        Mapped(Box<Prover<&'a [u8]>>),
+        Read(&'a veritrace_commit::MerkleTree),
+    }
+    let mut read_layers = Vec::new();
+    let mut source = match (tree, &sublayers) {
+        (Some(tree), None) => {
+            read_layers = anonymous_layers(&statement)?;
+            Source::Read(tree)
+        }
+        _ => Source::Mapped(Box::new(prover_over(
+            &statement,
+            mapped.layers(),
+            tree,
+            &sublayers,
+        )?)),
+    };
+    let commitment = match &mut source {
+        Source::Mapped(prover) => prover.commit()?,
+        Source::Read(tree) => Commitment {
+            statement: statement.clone(),
+            root: tree.root(),
+            sublayer_roots: None,
+        },
+    };
     // (round, challenged cells, proof-of-work nonce) of each opening
     let rounds: Vec<(u32, Vec<CellId>, u64)> = match (&args.challenge, &params) {
         (Some(path), _) => {
@@ -649,15 +666,14 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             .into())
         }
     };
-    if let Some(read) = &mut read_layers {
-        read_opened_cells(&args.trace, &mapped, &statement, &rounds, read)?;
-    }
-    let prover = prover_over(
-        &statement,
-        layer_slices(&read_layers, &mapped),
-        tree,
-        &sublayers,
-    )?;
+    let prover = match source {
+        Source::Mapped(prover) => *prover,
+        Source::Read(tree) => {
+            read_opened_cells(&args.trace, &mapped, &statement, &rounds, &mut read_layers)?;
+            let layers = read_layers.iter().map(|m| &m[..]).collect();
+            prover_over(&statement, layers, Some(tree), &sublayers)?
+        }
+    };
     let leaves_check = leaves.as_ref().map(|(p, _)| (*p, args.trace.as_path()));
     if params.is_none() {
         let (round, cells, nonce) = &rounds[0];
@@ -692,17 +708,6 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out, "{line}")?;
     }
     Ok(())
-}
-
-/// The trace's layers: those read into `read`, else the mapping's.
-fn layer_slices<'a>(
-    read: &'a Option<Vec<memmap2::MmapMut>>,
-    mapped: &'a veritrace_model::trace_file::TraceFile,
-) -> Vec<&'a [u8]> {
-    match read {
-        Some(r) => r.iter().map(|m| &m[..]).collect(),
-        None => mapped.layers(),
-    }
 }
 
 /// A prover of `statement` over `layers`: its tree rebuilt from the leaf digests where given,

@@ -151,12 +151,7 @@ fn cell(c: &mut Criterion) {
 fn cell_under(c: &mut Criterion, setup: &str, group: &str) {
     let model = LlamaModel::preset("small").expect("small");
     let cfg = model.config().clone();
-    let (d, hd) = (cfg.hidden_size, cfg.head_dim());
-    let (qd, kvd, m) = (
-        cfg.num_heads * hd,
-        cfg.num_kv_heads * hd,
-        cfg.intermediate_size,
-    );
+    let d = cfg.hidden_size;
     let setup: Setup = setup.parse().expect("setup");
     let secret = VerifierSecret::from_bytes([0x42; 32]);
     let key = VerifierKey::build(&secret, &model, 1).expect("key");
@@ -169,19 +164,9 @@ fn cell_under(c: &mut Criterion, setup: &str, group: &str) {
     let (lo, e) = (chunk * tile, n);
     let rows = |x: &[f32], w: usize, a: usize, b: usize| x[a * w..b * w].to_vec();
     let h_in = rows(&trace.layers[layer - 1], d, 0, e);
-    let claim = SubLayers {
-        normed: rows(&s.normed, d, 0, e),
-        q: rows(&s.q, qd, lo, e),
-        k: rows(&s.k, kvd, 0, e),
-        v: rows(&s.v, kvd, 0, e),
-        attn: rows(&s.attn, qd, lo, e),
-        o: rows(&s.o, d, lo, e),
-        mlp_in: rows(&s.mlp_in, d, lo, e),
-        gate: rows(&s.gate, m, lo, e),
-        up: rows(&s.up, m, lo, e),
-        act: rows(&s.act, m, lo, e),
-        down: rows(&s.down, d, lo, e),
-    };
+    let claim = veritrace_model::sublayer::SubLayerLayout::of(model.config())
+        .rows(s, 0..e, lo..e)
+        .expect("claim rows");
     let h_out = rows(&trace.layers[layer], d, lo, e);
     let context = SubLayers {
         normed: claim.normed.clone(),

@@ -65,78 +65,83 @@ fn main() {
     .collect();
     let generate = arg(&args, "--generate", "");
     let bert = arg(&args, "--bert", "");
+    let run = Run {
+        setups: &setups,
+        sizes: &sizes,
+        threads,
+        repeats,
+    };
     if !bert.is_empty() {
-        time_bert(&bert, &setups, &sizes, threads, repeats);
+        let model =
+            BertModel::load(std::path::Path::new(&bert)).expect("--bert: a BERT checkpoint");
+        let vocab = model.config().vocab_size as u32;
+        pool(threads).install(|| {
+            run.forwards(&bert, vocab, |setup, t| {
+                model.trace(setup, t, 16).expect("trace");
+            })
+        });
         return;
     }
     let model = LlamaModel::preset(&preset).expect("preset");
     let vocab = model.config().vocab_size as u32;
-    let tokens = |n: usize| -> Vec<u32> {
-        (0..n as u32)
-            .map(|i| (7 + 37 * i * i + 11 * i) % vocab)
-            .collect()
-    };
     pool(threads).install(|| {
-        warm_up(|| {
-            for setup in &setups {
-                model.forward(setup, &tokens(128), 16).expect("warm-up");
-            }
+        run.forwards(&preset, vocab, |setup, t| {
+            model.forward(setup, t, 16).expect("forward");
         });
+        let Some((p, g)) = generate.split_once(':') else {
+            return;
+        };
+        let (p, g): (usize, usize) = (p.parse().expect("P"), g.parse().expect("G"));
+        let prompt = tokens(p, vocab);
         for setup in &setups {
-            for &n in &sizes {
-                let t = tokens(n);
-                let s = time(repeats, || {
-                    model.forward(setup, &t, 16).expect("forward");
-                });
-                println!(
-                    "{{\"engine\":\"veritrace\",\"preset\":\"{preset}\",\"setup\":\"{setup}\",\
-                     \"what\":\"forward\",\"tokens\":{n},\"threads\":{threads},\"seconds\":{s}}}"
-                );
-            }
-            if let Some((p, g)) = generate.split_once(':') {
-                let (p, g): (usize, usize) = (p.parse().expect("P"), g.parse().expect("G"));
-                let prompt = tokens(p);
-                let s = time(repeats, || {
-                    model.generate(setup, &prompt, g, 16).expect("generate");
-                });
-                println!(
-                    "{{\"engine\":\"veritrace\",\"preset\":\"{preset}\",\"setup\":\"{setup}\",\
-                     \"what\":\"generate\",\"prompt\":{p},\"generated\":{g},\"threads\":{threads},\
-                     \"seconds\":{s}}}"
-                );
-            }
+            let s = time(repeats, || {
+                model.generate(setup, &prompt, g, 16).expect("generate");
+            });
+            println!(
+                "{{\"engine\":\"veritrace\",\"preset\":\"{preset}\",\"setup\":\"{setup}\",\
+                 \"what\":\"generate\",\"prompt\":{p},\"generated\":{g},\"threads\":{threads},\
+                 \"seconds\":{s}}}"
+            );
         }
     });
 }
 
-/// The BERT encoder in `dir`: the trace of each size under each setup (no generation).
-fn time_bert(dir: &str, setups: &[Setup], sizes: &[usize], threads: usize, repeats: usize) {
-    let model = BertModel::load(std::path::Path::new(dir)).expect("--bert: a BERT checkpoint");
-    let vocab = model.config().vocab_size as u32;
-    let tokens = |n: usize| -> Vec<u32> {
-        (0..n as u32)
-            .map(|i| (7 + 37 * i * i + 11 * i) % vocab)
-            .collect()
-    };
-    pool(threads).install(|| {
+/// `n` tokens below `vocab`, the same sequence `benches/torch_cpu.py` feeds PyTorch.
+fn tokens(n: usize, vocab: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (7 + 37 * i * i + 11 * i) % vocab)
+        .collect()
+}
+
+/// What is timed: the setups, the sequence lengths, the threads and the repeats.
+struct Run<'a> {
+    setups: &'a [Setup],
+    sizes: &'a [usize],
+    threads: usize,
+    repeats: usize,
+}
+
+impl Run<'_> {
+    /// After a second of warm-up on every setup, times `forward(setup, tokens)` at each size
+    /// under each setup and prints one JSON line per measurement, naming the model `label`.
+    fn forwards(&self, label: &str, vocab: u32, forward: impl Fn(&Setup, &[u32])) {
         warm_up(|| {
-            for setup in setups {
-                model.trace(setup, &tokens(128), 16).expect("warm-up");
+            for setup in self.setups {
+                forward(setup, &tokens(128, vocab));
             }
         });
-        for setup in setups {
-            for &n in sizes {
-                let t = tokens(n);
-                let s = time(repeats, || {
-                    model.trace(setup, &t, 16).expect("trace");
-                });
+        for setup in self.setups {
+            for &n in self.sizes {
+                let t = tokens(n, vocab);
+                let s = time(self.repeats, || forward(setup, &t));
                 println!(
-                    "{{\"engine\":\"veritrace\",\"preset\":\"{dir}\",\"setup\":\"{setup}\",\
-                     \"what\":\"forward\",\"tokens\":{n},\"threads\":{threads},\"seconds\":{s}}}"
+                    "{{\"engine\":\"veritrace\",\"preset\":\"{label}\",\"setup\":\"{setup}\",\
+                     \"what\":\"forward\",\"tokens\":{n},\"threads\":{},\"seconds\":{s}}}",
+                    self.threads
                 );
             }
         }
-    });
+    }
 }
 
 /// A rayon pool of `threads` threads.

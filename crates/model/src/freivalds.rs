@@ -1277,8 +1277,15 @@ pub fn check_sublayer_values(
     let norms = model.attention_norms(setup, tile, layer, h_in)?;
     // every input is finite by now: the Freivalds sums read k, v and the cell's linear
     // outputs (a non-finite one is an error above), the attention norms read h_in
-    let nl = model
-        .recompute_nonlinear_of_finite(setup, tile, layer, chunk, h_in, &ctx.k, &ctx.v, cell)?;
+    let nl = model.nonlinear_of(
+        setup,
+        tile,
+        layer,
+        chunk,
+        (h_in, &ctx.k, &ctx.v),
+        cell,
+        false,
+    )?;
     for (what, claimed, width) in [
         ("attn", &cell.attn, c.num_heads * c.head_dim()),
         ("mlp_in", &cell.mlp_in, d),

@@ -1500,27 +1500,12 @@ impl LlamaModel {
         self.nonlinear_of(setup, tile, layer, chunk, (h_in, k, v), cell, true)
     }
 
-    /// [`LlamaModel::recompute_nonlinear`] for a caller that has already found every input
-    /// finite (the algebraic check: its Freivalds sums read `k`, `v` and the cell's linear
-    /// outputs, and the attention norms read `h_in`), so the inputs are not scanned again.
-    /// Lengths and ranges are still checked.
+    /// [`LlamaModel::recompute_nonlinear`] with `(h_in, k, v)` together; with `scan = false`
+    /// for a caller that has already found every input finite (the algebraic check: its
+    /// Freivalds sums read `k`, `v` and the cell's linear outputs, and the attention norms read
+    /// `h_in`), so the inputs are not scanned again. Lengths and ranges are checked either way.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn recompute_nonlinear_of_finite(
-        &self,
-        setup: &Setup,
-        tile: usize,
-        layer: usize,
-        chunk: usize,
-        h_in: &[f32],
-        k: &[f32],
-        v: &[f32],
-        cell: &SubLayers,
-    ) -> Result<Nonlinear> {
-        self.nonlinear_of(setup, tile, layer, chunk, (h_in, k, v), cell, false)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn nonlinear_of(
+    pub(crate) fn nonlinear_of(
         &self,
         setup: &Setup,
         tile: usize,

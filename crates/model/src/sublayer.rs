@@ -105,6 +105,45 @@ impl SubLayerLayout {
         Ok((context, cell))
     }
 
+    /// Rows of one layer's captured values (`sub`, every field over the same rows): the
+    /// context fields (`normed`, `k`, `v`) at rows `context`, the cell fields (`q`, `attn`, `o`,
+    /// `mlp_in`, `gate`, `up`, `act`, `down`) at rows `cell` — what a cell's claim holds (the
+    /// context rows `0..e`, the cell's rows `lo..e`). An empty range gives empty fields.
+    ///
+    /// # Errors
+    /// A range beyond a field's rows.
+    pub fn rows(
+        &self,
+        sub: &SubLayers,
+        context: Range<usize>,
+        cell: Range<usize>,
+    ) -> Result<SubLayers> {
+        let take = |x: &[f32], width: usize, r: &Range<usize>| -> Result<Vec<f32>> {
+            x.get(r.start * width..r.end * width)
+                .map(<[f32]>::to_vec)
+                .ok_or_else(|| {
+                    ModelError::InvalidArgument(format!(
+                        "rows {r:?} of {} rows of {width}",
+                        x.len() / width.max(1)
+                    ))
+                })
+        };
+        let (d, q, kv, m) = (self.hidden, self.q, self.kv, self.mlp);
+        Ok(SubLayers {
+            normed: take(&sub.normed, d, &context)?,
+            k: take(&sub.k, kv, &context)?,
+            v: take(&sub.v, kv, &context)?,
+            q: take(&sub.q, q, &cell)?,
+            attn: take(&sub.attn, q, &cell)?,
+            o: take(&sub.o, d, &cell)?,
+            mlp_in: take(&sub.mlp_in, d, &cell)?,
+            gate: take(&sub.gate, m, &cell)?,
+            up: take(&sub.up, m, &cell)?,
+            act: take(&sub.act, m, &cell)?,
+            down: take(&sub.down, d, &cell)?,
+        })
+    }
+
     /// The `normed`, `k` and `v` rows of context rows `values` (the other fields empty).
     pub fn unpack_context(&self, values: &[f32]) -> Result<SubLayers> {
         let [normed, k, v] = split(values, &self.context_parts(), "context")?;
@@ -511,4 +550,45 @@ pub fn read_sublayers(
     let context = read("context", ctx.hidden)?;
     let cells = read("cell", cell.hidden)?;
     Ok(Some((context, cells)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_take_the_context_and_cell_ranges_and_refuse_others() {
+        let layout = SubLayerLayout {
+            hidden: 2,
+            q: 3,
+            kv: 1,
+            mlp: 4,
+        };
+        let field = |w: usize| (0..5 * w).map(|i| i as f32).collect::<Vec<_>>();
+        let sub = SubLayers {
+            normed: field(2),
+            q: field(3),
+            k: field(1),
+            v: field(1),
+            attn: field(3),
+            o: field(2),
+            mlp_in: field(2),
+            gate: field(4),
+            up: field(4),
+            act: field(4),
+            down: field(2),
+        };
+        let r = layout.rows(&sub, 0..3, 2..5).expect("rows");
+        assert_eq!(r.normed, sub.normed[..6]);
+        assert_eq!(r.k, sub.k[..3]);
+        assert_eq!(r.q, sub.q[6..15]);
+        assert_eq!(r.down, sub.down[4..10]);
+        assert!(layout
+            .rows(&sub, 0..0, 0..0)
+            .expect("empty")
+            .gate
+            .is_empty());
+        assert!(layout.rows(&sub, 0..6, 0..1).is_err());
+        assert!(layout.rows(&sub, 0..1, 4..6).is_err());
+    }
 }

@@ -45,28 +45,12 @@ fn claim_parts(
     layer: usize,
     chunk: usize,
 ) -> (Vec<f32>, Vec<f32>, SubLayers, SubLayers) {
-    let c = model.config();
-    let (d, hd) = (c.hidden_size, c.head_dim());
-    let (qd, kvd, m) = (c.num_heads * hd, c.num_kv_heads * hd, c.intermediate_size);
+    let d = model.config().hidden_size;
+    let layout = veritrace_model::sublayer::SubLayerLayout::of(model.config());
     let s = &sub[layer - 1];
     let (lo, e) = (chunk * TILE, ((chunk + 1) * TILE).min(N));
-    let context = SubLayers {
-        normed: rows(&s.normed, d, 0, e),
-        k: rows(&s.k, kvd, 0, e),
-        v: rows(&s.v, kvd, 0, e),
-        ..SubLayers::default()
-    };
-    let cell = SubLayers {
-        q: rows(&s.q, qd, lo, e),
-        attn: rows(&s.attn, qd, lo, e),
-        o: rows(&s.o, d, lo, e),
-        mlp_in: rows(&s.mlp_in, d, lo, e),
-        gate: rows(&s.gate, m, lo, e),
-        up: rows(&s.up, m, lo, e),
-        act: rows(&s.act, m, lo, e),
-        down: rows(&s.down, d, lo, e),
-        ..SubLayers::default()
-    };
+    let context = layout.rows(s, 0..e, 0..0).expect("context rows");
+    let cell = layout.rows(s, 0..0, lo..e).expect("cell rows");
     (
         rows(&trace.layers[layer - 1], d, 0, e),
         rows(&trace.layers[layer], d, lo, e),

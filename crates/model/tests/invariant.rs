@@ -190,27 +190,15 @@ fn the_algebraic_check_runs_on_the_invariant_kernels() {
     use veritrace_model::SubLayers;
     let model = LlamaModel::preset("small").expect("small");
     let c = model.config().clone();
-    let (d, hd) = (c.hidden_size, c.head_dim());
-    let (qd, kvd, m) = (c.num_heads * hd, c.num_kv_heads * hd, c.intermediate_size);
+    let d = c.hidden_size;
     let s = setup("f32/attn=eager/kernels=invariant");
     let key = VerifierKey::build(&VerifierSecret::from_bytes([9; 32]), &model, 1).expect("key");
     let n = 45;
     let toks = tokens(n, 2048);
     let (trace, sub) = model.trace_sublayers(&s, &toks, 16).expect("trace");
     let rows = |x: &[f32], w: usize, a: usize, b: usize| x[a * w..b * w].to_vec();
-    let claim_of = |sub: &SubLayers, lo: usize, e: usize| SubLayers {
-        normed: rows(&sub.normed, d, 0, e),
-        q: rows(&sub.q, qd, lo, e),
-        k: rows(&sub.k, kvd, 0, e),
-        v: rows(&sub.v, kvd, 0, e),
-        attn: rows(&sub.attn, qd, lo, e),
-        o: rows(&sub.o, d, lo, e),
-        mlp_in: rows(&sub.mlp_in, d, lo, e),
-        gate: rows(&sub.gate, m, lo, e),
-        up: rows(&sub.up, m, lo, e),
-        act: rows(&sub.act, m, lo, e),
-        down: rows(&sub.down, d, lo, e),
-    };
+    let layout = veritrace_model::sublayer::SubLayerLayout::of(&c);
+    let claim_of = |sub: &SubLayers, lo: usize, e: usize| layout.rows(sub, 0..e, lo..e).unwrap();
     for tile in [4usize, 16] {
         for (layer, chunk) in [(1usize, 0usize), (3, 1), (8, (n - 1) / tile)] {
             let (lo, e) = (chunk * tile, ((chunk + 1) * tile).min(n));
