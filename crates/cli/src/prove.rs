@@ -487,7 +487,8 @@ pub struct OpenArgs {
     /// Non-interactive: rounds.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
-    /// Interactive: the opening file; non-interactive: a directory for `opening-<r>.vtpm`
+    /// Interactive: the opening file (`-`: standard output, written as it is encoded, for
+    /// `veritrace verify --opening -`); non-interactive: a directory for `opening-<r>.vtpm`
     /// (`opening-<r>.json` with `--format json`).
     #[arg(long)]
     pub out: PathBuf,
@@ -571,7 +572,16 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(c) = &args.challenge {
         inputs.push(c);
     }
-    files::refuse_same_file(&args.out, &inputs)?;
+    let to_stdout = args.out.as_os_str() == "-";
+    if to_stdout && args.non_interactive {
+        return Err(VerbInputError::Argument(
+            "--out - writes one interactive opening; --non-interactive writes a directory".into(),
+        )
+        .into());
+    }
+    if !to_stdout {
+        files::refuse_same_file(&args.out, &inputs)?;
+    }
     let params = match (&args.challenge, args.non_interactive) {
         (Some(_), false) => None,
         (None, true) => {
@@ -679,6 +689,13 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         let (round, cells, nonce) = &rounds[0];
         let opening = prover.open_cells(*round, cells, *nonce)?;
         check_opened(&prover, &opening, leaves_check)?;
+        if to_stdout {
+            // the opening is the output: no line about it
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, out);
+            args.format.write_to(&opening, &mut w)?;
+            w.flush()?;
+            return Ok(());
+        }
         write_message_as(&args.out, &opening, args.format)?;
         writeln!(
             out,

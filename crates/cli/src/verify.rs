@@ -6,18 +6,20 @@
 //! (non-interactive, with the proof of work). Exit 0 accept, 1 reject (with the reason), 2 when
 //! a file or argument is refused.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use thiserror::Error;
 use veritrace_model::sublayer::KeyedVerifier;
 use veritrace_protocol::calibration::CalibratedPolicy;
 use veritrace_protocol::soundness::MAX_ROUNDS;
+use veritrace_protocol::stream::OpeningReader;
 use veritrace_protocol::tolerance::TolerancePolicy;
 use veritrace_protocol::{
-    verify_recorded_with_limits, Challenge, ChallengeParams, Commitment, LayerCheck, Message, Mode,
-    Opening, RejectReason, SamplingStrategy, Verdict, VerifierConfig, VerifierLimits,
+    verify_recorded_streams, verify_recorded_with_limits, Challenge, ChallengeParams, Commitment,
+    LayerCheck, Message, Mode, Opening, Recompute, RejectReason, SamplingStrategy, Statement,
+    Verdict, VerifierConfig, VerifierLimits,
 };
 
 use crate::engine::load_model;
@@ -34,7 +36,10 @@ pub struct VerifyArgs {
     /// The prover's commitment (JSON).
     #[arg(long)]
     pub commitment: PathBuf,
-    /// Openings, one per round, in round order.
+    /// Openings, one per round, in round order. A binary opening is checked as it is read
+    /// (each cell when it arrives; only the cells later checks need are kept); `-` reads one
+    /// from standard input (e.g. `veritrace open ... --out - | veritrace verify ... --opening
+    /// -`). A JSON opening is decoded whole.
     #[arg(long = "opening", required = true)]
     pub openings: Vec<PathBuf>,
     /// Interactive: the challenges issued, one per opening, in the same order.
@@ -254,10 +259,16 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         None => None,
     };
     let policy = tolerance(&args.tolerance, commitment.statement.geometry.layers)?;
+    if args.openings.iter().filter(|p| is_stdin(p)).count() > 1 {
+        return Err(VerbInputError::Argument(
+            "at most one --opening may be - (standard input)".into(),
+        )
+        .into());
+    }
     let openings = args
         .openings
         .iter()
-        .map(|p| read_message_limited::<Opening>(p, limits.max_message_bytes))
+        .map(|p| read_opening(p, limits.max_message_bytes))
         .collect::<Result<Vec<_>, _>>()?;
     let rounds = u32::try_from(openings.len())
         .ok()
@@ -310,6 +321,12 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         rounds,
         tolerance: policy,
     };
+    let session = Session {
+        commitment: &commitment,
+        config: &config,
+        limits: &limits,
+        challenges: challenges.as_deref(),
+    };
     // the keyed engine holds the decoder itself; otherwise the model's own engine
     let verdict = match &keyed {
         Some((decoder, key)) => {
@@ -319,27 +336,135 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 tolerance: args.sublayer_tolerance,
                 bound_scale: args.freivalds_bound_scale,
             };
-            verify_recorded_with_limits(
-                &commitment,
-                &config,
-                &limits,
-                challenges.as_deref(),
-                &openings,
-                &engine,
-                None,
-            )?
+            session.verify(openings, &engine)?
         }
-        None => verify_recorded_with_limits(
-            &commitment,
-            &config,
-            &limits,
-            challenges.as_deref(),
-            &openings,
-            &*load_model(&args.model)?,
-            None,
-        )?,
+        None => session.verify(openings, &*load_model(&args.model)?)?,
     };
     decide(verdict, args.json, out)
+}
+
+/// An opening as `verify` reads it.
+enum OpeningInput {
+    /// A binary envelope, read as a stream while it is checked.
+    Stream(OpeningReader<Box<dyn Read>>),
+    /// A JSON opening, decoded whole.
+    Decoded(Opening),
+}
+
+fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// Opens `path` (`-`: standard input) and reads what a binary opening holds before its cells, or
+/// decodes a JSON opening (the same limit and checks as [`read_message_limited`]).
+fn read_opening(path: &Path, limit: u64) -> Result<OpeningInput, VerbInputError> {
+    let name = path.display().to_string();
+    let refused = |reason: String| VerbInputError::Message {
+        path: name.clone(),
+        what: Opening::NAME,
+        reason,
+    };
+    let mut reader: Box<dyn BufRead> = if is_stdin(path) {
+        Box::new(BufReader::new(std::io::stdin()))
+    } else {
+        let file = veritrace_model::files::open_limited(
+            path,
+            limit,
+            "a protocol message",
+            "raise max_message_bytes (verify --limits) or VERITRACE_MAX_MESSAGE_BYTES",
+        )
+        .map_err(|e| VerbInputError::File {
+            path: name.clone(),
+            reason: e.reason(),
+        })?;
+        Box::new(BufReader::new(file))
+    };
+    let first = reader
+        .fill_buf()
+        .map_err(|e| refused(format!("reading failed: {e}")))?
+        .first()
+        .copied();
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if first == veritrace_protocol::encoding::MESSAGE_MAGIC.first().copied() {
+        let reader: Box<dyn Read> = Box::new(reader);
+        return OpeningReader::named(reader, limit, Some(name.clone()))
+            .map(OpeningInput::Stream)
+            .map_err(|e| refused(e.to_string()));
+    }
+    if !is_stdin(path) {
+        return read_message_limited::<Opening>(path, limit as u64).map(OpeningInput::Decoded);
+    }
+    let mut text = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| refused(format!("reading failed: {e}")))?;
+    if text.len() > limit {
+        return Err(refused(format!(
+            "standard input holds more than the limit of {limit} bytes"
+        )));
+    }
+    let text = std::str::from_utf8(&text).map_err(|e| refused(format!("not UTF-8 JSON: {e}")))?;
+    Opening::from_json(text)
+        .map(OpeningInput::Decoded)
+        .map_err(|e| refused(e.to_string()))
+}
+
+/// What a recorded session is checked against.
+struct Session<'a> {
+    commitment: &'a Commitment,
+    config: &'a VerifierConfig,
+    limits: &'a VerifierLimits,
+    challenges: Option<&'a [Challenge]>,
+}
+
+impl Session<'_> {
+    /// The verdict: binary openings checked as they are read, unless a JSON opening is among
+    /// them (then all are decoded).
+    fn verify<R: Recompute + ?Sized>(
+        &self,
+        openings: Vec<OpeningInput>,
+        engine: &R,
+    ) -> anyhow::Result<Verdict> {
+        let expected: Option<&Statement> = None;
+        if openings
+            .iter()
+            .all(|o| matches!(o, OpeningInput::Stream(_)))
+        {
+            let streams = openings
+                .into_iter()
+                .filter_map(|o| match o {
+                    OpeningInput::Stream(s) => Some(s),
+                    OpeningInput::Decoded(_) => None,
+                })
+                .collect();
+            return Ok(verify_recorded_streams(
+                self.commitment,
+                self.config,
+                self.limits,
+                self.challenges,
+                streams,
+                engine,
+                expected,
+            )?);
+        }
+        let decoded = openings
+            .into_iter()
+            .map(|o| match o {
+                OpeningInput::Stream(s) => s.into_opening(),
+                OpeningInput::Decoded(o) => Ok(o),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(verify_recorded_with_limits(
+            self.commitment,
+            self.config,
+            self.limits,
+            self.challenges,
+            &decoded,
+            engine,
+            expected,
+        )?)
+    }
 }
 
 fn decide(v: Verdict, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {

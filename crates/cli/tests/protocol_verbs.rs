@@ -968,3 +968,152 @@ fn open_reads_the_stored_leaf_digests() {
     );
     assert_eq!(open(&["--leaves", &p("missing.leaves")], &p("i")).code, 2);
 }
+
+/// `open --out -` writes the opening to standard output and `verify --opening -` checks it as
+/// it arrives on standard input: the two processes run as a pipe. A tampered or truncated
+/// opening read as a stream gets the verdict (or the refusal, naming the file) it gets as a
+/// file.
+#[test]
+fn an_opening_is_verified_as_it_streams_through_a_pipe() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    run_ok(&[
+        "prove",
+        "--prompt",
+        "4,8,15,16,23,42",
+        "--output",
+        "4",
+        "--chunk",
+        "2",
+        "--out",
+        &p("run"),
+    ]);
+    let commitment = p("run/commitment.json");
+    run_ok(&[
+        "challenge",
+        &commitment,
+        "--samples",
+        "4",
+        "--seed",
+        &"2a".repeat(32),
+        "--out",
+        &p("ch.vtpm"),
+    ]);
+    let bin = env!("CARGO_BIN_EXE_veritrace");
+    let mut open = Command::new(bin)
+        .args([
+            "open",
+            &p("run/trace.safetensors"),
+            "--challenge",
+            &p("ch.vtpm"),
+            "--out",
+            "-",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let verify = Command::new(bin)
+        .args([
+            "verify",
+            "--commitment",
+            &commitment,
+            "--challenge",
+            &p("ch.vtpm"),
+            "--opening",
+            "-",
+        ])
+        .stdin(open.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(open.wait().unwrap().success());
+    assert_eq!(
+        String::from_utf8_lossy(&verify.stdout),
+        "accept\n",
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // the same opening as a file, then changed: one byte of its last cell, then cut short
+    run_ok(&[
+        "open",
+        &p("run/trace.safetensors"),
+        "--challenge",
+        &p("ch.vtpm"),
+        "--out",
+        &p("o.vtpm"),
+    ]);
+    let bytes = std::fs::read(p("o.vtpm")).unwrap();
+    let verify_file = |bytes: &[u8], stdin: bool| {
+        if stdin {
+            let mut child = Command::new(bin)
+                .args([
+                    "verify",
+                    "--commitment",
+                    &commitment,
+                    "--challenge",
+                    &p("ch.vtpm"),
+                    "--opening",
+                    "-",
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(bytes).unwrap();
+            let o = child.wait_with_output().unwrap();
+            (
+                o.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr),
+            )
+        } else {
+            std::fs::write(p("t.vtpm"), bytes).unwrap();
+            let o = veritrace(&[
+                "verify",
+                "--commitment",
+                &commitment,
+                "--challenge",
+                &p("ch.vtpm"),
+                "--opening",
+                &p("t.vtpm"),
+            ]);
+            (o.code, o.stdout + &o.stderr)
+        }
+    };
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 200;
+    flipped[at] ^= 0x40;
+    for stdin in [false, true] {
+        let (code, text) = verify_file(&flipped, stdin);
+        assert_eq!(code, 1, "{text}");
+        assert!(text.contains("reject"), "{text}");
+        let (code, text) = verify_file(&bytes[..bytes.len() - 7], stdin);
+        assert_eq!(code, 2, "{text}");
+        let name = if stdin { "-" } else { "t.vtpm" };
+        assert!(text.contains(name) && text.contains("opening"), "{text}");
+    }
+    // only one opening can come from standard input, and --out - is for one opening
+    let o = veritrace(&[
+        "verify",
+        "--commitment",
+        &commitment,
+        "--opening",
+        "-",
+        "--opening",
+        "-",
+    ]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    let o = veritrace(&[
+        "open",
+        &p("run/trace.safetensors"),
+        "--non-interactive",
+        "--samples",
+        "2",
+        "--out",
+        "-",
+    ]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+}

@@ -292,6 +292,24 @@ pub fn map_limited(
     Ok(MappedFile(Some(map)))
 }
 
+/// [`read_limited`]'s checks without reading: the open regular file of at most `limit` bytes,
+/// for a caller that reads it as a stream (an opening checked as it is read).
+///
+/// # Errors
+/// As [`read_limited`].
+pub fn open_limited(
+    path: &Path,
+    limit: u64,
+    what: &'static str,
+    hint: &str,
+) -> Result<File, FileError> {
+    let (file, size) = open_regular(path)?;
+    if size > limit {
+        return Err(too_large(path, size, limit, what, hint));
+    }
+    Ok(file)
+}
+
 /// The [`FileError::TooLarge`] of [`read_limited`] and [`map_limited`].
 fn too_large(path: &Path, size: u64, limit: u64, what: &'static str, hint: &str) -> FileError {
     FileError::TooLarge {

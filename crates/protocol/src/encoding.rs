@@ -26,8 +26,9 @@ use crate::{ProtocolError, Result};
 pub const MESSAGE_MAGIC: &[u8; 4] = b"VTPM";
 /// Version of the binary message envelope (2: a statement ends with its `input_text`, field
 /// 10; 3: a statement ends with its `trace_level`, a commitment with its `sublayer_roots` and an
-/// opening with its `sublayers`, issue 16).
-pub const MESSAGE_VERSION: u8 = 3;
+/// opening with its `sublayers`, issue 16; 4: an opening's `pow_nonce` precedes its cells, so
+/// that it can be checked as it streams in, issue 17).
+pub const MESSAGE_VERSION: u8 = 4;
 /// Default size limit for a binary message (1 GiB).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 

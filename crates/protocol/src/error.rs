@@ -86,5 +86,11 @@ impl ProtocolError {
     }
 }
 
+impl From<std::convert::Infallible> for ProtocolError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 /// Shorthand for results of this crate.
 pub type Result<T, E = ProtocolError> = std::result::Result<T, E>;

@@ -10,7 +10,9 @@
 //!   [`RejectReason`]); JSON and a strict binary form through [`Message`].
 //! * [`Prover`] and [`Verifier`]: explicit state machines; interactive or non-interactive
 //!   ([`transcript`]: merlin, with optional proof of work) over one or more rounds.
-//!   [`verify_recorded`] decides a recorded session (files) through the same state machine.
+//!   [`verify_recorded`] decides a recorded session (files) through the same state machine;
+//!   [`verify_recorded_streams`] does so reading each opening as it arrives ([`stream`]),
+//!   checking cells as they are read and keeping only what later checks need.
 //! * [`VerifierLimits`]: the verifier's explicit resource limits, checked before anything
 //!   proportional to a prover's claim is allocated, so that its time and memory are
 //!   O(k × opened cell bytes + k log k + log N) whatever the prover claims.
@@ -33,6 +35,7 @@ mod prover;
 pub mod sampling;
 pub mod soundness;
 mod statement;
+pub mod stream;
 pub mod tolerance;
 pub mod toy;
 pub mod transcript;
@@ -53,6 +56,6 @@ pub use statement::{
 pub use transcript::ChallengeParams;
 pub use verifier::{
     check_opening, check_opening_by, check_opening_with_limits, no_text_input, verify_recorded,
-    verify_recorded_with_limits, AlgebraicCheck, Faults, LayerCheck, Mode, Recompute, Step,
-    Verifier, VerifierConfig, VerifierLimits, VerifierState,
+    verify_recorded_streams, verify_recorded_with_limits, AlgebraicCheck, Faults, LayerCheck, Mode,
+    Recompute, Step, Verifier, VerifierConfig, VerifierLimits, VerifierState,
 };

@@ -133,13 +133,14 @@ pub struct OpenedCell {
 pub struct Opening {
     /// The round this answers.
     pub round: u32,
+    /// Non-interactive mode: the session's proof-of-work nonce, the same in every round (0 when
+    /// none is required). Always 0 in interactive mode. It precedes the cells (envelope
+    /// version 4), so a streaming verifier knows the round's challenge before the first cell.
+    pub pow_nonce: u64,
     /// Opened cells, ascending leaf order.
     pub cells: Vec<OpenedCell>,
     /// Batch proof of all opened cells against the root.
     pub proof: BatchProof,
-    /// Non-interactive mode: the session's proof-of-work nonce, the same in every round (0 when
-    /// none is required). Always 0 in interactive mode.
-    pub pow_nonce: u64,
     /// The sub-layer cells of the challenge ([`crate::Statement::sublayer_ranges`]), present
     /// exactly when the statement's [`crate::TraceLevel`] is `SubLayer`. JSON may omit it.
     #[serde(default)]

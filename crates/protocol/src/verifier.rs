@@ -17,20 +17,23 @@
 //! bounded by [`VerifierLimits`] before anything proportional to the prover's claim is
 //! allocated.
 
+use std::borrow::Cow;
+use std::io::Read;
 use std::ops::Range;
 
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
-use veritrace_commit::{verify_batch, CellId, Dtype, Hasher, TraceGeometry};
+use veritrace_commit::{verify_batch, BatchProof, CellId, Dtype, Hasher, TraceGeometry};
 
 use crate::encoding::Message;
 use crate::sampling::sample_cells;
 use crate::statement::CellRange;
+use crate::stream::OpeningReader;
 use crate::tolerance::{decode_values, TolerancePolicy};
 use crate::transcript::{challenge_seed, check_pow, ChallengeParams};
 use crate::{
     Challenge, Commitment, OpenedCell, Opening, ProtocolError, RejectReason, Result, Statement,
-    SubLayerPart, TraceLevel, Verdict,
+    SubLayerOpening, SubLayerPart, TraceLevel, Verdict,
 };
 
 /// What an embedding verifier implements: recompute cells under the statement's numeric setup.
@@ -476,11 +479,11 @@ impl ChallengeSource for Replay<'_> {
 /// The round rule of an interactive opening: it carries no proof of work, so its `pow_nonce`
 /// must be 0 (exactly one valid encoding), else `BadProofOfWork { pow_bits: 0 }`
 /// (specs/protocol.md §10.2).
-fn interactive_round_rule(opening: &Opening) -> std::result::Result<(), RejectReason> {
-    if opening.pow_nonce != 0 {
+fn interactive_round_rule(pow_nonce: u64) -> std::result::Result<(), RejectReason> {
+    if pow_nonce != 0 {
         return Err(RejectReason::BadProofOfWork {
             pow_bits: 0,
-            nonce: opening.pow_nonce,
+            nonce: pow_nonce,
         });
     }
     Ok(())
@@ -494,35 +497,35 @@ fn non_interactive_round_rule(
     commitment: &Commitment,
     params: &ChallengeParams,
     session_nonce: Option<u64>,
-    opening: &Opening,
+    (round, pow_nonce): (u32, u64),
     faults: Faults,
 ) -> std::result::Result<Vec<CellId>, RejectReason> {
     let pow_ok = match session_nonce {
         // later rounds repeat the nonce checked in round 0
-        Some(n) => n == opening.pow_nonce,
-        None => matches!(check_pow(commitment, params, opening.pow_nonce), Ok(true)),
+        Some(n) => n == pow_nonce,
+        None => matches!(check_pow(commitment, params, pow_nonce), Ok(true)),
     };
     if !pow_ok {
         return Err(RejectReason::BadProofOfWork {
             pow_bits: params.pow_bits,
-            nonce: opening.pow_nonce,
+            nonce: pow_nonce,
         });
     }
     #[cfg(feature = "fault-injection")]
     let seed = if faults.skip_root_binding {
         crate::transcript::challenge_seed_without_root(
             &commitment.statement,
-            opening.round,
+            round,
             params,
-            opening.pow_nonce,
+            pow_nonce,
         )
     } else {
-        challenge_seed(commitment, opening.round, params, opening.pow_nonce)
+        challenge_seed(commitment, round, params, pow_nonce)
     };
     #[cfg(not(feature = "fault-injection"))]
     let seed = {
         let _ = faults;
-        challenge_seed(commitment, opening.round, params, opening.pow_nonce)
+        challenge_seed(commitment, round, params, pow_nonce)
     };
     sample_cells(&commitment.statement, params.samples, params.strategy, seed).map_err(|e| {
         RejectReason::GeometryMismatch {
@@ -737,39 +740,72 @@ impl<R: Recompute> Verifier<R> {
         opening: &Opening,
         rng: &mut G,
     ) -> Step {
+        let Ok(step) = self.receive_opening_from(Decoded { opening, next: 0 }, &mut Fresh(rng));
+        step
+    }
+
+    /// [`Verifier::receive_opening`] for an opening read as it arrives (a file, a pipe, a
+    /// socket): each cell is checked when it is read, and only the cells a later cell's check
+    /// needs are kept (for a statement of hidden states, the opened cells of two layers), so
+    /// the verifier holds one cell and two layers' openings instead of the whole opening. The
+    /// step is the one [`Verifier::receive_opening`] gives on the decoded opening (tested).
+    ///
+    /// # Errors
+    /// [`ProtocolError::Decode`] when the bytes are not a valid opening (exactly when
+    /// [`Message::from_bytes_with_limit`] refuses them); the state is then unchanged, as if
+    /// nothing had arrived. The whole message is read before the state changes.
+    pub fn receive_opening_stream<S: Read, G: RngCore + CryptoRng>(
+        &mut self,
+        opening: OpeningReader<S>,
+        rng: &mut G,
+    ) -> Result<Step> {
         self.receive_opening_from(opening, &mut Fresh(rng))
     }
 
-    /// The round rules and the check of an opening in the current state, without changing it.
-    fn judge(&self, opening: &Opening) -> Received {
+    /// The round rules and the check of an opening in the current state, without changing it
+    /// (the source is read to its end whatever the verdict).
+    fn judge<'d, S: OpeningSource<'d>>(
+        &self,
+        opening: S,
+    ) -> std::result::Result<Received, S::Error> {
         let Some(commitment) = self.commitment.as_ref() else {
-            return Received::OutOfOrder("opening");
+            drain(opening)?;
+            return Ok(Received::OutOfOrder("opening"));
         };
+        let (round, pow_nonce) = (opening.round(), opening.pow_nonce());
         let cells = match &self.state {
-            VerifierState::Challenged { challenge } if challenge.round == opening.round => {
-                if let Err(reason) = interactive_round_rule(opening) {
-                    return Received::Checked(Err(reason));
+            VerifierState::Challenged { challenge } if challenge.round == round => {
+                if let Err(reason) = interactive_round_rule(pow_nonce) {
+                    drain(opening)?;
+                    return Ok(Received::Checked(Err(reason)));
                 }
-                std::borrow::Cow::Borrowed(&challenge.cells[..])
+                Cow::Borrowed(&challenge.cells[..])
             }
-            VerifierState::AwaitOpening { round, nonce } if *round == opening.round => {
+            VerifierState::AwaitOpening { round: r, nonce } if *r == round => {
                 match non_interactive_round_rule(
                     commitment,
                     &self.config.params,
                     *nonce,
-                    opening,
+                    (round, pow_nonce),
                     self.faults,
                 ) {
-                    Ok(cells) => std::borrow::Cow::Owned(cells),
-                    Err(reason) => return Received::Checked(Err(reason)),
+                    Ok(cells) => Cow::Owned(cells),
+                    Err(reason) => {
+                        drain(opening)?;
+                        return Ok(Received::Checked(Err(reason)));
+                    }
                 }
             }
             VerifierState::Challenged { .. } | VerifierState::AwaitOpening { .. } => {
-                return Received::OutOfOrder("opening for another round")
+                drain(opening)?;
+                return Ok(Received::OutOfOrder("opening for another round"));
             }
-            _ => return Received::OutOfOrder("opening"),
+            _ => {
+                drain(opening)?;
+                return Ok(Received::OutOfOrder("opening"));
+            }
         };
-        let checked = check_opening_inner(
+        let checked = check_source(
             commitment,
             &cells,
             opening,
@@ -778,23 +814,26 @@ impl<R: Recompute> Verifier<R> {
             &self.recompute,
             &self.limits,
             self.faults,
-        );
-        Received::Checked(checked.map(|()| match self.config.mode {
-            Mode::NonInteractive => Some(opening.pow_nonce),
-            Mode::Interactive => None,
-        }))
+        )?;
+        Ok(Received::Checked(checked.map(
+            |()| match self.config.mode {
+                Mode::NonInteractive => Some(pow_nonce),
+                Mode::Interactive => None,
+            },
+        )))
     }
 
-    fn receive_opening_from(
+    fn receive_opening_from<'a, S: OpeningSource<'a>>(
         &mut self,
-        opening: &Opening,
+        opening: S,
         source: &mut dyn ChallengeSource,
-    ) -> Step {
-        match self.judge(opening) {
+    ) -> std::result::Result<Step, S::Error> {
+        let round = opening.round();
+        Ok(match self.judge(opening)? {
             Received::OutOfOrder(message) => self.out_of_order(message),
-            Received::Checked(Ok(nonce)) => self.next_round(opening.round + 1, nonce, source),
+            Received::Checked(Ok(nonce)) => self.next_round(round + 1, nonce, source),
             Received::Checked(Err(reason)) => self.decide(Verdict::Reject(reason)),
-        }
+        })
     }
 }
 
@@ -856,14 +895,66 @@ pub fn verify_recorded_with_limits<R: Recompute + ?Sized>(
     recompute: &R,
     expected: Option<&Statement>,
 ) -> Result<Verdict> {
+    let sources = openings.iter().map(|opening| Decoded { opening, next: 0 });
+    verify_recorded_sources(
+        commitment, config, limits, challenges, sources, recompute, expected,
+    )
+}
+
+/// [`verify_recorded_with_limits`] over openings read as they arrive ([`OpeningReader`], one
+/// per round, in round order): each opening's cells are checked as they are read and only the
+/// cells a later check needs are kept ([`Verifier::receive_opening_stream`]). The verdict is
+/// the one [`verify_recorded_with_limits`] gives on the decoded openings, and a malformed
+/// opening is an error here exactly when decoding it would be one: openings after the
+/// decision are still read to their end (tested).
+///
+/// # Errors
+/// As [`verify_recorded_with_limits`], and [`ProtocolError::Decode`] for an opening that is
+/// not a valid binary envelope.
+pub fn verify_recorded_streams<R: Recompute + ?Sized, S: Read>(
+    commitment: &Commitment,
+    config: &VerifierConfig,
+    limits: &VerifierLimits,
+    challenges: Option<&[Challenge]>,
+    openings: Vec<OpeningReader<S>>,
+    recompute: &R,
+    expected: Option<&Statement>,
+) -> Result<Verdict> {
+    verify_recorded_sources(
+        commitment,
+        config,
+        limits,
+        challenges,
+        openings.into_iter(),
+        recompute,
+        expected,
+    )
+}
+
+fn verify_recorded_sources<'a, R, S, I>(
+    commitment: &Commitment,
+    config: &VerifierConfig,
+    limits: &VerifierLimits,
+    challenges: Option<&[Challenge]>,
+    openings: I,
+    recompute: &R,
+    expected: Option<&Statement>,
+) -> Result<Verdict>
+where
+    R: Recompute + ?Sized,
+    S: OpeningSource<'a>,
+    S::Error: Into<ProtocolError>,
+    I: ExactSizeIterator<Item = S>,
+{
+    let count = openings.len();
     let mut verifier = Verifier::with_limits(config.clone(), recompute, *limits)?;
     let recorded: &[Challenge] = match (config.mode, challenges) {
         (Mode::Interactive, Some(cs)) => {
-            if cs.len() != openings.len() {
+            if cs.len() != count {
                 return Err(ProtocolError::InvalidParameter(format!(
                     "{} openings but {} recorded challenges: an interactive session records one \
                      challenge per opening",
-                    openings.len(),
+                    count,
                     cs.len()
                 )));
             }
@@ -893,11 +984,10 @@ pub fn verify_recorded_with_limits<R: Recompute + ?Sized>(
         }
         (Mode::NonInteractive, None) => &[],
     };
-    if openings.len() as u64 > u64::from(config.rounds) {
+    if count as u64 > u64::from(config.rounds) {
         return Err(ProtocolError::InvalidParameter(format!(
             "{} openings for a session of {} rounds",
-            openings.len(),
-            config.rounds
+            count, config.rounds
         )));
     }
     if let Some(s) = expected {
@@ -906,10 +996,14 @@ pub fn verify_recorded_with_limits<R: Recompute + ?Sized>(
     let mut source = Replay(recorded);
     let mut step = verifier.receive_commitment_from(commitment.clone(), &mut source);
     for opening in openings {
-        if let Step::Decided(v) = step {
-            return Ok(v);
+        if let Step::Decided(_) = step {
+            // decided: the rest is read only to report a malformed message as one
+            drain(opening).map_err(Into::into)?;
+            continue;
         }
-        step = verifier.receive_opening_from(opening, &mut source);
+        step = verifier
+            .receive_opening_from(opening, &mut source)
+            .map_err(Into::into)?;
     }
     Ok(match step {
         Step::Decided(v) => v,
@@ -917,8 +1011,7 @@ pub fn verify_recorded_with_limits<R: Recompute + ?Sized>(
             state: verifier.state().name().to_string(),
             message: format!(
                 "end of the recorded session: {} of {} rounds answered",
-                openings.len(),
-                config.rounds
+                count, config.rounds
             ),
         }),
     })
@@ -1040,6 +1133,114 @@ fn first_opening_difference(required: &[CellRange], opened: &[OpenedCell]) -> Op
     want.next().map(|cell| RejectReason::MissingCell { cell })
 }
 
+/// One opened cell as the check receives it: borrowed from a decoded [`Opening`], or owned
+/// (read from a stream).
+type CellBytes<'a> = (CellId, Cow<'a, [u8]>);
+
+/// The batch proof and the sub-layer part of an opening, borrowed or owned.
+type Tail<'a> = (Cow<'a, BatchProof>, Option<Cow<'a, SubLayerOpening>>);
+
+/// An opening as the verifier reads it: the head (round, nonce), then the cells in order, then
+/// the tail. A decoded [`Opening`] lends its parts ([`Decoded`]); an [`OpeningReader`] reads
+/// them as they arrive.
+trait OpeningSource<'a>: Sized {
+    /// A decoding error (none for a decoded opening).
+    type Error;
+    /// The round it answers.
+    fn round(&self) -> u32;
+    /// Its proof-of-work nonce.
+    fn pow_nonce(&self) -> u64;
+    /// The next opened cell.
+    fn next_cell(&mut self) -> std::result::Result<Option<CellBytes<'a>>, Self::Error>;
+    /// The rest of the cells, skipped, and the tail.
+    fn tail(self) -> std::result::Result<Tail<'a>, Self::Error>;
+}
+
+/// A decoded opening as an [`OpeningSource`]: its cells and tail are lent, not copied.
+struct Decoded<'s> {
+    opening: &'s Opening,
+    next: usize,
+}
+
+impl<'a, 's: 'a> OpeningSource<'a> for Decoded<'s> {
+    type Error = std::convert::Infallible;
+
+    fn round(&self) -> u32 {
+        self.opening.round
+    }
+
+    fn pow_nonce(&self) -> u64 {
+        self.opening.pow_nonce
+    }
+
+    fn next_cell(&mut self) -> std::result::Result<Option<CellBytes<'a>>, Self::Error> {
+        let cell = self.opening.cells.get(self.next);
+        self.next += 1;
+        Ok(cell.map(|oc| (oc.cell, Cow::Borrowed(&oc.data[..]))))
+    }
+
+    fn tail(self) -> std::result::Result<Tail<'a>, Self::Error> {
+        Ok((
+            Cow::Borrowed(&self.opening.proof),
+            self.opening.sublayers.as_ref().map(Cow::Borrowed),
+        ))
+    }
+}
+
+impl<'a, S: Read> OpeningSource<'a> for OpeningReader<S> {
+    type Error = ProtocolError;
+
+    fn round(&self) -> u32 {
+        OpeningReader::round(self)
+    }
+
+    fn pow_nonce(&self) -> u64 {
+        OpeningReader::pow_nonce(self)
+    }
+
+    fn next_cell(&mut self) -> Result<Option<CellBytes<'a>>> {
+        Ok(OpeningReader::next_cell(self)?.map(|oc| (oc.cell, Cow::Owned(oc.data))))
+    }
+
+    fn tail(self) -> Result<Tail<'a>> {
+        let tail = self.finish()?;
+        Ok((Cow::Owned(tail.proof), tail.sublayers.map(Cow::Owned)))
+    }
+}
+
+/// Reads the rest of `source` without checking it (an opening the verifier has already
+/// judged), so that a malformed message is still reported as one.
+fn drain<'a, S: OpeningSource<'a>>(mut source: S) -> std::result::Result<(), S::Error> {
+    while source.next_cell()?.is_some() {}
+    source.tail().map(|_| ())
+}
+
+/// Checks the opening `source` reads against the challenged cells (specs/protocol.md §11.2;
+/// see [`check_opening_with_limits`] for the steps): the outer `Err` is a decoding error of the
+/// source, the inner result the verdict on the opening. The source is always read to its end.
+#[allow(clippy::too_many_arguments)]
+fn check_source<'v, 'd, R: Recompute + ?Sized, S: OpeningSource<'d>>(
+    commitment: &'v Commitment,
+    challenged: &'v [CellId],
+    mut source: S,
+    tolerance: &'v TolerancePolicy,
+    method: LayerCheck,
+    recompute: &'v R,
+    limits: &VerifierLimits,
+    faults: Faults,
+) -> std::result::Result<std::result::Result<(), RejectReason>, S::Error> {
+    let mut check = OpeningCheck::start(
+        commitment, challenged, tolerance, method, recompute, limits, faults,
+    );
+    while let Some((cell, data)) = source.next_cell()? {
+        if let Ok(check) = &mut check {
+            check.cell(cell, data);
+        }
+    }
+    let (proof, sublayers) = source.tail()?;
+    Ok(check.and_then(|check| check.finish(&proof, sublayers.as_deref())))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_opening_inner<R: Recompute + ?Sized>(
     commitment: &Commitment,
@@ -1051,132 +1252,327 @@ fn check_opening_inner<R: Recompute + ?Sized>(
     limits: &VerifierLimits,
     faults: Faults,
 ) -> std::result::Result<(), RejectReason> {
-    let statement = &commitment.statement;
-    let g = &statement.geometry;
-    let bad_statement = |e: ProtocolError| RejectReason::GeometryMismatch {
-        detail: e.to_string(),
-    };
-    // 0. limits first (O(1)), then the opening set as runs (O(k log k)) and its size
-    limits.check_statement(statement).map_err(bad_statement)?;
-    limits
-        .check_samples(challenged.len() as u64)
-        .map_err(bad_statement)?;
-    if method.checks_sublayers() && statement.trace_level == TraceLevel::Hidden {
-        return Err(RejectReason::GeometryMismatch {
-            detail: format!(
-                "the verifier checks layers by {} and the statement commits hidden states only",
-                method.name()
-            ),
-        });
-    }
-    let required = statement
-        .opening_ranges(challenged)
-        .map_err(bad_statement)?;
-    let (mut required_cells, mut required_bytes) = opening_size(g, &required);
-    // the sub-layer runs and geometries (none for a hidden-only statement)
-    let mut sub_required: Vec<(SubLayerPart, TraceGeometry, Vec<CellRange>)> = Vec::new();
-    for part in SubLayerPart::ALL {
-        if let Some(sg) = statement.sublayer_geometry(part).map_err(bad_statement)? {
-            let runs = statement
-                .sublayer_ranges(challenged, part)
-                .map_err(bad_statement)?;
-            let (cells, bytes) = opening_size(&sg, &runs);
-            required_cells = required_cells.saturating_add(cells);
-            required_bytes = required_bytes.saturating_add(bytes);
-            sub_required.push((part, sg, runs));
-        }
-    }
-    limits
-        .check_opening_size(required_cells, required_bytes)
-        .map_err(bad_statement)?;
+    let source = Decoded { opening, next: 0 };
+    let Ok(verdict) = check_source(
+        commitment, challenged, source, tolerance, method, recompute, limits, faults,
+    );
+    verdict
+}
 
-    // the input tokens are the statement's text, tokenized (when it has text)
-    recompute.check_input(statement).map_err(bad_statement)?;
+/// The check of one opening as its cells arrive (specs/protocol.md §11.2).
+///
+/// Each cell is checked on arrival against step 1 (the next required cell), steps 2-3 (its
+/// length; its leaf digest is kept, 32 bytes) and step 4 (finite values). For a statement of
+/// hidden states whose challenge is sorted (always, from a verifier), a challenged cell is
+/// recomputed and compared (steps 5-6) as soon as it arrives: its inputs, the opened cells of
+/// the layer below, arrived before it (the opening is layer-major), and only the cells of the
+/// current and the previous layer are kept. A sub-layer statement's cells are checked after
+/// the tail, which holds the sub-layer values (every cell is kept).
+///
+/// The verdict is the one the steps give in their order, whatever the order of discovery: the
+/// first failure of each step is recorded and [`OpeningCheck::finish`] reports the earliest
+/// step's, so a streamed opening is judged exactly as the decoded one (tested). Once a
+/// failure is recorded, no cell is recomputed any more (its result could not be the verdict).
+struct OpeningCheck<'v, 'd, R: ?Sized> {
+    commitment: &'v Commitment,
+    challenged: &'v [CellId],
+    tolerance: &'v TolerancePolicy,
+    method: LayerCheck,
+    recompute: &'v R,
+    faults: Faults,
+    required: Vec<CellRange>,
+    sub_required: Vec<(SubLayerPart, TraceGeometry, Vec<CellRange>)>,
+    /// Step 1's walk: the run and chunk of the next required cell.
+    run: usize,
+    chunk: u32,
+    /// Steps 2-3: the leaf digests of the cells so far, with their leaf indices.
+    leaves: Vec<(u64, veritrace_commit::Digest)>,
+    /// The cells a later check needs, in arrival (leaf) order.
+    kept: Vec<CellBytes<'d>>,
+    /// Whether challenged cells are checked on arrival (else after the tail).
+    on_arrival: bool,
+    /// Challenged cells checked so far (on arrival).
+    checked: usize,
+    /// The first failure of step 1, of steps 2-3, of step 4 and of steps 5-6.
+    order: Option<RejectReason>,
+    shape: Option<RejectReason>,
+    finite: Option<RejectReason>,
+    cells: Option<RejectReason>,
+}
 
-    // 1. exactly the required cells, in order (sub-layer cells exactly when the statement has
-    //    them)
-    if let Some(reason) = first_opening_difference(&required, &opening.cells) {
-        return Err(reason);
-    }
-    match (&opening.sublayers, sub_required.is_empty()) {
-        (None, false) => {
+impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
+    /// Step 0: limits, the opening set and its size, the statement's input.
+    fn start(
+        commitment: &'v Commitment,
+        challenged: &'v [CellId],
+        tolerance: &'v TolerancePolicy,
+        method: LayerCheck,
+        recompute: &'v R,
+        limits: &VerifierLimits,
+        faults: Faults,
+    ) -> std::result::Result<Self, RejectReason> {
+        let statement = &commitment.statement;
+        let g = &statement.geometry;
+        // 0. limits first (O(1)), then the opening set as runs (O(k log k)) and its size
+        limits.check_statement(statement).map_err(bad_statement)?;
+        limits
+            .check_samples(challenged.len() as u64)
+            .map_err(bad_statement)?;
+        if method.checks_sublayers() && statement.trace_level == TraceLevel::Hidden {
             return Err(RejectReason::GeometryMismatch {
-                detail: "the statement commits sub-layer values and the opening has none".into(),
-            })
-        }
-        (Some(_), true) => {
-            return Err(RejectReason::GeometryMismatch {
-                detail: "the opening has sub-layer values and the statement commits hidden \
-                         states only"
-                    .into(),
-            })
-        }
-        (Some(sub), false) => {
-            for (part, _, runs) in &sub_required {
-                if let Some(reason) = first_opening_difference(runs, sub.get(*part).0) {
-                    return Err(reason);
-                }
-            }
-        }
-        (None, true) => {}
-    }
-
-    // 2-3. lengths, leaves, batch proofs
-    check_cells_against_root(
-        g,
-        statement,
-        &commitment.root,
-        &opening.cells,
-        &opening.proof,
-        faults,
-    )?;
-    if let (Some(sub), Some(roots)) = (&opening.sublayers, &commitment.sublayer_roots) {
-        for (part, sg, _) in &sub_required {
-            let (cells, proof) = sub.get(*part);
-            check_cells_against_root(sg, statement, roots.get(*part), cells, proof, faults)?;
-        }
-    }
-    debug_assert!(statement.hasher.is_canonical(&commitment.root));
-
-    // 4. non-finite values are rejected before any comparison
-    for oc in &opening.cells {
-        if let Some(index) = first_non_finite(g.dtype, &oc.data) {
-            return Err(RejectReason::NonFinite {
-                cell: oc.cell,
-                index,
+                detail: format!(
+                    "the verifier checks layers by {} and the statement commits hidden states only",
+                    method.name()
+                ),
             });
         }
-    }
-    if let Some(sub) = &opening.sublayers {
+        let required = statement
+            .opening_ranges(challenged)
+            .map_err(bad_statement)?;
+        let (mut required_cells, mut required_bytes) = opening_size(g, &required);
+        // the sub-layer runs and geometries (none for a hidden-only statement)
+        let mut sub_required: Vec<(SubLayerPart, TraceGeometry, Vec<CellRange>)> = Vec::new();
         for part in SubLayerPart::ALL {
-            for oc in sub.get(part).0 {
-                if let Some(index) = first_non_finite(Dtype::F32, &oc.data) {
-                    // reported in hidden-trace coordinates (sub-layer s is layer s + 1)
-                    return Err(RejectReason::NonFinite {
-                        cell: CellId {
-                            layer: oc.cell.layer + 1,
-                            chunk: oc.cell.chunk,
-                        },
-                        index,
-                    });
-                }
+            if let Some(sg) = statement.sublayer_geometry(part).map_err(bad_statement)? {
+                let runs = statement
+                    .sublayer_ranges(challenged, part)
+                    .map_err(bad_statement)?;
+                let (cells, bytes) = opening_size(&sg, &runs);
+                required_cells = required_cells.saturating_add(cells);
+                required_bytes = required_bytes.saturating_add(bytes);
+                sub_required.push((part, sg, runs));
+            }
+        }
+        limits
+            .check_opening_size(required_cells, required_bytes)
+            .map_err(bad_statement)?;
+        // the input tokens are the statement's text, tokenized (when it has text)
+        recompute.check_input(statement).map_err(bad_statement)?;
+        let chunk = required.first().map_or(0, |r| r.chunks.start);
+        let on_arrival = sub_required.is_empty() && challenged.windows(2).all(|w| w[0] < w[1]);
+        Ok(OpeningCheck {
+            commitment,
+            challenged,
+            tolerance,
+            method,
+            recompute,
+            faults,
+            required,
+            sub_required,
+            run: 0,
+            chunk,
+            leaves: Vec::new(),
+            kept: Vec::new(),
+            on_arrival,
+            checked: 0,
+            order: None,
+            shape: None,
+            finite: None,
+            cells: None,
+        })
+    }
+
+    /// Step 1's next required cell.
+    fn next_required(&mut self) -> Option<CellId> {
+        while let Some(r) = self.required.get(self.run) {
+            if self.chunk < r.chunks.end {
+                let cell = CellId {
+                    layer: r.layer,
+                    chunk: self.chunk,
+                };
+                self.chunk += 1;
+                return Some(cell);
+            }
+            self.run += 1;
+            self.chunk = self.required.get(self.run).map_or(0, |r| r.chunks.start);
+        }
+        None
+    }
+
+    /// Whether `cell` is in the opening set.
+    fn required_contains(&self, cell: CellId) -> bool {
+        let i = self
+            .required
+            .partition_point(|r| (r.layer, r.chunks.end) <= (cell.layer, cell.chunk));
+        self.required.get(i).is_some_and(|r| r.contains(cell))
+    }
+
+    /// Steps 1-4 (and 5-6 on arrival) for the next opened cell.
+    fn cell(&mut self, cell: CellId, data: Cow<'d, [u8]>) {
+        if self.order.is_some() {
+            return;
+        }
+        // 1. the next required cell (the first difference names the missing or unexpected one)
+        match self.next_required() {
+            Some(want) if want == cell => {}
+            Some(want) if self.required_contains(cell) => {
+                self.order = Some(RejectReason::MissingCell { cell: want });
+                return;
+            }
+            _ => {
+                self.order = Some(RejectReason::UnexpectedCell { cell });
+                return;
+            }
+        }
+        if self.shape.is_some() {
+            return;
+        }
+        // 2-3. its length, and its leaf digest for the batch proof
+        let statement = &self.commitment.statement;
+        let g = &statement.geometry;
+        match cell_leaf(g, statement, cell, &data, 0) {
+            Ok(leaf) => self.leaves.push(leaf),
+            Err(reason) => {
+                self.shape = Some(reason);
+                return;
+            }
+        }
+        // 4. finite values
+        if self.finite.is_none() {
+            if let Some(index) = first_non_finite(g.dtype, &data) {
+                self.finite = Some(RejectReason::NonFinite { cell, index });
+            }
+        }
+        if self.finite.is_some() || self.cells.is_some() {
+            return;
+        }
+        if !self.on_arrival {
+            self.kept.push((cell, data));
+            return;
+        }
+        // only the previous layer's cells are inputs of this layer's challenged cells
+        let stale = self.kept.partition_point(|(c, _)| c.layer + 1 < cell.layer);
+        self.kept.drain(..stale);
+        self.kept.push((cell, data));
+        // 5-6. a challenged cell as soon as it is here (its inputs came before it)
+        if self.challenged.get(self.checked) == Some(&cell) {
+            self.checked += 1;
+            if let Err(reason) = self.check_cell(cell, None) {
+                self.cells = Some(reason);
             }
         }
     }
 
-    // 5-6. recompute or check algebraically, and compare
-    let row_len = g.row_byte_len();
-    for &cell in challenged {
+    /// The remaining steps once the cells are read: what was missing, the sub-layer cells, the
+    /// batch proofs, and the challenged cells not yet checked; then the first failure in the
+    /// order of the steps.
+    fn finish(
+        mut self,
+        proof: &BatchProof,
+        sublayers: Option<&SubLayerOpening>,
+    ) -> std::result::Result<(), RejectReason> {
+        let statement = &self.commitment.statement;
+        let g = &statement.geometry;
+        // 1. exactly the required cells, in order (sub-layer cells exactly when the statement
+        //    has them)
+        if let Some(reason) = self.order.take() {
+            return Err(reason);
+        }
+        if let Some(cell) = self.next_required() {
+            return Err(RejectReason::MissingCell { cell });
+        }
+        match (sublayers, self.sub_required.is_empty()) {
+            (None, false) => {
+                return Err(RejectReason::GeometryMismatch {
+                    detail: "the statement commits sub-layer values and the opening has none"
+                        .into(),
+                })
+            }
+            (Some(_), true) => {
+                return Err(RejectReason::GeometryMismatch {
+                    detail: "the opening has sub-layer values and the statement commits hidden \
+                             states only"
+                        .into(),
+                })
+            }
+            (Some(sub), false) => {
+                for (part, _, runs) in &self.sub_required {
+                    if let Some(reason) = first_opening_difference(runs, sub.get(*part).0) {
+                        return Err(reason);
+                    }
+                }
+            }
+            (None, true) => {}
+        }
+
+        // 2-3. lengths, leaves, batch proofs
+        if let Some(reason) = self.shape.take() {
+            return Err(reason);
+        }
+        check_leaves(
+            statement,
+            &self.commitment.root,
+            g.num_cells(),
+            &self.leaves,
+            proof,
+            self.faults,
+        )?;
+        if let (Some(sub), Some(roots)) = (sublayers, &self.commitment.sublayer_roots) {
+            for (part, sg, _) in &self.sub_required {
+                let (cells, proof) = sub.get(*part);
+                check_cells_against_root(
+                    sg,
+                    statement,
+                    roots.get(*part),
+                    cells,
+                    proof,
+                    self.faults,
+                )?;
+            }
+        }
+        debug_assert!(statement.hasher.is_canonical(&self.commitment.root));
+
+        // 4. non-finite values are rejected before any comparison
+        if let Some(reason) = self.finite.take() {
+            return Err(reason);
+        }
+        if let Some(sub) = sublayers {
+            for part in SubLayerPart::ALL {
+                for oc in sub.get(part).0 {
+                    if let Some(index) = first_non_finite(Dtype::F32, &oc.data) {
+                        // reported in hidden-trace coordinates (sub-layer s is layer s + 1)
+                        return Err(RejectReason::NonFinite {
+                            cell: CellId {
+                                layer: oc.cell.layer + 1,
+                                chunk: oc.cell.chunk,
+                            },
+                            index,
+                        });
+                    }
+                }
+            }
+        }
+
+        // 5-6. recompute or check algebraically, and compare
+        if let Some(reason) = self.cells.take() {
+            return Err(reason);
+        }
+        for &cell in &self.challenged[self.checked..] {
+            self.check_cell(cell, sublayers)?;
+        }
+        Ok(())
+    }
+
+    /// Steps 5-6 for challenged cell `cell`, from the kept cells (and the sub-layer values).
+    fn check_cell(
+        &self,
+        cell: CellId,
+        sublayers: Option<&SubLayerOpening>,
+    ) -> std::result::Result<(), RejectReason> {
+        let statement = &self.commitment.statement;
+        let g = &statement.geometry;
+        let recompute = self.recompute;
+        let row_len = g.row_byte_len();
         let rows = g.cell_rows(cell).map_err(|e| bad_statement(e.into()))?;
         let failed = |e: ProtocolError| RejectReason::RecomputeFailed {
             cell,
             detail: e.to_string(),
         };
         // every challenged cell is in the opening (step 1), which is sorted
-        let Ok(at) = opening.cells.binary_search_by_key(&cell, |oc| oc.cell) else {
+        let Ok(at) = self.kept.binary_search_by_key(&cell, |(c, _)| *c) else {
             return Err(RejectReason::MissingCell { cell });
         };
-        let claimed = &opening.cells[at].data;
+        let claimed = &self.kept[at].1;
         let compare = |recomputed: &[u8]| -> std::result::Result<(), RejectReason> {
             if recomputed.len() != claimed.len() {
                 return Err(failed(ProtocolError::Engine(format!(
@@ -1185,7 +1581,7 @@ fn check_opening_inner<R: Recompute + ?Sized>(
                     claimed.len()
                 ))));
             }
-            tolerance
+            self.tolerance
                 .check(cell.layer, g.dtype, claimed, recomputed)
                 .map_err(failed)?
                 .map_err(|violation| RejectReason::Tolerance { cell, violation })?;
@@ -1194,8 +1590,9 @@ fn check_opening_inner<R: Recompute + ?Sized>(
         match statement.input_rows(cell).map_err(bad_statement)? {
             None => compare(&recompute.embed(statement, rows.clone()).map_err(failed)?)?,
             Some(input_rows) => {
-                let inputs = gather_rows(g, &opening.cells, cell.layer - 1, input_rows.clone());
-                if method.recomputes() {
+                let inputs =
+                    gather_rows(g, &self.kept, kept_cell, cell.layer - 1, input_rows.clone());
+                if self.method.recomputes() {
                     let recomputed = recompute
                         .layer(
                             statement,
@@ -1207,18 +1604,21 @@ fn check_opening_inner<R: Recompute + ?Sized>(
                         .map_err(failed)?;
                     compare(&recomputed)?;
                 }
-                if method.checks_sublayers() {
-                    let sub = opening
-                        .sublayers
-                        .as_ref()
-                        .ok_or(RejectReason::MissingCell { cell })?;
-                    let (ctx_g, cell_g) = match &sub_required[..] {
+                if self.method.checks_sublayers() {
+                    let sub = sublayers.ok_or(RejectReason::MissingCell { cell })?;
+                    let (ctx_g, cell_g) = match &self.sub_required[..] {
                         [(_, a, _), (_, b, _)] => (a, b),
                         _ => return Err(RejectReason::MissingCell { cell }),
                     };
-                    let context =
-                        gather_rows(ctx_g, &sub.context, cell.layer - 1, input_rows.clone());
-                    let cell_values = gather_rows(cell_g, &sub.cell, cell.layer - 1, rows.clone());
+                    let context = gather_rows(
+                        ctx_g,
+                        &sub.context,
+                        opened_cell,
+                        cell.layer - 1,
+                        input_rows.clone(),
+                    );
+                    let cell_values =
+                        gather_rows(cell_g, &sub.cell, opened_cell, cell.layer - 1, rows.clone());
                     match recompute
                         .check_sublayers(
                             statement,
@@ -1258,46 +1658,55 @@ fn check_opening_inner<R: Recompute + ?Sized>(
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
-/// Steps 2-3 for one tree: every opened cell has its shape's byte length (reported in
-/// hidden-trace coordinates for a sub-layer tree), and the batch proof opens their leaves under
-/// `root`.
-fn check_cells_against_root(
+/// A rejection for a statement the verifier cannot check (over a limit, or inconsistent).
+fn bad_statement(e: ProtocolError) -> RejectReason {
+    RejectReason::GeometryMismatch {
+        detail: e.to_string(),
+    }
+}
+
+/// Step 2 for one cell of tree `g`: its byte length (reported in hidden-trace coordinates,
+/// `shift` layers up for a sub-layer tree); then its leaf index and digest.
+fn cell_leaf(
     g: &TraceGeometry,
     statement: &Statement,
-    root: &veritrace_commit::Digest,
-    cells: &[OpenedCell],
-    proof: &veritrace_commit::BatchProof,
-    faults: Faults,
-) -> std::result::Result<(), RejectReason> {
-    let bad_statement = |e: veritrace_commit::CommitError| RejectReason::GeometryMismatch {
+    cell: CellId,
+    data: &[u8],
+    shift: u32,
+) -> std::result::Result<(u64, veritrace_commit::Digest), RejectReason> {
+    let bad = |e: veritrace_commit::CommitError| RejectReason::GeometryMismatch {
         detail: e.to_string(),
     };
-    // a sub-layer geometry has one layer fewer than the hidden one
-    let shift = statement.geometry.layers - g.layers;
-    let mut leaves = Vec::with_capacity(cells.len());
-    for oc in cells {
-        let range = g.cell_byte_range(oc.cell).map_err(bad_statement)?;
-        if oc.data.len() != range.len() {
-            return Err(RejectReason::WrongCellLength {
-                cell: CellId {
-                    layer: oc.cell.layer + shift,
-                    chunk: oc.cell.chunk,
-                },
-                expected: range.len() as u64,
-                got: oc.data.len() as u64,
-            });
-        }
-        let leaf = g
-            .hash_cell(&statement.hasher, oc.cell, &oc.data)
-            .map_err(bad_statement)?;
-        let index = g.cell_index(oc.cell).map_err(bad_statement)?;
-        leaves.push((index, leaf));
+    let range = g.cell_byte_range(cell).map_err(bad)?;
+    if data.len() != range.len() {
+        return Err(RejectReason::WrongCellLength {
+            cell: CellId {
+                layer: cell.layer + shift,
+                chunk: cell.chunk,
+            },
+            expected: range.len() as u64,
+            got: data.len() as u64,
+        });
     }
-    if cells.is_empty() {
+    let leaf = g.hash_cell(&statement.hasher, cell, data).map_err(bad)?;
+    let index = g.cell_index(cell).map_err(bad)?;
+    Ok((index, leaf))
+}
+
+/// Step 3 for one tree: the batch proof opens `leaves` under `root` (a tree of `size` leaves).
+fn check_leaves(
+    statement: &Statement,
+    root: &veritrace_commit::Digest,
+    size: u64,
+    leaves: &[(u64, veritrace_commit::Digest)],
+    proof: &BatchProof,
+    faults: Faults,
+) -> std::result::Result<(), RejectReason> {
+    if leaves.is_empty() {
         // a sub-layer part with no cell (a challenge of layer-0 cells only) has an empty proof
         if !proof.siblings.is_empty() {
             return Err(RejectReason::BadProof {
@@ -1310,7 +1719,7 @@ fn check_cells_against_root(
         return Ok(());
     }
     if !faults.skip_proof_check {
-        verify_batch(&statement.hasher, root, g.num_cells(), &leaves, proof).map_err(|e| {
+        verify_batch(&statement.hasher, root, size, leaves, proof).map_err(|e| {
             RejectReason::BadProof {
                 detail: e.to_string(),
             }
@@ -1319,21 +1728,57 @@ fn check_cells_against_root(
     Ok(())
 }
 
+/// Steps 2-3 for a tree whose cells are all at hand (a sub-layer part): every opened cell has
+/// its shape's byte length, and the batch proof opens their leaves under `root`.
+fn check_cells_against_root(
+    g: &TraceGeometry,
+    statement: &Statement,
+    root: &veritrace_commit::Digest,
+    cells: &[OpenedCell],
+    proof: &BatchProof,
+    faults: Faults,
+) -> std::result::Result<(), RejectReason> {
+    // a sub-layer geometry has one layer fewer than the hidden one
+    let shift = statement.geometry.layers - g.layers;
+    let leaves = cells
+        .iter()
+        .map(|oc| cell_leaf(g, statement, oc.cell, &oc.data, shift))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    check_leaves(statement, root, g.num_cells(), &leaves, proof, faults)
+}
+
+/// A kept cell's position and bytes (for [`gather_rows`]).
+fn kept_cell<'c>(c: &'c CellBytes<'_>) -> (CellId, &'c [u8]) {
+    (c.0, &c.1)
+}
+
+/// An opened cell's position and bytes (for [`gather_rows`]).
+fn opened_cell(c: &OpenedCell) -> (CellId, &[u8]) {
+    (c.cell, &c.data)
+}
+
 /// Concatenates rows `rows` of `layer` from the opened cells (all present and sorted: checked
 /// before), visiting only the opened cells that cover them.
-fn gather_rows(g: &TraceGeometry, cells: &[OpenedCell], layer: u32, rows: Range<u32>) -> Vec<u8> {
+fn gather_rows<C>(
+    g: &TraceGeometry,
+    cells: &[C],
+    part: fn(&C) -> (CellId, &[u8]),
+    layer: u32,
+    rows: Range<u32>,
+) -> Vec<u8> {
     let row_len = g.row_byte_len();
     let mut out = Vec::with_capacity((rows.end - rows.start) as usize * row_len);
     let first = CellId {
         layer,
         chunk: rows.start / g.chunk,
     };
-    let start = cells.partition_point(|oc| oc.cell < first);
-    for oc in cells[start..]
+    let start = cells.partition_point(|c| part(c).0 < first);
+    for (cell, data) in cells[start..]
         .iter()
-        .take_while(|oc| oc.cell.layer == layer)
+        .map(part)
+        .take_while(|(cell, _)| cell.layer == layer)
     {
-        let Ok(cell_rows) = g.cell_rows(oc.cell) else {
+        let Ok(cell_rows) = g.cell_rows(cell) else {
             break;
         };
         if cell_rows.start >= rows.end {
@@ -1344,7 +1789,7 @@ fn gather_rows(g: &TraceGeometry, cells: &[OpenedCell], layer: u32, rows: Range<
         if lo < hi {
             let a = (lo - cell_rows.start) as usize * row_len;
             let b = (hi - cell_rows.start) as usize * row_len;
-            out.extend_from_slice(&oc.data[a..b]);
+            out.extend_from_slice(&data[a..b]);
         }
     }
     out
@@ -1359,4 +1804,198 @@ fn first_non_finite(dtype: Dtype, data: &[u8]) -> Option<u64> {
         .iter()
         .position(|v| !v.is_finite())
         .map(|i| i as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The opening check discovers failures as cells arrive; these tests compare its verdicts
+    //! with the same check evaluated in the order of the steps (every cell kept, challenged
+    //! cells checked after the tail, as the decoded opening was checked before streaming), and
+    //! bound what it keeps.
+
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{RngCore, SeedableRng};
+    use veritrace_commit::{Digest, HasherId};
+
+    use super::*;
+    use crate::toy::ToyEngine;
+    use crate::{Dependency, OutputRule, Prover, PROTOCOL_VERSION};
+
+    fn statement(dependency: Dependency, layers: u32, chunk: u32) -> Statement {
+        let n_out = if dependency == Dependency::Bidirectional {
+            0
+        } else {
+            5
+        };
+        let input: Vec<u32> = (0..14 - n_out as u32).map(|i| 3 + 7 * i).collect();
+        let output = ToyEngine::default()
+            .generate(dependency, layers, 4, &input, n_out)
+            .unwrap();
+        Statement {
+            version: PROTOCOL_VERSION,
+            model_digest: Digest([0xab; 32]),
+            setup: b"toy/f32".to_vec(),
+            geometry: TraceGeometry::new(layers, 14, 4, chunk, Dtype::F32).unwrap(),
+            input_tokens: input,
+            output_tokens: output,
+            hasher: HasherId::Blake3,
+            dependency,
+            output_rule: OutputRule::Greedy,
+            input_text: None,
+            engine: None,
+            trace_level: TraceLevel::Hidden,
+        }
+    }
+
+    /// The verdict with challenged cells checked on arrival (`on_arrival`) or in step order,
+    /// and the most layers the check kept at once.
+    fn verdict(
+        commitment: &Commitment,
+        challenged: &[CellId],
+        opening: &Opening,
+        tolerance: &TolerancePolicy,
+        on_arrival: bool,
+    ) -> (std::result::Result<(), RejectReason>, u32) {
+        let engine = ToyEngine::default();
+        let mut check = match OpeningCheck::start(
+            commitment,
+            challenged,
+            tolerance,
+            LayerCheck::Recompute,
+            &engine,
+            &VerifierLimits::default(),
+            Faults::default(),
+        ) {
+            Ok(check) => check,
+            Err(reason) => return (Err(reason), 0),
+        };
+        check.on_arrival &= on_arrival;
+        let mut most = 0;
+        for oc in &opening.cells {
+            check.cell(oc.cell, Cow::Borrowed(&oc.data));
+            if let (Some(first), Some(last)) = (check.kept.first(), check.kept.last()) {
+                most = most.max(last.0.layer - first.0.layer + 1);
+            }
+        }
+        (
+            check.finish(&opening.proof, opening.sublayers.as_ref()),
+            most,
+        )
+    }
+
+    /// A random trace change before the commitment (a cheat the proof covers) or a random
+    /// change of the opening after it (one the proof may not cover).
+    fn tamper(
+        s: &Statement,
+        trace: &mut [Vec<u8>],
+        opening: Option<&mut Opening>,
+        r: &mut ChaCha20Rng,
+    ) {
+        let pick = |r: &mut ChaCha20Rng, n: usize| (r.next_u32() as usize) % n.max(1);
+        match opening {
+            None => {
+                let l = pick(r, trace.len());
+                let i = pick(r, trace[l].len() / 4) * 4;
+                let v = match r.next_u32() % 4 {
+                    0 => f32::NAN,
+                    1 => f32::INFINITY,
+                    2 => 1e3,
+                    _ => f32::from_le_bytes(trace[l][i..i + 4].try_into().unwrap()) + 1e-3,
+                };
+                trace[l][i..i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            Some(o) => match r.next_u32() % 6 {
+                0 if !o.cells.is_empty() => {
+                    let c = pick(r, o.cells.len());
+                    let b = pick(r, o.cells[c].data.len());
+                    o.cells[c].data[b] ^= 1 << (r.next_u32() % 8);
+                }
+                1 if !o.cells.is_empty() => {
+                    let c = pick(r, o.cells.len());
+                    o.cells.remove(c);
+                }
+                2 if o.cells.len() > 1 => {
+                    let c = pick(r, o.cells.len() - 1);
+                    o.cells.swap(c, c + 1);
+                }
+                3 if !o.cells.is_empty() => {
+                    let c = pick(r, o.cells.len());
+                    o.cells[c].data.truncate(4);
+                }
+                4 if !o.proof.siblings.is_empty() => {
+                    let c = pick(r, o.proof.siblings.len());
+                    o.proof.siblings[c].0[0] ^= 1;
+                }
+                _ => {
+                    let c = pick(r, o.cells.len());
+                    let extra = CellId {
+                        layer: (r.next_u32() % s.geometry.layers),
+                        chunk: (r.next_u32() % s.geometry.chunks_per_layer()),
+                    };
+                    o.cells.insert(
+                        c,
+                        OpenedCell {
+                            cell: extra,
+                            data: vec![0; s.geometry.row_byte_len()],
+                        },
+                    );
+                }
+            },
+        }
+    }
+
+    #[test]
+    fn failures_found_on_arrival_give_the_verdict_of_the_steps_in_order() {
+        let mut r = ChaCha20Rng::from_seed([7; 32]);
+        let mut rejected = 0;
+        for case in 0..600u32 {
+            let dependency = match case % 3 {
+                0 => Dependency::Causal,
+                1 => Dependency::Bidirectional,
+                _ => Dependency::Window { size: 5 },
+            };
+            let s = statement(dependency, 2 + case % 4, 1 + case % 4);
+            let mut trace = ToyEngine::default().trace_bytes(&s).unwrap();
+            for _ in 0..r.next_u32() % 4 {
+                tamper(&s, &mut trace, None, &mut r);
+            }
+            let mut prover = Prover::new(s.clone(), trace).unwrap();
+            let commitment = prover.commit().unwrap();
+            let seed = {
+                let mut seed = [0u8; 32];
+                r.fill_bytes(&mut seed);
+                seed
+            };
+            let challenged = sample_cells(
+                &s,
+                1 + r.next_u32() % 4,
+                crate::SamplingStrategy::Uniform,
+                seed,
+            )
+            .unwrap();
+            let mut opening = prover.open_cells(0, &challenged, 0).unwrap();
+            // a third of the openings are changed after the commitment
+            for _ in 0..(r.next_u32() % 6).saturating_sub(3) {
+                tamper(&s, &mut [], Some(&mut opening), &mut r);
+            }
+            let tolerance = if case % 2 == 0 {
+                TolerancePolicy::Exact
+            } else {
+                TolerancePolicy::Threshold(crate::tolerance::ThresholdPolicy::new(
+                    crate::tolerance::Metric::MaxAbs,
+                    crate::tolerance::PerLayer {
+                        default: 1e-2,
+                        overrides: Default::default(),
+                    },
+                ))
+            };
+            let (streamed, most) = verdict(&commitment, &challenged, &opening, &tolerance, true);
+            let (in_order, _) = verdict(&commitment, &challenged, &opening, &tolerance, false);
+            assert_eq!(streamed, in_order, "case {case}");
+            assert!(most <= 2, "case {case}: kept {most} layers");
+            rejected += usize::from(streamed.is_err());
+        }
+        // both kinds of outcome occur, many times
+        assert!((100..500).contains(&rejected), "{rejected} of 600 rejected");
+    }
 }

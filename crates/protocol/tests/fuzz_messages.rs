@@ -10,6 +10,7 @@
 //! coverage-guided fuzzer where one is installed.
 
 use veritrace_protocol::calibration::CalibratedPolicy;
+use veritrace_protocol::encoding::MAX_MESSAGE_BYTES;
 use veritrace_protocol::tolerance::TolerancePolicy;
 use veritrace_protocol::{Challenge, Commitment, Message, Opening, Statement, Verdict};
 
@@ -69,6 +70,10 @@ fn decode_all(bytes: &[u8]) {
     one::<Challenge>(bytes);
     one::<Opening>(bytes);
     one::<Verdict>(bytes);
+    // the streaming reader accepts exactly what the decoder accepts, as the same opening
+    let streamed = veritrace_protocol::stream::OpeningReader::new(bytes, MAX_MESSAGE_BYTES)
+        .and_then(|r| r.into_opening());
+    assert_eq!(streamed.ok(), Opening::from_bytes(bytes).ok());
 }
 
 fn budget(len: usize) -> usize {
