@@ -2729,12 +2729,18 @@ impl Arith<'_> {
         } else {
             (0..nh).map(head).collect::<Result<_>>()?
         };
-        let mut attn = vec![0f32; n * qd];
-        for (h, out) in heads.iter().enumerate() {
-            for r in 0..n {
-                attn[r * qd + h * hd..r * qd + (h + 1) * hd]
-                    .copy_from_slice(&out[r * hd..(r + 1) * hd]);
+        // the heads side by side in each row (by rows on the pool: a serial copy here would
+        // hold the second thread back)
+        let mut attn = inv::zeros(n * qd);
+        let gather = |(r, row): (usize, &mut [f32])| {
+            for (h, out) in heads.iter().enumerate() {
+                row[h * hd..(h + 1) * hd].copy_from_slice(&out[r * hd..(r + 1) * hd]);
             }
+        };
+        if inv::parallel(n * qd) {
+            attn.par_chunks_mut(qd).enumerate().for_each(gather);
+        } else {
+            attn.chunks_mut(qd).enumerate().for_each(gather);
         }
         Ok(attn)
     }
