@@ -6,7 +6,8 @@
 //! bit-for-bit identical to the same rows of a full forward.
 //!
 //! * [`ModelConfig`] (presets `tiny` and `small`) and [`LlamaModel`]: the decoder, its seeded
-//!   weights ([`llama`] documents the rule) and its [`LlamaModel::digest`].
+//!   weights ([`llama`] documents the rule) and its [`LlamaModel::digest`]; [`preset_cache`]
+//!   keeps the presets' weights in a file so that a process need not draw them again.
 //! * [`Setup`]: the numeric setup, with a canonical string form
 //!   (`bf16/attn=tiled:64/quant=int8-channel/splitk=4`; [`setup`] has the grammar): precision
 //!   f32/bf16/f16, eager / tiled online-softmax / sliding-window / top-k attention, int8 and
@@ -56,6 +57,7 @@ pub mod invariant;
 pub mod kernels;
 pub mod llama;
 mod ops;
+pub mod preset_cache;
 pub mod quant;
 mod recompute;
 pub use recompute::RecomputeOn;

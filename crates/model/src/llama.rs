@@ -1099,6 +1099,14 @@ fn tensor_specs(c: &ModelConfig) -> Vec<(String, Vec<usize>, Init)> {
     specs
 }
 
+/// How many f32 elements the weights of `c` hold, all tensors together.
+pub(crate) fn weight_elements(c: &ModelConfig) -> u64 {
+    tensor_specs(c)
+        .iter()
+        .map(|(_, shape, _)| shape.iter().product::<usize>() as u64)
+        .sum()
+}
+
 /// The seeded weights, `(name, shape, elements)` in the documented order.
 fn seeded_weights(c: &ModelConfig) -> Vec<NamedTensor> {
     use rayon::prelude::*;
@@ -1142,6 +1150,36 @@ fn seeded_weights(c: &ModelConfig) -> Vec<NamedTensor> {
             (name, shape, data)
         })
         .collect()
+}
+
+/// Writes `tensors` as one F32 safetensors file at `path` (created or truncated), in the order
+/// given: [`LlamaModel::save`]'s `model.safetensors` and the preset cache's files.
+pub(crate) fn write_weights(tensors: &[NamedTensor], path: &Path) -> Result<()> {
+    let bad = |e: safetensors::SafeTensorError| ModelError::Checkpoint {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    // The elements' little-endian bytes: the values' own bytes on a little-endian machine.
+    let bytes: Vec<std::borrow::Cow<'_, [u8]>> = tensors
+        .iter()
+        .map(|(_, _, d)| {
+            if cfg!(target_endian = "little") {
+                std::borrow::Cow::Borrowed(bytemuck::cast_slice::<f32, u8>(d))
+            } else {
+                std::borrow::Cow::Owned(d.iter().flat_map(|v| v.to_le_bytes()).collect())
+            }
+        })
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (name.as_str(), v))
+                .map_err(bad)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, None, path).map_err(bad)
 }
 
 /// The engine-independent digest ([`crate::digest`], `specs/model-digest.md`): architecture
@@ -1317,33 +1355,49 @@ impl LlamaModel {
         let json = serde_json::to_string_pretty(&HfLlamaConfig::from_config(&self.config))
             .map_err(|e| ModelError::InvalidConfig(e.to_string()))?;
         std::fs::write(&config_path, json).map_err(io(&config_path))?;
-        let tensors = self.named_tensors()?;
-        let bytes: Vec<Vec<u8>> = tensors
-            .iter()
-            .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
-            .collect();
-        let path = dir.join("model.safetensors");
-        let views = tensors
-            .iter()
-            .zip(&bytes)
-            .map(|((name, shape, _), b)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                    .map(|v| (name.as_str(), v))
-                    .map_err(|e| ModelError::Checkpoint {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize_to_file(views, None, &path).map_err(|e| ModelError::Checkpoint {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        write_weights(&self.named_tensors()?, &dir.join("model.safetensors"))
     }
 
-    /// The model of a named preset (`tiny` or `small`).
+    /// The model of a named preset (`tiny` or `small`), served from the preset cache when it
+    /// holds a copy with the preset's known digest ([`crate::preset_cache`]: the directory of
+    /// [`crate::preset_cache::cache_dir`], `VERITRACE_CACHE_DIR=off` for none), else built from
+    /// its seed (and then cached). The model is the same either way.
     pub fn preset(name: &str) -> Result<Self> {
-        Self::new(ModelConfig::preset(name)?)
+        Self::preset_cached(name, crate::preset_cache::cache_dir().as_deref())
+    }
+
+    /// [`LlamaModel::preset`] with the cache directory given: `None` builds the seeded weights
+    /// and caches nothing. With a directory, a cached file
+    /// ([`crate::preset_cache::cache_file`]) is used only if it loads as this preset with
+    /// exactly its known digest ([`crate::preset_cache::known_digest`]); anything else (missing,
+    /// unreadable, truncated, other values) is ignored, the weights are drawn from the seed and
+    /// the file is rewritten atomically. Failing to write the cache is ignored too.
+    ///
+    /// # Errors
+    /// [`ModelError::UnknownPreset`]; never because of the cache.
+    pub fn preset_cached(name: &str, cache_dir: Option<&Path>) -> Result<Self> {
+        let config = ModelConfig::preset(name)?;
+        let (Some(path), Some(known)) = (
+            cache_dir.and_then(|dir| crate::preset_cache::cache_file(dir, name)),
+            crate::preset_cache::known_digest(name),
+        ) else {
+            return Self::new(config);
+        };
+        if let Some(model) = crate::preset_cache::load(&path, &config, known) {
+            return Ok(model);
+        }
+        config.validate()?;
+        let tensors = seeded_weights(&config);
+        // Written beside the target now, put in place only once the digest is the known one.
+        let staged = crate::preset_cache::stage(&path, &tensors);
+        let model = Self::from_tensors(config, tensors)?;
+        if model.digest == known {
+            if let Some(staged) = staged {
+                // A cache that cannot be written (read-only, disk full) only costs time.
+                let _ = staged.persist(0o644, true);
+            }
+        }
+        Ok(model)
     }
 
     /// The configuration.

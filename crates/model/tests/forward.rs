@@ -275,10 +275,12 @@ fn presets_and_configs() {
     let mut other = ModelConfig::tiny();
     other.seed = 1;
     assert_ne!(LlamaModel::new(other).unwrap().digest(), tiny().digest());
-    // known answers: the documented weight rule, recomputed here, and the pinned digest
+    // known answers: the documented weight rule, recomputed here, and the pinned digest (of the
+    // seeded build itself, not of a copy the preset cache may serve)
     use rand_chacha::rand_core::{RngCore, SeedableRng};
     let mut rng = rand_chacha::ChaCha20Rng::from_seed([0; 32]);
-    let tensors = tiny().named_tensors().unwrap();
+    let seeded = LlamaModel::new(ModelConfig::tiny()).unwrap();
+    let tensors = seeded.named_tensors().unwrap();
     assert_eq!(tensors[0].0, "model.embed_tokens.weight");
     assert_eq!(tensors[0].1, vec![512, 128]);
     for &got in &tensors[0].2[..8] {
@@ -287,7 +289,7 @@ fn presets_and_configs() {
     }
     assert_eq!(tensors.len(), 1 + 9 * 4 + 2);
     assert_eq!(
-        tiny().digest().to_string(),
+        seeded.digest().to_string(),
         "ad06166cfcf8885c9f17ac2cbe1583c95f5ac57ded9525c8737c0cf638b1e81d"
     );
     let json = serde_json::to_string(&ModelConfig::tiny()).unwrap();
@@ -415,7 +417,10 @@ fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
 /// Known-answer vectors of the model digest (the statement's `model_digest`,
 /// specs/model-digest.md; the tiny value is also what specs/reference/model_digest_ref.py gives
 /// for the saved preset, crates/cli/tests/digest.rs): a change to the seeded weights, the config
-/// fields or the digest's byte layout changes every statement and must be deliberate.
+/// fields or the digest's byte layout changes every statement and must be deliberate. The
+/// seeded build itself is checked (`LlamaModel::new`: the preset cache serves a copy only when
+/// its digest is the constant of `preset_cache::PRESET_DIGESTS`, so those constants must be
+/// these answers too).
 #[test]
 fn preset_digests_are_the_known_answers() {
     for (preset, want) in [
@@ -428,10 +433,21 @@ fn preset_digests_are_the_known_answers() {
             "1abd758535abd2113c6dae259ba6492552eff6d8febe3b3e55ce743362602fd4",
         ),
     ] {
-        let got = veritrace_model::LlamaModel::preset(preset)
+        let got = LlamaModel::new(ModelConfig::preset(preset).unwrap())
             .unwrap()
             .digest()
             .to_hex();
         assert_eq!(got, want, "{preset}");
+        let constant = veritrace_model::preset_cache::known_digest(preset).unwrap();
+        assert_eq!(
+            constant.to_hex(),
+            want,
+            "{preset}: the cache's known digest"
+        );
     }
+    assert_eq!(
+        veritrace_model::preset_cache::PRESET_DIGESTS.map(|(name, _)| name),
+        veritrace_model::PRESETS,
+        "every preset has a known digest"
+    );
 }
