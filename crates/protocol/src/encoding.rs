@@ -100,22 +100,8 @@ pub trait Message: Serialize + DeserializeOwned {
                 bytes.len()
             )));
         }
-        if bytes.len() < 6 || &bytes[..4] != MESSAGE_MAGIC {
-            return Err(err("missing the VTPM magic".into()));
-        }
-        if bytes[4] != MESSAGE_VERSION {
-            return Err(err(format!(
-                "envelope version {} (this build reads {MESSAGE_VERSION})",
-                bytes[4]
-            )));
-        }
-        if bytes[5] != Self::KIND as u8 {
-            return Err(err(format!(
-                "message kind {} where {} ({}) was expected",
-                bytes[5],
-                Self::KIND as u8,
-                Self::NAME
-            )));
+        if let Some(reason) = envelope_error(bytes, Self::KIND, Self::NAME) {
+            return Err(err(reason));
         }
         let (msg, rest): (Self, &[u8]) =
             postcard::take_from_bytes(&bytes[6..]).map_err(|e| err(e.to_string()))?;
@@ -151,6 +137,28 @@ pub trait Message: Serialize + DeserializeOwned {
         msg.validate()?;
         Ok(msg)
     }
+}
+
+/// Steps 2-4 of the decoding rules (specs/protocol.md §6.6) on the start of a message of `kind`
+/// (`name`): the reason the first six bytes are not its envelope (too short, another magic,
+/// another version, another kind), or `None`.
+pub(crate) fn envelope_error(bytes: &[u8], kind: MessageKind, name: &str) -> Option<String> {
+    if bytes.len() < 6 || &bytes[..4] != MESSAGE_MAGIC {
+        return Some("missing the VTPM magic".into());
+    }
+    if bytes[4] != MESSAGE_VERSION {
+        return Some(format!(
+            "envelope version {} (this build reads {MESSAGE_VERSION})",
+            bytes[4]
+        ));
+    }
+    if bytes[5] != kind as u8 {
+        return Some(format!(
+            "message kind {} where {} ({name}) was expected",
+            bytes[5], kind as u8
+        ));
+    }
+    None
 }
 
 /// A writer that compares what is written with `rest`, consuming it: `differs` once a byte

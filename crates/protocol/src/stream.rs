@@ -25,7 +25,7 @@ use std::io::{BufReader, Read};
 use serde::{Deserialize, Serialize};
 use veritrace_commit::{BatchProof, CellId};
 
-use crate::encoding::{Message, MessageKind, MESSAGE_MAGIC, MESSAGE_VERSION};
+use crate::encoding::{envelope_error, Message, MessageKind};
 use crate::{OpenedCell, Opening, ProtocolError, Result, SubLayerOpening};
 
 /// Cells are read in blocks of at most this many bytes beyond what has arrived, so a length
@@ -98,21 +98,8 @@ impl<R: Read> OpeningReader<R> {
             }
             e => e,
         })?;
-        if &envelope[..4] != MESSAGE_MAGIC {
-            return Err(decode("missing the VTPM magic".into()));
-        }
-        if envelope[4] != MESSAGE_VERSION {
-            return Err(decode(format!(
-                "envelope version {} (this build reads {MESSAGE_VERSION})",
-                envelope[4]
-            )));
-        }
-        if envelope[5] != MessageKind::Opening as u8 {
-            return Err(decode(format!(
-                "message kind {} where {} (opening) was expected",
-                envelope[5],
-                MessageKind::Opening as u8
-            )));
+        if let Some(reason) = envelope_error(&envelope, MessageKind::Opening, Opening::NAME) {
+            return Err(decode(reason));
         }
         self.round =
             u32::try_from(self.varint(32)?).map_err(|_| decode("round overflows".into()))?;
