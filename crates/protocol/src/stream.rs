@@ -28,8 +28,9 @@ use veritrace_commit::{BatchProof, CellId};
 use crate::encoding::{envelope_error, Message, MessageKind};
 use crate::{OpenedCell, Opening, ProtocolError, Result, SubLayerOpening};
 
-/// Cells are read in blocks of at most this many bytes beyond what has arrived, so a length
-/// prefix larger than the input allocates no more than the input holds.
+/// A cell's buffer starts at this many bytes and at most doubles as its bytes arrive (capped
+/// at its declared length), so a length prefix larger than the input allocates at most twice
+/// what arrived, plus this block.
 const READ_BLOCK: usize = 1 << 20;
 
 /// What follows an opening's cells: its batch proof and its sub-layer part (encoded exactly as
