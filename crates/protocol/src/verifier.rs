@@ -1146,6 +1146,10 @@ type Tail<'a> = (Cow<'a, BatchProof>, Option<Cow<'a, SubLayerOpening>>);
 trait OpeningSource<'a>: Sized {
     /// A decoding error (none for a decoded opening).
     type Error;
+    /// Whether the cells arrive over time (a stream): challenged cells are then checked as
+    /// they arrive. A decoded opening is checked in the order of the steps instead (the proof
+    /// before any recompute), which costs nothing there, since every cell is already at hand.
+    const ARRIVES: bool;
     /// The round it answers.
     fn round(&self) -> u32;
     /// Its proof-of-work nonce.
@@ -1164,6 +1168,7 @@ struct Decoded<'s> {
 
 impl<'a, 's: 'a> OpeningSource<'a> for Decoded<'s> {
     type Error = std::convert::Infallible;
+    const ARRIVES: bool = false;
 
     fn round(&self) -> u32 {
         self.opening.round
@@ -1189,6 +1194,7 @@ impl<'a, 's: 'a> OpeningSource<'a> for Decoded<'s> {
 
 impl<'a, S: Read> OpeningSource<'a> for OpeningReader<S> {
     type Error = ProtocolError;
+    const ARRIVES: bool = true;
 
     fn round(&self) -> u32 {
         OpeningReader::round(self)
@@ -1232,6 +1238,9 @@ fn check_source<'v, 'd, R: Recompute + ?Sized, S: OpeningSource<'d>>(
     let mut check = OpeningCheck::start(
         commitment, challenged, tolerance, method, recompute, limits, faults,
     );
+    if let Ok(check) = &mut check {
+        check.on_arrival &= S::ARRIVES;
+    }
     while let Some((cell, data)) = source.next_cell()? {
         if let Ok(check) = &mut check {
             check.cell(cell, data);
@@ -1262,12 +1271,14 @@ fn check_opening_inner<R: Recompute + ?Sized>(
 /// The check of one opening as its cells arrive (specs/protocol.md §11.2).
 ///
 /// Each cell is checked on arrival against step 1 (the next required cell), steps 2-3 (its
-/// length; its leaf digest is kept, 32 bytes) and step 4 (finite values). For a statement of
-/// hidden states whose challenge is sorted (always, from a verifier), a challenged cell is
-/// recomputed and compared (steps 5-6) as soon as it arrives: its inputs, the opened cells of
-/// the layer below, arrived before it (the opening is layer-major), and only the cells of the
-/// current and the previous layer are kept. A sub-layer statement's cells are checked after
-/// the tail, which holds the sub-layer values (every cell is kept).
+/// length; its leaf digest is kept, 32 bytes) and step 4 (finite values). For a streamed
+/// opening of a statement of hidden states whose challenge is sorted (always, from a
+/// verifier), a challenged cell is recomputed and compared (steps 5-6) as soon as it arrives:
+/// its inputs, the opened cells of the layer below, arrived before it (the opening is
+/// layer-major), and only the cells of the current and the previous layer are kept. Otherwise
+/// (a decoded opening, whose cells are lent, not copied; a sub-layer statement, whose
+/// sub-layer values follow the cells) every cell is kept and the challenged cells are checked
+/// after the tail, in the order of the steps.
 ///
 /// The verdict is the one the steps give in their order, whatever the order of discovery: the
 /// first failure of each step is recorded and [`OpeningCheck::finish`] reports the earliest
