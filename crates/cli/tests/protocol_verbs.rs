@@ -1095,6 +1095,21 @@ fn an_opening_is_verified_as_it_streams_through_a_pipe() {
         let name = if stdin { "-" } else { "t.vtpm" };
         assert!(text.contains(name) && text.contains("opening"), "{text}");
     }
+    // a JSON opening on standard input is decoded whole, with the same verdict
+    let json = veritrace(&[
+        "open",
+        &p("run/trace.safetensors"),
+        "--challenge",
+        &p("ch.vtpm"),
+        "--format",
+        "json",
+        "--out",
+        "-",
+    ]);
+    assert_eq!(json.code, 0, "{}", json.stderr);
+    assert!(json.stdout.trim_start().starts_with('{'), "{}", json.stdout);
+    let (code, text) = verify_file(json.stdout.as_bytes(), true);
+    assert_eq!((code, text.as_str()), (0, "accept\n"), "{text}");
     // only one opening can come from standard input, and --out - is for one opening
     let o = veritrace(&[
         "verify",
