@@ -179,6 +179,10 @@ pub struct ModelConfig {
     pub samples: u32,
     /// Defects injected into the verifier.
     pub faults: Faults,
+    /// Openings reach the verifier as byte streams of their binary envelope
+    /// ([`Verifier::receive_opening_stream`], cells checked as they are read) instead of
+    /// decoded ([`Verifier::receive_opening`]).
+    pub streamed: bool,
 }
 
 impl ModelConfig {
@@ -189,6 +193,7 @@ impl ModelConfig {
             rounds,
             samples,
             faults: Faults::default(),
+            streamed: false,
         }
     }
 
@@ -203,6 +208,14 @@ impl ModelConfig {
     /// The same configuration with `faults` injected into the verifier.
     pub fn with_faults(self, faults: Faults) -> Self {
         ModelConfig { faults, ..self }
+    }
+
+    /// The same configuration with openings delivered as byte streams.
+    pub fn streamed(self) -> Self {
+        ModelConfig {
+            streamed: true,
+            ..self
+        }
     }
 }
 
@@ -1063,6 +1076,18 @@ impl ProtocolModel {
         match msg {
             Msg::Commit { commitment, .. } => {
                 v.receive_commitment(commitment.as_ref().clone(), &mut rng);
+            }
+            Msg::Open { opening, .. } if self.cfg.streamed => {
+                // the model's prover only sends well-formed openings: a decoding failure here
+                // is a defect of the model or of the reader, never a verdict
+                let bytes = opening.to_bytes();
+                let reader = veritrace_protocol::stream::OpeningReader::new(
+                    &bytes[..],
+                    veritrace_protocol::encoding::MAX_MESSAGE_BYTES,
+                )
+                .expect("the model's openings are valid envelopes");
+                v.receive_opening_stream(reader, &mut rng)
+                    .expect("the model's openings decode");
             }
             Msg::Open { opening, .. } => {
                 v.receive_opening(opening, &mut rng);

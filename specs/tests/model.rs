@@ -93,6 +93,21 @@ fn the_non_interactive_verifier_satisfies_every_property() {
     pinned(Mode::NonInteractive);
 }
 
+/// Openings delivered as byte streams (checked as they are read) give the same state space
+/// and satisfy every property, in both modes.
+#[test]
+fn the_streaming_verifier_satisfies_every_property() {
+    for (mode, rounds, samples, states) in PINNED {
+        let checker = check(config(mode, rounds, samples).streamed());
+        checker.assert_properties();
+        assert_eq!(
+            checker.unique_state_count(),
+            states,
+            "{mode:?} rounds={rounds} k={samples}: streamed openings change the state space"
+        );
+    }
+}
+
 #[test]
 fn the_model_covers_every_challenge_and_behaviour() {
     // interactive: one coin per distinct challenge, so the checker explores all of them
@@ -149,11 +164,14 @@ fn planned_opening_delivered(s: &State) -> bool {
 
 #[test]
 fn skipping_the_proof_check_lets_equivocation_through() {
+    // decoded and streamed openings alike: the streaming check honours the same defect
     for cfg in [
         ModelConfig::interactive(1, 1),
         ModelConfig::interactive(2, 2),
         ModelConfig::non_interactive(1, 2),
         ModelConfig::non_interactive(2, 1),
+        ModelConfig::interactive(2, 2).streamed(),
+        ModelConfig::non_interactive(2, 1).streamed(),
     ] {
         let checker = check(cfg.with_faults(PROOF));
         for name in [EQUIVOCATION_NEVER_ACCEPTED, ACCEPTED_CELLS_SOUND] {
