@@ -375,7 +375,12 @@ fn read_opening(path: &Path, limit: u64) -> Result<OpeningInput, VerbInputError>
         )
         .map_err(|e| VerbInputError::File {
             path: name.clone(),
-            reason: e.reason(),
+            reason: match e {
+                veritrace_model::files::FileError::NotAFile { .. } => {
+                    format!("{} (`--opening -` reads standard input)", e.reason())
+                }
+                e => e.reason(),
+            },
         })?;
         Box::new(BufReader::new(file))
     };

@@ -1110,6 +1110,18 @@ fn an_opening_is_verified_as_it_streams_through_a_pipe() {
     assert!(json.stdout.trim_start().starts_with('{'), "{}", json.stdout);
     let (code, text) = verify_file(json.stdout.as_bytes(), true);
     assert_eq!((code, text.as_str()), (0, "accept\n"), "{text}");
+    // a device or FIFO path is refused, pointing at `-`
+    let o = veritrace(&[
+        "verify",
+        "--commitment",
+        &commitment,
+        "--challenge",
+        &p("ch.vtpm"),
+        "--opening",
+        "/dev/stdin",
+    ]);
+    assert_eq!(o.code, 2, "{}", o.stderr);
+    assert!(o.stderr.contains("`--opening -`"), "{}", o.stderr);
     // only one opening can come from standard input, and --out - is for one opening
     let o = veritrace(&[
         "verify",
