@@ -13,6 +13,11 @@
 //!   more than the honest session (issue 15; memory in BENCHMARKS.md from the protocol crate's
 //!   `hostile` test).
 //!
+//! * `opening_bytes/{decoded,streamed}/k`: a non-interactive session from the opening's binary
+//!   envelope: decoded whole (`Opening::from_bytes`) and then checked, against read and checked
+//!   cell by cell (`stream::OpeningReader`, `verify_recorded_streams`), with the same replay
+//!   engine (issue 17: streaming must not cost the verifier time).
+//!
 //! Run: `cargo bench --bench protocol`; `python3 benches/report.py` summarizes.
 
 use std::hint::black_box;
@@ -20,12 +25,13 @@ use std::ops::Range;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use veritrace::commit::{Digest, Dtype, HasherId, TraceGeometry};
+use veritrace::protocol::stream::OpeningReader;
 use veritrace::protocol::tolerance::TolerancePolicy;
 use veritrace::protocol::transcript::derive_challenge;
 use veritrace::protocol::{
-    check_opening, verify_recorded_with_limits, ChallengeParams, Commitment, Dependency, Mode,
-    OutputRule, Prover, Recompute, Result, SamplingStrategy, Statement, Verdict, VerifierConfig,
-    VerifierLimits, PROTOCOL_VERSION,
+    check_opening, verify_recorded_streams, verify_recorded_with_limits, ChallengeParams,
+    Commitment, Dependency, Message, Mode, Opening, OutputRule, Prover, Recompute, Result,
+    SamplingStrategy, Statement, Verdict, VerifierConfig, VerifierLimits, PROTOCOL_VERSION,
 };
 
 /// Returns rows of a stored trace: a verifier engine with zero inference cost.
@@ -205,5 +211,71 @@ fn hostile(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, protocol, hostile);
+fn opening_bytes(c: &mut Criterion) {
+    let (statement, layers) = setup();
+    let mut prover = Prover::new(statement, layers.clone()).unwrap();
+    let commitment = prover.commit().unwrap();
+    let replay = Replay {
+        layers,
+        row: 64 * 4,
+    };
+    let limits = VerifierLimits::default();
+    let mut group = c.benchmark_group("opening_bytes");
+    group.sample_size(20);
+    for k in [16u32, 256] {
+        let params = ChallengeParams {
+            samples: k,
+            strategy: SamplingStrategy::Uniform,
+            pow_bits: 0,
+        };
+        let config = VerifierConfig {
+            method: veritrace::protocol::LayerCheck::Recompute,
+            mode: Mode::NonInteractive,
+            params,
+            rounds: 1,
+            tolerance: TolerancePolicy::Exact,
+        };
+        let challenge = derive_challenge(&commitment, 0, &params, 0).unwrap();
+        let bytes = prover
+            .open_cells(0, &challenge.cells, 0)
+            .unwrap()
+            .to_bytes();
+        group.bench_with_input(BenchmarkId::new("decoded", k), &k, |b, _| {
+            b.iter(|| {
+                let opening = Opening::from_bytes(black_box(&bytes)).unwrap();
+                let v = verify_recorded_with_limits(
+                    &commitment,
+                    &config,
+                    &limits,
+                    None,
+                    &[opening],
+                    &replay,
+                    None,
+                )
+                .unwrap();
+                assert_eq!(v, Verdict::Accept);
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("streamed", k), &k, |b, _| {
+            b.iter(|| {
+                let reader = OpeningReader::new(black_box(&bytes[..]), bytes.len()).unwrap();
+                let v = verify_recorded_streams(
+                    &commitment,
+                    &config,
+                    &limits,
+                    None,
+                    vec![reader],
+                    &replay,
+                    None,
+                )
+                .unwrap();
+                assert_eq!(v, Verdict::Accept);
+            })
+        });
+        eprintln!("k = {k}: an opening of {} bytes", bytes.len());
+    }
+    group.finish();
+}
+
+criterion_group!(benches, protocol, hostile, opening_bytes);
 criterion_main!(benches);
