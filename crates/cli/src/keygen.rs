@@ -52,6 +52,12 @@ pub struct KeygenArgs {
     /// Token rows of each calibration run.
     #[arg(long, default_value_t = 32)]
     pub calibration_tokens: usize,
+    /// With --calibrate-bound: also write per-map bound scales to this JSON file (each linear
+    /// map of each layer gets twice its own largest honest ratio, capped at 1), for `verify
+    /// --freivalds-bounds`; a further honest run exceeds some map's scale with probability at
+    /// most M / (N + 1) for M maps.
+    #[arg(long, requires = "calibrate_bound", value_name = "FILE")]
+    pub bound_file: Option<PathBuf>,
 }
 
 /// Input `veritrace keygen` refuses (exit 2).
@@ -147,6 +153,9 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     };
     files::refuse_same_file(&args.out, &[secret_path])?;
+    if let Some(bound_file) = &args.bound_file {
+        files::refuse_same_file(bound_file, &[secret_path, &args.out])?;
+    }
     let model = load_decoder(&args.model)?;
     let secret = match &args.secret_file {
         Some(path) => {
@@ -211,15 +220,20 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .map(|s| s.parse().expect("valid setups"))
         .collect();
         let start = Instant::now();
-        let mut worst = 0f64;
+        let mut per_run = Vec::with_capacity(runs as usize);
         for i in 0..runs {
             let setup = &setups[i as usize % setups.len()];
             let tokens =
                 veritrace_model::Engine::prompt(&model, u64::from(i), args.calibration_tokens);
-            let r =
-                veritrace_model::freivalds::honest_worst_ratio(&key, &model, setup, &tokens, 8)?;
-            worst = worst.max(r);
+            per_run.push(veritrace_model::freivalds::honest_map_ratios(
+                &key, &model, setup, &tokens, 8,
+            )?);
         }
+        let worst = per_run
+            .iter()
+            .flatten()
+            .flatten()
+            .fold(0f64, |m, &r| m.max(r));
         writeln!(
             out,
             "honest worst ratio |v.x - r.y| / B over {runs} runs: {worst:.3e} ({:.1} s)",
@@ -232,6 +246,24 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             (2.0 * worst).min(1.0),
             u64::from(runs) + 1
         )?;
+        if let Some(path) = &args.bound_file {
+            let bounds = veritrace_model::freivalds::MapBounds::calibrate(
+                key.model_digest(),
+                &per_run,
+                2.0,
+            )?;
+            let json = serde_json::to_string_pretty(&bounds)? + "\n";
+            files::write_atomic(path, json.as_bytes())?;
+            let all = bounds.scales.iter().flatten();
+            let (lo, hi) = all.fold((f64::INFINITY, 0f64), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+            writeln!(
+                out,
+                "per-map bound scales: {} ({lo:.3e} to {hi:.3e}; verify --freivalds-bounds; a \
+                 further honest run exceeds some map's scale with probability <= {:.3})",
+                path.display(),
+                bounds.exceed_bound()
+            )?;
+        }
     }
     out.flush()?;
     Ok(())

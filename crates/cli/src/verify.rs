@@ -98,6 +98,35 @@ pub struct VerifyArgs {
     /// --calibrate-bound N` measures a calibrated one on N honest runs).
     #[arg(long, default_value_t = 1.0)]
     pub freivalds_bound_scale: f64,
+    /// With --layer-check freivalds or both: per-map calibrated bound scales (the JSON file
+    /// `veritrace keygen --calibrate-bound N --bound-file F` writes, for the key's model),
+    /// instead of one --freivalds-bound-scale.
+    #[arg(long, conflicts_with = "freivalds_bound_scale")]
+    pub freivalds_bounds: Option<PathBuf>,
+}
+
+/// The per-map bound scales of `--freivalds-bounds` (at most 16 MiB of JSON), checked against
+/// `key`.
+fn read_bounds(
+    path: &Path,
+    key: &veritrace_model::freivalds::VerifierKey,
+) -> Result<veritrace_model::freivalds::MapBounds, VerbInputError> {
+    let refused = |reason: String| VerbInputError::Message {
+        path: path.display().to_string(),
+        what: "bound file",
+        reason,
+    };
+    let bytes =
+        veritrace_model::files::read_limited(path, 16 << 20, "a bound file", "").map_err(|e| {
+            VerbInputError::File {
+                path: path.display().to_string(),
+                reason: e.reason(),
+            }
+        })?;
+    let bounds: veritrace_model::freivalds::MapBounds =
+        serde_json::from_slice(&bytes).map_err(|e| refused(e.to_string()))?;
+    bounds.validate(key).map_err(|e| refused(e.to_string()))?;
+    Ok(bounds)
 }
 
 /// The limits `--limits` gives (inline JSON, or a file of it), or the defaults.
@@ -244,6 +273,11 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 }
             })?;
             let decoder = crate::keygen::load_decoder(&args.model)?;
+            let bounds = args
+                .freivalds_bounds
+                .as_deref()
+                .map(|p| read_bounds(p, &key))
+                .transpose()?;
             if key.model_digest() != decoder.digest() {
                 return Err(VerbInputError::Argument(format!(
                     "--key {} is a key of model {}, and --model {:?} is {}",
@@ -254,7 +288,13 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 ))
                 .into());
             }
-            Some((decoder, key))
+            Some((decoder, key, bounds))
+        }
+        None if args.freivalds_bounds.is_some() => {
+            return Err(VerbInputError::Argument(
+                "--freivalds-bounds is for --layer-check freivalds or both, with --key".into(),
+            )
+            .into())
         }
         None => None,
     };
@@ -329,12 +369,13 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     // the keyed engine holds the decoder itself; otherwise the model's own engine
     let verdict = match &keyed {
-        Some((decoder, key)) => {
+        Some((decoder, key, bounds)) => {
             let engine = KeyedVerifier {
                 model: decoder,
                 key,
                 tolerance: args.sublayer_tolerance,
                 bound_scale: args.freivalds_bound_scale,
+                map_bounds: bounds.as_ref(),
             };
             session.verify(openings, &engine)?
         }

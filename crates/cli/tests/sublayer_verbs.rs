@@ -482,6 +482,121 @@ fn keygen_calibrates_a_bound() {
         "{out}"
     );
     assert!(out.contains("probability <= 1/11"), "{out}");
+
+    // per-map scales: written with the key, read by verify for a sub-layer session
+    let out = run_ok(&[
+        "keygen",
+        "--model",
+        "tiny",
+        "--secret-file",
+        &p("secret"),
+        "--out",
+        &p("k3"),
+        "--calibrate-bound",
+        "10",
+        "--calibration-tokens",
+        "12",
+        "--bound-file",
+        &p("bounds.json"),
+    ]);
+    assert!(out.contains("per-map bound scales"), "{out}");
+    let bounds: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("bounds.json")).unwrap()).unwrap();
+    assert_eq!(bounds["runs"], 10);
+    let scales = bounds["scales"].as_array().unwrap();
+    assert_eq!(scales.len(), 4, "one row per layer of tiny");
+    assert!(scales
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .all(|s| s.as_f64().is_some_and(|s| s > 0.0 && s <= 1.0)));
+    run_ok(&[
+        "prove",
+        "--prompt",
+        "5,9,2,7,1,3,8,8,4,6,1",
+        "--output",
+        "4",
+        "--chunk",
+        "4",
+        "--trace-level",
+        "sublayer",
+        "--out",
+        &p("run"),
+    ]);
+    run_ok(&[
+        "challenge",
+        &p("run/commitment.json"),
+        "--samples",
+        "6",
+        "--seed",
+        &"0b".repeat(32),
+        "--out",
+        &p("ch.vtpm"),
+    ]);
+    run_ok(&[
+        "open",
+        &p("run/trace.safetensors"),
+        "--challenge",
+        &p("ch.vtpm"),
+        "--out",
+        &p("op.vtpm"),
+    ]);
+    let verify_with = |bounds: &str| {
+        code(&[
+            "verify",
+            "--model",
+            "tiny",
+            "--commitment",
+            &p("run/commitment.json"),
+            "--challenge",
+            &p("ch.vtpm"),
+            "--opening",
+            &p("op.vtpm"),
+            "--layer-check",
+            "freivalds",
+            "--key",
+            &p("k3"),
+            "--freivalds-bounds",
+            bounds,
+        ])
+    };
+    let (c, o) = verify_with(&p("bounds.json"));
+    assert_eq!(c, 0, "{o}");
+    assert!(o.starts_with("accept"), "{o}");
+    // a bound file of another model, of other layers, with a scale out of (0, 1], with an
+    // unknown field, or without the key: exit 2
+    let text = std::fs::read_to_string(p("bounds.json")).unwrap();
+    let digest = bounds["model_digest"].as_str().unwrap().to_string();
+    let mut one_layer = bounds.clone();
+    one_layer["scales"].as_array_mut().unwrap().truncate(1);
+    let mut big = bounds.clone();
+    big["scales"][0][0] = serde_json::json!(1.5);
+    let mut extra = bounds.clone();
+    extra["note"] = serde_json::json!("x");
+    for (name, bad) in [
+        ("digest", text.replace(&digest, &"00".repeat(32))),
+        ("layers", one_layer.to_string()),
+        ("scale", big.to_string()),
+        ("field", extra.to_string()),
+    ] {
+        std::fs::write(p("bad.json"), bad).unwrap();
+        let (c, o) = verify_with(&p("bad.json"));
+        assert_eq!(c, 2, "{name}: {o}");
+    }
+    let (c, o) = code(&[
+        "verify",
+        "--model",
+        "tiny",
+        "--commitment",
+        &p("run/commitment.json"),
+        "--challenge",
+        &p("ch.vtpm"),
+        "--opening",
+        &p("op.vtpm"),
+        "--freivalds-bounds",
+        &p("bounds.json"),
+    ]);
+    assert_eq!(c, 2, "{o}");
+
     let (secret, k2) = (p("secret"), p("k2"));
     for bad in [["--calibrate-bound", "0"], ["--calibration-tokens", "0"]] {
         let mut a = vec![

@@ -1473,19 +1473,179 @@ pub fn honest_worst_ratio(
     tokens: &[u32],
     tile: usize,
 ) -> Result<f64> {
+    Ok(honest_map_ratios(key, model, setup, tokens, tile)?
+        .iter()
+        .flatten()
+        .fold(0f64, |m, &r| m.max(r)))
+}
+
+/// [`honest_worst_ratio`] per linear map: `ratios[l − 1][i]` is the worst `|v·x − r·y| / B` of
+/// layer `l`'s map [`Matrix::LAYER`]`[i]` over every token row of one honest run.
+///
+/// # Errors
+/// As [`honest_worst_ratio`].
+pub fn honest_map_ratios(
+    key: &VerifierKey,
+    model: &LlamaModel,
+    setup: &crate::Setup,
+    tokens: &[u32],
+    tile: usize,
+) -> Result<Vec<[f64; 7]>> {
     key.check_model(&model.digest())?;
     let (_, sub) = model.trace_sublayers(setup, tokens, tile)?;
     let n = tokens.len();
-    let mut worst = 0f64;
+    let mut ratios = Vec::with_capacity(sub.len());
     for (i, s) in sub.iter().enumerate() {
         let layer = i + 1;
         let biases = model.qkv_biases(layer)?;
-        for (matrix, x, y) in linear_maps(s) {
+        let mut row = [0f64; 7];
+        for (slot, (matrix, x, y)) in row.iter_mut().zip(linear_maps(s)) {
             let bias = matrix.bias(biases.as_ref());
-            worst = worst.max(check_linear_biased(key, layer, matrix, x, y, n, bias)?.worst_ratio);
+            *slot = check_linear_biased(key, layer, matrix, x, y, n, bias)?.worst_ratio;
+        }
+        ratios.push(row);
+    }
+    Ok(ratios)
+}
+
+/// Calibrated Freivalds bound scales, one per linear map of each layer (the file `veritrace
+/// keygen --calibrate-bound N --bound-file F` writes and `verify --freivalds-bounds F` reads).
+///
+/// From `N` independent honest runs ([`honest_map_ratios`]), map `m`'s scale is
+/// `s_m = min(1, margin · max_i r_{i,m})`: a row of map `m` passes when `|v·x − r·y| ≤ s_m·B`.
+/// A further honest run exchangeable with the `N` exceeds map `m`'s largest ratio with
+/// probability at most `1/(N + 1)` (its rank among `N + 1` exchangeable values is uniform), so
+/// it exceeds some map's with probability at most `M/(N + 1)` over the `M` maps
+/// ([`MapBounds::exceed_bound`]; the margin only lowers it). A map's scale follows its own
+/// honest noise, so maps far quieter than the noisiest get a tighter bound than the single
+/// scale of [`honest_worst_ratio`], and a wrong weight in them is caught at a smaller
+/// deviation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapBounds {
+    /// The digest of the model whose key was calibrated (hex).
+    pub model_digest: String,
+    /// Independent honest runs behind the scales, `N ≥ 1`.
+    pub runs: u32,
+    /// The factor on each map's largest honest ratio, `≥ 1`.
+    pub margin: f64,
+    /// `scales[l − 1][i]`: the scale of layer `l`'s map [`Matrix::LAYER`]`[i]`, in `(0, 1]`.
+    pub scales: Vec<[f64; 7]>,
+}
+
+impl MapBounds {
+    /// The scales from `runs` (each [`honest_map_ratios`] of one honest run of the model of
+    /// `digest`) with `margin`.
+    ///
+    /// # Errors
+    /// [`FreivaldsError::InvalidArgument`] for no runs, runs of different layer counts, a
+    /// margin below 1 or not finite, a non-finite ratio, or a map with no deviation in any run
+    /// (its scale would be 0: more runs, or longer ones, are needed).
+    pub fn calibrate(digest: Digest, runs: &[Vec<[f64; 7]>], margin: f64) -> Result<Self> {
+        let bad = |m: String| FreivaldsError::InvalidArgument(m);
+        let first = runs
+            .first()
+            .ok_or_else(|| bad("no calibration runs".into()))?;
+        if !(margin.is_finite() && margin >= 1.0) {
+            return Err(bad(format!("margin {margin} must be finite and >= 1")));
+        }
+        let mut worst = vec![[0f64; 7]; first.len()];
+        for run in runs {
+            if run.len() != first.len() {
+                return Err(bad("calibration runs of different layer counts".into()));
+            }
+            for (w, r) in worst.iter_mut().zip(run) {
+                for (wm, &rm) in w.iter_mut().zip(r) {
+                    if !(rm.is_finite() && rm >= 0.0) {
+                        return Err(bad(format!("a ratio of {rm}")));
+                    }
+                    *wm = wm.max(rm);
+                }
+            }
+        }
+        let mut scales = Vec::with_capacity(worst.len());
+        for (l, w) in worst.iter().enumerate() {
+            let mut row = [0f64; 7];
+            for (i, (slot, &m)) in row.iter_mut().zip(w).enumerate() {
+                if m == 0.0 {
+                    return Err(bad(format!(
+                        "layer {} map {:?} showed no deviation in {} runs: more or longer runs \
+                         are needed",
+                        l + 1,
+                        Matrix::LAYER[i],
+                        runs.len()
+                    )));
+                }
+                *slot = (margin * m).min(1.0);
+            }
+            scales.push(row);
+        }
+        Ok(MapBounds {
+            model_digest: digest.to_hex(),
+            runs: u32::try_from(runs.len()).unwrap_or(u32::MAX),
+            margin,
+            scales,
+        })
+    }
+
+    /// The bound on the probability that a further honest run exchangeable with the
+    /// calibration runs exceeds some map's scale: `min(1, M / (N + 1))`, `M` the maps.
+    pub fn exceed_bound(&self) -> f64 {
+        let maps = (self.scales.len() * 7) as f64;
+        (maps / (f64::from(self.runs) + 1.0)).min(1.0)
+    }
+
+    /// Checks the file against `key`: the same model, one row of scales per layer, every scale
+    /// in `(0, 1]`, `runs ≥ 1`, `margin ≥ 1`.
+    ///
+    /// # Errors
+    /// [`FreivaldsError::ModelMismatch`] or [`FreivaldsError::InvalidArgument`].
+    pub fn validate(&self, key: &VerifierKey) -> Result<()> {
+        let bad = |m: String| FreivaldsError::InvalidArgument(format!("bound file: {m}"));
+        let digest =
+            Digest::from_hex(&self.model_digest).map_err(|e| bad(format!("model_digest: {e}")))?;
+        if digest != key.model_digest() {
+            return Err(FreivaldsError::ModelMismatch {
+                key: key.model_digest(),
+                model: digest,
+            });
+        }
+        if self.scales.len() != key.dims().layers as usize {
+            return Err(bad(format!(
+                "{} layers of scales for a key of {} layers",
+                self.scales.len(),
+                key.dims().layers
+            )));
+        }
+        if self.runs == 0 || !(self.margin.is_finite() && self.margin >= 1.0) {
+            return Err(bad(format!(
+                "runs {} must be >= 1 and margin {} finite and >= 1",
+                self.runs, self.margin
+            )));
+        }
+        for (l, row) in self.scales.iter().enumerate() {
+            for (i, &s) in row.iter().enumerate() {
+                if !(s.is_finite() && s > 0.0 && s <= 1.0) {
+                    return Err(bad(format!(
+                        "layer {} map {:?}: scale {s} is not in (0, 1]",
+                        l + 1,
+                        Matrix::LAYER[i]
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The scale of `matrix` in `layer` (`1..=L`); 1 (the rigorous bound) outside the file's
+    /// layers or for the LM head.
+    pub fn scale(&self, layer: usize, matrix: Matrix) -> f64 {
+        let i = Matrix::LAYER.iter().position(|&m| m == matrix);
+        match (layer.checked_sub(1).and_then(|l| self.scales.get(l)), i) {
+            (Some(row), Some(i)) => row[i],
+            _ => 1.0,
         }
     }
-    Ok(worst)
 }
 
 #[cfg(test)]
@@ -1564,6 +1724,90 @@ mod tests {
                 "len {len}"
             );
         }
+    }
+
+    #[test]
+    fn per_map_bounds_catch_what_the_rigorous_bound_misses() {
+        use crate::Engine;
+        let model = LlamaModel::preset("tiny").unwrap();
+        let key = VerifierKey::build(&secret(9), &model, 1).unwrap();
+        let setup: Setup = "f32/attn=eager".parse().unwrap();
+        let ratios = |i: u64| {
+            let tokens = Engine::prompt(&model, i, 12);
+            honest_map_ratios(&key, &model, &setup, &tokens, 8).unwrap()
+        };
+        let runs: Vec<_> = (0..8).map(ratios).collect();
+        let bounds = MapBounds::calibrate(model.digest(), &runs, 2.0).unwrap();
+        bounds.validate(&key).unwrap();
+        assert_eq!(bounds.scales.len(), 4);
+        assert_eq!(
+            bounds.exceed_bound(),
+            1.0,
+            "28 maps over 8 runs bound nothing"
+        );
+        // the single scale is the noisiest map's: every per-map scale is at most it
+        let single = 2.0 * runs.iter().flatten().flatten().fold(0f64, |m, &r| m.max(r));
+        assert!(bounds
+            .scales
+            .iter()
+            .flatten()
+            .all(|&s| s <= single.min(1.0)));
+        // held-out honest runs pass every map's scale
+        for i in 100..104 {
+            for (row, scales) in ratios(i).iter().zip(&bounds.scales) {
+                for (r, s) in row.iter().zip(scales) {
+                    assert!(r <= s, "held-out run {i}: ratio {r} over scale {s}");
+                }
+            }
+        }
+        // an output of layer 2's down projection moved until its per-map bound catches it: the
+        // single calibrated scale (and the rigorous bound) would still pass it
+        let tokens = Engine::prompt(&model, 7, 12);
+        let (_, sub) = model.trace_sublayers(&setup, &tokens, 8).unwrap();
+        let (matrix, x, y) = linear_maps(&sub[1])[6];
+        assert_eq!(matrix, Matrix::Down);
+        let scale = bounds.scale(2, matrix);
+        let caught = (0..60)
+            .map(|e| 1e-9 * 1.5f64.powi(e))
+            .find_map(|eps| {
+                let mut moved = y.to_vec();
+                moved[3] += (eps * f64::from(moved[3].abs().max(1e-3))) as f32;
+                let c = check_linear(&key, 2, matrix, x, &moved, tokens.len()).unwrap();
+                (c.worst_ratio > scale).then_some(c.worst_ratio)
+            })
+            .expect("a large enough change is caught");
+        // (on tiny: the quiet MLP maps' scales are 2-4x below the single one)
+        assert!(
+            caught <= single.min(1.0),
+            "first caught at ratio {caught}: the single scale {single} would catch it too"
+        );
+        // the scale lookup: outside the file's maps, the rigorous bound
+        assert_eq!(bounds.scale(0, Matrix::Q), 1.0);
+        assert_eq!(bounds.scale(5, Matrix::Q), 1.0);
+        assert_eq!(bounds.scale(1, Matrix::LmHead), 1.0);
+        // refusals
+        assert!(MapBounds::calibrate(model.digest(), &[], 2.0).is_err());
+        assert!(MapBounds::calibrate(model.digest(), &runs, 0.5).is_err());
+        let mut zero = runs.clone();
+        for run in &mut zero {
+            run[0][0] = 0.0;
+        }
+        assert!(MapBounds::calibrate(model.digest(), &zero, 2.0).is_err());
+        assert!(MapBounds::calibrate(model.digest(), &[runs[0].clone(), vec![]], 2.0).is_err());
+        let other =
+            VerifierKey::build(&secret(9), &LlamaModel::preset("small").unwrap(), 1).unwrap();
+        assert!(matches!(
+            bounds.validate(&other),
+            Err(FreivaldsError::ModelMismatch { .. })
+        ));
+        let mut bad = bounds.clone();
+        bad.scales[1][2] = 0.0;
+        assert!(bad.validate(&key).is_err());
+        bad.scales[1][2] = f64::NAN;
+        assert!(bad.validate(&key).is_err());
+        let mut bad = bounds.clone();
+        bad.scales.pop();
+        assert!(bad.validate(&key).is_err());
     }
 
     #[test]

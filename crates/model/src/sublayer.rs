@@ -319,6 +319,9 @@ pub struct KeyedVerifier<'a> {
     /// independent honest runs, with a margin) catches deviations `1/s` times smaller, at the
     /// false-alarm rate its calibration states.
     pub bound_scale: f64,
+    /// Per-map calibrated scales ([`crate::freivalds::MapBounds`], checked against the key
+    /// by its `validate`), used instead of `bound_scale` where given.
+    pub map_bounds: Option<&'a crate::freivalds::MapBounds>,
 }
 
 fn engine(e: impl std::fmt::Display) -> ProtocolError {
@@ -439,9 +442,14 @@ impl Recompute for KeyedVerifier<'_> {
             self.tolerance,
         )
         .map_err(engine)?;
-        // the bound actually used: s·B (s = 1 leaves the check as it is)
-        for (_, l) in &mut check.linear {
-            l.passed = l.worst_ratio <= self.bound_scale;
+        // the bound actually used: s·B (s = 1 leaves the check as it is), per map where the
+        // verifier has calibrated scales
+        let scale = |m: crate::freivalds::Matrix| {
+            self.map_bounds
+                .map_or(self.bound_scale, |b| b.scale(layer as usize, m))
+        };
+        for (m, l) in &mut check.linear {
+            l.passed = l.worst_ratio <= scale(*m);
         }
         check.passed = check.linear.iter().all(|(_, l)| l.passed)
             && check
@@ -458,7 +466,7 @@ impl Recompute for KeyedVerifier<'_> {
                         "{m:?}: Freivalds |v.x - r.y| = {:.3e} > bound {:.3e} (row {}, repetition \
                          {})",
                         l.deviation,
-                        l.bound * self.bound_scale,
+                        l.bound * scale(*m),
                         l.worst_row,
                         l.worst_repetition
                     )

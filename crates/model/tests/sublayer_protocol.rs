@@ -137,6 +137,7 @@ fn honest_sublayer_runs_pass_every_method() {
         key: &f.key,
         tolerance: 0.0,
         bound_scale: 1.0,
+        map_bounds: None,
     };
     for method in [
         LayerCheck::Freivalds,
@@ -186,6 +187,7 @@ fn other_setups_fail_the_algebraic_check() {
         key: &f.key,
         tolerance: 0.0,
         bound_scale: 1.0,
+        map_bounds: None,
     };
     let honest = Setup::F32_EAGER;
     for cheat in [
@@ -259,6 +261,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
             key: &other,
             tolerance: 0.0,
             bound_scale: 1.0,
+            map_bounds: None,
         },
         &statement,
     );
@@ -279,6 +282,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
         key: &f.key,
         tolerance: 0.0,
         bound_scale: 1.0,
+        map_bounds: None,
     };
     let zeros = |w: usize| vec![vec![0u8; 4 * w * statement.geometry.tokens as usize]; 4];
     let mut p = Prover::new(wide.clone(), trace.layer_bytes())
@@ -307,6 +311,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
             key: &f.key,
             tolerance: -1.0,
             bound_scale: 1.0,
+            map_bounds: None,
         },
         &statement,
     );
@@ -484,6 +489,7 @@ fn honest_ratios_calibrate_the_bound() {
             key: &f.key,
             tolerance: 0.0,
             bound_scale,
+            map_bounds: None,
         };
         check_opening_by(
             &c,
@@ -522,6 +528,7 @@ fn qwen2_biases_are_checked() {
         key: &key,
         tolerance: 0.0,
         bound_scale: 1.0,
+        map_bounds: None,
     };
     let run = |setup: &str| {
         let (mut statement, trace, sub) = model
@@ -614,6 +621,7 @@ fn sliding_window_statements_are_checked() {
         key: &key,
         tolerance: 0.0,
         bound_scale: 1.0,
+        map_bounds: None,
     };
     let run = |setup: &str| {
         let (mut statement, trace, sub) = model

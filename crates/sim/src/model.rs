@@ -101,6 +101,7 @@ impl Recompute for SimVerifier {
             key,
             tolerance: *tolerance,
             bound_scale: *bound_scale,
+            map_bounds: None,
         }
         .check_sublayers(statement, layer, rows, input_rows, inputs, context, cell)
     }
