@@ -273,6 +273,23 @@ if TORCH:
             verify = session(model, "int8")
             v = verify(layer_check="freivalds", sublayer_tolerance=1e-6)
             assert not v.accepted and "algebraic-check" in v.reason, v
+            # per-map calibrated scales (keygen --bound-file) reject it too; a bound file of
+            # another key's model is refused
+            bounds = os.path.join(tmp, "bounds.json")
+            veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out",
+                          os.path.join(tmp, "k2"), "--calibrate-bound", "6",
+                          "--calibration-tokens", "12", "--bound-file", bounds)
+            v = verify(layer_check="freivalds", sublayer_tolerance=1e-6, freivalds_bounds=bounds)
+            assert not v.accepted and "algebraic-check" in v.reason, v
+            tiny_bounds = os.path.join(tmp, "tiny-bounds.json")
+            veritrace.run("keygen", "--model", "tiny", "--secret-file", secret, "--out",
+                          os.path.join(tmp, "k3"), "--calibrate-bound", "4",
+                          "--calibration-tokens", "12", "--bound-file", tiny_bounds)
+            try:
+                verify(layer_check="freivalds", freivalds_bounds=tiny_bounds)
+                raise AssertionError("a bound file of another model was accepted")
+            except veritrace.VeritraceError as e:
+                assert e.code == 2, e
 
 
 print(f"test_veritrace: {len(failures)} failed")

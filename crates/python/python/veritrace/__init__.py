@@ -195,6 +195,7 @@ def verify(
     key: Optional[PathLike] = None,
     sublayer_tolerance: float = 0.0,
     freivalds_bound_scale: float = 1.0,
+    freivalds_bounds: Optional[PathLike] = None,
 ) -> Verdict:
     """Checks openings against a commitment by recomputing the opened cells with `model`.
     Non-interactive when `samples` is given (challenges derived from the transcript), else
@@ -205,7 +206,8 @@ def verify(
     (`veritrace keygen`), recomputing only the nonlinear parts within `sublayer_tolerance`
     (specs/protocol.md section 11.4), with the Freivalds bound scaled by
     `freivalds_bound_scale` (1: the rigorous bound; `keygen --calibrate-bound N` measures a
-    calibrated one). Returns the Verdict; raises VeritraceError for refused input."""
+    calibrated one), or per map by the file `freivalds_bounds` (`keygen --calibrate-bound N
+    --bound-file F`). Returns the Verdict; raises VeritraceError for refused input."""
     if isinstance(openings, (str, os.PathLike)):
         openings = [openings]
     argv: List[str] = ["verify", "--commitment", os.fspath(commitment), "--model",
@@ -219,8 +221,13 @@ def verify(
                  "--pow-bits", str(pow_bits)]
     argv += ["--layer-check", layer_check]
     if key is not None:
-        argv += ["--key", os.fspath(key), "--sublayer-tolerance", repr(float(sublayer_tolerance)),
-                 "--freivalds-bound-scale", repr(float(freivalds_bound_scale))]
+        argv += ["--key", os.fspath(key), "--sublayer-tolerance", repr(float(sublayer_tolerance))]
+        if freivalds_bounds is not None:
+            argv += ["--freivalds-bounds", os.fspath(freivalds_bounds)]
+        else:
+            argv += ["--freivalds-bound-scale", repr(float(freivalds_bound_scale))]
+    elif freivalds_bounds is not None:
+        argv += ["--freivalds-bounds", os.fspath(freivalds_bounds)]
     policy_file = None
     try:
         if isinstance(tolerance, dict):
