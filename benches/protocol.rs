@@ -100,7 +100,8 @@ fn setup() -> (Statement, Vec<Vec<u8>>) {
     (statement, layers)
 }
 
-fn protocol(c: &mut Criterion) {
+/// The honest prover of [`setup`]'s trace, its commitment, and a replay engine of that trace.
+fn session() -> (Prover<Vec<u8>>, Commitment, Replay) {
     let (statement, layers) = setup();
     let mut prover = Prover::new(statement, layers.clone()).unwrap();
     let commitment = prover.commit().unwrap();
@@ -108,6 +109,11 @@ fn protocol(c: &mut Criterion) {
         layers,
         row: 64 * 4,
     };
+    (prover, commitment, replay)
+}
+
+fn protocol(c: &mut Criterion) {
+    let (prover, commitment, replay) = session();
     let mut group = c.benchmark_group("protocol_32x64");
     group.sample_size(20);
     for k in [1u32, 4, 16, 64, 256] {
@@ -212,13 +218,7 @@ fn hostile(c: &mut Criterion) {
 }
 
 fn opening_bytes(c: &mut Criterion) {
-    let (statement, layers) = setup();
-    let mut prover = Prover::new(statement, layers.clone()).unwrap();
-    let commitment = prover.commit().unwrap();
-    let replay = Replay {
-        layers,
-        row: 64 * 4,
-    };
+    let (prover, commitment, replay) = session();
     let limits = VerifierLimits::default();
     let mut group = c.benchmark_group("opening_bytes");
     group.sample_size(20);

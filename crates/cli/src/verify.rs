@@ -396,8 +396,8 @@ fn is_stdin(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
-/// Opens `path` (`-`: standard input) and reads what a binary opening holds before its cells, or
-/// decodes a JSON opening (the same limit and checks as [`read_message_limited`]).
+/// Opens `path` (`-`: standard input) once and reads what a binary opening holds before its
+/// cells, or decodes a JSON opening (the same limit and checks as [`read_message_limited`]).
 fn read_opening(path: &Path, limit: u64) -> Result<OpeningInput, VerbInputError> {
     let name = path.display().to_string();
     let refused = |reason: String| VerbInputError::Message {
@@ -408,7 +408,7 @@ fn read_opening(path: &Path, limit: u64) -> Result<OpeningInput, VerbInputError>
     let mut reader: Box<dyn BufRead> = if is_stdin(path) {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
-        let file = veritrace_model::files::open_limited(
+        let (file, _) = veritrace_model::files::open_limited(
             path,
             limit,
             "a protocol message",
@@ -437,18 +437,14 @@ fn read_opening(path: &Path, limit: u64) -> Result<OpeningInput, VerbInputError>
             .map(OpeningInput::Stream)
             .map_err(|e| refused(e.to_string()));
     }
-    if !is_stdin(path) {
-        return read_message_limited::<Opening>(path, limit as u64).map(OpeningInput::Decoded);
-    }
+    // JSON, from the reader already open (a file's size was checked when it was opened)
     let mut text = Vec::new();
     reader
-        .take(limit as u64 + 1)
+        .take((limit as u64).saturating_add(1))
         .read_to_end(&mut text)
         .map_err(|e| refused(format!("reading failed: {e}")))?;
     if text.len() > limit {
-        return Err(refused(format!(
-            "standard input holds more than the limit of {limit} bytes"
-        )));
+        return Err(refused(format!("more than the limit of {limit} bytes")));
     }
     let text = std::str::from_utf8(&text).map_err(|e| refused(format!("not UTF-8 JSON: {e}")))?;
     Opening::from_json(text)

@@ -540,21 +540,33 @@ fn keygen_calibrates_a_bound() {
         "--out",
         &p("op.vtpm"),
     ]);
-    let verify_with = |bounds: &str| {
-        code(&[
+    let (commitment, challenge, opening, k3) = (
+        p("run/commitment.json"),
+        p("ch.vtpm"),
+        p("op.vtpm"),
+        p("k3"),
+    );
+    let verify_args = |extra: &[&str]| {
+        let mut a = vec![
             "verify",
             "--model",
             "tiny",
             "--commitment",
-            &p("run/commitment.json"),
+            &commitment,
             "--challenge",
-            &p("ch.vtpm"),
+            &challenge,
             "--opening",
-            &p("op.vtpm"),
+            &opening,
+        ];
+        a.extend_from_slice(extra);
+        code(&a)
+    };
+    let verify_with = |bounds: &str| {
+        verify_args(&[
             "--layer-check",
             "freivalds",
             "--key",
-            &p("k3"),
+            &k3,
             "--freivalds-bounds",
             bounds,
         ])
@@ -582,19 +594,7 @@ fn keygen_calibrates_a_bound() {
         let (c, o) = verify_with(&p("bad.json"));
         assert_eq!(c, 2, "{name}: {o}");
     }
-    let (c, o) = code(&[
-        "verify",
-        "--model",
-        "tiny",
-        "--commitment",
-        &p("run/commitment.json"),
-        "--challenge",
-        &p("ch.vtpm"),
-        "--opening",
-        &p("op.vtpm"),
-        "--freivalds-bounds",
-        &p("bounds.json"),
-    ]);
+    let (c, o) = verify_args(&["--freivalds-bounds", &p("bounds.json")]);
     assert_eq!(c, 2, "{o}");
 
     let (secret, k2) = (p("secret"), p("k2"));

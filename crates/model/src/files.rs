@@ -244,11 +244,7 @@ pub fn read_limited(
     what: &'static str,
     hint: &str,
 ) -> Result<Vec<u8>, FileError> {
-    let (file, size) = open_regular(path)?;
-    let refuse = |size| too_large(path, size, limit, what, hint);
-    if size > limit {
-        return Err(refuse(size));
-    }
+    let (file, size) = open_limited(path, limit, what, hint)?;
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
@@ -257,9 +253,28 @@ pub fn read_limited(
             source,
         })?;
     if bytes.len() as u64 > limit {
-        return Err(refuse(limit.saturating_add(1)));
+        return Err(too_large(path, limit.saturating_add(1), limit, what, hint));
     }
     Ok(bytes)
+}
+
+/// [`read_limited`]'s checks without reading: the open regular file of at most `limit` bytes
+/// and its size, for [`read_limited`], [`map_limited`] and a caller that reads the file as a
+/// stream (an opening checked as it is read).
+///
+/// # Errors
+/// As [`read_limited`].
+pub fn open_limited(
+    path: &Path,
+    limit: u64,
+    what: &'static str,
+    hint: &str,
+) -> Result<(File, u64), FileError> {
+    let (file, size) = open_regular(path)?;
+    if size > limit {
+        return Err(too_large(path, size, limit, what, hint));
+    }
+    Ok((file, size))
 }
 
 /// [`read_limited`] without reading: the file mapped read-only (an empty file gives no bytes),
@@ -275,10 +290,7 @@ pub fn map_limited(
     what: &'static str,
     hint: &str,
 ) -> Result<MappedFile, FileError> {
-    let (file, size) = open_regular(path)?;
-    if size > limit {
-        return Err(too_large(path, size, limit, what, hint));
-    }
+    let (file, size) = open_limited(path, limit, what, hint)?;
     if size == 0 {
         return Ok(MappedFile(None));
     }
@@ -290,24 +302,6 @@ pub fn map_limited(
         return Err(too_large(path, map.len() as u64, limit, what, hint));
     }
     Ok(MappedFile(Some(map)))
-}
-
-/// [`read_limited`]'s checks without reading: the open regular file of at most `limit` bytes,
-/// for a caller that reads it as a stream (an opening checked as it is read).
-///
-/// # Errors
-/// As [`read_limited`].
-pub fn open_limited(
-    path: &Path,
-    limit: u64,
-    what: &'static str,
-    hint: &str,
-) -> Result<File, FileError> {
-    let (file, size) = open_regular(path)?;
-    if size > limit {
-        return Err(too_large(path, size, limit, what, hint));
-    }
-    Ok(file)
 }
 
 /// The [`FileError::TooLarge`] of [`read_limited`] and [`map_limited`].

@@ -1118,19 +1118,66 @@ fn opening_size(g: &veritrace_commit::TraceGeometry, runs: &[CellRange]) -> (u64
 /// of specs/protocol.md §11.2 step 1, walking both lists once (the required cells are never
 /// listed: the walk stops at the end of the opening or at the first difference).
 fn first_opening_difference(required: &[CellRange], opened: &[OpenedCell]) -> Option<RejectReason> {
-    let contains = |cell: CellId| {
-        let i = required.partition_point(|r| (r.layer, r.chunks.end) <= (cell.layer, cell.chunk));
-        required.get(i).is_some_and(|r| r.contains(cell))
-    };
-    let mut want = required.iter().flat_map(CellRange::cells);
-    for oc in opened {
-        match want.next() {
-            Some(w) if w == oc.cell => {}
-            Some(w) if contains(oc.cell) => return Some(RejectReason::MissingCell { cell: w }),
-            _ => return Some(RejectReason::UnexpectedCell { cell: oc.cell }),
+    let mut walk = RequiredWalk::new(required);
+    opened
+        .iter()
+        .find_map(|oc| walk.step(required, oc.cell))
+        .or_else(|| walk.missing(required))
+}
+
+/// Step 1's walk over the required runs, one opened cell at a time: where the next required
+/// cell is (a run and a chunk; the runs themselves are passed to each call).
+#[derive(Debug, Clone, Copy)]
+struct RequiredWalk {
+    run: usize,
+    chunk: u32,
+}
+
+impl RequiredWalk {
+    /// At the first cell of `runs`.
+    fn new(runs: &[CellRange]) -> Self {
+        RequiredWalk {
+            run: 0,
+            chunk: runs.first().map_or(0, |r| r.chunks.start),
         }
     }
-    want.next().map(|cell| RejectReason::MissingCell { cell })
+
+    /// The next required cell, consumed.
+    fn next(&mut self, runs: &[CellRange]) -> Option<CellId> {
+        while let Some(r) = runs.get(self.run) {
+            if self.chunk < r.chunks.end {
+                let cell = CellId {
+                    layer: r.layer,
+                    chunk: self.chunk,
+                };
+                self.chunk += 1;
+                return Some(cell);
+            }
+            self.run += 1;
+            self.chunk = runs.get(self.run).map_or(0, |r| r.chunks.start);
+        }
+        None
+    }
+
+    /// The reason the opened cell `cell` is not the next required one (the required cell in
+    /// its place is missing if `cell` is required elsewhere, else `cell` was not asked for).
+    fn step(&mut self, runs: &[CellRange], cell: CellId) -> Option<RejectReason> {
+        let contains = || {
+            let i = runs.partition_point(|r| (r.layer, r.chunks.end) <= (cell.layer, cell.chunk));
+            runs.get(i).is_some_and(|r| r.contains(cell))
+        };
+        match self.next(runs) {
+            Some(want) if want == cell => None,
+            Some(want) if contains() => Some(RejectReason::MissingCell { cell: want }),
+            _ => Some(RejectReason::UnexpectedCell { cell }),
+        }
+    }
+
+    /// After the last opened cell: the first required cell not opened.
+    fn missing(&mut self, runs: &[CellRange]) -> Option<RejectReason> {
+        self.next(runs)
+            .map(|cell| RejectReason::MissingCell { cell })
+    }
 }
 
 /// One opened cell as the check receives it: borrowed from a decoded [`Opening`], or owned
@@ -1293,9 +1340,8 @@ struct OpeningCheck<'v, 'd, R: ?Sized> {
     faults: Faults,
     required: Vec<CellRange>,
     sub_required: Vec<(SubLayerPart, TraceGeometry, Vec<CellRange>)>,
-    /// Step 1's walk: the run and chunk of the next required cell.
-    run: usize,
-    chunk: u32,
+    /// Step 1's walk over `required`.
+    walk: RequiredWalk,
     /// Steps 2-3: the leaf digests of the cells so far, with their leaf indices.
     leaves: Vec<(u64, veritrace_commit::Digest)>,
     /// The cells a later check needs, in arrival (leaf) order.
@@ -1359,7 +1405,7 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
             .map_err(bad_statement)?;
         // the input tokens are the statement's text, tokenized (when it has text)
         recompute.check_input(statement).map_err(bad_statement)?;
-        let chunk = required.first().map_or(0, |r| r.chunks.start);
+        let walk = RequiredWalk::new(&required);
         let on_arrival = sub_required.is_empty() && challenged.windows(2).all(|w| w[0] < w[1]);
         Ok(OpeningCheck {
             commitment,
@@ -1370,8 +1416,7 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
             faults,
             required,
             sub_required,
-            run: 0,
-            chunk,
+            walk,
             leaves: Vec::new(),
             kept: Vec::new(),
             on_arrival,
@@ -1383,47 +1428,15 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
         })
     }
 
-    /// Step 1's next required cell.
-    fn next_required(&mut self) -> Option<CellId> {
-        while let Some(r) = self.required.get(self.run) {
-            if self.chunk < r.chunks.end {
-                let cell = CellId {
-                    layer: r.layer,
-                    chunk: self.chunk,
-                };
-                self.chunk += 1;
-                return Some(cell);
-            }
-            self.run += 1;
-            self.chunk = self.required.get(self.run).map_or(0, |r| r.chunks.start);
-        }
-        None
-    }
-
-    /// Whether `cell` is in the opening set.
-    fn required_contains(&self, cell: CellId) -> bool {
-        let i = self
-            .required
-            .partition_point(|r| (r.layer, r.chunks.end) <= (cell.layer, cell.chunk));
-        self.required.get(i).is_some_and(|r| r.contains(cell))
-    }
-
     /// Steps 1-4 (and 5-6 on arrival) for the next opened cell.
     fn cell(&mut self, cell: CellId, data: Cow<'d, [u8]>) {
         if self.order.is_some() {
             return;
         }
         // 1. the next required cell (the first difference names the missing or unexpected one)
-        match self.next_required() {
-            Some(want) if want == cell => {}
-            Some(want) if self.required_contains(cell) => {
-                self.order = Some(RejectReason::MissingCell { cell: want });
-                return;
-            }
-            _ => {
-                self.order = Some(RejectReason::UnexpectedCell { cell });
-                return;
-            }
+        if let Some(reason) = self.walk.step(&self.required, cell) {
+            self.order = Some(reason);
+            return;
         }
         if self.shape.is_some() {
             return;
@@ -1479,8 +1492,8 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
         if let Some(reason) = self.order.take() {
             return Err(reason);
         }
-        if let Some(cell) = self.next_required() {
-            return Err(RejectReason::MissingCell { cell });
+        if let Some(reason) = self.walk.missing(&self.required) {
+            return Err(reason);
         }
         match (sublayers, self.sub_required.is_empty()) {
             (None, false) => {
