@@ -764,7 +764,14 @@ pub fn check_linear_biased(
     rows: usize,
     bias: Option<&[f32]>,
 ) -> Result<LinearCheck> {
-    let t = key.repetitions as usize;
+    Ok(worst_of(
+        &linear_terms(key, layer, matrix, x, y, rows, bias)?,
+        key.repetitions as usize,
+    ))
+}
+
+/// The [`LinearCheck`] of one map's terms (index `p·t + k`, as [`linear_terms`] orders them).
+fn worst_of(terms: &[(f64, f64)], t: usize) -> LinearCheck {
     let mut worst = LinearCheck {
         passed: true,
         worst_ratio: 0.0,
@@ -773,10 +780,7 @@ pub fn check_linear_biased(
         deviation: 0.0,
         bound: 0.0,
     };
-    for (i, (deviation, bound)) in linear_terms(key, layer, matrix, x, y, rows, bias)?
-        .into_iter()
-        .enumerate()
-    {
+    for (i, &(deviation, bound)) in terms.iter().enumerate() {
         let ratio = if deviation == 0.0 {
             0.0
         } else if bound > 0.0 {
@@ -788,15 +792,39 @@ pub fn check_linear_biased(
             worst = LinearCheck {
                 passed: true,
                 worst_ratio: ratio,
-                worst_row: i / t,
-                worst_repetition: i % t,
+                worst_row: i / t.max(1),
+                worst_repetition: i % t.max(1),
                 deviation,
                 bound,
             };
         }
     }
     worst.passed = worst.worst_ratio <= 1.0;
-    Ok(worst)
+    worst
+}
+
+/// One map's part of a [`check_linear_shared`]: `(matrix, y, bias)`, its claimed outputs and
+/// its bias if it has one.
+pub type MapClaim<'a> = (Matrix, &'a [f32], Option<&'a [f32]>);
+
+/// [`check_linear_biased`] of several maps that read the same input rows `x` (the key and
+/// value projections of the attention-normed rows; the gate and up projections of the MLP's
+/// input), each given as `(matrix, y, bias)`: the same checks, bitwise, with `x` read once for
+/// all of them (the check is bound by reading the claimed rows, so this saves a pass over `x`
+/// per further map). Fails as `check_linear_biased` of the maps in order would, and for maps
+/// of different input widths.
+pub fn check_linear_shared(
+    key: &VerifierKey,
+    layer: usize,
+    x: &[f32],
+    rows: usize,
+    maps: &[MapClaim<'_>],
+) -> Result<Vec<LinearCheck>> {
+    let t = key.repetitions as usize;
+    Ok(shared_terms(key, layer, x, rows, maps)?
+        .iter()
+        .map(|terms| worst_of(terms, t))
+        .collect())
 }
 
 /// The terms [`check_linear`] compares, for every row `p` and repetition `k` in that order
@@ -813,43 +841,105 @@ pub fn linear_terms(
     rows: usize,
     bias: Option<&[f32]>,
 ) -> Result<Vec<(f64, f64)>> {
-    let mk = key.matrix(layer, matrix)?;
-    let (out, inp) = key.dims.shape(matrix);
-    if let Some(b) = bias {
-        if b.len() != out {
-            return Err(FreivaldsError::WrongLength {
-                what: "bias",
-                expected: out as u64,
-                got: b.len(),
-            });
-        }
-        if let Some(index) = crate::first_non_finite(b) {
-            return Err(FreivaldsError::NonFinite {
-                what: "bias",
-                index,
-            });
-        }
+    let mut terms = shared_terms(key, layer, x, rows, &[(matrix, y, bias)])?;
+    Ok(terms.pop().unwrap_or_default())
+}
+
+/// One map's key, shapes and bias terms in [`shared_terms`].
+struct MapTerms<'a> {
+    mk: &'a MatrixKey,
+    out: usize,
+    y: &'a [f32],
+    /// Per repetition: `r·b` and `|r|·|b|` (0 without a bias).
+    rb: Vec<(f64, f64)>,
+    /// 2 with a bias (one more rounding of each output), else 1.
+    outputs_rounded: f64,
+}
+
+impl<'a> MapTerms<'a> {
+    /// Repetition `k`'s `v` and `u` (each `inp` long).
+    fn key_row(&self, k: usize, inp: usize) -> (&'a [f64], &'a [f64]) {
+        let mk: &'a MatrixKey = self.mk;
+        (&mk.v[k * inp..(k + 1) * inp], &mk.u[k * inp..(k + 1) * inp])
     }
-    if rows == 0 {
-        return Err(FreivaldsError::InvalidArgument(
-            "rows must be at least 1".into(),
-        ));
-    }
-    for (what, data, width) in [("x", x, inp), ("y", y, out)] {
-        let expected = (rows as u64).saturating_mul(width as u64);
-        if data.len() as u64 != expected {
-            return Err(FreivaldsError::WrongLength {
-                what,
-                expected,
-                got: data.len(),
-            });
+}
+
+/// [`linear_terms`] of every map in `maps` (`(matrix, y, bias)`, all of input width `in`) on
+/// the same input rows `x`, one vector of terms per map: each row of `x` is read once for all
+/// maps (two maps' sums in one pass, [`dots_pair`]), and every sum is bitwise the one
+/// [`linear_terms`] of the map alone computes. Errors as `linear_terms` of the maps in order.
+fn shared_terms(
+    key: &VerifierKey,
+    layer: usize,
+    x: &[f32],
+    rows: usize,
+    maps: &[MapClaim<'_>],
+) -> Result<Vec<Vec<(f64, f64)>>> {
+    let t = key.repetitions as usize;
+    let mut inp = None;
+    let mut parts = Vec::with_capacity(maps.len());
+    for &(matrix, y, bias) in maps {
+        let mk = key.matrix(layer, matrix)?;
+        let (out, width) = key.dims.shape(matrix);
+        if *inp.get_or_insert(width) != width {
+            return Err(FreivaldsError::InvalidArgument(format!(
+                "{matrix:?} reads inputs of width {width}, not {}",
+                inp.unwrap_or(0)
+            )));
         }
+        if let Some(b) = bias {
+            if b.len() != out {
+                return Err(FreivaldsError::WrongLength {
+                    what: "bias",
+                    expected: out as u64,
+                    got: b.len(),
+                });
+            }
+            if let Some(index) = crate::first_non_finite(b) {
+                return Err(FreivaldsError::NonFinite {
+                    what: "bias",
+                    index,
+                });
+            }
+        }
+        if rows == 0 {
+            return Err(FreivaldsError::InvalidArgument(
+                "rows must be at least 1".into(),
+            ));
+        }
+        for (what, data, w) in [("x", x, width), ("y", y, out)] {
+            let expected = (rows as u64).saturating_mul(w as u64);
+            if data.len() as u64 != expected {
+                return Err(FreivaldsError::WrongLength {
+                    what,
+                    expected,
+                    got: data.len(),
+                });
+            }
+        }
+        let rb = (0..t)
+            .map(|k| match bias {
+                Some(b) => dots_abs(&mk.r[k * out..(k + 1) * out], b),
+                None => (0.0, 0.0),
+            })
+            .collect();
+        parts.push(MapTerms {
+            mk,
+            out,
+            y,
+            rb,
+            outputs_rounded: if bias.is_some() { 2.0 } else { 1.0 },
+        });
     }
+    let Some(inp) = inp else {
+        return Ok(Vec::new());
+    };
     // Finiteness is read off the sums below instead of a scan of its own: with finite keys,
     // `Σ|u|·|x|` (f64, of f32 values: no overflow) is finite exactly when every `x` is, as is
     // `Σ|r|·|y|` for `y` (a zero key entry times ±∞ or NaN is NaN). The first non-finite sum
-    // sends the caller the first non-finite element of `x`, else of `y`, as a scan would.
-    let non_finite = || -> FreivaldsError {
+    // sends the caller the first non-finite element of `x`, else of that map's `y`, as a scan
+    // would.
+    let non_finite = |y: &[f32]| -> FreivaldsError {
         match crate::first_non_finite(x) {
             Some(index) => FreivaldsError::NonFinite { what: "x", index },
             None => FreivaldsError::NonFinite {
@@ -859,43 +949,53 @@ pub fn linear_terms(
         }
     };
     let gamma_n = gamma(inp, U_F32);
-    let eps = 2.0 * (gamma(inp, U_F64) + gamma(out, U_F64));
-    let t = key.repetitions as usize;
-    // per repetition: r·b and |r|·|b| (0 without a bias)
-    let rb: Vec<(f64, f64)> = (0..t)
-        .map(|k| match bias {
-            Some(b) => dots_abs(&mk.r[k * out..(k + 1) * out], b),
-            None => (0.0, 0.0),
-        })
-        .collect();
-    let outputs_rounded = if bias.is_some() { 2.0 } else { 1.0 };
-    let mut terms = Vec::with_capacity(rows * t);
-    for (xr, yr) in x.chunks_exact(inp).zip(y.chunks_exact(out)) {
-        for (k, &(rbk, arbk)) in rb.iter().enumerate() {
-            let r = &mk.r[k * out..(k + 1) * out];
-            let v = &mk.v[k * inp..(k + 1) * inp];
-            let u = &mk.u[k * inp..(k + 1) * inp];
-            let (vx, ux) = dots(v, u, xr);
-            let (ry, ary) = dots_abs(r, yr);
-            if !(ux.is_finite() && ary.is_finite()) {
-                return Err(non_finite());
+    let mut terms: Vec<Vec<(f64, f64)>> =
+        parts.iter().map(|_| Vec::with_capacity(rows * t)).collect();
+    let mut sums = vec![(0f64, 0f64); parts.len()];
+    for (p, xr) in x.chunks_exact(inp).enumerate() {
+        for k in 0..t {
+            // the maps' sums over this row, two maps per pass over it
+            for (pair, out) in parts.chunks(2).zip(sums.chunks_mut(2)) {
+                match pair {
+                    [a, b] => {
+                        let ((va, ua), (vb, ub)) = (a.key_row(k, inp), b.key_row(k, inp));
+                        (out[0], out[1]) = dots_pair([va, ua, vb, ub], xr);
+                    }
+                    [a] => {
+                        let (va, ua) = a.key_row(k, inp);
+                        out[0] = dots(va, ua, xr);
+                    }
+                    _ => {}
+                }
             }
-            let deviation = (vx + rbk - ry).abs();
-            let bound = gamma_n * ux
-                + outputs_rounded * U_F32 * ary
-                + eps * (ux + ary)
-                + 2.0 * gamma(out, U_F64) * arbk;
-            terms.push((deviation, bound));
+            for ((m, &(vx, ux)), terms) in parts.iter().zip(&sums).zip(terms.iter_mut()) {
+                let (rbk, arbk) = m.rb[k];
+                let r = &m.mk.r[k * m.out..(k + 1) * m.out];
+                let yr = &m.y[p * m.out..(p + 1) * m.out];
+                let (ry, ary) = dots_abs(r, yr);
+                if !(ux.is_finite() && ary.is_finite()) {
+                    return Err(non_finite(m.y));
+                }
+                let eps = 2.0 * (gamma(inp, U_F64) + gamma(m.out, U_F64));
+                let deviation = (vx + rbk - ry).abs();
+                let bound = gamma_n * ux
+                    + m.outputs_rounded * U_F32 * ary
+                    + eps * (ux + ary)
+                    + 2.0 * gamma(m.out, U_F64) * arbk;
+                terms.push((deviation, bound));
+            }
         }
     }
     Ok(terms)
 }
 
-/// `(Σ aᵢ·xᵢ, Σ bᵢ·|xᵢ|)` in f64 with eight interleaved accumulators per sum (so the loop
-/// vectorizes). The summation order is fixed by the lengths alone; the verifier's rounding term
-/// of the bound (`γ⁽⁶⁴⁾` over the length) holds for any order. On x86-64 CPUs with AVX2 the
-/// same loop runs four lanes wide: no multiply is fused with its add (Rust never contracts
-/// floating-point operations), so the sums are bitwise those of the baseline build.
+/// `(Σ aᵢ·xᵢ, Σ bᵢ·|xᵢ|)` in f64 with sixteen interleaved accumulators per sum (element `i`
+/// into lane `i mod 16`, so the loop vectorizes and sixteen independent add chains hide the add
+/// latency), then the fixed pairwise reduction [`reduce`]. The summation order is fixed by the
+/// lengths alone; the verifier's rounding term of the bound (`γ⁽⁶⁴⁾` over the length) holds for
+/// any order. On x86-64 CPUs with AVX2 the same loop runs four lanes wide in four registers per
+/// sum: no multiply is fused with its add (Rust never contracts floating-point operations), so
+/// the sums are bitwise those of the baseline build.
 fn dots(a: &[f64], b: &[f64], x: &[f32]) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
@@ -906,23 +1006,92 @@ fn dots(a: &[f64], b: &[f64], x: &[f32]) -> (f64, f64) {
     dots_lanes(a, b, x)
 }
 
-/// The eight accumulator lanes held in two AVX2 registers (lanes 0–3, then 4–7), in order.
+/// The sixteen accumulator lanes held in four AVX2 registers (lanes 0–3, 4–7, 8–11, 12–15),
+/// in order.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn lanes_of(lo: std::arch::x86_64::__m256d, hi: std::arch::x86_64::__m256d) -> [f64; LANES] {
+fn lanes_of(s: [std::arch::x86_64::__m256d; 4]) -> [f64; LANES] {
     use std::arch::x86_64::_mm256_storeu_pd;
     let mut out = [0f64; LANES];
-    #[allow(unsafe_code)]
-    // SAFETY: `out` holds 8 f64; each store writes four of them.
-    unsafe {
-        _mm256_storeu_pd(out.as_mut_ptr(), lo);
-        _mm256_storeu_pd(out.as_mut_ptr().add(4), hi);
+    for (i, v) in s.into_iter().enumerate() {
+        #[allow(unsafe_code)]
+        // SAFETY: `out` holds 16 f64; store `i` writes four of them at offset 4·i ≤ 12.
+        unsafe {
+            _mm256_storeu_pd(out.as_mut_ptr().add(4 * i), v)
+        };
     }
     out
 }
 
-/// [`dots`] with AVX2 intrinsics: lanes 0–3 and 4–7 of the accumulators in two registers,
-/// each lane's multiply and add as in [`dots_lanes`] (no fused multiply-add), so the sums are
+/// [`dots`] of two pairs of vectors over the same `x`, `[a₁, b₁, a₂, b₂]`:
+/// `(dots(a₁, b₁, x), dots(a₂, b₂, x))`, bitwise, with `x` read and widened once (AVX-512,
+/// whose 32 registers hold the four sums' sixteen lanes each, two per sum; without it, two
+/// calls of [`dots`]).
+fn dots_pair(k: [&[f64]; 4], x: &[f32]) -> ((f64, f64), (f64, f64)) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU supports AVX-512F, checked on the line above.
+        return unsafe { dots_pair_avx512(k, x) };
+    }
+    (dots(k[0], k[1], x), dots(k[2], k[3], x))
+}
+
+/// [`dots_pair`] with AVX-512 intrinsics: lanes `0..8` and `8..16` of each sum's
+/// accumulators in two registers, each lane's multiply and add as in [`dots_lanes`] (no fused
+/// multiply-add), so the sums are bitwise the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn dots_pair_avx512(k: [&[f64]; 4], x: &[f32]) -> ((f64, f64), (f64, f64)) {
+    use std::arch::x86_64::{
+        __m512d, _mm256_loadu_ps, _mm512_abs_pd, _mm512_add_pd, _mm512_cvtps_pd, _mm512_loadu_pd,
+        _mm512_mul_pd, _mm512_setzero_pd, _mm512_storeu_pd,
+    };
+    let n = x.len() / LANES * LANES;
+    if k.iter().any(|v| v.len() < x.len()) {
+        return (dots(k[0], k[1], x), dots(k[2], k[3], x));
+    }
+    // acc[s][h]: sum s (a₁·x, b₁·|x|, a₂·x, b₂·|x|), lanes 8h..8h + 8
+    let mut acc = [[_mm512_setzero_pd(); 2]; 4];
+    for c in (0..n).step_by(LANES) {
+        for h in 0..2 {
+            #[allow(unsafe_code)]
+            // SAFETY: c + 8h + 8 ≤ n ≤ x.len() ≤ every k[s].len() (checked above), so each
+            // unaligned load of eight f32 or eight f64 at c + 8h stays inside its slice.
+            unsafe {
+                let xs = _mm512_cvtps_pd(_mm256_loadu_ps(x.as_ptr().add(c + 8 * h)));
+                let ax = _mm512_abs_pd(xs);
+                for (s, a) in acc.iter_mut().enumerate() {
+                    let w = _mm512_loadu_pd(k[s].as_ptr().add(c + 8 * h));
+                    let term = _mm512_mul_pd(w, if s % 2 == 0 { xs } else { ax });
+                    a[h] = _mm512_add_pd(a[h], term);
+                }
+            }
+        }
+    }
+    let lanes = |a: [__m512d; 2]| -> [f64; LANES] {
+        let mut out = [0f64; LANES];
+        #[allow(unsafe_code)]
+        // SAFETY: `out` holds 16 f64; the stores write eight each at offsets 0 and 8.
+        unsafe {
+            _mm512_storeu_pd(out.as_mut_ptr(), a[0]);
+            _mm512_storeu_pd(out.as_mut_ptr().add(8), a[1]);
+        }
+        out
+    };
+    let mut r = acc.map(|a| reduce(&lanes(a)));
+    for i in n..x.len() {
+        let xi = f64::from(x[i]);
+        r[0] += k[0][i] * xi;
+        r[1] += k[1][i] * xi.abs();
+        r[2] += k[2][i] * xi;
+        r[3] += k[3][i] * xi.abs();
+    }
+    ((r[0], r[1]), (r[2], r[3]))
+}
+
+/// [`dots`] with AVX2 intrinsics: lanes `4j..4j + 4` of the accumulators in register `j`, each
+/// lane's multiply and add as in [`dots_lanes`] (no fused multiply-add), so the sums are
 /// bitwise the same.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
@@ -932,33 +1101,34 @@ fn dots_avx2(a: &[f64], b: &[f64], x: &[f32]) -> (f64, f64) {
         _mm256_set1_pd, _mm256_setzero_pd, _mm_loadu_ps,
     };
     let n = x.len() / LANES * LANES;
-    let (a8, b8, x8) = (&a[..n], &b[..n], &x[..n]);
+    let (a16, b16, x16) = (&a[..n], &b[..n], &x[..n]);
     let sign = _mm256_set1_pd(-0.0);
-    let (mut s0, mut s1, mut t0, mut t1) = (
-        _mm256_setzero_pd(),
-        _mm256_setzero_pd(),
-        _mm256_setzero_pd(),
-        _mm256_setzero_pd(),
-    );
-    for ((ac, bc), xc) in a8
+    let mut s = [_mm256_setzero_pd(); 4];
+    let mut t = [_mm256_setzero_pd(); 4];
+    for ((ac, bc), xc) in a16
         .chunks_exact(LANES)
-        .zip(b8.chunks_exact(LANES))
-        .zip(x8.chunks_exact(LANES))
+        .zip(b16.chunks_exact(LANES))
+        .zip(x16.chunks_exact(LANES))
     {
-        #[allow(unsafe_code)]
-        // SAFETY: each chunk holds exactly LANES = 8 elements, so the unaligned loads of four
-        // f64 at offsets 0 and 4 and of four f32 at offsets 0 and 4 stay inside it.
-        unsafe {
-            let x0 = _mm256_cvtps_pd(_mm_loadu_ps(xc.as_ptr()));
-            let x1 = _mm256_cvtps_pd(_mm_loadu_ps(xc.as_ptr().add(4)));
-            s0 = _mm256_add_pd(s0, _mm256_mul_pd(_mm256_loadu_pd(ac.as_ptr()), x0));
-            s1 = _mm256_add_pd(s1, _mm256_mul_pd(_mm256_loadu_pd(ac.as_ptr().add(4)), x1));
-            let (ax0, ax1) = (_mm256_andnot_pd(sign, x0), _mm256_andnot_pd(sign, x1));
-            t0 = _mm256_add_pd(t0, _mm256_mul_pd(_mm256_loadu_pd(bc.as_ptr()), ax0));
-            t1 = _mm256_add_pd(t1, _mm256_mul_pd(_mm256_loadu_pd(bc.as_ptr().add(4)), ax1));
+        for j in 0..4 {
+            #[allow(unsafe_code)]
+            // SAFETY: each chunk holds exactly LANES = 16 elements, so the unaligned loads of
+            // four f64 and of four f32 at offset 4·j ≤ 12 stay inside it.
+            unsafe {
+                let xj = _mm256_cvtps_pd(_mm_loadu_ps(xc.as_ptr().add(4 * j)));
+                s[j] = _mm256_add_pd(
+                    s[j],
+                    _mm256_mul_pd(_mm256_loadu_pd(ac.as_ptr().add(4 * j)), xj),
+                );
+                let axj = _mm256_andnot_pd(sign, xj);
+                t[j] = _mm256_add_pd(
+                    t[j],
+                    _mm256_mul_pd(_mm256_loadu_pd(bc.as_ptr().add(4 * j)), axj),
+                );
+            }
         }
     }
-    let (mut vs, mut vt) = (reduce(&lanes_of(s0, s1)), reduce(&lanes_of(t0, t1)));
+    let (mut vs, mut vt) = (reduce(&lanes_of(s)), reduce(&lanes_of(t)));
     for i in n..x.len() {
         let xi = f64::from(x[i]);
         vs += a[i] * xi;
@@ -992,17 +1162,19 @@ fn dots_lanes(a: &[f64], b: &[f64], x: &[f32]) -> (f64, f64) {
 }
 
 /// Accumulators per sum in [`dots`] and [`dots_abs`] (independent chains, so the loops
-/// vectorize and pipeline).
-const LANES: usize = 8;
+/// vectorize and pipeline: sixteen hide the four-cycle add latency at two adds per cycle).
+const LANES: usize = 16;
 
-/// The pairwise sum of the accumulators, in a fixed order.
+/// The pairwise sum of the accumulators, in a fixed order: adjacent pairs, then pairs of
+/// those, and so on (`((s₀+s₁)+(s₂+s₃))+…`).
 #[inline(always)]
 fn reduce(s: &[f64; LANES]) -> f64 {
-    ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+    let p = |i: usize| (s[i] + s[i + 1]) + (s[i + 2] + s[i + 3]);
+    (p(0) + p(4)) + (p(8) + p(12))
 }
 
-/// `(Σ rᵢ·yᵢ, Σ |rᵢ|·|yᵢ|)`, accumulated as [`dots`] (and as it, four lanes wide with AVX2,
-/// bitwise the same sums).
+/// `(Σ rᵢ·yᵢ, Σ |rᵢ|·|yᵢ|)`, accumulated as [`dots`] (and as it, four lanes wide in four
+/// registers with AVX2, bitwise the same sums).
 fn dots_abs(r: &[f64], y: &[f32]) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
@@ -1022,34 +1194,25 @@ fn dots_abs_avx2(r: &[f64], y: &[f32]) -> (f64, f64) {
         _mm256_set1_pd, _mm256_setzero_pd, _mm_loadu_ps,
     };
     let n = y.len() / LANES * LANES;
-    let (r8, y8) = (&r[..n], &y[..n]);
+    let (r16, y16) = (&r[..n], &y[..n]);
     let sign = _mm256_set1_pd(-0.0);
-    let (mut s0, mut s1, mut t0, mut t1) = (
-        _mm256_setzero_pd(),
-        _mm256_setzero_pd(),
-        _mm256_setzero_pd(),
-        _mm256_setzero_pd(),
-    );
-    for (rc, yc) in r8.chunks_exact(LANES).zip(y8.chunks_exact(LANES)) {
-        #[allow(unsafe_code)]
-        // SAFETY: each chunk holds exactly LANES = 8 elements, so the unaligned loads of four
-        // f64 at offsets 0 and 4 and of four f32 at offsets 0 and 4 stay inside it.
-        unsafe {
-            let y0 = _mm256_cvtps_pd(_mm_loadu_ps(yc.as_ptr()));
-            let y1 = _mm256_cvtps_pd(_mm_loadu_ps(yc.as_ptr().add(4)));
-            let (r0, r1) = (
-                _mm256_loadu_pd(rc.as_ptr()),
-                _mm256_loadu_pd(rc.as_ptr().add(4)),
-            );
-            s0 = _mm256_add_pd(s0, _mm256_mul_pd(r0, y0));
-            s1 = _mm256_add_pd(s1, _mm256_mul_pd(r1, y1));
-            let (ar0, ar1) = (_mm256_andnot_pd(sign, r0), _mm256_andnot_pd(sign, r1));
-            let (ay0, ay1) = (_mm256_andnot_pd(sign, y0), _mm256_andnot_pd(sign, y1));
-            t0 = _mm256_add_pd(t0, _mm256_mul_pd(ar0, ay0));
-            t1 = _mm256_add_pd(t1, _mm256_mul_pd(ar1, ay1));
+    let mut s = [_mm256_setzero_pd(); 4];
+    let mut t = [_mm256_setzero_pd(); 4];
+    for (rc, yc) in r16.chunks_exact(LANES).zip(y16.chunks_exact(LANES)) {
+        for j in 0..4 {
+            #[allow(unsafe_code)]
+            // SAFETY: each chunk holds exactly LANES = 16 elements, so the unaligned loads of
+            // four f64 and of four f32 at offset 4·j ≤ 12 stay inside it.
+            unsafe {
+                let yj = _mm256_cvtps_pd(_mm_loadu_ps(yc.as_ptr().add(4 * j)));
+                let rj = _mm256_loadu_pd(rc.as_ptr().add(4 * j));
+                s[j] = _mm256_add_pd(s[j], _mm256_mul_pd(rj, yj));
+                let (arj, ayj) = (_mm256_andnot_pd(sign, rj), _mm256_andnot_pd(sign, yj));
+                t[j] = _mm256_add_pd(t[j], _mm256_mul_pd(arj, ayj));
+            }
         }
     }
-    let (mut vs, mut vt) = (reduce(&lanes_of(s0, s1)), reduce(&lanes_of(t0, t1)));
+    let (mut vs, mut vt) = (reduce(&lanes_of(s)), reduce(&lanes_of(t)));
     for i in n..y.len() {
         let yi = f64::from(y[i]);
         vs += r[i] * yi;
@@ -1110,30 +1273,106 @@ pub struct CellCheck {
 
 fn rel_linf(claimed: &[f32], recomputed: &[f32]) -> f64 {
     // the common case of an honest prover on this engine: bit for bit the same values
-    // (folds without a short cut, so the compiler vectorizes them)
-    if claimed.len() == recomputed.len()
-        && claimed
-            .iter()
-            .zip(recomputed)
-            .fold(true, |same, (a, b)| same & (a.to_bits() == b.to_bits()))
-        && claimed.iter().fold(true, |ok, a| ok & a.is_finite())
-    {
+    if claimed.len() == recomputed.len() && same_and_finite(claimed, recomputed) {
         return 0.0;
     }
-    let scale = recomputed
-        .iter()
-        .fold(0f64, |m, v| m.max(f64::from(v.abs())))
-        .max(f64::MIN_POSITIVE);
-    let diff = claimed
-        .iter()
-        .zip(recomputed)
-        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
-        // NaN propagates (a NaN claim is never within a tolerance)
-        .fold(0f64, |m, x| if x.is_nan() || x > m { x } else { m });
     if claimed.len() != recomputed.len() {
         return f64::INFINITY;
     }
-    diff / scale
+    max_diff(claimed, recomputed) / max_abs(recomputed).max(f64::MIN_POSITIVE)
+}
+
+/// `max |v|` over `x` in f64 (0 for none).
+fn max_abs(x: &[f32]) -> f64 {
+    x.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())))
+}
+
+/// `max |a − b|` in f64; NaN propagates (a NaN claim is never within a tolerance).
+fn max_diff(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+        .fold(0f64, nan_max)
+}
+
+/// The larger of two deviations, NaN if either is.
+fn nan_max(m: f64, x: f64) -> f64 {
+    if m.is_nan() || x.is_nan() {
+        f64::NAN
+    } else {
+        m.max(x)
+    }
+}
+
+/// [`rel_linf`] of `claimed` (`rows` rows of `width`) against rows the verifier recomputes
+/// `block` rows at a time (`recompute(a..b)` gives rows `a..b`), compared as they come instead
+/// of after a whole recomputed copy is written: the same value as `rel_linf` of the whole. While
+/// every block so far is bitwise the claim, nothing but the comparison runs; from the first
+/// block that differs, the scale takes in the earlier rows from the claim (equal to the
+/// recomputed rows there) and each later block's, so a hostile claim costs at most one more
+/// pass over the values than an honest one.
+fn rel_linf_by_rows<E>(
+    claimed: &[f32],
+    width: usize,
+    block: usize,
+    mut recompute: impl FnMut(std::ops::Range<usize>) -> std::result::Result<Vec<f32>, E>,
+) -> std::result::Result<f64, E> {
+    let rows = claimed.len() / width.max(1);
+    let (mut diff, mut scale) = (0f64, None::<f64>);
+    for start in (0..rows).step_by(block.max(1)) {
+        let end = (start + block.max(1)).min(rows);
+        let got = recompute(start..end)?;
+        let want = &claimed[start * width..end * width];
+        if got.len() != want.len() {
+            return Ok(f64::INFINITY);
+        }
+        if scale.is_none() && same_and_finite(want, &got) {
+            continue;
+        }
+        let s = scale.get_or_insert_with(|| max_abs(&claimed[..start * width]));
+        *s = s.max(max_abs(&got));
+        diff = nan_max(diff, max_diff(want, &got));
+    }
+    Ok(scale.map_or(0.0, |s| diff / s.max(f64::MIN_POSITIVE)))
+}
+
+/// Rows of the context's attention norms recomputed and compared at a time in
+/// [`check_sublayer_values`] (16 rows of 512: 32 KiB, in the first-level cache).
+const NORM_BLOCK_ROWS: usize = 16;
+
+/// Whether `a` and `b` (of one length) hold the same bits and every value is finite: one pass
+/// over both, vectorized (AVX2 where the CPU has it), stopping at the first block that
+/// differs.
+fn same_and_finite(a: &[f32], b: &[f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU supports AVX2, checked on the line above.
+        return unsafe { same_and_finite_avx2(a, b) };
+    }
+    same_and_finite_any(a, b)
+}
+
+/// [`same_and_finite`] compiled with AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn same_and_finite_avx2(a: &[f32], b: &[f32]) -> bool {
+    same_and_finite_any(a, b)
+}
+
+/// The loop of [`same_and_finite`]: per block, the OR over elements of `bits(a) ^ bits(b)`
+/// and the largest magnitude's bits of `a` (non-finite from `0x7f80_0000`, infinity's), without
+/// a branch per element.
+#[inline(always)]
+fn same_and_finite_any(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.chunks(1024).zip(b.chunks(1024)).all(|(ca, cb)| {
+            let (diff, largest) = ca.iter().zip(cb).fold((0u32, 0u32), |(d, m), (x, y)| {
+                let (x, y) = (x.to_bits(), y.to_bits());
+                (d | (x ^ y), m.max(x & 0x7fff_ffff))
+            });
+            diff == 0 && largest < 0x7f80_0000
+        })
 }
 
 /// Checks challenged cell `(layer, chunk)` (tile `tile`) of a prover that claims `setup` from
@@ -1259,22 +1498,43 @@ pub fn check_sublayer_values(
     let cell_normed = &context.normed[lo * d..];
     let (ctx, cell) = (context, cell);
     let biases = model.qkv_biases(layer)?;
+    let bias = |m: Matrix| m.bias(biases.as_ref());
+    // maps that read the same rows are checked together (one pass over the rows for both)
+    let one = |m: Matrix, x: &[f32], y: &[f32], n: usize| -> Result<(Matrix, LinearCheck)> {
+        Ok((m, check_linear_biased(key, layer, m, x, y, n, bias(m))?))
+    };
+    let two = |ma: Matrix, mb: Matrix, x: &[f32], ya: &[f32], yb: &[f32], n: usize| {
+        check_linear_shared(key, layer, x, n, &[(ma, ya, bias(ma)), (mb, yb, bias(mb))])
+            .map(|c| [(ma, c[0]), (mb, c[1])])
+    };
     let mut linear = Vec::with_capacity(7);
-    for (matrix, x, y, n) in [
-        (Matrix::Q, cell_normed, &cell.q[..], rows),
-        (Matrix::K, &ctx.normed[..], &ctx.k[..], e),
-        (Matrix::V, &ctx.normed[..], &ctx.v[..], e),
-        (Matrix::O, &cell.attn[..], &cell.o[..], rows),
-        (Matrix::Gate, &cell.mlp_in[..], &cell.gate[..], rows),
-        (Matrix::Up, &cell.mlp_in[..], &cell.up[..], rows),
-        (Matrix::Down, &cell.act[..], &cell.down[..], rows),
-    ] {
-        linear.push((
-            matrix,
-            check_linear_biased(key, layer, matrix, x, y, n, matrix.bias(biases.as_ref()))?,
-        ));
-    }
-    let norms = model.attention_norms(setup, tile, layer, h_in)?;
+    linear.push(one(Matrix::Q, cell_normed, &cell.q, rows)?);
+    linear.extend(two(Matrix::K, Matrix::V, &ctx.normed, &ctx.k, &ctx.v, e)?);
+    linear.push(one(Matrix::O, &cell.attn, &cell.o, rows)?);
+    linear.extend(two(
+        Matrix::Gate,
+        Matrix::Up,
+        &cell.mlp_in,
+        &cell.gate,
+        &cell.up,
+        rows,
+    )?);
+    linear.push(one(Matrix::Down, &cell.act, &cell.down, rows)?);
+    // the context's attention norms, recomputed a block of rows at a time and compared with
+    // the claim as they come (rows are normed alone, so blocks are bitwise the whole); each
+    // block's input rows are scanned for finiteness just before (then in cache)
+    let normed_dev = rel_linf_by_rows(&ctx.normed, d, NORM_BLOCK_ROWS, |r| {
+        let block = &h_in[r.start * d..r.end * d];
+        model
+            .attention_norms(setup, tile, layer, block)
+            .map_err(|err| match err {
+                ModelError::NonFinite { what, index } => ModelError::NonFinite {
+                    what,
+                    index: r.start * d + index,
+                },
+                other => other,
+            })
+    })?;
     // every input is finite by now: the Freivalds sums read k, v and the cell's linear
     // outputs (a non-finite one is an error above), the attention norms read h_in
     let nl = model.nonlinear_of(
@@ -1300,7 +1560,7 @@ pub fn check_sublayer_values(
         }
     }
     let nonlinear = vec![
-        ("normed", rel_linf(&ctx.normed, &norms)),
+        ("normed", normed_dev),
         ("attn", rel_linf(&cell.attn, &nl.attn)),
         ("mlp_in", rel_linf(&cell.mlp_in, &nl.mlp_in)),
         ("act", rel_linf(&cell.act, &nl.act)),
@@ -1697,9 +1957,74 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_comparison_finds_every_difference_and_every_non_finite_value() {
+        let a: Vec<f32> = (0..3000).map(|i| i as f32 * 0.37 - 500.0).collect();
+        assert!(same_and_finite(&a, &a));
+        assert!(same_and_finite(&[], &[]));
+        assert!(!same_and_finite(&a, &a[1..]));
+        for at in [0, 7, 1023, 1024, 2999] {
+            let mut b = a.clone();
+            b[at] = f32::from_bits(b[at].to_bits() ^ 1);
+            assert!(!same_and_finite(&a, &b), "a flipped bit at {at}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut c = a.clone();
+                c[at] = bad;
+                assert!(!same_and_finite(&c, &c), "{bad} at {at}");
+                assert!(rel_linf(&c, &a).is_nan() || rel_linf(&c, &a).is_infinite());
+            }
+        }
+        // signed zeros differ in bits but not in value: the slow path says 0
+        assert!(!same_and_finite(&[0.0], &[-0.0]));
+        assert_eq!(rel_linf(&[0.0, 1.0], &[-0.0, 1.0]), 0.0);
+        assert_eq!(same_and_finite_any(&a, &a), same_and_finite(&a, &a));
+    }
+
+    #[test]
+    fn the_deviation_by_blocks_is_the_deviation_of_the_whole() {
+        let (rows, width) = (37usize, 9usize);
+        let truth: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0)
+            .collect();
+        let by_blocks = |claim: &[f32], block: usize| {
+            rel_linf_by_rows(claim, width, block, |r| {
+                Ok::<_, ()>(truth[r.start * width..r.end * width].to_vec())
+            })
+            .unwrap()
+        };
+        let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        let mut claims = vec![truth.clone()];
+        for at in [0, 5, 17 * width + 3, rows * width - 1] {
+            for v in [f32::NAN, f32::INFINITY, 1e6, -0.0] {
+                let mut c = truth.clone();
+                c[at] = v;
+                claims.push(c);
+            }
+            let mut c = truth.clone();
+            c[at] = f32::from_bits(c[at].to_bits() ^ 1);
+            claims.push(c);
+        }
+        // the largest value in an early, equal block sets the scale of a late difference
+        let mut c = truth.clone();
+        c[rows * width - 2] += 0.5;
+        claims.push(c);
+        for claim in &claims {
+            for block in [1, 2, 5, 16, 37, 100] {
+                let (whole, blocks) = (rel_linf(claim, &truth), by_blocks(claim, block));
+                assert!(same(whole, blocks), "block {block}: {whole} vs {blocks}");
+            }
+        }
+        // a recompute of another length is never within a tolerance; its error is passed on
+        let short = rel_linf_by_rows(&truth, width, 4, |r| {
+            Ok::<_, ()>(vec![0f32; (r.end - r.start) * width - 1])
+        });
+        assert_eq!(short, Ok(f64::INFINITY));
+        assert_eq!(rel_linf_by_rows(&truth, width, 4, |_| Err("no")), Err("no"));
+    }
+
+    #[test]
     fn wide_dots_are_bitwise_the_baseline_sums() {
         // every length around the lane count and a few long ones, mixed signs and magnitudes
-        for len in (0..40).chain([511, 512, 1376, 4097]) {
+        for len in (0..70).chain([511, 512, 1376, 4097]) {
             let x: Vec<f32> = inputs(len as u64 + 1, 1, len)
                 .iter()
                 .enumerate()
@@ -1716,6 +2041,14 @@ mod tests {
                 (s0.to_bits(), t0.to_bits()),
                 "len {len}"
             );
+            let b2: Vec<f64> = b.iter().rev().copied().collect();
+            let a2: Vec<f64> = a.iter().map(|v| -v * 0.5).collect();
+            let pair = dots_pair([&a, &b, &a2, &b2], &x);
+            let alone = (dots_lanes(&a, &b, &x), dots_lanes(&a2, &b2, &x));
+            let bits = |((s, t), (u, v)): ((f64, f64), (f64, f64))| {
+                [s.to_bits(), t.to_bits(), u.to_bits(), v.to_bits()]
+            };
+            assert_eq!(bits(pair), bits(alone), "pair, len {len}");
             let (s, t) = dots_abs(&a, &x);
             let (s0, t0) = dots_abs_lanes(&a, &x);
             assert_eq!(
@@ -1724,6 +2057,79 @@ mod tests {
                 "len {len}"
             );
         }
+    }
+
+    #[test]
+    fn maps_checked_together_are_the_maps_checked_alone() {
+        let model = LlamaModel::preset("tiny").unwrap();
+        let key = VerifierKey::build(&secret(3), &model, 2).unwrap();
+        let w = weights(&model);
+        let rows = 5;
+        for (a, b) in [(Matrix::K, Matrix::V), (Matrix::Gate, Matrix::Up)] {
+            let (inp, _) = (key.dims().shape(a).1, ());
+            let x = inputs(9, rows, inp);
+            let product = |m: Matrix| {
+                let (out, inp) = key.dims().shape(m);
+                engine_matmul(&x, rows, &w[&m.tensor_name(2)], out, inp)
+            };
+            let (mut ya, yb) = (product(a), product(b));
+            // one honest map beside one moved output, and a bias on one of them
+            ya[3] += 0.25;
+            let bias: Vec<f32> = (0..key.dims().shape(b).0)
+                .map(|i| i as f32 * 1e-3)
+                .collect();
+            let yb_biased: Vec<f32> = yb
+                .chunks_exact(bias.len())
+                .flat_map(|r| r.iter().zip(&bias).map(|(y, c)| y + c).collect::<Vec<_>>())
+                .collect();
+            let together = check_linear_shared(
+                &key,
+                2,
+                &x,
+                rows,
+                &[(a, &ya, None), (b, &yb_biased, Some(&bias))],
+            )
+            .unwrap();
+            let alone = [
+                check_linear_biased(&key, 2, a, &x, &ya, rows, None).unwrap(),
+                check_linear_biased(&key, 2, b, &x, &yb_biased, rows, Some(&bias)).unwrap(),
+            ];
+            assert_eq!(together, alone, "{a:?} and {b:?}");
+            assert!(!together[0].passed && together[1].passed);
+        }
+        // maps of different input widths are not checked together; errors are the maps' own
+        let x = inputs(1, 1, key.dims().shape(Matrix::Q).1);
+        let y = vec![0f32; key.dims().shape(Matrix::Q).0];
+        let down = vec![0f32; key.dims().shape(Matrix::Down).0];
+        assert!(matches!(
+            check_linear_shared(
+                &key,
+                1,
+                &x,
+                1,
+                &[(Matrix::Q, &y, None), (Matrix::Down, &down, None)]
+            ),
+            Err(FreivaldsError::InvalidArgument(_))
+        ));
+        let mut bad = y.clone();
+        bad[2] = f32::NAN;
+        assert!(matches!(
+            check_linear_shared(
+                &key,
+                1,
+                &x,
+                1,
+                &[
+                    (Matrix::Q, &y, None),
+                    (Matrix::K, &bad[..key.dims().shape(Matrix::K).0], None)
+                ]
+            ),
+            Err(FreivaldsError::NonFinite {
+                what: "y",
+                index: 2
+            })
+        ));
+        assert!(check_linear_shared(&key, 1, &x, 1, &[]).unwrap().is_empty());
     }
 
     #[test]

@@ -95,9 +95,24 @@ impl PackedMatrix {
         if out.checked_mul(inp)? != w.len() {
             return None;
         }
+        Self::new_strided(w, out, inp, inp, 0)
+    }
+
+    /// Packs the `[out, inp]` matrix whose row `j` is `w[j·stride + offset..][..inp]`: one
+    /// head's columns of a wider row-major array, packed without a copy of its own. `None` if
+    /// a row does not fit in `w` or `offset + inp > stride`.
+    pub fn new_strided(
+        w: &[f32],
+        out: usize,
+        inp: usize,
+        stride: usize,
+        offset: usize,
+    ) -> Option<Self> {
+        Self::strided_fits(w.len(), out, inp, stride, offset)?;
         let np = out.div_ceil(NR);
-        let mut panels = vec![0f32; np * inp * NR];
-        for (j, row) in w.chunks_exact(inp.max(1)).enumerate().take(out) {
+        let mut panels = vec![0f32; np.checked_mul(inp)?.checked_mul(NR)?];
+        for j in 0..out {
+            let row = &w[j * stride + offset..j * stride + offset + inp];
             let (p, c) = (j / NR, j % NR);
             let panel = &mut panels[p * inp * NR..(p + 1) * inp * NR];
             for (k, &v) in row.iter().enumerate() {
@@ -112,15 +127,49 @@ impl PackedMatrix {
         })
     }
 
+    /// `Some(())` when `rows` rows of `width` elements at `offset` of each `stride`-wide row
+    /// lie inside `len` elements.
+    fn strided_fits(
+        len: usize,
+        rows: usize,
+        width: usize,
+        stride: usize,
+        offset: usize,
+    ) -> Option<()> {
+        if offset.checked_add(width)? > stride && rows > 0 {
+            return None;
+        }
+        let need = match rows {
+            0 => 0,
+            r => (r - 1).checked_mul(stride)?.checked_add(offset + width)?,
+        };
+        (need <= len).then_some(())
+    }
+
     /// Packs `Wᵀ` given `W` as `[inp, out]` row-major (so the product is `x·W`): the layout of
     /// attention values `[keys, head]`, whose panels are slabs of the rows.
     pub fn from_transposed(wt: &[f32], out: usize, inp: usize) -> Option<Self> {
         if out.checked_mul(inp)? != wt.len() {
             return None;
         }
+        Self::from_transposed_strided(wt, out, inp, out, 0)
+    }
+
+    /// [`PackedMatrix::from_transposed`] of the `[inp, out]` matrix whose row `k` is
+    /// `wt[k·stride + offset..][..out]` (one head's values in a wider row-major array). `None`
+    /// if a row does not fit in `wt` or `offset + out > stride`.
+    pub fn from_transposed_strided(
+        wt: &[f32],
+        out: usize,
+        inp: usize,
+        stride: usize,
+        offset: usize,
+    ) -> Option<Self> {
+        Self::strided_fits(wt.len(), inp, out, stride, offset)?;
         let np = out.div_ceil(NR);
-        let mut panels = vec![0f32; np * inp * NR];
-        for (k, row) in wt.chunks_exact(out.max(1)).enumerate().take(inp) {
+        let mut panels = vec![0f32; np.checked_mul(inp)?.checked_mul(NR)?];
+        for k in 0..inp {
+            let row = &wt[k * stride + offset..k * stride + offset + out];
             for p in 0..np {
                 let cols = NR.min(out - p * NR);
                 let at = (p * inp + k) * NR;
@@ -563,20 +612,79 @@ const ELEMENT_BLOCK: usize = 1 << 14;
 
 /// RMSNorm of each `d`-wide row of `x`: `(x · (1 / √(mean(x²) + eps))) · gain`, the mean of
 /// squares by [`sum_lanes`] over the squares, each step rounded to f32. Rows are split across
-/// threads (each row's arithmetic is its own).
+/// threads (each row's arithmetic is its own), and within a thread four rows' sums run
+/// interleaved (four independent add chains; each row's sum is still [`sum_lanes`]'s, bit for
+/// bit).
 pub fn rms_norm_rows(x: &[f32], d: usize, gain: &[f32], eps: f32) -> Vec<f32> {
     by_rows(x, d, |o, xs| {
-        let mut sq = vec![0f32; d];
-        for (orow, row) in o.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
-            for (s, &v) in sq.iter_mut().zip(row) {
-                *s = v * v;
-            }
-            let inv = 1.0 / (sum_lanes(&sq) / d as f32 + eps).sqrt();
-            for ((y, &v), &g) in orow.iter_mut().zip(row).zip(gain) {
-                *y = (v * inv) * g;
+        #[cfg(target_arch = "x86_64")]
+        if fma_available() {
+            #[allow(unsafe_code)]
+            // SAFETY: the CPU has AVX2 (checked by `fma_available`).
+            unsafe {
+                rms_norm_block_avx2(o, xs, d, gain, eps)
+            };
+            return;
+        }
+        rms_norm_block(o, xs, d, gain, eps)
+    })
+}
+
+/// [`rms_norm_block`] compiled with AVX2 (no fused multiply-add is formed: the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn rms_norm_block_avx2(o: &mut [f32], xs: &[f32], d: usize, gain: &[f32], eps: f32) {
+    rms_norm_block(o, xs, d, gain, eps)
+}
+
+/// The rows of one block of [`rms_norm_rows`]: four at a time, then one at a time.
+#[inline(always)]
+fn rms_norm_block(o: &mut [f32], xs: &[f32], d: usize, gain: &[f32], eps: f32) {
+    let scale = |orow: &mut [f32], row: &[f32], sum: f32| {
+        let inv = 1.0 / (sum / d as f32 + eps).sqrt();
+        for ((y, &v), &g) in orow.iter_mut().zip(row).zip(gain) {
+            *y = (v * inv) * g;
+        }
+    };
+    let mut outs = o.chunks_exact_mut(4 * d);
+    let mut ins = xs.chunks_exact(4 * d);
+    for (o4, x4) in (&mut outs).zip(&mut ins) {
+        let rows: [&[f32]; 4] = std::array::from_fn(|r| &x4[r * d..(r + 1) * d]);
+        let sums = sum_squares(rows);
+        for (r, orow) in o4.chunks_exact_mut(d).enumerate() {
+            scale(orow, rows[r], sums[r]);
+        }
+    }
+    for (orow, row) in outs
+        .into_remainder()
+        .chunks_exact_mut(d)
+        .zip(ins.remainder().chunks_exact(d))
+    {
+        scale(orow, row, sum_squares([row])[0]);
+    }
+}
+
+/// `Σ xᵢ²` of each of `R` rows of one length, each square rounded to f32 and summed as
+/// [`sum_lanes`] sums (so bitwise `sum_lanes` of the squares), the rows' chains interleaved.
+#[inline(always)]
+fn sum_squares<const R: usize>(rows: [&[f32]; R]) -> [f32; R] {
+    let d = rows[0].len();
+    let n = d / LANES * LANES;
+    let mut s = [[0f32; LANES]; R];
+    for c in (0..n).step_by(LANES) {
+        for (sr, row) in s.iter_mut().zip(&rows) {
+            let x: &[f32; LANES] = row[c..c + LANES].try_into().expect("LANES elements");
+            for i in 0..LANES {
+                sr[i] += x[i] * x[i];
             }
         }
-    })
+    }
+    for (sr, row) in s.iter_mut().zip(&rows) {
+        for (i, &v) in row[n..].iter().enumerate() {
+            sr[i] += v * v;
+        }
+    }
+    s.map(|s| ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])))
 }
 
 /// `f(out_block, x_block)` over blocks of whole `d`-wide rows of `x` (on the rayon pool's
@@ -1040,6 +1148,39 @@ mod tests {
     }
 
     #[test]
+    fn strided_packing_is_the_packing_of_the_columns() {
+        // a head of width 11 at offset 22 of rows 40 wide, 37 rows
+        let (rows, width, stride, offset) = (37usize, 11usize, 40usize, 22usize);
+        let wide = values(8, rows * stride);
+        let cols: Vec<f32> = wide
+            .chunks_exact(stride)
+            .flat_map(|r| r[offset..offset + width].to_vec())
+            .collect();
+        let same = |a: &PackedMatrix, b: &PackedMatrix| {
+            (a.out(), a.inp(), bits(&a.panels)) == (b.out(), b.inp(), bits(&b.panels))
+        };
+        let strided = PackedMatrix::new_strided(&wide, rows, width, stride, offset).expect("pack");
+        assert!(same(
+            &strided,
+            &PackedMatrix::new(&cols, rows, width).unwrap()
+        ));
+        let strided = PackedMatrix::from_transposed_strided(&wide, width, rows, stride, offset)
+            .expect("pack");
+        assert!(same(
+            &strided,
+            &PackedMatrix::from_transposed(&cols, width, rows).unwrap()
+        ));
+        // rows that leave the array or the stride are refused, not read past
+        assert!(PackedMatrix::new_strided(&wide, rows + 1, width, stride, offset).is_none());
+        assert!(PackedMatrix::new_strided(&wide, rows, width, stride, offset + 8).is_none());
+        assert!(PackedMatrix::new_strided(&wide, rows, width, usize::MAX, 0).is_none());
+        assert!(
+            PackedMatrix::from_transposed_strided(&wide, width, rows + 1, stride, offset).is_none()
+        );
+        assert!(PackedMatrix::new_strided(&[], 0, width, stride, 0).is_some());
+    }
+
+    #[test]
     fn attention_rows_do_not_depend_on_the_batch_or_the_context_length() {
         let (hd, e) = (16, 40);
         let (q, k, v) = (values(7, e * hd), values(8, e * hd), values(9, e * hd));
@@ -1179,5 +1320,37 @@ mod tests {
         assert_eq!(bits(&one), bits(&all[2 * d..3 * d]));
         assert_eq!(sum_lanes(&[1.0, 2.0, 3.0]), 6.0);
         assert_eq!(sum_lanes(&[]), 0.0);
+    }
+
+    #[test]
+    fn interleaved_norms_are_the_row_by_row_definition_bitwise() {
+        // the definition: each row's squares, their `sum_lanes`, then the scale
+        let definition = |x: &[f32], d: usize, gain: &[f32], eps: f32| -> Vec<f32> {
+            let mut out = Vec::with_capacity(x.len());
+            for row in x.chunks_exact(d) {
+                let sq: Vec<f32> = row.iter().map(|v| v * v).collect();
+                let inv = 1.0 / (sum_lanes(&sq) / d as f32 + eps).sqrt();
+                out.extend(row.iter().zip(gain).map(|(&v, &g)| (v * inv) * g));
+            }
+            out
+        };
+        for d in (1..20).chain([63, 512, 1000]) {
+            for rows in 1..10 {
+                let x: Vec<f32> = values(d as u32 * 31 + rows as u32, rows * d)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * (1 + i % 5) as f32 * 3.0)
+                    .collect();
+                let gain = values(d as u32, d);
+                assert_eq!(
+                    bits(&rms_norm_rows(&x, d, &gain, 1e-5)),
+                    bits(&definition(&x, d, &gain, 1e-5)),
+                    "d {d}, {rows} rows"
+                );
+                let mut block = vec![0f32; x.len()];
+                rms_norm_block(&mut block, &x, d, &gain, 1e-5);
+                assert_eq!(bits(&block), bits(&definition(&x, d, &gain, 1e-5)));
+            }
+        }
     }
 }

@@ -2409,20 +2409,19 @@ impl Arith<'_> {
             .to_dtype(self.dtype)?)
     }
 
-    /// `cos` and `sin` tables `[rows, 1, hd]` for positions `start..start + rows`, in the
-    /// setup's dtype.
-    fn rope_tables(&self, start: usize, rows: usize) -> Result<(Tensor, Tensor)> {
+    /// The model's table of rotary cosines and sines, `half = hd / 2` of each per position
+    /// (position `p`'s at `p·half..(p + 1)·half`), extended to cover positions `0..end`, held
+    /// for reading. Each position's angles are computed once, by one formula, so the values are
+    /// bitwise the same at every call.
+    fn rope_cache(&self, end: usize) -> std::sync::RwLockReadGuard<'_, (Vec<f32>, Vec<f32>)> {
         let c = &self.model.config;
-        let hd = c.head_dim();
-        let half = hd / 2;
-        let end = start + rows;
+        let half = c.head_dim() / 2;
         let cached = |t: &(Vec<f32>, Vec<f32>)| t.0.len() >= end * half;
         let need = {
             let t = self.model.rope.read().unwrap_or_else(|p| p.into_inner());
             !cached(&t)
         };
         if need {
-            // each position's angles once, by one formula (bitwise the same at every call)
             let mut t = self.model.rope.write().unwrap_or_else(|p| p.into_inner());
             if !cached(&t) {
                 let inv_freq = c.rope_inv_freq();
@@ -2437,7 +2436,16 @@ impl Arith<'_> {
                 }
             }
         }
-        let t = self.model.rope.read().unwrap_or_else(|p| p.into_inner());
+        self.model.rope.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `cos` and `sin` tables `[rows, 1, hd]` for positions `start..start + rows`, in the
+    /// setup's dtype.
+    fn rope_tables(&self, start: usize, rows: usize) -> Result<(Tensor, Tensor)> {
+        let hd = self.model.config.head_dim();
+        let half = hd / 2;
+        let end = start + rows;
+        let t = self.rope_cache(end);
         let mut cos = Vec::with_capacity(rows * hd);
         let mut sin = Vec::with_capacity(rows * hd);
         for p in start..end {
@@ -2640,15 +2648,6 @@ impl Arith<'_> {
         Ok(slot.get_or_init(|| built))
     }
 
-    /// Cosines and sines `[rows, hd]` (f32) of positions `start..start + rows`.
-    fn rope_rows(&self, start: usize, rows: usize) -> Result<(Vec<f32>, Vec<f32>)> {
-        let (cos, sin) = self.rope_tables(start, rows)?;
-        let f = |t: Tensor| -> Result<Vec<f32>> {
-            Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-        };
-        Ok((f(cos)?, f(sin)?))
-    }
-
     /// `y` with the layer's query (0), key (1) or value (2) bias added to every row (Qwen2).
     fn inv_biased(p: &PackedLayer, mut y: Vec<f32>, which: usize) -> Vec<f32> {
         if let Some(b) = &p.b_qkv {
@@ -2661,17 +2660,27 @@ impl Arith<'_> {
         y
     }
 
-    /// Rows `x: [n, heads·hd]` at positions `start..` with the rotary embedding ([`rope_row`]).
+    /// Rows `x: [n, heads·hd]` at positions `start..` with the rotary embedding ([`rope_row`],
+    /// the cosines and sines read straight from the model's f32 table: the invariant kernels
+    /// compute in f32, where [`Arith::rope_tables`]' cast changes nothing).
     fn inv_rope(&self, x: &[f32], heads: usize, start: usize) -> Result<Vec<f32>> {
         let hd = self.model.config.head_dim();
+        let half = hd / 2;
         let n = x.len() / (heads * hd).max(1);
-        let (cos, sin) = self.rope_rows(start, n)?;
+        let t = self.rope_cache(start + n);
         let mut out = vec![0f32; x.len()];
-        for r in 0..n {
-            let (c, s) = (&cos[r * hd..(r + 1) * hd], &sin[r * hd..(r + 1) * hd]);
-            for h in 0..heads {
-                let at = (r * heads + h) * hd;
-                rope_row(&x[at..at + hd], c, s, &mut out[at..at + hd]);
+        for (r, (xr, or)) in x
+            .chunks_exact(heads * hd)
+            .zip(out.chunks_exact_mut(heads * hd))
+            .enumerate()
+        {
+            let p = start + r;
+            let (c, s) = (
+                &t.0[p * half..(p + 1) * half],
+                &t.1[p * half..(p + 1) * half],
+            );
+            for (xh, oh) in xr.chunks_exact(hd).zip(or.chunks_exact_mut(hd)) {
+                rope_row_half(xh, c, s, oh);
             }
         }
         Ok(out)
@@ -2744,15 +2753,13 @@ impl Arith<'_> {
         // each key-value head packed once for the query heads that share it; each query block
         // reads the prefix up to its last row
         let pack = |g: usize| -> Result<(PackedMatrix, PackedMatrix)> {
-            let (kh, vh) = (
-                column(keys_in, e, kvd, g * hd),
-                column(values_in, e, kvd, g * hd),
-            );
-            let keys = PackedMatrix::new(&kh, e, hd)
-                .ok_or_else(|| ModelError::InvalidArgument(format!("{} key elements", kh.len())))?;
-            let values = PackedMatrix::from_transposed(&vh, hd, e).ok_or_else(|| {
-                ModelError::InvalidArgument(format!("{} value elements", vh.len()))
+            let keys = PackedMatrix::new_strided(keys_in, e, hd, kvd, g * hd).ok_or_else(|| {
+                ModelError::InvalidArgument(format!("{} key elements", keys_in.len()))
             })?;
+            let values = PackedMatrix::from_transposed_strided(values_in, hd, e, kvd, g * hd)
+                .ok_or_else(|| {
+                    ModelError::InvalidArgument(format!("{} value elements", values_in.len()))
+                })?;
             Ok((keys, values))
         };
         let packed: Vec<(PackedMatrix, PackedMatrix)> = if inv::parallel(nkv * e * hd) {
@@ -3325,6 +3332,19 @@ fn rope_row(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     }
 }
 
+/// [`rope_row`] with the tables' halves given once (`cos = [c, c]`, `sin = [s, s]`, as
+/// [`Arith::rope_tables`] lays them out): the same operations, so the same bits. Head sizes
+/// are even ([`ModelConfig::validate`]).
+fn rope_row_half(x: &[f32], c: &[f32], s: &[f32], out: &mut [f32]) {
+    let half = c.len();
+    let (x1, x2) = x.split_at(half);
+    let (o1, o2) = out.split_at_mut(half);
+    for i in 0..half {
+        o1[i] = x1[i] * c[i] + (-x2[i]) * s[i];
+        o2[i] = x2[i] * c[i] + x1[i] * s[i];
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -3339,6 +3359,19 @@ mod tests {
                 h => h as f32 / 2048.0 - 1.0,
             })
             .collect()
+    }
+
+    #[test]
+    fn the_half_table_rotary_row_is_the_full_table_one_bitwise() {
+        for hd in [2usize, 8, 64, 128] {
+            let (x, c, sn) = (values(1, hd), values(2, hd / 2), values(3, hd / 2));
+            let (cos, sin) = ([&c[..], &c[..]].concat(), [&sn[..], &sn[..]].concat());
+            let (mut full, mut half) = (vec![0f32; hd], vec![1f32; hd]);
+            rope_row(&x, &cos, &sin, &mut full);
+            rope_row_half(&x, &c, &sn, &mut half);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&full), bits(&half), "head size {hd}");
+        }
     }
 
     #[test]
