@@ -228,6 +228,11 @@ proptest! {
         for (at, op, value) in edits {
             let which = usize::from(value) % bytes.len();
             let b = &mut bytes[which];
+            if b.is_empty() {
+                // an earlier edit truncated this opening to nothing
+                b.push(value);
+                continue;
+            }
             let at = usize::from(at) % b.len();
             match op {
                 0 => b[at] ^= value | 1,
