@@ -19,6 +19,26 @@ fn code(args: &[&str]) -> (i32, String) {
     (o.code, format!("{}{}", o.stdout, o.stderr))
 }
 
+/// `prove --trace-level sublayer` of the tests' prompt (11 tokens, 4 generated, chunk 4) under
+/// `setup` into the directory `out`; its standard output.
+fn prove_sublayer(out: &str, setup: &str) -> String {
+    run_ok(&[
+        "prove",
+        "--prompt",
+        "5,9,2,7,1,3,8,8,4,6,1",
+        "--output",
+        "4",
+        "--chunk",
+        "4",
+        "--setup",
+        setup,
+        "--trace-level",
+        "sublayer",
+        "--out",
+        out,
+    ])
+}
+
 #[test]
 fn sublayer_sessions_over_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -33,23 +53,7 @@ fn sublayer_sessions_over_files() {
         "--out",
         &p("tiny.key"),
     ]);
-    let prove = |dir: &str, setup: &str| {
-        run_ok(&[
-            "prove",
-            "--prompt",
-            "5,9,2,7,1,3,8,8,4,6,1",
-            "--output",
-            "4",
-            "--chunk",
-            "4",
-            "--setup",
-            setup,
-            "--trace-level",
-            "sublayer",
-            "--out",
-            &p(dir),
-        ])
-    };
+    let prove = |dir: &str, setup: &str| prove_sublayer(&p(dir), setup);
     let out = prove("run", "f32/attn=eager");
     assert!(out.contains("sub-layer roots: context "), "{out}");
     let commitment = p("run/commitment.json");
@@ -509,19 +513,7 @@ fn keygen_calibrates_a_bound() {
         .iter()
         .flat_map(|r| r.as_array().unwrap())
         .all(|s| s.as_f64().is_some_and(|s| s > 0.0 && s <= 1.0)));
-    run_ok(&[
-        "prove",
-        "--prompt",
-        "5,9,2,7,1,3,8,8,4,6,1",
-        "--output",
-        "4",
-        "--chunk",
-        "4",
-        "--trace-level",
-        "sublayer",
-        "--out",
-        &p("run"),
-    ]);
+    prove_sublayer(&p("run"), "f32/attn=eager");
     run_ok(&[
         "challenge",
         &p("run/commitment.json"),

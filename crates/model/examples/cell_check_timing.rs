@@ -18,13 +18,9 @@ use veritrace_model::freivalds::{check_cell, CellClaim, VerifierKey, VerifierSec
 use veritrace_model::sublayer::SubLayerLayout;
 use veritrace_model::{CellInputs, LlamaModel, Setup, SubLayers};
 
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
+mod common;
+
+use common::arg;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();

@@ -19,13 +19,9 @@ use std::time::Instant;
 
 use veritrace_model::{BertModel, LlamaModel, Setup};
 
-fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| default.to_string())
-}
+mod common;
+
+use common::arg;
 
 fn fastest(v: Vec<f64>) -> f64 {
     v.into_iter().fold(f64::INFINITY, f64::min)

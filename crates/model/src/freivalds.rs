@@ -854,6 +854,8 @@ struct MapTerms<'a> {
     rb: Vec<(f64, f64)>,
     /// 2 with a bias (one more rounding of each output), else 1.
     outputs_rounded: f64,
+    /// `γ⁽⁶⁴⁾_out`, the f64 rounding of the sums over the outputs.
+    gamma_out: f64,
 }
 
 impl<'a> MapTerms<'a> {
@@ -929,6 +931,7 @@ fn shared_terms(
             y,
             rb,
             outputs_rounded: if bias.is_some() { 2.0 } else { 1.0 },
+            gamma_out: gamma(out, U_F64),
         });
     }
     let Some(inp) = inp else {
@@ -948,7 +951,7 @@ fn shared_terms(
             },
         }
     };
-    let gamma_n = gamma(inp, U_F32);
+    let (gamma_n, gamma_in) = (gamma(inp, U_F32), gamma(inp, U_F64));
     let mut terms: Vec<Vec<(f64, f64)>> =
         parts.iter().map(|_| Vec::with_capacity(rows * t)).collect();
     let mut sums = vec![(0f64, 0f64); parts.len()];
@@ -976,12 +979,12 @@ fn shared_terms(
                 if !(ux.is_finite() && ary.is_finite()) {
                     return Err(non_finite(m.y));
                 }
-                let eps = 2.0 * (gamma(inp, U_F64) + gamma(m.out, U_F64));
+                let eps = 2.0 * (gamma_in + m.gamma_out);
                 let deviation = (vx + rbk - ry).abs();
                 let bound = gamma_n * ux
                     + m.outputs_rounded * U_F32 * ary
                     + eps * (ux + ary)
-                    + 2.0 * gamma(m.out, U_F64) * arbk;
+                    + 2.0 * m.gamma_out * arbk;
                 terms.push((deviation, bound));
             }
         }
