@@ -16,6 +16,7 @@ use thiserror::Error;
 use veritrace_model::files;
 use veritrace_model::freivalds::{VerifierKey, VerifierSecret, MAX_REPETITIONS, SECRET_LEN};
 use veritrace_model::{LlamaModel, MINILM, PRESETS};
+use veritrace_sim::map_calibration::{calibrate_map_bounds, MapCalibrationConfig, MapRun};
 
 /// Arguments of `veritrace keygen`.
 #[derive(Debug, Args)]
@@ -58,6 +59,24 @@ pub struct KeygenArgs {
     /// most M / (N + 1) for M maps.
     #[arg(long, requires = "calibrate_bound", value_name = "FILE")]
     pub bound_file: Option<PathBuf>,
+    /// How --bound-file's scales are set: `max` (twice each map's largest ratio over the N
+    /// runs), or through the tolerance calibration with maps in the place of layers:
+    /// `order-statistic` (distribution-free) or `exponential-tail` (a fitted tail, fewer
+    /// runs, its tail assumption checked per map): each scale then bounds a quantile of the
+    /// map's honest ratio so that a session checking any number of cells is falsely rejected
+    /// with probability at most --bound-target-fpr, at --bound-confidence.
+    #[arg(long, requires = "bound_file", default_value = "max", value_parser = ["max", "order-statistic", "exponential-tail"])]
+    pub bound_method: String,
+    /// With a calibrated --bound-method: the session false-alarm rate of the Freivalds checks.
+    #[arg(long, default_value_t = 0.001)]
+    pub bound_target_fpr: f64,
+    /// With a calibrated --bound-method: the joint confidence of the per-map bounds.
+    #[arg(long, default_value_t = 0.95)]
+    pub bound_confidence: f64,
+    /// With a calibrated --bound-method: this many further honest runs (later prompts, the
+    /// same variations), held out to test the scales.
+    #[arg(long, default_value_t = 0, value_name = "H")]
+    pub bound_holdout: u32,
 }
 
 /// Input `veritrace keygen` refuses (exit 2).
@@ -81,8 +100,31 @@ pub enum KeygenInputError {
     #[error("--repetitions {0} must be between 1 and {MAX_REPETITIONS}")]
     Repetitions(u32),
     /// Calibration arguments out of range.
-    #[error("--calibrate-bound N needs N in 1..=100000 and --calibration-tokens in 1..=4096")]
+    #[error(
+        "--calibrate-bound N needs N in 1..=100000, --calibration-tokens in 1..=4096, \
+         --bound-holdout in 0..=100000, --bound-target-fpr and --bound-confidence in (0, 1)"
+    )]
     Calibration,
+    /// Too few runs for the calibrated per-map scales' target.
+    #[error(
+        "--bound-method {method}: {needed} honest runs are needed for per-map scales over \
+         {maps} maps at a session false-alarm rate of {target} (confidence {confidence}); \
+         --calibrate-bound is {have}"
+    )]
+    BoundRuns {
+        /// The method.
+        method: String,
+        /// Runs needed.
+        needed: u64,
+        /// Runs given.
+        have: u32,
+        /// Maps calibrated.
+        maps: usize,
+        /// The target rate.
+        target: f64,
+        /// The confidence.
+        confidence: f64,
+    },
 }
 
 /// Loads a Llama-style decoder (a preset or a checkpoint directory); anything else is
@@ -96,6 +138,24 @@ pub(crate) fn load_decoder(spec: &str) -> anyhow::Result<LlamaModel> {
         return Err(KeygenInputError::NotADecoder(spec.to_string()).into());
     }
     Ok(LlamaModel::load(dir)?)
+}
+
+/// The per-map calibration `--bound-method` asks for (`None` for `max`): any session size
+/// (`α = τ / M`), the tolerance calibration's margin of 1 (the bound is already an upper
+/// confidence bound).
+fn map_calibration_config(args: &KeygenArgs) -> anyhow::Result<Option<MapCalibrationConfig>> {
+    if args.bound_method == "max" {
+        return Ok(None);
+    }
+    Ok(Some(MapCalibrationConfig {
+        target_session_fpr: args.bound_target_fpr,
+        confidence: args.bound_confidence,
+        margin: 1.0,
+        method: args.bound_method.parse()?,
+        // any number of checked cells: the union bound saturates at the M maps
+        samples: u32::MAX,
+        rounds: 1,
+    }))
 }
 
 /// Writes a new secret file with mode 0600, refusing to replace an existing file.
@@ -140,7 +200,14 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         return Err(KeygenInputError::Repetitions(args.repetitions).into());
     }
     if let Some(runs) = args.calibrate_bound {
-        if runs == 0 || runs > 100_000 || !(1..=4096).contains(&args.calibration_tokens) {
+        let unit = |x: f64| x > 0.0 && x < 1.0;
+        if runs == 0
+            || runs > 100_000
+            || args.bound_holdout > 100_000
+            || !(1..=4096).contains(&args.calibration_tokens)
+            || !unit(args.bound_target_fpr)
+            || !unit(args.bound_confidence)
+        {
             return Err(KeygenInputError::Calibration.into());
         }
     }
@@ -157,6 +224,23 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         files::refuse_same_file(bound_file, &[secret_path, &args.out])?;
     }
     let model = load_decoder(&args.model)?;
+    let map_config = map_calibration_config(args)?;
+    if let (Some(c), Some(runs)) = (&map_config, args.calibrate_bound) {
+        // refused before any run
+        let layers = model.config().num_layers;
+        let needed = c.runs_needed(layers);
+        if u64::from(runs) < needed {
+            return Err(KeygenInputError::BoundRuns {
+                method: args.bound_method.clone(),
+                needed,
+                have: runs,
+                maps: 7 * layers,
+                target: c.target_session_fpr,
+                confidence: c.confidence,
+            }
+            .into());
+        }
+    }
     let secret = match &args.secret_file {
         Some(path) => {
             let bytes = files::read_limited(path, SECRET_LEN as u64, "a verifier secret", "")
@@ -220,15 +304,19 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .map(|s| s.parse().expect("valid setups"))
         .collect();
         let start = Instant::now();
-        let mut per_run = Vec::with_capacity(runs as usize);
-        for i in 0..runs {
+        let run = |i: u32| -> anyhow::Result<MapRun> {
             let setup = &setups[i as usize % setups.len()];
             let tokens =
                 veritrace_model::Engine::prompt(&model, u64::from(i), args.calibration_tokens);
-            per_run.push(veritrace_model::freivalds::honest_map_ratios(
-                &key, &model, setup, &tokens, 8,
-            )?);
-        }
+            Ok(MapRun {
+                variation: setup.to_string(),
+                ratios: veritrace_model::freivalds::honest_map_ratios(
+                    &key, &model, setup, &tokens, 8,
+                )?,
+            })
+        };
+        let map_runs = (0..runs).map(run).collect::<anyhow::Result<Vec<_>>>()?;
+        let per_run: Vec<Vec<[f64; 7]>> = map_runs.iter().map(|r| r.ratios.clone()).collect();
         let worst = per_run
             .iter()
             .flatten()
@@ -246,7 +334,43 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             (2.0 * worst).min(1.0),
             u64::from(runs) + 1
         )?;
-        if let Some(path) = &args.bound_file {
+        if let (Some(path), Some(config)) = (&args.bound_file, &map_config) {
+            let held = (runs..runs.saturating_add(args.bound_holdout))
+                .map(run)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let r = calibrate_map_bounds(key.model_digest(), &map_runs, &held, config)?;
+            let json = serde_json::to_string_pretty(&r.bounds)? + "\n";
+            files::write_atomic(path, json.as_bytes())?;
+            let (lo, hi) = r.scale_range();
+            writeln!(
+                out,
+                "per-map bound scales: {} ({lo:.3e} to {hi:.3e}; {} over {} maps, {} from the \
+                 fitted tail; verify --freivalds-bounds)",
+                path.display(),
+                args.bound_method,
+                r.calibration.layers,
+                r.tail_maps()
+            )?;
+            writeln!(
+                out,
+                "claimed: with confidence >= {}, a session checking any number of cells falsely \
+                 rejects an honest run of these variations with this key in at most {} of \
+                 sessions",
+                config.confidence, config.target_session_fpr
+            )?;
+            match &r.holdout {
+                None => writeln!(out, "held out: none (--bound-holdout H tests the scales)")?,
+                Some(h) => writeln!(
+                    out,
+                    "held out: {} runs, {} with a map over its scale: session rate <= {:.3e} \
+                     (one-sided {}% Clopper-Pearson)",
+                    h.samples,
+                    h.exceedances,
+                    h.upper,
+                    100.0 * h.confidence
+                )?,
+            }
+        } else if let Some(path) = &args.bound_file {
             let bounds = veritrace_model::freivalds::MapBounds::calibrate(
                 key.model_digest(),
                 &per_run,

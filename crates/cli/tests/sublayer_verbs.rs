@@ -589,6 +589,59 @@ fn keygen_calibrates_a_bound() {
     let (c, o) = verify_args(&["--freivalds-bounds", &p("bounds.json")]);
     assert_eq!(c, 2, "{o}");
 
+    // per-map scales through the tolerance calibration (the order statistic; a loose target
+    // so that few runs suffice), tested on held-out runs, read by verify
+    let calibrated = |runs: &str, out: &str| {
+        code(&[
+            "keygen",
+            "--model",
+            "tiny",
+            "--secret-file",
+            &p("secret"),
+            "--out",
+            &p("k4"),
+            "--calibrate-bound",
+            runs,
+            "--calibration-tokens",
+            "6",
+            "--bound-file",
+            &p(out),
+            "--bound-method",
+            "order-statistic",
+            "--bound-target-fpr",
+            "0.9",
+            "--bound-confidence",
+            "0.5",
+            "--bound-holdout",
+            "20",
+        ])
+    };
+    let (c, o) = calibrated("60", "few.json");
+    assert_eq!(c, 2, "{o}");
+    assert!(o.contains("124 honest runs are needed"), "{o}");
+    assert!(!dir.path().join("few.json").exists() && !dir.path().join("k4").exists());
+    let (c, o) = calibrated("130", "bounds-cal.json");
+    assert_eq!(c, 0, "{o}");
+    assert!(o.contains("order-statistic over 28 maps"), "{o}");
+    assert!(o.contains("held out: 20 runs"), "{o}");
+    let cal: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("bounds-cal.json")).unwrap()).unwrap();
+    assert_eq!(cal["runs"], 130);
+    assert_eq!(cal["calibration"]["method"], "order-statistic");
+    assert_eq!(cal["calibration"]["holdout_runs"], 20);
+    let (c, o) = verify_with(&p("bounds-cal.json"));
+    assert_eq!(c, 0, "{o}");
+    let mut bad_method = cal.clone();
+    bad_method["calibration"]["method"] = serde_json::json!("guess");
+    let mut bad_count = cal.clone();
+    bad_count["calibration"]["holdout_exceeding"] = serde_json::json!(21);
+    for bad in [bad_method, bad_count] {
+        std::fs::write(p("bad.json"), bad.to_string()).unwrap();
+        let (c, o) = verify_with(&p("bad.json"));
+        assert_eq!(c, 2, "{o}");
+        assert!(o.contains("calibration"), "{o}");
+    }
+
     let (secret, k2) = (p("secret"), p("k2"));
     for bad in [["--calibrate-bound", "0"], ["--calibration-tokens", "0"]] {
         let mut a = vec![

@@ -1757,18 +1757,34 @@ pub fn honest_map_ratios(
     key.check_model(&model.digest())?;
     let (_, sub) = model.trace_sublayers(setup, tokens, tile)?;
     let n = tokens.len();
-    let mut ratios = Vec::with_capacity(sub.len());
-    for (i, s) in sub.iter().enumerate() {
-        let layer = i + 1;
-        let biases = model.qkv_biases(layer)?;
-        let mut row = [0f64; 7];
-        for (slot, (matrix, x, y)) in row.iter_mut().zip(linear_maps(s)) {
-            let bias = matrix.bias(biases.as_ref());
-            *slot = check_linear_biased(key, layer, matrix, x, y, n, bias)?.worst_ratio;
-        }
-        ratios.push(row);
+    sub.iter()
+        .enumerate()
+        .map(|(i, s)| layer_map_ratios(key, model, i + 1, s, n))
+        .collect()
+}
+
+/// The worst `|v·x − r·y| / B` of each linear map of layer `layer` (1-based) over the `rows`
+/// token rows of its sub-layer values `s`, in [`Matrix::LAYER`] order: one layer of
+/// [`honest_map_ratios`], for sub-layer values captured elsewhere (a simulated prover's
+/// committed values, another engine's capture).
+///
+/// # Errors
+/// A key of another model, a layer outside the key, values of the wrong lengths.
+pub fn layer_map_ratios(
+    key: &VerifierKey,
+    model: &LlamaModel,
+    layer: usize,
+    s: &SubLayers,
+    rows: usize,
+) -> Result<[f64; 7]> {
+    key.check_model(&model.digest())?;
+    let biases = model.qkv_biases(layer)?;
+    let mut row = [0f64; 7];
+    for (slot, (matrix, x, y)) in row.iter_mut().zip(linear_maps(s)) {
+        let bias = matrix.bias(biases.as_ref());
+        *slot = check_linear_biased(key, layer, matrix, x, y, rows, bias)?.worst_ratio;
     }
-    Ok(ratios)
+    Ok(row)
 }
 
 /// Calibrated Freivalds bound scales, one per linear map of each layer (the file `veritrace
@@ -1794,6 +1810,34 @@ pub struct MapBounds {
     pub margin: f64,
     /// `scales[l − 1][i]`: the scale of layer `l`'s map [`Matrix::LAYER`]`[i]`, in `(0, 1]`.
     pub scales: Vec<[f64; 7]>,
+    /// How the scales were obtained when not as `margin` times each map's largest ratio: a
+    /// calibration through the tolerance machinery of issue 7 (an order statistic or a fitted
+    /// tail per map, `veritrace_sim::map_calibration`), with the false-alarm rate it claims.
+    /// Absent in files of the plain maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<MapCalibration>,
+}
+
+/// What a per-map calibration through the tolerance machinery claims (recorded in a
+/// [`MapBounds`] file; the statistics are in `veritrace_protocol::calibration`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapCalibration {
+    /// `order-statistic` or `exponential-tail`.
+    pub method: String,
+    /// The session false-alarm rate `τ` the scales are set for (over every map a session
+    /// checks).
+    pub target_session_fpr: f64,
+    /// The joint confidence `γ` of the per-map bounds.
+    pub confidence: f64,
+    /// The bound in words, as the calibration states it.
+    pub claimed_bound: String,
+    /// Held-out honest runs the scales were tested on (0: none).
+    #[serde(default)]
+    pub holdout_runs: u64,
+    /// Of them, runs with some map above its scale.
+    #[serde(default)]
+    pub holdout_exceeding: u64,
 }
 
 impl MapBounds {
@@ -1848,12 +1892,18 @@ impl MapBounds {
             runs: u32::try_from(runs.len()).unwrap_or(u32::MAX),
             margin,
             scales,
+            calibration: None,
         })
     }
 
     /// The bound on the probability that a further honest run exchangeable with the
-    /// calibration runs exceeds some map's scale: `min(1, M / (N + 1))`, `M` the maps.
+    /// calibration runs exceeds some map's scale: `min(1, M / (N + 1))`, `M` the maps, for
+    /// scales from the largest ratios; the calibrated session rate `τ` (at its confidence) for
+    /// scales from [`MapBounds::calibration`].
     pub fn exceed_bound(&self) -> f64 {
+        if let Some(c) = &self.calibration {
+            return c.target_session_fpr;
+        }
         let maps = (self.scales.len() * 7) as f64;
         (maps / (f64::from(self.runs) + 1.0)).min(1.0)
     }
@@ -1885,6 +1935,24 @@ impl MapBounds {
                 "runs {} must be >= 1 and margin {} finite and >= 1",
                 self.runs, self.margin
             )));
+        }
+        if let Some(c) = &self.calibration {
+            let unit = |x: f64| x > 0.0 && x < 1.0;
+            if !["order-statistic", "exponential-tail"].contains(&c.method.as_str())
+                || !unit(c.target_session_fpr)
+                || !unit(c.confidence)
+                || c.holdout_exceeding > c.holdout_runs
+            {
+                return Err(bad(format!(
+                    "calibration: method {:?} (order-statistic or exponential-tail), target \
+                     {} and confidence {} in (0, 1), {} of {} held-out runs exceeding",
+                    c.method,
+                    c.target_session_fpr,
+                    c.confidence,
+                    c.holdout_exceeding,
+                    c.holdout_runs
+                )));
+            }
         }
         for (l, row) in self.scales.iter().enumerate() {
             for (i, &s) in row.iter().enumerate() {

@@ -16,7 +16,9 @@ use rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use veritrace_commit::{CellId, HasherId};
-use veritrace_model::freivalds::{VerifierKey, VerifierSecret};
+use veritrace_model::freivalds::{
+    layer_map_ratios, MapBounds, Matrix, VerifierKey, VerifierSecret,
+};
 use veritrace_model::sublayer::{SubLayerLayout, SubLayerTrace};
 use veritrace_model::{CellInputs, LlamaModel, Runner, Setup, SubLayers, Trace};
 use veritrace_protocol::calibration::{
@@ -32,8 +34,9 @@ use veritrace_protocol::{
 use crate::adversary::{Adversary, AdversaryKind, CellPlan, CorridorProbe, Plan, CORRIDOR_SCALES};
 use crate::calibration::{rounding_dtype, HonestRunPlan, Recomputer};
 use crate::fast::{self, CellOutcomes};
-use crate::model::{SimModel, SimVerifier};
-use crate::scenario::{AdversarySpec, Scenario, MAX_END_TO_END_TRIALS};
+use crate::map_calibration::{calibrate_map_bounds, worst_ratios, MapCalibrationConfig, MapRun};
+use crate::model::{KeyedCheck, SimModel, SimVerifier};
+use crate::scenario::{AdversarySpec, FreivaldsBounds, Scenario, MAX_END_TO_END_TRIALS};
 use crate::stats::wilson;
 use crate::SimError;
 
@@ -234,6 +237,26 @@ pub struct SimReport {
     pub calibration: CalibrationSummary,
     /// Per adversary.
     pub adversaries: Vec<AdversaryResult>,
+    /// With `protocol.freivalds_bounds = "calibrated"`: the per-map scales and the evidence
+    /// behind them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freivalds_bounds: Option<MapBoundsSummary>,
+}
+
+/// Per-map Freivalds scales calibrated on honest runs ([`crate::map_calibration`]) and what
+/// held-out runs measured under them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapBoundsSummary {
+    /// The scales the verifier applied.
+    pub bounds: MapBounds,
+    /// The calibration, map `7(l − 1) + i` in the place of layer `l`.
+    pub calibration: RunCalibration,
+    /// Held-out runs with some map above its scale (`None` without held-out runs).
+    pub holdout: Option<FprEstimate>,
+    /// Per map, the largest held-out ratio `|v·x − r·y| / B` (`[l − 1][i]`).
+    pub holdout_worst: Vec<[f64; 7]>,
+    /// Maps whose scale came from the fitted tail.
+    pub tail_maps: usize,
 }
 
 /// Keyed ChaCha20 stream for a labelled purpose.
@@ -263,6 +286,8 @@ pub struct Simulation {
     /// With `protocol.layer_check` `freivalds` or `both`: the verifier's Freivalds key, from a
     /// secret derived from the scenario seed.
     key: Option<Arc<VerifierKey>>,
+    /// With `protocol.freivalds_bounds = "calibrated"`: the per-map scales and their evidence.
+    map_bounds: Option<(Arc<MapBounds>, MapBoundsSummary)>,
 }
 
 impl Simulation {
@@ -316,8 +341,12 @@ impl Simulation {
             held_runs: Vec::new(),
             texts,
             key,
+            map_bounds: None,
         };
         sim.calibrate()?;
+        if sim.scenario.protocol.freivalds_bounds == FreivaldsBounds::Calibrated {
+            sim.calibrate_map_bounds()?;
+        }
         Ok(sim)
     }
 
@@ -631,6 +660,131 @@ impl Simulation {
         Ok(())
     }
 
+    /// The verifier's Freivalds check with `key`: the scenario's tolerance of the nonlinear
+    /// parts and its bounds (the per-map scales where calibrated).
+    fn keyed_check(&self, key: Arc<VerifierKey>) -> KeyedCheck {
+        let p = &self.scenario.protocol;
+        KeyedCheck {
+            key,
+            tolerance: p.sublayer_tolerance,
+            bound_scale: p.freivalds_bound_scale,
+            map_bounds: self.map_bounds.as_ref().map(|(b, _)| b.clone()),
+        }
+    }
+
+    /// The Freivalds bound scale the verifier applies to `matrix` of `layer`.
+    pub(crate) fn freivalds_scale(&self, layer: usize, matrix: Matrix) -> f64 {
+        self.map_bounds
+            .as_ref()
+            .map_or(self.scenario.protocol.freivalds_bound_scale, |(b, _)| {
+                b.scale(layer, matrix)
+            })
+    }
+
+    /// Per-map Freivalds scales (`protocol.freivalds_bounds = "calibrated"`): every
+    /// `tolerance.calibration_prompts` run's worst ratio per map, through
+    /// [`crate::map_calibration::calibrate_map_bounds`] with the tolerance section's method,
+    /// target, confidence and margin, tested on the `tolerance.holdout_prompts` runs. The runs
+    /// are the tolerance calibration's (the same prompts and honest variations in rotation),
+    /// each under a key of its own.
+    fn calibrate_map_bounds(&mut self) -> Result<(), SimError> {
+        let t = &self.scenario.tolerance;
+        let p = self.scenario.protocol;
+        let config = MapCalibrationConfig {
+            target_session_fpr: t.target_fpr,
+            confidence: t.confidence,
+            margin: t.margin,
+            method: t.method,
+            samples: p.samples,
+            rounds: p.rounds,
+        };
+        let layers = self.model.num_layers();
+        let needed = config.runs_needed(layers);
+        if u64::from(t.calibration_prompts) < needed {
+            // Refused before any run.
+            return Err(SimError::Scenario(format!(
+                "protocol.freivalds_bounds = \"calibrated\": {needed} independent honest runs \
+                 are needed for per-map scales over {} maps at a session false-positive rate \
+                 of {:e} ({}), tolerance.calibration_prompts is {}",
+                7 * layers,
+                t.target_fpr,
+                t.method,
+                t.calibration_prompts
+            )));
+        }
+        let base = u64::from(self.scenario.pools_end());
+        let cal = base..base + u64::from(t.calibration_prompts);
+        let hold = cal.end..cal.end + u64::from(t.holdout_prompts);
+        let runs = crate::calibration::par_runs(cal, &|i| self.map_run(i))?;
+        let held = crate::calibration::par_runs(hold, &|i| self.map_run(i))?;
+        let r = calibrate_map_bounds(self.model.digest(), &runs, &held, &config)?;
+        let summary = MapBoundsSummary {
+            tail_maps: r.tail_maps(),
+            bounds: r.bounds.clone(),
+            calibration: r.calibration,
+            holdout: r.holdout,
+            holdout_worst: worst_ratios(&held),
+        };
+        self.map_bounds = Some((Arc::new(r.bounds), summary));
+        Ok(())
+    }
+
+    /// Honest run `i` of the per-map calibration: prompt `i` under the honest variation
+    /// `tolerance.honest[i mod h]`, its sub-layer values as the prover commits them, checked
+    /// under a key of its own (secret from the stream `("veritrace/sim/map-key/v1", seed, i)`,
+    /// the scenario's repetitions).
+    fn map_run(&self, i: u64) -> Result<MapRun, SimError> {
+        let decoder = self.model.decoder().ok_or_else(|| {
+            SimError::Scenario("per-map Freivalds scales need a Llama-style decoder".into())
+        })?;
+        let honest = &self.scenario.tolerance.honest;
+        if honest.is_empty() {
+            return Err(SimError::Scenario(
+                "per-map Freivalds scales need tolerance.honest variations".into(),
+            ));
+        }
+        let setup = honest[(i % honest.len() as u64) as usize];
+        let (_, trace) = self.model.prove_on(
+            &self.prover,
+            &setup,
+            &self.prompt(i),
+            self.scenario.prompts.output as usize,
+            self.scenario.protocol.chunk,
+            HasherId::Blake3,
+        )?;
+        let sub = self.sublayer_trace(&trace, &CellPlan::Setup(setup))?;
+        let mut secret = [0u8; 32];
+        stream("veritrace/sim/map-key/v1", self.scenario.seed, i, 0).fill_bytes(&mut secret);
+        let key = VerifierKey::build(
+            &VerifierSecret::from_bytes(secret),
+            decoder,
+            self.scenario.protocol.freivalds_repetitions,
+        )
+        .map_err(|e| SimError::Scenario(format!("a calibration key: {e}")))?;
+        let layout = decoder.sublayer_layout();
+        let ratios = sub
+            .context
+            .iter()
+            .zip(&sub.cell)
+            .enumerate()
+            .map(|(li, (context, cell))| -> Result<[f64; 7], SimError> {
+                let c = layout.unpack_context(context)?;
+                let s = SubLayers {
+                    normed: c.normed,
+                    k: c.k,
+                    v: c.v,
+                    ..layout.unpack_cell(cell)?
+                };
+                layer_map_ratios(&key, decoder, li + 1, &s, trace.tokens)
+                    .map_err(|e| SimError::Scenario(format!("per-map calibration: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(MapRun {
+            variation: setup.to_string(),
+            ratios,
+        })
+    }
+
     /// Runs `setup` on `model` over `prompt` and returns the statement claiming the reference
     /// setup and the claimed model, with the trace.
     pub(crate) fn run_setup(
@@ -670,10 +824,7 @@ impl Simulation {
         SimVerifier {
             model: self.model.clone(),
             runner: self.verifier.clone(),
-            keyed: self.key.clone().map(|k| {
-                let p = &self.scenario.protocol;
-                (k, p.sublayer_tolerance, p.freivalds_bound_scale)
-            }),
+            keyed: self.key.clone().map(|k| self.keyed_check(k)),
         }
     }
 
@@ -963,6 +1114,7 @@ impl Simulation {
             scenario: self.scenario.clone(),
             calibration: self.calibration.clone(),
             adversaries: results,
+            freivalds_bounds: self.map_bounds.as_ref().map(|(_, s)| s.clone()),
         })
     }
 
@@ -1147,8 +1299,7 @@ impl Simulation {
         )
         .map_err(|e| SimError::Scenario(format!("the verifier's Freivalds key: {e}")))?;
         let mut v = self.verifier_model();
-        let p = &self.scenario.protocol;
-        v.keyed = Some((Arc::new(key), p.sublayer_tolerance, p.freivalds_bound_scale));
+        v.keyed = Some(self.keyed_check(Arc::new(key)));
         Ok(v)
     }
 

@@ -27,6 +27,7 @@ pub mod calibration;
 pub use veritrace_model::cost;
 pub mod engine;
 pub mod fast;
+pub mod map_calibration;
 pub mod model;
 pub mod report;
 pub mod scenario;
@@ -41,7 +42,7 @@ pub use engine::{
     AdversaryResult, CalibrationSummary, CorridorResult, EngineMode, ProverRun, SimReport,
     Simulation,
 };
-pub use model::{load_model, SimModel, SimVerifier};
+pub use model::{load_model, KeyedCheck, SimModel, SimVerifier};
 pub use scenario::{AdversarySpec, Scenario, DEFAULT_SCENARIO};
 
 use thiserror::Error;

@@ -6,7 +6,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use veritrace_model::freivalds::VerifierKey;
+use veritrace_model::freivalds::{MapBounds, VerifierKey};
 use veritrace_model::sublayer::KeyedVerifier;
 use veritrace_model::{Model, ModelError, Runner};
 use veritrace_protocol::{AlgebraicCheck, Recompute, Statement};
@@ -36,10 +36,33 @@ pub struct SimVerifier {
     pub model: SimModel,
     /// The verifier's device.
     pub runner: Arc<Runner>,
-    /// With the scenario's `layer_check` `freivalds` or `both`: the verifier's secret key, the
-    /// tolerance of the nonlinear parts and the Freivalds bound scale, for [`Recompute::check_sublayers`] (checked on the
-    /// CPU, [`veritrace_model::sublayer::KeyedVerifier`]).
-    pub keyed: Option<(Arc<VerifierKey>, f64, f64)>,
+    /// With the scenario's `layer_check` `freivalds` or `both`: the verifier's secret key and
+    /// its bounds, for [`Recompute::check_sublayers`] (checked on the CPU,
+    /// [`veritrace_model::sublayer::KeyedVerifier`]).
+    pub keyed: Option<KeyedCheck>,
+}
+
+/// The simulated verifier's Freivalds check: its key, the tolerance of the nonlinear parts and
+/// the bounds it applies.
+#[derive(Debug, Clone)]
+pub struct KeyedCheck {
+    /// The verifier's secret key.
+    pub key: Arc<VerifierKey>,
+    /// Relative L∞ tolerance of the recomputed nonlinear parts.
+    pub tolerance: f64,
+    /// The bound as a multiple `s` of the rigorous bound, for every map without its own.
+    pub bound_scale: f64,
+    /// Per-map calibrated scales, used instead of `bound_scale` where given.
+    pub map_bounds: Option<Arc<MapBounds>>,
+}
+
+impl KeyedCheck {
+    /// The scale the check applies to `matrix` of `layer`.
+    pub fn scale(&self, layer: usize, matrix: veritrace_model::freivalds::Matrix) -> f64 {
+        self.map_bounds
+            .as_ref()
+            .map_or(self.bound_scale, |b| b.scale(layer, matrix))
+    }
 }
 
 impl Recompute for SimVerifier {
@@ -88,9 +111,7 @@ impl Recompute for SimVerifier {
         context: &[u8],
         cell: &[u8],
     ) -> veritrace_protocol::Result<AlgebraicCheck> {
-        let (Some((key, tolerance, bound_scale)), Some(decoder)) =
-            (&self.keyed, self.model.decoder())
-        else {
+        let (Some(k), Some(decoder)) = (&self.keyed, self.model.decoder()) else {
             return Err(veritrace_protocol::ProtocolError::Engine(
                 "this verifier holds no Freivalds key (the scenario's layer_check is recompute)"
                     .into(),
@@ -98,10 +119,10 @@ impl Recompute for SimVerifier {
         };
         KeyedVerifier {
             model: decoder,
-            key,
-            tolerance: *tolerance,
-            bound_scale: *bound_scale,
-            map_bounds: None,
+            key: &k.key,
+            tolerance: k.tolerance,
+            bound_scale: k.bound_scale,
+            map_bounds: k.map_bounds.as_deref(),
         }
         .check_sublayers(statement, layer, rows, input_rows, inputs, context, cell)
     }

@@ -47,6 +47,9 @@ pub fn markdown(r: &SimReport) -> String {
         ));
     }
     out.push_str(&tolerance_line(r));
+    if let Some(f) = &r.freivalds_bounds {
+        out.push_str(&freivalds_bounds_line(f));
+    }
     out.push_str("| adversary | detected (trials) | runs | 95% bounds over runs | predicted | bad cells | saving | verifier cost | bytes opened | grinding bits | main reason |\n");
     out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for a in &r.adversaries {
@@ -140,6 +143,52 @@ fn pct_fine(x: f64) -> String {
     } else {
         pct(x)
     }
+}
+
+/// The per-map Freivalds bounds line of the report.
+fn freivalds_bounds_line(f: &crate::engine::MapBoundsSummary) -> String {
+    let cal = &f.calibration;
+    let (lo, hi) = f
+        .bounds
+        .scales
+        .iter()
+        .flatten()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), &s| (lo.min(s), hi.max(s)));
+    let held = match &f.holdout {
+        None => "no held-out runs".to_string(),
+        Some(h) => format!(
+            "held out: {} independent honest runs, each under its own key, {} with a map over its scale: Freivalds false-alarm rate per session <= {} (one-sided {}% Clopper-Pearson over runs)",
+            h.samples,
+            h.exceedances,
+            pct_fine(h.upper),
+            100.0 * h.confidence
+        ),
+    };
+    format!(
+        "Freivalds bounds: one scale per linear map ({} maps) from {} independent honest runs ({} needed; {}), each under a key of its own, {} per map bounding the (1 - {:.2e}) quantile of a run's worst ratio |v.x - r.y| / B at {} confidence{} ({} of {} maps from the tail); scales {:.2e} to {:.2e} of the rigorous bound B; claimed: an honest run is falsely rejected by a Freivalds check in at most {} of sessions at {} confidence; {held}.\n\n",
+        cal.layers,
+        cal.runs,
+        cal.runs_needed,
+        cal.variations
+            .iter()
+            .map(|v| format!("{} x{}", v.variation, v.runs))
+            .collect::<Vec<_>>()
+            .join(", "),
+        cal.method,
+        cal.cell_alpha,
+        cal.config.confidence,
+        if cal.config.margin == 1.0 {
+            String::new()
+        } else {
+            format!(", times a margin of {}", cal.config.margin)
+        },
+        f.tail_maps,
+        cal.layers,
+        lo,
+        hi,
+        pct_fine(cal.config.target_session_fpr),
+        cal.config.confidence,
+    )
 }
 
 /// The calibration line of the report.

@@ -30,6 +30,9 @@
 //! freivalds_repetitions = 2 # freivalds/both: secret vectors per weight matrix (1 to 64)
 //! freivalds_bound_scale = 1.0 # freivalds/both: the bound as s·B, s in (0, 1]; 1 rigorous,
 //!                           # less from `veritrace keygen --calibrate-bound N`
+//! freivalds_bounds = "scale" # or "calibrated": a scale per linear map, calibrated on the
+//!                           # [tolerance] section's honest runs (its method, target_fpr,
+//!                           # confidence, margin) and tested on its held-out runs
 //!
 //! [tolerance]
 //! metric = "rel_l2"         # or "max_abs"
@@ -294,6 +297,28 @@ pub struct ProtocolParams {
     /// --calibrate-bound`, catches deviations `1/s` times smaller).
     #[serde(default = "unit_scale", skip_serializing_if = "is_unit")]
     pub freivalds_bound_scale: f64,
+    /// With `freivalds` or `both`: `scale` (the default: `freivalds_bound_scale` for every
+    /// map) or `calibrated`: one scale per linear map of each layer, calibrated on the
+    /// `[tolerance]` section's honest calibration runs with its method, target rate,
+    /// confidence and margin, and tested on its held-out runs
+    /// ([`crate::map_calibration`]; each run draws its own key).
+    #[serde(default, skip_serializing_if = "is_single_scale")]
+    pub freivalds_bounds: FreivaldsBounds,
+}
+
+/// How the simulated verifier sets its Freivalds bounds (`protocol.freivalds_bounds`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FreivaldsBounds {
+    /// One scale for every map: `protocol.freivalds_bound_scale`.
+    #[default]
+    Scale,
+    /// One scale per map from honest runs ([`crate::map_calibration`]).
+    Calibrated,
+}
+
+fn is_single_scale(x: &FreivaldsBounds) -> bool {
+    *x == FreivaldsBounds::Scale
 }
 
 fn unit_scale() -> f64 {
@@ -590,6 +615,22 @@ impl Scenario {
             && q.freivalds_bound_scale <= 1.0)
         {
             return bad("protocol.freivalds_bound_scale must be in (0, 1]".into());
+        }
+        if q.freivalds_bounds == FreivaldsBounds::Calibrated {
+            if !q.layer_check.checks_sublayers() {
+                return bad(
+                    "protocol.freivalds_bounds = \"calibrated\" needs layer_check freivalds or \
+                     both"
+                        .into(),
+                );
+            }
+            if q.freivalds_bound_scale != 1.0 {
+                return bad(
+                    "protocol.freivalds_bounds = \"calibrated\" sets a scale per map: leave \
+                     freivalds_bound_scale out"
+                        .into(),
+                );
+            }
         }
         let t = &self.tolerance;
         let fpr_ok = t.target_fpr > 0.0 && t.target_fpr < 1.0;

@@ -136,6 +136,111 @@ kind = "honest"
     assert!(bad("sublayer_tolerance = -1.0").is_err());
     assert!(bad("layer_check_typo = 1").is_err());
     assert!(bad("sublayer_tolerance = 1e-6").is_ok());
+    assert!(bad("freivalds_bounds = \"calibrated\"").is_ok());
+    assert!(bad("freivalds_bounds = \"sideways\"").is_err());
+    // a scale per map and one for all at once is ambiguous
+    assert!(bad("freivalds_bounds = \"calibrated\"\nfreivalds_bound_scale = 0.5").is_err());
+    // per-map scales need the Freivalds check
+    assert!(Scenario::from_toml(&scenario_text(
+        "freivalds_bounds = \"calibrated\"",
+        ADVERSARIES
+    ))
+    .is_err());
+}
+
+/// A scenario whose per-map calibration needs few runs: a session false-alarm target of 0.9
+/// at confidence 0.5 with one cell per session needs 30 runs by the order statistic.
+fn per_map_scenario(calibration_prompts: u32, adversaries: &str) -> Scenario {
+    let text = scenario_text(
+        "layer_check = \"freivalds\"\nfreivalds_repetitions = 1\nfreivalds_bounds = \"calibrated\"",
+        adversaries,
+    )
+    .replace("target_fpr = 0.3", "target_fpr = 0.9\nconfidence = 0.5")
+    .replace("samples = 3", "samples = 1")
+    .replace(
+        "calibration_prompts = 80\nholdout_prompts = 10",
+        &format!("calibration_prompts = {calibration_prompts}\nholdout_prompts = 40"),
+    );
+    Scenario::from_toml(&text).unwrap()
+}
+
+#[test]
+fn per_map_bounds_are_calibrated_on_honest_runs_and_applied() {
+    let perturbed = r#"
+[[adversary]]
+kind = "honest"
+[[adversary]]
+kind = "other-hardware"
+setup = "f32/attn=eager/splitk=4"
+[[adversary]]
+kind = "weight-perturbation"
+layer = 2
+matrix = "down"
+quant = "int8-channel"
+factor = 0.01
+"#;
+    let r = Simulation::new(per_map_scenario(60, perturbed))
+        .unwrap()
+        .run(&|| {})
+        .unwrap();
+    let f = r
+        .freivalds_bounds
+        .as_ref()
+        .expect("per-map scales reported");
+    assert_eq!(f.bounds.scales.len(), 4);
+    assert_eq!(f.calibration.layers, 28);
+    assert_eq!(f.calibration.runs, 60);
+    assert!(f.calibration.runs_needed <= 60);
+    let c = f.bounds.calibration.as_ref().unwrap();
+    assert_eq!((c.method.as_str(), c.holdout_runs), ("order-statistic", 40));
+    // every scale far below the rigorous bound, and above the map's own held-out noise
+    // (else held-out runs would exceed)
+    for (s, w) in f.bounds.scales.iter().zip(&f.holdout_worst) {
+        for (&s, &w) in s.iter().zip(w) {
+            assert!(s > 0.0 && s < 0.05, "{s}");
+            assert!(w > 0.0, "an honest map with no rounding at all");
+        }
+    }
+    let h = f.holdout.as_ref().unwrap();
+    assert_eq!(h.samples, 40);
+    let md = veritrace_sim::report::markdown(&r);
+    assert!(
+        md.contains("Freivalds bounds: one scale per linear map (28 maps)"),
+        "{md}"
+    );
+    assert_eq!(r.adversaries[0].detected, 0, "an honest prover rejected");
+    assert_eq!(
+        r.adversaries[1].detected, 0,
+        "a reduction-order prover rejected"
+    );
+    // 1% of the int8 error of one matrix: invisible to the rigorous bound, caught under the
+    // map's calibrated scale, at the rate the per-map scale predicts
+    let w = &r.adversaries[2];
+    let p = w.predicted.unwrap();
+    assert!(p > 0.05, "{p}");
+    assert!(w.detected > 0);
+    assert!(
+        w.run_bounds.0 <= p + 1e-9 && p <= w.run_bounds.1 + 1e-9,
+        "{p} {w:?}"
+    );
+    let rigorous = Simulation::new(scenario(
+        "layer_check = \"freivalds\"\nfreivalds_repetitions = 1",
+        &perturbed[perturbed.find("[[adversary]]\nkind = \"weight").unwrap()..],
+    ))
+    .unwrap()
+    .run(&|| {})
+    .unwrap();
+    assert!(rigorous.adversaries[0].predicted.unwrap() < 1e-6);
+    assert_eq!(rigorous.adversaries[0].detected, 0);
+    // too few runs for the target: refused before any trial, with the count needed
+    let err = Simulation::new(per_map_scenario(20, perturbed))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("freivalds_bounds") && err.contains("needed"),
+        "{err}"
+    );
 }
 
 #[test]

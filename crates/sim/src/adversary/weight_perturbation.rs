@@ -173,7 +173,8 @@ impl Behaviour for WeightPerturbation {
         Some(format!(
             "one weight matrix ({} of layer {}) carries {} of its {} error; each trial's verifier \
              draws its own key, so the rate is over the secret vectors; the prediction is the \
-             stated false-accept probability erf(B / (sqrt 2 |e|))^t per checked row",
+             stated false-accept probability erf(s B / (sqrt 2 |e|))^t per checked row, s the \
+             verifier's bound scale for that map",
             self.matrix.name(),
             self.layer,
             if self.factor == 1.0 {
@@ -295,7 +296,7 @@ pub(crate) fn freivalds_prediction(
                     &y,
                     r,
                     bias,
-                    p.freivalds_bound_scale,
+                    sim.freivalds_scale(l, adversary.matrix),
                 )
                 .map_err(|e| SimError::Scenario(e.to_string()))?,
             );
