@@ -785,12 +785,30 @@ fn an_invariant_kernels_prover_is_verified_exactly() {
         "8",
     );
     assert_eq!(out, "accept\n");
+    // bf16 on the same kernels (every stored value rounded once to bf16)
+    let bf16 = dir.path().join("bf16");
+    std::fs::create_dir(&bf16).unwrap();
+    let out = prove_open_verify_with(
+        &bf16,
+        "bf16/attn=eager/kernels=invariant",
+        &[
+            "--prompt",
+            "5,9,2,7,1,3,8,8,4",
+            "--output",
+            "5",
+            "--chunk",
+            "3",
+        ],
+        "tiny",
+        "8",
+    );
+    assert_eq!(out, "accept\n");
     // a setup the kernels do not implement is bad input
     let bad = dir.path().join("bad").display().to_string();
     let o = veritrace(&[
         "prove",
         "--setup",
-        "bf16/attn=eager/kernels=invariant",
+        "f32/attn=tiled:16/kernels=invariant",
         "--out",
         &bad,
     ]);
@@ -805,14 +823,25 @@ fn prove_open_verify(
     model: &str,
     samples: &str,
 ) -> String {
-    let p = |name: &str| dir.join(name).display().to_string();
-    let mut prove = vec![
-        "prove",
-        "--model",
-        model,
-        "--setup",
+    prove_open_verify_with(
+        dir,
         "f32/attn=eager/kernels=invariant",
-    ];
+        prove_args,
+        model,
+        samples,
+    )
+}
+
+/// [`prove_open_verify`] under `setup`.
+fn prove_open_verify_with(
+    dir: &std::path::Path,
+    setup: &str,
+    prove_args: &[&str],
+    model: &str,
+    samples: &str,
+) -> String {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let mut prove = vec!["prove", "--model", model, "--setup", setup];
     prove.extend_from_slice(prove_args);
     let run = p("run");
     prove.extend(["--out", &run]);

@@ -6,8 +6,10 @@
 //!
 //! ```text
 //! cargo run --release -p veritrace-model --example cell_check_timing -- \
-//!     [--setup f32/attn=eager/kernels=invariant] [--tokens 128] [--rounds 200]
+//!     [--setup f32/attn=eager/kernels=invariant] [--tokens 128] [--rounds 200] [--profile check]
 //! ```
+//!
+//! `--profile check` (or `recompute`) runs only that side, `--rounds` times, for `perf record`.
 //!
 //! The criterion figures are `cargo bench -p veritrace-model --bench freivalds --
 //! freivalds_small_cell`; this is the quick side-by-side ratio.
@@ -59,6 +61,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let recompute = || model.recompute_cell(&setup, tile, layer, chunk, CellInputs::Hidden(&h_in));
     if !check()?.passed || recompute()? != h_out {
         return Err("the honest cell does not pass".into());
+    }
+    match arg(&args, "--profile", "").as_str() {
+        "" => {}
+        "check" => {
+            for _ in 0..rounds {
+                std::hint::black_box(check()?);
+            }
+            return Ok(());
+        }
+        "recompute" => {
+            for _ in 0..rounds {
+                std::hint::black_box(recompute()?);
+            }
+            return Ok(());
+        }
+        other => return Err(format!("--profile {other}: check or recompute").into()),
     }
     let (mut best_r, mut best_c) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..rounds {

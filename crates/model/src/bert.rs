@@ -1134,20 +1134,26 @@ impl Arith<'_> {
         let d = m.config.hidden_size;
         let ty = &m.token_type[..d];
         let mut sums = Vec::with_capacity(out.len() * d);
+        // under bf16 or f16 every table value and each sum is rounded, as in the tiles
+        let r = |x: f32| {
+            let mut v = [x];
+            inv::round_to(self.setup.precision, &mut v);
+            v[0]
+        };
         for p in out {
             let w = &m.word[tokens[p] as usize * d..][..d];
             let pos = &m.position[p * d..][..d];
-            sums.extend((0..d).map(|i| (w[i] + ty[i]) + pos[i]));
+            sums.extend((0..d).map(|i| r(r(r(w[i]) + r(ty[i])) + r(pos[i]))));
         }
         let vec = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
         let eps = m.config.layer_norm_eps as f32;
-        Ok(inv::layer_norm_rows(
+        Ok(self.st(inv::layer_norm_rows(
             &sums,
             d,
             &vec(&m.emb_ln_g)?,
             &vec(&m.emb_ln_b)?,
             eps,
-        ))
+        )))
     }
 
     /// Encoder layer `l` (0-based) by the invariant kernels: the output rows `out` from every
@@ -1169,7 +1175,7 @@ impl Arith<'_> {
         let linear = |x: &[f32], rows: usize, w: &PackedMatrix, b: &[f32]| {
             let mut y = inv::matmul_t(x, rows, w);
             inv::add_bias(&mut y, b);
-            y
+            self.st(y)
         };
         let q = linear(xo, m, &p.wq, bq);
         let k = linear(x, n, &p.wk, bk);
@@ -1238,12 +1244,21 @@ impl Arith<'_> {
                 ctx[r * d + h * hd..][..hd].copy_from_slice(&rows[r * hd..][..hd]);
             }
         }
-        let a = inv::add(&linear(&ctx, m, &p.wo, bo), xo);
-        let a = inv::layer_norm_rows(&a, d, ln1_g, ln1_b, eps);
+        let ctx = self.st(ctx);
+        let a = self.st(inv::add(&linear(&ctx, m, &p.wo, bo), xo));
+        let a = self.st(inv::layer_norm_rows(&a, d, ln1_g, ln1_b, eps));
         let mut mid = linear(&a, m, &p.wi, bi);
         inv::gelu(&mut mid);
-        let h = inv::add(&linear(&mid, m, &p.wo2, bo2), &a);
-        Ok(inv::layer_norm_rows(&h, d, ln2_g, ln2_b, eps))
+        let mid = self.st(mid);
+        let h = self.st(inv::add(&linear(&mid, m, &p.wo2, bo2), &a));
+        Ok(self.st(inv::layer_norm_rows(&h, d, ln2_g, ln2_b, eps)))
+    }
+
+    /// Values an invariant operation stores, rounded to the setup's precision
+    /// ([`inv::round_to`]; unchanged under f32).
+    fn st(&self, mut v: Vec<f32>) -> Vec<f32> {
+        inv::round_to(self.setup.precision, &mut v);
+        v
     }
 
     /// The embedding rows (layer 0) of tiles `out` of `tokens` (truncated at the sequence end):

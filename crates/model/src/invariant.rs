@@ -61,6 +61,74 @@ pub(crate) fn zeros(len: usize) -> Vec<f32> {
     v
 }
 
+/// Rounds every value of `v` to `precision` in place, to nearest with ties to even (the
+/// conversion `half` and candle's `to_dtype` perform; a value beyond the format's range becomes
+/// an infinity of its sign), and leaves it widened exactly in f32; nothing for f32.
+///
+/// Under a bf16 or f16 setup the invariant kernels compute every operation in f32 from its
+/// stored inputs, as under f32, and round what the operation stores (a product after its bias,
+/// a norm, the rotary embedding, the attention output, an activation, a residual sum) once,
+/// here: a row's rounding depends on that row's f32 values only, so the kernels stay
+/// batch-invariant (`specs/invariant-kernels.md` §7).
+pub fn round_to(precision: crate::Precision, v: &mut [f32]) {
+    match precision {
+        crate::Precision::F32 => {}
+        crate::Precision::Bf16 => each(v, round_bf16),
+        crate::Precision::F16 => each(v, round_f16),
+    }
+}
+
+/// `x ← f(x)` for every element, on the pool's threads when there are many (element by
+/// element: the same bits on any number of threads).
+fn each(v: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    if parallel(v.len()) {
+        v.par_chunks_mut(1 << 14)
+            .for_each(|c| c.iter_mut().for_each(|x| *x = f(*x)));
+    } else {
+        v.iter_mut().for_each(|x| *x = f(*x));
+    }
+}
+
+/// `half::bf16::from_f32(x).to_f32()`, by integer arithmetic on the bits: adding
+/// `0x7fff + lsb` carries into the kept bits exactly when the dropped half is above one half,
+/// or one half with an odd kept part (ties to even); a carry out of the largest finite value
+/// reaches the infinity, as rounding must. NaN goes to `half` (it keeps the NaN quiet).
+#[inline]
+fn round_bf16(x: f32) -> f32 {
+    if x.is_nan() {
+        return bf16_by_half(x);
+    }
+    let b = x.to_bits();
+    f32::from_bits(b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
+}
+
+/// `half::f16::from_f32(x).to_f32()`: for `|x|` in f16's normal range (`2^−14 ≤ |x| < 65520`,
+/// where the result is finite and normal) the same carry trick on the 13 dropped bits; the
+/// rest (subnormal results, overflow to infinity, NaN) through `half`.
+#[inline]
+fn round_f16(x: f32) -> f32 {
+    let a = x.abs();
+    if !(6.103_515_6e-5..65520.0).contains(&a) {
+        return f16_by_half(x);
+    }
+    let b = x.to_bits();
+    f32::from_bits(b.wrapping_add(0x0fff + ((b >> 13) & 1)) & 0xffff_e000)
+}
+
+/// The rare cases of [`round_bf16`], out of its loop.
+#[cold]
+#[inline(never)]
+fn bf16_by_half(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+/// The rare cases of [`round_f16`] (zeros and tiny values included), out of its loop.
+#[cold]
+#[inline(never)]
+fn f16_by_half(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
+}
+
 /// A weight `W: [out, in]` (row-major, as checkpoints store linear layers) laid out for
 /// `x·Wᵀ`: panels of [`NR`] output columns, each `[in][NR]` (zero columns past `out`).
 #[derive(Debug, Clone)]
@@ -1044,6 +1112,77 @@ pub fn attend_visible<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both roundings are `half`'s conversion there and back, bit for bit (NaN: a NaN).
+    fn same_as_half(x: f32) {
+        let want_b = half::bf16::from_f32(x).to_f32();
+        let want_h = half::f16::from_f32(x).to_f32();
+        let (got_b, got_h) = (round_bf16(x), round_f16(x));
+        if x.is_nan() {
+            assert!(got_b.is_nan() && got_h.is_nan());
+        } else {
+            assert_eq!(
+                got_b.to_bits(),
+                want_b.to_bits(),
+                "bf16 of {x:e} ({:#x})",
+                x.to_bits()
+            );
+            assert_eq!(
+                got_h.to_bits(),
+                want_h.to_bits(),
+                "f16 of {x:e} ({:#x})",
+                x.to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn stored_precision_rounding_is_the_conversion_bitwise() {
+        let mut edges = vec![
+            0.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            6.103_515_6e-5,
+            6.103_515e-5,
+            65504.0,
+            65519.99,
+            65520.0,
+            65536.0,
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            1.0 + 2f32.powi(-11),
+            1.0 + 3.0 * 2f32.powi(-11),
+            3.389_531_4e38,
+        ];
+        // every tie and near-tie around a few binades, both signs
+        for e in [-30, -15, -14, -1, 0, 7, 15, 16, 127] {
+            for m in 0u32..64 {
+                let base = 2f32.powi(e) * (1.0 + m as f32 / 64.0);
+                for d in [-2i32, -1, 0, 1, 2] {
+                    for t in [0x8000u32, 0x1000] {
+                        let bits = (base.to_bits() & !(2 * t - 1)) | t;
+                        edges.push(f32::from_bits(bits.wrapping_add(d as u32)));
+                    }
+                }
+            }
+        }
+        for x in edges {
+            same_as_half(x);
+            same_as_half(-x);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stored_precision_rounding_matches_half_on_any_bits(bits in proptest::prelude::any::<u32>()) {
+            same_as_half(f32::from_bits(bits));
+        }
+    }
 
     fn values(seed: u32, n: usize) -> Vec<f32> {
         (0..n as u32)

@@ -1695,7 +1695,7 @@ impl LlamaModel {
         if setup.kernels == Kernels::Invariant {
             let p = arith.packed(layer - 1)?;
             let eps = self.config.rms_norm_eps as f32;
-            return Ok(inv::rms_norm_rows(h_in, d, &p.attn_norm, eps));
+            return Ok(arith.st(inv::rms_norm_rows(h_in, d, &p.attn_norm, eps)));
         }
         let w = &arith.w.layers[layer - 1];
         // RMSNorm is row by row (each row's mean of squares summed alone), so all rows at once
@@ -2648,8 +2648,9 @@ impl Arith<'_> {
         Ok(slot.get_or_init(|| built))
     }
 
-    /// `y` with the layer's query (0), key (1) or value (2) bias added to every row (Qwen2).
-    fn inv_biased(p: &PackedLayer, mut y: Vec<f32>, which: usize) -> Vec<f32> {
+    /// `y` with the layer's query (0), key (1) or value (2) bias added to every row (Qwen2),
+    /// then stored ([`Arith::st`]).
+    fn inv_biased(&self, p: &PackedLayer, mut y: Vec<f32>, which: usize) -> Vec<f32> {
         if let Some(b) = &p.b_qkv {
             for row in y.chunks_exact_mut(b[which].len().max(1)) {
                 for (v, &bias) in row.iter_mut().zip(&b[which]) {
@@ -2657,7 +2658,14 @@ impl Arith<'_> {
                 }
             }
         }
-        y
+        self.st(y)
+    }
+
+    /// Values an invariant operation stores, rounded to the setup's precision
+    /// ([`inv::round_to`]; unchanged under f32).
+    fn st(&self, mut v: Vec<f32>) -> Vec<f32> {
+        inv::round_to(self.setup.precision, &mut v);
+        v
     }
 
     /// Rows `x: [n, heads·hd]` at positions `start..` with the rotary embedding ([`rope_row`],
@@ -2683,7 +2691,7 @@ impl Arith<'_> {
                 rope_row_half(xh, c, s, oh);
             }
         }
-        Ok(out)
+        Ok(self.st(out))
     }
 
     /// The roped keys and the values of input rows `x` (layer `l`, 0-based) at positions
@@ -2692,7 +2700,12 @@ impl Arith<'_> {
         let c = &self.model.config;
         let p = self.packed(l)?;
         let n = x.len() / c.hidden_size;
-        let normed = inv::rms_norm_rows(x, c.hidden_size, &p.attn_norm, c.rms_norm_eps as f32);
+        let normed = self.st(inv::rms_norm_rows(
+            x,
+            c.hidden_size,
+            &p.attn_norm,
+            c.rms_norm_eps as f32,
+        ));
         self.inv_append_kv(p, &normed, n, start, cache)?;
         Ok(())
     }
@@ -2708,8 +2721,8 @@ impl Arith<'_> {
         start: usize,
         cache: &mut KvRows,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let k = Self::inv_biased(p, inv::matmul_t(normed, n, &p.wk), 1);
-        let v = Self::inv_biased(p, inv::matmul_t(normed, n, &p.wv), 2);
+        let k = self.inv_biased(p, inv::matmul_t(normed, n, &p.wk), 1);
+        let v = self.inv_biased(p, inv::matmul_t(normed, n, &p.wv), 2);
         cache
             .k
             .extend(self.inv_rope(&k, self.model.config.num_kv_heads, start)?);
@@ -2803,7 +2816,7 @@ impl Arith<'_> {
         } else {
             attn.chunks_mut(qd).enumerate().for_each(gather);
         }
-        Ok(attn)
+        Ok(self.st(attn))
     }
 
     /// One transformer layer (`l`, 0-based) by the invariant kernels over the new input rows
@@ -2832,19 +2845,19 @@ impl Arith<'_> {
                 cache.k.len() / kvd.max(1)
             )));
         }
-        let normed = inv::rms_norm_rows(x, d, &p.attn_norm, eps);
-        let q_lin = Self::inv_biased(p, inv::matmul_t(&normed, n, &p.wq), 0);
+        let normed = self.st(inv::rms_norm_rows(x, d, &p.attn_norm, eps));
+        let q_lin = self.inv_biased(p, inv::matmul_t(&normed, n, &p.wq), 0);
         let q = self.inv_rope(&q_lin, nh, r0)?;
         let (k_lin, v_lin) = self.inv_append_kv(p, &normed, n, r0, cache)?;
         let attn = self.inv_attention(&q, n, r0, (&cache.k, &cache.v))?;
-        let o = inv::matmul_t(&attn, n, &p.wo);
-        let a = inv::add(x, &o);
-        let mlp_in = inv::rms_norm_rows(&a, d, &p.mlp_norm, eps);
-        let gate = inv::matmul_t(&mlp_in, n, &p.w_gate);
-        let up = inv::matmul_t(&mlp_in, n, &p.w_up);
-        let act = inv::swiglu(&gate, &up);
-        let down = inv::matmul_t(&act, n, &p.w_down);
-        let h = inv::add(&a, &down);
+        let o = self.st(inv::matmul_t(&attn, n, &p.wo));
+        let a = self.st(inv::add(x, &o));
+        let mlp_in = self.st(inv::rms_norm_rows(&a, d, &p.mlp_norm, eps));
+        let gate = self.st(inv::matmul_t(&mlp_in, n, &p.w_gate));
+        let up = self.st(inv::matmul_t(&mlp_in, n, &p.w_up));
+        let act = self.st(inv::swiglu(&gate, &up));
+        let down = self.st(inv::matmul_t(&act, n, &p.w_down));
+        let h = self.st(inv::add(&a, &down));
         if let Some(sub) = sub {
             sub.normed.extend(normed);
             sub.q.extend(q_lin);
@@ -2879,14 +2892,14 @@ impl Arith<'_> {
         let eps = c.rms_norm_eps as f32;
         let p = self.packed(l)?;
         let n = x.len() / d;
-        let normed = inv::rms_norm_rows(x, d, &p.attn_norm, eps);
+        let normed = self.st(inv::rms_norm_rows(x, d, &p.attn_norm, eps));
         let q = self.inv_rope(&cell.q, nh, r0)?;
         let keys = self.inv_rope(k_lin, nkv, 0)?;
         let attn = self.inv_attention(&q, n, r0, (&keys, v_lin))?;
-        let a = inv::add(x, &cell.o);
-        let mlp_in = inv::rms_norm_rows(&a, d, &p.mlp_norm, eps);
-        let act = inv::swiglu(&cell.gate, &cell.up);
-        let h_out = inv::add(&a, &cell.down);
+        let a = self.st(inv::add(x, &cell.o));
+        let mlp_in = self.st(inv::rms_norm_rows(&a, d, &p.mlp_norm, eps));
+        let act = self.st(inv::swiglu(&cell.gate, &cell.up));
+        let h_out = self.st(inv::add(&a, &cell.down));
         Ok(Nonlinear {
             normed,
             attn,

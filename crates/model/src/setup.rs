@@ -26,7 +26,7 @@
 //! | order | `decode` | token by token with a KV cache (one-row matmuls) instead of one tiled prefill |
 //! | skip | layer `l ≥ 1` | layer `l` is not computed: `h_l = h_{l−1}` |
 //! | reuse | layer `l ≥ 2` | layer `l` reuses layer `l − 1`'s residual update: `h_l = h_{l−1} + (h_{l−1} − h_{l−2})` |
-//! | kernels | `invariant` | the batch-invariant kernels of [`crate::invariant`] instead of candle's: every row's arithmetic is independent of how many rows are computed together, so the forward runs as large products and a generated token costs one row; f32 with `eager` or `window:W` attention, without `splitk` and `batch` |
+//! | kernels | `invariant` | the batch-invariant kernels of [`crate::invariant`] instead of candle's: every row's arithmetic is independent of how many rows are computed together, so the forward runs as large products and a generated token costs one row; f32, bf16 or f16 (each operation in f32, what it stores rounded once to the precision) with `eager` or `window:W` attention, without `splitk` and `batch` |
 //!
 //! `splitk`, `batch` and `order` change only the reduction order (the honest stand-in for other
 //! hardware); `skip` and `reuse` are structural changes an adversary may make.
@@ -346,9 +346,6 @@ impl Setup {
             return bad("a layer cannot be both skipped and reused".into());
         }
         if self.kernels == Kernels::Invariant {
-            if self.precision != Precision::F32 {
-                return bad("the invariant kernels compute in f32 only".into());
-            }
             if !matches!(self.attention, Attention::Eager | Attention::Window { .. }) {
                 return bad(format!(
                     "the invariant kernels run eager or window attention, not {}",

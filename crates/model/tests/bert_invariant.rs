@@ -73,6 +73,8 @@ fn every_cell_at_every_chunk_size_is_the_forward_bitwise() {
         "f32/attn=eager/kernels=invariant",
         "f32/attn=window:5/kernels=invariant",
         "f32/attn=eager/quant=int4-g32/kernels=invariant",
+        "bf16/attn=eager/kernels=invariant",
+        "f16/attn=window:5/kernels=invariant",
     ] {
         cells_equal_the_forward(&m, &setup(s), &t, &all);
         cells_equal_the_forward(&m, &setup(s), &t, &masked);
@@ -124,6 +126,26 @@ fn close_to_candle(m: &BertModel, t: &[u32], what: &str) {
 fn the_values_are_the_candle_kernels_up_to_rounding() {
     let (m, _dir) = model("invariant-candle");
     close_to_candle(&m, &tokens(33), "synthetic encoder");
+}
+
+/// Under bf16 the encoder's invariant kernels store bf16 values (each operation rounded once)
+/// that are candle's bf16 encoder up to bf16 rounding.
+#[test]
+fn bf16_stores_bf16_and_is_candles_bf16_up_to_rounding() {
+    let (m, _dir) = model("invariant-bf16");
+    let t = tokens(33);
+    let inv = m
+        .trace(&setup("bf16/attn=eager/kernels=invariant"), &t, 16)
+        .expect("trace");
+    let candle = m.trace(&setup("bf16/attn=eager"), &t, 16).expect("trace");
+    for (l, (a, b)) in inv.layers.iter().zip(&candle.layers).enumerate() {
+        for v in a {
+            let stored = half::bf16::from_f32(*v).to_f32();
+            assert_eq!(v.to_bits(), stored.to_bits(), "layer {l}: {v}");
+        }
+        let rel = max_rel(a, b);
+        assert!(rel < 0.05, "layer {l} differs by {rel:e}");
+    }
 }
 
 #[test]

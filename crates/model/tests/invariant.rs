@@ -67,11 +67,15 @@ fn every_cell_at_every_chunk_size_is_the_forward_bitwise() {
         "f32/attn=window:7/kernels=invariant",
         "f32/attn=eager/quant=int8-channel/kernels=invariant",
         "f32/attn=eager/skip=2/kernels=invariant",
+        "bf16/attn=eager/kernels=invariant",
+        "f16/attn=window:7/kernels=invariant",
+        "bf16/attn=eager/quant=int8-channel/kernels=invariant",
     ] {
         cells_equal_the_forward(&tiny, &setup(s), 37);
     }
     let small = LlamaModel::preset("small").expect("small");
     cells_equal_the_forward(&small, &setup("f32/attn=eager/kernels=invariant"), 70);
+    cells_equal_the_forward(&small, &setup("bf16/attn=eager/kernels=invariant"), 40);
     // Qwen2 (query, key and value biases) and Mistral (the model's own sliding window)
     let mut c = ModelConfig::tiny();
     c.family = Family::Qwen2;
@@ -95,20 +99,25 @@ fn every_cell_at_every_chunk_size_is_the_forward_bitwise() {
 #[test]
 fn the_forward_is_the_same_on_any_thread_count() {
     let model = LlamaModel::preset("small").expect("small");
-    let s = setup("f32/attn=eager/kernels=invariant");
     let toks = tokens(150, 2048);
-    let run = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .expect("pool")
-            .install(|| model.trace(&s, &toks, 16).expect("trace"))
-    };
-    let one = run(1);
-    for threads in [2, 3] {
-        let t = run(threads);
-        for (a, b) in one.layers.iter().zip(&t.layers) {
-            assert_eq!(bits(a), bits(b), "{threads} threads");
+    for s in [
+        "f32/attn=eager/kernels=invariant",
+        "bf16/attn=eager/kernels=invariant",
+    ] {
+        let s = setup(s);
+        let run = |threads: usize| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool")
+                .install(|| model.trace(&s, &toks, 16).expect("trace"))
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let t = run(threads);
+            for (a, b) in one.layers.iter().zip(&t.layers) {
+                assert_eq!(bits(a), bits(b), "{s}: {threads} threads");
+            }
         }
     }
 }
@@ -120,6 +129,8 @@ fn generation_with_a_kv_cache_is_greedy_on_the_full_forward() {
     for s in [
         "f32/attn=eager/kernels=invariant",
         "f32/attn=window:6/kernels=invariant",
+        "bf16/attn=eager/kernels=invariant",
+        "f16/attn=eager/kernels=invariant",
     ] {
         let s = setup(s);
         let prompt = tokens(21, 512);
@@ -161,13 +172,68 @@ fn the_values_are_the_candle_kernels_up_to_rounding() {
     }
 }
 
+/// Under bf16 and f16 the invariant kernels store every value in that precision (each
+/// operation computed in f32 and rounded once): every stored value is representable, and the
+/// values are candle's of the same precision (which rounds after each elementary operation)
+/// up to that precision's rounding, far closer to them than to the f32 forward's
+/// deviation-free values would allow for a wrong precision.
+#[test]
+fn bf16_and_f16_store_their_precision_and_are_the_candle_kernels_up_to_rounding() {
+    let model = LlamaModel::preset("small").expect("small");
+    let toks = tokens(48, 2048);
+    let rel = |x: &[f32], y: &[f32]| {
+        let num: f64 = x.iter().zip(y).map(|(a, b)| f64::from(a - b).powi(2)).sum();
+        let den: f64 = x.iter().map(|a| f64::from(*a).powi(2)).sum();
+        (num / den).sqrt()
+    };
+    let f32_trace = model
+        .trace(&setup("f32/attn=eager/kernels=invariant"), &toks, 16)
+        .expect("f32");
+    for (p, unit) in [("bf16", 2f64.powi(-8)), ("f16", 2f64.powi(-11))] {
+        let inv = model
+            .trace(
+                &setup(&format!("{p}/attn=eager/kernels=invariant")),
+                &toks,
+                16,
+            )
+            .expect("invariant");
+        let candle = model
+            .trace(&setup(&format!("{p}/attn=eager")), &toks, 16)
+            .expect("candle");
+        for (l, ((x, y), f)) in inv
+            .layers
+            .iter()
+            .zip(&candle.layers)
+            .zip(&f32_trace.layers)
+            .enumerate()
+        {
+            for v in x {
+                let stored = if p == "bf16" {
+                    half::bf16::from_f32(*v).to_f32()
+                } else {
+                    half::f16::from_f32(*v).to_f32()
+                };
+                assert_eq!(v.to_bits(), stored.to_bits(), "{p} layer {l}: {v}");
+            }
+            // both are the f32 forward up to a few units of the precision's rounding per
+            // layer, and within that of each other
+            let (to_candle, to_f32) = (rel(y, x), rel(f, x));
+            assert!(to_candle < 8.0 * unit, "{p} layer {l}: {to_candle}");
+            assert!(to_f32 < 8.0 * unit, "{p} layer {l}: {to_f32}");
+            if l > 0 {
+                // rounded: not the f32 values (else this test checks nothing)
+                assert!(to_f32 > 0.0, "{p} layer {l}");
+            }
+        }
+    }
+}
+
 #[test]
 fn setups_the_kernels_do_not_implement_are_refused() {
     let s = setup("f32/attn=eager/kernels=invariant");
     assert_eq!(s.kernels, Kernels::Invariant);
     assert_eq!(s.to_string(), "f32/attn=eager/kernels=invariant");
     for bad in [
-        "bf16/attn=eager/kernels=invariant",
         "f32/attn=tiled:16/kernels=invariant",
         "f32/attn=topk:4/kernels=invariant",
         "f32/attn=eager/splitk=2/kernels=invariant",
