@@ -21,8 +21,17 @@ all-MiniLM-L6-v2 (when installed):
    1 - C(N - B, k) / C(N, k), with B each trace's bad cells (every cell checked alone with a
    one-cell interactive challenge under the same policy), summed over the very sessions run.
 
+With `--dtype bf16` the honest provers run transformers in bfloat16 (the checkpoint's weights
+rounded to bf16, eager attention) and commit bf16 traces claiming veritrace's
+`bf16/attn=eager/kernels=invariant` setup, which the verifier recomputes (every operation in
+f32, each stored value rounded once to bf16: not transformers' rounding points, so the
+tolerance is calibrated on this cross-engine bf16 noise). The noise line also reports
+candle's `bf16/attn=eager` against the same traces. The cheats are then int8 weights (each
+Linear weight rounded to int8 per output channel, run in bf16), f16 in place of bf16, the
+skipped layer and the perturbed layer, all run in bf16 (f16: in f16).
+
     python tests/engines/cross_engine.py OUT_DIR [--cal N] [--held N] [--cheat N]
-        [--models llama,qwen2,minilm] [--check]
+        [--models llama,qwen2,minilm] [--dtype f32|bf16] [--check]
 
 Writes OUT_DIR/{report.md,report.json} and the policies. Needs torch, transformers and the
 `veritrace` wheel (scripts/build-python.sh installs it into target/engines).
@@ -50,6 +59,9 @@ TOKENS = 24
 # the engine claim of every honest trace (bound in its statement, recorded in the policy)
 ENGINE = f"transformers {transformers.__version__}, torch {torch.__version__}, cpu, eager"
 NEW = 8
+# the claimed setup and the transformers dtype (--dtype bf16 sets both)
+SETUP = "f32/attn=eager"
+DTYPE = torch.float32
 
 
 def clopper_pearson_upper(x, n, conf=0.95):
@@ -67,6 +79,11 @@ def clopper_pearson_upper(x, n, conf=0.95):
         else:
             hi = mid
     return hi
+
+
+def binomial_tail_above(x, n, p):
+    """P(Bin(n, p) >= x): how surprising x rejections in n sessions are at rate p."""
+    return 1.0 - sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(x))
 
 
 def wilson(x, n, z=1.96):
@@ -121,10 +138,10 @@ def prove(model, ids, encoder, tmp, tag, ckpt, chunk=8, engine=ENGINE):
     run directory and the output tokens."""
     states, output = veritrace.capture(model, ids, max_new_tokens=0 if encoder else NEW)
     path = os.path.join(tmp, f"{tag}.safetensors")
-    veritrace.save_trace([s.float() for s in states], path, ids + output)
+    veritrace.save_trace([s.to(DTYPE) for s in states], path, ids + output)
     run = os.path.join(tmp, f"{tag}-run")
     veritrace.commit(path, model=ckpt, prompt=ids, output_tokens=output, chunk=chunk, out=run,
-                     engine=engine)
+                     engine=engine, setup=SETUP)
     os.unlink(path)
     return run, output, states
 
@@ -156,13 +173,15 @@ def bad_cells(run, ckpt, policy, tmp, tag):
     return bad, total
 
 
-def noise(model, ckpt, ids, encoder, tmp):
-    """Per-layer relative L2 between transformers and veritrace prove on the same tokens."""
+def noise(model, ckpt, ids, encoder, tmp, setup=None):
+    """Per-layer relative L2 between transformers and veritrace prove on the same tokens (under
+    `setup`, default the claimed one)."""
     states, output = veritrace.capture(model, ids, max_new_tokens=0 if encoder else NEW)
     run = os.path.join(tmp, "noise-run")
-    args = ["prove", "--model", ckpt, "--prompt", ",".join(map(str, ids)), "--chunk", "8",
-            "--out", run]
-    args += ["--output", "0" if encoder else str(NEW)]
+    # the same tokens: transformers' prompt and generated tokens, run as one prompt (under bf16
+    # the two engines' greedy choices can part at a near tie)
+    args = ["prove", "--model", ckpt, "--prompt", ",".join(map(str, ids + output)), "--chunk",
+            "8", "--setup", setup or SETUP, "--out", run, "--output", "0"]
     veritrace.run(*args)
     ours = load_file(os.path.join(run, "trace.safetensors"))
     out = []
@@ -178,17 +197,22 @@ def study(name, model, ckpt, encoder, args, out_dir):
     report = {"model": name, "k": K, "tokens": TOKENS, "generated": 0 if encoder else NEW}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        report["noise_rel_l2_per_layer"] = noise(model, ckpt, prompt(rng, vocab, encoder),
-                                                 encoder, tmp)
+        report["setup"] = SETUP
+        noise_ids = prompt(rng, vocab, encoder)
+        report["noise_rel_l2_per_layer"] = noise(model, ckpt, noise_ids, encoder, tmp)
+        if DTYPE == torch.bfloat16:
+            # candle's bf16 kernels round after each elementary operation, as torch does
+            report["noise_candle_bf16"] = noise(model, ckpt, noise_ids, encoder, tmp,
+                                                "bf16/attn=eager")
         # calibration runs
         traces = []
         for i in range(args.cal):
             run, _, _ = prove(model, prompt(rng, vocab, encoder), encoder, tmp, f"cal{i}", ckpt)
             traces.append(os.path.join(run, "trace.safetensors"))
         policy = os.path.join(out_dir, f"policy-{name}.json")
-        cal = ["calibrate", "--model", ckpt, "--samples", str(K), "--target-fpr",
-               str(args.target), "--method", "exponential-tail", "--chunk", "8", "--out", policy,
-               "--quiet"]
+        cal = ["calibrate", "--model", ckpt, "--setup", SETUP, "--samples", str(K),
+               "--target-fpr", str(args.target), "--method", "exponential-tail", "--chunk", "8",
+               "--out", policy, "--quiet"]
         for t in traces:
             cal += ["--trace", t]
         report["calibration_report"] = veritrace.run(*cal)
@@ -210,7 +234,7 @@ def study(name, model, ckpt, encoder, args, out_dir):
                               "reasons": reasons[:5]}
         # the same honest model under PyTorch's SDPA attention instead of eager (another
         # reduction order, not another algorithm in exact arithmetic): reported as measured
-        sdpa = type(model).from_pretrained(ckpt, attn_implementation="sdpa").float().eval()
+        sdpa = type(model).from_pretrained(ckpt, attn_implementation="sdpa").to(DTYPE).eval()
         sdpa_rejected, sdpa_reasons = 0, []
         for i in range(args.sdpa):
             run, _, _ = prove(sdpa, prompt(rng, vocab, encoder), encoder, tmp, f"sdpa{i}", ckpt,
@@ -231,9 +255,9 @@ def study(name, model, ckpt, encoder, args, out_dir):
                                   ckpt, engine=ENGINE.replace("eager", "sdpa"))
                 mixed_traces.append(os.path.join(run, "trace.safetensors"))
             mixed = os.path.join(out_dir, f"policy-{name}-eager-and-sdpa.json")
-            cal = ["calibrate", "--model", ckpt, "--samples", str(K), "--target-fpr",
-                   str(args.target), "--method", "exponential-tail", "--chunk", "8", "--out",
-                   mixed, "--quiet"]
+            cal = ["calibrate", "--model", ckpt, "--setup", SETUP, "--samples", str(K),
+                   "--target-fpr", str(args.target), "--method", "exponential-tail", "--chunk",
+                   "8", "--out", mixed, "--quiet"]
             for t in mixed_traces:
                 cal += ["--trace", t]
             veritrace.run(*cal)
@@ -289,8 +313,29 @@ def study(name, model, ckpt, encoder, args, out_dir):
                     m = type(model).from_pretrained(ckpt)
                 return m.float().eval()
 
-            for cname, make in [("bf16", bf16), ("int8-dynamic", int8),
-                                ("skipped-layer-2", skip), ("perturbed-layer-3-mlp", perturb)]:
+            def int8_weights(m):
+                # symmetric int8 per output channel, round to nearest, then run in the dtype
+                with torch.no_grad():
+                    for mod in m.modules():
+                        if isinstance(mod, torch.nn.Linear):
+                            w = mod.weight
+                            s = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127
+                            w.copy_(torch.round(w / s).clamp(-127, 127) * s)
+                return m
+
+            def f16(m):
+                return m.to(torch.float16)
+
+            if DTYPE == torch.bfloat16:
+                # everything runs in bf16 but the f16 cheat
+                in_dtype = [("int8-weights", int8_weights), ("skipped-layer-2", skip),
+                            ("perturbed-layer-3-mlp", perturb)]
+                plan = [(n, lambda m, f=f: f(m).to(torch.bfloat16)) for n, f in in_dtype]
+                plan.insert(1, ("f16", f16))
+            else:
+                plan = [("bf16", bf16), ("int8-dynamic", int8), ("skipped-layer-2", skip),
+                        ("perturbed-layer-3-mlp", perturb)]
+            for cname, make in plan:
                 cheat = make(fresh())
                 detected, preds = 0, []
                 for i in range(args.cheat):
@@ -298,10 +343,10 @@ def study(name, model, ckpt, encoder, args, out_dir):
                     states, output = veritrace.capture(cheat, ids,
                                                        max_new_tokens=0 if encoder else NEW)
                     path = os.path.join(tmp, f"{cname}{i}.safetensors")
-                    veritrace.save_trace([s.float() for s in states], path, ids + output)
+                    veritrace.save_trace([s.to(DTYPE) for s in states], path, ids + output)
                     run = os.path.join(tmp, f"{cname}{i}-run")
                     veritrace.commit(path, model=ckpt, prompt=ids, output_tokens=output,
-                                     chunk=8, out=run)
+                                     chunk=8, out=run, setup=SETUP)
                     v = session(run, ckpt, policy, tmp, f"{cname}{i}")
                     detected += 0 if v.accepted else 1
                     if args.bad_cells is None or i < args.bad_cells:
@@ -327,10 +372,17 @@ def markdown(reports):
         lines += [f"## {r['model']}", "",
                   f"k = {r['k']}, {r['tokens']}-token prompts, {r['generated']} generated tokens; "
                   f"{r['seconds']} s.", "",
-                  "Noise (relative L2 per layer, transformers f32 eager vs veritrace): " +
+                  f"Noise (relative L2 per layer, transformers "
+                  f"{'bf16' if r.get('setup', 'f32').startswith('bf16') else 'f32'} eager vs "
+                  f"veritrace `{r.get('setup', 'f32/attn=eager')}`): " +
                   ", ".join(f"h.{l} {v:.2e}" for l, v in
-                            enumerate(r["noise_rel_l2_per_layer"])), "",
-                  f"Calibration: {r['calibration_runs']} honest transformers runs, "
+                            enumerate(r["noise_rel_l2_per_layer"])), ""]
+        if "noise_candle_bf16" in r:
+            lines += ["The same trace against veritrace `bf16/attn=eager` (candle's kernels, which "
+                      "round after each elementary operation): " +
+                      ", ".join(f"h.{l} {v:.2e}" for l, v in
+                                enumerate(r["noise_candle_bf16"])), ""]
+        lines += [f"Calibration: {r['calibration_runs']} honest transformers runs, "
                   f"thresholds {json.dumps(r['thresholds'])}.", ""]
         h = r["held_out"]
         lines += [f"Held-out honest sessions: {h['rejected']} of {h['sessions']} rejected "
@@ -376,11 +428,18 @@ def main():
         os.path.dirname(__file__), "..", "..", "models", "all-MiniLM-L6-v2"))
     ap.add_argument("--models", default="llama,minilm",
                     help="comma-separated: llama, qwen2, minilm")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32",
+                    help="the provers' dtype (bf16: claims bf16/attn=eager/kernels=invariant)")
     ap.add_argument("--check", action="store_true",
-                    help="exit 1 unless no held-out honest session is rejected and every "
-                         "cheat's detections lie within 3 standard deviations (plus one "
-                         "session) of the hypergeometric prediction for the same sessions")
+                    help="exit 1 unless no held-out honest session is rejected (bf16: unless "
+                         "the held-out rejections are consistent with the calibrated target, "
+                         "P(Bin(n, target) >= rejected) >= 0.05) and every cheat's detections "
+                         "lie within 3 standard deviations (plus one session) of the "
+                         "hypergeometric prediction for the same sessions")
     args = ap.parse_args()
+    global SETUP, DTYPE
+    if args.dtype == "bf16":
+        SETUP, DTYPE = "bf16/attn=eager/kernels=invariant", torch.bfloat16
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
     models = args.models.split(",")
@@ -388,7 +447,7 @@ def main():
     for family in [m for m in models if m in FAMILIES]:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, family)
-            model = build_decoder(ckpt, family)
+            model = build_decoder(ckpt, family).to(DTYPE)
             reports.append(study(f"{family}-3x128", model, ckpt, False, args, args.out))
             print(markdown(reports[-1:]), flush=True)
     if "minilm" not in models:
@@ -397,7 +456,7 @@ def main():
         print(f"skip MiniLM: not installed at {args.minilm} (scripts/install-minilm.sh)")
     else:
         model = transformers.BertModel.from_pretrained(args.minilm, attn_implementation="eager")
-        model = model.float().eval()
+        model = model.to(DTYPE).eval()
         reports.append(study("all-MiniLM-L6-v2", model, args.minilm, True, args, args.out))
         print(markdown(reports[-1:]), flush=True)
     with open(os.path.join(args.out, "report.json"), "w") as f:
@@ -410,9 +469,18 @@ def main():
             if not all(v["variation"].endswith(" on " + ENGINE) for v in r["calibrated_across"]):
                 problems.append(f"{r['model']}: the policy does not record the engine: "
                                 f"{r['calibrated_across']}")
-            if r["held_out"]["rejected"]:
-                problems.append(f"{r['model']}: {r['held_out']['rejected']} honest sessions "
-                                f"rejected: {r['held_out']['reasons']}")
+            h = r["held_out"]
+            if DTYPE == torch.bfloat16:
+                # bf16 cross-engine noise is what the thresholds are calibrated on: a rejection
+                # now and then is the calibrated rate at work; fail when the count contradicts
+                # the claimed target at 95%
+                if binomial_tail_above(h["rejected"], h["sessions"], args.target) < 0.05:
+                    problems.append(f"{r['model']}: {h['rejected']} of {h['sessions']} honest "
+                                    f"sessions rejected, more than a rate of {args.target} "
+                                    f"explains: {h['reasons']}")
+            elif h["rejected"]:
+                problems.append(f"{r['model']}: {h['rejected']} honest sessions "
+                                f"rejected: {h['reasons']}")
             for c, v in r["cheats"].items():
                 if v["predicted_from"] != v["sessions"]:
                     continue

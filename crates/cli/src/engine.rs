@@ -80,24 +80,34 @@ fn looks_like_path(spec: &str) -> bool {
 pub fn load_model(spec: &str) -> Result<SimModel, EngineLoadError> {
     let key = cache_key(spec);
     if let Some(key) = &key {
-        let cache = MODELS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = cache.get(key) {
-            return Ok(m.clone());
+        let mut cache = MODELS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = cache.iter().position(|(k, _)| k == key) {
+            // most recently used last
+            let entry = cache.remove(i);
+            let model = entry.1.clone();
+            cache.push(entry);
+            return Ok(model);
         }
     }
     let model = load_uncached(spec)?;
     if let Some(key) = key {
         let mut cache = MODELS.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_CACHED_MODELS {
-            cache.clear();
+        // another thread may have loaded the same model meanwhile: every caller shares one
+        if let Some((_, m)) = cache.iter().find(|(k, _)| *k == key) {
+            return Ok(m.clone());
         }
-        cache.insert(key, model.clone());
+        if cache.len() >= MAX_CACHED_MODELS {
+            // the least recently used goes
+            cache.remove(0);
+        }
+        cache.push((key, model.clone()));
     }
     Ok(model)
 }
 
 /// At most this many models stay loaded in a process (the Python package calls one verb after
-/// another in one process; the binary loads one model per run).
+/// another in one process; the binary loads one model per run); beyond it the least recently
+/// used is dropped.
 const MAX_CACHED_MODELS: usize = 4;
 
 /// What identifies a loaded model: the argument, and for a directory the length and
@@ -107,9 +117,8 @@ type CacheKey = (
     Vec<(std::path::PathBuf, u64, Option<std::time::SystemTime>)>,
 );
 
-static MODELS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<CacheKey, SimModel>>,
-> = std::sync::LazyLock::new(Default::default);
+static MODELS: std::sync::LazyLock<std::sync::Mutex<Vec<(CacheKey, SimModel)>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// The cache key of `spec`: presets by name; a checkpoint directory by its files' lengths and
 /// modification times; `None` (never cached) when the directory cannot be listed.

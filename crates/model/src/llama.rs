@@ -2116,6 +2116,77 @@ impl LlamaModel {
             .to_vec1::<f32>()?)
     }
 
+    /// Whether `claimed` is a greedy prediction from `row` (a last-layer row) that `setup`'s
+    /// rounding cannot tell from the argmax `top` of [`LlamaModel::logits_from_row`]:
+    /// `z_top − z_claimed ≤ B_top + B_claimed` (always true for `claimed = top`), with
+    ///
+    /// `B_j = 2 · (u·|z_j| + (3u + 2γ_d)·a_j) · (1 + 2^−10)`, `a_j = Σ_i |W_ji|·|n_i|`,
+    ///
+    /// `W` the LM head as the setup prepares it, `n` the final norm of `row` (computed here in
+    /// f64), `u` the setup precision's unit roundoff and `γ_d = d·2^−24 / (1 − d·2^−24)` the
+    /// bound of a length-`d` f32 accumulation in any order. Each of the two engines (the
+    /// prover's, this one) computes `n` with a relative error of at most `2u + γ_d/2` per
+    /// element (the norm's f32 statistics, the product rounded to the precision, its gain
+    /// possibly rounded too: `3u` in all), accumulates `W n` in f32 (`γ_d · a_j`) and rounds
+    /// the logit to the precision (`u·|z_j|`); two such engines differ on logit `j` by at
+    /// most `B_j` (the factor `1 + 2^−10` covers the second-order terms). So a prover whose
+    /// greedy choice differs from this argmax only by such rounding passes.
+    ///
+    /// # Errors
+    /// As [`LlamaModel::logits_from_row`]; a `claimed` outside the vocabulary.
+    pub fn token_within_rounding(&self, setup: &Setup, row: &[f32], claimed: u32) -> Result<bool> {
+        let z = self.logits_from_row(setup, row)?;
+        let c = claimed as usize;
+        if c >= z.len() {
+            return Err(ModelError::InvalidArgument(format!(
+                "token {claimed} is outside the vocabulary of {}",
+                z.len()
+            )));
+        }
+        let top = self.next_token_from_row(setup, row)? as usize;
+        if top == c {
+            return Ok(true);
+        }
+        let d = self.config.hidden_size;
+        // the final norm in f64 (the same formula the engines round)
+        let gain = self.final_norm.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let ms = row.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>() / d as f64;
+        let inv = 1.0 / (ms + self.config.rms_norm_eps).sqrt();
+        let n: Vec<f64> = row
+            .iter()
+            .zip(&gain)
+            .map(|(&x, &g)| (f64::from(x) * inv * f64::from(g)).abs())
+            .collect();
+        let arith = self.arith(setup)?;
+        let a = |j: usize| -> Result<f64> {
+            let w = arith
+                .w
+                .lm_head
+                .narrow(0, j, 1)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok(w.iter()
+                .zip(&n)
+                .map(|(&w, &n)| f64::from(w).abs() * n)
+                .sum())
+        };
+        let u = match setup.precision {
+            crate::Precision::F32 => (-24f64).exp2(),
+            crate::Precision::Bf16 => (-8f64).exp2(),
+            crate::Precision::F16 => (-11f64).exp2(),
+        };
+        let du = d as f64 * (-24f64).exp2();
+        let gamma = du / (1.0 - du);
+        let bound = |j: usize| -> Result<f64> {
+            Ok(2.0
+                * (u * f64::from(z[j]).abs() + (3.0 * u + 2.0 * gamma) * a(j)?)
+                * (1.0 + (-10f64).exp2()))
+        };
+        let gap = f64::from(z[top]) - f64::from(z[c]);
+        Ok(gap <= bound(top)? + bound(c)?)
+    }
+
     /// The greedy next token from one last-layer row: the argmax of
     /// [`LlamaModel::logits_from_row`], the lowest index on ties.
     pub fn next_token_from_row(&self, setup: &Setup, row: &[f32]) -> Result<u32> {

@@ -181,6 +181,16 @@ impl Recompute for LlamaModel {
     ) -> veritrace_protocol::Result<u32> {
         RecomputeOn::cpu(self).next_token(statement, position, last_row)
     }
+
+    fn token_within_rounding(
+        &self,
+        statement: &Statement,
+        position: u32,
+        last_row: &[u8],
+        claimed: u32,
+    ) -> veritrace_protocol::Result<bool> {
+        RecomputeOn::cpu(self).token_within_rounding(statement, position, last_row, claimed)
+    }
 }
 
 impl Recompute for RecomputeOn<'_, LlamaModel> {
@@ -260,6 +270,21 @@ impl Recompute for RecomputeOn<'_, LlamaModel> {
             let setup = self.model.check_statement(statement)?;
             let row = f32s(last_row, "last-layer row")?;
             self.model.next_token_from_row(&setup, &row)
+        })()
+        .map_err(engine)
+    }
+
+    fn token_within_rounding(
+        &self,
+        statement: &Statement,
+        _position: u32,
+        last_row: &[u8],
+        claimed: u32,
+    ) -> veritrace_protocol::Result<bool> {
+        (|| {
+            let setup = self.model.check_statement(statement)?;
+            let row = f32s(last_row, "last-layer row")?;
+            self.model.token_within_rounding(&setup, &row, claimed)
         })()
         .map_err(engine)
     }

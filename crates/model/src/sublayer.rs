@@ -370,6 +370,17 @@ impl Recompute for KeyedVerifier<'_> {
         self.cpu().next_token(statement, position, last_row)
     }
 
+    fn token_within_rounding(
+        &self,
+        statement: &Statement,
+        position: u32,
+        last_row: &[u8],
+        claimed: u32,
+    ) -> veritrace_protocol::Result<bool> {
+        self.cpu()
+            .token_within_rounding(statement, position, last_row, claimed)
+    }
+
     fn check_input(&self, statement: &Statement) -> veritrace_protocol::Result<()> {
         self.cpu().check_input(statement)
     }

@@ -224,3 +224,113 @@ fn recompute_trait_refuses_bad_input_with_engine_errors() {
         Err(ProtocolError::Engine(_))
     ));
 }
+
+/// Greedy tokens the precision's rounding cannot separate (specs/protocol.md §11.2): in a tiny
+/// decoder whose tokens 0 and 1 share their embedding and LM-head rows (an exact tie at every
+/// position) and token 2 has the opposite LM-head row, a statement claiming token 1 where the
+/// argmax is 0 is rejected by a bitwise verifier and accepted by one with a threshold policy;
+/// token 2 is rejected by both.
+#[test]
+fn a_greedy_near_tie_passes_a_threshold_verifier_and_a_far_token_does_not() {
+    use veritrace_protocol::tolerance::{Metric, PerLayer, ThresholdPolicy};
+    let base = LlamaModel::preset("tiny").unwrap();
+    let setup = Setup::F32_EAGER;
+    let (p0, _) = base
+        .prove_run(&setup, &prompt(), 0, CHUNK, HasherId::Blake3)
+        .unwrap();
+    let d = base.config().hidden_size;
+    // the last prompt row's final-norm signs, for an LM-head row 0 that wins there
+    let trace = base
+        .trace(&setup, &p0.input_tokens, CHUNK as usize)
+        .unwrap();
+    let last = trace.layers.last().unwrap();
+    let row = &last[(p0.input_tokens.len() - 1) * d..][..d];
+    let mut tensors = base.named_tensors().unwrap();
+    let gain: Vec<f32> = tensors
+        .iter()
+        .find(|(n, _, _)| n == "model.norm.weight")
+        .unwrap()
+        .2
+        .clone();
+    for (name, _, data) in tensors.iter_mut() {
+        if name == "model.embed_tokens.weight" {
+            let (r0, rest) = data.split_at_mut(d);
+            rest[..d].copy_from_slice(r0);
+            rest[d..2 * d].copy_from_slice(r0);
+        }
+        if name == "lm_head.weight" {
+            for i in 0..d {
+                let w = 0.5 * (row[i] * gain[i]).signum();
+                data[i] = w;
+                data[d + i] = w;
+                data[2 * d + i] = -w;
+            }
+        }
+    }
+    let model = LlamaModel::from_tensors(base.config().clone(), tensors).unwrap();
+    let (statement, trace) = model
+        .prove_run(&setup, &prompt(), 3, CHUNK, HasherId::Blake3)
+        .unwrap();
+    assert_eq!(statement.output_tokens[0], 0, "token 0 wins the tie");
+    let cells = statement.geometry.num_cells() as u32;
+    let threshold = |mut c: VerifierConfig| {
+        c.tolerance = TolerancePolicy::Threshold(ThresholdPolicy::new(
+            Metric::RelL2,
+            PerLayer::uniform(1e-6),
+        ));
+        c
+    };
+    let claim = |t: u32| {
+        let mut s = statement.clone();
+        s.output_tokens[0] = t;
+        s
+    };
+    // tokens 0, 1 and 2 share their embedding: the trace is the same for every claim
+    let layers = trace.layer_bytes();
+    let exact = config(Mode::Interactive, cells);
+    assert_eq!(
+        session(&model, &claim(0), layers.clone(), exact.clone()),
+        Verdict::Accept
+    );
+    assert_eq!(
+        session(&model, &claim(0), layers.clone(), threshold(exact.clone())),
+        Verdict::Accept
+    );
+    let v = session(&model, &claim(1), layers.clone(), exact.clone());
+    assert!(
+        matches!(
+            v,
+            Verdict::Reject(RejectReason::OutputTokenMismatch {
+                claimed: 1,
+                recomputed: 0,
+                ..
+            })
+        ),
+        "{v:?}"
+    );
+    assert_eq!(
+        session(&model, &claim(1), layers.clone(), threshold(exact.clone())),
+        Verdict::Accept
+    );
+    for cfg in [exact.clone(), threshold(exact.clone())] {
+        let v = session(&model, &claim(2), layers.clone(), cfg);
+        assert!(
+            matches!(
+                v,
+                Verdict::Reject(RejectReason::OutputTokenMismatch { claimed: 2, .. })
+            ),
+            "{v:?}"
+        );
+    }
+    // the rule itself: the tie within any precision's rounding, the opposite row in none
+    for s in [
+        "f32/attn=eager",
+        "bf16/attn=eager",
+        "bf16/attn=eager/kernels=invariant",
+    ] {
+        let s: Setup = s.parse().unwrap();
+        assert!(model.token_within_rounding(&s, row, 1).unwrap(), "{s}");
+        assert!(!model.token_within_rounding(&s, row, 2).unwrap(), "{s}");
+    }
+    assert!(model.token_within_rounding(&setup, row, 512).is_err());
+}

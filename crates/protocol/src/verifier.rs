@@ -61,6 +61,23 @@ pub trait Recompute {
     /// statement's [`crate::OutputRule`].
     fn next_token(&self, statement: &Statement, position: u32, last_row: &[u8]) -> Result<u32>;
 
+    /// Whether `claimed` is a greedy prediction at `position` that the claimed precision's
+    /// rounding cannot tell from the argmax: `z_top − z_claimed ≤ B_top + B_claimed`, with `z`
+    /// the logits this engine computes from `last_row` and `B_j` a bound on how far two
+    /// engines of the statement's precision can differ on logit `j` (specs/protocol.md §11.2, the near-tie rule).
+    /// A verifier whose tolerance accepts cross-engine noise (a threshold policy) asks this
+    /// instead of comparing with [`Recompute::next_token`]. The default has no bound: the
+    /// claimed token must be the argmax.
+    fn token_within_rounding(
+        &self,
+        statement: &Statement,
+        position: u32,
+        last_row: &[u8],
+        claimed: u32,
+    ) -> Result<bool> {
+        Ok(self.next_token(statement, position, last_row)? == claimed)
+    }
+
     /// Statement-level checks made once per opening, before any cell: with text input
     /// ([`Statement::input_text`]), that the input tokens are what the engine's tokenizer
     /// (of the same digest) gives for the text. An engine without a tokenizer accepts a
@@ -184,6 +201,16 @@ impl<T: Recompute + ?Sized> Recompute for &T {
 
     fn next_token(&self, statement: &Statement, position: u32, last_row: &[u8]) -> Result<u32> {
         (**self).next_token(statement, position, last_row)
+    }
+
+    fn token_within_rounding(
+        &self,
+        statement: &Statement,
+        position: u32,
+        last_row: &[u8],
+        claimed: u32,
+    ) -> Result<bool> {
+        (**self).token_within_rounding(statement, position, last_row, claimed)
     }
 
     fn check_input(&self, statement: &Statement) -> Result<()> {
@@ -1670,6 +1697,16 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
                     continue;
                 };
                 let row = &claimed[i * row_len..(i + 1) * row_len];
+                // under a threshold policy (cross-engine noise accepted) a greedy token the
+                // precision's rounding cannot tell from the argmax is accepted too
+                let near_tie = matches!(self.tolerance, TolerancePolicy::Threshold(_))
+                    && matches!(statement.output_rule, crate::OutputRule::Greedy)
+                    && recompute
+                        .token_within_rounding(statement, position, row, claimed_token)
+                        .map_err(failed)?;
+                if near_tie {
+                    continue;
+                }
                 let token = recompute
                     .next_token(statement, position, row)
                     .map_err(failed)?;

@@ -101,6 +101,17 @@ impl Recompute for SimVerifier {
         self.model.next_token(statement, position, last_row)
     }
 
+    fn token_within_rounding(
+        &self,
+        statement: &Statement,
+        position: u32,
+        last_row: &[u8],
+        claimed: u32,
+    ) -> veritrace_protocol::Result<bool> {
+        self.model
+            .token_within_rounding(statement, position, last_row, claimed)
+    }
+
     fn check_sublayers(
         &self,
         statement: &Statement,
