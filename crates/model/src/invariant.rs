@@ -129,6 +129,57 @@ fn f16_by_half(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
 
+/// Recycled output buffers of this thread ([`buffer`], [`recycle`]).
+const SPARE_BUFFERS: usize = 8;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of `len` elements whose contents are unspecified (left from an earlier use), for
+/// an output the caller writes in full: a buffer [`recycle`]d on this thread where one is
+/// large enough (the smallest such; no zeroing, no fresh pages: a layer's outputs have the
+/// shapes of the layer before's), else [`zeros`]. What the kernels compute never depends on
+/// the old contents, so the bits are the same either way.
+pub(crate) fn buffer(len: usize) -> Vec<f32> {
+    let reused = SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        let i = (0..s.len())
+            .filter(|&i| s[i].capacity() >= len)
+            .min_by_key(|&i| s[i].capacity())?;
+        Some(s.swap_remove(i))
+    });
+    match reused {
+        Some(mut b) => {
+            if b.len() >= len {
+                b.truncate(len);
+            } else {
+                b.resize(len, 0.0);
+            }
+            b
+        }
+        None => zeros(len),
+    }
+}
+
+/// Gives `v` back for [`buffer`] to reuse on this thread, which keeps at most
+/// [`SPARE_BUFFERS`] (the smallest goes first).
+pub(crate) fn recycle(v: Vec<f32>) {
+    if v.capacity() == 0 {
+        return;
+    }
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARE_BUFFERS {
+            s.push(v);
+        } else if let Some(i) = (0..s.len()).min_by_key(|&i| s[i].capacity()) {
+            if s[i].capacity() < v.capacity() {
+                s[i] = v;
+            }
+        }
+    });
+}
+
 /// A weight `W: [out, in]` (row-major, as checkpoints store linear layers) laid out for
 /// `x·Wᵀ`: panels of [`NR`] output columns, each `[in][NR]` (zero columns past `out`).
 #[derive(Debug, Clone)]
@@ -304,10 +355,12 @@ pub fn matmul_panels(x: &[f32], m: usize, w: Panels<'_>) -> Vec<f32> {
         "matmul_t: {} input elements for {m} rows of {k}",
         x.len()
     );
-    let mut y = zeros(m * n);
     if m == 0 || n == 0 || k == 0 {
-        return y;
+        // an empty product: zeros
+        return zeros(m * n);
     }
+    // every element is written below
+    let mut y = buffer(m * n);
     let np = n.div_ceil(NR);
     if !parallel(m * n * k) {
         for (yb, xb) in y.chunks_mut(ROW_BLOCK * n).zip(x.chunks(ROW_BLOCK * k)) {
@@ -759,10 +812,11 @@ fn sum_squares<const R: usize>(rows: [&[f32]; R]) -> [f32; R] {
 /// threads where [`parallel`] says so), into a new output of `x`'s length: the row kernels'
 /// split, which never changes a row's arithmetic.
 fn by_rows(x: &[f32], d: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
-    let mut out = zeros(x.len());
     if d == 0 {
-        return out;
+        return zeros(x.len());
     }
+    // `f` writes every element of its rows
+    let mut out = buffer(x.len());
     let block = (ELEMENT_BLOCK / d).max(1) * d;
     if parallel(x.len()) {
         out.par_chunks_mut(block)
@@ -938,7 +992,7 @@ pub fn exp_in_place(x: &mut [f32]) {
 
 /// SwiGLU's product `silu(gate) · up` element by element, `silu(g) = g / (1 + e^(−g))`.
 pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    let mut out = zeros(gate.len().min(up.len()));
+    let mut out = buffer(gate.len().min(up.len()));
     let f = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
         for (y, &g) in o.iter_mut().zip(g) {
             *y = -g;
@@ -965,7 +1019,7 @@ pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
 
 /// Element-wise `a + b`.
 pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
-    let mut out = zeros(a.len().min(b.len()));
+    let mut out = buffer(a.len().min(b.len()));
     let f = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
         for ((y, &a), &b) in o.iter_mut().zip(a).zip(b) {
             *y = a + b;

@@ -2747,7 +2747,8 @@ impl Arith<'_> {
         let half = hd / 2;
         let n = x.len() / (heads * hd).max(1);
         let t = self.rope_cache(start + n);
-        let mut out = vec![0f32; x.len()];
+        // every element is written below
+        let mut out = inv::buffer(x.len());
         for (r, (xr, or)) in x
             .chunks_exact(heads * hd)
             .zip(out.chunks_exact_mut(heads * hd))
@@ -2777,7 +2778,10 @@ impl Arith<'_> {
             &p.attn_norm,
             c.rms_norm_eps as f32,
         ));
-        self.inv_append_kv(p, &normed, n, start, cache)?;
+        let (k, v) = self.inv_append_kv(p, &normed, n, start, cache)?;
+        for b in [normed, k, v] {
+            inv::recycle(b);
+        }
         Ok(())
     }
 
@@ -2794,9 +2798,9 @@ impl Arith<'_> {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let k = self.inv_biased(p, inv::matmul_t(normed, n, &p.wk), 1);
         let v = self.inv_biased(p, inv::matmul_t(normed, n, &p.wv), 2);
-        cache
-            .k
-            .extend(self.inv_rope(&k, self.model.config.num_kv_heads, start)?);
+        let roped = self.inv_rope(&k, self.model.config.num_kv_heads, start)?;
+        cache.k.extend_from_slice(&roped);
+        inv::recycle(roped);
         cache.v.extend_from_slice(&v);
         Ok((k, v))
     }
@@ -2876,7 +2880,8 @@ impl Arith<'_> {
         };
         // the heads side by side in each row (by rows on the pool: a serial copy here would
         // hold the second thread back)
-        let mut attn = inv::zeros(n * qd);
+        // every element is written below
+        let mut attn = inv::buffer(n * qd);
         let gather = |(r, row): (usize, &mut [f32])| {
             for (h, out) in heads.iter().enumerate() {
                 row[h * hd..(h + 1) * hd].copy_from_slice(&out[r * hd..(r + 1) * hd]);
@@ -2930,17 +2935,23 @@ impl Arith<'_> {
         let down = self.st(inv::matmul_t(&act, n, &p.w_down));
         let h = self.st(inv::add(&a, &down));
         if let Some(sub) = sub {
-            sub.normed.extend(normed);
-            sub.q.extend(q_lin);
-            sub.k.extend(k_lin);
-            sub.v.extend(v_lin);
-            sub.attn.extend(attn);
-            sub.o.extend(o);
-            sub.mlp_in.extend(mlp_in);
-            sub.gate.extend(gate);
-            sub.up.extend(up);
-            sub.act.extend(act);
-            sub.down.extend(down);
+            sub.normed.extend_from_slice(&normed);
+            sub.q.extend_from_slice(&q_lin);
+            sub.k.extend_from_slice(&k_lin);
+            sub.v.extend_from_slice(&v_lin);
+            sub.attn.extend_from_slice(&attn);
+            sub.o.extend_from_slice(&o);
+            sub.mlp_in.extend_from_slice(&mlp_in);
+            sub.gate.extend_from_slice(&gate);
+            sub.up.extend_from_slice(&up);
+            sub.act.extend_from_slice(&act);
+            sub.down.extend_from_slice(&down);
+        }
+        // the intermediates' buffers serve the next layer's (the same shapes)
+        for v in [
+            normed, q_lin, q, k_lin, v_lin, attn, o, a, mlp_in, gate, up, act, down,
+        ] {
+            inv::recycle(v);
         }
         Ok(h)
     }
