@@ -237,7 +237,27 @@ pub fn calibrate_map_bounds(
             method: config.method.to_string(),
             target_session_fpr: config.target_session_fpr,
             confidence: config.confidence,
-            claimed_bound: calibration.claimed_bound.replace("layer", "map"),
+            claimed_bound: format!(
+                "with confidence >= {}, an honest run of the calibrated variations is falsely \
+                 rejected by a Freivalds check in at most {} of sessions checking {} cells x \
+                 {} round(s) (any sampling strategy): per map, P(the run's worst ratio > its \
+                 scale) <= alpha = {:.3e}{}",
+                config.confidence,
+                config.target_session_fpr,
+                if config.samples == u32::MAX {
+                    "any number of".to_string()
+                } else {
+                    format!("k = {}", config.samples)
+                },
+                config.rounds,
+                calibration.cell_alpha,
+                match config.method {
+                    CalibrationMethod::OrderStatistic => "",
+                    CalibrationMethod::ExponentialTail =>
+                        ", assuming each map's tail above its fitted base is no heavier than \
+                         exponential (checked per map at 1%)",
+                }
+            ),
             holdout_runs: held.len() as u64,
             holdout_exceeding: holdout.as_ref().map_or(0, |h| h.exceedances),
         }),
@@ -364,7 +384,11 @@ mod tests {
         let mc = r.bounds.calibration.as_ref().unwrap();
         assert_eq!(mc.method, "exponential-tail");
         assert_eq!(r.bounds.exceed_bound(), 0.01);
-        assert!(mc.claimed_bound.contains("map"), "{}", mc.claimed_bound);
+        assert!(
+            mc.claimed_bound.contains("per map") && mc.claimed_bound.contains("k = 4 cells"),
+            "{}",
+            mc.claimed_bound
+        );
     }
 
     #[test]
