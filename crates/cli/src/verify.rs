@@ -370,9 +370,20 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // the keyed engine holds the decoder itself; otherwise the model's own engine
     let verdict = match &keyed {
         Some((decoder, key, bounds)) => {
+            // the key of the statement's own weights (bf16, f16, quantized): derived from the
+            // checkpoint's key (the same secret vectors); an unparsable setup is refused by
+            // the engine itself
+            let key = match veritrace_model::Setup::from_bytes(&commitment.statement.setup) {
+                Ok(setup) => key.for_setup(decoder, &setup).map_err(|e| {
+                    VerbInputError::Argument(format!(
+                        "--key: no key of the statement's setup {setup}: {e}"
+                    ))
+                })?,
+                Err(_) => key.clone(),
+            };
             let engine = KeyedVerifier {
                 model: decoder,
-                key,
+                key: &key,
                 tolerance: args.sublayer_tolerance,
                 bound_scale: args.freivalds_bound_scale,
                 map_bounds: bounds.as_ref(),

@@ -664,3 +664,67 @@ fn keygen_calibrates_a_bound() {
         );
     }
 }
+
+/// Sub-layer sessions of other weights than the checkpoint's f32 ones: `verify --layer-check
+/// freivalds --key K` derives the key of the statement's weights (bf16; int8 per channel,
+/// dequantized) from the checkpoint's key and accepts honest provers of those setups.
+#[test]
+fn a_bf16_sublayer_session_is_checked_with_the_key_of_its_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(p("secret"), [4u8; 32]).unwrap();
+    run_ok(&[
+        "keygen",
+        "--model",
+        "tiny",
+        "--secret-file",
+        &p("secret"),
+        "--out",
+        &p("k"),
+    ]);
+    for (run, setup) in [
+        ("bf16", "bf16/attn=eager/kernels=invariant"),
+        (
+            "int8",
+            "f32/attn=eager/quant=int8-channel/kernels=invariant",
+        ),
+    ] {
+        prove_sublayer(&p(run), setup);
+        let ch = p(&format!("{run}-ch.vtpm"));
+        let op = p(&format!("{run}-op.vtpm"));
+        run_ok(&[
+            "challenge",
+            &p(&format!("{run}/commitment.json")),
+            "--samples",
+            "8",
+            "--seed",
+            &"0c".repeat(32),
+            "--out",
+            &ch,
+        ]);
+        run_ok(&[
+            "open",
+            &p(&format!("{run}/trace.safetensors")),
+            "--challenge",
+            &ch,
+            "--out",
+            &op,
+        ]);
+        let out = run_ok(&[
+            "verify",
+            "--model",
+            "tiny",
+            "--commitment",
+            &p(&format!("{run}/commitment.json")),
+            "--challenge",
+            &ch,
+            "--opening",
+            &op,
+            "--layer-check",
+            "freivalds",
+            "--key",
+            &p("k"),
+        ]);
+        assert!(out.starts_with("accept"), "{setup}: {out}");
+    }
+}

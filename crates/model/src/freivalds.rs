@@ -386,6 +386,21 @@ pub struct VerifierKey {
     repetitions: u32,
     /// In [`KeyDims::order`].
     matrices: Vec<MatrixKey>,
+    /// For a key derived for a setup's weights ([`VerifierKey::for_setup`]): those weights'
+    /// `v` and `u` (the same `r`). Never encoded: [`VerifierKey::to_bytes`] writes the
+    /// checkpoint's.
+    derived: Option<Box<DerivedWeights>>,
+}
+
+/// The weights of a setup other than the checkpoint's f32 ones, in a derived key.
+#[derive(Debug, Clone, PartialEq)]
+struct DerivedWeights {
+    /// The setup's precision (the outputs' rounding unit).
+    precision: crate::Precision,
+    /// The setup's quantization.
+    quant: Option<crate::Quant>,
+    /// Per matrix in [`KeyDims::order`]: `v` and `u` of the prepared weights.
+    vu: Vec<(Vec<f64>, Vec<f64>)>,
 }
 
 /// The seed of `r` for (layer, matrix, repetition) (see the [module docs](self)).
@@ -427,6 +442,13 @@ fn gaussian(seed: [u8; 32], out: usize) -> Vec<f64> {
 /// `r`, `v = rᵀW`, `u = |r|ᵀ|W|` of one repetition for `w` (`[out, in]` row-major).
 fn derive(seed: [u8; 32], w: &[f32], out: usize, inp: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let r = gaussian(seed, out);
+    let (v, u) = products(&r, w, inp);
+    (r, v, u)
+}
+
+/// `v = rᵀW` and `u = |r|ᵀ|W|` in f64, summed over the rows of `W` (`[r.len(), inp]`) in
+/// ascending order.
+fn products(r: &[f64], w: &[f32], inp: usize) -> (Vec<f64>, Vec<f64>) {
     let mut v = vec![0f64; inp];
     let mut u = vec![0f64; inp];
     for (ri, row) in r.iter().zip(w.chunks_exact(inp)) {
@@ -437,7 +459,7 @@ fn derive(seed: [u8; 32], w: &[f32], out: usize, inp: usize) -> (Vec<f64>, Vec<f
             *uj += ai * wij.abs();
         }
     }
-    (r, v, u)
+    (v, u)
 }
 
 /// `γ_n = n u / (1 − n u)` for unit roundoff `unit` (infinite when `n u ≥ 1`).
@@ -499,6 +521,7 @@ impl VerifierKey {
             dims,
             repetitions,
             matrices,
+            derived: None,
         })
     }
 
@@ -539,6 +562,106 @@ impl VerifierKey {
             });
         }
         Ok(())
+    }
+
+    /// The key of `setup`'s weights: the same secret vectors `r`, with `v = rᵀW'` and
+    /// `u = |r|ᵀ|W'|` recomputed (in f64, in the same order as [`VerifierKey::build`]) for the
+    /// weights `W'` as `setup` prepares them: rounded to its precision (bf16, f16) and
+    /// quantized and dequantized (`quant=...`). The checks then compare a claimed `y` with
+    /// `W' x`, and the bound's output rounding is at the setup's precision (specs/freivalds.md
+    /// §2). For an unquantized f32 setup, the key itself. Built in memory only:
+    /// [`VerifierKey::to_bytes`] still writes the checkpoint's key, from which this one is
+    /// derived again (about the cost of [`VerifierKey::build`]).
+    ///
+    /// # Errors
+    /// A model of another digest; a setup the model cannot prepare.
+    pub fn for_setup(&self, model: &LlamaModel, setup: &crate::Setup) -> Result<Self> {
+        self.check_model(&model.digest())?;
+        let mut base = self.clone();
+        base.derived = None;
+        if setup.precision == crate::Precision::F32 && setup.quant.is_none() {
+            return Ok(base);
+        }
+        let t = self.repetitions as usize;
+        let mut vu = Vec::with_capacity(self.matrices.len());
+        for ((layer, m), mk) in self.dims.order().zip(&self.matrices) {
+            let (out, inp) = self.dims.shape(m);
+            let w = model.prepared_matrix(setup, layer, m)?;
+            if w.len() != out * inp {
+                return Err(FreivaldsError::Unsupported(format!(
+                    "{m:?} of layer {layer}: {} prepared weights for [{out}, {inp}]",
+                    w.len()
+                )));
+            }
+            let (mut v, mut u) = (Vec::with_capacity(t * inp), Vec::with_capacity(t * inp));
+            for k in 0..t {
+                let (vk, uk) = products(&mk.r[k * out..(k + 1) * out], &w, inp);
+                v.extend(vk);
+                u.extend(uk);
+            }
+            vu.push((v, u));
+        }
+        base.derived = Some(Box::new(DerivedWeights {
+            precision: setup.precision,
+            quant: setup.quant,
+            vu,
+        }));
+        Ok(base)
+    }
+
+    /// Refuses a `setup` whose weights are not the ones this key holds (the checkpoint's f32
+    /// weights, or the setup's a [`VerifierKey::for_setup`] key was derived for).
+    ///
+    /// # Errors
+    /// [`FreivaldsError::Unsupported`], saying which weights the key holds.
+    pub fn check_setup(&self, setup: &crate::Setup) -> Result<()> {
+        let (precision, quant) = match &self.derived {
+            None => (crate::Precision::F32, None),
+            Some(d) => (d.precision, d.quant),
+        };
+        if setup.precision == precision && setup.quant == quant {
+            return Ok(());
+        }
+        Err(FreivaldsError::Unsupported(format!(
+            "setup {setup}: this key holds the {} weights; derive one for the setup's \
+             (VerifierKey::for_setup)",
+            self.weights()
+        )))
+    }
+
+    /// Which weights the key holds: `f32` (the checkpoint's), or the precision and
+    /// quantization of the setup it was derived for.
+    pub fn weights(&self) -> String {
+        match &self.derived {
+            None => "f32".into(),
+            Some(d) => match d.quant {
+                None => d.precision.name().to_string(),
+                Some(q) => format!("{}/quant={q}", d.precision.name()),
+            },
+        }
+    }
+
+    /// The factor on `|r|·|y|` for each rounding of an output the key's checks allow:
+    /// `2⁻²⁴` for f32 weights; `u / (1 − u)` with the derived setup's unit roundoff `u`
+    /// otherwise (`|fl(ŷ) − ŷ| ≤ u|ŷ| ≤ u/(1 − u)·|fl(ŷ)|`: the bound reads the rounded
+    /// output, and at bf16's `u = 2⁻⁸` the difference is not negligible).
+    pub fn output_unit(&self) -> f64 {
+        let u = match self.derived.as_ref().map(|d| d.precision) {
+            None | Some(crate::Precision::F32) => return U_F32,
+            Some(crate::Precision::Bf16) => (-8f64).exp2(),
+            Some(crate::Precision::F16) => (-11f64).exp2(),
+        };
+        u / (1.0 - u)
+    }
+
+    /// Matrix `index`'s `r`, `v` and `u` for every repetition (`v`, `u` of the derived
+    /// weights where there are some).
+    fn vectors(&self, index: usize) -> (&[f64], &[f64], &[f64]) {
+        let mk = &self.matrices[index];
+        match self.derived.as_ref().and_then(|d| d.vu.get(index)) {
+            Some((v, u)) => (&mk.r, v, u),
+            None => (&mk.r, &mk.v, &mk.u),
+        }
     }
 
     /// Bytes of [`VerifierKey::to_bytes`].
@@ -688,10 +811,11 @@ impl VerifierKey {
             dims,
             repetitions: t,
             matrices,
+            derived: None,
         })
     }
 
-    fn matrix(&self, layer: usize, matrix: Matrix) -> Result<&MatrixKey> {
+    fn matrix(&self, layer: usize, matrix: Matrix) -> Result<(&[f64], &[f64], &[f64])> {
         let l = self.dims.layers as usize;
         let index = match matrix {
             Matrix::LmHead if layer == l => 7 * l,
@@ -707,7 +831,7 @@ impl VerifierKey {
                 )))
             }
         };
-        Ok(&self.matrices[index])
+        Ok(self.vectors(index))
     }
 }
 
@@ -847,7 +971,8 @@ pub fn linear_terms(
 
 /// One map's key, shapes and bias terms in [`shared_terms`].
 struct MapTerms<'a> {
-    mk: &'a MatrixKey,
+    /// The key's `r`, `v` and `u`, every repetition.
+    mk: (&'a [f64], &'a [f64], &'a [f64]),
     out: usize,
     y: &'a [f32],
     /// Per repetition: `r·b` and `|r|·|b|` (0 without a bias).
@@ -861,8 +986,8 @@ struct MapTerms<'a> {
 impl<'a> MapTerms<'a> {
     /// Repetition `k`'s `v` and `u` (each `inp` long).
     fn key_row(&self, k: usize, inp: usize) -> (&'a [f64], &'a [f64]) {
-        let mk: &'a MatrixKey = self.mk;
-        (&mk.v[k * inp..(k + 1) * inp], &mk.u[k * inp..(k + 1) * inp])
+        let (_, v, u) = self.mk;
+        (&v[k * inp..(k + 1) * inp], &u[k * inp..(k + 1) * inp])
     }
 }
 
@@ -921,7 +1046,7 @@ fn shared_terms(
         }
         let rb = (0..t)
             .map(|k| match bias {
-                Some(b) => dots_abs(&mk.r[k * out..(k + 1) * out], b),
+                Some(b) => dots_abs(&mk.0[k * out..(k + 1) * out], b),
                 None => (0.0, 0.0),
             })
             .collect();
@@ -952,6 +1077,8 @@ fn shared_terms(
         }
     };
     let (gamma_n, gamma_in) = (gamma(inp, U_F32), gamma(inp, U_F64));
+    // each output rounded to the key's setup precision (f32 accumulation in any order)
+    let unit_out = key.output_unit();
     let mut terms: Vec<Vec<(f64, f64)>> =
         parts.iter().map(|_| Vec::with_capacity(rows * t)).collect();
     let mut sums = vec![(0f64, 0f64); parts.len()];
@@ -973,7 +1100,7 @@ fn shared_terms(
             }
             for ((m, &(vx, ux)), terms) in parts.iter().zip(&sums).zip(terms.iter_mut()) {
                 let (rbk, arbk) = m.rb[k];
-                let r = &m.mk.r[k * m.out..(k + 1) * m.out];
+                let r = &m.mk.0[k * m.out..(k + 1) * m.out];
                 let yr = &m.y[p * m.out..(p + 1) * m.out];
                 let (ry, ary) = dots_abs(r, yr);
                 if !(ux.is_finite() && ary.is_finite()) {
@@ -982,7 +1109,7 @@ fn shared_terms(
                 let eps = 2.0 * (gamma_in + m.gamma_out);
                 let deviation = (vx + rbk - ry).abs();
                 let bound = gamma_n * ux
-                    + m.outputs_rounded * U_F32 * ary
+                    + m.outputs_rounded * unit_out * ary
                     + eps * (ux + ary)
                     + 2.0 * m.gamma_out * arbk;
                 terms.push((deviation, bound));
@@ -1389,12 +1516,12 @@ fn same_and_finite_any(a: &[f32], b: &[f32]) -> bool {
 ///
 /// The nonlinear parts pass when their relative L∞ deviation is at most `tolerance` (0: bitwise,
 /// for a prover on this engine; a prover on other hardware needs a calibrated tolerance). The
-/// linear checks hold for the f32 weights the key was built from, so the claimed setup must be
-/// f32 without quantization.
+/// linear checks hold for the weights the key holds: the claimed setup's precision and
+/// quantization must be the key's ([`VerifierKey::for_setup`] derives it).
 ///
 /// # Errors
-/// A key of another model, a setup other than unquantized f32, claims of the wrong lengths or
-/// non-finite, a cell out of range.
+/// A key of another model or of other weights than the setup's, claims of the wrong lengths
+/// or non-finite, a cell out of range.
 // The cell's coordinates are separate arguments, as in `LlamaModel::recompute_cell`.
 #[allow(clippy::too_many_arguments)]
 pub fn check_cell(
@@ -1461,12 +1588,8 @@ pub fn check_sublayer_values(
     tolerance: f64,
 ) -> Result<(CellCheck, Vec<f32>)> {
     key.check_model(&model.digest())?;
-    if setup.precision != crate::Precision::F32 || setup.quant.is_some() {
-        return Err(FreivaldsError::Unsupported(format!(
-            "setup {setup}: a verifier key holds the f32 weights; a Freivalds check of another \
-             precision or a quantized setup needs a key of those weights"
-        )));
-    }
+    // the key's weights are the setup's ([`VerifierKey::for_setup`] derives them)
+    key.check_setup(setup)?;
     if !(tolerance.is_finite() && tolerance >= 0.0) {
         return Err(FreivaldsError::InvalidArgument(format!(
             "tolerance {tolerance} must be finite and >= 0"
@@ -2748,6 +2871,7 @@ mod tests {
                     dims,
                     repetitions: t,
                     matrices,
+                    derived: None,
                 }
             })
     }

@@ -2187,6 +2187,36 @@ impl LlamaModel {
         Ok(gap <= bound(top)? + bound(c)?)
     }
 
+    /// The weight `matrix` of layer `layer` (1-based; the LM head ignores it) as `setup`
+    /// prepares it (rounded to its precision, quantized and dequantized), widened exactly to
+    /// f32, row-major `[out, in]`: what a Freivalds key of that setup's weights is built from.
+    pub(crate) fn prepared_matrix(
+        &self,
+        setup: &Setup,
+        layer: usize,
+        matrix: crate::freivalds::Matrix,
+    ) -> Result<Vec<f32>> {
+        use crate::freivalds::Matrix;
+        let w = self.weights_for(setup)?;
+        let l = |layer: usize| {
+            layer
+                .checked_sub(1)
+                .and_then(|i| w.layers.get(i))
+                .ok_or_else(|| ModelError::InvalidArgument(format!("no layer {layer}")))
+        };
+        let t = match matrix {
+            Matrix::Q => &l(layer)?.wq,
+            Matrix::K => &l(layer)?.wk,
+            Matrix::V => &l(layer)?.wv,
+            Matrix::O => &l(layer)?.wo,
+            Matrix::Gate => &l(layer)?.w_gate,
+            Matrix::Up => &l(layer)?.w_up,
+            Matrix::Down => &l(layer)?.w_down,
+            Matrix::LmHead => &w.lm_head,
+        };
+        Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
     /// The greedy next token from one last-layer row: the argmax of
     /// [`LlamaModel::logits_from_row`], the lowest index on ties.
     pub fn next_token_from_row(&self, setup: &Setup, row: &[f32]) -> Result<u32> {

@@ -303,8 +303,9 @@ impl LlamaModel {
 /// engine), and the output `(h_in + o) + down` returned for the protocol's tolerance policy.
 ///
 /// Supported: decoders (Llama, Qwen2 with its q/k/v biases, Mistral's sliding window: the rows
-/// before a cell's window are zero-padded, their keys being masked), unquantized f32 setups
-/// (the key holds the f32 weights).
+/// before a cell's window are zero-padded, their keys being masked), and setups whose weights
+/// are the key's ([`crate::freivalds::VerifierKey::for_setup`] derives a key of a bf16, f16 or
+/// quantized setup's weights).
 #[derive(Debug, Clone, Copy)]
 pub struct KeyedVerifier<'a> {
     /// The model.

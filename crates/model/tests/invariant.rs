@@ -324,3 +324,95 @@ fn the_algebraic_check_runs_on_the_invariant_kernels() {
     let check = check_cell(&key, &model, &s, tile, layer, chunk, &claim, 0.0).expect("check");
     assert!(!check.passed);
 }
+
+/// Freivalds keys of a setup's own weights (`VerifierKey::for_setup`: the same secret vectors,
+/// `v` and `u` of the weights as the setup prepares them, outputs rounded at its precision): an
+/// honest bf16 cell (the invariant kernels and candle's), an f16 cell and an int8 cell pass
+/// with their setup's key; the checkpoint's f32 key refuses those setups with a typed error;
+/// a bf16 forward of int8 weights claimed as bf16 fails; and the derived key still encodes as
+/// the checkpoint's.
+#[test]
+fn keys_of_a_setups_weights_check_its_cells() {
+    use veritrace_model::freivalds::{
+        check_cell, CellClaim, FreivaldsError, VerifierKey, VerifierSecret,
+    };
+    use veritrace_model::SubLayers;
+    let model = LlamaModel::preset("tiny").expect("tiny");
+    let c = model.config().clone();
+    let d = c.hidden_size;
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([7; 32]), &model, 2).expect("key");
+    let n = 29;
+    let toks = tokens(n, c.vocab_size as u32);
+    let layout = veritrace_model::sublayer::SubLayerLayout::of(&c);
+    let (layer, tile) = (3usize, 8usize);
+    let chunk = (n - 1) / tile;
+    let (lo, e) = (chunk * tile, n);
+    // the claim of cell (layer, chunk) from a forward under `run`, checked as `claimed`
+    let check = |run: &Setup, claimed: &Setup, key: &VerifierKey| {
+        let (trace, sub) = model.trace_sublayers(run, &toks, tile).expect("trace");
+        let whole = layout.rows(&sub[layer - 1], 0..e, lo..e).unwrap();
+        let context = SubLayers {
+            normed: whole.normed.clone(),
+            k: whole.k.clone(),
+            v: whole.v.clone(),
+            ..SubLayers::default()
+        };
+        let h_in = trace.layers[layer - 1][..e * d].to_vec();
+        let h_out = trace.layers[layer][lo * d..e * d].to_vec();
+        let claim = CellClaim {
+            h_in: &h_in,
+            h_out: &h_out,
+            context: &context,
+            cell: &whole,
+        };
+        check_cell(key, &model, claimed, tile, layer, chunk, &claim, 0.0)
+    };
+    for s in [
+        "bf16/attn=eager/kernels=invariant",
+        "bf16/attn=eager",
+        "f16/attn=eager/kernels=invariant",
+        "f32/attn=eager/quant=int8-channel/kernels=invariant",
+    ] {
+        let s = setup(s);
+        let derived = key.for_setup(&model, &s).expect("derived key");
+        assert_ne!(derived.weights(), "f32", "{s}");
+        let got = check(&s, &s, &derived).expect("check");
+        assert!(got.passed, "{s}: {got:?}");
+        // the checkpoint's key does not hold these weights
+        assert!(
+            matches!(check(&s, &s, &key), Err(FreivaldsError::Unsupported(_))),
+            "{s}"
+        );
+        // a derived key is still written as the checkpoint's key
+        assert_eq!(derived.to_bytes(), key.to_bytes());
+    }
+    // int4 weights run in bf16, claimed as plain bf16: the products are not the bf16 weights'
+    // (int8's error is within the bf16 outputs' rounding term of the rigorous bound)
+    let bf16 = setup("bf16/attn=eager/kernels=invariant");
+    let derived = key.for_setup(&model, &bf16).expect("derived key");
+    let worst = |c: &veritrace_model::freivalds::CellCheck| {
+        c.linear
+            .iter()
+            .map(|(_, l)| l.worst_ratio)
+            .fold(0f64, f64::max)
+    };
+    let honest = check(&bf16, &bf16, &derived).expect("check");
+    for q in ["int8-channel", "int4-g32"] {
+        let got = check(
+            &setup(&format!("bf16/attn=eager/quant={q}/kernels=invariant")),
+            &bf16,
+            &derived,
+        )
+        .expect("check");
+        // int8: above the honest cell's worst ratio (0.25 here, the bf16 outputs' rounding)
+        // but inside the bound (0.61); int4: far outside it (8.6)
+        assert!(worst(&got) > worst(&honest), "{q}: {got:?}");
+        assert_eq!(got.passed, q == "int8-channel", "{q}: {got:?}");
+    }
+    // the f32 setup's derived key is the key itself
+    assert_eq!(
+        key.for_setup(&model, &setup("f32/attn=eager"))
+            .expect("f32"),
+        key
+    );
+}

@@ -291,6 +291,74 @@ if TORCH:
             except veritrace.VeritraceError as e:
                 assert e.code == 2, e
 
+    @test
+    def a_bf16_transformers_prover_is_checked_by_freivalds_with_a_bf16_key():
+        import json
+        import torch
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.manual_seed(7)
+            config = transformers.LlamaConfig(
+                vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                max_position_embeddings=128)
+            config._attn_implementation = "eager"
+            model = transformers.LlamaForCausalLM(config).float().eval()
+            with torch.no_grad():
+                for p in model.parameters():
+                    (p.normal_(0.0, 0.08) if p.dim() == 2 else p.uniform_(0.8, 1.2))
+            ckpt = os.path.join(tmp, "llama")
+            model.save_pretrained(ckpt)
+            secret = os.path.join(tmp, "secret")
+            with open(secret, "wb") as f:
+                f.write(bytes(range(32, 64)))
+            key = os.path.join(tmp, "llama.key")
+            veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out", key)
+            ids = [3, 17, 99, 4, 250, 31, 8, 12, 40]
+            policy = os.path.join(tmp, "policy.json")
+            with open(policy, "w") as f:
+                json.dump({"threshold": {"metric": "rel_l2",
+                                         "thresholds": {"default": 0.05, "overrides": {}}}}, f)
+
+            def session(m, name):
+                states, output, subs = veritrace.capture(m, ids, max_new_tokens=5,
+                                                         sublayers=True)
+                trace = os.path.join(tmp, f"{name}.safetensors")
+                veritrace.save_trace([s.to(torch.bfloat16) for s in states], trace, ids + output,
+                                     sublayers=subs)
+                run = os.path.join(tmp, name)
+                veritrace.commit(trace, model=ckpt, prompt=ids, output_tokens=output, chunk=4,
+                                 out=run, trace_level="sublayer",
+                                 setup="bf16/attn=eager/kernels=invariant")
+                openings = veritrace.open_cells(os.path.join(run, "trace.safetensors"),
+                                                out=os.path.join(tmp, f"opened-{name}"),
+                                                samples=12)
+                return lambda **kw: veritrace.verify(
+                    os.path.join(run, "commitment.json"), openings, model=ckpt, samples=12,
+                    tolerance=policy, key=key, layer_check="freivalds", **kw)
+
+            # transformers in bf16: verify derives the key of the bf16 weights; every linear
+            # map passes; its nonlinear parts (other rounding points) differ from veritrace's
+            # bf16 kernels by a few 1e-3, inside a 2e-2 tolerance and not bitwise
+            verify = session(model.to(torch.bfloat16), "bf16")
+            v = verify(sublayer_tolerance=0.02)
+            assert v.accepted, v
+            v = verify(sublayer_tolerance=0.0)
+            assert not v.accepted and "algebraic-check" in v.reason, v
+            # int4 (group 32) weights run in bf16, claimed as bf16: the linear checks fail
+            m = type(model).from_pretrained(ckpt).float().eval()
+            with torch.no_grad():
+                for name, p in m.named_parameters():
+                    if p.dim() == 2 and "layers" in name:
+                        g = p.reshape(p.shape[0], -1, 32)
+                        scale = g.abs().amax(dim=2, keepdim=True) / 7.0
+                        p.copy_((torch.round(g / scale).clamp(-8, 7) * scale).reshape(p.shape))
+            verify = session(m.to(torch.bfloat16), "int4")
+            v = verify(sublayer_tolerance=0.02)
+            assert not v.accepted and "algebraic-check" in v.reason, v
+            assert "Freivalds" in v.reason["algebraic-check"]["detail"], v
+
 
 print(f"test_veritrace: {len(failures)} failed")
 sys.exit(1 if failures else 0)

@@ -378,6 +378,7 @@ impl Simulation {
             decoder,
             p.freivalds_repetitions,
         )
+        .and_then(|k| k.for_setup(decoder, &scenario.reference))
         .map_err(|e| SimError::Scenario(format!("the verifier's Freivalds key: {e}")))?;
         Ok(Some(Arc::new(key)))
     }
@@ -760,6 +761,7 @@ impl Simulation {
             decoder,
             self.scenario.protocol.freivalds_repetitions,
         )
+        .and_then(|k| k.for_setup(decoder, &self.scenario.reference))
         .map_err(|e| SimError::Scenario(format!("a calibration key: {e}")))?;
         let layout = decoder.sublayer_layout();
         let ratios = sub
@@ -1297,6 +1299,7 @@ impl Simulation {
             decoder,
             self.scenario.protocol.freivalds_repetitions,
         )
+        .and_then(|k| k.for_setup(decoder, &self.scenario.reference))
         .map_err(|e| SimError::Scenario(format!("the verifier's Freivalds key: {e}")))?;
         let mut v = self.verifier_model();
         v.keyed = Some(self.keyed_check(Arc::new(key)));

@@ -320,3 +320,49 @@ factor = 1.0
         assert!(failed, "{bad}");
     }
 }
+
+/// A bf16 reference on the invariant kernels with the Freivalds check: the verifier's key is
+/// derived for the bf16 weights, honest provers pass and an int4 prover is caught.
+#[test]
+fn a_bf16_reference_is_checked_with_the_key_of_its_weights() {
+    let text = r#"
+name = "bf16-freivalds"
+model = "tiny"
+seed = 5
+trials = 30
+reference = "bf16/attn=eager/kernels=invariant"
+[prompts]
+count = 2
+tokens = 12
+output = 4
+[protocol]
+chunk = 4
+samples = 3
+mode = "interactive"
+layer_check = "freivalds"
+freivalds_repetitions = 1
+[tolerance]
+metric = "rel_l2"
+target_fpr = 0.3
+exact = true
+honest = ["bf16/attn=eager/kernels=invariant"]
+calibration_prompts = 1
+holdout_prompts = 4
+[[adversary]]
+kind = "honest"
+[[adversary]]
+kind = "setup"
+setup = "bf16/attn=eager/quant=int4-g32/kernels=invariant"
+"#;
+    let r = Simulation::new(Scenario::from_toml(text).unwrap())
+        .unwrap()
+        .run(&|| {})
+        .unwrap();
+    assert_eq!(r.adversaries[0].detected, 0, "{:?}", r.adversaries[0]);
+    assert!(r.adversaries[1].detected > 0, "{:?}", r.adversaries[1]);
+    assert!(
+        r.adversaries[1].reasons.contains_key("AlgebraicCheck"),
+        "{:?}",
+        r.adversaries[1].reasons
+    );
+}
