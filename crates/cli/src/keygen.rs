@@ -77,6 +77,12 @@ pub struct KeygenArgs {
     /// same variations), held out to test the scales.
     #[arg(long, default_value_t = 0, value_name = "H")]
     pub bound_holdout: u32,
+    /// With --calibrate-bound: the setup the honest runs claim (with its reduction-order
+    /// variants split-K 2 and 16, batch 4 and decode order where the setup allows them). A
+    /// bf16, f16 or quantized setup calibrates a key of those weights (the key file itself
+    /// stays the checkpoint's; `verify` derives the same key from it).
+    #[arg(long, default_value = "f32/attn=eager")]
+    pub calibration_setup: veritrace_model::Setup,
 }
 
 /// Input `veritrace keygen` refuses (exit 2).
@@ -105,6 +111,9 @@ pub enum KeygenInputError {
          --bound-holdout in 0..=100000, --bound-target-fpr and --bound-confidence in (0, 1)"
     )]
     Calibration,
+    /// A calibration setup the model cannot run or key.
+    #[error("--calibration-setup {0}")]
+    CalibrationSetup(String),
     /// Too few runs for the calibrated per-map scales' target.
     #[error(
         "--bound-method {method}: {needed} honest runs are needed for per-map scales over \
@@ -293,16 +302,38 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     writeln!(out, "build time: {built:.3} s")?;
     if let Some(runs) = args.calibrate_bound {
-        let setups: Vec<veritrace_model::Setup> = [
-            "f32/attn=eager",
-            "f32/attn=eager/splitk=2",
-            "f32/attn=eager/splitk=16",
-            "f32/attn=eager/batch=4",
-            "f32/attn=eager/order=decode",
-        ]
-        .iter()
-        .map(|s| s.parse().expect("valid setups"))
-        .collect();
+        // the claimed setup and those of its reduction-order variants the model accepts
+        let base = args.calibration_setup;
+        let variants = [
+            (1, 1, false),
+            (2, 1, false),
+            (16, 1, false),
+            (1, 4, false),
+            (1, 1, true),
+        ];
+        let setups: Vec<veritrace_model::Setup> = variants
+            .iter()
+            .map(|&(split_k, batch, decode)| veritrace_model::Setup {
+                split_k,
+                batch,
+                order: if decode {
+                    veritrace_model::Order::Decode
+                } else {
+                    base.order
+                },
+                ..base
+            })
+            .filter(|s| s.validate().is_ok())
+            .fold(Vec::new(), |mut all, s| {
+                if !all.contains(&s) {
+                    all.push(s);
+                }
+                all
+            });
+        // the key of the weights the setup computes with (bf16, f16, quantized)
+        let key = key
+            .for_setup(&model, &base)
+            .map_err(|e| KeygenInputError::CalibrationSetup(format!("{base}: {e}")))?;
         let start = Instant::now();
         let run = |i: u32| -> anyhow::Result<MapRun> {
             let setup = &setups[i as usize % setups.len()];
@@ -338,7 +369,8 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let held = (runs..runs.saturating_add(args.bound_holdout))
                 .map(run)
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let r = calibrate_map_bounds(key.model_digest(), &map_runs, &held, config)?;
+            let r =
+                calibrate_map_bounds(key.model_digest(), &key.weights(), &map_runs, &held, config)?;
             let json = serde_json::to_string_pretty(&r.bounds)? + "\n";
             files::write_atomic(path, json.as_bytes())?;
             let (lo, hi) = r.scale_range();
@@ -371,11 +403,12 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 )?,
             }
         } else if let Some(path) = &args.bound_file {
-            let bounds = veritrace_model::freivalds::MapBounds::calibrate(
+            let mut bounds = veritrace_model::freivalds::MapBounds::calibrate(
                 key.model_digest(),
                 &per_run,
                 2.0,
             )?;
+            bounds.weights = key.weights();
             let json = serde_json::to_string_pretty(&bounds)? + "\n";
             files::write_atomic(path, json.as_bytes())?;
             let all = bounds.scales.iter().flatten();

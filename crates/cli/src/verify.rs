@@ -105,12 +105,9 @@ pub struct VerifyArgs {
     pub freivalds_bounds: Option<PathBuf>,
 }
 
-/// The per-map bound scales of `--freivalds-bounds` (at most 16 MiB of JSON), checked against
-/// `key`.
-fn read_bounds(
-    path: &Path,
-    key: &veritrace_model::freivalds::VerifierKey,
-) -> Result<veritrace_model::freivalds::MapBounds, VerbInputError> {
+/// The per-map bound scales of `--freivalds-bounds` (at most 16 MiB of JSON); the caller
+/// checks them against the key of the statement's weights.
+fn read_bounds(path: &Path) -> Result<veritrace_model::freivalds::MapBounds, VerbInputError> {
     let refused = |reason: String| VerbInputError::Message {
         path: path.display().to_string(),
         what: "bound file",
@@ -123,10 +120,7 @@ fn read_bounds(
                 reason: e.reason(),
             }
         })?;
-    let bounds: veritrace_model::freivalds::MapBounds =
-        serde_json::from_slice(&bytes).map_err(|e| refused(e.to_string()))?;
-    bounds.validate(key).map_err(|e| refused(e.to_string()))?;
-    Ok(bounds)
+    serde_json::from_slice(&bytes).map_err(|e| refused(e.to_string()))
 }
 
 /// The limits `--limits` gives (inline JSON, or a file of it), or the defaults.
@@ -273,10 +267,12 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 }
             })?;
             let decoder = crate::keygen::load_decoder(&args.model)?;
+            // read now (a bad file is refused before any opening is read), checked against the
+            // key of the statement's weights below
             let bounds = args
                 .freivalds_bounds
                 .as_deref()
-                .map(|p| read_bounds(p, &key))
+                .map(|p| read_bounds(p).map(|b| (p, b)))
                 .transpose()?;
             if key.model_digest() != decoder.digest() {
                 return Err(VerbInputError::Argument(format!(
@@ -381,12 +377,20 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 })?,
                 Err(_) => key.clone(),
             };
+            if let Some((path, b)) = bounds {
+                b.validate(&key).map_err(|e| VerbInputError::Message {
+                    path: path.display().to_string(),
+                    what: "bound file",
+                    reason: e.to_string(),
+                })?;
+            }
+            let bounds = bounds.as_ref().map(|(_, b)| b);
             let engine = KeyedVerifier {
                 model: decoder,
                 key: &key,
                 tolerance: args.sublayer_tolerance,
                 bound_scale: args.freivalds_bound_scale,
-                map_bounds: bounds.as_ref(),
+                map_bounds: bounds,
             };
             session.verify(openings, &engine)?
         }

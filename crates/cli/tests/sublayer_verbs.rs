@@ -727,4 +727,54 @@ fn a_bf16_sublayer_session_is_checked_with_the_key_of_its_weights() {
         ]);
         assert!(out.starts_with("accept"), "{setup}: {out}");
     }
+    // per-map scales calibrated with the bf16 weights' key serve bf16 sessions; scales of the
+    // f32 weights are refused there (exit 2)
+    let calibrate = |setup: &str, file: &str| {
+        run_ok(&[
+            "keygen",
+            "--model",
+            "tiny",
+            "--secret-file",
+            &p("secret"),
+            "--out",
+            &p("k2"),
+            "--calibrate-bound",
+            "6",
+            "--calibration-tokens",
+            "12",
+            "--calibration-setup",
+            setup,
+            "--bound-file",
+            &p(file),
+        ])
+    };
+    calibrate("bf16/attn=eager/kernels=invariant", "bf16-bounds.json");
+    calibrate("f32/attn=eager", "f32-bounds.json");
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("bf16-bounds.json")).unwrap()).unwrap();
+    assert_eq!(b["weights"], "bf16");
+    let verify = |bounds: &str| {
+        code(&[
+            "verify",
+            "--model",
+            "tiny",
+            "--commitment",
+            &p("bf16/commitment.json"),
+            "--challenge",
+            &p("bf16-ch.vtpm"),
+            "--opening",
+            &p("bf16-op.vtpm"),
+            "--layer-check",
+            "freivalds",
+            "--key",
+            &p("k"),
+            "--freivalds-bounds",
+            &p(bounds),
+        ])
+    };
+    let (c, o) = verify("bf16-bounds.json");
+    assert_eq!(c, 0, "{o}");
+    let (c, o) = verify("f32-bounds.json");
+    assert_eq!(c, 2, "{o}");
+    assert!(o.contains("f32 weights"), "{o}");
 }

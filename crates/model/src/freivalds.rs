@@ -1939,6 +1939,18 @@ pub struct MapBounds {
     /// Absent in files of the plain maximum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<MapCalibration>,
+    /// The weights the scales were calibrated with ([`VerifierKey::weights`]: `f32`, or a
+    /// derived key's `bf16`, `f16`, `f32/quant=…`); absent in files written before it: `f32`.
+    #[serde(default = "f32_weights", skip_serializing_if = "is_f32_weights")]
+    pub weights: String,
+}
+
+fn f32_weights() -> String {
+    "f32".into()
+}
+
+fn is_f32_weights(w: &String) -> bool {
+    w == "f32"
 }
 
 /// What a per-map calibration through the tolerance machinery claims (recorded in a
@@ -2016,6 +2028,7 @@ impl MapBounds {
             margin,
             scales,
             calibration: None,
+            weights: f32_weights(),
         })
     }
 
@@ -2038,6 +2051,13 @@ impl MapBounds {
     /// [`FreivaldsError::ModelMismatch`] or [`FreivaldsError::InvalidArgument`].
     pub fn validate(&self, key: &VerifierKey) -> Result<()> {
         let bad = |m: String| FreivaldsError::InvalidArgument(format!("bound file: {m}"));
+        if self.weights != key.weights() {
+            return Err(bad(format!(
+                "scales calibrated with the {} weights, checked with a key of the {} weights",
+                self.weights,
+                key.weights()
+            )));
+        }
         let digest =
             Digest::from_hex(&self.model_digest).map_err(|e| bad(format!("model_digest: {e}")))?;
         if digest != key.model_digest() {

@@ -718,7 +718,11 @@ impl Simulation {
         let hold = cal.end..cal.end + u64::from(t.holdout_prompts);
         let runs = crate::calibration::par_runs(cal, &|i| self.map_run(i))?;
         let held = crate::calibration::par_runs(hold, &|i| self.map_run(i))?;
-        let r = calibrate_map_bounds(self.model.digest(), &runs, &held, &config)?;
+        let weights = self
+            .key
+            .as_ref()
+            .map_or_else(|| "f32".into(), |k| k.weights());
+        let r = calibrate_map_bounds(self.model.digest(), &weights, &runs, &held, &config)?;
         let summary = MapBoundsSummary {
             tail_maps: r.tail_maps(),
             bounds: r.bounds.clone(),

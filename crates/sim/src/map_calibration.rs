@@ -167,8 +167,10 @@ fn check_shapes(runs: &[MapRun], layers: usize, what: &str) -> Result<(), SimErr
     Ok(())
 }
 
-/// Per-map scales for the model of `digest` from `runs` (independent honest runs), tested on
-/// `held` (more of them, not used for the scales). See the module documentation for what the
+/// Per-map scales for the model of `digest` and a key of `weights`
+/// ([`veritrace_model::freivalds::VerifierKey::weights`])
+/// from `runs` (independent honest runs), tested on `held` (more of them, not used for the
+/// scales). See the module documentation for what the
 /// scales claim.
 ///
 /// # Errors
@@ -176,6 +178,7 @@ fn check_shapes(runs: &[MapRun], layers: usize, what: &str) -> Result<(), SimErr
 /// invalid config, or too few runs for the target (the message says how many are needed).
 pub fn calibrate_map_bounds(
     digest: Digest,
+    weights: &str,
     runs: &[MapRun],
     held: &[MapRun],
     config: &MapCalibrationConfig,
@@ -229,6 +232,7 @@ pub fn calibrate_map_bounds(
         )?)
     };
     let bounds = MapBounds {
+        weights: weights.to_string(),
         model_digest: digest.to_hex(),
         runs: u32::try_from(runs.len()).unwrap_or(u32::MAX),
         margin: config.margin,
@@ -360,7 +364,7 @@ mod tests {
         let cal = runs(600, 2, 1);
         let held = runs(400, 2, 2);
         let c = config(CalibrationMethod::ExponentialTail);
-        let r = calibrate_map_bounds(Digest([7; 32]), &cal, &held, &c).unwrap();
+        let r = calibrate_map_bounds(Digest([7; 32]), "f32", &cal, &held, &c).unwrap();
         assert_eq!(r.bounds.scales.len(), 2);
         assert_eq!(r.calibration.layers, 14);
         let worst = worst_ratios(&cal);
@@ -395,7 +399,7 @@ mod tests {
     fn scales_follow_the_maps_and_an_exceeding_run_is_counted() {
         let cal = runs(600, 1, 3);
         let c = config(CalibrationMethod::ExponentialTail);
-        let r = calibrate_map_bounds(Digest([7; 32]), &cal, &[], &c).unwrap();
+        let r = calibrate_map_bounds(Digest([7; 32]), "f32", &cal, &[], &c).unwrap();
         assert!(r.holdout.is_none());
         let s = r.bounds.scales[0];
         // seven distinct bases: the scales are ordered as the maps' noise
@@ -415,32 +419,33 @@ mod tests {
         let c = config(CalibrationMethod::OrderStatistic);
         let needed = c.runs_needed(2);
         assert!(needed > 1000, "{needed}");
-        let e = calibrate_map_bounds(Digest([7; 32]), &runs(200, 2, 4), &[], &c).unwrap_err();
+        let e =
+            calibrate_map_bounds(Digest([7; 32]), "f32", &runs(200, 2, 4), &[], &c).unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains(&needed.to_string()), "{msg}");
         assert!(msg.contains("14 linear maps"), "{msg}");
         // the tail needs 500
         let t = config(CalibrationMethod::ExponentialTail);
         assert_eq!(t.runs_needed(2), 500);
-        assert!(calibrate_map_bounds(Digest([7; 32]), &runs(499, 2, 4), &[], &t).is_err());
+        assert!(calibrate_map_bounds(Digest([7; 32]), "f32", &runs(499, 2, 4), &[], &t).is_err());
     }
 
     #[test]
     fn malformed_runs_are_refused() {
         let c = config(CalibrationMethod::ExponentialTail);
-        assert!(calibrate_map_bounds(Digest([7; 32]), &[], &[], &c).is_err());
+        assert!(calibrate_map_bounds(Digest([7; 32]), "f32", &[], &[], &c).is_err());
         let mut cal = runs(600, 2, 5);
         let held = runs(3, 1, 6);
-        assert!(calibrate_map_bounds(Digest([7; 32]), &cal, &held, &c).is_err());
+        assert!(calibrate_map_bounds(Digest([7; 32]), "f32", &cal, &held, &c).is_err());
         cal[10].ratios.pop();
-        assert!(calibrate_map_bounds(Digest([7; 32]), &cal, &[], &c).is_err());
+        assert!(calibrate_map_bounds(Digest([7; 32]), "f32", &cal, &[], &c).is_err());
         let mut nan = runs(600, 2, 5);
         nan[3].ratios[1][2] = f64::NAN;
-        assert!(calibrate_map_bounds(Digest([7; 32]), &nan, &[], &c).is_err());
+        assert!(calibrate_map_bounds(Digest([7; 32]), "f32", &nan, &[], &c).is_err());
         let bad = MapCalibrationConfig {
             target_session_fpr: 1.5,
             ..c
         };
-        assert!(calibrate_map_bounds(Digest([7; 32]), &runs(600, 2, 5), &[], &bad).is_err());
+        assert!(calibrate_map_bounds(Digest([7; 32]), "f32", &runs(600, 2, 5), &[], &bad).is_err());
     }
 }
