@@ -7,7 +7,9 @@ checkpoint's key) and per-map scales calibrated on veritrace's own bf16 runs (`k
 exponential-tail`), the nonlinear parts within a relative L-infinity tolerance of 2e-2. Counts
 the honest sessions rejected (transformers' own bf16 values, never seen by the calibration) and
 the sessions of int8 weights (per output channel) run in bf16 and claimed as bf16 that are
-caught, at k = 16.
+caught, at k = 16. Then the same with scales from transformers' own bf16 runs (600 committed
+sub-layer traces, `keygen --bound-trace`, twice each map's largest ratio: the fitted tail
+refuses these runs, whose query-projection ratios have a tail heavier than exponential).
 
     python tests/engines/bf16_freivalds_study.py [--sessions N]
 
@@ -44,7 +46,7 @@ with tempfile.TemporaryDirectory() as tmp:
         "exponential-tail", "--bound-holdout", "100")[-400:])
     polf = os.path.join(tmp, "pol.json")
     json.dump({"threshold": {"metric": "rel_l2", "thresholds": {"default": 0.05, "overrides": {}}}}, open(polf, "w"))
-    def sessions(m, name, n):
+    def sessions(m, name, n, bounds=bounds):
         rej = 0; reasons = []
         for i in range(n):
             ids = [(3 + 37 * i * j + 11 * j) % 256 for j in range(9)]
@@ -61,11 +63,30 @@ with tempfile.TemporaryDirectory() as tmp:
             if not v.accepted:
                 rej += 1; reasons.append(str(v.reason)[:160])
         return rej, reasons[:2]
-    print("honest bf16", sessions(model.to(torch.bfloat16), "h", args.sessions))
+    print("scales from veritrace's runs: honest bf16", sessions(model.to(torch.bfloat16), "h", args.sessions))
     m = type(model).from_pretrained(ckpt).float().eval()
     with torch.no_grad():
         for name, p in m.named_parameters():
             if p.dim() == 2 and "layers" in name:
                 s = p.abs().amax(dim=1, keepdim=True) / 127.0
                 p.copy_(torch.round(p / s) * s)
-    print("int8 in bf16", sessions(m.to(torch.bfloat16), "c", args.sessions))
+    print("scales from veritrace's runs: int8 in bf16", sessions(m.to(torch.bfloat16), "c", args.sessions))
+    # scales from transformers' own bf16 runs (fresh prompts, none of the sessions' above)
+    honest = model.to(torch.bfloat16)
+    traces = []
+    for i in range(600):
+        ids = [(5 + 29 * i * j + 7 * j + i) % 256 for j in range(9)]
+        states, output, subs = veritrace.capture(honest, ids, max_new_tokens=5, sublayers=True)
+        t = os.path.join(tmp, f"cal{i}.safetensors")
+        veritrace.save_trace([x.to(torch.bfloat16) for x in states], t, ids + output, sublayers=subs)
+        run = os.path.join(tmp, f"cal{i}")
+        veritrace.commit(t, model=ckpt, prompt=ids, output_tokens=output, chunk=4, out=run,
+                         trace_level="sublayer", setup="bf16/attn=eager/kernels=invariant")
+        os.unlink(t)
+        traces += ["--bound-trace", os.path.join(run, "trace.safetensors")]
+    own = os.path.join(tmp, "own.json")
+    print(veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out",
+        os.path.join(tmp, "k2"), "--calibrate-bound", "600", "--calibration-setup",
+        "bf16/attn=eager/kernels=invariant", "--bound-file", own, *traces)[-400:])
+    print("scales from transformers' runs: honest bf16", sessions(honest, "hx", args.sessions, own))
+    print("scales from transformers' runs: int8 in bf16", sessions(m, "cx", args.sessions, own))

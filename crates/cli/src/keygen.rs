@@ -83,6 +83,12 @@ pub struct KeygenArgs {
     /// stays the checkpoint's; `verify` derives the same key from it).
     #[arg(long, default_value = "f32/attn=eager")]
     pub calibration_setup: veritrace_model::Setup,
+    /// With --calibrate-bound N: take the honest runs from these sub-layer trace files instead
+    /// of generating them (repeatable; e.g. another engine's runs committed with `commit
+    /// --trace-level sublayer`): the first N calibrate, the next --bound-holdout are held out.
+    /// Each statement's setup must have --calibration-setup's weights.
+    #[arg(long = "bound-trace", value_name = "FILE")]
+    pub bound_traces: Vec<PathBuf>,
 }
 
 /// Input `veritrace keygen` refuses (exit 2).
@@ -111,6 +117,14 @@ pub enum KeygenInputError {
          --bound-holdout in 0..=100000, --bound-target-fpr and --bound-confidence in (0, 1)"
     )]
     Calibration,
+    /// A `--bound-trace` file that cannot serve as an honest run of the calibration.
+    #[error("--bound-trace {path}: {reason}")]
+    BoundTrace {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A calibration setup the model cannot run or key.
     #[error("--calibration-setup {0}")]
     CalibrationSetup(String),
@@ -165,6 +179,62 @@ fn map_calibration_config(args: &KeygenArgs) -> anyhow::Result<Option<MapCalibra
         samples: u32::MAX,
         rounds: 1,
     }))
+}
+
+/// One honest run from a sub-layer trace file: its statement's setup must have `key`'s
+/// weights; each layer's worst ratio per map ([`veritrace_model::freivalds::layer_map_ratios`]).
+fn trace_run(
+    path: &Path,
+    model: &LlamaModel,
+    key: &veritrace_model::freivalds::VerifierKey,
+) -> anyhow::Result<MapRun> {
+    let refuse = |reason: String| KeygenInputError::BoundTrace {
+        path: path.display().to_string(),
+        reason,
+    };
+    let (_, statement) = veritrace_model::read_trace(path)?;
+    let statement = statement.ok_or_else(|| refuse("the trace file holds no statement".into()))?;
+    if statement.model_digest != model.digest() {
+        return Err(refuse("a trace of another model".into()).into());
+    }
+    let setup = veritrace_model::Setup::from_bytes(&statement.setup)
+        .map_err(|e| refuse(format!("its setup: {e}")))?;
+    key.check_setup(&setup).map_err(|e| refuse(e.to_string()))?;
+    let (context, cell) = veritrace_model::sublayer::read_sublayers(path, &statement)?
+        .ok_or_else(|| refuse("the statement commits no sub-layer values".into()))?;
+    let layout = model.sublayer_layout();
+    let floats = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let n = statement.geometry.tokens as usize;
+    let ratios = context
+        .iter()
+        .zip(&cell)
+        .enumerate()
+        .map(|(i, (c, x))| -> anyhow::Result<[f64; 7]> {
+            let ctx = layout.unpack_context(&floats(c))?;
+            let s = veritrace_model::SubLayers {
+                normed: ctx.normed,
+                k: ctx.k,
+                v: ctx.v,
+                ..layout.unpack_cell(&floats(x))?
+            };
+            Ok(veritrace_model::freivalds::layer_map_ratios(
+                key,
+                model,
+                i + 1,
+                &s,
+                n,
+            )?)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let variation = match &statement.engine {
+        Some(engine) => format!("{setup} on {engine}"),
+        None => setup.to_string(),
+    };
+    Ok(MapRun { variation, ratios })
 }
 
 /// Writes a new secret file with mode 0600, refusing to replace an existing file.
@@ -335,7 +405,19 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             .for_setup(&model, &base)
             .map_err(|e| KeygenInputError::CalibrationSetup(format!("{base}: {e}")))?;
         let start = Instant::now();
+        let needed = u64::from(runs) + u64::from(args.bound_holdout);
+        if !args.bound_traces.is_empty() && (args.bound_traces.len() as u64) < needed {
+            return Err(KeygenInputError::CalibrationSetup(format!(
+                "{base}: {} --bound-trace files for {runs} calibration and {} held-out runs",
+                args.bound_traces.len(),
+                args.bound_holdout
+            ))
+            .into());
+        }
         let run = |i: u32| -> anyhow::Result<MapRun> {
+            if let Some(path) = args.bound_traces.get(i as usize) {
+                return trace_run(path, &model, &key);
+            }
             let setup = &setups[i as usize % setups.len()];
             let tokens =
                 veritrace_model::Engine::prompt(&model, u64::from(i), args.calibration_tokens);

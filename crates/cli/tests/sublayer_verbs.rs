@@ -777,4 +777,38 @@ fn a_bf16_sublayer_session_is_checked_with_the_key_of_its_weights() {
     let (c, o) = verify("f32-bounds.json");
     assert_eq!(c, 2, "{o}");
     assert!(o.contains("f32 weights"), "{o}");
+    // scales from sub-layer trace files (another engine's runs, here the bf16 prover's own)
+    let from_traces = |extra: &[&str]| {
+        let mut a = vec![
+            "keygen",
+            "--model",
+            "tiny",
+            "--secret-file",
+            &p("secret"),
+            "--out",
+            &p("k3"),
+            "--calibration-setup",
+            "bf16/attn=eager/kernels=invariant",
+            "--bound-file",
+            &p("traced-bounds.json"),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        code(&refs)
+    };
+    let bf16_trace = p("bf16/trace.safetensors");
+    let int8_trace = p("int8/trace.safetensors");
+    let (c, o) = from_traces(&["--calibrate-bound", "1", "--bound-trace", &bf16_trace]);
+    assert_eq!(c, 0, "{o}");
+    let (c, o) = verify("traced-bounds.json");
+    assert_eq!(c, 0, "{o}");
+    // too few files; a trace of other weights than the setup's
+    let (c, o) = from_traces(&["--calibrate-bound", "2", "--bound-trace", &bf16_trace]);
+    assert_eq!(c, 2, "{o}");
+    let (c, o) = from_traces(&["--calibrate-bound", "1", "--bound-trace", &int8_trace]);
+    assert_eq!(c, 2, "{o}");
+    assert!(o.contains("--bound-trace"), "{o}");
 }
