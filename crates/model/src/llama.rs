@@ -2143,7 +2143,7 @@ impl LlamaModel {
                 z.len()
             )));
         }
-        let top = self.next_token_from_row(setup, row)? as usize;
+        let top = greedy(&z)?;
         if top == c {
             return Ok(true);
         }
@@ -2220,20 +2220,7 @@ impl LlamaModel {
     /// The greedy next token from one last-layer row: the argmax of
     /// [`LlamaModel::logits_from_row`], the lowest index on ties.
     pub fn next_token_from_row(&self, setup: &Setup, row: &[f32]) -> Result<u32> {
-        let logits = self.logits_from_row(setup, row)?;
-        let mut best = 0usize;
-        for (i, &v) in logits.iter().enumerate() {
-            if v.is_nan() {
-                return Err(ModelError::NonFinite {
-                    what: "logits",
-                    index: i,
-                });
-            }
-            if v > logits[best] {
-                best = i;
-            }
-        }
-        Ok(best as u32)
+        Ok(greedy(&self.logits_from_row(setup, row)?)? as u32)
     }
 
     /// Greedy generation: appends `n_out` tokens to `prompt`, each predicted by
@@ -3455,6 +3442,23 @@ fn rope_row(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     for i in half..x.len() {
         out[i] = x[i] * cos[i] + x[i - half] * sin[i];
     }
+}
+
+/// The argmax of `logits`, the lowest index on ties; a NaN logit is an error.
+fn greedy(logits: &[f32]) -> Result<usize> {
+    let mut best = 0usize;
+    for (i, &v) in logits.iter().enumerate() {
+        if v.is_nan() {
+            return Err(ModelError::NonFinite {
+                what: "logits",
+                index: i,
+            });
+        }
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    Ok(best)
 }
 
 /// [`rope_row`] with the tables' halves given once (`cos = [c, c]`, `sin = [s, s]`, as

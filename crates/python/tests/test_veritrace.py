@@ -206,29 +206,37 @@ if TORCH:
             assert not v.accepted and "tolerance" in v.reason, v
 
 if TORCH:
+    def small_llama_with_key(tmp):
+        """A 2-layer, 64-wide transformers Llama saved in `tmp` (f32, eager attention, seeded
+        weights), a verifier secret and its key: `(model, checkpoint, secret, key)`."""
+        import torch
+        import transformers
+        torch.manual_seed(7)
+        config = transformers.LlamaConfig(
+            vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+            max_position_embeddings=128)
+        config._attn_implementation = "eager"
+        model = transformers.LlamaForCausalLM(config).float().eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                (p.normal_(0.0, 0.08) if p.dim() == 2 else p.uniform_(0.8, 1.2))
+        ckpt = os.path.join(tmp, "llama")
+        model.save_pretrained(ckpt)
+        secret = os.path.join(tmp, "secret")
+        with open(secret, "wb") as f:
+            f.write(bytes(range(32, 64)))
+        key = os.path.join(tmp, "llama.key")
+        veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out", key)
+        return model, ckpt, secret, key
+
     @test
     def a_transformers_prover_commits_sub_layer_values_checked_by_freivalds():
         import torch
         import transformers
         transformers.utils.logging.set_verbosity_error()
         with tempfile.TemporaryDirectory() as tmp:
-            torch.manual_seed(7)
-            config = transformers.LlamaConfig(
-                vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
-                max_position_embeddings=128)
-            config._attn_implementation = "eager"
-            model = transformers.LlamaForCausalLM(config).float().eval()
-            with torch.no_grad():
-                for p in model.parameters():
-                    (p.normal_(0.0, 0.08) if p.dim() == 2 else p.uniform_(0.8, 1.2))
-            ckpt = os.path.join(tmp, "llama")
-            model.save_pretrained(ckpt)
-            secret = os.path.join(tmp, "secret")
-            with open(secret, "wb") as f:
-                f.write(bytes(range(32, 64)))
-            key = os.path.join(tmp, "llama.key")
-            veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out", key)
+            model, ckpt, secret, key = small_llama_with_key(tmp)
             ids = [3, 17, 99, 4, 250, 31, 8, 12, 40]
 
             def session(m, name):
@@ -298,23 +306,7 @@ if TORCH:
         import transformers
         transformers.utils.logging.set_verbosity_error()
         with tempfile.TemporaryDirectory() as tmp:
-            torch.manual_seed(7)
-            config = transformers.LlamaConfig(
-                vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
-                max_position_embeddings=128)
-            config._attn_implementation = "eager"
-            model = transformers.LlamaForCausalLM(config).float().eval()
-            with torch.no_grad():
-                for p in model.parameters():
-                    (p.normal_(0.0, 0.08) if p.dim() == 2 else p.uniform_(0.8, 1.2))
-            ckpt = os.path.join(tmp, "llama")
-            model.save_pretrained(ckpt)
-            secret = os.path.join(tmp, "secret")
-            with open(secret, "wb") as f:
-                f.write(bytes(range(32, 64)))
-            key = os.path.join(tmp, "llama.key")
-            veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out", key)
+            model, ckpt, secret, key = small_llama_with_key(tmp)
             ids = [3, 17, 99, 4, 250, 31, 8, 12, 40]
             policy = os.path.join(tmp, "policy.json")
             with open(policy, "w") as f:

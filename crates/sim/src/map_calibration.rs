@@ -213,25 +213,7 @@ pub fn calibrate_map_bounds(
         let (l, i) = (m as usize / 7, m as usize % 7);
         scales[l][i] = t.threshold.min(1.0);
     }
-    let holdout = if held.is_empty() {
-        None
-    } else {
-        let over = held
-            .iter()
-            .filter(|r| {
-                r.ratios
-                    .iter()
-                    .zip(&scales)
-                    .any(|(rr, ss)| rr.iter().zip(ss).any(|(r, s)| r > s))
-            })
-            .count() as u64;
-        Some(FprEstimate::new(
-            over,
-            held.len() as u64,
-            config.confidence,
-        )?)
-    };
-    let bounds = MapBounds {
+    let mut bounds = MapBounds {
         weights: weights.to_string(),
         model_digest: digest.to_hex(),
         runs: u32::try_from(runs.len()).unwrap_or(u32::MAX),
@@ -263,9 +245,13 @@ pub fn calibrate_map_bounds(
                 }
             ),
             holdout_runs: held.len() as u64,
-            holdout_exceeding: holdout.as_ref().map_or(0, |h| h.exceedances),
+            holdout_exceeding: 0,
         }),
     };
+    let holdout = map_holdout(&bounds, held, config.confidence)?;
+    if let (Some(c), Some(h)) = (&mut bounds.calibration, &holdout) {
+        c.holdout_exceeding = h.exceedances;
+    }
     Ok(MapCalibrationResult {
         bounds,
         calibration,

@@ -145,6 +145,14 @@ fn pct_fine(x: f64) -> String {
     }
 }
 
+/// Honest variations with their run counts, `a x3, b x2`.
+fn variations(v: &[veritrace_protocol::calibration::VariationCount]) -> String {
+    v.iter()
+        .map(|v| format!("{} x{}", v.variation, v.runs))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The per-map Freivalds bounds line of the report.
 fn freivalds_bounds_line(f: &crate::engine::MapBoundsSummary) -> String {
     let cal = &f.calibration;
@@ -169,11 +177,7 @@ fn freivalds_bounds_line(f: &crate::engine::MapBoundsSummary) -> String {
         cal.layers,
         cal.runs,
         cal.runs_needed,
-        cal.variations
-            .iter()
-            .map(|v| format!("{} x{}", v.variation, v.runs))
-            .collect::<Vec<_>>()
-            .join(", "),
+        variations(&cal.variations),
         cal.method,
         cal.cell_alpha,
         cal.config.confidence,
@@ -199,11 +203,7 @@ fn tolerance_line(r: &SimReport) -> String {
     let held = format!(
         "held out: {} independent honest runs ({}), {} with a cell over its threshold: session false-positive rate <= {} (one-sided 95% Clopper-Pearson over runs; {} expected under uniform sampling{})",
         h.runs,
-        h.variations
-            .iter()
-            .map(|v| format!("{} x{}", v.variation, v.runs))
-            .collect::<Vec<_>>()
-            .join(", "),
+        variations(&h.variations),
         e.exceedances,
         pct_fine(e.upper),
         pct_fine(h.expected_session_fpr),
@@ -226,11 +226,7 @@ fn tolerance_line(r: &SimReport) -> String {
                 c.metric,
                 cal.runs,
                 cal.runs_needed,
-                cal.variations
-                    .iter()
-                    .map(|v| format!("{} x{}", v.variation, v.runs))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                variations(&cal.variations),
                 match cal.method {
                     veritrace_protocol::calibration::CalibrationMethod::OrderStatistic =>
                         "the order statistic",
