@@ -103,6 +103,17 @@ pub struct VerifyArgs {
     /// instead of one --freivalds-bound-scale.
     #[arg(long, conflicts_with = "freivalds_bound_scale")]
     pub freivalds_bounds: Option<PathBuf>,
+    /// With --layer-check freivalds or both: check the attention of only N query heads per
+    /// challenged cell, drawn per cell from the key's secret and the statement (the sampled
+    /// attention check, specs/freivalds.md §7; default: every head). A prover whose attention
+    /// is wrong in b of H heads escapes one cell with probability C(H-b, N)/C(H, N).
+    #[arg(long, value_name = "N")]
+    pub attention_heads: Option<u32>,
+    /// With --layer-check freivalds or both: check the provenance (attention norm, key and
+    /// value projections) of only N rows before each challenged cell, drawn per cell as
+    /// --attention-heads (default: every row; the cell's own rows are always checked).
+    #[arg(long, value_name = "N")]
+    pub context_rows: Option<u32>,
 }
 
 /// The per-map bound scales of `--freivalds-bounds` (at most 16 MiB of JSON); the caller
@@ -240,6 +251,21 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let sampling = veritrace_model::freivalds::AttentionSampling {
+        heads: args.attention_heads,
+        context_rows: args.context_rows,
+    };
+    if !sampling.is_full() && !matches!(args.layer_check.as_str(), "freivalds" | "both") {
+        return Err(VerbInputError::Argument(
+            "--attention-heads and --context-rows sample the Freivalds check's attention: they \
+             need --layer-check freivalds or both"
+                .into(),
+        )
+        .into());
+    }
+    sampling
+        .validate()
+        .map_err(|e| VerbInputError::Argument(format!("--attention-heads: {e}")))?;
     if !(args.sublayer_tolerance.is_finite() && args.sublayer_tolerance >= 0.0) {
         return Err(VerbInputError::Argument(format!(
             "--sublayer-tolerance {} must be finite and >= 0",
@@ -391,6 +417,7 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 tolerance: args.sublayer_tolerance,
                 bound_scale: args.freivalds_bound_scale,
                 map_bounds: bounds,
+                sampling,
             };
             session.verify(openings, &engine)?
         }

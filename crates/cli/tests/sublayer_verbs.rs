@@ -99,9 +99,15 @@ fn sublayer_sessions_over_files() {
         code(&a.iter().map(|s| s.as_ref()).collect::<Vec<&str>>())
     };
     let key = p("tiny.key");
+    let sampled = ["--attention-heads", "1", "--context-rows", "2"];
+    let freivalds_sampled: Vec<&str> = ["--layer-check", "freivalds", "--key", key.as_str()]
+        .into_iter()
+        .chain(sampled)
+        .collect();
     for check in [
         vec!["--layer-check", "freivalds", "--key", key.as_str()],
         vec!["--layer-check", "both", "--key", key.as_str()],
+        freivalds_sampled.clone(),
         vec!["--layer-check", "recompute"],
         vec![],
     ] {
@@ -169,6 +175,27 @@ fn sublayer_sessions_over_files() {
         out.contains("AlgebraicCheck") || out.contains("Tolerance"),
         "{out}"
     );
+    // the sampled attention check rejects it too (its weights are wrong in every map)
+    let (c, out) = verify(&cheat_commitment, &p("cheat-op.json"), &freivalds_sampled);
+    assert_eq!(c, 1, "{out}");
+    // sampling without the Freivalds check, or of no head: exit 2
+    let (c, out) = verify(&cheat_commitment, &p("cheat-op.json"), &sampled);
+    assert_eq!(c, 2, "{out}");
+    assert!(out.contains("--layer-check freivalds"), "{out}");
+    let (c, out) = verify(
+        &cheat_commitment,
+        &p("cheat-op.json"),
+        &[
+            "--layer-check",
+            "freivalds",
+            "--key",
+            &key,
+            "--attention-heads",
+            "0",
+        ],
+    );
+    assert_eq!(c, 2, "{out}");
+    assert!(out.contains("at least 1 head"), "{out}");
 
     // a hidden-only commitment cannot be checked by Freivalds
     run_ok(&[

@@ -33,7 +33,8 @@ use std::hint::black_box;
 use candle_core::{Device, Tensor};
 use criterion::Criterion;
 use veritrace_model::freivalds::{
-    check_cell, check_linear, CellClaim, Matrix, VerifierKey, VerifierSecret,
+    check_cell, check_cell_sampled, check_linear, AttentionSampling, CellClaim, Matrix,
+    VerifierKey, VerifierSecret,
 };
 use veritrace_model::{CellInputs, LlamaModel, Setup, SubLayers};
 
@@ -196,6 +197,28 @@ fn cell_under(c: &mut Criterion, setup: &str, group: &str) {
     g.sample_size(20);
     g.bench_function("recompute_cell", |b| b.iter(|| black_box(recompute())));
     g.bench_function("check_cell_t1", |b| b.iter(|| black_box(check())));
+    // the sampled attention check (specs/freivalds.md §7): one of the 8 heads and 16 of the
+    // 112 rows before the cell, one fixed draw
+    let sample = AttentionSampling {
+        heads: Some(1),
+        context_rows: Some(16),
+    }
+    .draw([7; 32], cfg.num_heads, lo);
+    let sampled = || {
+        let c = CellClaim {
+            h_in: &h_in,
+            h_out: &h_out,
+            context: &context,
+            cell: &claim,
+        };
+        check_cell_sampled(&key, &model, &setup, (tile, layer, chunk), &c, 0.0, &sample)
+            .expect("sampled check")
+            .passed
+    };
+    assert!(sampled(), "the honest cell passes the sampled check");
+    g.bench_function("check_cell_sampled_h1_c16_t1", |b| {
+        b.iter(|| black_box(sampled()))
+    });
     g.bench_function("nonlinear_only", |b| {
         b.iter(|| {
             black_box(

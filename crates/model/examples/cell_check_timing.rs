@@ -10,13 +10,18 @@
 //! ```
 //!
 //! `--profile check` (or `recompute`) runs only that side, `--rounds` times, for `perf record`.
+//! `--heads H` and/or `--context-rows S` also time the sampled attention check
+//! (specs/freivalds.md §7; one fixed draw of `H` heads and `S` rows before the cell) in the
+//! same rounds, and `--profile sampled` runs it alone.
 //!
 //! The criterion figures are `cargo bench -p veritrace-model --bench freivalds --
 //! freivalds_small_cell`; this is the quick side-by-side ratio.
 
 use std::time::Instant;
 
-use veritrace_model::freivalds::{check_cell, CellClaim, VerifierKey, VerifierSecret};
+use veritrace_model::freivalds::{
+    check_cell, check_cell_sampled, AttentionSampling, CellClaim, VerifierKey, VerifierSecret,
+};
 use veritrace_model::sublayer::SubLayerLayout;
 use veritrace_model::{CellInputs, LlamaModel, Setup, SubLayers};
 
@@ -59,7 +64,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let check = || check_cell(&key, &model, &setup, tile, layer, chunk, &c, 0.0);
     let recompute = || model.recompute_cell(&setup, tile, layer, chunk, CellInputs::Hidden(&h_in));
-    if !check()?.passed || recompute()? != h_out {
+    let opt = |name: &str| -> Result<Option<u32>, std::num::ParseIntError> {
+        match arg(&args, name, "").as_str() {
+            "" => Ok(None),
+            v => v.parse().map(Some),
+        }
+    };
+    let sampling = AttentionSampling {
+        heads: opt("--heads")?,
+        context_rows: opt("--context-rows")?,
+    };
+    sampling.validate()?;
+    let sample = sampling.draw([7; 32], model.config().num_heads, lo);
+    let sampled =
+        || check_cell_sampled(&key, &model, &setup, (tile, layer, chunk), &c, 0.0, &sample);
+    if !check()?.passed || !sampled()?.passed || recompute()? != h_out {
         return Err("the honest cell does not pass".into());
     }
     match arg(&args, "--profile", "").as_str() {
@@ -67,6 +86,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "check" => {
             for _ in 0..rounds {
                 std::hint::black_box(check()?);
+            }
+            return Ok(());
+        }
+        "sampled" => {
+            for _ in 0..rounds {
+                std::hint::black_box(sampled()?);
             }
             return Ok(());
         }
@@ -78,7 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         other => return Err(format!("--profile {other}: check or recompute").into()),
     }
-    let (mut best_r, mut best_c) = (f64::INFINITY, f64::INFINITY);
+    let (mut best_r, mut best_c, mut best_s) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
     for _ in 0..rounds {
         let t = Instant::now();
         std::hint::black_box(recompute()?);
@@ -86,13 +111,119 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t = Instant::now();
         std::hint::black_box(check()?);
         best_c = best_c.min(t.elapsed().as_secs_f64());
+        if !sampling.is_full() {
+            let t = Instant::now();
+            std::hint::black_box(sampled()?);
+            best_s = best_s.min(t.elapsed().as_secs_f64());
+        }
     }
+    let sampled_part = if sampling.is_full() {
+        String::new()
+    } else {
+        format!(
+            ",\"sampling\":\"{sampling}\",\"sampled_us\":{:.1},\"sampled_ratio\":{:.2}",
+            best_s * 1e6,
+            best_r / best_s
+        )
+    };
     println!(
         "{{\"setup\":\"{setup}\",\"tokens\":{n},\"rounds\":{rounds},\"recompute_us\":{:.1},\
-         \"check_us\":{:.1},\"ratio\":{:.2}}}",
+         \"check_us\":{:.1},\"ratio\":{:.2}{sampled_part}}}",
         best_r * 1e6,
         best_c * 1e6,
         best_r / best_c
     );
+    if !sampling.is_full() {
+        project(
+            &model,
+            (e - lo) as u64,
+            n as u64,
+            (best_c, best_s),
+            &sampling,
+        );
+    }
     Ok(())
+}
+
+/// The Llama-3-70B projection of the verifier's time per challenged token-layer (16-row cells,
+/// 2048 context rows, one Freivalds repetition), from the FLOP and byte models
+/// ([`veritrace_model::cost`]) and rates measured in this run: the full and the sampled check's
+/// FLOP rates on `small` (their measured times), this core's read bandwidth (a sum over 96 MB)
+/// and BLAKE3's hashing rate (64 MB). One JSON line per sampling; a projection, not a
+/// measurement.
+fn project(
+    model: &LlamaModel,
+    rows: u64,
+    context: u64,
+    (check_s, sampled_s): (f64, f64),
+    sampling: &AttentionSampling,
+) {
+    use veritrace_model::cost::{
+        llama3_70b_shapes, sampled_verifier_cell_bytes, sampled_verifier_cell_flops,
+    };
+    let flops = |c: &veritrace_model::ModelConfig, r, ctx, s: &AttentionSampling| {
+        sampled_verifier_cell_flops(c, r, ctx, 1, s).total()
+    };
+    let full = AttentionSampling::FULL;
+    let rate_full = flops(model.config(), rows, context, &full) / check_s;
+    let rate_sampled = flops(model.config(), rows, context, sampling) / sampled_s;
+    let fastest = |f: &mut dyn FnMut()| {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    // a wrapping integer sum: vectorized, so bound by the reads, not by an add chain
+    let buf: Vec<u64> = (0..12u64 << 20).collect();
+    let read_gbs = (buf.len() * 8) as f64
+        / fastest(&mut || {
+            std::hint::black_box(buf.iter().fold(0u64, |a, &w| a.wrapping_add(w)));
+        })
+        / 1e9;
+    let bytes: Vec<u8> = vec![0x5a; 64 << 20];
+    let hash_gbs = bytes.len() as f64
+        / fastest(&mut || {
+            std::hint::black_box(blake3::hash(&bytes));
+        })
+        / 1e9;
+    println!(
+        "{{\"small_rates_gflops\":{{\"check\":{:.2},\"sampled\":{:.2}}},\"read_gb_s\":{read_gbs:.1},\
+         \"blake3_gb_s\":{hash_gbs:.2}}}",
+        rate_full / 1e9,
+        rate_sampled / 1e9
+    );
+    let big = llama3_70b_shapes();
+    let (r, c) = (16u64, 2048u64);
+    let samplings = [
+        full,
+        *sampling,
+        AttentionSampling {
+            heads: Some(1),
+            context_rows: Some(64),
+        },
+        AttentionSampling {
+            heads: Some(8),
+            context_rows: Some(64),
+        },
+    ];
+    for s in samplings {
+        let f = flops(&big, r, c, &s);
+        let b = sampled_verifier_cell_bytes(&big, r, c, &s);
+        let rate = if s.is_full() { rate_full } else { rate_sampled };
+        let per = |x: f64| x / r as f64 * 1e3;
+        println!(
+            "{{\"projection\":\"llama3-70b, 16 rows, 2048 context\",\"sampling\":\"{s}\",\
+             \"flops_per_cell\":{f:.3e},\"compute_ms_per_token_layer\":{:.3},\
+             \"read_mb_per_cell\":{:.1},\"read_ms_per_token_layer\":{:.3},\
+             \"opened_mb_per_cell\":{:.1},\"hash_opened_ms_per_token_layer\":{:.3}}}",
+            per(f / rate),
+            b.read / 1e6,
+            per(b.read / (read_gbs * 1e9)),
+            b.opened / 1e6,
+            per(b.opened / (hash_gbs * 1e9)),
+        );
+    }
 }

@@ -209,9 +209,163 @@ pub fn verifier_cell_flops(
     }
 }
 
+/// [`verifier_cell_flops`] of the Freivalds check under a sampled attention check
+/// ([`crate::freivalds::AttentionSampling`], specs/freivalds.md §7): of the `n_q` query heads,
+/// `s_h = min(heads, n_q)` are recomputed, and of the `c − r` rows before the cell,
+/// `s_c = min(context_rows, c − r)` have their provenance checked besides the cell's own `r`:
+///
+/// ```text
+/// attention = r · 4·(s_h·h)·c          (the sampled heads over the whole context)
+/// context   = (r + s_c) · t · 2·(3·d + 2·k)
+/// nonlinear = r · (12·d + 4·m) + (r + s_c) · 4·d
+/// ```
+///
+/// The linear part is [`verifier_cell_flops`]'s. A full sampling is that function's
+/// Freivalds figure exactly.
+pub fn sampled_verifier_cell_flops(
+    config: &ModelConfig,
+    rows: u64,
+    context: u64,
+    repetitions: u32,
+    sampling: &crate::freivalds::AttentionSampling,
+) -> VerifierFlops {
+    let full = verifier_cell_flops(
+        config,
+        rows,
+        context,
+        CheckMethod::Freivalds { repetitions },
+    );
+    let (d, h) = (config.hidden_size as f64, config.head_dim() as f64);
+    let k = config.num_kv_heads as f64 * h;
+    let heads = sampling
+        .heads
+        .map_or(config.num_heads, |s| (s as usize).min(config.num_heads)) as f64;
+    let earlier = context.saturating_sub(rows);
+    let checked = (rows
+        + sampling
+            .context_rows
+            .map_or(earlier, |s| u64::from(s).min(earlier))) as f64;
+    let (r, c, t) = (rows as f64, context as f64, f64::from(repetitions));
+    VerifierFlops {
+        linear: full.linear,
+        context: checked * t * 2.0 * (3.0 * d + 2.0 * k),
+        attention: r * 4.0 * heads * h * c,
+        nonlinear: r * (12.0 * d + 4.0 * config.intermediate_size as f64) + checked * 4.0 * d,
+    }
+}
+
+/// The shapes of Llama-3-70B (width 8192, 80 layers, 64 query heads over 8 key-value heads of
+/// 128, MLP 28672, vocabulary 128256; Meta's `config.json` for `Meta-Llama-3-70B`), for cost
+/// projections only: no such model is built or run here.
+pub fn llama3_70b_shapes() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 128_256,
+        hidden_size: 8192,
+        num_layers: 80,
+        num_heads: 64,
+        num_kv_heads: 8,
+        intermediate_size: 28_672,
+        rope_theta: 500_000.0,
+        rms_norm_eps: 1e-5,
+        ..ModelConfig::small()
+    }
+}
+
+/// Bytes of claimed values one challenged decoder cell involves (f32), for the Freivalds check
+/// under `sampling` ([`sampled_verifier_cell_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CellBytes {
+    /// What the check reads: the checked rows' inputs and norms, the sampled key-value heads'
+    /// keys and values over the whole context (the other heads' only on checked rows), the
+    /// cell's own sub-layer and output rows.
+    pub read: f64,
+    /// What an opening holds under the current trace layout (specs/protocol.md §11.4): every
+    /// context row's input and context sub-layer row (normed, k, v), whatever is sampled, and
+    /// the cell's rows. The verifier hashes all of it against the commitment.
+    pub opened: f64,
+}
+
+/// [`CellBytes`] of a cell of `rows` rows over `context` rows (its own included) with the
+/// sampled attention check `sampling`: with `s_h` sampled heads reading `g = min(s_h, n_kv)`
+/// key-value heads (at most) and `r + s_c` checked rows,
+///
+/// ```text
+/// read   = 4 · [ (r + s_c)·2·d + c·2·g·h + (r + s_c)·2·(k − g·h) + r·(2·q + 4·d + 3·m) ]
+/// opened = 4 · [ c·(2·d + 2·k) + r·(2·q + 4·d + 3·m) ]
+/// ```
+///
+/// (`q`, `k`: query and key-value widths; the cell's rows are q, attn, o, mlp_in, gate, up,
+/// act, down and the output row).
+pub fn sampled_verifier_cell_bytes(
+    config: &ModelConfig,
+    rows: u64,
+    context: u64,
+    sampling: &crate::freivalds::AttentionSampling,
+) -> CellBytes {
+    let (d, h) = (config.hidden_size as f64, config.head_dim() as f64);
+    let (q, k, m) = (
+        config.num_heads as f64 * h,
+        config.num_kv_heads as f64 * h,
+        config.intermediate_size as f64,
+    );
+    let heads = sampling
+        .heads
+        .map_or(config.num_heads, |s| (s as usize).min(config.num_heads));
+    let groups = heads.min(config.num_kv_heads) as f64;
+    let earlier = context.saturating_sub(rows);
+    let checked = (rows
+        + sampling
+            .context_rows
+            .map_or(earlier, |s| u64::from(s).min(earlier))) as f64;
+    let (r, c) = (rows as f64, context as f64);
+    let cell = r * (2.0 * q + 4.0 * d + 3.0 * m);
+    CellBytes {
+        read: 4.0
+            * (checked * 2.0 * d + c * 2.0 * groups * h + checked * 2.0 * (k - groups * h) + cell),
+        opened: 4.0 * (c * (2.0 * d + 2.0 * k) + cell),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_everything_costs_the_full_check_and_sampling_less_costs_less() {
+        use crate::freivalds::AttentionSampling;
+        let c = ModelConfig::small();
+        let full = verifier_cell_flops(&c, 16, 128, CheckMethod::Freivalds { repetitions: 2 });
+        for all in [
+            AttentionSampling::FULL,
+            AttentionSampling {
+                heads: Some(8),
+                context_rows: Some(112),
+            },
+            AttentionSampling {
+                heads: Some(99),
+                context_rows: Some(1000),
+            },
+        ] {
+            let s = sampled_verifier_cell_flops(&c, 16, 128, 2, &all);
+            assert!(
+                (s.total() - full.total()).abs() <= 1e-9 * full.total(),
+                "{all:?}"
+            );
+        }
+        let one = sampled_verifier_cell_flops(
+            &c,
+            16,
+            128,
+            2,
+            &AttentionSampling {
+                heads: Some(1),
+                context_rows: Some(16),
+            },
+        );
+        assert_eq!(one.linear, full.linear);
+        assert!((one.attention - full.attention / 8.0).abs() <= 1e-9 * full.attention);
+        assert!((one.context - full.context * 32.0 / 128.0).abs() <= 1e-9 * full.context);
+    }
 
     #[test]
     fn cheaper_setups_cost_less_and_reduction_order_costs_the_same() {

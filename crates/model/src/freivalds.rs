@@ -663,6 +663,29 @@ impl VerifierKey {
             None => (&mk.r, &mk.v, &mk.u),
         }
     }
+    /// The seed of the sampled attention check ([`AttentionSampling::draw`]) of cell
+    /// `(layer, chunk)` of the session whose statement encodes to `statement`:
+    /// `BLAKE3("veritrace/freivalds/attention-sample/v1" ‖ BLAKE3(r) ‖ BLAKE3(statement) ‖
+    /// u32le(layer) ‖ u32le(chunk))`, where `r` is the key's first secret vector (layer 1's
+    /// query map, first repetition, as f64 little-endian). The prover, who does not hold the
+    /// key, cannot predict which heads and rows a cell's check covers, at commitment or after;
+    /// the same key and statement always draw the same sample (an auditor with the key
+    /// re-derives it).
+    pub fn sample_seed(&self, statement: &[u8], layer: u32, chunk: u32) -> [u8; 32] {
+        let mut secret = blake3::Hasher::new();
+        if let Some(m) = self.matrices.first() {
+            for x in &m.r {
+                secret.update(&x.to_le_bytes());
+            }
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(SAMPLE_DOMAIN);
+        h.update(secret.finalize().as_bytes());
+        h.update(blake3::hash(statement).as_bytes());
+        h.update(&layer.to_le_bytes());
+        h.update(&chunk.to_le_bytes());
+        *h.finalize().as_bytes()
+    }
 
     /// Bytes of [`VerifierKey::to_bytes`].
     pub fn encoded_len(&self) -> u64 {
@@ -1401,6 +1424,111 @@ pub struct CellCheck {
     pub passed: bool,
 }
 
+/// How much of a challenged cell's attention the verifier checks (specs/freivalds.md §7): the
+/// sampled attention check, a verifier option for long contexts and many heads, where the
+/// attention over the context and the provenance of the context's keys and values are most of
+/// a cell's check (at Llama-3-70B shapes, 90% of it). `None` checks all of a part (the default,
+/// [`AttentionSampling::FULL`]).
+///
+/// Per cell, the verifier draws (from [`VerifierKey::sample_seed`], which the prover cannot
+/// compute) `heads` distinct query heads, whose attention it recomputes and compares, and
+/// `context_rows` distinct rows before the cell, whose attention norms and key and value
+/// projections it checks (the cell's own rows are always checked). Everything else in the
+/// cell is checked as before: q, o, gate, up, down by Freivalds, the norms, SwiGLU and
+/// residuals by recompute. A claim whose attention output is wrong in `b` of the `H` heads is
+/// caught by the cell with probability `1 − C(H−b, s)/C(H, s)`; one whose context provenance
+/// fails at `b` of the cell's `c` earlier rows with `1 − C(c−b, s')/C(c, s')`
+/// ([`veritrace_protocol::soundness::miss_probability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct AttentionSampling {
+    /// Query heads checked per cell (at least 1); `None` or at least the head count: every head.
+    pub heads: Option<u32>,
+    /// Rows before the cell whose provenance is checked per cell (0 allowed: the cell's own
+    /// rows only); `None` or at least the rows there are: every row.
+    pub context_rows: Option<u32>,
+}
+
+/// The domain of [`VerifierKey::sample_seed`].
+const SAMPLE_DOMAIN: &[u8] = b"veritrace/freivalds/attention-sample/v1";
+
+impl AttentionSampling {
+    /// Every head and every context row: the full check.
+    pub const FULL: Self = Self {
+        heads: None,
+        context_rows: None,
+    };
+
+    /// Whether nothing is sampled.
+    pub fn is_full(&self) -> bool {
+        self.heads.is_none() && self.context_rows.is_none()
+    }
+
+    /// Refuses a sample of zero heads (a check of no attention at all).
+    ///
+    /// # Errors
+    /// [`FreivaldsError::InvalidArgument`] for `heads = Some(0)`.
+    pub fn validate(&self) -> Result<()> {
+        if self.heads == Some(0) {
+            return Err(FreivaldsError::InvalidArgument(
+                "a sampled attention check needs at least 1 head (0 checks no attention)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The heads and context rows of one cell of a model with `num_heads` query heads whose
+    /// first row is `first_row` (the rows before it are the context sampled), drawn from
+    /// `seed` with ChaCha20: first the heads, then the rows, each by Floyd's algorithm
+    /// ([`veritrace_protocol::sampling::distinct_indices`]). A part sampled at or above its
+    /// size is checked whole (`None`).
+    pub fn draw(&self, seed: [u8; 32], num_heads: usize, first_row: usize) -> CellSample {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut pick = |want: Option<u32>, n: usize| -> Option<Vec<usize>> {
+            let k = want? as usize;
+            if k >= n {
+                return None;
+            }
+            let set = veritrace_protocol::sampling::distinct_indices(&mut rng, n as u64, k as u64);
+            Some(set.into_iter().map(|i| i as usize).collect())
+        };
+        let heads = pick(self.heads, num_heads);
+        let context_rows = pick(self.context_rows, first_row);
+        CellSample {
+            heads,
+            context_rows,
+        }
+    }
+}
+
+impl fmt::Display for AttentionSampling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let part = |x: Option<u32>| x.map_or("all".to_string(), |n| n.to_string());
+        write!(
+            f,
+            "heads {}, context rows {}",
+            part(self.heads),
+            part(self.context_rows)
+        )
+    }
+}
+
+/// The parts of one cell a sampled attention check covers ([`AttentionSampling::draw`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CellSample {
+    /// Query heads whose attention is recomputed and compared, ascending; `None`: every head.
+    pub heads: Option<Vec<usize>>,
+    /// Rows before the cell whose attention norm and key and value projections are checked,
+    /// ascending; `None`: every row. The cell's own rows are always checked.
+    pub context_rows: Option<Vec<usize>>,
+}
+
+impl CellSample {
+    /// Every head and every row: the full check.
+    pub fn full() -> Self {
+        Self::default()
+    }
+}
+
 fn rel_linf(claimed: &[f32], recomputed: &[f32]) -> f64 {
     // the common case of an honest prover on this engine: bit for bit the same values
     if claimed.len() == recomputed.len() && same_and_finite(claimed, recomputed) {
@@ -1534,6 +1662,34 @@ pub fn check_cell(
     claim: &CellClaim<'_>,
     tolerance: f64,
 ) -> Result<CellCheck> {
+    check_cell_sampled(
+        key,
+        model,
+        setup,
+        (tile, layer, chunk),
+        claim,
+        tolerance,
+        &CellSample::full(),
+    )
+}
+
+/// [`check_cell`] with a sampled attention check ([`AttentionSampling`]): only `sample`'s
+/// heads are recomputed and compared in `attn`, and only `sample`'s context rows (and the
+/// cell's own) have their attention norms and key and value projections checked. A full
+/// sample is [`check_cell`] exactly.
+///
+/// # Errors
+/// As [`check_cell`]; also sampled heads or rows that are not distinct, ascending and in
+/// range (heads below the head count, rows before the cell).
+pub fn check_cell_sampled(
+    key: &VerifierKey,
+    model: &LlamaModel,
+    setup: &crate::Setup,
+    (tile, layer, chunk): (usize, usize, usize),
+    claim: &CellClaim<'_>,
+    tolerance: f64,
+    sample: &CellSample,
+) -> Result<CellCheck> {
     let d = model.config().hidden_size;
     let (mut check, h_out) = check_sublayer_values(
         key,
@@ -1546,6 +1702,7 @@ pub fn check_cell(
         claim.context,
         claim.cell,
         tolerance,
+        sample,
     )?;
     if claim.h_out.len() != h_out.len() {
         return Err(FreivaldsError::WrongLength {
@@ -1573,7 +1730,8 @@ pub fn check_cell(
 /// check (without an `h_out` entry) and the cell's output rows of `h_layer` derived from the
 /// claimed values, `(h_in + o) + down`, for the caller to compare with the opened output (the
 /// protocol's [`veritrace_protocol::Recompute::check_sublayers`] does so under the verifier's
-/// tolerance policy). Fails as [`check_cell`] does.
+/// tolerance policy). With a sampled `sample` ([`check_cell_sampled`]), only its heads and
+/// context rows are checked. Fails as [`check_cell_sampled`] does.
 #[allow(clippy::too_many_arguments)]
 pub fn check_sublayer_values(
     key: &VerifierKey,
@@ -1586,6 +1744,7 @@ pub fn check_sublayer_values(
     context: &SubLayers,
     cell: &SubLayers,
     tolerance: f64,
+    sample: &CellSample,
 ) -> Result<(CellCheck, Vec<f32>)> {
     key.check_model(&model.digest())?;
     // the key's weights are the setup's ([`VerifierKey::for_setup`] derives them)
@@ -1622,6 +1781,14 @@ pub fn check_sublayer_values(
         });
     }
     let cell_normed = &context.normed[lo * d..];
+    if let Some(rs) = &sample.context_rows {
+        if rs.windows(2).any(|w| w[0] >= w[1]) || rs.last().is_some_and(|&r| r >= lo) {
+            return Err(FreivaldsError::InvalidArgument(format!(
+                "sampled context rows are not distinct ascending rows before the cell's first \
+                 row {lo}"
+            )));
+        }
+    }
     let (ctx, cell) = (context, cell);
     let biases = model.qkv_biases(layer)?;
     let bias = |m: Matrix| m.bias(biases.as_ref());
@@ -1633,9 +1800,70 @@ pub fn check_sublayer_values(
         check_linear_shared(key, layer, x, n, &[(ma, ya, bias(ma)), (mb, yb, bias(mb))])
             .map(|c| [(ma, c[0]), (mb, c[1])])
     };
+    let kvd = c.num_kv_heads * c.head_dim();
+    // the context rows whose provenance is checked: all, or the sampled ones and the cell's,
+    // gathered (each row's check and norm is its own, so a gathered row is checked bitwise as
+    // in place)
+    let gathered = sample.context_rows.as_ref().map(|rs| {
+        let all: Vec<usize> = rs.iter().copied().chain(lo..e).collect();
+        let take = |x: &[f32], w: usize| -> Vec<f32> {
+            let mut out = Vec::with_capacity(all.len() * w);
+            for &r in &all {
+                out.extend_from_slice(x.get(r * w..(r + 1) * w).unwrap_or(&[]));
+            }
+            out
+        };
+        (
+            take(&ctx.normed, d),
+            take(&ctx.k, kvd),
+            take(&ctx.v, kvd),
+            take(h_in, d),
+            all,
+        )
+    });
     let mut linear = Vec::with_capacity(7);
     linear.push(one(Matrix::Q, cell_normed, &cell.q, rows)?);
-    linear.extend(two(Matrix::K, Matrix::V, &ctx.normed, &ctx.k, &ctx.v, e)?);
+    match &gathered {
+        None => linear.extend(two(Matrix::K, Matrix::V, &ctx.normed, &ctx.k, &ctx.v, e)?),
+        Some((normed, k, v, _, all)) => {
+            // lengths as the full check would find them (a gathered short claim is short)
+            for (what, x) in [("context k", &ctx.k), ("context v", &ctx.v)] {
+                if x.len() != e * kvd {
+                    return Err(FreivaldsError::WrongLength {
+                        what,
+                        expected: (e * kvd) as u64,
+                        got: x.len(),
+                    });
+                }
+            }
+            linear.extend(two(Matrix::K, Matrix::V, normed, k, v, all.len())?);
+            // the attention reads every row's keys and values of the key-value heads the
+            // sampled query heads use, of which only the gathered rows' have been summed (and
+            // so scanned) above: those columns are scanned here. What the check does not read
+            // (other heads' keys and values, the inputs of rows it does not norm) is not
+            // scanned: its cost is the sample's, not the context's
+            let hd = c.head_dim();
+            let rep = c.num_heads / c.num_kv_heads.max(1);
+            let mut groups: Vec<usize> = match &sample.heads {
+                Some(hs) => hs.iter().map(|h| h / rep.max(1)).collect(),
+                None => (0..c.num_kv_heads).collect(),
+            };
+            groups.dedup();
+            for (what, x) in [("context k", &ctx.k), ("context v", &ctx.v)] {
+                for (r, row) in x.chunks_exact(kvd.max(1)).enumerate() {
+                    for &g in &groups {
+                        let cols = row.get(g * hd..(g + 1) * hd).unwrap_or(&[]);
+                        if let Some(i) = crate::first_non_finite(cols) {
+                            return Err(FreivaldsError::NonFinite {
+                                what,
+                                index: r * kvd + g * hd + i,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
     linear.push(one(Matrix::O, &cell.attn, &cell.o, rows)?);
     linear.extend(two(
         Matrix::Gate,
@@ -1649,15 +1877,24 @@ pub fn check_sublayer_values(
     // the context's attention norms, recomputed a block of rows at a time and compared with
     // the claim as they come (rows are normed alone, so blocks are bitwise the whole); each
     // block's input rows are scanned for finiteness just before (then in cache)
-    let normed_dev = rel_linf_by_rows(&ctx.normed, d, NORM_BLOCK_ROWS, |r| {
-        let block = &h_in[r.start * d..r.end * d];
+    let (normed_rows, h_rows, row_of) = match &gathered {
+        None => (&ctx.normed[..], h_in, None),
+        Some((normed, _, _, h, all)) => (&normed[..], &h[..], Some(all)),
+    };
+    let normed_dev = rel_linf_by_rows(normed_rows, d, NORM_BLOCK_ROWS, |r| {
+        let block = &h_rows[r.start * d..r.end * d];
         model
             .attention_norms(setup, tile, layer, block)
             .map_err(|err| match err {
-                ModelError::NonFinite { what, index } => ModelError::NonFinite {
-                    what,
-                    index: r.start * d + index,
-                },
+                ModelError::NonFinite { what, index } => {
+                    // the index in h_in of the row the block's index falls in
+                    let at = r.start + index / d;
+                    let row = row_of.map_or(at, |all| all[at]);
+                    ModelError::NonFinite {
+                        what,
+                        index: row * d + index % d,
+                    }
+                }
                 other => other,
             })
     })?;
@@ -1671,6 +1908,7 @@ pub fn check_sublayer_values(
         (h_in, &ctx.k, &ctx.v),
         cell,
         false,
+        sample.heads.as_deref(),
     )?;
     for (what, claimed, width) in [
         ("attn", &cell.attn, c.num_heads * c.head_dim()),
@@ -1685,9 +1923,16 @@ pub fn check_sublayer_values(
             });
         }
     }
+    let attn_dev = match &sample.heads {
+        None => rel_linf(&cell.attn, &nl.attn),
+        Some(hs) => rel_linf(
+            &crate::llama::head_columns(&cell.attn, rows, c.num_heads, c.head_dim(), hs),
+            &nl.attn,
+        ),
+    };
     let nonlinear = vec![
         ("normed", normed_dev),
-        ("attn", rel_linf(&cell.attn, &nl.attn)),
+        ("attn", attn_dev),
         ("mlp_in", rel_linf(&cell.mlp_in, &nl.mlp_in)),
         ("act", rel_linf(&cell.act, &nl.act)),
     ];

@@ -1551,13 +1551,17 @@ impl LlamaModel {
         v: &[f32],
         cell: &SubLayers,
     ) -> Result<Nonlinear> {
-        self.nonlinear_of(setup, tile, layer, chunk, (h_in, k, v), cell, true)
+        self.nonlinear_of(setup, tile, layer, chunk, (h_in, k, v), cell, true, None)
     }
 
     /// [`LlamaModel::recompute_nonlinear`] with `(h_in, k, v)` together; with `scan = false`
     /// for a caller that has already found every input finite (the algebraic check: its
     /// Freivalds sums read `k`, `v` and the cell's linear outputs, and the attention norms read
     /// `h_in`), so the inputs are not scanned again. Lengths and ranges are checked either way.
+    /// With `heads` (distinct query heads, ascending), the returned `attn` holds only those
+    /// heads' columns side by side (`[rows, heads.len()·hd]`), each bitwise the full
+    /// attention's: only those heads' scores, softmax and weighted values are computed (the
+    /// invariant kernels also rope only their key-value heads' keys).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn nonlinear_of(
         &self,
@@ -1568,6 +1572,7 @@ impl LlamaModel {
         (h_in, k, v): (&[f32], &[f32], &[f32]),
         cell: &SubLayers,
         scan: bool,
+        heads: Option<&[usize]>,
     ) -> Result<Nonlinear> {
         self.check_setup(setup)?;
         crate::ops::check_tile(tile)?;
@@ -1641,9 +1646,20 @@ impl LlamaModel {
                 return Err(ModelError::NonFinite { what, index });
             }
         }
+        if let Some(hs) = heads {
+            if hs.is_empty()
+                || hs.windows(2).any(|w| w[0] >= w[1])
+                || hs[hs.len() - 1] >= c.num_heads
+            {
+                return Err(ModelError::InvalidArgument(format!(
+                    "sampled heads {hs:?} are not distinct ascending heads of 0..{}",
+                    c.num_heads
+                )));
+            }
+        }
         let arith = self.arith(setup)?;
         if setup.kernels == Kernels::Invariant {
-            return arith.inv_nonlinear(layer - 1, &h_in[start * d..], start, k, v, cell);
+            return arith.inv_nonlinear(layer - 1, &h_in[start * d..], start, k, v, cell, heads);
         }
         let (blk, _) = arith.blocks(tile, 0..e);
         if blk != tile {
@@ -1651,7 +1667,7 @@ impl LlamaModel {
                 "{setup} computes in blocks of {blk} rows, not the tile {tile}"
             )));
         }
-        arith.nonlinear_block(layer - 1, chunk, blk, e, h_in, k, v, cell)
+        arith.nonlinear_block(layer - 1, chunk, blk, e, h_in, k, v, cell, heads)
     }
     /// The attention norms `RMSNorm(h_{layer−1})` of rows `0..e` of the layer's input (`h_in`,
     /// row-major `[e, hidden]`), all rows in one pass (the norm is row by row, so this is bitwise
@@ -2371,6 +2387,25 @@ pub struct Nonlinear {
     pub h_out: Vec<f32>,
 }
 
+/// The columns of heads `heads` (each `hd` wide) of `rows` rows of `width_heads` heads,
+/// side by side in each row: `[rows, heads.len()·hd]`.
+pub(crate) fn head_columns(
+    x: &[f32],
+    rows: usize,
+    width_heads: usize,
+    hd: usize,
+    heads: &[usize],
+) -> Vec<f32> {
+    let width = width_heads * hd;
+    let mut out = Vec::with_capacity(rows * heads.len() * hd);
+    for row in x.chunks_exact(width).take(rows) {
+        for &h in heads {
+            out.extend_from_slice(&row[h * hd..(h + 1) * hd]);
+        }
+    }
+    out
+}
+
 /// What [`LlamaModel::trace_with`] records besides the hidden states.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capture {
@@ -2832,12 +2867,38 @@ impl Arith<'_> {
         r0: usize,
         kv: (&[f32], &[f32]),
     ) -> Result<Vec<f32>> {
+        let c = &self.model.config;
+        let rep = c.num_heads / c.num_kv_heads;
+        let group: Vec<usize> = (0..c.num_heads).map(|h| h / rep).collect();
+        self.inv_attend(q, n, r0, kv, c.num_kv_heads, &group)
+    }
+
+    /// The attention of [`Arith::inv_attention`] for any set of query heads: `q` holds the
+    /// heads' roped queries side by side (`[n, group.len()·hd]`), `kv` the roped keys and the
+    /// values of `kv_heads` key-value heads (each `[r0 + n, kv_heads·hd]`), and query head `i`
+    /// reads key-value head `group[i]`. Each head's rows are computed alone by the same
+    /// kernels, so a head's output is bitwise the same whichever other heads are computed with
+    /// it (the sampled attention check computes only the sampled heads).
+    fn inv_attend(
+        &self,
+        q: &[f32],
+        n: usize,
+        r0: usize,
+        kv: (&[f32], &[f32]),
+        kv_heads: usize,
+        group: &[usize],
+    ) -> Result<Vec<f32>> {
         let (keys_in, values_in) = kv;
         use rayon::prelude::*;
         let c = &self.model.config;
-        let (hd, nh, nkv) = (c.head_dim(), c.num_heads, c.num_kv_heads);
+        let (hd, nh, nkv) = (c.head_dim(), group.len(), kv_heads);
         let (qd, kvd) = (nh * hd, nkv * hd);
         let e = r0 + n;
+        if group.iter().any(|&g| g >= nkv) {
+            return Err(ModelError::InvalidArgument(format!(
+                "a query head reads a key-value head out of 0..{nkv}"
+            )));
+        }
         if q.len() != n * qd || keys_in.len() != e * kvd || values_in.len() != e * kvd {
             return Err(ModelError::InvalidArgument(format!(
                 "attention of {} query elements over {} key and {} value elements for rows \
@@ -2847,7 +2908,7 @@ impl Arith<'_> {
                 values_in.len()
             )));
         }
-        let (window, rep) = (self.window(), nh / nkv);
+        let window = self.window();
         let column = |x: &[f32], rows: usize, width: usize, at: usize| -> Vec<f32> {
             let mut out = Vec::with_capacity(rows * hd);
             for r in 0..rows {
@@ -2873,7 +2934,7 @@ impl Arith<'_> {
             (0..nkv).map(pack).collect::<Result<_>>()?
         };
         let head = |h: usize| -> Result<Vec<f32>> {
-            let (keys, values) = &packed[h / rep];
+            let (keys, values) = &packed[group[h]];
             let qh = column(q, n, qd, h * hd);
             let mut out = Vec::with_capacity(n * hd);
             for b0 in (0..n).step_by(INV_QUERY_BLOCK) {
@@ -2977,6 +3038,7 @@ impl Arith<'_> {
     /// of `h_in` (`x`), the claimed key and value projections of rows `0..e` and the cell's
     /// claimed sub-layer values; the same operations as [`Arith::inv_layer`] with the claimed
     /// vectors in place of the products.
+    #[allow(clippy::too_many_arguments)]
     fn inv_nonlinear(
         &self,
         l: usize,
@@ -2985,16 +3047,39 @@ impl Arith<'_> {
         k_lin: &[f32],
         v_lin: &[f32],
         cell: &SubLayers,
+        heads: Option<&[usize]>,
     ) -> Result<Nonlinear> {
         let c = &self.model.config;
-        let (d, nh, nkv) = (c.hidden_size, c.num_heads, c.num_kv_heads);
+        let (d, nh, nkv, hd) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim());
         let eps = c.rms_norm_eps as f32;
         let p = self.packed(l)?;
         let n = x.len() / d;
         let normed = self.st(inv::rms_norm_rows(x, d, &p.attn_norm, eps));
-        let q = self.inv_rope(&cell.q, nh, r0)?;
-        let keys = self.inv_rope(k_lin, nkv, 0)?;
-        let attn = self.inv_attention(&q, n, r0, (&keys, v_lin))?;
+        let attn = match heads {
+            None => {
+                let q = self.inv_rope(&cell.q, nh, r0)?;
+                let keys = self.inv_rope(k_lin, nkv, 0)?;
+                self.inv_attention(&q, n, r0, (&keys, v_lin))?
+            }
+            Some(hs) => {
+                // only the sampled heads and the key-value heads they read: the rotary
+                // embedding and each head's attention are per head, so each is bitwise the
+                // full computation's
+                let rep = nh / nkv;
+                let mut groups: Vec<usize> = hs.iter().map(|h| h / rep).collect();
+                groups.dedup();
+                let group: Vec<usize> = hs
+                    .iter()
+                    .map(|h| groups.iter().position(|&g| g == h / rep).unwrap_or(0))
+                    .collect();
+                let e = k_lin.len() / (nkv * hd).max(1);
+                let q = self.inv_rope(&head_columns(&cell.q, n, nh, hd, hs), hs.len(), r0)?;
+                let keys =
+                    self.inv_rope(&head_columns(k_lin, e, nkv, hd, &groups), groups.len(), 0)?;
+                let values = head_columns(v_lin, e, nkv, hd, &groups);
+                self.inv_attend(&q, n, r0, (&keys, &values), groups.len(), &group)?
+            }
+        };
         let a = self.st(inv::add(x, &cell.o));
         let mlp_in = self.st(inv::rms_norm_rows(&a, d, &p.mlp_norm, eps));
         let act = self.st(inv::swiglu(&cell.gate, &cell.up));
@@ -3145,6 +3230,7 @@ impl Arith<'_> {
         k_lin: &[f32],
         v_lin: &[f32],
         cell: &SubLayers,
+        heads: Option<&[usize]>,
     ) -> Result<Nonlinear> {
         let c = &self.model.config;
         let (d, hd) = (c.hidden_size, c.head_dim());
@@ -3174,11 +3260,31 @@ impl Arith<'_> {
         } else {
             self.context_heads_by_ops(k_lin, v_lin, e, span, &cos_all, &sin_all)?
         };
+        // with sampled heads, only theirs: each head's scores, softmax and weighted values are
+        // its own slice of the batched products (the same shapes per head), so bitwise the
+        // full attention's columns (tested: crates/model/tests/attention_sampling.rs)
+        let (q, k, v, width) = match heads {
+            None => (q, k, v, nh),
+            Some(hs) => {
+                let ids: Vec<u32> = hs.iter().map(|&h| h as u32).collect();
+                let ids = Tensor::from_vec(ids, hs.len(), &Device::Cpu)?;
+                // the keys may be a transposed view of a contiguous `[heads, hd, span]` (the
+                // layout the score product reads): select in that layout, keep the view
+                let pick = |t: &Tensor| -> Result<Tensor> {
+                    if t.is_contiguous() {
+                        Ok(t.index_select(&ids, 0)?)
+                    } else {
+                        Ok(t.t()?.contiguous()?.index_select(&ids, 0)?.t()?)
+                    }
+                };
+                (pick(&q)?, pick(&k)?, pick(&v)?, hs.len())
+            }
+        };
         let attn = self
             .attend(&q, &k, &v, j * blk)?
             .transpose(0, 1)?
             .contiguous()?
-            .reshape((blk, nh * hd))?;
+            .reshape((blk, width * hd))?;
         // residual, MLP norm, SwiGLU and the second residual from the claimed projections
         let a = xt.add(&local(&cell.o, d)?)?;
         let mlp_in = self.rms_norm(&a, &w.mlp_norm)?;

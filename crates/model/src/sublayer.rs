@@ -323,6 +323,10 @@ pub struct KeyedVerifier<'a> {
     /// Per-map calibrated scales ([`crate::freivalds::MapBounds`], checked against the key
     /// by its `validate`), used instead of `bound_scale` where given.
     pub map_bounds: Option<&'a crate::freivalds::MapBounds>,
+    /// The sampled attention check ([`crate::freivalds::AttentionSampling`]; `FULL` checks
+    /// every head and context row). Each cell's heads and rows are drawn from the key's secret
+    /// and the statement ([`VerifierKey::sample_seed`]).
+    pub sampling: crate::freivalds::AttentionSampling,
 }
 
 fn engine(e: impl std::fmt::Display) -> ProtocolError {
@@ -441,17 +445,35 @@ impl Recompute for KeyedVerifier<'_> {
                 self.bound_scale
             )));
         }
+        self.sampling.validate().map_err(engine)?;
+        let chunk = rows.start / tile;
+        let sample = if self.sampling.is_full() {
+            crate::freivalds::CellSample::full()
+        } else {
+            use veritrace_protocol::Message;
+            let seed = self.key.sample_seed(&statement.to_bytes(), layer, chunk);
+            // rows before a window are zero padding: the sample is of the rows the window reads
+            let first = (rows.start as usize).saturating_sub(pad);
+            let mut drawn = self
+                .sampling
+                .draw(seed, self.model.config().num_heads, first);
+            if let Some(rs) = &mut drawn.context_rows {
+                rs.iter_mut().for_each(|r| *r += pad);
+            }
+            drawn
+        };
         let (mut check, h_out) = check_sublayer_values(
             self.key,
             self.model,
             &setup,
             tile as usize,
             layer as usize,
-            (rows.start / tile) as usize,
+            chunk as usize,
             &h_in,
             &ctx,
             &cell_values,
             self.tolerance,
+            &sample,
         )
         .map_err(engine)?;
         // the bound actually used: s·B (s = 1 leaves the check as it is), per map where the

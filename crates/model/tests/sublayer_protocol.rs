@@ -7,7 +7,7 @@
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use veritrace_commit::{CellId, HasherId};
-use veritrace_model::freivalds::{VerifierKey, VerifierSecret};
+use veritrace_model::freivalds::{AttentionSampling, VerifierKey, VerifierSecret};
 use veritrace_model::sublayer::{KeyedVerifier, SubLayerLayout, SubLayerTrace};
 use veritrace_model::{LlamaModel, Setup};
 use veritrace_protocol::tolerance::TolerancePolicy;
@@ -138,6 +138,7 @@ fn honest_sublayer_runs_pass_every_method() {
         tolerance: 0.0,
         bound_scale: 1.0,
         map_bounds: None,
+        sampling: AttentionSampling::FULL,
     };
     for method in [
         LayerCheck::Freivalds,
@@ -188,6 +189,7 @@ fn other_setups_fail_the_algebraic_check() {
         tolerance: 0.0,
         bound_scale: 1.0,
         map_bounds: None,
+        sampling: AttentionSampling::FULL,
     };
     let honest = Setup::F32_EAGER;
     for cheat in [
@@ -262,6 +264,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
             tolerance: 0.0,
             bound_scale: 1.0,
             map_bounds: None,
+            sampling: AttentionSampling::FULL,
         },
         &statement,
     );
@@ -283,6 +286,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
         tolerance: 0.0,
         bound_scale: 1.0,
         map_bounds: None,
+        sampling: AttentionSampling::FULL,
     };
     let zeros = |w: usize| vec![vec![0u8; 4 * w * statement.geometry.tokens as usize]; 4];
     let mut p = Prover::new(wide.clone(), trace.layer_bytes())
@@ -312,6 +316,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
             tolerance: -1.0,
             bound_scale: 1.0,
             map_bounds: None,
+            sampling: AttentionSampling::FULL,
         },
         &statement,
     );
@@ -490,6 +495,7 @@ fn honest_ratios_calibrate_the_bound() {
             tolerance: 0.0,
             bound_scale,
             map_bounds: None,
+            sampling: AttentionSampling::FULL,
         };
         check_opening_by(
             &c,
@@ -529,6 +535,7 @@ fn qwen2_biases_are_checked() {
         tolerance: 0.0,
         bound_scale: 1.0,
         map_bounds: None,
+        sampling: AttentionSampling::FULL,
     };
     let run = |setup: &str| {
         let (mut statement, trace, sub) = model
@@ -622,6 +629,7 @@ fn sliding_window_statements_are_checked() {
         tolerance: 0.0,
         bound_scale: 1.0,
         map_bounds: None,
+        sampling: AttentionSampling::FULL,
     };
     let run = |setup: &str| {
         let (mut statement, trace, sub) = model
@@ -654,4 +662,111 @@ fn sliding_window_statements_are_checked() {
         let rejected = run(cheat).iter().filter(|r| r.is_err()).count();
         assert!(rejected > 0, "{cheat}");
     }
+}
+
+/// The sampled attention check in sessions (specs/freivalds.md §7): one head and two earlier
+/// rows per cell, drawn from the key and the statement. Honest runs pass every cell (also
+/// under a sliding window, where the rows drawn are those of the window); provers whose
+/// weights or attention algorithm differ are still rejected at every cell above layer 0, since
+/// their deviation is in every head and every row's linear maps.
+#[test]
+fn sampled_attention_checks_sessions() {
+    let f = fixture();
+    let sampling = AttentionSampling {
+        heads: Some(1),
+        context_rows: Some(2),
+    };
+    let kv = KeyedVerifier {
+        model: &f.model,
+        key: &f.key,
+        tolerance: 0.0,
+        bound_scale: 1.0,
+        map_bounds: None,
+        sampling,
+    };
+    let every_cell = |model: &LlamaModel, kv: &KeyedVerifier<'_>, setup: &str, chunk: u32| {
+        let (mut statement, trace, sub) = model
+            .prove_run_sublayers(
+                &setup.parse().unwrap(),
+                &prompt(),
+                4,
+                chunk,
+                HasherId::Blake3,
+            )
+            .unwrap();
+        statement.setup = Setup::F32_EAGER.to_bytes();
+        let mut p = prover(&statement, &trace, &sub);
+        let c = p.commit().unwrap();
+        let g = statement.geometry;
+        (u64::from(g.chunks_per_layer())..g.num_cells())
+            .map(|i| {
+                let cells = [g.cell_at(i).unwrap()];
+                let o = p.open_cells(0, &cells, 0).unwrap();
+                check_opening_by(
+                    &c,
+                    &cells,
+                    &o,
+                    &TolerancePolicy::Exact,
+                    LayerCheck::Freivalds,
+                    kv,
+                    &VerifierLimits::default(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    for (i, r) in every_cell(&f.model, &kv, "f32/attn=eager", CHUNK)
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(r, Ok(()), "cell {i}");
+    }
+    let (statement, trace, sub) = f
+        .model
+        .prove_run_sublayers(&Setup::F32_EAGER, &prompt(), 5, CHUNK, HasherId::Blake3)
+        .unwrap();
+    for seed in 0..3 {
+        let v = session(
+            kv,
+            prover(&statement, &trace, &sub),
+            config(LayerCheck::Freivalds, 6),
+            seed,
+        );
+        assert_eq!(v, Verdict::Accept, "seed {seed}");
+    }
+    for cheat in ["f32/attn=eager/quant=int8-tensor", "f32/attn=tiled:16"] {
+        for (i, r) in every_cell(&f.model, &kv, cheat, CHUNK)
+            .into_iter()
+            .enumerate()
+        {
+            assert!(
+                matches!(
+                    r,
+                    Err(RejectReason::AlgebraicCheck { .. } | RejectReason::Tolerance { .. })
+                ),
+                "{cheat} cell {i}: {r:?}"
+            );
+        }
+    }
+    // a sliding window of 5 positions, cells of 4 rows
+    let mut c = veritrace_model::ModelConfig::tiny();
+    c.family = veritrace_model::Family::Mistral;
+    c.sliding_window = Some(5);
+    let model = LlamaModel::new(c).unwrap();
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([6; 32]), &model, 2).unwrap();
+    let kv = KeyedVerifier {
+        model: &model,
+        key: &key,
+        ..kv
+    };
+    for (i, r) in every_cell(&model, &kv, "f32/attn=eager", 4)
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(r, Ok(()), "window cell {i}");
+    }
+    let rejected = every_cell(&model, &kv, "f32/attn=eager/quant=int8-channel", 4)
+        .iter()
+        .filter(|r| r.is_err())
+        .count();
+    assert!(rejected > 0);
 }

@@ -111,7 +111,14 @@ fn uniform_u128(rng: &mut ChaCha20Rng, n: u128) -> u128 {
     }
 }
 
-/// Floyd's algorithm: k distinct values of `0..n`, uniformly.
+/// `min(k, n)` distinct values of `0..n`, uniformly among all such sets (Floyd's algorithm:
+/// `min(k, n)` bounded draws, each by rejection, so unbiased). Used for cell challenges here
+/// and by verifiers that sample parts of a cell (the model crate's sampled attention check).
+pub fn distinct_indices(rng: &mut ChaCha20Rng, n: u64, k: u64) -> BTreeSet<u64> {
+    floyd(rng, n, k.min(n))
+}
+
+/// Floyd's algorithm: k distinct values of `0..n` (`k <= n`), uniformly.
 pub(crate) fn floyd(rng: &mut ChaCha20Rng, n: u64, k: u64) -> BTreeSet<u64> {
     let mut chosen = BTreeSet::new();
     for j in n - k..n {

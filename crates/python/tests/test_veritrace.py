@@ -117,6 +117,18 @@ def a_sublayer_commitment_is_checked_by_freivalds():
             v = veritrace.verify(os.path.join(run, "commitment.json"), [o], challenges=[ch],
                                  model="tiny", layer_check=check, key=key)
             assert v.accepted, v
+        # the sampled attention check: one head and one earlier row per cell
+        v = veritrace.verify(os.path.join(run, "commitment.json"), [o], challenges=[ch],
+                             model="tiny", layer_check="freivalds", key=key,
+                             attention_heads=1, context_rows=1)
+        assert v.accepted, v
+        try:
+            veritrace.verify(os.path.join(run, "commitment.json"), [o], challenges=[ch],
+                             model="tiny", layer_check="freivalds", key=key, attention_heads=0)
+        except veritrace.VeritraceError as e:
+            assert e.code == 2, e
+        else:
+            raise AssertionError("a check of no attention head was accepted")
         try:
             veritrace.verify(os.path.join(run, "commitment.json"), [o], challenges=[ch],
                              model="tiny", layer_check="freivalds")

@@ -670,6 +670,7 @@ impl Simulation {
             tolerance: p.sublayer_tolerance,
             bound_scale: p.freivalds_bound_scale,
             map_bounds: self.map_bounds.as_ref().map(|(b, _)| b.clone()),
+            sampling: p.attention_sampling(),
         }
     }
 
@@ -1350,8 +1351,9 @@ impl Simulation {
     /// The verifier's cost of checking `cells` (see [`crate::cost`]): the recompute cost of
     /// each cell; with the layer check `freivalds`, a cell of a layer ≥ 1 costs its recompute
     /// cost times the ratio of the verifier's FLOPs by Freivalds to those by recompute
-    /// ([`veritrace_model::cost::verifier_cell_flops`]: the same rows and context), and with
-    /// `both` the sum of the two.
+    /// ([`veritrace_model::cost::verifier_cell_flops`]: the same rows and context; under a
+    /// sampled attention check [`veritrace_model::cost::sampled_verifier_cell_flops`]), and
+    /// with `both` the sum of the two.
     pub(crate) fn recompute_cost(
         &self,
         statement: &Statement,
@@ -1379,9 +1381,15 @@ impl Simulation {
                         .map_or(0, |i| u64::from(i.end - i.start));
                     let n = u64::from(rows.end - rows.start);
                     let flops = |m| verifier_cell_flops(d.config(), n, context, m).total();
-                    let ratio = flops(CheckMethod::Freivalds {
-                        repetitions: p.freivalds_repetitions,
-                    }) / flops(CheckMethod::Recompute);
+                    let check = veritrace_model::cost::sampled_verifier_cell_flops(
+                        d.config(),
+                        n,
+                        context,
+                        p.freivalds_repetitions,
+                        &p.attention_sampling(),
+                    )
+                    .total();
+                    let ratio = check / flops(CheckMethod::Recompute);
                     match method {
                         LayerCheck::Both => recompute * (1.0 + ratio),
                         _ => recompute * ratio,

@@ -54,6 +54,8 @@ pub struct KeyedCheck {
     pub bound_scale: f64,
     /// Per-map calibrated scales, used instead of `bound_scale` where given.
     pub map_bounds: Option<Arc<MapBounds>>,
+    /// The sampled attention check (heads and context rows per cell).
+    pub sampling: veritrace_model::freivalds::AttentionSampling,
 }
 
 impl KeyedCheck {
@@ -134,6 +136,7 @@ impl Recompute for SimVerifier {
             tolerance: k.tolerance,
             bound_scale: k.bound_scale,
             map_bounds: k.map_bounds.as_deref(),
+            sampling: k.sampling,
         }
         .check_sublayers(statement, layer, rows, input_rows, inputs, context, cell)
     }

@@ -25,13 +25,21 @@ pub fn markdown(r: &SimReport) -> String {
     );
     if s.protocol.layer_check != veritrace_protocol::LayerCheck::Recompute {
         out.push_str(&format!(
-            "Layer check: {} (specs/protocol.md §11.4): every prover commits its sub-layer values; the verifier checks each challenged cell of a layer >= 1 with Freivalds ({} secret vectors per weight matrix, a key from a secret the provers never see) and recomputes only the nonlinear parts, {}; the cost column is the Freivalds FLOP model's ratio to recompute.\n\n",
+            "Layer check: {} (specs/protocol.md §11.4): every prover commits its sub-layer values; the verifier checks each challenged cell of a layer >= 1 with Freivalds ({} secret vectors per weight matrix, a key from a secret the provers never see) and recomputes only the nonlinear parts, {}{}; the cost column is the Freivalds FLOP model's ratio to recompute.\n\n",
             s.protocol.layer_check.name(),
             s.protocol.freivalds_repetitions,
             if s.protocol.sublayer_tolerance == 0.0 {
                 "bitwise".to_string()
             } else {
                 format!("within a relative L-infinity tolerance of {:e}", s.protocol.sublayer_tolerance)
+            },
+            {
+                let a = s.protocol.attention_sampling();
+                if a.is_full() {
+                    String::new()
+                } else {
+                    format!("; sampled attention check (specs/freivalds.md §7): per challenged cell, {a} (before the cell), drawn from the key and the statement")
+                }
             }
         ));
     }

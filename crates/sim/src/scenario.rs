@@ -33,6 +33,10 @@
 //! freivalds_bounds = "scale" # or "calibrated": a scale per linear map, calibrated on the
 //!                           # [tolerance] section's honest runs (its method, target_fpr,
 //!                           # confidence, margin) and tested on its held-out runs
+//! attention_heads = 2       # freivalds/both: query heads whose attention each cell's check
+//!                           # recomputes (sampled from the key's secret; default: all)
+//! context_rows = 16         # freivalds/both: earlier rows whose k/v provenance each cell's
+//!                           # check covers (sampled; default: all; specs/freivalds.md §7)
 //!
 //! [tolerance]
 //! metric = "rel_l2"         # or "max_abs"
@@ -304,6 +308,25 @@ pub struct ProtocolParams {
     /// ([`crate::map_calibration`]; each run draws its own key).
     #[serde(default, skip_serializing_if = "is_single_scale")]
     pub freivalds_bounds: FreivaldsBounds,
+    /// With `freivalds` or `both`: the query heads whose attention each challenged cell's
+    /// check recomputes and compares, drawn per cell from the verifier's key
+    /// ([`veritrace_model::freivalds::AttentionSampling`]; default: every head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_heads: Option<u32>,
+    /// With `freivalds` or `both`: the rows before each challenged cell whose attention norm
+    /// and key and value projections its check covers, drawn per cell (default: every row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_rows: Option<u32>,
+}
+
+impl ProtocolParams {
+    /// The verifier's sampled attention check (`attention_heads`, `context_rows`).
+    pub fn attention_sampling(&self) -> veritrace_model::freivalds::AttentionSampling {
+        veritrace_model::freivalds::AttentionSampling {
+            heads: self.attention_heads,
+            context_rows: self.context_rows,
+        }
+    }
 }
 
 /// How the simulated verifier sets its Freivalds bounds (`protocol.freivalds_bounds`).
@@ -615,6 +638,18 @@ impl Scenario {
             && q.freivalds_bound_scale <= 1.0)
         {
             return bad("protocol.freivalds_bound_scale must be in (0, 1]".into());
+        }
+        if q.attention_heads.is_some() || q.context_rows.is_some() {
+            if !q.layer_check.checks_sublayers() {
+                return bad(
+                    "protocol.attention_heads and context_rows sample the Freivalds check's \
+                     attention: they need layer_check freivalds or both"
+                        .into(),
+                );
+            }
+            if q.attention_heads == Some(0) {
+                return bad("protocol.attention_heads must be at least 1".into());
+            }
         }
         if q.freivalds_bounds == FreivaldsBounds::Calibrated {
             if !q.layer_check.checks_sublayers() {

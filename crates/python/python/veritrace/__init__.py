@@ -196,6 +196,8 @@ def verify(
     sublayer_tolerance: float = 0.0,
     freivalds_bound_scale: float = 1.0,
     freivalds_bounds: Optional[PathLike] = None,
+    attention_heads: Optional[int] = None,
+    context_rows: Optional[int] = None,
 ) -> Verdict:
     """Checks openings against a commitment by recomputing the opened cells with `model`.
     Non-interactive when `samples` is given (challenges derived from the transcript), else
@@ -207,7 +209,11 @@ def verify(
     (specs/protocol.md section 11.4), with the Freivalds bound scaled by
     `freivalds_bound_scale` (1: the rigorous bound; `keygen --calibrate-bound N` measures a
     calibrated one), or per map by the file `freivalds_bounds` (`keygen --calibrate-bound N
-    --bound-file F`). Returns the Verdict; raises VeritraceError for refused input."""
+    --bound-file F`). `attention_heads` and `context_rows` sample each challenged cell's
+    attention check (specs/freivalds.md section 7): only that many query heads are recomputed
+    and that many earlier rows' key/value provenance checked per cell, drawn from the key and
+    the statement (default: all). Returns the Verdict; raises VeritraceError for refused
+    input."""
     if isinstance(openings, (str, os.PathLike)):
         openings = [openings]
     argv: List[str] = ["verify", "--commitment", os.fspath(commitment), "--model",
@@ -228,6 +234,10 @@ def verify(
             argv += ["--freivalds-bound-scale", repr(float(freivalds_bound_scale))]
     elif freivalds_bounds is not None:
         argv += ["--freivalds-bounds", os.fspath(freivalds_bounds)]
+    if attention_heads is not None:
+        argv += ["--attention-heads", str(int(attention_heads))]
+    if context_rows is not None:
+        argv += ["--context-rows", str(int(context_rows))]
     policy_file = None
     try:
         if isinstance(tolerance, dict):

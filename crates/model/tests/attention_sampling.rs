@@ -1,0 +1,337 @@
+//! The sampled attention check ([`check_cell_sampled`], specs/freivalds.md §7): a sample of
+//! every head and every row is the full check exactly; honest cells pass under any sample, on
+//! candle's kernels and the invariant ones; a wrong head's attention or a wrong context row's
+//! provenance is caught exactly when the sample covers it; the draw is uniform, deterministic
+//! (known-answer vector) and bound to the key and the statement; bad samples are typed errors.
+//! Setups: f32 on candle's kernels and on the invariant ones, bf16 on candle's.
+
+use veritrace_model::freivalds::{
+    check_cell, check_cell_sampled, AttentionSampling, CellCheck, CellClaim, CellSample,
+    FreivaldsError, Matrix, VerifierKey, VerifierSecret,
+};
+use veritrace_model::{LlamaModel, Setup, SubLayers, Trace};
+
+const TILE: usize = 8;
+const N: usize = 29;
+
+fn prompt() -> Vec<u32> {
+    (0..N as u32)
+        .map(|i| (5 + 31 * i * i + 13 * i) % 512)
+        .collect()
+}
+
+type Parts = (Vec<f32>, Vec<f32>, SubLayers, SubLayers);
+
+/// The claim of cell (layer, chunk) from a prover's capture.
+fn claim_parts(
+    model: &LlamaModel,
+    trace: &Trace,
+    sub: &[SubLayers],
+    layer: usize,
+    chunk: usize,
+) -> Parts {
+    let d = model.config().hidden_size;
+    let layout = veritrace_model::sublayer::SubLayerLayout::of(model.config());
+    let s = &sub[layer - 1];
+    let (lo, e) = (chunk * TILE, ((chunk + 1) * TILE).min(N));
+    (
+        trace.layers[layer - 1][..e * d].to_vec(),
+        trace.layers[layer][lo * d..e * d].to_vec(),
+        layout.rows(s, 0..e, 0..0).expect("context rows"),
+        layout.rows(s, 0..0, lo..e).expect("cell rows"),
+    )
+}
+
+fn claim(p: &Parts) -> CellClaim<'_> {
+    CellClaim {
+        h_in: &p.0,
+        h_out: &p.1,
+        context: &p.2,
+        cell: &p.3,
+    }
+}
+
+struct Fixture {
+    model: LlamaModel,
+    key: VerifierKey,
+}
+
+fn fixture() -> Fixture {
+    let model = LlamaModel::preset("tiny").unwrap();
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([9; 32]), &model, 2).unwrap();
+    Fixture { model, key }
+}
+
+fn sampled(
+    f: &Fixture,
+    setup: &Setup,
+    (layer, chunk): (usize, usize),
+    p: &Parts,
+    sample: &CellSample,
+) -> Result<CellCheck, FreivaldsError> {
+    // the key of the setup's weights (the checkpoint's for f32, derived for bf16)
+    let key = f.key.for_setup(&f.model, setup).unwrap();
+    check_cell_sampled(
+        &key,
+        &f.model,
+        setup,
+        (TILE, layer, chunk),
+        &claim(p),
+        0.0,
+        sample,
+    )
+}
+
+fn deviation(r: &CellCheck, what: &str) -> f64 {
+    r.nonlinear
+        .iter()
+        .find(|(w, _)| *w == what)
+        .map(|&(_, d)| d)
+        .unwrap()
+}
+
+fn setups() -> Vec<Setup> {
+    [
+        "f32/attn=eager",
+        "f32/attn=eager/kernels=invariant",
+        "bf16/attn=eager",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect()
+}
+
+#[test]
+fn a_sample_of_everything_is_the_full_check_and_honest_cells_pass_any_sample() {
+    let f = fixture();
+    let heads = f.model.config().num_heads;
+    for setup in setups() {
+        let (trace, sub) = f.model.trace_sublayers(&setup, &prompt(), TILE).unwrap();
+        for (layer, chunk) in [(1, 1), (2, 3), (4, 2)] {
+            let p = claim_parts(&f.model, &trace, &sub, layer, chunk);
+            let key = f.key.for_setup(&f.model, &setup).unwrap();
+            let full =
+                check_cell(&key, &f.model, &setup, TILE, layer, chunk, &claim(&p), 0.0).unwrap();
+            assert!(full.passed, "{setup} {layer}/{chunk}: {full:?}");
+            let everything = CellSample {
+                heads: Some((0..heads).collect()),
+                context_rows: Some((0..chunk * TILE).collect()),
+            };
+            let r = sampled(&f, &setup, (layer, chunk), &p, &everything).unwrap();
+            assert_eq!(r, full, "{setup} {layer}/{chunk}");
+            for seed in 0..12u8 {
+                for sampling in [
+                    AttentionSampling {
+                        heads: Some(1 + u32::from(seed) % heads as u32),
+                        context_rows: Some(u32::from(seed) % 5),
+                    },
+                    AttentionSampling {
+                        heads: Some(1),
+                        context_rows: None,
+                    },
+                ] {
+                    let s = sampling.draw([seed; 32], heads, chunk * TILE);
+                    let r = sampled(&f, &setup, (layer, chunk), &p, &s).unwrap();
+                    assert!(r.passed, "{setup} {layer}/{chunk} {s:?}: {r:?}");
+                    // bitwise: the sampled heads' recomputed attention is the captured one
+                    assert!(r.nonlinear.iter().all(|&(_, d)| d == 0.0), "{r:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_wrong_head_or_context_row_is_caught_exactly_when_sampled() {
+    let f = fixture();
+    let c = f.model.config().clone();
+    let (hd, heads) = (c.head_dim(), c.num_heads);
+    let (layer, chunk) = (3, 3);
+    let lo = chunk * TILE;
+    for setup in setups() {
+        let (trace, sub) = f.model.trace_sublayers(&setup, &prompt(), TILE).unwrap();
+        let honest = claim_parts(&f.model, &trace, &sub, layer, chunk);
+        // head 2's attention output changed in the cell's second row
+        let bad_head = 2;
+        let mut wrong_head = honest.clone();
+        wrong_head.3.attn[heads * hd + bad_head * hd + 7] += 1e-3;
+        // row 5's attention norm input changed (a context row before the cell)
+        let bad_row = 5;
+        let mut wrong_norm = honest.clone();
+        wrong_norm.2.normed[bad_row * c.hidden_size + 3] += 1e-3;
+        // row 11's key changed: its Freivalds check fails exactly when the row is drawn (the
+        // attention of a head reading it may fail too; not asserted here)
+        let key_row = 11;
+        let mut wrong_key = honest.clone();
+        wrong_key.2.k[key_row * c.num_kv_heads * hd + 1] += 1.0; // beyond bf16's bound too
+        let (mut head_hits, mut row_hits, mut draws) = (0, 0, 0);
+        for seed in 0..40u8 {
+            let sampling = AttentionSampling {
+                heads: Some(2),
+                context_rows: Some(6),
+            };
+            let s = sampling.draw([seed; 32], heads, lo);
+            let hs = s.heads.clone().unwrap();
+            let rs = s.context_rows.clone().unwrap();
+            assert_eq!((hs.len(), rs.len()), (2, 6));
+            draws += 1;
+            let r = sampled(&f, &setup, (layer, chunk), &wrong_head, &s).unwrap();
+            let caught = deviation(&r, "attn") > 0.0;
+            assert_eq!(caught, hs.contains(&bad_head), "{setup} {s:?}: {r:?}");
+            assert_eq!(r.passed, !caught);
+            head_hits += usize::from(caught);
+            let r = sampled(&f, &setup, (layer, chunk), &wrong_norm, &s).unwrap();
+            let caught = deviation(&r, "normed") > 0.0;
+            assert_eq!(caught, rs.contains(&bad_row), "{setup} {s:?}: {r:?}");
+            assert_eq!(r.passed, !caught);
+            row_hits += usize::from(caught);
+            let r = sampled(&f, &setup, (layer, chunk), &wrong_key, &s).unwrap();
+            let k_failed = r.linear.iter().any(|(m, l)| *m == Matrix::K && !l.passed);
+            assert_eq!(k_failed, rs.contains(&key_row), "{setup} {s:?}: {r:?}");
+        }
+        // both parts were drawn both ways (2 of 4 heads, 6 of 24 rows)
+        assert!(0 < head_hits && head_hits < draws, "{head_hits}/{draws}");
+        assert!(0 < row_hits && row_hits < draws, "{row_hits}/{draws}");
+    }
+}
+
+#[test]
+fn the_draw_is_uniform_deterministic_and_bound_to_key_and_statement() {
+    let sampling = AttentionSampling {
+        heads: Some(3),
+        context_rows: Some(10),
+    };
+    // known-answer vector: this draw is part of the protocol (an auditor with the key
+    // re-derives every cell's sample)
+    let s = sampling.draw([1; 32], 8, 100);
+    assert_eq!(s.heads.unwrap(), [2, 3, 5]);
+    assert_eq!(
+        s.context_rows.unwrap(),
+        [1, 5, 12, 26, 58, 76, 85, 88, 91, 96]
+    );
+    // uniform: each of 8 heads is drawn in 3/8 of 4000 draws, each of 40 rows in 10/40, each
+    // within 5 standard deviations of its binomial count
+    let (trials, n_rows) = (4000u32, 40);
+    let (mut heads, mut rows) = (vec![0u32; 8], vec![0u32; n_rows]);
+    for t in 0..trials {
+        let mut seed = [0u8; 32];
+        seed[..4].copy_from_slice(&t.to_le_bytes());
+        let s = sampling.draw(seed, 8, n_rows);
+        for h in s.heads.unwrap() {
+            heads[h] += 1;
+        }
+        for r in s.context_rows.unwrap() {
+            rows[r] += 1;
+        }
+    }
+    let within = |count: u32, p: f64| {
+        let mean = f64::from(trials) * p;
+        (f64::from(count) - mean).abs() <= 5.0 * (mean * (1.0 - p)).sqrt()
+    };
+    assert!(heads.iter().all(|&c| within(c, 3.0 / 8.0)), "{heads:?}");
+    assert!(rows.iter().all(|&c| within(c, 10.0 / 40.0)), "{rows:?}");
+    // a part sampled at or above its size is checked whole
+    let all = AttentionSampling {
+        heads: Some(8),
+        context_rows: Some(3),
+    }
+    .draw([2; 32], 8, 3);
+    assert_eq!(all, CellSample::full());
+    // the seed: deterministic, and another key, statement, layer or chunk draws another
+    let f = fixture();
+    let other = VerifierKey::build(&VerifierSecret::from_bytes([10; 32]), &f.model, 2).unwrap();
+    let seed = f.key.sample_seed(b"statement", 2, 1);
+    assert_eq!(seed, f.key.sample_seed(b"statement", 2, 1));
+    for different in [
+        other.sample_seed(b"statement", 2, 1),
+        f.key.sample_seed(b"statemenu", 2, 1),
+        f.key.sample_seed(b"statement", 3, 1),
+        f.key.sample_seed(b"statement", 2, 0),
+    ] {
+        assert_ne!(seed, different);
+    }
+    // a key derived for a setup's weights holds the same secret vectors: the same samples
+    let bf16: Setup = "bf16/attn=eager".parse().unwrap();
+    let derived = f.key.for_setup(&f.model, &bf16).unwrap();
+    assert_eq!(derived.sample_seed(b"statement", 2, 1), seed);
+}
+
+#[test]
+fn bad_samples_are_typed_errors() {
+    let f = fixture();
+    let setup: Setup = "f32/attn=eager".parse().unwrap();
+    let (trace, sub) = f.model.trace_sublayers(&setup, &prompt(), TILE).unwrap();
+    let (layer, chunk) = (2, 2);
+    let p = claim_parts(&f.model, &trace, &sub, layer, chunk);
+    let heads = f.model.config().num_heads;
+    for bad in [
+        CellSample {
+            heads: Some(vec![]),
+            context_rows: None,
+        },
+        CellSample {
+            heads: Some(vec![1, 1]),
+            context_rows: None,
+        },
+        CellSample {
+            heads: Some(vec![2, 0]),
+            context_rows: None,
+        },
+        CellSample {
+            heads: Some(vec![heads]),
+            context_rows: None,
+        },
+        CellSample {
+            heads: None,
+            context_rows: Some(vec![3, 2]),
+        },
+        CellSample {
+            heads: None,
+            context_rows: Some(vec![chunk * TILE]),
+        },
+    ] {
+        let r = sampled(&f, &setup, (layer, chunk), &p, &bad);
+        assert!(
+            matches!(
+                r,
+                Err(FreivaldsError::InvalidArgument(_)) | Err(FreivaldsError::Model(_))
+            ),
+            "{bad:?}: {r:?}"
+        );
+    }
+    assert!(AttentionSampling {
+        heads: Some(0),
+        context_rows: None
+    }
+    .validate()
+    .is_err());
+    // a non-finite key in a row the sample does not check is still an error when a sampled
+    // head reads it (the attention reads every row); in a key-value head no sampled head
+    // reads, it is not read at all (the check's cost is the sample's)
+    let hd = f.model.config().head_dim();
+    let kvd = f.model.config().num_kv_heads * hd;
+    let s = CellSample {
+        heads: Some(vec![3]),
+        context_rows: Some(vec![9]),
+    };
+    let mut q = p.clone();
+    q.2.k[kvd + hd + 1] = f32::NAN; // row 1, key-value head 1 (query head 3's)
+    assert!(matches!(
+        sampled(&f, &setup, (layer, chunk), &q, &s),
+        Err(FreivaldsError::NonFinite { .. })
+    ));
+    let mut q = p.clone();
+    q.2.v[kvd + 1] = f32::NAN; // row 1, key-value head 0
+    assert!(sampled(&f, &setup, (layer, chunk), &q, &s).unwrap().passed);
+    // an input row the sample norms is refused; one it does not norm is not read
+    let mut q = p.clone();
+    q.0[9 * f.model.config().hidden_size] = f32::NAN;
+    assert!(matches!(
+        sampled(&f, &setup, (layer, chunk), &q, &s),
+        Err(FreivaldsError::Model(veritrace_model::ModelError::NonFinite { index, .. }))
+            if index == 9 * f.model.config().hidden_size
+    ));
+    let mut q = p;
+    q.0[2] = f32::NAN;
+    assert!(sampled(&f, &setup, (layer, chunk), &q, &s).unwrap().passed);
+}
