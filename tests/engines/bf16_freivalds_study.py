@@ -9,7 +9,9 @@ the honest sessions rejected (transformers' own bf16 values, never seen by the c
 the sessions of int8 weights (per output channel) run in bf16 and claimed as bf16 that are
 caught, at k = 16. Then the same with scales from transformers' own bf16 runs (600 committed
 sub-layer traces, `keygen --bound-trace`, twice each map's largest ratio: the fitted tail
-refuses these runs, whose query-projection ratios have a tail heavier than exponential).
+refuses these runs, whose query-projection ratios have a tail heavier than exponential), which
+also calibrate the nonlinear parts' tolerances per layer and part (twice the largest deviation),
+so those sessions run with no hand-set tolerance at all.
 
     python tests/engines/bf16_freivalds_study.py [--sessions N]
 
@@ -46,7 +48,7 @@ with tempfile.TemporaryDirectory() as tmp:
         "exponential-tail", "--bound-holdout", "100")[-400:])
     polf = os.path.join(tmp, "pol.json")
     json.dump({"threshold": {"metric": "rel_l2", "thresholds": {"default": 0.05, "overrides": {}}}}, open(polf, "w"))
-    def sessions(m, name, n, bounds=bounds):
+    def sessions(m, name, n, bounds=bounds, tol=0.02):
         rej = 0; reasons = []
         for i in range(n):
             ids = [(3 + 37 * i * j + 11 * j) % 256 for j in range(9)]
@@ -58,7 +60,7 @@ with tempfile.TemporaryDirectory() as tmp:
                              trace_level="sublayer", setup="bf16/attn=eager/kernels=invariant")
             op = veritrace.open_cells(os.path.join(run, "trace.safetensors"), out=os.path.join(tmp, f"o{name}{i}"), samples=16)
             v = veritrace.verify(os.path.join(run, "commitment.json"), op, model=ckpt, samples=16,
-                                 tolerance=polf, key=key, layer_check="freivalds", sublayer_tolerance=0.02,
+                                 tolerance=polf, key=key, layer_check="freivalds", sublayer_tolerance=tol,
                                  freivalds_bounds=bounds)
             if not v.accepted:
                 rej += 1; reasons.append(str(v.reason)[:160])
@@ -88,5 +90,22 @@ with tempfile.TemporaryDirectory() as tmp:
     print(veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out",
         os.path.join(tmp, "k2"), "--calibrate-bound", "600", "--calibration-setup",
         "bf16/attn=eager/kernels=invariant", "--bound-file", own, *traces)[-400:])
-    print("scales from transformers' runs: honest bf16", sessions(honest, "hx", args.sessions, own))
-    print("scales from transformers' runs: int8 in bf16", sessions(m, "cx", args.sessions, own))
+    # the file also holds nonlinear tolerances calibrated on the same 600 runs (twice each
+    # layer's and part's largest deviation), which replace the hand-set 2e-2: the sessions
+    # below pass sublayer_tolerance=0, so only the calibrated tolerances can accept them
+    tol = json.load(open(own))["nonlinear"]
+    print("nonlinear tolerances from transformers' runs (normed, attn, mlp_in, act per layer):",
+          [[float(f"{x:.3g}") for x in row] for row in tol])
+    print("scales and tolerances from transformers' runs: honest bf16",
+          sessions(honest, "hx", args.sessions, own, 0.0))
+    print("scales and tolerances from transformers' runs: int8 in bf16",
+          sessions(m, "cx", args.sessions, own, 0.0))
+    m4 = type(model).from_pretrained(ckpt).float().eval()
+    with torch.no_grad():
+        for name, p in m4.named_parameters():
+            if p.dim() == 2 and "layers" in name:
+                g = p.reshape(p.shape[0], -1, 32)
+                s = g.abs().amax(dim=2, keepdim=True) / 7.0
+                p.copy_((torch.round(g / s).clamp(-8, 7) * s).reshape(p.shape))
+    print("scales and tolerances from transformers' runs: int4 (groups of 32) in bf16",
+          sessions(m4.to(torch.bfloat16), "c4", args.sessions, own, 0.0))

@@ -86,7 +86,11 @@ pub struct KeygenArgs {
     /// With --calibrate-bound N: take the honest runs from these sub-layer trace files instead
     /// of generating them (repeatable; e.g. another engine's runs committed with `commit
     /// --trace-level sublayer`): the first N calibrate, the next --bound-holdout are held out.
-    /// Each statement's setup must have --calibration-setup's weights.
+    /// Each statement's setup must have --calibration-setup's weights. The runs' nonlinear
+    /// parts are checked too (every cell, as the verifier recomputes them), and --bound-file
+    /// then also holds per-layer, per-part tolerances of them, calibrated with the scales
+    /// under the same method and claim: for another engine's runs, whose nonlinear arithmetic
+    /// differs from this one's, in place of a hand-set --sublayer-tolerance.
     #[arg(long = "bound-trace", value_name = "FILE")]
     pub bound_traces: Vec<PathBuf>,
 }
@@ -192,7 +196,7 @@ fn trace_run(
         path: path.display().to_string(),
         reason,
     };
-    let (_, statement) = veritrace_model::read_trace(path)?;
+    let (trace, statement) = veritrace_model::read_trace(path)?;
     let statement = statement.ok_or_else(|| refuse("the trace file holds no statement".into()))?;
     if statement.model_digest != model.digest() {
         return Err(refuse("a trace of another model".into()).into());
@@ -209,32 +213,64 @@ fn trace_run(
             .collect()
     };
     let n = statement.geometry.tokens as usize;
-    let ratios = context
+    let sub = context
         .iter()
         .zip(&cell)
-        .enumerate()
-        .map(|(i, (c, x))| -> anyhow::Result<[f64; 7]> {
+        .map(|(c, x)| -> anyhow::Result<veritrace_model::SubLayers> {
             let ctx = layout.unpack_context(&floats(c))?;
-            let s = veritrace_model::SubLayers {
+            Ok(veritrace_model::SubLayers {
                 normed: ctx.normed,
                 k: ctx.k,
                 v: ctx.v,
                 ..layout.unpack_cell(&floats(x))?
-            };
-            Ok(veritrace_model::freivalds::layer_map_ratios(
-                key,
-                model,
-                i + 1,
-                &s,
-                n,
-            )?)
+            })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let ratios = sub
+        .iter()
+        .enumerate()
+        .map(|(i, s)| veritrace_model::freivalds::layer_map_ratios(key, model, i + 1, s, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    // the run's nonlinear parts as the verifier recomputes them (another engine's differ from
+    // this one's): the evidence for the file's nonlinear tolerances
+    let nonlinear = veritrace_model::freivalds::run_nonlinear_deviations(
+        key,
+        model,
+        &setup,
+        statement.geometry.chunk as usize,
+        &trace.layers,
+        &sub,
+    )
+    .map_err(|e| refuse(format!("its nonlinear parts: {e}")))?;
     let variation = match &statement.engine {
         Some(engine) => format!("{setup} on {engine}"),
         None => setup.to_string(),
     };
-    Ok(MapRun { variation, ratios })
+    Ok(MapRun {
+        variation,
+        ratios,
+        nonlinear: Some(nonlinear),
+    })
+}
+
+/// The bound file's nonlinear tolerances, where it has them (runs from trace files).
+fn nonlinear_line(
+    out: &mut dyn Write,
+    bounds: &veritrace_model::freivalds::MapBounds,
+) -> anyhow::Result<()> {
+    if let Some(t) = &bounds.nonlinear {
+        let (lo, hi) = t
+            .iter()
+            .flatten()
+            .fold((f64::INFINITY, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        writeln!(
+            out,
+            "nonlinear tolerances: {lo:.3e} to {hi:.3e} (relative L-inf per layer and part, \
+             calibrated with the scales on the trace files' runs; verify --freivalds-bounds \
+             applies them in place of --sublayer-tolerance)"
+        )?;
+    }
+    Ok(())
 }
 
 /// Writes a new secret file with mode 0600, refusing to replace an existing file.
@@ -422,6 +458,7 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let tokens =
                 veritrace_model::Engine::prompt(&model, u64::from(i), args.calibration_tokens);
             Ok(MapRun {
+                nonlinear: None,
                 variation: setup.to_string(),
                 ratios: veritrace_model::freivalds::honest_map_ratios(
                     &key, &model, setup, &tokens, 8,
@@ -455,6 +492,7 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 calibrate_map_bounds(key.model_digest(), &key.weights(), &map_runs, &held, config)?;
             let json = serde_json::to_string_pretty(&r.bounds)? + "\n";
             files::write_atomic(path, json.as_bytes())?;
+            nonlinear_line(out, &r.bounds)?;
             let (lo, hi) = r.scale_range();
             writeln!(
                 out,
@@ -491,14 +529,20 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 2.0,
             )?;
             bounds.weights = key.weights();
+            let nonlinear: Option<Vec<Vec<[f64; 4]>>> =
+                map_runs.iter().map(|r| r.nonlinear.clone()).collect();
+            if let Some(runs) = nonlinear {
+                bounds.set_nonlinear(&runs, 2.0)?;
+            }
             let json = serde_json::to_string_pretty(&bounds)? + "\n";
             files::write_atomic(path, json.as_bytes())?;
+            nonlinear_line(out, &bounds)?;
             let all = bounds.scales.iter().flatten();
             let (lo, hi) = all.fold((f64::INFINITY, 0f64), |(lo, hi), &s| (lo.min(s), hi.max(s)));
             writeln!(
                 out,
                 "per-map bound scales: {} ({lo:.3e} to {hi:.3e}; verify --freivalds-bounds; a \
-                 further honest run exceeds some map's scale with probability <= {:.3})",
+                 further honest run exceeds some map's scale or part's tolerance with probability <= {:.3})",
                 path.display(),
                 bounds.exceed_bound()
             )?;

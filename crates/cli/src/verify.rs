@@ -100,7 +100,9 @@ pub struct VerifyArgs {
     pub freivalds_bound_scale: f64,
     /// With --layer-check freivalds or both: per-map calibrated bound scales (the JSON file
     /// `veritrace keygen --calibrate-bound N --bound-file F` writes, for the key's model),
-    /// instead of one --freivalds-bound-scale.
+    /// instead of one --freivalds-bound-scale. A file calibrated on trace files (`keygen
+    /// --bound-trace`) also holds per-layer, per-part tolerances of the nonlinear parts, which
+    /// then replace --sublayer-tolerance.
     #[arg(long, conflicts_with = "freivalds_bound_scale")]
     pub freivalds_bounds: Option<PathBuf>,
     /// With --layer-check freivalds or both: check the attention of only N query heads per

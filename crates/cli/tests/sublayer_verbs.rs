@@ -830,8 +830,26 @@ fn a_bf16_sublayer_session_is_checked_with_the_key_of_its_weights() {
     let int8_trace = p("int8/trace.safetensors");
     let (c, o) = from_traces(&["--calibrate-bound", "1", "--bound-trace", &bf16_trace]);
     assert_eq!(c, 0, "{o}");
+    assert!(o.contains("nonlinear tolerances"), "{o}");
     let (c, o) = verify("traced-bounds.json");
     assert_eq!(c, 0, "{o}");
+    // the file holds the nonlinear tolerances of the trace's runs: 0 in every part here (the
+    // bf16 prover is this engine: its nonlinear parts agree bit for bit)
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("traced-bounds.json")).unwrap()).unwrap();
+    let t = b["nonlinear"].as_array().expect("nonlinear tolerances");
+    assert_eq!(t.len(), 4, "one row per layer of tiny");
+    assert!(t
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .all(|x| x.as_f64() == Some(0.0)));
+    // a negative tolerance is refused (exit 2)
+    let mut bad = b.clone();
+    bad["nonlinear"][1][2] = serde_json::json!(-1.0);
+    std::fs::write(p("bad-bounds.json"), bad.to_string()).unwrap();
+    let (c, o) = verify("bad-bounds.json");
+    assert_eq!(c, 2, "{o}");
+    assert!(o.contains("tolerance"), "{o}");
     // too few files; a trace of other weights than the setup's
     let (c, o) = from_traces(&["--calibrate-bound", "2", "--bound-trace", &bf16_trace]);
     assert_eq!(c, 2, "{o}");

@@ -2155,6 +2155,73 @@ pub fn layer_map_ratios(
     Ok(row)
 }
 
+/// One honest run's worst relative L∞ deviation per layer and nonlinear part
+/// ([`NONLINEAR_PARTS`]), over every cell of the run: `out[l − 1][p]`. Each cell `(l, j)` of
+/// `tile` rows is checked as a verifier checks it ([`check_sublayer_values`], every head and
+/// context row), from the run's hidden states `layers` (`h_0 … h_L`, row-major `[n, hidden]`)
+/// and sub-layer values `sub` (layers `1..=L`, as [`LlamaModel::trace_sublayers`] gives them or
+/// another engine's capture). The evidence for calibrating [`MapBounds::nonlinear`] on
+/// another engine's runs, whose nonlinear arithmetic differs from this engine's.
+///
+/// # Errors
+/// A key of another model or weights than `setup`'s, values of the wrong lengths or
+/// non-finite, fewer hidden layers than sub-layer layers.
+pub fn run_nonlinear_deviations(
+    key: &VerifierKey,
+    model: &LlamaModel,
+    setup: &crate::Setup,
+    tile: usize,
+    layers: &[Vec<f32>],
+    sub: &[SubLayers],
+) -> Result<Vec<[f64; 4]>> {
+    let c = model.config();
+    let d = c.hidden_size;
+    let first = layers.first().map_or(0, |h| h.len() / d.max(1));
+    if tile == 0 || first == 0 || layers.len() <= sub.len() {
+        return Err(FreivaldsError::InvalidArgument(format!(
+            "{} hidden layers of {first} rows, {} sub-layer layers, tile {tile}",
+            layers.len(),
+            sub.len()
+        )));
+    }
+    let layout = crate::sublayer::SubLayerLayout::of(c);
+    let mut out = Vec::with_capacity(sub.len());
+    for (i, s) in sub.iter().enumerate() {
+        let layer = i + 1;
+        let mut worst = [0f64; 4];
+        for chunk in 0..first.div_ceil(tile) {
+            let (lo, e) = (chunk * tile, ((chunk + 1) * tile).min(first));
+            let h_in = layers[layer - 1]
+                .get(..e * d)
+                .ok_or(FreivaldsError::WrongLength {
+                    what: "hidden rows",
+                    expected: (e * d) as u64,
+                    got: layers[layer - 1].len(),
+                })?;
+            let context = layout.rows(s, 0..e, 0..0)?;
+            let cell = layout.rows(s, 0..0, lo..e)?;
+            let (check, _) = check_sublayer_values(
+                key,
+                model,
+                setup,
+                tile,
+                layer,
+                chunk,
+                h_in,
+                &context,
+                &cell,
+                0.0,
+                &CellSample::full(),
+            )?;
+            for (w, (_, dev)) in worst.iter_mut().zip(&check.nonlinear) {
+                *w = nan_max(*w, *dev);
+            }
+        }
+        out.push(worst);
+    }
+    Ok(out)
+}
+
 /// Calibrated Freivalds bound scales, one per linear map of each layer (the file `veritrace
 /// keygen --calibrate-bound N --bound-file F` writes and `verify --freivalds-bounds F` reads).
 ///
@@ -2188,6 +2255,44 @@ pub struct MapBounds {
     /// derived key's `bf16`, `f16`, `f32/quant=…`); absent in files written before it: `f32`.
     #[serde(default = "f32_weights", skip_serializing_if = "is_f32_weights")]
     pub weights: String,
+    /// Calibrated tolerances of the nonlinear parts the check recomputes, from the same honest
+    /// runs: `nonlinear[l − 1][p]` bounds the relative L∞ deviation of layer `l`'s part
+    /// [`NONLINEAR_PARTS`]`[p]`, in place of one `--sublayer-tolerance` (absent: that one
+    /// tolerance applies). Calibrated with the scales, so the file's claim covers both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonlinear: Option<Vec<[f64; 4]>>,
+}
+
+/// The nonlinear parts of a cell's check, in the order of [`MapBounds::nonlinear`] and of
+/// [`CellCheck::nonlinear`] (before its `h_out`, which the protocol's tolerance policy judges).
+pub const NONLINEAR_PARTS: [&str; 4] = ["normed", "attn", "mlp_in", "act"];
+
+/// Per layer and entry, the largest value over `runs` (each `layers` rows of `W`), refusing
+/// runs of another layer count and non-finite or negative values (`what` names them).
+fn largest<const W: usize>(
+    runs: &[Vec<[f64; W]>],
+    layers: usize,
+    what: &str,
+) -> Result<Vec<[f64; W]>> {
+    let bad = |m: String| FreivaldsError::InvalidArgument(m);
+    let mut worst = vec![[0f64; W]; layers];
+    for run in runs {
+        if run.len() != layers {
+            return Err(bad(format!(
+                "calibration runs of different layer counts ({} and {layers}, {what}s)",
+                run.len()
+            )));
+        }
+        for (w, r) in worst.iter_mut().zip(run) {
+            for (a, &b) in w.iter_mut().zip(r) {
+                if !(b.is_finite() && b >= 0.0) {
+                    return Err(bad(format!("a {what} of {b}")));
+                }
+                *a = a.max(b);
+            }
+        }
+    }
+    Ok(worst)
 }
 
 fn f32_weights() -> String {
@@ -2236,20 +2341,7 @@ impl MapBounds {
         if !(margin.is_finite() && margin >= 1.0) {
             return Err(bad(format!("margin {margin} must be finite and >= 1")));
         }
-        let mut worst = vec![[0f64; 7]; first.len()];
-        for run in runs {
-            if run.len() != first.len() {
-                return Err(bad("calibration runs of different layer counts".into()));
-            }
-            for (w, r) in worst.iter_mut().zip(run) {
-                for (wm, &rm) in w.iter_mut().zip(r) {
-                    if !(rm.is_finite() && rm >= 0.0) {
-                        return Err(bad(format!("a ratio of {rm}")));
-                    }
-                    *wm = wm.max(rm);
-                }
-            }
-        }
+        let worst = largest(runs, first.len(), "ratio")?;
         let mut scales = Vec::with_capacity(worst.len());
         for (l, w) in worst.iter().enumerate() {
             let mut row = [0f64; 7];
@@ -2274,19 +2366,54 @@ impl MapBounds {
             scales,
             calibration: None,
             weights: f32_weights(),
+            nonlinear: None,
         })
     }
 
+    /// Sets the nonlinear tolerances from `runs` (each [`run_nonlinear_deviations`] of one
+    /// honest run, the runs of [`MapBounds::calibrate`]) as `margin` times each part's largest
+    /// deviation (0 where every run agreed bit for bit: then that part must agree bitwise).
+    ///
+    /// # Errors
+    /// [`FreivaldsError::InvalidArgument`] for runs of other counts or layer counts than the
+    /// scales', or a non-finite or negative deviation.
+    pub fn set_nonlinear(&mut self, runs: &[Vec<[f64; 4]>], margin: f64) -> Result<()> {
+        let bad = |m: String| FreivaldsError::InvalidArgument(m);
+        if runs.len() != self.runs as usize || !(margin.is_finite() && margin >= 1.0) {
+            return Err(bad(format!(
+                "{} runs of nonlinear deviations for {} runs of scales (margin {margin} >= 1)",
+                runs.len(),
+                self.runs
+            )));
+        }
+        let mut worst = largest(runs, self.scales.len(), "nonlinear deviation")?;
+        for w in &mut worst {
+            w.iter_mut().for_each(|x| *x *= margin);
+        }
+        self.nonlinear = Some(worst);
+        Ok(())
+    }
+
+    /// The tolerance of nonlinear part `part` ([`NONLINEAR_PARTS`]) of `layer` (`1..=L`), where
+    /// the file has them.
+    pub fn tolerance(&self, layer: usize, part: &str) -> Option<f64> {
+        let p = NONLINEAR_PARTS.iter().position(|&x| x == part)?;
+        let row = self.nonlinear.as_ref()?.get(layer.checked_sub(1)?)?;
+        Some(row[p])
+    }
+
     /// The bound on the probability that a further honest run exchangeable with the
-    /// calibration runs exceeds some map's scale: `min(1, M / (N + 1))`, `M` the maps, for
-    /// scales from the largest ratios; the calibrated session rate `τ` (at its confidence) for
-    /// scales from [`MapBounds::calibration`].
+    /// calibration runs exceeds some map's scale (or some nonlinear part's tolerance, where
+    /// the file has them): `min(1, M / (N + 1))`, `M` the maps and parts, for scales from the
+    /// largest ratios; the calibrated session rate `τ` (at its confidence) for scales from
+    /// [`MapBounds::calibration`].
     pub fn exceed_bound(&self) -> f64 {
         if let Some(c) = &self.calibration {
             return c.target_session_fpr;
         }
-        let maps = (self.scales.len() * 7) as f64;
-        (maps / (f64::from(self.runs) + 1.0)).min(1.0)
+        let parts = if self.nonlinear.is_some() { 11 } else { 7 };
+        let checks = (self.scales.len() * parts) as f64;
+        (checks / (f64::from(self.runs) + 1.0)).min(1.0)
     }
 
     /// Checks the file against `key`: the same model, one row of scales per layer, every scale
@@ -2340,6 +2467,26 @@ impl MapBounds {
                     c.holdout_exceeding,
                     c.holdout_runs
                 )));
+            }
+        }
+        if let Some(t) = &self.nonlinear {
+            if t.len() != self.scales.len() {
+                return Err(bad(format!(
+                    "{} layers of nonlinear tolerances for {} layers of scales",
+                    t.len(),
+                    self.scales.len()
+                )));
+            }
+            for (l, row) in t.iter().enumerate() {
+                for (p, &x) in row.iter().enumerate() {
+                    if !(x.is_finite() && x >= 0.0) {
+                        return Err(bad(format!(
+                            "layer {} {}: tolerance {x} is not finite and >= 0",
+                            l + 1,
+                            NONLINEAR_PARTS[p]
+                        )));
+                    }
+                }
             }
         }
         for (l, row) in self.scales.iter().enumerate() {

@@ -321,7 +321,8 @@ pub struct KeyedVerifier<'a> {
     /// false-alarm rate its calibration states.
     pub bound_scale: f64,
     /// Per-map calibrated scales ([`crate::freivalds::MapBounds`], checked against the key
-    /// by its `validate`), used instead of `bound_scale` where given.
+    /// by its `validate`), used instead of `bound_scale` where given; where the file also
+    /// holds nonlinear tolerances, those are used instead of `tolerance`.
     pub map_bounds: Option<&'a crate::freivalds::MapBounds>,
     /// The sampled attention check ([`crate::freivalds::AttentionSampling`]; `FULL` checks
     /// every head and context row). Each cell's heads and rows are drawn from the key's secret
@@ -485,11 +486,18 @@ impl Recompute for KeyedVerifier<'_> {
         for (m, l) in &mut check.linear {
             l.passed = l.worst_ratio <= scale(*m);
         }
+        // the nonlinear parts' tolerance: calibrated per layer and part where the bound file
+        // has them, else the verifier's one tolerance
+        let tolerance = |part: &str| {
+            self.map_bounds
+                .and_then(|b| b.tolerance(layer as usize, part))
+                .unwrap_or(self.tolerance)
+        };
         check.passed = check.linear.iter().all(|(_, l)| l.passed)
             && check
                 .nonlinear
                 .iter()
-                .all(|&(_, dev)| dev <= self.tolerance);
+                .all(|&(what, dev)| dev <= tolerance(what));
         if !check.passed {
             let mut failures: Vec<String> = check
                 .linear
@@ -510,11 +518,11 @@ impl Recompute for KeyedVerifier<'_> {
                 check
                     .nonlinear
                     .iter()
-                    .filter(|(_, dev)| dev.is_nan() || *dev > self.tolerance)
-                    .map(|(what, dev)| {
+                    .filter(|&&(what, dev)| dev.is_nan() || dev > tolerance(what))
+                    .map(|&(what, dev)| {
                         format!(
                             "{what}: relative deviation {dev:.3e} > {:.3e}",
-                            self.tolerance
+                            tolerance(what)
                         )
                     }),
             );

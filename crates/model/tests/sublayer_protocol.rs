@@ -68,6 +68,43 @@ fn session(
     }
 }
 
+/// Every cell above layer 0 of a run of `run_setup` over `tokens` (4 generated, cells of
+/// `chunk` rows) whose statement claims `claimed`, each opened and checked alone by `kv` under
+/// `policy`, in cell order.
+#[allow(clippy::too_many_arguments)]
+fn each_cell_checked(
+    model: &LlamaModel,
+    kv: &KeyedVerifier<'_>,
+    run_setup: &Setup,
+    claimed: &Setup,
+    tokens: &[u32],
+    chunk: u32,
+    policy: &TolerancePolicy,
+) -> Vec<Result<(), RejectReason>> {
+    let (mut statement, trace, sub) = model
+        .prove_run_sublayers(run_setup, tokens, 4, chunk, HasherId::Blake3)
+        .unwrap();
+    statement.setup = claimed.to_bytes();
+    let mut p = prover(&statement, &trace, &sub);
+    let c = p.commit().unwrap();
+    let g = statement.geometry;
+    (u64::from(g.chunks_per_layer())..g.num_cells())
+        .map(|i| {
+            let cells = [g.cell_at(i).unwrap()];
+            let o = p.open_cells(0, &cells, 0).unwrap();
+            check_opening_by(
+                &c,
+                &cells,
+                &o,
+                policy,
+                LayerCheck::Freivalds,
+                kv,
+                &VerifierLimits::default(),
+            )
+        })
+        .collect()
+}
+
 struct Fixture {
     model: LlamaModel,
     key: VerifierKey,
@@ -632,28 +669,15 @@ fn sliding_window_statements_are_checked() {
         sampling: AttentionSampling::FULL,
     };
     let run = |setup: &str| {
-        let (mut statement, trace, sub) = model
-            .prove_run_sublayers(&setup.parse().unwrap(), &prompt(), 4, 4, HasherId::Blake3)
-            .unwrap();
-        statement.setup = Setup::F32_EAGER.to_bytes();
-        let mut p = prover(&statement, &trace, &sub);
-        let c = p.commit().unwrap();
-        let g = statement.geometry;
-        let mut outcomes = Vec::new();
-        for i in u64::from(g.chunks_per_layer())..g.num_cells() {
-            let cells = [g.cell_at(i).unwrap()];
-            let o = p.open_cells(0, &cells, 0).unwrap();
-            outcomes.push(check_opening_by(
-                &c,
-                &cells,
-                &o,
-                &TolerancePolicy::Exact,
-                LayerCheck::Freivalds,
-                &kv,
-                &VerifierLimits::default(),
-            ));
-        }
-        outcomes
+        each_cell_checked(
+            &model,
+            &kv,
+            &setup.parse().unwrap(),
+            &Setup::F32_EAGER,
+            &prompt(),
+            4,
+            &TolerancePolicy::Exact,
+        )
     };
     for (i, r) in run("f32/attn=eager").into_iter().enumerate() {
         assert_eq!(r, Ok(()), "cell {i}");
@@ -685,34 +709,15 @@ fn sampled_attention_checks_sessions() {
         sampling,
     };
     let every_cell = |model: &LlamaModel, kv: &KeyedVerifier<'_>, setup: &str, chunk: u32| {
-        let (mut statement, trace, sub) = model
-            .prove_run_sublayers(
-                &setup.parse().unwrap(),
-                &prompt(),
-                4,
-                chunk,
-                HasherId::Blake3,
-            )
-            .unwrap();
-        statement.setup = Setup::F32_EAGER.to_bytes();
-        let mut p = prover(&statement, &trace, &sub);
-        let c = p.commit().unwrap();
-        let g = statement.geometry;
-        (u64::from(g.chunks_per_layer())..g.num_cells())
-            .map(|i| {
-                let cells = [g.cell_at(i).unwrap()];
-                let o = p.open_cells(0, &cells, 0).unwrap();
-                check_opening_by(
-                    &c,
-                    &cells,
-                    &o,
-                    &TolerancePolicy::Exact,
-                    LayerCheck::Freivalds,
-                    kv,
-                    &VerifierLimits::default(),
-                )
-            })
-            .collect::<Vec<_>>()
+        each_cell_checked(
+            model,
+            kv,
+            &setup.parse().unwrap(),
+            &Setup::F32_EAGER,
+            &prompt(),
+            chunk,
+            &TolerancePolicy::Exact,
+        )
     };
     for (i, r) in every_cell(&f.model, &kv, "f32/attn=eager", CHUNK)
         .into_iter()
@@ -769,4 +774,93 @@ fn sampled_attention_checks_sessions() {
         .filter(|r| r.is_err())
         .count();
     assert!(rejected > 0);
+}
+
+/// Nonlinear tolerances calibrated with the bound scales (`MapBounds::nonlinear`): a prover on
+/// other kernels (candle's bf16, claiming the invariant kernels' bf16) passes every Freivalds
+/// check but its nonlinear parts differ from the verifier's recompute; tolerances calibrated
+/// on such runs (`run_nonlinear_deviations`, twice the largest) accept a held-out run of it at
+/// every cell, with the verifier's own tolerance at 0 (the file's take precedence), while
+/// without them the same cells are rejected.
+#[test]
+fn calibrated_nonlinear_tolerances_accept_another_kernels_runs() {
+    use veritrace_model::freivalds::{
+        honest_map_ratios, run_nonlinear_deviations, MapBounds, NONLINEAR_PARTS,
+    };
+    let f = fixture();
+    let claimed: Setup = "bf16/attn=eager/kernels=invariant".parse().unwrap();
+    let prover_setup: Setup = "bf16/attn=eager".parse().unwrap();
+    let key = f.key.for_setup(&f.model, &claimed).unwrap();
+    let tokens = |i: u64| veritrace_model::Engine::prompt(&f.model, i, 19);
+    let runs = 6u64;
+    let ratios: Vec<_> = (0..runs)
+        .map(|i| honest_map_ratios(&key, &f.model, &prover_setup, &tokens(i), 8).unwrap())
+        .collect();
+    let deviations: Vec<_> = (0..runs)
+        .map(|i| {
+            let (trace, sub) = f
+                .model
+                .trace_sublayers(&prover_setup, &tokens(i), 8)
+                .unwrap();
+            run_nonlinear_deviations(&key, &f.model, &claimed, 8, &trace.layers, &sub).unwrap()
+        })
+        .collect();
+    // the verifier's own runs agree bitwise in every part
+    let (trace, sub) = f.model.trace_sublayers(&claimed, &tokens(0), 8).unwrap();
+    let own = run_nonlinear_deviations(&key, &f.model, &claimed, 8, &trace.layers, &sub).unwrap();
+    assert!(own.iter().flatten().all(|&d| d == 0.0), "{own:?}");
+    // the other kernels' runs do not (their attention, norms and SwiGLU round differently)
+    assert!(
+        deviations.iter().flatten().flatten().any(|&d| d > 0.0),
+        "{deviations:?}"
+    );
+    let mut bounds = MapBounds::calibrate(f.model.digest(), &ratios, 2.0).unwrap();
+    bounds.weights = key.weights();
+    bounds.set_nonlinear(&deviations, 2.0).unwrap();
+    bounds.validate(&key).unwrap();
+    assert!(bounds.tolerance(1, "attn").is_some());
+    assert_eq!(bounds.tolerance(0, "attn"), None);
+    assert_eq!(bounds.tolerance(1, "h_out"), None);
+    // a held-out run of the other kernels, every cell above layer 0
+    let cells_of = |bounds: Option<&MapBounds>| {
+        let kv = KeyedVerifier {
+            model: &f.model,
+            key: &key,
+            tolerance: 0.0,
+            bound_scale: 1.0,
+            map_bounds: bounds,
+            sampling: AttentionSampling::FULL,
+        };
+        each_cell_checked(
+            &f.model,
+            &kv,
+            &prover_setup,
+            &claimed,
+            &tokens(77),
+            CHUNK,
+            &TolerancePolicy::Threshold(veritrace_protocol::tolerance::ThresholdPolicy::new(
+                veritrace_protocol::tolerance::Metric::RelL2,
+                veritrace_protocol::tolerance::PerLayer::uniform(1e-1),
+            )),
+        )
+    };
+    for (i, r) in cells_of(Some(&bounds)).into_iter().enumerate() {
+        assert_eq!(r, Ok(()), "cell {i} under the calibrated tolerances");
+    }
+    let mut plain = bounds.clone();
+    plain.nonlinear = None;
+    let rejected = cells_of(Some(&plain))
+        .iter()
+        .filter(|r| matches!(r, Err(RejectReason::AlgebraicCheck { .. })))
+        .count();
+    assert!(rejected > 0, "tolerance 0 rejects the other kernels' cells");
+    // a file whose tolerances do not fit is refused
+    let mut bad = bounds.clone();
+    bad.nonlinear.as_mut().unwrap()[0][1] = -1.0;
+    assert!(bad.validate(&key).is_err());
+    let mut bad = bounds.clone();
+    bad.nonlinear.as_mut().unwrap().pop();
+    assert!(bad.validate(&key).is_err());
+    assert!(bounds.clone().set_nonlinear(&deviations[1..], 2.0).is_err());
+    assert_eq!(NONLINEAR_PARTS.len(), 4);
 }

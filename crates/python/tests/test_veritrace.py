@@ -242,6 +242,19 @@ if TORCH:
         veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out", key)
         return model, ckpt, secret, key
 
+    def int4_weights(model, ckpt):
+        """The checkpoint reloaded in f32 with every layer matrix quantized to int4 in groups of
+        32 (symmetric, round to nearest) and dequantized: a cheaper prover's weights."""
+        import torch
+        m = type(model).from_pretrained(ckpt).float().eval()
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if p.dim() == 2 and "layers" in name:
+                    g = p.reshape(p.shape[0], -1, 32)
+                    scale = g.abs().amax(dim=2, keepdim=True) / 7.0
+                    p.copy_((torch.round(g / scale).clamp(-8, 7) * scale).reshape(p.shape))
+        return m
+
     @test
     def a_transformers_prover_commits_sub_layer_values_checked_by_freivalds():
         import torch
@@ -351,17 +364,73 @@ if TORCH:
             v = verify(sublayer_tolerance=0.0)
             assert not v.accepted and "algebraic-check" in v.reason, v
             # int4 (group 32) weights run in bf16, claimed as bf16: the linear checks fail
-            m = type(model).from_pretrained(ckpt).float().eval()
-            with torch.no_grad():
-                for name, p in m.named_parameters():
-                    if p.dim() == 2 and "layers" in name:
-                        g = p.reshape(p.shape[0], -1, 32)
-                        scale = g.abs().amax(dim=2, keepdim=True) / 7.0
-                        p.copy_((torch.round(g / scale).clamp(-8, 7) * scale).reshape(p.shape))
+            m = int4_weights(model, ckpt)
             verify = session(m.to(torch.bfloat16), "int4")
             v = verify(sublayer_tolerance=0.02)
             assert not v.accepted and "algebraic-check" in v.reason, v
             assert "Freivalds" in v.reason["algebraic-check"]["detail"], v
+
+    @test
+    def nonlinear_tolerances_are_calibrated_on_transformers_bf16_runs():
+        import json
+        import torch
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        with tempfile.TemporaryDirectory() as tmp:
+            model, ckpt, secret, key = small_llama_with_key(tmp)
+            honest = model.to(torch.bfloat16)
+            setup = "bf16/attn=eager/kernels=invariant"
+
+            def committed(m, ids, name):
+                states, output, subs = veritrace.capture(m, ids, max_new_tokens=5,
+                                                         sublayers=True)
+                trace = os.path.join(tmp, f"{name}.safetensors")
+                veritrace.save_trace([s.to(torch.bfloat16) for s in states], trace, ids + output,
+                                     sublayers=subs)
+                run = os.path.join(tmp, name)
+                veritrace.commit(trace, model=ckpt, prompt=ids, output_tokens=output, chunk=4,
+                                 out=run, trace_level="sublayer", setup=setup)
+                return run
+
+            # 24 honest transformers bf16 runs calibrate the scales and the nonlinear tolerances
+            traces = []
+            for i in range(24):
+                ids = [(5 + 29 * i * j + 7 * j + i) % 256 for j in range(9)]
+                traces += ["--bound-trace",
+                           os.path.join(committed(honest, ids, f"cal{i}"), "trace.safetensors")]
+            bounds = os.path.join(tmp, "bounds.json")
+            out = veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out",
+                                os.path.join(tmp, "k2"), "--calibrate-bound", "24",
+                                "--calibration-setup", setup, "--bound-file", bounds, *traces)
+            assert "nonlinear tolerances" in out, out
+            tol = json.load(open(bounds))["nonlinear"]
+            assert len(tol) == 2 and all(len(r) == 4 for r in tol), tol
+            # transformers' attention rounds differently from veritrace's bf16 kernels
+            assert max(max(r) for r in tol) > 0.0, tol
+            policy = os.path.join(tmp, "policy.json")
+            with open(policy, "w") as f:
+                json.dump({"threshold": {"metric": "rel_l2",
+                                         "thresholds": {"default": 0.05, "overrides": {}}}}, f)
+
+            def verify(run, **kw):
+                openings = veritrace.open_cells(os.path.join(run, "trace.safetensors"),
+                                                out=run + "-opened", samples=12)
+                return veritrace.verify(os.path.join(run, "commitment.json"), openings,
+                                        model=ckpt, samples=12, tolerance=policy, key=key,
+                                        layer_check="freivalds", sublayer_tolerance=0.0, **kw)
+
+            # a held-out honest session passes with the file's tolerances alone (the
+            # verifier's own tolerance is 0: bitwise), and fails without the file
+            run = committed(honest, [3, 17, 99, 4, 250, 31, 8, 12, 40], "held")
+            v = verify(run, freivalds_bounds=bounds)
+            assert v.accepted, v
+            v = verify(run)
+            assert not v.accepted and "algebraic-check" in v.reason, v
+            # int4 (group 32) weights in bf16, claimed as bf16: rejected under the file
+            m = int4_weights(model, ckpt)
+            run = committed(m.to(torch.bfloat16), [3, 17, 99, 4, 250, 31, 8, 12, 40], "int4")
+            v = verify(run, freivalds_bounds=bounds)
+            assert not v.accepted and "algebraic-check" in v.reason, v
 
 
 print(f"test_veritrace: {len(failures)} failed")

@@ -787,6 +787,7 @@ impl Simulation {
             })
             .collect::<Result<_, _>>()?;
         Ok(MapRun {
+            nonlinear: None,
             variation: setup.to_string(),
             ratios,
         })

@@ -42,7 +42,7 @@
 
 use veritrace_commit::Digest;
 use veritrace_commit::Dtype;
-use veritrace_model::freivalds::{MapBounds, MapCalibration, Matrix};
+use veritrace_model::freivalds::{MapBounds, MapCalibration, Matrix, NONLINEAR_PARTS};
 use veritrace_protocol::calibration::{
     calibrate_runs, CalibrationMethod, HonestRun, LayerEvidence, RunCalibration,
     RunCalibrationConfig,
@@ -60,14 +60,21 @@ pub struct MapRun {
     pub variation: String,
     /// Per layer, per map.
     pub ratios: Vec<[f64; 7]>,
+    /// Per layer, the run's worst relative deviation of each nonlinear part
+    /// ([`veritrace_model::freivalds::NONLINEAR_PARTS`],
+    /// [`veritrace_model::freivalds::run_nonlinear_deviations`]), where the nonlinear
+    /// tolerances are calibrated with the scales (another engine's runs); `None` otherwise.
+    pub nonlinear: Option<Vec<[f64; 4]>>,
 }
 
 impl MapRun {
     /// The run as the tolerance calibration's [`HonestRun`]: map `m = 7(l − 1) + i` as layer
-    /// `m` with one cell, its worst ratio (one element, RMS 0: the floor is `2^−24`).
+    /// `m` with one cell, its worst ratio (one element, RMS 0: the floor is `2^−24`); with
+    /// nonlinear deviations, part `p` of layer `l` as layer `7L + 4(l − 1) + p` likewise.
     pub fn as_honest_run(&self) -> HonestRun {
         let mut run = HonestRun::new(self.variation.clone());
-        for (m, &r) in self.ratios.iter().flatten().enumerate() {
+        let parts = self.nonlinear.iter().flatten().flatten();
+        for (m, &r) in self.ratios.iter().flatten().chain(parts).enumerate() {
             run.layers.insert(
                 m as u32,
                 LayerEvidence {
@@ -78,6 +85,15 @@ impl MapRun {
             );
         }
         run
+    }
+
+    /// Checks per cell of a layer: the 7 maps, and the 4 nonlinear parts where present.
+    fn checks_per_cell(&self) -> u32 {
+        if self.nonlinear.is_some() {
+            11
+        } else {
+            7
+        }
     }
 }
 
@@ -102,10 +118,16 @@ impl MapCalibrationConfig {
     /// The tolerance calibration's config with maps as layers: `7k` checks per round (each
     /// cell checks the seven maps of its layer).
     pub fn run_config(&self) -> RunCalibrationConfig {
+        self.run_config_with(7)
+    }
+
+    /// [`MapCalibrationConfig::run_config`] with `checks` per cell (11 when the four nonlinear
+    /// parts are calibrated with the maps).
+    pub fn run_config_with(&self, checks: u32) -> RunCalibrationConfig {
         RunCalibrationConfig {
             metric: Metric::RelL2,
             target_session_fpr: self.target_session_fpr,
-            samples: self.samples.saturating_mul(7),
+            samples: self.samples.saturating_mul(checks),
             rounds: self.rounds,
             confidence: self.confidence,
             margin: self.margin,
@@ -117,6 +139,11 @@ impl MapCalibrationConfig {
     /// Runs the calibration needs for `layers` decoder layers (`7 · layers` maps).
     pub fn runs_needed(&self, layers: usize) -> u64 {
         self.run_config().runs_needed(7 * layers as u64)
+    }
+
+    /// Runs needed with the nonlinear tolerances calibrated too (`11 · layers` checks).
+    pub fn runs_needed_with_nonlinear(&self, layers: usize) -> u64 {
+        self.run_config_with(11).runs_needed(11 * layers as u64)
     }
 }
 
@@ -154,13 +181,32 @@ impl MapCalibrationResult {
     }
 }
 
-fn check_shapes(runs: &[MapRun], layers: usize, what: &str) -> Result<(), SimError> {
+fn check_shapes(
+    runs: &[MapRun],
+    layers: usize,
+    nonlinear: bool,
+    what: &str,
+) -> Result<(), SimError> {
     for (i, r) in runs.iter().enumerate() {
         if r.ratios.len() != layers {
             return Err(SimError::Scenario(format!(
                 "{what} run {i} ({}) has {} layers of map ratios, expected {layers}",
                 r.variation,
                 r.ratios.len()
+            )));
+        }
+        if r.nonlinear.as_ref().map(Vec::len) != nonlinear.then_some(layers) {
+            return Err(SimError::Scenario(format!(
+                "{what} run {i} ({}): {} nonlinear deviations, expected {}",
+                r.variation,
+                r.nonlinear
+                    .as_ref()
+                    .map_or("no".to_string(), |n| format!("{} layers of", n.len())),
+                if nonlinear {
+                    format!("{layers} layers of them")
+                } else {
+                    "none (as the first run)".to_string()
+                }
             )));
         }
     }
@@ -192,10 +238,12 @@ pub fn calibrate_map_bounds(
             "the per-map calibration's runs have no layers".into(),
         ));
     }
-    check_shapes(runs, layers, "calibration")?;
-    check_shapes(held, layers, "held-out")?;
+    let nonlinear = runs.first().is_some_and(|r| r.nonlinear.is_some());
+    check_shapes(runs, layers, nonlinear, "calibration")?;
+    check_shapes(held, layers, nonlinear, "held-out")?;
     let honest: Vec<HonestRun> = runs.iter().map(MapRun::as_honest_run).collect();
-    let run_config = config.run_config();
+    let checks = runs.first().map_or(7, MapRun::checks_per_cell);
+    let run_config = config.run_config_with(checks);
     let calibration = calibrate_runs(&honest, &run_config).map_err(|e| match e {
         ProtocolError::InsufficientEvidence {
             needed,
@@ -203,15 +251,25 @@ pub fn calibrate_map_bounds(
             reason,
         } => SimError::Scenario(format!(
             "per-map Freivalds scales: {have} honest runs, {needed} needed ({reason}; the \
-             \"layers\" here are the {} linear maps)",
-            7 * layers
+             \"layers\" here are the {} linear maps{})",
+            7 * layers,
+            if nonlinear {
+                format!(" and {} nonlinear parts", 4 * layers)
+            } else {
+                String::new()
+            }
         )),
         e => SimError::Scenario(format!("per-map Freivalds scales: {e}")),
     })?;
     let mut scales = vec![[1f64; 7]; layers];
+    let mut tolerances = vec![[0f64; 4]; layers];
     for (&m, t) in &calibration.per_layer {
-        let (l, i) = (m as usize / 7, m as usize % 7);
-        scales[l][i] = t.threshold.min(1.0);
+        let m = m as usize;
+        if m < 7 * layers {
+            scales[m / 7][m % 7] = t.threshold.min(1.0);
+        } else if let Some(row) = tolerances.get_mut((m - 7 * layers) / 4) {
+            row[(m - 7 * layers) % 4] = t.threshold;
+        }
     }
     let mut bounds = MapBounds {
         weights: weights.to_string(),
@@ -219,16 +277,22 @@ pub fn calibrate_map_bounds(
         runs: u32::try_from(runs.len()).unwrap_or(u32::MAX),
         margin: config.margin,
         scales,
+        nonlinear: nonlinear.then_some(tolerances),
         calibration: Some(MapCalibration {
             method: config.method.to_string(),
             target_session_fpr: config.target_session_fpr,
             confidence: config.confidence,
             claimed_bound: format!(
                 "with confidence >= {}, an honest run of the calibrated variations is falsely \
-                 rejected by a Freivalds check in at most {} of sessions checking {} cells x \
-                 {} round(s) (any sampling strategy): per map, P(the run's worst ratio > its \
+                 rejected by a Freivalds check{} in at most {} of sessions checking {} cells x \
+                 {} round(s) (any sampling strategy): per map{}, P(the run's worst ratio > its \
                  scale) <= alpha = {:.3e}{}",
                 config.confidence,
+                if nonlinear {
+                    " or a nonlinear part's comparison"
+                } else {
+                    ""
+                },
                 config.target_session_fpr,
                 if config.samples == u32::MAX {
                     "any number of".to_string()
@@ -236,6 +300,11 @@ pub fn calibrate_map_bounds(
                     format!("k = {}", config.samples)
                 },
                 config.rounds,
+                if nonlinear {
+                    " (and per nonlinear part, its worst deviation against its tolerance)"
+                } else {
+                    ""
+                },
                 calibration.cell_alpha,
                 match config.method {
                     CalibrationMethod::OrderStatistic => "",
@@ -272,15 +341,28 @@ pub fn map_holdout(
     if held.is_empty() {
         return Ok(None);
     }
-    check_shapes(held, bounds.scales.len(), "held-out")?;
+    check_shapes(
+        held,
+        bounds.scales.len(),
+        bounds.nonlinear.is_some(),
+        "held-out",
+    )?;
     let over = held
         .iter()
         .filter(|r| {
-            r.ratios.iter().enumerate().any(|(l, rr)| {
+            let map_over = r.ratios.iter().enumerate().any(|(l, rr)| {
                 rr.iter()
                     .zip(Matrix::LAYER)
                     .any(|(&x, m)| x > bounds.scale(l + 1, m))
-            })
+            });
+            let part_over = r.nonlinear.iter().flatten().enumerate().any(|(l, dev)| {
+                dev.iter().zip(NONLINEAR_PARTS).any(|(&x, part)| {
+                    bounds
+                        .tolerance(l + 1, part)
+                        .is_some_and(|t| x.is_nan() || x > t)
+                })
+            });
+            map_over || part_over
         })
         .count() as u64;
     Ok(Some(FprEstimate::new(over, held.len() as u64, confidence)?))
@@ -316,6 +398,7 @@ mod tests {
         let mut rng = ChaCha20Rng::from_seed([seed; 32]);
         (0..n)
             .map(|i| MapRun {
+                nonlinear: None,
                 variation: format!("v{}", i % 3),
                 ratios: (0..layers)
                     .map(|l| {
@@ -379,6 +462,68 @@ mod tests {
             "{}",
             mc.claimed_bound
         );
+    }
+
+    /// Runs with nonlinear deviations `1e-3 · (1 + p) · (1 + |N|/10)` per part `p`.
+    fn with_nonlinear(mut runs: Vec<MapRun>, seed: u8) -> Vec<MapRun> {
+        let mut rng = ChaCha20Rng::from_seed([seed; 32]);
+        for r in &mut runs {
+            let parts = r
+                .ratios
+                .iter()
+                .map(|_| {
+                    let mut row = [0f64; 4];
+                    for (p, x) in row.iter_mut().enumerate() {
+                        let u = (f64::from(rng.next_u32()) + 0.5) / 4_294_967_296.0;
+                        let v = f64::from(rng.next_u32()) / 4_294_967_296.0;
+                        let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+                        *x = 1e-3 * (1 + p) as f64 * (1.0 + z.abs() / 10.0);
+                    }
+                    row
+                })
+                .collect();
+            r.nonlinear = Some(parts);
+        }
+        runs
+    }
+
+    #[test]
+    fn nonlinear_tolerances_are_calibrated_with_the_scales_under_one_claim() {
+        let cal = with_nonlinear(runs(800, 2, 5), 6);
+        let held = with_nonlinear(runs(300, 2, 7), 8);
+        let c = config(CalibrationMethod::ExponentialTail);
+        let r = calibrate_map_bounds(Digest([7; 32]), "f32", &cal, &held, &c).unwrap();
+        // 7 maps and 4 parts per layer under one union bound
+        assert_eq!(r.calibration.layers, 22);
+        let t = r.bounds.nonlinear.as_ref().unwrap();
+        assert_eq!(t.len(), 2);
+        for l in 1..=2 {
+            for (p, part) in NONLINEAR_PARTS.into_iter().enumerate() {
+                let tol = r.bounds.tolerance(l, part).unwrap();
+                let base = 1e-3 * (1 + p) as f64;
+                assert!(tol > base * 1.3 && tol < base * 3.0, "L{l} {part}: {tol}");
+            }
+        }
+        let mc = r.bounds.calibration.as_ref().unwrap();
+        assert!(
+            mc.claimed_bound.contains("nonlinear"),
+            "{}",
+            mc.claimed_bound
+        );
+        assert_eq!(r.holdout.unwrap().exceedances, 0);
+        // a held-out run over one part's tolerance is counted; one without nonlinear
+        // deviations where the calibration had them is refused
+        let mut over = held[0].clone();
+        over.nonlinear.as_mut().unwrap()[1][2] = 1.0;
+        let h = map_holdout(&r.bounds, &[over], 0.95).unwrap().unwrap();
+        assert_eq!(h.exceedances, 1);
+        let bare = runs(1, 2, 9);
+        assert!(map_holdout(&r.bounds, &bare, 0.95).is_err());
+        let mut mixed = cal.clone();
+        mixed[3].nonlinear = None;
+        assert!(calibrate_map_bounds(Digest([7; 32]), "f32", &mixed, &[], &c).is_err());
+        // runs needed: more checks per layer
+        assert!(c.runs_needed_with_nonlinear(2) >= c.runs_needed(2));
     }
 
     #[test]
