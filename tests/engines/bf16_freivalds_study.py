@@ -14,11 +14,18 @@ also calibrate the nonlinear parts' tolerances per layer and part (twice the lar
 so those sessions run with no hand-set tolerance at all.
 
     python tests/engines/bf16_freivalds_study.py [--sessions N]
+    python tests/engines/bf16_freivalds_study.py --certify TAU [--holdout H] [--sessions N]
+
+`--certify TAU` instead calibrates the scales and nonlinear tolerances with the distribution-free
+order statistic at a session false-alarm rate TAU (confidence 0.95, any number of cells): it
+commits as many fresh transformers bf16 runs as the calibration needs (asked of `keygen`), plus
+H held-out runs it tests the file on, then counts honest sessions rejected and int8 / int4
+sessions caught.
 
 Needs torch, transformers and the `veritrace` wheel (scripts/build-python.sh).
 """
 import argparse
-import os, json, tempfile
+import os, json, random, tempfile
 
 import torch
 import transformers
@@ -27,8 +34,106 @@ import veritrace
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--sessions", type=int, default=20)
+ap.add_argument("--certify", type=float, default=None)
+ap.add_argument("--holdout", type=int, default=1000)
 args = ap.parse_args()
 transformers.utils.logging.set_verbosity_error()
+SETUP = "bf16/attn=eager/kernels=invariant"
+
+
+def committed(m, ids, tmp, name):
+    """`m`'s bf16 run over `ids` (5 generated tokens) committed at the sub-layer level claiming
+    SETUP; returns its trace file."""
+    states, output, subs = veritrace.capture(m, ids, max_new_tokens=5, sublayers=True)
+    t = os.path.join(tmp, f"{name}.safetensors")
+    veritrace.save_trace([x.to(torch.bfloat16) for x in states], t, ids + output, sublayers=subs)
+    run = os.path.join(tmp, name)
+    veritrace.commit(t, model=ckpt_of[0], prompt=ids, output_tokens=output, chunk=4, out=run,
+                     trace_level="sublayer", setup=SETUP)
+    os.unlink(t)
+    return os.path.join(run, "trace.safetensors")
+
+
+ckpt_of = [None]
+
+
+def prompt_of(kind, i):
+    """Prompt `i` of a kind ("calibration" or "session"): 9 tokens drawn from a generator seeded
+    by the kind and `i`, so that runs are distinct (a closed form such as `(a + b·i·j) mod 256`
+    repeats every 256 prompts: 600 or 13,388 runs would be 256 distinct ones) and calibration
+    prompts are not session prompts."""
+    rng = random.Random(f"{kind}-{i}")
+    return [rng.randrange(256) for _ in range(9)]
+
+
+def quantized(model, ckpt, bits):
+    """The checkpoint with every layer matrix quantized (int8 per output channel, or int4 in
+    groups of 32) and dequantized, in bf16."""
+    m = type(model).from_pretrained(ckpt).float().eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.dim() == 2 and "layers" in name:
+                if bits == 8:
+                    s = p.abs().amax(dim=1, keepdim=True) / 127.0
+                    p.copy_(torch.round(p / s) * s)
+                else:
+                    g = p.reshape(p.shape[0], -1, 32)
+                    s = g.abs().amax(dim=2, keepdim=True) / 7.0
+                    p.copy_((torch.round(g / s).clamp(-8, 7) * s).reshape(p.shape))
+    return m.to(torch.bfloat16)
+
+
+def certify(model, ckpt, secret, key, tmp):
+    """The order-statistic calibration at --certify TAU (see the module docs)."""
+    honest = model.to(torch.bfloat16)
+    prompt = lambda i: prompt_of("calibration", i)
+    bounds = os.path.join(tmp, "certified.json")
+
+    def keygen(files, runs, holdout):
+        argv = ["keygen", "--model", ckpt, "--secret-file", secret, "--out",
+                os.path.join(tmp, "k-cert"), "--calibrate-bound", str(runs),
+                "--calibration-setup", SETUP, "--bound-file", bounds, "--bound-method",
+                "order-statistic", "--bound-target-fpr", repr(args.certify),
+                "--bound-holdout", str(holdout)]
+        for f in files:
+            argv += ["--bound-trace", f]
+        return veritrace.run(*argv)
+
+    files = [committed(honest, prompt(i), tmp, f"cal{i}") for i in range(4)]
+    try:
+        keygen(files, 4, 0)
+        raise SystemExit("four runs were enough: nothing to certify")
+    except veritrace.VeritraceError as e:
+        needed = int(str(e).split(" honest runs are needed")[0].split()[-1])
+    print(f"the order statistic at tau = {args.certify} needs {needed} runs (22 checks: 14 maps, "
+          f"8 nonlinear parts)", flush=True)
+    files += [committed(honest, prompt(i), tmp, f"cal{i}")
+              for i in range(4, needed + args.holdout)]
+    print(keygen(files, needed, args.holdout)[-900:], flush=True)
+    tol = json.load(open(bounds))["nonlinear"]
+    print("certified nonlinear tolerances:", [[float(f"{x:.3g}") for x in r] for r in tol])
+    polf = os.path.join(tmp, "pol-cert.json")
+    json.dump({"threshold": {"metric": "rel_l2", "thresholds": {"default": 0.05, "overrides": {}}}},
+              open(polf, "w"))
+
+    def sessions(m, name):
+        rejected = 0
+        for i in range(args.sessions):
+            ids = prompt_of("session", i)
+            run = os.path.dirname(committed(m, ids, tmp, f"{name}{i}"))
+            op = veritrace.open_cells(os.path.join(run, "trace.safetensors"),
+                                      out=os.path.join(tmp, f"o{name}{i}"), samples=16)
+            v = veritrace.verify(os.path.join(run, "commitment.json"), op, model=ckpt,
+                                 samples=16, tolerance=polf, key=os.path.join(tmp, "k-cert"),
+                                 layer_check="freivalds", sublayer_tolerance=0.0,
+                                 freivalds_bounds=bounds)
+            rejected += not v.accepted
+        return f"{rejected} of {args.sessions}"
+    print("certified: honest bf16 sessions rejected", sessions(honest, "ch"))
+    print("certified: int8 in bf16 caught", sessions(quantized(model, ckpt, 8), "c8"))
+    print("certified: int4 in bf16 caught", sessions(quantized(model, ckpt, 4), "c4"))
+
+
 with tempfile.TemporaryDirectory() as tmp:
     torch.manual_seed(7)
     config = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=160,
@@ -39,9 +144,12 @@ with tempfile.TemporaryDirectory() as tmp:
     with torch.no_grad():
         for p in model.parameters():
             (p.normal_(0.0, 0.08) if p.dim() == 2 else p.uniform_(0.8, 1.2))
-    ckpt = os.path.join(tmp, "llama"); model.save_pretrained(ckpt)
+    ckpt = os.path.join(tmp, "llama"); model.save_pretrained(ckpt); ckpt_of[0] = ckpt
     secret = os.path.join(tmp, "secret"); open(secret, "wb").write(bytes(range(32, 64)))
     key = os.path.join(tmp, "k"); bounds = os.path.join(tmp, "b.json")
+    if args.certify is not None:
+        certify(model, ckpt, secret, key, tmp)
+        raise SystemExit(0)
     print(veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out", key,
         "--calibrate-bound", "600", "--calibration-tokens", "14", "--calibration-setup",
         "bf16/attn=eager/kernels=invariant", "--bound-file", bounds, "--bound-method",
@@ -51,7 +159,7 @@ with tempfile.TemporaryDirectory() as tmp:
     def sessions(m, name, n, bounds=bounds, tol=0.02):
         rej = 0; reasons = []
         for i in range(n):
-            ids = [(3 + 37 * i * j + 11 * j) % 256 for j in range(9)]
+            ids = prompt_of("session", i)
             states, output, subs = veritrace.capture(m, ids, max_new_tokens=5, sublayers=True)
             trace = os.path.join(tmp, f"{name}{i}.safetensors")
             veritrace.save_trace([s.to(torch.bfloat16) for s in states], trace, ids + output, sublayers=subs)
@@ -77,7 +185,7 @@ with tempfile.TemporaryDirectory() as tmp:
     honest = model.to(torch.bfloat16)
     traces = []
     for i in range(600):
-        ids = [(5 + 29 * i * j + 7 * j + i) % 256 for j in range(9)]
+        ids = prompt_of("calibration", i)
         states, output, subs = veritrace.capture(honest, ids, max_new_tokens=5, sublayers=True)
         t = os.path.join(tmp, f"cal{i}.safetensors")
         veritrace.save_trace([x.to(torch.bfloat16) for x in states], t, ids + output, sublayers=subs)
@@ -90,6 +198,14 @@ with tempfile.TemporaryDirectory() as tmp:
     print(veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out",
         os.path.join(tmp, "k2"), "--calibrate-bound", "600", "--calibration-setup",
         "bf16/attn=eager/kernels=invariant", "--bound-file", own, *traces)[-400:])
+    # the fitted tail on the same runs (it refuses where a tail is heavier than exponential)
+    try:
+        print(veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out",
+            os.path.join(tmp, "k3"), "--calibrate-bound", "600", "--calibration-setup",
+            "bf16/attn=eager/kernels=invariant", "--bound-file", os.path.join(tmp, "tail.json"),
+            "--bound-method", "exponential-tail", *traces)[-500:])
+    except veritrace.VeritraceError as e:
+        print("the fitted tail on transformers' 600 runs:", str(e)[-400:])
     # the file also holds nonlinear tolerances calibrated on the same 600 runs (twice each
     # layer's and part's largest deviation), which replace the hand-set 2e-2: the sessions
     # below pass sublayer_tolerance=0, so only the calibrated tolerances can accept them
@@ -108,4 +224,4 @@ with tempfile.TemporaryDirectory() as tmp:
                 s = g.abs().amax(dim=2, keepdim=True) / 7.0
                 p.copy_((torch.round(g / s).clamp(-8, 7) * s).reshape(p.shape))
     print("scales and tolerances from transformers' runs: int4 (groups of 32) in bf16",
-          sessions(m4.to(torch.bfloat16), "c4", args.sessions, own, 0.0))
+          sessions(m4.to(torch.bfloat16), "q4x", args.sessions, own, 0.0))

@@ -135,8 +135,8 @@ pub enum KeygenInputError {
     /// Too few runs for the calibrated per-map scales' target.
     #[error(
         "--bound-method {method}: {needed} honest runs are needed for per-map scales over \
-         {maps} maps at a session false-alarm rate of {target} (confidence {confidence}); \
-         --calibrate-bound is {have}"
+         {maps} checks (maps, and nonlinear parts with --bound-trace) at a session false-alarm \
+         rate of {target} (confidence {confidence}); --calibrate-bound is {have}"
     )]
     BoundRuns {
         /// The method.
@@ -145,7 +145,7 @@ pub enum KeygenInputError {
         needed: u64,
         /// Runs given.
         have: u32,
-        /// Maps calibrated.
+        /// Checks calibrated (7 maps per layer, and 4 nonlinear parts with trace files).
         maps: usize,
         /// The target rate.
         target: f64,
@@ -342,14 +342,20 @@ pub fn run(args: &KeygenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let map_config = map_calibration_config(args)?;
     if let (Some(c), Some(runs)) = (&map_config, args.calibrate_bound) {
         // refused before any run
+        // trace files also calibrate the 4 nonlinear parts of each layer
         let layers = model.config().num_layers;
-        let needed = c.runs_needed(layers);
+        let traced = !args.bound_traces.is_empty();
+        let needed = if traced {
+            c.runs_needed_with_nonlinear(layers)
+        } else {
+            c.runs_needed(layers)
+        };
         if u64::from(runs) < needed {
             return Err(KeygenInputError::BoundRuns {
                 method: args.bound_method.clone(),
                 needed,
                 have: runs,
-                maps: 7 * layers,
+                maps: if traced { 11 } else { 7 } * layers,
                 target: c.target_session_fpr,
                 confidence: c.confidence,
             }

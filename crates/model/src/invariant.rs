@@ -182,13 +182,32 @@ pub(crate) fn recycle(v: Vec<f32>) {
 
 /// A weight `W: [out, in]` (row-major, as checkpoints store linear layers) laid out for
 /// `x·Wᵀ`: panels of [`NR`] output columns, each `[in][NR]` (zero columns past `out`).
+///
+/// A matrix whose every value is a bfloat16 (a bf16 checkpoint, or weights a bf16 setup has
+/// rounded) can be held in 16 bits ([`PackedMatrix::compact`]): half the memory, and half
+/// the bytes a one-row product (a decoded token) streams. The kernels read each panel widened
+/// back to f32, the same values, so every product is bitwise the f32 matrix's.
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
     out: usize,
     inp: usize,
     /// Rows of `k` each panel is laid out for (`≥ inp`: a prefix view uses fewer).
     kstride: usize,
-    panels: Vec<f32>,
+    panels: Store,
+}
+
+/// A packed matrix's elements: f32, or the upper 16 bits of f32 values that are bfloat16.
+#[derive(Debug, Clone)]
+enum Store {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+/// A borrowed [`Store`].
+#[derive(Debug, Clone, Copy)]
+enum Slab<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u16]),
 }
 
 /// A packed matrix or a prefix of one ([`PackedMatrix::prefix`]): its first `out` output
@@ -198,13 +217,59 @@ pub struct Panels<'a> {
     out: usize,
     inp: usize,
     kstride: usize,
-    panels: &'a [f32],
+    panels: Slab<'a>,
 }
 
 impl<'a> Panels<'a> {
-    fn panel(&self, p: usize) -> &'a [f32] {
-        &self.panels[p * self.kstride * NR..p * self.kstride * NR + self.inp * NR]
+    /// Panel `p` in 16 bits, when the matrix is held so.
+    fn panel16(&self, p: usize) -> Option<&'a [u16]> {
+        match self.panels {
+            Slab::Bf16(v) => Some(&v[p * self.kstride * NR..p * self.kstride * NR + self.inp * NR]),
+            Slab::F32(_) => None,
+        }
     }
+
+    /// Panel `p` as f32: in place, or widened from 16 bits into `scratch` (exactly: a
+    /// bfloat16 is the upper half of an f32).
+    fn panel<'s>(&self, p: usize, scratch: &'s mut Vec<f32>) -> &'s [f32]
+    where
+        'a: 's,
+    {
+        let range = p * self.kstride * NR..p * self.kstride * NR + self.inp * NR;
+        match self.panels {
+            Slab::F32(v) => &v[range],
+            Slab::Bf16(v) => {
+                widen_bf16(&v[range], scratch);
+                scratch
+            }
+        }
+    }
+}
+
+/// `v` (bfloat16 bit patterns) as f32 into `out` (resized to `v.len()`): each value shifted
+/// into the upper half of an f32, exactly.
+fn widen_bf16(v: &[u16], out: &mut Vec<f32>) {
+    out.resize(v.len(), 0.0);
+    // (a plain zip: vectorized)
+    for (o, &b) in out.iter_mut().zip(v) {
+        *o = f32::from_bits(u32::from(b) << 16);
+    }
+}
+
+thread_local! {
+    /// Widened panels of 16-bit matrices, reused across products on this thread.
+    static WIDE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `n` scratch vectors of this thread (for [`Panels::panel`]).
+fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [Vec<f32>]) -> R) -> R {
+    let mut mine = WIDE.with(|w| std::mem::take(&mut *w.borrow_mut()));
+    if mine.len() < n {
+        mine.resize_with(n, Vec::new);
+    }
+    let r = f(&mut mine[..n]);
+    WIDE.with(|w| *w.borrow_mut() = mine);
+    r
 }
 
 impl PackedMatrix {
@@ -242,7 +307,7 @@ impl PackedMatrix {
             out,
             inp,
             kstride: inp,
-            panels,
+            panels: Store::F32(panels),
         })
     }
 
@@ -299,8 +364,36 @@ impl PackedMatrix {
             out,
             inp,
             kstride: inp,
-            panels,
+            panels: Store::F32(panels),
         })
+    }
+
+    /// The same matrix held in 16 bits when every element is a bfloat16 (its f32 bits end in
+    /// 16 zeros), else unchanged: the products are bitwise the same either way.
+    pub fn compact(self) -> Self {
+        match &self.panels {
+            Store::F32(v) if v.iter().all(|x| x.to_bits() & 0xffff == 0) => {
+                let bits = v.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
+                PackedMatrix {
+                    panels: Store::Bf16(bits),
+                    ..self
+                }
+            }
+            _ => self,
+        }
+    }
+
+    /// Whether the matrix is held in 16 bits ([`PackedMatrix::compact`]).
+    pub fn is_compact(&self) -> bool {
+        matches!(self.panels, Store::Bf16(_))
+    }
+
+    /// Bytes the elements occupy.
+    pub fn bytes(&self) -> usize {
+        match &self.panels {
+            Store::F32(v) => v.len() * 4,
+            Store::Bf16(v) => v.len() * 2,
+        }
     }
 
     /// Output width (rows of `W`).
@@ -319,7 +412,10 @@ impl PackedMatrix {
             out: self.out,
             inp: self.inp,
             kstride: self.kstride,
-            panels: &self.panels,
+            panels: match &self.panels {
+                Store::F32(v) => Slab::F32(v),
+                Store::Bf16(v) => Slab::Bf16(v),
+            },
         }
     }
 
@@ -329,11 +425,15 @@ impl PackedMatrix {
     pub fn prefix(&self, out: usize, inp: usize) -> Panels<'_> {
         let (out, inp) = (out.min(self.out), inp.min(self.inp));
         let np = out.div_ceil(NR);
+        let end = np * self.kstride * NR;
         Panels {
             out,
             inp,
             kstride: self.kstride,
-            panels: &self.panels[..np * self.kstride * NR],
+            panels: match &self.panels {
+                Store::F32(v) => Slab::F32(&v[..end]),
+                Store::Bf16(v) => Slab::Bf16(&v[..end]),
+            },
         }
     }
 }
@@ -413,7 +513,6 @@ fn panels_rows(
     y: &mut [f32],
     ys: usize,
 ) {
-    let mut pad = Vec::new();
     // With AVX-512, the last `rows mod MR` rows (a decoded token's single row) go row by row
     // across up to eight panels at once instead of through a padded 4-row tile.
     let full = if wide_available() {
@@ -432,11 +531,41 @@ fn panels_rows(
         );
     }
     let rows = full;
+    if rows == 0 {
+        return;
+    }
+    with_scratch(2, |scratch| {
+        let [sa, sb] = scratch else {
+            unreachable!("two scratch vectors")
+        };
+        panel_tiles(x, rows, k, w, p0, p1, y, ys, (sa, sb))
+    });
+}
+
+/// The full `MR`-row tiles of [`panels_rows`] (`rows` a multiple of `MR` where AVX-512 is
+/// available), each panel widened once into `scratch` when it is held in 16 bits (widening
+/// in the registers instead, as [`row_avx512`] does for one row, measured slower here: the
+/// tile reuses each loaded panel vector for 4 or 8 rows).
+#[allow(clippy::too_many_arguments)]
+fn panel_tiles(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &Panels<'_>,
+    p0: usize,
+    p1: usize,
+    y: &mut [f32],
+    ys: usize,
+    (sa, sb): (&mut Vec<f32>, &mut Vec<f32>),
+) {
+    let mut pad = Vec::new();
     let mut p = p0;
     while p < p1 {
         let c0 = (p - p0) * NR;
         let wide = p + 1 < p1 && wide_available();
         let cols = if wide { 2 * NR } else { NR }.min(ys - c0);
+        let pa = w.panel(p, sa);
+        let pb: &[f32] = if wide { w.panel(p + 1, sb) } else { &[] };
         let mut r = 0;
         while r < rows {
             let mr = MR.min(rows - r);
@@ -451,13 +580,7 @@ fn panels_rows(
             if wide && rows - r >= 2 * MR {
                 // eight rows: each panel load serves twice the rows
                 let mut tile = [[0f32; 2 * NR]; 2 * MR];
-                micro_wide::<{ 2 * MR }>(
-                    &x[r * k..(r + 2 * MR) * k],
-                    k,
-                    w.panel(p),
-                    w.panel(p + 1),
-                    &mut tile,
-                );
+                micro_wide::<{ 2 * MR }>(&x[r * k..(r + 2 * MR) * k], k, pa, pb, &mut tile);
                 for (i, t) in tile.iter().enumerate() {
                     y[(r + i) * ys + c0..(r + i) * ys + c0 + cols].copy_from_slice(&t[..cols]);
                 }
@@ -466,9 +589,9 @@ fn panels_rows(
             }
             let mut tile = [[0f32; 2 * NR]; MR];
             if wide {
-                micro_wide::<MR>(xr, k, w.panel(p), w.panel(p + 1), &mut tile);
+                micro_wide::<MR>(xr, k, pa, pb, &mut tile);
             } else {
-                micro(xr, k, w.panel(p), &mut tile);
+                micro(xr, k, pa, &mut tile);
             }
             for (i, t) in tile.iter().enumerate().take(mr) {
                 y[(r + i) * ys + c0..(r + i) * ys + c0 + cols].copy_from_slice(&t[..cols]);
@@ -513,14 +636,30 @@ fn row_wide<const G: usize>(
     out: &mut [[f32; NR]; 8],
 ) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let panels: [&[f32]; G] = std::array::from_fn(|g| w.panel(p + g));
+    if let Some(first) = w.panel16(p) {
+        // 16-bit panels are widened in the registers (a decoded row reads each weight once:
+        // widening into memory first would cost more than the halved read saves)
+        let panels: [&[u16]; G] = std::array::from_fn(|g| w.panel16(p + g).unwrap_or(first));
         #[allow(unsafe_code)]
         // SAFETY: callers check `wide_available` (the CPU has AVX-512F).
         unsafe {
-            row_avx512::<G>(x, k, &panels, out)
+            row_avx512::<G, u16>(x, k, &panels, out)
         };
+        return;
     }
+    #[cfg(target_arch = "x86_64")]
+    with_scratch(G, |scratch| {
+        let mut it = scratch.iter_mut();
+        let panels: [&[f32]; G] = std::array::from_fn(|g| {
+            let s = it.next().expect("G scratch vectors");
+            w.panel(p + g, s)
+        });
+        #[allow(unsafe_code)]
+        // SAFETY: callers check `wide_available` (the CPU has AVX-512F).
+        unsafe {
+            row_avx512::<G, f32>(x, k, &panels, out)
+        };
+    });
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (x, k, w, p, out);
@@ -530,20 +669,25 @@ fn row_wide<const G: usize>(
 
 /// [`micro_scalar`] for one row and `G ≤ 8` panels with AVX-512: each element's chain of fused
 /// multiply-adds over `k` in order.
+/// Panels of 16-bit elements (bfloat16) are widened in the registers ([`PanelElem`]): the
+/// same values, so the same bits as their f32 panels.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn row_avx512<const G: usize>(x: &[f32], k: usize, panels: &[&[f32]; G], out: &mut [[f32; NR]; 8]) {
-    use std::arch::x86_64::{
-        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
-    };
+fn row_avx512<const G: usize, T: PanelElem>(
+    x: &[f32],
+    k: usize,
+    panels: &[&[T]; G],
+    out: &mut [[f32; NR]; 8],
+) {
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps};
     assert!(x.len() >= k && G <= 8 && panels.iter().all(|p| p.len() >= k * NR));
     let mut acc = [_mm512_setzero_ps(); G];
     for (kk, &xv) in x[..k].iter().enumerate() {
         let a = _mm512_set1_ps(xv);
         for g in 0..G {
             #[allow(unsafe_code)]
-            // SAFETY: `kk < k` and each panel holds `k · NR` elements.
-            let b = unsafe { _mm512_loadu_ps(panels[g].as_ptr().add(kk * NR)) };
+            // SAFETY: `kk < k` and each panel holds `k · NR` elements; the CPU has AVX-512F.
+            let b = unsafe { T::load16(panels[g].as_ptr().add(kk * NR)) };
             acc[g] = _mm512_fmadd_ps(a, b, acc[g]);
         }
     }
@@ -553,6 +697,50 @@ fn row_avx512<const G: usize>(x: &[f32], k: usize, panels: &[&[f32]; G], out: &m
         unsafe {
             _mm512_storeu_ps(out[g].as_mut_ptr(), acc[g])
         };
+    }
+}
+
+/// An element the AVX-512 kernels read panels of: f32, or a bfloat16's 16 bits (widened in the
+/// register to the same f32).
+#[cfg(target_arch = "x86_64")]
+trait PanelElem: Copy {
+    /// Sixteen consecutive elements at `p` as f32 lanes.
+    ///
+    /// # Safety
+    /// `p` must point at 16 readable elements, and the CPU must have AVX-512F (only called
+    /// from the AVX-512 kernels, into which it is inlined).
+    #[allow(unsafe_code)]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PanelElem for f32 {
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        #[allow(unsafe_code)]
+        // SAFETY: the caller's contract.
+        unsafe {
+            std::arch::x86_64::_mm512_loadu_ps(p)
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PanelElem for u16 {
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::{
+            __m256i, _mm256_loadu_si256, _mm512_castsi512_ps, _mm512_cvtepu16_epi32,
+            _mm512_slli_epi32,
+        };
+        #[allow(unsafe_code)]
+        // SAFETY: the caller's contract (16 elements of 2 bytes: one 32-byte load).
+        unsafe {
+            let h = _mm256_loadu_si256(p.cast::<__m256i>());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
     }
 }
 
@@ -1287,6 +1475,55 @@ mod tests {
     }
 
     #[test]
+    fn bf16_matrices_held_in_16_bits_give_the_same_products() {
+        // weights rounded to bfloat16 (as a bf16 setup holds them), at shapes that exercise
+        // every kernel path: single rows (decode), 4- and 8-row tiles, partial panels, padding
+        for (m, out, inp) in [
+            (1, 1, 1),
+            (1, 200, 64),
+            (3, 17, 5),
+            (4, 16, 64),
+            (7, 33, 19),
+            (9, 130, 40),
+            (130, 40, 24),
+        ] {
+            let x = values(11, m * inp);
+            let mut w = values(12, out * inp);
+            round_to(crate::Precision::Bf16, &mut w);
+            let full = PackedMatrix::new(&w, out, inp).expect("pack");
+            let compact = full.clone().compact();
+            assert!(compact.is_compact() && !full.is_compact());
+            assert_eq!(2 * compact.bytes(), full.bytes());
+            assert_eq!(
+                bits(&matmul_t(&x, m, &compact)),
+                bits(&matmul_t(&x, m, &full)),
+                "{m}x{out}x{inp}"
+            );
+            // prefix views read the 16-bit panels in place too
+            let (po, pi) = (out.div_ceil(2), inp.div_ceil(2));
+            let xs = &x[..m.min(3) * pi];
+            assert_eq!(
+                bits(&matmul_panels(xs, m.min(3), compact.prefix(po, pi))),
+                bits(&matmul_panels(xs, m.min(3), full.prefix(po, pi))),
+                "prefix of {m}x{out}x{inp}"
+            );
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .expect("pool");
+                let y = pool.install(|| matmul_t(&x, m, &compact));
+                assert_eq!(bits(&y), bits(&matmul_t(&x, m, &full)), "{threads} threads");
+            }
+        }
+        // a matrix with one value that is not a bfloat16 stays in f32
+        let mut w = values(13, 64);
+        round_to(crate::Precision::Bf16, &mut w);
+        w[5] = 1.0 + f32::EPSILON;
+        assert!(!PackedMatrix::new(&w, 8, 8).unwrap().compact().is_compact());
+    }
+
+    #[test]
     fn a_row_is_the_same_alone_in_any_batch_and_on_any_thread_count() {
         let (m, out, inp) = (150, 70, 48);
         let (x, w) = (values(3, m * inp), values(4, out * inp));
@@ -1349,8 +1586,12 @@ mod tests {
             .chunks_exact(stride)
             .flat_map(|r| r[offset..offset + width].to_vec())
             .collect();
+        let f32s = |m: &PackedMatrix| match &m.panels {
+            Store::F32(v) => bits(v),
+            Store::Bf16(_) => unreachable!("packed in f32"),
+        };
         let same = |a: &PackedMatrix, b: &PackedMatrix| {
-            (a.out(), a.inp(), bits(&a.panels)) == (b.out(), b.inp(), bits(&b.panels))
+            (a.out(), a.inp(), f32s(a)) == (b.out(), b.inp(), f32s(b))
         };
         let strided = PackedMatrix::new_strided(&wide, rows, width, stride, offset).expect("pack");
         assert!(same(

@@ -182,12 +182,16 @@ pub(crate) fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// A linear layer's weight `[out, in]` packed for the invariant kernels.
+/// A linear layer's weight `[out, in]` packed for the invariant kernels, in 16 bits where
+/// every value is a bfloat16 (a bf16 setup's weights, a bf16 checkpoint's:
+/// [`crate::invariant::PackedMatrix::compact`], bitwise the same products).
 pub(crate) fn pack_weight(t: &Tensor) -> Result<crate::invariant::PackedMatrix> {
     let (out, inp) = t.dims2()?;
-    crate::invariant::PackedMatrix::new(&f32_values(t)?, out, inp).ok_or_else(|| {
-        crate::ModelError::InvalidArgument(format!("a weight of {out} x {inp} does not pack"))
-    })
+    crate::invariant::PackedMatrix::new(&f32_values(t)?, out, inp)
+        .map(crate::invariant::PackedMatrix::compact)
+        .ok_or_else(|| {
+            crate::ModelError::InvalidArgument(format!("a weight of {out} x {inp} does not pack"))
+        })
 }
 
 /// Refuses a chunk (compute tile) size outside `1..=65536` rows.
