@@ -184,8 +184,9 @@ pub(crate) fn recycle(v: Vec<f32>) {
 /// `x·Wᵀ`: panels of [`NR`] output columns, each `[in][NR]` (zero columns past `out`).
 ///
 /// A matrix whose every value is a bfloat16 (a bf16 checkpoint, or weights a bf16 setup has
-/// rounded) can be held in 16 bits ([`PackedMatrix::compact`]): half the memory, and half
-/// the bytes a one-row product (a decoded token) streams. The kernels read each panel widened
+/// rounded) or a binary16 (an f16 setup's weights) can be held in 16 bits
+/// ([`PackedMatrix::compact`]): half the memory, and half the bytes a one-row product (a
+/// decoded token) streams. The kernels read each panel widened
 /// back to f32, the same values, so every product is bitwise the f32 matrix's.
 #[derive(Debug, Clone)]
 pub struct PackedMatrix {
@@ -196,18 +197,28 @@ pub struct PackedMatrix {
     panels: Store,
 }
 
-/// A packed matrix's elements: f32, or the upper 16 bits of f32 values that are bfloat16.
+/// A packed matrix's elements: f32, or 16-bit values (bfloat16 or IEEE binary16) that widen
+/// exactly to the f32 values.
 #[derive(Debug, Clone)]
 enum Store {
     F32(Vec<f32>),
-    Bf16(Vec<u16>),
+    Bf16(Vec<half::bf16>),
+    F16(Vec<half::f16>),
 }
 
 /// A borrowed [`Store`].
 #[derive(Debug, Clone, Copy)]
 enum Slab<'a> {
     F32(&'a [f32]),
-    Bf16(&'a [u16]),
+    Bf16(&'a [half::bf16]),
+    F16(&'a [half::f16]),
+}
+
+/// A borrowed 16-bit panel ([`Panels::panel16`]).
+#[derive(Debug, Clone, Copy)]
+enum Half<'a> {
+    Bf16(&'a [half::bf16]),
+    F16(&'a [half::f16]),
 }
 
 /// A packed matrix or a prefix of one ([`PackedMatrix::prefix`]): its first `out` output
@@ -222,15 +233,17 @@ pub struct Panels<'a> {
 
 impl<'a> Panels<'a> {
     /// Panel `p` in 16 bits, when the matrix is held so.
-    fn panel16(&self, p: usize) -> Option<&'a [u16]> {
+    fn panel16(&self, p: usize) -> Option<Half<'a>> {
+        let range = p * self.kstride * NR..p * self.kstride * NR + self.inp * NR;
         match self.panels {
-            Slab::Bf16(v) => Some(&v[p * self.kstride * NR..p * self.kstride * NR + self.inp * NR]),
+            Slab::Bf16(v) => Some(Half::Bf16(&v[range])),
+            Slab::F16(v) => Some(Half::F16(&v[range])),
             Slab::F32(_) => None,
         }
     }
 
-    /// Panel `p` as f32: in place, or widened from 16 bits into `scratch` (exactly: a
-    /// bfloat16 is the upper half of an f32).
+    /// Panel `p` as f32: in place, or widened from 16 bits into `scratch` (exactly: every
+    /// bfloat16 and binary16 value is an f32 value).
     fn panel<'s>(&self, p: usize, scratch: &'s mut Vec<f32>) -> &'s [f32]
     where
         'a: 's,
@@ -242,17 +255,56 @@ impl<'a> Panels<'a> {
                 widen_bf16(&v[range], scratch);
                 scratch
             }
+            Slab::F16(v) => {
+                widen_f16(&v[range], scratch);
+                scratch
+            }
         }
     }
 }
 
-/// `v` (bfloat16 bit patterns) as f32 into `out` (resized to `v.len()`): each value shifted
-/// into the upper half of an f32, exactly.
-fn widen_bf16(v: &[u16], out: &mut Vec<f32>) {
+/// `v` as f32 into `out` (resized to `v.len()`): each value's bits shifted into the upper half
+/// of an f32, exactly.
+fn widen_bf16(v: &[half::bf16], out: &mut Vec<f32>) {
     out.resize(v.len(), 0.0);
     // (a plain zip: vectorized)
     for (o, &b) in out.iter_mut().zip(v) {
-        *o = f32::from_bits(u32::from(b) << 16);
+        *o = f32::from_bits(u32::from(b.to_bits()) << 16);
+    }
+}
+
+/// `v` as f32 into `out` (resized to `v.len()`), exactly: sixteen at a time by `vcvtph2ps`
+/// where the CPU has AVX-512F (the same conversion as the one-row kernel's), else by `half`.
+fn widen_f16(v: &[half::f16], out: &mut Vec<f32>) {
+    out.resize(v.len(), 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if wide_available() {
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU has AVX-512F.
+        unsafe {
+            widen_f16_avx512(v, out)
+        };
+        return;
+    }
+    use half::slice::HalfFloatSliceExt;
+    v.convert_to_f32_slice(out);
+}
+
+/// [`widen_f16`] with AVX-512F (`out.len() == v.len()`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn widen_f16_avx512(v: &[half::f16], out: &mut [f32]) {
+    use std::arch::x86_64::_mm512_storeu_ps;
+    let n = v.len() / NR * NR;
+    for (o, c) in out[..n].chunks_exact_mut(NR).zip(v[..n].chunks_exact(NR)) {
+        #[allow(unsafe_code)]
+        // SAFETY: each chunk holds 16 elements of `v` and 16 of `out`; the CPU has AVX-512F.
+        unsafe {
+            _mm512_storeu_ps(o.as_mut_ptr(), half::f16::load16(c.as_ptr()))
+        };
+    }
+    for (o, x) in out[n..].iter_mut().zip(&v[n..]) {
+        *o = x.to_f32();
     }
 }
 
@@ -369,23 +421,29 @@ impl PackedMatrix {
     }
 
     /// The same matrix held in 16 bits when every element is a bfloat16 (its f32 bits end in
-    /// 16 zeros), else unchanged: the products are bitwise the same either way.
+    /// 16 zeros) or else every element is an IEEE binary16 value (it converts to binary16 and
+    /// back to the same bits: the weights of an f16 setup), else unchanged: the products are
+    /// bitwise the same either way.
     pub fn compact(self) -> Self {
-        match &self.panels {
-            Store::F32(v) if v.iter().all(|x| x.to_bits() & 0xffff == 0) => {
-                let bits = v.iter().map(|x| (x.to_bits() >> 16) as u16).collect();
-                PackedMatrix {
-                    panels: Store::Bf16(bits),
-                    ..self
-                }
-            }
-            _ => self,
-        }
+        let Store::F32(v) = &self.panels else {
+            return self;
+        };
+        let panels = if v.iter().all(|x| x.to_bits() & 0xffff == 0) {
+            Store::Bf16(v.iter().map(|&x| half::bf16::from_f32(x)).collect())
+        } else if v
+            .iter()
+            .all(|&x| half::f16::from_f32(x).to_f32().to_bits() == x.to_bits())
+        {
+            Store::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect())
+        } else {
+            return self;
+        };
+        PackedMatrix { panels, ..self }
     }
 
     /// Whether the matrix is held in 16 bits ([`PackedMatrix::compact`]).
     pub fn is_compact(&self) -> bool {
-        matches!(self.panels, Store::Bf16(_))
+        !matches!(self.panels, Store::F32(_))
     }
 
     /// Bytes the elements occupy.
@@ -393,6 +451,7 @@ impl PackedMatrix {
         match &self.panels {
             Store::F32(v) => v.len() * 4,
             Store::Bf16(v) => v.len() * 2,
+            Store::F16(v) => v.len() * 2,
         }
     }
 
@@ -415,6 +474,7 @@ impl PackedMatrix {
             panels: match &self.panels {
                 Store::F32(v) => Slab::F32(v),
                 Store::Bf16(v) => Slab::Bf16(v),
+                Store::F16(v) => Slab::F16(v),
             },
         }
     }
@@ -433,6 +493,7 @@ impl PackedMatrix {
             panels: match &self.panels {
                 Store::F32(v) => Slab::F32(&v[..end]),
                 Store::Bf16(v) => Slab::Bf16(&v[..end]),
+                Store::F16(v) => Slab::F16(&v[..end]),
             },
         }
     }
@@ -635,17 +696,35 @@ fn row_wide<const G: usize>(
     p: usize,
     out: &mut [[f32; NR]; 8],
 ) {
+    // 16-bit panels are widened in the registers (a decoded row reads each weight once:
+    // widening into memory first would cost more than the halved read saves)
     #[cfg(target_arch = "x86_64")]
-    if let Some(first) = w.panel16(p) {
-        // 16-bit panels are widened in the registers (a decoded row reads each weight once:
-        // widening into memory first would cost more than the halved read saves)
-        let panels: [&[u16]; G] = std::array::from_fn(|g| w.panel16(p + g).unwrap_or(first));
-        #[allow(unsafe_code)]
-        // SAFETY: callers check `wide_available` (the CPU has AVX-512F).
-        unsafe {
-            row_avx512::<G, u16>(x, k, &panels, out)
-        };
-        return;
+    match w.panel16(p) {
+        Some(Half::Bf16(first)) => {
+            let panels: [&[half::bf16]; G] = std::array::from_fn(|g| match w.panel16(p + g) {
+                Some(Half::Bf16(v)) => v,
+                _ => first,
+            });
+            #[allow(unsafe_code)]
+            // SAFETY: callers check `wide_available` (the CPU has AVX-512F).
+            unsafe {
+                row_avx512::<G, half::bf16>(x, k, &panels, out)
+            };
+            return;
+        }
+        Some(Half::F16(first)) => {
+            let panels: [&[half::f16]; G] = std::array::from_fn(|g| match w.panel16(p + g) {
+                Some(Half::F16(v)) => v,
+                _ => first,
+            });
+            #[allow(unsafe_code)]
+            // SAFETY: callers check `wide_available` (the CPU has AVX-512F).
+            unsafe {
+                row_avx512::<G, half::f16>(x, k, &panels, out)
+            };
+            return;
+        }
+        None => {}
     }
     #[cfg(target_arch = "x86_64")]
     with_scratch(G, |scratch| {
@@ -669,8 +748,9 @@ fn row_wide<const G: usize>(
 
 /// [`micro_scalar`] for one row and `G ≤ 8` panels with AVX-512: each element's chain of fused
 /// multiply-adds over `k` in order.
-/// Panels of 16-bit elements (bfloat16) are widened in the registers ([`PanelElem`]): the
-/// same values, so the same bits as their f32 panels.
+///
+/// Panels of 16-bit elements (bfloat16, binary16) are widened in the registers
+/// ([`PanelElem`]): the same values, so the same bits as their f32 panels.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn row_avx512<const G: usize, T: PanelElem>(
@@ -700,8 +780,8 @@ fn row_avx512<const G: usize, T: PanelElem>(
     }
 }
 
-/// An element the AVX-512 kernels read panels of: f32, or a bfloat16's 16 bits (widened in the
-/// register to the same f32).
+/// An element the AVX-512 kernels read panels of: f32, or a bfloat16 or binary16 (widened in
+/// the register to the same f32).
 #[cfg(target_arch = "x86_64")]
 trait PanelElem: Copy {
     /// Sixteen consecutive elements at `p` as f32 lanes.
@@ -727,10 +807,11 @@ impl PanelElem for f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl PanelElem for u16 {
+impl PanelElem for half::bf16 {
+    /// Zero-extended and shifted into the upper half of each f32 lane.
     #[inline(always)]
     #[allow(unsafe_code)]
-    unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
+    unsafe fn load16(p: *const half::bf16) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::{
             __m256i, _mm256_loadu_si256, _mm512_castsi512_ps, _mm512_cvtepu16_epi32,
             _mm512_slli_epi32,
@@ -740,6 +821,22 @@ impl PanelElem for u16 {
         unsafe {
             let h = _mm256_loadu_si256(p.cast::<__m256i>());
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PanelElem for half::f16 {
+    /// Converted by `vcvtph2ps` (AVX-512F), exact for every binary16 value, subnormals
+    /// included.
+    #[inline(always)]
+    #[allow(unsafe_code)]
+    unsafe fn load16(p: *const half::f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm512_cvtph_ps};
+        #[allow(unsafe_code)]
+        // SAFETY: the caller's contract (16 elements of 2 bytes: one 32-byte load).
+        unsafe {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast::<__m256i>()))
         }
     }
 }
@@ -1475,10 +1572,11 @@ mod tests {
     }
 
     #[test]
-    fn bf16_matrices_held_in_16_bits_give_the_same_products() {
-        // weights rounded to bfloat16 (as a bf16 setup holds them), at shapes that exercise
-        // every kernel path: single rows (decode), 4- and 8-row tiles, partial panels, padding
-        for (m, out, inp) in [
+    fn matrices_held_in_16_bits_give_the_same_products() {
+        // weights rounded to bfloat16 or binary16 (as a bf16 or f16 setup holds them; binary16
+        // with some subnormal values), at shapes that exercise every kernel path: single rows
+        // (decode), 4- and 8-row tiles, partial panels, padding
+        for (precision, (m, out, inp)) in [
             (1, 1, 1),
             (1, 200, 64),
             (3, 17, 5),
@@ -1486,10 +1584,20 @@ mod tests {
             (7, 33, 19),
             (9, 130, 40),
             (130, 40, 24),
-        ] {
+        ]
+        .into_iter()
+        .flat_map(|shape| {
+            [
+                (crate::Precision::Bf16, shape),
+                (crate::Precision::F16, shape),
+            ]
+        }) {
             let x = values(11, m * inp);
             let mut w = values(12, out * inp);
-            round_to(crate::Precision::Bf16, &mut w);
+            for (i, v) in w.iter_mut().enumerate().step_by(7) {
+                *v *= 1e-6 * (1 + i % 5) as f32;
+            }
+            round_to(precision, &mut w);
             let full = PackedMatrix::new(&w, out, inp).expect("pack");
             let compact = full.clone().compact();
             assert!(compact.is_compact() && !full.is_compact());
@@ -1497,7 +1605,7 @@ mod tests {
             assert_eq!(
                 bits(&matmul_t(&x, m, &compact)),
                 bits(&matmul_t(&x, m, &full)),
-                "{m}x{out}x{inp}"
+                "{precision:?} {m}x{out}x{inp}"
             );
             // prefix views read the 16-bit panels in place too
             let (po, pi) = (out.div_ceil(2), inp.div_ceil(2));
@@ -1516,10 +1624,14 @@ mod tests {
                 assert_eq!(bits(&y), bits(&matmul_t(&x, m, &full)), "{threads} threads");
             }
         }
-        // a matrix with one value that is not a bfloat16 stays in f32
+        // a matrix with one value that is neither a bfloat16 nor a binary16 stays in f32
         let mut w = values(13, 64);
         round_to(crate::Precision::Bf16, &mut w);
         w[5] = 1.0 + f32::EPSILON;
+        assert!(!PackedMatrix::new(&w, 8, 8).unwrap().compact().is_compact());
+        let mut w = values(14, 64);
+        round_to(crate::Precision::F16, &mut w);
+        w[9] = 1e-30;
         assert!(!PackedMatrix::new(&w, 8, 8).unwrap().compact().is_compact());
     }
 
@@ -1588,7 +1700,7 @@ mod tests {
             .collect();
         let f32s = |m: &PackedMatrix| match &m.panels {
             Store::F32(v) => bits(v),
-            Store::Bf16(_) => unreachable!("packed in f32"),
+            _ => unreachable!("packed in f32"),
         };
         let same = |a: &PackedMatrix, b: &PackedMatrix| {
             (a.out(), a.inp(), f32s(a)) == (b.out(), b.inp(), f32s(b))

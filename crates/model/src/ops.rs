@@ -183,8 +183,8 @@ pub(crate) fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// A linear layer's weight `[out, in]` packed for the invariant kernels, in 16 bits where
-/// every value is a bfloat16 (a bf16 setup's weights, a bf16 checkpoint's:
-/// [`crate::invariant::PackedMatrix::compact`], bitwise the same products).
+/// every value is a bfloat16 or a binary16 (a bf16 or f16 setup's weights, a bf16
+/// checkpoint's: [`crate::invariant::PackedMatrix::compact`], bitwise the same products).
 pub(crate) fn pack_weight(t: &Tensor) -> Result<crate::invariant::PackedMatrix> {
     let (out, inp) = t.dims2()?;
     crate::invariant::PackedMatrix::new(&f32_values(t)?, out, inp)
