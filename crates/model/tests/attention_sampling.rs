@@ -335,3 +335,68 @@ fn bad_samples_are_typed_errors() {
     q.0[2] = f32::NAN;
     assert!(sampled(&f, &setup, (layer, chunk), &q, &s).unwrap().passed);
 }
+
+/// The stated detection probability of a one-head cheat (specs/freivalds.md §7): over 600
+/// statements, each cell's sample drawn from the key and the statement as a verifier draws it
+/// ([`VerifierKey::sample_seed`]), a claim wrong in one of the 4 heads is caught in
+/// `1 − C(3, s)/C(4, s) = s/4` of the checks, within 5 standard deviations, for s = 1, 2, 3.
+#[test]
+fn a_one_head_cheat_is_caught_at_the_stated_rate() {
+    let f = fixture();
+    let setup: Setup = "f32/attn=eager/kernels=invariant".parse().unwrap();
+    let (trace, sub) = f.model.trace_sublayers(&setup, &prompt(), TILE).unwrap();
+    let c = f.model.config().clone();
+    let (hd, heads) = (c.head_dim(), c.num_heads);
+    let (layer, chunk) = (2, 3);
+    // head 1's output in the cell's first row off by one unit in the last place: the output
+    // projection's Freivalds check cannot see it (far inside the rounding bound), so only the
+    // bitwise comparison of that head's recomputed attention does
+    let mut wrong = claim_parts(&f.model, &trace, &sub, layer, chunk);
+    let at = hd + 3;
+    wrong.3.attn[at] = f32::from_bits(wrong.3.attn[at].to_bits() ^ 1);
+    let full = check_cell(
+        &f.key,
+        &f.model,
+        &setup,
+        TILE,
+        layer,
+        chunk,
+        &claim(&wrong),
+        0.0,
+    )
+    .unwrap();
+    assert!(
+        !full.passed && full.linear.iter().all(|(_, l)| l.passed),
+        "{full:?}"
+    );
+    let trials = 600u32;
+    for s in 1..heads as u32 {
+        let sampling = AttentionSampling {
+            heads: Some(s),
+            context_rows: Some(2),
+        };
+        let caught = (0..trials)
+            .filter(|t| {
+                let statement = format!("statement {t}");
+                let seed = f
+                    .key
+                    .sample_seed(statement.as_bytes(), layer as u32, chunk as u32);
+                let sample = sampling.draw(seed, heads, chunk * TILE);
+                !sampled(&f, &setup, (layer, chunk), &wrong, &sample)
+                    .unwrap()
+                    .passed
+            })
+            .count() as f64;
+        let p = 1.0
+            - veritrace_protocol::soundness::miss_probability(heads as u64, 1, u64::from(s))
+                .unwrap();
+        assert!((p - f64::from(s) / heads as f64).abs() < 1e-12);
+        let n = f64::from(trials);
+        let sd = (n * p * (1.0 - p)).sqrt();
+        eprintln!("one-head cheat, {s} of {heads} heads sampled: caught {caught} of {trials} (stated {p})");
+        assert!(
+            (caught - n * p).abs() <= 5.0 * sd,
+            "s = {s}: caught {caught} of {trials}, stated {p}"
+        );
+    }
+}
