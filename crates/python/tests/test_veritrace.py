@@ -399,10 +399,20 @@ if TORCH:
                 traces += ["--bound-trace",
                            os.path.join(committed(honest, ids, f"cal{i}"), "trace.safetensors")]
             bounds = os.path.join(tmp, "bounds.json")
-            out = veritrace.run("keygen", "--model", ckpt, "--secret-file", secret, "--out",
-                                os.path.join(tmp, "k2"), "--calibrate-bound", "24",
-                                "--calibration-setup", setup, "--bound-file", bounds, *traces)
+            out = veritrace.keygen(ckpt, out=os.path.join(tmp, "k2"), secret_file=secret,
+                                   bound_traces=traces[1::2], bound_file=bounds,
+                                   calibration_setup=setup)
             assert "nonlinear tolerances" in out, out
+            # a claimed false-alarm rate needs more runs than 24: refused, with the count
+            try:
+                veritrace.keygen(ckpt, out=os.path.join(tmp, "k3"), secret_file=secret,
+                                 bound_traces=traces[1::2], bound_file=bounds,
+                                 bound_method="order-statistic", target_fpr=0.01,
+                                 calibration_setup=setup)
+            except veritrace.VeritraceError as e:
+                assert e.code == 2 and "honest runs are needed" in str(e), e
+            else:
+                raise AssertionError("24 runs certified a 1% rate over 22 checks")
             tol = json.load(open(bounds))["nonlinear"]
             assert len(tol) == 2 and all(len(r) == 4 for r in tol), tol
             # transformers' attention rounds differently from veritrace's bf16 kernels

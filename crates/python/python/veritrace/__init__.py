@@ -261,6 +261,57 @@ def verify(
     raise VeritraceError(code, f"unexpected verdict {out.strip()}", argv)
 
 
+def keygen(
+    model: PathLike,
+    *,
+    out: PathLike,
+    secret_file: Optional[PathLike] = None,
+    new_secret: Optional[PathLike] = None,
+    repetitions: int = 2,
+    bound_traces: Sequence[PathLike] = (),
+    bound_file: Optional[PathLike] = None,
+    bound_method: str = "max",
+    target_fpr: float = 0.001,
+    confidence: float = 0.95,
+    holdout: int = 0,
+    calibration_setup: Optional[str] = None,
+) -> str:
+    """`veritrace keygen`: the verifier's secret Freivalds key of `model` at `out`, from the
+    32-byte `secret_file` (or a fresh secret written to `new_secret`; keep both private). With
+    `bound_traces` (sub-layer trace files of honest runs, e.g. transformers provers committed
+    with `commit(..., trace_level="sublayer")`) and `bound_file`, it also calibrates per-map
+    Freivalds scales and the nonlinear parts' tolerances on them (specs/freivalds.md section
+    4): `bound_method` "max" (twice each check's largest value) or "order-statistic" /
+    "exponential-tail" (a claimed session false-alarm rate `target_fpr` at `confidence`,
+    tested on the last `holdout` traces, which are held out). `calibration_setup` is the setup
+    the runs claim (default f32 eager). Pass the file to `verify(freivalds_bounds=...)`.
+    Returns keygen's report; raises VeritraceError (code 2) for refused input, e.g. too few
+    traces for the target (the message says how many are needed)."""
+    argv: List[str] = ["keygen", "--model", os.fspath(model), "--out", os.fspath(out),
+                       "--repetitions", str(int(repetitions))]
+    if secret_file is not None:
+        argv += ["--secret-file", os.fspath(secret_file)]
+    if new_secret is not None:
+        argv += ["--new-secret", os.fspath(new_secret)]
+    traces = [os.fspath(t) for t in bound_traces]
+    if traces:
+        if bound_file is None:
+            raise ValueError("bound_traces calibrate a bound file: give bound_file")
+        runs = len(traces) - int(holdout)
+        argv += ["--calibrate-bound", str(runs), "--bound-holdout", str(int(holdout))]
+        for t in traces:
+            argv += ["--bound-trace", t]
+    if bound_file is not None:
+        if not traces:
+            raise ValueError("bound_file is calibrated on bound_traces: give them")
+        argv += ["--bound-file", os.fspath(bound_file), "--bound-method", bound_method,
+                 "--bound-target-fpr", repr(float(target_fpr)),
+                 "--bound-confidence", repr(float(confidence))]
+    if calibration_setup is not None:
+        argv += ["--calibration-setup", calibration_setup]
+    return run(*argv)
+
+
 def calibrate(*args: Any) -> str:
     """`veritrace calibrate` with the given command-line arguments (see its --help): thresholds
     from independent honest runs or honest trace files; returns its report."""
