@@ -911,7 +911,7 @@ impl Simulation {
                     chunk: j as u32,
                 };
                 let (model, setup): (&LlamaModel, Setup) = match plan {
-                    CellPlan::Reference => (claimed, reference),
+                    CellPlan::Reference | CellPlan::WrongHeads(_) => (claimed, reference),
                     CellPlan::Setup(s) => (claimed, *s),
                     CellPlan::Model(m) => (
                         m.decoder().ok_or_else(|| {
@@ -936,7 +936,17 @@ impl Simulation {
                     j,
                     &trace.layers[l - 1][..e * d],
                 )?;
-                let sub = fit(&sub, &model.sublayer_layout(), &layout);
+                let mut sub = fit(&sub, &model.sublayer_layout(), &layout);
+                if let CellPlan::WrongHeads(heads) = plan {
+                    // one ulp off in the first `heads` heads' attention output, every row
+                    let hd = claimed.config().head_dim();
+                    let width = claimed.config().num_heads * hd;
+                    for row in sub.attn.chunks_exact_mut(width.max(1)) {
+                        for v in &mut row[..heads * hd] {
+                            *v = f32::from_bits(v.to_bits() ^ 1);
+                        }
+                    }
+                }
                 Ok(layout.pack(&sub)?)
             })
             .collect::<Result<_, _>>()?;

@@ -77,7 +77,10 @@
 //! (one weight `matrix`, `q` `k` `v` `o` `gate` `up` or `down`, of `layer` moved a `factor` of
 //! the way to its `quant` quantization, e.g. `int8-channel`, everything else honest; each trial's
 //! verifier draws its own Freivalds key, and with `layer_check = "freivalds"` the prediction is
-//! the stated false-accept probability; a decoder only).
+//! the stated false-accept probability; a decoder only); `head-cheat` (the attention output of
+//! the first `heads` query heads one ulp off in every cell of layers >= 1, everything else
+//! honest: a probe of the sampled attention check, caught per challenged cell only where a
+//! sampled head is one of them; needs `layer_check` `freivalds` or `both`; a decoder only).
 //!
 //! Every count and size has a documented upper bound (the `MAX_*` constants of this module),
 //! refused at validation with a [`SimError::Scenario`] naming the field, the value and the

@@ -366,3 +366,63 @@ setup = "bf16/attn=eager/quant=int4-g32/kernels=invariant"
         r.adversaries[1].reasons
     );
 }
+
+/// The sampled attention check in the simulator (specs/freivalds.md §7): a prover whose
+/// attention output is one ulp off in one of tiny's 4 heads, nothing else, has every cell of
+/// layers >= 1 bad under the full check, and under one sampled head per cell only the cells whose
+/// draw (from the scenario's key and the statement) is that head; honest and reduction-order
+/// provers pass either way; the sampled check's cost column is below the full check's; and the
+/// sampling settings are validated.
+#[test]
+fn the_sampled_attention_check_catches_a_head_cheat_where_it_draws_the_head() {
+    let adversaries = r#"
+[[adversary]]
+kind = "honest"
+[[adversary]]
+kind = "other-hardware"
+setup = "f32/attn=eager/splitk=4"
+[[adversary]]
+kind = "head-cheat"
+heads = 1
+"#;
+    let by = |check: &str| {
+        Simulation::new(scenario(check, adversaries))
+            .unwrap()
+            .run(&|| {})
+            .unwrap()
+    };
+    let full = by("layer_check = \"freivalds\"");
+    let sampled = by("layer_check = \"freivalds\"\nattention_heads = 1\ncontext_rows = 2");
+    assert!(veritrace_sim::report::markdown(&sampled).contains("sampled attention check"));
+    // 12 + 4 tokens in cells of 4: 4 cells in each of tiny's 4 layers >= 1
+    let layer_cells = 16.0;
+    for (f, s) in full.adversaries.iter().zip(&sampled.adversaries) {
+        if f.label.starts_with("head-cheat") {
+            assert_eq!(f.bad_cells, layer_cells, "{f:?}");
+            assert!(f.detected == f.trials, "{f:?}");
+            // about a quarter of them, as drawn for the scenario's key: some, not all
+            assert!(
+                s.bad_cells > 0.0 && s.bad_cells < layer_cells,
+                "{}",
+                s.bad_cells
+            );
+            assert!(s.detected < f.detected, "{s:?}");
+        } else {
+            assert_eq!((f.detected, s.detected), (0, 0), "{}", f.label);
+        }
+        assert!(s.verifier_cost < f.verifier_cost, "{}", s.label);
+    }
+    // sampling needs the Freivalds check, and at least one head
+    let bad = |check: &str| {
+        Scenario::from_toml(&scenario_text(check, adversaries))
+            .and_then(|s| Simulation::new(s).map(|_| ()))
+            .is_err()
+    };
+    assert!(bad("attention_heads = 1"));
+    assert!(bad("layer_check = \"freivalds\"\nattention_heads = 0"));
+    assert!(!bad("layer_check = \"freivalds\"\ncontext_rows = 0"));
+    // a head cheat on a model without that many heads is refused
+    assert!(bad(
+        "layer_check = \"freivalds\"\n[[adversary]]\nkind = \"head-cheat\"\nheads = 9"
+    ));
+}

@@ -11,6 +11,7 @@
 mod corridor;
 mod equivocation;
 mod grinding;
+mod head_cheat;
 mod honest;
 mod late_commitment;
 mod model_swap;
@@ -35,6 +36,7 @@ use crate::SimError;
 pub use corridor::{Corridor, CorridorProbe, CORRIDOR_SCALES};
 pub use equivocation::Equivocation;
 pub use grinding::{grinding_detection, Grinding};
+pub use head_cheat::HeadCheat;
 pub use honest::Honest;
 pub use late_commitment::LateCommitment;
 pub use model_swap::ModelSwap;
@@ -69,6 +71,8 @@ pub enum Adversary {
     Corridor(Corridor),
     /// One weight matrix perturbed at the scale of a quantization's error (issue 16).
     WeightPerturbation(WeightPerturbation),
+    /// The attention output of some heads one ulp off: a probe of the sampled attention check.
+    HeadCheat(HeadCheat),
 }
 
 /// Adversary kinds (an [`Adversary`] without its parameters), as results record them.
@@ -95,6 +99,8 @@ pub enum AdversaryKind {
     Corridor,
     /// Perturbs one weight matrix (issue 16).
     WeightPerturbation,
+    /// Commits a wrong attention output in some heads (issue 16, the sampled check).
+    HeadCheat,
 }
 
 impl AdversaryKind {
@@ -121,6 +127,7 @@ impl Adversary {
             Adversary::Grinding(a) => a,
             Adversary::Corridor(a) => a,
             Adversary::WeightPerturbation(a) => a,
+            Adversary::HeadCheat(a) => a,
         }
     }
 
@@ -190,6 +197,9 @@ pub(crate) enum CellPlan {
     /// The reference setup on another model (the model swap); its rows are fitted to the
     /// claimed model's widths (zero-padded or cut).
     Model(SimModel),
+    /// The reference, with the committed attention output of the first `n` query heads one
+    /// unit in the last place off in every cell of layers ≥ 1 ([`HeadCheat`]).
+    WrongHeads(usize),
     /// `cheap` on the `cheat` cells, the reference elsewhere.
     Mixed {
         /// The cells computed under `cheap`.
