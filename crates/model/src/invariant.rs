@@ -701,28 +701,16 @@ fn row_wide<const G: usize>(
     #[cfg(target_arch = "x86_64")]
     match w.panel16(p) {
         Some(Half::Bf16(first)) => {
-            let panels: [&[half::bf16]; G] = std::array::from_fn(|g| match w.panel16(p + g) {
+            return row_in_place::<G, _>(x, k, out, |g| match w.panel16(p + g) {
                 Some(Half::Bf16(v)) => v,
                 _ => first,
-            });
-            #[allow(unsafe_code)]
-            // SAFETY: callers check `wide_available` (the CPU has AVX-512F).
-            unsafe {
-                row_avx512::<G, half::bf16>(x, k, &panels, out)
-            };
-            return;
+            })
         }
         Some(Half::F16(first)) => {
-            let panels: [&[half::f16]; G] = std::array::from_fn(|g| match w.panel16(p + g) {
+            return row_in_place::<G, _>(x, k, out, |g| match w.panel16(p + g) {
                 Some(Half::F16(v)) => v,
                 _ => first,
-            });
-            #[allow(unsafe_code)]
-            // SAFETY: callers check `wide_available` (the CPU has AVX-512F).
-            unsafe {
-                row_avx512::<G, half::f16>(x, k, &panels, out)
-            };
-            return;
+            })
         }
         None => {}
     }
@@ -744,6 +732,23 @@ fn row_wide<const G: usize>(
         let _ = (x, k, w, p, out);
         unreachable!("the AVX-512 row kernel runs on x86-64 only");
     }
+}
+
+/// [`row_avx512`] over the `G` panels `panel(0..G)` read in place. Only called where
+/// [`wide_available`] holds.
+#[cfg(target_arch = "x86_64")]
+fn row_in_place<'a, const G: usize, T: PanelElem + 'a>(
+    x: &[f32],
+    k: usize,
+    out: &mut [[f32; NR]; 8],
+    panel: impl Fn(usize) -> &'a [T],
+) {
+    let panels: [&[T]; G] = std::array::from_fn(panel);
+    #[allow(unsafe_code)]
+    // SAFETY: callers check `wide_available` (the CPU has AVX-512F).
+    unsafe {
+        row_avx512::<G, T>(x, k, &panels, out)
+    };
 }
 
 /// [`micro_scalar`] for one row and `G ≤ 8` panels with AVX-512: each element's chain of fused
