@@ -455,6 +455,79 @@ impl PackedMatrix {
         }
     }
 
+    /// An empty `[0, inp]` matrix that grows by output rows ([`PackedMatrix::push_out`]): a
+    /// key cache, `[keys, hd]`.
+    pub fn growing_out(inp: usize) -> Self {
+        PackedMatrix {
+            out: 0,
+            inp,
+            kstride: inp,
+            panels: Store::F32(Vec::new()),
+        }
+    }
+
+    /// Appends a row to `W` (`w`: `inp` values): the matrix is then bitwise
+    /// [`PackedMatrix::new`] of the longer `W`. Only for matrices from
+    /// [`PackedMatrix::growing_out`]; `w` of another length is cut or zero-padded.
+    pub fn push_out(&mut self, w: &[f32]) {
+        let (j, inp) = (self.out, self.inp);
+        let Store::F32(panels) = &mut self.panels else {
+            debug_assert!(false, "push_out on a 16-bit matrix");
+            return;
+        };
+        if j.is_multiple_of(NR) {
+            panels.resize(panels.len() + inp * NR, 0.0);
+        }
+        let (p, c) = (j / NR, j % NR);
+        let panel = &mut panels[p * inp * NR..(p + 1) * inp * NR];
+        for (k, &v) in w.iter().take(inp).enumerate() {
+            panel[k * NR + c] = v;
+        }
+        self.out += 1;
+    }
+
+    /// An empty `[out, 0]` matrix that grows by input columns ([`PackedMatrix::push_inp`]),
+    /// with room for `capacity` of them before it is laid out again: a value cache, `Wᵀ =
+    /// [values, hd]`.
+    pub fn growing_inp(out: usize, capacity: usize) -> Self {
+        let kstride = capacity.max(1);
+        PackedMatrix {
+            out,
+            inp: 0,
+            kstride,
+            panels: Store::F32(vec![0.0; out.div_ceil(NR) * kstride * NR]),
+        }
+    }
+
+    /// Appends a column to `W` (a row of `Wᵀ`; `w`: `out` values): the matrix then reads as
+    /// [`PackedMatrix::from_transposed`] of the longer `Wᵀ` (its panels keep room for more
+    /// columns; a full matrix is laid out again with twice the room). Only for matrices from
+    /// [`PackedMatrix::growing_inp`]; `w` of another length is cut or zero-padded.
+    pub fn push_inp(&mut self, w: &[f32]) {
+        let (out, np) = (self.out, self.out.div_ceil(NR));
+        let Store::F32(panels) = &mut self.panels else {
+            debug_assert!(false, "push_inp on a 16-bit matrix");
+            return;
+        };
+        if self.inp == self.kstride {
+            let wider = self.kstride * 2;
+            let mut grown = vec![0f32; np * wider * NR];
+            for p in 0..np {
+                let from = &panels[p * self.kstride * NR..(p * self.kstride + self.inp) * NR];
+                grown[p * wider * NR..p * wider * NR + from.len()].copy_from_slice(from);
+            }
+            *panels = grown;
+            self.kstride = wider;
+        }
+        let k = self.inp;
+        for p in 0..np {
+            let cols = NR.min(out - p * NR).min(w.len().saturating_sub(p * NR));
+            let at = (p * self.kstride + k) * NR;
+            panels[at..at + cols].copy_from_slice(&w[p * NR..p * NR + cols]);
+        }
+        self.inp += 1;
+    }
+
     /// Output width (rows of `W`).
     pub fn out(&self) -> usize {
         self.out
@@ -1638,6 +1711,36 @@ mod tests {
         round_to(crate::Precision::F16, &mut w);
         w[9] = 1e-30;
         assert!(!PackedMatrix::new(&w, 8, 8).unwrap().compact().is_compact());
+    }
+
+    #[test]
+    fn growing_matrices_are_the_packing_of_the_longer_matrix() {
+        // a key cache [rows, 40] and a value cache (its transpose) grown one row at a time,
+        // through several re-layouts of the value panels, against packing from scratch
+        let (width, rows) = (40usize, 70usize);
+        let all = values(21, rows * width);
+        let mut keys = PackedMatrix::growing_out(width);
+        let mut vals = PackedMatrix::growing_inp(width, 3);
+        for r in 0..rows {
+            keys.push_out(&all[r * width..(r + 1) * width]);
+            vals.push_inp(&all[r * width..(r + 1) * width]);
+            let e = r + 1;
+            let fresh_k = PackedMatrix::new(&all[..e * width], e, width).unwrap();
+            let fresh_v = PackedMatrix::from_transposed(&all[..e * width], width, e).unwrap();
+            let x = values(22 + r as u32, 3 * width);
+            assert_eq!(
+                bits(&matmul_t(&x, 3, &keys)),
+                bits(&matmul_t(&x, 3, &fresh_k)),
+                "keys after {e} rows"
+            );
+            let p = values(90 + r as u32, 2 * e);
+            assert_eq!(
+                bits(&matmul_panels(&p, 2, vals.prefix(width, e))),
+                bits(&matmul_t(&p, 2, &fresh_v)),
+                "values after {e} rows"
+            );
+            assert_eq!((keys.out(), vals.inp()), (e, e));
+        }
     }
 
     #[test]

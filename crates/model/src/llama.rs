@@ -2469,6 +2469,39 @@ impl PackedLayer {
 struct KvRows {
     k: Vec<f32>,
     v: Vec<f32>,
+    /// The same rows packed per key-value head as the attention reads them (keys `[rows, hd]`,
+    /// values transposed), grown a row at a time: a decoded token's attention packs nothing.
+    heads: Vec<(PackedMatrix, PackedMatrix)>,
+}
+
+impl KvRows {
+    /// Appends rows of roped keys `k` and values `v` (`[n, kv·hd]` each) of `kv` heads of `hd`.
+    fn append(&mut self, k: &[f32], v: &[f32], kv: usize, hd: usize) {
+        if self.heads.is_empty() {
+            // (this is the only writer: the packing starts with the cache, empty)
+            let rows = k.len() / (kv * hd).max(1);
+            self.heads = (0..kv)
+                .map(|_| {
+                    (
+                        PackedMatrix::growing_out(hd),
+                        PackedMatrix::growing_inp(hd, rows.max(64)),
+                    )
+                })
+                .collect();
+        }
+        self.k.extend_from_slice(k);
+        self.v.extend_from_slice(v);
+        let width = kv * hd;
+        for (kr, vr) in k
+            .chunks_exact(width.max(1))
+            .zip(v.chunks_exact(width.max(1)))
+        {
+            for (g, (keys, values)) in self.heads.iter_mut().enumerate() {
+                keys.push_out(&kr[g * hd..(g + 1) * hd]);
+                values.push_inp(&vr[g * hd..(g + 1) * hd]);
+            }
+        }
+    }
 }
 
 /// Query rows per block of the invariant attention: each block attends over the keys up to its
@@ -2850,10 +2883,10 @@ impl Arith<'_> {
     ) -> Result<(Vec<f32>, Vec<f32>)> {
         let k = self.inv_biased(p, inv::matmul_t(normed, n, &p.wk), 1);
         let v = self.inv_biased(p, inv::matmul_t(normed, n, &p.wv), 2);
-        let roped = self.inv_rope(&k, self.model.config.num_kv_heads, start)?;
-        cache.k.extend_from_slice(&roped);
+        let c = &self.model.config;
+        let roped = self.inv_rope(&k, c.num_kv_heads, start)?;
+        cache.append(&roped, &v, c.num_kv_heads, c.head_dim());
         inv::recycle(roped);
-        cache.v.extend_from_slice(&v);
         Ok((k, v))
     }
 
@@ -2908,14 +2941,6 @@ impl Arith<'_> {
                 values_in.len()
             )));
         }
-        let window = self.window();
-        let column = |x: &[f32], rows: usize, width: usize, at: usize| -> Vec<f32> {
-            let mut out = Vec::with_capacity(rows * hd);
-            for r in 0..rows {
-                out.extend_from_slice(&x[r * width + at..r * width + at + hd]);
-            }
-            out
-        };
         // each key-value head packed once for the query heads that share it; each query block
         // reads the prefix up to its last row
         let pack = |g: usize| -> Result<(PackedMatrix, PackedMatrix)> {
@@ -2932,6 +2957,45 @@ impl Arith<'_> {
             (0..nkv).into_par_iter().map(pack).collect::<Result<_>>()?
         } else {
             (0..nkv).map(pack).collect::<Result<_>>()?
+        };
+        self.inv_attend_packed(q, n, r0, &packed, group)
+    }
+
+    /// The attention of [`Arith::inv_attend`] over keys and values already packed per
+    /// key-value head (`packed[g]`: keys as `[e′, hd]`, values transposed, `e′ ≥ r0 + n`, only
+    /// the first `r0 + n` rows read): the packing a KV cache keeps
+    /// ([`KvRows::heads`]) or one made for this call.
+    fn inv_attend_packed(
+        &self,
+        q: &[f32],
+        n: usize,
+        r0: usize,
+        packed: &[(PackedMatrix, PackedMatrix)],
+        group: &[usize],
+    ) -> Result<Vec<f32>> {
+        use rayon::prelude::*;
+        let hd = self.model.config.head_dim();
+        let (nh, qd, e) = (group.len(), group.len() * hd, r0 + n);
+        if q.len() != n * qd
+            || group.iter().any(|&g| {
+                packed
+                    .get(g)
+                    .is_none_or(|(k, v)| k.out() < e || v.inp() < e)
+            })
+        {
+            return Err(ModelError::InvalidArgument(format!(
+                "attention of {} query elements for rows {r0}..{e} over {} packed key-value heads",
+                q.len(),
+                packed.len()
+            )));
+        }
+        let window = self.window();
+        let column = |x: &[f32], rows: usize, width: usize, at: usize| -> Vec<f32> {
+            let mut out = Vec::with_capacity(rows * hd);
+            for r in 0..rows {
+                out.extend_from_slice(&x[r * width + at..r * width + at + hd]);
+            }
+            out
         };
         let head = |h: usize| -> Result<Vec<f32>> {
             let (keys, values) = &packed[group[h]];
@@ -3003,7 +3067,8 @@ impl Arith<'_> {
         let q_lin = self.inv_biased(p, inv::matmul_t(&normed, n, &p.wq), 0);
         let q = self.inv_rope(&q_lin, nh, r0)?;
         let (k_lin, v_lin) = self.inv_append_kv(p, &normed, n, r0, cache)?;
-        let attn = self.inv_attention(&q, n, r0, (&cache.k, &cache.v))?;
+        let group: Vec<usize> = (0..nh).map(|h| h / (nh / nkv).max(1)).collect();
+        let attn = self.inv_attend_packed(&q, n, r0, &cache.heads, &group)?;
         let o = self.st(inv::matmul_t(&attn, n, &p.wo));
         let a = self.st(inv::add(x, &o));
         let mlp_in = self.st(inv::rms_norm_rows(&a, d, &p.mlp_norm, eps));
