@@ -175,9 +175,11 @@ fn sublayer_sessions_over_files() {
         out.contains("AlgebraicCheck") || out.contains("Tolerance"),
         "{out}"
     );
-    // the sampled attention check rejects it too (its weights are wrong in every map)
+    // the sampled attention check rejects it too (its weights are wrong in every map), and
+    // says what it sampled
     let (c, out) = verify(&cheat_commitment, &p("cheat-op.json"), &freivalds_sampled);
     assert_eq!(c, 1, "{out}");
+    assert!(out.contains("sampled attention check: heads ["), "{out}");
     // sampling without the Freivalds check, or of no head: exit 2
     let (c, out) = verify(&cheat_commitment, &p("cheat-op.json"), &sampled);
     assert_eq!(c, 2, "{out}");

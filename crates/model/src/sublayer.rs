@@ -526,6 +526,17 @@ impl Recompute for KeyedVerifier<'_> {
                         )
                     }),
             );
+            if !self.sampling.is_full() {
+                // what this cell's sampled check covered (an auditor with the key re-derives it)
+                let list = |v: &Option<Vec<usize>>| {
+                    v.as_ref().map_or("all".to_string(), |v| format!("{v:?}"))
+                };
+                failures.push(format!(
+                    "sampled attention check: heads {}, context rows {}",
+                    list(&sample.heads),
+                    list(&sample.context_rows)
+                ));
+            }
             return Ok(AlgebraicCheck::Failed(failures.join("; ")));
         }
         Ok(AlgebraicCheck::Output(
