@@ -1844,12 +1844,16 @@ pub fn check_sublayer_values(
             // scanned: its cost is the sample's, not the context's
             let hd = c.head_dim();
             let rep = c.num_heads / c.num_kv_heads.max(1);
-            let mut groups: Vec<usize> = match &sample.heads {
-                Some(hs) => hs.iter().map(|h| h / rep.max(1)).collect(),
-                None => (0..c.num_kv_heads).collect(),
-            };
-            groups.dedup();
             for (what, x) in [("context k", &ctx.k), ("context v", &ctx.v)] {
+                let Some(hs) = &sample.heads else {
+                    // every head reads every column: one pass over the whole array
+                    if let Some(index) = crate::first_non_finite(x) {
+                        return Err(FreivaldsError::NonFinite { what, index });
+                    }
+                    continue;
+                };
+                let mut groups: Vec<usize> = hs.iter().map(|h| h / rep.max(1)).collect();
+                groups.dedup();
                 for (r, row) in x.chunks_exact(kvd.max(1)).enumerate() {
                     for &g in &groups {
                         let cols = row.get(g * hd..(g + 1) * hd).unwrap_or(&[]);

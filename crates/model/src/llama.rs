@@ -2463,14 +2463,14 @@ impl PackedLayer {
     }
 }
 
-/// The roped keys and the values of rows `0..rows` of one layer (f32 `[rows, kv·hd]` each): the
-/// KV cache of the invariant kernels.
+/// The KV cache of the invariant kernels for rows `0..rows` of one layer.
 #[derive(Debug, Clone, Default)]
 struct KvRows {
+    /// The roped keys, f32 `[rows, kv·hd]` (what [`Capture::keys`] records).
     k: Vec<f32>,
-    v: Vec<f32>,
-    /// The same rows packed per key-value head as the attention reads them (keys `[rows, hd]`,
-    /// values transposed), grown a row at a time: a decoded token's attention packs nothing.
+    /// The keys and the values packed per key-value head as the attention reads them (keys
+    /// `[rows, hd]`, values transposed), grown a row at a time: a decoded token's attention
+    /// packs nothing.
     heads: Vec<(PackedMatrix, PackedMatrix)>,
 }
 
@@ -2490,7 +2490,6 @@ impl KvRows {
                 .collect();
         }
         self.k.extend_from_slice(k);
-        self.v.extend_from_slice(v);
         let width = kv * hd;
         for (kr, vr) in k
             .chunks_exact(width.max(1))
@@ -3057,7 +3056,8 @@ impl Arith<'_> {
         let eps = c.rms_norm_eps as f32;
         let p = self.packed(l)?;
         let n = x.len() / d;
-        if cache.k.len() != r0 * kvd || cache.v.len() != r0 * kvd {
+        let packed_rows = cache.heads.first().map_or(0, |(_, values)| values.inp());
+        if cache.k.len() != r0 * kvd || packed_rows != r0 {
             return Err(ModelError::InvalidArgument(format!(
                 "a key-value cache of {} rows for new rows at {r0}",
                 cache.k.len() / kvd.max(1)

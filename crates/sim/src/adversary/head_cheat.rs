@@ -66,8 +66,7 @@ impl Behaviour for HeadCheat {
         Ok(honest_run(sim, prompt)?.with_plan(CellPlan::WrongHeads(self.heads as usize)))
     }
 
-    fn note(&self, _plan: &Plan, outcomes: &Tally) -> Option<String> {
-        let _ = outcomes;
+    fn note(&self, _plan: &Plan, _outcomes: &Tally) -> Option<String> {
         Some(format!(
             "the attention output of {} query head(s) is one ulp off in every cell of layers >= \
              1, nothing else: caught only where a sampled head is one of them (per cell \
