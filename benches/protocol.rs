@@ -121,6 +121,7 @@ fn protocol(c: &mut Criterion) {
             samples: k,
             strategy: SamplingStrategy::Uniform,
             pow_bits: 0,
+            attention: None,
         };
         group.bench_with_input(BenchmarkId::new("challenge", k), &k, |b, _| {
             b.iter(|| derive_challenge(black_box(&commitment), 0, &params, 0).unwrap())
@@ -181,6 +182,7 @@ fn hostile(c: &mut Criterion) {
             samples: 16,
             strategy,
             pow_bits: 0,
+            attention: None,
         };
         let config = VerifierConfig {
             method: veritrace_protocol::LayerCheck::Recompute,
@@ -227,6 +229,7 @@ fn opening_bytes(c: &mut Criterion) {
             samples: k,
             strategy: SamplingStrategy::Uniform,
             pow_bits: 0,
+            attention: None,
         };
         let config = VerifierConfig {
             method: veritrace::protocol::LayerCheck::Recompute,

@@ -457,6 +457,7 @@ fn challenges(commitments: &[(&str, Commitment)]) -> Value {
             samples,
             strategy,
             pow_bits,
+            attention: None,
         };
         let nonce = find_pow_nonce(c, &params).expect("valid parameters");
         let seed = challenge_seed(c, round, &params, nonce);
@@ -539,6 +540,7 @@ fn opening(c: &Commitment) -> Value {
     let challenge = Challenge {
         round: 0,
         cells: challenged.clone(),
+        attention: None,
     };
     let honest = prover.open_cells(0, &challenged, 0).expect("opening");
 
@@ -662,6 +664,7 @@ const SESSION_PARAMS: ChallengeParams = ChallengeParams {
     samples: 3,
     strategy: SamplingStrategy::Uniform,
     pow_bits: 8,
+    attention: None,
 };
 const SESSION_ROUNDS: u32 = 3;
 /// Seed of the interactive verifier's generator in the session vector's interactive case.

@@ -87,6 +87,7 @@ fn config(
             samples,
             strategy,
             pow_bits,
+            attention: None,
         },
         rounds,
         tolerance: TolerancePolicy::Exact,
@@ -408,6 +409,7 @@ fn every_statement_field_changes_the_challenge() {
         samples: 3,
         strategy: SamplingStrategy::Uniform,
         pow_bits: 0,
+        attention: None,
     };
     let root = Digest([7; 32]);
     let commit = |statement: Statement| Commitment {
@@ -415,6 +417,7 @@ fn every_statement_field_changes_the_challenge() {
             .then_some(veritrace_protocol::SubLayerRoots {
                 context: Digest([8; 32]),
                 cell: Digest([9; 32]),
+                kv: statement.trace_level.heads().map(|_| Digest([10; 32])),
             }),
         statement,
         root,
@@ -424,76 +427,89 @@ fn every_statement_field_changes_the_challenge() {
         challenge_seed(&commit(s.clone()), 0, &params, 0),
         "input text is not bound"
     );
-    let c = commit(with_text);
-    let params = ChallengeParams {
-        samples: 3,
-        strategy: SamplingStrategy::Uniform,
-        pow_bits: 0,
+    // and the by-head level, so that its head counts and key-value root are mutated too
+    let mut by_head = with_text.clone();
+    by_head.trace_level = veritrace_protocol::TraceLevel::SubLayerByHead {
+        context: 5,
+        cell: 7,
+        heads: 4,
+        kv_heads: 2,
+        kv: 6,
     };
-    let seed = challenge_seed(&c, 0, &params, 0);
+    for c in [commit(with_text), commit(by_head)] {
+        let params = ChallengeParams {
+            samples: 3,
+            strategy: SamplingStrategy::Uniform,
+            pow_bits: 0,
+            attention: None,
+        };
+        let seed = challenge_seed(&c, 0, &params, 0);
 
-    fn leaves(v: &serde_json::Value, path: Vec<String>, out: &mut Vec<Vec<String>>) {
-        match v {
-            serde_json::Value::Object(m) => m.iter().for_each(|(k, x)| {
-                let mut p = path.clone();
-                p.push(k.clone());
-                leaves(x, p, out)
-            }),
-            serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| {
-                let mut p = path.clone();
-                p.push(i.to_string());
-                leaves(x, p, out)
-            }),
-            _ => out.push(path),
+        fn leaves(v: &serde_json::Value, path: Vec<String>, out: &mut Vec<Vec<String>>) {
+            match v {
+                serde_json::Value::Object(m) => m.iter().for_each(|(k, x)| {
+                    let mut p = path.clone();
+                    p.push(k.clone());
+                    leaves(x, p, out)
+                }),
+                serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| {
+                    let mut p = path.clone();
+                    p.push(i.to_string());
+                    leaves(x, p, out)
+                }),
+                _ => out.push(path),
+            }
         }
-    }
-    let json = serde_json::to_value(&c).unwrap();
-    let mut paths = Vec::new();
-    leaves(&json, vec![], &mut paths);
-    let mut checked = 0;
-    for path in &paths {
-        let mut mutated = json.clone();
-        let mut slot = &mut mutated;
-        for k in path {
-            slot = match slot {
-                serde_json::Value::Object(m) => m.get_mut(k).unwrap(),
-                serde_json::Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
-                _ => unreachable!(),
+        let json = serde_json::to_value(&c).unwrap();
+        let mut paths = Vec::new();
+        leaves(&json, vec![], &mut paths);
+        let mut checked = 0;
+        for path in &paths {
+            let mut mutated = json.clone();
+            let mut slot = &mut mutated;
+            for k in path {
+                slot = match slot {
+                    serde_json::Value::Object(m) => m.get_mut(k).unwrap(),
+                    serde_json::Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+                    _ => unreachable!(),
+                };
+            }
+            // change the value to another valid one of the same kind
+            *slot = match slot.clone() {
+                serde_json::Value::Number(n) => serde_json::json!(n.as_u64().unwrap() + 1),
+                serde_json::Value::String(x) if x.len() == 64 => {
+                    serde_json::json!(format!(
+                        "{}{}",
+                        &x[..63],
+                        if x.ends_with('0') { '1' } else { '0' }
+                    ))
+                }
+                serde_json::Value::String(x) if x == "blake3" => serde_json::json!("sha256"),
+                serde_json::Value::String(x) if x == "f32" => serde_json::json!("bf16"),
+                serde_json::Value::String(x) if x == "causal" => serde_json::json!("bidirectional"),
+                serde_json::Value::String(x) if x == "greedy" => {
+                    serde_json::json!({"sampled": {"seed": "00".repeat(32)}})
+                }
+                serde_json::Value::String(x) => serde_json::json!(format!("{x}00")),
+                serde_json::Value::Bool(b) => serde_json::json!(!b),
+                // an absent optional root (the key-value root below the by-head level)
+                serde_json::Value::Null => continue,
+                other => panic!("unexpected leaf {other} at {path:?}"),
             };
+            let Ok(m) = serde_json::from_value::<Commitment>(mutated) else {
+                panic!("mutation at {path:?} gave an undecodable commitment");
+            };
+            assert_ne!(
+                challenge_seed(&m, 0, &params, 0),
+                seed,
+                "field {path:?} is not bound"
+            );
+            checked += 1;
         }
-        // change the value to another valid one of the same kind
-        *slot = match slot.clone() {
-            serde_json::Value::Number(n) => serde_json::json!(n.as_u64().unwrap() + 1),
-            serde_json::Value::String(x) if x.len() == 64 => {
-                serde_json::json!(format!(
-                    "{}{}",
-                    &x[..63],
-                    if x.ends_with('0') { '1' } else { '0' }
-                ))
-            }
-            serde_json::Value::String(x) if x == "blake3" => serde_json::json!("sha256"),
-            serde_json::Value::String(x) if x == "f32" => serde_json::json!("bf16"),
-            serde_json::Value::String(x) if x == "causal" => serde_json::json!("bidirectional"),
-            serde_json::Value::String(x) if x == "greedy" => {
-                serde_json::json!({"sampled": {"seed": "00".repeat(32)}})
-            }
-            serde_json::Value::String(x) => serde_json::json!(format!("{x}00")),
-            serde_json::Value::Bool(b) => serde_json::json!(!b),
-            other => panic!("unexpected leaf {other} at {path:?}"),
-        };
-        let Ok(m) = serde_json::from_value::<Commitment>(mutated) else {
-            panic!("mutation at {path:?} gave an undecodable commitment");
-        };
-        assert_ne!(
-            challenge_seed(&m, 0, &params, 0),
-            seed,
-            "field {path:?} is not bound"
-        );
-        checked += 1;
+        // version, model digest, setup, 6 input + 4 output tokens, 5 geometry fields, hasher,
+        // dependency, output rule, the text's tokenizer, chat flag and text, the engine, root
+        assert!(checked >= 25, "only {checked} fields checked");
     }
-    // version, model digest, setup, 6 input + 4 output tokens, 5 geometry fields, hasher,
-    // dependency, output rule, the text's tokenizer, chat flag and text, the engine, root
-    assert!(checked >= 25, "only {checked} fields checked");
 }
 
 /// A verifier that knows what it asked for rejects a commitment under another statement.

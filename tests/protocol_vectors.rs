@@ -163,11 +163,29 @@ fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
                 .chain(cell.to_le_bytes())
                 .collect(),
         )),
+        veritrace::protocol::TraceLevel::SubLayerByHead {
+            context,
+            cell,
+            heads,
+            kv_heads,
+            kv,
+        } => Some((
+            "trace-level",
+            [context, cell, heads, kv_heads, kv]
+                .into_iter()
+                .flat_map(u32::to_le_bytes)
+                .collect(),
+        )),
     };
     let sub_roots = c.sublayer_roots.map(|r| {
         (
             "sublayer-roots",
-            r.context.0.into_iter().chain(r.cell.0).collect(),
+            r.context
+                .0
+                .into_iter()
+                .chain(r.cell.0)
+                .chain(r.kv.map(|k| k.0).into_iter().flatten())
+                .collect(),
         )
     });
     [
@@ -413,6 +431,7 @@ fn challenges_are_recomputed() {
             samples: u(&x["samples"]) as u32,
             strategy: strategy(s(&x["strategy"])),
             pow_bits: u(&x["pow_bits"]) as u8,
+            attention: None,
         };
         strategies.insert(params.strategy.code());
         let what = format!("{name} round {round} {params:?}");
@@ -640,6 +659,7 @@ fn non_interactive_session_with_one_proof_of_work() {
         samples: u(&x["samples"]) as u32,
         strategy: strategy(s(&x["strategy"])),
         pow_bits: u(&x["pow_bits"]) as u8,
+        attention: None,
     };
     assert!(params.pow_bits > 0, "the session has a proof of work");
 

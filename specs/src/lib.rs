@@ -713,6 +713,7 @@ impl ProtocolModel {
             samples: cfg.samples,
             strategy: SamplingStrategy::Uniform,
             pow_bits: 0,
+            attention: None,
         };
         let verifier_config = VerifierConfig {
             method: veritrace_protocol::LayerCheck::Recompute,
@@ -926,6 +927,7 @@ impl ProtocolModel {
                     let challenge = Challenge {
                         round: r as u32,
                         cells: cells.clone(),
+                        attention: None,
                     };
                     last = Some(p.open(&challenge).expect("open"));
                 }

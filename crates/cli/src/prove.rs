@@ -458,6 +458,7 @@ pub fn challenge(args: &ChallengeArgs, out: &mut dyn Write) -> anyhow::Result<()
     let c = Challenge {
         round: args.round,
         cells,
+        attention: None,
     };
     write_message_as(&args.out, &c, args.format)?;
     writeln!(out, "challenged {} cells: {:?}", c.cells.len(), c.cells)?;
@@ -595,6 +596,7 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 samples,
                 strategy: parse_strategy(&args.strategy)?,
                 pow_bits: args.pow_bits,
+                attention: None,
             })
         }
         _ => {

@@ -353,6 +353,7 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             })?,
             strategy: parse_strategy(&args.strategy)?,
             pow_bits: args.pow_bits,
+            attention: None,
         };
         params.validate()?;
         (Mode::NonInteractive, params, None)
@@ -375,6 +376,7 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             samples: 1,
             strategy: SamplingStrategy::Uniform,
             pow_bits: 0,
+            attention: None,
         };
         (Mode::Interactive, params, Some(challenges))
     };

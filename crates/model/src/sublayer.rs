@@ -19,7 +19,9 @@
 use std::ops::Range;
 
 use veritrace_commit::HasherId;
-use veritrace_protocol::{AlgebraicCheck, ProtocolError, Recompute, Statement, TraceLevel};
+use veritrace_protocol::{
+    AlgebraicCheck, HeadClaim, ProtocolError, Recompute, Statement, TraceLevel,
+};
 
 use crate::freivalds::{check_sublayer_values, VerifierKey};
 use crate::llama::{ModelConfig, SubLayers};
@@ -36,6 +38,10 @@ pub struct SubLayerLayout {
     pub kv: usize,
     /// `m`.
     pub mlp: usize,
+    /// `h`: query heads.
+    pub heads: usize,
+    /// `g`: key-value heads.
+    pub kv_heads: usize,
 }
 
 impl SubLayerLayout {
@@ -47,7 +53,104 @@ impl SubLayerLayout {
             q: config.num_heads * n,
             kv: config.num_kv_heads * n,
             mlp: config.intermediate_size,
+            heads: config.num_heads,
+            kv_heads: config.num_kv_heads,
         }
+    }
+
+    /// `n`: the head size (`kv / g`).
+    pub fn head_dim(&self) -> usize {
+        self.kv / self.kv_heads.max(1)
+    }
+
+    /// The statement's by-head trace level for this layout (specs/protocol.md §3.5): the
+    /// context trace holds the attention norm's output (`d`), the key-value trace each
+    /// key-value head's key ‖ value (`2 n`), the cell trace as at [`TraceLevel::SubLayer`].
+    /// Fails when a width does not fit the statement's `u32`.
+    pub fn by_head_level(&self) -> Result<TraceLevel> {
+        let w = |x: usize| {
+            u32::try_from(x).map_err(|_| {
+                ModelError::InvalidArgument(format!("a sub-layer row of {x} elements"))
+            })
+        };
+        Ok(TraceLevel::SubLayerByHead {
+            context: w(self.hidden)?,
+            cell: w(self.cell_width())?,
+            heads: w(self.heads)?,
+            kv_heads: w(self.kv_heads)?,
+            kv: w(2 * self.head_dim())?,
+        })
+    }
+
+    /// Splits context rows in the [`TraceLevel::SubLayer`] layout (`normed ‖ k ‖ v`, little-endian
+    /// f32, the layout trace files hold) into the by-head level's context rows (`normed`) and
+    /// one key-value row set per key-value head (`k_h ‖ v_h`).
+    ///
+    /// # Errors
+    /// Bytes that are not whole context rows.
+    pub fn split_by_head(&self, context: &[u8]) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
+        let (d, n, g) = (4 * self.hidden, 4 * self.head_dim(), self.kv_heads);
+        let width = 4 * self.context_width();
+        if width == 0 || !context.len().is_multiple_of(width) {
+            return Err(ModelError::WrongLength {
+                what: "context rows",
+                expected: format!("a multiple of {width} bytes"),
+                got: context.len(),
+            });
+        }
+        let rows = context.len() / width;
+        let mut normed = Vec::with_capacity(rows * d);
+        let mut kv: Vec<Vec<u8>> = (0..g).map(|_| Vec::with_capacity(rows * 2 * n)).collect();
+        for row in context.chunks_exact(width) {
+            normed.extend_from_slice(&row[..d]);
+            let (k, v) = row[d..].split_at(g * n);
+            for (h, out) in kv.iter_mut().enumerate() {
+                out.extend_from_slice(&k[h * n..(h + 1) * n]);
+                out.extend_from_slice(&v[h * n..(h + 1) * n]);
+            }
+        }
+        Ok((normed, kv))
+    }
+
+    /// The sub-layer traces a [`veritrace_protocol::Prover`] of `statement` holds, from the
+    /// per-layer context and cell bytes in the [`TraceLevel::SubLayer`] layout (what
+    /// [`SubLayerTrace::bytes`] and [`read_sublayers`] give): as they are at that level; split
+    /// by head ([`SubLayerLayout::split_by_head`]: the key-value trace's layer `s · g + h` is
+    /// layer `s`'s head `h`) at [`TraceLevel::SubLayerByHead`].
+    ///
+    /// # Errors
+    /// A statement of another level than this layout's, malformed rows.
+    pub fn prover_parts(
+        &self,
+        statement: &Statement,
+        context: LayerBytes,
+        cell: LayerBytes,
+    ) -> Result<Vec<(veritrace_protocol::SubLayerPart, LayerBytes)>> {
+        use veritrace_protocol::SubLayerPart;
+        if statement.trace_level == self.trace_level()? {
+            return Ok(vec![
+                (SubLayerPart::Context, context),
+                (SubLayerPart::Cell, cell),
+            ]);
+        }
+        if statement.trace_level != self.by_head_level()? {
+            return Err(ModelError::InvalidArgument(format!(
+                "the statement's trace level {:?} is not this decoder's sub-layer level",
+                statement.trace_level
+            )));
+        }
+        let mut normed = Vec::with_capacity(context.len());
+        let mut kv = Vec::with_capacity(context.len() * self.kv_heads);
+        for layer in &context {
+            let (n, heads) = self.split_by_head(layer)?;
+            normed.push(n);
+            kv.extend(heads);
+        }
+        Ok(vec![
+            (SubLayerPart::Context, normed),
+            (SubLayerPart::Kv, kv),
+            (SubLayerPart::Cell, cell),
+        ])
     }
 
     /// Elements per row of the context trace: `d + 2 g n`.
@@ -440,41 +543,186 @@ impl Recompute for KeyedVerifier<'_> {
             .unpack_context(&padded(context, layout.context_width()))
             .map_err(engine)?;
         let cell_values = layout.unpack_cell(&f32s(cell)).map_err(engine)?;
+        let chunk = rows.start / tile;
+        let sample = self.secret_sample(statement, layer, &rows, &input_rows)?;
+        self.judge(
+            (&setup, layer, tile, chunk),
+            (&h_in, &ctx, &cell_values),
+            &sample,
+            !self.sampling.is_full(),
+        )
+    }
+
+    fn check_sublayer_heads(
+        &self,
+        statement: &Statement,
+        claim: &HeadClaim<'_>,
+    ) -> veritrace_protocol::Result<AlgebraicCheck> {
+        let setup = self.model.check_statement(statement).map_err(engine)?;
+        let layout = self.model.sublayer_layout();
+        if statement.trace_level != layout.by_head_level().map_err(engine)? {
+            return Err(engine(format!(
+                "the statement's sub-layer rows are {:?}; this decoder's by head are {:?}",
+                statement.trace_level,
+                layout.by_head_level().map_err(engine)?
+            )));
+        }
+        let (rows, input_rows) = (claim.rows.clone(), claim.input_rows.clone());
+        let tile = statement.geometry.chunk;
+        let causal_start = match statement.dependency {
+            veritrace_protocol::Dependency::Causal => input_rows.start == 0,
+            veritrace_protocol::Dependency::Window { .. } => input_rows.start <= rows.start,
+            veritrace_protocol::Dependency::Bidirectional => false,
+        };
+        if !causal_start || input_rows.end != rows.end || !rows.start.is_multiple_of(tile) {
+            return Err(engine(format!(
+                "cell rows {rows:?} with input rows {input_rows:?} are not a decoder cell of \
+                 chunk {tile}"
+            )));
+        }
+        let (d, n, g) = (layout.hidden, layout.head_dim(), layout.kv_heads);
+        let kvd = layout.kv;
+        let e = rows.end as usize;
+        let bad = |what: &str| engine(format!("the claim's {what} have the wrong length"));
+        // The check reads rows 0..e (rows before a window are zeros, as in `check_sublayers`);
+        // what the opening does not hold is zero and is not read: the hidden inputs and norms of
+        // unchecked rows, and the keys and values of unchecked rows of undrawn heads.
+        let (mut h_in, mut normed) = (vec![0f32; e * d], vec![0f32; e * d]);
+        let (mut k, mut v) = (vec![0f32; e * kvd], vec![0f32; e * kvd]);
+        let (x, c) = (f32s(claim.inputs), f32s(claim.context));
+        let n_checked: usize = claim.checked.iter().map(|r| r.len()).sum();
+        if x.len() != n_checked * d || c.len() != n_checked * d {
+            return Err(bad("checked rows"));
+        }
+        let mut at = 0;
+        for r in claim.checked {
+            if r.end as usize > e || r.start < input_rows.start {
+                return Err(engine(format!("checked rows {r:?} outside {input_rows:?}")));
+            }
+            let (a, b) = (r.start as usize * d, r.end as usize * d);
+            h_in[a..b].copy_from_slice(&x[at..at + b - a]);
+            normed[a..b].copy_from_slice(&c[at..at + b - a]);
+            at += b - a;
+        }
+        let per = (layout.heads / g.max(1)).max(1);
+        if claim.kv.len() != g || claim.heads.iter().any(|&h| h as usize >= layout.heads) {
+            return Err(bad("key-value heads"));
+        }
+        for (h, bytes) in claim.kv.iter().enumerate() {
+            let whole = !claim.drawn || claim.heads.iter().any(|&q| q as usize / per == h);
+            let values = f32s(bytes);
+            let spans: Vec<std::ops::Range<u32>> = if whole {
+                vec![input_rows.clone()]
+            } else {
+                claim.checked.to_vec()
+            };
+            let total: usize = spans.iter().map(|r| r.len()).sum();
+            if values.len() != total * 2 * n {
+                return Err(bad("key-value rows"));
+            }
+            let mut rows_in = values.chunks_exact(2 * n);
+            for r in spans {
+                for q in r {
+                    let row = rows_in.next().ok_or_else(|| bad("key-value rows"))?;
+                    let at = q as usize * kvd + h * n;
+                    k[at..at + n].copy_from_slice(&row[..n]);
+                    v[at..at + n].copy_from_slice(&row[n..]);
+                }
+            }
+        }
+        let ctx = SubLayers {
+            normed,
+            k,
+            v,
+            ..SubLayers::default()
+        };
+        let cell_values = layout.unpack_cell(&f32s(claim.cell)).map_err(engine)?;
+        let chunk = rows.start / tile;
+        let sample = if claim.drawn {
+            let all_heads = claim.heads.len() == layout.heads;
+            crate::freivalds::CellSample {
+                heads: (!all_heads).then(|| claim.heads.iter().map(|&h| h as usize).collect()),
+                context_rows: Some(
+                    claim
+                        .checked
+                        .iter()
+                        .flat_map(|r| r.clone())
+                        .filter(|&q| q < rows.start)
+                        .map(|q| q as usize)
+                        .collect(),
+                ),
+            }
+        } else {
+            self.secret_sample(statement, claim.layer, &rows, &input_rows)?
+        };
+        self.judge(
+            (&setup, claim.layer, tile, chunk),
+            (&h_in, &ctx, &cell_values),
+            &sample,
+            claim.drawn || !self.sampling.is_full(),
+        )
+    }
+}
+
+impl KeyedVerifier<'_> {
+    /// The cell's sample drawn from the key's secret ([`crate::freivalds::AttentionSampling`],
+    /// `FULL`: everything).
+    fn secret_sample(
+        &self,
+        statement: &Statement,
+        layer: u32,
+        rows: &Range<u32>,
+        input_rows: &Range<u32>,
+    ) -> veritrace_protocol::Result<crate::freivalds::CellSample> {
+        self.sampling.validate().map_err(engine)?;
+        if self.sampling.is_full() {
+            return Ok(crate::freivalds::CellSample::full());
+        }
+        use veritrace_protocol::Message;
+        let tile = statement.geometry.chunk;
+        let pad = input_rows.start as usize;
+        let seed = self
+            .key
+            .sample_seed(&statement.to_bytes(), layer, rows.start / tile);
+        // rows before a window are zero padding: the sample is of the rows the window reads
+        let first = (rows.start as usize).saturating_sub(pad);
+        let mut drawn = self
+            .sampling
+            .draw(seed, self.model.config().num_heads, first);
+        if let Some(rs) = &mut drawn.context_rows {
+            rs.iter_mut().for_each(|r| *r += pad);
+        }
+        Ok(drawn)
+    }
+
+    /// The check of one cell from its dense rows `0..e` (zeros where not opened), under the
+    /// verifier's bound scales and tolerances: the output rows, or the failures (naming the
+    /// sample when `sampled`).
+    fn judge(
+        &self,
+        (setup, layer, tile, chunk): (&Setup, u32, u32, u32),
+        (h_in, ctx, cell_values): (&[f32], &SubLayers, &SubLayers),
+        sample: &crate::freivalds::CellSample,
+        sampled: bool,
+    ) -> veritrace_protocol::Result<AlgebraicCheck> {
         if !(self.bound_scale.is_finite() && self.bound_scale > 0.0) {
             return Err(engine(format!(
                 "the Freivalds bound scale {} must be finite and > 0",
                 self.bound_scale
             )));
         }
-        self.sampling.validate().map_err(engine)?;
-        let chunk = rows.start / tile;
-        let sample = if self.sampling.is_full() {
-            crate::freivalds::CellSample::full()
-        } else {
-            use veritrace_protocol::Message;
-            let seed = self.key.sample_seed(&statement.to_bytes(), layer, chunk);
-            // rows before a window are zero padding: the sample is of the rows the window reads
-            let first = (rows.start as usize).saturating_sub(pad);
-            let mut drawn = self
-                .sampling
-                .draw(seed, self.model.config().num_heads, first);
-            if let Some(rs) = &mut drawn.context_rows {
-                rs.iter_mut().for_each(|r| *r += pad);
-            }
-            drawn
-        };
         let (mut check, h_out) = check_sublayer_values(
             self.key,
             self.model,
-            &setup,
+            setup,
             tile as usize,
             layer as usize,
             chunk as usize,
-            &h_in,
-            &ctx,
-            &cell_values,
+            h_in,
+            ctx,
+            cell_values,
             self.tolerance,
-            &sample,
+            sample,
         )
         .map_err(engine)?;
         // the bound actually used: s·B (s = 1 leaves the check as it is), per map where the
@@ -526,7 +774,7 @@ impl Recompute for KeyedVerifier<'_> {
                         )
                     }),
             );
-            if !self.sampling.is_full() {
+            if sampled {
                 // what this cell's sampled check covered (an auditor with the key re-derives it)
                 let list = |v: &Option<Vec<usize>>| {
                     v.as_ref().map_or("all".to_string(), |v| format!("{v:?}"))
@@ -624,6 +872,8 @@ mod tests {
             q: 3,
             kv: 1,
             mlp: 4,
+            heads: 1,
+            kv_heads: 1,
         };
         let field = |w: usize| (0..5 * w).map(|i| i as f32).collect::<Vec<_>>();
         let sub = SubLayers {

@@ -26,6 +26,7 @@ fn config(mode: Mode, samples: u32) -> VerifierConfig {
             samples,
             strategy: SamplingStrategy::Uniform,
             pow_bits: 0,
+            attention: None,
         },
         rounds: 1,
         tolerance: TolerancePolicy::Exact,

@@ -303,6 +303,7 @@ fn provers_on_other_setups_are_accepted_under_their_own_setup() {
                 samples: statement.geometry.num_cells() as u32,
                 strategy: SamplingStrategy::Uniform,
                 pow_bits: 0,
+                attention: None,
             },
             rounds: 1,
             tolerance: TolerancePolicy::Exact,

@@ -30,6 +30,7 @@ fn config(method: LayerCheck, samples: u32) -> VerifierConfig {
             samples,
             strategy: SamplingStrategy::Uniform,
             pow_bits: 0,
+            attention: None,
         },
         rounds: 1,
         tolerance: TolerancePolicy::Exact,
@@ -127,7 +128,9 @@ fn layouts_pack_and_unpack() {
             hidden: 128,
             q: 128,
             kv: 64,
-            mlp: 344
+            mlp: 344,
+            heads: 4,
+            kv_heads: 2,
         }
     );
     assert_eq!(layout.context_width(), 256);
@@ -201,6 +204,7 @@ fn honest_sublayer_runs_pass_every_method() {
         .open(&Challenge {
             round: 0,
             cells: all.clone(),
+            attention: None,
         })
         .unwrap();
     check_opening_by(

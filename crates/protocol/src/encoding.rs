@@ -27,8 +27,10 @@ pub const MESSAGE_MAGIC: &[u8; 4] = b"VTPM";
 /// Version of the binary message envelope (2: a statement ends with its `input_text`, field
 /// 10; 3: a statement ends with its `trace_level`, a commitment with its `sublayer_roots` and an
 /// opening with its `sublayers`, issue 16; 4: an opening's `pow_nonce` precedes its cells, so
-/// that it can be checked as it streams in, issue 17).
-pub const MESSAGE_VERSION: u8 = 4;
+/// that it can be checked as it streams in, issue 17; 5: a challenge ends with its
+/// `attention` draw, sub-layer roots with a key-value root and an opening's sub-layer part
+/// with its key-value cells and proof, issue 16).
+pub const MESSAGE_VERSION: u8 = 5;
 /// Default size limit for a binary message (1 GiB).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 

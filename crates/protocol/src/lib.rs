@@ -44,8 +44,8 @@ mod verifier;
 pub use encoding::{Message, MessageKind};
 pub use error::{ProtocolError, Result};
 pub use messages::{
-    Challenge, Commitment, OpenedCell, Opening, RejectReason, SubLayerOpening, SubLayerRoots,
-    Verdict,
+    AttentionDraw, Challenge, Commitment, OpenedCell, Opening, RejectReason, SubLayerOpening,
+    SubLayerRoots, Verdict,
 };
 pub use prover::{Prover, ProverState};
 pub use sampling::SamplingStrategy;
@@ -53,9 +53,10 @@ pub use statement::{
     CellRange, Dependency, InputText, OutputRule, Statement, SubLayerPart, TraceLevel,
     MAX_ENGINE_BYTES, MAX_INPUT_TEXT_BYTES, PROTOCOL_VERSION,
 };
-pub use transcript::ChallengeParams;
+pub use transcript::{AttentionSample, ChallengeParams};
 pub use verifier::{
-    check_opening, check_opening_by, check_opening_with_limits, no_text_input, verify_recorded,
-    verify_recorded_streams, verify_recorded_with_limits, AlgebraicCheck, Faults, LayerCheck, Mode,
-    Recompute, Step, Verifier, VerifierConfig, VerifierLimits, VerifierState,
+    check_opening, check_opening_by, check_opening_drawn, check_opening_with_limits, no_text_input,
+    verify_recorded, verify_recorded_streams, verify_recorded_with_limits, AlgebraicCheck, Faults,
+    HeadClaim, LayerCheck, Mode, Recompute, Step, Verifier, VerifierConfig, VerifierLimits,
+    VerifierState,
 };

@@ -28,14 +28,19 @@ pub struct SubLayerRoots {
     pub context: Digest,
     /// Root of the cell trace ([`crate::SubLayerPart::Cell`]).
     pub cell: Digest,
+    /// Root of the key-value trace ([`crate::SubLayerPart::Kv`]), present exactly when the
+    /// statement's level is [`crate::TraceLevel::SubLayerByHead`]. JSON may omit it (none).
+    #[serde(default)]
+    pub kv: Option<Digest>,
 }
 
 impl SubLayerRoots {
-    /// The root of `part`.
-    pub fn get(&self, part: crate::SubLayerPart) -> &Digest {
+    /// The root of `part` (`None`: a key-value root the commitment does not have).
+    pub fn get(&self, part: crate::SubLayerPart) -> Option<&Digest> {
         match part {
-            crate::SubLayerPart::Context => &self.context,
-            crate::SubLayerPart::Cell => &self.cell,
+            crate::SubLayerPart::Context => Some(&self.context),
+            crate::SubLayerPart::Cell => Some(&self.cell),
+            crate::SubLayerPart::Kv => self.kv.as_ref(),
         }
     }
 }
@@ -69,11 +74,22 @@ impl Message for Commitment {
                 ))
             }
             Some(roots) => {
-                for part in crate::SubLayerPart::ALL {
-                    if !veritrace_commit::Hasher::is_canonical(
-                        &self.statement.hasher,
-                        roots.get(part),
-                    ) {
+                let by_head = matches!(
+                    self.statement.trace_level,
+                    crate::TraceLevel::SubLayerByHead { .. }
+                );
+                if roots.kv.is_some() != by_head {
+                    return Err(ProtocolError::InvalidStatement(
+                        "a commitment has a key-value root exactly when its statement commits \
+                         sub-layer values by head"
+                            .into(),
+                    ));
+                }
+                for &part in self.statement.trace_level.parts() {
+                    let Some(root) = roots.get(part) else {
+                        continue;
+                    };
+                    if !veritrace_commit::Hasher::is_canonical(&self.statement.hasher, root) {
                         return Err(ProtocolError::InvalidStatement(format!(
                             "the {} sub-layer root is not a canonical {} digest",
                             part.name(),
@@ -96,6 +112,28 @@ pub struct Challenge {
     pub round: u32,
     /// Challenged cells, distinct, ascending leaf order.
     pub cells: Vec<CellId>,
+    /// The attention draw (specs/protocol.md §4.4): present when the verifier samples the
+    /// attention of each challenged cell, so that the opening holds only the drawn heads'
+    /// keys and values over the context and the drawn context chunks' provenance. Only for a
+    /// [`crate::TraceLevel::SubLayerByHead`] statement. JSON may omit it (none).
+    #[serde(default)]
+    pub attention: Option<AttentionDraw>,
+}
+
+/// A challenge's attention draw (specs/protocol.md §4.4): how many query heads and earlier
+/// context chunks each challenged cell of a layer `l ≥ 1` samples, and the seed they are
+/// drawn from ([`AttentionDraw::cell`]). Interactive: the seed is the verifier's fresh
+/// randomness; non-interactive: it is squeezed from the round's transcript after the cells'
+/// seed (specs/protocol.md §7.2, row 17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AttentionDraw {
+    /// Query heads per cell (at least 1; at or above the statement's `H`: every head).
+    pub heads: u32,
+    /// Context chunks before the cell's own per cell (0: the cell's own only; at or above the
+    /// chunks there are: every one).
+    pub chunks: u32,
+    /// The draw's seed.
+    pub seed: Digest,
 }
 
 impl Message for Challenge {
@@ -111,6 +149,11 @@ impl Message for Challenge {
         if !self.cells.windows(2).all(|w| w[0] < w[1]) {
             return Err(ProtocolError::InvalidParameter(
                 "challenged cells must be distinct and sorted".into(),
+            ));
+        }
+        if self.attention.is_some_and(|a| a.heads == 0) {
+            return Err(ProtocolError::InvalidParameter(
+                "an attention draw samples at least one head".into(),
             ));
         }
         Ok(())
@@ -160,6 +203,20 @@ pub struct SubLayerOpening {
     pub cell: Vec<OpenedCell>,
     /// Batch proof of `cell` against the cell root.
     pub cell_proof: BatchProof,
+    /// Cells of the key-value trace ([`crate::TraceLevel::SubLayerByHead`]; empty otherwise).
+    /// JSON may omit it (none).
+    #[serde(default)]
+    pub kv: Vec<OpenedCell>,
+    /// Batch proof of `kv` against the key-value root (no siblings when `kv` is empty). JSON
+    /// may omit it.
+    #[serde(default = "empty_proof")]
+    pub kv_proof: BatchProof,
+}
+
+fn empty_proof() -> BatchProof {
+    BatchProof {
+        siblings: Vec::new(),
+    }
 }
 
 impl SubLayerOpening {
@@ -168,6 +225,7 @@ impl SubLayerOpening {
         match part {
             crate::SubLayerPart::Context => (&self.context, &self.context_proof),
             crate::SubLayerPart::Cell => (&self.cell, &self.cell_proof),
+            crate::SubLayerPart::Kv => (&self.kv, &self.kv_proof),
         }
     }
 }

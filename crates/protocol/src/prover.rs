@@ -54,13 +54,20 @@ pub struct Prover<L> {
     state: ProverState,
 }
 
-/// The two sub-layer traces of a [`TraceLevel::SubLayer`] statement and their trees.
+/// The sub-layer traces of a sub-layer statement and their trees, in the order of
+/// [`TraceLevel::parts`].
 #[derive(Debug)]
 struct SubLayerTraces<L> {
-    context: Vec<L>,
-    context_tree: MerkleTree,
-    cell: Vec<L>,
-    cell_tree: MerkleTree,
+    parts: Vec<(SubLayerPart, Vec<L>, MerkleTree)>,
+}
+
+impl<L> SubLayerTraces<L> {
+    fn part(&self, part: SubLayerPart) -> Option<(&[L], &MerkleTree)> {
+        self.parts
+            .iter()
+            .find(|(p, _, _)| *p == part)
+            .map(|(_, layers, tree)| (&layers[..], tree))
+    }
 }
 
 impl<L: AsRef<[u8]> + Sync> Prover<L> {
@@ -84,34 +91,58 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
     /// little-endian, row-major `[tokens, width]`. Builds their trees. Required before
     /// [`Prover::commit`] for such a statement; refused for a hidden-only statement, after the
     /// commitment, or with the wrong shapes.
-    pub fn with_sublayers(mut self, context: Vec<L>, cell: Vec<L>) -> Result<Self> {
+    pub fn with_sublayers(self, context: Vec<L>, cell: Vec<L>) -> Result<Self> {
+        self.with_sublayer_parts(vec![
+            (SubLayerPart::Context, context),
+            (SubLayerPart::Cell, cell),
+        ])
+    }
+
+    /// [`Prover::with_sublayers`] for a [`TraceLevel::SubLayerByHead`] statement: also the
+    /// key-value trace, `kv[s · g + h]` holding sub-layer `s`'s key-value head `h`.
+    pub fn with_sublayers_by_head(self, context: Vec<L>, kv: Vec<L>, cell: Vec<L>) -> Result<Self> {
+        self.with_sublayer_parts(vec![
+            (SubLayerPart::Context, context),
+            (SubLayerPart::Kv, kv),
+            (SubLayerPart::Cell, cell),
+        ])
+    }
+
+    /// Adds the sub-layer traces of any sub-layer statement, one per part of
+    /// [`TraceLevel::parts`], in that order.
+    pub fn with_sublayer_parts(mut self, parts: Vec<(SubLayerPart, Vec<L>)>) -> Result<Self> {
         if self.state != ProverState::Ready {
             return Err(ProtocolError::OutOfOrder {
                 state: self.state.name(),
                 message: "sub-layer traces after the commitment",
             });
         }
-        let mut trees = Vec::with_capacity(2);
-        for (part, layers) in [
-            (SubLayerPart::Context, &context),
-            (SubLayerPart::Cell, &cell),
-        ] {
+        let want = self.statement.trace_level.parts();
+        if want.is_empty() {
+            return Err(ProtocolError::InvalidParameter(
+                "the statement commits hidden states only: it has no sub-layer traces".into(),
+            ));
+        }
+        if parts.len() != want.len() || parts.iter().zip(want).any(|((p, _), w)| p != w) {
+            return Err(ProtocolError::InvalidParameter(format!(
+                "the statement's sub-layer traces are {:?}; given {:?}",
+                want.iter().map(|p| p.name()).collect::<Vec<_>>(),
+                parts.iter().map(|(p, _)| p.name()).collect::<Vec<_>>()
+            )));
+        }
+        let mut built = Vec::with_capacity(parts.len());
+        for (part, layers) in parts {
             let Some(g) = self.statement.sublayer_geometry(part)? else {
-                return Err(ProtocolError::InvalidParameter(
-                    "the statement commits hidden states only: it has no sub-layer traces".into(),
-                ));
+                return Err(ProtocolError::InvalidParameter(format!(
+                    "the statement has no {} sub-layer trace",
+                    part.name()
+                )));
             };
             let refs: Vec<&[u8]> = layers.iter().map(AsRef::as_ref).collect();
-            trees.push(commit_trace(self.statement.hasher, &g, &refs)?);
+            let tree = commit_trace(self.statement.hasher, &g, &refs)?;
+            built.push((part, layers, tree));
         }
-        let cell_tree = trees.pop().expect("two trees");
-        let context_tree = trees.pop().expect("two trees");
-        self.sublayers = Some(SubLayerTraces {
-            context,
-            context_tree,
-            cell,
-            cell_tree,
-        });
+        self.sublayers = Some(SubLayerTraces { parts: built });
         Ok(self)
     }
 
@@ -203,9 +234,13 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
         Commitment {
             statement: self.statement.clone(),
             root: self.tree.root(),
-            sublayer_roots: self.sublayers.as_ref().map(|s| SubLayerRoots {
-                context: s.context_tree.root(),
-                cell: s.cell_tree.root(),
+            sublayer_roots: self.sublayers.as_ref().map(|s| {
+                let root = |p| s.part(p).map(|(_, tree)| tree.root());
+                SubLayerRoots {
+                    context: root(SubLayerPart::Context).unwrap_or_default(),
+                    cell: root(SubLayerPart::Cell).unwrap_or_default(),
+                    kv: root(SubLayerPart::Kv),
+                }
             }),
         }
     }
@@ -224,7 +259,12 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
     pub fn open(&mut self, challenge: &Challenge) -> Result<Opening> {
         challenge.validate()?;
         self.expect_round(challenge.round)?;
-        let opening = self.open_cells(challenge.round, &challenge.cells, 0)?;
+        let opening = self.open_drawn(
+            challenge.round,
+            &challenge.cells,
+            challenge.attention.as_ref(),
+            0,
+        )?;
         self.state = ProverState::Committed {
             next_round: challenge.round + 1,
             session: None,
@@ -261,7 +301,12 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
             None => find_pow_nonce(&commitment, params)?,
         };
         let challenge = derive_challenge(&commitment, next_round, params, nonce)?;
-        let opening = self.open_cells(next_round, &challenge.cells, nonce)?;
+        let opening = self.open_drawn(
+            next_round,
+            &challenge.cells,
+            challenge.attention.as_ref(),
+            nonce,
+        )?;
         self.state = ProverState::Committed {
             next_round: next_round + 1,
             session: Some((*params, nonce)),
@@ -272,11 +317,24 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
     /// Builds an opening of `challenged` (plus their input cells) without touching the state:
     /// the building block of [`Prover::open`], public for simulators of cheating provers.
     pub fn open_cells(&self, round: u32, challenged: &[CellId], pow_nonce: u64) -> Result<Opening> {
+        self.open_drawn(round, challenged, None, pow_nonce)
+    }
+
+    /// [`Prover::open_cells`] under a challenge's attention draw (specs/protocol.md §4.4):
+    /// the cells of [`Statement::opening_ranges_drawn`] and, per sub-layer trace,
+    /// [`Statement::sublayer_ranges_drawn`].
+    pub fn open_drawn(
+        &self,
+        round: u32,
+        challenged: &[CellId],
+        draw: Option<&crate::AttentionDraw>,
+        pow_nonce: u64,
+    ) -> Result<Opening> {
         let g = &self.statement.geometry;
-        let cells = self.statement.opening_cells(challenged)?;
-        let mut indices = Vec::with_capacity(cells.len());
-        let mut opened = Vec::with_capacity(cells.len());
-        for cell in cells {
+        let runs = self.statement.opening_ranges_drawn(challenged, draw)?;
+        let mut indices = Vec::new();
+        let mut opened = Vec::new();
+        for cell in runs.iter().flat_map(crate::CellRange::cells) {
             indices.push(g.cell_index(cell)?);
             let range = g.cell_byte_range(cell)?;
             opened.push(OpenedCell {
@@ -287,19 +345,24 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
         let sublayers = match &self.sublayers {
             None => None,
             Some(sub) => {
-                let (context, context_proof) = self.open_sublayer(
-                    challenged,
-                    SubLayerPart::Context,
-                    &sub.context,
-                    &sub.context_tree,
-                )?;
-                let (cell, cell_proof) =
-                    self.open_sublayer(challenged, SubLayerPart::Cell, &sub.cell, &sub.cell_tree)?;
+                let open = |part| -> Result<(Vec<OpenedCell>, veritrace_commit::BatchProof)> {
+                    match sub.part(part) {
+                        Some((layers, tree)) => {
+                            self.open_sublayer(challenged, draw, part, layers, tree)
+                        }
+                        None => Ok((Vec::new(), empty_proof())),
+                    }
+                };
+                let (context, context_proof) = open(SubLayerPart::Context)?;
+                let (cell, cell_proof) = open(SubLayerPart::Cell)?;
+                let (kv, kv_proof) = open(SubLayerPart::Kv)?;
                 Some(SubLayerOpening {
                     context,
                     context_proof,
                     cell,
                     cell_proof,
+                    kv,
+                    kv_proof,
                 })
             }
         };
@@ -315,6 +378,7 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
     fn open_sublayer(
         &self,
         challenged: &[CellId],
+        draw: Option<&crate::AttentionDraw>,
         part: SubLayerPart,
         layers: &[L],
         tree: &MerkleTree,
@@ -323,7 +387,9 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
             .statement
             .sublayer_geometry(part)?
             .ok_or_else(|| ProtocolError::InvalidParameter("no sub-layer trace".into()))?;
-        let runs = self.statement.sublayer_ranges(challenged, part)?;
+        let runs = self
+            .statement
+            .sublayer_ranges_drawn(challenged, part, draw)?;
         let mut indices = Vec::new();
         let mut opened = Vec::new();
         for cell in runs.iter().flat_map(crate::CellRange::cells) {
@@ -336,12 +402,16 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
         }
         // a challenge of layer-0 cells only opens no sub-layer cell: an empty proof
         let proof = if indices.is_empty() {
-            veritrace_commit::BatchProof {
-                siblings: Vec::new(),
-            }
+            empty_proof()
         } else {
             tree.prove(&indices)?
         };
         Ok((opened, proof))
+    }
+}
+
+fn empty_proof() -> veritrace_commit::BatchProof {
+    veritrace_commit::BatchProof {
+        siblings: Vec::new(),
     }
 }

@@ -130,6 +130,77 @@ pub(crate) fn floyd(rng: &mut ChaCha20Rng, n: u64, k: u64) -> BTreeSet<u64> {
     chosen
 }
 
+/// The drawn part of one challenged cell's attention ([`crate::AttentionDraw::cell`],
+/// specs/protocol.md §4.4).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CellDraw {
+    /// Query heads whose attention the verifier checks, ascending.
+    pub heads: Vec<u32>,
+    /// Context chunks before the cell's own whose provenance (norm input, norm, keys and
+    /// values of every head) the verifier checks, ascending.
+    pub chunks: Vec<u32>,
+}
+
+impl CellDraw {
+    /// The chunks whose rows are checked: the drawn earlier chunks and the cell's own
+    /// (`chunk`, after all of them), ascending.
+    pub fn checked_chunks(&self, chunk: u32) -> impl Iterator<Item = u32> + '_ {
+        self.chunks.iter().copied().chain(std::iter::once(chunk))
+    }
+
+    /// Whether a drawn query head reads key-value head `group`, with `heads` query heads over
+    /// `kv_heads` key-value heads (query head `i` reads `i / (heads / kv_heads)`).
+    pub fn reads_group(&self, group: u32, heads: u32, kv_heads: u32) -> bool {
+        let per = (heads / kv_heads.max(1)).max(1);
+        self.heads.iter().any(|&h| h / per == group)
+    }
+}
+
+impl crate::AttentionDraw {
+    /// The draw of challenged cell `cell` (layer `l ≥ 1`) of a
+    /// [`crate::TraceLevel::SubLayerByHead`] statement (specs/protocol.md §4.4): ChaCha20 keyed
+    /// by the seed, on the stream numbered by the cell's leaf index (so each cell's draw is
+    /// independent of the others'), read as in the [module docs](self): first `min(heads, H)`
+    /// distinct query heads of `0..H` by Floyd's algorithm (every head, with no draw, when
+    /// `heads ≥ H`), then `min(chunks, n)` distinct chunks of the `n` context chunks before
+    /// the cell's own, `u / c .. j` for input rows `[u, v)` (every one, with no draw, when
+    /// `chunks ≥ n`). Both lists ascending.
+    ///
+    /// # Errors
+    /// A statement that is not by head, a cell outside its geometry or of layer 0.
+    pub fn cell(&self, statement: &Statement, cell: CellId) -> Result<CellDraw> {
+        let Some((h, _)) = statement.trace_level.heads() else {
+            return Err(ProtocolError::InvalidParameter(
+                "an attention draw applies to a statement that commits sub-layer values by \
+                 head only"
+                    .into(),
+            ));
+        };
+        let leaf = statement.geometry.cell_index(cell)?;
+        let Some(rows) = statement.input_rows(cell)? else {
+            return Err(ProtocolError::InvalidParameter(format!(
+                "cell (layer 0, chunk {}) has no attention to draw",
+                cell.chunk
+            )));
+        };
+        let first = rows.start / statement.geometry.chunk;
+        let mut rng = ChaCha20Rng::from_seed(self.seed.0);
+        rng.set_stream(leaf);
+        let mut pick = |want: u32, n: u32, offset: u32| -> Vec<u32> {
+            if want >= n {
+                return (offset..offset + n).collect();
+            }
+            distinct_indices(&mut rng, u64::from(n), u64::from(want))
+                .into_iter()
+                .map(|i| offset + i as u32)
+                .collect()
+        };
+        let heads = pick(self.heads, h, 0);
+        let chunks = pick(self.chunks, cell.chunk - first, first);
+        Ok(CellDraw { heads, chunks })
+    }
+}
+
 /// The integer recompute-cost weight of a cell (see the [module docs](self)).
 pub fn cost_weight(statement: &Statement, cell: CellId) -> Result<u128> {
     let rows = statement.geometry.cell_rows(cell)?;

@@ -126,27 +126,79 @@ pub enum TraceLevel {
         /// Elements per token row of the cell trace.
         cell: u32,
     },
+    /// Hidden states and sub-layer values, with the keys and values of each key-value head
+    /// in leaves of their own (specs/protocol.md §3.5), so that an opening can hold only the
+    /// heads and context chunks a challenge's attention draw names (§4.4). Three sub-layer
+    /// traces: the **context** trace (what a context row's provenance check reads: for a
+    /// Llama-style decoder the attention norm's output, `context` elements), the **key-value**
+    /// trace (`(L − 1) · kv_heads` layers of `kv` elements: sub-layer `s`'s key-value head `g`
+    /// at layer `s · kv_heads + g`) and the cell trace as for [`TraceLevel::SubLayer`].
+    SubLayerByHead {
+        /// Elements per token row of the context trace.
+        context: u32,
+        /// Elements per token row of the cell trace.
+        cell: u32,
+        /// Query heads `H` (a multiple of `kv_heads`; query head `i` reads key-value head
+        /// `i / (H / kv_heads)`).
+        heads: u32,
+        /// Key-value heads `g`.
+        kv_heads: u32,
+        /// Elements per token row of one key-value head in the key-value trace.
+        kv: u32,
+    },
 }
 
-/// Which of the two sub-layer traces of a [`TraceLevel::SubLayer`] statement.
+impl TraceLevel {
+    /// The sub-layer traces the level commits, in commitment order: none, context and cell,
+    /// or context, key-value and cell.
+    pub fn parts(&self) -> &'static [SubLayerPart] {
+        match self {
+            TraceLevel::Hidden => &[],
+            TraceLevel::SubLayer { .. } => &[SubLayerPart::Context, SubLayerPart::Cell],
+            TraceLevel::SubLayerByHead { .. } => {
+                &[SubLayerPart::Context, SubLayerPart::Kv, SubLayerPart::Cell]
+            }
+        }
+    }
+
+    /// `(H, g)`: the query and key-value heads of a [`TraceLevel::SubLayerByHead`] level.
+    pub fn heads(&self) -> Option<(u32, u32)> {
+        match *self {
+            TraceLevel::SubLayerByHead {
+                heads, kv_heads, ..
+            } => Some((heads, kv_heads)),
+            _ => None,
+        }
+    }
+}
+
+/// Which sub-layer trace of a sub-layer statement ([`TraceLevel::parts`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SubLayerPart {
-    /// Per position, what attention reads (opened for every input row of a challenged cell).
+    /// Per position, what attention reads (opened for every input row of a challenged cell);
+    /// at [`TraceLevel::SubLayerByHead`], what a context row's provenance check reads (opened
+    /// for the drawn context chunks and the cell's own).
     Context,
     /// Per position, the layer's other linear inputs and outputs (opened for the challenged
     /// rows).
     Cell,
+    /// At [`TraceLevel::SubLayerByHead`] only: per position and key-value head, its key and
+    /// value (opened over the whole context for the drawn heads, at the checked rows for the
+    /// others).
+    Kv,
 }
 
 impl SubLayerPart {
-    /// Both parts, in commitment order.
-    pub const ALL: [SubLayerPart; 2] = [SubLayerPart::Context, SubLayerPart::Cell];
+    /// Every part, in the order of the messages' fields.
+    pub const ALL: [SubLayerPart; 3] =
+        [SubLayerPart::Context, SubLayerPart::Cell, SubLayerPart::Kv];
 
     /// Lowercase name, for messages.
     pub fn name(self) -> &'static str {
         match self {
             SubLayerPart::Context => "context",
             SubLayerPart::Cell => "cell",
+            SubLayerPart::Kv => "key-value",
         }
     }
 }
@@ -262,14 +314,41 @@ impl Statement {
     /// and O(k) memory for k challenged cells, whatever the geometry claims. Fails as
     /// `opening_cells` does (a challenged cell outside the geometry).
     pub fn opening_ranges(&self, challenged: &[CellId]) -> Result<Vec<CellRange>> {
+        self.opening_ranges_drawn(challenged, None)
+    }
+
+    /// [`Statement::opening_ranges`] under a challenge's attention draw (specs/protocol.md
+    /// §4.4): with a draw, a challenged cell `[l, j]` of a layer `l ≥ 1` needs only the input
+    /// cells of its checked chunks (the drawn earlier chunks and its own,
+    /// [`crate::sampling::CellDraw::checked_chunks`]) instead of every input cell. `None` is
+    /// `opening_ranges`. O(k (log k + s)) for `s` drawn chunks per cell.
+    ///
+    /// # Errors
+    /// As `opening_ranges`; a draw on a statement that does not commit by head.
+    pub fn opening_ranges_drawn(
+        &self,
+        challenged: &[CellId],
+        draw: Option<&crate::AttentionDraw>,
+    ) -> Result<Vec<CellRange>> {
         let c = self.geometry.chunk;
         let mut runs: Vec<(u32, u32, u32)> = Vec::with_capacity(challenged.len() * 2);
         for &cell in challenged {
             self.geometry.cell_index(cell)?;
             // cell.chunk < chunks per layer ≤ u32::MAX, so + 1 does not overflow
             runs.push((cell.layer, cell.chunk, cell.chunk + 1));
-            if let Some(rows) = self.input_rows(cell)? {
-                runs.push((cell.layer - 1, rows.start / c, rows.end.div_ceil(c)));
+            let Some(rows) = self.input_rows(cell)? else {
+                continue;
+            };
+            match draw {
+                None => runs.push((cell.layer - 1, rows.start / c, rows.end.div_ceil(c))),
+                Some(d) => {
+                    let drawn = d.cell(self, cell)?;
+                    runs.extend(
+                        drawn
+                            .checked_chunks(cell.chunk)
+                            .map(|m| (cell.layer - 1, m, m + 1)),
+                    );
+                }
             }
         }
         Ok(merge_runs(runs))
@@ -280,12 +359,31 @@ impl Statement {
     /// statement. Fails when the geometry is invalid (a zero width, a single hidden layer,
     /// more cells than the commitment layer allows).
     pub fn sublayer_geometry(&self, part: SubLayerPart) -> Result<Option<TraceGeometry>> {
-        let TraceLevel::SubLayer { context, cell } = self.trace_level else {
-            return Ok(None);
-        };
-        let width = match part {
-            SubLayerPart::Context => context,
-            SubLayerPart::Cell => cell,
+        let (width, per_layer) = match (self.trace_level, part) {
+            (TraceLevel::Hidden, _) | (TraceLevel::SubLayer { .. }, SubLayerPart::Kv) => {
+                return Ok(None)
+            }
+            (TraceLevel::SubLayer { context, .. }, SubLayerPart::Context)
+            | (TraceLevel::SubLayerByHead { context, .. }, SubLayerPart::Context) => (context, 1),
+            (TraceLevel::SubLayer { cell, .. }, SubLayerPart::Cell)
+            | (TraceLevel::SubLayerByHead { cell, .. }, SubLayerPart::Cell) => (cell, 1),
+            (
+                TraceLevel::SubLayerByHead {
+                    heads,
+                    kv_heads,
+                    kv,
+                    ..
+                },
+                SubLayerPart::Kv,
+            ) => {
+                if kv_heads == 0 || heads == 0 || !heads.is_multiple_of(kv_heads) {
+                    return Err(ProtocolError::InvalidStatement(format!(
+                        "{heads} query heads over {kv_heads} key-value heads: the query heads \
+                         must be a positive multiple of the key-value heads"
+                    )));
+                }
+                (kv, kv_heads)
+            }
         };
         let g = &self.geometry;
         if g.layers < 2 {
@@ -293,8 +391,14 @@ impl Statement {
                 "a sub-layer trace needs at least one layer above the embeddings".into(),
             ));
         }
+        let layers = (g.layers - 1).checked_mul(per_layer).ok_or_else(|| {
+            ProtocolError::InvalidStatement(format!(
+                "{} layers of {per_layer} key-value heads exceed the trace's layer count",
+                g.layers - 1
+            ))
+        })?;
         TraceGeometry::new(
-            g.layers - 1,
+            layers,
             g.tokens,
             width,
             g.chunk,
@@ -322,17 +426,63 @@ impl Statement {
         challenged: &[CellId],
         part: SubLayerPart,
     ) -> Result<Vec<CellRange>> {
+        self.sublayer_ranges_drawn(challenged, part, None)
+    }
+
+    /// [`Statement::sublayer_ranges`] of any part, under a challenge's attention draw
+    /// (specs/protocol.md §4.4). For a challenged cell `[l, j]`, `l ≥ 1`, sub-layer
+    /// `s = l − 1`, context chunks `C = u/c ..= j` and checked chunks `D`
+    /// ([`crate::sampling::CellDraw::checked_chunks`]; `D = C` without a draw):
+    ///
+    /// * [`SubLayerPart::Context`]: `[s, m]` for `m ∈ D`;
+    /// * [`SubLayerPart::Cell`]: `[s, j]`;
+    /// * [`SubLayerPart::Kv`] ([`TraceLevel::SubLayerByHead`] with `g` key-value heads):
+    ///   `[s·g + h, m]` for every key-value head `h` a drawn query head reads and `m ∈ C`, and
+    ///   for every other key-value head and `m ∈ D` (without a draw: every head, `m ∈ C`).
+    ///
+    /// Parts the statement does not commit have no cells.
+    ///
+    /// # Errors
+    /// As [`Statement::opening_ranges_drawn`].
+    pub fn sublayer_ranges_drawn(
+        &self,
+        challenged: &[CellId],
+        part: SubLayerPart,
+        draw: Option<&crate::AttentionDraw>,
+    ) -> Result<Vec<CellRange>> {
         let c = self.geometry.chunk;
         let mut runs: Vec<(u32, u32, u32)> = Vec::with_capacity(challenged.len());
+        // validates the part's geometry ((L − 1)·g layers fit a u32), or: a part not committed
+        if self.sublayer_geometry(part)?.is_none() {
+            return Ok(Vec::new());
+        }
         for &cell in challenged {
             self.geometry.cell_index(cell)?;
             let Some(rows) = self.input_rows(cell)? else {
                 continue;
             };
-            runs.push(match part {
-                SubLayerPart::Context => (cell.layer - 1, rows.start / c, rows.end.div_ceil(c)),
-                SubLayerPart::Cell => (cell.layer - 1, cell.chunk, cell.chunk + 1),
-            });
+            let s = cell.layer - 1;
+            let context = (rows.start / c, rows.end.div_ceil(c));
+            let drawn = draw.map(|d| d.cell(self, cell)).transpose()?;
+            let checked = |layer: u32, runs: &mut Vec<(u32, u32, u32)>| match &drawn {
+                None => runs.push((layer, context.0, context.1)),
+                Some(d) => runs.extend(d.checked_chunks(cell.chunk).map(|m| (layer, m, m + 1))),
+            };
+            match part {
+                SubLayerPart::Context => checked(s, &mut runs),
+                SubLayerPart::Cell => runs.push((s, cell.chunk, cell.chunk + 1)),
+                SubLayerPart::Kv => {
+                    let (h, g) = self.trace_level.heads().unwrap_or((1, 1));
+                    // (L − 1)·g fits u32 (checked by the geometry)
+                    for group in 0..g {
+                        let layer = s * g + group;
+                        match &drawn {
+                            Some(d) if !d.reads_group(group, h, g) => checked(layer, &mut runs),
+                            _ => runs.push((layer, context.0, context.1)),
+                        }
+                    }
+                }
+            }
         }
         Ok(merge_runs(runs))
     }
@@ -450,7 +600,7 @@ impl Message for Statement {
                 )));
             }
         }
-        for part in SubLayerPart::ALL {
+        for &part in self.trace_level.parts() {
             self.sublayer_geometry(part)?;
         }
         if let Some(t) = &self.input_text {

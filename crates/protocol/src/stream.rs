@@ -1,9 +1,9 @@
 //! Reading an opening's binary envelope as it arrives, one opened cell at a time.
 //!
-//! An [`Opening`] in the binary envelope (specs/protocol.md §6.4, version 4) is
+//! An [`Opening`] in the binary envelope (specs/protocol.md §6.4, version 5) is
 //!
 //! ```text
-//! "VTPM" ‖ 4 ‖ 4 ‖ varint(round) ‖ varint(pow_nonce) ‖ varint(count)
+//! "VTPM" ‖ 5 ‖ 4 ‖ varint(round) ‖ varint(pow_nonce) ‖ varint(count)
 //!        ‖ count × (varint(layer) ‖ varint(chunk) ‖ varint(|data|) ‖ data)
 //!        ‖ varint(siblings) ‖ 32 bytes per sibling ‖ sublayers
 //! ```

@@ -17,6 +17,14 @@
 //! `m_p = 0.5 · mean(x)` exactly). [`ToyEngine::sublayer_bytes`] produces them and
 //! [`Recompute::check_sublayers`] checks them: every `c_q` against `0.5 · x_q` exactly (the
 //! stand-in for a Freivalds check) and every `m_p` against the mean of the opened `c_q`.
+//!
+//! For a [`crate::TraceLevel::SubLayerByHead`] statement ([`ToyEngine::by_head_level`]: `g`
+//! "heads" of `hidden / g` elements each, one query head per key-value head), the context
+//! row is `c_q` again, the key-value row of head `h` is `c_q`'s elements `h·w .. (h+1)·w`, and
+//! the cell row `m_p` ([`ToyEngine::sublayer_bytes_by_head`]).
+//! [`Recompute::check_sublayer_heads`] checks, at the claim's checked rows, `c_q = 0.5 · x_q`
+//! and every head's key-value row against `c_q`'s slice, and for each checked head the slice
+//! of `m_p` against the mean of that head's opened key-value rows.
 
 use std::ops::Range;
 
@@ -220,6 +228,63 @@ impl ToyEngine {
     }
 }
 
+impl ToyEngine {
+    /// The toy's by-head trace level for `hidden`-wide rows over `kv_heads` heads (each
+    /// `hidden / kv_heads` wide, one query head per key-value head). `None` when `kv_heads`
+    /// does not divide `hidden`.
+    pub fn by_head_level(hidden: u32, kv_heads: u32) -> Option<crate::TraceLevel> {
+        (kv_heads > 0 && hidden.is_multiple_of(kv_heads)).then_some(
+            crate::TraceLevel::SubLayerByHead {
+                context: hidden,
+                cell: hidden,
+                heads: kv_heads,
+                kv_heads,
+                kv: hidden / kv_heads,
+            },
+        )
+    }
+
+    /// The three sub-layer traces (context, key-value, cell) of a
+    /// [`crate::TraceLevel::SubLayerByHead`] statement of the toy's level (see the module
+    /// docs): the key-value trace has `(L − 1) · g` layers, head `h` of sub-layer `s` at
+    /// `s · g + h`.
+    pub fn sublayer_bytes_by_head(
+        &self,
+        statement: &Statement,
+    ) -> Result<(LayerBytes, LayerBytes, LayerBytes)> {
+        let hidden = check(statement)?;
+        let (g, w) = toy_heads(statement, hidden)?;
+        let (context, cell) = self.sublayer_bytes(statement)?;
+        let mut kv = Vec::with_capacity(context.len() * g);
+        for layer in &context {
+            for h in 0..g {
+                let rows = layer.chunks_exact(4 * hidden);
+                kv.push(
+                    rows.flat_map(|r| r[4 * h * w..4 * (h + 1) * w].iter().copied())
+                        .collect(),
+                );
+            }
+        }
+        Ok((context, kv, cell))
+    }
+}
+
+/// `(g, w)` of a statement at the toy's by-head level.
+fn toy_heads(statement: &Statement, hidden: usize) -> Result<(usize, usize)> {
+    match statement.trace_level.heads() {
+        Some((_, g))
+            if ToyEngine::by_head_level(hidden as u32, g) == Some(statement.trace_level) =>
+        {
+            Ok((g as usize, hidden / g as usize))
+        }
+        _ => Err(ProtocolError::Engine(format!(
+            "the toy's by-head rows are {hidden} wide over heads of one query head each; the \
+             statement says {:?}",
+            statement.trace_level
+        ))),
+    }
+}
+
 impl Recompute for ToyEngine {
     /// The toy engine has no tokenizer: statements with text input are refused.
     fn check_input(&self, statement: &Statement) -> Result<()> {
@@ -326,5 +391,111 @@ impl Recompute for ToyEngine {
             }
         }
         Ok(crate::AlgebraicCheck::Output(bytes(&out)))
+    }
+
+    fn check_sublayer_heads(
+        &self,
+        statement: &Statement,
+        claim: &crate::HeadClaim<'_>,
+    ) -> Result<crate::AlgebraicCheck> {
+        use crate::AlgebraicCheck::{Failed, Output};
+        let hidden = check(statement)?;
+        let (g, w) = toy_heads(statement, hidden)?;
+        let bad = |what: &str| ProtocolError::Engine(format!("the claim's {what} are malformed"));
+        // the offset of row q among the checked rows
+        let checked_at = |q: u32| -> Option<usize> {
+            let mut before = 0usize;
+            for r in claim.checked {
+                if r.contains(&q) {
+                    return Some(before + (q - r.start) as usize);
+                }
+                before += (r.end - r.start) as usize;
+            }
+            None
+        };
+        let n_checked: usize = claim
+            .checked
+            .iter()
+            .map(|r| (r.end - r.start) as usize)
+            .sum();
+        let (x, c, m) = (f32s(claim.inputs), f32s(claim.context), f32s(claim.cell));
+        let rows = (claim.rows.end - claim.rows.start) as usize;
+        if x.len() != n_checked * hidden
+            || c.len() != n_checked * hidden
+            || m.len() != rows * hidden
+        {
+            return Err(bad("rows"));
+        }
+        if claim.kv.len() != g || claim.heads.iter().any(|&h| h as usize >= g) {
+            return Err(bad("heads"));
+        }
+        let kv: Vec<Vec<f32>> = claim.kv.iter().map(|b| f32s(b)).collect();
+        let full_kv = |h: usize| claim.heads.contains(&(h as u32));
+        // provenance of the checked rows: c = 0.5 x, and every head's key-value row its slice
+        for i in 0..n_checked * hidden {
+            if c[i] != 0.5 * x[i] {
+                return Ok(Failed(format!(
+                    "context element {i} is {} but 0.5 x = {}",
+                    c[i],
+                    0.5 * x[i]
+                )));
+            }
+        }
+        for (h, kv_h) in kv.iter().enumerate() {
+            let span = if full_kv(h) {
+                (claim.input_rows.end - claim.input_rows.start) as usize
+            } else {
+                n_checked
+            };
+            if kv_h.len() != span * w {
+                return Err(bad("key-value rows"));
+            }
+            for r in claim.checked {
+                for q in r.clone() {
+                    let at = checked_at(q).ok_or_else(|| bad("checked rows"))?;
+                    let kv_row = if full_kv(h) {
+                        (q - claim.input_rows.start) as usize
+                    } else {
+                        at
+                    };
+                    let want = &c[at * hidden + h * w..at * hidden + (h + 1) * w];
+                    if &kv_h[kv_row * w..(kv_row + 1) * w] != want {
+                        return Ok(Failed(format!(
+                            "head {h}'s key-value row {q} is not its context slice"
+                        )));
+                    }
+                }
+            }
+        }
+        // the checked heads' means over the context, and the output rows
+        let mut out = Vec::with_capacity(rows * hidden);
+        for (r, p) in claim.rows.clone().enumerate() {
+            let ctx = attended(statement.dependency, statement.geometry.tokens, p);
+            let n = (ctx.end - ctx.start) as f32;
+            for &h in claim.heads {
+                let h = h as usize;
+                for i in 0..w {
+                    let mut sum = 0f32;
+                    for q in ctx.clone() {
+                        let Some(at) = q.checked_sub(claim.input_rows.start) else {
+                            return Err(bad("context rows"));
+                        };
+                        sum += kv[h][at as usize * w + i];
+                    }
+                    let (mean, claimed) = (sum / n, m[r * hidden + h * w + i]);
+                    if claimed != mean {
+                        return Ok(Failed(format!(
+                            "cell row {r} head {h} element {i} is {claimed}, the mean of the \
+                             context is {mean}"
+                        )));
+                    }
+                }
+            }
+            let own = checked_at(p).ok_or_else(|| bad("checked rows"))? * hidden;
+            for i in 0..hidden {
+                out.push(x[own + i] + m[r * hidden + i] + 0.1 * claim.layer as f32);
+            }
+        }
+        Ok(Output(bytes(&out)))
     }
 }

@@ -67,6 +67,32 @@ pub struct ChallengeParams {
     pub strategy: SamplingStrategy,
     /// Proof-of-work bits required before the challenge (non-interactive mode; 0 for none).
     pub pow_bits: u8,
+    /// The attention sample of every challenge (specs/protocol.md §4.4): each challenged cell
+    /// opens and is checked on only this many query heads and earlier context chunks. Only
+    /// for statements that commit sub-layer values by head; `None` (JSON may omit it): whole
+    /// openings.
+    #[serde(default)]
+    pub attention: Option<AttentionSample>,
+}
+
+/// How much of each challenged cell's attention a challenge samples ([`ChallengeParams`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AttentionSample {
+    /// Query heads per cell, at least 1.
+    pub heads: u32,
+    /// Context chunks before the cell's own per cell (0: its own only).
+    pub chunks: u32,
+}
+
+impl AttentionSample {
+    /// The challenge's draw from `seed`.
+    pub fn with_seed(self, seed: [u8; 32]) -> crate::AttentionDraw {
+        crate::AttentionDraw {
+            heads: self.heads,
+            chunks: self.chunks,
+            seed: Digest(seed),
+        }
+    }
 }
 
 /// Extension of [`merlin::Transcript`] with veritrace's labelled appends.
@@ -135,11 +161,29 @@ impl TranscriptProtocol for Transcript {
         }
         // Row 10c, only for a statement that commits sub-layer values (issue 16):
         // u32le(context width) ‖ u32le(cell width).
-        if let TraceLevel::SubLayer { context, cell } = s.trace_level {
-            let mut m = Vec::with_capacity(8);
-            m.extend_from_slice(&context.to_le_bytes());
-            m.extend_from_slice(&cell.to_le_bytes());
-            self.append_message(b"trace-level", &m);
+        // By head: u32le(context) ‖ u32le(cell) ‖ u32le(H) ‖ u32le(g) ‖ u32le(key-value width)
+        // (20 bytes, so never the 8 bytes of the other level).
+        match s.trace_level {
+            TraceLevel::Hidden => {}
+            TraceLevel::SubLayer { context, cell } => {
+                let mut m = Vec::with_capacity(8);
+                m.extend_from_slice(&context.to_le_bytes());
+                m.extend_from_slice(&cell.to_le_bytes());
+                self.append_message(b"trace-level", &m);
+            }
+            TraceLevel::SubLayerByHead {
+                context,
+                cell,
+                heads,
+                kv_heads,
+                kv,
+            } => {
+                let mut m = Vec::with_capacity(20);
+                for x in [context, cell, heads, kv_heads, kv] {
+                    m.extend_from_slice(&x.to_le_bytes());
+                }
+                self.append_message(b"trace-level", &m);
+            }
         }
     }
 
@@ -151,6 +195,13 @@ impl TranscriptProtocol for Transcript {
         self.append_u64(b"samples", u64::from(params.samples));
         self.append_message(b"strategy", &[params.strategy.code()]);
         self.append_u64(b"pow-bits", u64::from(params.pow_bits));
+        // Row 13a, only with an attention sample: u32le(heads) ‖ u32le(chunks).
+        if let Some(a) = params.attention {
+            let mut m = Vec::with_capacity(8);
+            m.extend_from_slice(&a.heads.to_le_bytes());
+            m.extend_from_slice(&a.chunks.to_le_bytes());
+            self.append_message(b"attention-sample", &m);
+        }
     }
 
     fn round_seed(&mut self, round: u32) -> [u8; 32] {
@@ -166,11 +217,15 @@ pub fn base_transcript(commitment: &Commitment) -> Transcript {
     let mut t = Transcript::new(DOMAIN);
     t.append_statement(&commitment.statement);
     t.append_root(&commitment.root);
-    // Row 10d, only with sub-layer roots: the context root ‖ the cell root.
+    // Row 10d, only with sub-layer roots: the context root ‖ the cell root (‖ the key-value
+    // root, by head).
     if let Some(roots) = &commitment.sublayer_roots {
-        let mut m = Vec::with_capacity(64);
+        let mut m = Vec::with_capacity(96);
         m.extend_from_slice(&roots.context.0);
         m.extend_from_slice(&roots.cell.0);
+        if let Some(kv) = &roots.kv {
+            m.extend_from_slice(&kv.0);
+        }
         t.append_message(b"sublayer-roots", &m);
     }
     t
@@ -233,6 +288,11 @@ impl ChallengeParams {
         if self.samples == 0 {
             return Err(ProtocolError::InvalidParameter(
                 "at least one cell must be sampled (samples = 0)".into(),
+            ));
+        }
+        if self.attention.is_some_and(|a| a.heads == 0) {
+            return Err(ProtocolError::InvalidParameter(
+                "an attention sample checks at least one head (heads = 0)".into(),
             ));
         }
         if self.pow_bits > MAX_POW_BITS {
@@ -301,11 +361,39 @@ pub fn derive_challenge(
             params.pow_bits
         )));
     }
-    let seed = challenge_seed(commitment, round, params, nonce);
+    let mut t = params_transcript(commitment, params);
+    t.append_u64(b"pow-nonce", nonce);
+    let seed = t.round_seed(round);
     Ok(Challenge {
         round,
         cells: sample_cells(&commitment.statement, params.samples, params.strategy, seed)?,
+        attention: params
+            .attention
+            .map(|a| a.with_seed(attention_seed(&mut t))),
     })
+}
+
+/// Row 17: the attention draw's seed, squeezed from a round's transcript after its challenge
+/// seed (row 16), only with an attention sample.
+pub(crate) fn attention_seed(round_transcript: &mut Transcript) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    round_transcript.challenge_bytes(b"attention-seed", &mut seed);
+    seed
+}
+
+/// The attention draw of a non-interactive round (row 17), given the prover's nonce; `None`
+/// without an attention sample. Does not check the proof of work.
+pub fn attention_draw(
+    commitment: &Commitment,
+    round: u32,
+    params: &ChallengeParams,
+    nonce: u64,
+) -> Option<crate::AttentionDraw> {
+    let a = params.attention?;
+    let mut t = params_transcript(commitment, params);
+    t.append_u64(b"pow-nonce", nonce);
+    t.round_seed(round);
+    Some(a.with_seed(attention_seed(&mut t)))
 }
 
 #[cfg(test)]
@@ -325,6 +413,7 @@ mod tests {
         samples: 4,
         strategy: SamplingStrategy::Uniform,
         pow_bits: 0,
+        attention: None,
     };
 
     #[test]

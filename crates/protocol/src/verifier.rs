@@ -32,8 +32,8 @@ use crate::stream::OpeningReader;
 use crate::tolerance::{decode_values, TolerancePolicy};
 use crate::transcript::{challenge_seed, check_pow, ChallengeParams};
 use crate::{
-    Challenge, Commitment, OpenedCell, Opening, ProtocolError, RejectReason, Result, Statement,
-    SubLayerOpening, SubLayerPart, TraceLevel, Verdict,
+    AttentionDraw, Challenge, Commitment, OpenedCell, Opening, ProtocolError, RejectReason, Result,
+    Statement, SubLayerOpening, SubLayerPart, TraceLevel, Verdict,
 };
 
 /// What an embedding verifier implements: recompute cells under the statement's numeric setup.
@@ -116,6 +116,56 @@ pub trait Recompute {
             "this engine has no algebraic check of sub-layer values (no verifier key)".into(),
         ))
     }
+
+    /// The algebraic check of a challenged cell of a [`crate::TraceLevel::SubLayerByHead`]
+    /// statement from its opened values ([`HeadClaim`], specs/protocol.md §11.4): as
+    /// [`Recompute::check_sublayers`], on the claim's checked rows and heads only when the
+    /// opening was drawn. The default refuses.
+    fn check_sublayer_heads(
+        &self,
+        statement: &Statement,
+        claim: &HeadClaim<'_>,
+    ) -> Result<AlgebraicCheck> {
+        let _ = (statement, claim);
+        Err(ProtocolError::Engine(
+            "this engine has no algebraic check of sub-layer values by head (no verifier key)"
+                .into(),
+        ))
+    }
+}
+
+/// The opened values of one challenged cell `[l, j]` (`l ≥ 1`, rows `rows`) of a
+/// [`crate::TraceLevel::SubLayerByHead`] statement, gathered by the verifier for
+/// [`Recompute::check_sublayer_heads`] (specs/protocol.md §11.4). With an attention draw
+/// (`drawn`), the opening holds only what the draw names, and the engine checks exactly that:
+/// the attention of `heads` over the keys and values of every context row, and the provenance
+/// (the norm of the hidden input, the keys and values of every key-value head) of the
+/// `checked` rows. Without one, everything is opened: `heads` is every head and `checked` is
+/// `input_rows`.
+#[derive(Debug, Clone)]
+pub struct HeadClaim<'a> {
+    /// The hidden layer `l`.
+    pub layer: u32,
+    /// The cell's rows `[a, e)`.
+    pub rows: Range<u32>,
+    /// Its input rows `[u, v)` (the statement's [`crate::Dependency`]).
+    pub input_rows: Range<u32>,
+    /// Whether the opening was drawn (else every head and row is opened).
+    pub drawn: bool,
+    /// The query heads whose attention is checked, ascending.
+    pub heads: &'a [u32],
+    /// The checked rows: disjoint ranges, ascending, within `input_rows`, the last one
+    /// `rows`.
+    pub checked: &'a [Range<u32>],
+    /// Hidden layer `l − 1` at the checked rows, concatenated (the statement's dtype).
+    pub inputs: &'a [u8],
+    /// The context trace at sub-layer `l − 1`, the checked rows (f32).
+    pub context: &'a [u8],
+    /// Per key-value head `h` (`g` entries): its key-value trace rows at sub-layer `l − 1`,
+    /// over `input_rows` when a checked head reads it, else over the checked rows (f32).
+    pub kv: &'a [Vec<u8>],
+    /// The cell trace at sub-layer `l − 1`, rows `rows` (f32).
+    pub cell: &'a [u8],
 }
 
 /// What [`Recompute::check_sublayers`] found for one challenged cell.
@@ -228,6 +278,14 @@ impl<T: Recompute + ?Sized> Recompute for &T {
         cell: &[u8],
     ) -> Result<AlgebraicCheck> {
         (**self).check_sublayers(statement, layer, rows, input_rows, inputs, context, cell)
+    }
+
+    fn check_sublayer_heads(
+        &self,
+        statement: &Statement,
+        claim: &HeadClaim<'_>,
+    ) -> Result<AlgebraicCheck> {
+        (**self).check_sublayer_heads(statement, claim)
     }
 }
 
@@ -456,28 +514,39 @@ pub struct Verifier<R> {
 /// the verifier's own record of a past session ([`verify_recorded`]). Non-interactive rounds
 /// never ask.
 trait ChallengeSource {
-    /// The cells of round `round`, for `statement` (already checked against the limits).
-    fn cells(
+    /// The challenge of round `round`, for `statement` (already checked against the limits).
+    fn challenge(
         &mut self,
         statement: &Statement,
         round: u32,
         params: &ChallengeParams,
-    ) -> Result<Vec<CellId>>;
+    ) -> Result<Challenge>;
 }
 
 /// A live session: a fresh seed from the verifier's generator, drawn only when asked.
 struct Fresh<'a, G>(&'a mut G);
 
 impl<G: RngCore + CryptoRng> ChallengeSource for Fresh<'_, G> {
-    fn cells(
+    fn challenge(
         &mut self,
         statement: &Statement,
-        _round: u32,
+        round: u32,
         params: &ChallengeParams,
-    ) -> Result<Vec<CellId>> {
+    ) -> Result<Challenge> {
         let mut seed = [0u8; 32];
         self.0.fill_bytes(&mut seed);
-        sample_cells(statement, params.samples, params.strategy, seed)
+        let cells = sample_cells(statement, params.samples, params.strategy, seed)?;
+        // the attention draw's seed: fresh too, sent with the challenge
+        let attention = params.attention.map(|a| {
+            let mut seed = [0u8; 32];
+            self.0.fill_bytes(&mut seed);
+            a.with_seed(seed)
+        });
+        Ok(Challenge {
+            round,
+            cells,
+            attention,
+        })
     }
 }
 
@@ -489,17 +558,17 @@ impl<G: RngCore + CryptoRng> ChallengeSource for Fresh<'_, G> {
 struct Replay<'a>(&'a [Challenge]);
 
 impl ChallengeSource for Replay<'_> {
-    fn cells(
+    fn challenge(
         &mut self,
         _statement: &Statement,
         round: u32,
         _params: &ChallengeParams,
-    ) -> Result<Vec<CellId>> {
-        Ok(self
-            .0
-            .get(round as usize)
-            .map(|c| c.cells.clone())
-            .unwrap_or_default())
+    ) -> Result<Challenge> {
+        Ok(self.0.get(round as usize).cloned().unwrap_or(Challenge {
+            round,
+            cells: Vec::new(),
+            attention: None,
+        }))
     }
 }
 
@@ -518,15 +587,15 @@ fn interactive_round_rule(pow_nonce: u64) -> std::result::Result<(), RejectReaso
 
 /// The round rules of a non-interactive opening (specs/protocol.md §10.2): round 0's nonce
 /// must meet the proof of work and fixes the session's nonce; later rounds must repeat it
-/// (another nonce is refused even if valid). Returns the round's challenged cells, derived
-/// from the transcript with that nonce.
+/// (another nonce is refused even if valid). Returns the round's challenge (its cells and
+/// attention draw), derived from the transcript with that nonce.
 fn non_interactive_round_rule(
     commitment: &Commitment,
     params: &ChallengeParams,
     session_nonce: Option<u64>,
     (round, pow_nonce): (u32, u64),
     faults: Faults,
-) -> std::result::Result<Vec<CellId>, RejectReason> {
+) -> std::result::Result<Challenge, RejectReason> {
     let pow_ok = match session_nonce {
         // later rounds repeat the nonce checked in round 0
         Some(n) => n == pow_nonce,
@@ -554,10 +623,14 @@ fn non_interactive_round_rule(
         let _ = faults;
         challenge_seed(commitment, round, params, pow_nonce)
     };
-    sample_cells(&commitment.statement, params.samples, params.strategy, seed).map_err(|e| {
-        RejectReason::GeometryMismatch {
+    let cells = sample_cells(&commitment.statement, params.samples, params.strategy, seed)
+        .map_err(|e| RejectReason::GeometryMismatch {
             detail: e.to_string(),
-        }
+        })?;
+    Ok(Challenge {
+        round,
+        cells,
+        attention: crate::transcript::attention_draw(commitment, round, params, pow_nonce),
     })
 }
 
@@ -598,6 +671,14 @@ impl<R: Recompute> Verifier<R> {
             )));
         }
         limits.check_samples(config.params.samples.into())?;
+        config.params.validate()?;
+        if config.params.attention.is_some() && config.method.recomputes() {
+            return Err(ProtocolError::InvalidParameter(format!(
+                "an attention sample opens only the drawn heads and context chunks, which \
+                 cannot be recomputed: the layer check must be freivalds, not {}",
+                config.method.name()
+            )));
+        }
         config.tolerance.validate()?;
         Ok(Verifier {
             config,
@@ -722,6 +803,15 @@ impl<R: Recompute> Verifier<R> {
                 ),
             }));
         }
+        if self.config.params.attention.is_some()
+            && commitment.statement.trace_level.heads().is_none()
+        {
+            return self.decide(Verdict::Reject(RejectReason::GeometryMismatch {
+                detail: "the verifier samples the attention of each cell, and the statement does \
+                         not commit its sub-layer values by head"
+                    .into(),
+            }));
+        }
         self.commitment = Some(commitment);
         self.next_round(0, None, source)
     }
@@ -744,9 +834,8 @@ impl<R: Recompute> Verifier<R> {
                 let Some(commitment) = self.commitment.as_ref() else {
                     return self.out_of_order("round before the commitment");
                 };
-                match source.cells(&commitment.statement, round, &self.config.params) {
-                    Ok(cells) => {
-                        let challenge = Challenge { round, cells };
+                match source.challenge(&commitment.statement, round, &self.config.params) {
+                    Ok(challenge) => {
                         self.state = VerifierState::Challenged {
                             challenge: challenge.clone(),
                         };
@@ -806,7 +895,7 @@ impl<R: Recompute> Verifier<R> {
                     drain(opening)?;
                     return Ok(Received::Checked(Err(reason)));
                 }
-                Cow::Borrowed(&challenge.cells[..])
+                Cow::Borrowed(challenge)
             }
             VerifierState::AwaitOpening { round: r, nonce } if *r == round => {
                 match non_interactive_round_rule(
@@ -816,7 +905,7 @@ impl<R: Recompute> Verifier<R> {
                     (round, pow_nonce),
                     self.faults,
                 ) {
-                    Ok(cells) => Cow::Owned(cells),
+                    Ok(challenge) => Cow::Owned(challenge),
                     Err(reason) => {
                         drain(opening)?;
                         return Ok(Received::Checked(Err(reason)));
@@ -834,7 +923,7 @@ impl<R: Recompute> Verifier<R> {
         };
         let checked = check_source(
             commitment,
-            &cells,
+            (&cells.cells, cells.attention.as_ref()),
             opening,
             &self.config.tolerance,
             self.config.method,
@@ -995,6 +1084,14 @@ where
                     )));
                 }
                 limits.check_samples(c.cells.len() as u64)?;
+                let sample = c.attention.map(|a| (a.heads, a.chunks));
+                if sample != config.params.attention.map(|a| (a.heads, a.chunks)) {
+                    return Err(ProtocolError::InvalidParameter(format!(
+                        "recorded challenge {i} has attention draw {:?}; the configuration's \
+                         attention sample is {:?}",
+                        c.attention, config.params.attention
+                    )));
+                }
             }
             cs
         }
@@ -1094,7 +1191,7 @@ pub fn check_opening_with_limits<R: Recompute + ?Sized>(
 ) -> std::result::Result<(), RejectReason> {
     check_opening_inner(
         commitment,
-        challenged,
+        (challenged, None),
         opening,
         tolerance,
         LayerCheck::Recompute,
@@ -1120,7 +1217,35 @@ pub fn check_opening_by<R: Recompute + ?Sized>(
 ) -> std::result::Result<(), RejectReason> {
     check_opening_inner(
         commitment,
-        challenged,
+        (challenged, None),
+        opening,
+        tolerance,
+        method,
+        recompute,
+        limits,
+        Faults::default(),
+    )
+}
+
+/// [`check_opening_by`] for a whole challenge: its cells and, when it has one, its attention
+/// draw (specs/protocol.md §4.4), under which the opening must hold exactly the drawn cells
+/// ([`Statement::opening_ranges_drawn`], [`Statement::sublayer_ranges_drawn`]) and each
+/// challenged cell of a layer `l ≥ 1` is checked by [`Recompute::check_sublayer_heads`] on
+/// the drawn heads and rows. A drawn opening cannot be recomputed: a draw with a layer check
+/// that recomputes, or on a statement that does not commit by head, is
+/// [`RejectReason::GeometryMismatch`].
+pub fn check_opening_drawn<R: Recompute + ?Sized>(
+    commitment: &Commitment,
+    challenge: &Challenge,
+    opening: &Opening,
+    tolerance: &TolerancePolicy,
+    method: LayerCheck,
+    recompute: &R,
+    limits: &VerifierLimits,
+) -> std::result::Result<(), RejectReason> {
+    check_opening_inner(
+        commitment,
+        (&challenge.cells, challenge.attention.as_ref()),
         opening,
         tolerance,
         method,
@@ -1301,7 +1426,7 @@ fn drain<'a, S: OpeningSource<'a>>(mut source: S) -> std::result::Result<(), S::
 #[allow(clippy::too_many_arguments)]
 fn check_source<'v, 'd, R: Recompute + ?Sized, S: OpeningSource<'d>>(
     commitment: &'v Commitment,
-    challenged: &'v [CellId],
+    challenged: (&'v [CellId], Option<&'v AttentionDraw>),
     mut source: S,
     tolerance: &'v TolerancePolicy,
     method: LayerCheck,
@@ -1327,7 +1452,7 @@ fn check_source<'v, 'd, R: Recompute + ?Sized, S: OpeningSource<'d>>(
 #[allow(clippy::too_many_arguments)]
 fn check_opening_inner<R: Recompute + ?Sized>(
     commitment: &Commitment,
-    challenged: &[CellId],
+    challenged: (&[CellId], Option<&AttentionDraw>),
     opening: &Opening,
     tolerance: &TolerancePolicy,
     method: LayerCheck,
@@ -1361,6 +1486,8 @@ fn check_opening_inner<R: Recompute + ?Sized>(
 struct OpeningCheck<'v, 'd, R: ?Sized> {
     commitment: &'v Commitment,
     challenged: &'v [CellId],
+    /// The challenge's attention draw, if any.
+    draw: Option<&'v AttentionDraw>,
     tolerance: &'v TolerancePolicy,
     method: LayerCheck,
     recompute: &'v R,
@@ -1388,7 +1515,7 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
     /// Step 0: limits, the opening set and its size, the statement's input.
     fn start(
         commitment: &'v Commitment,
-        challenged: &'v [CellId],
+        (challenged, draw): (&'v [CellId], Option<&'v AttentionDraw>),
         tolerance: &'v TolerancePolicy,
         method: LayerCheck,
         recompute: &'v R,
@@ -1410,16 +1537,46 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
                 ),
             });
         }
+        if let Some(d) = draw {
+            if statement.trace_level.heads().is_none() {
+                return Err(RejectReason::GeometryMismatch {
+                    detail: "the challenge draws heads and context chunks, and the statement \
+                             does not commit its sub-layer values by head"
+                        .into(),
+                });
+            }
+            if method.recomputes() {
+                return Err(RejectReason::GeometryMismatch {
+                    detail: format!(
+                        "a drawn opening cannot be recomputed (layer check {})",
+                        method.name()
+                    ),
+                });
+            }
+            if d.heads == 0 {
+                return Err(RejectReason::GeometryMismatch {
+                    detail: "an attention draw samples at least one head".into(),
+                });
+            }
+        }
+        if let Some((_, kv_heads)) = statement.trace_level.heads() {
+            // every challenged cell above layer 0 opens its own chunk of every key-value head:
+            // a claim of many heads is refused before any run is listed
+            let above = challenged.iter().filter(|c| c.layer > 0).count() as u64;
+            limits
+                .check_opening_size(above.saturating_mul(u64::from(kv_heads)), 0)
+                .map_err(bad_statement)?;
+        }
         let required = statement
-            .opening_ranges(challenged)
+            .opening_ranges_drawn(challenged, draw)
             .map_err(bad_statement)?;
         let (mut required_cells, mut required_bytes) = opening_size(g, &required);
         // the sub-layer runs and geometries (none for a hidden-only statement)
         let mut sub_required: Vec<(SubLayerPart, TraceGeometry, Vec<CellRange>)> = Vec::new();
-        for part in SubLayerPart::ALL {
+        for &part in statement.trace_level.parts() {
             if let Some(sg) = statement.sublayer_geometry(part).map_err(bad_statement)? {
                 let runs = statement
-                    .sublayer_ranges(challenged, part)
+                    .sublayer_ranges_drawn(challenged, part, draw)
                     .map_err(bad_statement)?;
                 let (cells, bytes) = opening_size(&sg, &runs);
                 required_cells = required_cells.saturating_add(cells);
@@ -1437,6 +1594,7 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
         Ok(OpeningCheck {
             commitment,
             challenged,
+            draw,
             tolerance,
             method,
             recompute,
@@ -1471,7 +1629,7 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
         // 2-3. its length, and its leaf digest for the batch proof
         let statement = &self.commitment.statement;
         let g = &statement.geometry;
-        match cell_leaf(g, statement, cell, &data, 0) {
+        match cell_leaf(g, statement, cell, &data, None) {
             Ok(leaf) => self.leaves.push(leaf),
             Err(reason) => {
                 self.shape = Some(reason);
@@ -1542,6 +1700,15 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
                         return Err(reason);
                     }
                 }
+                // a part the statement does not commit has no cells
+                for part in SubLayerPart::ALL {
+                    if self.sub_required.iter().any(|(p, _, _)| *p == part) {
+                        continue;
+                    }
+                    if let Some(oc) = sub.get(part).0.first() {
+                        return Err(RejectReason::UnexpectedCell { cell: oc.cell });
+                    }
+                }
             }
             (None, true) => {}
         }
@@ -1561,14 +1728,25 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
         if let (Some(sub), Some(roots)) = (sublayers, &self.commitment.sublayer_roots) {
             for (part, sg, _) in &self.sub_required {
                 let (cells, proof) = sub.get(*part);
-                check_cells_against_root(
-                    sg,
-                    statement,
-                    roots.get(*part),
-                    cells,
-                    proof,
-                    self.faults,
-                )?;
+                let Some(root) = roots.get(*part) else {
+                    return Err(RejectReason::GeometryMismatch {
+                        detail: format!("the commitment has no {} root", part.name()),
+                    });
+                };
+                check_cells_against_root(sg, statement, *part, root, cells, proof, self.faults)?;
+            }
+            // the parts the statement does not commit: no cells (step 1), an empty proof
+            for part in SubLayerPart::ALL {
+                if !self.sub_required.iter().any(|(p, _, _)| *p == part) {
+                    check_leaves(
+                        statement,
+                        &self.commitment.root,
+                        0,
+                        &[],
+                        sub.get(part).1,
+                        self.faults,
+                    )?;
+                }
             }
         }
         debug_assert!(statement.hasher.is_canonical(&self.commitment.root));
@@ -1578,15 +1756,12 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
             return Err(reason);
         }
         if let Some(sub) = sublayers {
-            for part in SubLayerPart::ALL {
-                for oc in sub.get(part).0 {
+            for (part, _, _) in &self.sub_required {
+                for oc in sub.get(*part).0 {
                     if let Some(index) = first_non_finite(Dtype::F32, &oc.data) {
                         // reported in hidden-trace coordinates (sub-layer s is layer s + 1)
                         return Err(RejectReason::NonFinite {
-                            cell: CellId {
-                                layer: oc.cell.layer + 1,
-                                chunk: oc.cell.chunk,
-                            },
+                            cell: hidden_cell(statement, *part, oc.cell),
                             index,
                         });
                     }
@@ -1602,6 +1777,97 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
             self.check_cell(cell, sublayers)?;
         }
         Ok(())
+    }
+
+    /// The algebraic check of challenged cell `cell` (layer `l ≥ 1`) of a statement that
+    /// commits by head: gathers its [`HeadClaim`] from the kept hidden cells and the opened
+    /// sub-layer cells (all present: step 1 passed) and asks the engine.
+    fn check_by_head(
+        &self,
+        cell: CellId,
+        rows: Range<u32>,
+        input_rows: Range<u32>,
+        sub: &SubLayerOpening,
+    ) -> std::result::Result<AlgebraicCheck, RejectReason> {
+        let statement = &self.commitment.statement;
+        let g = &statement.geometry;
+        let failed = |e: ProtocolError| RejectReason::RecomputeFailed {
+            cell,
+            detail: e.to_string(),
+        };
+        let (h, kv_heads) = statement
+            .trace_level
+            .heads()
+            .ok_or_else(|| failed(ProtocolError::Engine("not a by-head statement".into())))?;
+        let geometry = |part| -> std::result::Result<&TraceGeometry, RejectReason> {
+            self.sub_required
+                .iter()
+                .find(|(p, _, _)| *p == part)
+                .map(|(_, sg, _)| sg)
+                .ok_or(RejectReason::MissingCell { cell })
+        };
+        let (ctx_g, kv_g, cell_g) = (
+            geometry(SubLayerPart::Context)?,
+            geometry(SubLayerPart::Kv)?,
+            geometry(SubLayerPart::Cell)?,
+        );
+        let drawn = self
+            .draw
+            .map(|d| d.cell(statement, cell))
+            .transpose()
+            .map_err(failed)?;
+        let c = g.chunk;
+        let (heads, checked): (Vec<u32>, Vec<Range<u32>>) = match &drawn {
+            None => ((0..h).collect(), vec![input_rows.clone()]),
+            Some(d) => (
+                d.heads.clone(),
+                d.checked_chunks(cell.chunk)
+                    .map(|m| {
+                        let lo = (m * c).max(input_rows.start);
+                        let hi = m.saturating_add(1).saturating_mul(c).min(input_rows.end);
+                        lo..hi.max(lo)
+                    })
+                    .collect(),
+            ),
+        };
+        let s = cell.layer - 1;
+        let gather = |geom: &TraceGeometry, cells: &[OpenedCell], layer: u32| -> Vec<u8> {
+            let mut out = Vec::new();
+            for r in &checked {
+                out.extend(gather_rows(geom, cells, opened_cell, layer, r.clone()));
+            }
+            out
+        };
+        let mut inputs = Vec::new();
+        for r in &checked {
+            inputs.extend(gather_rows(g, &self.kept, kept_cell, s, r.clone()));
+        }
+        let context = gather(ctx_g, &sub.context, s);
+        let kv: Vec<Vec<u8>> = (0..kv_heads)
+            .map(|group| {
+                let layer = s * kv_heads + group;
+                match &drawn {
+                    Some(d) if !d.reads_group(group, h, kv_heads) => gather(kv_g, &sub.kv, layer),
+                    _ => gather_rows(kv_g, &sub.kv, opened_cell, layer, input_rows.clone()),
+                }
+            })
+            .collect();
+        let cell_values = gather_rows(cell_g, &sub.cell, opened_cell, s, rows.clone());
+        let claim = HeadClaim {
+            layer: cell.layer,
+            rows,
+            input_rows,
+            drawn: drawn.is_some(),
+            heads: &heads,
+            checked: &checked,
+            inputs: &inputs,
+            context: &context,
+            kv: &kv,
+            cell: &cell_values,
+        };
+        self.recompute
+            .check_sublayer_heads(statement, &claim)
+            .map_err(failed)
     }
 
     /// Steps 5-6 for challenged cell `cell`, from the kept cells (and the sub-layer values).
@@ -1641,8 +1907,9 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
         match statement.input_rows(cell).map_err(bad_statement)? {
             None => compare(&recompute.embed(statement, rows.clone()).map_err(failed)?)?,
             Some(input_rows) => {
+                // every input row (a drawn opening, checked by head, has only some)
                 let inputs =
-                    gather_rows(g, &self.kept, kept_cell, cell.layer - 1, input_rows.clone());
+                    || gather_rows(g, &self.kept, kept_cell, cell.layer - 1, input_rows.clone());
                 if self.method.recomputes() {
                     let recomputed = recompute
                         .layer(
@@ -1650,12 +1917,20 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
                             cell.layer,
                             rows.clone(),
                             input_rows.clone(),
-                            &inputs,
+                            &inputs(),
                         )
                         .map_err(failed)?;
                     compare(&recomputed)?;
                 }
-                if self.method.checks_sublayers() {
+                if self.method.checks_sublayers() && statement.trace_level.heads().is_some() {
+                    let sub = sublayers.ok_or(RejectReason::MissingCell { cell })?;
+                    match self.check_by_head(cell, rows.clone(), input_rows, sub)? {
+                        AlgebraicCheck::Output(output) => compare(&output)?,
+                        AlgebraicCheck::Failed(detail) => {
+                            return Err(RejectReason::AlgebraicCheck { cell, detail })
+                        }
+                    }
+                } else if self.method.checks_sublayers() {
                     let sub = sublayers.ok_or(RejectReason::MissingCell { cell })?;
                     let (ctx_g, cell_g) = match &self.sub_required[..] {
                         [(_, a, _), (_, b, _)] => (a, b),
@@ -1675,8 +1950,8 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
                             statement,
                             cell.layer,
                             rows.clone(),
-                            input_rows,
-                            &inputs,
+                            input_rows.clone(),
+                            &inputs(),
                             &context,
                             &cell_values,
                         )
@@ -1737,7 +2012,7 @@ fn cell_leaf(
     statement: &Statement,
     cell: CellId,
     data: &[u8],
-    shift: u32,
+    part: Option<SubLayerPart>,
 ) -> std::result::Result<(u64, veritrace_commit::Digest), RejectReason> {
     let bad = |e: veritrace_commit::CommitError| RejectReason::GeometryMismatch {
         detail: e.to_string(),
@@ -1745,9 +2020,9 @@ fn cell_leaf(
     let range = g.cell_byte_range(cell).map_err(bad)?;
     if data.len() != range.len() {
         return Err(RejectReason::WrongCellLength {
-            cell: CellId {
-                layer: cell.layer + shift,
-                chunk: cell.chunk,
+            cell: match part {
+                None => cell,
+                Some(part) => hidden_cell(statement, part, cell),
             },
             expected: range.len() as u64,
             got: data.len() as u64,
@@ -1756,6 +2031,19 @@ fn cell_leaf(
     let leaf = g.hash_cell(&statement.hasher, cell, data).map_err(bad)?;
     let index = g.cell_index(cell).map_err(bad)?;
     Ok((index, leaf))
+}
+
+/// The hidden cell a sub-layer cell of `part` belongs to, for reports: sub-layer `s` is hidden
+/// layer `s + 1`; the key-value trace's layer `s · g + h` is sub-layer `s`.
+fn hidden_cell(statement: &Statement, part: SubLayerPart, cell: CellId) -> CellId {
+    let per = match part {
+        SubLayerPart::Kv => statement.trace_level.heads().map_or(1, |(_, g)| g.max(1)),
+        SubLayerPart::Context | SubLayerPart::Cell => 1,
+    };
+    CellId {
+        layer: cell.layer / per + 1,
+        chunk: cell.chunk,
+    }
 }
 
 /// Step 3 for one tree: the batch proof opens `leaves` under `root` (a tree of `size` leaves).
@@ -1794,16 +2082,15 @@ fn check_leaves(
 fn check_cells_against_root(
     g: &TraceGeometry,
     statement: &Statement,
+    part: SubLayerPart,
     root: &veritrace_commit::Digest,
     cells: &[OpenedCell],
     proof: &BatchProof,
     faults: Faults,
 ) -> std::result::Result<(), RejectReason> {
-    // a sub-layer geometry has one layer fewer than the hidden one
-    let shift = statement.geometry.layers - g.layers;
     let leaves = cells
         .iter()
-        .map(|oc| cell_leaf(g, statement, oc.cell, &oc.data, shift))
+        .map(|oc| cell_leaf(g, statement, oc.cell, &oc.data, Some(part)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     check_leaves(statement, root, g.num_cells(), &leaves, proof, faults)
 }
@@ -1920,7 +2207,7 @@ mod tests {
         let engine = ToyEngine::default();
         let mut check = match OpeningCheck::start(
             commitment,
-            challenged,
+            (challenged, None),
             tolerance,
             LayerCheck::Recompute,
             &engine,

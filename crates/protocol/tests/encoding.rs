@@ -40,6 +40,7 @@ fn samples() -> Vec<(u8, Vec<u8>)> {
     let challenge = Challenge {
         round: 0,
         cells: vec![CellId { layer: 1, chunk: 1 }],
+        attention: None,
     };
     let opening = p.open(&challenge).unwrap();
     let verdict = Verdict::Reject(RejectReason::Tolerance {
@@ -134,6 +135,7 @@ fn overlong_varints_are_refused() {
     let c = Challenge {
         round: 0,
         cells: vec![CellId { layer: 0, chunk: 0 }],
+        attention: None,
     };
     let bytes = c.to_bytes();
     assert_eq!(bytes[6], 0, "round 0 is the first payload byte");

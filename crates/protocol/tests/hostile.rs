@@ -141,6 +141,7 @@ fn config(mode: Mode, samples: u32, strategy: SamplingStrategy) -> VerifierConfi
             samples,
             strategy,
             pow_bits: 0,
+            attention: None,
         },
         rounds: 1,
         tolerance: TolerancePolicy::Exact,
@@ -224,6 +225,7 @@ fn a_claim_of_four_billion_layers_is_sampled_in_bounded_memory_and_time() {
                 samples: k,
                 strategy,
                 pow_bits: 0,
+                attention: None,
             };
             let (challenge, peak, time) = measure(|| derive_challenge(&c, 0, &params, 0));
             let challenge = challenge.unwrap();
@@ -311,6 +313,7 @@ fn many_tokens_and_missing_cells_cost_the_runs_not_the_claim() {
                 samples: 256,
                 strategy,
                 pow_bits: 0,
+                attention: None,
             };
             let challenge = derive_challenge(&c, 0, &params, 0).unwrap();
             let required = c.statement.opening_ranges(&challenge.cells).unwrap();
@@ -402,6 +405,7 @@ fn valid_messages() -> Vec<(&'static str, Vec<u8>, String)> {
     let ch = Challenge {
         round: 0,
         cells: vec![CellId { layer: 1, chunk: 1 }, CellId { layer: 2, chunk: 0 }],
+        attention: None,
     };
     let o = p.open(&ch).unwrap();
     let v = Verdict::Reject(RejectReason::MissingCell {
@@ -508,6 +512,7 @@ fn honest_session(k: u32, strategy: SamplingStrategy) -> (Commitment, Opening) {
         samples: k,
         strategy,
         pow_bits: 0,
+        attention: None,
     };
     let (_, o) = p.open_non_interactive(&params).unwrap();
     (c, o)
@@ -521,6 +526,7 @@ fn hostile_session(c: Commitment, k: u32, strategy: SamplingStrategy) -> (Commit
         samples: k,
         strategy,
         pow_bits: 0,
+        attention: None,
     };
     let ch = derive_challenge(&c, 0, &params, 0).unwrap();
     let o = forged_opening(&c, 0, &ch.cells, 0);
@@ -539,6 +545,7 @@ fn honest_long_session(k: u32, strategy: SamplingStrategy) -> (Commitment, Openi
         samples: k,
         strategy,
         pow_bits: 0,
+        attention: None,
     };
     let (_, o) = p.open_non_interactive(&params).unwrap();
     (c, o)

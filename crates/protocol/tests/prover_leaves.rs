@@ -43,6 +43,7 @@ fn precomputed_leaves_give_the_same_commitment_and_openings() {
         let challenge = Challenge {
             round: 0,
             cells: vec![CellId { layer: 0, chunk: 3 }, CellId { layer: 2, chunk: 1 }],
+            attention: None,
         };
         assert_eq!(a.open(&challenge).unwrap(), b.open(&challenge).unwrap());
     }

@@ -48,6 +48,7 @@ fn config(
             samples,
             strategy,
             pow_bits,
+            attention: None,
         },
         rounds,
         tolerance: TolerancePolicy::Exact,

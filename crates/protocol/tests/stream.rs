@@ -104,6 +104,7 @@ fn session(case: u64, cheat: bool) -> Session {
             samples: 1 + (case % 4) as u32,
             strategy: SamplingStrategy::Uniform,
             pow_bits: 0,
+            attention: None,
         },
         rounds: 1 + (case % 3) as u32,
         tolerance: TolerancePolicy::Exact,
@@ -123,7 +124,11 @@ fn session(case: u64, cheat: bool) -> Session {
                     seed,
                 )
                 .unwrap();
-                let challenge = Challenge { round, cells };
+                let challenge = Challenge {
+                    round,
+                    cells,
+                    attention: None,
+                };
                 openings.push(prover.open(&challenge).unwrap());
                 challenges.push(challenge);
             }
@@ -306,7 +311,7 @@ fn the_live_verifier_reads_openings_as_streams() {
         }
         // a malformed opening leaves the state as it was
         let state = by_stream.state().clone();
-        let junk = [b"VTPM".as_slice(), &[4, 4, 0, 0, 9, 1]].concat();
+        let junk = [b"VTPM".as_slice(), &[5, 4, 0, 0, 9, 1]].concat();
         let e = by_stream
             .receive_opening_stream(
                 OpeningReader::new(&junk[..], MAX_MESSAGE_BYTES).unwrap(),
@@ -343,7 +348,7 @@ fn the_reader_refuses_what_the_decoder_refuses() {
     // a cell claiming 2^40 bytes, with a few behind it, allocates what arrives and fails
     let huge = [
         b"VTPM".as_slice(),
-        &[4, 4, 0, 0, 1, 0, 0],
+        &[5, 4, 0, 0, 1, 0, 0],
         &[0x80, 0x80, 0x80, 0x80, 0x80, 0x20],
         &[1, 2, 3],
     ]

@@ -63,6 +63,7 @@ fn config(method: LayerCheck, mode: Mode) -> VerifierConfig {
             samples: 5,
             strategy: SamplingStrategy::Uniform,
             pow_bits: 0,
+            attention: None,
         },
         rounds: 2,
         tolerance: TolerancePolicy::Exact,
@@ -175,7 +176,11 @@ fn a_sublayer_statement_needs_its_traces_before_the_commitment() {
 fn opened(s: &Statement, cells: Vec<CellId>) -> (Commitment, Challenge, Opening) {
     let mut p = prover(s, ToyEngine::default());
     let c = p.commit().unwrap();
-    let ch = Challenge { round: 0, cells };
+    let ch = Challenge {
+        round: 0,
+        cells,
+        attention: None,
+    };
     let o = p.open(&ch).unwrap();
     (c, ch, o)
 }
@@ -283,9 +288,10 @@ fn tampered_sublayer_openings_are_typed_rejections() {
         match part {
             SubLayerPart::Context => &mut sub.context[2].data,
             SubLayerPart::Cell => &mut sub.cell[1].data,
+            SubLayerPart::Kv => unreachable!("not committed at this level"),
         }
     }
-    for part in SubLayerPart::ALL {
+    for part in [SubLayerPart::Context, SubLayerPart::Cell] {
         let mut t = o.clone();
         pick(&mut t, part).pop();
         assert_eq!(
@@ -318,6 +324,7 @@ fn committed_forgeries_fail_the_algebraic_check() {
         let ch = Challenge {
             round: 0,
             cells: cells(),
+            attention: None,
         };
         let o = p.open(&ch).unwrap();
         check(&c, &ch, &o, method)
@@ -453,6 +460,7 @@ fn statements_and_commitments_agree_on_the_level() {
         samples: 4,
         strategy: SamplingStrategy::Uniform,
         pow_bits: 0,
+        attention: None,
     };
     let seed = |c: &Commitment| veritrace_protocol::transcript::challenge_seed(c, 0, &params, 0);
     let mut other = c.clone();

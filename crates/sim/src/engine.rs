@@ -1087,6 +1087,7 @@ impl Simulation {
                 samples: p.samples,
                 strategy: p.strategy,
                 pow_bits,
+                attention: None,
             },
             rounds: p.rounds,
             tolerance: self.policy.clone(),

@@ -1,0 +1,239 @@
+//! Drawn openings with the tiny decoder (issue 16, specs/protocol.md §4.4): a statement that
+//! commits its sub-layer values by head, challenges that draw heads and context chunks, and the
+//! keyed verifier checking exactly what the draw opened. Honest runs pass drawn and whole; a
+//! one-head forgery is caught exactly when its head is drawn; drawn openings are smaller.
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use veritrace_commit::{CellId, Digest, HasherId};
+use veritrace_model::freivalds::{AttentionSampling, VerifierKey, VerifierSecret};
+use veritrace_model::sublayer::KeyedVerifier;
+use veritrace_model::{LlamaModel, Setup};
+use veritrace_protocol::tolerance::TolerancePolicy;
+use veritrace_protocol::{
+    check_opening_drawn, AttentionDraw, AttentionSample, Challenge, ChallengeParams, LayerCheck,
+    Message, Mode, Prover, RejectReason, SamplingStrategy, Statement, Step, TraceLevel, Verdict,
+    Verifier, VerifierConfig, VerifierLimits,
+};
+
+const CHUNK: u32 = 4;
+
+fn prompt() -> Vec<u32> {
+    (0..19u32).map(|i| (5 + 29 * i * i + 3 * i) % 512).collect()
+}
+
+/// The tiny decoder's run at the by-head level, and its layer bytes and sub-layer parts
+/// (`cheat` edits the cell trace's per-layer bytes before they are split and committed).
+fn by_head(model: &LlamaModel, cheat: impl Fn(&mut Vec<Vec<u8>>)) -> (Statement, Prover<Vec<u8>>) {
+    let (mut statement, trace, sub) = model
+        .prove_run_sublayers(&Setup::F32_EAGER, &prompt(), 4, CHUNK, HasherId::Blake3)
+        .unwrap();
+    let layout = model.sublayer_layout();
+    statement.trace_level = layout.by_head_level().unwrap();
+    let (context, mut cell) = sub.bytes();
+    cheat(&mut cell);
+    let parts = layout.prover_parts(&statement, context, cell).unwrap();
+    let prover = Prover::new(statement.clone(), trace.layer_bytes())
+        .unwrap()
+        .with_sublayer_parts(parts)
+        .unwrap();
+    (statement, prover)
+}
+
+fn config(method: LayerCheck, attention: Option<AttentionSample>) -> VerifierConfig {
+    VerifierConfig {
+        mode: Mode::Interactive,
+        params: ChallengeParams {
+            samples: 6,
+            strategy: SamplingStrategy::Uniform,
+            pow_bits: 0,
+            attention,
+        },
+        rounds: 1,
+        tolerance: TolerancePolicy::Exact,
+        method,
+    }
+}
+
+fn keyed<'a>(model: &'a LlamaModel, key: &'a VerifierKey) -> KeyedVerifier<'a> {
+    KeyedVerifier {
+        model,
+        key,
+        tolerance: 0.0,
+        bound_scale: 1.0,
+        map_bounds: None,
+        sampling: AttentionSampling::FULL,
+    }
+}
+
+#[test]
+fn honest_by_head_sessions_pass_drawn_and_whole() {
+    let model = LlamaModel::preset("tiny").unwrap();
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([9; 32]), &model, 2).unwrap();
+    let (statement, _) = by_head(&model, |_| {});
+    assert!(matches!(
+        statement.trace_level,
+        TraceLevel::SubLayerByHead {
+            heads: 4,
+            kv_heads: 2,
+            kv: 64,
+            context: 128,
+            ..
+        }
+    ));
+    let mut cases = vec![(LayerCheck::Freivalds, None), (LayerCheck::Recompute, None)];
+    for (heads, chunks) in [(1, 1), (2, 0), (4, 9)] {
+        cases.push((
+            LayerCheck::Freivalds,
+            Some(AttentionSample { heads, chunks }),
+        ));
+    }
+    for (method, attention) in cases {
+        for seed in 0..2 {
+            let (_, mut p) = by_head(&model, |_| {});
+            let mut rng = ChaCha20Rng::from_seed([seed; 32]);
+            let mut v = Verifier::new(config(method, attention), keyed(&model, &key)).unwrap();
+            let mut step = v.receive_commitment(p.commit().unwrap(), &mut rng);
+            let verdict = loop {
+                step = match step {
+                    Step::Decided(v) => break v,
+                    Step::Challenge(c) => v.receive_opening(&p.open(&c).unwrap(), &mut rng),
+                    Step::AwaitOpening => unreachable!("interactive"),
+                };
+            };
+            assert_eq!(verdict, Verdict::Accept, "{method:?} {attention:?} {seed}");
+        }
+    }
+}
+
+#[test]
+fn a_one_head_forgery_is_caught_exactly_where_drawn() {
+    let model = LlamaModel::preset("tiny").unwrap();
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([9; 32]), &model, 2).unwrap();
+    let layout = model.sublayer_layout();
+    let (q, n, width) = (layout.q, layout.head_dim(), layout.cell_width());
+    // query head 1's attention output one ulp up in every row of every layer: below the
+    // output projection's Freivalds bound, so only its attention recompute can see it
+    let forge = |cell: &mut Vec<Vec<u8>>| {
+        for layer in cell.iter_mut() {
+            for row in layer.chunks_exact_mut(4 * width) {
+                for i in q + n..q + 2 * n {
+                    let b = &mut row[4 * i..4 * i + 4];
+                    let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    b.copy_from_slice(&x.next_up().to_le_bytes());
+                }
+            }
+        }
+    };
+    let (statement, mut p) = by_head(&model, forge);
+    let commitment = p.commit().unwrap();
+    let verifier = keyed(&model, &key);
+    let g = statement.geometry;
+    let (trials, mut caught) = (240u32, 0u32);
+    for i in 0..trials {
+        // cells above layer 0
+        let cell = g
+            .cell_at(
+                u64::from(g.chunks_per_layer())
+                    + u64::from(i) % (g.num_cells() - u64::from(g.chunks_per_layer())),
+            )
+            .unwrap();
+        let mut seed = [0u8; 32];
+        seed[..4].copy_from_slice(&i.to_le_bytes());
+        let challenge = Challenge {
+            round: 0,
+            cells: vec![cell],
+            attention: Some(AttentionDraw {
+                heads: 1,
+                chunks: 1,
+                seed: Digest(seed),
+            }),
+        };
+        let draw = challenge.attention.unwrap().cell(&statement, cell).unwrap();
+        let o = p
+            .open_drawn(0, &challenge.cells, challenge.attention.as_ref(), 0)
+            .unwrap();
+        let verdict = check_opening_drawn(
+            &commitment,
+            &challenge,
+            &o,
+            &TolerancePolicy::Exact,
+            LayerCheck::Freivalds,
+            &verifier,
+            &VerifierLimits::default(),
+        );
+        assert_eq!(
+            verdict.is_err(),
+            draw.heads == [1],
+            "{cell:?} {draw:?} {verdict:?}"
+        );
+        if let Err(reason) = verdict {
+            assert!(
+                matches!(&reason, RejectReason::AlgebraicCheck { detail, .. } if detail.contains("attn")),
+                "{reason:?}"
+            );
+            caught += 1;
+        }
+    }
+    // one head of four drawn per cell: 25%, within five standard deviations
+    let (e, sd) = (
+        f64::from(trials) / 4.0,
+        (f64::from(trials) * 0.25 * 0.75).sqrt(),
+    );
+    assert!(
+        (f64::from(caught) - e).abs() < 5.0 * sd,
+        "caught {caught} of {trials}"
+    );
+    // the whole check catches it in every cell
+    let cell = CellId { layer: 2, chunk: 3 };
+    let whole = Challenge {
+        round: 0,
+        cells: vec![cell],
+        attention: None,
+    };
+    let o = p.open_cells(0, &whole.cells, 0).unwrap();
+    assert!(check_opening_drawn(
+        &commitment,
+        &whole,
+        &o,
+        &TolerancePolicy::Exact,
+        LayerCheck::Freivalds,
+        &verifier,
+        &VerifierLimits::default(),
+    )
+    .is_err());
+}
+
+#[test]
+fn drawn_openings_are_smaller_than_whole_ones() {
+    let model = LlamaModel::preset("tiny").unwrap();
+    let (statement, mut p) = by_head(&model, |_| {});
+    p.commit().unwrap();
+    let g = statement.geometry;
+    // the last cell of the last layer: the whole context before it
+    let cell = g.cell_at(g.num_cells() - 1).unwrap();
+    let whole = p.open_cells(0, &[cell], 0).unwrap().to_bytes().len();
+    let draw = AttentionDraw {
+        heads: 1,
+        chunks: 1,
+        seed: Digest([4; 32]),
+    };
+    let drawn = p
+        .open_drawn(0, &[cell], Some(&draw), 0)
+        .unwrap()
+        .to_bytes()
+        .len();
+    // tiny, 23 tokens in 6 chunks: the drawn opening holds 2 of 6 chunks' inputs and norms
+    // and 1 head of 2's keys and values over the context; both hold the cell's own sub-layer
+    // rows (1544 elements per row, most of either opening at this size)
+    let layout = model.sublayer_layout();
+    let (d, n, c) = (layout.hidden, layout.head_dim(), CHUNK as usize);
+    let rows = |chunks: usize| 4 * chunks * c;
+    // hidden inputs and norms of 4 chunks, and 1 key-value head's rows of 4 chunks, not opened
+    let saved = rows(4) * (2 * d + 2 * n);
+    // (less a few more proof siblings for the scattered cells)
+    assert!(
+        whole > drawn && (whole - drawn) as f64 > 0.95 * saved as f64,
+        "drawn {drawn} bytes, whole {whole}, {saved} not opened"
+    );
+}
