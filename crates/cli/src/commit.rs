@@ -81,8 +81,10 @@ pub struct CommitArgs {
     /// With --model: `sublayer` commits the trace file's sub-layer values too (`context.<l>` and
     /// `cell.<l>`, F32, in the decoder's row layout: specs/protocol.md §3.5; the Python
     /// package's `capture(..., sublayers=True)` and `save_trace(..., sublayers=...)` write
-    /// them), so that a verifier can check its cells with `verify --layer-check freivalds`.
-    #[arg(long, requires = "model", default_value = "hidden", value_parser = ["hidden", "sublayer"])]
+    /// them), so that a verifier can check its cells with `verify --layer-check freivalds`;
+    /// `sublayer-by-head` commits the same tensors with each key-value head's keys and values
+    /// in leaves of their own, for challenges that draw heads (`challenge --attention-heads`).
+    #[arg(long, requires = "model", default_value = "hidden", value_parser = ["hidden", "sublayer", "sublayer-by-head"])]
     pub trace_level: String,
 }
 
@@ -345,17 +347,18 @@ fn commit_external(
         keys: Vec::new(),
     };
     let trace_level = match args.trace_level.as_str() {
-        "sublayer" => match model.decoder() {
+        "hidden" => veritrace_protocol::TraceLevel::Hidden,
+        level => match model.decoder() {
+            Some(d) if level == "sublayer-by-head" => d.sublayer_layout().by_head_level()?,
             Some(d) => d.sublayer_layout().trace_level()?,
             None => {
                 return Err(VerbInputError::Argument(format!(
-                    "--trace-level sublayer: model {model_spec:?} is not a Llama-style decoder \
+                    "--trace-level {level}: model {model_spec:?} is not a Llama-style decoder \
                      (sub-layer values are defined for those only)"
                 ))
                 .into())
             }
         },
-        _ => veritrace_protocol::TraceLevel::Hidden,
     };
     let statement = Statement {
         trace_level,
@@ -404,7 +407,8 @@ fn commit_external(
     )?;
     let mut prover = Prover::new(statement, trace.layer_bytes())?;
     if let Some((context, cell)) = sublayers {
-        prover = prover.with_sublayers(context, cell)?;
+        let parts = veritrace_model::sublayer::prover_parts(prover.statement(), context, cell)?;
+        prover = prover.with_sublayer_parts(parts)?;
     }
     let commitment = prover.commit()?;
     set.write("commitment.json", (commitment.to_json() + "\n").as_bytes())?;

@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use rand_core::{OsRng, RngCore};
 use thiserror::Error;
-use veritrace_commit::CellId;
 use veritrace_commit::HasherId;
 use veritrace_model::files::{self, OutputDir};
 use veritrace_model::{map_trace_with, write_trace_with, Setup};
@@ -251,9 +250,12 @@ pub struct ProveArgs {
     /// What the commitment covers: `hidden` (the hidden states) or `sublayer` (also every
     /// layer's sub-layer values — the inputs and outputs of its linear maps — so that a
     /// verifier can check challenged cells with Freivalds: `verify --layer-check freivalds`;
-    /// specs/protocol.md §3.5). `sublayer` needs a Llama-style decoder on the CPU; the trace
-    /// file then also holds the tensors `context.<l>` and `cell.<l>`.
-    #[arg(long, default_value = "hidden", value_parser = ["hidden", "sublayer"])]
+    /// specs/protocol.md §3.5). `sublayer-by-head` commits the same values with each key-value
+    /// head's keys and values in leaves of their own, so that a challenge can draw heads and
+    /// context chunks and the opening holds only those (`challenge --attention-heads`,
+    /// specs/protocol.md §4.4). Both need a Llama-style decoder on the CPU; the trace file then
+    /// also holds the tensors `context.<l>` and `cell.<l>`.
+    #[arg(long, default_value = "hidden", value_parser = ["hidden", "sublayer", "sublayer-by-head"])]
     pub trace_level: String,
     /// Output directory: trace.safetensors and commitment.json.
     #[arg(long)]
@@ -265,7 +267,7 @@ pub struct ProveArgs {
 /// # Errors
 /// Refused arguments, models or setups exit 2; anything else 1.
 pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let sublayer = args.trace_level == "sublayer";
+    let sublayer = args.trace_level != "hidden";
     // a sub-layer trace needs the decoder itself (its layout and capture)
     let decoder = if sublayer {
         if args.device != veritrace_model::Device::Cpu {
@@ -325,7 +327,11 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let runner = veritrace_model::Runner::new(args.device)?;
     let (statement, trace, leaves, sub) = match &decoder {
         Some(d) => {
-            let (s, t, sub) = d.prove_run_sublayers(&setup, &prompt, output, args.chunk, hasher)?;
+            let (mut s, t, sub) =
+                d.prove_run_sublayers(&setup, &prompt, output, args.chunk, hasher)?;
+            if args.trace_level == "sublayer-by-head" {
+                s.trace_level = d.sublayer_layout().by_head_level()?;
+            }
             (s, t, None, Some(sub))
         }
         None => {
@@ -353,7 +359,8 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     if let Some(sub) = &sub {
         let (context, cell) = sub.bytes();
-        prover = prover.with_sublayers(context, cell)?;
+        let parts = veritrace_model::sublayer::prover_parts(prover.statement(), context, cell)?;
+        prover = prover.with_sublayer_parts(parts)?;
     }
     let commitment = prover.commit()?;
     let commitment_path = args.out.join("commitment.json");
@@ -375,9 +382,10 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(r) = &commitment.sublayer_roots {
         writeln!(
             out,
-            "sub-layer roots: context {}, cell {} ({} bytes of sub-layer values)",
+            "sub-layer roots: context {}, cell {}{} ({} bytes of sub-layer values)",
             r.context,
             r.cell,
+            r.kv.map_or(String::new(), |kv| format!(", key-value {kv}")),
             sub.as_ref().map_or(0, |s| s.byte_len())
         )?;
     }
@@ -419,6 +427,53 @@ pub struct ChallengeArgs {
     /// before any cell is drawn.
     #[arg(long, value_name = "JSON|FILE")]
     pub limits: Option<String>,
+    /// Draw N query heads per challenged cell (a statement committed with `--trace-level
+    /// sublayer-by-head`): the opening then holds only their keys and values over the context
+    /// and the provenance of --context-chunks earlier chunks, and is checked with `verify
+    /// --layer-check freivalds` (specs/protocol.md §4.4). A prover whose attention is wrong in
+    /// b of H heads escapes one cell with probability C(H-b, N)/C(H, N).
+    #[arg(long, value_name = "N")]
+    pub attention_heads: Option<u32>,
+    /// With --attention-heads: earlier context chunks per cell whose provenance is opened and
+    /// checked (the cell's own always is).
+    #[arg(long, value_name = "M", requires = "attention_heads")]
+    pub context_chunks: Option<u32>,
+}
+
+/// The attention sample of `--attention-heads N --context-chunks M` (none without
+/// `--attention-heads`; `--context-chunks` defaults to 1).
+pub(crate) fn attention_sample(
+    heads: Option<u32>,
+    chunks: Option<u32>,
+) -> Result<Option<veritrace_protocol::AttentionSample>, VerbInputError> {
+    match (heads, chunks) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(VerbInputError::Argument(
+            "--context-chunks needs --attention-heads".into(),
+        )),
+        (Some(0), _) => Err(VerbInputError::Argument(
+            "--attention-heads must be at least 1 (0 checks no attention)".into(),
+        )),
+        (Some(heads), chunks) => Ok(Some(veritrace_protocol::AttentionSample {
+            heads,
+            chunks: chunks.unwrap_or(1),
+        })),
+    }
+}
+
+/// Refuses an attention sample for a statement that does not commit by head.
+pub(crate) fn check_attention_level(
+    statement: &Statement,
+    sample: Option<veritrace_protocol::AttentionSample>,
+) -> Result<(), VerbInputError> {
+    if sample.is_some() && statement.trace_level.heads().is_none() {
+        return Err(VerbInputError::Argument(
+            "--attention-heads draws heads per cell, and the commitment's statement does not \
+             commit its sub-layer values by head (prove with --trace-level sublayer-by-head)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `veritrace challenge`: draws the cells after (and independently of) the commitment.
@@ -453,15 +508,38 @@ pub fn challenge(args: &ChallengeArgs, out: &mut dyn Write) -> anyhow::Result<()
     if args.samples == 0 {
         return Err(VerbInputError::Argument("--samples must be at least 1".into()).into());
     }
+    let sample = attention_sample(args.attention_heads, args.context_chunks)?;
+    check_attention_level(&commitment.statement, sample)?;
     files::refuse_same_file(&args.out, &[&args.commitment])?;
     let cells = sample_cells(&commitment.statement, args.samples, strategy, seed)?;
+    // the draw's seed: fresh, or with --seed its ChaCha20 stream 1 (the cells use stream 0)
+    let attention = sample.map(|a| {
+        let mut draw_seed = [0u8; 32];
+        match &args.seed {
+            Some(_) => {
+                use rand_core::SeedableRng;
+                let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
+                rng.set_stream(1);
+                rng.fill_bytes(&mut draw_seed);
+            }
+            None => OsRng.fill_bytes(&mut draw_seed),
+        }
+        a.with_seed(draw_seed)
+    });
     let c = Challenge {
         round: args.round,
         cells,
-        attention: None,
+        attention,
     };
     write_message_as(&args.out, &c, args.format)?;
     writeln!(out, "challenged {} cells: {:?}", c.cells.len(), c.cells)?;
+    if let Some(a) = &c.attention {
+        writeln!(
+            out,
+            "attention draw: {} heads and {} earlier chunks per cell, seed {}",
+            a.heads, a.chunks, a.seed
+        )?;
+    }
     Ok(())
 }
 
@@ -488,6 +566,13 @@ pub struct OpenArgs {
     /// Non-interactive: rounds.
     #[arg(long, default_value_t = 1)]
     pub rounds: u32,
+    /// Non-interactive: draw N query heads per challenged cell (as `challenge
+    /// --attention-heads`; the draw comes from the transcript).
+    #[arg(long, value_name = "N", requires = "non_interactive")]
+    pub attention_heads: Option<u32>,
+    /// Non-interactive, with --attention-heads: earlier context chunks per cell.
+    #[arg(long, value_name = "M", requires = "attention_heads")]
+    pub context_chunks: Option<u32>,
     /// Interactive: the opening file (`-`: standard output, written as it is encoded, for
     /// `veritrace verify --opening -`); non-interactive: a directory for `opening-<r>.vtpm`
     /// (`opening-<r>.json` with `--format json`).
@@ -596,7 +681,7 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 samples,
                 strategy: parse_strategy(&args.strategy)?,
                 pow_bits: args.pow_bits,
-                attention: None,
+                attention: attention_sample(args.attention_heads, args.context_chunks)?,
             })
         }
         _ => {
@@ -614,7 +699,12 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         path: args.trace.display().to_string(),
         reason: "the trace file holds no statement (write it with `veritrace prove`)".into(),
     })?;
-    let sublayers = veritrace_model::sublayer::read_sublayers(&args.trace, &statement)?;
+    if let Some(p) = &params {
+        check_attention_level(&statement, p.attention)?;
+    }
+    let sublayers = veritrace_model::sublayer::read_sublayers(&args.trace, &statement)?
+        .map(|(context, cell)| veritrace_model::sublayer::prover_parts(&statement, context, cell))
+        .transpose()?;
     let leaves = match &leaves_path {
         None => None,
         Some(path) => Some((path.as_path(), read_leaves(path, &statement)?)),
@@ -652,23 +742,24 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             sublayer_roots: None,
         },
     };
-    // (round, challenged cells, proof-of-work nonce) of each opening
-    let rounds: Vec<(u32, Vec<CellId>, u64)> = match (&args.challenge, &params) {
+    // (round, challenge, proof-of-work nonce) of each opening
+    let rounds: Vec<(u32, Challenge, u64)> = match (&args.challenge, &params) {
         (Some(path), _) => {
             let c: Challenge = read_message(path)?;
             c.validate()?;
-            vec![(c.round, c.cells, 0)]
+            check_attention_level(
+                &statement,
+                c.attention.map(|a| veritrace_protocol::AttentionSample {
+                    heads: a.heads,
+                    chunks: a.chunks,
+                }),
+            )?;
+            vec![(c.round, c, 0)]
         }
         (None, Some(params)) => {
             let nonce = find_pow_nonce(&commitment, params)?;
             (0..args.rounds)
-                .map(|r| {
-                    Ok((
-                        r,
-                        derive_challenge(&commitment, r, params, nonce)?.cells,
-                        nonce,
-                    ))
-                })
+                .map(|r| Ok((r, derive_challenge(&commitment, r, params, nonce)?, nonce)))
                 .collect::<anyhow::Result<_>>()?
         }
         (None, None) => {
@@ -688,8 +779,8 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     };
     let leaves_check = leaves.as_ref().map(|(p, _)| (*p, args.trace.as_path()));
     if params.is_none() {
-        let (round, cells, nonce) = &rounds[0];
-        let opening = prover.open_cells(*round, cells, *nonce)?;
+        let (round, c, nonce) = &rounds[0];
+        let opening = prover.open_drawn(*round, &c.cells, c.attention.as_ref(), *nonce)?;
         check_opened(&prover, &opening, leaves_check)?;
         if to_stdout {
             // the opening is the output: no line about it
@@ -710,8 +801,8 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // directory holding other files is refused).
     let set = OutputDir::stage(&args.out, &opening_file)?;
     let mut lines = Vec::with_capacity(rounds.len());
-    for (round, cells, nonce) in &rounds {
-        let opening = prover.open_cells(*round, cells, *nonce)?;
+    for (round, c, nonce) in &rounds {
+        let opening = prover.open_drawn(*round, &c.cells, c.attention.as_ref(), *nonce)?;
         check_opened(&prover, &opening, leaves_check)?;
         set.write_with(
             &format!("opening-{round}.{}", args.format.extension()),
@@ -719,7 +810,7 @@ pub fn open(args: &OpenArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         )?;
         lines.push(format!(
             "round {round}: {} cells challenged, nonce {nonce}",
-            cells.len()
+            c.cells.len()
         ));
     }
     set.commit(&opening_file)?;
@@ -735,19 +826,23 @@ fn prover_over<'a>(
     statement: &Statement,
     layers: Vec<&'a [u8]>,
     leaves: Option<&veritrace_commit::MerkleTree>,
-    sublayers: &'a Option<(
-        veritrace_model::sublayer::LayerBytes,
-        veritrace_model::sublayer::LayerBytes,
-    )>,
+    sublayers: &'a Option<
+        Vec<(
+            veritrace_protocol::SubLayerPart,
+            veritrace_model::sublayer::LayerBytes,
+        )>,
+    >,
 ) -> anyhow::Result<Prover<&'a [u8]>> {
     let mut prover = match leaves {
         Some(tree) => Prover::with_leaves(statement.clone(), layers, tree.leaves().to_vec())?,
         None => Prover::new(statement.clone(), layers)?,
     };
-    if let Some((context, cell)) = sublayers {
-        prover = prover.with_sublayers(
-            context.iter().map(Vec::as_slice).collect(),
-            cell.iter().map(Vec::as_slice).collect(),
+    if let Some(parts) = sublayers {
+        prover = prover.with_sublayer_parts(
+            parts
+                .iter()
+                .map(|(part, layers)| (*part, layers.iter().map(Vec::as_slice).collect()))
+                .collect(),
         )?;
     }
     Ok(prover)
@@ -801,13 +896,14 @@ fn read_opened_cells(
     path: &Path,
     mapped: &veritrace_model::trace_file::TraceFile,
     statement: &Statement,
-    rounds: &[(u32, Vec<CellId>, u64)],
+    rounds: &[(u32, Challenge, u64)],
     layers: &mut [memmap2::MmapMut],
 ) -> anyhow::Result<()> {
     let g = &statement.geometry;
     let mut cells = std::collections::BTreeSet::new();
-    for (_, challenged, _) in rounds {
-        cells.extend(statement.opening_cells(challenged)?);
+    for (_, c, _) in rounds {
+        let runs = statement.opening_ranges_drawn(&c.cells, c.attention.as_ref())?;
+        cells.extend(runs.iter().flat_map(veritrace_protocol::CellRange::cells));
     }
     let (file, _) = files::open_regular(path)?;
     let io = |source| VerbInputError::File {

@@ -108,14 +108,21 @@ pub struct VerifyArgs {
     /// With --layer-check freivalds or both: check the attention of only N query heads per
     /// challenged cell, drawn per cell from the key's secret and the statement (the sampled
     /// attention check, specs/freivalds.md §7; default: every head). A prover whose attention
-    /// is wrong in b of H heads escapes one cell with probability C(H-b, N)/C(H, N).
+    /// is wrong in b of H heads escapes one cell with probability C(H-b, N)/C(H, N). For a
+    /// statement committed by head (`--trace-level sublayer-by-head`), non-interactive: the
+    /// attention draw of every challenge, with --context-chunks (as `open --attention-heads`;
+    /// interactive sessions take the draw from the recorded challenges).
     #[arg(long, value_name = "N")]
     pub attention_heads: Option<u32>,
     /// With --layer-check freivalds or both: check the provenance (attention norm, key and
     /// value projections) of only N rows before each challenged cell, drawn per cell as
     /// --attention-heads (default: every row; the cell's own rows are always checked).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "context_chunks")]
     pub context_rows: Option<u32>,
+    /// Non-interactive, for a statement committed by head, with --attention-heads: earlier
+    /// context chunks per cell in each challenge's attention draw (default 1).
+    #[arg(long, value_name = "M", requires = "attention_heads")]
+    pub context_chunks: Option<u32>,
 }
 
 /// The per-map bound scales of `--freivalds-bounds` (at most 16 MiB of JSON); the caller
@@ -253,8 +260,40 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         ))
         .into());
     }
+    // at the by-head level the heads are drawn in the challenges (public, opened); otherwise
+    // from the key's secret (the whole context opened)
+    let by_head = commitment.statement.trace_level.heads().is_some();
+    let drawn = if by_head && args.non_interactive {
+        crate::prove::attention_sample(args.attention_heads, args.context_chunks)?
+    } else {
+        None
+    };
+    if by_head && args.context_rows.is_some() {
+        return Err(VerbInputError::Argument(
+            "--context-rows samples rows of a whole opening; a statement committed by head \
+             draws context chunks in its challenges (--context-chunks)"
+                .into(),
+        )
+        .into());
+    }
+    if !by_head && args.context_chunks.is_some() {
+        return Err(VerbInputError::Argument(
+            "--context-chunks draws chunks in the challenges of a statement committed by head \
+             (--trace-level sublayer-by-head); this one is not"
+                .into(),
+        )
+        .into());
+    }
+    if by_head && !args.non_interactive && args.attention_heads.is_some() {
+        return Err(VerbInputError::Argument(
+            "--attention-heads: an interactive session's attention draws are in its recorded \
+             challenges (`challenge --attention-heads`)"
+                .into(),
+        )
+        .into());
+    }
     let sampling = veritrace_model::freivalds::AttentionSampling {
-        heads: args.attention_heads,
+        heads: if by_head { None } else { args.attention_heads },
         context_rows: args.context_rows,
     };
     if !sampling.is_full() && !matches!(args.layer_check.as_str(), "freivalds" | "both") {
@@ -353,7 +392,7 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             })?,
             strategy: parse_strategy(&args.strategy)?,
             pow_bits: args.pow_bits,
-            attention: None,
+            attention: drawn,
         };
         params.validate()?;
         (Mode::NonInteractive, params, None)
@@ -371,12 +410,18 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             .iter()
             .map(|p| read_message_limited::<Challenge>(p, limits.max_message_bytes))
             .collect::<Result<Vec<_>, _>>()?;
-        // The recorded challenges carry the cells; the sampling parameters are not used.
+        // The recorded challenges carry the cells and draws; the sampling parameters are not
+        // used, the attention sample is the record's (each challenge's is checked against it)
         let params = ChallengeParams {
             samples: 1,
             strategy: SamplingStrategy::Uniform,
             pow_bits: 0,
-            attention: None,
+            attention: challenges.first().and_then(|c| c.attention).map(|a| {
+                veritrace_protocol::AttentionSample {
+                    heads: a.heads,
+                    chunks: a.chunks,
+                }
+            }),
         };
         (Mode::Interactive, params, Some(challenges))
     };

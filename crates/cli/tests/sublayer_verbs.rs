@@ -859,3 +859,165 @@ fn a_bf16_sublayer_session_is_checked_with_the_key_of_its_weights() {
     assert_eq!(c, 2, "{o}");
     assert!(o.contains("--bound-trace"), "{o}");
 }
+
+/// The by-head level over files (specs/protocol.md §4.4): `prove --trace-level
+/// sublayer-by-head`, challenges that draw heads and context chunks (interactive and
+/// non-interactive), openings that hold only the drawn cells, and `verify --layer-check
+/// freivalds` of them; a drawn opening cannot be recomputed, and draws need a by-head statement.
+#[test]
+fn by_head_sessions_over_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(p("secret"), [3u8; 32]).unwrap();
+    run_ok(&[
+        "keygen",
+        "--model",
+        "tiny",
+        "--secret-file",
+        &p("secret"),
+        "--out",
+        &p("tiny.key"),
+    ]);
+    let out = run_ok(&[
+        "prove",
+        "--prompt",
+        "5,9,2,7,1,3,8,8,4,6,1",
+        "--output",
+        "4",
+        "--chunk",
+        "4",
+        "--trace-level",
+        "sublayer-by-head",
+        "--out",
+        &p("run"),
+    ]);
+    assert!(out.contains(", key-value "), "{out}");
+    let (commitment, trace, key) = (
+        p("run/commitment.json"),
+        p("run/trace.safetensors"),
+        p("tiny.key"),
+    );
+    let seed = "05".repeat(32);
+    let challenge = |out: &str, extra: &[&str]| {
+        let mut a = vec![
+            "challenge",
+            commitment.as_str(),
+            "--samples",
+            "3",
+            "--seed",
+            &seed,
+            "--out",
+            out,
+        ];
+        a.extend_from_slice(extra);
+        run_ok(&a)
+    };
+    let said = challenge(
+        &p("ch.vtpm"),
+        &["--attention-heads", "1", "--context-chunks", "1"],
+    );
+    assert!(
+        said.contains("attention draw: 1 heads and 1 earlier chunks"),
+        "{said}"
+    );
+    challenge(&p("whole.vtpm"), &[]);
+    for (ch, op) in [("ch.vtpm", "op.vtpm"), ("whole.vtpm", "whole-op.vtpm")] {
+        run_ok(&["open", &trace, "--challenge", &p(ch), "--out", &p(op)]);
+    }
+    // the same cells: the drawn opening holds less
+    let size = |f: &str| std::fs::metadata(p(f)).unwrap().len();
+    assert!(
+        size("op.vtpm") < size("whole-op.vtpm"),
+        "{} {}",
+        size("op.vtpm"),
+        size("whole-op.vtpm")
+    );
+    let verify = |ch: &str, op: &str, extra: &[&str]| {
+        let (c, o) = (p(ch), p(op));
+        let mut a = vec![
+            "verify",
+            "--commitment",
+            commitment.as_str(),
+            "--challenge",
+            &c,
+            "--opening",
+            &o,
+        ];
+        a.extend_from_slice(extra);
+        code(&a)
+    };
+    let freivalds = ["--layer-check", "freivalds", "--key", key.as_str()];
+    for (ch, op) in [("ch.vtpm", "op.vtpm"), ("whole.vtpm", "whole-op.vtpm")] {
+        let (c, out) = verify(ch, op, &freivalds);
+        assert_eq!(c, 0, "{ch}: {out}");
+        assert!(out.starts_with("accept"), "{out}");
+    }
+    // the whole opening is recomputed too; a drawn one cannot be, nor the draw given again
+    let (c, out) = verify(
+        "whole.vtpm",
+        "whole-op.vtpm",
+        &["--layer-check", "recompute"],
+    );
+    assert_eq!(c, 0, "{out}");
+    let (c, out) = verify("ch.vtpm", "op.vtpm", &["--layer-check", "recompute"]);
+    assert_eq!(c, 2, "{out}");
+    assert!(out.contains("cannot be recomputed"), "{out}");
+    let mut again = freivalds.to_vec();
+    again.extend(["--attention-heads", "1"]);
+    let (c, out) = verify("ch.vtpm", "op.vtpm", &again);
+    assert_eq!(c, 2, "{out}");
+    // an opening of another challenge's draw is rejected
+    let (c, out) = verify("ch.vtpm", "whole-op.vtpm", &freivalds);
+    assert_ne!(c, 0, "{out}");
+    assert!(out.starts_with("reject"), "{out}");
+
+    // non-interactive: the draws come from the transcript, the verifier states the sample
+    let ni = |n: &str| -> Vec<String> {
+        [
+            "--non-interactive",
+            "--samples",
+            "3",
+            "--attention-heads",
+            "1",
+            "--context-chunks",
+            n,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    };
+    let mut a: Vec<String> = vec!["open".into(), trace.clone(), "--out".into(), p("ni")];
+    a.extend(ni("1"));
+    a.extend(["--rounds".into(), "2".into()]);
+    run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    for (chunks, accepted) in [("1", true), ("2", false)] {
+        let mut a: Vec<String> = vec!["verify".into(), "--commitment".into(), commitment.clone()];
+        for r in 0..2 {
+            a.extend(["--opening".into(), p(&format!("ni/opening-{r}.vtpm"))]);
+        }
+        a.extend(freivalds.iter().map(|s| s.to_string()));
+        a.extend(ni(chunks));
+        let (c, out) = code(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(c == 0, accepted, "{chunks}: {out}");
+        // another sample draws other cells: a verdict, not an argument error
+        assert!(
+            out.starts_with(if accepted { "accept" } else { "reject" }),
+            "{out}"
+        );
+    }
+
+    // draws need a statement committed by head
+    prove_sublayer(&p("plain"), "f32/attn=eager");
+    let (c, out) = code(&[
+        "challenge",
+        &p("plain/commitment.json"),
+        "--samples",
+        "3",
+        "--attention-heads",
+        "1",
+        "--out",
+        &p("bad.vtpm"),
+    ]);
+    assert_eq!(c, 2, "{out}");
+    assert!(out.contains("by head"), "{out}");
+}

@@ -82,77 +82,6 @@ impl SubLayerLayout {
         })
     }
 
-    /// Splits context rows in the [`TraceLevel::SubLayer`] layout (`normed ‖ k ‖ v`, little-endian
-    /// f32, the layout trace files hold) into the by-head level's context rows (`normed`) and
-    /// one key-value row set per key-value head (`k_h ‖ v_h`).
-    ///
-    /// # Errors
-    /// Bytes that are not whole context rows.
-    pub fn split_by_head(&self, context: &[u8]) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
-        let (d, n, g) = (4 * self.hidden, 4 * self.head_dim(), self.kv_heads);
-        let width = 4 * self.context_width();
-        if width == 0 || !context.len().is_multiple_of(width) {
-            return Err(ModelError::WrongLength {
-                what: "context rows",
-                expected: format!("a multiple of {width} bytes"),
-                got: context.len(),
-            });
-        }
-        let rows = context.len() / width;
-        let mut normed = Vec::with_capacity(rows * d);
-        let mut kv: Vec<Vec<u8>> = (0..g).map(|_| Vec::with_capacity(rows * 2 * n)).collect();
-        for row in context.chunks_exact(width) {
-            normed.extend_from_slice(&row[..d]);
-            let (k, v) = row[d..].split_at(g * n);
-            for (h, out) in kv.iter_mut().enumerate() {
-                out.extend_from_slice(&k[h * n..(h + 1) * n]);
-                out.extend_from_slice(&v[h * n..(h + 1) * n]);
-            }
-        }
-        Ok((normed, kv))
-    }
-
-    /// The sub-layer traces a [`veritrace_protocol::Prover`] of `statement` holds, from the
-    /// per-layer context and cell bytes in the [`TraceLevel::SubLayer`] layout (what
-    /// [`SubLayerTrace::bytes`] and [`read_sublayers`] give): as they are at that level; split
-    /// by head ([`SubLayerLayout::split_by_head`]: the key-value trace's layer `s · g + h` is
-    /// layer `s`'s head `h`) at [`TraceLevel::SubLayerByHead`].
-    ///
-    /// # Errors
-    /// A statement of another level than this layout's, malformed rows.
-    pub fn prover_parts(
-        &self,
-        statement: &Statement,
-        context: LayerBytes,
-        cell: LayerBytes,
-    ) -> Result<Vec<(veritrace_protocol::SubLayerPart, LayerBytes)>> {
-        use veritrace_protocol::SubLayerPart;
-        if statement.trace_level == self.trace_level()? {
-            return Ok(vec![
-                (SubLayerPart::Context, context),
-                (SubLayerPart::Cell, cell),
-            ]);
-        }
-        if statement.trace_level != self.by_head_level()? {
-            return Err(ModelError::InvalidArgument(format!(
-                "the statement's trace level {:?} is not this decoder's sub-layer level",
-                statement.trace_level
-            )));
-        }
-        let mut normed = Vec::with_capacity(context.len());
-        let mut kv = Vec::with_capacity(context.len() * self.kv_heads);
-        for layer in &context {
-            let (n, heads) = self.split_by_head(layer)?;
-            normed.push(n);
-            kv.extend(heads);
-        }
-        Ok(vec![
-            (SubLayerPart::Context, normed),
-            (SubLayerPart::Kv, kv),
-            (SubLayerPart::Cell, cell),
-        ])
-    }
-
     /// Elements per row of the context trace: `d + 2 g n`.
     pub fn context_width(&self) -> usize {
         self.hidden + 2 * self.kv
@@ -323,6 +252,93 @@ fn split<const N: usize>(
 
 /// One trace as little-endian bytes per layer.
 pub type LayerBytes = Vec<Vec<u8>>;
+
+/// Splits context rows in the [`TraceLevel::SubLayer`] layout (`normed ‖ k ‖ v`, little-endian
+/// f32, the layout trace files hold; `d` normed elements, `g` key-value heads of `n`) into the
+/// by-head level's context rows (`normed`) and one key-value row set per key-value head
+/// (`k_h ‖ v_h`).
+///
+/// # Errors
+/// Bytes that are not whole context rows.
+pub fn split_by_head(
+    context: &[u8],
+    d: usize,
+    n: usize,
+    g: usize,
+) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
+    let (d, n) = (4 * d, 4 * n);
+    let width = d + 2 * g * n;
+    if width == 0 || !context.len().is_multiple_of(width) {
+        return Err(ModelError::WrongLength {
+            what: "context rows",
+            expected: format!("a multiple of {width} bytes"),
+            got: context.len(),
+        });
+    }
+    let rows = context.len() / width;
+    let mut normed = Vec::with_capacity(rows * d);
+    let mut kv: Vec<Vec<u8>> = (0..g).map(|_| Vec::with_capacity(rows * 2 * n)).collect();
+    for row in context.chunks_exact(width) {
+        normed.extend_from_slice(&row[..d]);
+        let (k, v) = row[d..].split_at(g * n);
+        for (h, out) in kv.iter_mut().enumerate() {
+            out.extend_from_slice(&k[h * n..(h + 1) * n]);
+            out.extend_from_slice(&v[h * n..(h + 1) * n]);
+        }
+    }
+    Ok((normed, kv))
+}
+
+/// The sub-layer traces a [`veritrace_protocol::Prover`] of `statement` holds
+/// ([`veritrace_protocol::Prover::with_sublayer_parts`]), from the per-layer context and cell
+/// bytes in the [`TraceLevel::SubLayer`] layout (what [`SubLayerTrace::bytes`] and
+/// [`read_sublayers`] give): as they are at that level; at [`TraceLevel::SubLayerByHead`]
+/// (context width `d`, `g` key-value heads of key-value width `2 n`) split by
+/// [`split_by_head`], the key-value trace's layer `s · g + h` being layer `s`'s head `h`.
+///
+/// # Errors
+/// A hidden-only statement, an odd key-value width, malformed rows.
+pub fn prover_parts(
+    statement: &Statement,
+    context: LayerBytes,
+    cell: LayerBytes,
+) -> Result<Vec<(veritrace_protocol::SubLayerPart, LayerBytes)>> {
+    use veritrace_protocol::SubLayerPart;
+    match statement.trace_level {
+        TraceLevel::Hidden => Err(ModelError::InvalidArgument(
+            "the statement commits hidden states only".into(),
+        )),
+        TraceLevel::SubLayer { .. } => Ok(vec![
+            (SubLayerPart::Context, context),
+            (SubLayerPart::Cell, cell),
+        ]),
+        TraceLevel::SubLayerByHead {
+            context: d,
+            kv_heads,
+            kv: w,
+            ..
+        } => {
+            if !w.is_multiple_of(2) {
+                return Err(ModelError::InvalidArgument(format!(
+                    "a key-value row of {w} elements is not a key and a value of one size"
+                )));
+            }
+            let (d, n, g) = (d as usize, (w / 2) as usize, kv_heads as usize);
+            let mut normed = Vec::with_capacity(context.len());
+            let mut kv = Vec::with_capacity(context.len() * g);
+            for layer in &context {
+                let (x, heads) = split_by_head(layer, d, n, g)?;
+                normed.push(x);
+                kv.extend(heads);
+            }
+            Ok(vec![
+                (SubLayerPart::Context, normed),
+                (SubLayerPart::Kv, kv),
+                (SubLayerPart::Cell, cell),
+            ])
+        }
+    }
+}
 
 /// A decoder run's two sub-layer traces, one entry per layer `1 … L` (index `s` is hidden
 /// layer `s + 1`), each row-major f32 `[tokens, width]`.
@@ -793,7 +809,9 @@ impl KeyedVerifier<'_> {
     }
 }
 
-/// Reads the sub-layer traces of a [`TraceLevel::SubLayer`] statement from its trace file
+/// Reads the sub-layer traces of a [`TraceLevel::SubLayer`] (or
+/// [`TraceLevel::SubLayerByHead`]: the same tensors, split by [`SubLayerLayout::prover_parts`])
+/// statement from its trace file
 /// (the tensors [`crate::write_trace_with`] writes: `context.<l>` and `cell.<l>`, F32,
 /// `[tokens, width]`, for `l = 1 … L − 1` of the statement's geometry), as little-endian bytes
 /// per layer, ready for [`veritrace_protocol::Prover::with_sublayers`]. `None` for a
@@ -818,6 +836,21 @@ pub fn read_sublayers(
             .map_err(|e| bad(e.to_string()))?,
     ) else {
         return Ok(None);
+    };
+    // the file holds context rows in the sub-layer layout (normed ‖ k ‖ v) at either level; by
+    // head, the statement's context trace is the normed part and each head's k ‖ v its own
+    let context_width = match statement.trace_level {
+        TraceLevel::SubLayerByHead {
+            context,
+            kv_heads,
+            kv,
+            ..
+        } => u64::from(kv_heads)
+            .checked_mul(u64::from(kv))
+            .and_then(|x| x.checked_add(u64::from(context)))
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| bad("the statement's sub-layer widths overflow".into()))?,
+        _ => ctx.hidden,
     };
     let mapped = crate::trace_file::TraceFile::open(path, 1).map_err(|e| bad(e.to_string()))?;
     let st =
@@ -856,7 +889,7 @@ pub fn read_sublayers(
             })
             .collect()
     };
-    let context = read("context", ctx.hidden)?;
+    let context = read("context", context_width)?;
     let cells = read("cell", cell.hidden)?;
     Ok(Some((context, cells)))
 }

@@ -32,7 +32,7 @@ fn by_head(model: &LlamaModel, cheat: impl Fn(&mut Vec<Vec<u8>>)) -> (Statement,
     statement.trace_level = layout.by_head_level().unwrap();
     let (context, mut cell) = sub.bytes();
     cheat(&mut cell);
-    let parts = layout.prover_parts(&statement, context, cell).unwrap();
+    let parts = veritrace_model::sublayer::prover_parts(&statement, context, cell).unwrap();
     let prover = Prover::new(statement.clone(), trace.layer_bytes())
         .unwrap()
         .with_sublayer_parts(parts)
