@@ -139,6 +139,46 @@ def a_sublayer_commitment_is_checked_by_freivalds():
 
 
 @test
+def a_by_head_commitment_opens_only_the_drawn_heads():
+    with tempfile.TemporaryDirectory() as tmp:
+        run = os.path.join(tmp, "run")
+        veritrace.run("prove", "--model", "tiny", "--prompt", "5,9,2,7,11,4,4,8,1,3", "--output",
+                      "6", "--chunk", "4", "--trace-level", "sublayer-by-head", "--out", run)
+        secret = os.path.join(tmp, "secret")
+        with open(secret, "wb") as f:
+            f.write(bytes(range(32)))
+        key = os.path.join(tmp, "tiny.key")
+        veritrace.run("keygen", "--model", "tiny", "--secret-file", secret, "--out", key)
+        commitment = os.path.join(run, "commitment.json")
+        trace = os.path.join(run, "trace.safetensors")
+        # interactive: the draw travels in the challenge
+        ch = os.path.join(tmp, "challenge.json")
+        c = veritrace.challenge(commitment, samples=4, out=ch, attention_heads=1, context_chunks=1)
+        assert c["attention"]["heads"] == 1 and c["attention"]["chunks"] == 1, c
+        o = veritrace.answer(trace, challenge=ch, out=os.path.join(tmp, "opening.vtpm"))
+        v = veritrace.verify(commitment, [o], challenges=[ch], model="tiny",
+                             layer_check="freivalds", key=key)
+        assert v.accepted, v
+        try:
+            veritrace.verify(commitment, [o], challenges=[ch], model="tiny")
+        except veritrace.VeritraceError as e:
+            assert e.code == 2 and "cannot be recomputed" in str(e), e
+        else:
+            raise AssertionError("a drawn opening was recomputed")
+        # non-interactive: the draw comes from the transcript; the verifier states the sample
+        openings = veritrace.open_cells(trace, out=os.path.join(tmp, "ni"), samples=4, rounds=2,
+                                        attention_heads=2, context_chunks=1)
+        v = veritrace.verify(commitment, openings, model="tiny", samples=4,
+                             layer_check="freivalds", key=key, attention_heads=2,
+                             context_chunks=1)
+        assert v.accepted, v
+        v = veritrace.verify(commitment, openings, model="tiny", samples=4,
+                             layer_check="freivalds", key=key, attention_heads=1,
+                             context_chunks=1)
+        assert not v.accepted, v
+
+
+@test
 def refused_input_raises_with_exit_code_2():
     with tempfile.TemporaryDirectory() as tmp:
         path, prompt, output = tiny_trace(tmp)
@@ -254,6 +294,40 @@ if TORCH:
                     scale = g.abs().amax(dim=2, keepdim=True) / 7.0
                     p.copy_((torch.round(g / scale).clamp(-8, 7) * scale).reshape(p.shape))
         return m
+
+    @test
+    def a_transformers_prover_is_checked_by_drawn_openings():
+        """transformers' values at the by-head level: challenges draw one head and one earlier
+        chunk per cell, the openings hold only those, and the Freivalds check of them accepts
+        the honest prover and rejects an int4 one claimed as f32."""
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        with tempfile.TemporaryDirectory() as tmp:
+            model, ckpt, _, key = small_llama_with_key(tmp)
+            ids = [3, 17, 99, 4, 250, 31, 8, 12, 40, 7, 66, 5]
+
+            def session(m, name):
+                states, output, subs = veritrace.capture(m, ids, max_new_tokens=4,
+                                                         sublayers=True)
+                trace = os.path.join(tmp, f"{name}.safetensors")
+                veritrace.save_trace(states, trace, ids + output, sublayers=subs)
+                run = os.path.join(tmp, name)
+                c = veritrace.commit(trace, model=ckpt, prompt=ids, output_tokens=output,
+                                     chunk=4, out=run, trace_level="sublayer-by-head")
+                assert c["sublayer_roots"]["kv"], c
+                ch = os.path.join(tmp, f"{name}-challenge.json")
+                veritrace.challenge(os.path.join(run, "commitment.json"), samples=8, out=ch,
+                                    attention_heads=1, context_chunks=1)
+                o = veritrace.answer(os.path.join(run, "trace.safetensors"), challenge=ch,
+                                     out=os.path.join(tmp, f"{name}-opening.vtpm"))
+                return veritrace.verify(os.path.join(run, "commitment.json"), [o],
+                                        challenges=[ch], model=ckpt, tolerance=POLICY, key=key,
+                                        layer_check="freivalds", sublayer_tolerance=1e-6)
+
+            v = session(model, "f32")
+            assert v.accepted, v
+            v = session(int4_weights(model, ckpt), "int4")
+            assert not v.accepted and "algebraic-check" in v.reason, v
 
     @test
     def a_transformers_prover_commits_sub_layer_values_checked_by_freivalds():

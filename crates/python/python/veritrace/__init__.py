@@ -121,7 +121,11 @@ def commit(
     `engine` names the engine the trace came from (bound in the statement; `calibrate` records
     the engines of the traces it calibrates from). `trace_level="sublayer"` also commits the
     trace's sub-layer values (written by `save_trace(..., sublayers=...)`), so that a verifier
-    can check its cells with `verify(..., layer_check="freivalds", key=...)`."""
+    can check its cells with `verify(..., layer_check="freivalds", key=...)`;
+    `trace_level="sublayer-by-head"` commits the same values with each key-value head's keys
+    and values in leaves of their own, so that a challenge can draw heads and context chunks
+    and the opening holds only those (`challenge(..., attention_heads=...)`, specs/protocol.md
+    section 4.4)."""
     argv: List[str] = ["commit", os.fspath(trace), "--model", os.fspath(model), "--out",
                        os.fspath(out), "--setup", setup, "--chunk", str(chunk),
                        "--hasher", hasher, "--trace-level", trace_level]
@@ -155,12 +159,27 @@ def import_hidden_states(
     return run(*argv).strip()
 
 
+def _draw(attention_heads: Optional[int], context_chunks: Optional[int]) -> List[str]:
+    argv: List[str] = []
+    if attention_heads is not None:
+        argv += ["--attention-heads", str(int(attention_heads))]
+    if context_chunks is not None:
+        argv += ["--context-chunks", str(int(context_chunks))]
+    return argv
+
+
 def challenge(commitment: PathLike, *, samples: int, out: PathLike,
-              strategy: str = "uniform", round: int = 0) -> Dict[str, Any]:
+              strategy: str = "uniform", round: int = 0,
+              attention_heads: Optional[int] = None,
+              context_chunks: Optional[int] = None) -> Dict[str, Any]:
     """The verifier's interactive challenge of `samples` cells (fresh operating-system
-    randomness), written to `out` and returned."""
+    randomness), written to `out` and returned. For a commitment at
+    `trace_level="sublayer-by-head"`, `attention_heads` (and `context_chunks`, default 1) add an
+    attention draw: per challenged cell that many query heads and earlier context chunks,
+    drawn from a fresh seed sent with the challenge; the opening then holds only those, and
+    `verify(..., layer_check="freivalds", key=...)` checks them."""
     run("challenge", commitment, "--samples", samples, "--strategy", strategy, "--round", round,
-        "--out", out, "--format", "json")
+        "--out", out, "--format", "json", *_draw(attention_heads, context_chunks))
     with open(os.fspath(out)) as f:
         return json.load(f)
 
@@ -172,12 +191,16 @@ def answer(trace: PathLike, *, challenge: PathLike, out: PathLike) -> str:
 
 
 def open_cells(trace: PathLike, *, out: PathLike, samples: int, strategy: str = "uniform",
-               pow_bits: int = 0, rounds: int = 1) -> List[str]:
+               pow_bits: int = 0, rounds: int = 1, attention_heads: Optional[int] = None,
+               context_chunks: Optional[int] = None) -> List[str]:
     """The prover's non-interactive openings (challenges derived from the transcript), written
     to `out/opening-<r>.vtpm` in the binary envelope (`veritrace.verify` reads it); returns
-    their paths in round order."""
+    their paths in round order. `attention_heads` and `context_chunks` draw heads and context
+    chunks per cell from the transcript (a `trace_level="sublayer-by-head"` commitment; the
+    verifier passes the same values)."""
     run("open", trace, "--non-interactive", "--samples", samples, "--strategy", strategy,
-        "--pow-bits", pow_bits, "--rounds", rounds, "--out", out)
+        "--pow-bits", pow_bits, "--rounds", rounds, "--out", out,
+        *_draw(attention_heads, context_chunks))
     return [os.path.join(os.fspath(out), f"opening-{r}.vtpm") for r in range(rounds)]
 
 
@@ -198,6 +221,7 @@ def verify(
     freivalds_bounds: Optional[PathLike] = None,
     attention_heads: Optional[int] = None,
     context_rows: Optional[int] = None,
+    context_chunks: Optional[int] = None,
 ) -> Verdict:
     """Checks openings against a commitment by recomputing the opened cells with `model`.
     Non-interactive when `samples` is given (challenges derived from the transcript), else
@@ -212,8 +236,10 @@ def verify(
     --bound-file F`). `attention_heads` and `context_rows` sample each challenged cell's
     attention check (specs/freivalds.md section 7): only that many query heads are recomputed
     and that many earlier rows' key/value provenance checked per cell, drawn from the key and
-    the statement (default: all). Returns the Verdict; raises VeritraceError for refused
-    input."""
+    the statement (default: all). For a `trace_level="sublayer-by-head"` commitment the draw is
+    the challenges' instead: interactive, from the recorded `challenges`; non-interactive,
+    `attention_heads` and `context_chunks` as given to `open_cells`. Returns the Verdict;
+    raises VeritraceError for refused input."""
     if isinstance(openings, (str, os.PathLike)):
         openings = [openings]
     argv: List[str] = ["verify", "--commitment", os.fspath(commitment), "--model",
@@ -238,6 +264,8 @@ def verify(
         argv += ["--attention-heads", str(int(attention_heads))]
     if context_rows is not None:
         argv += ["--context-rows", str(int(context_rows))]
+    if context_chunks is not None:
+        argv += ["--context-chunks", str(int(context_chunks))]
     policy_file = None
     try:
         if isinstance(tolerance, dict):
