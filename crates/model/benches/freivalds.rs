@@ -408,10 +408,105 @@ fn cost_model(c: &mut Criterion) {
     g.finish();
 }
 
+/// One challenged cell of `small` checked end to end through the protocol
+/// (`check_opening_drawn`: leaf hashing, batch proofs, the check): a whole opening recomputed, a
+/// whole opening checked by Freivalds, and a drawn opening (specs/protocol.md §4.4: one query
+/// head of 8, one earlier chunk of 7) checked by Freivalds. The last 16-row cell of layer 4 of
+/// a 128-token run committed by head. Prints the openings' sizes once.
+fn opening(c: &mut Criterion) {
+    use veritrace_commit::{CellId, Digest, HasherId};
+    use veritrace_model::sublayer::{prover_parts, KeyedVerifier};
+    use veritrace_protocol::tolerance::TolerancePolicy;
+    use veritrace_protocol::{
+        check_opening_drawn, AttentionDraw, Challenge, LayerCheck, Message, Prover, VerifierLimits,
+    };
+    let model = LlamaModel::preset("small").expect("small");
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([0x42; 32]), &model, 1).expect("key");
+    let prompt: Vec<u32> = (0..120u32)
+        .map(|i| (7 + 37 * i * i + 11 * i) % 2048)
+        .collect();
+    let (mut statement, trace, sub) = model
+        .prove_run_sublayers(&Setup::F32_EAGER, &prompt, 8, 16, HasherId::Blake3)
+        .expect("run");
+    statement.trace_level = model.sublayer_layout().by_head_level().expect("level");
+    let (context, cell) = sub.bytes();
+    let parts = prover_parts(&statement, context, cell).expect("parts");
+    let mut prover = Prover::new(statement.clone(), trace.layer_bytes())
+        .expect("prover")
+        .with_sublayer_parts(parts)
+        .expect("parts");
+    let commitment = prover.commit().expect("commit");
+    let cells = vec![CellId { layer: 4, chunk: 7 }];
+    let whole = Challenge {
+        round: 0,
+        cells: cells.clone(),
+        attention: None,
+    };
+    let drawn = Challenge {
+        attention: Some(AttentionDraw {
+            heads: 1,
+            chunks: 1,
+            seed: Digest([7; 32]),
+        }),
+        ..whole.clone()
+    };
+    let open = |ch: &Challenge| {
+        prover
+            .open_drawn(0, &ch.cells, ch.attention.as_ref(), 0)
+            .expect("open")
+    };
+    let (whole_opening, drawn_opening) = (open(&whole), open(&drawn));
+    let engine = KeyedVerifier {
+        model: &model,
+        key: &key,
+        tolerance: 0.0,
+        bound_scale: 1.0,
+        map_bounds: None,
+        sampling: AttentionSampling::FULL,
+    };
+    let limits = VerifierLimits::default();
+    let check = |ch: &Challenge, o: &veritrace_protocol::Opening, method| {
+        check_opening_drawn(
+            &commitment,
+            ch,
+            o,
+            &TolerancePolicy::Exact,
+            method,
+            &engine,
+            &limits,
+        )
+    };
+    for (ch, o, m) in [
+        (&whole, &whole_opening, LayerCheck::Recompute),
+        (&whole, &whole_opening, LayerCheck::Freivalds),
+        (&drawn, &drawn_opening, LayerCheck::Freivalds),
+    ] {
+        assert_eq!(check(ch, o, m), Ok(()), "{m:?}");
+    }
+    println!(
+        "verifier_small_opening: whole opening {} bytes, drawn opening {} bytes",
+        whole_opening.to_bytes().len(),
+        drawn_opening.to_bytes().len()
+    );
+    let mut g = c.benchmark_group("verifier_small_opening");
+    g.sample_size(20);
+    g.bench_function("whole_recompute", |b| {
+        b.iter(|| black_box(check(&whole, &whole_opening, LayerCheck::Recompute)))
+    });
+    g.bench_function("whole_freivalds", |b| {
+        b.iter(|| black_box(check(&whole, &whole_opening, LayerCheck::Freivalds)))
+    });
+    g.bench_function("drawn_h1_c1_freivalds", |b| {
+        b.iter(|| black_box(check(&drawn, &drawn_opening, LayerCheck::Freivalds)))
+    });
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
     cell(&mut c);
+    opening(&mut c);
     cost_model(&mut c);
     prover_cost(&mut c);
     c.final_summary();

@@ -150,7 +150,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// ([`veritrace_model::cost`]) and rates measured in this run: the full and the sampled check's
 /// FLOP rates on `small` (their measured times), this core's read bandwidth (a sum over 96 MB)
 /// and BLAKE3's hashing rate (64 MB). One JSON line per sampling; a projection, not a
-/// measurement.
+/// measurement. The drawn opening (specs/protocol.md §4.4) of a sampling holds its context rows
+/// as whole chunks (64 rows: four chunks of 16).
 fn project(
     model: &LlamaModel,
     rows: u64,
@@ -218,12 +219,15 @@ fn project(
             "{{\"projection\":\"llama3-70b, 16 rows, 2048 context\",\"sampling\":\"{s}\",\
              \"flops_per_cell\":{f:.3e},\"compute_ms_per_token_layer\":{:.3},\
              \"read_mb_per_cell\":{:.1},\"read_ms_per_token_layer\":{:.3},\
-             \"opened_mb_per_cell\":{:.1},\"hash_opened_ms_per_token_layer\":{:.3}}}",
+             \"opened_mb_per_cell\":{:.1},\"hash_opened_ms_per_token_layer\":{:.3},\
+             \"drawn_opened_mb_per_cell\":{:.1},\"hash_drawn_ms_per_token_layer\":{:.3}}}",
             per(f / rate),
             b.read / 1e6,
             per(b.read / (read_gbs * 1e9)),
             b.opened / 1e6,
             per(b.opened / (hash_gbs * 1e9)),
+            b.drawn / 1e6,
+            per(b.drawn / (hash_gbs * 1e9)),
         );
     }
 }

@@ -279,10 +279,17 @@ pub struct CellBytes {
     /// keys and values over the whole context (the other heads' only on checked rows), the
     /// cell's own sub-layer and output rows.
     pub read: f64,
-    /// What an opening holds under the current trace layout (specs/protocol.md §11.4): every
-    /// context row's input and context sub-layer row (normed, k, v), whatever is sampled, and
-    /// the cell's rows. The verifier hashes all of it against the commitment.
+    /// What a whole opening holds (specs/protocol.md §4.3): every context row's input and
+    /// context sub-layer row (normed, k, v), whatever is sampled, and the cell's rows. The
+    /// verifier hashes all of it against the commitment.
     pub opened: f64,
+    /// What a drawn opening holds (specs/protocol.md §4.4, a statement committed by head, the
+    /// sampled rows whole chunks): exactly what the check reads, `read` (the checked rows'
+    /// inputs, norms and every head's keys and values, the drawn heads' keys and values over
+    /// the context, the cell's rows), when the drawn heads read `min(s_h, n_kv)` key-value
+    /// heads (always for one head; otherwise at most that). Tested against the prover's
+    /// openings (crates/model/tests/drawn_openings.rs).
+    pub drawn: f64,
 }
 
 /// [`CellBytes`] of a cell of `rows` rows over `context` rows (its own included) with the
@@ -319,10 +326,12 @@ pub fn sampled_verifier_cell_bytes(
             .map_or(earlier, |s| u64::from(s).min(earlier))) as f64;
     let (r, c) = (rows as f64, context as f64);
     let cell = r * (2.0 * q + 4.0 * d + 3.0 * m);
+    let read =
+        4.0 * (checked * 2.0 * d + c * 2.0 * groups * h + checked * 2.0 * (k - groups * h) + cell);
     CellBytes {
-        read: 4.0
-            * (checked * 2.0 * d + c * 2.0 * groups * h + checked * 2.0 * (k - groups * h) + cell),
+        read,
         opened: 4.0 * (c * (2.0 * d + 2.0 * k) + cell),
+        drawn: read,
     }
 }
 

@@ -237,3 +237,51 @@ fn drawn_openings_are_smaller_than_whole_ones() {
         "drawn {drawn} bytes, whole {whole}, {saved} not opened"
     );
 }
+
+/// The byte model of a drawn opening ([`veritrace_model::cost::CellBytes::drawn`]) is the
+/// opened values' bytes exactly, for one drawn head (one key-value head read) and any number
+/// of earlier chunks; the whole opening's is `opened`.
+#[test]
+fn the_byte_model_of_drawn_openings_is_exact() {
+    use veritrace_model::cost::sampled_verifier_cell_bytes;
+    use veritrace_model::freivalds::AttentionSampling;
+    let model = LlamaModel::preset("tiny").unwrap();
+    let (statement, mut p) = by_head(&model, |_| {});
+    p.commit().unwrap();
+    let g = statement.geometry;
+    let values = |o: &veritrace_protocol::Opening| -> usize {
+        let sub = o.sublayers.as_ref().unwrap();
+        o.cells
+            .iter()
+            .chain(&sub.context)
+            .chain(&sub.kv)
+            .chain(&sub.cell)
+            .map(|c| c.data.len())
+            .sum()
+    };
+    for layer in 1..g.layers {
+        for chunk in 0..g.chunks_per_layer() {
+            let cell = CellId { layer, chunk };
+            let rows = g.cell_rows(cell).unwrap();
+            let (r, ctx) = (u64::from(rows.end - rows.start), u64::from(rows.end));
+            for chunks in [0u32, 1, 2, 9] {
+                let draw = AttentionDraw {
+                    heads: 1,
+                    chunks,
+                    seed: Digest([chunk as u8; 32]),
+                };
+                let o = p.open_drawn(0, &[cell], Some(&draw), 0).unwrap();
+                let drawn = draw.cell(&statement, cell).unwrap();
+                let sampling = AttentionSampling {
+                    heads: Some(1),
+                    context_rows: Some(drawn.chunks.len() as u32 * CHUNK),
+                };
+                let b = sampled_verifier_cell_bytes(model.config(), r, ctx, &sampling);
+                assert_eq!(values(&o) as f64, b.drawn, "{cell:?} {chunks}");
+            }
+            let whole = p.open_cells(0, &[cell], 0).unwrap();
+            let b = sampled_verifier_cell_bytes(model.config(), r, ctx, &AttentionSampling::FULL);
+            assert_eq!(values(&whole) as f64, b.opened, "{cell:?}");
+        }
+    }
+}
