@@ -621,11 +621,12 @@ impl Recompute for KeyedVerifier<'_> {
             at += b - a;
         }
         let per = (layout.heads / g.max(1)).max(1);
-        if claim.kv.len() != g || claim.heads.iter().any(|&h| h as usize >= layout.heads) {
+        let drawn_heads = claim.heads.unwrap_or(&[]);
+        if claim.kv.len() != g || drawn_heads.iter().any(|&h| h as usize >= layout.heads) {
             return Err(bad("key-value heads"));
         }
         for (h, bytes) in claim.kv.iter().enumerate() {
-            let whole = !claim.drawn || claim.heads.iter().any(|&q| q as usize / per == h);
+            let whole = claim.heads.is_none() || drawn_heads.iter().any(|&q| q as usize / per == h);
             let values = f32s(bytes);
             let spans: Vec<std::ops::Range<u32>> = if whole {
                 vec![input_rows.clone()]
@@ -655,9 +656,9 @@ impl Recompute for KeyedVerifier<'_> {
         let cell_values = layout.unpack_cell(&f32s(claim.cell)).map_err(engine)?;
         let chunk = rows.start / tile;
         let sample = if claim.drawn {
-            let all_heads = claim.heads.len() == layout.heads;
+            let all_heads = claim.heads.is_none_or(|hs| hs.len() == layout.heads);
             crate::freivalds::CellSample {
-                heads: (!all_heads).then(|| claim.heads.iter().map(|&h| h as usize).collect()),
+                heads: (!all_heads).then(|| drawn_heads.iter().map(|&h| h as usize).collect()),
                 context_rows: Some(
                     claim
                         .checked

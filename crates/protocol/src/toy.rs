@@ -426,11 +426,13 @@ impl Recompute for ToyEngine {
         {
             return Err(bad("rows"));
         }
-        if claim.kv.len() != g || claim.heads.iter().any(|&h| h as usize >= g) {
+        let all: Vec<u32> = (0..g as u32).collect();
+        let heads = claim.heads.unwrap_or(&all);
+        if claim.kv.len() != g || heads.iter().any(|&h| h as usize >= g) {
             return Err(bad("heads"));
         }
         let kv: Vec<Vec<f32>> = claim.kv.iter().map(|b| f32s(b)).collect();
-        let full_kv = |h: usize| claim.heads.contains(&(h as u32));
+        let full_kv = |h: usize| heads.contains(&(h as u32));
         // provenance of the checked rows: c = 0.5 x, and every head's key-value row its slice
         for i in 0..n_checked * hidden {
             if c[i] != 0.5 * x[i] {
@@ -472,7 +474,7 @@ impl Recompute for ToyEngine {
         for (r, p) in claim.rows.clone().enumerate() {
             let ctx = attended(statement.dependency, statement.geometry.tokens, p);
             let n = (ctx.end - ctx.start) as f32;
-            for &h in claim.heads {
+            for &h in heads {
                 let h = h as usize;
                 for i in 0..w {
                     let mut sum = 0f32;

@@ -152,8 +152,9 @@ pub struct HeadClaim<'a> {
     pub input_rows: Range<u32>,
     /// Whether the opening was drawn (else every head and row is opened).
     pub drawn: bool,
-    /// The query heads whose attention is checked, ascending.
-    pub heads: &'a [u32],
+    /// The query heads whose attention is checked, ascending: the draw's, or `None` for every
+    /// head (no draw; the statement's head count is the prover's claim and is never listed).
+    pub heads: Option<&'a [u32]>,
     /// The checked rows: disjoint ranges, ascending, within `input_rows`, the last one
     /// `rows`.
     pub checked: &'a [Range<u32>],
@@ -1817,10 +1818,10 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
             .transpose()
             .map_err(failed)?;
         let c = g.chunk;
-        let (heads, checked): (Vec<u32>, Vec<Range<u32>>) = match &drawn {
-            None => ((0..h).collect(), vec![input_rows.clone()]),
+        let (heads, checked): (Option<&[u32]>, Vec<Range<u32>>) = match &drawn {
+            None => (None, vec![input_rows.clone()]),
             Some(d) => (
-                d.heads.clone(),
+                Some(&d.heads[..]),
                 d.checked_chunks(cell.chunk)
                     .map(|m| {
                         let lo = (m * c).max(input_rows.start);
@@ -1858,7 +1859,7 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
             rows,
             input_rows,
             drawn: drawn.is_some(),
-            heads: &heads,
+            heads,
             checked: &checked,
             inputs: &inputs,
             context: &context,

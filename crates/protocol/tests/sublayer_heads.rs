@@ -629,6 +629,39 @@ fn by_head_statements_are_validated_and_a_claim_of_many_heads_costs_nothing() {
         matches!(&r, RejectReason::GeometryMismatch { detail } if detail.contains("limit")),
         "{r:?}"
     );
+    // 2^31 query heads over one key-value head, committed and opened whole: the verifier never
+    // lists the claimed heads (the engine refuses the level it does not have)
+    let mut big = statement(Dependency::Causal, level());
+    big.trace_level = TraceLevel::SubLayerByHead {
+        context: HIDDEN,
+        cell: HIDDEN,
+        heads: 1 << 31,
+        kv_heads: 1,
+        kv: 2,
+    };
+    let zeros = |layers: usize, width: u32| vec![vec![0u8; (TOKENS * width * 4) as usize]; layers];
+    let mut pb = Prover::new(big.clone(), ToyEngine::default().trace_bytes(&big).unwrap())
+        .unwrap()
+        .with_sublayers_by_head(zeros(3, HIDDEN), zeros(3, 2), zeros(3, HIDDEN))
+        .unwrap();
+    let cb = pb.commit().unwrap();
+    let whole = Challenge {
+        round: 0,
+        cells: vec![CellId { layer: 2, chunk: 3 }],
+        attention: None,
+    };
+    let ob = pb.open(&whole).unwrap();
+    let r = check_opening_drawn(
+        &cb,
+        &whole,
+        &ob,
+        &TolerancePolicy::Exact,
+        LayerCheck::Freivalds,
+        &ToyEngine::default(),
+        &VerifierLimits::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(r, RejectReason::RecomputeFailed { .. }), "{r:?}");
     // a commitment whose key-value root is missing, or present at another level
     let mut c = commitment.clone();
     c.sublayer_roots.as_mut().unwrap().kv = None;
