@@ -126,6 +126,12 @@ fn statements() -> Vec<(&'static str, Commitment)> {
     };
     let sub_commitment = toy_prover(&sub).commit().expect("commits once");
 
+    // 5. The toy decoder at the by-head level (specs/protocol.md §3.5, §4.4): two "heads" of 2
+    //    elements; the three sub-layer roots are the real roots.
+    let mut by_head = toy.clone();
+    by_head.trace_level = ToyEngine::by_head_level(4, 2).expect("4 over 2 heads");
+    let by_head_commitment = toy_prover(&by_head).commit().expect("commits once");
+
     vec![
         (
             "toy-causal-blake3",
@@ -152,6 +158,7 @@ fn statements() -> Vec<(&'static str, Commitment)> {
             },
         ),
         ("toy-sublayer-blake3", sub_commitment),
+        ("toy-byhead-blake3", by_head_commitment),
     ]
 }
 
@@ -174,6 +181,14 @@ fn toy_prover_with(s: &Statement, engine: ToyEngine) -> Prover<Vec<u8>> {
         Prover::new(s.clone(), engine.trace_bytes(s).expect("toy trace")).expect("valid prover");
     if s.trace_level == veritrace_protocol::TraceLevel::Hidden {
         return p;
+    }
+    if s.trace_level.heads().is_some() {
+        let (context, kv, cell) = engine
+            .sublayer_bytes_by_head(s)
+            .expect("toy sub-layer traces by head");
+        return p
+            .with_sublayers_by_head(context, kv, cell)
+            .expect("valid sub-layer traces");
     }
     let (context, cell) = engine.sublayer_bytes(s).expect("toy sub-layer traces");
     p.with_sublayers(context, cell)
@@ -258,15 +273,34 @@ fn transcript_rows(c: &Commitment) -> Vec<(&'static str, Vec<u8>)> {
     if let Some(e) = &s.engine {
         rows.push(("engine", e.as_bytes().to_vec()));
     }
-    if let veritrace_protocol::TraceLevel::SubLayer { context, cell } = s.trace_level {
-        let mut m = context.to_le_bytes().to_vec();
-        m.extend(cell.to_le_bytes());
-        rows.push(("trace-level", m));
+    match s.trace_level {
+        veritrace_protocol::TraceLevel::Hidden => {}
+        veritrace_protocol::TraceLevel::SubLayer { context, cell } => {
+            let mut m = context.to_le_bytes().to_vec();
+            m.extend(cell.to_le_bytes());
+            rows.push(("trace-level", m));
+        }
+        veritrace_protocol::TraceLevel::SubLayerByHead {
+            context,
+            cell,
+            heads,
+            kv_heads,
+            kv,
+        } => {
+            let m = [context, cell, heads, kv_heads, kv]
+                .into_iter()
+                .flat_map(u32::to_le_bytes)
+                .collect();
+            rows.push(("trace-level", m));
+        }
     }
     rows.push(("root", c.root.0.to_vec()));
     if let Some(r) = &c.sublayer_roots {
         let mut m = r.context.0.to_vec();
         m.extend(r.cell.0);
+        if let Some(kv) = r.kv {
+            m.extend(kv.0);
+        }
         rows.push(("sublayer-roots", m));
     }
     rows
@@ -322,6 +356,7 @@ fn vectors() -> Value {
     top.insert("statements".into(), statements_json(&commitments));
     top.insert("challenges".into(), challenges(&commitments));
     top.insert("sampling".into(), sampling(&commitments));
+    top.insert("attention_draws".into(), attention_draws(&commitments[4]));
     top.insert("opening".into(), opening(&commitments[0].1));
     top.insert("session".into(), session(&commitments[0].1));
     top.insert("verdicts".into(), verdicts());
@@ -482,6 +517,95 @@ fn challenges(commitments: &[(&str, Commitment)]) -> Value {
             "indices": indices_json(s, &challenge.cells),
             "opening_cells": cells_json(&opening),
             "opening_indices": indices_json(s, &opening),
+            "challenge_json": compact(&challenge),
+            "challenge_binary_hex": hex::encode(challenge.to_bytes()),
+            "transcript_rows": rows_json(&rows),
+        }));
+    }
+    Value::Array(out)
+}
+
+/// (round, samples, strategy, pow bits, heads, chunks) of the attention-draw vectors.
+const DRAWS: [(u32, u32, SamplingStrategy, u8, u32, u32); 3] = [
+    (0, 4, SamplingStrategy::Uniform, 0, 1, 1),
+    (1, 5, SamplingStrategy::Stratified, 3, 1, 2),
+    (0, 6, SamplingStrategy::Uniform, 0, 2, 0),
+];
+
+/// Non-interactive challenges with an attention draw of the by-head statement (specs/protocol.md
+/// §4.4, §7.2 rows 13a and 17): the seeds, every challenged cell's draw and the opening sets.
+fn attention_draws((name, c): &(&str, Commitment)) -> Value {
+    use veritrace::protocol::transcript::attention_draw;
+    use veritrace::protocol::{AttentionSample, SubLayerPart};
+    let s = &c.statement;
+    let mut out = Vec::new();
+    for (round, samples, strategy, pow_bits, heads, chunks) in DRAWS {
+        let params = ChallengeParams {
+            samples,
+            strategy,
+            pow_bits,
+            attention: Some(AttentionSample { heads, chunks }),
+        };
+        let nonce = find_pow_nonce(c, &params).expect("valid parameters");
+        let seed = challenge_seed(c, round, &params, nonce);
+        let challenge = derive_challenge(c, round, &params, nonce).expect("a challenge");
+        let draw = challenge.attention.expect("an attention draw");
+        assert_eq!(Some(draw), attention_draw(c, round, &params, nonce));
+        let draws: Vec<Value> = challenge
+            .cells
+            .iter()
+            .filter(|cell| cell.layer > 0)
+            .map(|&cell| {
+                let d = draw.cell(s, cell).expect("a draw");
+                json!({
+                    "cell": [cell.layer, cell.chunk],
+                    "leaf": s.geometry.cell_index(cell).expect("in range"),
+                    "heads": d.heads,
+                    "chunks": d.chunks,
+                })
+            })
+            .collect();
+        let runs = |part: Option<SubLayerPart>| -> Value {
+            let r = match part {
+                None => s.opening_ranges_drawn(&challenge.cells, Some(&draw)),
+                Some(p) => s.sublayer_ranges_drawn(&challenge.cells, p, Some(&draw)),
+            }
+            .expect("opening sets");
+            let cells: Vec<CellId> = r.iter().flat_map(|x| x.cells()).collect();
+            cells_json(&cells)
+        };
+        let mut rows = session_rows(&params, nonce);
+        rows.insert(
+            3,
+            (
+                "attention-sample",
+                heads
+                    .to_le_bytes()
+                    .into_iter()
+                    .chain(chunks.to_le_bytes())
+                    .collect(),
+            ),
+        );
+        rows.push(round_row(round));
+        out.push(json!({
+            "statement": name,
+            "round": round,
+            "samples": samples,
+            "strategy": strategy_name(strategy),
+            "pow_bits": pow_bits,
+            "heads": heads,
+            "chunks": chunks,
+            "pow_nonce": nonce,
+            "seed_hex": hex::encode(seed),
+            "attention_seed_hex": draw.seed.to_hex(),
+            "indices": indices_json(s, &challenge.cells),
+            "draws": draws,
+            "opening": {
+                "hidden": runs(None),
+                "context": runs(Some(SubLayerPart::Context)),
+                "kv": runs(Some(SubLayerPart::Kv)),
+                "cell": runs(Some(SubLayerPart::Cell)),
+            },
             "challenge_json": compact(&challenge),
             "challenge_binary_hex": hex::encode(challenge.to_bytes()),
             "transcript_rows": rows_json(&rows),

@@ -311,7 +311,7 @@ fn hex_array<const N: usize>(h: &str) -> [u8; N] {
 fn statements_encodings_and_derived_values() {
     let v = vectors();
     let list = arr(&v["statements"]);
-    assert_eq!(list.len(), 4);
+    assert_eq!(list.len(), 5);
     let mut hashers = BTreeSet::new();
     let mut deps = BTreeSet::new();
     let mut sampled_rule = false;
@@ -330,7 +330,12 @@ fn statements_encodings_and_derived_values() {
         let root = if name.starts_with("toy-") {
             let mut p =
                 Prover::new(st.clone(), ToyEngine::default().trace_bytes(&st).unwrap()).unwrap();
-            if st.trace_level != veritrace::protocol::TraceLevel::Hidden {
+            if st.trace_level.heads().is_some() {
+                // the three sub-layer roots are the toy's by-head traces' roots
+                let (context, kv, cell) = ToyEngine::default().sublayer_bytes_by_head(&st).unwrap();
+                p = p.with_sublayers_by_head(context, kv, cell).unwrap();
+                assert_eq!(p.commit().unwrap(), c, "{name}: the toy's commitment");
+            } else if st.trace_level != veritrace::protocol::TraceLevel::Hidden {
                 // the sub-layer roots are the toy's sub-layer traces' roots
                 let (context, cell) = ToyEngine::default().sublayer_bytes(&st).unwrap();
                 p = p.with_sublayers(context, cell).unwrap();
@@ -941,6 +946,117 @@ fn soundness_figures() {
 }
 
 /// Every challenge seed and every statement root of the vectors is written in the document.
+/// The attention-draw vectors (specs/protocol.md §4.4, §7.2 rows 13a and 17): the seeds, the
+/// challenge and its encodings, every cell's draw, the four opening sets, the transcript rows;
+/// and the toy's honest opening of each drawn challenge passes the algebraic check.
+#[test]
+fn attention_draws_are_recomputed() {
+    use veritrace::protocol::transcript::attention_draw;
+    use veritrace::protocol::{check_opening_drawn, AttentionSample, LayerCheck, SubLayerPart};
+    let v = vectors();
+    let all = commitments(&v);
+    let draws = arr(&v["attention_draws"]);
+    assert_eq!(draws.len(), 3);
+    for x in draws {
+        let c = commitment(&all, s(&x["statement"]));
+        let st = &c.statement;
+        let params = ChallengeParams {
+            samples: u(&x["samples"]) as u32,
+            strategy: strategy(s(&x["strategy"])),
+            pow_bits: u(&x["pow_bits"]) as u8,
+            attention: Some(AttentionSample {
+                heads: u(&x["heads"]) as u32,
+                chunks: u(&x["chunks"]) as u32,
+            }),
+        };
+        let round = u(&x["round"]) as u32;
+        let nonce = u(&x["pow_nonce"]);
+        assert!(veritrace::protocol::transcript::check_pow(c, &params, nonce).unwrap());
+        let seed = challenge_seed(c, round, &params, nonce);
+        assert_eq!(hex::encode(seed), s(&x["seed_hex"]));
+        let ch = derive_challenge(c, round, &params, nonce).unwrap();
+        let draw = ch.attention.expect("a draw");
+        assert_eq!(Some(draw), attention_draw(c, round, &params, nonce));
+        assert_eq!(draw.seed.to_hex(), s(&x["attention_seed_hex"]));
+        assert_eq!(serde_json::to_string(&ch).unwrap(), s(&x["challenge_json"]));
+        round_trip(&unhex(&x["challenge_binary_hex"]), &ch, "drawn challenge");
+        let indices: Vec<u64> = ch
+            .cells
+            .iter()
+            .map(|&cell| st.geometry.cell_index(cell).unwrap())
+            .collect();
+        assert_eq!(indices, indices_of(&x["indices"]));
+        let listed = arr(&x["draws"]);
+        let above: Vec<CellId> = ch.cells.iter().copied().filter(|c| c.layer > 0).collect();
+        assert_eq!(listed.len(), above.len());
+        for (d, &cell) in listed.iter().zip(&above) {
+            let got = draw.cell(st, cell).unwrap();
+            assert_eq!(cells_of(&Value::Array(vec![d["cell"].clone()]))[0], cell);
+            assert_eq!(u(&d["leaf"]), st.geometry.cell_index(cell).unwrap());
+            let as_u64 = |x: &[u32]| x.iter().map(|&i| u64::from(i)).collect::<Vec<_>>();
+            assert_eq!(indices_of(&d["heads"]), as_u64(&got.heads));
+            assert_eq!(indices_of(&d["chunks"]), as_u64(&got.chunks));
+        }
+        let cells = |r: Vec<veritrace::protocol::CellRange>| -> Vec<CellId> {
+            r.iter().flat_map(|x| x.cells()).collect()
+        };
+        let o = &x["opening"];
+        assert_eq!(
+            cells_of(&o["hidden"]),
+            cells(st.opening_ranges_drawn(&ch.cells, Some(&draw)).unwrap())
+        );
+        for (part, key) in [
+            (SubLayerPart::Context, "context"),
+            (SubLayerPart::Kv, "kv"),
+            (SubLayerPart::Cell, "cell"),
+        ] {
+            assert_eq!(
+                cells_of(&o[key]),
+                cells(
+                    st.sublayer_ranges_drawn(&ch.cells, part, Some(&draw))
+                        .unwrap()
+                ),
+                "{key}"
+            );
+        }
+        let mut rows = session_rows(&params, nonce);
+        rows.insert(
+            3,
+            (
+                "attention-sample".to_string(),
+                [
+                    params.attention.unwrap().heads,
+                    params.attention.unwrap().chunks,
+                ]
+                .into_iter()
+                .flat_map(u32::to_le_bytes)
+                .collect(),
+            ),
+        );
+        rows.push(round_row(round));
+        assert_eq!(rows_of(&x["transcript_rows"]), rows);
+        // the honest toy's opening of the drawn challenge passes
+        let (context, kv, cell) = ToyEngine::default().sublayer_bytes_by_head(st).unwrap();
+        let p = Prover::new(st.clone(), ToyEngine::default().trace_bytes(st).unwrap())
+            .unwrap()
+            .with_sublayers_by_head(context, kv, cell)
+            .unwrap();
+        let opening = p.open_drawn(round, &ch.cells, Some(&draw), nonce).unwrap();
+        assert_eq!(
+            check_opening_drawn(
+                c,
+                &ch,
+                &opening,
+                &TolerancePolicy::Exact,
+                LayerCheck::Freivalds,
+                &ToyEngine::default(),
+                &veritrace::protocol::VerifierLimits::default(),
+            ),
+            Ok(())
+        );
+    }
+}
+
 #[test]
 fn the_document_quotes_the_vectors() {
     let v = vectors();
@@ -950,8 +1066,14 @@ fn the_document_quotes_the_vectors() {
     let seeds = arr(&v["challenges"])
         .iter()
         .chain(arr(&session["per_round"]))
+        .chain(arr(&v["attention_draws"]))
         .map(|x| s(&x["seed_hex"]))
-        .chain([s(&session["other_round_1_seed_hex"])]);
+        .chain([s(&session["other_round_1_seed_hex"])])
+        .chain(
+            arr(&v["attention_draws"])
+                .iter()
+                .map(|x| s(&x["attention_seed_hex"])),
+        );
     for seed in seeds {
         if !spec.contains(seed) {
             missing.push(format!("challenge seed {seed}"));

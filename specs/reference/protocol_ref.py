@@ -113,10 +113,10 @@ def qr(x,a,b,c,d):
     x[a]=(x[a]+x[b])&0xffffffff; x[d]^=x[a]; x[d]=rotl(x[d],8)
     x[c]=(x[c]+x[d])&0xffffffff; x[b]^=x[c]; x[b]=rotl(x[b],7)
 class Rng:
-    def __init__(s,key):
-        s.key=list(struct.unpack('<8I',key)); s.ctr=0; s.buf=b''
+    def __init__(s,key,stream=0):
+        s.key=list(struct.unpack('<8I',key)); s.ctr=0; s.buf=b''; s.stream=stream
     def block(s):
-        st=[0x61707865,0x3320646e,0x79622d32,0x6b206574]+s.key+[s.ctr&0xffffffff,s.ctr>>32,0,0]
+        st=[0x61707865,0x3320646e,0x79622d32,0x6b206574]+s.key+[s.ctr&0xffffffff,s.ctr>>32,s.stream&0xffffffff,s.stream>>32]
         x=st[:]
         for _ in range(10):
             qr(x,0,4,8,12);qr(x,1,5,9,13);qr(x,2,6,10,14);qr(x,3,7,11,15)
@@ -251,4 +251,40 @@ for r in s['per_round']:
     sd=seed(pt,nonce,r['round']); assert sd.hex()==r['seed_hex']; assert sample(s['statement'],s['samples'],s['strategy'],sd)==r['indices']; n+=1
 o=next(x for x in range(nonce+1,1<<20) if pow_ok(pt,s['pow_bits'],x)); assert o==s['other_valid_nonce']
 assert pow_out(pt,o)==s['other_pow_output_hex']; assert seed(pt,o,1).hex()==s['other_round_1_seed_hex']
+# Attention draws (section 4.4; transcript rows 13a and 17): the seeds from the transcript, each
+# challenged cell's draw from ChaCha20 on the stream of its leaf index, and the opening sets of
+# the section's table, computed here from the document.
+for a in v['attention_draws']:
+    name=a['statement']; sj=json.loads(st[name]['statement_json'])
+    tl=sj['trace_level']['sub-layer-by-head']; H=tl['heads']; g=tl['kv_heads']; per=H//g
+    G=sj['geometry']; c=G['chunk']; T=G['tokens']; C=st[name]['chunks_per_layer']
+    assert sj['dependency']=='causal'
+    pt=params_t(name,a['samples'],a['strategy'],a['pow_bits'])
+    pt.append(b"attention-sample",struct.pack('<II',a['heads'],a['chunks']))
+    nonce=next(x for x in range(1<<20) if pow_ok(pt,a['pow_bits'],x)); assert nonce==a['pow_nonce'],a
+    t=pt.clone(); t.u64(b"pow-nonce",nonce); t.u64(b"round",a['round'])
+    sd=t.challenge(b"challenge-seed",32); tau=t.challenge(b"attention-seed",32)
+    assert sd.hex()==a['seed_hex'] and tau.hex()==a['attention_seed_hex'],a
+    cells=sample(name,a['samples'],a['strategy'],sd); assert cells==a['indices'],a
+    want={'hidden':set(),'context':set(),'kv':set(),'cell':set()}; draws=[]
+    for i in cells:
+        l,j=divmod(i,C); want['hidden'].add((l,j))
+        if l==0: continue
+        rng=Rng(tau,stream=i)
+        hs=list(range(H)) if a['heads']>=H else sorted(floyd(rng,H,a['heads']))
+        first=0; m=j-first
+        cs=list(range(first,j)) if a['chunks']>=m else sorted(first+x for x in floyd(rng,m,a['chunks']))
+        draws.append({'cell':[l,j],'leaf':i,'heads':hs,'chunks':cs})
+        D=cs+[j]; sl=l-1; groups={h//per for h in hs}
+        want['hidden'].update((l-1,x) for x in D); want['context'].update((sl,x) for x in D)
+        want['cell'].add((sl,j))
+        for h in range(g):
+            want['kv'].update((sl*g+h,x) for x in (range(first,j+1) if h in groups else D))
+    assert draws==a['draws'],(draws,a['draws'])
+    for part,cs in want.items():
+        assert sorted(cs)==[tuple(x) for x in a['opening'][part]],(part,sorted(cs),a['opening'][part])
+    n+=1
+# the draw of section 4.4's test vector (the by-head toy of 24 tokens: cell [2, 6], leaf 22)
+_r2=Rng(bytes([7])*32,stream=22); assert sorted(floyd(_r2,4,2))==[0,2] and sorted(floyd(_r2,6,3))==[0,2,5]
+n+=1
 print(f"protocol_ref: {n} passed, 0 failed")
