@@ -114,6 +114,27 @@ pub struct SoundnessArgs {
     #[arg(long, value_name = "E", requires = "freivalds_bound")]
     pub deviation_norm: Option<f64>,
 
+    /// A verifier that checks S drawn query heads of each sampled cell's attention (the sampled
+    /// attention check or a drawn opening, `specs/freivalds.md` §7, `specs/protocol.md` §4.4),
+    /// against a prover whose attention is wrong in --bad-heads B of --heads H: the power is
+    /// the probability that the draw holds a wrong head, `1 − C(H−B, S)/C(H, S)` (in place of
+    /// --power).
+    #[arg(
+        long,
+        value_name = "S",
+        requires_all = ["heads", "bad_heads"],
+        conflicts_with_all = ["power", "freivalds_bound"]
+    )]
+    pub attention_heads: Option<u64>,
+
+    /// The query heads H per cell (with --attention-heads).
+    #[arg(long, value_name = "H", requires = "attention_heads")]
+    pub heads: Option<u64>,
+
+    /// The heads B of H whose attention a cheating prover gets wrong (with --attention-heads).
+    #[arg(long, value_name = "B", requires = "attention_heads")]
+    pub bad_heads: Option<u64>,
+
     /// Independent secret vectors T per weight matrix (with --freivalds-bound).
     #[arg(long, value_name = "T", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -435,7 +456,28 @@ pub fn run(args: &SoundnessArgs, out: &mut impl Write) -> anyhow::Result<()> {
                 )),
             )
         }
-        _ => (args.power, None),
+        _ => match (args.attention_heads, args.heads, args.bad_heads) {
+            (Some(s), Some(h), Some(b)) => {
+                if h == 0 || b == 0 || b > h || s == 0 || s > h {
+                    return Err(ProtocolError::InvalidParameter(format!(
+                        "--attention-heads {s} of --heads {h} with --bad-heads {b}: need \
+                         1 <= S <= H and 1 <= B <= H"
+                    ))
+                    .into());
+                }
+                let miss = veritrace_protocol::soundness::miss_probability(h, b, s)?;
+                let power = 1.0 - miss;
+                (
+                    power,
+                    Some(format!(
+                        "attention draw      P(a sampled bad cell passes) = C(H-B, S) / C(H, S) = \
+                         C({}, {s}) / C({h}, {s}) = {miss:.6e}; power {power:.6}\n",
+                        h - b
+                    )),
+                )
+            }
+            _ => (args.power, None),
+        },
     };
     let text = match (args.bad, args.samples, args.cheat_fraction, args.bits) {
         (Some(bad), Some(samples), None, None) => {

@@ -713,3 +713,85 @@ fn a_freivalds_bound_sets_the_power() {
         assert_eq!(o.code, 2, "{args:?}: {}", o.stderr);
     }
 }
+
+/// The attention draw's power: a cell wrong in B of H heads is caught by a draw of S heads with
+/// probability `1 − C(H−B, S)/C(H, S)`; here 1 of 64 heads drawn against 1 wrong head (1/64),
+/// and 8 of 64 against 4 (1 − C(60, 8)/C(64, 8)).
+#[test]
+fn an_attention_draw_sets_the_power() {
+    let base = ["--cells", "10000", "--bad", "100", "--samples", "300"];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        json(&a)
+    };
+    let v = with(&[
+        "--attention-heads",
+        "1",
+        "--heads",
+        "64",
+        "--bad-heads",
+        "1",
+    ]);
+    let power = v["power"].as_f64().unwrap();
+    assert!((power - 1.0 / 64.0).abs() < 1e-12, "{power}");
+    let v = with(&[
+        "--attention-heads",
+        "8",
+        "--heads",
+        "64",
+        "--bad-heads",
+        "4",
+    ]);
+    let miss: f64 = (0..8)
+        .map(|i| (60.0 - f64::from(i)) / (64.0 - f64::from(i)))
+        .product();
+    assert!((v["power"].as_f64().unwrap() - (1.0 - miss)).abs() < 1e-12);
+    // the same report as --power with that value
+    let p = with(&["--power", &format!("{}", v["power"].as_f64().unwrap())]);
+    assert_eq!(v["miss_probability"], p["miss_probability"]);
+    let mut a = base.to_vec();
+    a.extend_from_slice(&[
+        "--attention-heads",
+        "1",
+        "--heads",
+        "64",
+        "--bad-heads",
+        "1",
+    ]);
+    assert!(ok(&a).starts_with("attention draw "));
+    // refusals: more heads drawn or wrong than there are, a missing count, with --power
+    for extra in [
+        vec![
+            "--attention-heads",
+            "65",
+            "--heads",
+            "64",
+            "--bad-heads",
+            "1",
+        ],
+        vec![
+            "--attention-heads",
+            "1",
+            "--heads",
+            "64",
+            "--bad-heads",
+            "0",
+        ],
+        vec!["--attention-heads", "1", "--heads", "64"],
+        vec![
+            "--attention-heads",
+            "1",
+            "--heads",
+            "4",
+            "--bad-heads",
+            "1",
+            "--power",
+            "0.5",
+        ],
+    ] {
+        let mut a = base.to_vec();
+        a.extend_from_slice(&extra);
+        assert_eq!(soundness(&a).code, 2, "{extra:?}");
+    }
+}
