@@ -285,3 +285,76 @@ fn the_byte_model_of_drawn_openings_is_exact() {
         }
     }
 }
+
+/// Drawn openings under a sliding window (Mistral's): the draw's earlier chunks are those the
+/// window reads, every honest cell passes drawn, and a prover of int8 weights claiming f32 is
+/// rejected.
+#[test]
+fn sliding_window_cells_pass_drawn_and_cheats_fail() {
+    let mut c = veritrace_model::ModelConfig::tiny();
+    c.family = veritrace_model::Family::Mistral;
+    c.sliding_window = Some(5);
+    let model = LlamaModel::new(c).unwrap();
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([6; 32]), &model, 2).unwrap();
+    let verifier = keyed(&model, &key);
+    let run = |setup: &str| -> Vec<bool> {
+        let (mut statement, trace, sub) = model
+            .prove_run_sublayers(
+                &setup.parse().unwrap(),
+                &prompt(),
+                4,
+                CHUNK,
+                HasherId::Blake3,
+            )
+            .unwrap();
+        statement.setup = Setup::F32_EAGER.to_bytes();
+        statement.trace_level = model.sublayer_layout().by_head_level().unwrap();
+        let (context, cell) = sub.bytes();
+        let parts = veritrace_model::sublayer::prover_parts(&statement, context, cell).unwrap();
+        let mut p = Prover::new(statement.clone(), trace.layer_bytes())
+            .unwrap()
+            .with_sublayer_parts(parts)
+            .unwrap();
+        let commitment = p.commit().unwrap();
+        let g = statement.geometry;
+        let mut passed = Vec::new();
+        for i in u64::from(g.chunks_per_layer())..g.num_cells() {
+            let cell = g.cell_at(i).unwrap();
+            for chunks in [1, 9] {
+                let challenge = Challenge {
+                    round: 0,
+                    cells: vec![cell],
+                    attention: Some(AttentionDraw {
+                        heads: 1,
+                        chunks,
+                        seed: Digest([i as u8; 32]),
+                    }),
+                };
+                let drawn = challenge.attention.unwrap().cell(&statement, cell).unwrap();
+                // the window reads rows a − 4 .. e: the chunks before the cell's it touches
+                let a = cell.chunk * CHUNK;
+                let first = a.saturating_sub(4) / CHUNK;
+                assert!(drawn.chunks.iter().all(|&m| m >= first && m < cell.chunk));
+                let o = p
+                    .open_drawn(0, &challenge.cells, challenge.attention.as_ref(), 0)
+                    .unwrap();
+                passed.push(
+                    check_opening_drawn(
+                        &commitment,
+                        &challenge,
+                        &o,
+                        &TolerancePolicy::Exact,
+                        LayerCheck::Freivalds,
+                        &verifier,
+                        &VerifierLimits::default(),
+                    )
+                    .is_ok(),
+                );
+            }
+        }
+        passed
+    };
+    assert!(run("f32/attn=eager").iter().all(|&ok| ok));
+    let cheat = run("f32/attn=eager/quant=int8-channel");
+    assert!(cheat.iter().all(|&ok| !ok), "{cheat:?}");
+}
