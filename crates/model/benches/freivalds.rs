@@ -340,6 +340,30 @@ fn prover_cost(c: &mut Criterion) {
     g.bench_function("commit_sublayers", |b| {
         b.iter(|| black_box(commit_trace(HasherId::Blake3, &g_sub, &s_refs).expect("commit")))
     });
+    // the protocol's provers of both levels over the same run (hidden tree included): the
+    // sub-layer level's two trees, the by-head level's three (the key-value trace split by head,
+    // specs/protocol.md §3.5), each from the layout `SubLayerTrace::bytes` gives
+    let prompt: Vec<u32> = tokens[..120].to_vec();
+    let (statement, run, packed) = model
+        .prove_run_sublayers(&setup, &prompt, 8, tile as u32, HasherId::Blake3)
+        .expect("run");
+    let mut by_head = statement.clone();
+    by_head.trace_level = model.sublayer_layout().by_head_level().expect("level");
+    let (context, cell) = packed.bytes();
+    let prover = |s: &veritrace_protocol::Statement| {
+        let parts = veritrace_model::sublayer::prover_parts(s, context.clone(), cell.clone())
+            .expect("parts");
+        veritrace_protocol::Prover::new(s.clone(), run.layer_bytes())
+            .expect("prover")
+            .with_sublayer_parts(parts)
+            .expect("parts")
+    };
+    g.bench_function("prover_sublayer_level", |b| {
+        b.iter(|| black_box(prover(&statement)))
+    });
+    g.bench_function("prover_by_head_level", |b| {
+        b.iter(|| black_box(prover(&by_head)))
+    });
     g.finish();
 }
 
