@@ -19,16 +19,19 @@ use veritrace_commit::{CellId, HasherId};
 use veritrace_model::freivalds::{
     layer_map_ratios, MapBounds, Matrix, VerifierKey, VerifierSecret,
 };
-use veritrace_model::sublayer::{SubLayerLayout, SubLayerTrace};
+use veritrace_model::sublayer::{prover_parts, SubLayerLayout, SubLayerTrace};
 use veritrace_model::{CellInputs, LlamaModel, Runner, Setup, SubLayers, Trace};
 use veritrace_protocol::calibration::{
     calibrate_runs, holdout_evidence, CalibratedPolicy, HoldoutEvidence, HonestRun, RunCalibration,
     RunCalibrationConfig,
 };
+use veritrace_protocol::sampling::CellDraw;
+use veritrace_protocol::soundness::miss_probability;
 use veritrace_protocol::tolerance::{Deviation, FprEstimate, Metric, PerLayer, TolerancePolicy};
 use veritrace_protocol::{
-    check_opening_by, ChallengeParams, LayerCheck, Message, Mode, ProtocolError, Prover, Statement,
-    Step, Verdict, Verifier, VerifierConfig, VerifierLimits,
+    check_opening_by, check_opening_drawn, AttentionDraw, AttentionSample, Challenge,
+    ChallengeParams, Commitment, LayerCheck, Message, Mode, ProtocolError, Prover, Statement, Step,
+    Verdict, Verifier, VerifierConfig, VerifierLimits,
 };
 
 use crate::adversary::{Adversary, AdversaryKind, CellPlan, CorridorProbe, Plan, CORRIDOR_SCALES};
@@ -48,7 +51,9 @@ pub struct ProverRun {
     pub statement: Statement,
     /// The committed trace.
     pub trace: Trace,
-    /// Cells whose single-cell check (the verifier's own) fails.
+    /// Cells whose single-cell check (the verifier's own) fails. With drawn openings
+    /// (`protocol.context_chunks`), the cells whose whole check (every head and chunk) fails:
+    /// those a challenge can catch, each with the probability [`ProverRun::drawn`] gives.
     pub bad: BTreeSet<CellId>,
     /// Per layer, the deviation (the tolerance metric) of each committed cell from its reference
     /// recompute from the committed inputs.
@@ -62,6 +67,104 @@ pub struct ProverRun {
     /// With the scenario's `layer_check` `freivalds` or `both`: the sub-layer values the prover
     /// commits beside its trace (each cell's, as it computed the cell).
     pub sublayers: Option<SubLayerTrace>,
+    /// With drawn openings (`protocol.context_chunks`): what of each bad cell's check fails,
+    /// so which draws catch it.
+    pub drawn: Option<DrawnCells>,
+}
+
+/// With drawn openings (specs/protocol.md §4.4): what of a bad cell's check fails, so what a
+/// challenge's attention draw must pick to catch the cell. Measured through the protocol
+/// ([`Prover::open_drawn`], [`check_opening_drawn`]) one part at a time: the cell under a draw
+/// of each single head (and no earlier chunk), then of one passing head and each single earlier
+/// chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Weakness {
+    /// Caught whatever the draw: every head's draw catches it (a part every draw checks fails:
+    /// the cell's own rows or its output; or every head's attention), or a layer-0 cell.
+    pub always: bool,
+    /// The query heads whose draw catches the cell (its attention check fails), ascending.
+    pub heads: Vec<u32>,
+    /// The context chunks before the cell's own whose draw catches it (their provenance check
+    /// fails), ascending.
+    pub chunks: Vec<u32>,
+    /// The context chunks before the cell's own, which the draw picks from.
+    pub earlier: u32,
+}
+
+impl Weakness {
+    /// The probability that a challenge of the cell escapes its check, over a draw of `sample`
+    /// from `heads` query heads: `C(H − b, s_h)/C(H, s_h) · C(n − b', s_c)/C(n, s_c)` with `b`
+    /// failing heads and `b'` failing chunks of the `n` earlier ones (0 when `always`).
+    pub fn escape(&self, heads: u32, sample: AttentionSample) -> Result<f64, SimError> {
+        if self.always {
+            return Ok(0.0);
+        }
+        let miss = |n: u32, b: usize, s: u32| {
+            miss_probability(u64::from(n), b as u64, u64::from(s.min(n)))
+        };
+        Ok(miss(heads, self.heads.len(), sample.heads)?
+            * miss(self.earlier, self.chunks.len(), sample.chunks)?)
+    }
+
+    /// Whether the cell's draw `draw` catches it.
+    pub fn caught_by(&self, draw: &CellDraw) -> bool {
+        self.always
+            || draw.heads.iter().any(|h| self.heads.contains(h))
+            || draw.chunks.iter().any(|c| self.chunks.contains(c))
+    }
+}
+
+/// With drawn openings: every bad cell's [`Weakness`], and what the challenges draw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrawnCells {
+    /// Per bad cell ([`ProverRun::bad`]), what a draw must pick to catch it.
+    pub cells: BTreeMap<CellId, Weakness>,
+    /// The statement's query heads `H`.
+    pub heads: u32,
+    /// What each challenge draws per challenged cell.
+    pub sample: AttentionSample,
+    /// Whether a cell's check fails exactly when its draw picks one of its failing parts, so
+    /// that [`DrawnCells::escapes`] are its probabilities: every part judged on its own (the
+    /// Freivalds ratios per row, the nonlinear parts bitwise: `sublayer_tolerance = 0` and no
+    /// calibrated nonlinear tolerance), and every bad cell failing under some single part.
+    /// Otherwise (a relative tolerance's scale spans the rows checked together) no prediction
+    /// is made from them.
+    pub exact: bool,
+}
+
+impl DrawnCells {
+    /// Per bad cell, the probability that a challenge of it escapes ([`Weakness::escape`]).
+    pub fn escapes(&self) -> Result<Vec<f64>, SimError> {
+        self.cells
+            .values()
+            .map(|w| w.escape(self.heads, self.sample))
+            .collect()
+    }
+
+    /// Whether a challenge with the cells `cells` and the attention draw `draw` catches one of
+    /// them, on `statement`.
+    pub fn catches(
+        &self,
+        statement: &Statement,
+        cells: &[CellId],
+        draw: Option<&AttentionDraw>,
+    ) -> Result<bool, SimError> {
+        for cell in cells {
+            let Some(w) = self.cells.get(cell) else {
+                continue;
+            };
+            let caught = match draw {
+                // a whole opening checks everything
+                None => true,
+                Some(_) if cell.layer == 0 => true,
+                Some(d) => w.caught_by(&d.cell(statement, *cell)?),
+            };
+            if caught {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }
 
 impl ProverRun {
@@ -75,8 +178,10 @@ impl ProverRun {
         let prover = Prover::new(self.statement.clone(), layers)?;
         Ok(match &self.sublayers {
             Some(sub) => {
+                // the sub-layer layout's bytes, split into the statement's parts (by head at
+                // the by-head level)
                 let (context, cell) = sub.bytes();
-                prover.with_sublayers(context, cell)?
+                prover.with_sublayer_parts(prover_parts(&self.statement, context, cell)?)?
             }
             None => prover,
         })
@@ -222,7 +327,8 @@ pub enum EngineMode {
     /// Trials sampled from per-cell outcomes of end-to-end runs ([`crate::fast`]); grinding
     /// from each run's exact per-trial law (`E[h^N]`), late commitment from one end-to-end
     /// trial per run (its outcome draws on no randomness). Weight-perturbation trials (a fresh
-    /// verifier key each) still run end to end.
+    /// verifier key each) still run end to end. Refused with drawn openings
+    /// (`protocol.context_chunks`): a challenged cell's outcome then depends on its draw.
     Fast,
 }
 
@@ -813,9 +919,15 @@ impl Simulation {
         statement.setup = self.scenario.reference.to_bytes();
         statement.model_digest = self.model.digest();
         if self.key.is_some() {
-            // every prover commits at the sub-layer level, in the claimed model's layout
+            // every prover commits at the sub-layer level, in the claimed model's layout (by
+            // head with drawn openings)
             if let Some(d) = self.model.decoder() {
-                statement.trace_level = d.sublayer_layout().trace_level()?;
+                let layout = d.sublayer_layout();
+                statement.trace_level = if self.drawn() {
+                    layout.by_head_level()?
+                } else {
+                    layout.trace_level()?
+                };
             }
         }
         // a prompt from the scenario's text carries its binding (checked by the verifier)
@@ -879,8 +991,9 @@ impl Simulation {
             equivocate: committed.equivocate,
             corridor: committed.corridor,
             sublayers,
+            drawn: None,
         };
-        run.bad = self.bad_cells(&run)?;
+        (run.bad, run.drawn) = self.bad_cells(&run)?;
         Ok(run)
     }
 
@@ -1047,12 +1160,147 @@ impl Simulation {
     }
 
     /// Cells whose single-cell check by the verifier's own [`check_opening_by`] fails (its
-    /// layer check and tolerance).
-    fn bad_cells(&self, run: &ProverRun) -> Result<BTreeSet<CellId>, SimError> {
-        let statement = &run.statement;
+    /// layer check and tolerance; with drawn openings, the whole opening of the cell, every
+    /// head and chunk), and with drawn openings what of each one's check fails
+    /// ([`Simulation::weakness`]).
+    fn bad_cells(
+        &self,
+        run: &ProverRun,
+    ) -> Result<(BTreeSet<CellId>, Option<DrawnCells>), SimError> {
         let mut prover = run.prover()?;
         let commitment = prover.commit()?;
         let verifier = self.verifier_model();
+        let bad = self.whole_bad_cells(run, &prover, &commitment, &verifier)?;
+        let Some(sample) = self.scenario.protocol.attention_sample() else {
+            return Ok((bad, None));
+        };
+        let Some((heads, _)) = run.statement.trace_level.heads() else {
+            return Err(SimError::Engine(
+                "drawn openings of a statement not committed by head".into(),
+            ));
+        };
+        let found: Vec<(CellId, Weakness, bool)> = bad
+            .iter()
+            .copied()
+            .collect::<Vec<_>>()
+            .par_iter()
+            .map(|&cell| {
+                let (w, explained) =
+                    self.weakness(&run.statement, &prover, &commitment, &verifier, cell, heads)?;
+                Ok((cell, w, explained))
+            })
+            .collect::<Result<_, SimError>>()?;
+        let p = &self.scenario.protocol;
+        let bitwise = p.sublayer_tolerance == 0.0
+            && self.map_bounds.as_ref().is_none_or(|(b, _)| {
+                b.nonlinear
+                    .as_ref()
+                    .is_none_or(|n| n.iter().flatten().all(|&t| t == 0.0))
+            });
+        let exact = bitwise && found.iter().all(|(_, _, explained)| *explained);
+        let drawn = DrawnCells {
+            cells: found.into_iter().map(|(c, w, _)| (c, w)).collect(),
+            heads,
+            sample,
+            exact,
+        };
+        Ok((bad, Some(drawn)))
+    }
+
+    /// With drawn openings, what of bad cell `cell`'s check fails ([`Weakness`]), measured
+    /// through the protocol: the cell challenged under a draw of each single query head and no
+    /// earlier chunk, then (when some head passes, so that nothing every draw checks fails)
+    /// under a passing head and each single earlier chunk. Also whether some part was found
+    /// failing (a cell whose whole check fails and no single part's does is not explained by
+    /// its parts).
+    fn weakness(
+        &self,
+        statement: &Statement,
+        prover: &Prover<Vec<u8>>,
+        commitment: &Commitment,
+        verifier: &SimVerifier,
+        cell: CellId,
+        heads: u32,
+    ) -> Result<(Weakness, bool), SimError> {
+        let Some(rows) = statement.input_rows(cell)? else {
+            // layer 0: recomputed, whatever the draw
+            return Ok((
+                Weakness {
+                    always: true,
+                    ..Weakness::default()
+                },
+                true,
+            ));
+        };
+        let first = rows.start / statement.geometry.chunk;
+        let earlier = cell.chunk - first;
+        let caught = |draw: AttentionDraw| -> Result<bool, SimError> {
+            let challenge = Challenge {
+                round: 0,
+                cells: vec![cell],
+                attention: Some(draw),
+            };
+            let opening = prover.open_drawn(0, &challenge.cells, Some(&draw), 0)?;
+            Ok(check_opening_drawn(
+                commitment,
+                &challenge,
+                &opening,
+                &self.policy,
+                LayerCheck::Freivalds,
+                verifier,
+                &VerifierLimits::default(),
+            )
+            .is_err())
+        };
+        let mut failing = Vec::new();
+        for h in 0..heads {
+            if caught(draw_of(statement, cell, &[h], &[])?)? {
+                failing.push(h);
+            }
+        }
+        let Some(good) = (0..heads).find(|h| !failing.contains(h)) else {
+            return Ok((
+                Weakness {
+                    always: true,
+                    heads: failing,
+                    chunks: Vec::new(),
+                    earlier,
+                },
+                true,
+            ));
+        };
+        let mut chunks = Vec::new();
+        for m in first..cell.chunk {
+            if caught(draw_of(statement, cell, &[good], &[m])?)? {
+                chunks.push(m);
+            }
+        }
+        let explained = !failing.is_empty() || !chunks.is_empty();
+        Ok((
+            Weakness {
+                always: false,
+                heads: failing,
+                chunks,
+                earlier,
+            },
+            explained,
+        ))
+    }
+
+    /// Whether the scenario draws openings (`protocol.context_chunks`).
+    pub(crate) fn drawn(&self) -> bool {
+        self.key.is_some() && self.scenario.protocol.context_chunks.is_some()
+    }
+
+    /// Cells whose whole single-cell check fails.
+    fn whole_bad_cells(
+        &self,
+        run: &ProverRun,
+        prover: &Prover<Vec<u8>>,
+        commitment: &Commitment,
+        verifier: &SimVerifier,
+    ) -> Result<BTreeSet<CellId>, SimError> {
+        let statement = &run.statement;
         let method = self.scenario.protocol.layer_check;
         let g = statement.geometry;
         let cells: Vec<CellId> = (0..g.num_cells())
@@ -1063,12 +1311,12 @@ impl Simulation {
             .map(|&cell| -> Result<Option<CellId>, SimError> {
                 let opening = prover.open_cells(0, &[cell], 0)?;
                 Ok(check_opening_by(
-                    &commitment,
+                    commitment,
                     &[cell],
                     &opening,
                     &self.policy,
                     method,
-                    &verifier,
+                    verifier,
                     &VerifierLimits::default(),
                 )
                 .err()
@@ -1087,7 +1335,13 @@ impl Simulation {
                 samples: p.samples,
                 strategy: p.strategy,
                 pow_bits,
-                attention: None,
+                // drawn openings: every challenge carries an attention draw, its seed from the
+                // verifier's randomness (the trial's stream) like the cells'
+                attention: if self.drawn() {
+                    p.attention_sample()
+                } else {
+                    None
+                },
             },
             rounds: p.rounds,
             tolerance: self.policy.clone(),
@@ -1110,6 +1364,17 @@ impl Simulation {
         engine: EngineMode,
         progress: &(dyn Fn() + Sync),
     ) -> Result<SimReport, SimError> {
+        if engine == EngineMode::Fast && self.drawn() {
+            // Fast mode samples fixed per-cell outcomes; under drawn openings a challenged cell
+            // is caught with a probability of its own draw (and an equivocator's opened cells
+            // depend on it), which those outcomes cannot represent.
+            return Err(SimError::Scenario(
+                "fast mode samples each cell's fixed outcome, and with drawn openings \
+                 (protocol.context_chunks) whether a challenged cell is caught depends on the \
+                 challenge's attention draw: run it end to end"
+                    .into(),
+            ));
+        }
         // Refused before any trial: end-to-end trials are sessions, far costlier than fast ones.
         for a in &self.scenario.adversaries {
             let fast = engine == EngineMode::Fast && a.adversary.behaviour().fast_sampled();
@@ -1183,6 +1448,7 @@ impl Simulation {
             rounds,
             mode: a.mode(self.scenario.protocol.mode),
             pow_bits: a.pow_bits(self.scenario.protocol.pow_bits),
+            drawn: self.drawn(),
         };
         // Per run of the pool: (trials detected, trials run) on it.
         let mut per_run: Vec<(u64, u64)> = vec![(0, 0); runs.len()];
@@ -1398,7 +1664,7 @@ impl Simulation {
                         n,
                         context,
                         p.freivalds_repetitions,
-                        &p.attention_sampling(),
+                        &p.cost_sampling(),
                     )
                     .total();
                     let ratio = check / flops(CheckMethod::Recompute);
@@ -1411,6 +1677,36 @@ impl Simulation {
         }
         Ok(c)
     }
+}
+
+/// An attention draw whose draw for `cell` is exactly `heads` and `chunks` (one head or
+/// chunk each, or none: a sample of that many), by trying seeds in turn; an engine error when
+/// none of the first 2^22 seeds gives it.
+fn draw_of(
+    statement: &Statement,
+    cell: CellId,
+    heads: &[u32],
+    chunks: &[u32],
+) -> Result<AttentionDraw, SimError> {
+    let want = CellDraw {
+        heads: heads.to_vec(),
+        chunks: chunks.to_vec(),
+    };
+    for i in 0u64..1 << 22 {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&i.to_le_bytes());
+        let draw = AttentionDraw {
+            heads: heads.len() as u32,
+            chunks: chunks.len() as u32,
+            seed: veritrace_commit::Digest(seed),
+        };
+        if draw.cell(statement, cell)? == want {
+            return Ok(draw);
+        }
+    }
+    Err(SimError::Engine(format!(
+        "no attention draw of heads {heads:?} and chunks {chunks:?} for {cell:?}"
+    )))
 }
 
 /// The runs that got trials and the one-sided 95% bounds over them, from per-run tallies

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use veritrace_model::freivalds::{MapBounds, VerifierKey};
 use veritrace_model::sublayer::KeyedVerifier;
 use veritrace_model::{Model, ModelError, Runner};
-use veritrace_protocol::{AlgebraicCheck, Recompute, Statement};
+use veritrace_protocol::{AlgebraicCheck, HeadClaim, Recompute, Statement};
 
 use crate::SimError;
 
@@ -37,7 +37,8 @@ pub struct SimVerifier {
     /// The verifier's device.
     pub runner: Arc<Runner>,
     /// With the scenario's `layer_check` `freivalds` or `both`: the verifier's secret key and
-    /// its bounds, for [`Recompute::check_sublayers`] (checked on the CPU,
+    /// its bounds, for [`Recompute::check_sublayers`] and [`Recompute::check_sublayer_heads`]
+    /// (checked on the CPU,
     /// [`veritrace_model::sublayer::KeyedVerifier`]).
     pub keyed: Option<KeyedCheck>,
 }
@@ -124,21 +125,41 @@ impl Recompute for SimVerifier {
         context: &[u8],
         cell: &[u8],
     ) -> veritrace_protocol::Result<AlgebraicCheck> {
+        self.keyed()?
+            .check_sublayers(statement, layer, rows, input_rows, inputs, context, cell)
+    }
+
+    /// The check of a cell of a statement committed by head, drawn or whole (specs/protocol.md
+    /// §4.4, §11.4): the same key, tolerance and bounds. With drawn openings the scenario's
+    /// key samples nothing ([`crate::scenario::ProtocolParams::attention_sampling`]): the
+    /// challenge's draw says what is checked.
+    fn check_sublayer_heads(
+        &self,
+        statement: &Statement,
+        claim: &HeadClaim<'_>,
+    ) -> veritrace_protocol::Result<AlgebraicCheck> {
+        self.keyed()?.check_sublayer_heads(statement, claim)
+    }
+}
+
+impl SimVerifier {
+    /// The model's keyed verifier ([`KeyedVerifier`]); an engine error without a key or a
+    /// Llama-style decoder.
+    fn keyed(&self) -> veritrace_protocol::Result<KeyedVerifier<'_>> {
         let (Some(k), Some(decoder)) = (&self.keyed, self.model.decoder()) else {
             return Err(veritrace_protocol::ProtocolError::Engine(
                 "this verifier holds no Freivalds key (the scenario's layer_check is recompute)"
                     .into(),
             ));
         };
-        KeyedVerifier {
+        Ok(KeyedVerifier {
             model: decoder,
             key: &k.key,
             tolerance: k.tolerance,
             bound_scale: k.bound_scale,
             map_bounds: k.map_bounds.as_deref(),
             sampling: k.sampling,
-        }
-        .check_sublayers(statement, layer, rows, input_rows, inputs, context, cell)
+        })
     }
 }
 

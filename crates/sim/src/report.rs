@@ -33,7 +33,9 @@ pub fn markdown(r: &SimReport) -> String {
             } else {
                 format!("within a relative L-infinity tolerance of {:e}", s.protocol.sublayer_tolerance)
             },
-            {
+            if let Some(a) = s.protocol.attention_sample() {
+                format!("; drawn openings (specs/protocol.md §4.4): provers commit by head, each challenge draws per challenged cell {} query head(s) and {} context chunk(s) before the cell's own from the verifier's fresh randomness, the opening holds only those and the check covers exactly them", a.heads, a.chunks)
+            } else {
                 let a = s.protocol.attention_sampling();
                 if a.is_full() {
                     String::new()

@@ -37,6 +37,12 @@
 //!                           # recomputes (sampled from the key's secret; default: all)
 //! context_rows = 16         # freivalds/both: earlier rows whose k/v provenance each cell's
 //!                           # check covers (sampled; default: all; specs/freivalds.md §7)
+//! # context_chunks = 1      # freivalds only, with attention_heads and without context_rows:
+//!                           # drawn openings (specs/protocol.md §4.4): provers commit by head,
+//!                           # each challenge draws attention_heads query heads and
+//!                           # context_chunks earlier chunks per challenged cell (a seed from
+//!                           # the verifier's randomness, sent with the challenge), the opening
+//!                           # holds only those, and the check covers exactly them
 //!
 //! [tolerance]
 //! metric = "rel_l2"         # or "max_abs"
@@ -313,21 +319,63 @@ pub struct ProtocolParams {
     pub freivalds_bounds: FreivaldsBounds,
     /// With `freivalds` or `both`: the query heads whose attention each challenged cell's
     /// check recomputes and compares, drawn per cell from the verifier's key
-    /// ([`veritrace_model::freivalds::AttentionSampling`]; default: every head).
+    /// ([`veritrace_model::freivalds::AttentionSampling`]; default: every head). With
+    /// `context_chunks`: the query heads each challenge draws per challenged cell instead (a
+    /// public draw, specs/protocol.md §4.4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_heads: Option<u32>,
     /// With `freivalds` or `both`: the rows before each challenged cell whose attention norm
     /// and key and value projections its check covers, drawn per cell (default: every row).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_rows: Option<u32>,
+    /// With `freivalds` and `attention_heads` (and without `context_rows`): drawn openings
+    /// (specs/protocol.md §4.4). Every prover commits its sub-layer values by head
+    /// ([`veritrace_protocol::TraceLevel::SubLayerByHead`]), each challenge carries an
+    /// attention draw of `attention_heads` query heads and `context_chunks` context chunks
+    /// before the cell's own per challenged cell (its seed from the verifier's randomness, as
+    /// the cells'), the prover opens only what the draw names and the verifier checks exactly
+    /// that, with a key that samples nothing itself. Default: whole openings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_chunks: Option<u32>,
 }
 
 impl ProtocolParams {
-    /// The verifier's sampled attention check (`attention_heads`, `context_rows`).
+    /// The verifier's sampled attention check from its key (`attention_heads`,
+    /// `context_rows`); with drawn openings (`context_chunks`) the key samples nothing
+    /// ([`veritrace_model::freivalds::AttentionSampling::FULL`]): the challenge's public draw
+    /// says what the opening holds, and the check covers all of it.
     pub fn attention_sampling(&self) -> veritrace_model::freivalds::AttentionSampling {
+        if self.context_chunks.is_some() {
+            return veritrace_model::freivalds::AttentionSampling::FULL;
+        }
         veritrace_model::freivalds::AttentionSampling {
             heads: self.attention_heads,
             context_rows: self.context_rows,
+        }
+    }
+
+    /// The attention sample of every challenge with drawn openings (`attention_heads` heads and
+    /// `context_chunks` earlier chunks per challenged cell, specs/protocol.md §4.4); `None`
+    /// without `context_chunks` (whole openings).
+    pub fn attention_sample(&self) -> Option<veritrace_protocol::AttentionSample> {
+        let chunks = self.context_chunks?;
+        Some(veritrace_protocol::AttentionSample {
+            heads: self.attention_heads.unwrap_or(u32::MAX),
+            chunks,
+        })
+    }
+
+    /// What one challenged cell's check covers, for the verifier's cost model
+    /// ([`veritrace_model::cost::sampled_verifier_cell_flops`]): the key's sample, or with
+    /// drawn openings the drawn heads and the rows of the drawn chunks (`context_chunks`
+    /// chunks of `chunk` rows, capped there by the rows before the cell).
+    pub fn cost_sampling(&self) -> veritrace_model::freivalds::AttentionSampling {
+        match self.context_chunks {
+            None => self.attention_sampling(),
+            Some(c) => veritrace_model::freivalds::AttentionSampling {
+                heads: self.attention_heads,
+                context_rows: Some(c.saturating_mul(self.chunk)),
+            },
         }
     }
 }
@@ -641,6 +689,29 @@ impl Scenario {
             && q.freivalds_bound_scale <= 1.0)
         {
             return bad("protocol.freivalds_bound_scale must be in (0, 1]".into());
+        }
+        if let Some(chunks) = q.context_chunks {
+            if q.context_rows.is_some() {
+                return bad(format!(
+                    "protocol.context_chunks = {chunks} draws the openings' context chunks \
+                     (specs/protocol.md §4.4) and context_rows samples the key's check of whole \
+                     openings: give one of them"
+                ));
+            }
+            if q.attention_heads.is_none() {
+                return bad(format!(
+                    "protocol.context_chunks = {chunks} draws openings (specs/protocol.md §4.4) \
+                     and needs attention_heads, the query heads each challenged cell draws"
+                ));
+            }
+            if q.layer_check != LayerCheck::Freivalds {
+                return bad(format!(
+                    "protocol.context_chunks = {chunks} draws openings (specs/protocol.md §4.4), \
+                     which cannot be recomputed: it needs layer_check = \"freivalds\", not \
+                     {:?}",
+                    q.layer_check.name()
+                ));
+            }
         }
         if q.attention_heads.is_some() || q.context_rows.is_some() {
             if !q.layer_check.checks_sublayers() {

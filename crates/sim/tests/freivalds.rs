@@ -426,3 +426,150 @@ heads = 1
         "layer_check = \"freivalds\"\n[[adversary]]\nkind = \"head-cheat\"\nheads = 9"
     ));
 }
+
+/// Drawn openings in the simulator (specs/protocol.md §4.4): provers commit by head, every
+/// challenge carries an attention draw of 1 of tiny's 4 query heads and 1 earlier context chunk
+/// per challenged cell (its seed from the trial's randomness), the provers open only that and
+/// the verifier checks exactly that. Honest and reduction-order provers are never rejected; a
+/// prover whose attention output is one ulp off in one head has every cell of layers >= 1 bad,
+/// each challenged one caught when its draw picks that head (1/4), so a session of `k` cells is
+/// caught with `1 − E[(3/4)^J]`, `J` the bad cells among them (hypergeometric): measured within
+/// five standard deviations of that, and predicted as that.
+#[test]
+fn drawn_openings_catch_a_head_cheat_at_the_stated_rate() {
+    let adversaries = r#"
+[[adversary]]
+kind = "honest"
+[[adversary]]
+kind = "other-hardware"
+setup = "f32/attn=eager/splitk=4"
+[[adversary]]
+kind = "head-cheat"
+heads = 1
+[[adversary]]
+kind = "weight-perturbation"
+layer = 1
+matrix = "v"
+quant = "int4-g32"
+factor = 1.0
+trials = 40
+"#;
+    let text = scenario_text(
+        "layer_check = \"freivalds\"\nattention_heads = 1\ncontext_chunks = 1",
+        adversaries,
+    )
+    .replace("trials = 60", "trials = 1000");
+    let sim = Simulation::new(Scenario::from_toml(&text).unwrap()).unwrap();
+    let r = sim.run(&|| {}).unwrap();
+    let md = veritrace_sim::report::markdown(&r);
+    assert!(md.contains("drawn openings"), "{md}");
+    // 12 + 4 tokens in cells of 4: 20 cells, 16 of them in tiny's 4 layers >= 1; k = 3
+    let (cells, bad, k) = (20u64, 16u64, 3u64);
+    let choose =
+        |n: u64, r: u64| -> f64 { (0..r).map(|i| (n - i) as f64 / (i + 1) as f64).product() };
+    let miss: f64 = (0..=k)
+        .map(|j| {
+            choose(bad, j) * choose(cells - bad, k - j) / choose(cells, k) * 0.75f64.powi(j as i32)
+        })
+        .sum();
+    let stated = 1.0 - miss;
+    for a in &r.adversaries {
+        assert!(a.bytes_opened > 0.0, "{}", a.label);
+        if a.label.starts_with("weight-perturbation") {
+            // the value projection is checked at the drawn chunks' rows only: the prediction
+            // weighs that in, and the measured rate lies within its bounds over runs
+            assert_eq!(a.trials, 40);
+            let p = a.predicted.expect("a prediction under drawn openings");
+            assert!(
+                a.run_bounds.0 <= p + 1e-9 && p <= a.run_bounds.1 + 1e-9,
+                "{}: predicted {p} outside {:?}",
+                a.label,
+                a.run_bounds
+            );
+            continue;
+        }
+        assert_eq!(a.trials, 1000, "{}", a.label);
+        if a.label.starts_with("head-cheat") {
+            assert_eq!(a.bad_cells, bad as f64, "{a:?}");
+            let p = a.predicted.expect("a prediction under drawn openings");
+            assert!((p - stated).abs() < 1e-9, "predicted {p}, stated {stated}");
+            let n = a.trials as f64;
+            let sd = (n * stated * (1.0 - stated)).sqrt();
+            assert!(
+                (a.detected as f64 - n * stated).abs() < 5.0 * sd,
+                "detected {} of {}, stated {stated}",
+                a.detected,
+                a.trials
+            );
+            assert!(a.detected < a.trials, "some sessions escape: {a:?}");
+            assert!(
+                a.reasons.keys().all(|k| k == "AlgebraicCheck"),
+                "{:?}",
+                a.reasons
+            );
+        } else {
+            assert_eq!((a.detected, a.bad_cells), (0, 0.0), "{a:?}");
+            assert_eq!(a.predicted, Some(0.0), "{}", a.label);
+        }
+    }
+    // fast mode samples fixed per-cell outcomes: refused, not run wrong
+    let err = sim
+        .run_with(veritrace_sim::EngineMode::Fast, &|| {})
+        .unwrap_err();
+    assert!(
+        matches!(&err, veritrace_sim::SimError::Scenario(m) if m.contains("context_chunks")),
+        "{err}"
+    );
+}
+
+/// `context_chunks` draws openings: it needs `attention_heads` and the layer check `freivalds`
+/// (a drawn opening cannot be recomputed, so not `both` either), and excludes `context_rows`
+/// (the key's sample of whole openings); each refusal is a scenario error naming the fields.
+#[test]
+fn drawn_opening_settings_are_validated() {
+    let err = |check: &str| -> String {
+        match Scenario::from_toml(&scenario_text(check, ADVERSARIES)) {
+            Err(veritrace_sim::SimError::Scenario(m)) => m,
+            other => panic!("{check}: {other:?}"),
+        }
+    };
+    let m = err(
+        "layer_check = \"freivalds\"\nattention_heads = 1\ncontext_chunks = 1\ncontext_rows = 4",
+    );
+    assert!(
+        m.contains("context_chunks") && m.contains("context_rows"),
+        "{m}"
+    );
+    let m = err("layer_check = \"freivalds\"\ncontext_chunks = 1");
+    assert!(
+        m.contains("context_chunks") && m.contains("attention_heads"),
+        "{m}"
+    );
+    for check in ["layer_check = \"both\"", "layer_check = \"recompute\"", ""] {
+        let m = err(&format!("{check}\nattention_heads = 1\ncontext_chunks = 1"));
+        assert!(
+            m.contains("context_chunks") && m.contains("layer_check = \"freivalds\""),
+            "{check}: {m}"
+        );
+    }
+    let m = err("layer_check = \"freivalds\"\nattention_heads = 0\ncontext_chunks = 1");
+    assert!(m.contains("attention_heads"), "{m}");
+    // accepted: with and without earlier chunks, one head or every one
+    for ok in [
+        "layer_check = \"freivalds\"\nattention_heads = 1\ncontext_chunks = 0",
+        "layer_check = \"freivalds\"\nattention_heads = 4\ncontext_chunks = 9",
+    ] {
+        let s = Scenario::from_toml(&scenario_text(ok, ADVERSARIES)).unwrap();
+        assert!(s.protocol.attention_sample().is_some());
+        // the key samples nothing: the draw is public
+        assert!(s.protocol.attention_sampling().is_full());
+    }
+    // without context_chunks nothing changes: whole openings, the key's own sample
+    let s = Scenario::from_toml(&scenario_text(
+        "layer_check = \"freivalds\"\nattention_heads = 1\ncontext_rows = 2",
+        ADVERSARIES,
+    ))
+    .unwrap();
+    assert_eq!(s.protocol.attention_sample(), None);
+    assert_eq!(s.protocol.attention_sampling().heads, Some(1));
+}

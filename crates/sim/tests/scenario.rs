@@ -325,6 +325,7 @@ fn shipped_reports_load() {
         "reference-table",
         "reference-table-exact",
         "corridor",
+        "freivalds-drawn",
     ] {
         let path = format!("{ROOT}/simulations/results/{name}/report.json");
         let text = std::fs::read_to_string(&path).unwrap();

@@ -89,7 +89,13 @@ impl Behaviour for Grinding {
     ) -> Result<Option<Vec<f64>>, SimError> {
         runs.iter()
             .map(|r| {
-                let h = plan.detection(r.bad.len() as u64)?;
+                let h = plan.run_detection(r)?.ok_or_else(|| {
+                    SimError::Engine(
+                        "no exact law of an attempt for fast mode (drawn openings whose escapes \
+                         are not exact)"
+                            .into(),
+                    )
+                })?;
                 Ok(grinding_detection(h, self.budget_bits, plan.pow_bits))
             })
             .collect::<Result<Vec<_>, SimError>>()
@@ -155,8 +161,9 @@ impl Behaviour for Grinding {
         grind(sim, run, self.budget_bits, plan.pow_bits, t)
     }
 
-    /// `E[h^N]` ([`grinding_detection`]) with `h` the hypergeometric law on the bad cells,
-    /// averaged over the prompt pool.
+    /// `E[h^N]` ([`grinding_detection`]) with `h` the hypergeometric law on the bad cells
+    /// (with drawn openings, each challenged bad cell caught with its draw's probability:
+    /// [`Plan::run_detection`]), averaged over the prompt pool.
     fn prediction(
         &self,
         _sim: &Simulation,
@@ -165,16 +172,30 @@ impl Behaviour for Grinding {
     ) -> Result<Option<Prediction>, SimError> {
         let mut sum = 0.0;
         for r in runs {
-            let h = plan.detection(r.bad.len() as u64)?;
+            let Some(h) = plan.run_detection(r)? else {
+                return Ok(None);
+            };
             sum += grinding_detection(h, self.budget_bits, plan.pow_bits);
         }
         Ok(Some(Prediction::expected(sum / runs.len() as f64)))
     }
 
-    /// The calculator's security bits for the fewest bad cells of the prompt pool.
+    /// The calculator's security bits for the fewest bad cells of the prompt pool (with drawn
+    /// openings, for the run whose attempt is likeliest to escape, [`Plan::round_miss`]).
     fn security_bits(&self, plan: &Plan, runs: &[ProverRun]) -> Result<Option<f64>, SimError> {
-        let b = runs.iter().map(|r| r.bad.len() as u64).min().unwrap_or(0);
-        let log2_miss = f64::from(plan.rounds) * log2_miss_probability(plan.cells, b, plan.k)?;
+        let log2_miss = if plan.drawn {
+            let mut worst = f64::NEG_INFINITY;
+            for r in runs {
+                let Some(miss) = plan.round_miss(r)? else {
+                    return Ok(None);
+                };
+                worst = worst.max(f64::from(plan.rounds) * miss.log2());
+            }
+            worst
+        } else {
+            let b = runs.iter().map(|r| r.bad.len() as u64).min().unwrap_or(0);
+            f64::from(plan.rounds) * log2_miss_probability(plan.cells, b, plan.k)?
+        };
         Ok(Some(grinding_security_bits(
             log2_miss,
             f64::from(self.budget_bits),
@@ -245,7 +266,13 @@ fn grind(
         let mut misses = true;
         for round in 0..cfg.rounds {
             let c = derive_challenge(&commitment, round, &cfg.params, nonce)?;
-            if c.cells.iter().any(|cell| run.bad.contains(cell)) {
+            let caught = match &run.drawn {
+                // with drawn openings the grinder, which knows what it forged, also needs the
+                // round's attention draw to miss what of each challenged bad cell fails
+                Some(d) => d.catches(&run.statement, &c.cells, c.attention.as_ref())?,
+                None => c.cells.iter().any(|cell| run.bad.contains(cell)),
+            };
+            if caught {
                 misses = false;
                 break;
             }
@@ -275,7 +302,7 @@ fn grind(
             Step::Decided(v) => return Ok(Outcome::of(v, bytes, cost)),
             Step::AwaitOpening => {
                 let c = derive_challenge(&commitment, round, &cfg.params, nonce)?;
-                let opening = prover.open_cells(round, &c.cells, nonce)?;
+                let opening = prover.open_drawn(round, &c.cells, c.attention.as_ref(), nonce)?;
                 bytes += opening.to_bytes().len() as u64;
                 cost += sim.recompute_cost(&run.statement, &c.cells)?;
                 step = verifier.receive_opening(&opening, &mut unused);

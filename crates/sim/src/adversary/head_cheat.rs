@@ -7,8 +7,11 @@
 //! ≥ 1; with `s` of the `H` heads sampled per cell, a cell with probability
 //! `1 − C(H − b, s)/C(H, s)` over the draw. The draw is fixed by the verifier's key and the
 //! statement, so for the scenario's key the bad cells are fixed and the prediction is the
-//! hypergeometric law on them; the note sets their share beside the stated probability. Needs
-//! the layer check `freivalds` or `both` (a recomputing verifier reads no sub-layer value).
+//! hypergeometric law on them; the note sets their share beside the stated probability. With
+//! drawn openings (`protocol.context_chunks`, specs/protocol.md §4.4) the draw is the
+//! challenge's own, fresh per challenge: every cell of a layer ≥ 1 is bad, each challenged one
+//! caught with that probability, which the prediction weighs in. Needs the layer check
+//! `freivalds` or `both` (a recomputing verifier reads no sub-layer value).
 
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +69,17 @@ impl Behaviour for HeadCheat {
         Ok(honest_run(sim, prompt)?.with_plan(CellPlan::WrongHeads(self.heads as usize)))
     }
 
-    fn note(&self, _plan: &Plan, _outcomes: &Tally) -> Option<String> {
+    fn note(&self, plan: &Plan, _outcomes: &Tally) -> Option<String> {
+        if plan.drawn {
+            return Some(format!(
+                "the attention output of {} query head(s) is one ulp off in every cell of layers \
+                 >= 1, nothing else: with drawn openings every such cell is bad, and a challenge \
+                 of one is caught only where its draw picks one of those heads (per cell \
+                 1 - C(H-b, s)/C(H, s), specs/protocol.md §4.4); the prediction weighs each \
+                 challenged bad cell by that probability",
+                self.heads
+            ));
+        }
         Some(format!(
             "the attention output of {} query head(s) is one ulp off in every cell of layers >= \
              1, nothing else: caught only where a sampled head is one of them (per cell \

@@ -242,6 +242,10 @@ pub(crate) struct Plan {
     pub mode: Mode,
     /// The proof-of-work bits of this adversary's sessions.
     pub pow_bits: u8,
+    /// Whether challenges draw openings (`protocol.context_chunks`, specs/protocol.md §4.4):
+    /// a challenged bad cell is then caught with its own probability
+    /// ([`crate::engine::Weakness`]).
+    pub drawn: bool,
 }
 
 impl Plan {
@@ -250,6 +254,48 @@ impl Plan {
     pub fn detection(&self, bad: u64) -> Result<f64, SimError> {
         let miss = 1.0 - detection_probability(self.cells, bad, self.k)?;
         Ok(1.0 - miss.powi(self.rounds as i32))
+    }
+
+    /// The probability that one round misses `run`'s bad cells: the hypergeometric law on them
+    /// with whole openings; with drawn openings `E_S[Π_{c ∈ S} e_c]` over the uniform
+    /// `k`-subsets `S`, `e_c` a bad cell's escape probability under its draw (1 for the other
+    /// cells; the draws of the cells are independent). `None` with drawn openings whose
+    /// escapes are not exact ([`crate::engine::DrawnCells::exact`]).
+    pub fn round_miss(&self, run: &ProverRun) -> Result<Option<f64>, SimError> {
+        match &run.drawn {
+            None => Ok(Some(
+                1.0 - detection_probability(self.cells, run.bad.len() as u64, self.k)?,
+            )),
+            Some(d) if !d.exact => Ok(None),
+            Some(d) => Ok(Some(
+                weight_perturbation::expected_product(&d.escapes()?, self.cells, self.k)
+                    .clamp(0.0, 1.0),
+            )),
+        }
+    }
+
+    /// The probability that a session catches `run` (some round catches a bad cell): with whole
+    /// openings [`Plan::detection`] of its bad cells, with drawn ones from
+    /// [`Plan::round_miss`] (`None` where that has none).
+    pub fn run_detection(&self, run: &ProverRun) -> Result<Option<f64>, SimError> {
+        if run.drawn.is_none() {
+            return self.detection(run.bad.len() as u64).map(Some);
+        }
+        Ok(self
+            .round_miss(run)?
+            .map(|miss| 1.0 - miss.powi(self.rounds as i32)))
+    }
+
+    /// The mean over `runs` of [`Plan::run_detection`] (`None` if a run has none).
+    pub fn mean_run_detection(&self, runs: &[ProverRun]) -> Result<Option<f64>, SimError> {
+        let mut sum = 0.0;
+        for r in runs {
+            match self.run_detection(r)? {
+                Some(p) => sum += p,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(sum / runs.len() as f64))
     }
 
     /// The mean over `runs` of [`Plan::detection`] of `bad(run)` bad cells.
@@ -384,15 +430,15 @@ pub(crate) trait Behaviour: Sync {
     }
 
     /// The predicted detection probability (default: the hypergeometric law on the bad cells,
-    /// averaged over the prompt pool).
+    /// averaged over the prompt pool; with drawn openings, each challenged bad cell caught with
+    /// its draw's probability, [`Plan::run_detection`]).
     fn prediction(
         &self,
         _sim: &Simulation,
         plan: &Plan,
         runs: &[ProverRun],
     ) -> Result<Option<Prediction>, SimError> {
-        let p = plan.mean_detection(runs, |r| r.bad.len() as u64)?;
-        Ok(Some(Prediction::expected(p)))
+        Ok(plan.mean_run_detection(runs)?.map(Prediction::expected))
     }
 
     /// Security bits against grinding.

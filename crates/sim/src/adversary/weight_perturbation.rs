@@ -13,8 +13,13 @@
 //! the cell's acceptance probability `Π erf(B / (√2 ‖e‖))` over the rows and repetitions of that
 //! matrix's check (the cell's rows; for `k` and `v` every context row), `e = y − W x` from the
 //! committed sub-layer values and the true `W`, and the bounds `B` those of the scenario's key
-//! taken as fixed; cells of other layers have `a_c = 1`. With `recompute` the prediction is the
-//! hypergeometric law on the cells the verifier's check rejects, as for any kind.
+//! taken as fixed; cells of other layers have `a_c = 1`. With drawn openings
+//! (`protocol.context_chunks`, specs/protocol.md §4.4) the `k` and `v` projections are checked
+//! at the rows of the cell's own chunk and of the drawn earlier chunks only, so there `a_c` is
+//! the own chunk's product times its mean over the uniform draws of the earlier chunks (the
+//! other maps are checked at the cell's own rows, drawn or not). With `recompute` the
+//! prediction is the hypergeometric law on the cells the verifier's check rejects, as for any
+//! kind.
 
 use std::sync::Arc;
 
@@ -260,10 +265,60 @@ pub(crate) fn freivalds_prediction(
             .unpack_cell(&sub.cell[l - 1])
             .map_err(SimError::Model)?;
         let (d, q, kv, m) = (layout.hidden, layout.q, layout.kv, layout.mlp);
+        let accept = |x: &[f32], y: &[f32], r: usize| -> Result<f64, SimError> {
+            accept_probability(
+                key,
+                &w,
+                l,
+                adversary.matrix,
+                x,
+                y,
+                r,
+                bias,
+                sim.freivalds_scale(l, adversary.matrix),
+            )
+            .map_err(|e| SimError::Scenario(e.to_string()))
+        };
         let mut a = Vec::new();
         for j in 0..n.div_ceil(chunk) {
             let (lo, e) = (j * chunk, ((j + 1) * chunk).min(n));
             let rows = |v: &[f32], w: usize, a: usize, b: usize| v[a * w..b * w].to_vec();
+            if let (Some(s_c), Matrix::K | Matrix::V) = (p.context_chunks, adversary.matrix) {
+                // drawn openings: the key and value projections are checked at the rows of the
+                // cell's own chunk and of `s_c` earlier chunks drawn uniformly (within its input
+                // rows), each row on its own, so the cell's acceptance is its own chunk's times
+                // the mean product over the drawn chunks
+                let cell = veritrace_commit::CellId {
+                    layer: l as u32,
+                    chunk: j as u32,
+                };
+                let u = run
+                    .statement
+                    .input_rows(cell)?
+                    .map_or(0, |r| r.start as usize);
+                let y_all = if adversary.matrix == Matrix::K {
+                    &ctx.k
+                } else {
+                    &ctx.v
+                };
+                let chunk_accept = |c: usize| -> Result<f64, SimError> {
+                    let (a0, b0) = ((c * chunk).max(u), ((c + 1) * chunk).min(e));
+                    accept(
+                        &rows(&ctx.normed, d, a0, b0),
+                        &rows(y_all, kv, a0, b0),
+                        b0 - a0,
+                    )
+                };
+                let earlier: Vec<f64> =
+                    (u / chunk..j).map(chunk_accept).collect::<Result<_, _>>()?;
+                let n_earlier = earlier.len() as u64;
+                a.push(
+                    chunk_accept(j)?
+                        * expected_product(&earlier, n_earlier, u64::from(s_c).min(n_earlier))
+                            .clamp(0.0, 1.0),
+                );
+                continue;
+            }
             let (x, y, r) = match adversary.matrix {
                 Matrix::Q => (rows(&ctx.normed, d, lo, e), rows(&cell.q, q, lo, e), e - lo),
                 Matrix::K => (rows(&ctx.normed, d, 0, e), rows(&ctx.k, kv, 0, e), e),
@@ -286,20 +341,7 @@ pub(crate) fn freivalds_prediction(
                 ),
                 Matrix::LmHead => return Ok(None),
             };
-            a.push(
-                accept_probability(
-                    key,
-                    &w,
-                    l,
-                    adversary.matrix,
-                    &x,
-                    &y,
-                    r,
-                    bias,
-                    sim.freivalds_scale(l, adversary.matrix),
-                )
-                .map_err(|e| SimError::Scenario(e.to_string()))?,
-            );
+            a.push(accept(&x, &y, r)?);
         }
         let miss = expected_product(&a, plan.cells, plan.k)
             .clamp(0.0, 1.0)
