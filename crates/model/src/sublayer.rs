@@ -531,19 +531,7 @@ impl Recompute for KeyedVerifier<'_> {
                 layout.cell_width()
             )));
         }
-        let tile = statement.geometry.chunk;
-        let causal_start = match statement.dependency {
-            veritrace_protocol::Dependency::Causal => input_rows.start == 0,
-            // a sliding window reads rows u..e: the rows before u are padded with zeros below
-            veritrace_protocol::Dependency::Window { .. } => input_rows.start <= rows.start,
-            veritrace_protocol::Dependency::Bidirectional => false,
-        };
-        if !causal_start || input_rows.end != rows.end || !rows.start.is_multiple_of(tile) {
-            return Err(engine(format!(
-                "cell rows {rows:?} with input rows {input_rows:?} are not a decoder cell of \
-                 chunk {tile}"
-            )));
-        }
+        let tile = decoder_cell(statement, &rows, &input_rows)?;
         // Rows before the window (u = input_rows.start > 0) are outside every query's window:
         // their keys are masked in the attention, so zero rows stand in for them (zero inputs
         // and outputs pass their Freivalds checks and norms trivially) and the check runs on
@@ -584,18 +572,7 @@ impl Recompute for KeyedVerifier<'_> {
             )));
         }
         let (rows, input_rows) = (claim.rows.clone(), claim.input_rows.clone());
-        let tile = statement.geometry.chunk;
-        let causal_start = match statement.dependency {
-            veritrace_protocol::Dependency::Causal => input_rows.start == 0,
-            veritrace_protocol::Dependency::Window { .. } => input_rows.start <= rows.start,
-            veritrace_protocol::Dependency::Bidirectional => false,
-        };
-        if !causal_start || input_rows.end != rows.end || !rows.start.is_multiple_of(tile) {
-            return Err(engine(format!(
-                "cell rows {rows:?} with input rows {input_rows:?} are not a decoder cell of \
-                 chunk {tile}"
-            )));
-        }
+        let tile = decoder_cell(statement, &rows, &input_rows)?;
         let (d, n, g) = (layout.hidden, layout.head_dim(), layout.kv_heads);
         let kvd = layout.kv;
         let e = rows.end as usize;
@@ -679,6 +656,30 @@ impl Recompute for KeyedVerifier<'_> {
             claim.drawn || !self.sampling.is_full(),
         )
     }
+}
+
+/// The statement's chunk, when `rows` with their input rows `input_rows` are a decoder cell the
+/// keyed check takes: a whole chunk's start, input rows ending with the cell's and starting at 0
+/// (causal) or within the window (a sliding window reads rows `u..e`: the rows before `u` are
+/// zero padding in the check); never bidirectional.
+fn decoder_cell(
+    statement: &Statement,
+    rows: &Range<u32>,
+    input_rows: &Range<u32>,
+) -> veritrace_protocol::Result<u32> {
+    let tile = statement.geometry.chunk;
+    let causal_start = match statement.dependency {
+        veritrace_protocol::Dependency::Causal => input_rows.start == 0,
+        veritrace_protocol::Dependency::Window { .. } => input_rows.start <= rows.start,
+        veritrace_protocol::Dependency::Bidirectional => false,
+    };
+    if !causal_start || input_rows.end != rows.end || !rows.start.is_multiple_of(tile) {
+        return Err(engine(format!(
+            "cell rows {rows:?} with input rows {input_rows:?} are not a decoder cell of chunk \
+             {tile}"
+        )));
+    }
+    Ok(tile)
 }
 
 impl KeyedVerifier<'_> {
