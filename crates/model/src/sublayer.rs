@@ -632,7 +632,7 @@ impl Recompute for KeyedVerifier<'_> {
         };
         let cell_values = layout.unpack_cell(&f32s(claim.cell)).map_err(engine)?;
         let chunk = rows.start / tile;
-        let sample = if claim.drawn {
+        let sample = if claim.heads.is_some() {
             let all_heads = claim.heads.is_none_or(|hs| hs.len() == layout.heads);
             crate::freivalds::CellSample {
                 heads: (!all_heads).then(|| drawn_heads.iter().map(|&h| h as usize).collect()),
@@ -653,7 +653,7 @@ impl Recompute for KeyedVerifier<'_> {
             (&setup, claim.layer, tile, chunk),
             (&h_in, &ctx, &cell_values),
             &sample,
-            claim.drawn || !self.sampling.is_full(),
+            claim.heads.is_some() || !self.sampling.is_full(),
         )
     }
 }

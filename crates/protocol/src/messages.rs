@@ -209,14 +209,8 @@ pub struct SubLayerOpening {
     pub kv: Vec<OpenedCell>,
     /// Batch proof of `kv` against the key-value root (no siblings when `kv` is empty). JSON
     /// may omit it.
-    #[serde(default = "empty_proof")]
+    #[serde(default)]
     pub kv_proof: BatchProof,
-}
-
-fn empty_proof() -> BatchProof {
-    BatchProof {
-        siblings: Vec::new(),
-    }
 }
 
 impl SubLayerOpening {

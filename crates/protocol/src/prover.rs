@@ -350,7 +350,7 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
                         Some((layers, tree)) => {
                             self.open_sublayer(challenged, draw, part, layers, tree)
                         }
-                        None => Ok((Vec::new(), empty_proof())),
+                        None => Ok((Vec::new(), veritrace_commit::BatchProof::default())),
                     }
                 };
                 let (context, context_proof) = open(SubLayerPart::Context)?;
@@ -402,16 +402,10 @@ impl<L: AsRef<[u8]> + Sync> Prover<L> {
         }
         // a challenge of layer-0 cells only opens no sub-layer cell: an empty proof
         let proof = if indices.is_empty() {
-            empty_proof()
+            veritrace_commit::BatchProof::default()
         } else {
             tree.prove(&indices)?
         };
         Ok((opened, proof))
-    }
-}
-
-fn empty_proof() -> veritrace_commit::BatchProof {
-    veritrace_commit::BatchProof {
-        siblings: Vec::new(),
     }
 }

@@ -137,7 +137,7 @@ pub trait Recompute {
 /// The opened values of one challenged cell `[l, j]` (`l ≥ 1`, rows `rows`) of a
 /// [`crate::TraceLevel::SubLayerByHead`] statement, gathered by the verifier for
 /// [`Recompute::check_sublayer_heads`] (specs/protocol.md §11.4). With an attention draw
-/// (`drawn`), the opening holds only what the draw names, and the engine checks exactly that:
+/// (`heads` is `Some`), the opening holds only what the draw names, and the engine checks exactly that:
 /// the attention of `heads` over the keys and values of every context row, and the provenance
 /// (the norm of the hidden input, the keys and values of every key-value head) of the
 /// `checked` rows. Without one, everything is opened: `heads` is every head and `checked` is
@@ -150,8 +150,6 @@ pub struct HeadClaim<'a> {
     pub rows: Range<u32>,
     /// Its input rows `[u, v)` (the statement's [`crate::Dependency`]).
     pub input_rows: Range<u32>,
-    /// Whether the opening was drawn (else every head and row is opened).
-    pub drawn: bool,
     /// The query heads whose attention is checked, ascending: the draw's, or `None` for every
     /// head (no draw; the statement's head count is the prover's claim and is never listed).
     pub heads: Option<&'a [u32]>,
@@ -1858,7 +1856,6 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
             layer: cell.layer,
             rows,
             input_rows,
-            drawn: drawn.is_some(),
             heads,
             checked: &checked,
             inputs: &inputs,
