@@ -812,7 +812,7 @@ impl KeyedVerifier<'_> {
 }
 
 /// Reads the sub-layer traces of a [`TraceLevel::SubLayer`] (or
-/// [`TraceLevel::SubLayerByHead`]: the same tensors, split by [`SubLayerLayout::prover_parts`])
+/// [`TraceLevel::SubLayerByHead`]: the same tensors, split by [`prover_parts`])
 /// statement from its trace file
 /// (the tensors [`crate::write_trace_with`] writes: `context.<l>` and `cell.<l>`, F32,
 /// `[tokens, width]`, for `l = 1 … L − 1` of the statement's geometry), as little-endian bytes
