@@ -1780,7 +1780,6 @@ pub fn check_sublayer_values(
             got: context.normed.len(),
         });
     }
-    let cell_normed = &context.normed[lo * d..];
     if let Some(rs) = &sample.context_rows {
         if rs.windows(2).any(|w| w[0] >= w[1]) || rs.last().is_some_and(|&r| r >= lo) {
             return Err(FreivaldsError::InvalidArgument(format!(
@@ -1789,7 +1788,289 @@ pub fn check_sublayer_values(
             )));
         }
     }
-    let (ctx, cell) = (context, cell);
+    let kvd = c.num_kv_heads * c.head_dim();
+    for (what, x) in [("context k", &context.k), ("context v", &context.v)] {
+        if x.len() != e * kvd {
+            return Err(FreivaldsError::WrongLength {
+                what,
+                expected: (e * kvd) as u64,
+                got: x.len(),
+            });
+        }
+    }
+    if sample.heads.is_none() && sample.context_rows.is_none() {
+        return check_rows(
+            (key, model, setup),
+            (tile, layer, chunk, e),
+            ContextRows {
+                normed: &context.normed,
+                h_in,
+                k: &context.k,
+                v: &context.v,
+                row_of: None,
+            },
+            crate::llama::ContextKeys::Dense {
+                k: &context.k,
+                v: &context.v,
+            },
+            cell,
+            tolerance,
+            None,
+        );
+    }
+    // sampled: the sample's rows and the cell's gathered (each row's check and norm is its own,
+    // so a gathered row is checked bitwise as in place), and the keys and values of the
+    // key-value heads the sampled query heads read
+    let groups = kv_groups_of(c, sample.heads.as_deref())?;
+    let before: Vec<usize> = match &sample.context_rows {
+        Some(rs) => rs.clone(),
+        None => (0..lo).collect(),
+    };
+    let take = |x: &[f32], w: usize| -> Vec<f32> {
+        let mut out = Vec::with_capacity((before.len() + rows) * w);
+        for r in before.iter().copied().chain(lo..e) {
+            out.extend_from_slice(&x[r * w..(r + 1) * w]);
+        }
+        out
+    };
+    let (hd, nkv) = (c.head_dim(), c.num_kv_heads);
+    let drawn = DrawnContext {
+        rows: e,
+        before: before.clone(),
+        h_in: take(h_in, d),
+        normed: take(&context.normed, d),
+        k: take(&context.k, kvd),
+        v: take(&context.v, kvd),
+        k_heads: crate::llama::head_columns(&context.k, e, nkv, hd, &groups),
+        v_heads: crate::llama::head_columns(&context.v, e, nkv, hd, &groups),
+        groups,
+    };
+    check_drawn_values(
+        key,
+        model,
+        setup,
+        (tile, layer, chunk),
+        &drawn,
+        cell,
+        tolerance,
+        sample.heads.as_deref(),
+    )
+}
+
+/// The context values a sampled cell check reads (specs/freivalds.md §7, §7.1), and nothing
+/// else: what a drawn opening holds (specs/protocol.md §4.4). Its size follows the sample, not
+/// the context: the checked rows' inputs, norms, keys and values, and the keys and values of
+/// the sampled query heads' key-value heads over the context.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DrawnContext {
+    /// `e`: the context is rows `0..e`, the cell's rows end at `e`.
+    pub rows: usize,
+    /// The checked rows before the cell, ascending. The cell's own rows `chunk·tile..e` are
+    /// checked too and follow them in every gathered array below.
+    pub before: Vec<usize>,
+    /// The layer's input `h_{layer−1}` at the checked rows, then the cell's rows:
+    /// `[before.len() + cell rows, hidden]`.
+    pub h_in: Vec<f32>,
+    /// The claimed attention norms of the same rows, same shape.
+    pub normed: Vec<f32>,
+    /// The claimed key projections of the same rows, every key-value head:
+    /// `[before.len() + cell rows, kv_heads·hd]`.
+    pub k: Vec<f32>,
+    /// The claimed value projections of the same rows, same shape.
+    pub v: Vec<f32>,
+    /// The key-value heads the attention reads: those of the sampled query heads, ascending
+    /// (every key-value head without a head sample).
+    pub groups: Vec<usize>,
+    /// Their claimed key projections at every row `0..e`: `[e, groups.len()·hd]`, the heads'
+    /// columns side by side. At a checked row they must equal `k`'s columns bitwise.
+    pub k_heads: Vec<f32>,
+    /// Their claimed value projections, same shape.
+    pub v_heads: Vec<f32>,
+}
+
+/// [`check_sublayer_values`] of a sampled cell from only the values its sample reads
+/// ([`DrawnContext`]): the result is bitwise that of `check_sublayer_values` on the dense
+/// rows `0..e` with `sample = CellSample { heads, context_rows: Some(context.before) }`, and
+/// the memory it touches follows the sample, not the context. `heads`: the sampled query heads
+/// (distinct, ascending; their key-value heads must be `context.groups`), or `None` for every
+/// head (then `context.groups` is every key-value head).
+///
+/// # Errors
+/// As [`check_sublayer_values`]; also gathered arrays of the wrong lengths, checked rows that
+/// are not distinct, ascending and before the cell, and keys or values at a checked row that
+/// differ from the same heads' in `k_heads` / `v_heads` (the attention would read keys whose
+/// projection was not checked).
+#[allow(clippy::too_many_arguments)]
+pub fn check_drawn_values(
+    key: &VerifierKey,
+    model: &LlamaModel,
+    setup: &crate::Setup,
+    (tile, layer, chunk): (usize, usize, usize),
+    context: &DrawnContext,
+    cell: &SubLayers,
+    tolerance: f64,
+    heads: Option<&[usize]>,
+) -> Result<(CellCheck, Vec<f32>)> {
+    key.check_model(&model.digest())?;
+    key.check_setup(setup)?;
+    if !(tolerance.is_finite() && tolerance >= 0.0) {
+        return Err(FreivaldsError::InvalidArgument(format!(
+            "tolerance {tolerance} must be finite and >= 0"
+        )));
+    }
+    let c = model.config();
+    let (d, hd, nkv) = (c.hidden_size, c.head_dim(), c.num_kv_heads);
+    let kvd = nkv * hd;
+    let e = context.rows;
+    let lo = chunk
+        .checked_mul(tile)
+        .filter(|&lo| lo < e && e <= lo.saturating_add(tile))
+        .ok_or_else(|| {
+            FreivaldsError::InvalidArgument(format!(
+                "{e} input rows do not end inside chunk {chunk} of size {tile}"
+            ))
+        })?;
+    let before = &context.before;
+    if before.windows(2).any(|w| w[0] >= w[1]) || before.last().is_some_and(|&r| r >= lo) {
+        return Err(FreivaldsError::InvalidArgument(format!(
+            "sampled context rows are not distinct ascending rows before the cell's first row \
+             {lo}"
+        )));
+    }
+    let want_groups = kv_groups_of(c, heads)?;
+    if context.groups != want_groups {
+        return Err(FreivaldsError::InvalidArgument(format!(
+            "key-value heads {:?} are not {want_groups:?}, those the sampled heads read",
+            context.groups
+        )));
+    }
+    let n = before.len() + (e - lo);
+    let width = context.groups.len() * hd;
+    for (what, got, want) in [
+        ("h_in", context.h_in.len(), n * d),
+        ("context normed", context.normed.len(), n * d),
+        ("context k", context.k.len(), n * kvd),
+        ("context v", context.v.len(), n * kvd),
+        ("drawn heads' k", context.k_heads.len(), e * width),
+        ("drawn heads' v", context.v_heads.len(), e * width),
+    ] {
+        if got != want {
+            return Err(FreivaldsError::WrongLength {
+                what,
+                expected: want as u64,
+                got,
+            });
+        }
+    }
+    // the attention reads every row's keys and values of the drawn key-value heads, of which
+    // only the checked rows' are summed (and so scanned) by the Freivalds checks: scanned here
+    for (what, x) in [
+        ("drawn heads' k", &context.k_heads),
+        ("drawn heads' v", &context.v_heads),
+    ] {
+        if let Some(index) = crate::first_non_finite(x) {
+            return Err(FreivaldsError::NonFinite { what, index });
+        }
+    }
+    // at a checked row, the drawn heads' keys and values are the checked ones
+    let all: Vec<usize> = before.iter().copied().chain(lo..e).collect();
+    for (what, gathered, heads_of) in [
+        ("k", &context.k, &context.k_heads),
+        ("v", &context.v, &context.v_heads),
+    ] {
+        for (i, &r) in all.iter().enumerate() {
+            for (j, &g) in context.groups.iter().enumerate() {
+                let a = &gathered[i * kvd + g * hd..i * kvd + (g + 1) * hd];
+                let b = &heads_of[r * width + j * hd..r * width + (j + 1) * hd];
+                if a.iter().zip(b).any(|(x, y)| x.to_bits() != y.to_bits()) {
+                    return Err(FreivaldsError::InvalidArgument(format!(
+                        "row {r}'s {what} of key-value head {g} differs from the drawn heads' \
+                         {what}"
+                    )));
+                }
+            }
+        }
+    }
+    let kv = match heads {
+        Some(_) => crate::llama::ContextKeys::Heads {
+            groups: &context.groups,
+            k: &context.k_heads,
+            v: &context.v_heads,
+        },
+        None => crate::llama::ContextKeys::Dense {
+            k: &context.k_heads,
+            v: &context.v_heads,
+        },
+    };
+    check_rows(
+        (key, model, setup),
+        (tile, layer, chunk, e),
+        ContextRows {
+            normed: &context.normed,
+            h_in: &context.h_in,
+            k: &context.k,
+            v: &context.v,
+            row_of: Some(&all),
+        },
+        kv,
+        cell,
+        tolerance,
+        heads,
+    )
+}
+
+/// The key-value heads sampled query heads `heads` read (every one for `None`), after
+/// checking the heads are distinct, ascending and in range.
+fn kv_groups_of(c: &crate::ModelConfig, heads: Option<&[usize]>) -> Result<Vec<usize>> {
+    let nkv = c.num_kv_heads;
+    match heads {
+        Some(hs) => {
+            if hs.is_empty()
+                || hs.windows(2).any(|w| w[0] >= w[1])
+                || hs[hs.len() - 1] >= c.num_heads
+            {
+                return Err(FreivaldsError::InvalidArgument(format!(
+                    "sampled heads {hs:?} are not distinct ascending heads of 0..{}",
+                    c.num_heads
+                )));
+            }
+            Ok(crate::llama::kv_groups(hs, c.num_heads / nkv.max(1)))
+        }
+        None => Ok((0..nkv).collect()),
+    }
+}
+
+/// The rows whose provenance [`check_rows`] checks: every row `0..e` (`row_of: None`) or the
+/// rows `row_of` gathered (the cell's rows last), each array's rows in that order.
+struct ContextRows<'a> {
+    normed: &'a [f32],
+    h_in: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    row_of: Option<&'a [usize]>,
+}
+
+/// The common part of [`check_sublayer_values`] and [`check_drawn_values`], lengths of the
+/// context checked by the caller: the Freivalds checks of the cell's maps and of the checked
+/// rows' keys and values, the checked rows' attention norms, and the cell's nonlinear parts
+/// over the keys and values `kv`.
+#[allow(clippy::too_many_arguments)]
+fn check_rows(
+    (key, model, setup): (&VerifierKey, &LlamaModel, &crate::Setup),
+    (tile, layer, chunk, e): (usize, usize, usize, usize),
+    ctx: ContextRows<'_>,
+    kv: crate::llama::ContextKeys<'_>,
+    cell: &SubLayers,
+    tolerance: f64,
+    heads: Option<&[usize]>,
+) -> Result<(CellCheck, Vec<f32>)> {
+    let c = model.config();
+    let d = c.hidden_size;
+    let lo = chunk * tile;
+    let rows = e - lo;
+    let n = ctx.normed.len() / d;
+    // the cell's rows are the last `rows` of the checked ones
+    let (cell_normed, h_cell) = (&ctx.normed[(n - rows) * d..], &ctx.h_in[(n - rows) * d..]);
     let biases = model.qkv_biases(layer)?;
     let bias = |m: Matrix| m.bias(biases.as_ref());
     // maps that read the same rows are checked together (one pass over the rows for both)
@@ -1800,74 +2081,9 @@ pub fn check_sublayer_values(
         check_linear_shared(key, layer, x, n, &[(ma, ya, bias(ma)), (mb, yb, bias(mb))])
             .map(|c| [(ma, c[0]), (mb, c[1])])
     };
-    let kvd = c.num_kv_heads * c.head_dim();
-    // the context rows whose provenance is checked: all, or the sampled ones and the cell's,
-    // gathered (each row's check and norm is its own, so a gathered row is checked bitwise as
-    // in place)
-    let gathered = sample.context_rows.as_ref().map(|rs| {
-        let all: Vec<usize> = rs.iter().copied().chain(lo..e).collect();
-        let take = |x: &[f32], w: usize| -> Vec<f32> {
-            let mut out = Vec::with_capacity(all.len() * w);
-            for &r in &all {
-                out.extend_from_slice(x.get(r * w..(r + 1) * w).unwrap_or(&[]));
-            }
-            out
-        };
-        (
-            take(&ctx.normed, d),
-            take(&ctx.k, kvd),
-            take(&ctx.v, kvd),
-            take(h_in, d),
-            all,
-        )
-    });
     let mut linear = Vec::with_capacity(7);
     linear.push(one(Matrix::Q, cell_normed, &cell.q, rows)?);
-    match &gathered {
-        None => linear.extend(two(Matrix::K, Matrix::V, &ctx.normed, &ctx.k, &ctx.v, e)?),
-        Some((normed, k, v, _, all)) => {
-            // lengths as the full check would find them (a gathered short claim is short)
-            for (what, x) in [("context k", &ctx.k), ("context v", &ctx.v)] {
-                if x.len() != e * kvd {
-                    return Err(FreivaldsError::WrongLength {
-                        what,
-                        expected: (e * kvd) as u64,
-                        got: x.len(),
-                    });
-                }
-            }
-            linear.extend(two(Matrix::K, Matrix::V, normed, k, v, all.len())?);
-            // the attention reads every row's keys and values of the key-value heads the
-            // sampled query heads use, of which only the gathered rows' have been summed (and
-            // so scanned) above: those columns are scanned here. What the check does not read
-            // (other heads' keys and values, the inputs of rows it does not norm) is not
-            // scanned: its cost is the sample's, not the context's
-            let hd = c.head_dim();
-            let rep = c.num_heads / c.num_kv_heads.max(1);
-            for (what, x) in [("context k", &ctx.k), ("context v", &ctx.v)] {
-                let Some(hs) = &sample.heads else {
-                    // every head reads every column: one pass over the whole array
-                    if let Some(index) = crate::first_non_finite(x) {
-                        return Err(FreivaldsError::NonFinite { what, index });
-                    }
-                    continue;
-                };
-                let mut groups: Vec<usize> = hs.iter().map(|h| h / rep.max(1)).collect();
-                groups.dedup();
-                for (r, row) in x.chunks_exact(kvd.max(1)).enumerate() {
-                    for &g in &groups {
-                        let cols = row.get(g * hd..(g + 1) * hd).unwrap_or(&[]);
-                        if let Some(i) = crate::first_non_finite(cols) {
-                            return Err(FreivaldsError::NonFinite {
-                                what,
-                                index: r * kvd + g * hd + i,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-    }
+    linear.extend(two(Matrix::K, Matrix::V, ctx.normed, ctx.k, ctx.v, n)?);
     linear.push(one(Matrix::O, &cell.attn, &cell.o, rows)?);
     linear.extend(two(
         Matrix::Gate,
@@ -1878,22 +2094,18 @@ pub fn check_sublayer_values(
         rows,
     )?);
     linear.push(one(Matrix::Down, &cell.act, &cell.down, rows)?);
-    // the context's attention norms, recomputed a block of rows at a time and compared with
+    // the checked rows' attention norms, recomputed a block of rows at a time and compared with
     // the claim as they come (rows are normed alone, so blocks are bitwise the whole); each
     // block's input rows are scanned for finiteness just before (then in cache)
-    let (normed_rows, h_rows, row_of) = match &gathered {
-        None => (&ctx.normed[..], h_in, None),
-        Some((normed, _, _, h, all)) => (&normed[..], &h[..], Some(all)),
-    };
-    let normed_dev = rel_linf_by_rows(normed_rows, d, NORM_BLOCK_ROWS, |r| {
-        let block = &h_rows[r.start * d..r.end * d];
+    let normed_dev = rel_linf_by_rows(ctx.normed, d, NORM_BLOCK_ROWS, |r| {
+        let block = &ctx.h_in[r.start * d..r.end * d];
         model
             .attention_norms(setup, tile, layer, block)
             .map_err(|err| match err {
                 ModelError::NonFinite { what, index } => {
                     // the index in h_in of the row the block's index falls in
                     let at = r.start + index / d;
-                    let row = row_of.map_or(at, |all| all[at]);
+                    let row = ctx.row_of.map_or(at, |all| all[at]);
                     ModelError::NonFinite {
                         what,
                         index: row * d + index % d,
@@ -1902,17 +2114,17 @@ pub fn check_sublayer_values(
                 other => other,
             })
     })?;
-    // every input is finite by now: the Freivalds sums read k, v and the cell's linear
-    // outputs (a non-finite one is an error above), the attention norms read h_in
+    // every input is finite by now: the Freivalds sums read the checked keys and values and
+    // the cell's linear outputs (a non-finite one is an error above), the attention norms read
+    // h_in, and the caller has scanned the keys and values the attention reads
     let nl = model.nonlinear_of(
         setup,
-        tile,
-        layer,
-        chunk,
-        (h_in, &ctx.k, &ctx.v),
+        (tile, layer, chunk, e),
+        h_cell,
+        kv,
         cell,
         false,
-        sample.heads.as_deref(),
+        heads,
     )?;
     for (what, claimed, width) in [
         ("attn", &cell.attn, c.num_heads * c.head_dim()),
@@ -1927,7 +2139,7 @@ pub fn check_sublayer_values(
             });
         }
     }
-    let attn_dev = match &sample.heads {
+    let attn_dev = match heads {
         None => rel_linf(&cell.attn, &nl.attn),
         Some(hs) => rel_linf(
             &crate::llama::head_columns(&cell.attn, rows, c.num_heads, c.head_dim(), hs),

@@ -1551,25 +1551,44 @@ impl LlamaModel {
         v: &[f32],
         cell: &SubLayers,
     ) -> Result<Nonlinear> {
-        self.nonlinear_of(setup, tile, layer, chunk, (h_in, k, v), cell, true, None)
+        let d = self.config.hidden_size;
+        if !h_in.len().is_multiple_of(d) {
+            return Err(ModelError::WrongLength {
+                what: "input rows (elements)",
+                expected: format!("a multiple of the hidden size {d}"),
+                got: h_in.len(),
+            });
+        }
+        let e = h_in.len() / d;
+        let cell_rows = &h_in[(chunk.saturating_mul(tile).min(e)) * d..];
+        self.nonlinear_of(
+            setup,
+            (tile, layer, chunk, e),
+            cell_rows,
+            ContextKeys::Dense { k, v },
+            cell,
+            true,
+            None,
+        )
     }
 
-    /// [`LlamaModel::recompute_nonlinear`] with `(h_in, k, v)` together; with `scan = false`
-    /// for a caller that has already found every input finite (the algebraic check: its
-    /// Freivalds sums read `k`, `v` and the cell's linear outputs, and the attention norms read
-    /// `h_in`), so the inputs are not scanned again. Lengths and ranges are checked either way.
-    /// With `heads` (distinct query heads, ascending), the returned `attn` holds only those
-    /// heads' columns side by side (`[rows, heads.len()·hd]`), each bitwise the full
-    /// attention's: only those heads' scores, softmax and weighted values are computed (the
-    /// invariant kernels also rope only their key-value heads' keys).
+    /// [`LlamaModel::recompute_nonlinear`] of the cell's input rows `h_cell` (rows
+    /// `chunk·tile..e` of `h_{layer−1}`) over the context's keys and values `kv`; with
+    /// `scan = false` for a caller that has already found every input finite (the algebraic
+    /// check: its Freivalds sums read the keys, values and the cell's linear outputs, and the
+    /// attention norms read `h_cell`), so the inputs are not scanned again. Lengths and ranges
+    /// are checked either way. With `heads` (distinct query heads, ascending), the returned
+    /// `attn` holds only those heads' columns side by side (`[rows, heads.len()·hd]`), each
+    /// bitwise the full attention's: only those heads' scores, softmax and weighted values are
+    /// computed (the invariant kernels also rope only their key-value heads' keys). Keys and
+    /// values of only the heads' key-value heads ([`ContextKeys::Heads`]) need `heads`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn nonlinear_of(
         &self,
         setup: &Setup,
-        tile: usize,
-        layer: usize,
-        chunk: usize,
-        (h_in, k, v): (&[f32], &[f32], &[f32]),
+        (tile, layer, chunk, e): (usize, usize, usize, usize),
+        h_cell: &[f32],
+        kv: ContextKeys<'_>,
         cell: &SubLayers,
         scan: bool,
         heads: Option<&[usize]>,
@@ -1589,15 +1608,7 @@ impl LlamaModel {
             )));
         }
         let (d, hd) = (c.hidden_size, c.head_dim());
-        let (qd, kvd, m) = (c.num_heads * hd, c.num_kv_heads * hd, c.intermediate_size);
-        if !h_in.len().is_multiple_of(d) {
-            return Err(ModelError::WrongLength {
-                what: "input rows (elements)",
-                expected: format!("a multiple of the hidden size {d}"),
-                got: h_in.len(),
-            });
-        }
-        let e = h_in.len() / d;
+        let (qd, m) = (c.num_heads * hd, c.intermediate_size);
         let start = chunk
             .checked_mul(tile)
             .ok_or_else(|| ModelError::InvalidArgument("chunk index overflows".into()))?;
@@ -1612,9 +1623,35 @@ impl LlamaModel {
             });
         }
         let rows = e - start;
+        if let Some(hs) = heads {
+            if hs.is_empty()
+                || hs.windows(2).any(|w| w[0] >= w[1])
+                || hs[hs.len() - 1] >= c.num_heads
+            {
+                return Err(ModelError::InvalidArgument(format!(
+                    "sampled heads {hs:?} are not distinct ascending heads of 0..{}",
+                    c.num_heads
+                )));
+            }
+        }
+        let (k, v, kv_width) = match kv {
+            ContextKeys::Dense { k, v } => (k, v, c.num_kv_heads * hd),
+            ContextKeys::Heads { groups, k, v } => {
+                let want = heads.map(|hs| kv_groups(hs, c.num_heads / c.num_kv_heads.max(1)));
+                if want.as_deref() != Some(groups) {
+                    return Err(ModelError::InvalidArgument(format!(
+                        "key-value heads {groups:?} are not those the sampled query heads {:?} \
+                         read",
+                        heads.unwrap_or(&[])
+                    )));
+                }
+                (k, v, groups.len() * hd)
+            }
+        };
         for (what, got, want) in [
-            ("key rows (elements)", k.len(), e * kvd),
-            ("value rows (elements)", v.len(), e * kvd),
+            ("input rows (elements)", h_cell.len(), rows * d),
+            ("key rows (elements)", k.len(), e * kv_width),
+            ("value rows (elements)", v.len(), e * kv_width),
             ("query rows (elements)", cell.q.len(), rows * qd),
             ("output-projection rows (elements)", cell.o.len(), rows * d),
             ("gate rows (elements)", cell.gate.len(), rows * m),
@@ -1630,7 +1667,7 @@ impl LlamaModel {
             }
         }
         for (what, x) in [
-            ("input rows", h_in),
+            ("input rows", h_cell),
             ("key rows", k),
             ("value rows", v),
             ("query rows", &cell.q[..]),
@@ -1646,20 +1683,9 @@ impl LlamaModel {
                 return Err(ModelError::NonFinite { what, index });
             }
         }
-        if let Some(hs) = heads {
-            if hs.is_empty()
-                || hs.windows(2).any(|w| w[0] >= w[1])
-                || hs[hs.len() - 1] >= c.num_heads
-            {
-                return Err(ModelError::InvalidArgument(format!(
-                    "sampled heads {hs:?} are not distinct ascending heads of 0..{}",
-                    c.num_heads
-                )));
-            }
-        }
         let arith = self.arith(setup)?;
         if setup.kernels == Kernels::Invariant {
-            return arith.inv_nonlinear(layer - 1, &h_in[start * d..], start, k, v, cell, heads);
+            return arith.inv_nonlinear(layer - 1, h_cell, start, kv, cell, heads);
         }
         let (blk, _) = arith.blocks(tile, 0..e);
         if blk != tile {
@@ -1667,7 +1693,7 @@ impl LlamaModel {
                 "{setup} computes in blocks of {blk} rows, not the tile {tile}"
             )));
         }
-        arith.nonlinear_block(layer - 1, chunk, blk, e, h_in, k, v, cell, heads)
+        arith.nonlinear_block(layer - 1, chunk, blk, e, h_cell, kv, cell, heads)
     }
     /// The attention norms `RMSNorm(h_{layer−1})` of rows `0..e` of the layer's input (`h_in`,
     /// row-major `[e, hidden]`), all rows in one pass (the norm is row by row, so this is bitwise
@@ -2385,6 +2411,37 @@ pub struct Nonlinear {
     pub act: Vec<f32>,
     /// `(h_{l−1} + o) + down`: the cell's output rows of `h_l`, `[rows, hidden]`.
     pub h_out: Vec<f32>,
+}
+
+/// The keys and values (the key and value projections' outputs, before the rotary embedding)
+/// of rows `0..e` the cell's attention reads in [`LlamaModel::nonlinear_of`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ContextKeys<'a> {
+    /// Every key-value head: `[e, kv_heads·hd]` each.
+    Dense {
+        /// The keys.
+        k: &'a [f32],
+        /// The values.
+        v: &'a [f32],
+    },
+    /// Only key-value heads `groups` (ascending, those the sampled query heads read, in
+    /// [`kv_groups`]): `[e, groups.len()·hd]` each, the heads' columns side by side.
+    Heads {
+        /// The key-value heads held.
+        groups: &'a [usize],
+        /// Their keys.
+        k: &'a [f32],
+        /// Their values.
+        v: &'a [f32],
+    },
+}
+
+/// The key-value heads query heads `heads` (ascending) read, `rep` query heads per key-value
+/// head: ascending, each once.
+pub(crate) fn kv_groups(heads: &[usize], rep: usize) -> Vec<usize> {
+    let mut groups: Vec<usize> = heads.iter().map(|h| h / rep.max(1)).collect();
+    groups.dedup();
+    groups
 }
 
 /// The columns of heads `heads` (each `hd` wide) of `rows` rows of `width_heads` heads,
@@ -3109,8 +3166,7 @@ impl Arith<'_> {
         l: usize,
         x: &[f32],
         r0: usize,
-        k_lin: &[f32],
-        v_lin: &[f32],
+        kv: ContextKeys<'_>,
         cell: &SubLayers,
         heads: Option<&[usize]>,
     ) -> Result<Nonlinear> {
@@ -3120,28 +3176,41 @@ impl Arith<'_> {
         let p = self.packed(l)?;
         let n = x.len() / d;
         let normed = self.st(inv::rms_norm_rows(x, d, &p.attn_norm, eps));
-        let attn = match heads {
-            None => {
+        let attn = match (heads, kv) {
+            (None, ContextKeys::Dense { k: k_lin, v: v_lin }) => {
                 let q = self.inv_rope(&cell.q, nh, r0)?;
                 let keys = self.inv_rope(k_lin, nkv, 0)?;
                 self.inv_attention(&q, n, r0, (&keys, v_lin))?
             }
-            Some(hs) => {
+            (None, ContextKeys::Heads { .. }) => {
+                return Err(ModelError::InvalidArgument(
+                    "keys and values of some heads need the sampled query heads".into(),
+                ))
+            }
+            (Some(hs), kv) => {
                 // only the sampled heads and the key-value heads they read: the rotary
                 // embedding and each head's attention are per head, so each is bitwise the
                 // full computation's
                 let rep = nh / nkv;
-                let mut groups: Vec<usize> = hs.iter().map(|h| h / rep).collect();
-                groups.dedup();
+                let groups = kv_groups(hs, rep);
                 let group: Vec<usize> = hs
                     .iter()
                     .map(|h| groups.iter().position(|&g| g == h / rep).unwrap_or(0))
                     .collect();
-                let e = k_lin.len() / (nkv * hd).max(1);
+                use std::borrow::Cow;
+                let (keys, values): (Cow<'_, [f32]>, Cow<'_, [f32]>) = match kv {
+                    ContextKeys::Dense { k: k_lin, v: v_lin } => {
+                        let e = k_lin.len() / (nkv * hd).max(1);
+                        (
+                            head_columns(k_lin, e, nkv, hd, &groups).into(),
+                            head_columns(v_lin, e, nkv, hd, &groups).into(),
+                        )
+                    }
+                    // already the heads' columns: no copy of the context
+                    ContextKeys::Heads { k, v, .. } => (k.into(), v.into()),
+                };
                 let q = self.inv_rope(&head_columns(&cell.q, n, nh, hd, hs), hs.len(), r0)?;
-                let keys =
-                    self.inv_rope(&head_columns(k_lin, e, nkv, hd, &groups), groups.len(), 0)?;
-                let values = head_columns(v_lin, e, nkv, hd, &groups);
+                let keys = self.inv_rope(&keys, groups.len(), 0)?;
                 self.inv_attend(&q, n, r0, (&keys, &values), groups.len(), &group)?
             }
         };
@@ -3165,6 +3234,10 @@ impl Arith<'_> {
     /// the key tensor a transposed view of a contiguous `[heads, hd, span]` (the layout the
     /// score product reads, so no further copy is made). One pass in f32: bitwise
     /// [`Arith::context_heads_by_ops`] (the same rotary formula, [`rope_row`], and copies).
+    /// `(nkv, rep)`: the key-value heads `k_lin` and `v_lin` hold and the query heads per each
+    /// (the model's, or some key-value heads' columns with `rep = 1`: the rotary embedding is
+    /// the same for every head, so each head is bitwise the same either way).
+    #[allow(clippy::too_many_arguments)]
     fn context_heads(
         &self,
         k_lin: &[f32],
@@ -3173,10 +3246,10 @@ impl Arith<'_> {
         span: usize,
         cos_all: &Tensor,
         sin_all: &Tensor,
+        (nkv, rep): (usize, usize),
     ) -> Result<(Tensor, Tensor)> {
-        let c = &self.model.config;
-        let (hd, nh, nkv) = (c.head_dim(), c.num_heads, c.num_kv_heads);
-        let rep = nh / nkv;
+        let hd = self.model.config.head_dim();
+        let nh = nkv * rep;
         let kvd = nkv * hd;
         let (cs, ss) = (
             cos_all.flatten_all()?.to_vec1::<f32>()?,
@@ -3245,6 +3318,7 @@ impl Arith<'_> {
 
     /// [`Arith::context_heads`] by candle's ops, in the setup's dtype (any dtype): the
     /// forward's padding, rotary embedding and grouped-query expansion.
+    #[allow(clippy::too_many_arguments)]
     fn context_heads_by_ops(
         &self,
         k_lin: &[f32],
@@ -3253,9 +3327,10 @@ impl Arith<'_> {
         span: usize,
         cos_all: &Tensor,
         sin_all: &Tensor,
+        (nkv, rep): (usize, usize),
     ) -> Result<(Tensor, Tensor)> {
-        let c = &self.model.config;
-        let (hd, nh, nkv) = (c.head_dim(), c.num_heads, c.num_kv_heads);
+        let hd = self.model.config.head_dim();
+        let nh = nkv * rep;
         let k = self
             .rows_tensor(k_lin, e, nkv * hd, span, 0)?
             .reshape((span, nkv, hd))?;
@@ -3265,7 +3340,6 @@ impl Arith<'_> {
             .reshape((span, nkv, hd))?
             .transpose(0, 1)?
             .contiguous()?;
-        let rep = nh / nkv;
         let (k, v) = if rep == 1 {
             (k, v)
         } else {
@@ -3291,9 +3365,8 @@ impl Arith<'_> {
         j: usize,
         blk: usize,
         e: usize,
-        h_in: &[f32],
-        k_lin: &[f32],
-        v_lin: &[f32],
+        h_cell: &[f32],
+        kv: ContextKeys<'_>,
         cell: &SubLayers,
         heads: Option<&[usize]>,
     ) -> Result<Nonlinear> {
@@ -3304,7 +3377,7 @@ impl Arith<'_> {
         let rows = e - j * blk;
         let local = |x: &[f32], width: usize| self.rows_tensor(x, rows, width, blk, 0);
         // attention norm of the block's input rows
-        let xt = self.block_tensor(h_in, e, blk, j)?;
+        let xt = local(h_cell, d)?;
         let normed = self.rms_norm(&xt, &w.attn_norm)?;
         // One rotary table for positions 0..(j + 1)·blk, cut per block: each position's angles
         // are computed by the same formula as the forward's per-block tables (bitwise).
@@ -3320,29 +3393,57 @@ impl Arith<'_> {
         // keys and values of blocks 0..=j (claimed, zero rows after e as the forward's padded
         // block), all roped at once: the rotary embedding is element-wise, so this is bitwise
         // the forward's block-by-block result laid end to end
+        let nkv = c.num_kv_heads;
+        let (k_lin, v_lin, shape) = match kv {
+            ContextKeys::Dense { k, v } => (k, v, (nkv, nh / nkv.max(1))),
+            ContextKeys::Heads { groups, k, v } => (k, v, (groups.len(), 1)),
+        };
         let (k, v) = if self.dtype == DType::F32 {
-            self.context_heads(k_lin, v_lin, e, span, &cos_all, &sin_all)?
+            self.context_heads(k_lin, v_lin, e, span, &cos_all, &sin_all, shape)?
         } else {
-            self.context_heads_by_ops(k_lin, v_lin, e, span, &cos_all, &sin_all)?
+            self.context_heads_by_ops(k_lin, v_lin, e, span, &cos_all, &sin_all, shape)?
         };
         // with sampled heads, only theirs: each head's scores, softmax and weighted values are
         // its own slice of the batched products (the same shapes per head), so bitwise the
         // full attention's columns (tested: crates/model/tests/attention_sampling.rs)
         let (q, k, v, width) = match heads {
+            None if matches!(kv, ContextKeys::Heads { .. }) => {
+                return Err(ModelError::InvalidArgument(
+                    "keys and values of some heads need the sampled query heads".into(),
+                ))
+            }
             None => (q, k, v, nh),
             Some(hs) => {
                 let ids: Vec<u32> = hs.iter().map(|&h| h as u32).collect();
                 let ids = Tensor::from_vec(ids, hs.len(), &Device::Cpu)?;
-                // the keys may be a transposed view of a contiguous `[heads, hd, span]` (the
-                // layout the score product reads): select in that layout, keep the view
-                let pick = |t: &Tensor| -> Result<Tensor> {
-                    if t.is_contiguous() {
-                        Ok(t.index_select(&ids, 0)?)
-                    } else {
-                        Ok(t.t()?.contiguous()?.index_select(&ids, 0)?.t()?)
+                // the key-value tensors' head of each sampled query head: the query head
+                // itself (every head expanded), or its key-value head's place among those held
+                let kv_ids = match kv {
+                    ContextKeys::Dense { .. } => ids.clone(),
+                    ContextKeys::Heads { groups, .. } => {
+                        let rep = nh / nkv.max(1);
+                        let at: Vec<u32> = hs
+                            .iter()
+                            .map(|h| groups.iter().position(|&g| g == h / rep).unwrap_or(0) as u32)
+                            .collect();
+                        Tensor::from_vec(at, hs.len(), &Device::Cpu)?
                     }
                 };
-                (pick(&q)?, pick(&k)?, pick(&v)?, hs.len())
+                // the keys may be a transposed view of a contiguous `[heads, hd, span]` (the
+                // layout the score product reads): select in that layout, keep the view
+                let pick = |t: &Tensor, ids: &Tensor| -> Result<Tensor> {
+                    if t.is_contiguous() {
+                        Ok(t.index_select(ids, 0)?)
+                    } else {
+                        Ok(t.t()?.contiguous()?.index_select(ids, 0)?.t()?)
+                    }
+                };
+                (
+                    pick(&q, &ids)?,
+                    pick(&k, &kv_ids)?,
+                    pick(&v, &kv_ids)?,
+                    hs.len(),
+                )
             }
         };
         let attn = self
@@ -3716,16 +3817,17 @@ mod tests {
             let arith = model.arith(&setup).expect("arith");
             let c = model.config();
             let kvd = c.num_kv_heads * c.head_dim();
+            let shape = (c.num_kv_heads, c.num_heads / c.num_kv_heads);
             // a full last block and a partial one (zero rows up to the span)
             for e in [3 * tile, 3 * tile - 5, 1] {
                 let span = e.div_ceil(tile) * tile;
                 let (k, v) = (values(1, e * kvd), values(2, e * kvd));
                 let (cos, sin) = arith.rope_tables(0, span).expect("tables");
                 let (k1, v1) = arith
-                    .context_heads(&k, &v, e, span, &cos, &sin)
+                    .context_heads(&k, &v, e, span, &cos, &sin, shape)
                     .expect("one pass");
                 let (k2, v2) = arith
-                    .context_heads_by_ops(&k, &v, e, span, &cos, &sin)
+                    .context_heads_by_ops(&k, &v, e, span, &cos, &sin, shape)
                     .expect("ops");
                 assert_eq!(k1.dims(), k2.dims(), "{preset} e {e}");
                 assert_eq!(bits(&k1), bits(&k2), "{preset} e {e}: keys");

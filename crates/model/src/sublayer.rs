@@ -551,8 +551,8 @@ impl Recompute for KeyedVerifier<'_> {
         let sample = self.secret_sample(statement, layer, &rows, &input_rows)?;
         self.judge(
             (&setup, layer, tile, chunk),
-            (&h_in, &ctx, &cell_values),
-            &sample,
+            Values::Dense(&h_in, &ctx, &sample),
+            &cell_values,
             !self.sampling.is_full(),
         )
     }
@@ -573,89 +573,163 @@ impl Recompute for KeyedVerifier<'_> {
         }
         let (rows, input_rows) = (claim.rows.clone(), claim.input_rows.clone());
         let tile = decoder_cell(statement, &rows, &input_rows)?;
+        let chunk = rows.start / tile;
         let (d, n, g) = (layout.hidden, layout.head_dim(), layout.kv_heads);
         let kvd = layout.kv;
         let e = rows.end as usize;
         let bad = |what: &str| engine(format!("the claim's {what} have the wrong length"));
-        // The check reads rows 0..e (rows before a window are zeros, as in `check_sublayers`);
-        // what the opening does not hold is zero and is not read: the hidden inputs and norms of
-        // unchecked rows, and the keys and values of unchecked rows of undrawn heads.
-        let (mut h_in, mut normed) = (vec![0f32; e * d], vec![0f32; e * d]);
-        let (mut k, mut v) = (vec![0f32; e * kvd], vec![0f32; e * kvd]);
         let (x, c) = (f32s(claim.inputs), f32s(claim.context));
         let n_checked: usize = claim.checked.iter().map(|r| r.len()).sum();
         if x.len() != n_checked * d || c.len() != n_checked * d {
             return Err(bad("checked rows"));
         }
-        let mut at = 0;
+        let mut last = None::<u32>;
         for r in claim.checked {
-            if r.end as usize > e || r.start < input_rows.start {
-                return Err(engine(format!("checked rows {r:?} outside {input_rows:?}")));
+            if r.end as usize > e
+                || r.start < input_rows.start
+                || r.end < r.start
+                || last.is_some_and(|l| r.start < l)
+            {
+                return Err(engine(format!(
+                    "checked rows {r:?} are not ascending within {input_rows:?}"
+                )));
             }
-            let (a, b) = (r.start as usize * d, r.end as usize * d);
-            h_in[a..b].copy_from_slice(&x[at..at + b - a]);
-            normed[a..b].copy_from_slice(&c[at..at + b - a]);
-            at += b - a;
+            last = Some(r.end);
         }
         let per = (layout.heads / g.max(1)).max(1);
         let drawn_heads = claim.heads.unwrap_or(&[]);
         if claim.kv.len() != g || drawn_heads.iter().any(|&h| h as usize >= layout.heads) {
             return Err(bad("key-value heads"));
         }
+        let whole =
+            |h: usize| claim.heads.is_none() || drawn_heads.iter().any(|&q| q as usize / per == h);
+        // each key-value head's rows as opened (f32 bytes, rows `k_h ‖ v_h`): the whole input
+        // rows, or the checked rows; decoded where they are copied, not as a whole
         for (h, bytes) in claim.kv.iter().enumerate() {
-            let whole = claim.heads.is_none() || drawn_heads.iter().any(|&q| q as usize / per == h);
-            let values = f32s(bytes);
-            let spans: Vec<std::ops::Range<u32>> = if whole {
-                vec![input_rows.clone()]
+            let total = if whole(h) {
+                input_rows.len()
             } else {
-                claim.checked.to_vec()
+                n_checked
             };
-            let total: usize = spans.iter().map(|r| r.len()).sum();
-            if values.len() != total * 2 * n {
+            if bytes.len() != total * 2 * n * 4 {
                 return Err(bad("key-value rows"));
             }
-            let mut rows_in = values.chunks_exact(2 * n);
-            for r in spans {
-                for q in r {
-                    let row = rows_in.next().ok_or_else(|| bad("key-value rows"))?;
-                    let at = q as usize * kvd + h * n;
-                    k[at..at + n].copy_from_slice(&row[..n]);
-                    v[at..at + n].copy_from_slice(&row[n..]);
+        }
+        let row_of = |h: usize, i: usize| &claim.kv[h][i * 8 * n..(i + 1) * 8 * n];
+        let put = |out: &mut [f32], bytes: &[u8]| {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        };
+        let Some(heads) = claim.heads else {
+            // no draw: every head whole, checked as the dense rows 0..e (zeros where not
+            // opened, never read) under the key's secret sample
+            let (mut h_in, mut normed) = (vec![0f32; e * d], vec![0f32; e * d]);
+            let (mut k, mut v) = (vec![0f32; e * kvd], vec![0f32; e * kvd]);
+            let mut at = 0;
+            for r in claim.checked {
+                let (a, b) = (r.start as usize * d, r.end as usize * d);
+                h_in[a..b].copy_from_slice(&x[at..at + b - a]);
+                normed[a..b].copy_from_slice(&c[at..at + b - a]);
+                at += b - a;
+            }
+            for h in 0..g {
+                for i in 0..input_rows.len() {
+                    let (row, at) = (row_of(h, i), (input_rows.start as usize + i) * kvd + h * n);
+                    put(&mut k[at..at + n], &row[..4 * n]);
+                    put(&mut v[at..at + n], &row[4 * n..]);
                 }
             }
+            let ctx = SubLayers {
+                normed,
+                k,
+                v,
+                ..SubLayers::default()
+            };
+            let cell_values = layout.unpack_cell(&f32s(claim.cell)).map_err(engine)?;
+            let sample = self.secret_sample(statement, claim.layer, &rows, &input_rows)?;
+            return self.judge(
+                (&setup, claim.layer, tile, chunk),
+                Values::Dense(&h_in, &ctx, &sample),
+                &cell_values,
+                !self.sampling.is_full(),
+            );
+        };
+        // a draw: only what it opened, gathered (the memory the check touches follows the
+        // opening, not the context; specs/freivalds.md §7.1)
+        if claim.checked.last() != Some(&rows) {
+            return Err(engine(format!(
+                "the checked rows do not end with the cell's rows {rows:?}"
+            )));
         }
-        let ctx = SubLayers {
-            normed,
+        let checked: Vec<usize> = claim
+            .checked
+            .iter()
+            .flat_map(|r| r.clone())
+            .map(|q| q as usize)
+            .collect();
+        let mut hs: Vec<usize> = heads.iter().map(|&h| h as usize).collect();
+        hs.sort_unstable();
+        hs.dedup();
+        let all_heads = hs.len() == layout.heads;
+        let groups: Vec<usize> = (0..g).filter(|&h| whole(h)).collect();
+        let u = input_rows.start as usize;
+        let (mut k, mut v) = (
+            vec![0f32; checked.len() * kvd],
+            vec![0f32; checked.len() * kvd],
+        );
+        for (i, &q) in checked.iter().enumerate() {
+            for h in 0..g {
+                let row = row_of(h, if whole(h) { q - u } else { i });
+                let at = i * kvd + h * n;
+                put(&mut k[at..at + n], &row[..4 * n]);
+                put(&mut v[at..at + n], &row[4 * n..]);
+            }
+        }
+        // the drawn key-value heads over rows 0..e (rows before a window are zeros, as in
+        // `check_sublayers`)
+        let width = groups.len() * n;
+        let (mut k_heads, mut v_heads) = (vec![0f32; e * width], vec![0f32; e * width]);
+        for (j, &h) in groups.iter().enumerate() {
+            for i in 0..input_rows.len() {
+                let (row, at) = (row_of(h, i), (u + i) * width + j * n);
+                put(&mut k_heads[at..at + n], &row[..4 * n]);
+                put(&mut v_heads[at..at + n], &row[4 * n..]);
+            }
+        }
+        let before: Vec<usize> = checked
+            .iter()
+            .copied()
+            .filter(|&q| q < rows.start as usize)
+            .collect();
+        let drawn = crate::freivalds::DrawnContext {
+            rows: e,
+            before,
+            h_in: x,
+            normed: c,
             k,
             v,
-            ..SubLayers::default()
+            groups,
+            k_heads,
+            v_heads,
         };
         let cell_values = layout.unpack_cell(&f32s(claim.cell)).map_err(engine)?;
-        let chunk = rows.start / tile;
-        let sample = if claim.heads.is_some() {
-            let all_heads = claim.heads.is_none_or(|hs| hs.len() == layout.heads);
-            crate::freivalds::CellSample {
-                heads: (!all_heads).then(|| drawn_heads.iter().map(|&h| h as usize).collect()),
-                context_rows: Some(
-                    claim
-                        .checked
-                        .iter()
-                        .flat_map(|r| r.clone())
-                        .filter(|&q| q < rows.start)
-                        .map(|q| q as usize)
-                        .collect(),
-                ),
-            }
-        } else {
-            self.secret_sample(statement, claim.layer, &rows, &input_rows)?
-        };
         self.judge(
             (&setup, claim.layer, tile, chunk),
-            (&h_in, &ctx, &cell_values),
-            &sample,
-            claim.heads.is_some() || !self.sampling.is_full(),
+            Values::Drawn(&drawn, (!all_heads).then_some(&hs[..])),
+            &cell_values,
+            true,
         )
     }
+}
+
+/// The context a cell's keyed check reads: the dense rows `0..e` (`h_in`, the context's
+/// sub-layer values, zeros where not opened) with the key's secret sample, or a drawn
+/// opening's values alone with its query heads (`None`: every head).
+#[derive(Clone, Copy)]
+enum Values<'a> {
+    Dense(&'a [f32], &'a SubLayers, &'a crate::freivalds::CellSample),
+    Drawn(&'a crate::freivalds::DrawnContext, Option<&'a [usize]>),
 }
 
 /// The statement's chunk, when `rows` with their input rows `input_rows` are a decoder cell the
@@ -719,8 +793,8 @@ impl KeyedVerifier<'_> {
     fn judge(
         &self,
         (setup, layer, tile, chunk): (&Setup, u32, u32, u32),
-        (h_in, ctx, cell_values): (&[f32], &SubLayers, &SubLayers),
-        sample: &crate::freivalds::CellSample,
+        values: Values<'_>,
+        cell_values: &SubLayers,
         sampled: bool,
     ) -> veritrace_protocol::Result<AlgebraicCheck> {
         if !(self.bound_scale.is_finite() && self.bound_scale > 0.0) {
@@ -729,19 +803,32 @@ impl KeyedVerifier<'_> {
                 self.bound_scale
             )));
         }
-        let (mut check, h_out) = check_sublayer_values(
-            self.key,
-            self.model,
-            setup,
-            tile as usize,
-            layer as usize,
-            chunk as usize,
-            h_in,
-            ctx,
-            cell_values,
-            self.tolerance,
-            sample,
-        )
+        let (tile, layer_at, chunk_at) = (tile as usize, layer as usize, chunk as usize);
+        let (mut check, h_out) = match values {
+            Values::Dense(h_in, ctx, sample) => check_sublayer_values(
+                self.key,
+                self.model,
+                setup,
+                tile,
+                layer_at,
+                chunk_at,
+                h_in,
+                ctx,
+                cell_values,
+                self.tolerance,
+                sample,
+            ),
+            Values::Drawn(context, heads) => crate::freivalds::check_drawn_values(
+                self.key,
+                self.model,
+                setup,
+                (tile, layer_at, chunk_at),
+                context,
+                cell_values,
+                self.tolerance,
+                heads,
+            ),
+        }
         .map_err(engine)?;
         // the bound actually used: s·B (s = 1 leaves the check as it is), per map where the
         // verifier has calibrated scales
@@ -794,13 +881,16 @@ impl KeyedVerifier<'_> {
             );
             if sampled {
                 // what this cell's sampled check covered (an auditor with the key re-derives it)
-                let list = |v: &Option<Vec<usize>>| {
-                    v.as_ref().map_or("all".to_string(), |v| format!("{v:?}"))
+                let list = |v: Option<&[usize]>| v.map_or("all".to_string(), |v| format!("{v:?}"));
+                let (heads, rows) = match values {
+                    Values::Dense(_, _, sample) => (
+                        list(sample.heads.as_deref()),
+                        list(sample.context_rows.as_deref()),
+                    ),
+                    Values::Drawn(context, heads) => (list(heads), list(Some(&context.before))),
                 };
                 failures.push(format!(
-                    "sampled attention check: heads {}, context rows {}",
-                    list(&sample.heads),
-                    list(&sample.context_rows)
+                    "sampled attention check: heads {heads}, context rows {rows}"
                 ));
             }
             return Ok(AlgebraicCheck::Failed(failures.join("; ")));

@@ -6,8 +6,8 @@
 //! Setups: f32 on candle's kernels and on the invariant ones, bf16 on candle's.
 
 use veritrace_model::freivalds::{
-    check_cell, check_cell_sampled, AttentionSampling, CellCheck, CellClaim, CellSample,
-    FreivaldsError, Matrix, VerifierKey, VerifierSecret,
+    check_cell, check_cell_sampled, check_drawn_values, AttentionSampling, CellCheck, CellClaim,
+    CellSample, DrawnContext, FreivaldsError, Matrix, VerifierKey, VerifierSecret,
 };
 use veritrace_model::{LlamaModel, Setup, SubLayers, Trace};
 
@@ -398,5 +398,177 @@ fn a_one_head_cheat_is_caught_at_the_stated_rate() {
             (caught - n * p).abs() <= 5.0 * sd,
             "s = {s}: caught {caught} of {trials}, stated {p}"
         );
+    }
+}
+
+/// A [`DrawnContext`] gathered by hand from a capture: the rows `before` and the cell's, and the
+/// key-value heads of `heads` over the context (the layout the struct documents).
+fn drawn_context(
+    f: &Fixture,
+    p: &Parts,
+    chunk: usize,
+    before: &[usize],
+    heads: Option<&[usize]>,
+) -> DrawnContext {
+    let c = f.model.config();
+    let (d, hd, nkv) = (c.hidden_size, c.head_dim(), c.num_kv_heads);
+    let kvd = nkv * hd;
+    let e = p.0.len() / d;
+    let rows: Vec<usize> = before.iter().copied().chain(chunk * TILE..e).collect();
+    let take = |x: &[f32], w: usize| -> Vec<f32> {
+        rows.iter()
+            .flat_map(|&r| x[r * w..(r + 1) * w].to_vec())
+            .collect()
+    };
+    let rep = c.num_heads / nkv;
+    let mut groups: Vec<usize> = match heads {
+        Some(hs) => hs.iter().map(|h| h / rep).collect(),
+        None => (0..nkv).collect(),
+    };
+    groups.dedup();
+    let columns = |x: &[f32]| -> Vec<f32> {
+        (0..e)
+            .flat_map(|r| {
+                groups
+                    .iter()
+                    .flat_map(move |&g| x[r * kvd + g * hd..r * kvd + (g + 1) * hd].to_vec())
+            })
+            .collect()
+    };
+    DrawnContext {
+        rows: e,
+        before: before.to_vec(),
+        h_in: take(&p.0, d),
+        normed: take(&p.2.normed, d),
+        k: take(&p.2.k, kvd),
+        v: take(&p.2.v, kvd),
+        k_heads: columns(&p.2.k),
+        v_heads: columns(&p.2.v),
+        groups,
+    }
+}
+
+/// The sparse check ([`check_drawn_values`]) on only what a sample reads: bitwise the dense
+/// sampled check on every setup (candle's kernels in f32 and bf16, the invariant ones), with
+/// the cell's output rows; a drawn head's key changed where no Freivalds check reads it is
+/// still caught by the attention; inconsistent or malformed contexts are typed errors.
+#[test]
+fn the_sparse_drawn_check_is_the_dense_sampled_check() {
+    let f = fixture();
+    let c = f.model.config().clone();
+    let (hd, heads) = (c.head_dim(), c.num_heads);
+    let (layer, chunk) = (3, 3);
+    let lo = chunk * TILE;
+    for setup in setups() {
+        let key = f.key.for_setup(&f.model, &setup).unwrap();
+        let (trace, sub) = f.model.trace_sublayers(&setup, &prompt(), TILE).unwrap();
+        let p = claim_parts(&f.model, &trace, &sub, layer, chunk);
+        for (hs, before) in [
+            (Some(vec![1usize]), vec![2usize, 9, 17]),
+            (Some(vec![0, 3]), vec![]),
+            (Some((0..heads).collect()), vec![0, 23]),
+            (None, vec![4, 5, 6]),
+        ] {
+            let ctx = drawn_context(&f, &p, chunk, &before, hs.as_deref());
+            let (r, h_out) = check_drawn_values(
+                &key,
+                &f.model,
+                &setup,
+                (TILE, layer, chunk),
+                &ctx,
+                &p.3,
+                0.0,
+                hs.as_deref(),
+            )
+            .unwrap();
+            let dense = sampled(
+                &f,
+                &setup,
+                (layer, chunk),
+                &p,
+                &CellSample {
+                    heads: hs.clone(),
+                    context_rows: Some(before.clone()),
+                },
+            )
+            .unwrap();
+            assert!(r.passed, "{setup} {hs:?}: {r:?}");
+            // the dense check adds only the output rows' comparison
+            assert_eq!(r.linear, dense.linear, "{setup} {hs:?}");
+            assert_eq!(r.nonlinear[..], dense.nonlinear[..4], "{setup} {hs:?}");
+            assert_eq!(h_out, p.1, "{setup} {hs:?}: the cell's output rows");
+        }
+        // head 1 reads key-value head 0: its key at row 12 (not a checked row) is read only by
+        // the attention, which catches a change there
+        let hs = [1usize];
+        let mut ctx = drawn_context(&f, &p, chunk, &[2, 9], Some(&hs));
+        ctx.k_heads[12 * hd + 3] += 0.5;
+        let (r, _) = check_drawn_values(
+            &key,
+            &f.model,
+            &setup,
+            (TILE, layer, chunk),
+            &ctx,
+            &p.3,
+            0.0,
+            Some(&hs),
+        )
+        .unwrap();
+        assert!(!r.passed && deviation(&r, "attn") > 0.0, "{setup}: {r:?}");
+        assert!(r.linear.iter().all(|(_, l)| l.passed), "{setup}: {r:?}");
+        // malformed contexts
+        let good = drawn_context(&f, &p, chunk, &[2, 9], Some(&hs));
+        let run = |ctx: &DrawnContext, heads: Option<&[usize]>| {
+            check_drawn_values(
+                &key,
+                &f.model,
+                &setup,
+                (TILE, layer, chunk),
+                ctx,
+                &p.3,
+                0.0,
+                heads,
+            )
+        };
+        let mut cases: Vec<(&str, DrawnContext, Option<Vec<usize>>)> = Vec::new();
+        let mut x = good.clone();
+        x.k_heads[9 * hd] += 1.0; // a checked row's key differs from the checked one
+        cases.push(("inconsistent keys", x, Some(hs.to_vec())));
+        let mut x = good.clone();
+        x.groups = vec![1];
+        cases.push(("other groups", x, Some(hs.to_vec())));
+        cases.push(("groups of other heads", good.clone(), Some(vec![2])));
+        cases.push(("all heads, some groups", good.clone(), None));
+        let mut x = good.clone();
+        x.before = vec![9, 2];
+        cases.push(("descending rows", x, Some(hs.to_vec())));
+        let mut x = good.clone();
+        x.before = vec![2, lo];
+        cases.push(("a row of the cell", x, Some(hs.to_vec())));
+        let mut x = good.clone();
+        x.v_heads.pop();
+        cases.push(("short values", x, Some(hs.to_vec())));
+        let mut x = good.clone();
+        x.h_in.truncate(3);
+        cases.push(("short inputs", x, Some(hs.to_vec())));
+        let mut x = good.clone();
+        x.rows = 1 << 40;
+        cases.push(("absurd rows", x, Some(hs.to_vec())));
+        cases.push(("a head out of range", good.clone(), Some(vec![heads])));
+        let mut x = good.clone();
+        x.v_heads[13 * hd] = f32::NAN;
+        cases.push(("NaN value", x, Some(hs.to_vec())));
+        for (what, ctx, heads) in &cases {
+            let r = run(ctx, heads.as_deref());
+            assert!(
+                matches!(
+                    r,
+                    Err(FreivaldsError::InvalidArgument(_))
+                        | Err(FreivaldsError::WrongLength { .. })
+                        | Err(FreivaldsError::NonFinite { .. })
+                ),
+                "{setup} {what}: {r:?}"
+            );
+        }
     }
 }
