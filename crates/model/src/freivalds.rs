@@ -1746,14 +1746,7 @@ pub fn check_sublayer_values(
     tolerance: f64,
     sample: &CellSample,
 ) -> Result<(CellCheck, Vec<f32>)> {
-    key.check_model(&model.digest())?;
-    // the key's weights are the setup's ([`VerifierKey::for_setup`] derives them)
-    key.check_setup(setup)?;
-    if !(tolerance.is_finite() && tolerance >= 0.0) {
-        return Err(FreivaldsError::InvalidArgument(format!(
-            "tolerance {tolerance} must be finite and >= 0"
-        )));
-    }
+    check_key_and_tolerance(key, model, setup, tolerance)?;
     let c = model.config();
     let d = c.hidden_size;
     if h_in.is_empty() || !h_in.len().is_multiple_of(d) {
@@ -1764,14 +1757,7 @@ pub fn check_sublayer_values(
         });
     }
     let e = h_in.len() / d;
-    let lo = chunk
-        .checked_mul(tile)
-        .filter(|&lo| lo < e && e <= lo.saturating_add(tile))
-        .ok_or_else(|| {
-            FreivaldsError::InvalidArgument(format!(
-                "{e} input rows do not end inside chunk {chunk} of size {tile}"
-            ))
-        })?;
+    let lo = cell_start(tile, chunk, e)?;
     let rows = e - lo;
     if context.normed.len() != e * d {
         return Err(FreivaldsError::WrongLength {
@@ -1911,25 +1897,12 @@ pub fn check_drawn_values(
     tolerance: f64,
     heads: Option<&[usize]>,
 ) -> Result<(CellCheck, Vec<f32>)> {
-    key.check_model(&model.digest())?;
-    key.check_setup(setup)?;
-    if !(tolerance.is_finite() && tolerance >= 0.0) {
-        return Err(FreivaldsError::InvalidArgument(format!(
-            "tolerance {tolerance} must be finite and >= 0"
-        )));
-    }
+    check_key_and_tolerance(key, model, setup, tolerance)?;
     let c = model.config();
     let (d, hd, nkv) = (c.hidden_size, c.head_dim(), c.num_kv_heads);
     let kvd = nkv * hd;
     let e = context.rows;
-    let lo = chunk
-        .checked_mul(tile)
-        .filter(|&lo| lo < e && e <= lo.saturating_add(tile))
-        .ok_or_else(|| {
-            FreivaldsError::InvalidArgument(format!(
-                "{e} input rows do not end inside chunk {chunk} of size {tile}"
-            ))
-        })?;
+    let lo = cell_start(tile, chunk, e)?;
     let before = &context.before;
     if before.windows(2).any(|w| w[0] >= w[1]) || before.last().is_some_and(|&r| r >= lo) {
         return Err(FreivaldsError::InvalidArgument(format!(
@@ -2017,6 +1990,37 @@ pub fn check_drawn_values(
         tolerance,
         heads,
     )
+}
+
+/// That `key` is of `model` and of the weights `setup` runs ([`VerifierKey::for_setup`]
+/// derives them), and `tolerance` is finite and non-negative.
+fn check_key_and_tolerance(
+    key: &VerifierKey,
+    model: &LlamaModel,
+    setup: &crate::Setup,
+    tolerance: f64,
+) -> Result<()> {
+    key.check_model(&model.digest())?;
+    key.check_setup(setup)?;
+    if !(tolerance.is_finite() && tolerance >= 0.0) {
+        return Err(FreivaldsError::InvalidArgument(format!(
+            "tolerance {tolerance} must be finite and >= 0"
+        )));
+    }
+    Ok(())
+}
+
+/// The first row `chunk·tile` of the cell whose input rows are `0..e`, when `e` ends inside
+/// that chunk.
+fn cell_start(tile: usize, chunk: usize, e: usize) -> Result<usize> {
+    chunk
+        .checked_mul(tile)
+        .filter(|&lo| lo < e && e <= lo.saturating_add(tile))
+        .ok_or_else(|| {
+            FreivaldsError::InvalidArgument(format!(
+                "{e} input rows do not end inside chunk {chunk} of size {tile}"
+            ))
+        })
 }
 
 /// The key-value heads sampled query heads `heads` read (every one for `None`), after
