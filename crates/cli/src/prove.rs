@@ -253,8 +253,9 @@ pub struct ProveArgs {
     /// specs/protocol.md §3.5). `sublayer-by-head` commits the same values with each key-value
     /// head's keys and values in leaves of their own, so that a challenge can draw heads and
     /// context chunks and the opening holds only those (`challenge --attention-heads`,
-    /// specs/protocol.md §4.4). Both need a Llama-style decoder on the CPU; the trace file then
-    /// also holds the tensors `context.<l>` and `cell.<l>`.
+    /// specs/protocol.md §4.4). Both need a Llama-style decoder, run by the CPU engine or, with
+    /// `--device cuda:N`, the GPU's (its own kernels' values, checked like any engine's); the
+    /// trace file then also holds the tensors `context.<l>` and `cell.<l>`.
     #[arg(long, default_value = "hidden", value_parser = ["hidden", "sublayer", "sublayer-by-head"])]
     pub trace_level: String,
     /// Output directory: trace.safetensors and commitment.json.
@@ -268,16 +269,9 @@ pub struct ProveArgs {
 /// Refused arguments, models or setups exit 2; anything else 1.
 pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let sublayer = args.trace_level != "hidden";
-    // a sub-layer trace needs the decoder itself (its layout and capture)
+    // a sub-layer trace needs the decoder itself (its layout and capture, on the CPU engine
+    // or the GPU's)
     let decoder = if sublayer {
-        if args.device != veritrace_model::Device::Cpu {
-            return Err(VerbInputError::Argument(
-                "--trace-level sublayer: the sub-layer capture runs on the CPU engine only \
-                 (use --device cpu)"
-                    .into(),
-            )
-            .into());
-        }
         Some(std::sync::Arc::new(crate::keygen::load_decoder(
             &args.model,
         )?))
@@ -328,7 +322,7 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let (statement, trace, leaves, sub) = match &decoder {
         Some(d) => {
             let (mut s, t, sub) =
-                d.prove_run_sublayers(&setup, &prompt, output, args.chunk, hasher)?;
+                runner.llama_prove_run_sublayers(d, &setup, &prompt, output, args.chunk, hasher)?;
             if args.trace_level == "sublayer-by-head" {
                 s.trace_level = d.sublayer_layout().by_head_level()?;
             }

@@ -375,6 +375,46 @@ impl Runner {
         model.prove_run(setup, prompt, n_out, chunk, hasher)
     }
 
+    /// [`crate::LlamaModel::prove_run_sublayers`] on this device: greedy generation, the trace
+    /// of `prompt ‖ output` with every layer's sub-layer values (issue 16), and the statement of
+    /// that run at the sub-layer trace level. On a GPU the values are the GPU's
+    /// ([`crate::cuda::GpuLlama::trace_sublayers`]: its own kernels' arithmetic, checked by a
+    /// keyed verifier within its Freivalds bound and nonlinear tolerance like any other
+    /// engine's); the cells are hashed on the host.
+    ///
+    /// # Errors
+    /// As `prove_run_sublayers`, and a GPU that refuses the setup.
+    pub fn llama_prove_run_sublayers(
+        &self,
+        model: &crate::LlamaModel,
+        setup: &crate::Setup,
+        prompt: &[u32],
+        n_out: usize,
+        chunk: u32,
+        hasher: veritrace_commit::HasherId,
+    ) -> Result<
+        (
+            veritrace_protocol::Statement,
+            crate::Trace,
+            crate::sublayer::SubLayerTrace,
+        ),
+        ModelError,
+    > {
+        #[cfg(feature = "cuda")]
+        if let Some(m) = self.gpu_llama(model, setup)? {
+            let output = m.generate(prompt, n_out)?;
+            let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
+            let (trace, sub) = m.trace_sublayers(&tokens)?;
+            let layout = model.sublayer_layout();
+            let sub = crate::sublayer::SubLayerTrace::pack(&layout, &sub)?;
+            let (mut statement, trace) =
+                model.statement_for(setup, prompt, output, trace, chunk, hasher)?;
+            statement.trace_level = layout.trace_level()?;
+            return Ok((statement, trace, sub));
+        }
+        model.prove_run_sublayers(setup, prompt, n_out, chunk, hasher)
+    }
+
     /// [`Runner::llama_prove_run`], also returning the cells' leaf digests when they were
     /// hashed on the device (a GPU and a BLAKE3 or SHA-256 statement: each layer hashed as it
     /// finishes, only digests copied back), for

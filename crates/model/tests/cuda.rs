@@ -540,3 +540,126 @@ fn a_gpu_prover_commits_with_device_leaves_to_the_cpu_root() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The GPU engine's sub-layer capture (issue 16): its hidden states are bitwise its own trace's
+/// (the copies change no arithmetic); a keyed verifier checks every cell from the GPU's values,
+/// each linear map within the rigorous Freivalds bound (the GPU's reduction order is one of
+/// those the bound holds for) and the nonlinear parts, recomputed on the CPU, within the GPU's
+/// f32 noise floor; int8 weights run on the GPU while f32 is claimed fail every cell; a
+/// session over a statement proved on the GPU at the sub-layer level is accepted.
+#[test]
+fn gpu_sublayer_values_pass_the_keyed_check() {
+    use veritrace_model::freivalds::{check_cell, CellClaim, Matrix, VerifierKey, VerifierSecret};
+    use veritrace_model::sublayer::{KeyedVerifier, SubLayerLayout};
+    let Some(gpu) = gpu_or_skip() else { return };
+    let m = LlamaModel::preset("tiny").unwrap();
+    let c = m.config().clone();
+    let (d, tile) = (c.hidden_size, 8usize);
+    let tokens = seeded_prompt(c.vocab_size, 7, 37);
+    let n = tokens.len();
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([5; 32]), &m, 2).unwrap();
+    let layout = SubLayerLayout::of(&c);
+    // (cells passed, cells with a failed linear map, largest nonlinear deviation)
+    let check_all = |s: &str| -> (usize, usize, f64) {
+        let g = GpuLlama::new(gpu.clone(), &m, &setup(s)).unwrap();
+        let (trace, sub) = g.trace_sublayers(&tokens).unwrap();
+        assert!(same_bits(&trace, &g.trace(&tokens).unwrap()), "{s}");
+        let (mut passed, mut linear_failed, mut worst) = (0, 0, 0f64);
+        for layer in 1..=c.num_layers {
+            for chunk in 0..n.div_ceil(tile) {
+                let (lo, e) = (chunk * tile, ((chunk + 1) * tile).min(n));
+                let s_l = &sub[layer - 1];
+                let context = layout.rows(s_l, 0..e, 0..0).unwrap();
+                let cell = layout.rows(s_l, 0..0, lo..e).unwrap();
+                let claim = CellClaim {
+                    h_in: &trace.layers[layer - 1][..e * d],
+                    h_out: &trace.layers[layer][lo * d..e * d],
+                    context: &context,
+                    cell: &cell,
+                };
+                let r = check_cell(
+                    &key,
+                    &m,
+                    &Setup::F32_EAGER,
+                    tile,
+                    layer,
+                    chunk,
+                    &claim,
+                    F32_TOLERANCE,
+                )
+                .unwrap();
+                passed += usize::from(r.passed);
+                linear_failed += usize::from(r.linear.iter().any(|(_, l)| !l.passed));
+                worst = r.nonlinear.iter().fold(worst, |w, &(_, x)| w.max(x));
+                assert_eq!(
+                    r.linear.len(),
+                    7,
+                    "{:?}",
+                    r.linear.iter().map(|(m, _)| *m).collect::<Vec<Matrix>>()
+                );
+            }
+        }
+        (passed, linear_failed, worst)
+    };
+    let cells = c.num_layers * n.div_ceil(tile);
+    let (passed, linear_failed, worst) = check_all("f32/attn=eager");
+    eprintln!("GPU f32 sub-layer values: {passed}/{cells} cells pass, nonlinear worst {worst:.3e}");
+    assert_eq!((passed, linear_failed), (cells, 0));
+    assert!(worst <= F32_TOLERANCE);
+    let (passed, linear_failed, _) = check_all("f32/attn=eager/quant=int8-channel");
+    eprintln!("GPU int8 claimed as f32: {passed}/{cells} cells pass");
+    assert_eq!((passed, linear_failed), (0, cells));
+
+    // a statement proved on the GPU at the sub-layer level, checked end to end
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+    use veritrace_protocol::tolerance::TolerancePolicy;
+    use veritrace_protocol::{
+        ChallengeParams, LayerCheck, Mode, Prover, SamplingStrategy, Step, Verdict, Verifier,
+        VerifierConfig,
+    };
+    let runner = Runner::new(Device::Cuda(0)).unwrap();
+    let (statement, trace, sub) = runner
+        .llama_prove_run_sublayers(&m, &Setup::F32_EAGER, &tokens, 4, 8, HasherId::Blake3)
+        .unwrap();
+    assert_eq!(statement.trace_level, layout.trace_level().unwrap());
+    let (context, cell) = sub.bytes();
+    let mut prover = Prover::new(statement, trace.layer_bytes())
+        .unwrap()
+        .with_sublayers(context, cell)
+        .unwrap();
+    let engine = KeyedVerifier {
+        model: &m,
+        key: &key,
+        tolerance: F32_TOLERANCE,
+        bound_scale: 1.0,
+        map_bounds: None,
+        sampling: veritrace_model::freivalds::AttentionSampling::FULL,
+    };
+    let cfg = VerifierConfig {
+        mode: Mode::Interactive,
+        params: ChallengeParams {
+            samples: 12,
+            strategy: SamplingStrategy::Uniform,
+            pow_bits: 0,
+            attention: None,
+        },
+        rounds: 1,
+        tolerance: TolerancePolicy::Exact,
+        method: LayerCheck::Freivalds,
+    };
+    let mut rng = ChaCha20Rng::from_seed([9; 32]);
+    let mut v = Verifier::new(cfg, engine).unwrap();
+    let mut step = v.receive_commitment(prover.commit().unwrap(), &mut rng);
+    let verdict = loop {
+        match step {
+            Step::Decided(verdict) => break verdict,
+            Step::Challenge(ch) => {
+                let opening = prover.open(&ch).unwrap();
+                step = v.receive_opening(&opening, &mut rng);
+            }
+            Step::AwaitOpening => panic!("interactive"),
+        }
+    };
+    assert_eq!(verdict, Verdict::Accept, "{verdict:?}");
+}

@@ -27,7 +27,7 @@ use cudarc::driver::CudaSlice;
 use super::gpu::{elementwise, launch, per_row, precision_code, round_host, Gpu};
 use super::ops::{self, Linear};
 use super::run::{run_layers, GpuRun, RunOptions};
-use crate::{LlamaModel, ModelConfig, ModelError, Result, Setup, Trace};
+use crate::{LlamaModel, ModelConfig, ModelError, Result, Setup, SubLayers, Trace};
 
 struct GpuLayer {
     attn_norm: CudaSlice<f32>,
@@ -182,12 +182,16 @@ impl GpuLlama {
     }
 
     /// Runs transformer layer `l` (0-based) on `x` (`[t, d]`), returning `h_{l+1}`.
+    /// Layer `l` (0-based) on `t` rows `x`; with `sub`, every linear map's input and output is
+    /// copied back into it as it is computed ([`SubLayers`]: `q` and `k` before the rotary
+    /// embedding, `o` and `down` before their residual adds), the arithmetic unchanged.
     fn layer(
         &self,
         l: usize,
         x: &CudaSlice<f32>,
         t: usize,
         rope: &(CudaSlice<f32>, CudaSlice<f32>),
+        mut sub: Option<&mut SubLayers>,
     ) -> Result<CudaSlice<f32>> {
         let gpu = &*self.gpu;
         let c = self.config();
@@ -213,6 +217,12 @@ impl GpuLlama {
         let mut q = ops::linear(gpu, &n, t, &w.wq, &self.setup)?;
         let mut k = ops::linear(gpu, &n, t, &w.wk, &self.setup)?;
         let v = ops::linear(gpu, &n, t, &w.wv, &self.setup)?;
+        if let Some(s) = sub.as_deref_mut() {
+            s.normed = gpu.download(&n)?;
+            s.q = gpu.download(&q)?;
+            s.k = gpu.download(&k)?;
+            s.v = gpu.download(&v)?;
+        }
         let hd32 = hd as i32;
         for (buf, heads) in [(&mut q, nh), (&mut k, nkv)] {
             let h32 = heads as i32;
@@ -231,6 +241,10 @@ impl GpuLlama {
         }
         let attn = ops::attention(gpu, &q, &k, &v, t, nh, nkv, hd, true, None, &self.setup)?;
         let mut a = ops::linear(gpu, &attn, t, &w.wo, &self.setup)?;
+        if let Some(s) = sub.as_deref_mut() {
+            s.attn = gpu.download(&attn)?;
+            s.o = gpu.download(&a)?;
+        }
         let n_all = (t * d) as i32;
         launch!(
             gpu,
@@ -271,6 +285,13 @@ impl GpuLlama {
             &p
         );
         let mut h = ops::linear(gpu, &gu, t, &w.down, &self.setup)?;
+        if let Some(s) = sub {
+            s.mlp_in = gpu.download(&m)?;
+            s.gate = gpu.download(&g)?;
+            s.up = gpu.download(&u)?;
+            s.act = gpu.download(&gu)?;
+            s.down = gpu.download(&h)?;
+        }
         launch!(
             gpu,
             "vt_add_inplace",
@@ -309,7 +330,7 @@ impl GpuLlama {
             (t, d),
             c.num_layers,
             options,
-            |i, x| self.layer(i, x, t, &rope),
+            |i, x| self.layer(i, x, t, &rope, None),
         )
     }
 
@@ -333,6 +354,54 @@ impl GpuLlama {
         )?;
         run.trace
             .ok_or_else(|| ModelError::Cuda("the run kept no trace".into()))
+    }
+
+    /// The trace of `tokens` and each layer's sub-layer values on the GPU, as
+    /// [`LlamaModel::trace_sublayers`] gives on the CPU: the same tensors (the inputs and
+    /// outputs of every linear map, f32 `[tokens, width]`), computed by this engine's kernels
+    /// in one pass per layer and copied back. The hidden states are bitwise [`GpuLlama::trace`]'s
+    /// (the copies change no arithmetic). A skipped or reused layer computes no linear map:
+    /// refused, as on the CPU.
+    pub fn trace_sublayers(&self, tokens: &[u32]) -> Result<(Trace, Vec<SubLayers>)> {
+        if tokens.is_empty() {
+            return Err(ModelError::InvalidArgument("no tokens to run".into()));
+        }
+        if self.setup.skip.is_some() || self.setup.reuse.is_some() {
+            return Err(ModelError::UnsupportedSetup(format!(
+                "{}: a skipped or reused layer computes no linear map",
+                self.setup
+            )));
+        }
+        let gpu = &*self.gpu;
+        let _held = gpu.lock();
+        let c = self.config();
+        let (t, d) = (tokens.len(), c.hidden_size);
+        let p = self.setup.precision;
+        let h0: Vec<f32> = self
+            .model
+            .embed_tokens(tokens)?
+            .into_iter()
+            .map(|x| round_host(x, p))
+            .collect();
+        let rope = self.rope_tables(t)?;
+        let mut x = gpu.upload(&h0)?;
+        let mut layers = vec![h0];
+        let mut subs = Vec::with_capacity(c.num_layers);
+        for l in 0..c.num_layers {
+            let mut sub = SubLayers::default();
+            x = self.layer(l, &x, t, &rope, Some(&mut sub))?;
+            layers.push(gpu.download(&x)?);
+            subs.push(sub);
+        }
+        Ok((
+            Trace {
+                tokens: t,
+                hidden: d,
+                layers,
+                keys: Vec::new(),
+            },
+            subs,
+        ))
     }
 
     /// Greedy generation on the GPU: each step runs the whole sequence and picks the next token
@@ -371,7 +440,7 @@ impl GpuLlama {
         let _held = gpu.lock();
         let x = gpu.upload(input)?;
         let rope = self.rope_tables(t)?;
-        let h = self.layer(layer - 1, &x, t, &rope)?;
+        let h = self.layer(layer - 1, &x, t, &rope, None)?;
         let all = gpu.download(&h)?;
         Ok(all[rows.start * d..rows.end * d].to_vec())
     }
