@@ -572,3 +572,78 @@ fn the_sparse_drawn_check_is_the_dense_sampled_check() {
         }
     }
 }
+
+/// Soundness of the sparse drawn check, as a property: whatever one value of a drawn context or
+/// of the cell's claim a prover changes, by half its scale or more, the check fails or refuses
+/// the claim; it never passes. Every value a `DrawnContext` holds is read by some part of the
+/// check (a Freivalds sum, a recomputed norm, the attention of a drawn head, the consistency of
+/// the drawn heads' keys with the checked ones), and every value of the cell by a Freivalds sum
+/// or a recomputed nonlinear part. (A change of a linear map's output near its Freivalds bound
+/// passes with the probability specs/freivalds.md §4 states: a change of 1e-2 in one output of
+/// `down` passes the rigorous f32 bound here, which is why the changes are large. The proptest
+/// seed is fixed, so the Freivalds draws and the cases are the same every run.)
+mod drawn_soundness {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn honest() -> &'static (Fixture, Setup, Parts) {
+        static CELL: std::sync::OnceLock<(Fixture, Setup, Parts)> = std::sync::OnceLock::new();
+        CELL.get_or_init(|| {
+            let f = fixture();
+            let setup: Setup = "f32/attn=eager".parse().unwrap();
+            let (trace, sub) = f.model.trace_sublayers(&setup, &prompt(), TILE).unwrap();
+            let p = claim_parts(&f.model, &trace, &sub, 3, 3);
+            (f, setup, p)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 96,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(16),
+            ..ProptestConfig::default()
+        })]
+        #[test]
+        fn no_single_changed_value_passes(
+            part in 0usize..14,
+            at in any::<u64>(),
+            heads_pick in 1u8..16,
+            rows_pick in any::<u32>(),
+            delta in prop_oneof![Just(0.5f32), Just(-3.0f32)],
+        ) {
+            let (f, setup, p) = honest();
+            let (layer, chunk) = (3, 3);
+            let lo = chunk * TILE;
+            let key = f.key.for_setup(&f.model, setup).unwrap();
+            let heads: Vec<usize> = (0..4).filter(|h| heads_pick & (1 << h) != 0).collect();
+            let before: Vec<usize> = (0..lo).filter(|r| rows_pick & (1 << r) != 0).collect();
+            let mut ctx = drawn_context(f, p, chunk, &before, Some(&heads));
+            let mut cell = p.3.clone();
+            // the unchanged claim passes (so a failure below is the change's)
+            let (check, _) = check_drawn_values(
+                &key, &f.model, setup, (TILE, layer, chunk), &ctx, &cell, 0.0, Some(&heads),
+            )
+            .unwrap();
+            prop_assert!(check.passed);
+            {
+                let arrays: [&mut Vec<f32>; 14] = [
+                    &mut ctx.h_in, &mut ctx.normed, &mut ctx.k, &mut ctx.v,
+                    &mut ctx.k_heads, &mut ctx.v_heads,
+                    &mut cell.q, &mut cell.attn, &mut cell.o, &mut cell.mlp_in,
+                    &mut cell.gate, &mut cell.up, &mut cell.act, &mut cell.down,
+                ];
+                let a = arrays.into_iter().nth(part).unwrap();
+                let i = (at % a.len() as u64) as usize;
+                // far beyond rounding and the Freivalds bound
+                a[i] += delta * (1.0 + a[i].abs());
+            }
+            let r = check_drawn_values(
+                &key, &f.model, setup, (TILE, layer, chunk), &ctx, &cell, 0.0, Some(&heads),
+            );
+            match r {
+                Err(_) => {}
+                Ok((check, _)) => prop_assert!(!check.passed, "part {part}: {check:?}"),
+            }
+        }
+    }
+}
