@@ -23,8 +23,10 @@ fn f32s(bytes: &[u8], what: &'static str) -> Result<Vec<f32>> {
         });
     }
     Ok(bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .map(|c| f32::from_le_bytes(*c))
         .collect())
 }
 

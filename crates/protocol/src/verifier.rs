@@ -29,7 +29,7 @@ use crate::encoding::Message;
 use crate::sampling::sample_cells;
 use crate::statement::CellRange;
 use crate::stream::OpeningReader;
-use crate::tolerance::{decode_values, TolerancePolicy};
+use crate::tolerance::TolerancePolicy;
 use crate::transcript::{challenge_seed, check_pow, ChallengeParams};
 use crate::{
     AttentionDraw, Challenge, Commitment, OpenedCell, Opening, ProtocolError, RejectReason, Result,
@@ -1851,7 +1851,7 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
                 }
             })
             .collect();
-        let cell_values = gather_rows(cell_g, &sub.cell, opened_cell, s, rows.clone());
+        let cell_values = rows_of(cell_g, &sub.cell, opened_cell, s, rows.clone());
         let claim = HeadClaim {
             layer: cell.layer,
             rows,
@@ -1942,7 +1942,7 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
                         input_rows.clone(),
                     );
                     let cell_values =
-                        gather_rows(cell_g, &sub.cell, opened_cell, cell.layer - 1, rows.clone());
+                        rows_of(cell_g, &sub.cell, opened_cell, cell.layer - 1, rows.clone());
                     match recompute
                         .check_sublayers(
                             statement,
@@ -2141,15 +2141,39 @@ fn gather_rows<C>(
     out
 }
 
+/// [`gather_rows`] without a copy where `rows` lie in one cell (a challenged cell's own rows):
+/// that cell's bytes, borrowed.
+fn rows_of<'a, C>(
+    g: &TraceGeometry,
+    cells: &'a [C],
+    part: fn(&C) -> (CellId, &[u8]),
+    layer: u32,
+    rows: Range<u32>,
+) -> std::borrow::Cow<'a, [u8]> {
+    let row_len = g.row_byte_len();
+    let first = CellId {
+        layer,
+        chunk: rows.start / g.chunk,
+    };
+    let at = cells.partition_point(|c| part(c).0 < first);
+    if let Some((id, data)) = cells.get(at).map(part) {
+        if let Ok(cell_rows) = g.cell_rows(id) {
+            let a = rows.start.saturating_sub(cell_rows.start) as usize * row_len;
+            let b = rows.end.saturating_sub(cell_rows.start) as usize * row_len;
+            if id == first && rows.end <= cell_rows.end && a <= b && b <= data.len() {
+                return std::borrow::Cow::Borrowed(&data[a..b]);
+            }
+        }
+    }
+    std::borrow::Cow::Owned(gather_rows(g, cells, part, layer, rows))
+}
+
 fn first_non_finite(dtype: Dtype, data: &[u8]) -> Option<u64> {
-    if dtype == Dtype::I8 {
+    // a partial element is a length error found elsewhere, not a value
+    if dtype == Dtype::I8 || !data.len().is_multiple_of(dtype.size()) {
         return None;
     }
-    decode_values(dtype, data)
-        .ok()?
-        .iter()
-        .position(|v| !v.is_finite())
-        .map(|i| i as u64)
+    crate::tolerance::first_non_finite_bytes(dtype, data).map(|i| i as u64)
 }
 
 #[cfg(test)]

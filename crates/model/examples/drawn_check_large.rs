@@ -1,0 +1,183 @@
+//! One challenged cell at large shapes, measured end to end rather than projected: a seeded
+//! decoder with Llama-3-70B's layer shapes by default (d 8192, 64 query heads of 128, 8
+//! key-value heads, MLP 28672; `--layers` of them, a small vocabulary), `--tokens` of context
+//! committed by head (specs/protocol.md §4.4), and the last 16-row cell of layer 1 challenged
+//! whole and drawn (`--heads` query heads, `--chunks` earlier chunks). Each opening is checked by
+//! `check_opening_drawn` with Freivalds (leaf hashing, batch proofs, the keyed check), the
+//! fastest of `--rounds`, on one thread; the recompute verifier's time for the same cell
+//! (`--recompute-rounds`, 0 to skip) gives the ratio. A counting allocator records each
+//! check's peak heap above what was live before it. Prints JSON lines.
+//!
+//! ```text
+//! cargo run --release -p veritrace-model --example drawn_check_large -- \
+//!     [--tokens 2048] [--layers 1] [--heads 1] [--chunks 1] [--rounds 5] [--recompute-rounds 1]
+//! ```
+//!
+//! `--openings drawn` (or `whole`) checks only that one.
+//!
+//! At the defaults it needs about 12 GB of memory and a few minutes, most of it the prover's
+//! forward over 2048 tokens. `--hidden`, `--query-heads`, `--kv-heads`, `--mlp` set other shapes.
+
+use std::time::Instant;
+
+use veritrace_commit::{CellId, Digest, HasherId};
+use veritrace_model::freivalds::{AttentionSampling, VerifierKey, VerifierSecret};
+use veritrace_model::sublayer::{prover_parts, KeyedVerifier};
+use veritrace_model::{LlamaModel, ModelConfig, Setup};
+use veritrace_protocol::tolerance::TolerancePolicy;
+use veritrace_protocol::{
+    check_opening_drawn, AttentionDraw, Challenge, LayerCheck, Message, Prover, VerifierLimits,
+};
+
+mod common;
+#[path = "common/counting.rs"]
+mod counting;
+
+use common::arg;
+use counting::{peak_of, Counting};
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let num = |name: &str, default: &str| -> Result<usize, Box<dyn std::error::Error>> {
+        Ok(arg(&args, name, default).parse()?)
+    };
+    let n = num("--tokens", "2048")?;
+    let rounds = num("--rounds", "5")?.max(1);
+    let recompute_rounds = num("--recompute-rounds", "1")?;
+    let heads = u32::try_from(num("--heads", "1")?)?;
+    let chunks = u32::try_from(num("--chunks", "1")?)?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global()?;
+    let config = ModelConfig {
+        vocab_size: 256,
+        hidden_size: num("--hidden", "8192")?,
+        num_layers: num("--layers", "1")?,
+        num_heads: num("--query-heads", "64")?,
+        num_kv_heads: num("--kv-heads", "8")?,
+        intermediate_size: num("--mlp", "28672")?,
+        rope_theta: 500_000.0,
+        ..ModelConfig::small()
+    };
+    let t = Instant::now();
+    let model = LlamaModel::new(config.clone())?;
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([0x42; 32]), &model, 1)?;
+    let build_s = t.elapsed().as_secs_f64();
+    let chunk = 16u32;
+    let prompt: Vec<u32> = (0..n as u32)
+        .map(|i| (7 + 37 * i * i + 11 * i) % 256)
+        .collect();
+    let t = Instant::now();
+    let (mut statement, trace, sub) =
+        model.prove_run_sublayers(&Setup::F32_EAGER, &prompt, 0, chunk, HasherId::Blake3)?;
+    statement.trace_level = model.sublayer_layout().by_head_level()?;
+    let (context, cell) = sub.bytes();
+    drop(sub);
+    let parts = prover_parts(&statement, context, cell)?;
+    let mut prover =
+        Prover::new(statement.clone(), trace.layer_bytes())?.with_sublayer_parts(parts)?;
+    let commitment = prover.commit()?;
+    let prove_s = t.elapsed().as_secs_f64();
+    println!(
+        "{{\"shapes\":{{\"hidden\":{},\"heads\":{},\"kv_heads\":{},\"mlp\":{},\"layers\":{}}},\
+         \"tokens\":{n},\"model_and_key_s\":{build_s:.1},\"prove_and_commit_s\":{prove_s:.1}}}",
+        config.hidden_size,
+        config.num_heads,
+        config.num_kv_heads,
+        config.intermediate_size,
+        config.num_layers
+    );
+    let engine = KeyedVerifier {
+        model: &model,
+        key: &key,
+        tolerance: 0.0,
+        bound_scale: 1.0,
+        map_bounds: None,
+        sampling: AttentionSampling::FULL,
+    };
+    let limits = VerifierLimits::default();
+    let last = (n as u32).div_ceil(chunk) - 1;
+    let rows = n - last as usize * chunk as usize;
+    let whole = Challenge {
+        round: 0,
+        cells: vec![CellId {
+            layer: 1,
+            chunk: last,
+        }],
+        attention: None,
+    };
+    let drawn = Challenge {
+        attention: Some(AttentionDraw {
+            heads,
+            chunks,
+            seed: Digest([7; 32]),
+        }),
+        ..whole.clone()
+    };
+    let mut drawn_ms = f64::NAN;
+    let which = arg(&args, "--openings", "drawn,whole");
+    for (name, ch) in [("drawn", &drawn), ("whole", &whole)] {
+        if !which.split(',').any(|w| w == name) {
+            continue;
+        }
+        let opening = prover.open_drawn(0, &ch.cells, ch.attention.as_ref(), 0)?;
+        let bytes = opening.to_bytes().len();
+        let (mut best, mut peak) = (f64::INFINITY, 0usize);
+        for _ in 0..rounds {
+            let start = Instant::now();
+            let (verdict, p) = peak_of(|| {
+                check_opening_drawn(
+                    &commitment,
+                    ch,
+                    &opening,
+                    &TolerancePolicy::Exact,
+                    LayerCheck::Freivalds,
+                    &engine,
+                    &limits,
+                )
+            });
+            best = best.min(start.elapsed().as_secs_f64());
+            peak = peak.max(p);
+            if let Err(reason) = verdict {
+                return Err(format!("{name} opening rejected: {reason:?}").into());
+            }
+        }
+        let ms = best * 1e3;
+        if name == "drawn" {
+            drawn_ms = ms;
+        }
+        println!(
+            "{{\"opening\":\"{name}\",\"cell_rows\":{rows},\"opening_bytes\":{bytes},\
+             \"check_ms\":{ms:.2},\"ms_per_token_layer\":{:.4},\"check_peak_heap_bytes\":{peak}}}",
+            ms / rows as f64
+        );
+        drop(opening);
+    }
+    if recompute_rounds > 0 {
+        let d = config.hidden_size;
+        let h_in = &trace.layers[0][..n * d];
+        let mut best = f64::INFINITY;
+        for _ in 0..recompute_rounds {
+            let start = Instant::now();
+            std::hint::black_box(model.recompute_cell(
+                &Setup::F32_EAGER,
+                chunk as usize,
+                1,
+                last as usize,
+                veritrace_model::CellInputs::Hidden(h_in),
+            )?);
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        println!(
+            "{{\"recompute_cell_ms\":{:.1},\"ms_per_token_layer\":{:.3},\
+             \"drawn_check_speedup\":{:.1}}}",
+            best * 1e3,
+            best * 1e3 / rows as f64,
+            best * 1e3 / drawn_ms
+        );
+    }
+    Ok(())
+}
