@@ -13,7 +13,8 @@
 //!     [--tokens 2048] [--layers 1] [--heads 1] [--chunks 1] [--rounds 5] [--recompute-rounds 1]
 //! ```
 //!
-//! `--openings drawn` (or `whole`) checks only that one.
+//! `--openings drawn` (or `whole`) checks only that one; `--setup` is the prover's (and the
+//! check's) numeric setup, `f32/attn=eager` by default.
 //!
 //! At the defaults it needs about 12 GB of memory and a few minutes, most of it the prover's
 //! forward over 2048 tokens. `--hidden`, `--query-heads`, `--kv-heads`, `--mlp` set other shapes.
@@ -49,6 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let recompute_rounds = num("--recompute-rounds", "1")?;
     let heads = u32::try_from(num("--heads", "1")?)?;
     let chunks = u32::try_from(num("--chunks", "1")?)?;
+    let setup: Setup = arg(&args, "--setup", "f32/attn=eager").parse()?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build_global()?;
@@ -72,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let t = Instant::now();
     let (mut statement, trace, sub) =
-        model.prove_run_sublayers(&Setup::F32_EAGER, &prompt, 0, chunk, HasherId::Blake3)?;
+        model.prove_run_sublayers(&setup, &prompt, 0, chunk, HasherId::Blake3)?;
     statement.trace_level = model.sublayer_layout().by_head_level()?;
     let (context, cell) = sub.bytes();
     drop(sub);
@@ -82,8 +84,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let commitment = prover.commit()?;
     let prove_s = t.elapsed().as_secs_f64();
     println!(
-        "{{\"shapes\":{{\"hidden\":{},\"heads\":{},\"kv_heads\":{},\"mlp\":{},\"layers\":{}}},\
-         \"tokens\":{n},\"model_and_key_s\":{build_s:.1},\"prove_and_commit_s\":{prove_s:.1}}}",
+        "{{\"setup\":\"{setup}\",\"shapes\":{{\"hidden\":{},\"heads\":{},\"kv_heads\":{},\"mlp\":{},\
+         \"layers\":{}}},\"tokens\":{n},\"model_and_key_s\":{build_s:.1},\"prove_and_commit_s\":{prove_s:.1}}}",
         config.hidden_size,
         config.num_heads,
         config.num_kv_heads,
@@ -163,7 +165,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..recompute_rounds {
             let start = Instant::now();
             std::hint::black_box(model.recompute_cell(
-                &Setup::F32_EAGER,
+                &setup,
                 chunk as usize,
                 1,
                 last as usize,
