@@ -378,7 +378,7 @@ impl Runner {
     /// [`crate::LlamaModel::prove_run_sublayers`] on this device: greedy generation, the trace
     /// of `prompt ‖ output` with every layer's sub-layer values (issue 16), and the statement of
     /// that run at the sub-layer trace level. On a GPU the values are the GPU's
-    /// ([`crate::cuda::GpuLlama::trace_sublayers`]: its own kernels' arithmetic, checked by a
+    /// (`GpuLlama::trace_sublayers` under the `cuda` feature: its own kernels' arithmetic, checked by a
     /// keyed verifier within its Freivalds bound and nonlinear tolerance like any other
     /// engine's); the cells are hashed on the host.
     ///

@@ -327,8 +327,10 @@ pub enum EngineMode {
     /// Trials sampled from per-cell outcomes of end-to-end runs ([`crate::fast`]); grinding
     /// from each run's exact per-trial law (`E[h^N]`), late commitment from one end-to-end
     /// trial per run (its outcome draws on no randomness). Weight-perturbation trials (a fresh
-    /// verifier key each) still run end to end. Refused with drawn openings
-    /// (`protocol.context_chunks`): a challenged cell's outcome then depends on its draw.
+    /// verifier key each) still run end to end. With drawn openings (`protocol.context_chunks`)
+    /// a trial on a run is detected with the run's exact law (each challenged bad cell escapes
+    /// with its draw's probability, [`Weakness::escape`]); an equivocator's trials
+    /// there run end to end (its opened cells depend on the draw).
     Fast,
 }
 
@@ -1356,7 +1358,8 @@ impl Simulation {
     /// Runs every adversary's trials with `engine`; `progress` is called once per finished
     /// end-to-end trial, and once per adversary's batch of fast trials. An adversary whose
     /// trials run end to end (every adversary in [`EngineMode::EndToEnd`]; in fast mode, one
-    /// whose trials fast mode cannot draw: weight perturbation) with more than
+    /// whose trials fast mode cannot draw: weight perturbation, and equivocation under drawn
+    /// openings) with more than
     /// [`MAX_END_TO_END_TRIALS`] trials is refused
     /// ([`SimError::Scenario`]) before any trial runs.
     pub fn run_with(
@@ -1364,20 +1367,9 @@ impl Simulation {
         engine: EngineMode,
         progress: &(dyn Fn() + Sync),
     ) -> Result<SimReport, SimError> {
-        if engine == EngineMode::Fast && self.drawn() {
-            // Fast mode samples fixed per-cell outcomes; under drawn openings a challenged cell
-            // is caught with a probability of its own draw (and an equivocator's opened cells
-            // depend on it), which those outcomes cannot represent.
-            return Err(SimError::Scenario(
-                "fast mode samples each cell's fixed outcome, and with drawn openings \
-                 (protocol.context_chunks) whether a challenged cell is caught depends on the \
-                 challenge's attention draw: run it end to end"
-                    .into(),
-            ));
-        }
         // Refused before any trial: end-to-end trials are sessions, far costlier than fast ones.
         for a in &self.scenario.adversaries {
-            let fast = engine == EngineMode::Fast && a.adversary.behaviour().fast_sampled();
+            let fast = engine == EngineMode::Fast && self.fast_sampled(&a.adversary);
             let trials = self.scenario.trials_of(a);
             if !fast && trials > MAX_END_TO_END_TRIALS {
                 return Err(SimError::Scenario(format!(
@@ -1390,7 +1382,7 @@ impl Simulation {
         }
         let mut results = Vec::new();
         for (ai, a) in self.scenario.adversaries.iter().enumerate() {
-            let fast = engine == EngineMode::Fast && a.adversary.behaviour().fast_sampled();
+            let fast = engine == EngineMode::Fast && self.fast_sampled(&a.adversary);
             results.push(self.run_adversary(a, ai as u64, fast, progress)?);
         }
         Ok(SimReport {
@@ -1400,6 +1392,15 @@ impl Simulation {
             adversaries: results,
             freivalds_bounds: self.map_bounds.as_ref().map(|(_, s)| s.clone()),
         })
+    }
+
+    /// Whether fast mode draws `adversary`'s trials ([`crate::adversary::Behaviour::fast_sampled`]),
+    /// except an equivocator's under drawn openings: the cells its opening holds, and so whether
+    /// it touches an altered one, depend on each challenge's draw of context chunks, which
+    /// neither its per-cell outcomes nor a per-run law capture; it runs end to end.
+    fn fast_sampled(&self, adversary: &Adversary) -> bool {
+        adversary.behaviour().fast_sampled()
+            && !(self.drawn() && matches!(adversary, Adversary::Equivocation(_)))
     }
 
     /// The per-cell outcomes fast mode samples from: the bad cells, or for an equivocating
@@ -1457,6 +1458,26 @@ impl Simulation {
         if fast {
             let (detected, tallies) = match a.fast_detection(self, &plan, &runs)? {
                 Some(probs) => fast::bernoulli_detections(&probs, trials, self.scenario.seed, ai),
+                // drawn openings: a challenged bad cell is caught with its own draw's
+                // probability, the draws of the cells independent, so a trial on a run is
+                // detected with that run's exact law (`Plan::run_detection`)
+                None if plan.drawn => {
+                    let probs = runs
+                        .iter()
+                        .map(|r| {
+                            plan.run_detection(r)?.ok_or_else(|| {
+                                SimError::Scenario(format!(
+                                    "adversary {}: fast mode under drawn openings needs each bad \
+                                     cell's exact escape probability, which a relative \
+                                     nonlinear tolerance (sublayer_tolerance > 0 or calibrated \
+                                     ones) does not give: run it end to end",
+                                    spec.label()
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<f64>, SimError>>()?;
+                    fast::bernoulli_detections(&probs, trials, self.scenario.seed, ai)
+                }
                 None => {
                     let profiles: Vec<CellOutcomes> = runs
                         .iter()

@@ -434,7 +434,10 @@ heads = 1
 /// prover whose attention output is one ulp off in one head has every cell of layers >= 1 bad,
 /// each challenged one caught when its draw picks that head (1/4), so a session of `k` cells is
 /// caught with `1 − E[(3/4)^J]`, `J` the bad cells among them (hypergeometric): measured within
-/// five standard deviations of that, and predicted as that.
+/// five standard deviations of that, and predicted as that. Fast mode draws each trial from its
+/// run's exact law and agrees with the end-to-end rates within five standard deviations; an
+/// equivocator's trials run end to end there (its opened cells depend on the draw), with the
+/// same outcomes.
 #[test]
 fn drawn_openings_catch_a_head_cheat_at_the_stated_rate() {
     let adversaries = r#"
@@ -452,6 +455,10 @@ layer = 1
 matrix = "v"
 quant = "int4-g32"
 factor = 1.0
+trials = 40
+[[adversary]]
+kind = "equivocation"
+fraction = 0.2
 trials = 40
 "#;
     let text = scenario_text(
@@ -475,6 +482,11 @@ trials = 40
     let stated = 1.0 - miss;
     for a in &r.adversaries {
         assert!(a.bytes_opened > 0.0, "{}", a.label);
+        if a.label.starts_with("equivocation") {
+            assert_eq!(a.trials, 40);
+            assert!(a.detected > 0, "{a:?}");
+            continue;
+        }
         if a.label.starts_with("weight-perturbation") {
             // the value projection is checked at the drawn chunks' rows only: the prediction
             // weighs that in, and the measured rate lies within its bounds over runs
@@ -512,14 +524,30 @@ trials = 40
             assert_eq!(a.predicted, Some(0.0), "{}", a.label);
         }
     }
-    // fast mode samples fixed per-cell outcomes: refused, not run wrong
-    let err = sim
+    // fast mode: each trial from its run's exact law, agreeing with the end-to-end rates
+    let f = sim
         .run_with(veritrace_sim::EngineMode::Fast, &|| {})
-        .unwrap_err();
-    assert!(
-        matches!(&err, veritrace_sim::SimError::Scenario(m) if m.contains("context_chunks")),
-        "{err}"
-    );
+        .unwrap();
+    for (e, q) in r.adversaries.iter().zip(&f.adversaries) {
+        assert_eq!((e.trials, &e.label), (q.trials, &q.label));
+        if e.label.starts_with("equivocation") || e.label.starts_with("weight-perturbation") {
+            // run end to end in fast mode too, from the same streams
+            assert_eq!(e.detected, q.detected, "{}", e.label);
+            continue;
+        }
+        let n = e.trials as f64;
+        let (pe, pf) = (e.detected as f64 / n, q.detected as f64 / n);
+        let p = (pe + pf) / 2.0;
+        let sd = (2.0 * p * (1.0 - p) / n).sqrt();
+        assert!(
+            (pe - pf).abs() <= 5.0 * sd + 1e-12,
+            "{}: end to end {pe}, fast {pf}",
+            e.label
+        );
+        if e.label.starts_with("head-cheat") {
+            assert!(0 < q.detected && q.detected < q.trials, "{q:?}");
+        }
+    }
 }
 
 /// `context_chunks` draws openings: it needs `attention_heads` and the layer check `freivalds`
