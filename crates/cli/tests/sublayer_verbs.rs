@@ -340,7 +340,7 @@ fn bad_keys_and_arguments_exit_2() {
         "-1",
     ]);
     assert_eq!(c, 2, "{out}");
-    // an encoder has no sub-layer trace; the GPU capture is not there yet
+    // an encoder has no sub-layer trace
     let (c, out) = code(&[
         "prove",
         "--model",
@@ -351,6 +351,26 @@ fn bad_keys_and_arguments_exit_2() {
         &p("enc"),
     ]);
     assert_eq!(c, 2, "{out}");
+    // the GPU's capture needs a GPU: without one (or without the cuda feature) the device is
+    // refused before anything is written
+    if !cfg!(feature = "cuda") {
+        let (c, out) = code(&[
+            "prove",
+            "--prompt",
+            "1,2,3",
+            "--output",
+            "1",
+            "--device",
+            "cuda:0",
+            "--trace-level",
+            "sublayer",
+            "--out",
+            &p("gpu"),
+        ]);
+        assert_eq!(c, 2, "{out}");
+        assert!(out.contains("cuda:0"), "{out}");
+        assert!(!dir.path().join("gpu").exists());
+    }
     // a trace file whose sub-layer tensors are gone cannot be opened
     let trace = p("run/trace.safetensors");
     let bytes = std::fs::read(&trace).unwrap();
