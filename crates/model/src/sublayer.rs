@@ -190,18 +190,7 @@ impl SubLayerLayout {
     /// The `q`, `attn`, `o`, `mlp_in`, `gate`, `up`, `act` and `down` rows of cell rows
     /// `values` (`normed`, `k`, `v` empty).
     pub fn unpack_cell(&self, values: &[f32]) -> Result<SubLayers> {
-        let [q, attn, o, mlp_in, gate, up, act, down] = split(values, &self.cell_parts(), "cell")?;
-        Ok(SubLayers {
-            q,
-            attn,
-            o,
-            mlp_in,
-            gate,
-            up,
-            act,
-            down,
-            ..SubLayers::default()
-        })
+        Ok(cell_fields(split(values, &self.cell_parts(), "cell")?))
     }
 }
 
@@ -213,19 +202,23 @@ impl SubLayerLayout {
     /// # Errors
     /// Bytes that are not whole cell rows.
     pub fn unpack_cell_bytes(&self, bytes: &[u8]) -> Result<SubLayers> {
-        let [q, attn, o, mlp_in, gate, up, act, down] =
-            split_bytes(bytes, &self.cell_parts(), "cell")?;
-        Ok(SubLayers {
-            q,
-            attn,
-            o,
-            mlp_in,
-            gate,
-            up,
-            act,
-            down,
-            ..SubLayers::default()
-        })
+        Ok(cell_fields(split_bytes(bytes, &self.cell_parts(), "cell")?))
+    }
+}
+
+/// The cell part's fields in their layout order (`q`, `attn`, `o`, `mlp_in`, `gate`, `up`,
+/// `act`, `down`; the context's empty).
+fn cell_fields([q, attn, o, mlp_in, gate, up, act, down]: [Vec<f32>; 8]) -> SubLayers {
+    SubLayers {
+        q,
+        attn,
+        o,
+        mlp_in,
+        gate,
+        up,
+        act,
+        down,
+        ..SubLayers::default()
     }
 }
 

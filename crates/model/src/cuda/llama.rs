@@ -29,6 +29,9 @@ use super::ops::{self, Linear};
 use super::run::{run_layers, GpuRun, RunOptions};
 use crate::{LlamaModel, ModelConfig, ModelError, Result, Setup, SubLayers, Trace};
 
+/// The rotary embedding's cosine and sine tables of a run's positions, on the device.
+type RopeTables = (CudaSlice<f32>, CudaSlice<f32>);
+
 struct GpuLayer {
     attn_norm: CudaSlice<f32>,
     wq: Linear,
@@ -163,7 +166,7 @@ impl GpuLlama {
 
     /// `cos`/`sin` tables `[rows, hd/2]` for positions `0..rows`: angles in f64, rounded to f32
     /// and then to the precision, as the CPU decoder's tables.
-    fn rope_tables(&self, rows: usize) -> Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+    fn rope_tables(&self, rows: usize) -> Result<RopeTables> {
         let c = self.config();
         let hd = c.head_dim();
         let half = hd / 2;
@@ -190,7 +193,7 @@ impl GpuLlama {
         l: usize,
         x: &CudaSlice<f32>,
         t: usize,
-        rope: &(CudaSlice<f32>, CudaSlice<f32>),
+        rope: &RopeTables,
         mut sub: Option<&mut SubLayers>,
     ) -> Result<CudaSlice<f32>> {
         let gpu = &*self.gpu;
@@ -304,16 +307,12 @@ impl GpuLlama {
         Ok(h)
     }
 
-    /// Runs the whole sequence `tokens` on the GPU: `h_0` (the embedding rows, rounded to the
-    /// precision) and every layer, applying the setup's skipped or reused layer.
-    pub fn run(&self, tokens: &[u32], options: RunOptions) -> Result<GpuRun> {
+    /// A run's inputs: `h_0` (the embedding rows of `tokens`, rounded to the precision, on the
+    /// host) and the rotary tables of its positions (on the device). No tokens: refused.
+    fn inputs(&self, tokens: &[u32]) -> Result<(Vec<f32>, RopeTables)> {
         if tokens.is_empty() {
             return Err(ModelError::InvalidArgument("no tokens to run".into()));
         }
-        let gpu = &*self.gpu;
-        let _held = gpu.lock();
-        let c = self.config();
-        let (t, d) = (tokens.len(), c.hidden_size);
         let p = self.setup.precision;
         let h0: Vec<f32> = self
             .model
@@ -321,14 +320,23 @@ impl GpuLlama {
             .into_iter()
             .map(|x| round_host(x, p))
             .collect();
-        let rope = self.rope_tables(t)?;
+        Ok((h0, self.rope_tables(tokens.len())?))
+    }
+
+    /// Runs the whole sequence `tokens` on the GPU: `h_0` (the embedding rows, rounded to the
+    /// precision) and every layer, applying the setup's skipped or reused layer.
+    pub fn run(&self, tokens: &[u32], options: RunOptions) -> Result<GpuRun> {
+        let gpu = &*self.gpu;
+        let _held = gpu.lock();
+        let (h0, rope) = self.inputs(tokens)?;
+        let (t, d) = (tokens.len(), self.config().hidden_size);
         let h0 = gpu.upload(&h0)?;
         run_layers(
             gpu,
             &self.setup,
             h0,
             (t, d),
-            c.num_layers,
+            self.config().num_layers,
             options,
             |i, x| self.layer(i, x, t, &rope, None),
         )
@@ -363,9 +371,6 @@ impl GpuLlama {
     /// (the copies change no arithmetic). A skipped or reused layer computes no linear map:
     /// refused, as on the CPU.
     pub fn trace_sublayers(&self, tokens: &[u32]) -> Result<(Trace, Vec<SubLayers>)> {
-        if tokens.is_empty() {
-            return Err(ModelError::InvalidArgument("no tokens to run".into()));
-        }
         if self.setup.skip.is_some() || self.setup.reuse.is_some() {
             return Err(ModelError::UnsupportedSetup(format!(
                 "{}: a skipped or reused layer computes no linear map",
@@ -374,16 +379,9 @@ impl GpuLlama {
         }
         let gpu = &*self.gpu;
         let _held = gpu.lock();
+        let (h0, rope) = self.inputs(tokens)?;
         let c = self.config();
         let (t, d) = (tokens.len(), c.hidden_size);
-        let p = self.setup.precision;
-        let h0: Vec<f32> = self
-            .model
-            .embed_tokens(tokens)?
-            .into_iter()
-            .map(|x| round_host(x, p))
-            .collect();
-        let rope = self.rope_tables(t)?;
         let mut x = gpu.upload(&h0)?;
         let mut layers = vec![h0];
         let mut subs = Vec::with_capacity(c.num_layers);
