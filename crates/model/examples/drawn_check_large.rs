@@ -21,21 +21,19 @@
 
 use std::time::Instant;
 
-use veritrace_commit::{CellId, Digest, HasherId};
-use veritrace_model::freivalds::{AttentionSampling, VerifierKey, VerifierSecret};
-use veritrace_model::sublayer::{prover_parts, KeyedVerifier};
+use veritrace_model::freivalds::{VerifierKey, VerifierSecret};
+use veritrace_model::sublayer::KeyedVerifier;
 use veritrace_model::{LlamaModel, ModelConfig, Setup};
-use veritrace_protocol::tolerance::TolerancePolicy;
-use veritrace_protocol::{
-    check_opening_drawn, AttentionDraw, Challenge, LayerCheck, Message, Prover, VerifierLimits,
-};
+use veritrace_protocol::Message;
 
 mod common;
 #[path = "common/counting.rs"]
 mod counting;
+#[path = "common/drawn.rs"]
+mod drawn;
 
 use common::arg;
-use counting::{peak_of, Counting};
+use counting::Counting;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -73,15 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| (7 + 37 * i * i + 11 * i) % 256)
         .collect();
     let t = Instant::now();
-    let (mut statement, trace, sub) =
-        model.prove_run_sublayers(&setup, &prompt, 0, chunk, HasherId::Blake3)?;
-    statement.trace_level = model.sublayer_layout().by_head_level()?;
-    let (context, cell) = sub.bytes();
-    drop(sub);
-    let parts = prover_parts(&statement, context, cell)?;
-    let mut prover =
-        Prover::new(statement.clone(), trace.layer_bytes())?.with_sublayer_parts(parts)?;
-    let commitment = prover.commit()?;
+    let (trace, prover, commitment) = drawn::by_head(&model, &setup, &prompt, chunk)?;
     let prove_s = t.elapsed().as_secs_f64();
     println!(
         "{{\"setup\":\"{setup}\",\"shapes\":{{\"hidden\":{},\"heads\":{},\"kv_heads\":{},\"mlp\":{},\
@@ -92,33 +82,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         config.intermediate_size,
         config.num_layers
     );
-    let engine = KeyedVerifier {
-        model: &model,
-        key: &key,
-        tolerance: 0.0,
-        bound_scale: 1.0,
-        map_bounds: None,
-        sampling: AttentionSampling::FULL,
-    };
-    let limits = VerifierLimits::default();
+    let engine = KeyedVerifier::exact(&model, &key);
     let last = (n as u32).div_ceil(chunk) - 1;
     let rows = n - last as usize * chunk as usize;
-    let whole = Challenge {
-        round: 0,
-        cells: vec![CellId {
-            layer: 1,
-            chunk: last,
-        }],
-        attention: None,
-    };
-    let drawn = Challenge {
-        attention: Some(AttentionDraw {
-            heads,
-            chunks,
-            seed: Digest([7; 32]),
-        }),
-        ..whole.clone()
-    };
+    let (whole, drawn) = drawn::challenges(1, last, heads, chunks);
     let mut drawn_ms = f64::NAN;
     let which = arg(&args, "--openings", "drawn,whole");
     for (name, ch) in [("drawn", &drawn), ("whole", &whole)] {
@@ -129,23 +96,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bytes = opening.to_bytes().len();
         let (mut best, mut peak) = (f64::INFINITY, 0usize);
         for _ in 0..rounds {
-            let start = Instant::now();
-            let (verdict, p) = peak_of(|| {
-                check_opening_drawn(
-                    &commitment,
-                    ch,
-                    &opening,
-                    &TolerancePolicy::Exact,
-                    LayerCheck::Freivalds,
-                    &engine,
-                    &limits,
-                )
-            });
-            best = best.min(start.elapsed().as_secs_f64());
+            let (seconds, p) = drawn::measured_check(&commitment, ch, &opening, &engine, name)?;
+            best = best.min(seconds);
             peak = peak.max(p);
-            if let Err(reason) = verdict {
-                return Err(format!("{name} opening rejected: {reason:?}").into());
-            }
         }
         let ms = best * 1e3;
         if name == "drawn" {

@@ -11,16 +11,10 @@
 //!     [--tokens 256,1024,2048] [--heads 1] [--chunks 1]
 //! ```
 
-use std::time::Instant;
-
-use veritrace_commit::{CellId, Digest, HasherId};
-use veritrace_model::freivalds::{AttentionSampling, VerifierKey, VerifierSecret};
-use veritrace_model::sublayer::{prover_parts, KeyedVerifier};
+use veritrace_model::freivalds::{VerifierKey, VerifierSecret};
+use veritrace_model::sublayer::KeyedVerifier;
 use veritrace_model::{LlamaModel, Setup};
-use veritrace_protocol::tolerance::TolerancePolicy;
-use veritrace_protocol::{
-    check_opening_drawn, AttentionDraw, Challenge, LayerCheck, Message, Prover, VerifierLimits,
-};
+use veritrace_protocol::Message;
 
 mod common;
 
@@ -28,8 +22,10 @@ use common::arg;
 
 #[path = "common/counting.rs"]
 mod counting;
+#[path = "common/drawn.rs"]
+mod drawn;
 
-use counting::{peak_of, Counting};
+use counting::Counting;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -47,68 +43,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_global()?;
     let model = LlamaModel::preset("small")?;
     let key = VerifierKey::build(&VerifierSecret::from_bytes([0x42; 32]), &model, 1)?;
-    let engine = KeyedVerifier {
-        model: &model,
-        key: &key,
-        tolerance: 0.0,
-        bound_scale: 1.0,
-        map_bounds: None,
-        sampling: AttentionSampling::FULL,
-    };
-    let limits = VerifierLimits::default();
+    let engine = KeyedVerifier::exact(&model, &key);
     let chunk = 16u32;
     for n in lengths {
         let prompt: Vec<u32> = (0..n as u32)
             .map(|i| (7 + 37 * i * i + 11 * i) % 2048)
             .collect();
-        let (mut statement, trace, sub) =
-            model.prove_run_sublayers(&Setup::F32_EAGER, &prompt, 0, chunk, HasherId::Blake3)?;
-        statement.trace_level = model.sublayer_layout().by_head_level()?;
-        let (context, cell) = sub.bytes();
-        let parts = prover_parts(&statement, context, cell)?;
-        let mut prover =
-            Prover::new(statement.clone(), trace.layer_bytes())?.with_sublayer_parts(parts)?;
-        let commitment = prover.commit()?;
+        let (_, prover, commitment) = drawn::by_head(&model, &Setup::F32_EAGER, &prompt, chunk)?;
         let last = (n as u32).div_ceil(chunk) - 1;
-        let whole = Challenge {
-            round: 0,
-            cells: vec![CellId {
-                layer: 4,
-                chunk: last,
-            }],
-            attention: None,
-        };
-        let drawn = Challenge {
-            attention: Some(AttentionDraw {
-                heads,
-                chunks,
-                seed: Digest([7; 32]),
-            }),
-            ..whole.clone()
-        };
+        let (whole, drawn) = drawn::challenges(4, last, heads, chunks);
         let mut row = Vec::new();
         for (name, ch) in [("whole", &whole), ("drawn", &drawn)] {
             let opening = prover.open_drawn(0, &ch.cells, ch.attention.as_ref(), 0)?;
             let bytes = opening.to_bytes().len();
-            let start = Instant::now();
-            let (verdict, peak) = peak_of(|| {
-                check_opening_drawn(
-                    &commitment,
-                    ch,
-                    &opening,
-                    &TolerancePolicy::Exact,
-                    LayerCheck::Freivalds,
-                    &engine,
-                    &limits,
-                )
-            });
-            let ms = start.elapsed().as_secs_f64() * 1e3;
-            if let Err(reason) = verdict {
-                return Err(format!("{name} opening at {n} tokens rejected: {reason:?}").into());
-            }
+            let what = format!("{name} opening at {n} tokens");
+            let (seconds, peak) = drawn::measured_check(&commitment, ch, &opening, &engine, &what)?;
             row.push(format!(
                 "\"{name}\": {{\"opening_bytes\": {bytes}, \"check_peak_heap_bytes\": {peak}, \
-                 \"check_ms\": {ms:.2}}}"
+                 \"check_ms\": {:.2}}}",
+                seconds * 1e3
             ));
         }
         println!("{{\"tokens\": {n}, {}}}", row.join(", "));

@@ -405,12 +405,7 @@ impl Runner {
             let output = m.generate(prompt, n_out)?;
             let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
             let (trace, sub) = m.trace_sublayers(&tokens)?;
-            let layout = model.sublayer_layout();
-            let sub = crate::sublayer::SubLayerTrace::pack(&layout, &sub)?;
-            let (mut statement, trace) =
-                model.statement_for(setup, prompt, output, trace, chunk, hasher)?;
-            statement.trace_level = layout.trace_level()?;
-            return Ok((statement, trace, sub));
+            return model.sublayer_statement(setup, (prompt, output), (trace, &sub), chunk, hasher);
         }
         model.prove_run_sublayers(setup, prompt, n_out, chunk, hasher)
     }

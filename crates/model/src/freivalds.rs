@@ -1822,7 +1822,6 @@ pub fn check_sublayer_values(
     let (hd, nkv) = (c.head_dim(), c.num_kv_heads);
     let drawn = DrawnContext {
         rows: e,
-        before: before.clone(),
         h_in: take(h_in, d),
         normed: take(&context.normed, d),
         k: take(&context.k, kvd),
@@ -1830,6 +1829,7 @@ pub fn check_sublayer_values(
         k_heads: crate::llama::head_columns(&context.k, e, nkv, hd, &groups),
         v_heads: crate::llama::head_columns(&context.v, e, nkv, hd, &groups),
         groups,
+        before,
     };
     check_drawn_values(
         key,
@@ -2029,15 +2029,8 @@ fn kv_groups_of(c: &crate::ModelConfig, heads: Option<&[usize]>) -> Result<Vec<u
     let nkv = c.num_kv_heads;
     match heads {
         Some(hs) => {
-            if hs.is_empty()
-                || hs.windows(2).any(|w| w[0] >= w[1])
-                || hs[hs.len() - 1] >= c.num_heads
-            {
-                return Err(FreivaldsError::InvalidArgument(format!(
-                    "sampled heads {hs:?} are not distinct ascending heads of 0..{}",
-                    c.num_heads
-                )));
-            }
+            crate::llama::check_sampled_heads(hs, c.num_heads)
+                .map_err(FreivaldsError::InvalidArgument)?;
             Ok(crate::llama::kv_groups(hs, c.num_heads / nkv.max(1)))
         }
         None => Ok((0..nkv).collect()),

@@ -1624,15 +1624,7 @@ impl LlamaModel {
         }
         let rows = e - start;
         if let Some(hs) = heads {
-            if hs.is_empty()
-                || hs.windows(2).any(|w| w[0] >= w[1])
-                || hs[hs.len() - 1] >= c.num_heads
-            {
-                return Err(ModelError::InvalidArgument(format!(
-                    "sampled heads {hs:?} are not distinct ascending heads of 0..{}",
-                    c.num_heads
-                )));
-            }
+            check_sampled_heads(hs, c.num_heads).map_err(ModelError::InvalidArgument)?;
         }
         let (k, v, kv_width) = match kv {
             ContextKeys::Dense { k, v } => (k, v, c.num_kv_heads * hd),
@@ -2434,6 +2426,20 @@ pub(crate) enum ContextKeys<'a> {
         /// Their values.
         v: &'a [f32],
     },
+}
+
+/// That sampled query heads `hs` are distinct, ascending and below `num_heads`, and not none;
+/// else the message saying so.
+pub(crate) fn check_sampled_heads(
+    hs: &[usize],
+    num_heads: usize,
+) -> std::result::Result<(), String> {
+    if hs.is_empty() || hs.windows(2).any(|w| w[0] >= w[1]) || hs[hs.len() - 1] >= num_heads {
+        return Err(format!(
+            "sampled heads {hs:?} are not distinct ascending heads of 0..{num_heads}"
+        ));
+    }
+    Ok(())
 }
 
 /// The key-value heads query heads `heads` (ascending) read, `rep` query heads per key-value

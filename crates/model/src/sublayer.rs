@@ -454,8 +454,22 @@ impl LlamaModel {
         let output = self.generate(setup, prompt, n_out, chunk as usize)?;
         let tokens: Vec<u32> = prompt.iter().chain(&output).copied().collect();
         let (trace, sub) = self.trace_sublayers(setup, &tokens, chunk as usize)?;
+        self.sublayer_statement(setup, (prompt, output), (trace, &sub), chunk, hasher)
+    }
+
+    /// The statement at [`TraceLevel::SubLayer`] of a run of `prompt ‖ output` (on any engine:
+    /// this CPU's or a GPU's) with its trace and per-layer sub-layer values, packed in the
+    /// layout trace files hold.
+    pub(crate) fn sublayer_statement(
+        &self,
+        setup: &Setup,
+        (prompt, output): (&[u32], Vec<u32>),
+        (trace, sub): (Trace, &[SubLayers]),
+        chunk: u32,
+        hasher: HasherId,
+    ) -> Result<(Statement, Trace, SubLayerTrace)> {
         let layout = self.sublayer_layout();
-        let sub = SubLayerTrace::pack(&layout, &sub)?;
+        let sub = SubLayerTrace::pack(&layout, sub)?;
         let (mut statement, trace) =
             self.statement_for(setup, prompt, output, trace, chunk, hasher)?;
         statement.trace_level = layout.trace_level()?;
@@ -513,7 +527,20 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-impl KeyedVerifier<'_> {
+impl<'a> KeyedVerifier<'a> {
+    /// The verifier of a prover on this engine: nonlinear parts bitwise (tolerance 0), the
+    /// rigorous Freivalds bound (scale 1, no per-map file), every head and context row checked.
+    pub fn exact(model: &'a LlamaModel, key: &'a VerifierKey) -> Self {
+        KeyedVerifier {
+            model,
+            key,
+            tolerance: 0.0,
+            bound_scale: 1.0,
+            map_bounds: None,
+            sampling: crate::freivalds::AttentionSampling::FULL,
+        }
+    }
+
     fn cpu(&self) -> RecomputeOn<'_, LlamaModel> {
         RecomputeOn::cpu(self.model)
     }

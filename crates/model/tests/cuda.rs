@@ -629,12 +629,8 @@ fn gpu_sublayer_values_pass_the_keyed_check() {
         .with_sublayers(context, cell)
         .unwrap();
     let engine = KeyedVerifier {
-        model: &m,
-        key: &key,
         tolerance: F32_TOLERANCE,
-        bound_scale: 1.0,
-        map_bounds: None,
-        sampling: veritrace_model::freivalds::AttentionSampling::FULL,
+        ..KeyedVerifier::exact(&m, &key)
     };
     let cfg = VerifierConfig {
         mode: Mode::Interactive,
