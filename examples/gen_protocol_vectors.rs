@@ -123,6 +123,7 @@ fn statements() -> Vec<(&'static str, Commitment)> {
     sub.trace_level = veritrace_protocol::TraceLevel::SubLayer {
         context: 4,
         cell: 4,
+        dtype: Dtype::F32,
     };
     let sub_commitment = toy_prover(&sub).commit().expect("commits once");
 
@@ -131,6 +132,12 @@ fn statements() -> Vec<(&'static str, Commitment)> {
     let mut by_head = toy.clone();
     by_head.trace_level = ToyEngine::by_head_level(4, 2).expect("4 over 2 heads");
     let by_head_commitment = toy_prover(&by_head).commit().expect("commits once");
+
+    // 6. The by-head level with bf16 sub-layer values (specs/protocol.md §3.5: the trace-level
+    //    row ends with the dtype code): the toy's run and widths, fixed roots (no toy computes
+    //    in bf16).
+    let mut bf16_by_head = by_head.clone();
+    bf16_by_head.trace_level = bf16_by_head.trace_level.with_dtype(Dtype::Bf16);
 
     vec![
         (
@@ -159,6 +166,18 @@ fn statements() -> Vec<(&'static str, Commitment)> {
         ),
         ("toy-sublayer-blake3", sub_commitment),
         ("toy-byhead-blake3", by_head_commitment),
+        (
+            "byhead-bf16-blake3",
+            Commitment {
+                sublayer_roots: Some(veritrace_protocol::SubLayerRoots {
+                    context: fixed_root("byhead-bf16-blake3/context", HasherId::Blake3),
+                    cell: fixed_root("byhead-bf16-blake3/cell", HasherId::Blake3),
+                    kv: Some(fixed_root("byhead-bf16-blake3/kv", HasherId::Blake3)),
+                }),
+                root: fixed_root("byhead-bf16-blake3", HasherId::Blake3),
+                statement: bf16_by_head,
+            },
+        ),
     ]
 }
 
@@ -275,9 +294,14 @@ fn transcript_rows(c: &Commitment) -> Vec<(&'static str, Vec<u8>)> {
     }
     match s.trace_level {
         veritrace_protocol::TraceLevel::Hidden => {}
-        veritrace_protocol::TraceLevel::SubLayer { context, cell } => {
+        veritrace_protocol::TraceLevel::SubLayer {
+            context,
+            cell,
+            dtype,
+        } => {
             let mut m = context.to_le_bytes().to_vec();
             m.extend(cell.to_le_bytes());
+            m.extend((dtype != Dtype::F32).then_some(dtype.code()));
             rows.push(("trace-level", m));
         }
         veritrace_protocol::TraceLevel::SubLayerByHead {
@@ -286,11 +310,13 @@ fn transcript_rows(c: &Commitment) -> Vec<(&'static str, Vec<u8>)> {
             heads,
             kv_heads,
             kv,
+            dtype,
         } => {
-            let m = [context, cell, heads, kv_heads, kv]
+            let mut m: Vec<u8> = [context, cell, heads, kv_heads, kv]
                 .into_iter()
                 .flat_map(u32::to_le_bytes)
                 .collect();
+            m.extend((dtype != Dtype::F32).then_some(dtype.code()));
             rows.push(("trace-level", m));
         }
     }

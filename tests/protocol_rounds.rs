@@ -403,6 +403,7 @@ fn every_statement_field_changes_the_challenge() {
     with_text.trace_level = veritrace_protocol::TraceLevel::SubLayer {
         context: 5,
         cell: 7,
+        dtype: Dtype::F32,
     };
     // a text binding and its absence give different transcripts
     let params = ChallengeParams {
@@ -435,6 +436,7 @@ fn every_statement_field_changes_the_challenge() {
         heads: 4,
         kv_heads: 2,
         kv: 6,
+        dtype: Dtype::F32,
     };
     for c in [commit(with_text), commit(by_head)] {
         let params = ChallengeParams {

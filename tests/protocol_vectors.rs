@@ -155,12 +155,18 @@ fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
         .map(|e| ("engine", e.as_bytes().to_vec()));
     let level = match st.trace_level {
         veritrace::protocol::TraceLevel::Hidden => None,
-        veritrace::protocol::TraceLevel::SubLayer { context, cell } => Some((
+        // the dtype code ends the row only for half-precision sub-layer values
+        veritrace::protocol::TraceLevel::SubLayer {
+            context,
+            cell,
+            dtype,
+        } => Some((
             "trace-level",
             context
                 .to_le_bytes()
                 .into_iter()
                 .chain(cell.to_le_bytes())
+                .chain((dtype != veritrace::commit::Dtype::F32).then_some(dtype.code()))
                 .collect(),
         )),
         veritrace::protocol::TraceLevel::SubLayerByHead {
@@ -169,11 +175,13 @@ fn statement_rows(c: &Commitment) -> Vec<(String, Vec<u8>)> {
             heads,
             kv_heads,
             kv,
+            dtype,
         } => Some((
             "trace-level",
             [context, cell, heads, kv_heads, kv]
                 .into_iter()
                 .flat_map(u32::to_le_bytes)
+                .chain((dtype != veritrace::commit::Dtype::F32).then_some(dtype.code()))
                 .collect(),
         )),
     };
@@ -311,7 +319,7 @@ fn hex_array<const N: usize>(h: &str) -> [u8; N] {
 fn statements_encodings_and_derived_values() {
     let v = vectors();
     let list = arr(&v["statements"]);
-    assert_eq!(list.len(), 5);
+    assert_eq!(list.len(), 6);
     let mut hashers = BTreeSet::new();
     let mut deps = BTreeSet::new();
     let mut sampled_rule = false;

@@ -361,7 +361,8 @@ fn commit_external(
         },
     };
     let statement = Statement {
-        trace_level,
+        // sub-layer values in the setup's activation type (a bf16 engine's are bf16 values)
+        trace_level: trace_level.with_dtype(setup.precision.dtype()),
         version: PROTOCOL_VERSION,
         model_digest: model.digest(),
         setup: setup.to_bytes(),

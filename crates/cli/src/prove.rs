@@ -324,7 +324,10 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             let (mut s, t, sub) =
                 runner.llama_prove_run_sublayers(d, &setup, &prompt, output, args.chunk, hasher)?;
             if args.trace_level == "sublayer-by-head" {
-                s.trace_level = d.sublayer_layout().by_head_level()?;
+                s.trace_level = d
+                    .sublayer_layout()
+                    .by_head_level()?
+                    .with_dtype(setup.precision.dtype());
             }
             (s, t, None, Some(sub))
         }
@@ -352,8 +355,7 @@ pub fn prove(args: &ProveArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         None => Prover::new(statement, trace.layer_bytes())?,
     };
     if let Some(sub) = &sub {
-        let (context, cell) = sub.bytes();
-        let parts = veritrace_model::sublayer::prover_parts(prover.statement(), context, cell)?;
+        let parts = sub.parts(prover.statement())?;
         prover = prover.with_sublayer_parts(parts)?;
     }
     let commitment = prover.commit()?;

@@ -348,11 +348,13 @@ fn prover_cost(c: &mut Criterion) {
         .prove_run_sublayers(&setup, &prompt, 8, tile as u32, HasherId::Blake3)
         .expect("run");
     let mut by_head = statement.clone();
-    by_head.trace_level = model.sublayer_layout().by_head_level().expect("level");
-    let (context, cell) = packed.bytes();
+    by_head.trace_level = model
+        .sublayer_layout()
+        .by_head_level()
+        .expect("level")
+        .with_dtype(setup.precision.dtype());
     let prover = |s: &veritrace_protocol::Statement| {
-        let parts = veritrace_model::sublayer::prover_parts(s, context.clone(), cell.clone())
-            .expect("parts");
+        let parts = packed.parts(s).expect("parts");
         veritrace_protocol::Prover::new(s.clone(), run.layer_bytes())
             .expect("prover")
             .with_sublayer_parts(parts)
@@ -439,7 +441,7 @@ fn cost_model(c: &mut Criterion) {
 /// a 128-token run committed by head. Prints the openings' sizes once.
 fn opening(c: &mut Criterion) {
     use veritrace_commit::{CellId, Digest, HasherId};
-    use veritrace_model::sublayer::{prover_parts, KeyedVerifier};
+    use veritrace_model::sublayer::KeyedVerifier;
     use veritrace_protocol::tolerance::TolerancePolicy;
     use veritrace_protocol::{
         check_opening_drawn, AttentionDraw, Challenge, LayerCheck, Message, Prover, VerifierLimits,
@@ -453,8 +455,7 @@ fn opening(c: &mut Criterion) {
         .prove_run_sublayers(&Setup::F32_EAGER, &prompt, 8, 16, HasherId::Blake3)
         .expect("run");
     statement.trace_level = model.sublayer_layout().by_head_level().expect("level");
-    let (context, cell) = sub.bytes();
-    let parts = prover_parts(&statement, context, cell).expect("parts");
+    let parts = sub.parts(&statement).expect("parts");
     let mut prover = Prover::new(statement.clone(), trace.layer_bytes())
         .expect("prover")
         .with_sublayer_parts(parts)

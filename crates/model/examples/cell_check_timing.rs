@@ -212,7 +212,7 @@ fn project(
     ];
     for s in samplings {
         let f = flops(&big, r, c, &s);
-        let b = sampled_verifier_cell_bytes(&big, r, c, &s);
+        let b = sampled_verifier_cell_bytes(&big, r, c, &s, 4);
         let rate = if s.is_full() { rate_full } else { rate_sampled };
         let per = |x: f64| x / r as f64 * 1e3;
         println!(

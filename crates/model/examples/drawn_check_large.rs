@@ -64,7 +64,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let t = Instant::now();
     let model = LlamaModel::new(config.clone())?;
-    let key = VerifierKey::build(&VerifierSecret::from_bytes([0x42; 32]), &model, 1)?;
+    // the key for the claimed setup: its weights as the setup prepares them (bf16, quantized)
+    let key = VerifierKey::build(&VerifierSecret::from_bytes([0x42; 32]), &model, 1)?
+        .for_setup(&model, &setup)?;
     let build_s = t.elapsed().as_secs_f64();
     let chunk = 16u32;
     let prompt: Vec<u32> = (0..n as u32)

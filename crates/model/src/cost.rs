@@ -271,8 +271,9 @@ pub fn llama3_70b_shapes() -> ModelConfig {
     }
 }
 
-/// Bytes of claimed values one challenged decoder cell involves (f32), for the Freivalds check
-/// under `sampling` ([`sampled_verifier_cell_bytes`]).
+/// Bytes of claimed values one challenged decoder cell involves (hidden states f32, sub-layer
+/// values of the statement's dtype), for the Freivalds check under `sampling`
+/// ([`sampled_verifier_cell_bytes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct CellBytes {
     /// What the check reads: the checked rows' inputs and norms, the sampled key-value heads'
@@ -293,21 +294,24 @@ pub struct CellBytes {
 }
 
 /// [`CellBytes`] of a cell of `rows` rows over `context` rows (its own included) with the
-/// sampled attention check `sampling`: with `s_h` sampled heads reading `g = min(s_h, n_kv)`
-/// key-value heads (at most) and `r + s_c` checked rows,
+/// sampled attention check `sampling`, sub-layer values of `b` bytes each (`value_bytes`: 4
+/// for f32, 2 for bf16 or f16; the hidden states are f32): with `s_h` sampled heads reading
+/// `g = min(s_h, n_kv)` key-value heads (at most) and `r + s_c` checked rows,
 ///
 /// ```text
-/// read   = 4 · [ (r + s_c)·2·d + c·2·g·h + (r + s_c)·2·(k − g·h) + r·(2·q + 4·d + 3·m) ]
-/// opened = 4 · [ c·(2·d + 2·k) + r·(2·q + 4·d + 3·m) ]
+/// read   = 4·(r + s_c + r)·d + b·[ (r + s_c)·d + c·2·g·h + (r + s_c)·2·(k − g·h) + r·(2·q + 3·d + 3·m) ]
+/// opened = 4·(c + r)·d       + b·[ c·(d + 2·k) + r·(2·q + 3·d + 3·m) ]
 /// ```
 ///
-/// (`q`, `k`: query and key-value widths; the cell's rows are q, attn, o, mlp_in, gate, up,
-/// act, down and the output row).
+/// (`q`, `k`: query and key-value widths; the hidden rows are the checked rows' inputs, or
+/// every context row's, and the cell's output rows; the cell's sub-layer rows are q, attn, o,
+/// mlp_in, gate, up, act and down).
 pub fn sampled_verifier_cell_bytes(
     config: &ModelConfig,
     rows: u64,
     context: u64,
     sampling: &crate::freivalds::AttentionSampling,
+    value_bytes: usize,
 ) -> CellBytes {
     let (d, h) = (config.hidden_size as f64, config.head_dim() as f64);
     let (q, k, m) = (
@@ -324,13 +328,13 @@ pub fn sampled_verifier_cell_bytes(
         + sampling
             .context_rows
             .map_or(earlier, |s| u64::from(s).min(earlier))) as f64;
-    let (r, c) = (rows as f64, context as f64);
-    let cell = r * (2.0 * q + 4.0 * d + 3.0 * m);
-    let read =
-        4.0 * (checked * 2.0 * d + c * 2.0 * groups * h + checked * 2.0 * (k - groups * h) + cell);
+    let (r, c, b) = (rows as f64, context as f64, value_bytes as f64);
+    let cell = r * (2.0 * q + 3.0 * d + 3.0 * m);
+    let read = 4.0 * (checked + r) * d
+        + b * (checked * d + c * 2.0 * groups * h + checked * 2.0 * (k - groups * h) + cell);
     CellBytes {
         read,
-        opened: 4.0 * (c * (2.0 * d + 2.0 * k) + cell),
+        opened: 4.0 * (c + r) * d + b * (c * (d + 2.0 * k) + cell),
         drawn: read,
     }
 }

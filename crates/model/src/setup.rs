@@ -72,6 +72,16 @@ impl Precision {
             Precision::Bf16 | Precision::F16 => 2,
         }
     }
+
+    /// The trace element type of this precision's activations: what its sub-layer values are
+    /// committed as (every activation of a half-precision run is a value of its type).
+    pub fn dtype(self) -> veritrace_commit::Dtype {
+        match self {
+            Precision::F32 => veritrace_commit::Dtype::F32,
+            Precision::Bf16 => veritrace_commit::Dtype::Bf16,
+            Precision::F16 => veritrace_commit::Dtype::F16,
+        }
+    }
 }
 
 /// Attention algorithm.

@@ -7,7 +7,8 @@
 //!
 //! For a Llama-style decoder of width `d`, `h` query heads and `g` key/value heads of size
 //! `n = d / h`, and MLP width `m`, sub-layer `s` (hidden layer `l = s + 1`) holds per token row,
-//! f32, in this order:
+//! in this order (committed in the statement's sub-layer dtype: the setup's activation type,
+//! f32, bf16 or f16, each value exact; trace files hold them as f32):
 //!
 //! | trace | elements | width |
 //! |---|---|---|
@@ -18,7 +19,7 @@
 
 use std::ops::Range;
 
-use veritrace_commit::HasherId;
+use veritrace_commit::{Dtype, HasherId};
 use veritrace_protocol::{
     AlgebraicCheck, HeadClaim, ProtocolError, Recompute, Statement, TraceLevel,
 };
@@ -79,6 +80,7 @@ impl SubLayerLayout {
             heads: w(self.heads)?,
             kv_heads: w(self.kv_heads)?,
             kv: w(2 * self.head_dim())?,
+            dtype: Dtype::F32,
         })
     }
 
@@ -92,8 +94,8 @@ impl SubLayerLayout {
         2 * self.q + 3 * self.hidden + 3 * self.mlp
     }
 
-    /// The statement's trace level for this layout. Fails when a width does not fit the
-    /// statement's `u32`.
+    /// The statement's trace level for this layout, f32 elements ([`TraceLevel::with_dtype`]
+    /// for another). Fails when a width does not fit the statement's `u32`.
     pub fn trace_level(&self) -> Result<TraceLevel> {
         let w = |x: usize| {
             u32::try_from(x).map_err(|_| {
@@ -103,6 +105,7 @@ impl SubLayerLayout {
         Ok(TraceLevel::SubLayer {
             context: w(self.context_width())?,
             cell: w(self.cell_width())?,
+            dtype: Dtype::F32,
         })
     }
 
@@ -195,14 +198,19 @@ impl SubLayerLayout {
 }
 
 impl SubLayerLayout {
-    /// [`SubLayerLayout::unpack_cell`] of little-endian f32 bytes, decoded straight into the
-    /// fields (one pass over the bytes, no intermediate f32 copy of the whole cell: at
-    /// Llama-3-70B shapes a 16-row cell is 8.7 MB).
+    /// [`SubLayerLayout::unpack_cell`] of little-endian `dtype` bytes (f32, bf16 or f16),
+    /// decoded straight into the fields (one pass over the bytes, no intermediate f32 copy of
+    /// the whole cell: at Llama-3-70B shapes a 16-row f32 cell is 8.7 MB).
     ///
     /// # Errors
-    /// Bytes that are not whole cell rows.
-    pub fn unpack_cell_bytes(&self, bytes: &[u8]) -> Result<SubLayers> {
-        Ok(cell_fields(split_bytes(bytes, &self.cell_parts(), "cell")?))
+    /// Bytes that are not whole cell rows; an integer dtype.
+    pub fn unpack_cell_bytes(&self, bytes: &[u8], dtype: Dtype) -> Result<SubLayers> {
+        Ok(cell_fields(split_bytes(
+            bytes,
+            dtype,
+            &self.cell_parts(),
+            "cell",
+        )?))
     }
 }
 
@@ -222,34 +230,119 @@ fn cell_fields([q, attn, o, mlp_in, gate, up, act, down]: [Vec<f32>; 8]) -> SubL
     }
 }
 
-/// [`split`] of little-endian f32 bytes, each field's part of a row decoded as it is copied.
+/// [`split`] of little-endian `dtype` bytes, each field's part of a row decoded as it is
+/// copied.
 fn split_bytes<const N: usize>(
     bytes: &[u8],
+    dtype: Dtype,
     widths: &[usize; N],
     what: &'static str,
 ) -> Result<[Vec<f32>; N]> {
+    let size = value_size(dtype)?;
     let width: usize = widths.iter().sum();
-    if width == 0 || !bytes.len().is_multiple_of(4 * width) {
+    if width == 0 || !bytes.len().is_multiple_of(size * width) {
         return Err(ModelError::WrongLength {
             what,
-            expected: format!("a multiple of {} bytes ({width} f32 elements)", 4 * width),
+            expected: format!(
+                "a multiple of {} bytes ({width} {dtype} elements)",
+                size * width
+            ),
             got: bytes.len(),
         });
     }
-    let rows = bytes.len() / (4 * width);
-    let mut out: [Vec<f32>; N] = std::array::from_fn(|i| Vec::with_capacity(rows * widths[i]));
-    for row in bytes.chunks_exact(4 * width) {
+    let rows = bytes.len() / (size * width);
+    let mut out: [Vec<f32>; N] = std::array::from_fn(|i| vec![0f32; rows * widths[i]]);
+    for (r, row) in bytes.chunks_exact(size * width).enumerate() {
         let mut at = 0;
         for (o, &w) in out.iter_mut().zip(widths) {
-            let part = &row[4 * at..4 * (at + w)];
-            o.extend(
-                part.as_chunks::<4>()
-                    .0
-                    .iter()
-                    .map(|c| f32::from_le_bytes(*c)),
+            decode_into(
+                dtype,
+                &mut o[r * w..(r + 1) * w],
+                &row[size * at..size * (at + w)],
             );
             at += w;
         }
+    }
+    Ok(out)
+}
+
+/// Bytes per sub-layer value of `dtype`: 4 (f32) or 2 (bf16, f16); an integer type is no
+/// sub-layer dtype.
+fn value_size(dtype: Dtype) -> Result<usize> {
+    match dtype {
+        Dtype::F32 | Dtype::Bf16 | Dtype::F16 => Ok(dtype.size()),
+        Dtype::I8 => Err(ModelError::InvalidArgument(
+            "sub-layer values are f32, bf16 or f16, not i8".into(),
+        )),
+    }
+}
+
+/// Decodes little-endian `dtype` values (f32, bf16 or f16; exact) into `out`, one per element
+/// of `out` (`bytes` holds `out.len()` of them).
+fn decode_into(dtype: Dtype, out: &mut [f32], bytes: &[u8]) {
+    match dtype {
+        Dtype::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.as_chunks::<4>().0) {
+                *o = f32::from_le_bytes(*b);
+            }
+        }
+        Dtype::Bf16 => {
+            for (o, b) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
+                *o = half::bf16::from_bits(u16::from_le_bytes(*b)).to_f32();
+            }
+        }
+        Dtype::F16 => {
+            for (o, b) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
+                *o = half::f16::from_bits(u16::from_le_bytes(*b)).to_f32();
+            }
+        }
+        Dtype::I8 => {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = f32::from(b as i8);
+            }
+        }
+    }
+}
+
+/// Little-endian `dtype` values decoded (a trailing partial element is dropped; callers check
+/// lengths).
+fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
+    let mut out = vec![0f32; bytes.len() / dtype.size()];
+    decode_into(dtype, &mut out, bytes);
+    out
+}
+
+/// Little-endian f32 bytes (a trace file's sub-layer layer) as `dtype` (f32: unchanged).
+///
+/// # Errors
+/// A value `dtype` does not hold exactly (a sub-layer trace is committed as the values the
+/// engine computed, never rounded), or an integer dtype.
+pub fn narrow_values(f32_bytes: Vec<u8>, dtype: Dtype) -> Result<Vec<u8>> {
+    value_size(dtype)?;
+    if dtype == Dtype::F32 {
+        return Ok(f32_bytes);
+    }
+    let mut out = Vec::with_capacity(f32_bytes.len() / 2);
+    for (i, c) in f32_bytes.as_chunks::<4>().0.iter().enumerate() {
+        let x = f32::from_le_bytes(*c);
+        let (bits, back) = match dtype {
+            Dtype::Bf16 => {
+                let h = half::bf16::from_f32(x);
+                (h.to_bits(), h.to_f32())
+            }
+            _ => {
+                let h = half::f16::from_f32(x);
+                (h.to_bits(), h.to_f32())
+            }
+        };
+        if back.to_bits() != x.to_bits() {
+            return Err(ModelError::InvalidArgument(format!(
+                "sub-layer value {i} is {x:e}, which {dtype} does not hold exactly (the \
+                 statement commits {dtype} sub-layer values: those of an engine computing in \
+                 {dtype})"
+            )));
+        }
+        out.extend_from_slice(&bits.to_le_bytes());
     }
     Ok(out)
 }
@@ -345,9 +438,31 @@ pub fn split_by_head(
 /// (context width `d`, `g` key-value heads of key-value width `2 n`) split by
 /// [`split_by_head`], the key-value trace's layer `s · g + h` being layer `s`'s head `h`.
 ///
+/// Each layer is then narrowed to the statement's sub-layer dtype ([`narrow_values`]).
+///
 /// # Errors
-/// A hidden-only statement, an odd key-value width, malformed rows.
+/// A hidden-only statement, an odd key-value width, malformed rows, a value the statement's
+/// dtype does not hold exactly.
 pub fn prover_parts(
+    statement: &Statement,
+    context: LayerBytes,
+    cell: LayerBytes,
+) -> Result<Vec<(veritrace_protocol::SubLayerPart, LayerBytes)>> {
+    let dtype = statement.trace_level.dtype().unwrap_or(Dtype::F32);
+    f32_parts(statement, context, cell)?
+        .into_iter()
+        .map(|(part, layers)| {
+            let layers = layers
+                .into_iter()
+                .map(|l| narrow_values(l, dtype))
+                .collect::<Result<LayerBytes>>()?;
+            Ok((part, layers))
+        })
+        .collect()
+}
+
+/// [`prover_parts`] before narrowing: every part as f32 bytes.
+fn f32_parts(
     statement: &Statement,
     context: LayerBytes,
     cell: LayerBytes,
@@ -422,7 +537,22 @@ impl SubLayerTrace {
         (b(&self.context), b(&self.cell))
     }
 
-    /// Bytes of both traces.
+    /// The sub-layer traces a [`veritrace_protocol::Prover`] of `statement` holds
+    /// ([`veritrace_protocol::Prover::with_sublayer_parts`]): [`prover_parts`] of
+    /// [`SubLayerTrace::bytes`], split by head at that level and in the statement's dtype.
+    ///
+    /// # Errors
+    /// As [`prover_parts`].
+    pub fn parts(
+        &self,
+        statement: &Statement,
+    ) -> Result<Vec<(veritrace_protocol::SubLayerPart, LayerBytes)>> {
+        let (context, cell) = self.bytes();
+        prover_parts(statement, context, cell)
+    }
+
+    /// Bytes of both traces as f32 (what a trace file holds; a half-precision statement
+    /// commits half of it).
     pub fn byte_len(&self) -> usize {
         self.context
             .iter()
@@ -459,7 +589,8 @@ impl LlamaModel {
 
     /// The statement at [`TraceLevel::SubLayer`] of a run of `prompt ‖ output` (on any engine:
     /// this CPU's or a GPU's) with its trace and per-layer sub-layer values, packed in the
-    /// layout trace files hold.
+    /// layout trace files hold; the sub-layer values are committed in the setup's activation
+    /// type ([`crate::Precision::dtype`]).
     pub(crate) fn sublayer_statement(
         &self,
         setup: &Setup,
@@ -472,7 +603,7 @@ impl LlamaModel {
         let sub = SubLayerTrace::pack(&layout, sub)?;
         let (mut statement, trace) =
             self.statement_for(setup, prompt, output, trace, chunk, hasher)?;
-        statement.trace_level = layout.trace_level()?;
+        statement.trace_level = layout.trace_level()?.with_dtype(setup.precision.dtype());
         Ok((statement, trace, sub))
     }
 }
@@ -514,17 +645,6 @@ pub struct KeyedVerifier<'a> {
 
 fn engine(e: impl std::fmt::Display) -> ProtocolError {
     ProtocolError::Engine(e.to_string())
-}
-
-/// Little-endian f32 bytes decoded (a trailing partial element is dropped; callers check
-/// lengths). Fixed-size chunks keep the loop vectorized.
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .as_chunks::<4>()
-        .0
-        .iter()
-        .map(|c| f32::from_le_bytes(*c))
-        .collect()
 }
 
 impl<'a> KeyedVerifier<'a> {
@@ -602,7 +722,8 @@ impl Recompute for KeyedVerifier<'_> {
     ) -> veritrace_protocol::Result<AlgebraicCheck> {
         let setup = self.model.check_statement(statement).map_err(engine)?;
         let layout = self.model.sublayer_layout();
-        if statement.trace_level != layout.trace_level().map_err(engine)? {
+        let dtype = statement.trace_level.dtype().unwrap_or(Dtype::F32);
+        if statement.trace_level != layout.trace_level().map_err(engine)?.with_dtype(dtype) {
             return Err(engine(format!(
                 "the statement's sub-layer rows are {:?}; this decoder's are {} (context) and \
                  {} (cell) elements",
@@ -617,16 +738,17 @@ impl Recompute for KeyedVerifier<'_> {
         // and outputs pass their Freivalds checks and norms trivially) and the check runs on
         // rows 0..e as for a causal cell.
         let pad = input_rows.start as usize;
-        let padded = |bytes: &[u8], width: usize| -> Vec<f32> {
+        let padded = |bytes: &[u8], dtype: Dtype, width: usize| -> Vec<f32> {
             let mut v = vec![0f32; pad * width];
-            v.extend(f32s(bytes));
+            v.extend(decode(dtype, bytes));
             v
         };
-        let h_in = padded(inputs, layout.hidden);
+        // the hidden trace is f32 (`check_statement`), the sub-layer values the level's dtype
+        let h_in = padded(inputs, Dtype::F32, layout.hidden);
         let ctx = layout
-            .unpack_context(&padded(context, layout.context_width()))
+            .unpack_context(&padded(context, dtype, layout.context_width()))
             .map_err(engine)?;
-        let cell_values = layout.unpack_cell_bytes(cell).map_err(engine)?;
+        let cell_values = layout.unpack_cell_bytes(cell, dtype).map_err(engine)?;
         let chunk = rows.start / tile;
         let sample = self.secret_sample(statement, layer, &rows, &input_rows)?;
         self.judge(
@@ -644,7 +766,9 @@ impl Recompute for KeyedVerifier<'_> {
     ) -> veritrace_protocol::Result<AlgebraicCheck> {
         let setup = self.model.check_statement(statement).map_err(engine)?;
         let layout = self.model.sublayer_layout();
-        if statement.trace_level != layout.by_head_level().map_err(engine)? {
+        let dtype = statement.trace_level.dtype().unwrap_or(Dtype::F32);
+        let size = value_size(dtype).map_err(engine)?;
+        if statement.trace_level != layout.by_head_level().map_err(engine)?.with_dtype(dtype) {
             return Err(engine(format!(
                 "the statement's sub-layer rows are {:?}; this decoder's by head are {:?}",
                 statement.trace_level,
@@ -658,7 +782,10 @@ impl Recompute for KeyedVerifier<'_> {
         let kvd = layout.kv;
         let e = rows.end as usize;
         let bad = |what: &str| engine(format!("the claim's {what} have the wrong length"));
-        let (x, c) = (f32s(claim.inputs), f32s(claim.context));
+        let (x, c) = (
+            decode(Dtype::F32, claim.inputs),
+            decode(dtype, claim.context),
+        );
         let n_checked: usize = claim.checked.iter().map(|r| r.len()).sum();
         if x.len() != n_checked * d || c.len() != n_checked * d {
             return Err(bad("checked rows"));
@@ -683,24 +810,21 @@ impl Recompute for KeyedVerifier<'_> {
         }
         let whole =
             |h: usize| claim.heads.is_none() || drawn_heads.iter().any(|&q| q as usize / per == h);
-        // each key-value head's rows as opened (f32 bytes, rows `k_h ‖ v_h`): the whole input
-        // rows, or the checked rows; decoded where they are copied, not as a whole
+        // each key-value head's rows as opened (`dtype` bytes, rows `k_h ‖ v_h`): the whole
+        // input rows, or the checked rows; decoded where they are copied, not as a whole
         for (h, bytes) in claim.kv.iter().enumerate() {
             let total = if whole(h) {
                 input_rows.len()
             } else {
                 n_checked
             };
-            if bytes.len() != total * 2 * n * 4 {
+            if bytes.len() != total * 2 * n * size {
                 return Err(bad("key-value rows"));
             }
         }
-        let row_of = |h: usize, i: usize| &claim.kv[h][i * 8 * n..(i + 1) * 8 * n];
-        let put = |out: &mut [f32], bytes: &[u8]| {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        };
+        let row_of = |h: usize, i: usize| &claim.kv[h][i * 2 * n * size..(i + 1) * 2 * n * size];
+        let put = |out: &mut [f32], bytes: &[u8]| decode_into(dtype, out, bytes);
+        let half = n * size;
         let Some(heads) = claim.heads else {
             // no draw: every head whole, checked as the dense rows 0..e (zeros where not
             // opened, never read) under the key's secret sample
@@ -716,8 +840,8 @@ impl Recompute for KeyedVerifier<'_> {
             for h in 0..g {
                 for i in 0..input_rows.len() {
                     let (row, at) = (row_of(h, i), (input_rows.start as usize + i) * kvd + h * n);
-                    put(&mut k[at..at + n], &row[..4 * n]);
-                    put(&mut v[at..at + n], &row[4 * n..]);
+                    put(&mut k[at..at + n], &row[..half]);
+                    put(&mut v[at..at + n], &row[half..]);
                 }
             }
             let ctx = SubLayers {
@@ -726,7 +850,9 @@ impl Recompute for KeyedVerifier<'_> {
                 v,
                 ..SubLayers::default()
             };
-            let cell_values = layout.unpack_cell_bytes(claim.cell).map_err(engine)?;
+            let cell_values = layout
+                .unpack_cell_bytes(claim.cell, dtype)
+                .map_err(engine)?;
             let sample = self.secret_sample(statement, claim.layer, &rows, &input_rows)?;
             return self.judge(
                 (&setup, claim.layer, tile, chunk),
@@ -762,8 +888,8 @@ impl Recompute for KeyedVerifier<'_> {
             for h in 0..g {
                 let row = row_of(h, if whole(h) { q - u } else { i });
                 let at = i * kvd + h * n;
-                put(&mut k[at..at + n], &row[..4 * n]);
-                put(&mut v[at..at + n], &row[4 * n..]);
+                put(&mut k[at..at + n], &row[..half]);
+                put(&mut v[at..at + n], &row[half..]);
             }
         }
         // the drawn key-value heads over rows 0..e (rows before a window are zeros, as in
@@ -773,8 +899,8 @@ impl Recompute for KeyedVerifier<'_> {
         for (j, &h) in groups.iter().enumerate() {
             for i in 0..input_rows.len() {
                 let (row, at) = (row_of(h, i), (u + i) * width + j * n);
-                put(&mut k_heads[at..at + n], &row[..4 * n]);
-                put(&mut v_heads[at..at + n], &row[4 * n..]);
+                put(&mut k_heads[at..at + n], &row[..half]);
+                put(&mut v_heads[at..at + n], &row[half..]);
             }
         }
         let before: Vec<usize> = checked
@@ -793,7 +919,9 @@ impl Recompute for KeyedVerifier<'_> {
             k_heads,
             v_heads,
         };
-        let cell_values = layout.unpack_cell_bytes(claim.cell).map_err(engine)?;
+        let cell_values = layout
+            .unpack_cell_bytes(claim.cell, dtype)
+            .map_err(engine)?;
         self.judge(
             (&setup, claim.layer, tile, chunk),
             Values::Drawn(&drawn, (!all_heads).then_some(&hs[..])),

@@ -623,10 +623,10 @@ fn gpu_sublayer_values_pass_the_keyed_check() {
         .llama_prove_run_sublayers(&m, &Setup::F32_EAGER, &tokens, 4, 8, HasherId::Blake3)
         .unwrap();
     assert_eq!(statement.trace_level, layout.trace_level().unwrap());
-    let (context, cell) = sub.bytes();
+    let parts = sub.parts(&statement).unwrap();
     let mut prover = Prover::new(statement, trace.layer_bytes())
         .unwrap()
-        .with_sublayers(context, cell)
+        .with_sublayer_parts(parts)
         .unwrap();
     let engine = KeyedVerifier {
         tolerance: F32_TOLERANCE,

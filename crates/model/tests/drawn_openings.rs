@@ -25,11 +25,23 @@ fn prompt() -> Vec<u32> {
 /// The tiny decoder's run at the by-head level, and its layer bytes and sub-layer parts
 /// (`cheat` edits the cell trace's per-layer bytes before they are split and committed).
 fn by_head(model: &LlamaModel, cheat: impl Fn(&mut Vec<Vec<u8>>)) -> (Statement, Prover<Vec<u8>>) {
+    by_head_in(model, &Setup::F32_EAGER, cheat)
+}
+
+/// [`by_head`] of a run of `setup`, its sub-layer values committed in the setup's type.
+fn by_head_in(
+    model: &LlamaModel,
+    setup: &Setup,
+    cheat: impl Fn(&mut Vec<Vec<u8>>),
+) -> (Statement, Prover<Vec<u8>>) {
     let (mut statement, trace, sub) = model
-        .prove_run_sublayers(&Setup::F32_EAGER, &prompt(), 4, CHUNK, HasherId::Blake3)
+        .prove_run_sublayers(setup, &prompt(), 4, CHUNK, HasherId::Blake3)
         .unwrap();
     let layout = model.sublayer_layout();
-    statement.trace_level = layout.by_head_level().unwrap();
+    statement.trace_level = layout
+        .by_head_level()
+        .unwrap()
+        .with_dtype(setup.precision.dtype());
     let (context, mut cell) = sub.bytes();
     cheat(&mut cell);
     let parts = veritrace_model::sublayer::prover_parts(&statement, context, cell).unwrap();
@@ -240,13 +252,23 @@ fn drawn_openings_are_smaller_than_whole_ones() {
 
 /// The byte model of a drawn opening ([`veritrace_model::cost::CellBytes::drawn`]) is the
 /// opened values' bytes exactly, for one drawn head (one key-value head read) and any number
-/// of earlier chunks; the whole opening's is `opened`.
+/// of earlier chunks; the whole opening's is `opened`. For an f32 run and a bf16 one, whose
+/// sub-layer values are committed as bf16 (2 bytes each).
 #[test]
 fn the_byte_model_of_drawn_openings_is_exact() {
+    for (setup, value_bytes) in [
+        (Setup::F32_EAGER, 4),
+        ("bf16/attn=eager".parse().unwrap(), 2),
+    ] {
+        byte_model_is_exact(&setup, value_bytes);
+    }
+}
+
+fn byte_model_is_exact(setup: &Setup, value_bytes: usize) {
     use veritrace_model::cost::sampled_verifier_cell_bytes;
     use veritrace_model::freivalds::AttentionSampling;
     let model = LlamaModel::preset("tiny").unwrap();
-    let (statement, mut p) = by_head(&model, |_| {});
+    let (statement, mut p) = by_head_in(&model, setup, |_| {});
     p.commit().unwrap();
     let g = statement.geometry;
     let values = |o: &veritrace_protocol::Opening| -> usize {
@@ -276,11 +298,12 @@ fn the_byte_model_of_drawn_openings_is_exact() {
                     heads: Some(1),
                     context_rows: Some(drawn.chunks.len() as u32 * CHUNK),
                 };
-                let b = sampled_verifier_cell_bytes(model.config(), r, ctx, &sampling);
+                let b = sampled_verifier_cell_bytes(model.config(), r, ctx, &sampling, value_bytes);
                 assert_eq!(values(&o) as f64, b.drawn, "{cell:?} {chunks}");
             }
             let whole = p.open_cells(0, &[cell], 0).unwrap();
-            let b = sampled_verifier_cell_bytes(model.config(), r, ctx, &AttentionSampling::FULL);
+            let full = AttentionSampling::FULL;
+            let b = sampled_verifier_cell_bytes(model.config(), r, ctx, &full, value_bytes);
             assert_eq!(values(&whole) as f64, b.opened, "{cell:?}");
         }
     }
@@ -309,8 +332,7 @@ fn sliding_window_cells_pass_drawn_and_cheats_fail() {
             .unwrap();
         statement.setup = Setup::F32_EAGER.to_bytes();
         statement.trace_level = model.sublayer_layout().by_head_level().unwrap();
-        let (context, cell) = sub.bytes();
-        let parts = veritrace_model::sublayer::prover_parts(&statement, context, cell).unwrap();
+        let parts = sub.parts(&statement).unwrap();
         let mut p = Prover::new(statement.clone(), trace.layer_bytes())
             .unwrap()
             .with_sublayer_parts(parts)

@@ -43,10 +43,9 @@ fn prover(
     trace: &veritrace_model::Trace,
     sub: &SubLayerTrace,
 ) -> Prover<Vec<u8>> {
-    let (context, cell) = sub.bytes();
     Prover::new(statement.clone(), trace.layer_bytes())
         .unwrap()
-        .with_sublayers(context, cell)
+        .with_sublayer_parts(sub.parts(statement).unwrap())
         .unwrap()
 }
 
@@ -318,6 +317,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
     wide.trace_level = TraceLevel::SubLayer {
         context: 256,
         cell: 1000,
+        dtype: veritrace_commit::Dtype::F32,
     };
     let mut p = Prover::new(wide.clone(), trace.layer_bytes()).unwrap();
     assert!(p.commit().is_err(), "sub-layer traces are required");
@@ -867,4 +867,79 @@ fn calibrated_nonlinear_tolerances_accept_another_kernels_runs() {
     assert!(bad.validate(&key).is_err());
     assert!(bounds.clone().set_nonlinear(&deviations[1..], 2.0).is_err());
     assert_eq!(NONLINEAR_PARTS.len(), 4);
+}
+
+/// A half-precision run commits its sub-layer values in its own type (specs/protocol.md §3.5):
+/// half the bytes of f32, each value exact, at both levels, and its sessions pass the keyed
+/// check bitwise. A value the type does not hold is refused by the prover, never rounded; the
+/// same run committed as f32 is the same check.
+#[test]
+fn half_precision_runs_commit_their_sublayer_values_in_their_type() {
+    use veritrace_commit::Dtype;
+    let f = fixture();
+    for (name, dtype) in [
+        ("bf16/attn=eager", Dtype::Bf16),
+        ("f16/attn=eager", Dtype::F16),
+        ("bf16/attn=eager/kernels=invariant", Dtype::Bf16),
+    ] {
+        let setup: Setup = name.parse().unwrap();
+        let (statement, trace, sub) = f
+            .model
+            .prove_run_sublayers(&setup, &prompt(), 4, CHUNK, HasherId::Blake3)
+            .unwrap();
+        let layout = f.model.sublayer_layout();
+        assert_eq!(
+            statement.trace_level,
+            layout.trace_level().unwrap().with_dtype(dtype),
+            "{name}"
+        );
+        let key = f.key.for_setup(&f.model, &setup).unwrap();
+        let kv = KeyedVerifier::exact(&f.model, &key);
+        let mut by_head = statement.clone();
+        by_head.trace_level = layout.by_head_level().unwrap().with_dtype(dtype);
+        let mut as_f32 = statement.clone();
+        as_f32.trace_level = layout.trace_level().unwrap();
+        for s in [&statement, &by_head, &as_f32] {
+            let parts = sub.parts(s).unwrap();
+            let committed: usize = parts.iter().flat_map(|(_, l)| l).map(Vec::len).sum();
+            let expected = if s.trace_level.dtype() == Some(Dtype::F32) {
+                sub.byte_len()
+            } else {
+                sub.byte_len() / 2
+            };
+            assert_eq!(committed, expected, "{name} {:?}", s.trace_level);
+            let mut p = Prover::new(s.clone(), trace.layer_bytes())
+                .unwrap()
+                .with_sublayer_parts(parts)
+                .unwrap();
+            let c = p.commit().unwrap();
+            let g = s.geometry;
+            let all: Vec<CellId> = (0..g.num_cells()).map(|i| g.cell_at(i).unwrap()).collect();
+            let o = p.open_cells(0, &all, 0).unwrap();
+            let checked = check_opening_by(
+                &c,
+                &all,
+                &o,
+                &TolerancePolicy::Exact,
+                LayerCheck::Freivalds,
+                &kv,
+                &VerifierLimits::default(),
+            );
+            assert_eq!(checked, Ok(()), "{name} {:?}", s.trace_level);
+            for seed in 0..2 {
+                let p = Prover::new(s.clone(), trace.layer_bytes())
+                    .unwrap()
+                    .with_sublayer_parts(sub.parts(s).unwrap())
+                    .unwrap();
+                let v = session(kv, p, config(LayerCheck::Freivalds, 6), seed);
+                assert_eq!(v, Verdict::Accept, "{name} seed {seed}");
+            }
+        }
+        // one value off the type's grid: refused, naming it
+        let mut off = sub.clone();
+        off.cell[1][7] = f32::from_bits(off.cell[1][7].to_bits() ^ 1);
+        let e = off.parts(&statement).unwrap_err().to_string();
+        assert!(e.contains("does not hold exactly"), "{e}");
+        assert!(off.parts(&as_f32).is_ok(), "f32 holds every value");
+    }
 }

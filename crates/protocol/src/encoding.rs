@@ -29,8 +29,9 @@ pub const MESSAGE_MAGIC: &[u8; 4] = b"VTPM";
 /// opening with its `sublayers`, issue 16; 4: an opening's `pow_nonce` precedes its cells, so
 /// that it can be checked as it streams in, issue 17; 5: a challenge ends with its
 /// `attention` draw, sub-layer roots with a key-value root and an opening's sub-layer part
-/// with its key-value cells and proof, issue 16).
-pub const MESSAGE_VERSION: u8 = 5;
+/// with its key-value cells and proof, issue 16; 6: a statement's sub-layer trace level ends
+/// with its values' dtype, issue 16).
+pub const MESSAGE_VERSION: u8 = 6;
 /// Default size limit for a binary message (1 GiB).
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 

@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
-use veritrace_commit::{CellId, Digest, HasherId, TraceGeometry};
+use veritrace_commit::{CellId, Digest, Dtype, HasherId, TraceGeometry};
 
 use crate::encoding::{Message, MessageKind};
 use crate::{ProtocolError, Result};
@@ -101,8 +101,10 @@ pub struct Statement {
 ///
 /// With [`TraceLevel::SubLayer`], the prover commits, beside the hidden-state trace, two
 /// sub-layer traces over layers `1 … L − 1` of the hidden trace (sub-layer index `s = l − 1`
-/// for hidden layer `l`), with the hidden trace's tokens and chunk size and f32 elements
-/// (always f32, whatever the hidden trace's dtype):
+/// for hidden layer `l`), with the hidden trace's tokens and chunk size and elements of the
+/// level's `dtype` (whatever the hidden trace's dtype): f32, or the bf16 or f16 a
+/// half-precision engine computed its sub-layer values in (half the bytes to commit, open and
+/// hash; every value must be exactly representable, so nothing is rounded):
 ///
 /// * the **context** trace, `context` elements per token row: what an attention over earlier
 ///   positions reads of each position (for a Llama-style decoder: the attention norm's output,
@@ -125,6 +127,10 @@ pub enum TraceLevel {
         context: u32,
         /// Elements per token row of the cell trace.
         cell: u32,
+        /// The sub-layer traces' element type: f32, bf16 or f16 (f32 when a JSON statement
+        /// omits it).
+        #[serde(default = "f32_dtype")]
+        dtype: Dtype,
     },
     /// Hidden states and sub-layer values, with the keys and values of each key-value head
     /// in leaves of their own (specs/protocol.md §3.5), so that an opening can hold only the
@@ -145,7 +151,15 @@ pub enum TraceLevel {
         kv_heads: u32,
         /// Elements per token row of one key-value head in the key-value trace.
         kv: u32,
+        /// The sub-layer traces' element type, as for [`TraceLevel::SubLayer`].
+        #[serde(default = "f32_dtype")]
+        dtype: Dtype,
     },
+}
+
+/// The sub-layer dtype of a JSON statement that names none (statements before it was a field).
+fn f32_dtype() -> Dtype {
+    Dtype::F32
 }
 
 impl TraceLevel {
@@ -159,6 +173,28 @@ impl TraceLevel {
                 &[SubLayerPart::Context, SubLayerPart::Kv, SubLayerPart::Cell]
             }
         }
+    }
+
+    /// The sub-layer traces' element type; `None` at [`TraceLevel::Hidden`].
+    pub fn dtype(&self) -> Option<Dtype> {
+        match *self {
+            TraceLevel::Hidden => None,
+            TraceLevel::SubLayer { dtype, .. } | TraceLevel::SubLayerByHead { dtype, .. } => {
+                Some(dtype)
+            }
+        }
+    }
+
+    /// The level with its sub-layer traces' element type set to `dtype` (unchanged at
+    /// [`TraceLevel::Hidden`]).
+    pub fn with_dtype(mut self, dtype: Dtype) -> Self {
+        match &mut self {
+            TraceLevel::Hidden => {}
+            TraceLevel::SubLayer { dtype: d, .. } | TraceLevel::SubLayerByHead { dtype: d, .. } => {
+                *d = dtype
+            }
+        }
+        self
     }
 
     /// `(H, g)`: the query and key-value heads of a [`TraceLevel::SubLayerByHead`] level.
@@ -355,9 +391,9 @@ impl Statement {
     }
 
     /// The geometry of one sub-layer trace (see [`TraceLevel`]): `L − 1` layers, the hidden
-    /// trace's tokens and chunk, the part's width, f32. `None` for a [`TraceLevel::Hidden`]
-    /// statement. Fails when the geometry is invalid (a zero width, a single hidden layer,
-    /// more cells than the commitment layer allows).
+    /// trace's tokens and chunk, the part's width, the level's dtype. `None` for a
+    /// [`TraceLevel::Hidden`] statement. Fails when the geometry is invalid (a zero width, a
+    /// single hidden layer, more cells than the commitment layer allows, an integer dtype).
     pub fn sublayer_geometry(&self, part: SubLayerPart) -> Result<Option<TraceGeometry>> {
         let (width, per_layer) = match (self.trace_level, part) {
             (TraceLevel::Hidden, _) | (TraceLevel::SubLayer { .. }, SubLayerPart::Kv) => {
@@ -385,6 +421,12 @@ impl Statement {
                 (kv, kv_heads)
             }
         };
+        let dtype = self.trace_level.dtype().unwrap_or(Dtype::F32);
+        if !matches!(dtype, Dtype::F32 | Dtype::Bf16 | Dtype::F16) {
+            return Err(ProtocolError::InvalidStatement(format!(
+                "sub-layer values of dtype {dtype}: they are f32, bf16 or f16"
+            )));
+        }
         let g = &self.geometry;
         if g.layers < 2 {
             return Err(ProtocolError::InvalidStatement(
@@ -397,17 +439,11 @@ impl Statement {
                 g.layers - 1
             ))
         })?;
-        TraceGeometry::new(
-            layers,
-            g.tokens,
-            width,
-            g.chunk,
-            veritrace_commit::Dtype::F32,
-        )
-        .map(Some)
-        .map_err(|e| {
-            ProtocolError::InvalidStatement(format!("the {} sub-layer trace: {e}", part.name()))
-        })
+        TraceGeometry::new(layers, g.tokens, width, g.chunk, dtype)
+            .map(Some)
+            .map_err(|e| {
+                ProtocolError::InvalidStatement(format!("the {} sub-layer trace: {e}", part.name()))
+            })
     }
 
     /// The sub-layer cells an opening of `challenged` must hold, as runs in sub-layer

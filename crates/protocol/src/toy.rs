@@ -240,6 +240,7 @@ impl ToyEngine {
                 heads: kv_heads,
                 kv_heads,
                 kv: hidden / kv_heads,
+                dtype: Dtype::F32,
             },
         )
     }
@@ -340,6 +341,7 @@ impl Recompute for ToyEngine {
             != (crate::TraceLevel::SubLayer {
                 context: hidden as u32,
                 cell: hidden as u32,
+                dtype: Dtype::F32,
             })
         {
             return Err(ProtocolError::Engine(format!(

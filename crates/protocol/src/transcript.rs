@@ -163,13 +163,14 @@ impl TranscriptProtocol for Transcript {
         // u32le(context width) ‖ u32le(cell width).
         // By head: u32le(context) ‖ u32le(cell) ‖ u32le(H) ‖ u32le(g) ‖ u32le(key-value width)
         // (20 bytes, so never the 8 bytes of the other level).
+        // Either followed, only when the sub-layer values are not f32, by u8(dtype code) (9 or
+        // 21 bytes, so no length is another's; an f32 level's row is as before the field).
+        let mut m = Vec::with_capacity(21);
         match s.trace_level {
             TraceLevel::Hidden => {}
-            TraceLevel::SubLayer { context, cell } => {
-                let mut m = Vec::with_capacity(8);
+            TraceLevel::SubLayer { context, cell, .. } => {
                 m.extend_from_slice(&context.to_le_bytes());
                 m.extend_from_slice(&cell.to_le_bytes());
-                self.append_message(b"trace-level", &m);
             }
             TraceLevel::SubLayerByHead {
                 context,
@@ -177,13 +178,18 @@ impl TranscriptProtocol for Transcript {
                 heads,
                 kv_heads,
                 kv,
+                ..
             } => {
-                let mut m = Vec::with_capacity(20);
                 for x in [context, cell, heads, kv_heads, kv] {
                     m.extend_from_slice(&x.to_le_bytes());
                 }
-                self.append_message(b"trace-level", &m);
             }
+        }
+        if let Some(dtype) = s.trace_level.dtype() {
+            if dtype != veritrace_commit::Dtype::F32 {
+                m.push(dtype.code());
+            }
+            self.append_message(b"trace-level", &m);
         }
     }
 

@@ -1755,9 +1755,10 @@ impl<'v, 'd, R: Recompute + ?Sized> OpeningCheck<'v, 'd, R> {
             return Err(reason);
         }
         if let Some(sub) = sublayers {
+            let dtype = statement.trace_level.dtype().unwrap_or(Dtype::F32);
             for (part, _, _) in &self.sub_required {
                 for oc in sub.get(*part).0 {
-                    if let Some(index) = first_non_finite(Dtype::F32, &oc.data) {
+                    if let Some(index) = first_non_finite(dtype, &oc.data) {
                         // reported in hidden-trace coordinates (sub-layer s is layer s + 1)
                         return Err(RejectReason::NonFinite {
                             cell: hidden_cell(statement, *part, oc.cell),

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use veritrace_commit::{Digest, Dtype, HasherId, TraceGeometry};
-use veritrace_protocol::encoding::MAX_MESSAGE_BYTES;
+use veritrace_protocol::encoding::{MAX_MESSAGE_BYTES, MESSAGE_VERSION};
 use veritrace_protocol::stream::OpeningReader;
 use veritrace_protocol::tolerance::TolerancePolicy;
 use veritrace_protocol::toy::ToyEngine;
@@ -66,6 +66,7 @@ fn session(case: u64, cheat: bool) -> Session {
         TraceLevel::SubLayer {
             context: HIDDEN,
             cell: HIDDEN,
+            dtype: Dtype::F32,
         }
     } else {
         TraceLevel::Hidden
@@ -311,7 +312,7 @@ fn the_live_verifier_reads_openings_as_streams() {
         }
         // a malformed opening leaves the state as it was
         let state = by_stream.state().clone();
-        let junk = [b"VTPM".as_slice(), &[5, 4, 0, 0, 9, 1]].concat();
+        let junk = [b"VTPM".as_slice(), &[MESSAGE_VERSION, 4, 0, 0, 9, 1]].concat();
         let e = by_stream
             .receive_opening_stream(
                 OpeningReader::new(&junk[..], MAX_MESSAGE_BYTES).unwrap(),
@@ -348,7 +349,7 @@ fn the_reader_refuses_what_the_decoder_refuses() {
     // a cell claiming 2^40 bytes, with a few behind it, allocates what arrives and fails
     let huge = [
         b"VTPM".as_slice(),
-        &[5, 4, 0, 0, 1, 0, 0],
+        &[MESSAGE_VERSION, 4, 0, 0, 1, 0, 0],
         &[0x80, 0x80, 0x80, 0x80, 0x80, 0x20],
         &[1, 2, 3],
     ]

@@ -45,6 +45,7 @@ fn statement(dep: Dependency, level: TraceLevel) -> Statement {
 const SUB: TraceLevel = TraceLevel::SubLayer {
     context: HIDDEN,
     cell: HIDDEN,
+    dtype: Dtype::F32,
 };
 
 fn prover(s: &Statement, engine: ToyEngine) -> Prover<Vec<u8>> {
@@ -441,6 +442,7 @@ fn statements_and_commitments_agree_on_the_level() {
     bad.trace_level = TraceLevel::SubLayer {
         context: 0,
         cell: 4,
+        dtype: Dtype::F32,
     };
     assert!(bad.validate().is_err());
     let mut one = s.clone();
@@ -470,6 +472,7 @@ fn statements_and_commitments_agree_on_the_level() {
     other.statement.trace_level = TraceLevel::SubLayer {
         context: 4,
         cell: 5,
+        dtype: Dtype::F32,
     };
     assert_ne!(seed(&c), seed(&other));
     // a JSON statement without the field is hidden-only
@@ -524,4 +527,72 @@ fn the_toy_check_refuses_rows_outside_its_inputs() {
     assert!(e
         .check_sublayers(&s, 1, 3..6, 0..3, &zeros, &zeros, &zeros)
         .is_err());
+}
+
+#[test]
+fn the_sublayer_dtype_is_bound_and_sizes_the_traces() {
+    let s = statement(Dependency::Causal, SUB);
+    let mut half = s.clone();
+    half.trace_level = SUB.with_dtype(Dtype::Bf16);
+    half.validate().unwrap();
+    assert_eq!(half.trace_level.dtype(), Some(Dtype::Bf16));
+    assert_eq!(TraceLevel::Hidden.dtype(), None);
+    for part in [SubLayerPart::Context, SubLayerPart::Cell] {
+        let g = half.sublayer_geometry(part).unwrap().unwrap();
+        assert_eq!(
+            g,
+            TraceGeometry::new(3, 12, HIDDEN, 3, Dtype::Bf16).unwrap()
+        );
+        let f = s.sublayer_geometry(part).unwrap().unwrap();
+        assert_eq!(2 * g.layer_byte_len(), f.layer_byte_len(), "half the bytes");
+    }
+    // an integer type is no sub-layer dtype: a typed invalid statement, in JSON and binary
+    let mut int8 = s.clone();
+    int8.trace_level = SUB.with_dtype(Dtype::I8);
+    assert!(matches!(
+        int8.validate(),
+        Err(veritrace_protocol::ProtocolError::InvalidStatement(m)) if m.contains("i8")
+    ));
+    assert!(Statement::from_bytes(&int8.to_bytes()).is_err());
+    assert!(Statement::from_json(&int8.to_json()).is_err());
+    // both encodings round-trip the dtype; a JSON level without it is f32
+    assert_eq!(Statement::from_bytes(&half.to_bytes()).unwrap(), half);
+    assert_eq!(Statement::from_json(&half.to_json()).unwrap(), half);
+    let json = s.to_json();
+    let level = json.rfind("\"dtype\"").unwrap();
+    assert!(json[..level].contains("\"sub-layer\""), "{json}");
+    let cut = json[..level].rfind(',').unwrap();
+    let old = format!(
+        "{}{}",
+        &json[..cut],
+        &json[level + "\"dtype\": \"f32\"".len()..]
+    );
+    assert_eq!(old.matches("\"dtype\"").count(), 1, "{old}");
+    assert_eq!(Statement::from_json(&old).unwrap(), s);
+    // the dtype changes the challenge (transcript row 10c), for both levels
+    let params = ChallengeParams {
+        samples: 4,
+        strategy: SamplingStrategy::Uniform,
+        pow_bits: 0,
+        attention: None,
+    };
+    let c = prover(&s, ToyEngine::default()).commit().unwrap();
+    let seed = |c: &Commitment| veritrace_protocol::transcript::challenge_seed(c, 0, &params, 0);
+    let mut other = c.clone();
+    other.statement.trace_level = SUB.with_dtype(Dtype::Bf16);
+    let mut f16 = c.clone();
+    f16.statement.trace_level = SUB.with_dtype(Dtype::F16);
+    assert_ne!(seed(&c), seed(&other));
+    assert_ne!(seed(&other), seed(&f16));
+    let by_head = ToyEngine::by_head_level(HIDDEN, 2).unwrap();
+    let mut a = c.clone();
+    a.statement.trace_level = by_head;
+    let mut b = c.clone();
+    b.statement.trace_level = by_head.with_dtype(Dtype::Bf16);
+    assert_ne!(seed(&a), seed(&b));
+    // f32 sub-layer bytes under a bf16 level are the wrong length: a typed refusal
+    let engine = ToyEngine::default();
+    let (context, cell) = engine.sublayer_bytes(&s).unwrap();
+    let p = Prover::new(half.clone(), engine.trace_bytes(&s).unwrap()).unwrap();
+    assert!(p.with_sublayers(context, cell).is_err());
 }

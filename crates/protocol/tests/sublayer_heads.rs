@@ -509,6 +509,7 @@ fn malformed_drawn_openings_are_typed_rejections() {
         TraceLevel::SubLayer {
             context: HIDDEN,
             cell: HIDDEN,
+            dtype: Dtype::F32,
         },
     );
     let engine = ToyEngine::default();
@@ -571,6 +572,7 @@ fn by_head_statements_are_validated_and_a_claim_of_many_heads_costs_nothing() {
             heads,
             kv_heads,
             kv: 1,
+            dtype: Dtype::F32,
         };
         assert!(s.validate().is_err(), "{heads} over {kv_heads}");
     }
@@ -581,6 +583,7 @@ fn by_head_statements_are_validated_and_a_claim_of_many_heads_costs_nothing() {
         heads: u32::MAX,
         kv_heads: u32::MAX,
         kv: 1,
+        dtype: Dtype::F32,
     };
     assert!(s.validate().is_err());
     // 2^28 key-value heads: refused by the opening-size limit before any run is listed
@@ -590,6 +593,7 @@ fn by_head_statements_are_validated_and_a_claim_of_many_heads_costs_nothing() {
         heads: 1 << 28,
         kv_heads: 1 << 28,
         kv: 1,
+        dtype: Dtype::F32,
     };
     s.geometry = TraceGeometry::new(2, TOKENS, HIDDEN, CHUNK, Dtype::F32).unwrap();
     s.validate().unwrap();
@@ -638,6 +642,7 @@ fn by_head_statements_are_validated_and_a_claim_of_many_heads_costs_nothing() {
         heads: 1 << 31,
         kv_heads: 1,
         kv: 2,
+        dtype: Dtype::F32,
     };
     let zeros = |layers: usize, width: u32| vec![vec![0u8; (TOKENS * width * 4) as usize]; layers];
     let mut pb = Prover::new(big.clone(), ToyEngine::default().trace_bytes(&big).unwrap())
@@ -670,6 +675,7 @@ fn by_head_statements_are_validated_and_a_claim_of_many_heads_costs_nothing() {
     c.statement.trace_level = TraceLevel::SubLayer {
         context: HIDDEN,
         cell: HIDDEN,
+        dtype: Dtype::F32,
     };
     assert!(c.validate().is_err());
 }

@@ -19,7 +19,7 @@ use veritrace_commit::{CellId, HasherId};
 use veritrace_model::freivalds::{
     layer_map_ratios, MapBounds, Matrix, VerifierKey, VerifierSecret,
 };
-use veritrace_model::sublayer::{prover_parts, SubLayerLayout, SubLayerTrace};
+use veritrace_model::sublayer::{SubLayerLayout, SubLayerTrace};
 use veritrace_model::{CellInputs, LlamaModel, Runner, Setup, SubLayers, Trace};
 use veritrace_protocol::calibration::{
     calibrate_runs, holdout_evidence, CalibratedPolicy, HoldoutEvidence, HonestRun, RunCalibration,
@@ -180,8 +180,7 @@ impl ProverRun {
             Some(sub) => {
                 // the sub-layer layout's bytes, split into the statement's parts (by head at
                 // the by-head level)
-                let (context, cell) = sub.bytes();
-                prover.with_sublayer_parts(prover_parts(&self.statement, context, cell)?)?
+                prover.with_sublayer_parts(sub.parts(&self.statement)?)?
             }
             None => prover,
         })
@@ -922,7 +921,8 @@ impl Simulation {
         statement.model_digest = self.model.digest();
         if self.key.is_some() {
             // every prover commits at the sub-layer level, in the claimed model's layout (by
-            // head with drawn openings)
+            // head with drawn openings), as f32 whatever its setup: the values are exact in
+            // either, and an adversary's values need not be the claimed setup's type
             if let Some(d) = self.model.decoder() {
                 let layout = d.sublayer_layout();
                 statement.trace_level = if self.drawn() {

@@ -6,7 +6,7 @@ use std::error::Error;
 use std::time::Instant;
 
 use veritrace_commit::{CellId, Digest, HasherId};
-use veritrace_model::sublayer::{prover_parts, KeyedVerifier};
+use veritrace_model::sublayer::KeyedVerifier;
 use veritrace_model::{LlamaModel, Setup, Trace};
 use veritrace_protocol::tolerance::TolerancePolicy;
 use veritrace_protocol::{
@@ -27,10 +27,13 @@ pub fn by_head(
 ) -> Result<Committed, Box<dyn Error>> {
     let (mut statement, trace, sub) =
         model.prove_run_sublayers(setup, prompt, 0, chunk, HasherId::Blake3)?;
-    statement.trace_level = model.sublayer_layout().by_head_level()?;
-    let (context, cell) = sub.bytes();
+    // by head, the sub-layer values in the setup's type
+    statement.trace_level = model
+        .sublayer_layout()
+        .by_head_level()?
+        .with_dtype(setup.precision.dtype());
+    let parts = sub.parts(&statement)?;
     drop(sub);
-    let parts = prover_parts(&statement, context, cell)?;
     let mut prover = Prover::new(statement, trace.layer_bytes())?.with_sublayer_parts(parts)?;
     let commitment = prover.commit()?;
     Ok((trace, prover, commitment))
