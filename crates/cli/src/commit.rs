@@ -84,6 +84,8 @@ pub struct CommitArgs {
     /// them), so that a verifier can check its cells with `verify --layer-check freivalds`;
     /// `sublayer-by-head` commits the same tensors with each key-value head's keys and values
     /// in leaves of their own, for challenges that draw heads (`challenge --attention-heads`).
+    /// The values are committed in the setup's activation type (a bf16 setup's as bf16, half
+    /// the bytes); a value that type does not hold exactly is an error.
     #[arg(long, requires = "model", default_value = "hidden", value_parser = ["hidden", "sublayer", "sublayer-by-head"])]
     pub trace_level: String,
 }
@@ -395,6 +397,11 @@ fn commit_external(
             cell: f(cell),
         }
     });
+    // the committed parts, in the statement's sub-layer dtype (a value it does not hold is an
+    // error here, before anything is written)
+    let parts = sublayers
+        .map(|(context, cell)| veritrace_model::sublayer::prover_parts(&statement, context, cell))
+        .transpose()?;
     // The trace and the commitment are written into a staging directory that becomes the run
     // directory in one rename: a run directory never holds a trace without its commitment, and
     // a directory that holds anything is never written into (nothing is overwritten).
@@ -407,8 +414,7 @@ fn commit_external(
         sub_trace.as_ref(),
     )?;
     let mut prover = Prover::new(statement, trace.layer_bytes())?;
-    if let Some((context, cell)) = sublayers {
-        let parts = veritrace_model::sublayer::prover_parts(prover.statement(), context, cell)?;
+    if let Some(parts) = parts {
         prover = prover.with_sublayer_parts(parts)?;
     }
     let commitment = prover.commit()?;

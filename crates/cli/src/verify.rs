@@ -460,6 +460,7 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 })?;
             }
             let bounds = bounds.as_ref().map(|(_, b)| b);
+            keep_freed_heap();
             let engine = KeyedVerifier {
                 model: decoder,
                 key: &key,
@@ -473,6 +474,22 @@ pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         None => session.verify(openings, &*load_model(&args.model)?)?,
     };
     decide(verdict, args.json, out)
+}
+
+/// Keeps glibc's allocator from returning freed heap memory to the system during the keyed
+/// checks. Each cell's check allocates and frees megabytes (its decoded values, gathered
+/// context and recomputed parts); whether glibc trims the heap top after one depends on its
+/// dynamic thresholds, that is on earlier allocation sizes, and when it does the next cell
+/// page-faults and zeroes all of it again: at Llama-3-70B layer shapes in bf16 that doubled a
+/// drawn cell's check (`drawn_check_large`, BENCHMARKS.md). The peak is unchanged: what is
+/// kept is what the checks already used. Elsewhere (not glibc) nothing is set.
+fn keep_freed_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets an allocator parameter; no memory is touched
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
 }
 
 /// An opening as `verify` reads it.

@@ -1049,3 +1049,87 @@ fn by_head_sessions_over_files() {
     assert_eq!(c, 2, "{out}");
     assert!(out.contains("by head"), "{out}");
 }
+
+/// A bf16 run's sub-layer values are committed as bf16 (specs/protocol.md §3.5): `prove` and
+/// `commit` of its trace file under the bf16 setup give the same commitment, whose statement
+/// says bf16; the f32 setup's claim commits the same values as f32; and values bf16 does not
+/// hold (an f32 run's) claimed under a bf16 setup exit 2, writing nothing.
+#[test]
+fn a_bf16_run_commits_its_sublayer_values_as_bf16() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let bf16 = "bf16/attn=eager/kernels=invariant";
+    prove_sublayer(&p("bf16"), bf16);
+    prove_sublayer(&p("f32"), "f32/attn=eager");
+    let read = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let c = read(&p("bf16/commitment.json"));
+    assert_eq!(c["statement"]["trace_level"]["sub-layer"]["dtype"], "bf16");
+    let out: Vec<String> = c["statement"]["output_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let out = out.join(",");
+    let commit = |trace: &str, setup: &str, dest: &str| {
+        code(&[
+            "commit",
+            trace,
+            "--model",
+            "tiny",
+            "--setup",
+            setup,
+            "--prompt",
+            "5,9,2,7,1,3,8,8,4,6,1",
+            "--output-tokens",
+            &out,
+            "--chunk",
+            "4",
+            "--trace-level",
+            "sublayer",
+            "--out",
+            dest,
+        ])
+    };
+    let (c1, o1) = commit(&p("bf16/trace.safetensors"), bf16, &p("ext"));
+    assert_eq!(c1, 0, "{o1}");
+    assert_eq!(read(&p("ext/commitment.json")), c);
+    // claimed as f32 (a cheat's claim): the same values, committed as f32
+    let (c2, o2) = commit(&p("bf16/trace.safetensors"), "f32/attn=eager", &p("ext32"));
+    assert_eq!(c2, 0, "{o2}");
+    let c32 = read(&p("ext32/commitment.json"));
+    assert_eq!(c32["statement"]["trace_level"]["sub-layer"]["dtype"], "f32");
+    assert_eq!(c32["root"], c["root"], "the hidden trace is the same");
+    assert_ne!(c32["sublayer_roots"], c["sublayer_roots"]);
+    // an f32 run's values are no bf16 values
+    let f = read(&p("f32/commitment.json"));
+    let out32: Vec<String> = f["statement"]["output_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let (c3, o3) = code(&[
+        "commit",
+        &p("f32/trace.safetensors"),
+        "--model",
+        "tiny",
+        "--setup",
+        bf16,
+        "--prompt",
+        "5,9,2,7,1,3,8,8,4,6,1",
+        "--output-tokens",
+        &out32.join(","),
+        "--chunk",
+        "4",
+        "--trace-level",
+        "sublayer",
+        "--out",
+        &p("bad"),
+    ]);
+    assert_eq!(c3, 2, "{o3}");
+    assert!(o3.contains("does not hold exactly"), "{o3}");
+    assert!(!dir.path().join("bad").exists(), "nothing written");
+}

@@ -366,6 +366,35 @@ fn prover_cost(c: &mut Criterion) {
     g.bench_function("prover_by_head_level", |b| {
         b.iter(|| black_box(prover(&by_head)))
     });
+    // a bf16 run's prover, its sub-layer values committed as bf16 (specs/protocol.md §3.5:
+    // narrowed, then hashed) and the same values committed as f32
+    let bf16: Setup = "bf16/attn=eager/kernels=invariant".parse().expect("setup");
+    let (half, run16, packed16) = model
+        .prove_run_sublayers(&bf16, &prompt, 8, tile as u32, HasherId::Blake3)
+        .expect("run");
+    let mut as_f32 = half.clone();
+    as_f32.trace_level = model.sublayer_layout().trace_level().expect("level");
+    let prover16 = |s: &veritrace_protocol::Statement| {
+        let parts = packed16.parts(s).expect("parts");
+        veritrace_protocol::Prover::new(s.clone(), run16.layer_bytes())
+            .expect("prover")
+            .with_sublayer_parts(parts)
+            .expect("parts")
+            .commit()
+            .expect("commits")
+    };
+    eprintln!(
+        "bf16 run: sub-layer values committed as {:?}: {} bytes per token; as f32: {}",
+        half.trace_level.dtype(),
+        packed16.byte_len() / 2 / prompt.len().saturating_add(8),
+        packed16.byte_len() / prompt.len().saturating_add(8),
+    );
+    g.bench_function("commit_bf16_run_sublayers_as_bf16", |b| {
+        b.iter(|| black_box(prover16(&half)))
+    });
+    g.bench_function("commit_bf16_run_sublayers_as_f32", |b| {
+        b.iter(|| black_box(prover16(&as_f32)))
+    });
     g.finish();
 }
 

@@ -251,15 +251,11 @@ fn split_bytes<const N: usize>(
         });
     }
     let rows = bytes.len() / (size * width);
-    let mut out: [Vec<f32>; N] = std::array::from_fn(|i| vec![0f32; rows * widths[i]]);
-    for (r, row) in bytes.chunks_exact(size * width).enumerate() {
+    let mut out: [Vec<f32>; N] = std::array::from_fn(|i| Vec::with_capacity(rows * widths[i]));
+    for row in bytes.chunks_exact(size * width) {
         let mut at = 0;
         for (o, &w) in out.iter_mut().zip(widths) {
-            decode_into(
-                dtype,
-                &mut o[r * w..(r + 1) * w],
-                &row[size * at..size * (at + w)],
-            );
+            extend_decoded(dtype, o, &row[size * at..size * (at + w)]);
             at += w;
         }
     }
@@ -277,6 +273,12 @@ fn value_size(dtype: Dtype) -> Result<usize> {
     }
 }
 
+/// A bf16 value's f32: its 16 bits are the f32's high half (exact for every bf16, NaN
+/// included; one shift, so the decoding loops vectorize).
+fn bf16_f32(b: [u8; 2]) -> f32 {
+    f32::from_bits(u32::from(u16::from_le_bytes(b)) << 16)
+}
+
 /// Decodes little-endian `dtype` values (f32, bf16 or f16; exact) into `out`, one per element
 /// of `out` (`bytes` holds `out.len()` of them).
 fn decode_into(dtype: Dtype, out: &mut [f32], bytes: &[u8]) {
@@ -288,7 +290,7 @@ fn decode_into(dtype: Dtype, out: &mut [f32], bytes: &[u8]) {
         }
         Dtype::Bf16 => {
             for (o, b) in out.iter_mut().zip(bytes.as_chunks::<2>().0) {
-                *o = half::bf16::from_bits(u16::from_le_bytes(*b)).to_f32();
+                *o = bf16_f32(*b);
             }
         }
         Dtype::F16 => {
@@ -304,11 +306,34 @@ fn decode_into(dtype: Dtype, out: &mut [f32], bytes: &[u8]) {
     }
 }
 
+/// Appends little-endian `dtype` values (f32, bf16 or f16; exact) to `out` (no zeroed buffer
+/// written first: at Llama-3-70B shapes a cell's fields are 8 MB).
+fn extend_decoded(dtype: Dtype, out: &mut Vec<f32>, bytes: &[u8]) {
+    match dtype {
+        Dtype::F32 => out.extend(
+            bytes
+                .as_chunks::<4>()
+                .0
+                .iter()
+                .map(|b| f32::from_le_bytes(*b)),
+        ),
+        Dtype::Bf16 => out.extend(bytes.as_chunks::<2>().0.iter().map(|b| bf16_f32(*b))),
+        Dtype::F16 => out.extend(
+            bytes
+                .as_chunks::<2>()
+                .0
+                .iter()
+                .map(|b| half::f16::from_bits(u16::from_le_bytes(*b)).to_f32()),
+        ),
+        Dtype::I8 => out.extend(bytes.iter().map(|&b| f32::from(b as i8))),
+    }
+}
+
 /// Little-endian `dtype` values decoded (a trailing partial element is dropped; callers check
 /// lengths).
 fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
-    let mut out = vec![0f32; bytes.len() / dtype.size()];
-    decode_into(dtype, &mut out, bytes);
+    let mut out = Vec::with_capacity(bytes.len() / dtype.size());
+    extend_decoded(dtype, &mut out, bytes);
     out
 }
 
@@ -1197,6 +1222,52 @@ pub fn read_sublayers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every 16-bit pattern: the decoders give `half`'s value (NaN for NaN), narrowing a
+    /// finite value back gives its bits, and an f32 value off the grid is refused.
+    #[test]
+    fn half_precision_values_decode_and_narrow_exactly() {
+        for dtype in [Dtype::Bf16, Dtype::F16] {
+            let bits: Vec<u16> = (0..=u16::MAX).collect();
+            let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+            let mut extended = Vec::new();
+            extend_decoded(dtype, &mut extended, &bytes);
+            let mut into = vec![0f32; bits.len()];
+            decode_into(dtype, &mut into, &bytes);
+            let mut finite = Vec::new();
+            for (i, &b) in bits.iter().enumerate() {
+                let want = match dtype {
+                    Dtype::Bf16 => half::bf16::from_bits(b).to_f32(),
+                    _ => half::f16::from_bits(b).to_f32(),
+                };
+                for got in [extended[i], into[i]] {
+                    assert!(
+                        got.to_bits() == want.to_bits() || (want.is_nan() && got.is_nan()),
+                        "{dtype} {b:#06x}: {got} against {want}"
+                    );
+                }
+                if want.is_finite() {
+                    finite.push((b, want));
+                }
+            }
+            let f32_bytes: Vec<u8> = finite.iter().flat_map(|(_, x)| x.to_le_bytes()).collect();
+            let narrowed = narrow_values(f32_bytes, dtype).unwrap();
+            let want: Vec<u8> = finite.iter().flat_map(|(b, _)| b.to_le_bytes()).collect();
+            assert_eq!(narrowed, want, "{dtype}");
+            let off = (1.0f32 + f32::EPSILON).to_le_bytes().to_vec();
+            let e = narrow_values(off, dtype).unwrap_err().to_string();
+            assert!(
+                e.contains("value 0") && e.contains("does not hold exactly"),
+                "{e}"
+            );
+        }
+        assert!(narrow_values(vec![0; 8], Dtype::I8).is_err());
+        let f32_bytes = 0.1f32.to_le_bytes().to_vec();
+        assert_eq!(
+            narrow_values(f32_bytes.clone(), Dtype::F32).unwrap(),
+            f32_bytes
+        );
+    }
 
     #[test]
     fn rows_take_the_context_and_cell_ranges_and_refuse_others() {

@@ -433,6 +433,10 @@ if TORCH:
             # map passes; its nonlinear parts (other rounding points) differ from veritrace's
             # bf16 kernels by a few 1e-3, inside a 2e-2 tolerance and not bitwise
             verify = session(model.to(torch.bfloat16), "bf16")
+            # its sub-layer values are committed as bf16, each exact (specs/protocol.md 3.5)
+            with open(os.path.join(tmp, "bf16", "commitment.json")) as f:
+                level = json.load(f)["statement"]["trace_level"]["sub-layer"]
+            assert level["dtype"] == "bf16", level
             v = verify(sublayer_tolerance=0.02)
             assert v.accepted, v
             v = verify(sublayer_tolerance=0.0)

@@ -442,7 +442,8 @@ def save_trace(states: Sequence[Any], path: PathLike, token_ids: Optional[Sequen
     given, travel as `token_ids` and `commit` checks them against the statement. `sublayers`
     (from `capture(..., sublayers=True)`, torch tensors) adds each layer's sub-layer rows as
     float32 `context.<l>` (normed | k | v) and `cell.<l>` (q | attn | o | mlp_in | gate | up |
-    act | down), the layout `commit(..., trace_level="sublayer")` commits."""
+    act | down), the layout `commit(..., trace_level="sublayer")` commits (in the claimed
+    setup's type: a bf16 model's values as bf16, each exact)."""
     try:
         import torch
         from safetensors.torch import save_file
