@@ -19,6 +19,17 @@ fn code(args: &[&str]) -> (i32, String) {
     (o.code, format!("{}{}", o.stdout, o.stderr))
 }
 
+/// A commitment's output tokens as `--output-tokens` takes them.
+fn output_tokens(commitment: &serde_json::Value) -> String {
+    let tokens: Vec<String> = commitment["statement"]["output_tokens"]
+        .as_array()
+        .expect("output tokens")
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    tokens.join(",")
+}
+
 /// `prove --trace-level sublayer` of the tests' prompt (11 tokens, 4 generated, chunk 4) under
 /// `setup` into the directory `out`; its standard output.
 fn prove_sublayer(out: &str, setup: &str) -> String {
@@ -426,13 +437,7 @@ fn external_sublayer_traces_are_committed() {
     ]);
     let c: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(p("run/commitment.json")).unwrap()).unwrap();
-    let out: Vec<String> = c["statement"]["output_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
-    let out = out.join(",");
+    let out = output_tokens(&c);
     let commit = |level: &str, trace: &str, model: &str, dest: &str| {
         code(&[
             "commit",
@@ -1066,13 +1071,7 @@ fn a_bf16_run_commits_its_sublayer_values_as_bf16() {
     };
     let c = read(&p("bf16/commitment.json"));
     assert_eq!(c["statement"]["trace_level"]["sub-layer"]["dtype"], "bf16");
-    let out: Vec<String> = c["statement"]["output_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
-    let out = out.join(",");
+    let out = output_tokens(&c);
     let commit = |trace: &str, setup: &str, dest: &str| {
         code(&[
             "commit",
@@ -1105,12 +1104,7 @@ fn a_bf16_run_commits_its_sublayer_values_as_bf16() {
     assert_ne!(c32["sublayer_roots"], c["sublayer_roots"]);
     // an f32 run's values are no bf16 values
     let f = read(&p("f32/commitment.json"));
-    let out32: Vec<String> = f["statement"]["output_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.to_string())
-        .collect();
+
     let (c3, o3) = code(&[
         "commit",
         &p("f32/trace.safetensors"),
@@ -1121,7 +1115,7 @@ fn a_bf16_run_commits_its_sublayer_values_as_bf16() {
         "--prompt",
         "5,9,2,7,1,3,8,8,4,6,1",
         "--output-tokens",
-        &out32.join(","),
+        &output_tokens(&f),
         "--chunk",
         "4",
         "--trace-level",

@@ -344,32 +344,62 @@ fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
 /// engine computed, never rounded), or an integer dtype.
 pub fn narrow_values(f32_bytes: Vec<u8>, dtype: Dtype) -> Result<Vec<u8>> {
     value_size(dtype)?;
-    if dtype == Dtype::F32 {
-        return Ok(f32_bytes);
-    }
-    let mut out = Vec::with_capacity(f32_bytes.len() / 2);
-    for (i, c) in f32_bytes.as_chunks::<4>().0.iter().enumerate() {
-        let x = f32::from_le_bytes(*c);
-        let (bits, back) = match dtype {
-            Dtype::Bf16 => {
-                let h = half::bf16::from_f32(x);
-                (h.to_bits(), h.to_f32())
+    let words = f32_bytes.as_chunks::<4>().0;
+    let inexact = |i: usize| inexact_value(i, f32::from_le_bytes(words[i]), dtype);
+    match dtype {
+        Dtype::Bf16 => {
+            // a bf16 value is an f32 whose low 16 bits are zero, and its bits are the high half:
+            // one vectorized scan, then one vectorized copy of the high halves
+            if let Some(i) = words.iter().position(|c| c[0] | c[1] != 0) {
+                return Err(inexact(i));
             }
-            _ => {
-                let h = half::f16::from_f32(x);
-                (h.to_bits(), h.to_f32())
-            }
-        };
-        if back.to_bits() != x.to_bits() {
-            return Err(ModelError::InvalidArgument(format!(
-                "sub-layer value {i} is {x:e}, which {dtype} does not hold exactly (the \
-                 statement commits {dtype} sub-layer values: those of an engine computing in \
-                 {dtype})"
-            )));
+            let halves: Vec<[u8; 2]> = words.iter().map(|c| [c[2], c[3]]).collect();
+            Ok(halves.into_flattened())
         }
-        out.extend_from_slice(&bits.to_le_bytes());
+        Dtype::F16 => {
+            let mut out = Vec::with_capacity(f32_bytes.len() / 2);
+            for (i, c) in words.iter().enumerate() {
+                let x = f32::from_le_bytes(*c);
+                let h = half::f16::from_f32(x);
+                if h.to_f32().to_bits() != x.to_bits() {
+                    return Err(inexact(i));
+                }
+                out.extend_from_slice(&h.to_bits().to_le_bytes());
+            }
+            Ok(out)
+        }
+        _ => Ok(f32_bytes),
     }
-    Ok(out)
+}
+
+/// The error of sub-layer value `i`, `x`, which `dtype` does not hold.
+fn inexact_value(i: usize, x: f32, dtype: Dtype) -> ModelError {
+    ModelError::InvalidArgument(format!(
+        "sub-layer value {i} is {x:e}, which {dtype} does not hold exactly (the statement \
+         commits {dtype} sub-layer values: those of an engine computing in {dtype})"
+    ))
+}
+
+/// [`narrow_values`] of values: their little-endian bytes as `dtype`, without an f32 byte copy
+/// first.
+fn narrow_f32s(values: &[f32], dtype: Dtype) -> Result<Vec<u8>> {
+    match dtype {
+        Dtype::Bf16 => {
+            if let Some(i) = values.iter().position(|x| x.to_bits() & 0xffff != 0) {
+                return Err(inexact_value(i, values[i], dtype));
+            }
+            let halves: Vec<[u8; 2]> = values
+                .iter()
+                .map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+                .collect();
+            Ok(halves.into_flattened())
+        }
+        Dtype::F32 => {
+            let words: Vec<[u8; 4]> = values.iter().map(|x| x.to_le_bytes()).collect();
+            Ok(words.into_flattened())
+        }
+        _ => narrow_values(values.iter().flat_map(|x| x.to_le_bytes()).collect(), dtype),
+    }
 }
 
 fn interleave(fields: &[&Vec<f32>], widths: &[usize], rows: usize) -> Result<Vec<f32>> {
@@ -421,9 +451,9 @@ fn split<const N: usize>(
 pub type LayerBytes = Vec<Vec<u8>>;
 
 /// Splits context rows in the [`TraceLevel::SubLayer`] layout (`normed ‖ k ‖ v`, little-endian
-/// f32, the layout trace files hold; `d` normed elements, `g` key-value heads of `n`) into the
-/// by-head level's context rows (`normed`) and one key-value row set per key-value head
-/// (`k_h ‖ v_h`).
+/// values of `size` bytes: 4 for f32, the layout trace files hold, 2 for bf16 or f16; `d`
+/// normed elements, `g` key-value heads of `n`) into the by-head level's context rows
+/// (`normed`) and one key-value row set per key-value head (`k_h ‖ v_h`).
 ///
 /// # Errors
 /// Bytes that are not whole context rows.
@@ -432,8 +462,9 @@ pub fn split_by_head(
     d: usize,
     n: usize,
     g: usize,
+    size: usize,
 ) -> Result<(Vec<u8>, Vec<Vec<u8>>)> {
-    let (d, n) = (4 * d, 4 * n);
+    let (d, n) = (size * d, size * n);
     let width = d + 2 * g * n;
     if width == 0 || !context.len().is_multiple_of(width) {
         return Err(ModelError::WrongLength {
@@ -474,23 +505,21 @@ pub fn prover_parts(
     cell: LayerBytes,
 ) -> Result<Vec<(veritrace_protocol::SubLayerPart, LayerBytes)>> {
     let dtype = statement.trace_level.dtype().unwrap_or(Dtype::F32);
-    f32_parts(statement, context, cell)?
-        .into_iter()
-        .map(|(part, layers)| {
-            let layers = layers
-                .into_iter()
-                .map(|l| narrow_values(l, dtype))
-                .collect::<Result<LayerBytes>>()?;
-            Ok((part, layers))
-        })
-        .collect()
+    let narrow = |layers: LayerBytes| -> Result<LayerBytes> {
+        layers
+            .into_iter()
+            .map(|l| narrow_values(l, dtype))
+            .collect()
+    };
+    split_parts(statement, narrow(context)?, narrow(cell)?, dtype.size())
 }
 
-/// [`prover_parts`] before narrowing: every part as f32 bytes.
-fn f32_parts(
+/// [`prover_parts`] of layers already in the statement's dtype (`size` bytes a value).
+fn split_parts(
     statement: &Statement,
     context: LayerBytes,
     cell: LayerBytes,
+    size: usize,
 ) -> Result<Vec<(veritrace_protocol::SubLayerPart, LayerBytes)>> {
     use veritrace_protocol::SubLayerPart;
     match statement.trace_level {
@@ -516,7 +545,7 @@ fn f32_parts(
             let mut normed = Vec::with_capacity(context.len());
             let mut kv = Vec::with_capacity(context.len() * g);
             for layer in &context {
-                let (x, heads) = split_by_head(layer, d, n, g)?;
+                let (x, heads) = split_by_head(layer, d, n, g, size)?;
                 normed.push(x);
                 kv.extend(heads);
             }
@@ -572,8 +601,17 @@ impl SubLayerTrace {
         &self,
         statement: &Statement,
     ) -> Result<Vec<(veritrace_protocol::SubLayerPart, LayerBytes)>> {
-        let (context, cell) = self.bytes();
-        prover_parts(statement, context, cell)
+        // narrowed straight from the values (no f32 bytes first), then split
+        let dtype = statement.trace_level.dtype().unwrap_or(Dtype::F32);
+        let narrow = |layers: &Vec<Vec<f32>>| -> Result<LayerBytes> {
+            layers.iter().map(|l| narrow_f32s(l, dtype)).collect()
+        };
+        split_parts(
+            statement,
+            narrow(&self.context)?,
+            narrow(&self.cell)?,
+            dtype.size(),
+        )
     }
 
     /// Bytes of both traces as f32 (what a trace file holds; a half-precision statement
