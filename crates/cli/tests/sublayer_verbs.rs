@@ -1126,4 +1126,73 @@ fn a_bf16_run_commits_its_sublayer_values_as_bf16() {
     assert_eq!(c3, 2, "{o3}");
     assert!(o3.contains("does not hold exactly"), "{o3}");
     assert!(!dir.path().join("bad").exists(), "nothing written");
+    // by head: bf16 values, a drawn challenge opened from the f32 trace file and verified
+    std::fs::write(p("secret"), [5u8; 32]).unwrap();
+    run_ok(&[
+        "keygen",
+        "--model",
+        "tiny",
+        "--secret-file",
+        &p("secret"),
+        "--out",
+        &p("k"),
+    ]);
+    run_ok(&[
+        "prove",
+        "--prompt",
+        "5,9,2,7,1,3,8,8,4,6,1",
+        "--output",
+        "4",
+        "--chunk",
+        "4",
+        "--setup",
+        bf16,
+        "--trace-level",
+        "sublayer-by-head",
+        "--out",
+        &p("heads"),
+    ]);
+    let h = read(&p("heads/commitment.json"));
+    assert_eq!(
+        h["statement"]["trace_level"]["sub-layer-by-head"]["dtype"],
+        "bf16"
+    );
+    run_ok(&[
+        "challenge",
+        &p("heads/commitment.json"),
+        "--samples",
+        "3",
+        "--seed",
+        &"0d".repeat(32),
+        "--attention-heads",
+        "1",
+        "--context-chunks",
+        "1",
+        "--out",
+        &p("heads-ch.vtpm"),
+    ]);
+    run_ok(&[
+        "open",
+        &p("heads/trace.safetensors"),
+        "--challenge",
+        &p("heads-ch.vtpm"),
+        "--out",
+        &p("heads-op.vtpm"),
+    ]);
+    let v = run_ok(&[
+        "verify",
+        "--model",
+        "tiny",
+        "--commitment",
+        &p("heads/commitment.json"),
+        "--challenge",
+        &p("heads-ch.vtpm"),
+        "--opening",
+        &p("heads-op.vtpm"),
+        "--layer-check",
+        "freivalds",
+        "--key",
+        &p("k"),
+    ]);
+    assert!(v.starts_with("accept"), "{v}");
 }
