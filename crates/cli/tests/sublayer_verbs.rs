@@ -33,6 +33,11 @@ fn output_tokens(commitment: &serde_json::Value) -> String {
 /// `prove --trace-level sublayer` of the tests' prompt (11 tokens, 4 generated, chunk 4) under
 /// `setup` into the directory `out`; its standard output.
 fn prove_sublayer(out: &str, setup: &str) -> String {
+    prove_at_level(out, setup, "sublayer")
+}
+
+/// [`prove_sublayer`] at trace level `level` (`sublayer` or `sublayer-by-head`).
+fn prove_at_level(out: &str, setup: &str, level: &str) -> String {
     run_ok(&[
         "prove",
         "--prompt",
@@ -44,7 +49,7 @@ fn prove_sublayer(out: &str, setup: &str) -> String {
         "--setup",
         setup,
         "--trace-level",
-        "sublayer",
+        level,
         "--out",
         out,
     ])
@@ -1137,21 +1142,7 @@ fn a_bf16_run_commits_its_sublayer_values_as_bf16() {
         "--out",
         &p("k"),
     ]);
-    run_ok(&[
-        "prove",
-        "--prompt",
-        "5,9,2,7,1,3,8,8,4,6,1",
-        "--output",
-        "4",
-        "--chunk",
-        "4",
-        "--setup",
-        bf16,
-        "--trace-level",
-        "sublayer-by-head",
-        "--out",
-        &p("heads"),
-    ]);
+    prove_at_level(&p("heads"), bf16, "sublayer-by-head");
     let h = read(&p("heads/commitment.json"));
     assert_eq!(
         h["statement"]["trace_level"]["sub-layer-by-head"]["dtype"],

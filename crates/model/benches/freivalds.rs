@@ -353,13 +353,16 @@ fn prover_cost(c: &mut Criterion) {
         .by_head_level()
         .expect("level")
         .with_dtype(setup.precision.dtype());
-    let prover = |s: &veritrace_protocol::Statement| {
-        let parts = packed.parts(s).expect("parts");
+    // a run's prover of statement `s` (its sub-layer parts split and narrowed as `s` says)
+    let prover_of = |s: &veritrace_protocol::Statement,
+                     run: &veritrace_model::Trace,
+                     packed: &veritrace_model::sublayer::SubLayerTrace| {
         veritrace_protocol::Prover::new(s.clone(), run.layer_bytes())
             .expect("prover")
-            .with_sublayer_parts(parts)
+            .with_sublayer_parts(packed.parts(s).expect("parts"))
             .expect("parts")
     };
+    let prover = |s: &veritrace_protocol::Statement| prover_of(s, &run, &packed);
     g.bench_function("prover_sublayer_level", |b| {
         b.iter(|| black_box(prover(&statement)))
     });
@@ -375,13 +378,7 @@ fn prover_cost(c: &mut Criterion) {
     let mut as_f32 = half.clone();
     as_f32.trace_level = model.sublayer_layout().trace_level().expect("level");
     let prover16 = |s: &veritrace_protocol::Statement| {
-        let parts = packed16.parts(s).expect("parts");
-        veritrace_protocol::Prover::new(s.clone(), run16.layer_bytes())
-            .expect("prover")
-            .with_sublayer_parts(parts)
-            .expect("parts")
-            .commit()
-            .expect("commits")
+        prover_of(s, &run16, &packed16).commit().expect("commits")
     };
     eprintln!(
         "bf16 run: sub-layer values committed as {:?}: {} bytes per token; as f32: {}",

@@ -6,7 +6,7 @@
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use veritrace_commit::{CellId, Digest, HasherId};
-use veritrace_model::freivalds::{AttentionSampling, VerifierKey, VerifierSecret};
+use veritrace_model::freivalds::{VerifierKey, VerifierSecret};
 use veritrace_model::sublayer::KeyedVerifier;
 use veritrace_model::{LlamaModel, Setup};
 use veritrace_protocol::tolerance::TolerancePolicy;
@@ -67,17 +67,6 @@ fn config(method: LayerCheck, attention: Option<AttentionSample>) -> VerifierCon
     }
 }
 
-fn keyed<'a>(model: &'a LlamaModel, key: &'a VerifierKey) -> KeyedVerifier<'a> {
-    KeyedVerifier {
-        model,
-        key,
-        tolerance: 0.0,
-        bound_scale: 1.0,
-        map_bounds: None,
-        sampling: AttentionSampling::FULL,
-    }
-}
-
 #[test]
 fn honest_by_head_sessions_pass_drawn_and_whole() {
     let model = LlamaModel::preset("tiny").unwrap();
@@ -104,7 +93,11 @@ fn honest_by_head_sessions_pass_drawn_and_whole() {
         for seed in 0..2 {
             let (_, mut p) = by_head(&model, |_| {});
             let mut rng = ChaCha20Rng::from_seed([seed; 32]);
-            let mut v = Verifier::new(config(method, attention), keyed(&model, &key)).unwrap();
+            let mut v = Verifier::new(
+                config(method, attention),
+                KeyedVerifier::exact(&model, &key),
+            )
+            .unwrap();
             let mut step = v.receive_commitment(p.commit().unwrap(), &mut rng);
             let verdict = loop {
                 step = match step {
@@ -139,7 +132,7 @@ fn a_one_head_forgery_is_caught_exactly_where_drawn() {
     };
     let (statement, mut p) = by_head(&model, forge);
     let commitment = p.commit().unwrap();
-    let verifier = keyed(&model, &key);
+    let verifier = KeyedVerifier::exact(&model, &key);
     let g = statement.geometry;
     let (trials, mut caught) = (240u32, 0u32);
     for i in 0..trials {
@@ -319,7 +312,7 @@ fn sliding_window_cells_pass_drawn_and_cheats_fail() {
     c.sliding_window = Some(5);
     let model = LlamaModel::new(c).unwrap();
     let key = VerifierKey::build(&VerifierSecret::from_bytes([6; 32]), &model, 2).unwrap();
-    let verifier = keyed(&model, &key);
+    let verifier = KeyedVerifier::exact(&model, &key);
     let run = |setup: &str| -> Vec<bool> {
         let (mut statement, trace, sub) = model
             .prove_run_sublayers(

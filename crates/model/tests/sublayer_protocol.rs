@@ -171,14 +171,7 @@ fn honest_sublayer_runs_pass_every_method() {
         .unwrap();
     assert_eq!(plain_trace.layers, trace.layers);
     assert_eq!(plain.output_tokens, statement.output_tokens);
-    let kv = KeyedVerifier {
-        model: &f.model,
-        key: &f.key,
-        tolerance: 0.0,
-        bound_scale: 1.0,
-        map_bounds: None,
-        sampling: AttentionSampling::FULL,
-    };
+    let kv = KeyedVerifier::exact(&f.model, &f.key);
     for method in [
         LayerCheck::Freivalds,
         LayerCheck::Both,
@@ -223,14 +216,7 @@ fn honest_sublayer_runs_pass_every_method() {
 #[test]
 fn other_setups_fail_the_algebraic_check() {
     let f = fixture();
-    let kv = KeyedVerifier {
-        model: &f.model,
-        key: &f.key,
-        tolerance: 0.0,
-        bound_scale: 1.0,
-        map_bounds: None,
-        sampling: AttentionSampling::FULL,
-    };
+    let kv = KeyedVerifier::exact(&f.model, &f.key);
     let honest = Setup::F32_EAGER;
     for cheat in [
         "f32/attn=eager/quant=int8-tensor",
@@ -297,17 +283,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
     // a key of another model
     let small = LlamaModel::preset("small").unwrap();
     let other = VerifierKey::build(&VerifierSecret::from_bytes([9; 32]), &small, 1).unwrap();
-    let r = run(
-        &KeyedVerifier {
-            model: &f.model,
-            key: &other,
-            tolerance: 0.0,
-            bound_scale: 1.0,
-            map_bounds: None,
-            sampling: AttentionSampling::FULL,
-        },
-        &statement,
-    );
+    let r = run(&KeyedVerifier::exact(&f.model, &other), &statement);
     assert!(
         matches!(&r, Err(RejectReason::RecomputeFailed { detail, .. }) if detail.contains("verifier key is for model")),
         "{r:?}"
@@ -321,14 +297,7 @@ fn keys_and_statements_the_check_cannot_use_are_typed_failures() {
     };
     let mut p = Prover::new(wide.clone(), trace.layer_bytes()).unwrap();
     assert!(p.commit().is_err(), "sub-layer traces are required");
-    let kv = KeyedVerifier {
-        model: &f.model,
-        key: &f.key,
-        tolerance: 0.0,
-        bound_scale: 1.0,
-        map_bounds: None,
-        sampling: AttentionSampling::FULL,
-    };
+    let kv = KeyedVerifier::exact(&f.model, &f.key);
     let zeros = |w: usize| vec![vec![0u8; 4 * w * statement.geometry.tokens as usize]; 4];
     let mut p = Prover::new(wide.clone(), trace.layer_bytes())
         .unwrap()
@@ -570,14 +539,7 @@ fn qwen2_biases_are_checked() {
     c.num_layers = 2;
     let model = LlamaModel::new(c).unwrap();
     let key = VerifierKey::build(&VerifierSecret::from_bytes([4; 32]), &model, 2).unwrap();
-    let kv = KeyedVerifier {
-        model: &model,
-        key: &key,
-        tolerance: 0.0,
-        bound_scale: 1.0,
-        map_bounds: None,
-        sampling: AttentionSampling::FULL,
-    };
+    let kv = KeyedVerifier::exact(&model, &key);
     let run = |setup: &str| {
         let (mut statement, trace, sub) = model
             .prove_run_sublayers(
@@ -664,14 +626,7 @@ fn sliding_window_statements_are_checked() {
         veritrace_protocol::Dependency::Window { size: 5 }
     );
     let key = VerifierKey::build(&VerifierSecret::from_bytes([6; 32]), &model, 2).unwrap();
-    let kv = KeyedVerifier {
-        model: &model,
-        key: &key,
-        tolerance: 0.0,
-        bound_scale: 1.0,
-        map_bounds: None,
-        sampling: AttentionSampling::FULL,
-    };
+    let kv = KeyedVerifier::exact(&model, &key);
     let run = |setup: &str| {
         each_cell_checked(
             &model,
@@ -908,10 +863,7 @@ fn half_precision_runs_commit_their_sublayer_values_in_their_type() {
                 sub.byte_len() / 2
             };
             assert_eq!(committed, expected, "{name} {:?}", s.trace_level);
-            let mut p = Prover::new(s.clone(), trace.layer_bytes())
-                .unwrap()
-                .with_sublayer_parts(parts)
-                .unwrap();
+            let mut p = prover(s, &trace, &sub);
             let c = p.commit().unwrap();
             let g = s.geometry;
             let all: Vec<CellId> = (0..g.num_cells()).map(|i| g.cell_at(i).unwrap()).collect();
@@ -927,11 +879,12 @@ fn half_precision_runs_commit_their_sublayer_values_in_their_type() {
             );
             assert_eq!(checked, Ok(()), "{name} {:?}", s.trace_level);
             for seed in 0..2 {
-                let p = Prover::new(s.clone(), trace.layer_bytes())
-                    .unwrap()
-                    .with_sublayer_parts(sub.parts(s).unwrap())
-                    .unwrap();
-                let v = session(kv, p, config(LayerCheck::Freivalds, 6), seed);
+                let v = session(
+                    kv,
+                    prover(s, &trace, &sub),
+                    config(LayerCheck::Freivalds, 6),
+                    seed,
+                );
                 assert_eq!(v, Verdict::Accept, "{name} seed {seed}");
             }
         }

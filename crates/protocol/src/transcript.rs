@@ -165,32 +165,27 @@ impl TranscriptProtocol for Transcript {
         // (20 bytes, so never the 8 bytes of the other level).
         // Either followed, only when the sub-layer values are not f32, by u8(dtype code) (9 or
         // 21 bytes, so no length is another's; an f32 level's row is as before the field).
-        let mut m = Vec::with_capacity(21);
-        match s.trace_level {
-            TraceLevel::Hidden => {}
-            TraceLevel::SubLayer { context, cell, .. } => {
-                m.extend_from_slice(&context.to_le_bytes());
-                m.extend_from_slice(&cell.to_le_bytes());
-            }
+        let (widths, dtype) = match s.trace_level {
+            TraceLevel::Hidden => return,
+            TraceLevel::SubLayer {
+                context,
+                cell,
+                dtype,
+            } => (vec![context, cell], dtype),
             TraceLevel::SubLayerByHead {
                 context,
                 cell,
                 heads,
                 kv_heads,
                 kv,
-                ..
-            } => {
-                for x in [context, cell, heads, kv_heads, kv] {
-                    m.extend_from_slice(&x.to_le_bytes());
-                }
-            }
+                dtype,
+            } => (vec![context, cell, heads, kv_heads, kv], dtype),
+        };
+        let mut m: Vec<u8> = widths.iter().flat_map(|x| x.to_le_bytes()).collect();
+        if dtype != veritrace_commit::Dtype::F32 {
+            m.push(dtype.code());
         }
-        if let Some(dtype) = s.trace_level.dtype() {
-            if dtype != veritrace_commit::Dtype::F32 {
-                m.push(dtype.code());
-            }
-            self.append_message(b"trace-level", &m);
-        }
+        self.append_message(b"trace-level", &m);
     }
 
     fn append_root(&mut self, root: &Digest) {
